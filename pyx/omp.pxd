@@ -1,0 +1,22 @@
+# The only place normrt touches the OpenMP runtime. Every other kernel cimports
+# from here, so a build without OpenMP (no -fopenmp, _OPENMP undefined) still
+# compiles: the fallbacks below describe a single-threaded runtime.
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define NORMRT_HAVE_OPENMP 1
+    #else
+    #define NORMRT_HAVE_OPENMP 0
+    static inline int omp_get_thread_num(void) { return 0; }
+    static inline int omp_get_num_threads(void) { return 1; }
+    static inline int omp_get_max_threads(void) { return 1; }
+    static inline int omp_get_num_procs(void) { return 1; }
+    #endif
+    """
+    const int NORMRT_HAVE_OPENMP
+    int omp_get_thread_num() noexcept nogil
+    int omp_get_num_threads() noexcept nogil
+    int omp_get_max_threads() noexcept nogil
+    int omp_get_num_procs() noexcept nogil

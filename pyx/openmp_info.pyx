@@ -1,0 +1,16 @@
+"""What the build holds: whether the kernels were compiled with OpenMP."""
+from omp cimport NORMRT_HAVE_OPENMP, omp_get_max_threads, omp_get_num_procs
+
+
+def openmp_enabled():
+    """True when the kernels were built with OpenMP (parallel), False for the serial build."""
+    return bool(NORMRT_HAVE_OPENMP)
+
+
+def openmp_max_threads():
+    """The OpenMP runtime's own default team size (1 in the serial build)."""
+    return omp_get_max_threads()
+
+
+def openmp_num_procs():
+    return omp_get_num_procs()

@@ -1,0 +1,130 @@
+"""Argument checking shared by the functional API.
+
+Everything is validated here, once, in Python; the kernels trust what they get.
+Errors name the argument and say what was expected.
+"""
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3, "sigmoid": 4}
+
+# length-0 stand-ins for absent optional buffers (kernels test shape[0] == 0)
+_EMPTY1 = {dt: np.empty(0, dt) for dt in FLOAT_DTYPES}
+_EMPTY2 = {dt: np.empty((0, 0), dt) for dt in FLOAT_DTYPES}
+_EMPTY_F64 = np.empty(0, np.float64)
+
+
+def empty1(dtype):
+    return _EMPTY1[dtype]
+
+
+def empty2(dtype):
+    return _EMPTY2[dtype]
+
+
+def empty_f64():
+    return _EMPTY_F64
+
+
+def tensor(x, name="x", min_rank=0):
+    """x as a C-contiguous float32/float64 ndarray (a copy only if it is not one)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if x.ndim < min_rank:
+        raise ValueError(f"{name} must have rank >= {min_rank}, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def same_tensor(x, ref, name):
+    """A second input that must match ref's shape; cast to ref's dtype."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind not in "fiu" or x.dtype.kind == "b":
+        raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    if x.shape != ref.shape:
+        raise ValueError(f"{name} must have shape {ref.shape} (like x), got {x.shape}")
+    return np.ascontiguousarray(x, dtype=ref.dtype)
+
+
+def param(p, name, shape, dtype, broadcast=False):
+    """An optional parameter (None passes through) as a contiguous array of `shape`.
+
+    With broadcast=True any shape that broadcasts to `shape` is accepted
+    (ONNX's unidirectional broadcasting of scale/bias).
+    """
+    if p is None:
+        return None
+    if not isinstance(p, np.ndarray):
+        p = np.asarray(p)
+    if p.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be numeric, got dtype {p.dtype}")
+    shape = tuple(shape)
+    if p.shape != shape:
+        ok = False
+        if broadcast and p.ndim <= len(shape):
+            try:
+                p = np.broadcast_to(p, shape)
+                ok = True
+            except ValueError:
+                ok = False
+        if not ok:
+            how = " (or a shape that broadcasts to it)" if broadcast else ""
+            raise ValueError(f"{name} must have shape {shape}{how}, got {p.shape}")
+    return np.ascontiguousarray(p, dtype=dtype)
+
+
+def output(out, shape, dtype, x=None, name="out"):
+    """The caller's out= buffer checked (or a fresh one). It may be x itself."""
+    shape = tuple(shape)
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    if x is not None and out is not x and np.may_share_memory(out, x):
+        same = (out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+                and out.strides == x.strides)
+        if not same:
+            raise ValueError(f"{name} partially overlaps the input; pass the input itself or a separate buffer")
+    return out
+
+
+def activation(act):
+    try:
+        return ACTIVATIONS[act]
+    except (KeyError, TypeError):
+        valid = ", ".join(repr(a) for a in ACTIVATIONS)
+        raise ValueError(f"activation must be one of {valid}; got {act!r}") from None
+
+
+def eps_value(eps, name="eps"):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not eps >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {eps}")
+    return eps
+
+
+def axis_index(axis, ndim, name="axis"):
+    """Normalize a possibly negative axis for a tensor of rank ndim."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    a = int(axis)
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for rank {ndim}, got {axis}")
+    return a % ndim

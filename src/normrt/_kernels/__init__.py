@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built from pyx/). Private: use the functions in normrt."""

@@ -1,0 +1,1 @@
+"""The functional API: argument checking, then one kernel call."""
