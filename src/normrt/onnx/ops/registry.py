@@ -1,0 +1,57 @@
+"""Registry of the executor's own (numpy) op implementations.
+
+An implementation is registered for an (op_type, domain) with the range of
+opset versions whose semantics it implements, and an optional `supports`
+check that refuses a node form it does not handle (the executor then falls
+back to onnx.reference for that node):
+
+    @register("Relu", since=6)
+    def relu(node, x):
+        return np.maximum(x, 0, dtype=x.dtype)
+
+`node` is an `OpNode` (attributes already decoded to Python values).
+Inputs arrive positionally as numpy arrays (an omitted optional input is
+None); the function returns one array or a tuple/list of arrays, one per
+node output.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OpNode:
+    name: str
+    op_type: str
+    domain: str
+    version: int           # the opset version in force for this node's domain
+    attrs: dict = field(default_factory=dict)
+    n_outputs: int = 1
+
+
+@dataclass(frozen=True)
+class OpImpl:
+    fn: object
+    since: int
+    until: int              # inclusive upper bound of opset versions handled
+    supports: object = None  # node -> bool; None means "every node"
+
+
+_REGISTRY = {}
+
+
+def register(op_type, *, domain="", since=1, until=10_000, supports=None):
+    def deco(fn):
+        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports))
+        return fn
+    return deco
+
+
+def lookup(node):
+    """The implementation for an OpNode, or None (the caller falls back)."""
+    for impl in _REGISTRY.get((node.domain, node.op_type), ()):
+        if impl.since <= node.version <= impl.until and (impl.supports is None or impl.supports(node)):
+            return impl
+    return None
+
+
+def registered_ops():
+    return sorted(_REGISTRY)
