@@ -3,7 +3,7 @@ from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
 from .errors import ModelError
 from .api.layer_norm import layer_norm, rms_norm
-# [group_norm family] group_norm, instance_norm, adain
+from .api.group_norm import group_norm, instance_norm, adain
 # [batch_norm family] batch_norm, batch_norm_stats, spade, moments, mean_variance_norm
 # [lp/lrn/weights family] lp_norm, lrn, fold_batch_norm, weight_norm, weight_standardize
 # [onnx] InferenceSession, optimize (and the normrt.backend module)

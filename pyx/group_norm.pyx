@@ -1,0 +1,176 @@
+"""Channel-group kernels: GroupNorm, InstanceNorm (plain and conditional) and AdaIN.
+
+Every statistics group is one contiguous row of x viewed as (R, L):
+  group norm     R = N * G, L = (C / G) * S  (a row holds C/G channels of S elements)
+  instance norm  R = N * C, L = S
+A row is cut into `nseg` segments of L / nseg elements (one per channel); segment
+s of row r takes scale/bias entry (r * nseg + s) % period, where period is the
+parameter's length: C for per-channel parameters, N * C for per-sample ones.
+
+Outputs are computed in float64 as (x - mean) * (inv_std * scale) + bias, so a
+constant row (x - mean == 0 exactly) gives exactly bias.
+
+Python (normrt.api.group_norm) checks every argument; these kernels trust them.
+Optional buffers are passed as length-0 arrays.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt
+
+from moments cimport (real, Moments, CHUNK, ACT_NONE, chunk_moments, group_moments,
+                      moments_merge, moments_empty, moments_var, n_chunks, activate)
+
+
+cdef inline void write_affine(const real* x, real* y, Py_ssize_t n, double mean, double a,
+                              double b, int act) noexcept nogil:
+    """y[i] = act((x[i] - mean) * a + b) in float64, a = inv_std * scale, b = bias."""
+    cdef Py_ssize_t i
+    if act == ACT_NONE:
+        for i in range(n):
+            y[i] = <real>((<double>x[i] - mean) * a + b)
+        return
+    for i in range(n):
+        y[i] = <real>activate((<double>x[i] - mean) * a + b, act)
+
+
+cdef inline void write_segments(const real* x, real* y, Py_ssize_t start, Py_ssize_t stop,
+                                Py_ssize_t row, Py_ssize_t nseg, Py_ssize_t seg_len,
+                                double mean, double inv_std,
+                                const real* scale, Py_ssize_t scale_period,
+                                const real* bias, Py_ssize_t bias_period, int act) noexcept nogil:
+    """Elements [start, stop) of row `row` (x, y point at the row), segment by segment.
+
+    The per-segment factor inv_std * scale depends only on (row, segment), so a
+    chunk that cuts a segment computes exactly what the whole-row path does.
+    """
+    cdef Py_ssize_t s = start // seg_len, pos = start, end, k
+    cdef double a, b
+    while pos < stop:
+        end = min((s + 1) * seg_len, stop)
+        k = row * nseg + s
+        a = inv_std
+        if scale != NULL:
+            a = inv_std * <double>scale[k % scale_period]
+        b = 0.0
+        if bias != NULL:
+            b = <double>bias[k % bias_period]
+        write_affine(x + pos, y + pos, end - pos, mean, a, b, act)
+        pos = end
+        s += 1
+
+
+def group_norm(const real[:, ::1] x,      # IN  (R, L) one statistics group per row
+               const real[::1] scale,     # IN  (period,) per-segment scale, or (0,)
+               const real[::1] bias,      # IN  (period,) per-segment bias, or (0,)
+               real[:, ::1] out,          # OUT (R, L); may alias x
+               Py_ssize_t nseg,           # segments (channels) per row; divides L
+               double eps, int act, int n_threads):
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nch = n_chunks(L), seg_len, r, c, item, start, n
+    cdef bint has_scale = scale.shape[0] != 0, has_bias = bias.shape[0] != 0
+    cdef Py_ssize_t sp = scale.shape[0], bp = bias.shape[0]
+    cdef const real* scale_p = &scale[0] if has_scale else NULL
+    cdef const real* bias_p = &bias[0] if has_bias else NULL
+    cdef Moments m
+    cdef Moments* parts
+    cdef double inv_std
+    if R == 0 or L == 0:
+        return
+    seg_len = L // nseg
+
+    if R >= n_threads or nch == 1:
+        # one thread owns a whole row: statistics and output while it is cache-hot
+        for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
+            m = group_moments(&x[r, 0], L)
+            inv_std = 1.0 / sqrt(moments_var(m) + eps)
+            write_segments(&x[r, 0], &out[r, 0], 0, L, r, nseg, seg_len, m.mean, inv_std,
+                           scale_p, sp, bias_p, bp, act)
+        return
+
+    # fewer rows than threads: every chunk of every row is a work item; the
+    # per-chunk moments are merged in chunk order, exactly as group_moments does
+    parts = <Moments*>malloc(R * nch * sizeof(Moments) + 2 * R * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    cdef double* means = <double*>(parts + R * nch)
+    cdef double* inv_stds = means + R
+    try:
+        with nogil:
+            for item in prange(R * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                start = (item % nch) * CHUNK
+                parts[item] = chunk_moments(&x[r, start], min(<Py_ssize_t>CHUNK, L - start))
+            for r in range(R):
+                m = moments_empty()
+                for c in range(nch):
+                    moments_merge(&m, parts[r * nch + c])
+                means[r] = m.mean
+                inv_stds[r] = 1.0 / sqrt(moments_var(m) + eps)
+            for item in prange(R * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                start = (item % nch) * CHUNK
+                n = min(<Py_ssize_t>CHUNK, L - start)
+                write_segments(&x[r, 0], &out[r, 0], start, start + n, r, nseg, seg_len,
+                               means[r], inv_stds[r], scale_p, sp, bias_p, bp, act)
+    finally:
+        free(parts)
+
+
+def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
+          const real[:, ::1] style,      # IN  (R, Ls) same rows, any spatial size
+          real[:, ::1] out,              # OUT (R, L); may alias content
+          double eps, int n_threads):
+    """out = (content - mean_c) * (inv_std_c * std_s) + mean_s per row, std = sqrt(var + eps)."""
+    cdef Py_ssize_t R = content.shape[0], L = content.shape[1], Ls = style.shape[1]
+    cdef Py_ssize_t nch = n_chunks(L), nchs = n_chunks(Ls), r, c, item, start
+    cdef Py_ssize_t n_style_items = R * nchs
+    cdef Moments mc, ms
+    cdef Moments* parts
+    cdef double a
+    if R == 0 or L == 0:
+        return
+
+    if R >= n_threads or (nch == 1 and nchs <= 1):
+        for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
+            ms = group_moments(&style[r, 0], Ls)
+            mc = group_moments(&content[r, 0], L)
+            a = (1.0 / sqrt(moments_var(mc) + eps)) * sqrt(moments_var(ms) + eps)
+            write_affine(&content[r, 0], &out[r, 0], L, mc.mean, a, ms.mean, ACT_NONE)
+        return
+
+    # items [0, R*nchs) are style chunks, the rest content chunks
+    parts = <Moments*>malloc((n_style_items + R * nch) * sizeof(Moments) + 3 * R * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    cdef Moments* cparts = parts + n_style_items
+    cdef double* means = <double*>(cparts + R * nch)
+    cdef double* factors = means + R
+    cdef double* shifts = factors + R
+    try:
+        with nogil:
+            for item in prange(n_style_items + R * nch, schedule="static", num_threads=n_threads):
+                if item < n_style_items:
+                    r = item // nchs
+                    start = (item % nchs) * CHUNK
+                    parts[item] = chunk_moments(&style[r, start], min(<Py_ssize_t>CHUNK, Ls - start))
+                else:
+                    r = (item - n_style_items) // nch
+                    start = ((item - n_style_items) % nch) * CHUNK
+                    parts[item] = chunk_moments(&content[r, start], min(<Py_ssize_t>CHUNK, L - start))
+            for r in range(R):
+                ms = moments_empty()
+                for c in range(nchs):
+                    moments_merge(&ms, parts[r * nchs + c])
+                mc = moments_empty()
+                for c in range(nch):
+                    moments_merge(&mc, cparts[r * nch + c])
+                means[r] = mc.mean
+                factors[r] = (1.0 / sqrt(moments_var(mc) + eps)) * sqrt(moments_var(ms) + eps)
+                shifts[r] = ms.mean
+            for item in prange(R * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                start = (item % nch) * CHUNK
+                write_affine(&content[r, start], &out[r, start], min(<Py_ssize_t>CHUNK, L - start),
+                             means[r], factors[r], shifts[r], ACT_NONE)
+    finally:
+        free(parts)

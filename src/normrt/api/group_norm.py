@@ -1,0 +1,116 @@
+"""GroupNorm, InstanceNorm (plain and conditional) and AdaIN over x of shape (N, C, *spatial).
+
+Each statistics group, (n, group) or (n, c), is a contiguous block of a
+C-contiguous x, so the kernels see x as rows of one group each.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from .. import _checks as chk
+from .._kernels import group_norm as _k
+from .._threads import get_num_threads
+
+
+def _num_groups(num_groups, C):
+    if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
+        raise ValueError(f"num_groups must be an int, got {type(num_groups).__name__}")
+    G = int(num_groups)
+    if G <= 0:
+        raise ValueError(f"num_groups must be >= 1, got {G}")
+    if C % G:
+        raise ValueError(f"num_groups must divide the number of channels C={C}, got {G}")
+    return G
+
+
+def _channel_param(p, name, N, C, dtype):
+    """scale/bias of instance norm: per channel (C,) or per sample and channel (N, C)."""
+    if p is None:
+        return None
+    if not isinstance(p, np.ndarray):
+        p = np.asarray(p)
+    if p.shape == (N, C):
+        return chk.param(p, name, (N, C), dtype)
+    if p.shape != (C,):
+        raise ValueError(f"{name} must have shape {(C,)} or {(N, C)}, got {p.shape}")
+    return chk.param(p, name, (C,), dtype)
+
+
+def _flat(p, dtype):
+    return chk.empty1(dtype) if p is None else p.reshape(-1)
+
+
+def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):
+    """Group normalization (ONNX GroupNormalization-21 / torch.nn.GroupNorm semantics).
+
+    x has shape (N, C, *spatial); the C channels are split into `num_groups`
+    groups and each (sample, group) is normalized over its C/num_groups
+    channels and all spatial positions. `scale` and `bias` are per channel, (C,).
+    `activation` (None, "relu", "silu", "gelu", "sigmoid") is applied to the result.
+    """
+    x = chk.tensor(x, "x", min_rank=2)
+    N, C = x.shape[:2]
+    S = math.prod(x.shape[2:])
+    G = _num_groups(num_groups, C)
+    dt = x.dtype
+    scale = chk.param(scale, "scale", (C,), dt)
+    bias = chk.param(bias, "bias", (C,), dt)
+    eps = chk.eps_value(eps)
+    act = chk.activation(activation)
+    y = chk.output(out, x.shape, dt, x)
+    R, L = N * G, (C // G) * S
+    if R and L:
+        _k.group_norm(x.reshape(R, L), _flat(scale, dt), _flat(bias, dt), y.reshape(R, L),
+                      C // G, eps, act, get_num_threads())
+    return y
+
+
+def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):
+    """Instance normalization: each (sample, channel) normalized over its spatial axes.
+
+    x has shape (N, C, *spatial) with at least one spatial axis. `scale` and
+    `bias` are per channel, (C,), or per sample and channel, (N, C) (conditional
+    instance norm: each sample picks its own affine).
+    """
+    x = chk.tensor(x, "x", min_rank=3)
+    N, C = x.shape[:2]
+    S = math.prod(x.shape[2:])
+    dt = x.dtype
+    scale = _channel_param(scale, "scale", N, C, dt)
+    bias = _channel_param(bias, "bias", N, C, dt)
+    eps = chk.eps_value(eps)
+    act = chk.activation(activation)
+    y = chk.output(out, x.shape, dt, x)
+    R = N * C
+    if R and S:
+        _k.group_norm(x.reshape(R, S), _flat(scale, dt), _flat(bias, dt), y.reshape(R, S),
+                      1, eps, act, get_num_threads())
+    return y
+
+
+def adain(content, style, *, eps=1e-5, out=None):
+    """Adaptive instance normalization (Huang & Belongie 2017).
+
+    y = std(style) * (content - mean(content)) / std(content) + mean(style), with
+    mean and population variance per (sample, channel) over the spatial axes and
+    std = sqrt(var + eps) for both. style must share content's N and C; its
+    spatial size may differ. style is cast to content's dtype.
+    """
+    content = chk.tensor(content, "content", min_rank=3)
+    style = chk.tensor(style, "style", min_rank=3)
+    N, C = content.shape[:2]
+    if style.shape[:2] != (N, C):
+        raise ValueError(f"style must have N, C = {(N, C)} like content, got shape {style.shape}")
+    dt = content.dtype
+    style = np.ascontiguousarray(style, dtype=dt)
+    eps = chk.eps_value(eps)
+    y = chk.output(out, content.shape, dt, content)
+    R, L, Ls = N * C, math.prod(content.shape[2:]), math.prod(style.shape[2:])
+    if R and L:
+        if np.may_share_memory(y, style):
+            # rows of y are written while later style rows are still to be read
+            style = style.copy()
+        _k.adain(content.reshape(R, L), style.reshape(R, Ls), y.reshape(R, L), eps,
+                 get_num_threads())
+    return y

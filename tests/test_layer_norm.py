@@ -1,0 +1,288 @@
+"""layer_norm and rms_norm against float64 numpy references."""
+import concurrent.futures as cf
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import normrt
+
+ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
+_erf = np.vectorize(math.erf)
+
+
+def ref_act(v, act):
+    if act == "relu":
+        return np.maximum(v, 0)
+    if act == "silu":
+        return v / (1 + np.exp(-v))
+    if act == "gelu":
+        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
+    if act == "sigmoid":
+        return 1 / (1 + np.exp(-v))
+    return v
+
+
+def ref_layer_norm(x, scale=None, bias=None, axis=-1, eps=1e-5, residual=None, act=None):
+    h = x if residual is None else (x + residual)  # the sum is taken in x's dtype
+    h = h.astype(np.float64)
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = h.mean(axis=axes, keepdims=True)
+    var = ((h - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (h - mean) / np.sqrt(var + eps)
+    if scale is not None:
+        y = y * scale.astype(np.float64)
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    return ref_act(y, act), mean, 1 / np.sqrt(var + eps)
+
+
+def ref_rms_norm(x, scale=None, axis=-1, eps=1e-5, residual=None):
+    h = (x if residual is None else x + residual).astype(np.float64)
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    y = h / np.sqrt((h * h).mean(axis=axes, keepdims=True) + eps)
+    return y if scale is None else y * scale.astype(np.float64)
+
+
+def tol(dtype):
+    return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+rng = np.random.default_rng(1234)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((4, 16), -1), ((2, 3, 40), -1), ((2, 3, 40), 1),
+                                         ((3, 5000), -1), ((1, 3, 7, 9), 0), ((2, 8193), 1)])
+@pytest.mark.parametrize("act", ACTS)
+def test_layer_norm_matches_reference(dtype, shape, axis, act):
+    x = rng.standard_normal(shape).astype(dtype)
+    nshape = x.shape[axis % x.ndim:]
+    scale = rng.standard_normal(nshape).astype(dtype)
+    bias = rng.standard_normal(nshape).astype(dtype)
+    y = normrt.layer_norm(x, scale, bias, axis=axis, eps=1e-3, activation=act)
+    ref, _, _ = ref_layer_norm(x, scale, bias, axis, 1e-3, act=act)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+
+
+def test_layer_norm_scale_and_bias_broadcast_over_normalized_axes():
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    scale = rng.standard_normal((1, 5)).astype(np.float32)
+    bias = np.float32(0.5)
+    y = normrt.layer_norm(x, scale, bias, axis=2)
+    ref, _, _ = ref_layer_norm(x, np.broadcast_to(scale, (4, 5)), np.full((4, 5), 0.5), axis=2)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_return_stats_have_onnx_shapes(dtype):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+    y, mean, inv = normrt.layer_norm(x, axis=2, return_stats=True)
+    ref, rmean, rinv = ref_layer_norm(x, axis=2)
+    assert mean.shape == inv.shape == (2, 3, 1, 1)
+    assert mean.dtype == inv.dtype == dtype
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    np.testing.assert_allclose(mean, rmean, **tol(dtype))
+    np.testing.assert_allclose(inv, rinv, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(8, 64), (1, 50_000)])
+def test_layer_norm_with_residual_normalizes_the_sum(shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    scale = rng.standard_normal(shape[-1]).astype(np.float32)
+    y = normrt.layer_norm(x, scale, residual=r, activation="gelu")
+    ref, _, _ = ref_layer_norm(x, scale, residual=r, act="gelu")
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    # inputs are not modified
+    y2 = normrt.layer_norm(x, scale, residual=r, activation="gelu")
+    np.testing.assert_array_equal(y, y2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((4, 16), -1), ((2, 3, 40), 1), ((1, 20000), -1)])
+def test_rms_norm_matches_reference(dtype, shape, axis):
+    x = rng.standard_normal(shape).astype(dtype)
+    scale = rng.standard_normal(x.shape[axis % x.ndim:]).astype(dtype)
+    np.testing.assert_allclose(normrt.rms_norm(x, scale, axis=axis), ref_rms_norm(x, scale, axis), **tol(dtype))
+    np.testing.assert_allclose(normrt.rms_norm(x, axis=axis), ref_rms_norm(x, None, axis), **tol(dtype))
+
+
+def test_rms_norm_with_residual():
+    x = rng.standard_normal((6, 300)).astype(np.float32)
+    r = rng.standard_normal((6, 300)).astype(np.float32)
+    np.testing.assert_allclose(normrt.rms_norm(x, residual=r, eps=1e-6), ref_rms_norm(x, residual=r, eps=1e-6),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ---- numerics -------------------------------------------------------------
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 1e7])
+@pytest.mark.parametrize("shape", [(16, 768), (1, 100_000)])
+def test_large_offsets_do_not_cancel(offset, shape):
+    x = (offset + rng.standard_normal(shape)).astype(np.float32)
+    y = normrt.layer_norm(x)
+    ref, _, _ = ref_layer_norm(x)   # float64 reference on the same float32 input
+    assert np.abs(y - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [0.0, 3.3, -1e7, 0.1])
+def test_constant_rows_give_exactly_bias(dtype, value):
+    x = np.full((3, 5000), value, dtype)
+    bias = rng.standard_normal(5000).astype(dtype)
+    scale = rng.standard_normal(5000).astype(dtype)
+    y = normrt.layer_norm(x, scale, bias)
+    np.testing.assert_array_equal(y, np.broadcast_to(bias, x.shape))
+    np.testing.assert_array_equal(normrt.rms_norm(np.zeros((2, 9), dtype)), np.zeros((2, 9), dtype))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("L", [100, 9000])
+def test_nan_or_inf_stays_inside_its_row(bad, L):
+    x = rng.standard_normal((4, L)).astype(np.float32)
+    x[2, L // 3] = bad
+    for fn in (normrt.layer_norm, normrt.rms_norm):
+        y = fn(x)
+        if fn is normrt.layer_norm or not np.isinf(bad):
+            assert np.isnan(y[2]).all()
+        assert np.isfinite(y[[0, 1, 3]]).all()
+    ref, _, _ = ref_layer_norm(x[[0, 1, 3]])
+    np.testing.assert_allclose(normrt.layer_norm(x)[[0, 1, 3]], ref, rtol=1e-5, atol=1e-5)
+
+
+# ---- determinism and concurrency ------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 1_000_003), (3, 70_001), (64, 768)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bitwise_identical_for_any_thread_count(shape, dtype):
+    x = (rng.standard_normal(shape) * 3 + 7).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    s = rng.standard_normal(shape[-1]).astype(dtype)
+    outs = []
+    for n in (1, 2, 8):
+        with normrt.threads(n):
+            outs.append((normrt.layer_norm(x, s, s, return_stats=True),
+                         normrt.layer_norm(x, s, residual=r),
+                         normrt.rms_norm(x, s)))
+    first = outs[0]
+    for other in outs[1:]:
+        for a, b in zip(first[0], other[0]):
+            assert np.array_equal(a, b)
+        assert np.array_equal(first[1], other[1])
+        assert np.array_equal(first[2], other[2])
+
+
+def test_concurrent_calls_from_python_threads():
+    xs = [rng.standard_normal((32, 4096)).astype(np.float32) + i for i in range(8)]
+    serial = [normrt.layer_norm(x, activation="silu") for x in xs]
+    with cf.ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda x: normrt.layer_norm(x, activation="silu"), xs * 3))
+    for i, y in enumerate(parallel):
+        assert np.array_equal(y, serial[i % len(xs)])
+
+
+# ---- layouts and out= -----------------------------------------------------
+
+def test_fortran_and_strided_inputs():
+    base = rng.standard_normal((20, 30)).astype(np.float32)
+    for x in (np.asfortranarray(base), base[::2, ::3], base.T):
+        ref, _, _ = ref_layer_norm(np.ascontiguousarray(x))
+        np.testing.assert_allclose(normrt.layer_norm(x), ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(normrt.rms_norm(x), ref_rms_norm(np.ascontiguousarray(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_out_buffer_and_in_place():
+    x = rng.standard_normal((5, 33)).astype(np.float32)
+    ref, _, _ = ref_layer_norm(x)
+    out = np.empty_like(x)
+    assert normrt.layer_norm(x, out=out) is out
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    xc = x.copy()
+    assert normrt.layer_norm(xc, out=xc) is xc
+    np.testing.assert_array_equal(xc, out)
+    xr = x.copy()
+    normrt.rms_norm(xr, out=xr)
+    np.testing.assert_allclose(xr, ref_rms_norm(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,axis", [((0, 5), -1), ((3, 0), -1), ((2, 0, 4), 1)])
+def test_empty_tensors_give_empty_results(shape, axis):
+    x = np.empty(shape, np.float32)
+    assert normrt.layer_norm(x, axis=axis).shape == shape
+    assert normrt.rms_norm(x, axis=axis).shape == shape
+
+
+# ---- bad input --------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+        normrt.layer_norm(np.ones((2, 4), np.int32))
+    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+        normrt.rms_norm(np.ones((2, 4), np.float16))
+    with pytest.raises(ValueError, match=r"scale must have shape \(4,\)"):
+        normrt.layer_norm(x, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        normrt.layer_norm(x, None, np.ones(5, np.float32))
+    with pytest.raises(ValueError, match=r"scale must have shape \(4,\)"):
+        normrt.rms_norm(x, np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="axis must be in"):
+        normrt.layer_norm(x, axis=2)
+    with pytest.raises(ValueError, match="rank >= 1"):
+        normrt.layer_norm(np.float32(3.0))
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        normrt.layer_norm(x, eps=-1e-5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        normrt.layer_norm(x, activation="swish")
+    with pytest.raises(ValueError, match=r"residual must have shape \(2, 4\)"):
+        normrt.layer_norm(x, residual=np.ones((4,), np.float32))
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 4\)"):
+        normrt.layer_norm(x, out=np.empty((4, 2), np.float32))
+    with pytest.raises(ValueError, match="out must have dtype float32"):
+        normrt.layer_norm(x, out=np.empty((2, 4), np.float64))
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        normrt.layer_norm(x, out=np.empty((4, 2), np.float32).T)
+    ro = np.empty((2, 4), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        normrt.rms_norm(x, out=ro)
+    big = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="out partially overlaps"):
+        normrt.layer_norm(big[:2], out=big[1:])
+
+
+# ---- property tests ---------------------------------------------------------
+
+@st.composite
+def ln_cases(draw):
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    x = draw(hnp.arrays(dtype, shape, elements=st.floats(-100, 100, width=32)))
+    act = draw(st.sampled_from(ACTS))
+    offset = draw(st.sampled_from([0.0, 1e3]))
+    return (x + offset).astype(dtype), axis, act
+
+
+@settings(max_examples=150, deadline=None)
+@given(ln_cases())
+def test_property_layer_norm(case):
+    x, axis, act = case
+    nshape = x.shape[axis % x.ndim:]
+    scale = np.linspace(-2, 2, math.prod(nshape)).reshape(nshape).astype(x.dtype)
+    bias = np.linspace(1, -1, math.prod(nshape)).reshape(nshape).astype(x.dtype)
+    y = normrt.layer_norm(x, scale, bias, axis=axis, eps=1e-2, activation=act)
+    ref, _, _ = ref_layer_norm(x, scale, bias, axis, 1e-2, act=act)
+    np.testing.assert_allclose(y, ref, **tol(x.dtype))
+
+
+@settings(max_examples=100, deadline=None)
+@given(ln_cases())
+def test_property_rms_norm(case):
+    x, axis, _ = case
+    y = normrt.rms_norm(x, axis=axis, eps=1e-2)
+    np.testing.assert_allclose(y, ref_rms_norm(x, None, axis, 1e-2), **tol(x.dtype))

@@ -1,0 +1,94 @@
+"""Build and thread control."""
+import concurrent.futures as cf
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import normrt
+
+
+def test_openmp_enabled_on_this_machine():
+    # the shipped build must be parallel here; a serial build is a build bug
+    assert normrt.openmp_enabled() is True
+
+
+def test_set_and_get_num_threads():
+    old = normrt.get_num_threads()
+    try:
+        normrt.set_num_threads(3)
+        assert normrt.get_num_threads() == 3
+    finally:
+        normrt.set_num_threads(old)
+    assert normrt.get_num_threads() == old
+
+
+@pytest.mark.parametrize("bad", [0, -1, -8])
+def test_non_positive_thread_counts_are_refused(bad):
+    with pytest.raises(ValueError, match="num_threads"):
+        normrt.set_num_threads(bad)
+    with pytest.raises(ValueError, match="num_threads"):
+        with normrt.threads(bad):
+            pass
+
+
+@pytest.mark.parametrize("bad", [1.5, "2", None, True])
+def test_non_integer_thread_counts_are_refused(bad):
+    with pytest.raises(TypeError, match="num_threads"):
+        normrt.set_num_threads(bad)
+
+
+def test_threads_context_manager_restores_and_nests():
+    base = normrt.get_num_threads()
+    with normrt.threads(1):
+        assert normrt.get_num_threads() == 1
+        with normrt.threads(5):
+            assert normrt.get_num_threads() == 5
+        assert normrt.get_num_threads() == 1
+    assert normrt.get_num_threads() == base
+
+
+def test_threads_context_is_restored_after_an_exception():
+    base = normrt.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with normrt.threads(1):
+            raise RuntimeError("boom")
+    assert normrt.get_num_threads() == base
+
+
+def test_threads_context_is_per_python_thread():
+    base = normrt.get_num_threads()
+    with normrt.threads(1):
+        with cf.ThreadPoolExecutor(1) as pool:
+            seen = pool.submit(normrt.get_num_threads).result()
+    assert seen == base
+
+
+def _default_in_subprocess(env_value):
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if env_value is not None:
+        env["OMP_NUM_THREADS"] = env_value
+    out = subprocess.run([sys.executable, "-c", "import normrt; print(normrt.get_num_threads())"],
+                         env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_default_honours_omp_num_threads():
+    assert _default_in_subprocess("3") == 3
+    assert _default_in_subprocess("2,1") == 2
+
+
+def test_default_without_omp_num_threads_is_usable_cores():
+    assert _default_in_subprocess(None) == len(os.sched_getaffinity(0))
+
+
+def test_kernels_use_the_requested_thread_count_without_changing_results():
+    x = np.random.default_rng(0).standard_normal((1, 300_000)).astype(np.float32)
+    results = []
+    for n in (1, 2, 8):
+        with normrt.threads(n):
+            results.append(normrt.layer_norm(x))
+    assert all(np.array_equal(results[0], r) for r in results[1:])
