@@ -7,7 +7,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt
 
-from moments cimport (real, Moments, CHUNK, ACT_NONE, chunk_moments, chunk_sumsq,
+from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, chunk_sumsq,
                       moments_merge, moments_empty, moments_var, n_chunks, activate)
 
 
@@ -73,6 +73,7 @@ def layer_norm(const real[:, ::1] x,          # IN  (G, L) rows to normalize
     cdef real* hw
     if G == 0 or L == 0:
         return
+    n_threads = team_size(G * L, n_threads)
 
     if G >= n_threads or nch == 1:
         # one thread owns a whole row: statistics and output while it is cache-hot
@@ -152,6 +153,7 @@ def rms_norm(const real[:, ::1] x,          # IN  (G, L)
     cdef real* hw
     if G == 0 or L == 0:
         return
+    n_threads = team_size(G * L, n_threads)
 
     if G >= n_threads or nch == 1:
         for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
