@@ -85,7 +85,9 @@ def _extensions():
         opt = ["/O2"]
     else:
         # No -ffast-math: it would let the compiler drop NaN checks and reorder reductions.
-        opt = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+        # fp-contract off: an FMA in one inlined copy of a loop but not in another would
+        # make results depend on which path (thread count) ran them.
+        opt = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
         if not _env_flag("NORMRT_PORTABLE"):
             opt.append("-march=native")
 

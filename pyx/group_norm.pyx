@@ -17,7 +17,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt
 
-from moments cimport (real, Moments, CHUNK, ACT_NONE, chunk_moments, group_moments,
+from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate)
 
 
@@ -77,6 +77,7 @@ def group_norm(const real[:, ::1] x,      # IN  (R, L) one statistics group per 
     if R == 0 or L == 0:
         return
     seg_len = L // nseg
+    n_threads = team_size(R * L, n_threads)
 
     if R >= n_threads or nch == 1:
         # one thread owns a whole row: statistics and output while it is cache-hot
@@ -129,10 +130,12 @@ def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
     cdef double a
     if R == 0 or L == 0:
         return
+    n_threads = team_size(R * (L + Ls), n_threads)
 
     if R >= n_threads or (nch == 1 and nchs <= 1):
         for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
-            ms = group_moments(&style[r, 0], Ls)
+            # an empty style row has no element 0 to point at (NaN statistics follow)
+            ms = group_moments(&style[r, 0] if Ls else <const real*>NULL, Ls)
             mc = group_moments(&content[r, 0], L)
             a = (1.0 / sqrt(moments_var(mc) + eps)) * sqrt(moments_var(ms) + eps)
             write_affine(&content[r, 0], &out[r, 0], L, mc.mean, a, ms.mean, ACT_NONE)

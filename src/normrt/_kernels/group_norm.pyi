@@ -1,0 +1,26 @@
+"""Type stub for the compiled channel-group kernels (pyx/group_norm.pyx).
+
+Arguments are trusted: normrt.api.group_norm validates them. Arrays are
+C-contiguous and share x's dtype (float32 or float64); absent scale/bias are
+length-0 arrays.
+"""
+import numpy as np
+import numpy.typing as npt
+
+def group_norm(
+    x: npt.NDArray[np.floating],      # IN  (R, L) one statistics group per row
+    scale: npt.NDArray[np.floating],  # IN  (period,) or (0,)
+    bias: npt.NDArray[np.floating],   # IN  (period,) or (0,)
+    out: npt.NDArray[np.floating],    # OUT (R, L); may alias x
+    nseg: int,
+    eps: float,
+    act: int,
+    n_threads: int,
+) -> None: ...
+def adain(
+    content: npt.NDArray[np.floating],  # IN  (R, L)
+    style: npt.NDArray[np.floating],    # IN  (R, Ls)
+    out: npt.NDArray[np.floating],      # OUT (R, L); may alias content
+    eps: float,
+    n_threads: int,
+) -> None: ...
