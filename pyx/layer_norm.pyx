@@ -20,14 +20,34 @@ cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t 
 cdef inline void write_layer_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t offset,
                                   double mean, double rstd, const real* scale, const real* bias,
                                   bint has_scale, bint has_bias, int act) noexcept nogil:
-    """y[i] = act((h[i] - mean) * rstd * scale[offset+i] + bias[offset+i]) in float64."""
+    """y[i] = act((h[i] - mean) * rstd * scale[offset+i] + bias[offset+i]).
+
+    float32 works in float32 with the mean split in two floats: h - mean_hi is
+    exact when h is near the mean (Sterbenz), so large offsets cost no digits.
+    """
     cdef Py_ssize_t i
     cdef double v
-    if has_scale and has_bias and act == ACT_NONE:
-        for i in range(n):
-            y[i] = <real>((<double>h[i] - mean) * rstd * <double>scale[offset + i]
-                          + <double>bias[offset + i])
-        return
+    cdef float mh = <float>mean
+    cdef float ml = <float>(mean - <double>mh)
+    cdef float fr = <float>rstd
+    if real is float:
+        if has_scale and has_bias and act == ACT_NONE:
+            for i in range(n):
+                y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
+            return
+        if has_scale and act == ACT_NONE:
+            for i in range(n):
+                y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i]
+            return
+        if not has_scale and not has_bias and act == ACT_NONE:
+            for i in range(n):
+                y[i] = ((h[i] - mh) - ml) * fr
+            return
+    else:
+        if has_scale and has_bias and act == ACT_NONE:
+            for i in range(n):
+                y[i] = (h[i] - mean) * rstd * scale[offset + i] + bias[offset + i]
+            return
     for i in range(n):
         v = (<double>h[i] - mean) * rstd
         if has_scale:
@@ -41,10 +61,20 @@ cdef inline void write_rms_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t
                                 double rinv, const real* scale, bint has_scale, int act) noexcept nogil:
     cdef Py_ssize_t i
     cdef double v
-    if has_scale and act == ACT_NONE:
-        for i in range(n):
-            y[i] = <real>(<double>h[i] * rinv * <double>scale[offset + i])
-        return
+    cdef float fr = <float>rinv
+    if act == ACT_NONE:
+        if real is float:
+            if has_scale:
+                for i in range(n):
+                    y[i] = h[i] * fr * scale[offset + i]
+            else:
+                for i in range(n):
+                    y[i] = h[i] * fr
+            return
+        if has_scale:
+            for i in range(n):
+                y[i] = h[i] * rinv * scale[offset + i]
+            return
     for i in range(n):
         v = <double>h[i] * rinv
         if has_scale:

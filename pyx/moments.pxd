@@ -33,55 +33,110 @@ cdef struct Moments:
     double m2   # sum of squared deviations from mean
 
 
+cdef enum:
+    # float32 partial sums run over blocks of BLOCK elements (16 lanes x 16
+    # values each, so they stay exact to a few ulps) before they meet float64
+    LANES = 16
+    BLOCK = 256
+
+
+cdef inline double lane_total(const double* acc) noexcept nogil:
+    """Sum of 16 float64 lanes in a fixed tree order."""
+    return ((((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+            + (((acc[8] + acc[9]) + (acc[10] + acc[11])) + ((acc[12] + acc[13]) + (acc[14] + acc[15]))))
+
+
+cdef inline double sum_dev(const real* x, Py_ssize_t n, double shift) noexcept nogil:
+    """sum(x - shift) with float64 lanes (float32 input: float32 lanes per block).
+
+    Independent lanes in a fixed order let the compiler vectorize without
+    reassociating anything, so the result never depends on the code path.
+    """
+    cdef double acc[LANES]
+    cdef float blk[LANES]
+    cdef float fshift = <float>shift
+    cdef Py_ssize_t i, j, k, b, nb
+    for j in range(LANES):
+        acc[j] = 0.0
+    if real is float:
+        nb = n // BLOCK
+        for b in range(nb):
+            for j in range(LANES):
+                blk[j] = 0.0
+            for k in range(BLOCK // LANES):
+                i = b * BLOCK + k * LANES
+                for j in range(LANES):
+                    blk[j] += x[i + j] - fshift
+            for j in range(LANES):
+                acc[j] += blk[j]
+        i = nb * BLOCK
+    else:
+        nb = n // LANES
+        for b in range(nb):
+            for j in range(LANES):
+                acc[j] += x[b * LANES + j] - shift
+        i = nb * LANES
+    while i < n:
+        acc[0] += <double>x[i] - shift
+        i += 1
+    return lane_total(acc)
+
+
+cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept nogil:
+    """sum((x - mean)^2) with float64 lanes (float32: the mean split in two floats)."""
+    cdef double acc[LANES]
+    cdef float blk[LANES]
+    cdef float mh = <float>mean
+    cdef float ml = <float>(mean - <double>mh)
+    cdef float fd
+    cdef double d
+    cdef Py_ssize_t i, j, k, b, nb
+    for j in range(LANES):
+        acc[j] = 0.0
+    if real is float:
+        nb = n // BLOCK
+        for b in range(nb):
+            for j in range(LANES):
+                blk[j] = 0.0
+            for k in range(BLOCK // LANES):
+                i = b * BLOCK + k * LANES
+                for j in range(LANES):
+                    fd = (x[i + j] - mh) - ml
+                    blk[j] += fd * fd
+            for j in range(LANES):
+                acc[j] += blk[j]
+        i = nb * BLOCK
+    else:
+        nb = n // LANES
+        for b in range(nb):
+            for j in range(LANES):
+                d = x[b * LANES + j] - mean
+                acc[j] += d * d
+        i = nb * LANES
+    while i < n:
+        d = <double>x[i] - mean
+        acc[0] += d * d
+        i += 1
+    return lane_total(acc)
+
+
 cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
-    """Two passes over one chunk, float64 accumulators.
+    """Two passes over one L1-resident chunk, float64 accumulators.
 
     The first pass sums deviations from x[0], so a constant chunk has a mean of
     exactly x[0] and an m2 of exactly 0 (a constant group returns the bias).
     """
     cdef Moments m
     cdef double shift = x[0]
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, d0, d1, d2, d3, mean
-    cdef Py_ssize_t i, n4 = n - n % 4
-    for i in range(0, n4, 4):
-        s0 += <double>x[i] - shift
-        s1 += <double>x[i + 1] - shift
-        s2 += <double>x[i + 2] - shift
-        s3 += <double>x[i + 3] - shift
-    for i in range(n4, n):
-        s0 += <double>x[i] - shift
-    mean = shift + ((s0 + s1) + (s2 + s3)) / n
-    s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0
-    for i in range(0, n4, 4):
-        d0 = <double>x[i] - mean
-        d1 = <double>x[i + 1] - mean
-        d2 = <double>x[i + 2] - mean
-        d3 = <double>x[i + 3] - mean
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-    for i in range(n4, n):
-        d0 = <double>x[i] - mean
-        s0 += d0 * d0
     m.count = <double>n
-    m.mean = mean
-    m.m2 = (s0 + s1) + (s2 + s3)
+    m.mean = shift + sum_dev(x, n, shift) / n
+    m.m2 = sum_sq_dev(x, n, m.mean)
     return m
 
 
 cdef inline double chunk_sumsq(const real* x, Py_ssize_t n) noexcept nogil:
     """Sum of squares of one chunk in float64 (RMSNorm, L2 norms)."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, v
-    cdef Py_ssize_t i, n4 = n - n % 4
-    for i in range(0, n4, 4):
-        s0 += <double>x[i] * <double>x[i]
-        s1 += <double>x[i + 1] * <double>x[i + 1]
-        s2 += <double>x[i + 2] * <double>x[i + 2]
-        s3 += <double>x[i + 3] * <double>x[i + 3]
-    for i in range(n4, n):
-        s0 += <double>x[i] * <double>x[i]
-    return (s0 + s1) + (s2 + s3)
+    return sum_sq_dev(x, n, 0.0)
 
 
 cdef inline void moments_merge(Moments* acc, Moments b) noexcept nogil:

@@ -1,0 +1,251 @@
+"""Lp normalization kernels (ONNX LpNormalization): y = x / ||x||_p, p = 1 or 2.
+
+The caller views x as (K1, L, K2) with the norm taken over L:
+  lp_rows  K2 == 1: K1 contiguous rows of length L;
+  lp_cols  K2 > 1:  for each k1, K2 interleaved vectors summed column-wise over L
+                    (every step reads COLS contiguous values, never a strided walk).
+Python (normrt.api.lp_norm) checks every argument; these kernels trust them.
+
+Determinism: a vector's sum is always cut into the same pieces (CHUNK elements
+of a row, LCHUNK rows of a column) that are added in the same order, starting
+from 0.0, whichever thread computed them and whichever path ran, so outputs are
+bitwise identical for any thread count.
+
+A zero norm gives 0, not NaN: the denominator of a zero vector is +inf, so the
+write loop stays branch-free (x / inf == 0 for every finite x). NaN stays NaN.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt, fabs, INFINITY
+from libc.float cimport DBL_MAX
+
+from moments cimport real, CHUNK, chunk_sumsq, n_chunks
+
+cdef enum:
+    # columns per block of the (K1, L, K2) path: accumulators stay in L1
+    COLS = 128
+    # rows of L per partial column sum (fixed: it decides the summation order)
+    LCHUNK = 256
+
+# below this a float64 sum of squares may have lost digits to underflow
+cdef double TINY_SUMSQ = 1e-280
+
+
+cdef inline double chunk_sumabs(const real* x, Py_ssize_t n) noexcept nogil:
+    """Sum of |x| of one chunk in float64 (the L1 norm's chunk_sumsq)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef Py_ssize_t i, n4 = n - n % 4
+    for i in range(0, n4, 4):
+        s0 += fabs(<double>x[i])
+        s1 += fabs(<double>x[i + 1])
+        s2 += fabs(<double>x[i + 2])
+        s3 += fabs(<double>x[i + 3])
+    for i in range(n4, n):
+        s0 += fabs(<double>x[i])
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline double chunk_sum_p(const real* x, Py_ssize_t n, int p) noexcept nogil:
+    if p == 1:
+        return chunk_sumabs(x, n)
+    return chunk_sumsq(x, n)
+
+
+cdef inline double rescaled_l2(const real* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    """||x||_2 as amax * sqrt(sum((x / amax)^2)): immune to over- and underflow.
+
+    Only float64 inputs need it (float32 squares cannot leave float64's range).
+    """
+    cdef double amax = 0.0, s = 0.0, v
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = fabs(<double>x[i * stride])
+        if v > amax:
+            amax = v
+    if amax == 0.0 or amax > DBL_MAX:
+        return amax
+    for i in range(n):
+        v = <double>x[i * stride] / amax
+        s += v * v
+    return amax * sqrt(s)
+
+
+cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
+                               double s, int p) noexcept nogil:
+    """The divisor of a vector whose accumulated sum is s: its norm, or +inf for 0."""
+    cdef double norm
+    if p == 1:
+        norm = s
+    else:
+        norm = sqrt(s)
+        if real is double:
+            # a float64 sum of squares overflowed or underflowed: recompute scaled
+            if s > DBL_MAX or s < TINY_SUMSQ:
+                norm = rescaled_l2(x, n, stride)
+    return norm if norm != 0.0 else INFINITY
+
+
+cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double d) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = <real>(<double>x[i] / d)
+
+
+def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
+            real[:, ::1] out,       # OUT (K1, L); may alias x
+            int p, int n_threads):
+    cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
+    cdef double s, d
+    cdef double* parts
+    if G == 0 or L == 0:
+        return
+
+    if G >= n_threads or nch == 1:
+        # one thread owns a whole row: its norm, then its output while cache-hot
+        for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
+            s = 0.0
+            for c in range(nch):
+                start = c * CHUNK
+                s = s + chunk_sum_p(&x[g, start], min(<Py_ssize_t>CHUNK, L - start), p)
+            d = denominator(&x[g, 0], L, 1, s, p)
+            write_row(&x[g, 0], &out[g, 0], L, d)
+        return
+
+    # fewer rows than threads: every chunk of every row is a work item
+    parts = <double*>malloc((G * nch + G) * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    cdef double* dens = parts + G * nch
+    try:
+        with nogil:
+            for item in prange(G * nch, schedule="static", num_threads=n_threads):
+                start = (item % nch) * CHUNK
+                parts[item] = chunk_sum_p(&x[item // nch, start],
+                                          min(<Py_ssize_t>CHUNK, L - start), p)
+            for g in prange(G, schedule="static", num_threads=n_threads):
+                s = 0.0
+                for c in range(nch):
+                    s = s + parts[g * nch + c]
+                dens[g] = denominator(&x[g, 0], L, 1, s, p)
+            for item in prange(G * nch, schedule="static", num_threads=n_threads):
+                g = item // nch
+                start = (item % nch) * CHUNK
+                n = min(<Py_ssize_t>CHUNK, L - start)
+                write_row(&x[g, start], &out[g, start], n, dens[g])
+    finally:
+        free(parts)
+
+
+cdef inline void col_chunk_sum(const real* x, Py_ssize_t K2, Py_ssize_t nrows, Py_ssize_t ncols,
+                               int p, double* part) noexcept nogil:
+    """part[j] = sum of |x[l, j]|^p over rows l < nrows (row stride K2), rows in order."""
+    cdef Py_ssize_t l, j
+    cdef const real* r
+    for j in range(ncols):
+        part[j] = 0.0
+    if p == 1:
+        for l in range(nrows):
+            r = x + l * K2
+            for j in range(ncols):
+                part[j] += fabs(<double>r[j])
+    else:
+        for l in range(nrows):
+            r = x + l * K2
+            for j in range(ncols):
+                part[j] += <double>r[j] * <double>r[j]
+
+
+cdef inline void col_denominators(const real* x, Py_ssize_t L, Py_ssize_t K2, Py_ssize_t ncols,
+                                  int p, double* acc) noexcept nogil:
+    """acc[j]: the accumulated sum of column j in, its divisor out."""
+    cdef Py_ssize_t j
+    for j in range(ncols):
+        acc[j] = denominator(x + j, L, K2, acc[j], p)
+
+
+cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nrows,
+                           Py_ssize_t ncols, const double* dens) noexcept nogil:
+    cdef Py_ssize_t l, j
+    cdef const real* r
+    cdef real* w
+    for l in range(nrows):
+        r = x + l * K2
+        w = y + l * K2
+        for j in range(ncols):
+            w[j] = <real>(<double>r[j] / dens[j])
+
+
+cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
+                           Py_ssize_t ncols, int p) noexcept nogil:
+    """Normalize ncols <= COLS adjacent columns of one (L, K2) slab, all by one thread."""
+    cdef double acc[COLS]
+    cdef double part[COLS]
+    cdef Py_ssize_t j, r0
+    for j in range(ncols):
+        acc[j] = 0.0
+    r0 = 0
+    while r0 < L:
+        col_chunk_sum(x + r0 * K2, K2, min(<Py_ssize_t>LCHUNK, L - r0), ncols, p, part)
+        for j in range(ncols):
+            acc[j] = acc[j] + part[j]
+        r0 += LCHUNK
+    col_denominators(x, L, K2, ncols, p, acc)
+    col_write(x, y, K2, L, ncols, acc)
+
+
+def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each (k1, k2)
+            real[:, :, ::1] out,       # OUT (K1, L, K2); may alias x
+            int p, int n_threads):
+    cdef Py_ssize_t K1 = x.shape[0], L = x.shape[1], K2 = x.shape[2]
+    cdef Py_ssize_t nb = (K2 + COLS - 1) // COLS          # column blocks per slab
+    cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK      # row chunks per column
+    cdef Py_ssize_t items = K1 * nb, item, t, k, j0, nc, r0, lc, j
+    cdef double* parts
+    cdef double* acc
+    if K1 == 0 or L == 0 or K2 == 0:
+        return
+
+    if items >= n_threads or nlc == 1:
+        # a work item is one column block of one slab: sums, then output
+        for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
+            k = item // nb
+            j0 = (item % nb) * COLS
+            col_block(&x[k, 0, j0], &out[k, 0, j0], L, K2, min(<Py_ssize_t>COLS, K2 - j0), p)
+        return
+
+    # few column blocks, long columns: each row chunk of each block is a work item;
+    # the partial sums are merged in chunk order (the same additions as col_block)
+    parts = <double*>malloc((items * nlc + items) * COLS * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    cdef double* dens = parts + items * nlc * COLS
+    try:
+        with nogil:
+            for t in prange(items * nlc, schedule="static", num_threads=n_threads):
+                item = t // nlc
+                k = item // nb
+                j0 = (item % nb) * COLS
+                r0 = (t % nlc) * LCHUNK
+                col_chunk_sum(&x[k, r0, j0], K2, min(<Py_ssize_t>LCHUNK, L - r0),
+                              min(<Py_ssize_t>COLS, K2 - j0), p, parts + t * COLS)
+            for item in prange(items, schedule="static", num_threads=n_threads):
+                k = item // nb
+                j0 = (item % nb) * COLS
+                nc = min(<Py_ssize_t>COLS, K2 - j0)
+                acc = dens + item * COLS
+                for j in range(nc):
+                    acc[j] = 0.0
+                for lc in range(nlc):
+                    for j in range(nc):
+                        acc[j] = acc[j] + parts[(item * nlc + lc) * COLS + j]
+                col_denominators(&x[k, 0, j0], L, K2, nc, p, acc)
+            for t in prange(items * nlc, schedule="static", num_threads=n_threads):
+                item = t // nlc
+                k = item // nb
+                j0 = (item % nb) * COLS
+                r0 = (t % nlc) * LCHUNK
+                col_write(&x[k, r0, j0], &out[k, r0, j0], K2, min(<Py_ssize_t>LCHUNK, L - r0),
+                          min(<Py_ssize_t>COLS, K2 - j0), dens + item * COLS)
+    finally:
+        free(parts)
