@@ -23,8 +23,20 @@ from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, 
 
 cdef inline void write_affine(const real* x, real* y, Py_ssize_t n, double mean, double a,
                               double b, int act) noexcept nogil:
-    """y[i] = act((x[i] - mean) * a + b) in float64, a = inv_std * scale, b = bias."""
+    """y[i] = act((x[i] - mean) * a + b), a = inv_std * scale, b = bias.
+
+    float32 without activation works in float32 with the mean split in two
+    floats (x - mean_hi is exact near the mean), else in float64.
+    """
     cdef Py_ssize_t i
+    cdef float mh = <float>mean
+    cdef float ml = <float>(mean - <double>mh)
+    cdef float fa = <float>a, fb = <float>b
+    if real is float:
+        if act == ACT_NONE:
+            for i in range(n):
+                y[i] = ((x[i] - mh) - ml) * fa + fb
+            return
     if act == ACT_NONE:
         for i in range(n):
             y[i] = <real>((<double>x[i] - mean) * a + b)

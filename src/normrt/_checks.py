@@ -3,6 +3,7 @@
 Everything is validated here, once, in Python; the kernels trust what they get.
 Errors name the argument and say what was expected.
 """
+import math
 import numbers
 
 import numpy as np
@@ -128,3 +129,63 @@ def axis_index(axis, ndim, name="axis"):
     if not -ndim <= a < ndim:
         raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for rank {ndim}, got {axis}")
     return a % ndim
+
+
+def int_value(v, name, *, min_value=None, choices=None):
+    """An integer attribute (ONNX ints such as LRN's size, LpNormalization's p).
+
+    Anything else -- a bool, a non-integral float, an int outside `choices` or
+    below `min_value` -- is a ValueError naming the argument.
+    """
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        ok = False
+    elif isinstance(v, numbers.Integral):
+        ok = True
+    else:
+        ok = math.isfinite(v) and float(v).is_integer()
+    iv = int(v) if ok else None
+    if ok and min_value is not None and iv < min_value:
+        ok = False
+    if ok and choices is not None and iv not in choices:
+        ok = False
+    if not ok:
+        if choices is not None:
+            want = " or ".join(str(c) for c in choices)
+        elif min_value is not None:
+            want = f"an int >= {min_value}"
+        else:
+            want = "an int"
+        raise ValueError(f"{name} must be {want}, got {v!r}")
+    return iv
+
+
+def finite_real(v, name):
+    """A finite real scalar attribute (alpha, beta, ...) as a Python float."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def axes_tuple(axes, ndim, name="axes"):
+    """An int or a sequence of ints as a sorted tuple of distinct non-negative axes."""
+    if isinstance(axes, (bool, np.bool_)) or axes is None:
+        raise ValueError(f"{name} must be an int or a tuple of ints, got {axes!r}")
+    if isinstance(axes, numbers.Integral):
+        axes = (axes,)
+    try:
+        items = tuple(axes)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a tuple of ints, got {axes!r}") from None
+    out = []
+    for a in items:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
+            raise ValueError(f"{name} must contain ints, got {a!r}")
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{name} entry {a} is out of range for rank {ndim}")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has duplicate entries: {items}")
+    return tuple(sorted(out))

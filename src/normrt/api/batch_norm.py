@@ -1,0 +1,107 @@
+"""BatchNorm (inference), per-channel batch statistics and SPADE over x of shape (N, C, *spatial).
+
+Channel axis 1: x is viewed as (N, C, S), S the product of the spatial sizes
+(1 for (N, C) input); the kernels read channel c as the N strided runs x[n, c, :].
+"""
+import math
+
+import numpy as np
+
+from .. import _checks as chk
+from .._kernels import batch_norm as _k
+from .._threads import get_num_threads
+from .moments import channel_moments
+
+
+def _view(x):
+    N, C = x.shape[:2]
+    return N, C, math.prod(x.shape[2:])
+
+
+def _channel_vector(p, name, C):
+    """A required per-channel parameter as float64 (C,)."""
+    if p is None:
+        raise ValueError(f"{name} is required: an array of shape {(C,)}")
+    return chk.param(p, name, (C,), np.float64)
+
+
+def _detach(p, y):
+    """p, read while y is written element by element: a copy if y overlaps it at another offset."""
+    if np.may_share_memory(p, y) and p.__array_interface__["data"][0] != y.__array_interface__["data"][0]:
+        return p.copy()
+    return p
+
+
+def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None):
+    """Batch normalization with running statistics (ONNX BatchNormalization, inference).
+
+    x has shape (N, C, *spatial) (rank >= 2, channel axis 1); scale, bias, mean
+    and var have shape (C,). The statistics are folded once per channel,
+    a = scale / sqrt(var + eps), and every element is computed in float64 as
+    y = act((x - mean) * a + bias), so a channel equal to its mean gives exactly
+    bias. `activation` is None, "relu", "silu", "gelu" or "sigmoid". `out` may be x.
+    """
+    x = chk.tensor(x, "x", min_rank=2)
+    N, C, S = _view(x)
+    scale = _channel_vector(scale, "scale", C)
+    bias = _channel_vector(bias, "bias", C)
+    mean = _channel_vector(mean, "mean", C)
+    var = _channel_vector(var, "var", C)
+    eps = chk.eps_value(eps)
+    act = chk.activation(activation)
+    y = chk.output(out, x.shape, x.dtype, x)
+    if x.size:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = scale / np.sqrt(var + eps)
+        empty = chk.empty1(x.dtype)
+        _k.channel_affine(x.reshape(N, C, S), mean, a, bias, empty, empty, y.reshape(N, C, S),
+                          act, get_num_threads())
+    return y
+
+
+def batch_norm_stats(x):
+    """Per-channel batch statistics: (mean, var), each of shape (C,) in x's dtype.
+
+    Mean and population variance over every axis but 1 (N and spatial), as
+    BatchNormalization computes in training mode; float64 two-pass chunk
+    moments merged in a fixed order (bitwise identical for any thread count).
+    A channel with no elements (N or a spatial size 0) gives NaN.
+    """
+    x = chk.tensor(x, "x", min_rank=2)
+    mean, var = channel_moments(x.reshape(_view(x)))
+    return mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def spade(x, gamma, beta, *, mean=None, var=None, eps=1e-5, out=None):
+    """SPADE (spatially-adaptive normalization, Park et al. 2019).
+
+    x has shape (N, C, *spatial). Each channel is normalized, xhat =
+    (x - mean[c]) / sqrt(var[c] + eps), with the running statistics `mean` and
+    `var` (shape (C,), give both) or, when both are omitted, with the batch
+    statistics over N and the spatial axes. Then y = xhat * (1 + gamma) + beta,
+    where gamma and beta are full tensors shaped like x (cast to x's dtype).
+    Computed in float64 per element. `out` may be x (or gamma or beta).
+    """
+    x = chk.tensor(x, "x", min_rank=2)
+    N, C, S = _view(x)
+    gamma = chk.same_tensor(gamma, x, "gamma")
+    beta = chk.same_tensor(beta, x, "beta")
+    if (mean is None) != (var is None):
+        raise ValueError("mean and var must be given together (running statistics) "
+                         "or both omitted (batch statistics)")
+    if mean is not None:
+        mean = _channel_vector(mean, "mean", C)
+        var = _channel_vector(var, "var", C)
+    eps = chk.eps_value(eps)
+    y = chk.output(out, x.shape, x.dtype, x)
+    if x.size == 0:
+        return y
+    gamma, beta = _detach(gamma, y), _detach(beta, y)
+    x3 = x.reshape(N, C, S)
+    if mean is None:
+        mean, var = channel_moments(x3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_std = 1.0 / np.sqrt(var + eps)
+    _k.channel_affine(x3, mean, inv_std, np.zeros(C), gamma.reshape(-1), beta.reshape(-1),
+                      y.reshape(N, C, S), 0, get_num_threads())
+    return y
