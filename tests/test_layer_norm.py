@@ -277,7 +277,11 @@ def test_property_layer_norm(case):
     bias = np.linspace(1, -1, math.prod(nshape)).reshape(nshape).astype(x.dtype)
     y = normrt.layer_norm(x, scale, bias, axis=axis, eps=1e-2, activation=act)
     ref, _, _ = ref_layer_norm(x, scale, bias, axis, 1e-2, act=act)
-    np.testing.assert_allclose(y, ref, **tol(x.dtype))
+    t = tol(x.dtype)
+    if x.dtype == np.float64:
+        # float64 x - mean is rounded to an ulp of |x|; the gain 1/sqrt(eps) * |scale| magnifies it
+        t["atol"] += 8 * np.finfo(np.float64).eps * float(np.abs(x).max(initial=0)) * 10 * 2
+    np.testing.assert_allclose(y, ref, **t)
 
 
 @settings(max_examples=100, deadline=None)
