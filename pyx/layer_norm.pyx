@@ -1,14 +1,15 @@
 """Row kernels: LayerNorm and RMSNorm over the trailing L elements of G rows.
 
 Python (normrt.api.layer_norm) checks every argument; these kernels trust them.
-Optional buffers are passed as length-0 arrays.
+Optional buffers are None or arrays of x's dtype and the documented shape.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, chunk_sumsq,
-                      moments_merge, moments_empty, moments_var, n_chunks, activate)
+                      moments_merge, moments_empty, moments_var, n_chunks, group_moments,
+                      activate)
 
 
 cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t n) noexcept nogil:
@@ -82,20 +83,59 @@ cdef inline void write_rms_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t
         y[i] = <real>activate(v, act)
 
 
-def layer_norm(const real[:, ::1] x,          # IN  (G, L) rows to normalize
-               const real[:, ::1] residual,   # IN  (G, L) added to x first, or (0, 0)
-               const real[::1] scale,         # IN  (L,) or (0,)
-               const real[::1] bias,          # IN  (L,) or (0,)
-               real[:, ::1] out,              # OUT (G, L); may alias x
-               real[:, ::1] sum_out,          # OUT (G, L) x + residual, or (0, 0)
-               double[::1] mean_out,          # OUT (G,) or (0,)
-               double[::1] rstd_out,          # OUT (G,) or (0,)
-               double eps, int act, int n_threads):
+cdef inline void layer_norm_row(const real* x, const real* r, real* h_buf, real* y, Py_ssize_t L,
+                                const real* scale, const real* bias, double eps, int act,
+                                double* mean_out, double* rstd_out) noexcept nogil:
+    """One whole row: (x + r into h_buf), statistics, output."""
+    cdef const real* h = x
+    cdef Moments m
+    cdef double rstd
+    if r != NULL:
+        add_residual(x, r, h_buf, L)
+        h = h_buf
+    m = group_moments(h, L)
+    rstd = 1.0 / sqrt(moments_var(m) + eps)
+    if mean_out != NULL:
+        mean_out[0] = m.mean
+        rstd_out[0] = rstd
+    write_layer_norm(h, y, L, 0, m.mean, rstd, scale, bias, scale != NULL, bias != NULL, act)
+
+
+cdef inline void rms_norm_row(const real* x, const real* r, real* h_buf, real* y, Py_ssize_t L,
+                              const real* scale, double eps, int act) noexcept nogil:
+    cdef const real* h = x
+    cdef double ss = 0.0
+    cdef Py_ssize_t start = 0
+    if r != NULL:
+        add_residual(x, r, h_buf, L)
+        h = h_buf
+    while start < L:
+        ss += chunk_sumsq(h + start, min(<Py_ssize_t>CHUNK, L - start))
+        start += CHUNK
+    write_rms_norm(h, y, L, 0, 1.0 / sqrt(ss / L + eps), scale, scale != NULL, act)
+
+
+def layer_norm(const real[:, ::1] x,      # IN  (G, L) rows to normalize
+               real[:, ::1] out,          # OUT (G, L); may alias x
+               scale=None,                # IN  (L,) x.dtype, or None
+               bias=None,                 # IN  (L,) x.dtype, or None
+               residual=None,             # IN  (G, L) x.dtype, added to x first, or None
+               sum_out=None,              # OUT (G, L) x.dtype, receives x + residual, or None
+               stats_out=None,            # OUT (2, G) float64: mean, inv_std_dev; or None
+               double eps=1e-5, int act=0, int n_threads=1):
+    # Optional buffers are plain objects, turned into views only when present:
+    # a small call then pays for two buffer acquisitions, not seven.
     cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef bint has_res = residual.shape[0] != 0, has_sum = sum_out.shape[0] != 0
-    cdef bint has_scale = scale.shape[0] != 0, has_bias = bias.shape[0] != 0
-    cdef bint keep_stats = mean_out.shape[0] != 0
+    cdef const real[::1] scale_v, bias_v
+    cdef const real[:, ::1] res_v
+    cdef real[:, ::1] sum_v
+    cdef double[:, ::1] stats_v
+    cdef const real* scale_p = NULL
+    cdef const real* bias_p = NULL
+    cdef const real* res_p = NULL
+    cdef real* sum_p = &out[0, 0] if G and L else NULL
+    cdef double* stats_p = NULL
     cdef Moments m
     cdef Moments* parts
     cdef double rstd
@@ -103,29 +143,54 @@ def layer_norm(const real[:, ::1] x,          # IN  (G, L) rows to normalize
     cdef real* hw
     if G == 0 or L == 0:
         return
+    if out.shape[0] != G or out.shape[1] != L:
+        raise ValueError("out must have x's shape")
+    if scale is not None:
+        scale_v = scale
+        if scale_v.shape[0] != L:
+            raise ValueError("scale must have L elements")
+        scale_p = &scale_v[0]
+    if bias is not None:
+        bias_v = bias
+        if bias_v.shape[0] != L:
+            raise ValueError("bias must have L elements")
+        bias_p = &bias_v[0]
+    if residual is not None:
+        res_v = residual
+        if res_v.shape[0] != G or res_v.shape[1] != L:
+            raise ValueError("residual must have x's shape")
+        res_p = &res_v[0, 0]
+    if sum_out is not None:
+        sum_v = sum_out
+        if sum_v.shape[0] != G or sum_v.shape[1] != L:
+            raise ValueError("sum_out must have x's shape")
+        sum_p = &sum_v[0, 0]
+    if stats_out is not None:
+        stats_v = stats_out
+        if stats_v.shape[0] != 2 or stats_v.shape[1] != G:
+            raise ValueError("stats_out must have shape (2, G)")
+        stats_p = &stats_v[0, 0]
     n_threads = team_size(G * L, n_threads)
 
+    if n_threads == 1:
+        with nogil:
+            for g in range(G):
+                layer_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
+                               &out[g, 0], L, scale_p, bias_p, eps, act,
+                               (stats_p + g) if stats_p != NULL else NULL,
+                               (stats_p + G + g) if stats_p != NULL else NULL)
+        return
     if G >= n_threads or nch == 1:
         # one thread owns a whole row: statistics and output while it is cache-hot
         for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
-            h = &x[g, 0]
-            if has_res:
-                hw = &sum_out[g, 0] if has_sum else &out[g, 0]
-                add_residual(&x[g, 0], &residual[g, 0], hw, L)
-                h = hw
-            m = moments_empty()
-            for c in range(nch):
-                start = c * CHUNK
-                moments_merge(&m, chunk_moments(h + start, min(<Py_ssize_t>CHUNK, L - start)))
-            rstd = 1.0 / sqrt(moments_var(m) + eps)
-            if keep_stats:
-                mean_out[g] = m.mean
-                rstd_out[g] = rstd
-            write_layer_norm(h, &out[g, 0], L, 0, m.mean, rstd, &scale[0] if has_scale else NULL,
-                             &bias[0] if has_bias else NULL, has_scale, has_bias, act)
+            layer_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
+                           &out[g, 0], L, scale_p, bias_p, eps, act,
+                           (stats_p + g) if stats_p != NULL else NULL,
+                           (stats_p + G + g) if stats_p != NULL else NULL)
         return
 
-    # fewer rows than threads: every chunk of every row is a work item
+    # fewer rows than threads: every chunk of every row is a work item, merged
+    # in chunk order exactly as group_moments does
     parts = <Moments*>malloc(G * nch * sizeof(Moments) + 2 * G * sizeof(double))
     if parts == NULL:
         raise MemoryError()
@@ -138,9 +203,9 @@ def layer_norm(const real[:, ::1] x,          # IN  (G, L) rows to normalize
                 start = (item % nch) * CHUNK
                 n = min(<Py_ssize_t>CHUNK, L - start)
                 h = &x[g, start]
-                if has_res:
-                    hw = &sum_out[g, start] if has_sum else &out[g, start]
-                    add_residual(&x[g, start], &residual[g, start], hw, n)
+                if res_p != NULL:
+                    hw = sum_p + g * L + start
+                    add_residual(&x[g, start], res_p + g * L + start, hw, n)
                     h = hw
                 parts[item] = chunk_moments(h, n)
             for g in range(G):
@@ -149,55 +214,69 @@ def layer_norm(const real[:, ::1] x,          # IN  (G, L) rows to normalize
                     moments_merge(&m, parts[g * nch + c])
                 means[g] = m.mean
                 rstds[g] = 1.0 / sqrt(moments_var(m) + eps)
-                if keep_stats:
-                    mean_out[g] = means[g]
-                    rstd_out[g] = rstds[g]
+                if stats_p != NULL:
+                    stats_p[g] = means[g]
+                    stats_p[G + g] = rstds[g]
             for item in prange(G * nch, schedule="static", num_threads=n_threads):
                 g = item // nch
                 start = (item % nch) * CHUNK
                 n = min(<Py_ssize_t>CHUNK, L - start)
-                if has_res:
-                    h = &sum_out[g, start] if has_sum else &out[g, start]
-                else:
-                    h = &x[g, start]
+                h = (sum_p + g * L + start) if res_p != NULL else &x[g, start]
                 write_layer_norm(h, &out[g, start], n, start, means[g], rstds[g],
-                                 &scale[0] if has_scale else NULL, &bias[0] if has_bias else NULL,
-                                 has_scale, has_bias, act)
+                                 scale_p, bias_p, scale_p != NULL, bias_p != NULL, act)
     finally:
         free(parts)
 
 
-def rms_norm(const real[:, ::1] x,          # IN  (G, L)
-             const real[:, ::1] residual,   # IN  (G, L) or (0, 0)
-             const real[::1] scale,         # IN  (L,) or (0,)
-             real[:, ::1] out,              # OUT (G, L); may alias x
-             real[:, ::1] sum_out,          # OUT (G, L) x + residual, or (0, 0)
-             double eps, int act, int n_threads):
+def rms_norm(const real[:, ::1] x,      # IN  (G, L)
+             real[:, ::1] out,          # OUT (G, L); may alias x
+             scale=None,                # IN  (L,) x.dtype, or None
+             residual=None,             # IN  (G, L) x.dtype, or None
+             sum_out=None,              # OUT (G, L) x.dtype, receives x + residual, or None
+             double eps=1e-5, int act=0, int n_threads=1):
     cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef bint has_res = residual.shape[0] != 0, has_sum = sum_out.shape[0] != 0
-    cdef bint has_scale = scale.shape[0] != 0
+    cdef const real[::1] scale_v
+    cdef const real[:, ::1] res_v
+    cdef real[:, ::1] sum_v
+    cdef const real* scale_p = NULL
+    cdef const real* res_p = NULL
+    cdef real* sum_p = &out[0, 0] if G and L else NULL
     cdef double ss, rinv
     cdef double* parts
     cdef const real* h
     cdef real* hw
     if G == 0 or L == 0:
         return
+    if out.shape[0] != G or out.shape[1] != L:
+        raise ValueError("out must have x's shape")
+    if scale is not None:
+        scale_v = scale
+        if scale_v.shape[0] != L:
+            raise ValueError("scale must have L elements")
+        scale_p = &scale_v[0]
+    if residual is not None:
+        res_v = residual
+        if res_v.shape[0] != G or res_v.shape[1] != L:
+            raise ValueError("residual must have x's shape")
+        res_p = &res_v[0, 0]
+    if sum_out is not None:
+        sum_v = sum_out
+        if sum_v.shape[0] != G or sum_v.shape[1] != L:
+            raise ValueError("sum_out must have x's shape")
+        sum_p = &sum_v[0, 0]
     n_threads = team_size(G * L, n_threads)
 
+    if n_threads == 1:
+        with nogil:
+            for g in range(G):
+                rms_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
+                             &out[g, 0], L, scale_p, eps, act)
+        return
     if G >= n_threads or nch == 1:
         for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
-            h = &x[g, 0]
-            if has_res:
-                hw = &sum_out[g, 0] if has_sum else &out[g, 0]
-                add_residual(&x[g, 0], &residual[g, 0], hw, L)
-                h = hw
-            ss = 0.0
-            for c in range(nch):
-                start = c * CHUNK
-                ss = ss + chunk_sumsq(h + start, min(<Py_ssize_t>CHUNK, L - start))
-            rinv = 1.0 / sqrt(ss / L + eps)
-            write_rms_norm(h, &out[g, 0], L, 0, rinv, &scale[0] if has_scale else NULL, has_scale, act)
+            rms_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
+                         &out[g, 0], L, scale_p, eps, act)
         return
 
     parts = <double*>malloc((G * nch + G) * sizeof(double))
@@ -211,9 +290,9 @@ def rms_norm(const real[:, ::1] x,          # IN  (G, L)
                 start = (item % nch) * CHUNK
                 n = min(<Py_ssize_t>CHUNK, L - start)
                 h = &x[g, start]
-                if has_res:
-                    hw = &sum_out[g, start] if has_sum else &out[g, start]
-                    add_residual(&x[g, start], &residual[g, start], hw, n)
+                if res_p != NULL:
+                    hw = sum_p + g * L + start
+                    add_residual(&x[g, start], res_p + g * L + start, hw, n)
                     h = hw
                 parts[item] = chunk_sumsq(h, n)
             for g in range(G):
@@ -225,11 +304,7 @@ def rms_norm(const real[:, ::1] x,          # IN  (G, L)
                 g = item // nch
                 start = (item % nch) * CHUNK
                 n = min(<Py_ssize_t>CHUNK, L - start)
-                if has_res:
-                    h = &sum_out[g, start] if has_sum else &out[g, start]
-                else:
-                    h = &x[g, start]
-                write_rms_norm(h, &out[g, start], n, start, rinvs[g],
-                               &scale[0] if has_scale else NULL, has_scale, act)
+                h = (sum_p + g * L + start) if res_p != NULL else &x[g, start]
+                write_rms_norm(h, &out[g, start], n, start, rinvs[g], scale_p, scale_p != NULL, act)
     finally:
         free(parts)

@@ -62,6 +62,8 @@ def param(p, name, shape, dtype, broadcast=False):
     """
     if p is None:
         return None
+    if type(p) is np.ndarray and p.dtype == dtype and p.shape == tuple(shape) and p.flags.c_contiguous:
+        return p  # already right: the common case costs no conversion
     if not isinstance(p, np.ndarray):
         p = np.asarray(p)
     if p.dtype.kind not in "fiu":
@@ -96,7 +98,9 @@ def output(out, shape, dtype, x=None, name="out"):
         raise ValueError(f"{name} must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
-    if x is not None and out is not x and np.may_share_memory(out, x):
+    # two arrays that own their memory cannot overlap: skip the costlier test
+    if x is not None and out is not x and (out.base is not None or x.base is not None) \
+            and np.may_share_memory(out, x):
         same = (out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
                 and out.strides == x.strides)
         if not same:
@@ -113,6 +117,8 @@ def activation(act):
 
 
 def eps_value(eps, name="eps"):
+    if type(eps) is float and eps >= 0.0:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -123,6 +129,8 @@ def eps_value(eps, name="eps"):
 
 def axis_index(axis, ndim, name="axis"):
     """Normalize a possibly negative axis for a tensor of rank ndim."""
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
     a = int(axis)

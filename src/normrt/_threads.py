@@ -37,8 +37,13 @@ def _check(n):
     return n
 
 
+class _Local(threading.local):
+    def __init__(self):
+        self.stack = []   # overrides from threads(n) blocks, innermost last
+
+
 _global = [_default_threads()]
-_local = threading.local()
+_local = _Local()
 
 
 def set_num_threads(n):
@@ -48,7 +53,7 @@ def set_num_threads(n):
 
 def get_num_threads():
     """The number of threads the next kernel call from this Python thread will use."""
-    stack = getattr(_local, "stack", None)
+    stack = _local.stack
     return stack[-1] if stack else _global[0]
 
 
@@ -56,9 +61,7 @@ def get_num_threads():
 def threads(n):
     """Use `n` threads inside the block (for the calling Python thread only)."""
     n = _check(n)
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
+    stack = _local.stack
     stack.append(n)
     try:
         yield n

@@ -1,6 +1,4 @@
 """LayerNorm and RMSNorm: statistics over the trailing axes [axis, rank)."""
-import math
-
 import numpy as np
 
 from .. import _checks as chk
@@ -9,14 +7,25 @@ from .._threads import get_num_threads
 
 
 def _rows(x, axis):
+    """(first normalized axis, G rows, L elements per row) of x viewed as (G, L)."""
     a = chk.axis_index(axis, x.ndim)
-    G = math.prod(x.shape[:a])
-    L = math.prod(x.shape[a:])
-    return a, G, L
+    L = 1
+    for d in x.shape[a:]:
+        L *= d
+    return a, (x.size // L if L else 0), L
 
 
-def _residual(residual, x):
-    return None if residual is None else chk.same_tensor(residual, x, "residual")
+def _as_rows(arr, G, L):
+    return arr if arr.shape == (G, L) else arr.reshape(G, L)
+
+
+def _residual(residual, x, out):
+    if residual is None:
+        return None
+    r = chk.same_tensor(residual, x, "residual")
+    if out is not None:
+        chk.output(out, x.shape, x.dtype, r, name="out")  # out may be residual, not overlap it
+    return r
 
 
 def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, activation=None,
@@ -30,33 +39,28 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     """
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
-    norm_shape = x.shape[a:]
     dt = x.dtype
+    norm_shape = x.shape[a:]
     scale = chk.param(scale, "scale", norm_shape, dt, broadcast=True)
     bias = chk.param(bias, "bias", norm_shape, dt, broadcast=True)
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
-    r = _residual(residual, x)
+    r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
-    stats_shape = x.shape[:a] + (1,) * (x.ndim - a)
-    if return_stats:
-        mean = np.empty(G, np.float64)
-        rstd = np.empty(G, np.float64)
-    else:
-        mean = rstd = chk.empty_f64()
+    stats = np.empty((2, G), np.float64) if return_stats else None
     if G and L:
         _k.layer_norm(
-            x.reshape(G, L),
-            chk.empty2(dt) if r is None else r.reshape(G, L),
-            chk.empty1(dt) if scale is None else scale.reshape(L),
-            chk.empty1(dt) if bias is None else bias.reshape(L),
-            y.reshape(G, L), chk.empty2(dt), mean, rstd, eps, act, get_num_threads(),
+            _as_rows(x, G, L), _as_rows(y, G, L),
+            None if scale is None else scale.reshape(L),
+            None if bias is None else bias.reshape(L),
+            None if r is None else _as_rows(r, G, L),
+            None, stats, eps, act, get_num_threads(),
         )
     elif return_stats:
-        mean.fill(np.nan)
-        rstd.fill(np.nan)
+        stats.fill(np.nan)
     if return_stats:
-        return y, mean.astype(dt).reshape(stats_shape), rstd.astype(dt).reshape(stats_shape)
+        stats_shape = x.shape[:a] + (1,) * (x.ndim - a)
+        return y, stats[0].astype(dt).reshape(stats_shape), stats[1].astype(dt).reshape(stats_shape)
     return y
 
 
@@ -67,13 +71,13 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None):
     dt = x.dtype
     scale = chk.param(scale, "scale", x.shape[a:], dt, broadcast=True)
     eps = chk.eps_value(eps)
-    r = _residual(residual, x)
+    r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
     if G and L:
         _k.rms_norm(
-            x.reshape(G, L),
-            chk.empty2(dt) if r is None else r.reshape(G, L),
-            chk.empty1(dt) if scale is None else scale.reshape(L),
-            y.reshape(G, L), chk.empty2(dt), eps, 0, get_num_threads(),
+            _as_rows(x, G, L), _as_rows(y, G, L),
+            None if scale is None else scale.reshape(L),
+            None if r is None else _as_rows(r, G, L),
+            None, eps, 0, get_num_threads(),
         )
     return y

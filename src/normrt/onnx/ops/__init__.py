@@ -1,0 +1,18 @@
+"""Numpy op implementations for the executor.
+
+Importing this package registers every op module below with `registry`.
+"""
+from . import registry  # noqa: F401
+from . import (  # noqa: F401
+    activations,
+    constants,
+    conv,
+    elementwise,
+    indexing,
+    matmul,
+    pool,
+    reduce,
+    resize,
+    shape_ops,
+    softmax,
+)

@@ -1,0 +1,153 @@
+"""Activation functions (numpy): Relu, LeakyRelu, PRelu, Sigmoid,
+HardSigmoid, HardSwish, Softplus, Softsign, Elu, Selu, Celu, ThresholdedRelu,
+Mish, Gelu, Clip.
+
+Scalar attributes are applied in the input dtype (float32 stays float32).
+"""
+import numpy as np
+
+from ._util import attr_str, op
+from .elementwise import erf_array
+
+
+def _f(node, name, default):
+    return float(node.attrs.get(name, default))
+
+
+@op("Relu", since=1)
+def relu(node, x):
+    return np.maximum(x, x.dtype.type(0))
+
+
+@op("LeakyRelu", since=1)
+def leaky_relu(node, x):
+    alpha = x.dtype.type(_f(node, "alpha", 0.01))
+    return np.where(x > 0, x, x * alpha)
+
+
+@op("PRelu", since=7)
+def prelu(node, x, slope):
+    r = np.where(x > 0, x, x * slope)
+    return r if r.dtype == x.dtype else r.astype(x.dtype)
+
+
+@op("Sigmoid", since=1)
+def sigmoid(node, x):
+    if x.dtype.kind != "f":
+        return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype)
+    with np.errstate(over="ignore"):
+        out = np.negative(x, out=np.empty_like(x))   # out=: stays an array for 0-d x
+        np.exp(out, out=out)
+        out += 1
+        np.reciprocal(out, out=out)
+    return out
+
+
+@op("HardSigmoid", since=1)
+def hard_sigmoid(node, x):
+    t = x.dtype.type
+    out = np.multiply(x, t(_f(node, "alpha", 0.2)), out=np.empty_like(x))
+    out += t(_f(node, "beta", 0.5))
+    np.clip(out, t(0), t(1), out=out)
+    return out
+
+
+@op("HardSwish", since=14)
+def hard_swish(node, x):
+    t = x.dtype.type
+    out = np.multiply(x, t(1.0 / 6.0), out=np.empty_like(x))
+    out += t(0.5)
+    np.clip(out, t(0), t(1), out=out)
+    out *= x
+    return out
+
+
+@op("Softplus", since=1)
+def softplus(node, x):
+    return np.logaddexp(x, x.dtype.type(0))
+
+
+@op("Softsign", since=1)
+def softsign(node, x):
+    return x / (np.abs(x) + x.dtype.type(1))
+
+
+@op("Elu", since=1)
+def elu(node, x):
+    alpha = x.dtype.type(_f(node, "alpha", 1.0))
+    with np.errstate(over="ignore"):
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+@op("Selu", since=1)
+def selu(node, x):
+    t = x.dtype.type
+    alpha = t(_f(node, "alpha", 1.67326319217681884765625))
+    gamma = t(_f(node, "gamma", 1.05070102214813232421875))
+    return np.where(x > 0, gamma * x, gamma * alpha * np.expm1(np.minimum(x, 0)))
+
+
+@op("Celu", since=12)
+def celu(node, x):
+    alpha = x.dtype.type(_f(node, "alpha", 1.0))
+    return np.maximum(x, 0) + np.minimum(0, alpha * np.expm1(np.minimum(x, 0) / alpha))
+
+
+@op("ThresholdedRelu", since=10)
+def thresholded_relu(node, x):
+    alpha = x.dtype.type(_f(node, "alpha", 1.0))
+    return np.where(x > alpha, x, x.dtype.type(0))
+
+
+@op("Mish", since=18)
+def mish(node, x):
+    return x * np.tanh(np.logaddexp(x, x.dtype.type(0)))
+
+
+def _gelu_supported(node):
+    return attr_str(node, "approximate", "none") in ("none", "tanh")
+
+
+@op("Gelu", since=20, supports=_gelu_supported)
+def gelu(node, x):
+    t = x.dtype.type
+    if attr_str(node, "approximate", "none") == "tanh":
+        inner = np.multiply(x, x, out=np.empty_like(x))
+        inner *= t(0.044715)
+        inner += t(1)
+        inner *= x
+        inner *= t(np.sqrt(2.0 / np.pi))
+        np.tanh(inner, out=inner)
+    else:
+        inner = np.asarray(erf_array(x * t(1.0 / np.sqrt(2.0))))
+        if inner.dtype != x.dtype:
+            inner = inner.astype(x.dtype)
+    inner += t(1)
+    inner *= x
+    inner *= t(0.5)
+    return inner
+
+
+@op("Clip", since=1, until=10)
+def clip6(node, x):
+    # opset 6 defaults to +-FLT_MAX; opset 1 leaves an absent bound open
+    flt_max = 3.4028234663852886e38 if node.version >= 6 else None
+    lo = node.attrs.get("min", None if flt_max is None else -flt_max)
+    hi = node.attrs.get("max", flt_max)
+    out = x.copy()
+    with np.errstate(over="ignore"):
+        if lo is not None:
+            np.maximum(out, x.dtype.type(lo), out=out)
+        if hi is not None:
+            np.minimum(out, x.dtype.type(hi), out=out)
+    return out
+
+
+@op("Clip", since=11)
+def clip(node, x, lo=None, hi=None):
+    out = x.copy()
+    if lo is not None and lo.size:
+        np.maximum(out, lo.astype(x.dtype, copy=False), out=out)
+    if hi is not None and hi.size:
+        np.minimum(out, hi.astype(x.dtype, copy=False), out=out)
+    return out

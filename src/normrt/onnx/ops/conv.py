@@ -1,0 +1,177 @@
+"""Convolutions (numpy + BLAS): Conv and ConvTranspose, 1D/2D/3D.
+
+Conv lowers to im2col (a strided view copied once) and one batched BLAS GEMM
+over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
+channel per group) accumulate shifted slices instead of a GEMM.
+ConvTranspose is the adjoint: one GEMM then col2im by shifted-slice adds.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
+from ._util import attr_ints, attr_str, low_precision, op
+
+
+def _conv_supported(node):
+    return auto_pad_ok(node)
+
+
+def _to_compute(a):
+    return a.astype(np.float32) if low_precision(a.dtype) else a
+
+
+@op("Conv", since=1, supports=_conv_supported)
+def conv(node, x, w, b=None):
+    out_dtype = x.dtype
+    x, w = _to_compute(x), _to_compute(w)
+    if w.dtype != x.dtype:
+        w = w.astype(x.dtype)
+    nsp = x.ndim - 2
+    kernel = list(w.shape[2:])
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
+    group = int(node.attrs.get("group", 1))
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    mg = m // group
+    pb, pe = forward_pads(node, x.shape[2:], kernel, strides, dil)
+    out_sp = [out_size(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
+    osz = int(np.prod(out_sp))
+    ksz = int(np.prod(kernel))
+
+    if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
+        # 1x1: a plain (grouped) matmul, strided subsampling if needed
+        if any(s != 1 for s in strides):
+            x = x[(slice(None), slice(None)) + tuple(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides))]
+        cols = x.reshape(n, group, cg, osz)
+        y = np.matmul(w.reshape(group, mg, cg), cols)
+    else:
+        need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sp, strides, kernel, dil)]
+        xp = pad_to(x, pb, need, 0)
+        if group == c and cg == 1 and group > 1:
+            y = _depthwise(xp, w, group, mg, kernel, strides, dil, out_sp)
+        else:
+            # im2col: view (N, C, k..., o...) -> copy (N, g, Cg*K, O)
+            es = xp.strides
+            view = as_strided(
+                xp,
+                shape=(n, c) + tuple(kernel) + tuple(out_sp),
+                strides=es[:2]
+                + tuple(es[2 + i] * dil[i] for i in range(nsp))
+                + tuple(es[2 + i] * strides[i] for i in range(nsp)),
+                writeable=False,
+            )
+            y = _im2col_gemm(view, w.reshape(group, mg, cg * ksz), n, group, out_sp)
+    y = y.reshape((n, m) + tuple(out_sp))
+    if b is not None:
+        y += b.astype(y.dtype, copy=False).reshape((1, m) + (1,) * nsp)
+    return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+# Largest im2col buffer built in one piece; bigger ones are built and
+# multiplied in bands of output rows (first spatial axis) to bound memory.
+IM2COL_BYTES = 64 << 20
+
+
+def _im2col_gemm(view, wg, n, group, out_sp):
+    """y (N, g, Mg, O) = wg (g, Mg, Cg*K) @ im2col(view (N, C, k..., o...))."""
+    ck = wg.shape[2]
+    osz = int(np.prod(out_sp))
+    row = osz // out_sp[0] if out_sp[0] else 0          # output pixels per first-axis row
+    band = max(1, IM2COL_BYTES // max(1, n * group * ck * row * view.itemsize))
+    if band >= out_sp[0]:
+        return np.matmul(wg, view.reshape(n, group, ck, osz))
+    y = np.empty((n, group, wg.shape[1], out_sp[0], row), dtype=view.dtype)
+    nk = view.ndim - 2 - len(out_sp)
+    for r0 in range(0, out_sp[0], band):
+        r1 = min(out_sp[0], r0 + band)
+        part = view[(slice(None),) * (2 + nk) + (slice(r0, r1),)]
+        cols = part.reshape(n, group, ck, (r1 - r0) * row)
+        y[:, :, :, r0:r1, :] = np.matmul(wg, cols).reshape(n, group, wg.shape[1], r1 - r0, row)
+    return y
+
+
+def _depthwise(xp, w, c, mult, kernel, strides, dil, out_sp):
+    n = xp.shape[0]
+    nsp = len(kernel)
+    wk = w.reshape((c, mult, -1))
+    acc = np.zeros((n, c, mult) + tuple(out_sp), dtype=xp.dtype)
+    tmp = np.empty_like(acc)
+    bshape = (1, c, mult) + (1,) * nsp
+    for t, (idx, sl) in enumerate(tap_slices(kernel, strides, dil, out_sp)):
+        src = xp[(slice(None), slice(None)) + sl][:, :, None]
+        np.multiply(src, wk[:, :, t].reshape(bshape), out=tmp)
+        acc += tmp
+    return acc.reshape((n, c * mult) + tuple(out_sp))
+
+
+def _convT_supported(node):
+    return auto_pad_ok(node)
+
+
+@op("ConvTranspose", since=1, supports=_convT_supported)
+def conv_transpose(node, x, w, b=None):
+    out_dtype = x.dtype
+    x, w = _to_compute(x), _to_compute(w)
+    if w.dtype != x.dtype:
+        w = w.astype(x.dtype)
+    nsp = x.ndim - 2
+    n, c = x.shape[:2]
+    in_sp = list(x.shape[2:])
+    kernel = list(w.shape[2:])
+    group = int(node.attrs.get("group", 1))
+    cg, mg = w.shape[0] // group, w.shape[1]
+    m = mg * group
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
+    opad = attr_ints(node, "output_padding") or [0] * nsp
+    auto_pad = attr_str(node, "auto_pad", "NOTSET")
+    out_shape = attr_ints(node, "output_shape")
+    natural = [strides[i] * (in_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(nsp)]
+    if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if out_shape is None:
+            out_shape = [in_sp[i] * strides[i] for i in range(nsp)]
+        out_shape = list(out_shape[-nsp:])
+        total = [natural[i] - out_shape[i] for i in range(nsp)]
+        if auto_pad == "SAME_UPPER":
+            pb = [t // 2 for t in total]
+        else:
+            pb = [t - t // 2 for t in total]
+        out_sp = out_shape
+    else:
+        pads = attr_ints(node, "pads") or [0] * (2 * nsp)
+        if auto_pad == "VALID":
+            pads = [0] * (2 * nsp)
+        pb = pads[:nsp]
+        out_sp = [natural[i] - pads[i] - pads[nsp + i] for i in range(nsp)]
+
+    ksz = int(np.prod(kernel))
+    row = int(np.prod(in_sp[1:]))                        # input pixels per first-axis row
+    wt = w.reshape(group, cg, mg * ksz).transpose(0, 2, 1)
+    xg = x.reshape(n, group, cg, in_sp[0], row)
+
+    # col2im into a buffer covering [min(0, pb), max(natural, pb + out))
+    lo = [min(0, p) for p in pb]
+    hi = [max(natural[i], pb[i] + out_sp[i]) for i in range(nsp)]
+    buf = np.zeros((n, m) + tuple(h - l for h, l in zip(hi, lo)), dtype=x.dtype)
+    # cols[n, g, mg*K, rows*row] = W_g^T @ X_g, a band of input rows at a time
+    band = max(1, IM2COL_BYTES // max(1, n * m * ksz * row * x.itemsize))
+    for r0 in range(0, in_sp[0], band):
+        r1 = min(in_sp[0], r0 + band)
+        band_sp = [r1 - r0] + in_sp[1:]
+        cols = np.matmul(wt, xg[:, :, :, r0:r1].reshape(n, group, cg, (r1 - r0) * row))
+        cols = cols.reshape((n, m) + tuple(kernel) + tuple(band_sp))
+        first = [r0 * strides[0]] + [0] * (nsp - 1)      # where this band lands
+        for idx in np.ndindex(*kernel):
+            sl = tuple(
+                slice(f + j * d - l, f + j * d - l + (i_ - 1) * s + 1, s)
+                for f, j, d, l, i_, s in zip(first, idx, dil, lo, band_sp, strides)
+            )
+            buf[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + idx]
+    crop = tuple(slice(p - l, p - l + o) for p, l, o in zip(pb, lo, out_sp))
+    y = buf[(slice(None), slice(None)) + crop]
+    if b is not None:
+        y = y + b.astype(y.dtype, copy=False).reshape((1, m) + (1,) * nsp)
+    elif any(s.start != 0 or s.stop != h for s, h in zip(crop, buf.shape[2:])):
+        y = np.ascontiguousarray(y)
+    return y if y.dtype == out_dtype else y.astype(out_dtype)

@@ -1,0 +1,59 @@
+"""Matrix products (numpy/BLAS): MatMul, Gemm, Einsum."""
+import numpy as np
+
+from ._util import attr_str, low_precision, op
+
+
+def _mm(a, b):
+    if low_precision(a.dtype):
+        # no float16/bfloat16 BLAS: accumulate in float32, round once
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    return np.matmul(a, b)
+
+
+@op("MatMul", since=1)
+def matmul(node, a, b):
+    return _mm(a, b)
+
+
+@op("Gemm", since=1)
+def gemm(node, a, b, c=None):
+    # opsets 1-6 `broadcast`: C must then match or broadcast unidirectionally,
+    # which numpy broadcasting covers
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    if node.attrs.get("transA", 0):
+        a = a.T
+    if node.attrs.get("transB", 0):
+        b = b.T
+    y = _mm(a, b)
+    if low_precision(y.dtype):
+        y = y.astype(np.float32)
+        if alpha != 1.0:
+            y *= np.float32(alpha)
+        if c is not None and beta != 0.0:
+            y += c.astype(np.float32) * np.float32(beta)
+        return y.astype(a.dtype)
+    if y.dtype.kind == "f":
+        t = y.dtype.type
+        if alpha != 1.0:
+            y *= t(alpha)
+        if c is not None and beta != 0.0:
+            if beta == 1.0:
+                y += c
+            else:
+                y += c * t(beta)
+        return y
+    # integer Gemm: the reference computes alpha*AB + beta*C in float, casts back
+    r = y * alpha
+    if c is not None and beta != 0.0:
+        r = r + c * beta
+    return r.astype(a.dtype)
+
+
+@op("Einsum", since=12)
+def einsum(node, *xs):
+    eq = attr_str(node, "equation").replace(" ", "")
+    # path optimisation (BLAS via tensordot) pays off beyond tiny operands
+    r = np.einsum(eq, *xs, optimize=len(xs) > 2 or sum(x.size for x in xs) > 4096)
+    return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)

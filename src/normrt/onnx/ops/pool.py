@@ -1,0 +1,106 @@
+"""Pooling (numpy): MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Windows are reduced by accumulating one strided slice per kernel tap over
+the whole output (no loops over output pixels).  ceil_mode follows the ONNX
+spec / onnxruntime / PyTorch: the last window must start inside the input or
+its left padding, and the overhang past the right padding never counts.
+"""
+import numpy as np
+
+from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
+from ._util import attr_ints, attr_str, compute_dtype, low_precision, op
+
+
+def _pool_geometry(node, x):
+    nsp = x.ndim - 2
+    kernel = attr_ints(node, "kernel_shape")
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
+    ceil_mode = bool(node.attrs.get("ceil_mode", 0))
+    in_sp = x.shape[2:]
+    pb, pe = forward_pads(node, in_sp, kernel, strides, dil)
+    out_sp = [out_size(in_sp[i], pb[i], pe[i], kernel[i], strides[i], dil[i], ceil_mode) for i in range(nsp)]
+    need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sp, strides, kernel, dil)]
+    return kernel, strides, dil, pb, pe, out_sp, need
+
+
+def _maxpool_supported(node):
+    return (
+        node.n_outputs == 1
+        and auto_pad_ok(node)
+        and node.attrs.get("kernel_shape") is not None
+        # the reference ignores dilations when sizing SAME padding; we follow
+        # the spec only where both agree
+        and not (attr_str(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+                 and any(d != 1 for d in (attr_ints(node, "dilations") or [])))
+    )
+
+
+def _lowest(dtype):
+    if dtype.kind in "fV":
+        return -np.inf
+    return np.iinfo(dtype).min
+
+
+@op("MaxPool", since=1, supports=_maxpool_supported)
+def max_pool(node, x):
+    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
+    xp = pad_to(x, pb, need, _lowest(x.dtype))
+    out = None
+    for _, sl in tap_slices(kernel, strides, dil, out_sp):
+        v = xp[(slice(None), slice(None)) + sl]
+        if out is None:
+            out = v.copy()
+        else:
+            np.maximum(out, v, out=out)
+    return out
+
+
+def _avgpool_supported(node):
+    return (
+        auto_pad_ok(node)
+        and node.attrs.get("kernel_shape") is not None
+        and not (attr_str(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+                 and any(d != 1 for d in (attr_ints(node, "dilations") or [])))
+    )
+
+
+def _tap_counts(in_len, pb, pe, k, s, d, o, include_pad):
+    """Per output position along one axis: how many taps count in the mean."""
+    lo, hi = (-pb, in_len + pe) if include_pad else (0, in_len)
+    starts = np.arange(o) * s - pb
+    taps = starts[:, None] + np.arange(k)[None, :] * d
+    return ((taps >= lo) & (taps < hi)).sum(axis=1)
+
+
+@op("AveragePool", since=1, supports=_avgpool_supported)
+def average_pool(node, x):
+    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
+    include_pad = bool(node.attrs.get("count_include_pad", 0))
+    acc_dtype = compute_dtype(x.dtype)
+    xp = pad_to(x, pb, need, 0)
+    out = np.zeros(x.shape[:2] + tuple(out_sp), dtype=acc_dtype)
+    for _, sl in tap_slices(kernel, strides, dil, out_sp):
+        out += xp[(slice(None), slice(None)) + sl]
+    nsp = len(kernel)
+    div = None
+    for i in range(nsp):
+        cnt = _tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i], out_sp[i], include_pad)
+        cnt = cnt.reshape((-1,) + (1,) * (nsp - 1 - i))
+        div = cnt if div is None else div * cnt
+    if div is not None:
+        out /= div.astype(acc_dtype)
+    return out.astype(x.dtype, copy=False)
+
+
+@op("GlobalAveragePool", since=1)
+def global_average_pool(node, x):
+    axes = tuple(range(2, x.ndim))
+    if low_precision(x.dtype):
+        return x.mean(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
+    return x.mean(axis=axes, keepdims=True)
+
+
+@op("GlobalMaxPool", since=1)
+def global_max_pool(node, x):
+    return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)

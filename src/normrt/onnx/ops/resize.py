@@ -1,0 +1,162 @@
+"""Resampling (numpy): Resize (opset 11+) and Upsample (7-9, nearest).
+
+Both are separable, so the output is built one resized axis at a time with
+precomputed source indices (nearest: one `take`; linear: two `take`s and a
+lerp).  Implemented: mode nearest (every nearest_mode) and linear, with
+coordinate_transformation_mode half_pixel, half_pixel_symmetric,
+pytorch_half_pixel, align_corners, asymmetric; `axes`, scales or sizes.
+Refused (fallback): cubic, tf_crop_and_resize, antialias,
+keep_aspect_ratio_policy other than stretch, Resize-10.
+"""
+import numpy as np
+
+from ._util import attr_ints, attr_str, op
+
+_CTM = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"}
+_NEAREST = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}
+
+
+def _resize_supported(node):
+    mode = attr_str(node, "mode", "nearest")
+    ctm = attr_str(node, "coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear") or ctm not in _CTM:
+        return False
+    if ctm == "half_pixel_symmetric" and node.version < 19:
+        return False
+    if mode == "nearest" and attr_str(node, "nearest_mode", "round_prefer_floor") not in _NEAREST:
+        return False
+    if node.attrs.get("antialias", 0):
+        return False
+    if attr_str(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        return False
+    return True
+
+
+def _source_coords(ctm, n_out, n_in, scale):
+    y = np.arange(n_out, dtype=np.float64)
+    out_w = scale * n_in          # the float length the reference uses
+    if ctm == "align_corners":
+        return np.zeros(n_out) if out_w == 1 else y * (n_in - 1) / (out_w - 1)
+    if ctm == "asymmetric":
+        return y / scale
+    if ctm == "pytorch_half_pixel":
+        return np.full(n_out, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
+    if ctm == "half_pixel":
+        return (y + 0.5) / scale - 0.5
+    # half_pixel_symmetric
+    adjustment = n_out / out_w
+    offset = n_in / 2 * (1 - adjustment)
+    return offset + (y + 0.5) / scale - 0.5
+
+
+def _nearest_index(x, nearest_mode, n_in):
+    if nearest_mode == "round_prefer_floor":
+        i = np.ceil(x - 0.5)
+    elif nearest_mode == "round_prefer_ceil":
+        i = np.floor(x + 0.5)
+    elif nearest_mode == "floor":
+        i = np.floor(x)
+    else:
+        i = np.ceil(x)
+    return np.clip(i, 0, n_in - 1).astype(np.intp)
+
+
+def _resize_axis_nearest(data, axis, idx):
+    return np.take(data, idx, axis=axis)
+
+
+def _resize_axis_linear(data, axis, x, n_in):
+    i0 = np.floor(x)
+    w = (x - i0)
+    i0 = i0.astype(np.intp)
+    a = np.take(data, np.clip(i0, 0, n_in - 1), axis=axis)
+    b = np.take(data, np.clip(i0 + 1, 0, n_in - 1), axis=axis)
+    shape = [1] * data.ndim
+    shape[axis] = -1
+    w = w.astype(data.dtype).reshape(shape)
+    b -= a
+    b *= w
+    a += b
+    return a
+
+
+def _resize(node, x, scales, sizes):
+    rank = x.ndim
+    axes = attr_ints(node, "axes")
+    axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
+    in_shape = x.shape
+    if sizes is not None and sizes.size:
+        sz = [int(s) for s in sizes.reshape(-1)]
+        out = {a: sz[i] for i, a in enumerate(axes)}
+        sc = {a: out[a] / in_shape[a] for a in axes}
+    else:
+        s = [float(v) for v in scales.reshape(-1)]
+        sc = {a: s[i] for i, a in enumerate(axes)}
+        out = {a: int(sc[a] * in_shape[a]) for a in axes}
+    mode = attr_str(node, "mode", "nearest")
+    ctm = attr_str(node, "coordinate_transformation_mode", "half_pixel")
+    nearest_mode = attr_str(node, "nearest_mode", "round_prefer_floor")
+    is_float = x.dtype.kind in "fV"          # V: ml_dtypes floats (bfloat16)
+    if mode == "linear":
+        # integers interpolate in float64 then round/saturate like the reference
+        work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32 if is_float else np.float64)
+    else:
+        work = x
+    for a in axes:
+        n_in, n_out = in_shape[a], out[a]
+        if n_out == n_in and np.isclose(sc[a], 1.0):
+            continue
+        if n_out == 0:
+            shape = list(work.shape)
+            shape[a] = 0
+            work = np.empty(shape, dtype=work.dtype)
+            continue
+        coords = _source_coords(ctm, n_out, n_in, sc[a])
+        if mode == "nearest":
+            work = _resize_axis_nearest(work, a, _nearest_index(coords, nearest_mode, n_in))
+        else:
+            work = _resize_axis_linear(work, a, coords, n_in)
+    if work is x:
+        return x.copy()
+    if work.dtype != x.dtype:
+        if not is_float:
+            info = np.iinfo(x.dtype) if x.dtype.kind in "iu" else None
+            work = np.rint(work)
+            if info is not None:
+                work = np.clip(work, info.min, info.max)
+        work = work.astype(x.dtype)
+    return work
+
+
+@op("Resize", since=11, supports=_resize_supported)
+def resize(node, x, roi=None, scales=None, sizes=None):
+    return _resize(node, x, scales, sizes)
+
+
+def _upsample_supported(node):
+    return attr_str(node, "mode", "nearest") == "nearest"
+
+
+def _upsample(x, scales):
+    scales = [float(s) for s in scales]
+    for a, s in enumerate(scales):
+        if s == 1.0:
+            continue
+        n_in = x.shape[a]
+        n_out = int(n_in * s)
+        if s == int(s):
+            x = np.repeat(x, int(s), axis=a)
+        else:
+            idx = np.minimum(np.floor(np.arange(n_out) / s).astype(np.intp), n_in - 1)
+            x = np.take(x, idx, axis=a)
+    return x
+
+
+@op("Upsample", since=7, until=8, supports=_upsample_supported)
+def upsample_attr(node, x):
+    return _upsample(x, node.attrs["scales"])
+
+
+@op("Upsample", since=9, until=9, supports=_upsample_supported)
+def upsample(node, x, scales):
+    return _upsample(x, scales.reshape(-1))

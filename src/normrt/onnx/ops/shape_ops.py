@@ -1,0 +1,295 @@
+"""Shape and data-movement ops (numpy): Reshape, Transpose, Concat, Split,
+Slice, Gather, GatherElements, Unsqueeze, Squeeze, Flatten, Expand, Tile,
+Shape, Size, Pad, Dropout, DepthToSpace, SpaceToDepth.
+
+Reshape/Flatten/Squeeze/Unsqueeze/Slice/Identity-like results may be views
+of their input (never written to here); Transpose and Expand return fresh
+contiguous arrays.
+"""
+import numpy as np
+
+from ._util import attr_ints, attr_str, ints_of, norm_axis, op
+
+
+# ------------------------------------------------------------------- Reshape
+def reshape_target(in_shape, shape, allowzero=False):
+    shape = list(shape)
+    if not allowzero:
+        shape = [in_shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if -1 in shape:
+        i = shape.index(-1)
+        known = int(np.prod([d for j, d in enumerate(shape) if j != i]))
+        total = int(np.prod(in_shape))
+        shape[i] = total // known if known else 0
+    return tuple(shape)
+
+
+@op("Reshape", since=1, until=4)
+def reshape_attr(node, x):
+    return x.reshape(reshape_target(x.shape, attr_ints(node, "shape")))
+
+
+@op("Reshape", since=5)
+def reshape(node, x, shape):
+    return x.reshape(reshape_target(x.shape, ints_of(shape), bool(node.attrs.get("allowzero", 0))))
+
+
+@op("Flatten", since=1)
+def flatten(node, x):
+    axis = int(node.attrs.get("axis", 1))
+    if axis < 0:
+        axis += x.ndim
+    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+
+
+# ------------------------------------------------------ DepthToSpace/Space..
+@op("DepthToSpace", since=1)
+def depth_to_space(node, x):
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    if attr_str(node, "mode", "DCR") == "CRD" and node.version >= 11:
+        t = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:
+        t = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    return t.reshape(n, c // (b * b), h * b, w * b)
+
+
+@op("SpaceToDepth", since=1)
+def space_to_depth(node, x):
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return t.reshape(n, c * b * b, h // b, w // b)
+
+
+# ----------------------------------------------------------------- Transpose
+@op("Transpose", since=1)
+def transpose(node, x):
+    perm = attr_ints(node, "perm")
+    return np.ascontiguousarray(np.transpose(x, perm))
+
+
+# ---------------------------------------------------------- Squeeze/Unsqueeze
+@op("Squeeze", since=1, until=12)
+def squeeze_attr(node, x):
+    axes = attr_ints(node, "axes")
+    return np.squeeze(x, axis=None if axes is None else tuple(a % max(x.ndim, 1) for a in axes))
+
+
+@op("Squeeze", since=13)
+def squeeze(node, x, axes=None):
+    axes = ints_of(axes)
+    if axes is None:
+        return np.squeeze(x)
+    return np.squeeze(x, axis=tuple(a % max(x.ndim, 1) for a in axes))
+
+
+def _unsqueeze(x, axes):
+    rank = x.ndim + len(axes)
+    axes = sorted(a + rank if a < 0 else a for a in axes)
+    shape = list(x.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return x.reshape(shape)
+
+
+@op("Unsqueeze", since=1, until=12)
+def unsqueeze_attr(node, x):
+    return _unsqueeze(x, attr_ints(node, "axes"))
+
+
+@op("Unsqueeze", since=13)
+def unsqueeze(node, x, axes):
+    return _unsqueeze(x, ints_of(axes))
+
+
+# -------------------------------------------------------------- Concat/Split
+@op("Concat", since=1)
+def concat(node, *xs):
+    xs = [x for x in xs if x is not None]
+    axis = norm_axis(node.attrs.get("axis", 1), xs[0].ndim)     # default only before opset 4
+    return np.concatenate(xs, axis=axis)
+
+
+def _split_sizes(node, dim, split):
+    if split is not None and len(split):
+        return list(split)
+    n = node.n_outputs
+    num = node.attrs.get("num_outputs")
+    if num is not None and node.version >= 18:
+        chunk = -(-dim // int(num))
+        sizes = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
+        return sizes
+    return [dim // n] * n
+
+
+def _split(node, x, split):
+    axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
+    sizes = _split_sizes(node, x.shape[axis], split)
+    bounds = np.cumsum(sizes)[:-1]
+    return tuple(np.split(x, bounds, axis=axis))
+
+
+@op("Split", since=2, until=12)
+def split_attr(node, x):
+    return _split(node, x, attr_ints(node, "split"))
+
+
+@op("Split", since=13)
+def split(node, x, split=None):
+    return _split(node, x, ints_of(split))
+
+
+# --------------------------------------------------------------------- Slice
+def _slice(x, starts, ends, axes, steps):
+    if axes is None:
+        axes = list(range(len(starts)))
+    if steps is None:
+        steps = [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        ax = norm_axis(ax, x.ndim)
+        dim = x.shape[ax]
+        if st < 0:
+            st += dim
+        if en < 0:
+            en += dim
+        if sp > 0:
+            st = min(max(st, 0), dim)
+            en = min(max(en, 0), dim)
+        elif sp < 0:
+            st = min(max(st, 0), dim - 1)
+            en = min(max(en, -1), dim - 1)
+        else:
+            raise ValueError("Slice step cannot be 0")
+        index[ax] = slice(st, en if en >= 0 else None, sp)
+    return x[tuple(index)]
+
+
+@op("Slice", since=1, until=9)
+def slice_attr(node, x):
+    return _slice(x, attr_ints(node, "starts"), attr_ints(node, "ends"), attr_ints(node, "axes"), None)
+
+
+@op("Slice", since=10)
+def slice_(node, x, starts, ends, axes=None, steps=None):
+    return _slice(x, ints_of(starts), ints_of(ends), ints_of(axes), ints_of(steps))
+
+
+# -------------------------------------------------------------------- Gather
+@op("Gather", since=1)
+def gather(node, x, indices):
+    axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
+    return np.take(x, indices.astype(np.intp, copy=False), axis=axis)
+
+
+@op("GatherElements", since=11)
+def gather_elements(node, x, indices):
+    axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
+    idx = indices.astype(np.intp, copy=True)
+    idx[idx < 0] += x.shape[axis]
+    return np.take_along_axis(x, idx, axis=axis)
+
+
+# --------------------------------------------------------------- Expand/Tile
+@op("Expand", since=8)
+def expand(node, x, shape):
+    target = np.broadcast_shapes(x.shape, tuple(ints_of(shape)))
+    return np.broadcast_to(x, target).copy()
+
+
+@op("Tile", since=6)
+def tile(node, x, repeats):
+    return np.tile(x, ints_of(repeats))
+
+
+# ---------------------------------------------------------------- Shape/Size
+@op("Shape", since=1)
+def shape(node, x):
+    start = int(node.attrs.get("start", 0))
+    end = node.attrs.get("end")
+    dims = x.shape[start:] if end is None else x.shape[start:int(end)]
+    return np.array(dims, dtype=np.int64)
+
+
+@op("Size", since=1)
+def size(node, x):
+    return np.array(x.size, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------- Pad
+_PAD_MODES = {"constant", "reflect", "edge", "wrap"}
+
+
+def _pad_supported(node):
+    mode = attr_str(node, "mode", "constant")
+    return mode in _PAD_MODES and (mode != "wrap" or node.version >= 19)
+
+
+def _pad(x, pads, mode, value, axes=None):
+    rank = x.ndim
+    axes = list(range(rank)) if axes is None else [norm_axis(a, rank) for a in axes]
+    na = len(axes)
+    before, after = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        before[a], after[a] = pads[i], pads[na + i]
+    # negative pads crop first
+    if any(p < 0 for p in before + after):
+        x = x[tuple(slice(max(0, -b), x.shape[i] - max(0, -e)) for i, (b, e) in enumerate(zip(before, after)))]
+        before = [max(0, b) for b in before]
+        after = [max(0, e) for e in after]
+    if not any(before) and not any(after):
+        return x.copy()
+    if mode == "constant":
+        out = np.full(tuple(s + b + e for s, b, e in zip(x.shape, before, after)),
+                      np.asarray(value).astype(x.dtype) if value is not None else 0, dtype=x.dtype)
+        out[tuple(slice(b, b + s) for b, s in zip(before, x.shape))] = x
+        return out
+    return np.pad(x, list(zip(before, after)), mode=mode)
+
+
+@op("Pad", since=2, until=10, supports=_pad_supported)
+def pad_attr(node, x):
+    return _pad(x, attr_ints(node, "pads"), attr_str(node, "mode", "constant"), node.attrs.get("value", 0.0))
+
+
+@op("Pad", since=11, supports=_pad_supported)
+def pad(node, x, pads, constant_value=None, axes=None):
+    if constant_value is not None and constant_value.size == 0:
+        constant_value = None
+    value = constant_value.reshape(-1)[0] if constant_value is not None else 0
+    return _pad(x, ints_of(pads), attr_str(node, "mode", "constant"), value, ints_of(axes))
+
+
+# ------------------------------------------------------------------- Dropout
+def _dropout_legacy_supported(node):
+    return node.n_outputs == 1 and bool(node.attrs.get("is_test", 0))
+
+
+@op("Dropout", since=1, until=6, supports=_dropout_legacy_supported)
+def dropout_test_mode(node, x):
+    return x
+
+
+@op("Dropout", since=7, until=11)
+def dropout_attr(node, x):
+    # inference: identity.  The mask is typed T (all ones) in opsets 7-9 per
+    # the schema (onnx.reference returns bool there), bool from opset 10.
+    if node.n_outputs == 2:
+        return x, np.ones(x.shape, dtype=x.dtype if node.version < 10 else bool)
+    return x
+
+
+@op("Dropout", since=12)
+def dropout(node, x, ratio=None, training_mode=None):
+    p = 0.5 if ratio is None else float(ratio)
+    training = training_mode is not None and bool(training_mode)
+    if not training or p == 0:
+        if node.n_outputs == 2:
+            return x, np.ones(x.shape, dtype=bool)
+        return x
+    # training mode: same generator and formula as the ONNX reference
+    rnd = np.random.RandomState(node.attrs.get("seed"))
+    mask = rnd.uniform(0, 1.0, x.shape) >= p
+    y = (mask * x * (1.0 / (1.0 - p))).astype(x.dtype)
+    return (y, mask) if node.n_outputs == 2 else y
