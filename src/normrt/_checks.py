@@ -94,9 +94,10 @@ def output(out, shape, dtype, x=None, name="out"):
         raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
     if out.dtype != dtype:
         raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if not out.flags.c_contiguous:
+    flags = out.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
-    if not out.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{name} must be writeable, got a read-only array")
     # two arrays that own their memory cannot overlap: skip the costlier test
     if x is not None and out is not x and (out.base is not None or x.base is not None) \

@@ -8,15 +8,23 @@ from .._threads import get_num_threads
 
 def _rows(x, axis):
     """(first normalized axis, G rows, L elements per row) of x viewed as (G, L)."""
+    shape = x.shape
+    if axis == -1 and type(axis) is int:   # the common case, without the loop
+        L = shape[-1]
+        return len(shape) - 1, (x.size // L if L else 0), L
     a = chk.axis_index(axis, x.ndim)
     L = 1
-    for d in x.shape[a:]:
+    for d in shape[a:]:
         L *= d
     return a, (x.size // L if L else 0), L
 
 
 def _as_rows(arr, G, L):
     return arr if arr.shape == (G, L) else arr.reshape(G, L)
+
+
+def _flat(p):
+    return None if p is None else (p if p.ndim == 1 else p.reshape(-1))
 
 
 def _residual(residual, x, out):
@@ -51,8 +59,7 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     if G and L:
         _k.layer_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
-            None if scale is None else scale.reshape(L),
-            None if bias is None else bias.reshape(L),
+            _flat(scale), _flat(bias),
             None if r is None else _as_rows(r, G, L),
             None, stats, eps, act, get_num_threads(),
         )
@@ -76,7 +83,7 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None):
     if G and L:
         _k.rms_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
-            None if scale is None else scale.reshape(L),
+            _flat(scale),
             None if r is None else _as_rows(r, G, L),
             None, eps, 0, get_num_threads(),
         )
