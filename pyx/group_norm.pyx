@@ -18,25 +18,26 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
-                      moments_merge, moments_empty, moments_var, n_chunks, activate)
+                      moments_merge, moments_empty, moments_var, n_chunks, activate,
+                      activate_span)
 
 
 cdef inline void write_affine(const real* x, real* y, Py_ssize_t n, double mean, double a,
                               double b, int act) noexcept nogil:
     """y[i] = act((x[i] - mean) * a + b), a = inv_std * scale, b = bias.
 
-    float32 without activation works in float32 with the mean split in two
-    floats (x - mean_hi is exact near the mean), else in float64.
+    float32 works in float32 with the mean split in two floats (x - mean_hi is
+    exact near the mean) and vectorized activations; float64 in float64.
     """
     cdef Py_ssize_t i
     cdef float mh = <float>mean
     cdef float ml = <float>(mean - <double>mh)
     cdef float fa = <float>a, fb = <float>b
     if real is float:
-        if act == ACT_NONE:
-            for i in range(n):
-                y[i] = ((x[i] - mh) - ml) * fa + fb
-            return
+        for i in range(n):
+            y[i] = ((x[i] - mh) - ml) * fa + fb
+        activate_span(y, n, act)
+        return
     if act == ACT_NONE:
         for i in range(n):
             y[i] = <real>((<double>x[i] - mean) * a + b)

@@ -9,7 +9,7 @@ from libc.math cimport sqrt
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, chunk_sumsq,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
-                      activate)
+                      activate, activate_span)
 
 
 cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t n) noexcept nogil:
@@ -32,23 +32,24 @@ cdef inline void write_layer_norm(const real* h, real* y, Py_ssize_t n, Py_ssize
     cdef float ml = <float>(mean - <double>mh)
     cdef float fr = <float>rstd
     if real is float:
-        if has_scale and has_bias and act == ACT_NONE:
+        if has_scale and has_bias:
             for i in range(n):
                 y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
-            return
-        if has_scale and act == ACT_NONE:
+        elif has_scale:
             for i in range(n):
                 y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i]
-            return
-        if not has_scale and not has_bias and act == ACT_NONE:
+        elif has_bias:
+            for i in range(n):
+                y[i] = ((h[i] - mh) - ml) * fr + bias[offset + i]
+        else:
             for i in range(n):
                 y[i] = ((h[i] - mh) - ml) * fr
-            return
-    else:
-        if has_scale and has_bias and act == ACT_NONE:
-            for i in range(n):
-                y[i] = (h[i] - mean) * rstd * scale[offset + i] + bias[offset + i]
-            return
+        activate_span(y, n, act)
+        return
+    if has_scale and has_bias and act == ACT_NONE:
+        for i in range(n):
+            y[i] = (h[i] - mean) * rstd * scale[offset + i] + bias[offset + i]
+        return
     for i in range(n):
         v = (<double>h[i] - mean) * rstd
         if has_scale:
@@ -63,19 +64,19 @@ cdef inline void write_rms_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t
     cdef Py_ssize_t i
     cdef double v
     cdef float fr = <float>rinv
-    if act == ACT_NONE:
-        if real is float:
-            if has_scale:
-                for i in range(n):
-                    y[i] = h[i] * fr * scale[offset + i]
-            else:
-                for i in range(n):
-                    y[i] = h[i] * fr
-            return
+    if real is float:
         if has_scale:
             for i in range(n):
-                y[i] = h[i] * rinv * scale[offset + i]
-            return
+                y[i] = h[i] * fr * scale[offset + i]
+        else:
+            for i in range(n):
+                y[i] = h[i] * fr
+        activate_span(y, n, act)
+        return
+    if has_scale and act == ACT_NONE:
+        for i in range(n):
+            y[i] = h[i] * rinv * scale[offset + i]
+        return
     for i in range(n):
         v = <double>h[i] * rinv
         if has_scale:

@@ -1,0 +1,78 @@
+"""The normrt ONNX domain: the custom ops normalizations are rewritten into.
+
+Passes build these nodes with `make_node`; `kernels.py` runs them. Neither
+needs the other: this table is the contract between them.
+
+The normrt domain (opset version 1)
+-----------------------------------
+BatchNorm(X, scale, B, mean, var) -> Y [, running_mean, running_var]
+    epsilon=1e-5, momentum=0.9, training_mode=0, activation=""
+LayerNorm(X [, Scale, B, residual]) -> Y [, Mean, InvStdDev]
+    axis=-1, epsilon=1e-5, activation="", stash_type=1 (TensorProto type of Mean, InvStdDev)
+RMSNorm(X [, Scale, residual]) -> Y                  axis=-1, epsilon=1e-5
+InstanceNorm(X [, scale, B]) -> Y                    epsilon=1e-5, activation=""
+GroupNorm(X [, scale, bias]) -> Y
+    num_groups, epsilon=1e-5, activation="", per_group_affine=0 (1: scale/bias are (G,))
+MeanVarianceNorm(X) -> Y                             axes=[0, 2, 3], epsilon=1e-9
+LpNorm(X) -> Y                                       p=2, axis=-1
+LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
+AdaIN(content, style) -> Y                           epsilon=1e-5
+"""
+from dataclasses import dataclass
+
+from onnx import helper
+
+from ._graph import NORMRT_DOMAIN
+
+ACTIVATIONS = ("", "relu", "silu", "gelu", "sigmoid")
+
+
+@dataclass(frozen=True)
+class NormOp:
+    op_type: str
+    kernel: str            # the normrt function it calls
+    inputs: tuple          # input names; the first is required
+    outputs: tuple
+    defaults: dict         # attribute -> default (None: required)
+
+
+NORM_OPS = {op.op_type: op for op in (
+    NormOp("BatchNorm", "batch_norm", ("X", "scale", "B", "mean", "var"), ("Y", "running_mean", "running_var"),
+           {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}),
+    NormOp("LayerNorm", "layer_norm", ("X", "Scale", "B", "residual"), ("Y", "Mean", "InvStdDev"),
+           {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}),
+    NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y",),
+           {"axis": -1, "epsilon": 1e-5}),
+    NormOp("InstanceNorm", "instance_norm", ("X", "scale", "B"), ("Y",),
+           {"epsilon": 1e-5, "activation": ""}),
+    NormOp("GroupNorm", "group_norm", ("X", "scale", "bias"), ("Y",),
+           {"num_groups": None, "epsilon": 1e-5, "activation": "", "per_group_affine": 0}),
+    NormOp("MeanVarianceNorm", "mean_variance_norm", ("X",), ("Y",),
+           {"axes": [0, 2, 3], "epsilon": 1e-9}),
+    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1}),
+    NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
+    NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5}),
+)}
+
+
+def make_node(op_type, inputs, outputs, name, **attrs):
+    """A normrt-domain NodeProto; attributes equal to their default are left out."""
+    spec = NORM_OPS[op_type]
+    unknown = set(attrs) - set(spec.defaults)
+    if unknown:
+        raise ValueError(f"normrt {op_type} has no attribute(s) {sorted(unknown)}")
+    missing = [k for k, d in spec.defaults.items() if d is None and attrs.get(k) is None]
+    if missing:
+        raise ValueError(f"normrt {op_type} needs attribute(s) {missing}")
+    kept = {k: v for k, v in attrs.items() if spec.defaults[k] is None or v != spec.defaults[k]}
+    if kept.get("activation", "") not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {kept['activation']!r}")
+    inputs = list(inputs)
+    while inputs and not inputs[-1]:
+        inputs.pop()
+    outputs = list(outputs)
+    while len(outputs) > 1 and not outputs[-1]:
+        outputs.pop()
+    return helper.make_node(op_type, inputs, outputs, name=name, domain=NORMRT_DOMAIN, **kept)
+
+

@@ -1,0 +1,187 @@
+"""The executor: runs a Plan, one step per node, values kept by name in a dict.
+
+Each node is bound at load time to one of three implementations:
+
+    domain 'normrt'            -> kernels.KernelNode     (normrt's kernels)
+    registry.lookup(OpNode)    -> NumpyNode              (normrt.onnx.ops, numpy)
+    anything else              -> fallback.ReferenceNode (onnx.reference)
+
+A node none of them can run raises NotImplementedError here, at load.
+While running, every intermediate value is dropped from the dict right after
+its last reader (Plan.release_after), so memory holds only live values.
+"""
+import importlib
+import pkgutil
+import warnings
+
+import numpy as np
+from onnx import numpy_helper
+
+from . import kernels
+from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
+from .fallback import ReferenceNode, function_evaluators
+from .ops import registry
+from .plan import build_plan
+
+_ops_loaded = []
+
+
+def load_numpy_ops():
+    """Import every module of normrt.onnx.ops so its ops register themselves (once)."""
+    if _ops_loaded:
+        return
+    _ops_loaded.append(True)
+    from . import ops
+    for info in pkgutil.iter_modules(ops.__path__):
+        if info.name == "registry" or info.name.startswith(("_", "test")):
+            continue
+        try:
+            importlib.import_module(f"{ops.__name__}.{info.name}")
+        except Exception as e:  # noqa: BLE001 - a broken op module must not break loading
+            warnings.warn(f"normrt.onnx.ops.{info.name} failed to import ({type(e).__name__}: {e}); "
+                          f"its ops fall back to onnx.reference", RuntimeWarning, stacklevel=2)
+
+
+class NumpyNode:
+    """A node run by a registered numpy implementation.
+
+    The registry's implementations take plain numpy tensors. A run whose
+    inputs include anything else (a sequence, an optional, a tensor of an
+    ml_dtypes type such as bfloat16 or float8) goes to onnx.reference instead.
+    """
+
+    kind = "numpy"
+
+    def __init__(self, node, impl, opnode, opsets, functions):
+        self.node = node
+        self.impl = impl
+        self.opnode = opnode
+        self.n_out = len(node.output)
+        self.out_positions = [i for i, o in enumerate(node.output) if o]
+        self.named = [i for i, name in enumerate(node.input) if name]
+        self._fallback_args = (opsets, functions)
+        self._fallback = None
+        self.fallback_runs = 0
+
+    def _plain(self, args):
+        for i in self.named:
+            a = args[i]
+            if not isinstance(a, np.ndarray) or a.dtype.isbuiltin == 2:
+                return False
+        return True
+
+    def __call__(self, args, values):
+        if not self._plain(args):
+            if self._fallback is None:
+                self._fallback = ReferenceNode(self.node, *self._fallback_args)
+            self.fallback_runs += 1
+            return self._fallback(args, values)
+        res = self.impl.fn(self.opnode, *args)
+        if isinstance(res, tuple) or (isinstance(res, list) and self.n_out > 1):
+            res = list(res)
+        else:
+            res = [res]
+        return [res[i] if i < len(res) else None for i in self.out_positions]
+
+
+def bind_node(node, opsets, functions=()):
+    """The callable that runs `node`: (args, values) -> list of its non-empty outputs."""
+    domain = canonical_domain(node.domain)
+    if domain == NORMRT_DOMAIN:
+        version = opsets.get(NORMRT_DOMAIN, NORMRT_OPSET)
+        if version != NORMRT_OPSET:
+            raise NotImplementedError(
+                f"op {node.op_type!r} (domain 'normrt', opset version {version}) of node {node_label(node)}: "
+                f"this normrt implements normrt opset {NORMRT_OPSET} only")
+        return kernels.KernelNode(node, decode_attributes(node))
+    load_numpy_ops()
+    version = opsets.get(domain)
+    if version is not None:
+        try:
+            attrs = decode_attributes(node)
+        except ValueError:
+            attrs = None
+        if attrs is not None:
+            opnode = registry.OpNode(node.name, node.op_type, domain, version, attrs, len(node.output))
+            impl = registry.lookup(opnode)
+            if impl is not None:
+                return NumpyNode(node, impl, opnode, opsets, functions)
+    return ReferenceNode(node, opsets, functions)
+
+
+class Step:
+    __slots__ = ("node", "run", "kind", "inputs", "outputs", "release")
+
+    def __init__(self, node, run, release):
+        self.node = node
+        self.run = run
+        self.kind = run.kind
+        self.inputs = list(node.input)
+        self.outputs = [o for o in node.output if o]
+        self.release = release
+
+
+class Executor:
+    """Runs a checked model's graph. `steps` is the load-time plan with each node's binding."""
+
+    def __init__(self, model):
+        self.model = model
+        graph = model.graph
+        self.opsets = {canonical_domain(o.domain): o.version for o in model.opset_import}
+        self.functions = function_evaluators(model.functions) if len(model.functions) else []
+        self.plan = build_plan(graph)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for value in self.constants.values():
+            value.flags.writeable = False     # shared by every run: an op writing into one is a bug
+        self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)
+                      for node, release in zip(self.plan.nodes, self.plan.release_after)]
+        self.input_names = self.plan.graph_inputs
+        self.output_names = self.plan.graph_outputs
+        self.last_run_stats = {}
+
+    def counts(self):
+        """How many nodes each implementation kind runs: {'kernel': k, 'numpy': n, 'reference': r}."""
+        out = {"kernel": 0, "numpy": 0, "reference": 0}
+        for s in self.steps:
+            out[s.kind] += 1
+        return out
+
+    def run(self, feeds, output_names=None):
+        """Outputs (list, in `output_names` order) for `feeds` {input name: value} (checked by the caller)."""
+        names = self.output_names if output_names is None else output_names
+        values = dict(self.constants)
+        values.update(feeds)
+        live = len(feeds)
+        live_bytes = sum(getattr(v, "nbytes", 0) for v in feeds.values())
+        peak, peak_bytes = live, live_bytes
+        for step in self.steps:
+            args = [values[n] if n else None for n in step.inputs]
+            try:
+                outs = step.run(args, values)
+            except Exception as e:
+                if hasattr(e, "add_note"):
+                    e.add_note(f"while running node {node_label(step.node)} [{step.kind}]")
+                raise
+            for name, value in zip(step.outputs, outs):
+                values[name] = value          # SSA: a name is written once
+                live += 1
+                live_bytes += getattr(value, "nbytes", 0)
+            if live > peak:
+                peak = live
+            if live_bytes > peak_bytes:
+                peak_bytes = live_bytes
+            for name in step.release:
+                value = values.pop(name)
+                live -= 1
+                live_bytes -= getattr(value, "nbytes", 0)
+        self.last_run_stats = {"peak_live_values": peak, "peak_live_bytes": peak_bytes,
+                               "live_values_at_end": live}
+        return [values[n] for n in names]
+
+
+def evaluate_node(node, opsets, inputs, outer=None, functions=()):
+    """Run one node on concrete inputs (used by constant folding): list of its non-empty outputs."""
+    run = bind_node(node, opsets, functions)
+    values = dict(outer or {})
+    return run(inputs, values), run.kind
+

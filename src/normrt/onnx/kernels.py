@@ -1,0 +1,123 @@
+"""normrt-domain nodes -> normrt kernel calls.
+
+The only module under normrt.onnx that calls normrt's kernel functions: one
+function per normrt op (see domain.py for the ops) turning the node's decoded
+attributes and runtime inputs into the kernel call.
+"""
+import numpy as np
+
+from ..errors import ModelError
+from ._graph import np_dtype as _np_dtype
+from .domain import NORM_OPS
+
+
+def _normrt():
+    # imported lazily: normrt/__init__ imports this package
+    import normrt
+    return normrt
+
+
+def _act(attrs):
+    return attrs.get("activation") or None
+
+
+def _batch_norm(attrs, n_out, x, scale, bias, mean, var):
+    nr = _normrt()
+    eps = attrs.get("epsilon", 1e-5)
+    if not attrs.get("training_mode", 0):
+        return (nr.batch_norm(x, scale, bias, mean, var, eps=eps, activation=_act(attrs)),)
+    batch_mean, batch_var = nr.batch_norm_stats(x)
+    y = nr.batch_norm(x, scale, bias, batch_mean, batch_var, eps=eps, activation=_act(attrs))
+    if n_out == 1:
+        return (y,)
+    momentum = attrs.get("momentum", 0.9)
+    running_mean = mean * momentum + batch_mean * (1 - momentum)
+    running_var = var * momentum + batch_var * (1 - momentum)
+    return y, running_mean.astype(mean.dtype, copy=False), running_var.astype(var.dtype, copy=False)
+
+
+def _layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
+    # statistics are accumulated in float64 whatever stash_type says (at least its precision)
+    kw = dict(axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
+              residual=residual, activation=_act(attrs))
+    if n_out > 1:
+        y, mean, inv_std = _normrt().layer_norm(x, scale, bias, return_stats=True, **kw)
+        stats_dtype = _np_dtype(attrs.get("stash_type", 1)) or x.dtype
+        return y, mean.astype(stats_dtype, copy=False), inv_std.astype(stats_dtype, copy=False)
+    return (_normrt().layer_norm(x, scale, bias, **kw),)
+
+
+def _rms_norm(attrs, n_out, x, scale=None, residual=None):
+    return (_normrt().rms_norm(x, scale, axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
+                               residual=residual),)
+
+
+def _instance_norm(attrs, n_out, x, scale=None, bias=None):
+    return (_normrt().instance_norm(x, scale, bias, eps=attrs.get("epsilon", 1e-5), activation=_act(attrs)),)
+
+
+def _group_norm(attrs, n_out, x, scale=None, bias=None):
+    groups = attrs["num_groups"]
+    if attrs.get("per_group_affine", 0):
+        # GroupNormalization-18: one scale/bias per group, shared by its C/G channels
+        reps = x.shape[1] // groups if x.ndim > 1 and groups else 1
+        scale = None if scale is None else np.repeat(scale, reps)
+        bias = None if bias is None else np.repeat(bias, reps)
+    return (_normrt().group_norm(x, groups, scale, bias, eps=attrs.get("epsilon", 1e-5),
+                                 activation=_act(attrs)),)
+
+
+def _mean_variance_norm(attrs, n_out, x):
+    return (_normrt().mean_variance_norm(x, axes=tuple(attrs.get("axes", (0, 2, 3))),
+                                         eps=attrs.get("epsilon", 1e-9)),)
+
+
+def _lp_norm(attrs, n_out, x):
+    return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1)),)
+
+
+def _lrn(attrs, n_out, x):
+    return (_normrt().lrn(x, attrs["size"], alpha=attrs.get("alpha", 1e-4), beta=attrs.get("beta", 0.75),
+                          bias=attrs.get("bias", 1.0)),)
+
+
+def _adain(attrs, n_out, content, style):
+    return (_normrt().adain(content, style, eps=attrs.get("epsilon", 1e-5)),)
+
+
+CALLS = {
+    "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
+    "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
+    "AdaIN": _adain,
+}
+
+
+class KernelNode:
+    """A normrt-domain node bound to its kernel call."""
+
+    kind = "kernel"
+
+    def __init__(self, node, attrs):
+        spec = NORM_OPS.get(node.op_type)
+        if spec is None:
+            raise NotImplementedError(
+                f"op {node.op_type!r} (domain 'normrt', opset version 1) of node {node.name!r} is not a "
+                f"normrt op; known: {sorted(NORM_OPS)}")
+        if len(node.input) > len(spec.inputs) or len(node.output) > len(spec.outputs):
+            raise NotImplementedError(
+                f"normrt {node.op_type} node {node.name!r} has {len(node.input)} inputs / "
+                f"{len(node.output)} outputs; at most {len(spec.inputs)} / {len(spec.outputs)}")
+        self.spec = spec
+        self.call = CALLS[node.op_type]
+        self.kernel = spec.kernel
+        self.attrs = {k: v for k, v in spec.defaults.items() if v is not None}
+        self.attrs.update(attrs)
+        missing = [k for k, v in spec.defaults.items() if v is None and k not in attrs]
+        if missing:
+            raise ModelError(f"normrt {node.op_type} node {node.name!r} lacks attribute(s) {missing}")
+        self.n_out = len(node.output)
+        self.out_positions = [i for i, o in enumerate(node.output) if o]
+
+    def __call__(self, args, values):
+        res = self.call(self.attrs, self.n_out, *args)
+        return [res[i] for i in self.out_positions]

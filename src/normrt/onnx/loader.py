@@ -1,0 +1,175 @@
+"""Model loading: a path, bytes or ModelProto -> a checked ModelProto of our own.
+
+    path ──onnx.load(load_external_data, base dir of path)──┐
+    bytes ──ModelProto.ParseFromString──────────────────────┼─► structural check (plan: cycles,
+    ModelProto ──copy───────────────────────────────────────┘   dangling inputs) ─► onnx.checker
+
+Everything that makes the model unusable raises normrt.ModelError saying
+what is wrong (and, where there is one, which node).
+"""
+import os
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from ..errors import ModelError
+from ._graph import name_unnamed_nodes, subgraphs
+from .plan import topological_order
+
+
+def _read(model):
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy, None
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(bytes(model))
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise ModelError(f"bytes are not a valid ONNX model (truncated or not ONNX): {e}") from None
+        return proto, None
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise ModelError(f"model file not found: {path!r}")
+        if os.path.isdir(path):
+            raise ModelError(f"model path is a directory, not an ONNX file: {path!r}")
+        try:
+            proto = onnx.load(path, load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, OSError) as e:
+            raise ModelError(f"{path!r} is not a valid ONNX model (truncated or not ONNX): {e}") from None
+        return proto, os.path.dirname(os.path.abspath(path))
+    raise TypeError(f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def _load_external(proto, base_dir, what):
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    if not any(uses_external_data(t) for t in _all_tensors(proto)):
+        return
+    if base_dir is None:
+        raise ModelError(f"{what} references external data files; load it from its path instead")
+    try:
+        load_external_data_for_model(proto, base_dir)
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise ModelError(f"cannot read the external data of {what} (base directory {base_dir!r}): {e}") from None
+
+
+def _all_tensors(proto):
+    from onnx.external_data_helper import _get_all_tensors
+    return _get_all_tensors(proto)
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for g in subgraphs(node):
+            yield from _graphs(g)
+
+
+def _sparse_to_dense(sp):
+    values = numpy_helper.to_array(sp.values)
+    indices = numpy_helper.to_array(sp.indices).astype(np.int64)
+    dims = tuple(sp.dims)
+    dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
+    if indices.ndim == 1:
+        dense[indices] = values.reshape(-1)
+    else:
+        dense = dense.reshape(dims)
+        dense[tuple(indices.T)] = values.reshape(-1)
+    return numpy_helper.from_array(dense.reshape(dims), sp.values.name)
+
+
+def _normalize(proto):
+    """Canonical form the rest of normrt relies on (names, dense initializers, '' domain)."""
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            if node.domain == "ai.onnx":
+                node.domain = ""
+        if len(graph.sparse_initializer):
+            dense = [_sparse_to_dense(sp) for sp in graph.sparse_initializer]
+            del graph.sparse_initializer[:]
+            graph.initializer.extend(dense)
+    name_unnamed_nodes(proto.graph)
+
+
+def check_structure(proto):
+    """ModelError for a cycle or a dangling input; puts the nodes in topological order."""
+    graph = proto.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    available |= {t.values.name for t in graph.sparse_initializer}
+    nodes, _ = topological_order(list(graph.node), available, [o.name for o in graph.output])
+    if [id(n) for n in nodes] != [id(n) for n in graph.node]:
+        ordered = [type(n)() for n in nodes]
+        for new, old in zip(ordered, nodes):
+            new.CopyFrom(old)
+        del graph.node[:]
+        graph.node.extend(ordered)
+
+
+def _mask_deprecated(proto):
+    """A copy whose nodes of deprecated standard ops (e.g. GroupNormalization-18) are renamed into a
+    private domain, so onnx.checker checks everything else; None if there are none."""
+    version = {o.domain or "": o.version for o in proto.opset_import}.get("", 0)
+    deprecated = set()
+    for node in proto.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in deprecated:
+            try:
+                if onnx.defs.get_schema(node.op_type, version, "").deprecated:
+                    deprecated.add(node.op_type)
+            except onnx.defs.SchemaError:
+                pass
+    if not deprecated:
+        return None
+    masked = onnx.ModelProto()
+    masked.CopyFrom(proto)
+    for node in masked.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in deprecated:
+            node.domain = "normrt.deprecated"
+    masked.opset_import.append(onnx.helper.make_opsetid("normrt.deprecated", 1))
+    return masked
+
+
+def check(proto, what="model"):
+    """onnx.checker, its failure as ModelError.
+
+    Deprecated standard ops (GroupNormalization-18 is deprecated in onnx 1.23,
+    yet exported models carry it) are accepted: the rest of the model is checked.
+    """
+    if proto.ByteSize() > 2**31 - 2**20:
+        return  # in-memory checking of >2GB protos is not possible; the structure was checked
+    try:
+        onnx.checker.check_model(proto)
+        return
+    except onnx.checker.ValidationError as e:
+        error = e
+    if "deprecated" in str(error):
+        masked = _mask_deprecated(proto)
+        if masked is not None:
+            try:
+                onnx.checker.check_model(masked)
+                return
+            except onnx.checker.ValidationError as e:
+                error = e
+    first = str(error).strip().splitlines()
+    raise ModelError(f"{what} fails onnx.checker: {' '.join(first[:6])}")
+
+
+def load_model(model):
+    """A path (external data read from its directory), bytes or ModelProto as a checked ModelProto.
+
+    The result is a copy in canonical form: unnamed nodes named, sparse
+    initializers densified, nodes in topological order.
+    """
+    proto, base_dir = _read(model)
+    what = f"model {os.fspath(model)!r}" if base_dir is not None else "model"
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise ModelError(f"{what} is not a valid ONNX model (truncated or not ONNX): "
+                         f"it has no {'graph' if not proto.HasField('graph') else 'ir_version'}")
+    _load_external(proto, base_dir, what)
+    _normalize(proto)
+    check_structure(proto)
+    check(proto, what)
+    return proto

@@ -1,0 +1,93 @@
+"""normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
+
+    load (checked) ─► inline local functions ─► constant folding ─► standard norms
+                   ─► (pattern fusions, later) ─► dead code removal ─► onnx.checker
+
+The result imports the custom domain 'normrt' (version 1), passes
+onnx.checker, can be saved, and loads back into InferenceSession.
+"""
+import onnx
+
+from ..errors import ModelError
+from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, name_unnamed_nodes, node_reads
+from .loader import check, check_structure, load_model
+from .passes import PassContext
+from .report import Report
+from .passes.constant_folding import ConstantFolding
+from .passes.standard_norms import StandardNorms
+
+
+def default_passes():
+    """The rewrites optimize applies, in order (each a GraphPass)."""
+    return [ConstantFolding(), StandardNorms()]
+
+
+def _inline_functions(model):
+    if not len(model.functions):
+        return model
+    try:
+        from onnx import inliner
+        inlined = inliner.inline_local_functions(model)
+    except Exception:  # noqa: BLE001 - functions then run through onnx.reference
+        return model
+    name_unnamed_nodes(inlined.graph)
+    return inlined
+
+
+def _remove_dead_nodes(ctx):
+    """Drop nodes none of whose outputs is read or is a graph output (ONNX ops have no side effects)."""
+    needed = set(ctx.graph_outputs)
+    kept = []
+    for node in reversed(ctx.nodes):
+        if any(o in needed for o in node.output if o):
+            kept.append(node)
+            needed.update(node_reads(node))
+    removed = len(ctx.nodes) - len(kept)
+    ctx.nodes = kept[::-1]
+    return removed
+
+
+def optimize_model(proto, passes=None):
+    """(optimized ModelProto, Report) of an already loaded and checked ModelProto (modified in place)."""
+    report = Report()
+    proto = _inline_functions(proto)
+    ctx = PassContext(proto, report)
+    removed = _remove_dead_nodes(ctx)
+    ctx.commit()
+    for p in (default_passes() if passes is None else passes):
+        p.run(ctx)
+        ctx.commit()
+        ctx.refresh_types()
+    removed += _remove_dead_nodes(ctx)
+    ctx.commit()
+    report.passes["dead_nodes"] = removed
+    model = ctx.model
+    if report.fused or any(node.domain == NORMRT_DOMAIN for node in model.graph.node):
+        if not any(o.domain == NORMRT_DOMAIN for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(NORMRT_DOMAIN, NORMRT_OPSET))
+    if model.ir_version < 4:
+        # initializers were dropped from graph.input; IR 4 is where that became legal
+        model.ir_version = 4
+    del model.graph.value_info[:]   # may describe values that no longer exist
+    try:
+        check_structure(model)
+    except ModelError as e:
+        raise RuntimeError(f"normrt.optimize produced an invalid graph (a bug): {e}") from e
+    check(model, "optimized model")
+    return model, report
+
+
+def optimize(model, *, report=False):
+    """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
+
+    Every normalization the kernels can take becomes a node of domain 'normrt'
+    (BatchNorm, LayerNorm, RMSNorm, InstanceNorm, GroupNorm, MeanVarianceNorm,
+    LpNorm, LRN, AdaIN); initializer-only subgraphs are folded into initializers.
+    With `report=True` returns `(model, report)`, the report a dict: `fused`
+    (one entry per normalization: op or pattern, node names, normrt op, kernel,
+    fused activation/residual), `refused` (normalizations left to onnx.reference,
+    with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
+    """
+    proto = load_model(model)
+    optimized, rep = optimize_model(proto)
+    return (optimized, rep.as_dict()) if report else optimized

@@ -1,0 +1,208 @@
+"""Graph rewrites, one module per rewrite.
+
+A pass is a `GraphPass` subclass in its own module, whose docstring draws the
+subgraph it matches. It finds candidates (`matches`), refuses anything it does
+not fully understand (`check` returns the reason, recorded in the report),
+rewrites the rest (`rewrite`) and `run` returns how many it rewrote:
+
+    class MyFusion(GraphPass):
+        name = "my_fusion"
+        def matches(self, ctx): ...          # yields candidate matches
+        def check(self, ctx, match): ...     # None if OK, else why not
+        def rewrite(self, ctx, match): ...   # edits ctx (replace_nodes, add_constant, ...)
+
+Passes edit a `PassContext`: the graph's node list, its constants (initializer
+values by name; never modified in place -- add new ones with `add_constant`),
+value types from shape inference, and the report. A pass knows nothing of
+kernels or Cython: normrt nodes are built with `normrt.onnx.domain.make_node`
+and run later by `normrt.onnx.kernels`. Fusions append their entry to
+`ctx.report.fused` (see normrt.onnx.report for the fields).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .._graph import NameGen, node_reads, opset_versions
+from ..report import Report
+
+
+@dataclass
+class ValueType:
+    elem_type: int            # TensorProto.DataType, 0 if unknown
+    shape: tuple = None       # ints / dim_param strings / None per dim; None if rank unknown
+
+
+class PassContext:
+    """The graph being rewritten (the ModelProto is rebuilt from it by `commit`)."""
+
+    def __init__(self, model, report=None):
+        self.model = model
+        self.graph = model.graph
+        self.nodes = list(model.graph.node)
+        self.opsets = opset_versions(model)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.graph_inputs = {i.name for i in model.graph.input} - set(self.constants)
+        self._initializer_names = set(self.constants)
+        self.graph_outputs = [o.name for o in model.graph.output]
+        self.report = report if report is not None else Report()
+        self.new_name = NameGen(model.graph)
+        self.types = {}
+        self.refresh_types()
+
+    # -- types ---------------------------------------------------------------
+    def refresh_types(self):
+        """Value types from the graph's declarations and onnx shape inference (best effort)."""
+        self.commit()
+        types = {}
+        for vi in list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info):
+            types[vi.name] = _value_type(vi.type)
+        for name, value in self.constants.items():
+            try:
+                elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            except (KeyError, TypeError, ValueError):
+                elem = 0
+            types[name] = ValueType(elem, tuple(value.shape))
+        try:
+            small = _without_initializer_data(self.model)
+            inferred = onnx.shape_inference.infer_shapes(small, check_type=False, strict_mode=False)
+            for vi in inferred.graph.value_info:
+                types.setdefault(vi.name, _value_type(vi.type))
+            for vi in inferred.graph.output:
+                t = _value_type(vi.type)
+                if types.get(vi.name) is None or types[vi.name].elem_type == 0:
+                    types[vi.name] = t
+        except Exception:  # noqa: BLE001 - inference is best effort; unknown types make passes refuse
+            pass
+        self.types = types
+
+    def elem_type(self, name):
+        t = self.types.get(name)
+        return t.elem_type if t else 0
+
+    def shape(self, name):
+        t = self.types.get(name)
+        return t.shape if t else None
+
+    # -- graph queries -------------------------------------------------------
+    def consumers(self):
+        """{value name: [nodes reading it]} (explicit and implicit reads)."""
+        out = {}
+        for node in self.nodes:
+            for name in node_reads(node):
+                out.setdefault(name, []).append(node)
+        return out
+
+    def producer(self):
+        return {o: node for node in self.nodes for o in node.output if o}
+
+    def is_constant(self, name):
+        return name in self.constants
+
+    # -- edits ---------------------------------------------------------------
+    def replace_nodes(self, old, new):
+        """Replace the nodes `old` by `new`, placed where the last of `old` was."""
+        old_ids = {id(n) for n in old}
+        pos = max(i for i, n in enumerate(self.nodes) if id(n) in old_ids)
+        kept = []
+        for i, n in enumerate(self.nodes):
+            if i == pos:
+                kept.extend(new)
+            if id(n) not in old_ids:
+                kept.append(n)
+        self.nodes = kept
+
+    def add_constant(self, base_name, value):
+        name = self.new_name(base_name)
+        self.constants[name] = np.asarray(value)
+        return name
+
+    def commit(self):
+        """Write nodes and constants back into the ModelProto (dropping unused initializers)."""
+        used = set(self.graph_outputs)
+        for node in self.nodes:
+            used.update(node_reads(node))
+        del self.graph.node[:]
+        self.graph.node.extend(self.nodes)
+        present = set()
+        for i in reversed(range(len(self.graph.initializer))):   # drop unused ones in place
+            name = self.graph.initializer[i].name
+            if name not in used or name not in self.constants or name in present:
+                del self.graph.initializer[i]
+            else:
+                present.add(name)
+        for name, value in self.constants.items():
+            if name in used and name not in present:
+                self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        self.constants = {k: v for k, v in self.constants.items() if k in used}
+        self._initializer_names |= set(self.constants)
+        # initializers are constants in normrt: drop them from the inputs (IR < 4 lists them there)
+        inputs = [i for i in self.graph.input
+                  if i.name not in self.constants and i.name not in self._initializer_names]
+        if len(inputs) != len(self.graph.input):
+            del self.graph.input[:]
+            self.graph.input.extend(inputs)
+
+
+def _value_type(tp):
+    if tp.WhichOneof("value") != "tensor_type":
+        return ValueType(0, None)
+    tt = tp.tensor_type
+    if not tt.HasField("shape"):
+        return ValueType(tt.elem_type, None)
+    dims = []
+    for d in tt.shape.dim:
+        dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
+    return ValueType(tt.elem_type, tuple(dims))
+
+
+def _without_initializer_data(model):
+    """A copy of the model for shape inference: big initializers replaced by typed graph inputs."""
+    if model.ByteSize() < 2**28:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = list(m.graph.initializer)
+    del m.graph.initializer[:]
+    have = {i.name for i in m.graph.input}
+    for t in inits:
+        if t.name not in have:
+            m.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return m
+
+
+class GraphPass:
+    """Base class of a rewrite (see the module docstring)."""
+
+    name = "pass"
+
+    def matches(self, ctx):
+        return ()
+
+    def check(self, ctx, match):
+        return None
+
+    def rewrite(self, ctx, match):
+        raise NotImplementedError
+
+    def describe(self, match):
+        """(op or pattern name, node names) for the report."""
+        nodes = match if isinstance(match, (list, tuple)) else [match]
+        return nodes[0].op_type, [n.name for n in nodes]
+
+    def run(self, ctx):
+        count = 0
+        for match in list(self.matches(ctx)):
+            reason = self.check(ctx, match)
+            if reason:
+                op, names = self.describe(match)
+                ctx.report.refused.append({"pass": self.name, "op": op, "nodes": names, "reason": reason})
+                continue
+            self.rewrite(ctx, match)
+            count += 1
+        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
+        return count
+
+
+__all__ = ["GraphPass", "PassContext", "Report", "ValueType"]

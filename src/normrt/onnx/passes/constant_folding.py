@@ -1,0 +1,81 @@
+"""Constant folding: nodes that read only constants are evaluated once, at load.
+
+    initializer ─┐
+    initializer ─┴─► node ─► value      ==>      value (a new initializer)
+      (or values folded before)
+
+Nodes are visited in topological order, so chains of constant-only nodes
+(ConstantOfShape -> weights, Constant -> Reshape shape, ...) fold entirely.
+The node is evaluated by the executor's own node binding (the same code
+that runs it at inference time).
+
+Refused (left in the graph):
+- non-deterministic ops (RandomNormal, RandomUniform, *Like, Multinomial, Bernoulli);
+- nodes whose outputs are not plain tensors (sequences, optionals, maps);
+- nodes whose outputs are huge (> MAX_FOLDED_BYTES) *and* much larger than their
+  inputs (ConstantOfShape, Expand, Tile...): folding them would bloat the model;
+- nodes writing a graph output (the output must stay produced by a node);
+- nodes whose evaluation fails (the error surfaces when the model runs).
+"""
+import numpy as np
+
+from .._graph import implicit_inputs
+from ..executor import evaluate_node
+from . import GraphPass
+
+NON_DETERMINISTIC = {
+    ("", "RandomNormal"), ("", "RandomUniform"), ("", "RandomNormalLike"), ("", "RandomUniformLike"),
+    ("", "Multinomial"), ("", "Bernoulli"),
+}
+MAX_FOLDED_BYTES = 1 << 24       # 16 MiB
+MAX_GROWTH = 4                   # ... unless the output is no more than 4x its inputs
+
+
+class ConstantFolding(GraphPass):
+    name = "constant_folding"
+
+    def __init__(self, max_folded_bytes=MAX_FOLDED_BYTES):
+        self.max_folded_bytes = max_folded_bytes
+
+    def check_node(self, ctx, node, outputs_needed):
+        if (node.domain, node.op_type) in NON_DETERMINISTIC:
+            return "non-deterministic op"
+        if any(o in outputs_needed for o in node.output):
+            return "writes a graph output"
+        return None
+
+    def run(self, ctx):
+        count = 0
+        graph_outputs = set(ctx.graph_outputs)
+        kept = []
+        for node in ctx.nodes:
+            reads = [n for n in node.input if n]
+            implicit = implicit_inputs(node)
+            if not all(ctx.is_constant(n) for n in reads + implicit) or not node.output:
+                kept.append(node)
+                continue
+            if self.check_node(ctx, node, graph_outputs):
+                kept.append(node)
+                continue
+            args = [ctx.constants[n] if n else None for n in node.input]
+            try:
+                outs, _ = evaluate_node(node, ctx.opsets, args, {n: ctx.constants[n] for n in implicit})
+            except Exception:  # noqa: BLE001 - leave it to run time, where the error names the node
+                kept.append(node)
+                continue
+            names = [o for o in node.output if o]
+            if len(outs) != len(names) or not all(isinstance(v, np.ndarray) for v in outs):
+                kept.append(node)
+                continue
+            in_bytes = sum(ctx.constants[n].nbytes for n in reads + implicit)
+            out_bytes = sum(v.nbytes for v in outs)
+            if out_bytes > self.max_folded_bytes and out_bytes > MAX_GROWTH * max(in_bytes, 1):
+                kept.append(node)
+                continue
+            for name, value in zip(names, outs):
+                ctx.constants[name] = value
+            count += 1
+        ctx.nodes = kept
+        ctx.commit()
+        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
+        return count

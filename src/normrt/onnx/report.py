@@ -1,0 +1,58 @@
+"""What normrt.optimize did to a model: the Report the passes fill, and its text form.
+
+Report.as_dict() (returned by `normrt.optimize(model, report=True)`):
+    fused    one dict per normalization put on a kernel: pass, op (the ONNX op or
+             pattern name), pattern, nodes (names of the replaced nodes),
+             normrt_op, normrt_node, kernel, activation (fused, or None), residual (bool)
+    refused  one dict per normalization left to onnx.reference: pass, op, nodes, reason
+    passes   rewrite count per pass (constant_folding: nodes folded, dead_nodes: removed)
+    counts   number of normrt nodes per normrt op
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Report:
+    fused: list = field(default_factory=list)
+    refused: list = field(default_factory=list)
+    passes: dict = field(default_factory=dict)
+
+    def counts(self):
+        out = {}
+        for entry in self.fused:
+            out[entry["normrt_op"]] = out.get(entry["normrt_op"], 0) + 1
+        return out
+
+    def as_dict(self):
+        return {"fused": [dict(e) for e in self.fused], "refused": [dict(e) for e in self.refused],
+                "passes": dict(self.passes), "counts": self.counts()}
+
+
+def format_report(report):
+    """The report (a Report or its dict) as text, for `normrt inspect`."""
+    if isinstance(report, Report):
+        report = report.as_dict()
+    fused, refused = report.get("fused", []), report.get("refused", [])
+    lines = [f"normalizations: {len(fused)} on normrt kernels, {len(refused)} left to onnx.reference"]
+    for op, n in sorted(report.get("counts", {}).items()):
+        lines.append(f"  {op:<18} x{n}")
+    if fused:
+        lines.append("fused:")
+        for e in fused:
+            extra = ""
+            if e.get("activation"):
+                extra += f" +{e['activation']}"
+            if e.get("residual"):
+                extra += " +residual"
+            nodes = ", ".join(repr(n) for n in e.get("nodes", []))
+            lines.append(f"  {e.get('op', '?')} [{nodes}] -> normrt::{e.get('normrt_op')} "
+                         f"'{e.get('normrt_node')}' (kernel {e.get('kernel')}){extra}")
+    if refused:
+        lines.append("left to onnx.reference:")
+        for e in refused:
+            nodes = ", ".join(repr(n) for n in e.get("nodes", []))
+            lines.append(f"  {e.get('op', '?')} [{nodes}]: {e.get('reason')}")
+    passes = report.get("passes", {})
+    if passes:
+        lines.append("passes: " + ", ".join(f"{k}={v}" for k, v in passes.items()))
+    return "\n".join(lines)

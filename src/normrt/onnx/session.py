@@ -1,0 +1,129 @@
+"""InferenceSession: load, optimize, plan once; run many times.
+
+    model ─► loader.load_model ─► optimize_model ─► Executor(plan, bound nodes)
+    run(output_names, feed) ─► check feed against the graph inputs ─► Executor.run
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._threads import _check as _check_threads
+from .._threads import threads
+from ._graph import np_dtype, shape_list, type_string
+from .executor import Executor
+from .loader import load_model
+from .optimize import optimize_model
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """Name, shape (ints, dim_param strings, None) and type string ('tensor(float)') of a graph input/output."""
+    name: str
+    shape: list
+    type: str
+
+    def __repr__(self):
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
+
+
+class InferenceSession:
+    """Runs an ONNX model with normrt: normalizations on normrt's kernels, the rest in numpy
+    or onnx.reference.
+
+    `model` is a path (external data is read from its directory), bytes or an
+    onnx.ModelProto. `num_threads` (default: normrt's setting) is how many
+    threads the kernels use during `run`.
+
+    Initializers are constants (folded and rewritten at load): one that the
+    graph also lists among its inputs (IR < 4 models do) is not a feed.
+    After loading, `optimized_model` is the model that runs, `report` what
+    optimize did, and `executor` the plan with each node's implementation.
+    """
+
+    def __init__(self, model, *, num_threads=None):
+        self._num_threads = None if num_threads is None else _check_threads(num_threads)
+        proto = load_model(model)
+        self.optimized_model, report = optimize_model(proto)
+        self.report = report.as_dict()
+        self._executor = Executor(self.optimized_model)
+        graph = self.optimized_model.graph
+        feedable = set(self._executor.input_names)
+        self._inputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type))
+                        for vi in graph.input if vi.name in feedable]
+        self._input_types = {vi.name: vi.type for vi in graph.input if vi.name in feedable}
+        self._outputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type)) for vi in graph.output]
+
+    def get_inputs(self):
+        return list(self._inputs)
+
+    def get_outputs(self):
+        return list(self._outputs)
+
+    @property
+    def executor(self):
+        """The load-time plan and node bindings (introspection: `executor.counts()`, `executor.steps`)."""
+        return self._executor
+
+    def _check_feed(self, input_feed):
+        if not isinstance(input_feed, dict):
+            raise TypeError(f"input_feed must be a dict {{input name: array}}, got {type(input_feed).__name__}")
+        expected = [a.name for a in self._inputs]
+        unknown = [k for k in input_feed if k not in self._input_types]
+        if unknown:
+            raise ValueError(f"unknown input name(s) {unknown}; the model's inputs are {expected}")
+        missing = [k for k in expected if k not in input_feed]
+        if missing:
+            raise ValueError(f"missing input(s) {missing}; the model's inputs are {expected}")
+        feeds = {}
+        for arg in self._inputs:
+            feeds[arg.name] = self._check_value(arg, self._input_types[arg.name], input_feed[arg.name])
+        return feeds
+
+    @staticmethod
+    def _check_value(arg, tp, value):
+        if tp.WhichOneof("value") != "tensor_type":
+            return value           # sequences, optionals, maps: passed to the ops as given
+        want = np_dtype(tp.tensor_type.elem_type)
+        if not isinstance(value, np.ndarray):
+            try:
+                value = np.asarray(value, dtype=want if want is not None and want != object else None)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"input {arg.name!r}: cannot convert {type(value).__name__} to {arg.type}: {e}") from None
+        if want is not None:
+            if want == object:
+                ok = value.dtype.kind in "OUS"
+            else:
+                ok = value.dtype == want
+            if not ok:
+                raise ValueError(f"input {arg.name!r} must have type {arg.type} (numpy {want}), got dtype {value.dtype}")
+        if tp.tensor_type.HasField("shape"):
+            dims = arg.shape
+            if value.ndim != len(dims):
+                raise ValueError(f"input {arg.name!r} must have rank {len(dims)} (shape {dims}), "
+                                 f"got shape {value.shape}")
+            for i, (d, n) in enumerate(zip(dims, value.shape)):
+                if isinstance(d, int) and d != n:
+                    raise ValueError(f"input {arg.name!r} must have shape {dims}, got {value.shape} "
+                                     f"(dimension {i} must be {d})")
+        return value
+
+    def run(self, output_names, input_feed, run_options=None):
+        """Outputs named by `output_names` (None: all, in graph order) as a list of numpy arrays."""
+        feeds = self._check_feed(input_feed)
+        if output_names is None:
+            names = self._executor.output_names
+        else:
+            names = list(output_names)
+            known = set(self._executor.output_names)
+            bad = [n for n in names if n not in known]
+            if bad:
+                raise ValueError(f"unknown output name(s) {bad}; the model's outputs are "
+                                 f"{self._executor.output_names}")
+        if self._num_threads is None:
+            return self._executor.run(feeds, names)
+        with threads(self._num_threads):
+            return self._executor.run(feeds, names)
+
+    def kernel_nodes(self):
+        """[(node name, normrt op, kernel)] of the nodes that run on normrt's kernels."""
+        return [(s.node.name, s.node.op_type, s.run.kernel) for s in self._executor.steps if s.kind == "kernel"]
