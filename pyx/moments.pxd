@@ -34,16 +34,27 @@ cdef struct Moments:
 
 
 cdef enum:
-    # float32 partial sums run over blocks of BLOCK elements (16 lanes x 16
-    # values each, so they stay exact to a few ulps) before they meet float64
-    LANES = 16
+    # Independent accumulator lanes, enough to fill several vector registers
+    # so the additions do not wait on each other's latency. float32 partial
+    # sums run over blocks of BLOCK elements (8 values per lane, exact to a few
+    # ulps) before they meet the float64 lanes.
+    LANES = 32      # lane_total is written for exactly 32
     BLOCK = 256
 
 
-cdef inline double lane_total(const double* acc) noexcept nogil:
-    """Sum of 16 float64 lanes in a fixed tree order."""
-    return ((((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
-            + (((acc[8] + acc[9]) + (acc[10] + acc[11])) + ((acc[12] + acc[13]) + (acc[14] + acc[15]))))
+cdef inline double lane_total(double* acc) noexcept nogil:
+    """Sum of the 32 float64 lanes in a fixed pairwise order (overwrites acc).
+
+    Constant loop bounds let the compiler keep every step in vector registers.
+    """
+    cdef Py_ssize_t j
+    for j in range(16):
+        acc[j] = acc[j] + acc[j + 16]
+    for j in range(8):
+        acc[j] = acc[j] + acc[j + 8]
+    for j in range(4):
+        acc[j] = acc[j] + acc[j + 4]
+    return (acc[0] + acc[2]) + (acc[1] + acc[3])
 
 
 cdef inline double sum_dev(const real* x, Py_ssize_t n, double shift) noexcept nogil:
@@ -55,27 +66,32 @@ cdef inline double sum_dev(const real* x, Py_ssize_t n, double shift) noexcept n
     cdef double acc[LANES]
     cdef float blk[LANES]
     cdef float fshift = <float>shift
-    cdef Py_ssize_t i, j, k, b, nb
+    cdef Py_ssize_t i = 0, j, k
     for j in range(LANES):
         acc[j] = 0.0
     if real is float:
-        nb = n // BLOCK
-        for b in range(nb):
+        while i + BLOCK <= n:
             for j in range(LANES):
                 blk[j] = 0.0
             for k in range(BLOCK // LANES):
-                i = b * BLOCK + k * LANES
                 for j in range(LANES):
-                    blk[j] += x[i + j] - fshift
+                    blk[j] += x[i + k * LANES + j] - fshift
             for j in range(LANES):
                 acc[j] += blk[j]
-        i = nb * BLOCK
-    else:
-        nb = n // LANES
-        for b in range(nb):
+            i += BLOCK
+        for j in range(LANES):
+            blk[j] = 0.0
+        while i + LANES <= n:
             for j in range(LANES):
-                acc[j] += x[b * LANES + j] - shift
-        i = nb * LANES
+                blk[j] += x[i + j] - fshift
+            i += LANES
+        for j in range(LANES):
+            acc[j] += blk[j]
+    else:
+        while i + LANES <= n:
+            for j in range(LANES):
+                acc[j] += x[i + j] - shift
+            i += LANES
     while i < n:
         acc[0] += <double>x[i] - shift
         i += 1
@@ -90,29 +106,35 @@ cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept
     cdef float ml = <float>(mean - <double>mh)
     cdef float fd
     cdef double d
-    cdef Py_ssize_t i, j, k, b, nb
+    cdef Py_ssize_t i = 0, j, k
     for j in range(LANES):
         acc[j] = 0.0
     if real is float:
-        nb = n // BLOCK
-        for b in range(nb):
+        while i + BLOCK <= n:
             for j in range(LANES):
                 blk[j] = 0.0
             for k in range(BLOCK // LANES):
-                i = b * BLOCK + k * LANES
                 for j in range(LANES):
-                    fd = (x[i + j] - mh) - ml
+                    fd = (x[i + k * LANES + j] - mh) - ml
                     blk[j] += fd * fd
             for j in range(LANES):
                 acc[j] += blk[j]
-        i = nb * BLOCK
-    else:
-        nb = n // LANES
-        for b in range(nb):
+            i += BLOCK
+        for j in range(LANES):
+            blk[j] = 0.0
+        while i + LANES <= n:
             for j in range(LANES):
-                d = x[b * LANES + j] - mean
+                fd = (x[i + j] - mh) - ml
+                blk[j] += fd * fd
+            i += LANES
+        for j in range(LANES):
+            acc[j] += blk[j]
+    else:
+        while i + LANES <= n:
+            for j in range(LANES):
+                d = x[i + j] - mean
                 acc[j] += d * d
-        i = nb * LANES
+            i += LANES
     while i < n:
         d = <double>x[i] - mean
         acc[0] += d * d
@@ -120,17 +142,103 @@ cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept
     return lane_total(acc)
 
 
-cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
-    """Two passes over one L1-resident chunk, float64 accumulators.
+cdef struct Sums:
+    double s1   # sum(x - shift)
+    double s2   # sum((x - shift)^2)
 
-    The first pass sums deviations from x[0], so a constant chunk has a mean of
-    exactly x[0] and an m2 of exactly 0 (a constant group returns the bias).
+
+cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept nogil:
+    """Both shifted sums in one pass (float32: float32 lanes per block)."""
+    cdef double a1[LANES]
+    cdef double a2[LANES]
+    cdef float b1[LANES]
+    cdef float b2[LANES]
+    cdef float fshift = <float>shift
+    cdef float fd
+    cdef double d
+    cdef Py_ssize_t i = 0, j, k
+    cdef Sums r
+    for j in range(LANES):
+        a1[j] = 0.0
+        a2[j] = 0.0
+    if real is float:
+        while i + BLOCK <= n:
+            for j in range(LANES):
+                b1[j] = 0.0
+                b2[j] = 0.0
+            for k in range(BLOCK // LANES):
+                for j in range(LANES):
+                    fd = x[i + k * LANES + j] - fshift
+                    b1[j] += fd
+                    b2[j] += fd * fd
+            for j in range(LANES):
+                a1[j] += b1[j]
+                a2[j] += b2[j]
+            i += BLOCK
+        for j in range(LANES):
+            b1[j] = 0.0
+            b2[j] = 0.0
+        while i + LANES <= n:
+            for j in range(LANES):
+                fd = x[i + j] - fshift
+                b1[j] += fd
+                b2[j] += fd * fd
+            i += LANES
+        for j in range(LANES):
+            a1[j] += b1[j]
+            a2[j] += b2[j]
+    else:
+        while i + LANES <= n:
+            for j in range(LANES):
+                d = x[i + j] - shift
+                a1[j] += d
+                a2[j] += d * d
+            i += LANES
+    while i < n:
+        d = <double>x[i] - shift
+        a1[0] += d
+        a2[0] += d * d
+        i += 1
+    r.s1 = lane_total(a1)
+    r.s2 = lane_total(a2)
+    return r
+
+
+cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
+    """Moments of one chunk, float64 accumulators, no cancellation.
+
+    One pass sums x - shift and its square, the shift being the mean of the
+    chunk's first LANES elements, so it sits within a fraction of a standard
+    deviation of the mean and s2 - s1^2/n loses nothing. When it does not
+    (an outlier among the first elements, |mean - shift| above 0.17 sigma),
+    a second pass over the L1-resident chunk computes m2 about the mean
+    exactly. A constant chunk gets a mean of exactly its value and m2 = 0.
     """
     cdef Moments m
-    cdef double shift = x[0]
+    cdef Py_ssize_t i
+    cdef double shift = 0.0, d
+    cdef double sample[LANES]
+    cdef Sums s
+    if n >= LANES:
+        # a pairwise tree, not a serial chain: this runs once per chunk
+        for i in range(LANES):
+            sample[i] = x[i]
+        shift = lane_total(sample) / LANES
+    else:
+        for i in range(n):
+            shift += x[i]
+        shift = shift / n
+    shift = <real>shift   # representable, so x - shift is exact near it
+    s = sums_dev(x, n, shift)
+    d = s.s1 / n
     m.count = <double>n
-    m.mean = shift + sum_dev(x, n, shift) / n
-    m.m2 = sum_sq_dev(x, n, m.mean)
+    m.mean = shift + d
+    if d * d * n <= 0.03 * s.s2:
+        m.m2 = s.s2 - s.s1 * d
+        if m.m2 < 0.0:
+            m.m2 = 0.0
+    else:
+        m.m2 = sum_sq_dev(x, n, m.mean)
     return m
 
 

@@ -290,3 +290,83 @@ def test_property_rms_norm(case):
     x, axis, _ = case
     y = normrt.rms_norm(x, axis=axis, eps=1e-2)
     np.testing.assert_allclose(y, ref_rms_norm(x, None, axis, 1e-2), **tol(x.dtype))
+
+
+# ---- residual_out: the skip-connection sum written by the same pass ----------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((4, 16), -1), ((2, 3, 40), 1), ((1, 70_001), -1), ((3, 5000), -1)])
+def test_residual_out_receives_the_sum(dtype, shape, axis):
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    s = rng.standard_normal(shape[axis % len(shape):]).astype(dtype)
+    for n in (1, 4):      # row-per-thread and chunked paths write the sum alike
+        with normrt.threads(n):
+            sum_ln = np.full(shape, np.nan, dtype)
+            y = normrt.layer_norm(x, s, s, axis=axis, residual=r, residual_out=sum_ln)
+            sum_rms = np.full(shape, np.nan, dtype)
+            y_rms = normrt.rms_norm(x, s, axis=axis, residual=r, residual_out=sum_rms)
+        np.testing.assert_array_equal(sum_ln, x + r)      # exactly the sum in x's dtype
+        np.testing.assert_array_equal(sum_rms, x + r)
+        np.testing.assert_array_equal(y, normrt.layer_norm(x, s, s, axis=axis, residual=r))
+        np.testing.assert_array_equal(y_rms, normrt.rms_norm(x, s, axis=axis, residual=r))
+        ref, _, _ = ref_layer_norm(x, s, s, axis=axis, residual=r)
+        np.testing.assert_allclose(y, ref, **tol(dtype))
+        np.testing.assert_allclose(y_rms, ref_rms_norm(x, s, axis=axis, residual=r), **tol(dtype))
+
+
+def test_residual_out_with_stats_and_in_place():
+    x = rng.standard_normal((6, 24)).astype(np.float32)
+    r = rng.standard_normal((6, 24)).astype(np.float32)
+    want_sum = x + r
+    want_y, want_mean, want_rstd = normrt.layer_norm(x, residual=r, return_stats=True)
+    # the sum may overwrite x itself (or residual): the kernel adds elementwise before reading
+    xc = x.copy()
+    y, mean, rstd = normrt.layer_norm(xc, residual=r, return_stats=True, residual_out=xc)
+    np.testing.assert_array_equal(xc, want_sum)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(rstd, want_rstd)
+    rc = r.copy()
+    y = normrt.rms_norm(x, residual=rc, residual_out=rc)
+    np.testing.assert_array_equal(rc, want_sum)
+    np.testing.assert_array_equal(y, normrt.rms_norm(x, residual=r))
+    # out and residual_out are separate buffers
+    out, sum_out = np.empty_like(x), np.empty_like(x)
+    assert normrt.layer_norm(x, residual=r, out=out, residual_out=sum_out) is out
+    np.testing.assert_array_equal(out, want_y)
+    np.testing.assert_array_equal(sum_out, want_sum)
+
+
+def test_residual_out_bad_arguments():
+    x = np.ones((2, 4), np.float32)
+    r = np.ones((2, 4), np.float32)
+    for fn in (normrt.layer_norm, normrt.rms_norm):
+        with pytest.raises(ValueError, match="residual_out needs residual"):
+            fn(x, residual_out=np.empty_like(x))
+        with pytest.raises(ValueError, match=r"residual_out must have shape \(2, 4\)"):
+            fn(x, residual=r, residual_out=np.empty((4, 2), np.float32))
+        with pytest.raises(ValueError, match="residual_out must have dtype float32"):
+            fn(x, residual=r, residual_out=np.empty((2, 4), np.float64))
+        with pytest.raises(ValueError, match="residual_out must be C-contiguous"):
+            fn(x, residual=r, residual_out=np.empty((4, 2), np.float32).T)
+        buf = np.empty((2, 4), np.float32)
+        with pytest.raises(ValueError, match="residual_out must not overlap out"):
+            fn(x, residual=r, out=buf, residual_out=buf)
+        big = np.empty(9, np.float32)
+        with pytest.raises(ValueError, match="residual_out partially overlaps"):
+            fn(big[:8].reshape(2, 4), residual=r, residual_out=big[1:].reshape(2, 4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L", [20, 40, 768, 5000])
+@pytest.mark.parametrize("lead", [1e4, -3e6, 0.0])
+def test_outliers_at_the_start_of_a_chunk(dtype, L, lead):
+    # the statistics shift by the mean of a chunk's first elements; outliers
+    # there must not cost digits (the kernel then takes its exact second pass)
+    x = rng.standard_normal((3, L)).astype(dtype)
+    x[:, :7] += lead
+    x[1, :40] = lead            # a whole leading sample far from the rest
+    y = normrt.layer_norm(x, eps=1e-6)
+    ref, _, _ = ref_layer_norm(x, eps=1e-6)
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-11)
