@@ -57,49 +57,12 @@ cdef inline double lane_total(double* acc) noexcept nogil:
     return (acc[0] + acc[2]) + (acc[1] + acc[3])
 
 
-cdef inline double sum_dev(const real* x, Py_ssize_t n, double shift) noexcept nogil:
-    """sum(x - shift) with float64 lanes (float32 input: float32 lanes per block).
+cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept nogil:
+    """sum((x - mean)^2) with float64 lanes (float32: the mean split in two floats).
 
     Independent lanes in a fixed order let the compiler vectorize without
     reassociating anything, so the result never depends on the code path.
     """
-    cdef double acc[LANES]
-    cdef float blk[LANES]
-    cdef float fshift = <float>shift
-    cdef Py_ssize_t i = 0, j, k
-    for j in range(LANES):
-        acc[j] = 0.0
-    if real is float:
-        while i + BLOCK <= n:
-            for j in range(LANES):
-                blk[j] = 0.0
-            for k in range(BLOCK // LANES):
-                for j in range(LANES):
-                    blk[j] += x[i + k * LANES + j] - fshift
-            for j in range(LANES):
-                acc[j] += blk[j]
-            i += BLOCK
-        for j in range(LANES):
-            blk[j] = 0.0
-        while i + LANES <= n:
-            for j in range(LANES):
-                blk[j] += x[i + j] - fshift
-            i += LANES
-        for j in range(LANES):
-            acc[j] += blk[j]
-    else:
-        while i + LANES <= n:
-            for j in range(LANES):
-                acc[j] += x[i + j] - shift
-            i += LANES
-    while i < n:
-        acc[0] += <double>x[i] - shift
-        i += 1
-    return lane_total(acc)
-
-
-cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept nogil:
-    """sum((x - mean)^2) with float64 lanes (float32: the mean split in two floats)."""
     cdef double acc[LANES]
     cdef float blk[LANES]
     cdef float mh = <float>mean
