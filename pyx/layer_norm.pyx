@@ -7,9 +7,9 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt
 
-from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, chunk_sumsq,
+from moments cimport (real, Moments, CHUNK, team_size, chunk_moments, chunk_sumsq,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
-                      activate, activate_span)
+                      activate_span)
 
 
 cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t n) noexcept nogil:
@@ -23,65 +23,39 @@ cdef inline void write_layer_norm(const real* h, real* y, Py_ssize_t n, Py_ssize
                                   bint has_scale, bint has_bias, int act) noexcept nogil:
     """y[i] = act((h[i] - mean) * rstd * scale[offset+i] + bias[offset+i]).
 
-    float32 works in float32 with the mean split in two floats: h - mean_hi is
-    exact when h is near the mean (Sterbenz), so large offsets cost no digits.
+    Works in x's precision. float32 splits the mean in two floats: h - mean_hi
+    is exact when h is near the mean (Sterbenz), so large offsets cost no digits.
     """
     cdef Py_ssize_t i
-    cdef double v
-    cdef float mh = <float>mean
-    cdef float ml = <float>(mean - <double>mh)
-    cdef float fr = <float>rstd
-    if real is float:
-        if has_scale and has_bias:
-            for i in range(n):
-                y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
-        elif has_scale:
-            for i in range(n):
-                y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i]
-        elif has_bias:
-            for i in range(n):
-                y[i] = ((h[i] - mh) - ml) * fr + bias[offset + i]
-        else:
-            for i in range(n):
-                y[i] = ((h[i] - mh) - ml) * fr
-        activate_span(y, n, act)
-        return
-    if has_scale and has_bias and act == ACT_NONE:
+    cdef real mh = <real>mean
+    cdef real ml = <real>(mean - <double>mh)   # 0 for float64
+    cdef real fr = <real>rstd
+    if has_scale and has_bias:
         for i in range(n):
-            y[i] = (h[i] - mean) * rstd * scale[offset + i] + bias[offset + i]
-        return
-    for i in range(n):
-        v = (<double>h[i] - mean) * rstd
-        if has_scale:
-            v = v * <double>scale[offset + i]
-        if has_bias:
-            v = v + <double>bias[offset + i]
-        y[i] = <real>activate(v, act)
+            y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
+    elif has_scale:
+        for i in range(n):
+            y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i]
+    elif has_bias:
+        for i in range(n):
+            y[i] = ((h[i] - mh) - ml) * fr + bias[offset + i]
+    else:
+        for i in range(n):
+            y[i] = ((h[i] - mh) - ml) * fr
+    activate_span(y, n, act)
 
 
 cdef inline void write_rms_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t offset,
                                 double rinv, const real* scale, bint has_scale, int act) noexcept nogil:
     cdef Py_ssize_t i
-    cdef double v
-    cdef float fr = <float>rinv
-    if real is float:
-        if has_scale:
-            for i in range(n):
-                y[i] = h[i] * fr * scale[offset + i]
-        else:
-            for i in range(n):
-                y[i] = h[i] * fr
-        activate_span(y, n, act)
-        return
-    if has_scale and act == ACT_NONE:
+    cdef real fr = <real>rinv
+    if has_scale:
         for i in range(n):
-            y[i] = h[i] * rinv * scale[offset + i]
-        return
-    for i in range(n):
-        v = <double>h[i] * rinv
-        if has_scale:
-            v = v * <double>scale[offset + i]
-        y[i] = <real>activate(v, act)
+            y[i] = h[i] * fr * scale[offset + i]
+    else:
+        for i in range(n):
+            y[i] = h[i] * fr
+    activate_span(y, n, act)
 
 
 cdef inline void layer_norm_row(const real* x, const real* r, real* h_buf, real* y, Py_ssize_t L,
