@@ -15,7 +15,7 @@ Optional buffers are passed as length-0 arrays.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt
+from libc.math cimport sqrt, NAN
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate,
@@ -130,11 +130,25 @@ def group_norm(const real[:, ::1] x,      # IN  (R, L) one statistics group per 
         free(parts)
 
 
+cdef inline double adain_var(Moments m, bint unbiased) noexcept nogil:
+    """Population variance m2/n, or with `unbiased` Bessel's m2/(n-1) (NaN for n <= 1, like torch)."""
+    cdef double v
+    if not unbiased:
+        return moments_var(m)
+    if m.count <= 1.0:
+        return NAN
+    v = m.m2 / (m.count - 1.0)
+    return 0.0 if v < 0.0 else v
+
+
 def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
           const real[:, ::1] style,      # IN  (R, Ls) same rows, any spatial size
           real[:, ::1] out,              # OUT (R, L); may alias content
-          double eps, int n_threads):
-    """out = (content - mean_c) * (inv_std_c * std_s) + mean_s per row, std = sqrt(var + eps)."""
+          double eps, bint unbiased, int n_threads):
+    """out = (content - mean_c) * (inv_std_c * std_s) + mean_s per row, std = sqrt(var + eps).
+
+    var is the population variance, or the unbiased one (m2 / (n - 1)) when `unbiased`.
+    """
     cdef Py_ssize_t R = content.shape[0], L = content.shape[1], Ls = style.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), nchs = n_chunks(Ls), r, c, item, start
     cdef Py_ssize_t n_style_items = R * nchs
@@ -150,7 +164,7 @@ def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
             # an empty style row has no element 0 to point at (NaN statistics follow)
             ms = group_moments(&style[r, 0] if Ls else <const real*>NULL, Ls)
             mc = group_moments(&content[r, 0], L)
-            a = (1.0 / sqrt(moments_var(mc) + eps)) * sqrt(moments_var(ms) + eps)
+            a = (1.0 / sqrt(adain_var(mc, unbiased) + eps)) * sqrt(adain_var(ms, unbiased) + eps)
             write_affine(&content[r, 0], &out[r, 0], L, mc.mean, a, ms.mean, ACT_NONE)
         return
 
@@ -181,7 +195,7 @@ def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
                 for c in range(nch):
                     moments_merge(&mc, cparts[r * nch + c])
                 means[r] = mc.mean
-                factors[r] = (1.0 / sqrt(moments_var(mc) + eps)) * sqrt(moments_var(ms) + eps)
+                factors[r] = (1.0 / sqrt(adain_var(mc, unbiased) + eps)) * sqrt(adain_var(ms, unbiased) + eps)
                 shifts[r] = ms.mean
             for item in prange(R * nch, schedule="static", num_threads=n_threads):
                 r = item // nch

@@ -11,7 +11,8 @@ of a row, LCHUNK rows of a column) that are added in the same order, starting
 from 0.0, whichever thread computed them and whichever path ran, so outputs are
 bitwise identical for any thread count.
 
-A zero norm gives 0, not NaN: the denominator of a zero vector is +inf, so the
+With eps > 0 the divisor is max(norm, eps) (torch's F.normalize); with eps = 0
+a zero norm gives 0, not NaN: the denominator of a zero vector is +inf, so the
 write loop stays branch-free (x / inf == 0 for every finite x). NaN stays NaN.
 """
 from cython.parallel cimport prange
@@ -71,8 +72,11 @@ cdef inline double rescaled_l2(const real* x, Py_ssize_t n, Py_ssize_t stride) n
 
 
 cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
-                               double s, int p) noexcept nogil:
-    """The divisor of a vector whose accumulated sum is s: its norm, or +inf for 0."""
+                               double s, int p, double eps) noexcept nogil:
+    """The divisor of a vector whose accumulated sum is s: max(norm, eps), or +inf for 0.
+
+    eps > 0 is torch's F.normalize (x / max(||x||, eps)); a NaN norm stays NaN.
+    """
     cdef double norm
     if p == 1:
         norm = s
@@ -82,6 +86,8 @@ cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
             # a float64 sum of squares overflowed or underflowed: recompute scaled
             if s > DBL_MAX or s < TINY_SUMSQ:
                 norm = rescaled_l2(x, n, stride)
+    if norm < eps:
+        norm = eps
     return norm if norm != 0.0 else INFINITY
 
 
@@ -93,7 +99,7 @@ cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double d) noexc
 
 def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             real[:, ::1] out,       # OUT (K1, L); may alias x
-            int p, int n_threads):
+            int p, double eps, int n_threads):
     cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
     cdef double s, d
@@ -108,7 +114,7 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             for c in range(nch):
                 start = c * CHUNK
                 s = s + chunk_sum_p(&x[g, start], min(<Py_ssize_t>CHUNK, L - start), p)
-            d = denominator(&x[g, 0], L, 1, s, p)
+            d = denominator(&x[g, 0], L, 1, s, p, eps)
             write_row(&x[g, 0], &out[g, 0], L, d)
         return
 
@@ -127,7 +133,7 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
                 s = 0.0
                 for c in range(nch):
                     s = s + parts[g * nch + c]
-                dens[g] = denominator(&x[g, 0], L, 1, s, p)
+                dens[g] = denominator(&x[g, 0], L, 1, s, p, eps)
             for item in prange(G * nch, schedule="static", num_threads=n_threads):
                 g = item // nch
                 start = (item % nch) * CHUNK
@@ -157,11 +163,11 @@ cdef inline void col_chunk_sum(const real* x, Py_ssize_t K2, Py_ssize_t nrows, P
 
 
 cdef inline void col_denominators(const real* x, Py_ssize_t L, Py_ssize_t K2, Py_ssize_t ncols,
-                                  int p, double* acc) noexcept nogil:
+                                  int p, double eps, double* acc) noexcept nogil:
     """acc[j]: the accumulated sum of column j in, its divisor out."""
     cdef Py_ssize_t j
     for j in range(ncols):
-        acc[j] = denominator(x + j, L, K2, acc[j], p)
+        acc[j] = denominator(x + j, L, K2, acc[j], p, eps)
 
 
 cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nrows,
@@ -177,7 +183,7 @@ cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nro
 
 
 cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
-                           Py_ssize_t ncols, int p) noexcept nogil:
+                           Py_ssize_t ncols, int p, double eps) noexcept nogil:
     """Normalize ncols <= COLS adjacent columns of one (L, K2) slab, all by one thread."""
     cdef double acc[COLS]
     cdef double part[COLS]
@@ -190,13 +196,13 @@ cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
         for j in range(ncols):
             acc[j] = acc[j] + part[j]
         r0 += LCHUNK
-    col_denominators(x, L, K2, ncols, p, acc)
+    col_denominators(x, L, K2, ncols, p, eps, acc)
     col_write(x, y, K2, L, ncols, acc)
 
 
 def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each (k1, k2)
             real[:, :, ::1] out,       # OUT (K1, L, K2); may alias x
-            int p, int n_threads):
+            int p, double eps, int n_threads):
     cdef Py_ssize_t K1 = x.shape[0], L = x.shape[1], K2 = x.shape[2]
     cdef Py_ssize_t nb = (K2 + COLS - 1) // COLS          # column blocks per slab
     cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK      # row chunks per column
@@ -211,7 +217,7 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
         for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
             k = item // nb
             j0 = (item % nb) * COLS
-            col_block(&x[k, 0, j0], &out[k, 0, j0], L, K2, min(<Py_ssize_t>COLS, K2 - j0), p)
+            col_block(&x[k, 0, j0], &out[k, 0, j0], L, K2, min(<Py_ssize_t>COLS, K2 - j0), p, eps)
         return
 
     # few column blocks, long columns: each row chunk of each block is a work item;
@@ -239,7 +245,7 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
                 for lc in range(nlc):
                     for j in range(nc):
                         acc[j] = acc[j] + parts[(item * nlc + lc) * COLS + j]
-                col_denominators(&x[k, 0, j0], L, K2, nc, p, acc)
+                col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, acc)
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
                 item = t // nlc
                 k = item // nb

@@ -38,6 +38,7 @@ Usage::
     python scripts/make_fixtures.py                 # rebuild everything
     python scripts/make_fixtures.py --only layernorm,groupnorm   # rebuild some (merged into the index)
     python scripts/make_fixtures.py --list          # list the cases
+    python scripts/make_fixtures.py --examples      # only the bundled models in src/normrt/examples/
 """
 from __future__ import annotations
 
@@ -890,12 +891,115 @@ def print_summary(entries: list[dict], skipped: list[dict]) -> None:
         print(f"| {name} | " + " | ".join(cols.get(k, "-").replace("|", "/") for k in keys) + " |")
 
 
+# ---------------------------------------------------------------------------
+# bundled example models (src/normrt/examples/, shipped as package data)
+# ---------------------------------------------------------------------------
+EXAMPLES_OUT = REPO / "src" / "normrt" / "examples"
+EXAMPLE_OPSET = 17
+
+
+class GNResBlock(nn.Module):
+    """Diffusion-UNet-style resnet block: (GroupNorm -> SiLU -> Conv3x3) x 2, + residual."""
+
+    def __init__(self, c, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c)
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + h
+
+
+class GroupNormCNN(nn.Module):
+    """Conv3x3 stem (3->32), resblock(32), stride-2 Conv3x3 (32->64), resblock(64),
+    GroupNorm -> SiLU -> Conv3x3 (64->3); GroupNorm with 8/16 groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.block1 = GNResBlock(32, 8)
+        self.down = nn.Conv2d(32, 64, 3, stride=2, padding=1)
+        self.block2 = GNResBlock(64, 16)
+        self.norm_out = nn.GroupNorm(16, 64)
+        self.conv_out = nn.Conv2d(64, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.block1(self.stem(x))
+        h = self.block2(self.down(h))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+EXAMPLES = [
+    # (file stem, description, module factory, input name, input shape)
+    ("groupnorm_cnn", "UNet-like CNN: Conv3x3 + GroupNorm + SiLU resblocks (32/64 channels)",
+     GroupNormCNN, "x", (1, 3, 64, 64)),
+    ("transformer_block", "pre-LN transformer block: LN -> attention -> +res -> LN -> MLP(GELU) -> +res",
+     lambda: PreLNBlockEager(d=128, heads=4, mlp=512), "x", (1, 64, 128)),
+]
+
+
+def make_examples(out_dir: Path = EXAMPLES_OUT) -> int:
+    """Export the bundled example models (legacy exporter, opset 17, static shapes, fixed seeds)
+    and check normrt.InferenceSession and onnxruntime against torch."""
+    import onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = []
+    for stem, desc, factory, in_name, shape in EXAMPLES:
+        path = out_dir / f"{stem}.onnx"
+        torch.manual_seed(seed_for(stem))
+        gen = torch.Generator().manual_seed(seed_for(stem))
+        module = factory().eval()
+        randomize_norms(module, gen)
+        x = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            want = module(x).numpy()
+        with quiet(), torch.no_grad():
+            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=EXAMPLE_OPSET,
+                              input_names=[in_name], output_names=["y"], do_constant_folding=True)
+        model = onnx.load(str(path))
+        model.doc_string = f"normrt bundled example: {desc}"
+        onnx.save(model, str(path))
+        onnx.checker.check_model(model)
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in model.graph.input[0].type.tensor_type.shape.dim]
+        if dims != list(shape):
+            failures.append(f"{stem}: input shape {dims} is not the static {list(shape)}")
+        feeds = {in_name: x.numpy()}
+        errs = {}
+        try:
+            import normrt
+            errs["normrt"] = rel_err(normrt.InferenceSession(str(path)).run(None, feeds)[0], want)
+        except ImportError:
+            print("  (normrt not importable: not checked)")
+        try:
+            errs["onnxruntime"] = rel_err(run_ort(path, feeds)[0], want)
+        except ImportError:
+            print("  (onnxruntime not installed: not checked)")
+        bad = {k: v for k, v in errs.items() if not v <= REL_TOL}
+        if bad:
+            failures.append(f"{stem}: rel. error over {REL_TOL}: {bad}")
+        size = path.stat().st_size
+        print(f"  {'ok' if not bad else 'MISMATCH':8s} {path.name:24s} {size / 1024:7.1f} KiB  "
+              f"input {in_name}{list(shape)}  nodes: {format_counts(count_nodes(model.graph))}  "
+              + "  ".join(f"rel.err {k} {v:.1e}" for k, v in errs.items()), flush=True)
+    for f in failures:
+        print("FAILURE: " + f)
+    return 1 if failures else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default tests/data)")
     ap.add_argument("--only", default="", help="comma-separated case names to rebuild (merged into the index)")
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="print exporter tracebacks")
+    ap.add_argument("--examples", action="store_true",
+                    help="build only the bundled example models into src/normrt/examples/ (or --out)")
     args = ap.parse_args(argv)
 
     if args.list:
@@ -910,6 +1014,10 @@ def main(argv=None) -> int:
 
     if torch.__version__.split("+")[0] != "2.13.0":
         print(f"warning: fixtures are meant to come from torch 2.13.0, this is {torch.__version__}", file=sys.stderr)
+
+    if args.examples:
+        out = args.out if args.out != DEFAULT_OUT else EXAMPLES_OUT
+        return make_examples(out)
 
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)

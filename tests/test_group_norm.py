@@ -632,3 +632,81 @@ def test_negative_eps(eps):
 def test_non_real_eps():
     with pytest.raises(TypeError, match="^eps must be a real number"):
         normrt.group_norm(X, 2, eps="1e-5")
+
+
+# ---------------------------------------------------------------- AdaIN with the unbiased variance
+
+def ref_adain_unbiased(content, style, eps=1e-5):
+    """The reference AdaIN code (calc_mean_std): torch's default .var(), divided by n - 1."""
+    c = np.asarray(content, np.float64)
+    s = np.asarray(style, np.float64)
+    N, C = c.shape[:2]
+    cf = c.reshape(N, C, -1)
+    sf = s.reshape(N, C, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cstd = np.sqrt(cf.var(-1, ddof=1, keepdims=True) + eps)
+        sstd = np.sqrt(sf.var(-1, ddof=1, keepdims=True) + eps)
+        y = (cf - cf.mean(-1, keepdims=True)) / cstd * sstd + sf.mean(-1, keepdims=True)
+    return y.reshape(c.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cshape,sshape", [((2, 8, 6, 6), (2, 8, 5, 5)), ((1, 3, 7), (1, 3, 2)),
+                                           ((2, 2, 3, 4, 5), (2, 2, 9)),
+                                           ((1, 2, 200, 200), (1, 2, 190, 190))])   # chunked path
+def test_adain_unbiased_matches_reference(cshape, sshape, dtype):
+    rng = np.random.default_rng(31)
+    content = (rng.standard_normal(cshape) * 1.5 + 0.3).astype(dtype)
+    style = (rng.standard_normal(sshape) * 2 - 1).astype(dtype)
+    for threads in (1, 8):
+        with normrt.threads(threads):
+            y = normrt.adain(content, style, unbiased=True)
+        np.testing.assert_allclose(y, ref_adain_unbiased(content, style), **tol(dtype))
+    # not the population variance
+    assert not np.allclose(normrt.adain(content, style), y, rtol=1e-7, atol=0)
+    np.testing.assert_array_equal(normrt.adain(content, style, unbiased=False), normrt.adain(content, style))
+
+
+def test_adain_unbiased_bitwise_identical_across_thread_counts():
+    rng = np.random.default_rng(32)
+    content = rng.standard_normal((2, 3, 150, 150)).astype(np.float32)
+    style = rng.standard_normal((2, 3, 120, 170)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 8):
+        with normrt.threads(threads):
+            results.append(normrt.adain(content, style, unbiased=True))
+    assert results[0].tobytes() == results[1].tobytes() == results[2].tobytes()
+
+
+def test_adain_unbiased_known_values():
+    # content [1, 3]: mean 2, unbiased var 2; style [0, 4]: mean 2, unbiased var 8
+    content = np.array([[[1.0, 3.0]]])
+    style = np.array([[[0.0, 4.0]]])
+    y = normrt.adain(content, style, eps=0.0, unbiased=True)
+    np.testing.assert_allclose(y, [[[2 - 2.0, 2 + 2.0]]], rtol=1e-15)
+    y = normrt.adain(content, style, eps=0.0)               # population: var 1 and 4, the same ratio
+    np.testing.assert_allclose(y, [[[0.0, 4.0]]], rtol=1e-15)
+
+
+def test_adain_unbiased_single_element_is_nan():
+    """n == 1: torch's .var() is NaN (0 / 0); so is the result, for content or style alone."""
+    x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    one = np.ones((2, 3, 1), np.float32)
+    assert np.isnan(normrt.adain(x, one, unbiased=True)).all()
+    assert np.isnan(normrt.adain(one, x, unbiased=True)).all()
+    assert not np.isnan(normrt.adain(one, x)).any()
+
+
+def test_adain_unbiased_constant_groups():
+    """A constant content row gives the style mean exactly; a constant style row its mean."""
+    content = np.full((1, 2, 5), 3.0, np.float32)
+    style = np.arange(10, dtype=np.float32).reshape(1, 2, 5)
+    y = normrt.adain(content, style, unbiased=True)
+    np.testing.assert_array_equal(y, np.broadcast_to(style.mean(-1, keepdims=True), y.shape))
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None, 1.0])
+def test_adain_unbiased_must_be_bool(bad):
+    x = np.ones((1, 2, 3), np.float32)
+    with pytest.raises(TypeError, match="unbiased"):
+        normrt.adain(x, x, unbiased=bad)

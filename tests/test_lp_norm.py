@@ -322,3 +322,67 @@ def test_read_only_and_broadcast_inputs():
     x.flags.writeable = False
     np.testing.assert_allclose(normrt.lp_norm(x, axis=1), ref_lp_norm(x, 2, 1), rtol=1e-6)
     np.testing.assert_array_equal(normrt.lp_norm(np.broadcast_to(np.float64(2), (3, 4))), np.full((3, 4), 0.5))
+
+
+# ---------------------------------------------------------------- eps: torch's F.normalize
+
+def ref_normalize(x, p, axis, eps):
+    """torch.nn.functional.normalize: x / max(||x||_p, eps), in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    if p == 1:
+        norm = np.sum(np.abs(x64), axis=axis, keepdims=True)
+    else:
+        norm = np.sqrt(np.sum(x64 * x64, axis=axis, keepdims=True))
+    return (x64 / np.maximum(norm, eps)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("shape,axis", CASES)
+def test_eps_matches_torch_formula(shape, axis, p, dtype):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(shape).astype(dtype)
+    # some vectors with norms below eps, one exactly zero
+    x.reshape(-1)[: x.size // 3] *= dtype(1e-7)
+    eps = 1e-3
+    y = normrt.lp_norm(x, p=p, axis=axis, eps=eps)
+    np.testing.assert_allclose(y, ref_normalize(x, p, axis, eps), **tol(dtype))
+    zero = np.zeros_like(x)
+    assert not normrt.lp_norm(zero, p=p, axis=axis, eps=eps).any()
+
+
+def test_eps_known_values():
+    x = np.array([[3e-13, 4e-13], [3.0, 4.0], [0.0, 0.0]], np.float64)
+    y = normrt.lp_norm(x, eps=1e-12)
+    np.testing.assert_allclose(y, [[0.3, 0.4], [0.6, 0.8], [0.0, 0.0]], rtol=1e-12)
+    # eps = 0 (the default) is ONNX LpNormalization: the tiny vector gets unit norm
+    np.testing.assert_allclose(normrt.lp_norm(x), [[0.6, 0.8], [0.6, 0.8], [0.0, 0.0]], rtol=1e-12)
+    # a norm above eps is not touched
+    assert bitwise_equal(normrt.lp_norm(x[1:2], eps=1.0), normrt.lp_norm(x[1:2]))
+
+
+def test_eps_keeps_nan_and_inf():
+    x = np.array([[np.nan, 1.0], [np.inf, 1.0], [1e-30, 0.0]], np.float64)
+    y = normrt.lp_norm(x, eps=1e-12)
+    assert np.isnan(y[0]).all()
+    assert np.isnan(y[1, 0]) and y[1, 1] == 0.0     # inf / inf, 1 / inf: like x / max(inf, eps)
+    np.testing.assert_allclose(y[2], [1e-18, 0.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", [((3, 5000), 1), ((1, 20000), 1), ((2, 600, 130), 1), ((1, 3000, 5), 1)])
+def test_eps_bitwise_identical_across_thread_counts(shape, axis, dtype):
+    x = np.random.default_rng(22).standard_normal(shape).astype(dtype) * dtype(1e-4)
+    results = []
+    for n in (1, 2, 8):
+        with normrt.threads(n):
+            results.append(normrt.lp_norm(x, axis=axis, eps=0.5))
+    assert bitwise_equal(results[0], results[1]) and bitwise_equal(results[0], results[2])
+    np.testing.assert_allclose(results[0], ref_normalize(x, 2, axis, 0.5), **tol(dtype))
+
+
+@pytest.mark.parametrize("eps,err", [(-1e-12, ValueError), (float("nan"), ValueError), ("1e-12", TypeError),
+                                     (None, TypeError)])
+def test_bad_eps(eps, err):
+    with pytest.raises(err, match="eps"):
+        normrt.lp_norm(np.ones((2, 3), np.float32), eps=eps)

@@ -1,15 +1,17 @@
 """The `normrt` command: run, inspect and benchmark ONNX models.
 
-    normrt run [MODEL] [--input NAME=FILE.npy ...] [--random-inputs] [--dim NAME=N ...]
-               [--threads N] [--repeat K] [--save-outputs DIR]
-    normrt inspect MODEL
-    normrt bench [MODEL] [--compare onnxruntime] [--repeat K] [--threads N]
+    normrt run     [MODEL] [--input NAME=FILE.npy ...] [--random-inputs] [--dim NAME=N ...]
+                   [--threads N] [--repeat K] [--save-outputs DIR]
+    normrt inspect [MODEL]
+    normrt bench   [MODEL] [--compare onnxruntime|none] [--repeat K] [--threads N] [input options]
 
-Without MODEL, `run` and `bench` use the bundled example models. Errors print
-one line and exit with status 2 (`--verbose` shows the traceback).
+Without MODEL the commands use the example models bundled with the package
+(a GroupNorm+SiLU CNN and a pre-LN transformer block). Errors print one line
+on stderr and exit with status 2; `--verbose` also prints the traceback.
 """
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -18,20 +20,63 @@ from importlib import resources
 import numpy as np
 
 EXIT_ERROR = 2
-RANDOM_DIM_DEFAULT = 1  # a symbolic dimension's size under --random-inputs unless --dim gives it
+EXIT_INTERRUPTED = 130
+RANDOM_SEED = 0
+RANDOM_DIM_DEFAULT = 1   # a symbolic dimension's size under --random-inputs unless --dim gives it
+RUN_REPEAT_DEFAULT = 10
+BENCH_REPEAT_DEFAULT = 20
+PROFILE_REPEAT_MAX = 5
+PROGRESS_MIN_SECONDS = 1.0   # bench shows a progress bar (on a terminal) when its timed runs take longer
+
+RANDOM_INPUTS_HELP = (
+    f"Inputs not given with --input get random data: floats standard normal "
+    f"(numpy default_rng seed {RANDOM_SEED}, inputs drawn in graph order), integers "
+    f"uniform in [0, 2), bools uniform. A symbolic dimension takes its size from --dim NAME=N "
+    f"or from an --input array that has it; otherwise it is an error, unless --random-inputs "
+    f"is given, which sets it to {RANDOM_DIM_DEFAULT}.")
 
 
 class CliError(Exception):
-    """A user-facing error: printed as one line."""
+    """A user-facing error: printed as one line, without a traceback."""
+
+
+# ---- bundled models -------------------------------------------------------
+
+def bundled_models():
+    """Paths of the example models shipped inside the package (sorted by name)."""
+    root = resources.files("normrt") / "examples"
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(str(p) for p in entries if p.name.endswith(".onnx"))
+
+
+def _models(args):
+    if args.model:
+        path = args.model
+        if not os.path.exists(path):
+            raise CliError(f"model file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise CliError(f"model {path!r} is a directory, not an .onnx file")
+        args.bundled = False
+        return [path]
+    args.bundled = True
+    if getattr(args, "input", None):
+        raise CliError("--input needs a MODEL (without one the bundled examples run on random inputs)")
+    models = bundled_models()
+    if not models:
+        raise CliError("no MODEL given and no bundled example models in the package "
+                       "(rebuild them with: python scripts/make_fixtures.py --examples)")
+    return models
+
+
+def _session(path, threads):
+    import normrt
+    return normrt.InferenceSession(path, num_threads=threads)
 
 
 # ---- inputs ---------------------------------------------------------------
-
-def bundled_models():
-    """Paths of the example models shipped inside the package."""
-    root = resources.files("normrt") / "examples"
-    return sorted(str(p) for p in root.iterdir() if p.name.endswith(".onnx"))
-
 
 def _parse_pairs(items, what):
     pairs = {}
@@ -39,104 +84,197 @@ def _parse_pairs(items, what):
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
             raise CliError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in pairs:
+            raise CliError(f"{what} {name} is given twice")
         pairs[name] = value
     return pairs
 
 
-def _np_dtype(type_str):
-    from .onnx.session import numpy_dtype_of
-    return numpy_dtype_of(type_str)
+def _input_dtype(type_str):
+    """numpy dtype of an input type string 'tensor(float)', or None (not a numpy tensor)."""
+    from onnx import TensorProto
+    from .onnx._graph import np_dtype
+    m = re.fullmatch(r"tensor\((\w+)\)", type_str)
+    if not m:
+        return None
+    try:
+        elem = TensorProto.DataType.Value(m.group(1).upper())
+    except ValueError:
+        return None
+    dt = np_dtype(elem)
+    return dt if dt is not None and dt.kind in "fiub" else None
+
+
+def _load_input(name, path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CliError(f"input file {path!r} for {name!r} does not exist") from None
+    except IsADirectoryError:
+        raise CliError(f"input file {path!r} for {name!r} is a directory") from None
+    except (OSError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in reason:      # what np.load says of a file that is not .npy at all
+            reason = "not in .npy format"
+        raise CliError(f"input file {path!r} for {name!r} is not a readable .npy array ({reason})") from None
+
+
+def _checked_input(inp, arr, path, dims, dim_source):
+    """The --input array cast to the input's dtype (same kind only), its shape checked; binds `dims`."""
+    if not isinstance(arr, np.ndarray):   # an .npz archive
+        raise CliError(f"input file {path!r} for {inp.name!r} is not a .npy array (an .npz archive?)")
+    want = _input_dtype(inp.type)
+    if want is not None and arr.dtype != want:
+        if arr.dtype.kind == want.kind or np.can_cast(arr.dtype, want, "same_kind"):
+            arr = arr.astype(want)   # e.g. numpy's default float64 for a float32 input
+        else:
+            raise CliError(f"input {inp.name!r} must be {want} ({inp.type}), {path!r} holds {arr.dtype}")
+    shape = inp.shape
+    if shape:
+        if arr.ndim != len(shape):
+            raise CliError(f"input {inp.name!r} must have rank {len(shape)} (shape {_fmt_dims(shape)}), "
+                           f"{path!r} has shape {list(arr.shape)}")
+        for i, (d, n) in enumerate(zip(shape, arr.shape)):
+            if isinstance(d, int) and d >= 0 and d != n:
+                raise CliError(f"input {inp.name!r} must have shape {_fmt_dims(shape)}, {path!r} has "
+                               f"shape {list(arr.shape)} (dimension {i} must be {d})")
+            if isinstance(d, str):
+                if d in dims and dims[d] != n:
+                    raise CliError(f"input {inp.name!r} from {path!r} has {d}={n} (dimension {i}), "
+                                   f"but {dim_source[d]} has {d}={dims[d]}")
+                dims[d] = n
+                dim_source.setdefault(d, repr(path))
+    return arr
 
 
 def _resolve_shape(inp, dims, random_inputs):
     shape = []
-    for d in inp.shape:
+    for i, d in enumerate(inp.shape):
         if isinstance(d, int) and d >= 0:
             shape.append(d)
-            continue
-        key = d if isinstance(d, str) else None
-        if key is not None and key in dims:
-            shape.append(dims[key])
+        elif isinstance(d, str) and d in dims:
+            shape.append(dims[d])
         elif random_inputs:
             shape.append(RANDOM_DIM_DEFAULT)
+        elif isinstance(d, str):
+            raise CliError(f"input {inp.name!r} has a symbolic dimension {d!r}: give its size with "
+                           f"--dim {d}=N, or use --random-inputs (symbolic dims default to {RANDOM_DIM_DEFAULT})")
         else:
-            raise CliError(
-                f"input {inp.name!r} has a symbolic dimension {d!r}: give its size with "
-                f"--dim {d if key else 'NAME'}=N, or use --random-inputs (symbolic dims default to "
-                f"{RANDOM_DIM_DEFAULT})")
+            raise CliError(f"input {inp.name!r} has an unnamed dimension of unknown size (dimension {i}): "
+                           f"give the input with --input {inp.name}=FILE.npy, or use --random-inputs "
+                           f"(unknown dims default to {RANDOM_DIM_DEFAULT})")
     return tuple(shape)
 
 
-def random_feed(inputs, dims=None, random_inputs=True, seed=0):
-    """Random inputs for a session's inputs: normal floats, small non-negative ints, bools."""
+def random_feed(inputs, dims=None, random_inputs=True, seed=RANDOM_SEED):
+    """Random data for `inputs` (NodeArgs): see RANDOM_INPUTS_HELP."""
     rng = np.random.default_rng(seed)
     feed = {}
     for inp in inputs:
+        dt = _input_dtype(inp.type)
+        if dt is None:
+            raise CliError(f"input {inp.name!r} has type {inp.type}, which random inputs cannot make: "
+                           f"give it with --input {inp.name}=FILE.npy")
         shape = _resolve_shape(inp, dims or {}, random_inputs)
-        dt = _np_dtype(inp.type)
         if dt.kind == "f":
             feed[inp.name] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            feed[inp.name] = rng.integers(0, 2, size=shape).astype(dt)
         elif dt.kind == "b":
             feed[inp.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise CliError(f"input {inp.name!r} has type {inp.type}; give it with --input {inp.name}=FILE.npy")
+            feed[inp.name] = rng.integers(0, 2, size=shape).astype(dt)
     return feed
 
 
 def build_feed(sess, args):
+    """{input name: array} from --input files, --dim and random data; and the names made up."""
+    inputs = sess.get_inputs()
+    names = [i.name for i in inputs]
     files = _parse_pairs(args.input, "--input")
-    dims = {k: _int_arg(v, f"--dim {k}") for k, v in _parse_pairs(args.dim, "--dim").items()}
-    names = [i.name for i in sess.get_inputs()]
-    unknown = sorted(set(files) - set(names))
+    dims, dim_source = {}, {}
+    for k, v in _parse_pairs(args.dim, "--dim").items():
+        dims[k] = _int_value(v, f"--dim {k}", minimum=0)
+        dim_source[k] = "--dim"
+    symbolic = {d for i in inputs for d in i.shape if isinstance(d, str)}
+    unknown_dims = sorted(set(dims) - symbolic)
+    if unknown_dims:
+        known = ", ".join(sorted(symbolic)) or "none"
+        raise CliError(f"--dim {unknown_dims[0]}: the model's inputs have no symbolic dimension of that "
+                       f"name (symbolic dims: {known})")
+    unknown = [n for n in files if n not in names]
     if unknown:
-        raise CliError(f"--input names {unknown} are not inputs of the model (inputs: {names})")
+        raise CliError(f"--input {unknown[0]}: the model has no input of that name (inputs: {', '.join(names)})")
     feed = {}
+    by_name = {i.name: i for i in inputs}
     for name, path in files.items():
-        try:
-            feed[name] = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise CliError(f"input file {path!r} for {name!r} does not exist") from None
-        except (OSError, ValueError) as e:
-            raise CliError(f"input file {path!r} for {name!r} is not a .npy array: {e}") from None
-    missing = [i for i in sess.get_inputs() if i.name not in feed]
-    if missing and not args.random_inputs and not args.bundled:
-        # Shapes fully known: still refuse to invent data silently.
-        raise CliError(
-            f"no data for inputs {[i.name for i in missing]}: pass --input NAME=FILE.npy or --random-inputs")
+        feed[name] = _checked_input(by_name[name], _load_input(name, path), path, dims, dim_source)
+    missing = [i for i in inputs if i.name not in feed]
     feed.update(random_feed(missing, dims, random_inputs=args.random_inputs or args.bundled))
-    return feed
+    return {n: feed[n] for n in names}, [i.name for i in missing]
 
 
-def _int_arg(value, what):
+def _int_value(value, what, minimum):
     try:
         n = int(value)
-    except ValueError:
+    except (TypeError, ValueError):
         raise CliError(f"{what} must be an integer, got {value!r}") from None
-    if n < 0:
-        raise CliError(f"{what} must be >= 0, got {n}")
+    if n < minimum:
+        raise CliError(f"{what} must be >= {minimum}, got {n}")
     return n
 
 
-# ---- commands -------------------------------------------------------------
-
-def _models(args):
-    if args.model:
-        if not os.path.exists(args.model):
-            raise CliError(f"model file {args.model!r} does not exist")
-        args.bundled = False
-        return [args.model]
-    args.bundled = True
-    models = bundled_models()
-    if not models:
-        raise CliError("no MODEL given and no bundled example models found in the package")
-    return models
+def _positive_int(what):
+    def parse(value):
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {n}")
+        return n
+    return parse
 
 
-def _session(path, threads):
+# ---- formatting -----------------------------------------------------------
+
+def _fmt_dims(shape):
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def _fmt_time(seconds):
+    if seconds >= 1.0:
+        return f"{seconds:.3f} s"
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _fmt_array(y):
+    y = np.asarray(y)
+    head = f"{y.dtype} {list(y.shape)}"
+    if not y.size or y.dtype.kind not in "fiub":
+        return head
+    yf = y.astype(np.float64, copy=False)
+    finite = np.isfinite(yf)
+    bad = int(y.size - np.count_nonzero(finite))
+    if bad:
+        yf = yf[finite]
+    if not yf.size:
+        return f"{head}  (all {bad} values non-finite)"
+    text = f"{head}  mean {yf.mean():.4g}  std {yf.std():.4g}  min {yf.min():.4g}  max {yf.max():.4g}"
+    return text + (f"  ({bad} non-finite)" if bad else "")
+
+
+def _table(rows, header, indent="  "):
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+              for i in range(len(header))]
+    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for r in rows:
+        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return lines
+
+
+def _threads_used(threads):
     import normrt
-    return normrt.InferenceSession(path, num_threads=threads)
+    return threads if threads is not None else normrt.get_num_threads()
 
 
 def _time_runs(fn, repeat):
@@ -148,79 +286,228 @@ def _time_runs(fn, repeat):
     return times
 
 
-def _fmt_ms(seconds):
-    return f"{seconds * 1e3:.3f} ms"
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "output"
 
+
+def _describe_model(path, args, details=()):
+    details = (["bundled example"] if args.bundled else []) + list(details)
+    label = os.path.basename(path) if args.bundled else path
+    return f"model: {label}" + (f" ({', '.join(details)})" if details else "")
+
+
+def _print_inputs(sess, feed, made_up, out):
+    for inp in sess.get_inputs():
+        x = feed[inp.name]
+        note = "  (random)" if inp.name in made_up else ""
+        print(f"  input   {inp.name}: {x.dtype} {list(x.shape)}{note}", file=out)
+
+
+# ---- run ------------------------------------------------------------------
 
 def cmd_run(args, out):
-    repeat = max(1, args.repeat)
-    for path in _models(args):
+    repeat = args.repeat
+    for k, path in enumerate(_models(args)):
         sess = _session(path, args.threads)
-        feed = build_feed(sess, args)
-        outputs = sess.run(None, feed)  # warm-up, and the outputs reported
+        feed, made_up = build_feed(sess, args)
+        outputs = sess.run(None, feed)               # also the warm-up
         times = _time_runs(lambda: sess.run(None, feed), repeat)
-        print(f"model: {path}", file=out)
-        for inp in sess.get_inputs():
-            print(f"  input  {inp.name}: {feed[inp.name].dtype}{list(feed[inp.name].shape)}", file=out)
+        if k:
+            print(file=out)
+        print(_describe_model(path, args), file=out)
+        _print_inputs(sess, feed, made_up, out)
         for meta, y in zip(sess.get_outputs(), outputs):
-            y = np.asarray(y)
-            summary = ""
-            if y.size and y.dtype.kind in "fiub":
-                yf = y.astype(np.float64)
-                summary = f"  min {yf.min():.6g}  max {yf.max():.6g}  mean {yf.mean():.6g}"
-            print(f"  output {meta.name}: {y.dtype}{list(y.shape)}{summary}", file=out)
-        print(f"  time over {repeat} run(s): min {_fmt_ms(min(times))}, "
-              f"median {_fmt_ms(float(np.median(times)))}", file=out)
+            print(f"  output  {meta.name}: {_fmt_array(y)}", file=out)
+        counts = sess.executor.counts()
+        print(f"  nodes:  {counts['kernel']} on normrt kernels, {counts['numpy']} numpy, "
+              f"{counts['reference']} reference fallback", file=out)
+        print(f"  time:   min {_fmt_time(min(times))}, median {_fmt_time(float(np.median(times)))} "
+              f"over {repeat} run(s), {_threads_used(args.threads)} thread(s)", file=out)
         if args.save_outputs:
-            os.makedirs(args.save_outputs, exist_ok=True)
+            try:
+                os.makedirs(args.save_outputs, exist_ok=True)
+            except OSError as e:
+                raise CliError(f"cannot create --save-outputs directory {args.save_outputs!r}: "
+                               f"{e.strerror or e}") from None
             stem = os.path.splitext(os.path.basename(path))[0]
             for meta, y in zip(sess.get_outputs(), outputs):
                 fname = os.path.join(args.save_outputs, f"{stem}.{_safe(meta.name)}.npy")
-                np.save(fname, np.asarray(y))
-                print(f"  saved {fname}", file=out)
+                try:
+                    np.save(fname, np.asarray(y))
+                except OSError as e:
+                    raise CliError(f"cannot write {fname!r}: {e.strerror or e}") from None
+                print(f"  saved   {fname}", file=out)
     return 0
 
 
-def _safe(name):
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+# ---- inspect --------------------------------------------------------------
+
+_BN_FOLD = re.compile(r"(bn|batch_?norm).*fold|fold.*(bn|batch_?norm)", re.I)
+
+
+def _node_key(node):
+    domain = "" if node.domain in ("", "ai.onnx") else node.domain
+    return f"{domain}::{node.op_type}" if domain else node.op_type
+
+
+def _fmt_nodes(nodes, most=2):
+    """Node names for a table cell: all of a few, else the first and last and how many."""
+    nodes = list(nodes)
+    if not nodes:
+        return "-"
+    if len(nodes) <= most:
+        return ", ".join(nodes)
+    return f"{nodes[0]} .. {nodes[-1]} ({len(nodes)} nodes)"
 
 
 def cmd_inspect(args, out):
     import normrt
+    from .onnx.executor import Executor
     from .onnx.loader import load_model
-    from .onnx.report import format_report
-    path = _models(args)[0]
-    model = load_model(path)
-    _, report = normrt.optimize(model, report=True)
-    print(f"model: {path}", file=out)
-    print(format_report(report), file=out)
+
+    for k, path in enumerate(_models(args)):
+        original = load_model(path)
+        n_before = len(original.graph.node)
+        model, report = normrt.optimize(original, report=True)
+        if k:
+            print(file=out)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
+        print(_describe_model(path, args, [f"opset {opset}", f"{n_before} nodes -> {len(model.graph.node)} "
+                                                              f"after normrt.optimize"]), file=out)
+
+        fused = report.get("fused", [])
+        print(f"normalizations on normrt kernels: {len(fused)}", file=out)
+        if fused:
+            rows = []
+            for i, e in enumerate(fused, 1):
+                extra = [a for a in (e.get("activation"),) if a]
+                if e.get("residual"):
+                    extra.append("residual")
+                op, pattern = e.get("op") or "?", e.get("pattern")
+                if pattern and pattern != op:
+                    op = pattern if pattern.startswith(op) else f"{op} ({pattern})"
+                rows.append([i, op, _fmt_nodes(e.get("nodes", [])), e.get("normrt_op") or "-",
+                             e.get("kernel") or "-", "+".join(extra) or "-"])
+            for line in _table(rows, ["#", "op / pattern", "nodes", "normrt op", "kernel", "fused"]):
+                print(line, file=out)
+
+        passes = report.get("passes", {})
+        folds = sum(v for name, v in passes.items() if _BN_FOLD.search(name) and isinstance(v, int))
+        print(f"BatchNorm folded into Conv/Gemm weights: {folds}", file=out)
+
+        try:
+            executor = Executor(model)
+        except NotImplementedError as e:
+            executor = None
+            print(f"nodes per executor: cannot run this model ({str(e).splitlines()[0]})", file=out)
+        reference_ops = {}
+        if executor is not None:
+            c = executor.counts()
+            print(f"nodes per executor: normrt kernel {c['kernel']}, numpy {c['numpy']}, "
+                  f"reference fallback {c['reference']}", file=out)
+            for s in executor.steps:
+                if s.kind == "reference":
+                    key = _node_key(s.node)
+                    reference_ops[key] = reference_ops.get(key, 0) + 1
+
+        refused = report.get("refused", [])
+        if not refused and not reference_ops and executor is not None:
+            print("not handled: none (every normalization is on a kernel, every other op has a numpy "
+                  "implementation)", file=out)
+        else:
+            print("not handled:", file=out)
+            for e in refused:
+                nodes = ", ".join(e.get("nodes", []))
+                by = f" by {e['pass']}" if e.get("pass") else ""
+                print(f"  refused{by}: {e.get('op', '?')} [{nodes}]: {e.get('reason')}", file=out)
+            for op, n in sorted(reference_ops.items()):
+                print(f"  {op} x{n}: no numpy implementation, runs on onnx.reference", file=out)
+        done = [f"{name}={v}" for name, v in passes.items() if v]
+        print("rewrites per pass: " + (", ".join(done) if done else "none"), file=out)
     return 0
 
 
-def _progress(i, n, label, stream):
-    if not stream.isatty() and n < 20:
-        return
-    width = 30
-    done = int(width * (i + 1) / n)
-    stream.write(f"\r{label} [{'#' * done}{'.' * (width - done)}] {i + 1}/{n}")
-    if i + 1 == n:
-        stream.write("\n")
-    stream.flush()
+# ---- bench ----------------------------------------------------------------
+
+class _Progress:
+    """A one-line progress bar on a terminal stream (nothing elsewhere)."""
+
+    def __init__(self, total, label, stream):
+        self.total, self.label, self.stream = total, label, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, done):
+        width = 30
+        filled = int(width * done / self.total)
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - done) if done else 0.0
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{done}/{self.total}  eta {eta:4.1f} s ")
+        if done == self.total:
+            self.stream.write("\r" + " " * (len(self.label) + width + 30) + "\r")
+        self.stream.flush()
+
+
+def _want_progress(stream, seconds_per_run, repeat):
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and seconds_per_run * repeat >= PROGRESS_MIN_SECONDS
+
+
+def _ort_session(path, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _have_onnxruntime():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _max_abs_diff(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return float("inf")
+    if not a.size:
+        return 0.0
+    if a.dtype.kind not in "fiub" or b.dtype.kind not in "fiub":
+        return 0.0 if np.array_equal(a, b) else float("inf")
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
 def cmd_bench(args, out):
-    repeat = max(1, args.repeat)
-    threads = args.threads
-    for path in _models(args):
+    repeat = args.repeat
+    compare = args.compare
+    if compare == "onnxruntime" and not _have_onnxruntime():
+        raise CliError("--compare onnxruntime needs onnxruntime (pip install onnxruntime)")
+    if compare is None:
+        compare = "onnxruntime" if _have_onnxruntime() else "none"
+        if compare == "none":
+            print("(onnxruntime is not installed: timing normrt alone)", file=out)
+    threads = _threads_used(args.threads)
+    for k, path in enumerate(_models(args)):
         sess = _session(path, threads)
-        feed = build_feed(sess, args)
-        ours = sess.run(None, feed)
+        feed, made_up = build_feed(sess, args)
+        t0 = time.perf_counter()
+        ours = sess.run(None, feed)                                   # warm-up
+        per_run = time.perf_counter() - t0
+        ort_sess = ort_out = None
+        if compare == "onnxruntime":
+            ort_sess = _ort_session(path, threads)
+            t0 = time.perf_counter()
+            ort_out = ort_sess.run(None, feed)                        # warm-up
+            per_run += time.perf_counter() - t0
+        progress = None
+        if _want_progress(sys.stderr, per_run, repeat):
+            progress = _Progress(repeat, f"bench {os.path.basename(path)}", sys.stderr)
         t_normrt, t_ort = [], []
-        ort_sess = None
-        if args.compare == "onnxruntime":
-            ort_sess = _ort_session(path, threads or _default_threads())
-        ort_out = ort_sess.run(None, feed) if ort_sess is not None else None
-        for i in range(repeat):
+        for i in range(repeat):                                       # interleaved: same conditions
             t0 = time.perf_counter()
             sess.run(None, feed)
             t_normrt.append(time.perf_counter() - t0)
@@ -228,94 +515,145 @@ def cmd_bench(args, out):
                 t0 = time.perf_counter()
                 ort_sess.run(None, feed)
                 t_ort.append(time.perf_counter() - t0)
-            _progress(i, repeat, "bench", sys.stderr)
-        print(f"model: {path}", file=out)
-        print(f"  normrt       min {_fmt_ms(min(t_normrt))}  median {_fmt_ms(float(np.median(t_normrt)))}", file=out)
+            if progress is not None:
+                progress.update(i + 1)
+
+        if k:
+            print(file=out)
+        print(_describe_model(path, args), file=out)
+        _print_inputs(sess, feed, made_up, out)
+        print(f"  latency over {repeat} run(s), {threads} thread(s):", file=out)
+        rows = [["normrt", _fmt_time(min(t_normrt)), _fmt_time(float(np.median(t_normrt)))]]
         if ort_sess is not None:
-            ratio = min(t_normrt) / min(t_ort)
-            diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                        if np.asarray(a).size else 0.0) for a, b in zip(ours, ort_out))
-            print(f"  onnxruntime  min {_fmt_ms(min(t_ort))}  median {_fmt_ms(float(np.median(t_ort)))}", file=out)
-            print(f"  normrt / onnxruntime latency ratio: {ratio:.2f}x   max abs diff: {diff:.3g}", file=out)
-        prof = sess.profile(feed, repeat=max(1, min(repeat, 5)))
+            import onnxruntime
+            rows.append([f"onnxruntime {onnxruntime.__version__}", _fmt_time(min(t_ort)),
+                         _fmt_time(float(np.median(t_ort)))])
+        for line in _table(rows, ["runtime", "min", "median"], indent="    "):
+            print(line, file=out)
+        if ort_sess is not None:
+            ratio = float(np.median(t_ort)) / float(np.median(t_normrt))
+            if ratio >= 1:
+                verdict = f"normrt is {ratio:.2f}x faster than onnxruntime (median)"
+            else:
+                verdict = f"normrt is {1 / ratio:.2f}x slower than onnxruntime (median)"
+            names = [o.name for o in sess.get_outputs()]
+            diffs = [(_max_abs_diff(a, b), n) for a, b, n in zip(ours, ort_out, names)]
+            worst, worst_name = max(diffs)
+            print(f"  {verdict}", file=out)
+            print(f"  max abs difference vs onnxruntime: {worst:.3g}"
+                  + (f" (output {worst_name})" if len(names) > 1 else ""), file=out)
+
+        prof_repeat = max(1, min(repeat, PROFILE_REPEAT_MAX))
+        prof = sess.profile(feed, repeat=prof_repeat)
         total = sum(prof.values()) or 1.0
-        print("  time by op type (normrt):", file=out)
-        for op, t in sorted(prof.items(), key=lambda kv: -kv[1])[:12]:
-            print(f"    {op:<28} {_fmt_ms(t):>12}  {100 * t / total:5.1f}%", file=out)
+        nodes = {}
+        for s in sess.executor.steps:
+            key = _node_key(s.node)
+            nodes[key] = nodes.get(key, 0) + 1
+        rows = [[op, nodes.get(op, "?"), _fmt_time(t), f"{100 * t / total:.1f}%"]
+                for op, t in sorted(prof.items(), key=lambda kv: -kv[1])]
+        print(f"  normrt time by op type (mean of {prof_repeat} profiled run(s), "
+              f"total {_fmt_time(sum(prof.values()))}):", file=out)
+        for line in _table(rows, ["op type", "nodes", "time", "share"], indent="    "):
+            print(line, file=out)
     return 0
-
-
-def _default_threads():
-    import normrt
-    return normrt.get_num_threads()
-
-
-def _ort_session(path, threads):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CliError("--compare onnxruntime needs onnxruntime: pip install 'normrt[bench]'") from None
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 # ---- entry point ----------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser():
-    p = argparse.ArgumentParser(prog="normrt", description=__doc__.split("\n\n")[0])
-    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="normrt", description=__doc__.split("\n\n")[0],
+                epilog="Run 'normrt COMMAND --help' for a command's options.")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors, and numpy floating-point warnings")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
 
-    def common(sp, model_optional=True):
-        sp.add_argument("model", nargs="?" if model_optional else None, metavar="MODEL",
-                        help="ONNX model file" + (" (default: the bundled examples)" if model_optional else ""))
+    def common(sp, what):
+        sp.add_argument("model", nargs="?", metavar="MODEL",
+                        help=f"ONNX model file (default: {what} the bundled example models)")
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks on errors")
+                        help="show tracebacks on errors, and numpy floating-point warnings")
 
-    def inputs(sp):
-        sp.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="an input's data")
-        sp.add_argument("--random-inputs", action="store_true",
-                        help=f"random data for inputs not given (symbolic dims default to {RANDOM_DIM_DEFAULT})")
-        sp.add_argument("--dim", action="append", metavar="NAME=N", help="size of a symbolic dimension")
-        sp.add_argument("--threads", type=int, default=None, metavar="N", help="kernel threads")
-        sp.add_argument("--repeat", type=int, default=10, metavar="K", help="timed runs (default 10)")
+    def inputs(sp, default_repeat):
+        g = sp.add_argument_group("inputs", RANDOM_INPUTS_HELP)
+        g.add_argument("--input", action="append", metavar="NAME=FILE.npy",
+                       help="data for the input NAME (a .npy file; repeat for several inputs)")
+        g.add_argument("--random-inputs", action="store_true",
+                       help=f"allow random data with symbolic dims not given by --dim "
+                            f"(they default to {RANDOM_DIM_DEFAULT})")
+        g.add_argument("--dim", action="append", metavar="NAME=N",
+                       help="size of the symbolic dimension NAME (e.g. --dim batch=4)")
+        sp.add_argument("--threads", type=_positive_int("--threads"), default=None, metavar="N",
+                        help="threads (default: normrt.get_num_threads(), i.e. OMP_NUM_THREADS or the cores)")
+        sp.add_argument("--repeat", type=_positive_int("--repeat"), default=default_repeat, metavar="K",
+                        help=f"timed runs after one warm-up run (default {default_repeat})")
 
-    run = sub.add_parser("run", help="run a model and time it")
-    common(run)
-    inputs(run)
-    run.add_argument("--save-outputs", metavar="DIR", help="save each output as DIR/<model>.<output>.npy")
+    run = sub.add_parser("run", help="run a model: outputs, shapes, a summary and timing",
+                         description="Run MODEL (or each bundled example) and print its inputs, its outputs' "
+                                     "names, shapes and statistics, and the min/median time over K runs.")
+    common(run, "run")
+    inputs(run, RUN_REPEAT_DEFAULT)
+    run.add_argument("--save-outputs", metavar="DIR",
+                     help="save each output as DIR/<model name>.<output name>.npy")
     run.set_defaults(fn=cmd_run)
 
-    ins = sub.add_parser("inspect", help="show what normrt.optimize does to a model")
-    common(ins, model_optional=False)
+    ins = sub.add_parser("inspect", help="what normrt.optimize does to a model",
+                         description="Show each normalization normrt.optimize put on a kernel (op or pattern, "
+                                     "nodes, kernel, fused activation/residual), BatchNorm folds, how many "
+                                     "nodes run on normrt kernels / numpy / the onnx.reference fallback, "
+                                     "and what it could not handle.")
+    common(ins, "inspect")
     ins.set_defaults(fn=cmd_inspect)
 
-    bench = sub.add_parser("bench", help="end-to-end latency vs onnxruntime, and an op-type profile")
-    common(bench)
-    inputs(bench)
-    bench.add_argument("--compare", choices=["onnxruntime", "none"], default="onnxruntime",
-                       help="runtime to compare with (default onnxruntime)")
+    bench = sub.add_parser("bench", help="latency of normrt vs onnxruntime, and a per-op-type profile",
+                           description="Time MODEL (or each bundled example) with normrt and onnxruntime on the "
+                                       "same inputs and thread count (runs interleaved), print the max abs "
+                                       "difference of their outputs and where normrt's time goes by op type.")
+    common(bench, "benchmark")
+    inputs(bench, BENCH_REPEAT_DEFAULT)
+    bench.add_argument("--compare", choices=["onnxruntime", "none"], default=None,
+                       help="runtime to compare with (default: onnxruntime when installed)")
     bench.set_defaults(fn=cmd_bench)
     return p
 
 
+def _one_line(e):
+    from .errors import ModelError
+    if isinstance(e, (CliError, ModelError)):
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)) and e.filename:
+        first = f"{e.strerror}: {e.filename!r}"
+    name = type(e).__name__
+    return f"{name}: {first}" if first else name
+
+
 def main(argv=None, out=None):
+    """The `normrt` command; returns the exit status (0 ok, 2 error, 130 interrupted)."""
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     try:
-        if args.threads is not None and args.threads <= 0 if hasattr(args, "threads") else False:
-            raise CliError(f"--threads must be >= 1, got {args.threads}")
-        return args.fn(args, out)
+        if args.verbose:
+            return args.fn(args, out)
+        # numpy's divide-by-zero/overflow warnings from the model's ops (random inputs make
+        # them common, e.g. fully masked attention rows): the output summary counts non-finite values
+        with np.errstate(all="ignore"):
+            return args.fn(args, out)
     except KeyboardInterrupt:
         print("normrt: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # one clear line, never a traceback unless asked
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - one clear line, never a traceback unless asked
         if args.verbose:
             traceback.print_exc()
-        msg = str(e) if isinstance(e, CliError) else f"{type(e).__name__}: {e}"
-        print(f"normrt: error: {msg}", file=sys.stderr)
+        print(f"normrt: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -22,5 +22,6 @@ def adain(
     style: npt.NDArray[np.floating],    # IN  (R, Ls)
     out: npt.NDArray[np.floating],      # OUT (R, L); may alias content
     eps: float,
+    unbiased: bool,                     # variance m2/(n-1) instead of m2/n
     n_threads: int,
 ) -> None: ...

@@ -89,13 +89,16 @@ def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=No
     return y
 
 
-def adain(content, style, *, eps=1e-5, out=None):
+def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
     """Adaptive instance normalization (Huang & Belongie 2017).
 
     y = std(style) * (content - mean(content)) / std(content) + mean(style), with
     mean and population variance per (sample, channel) over the spatial axes and
-    std = sqrt(var + eps) for both. style must share content's N and C; its
-    spatial size may differ. style is cast to content's dtype.
+    std = sqrt(var + eps) for both. With `unbiased=True` var is the unbiased
+    (Bessel-corrected) variance m2 / (n - 1), torch's default `.var()` as in the
+    reference AdaIN code; a group of one element then has a NaN variance, like
+    torch. style must share content's N and C; its spatial size may differ.
+    style is cast to content's dtype.
     """
     content = chk.tensor(content, "content", min_rank=3)
     style = chk.tensor(style, "style", min_rank=3)
@@ -105,6 +108,8 @@ def adain(content, style, *, eps=1e-5, out=None):
     dt = content.dtype
     style = np.ascontiguousarray(style, dtype=dt)
     eps = chk.eps_value(eps)
+    if not isinstance(unbiased, (bool, np.bool_)):
+        raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
     y = chk.output(out, content.shape, dt, content)
     R, L, Ls = N * C, math.prod(content.shape[2:]), math.prod(style.shape[2:])
     if R and L:
@@ -112,5 +117,5 @@ def adain(content, style, *, eps=1e-5, out=None):
             # rows of y are written while later style rows are still to be read
             style = style.copy()
         _k.adain(content.reshape(R, L), style.reshape(R, Ls), y.reshape(R, L), eps,
-                 get_num_threads())
+                 bool(unbiased), get_num_threads())
     return y

@@ -36,14 +36,30 @@ def _residual(residual, x, out):
     return r
 
 
+def _residual_out(residual_out, x, r, y):
+    """The caller's residual_out buffer, checked: it receives x + residual."""
+    if r is None:
+        raise ValueError("residual_out needs residual (it receives x + residual)")
+    s = chk.output(residual_out, x.shape, x.dtype, x, name="residual_out")   # may be x itself
+    chk.output(s, x.shape, x.dtype, r, name="residual_out")                  # ... or residual itself
+    if np.may_share_memory(s, y):
+        raise ValueError("residual_out must not overlap out (both are written)")
+    return s
+
+
 def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, activation=None,
-               out=None, return_stats=False):
+               out=None, return_stats=False, residual_out=None):
     """Layer normalization with ONNX LayerNormalization semantics.
 
     Normalizes over axes [axis, rank); `scale` and `bias` broadcast over those
     axes. With `residual`, normalizes `x + residual` (skip connection). With
     `return_stats=True` returns `(y, mean, inv_std_dev)`, the statistics shaped
     like x with the normalized axes set to 1.
+
+    `residual_out` (needs `residual`): an array of x's shape and dtype, C-contiguous,
+    which receives the sum `x + residual` (in x's dtype) -- the pre-LN transformer's
+    next skip connection, computed in the same pass. It may be x or residual itself
+    but must not overlap `out`. It is modified in place; the return value is unchanged.
     """
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
@@ -55,13 +71,14 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     act = chk.activation(activation)
     r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
+    s = None if residual_out is None else _residual_out(residual_out, x, r, y)
     stats = np.empty((2, G), np.float64) if return_stats else None
     if G and L:
         _k.layer_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale), _flat(bias),
             None if r is None else _as_rows(r, G, L),
-            None, stats, eps, act, get_num_threads(),
+            None if s is None else _as_rows(s, G, L), stats, eps, act, get_num_threads(),
         )
     elif return_stats:
         stats.fill(np.nan)
@@ -71,8 +88,12 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     return y
 
 
-def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None):
-    """RMS normalization: y = x / sqrt(mean(x**2) + eps) * scale over axes [axis, rank)."""
+def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, residual_out=None):
+    """RMS normalization: y = x / sqrt(mean(x**2) + eps) * scale over axes [axis, rank).
+
+    With `residual`, normalizes `x + residual`; `residual_out` (needs `residual`)
+    then receives that sum, as in `layer_norm`.
+    """
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
     dt = x.dtype
@@ -80,11 +101,12 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None):
     eps = chk.eps_value(eps)
     r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
+    s = None if residual_out is None else _residual_out(residual_out, x, r, y)
     if G and L:
         _k.rms_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale),
             None if r is None else _as_rows(r, G, L),
-            None, eps, 0, get_num_threads(),
+            None if s is None else _as_rows(s, G, L), eps, 0, get_num_threads(),
         )
     return y

@@ -6,17 +6,20 @@ from .._kernels import lp_norm as _k
 from .._threads import get_num_threads
 
 
-def lp_norm(x, *, p=2, axis=-1, out=None):
+def lp_norm(x, *, p=2, axis=-1, eps=0.0, out=None):
     """Divide x by its L1 (p=1) or L2 (p=2) norm along `axis`.
 
-    ONNX LpNormalization (and torch.nn.functional.normalize without its eps):
-    ||x||_1 = sum |x|, ||x||_2 = sqrt(sum x**2), accumulated in float64. A
-    vector whose norm is 0 gives 0, not NaN; a NaN stays in its own vector.
+    ONNX LpNormalization: ||x||_1 = sum |x|, ||x||_2 = sqrt(sum x**2),
+    accumulated in float64. With eps > 0 the divisor is max(||x||, eps), which is
+    torch.nn.functional.normalize (its default eps is 1e-12); with eps = 0 (the
+    default, ONNX) a vector whose norm is 0 gives 0, not NaN. A NaN stays in its
+    own vector.
     Results are bitwise identical for any thread count. `out` may be x.
     """
     x = chk.tensor(x, "x", min_rank=1)
     p = chk.int_value(p, "p", choices=(1, 2))
     a = chk.axis_index(axis, x.ndim)
+    eps = chk.eps_value(eps)
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
@@ -25,7 +28,7 @@ def lp_norm(x, *, p=2, axis=-1, out=None):
     L = x.shape[a]
     K2 = math.prod(x.shape[a + 1:])
     if K2 == 1:
-        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, get_num_threads())
+        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, eps, get_num_threads())
     else:
-        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, get_num_threads())
+        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, get_num_threads())
     return y

@@ -7,16 +7,20 @@ The normrt domain (opset version 1)
 -----------------------------------
 BatchNorm(X, scale, B, mean, var) -> Y [, running_mean, running_var]
     epsilon=1e-5, momentum=0.9, training_mode=0, activation=""
-LayerNorm(X [, Scale, B, residual]) -> Y [, Mean, InvStdDev]
+LayerNorm(X [, Scale, B, residual]) -> Y [, Mean, InvStdDev, residual_sum]
     axis=-1, epsilon=1e-5, activation="", stash_type=1 (TensorProto type of Mean, InvStdDev)
-RMSNorm(X [, Scale, residual]) -> Y                  axis=-1, epsilon=1e-5
+RMSNorm(X [, Scale, residual]) -> Y [, residual_sum]  axis=-1, epsilon=1e-5
+    (residual: normalizes X + residual, both of X's shape; residual_sum: that sum, for
+    the graph's other readers -- the pre-LN transformer's next skip connection)
 InstanceNorm(X [, scale, B]) -> Y                    epsilon=1e-5, activation=""
 GroupNorm(X [, scale, bias]) -> Y
     num_groups, epsilon=1e-5, activation="", per_group_affine=0 (1: scale/bias are (G,))
 MeanVarianceNorm(X) -> Y                             axes=[0, 2, 3], epsilon=1e-9
-LpNorm(X) -> Y                                       p=2, axis=-1
+LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0
+    (epsilon > 0: divide by max(norm, epsilon), torch's F.normalize)
 LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
-AdaIN(content, style) -> Y                           epsilon=1e-5
+AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
+    (unbiased=1: variances m2 / (n - 1), torch's default .var())
 """
 from dataclasses import dataclass
 
@@ -39,9 +43,9 @@ class NormOp:
 NORM_OPS = {op.op_type: op for op in (
     NormOp("BatchNorm", "batch_norm", ("X", "scale", "B", "mean", "var"), ("Y", "running_mean", "running_var"),
            {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}),
-    NormOp("LayerNorm", "layer_norm", ("X", "Scale", "B", "residual"), ("Y", "Mean", "InvStdDev"),
+    NormOp("LayerNorm", "layer_norm", ("X", "Scale", "B", "residual"), ("Y", "Mean", "InvStdDev", "residual_sum"),
            {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}),
-    NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y",),
+    NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y", "residual_sum"),
            {"axis": -1, "epsilon": 1e-5}),
     NormOp("InstanceNorm", "instance_norm", ("X", "scale", "B"), ("Y",),
            {"epsilon": 1e-5, "activation": ""}),
@@ -49,9 +53,9 @@ NORM_OPS = {op.op_type: op for op in (
            {"num_groups": None, "epsilon": 1e-5, "activation": "", "per_group_affine": 0}),
     NormOp("MeanVarianceNorm", "mean_variance_norm", ("X",), ("Y",),
            {"axes": [0, 2, 3], "epsilon": 1e-9}),
-    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1}),
+    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}),
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
-    NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5}),
+    NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}),
 )}
 
 

@@ -12,6 +12,7 @@ its last reader (Plan.release_after), so memory holds only live values.
 """
 import importlib
 import pkgutil
+import time
 import warnings
 
 import numpy as np
@@ -21,9 +22,12 @@ from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
 from .fallback import ReferenceNode, function_evaluators
 from .ops import registry
-from .plan import build_plan
+from .plan import OPAQUE, build_plan, overwritable_inputs
 
 _ops_loaded = []
+import os as _os
+from .._threads import threads as _threads
+_KT = int(_os.environ.get('KT', '0'))  # XXX experiment
 
 
 def load_numpy_ops():
@@ -62,6 +66,7 @@ class NumpyNode:
         self._fallback_args = (opsets, functions)
         self._fallback = None
         self.fallback_runs = 0
+        self.dead = ()        # input positions the op may overwrite (set from the plan)
 
     def _plain(self, args):
         for i in self.named:
@@ -76,7 +81,10 @@ class NumpyNode:
                 self._fallback = ReferenceNode(self.node, *self._fallback_args)
             self.fallback_runs += 1
             return self._fallback(args, values)
-        res = self.impl.fn(self.opnode, *args)
+        if self.dead:
+            res = self.impl.fn(self.opnode, *args, dead=self.dead)
+        else:
+            res = self.impl.fn(self.opnode, *args)
         if isinstance(res, tuple) or (isinstance(res, list) and self.n_out > 1):
             res = list(res)
         else:
@@ -109,8 +117,46 @@ def bind_node(node, opsets, functions=()):
     return ReferenceNode(node, opsets, functions)
 
 
+# What a numpy op's outputs may share memory with (see plan.overwritable_inputs):
+# fresh arrays, or views of the listed inputs; any other op counts as opaque.
+_FRESH = frozenset("""
+    Conv ConvTranspose MatMul Gemm Add Sub Mul Div Mod Pow Neg Abs Exp Log Sqrt Reciprocal Floor Ceil Tanh
+    Sign Round Sin Cos Tan Asin Acos Atan Sinh Cosh Asinh Acosh Atanh Not Erf IsNaN IsInf Equal Less Greater
+    LessOrEqual GreaterOrEqual And Or Xor BitShift Where Max Min Sum Mean Cast CastLike Relu LeakyRelu PRelu
+    Sigmoid HardSigmoid HardSwish Softplus Softsign Elu Selu Celu ThresholdedRelu Mish Gelu Clip Softmax
+    LogSoftmax Hardmax MaxPool AveragePool GlobalAveragePool GlobalMaxPool Resize Shape Size ConstantOfShape
+    Range EyeLike ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSumExp
+    ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
+    Trilu GatherElements
+""".split())
+_VIEW_OF_FIRST = frozenset("""
+    Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace
+    SpaceToDepth Pad Tile Upsample
+""".split())
+
+
+def aliasing(step_run, node):
+    """plan.overwritable_inputs' description of a bound node's outputs."""
+    if step_run.kind == "kernel":
+        return ()
+    if step_run.kind == "numpy" and not canonical_domain(node.domain):
+        if node.op_type in _FRESH:
+            return ()
+        if node.op_type in _VIEW_OF_FIRST:
+            return (0,)
+        if node.op_type in ("Concat", "Einsum"):
+            return tuple(range(len(node.input)))
+    return OPAQUE
+
+
+def profile_key(node):
+    """How `profile` names a node's op: 'Conv', 'normrt::GroupNorm', 'com.microsoft::Gelu'."""
+    domain = canonical_domain(node.domain)
+    return node.op_type if not domain else f"{domain}::{node.op_type}"
+
+
 class Step:
-    __slots__ = ("node", "run", "kind", "inputs", "outputs", "release")
+    __slots__ = ("node", "run", "kind", "inputs", "outputs", "release", "key")
 
     def __init__(self, node, run, release):
         self.node = node
@@ -119,6 +165,7 @@ class Step:
         self.inputs = list(node.input)
         self.outputs = [o for o in node.output if o]
         self.release = release
+        self.key = profile_key(node)
 
 
 class Executor:
@@ -135,6 +182,11 @@ class Executor:
             value.flags.writeable = False     # shared by every run: an op writing into one is a bug
         self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)
                       for node, release in zip(self.plan.nodes, self.plan.release_after)]
+        # in-place hints: a numpy op that can write into an input nothing reads later is told which
+        dead = overwritable_inputs(self.plan, [aliasing(s.run, s.node) for s in self.steps])
+        for step, positions in zip(self.steps, dead):
+            if step.kind == "numpy" and step.run.impl.inplace and positions:
+                step.run.dead = positions
         self.input_names = self.plan.graph_inputs
         self.output_names = self.plan.graph_outputs
         self.last_run_stats = {}
@@ -146,18 +198,33 @@ class Executor:
             out[s.kind] += 1
         return out
 
-    def run(self, feeds, output_names=None):
-        """Outputs (list, in `output_names` order) for `feeds` {input name: value} (checked by the caller)."""
+    def run(self, feeds, output_names=None, timings=None):
+        """Outputs (list, in `output_names` order) for `feeds` {input name: value} (checked by the caller).
+
+        With `timings` (a dict), each node's wall time is added to
+        timings[profile_key(node)] (seconds); that is a separate loop, the
+        plain run pays nothing for it.
+        """
         names = self.output_names if output_names is None else output_names
         values = dict(self.constants)
         values.update(feeds)
         live = len(feeds)
         live_bytes = sum(getattr(v, "nbytes", 0) for v in feeds.values())
         peak, peak_bytes = live, live_bytes
+        clock = time.perf_counter
         for step in self.steps:
             args = [values[n] if n else None for n in step.inputs]
             try:
-                outs = step.run(args, values)
+                if timings is None:
+                    if _KT and step.kind == "kernel":
+                        with _threads(_KT):
+                            outs = step.run(args, values)
+                    else:
+                        outs = step.run(args, values)
+                else:
+                    t0 = clock()
+                    outs = step.run(args, values)
+                    timings[step.key] = timings.get(step.key, 0.0) + (clock() - t0)
             except Exception as e:
                 if hasattr(e, "add_note"):
                     e.add_note(f"while running node {node_label(step.node)} [{step.kind}]")

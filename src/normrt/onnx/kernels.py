@@ -36,20 +36,34 @@ def _batch_norm(attrs, n_out, x, scale, bias, mean, var):
     return y, running_mean.astype(mean.dtype, copy=False), running_var.astype(var.dtype, copy=False)
 
 
+def _residual_sum(x, residual):
+    """(buffer the kernel writes x + residual into, or None; the residual_sum output)."""
+    if residual is None:          # nothing added: the sum is X itself
+        return None, np.array(x, copy=True)
+    buf = np.empty(np.shape(x), np.asarray(x).dtype)
+    return buf, buf
+
+
 def _layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
     # statistics are accumulated in float64 whatever stash_type says (at least its precision)
     kw = dict(axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
               residual=residual, activation=_act(attrs))
+    extra = ()
+    if n_out > 3:                 # residual_sum requested
+        kw["residual_out"], total = _residual_sum(x, residual)
+        extra = (total,)
     if n_out > 1:
         y, mean, inv_std = _normrt().layer_norm(x, scale, bias, return_stats=True, **kw)
         stats_dtype = _np_dtype(attrs.get("stash_type", 1)) or x.dtype
-        return y, mean.astype(stats_dtype, copy=False), inv_std.astype(stats_dtype, copy=False)
+        return (y, mean.astype(stats_dtype, copy=False), inv_std.astype(stats_dtype, copy=False)) + extra
     return (_normrt().layer_norm(x, scale, bias, **kw),)
 
 
 def _rms_norm(attrs, n_out, x, scale=None, residual=None):
-    return (_normrt().rms_norm(x, scale, axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
-                               residual=residual),)
+    buf, total = _residual_sum(x, residual) if n_out > 1 else (None, None)
+    y = _normrt().rms_norm(x, scale, axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
+                           residual=residual, residual_out=buf)
+    return (y,) if n_out == 1 else (y, total)
 
 
 def _instance_norm(attrs, n_out, x, scale=None, bias=None):
@@ -73,7 +87,8 @@ def _mean_variance_norm(attrs, n_out, x):
 
 
 def _lp_norm(attrs, n_out, x):
-    return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1)),)
+    return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1),
+                              eps=attrs.get("epsilon", 0.0)),)
 
 
 def _lrn(attrs, n_out, x):
@@ -82,7 +97,8 @@ def _lrn(attrs, n_out, x):
 
 
 def _adain(attrs, n_out, content, style):
-    return (_normrt().adain(content, style, eps=attrs.get("epsilon", 1e-5)),)
+    return (_normrt().adain(content, style, eps=attrs.get("epsilon", 1e-5),
+                            unbiased=bool(attrs.get("unbiased", 0))),)
 
 
 CALLS = {

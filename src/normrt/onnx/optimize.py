@@ -14,12 +14,26 @@ from .loader import check, check_structure, load_model
 from .passes import PassContext
 from .report import Report
 from .passes.constant_folding import ConstantFolding
+from .passes.lp_normalize import LpNormalize
+from .passes.lrn_decomposed import LrnDecomposed
+from .passes.adain import AdaIN
+from .passes.mvn_decomposed import MvnDecomposed
 from .passes.standard_norms import StandardNorms
+from .passes.layer_norm_decomposed import LayerNormDecomposed
+from .passes.rms_norm_decomposed import RMSNormDecomposed
+from .passes.residual_norm import ResidualNorm
+from .passes.group_norm_instance import GroupNormInstance
+from .passes.conditional_instance_norm import ConditionalInstanceNorm
+from .passes.fold_batch_norm import FoldBatchNorm
+from .passes.activation_epilogue import ActivationEpilogue
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), StandardNorms()]
+    return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(),
+            LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
+            ActivationEpilogue(), ResidualNorm()]
 
 
 def _inline_functions(model):

@@ -120,3 +120,89 @@ def build_plan(graph):
             continue
         release_after[i].append(name)
     return Plan(nodes, reads, release_after, graph_inputs, graph_outputs, constants)
+
+
+OPAQUE = "opaque"
+
+
+def overwritable_inputs(plan, aliasing):
+    """Per node, the input positions whose memory the node may overwrite (write its
+    output into), because nothing reads that memory after it.
+
+    `aliasing[i]` says what node i's outputs may share memory with:
+    () - nothing (fresh arrays), a tuple of input positions - views of those
+    inputs (Reshape: (0,)), or OPAQUE - anything, including memory that
+    outlives the run (a Constant's value, onnx.reference internals).
+
+    Values sharing memory form a group (union-find over the views). A group is
+    pinned - never overwritten - when it holds a graph input (the caller's
+    array), an initializer, a graph output, an outer-scope value or an OPAQUE
+    node's output. An input is overwritable at node i when its group is not
+    pinned, its last reader (over the whole group) is node i, and node i reads
+    the group through that one input position only.
+    """
+    parent = {}
+
+    def find(v):
+        root = v
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(v, v) != root:      # path compression
+            parent[v], v = root, parent[v]
+        return root
+
+    pinned = set()
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+            if ra in pinned:
+                pinned.add(rb)
+
+    produced = set()
+    for i, node in enumerate(plan.nodes):
+        outs = [o for o in node.output if o]
+        produced.update(outs)
+        kind = aliasing[i]
+        if kind == OPAQUE:
+            for o in outs:
+                pinned.add(find(o))
+                for name in node.input:
+                    if name:
+                        union(name, o)
+        else:
+            for pos in kind:
+                if pos < len(node.input) and node.input[pos]:
+                    for o in outs:
+                        union(node.input[pos], o)
+    for name in list(plan.graph_inputs) + list(plan.graph_outputs) + list(plan.constants):
+        pinned.add(find(name))
+    for names in plan.reads:
+        for name in names:
+            if name not in produced:
+                pinned.add(find(name))       # graph inputs, initializers, outer scope
+    pinned = {find(r) for r in pinned}
+    group_last = {}
+    for i, names in enumerate(plan.reads):
+        for name in names:
+            r = find(name)
+            group_last[r] = max(group_last.get(r, -1), i)
+        for o in plan.nodes[i].output:
+            if o:
+                r = find(o)
+                group_last[r] = max(group_last.get(r, -1), i)
+    result = []
+    for i, node in enumerate(plan.nodes):
+        roots = [find(n) if n else None for n in node.input]
+        # implicit (subgraph) reads of a group also count as reads by this node
+        implicit = {find(n) for n in plan.reads[i]} - {r for r in roots if r is not None}
+        ok = []
+        for pos, r in enumerate(roots):
+            if r is None or r in pinned or group_last.get(r) != i or r in implicit:
+                continue
+            if roots.count(r) != 1:
+                continue
+            ok.append(pos)
+        result.append(tuple(ok))
+    return result

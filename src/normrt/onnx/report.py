@@ -20,6 +20,8 @@ class Report:
     def counts(self):
         out = {}
         for entry in self.fused:
+            if entry.get("normrt_op") is None:     # folded away (e.g. BatchNorm into a Conv): no node
+                continue
             out[entry["normrt_op"]] = out.get(entry["normrt_op"], 0) + 1
         return out
 
@@ -33,7 +35,10 @@ def format_report(report):
     if isinstance(report, Report):
         report = report.as_dict()
     fused, refused = report.get("fused", []), report.get("refused", [])
-    lines = [f"normalizations: {len(fused)} on normrt kernels, {len(refused)} left to onnx.reference"]
+    folded = sum(1 for e in fused if e.get("normrt_op") is None)
+    lines = [f"normalizations: {len(fused) - folded} on normrt kernels, "
+             + (f"{folded} folded into weights, " if folded else "")
+             + f"{len(refused)} left to onnx.reference"]
     for op, n in sorted(report.get("counts", {}).items()):
         lines.append(f"  {op:<18} x{n}")
     if fused:
@@ -45,6 +50,9 @@ def format_report(report):
             if e.get("residual"):
                 extra += " +residual"
             nodes = ", ".join(repr(n) for n in e.get("nodes", []))
+            if e.get("normrt_op") is None:
+                lines.append(f"  {e.get('op', '?')} [{nodes}] -> {e.get('kernel')}")
+                continue
             lines.append(f"  {e.get('op', '?')} [{nodes}] -> normrt::{e.get('normrt_op')} "
                          f"'{e.get('normrt_node')}' (kernel {e.get('kernel')}){extra}")
     if refused:

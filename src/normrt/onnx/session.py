@@ -110,6 +110,34 @@ class InferenceSession:
     def run(self, output_names, input_feed, run_options=None):
         """Outputs named by `output_names` (None: all, in graph order) as a list of numpy arrays."""
         feeds = self._check_feed(input_feed)
+        names = self._output_names(output_names)
+        if self._num_threads is None:
+            return self._executor.run(feeds, names)
+        with threads(self._num_threads):
+            return self._executor.run(feeds, names)
+
+    def profile(self, input_feed, repeat=1):
+        """Where a run's time goes: {op type: seconds per run}, summed over the op's nodes,
+        averaged over `repeat` runs of `input_feed` (all outputs computed).
+
+        Nodes on normrt's kernels are keyed by their normrt op ('normrt::GroupNorm'),
+        other domains as 'domain::Op', the default ONNX domain by the bare op type ('Conv').
+        """
+        repeat = int(repeat)
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        feeds = self._check_feed(input_feed)
+        names = self._executor.output_names
+        totals = {}
+        for _ in range(repeat):
+            if self._num_threads is None:
+                self._executor.run(feeds, names, timings=totals)
+            else:
+                with threads(self._num_threads):
+                    self._executor.run(feeds, names, timings=totals)
+        return {k: v / repeat for k, v in totals.items()}
+
+    def _output_names(self, output_names):
         if output_names is None:
             names = self._executor.output_names
         else:
@@ -119,10 +147,7 @@ class InferenceSession:
             if bad:
                 raise ValueError(f"unknown output name(s) {bad}; the model's outputs are "
                                  f"{self._executor.output_names}")
-        if self._num_threads is None:
-            return self._executor.run(feeds, names)
-        with threads(self._num_threads):
-            return self._executor.run(feeds, names)
+        return names
 
     def kernel_nodes(self):
         """[(node name, normrt op, kernel)] of the nodes that run on normrt's kernels."""

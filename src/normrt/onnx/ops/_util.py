@@ -8,20 +8,21 @@ from .registry import register
 LATEST = 28
 
 
-def op(op_type, *, since=1, until=LATEST, supports=None, domain=""):
+def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=False):
     """`register`, with results normalised to ndarrays.
 
     numpy ufuncs turn 0-d arrays into numpy scalars; the executor contract
     asks for arrays, so every registered function goes through `_as_arrays`.
+    `inplace=True`: fn takes the keyword `dead` (see registry).
     """
     def deco(fn):
-        def wrapper(node, *inputs):
-            return _as_arrays(fn(node, *inputs))
+        def wrapper(node, *inputs, **kw):
+            return _as_arrays(fn(node, *inputs, **kw))
         wrapper.__name__ = fn.__name__
         wrapper.__qualname__ = fn.__qualname__
         wrapper.__doc__ = fn.__doc__
         wrapper.__wrapped__ = fn
-        register(op_type, domain=domain, since=since, until=until, supports=supports)(wrapper)
+        register(op_type, domain=domain, since=since, until=until, supports=supports, inplace=inplace)(wrapper)
         return fn
     return deco
 
@@ -111,3 +112,16 @@ def compute_dtype(dtype):
     """Low-precision floats are computed/accumulated in float32 (numpy has no
     BLAS for them, and bfloat16 matmul would even change the result dtype)."""
     return np.dtype(np.float32) if low_precision(dtype) else dtype
+
+
+def reusable(dead, i, x, like=None):
+    """x (input position i) when the op may write its result into it: the input
+    dies here (`dead`), is a writeable ndarray and, if `like` (an array or
+    (shape, dtype)) is given, has that shape and dtype. Else None."""
+    if i not in dead or not isinstance(x, np.ndarray) or not x.flags.writeable:
+        return None
+    if like is not None:
+        shape, dtype = (like.shape, like.dtype) if isinstance(like, np.ndarray) else like
+        if x.shape != tuple(shape) or x.dtype != dtype:
+            return None
+    return x

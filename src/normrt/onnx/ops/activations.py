@@ -6,7 +6,7 @@ Scalar attributes are applied in the input dtype (float32 stays float32).
 """
 import numpy as np
 
-from ._util import attr_str, op
+from ._util import attr_str, op, reusable
 from .elementwise import erf_array
 
 
@@ -14,9 +14,9 @@ def _f(node, name, default):
     return float(node.attrs.get(name, default))
 
 
-@op("Relu", since=1)
-def relu(node, x):
-    return np.maximum(x, x.dtype.type(0))
+@op("Relu", since=1, inplace=True)
+def relu(node, x, dead=()):
+    return np.maximum(x, x.dtype.type(0), out=reusable(dead, 0, x))
 
 
 @op("LeakyRelu", since=1)
@@ -31,12 +31,13 @@ def prelu(node, x, slope):
     return r if r.dtype == x.dtype else r.astype(x.dtype)
 
 
-@op("Sigmoid", since=1)
-def sigmoid(node, x):
+@op("Sigmoid", since=1, inplace=True)
+def sigmoid(node, x, dead=()):
     if x.dtype.kind != "f":
         return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype)
     with np.errstate(over="ignore"):
-        out = np.negative(x, out=np.empty_like(x))   # out=: stays an array for 0-d x
+        out = reusable(dead, 0, x)
+        out = np.negative(x, out=np.empty_like(x) if out is None else out)   # out=: stays an array for 0-d x
         np.exp(out, out=out)
         out += 1
         np.reciprocal(out, out=out)
@@ -143,9 +144,10 @@ def clip6(node, x):
     return out
 
 
-@op("Clip", since=11)
-def clip(node, x, lo=None, hi=None):
-    out = x.copy()
+@op("Clip", since=11, inplace=True)
+def clip(node, x, lo=None, hi=None, dead=()):
+    out = reusable(dead, 0, x)
+    out = x.copy() if out is None else out
     if lo is not None and lo.size:
         np.maximum(out, lo.astype(x.dtype, copy=False), out=out)
     if hi is not None and hi.size:

@@ -5,9 +5,12 @@ over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
 channel per group) accumulate shifted slices instead of a GEMM.
 ConvTranspose is the adjoint: one GEMM then col2im by shifted-slice adds.
 """
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ._blas import gemm
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
 
@@ -38,57 +41,76 @@ def conv(node, x, w, b=None):
     out_sp = [out_size(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
-
-    if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
-        # 1x1: a plain (grouped) matmul, strided subsampling if needed
+    # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)
+    y = np.empty((n, m) + tuple(out_sp), dtype=x.dtype)
+    y3 = y.reshape(n, m, osz)
+    if y.size == 0:
+        pass
+    elif all(k == 1 for k in kernel) and not any(pb) and not any(pe):
+        # 1x1: straight to GEMM (x_i is already the (C, H*W) matrix), strided subsampling if needed
         if any(s != 1 for s in strides):
-            x = x[(slice(None), slice(None)) + tuple(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides))]
-        cols = x.reshape(n, group, cg, osz)
-        y = np.matmul(w.reshape(group, mg, cg), cols)
+            x = np.ascontiguousarray(
+                x[(slice(None), slice(None)) + tuple(slice(None, (o - 1) * s + 1, s) for o, s in zip(out_sp, strides))])
+        x3 = x.reshape(n, c, osz)
+        wg = np.ascontiguousarray(w.reshape(group, mg, cg))
+        for i in range(n):
+            for g in range(group):
+                gemm(wg[g], x3[i, g * cg:(g + 1) * cg], y3[i, g * mg:(g + 1) * mg])
     else:
         need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out_sp, strides, kernel, dil)]
         xp = pad_to(x, pb, need, 0)
         if group == c and cg == 1 and group > 1:
-            y = _depthwise(xp, w, group, mg, kernel, strides, dil, out_sp)
+            y3[...] = _depthwise(xp, w, group, mg, kernel, strides, dil, out_sp).reshape(n, m, osz)
         else:
-            # im2col: view (N, C, k..., o...) -> copy (N, g, Cg*K, O)
-            es = xp.strides
-            view = as_strided(
-                xp,
-                shape=(n, c) + tuple(kernel) + tuple(out_sp),
-                strides=es[:2]
-                + tuple(es[2 + i] * dil[i] for i in range(nsp))
-                + tuple(es[2 + i] * strides[i] for i in range(nsp)),
-                writeable=False,
-            )
-            y = _im2col_gemm(view, w.reshape(group, mg, cg * ksz), n, group, out_sp)
-    y = y.reshape((n, m) + tuple(out_sp))
-    if b is not None:
-        y += b.astype(y.dtype, copy=False).reshape((1, m) + (1,) * nsp)
+            _im2col_gemm(xp, np.ascontiguousarray(w.reshape(group, mg, cg * ksz)), y3, group, kernel,
+                         strides, dil, out_sp)
+    if b is not None and y.size:
+        y3 += b.astype(y.dtype, copy=False).reshape(1, m, 1)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
 # Largest im2col buffer built in one piece; bigger ones are built and
 # multiplied in bands of output rows (first spatial axis) to bound memory.
-IM2COL_BYTES = 64 << 20
+IM2COL_BYTES = 32 << 20
+_scratch = threading.local()
 
 
-def _im2col_gemm(view, wg, n, group, out_sp):
-    """y (N, g, Mg, O) = wg (g, Mg, Cg*K) @ im2col(view (N, C, k..., o...))."""
-    ck = wg.shape[2]
+def _scratch_buffer(size, dtype):
+    """A reusable 1-D buffer of at least `size` elements (per Python thread): im2col
+    columns die right after their GEMM, so every Conv of a run can share one."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(size, dtype)
+        _scratch.buf = buf
+    return buf[:size]
+
+
+def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp):
+    """y3 (N, M, O) = per image i and group g: wg[g] (Mg, Cg*K) @ im2col(xp[i, g])."""
+    n = xp.shape[0]
+    nsp = len(kernel)
+    mg, ck = wg.shape[1], wg.shape[2]
+    cg = ck // int(np.prod(kernel))
     osz = int(np.prod(out_sp))
-    row = osz // out_sp[0] if out_sp[0] else 0          # output pixels per first-axis row
-    band = max(1, IM2COL_BYTES // max(1, n * group * ck * row * view.itemsize))
-    if band >= out_sp[0]:
-        return np.matmul(wg, view.reshape(n, group, ck, osz))
-    y = np.empty((n, group, wg.shape[1], out_sp[0], row), dtype=view.dtype)
-    nk = view.ndim - 2 - len(out_sp)
-    for r0 in range(0, out_sp[0], band):
-        r1 = min(out_sp[0], r0 + band)
-        part = view[(slice(None),) * (2 + nk) + (slice(r0, r1),)]
-        cols = part.reshape(n, group, ck, (r1 - r0) * row)
-        y[:, :, :, r0:r1, :] = np.matmul(wg, cols).reshape(n, group, wg.shape[1], r1 - r0, row)
-    return y
+    row = osz // out_sp[0]                               # output pixels per first-axis row
+    band = max(1, IM2COL_BYTES // max(1, ck * row * xp.itemsize))
+    es = xp.strides
+    for i in range(n):
+        for g in range(group):
+            xg = xp[i, g * cg:(g + 1) * cg]
+            for r0 in range(0, out_sp[0], band):
+                r1 = min(out_sp[0], r0 + band)
+                band_sp = [r1 - r0] + list(out_sp[1:])
+                start = xg[(slice(None), slice(r0 * strides[0], None))]
+                # view (Cg, k..., o...) of the taps, copied once into the (Cg*K, O) columns
+                view = as_strided(start, shape=(cg,) + tuple(kernel) + tuple(band_sp),
+                                  strides=(es[1],) + tuple(es[2 + d] * dil[d] for d in range(nsp))
+                                  + tuple(es[2 + d] * strides[d] for d in range(nsp)),
+                                  writeable=False)
+                cols = _scratch_buffer(ck * (r1 - r0) * row, xp.dtype)
+                np.copyto(cols.reshape(view.shape), view)
+                gemm(wg[g], cols.reshape(ck, (r1 - r0) * row),
+                     y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row])
 
 
 def _depthwise(xp, w, c, mult, kernel, strides, dil, out_sp):

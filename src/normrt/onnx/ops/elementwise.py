@@ -7,7 +7,7 @@ opset 1's `consumed_inputs` is a memory hint without semantic effect.
 """
 import numpy as np
 
-from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op
+from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op, reusable
 
 try:  # scipy's erf is vectorised and keeps float32; optional dependency
     from scipy.special import erf as _scipy_erf
@@ -30,22 +30,32 @@ def _legacy_b(node, a, b):
     return b
 
 
-@op("Add", since=1)
-def add(node, a, b):
+def _binary_out(dead, a, b):
+    """An input the binary op may write its result into: dead, and already of the
+    result's shape and dtype (a's dtype, the one ONNX requires)."""
+    if not dead or a.dtype.kind not in "fiu" or b.dtype != a.dtype:
+        return None
+    shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
+    out = reusable(dead, 0, a, (shape, a.dtype))
+    return out if out is not None else reusable(dead, 1, b, (shape, a.dtype))
+
+
+@op("Add", since=1, inplace=True)
+def add(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    return _same_dtype(np.add(a, b), a)
+    return _same_dtype(np.add(a, b, out=_binary_out(dead, a, b)), a)
 
 
-@op("Sub", since=1)
-def sub(node, a, b):
+@op("Sub", since=1, inplace=True)
+def sub(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    return _same_dtype(np.subtract(a, b), a)
+    return _same_dtype(np.subtract(a, b, out=_binary_out(dead, a, b)), a)
 
 
-@op("Mul", since=1)
-def mul(node, a, b):
+@op("Mul", since=1, inplace=True)
+def mul(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    return _same_dtype(np.multiply(a, b), a)
+    return _same_dtype(np.multiply(a, b, out=_binary_out(dead, a, b)), a)
 
 
 def _int_div(a, b):
@@ -60,13 +70,14 @@ def _int_div(a, b):
     return q
 
 
-@op("Div", since=1)
-def div(node, a, b):
+@op("Div", since=1, inplace=True)
+def div(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
     if a.dtype.kind in "iu" and b.dtype.kind in "iu":
         return _same_dtype(np.asarray(_int_div(a, b)), a)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _same_dtype(np.divide(a, b), a)
+        out = _binary_out(dead, a, b) if a.dtype.kind == "f" else None
+        return _same_dtype(np.divide(a, b, out=out), a)
 
 
 @op("Mod", since=10)
@@ -102,11 +113,14 @@ def pow_(node, a, b):
 
 # ---------------------------------------------------------------- unary math
 def _unary(name, fn, since=1):
-    def impl(node, x):
+    def impl(node, x, dead=()):
+        out = reusable(dead, 0, x) if x.dtype.kind == "f" and x.ndim else None
         with np.errstate(all="ignore"):
+            if out is not None:
+                return fn(x, out=out)
             return _same_dtype(np.asarray(fn(x)), x)
     impl.__name__ = impl.__qualname__ = name.lower()
-    op(name, since=since)(impl)
+    op(name, since=since, inplace=name not in ("Not", "Sign"))(impl)
     return impl
 
 

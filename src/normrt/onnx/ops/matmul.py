@@ -1,14 +1,15 @@
 """Matrix products (numpy/BLAS): MatMul, Gemm, Einsum."""
 import numpy as np
 
+from . import _blas
 from ._util import attr_str, low_precision, op
 
 
 def _mm(a, b):
     if low_precision(a.dtype):
         # no float16/bfloat16 BLAS: accumulate in float32, round once
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
-    return np.matmul(a, b)
+        return _blas.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
+    return _blas.matmul(a, b)
 
 
 @op("MatMul", since=1)
@@ -26,6 +27,15 @@ def gemm(node, a, b, c=None):
         a = a.T
     if node.attrs.get("transB", 0):
         b = b.T
+    if a.dtype in (np.float32, np.float64) and b.dtype == a.dtype and a.ndim == 2 and b.ndim == 2:
+        # one GEMM: alpha*A@B + beta*C with C broadcast into the output first
+        t = a.dtype.type
+        y = np.empty((a.shape[0], b.shape[1]), a.dtype)
+        if c is not None and beta != 0.0:
+            np.multiply(np.broadcast_to(c, y.shape), t(beta), out=y) if beta != 1.0 else np.copyto(
+                y, np.broadcast_to(c, y.shape), casting="unsafe")
+            return _blas.gemm(a, b, y, alpha=alpha, beta=1.0)
+        return _blas.gemm(a, b, y, alpha=alpha)
     y = _mm(a, b)
     if low_precision(y.dtype):
         y = y.astype(np.float32)

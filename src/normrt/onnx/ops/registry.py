@@ -13,6 +13,11 @@ back to onnx.reference for that node):
 Inputs arrive positionally as numpy arrays (an omitted optional input is
 None); the function returns one array or a tuple/list of arrays, one per
 node output.
+
+An implementation registered with `inplace=True` also takes a keyword
+`dead`: the positions of the inputs nothing reads after this node (the
+executor knows from the plan), whose memory it may write its result into
+(`np.maximum(x, 0, out=x)`). `dead` is only given when non-empty.
 """
 from dataclasses import dataclass, field
 
@@ -33,14 +38,15 @@ class OpImpl:
     since: int
     until: int              # inclusive upper bound of opset versions handled
     supports: object = None  # node -> bool; None means "every node"
+    inplace: bool = False    # fn takes `dead=` (input positions it may overwrite)
 
 
 _REGISTRY = {}
 
 
-def register(op_type, *, domain="", since=1, until=10_000, supports=None):
+def register(op_type, *, domain="", since=1, until=10_000, supports=None, inplace=False):
     def deco(fn):
-        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports))
+        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports, inplace))
         return fn
     return deco
 

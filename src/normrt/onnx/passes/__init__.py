@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .._graph import NameGen, node_reads, opset_versions
+from .._graph import NameGen, canonical_domain, node_reads, opset_versions
 from ..report import Report
 
 
@@ -64,9 +64,22 @@ class PassContext:
             except (KeyError, TypeError, ValueError):
                 elem = 0
             types[name] = ValueType(elem, tuple(value.shape))
+        # onnx cannot infer through normrt (or other custom-domain) nodes: their outputs keep the
+        # types known before the rewrite (same names), declared for the inference so it goes on past them
+        custom = [o for node in self.nodes if canonical_domain(node.domain) != "" for o in node.output
+                  if o and o not in types and self.types.get(o) is not None and self.types[o].elem_type]
+        n_declared, n_opsets = len(self.graph.value_info), len(self.model.opset_import)
+        for name in custom:
+            t = self.types[name]
+            types[name] = t
+            shape = None if t.shape is None else [d if isinstance(d, (int, str)) else None for d in t.shape]
+            self.graph.value_info.append(onnx.helper.make_tensor_value_info(name, t.elem_type, shape))
+        imported = {canonical_domain(o.domain) for o in self.model.opset_import}
+        for domain in sorted({canonical_domain(n.domain) for n in self.nodes} - imported):
+            self.model.opset_import.append(onnx.helper.make_opsetid(domain, 1))   # else inference stops
         try:
             small = _without_initializer_data(self.model)
-            inferred = onnx.shape_inference.infer_shapes(small, check_type=False, strict_mode=False)
+            inferred = _infer_shapes(small)
             for vi in inferred.graph.value_info:
                 types.setdefault(vi.name, _value_type(vi.type))
             for vi in inferred.graph.output:
@@ -75,6 +88,9 @@ class PassContext:
                     types[vi.name] = t
         except Exception:  # noqa: BLE001 - inference is best effort; unknown types make passes refuse
             pass
+        finally:
+            del self.graph.value_info[n_declared:]
+            del self.model.opset_import[n_opsets:]
         self.types = types
 
     def elem_type(self, name):
@@ -155,6 +171,15 @@ def _value_type(tp):
     for d in tt.shape.dim:
         dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
     return ValueType(tt.elem_type, tuple(dims))
+
+
+def _infer_shapes(model):
+    """onnx shape inference with data propagation (Shape -> Gather -> Concat -> Reshape targets
+    become static shapes, as the legacy exporter writes them), without it if that fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - retried without data propagation
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
 
 
 def _without_initializer_data(model):

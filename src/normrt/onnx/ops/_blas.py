@@ -1,0 +1,307 @@
+"""GEMM for the numpy ops: a private OpenBLAS instance when it helps, else numpy's BLAS.
+
+numpy's bundled OpenBLAS has two problems normrt cannot fix from outside
+once numpy is imported (both are read from the environment when the library
+loads):
+
+* its CPU detection: OpenBLAS 0.3.x runs its AVX2 ('Haswell') kernels on
+  AMD Zen 4/5, which have AVX-512 - half the GEMM throughput on those
+  machines (measured: ~250 vs ~440 GFLOP/s, 2 cores);
+* its worker threads spin for ~0.1 s after every call (THREAD_TIMEOUT 2^28
+  cycles), taking a core from the OpenMP threads of the normrt kernel that
+  usually follows a Conv or MatMul (a 2-thread BatchNorm went from 0.06 ms
+  to ~1 ms inside a ResNet).
+
+So on Linux/glibc, `gemm` loads a second, private copy of the same OpenBLAS
+library into its own link-map namespace (dlmopen(LM_ID_NEWLM)) with
+OPENBLAS_CORETYPE (only when numpy's copy picked a weaker core than the CPU
+supports) and a short OPENBLAS_THREAD_TIMEOUT set, and calls its
+cblas_?gemm through ctypes, with the thread count normrt's setting
+(normrt.threads / InferenceSession(num_threads=)) asks for. numpy's own
+BLAS, and therefore the user's numpy code, is untouched.
+
+Anything unusual (no glibc, another BLAS, a load or self-test failure,
+NORMRT_PRIVATE_BLAS=0, a forked child) falls back to np.matmul.
+"""
+import ctypes
+import os
+import threading
+
+import numpy as np
+
+from ..._threads import get_num_threads
+
+# Spin 2^THREAD_TIMEOUT cycles after a call before sleeping (OpenBLAS clamps
+# to 4..30): ~70 us at 3.5 GHz, enough to bridge back-to-back GEMMs (conv
+# bands), short enough to leave the cores to the next kernel.
+THREAD_TIMEOUT = int(os.environ.get("NORMRT_BLAS_TIMEOUT", "18"))  # XXX experiment
+
+_CBLAS_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_lock = threading.Lock()
+_state = {"lib": None, "tried": False, "why": "not loaded yet"}
+
+
+def _openblas_path():
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return None
+    paths = sorted(p for p in paths if os.path.isfile(p))
+    # numpy's own copy (scipy, torch... may have loaded others)
+    site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    mine = [p for p in paths if os.path.abspath(p).startswith(os.path.join(site, "numpy"))]
+    if len(mine) == 1:
+        return mine[0]
+    return paths[0] if len(paths) == 1 else None
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+_NAMES = [  # (prefix, suffix, 64-bit ints)
+    ("scipy_", "64_", True), ("", "64_", True), ("", "", False), ("scipy_", "", False),
+]
+
+
+class _Private:
+    """The private OpenBLAS instance: sgemm/dgemm and its thread count."""
+
+    def __init__(self, path, coretype):
+        libc = ctypes.CDLL(None)
+        dlmopen = libc.dlmopen
+        dlmopen.restype = ctypes.c_void_p
+        dlmopen.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_int]
+        self._dlsym = libc.dlsym
+        self._dlsym.restype = ctypes.c_void_p
+        self._dlsym.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        env = {"OPENBLAS_THREAD_TIMEOUT": str(THREAD_TIMEOUT)}
+        if coretype:
+            env["OPENBLAS_CORETYPE"] = coretype
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            handle = dlmopen(-1, path.encode(), 2)      # LM_ID_NEWLM, RTLD_NOW
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        if not handle:
+            raise OSError("dlmopen failed")
+        self.handle = handle
+        for prefix, suffix, wide in _NAMES:
+            if self._sym(f"{prefix}cblas_sgemm{suffix}"):
+                break
+        else:
+            raise OSError("no cblas_sgemm symbol")
+        it = ctypes.c_int64 if wide else ctypes.c_int32
+        sig = lambda t: ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, it, it, it, t,  # noqa: E731
+                                         ctypes.c_void_p, it, ctypes.c_void_p, it, t, ctypes.c_void_p, it)
+        self.sgemm = sig(ctypes.c_float)(self._sym(f"{prefix}cblas_sgemm{suffix}"))
+        self.dgemm = sig(ctypes.c_double)(self._sym(f"{prefix}cblas_dgemm{suffix}"))
+        setter = self._sym(f"{prefix}openblas_set_num_threads{suffix}")
+        if not setter:
+            raise OSError("no openblas_set_num_threads symbol")
+        self._set_threads = ctypes.CFUNCTYPE(None, ctypes.c_int)(setter)
+        cfg = self._sym(f"{prefix}openblas_get_config{suffix}")
+        self.config = ctypes.CFUNCTYPE(ctypes.c_char_p)(cfg)().decode() if cfg else "?"
+        self.threads = 0
+
+    def _sym(self, name):
+        return self._dlsym(self.handle, name.encode())
+
+    def set_threads(self, n):
+        if n != self.threads:
+            self._set_threads(n)
+            self.threads = n
+
+
+def _load():
+    if os.environ.get("NORMRT_PRIVATE_BLAS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "disabled by NORMRT_PRIVATE_BLAS"
+    try:
+        ctypes.CDLL(None).dlmopen                       # glibc only
+    except (AttributeError, OSError):
+        return None, "no dlmopen (not glibc)"
+    path = _openblas_path()
+    if path is None:
+        return None, "numpy's BLAS is not one OpenBLAS library"
+    # numpy's copy: which core did it pick?
+    numpy_core = ""
+    try:
+        lib = ctypes.CDLL(path)
+        for prefix, suffix, _ in _NAMES:
+            fn = getattr(lib, f"{prefix}openblas_get_corename{suffix}", None) or getattr(
+                lib, f"{prefix}openblas_get_config{suffix}", None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                numpy_core = fn().decode().lower()
+                break
+    except (OSError, AttributeError, UnicodeDecodeError):
+        pass
+    coretype = None
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags and "skylakex" not in numpy_core \
+            and "cooperlake" not in numpy_core and "sapphire" not in numpy_core \
+            and not os.environ.get("OPENBLAS_CORETYPE"):
+        try:
+            if hasattr(ctypes.CDLL(path), "gotoblas_SKYLAKEX"):
+                coretype = "SkylakeX"
+        except OSError:
+            pass
+    try:
+        priv = _Private(path, coretype)
+    except (OSError, AttributeError) as e:
+        return None, f"private OpenBLAS failed to load: {e}"
+    # self-test against numpy before trusting it
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        a = rng.standard_normal((37, 53)).astype(dt)
+        b = rng.standard_normal((53, 29)).astype(dt)
+        out = np.empty((37, 29), dt)
+        _call(priv, a, b, out, 1.0, 0.0)
+        if not np.allclose(out, a @ b, rtol=1e-4, atol=1e-4):
+            return None, "private OpenBLAS failed its self-test"
+    return priv, f"private OpenBLAS ({priv.config})"
+
+
+def _after_fork_in_child():
+    # the private instance's worker threads do not exist in a forked child,
+    # and its own fork handlers never ran: use numpy's BLAS there
+    _state.update(lib=None, tried=True, why="forked child")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def private_blas():
+    """The private OpenBLAS instance, or None (loads it on first call)."""
+    if not _state["tried"]:
+        with _lock:
+            if not _state["tried"]:
+                try:
+                    lib, why = _load()
+                except Exception as e:  # noqa: BLE001 - any failure means numpy's BLAS
+                    lib, why = None, f"private OpenBLAS failed: {type(e).__name__}: {e}"
+                _state.update(lib=lib, why=why, tried=True)
+    return _state["lib"]
+
+
+def blas_info():
+    """Which BLAS normrt's GEMMs use (a human-readable string)."""
+    private_blas()
+    return _state["why"]
+
+
+def _layout(a):
+    """(transpose flag, leading dimension) for a 2-D array BLAS can read in place, or None."""
+    it = a.itemsize
+    s0, s1 = a.strides
+    r, c = a.shape
+    if (s1 == it or c <= 1) and s0 % it == 0 and s0 // it >= max(c, 1):
+        return _NO_TRANS, max(s0 // it, c, 1)
+    if (s0 == it or r <= 1) and s1 % it == 0 and s1 // it >= max(r, 1):
+        return _TRANS, max(s1 // it, r, 1)
+    return None
+
+
+def _call(priv, a, b, out, alpha, beta):
+    la, lb = _layout(a), _layout(b)
+    if la is None:
+        a = np.ascontiguousarray(a)
+        la = _layout(a)
+    if lb is None:
+        b = np.ascontiguousarray(b)
+        lb = _layout(b)
+    m, k = a.shape
+    n = b.shape[1]
+    fn = priv.sgemm if out.dtype == np.float32 else priv.dgemm
+    fn(_CBLAS_ROW_MAJOR, la[0], lb[0], m, n, k, alpha, a.ctypes.data, la[1], b.ctypes.data, lb[1],
+       beta, out.ctypes.data, max(out.strides[0] // out.itemsize, n, 1))
+
+
+def _out_ok(out, m, n, dtype):
+    return (out.dtype == dtype and out.shape == (m, n) and out.flags.writeable
+            and (out.strides[1] == out.itemsize or n <= 1) and out.strides[0] % out.itemsize == 0
+            and out.strides[0] // out.itemsize >= n)
+
+
+def gemm(a, b, out=None, *, alpha=1.0, beta=0.0):
+    """out = alpha * a @ b + beta * out for 2-D float32/float64 a (m, k), b (k, n).
+
+    `out` (m, n) may be a row-major view into a bigger buffer (e.g. one
+    image of a (N, C, H*W) tensor); it must not overlap a or b. Returns out.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    dtype = a.dtype
+    if out is None:
+        out = np.empty((m, n), dtype)
+        if beta != 0.0:
+            raise ValueError("beta needs an out")
+    priv = private_blas()
+    if (priv is not None and dtype in (np.float32, np.float64) and b.dtype == dtype
+            and _out_ok(out, m, n, dtype) and m and n):
+        if k == 0:
+            if beta == 0.0:
+                out.fill(0)
+            else:
+                out *= beta
+            return out
+        priv.set_threads(get_num_threads())
+        _call(priv, a, b, out, alpha, beta)
+        return out
+    if beta == 0.0 and alpha == 1.0:
+        np.matmul(a, b, out=out)
+    else:
+        r = np.matmul(a, b)
+        if alpha != 1.0:
+            r *= alpha
+        if beta == 0.0:
+            out[...] = r
+        else:
+            out *= beta
+            out += r
+    return out
+
+
+def matmul(a, b, out=None):
+    """np.matmul(a, b) (broadcast batch dims) for float32/float64, each 2-D product through `gemm`."""
+    if a.ndim < 2 or b.ndim < 2 or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        return np.matmul(a, b, out=out)
+    if private_blas() is None:
+        # numpy's matmul only hands stacked operands to BLAS when they are
+        # contiguous; a transposed view (attention's K^T) would take its slow loop
+        if a.ndim > 2 and _layout(a[(0,) * (a.ndim - 2)]) is None or a.ndim > 2 and not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if b.ndim > 2 and not b.flags.c_contiguous:
+            b = np.ascontiguousarray(b)
+        return np.matmul(a, b, out=out)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, n = a.shape[-2], b.shape[-1]
+    if out is None:
+        out = np.empty(batch + (m, n), a.dtype)
+    if not batch:
+        return gemm(a, b, out)
+    ab = np.broadcast_to(a, batch + a.shape[-2:])
+    bb = np.broadcast_to(b, batch + b.shape[-2:])
+    # b shared by every batch entry and a contiguous: one GEMM over the stacked rows
+    if all(s == 0 for s in bb.strides[:-2]) and a.ndim > 2 and a.shape[:-2] == batch and a.flags.c_contiguous \
+            and out.flags.c_contiguous:
+        gemm(a.reshape(-1, a.shape[-1]), b.reshape(b.shape[-2:]) if b.ndim == 2 else bb[(0,) * len(batch)],
+             out.reshape(-1, n))
+        return out
+    for idx in np.ndindex(*batch):
+        gemm(ab[idx], bb[idx], out[idx])
+    return out

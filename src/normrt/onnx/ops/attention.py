@@ -1,0 +1,95 @@
+"""Attention-23/24 (numpy + BLAS): softmax(Q K^T * scale + bias) V, one block of query rows at a time.
+
+The (rows, kv) score block of one head stays in cache between its GEMM, the
+softmax and the GEMM with V, instead of materialising the (B, H, Sq, Skv)
+scores in memory (UNet/VAE self-attention over 32x32 pixels: 1024x1024 per head).
+
+Handled: 3-D inputs (with q_num_heads/kv_num_heads) and 4-D, grouped-query
+heads, `scale`, `is_causal` (top-left aligned: no cache), a boolean or additive
+`attn_mask` spanning all kv positions. Not handled (onnx.reference runs those
+nodes): past_key/past_value, nonpad_kv_seqlen, softcap, qk_matmul_output,
+sliding windows, the extra outputs.
+"""
+import numpy as np
+
+from ._blas import gemm
+from ._util import op
+
+# bytes of one block of scores (query rows x kv): about half an L2 cache
+BLOCK_BYTES = 256 << 10
+
+
+def _supported(node):
+    a = node.attrs
+    return (node.n_outputs == 1
+            and int(a.get("qk_matmul_output_mode", 0)) == 0
+            and float(a.get("softcap", 0.0) or 0.0) == 0.0
+            and int(a.get("left_window_size", -1)) == -1 and int(a.get("right_window_size", -1)) == -1)
+
+
+def _heads(x, n):
+    b, s, hid = x.shape
+    return x.reshape(b, s, n, hid // n).transpose(0, 2, 1, 3)
+
+
+@op("Attention", since=23, until=24, supports=_supported)
+def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
+    if past_key is not None or past_value is not None or nonpad_kv_seqlen is not None:
+        raise NotImplementedError("Attention with a kv cache")  # excluded by the caller's arity check
+    out_dtype = q.dtype
+    if q.dtype != np.float64:
+        q, k, v = (t.astype(np.float32, copy=False) for t in (q, k, v))
+    three_d = q.ndim == 3
+    if three_d:
+        q = _heads(q, int(node.attrs["q_num_heads"]))
+        k = _heads(k, int(node.attrs["kv_num_heads"]))
+        v = _heads(v, int(node.attrs["kv_num_heads"]))
+    bsz, hq, sq, d = q.shape
+    hkv, skv, dv = k.shape[1], k.shape[2], v.shape[3]
+    rep = hq // hkv
+    t = q.dtype.type
+    scale = node.attrs.get("scale")
+    scale = t(1.0 / np.sqrt(d)) if scale is None else t(scale)
+    bias = None
+    if attn_mask is not None:
+        if attn_mask.dtype == np.bool_:
+            bias = np.where(attn_mask, t(0), t(-np.inf))
+        else:
+            bias = attn_mask.astype(q.dtype, copy=False)
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    if int(node.attrs.get("is_causal", 0)):
+        causal = np.where(np.arange(skv)[None, :] <= np.arange(sq)[:, None], t(0), t(-np.inf))
+        bias = causal[None, None] if bias is None else bias + causal
+    y = np.empty((bsz, hq, sq, dv), q.dtype)
+    rows = max(1, min(sq, BLOCK_BYTES // max(1, skv * q.itemsize)))
+    scores = np.empty((rows, skv), q.dtype)
+    sums = np.empty((rows, 1), q.dtype)
+    qs = np.empty((rows, d), q.dtype)
+    for b in range(bsz):
+        for h in range(hq):
+            kt = k[b, h // rep].T                      # (d, skv): a transposed view, BLAS reads it as is
+            vh = v[b, h // rep]
+            if vh.strides[-1] != vh.itemsize:
+                vh = np.ascontiguousarray(vh)
+            for r0 in range(0, sq, rows):
+                r1 = min(sq, r0 + rows)
+                n = r1 - r0
+                s = scores[:n]
+                np.multiply(q[b, h, r0:r1], scale, out=qs[:n])
+                gemm(qs[:n], kt, s)
+                if bias is not None:
+                    s += bias[b % bias.shape[0], h % bias.shape[1], r0:r1] if bias.shape[2] > 1 \
+                        else bias[b % bias.shape[0], h % bias.shape[1]]
+                m = s.max(axis=1, keepdims=True)
+                if bias is not None and not np.isfinite(m).all():
+                    m[~np.isfinite(m)] = 0               # fully masked row: all -inf -> zeros below
+                s -= m
+                np.exp(s, out=s)
+                l = s.sum(axis=1, keepdims=True, out=sums[:n])
+                l[l == 0] = 1
+                yb = y[b, h, r0:r1]
+                gemm(s, vh, yb)
+                yb /= l
+    if three_d:
+        y = y.transpose(0, 2, 1, 3).reshape(bsz, sq, hq * dv)
+    return y if y.dtype == out_dtype else y.astype(out_dtype)

@@ -1,0 +1,201 @@
+"""Activation after a normrt norm -> the norm's `activation` attribute (applied by the kernel on the way out).
+
+    normrt::{BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...}   (any normrt op with an `activation` attribute)
+          │ y
+          ├──► Relu ──► out                                          relu
+          ├──► Sigmoid ──► out                                       sigmoid
+          ├──► Sigmoid ──► s ─┐
+          └──────────────────► Mul(y, s) ──► out  (either order)     silu
+          ├──► Gelu(approximate="none") ──► out                      gelu   (opset 20)
+          │
+          │   GELU in its Erf form, as torch writes it:
+          ├──► Div(y, 1.4142135) or Mul(y, 0.70710678)
+          │        └─► Erf ─► Add(·, 1) ─► p
+          └──► one of                                                gelu
+                 legacy:  Mul(y, p) ─► Mul(·, 0.5) ─► out
+                 dynamo:  Mul(0.5, p) ─► q ;  Mul(y, q) ─► out
+                 other:   Mul(y, 0.5) ─► h ;  Mul(h, p) ─► out
+                 (operands of Mul/Add in either order)
+
+    ==>  normrt::Norm(..., activation=act) ──► out
+
+Refused (reason in the report):
+- y (or a middle value of the activation) is read by other nodes or is a graph
+  output: it would have to be materialized;
+- the norm already has an activation, or has outputs besides y (statistics);
+- Gelu with approximate="tanh"; Erf-form constants that are not sqrt(2), 1, 0.5.
+"""
+import math
+
+from .._graph import NORMRT_DOMAIN, canonical_domain
+from ..domain import NORM_OPS, make_node
+from . import GraphPass
+from ._match import close_to, is_op, node_attrs, present, private_reason, scalar_constant
+
+SQRT2 = math.sqrt(2.0)
+PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU"}
+
+
+def _has_activation_attr(node):
+    if canonical_domain(node.domain) != NORMRT_DOMAIN:
+        return False
+    spec = NORM_OPS.get(node.op_type)
+    return spec is not None and "activation" in spec.defaults
+
+
+class ActivationEpilogue(GraphPass):
+    name = "activation_epilogue"
+
+    def matches(self, ctx):
+        consumers = ctx.consumers()
+        for node in ctx.nodes:
+            if not _has_activation_attr(node) or not node.output or not node.output[0]:
+                continue
+            readers = consumers.get(node.output[0], [])
+            if any(is_op(r, op) for r in readers for op in ("Relu", "Sigmoid", "Gelu")) or \
+                    any(self._erf_head(ctx, consumers, r, node.output[0]) for r in readers):
+                yield node
+
+    def describe(self, node):
+        return f"{node.op_type}+activation", [node.name]
+
+    @staticmethod
+    def _erf_head(ctx, consumers, node, y):
+        """Whether `node` is the Div/Mul by sqrt(2) feeding an Erf (the start of an Erf GELU)."""
+        if not (is_op(node, "Div") or is_op(node, "Mul")):
+            return False
+        readers = consumers.get(node.output[0], [])
+        return len(readers) == 1 and is_op(readers[0], "Erf") and y in node.input
+
+    # -- check ---------------------------------------------------------------
+    def check(self, ctx, node):
+        if not present(ctx, [node]):
+            return "node already rewritten"
+        attrs, reason = node_attrs(node)
+        if reason:
+            return reason
+        if attrs.get("activation", ""):
+            return f"the norm already has activation {attrs['activation']!r}"
+        if len([o for o in node.output if o]) != 1:
+            return "the norm has outputs besides Y (statistics)"
+        y = node.output[0]
+        consumers = ctx.consumers()
+        readers = consumers.get(y, [])
+        if y in ctx.graph_outputs:
+            return f"norm output {y!r} is a graph output"
+        found = self._match_activation(ctx, consumers, y, readers)
+        if isinstance(found, str):
+            return found
+        act, nodes, out = found
+        reason = private_reason(ctx, consumers, y, nodes)
+        if reason:
+            return f"norm output {y!r} has other consumers ({reason})"
+        for n in nodes:
+            if n.output[0] != out:
+                reason = private_reason(ctx, consumers, n.output[0], nodes)
+                if reason:
+                    return reason
+        self._found = (act, nodes, out)
+        return None
+
+    def _match_activation(self, ctx, consumers, y, readers):
+        rank = len(ctx.shape(y)) if ctx.shape(y) is not None else None
+        ops = sorted(r.op_type for r in readers)
+        relu = [r for r in readers if is_op(r, "Relu")]
+        if relu:
+            return ("relu", relu, relu[0].output[0]) if len(readers) == 1 else "norm output has other consumers"
+        gelu = [r for r in readers if is_op(r, "Gelu")]
+        if gelu:
+            if len(readers) != 1:
+                return "norm output has other consumers"
+            attrs, reason = node_attrs(gelu[0])
+            if reason:
+                return reason
+            if attrs.get("approximate", "none") != "none":
+                return f"Gelu approximate={attrs['approximate']!r} (the kernel computes the exact Erf form)"
+            return "gelu", gelu, gelu[0].output[0]
+        sig = [r for r in readers if is_op(r, "Sigmoid")]
+        if sig:
+            s = sig[0]
+            s_readers = consumers.get(s.output[0], [])
+            if len(readers) == 1:
+                return "sigmoid", [s], s.output[0]
+            if len(readers) == 2 and len(s_readers) == 1 and is_op(s_readers[0], "Mul"):
+                mul = s_readers[0]
+                if sorted(mul.input) == sorted([y, s.output[0]]) and any(r is mul for r in readers):
+                    return "silu", [s, mul], mul.output[0]
+            return "norm output has other consumers"
+        heads = [r for r in readers if self._erf_head(ctx, consumers, r, y)]
+        if heads:
+            if len(readers) != 2:
+                return f"norm output read by {ops}: not an Erf GELU alone"
+            return self._match_erf_gelu(ctx, consumers, y, heads[0], [r for r in readers if r is not heads[0]][0],
+                                        rank)
+        return f"no activation among the consumers {ops}"
+
+    @staticmethod
+    def _match_erf_gelu(ctx, consumers, y, head, other, rank):
+        def const_of(node, value):
+            ins = list(node.input)
+            if len(ins) != 2 or ins.count(value) != 1:
+                return None
+            return scalar_constant(ctx, ins[1] if ins[0] == value else ins[0], rank)
+
+        def single(name):
+            r = consumers.get(name, [])
+            return r[0] if len(r) == 1 else None
+
+        if is_op(head, "Div"):
+            if list(head.input)[0] != y or not close_to(scalar_constant(ctx, head.input[1], rank), SQRT2):
+                return "Erf GELU: Div is not x / sqrt(2)"
+        elif not close_to(const_of(head, y), 1.0 / SQRT2):
+            return "Erf GELU: Mul is not x * (1 / sqrt(2))"
+        erf = single(head.output[0])
+        add = single(erf.output[0]) if erf is not None else None
+        if not is_op(add, "Add") or not close_to(const_of(add, erf.output[0]), 1.0):
+            return "Erf GELU: Erf is not followed by Add(., 1)"
+        p = add.output[0]
+        mul_p = single(p)
+        if not is_op(mul_p, "Mul") or p not in mul_p.input:
+            return "Erf GELU: 1 + Erf is not multiplied"
+        chain = [head, erf, add]
+        if other is mul_p:                                   # legacy: (y * p) * 0.5
+            if sorted(mul_p.input) != sorted([y, p]):
+                return "Erf GELU: unexpected Mul operands"
+            last = single(mul_p.output[0])
+            if not is_op(last, "Mul") or not close_to(const_of(last, mul_p.output[0]), 0.5):
+                return "Erf GELU: y * (1 + erf) is not multiplied by 0.5"
+            return "gelu", chain + [mul_p, last], last.output[0]
+        if not is_op(other, "Mul"):
+            return "Erf GELU: y is not multiplied"
+        if close_to(const_of(mul_p, p), 0.5):                # dynamo: y * (0.5 * p)
+            q = mul_p.output[0]
+            if sorted(other.input) != sorted([y, q]):
+                return "Erf GELU: y is not multiplied by 0.5 * (1 + erf)"
+            return "gelu", chain + [mul_p, other], other.output[0]
+        if close_to(const_of(other, y), 0.5):                # (y * 0.5) * p
+            h = other.output[0]
+            if sorted(mul_p.input) != sorted([h, p]):
+                return "Erf GELU: y * 0.5 is not multiplied by 1 + erf"
+            return "gelu", chain + [other, mul_p], mul_p.output[0]
+        return "Erf GELU: the 0.5 factor is missing"
+
+    # -- rewrite -------------------------------------------------------------
+    def rewrite(self, ctx, node):
+        act, nodes, out = self._found
+        attrs, _ = node_attrs(node)
+        attrs["activation"] = act
+        outputs = list(node.output)
+        outputs[0] = out
+        new = make_node(node.op_type, list(node.input), outputs, node.name, **attrs)
+        ctx.replace_nodes([node] + nodes, [new])
+        names = [n.name for n in nodes]
+        entry = next((e for e in ctx.report.fused if e.get("normrt_node") == node.name), None)
+        if entry is None:
+            entry = {"pass": self.name, "op": node.op_type, "pattern": node.op_type, "nodes": [node.name],
+                     "normrt_op": node.op_type, "normrt_node": node.name, "kernel": NORM_OPS[node.op_type].kernel,
+                     "activation": None, "residual": False}
+            ctx.report.fused.append(entry)
+        entry["activation"] = act
+        entry["nodes"] = list(entry.get("nodes", [])) + names
+        entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[act]}"
