@@ -116,10 +116,10 @@ def layer_norm(const real[:, ::1] x,      # IN  (G, L) rows to normalize
     cdef double rstd
     cdef const real* h
     cdef real* hw
-    if G == 0 or L == 0:
-        return
     if out.shape[0] != G or out.shape[1] != L:
         raise ValueError("out must have x's shape")
+    if G == 0 or L == 0:
+        return
     if scale is not None:
         scale_v = scale
         if scale_v.shape[0] != L:
@@ -221,10 +221,10 @@ def rms_norm(const real[:, ::1] x,      # IN  (G, L)
     cdef double* parts
     cdef const real* h
     cdef real* hw
-    if G == 0 or L == 0:
-        return
     if out.shape[0] != G or out.shape[1] != L:
         raise ValueError("out must have x's shape")
+    if G == 0 or L == 0:
+        return
     if scale is not None:
         scale_v = scale
         if scale_v.shape[0] != L:

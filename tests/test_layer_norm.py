@@ -370,3 +370,27 @@ def test_outliers_at_the_start_of_a_chunk(dtype, L, lead):
     y = normrt.layer_norm(x, eps=1e-6)
     ref, _, _ = ref_layer_norm(x, eps=1e-6)
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-11)
+
+
+def test_out_calls_that_the_kernel_refuses_take_the_checked_path():
+    # with out= given, (G, L) calls go straight to the kernel; anything it
+    # refuses must still be converted or reported like any other call
+    x = rng.standard_normal((4, 32)).astype(np.float32)
+    out = np.empty_like(x)
+    ref, _, _ = ref_layer_norm(x, np.full(32, 2.0), np.full(32, 0.5))
+    for scale, bias in [(np.full(32, 2.0), np.full(32, 0.5)),                  # float64 params
+                        (np.full((1,), 2, np.float32), np.float32(0.5)),      # broadcast params
+                        ([2.0] * 32, [0.5] * 32)]:                              # lists
+        out.fill(np.nan)
+        assert normrt.layer_norm(x, scale, bias, out=out) is out
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    xf = np.asfortranarray(x)
+    np.testing.assert_allclose(normrt.rms_norm(xf, out=out), ref_rms_norm(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"scale must have shape \(32,\)"):
+        normrt.layer_norm(x, np.ones(31, np.float32), out=out)
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 32\)"):
+        normrt.rms_norm(x, out=np.empty((4, 31), np.float32))
+    with pytest.raises(ValueError, match=r"out must have shape \(0, 32\)"):
+        normrt.layer_norm(np.empty((0, 32), np.float32), out=np.empty((1, 32), np.float32))
+    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+        normrt.layer_norm(np.ones((4, 32), np.int64), out=np.empty((4, 32), np.int64))

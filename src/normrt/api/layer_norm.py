@@ -47,6 +47,26 @@ def _residual_out(residual_out, x, r, y):
     return s
 
 
+def _fast(kernel, x, out, params, eps):
+    """The common small call, (G, L) arrays and out= given, with no Python checks.
+
+    The kernel itself refuses any buffer of the wrong dtype, layout or size by
+    raising before it computes; the caller then takes the checked path, which
+    converts what it can and names the argument that is wrong. Returns False
+    when this path does not apply.
+    """
+    if (type(x) is not np.ndarray or type(out) is not np.ndarray or x.ndim != 2 or out.ndim != 2
+            or type(eps) is not float or not eps >= 0.0):
+        return False
+    if out is not x and (out.base is not None or x.base is not None):
+        return False   # views may overlap partially: the checked path tests that
+    try:
+        kernel(x, out, *params, eps, 0, get_num_threads())
+    except (TypeError, ValueError, BufferError):
+        return False
+    return True
+
+
 def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, activation=None,
                out=None, return_stats=False, residual_out=None):
     """Layer normalization with ONNX LayerNormalization semantics.
@@ -61,6 +81,11 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     next skip connection, computed in the same pass. It may be x or residual itself
     but must not overlap `out`. It is modified in place; the return value is unchanged.
     """
+    if (axis == -1 and residual is None and activation is None and not return_stats
+            and residual_out is None and (scale is None or type(scale) is np.ndarray)
+            and (bias is None or type(bias) is np.ndarray)
+            and _fast(_k.layer_norm, x, out, (scale, bias, None, None, None), eps)):
+        return out
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
     dt = x.dtype
@@ -94,6 +119,10 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
     With `residual`, normalizes `x + residual`; `residual_out` (needs `residual`)
     then receives that sum, as in `layer_norm`.
     """
+    if (axis == -1 and residual is None and residual_out is None
+            and (scale is None or type(scale) is np.ndarray)
+            and _fast(_k.rms_norm, x, out, (scale, None, None), eps)):
+        return out
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
     dt = x.dtype
