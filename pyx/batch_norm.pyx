@@ -20,7 +20,8 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments,
-                      moments_merge, moments_empty, moments_var, n_chunks, activate)
+                      moments_merge, moments_empty, moments_var, n_chunks, activate,
+                      activate_span)
 
 
 cdef enum:
@@ -191,14 +192,19 @@ def strided_moments(const real[:, :, ::1] x,   # IN  (R1, K, R2)
 
 cdef inline void affine_run(const real* x, real* y, Py_ssize_t n, double m, double a, double b,
                             int act) noexcept nogil:
-    """One channel's run: y[i] = act((x[i] - m) * a + b) in float64."""
+    """One channel's run: y[i] = act((x[i] - m) * a + b), in x's precision.
+
+    float32 splits m in two floats (x - m_hi is exact near m), so large
+    offsets cost no digits; a constant channel still gives exactly b.
+    """
     cdef Py_ssize_t i
-    if act == ACT_NONE:
-        for i in range(n):
-            y[i] = <real>((<double>x[i] - m) * a + b)
-        return
+    cdef real mh = <real>m
+    cdef real ml = <real>(m - <double>mh)   # 0 for float64
+    cdef real fa = <real>a
+    cdef real fb = <real>b
     for i in range(n):
-        y[i] = <real>activate((<double>x[i] - m) * a + b, act)
+        y[i] = ((x[i] - mh) - ml) * fa + fb
+    activate_span(y, n, act)
 
 
 cdef inline void affine_cols(const real* x, real* y, Py_ssize_t n, const double* m,
