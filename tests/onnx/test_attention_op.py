@@ -1,6 +1,5 @@
 """Attention-23 on normrt's numpy implementation (blocked softmax(QK^T)V) vs onnx.reference."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -49,11 +48,26 @@ def test_attention_matches_reference(case, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("magnitude", [0.01, 30.0, 1e3])
+def test_attention_row_bound_shift_is_exact_enough(magnitude):
+    """Without a mask the rows are shifted by a Cauchy-Schwarz bound, not their max;
+    large scores (bound far above the max: exp underflows) take the exact path."""
+    model = make((1, 2, 70, 8), (1, 2, 90, 8), (1, 2, 90, 8))
+    feed = {n: (RNG.standard_normal(s) * magnitude).astype(np.float32)
+            for n, s in zip("QKV", ((1, 2, 70, 8), (1, 2, 90, 8), (1, 2, 90, 8)))}
+    feed["Q"][0, 0, 3] = 0.0                       # a zero query row: uniform weights
+    got = normrt.InferenceSession(model).run(None, feed)[0]
+    want = ReferenceEvaluator(model).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * magnitude)
+    assert np.isfinite(got).all()
+
+
 def test_attention_with_kv_cache_falls_back():
     node = helper.make_node("Attention", ["Q", "K", "V", "", "PK", "PV"], ["Y", "PKo", "PVo"])
     shapes = {"Q": [1, 2, 3, 4], "K": [1, 2, 3, 4], "V": [1, 2, 3, 4], "PK": [1, 2, 2, 4], "PV": [1, 2, 2, 4]}
-    g = helper.make_graph([node], "a", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
-                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["a", "b", "c", "d"]) for n in ("Y", "PKo", "PVo")])
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["a", "b", "c", "d"]) for n in ("Y", "PKo", "PVo")]
+    g = helper.make_graph([node], "a", ins, outs)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
     sess = normrt.InferenceSession(model)
     assert sess.executor.counts()["reference"] == 1

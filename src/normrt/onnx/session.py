@@ -32,7 +32,9 @@ class InferenceSession:
 
     `model` is a path (external data is read from its directory), bytes or an
     onnx.ModelProto. `num_threads` (default: normrt's setting) is how many
-    threads the kernels use during `run`.
+    threads `run` uses: the kernels' OpenMP threads (small tensors: one),
+    the GEMMs of Conv/MatMul/Gemm (normrt's private OpenBLAS, ops/_blas.py)
+    and the numpy-level splits of big elementwise/attention work.
 
     Initializers are constants (folded and rewritten at load): one that the
     graph also lists among its inputs (IR < 4 models do) is not a feed.

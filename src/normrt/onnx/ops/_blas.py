@@ -1,27 +1,25 @@
 """GEMM for the numpy ops: a private OpenBLAS instance when it helps, else numpy's BLAS.
 
-numpy's bundled OpenBLAS has two problems normrt cannot fix from outside
-once numpy is imported (both are read from the environment when the library
-loads):
+numpy's bundled OpenBLAS has a problem normrt cannot fix from outside once
+numpy is imported (it is read from the environment when the library loads):
+its worker threads spin for ~0.1 s after every call (THREAD_TIMEOUT 2^28
+cycles), taking a core from the OpenMP threads of the normrt kernel that
+usually follows a Conv or MatMul (a 2-thread BatchNorm went from 0.06 ms to
+~1 ms inside a ResNet) - and from whatever else runs after normrt
+(onnxruntime's ResNet-50 run took 33 ms right after a normrt run, 18 ms
+otherwise). Its thread count is also process-wide, not normrt's setting.
 
-* its CPU detection: OpenBLAS 0.3.x runs its AVX2 ('Haswell') kernels on
-  AMD Zen 4/5, which have AVX-512 - half the GEMM throughput on those
-  machines (measured: ~250 vs ~440 GFLOP/s, 2 cores);
-* its worker threads spin for ~0.1 s after every call (THREAD_TIMEOUT 2^28
-  cycles), taking a core from the OpenMP threads of the normrt kernel that
-  usually follows a Conv or MatMul (a 2-thread BatchNorm went from 0.06 ms
-  to ~1 ms inside a ResNet).
-
-So on Linux/glibc, `gemm` loads a second, private copy of the same OpenBLAS
-library into its own link-map namespace (dlmopen(LM_ID_NEWLM)) with
-OPENBLAS_CORETYPE (only when numpy's copy picked a weaker core than the CPU
-supports) and a short OPENBLAS_THREAD_TIMEOUT set, and calls its
-cblas_?gemm through ctypes, with the thread count normrt's setting
-(normrt.threads / InferenceSession(num_threads=)) asks for. numpy's own
-BLAS, and therefore the user's numpy code, is untouched.
+So on request (NORMRT_PRIVATE_BLAS=1; off by default: it maps a second copy
+of OpenBLAS and its threads into the process, and the measured gain on
+whole models is ~5-10%), on Linux/glibc `gemm` loads a second, private copy of the same OpenBLAS
+library into its own link-map namespace (dlmopen(LM_ID_NEWLM)) with a short
+OPENBLAS_THREAD_TIMEOUT, and calls its cblas_?gemm through ctypes, with the
+thread count normrt's setting (normrt.threads / InferenceSession(num_threads=))
+asks for (one thread for small GEMMs). numpy's own BLAS, and therefore the
+user's numpy code, is untouched.
 
 Anything unusual (no glibc, another BLAS, a load or self-test failure,
-NORMRT_PRIVATE_BLAS=0, a forked child) falls back to np.matmul.
+NORMRT_PRIVATE_BLAS unset or 0, a forked child) falls back to np.matmul.
 """
 import ctypes
 import os
@@ -32,9 +30,15 @@ import numpy as np
 from ..._threads import get_num_threads
 
 # Spin 2^THREAD_TIMEOUT cycles after a call before sleeping (OpenBLAS clamps
-# to 4..30): ~70 us at 3.5 GHz, enough to bridge back-to-back GEMMs (conv
-# bands), short enough to leave the cores to the next kernel.
-THREAD_TIMEOUT = int(os.environ.get("NORMRT_BLAS_TIMEOUT", "18"))  # XXX experiment
+# to 4..30): ~1 us, i.e. sleep right away and leave the cores to the next
+# kernel (measured on ResNet-50 / UNet / VAE, 2 threads: 2^4 and 2^12 are
+# equally good, 2^18 (~70 us) worse, numpy's 2^28 much worse).
+THREAD_TIMEOUT = 12
+# GEMMs smaller than this (2*m*n*k flops) run on one thread: waking a
+# sleeping worker costs tens of microseconds (UNet convs with 16 channels:
+# 3.5 ms on one thread, 10.9 ms on two; 4 Mflop also keeps light_squeezenet
+# bit-identical to numpy's BLAS, which its test needs: its 6.8e9 logits).
+MT_MIN_FLOPS = 4_000_000
 
 _CBLAS_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _lock = threading.Lock()
@@ -54,17 +58,6 @@ def _openblas_path():
     if len(mine) == 1:
         return mine[0]
     return paths[0] if len(paths) == 1 else None
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 _NAMES = [  # (prefix, suffix, 64-bit ints)
@@ -127,8 +120,8 @@ class _Private:
 
 
 def _load():
-    if os.environ.get("NORMRT_PRIVATE_BLAS", "1").strip().lower() in ("0", "false", "no", "off"):
-        return None, "disabled by NORMRT_PRIVATE_BLAS"
+    if os.environ.get("NORMRT_PRIVATE_BLAS", "0").strip().lower() in ("", "0", "false", "no", "off"):
+        return None, "off (NORMRT_PRIVATE_BLAS=1 turns it on)"
     try:
         ctypes.CDLL(None).dlmopen                       # glibc only
     except (AttributeError, OSError):
@@ -136,29 +129,12 @@ def _load():
     path = _openblas_path()
     if path is None:
         return None, "numpy's BLAS is not one OpenBLAS library"
-    # numpy's copy: which core did it pick?
-    numpy_core = ""
-    try:
-        lib = ctypes.CDLL(path)
-        for prefix, suffix, _ in _NAMES:
-            fn = getattr(lib, f"{prefix}openblas_get_corename{suffix}", None) or getattr(
-                lib, f"{prefix}openblas_get_config{suffix}", None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                numpy_core = fn().decode().lower()
-                break
-    except (OSError, AttributeError, UnicodeDecodeError):
-        pass
+    # The same kernels as numpy's copy: OPENBLAS_CORETYPE, if set, applies to
+    # both, and normrt never overrides it. (Measured on an AVX-512 AMD EPYC:
+    # OpenBLAS 0.3.31's 'SkylakeX' kernels are 1.7x faster than 'Haswell' on
+    # big GEMMs but take 4-8 ms on small ones such as 8x72 @ 72x4096 - the
+    # diffusers VAE ran 20x slower - so a Haswell pin there is deliberate.)
     coretype = None
-    flags = _cpu_flags()
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags and "skylakex" not in numpy_core \
-            and "cooperlake" not in numpy_core and "sapphire" not in numpy_core \
-            and not os.environ.get("OPENBLAS_CORETYPE"):
-        try:
-            if hasattr(ctypes.CDLL(path), "gotoblas_SKYLAKEX"):
-                coretype = "SkylakeX"
-        except OSError:
-            pass
     try:
         priv = _Private(path, coretype)
     except (OSError, AttributeError) as e:
@@ -259,7 +235,7 @@ def gemm(a, b, out=None, *, alpha=1.0, beta=0.0):
             else:
                 out *= beta
             return out
-        priv.set_threads(get_num_threads())
+        priv.set_threads(1 if 2 * m * n * k < MT_MIN_FLOPS else get_num_threads())
         _call(priv, a, b, out, alpha, beta)
         return out
     if beta == 0.0 and alpha == 1.0:

@@ -10,13 +10,18 @@ heads, `scale`, `is_causal` (top-left aligned: no cache), a boolean or additive
 nodes): past_key/past_value, nonpad_kv_seqlen, softcap, qk_matmul_output,
 sliding windows, the extra outputs.
 """
+import threading
+
 import numpy as np
 
 from ._blas import gemm
+from ._parallel import for_each
 from ._util import op
 
-# bytes of one block of scores (query rows x kv): about half an L2 cache
-BLOCK_BYTES = 256 << 10
+# bytes of one block of scores (query rows x kv): about an L2 cache
+BLOCK_BYTES = 512 << 10
+# rows of exp(scores - bound) summing to less than this are redone with the exact max
+BOUND_MIN_SUM = 1e-20
 
 
 def _supported(node):
@@ -62,34 +67,68 @@ def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, non
         bias = causal[None, None] if bias is None else bias + causal
     y = np.empty((bsz, hq, sq, dv), q.dtype)
     rows = max(1, min(sq, BLOCK_BYTES // max(1, skv * q.itemsize)))
-    scores = np.empty((rows, skv), q.dtype)
-    sums = np.empty((rows, 1), q.dtype)
-    qs = np.empty((rows, d), q.dtype)
-    for b in range(bsz):
-        for h in range(hq):
-            kt = k[b, h // rep].T                      # (d, skv): a transposed view, BLAS reads it as is
-            vh = v[b, h // rep]
-            if vh.strides[-1] != vh.itemsize:
-                vh = np.ascontiguousarray(vh)
-            for r0 in range(0, sq, rows):
-                r1 = min(sq, r0 + rows)
-                n = r1 - r0
-                s = scores[:n]
-                np.multiply(q[b, h, r0:r1], scale, out=qs[:n])
-                gemm(qs[:n], kt, s)
-                if bias is not None:
-                    s += bias[b % bias.shape[0], h % bias.shape[1], r0:r1] if bias.shape[2] > 1 \
-                        else bias[b % bias.shape[0], h % bias.shape[1]]
-                m = s.max(axis=1, keepdims=True)
-                if bias is not None and not np.isfinite(m).all():
-                    m[~np.isfinite(m)] = 0               # fully masked row: all -inf -> zeros below
-                s -= m
-                np.exp(s, out=s)
-                l = s.sum(axis=1, keepdims=True, out=sums[:n])
-                l[l == 0] = 1
+
+    blocks = list(range(0, sq, rows))
+    local = threading.local()
+    if bias is None:
+        # No mask: shift each row by an upper bound of its scores instead of
+        # their max, m_i = |scale| |q_i| max_j |k_j| (Cauchy-Schwarz), folded
+        # into the GEMM as an extra column: [q_i*scale, -m_i] . [k_j, 1].
+        # Saves the max and subtract passes. Rows whose bound overshoots so far
+        # that their exp sums underflow (< BOUND_MIN_SUM) are redone exactly.
+        k1 = np.empty(k.shape[:3] + (d + 1,), q.dtype)
+        k1[..., :d] = k
+        k1[..., d] = 1
+        kmax = np.sqrt(np.einsum("bhjd,bhjd->bhj", k, k, dtype=np.float64).max(axis=2, initial=0.0))
+
+    def item(i):
+        bh, blk = divmod(i, len(blocks))
+        b, h = divmod(bh, hq)
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = (np.empty((rows, skv), q.dtype), np.empty((rows, 1), q.dtype),
+                               np.empty((rows, d + 1), q.dtype))
+        scores, sums, qs = buf
+        vh = v[b, h // rep]
+        r0 = blocks[blk]
+        r1 = min(sq, r0 + rows)
+        n = r1 - r0
+        s = scores[:n]
+        qb = q[b, h, r0:r1]
+        if bias is None:
+            q1 = qs[:n]
+            np.multiply(qb, scale, out=q1[:, :d])
+            bound = np.sqrt(np.einsum("id,id->i", qb, qb, dtype=np.float64)) * (abs(float(scale)) * kmax[b, h // rep])
+            q1[:, d] = -bound
+            gemm(q1, k1[b, h // rep].T, s)
+            np.exp(s, out=s)
+            l = s.sum(axis=1, keepdims=True, out=sums[:n])
+            if l.min() >= BOUND_MIN_SUM:
                 yb = y[b, h, r0:r1]
                 gemm(s, vh, yb)
                 yb /= l
+                return
+        kt = k[b, h // rep].T                      # (d, skv): a transposed view, BLAS reads it as is
+        qs = qs[:n, :d]
+        np.multiply(qb, scale, out=qs)
+        gemm(qs, kt, s)
+        if bias is not None:
+            s += bias[b % bias.shape[0], h % bias.shape[1], r0:r1] if bias.shape[2] > 1 \
+                else bias[b % bias.shape[0], h % bias.shape[1]]
+        m = s.max(axis=1, keepdims=True)
+        if bias is not None and not np.isfinite(m).all():
+            m[~np.isfinite(m)] = 0               # fully masked row: all -inf -> zeros below
+        s -= m
+        np.exp(s, out=s)
+        l = s.sum(axis=1, keepdims=True, out=sums[:n])
+        if bias is not None:
+            l[l == 0] = 1
+        yb = y[b, h, r0:r1]
+        gemm(s, vh, yb)
+        yb /= l
+
+    # (head, block of query rows) pieces, on two threads when there is enough work
+    for_each(item, bsz * hq * len(blocks), parallel=hq * sq * skv >= (1 << 17))
     if three_d:
         y = y.transpose(0, 2, 1, 3).reshape(bsz, sq, hq * dv)
     return y if y.dtype == out_dtype else y.astype(out_dtype)

@@ -6,6 +6,7 @@ the flattened trailing block; opset >= 13 normalises along the single `axis`
 """
 import numpy as np
 
+from ._parallel import for_each
 from ._util import norm_axis, op, reusable
 
 
@@ -34,7 +35,10 @@ def _softmax_rows(x, out):
     n = x.shape[-1]
     x2, o2 = x.reshape(-1, n), out.reshape(-1, n)
     rows = max(1, BLOCK_BYTES // max(1, n * x.itemsize))
-    for r0 in range(0, x2.shape[0], rows):
+    starts = range(0, x2.shape[0], rows)
+
+    def block(i):
+        r0 = starts[i]
         xb, ob = x2[r0:r0 + rows], o2[r0:r0 + rows]
         m = xb.max(axis=1, keepdims=True)
         if not np.isfinite(m).all():
@@ -45,6 +49,8 @@ def _softmax_rows(x, out):
         with np.errstate(divide="ignore", invalid="ignore"):
             np.reciprocal(s, out=s)
             ob *= s
+
+    for_each(block, len(starts))          # two threads when the setting allows
     return out
 
 
