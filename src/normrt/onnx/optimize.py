@@ -1,7 +1,9 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding ─► standard norms
-                   ─► (pattern fusions, later) ─► dead code removal ─► onnx.checker
+    load (checked) ─► inline local functions ─► constant folding
+                   ─► pattern fusions (exporters' decomposed norms, BN folding)
+                   ─► standard norms ─► activation / residual epilogues
+                   ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
 onnx.checker, can be saved, and loads back into InferenceSession.
