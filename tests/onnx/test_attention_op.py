@@ -71,3 +71,18 @@ def test_attention_with_kv_cache_falls_back():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
     sess = normrt.InferenceSession(model)
     assert sess.executor.counts()["reference"] == 1
+
+
+def test_attention_with_kv_cache_and_one_output_falls_back():
+    # past_key/past_value given but only Y asked for: still onnx.reference's node
+    node = helper.make_node("Attention", ["Q", "K", "V", "", "PK", "PV"], ["Y"])
+    shapes = {"Q": [1, 2, 3, 4], "K": [1, 2, 3, 4], "V": [1, 2, 3, 4], "PK": [1, 2, 2, 4], "PV": [1, 2, 2, 4]}
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+    outs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2, 3, 4])]
+    model = helper.make_model(helper.make_graph([node], "a", ins, outs),
+                              opset_imports=[helper.make_opsetid("", 23)])
+    sess = normrt.InferenceSession(model)
+    assert sess.executor.counts()["reference"] == 1
+    feed = {n: RNG.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    np.testing.assert_allclose(sess.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0],
+                               rtol=1e-5, atol=1e-6)

@@ -121,7 +121,8 @@ def bind_node(node, opsets, functions=()):
         except ValueError:
             attrs = None
         if attrs is not None:
-            opnode = registry.OpNode(node.name, node.op_type, domain, version, attrs, len(node.output))
+            opnode = registry.OpNode(node.name, node.op_type, domain, version, attrs, len(node.output),
+                                     tuple(bool(i) for i in node.input))
             impl = registry.lookup(opnode)
             if impl is not None:
                 return NumpyNode(node, impl, opnode, opsets, functions)

@@ -26,7 +26,8 @@ BOUND_MIN_SUM = 1e-20
 
 def _supported(node):
     a = node.attrs
-    return (node.n_outputs == 1
+    # past_key, past_value and nonpad_kv_seqlen are inputs 4-6: any of them -> onnx.reference
+    return (node.n_outputs == 1 and not any(node.present_inputs[4:])
             and int(a.get("qk_matmul_output_mode", 0)) == 0
             and float(a.get("softcap", 0.0) or 0.0) == 0.0
             and int(a.get("left_window_size", -1)) == -1 and int(a.get("right_window_size", -1)) == -1)
@@ -40,7 +41,7 @@ def _heads(x, n):
 @op("Attention", since=23, until=24, supports=_supported)
 def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
     if past_key is not None or past_value is not None or nonpad_kv_seqlen is not None:
-        raise NotImplementedError("Attention with a kv cache")  # excluded by the caller's arity check
+        raise NotImplementedError("Attention with a kv cache")  # _supported sends those elsewhere
     out_dtype = q.dtype
     if q.dtype != np.float64:
         q, k, v = (t.astype(np.float32, copy=False) for t in (q, k, v))

@@ -30,6 +30,7 @@ class OpNode:
     version: int           # the opset version in force for this node's domain
     attrs: dict = field(default_factory=dict)
     n_outputs: int = 1
+    present_inputs: tuple = ()   # per input position: whether the node gives it (not omitted)
 
 
 @dataclass(frozen=True)
