@@ -5,7 +5,7 @@ Optional buffers are None or arrays of x's dtype and the documented shape.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt
+from libc.math cimport sqrt, fabs
 
 from moments cimport (real, Moments, CHUNK, team_size, chunk_moments, chunk_sumsq,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
@@ -30,7 +30,11 @@ cdef inline void write_layer_norm(const real* h, real* y, Py_ssize_t n, Py_ssize
     cdef real mh = <real>mean
     cdef real ml = <real>(mean - <double>mh)   # 0 for float64
     cdef real fr = <real>rstd
-    if has_scale and has_bias:
+    if has_scale and has_bias and fabs(<double>ml * rstd) < 1e-9:
+        # the low part of the mean moves no output by more than 1e-9: skip it
+        for i in range(n):
+            y[i] = (h[i] - mh) * fr * scale[offset + i] + bias[offset + i]
+    elif has_scale and has_bias:
         for i in range(n):
             y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
     elif has_scale:

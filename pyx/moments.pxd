@@ -172,8 +172,8 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
 
     One pass sums x - shift and its square, the shift being the mean of the
     chunk's first LANES elements, so it sits within a fraction of a standard
-    deviation of the mean and s2 - s1^2/n loses nothing. When it does not
-    (an outlier among the first elements, |mean - shift| above 0.17 sigma),
+    deviation of the mean and s2 - s1^2/n loses at most one bit. When it does
+    not (an outlier among the first elements, |mean - shift| above sigma),
     a second pass over the L1-resident chunk computes m2 about the mean
     exactly. A constant chunk gets a mean of exactly its value and m2 = 0.
     """
@@ -196,7 +196,9 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     d = s.s1 / n
     m.count = <double>n
     m.mean = shift + d
-    if d * d * n <= 0.03 * s.s2:
+    # s2 / n = var + d^2, so d^2 <= var (s2 - s1 d then loses at most one bit
+    # of s2) reads d^2 <= s2 / (2 n)
+    if 2.0 * d * d * n <= s.s2:
         m.m2 = s.s2 - s.s1 * d
         if m.m2 < 0.0:
             m.m2 = 0.0
