@@ -18,32 +18,25 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt, NAN
 
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
-                      moments_merge, moments_empty, moments_var, n_chunks, activate,
+                      moments_merge, moments_empty, moments_var, n_chunks,
                       activate_span)
 
 
 cdef inline void write_affine(const real* x, real* y, Py_ssize_t n, double mean, double a,
                               double b, int act) noexcept nogil:
-    """y[i] = act((x[i] - mean) * a + b), a = inv_std * scale, b = bias.
+    """y[i] = act((x[i] - mean) * a + b), a = inv_std * scale, b = bias, in x's precision.
 
-    float32 works in float32 with the mean split in two floats (x - mean_hi is
-    exact near the mean) and vectorized activations; float64 in float64.
+    float32 splits the mean in two floats (x - mean_hi is exact near the
+    mean), so large offsets cost no digits; a constant group gives exactly b.
     """
     cdef Py_ssize_t i
-    cdef float mh = <float>mean
-    cdef float ml = <float>(mean - <double>mh)
-    cdef float fa = <float>a, fb = <float>b
-    if real is float:
-        for i in range(n):
-            y[i] = ((x[i] - mh) - ml) * fa + fb
-        activate_span(y, n, act)
-        return
-    if act == ACT_NONE:
-        for i in range(n):
-            y[i] = <real>((<double>x[i] - mean) * a + b)
-        return
+    cdef real mh = <real>mean
+    cdef real ml = <real>(mean - <double>mh)   # 0 for float64
+    cdef real fa = <real>a
+    cdef real fb = <real>b
     for i in range(n):
-        y[i] = <real>activate((<double>x[i] - mean) * a + b, act)
+        y[i] = ((x[i] - mh) - ml) * fa + fb
+    activate_span(y, n, act)
 
 
 cdef inline void write_segments(const real* x, real* y, Py_ssize_t start, Py_ssize_t stop,
