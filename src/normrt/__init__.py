@@ -17,6 +17,7 @@ from .api.moments import moments, mean_variance_norm
 from .api.lp_norm import lp_norm
 from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
+from .api.activations import activate, erf
 from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
 
 __version__ = "0.1.0"

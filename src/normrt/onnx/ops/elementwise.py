@@ -7,6 +7,7 @@ opset 1's `consumed_inputs` is a memory hint without semantic effect.
 """
 import numpy as np
 
+from ...api import activations as _activations
 from ._parallel import ELEMENTWISE_MIN, ufunc
 from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op, reusable
 
@@ -159,6 +160,8 @@ _unary("Not", np.logical_not, since=1)
 
 
 def erf_array(x):
+    if x.dtype in (np.float32, np.float64):
+        return _activations.erf(x)
     if _scipy_erf is not None and x.dtype.kind == "f":
         return _scipy_erf(x)
     from math import erf

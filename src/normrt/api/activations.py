@@ -1,0 +1,30 @@
+"""Elementwise erf and activations on the kernels (for graphs whose activations
+stand alone; after a normalization they are fused into the norm's own pass)."""
+import numpy as np
+
+from .. import _checks as chk
+from .._kernels import activations as _k
+from .._threads import get_num_threads
+
+
+def _flat(x, out):
+    x = chk.tensor(x, "x")
+    y = chk.output(out, x.shape, x.dtype, x)
+    return x, y
+
+
+def erf(x, *, out=None):
+    """The error function, elementwise (float32: polynomial, ~3e-7 relative error)."""
+    x, y = _flat(x, out)
+    if x.size:
+        _k.erf(x.reshape(-1), y.reshape(-1), get_num_threads())
+    return y
+
+
+def activate(x, activation, *, out=None):
+    """One of "relu", "silu", "gelu" (erf form), "sigmoid", elementwise."""
+    act = chk.activation(activation)
+    x, y = _flat(x, out)
+    if x.size:
+        _k.activation(x.reshape(-1), y.reshape(-1), act, get_num_threads())
+    return y
