@@ -14,6 +14,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .._graph import canonical_domain, decode_attributes
+from ._match import other_input  # noqa: F401 - re-exported for the passes using _chain
 
 KERNEL_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
 
@@ -93,16 +94,6 @@ def scalar(ctx, name, max_rank):
     if v is None or v.size != 1 or v.ndim > max_rank or v.dtype.kind not in "fiu":
         return None
     return float(v.reshape(-1)[0])
-
-
-def other_input(node, name):
-    """The operand of a binary node that is not `name` (None if both or neither are)."""
-    a, b = node.input[0], node.input[1]
-    if a == name and b != name:
-        return b
-    if b == name and a != name:
-        return a
-    return None
 
 
 def reduce_axes(ctx, node, rank):
