@@ -307,7 +307,8 @@ cdef inline float exp_f(float x) noexcept nogil:
     p = p * r + <float>5.0000001201e-1
     p = p * z + r + <float>1.0
     b.i = (<int>n + 127) << 23
-    return p * b.f
+    p = p * b.f
+    return <float>0.0 if x < <float>-87.3365447504019 else p   # exp(-inf) = 0; NaN stays NaN
 
 
 cdef inline float erfc_f(float x) noexcept nogil:

@@ -18,6 +18,7 @@ from .api.lp_norm import lp_norm
 from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
 from .api.activations import activate, erf
+from .api.softmax import softmax
 from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Attention-23/24 (numpy + BLAS): softmax(Q K^T * scale + bias) V, one block of query rows at a time.
+"""Attention-23/24 (BLAS + the softmax kernel): softmax(Q K^T * scale + bias) V, a block of query rows at a time.
 
 The (rows, kv) score block of one head stays in cache between its GEMM, the
 softmax and the GEMM with V, instead of materialising the (B, H, Sq, Skv)
@@ -14,14 +14,13 @@ import threading
 
 import numpy as np
 
+from ...api.softmax import softmax
 from ._blas import gemm
 from ._parallel import for_each
 from ._util import op
 
 # bytes of one block of scores (query rows x kv): about an L2 cache
 BLOCK_BYTES = 512 << 10
-# rows of exp(scores - bound) summing to less than this are redone with the exact max
-BOUND_MIN_SUM = 1e-20
 
 
 def _supported(node):
@@ -71,62 +70,28 @@ def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, non
 
     blocks = list(range(0, sq, rows))
     local = threading.local()
-    if bias is None:
-        # No mask: shift each row by an upper bound of its scores instead of
-        # their max, m_i = |scale| |q_i| max_j |k_j| (Cauchy-Schwarz), folded
-        # into the GEMM as an extra column: [q_i*scale, -m_i] . [k_j, 1].
-        # Saves the max and subtract passes. Rows whose bound overshoots so far
-        # that their exp sums underflow (< BOUND_MIN_SUM) are redone exactly.
-        k1 = np.empty(k.shape[:3] + (d + 1,), q.dtype)
-        k1[..., :d] = k
-        k1[..., d] = 1
-        kmax = np.sqrt(np.einsum("bhjd,bhjd->bhj", k, k, dtype=np.float64).max(axis=2, initial=0.0))
 
     def item(i):
         bh, blk = divmod(i, len(blocks))
         b, h = divmod(bh, hq)
         buf = getattr(local, "buf", None)
         if buf is None:
-            buf = local.buf = (np.empty((rows, skv), q.dtype), np.empty((rows, 1), q.dtype),
-                               np.empty((rows, d + 1), q.dtype))
-        scores, sums, qs = buf
-        vh = v[b, h // rep]
+            buf = local.buf = (np.empty((rows, skv), q.dtype), np.empty((rows, d), q.dtype))
+        scores, qs = buf
         r0 = blocks[blk]
         r1 = min(sq, r0 + rows)
         n = r1 - r0
         s = scores[:n]
-        qb = q[b, h, r0:r1]
-        if bias is None:
-            q1 = qs[:n]
-            np.multiply(qb, scale, out=q1[:, :d])
-            bound = np.sqrt(np.einsum("id,id->i", qb, qb, dtype=np.float64)) * (abs(float(scale)) * kmax[b, h // rep])
-            q1[:, d] = -bound
-            gemm(q1, k1[b, h // rep].T, s)
-            np.exp(s, out=s)
-            l = s.sum(axis=1, keepdims=True, out=sums[:n])
-            if l.min() >= BOUND_MIN_SUM:
-                yb = y[b, h, r0:r1]
-                gemm(s, vh, yb)
-                yb /= l
-                return
-        kt = k[b, h // rep].T                      # (d, skv): a transposed view, BLAS reads it as is
-        qs = qs[:n, :d]
-        np.multiply(qb, scale, out=qs)
-        gemm(qs, kt, s)
+        qs = qs[:n]
+        np.multiply(q[b, h, r0:r1], scale, out=qs)
+        gemm(qs, k[b, h // rep].T, s)              # a transposed view: BLAS reads it as is
         if bias is not None:
             s += bias[b % bias.shape[0], h % bias.shape[1], r0:r1] if bias.shape[2] > 1 \
                 else bias[b % bias.shape[0], h % bias.shape[1]]
-        m = s.max(axis=1, keepdims=True)
-        if bias is not None and not np.isfinite(m).all():
-            m[~np.isfinite(m)] = 0               # fully masked row: all -inf -> zeros below
-        s -= m
-        np.exp(s, out=s)
-        l = s.sum(axis=1, keepdims=True, out=sums[:n])
-        if bias is not None:
-            l[l == 0] = 1
-        yb = y[b, h, r0:r1]
-        gemm(s, vh, yb)
-        yb /= l
+        # the kernel releases the GIL: the pieces below run side by side;
+        # a fully masked query row attends to nothing (zeros)
+        softmax(s, out=s, masked_rows="zero")
+        gemm(s, v[b, h // rep], y[b, h, r0:r1])
 
     # (head, block of query rows) pieces, on two threads when there is enough work
     for_each(item, bsz * hq * len(blocks), parallel=hq * sq * skv >= (1 << 17))

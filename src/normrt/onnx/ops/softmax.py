@@ -6,7 +6,7 @@ the flattened trailing block; opset >= 13 normalises along the single `axis`
 """
 import numpy as np
 
-from ._parallel import for_each
+from ...api import softmax as _softmax
 from ._util import norm_axis, op, reusable
 
 
@@ -25,44 +25,19 @@ def _shifted(x, axes, out=None):
     return np.subtract(x, m, out=out)
 
 
-# Rows of a big last-axis softmax are done this many bytes at a time, so the
-# max/exp/sum/scale passes run in cache (attention scores: 1024 x 1024 per head).
-BLOCK_BYTES = 256 << 10
-
-
-def _softmax_rows(x, out):
-    """Softmax over the last axis of C-contiguous float x, in blocks of rows, into out."""
-    n = x.shape[-1]
-    x2, o2 = x.reshape(-1, n), out.reshape(-1, n)
-    rows = max(1, BLOCK_BYTES // max(1, n * x.itemsize))
-    starts = range(0, x2.shape[0], rows)
-
-    def block(i):
-        r0 = starts[i]
-        xb, ob = x2[r0:r0 + rows], o2[r0:r0 + rows]
-        m = xb.max(axis=1, keepdims=True)
-        if not np.isfinite(m).all():
-            m = np.where(np.isfinite(m), m, 0).astype(x.dtype, copy=False)
-        np.subtract(xb, m, out=ob)
-        np.exp(ob, out=ob)
-        s = ob.sum(axis=1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.reciprocal(s, out=s)
-            ob *= s
-
-    for_each(block, len(starts))          # two threads when the setting allows
-    return out
-
-
 @op("Softmax", since=1, inplace=True)
 def softmax(node, x, dead=()):
     if x.ndim == 0:
         return np.ones_like(x)
     axes = _softmax_axes(node, x)
-    if (axes == (x.ndim - 1,) and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
-            and x.nbytes > 2 * BLOCK_BYTES):
+    if x.dtype in (np.float32, np.float64) and axes[-1] == x.ndim - 1:
+        # the trailing block is one axis (or flattened, opset < 13): kernel rows
         out = reusable(dead, 0, x)
-        return _softmax_rows(x, np.empty_like(x) if out is None else out)
+        if out is not None and not out.flags.c_contiguous:
+            out = None   # a reshape of it would be a copy
+        rows = x.reshape(-1, int(np.prod(x.shape[axes[0]:])))
+        y = _softmax.softmax(rows, out=None if out is None else out.reshape(rows.shape))
+        return y.reshape(x.shape)
     e = _shifted(x, axes, reusable(dead, 0, x) if x.dtype.kind == "f" else None)
     np.exp(e, out=e)
     s = e.sum(axis=axes, keepdims=True)
