@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+import normrt
 import normrt.onnx.ops  # noqa: F401  (registers the ops)
 from normrt.onnx.ops.registry import OpNode, lookup
 
@@ -1015,3 +1016,17 @@ def test_every_op_module_imports_and_registers():
 def test_scalar_outputs_are_arrays():
     out = run_ours("Add", [np.array(1.0, np.float32), np.array(2.0, np.float32)], {}, 14, 1)[0]
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ()
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_space_to_depth_modes(mode):
+    # opset 28 added `mode`; CRD keeps each input channel's block offsets together
+    x = np.arange(2 * 3 * 4 * 6, dtype=np.float32).reshape(2, 3, 4, 6)
+    node = helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode=mode)
+    graph = helper.make_graph([node], "s2d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 12, 2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 28)])
+    (got,) = normrt.InferenceSession(model).run(None, {"x": x})
+    t = x.reshape(2, 3, 2, 2, 3, 2)
+    want = (t.transpose(0, 1, 3, 5, 2, 4) if mode == "CRD" else t.transpose(0, 3, 5, 1, 2, 4)).reshape(2, 12, 2, 3)
+    np.testing.assert_array_equal(got, want)

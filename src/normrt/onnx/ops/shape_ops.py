@@ -58,7 +58,12 @@ def depth_to_space(node, x):
 def space_to_depth(node, x):
     b = int(node.attrs["blocksize"])
     n, c, h, w = x.shape
-    t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    t = x.reshape(n, c, h // b, b, w // b, b)
+    # DCR (the only mode before opset 28): block offsets outermost; CRD: channels outermost
+    if attr_str(node, "mode", "DCR") == "CRD":
+        t = t.transpose(0, 1, 3, 5, 2, 4)
+    else:
+        t = t.transpose(0, 3, 5, 1, 2, 4)
     return t.reshape(n, c * b * b, h // b, w // b)
 
 
