@@ -393,3 +393,17 @@ def test_property_batch_norm(x, act):
     var = np.linspace(0.5, 30, C)
     y = normrt.batch_norm(x, scale, bias, mean, var, activation=act)
     np.testing.assert_allclose(y, ref_batch_norm(x, scale, bias, mean, var, act=act), **tol(x.dtype))
+
+
+def test_batch_norm_stats_in_float64_for_float32_input():
+    x = (1e4 + np.random.default_rng(5).standard_normal((8, 3, 10, 10))).astype(np.float32)
+    mean, var = normrt.batch_norm_stats(x, dtype=np.float64)
+    assert mean.dtype == var.dtype == np.float64
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(mean, xd.mean(axis=(0, 2, 3)), rtol=1e-14)
+    np.testing.assert_allclose(var, xd.var(axis=(0, 2, 3)), rtol=1e-7)   # float32 lanes per block
+    y = normrt.batch_norm(x, np.ones(3), np.zeros(3), mean, var, eps=1e-5)
+    ref = (xd - xd.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(xd.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    assert np.abs(y - ref).max() <= 1e-5
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        normrt.batch_norm_stats(x, dtype=np.int32)

@@ -59,8 +59,9 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     return y
 
 
-def batch_norm_stats(x):
-    """Per-channel batch statistics: (mean, var), each of shape (C,) in x's dtype.
+def batch_norm_stats(x, *, dtype=None):
+    """Per-channel batch statistics: (mean, var), each of shape (C,) in x's dtype
+    (or `dtype`: float64 keeps the statistics' own precision for float32 x).
 
     Mean and population variance over every axis but 1 (N and spatial), as
     BatchNormalization computes in training mode; float64 two-pass chunk
@@ -68,8 +69,11 @@ def batch_norm_stats(x):
     A channel with no elements (N or a spatial size 0) gives NaN.
     """
     x = chk.tensor(x, "x", min_rank=2)
+    dt = x.dtype if dtype is None else np.dtype(dtype)
+    if dt not in chk.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
     mean, var = channel_moments(x.reshape(_view(x)))
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return mean.astype(dt), var.astype(dt)
 
 
 def spade(x, gamma, beta, *, mean=None, var=None, eps=1e-5, out=None):

@@ -26,7 +26,7 @@ def _batch_norm(attrs, n_out, x, scale, bias, mean, var):
     eps = attrs.get("epsilon", 1e-5)
     if not attrs.get("training_mode", 0):
         return (nr.batch_norm(x, scale, bias, mean, var, eps=eps, activation=_act(attrs)),)
-    batch_mean, batch_var = nr.batch_norm_stats(x)
+    batch_mean, batch_var = nr.batch_norm_stats(x, dtype=np.float64)   # no float32 rounding of the mean
     y = nr.batch_norm(x, scale, bias, batch_mean, batch_var, eps=eps, activation=_act(attrs))
     if n_out == 1:
         return (y,)
