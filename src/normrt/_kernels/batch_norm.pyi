@@ -1,0 +1,26 @@
+"""Type stub for the compiled channel kernels (pyx/batch_norm.pyx): x viewed as
+(R1, K, R2), K channels. Called by normrt.api.batch_norm / normrt.api.moments;
+arguments are trusted."""
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.floating]
+F64 = npt.NDArray[np.float64]
+
+def strided_moments(
+    x: Array,            # IN  (R1, K, R2)
+    mean_out: F64,       # OUT (K,) mean over (R1, R2)
+    var_out: F64,        # OUT (K,) population variance over (R1, R2)
+    n_threads: int,
+) -> None: ...
+def channel_affine(
+    x: Array,            # IN  (R1, K, R2)
+    center: F64,         # IN  (K,) subtracted from x
+    scale: F64,          # IN  (K,) multiplies x - center
+    shift: F64,          # IN  (K,) added after scaling
+    gamma: Array,        # IN  (R1*K*R2,) SPADE modulation, or (0,)
+    beta: Array,         # IN  (R1*K*R2,) SPADE shift, or (0,)
+    out: Array,          # OUT (R1, K, R2); may alias x
+    act: int,
+    n_threads: int,
+) -> None: ...
