@@ -14,9 +14,10 @@ Speed (see also ops/_blas.py, ops/_parallel.py):
 * in place: from the plan, each numpy node that supports it is told which of
   its inputs die with it (plan.overwritable_inputs, with view/alias tracking)
   and may write its result there (Relu, Add, Mul, Sigmoid, Softmax...);
-* threads: normrt kernels on small tensors (< KERNEL_MT_MIN elements) run on
-  one thread - a second OpenMP thread costs more than it saves there, in a
-  graph whose BLAS and other ops share the cores;
+* threads: memory-bound normrt kernels (the norms) on small tensors
+  (< KERNEL_MT_MIN elements) run on one thread - a second OpenMP thread costs
+  more than it saves there, in a graph whose other ops share the cores;
+  compute-bound ones (kernels.COMPUTE_BOUND) choose from their flops;
 * `run(..., timings=)` times each node for InferenceSession.profile.
 No output buffers are cached across runs: after the first run glibc serves
 the same-sized allocations without page faults (measured: 0 minor faults per
@@ -222,7 +223,7 @@ class Executor:
         self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)
                       for node, release in zip(self.plan.nodes, self.plan.release_after)]
         for step in self.steps:
-            if step.kind == "kernel":
+            if step.kind == "kernel" and step.run.memory_bound:
                 step.run = _SmallKernelsSingleThreaded(step.run)
         if any(s.node.op_type in _GEMM_OPS and s.kind == "numpy" for s in self.steps):
             from .ops import _blas

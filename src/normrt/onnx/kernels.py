@@ -108,6 +108,11 @@ CALLS = {
 }
 
 
+# Ops whose kernels pick their own thread count from the work (flops), not
+# from the input's size: the executor must not force small inputs onto one thread.
+COMPUTE_BOUND = frozenset(("Conv", "MatMul", "Attention"))
+
+
 class KernelNode:
     """A normrt-domain node bound to its kernel call."""
 
@@ -133,6 +138,7 @@ class KernelNode:
             raise ModelError(f"normrt {node.op_type} node {node.name!r} lacks attribute(s) {missing}")
         self.n_out = len(node.output)
         self.out_positions = [i for i, o in enumerate(node.output) if o]
+        self.memory_bound = node.op_type not in COMPUTE_BOUND
 
     def __call__(self, args, values):
         res = self.call(self.attrs, self.n_out, *args)

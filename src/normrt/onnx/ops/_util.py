@@ -96,7 +96,8 @@ def ints_of(arr):
     """A 1-D int tensor (shape/axes/pads input) as a list of Python ints."""
     if arr is None:
         return None
-    return [int(i) for i in np.asarray(arr).reshape(-1)]
+    return np.asarray(arr).reshape(-1).tolist() if getattr(arr, "dtype", None) is not None and arr.dtype.kind in "iu" \
+        else [int(i) for i in np.asarray(arr).reshape(-1)]
 
 
 def is_float(x):

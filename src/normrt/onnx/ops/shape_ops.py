@@ -6,6 +6,8 @@ Reshape/Flatten/Squeeze/Unsqueeze/Slice/Identity-like results may be views
 of their input (never written to here); Transpose and Expand return fresh
 contiguous arrays.
 """
+import math
+
 import numpy as np
 
 from ._util import attr_ints, attr_str, ints_of, norm_axis, op
@@ -18,8 +20,8 @@ def reshape_target(in_shape, shape, allowzero=False):
         shape = [in_shape[i] if d == 0 else d for i, d in enumerate(shape)]
     if -1 in shape:
         i = shape.index(-1)
-        known = int(np.prod([d for j, d in enumerate(shape) if j != i]))
-        total = int(np.prod(in_shape))
+        known = math.prod(d for j, d in enumerate(shape) if j != i)
+        total = math.prod(in_shape)
         shape[i] = total // known if known else 0
     return tuple(shape)
 
@@ -39,7 +41,7 @@ def flatten(node, x):
     axis = int(node.attrs.get("axis", 1))
     if axis < 0:
         axis += x.ndim
-    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 # ------------------------------------------------------ DepthToSpace/Space..
