@@ -19,6 +19,7 @@ from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
 from .api.activations import activate, erf
 from .api.softmax import softmax
+from .api.attention import attention
 from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
 
 __version__ = "0.1.0"

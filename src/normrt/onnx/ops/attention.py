@@ -1,7 +1,9 @@
-"""Attention-23/24 (BLAS + the softmax kernel): softmax(Q K^T * scale + bias) V, a block of query rows at a time.
+"""Attention-23/24: softmax(Q K^T * scale + bias) V.
 
-The (rows, kv) score block of one head stays in cache between its GEMM, the
-softmax and the GEMM with V, instead of materialising the (B, H, Sq, Skv)
+float32 runs the fused kernel (normrt.attention: online softmax over key
+blocks). float64 runs BLAS + the softmax kernel a block of query rows at a
+time: the (rows, kv) score block of one head stays in cache between its GEMM,
+the softmax and the GEMM with V, instead of materialising the (B, H, Sq, Skv)
 scores in memory (UNet/VAE self-attention over 32x32 pixels: 1024x1024 per head).
 
 Handled: 3-D inputs (with q_num_heads/kv_num_heads) and 4-D, grouped-query
@@ -14,6 +16,7 @@ import threading
 
 import numpy as np
 
+from ...api.attention import attention as fused_attention
 from ...api.softmax import softmax
 from ._blas import gemm
 from ._parallel import for_each
@@ -55,6 +58,16 @@ def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, non
     t = q.dtype.type
     scale = node.attrs.get("scale")
     scale = t(1.0 / np.sqrt(d)) if scale is None else t(scale)
+    if q.dtype == np.float32:
+        bias = None
+        if attn_mask is not None:
+            bias = np.where(attn_mask, t(0), t(-np.inf)) if attn_mask.dtype == np.bool_ \
+                else attn_mask.astype(np.float32, copy=False)
+        y = fused_attention(q, k, v, scale=float(scale), bias=bias,
+                            is_causal=bool(int(node.attrs.get("is_causal", 0))))
+        if three_d:
+            y = y.transpose(0, 2, 1, 3).reshape(bsz, sq, hq * dv)
+        return y if y.dtype == out_dtype else y.astype(out_dtype)
     bias = None
     if attn_mask is not None:
         if attn_mask.dtype == np.bool_:
