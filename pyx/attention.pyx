@@ -250,7 +250,11 @@ cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
         for j in range(SUM_LANES):
             mx = lanes[j] if lanes[j] > mx else mx
         if mx == -INFINITY:
-            # nothing visible yet in this row: no weight from this block
+            # nothing visible yet in this row: no weight from this block; a NaN
+            # score (not seen by the max) still poisons the row, as in softmax
+            for c in range(nk):
+                if row[c] != row[c]:
+                    l[r] = row[c]
             for c in range(KB):
                 row[c] = 0
             continue
@@ -359,7 +363,7 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
                 j0 = j0 + KB
             for r in range(nr):
                 # a row that saw no key (fully masked) attends to nothing: zeros
-                inv = 1 / l[r] if l[r] > 0 else 0
+                inv = 1 / l[r] if l[r] != 0 else 0
                 for c in range(Dv):
                     out[b, h, i0 + r, c] = o[r * Dv + c] * inv
     finally:

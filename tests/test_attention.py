@@ -1,0 +1,176 @@
+"""normrt.attention (the fused float32 kernel and the float64 path) against a float64 reference."""
+import numpy as np
+import pytest
+
+import normrt
+
+rng = np.random.default_rng(23)
+
+
+def ref(q, k, v, scale=None, bias=None, causal=False):
+    """Dense float64 softmax(q k^T * scale + bias) v; a query seeing no key gives zeros."""
+    q, k, v = (t.astype(np.float64) for t in (q, k, v))
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    rep = Hq // Hkv
+    k = np.repeat(k, rep, axis=1)
+    v = np.repeat(v, rep, axis=1)
+    scale = 1.0 / np.sqrt(D) if scale is None else scale
+    s = np.einsum("bhid,bhjd->bhij", q, k) * scale
+    if bias is not None:
+        s = s + bias.astype(np.float64)
+    if causal:
+        s = np.where(np.arange(Skv)[None, :] <= np.arange(Sq)[:, None], s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    dead = ~np.isfinite(m)
+    e = np.exp(s - np.where(dead, 0.0, m))
+    p = e / np.where(dead, 1.0, e.sum(axis=-1, keepdims=True))
+    return np.einsum("bhij,bhjd->bhid", p, v)
+
+
+def qkv(B, Hq, Hkv, Sq, Skv, D, Dv, dtype=np.float32, magnitude=1.0):
+    return ((rng.standard_normal((B, Hq, Sq, D)) * magnitude).astype(dtype),
+            (rng.standard_normal((B, Hkv, Skv, D)) * magnitude).astype(dtype),
+            rng.standard_normal((B, Hkv, Skv, Dv)).astype(dtype))
+
+
+SHAPES = [  # B, Hq, Hkv, Sq, Skv, D, Dv
+    (1, 1, 1, 1, 1, 1, 1),
+    (1, 1, 1, 64, 64, 16, 16),          # exactly one block each way
+    (2, 3, 3, 65, 129, 8, 8),           # one row / one key past a block
+    (1, 2, 2, 130, 200, 40, 40),        # 4-row and single-row micro-kernel tails
+    (2, 4, 2, 17, 33, 16, 8),           # grouped-query heads, Dv != D
+    (1, 6, 2, 70, 90, 7, 33),           # odd head dims, Dv past two vectors
+    (1, 1, 1, 5, 300, 64, 72),          # Dv = 72: a full 32-column pass, then a tail
+    (1, 2, 1, 300, 5, 3, 17),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_reference(shape, causal):
+    q, k, v = qkv(*shape)
+    y = normrt.attention(q, k, v, is_causal=causal)
+    assert y.dtype == np.float32 and y.shape == shape[:2] + (shape[3], shape[6])
+    np.testing.assert_allclose(y, ref(q, k, v, causal=causal), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("bias_shape", [(33,), (17, 33), (4, 1, 33), (2, 1, 17, 33), (2, 4, 17, 33), (1, 4, 1, 1)])
+def test_additive_bias_broadcasts(bias_shape):
+    q, k, v = qkv(2, 4, 2, 17, 33, 16, 8)
+    bias = rng.standard_normal(bias_shape).astype(np.float32) * 3
+    y = normrt.attention(q, k, v, bias=bias, scale=0.4)
+    np.testing.assert_allclose(y, ref(q, k, v, 0.4, bias), rtol=2e-5, atol=2e-6)
+
+
+def test_minus_inf_masks_and_fully_masked_rows_give_zeros():
+    q, k, v = qkv(1, 2, 2, 70, 150, 16, 16)
+    bias = np.where(rng.random((70, 150)) > 0.6, 0.0, -np.inf).astype(np.float32)
+    bias[3] = -np.inf                       # row 3 sees nothing
+    bias[5, :140] = -np.inf                 # row 5 sees only keys of the last (partial) block
+    bias[6, 64:] = -np.inf                  # row 6 sees only the first block
+    y = normrt.attention(q, k, v, bias=bias)
+    assert (y[:, :, 3] == 0).all()
+    np.testing.assert_allclose(y, ref(q, k, v, bias=bias), rtol=2e-5, atol=2e-6)
+    # causal on top of a mask: row 0 sees key 0 only, which the mask removes
+    bias2 = np.zeros((70, 150), np.float32)
+    bias2[0, 0] = -np.inf
+    y = normrt.attention(q, k, v, bias=bias2, is_causal=True)
+    assert (y[:, :, 0] == 0).all()
+    np.testing.assert_allclose(y, ref(q, k, v, bias=bias2, causal=True), rtol=2e-5, atol=2e-6)
+
+
+def test_causal_with_more_queries_than_keys():
+    # top-left alignment: queries past the last key see every key
+    q, k, v = qkv(1, 1, 1, 100, 40, 8, 8)
+    np.testing.assert_allclose(normrt.attention(q, k, v, is_causal=True), ref(q, k, v, causal=True),
+                               rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e-3, 10.0, 60.0])
+def test_large_and_small_scores(magnitude):
+    # large scores: the running max jumps from block to block (rescaling), exp underflows
+    q, k, v = qkv(1, 2, 2, 80, 300, 16, 16, magnitude=magnitude)
+    y = normrt.attention(q, k, v)
+    assert np.isfinite(y).all()
+    # float32 scores carry an error of ~eps * |score|, which exp turns into a relative one
+    tol = 2e-5 + 5e-6 * magnitude ** 2
+    np.testing.assert_allclose(y, ref(q, k, v), rtol=tol, atol=tol)
+
+
+def test_empty_key_sequence_gives_zeros():
+    q, k, v = qkv(1, 2, 2, 5, 0, 8, 4)
+    y = normrt.attention(q, k, v)
+    assert y.shape == (1, 2, 5, 4) and (y == 0).all()
+    assert normrt.attention(*qkv(1, 2, 2, 0, 5, 8, 4)).shape == (1, 2, 0, 4)
+
+
+def test_nan_stays_in_its_row():
+    q, k, v = qkv(1, 1, 1, 10, 20, 8, 8)
+    q[0, 0, 4, 2] = np.nan
+    y = normrt.attention(q, k, v)
+    assert np.isnan(y[0, 0, 4]).all()
+    rows = [i for i in range(10) if i != 4]
+    np.testing.assert_allclose(y[0, 0, rows], ref(q, k, v)[0, 0, rows], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_float64_path(causal):
+    q, k, v = qkv(2, 4, 2, 17, 33, 16, 8, dtype=np.float64)
+    bias = np.where(rng.random((17, 33)) > 0.3, 0.0, -np.inf)
+    bias[2] = -np.inf
+    y = normrt.attention(q, k, v, bias=bias, is_causal=causal)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, ref(q, k, v, bias=bias, causal=causal), rtol=1e-12, atol=1e-14)
+
+
+def test_out_buffer():
+    q, k, v = qkv(1, 2, 2, 30, 40, 8, 8)
+    out = np.empty((1, 2, 30, 8), np.float32)
+    assert normrt.attention(q, k, v, out=out) is out
+    np.testing.assert_array_equal(out, normrt.attention(q, k, v))
+
+
+@pytest.mark.parametrize("shape,causal", [((1, 8, 8, 300, 333, 16, 16), False),
+                                          ((2, 4, 2, 257, 200, 40, 24), True)])
+def test_same_bits_for_any_thread_count(shape, causal):
+    q, k, v = qkv(*shape)
+    bias = rng.standard_normal(shape[3:5]).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            outs.append(normrt.attention(q, k, v, bias=bias, is_causal=causal))
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_bad_input():
+    q, k, v = qkv(1, 4, 2, 5, 6, 8, 3)
+    with pytest.raises(TypeError, match="q must be a float32 or float64"):
+        normrt.attention(q.astype(np.int32), k, v)
+    with pytest.raises(ValueError, match="k must have rank 4"):
+        normrt.attention(q, k[0], v)
+    with pytest.raises(TypeError, match="v must have q's dtype float32"):
+        normrt.attention(q, k, v.astype(np.float64))
+    with pytest.raises(ValueError, match=r"k must have shape \(1, Hkv, Skv, 8\)"):
+        normrt.attention(q, k[..., :4], v)
+    with pytest.raises(ValueError, match="v must have shape"):
+        normrt.attention(q, k, v[:, :, :5])
+    with pytest.raises(ValueError, match="multiple of k's"):
+        normrt.attention(q[:, :3], k, v)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        normrt.attention(q, k, v, scale=float("nan"))
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        normrt.attention(q, k, v, scale="1")
+    with pytest.raises(TypeError, match="is_causal must be a bool"):
+        normrt.attention(q, k, v, is_causal=1)
+    with pytest.raises(ValueError, match="bias must broadcast to"):
+        normrt.attention(q, k, v, bias=np.zeros((5, 7), np.float32))
+    with pytest.raises(ValueError, match="bias must broadcast to"):
+        normrt.attention(q, k, v, bias=np.zeros((1, 1, 1, 5, 6), np.float32))
+    with pytest.raises(TypeError, match="bias must be a float array"):
+        normrt.attention(q, k, v, bias=np.ones((5, 6), bool))
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 4, 5, 3\)"):
+        normrt.attention(q, k, v, out=np.empty((1, 4, 5, 8), np.float32))
+    with pytest.raises(ValueError, match="out must not overlap v"):
+        vv = np.zeros((1, 4, 5, 3), np.float32)
+        normrt.attention(q, k[:, :, :5], vv[:, :2], out=vv)
