@@ -19,6 +19,8 @@ from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
 from .api.activations import activate, erf
 from .api.softmax import softmax
+from .api.gemm import matmul, pack_matmul_weight, PackedMatmulWeight
+from .api.conv import conv2d, pack_conv_weight, PackedConvWeight
 from .api.attention import attention
 from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
 

@@ -1,0 +1,667 @@
+"""Packed float32 GEMM and the 2-D convolution on top of it.
+
+C[M, N] = act(A[M, K] @ B[K, N] + bias + residual), BLIS style: B is packed
+into K-blocked column panels of NR floats, A into row panels of MR floats, and
+a register-blocked MR x NR micro-kernel (C below, vector extensions) runs over
+the panels. A constant operand (conv weights: A; a MatMul weight: B) is packed
+once by pack_a / pack_b and passed back on every call.
+
+The convolution is C = W (M x C*kh*kw) @ im2col(x[n]) with the B panels packed
+straight from the image (implicit im2col: stride, padding and dilation are
+applied while packing, padding written as zeros), one image and group at a time.
+
+Determinism: every output element is one micro-kernel lane whose K sum runs
+k = 0..K-1 in order, in fixed KC blocks added to C in order; threads only
+split M/N panel ranges. So results never depend on the thread count.
+
+Python (normrt.api.gemm / normrt.api.conv) checks every argument; these
+kernels trust them (sizes are re-checked here, cheaply).
+"""
+from cython.parallel cimport parallel
+
+from omp cimport omp_get_thread_num, omp_get_num_threads
+from moments cimport activate_span
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Register block and vector type per target. Every path runs the same
+       instruction sequence for a given element whatever the thread count. */
+    #if defined(__AVX512F__)
+      #include <immintrin.h>
+      #define NRT_VW 16
+      #define NRT_MR 14
+      typedef float nrt_v __attribute__((vector_size(64)));
+      typedef float nrt_vu __attribute__((vector_size(64), aligned(4)));
+      #define NRT_FMA(a, b, c) ((nrt_v)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+      #define NRT_BCAST(s) ((nrt_v)_mm512_set1_ps(s))
+      #define NRT_ISA "avx512"
+    #elif defined(__AVX2__) && defined(__FMA__)
+      #include <immintrin.h>
+      #define NRT_VW 8
+      #define NRT_MR 6
+      typedef float nrt_v __attribute__((vector_size(32)));
+      typedef float nrt_vu __attribute__((vector_size(32), aligned(4)));
+      #define NRT_FMA(a, b, c) ((nrt_v)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+      #define NRT_BCAST(s) ((nrt_v)_mm256_set1_ps(s))
+      #define NRT_ISA "avx2"
+    #else
+      /* generic: plain multiply and add (no contraction: -ffp-contract=off) */
+      #define NRT_VW 4
+      #define NRT_MR 6
+      typedef float nrt_v __attribute__((vector_size(16)));
+      typedef float nrt_vu __attribute__((vector_size(16), aligned(4)));
+      #define NRT_FMA(a, b, c) ((a) * (b) + (c))
+      #define NRT_BCAST(s) ((nrt_v){(s), (s), (s), (s)})
+      #define NRT_ISA "generic"
+    #endif
+    #define NRT_NR (2 * NRT_VW)
+    #define NRT_FIRST 1
+    #define NRT_LAST 2
+
+    /* c[MR, NR] (row stride ldc) = (first ? 0 : c) + a_panel @ b_panel, then on
+       the last K block + bias_row[i] + bias_col[j] + res[i, j] (each optional).
+       a: kc x MR (k-major), b: kc x NR (k-major). */
+    static inline void nrt_kernel(long kc, const float* restrict a, const float* restrict b,
+                                  float* restrict c, long ldc, int flags,
+                                  const float* restrict bias_row, const float* restrict bias_col,
+                                  const float* restrict res, long ldr)
+    {
+        nrt_v acc[NRT_MR][2];
+        int i;
+        long p;
+        for (i = 0; i < NRT_MR; i++) {
+            acc[i][0] = NRT_BCAST(0.0f);
+            acc[i][1] = NRT_BCAST(0.0f);
+        }
+        #pragma GCC unroll 2
+        for (p = 0; p < kc; p++) {
+            nrt_v b0 = *(const nrt_vu*)(b + p * NRT_NR);
+            nrt_v b1 = *(const nrt_vu*)(b + p * NRT_NR + NRT_VW);
+            #pragma GCC unroll 16
+            for (i = 0; i < NRT_MR; i++) {
+                nrt_v ai = NRT_BCAST(a[p * NRT_MR + i]);
+                acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
+                acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+            }
+        }
+        #pragma GCC unroll 16
+        for (i = 0; i < NRT_MR; i++) {
+            nrt_v v0 = acc[i][0], v1 = acc[i][1];
+            float* cp = c + i * ldc;
+            if (!(flags & NRT_FIRST)) {
+                v0 = *(nrt_vu*)cp + v0;
+                v1 = *(nrt_vu*)(cp + NRT_VW) + v1;
+            }
+            if (flags & NRT_LAST) {
+                if (bias_row) {
+                    nrt_v s = NRT_BCAST(bias_row[i]);
+                    v0 = v0 + s;
+                    v1 = v1 + s;
+                }
+                if (bias_col) {
+                    v0 = v0 + *(const nrt_vu*)bias_col;
+                    v1 = v1 + *(const nrt_vu*)(bias_col + NRT_VW);
+                }
+                if (res) {
+                    v0 = v0 + *(const nrt_vu*)(res + i * ldr);
+                    v1 = v1 + *(const nrt_vu*)(res + i * ldr + NRT_VW);
+                }
+            }
+            *(nrt_vu*)cp = v0;
+            *(nrt_vu*)(cp + NRT_VW) = v1;
+        }
+    }
+    """
+    const int MR "NRT_MR"
+    const int NR "NRT_NR"
+    const int K_FIRST "NRT_FIRST"
+    const int K_LAST "NRT_LAST"
+    const char* NRT_ISA
+    void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
+                    const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
+
+from libc.string cimport memcpy, memset
+
+cdef enum:
+    KC = 256            # K block: a B micro-panel (KC x NR floats, 32 KiB) stays in L1
+    MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
+    NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
+    # below this many flops (2*M*N*K) one thread: waking a second costs more
+    PARALLEL_MIN_FLOPS = 8000000
+    MAX_JOBS_M = 8
+
+cdef enum:
+    SRC_MATRIX = 0      # row-major matrix, packed per call
+    SRC_PACKED = 1      # packed once by pack_a / pack_b
+    SRC_IMAGE = 2       # (B only) a CHW image, packed by implicit im2col
+
+
+cdef struct Problem:
+    Py_ssize_t m, n, k
+    # A: SRC_MATRIX (a, lda) or SRC_PACKED (panels of MR over all of K)
+    const float* a
+    Py_ssize_t lda
+    int a_src
+    # B: SRC_MATRIX (b, ldb), SRC_PACKED (panels of NR over all of K) or SRC_IMAGE
+    const float* b
+    Py_ssize_t ldb
+    int b_src
+    # image geometry (SRC_IMAGE): b points at channel 0 of this group
+    Py_ssize_t ih, iw, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    float* c
+    Py_ssize_t ldc
+    const float* bias      # NULL, per row (bias_axis 0) or per column (1)
+    int bias_axis
+    const float* res       # NULL or (m, n) with row stride ldc
+    int act
+
+
+def isa():
+    """The micro-kernel variant compiled in: "avx512", "avx2" or "generic"."""
+    return NRT_ISA.decode()
+
+
+def block_sizes():
+    """(MR, NR, KC): register block rows and columns, K block."""
+    return MR, NR, KC
+
+
+def packed_a_size(Py_ssize_t m, Py_ssize_t k):
+    return ((m + MR - 1) // MR) * MR * k
+
+
+def packed_b_size(Py_ssize_t k, Py_ssize_t n):
+    return ((n + NR - 1) // NR) * NR * k
+
+
+def workspace_size(int n_threads):
+    """Floats of workspace a call with n_threads needs (B block, A block, edge tiles)."""
+    return max(1, n_threads) * thread_workspace()
+
+
+cdef inline Py_ssize_t thread_workspace() noexcept nogil:
+    # + 16: each thread's slice is rounded up to a 64-byte boundary
+    return KC * NC_PANELS * NR + KC * MC_PANELS * MR + 4 * MR * NR + 2 * (MR + NR) + 16
+
+
+# ---- packing -----------------------------------------------------------------
+
+cdef void pack_a_panels(const float* a, Py_ssize_t lda, Py_ssize_t m, Py_ssize_t row0,
+                        Py_ssize_t rows, Py_ssize_t k0, Py_ssize_t kc, float* dst,
+                        Py_ssize_t panel_stride) noexcept nogil:
+    """Rows [row0, row0 + rows) (row0 a multiple of MR), columns [k0, k0 + kc) of
+    the row-major a into MR-row panels: dst[p*panel_stride + kk*MR + i]; rows at
+    or past m are zeros."""
+    cdef Py_ssize_t p, i, kk, r, npan = (rows + MR - 1) // MR
+    cdef const float* src
+    cdef float* d
+    for p in range(npan):
+        d = dst + p * panel_stride
+        for i in range(MR):
+            r = row0 + p * MR + i
+            if r < m:
+                src = a + r * lda + k0
+                for kk in range(kc):
+                    d[kk * MR + i] = src[kk]
+            else:
+                for kk in range(kc):
+                    d[kk * MR + i] = 0.0
+
+
+cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t col0,
+                        Py_ssize_t cols, Py_ssize_t k0, Py_ssize_t kc, float* dst,
+                        Py_ssize_t panel_stride) noexcept nogil:
+    """Columns [col0, col0 + cols) (col0 a multiple of NR), rows [k0, k0 + kc) of
+    the row-major b into NR-column panels: dst[p*panel_stride + kk*NR + j];
+    columns at or past n are zeros."""
+    cdef Py_ssize_t p, kk, j, c0, w, npan = (cols + NR - 1) // NR
+    cdef const float* src
+    cdef float* d
+    for p in range(npan):
+        c0 = col0 + p * NR
+        w = min(<Py_ssize_t>NR, n - c0)
+        d = dst + p * panel_stride
+        if w == NR:
+            for kk in range(kc):
+                memcpy(d + kk * NR, b + (k0 + kk) * ldb + c0, NR * sizeof(float))
+        else:
+            for kk in range(kc):
+                src = b + (k0 + kk) * ldb + c0
+                for j in range(w):
+                    d[kk * NR + j] = src[j]
+                for j in range(w, NR):
+                    d[kk * NR + j] = 0.0
+
+
+cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssize_t cols,
+                       Py_ssize_t k0, Py_ssize_t kc, float* dst,
+                       Py_ssize_t panel_stride) noexcept nogil:
+    """Implicit im2col: B[k, p] = x[c, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw]
+    (zero outside the image) for k = (c, ky, kx), p = oy*ow + ox, packed like
+    pack_b_matrix. Runs along output rows copy contiguous input spans."""
+    cdef Py_ssize_t taps = g.kh * g.kw, n = g.n
+    cdef Py_ssize_t p, kk, kidx, ci, ky, kx, hoff, woff, c0, pend, q, t, oy, ox, run, y, iw0, lo, hi, j, x_
+    cdef const float* plane
+    cdef const float* row
+    cdef float* d
+    cdef Py_ssize_t npan = (cols + NR - 1) // NR
+    for kk in range(kc):
+        kidx = k0 + kk
+        ci = kidx // taps
+        ky = (kidx - ci * taps) // g.kw
+        kx = kidx - ci * taps - ky * g.kw
+        plane = x + ci * g.ih * g.iw
+        hoff = ky * g.dh - g.ph
+        woff = kx * g.dw - g.pw
+        for p in range(npan):
+            c0 = col0 + p * NR
+            pend = min(c0 + NR, n)
+            d = dst + p * panel_stride + kk * NR
+            oy = c0 // g.ow
+            ox = c0 - oy * g.ow
+            q = c0
+            t = 0
+            while q < pend:
+                run = min(g.ow - ox, pend - q)
+                y = oy * g.sh + hoff
+                if y < 0 or y >= g.ih:
+                    memset(d + t, 0, run * sizeof(float))
+                else:
+                    row = plane + y * g.iw
+                    if g.sw == 1:
+                        iw0 = ox + woff
+                        lo = min(max(-iw0, 0), run)
+                        hi = min(max(g.iw - iw0, lo), run)
+                        if lo > 0:
+                            memset(d + t, 0, lo * sizeof(float))
+                        if hi > lo:
+                            memcpy(d + t + lo, row + iw0 + lo, (hi - lo) * sizeof(float))
+                        if run > hi:
+                            memset(d + t + hi, 0, (run - hi) * sizeof(float))
+                    else:
+                        for j in range(run):
+                            x_ = (ox + j) * g.sw + woff
+                            d[t + j] = row[x_] if 0 <= x_ < g.iw else 0.0
+                t += run
+                q += run
+                ox = 0
+                oy += 1
+            if t < NR:
+                memset(d + t, 0, (NR - t) * sizeof(float))
+
+
+def pack_a(const float[:, ::1] a,     # IN  (M, K)
+           float[::1] out):           # OUT packed_a_size(M, K)
+    """Pack a constant A (conv weights as (M, C*kh*kw)) into MR-row panels over all of K."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    if out.shape[0] != packed_a_size(m, k):
+        raise ValueError("out must have packed_a_size(M, K) floats")
+    if m == 0 or k == 0:
+        return
+    with nogil:
+        pack_a_panels(&a[0, 0], k, m, 0, m, 0, k, &out[0], MR * k)
+
+
+def pack_b(const float[:, ::1] b,     # IN  (K, N)
+           float[::1] out):           # OUT packed_b_size(K, N)
+    """Pack a constant B (a MatMul weight) into NR-column panels over all of K."""
+    cdef Py_ssize_t k = b.shape[0], n = b.shape[1]
+    if out.shape[0] != packed_b_size(k, n):
+        raise ValueError("out must have packed_b_size(K, N) floats")
+    if n == 0 or k == 0:
+        return
+    with nogil:
+        pack_b_matrix(&b[0, 0], n, n, 0, n, 0, k, &out[0], NR * k)
+
+
+# ---- the blocked product -----------------------------------------------------
+
+cdef void edge_tile(const Problem* g, const float* ap, const float* bp, Py_ssize_t kc, int flags,
+                    Py_ssize_t r0, Py_ssize_t c0, Py_ssize_t mr, Py_ssize_t nr, float* tile) noexcept nogil:
+    """A tile cut by the edge of C: the same micro-kernel on a padded copy, so edge
+    elements get exactly the arithmetic of interior ones."""
+    cdef float* t_c = tile
+    cdef float* t_res = tile + MR * NR
+    cdef float* t_brow = tile + 2 * MR * NR
+    cdef float* t_bcol = t_brow + MR
+    cdef const float* brow = NULL
+    cdef const float* bcol = NULL
+    cdef const float* res = NULL
+    cdef Py_ssize_t i, j
+    cdef float* crow
+    if not (flags & K_FIRST):
+        for i in range(mr):
+            crow = g.c + (r0 + i) * g.ldc + c0
+            for j in range(nr):
+                t_c[i * NR + j] = crow[j]
+    if flags & K_LAST:
+        if g.bias != NULL and g.bias_axis == 0:
+            for i in range(MR):
+                t_brow[i] = g.bias[r0 + i] if i < mr else 0.0
+            brow = t_brow
+        elif g.bias != NULL:
+            for j in range(NR):
+                t_bcol[j] = g.bias[c0 + j] if j < nr else 0.0
+            bcol = t_bcol
+        if g.res != NULL:
+            for i in range(mr):
+                for j in range(nr):
+                    t_res[i * NR + j] = g.res[(r0 + i) * g.ldc + c0 + j]
+            res = t_res
+    nrt_kernel(kc, ap, bp, t_c, NR, flags, brow, bcol, res, NR)
+    for i in range(mr):
+        crow = g.c + (r0 + i) * g.ldc + c0
+        for j in range(nr):
+            crow[j] = t_c[i * NR + j]
+
+
+cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0, Py_ssize_t np1,
+                  float* work) noexcept nogil:
+    """C panels [mp0, mp1) x [np0, np1) (MR x NR units), all of K."""
+    cdef float* wb = work
+    cdef float* wa = work + KC * NC_PANELS * NR
+    cdef float* tile = wa + KC * MC_PANELS * MR
+    cdef Py_ssize_t pc, kc, ic, ic1, jp, ip, r0, c0, mr, nr, i
+    cdef Py_ssize_t a_stride, b_stride
+    cdef const float* ablk
+    cdef const float* bblk
+    cdef const float* ap
+    cdef const float* bp
+    cdef const float* brow
+    cdef const float* bcol
+    cdef const float* res
+    cdef int flags
+    cdef Py_ssize_t kb
+    for kb in range((g.k + KC - 1) // KC):
+        pc = kb * KC
+        kc = min(<Py_ssize_t>KC, g.k - pc)
+        flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
+        if g.b_src == SRC_PACKED:
+            bblk = g.b + np0 * NR * g.k + pc * NR
+            b_stride = NR * g.k
+        else:
+            if g.b_src == SRC_MATRIX:
+                pack_b_matrix(g.b, g.ldb, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
+            else:
+                pack_b_image(g, g.b, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
+            bblk = wb
+            b_stride = NR * kc
+        ic = mp0
+        while ic < mp1:
+            ic1 = min(ic + MC_PANELS, mp1)
+            if g.a_src == SRC_PACKED:
+                ablk = g.a + ic * MR * g.k + pc * MR
+                a_stride = MR * g.k
+            else:
+                pack_a_panels(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
+                ablk = wa
+                a_stride = MR * kc
+            for jp in range(np0, np1):
+                bp = bblk + (jp - np0) * b_stride
+                c0 = jp * NR
+                nr = min(<Py_ssize_t>NR, g.n - c0)
+                for ip in range(ic, ic1):
+                    ap = ablk + (ip - ic) * a_stride
+                    r0 = ip * MR
+                    mr = min(<Py_ssize_t>MR, g.m - r0)
+                    if mr == MR and nr == NR:
+                        brow = NULL
+                        bcol = NULL
+                        res = NULL
+                        if flags & K_LAST:
+                            if g.bias != NULL:
+                                if g.bias_axis == 0:
+                                    brow = g.bias + r0
+                                else:
+                                    bcol = g.bias + c0
+                            if g.res != NULL:
+                                res = g.res + r0 * g.ldc + c0
+                        nrt_kernel(kc, ap, bp, g.c + r0 * g.ldc + c0, g.ldc, flags,
+                                   brow, bcol, res, g.ldc)
+                    else:
+                        edge_tile(g, ap, bp, kc, flags, r0, c0, mr, nr, tile)
+                    if (flags & K_LAST) and g.act != 0:
+                        for i in range(mr):
+                            activate_span(g.c + (r0 + i) * g.ldc + c0, nr, g.act)
+            ic = ic1
+
+
+cdef struct Split:
+    Py_ssize_t mb, nb       # job grid: M panel groups x N panel groups
+
+
+cdef inline Py_ssize_t group_size(Py_ssize_t total, Py_ssize_t groups, Py_ssize_t idx) noexcept nogil:
+    return total // groups + (1 if idx < total % groups else 0)
+
+
+cdef inline Py_ssize_t group_start(Py_ssize_t total, Py_ssize_t groups, Py_ssize_t idx) noexcept nogil:
+    return idx * (total // groups) + min(idx, total % groups)
+
+
+cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexcept nogil:
+    """The job grid for n_threads: the one whose busiest thread (round robin over
+    reps copies of the grid: images x groups) has the least estimated work,
+    counting compute on padded panels plus per-job packing. Only the speed
+    depends on it, never the result."""
+    cdef Py_ssize_t mp = (g.m + MR - 1) // MR, np_ = (g.n + NR - 1) // NR
+    cdef Py_ssize_t nb_min = (np_ + NC_PANELS - 1) // NC_PANELS if g.b_src != SRC_PACKED else 1
+    cdef Py_ssize_t mb, nb, j, jobs, t, mrows, ncols, nb_max
+    cdef double cost, worst, best = -1.0
+    cdef double load[64]
+    cdef Split s
+    s.mb = 1
+    s.nb = nb_min
+    if n_threads <= 1:
+        return s
+    if n_threads > 64:
+        n_threads = 64
+    nb_max = min(np_, max(2 * nb_min, nb_min + 2 * n_threads))
+    for mb in range(1, min(mp, <Py_ssize_t>MAX_JOBS_M) + 1):
+        for nb in range(nb_min, nb_max + 1):
+            for t in range(n_threads):
+                load[t] = 0.0
+            jobs = mb * nb * reps
+            for j in range(jobs):
+                mrows = group_size(mp, mb, (j // nb) % mb) * MR
+                ncols = group_size(np_, nb, j % nb) * NR
+                cost = mrows * ncols * <double>g.k / 32.0       # ~flops per cycle / 2
+                if g.b_src != SRC_PACKED:
+                    cost += ncols * <double>g.k * (2.0 if g.b_src == SRC_IMAGE else 0.5)
+                if g.a_src != SRC_PACKED:
+                    cost += mrows * <double>g.k
+                cost += 2000.0                                  # per-job overhead
+                load[j % n_threads] += cost
+            worst = 0.0
+            for t in range(n_threads):
+                if load[t] > worst:
+                    worst = load[t]
+            if best < 0.0 or worst < best:
+                best = worst
+                s.mb = mb
+                s.nb = nb
+    return s
+
+
+cdef inline float* thread_work(float* work, int tid) noexcept nogil:
+    cdef float* w = work + tid * thread_workspace()
+    return <float*>((<size_t>w + 63) & ~(<size_t>63))
+
+
+cdef void run_jobs(Problem* g, Split s, Py_ssize_t job0, Py_ssize_t step, float* work) noexcept nogil:
+    """Jobs job0, job0 + step, ... of one problem's grid."""
+    cdef Py_ssize_t mp = (g.m + MR - 1) // MR, np_ = (g.n + NR - 1) // NR
+    cdef Py_ssize_t j, im, in_, m0, n0
+    j = job0
+    while j < s.mb * s.nb:
+        im = j // s.nb
+        in_ = j - im * s.nb
+        m0 = group_start(mp, s.mb, im)
+        n0 = group_start(np_, s.nb, in_)
+        run_job(g, m0, m0 + group_size(mp, s.mb, im), n0, n0 + group_size(np_, s.nb, in_), work)
+        j += step
+
+
+cdef inline int team(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t reps, int n_threads) noexcept nogil:
+    if 2.0 * m * n * <double>k * reps < PARALLEL_MIN_FLOPS:
+        return 1
+    return max(1, min(n_threads, 64))
+
+
+def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M, K) if a_packed
+         bint a_packed,
+         const float[::1] b,          # IN  (K*N,) row-major, or packed_b_size(K, N) if b_packed
+         bint b_packed,
+         Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+         float[::1] c,                # OUT (M*N,) row-major; must not overlap a, b
+         const float[::1] bias,       # IN  empty, (M,) with bias_axis 0, or (N,) with bias_axis 1
+         int bias_axis,
+         const float[::1] residual,   # IN  empty or (M*N,); may be c itself
+         int act,
+         float[::1] work,             # workspace_size(n_threads) floats
+         int n_threads):
+    """c = act(a @ b + bias + residual)."""
+    cdef Problem g
+    cdef Split s
+    cdef int nt, tid, size
+    if m <= 0 or n <= 0 or k <= 0:
+        raise ValueError("m, n and k must be >= 1")
+    if a.shape[0] != (packed_a_size(m, k) if a_packed else m * k):
+        raise ValueError("a has the wrong size")
+    if b.shape[0] != (packed_b_size(k, n) if b_packed else k * n):
+        raise ValueError("b has the wrong size")
+    if c.shape[0] != m * n:
+        raise ValueError("c must have m*n elements")
+    if bias.shape[0] != 0 and bias.shape[0] != (m if bias_axis == 0 else n):
+        raise ValueError("bias has the wrong length")
+    if residual.shape[0] != 0 and residual.shape[0] != m * n:
+        raise ValueError("residual must have m*n elements")
+    nt = team(m, n, k, 1, n_threads)
+    if work.shape[0] < workspace_size(nt):
+        raise ValueError("work is smaller than workspace_size(n_threads)")
+    g.m = m
+    g.n = n
+    g.k = k
+    g.a = &a[0]
+    g.lda = k
+    g.a_src = SRC_PACKED if a_packed else SRC_MATRIX
+    g.b = &b[0]
+    g.ldb = n
+    g.b_src = SRC_PACKED if b_packed else SRC_MATRIX
+    g.c = &c[0]
+    g.ldc = n
+    g.bias = &bias[0] if bias.shape[0] else NULL
+    g.bias_axis = bias_axis
+    g.res = &residual[0] if residual.shape[0] else NULL
+    g.act = act
+    with nogil:
+        s = choose_split(&g, 1, nt)
+        if nt == 1 or s.mb * s.nb == 1:
+            run_jobs(&g, s, 0, 1, thread_work(&work[0], 0))
+        else:
+            with parallel(num_threads=nt):
+                tid = omp_get_thread_num()
+                size = omp_get_num_threads()
+                run_jobs(&g, s, tid, size, thread_work(&work[0], tid))
+
+
+def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
+           const float[::1] w,              # IN  group * packed_a_size(M/group, C/group*kh*kw)
+           Py_ssize_t kh, Py_ssize_t kw,
+           Py_ssize_t sh, Py_ssize_t sw,
+           Py_ssize_t ph, Py_ssize_t pw,    # leading pads (trailing ones only shape the output)
+           Py_ssize_t dh, Py_ssize_t dw,
+           Py_ssize_t group,
+           float[:, :, :, ::1] y,           # OUT (N, M, OH, OW); must not overlap x
+           const float[::1] bias,           # IN  empty or (M,)
+           const float[::1] residual,       # IN  empty or (N*M*OH*OW,); may be y itself
+           int act,
+           float[::1] work,                 # workspace_size(n_threads) floats
+           int n_threads):
+    """y = act(conv(x, w) + bias + residual), one GEMM per image and group."""
+    cdef Py_ssize_t nimg = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3]
+    cdef Py_ssize_t m = y.shape[1], oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t cg, mg, kg, wsize, reps, jobs
+    cdef Problem proto
+    cdef Split s
+    cdef int nt, tid, size
+    cdef bint direct
+    cdef const float* bias_p = &bias[0] if bias.shape[0] else NULL
+    cdef const float* res_p = &residual[0] if residual.shape[0] else NULL
+    if group < 1 or c % group or m % group or y.shape[0] != nimg:
+        raise ValueError("inconsistent group / channel counts")
+    cg = c // group
+    mg = m // group
+    kg = cg * kh * kw
+    wsize = packed_a_size(mg, kg)
+    if w.shape[0] != group * wsize:
+        raise ValueError("w has the wrong packed size")
+    if bias.shape[0] != 0 and bias.shape[0] != m:
+        raise ValueError("bias must have M elements")
+    if residual.shape[0] != 0 and residual.shape[0] != nimg * m * oh * ow:
+        raise ValueError("residual must have y's size")
+    if nimg == 0 or m == 0 or oh * ow == 0:
+        return
+    reps = nimg * group
+    nt = team(mg, oh * ow, kg, reps, n_threads)
+    if work.shape[0] < workspace_size(nt):
+        raise ValueError("work is smaller than workspace_size(n_threads)")
+    # 1x1, stride 1, no padding: x[n] is B as it is
+    direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and oh == h and ow == wd
+    proto.m = mg
+    proto.n = oh * ow
+    proto.k = kg
+    proto.lda = kg
+    proto.a_src = SRC_PACKED
+    proto.ldb = h * wd
+    proto.b_src = SRC_MATRIX if direct else SRC_IMAGE
+    proto.ih = h
+    proto.iw = wd
+    proto.kh = kh
+    proto.kw = kw
+    proto.sh = sh
+    proto.sw = sw
+    proto.ph = ph
+    proto.pw = pw
+    proto.dh = dh
+    proto.dw = dw
+    proto.oh = oh
+    proto.ow = ow
+    proto.ldc = oh * ow
+    proto.bias_axis = 0
+    proto.act = act
+    with nogil:
+        s = choose_split(&proto, reps, nt)
+        jobs = s.mb * s.nb
+        if nt == 1 or jobs * reps == 1:
+            conv_jobs(&proto, s, &x[0, 0, 0, 0], &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
+                      0, 1, &work[0], 0)
+        else:
+            with parallel(num_threads=nt):
+                tid = omp_get_thread_num()
+                size = omp_get_num_threads()
+                conv_jobs(&proto, s, &x[0, 0, 0, 0], &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
+                          tid, size, &work[0], tid)
+
+
+cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* w, float* y,
+                    const float* bias, const float* res, Py_ssize_t nimg, Py_ssize_t group,
+                    Py_ssize_t cg, Py_ssize_t m, Py_ssize_t first, Py_ssize_t step,
+                    float* work, int tid) noexcept nogil:
+    """Jobs first, first + step, ... of the (image, group, job) round robin: every
+    thread stays busy even for many small images."""
+    cdef Problem g = proto[0]
+    cdef Py_ssize_t jobs = s.mb * s.nb, mg = g.m, pix = g.n, img, gi, j
+    cdef Py_ssize_t wsize = ((g.m + MR - 1) // MR) * MR * g.k
+    cdef Py_ssize_t total = jobs * group * nimg
+    j = first
+    while j < total:
+        img = j // (jobs * group)
+        gi = (j // jobs) % group
+        g.a = w + gi * wsize
+        g.b = x + (img * group + gi) * cg * g.ih * g.iw
+        g.c = y + (img * m + gi * mg) * pix
+        g.bias = bias + gi * mg if bias != NULL else NULL
+        g.res = res + (img * m + gi * mg) * pix if res != NULL else NULL
+        run_jobs(&g, s, j % jobs, jobs, thread_work(work, tid))
+        j += step

@@ -1,0 +1,173 @@
+"""2-D convolution (NCHW) on normrt's packed GEMM, with a fused epilogue.
+
+y[n] = act(W (M x C*kh*kw) @ im2col(x[n]) + bias + residual[n]). The kernel
+packs its B panels straight from the image (no im2col buffer); the weight is
+packed once with pack_conv_weight and reused on every call. float64 runs on
+numpy (im2col + matmul, same epilogue).
+"""
+import numbers
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .. import _checks as chk
+from .._kernels import gemm as _k
+from .._threads import get_num_threads
+from .gemm import aligned_empty, epilogue_numpy, workspace
+
+_F32 = np.dtype(np.float32)
+_EMPTY = np.empty(0, np.float32)
+
+
+class PackedConvWeight:
+    """A conv weight (M, C/group, kh, kw) packed for normrt.conv2d.
+
+    Pack once (normrt.pack_conv_weight), pass it as `weight` on every call.
+    `data` is the packed float32 buffer (one block per group), `shape` the
+    original weight shape, `group` the group count it was packed for.
+    """
+
+    __slots__ = ("data", "shape", "group")
+
+    def __init__(self, data, shape, group):
+        self.data = data
+        self.shape = shape
+        self.group = group
+
+    @property
+    def dtype(self):
+        return _F32
+
+    def __repr__(self):
+        return f"PackedConvWeight(shape={self.shape}, group={self.group})"
+
+
+def pack_conv_weight(weight, group=1):
+    """Pack a (M, C/group, kh, kw) conv weight for normrt.conv2d (as float32)."""
+    if isinstance(weight, PackedConvWeight):
+        if weight.group != group:
+            raise ValueError(f"weight was packed for group={weight.group}, got group={group}")
+        return weight
+    group = chk.int_value(group, "group", min_value=1)
+    if not isinstance(weight, np.ndarray):
+        weight = np.asarray(weight)
+    if weight.dtype.kind not in "fiu" or weight.dtype.kind == "b":
+        raise TypeError(f"weight must be a numeric array, got dtype {weight.dtype}")
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be a 4-D (M, C/group, kh, kw) array, got shape {weight.shape}")
+    m, cg, kh, kw = weight.shape
+    if m % group:
+        raise ValueError(f"weight's output channels ({m}) must be divisible by group={group}")
+    if min(weight.shape) == 0:
+        raise ValueError(f"weight must not be empty, got shape {weight.shape}")
+    w = np.ascontiguousarray(weight, dtype=np.float32).reshape(group, m // group, cg * kh * kw)
+    size = _k.packed_a_size(m // group, cg * kh * kw)
+    data = aligned_empty(group * size)
+    for g in range(group):
+        _k.pack_a(w[g], data[g * size:(g + 1) * size])
+    return PackedConvWeight(data, tuple(int(s) for s in weight.shape), group)
+
+
+def _ints(v, n, name, min_value):
+    try:
+        items = tuple(v)
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of {n} ints, got {v!r}") from None
+    if len(items) != n or any(isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral)
+                              for i in items):
+        raise ValueError(f"{name} must be a sequence of {n} ints, got {v!r}")
+    items = tuple(int(i) for i in items)
+    if any(i < min_value for i in items):
+        raise ValueError(f"{name} must be >= {min_value}, got {v!r}")
+    return items
+
+
+def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+           activation=None, residual=None, out=None):
+    """y = act(conv2d(x, weight) + bias + residual), NCHW.
+
+    x: (N, C, H, W); weight: (M, C/group, kh, kw) array or the object from
+    normrt.pack_conv_weight(weight, group); bias: (M,); pads in ONNX order
+    (h_begin, w_begin, h_end, w_end); residual: the output's shape (N, M, OH,
+    OW) or one that broadcasts to it; activation one of None, "relu", "silu",
+    "gelu" (erf form), "sigmoid". float32 runs on normrt's GEMM (results
+    identical for any thread count), float64 on numpy.
+    """
+    act = chk.activation(activation)
+    x = chk.tensor(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"x must be a 4-D (N, C, H, W) array, got shape {x.shape}")
+    group = chk.int_value(group, "group", min_value=1)
+    sh, sw = _ints(strides, 2, "strides", 1)
+    pt, pl, pb, pr = _ints(pads, 4, "pads", 0)
+    dh, dw = _ints(dilations, 2, "dilations", 1)
+    packed = isinstance(weight, PackedConvWeight)
+    if packed:
+        if weight.group != group:
+            raise ValueError(f"weight was packed for group={weight.group}, got group={group}")
+        if x.dtype != _F32:
+            raise TypeError(f"x must be float32 with a packed weight, got dtype {x.dtype}")
+        wshape = weight.shape
+    else:
+        if not isinstance(weight, np.ndarray):
+            weight = np.asarray(weight)
+        if weight.dtype.kind not in "fiu" or weight.dtype.kind == "b":
+            raise TypeError(f"weight must be a numeric array, got dtype {weight.dtype}")
+        if weight.ndim != 4:
+            raise ValueError(f"weight must be a 4-D (M, C/group, kh, kw) array or a PackedConvWeight, "
+                             f"got shape {weight.shape}")
+        wshape = weight.shape
+    m, cg, kh, kw = wshape
+    n, c, h, w = x.shape
+    if c != cg * group:
+        raise ValueError(f"x has {c} channels; weight {wshape} with group={group} needs {cg * group}")
+    if m % group:
+        raise ValueError(f"weight's output channels ({m}) must be divisible by group={group}")
+    if min(wshape) == 0:
+        raise ValueError(f"weight must not be empty, got shape {wshape}")
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"x's padded spatial size ({h + pt + pb}, {w + pl + pr}) is smaller than the "
+                         f"dilated kernel ({(kh - 1) * dh + 1}, {(kw - 1) * dw + 1})")
+    out_shape = (n, m, oh, ow)
+    dtype = x.dtype
+    bias = chk.param(bias, "bias", (m,), dtype)
+    if residual is not None:
+        residual = chk.param(residual, "residual", out_shape, dtype, broadcast=True)
+    y = chk.output(out, out_shape, dtype)
+    if np.may_share_memory(y, x):
+        raise ValueError("out must not overlap x")
+    if n == 0:
+        return y
+    if dtype != _F32:
+        return _conv2d_numpy(x, weight, bias, residual, act, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
+    if residual is not None and np.may_share_memory(residual, y):
+        residual = residual.copy()   # y is written before the residual is read (K blocks)
+    if not packed:
+        weight = pack_conv_weight(weight, group)
+    nt = get_num_threads()
+    _k.conv2d(x, weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, y,
+              _EMPTY if bias is None else bias,
+              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt)
+    return y
+
+
+def _conv2d_numpy(x, weight, bias, residual, act, y, strides, pads, dilations, group):
+    """float64: im2col (a strided view of the padded input) and one matmul per group."""
+    n, c, h, w = x.shape
+    m, cg, kh, kw = weight.shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = strides, pads, dilations
+    oh, ow = y.shape[2:]
+    xp = np.zeros((n, c, max(h + pt + pb, (oh - 1) * sh + (kh - 1) * dh + 1 + pt),
+                   max(w + pl + pr, (ow - 1) * sw + (kw - 1) * dw + 1 + pl)), x.dtype)
+    xp[:, :, pt:pt + h, pl:pl + w] = x
+    s = xp.strides
+    cols = as_strided(xp, shape=(n, c, kh, kw, oh, ow),
+                      strides=(s[0], s[1], s[2] * dh, s[3] * dw, s[2] * sh, s[3] * sw), writeable=False)
+    mg = m // group
+    wm = np.asarray(weight, dtype=x.dtype).reshape(group, mg, cg * kh * kw)
+    for g in range(group):
+        colg = cols[:, g * cg:(g + 1) * cg].reshape(n, cg * kh * kw, oh * ow)
+        y[:, g * mg:(g + 1) * mg] = np.matmul(wm[g], colg).reshape(n, mg, oh, ow)
+    return epilogue_numpy(y, None if bias is None else bias.reshape(1, m, 1, 1), residual, act)
