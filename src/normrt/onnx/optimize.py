@@ -1,7 +1,7 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
     load (checked) ─► inline local functions ─► constant folding
-                   ─► pattern fusions (exporters' decomposed norms, BN folding)
+                   ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► activation / residual epilogues
                    ─► dead code removal ─► onnx.checker
 
@@ -27,13 +27,14 @@ from .passes.residual_norm import ResidualNorm
 from .passes.group_norm_instance import GroupNormInstance
 from .passes.conditional_instance_norm import ConditionalInstanceNorm
 from .passes.fold_batch_norm import FoldBatchNorm
+from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.activation_epilogue import ActivationEpilogue
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
-            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(),
+            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
             LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
             ActivationEpilogue(), ResidualNorm()]
 

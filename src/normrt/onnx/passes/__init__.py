@@ -69,6 +69,9 @@ class PassContext:
         custom = [o for node in self.nodes if canonical_domain(node.domain) != "" for o in node.output
                   if o and o not in types and self.types.get(o) is not None and self.types[o].elem_type]
         n_declared, n_opsets = len(self.graph.value_info), len(self.model.opset_import)
+        # commit drops initializers from graph.input: IR < 4 inference would take them for unknowns
+        ir_version = self.model.ir_version
+        self.model.ir_version = max(ir_version, 4)
         for name in custom:
             t = self.types[name]
             types[name] = t
@@ -91,6 +94,7 @@ class PassContext:
         finally:
             del self.graph.value_info[n_declared:]
             del self.model.opset_import[n_opsets:]
+            self.model.ir_version = ir_version
         self.types = types
 
     def elem_type(self, name):
