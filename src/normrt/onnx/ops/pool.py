@@ -4,9 +4,14 @@ Windows are reduced by accumulating one strided slice per kernel tap over
 the whole output (no loops over output pixels).  ceil_mode follows the ONNX
 spec / onnxruntime / PyTorch: the last window must start inside the input or
 its left padding, and the overhang past the right padding never counts.
+
+2-D float32/float64 NCHW MaxPool / AveragePool and GlobalAveragePool run the
+plane kernels of pyx/pool.pyx instead (one pass, OpenMP over N*C planes).
 """
 import numpy as np
 
+from ..._kernels import pool as _kpool
+from ..._threads import get_num_threads
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, compute_dtype, low_precision, op
 
@@ -42,9 +47,27 @@ def _lowest(dtype):
     return np.iinfo(dtype).min
 
 
+def _planes_ok(x):
+    return x.ndim == 4 and x.dtype in (np.float32, np.float64) and x.size > 0
+
+
+def _pool2d(x, kernel, strides, dil, pb, out_sp, is_max, row_count=None, col_count=None):
+    """The plane kernel on (N*C, H, W); padding/ceil_mode are fill in its row buffer."""
+    n, c, h, w = x.shape
+    xc = np.ascontiguousarray(x).reshape(n * c, h, w)
+    y = np.empty((n * c,) + tuple(out_sp), x.dtype)
+    none = np.empty(0, np.int64)
+    _kpool.pool2d(xc, y, kernel[0], kernel[1], strides[0], strides[1], pb[0], pb[1], dil[0], dil[1],
+                  is_max, none if row_count is None else row_count, none if col_count is None else col_count,
+                  get_num_threads())
+    return y.reshape((n, c) + tuple(out_sp))
+
+
 @op("MaxPool", since=1, supports=_maxpool_supported)
 def max_pool(node, x):
     kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
+    if _planes_ok(x) and min(pb) >= 0:
+        return _pool2d(x, kernel, strides, dil, pb, out_sp, True)
     xp = pad_to(x, pb, need, _lowest(x.dtype))
     out = None
     for _, sl in tap_slices(kernel, strides, dil, out_sp):
@@ -77,6 +100,10 @@ def _tap_counts(in_len, pb, pe, k, s, d, o, include_pad):
 def average_pool(node, x):
     kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
     include_pad = bool(node.attrs.get("count_include_pad", 0))
+    if _planes_ok(x) and min(pb) >= 0:
+        counts = [np.ascontiguousarray(_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i],
+                                                   out_sp[i], include_pad), dtype=np.int64) for i in range(2)]
+        return _pool2d(x, kernel, strides, dil, pb, out_sp, False, *counts)
     acc_dtype = compute_dtype(x.dtype)
     xp = pad_to(x, pb, need, 0)
     out = np.zeros(x.shape[:2] + tuple(out_sp), dtype=acc_dtype)
@@ -96,6 +123,10 @@ def average_pool(node, x):
 @op("GlobalAveragePool", since=1)
 def global_average_pool(node, x):
     axes = tuple(range(2, x.ndim))
+    if x.ndim >= 3 and x.dtype in (np.float32, np.float64) and x.size > 0:
+        y = np.empty(x.shape[0] * x.shape[1], x.dtype)
+        _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, get_num_threads())
+        return y.reshape(x.shape[:2] + (1,) * len(axes))
     if low_precision(x.dtype):
         return x.mean(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
     return x.mean(axis=axes, keepdims=True)

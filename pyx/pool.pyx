@@ -1,0 +1,190 @@
+"""2-D pooling over NCHW planes: MaxPool, AveragePool, GlobalAveragePool.
+
+One plane (n, c) per work item. The window is separable: for each output
+row the kernel rows inside the input are reduced (max or sum) into a row
+buffer whose padding columns hold the neutral value (-inf for max, 0 for a
+sum), then the kernel columns are reduced over that buffer, so no loop needs
+a bounds test and all of them vectorize (strided loads for stride 2). Left
+padding, right padding and ceil_mode's overhang are all just fill.
+
+Taps are combined in a fixed order (kernel rows, then kernel columns) and
+each output is computed by one thread: bitwise identical for any thread count.
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.math cimport INFINITY, NAN
+
+from moments cimport real, sums_dev
+from omp cimport omp_get_thread_num
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #ifdef __AVX512F__
+    #include <immintrin.h>
+    static inline __mmask16 nrt_pool_mask(ptrdiff_t rem) {
+        return rem >= 16 ? (__mmask16)0xFFFF : rem <= 0 ? (__mmask16)0
+             : (__mmask16)((1u << rem) - 1u);
+    }
+    /* max that keeps a NaN from either side (like np.maximum): vmaxps returns
+       its second operand when either is NaN, then a NaN in v is put back */
+    static inline __m512 nrt_max_nan(__m512 v, __m512 m) {
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_max_ps(v, m), v);
+    }
+    #endif
+
+    /* acc[t] = max(acc[t], src[t*sw]) (is_max) or acc[t] + src[t*sw], t < n.
+       Returns 0 when it has no vector path for this stride (the caller loops). */
+    static int nrt_combine_f32(float* acc, const float* src, ptrdiff_t sw, ptrdiff_t n, int is_max) {
+    #ifdef __AVX512F__
+        ptrdiff_t t;
+        if (sw == 1) {
+            for (t = 0; t < n; t += 16) {
+                __mmask16 k = nrt_pool_mask(n - t);
+                __m512 v = _mm512_maskz_loadu_ps(k, src + t), m = _mm512_maskz_loadu_ps(k, acc + t);
+                _mm512_mask_storeu_ps(acc + t, k, is_max ? nrt_max_nan(v, m) : _mm512_add_ps(m, v));
+            }
+            return 1;
+        }
+        if (sw == 2) {
+            const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            for (t = 0; t < n; t += 16) {
+                ptrdiff_t rem = n - t;
+                __mmask16 k = nrt_pool_mask(rem);
+                /* src[2t .. 2t + 2*16): the last odd element is never needed */
+                __m512 lo = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 1), src + 2 * t);
+                __m512 hi = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 17), src + 2 * t + 16);
+                __m512 v = _mm512_permutex2var_ps(lo, even, hi), m = _mm512_maskz_loadu_ps(k, acc + t);
+                _mm512_mask_storeu_ps(acc + t, k, is_max ? nrt_max_nan(v, m) : _mm512_add_ps(m, v));
+            }
+            return 1;
+        }
+    #endif
+        return 0;
+    }
+    """
+    bint combine_f32 "nrt_combine_f32"(float* acc, const float* src, Py_ssize_t sw, Py_ssize_t n,
+                                       bint is_max) noexcept nogil
+
+
+cdef enum:
+    # below this many input elements a second thread costs more than it saves
+    PARALLEL_MIN = 1 << 15
+
+
+cdef inline void combine(real* acc, const real* src, Py_ssize_t sw, Py_ssize_t n,
+                         bint is_max) noexcept nogil:
+    """acc[t] = max(acc[t], src[t*sw]) or acc[t] + src[t*sw], for t < n."""
+    cdef Py_ssize_t t
+    cdef real v, m
+    if real is float:
+        if combine_f32(acc, src, sw, n, is_max):
+            return      # AVX-512 with masked tails (the compiler's loops end in slow scalar code)
+    if is_max:
+        for t in range(n):
+            v = src[t * sw]
+            m = acc[t]
+            # keeps a NaN either side (like np.maximum); | not `or`: no branch, so it vectorizes
+            acc[t] = m if ((v <= m) | (m != m)) else v
+    else:
+        for t in range(n):
+            acc[t] = acc[t] + src[t * sw]
+
+
+cdef inline void pool_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                            Py_ssize_t dh, Py_ssize_t dw, bint is_max,
+                            const long long* row_count, const long long* col_count,
+                            real* buf, Py_ssize_t L) noexcept nogil:
+    """Separable: the kernel rows reduced into a padded row buffer (contiguous,
+    full width), then the kernel columns over it (strided), one output row at a time."""
+    cdef Py_ssize_t oh, ow, i, j, h, t
+    cdef real fill = -INFINITY if is_max else 0
+    cdef real* row = buf + pw
+    cdef real* yr
+    for t in range(L):
+        buf[t] = fill           # the padding columns are never written again
+    for oh in range(OH):
+        # start from the neutral value, not a copy of the first tap: the copies
+        # would be strided scalar loops, combine() has a vector path
+        for t in range(W):
+            row[t] = fill
+        for i in range(kh):
+            h = oh * sh - ph + i * dh
+            if h < 0 or h >= H:
+                continue        # a padded row: neutral for both reductions
+            combine(row, x + h * W, 1, W, is_max)
+        yr = y + oh * OW
+        for ow in range(OW):
+            yr[ow] = fill
+        for j in range(kw):
+            # constant strides for the common 1 and 2: contiguous or paired loads
+            if sw == 1:
+                combine(yr, buf + j * dw, 1, OW, is_max)
+            elif sw == 2:
+                combine(yr, buf + j * dw, 2, OW, is_max)
+            else:
+                combine(yr, buf + j * dw, sw, OW, is_max)
+        if not is_max:
+            for ow in range(OW):
+                yr[ow] = yr[ow] / <real>(row_count[oh] * col_count[ow])
+
+
+def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
+           real[:, :, ::1] out,                # OUT (planes, OH, OW)
+           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+           bint is_max,
+           const long long[::1] row_count,     # IN  (OH,) taps counted per output row (average)
+           const long long[::1] col_count,     # IN  (OW,) ... per output column
+           int n_threads):
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2], p, L
+    cdef real* work
+    cdef real* buf
+    if out.shape[0] != P:
+        raise ValueError("out must have x's number of planes")
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or dh < 1 or dw < 1 or ph < 0 or pw < 0:
+        raise ValueError("kernel, strides and dilations must be >= 1, pads >= 0")
+    if not is_max and (row_count.shape[0] != OH or col_count.shape[0] != OW):
+        raise ValueError("row_count / col_count must have OH / OW entries")
+    if P == 0 or OH == 0 or OW == 0:
+        return
+    L = (OW - 1) * sw + (kw - 1) * dw + 1       # padded row length the windows read
+    if L < pw + W:
+        L = pw + W                              # ... and room for the whole input row
+    if P * H * W < PARALLEL_MIN:
+        n_threads = 1
+    if n_threads > P:
+        n_threads = <int>P
+    work = <real*>malloc(n_threads * L * sizeof(real))
+    if work == NULL:
+        raise MemoryError()
+    try:
+        for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
+            buf = work + omp_get_thread_num() * L
+            pool_plane(&x[p, 0, 0], H, W, &out[p, 0, 0], OH, OW, kh, kw, sh, sw, ph, pw,
+                       dh, dw, is_max, &row_count[0] if not is_max else NULL,
+                       &col_count[0] if not is_max else NULL, buf, L)
+    finally:
+        free(work)
+
+
+def global_average(const real[:, ::1] x,       # IN  (planes, H*W)
+                   real[::1] out,              # OUT (planes,)
+                   int n_threads):
+    """Mean of each plane, accumulated in float64 lanes."""
+    cdef Py_ssize_t P = x.shape[0], n = x.shape[1], p
+    if out.shape[0] != P:
+        raise ValueError("out must have one entry per plane")
+    if P == 0:
+        return
+    if n == 0:
+        for p in range(P):
+            out[p] = NAN                 # the mean of nothing
+        return
+    if P * n < PARALLEL_MIN:
+        n_threads = 1
+    for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
+        out[p] = <real>(sums_dev(&x[p, 0], n, 0.0).s1 / n)

@@ -1,0 +1,133 @@
+"""MaxPool / AveragePool / GlobalAveragePool on the plane kernels (pyx/pool.pyx) vs a float64 reference."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import normrt
+from normrt._kernels import pool as kpool
+
+rng = np.random.default_rng(5)
+
+
+def out_len(n, pb, pe, k, s, d, ceil_mode):
+    span = (k - 1) * d + 1
+    num = n + pb + pe - span
+    if not ceil_mode:
+        return num // s + 1
+    o = -(-num // s) + 1
+    return o - 1 if (o - 1) * s >= n + pb else o
+
+
+def ref_pool(x, kernel, strides, pads, dil, ceil_mode, is_max, include_pad=False):
+    """One output pixel at a time, in float64, from the ONNX definition."""
+    x = x.astype(np.float64)
+    H, W = x.shape[2:]
+    oh_n = out_len(H, pads[0], pads[2], kernel[0], strides[0], dil[0], ceil_mode)
+    ow_n = out_len(W, pads[1], pads[3], kernel[1], strides[1], dil[1], ceil_mode)
+    y = np.empty(x.shape[:2] + (oh_n, ow_n))
+    for oh in range(oh_n):
+        for ow in range(ow_n):
+            hs = [oh * strides[0] - pads[0] + i * dil[0] for i in range(kernel[0])]
+            ws = [ow * strides[1] - pads[1] + j * dil[1] for j in range(kernel[1])]
+            vals = [x[:, :, h, w] for h in hs for w in ws if 0 <= h < H and 0 <= w < W]
+            if is_max:
+                y[:, :, oh, ow] = np.max(vals, axis=0) if vals else -np.inf
+                continue
+            if include_pad:   # padding counts, ceil_mode's overhang past it does not
+                cnt = sum(-pads[0] <= h < H + pads[2] for h in hs) * sum(-pads[1] <= w < W + pads[3] for w in ws)
+            else:
+                cnt = len(vals)
+            y[:, :, oh, ow] = np.sum(vals, axis=0) / cnt
+    return y
+
+
+def run(op, x, opset=19, **attrs):
+    node = helper.make_node(op, ["X"], ["Y"], **attrs)
+    dt = TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE
+    g = helper.make_graph([node], "pool", [helper.make_tensor_value_info("X", dt, list(x.shape))],
+                          [helper.make_tensor_value_info("Y", dt, ["n", "c", "h", "w"][:x.ndim])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    sess = normrt.InferenceSession(model)
+    assert sess.executor.counts()["reference"] == 0
+    return sess.run(None, {"X": x})[0]
+
+
+CASES = [  # shape, kernel, strides, pads (hb, wb, he, we), dilations, ceil_mode
+    ((1, 64, 112, 112), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),   # light_resnet50's stem pool
+    ((2, 3, 17, 19), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    ((1, 5, 16, 33), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+    ((1, 2, 15, 14), (3, 2), (3, 3), (2, 1, 0, 1), (1, 1), 1),      # stride 3 (generic loop), uneven pads
+    ((1, 3, 20, 21), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 0),      # dilations, stride 1
+    ((2, 2, 9, 40), (5, 4), (2, 2), (0, 3, 1, 0), (1, 2), 1),
+    ((1, 1, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 0),
+    ((1, 1, 3, 70), (3, 7), (1, 2), (2, 3, 2, 3), (1, 1), 1),       # windows made only of padding rows
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_max_pool(case, dtype):
+    shape, k, s, p, d, ceil = CASES[case]
+    x = rng.standard_normal(shape).astype(dtype)
+    y = run("MaxPool", x, kernel_shape=k, strides=s, pads=p, dilations=d, ceil_mode=ceil)
+    want = ref_pool(x, k, s, p, d, ceil, True)
+    assert y.dtype == dtype and y.shape == want.shape
+    np.testing.assert_array_equal(y, want.astype(dtype))
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_average_pool(case, dtype, rtol, include_pad):
+    shape, k, s, p, d, ceil = CASES[case]
+    x = rng.standard_normal(shape).astype(dtype)
+    y = run("AveragePool", x, kernel_shape=k, strides=s, pads=p, dilations=d, ceil_mode=ceil,
+            count_include_pad=include_pad)
+    want = ref_pool(x, k, s, p, d, ceil, False, bool(include_pad))
+    assert y.dtype == dtype and y.shape == want.shape
+    np.testing.assert_allclose(y, want, rtol=rtol, atol=rtol)
+
+
+def test_max_pool_nan_and_inf():
+    x = rng.standard_normal((1, 2, 8, 40)).astype(np.float32)
+    x[0, 0, 3, 5] = np.nan
+    x[0, 1, 0, 0] = np.inf
+    x[0, 1, 6] = -np.inf
+    y = run("MaxPool", x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
+    want = ref_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0, True)
+    np.testing.assert_array_equal(y, want.astype(np.float32))       # NaN where the window has one
+    assert np.isnan(y[0, 0, 1:3, 2:4]).all() and y[0, 1, 0, 0] == np.inf
+
+
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (2, 3, 33, 65), (1, 1, 1, 1), (2, 5, 300)])
+def test_global_average_pool(shape):
+    x = (rng.standard_normal(shape) + 3).astype(np.float32)
+    y = run("GlobalAveragePool", x)
+    want = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    assert y.shape == want.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
+def test_same_bits_for_any_thread_count():
+    x = rng.standard_normal((2, 37, 61, 59)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            outs.append((run("MaxPool", x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+                         run("AveragePool", x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+                         run("GlobalAveragePool", x)))
+    for o in outs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], o))
+
+
+def test_kernel_bad_input():
+    x = np.zeros((2, 5, 5), np.float32)
+    none = np.empty(0, np.int64)
+    with pytest.raises(ValueError, match="out must have x's number of planes"):
+        kpool.pool2d(x, np.empty((3, 2, 2), np.float32), 2, 2, 2, 2, 0, 0, 1, 1, True, none, none, 1)
+    with pytest.raises(ValueError, match="kernel, strides and dilations must be >= 1"):
+        kpool.pool2d(x, np.empty((2, 2, 2), np.float32), 2, 2, 0, 2, 0, 0, 1, 1, True, none, none, 1)
+    with pytest.raises(ValueError, match="row_count / col_count"):
+        kpool.pool2d(x, np.empty((2, 2, 2), np.float32), 2, 2, 2, 2, 0, 0, 1, 1, False, none, none, 1)
+    with pytest.raises(ValueError, match="out must have one entry per plane"):
+        kpool.global_average(x.reshape(2, -1), np.empty(3, np.float32), 1)
