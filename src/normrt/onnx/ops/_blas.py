@@ -20,10 +20,15 @@ user's numpy code, is untouched.
 
 Anything unusual (no glibc, another BLAS, a load or self-test failure,
 NORMRT_PRIVATE_BLAS unset or 0, a forked child) falls back to np.matmul.
+
+float32 Conv/MatMul/Gemm with a 2-D weight do not come here: they run on
+normrt's own GEMM kernel (normrt.conv2d / normrt.matmul), their constant
+weights packed once (`packed_conv_weight`, `packed_matmul_weight` below).
 """
 import ctypes
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -281,3 +286,41 @@ def matmul(a, b, out=None):
     for idx in np.ndindex(*batch):
         gemm(ab[idx], bb[idx], out[idx])
     return out
+
+
+# ---- packed weights for normrt's GEMM kernel ---------------------------------
+# The executor hands a node the same read-only initializer array on every run:
+# its packed form is cached on the array's identity while the array lives
+# (a weak reference drops the entry with it). Writeable arrays are packed per
+# call: they may change under the same identity.
+_packed = {}
+
+
+def _cached(arr, key, pack):
+    if arr.flags.writeable:
+        return pack()
+    ent = _packed.get(id(arr))
+    if ent is not None and ent[0]() is arr and ent[1] == key:
+        return ent[2]
+    packed = pack()
+    ident = id(arr)
+
+    def drop(ref, ident=ident):
+        cur = _packed.get(ident)
+        if cur is not None and cur[0] is ref:
+            del _packed[ident]
+
+    _packed[ident] = (weakref.ref(arr, drop), key, packed)
+    return packed
+
+
+def packed_conv_weight(w, group):
+    """normrt.pack_conv_weight(w, group), once per read-only w."""
+    from ...api.conv import pack_conv_weight
+    return _cached(w, ("conv", group), lambda: pack_conv_weight(w, group))
+
+
+def packed_matmul_weight(b, transposed=False):
+    """normrt.pack_matmul_weight(b, or b.T if transposed), once per read-only b."""
+    from ...api.gemm import pack_matmul_weight
+    return _cached(b, ("matmul", transposed), lambda: pack_matmul_weight(b.T if transposed else b))

@@ -1,5 +1,7 @@
-"""Convolutions (numpy + BLAS): Conv and ConvTranspose, 1D/2D/3D.
+"""Convolutions: Conv and ConvTranspose, 1D/2D/3D.
 
+float32 2-D Conv (not depthwise) runs on normrt's GEMM kernel (normrt.conv2d:
+implicit im2col, weight packed once per initializer). The rest is numpy + BLAS:
 Conv lowers to im2col (a strided view copied once) and one batched BLAS GEMM
 over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
 channel per group) accumulate shifted slices instead of a GEMM.
@@ -10,7 +12,8 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ._blas import gemm
+from ...api.conv import conv2d as _conv2d
+from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
 
@@ -21,6 +24,12 @@ def _conv_supported(node):
 
 def _to_compute(a):
     return a.astype(np.float32) if low_precision(a.dtype) else a
+
+
+# grouped convs with fewer input channels per group than this (depthwise:
+# 1) keep the shifted-slice / BLAS paths: a GEMM with K = Cg*kh*kw that small
+# is mostly packing
+KERNEL_MIN_GROUP_CHANNELS = 8
 
 
 @op("Conv", since=1, supports=_conv_supported)
@@ -39,6 +48,11 @@ def conv(node, x, w, b=None):
     mg = m // group
     pb, pe = forward_pads(node, x.shape[2:], kernel, strides, dil)
     out_sp = [out_size(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
+    if (nsp == 2 and x.dtype == np.float32 and (group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS)
+            and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size and c == cg * group):
+        y = _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides, pads=(pb[0], pb[1], pe[0], pe[1]),
+                    dilations=dil, group=group)
+        return y if y.dtype == out_dtype else y.astype(out_dtype)
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
     # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)

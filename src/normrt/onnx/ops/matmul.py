@@ -1,8 +1,23 @@
-"""Matrix products (numpy/BLAS): MatMul, Gemm, Einsum."""
+"""Matrix products: MatMul, Gemm, Einsum.
+
+float32 MatMul/Gemm with a 2-D right operand run on normrt's GEMM kernel
+(normrt.matmul; a constant weight packed once, Gemm's C as its bias or
+residual epilogue); the rest on numpy/BLAS.
+"""
 import numpy as np
 
+from ...api.gemm import matmul as _kernel_matmul
 from . import _blas
 from ._util import attr_str, low_precision, op
+
+_F32 = np.dtype(np.float32)
+
+
+def _kernel_weight(b, transposed=False):
+    """b (or b.T) for normrt.matmul: packed once when it is a constant."""
+    if not b.flags.writeable:
+        return _blas.packed_matmul_weight(b, transposed)
+    return b.T if transposed else b
 
 
 def _mm(a, b):
@@ -14,6 +29,8 @@ def _mm(a, b):
 
 @op("MatMul", since=1)
 def matmul(node, a, b):
+    if a.dtype == _F32 and b.dtype == _F32 and b.ndim == 2 and a.ndim >= 2 and a.size and b.size:
+        return _kernel_matmul(a, _kernel_weight(b))
     return _mm(a, b)
 
 
@@ -25,7 +42,19 @@ def gemm(node, a, b, c=None):
     beta = float(node.attrs.get("beta", 1.0))
     if node.attrs.get("transA", 0):
         a = a.T
-    if node.attrs.get("transB", 0):
+    trans_b = bool(node.attrs.get("transB", 0))
+    if (alpha == 1.0 and a.dtype == _F32 and b.dtype == _F32 and a.ndim == 2 and b.ndim == 2 and a.size
+            and b.size and (c is None or c.dtype == _F32)):
+        n = b.shape[0] if trans_b else b.shape[1]
+        bias = residual = None
+        if c is not None and beta != 0.0:
+            cb = c if beta == 1.0 else c * np.float32(beta)
+            if cb.ndim <= 1 or cb.ndim == 2 and cb.shape[0] == 1:
+                bias = np.broadcast_to(cb.reshape(-1), (n,))    # one value per column
+            else:
+                residual = cb
+        return _kernel_matmul(a, _kernel_weight(b, trans_b), bias=bias, residual=residual)
+    if trans_b:
         b = b.T
     if a.dtype in (np.float32, np.float64) and b.dtype == a.dtype and a.ndim == 2 and b.ndim == 2:
         # one GEMM: alpha*A@B + beta*C with C broadcast into the output first
