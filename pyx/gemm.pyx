@@ -128,7 +128,7 @@ cdef enum:
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
     NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
     # below this many flops (2*M*N*K) one thread: waking a second costs more
-    PARALLEL_MIN_FLOPS = 8000000
+    PARALLEL_MIN_FLOPS = 16000000
     MAX_JOBS_M = 8
 
 cdef enum:

@@ -27,11 +27,32 @@ def _mm(a, b):
     return _blas.matmul(a, b)
 
 
+# Batched float32 products (attention's Q @ K^T) with at most this many
+# products also run on the kernel, one call each: numpy's OpenBLAS would leave
+# its threads spinning on the cores the next OpenMP kernel needs (see _blas).
+KERNEL_MAX_BATCH = 256
+
+
 @op("MatMul", since=1)
 def matmul(node, a, b):
-    if a.dtype == _F32 and b.dtype == _F32 and b.ndim == 2 and a.ndim >= 2 and a.size and b.size:
-        return _kernel_matmul(a, _kernel_weight(b))
+    if a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and a.size and b.size:
+        if b.ndim == 2:
+            return _kernel_matmul(a, _kernel_weight(b))
+        return _batched(a, b)
     return _mm(a, b)
+
+
+def _batched(a, b):
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    count = int(np.prod(batch, dtype=np.int64))
+    if count > KERNEL_MAX_BATCH or a.shape[-1] != b.shape[-2]:
+        return _mm(a, b)
+    out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
+    ab = np.broadcast_to(a, batch + a.shape[-2:])
+    bb = np.broadcast_to(b, batch + b.shape[-2:])
+    for idx in np.ndindex(*batch):
+        _kernel_matmul(ab[idx], bb[idx], out=out[idx])
+    return out
 
 
 @op("Gemm", since=1)

@@ -1,0 +1,163 @@
+"""normrt.conv2d (implicit-im2col packed GEMM) against a float64 reference."""
+import numpy as np
+import pytest
+
+import normrt
+
+rng = np.random.default_rng(31)
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def ref_conv(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
+    """Direct float64 convolution: one shifted-slice product per tap."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw) = strides, dilations
+    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
+    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    oh = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
+    y = np.zeros((n, m, oh, ow))
+    mg = m // group
+    for g in range(group):
+        for i in range(kh):
+            for j in range(kw):
+                sl = xp[:, g * cg:(g + 1) * cg, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+                        j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                y[:, g * mg:(g + 1) * mg] += np.einsum("nchw,mc->nmhw", sl, w[g * mg:(g + 1) * mg, :, i, j])
+    return y
+
+
+def abs_ref(x, w, **kw):
+    return ref_conv(np.abs(x), np.abs(w), **kw)
+
+
+def assert_close(y, want, scale, k):
+    tol = 1e-6 * np.sqrt(k) * (scale + np.abs(want)) + 1e-30
+    assert np.all(np.abs(y - want) <= tol), float(np.max(np.abs(y - want) / tol))
+
+
+CASES = [
+    # (x shape, weight shape, strides, pads, dilations, group)
+    ((1, 3, 23, 29), (17, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),      # a stem
+    ((2, 16, 15, 13), (40, 16, 3, 3), (1, 1), (1, 0, 2, 1), (2, 2), 1),    # asymmetric pads, dilation 2
+    ((2, 64, 14, 14), (64, 64, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),    # 1x1: x read as B
+    ((1, 37, 11, 9), (31, 37, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),     # strided 1x1 downsample
+    ((1, 8, 9, 9), (16, 4, 3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 2),        # grouped
+    ((1, 6, 7, 7), (6, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6),         # depthwise
+    ((3, 5, 1, 1), (7, 5, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),         # 1x1 pixels, batch 3
+    ((1, 2, 5, 6), (3, 2, 5, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1),         # kernel = image
+    ((1, 3, 4, 4), (2, 3, 3, 3), (3, 3), (2, 0, 0, 2), (1, 1), 1),         # pads wider than the taps reach
+    ((2, 13, 33, 35), (29, 13, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # edge tiles in M and N
+]
+
+
+@pytest.mark.parametrize("xs,ws,st,pads,dil,group", CASES)
+def test_matches_reference(xs, ws, st, pads, dil, group):
+    x, w, b = rand(*xs), rand(*ws), rand(ws[0])
+    kw = dict(strides=st, pads=pads, dilations=dil, group=group)
+    y = normrt.conv2d(x, w, b, **kw)
+    want = ref_conv(x, w, **kw) + b.reshape(1, -1, 1, 1)
+    assert y.shape == want.shape and y.dtype == np.float32
+    k = ws[1] * ws[2] * ws[3]
+    assert_close(y, want, abs_ref(x, w, **kw) + np.abs(b).reshape(1, -1, 1, 1), k)
+    packed = normrt.pack_conv_weight(w, group)
+    assert np.array_equal(normrt.conv2d(x, packed, b, **kw), y)
+    y64 = normrt.conv2d(x.astype(np.float64), w.astype(np.float64), b, **kw)
+    assert y64.dtype == np.float64
+    np.testing.assert_allclose(y64, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "silu", "gelu", "sigmoid"])
+def test_epilogue_bias_residual_activation(act):
+    x, w, b = rand(2, 9, 12, 10), rand(20, 9, 3, 3), rand(20)
+    kw = dict(strides=(2, 1), pads=(1, 1, 0, 1))
+    pre = normrt.conv2d(x, w, b, **kw)
+    res = rand(*pre.shape)
+    y = normrt.conv2d(x, w, b, residual=res, activation=act, **kw)
+    v = ref_conv(x, w, **kw) + b.reshape(1, -1, 1, 1) + res
+    from test_gemm import act_ref
+    np.testing.assert_allclose(y, act_ref(v, act), rtol=2e-5, atol=2e-4)
+    full = normrt.conv2d(x, w, b, residual=res, **kw)
+    assert np.array_equal(y, normrt.activate(full, act) if act else full)
+    # the residual broadcasts (one value per channel here)
+    r1 = rand(1, 20, 1, 1)
+    assert np.array_equal(normrt.conv2d(x, w, residual=r1, **kw),
+                          normrt.conv2d(x, w, residual=np.broadcast_to(r1, pre.shape).copy(), **kw))
+
+
+def test_out_and_residual_in_out():
+    x, w = rand(1, 300, 9, 9), rand(16, 300, 3, 3)     # K = 2700: several K blocks write y first
+    res = rand(1, 16, 7, 7)
+    want = normrt.conv2d(x, w, residual=res, activation="relu")
+    out = res.copy()
+    assert normrt.conv2d(x, w, residual=out, activation="relu", out=out) is out
+    assert np.array_equal(out, want)
+    out2 = np.empty_like(want)
+    assert normrt.conv2d(x, w, residual=res, activation="relu", out=out2) is out2
+    assert np.array_equal(out2, want)
+
+
+@pytest.mark.parametrize("xs,ws,st,pads,group", [
+    ((2, 16, 31, 29), (40, 16, 3, 3), (1, 1), (1, 1, 1, 1), 1),
+    ((1, 256, 7, 7), (300, 256, 3, 3), (1, 1), (1, 1, 1, 1), 1),     # few pixels: M is split
+    ((3, 32, 40, 40), (64, 16, 3, 3), (2, 2), (0, 1, 1, 0), 2),
+])
+def test_same_bits_for_any_thread_count(xs, ws, st, pads, group):
+    x, w, b = rand(*xs), rand(*ws), rand(ws[0])
+    outs = []
+    for t in (1, 2, 3):
+        with normrt.threads(t):
+            outs.append(normrt.conv2d(x, w, b, strides=st, pads=pads, group=group, activation="gelu"))
+    assert outs[0].size * ws[1] * ws[2] * ws[3] * 2 > 16e6
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_bad_input():
+    x, w = rand(1, 4, 8, 8), rand(6, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"x must be a 4-D \(N, C, H, W\)"):
+        normrt.conv2d(rand(4, 8, 8), w)
+    with pytest.raises(TypeError, match="x must be a float32 or float64"):
+        normrt.conv2d(np.ones((1, 4, 8, 8), np.int64), w)
+    with pytest.raises(ValueError, match=r"weight must be a 4-D \(M, C/group, kh, kw\)"):
+        normrt.conv2d(x, rand(6, 4, 3))
+    with pytest.raises(ValueError, match="x has 4 channels; weight"):
+        normrt.conv2d(x, rand(6, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"weight's output channels \(6\) must be divisible by group=4"):
+        normrt.conv2d(x, rand(6, 1, 3, 3), group=4)
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        normrt.conv2d(x, w, group=0)
+    with pytest.raises(ValueError, match="strides must be a sequence of 2 ints"):
+        normrt.conv2d(x, w, strides=(1,))
+    with pytest.raises(ValueError, match="strides must be >= 1"):
+        normrt.conv2d(x, w, strides=(0, 1))
+    with pytest.raises(ValueError, match="pads must be a sequence of 4 ints"):
+        normrt.conv2d(x, w, pads=(1, 1))
+    with pytest.raises(ValueError, match="pads must be >= 0"):
+        normrt.conv2d(x, w, pads=(1, 1, -1, 1))
+    with pytest.raises(ValueError, match="dilations must be a sequence of 2 ints"):
+        normrt.conv2d(x, w, dilations=(1.5, 1))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        normrt.conv2d(x, w, dilations=(4, 4))
+    with pytest.raises(ValueError, match=r"bias must have shape \(6,\)"):
+        normrt.conv2d(x, w, rand(4))
+    with pytest.raises(ValueError, match=r"residual must have shape \(1, 6, 6, 6\)"):
+        normrt.conv2d(x, w, residual=rand(1, 6, 8, 8))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        normrt.conv2d(x, w, activation="tanh")
+    with pytest.raises(ValueError, match=r"out must have shape \(1, 6, 6, 6\)"):
+        normrt.conv2d(x, w, out=rand(1, 6, 8, 8))
+    sq = rand(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="out must not overlap x"):
+        normrt.conv2d(sq, rand(4, 4, 1, 1), out=sq)
+    packed = normrt.pack_conv_weight(w)
+    with pytest.raises(ValueError, match="weight was packed for group=1, got group=2"):
+        normrt.conv2d(rand(1, 8, 8, 8), packed, group=2)
+    with pytest.raises(TypeError, match="x must be float32 with a packed weight"):
+        normrt.conv2d(x.astype(np.float64), packed)
+    with pytest.raises(ValueError, match="must not be empty"):
+        normrt.pack_conv_weight(rand(0, 4, 3, 3))

@@ -1,0 +1,151 @@
+"""normrt.matmul (the packed float32 GEMM kernel) against a float64 reference."""
+import numpy as np
+import pytest
+
+import normrt
+from normrt._kernels import gemm as _k
+
+rng = np.random.default_rng(21)
+MR, NR, KC = _k.block_sizes()
+
+
+def act_ref(v, act):
+    if act == "relu":
+        return np.maximum(v, 0.0)
+    if act == "silu":
+        return v / (1.0 + np.exp(-v))
+    if act == "gelu":
+        from math import erf
+        return 0.5 * v * (1.0 + np.vectorize(erf)(v / np.sqrt(2.0)))
+    if act == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-v))
+    return v
+
+
+def ref(a, b, bias=None, residual=None, act=None):
+    y = a.astype(np.float64) @ b.astype(np.float64)
+    if bias is not None:
+        y = y + bias
+    if residual is not None:
+        y = y + residual
+    return act_ref(y, act)
+
+
+def assert_close(y, a, b, ref_y, k):
+    # float32 dot products: error ~ eps * sqrt(K) * sum |a_i b_i|
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    tol = 1e-6 * np.sqrt(max(k, 1)) * (scale + np.abs(ref_y)) + 1e-30
+    assert np.all(np.abs(y - ref_y) <= tol), float(np.max(np.abs(y - ref_y) / tol))
+
+
+def rand(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+SHAPES = [(1, 1, 1), (1, 7, 3), (13, 1, 5), (MR, NR, KC), (MR + 1, NR + 1, KC + 1), (29, 97, 2 * KC + 3),
+          (3, 500, 7), (131, 67, 1031), (64, 384, 128)]
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_matches_reference_packed_or_not(m, n, k):
+    a, b = rand(m, k), rand(k, n)
+    y = normrt.matmul(a, b)
+    assert y.shape == (m, n) and y.dtype == np.float32
+    assert_close(y, a, b, ref(a, b), k)
+    assert np.array_equal(normrt.matmul(a, normrt.pack_matmul_weight(b)), y)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "silu", "gelu", "sigmoid"])
+@pytest.mark.parametrize("m,n,k", [(5, 3, 2), (MR + 3, 2 * NR + 5, KC + 9)])
+def test_epilogue_bias_residual_activation(act, m, n, k):
+    a, b, bias, res = rand(m, k), rand(k, n), rand(n), rand(m, n)
+    y = normrt.matmul(a, b, bias=bias, residual=res, activation=act)
+    want = ref(a, b, bias, res, act)
+    # the activation's float32 polynomials add a few ulp on top of the product's error
+    np.testing.assert_allclose(y, want, rtol=2e-5, atol=2e-5 * np.sqrt(k))
+    pre = normrt.matmul(a, b, bias=bias, residual=res)
+    assert np.array_equal(y, normrt.activate(pre, act) if act else pre)
+    assert np.array_equal(normrt.matmul(a, b, bias=bias), normrt.matmul(a, b) + bias)
+
+
+def test_batched_leading_dims_and_views():
+    a, b = rand(2, 3, 17, 40), rand(40, 23)
+    y = normrt.matmul(a, b)
+    assert y.shape == (2, 3, 17, 23)
+    assert_close(y.reshape(-1, 23), a.reshape(-1, 40), b, ref(a.reshape(-1, 40), b), 40)
+    at = rand(40, 17).T                      # a non-contiguous view
+    assert np.array_equal(normrt.matmul(at, b), normrt.matmul(np.ascontiguousarray(at), b))
+    v = rand(40)
+    assert_close(normrt.matmul(v, b)[None], v[None], b, ref(v[None], b), 40)
+
+
+def test_residual_broadcasts_and_may_be_out():
+    a, b = rand(30, 600), rand(600, 50)
+    r = rand(1, 50)
+    np.testing.assert_array_equal(normrt.matmul(a, b, residual=r), normrt.matmul(a, b, residual=np.repeat(r, 30, 0)))
+    res = rand(30, 50)
+    want = normrt.matmul(a, b, residual=res)
+    out = res.copy()
+    assert normrt.matmul(a, b, residual=out, out=out) is out
+    assert np.array_equal(out, want)
+
+
+def test_out_and_float64():
+    a, b = rand(9, 11), rand(11, 4)
+    out = np.empty((9, 4), np.float32)
+    assert normrt.matmul(a, b, out=out) is out
+    assert np.array_equal(out, normrt.matmul(a, b))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    y = normrt.matmul(a64, b64, bias=np.ones(4), activation="relu")
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, np.maximum(a64 @ b64 + 1.0, 0), rtol=1e-13, atol=1e-13)
+
+
+def test_empty_and_k_zero():
+    assert normrt.matmul(rand(0, 5), rand(5, 3)).shape == (0, 3)
+    assert normrt.matmul(rand(4, 5), rand(5, 0)).shape == (4, 0)
+    bias = rand(3)
+    y = normrt.matmul(rand(4, 0), rand(0, 3), bias=bias, activation="relu")
+    assert np.array_equal(y, np.broadcast_to(np.maximum(bias, 0), (4, 3)))
+
+
+@pytest.mark.parametrize("m,n,k", [(150, 333, 257), (512, 49, 600), (40, 1000, 300)])
+def test_same_bits_for_any_thread_count(m, n, k):
+    assert 2 * m * n * k > 16e6    # big enough for the kernel to use several threads
+    a, b, bias, res = rand(m, k), rand(k, n), rand(n), rand(m, n)
+    packed = normrt.pack_matmul_weight(b)
+    outs = []
+    for t in (1, 2, 3):
+        with normrt.threads(t):
+            outs.append(normrt.matmul(a, b, bias=bias, residual=res, activation="silu"))
+            outs.append(normrt.matmul(a, packed, bias=bias, residual=res, activation="silu"))
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def test_bad_input():
+    a, b = rand(4, 5), rand(5, 3)
+    with pytest.raises(TypeError, match="a must be a float32 or float64"):
+        normrt.matmul(np.ones((4, 5), np.int32), b)
+    with pytest.raises(ValueError, match=r"b must be a 2-D \(K, N\) array"):
+        normrt.matmul(a, rand(2, 5, 3))
+    with pytest.raises(TypeError, match="b must be a numeric array"):
+        normrt.matmul(a, np.array([["x"] * 3] * 5))
+    with pytest.raises(ValueError, match="a's last dimension must be K = 6"):
+        normrt.matmul(a, rand(6, 3))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        normrt.matmul(a, b, bias=rand(4))
+    with pytest.raises(ValueError, match=r"residual must have shape \(4, 3\)"):
+        normrt.matmul(a, b, residual=rand(3, 4))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        normrt.matmul(a, b, activation="tanh")
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 3\)"):
+        normrt.matmul(a, b, out=np.empty((3, 4), np.float32))
+    with pytest.raises(ValueError, match="out must have dtype float32"):
+        normrt.matmul(a, b, out=np.empty((4, 3), np.float64))
+    big = rand(5, 5)
+    with pytest.raises(ValueError, match="out must not overlap a or b"):
+        normrt.matmul(big, big, out=big)
+    with pytest.raises(TypeError, match="a must be float32 with a packed b"):
+        normrt.matmul(a.astype(np.float64), normrt.pack_matmul_weight(b))
+    with pytest.raises(ValueError, match=r"b must be a 2-D \(K, N\) array"):
+        normrt.pack_matmul_weight(rand(5))
