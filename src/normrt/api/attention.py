@@ -67,23 +67,44 @@ def attention(q, k, v, *, scale=None, bias=None, is_causal=False, out=None):
     float32 runs the fused kernel (online softmax over key blocks, never the
     whole score matrix; vectorized exp, ~1e-6 relative error); float64 runs numpy.
     """
-    q = chk.tensor(q, "q")
     k = chk.tensor(k, "k")
+    if k.ndim != 4:
+        raise ValueError(f"k must have rank 4 (batch, heads, sequence, head dim), got shape {k.shape}")
+    return _attention(q, k.transpose(0, 1, 3, 2), v, "k", scale, bias, is_causal, out)
+
+
+def attention_kt(q, kt, v, *, scale=None, bias=None, is_causal=False, out=None):
+    """attention() with the keys given transposed, kt: (B, Hkv, D, Skv).
+
+    The layout decomposed attention graphs hold (MatMul(Q, K^T)) and the one the
+    kernel reads, so a contiguous kt is used as it is.
+    """
+    kt = chk.tensor(kt, "kt")
+    if kt.ndim != 4:
+        raise ValueError(f"kt must have rank 4 (batch, heads, head dim, sequence), got shape {kt.shape}")
+    return _attention(q, kt, v, "kt", scale, bias, is_causal, out)
+
+
+def _attention(q, kt, v, kname, scale, bias, is_causal, out):
+    """Checks, then the kernel: kt is a (B, Hkv, D, Skv) view, named `kname` in errors."""
+    q = chk.tensor(q, "q")
     v = chk.tensor(v, "v")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    for name, t in (("q", q), ("v", v)):
         if t.ndim != 4:
             raise ValueError(f"{name} must have rank 4 (batch, heads, sequence, head dim), got shape {t.shape}")
-    for name, t in (("k", k), ("v", v)):
+    for name, t in ((kname, kt), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
     B, Hq, Sq, D = q.shape
-    if k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k must have shape ({B}, Hkv, Skv, {D}) for q of shape {q.shape}, got {k.shape}")
-    Hkv, Skv = k.shape[1], k.shape[2]
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"v must have shape ({B}, {Hkv}, {Skv}, Dv) like k {k.shape}, got {v.shape}")
+    if kt.shape[0] != B or kt.shape[2] != D:
+        want = f"({B}, Hkv, Skv, {D})" if kname == "k" else f"({B}, Hkv, {D}, Skv)"
+        got = kt.transpose(0, 1, 3, 2).shape if kname == "k" else kt.shape
+        raise ValueError(f"{kname} must have shape {want} for q of shape {q.shape}, got {got}")
+    Hkv, Skv = kt.shape[1], kt.shape[3]
+    if v.shape[:3] != (B, Hkv, Skv):
+        raise ValueError(f"v must have shape ({B}, {Hkv}, {Skv}, Dv) to match {kname}, got {v.shape}")
     if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"q's head count ({Hq}) must be a multiple of k's ({Hkv})")
+        raise ValueError(f"q's head count ({Hq}) must be a multiple of {kname}'s ({Hkv})")
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D else 1.0
     else:
@@ -93,14 +114,14 @@ def attention(q, k, v, *, scale=None, bias=None, is_causal=False, out=None):
     shape = (B, Hq, Sq, Skv)
     b4 = None if bias is None else _bias4(bias, shape, q.dtype)
     y = chk.output(out, (B, Hq, Sq, v.shape[3]), q.dtype)
-    for name, t in (("q", q), ("k", k), ("v", v), ("bias", b4)):
+    for name, t in (("q", q), (kname, kt), ("v", v), ("bias", b4)):
         if t is not None and np.may_share_memory(y, t):
             raise ValueError(f"out must not overlap {name}")
     if y.size == 0:
         return y
     if q.dtype == np.float64:
-        return _attention_f64(q, k, v, scale, b4, bool(is_causal), y)
-    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # key blocks as rows of vectors
+        return _attention_f64(q, kt.transpose(0, 1, 3, 2), v, scale, b4, bool(is_causal), y)
+    kt = np.ascontiguousarray(kt)        # key blocks as rows of vectors
     _k.attention_fwd(q, kt, v, _NO_BIAS if b4 is None else b4, y,
                      scale, bool(is_causal), get_num_threads())
     return y

@@ -21,6 +21,10 @@ LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0
 LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
 AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
     (unbiased=1: variances m2 / (n - 1), torch's default .var())
+Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0
+    (Y = softmax(Q @ Kt * scale + bias) @ V over the last axis; Q (B, H, Sq, D) or (BH, Sq, D),
+    Kt the keys transposed (B, Hkv, D, Skv), V (B, Hkv, Skv, Dv), bias additive, broadcasting
+    to the scores; a query seeing no key gives zeros)
 """
 from dataclasses import dataclass
 
@@ -56,6 +60,7 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}),
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}),
+    NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",), {"scale": None, "is_causal": 0}),
 )}
 
 

@@ -101,10 +101,19 @@ def _adain(attrs, n_out, content, style):
                             unbiased=bool(attrs.get("unbiased", 0))),)
 
 
+def _attention(attrs, n_out, q, kt, v, bias=None):
+    from ..api.attention import attention_kt
+    three_d = np.ndim(q) == 3          # (batch * heads, S, D): one batch of heads
+    if three_d:
+        q, kt, v = q[None], kt[None], v[None]     # (a bias of rank <= 3 broadcasts the same)
+    y = attention_kt(q, kt, v, scale=attrs["scale"], bias=bias, is_causal=bool(attrs.get("is_causal", 0)))
+    return (y[0] if three_d else y,)
+
+
 CALLS = {
     "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
     "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
-    "AdaIN": _adain,
+    "AdaIN": _adain, "Attention": _attention,
 }
 
 

@@ -29,13 +29,14 @@ from .passes.conditional_instance_norm import ConditionalInstanceNorm
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.activation_epilogue import ActivationEpilogue
+from .passes.attention_decomposed import AttentionDecomposed
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
-            LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
+            LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(), AttentionDecomposed(),
             ActivationEpilogue(), ResidualNorm()]
 
 

@@ -1,0 +1,233 @@
+"""Scaled dot-product attention written out in MatMuls and a Softmax -> one normrt::Attention.
+
+The forms the exporters write (torch's F.scaled_dot_product_attention, legacy
+and dynamo, and the eager `q @ k.transpose(-2, -1) * scale` of hand-written blocks):
+
+    Q ─► [Mul(·, sq)] ──┐                               sq·sk: torch's sqrt(scale) on each side
+                        ├─► MatMul ─► [Mul(·, c) | Div(·, c)] ─► [Add(·, mask)] ─► Softmax(axis=-1) ─┐
+    Kt ─► [Mul(·, sk)] ─┘      (Kt: the keys transposed, (B, H, D, Skv), whatever produced it)         │
+                                                                                                       │
+         ┌──────────── [Where(IsNaN(P), 0, P)]  (torch's "fully masked row -> 0") ◄───────────────────┘
+         └─► MatMul(P, V) ─► Y
+
+    ==>  Q, Kt, V [, mask] ─► normrt::Attention(scale = sq * sk * c (or / c)) ─► Y
+
+The kernel gives a fully masked row (all -inf) zeros, which is what the Where
+writes; a plain Softmax would give NaN there: without the Where only masks that
+cannot be -inf (no mask, or a constant one with finite values) are taken.
+(With NaN inputs the fused node keeps NaN where the Where wrote 0.)
+
+A Mul by sq / sk whose output something else reads stays, and the fused node
+reads its output (the scale it applies is then not part of the attribute).
+
+Refused (reason in the report): a scale that is not a constant float scalar or
+not finite; Softmax over another axis than the last; Q/Kt/V/scores of unknown
+rank or rank other than 3/4, or whose batch/head dims may differ (broadcasting
+MatMuls), or Kt/V with more heads than Q; a mask that may raise the scores'
+shape or whose shape is unknown; a non-zero Where constant; a middle value
+read by another node or a graph output; element types other than float32
+(the fused kernel is float32).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import TensorProto
+
+from ..domain import NORM_OPS, make_node
+from . import GraphPass
+from ._chain import Graph, chain_nodes_reason, fused_name, in_graph_order, is_op
+from ._match import node_attrs, other_input
+
+PATTERN = "decomposed attention (MatMul/Softmax/MatMul)"
+
+
+@dataclass
+class Match:
+    softmax: object
+    qk: object                   # MatMul(Q', Kt')
+    pv: object                   # MatMul(P, V)
+    scale_node: object = None    # Mul / Div of the scores by a constant
+    mask_add: object = None
+    isnan: object = None
+    where: object = None
+    q_mul: object = None         # Mul(Q, sq) feeding the MatMul
+    k_mul: object = None
+    plan: dict = field(default_factory=dict)
+
+    @property
+    def nodes(self):
+        return [n for n in (self.q_mul, self.k_mul, self.qk, self.scale_node, self.mask_add, self.softmax,
+                            self.isnan, self.where, self.pv) if n is not None]
+
+
+def _scalar(ctx, name):
+    """The value of a one-element float constant, or None."""
+    v = ctx.constants.get(name) if name else None
+    if v is None or v.size != 1 or v.dtype.kind != "f":
+        return None
+    return float(np.asarray(v).reshape(()))
+
+
+def _const_operand(ctx, node):
+    """(the non-constant input, the constant scalar's value) of a binary Mul/Div, or (None, None)."""
+    if len(node.input) != 2:
+        return None, None
+    a, b = node.input
+    if node.op_type == "Div":
+        return (a, _scalar(ctx, b)) if _scalar(ctx, b) is not None else (None, None)
+    if _scalar(ctx, b) is not None and not ctx.is_constant(a):
+        return a, _scalar(ctx, b)
+    if _scalar(ctx, a) is not None and not ctx.is_constant(b):
+        return b, _scalar(ctx, a)
+    return None, None
+
+
+def _same_dim(a, b):
+    return a == b and a is not None
+
+
+class AttentionDecomposed(GraphPass):
+    name = "attention_decomposed"
+
+    def matches(self, ctx):
+        g = Graph(ctx)
+        for sm in ctx.nodes:
+            if not is_op(sm, "Softmax") or len(sm.input) != 1:
+                continue
+            m = Match(sm, None, None)
+            value = sm.input[0]
+            node = g.prod(value, "Add")
+            if node is not None and len(node.input) == 2:
+                # the scores side of Add(scores, mask) is the one a MatMul (maybe scaled) produced
+                for side in node.input:
+                    inner = g.prod(side, "MatMul", "Mul", "Div")
+                    if inner is not None:
+                        m.mask_add, value = node, side
+                        break
+                else:
+                    continue
+            node = g.prod(value, "Mul", "Div")
+            if node is not None:
+                x, c = _const_operand(ctx, node)
+                if x is None:
+                    continue
+                m.scale_node, value = node, x
+            m.qk = g.prod(value, "MatMul")
+            if m.qk is None or len(m.qk.input) != 2:
+                continue
+            # the readers of P: MatMul(P, V), or IsNaN(P) + Where(isnan, 0, P) -> MatMul
+            readers = g.consumers.get(sm.output[0], [])
+            p = sm.output[0]
+            if len(readers) == 2:
+                isnan = next((r for r in readers if is_op(r, "IsNaN")), None)
+                where = next((r for r in readers if is_op(r, "Where")), None)
+                if isnan is None or where is None or len(where.input) != 3 \
+                        or where.input[0] != isnan.output[0] or where.input[2] != p:
+                    continue
+                m.isnan, m.where, p = isnan, where, where.output[0]
+                readers = g.consumers.get(p, [])
+            if len(readers) != 1 or not is_op(readers[0], "MatMul") or readers[0].input[0] != p \
+                    or len(readers[0].input) != 2:
+                continue
+            m.pv = readers[0]
+            for attr, name in (("q_mul", m.qk.input[0]), ("k_mul", m.qk.input[1])):
+                node = g.prod(name, "Mul")
+                if node is not None and _const_operand(ctx, node)[0] is not None:
+                    setattr(m, attr, node)
+            yield m
+
+    def describe(self, m):
+        return PATTERN, [n.name for n in m.nodes]
+
+    def check(self, ctx, m):
+        g = Graph(ctx)
+        # a scaling Mul on Q / Kt another node also reads stays: the fused node reads its output
+        for attr in ("q_mul", "k_mul"):
+            node = getattr(m, attr)
+            if node is not None and (node.output[0] in g.outputs or len(g.consumers.get(node.output[0], [])) != 1):
+                setattr(m, attr, None)
+        scale = 1.0
+        q, kt = m.qk.input
+        for node in (m.q_mul, m.k_mul):
+            if node is not None:
+                x, c = _const_operand(ctx, node)
+                scale *= c
+                q, kt = (x, kt) if node is m.q_mul else (q, x)
+        if m.scale_node is not None:
+            _, c = _const_operand(ctx, m.scale_node)
+            scale = scale / c if m.scale_node.op_type == "Div" else scale * c
+        if not np.isfinite(scale):
+            return f"scale {scale} is not finite"
+        v = m.pv.input[1]
+        scores = m.qk.output[0]
+        values = [q, kt, v, scores, m.pv.output[0]]
+        for name in values + [n.output[0] for n in m.nodes if n is not m.isnan]:
+            t = ctx.elem_type(name)
+            if t == 0:
+                return f"element type of {name!r} is unknown"
+            if t != TensorProto.FLOAT:
+                return f"{name!r} is {TensorProto.DataType.Name(t)} (the fused kernel is float32)"
+        shapes = {n: ctx.shape(n) for n in (q, kt, v, scores)}
+        for name, s in shapes.items():
+            if s is None:
+                return f"rank of {name!r} unknown"
+            if len(s) not in (3, 4):
+                return f"{name!r} has rank {len(s)} (handled: 3 or 4)"
+        rank = len(shapes[q])
+        if any(len(s) != rank for s in shapes.values()):
+            return "Q, Kt, V and the scores differ in rank"
+        sq_, skt, sv = shapes[q], shapes[kt], shapes[v]
+        batch = rank - 2
+        for i in range(batch):
+            if not _same_dim(sq_[i], skt[i]) or not _same_dim(skt[i], sv[i]):
+                if i == batch - 1 and rank == 4 and skt[i] == 1 and sv[i] == 1:
+                    continue            # one kv head shared by every query head (MatMul broadcasts it)
+                return (f"batch/head dims of Q {list(sq_)}, Kt {list(skt)}, V {list(sv)} may differ "
+                        "(a broadcasting MatMul)")
+        if m.mask_add is not None:
+            scaled = m.scale_node.output[0] if m.scale_node is not None else scores
+            mask = other_input(m.mask_add, scaled)
+            if mask is None:
+                return "the mask Add adds the scores to themselves"
+            ms, ss = ctx.shape(mask), ctx.shape(scores)
+            if ms is None:
+                return f"shape of the mask {mask!r} unknown"
+            if len(ms) > len(ss):
+                return f"the mask {mask!r} {list(ms)} has a higher rank than the scores {list(ss)}"
+            for a, b in zip(reversed(ms), reversed(ss)):
+                if a != 1 and not _same_dim(a, b):
+                    return f"the mask {mask!r} {list(ms)} may not broadcast to the scores {list(ss)}"
+            if m.where is None:
+                const = ctx.constants.get(mask)
+                if const is None or not np.isfinite(const).all():
+                    return ("a mask that may be -inf everywhere in a row, without the Where(IsNaN) "
+                            "(Softmax gives NaN there, the kernel zeros)")
+        else:
+            mask = None
+        sm_attrs, reason = node_attrs(m.softmax)
+        if reason:
+            return reason
+        axis = sm_attrs.get("axis", -1 if ctx.opsets.get("", 13) >= 13 else 1)
+        if axis not in (-1, len(ctx.shape(scores)) - 1):
+            return f"Softmax over axis {axis} (the kernel takes the last)"
+        if m.where is not None:
+            zero = ctx.constants.get(m.where.input[1])
+            if zero is None or zero.size != 1 or float(np.asarray(zero).reshape(())) != 0.0:
+                return f"{m.where.name!r}: Where(IsNaN(P), c, P) with c not a constant 0"
+        reason = chain_nodes_reason(g, m.nodes, m.pv.output[0])
+        if reason:
+            return reason
+        m.plan = {"q": q, "kt": kt, "v": v, "mask": mask, "scale": float(np.float32(scale))}
+        return None
+
+    def rewrite(self, ctx, m):
+        p = m.plan
+        removed = in_graph_order(ctx, m.nodes)
+        new = make_node("Attention", [p["q"], p["kt"], p["v"], p["mask"] or ""], [m.pv.output[0]],
+                        fused_name(ctx, removed, "Attention"), scale=p["scale"])
+        ctx.replace_nodes(removed, [new])
+        ctx.report.fused.append({
+            "pass": self.name, "op": PATTERN, "pattern": "-".join(n.op_type for n in removed),
+            "nodes": [n.name for n in removed], "normrt_op": "Attention", "normrt_node": new.name,
+            "kernel": NORM_OPS["Attention"].kernel, "activation": None, "residual": False,
+        })
