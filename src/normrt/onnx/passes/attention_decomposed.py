@@ -86,6 +86,14 @@ def _same_dim(a, b):
     return a == b and a is not None
 
 
+def _scores(g, name):
+    """Whether `name` is MatMul's output, or a Mul/Div of one."""
+    if g.prod(name, "MatMul") is not None:
+        return True
+    node = g.prod(name, "Mul", "Div")
+    return node is not None and any(g.prod(i, "MatMul") is not None for i in node.input)
+
+
 class AttentionDecomposed(GraphPass):
     name = "attention_decomposed"
 
@@ -100,15 +108,15 @@ class AttentionDecomposed(GraphPass):
             if node is not None and len(node.input) == 2:
                 # the scores side of Add(scores, mask) is the one a MatMul (maybe scaled) produced
                 for side in node.input:
-                    inner = g.prod(side, "MatMul", "Mul", "Div")
-                    if inner is not None:
+                    if _scores(g, side):
                         m.mask_add, value = node, side
                         break
                 else:
                     continue
             node = g.prod(value, "Mul", "Div")
             if node is not None:
-                x, c = _const_operand(ctx, node)
+                # the scores side is the MatMul's; check refuses a scale that is not a constant
+                x = next((i for i in node.input[:1 if node.op_type == "Div" else 2] if g.prod(i, "MatMul")), None)
                 if x is None:
                     continue
                 m.scale_node, value = node, x
@@ -154,7 +162,9 @@ class AttentionDecomposed(GraphPass):
                 scale *= c
                 q, kt = (x, kt) if node is m.q_mul else (q, x)
         if m.scale_node is not None:
-            _, c = _const_operand(ctx, m.scale_node)
+            x, c = _const_operand(ctx, m.scale_node)
+            if x != m.qk.output[0]:
+                return f"{m.scale_node.name!r}: the scores are scaled by a value that is not a constant scalar"
             scale = scale / c if m.scale_node.op_type == "Div" else scale * c
         if not np.isfinite(scale):
             return f"scale {scale} is not finite"

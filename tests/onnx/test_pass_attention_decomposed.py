@@ -1,0 +1,209 @@
+"""attention_decomposed: MatMul(Q, Kt) -> scale -> [mask] -> Softmax -> [Where(IsNaN)] -> MatMul(., V)
+becomes normrt::Attention.
+
+Each variant is a small graph built here; the oracle is onnx.reference on the original
+model, and a float64 numpy formula.
+"""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from normrt.onnx.report import format_report
+
+RNG = np.random.default_rng(17)
+F, D = TensorProto.FLOAT, TensorProto.DOUBLE
+PASS = "attention_decomposed"
+
+
+def vi(name, shape, elem=F):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def const(name, value):
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager", mask=None, where=False,
+                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18):
+    """form 'eager': Mul(MatMul(Q, Transpose(K)), scale); 'div': Div(MatMul, 1/scale);
+    'sdpa': MatMul(Mul(Q, sqrt(scale)), Mul(Transpose(K), sqrt(scale))); 'runtime_scale': Mul by an input.
+    mask: None, 'const' (a finite constant), 'input' (a runtime input) or an explicit shape for it."""
+    dtype = np.float32 if elem == F else np.float64
+    kv_shape = kv_shape or q_shape
+    rank = len(q_shape)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    sq, skv = q_shape[-2], kv_shape[-2]
+    ins = [vi("Q", list(q_shape), elem), vi("K", list(kv_shape), elem),
+           vi("V", list(kv_shape[:-1]) + [dv], elem)]
+    inits, nodes = [], [helper.make_node("Transpose", ["K"], ["Kt"], name="kt", perm=perm)]
+    q, kt = "Q", "Kt"
+    if form == "sdpa":
+        inits.append(const("sq", np.array(np.sqrt(scale), dtype)))
+        nodes += [helper.make_node("Mul", ["Q", "sq"], ["Qs"], name="q_scale"),
+                  helper.make_node("Mul", ["Kt", "sq"], ["Kts"], name="k_scale")]
+        q, kt = "Qs", "Kts"
+    nodes.append(helper.make_node("MatMul", [q, kt], ["scores"], name="qk"))
+    s = "scores"
+    if form == "eager":
+        inits.append(const("c", np.array(scale, dtype)))
+        nodes.append(helper.make_node("Mul", [s, "c"], ["scaled"], name="scale"))
+        s = "scaled"
+    elif form == "div":
+        inits.append(const("c", np.array(1.0 / scale, dtype)))
+        nodes.append(helper.make_node("Div", [s, "c"], ["scaled"], name="scale"))
+        s = "scaled"
+    elif form == "runtime_scale":
+        ins.append(vi("c", [], elem))
+        nodes.append(helper.make_node("Mul", [s, "c"], ["scaled"], name="scale"))
+        s = "scaled"
+    if mask is not None:
+        if mask == "const":
+            inits.append(const("M", RNG.standard_normal((sq, skv)).astype(dtype)))
+        else:
+            ins.append(vi("M", [sq, skv] if mask == "input" else list(mask), elem))
+        nodes.append(helper.make_node("Add", [s, "M"], ["masked"], name="mask"))
+        s = "masked"
+    nodes.append(helper.make_node("Softmax", [s], ["P"], name="softmax", axis=axis))
+    p = "P"
+    if where:
+        inits.append(const("zero", np.array(0.0, dtype)))
+        nodes += [helper.make_node("IsNaN", ["P"], ["nan"], name="isnan"),
+                  helper.make_node("Where", ["nan", "zero", "P"], ["P0"], name="where")]
+        p = "P0"
+    nodes.append(helper.make_node("MatMul", [p, "V"], ["Y"], name="pv"))
+    dims = [f"d{i}" for i in range(rank)]
+    outs = [vi("Y", dims, elem)] + [vi(n, dims, elem) for n in extra_outputs]
+    g = helper.make_graph(nodes, "attention", ins, outs, initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def feeds_for(model, *, mask_values=None):
+    out = {}
+    for i in model.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        dtype = np.float32 if i.type.tensor_type.elem_type == F else np.float64
+        out[i.name] = RNG.standard_normal(shape).astype(dtype)
+    if mask_values is not None:
+        out["M"] = mask_values
+    return out
+
+
+def run_both(model, feeds):
+    sess = normrt.InferenceSession(model)
+    got = sess.run(None, feeds)
+    want = ReferenceEvaluator(model).run(None, feeds)
+    return sess, got, want
+
+
+def fused(sess):
+    return [e for e in sess.report["fused"] if e["pass"] == PASS]
+
+
+def refused(sess):
+    return [e["reason"] for e in sess.report["refused"] if e["pass"] == PASS]
+
+
+def n_attention(sess):
+    return sum(1 for n in sess.optimized_model.graph.node if n.domain == "normrt" and n.op_type == "Attention")
+
+
+def numpy_attention(q, kt, v, scale, bias=None):
+    s = np.matmul(q.astype(np.float64), kt.astype(np.float64)) * scale
+    if bias is not None:
+        s = s + bias
+    m = s.max(axis=-1, keepdims=True)
+    dead = ~np.isfinite(m)
+    e = np.exp(s - np.where(dead, 0, m))
+    return np.matmul(e / np.where(dead, 1, e.sum(axis=-1, keepdims=True)), v.astype(np.float64))
+
+
+@pytest.mark.parametrize("form", ["eager", "div", "sdpa"])
+@pytest.mark.parametrize("q_shape", [(2, 3, 70, 16), (6, 65, 24)])
+def test_forms_fuse_and_match_reference(form, q_shape):
+    model = attention_model(q_shape, form=form, scale=0.3)
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1 and len(fused(sess)) == 1 and not refused(sess)
+    e = fused(sess)[0]
+    assert e["normrt_op"] == "Attention" and e["kernel"] == "attention"
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+    kt = np.swapaxes(feeds["K"], -1, -2)
+    np.testing.assert_allclose(got[0], numpy_attention(feeds["Q"], kt, feeds["V"], 0.3), rtol=2e-5, atol=2e-6)
+    # only the Transpose of K is left besides the fused node
+    assert sorted(n.op_type for n in sess.optimized_model.graph.node) == ["Attention", "Transpose"]
+
+
+def test_constant_finite_mask_without_where():
+    model = attention_model(form="eager", mask="const")
+    sess, got, want = run_both(model, feeds_for(model))
+    assert n_attention(sess) == 1
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's -inf rows
+@pytest.mark.parametrize("mask_shape", [(70, 90), (2, 1, 70, 90), (1, 3, 1, 90), (90,), (3, 70, 90)])
+def test_runtime_mask_with_where_isnan(mask_shape):
+    """torch's SDPA export: a -inf mask and Where(IsNaN(P), 0, P): fully masked rows give zeros."""
+    model = attention_model((2, 3, 70, 16), (2, 3, 90, 16), form="sdpa", mask=mask_shape, where=True)
+    m = np.where(RNG.random(mask_shape) > 0.4, 0.0, -np.inf).astype(np.float32)
+    if len(mask_shape) >= 2 and mask_shape[-2] == 70:
+        m[..., 5, :] = -np.inf                     # a fully masked query row
+    feeds = feeds_for(model, mask_values=m)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1 and not refused(sess)
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+    if len(mask_shape) >= 2 and mask_shape[-2] == 70:
+        assert (got[0][:, :, 5] == 0).all()
+
+
+def test_one_kv_head_shared_by_all_query_heads():
+    model = attention_model((2, 4, 33, 8), (2, 1, 40, 8), form="eager")
+    sess, got, want = run_both(model, feeds_for(model))
+    assert n_attention(sess) == 1
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+def test_report_and_inspect_text():
+    model = attention_model(form="sdpa", mask="input", where=True)
+    opt, report = normrt.optimize(model, report=True)
+    (entry,) = [e for e in report["fused"] if e["pass"] == PASS]
+    assert entry["pattern"] == "Mul-Mul-MatMul-Add-Softmax-IsNaN-Where-MatMul"
+    assert report["counts"]["Attention"] == 1 and report["passes"][PASS] == 1
+    assert "normrt::Attention" in format_report(report)
+    node = next(n for n in opt.graph.node if n.op_type == "Attention")
+    assert list(node.input) == ["Q", "Kt", "V", "M"]
+    assert abs(next(a.f for a in node.attribute if a.name == "scale") - 0.25) < 1e-7
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    (dict(axis=2), "Softmax over axis 2"),
+    (dict(form="runtime_scale"), "not a constant scalar"),
+    (dict(mask="input"), "without the Where(IsNaN)"),
+    (dict(mask=("rows", 90), q_shape=(2, 3, 70, 16), kv_shape=(2, 3, 90, 16), where=True), "may not broadcast"),
+    (dict(q_shape=(2, 3, 70, 16), kv_shape=(1, 3, 70, 16)), "may differ"),
+    (dict(elem=D), "the fused kernel is float32"),
+    (dict(extra_outputs=("P",)), "graph output"),
+    (dict(extra_outputs=("scaled",)), "graph output"),
+])
+def test_refused_variants_stay_unfused(kwargs, reason):
+    model = attention_model(**kwargs)
+    feeds = feeds_for(model)
+    if kwargs.get("mask") == ("rows", 90):
+        feeds["M"] = RNG.standard_normal((70, 90)).astype(np.float32)
+    if kwargs.get("form") == "runtime_scale":
+        feeds["c"] = np.array(0.3, np.float32)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 0
+    assert any(reason in r for r in refused(sess)), refused(sess)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_bundled_transformer_block_fuses():
+    from importlib import resources
+    path = resources.files("normrt") / "examples" / "transformer_block.onnx"
+    opt, report = normrt.optimize(str(path), report=True)
+    assert report["counts"].get("Attention") == 1
+    assert not [e for e in report["refused"] if e["pass"] == PASS]
