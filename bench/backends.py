@@ -103,6 +103,8 @@ def normrt_call(case, a, out):
     if k == "instance_norm":
         return functools.partial(kernel, x, a["scale"], a["bias"], eps=EPS,
                                  activation=case.activation, out=out)
+    if k == "attention":
+        return functools.partial(kernel, x, a["k"], a["v"], out=out)
     raise ValueError(f"unknown kernel {k!r}")
 
 
@@ -147,6 +149,8 @@ def onnx_model(case, arrays, fused=True):
     inputs = [helper.make_tensor_value_info("x", elem, list(case.shape))]
     if case.residual:
         inputs.append(helper.make_tensor_value_info("residual", elem, list(case.shape)))
+    if case.kernel == "attention":
+        inputs += [helper.make_tensor_value_info(n, elem, list(case.shape)) for n in ("k", "v")]
     norm_out = "h" if case.activation else "y"
     k = case.kernel
 
@@ -238,6 +242,10 @@ def onnx_model(case, arrays, fused=True):
         nodes.append(helper.make_node("InstanceNormalization", ["x", "scale", "bias"],
                                       [norm_out], epsilon=EPS))
         note = "InstanceNormalization"
+    elif k == "attention":
+        opset = 23
+        nodes.append(helper.make_node("Attention", ["x", "k", "v"], [norm_out]))
+        note = "Attention-23"
     else:
         raise ValueError(f"unknown kernel {k!r}")
 
@@ -305,6 +313,9 @@ def _ort_runner(case, a, threads, fused=True):
     binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
     if case.residual:
         binding.bind_ortvalue_input("residual", ort.OrtValue.ortvalue_from_numpy(a["residual"]))
+    if case.kernel == "attention":
+        for name in ("k", "v"):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(a[name]))
     out_value = ort.OrtValue.ortvalue_from_numpy(y)
     binding.bind_ortvalue_output("y", out_value)
     fn = functools.partial(session.run_with_iobinding, binding)
@@ -357,6 +368,9 @@ def _torch_runner(case, a, threads):
     elif k == "instance_norm":
         norm = functools.partial(F.instance_norm, x, weight=t["scale"], bias=t["bias"], eps=EPS)
         note = "F.instance_norm"
+    elif k == "attention":
+        norm = functools.partial(F.scaled_dot_product_attention, x, t["k"], t["v"])
+        note = "F.scaled_dot_product_attention"
     else:
         raise ValueError(f"unknown kernel {k!r}")
 

@@ -34,7 +34,8 @@ def bench_threads():
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    kernel: str  # normrt function name: batch_norm, layer_norm, rms_norm, group_norm, instance_norm
+    kernel: str  # normrt function name: batch_norm, layer_norm, rms_norm, group_norm, instance_norm,
+    #              attention (shape (B, H, S, D) of q, k and v)
     shape: tuple
     dtype: str = "float32"
     axis: int = -1  # layer_norm / rms_norm: normalize over axes [axis, rank)
@@ -83,6 +84,8 @@ class Case:
         for layer_norm over axis=1, whose scale and bias are each as large as x.
         """
         n = self.numel * np.dtype(self.dtype).itemsize
+        if self.kernel == "attention":
+            return 4 * n            # read q, k, v, write y
         return n * (3 if self.residual else 2)
 
     @property
@@ -109,6 +112,10 @@ def make_inputs(case):
     dt = np.dtype(case.dtype)
     x = rng.standard_normal(case.shape, dtype=np.float32).astype(dt, copy=False)
     arrays = {"x": x}
+    if case.kernel == "attention":      # x is q
+        arrays["k"] = rng.standard_normal(case.shape, dtype=np.float32).astype(dt, copy=False)
+        arrays["v"] = rng.standard_normal(case.shape, dtype=np.float32).astype(dt, copy=False)
+        return arrays
     if case.kernel in ("layer_norm", "rms_norm"):
         pshape = case.shape[case.axis:]
         arrays["scale"] = (1.0 + 0.1 * rng.standard_normal(pshape)).astype(dt)
@@ -129,6 +136,10 @@ def make_inputs(case):
 def reference(case, arrays):
     """The case's result in float64 numpy, to check every implementation computes it."""
     x = arrays["x"].astype(np.float64)
+    if case.kernel == "attention":      # softmax(q k^T / sqrt(D)) v
+        s = x @ arrays["k"].astype(np.float64).swapaxes(-1, -2) / np.sqrt(x.shape[-1])
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)) @ arrays["v"].astype(np.float64)
     if case.residual:
         x = x + arrays["residual"]
     p = {k: v.astype(np.float64) for k, v in arrays.items() if k not in ("x", "residual")}
@@ -182,6 +193,8 @@ CASES = [
     Case("instance_norm", (1, 64, 256, 256)),
     Case("instance_norm", (8, 128, 64, 64), large=True),
     Case("layer_norm", (1024, 768), dtype="float64"),
+    Case("attention", (1, 1, 1024, 16)),     # a UNet/VAE mid-block self-attention over 32x32 pixels
+    Case("attention", (1, 8, 1024, 64)),
 ]
 
 # per-call overhead cases for the report's small-call table
