@@ -17,7 +17,7 @@ split M/N panel ranges. So results never depend on the thread count.
 Python (normrt.api.gemm / normrt.api.conv) checks every argument; these
 kernels trust them (sizes are re-checked here, cheaply).
 """
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange
 
 from omp cimport omp_get_thread_num, omp_get_num_threads
 from moments cimport activate_span
@@ -30,7 +30,7 @@ cdef extern from *:
     #if defined(__AVX512F__)
       #include <immintrin.h>
       #define NRT_VW 16
-      #define NRT_MR 14
+      #define NRT_MR 8
       typedef float nrt_v __attribute__((vector_size(64)));
       typedef float nrt_vu __attribute__((vector_size(64), aligned(4)));
       #define NRT_FMA(a, b, c) ((nrt_v)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
@@ -56,6 +56,14 @@ cdef extern from *:
       #define NRT_ISA "generic"
     #endif
     #define NRT_NR (2 * NRT_VW)
+
+    /* d[0:NR] = s[0:NR], two vector moves (packing hot loop: no memcpy call) */
+    static inline void nrt_copy_nr(float* restrict d, const float* restrict s)
+    {
+        *(nrt_vu*)d = *(const nrt_vu*)s;
+        *(nrt_vu*)(d + NRT_VW) = *(const nrt_vu*)(s + NRT_VW);
+    }
+
     #define NRT_FIRST 1
     #define NRT_LAST 2
 
@@ -118,6 +126,7 @@ cdef extern from *:
     const int K_FIRST "NRT_FIRST"
     const int K_LAST "NRT_LAST"
     const char* NRT_ISA
+    void nrt_copy_nr(float* d, const float* s) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
 
@@ -130,11 +139,15 @@ cdef enum:
     # below this many flops (2*M*N*K) one thread: waking a second costs more
     PARALLEL_MIN_FLOPS = 16000000
     MAX_JOBS_M = 8
+    # rows of a thread's wide C block (stride-1 convs computed on the padded width)
+    WIDE_ROWS = 512
 
 cdef enum:
     SRC_MATRIX = 0      # row-major matrix, packed per call
     SRC_PACKED = 1      # packed once by pack_a / pack_b
     SRC_IMAGE = 2       # (B only) a CHW image, packed by implicit im2col
+    SRC_WIDE = 3        # (B only) a zero-padded CHW image, stride 1: B rows are shifted
+                        # slices of it, output columns on the padded width (see conv2d)
 
 
 cdef struct Problem:
@@ -149,8 +162,10 @@ cdef struct Problem:
     int b_src
     # image geometry (SRC_IMAGE): b points at channel 0 of this group
     Py_ssize_t ih, iw, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+    Py_ssize_t wp, plane      # SRC_WIDE: padded row width, padded channel size
     float* c
     Py_ssize_t ldc
+    Py_ssize_t c_row0, c_col0  # c holds rows from c_row0, columns from c_col0
     const float* bias      # NULL, per row (bias_axis 0) or per column (1)
     int bias_axis
     const float* res       # NULL or (m, n) with row stride ldc
@@ -182,7 +197,12 @@ def workspace_size(int n_threads):
 
 cdef inline Py_ssize_t thread_workspace() noexcept nogil:
     # + 16: each thread's slice is rounded up to a 64-byte boundary
-    return KC * NC_PANELS * NR + KC * MC_PANELS * MR + 4 * MR * NR + 2 * (MR + NR) + 16
+    return (KC * NC_PANELS * NR + KC * MC_PANELS * MR + 4 * MR * NR + 2 * (MR + NR)
+            + WIDE_ROWS * NC_PANELS * NR + 16)
+
+
+cdef inline float* cptr(const Problem* g, Py_ssize_t r, Py_ssize_t col) noexcept nogil:
+    return g.c + (r - g.c_row0) * g.ldc + (col - g.c_col0)
 
 
 # ---- packing -----------------------------------------------------------------
@@ -224,7 +244,7 @@ cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t
         d = dst + p * panel_stride
         if w == NR:
             for kk in range(kc):
-                memcpy(d + kk * NR, b + (k0 + kk) * ldb + c0, NR * sizeof(float))
+                nrt_copy_nr(d + kk * NR, b + (k0 + kk) * ldb + c0)
         else:
             for kk in range(kc):
                 src = b + (k0 + kk) * ldb + c0
@@ -280,15 +300,51 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
                         if run > hi:
                             memset(d + t + hi, 0, (run - hi) * sizeof(float))
                     else:
-                        for j in range(run):
-                            x_ = (ox + j) * g.sw + woff
-                            d[t + j] = row[x_] if 0 <= x_ < g.iw else 0.0
+                        # in-image columns j in [lo, hi): (ox + j)*sw + woff in [0, iw)
+                        iw0 = ox * g.sw + woff
+                        lo = min(max((-iw0 + g.sw - 1) // g.sw, 0), run) if iw0 < 0 else 0
+                        hi = min(max((g.iw - iw0 + g.sw - 1) // g.sw, lo), run)
+                        for j in range(lo):
+                            d[t + j] = 0.0
+                        row = row + iw0
+                        for j in range(lo, hi):
+                            d[t + j] = row[j * g.sw]
+                        for j in range(hi, run):
+                            d[t + j] = 0.0
                 t += run
                 q += run
                 ox = 0
                 oy += 1
             if t < NR:
                 memset(d + t, 0, (NR - t) * sizeof(float))
+
+
+cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
+                      Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
+    """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
+    panel row is a plain NR-float copy from the padded image."""
+    cdef Py_ssize_t taps = g.kh * g.kw, n = g.n
+    cdef Py_ssize_t p, kk, kidx, ci, ky, kx, c0, j, w
+    cdef const float* src
+    cdef float* d
+    cdef Py_ssize_t npan = (cols + NR - 1) // NR
+    for kk in range(kc):
+        kidx = k0 + kk
+        ci = kidx // taps
+        ky = (kidx - ci * taps) // g.kw
+        kx = kidx - ci * taps - ky * g.kw
+        src = g.b + ci * g.plane + ky * g.dh * g.wp + kx * g.dw
+        for p in range(npan):
+            c0 = col0 + p * NR
+            d = dst + p * panel_stride + kk * NR
+            if c0 + NR <= n:
+                nrt_copy_nr(d, src + c0)
+            else:
+                w = max(n - c0, 0)
+                for j in range(w):
+                    d[j] = src[c0 + j]
+                for j in range(w, NR):
+                    d[j] = 0.0
 
 
 def pack_a(const float[:, ::1] a,     # IN  (M, K)
@@ -332,7 +388,7 @@ cdef void edge_tile(const Problem* g, const float* ap, const float* bp, Py_ssize
     cdef float* crow
     if not (flags & K_FIRST):
         for i in range(mr):
-            crow = g.c + (r0 + i) * g.ldc + c0
+            crow = cptr(g, r0 + i, c0)
             for j in range(nr):
                 t_c[i * NR + j] = crow[j]
     if flags & K_LAST:
@@ -351,14 +407,61 @@ cdef void edge_tile(const Problem* g, const float* ap, const float* bp, Py_ssize
             res = t_res
     nrt_kernel(kc, ap, bp, t_c, NR, flags, brow, bcol, res, NR)
     for i in range(mr):
-        crow = g.c + (r0 + i) * g.ldc + c0
+        crow = cptr(g, r0 + i, c0)
         for j in range(nr):
             crow[j] = t_c[i * NR + j]
 
 
 cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0, Py_ssize_t np1,
                   float* work) noexcept nogil:
-    """C panels [mp0, mp1) x [np0, np1) (MR x NR units), all of K."""
+    """C panels [mp0, mp1) x [np0, np1) (MR x NR units), all of K.
+
+    SRC_WIDE: the block is computed (with its bias) into the thread's wide C
+    block, then its valid columns are copied to y with residual and activation."""
+    cdef Problem lg
+    if g.b_src != SRC_WIDE:
+        run_block(g, mp0, mp1, np0, np1, work)
+        return
+    lg = g[0]
+    lg.c = work + KC * NC_PANELS * NR + KC * MC_PANELS * MR + 4 * MR * NR + 2 * (MR + NR)
+    lg.ldc = (np1 - np0) * NR
+    lg.c_row0 = mp0 * MR
+    lg.c_col0 = np0 * NR
+    lg.res = NULL
+    lg.act = 0
+    run_block(&lg, mp0, mp1, np0, np1, work)
+    wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
+
+
+cdef void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
+                       Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
+    """y[r, oy*ow + ox] = act(wide[r, oy*wp + ox] + res[r, oy*ow + ox]) for the wide
+    columns [q0, q1) whose ox < ow (the rest are the padded width's spill)."""
+    cdef Py_ssize_t oy = q0 // g.wp, a, b, r, j, n_
+    cdef const float* src
+    cdef const float* res
+    cdef float* dst
+    while oy * g.wp < q1:
+        a = max(q0, oy * g.wp)
+        b = min(q1, oy * g.wp + g.ow)
+        if b > a:
+            n_ = b - a
+            for r in range(r0, r1):
+                src = cptr(lg, r, a)
+                dst = g.c + r * g.ldc + oy * g.ow + (a - oy * g.wp)
+                if g.res != NULL:
+                    res = g.res + r * g.ldc + oy * g.ow + (a - oy * g.wp)
+                    for j in range(n_):
+                        dst[j] = src[j] + res[j]
+                else:
+                    memcpy(dst, src, n_ * sizeof(float))
+                if g.act != 0:
+                    activate_span(dst, n_, g.act)
+        oy += 1
+
+
+cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0, Py_ssize_t np1,
+                    float* work) noexcept nogil:
     cdef float* wb = work
     cdef float* wa = work + KC * NC_PANELS * NR
     cdef float* tile = wa + KC * MC_PANELS * MR
@@ -383,6 +486,8 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
         else:
             if g.b_src == SRC_MATRIX:
                 pack_b_matrix(g.b, g.ldb, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
+            elif g.b_src == SRC_WIDE:
+                pack_b_wide(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             else:
                 pack_b_image(g, g.b, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             bblk = wb
@@ -417,13 +522,13 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
                                     bcol = g.bias + c0
                             if g.res != NULL:
                                 res = g.res + r0 * g.ldc + c0
-                        nrt_kernel(kc, ap, bp, g.c + r0 * g.ldc + c0, g.ldc, flags,
+                        nrt_kernel(kc, ap, bp, cptr(g, r0, c0), g.ldc, flags,
                                    brow, bcol, res, g.ldc)
                     else:
                         edge_tile(g, ap, bp, kc, flags, r0, c0, mr, nr, tile)
                     if (flags & K_LAST) and g.act != 0:
                         for i in range(mr):
-                            activate_span(g.c + (r0 + i) * g.ldc + c0, nr, g.act)
+                            activate_span(cptr(g, r0 + i, c0), nr, g.act)
             ic = ic1
 
 
@@ -550,6 +655,8 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     g.b_src = SRC_PACKED if b_packed else SRC_MATRIX
     g.c = &c[0]
     g.ldc = n
+    g.c_row0 = 0
+    g.c_col0 = 0
     g.bias = &bias[0] if bias.shape[0] else NULL
     g.bias_axis = bias_axis
     g.res = &residual[0] if residual.shape[0] else NULL
@@ -585,7 +692,10 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Problem proto
     cdef Split s
     cdef int nt, tid, size
-    cdef bint direct
+    cdef bint direct, wide
+    cdef const float* xp
+    cdef float* xpad = NULL
+    cdef Py_ssize_t pi
     cdef const float* bias_p = &bias[0] if bias.shape[0] else NULL
     cdef const float* res_p = &residual[0] if residual.shape[0] else NULL
     if group < 1 or c % group or m % group or y.shape[0] != nimg:
@@ -604,17 +714,27 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
         return
     reps = nimg * group
     nt = team(mg, oh * ow, kg, reps, n_threads)
-    if work.shape[0] < workspace_size(nt):
-        raise ValueError("work is smaller than workspace_size(n_threads)")
+    if work.shape[0] < conv_workspace_size(nimg, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg, n_threads):
+        raise ValueError("work is smaller than conv_workspace_size(...)")
     # 1x1, stride 1, no padding: x[n] is B as it is
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and oh == h and ow == wd
+    wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
     proto.m = mg
     proto.n = oh * ow
+    proto.c_row0 = 0
+    proto.c_col0 = 0
+    proto.wp = ow + (kw - 1) * dw
+    proto.plane = (oh + (kh - 1) * dh + 1) * proto.wp
+    xp = &x[0, 0, 0, 0]
+    if wide:
+        proto.n = oh * proto.wp
+        xpad = thread_work(&work[0], nt)   # after the threads' slices
+        xp = xpad
     proto.k = kg
     proto.lda = kg
     proto.a_src = SRC_PACKED
     proto.ldb = h * wd
-    proto.b_src = SRC_MATRIX if direct else SRC_IMAGE
+    proto.b_src = SRC_MATRIX if direct else (SRC_WIDE if wide else SRC_IMAGE)
     proto.ih = h
     proto.iw = wd
     proto.kh = kh
@@ -631,17 +751,71 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.bias_axis = 0
     proto.act = act
     with nogil:
+        if wide:
+            if nt == 1:
+                pad_planes(&x[0, 0, 0, 0], xpad, 0, nimg * c, h, wd, oh + (kh - 1) * dh + 1, proto.wp, ph, pw)
+            else:
+                for pi in prange(nimg * c, schedule="static", num_threads=nt):
+                    pad_planes(&x[0, 0, 0, 0], xpad, pi, pi + 1, h, wd, oh + (kh - 1) * dh + 1, proto.wp, ph, pw)
         s = choose_split(&proto, reps, nt)
         jobs = s.mb * s.nb
         if nt == 1 or jobs * reps == 1:
-            conv_jobs(&proto, s, &x[0, 0, 0, 0], &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
+            conv_jobs(&proto, s, xp, &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
                       0, 1, &work[0], 0)
         else:
             with parallel(num_threads=nt):
                 tid = omp_get_thread_num()
                 size = omp_get_num_threads()
-                conv_jobs(&proto, s, &x[0, 0, 0, 0], &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
+                conv_jobs(&proto, s, xp, &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
                           tid, size, &work[0], tid)
+
+
+cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t mg) noexcept nogil:
+    """Stride-1 convs with taps to shift: B from a zero-padded copy of the input,
+    output on its padded width (wp = ow + (kw-1)*dw columns, the last ones
+    thrown away) - every packed row is then one plain copy, where implicit
+    im2col costs about as much as a few output channels' worth of FMAs.
+    Chosen when the thrown-away columns cost less than that."""
+    cdef Py_ssize_t spill = (kw - 1) * dw, wp = ow + (kw - 1) * dw
+    if sh != 1 or sw != 1 or (kh == 1 and kw == 1 and ph == 0 and pw == 0):
+        return False
+    if ((mg + MR - 1) // MR) * MR > WIDE_ROWS:
+        return False
+    return spill * 8 <= wp or (mg <= 128 and spill * 3 <= wp)
+
+
+def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
+                        Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mg, int n_threads):
+    """Floats of workspace conv2d needs: the threads' slices, then the padded
+    input when the wide path is taken."""
+    cdef Py_ssize_t size = (max(1, n_threads) + 1) * thread_workspace()
+    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
+        size += nimg * c * (oh + (kh - 1) * dh + 1) * (ow + (kw - 1) * dw)
+    return size
+
+
+cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
+                     Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
+    """Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros around."""
+    cdef Py_ssize_t p, yy, sy, lead, ncopy
+    cdef const float* src
+    cdef float* row
+    for p in range(p0, p1):
+        src = x + p * h * w
+        for yy in range(hp):
+            row = xp + (p * hp + yy) * wp
+            sy = yy - pt
+            if sy < 0 or sy >= h:
+                memset(row, 0, wp * sizeof(float))
+                continue
+            lead = min(pl, wp)
+            ncopy = min(w, wp - lead)
+            memset(row, 0, lead * sizeof(float))
+            memcpy(row + lead, src + sy * w, ncopy * sizeof(float))
+            memset(row + lead + ncopy, 0, (wp - lead - ncopy) * sizeof(float))
 
 
 cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* w, float* y,
@@ -651,7 +825,8 @@ cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* 
     """Jobs first, first + step, ... of the (image, group, job) round robin: every
     thread stays busy even for many small images."""
     cdef Problem g = proto[0]
-    cdef Py_ssize_t jobs = s.mb * s.nb, mg = g.m, pix = g.n, img, gi, j
+    cdef Py_ssize_t jobs = s.mb * s.nb, mg = g.m, pix = g.oh * g.ow, img, gi, j
+    cdef Py_ssize_t plane = g.plane if g.b_src == SRC_WIDE else g.ih * g.iw
     cdef Py_ssize_t wsize = ((g.m + MR - 1) // MR) * MR * g.k
     cdef Py_ssize_t total = jobs * group * nimg
     j = first
@@ -659,7 +834,7 @@ cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* 
         img = j // (jobs * group)
         gi = (j // jobs) % group
         g.a = w + gi * wsize
-        g.b = x + (img * group + gi) * cg * g.ih * g.iw
+        g.b = x + (img * group + gi) * cg * plane
         g.c = y + (img * m + gi * mg) * pix
         g.bias = bias + gi * mg if bias != NULL else NULL
         g.res = res + (img * m + gi * mg) * pix if res != NULL else NULL

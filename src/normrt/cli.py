@@ -364,6 +364,7 @@ def cmd_inspect(args, out):
     import normrt
     from .onnx.executor import Executor
     from .onnx.loader import load_model
+    from .onnx.report import is_epilogue
 
     for k, path in enumerate(_models(args)):
         original = load_model(path)
@@ -376,7 +377,10 @@ def cmd_inspect(args, out):
                                                               f"after normrt.optimize"]), file=out)
 
         fused = report.get("fused", [])
-        print(f"normalizations on normrt kernels: {len(fused)}", file=out)
+        n_epilogues = sum(1 for e in fused if is_epilogue(e))
+        print(f"normalizations on normrt kernels: {len(fused) - n_epilogues}", file=out)
+        if n_epilogues:
+            print(f"Conv/MatMul with fused epilogues (bias, residual, activation): {n_epilogues}", file=out)
         if fused:
             rows = []
             for i, e in enumerate(fused, 1):

@@ -147,9 +147,10 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     if not packed:
         weight = pack_conv_weight(weight, group)
     nt = get_num_threads()
+    size = _k.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     _k.conv2d(x, weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, y,
               _EMPTY if bias is None else bias,
-              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt)
+              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
     return y
 
 

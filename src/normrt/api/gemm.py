@@ -18,10 +18,12 @@ _EMPTY = np.empty(0, np.float32)
 _local = threading.local()
 
 
-def workspace(n_threads):
-    """The calling Python thread's kernel workspace for n_threads (allocated once,
-    grown when needed: no page faults on every call)."""
-    size = _k.workspace_size(n_threads)
+def workspace(n_threads, size=None):
+    """The calling Python thread's kernel workspace of `size` floats (default: a
+    GEMM's for n_threads), allocated once and grown when needed: no page faults
+    on every call."""
+    if size is None:
+        size = _k.workspace_size(n_threads)
     buf = getattr(_local, "work", None)
     if buf is None or buf.size < size:
         buf = np.empty(size, np.float32)

@@ -25,6 +25,10 @@ Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0
     (Y = softmax(Q @ Kt * scale + bias) @ V over the last axis; Q (B, H, Sq, D) or (BH, Sq, D),
     Kt the keys transposed (B, Hkv, D, Skv), V (B, Hkv, Skv, Dv), bias additive, broadcasting
     to the scores; a query seeing no key gives zeros)
+Conv(X, W [, B, residual]) -> Y
+    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation=""
+    (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
+    residual of Y's shape)
 """
 from dataclasses import dataclass
 
@@ -61,6 +65,8 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}),
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",), {"scale": None, "is_causal": 0}),
+    NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
+           {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""}),
 )}
 
 

@@ -110,10 +110,16 @@ def _attention(attrs, n_out, q, kt, v, bias=None):
     return (y[0] if three_d else y,)
 
 
+def _conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
+    return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
+                             pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
+                             group=attrs["group"], activation=_act(attrs), residual=residual),)
+
+
 CALLS = {
     "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
     "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
-    "AdaIN": _adain, "Attention": _attention,
+    "AdaIN": _adain, "Attention": _attention, "Conv": _conv,
 }
 
 

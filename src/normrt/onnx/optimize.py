@@ -30,6 +30,7 @@ from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.activation_epilogue import ActivationEpilogue
 from .passes.attention_decomposed import AttentionDecomposed
+from .passes.conv_epilogue import ConvEpilogue
 
 
 def default_passes():
@@ -37,7 +38,7 @@ def default_passes():
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
             LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(), AttentionDecomposed(),
-            ActivationEpilogue(), ResidualNorm()]
+            ActivationEpilogue(), ResidualNorm(), ConvEpilogue()]
 
 
 def _inline_functions(model):

@@ -1,0 +1,311 @@
+"""conv_epilogue: float32 2-D Conv [-> Add/Sum residual] [-> Relu/Sigmoid/SiLU/GELU] becomes one normrt::Conv
+(bias, residual and activation applied by normrt.conv2d as it writes the output); anything it does not
+understand stays standard ONNX ops.
+
+Oracle: onnx.reference on the original model.
+"""
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from normrt.onnx.loader import load_model
+from normrt.onnx.passes import PassContext
+from normrt.onnx.passes.conv_epilogue import ConvEpilogue, same_pads
+from normrt.onnx.report import format_report
+
+RNG = np.random.default_rng(31)
+PASS = "conv_epilogue"
+mk = helper.make_node
+
+
+def arr(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def vi(name, shape, elem=TensorProto.FLOAT):
+    """shape None: symbolic dims no other value has (a shape the pass cannot compare)."""
+    if shape is None:
+        shape = [f"{name}_{i}" for i in range(4)]
+    return helper.make_tensor_value_info(name, elem, list(shape))
+
+
+def build(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "conv_epilogue", inputs, outputs,
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def conv_model(tail, x_shape=(2, 3, 9, 8), cout=6, cin_per_group=3, k=3, conv_attrs=None, bias=True,
+               y_shape=None, extra_inputs=(), extra_outputs=(), extra_inits=None, opset=17, elem=TensorProto.FLOAT):
+    """Conv('x' -> 'c') followed by `tail` (nodes from 'c' to 'y')."""
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    inits = {"w": arr(cout, cin_per_group, k, k).astype(dtype)}
+    ins = ["x", "w"]
+    if bias:
+        inits["b"] = arr(cout).astype(dtype)
+        ins.append("b")
+    inits.update(extra_inits or {})
+    nodes = [mk("Conv", ins, ["c"], name="conv", **(conv_attrs or {}))] + tail
+    inputs = [vi("x", x_shape, elem)] + [vi(n, s, elem) for n, s in extra_inputs]
+    outputs = [vi("y", y_shape, elem)] + [vi(n, s, elem) for n, s in extra_outputs]
+    return build(nodes, inputs, outputs, inits, opset)
+
+
+def run_and_compare(model, feed, rtol=1e-4, atol=1e-4):
+    opt, report = normrt.optimize(model, report=True)
+    onnx.checker.check_model(opt)
+    got = normrt.InferenceSession(opt).run(None, feed)
+    want = ReferenceEvaluator(model).run(None, feed)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return opt, report
+
+
+def normrt_conv(opt):
+    (node,) = [n for n in opt.graph.node if n.domain == "normrt" and n.op_type == "Conv"]
+    return node, {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+SQRT2 = math.sqrt(2.0)
+HALF_CONSTS = {"sqrt2": np.float32(SQRT2), "one": np.float32(1.0), "half": np.float32(0.5)}
+TAILS = {
+    # name: (nodes from 'c' to 'y', activation, residual?, extra graph inputs, constants)
+    "relu": ([mk("Relu", ["c"], ["y"], name="act")], "relu", False, (), {}),
+    "sigmoid": ([mk("Sigmoid", ["c"], ["y"], name="act")], "sigmoid", False, (), {}),
+    "silu": ([mk("Sigmoid", ["c"], ["s"], name="sig"), mk("Mul", ["s", "c"], ["y"], name="act")], "silu", False,
+             (), {}),
+    "gelu_erf": ([mk("Div", ["c", "sqrt2"], ["t"], name="div"), mk("Erf", ["t"], ["e"], name="erf"),
+                  mk("Add", ["e", "one"], ["p"], name="add1"), mk("Mul", ["c", "p"], ["q"], name="mul"),
+                  mk("Mul", ["q", "half"], ["y"], name="act")], "gelu", False, (), HALF_CONSTS),
+    "add_residual": ([mk("Add", ["c", "r"], ["y"], name="res")], "", True, (("r", (2, 6, 9, 8)),), {}),
+    "sum_residual_relu": ([mk("Sum", ["r", "c"], ["s"], name="res"), mk("Relu", ["s"], ["y"], name="act")], "relu",
+                          True, (("r", (2, 6, 9, 8)),), {}),
+    "add_residual_silu": ([mk("Add", ["c", "r"], ["s"], name="res"), mk("Sigmoid", ["s"], ["g"], name="sig"),
+                           mk("Mul", ["s", "g"], ["y"], name="act")], "silu", True, (("r", (2, 6, 9, 8)),), {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAILS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused(case, bias):
+    tail, act, residual, extra, consts = TAILS[case]
+    model = conv_model(tail, conv_attrs={"pads": [1, 1, 1, 1]}, bias=bias, y_shape=(2, 6, 9, 8),
+                       extra_inputs=extra, extra_inits=consts)
+    feed = {"x": arr(2, 3, 9, 8), **{n: arr(*s) for n, s in extra}}
+    opt, report = run_and_compare(model, feed)
+    assert len(opt.graph.node) == 1
+    node, attrs = normrt_conv(opt)
+    assert attrs.get("activation", b"").decode() == act
+    assert list(node.input[:2]) == ["x", "w"] and (len(node.input) > 2 and node.input[2] == "b") == bias
+    assert (len(node.input) == 4 and node.input[3] == "r") == residual
+    assert attrs["pads"] == [1, 1, 1, 1] and list(node.output) == ["y"]
+    assert report["passes"][PASS] == 1 and not report["refused"]
+    (entry,) = report["fused"]
+    assert entry["normrt_op"] == "Conv" and entry["kernel"] == "conv2d" and entry["nodes"][0] == "conv"
+    assert entry["activation"] == (act or None) and entry["residual"] == residual
+    assert "Conv/MatMul with fused epilogues: 1" in format_report(report)
+
+
+def test_gelu_op_opset20():
+    model = conv_model([mk("Gelu", ["c"], ["y"], name="act")], y_shape=(2, 6, 7, 6), opset=20)
+    opt, _ = run_and_compare(model, {"x": arr(2, 3, 9, 8)})
+    assert normrt_conv(opt)[1]["activation"] == b"gelu"
+
+
+CONV_ATTRS = {
+    "strided_dilated_asymmetric": ({"strides": [2, 1], "dilations": [1, 2], "pads": [0, 2, 1, 1]}, (1, 6, 5, 6),
+                                   [0, 2, 1, 1]),
+    "valid": ({"auto_pad": "VALID", "strides": [2, 2]}, (1, 6, 4, 3), [0, 0, 0, 0]),
+    "same_upper": ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, (1, 6, 5, 4), same_pads("SAME_UPPER", (9, 8),
+                                                                                           (3, 3), (2, 2), (1, 1))),
+    "same_lower": ({"auto_pad": "SAME_LOWER", "strides": [2, 2]}, (1, 6, 5, 4), same_pads("SAME_LOWER", (9, 8),
+                                                                                           (3, 3), (2, 2), (1, 1))),
+    "kernel_shape": ({"kernel_shape": [3, 3]}, (1, 6, 7, 6), [0, 0, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_ATTRS))
+def test_attributes_normalized(case):
+    attrs, y_shape, pads = CONV_ATTRS[case]
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], x_shape=(1, 3, 9, 8), conv_attrs=attrs,
+                       y_shape=y_shape)
+    opt, _ = run_and_compare(model, {"x": arr(1, 3, 9, 8)})
+    _, got = normrt_conv(opt)
+    assert got.get("pads", [0, 0, 0, 0]) == list(pads) and "auto_pad" not in got
+
+
+def test_same_pads_put_the_odd_pad_at_the_end_or_beginning():
+    assert same_pads("SAME_UPPER", (9, 8), (3, 3), (2, 2), (1, 1)) == (1, 0, 1, 1)
+    assert same_pads("SAME_LOWER", (9, 8), (3, 3), (2, 2), (1, 1)) == (1, 1, 1, 0)
+    assert same_pads("SAME_UPPER", (5, 5), (1, 1), (1, 1), (1, 1)) == (0, 0, 0, 0)
+
+
+def test_grouped_conv():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], x_shape=(1, 16, 6, 6), cout=8, cin_per_group=8,
+                       conv_attrs={"group": 2, "pads": [1, 1, 1, 1]}, y_shape=(1, 8, 6, 6))
+    opt, _ = run_and_compare(model, {"x": arr(1, 16, 6, 6)})
+    assert normrt_conv(opt)[1]["group"] == 2
+
+
+def test_resnet_projection_block():
+    """Sum of two Conv outputs, then Relu: the first Conv takes the Sum and Relu, the other stays a Conv."""
+    inits = {"w1": arr(6, 3, 1, 1), "b1": arr(6), "w2": arr(6, 3, 3, 3), "b2": arr(6)}
+    nodes = [mk("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+             mk("Conv", ["x", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             mk("Sum", ["c1", "c2"], ["s"], name="sum"), mk("Relu", ["s"], ["y"], name="relu")]
+    model = build(nodes, [vi("x", (2, 3, 5, 5))], [vi("y", (2, 6, 5, 5))], inits)
+    opt, report = run_and_compare(model, {"x": arr(2, 3, 5, 5)})
+    assert [(n.domain, n.op_type) for n in opt.graph.node] == [("", "Conv"), ("normrt", "Conv")]
+    assert report["passes"][PASS] == 1 and not report["refused"]
+    assert report["fused"][0]["pattern"] == "Conv+Sum+Relu"
+
+
+def test_batch_norm_folds_first_then_fuses():
+    """Conv -> BatchNormalization -> Mul -> Add -> Relu (Caffe2): one normrt::Conv with the folded weights."""
+    c = 6
+    inits = {"s": 1 + 0.3 * arr(c), "bb": arr(c), "m": arr(c), "v": 0.5 + arr(c) ** 2, "k": arr(c, 1, 1),
+             "d": arr(c, 1, 1)}
+    tail = [mk("BatchNormalization", ["c", "s", "bb", "m", "v"], ["n"], name="bn"),
+            mk("Mul", ["n", "k"], ["p"], name="mul"), mk("Add", ["p", "d"], ["q"], name="add"),
+            mk("Relu", ["q"], ["y"], name="act")]
+    model = conv_model(tail, y_shape=(2, 6, 7, 6), extra_inits=inits, opset=15)
+    opt, report = run_and_compare(model, {"x": arr(2, 3, 9, 8)})
+    assert len(opt.graph.node) == 1 and normrt_conv(opt)[1]["activation"] == b"relu"
+
+
+def test_bitwise_equal_for_thread_counts():
+    tail, _, _, extra, _ = TAILS["sum_residual_relu"]
+    model = conv_model(tail, x_shape=(2, 3, 9, 8), conv_attrs={"pads": [1, 1, 1, 1]}, y_shape=(2, 6, 9, 8),
+                       extra_inputs=extra)
+    feed = {"x": arr(2, 3, 9, 8), "r": arr(2, 6, 9, 8)}
+    results = [normrt.InferenceSession(model, num_threads=n).run(None, feed)[0] for n in (1, 2, 3)]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+# -- left alone ----------------------------------------------------------------------------------------------
+
+def _unchanged(model, feed, want_ops):
+    opt, report = run_and_compare(model, feed)
+    assert [(n.domain or "", n.op_type) for n in opt.graph.node] == want_ops
+    assert report["passes"].get(PASS, 0) == 0 and not report["refused"]
+
+
+def test_bare_conv_stays_standard():
+    model = conv_model([mk("Identity", ["c"], ["y"], name="id")], y_shape=(2, 6, 7, 6))
+    _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Identity")])
+
+
+def test_output_read_elsewhere():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], y_shape=(2, 6, 7, 6), extra_outputs=[("c", None)])
+    _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Relu")])
+
+
+def test_sum_read_elsewhere_keeps_the_residual_out():
+    """Conv -> Add -> Relu with the sum also a graph output: the Add is fused, the Relu is not."""
+    model = conv_model([mk("Add", ["c", "r"], ["s"], name="res"), mk("Relu", ["s"], ["y"], name="act")],
+                       y_shape=(1, 6, 7, 6), x_shape=(1, 3, 9, 8), extra_inputs=[("r", (1, 6, 7, 6))],
+                       extra_outputs=[("s", (1, 6, 7, 6))])
+    opt, _ = run_and_compare(model, {"x": arr(1, 3, 9, 8), "r": arr(1, 6, 7, 6)})
+    assert [(n.domain or "", n.op_type) for n in opt.graph.node] == [("normrt", "Conv"), ("", "Relu")]
+
+
+def test_broadcasting_add_is_no_residual():
+    model = conv_model([mk("Add", ["c", "r"], ["s"], name="res"), mk("Relu", ["s"], ["y"], name="act")],
+                       y_shape=(2, 6, 7, 6), extra_inputs=[("r", (1, 6, 1, 1))])
+    _unchanged(model, {"x": arr(2, 3, 9, 8), "r": arr(1, 6, 1, 1)}, [("", "Conv"), ("", "Add"), ("", "Relu")])
+
+
+def test_residual_of_unknown_shape_is_no_residual():
+    model = conv_model([mk("Add", ["c", "r"], ["y"], name="res")], y_shape=None, extra_inputs=[("r", None)])
+    _unchanged(model, {"x": arr(2, 3, 9, 8), "r": arr(2, 6, 7, 6)}, [("", "Conv"), ("", "Add")])
+
+
+def test_float64_conv():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], y_shape=(2, 6, 7, 6), elem=TensorProto.DOUBLE)
+    _unchanged(model, {"x": arr(2, 3, 9, 8, dtype=np.float64)}, [("", "Conv"), ("", "Relu")])
+
+
+def test_conv1d():
+    inits = {"w": arr(4, 3, 3)}
+    model = build([mk("Conv", ["x", "w"], ["c"], name="conv"), mk("Relu", ["c"], ["y"], name="act")],
+                  [vi("x", (2, 3, 8))], [vi("y", (2, 4, 6))], inits)
+    _unchanged(model, {"x": arr(2, 3, 8)}, [("", "Conv"), ("", "Relu")])
+
+
+def test_depthwise_conv():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], x_shape=(1, 6, 6, 6), cout=6, cin_per_group=1,
+                       conv_attrs={"group": 6}, y_shape=(1, 6, 4, 4))
+    _unchanged(model, {"x": arr(1, 6, 6, 6)}, [("", "Conv"), ("", "Relu")])
+
+
+def test_gelu_tanh():
+    model = conv_model([mk("Gelu", ["c"], ["y"], name="act", approximate="tanh")], y_shape=(2, 6, 7, 6), opset=20)
+    _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Gelu")])
+
+
+def _check_reason(model):
+    ctx = PassContext(load_model(model))
+    p = ConvEpilogue()
+    (m,) = list(p.matches(ctx))
+    reason = p.check(ctx, m)
+    assert p.run(ctx) == 0 and [n.op_type for n in ctx.nodes] == ["Conv", "Relu"]
+    return reason
+
+
+def test_check_refuses_same_padding_of_dynamic_spatial_shape():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], x_shape=(1, 3, "H", "W"),
+                       conv_attrs={"auto_pad": "SAME_UPPER"}, y_shape=None)
+    assert "not static" in _check_reason(model)
+
+
+def test_check_refuses_kernel_shape_mismatch():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], conv_attrs={"kernel_shape": [3, 3]}, y_shape=None)
+    model.graph.node[0].attribute[0].CopyFrom(helper.make_attribute("kernel_shape", [2, 2]))
+    assert "kernel_shape" in _check_reason(model)
+
+
+def test_check_refuses_negative_pads():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], conv_attrs={"pads": [-1, 0, 0, 0]}, y_shape=None)
+    assert "pads" in _check_reason(model)
+
+
+def test_check_refuses_bias_of_wrong_shape():
+    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], bias=False, y_shape=None,
+                       extra_inits={"b": arr(1, 6)})
+    model.graph.node[0].input.append("b")
+    assert "bias" in _check_reason(model)
+
+
+# -- the normrt::Conv node itself ----------------------------------------------------------------------------
+
+def _normrt_conv_model(w_shape, x_shape, **attrs):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="nc", domain="normrt", **attrs)
+    graph = helper.make_graph([node], "nc", [vi("x", x_shape)], [vi("y", None)],
+                              [numpy_helper.from_array(arr(*w_shape), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("normrt", 1)])
+
+
+def test_normrt_conv_node_runs_conv2d():
+    model = _normrt_conv_model((4, 3, 3, 3), (1, 3, 6, 6), pads=[1, 1, 1, 1], activation="relu")
+    x = arr(1, 3, 6, 6)
+    w = numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((1, 4, 6, 6))
+    for i in range(3):
+        for j in range(3):
+            want += np.einsum("nchw,mc->nmhw", xp[:, :, i:i + 6, j:j + 6], w[:, :, i, j])
+    got = normrt.InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_normrt_conv_node_channel_mismatch_is_a_clear_error():
+    model = _normrt_conv_model((4, 2, 3, 3), (1, 3, 6, 6))
+    with pytest.raises(Exception, match="channels"):
+        normrt.InferenceSession(model).run(None, {"x": arr(1, 3, 6, 6)})
