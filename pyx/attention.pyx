@@ -5,15 +5,17 @@ keys in blocks of KB with an online softmax (running max m and sum l per row;
 when the max grows, the partial sum and output are rescaled by exp(m_old - m)),
 so the scores never exist beyond one (QB, KB) block per thread.
 
-The two products are register-blocked micro-kernels in C: S = Q K^T reads K
-transposed (D, Skv), so a key block is a row of vectors and the small head
-dims (8-64) do not starve the vector lanes; O += P V vectorizes over the value
-dim. With AVX-512 both use explicit FMA intrinsics and masked loads for the
-tails; elsewhere plain loops the compiler vectorizes.
+With AVX-512 (nrt_attention_rows, C below) the block is held transposed: the
+QB query rows sit in the vector lanes, so the small head dims of UNet/VAE
+attention (8-64) still fill every lane, the row max and sum are plain
+vector max/add over the keys (no horizontal reductions), and both products
+are register-blocked outer products (broadcast one key's / one value's
+element, FMA into row vectors). Elsewhere a portable path keeps the keys in
+the lanes, with loops the compiler vectorizes.
 
 Determinism: the blocking is fixed (QB, KB constants, not derived from the
 thread count), each output row is computed by one thread, key blocks are
-visited in order, and the row sums use fixed lanes: results are bitwise
+visited in order and every sum runs in a fixed order: results are bitwise
 identical for any thread count.
 """
 from cython.parallel cimport prange
@@ -26,144 +28,17 @@ from omp cimport omp_get_thread_num
 cdef extern from *:
     """
     #include <stddef.h>
-    #define NRT_KB 64   /* keys per block: 4 AVX-512 vectors of scores per row */
+    #include <math.h>
+    #define NRT_KB 64   /* keys per block */
 
     #if defined(__FMA__) || defined(__AVX512F__)
-    #include <math.h>
     #define NRT_FMA(a, b, c) fmaf((a), (b), (c))
     #else
     #define NRT_FMA(a, b, c) ((a) * (b) + (c))
     #endif
 
-    #ifdef __AVX512F__
-    #include <immintrin.h>
-
-    static inline __mmask16 nrt_tail_mask(ptrdiff_t rem) {
-        return rem >= 16 ? (__mmask16)0xFFFF : rem <= 0 ? (__mmask16)0
-             : (__mmask16)((1u << rem) - 1u);
-    }
-
-    /* s[r*KB + c] = sum_d q[r*D + d] * kt[d*ldk + c] for r < nr, c < KB
-       (columns c >= nk read nothing and give 0). Four rows x 64 keys share
-       16 accumulators; the sum over d runs in order for every element. */
-    static void nrt_qk_block(const float* q, ptrdiff_t D, ptrdiff_t nr,
-                             const float* kt, ptrdiff_t ldk, ptrdiff_t nk, float* s) {
-        __mmask16 m0 = nrt_tail_mask(nk), m1 = nrt_tail_mask(nk - 16),
-                  m2 = nrt_tail_mask(nk - 32), m3 = nrt_tail_mask(nk - 48);
-        ptrdiff_t r = 0, d;
-        for (; r + 4 <= nr; r += 4) {
-            const float* q0 = q + r * D;
-            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-            __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-            __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-            __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-            for (d = 0; d < D; d++) {
-                const float* kd = kt + d * ldk;
-                __m512 k0 = _mm512_maskz_loadu_ps(m0, kd);
-                __m512 k1 = _mm512_maskz_loadu_ps(m1, kd + 16);
-                __m512 k2 = _mm512_maskz_loadu_ps(m2, kd + 32);
-                __m512 k3 = _mm512_maskz_loadu_ps(m3, kd + 48);
-                __m512 b;
-                b = _mm512_set1_ps(q0[d]);
-                a00 = _mm512_fmadd_ps(b, k0, a00); a01 = _mm512_fmadd_ps(b, k1, a01);
-                a02 = _mm512_fmadd_ps(b, k2, a02); a03 = _mm512_fmadd_ps(b, k3, a03);
-                b = _mm512_set1_ps(q0[D + d]);
-                a10 = _mm512_fmadd_ps(b, k0, a10); a11 = _mm512_fmadd_ps(b, k1, a11);
-                a12 = _mm512_fmadd_ps(b, k2, a12); a13 = _mm512_fmadd_ps(b, k3, a13);
-                b = _mm512_set1_ps(q0[2 * D + d]);
-                a20 = _mm512_fmadd_ps(b, k0, a20); a21 = _mm512_fmadd_ps(b, k1, a21);
-                a22 = _mm512_fmadd_ps(b, k2, a22); a23 = _mm512_fmadd_ps(b, k3, a23);
-                b = _mm512_set1_ps(q0[3 * D + d]);
-                a30 = _mm512_fmadd_ps(b, k0, a30); a31 = _mm512_fmadd_ps(b, k1, a31);
-                a32 = _mm512_fmadd_ps(b, k2, a32); a33 = _mm512_fmadd_ps(b, k3, a33);
-            }
-            float* s0 = s + r * NRT_KB;
-            _mm512_storeu_ps(s0, a00); _mm512_storeu_ps(s0 + 16, a01);
-            _mm512_storeu_ps(s0 + 32, a02); _mm512_storeu_ps(s0 + 48, a03);
-            s0 += NRT_KB;
-            _mm512_storeu_ps(s0, a10); _mm512_storeu_ps(s0 + 16, a11);
-            _mm512_storeu_ps(s0 + 32, a12); _mm512_storeu_ps(s0 + 48, a13);
-            s0 += NRT_KB;
-            _mm512_storeu_ps(s0, a20); _mm512_storeu_ps(s0 + 16, a21);
-            _mm512_storeu_ps(s0 + 32, a22); _mm512_storeu_ps(s0 + 48, a23);
-            s0 += NRT_KB;
-            _mm512_storeu_ps(s0, a30); _mm512_storeu_ps(s0 + 16, a31);
-            _mm512_storeu_ps(s0 + 32, a32); _mm512_storeu_ps(s0 + 48, a33);
-        }
-        for (; r < nr; r++) {
-            const float* q0 = q + r * D;
-            __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
-            for (d = 0; d < D; d++) {
-                const float* kd = kt + d * ldk;
-                __m512 b = _mm512_set1_ps(q0[d]);
-                a00 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m0, kd), a00);
-                a01 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m1, kd + 16), a01);
-                a02 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m2, kd + 32), a02);
-                a03 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m3, kd + 48), a03);
-            }
-            float* s0 = s + r * NRT_KB;
-            _mm512_storeu_ps(s0, a00); _mm512_storeu_ps(s0 + 16, a01);
-            _mm512_storeu_ps(s0 + 32, a02); _mm512_storeu_ps(s0 + 48, a03);
-        }
-    }
-
-    /* o[r*Dv + e] += sum_{c < nk} p[r*KB + c] * v[c*Dv + e], for the value
-       columns [e0, e0 + 16*NV): eight rows x NV vectors of accumulators. */
-    static inline __attribute__((always_inline)) void
-    nrt_pv_cols(const float* p, ptrdiff_t nr, ptrdiff_t nk, const float* v, ptrdiff_t Dv,
-                float* o, ptrdiff_t e0, const int NV) {
-        __mmask16 m0 = nrt_tail_mask(Dv - e0), m1 = nrt_tail_mask(Dv - e0 - 16);
-        ptrdiff_t r = 0, c, i;
-        for (; r + 8 <= nr; r += 8) {
-            __m512 acc0[8], acc1[8];
-            float* o0 = o + r * Dv + e0;
-            for (i = 0; i < 8; i++) {
-                acc0[i] = _mm512_maskz_loadu_ps(m0, o0 + i * Dv);
-                if (NV == 2) acc1[i] = _mm512_maskz_loadu_ps(m1, o0 + i * Dv + 16);
-            }
-            const float* p0 = p + r * NRT_KB;
-            for (c = 0; c < nk; c++) {
-                const float* vc = v + c * Dv + e0;
-                __m512 v0 = _mm512_maskz_loadu_ps(m0, vc);
-                __m512 v1 = NV == 2 ? _mm512_maskz_loadu_ps(m1, vc + 16) : v0;
-                #pragma GCC unroll 8
-                for (i = 0; i < 8; i++) {
-                    __m512 b = _mm512_set1_ps(p0[i * NRT_KB + c]);
-                    acc0[i] = _mm512_fmadd_ps(b, v0, acc0[i]);
-                    if (NV == 2) acc1[i] = _mm512_fmadd_ps(b, v1, acc1[i]);
-                }
-            }
-            for (i = 0; i < 8; i++) {
-                _mm512_mask_storeu_ps(o0 + i * Dv, m0, acc0[i]);
-                if (NV == 2) _mm512_mask_storeu_ps(o0 + i * Dv + 16, m1, acc1[i]);
-            }
-        }
-        for (; r < nr; r++) {
-            float* o0 = o + r * Dv + e0;
-            const float* p0 = p + r * NRT_KB;
-            __m512 a0 = _mm512_maskz_loadu_ps(m0, o0);
-            __m512 a1 = NV == 2 ? _mm512_maskz_loadu_ps(m1, o0 + 16) : a0;
-            for (c = 0; c < nk; c++) {
-                const float* vc = v + c * Dv + e0;
-                __m512 b = _mm512_set1_ps(p0[c]);
-                a0 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m0, vc), a0);
-                if (NV == 2) a1 = _mm512_fmadd_ps(b, _mm512_maskz_loadu_ps(m1, vc + 16), a1);
-            }
-            _mm512_mask_storeu_ps(o0, m0, a0);
-            if (NV == 2) _mm512_mask_storeu_ps(o0 + 16, m1, a1);
-        }
-    }
-
-    static void nrt_pv_block(const float* p, ptrdiff_t nr, ptrdiff_t nk,
-                             const float* v, ptrdiff_t Dv, float* o) {
-        ptrdiff_t e0 = 0;
-        for (; e0 + 16 < Dv; e0 += 32)
-            nrt_pv_cols(p, nr, nk, v, Dv, o, e0, 2);
-        if (e0 < Dv)
-            nrt_pv_cols(p, nr, nk, v, Dv, o, e0, 1);
-    }
-
-    #else  /* portable: loops over contiguous columns that compilers vectorize */
+    /* ---- portable: keys in the vector lanes, loops over contiguous columns
+       that compilers vectorize (the online softmax is online_softmax_rows below) */
 
     static void nrt_qk_block(const float* q, ptrdiff_t D, ptrdiff_t nr,
                              const float* kt, ptrdiff_t ldk, ptrdiff_t nk, float* s) {
@@ -194,9 +69,214 @@ cdef extern from *:
             }
         }
     }
+    /* ---- AVX-512: one work item with its query rows in the vector lanes */
+    #ifdef __AVX512F__
+    #include <immintrin.h>
+    #define NRT_HAVE_AVX512 1
+    #define NRT_QB 64   /* query rows per work item: 4 vectors */
+
+    static inline __mmask16 nrt_tail_mask(ptrdiff_t rem) {
+        return rem >= 16 ? (__mmask16)0xFFFF : rem <= 0 ? (__mmask16)0
+             : (__mmask16)((1u << rem) - 1u);
+    }
+
+    /* e**x, 16 lanes: Cephes' expf like exp_f of moments.pxd (range reduction
+       by ln2, degree-6 polynomial), 2**n by vscalefps; exp(x < -87.34) = 0
+       (so exp(-inf) = 0), NaN stays NaN (vmaxps/vminps return their second
+       operand, x, when it is NaN). */
+    static inline __m512 nrt_exp512(__m512 x) {
+        const __m512 lo = _mm512_set1_ps(-87.3365447504019f);
+        __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+        __m512 xc = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(lo, x));
+        __m512 n = _mm512_roundscale_ps(
+            _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+            _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+        r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+        __m512 z = _mm512_mul_ps(r, r);
+        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+        p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
+        return _mm512_maskz_mov_ps((__mmask16)~under, _mm512_scalef_ps(p, n));
+    }
+
+    /* sT[c][r] = sum_d k[c*D + d] * qT[d][r] for keys c < nk, all QB rows:
+       four keys x four row vectors of accumulators, d in order. */
+    static void nrt_qk_t(const float* qT, const float* k, ptrdiff_t D, ptrdiff_t nk, float* sT) {
+        ptrdiff_t c = 0, d;
+        int kk, rv;
+        for (; c + 4 <= nk; c += 4) {
+            __m512 acc[4][4];
+            for (kk = 0; kk < 4; kk++)
+                for (rv = 0; rv < 4; rv++)
+                    acc[kk][rv] = _mm512_setzero_ps();
+            for (d = 0; d < D; d++) {
+                __m512 qv[4];
+                for (rv = 0; rv < 4; rv++)
+                    qv[rv] = _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv);
+                #pragma GCC unroll 4
+                for (kk = 0; kk < 4; kk++) {
+                    __m512 b = _mm512_set1_ps(k[(c + kk) * D + d]);
+                    #pragma GCC unroll 4
+                    for (rv = 0; rv < 4; rv++)
+                        acc[kk][rv] = _mm512_fmadd_ps(b, qv[rv], acc[kk][rv]);
+                }
+            }
+            for (kk = 0; kk < 4; kk++)
+                for (rv = 0; rv < 4; rv++)
+                    _mm512_storeu_ps(sT + (c + kk) * NRT_QB + 16 * rv, acc[kk][rv]);
+        }
+        for (; c < nk; c++) {
+            __m512 acc[4];
+            for (rv = 0; rv < 4; rv++)
+                acc[rv] = _mm512_setzero_ps();
+            for (d = 0; d < D; d++) {
+                __m512 b = _mm512_set1_ps(k[c * D + d]);
+                for (rv = 0; rv < 4; rv++)
+                    acc[rv] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv), acc[rv]);
+            }
+            for (rv = 0; rv < 4; rv++)
+                _mm512_storeu_ps(sT + c * NRT_QB + 16 * rv, acc[rv]);
+        }
+    }
+
+    /* oT[e][r] = oT[e][r] * alpha[r] + sum_{c < nk} v[c*Dv + e] * pT[c][r], for
+       the value columns [e0, e0 + NE) and the 32 rows of half `h`: NE x 2
+       vectors of accumulators, c in order. */
+    static inline __attribute__((always_inline)) void
+    nrt_pv_t_cols(const float* pT, const float* v, ptrdiff_t Dv, ptrdiff_t nk, const float* alpha,
+                  float* oT, ptrdiff_t e0, int h, const int NE) {
+        __m512 acc[8][2];
+        __m512 a0 = _mm512_loadu_ps(alpha + 32 * h), a1 = _mm512_loadu_ps(alpha + 32 * h + 16);
+        ptrdiff_t c;
+        int ee;
+        for (ee = 0; ee < NE; ee++) {
+            acc[ee][0] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 32 * h), a0);
+            acc[ee][1] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 32 * h + 16), a1);
+        }
+        for (c = 0; c < nk; c++) {
+            __m512 p0 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h);
+            __m512 p1 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h + 16);
+            const float* vc = v + c * Dv + e0;
+            #pragma GCC unroll 8
+            for (ee = 0; ee < NE; ee++) {
+                __m512 b = _mm512_set1_ps(vc[ee]);
+                acc[ee][0] = _mm512_fmadd_ps(b, p0, acc[ee][0]);
+                acc[ee][1] = _mm512_fmadd_ps(b, p1, acc[ee][1]);
+            }
+        }
+        for (ee = 0; ee < NE; ee++) {
+            _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 32 * h, acc[ee][0]);
+            _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 32 * h + 16, acc[ee][1]);
+        }
+    }
+
+    /* One work item: out rows [i0, i0 + nr) (nr <= QB) of one head.
+       q: (nr, D) rows; k: (Skv, D), v: (Skv, Dv) of the kv head; bias: the
+       (row i0, key 0) entry of the head's bias rows (NULL: none), rows
+       bias_row_stride apart; out: (nr, Dv) rows. work: QB*(D + KB + Dv + 3) floats.
+       Lanes past nr hold zero queries and are never written out. */
+    static void nrt_attention_rows(const float* q, const float* k, const float* v,
+                                   const float* bias, ptrdiff_t bias_row_stride, float* out,
+                                   ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                                   float scale, int causal, ptrdiff_t i0, float* work) {
+        float* qT = work;                       /* (D, QB) scaled queries */
+        float* sT = qT + D * NRT_QB;            /* (KB, QB) scores, then probabilities */
+        float* oT = sT + NRT_KB * NRT_QB;       /* (Dv, QB) unnormalized output */
+        float* mrow = oT + Dv * NRT_QB;         /* (QB) running max */
+        float* lrow = mrow + NRT_QB;            /* (QB) running sum */
+        float* alpha = lrow + NRT_QB;           /* (QB) this block's rescaling */
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        ptrdiff_t r, d, e, c, j0, jend, nk;
+        int rv, h;
+        for (d = 0; d < D; d++)
+            for (r = 0; r < NRT_QB; r++)
+                qT[d * NRT_QB + r] = r < nr ? q[r * D + d] * scale : 0.0f;
+        for (r = 0; r < NRT_QB; r++) {
+            mrow[r] = -INFINITY;
+            lrow[r] = 0.0f;
+        }
+        for (e = 0; e < Dv * NRT_QB; e++)
+            oT[e] = 0.0f;
+        jend = Skv;
+        if (causal && i0 + nr < jend)
+            jend = i0 + nr;                     /* later keys are masked for every row here */
+        for (j0 = 0; j0 < jend; j0 += NRT_KB) {
+            nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
+            nrt_qk_t(qT, k + j0 * D, D, nk, sT);
+            if (bias)
+                for (c = 0; c < nk; c++)
+                    for (r = 0; r < nr; r++)
+                        sT[c * NRT_QB + r] += bias[r * bias_row_stride + j0 + c];
+            if (causal && j0 + nk - 1 > i0) {
+                /* key j0 + c is visible to row i0 + r iff j0 + c <= i0 + r */
+                for (c = 0; c < nk; c++)
+                    for (rv = 0; rv < 4; rv++) {
+                        ptrdiff_t first = j0 + c - i0 - 16 * rv;   /* first visible lane */
+                        if (first <= 0)
+                            continue;
+                        __mmask16 hidden = nrt_tail_mask(first);
+                        float* sp = sT + c * NRT_QB + 16 * rv;
+                        _mm512_storeu_ps(sp, _mm512_mask_mov_ps(_mm512_loadu_ps(sp), hidden, ninf));
+                    }
+            }
+            for (rv = 0; rv < 4; rv++) {
+                /* the block's max per row (vmaxps(s, mx) keeps mx over a NaN s: the
+                   NaN then poisons the row through exp), the new running max */
+                __m512 mx = _mm512_loadu_ps(mrow + 16 * rv);
+                for (c = 0; c < nk; c++)
+                    mx = _mm512_max_ps(_mm512_loadu_ps(sT + c * NRT_QB + 16 * rv), mx);
+                __m512 mold = _mm512_loadu_ps(mrow + 16 * rv);
+                /* rows that saw no key yet shift by 0: exp(-inf - 0) = 0 */
+                __m512 shift = _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ),
+                                                  _mm512_setzero_ps());
+                __m512 sum = _mm512_setzero_ps();
+                for (c = 0; c < nk; c++) {
+                    float* sp = sT + c * NRT_QB + 16 * rv;
+                    __m512 p = nrt_exp512(_mm512_sub_ps(_mm512_loadu_ps(sp), shift));
+                    _mm512_storeu_ps(sp, p);
+                    sum = _mm512_add_ps(sum, p);
+                }
+                __m512 a = nrt_exp512(_mm512_sub_ps(mold, shift));   /* 0 while mold = -inf */
+                _mm512_storeu_ps(alpha + 16 * rv, a);
+                _mm512_storeu_ps(lrow + 16 * rv, _mm512_fmadd_ps(_mm512_loadu_ps(lrow + 16 * rv), a, sum));
+                _mm512_storeu_ps(mrow + 16 * rv, mx);
+            }
+            for (h = 0; h < 2; h++) {
+                e = 0;
+                for (; e + 8 <= Dv; e += 8)
+                    nrt_pv_t_cols(sT, v + j0 * Dv, Dv, nk, alpha, oT, e, h, 8);
+                for (; e < Dv; e++)
+                    nrt_pv_t_cols(sT, v + j0 * Dv, Dv, nk, alpha, oT, e, h, 1);
+            }
+        }
+        for (r = 0; r < nr; r++) {
+            /* a row that saw no key (fully masked) attends to nothing: zeros */
+            float inv = lrow[r] != 0.0f ? 1.0f / lrow[r] : 0.0f;
+            for (e = 0; e < Dv; e++)
+                out[r * Dv + e] = oT[e * NRT_QB + r] * inv;
+        }
+    }
+    #else
+    #define NRT_HAVE_AVX512 0
+    #define NRT_QB 64
+    static void nrt_attention_rows(const float* q, const float* k, const float* v,
+                                   const float* bias, ptrdiff_t bias_row_stride, float* out,
+                                   ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                                   float scale, int causal, ptrdiff_t i0, float* work) { }  /* never called */
     #endif
     """
     enum: KB "NRT_KB"
+    const bint HAVE_AVX512 "NRT_HAVE_AVX512"
+    void attention_rows "nrt_attention_rows"(const float* q, const float* k, const float* v,
+                                             const float* bias, Py_ssize_t bias_row_stride, float* out,
+                                             Py_ssize_t nr, Py_ssize_t D, Py_ssize_t Skv, Py_ssize_t Dv,
+                                             float scale, bint causal, Py_ssize_t i0,
+                                             float* work) noexcept nogil
     void qk_block "nrt_qk_block"(const float* q, Py_ssize_t D, Py_ssize_t nr, const float* kt,
                                  Py_ssize_t ldk, Py_ssize_t nk, float* s) noexcept nogil
     void pv_block "nrt_pv_block"(const float* p, Py_ssize_t nr, Py_ssize_t nk, const float* v,
@@ -281,14 +361,14 @@ cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
 
 
 def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
-                  const float[:, :, :, ::1] kt,     # IN  (B, Hkv, D, Skv): K transposed
+                  const float[:, :, :, ::1] k,      # IN  (B, Hkv, Skv, D)
                   const float[:, :, :, ::1] v,      # IN  (B, Hkv, Skv, Dv)
                   const float[:, :, :, ::1] bias,   # IN  (1|B, 1|Hq, 1|Sq, Skv), broadcast over the
                                                     #     axes of size 1; shape (0, 0, 0, 0): none
                   float[:, :, :, ::1] out,          # OUT (B, Hq, Sq, Dv)
                   float scale, bint causal, int n_threads):
     cdef Py_ssize_t B = q.shape[0], Hq = q.shape[1], Sq = q.shape[2], D = q.shape[3]
-    cdef Py_ssize_t Hkv = kt.shape[1], Skv = kt.shape[3], Dv = v.shape[3]
+    cdef Py_ssize_t Hkv = k.shape[1], Skv = k.shape[2], Dv = v.shape[3]
     cdef Py_ssize_t nqb, n_items, item, bh, b, h, hk, i0, nr, j0, jend, nk, r, c, t, rep
     cdef Py_ssize_t per_thread, bias_row_stride = 0
     cdef bint has_bias = bias.shape[0] != 0
@@ -298,11 +378,13 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
     cdef float* o
     cdef float* m
     cdef float* l
+    cdef float* ktb
     cdef const float* bias0
+    cdef const float* bias_blk
     cdef float inv
-    if (kt.shape[0] != B or kt.shape[2] != D or v.shape[0] != B or v.shape[1] != Hkv
+    if (k.shape[0] != B or k.shape[3] != D or v.shape[0] != B or v.shape[1] != Hkv
             or v.shape[2] != Skv or Hkv == 0 or Hq % Hkv != 0):
-        raise ValueError("q, kt, v shapes do not agree")
+        raise ValueError("q, k, v shapes do not agree")
     if out.shape[0] != B or out.shape[1] != Hq or out.shape[2] != Sq or out.shape[3] != Dv:
         raise ValueError("out must have shape (B, Hq, Sq, Dv)")
     if has_bias and (bias.shape[0] not in (1, B) or bias.shape[1] not in (1, Hq)
@@ -321,50 +403,62 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
         n_threads = <int>n_items
     if n_threads < 1:
         n_threads = 1
-    # per thread: scaled q rows, one score block, output rows, running max and sum
-    per_thread = QB * D + QB * KB + QB * Dv + 2 * QB + 16
+    # per thread: scaled q rows, one score block, output rows, running max and sum (and the
+    # AVX-512 path's block rescaling); the portable path's transposed key block
+    per_thread = QB * D + QB * KB + QB * Dv + 3 * QB + D * KB + 16
     work = <float*>malloc(n_threads * per_thread * sizeof(float))
     if work == NULL:
         raise MemoryError()
     try:
         for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
             t = omp_get_thread_num()
-            qs = work + t * per_thread
-            s = qs + QB * D
-            o = s + QB * KB
-            m = o + QB * Dv
-            l = m + QB
             bh = item // nqb
             i0 = (item % nqb) * QB
             nr = min(QB, Sq - i0)
             b = bh // Hq
             h = bh % Hq
             hk = h // rep
-            for r in range(nr):
-                for c in range(D):
-                    qs[r * D + c] = q[b, h, i0 + r, c] * scale
-                m[r] = -INFINITY
-                l[r] = 0
-            for c in range(nr * Dv):
-                o[c] = 0
-            jend = Skv
-            if causal and i0 + nr < jend:
-                jend = i0 + nr                  # later keys are masked for every row here
             bias0 = NULL
-            j0 = 0
-            while j0 < jend:
-                nk = min(<Py_ssize_t>KB, jend - j0)
-                if has_bias:
-                    bias0 = &bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0,
-                                  i0 if bias.shape[2] > 1 else 0, j0]
-                qk_block(qs, D, nr, &kt[b, hk, 0, j0], Skv, nk, s)
-                online_softmax_rows(s, nr, nk, i0, j0, causal, bias0, bias_row_stride, m, l, o, Dv)
-                pv_block(s, nr, nk, &v[b, hk, j0, 0], Dv, o)
-                j0 = j0 + KB
-            for r in range(nr):
-                # a row that saw no key (fully masked) attends to nothing: zeros
-                inv = 1 / l[r] if l[r] != 0 else 0
-                for c in range(Dv):
-                    out[b, h, i0 + r, c] = o[r * Dv + c] * inv
+            if has_bias:
+                bias0 = &bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0,
+                              i0 if bias.shape[2] > 1 else 0, 0]
+            if HAVE_AVX512:
+                attention_rows(&q[b, h, i0, 0], &k[b, hk, 0, 0], &v[b, hk, 0, 0], bias0, bias_row_stride,
+                               &out[b, h, i0, 0], nr, D, Skv, Dv, scale, causal, i0, work + t * per_thread)
+            else:
+                qs = work + t * per_thread
+                s = qs + QB * D
+                o = s + QB * KB
+                m = o + QB * Dv
+                l = m + QB
+                ktb = l + QB
+                for r in range(nr):
+                    for c in range(D):
+                        qs[r * D + c] = q[b, h, i0 + r, c] * scale
+                    m[r] = -INFINITY
+                    l[r] = 0
+                for c in range(nr * Dv):
+                    o[c] = 0
+                jend = Skv
+                if causal and i0 + nr < jend:
+                    jend = i0 + nr                  # later keys are masked for every row here
+                j0 = 0
+                while j0 < jend:
+                    nk = min(<Py_ssize_t>KB, jend - j0)
+                    for c in range(nk):             # the key block transposed: keys in the lanes
+                        for r in range(D):
+                            ktb[r * KB + c] = k[b, hk, j0 + c, r]
+                    qk_block(qs, D, nr, ktb, KB, nk, s)
+                    bias_blk = NULL
+                    if bias0 != NULL:
+                        bias_blk = bias0 + j0
+                    online_softmax_rows(s, nr, nk, i0, j0, causal, bias_blk, bias_row_stride, m, l, o, Dv)
+                    pv_block(s, nr, nk, &v[b, hk, j0, 0], Dv, o)
+                    j0 = j0 + KB
+                for r in range(nr):
+                    # a row that saw no key (fully masked) attends to nothing: zeros
+                    inv = 1 / l[r] if l[r] != 0 else 0
+                    for c in range(Dv):
+                        out[b, h, i0 + r, c] = o[r * Dv + c] * inv
     finally:
         free(work)

@@ -76,10 +76,13 @@ def attention(q, k, v, *, scale=None, bias=None, is_causal=False, out=None):
 def attention_kt(q, kt, v, *, scale=None, bias=None, is_causal=False, out=None):
     """attention() with the keys given transposed, kt: (B, Hkv, D, Skv).
 
-    The layout decomposed attention graphs hold (MatMul(Q, K^T)) and the one the
-    kernel reads, so a contiguous kt is used as it is.
+    The layout decomposed attention graphs hold (MatMul(Q, K^T)); the kernel
+    reads the keys untransposed, so a transposed view (the usual producer is a
+    Transpose of K) costs no copy.
     """
-    kt = chk.tensor(kt, "kt")
+    kt = np.asarray(kt)                 # no copy: a transposed view of K is what the kernel wants
+    if kt.dtype not in chk.FLOAT_DTYPES:
+        raise TypeError(f"kt must be a float32 or float64 array, got dtype {kt.dtype}")
     if kt.ndim != 4:
         raise ValueError(f"kt must have rank 4 (batch, heads, head dim, sequence), got shape {kt.shape}")
     return _attention(q, kt, v, "kt", scale, bias, is_causal, out)
@@ -121,7 +124,7 @@ def _attention(q, kt, v, kname, scale, bias, is_causal, out):
         return y
     if q.dtype == np.float64:
         return _attention_f64(q, kt.transpose(0, 1, 3, 2), v, scale, b4, bool(is_causal), y)
-    kt = np.ascontiguousarray(kt)        # key blocks as rows of vectors
-    _k.attention_fwd(q, kt, v, _NO_BIAS if b4 is None else b4, y,
+    k = np.ascontiguousarray(kt.transpose(0, 1, 3, 2))   # the kernel reads each key's D values in a row
+    _k.attention_fwd(q, k, v, _NO_BIAS if b4 is None else b4, y,
                      scale, bool(is_causal), get_num_threads())
     return y
