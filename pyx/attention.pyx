@@ -287,8 +287,11 @@ cdef enum:
     # output stay in L1 while K and V stream from L2
     QB = 64
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
-    # below this many multiply-adds a second thread costs more than it saves
-    PARALLEL_MIN = 1 << 20
+    # below this much work (Sq * Skv * (D + Dv) over all heads, ~40 us on one core) a
+    # second thread costs more than it saves: in a graph the other core is often
+    # still busy with (or spinning after) the GEMM before, and waiting for it takes
+    # longer than the whole small attention
+    PARALLEL_MIN = 1 << 23
 
 
 cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
