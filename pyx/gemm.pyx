@@ -561,7 +561,13 @@ cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexce
         return s
     if n_threads > 64:
         n_threads = 64
-    nb_max = min(np_, max(2 * nb_min, nb_min + 2 * n_threads))
+    if nb_min * reps >= 4 * n_threads:
+        # plenty of jobs: a whole number of rounds when the N panels allow it
+        nb = ((nb_min + n_threads - 1) // n_threads) * n_threads
+        if reps == 1 and nb <= np_:
+            s.nb = nb
+        return s
+    nb_max = min(np_, nb_min + 2 * n_threads)
     for mb in range(1, min(mp, <Py_ssize_t>MAX_JOBS_M) + 1):
         for nb in range(nb_min, nb_max + 1):
             for t in range(n_threads):

@@ -69,6 +69,10 @@ def pack_conv_weight(weight, group=1):
 
 
 def _ints(v, n, name, min_value):
+    if (type(v) is tuple or type(v) is list) and len(v) == n:
+        t = tuple(v)
+        if all(type(i) is int for i in t) and min(t) >= min_value:
+            return t   # the common case, cheaply
     try:
         items = tuple(v)
     except TypeError:
@@ -136,7 +140,7 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     if residual is not None:
         residual = chk.param(residual, "residual", out_shape, dtype, broadcast=True)
     y = chk.output(out, out_shape, dtype)
-    if np.may_share_memory(y, x):
+    if out is not None and np.may_share_memory(y, x):
         raise ValueError("out must not overlap x")
     if n == 0:
         return y

@@ -4,6 +4,7 @@ y = act(a @ b + bias + residual). A constant right operand (a model's weight)
 is packed once with pack_matmul_weight and reused on every call. float64 runs
 on numpy (the same epilogue, in float64).
 """
+import math
 import threading
 
 import numpy as np
@@ -122,12 +123,12 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
         raise ValueError(f"a's last dimension must be K = {k} (b's rows), got shape {a.shape}")
     dtype = a.dtype
     out_shape = a.shape[:-1] + (n,)
-    m = int(np.prod(a.shape[:-1], dtype=np.int64))
+    m = math.prod(a.shape[:-1])
     bias = chk.param(bias, "bias", (n,), dtype)
     if residual is not None:
         residual = chk.param(residual, "residual", out_shape, dtype, broadcast=True)
     y = chk.output(out, out_shape, dtype)
-    if np.may_share_memory(y, a) or (not packed and np.may_share_memory(y, b)):
+    if out is not None and (np.may_share_memory(y, a) or (not packed and np.may_share_memory(y, b))):
         raise ValueError("out must not overlap a or b")
     if m == 0 or n == 0:
         return y
