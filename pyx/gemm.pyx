@@ -266,6 +266,11 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
     cdef const float* row
     cdef float* d
     cdef Py_ssize_t npan = (cols + NR - 1) // NR
+    cdef Py_ssize_t first_oy[NC_PANELS]
+    cdef Py_ssize_t first_ox[NC_PANELS]
+    for p in range(npan):      # (a job packs at most NC_PANELS panels)
+        first_oy[p] = (col0 + p * NR) // g.ow
+        first_ox[p] = col0 + p * NR - first_oy[p] * g.ow
     for kk in range(kc):
         kidx = k0 + kk
         ci = kidx // taps
@@ -278,8 +283,8 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
             c0 = col0 + p * NR
             pend = min(c0 + NR, n)
             d = dst + p * panel_stride + kk * NR
-            oy = c0 // g.ow
-            ox = c0 - oy * g.ow
+            oy = first_oy[p]
+            ox = first_ox[p]
             q = c0
             t = 0
             while q < pend:
@@ -307,8 +312,12 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
                         for j in range(lo):
                             d[t + j] = 0.0
                         row = row + iw0
-                        for j in range(lo, hi):
-                            d[t + j] = row[j * g.sw]
+                        if g.sw == 2:     # the common strided case: a constant stride vectorizes
+                            for j in range(lo, hi):
+                                d[t + j] = row[2 * j]
+                        else:
+                            for j in range(lo, hi):
+                                d[t + j] = row[j * g.sw]
                         for j in range(hi, run):
                             d[t + j] = 0.0
                 t += run
