@@ -413,7 +413,10 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
     if work == NULL:
         raise MemoryError()
     try:
-        for item in prange(n_items, nogil=True, schedule="static", num_threads=n_threads):
+        # dynamic: when the other core is busy (another process, a GEMM's spinning
+        # threads) the thread that runs takes the items the stalled one would have held;
+        # which thread computes an item does not change its result
+        for item in prange(n_items, nogil=True, schedule="dynamic", num_threads=n_threads):
             t = omp_get_thread_num()
             bh = item // nqb
             i0 = (item % nqb) * QB
