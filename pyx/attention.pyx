@@ -80,28 +80,26 @@ cdef extern from *:
              : (__mmask16)((1u << rem) - 1u);
     }
 
-    /* e**x, 16 lanes: Cephes' expf like exp_f of moments.pxd (range reduction
-       by ln2, degree-6 polynomial), 2**n by vscalefps; exp(x < -87.34) = 0
-       (so exp(-inf) = 0), NaN stays NaN (vmaxps/vminps return their second
-       operand, x, when it is NaN). */
-    static inline __m512 nrt_exp512(__m512 x) {
-        const __m512 lo = _mm512_set1_ps(-87.3365447504019f);
+    /* 2**x, 16 lanes: x = n + f with n = round(x), |f| <= 1/2, 2**f by its
+       degree-7 Taylor polynomial (relative error ~1e-7, like exp_f), 2**n by
+       vscalefps. 2**(x < -126) = 0 (so 2**-inf = 0); NaN stays NaN (vmaxps
+       returns its second operand, x, when it is NaN). The scores are kept in
+       log2 units (the queries carry scale * log2(e)), so this is the exp. */
+    static inline __m512 nrt_exp2_512(__m512 x) {
+        const __m512 lo = _mm512_set1_ps(-126.0f);
         __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-        __m512 xc = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(lo, x));
-        __m512 n = _mm512_roundscale_ps(
-            _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-            _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-        r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-        __m512 z = _mm512_mul_ps(r, r);
-        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-        p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
-        return _mm512_maskz_mov_ps((__mmask16)~under, _mm512_scalef_ps(p, n));
+        __m512 xc = _mm512_max_ps(lo, x);
+        __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 f = _mm512_sub_ps(xc, n);
+        __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-04f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+        return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
     }
 
     /* sT[c][r] = sum_d k[c*D + d] * qT[d][r] for keys c < nk, all QB rows:
@@ -196,11 +194,13 @@ cdef extern from *:
         float* lrow = mrow + NRT_QB;            /* (QB) running sum */
         float* alpha = lrow + NRT_QB;           /* (QB) this block's rescaling */
         const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        const float log2e = 1.4426950408889634f;
+        const float scale2 = scale * log2e;     /* scores in log2 units: exp(s) = 2**(s log2 e) */
         ptrdiff_t r, d, e, c, j0, jend, nk;
         int rv, h;
         for (d = 0; d < D; d++)
             for (r = 0; r < NRT_QB; r++)
-                qT[d * NRT_QB + r] = r < nr ? q[r * D + d] * scale : 0.0f;
+                qT[d * NRT_QB + r] = r < nr ? q[r * D + d] * scale2 : 0.0f;
         for (r = 0; r < NRT_QB; r++) {
             mrow[r] = -INFINITY;
             lrow[r] = 0.0f;
@@ -216,7 +216,7 @@ cdef extern from *:
             if (bias)
                 for (c = 0; c < nk; c++)
                     for (r = 0; r < nr; r++)
-                        sT[c * NRT_QB + r] += bias[r * bias_row_stride + j0 + c];
+                        sT[c * NRT_QB + r] += bias[r * bias_row_stride + j0 + c] * log2e;
             if (causal && j0 + nk - 1 > i0) {
                 /* key j0 + c is visible to row i0 + r iff j0 + c <= i0 + r */
                 for (c = 0; c < nk; c++)
@@ -242,11 +242,11 @@ cdef extern from *:
                 __m512 sum = _mm512_setzero_ps();
                 for (c = 0; c < nk; c++) {
                     float* sp = sT + c * NRT_QB + 16 * rv;
-                    __m512 p = nrt_exp512(_mm512_sub_ps(_mm512_loadu_ps(sp), shift));
+                    __m512 p = nrt_exp2_512(_mm512_sub_ps(_mm512_loadu_ps(sp), shift));
                     _mm512_storeu_ps(sp, p);
                     sum = _mm512_add_ps(sum, p);
                 }
-                __m512 a = nrt_exp512(_mm512_sub_ps(mold, shift));   /* 0 while mold = -inf */
+                __m512 a = nrt_exp2_512(_mm512_sub_ps(mold, shift));   /* 0 while mold = -inf */
                 _mm512_storeu_ps(alpha + 16 * rv, a);
                 _mm512_storeu_ps(lrow + 16 * rv, _mm512_fmadd_ps(_mm512_loadu_ps(lrow + 16 * rv), a, sum));
                 _mm512_storeu_ps(mrow + 16 * rv, mx);
