@@ -179,6 +179,15 @@ def test_batch_norm_folds_first_then_fuses():
     assert len(opt.graph.node) == 1 and normrt_conv(opt)[1]["activation"] == b"relu"
 
 
+def test_weight_and_bias_as_graph_inputs():
+    """Runtime weights (not packed ahead) are fused too: the kernel takes them as arrays."""
+    w, b = arr(6, 3, 3, 3), arr(6)
+    nodes = [mk("Conv", ["x", "w", "b"], ["c"], name="conv"), mk("Relu", ["c"], ["y"], name="act")]
+    model = build(nodes, [vi("x", (2, 3, 9, 8)), vi("w", w.shape), vi("b", b.shape)], [vi("y", (2, 6, 7, 6))], {})
+    opt, _ = run_and_compare(model, {"x": arr(2, 3, 9, 8), "w": w, "b": b})
+    assert list(normrt_conv(opt)[0].input) == ["x", "w", "b"]
+
+
 def test_bitwise_equal_for_thread_counts():
     tail, _, _, extra, _ = TAILS["sum_residual_relu"]
     model = conv_model(tail, x_shape=(2, 3, 9, 8), conv_attrs={"pads": [1, 1, 1, 1]}, y_shape=(2, 6, 9, 8),

@@ -299,3 +299,12 @@ def test_chain_stops_at_refused_node():
                      {**inits, "c": arr(C, 1, 1), "e": arr(C, 4, 1)})
     opt, _ = _refused(model, {"x": arr(2, 3, 4, 4)}, "varies along axis 2", n_folded=1)
     assert ops(opt) == ["Conv", "Mul"]
+
+
+def test_refused_float16():
+    head, inits = conv_head()
+    model = model_of(head, [("Mul", ("@", "c"))], (2, 3, 4, 4), (2, C, 4, 4), {**inits, "c": arr(C, 1, 1)},
+                     elem=TensorProto.FLOAT16)
+    opt, report = normrt.optimize(model, report=True)
+    assert ops(opt) == ["Conv", "Mul"]
+    assert "not float32/float64" in report["refused"][0]["reason"]
