@@ -208,7 +208,9 @@ def test_inspect_lists_the_fused_normalizations(capsys):
         n_epilogues = sum(1 for e in report["fused"] if e["normrt_op"] in COMPUTE_OPS)
         assert f"normalizations on normrt kernels: {len(report['fused']) - n_epilogues}" in out
         for e in report["fused"]:
-            row = next(line for line in out.splitlines() if e["nodes"][0] in line)
+            # (a table row: node names like '/MatMul' also occur in the summary lines)
+            row = next(line for line in out.splitlines() if e["nodes"][0] in line
+                       and not line.startswith(("normalizations", "Conv/MatMul", "attention")))
             assert e["normrt_op"] in row and e["kernel"] in row
         counts = normrt.InferenceSession(path).executor.counts()
         assert (f"nodes per executor: normrt kernel {counts['kernel']}, numpy {counts['numpy']}, "

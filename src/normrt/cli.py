@@ -378,9 +378,13 @@ def cmd_inspect(args, out):
 
         fused = report.get("fused", [])
         n_epilogues = sum(1 for e in fused if is_epilogue(e))
+        n_attention = sum(1 for e in fused if e.get("normrt_op") == "Attention")
         print(f"normalizations on normrt kernels: {len(fused) - n_epilogues}", file=out)
-        if n_epilogues:
-            print(f"Conv/MatMul with fused epilogues (bias, residual, activation): {n_epilogues}", file=out)
+        if n_epilogues - n_attention:
+            print(f"Conv/MatMul with fused epilogues (bias, residual, activation): {n_epilogues - n_attention}",
+                  file=out)
+        if n_attention:
+            print(f"attention subgraphs on the fused kernel: {n_attention}", file=out)
         if fused:
             rows = []
             for i, e in enumerate(fused, 1):

@@ -40,8 +40,6 @@ NON_NORM_REDUCTIONS = {"hf_convnext": 1}
 
 # case name -> {normrt op: count}; a (lo, hi) pair where another rewrite may legitimately
 # remove the norm altogether (an eval BatchNorm after a Linear folds into the Gemm).
-# Attention: decomposed SDPA chains become normrt::Attention; (0, n) where the dynamo
-# exporter at opset 23 writes ONNX Attention ops instead (they stay as they are).
 EXPECTED_OPS = {
     "conv_bn2d": {},                       # the exporters fold BatchNorm2d into the Conv
     "bn2d": {"BatchNorm": 1},
@@ -63,15 +61,15 @@ EXPECTED_OPS = {
     "wsconv_gn": {"GroupNorm": 1},         # weight standardization folded; the GroupNorm stays
     "normalize_head": {"LpNorm": 1},
     "lrn": {"LRN": 1},
-    "preln_block": {"LayerNorm": 2, "Attention": (0, 1)},
-    "preln_block_eager": {"LayerNorm": 2, "Attention": 1},
+    "preln_block": {"LayerNorm": 2},
+    "preln_block_eager": {"LayerNorm": 2},
     "residual_layernorm": {"LayerNorm": 1},
-    "hf_bert": {"LayerNorm": 5, "Attention": (0, 2)},
-    "hf_llama": {"RMSNorm": 5, "Attention": (0, 2)},
-    "hf_vit": {"LayerNorm": 5, "Attention": (0, 2)},
+    "hf_bert": {"LayerNorm": 5},
+    "hf_llama": {"RMSNorm": 5},
+    "hf_vit": {"LayerNorm": 5},
     "hf_convnext": {"LayerNorm": 5},
-    "diffusers_unet2d": {"GroupNorm": 21, "Attention": (0, 4)},
-    "diffusers_vae": {"GroupNorm": 24, "Attention": (0, 2)},
+    "diffusers_unet2d": {"GroupNorm": 21},
+    "diffusers_vae": {"GroupNorm": 24},
 }
 
 # case name -> (normrt op, activation, minimum number of such nodes)

@@ -5,18 +5,20 @@ Report.as_dict() (returned by `normrt.optimize(model, report=True)`):
              pattern name), pattern, nodes (names of the replaced nodes),
              normrt_op, normrt_node, kernel, activation (fused, or None), residual (bool);
              also one per Conv / MatMul whose epilogue (bias, residual, activation) was
-             fused into a normrt node (normrt_op in COMPUTE_OPS: not normalizations)
+             fused into a normrt node, and one per attention subgraph put on the fused
+             attention kernel (normrt_op in COMPUTE_OPS: not normalizations)
     refused  one dict per normalization left to onnx.reference: pass, op, nodes, reason
     passes   rewrite count per pass (constant_folding: nodes folded, dead_nodes: removed)
     counts   number of normrt nodes per normrt op
 """
 from dataclasses import dataclass, field
 
-COMPUTE_OPS = frozenset(("Conv", "MatMul"))     # normrt ops that are a product with its epilogue, not a norm
+# normrt ops that are not a norm: a product with its epilogue, the fused attention
+COMPUTE_OPS = frozenset(("Conv", "MatMul", "Attention"))
 
 
 def is_epilogue(entry):
-    """Whether a `fused` entry is a Conv/MatMul epilogue fusion rather than a normalization."""
+    """Whether a `fused` entry is a Conv/MatMul epilogue fusion (or a fused attention) rather than a normalization."""
     return entry.get("normrt_op") in COMPUTE_OPS
 
 
@@ -46,11 +48,14 @@ def format_report(report):
     fused, refused = report.get("fused", []), report.get("refused", [])
     folded = sum(1 for e in fused if e.get("normrt_op") is None)
     epilogues = sum(1 for e in fused if is_epilogue(e))
+    attention = sum(1 for e in fused if e.get("normrt_op") == "Attention")
     lines = [f"normalizations: {len(fused) - folded - epilogues} on normrt kernels, "
              + (f"{folded} folded into weights, " if folded else "")
              + f"{len(refused)} left to onnx.reference"]
-    if epilogues:
-        lines.append(f"Conv/MatMul with fused epilogues: {epilogues}")
+    if epilogues - attention:
+        lines.append(f"Conv/MatMul with fused epilogues: {epilogues - attention}")
+    if attention:
+        lines.append(f"attention subgraphs on the fused kernel: {attention}")
     for op, n in sorted(report.get("counts", {}).items()):
         lines.append(f"  {op:<18} x{n}")
     if fused:

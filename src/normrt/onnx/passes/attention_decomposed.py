@@ -38,7 +38,7 @@ from . import GraphPass
 from ._chain import Graph, chain_nodes_reason, fused_name, in_graph_order, is_op
 from ._match import node_attrs, other_input
 
-PATTERN = "decomposed attention (MatMul/Softmax/MatMul)"
+PATTERN = "decomposed attention"
 
 
 @dataclass
