@@ -29,6 +29,8 @@ Conv(X, W [, B, residual]) -> Y
     strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation=""
     (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
     residual of Y's shape)
+MatMul(A, B [, bias, residual]) -> Y                 activation=""
+    (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape)
 """
 from dataclasses import dataclass
 
@@ -67,6 +69,7 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",), {"scale": None, "is_causal": 0}),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""}),
+    NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""}),
 )}
 
 

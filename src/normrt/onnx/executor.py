@@ -223,6 +223,9 @@ class Executor:
         self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)
                       for node, release in zip(self.plan.nodes, self.plan.release_after)]
         for step in self.steps:
+            if step.kind == "kernel" and step.run.packer is not None:
+                # an initializer weight is packed once, on the first run
+                step.run.weight_is_constant = len(step.inputs) > 1 and step.inputs[1] in self.constants
             if step.kind == "kernel" and step.run.memory_bound:
                 step.run = _SmallKernelsSingleThreaded(step.run)
         if any(s.node.op_type in _GEMM_OPS and s.kind == "numpy" for s in self.steps):

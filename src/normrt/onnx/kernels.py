@@ -116,16 +116,26 @@ def _conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
                              group=attrs["group"], activation=_act(attrs), residual=residual),)
 
 
+def _matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):
+    return (_normrt().matmul(a, b if packed is None else packed, bias=bias, activation=_act(attrs),
+                             residual=residual),)
+
+
 CALLS = {
     "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
     "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
-    "AdaIN": _adain, "Attention": _attention, "Conv": _conv,
+    "AdaIN": _adain, "Attention": _attention, "Conv": _conv, "MatMul": _matmul,
 }
 
 
 # Ops whose kernels pick their own thread count from the work (flops), not
 # from the input's size: the executor must not force small inputs onto one thread.
 COMPUTE_BOUND = frozenset(("Conv", "MatMul", "Attention"))
+
+# Ops whose weight (input 1) the kernel takes pre-packed: the normrt function
+# that packs it. A node packs its weight on the first run and reuses the packed
+# copy while the same (constant, read-only) array comes back.
+PACKED_WEIGHT = {"MatMul": "pack_matmul_weight", "Conv": "pack_conv_weight"}
 
 
 class KernelNode:
@@ -154,7 +164,22 @@ class KernelNode:
         self.n_out = len(node.output)
         self.out_positions = [i for i, o in enumerate(node.output) if o]
         self.memory_bound = node.op_type not in COMPUTE_BOUND
+        self.packer = PACKED_WEIGHT.get(node.op_type)
+        self.weight_is_constant = False      # set by the executor when input 1 is an initializer
+        self._packed = (None, None)          # (the weight array, its packed form)
 
     def __call__(self, args, values):
-        res = self.call(self.attrs, self.n_out, *args)
+        if self.packer is None or not self.weight_is_constant:
+            res = self.call(self.attrs, self.n_out, *args)
+        else:
+            res = self.call(self.attrs, self.n_out, *args, packed=self._packed_weight(args[1]))
         return [res[i] for i in self.out_positions]
+
+    def _packed_weight(self, w):
+        """The packed form of the constant weight `w` (the executor's read-only initializer array)."""
+        held, packed = self._packed
+        if held is not w:
+            group = (self.attrs.get("group", 1),) if self.spec.op_type == "Conv" else ()   # conv packs per group
+            packed = getattr(_normrt(), self.packer)(w, *group)
+            self._packed = (w, packed)
+        return packed

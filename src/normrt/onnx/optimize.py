@@ -31,6 +31,7 @@ from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.activation_epilogue import ActivationEpilogue
 from .passes.attention_decomposed import AttentionDecomposed
 from .passes.conv_epilogue import ConvEpilogue
+from .passes.matmul_epilogue import MatMulEpilogue
 
 
 def default_passes():
@@ -38,7 +39,7 @@ def default_passes():
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
             LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(), AttentionDecomposed(),
-            ActivationEpilogue(), ResidualNorm(), ConvEpilogue()]
+            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
 
 
 def _inline_functions(model):
