@@ -133,7 +133,7 @@ cdef extern from *:
 from libc.string cimport memcpy, memset
 
 cdef enum:
-    KC = 256            # K block: a B micro-panel (KC x NR floats, 32 KiB) stays in L1
+    KC = 256            # K block (also spelled out in pack_a / pack_b's loops): a B micro-panel (KC x NR floats, 32 KiB) stays in L1
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
     NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
     # below this many flops (2*M*N*K) one thread: waking a second costs more
@@ -148,6 +148,10 @@ cdef enum:
     SRC_IMAGE = 2       # (B only) a CHW image, packed by implicit im2col
     SRC_WIDE = 3        # (B only) a zero-padded CHW image, stride 1: B rows are shifted
                         # slices of it, output columns on the padded width (see conv2d)
+    # (A only, the transposed conv y^T = im2col(x)^T W^T: pixels are the rows)
+    SRC_MATRIX_T = 4    # x as a (K, pixels) matrix, packed in MR-pixel panels
+    SRC_IMAGE_T = 5     # implicit im2col of a zero-padded CHW image (pixel offset table),
+                        # packed in MR-pixel panels
 
 
 cdef struct Problem:
@@ -170,6 +174,7 @@ cdef struct Problem:
     int bias_axis
     const float* res       # NULL or (m, n) with row stride ldc
     int act
+    bint transposed       # C is y^T: rows are pixels, columns channels (y[col, row])
 
 
 def isa():
@@ -231,46 +236,48 @@ cdef void pack_a_panels(const float* a, Py_ssize_t lda, Py_ssize_t m, Py_ssize_t
 
 cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t col0,
                         Py_ssize_t cols, Py_ssize_t k0, Py_ssize_t kc, float* dst,
-                        Py_ssize_t panel_stride) noexcept nogil:
-    """Columns [col0, col0 + cols) (col0 a multiple of NR), rows [k0, k0 + kc) of
-    the row-major b into NR-column panels: dst[p*panel_stride + kk*NR + j];
-    columns at or past n are zeros."""
-    cdef Py_ssize_t p, kk, j, c0, w, npan = (cols + NR - 1) // NR
+                        Py_ssize_t panel_stride, Py_ssize_t width) noexcept nogil:
+    """Columns [col0, col0 + cols) (col0 a multiple of width), rows [k0, k0 + kc)
+    of the row-major b into width-column panels: dst[p*panel_stride + kk*width + j];
+    columns at or past n are zeros. width is NR (B panels) or MR (the transposed
+    conv's A panels: pixels)."""
+    cdef Py_ssize_t p, kk, j, c0, w, npan = (cols + width - 1) // width
     cdef const float* src
     cdef float* d
     for p in range(npan):
-        c0 = col0 + p * NR
-        w = min(<Py_ssize_t>NR, n - c0)
+        c0 = col0 + p * width
+        w = min(width, n - c0)
         d = dst + p * panel_stride
-        if w == NR:
+        if w == NR and width == NR:
             for kk in range(kc):
                 nrt_copy_nr(d + kk * NR, b + (k0 + kk) * ldb + c0)
         else:
             for kk in range(kc):
                 src = b + (k0 + kk) * ldb + c0
                 for j in range(w):
-                    d[kk * NR + j] = src[j]
-                for j in range(w, NR):
-                    d[kk * NR + j] = 0.0
+                    d[kk * width + j] = src[j]
+                for j in range(w, width):
+                    d[kk * width + j] = 0.0
 
 
-cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssize_t cols,
+cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t n, Py_ssize_t col0, Py_ssize_t cols,
                        Py_ssize_t k0, Py_ssize_t kc, float* dst,
-                       Py_ssize_t panel_stride) noexcept nogil:
+                       Py_ssize_t panel_stride, Py_ssize_t width) noexcept nogil:
     """Implicit im2col: B[k, p] = x[c, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw]
     (zero outside the image) for k = (c, ky, kx), p = oy*ow + ox, packed like
-    pack_b_matrix. Runs along output rows copy contiguous input spans."""
-    cdef Py_ssize_t taps = g.kh * g.kw, n = g.n
+    pack_b_matrix (n pixels, width-column panels). Runs along output rows copy
+    contiguous input spans."""
+    cdef Py_ssize_t taps = g.kh * g.kw
     cdef Py_ssize_t p, kk, kidx, ci, ky, kx, hoff, woff, c0, pend, q, t, oy, ox, run, y, iw0, lo, hi, j, x_
     cdef const float* plane
     cdef const float* row
     cdef float* d
-    cdef Py_ssize_t npan = (cols + NR - 1) // NR
-    cdef Py_ssize_t first_oy[NC_PANELS]
-    cdef Py_ssize_t first_ox[NC_PANELS]
-    for p in range(npan):      # (a job packs at most NC_PANELS panels)
-        first_oy[p] = (col0 + p * NR) // g.ow
-        first_ox[p] = col0 + p * NR - first_oy[p] * g.ow
+    cdef Py_ssize_t npan = (cols + width - 1) // width
+    cdef Py_ssize_t first_oy[MC_PANELS]
+    cdef Py_ssize_t first_ox[MC_PANELS]
+    for p in range(npan):      # (a block has at most NC_PANELS B / MC_PANELS A panels)
+        first_oy[p] = (col0 + p * width) // g.ow
+        first_ox[p] = col0 + p * width - first_oy[p] * g.ow
     for kk in range(kc):
         kidx = k0 + kk
         ci = kidx // taps
@@ -280,9 +287,9 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
         hoff = ky * g.dh - g.ph
         woff = kx * g.dw - g.pw
         for p in range(npan):
-            c0 = col0 + p * NR
-            pend = min(c0 + NR, n)
-            d = dst + p * panel_stride + kk * NR
+            c0 = col0 + p * width
+            pend = min(c0 + width, n)
+            d = dst + p * panel_stride + kk * width
             oy = first_oy[p]
             ox = first_ox[p]
             q = c0
@@ -324,8 +331,8 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t col0, Py_ssi
                 q += run
                 ox = 0
                 oy += 1
-            if t < NR:
-                memset(d + t, 0, (NR - t) * sizeof(float))
+            if t < width:
+                memset(d + t, 0, (width - t) * sizeof(float))
 
 
 cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
@@ -356,28 +363,90 @@ cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssi
                     d[j] = 0.0
 
 
+cdef void pack_t_padded(const Problem* g, Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t k0,
+                        Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
+    """SRC_IMAGE_T: A[p, k] = xpad[c, oy*sh + ky*dh, ox*sw + kx*dw] for pixels
+    p = oy*ow + ox in [row0, row0 + rows) (MR-pixel panels, zeros past the last
+    pixel), k = (c, ky, kx) in [k0, k0 + kc). Each pixel's offset in the padded
+    plane is computed once; a row of K is then MR loads from one base."""
+    cdef Py_ssize_t off[MC_PANELS * MR]
+    cdef Py_ssize_t taps = g.kh * g.kw, nvalid = min(rows, g.m - row0), nfull = nvalid // MR
+    cdef Py_ssize_t i, p, kk, kidx, ci, ky, kx, pnl, j, oy
+    cdef const float* base
+    cdef float* d
+    for i in range(nvalid):
+        p = row0 + i
+        oy = p // g.ow
+        off[i] = oy * g.sh * g.wp + (p - oy * g.ow) * g.sw
+    for kk in range(kc):
+        kidx = k0 + kk
+        ci = kidx // taps
+        ky = (kidx - ci * taps) // g.kw
+        kx = kidx - ci * taps - ky * g.kw
+        base = g.a + ci * g.plane + ky * g.dh * g.wp + kx * g.dw
+        for pnl in range(nfull):
+            d = dst + pnl * panel_stride + kk * MR
+            for j in range(MR):
+                d[j] = base[off[pnl * MR + j]]
+        for pnl in range(nfull, rows // MR):
+            d = dst + pnl * panel_stride + kk * MR
+            for j in range(MR):
+                i = pnl * MR + j
+                d[j] = base[off[i]] if i < nvalid else 0.0
+
+
 def pack_a(const float[:, ::1] a,     # IN  (M, K)
            float[::1] out):           # OUT packed_a_size(M, K)
-    """Pack a constant A (conv weights as (M, C*kh*kw)) into MR-row panels over all of K."""
-    cdef Py_ssize_t m = a.shape[0], k = a.shape[1]
+    """Pack a constant A (conv weights as (M, C*kh*kw)) into MR-row panels, K block
+    by K block: block pc holds every panel's rows pc..pc+kc, one after the other,
+    so a product streams it front to back (weights too big for the caches come
+    from memory in one sequential pass the prefetchers follow)."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], pc, kc, mp = (m + MR - 1) // MR
     if out.shape[0] != packed_a_size(m, k):
         raise ValueError("out must have packed_a_size(M, K) floats")
     if m == 0 or k == 0:
         return
     with nogil:
-        pack_a_panels(&a[0, 0], k, m, 0, m, 0, k, &out[0], MR * k)
+        for pc in range(0, k, 256):     # KC
+            kc = min(<Py_ssize_t>KC, k - pc)
+            pack_a_panels(&a[0, 0], k, m, 0, m, pc, kc, &out[pc * mp * MR], MR * kc)
 
 
 def pack_b(const float[:, ::1] b,     # IN  (K, N)
            float[::1] out):           # OUT packed_b_size(K, N)
-    """Pack a constant B (a MatMul weight) into NR-column panels over all of K."""
-    cdef Py_ssize_t k = b.shape[0], n = b.shape[1]
+    """Pack a constant B (a MatMul weight) into NR-column panels, K block by K block
+    (like pack_a)."""
+    cdef Py_ssize_t k = b.shape[0], n = b.shape[1], pc, kc, np_ = (n + NR - 1) // NR
     if out.shape[0] != packed_b_size(k, n):
         raise ValueError("out must have packed_b_size(K, N) floats")
     if n == 0 or k == 0:
         return
     with nogil:
-        pack_b_matrix(&b[0, 0], n, n, 0, n, 0, k, &out[0], NR * k)
+        for pc in range(0, k, 256):     # KC
+            kc = min(<Py_ssize_t>KC, k - pc)
+            pack_b_matrix(&b[0, 0], n, n, 0, n, pc, kc, &out[pc * np_ * NR], NR * kc, NR)
+
+
+def pack_at(const float[:, ::1] a,    # IN  (M, K)
+            float[::1] out):          # OUT packed_b_size(K, M)
+    """Pack A^T (conv weights (M, C*kh*kw), transposed) as B panels of NR output
+    channels, K block by K block: the transposed conv's weight."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], pc, kc, p, kk, j, c0
+    cdef Py_ssize_t np_ = (m + NR - 1) // NR
+    cdef float* d
+    if out.shape[0] != packed_b_size(k, m):
+        raise ValueError("out must have packed_b_size(K, M) floats")
+    if m == 0 or k == 0:
+        return
+    with nogil:
+        for pc in range(0, k, 256):     # KC
+            kc = min(<Py_ssize_t>KC, k - pc)
+            for p in range(np_):
+                d = &out[pc * np_ * NR + p * NR * kc]
+                for kk in range(kc):
+                    for j in range(NR):
+                        c0 = p * NR + j
+                        d[kk * NR + j] = a[c0, pc + kk] if c0 < m else 0.0
 
 
 # ---- the blocked product -----------------------------------------------------
@@ -425,10 +494,11 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
                   float* work) noexcept nogil:
     """C panels [mp0, mp1) x [np0, np1) (MR x NR units), all of K.
 
-    SRC_WIDE: the block is computed (with its bias) into the thread's wide C
-    block, then its valid columns are copied to y with residual and activation."""
+    SRC_WIDE / transposed: the block is computed (with its bias) into the
+    thread's wide C block, then copied to y with residual and activation: the
+    valid columns of the padded width / the transpose."""
     cdef Problem lg
-    if g.b_src != SRC_WIDE:
+    if g.b_src != SRC_WIDE and not g.transposed:
         run_block(g, mp0, mp1, np0, np1, work)
         return
     lg = g[0]
@@ -439,7 +509,39 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
     lg.res = NULL
     lg.act = 0
     run_block(&lg, mp0, mp1, np0, np1, work)
-    wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
+    if g.transposed:
+        transpose_out(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
+    else:
+        wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
+
+
+cdef void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
+                        Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
+    """y[ch, p] = act(t[p, ch] + res[ch, p]) for pixels [r0, r1), channels [q0, q1):
+    a transpose in 16 x 16 tiles (whole cache lines on both sides), then the
+    residual and activation along y's rows."""
+    cdef Py_ssize_t cb, pb, ch, p, c1, p1
+    cdef const float* src = cptr(lg, r0, q0)
+    cdef const float* res
+    cdef float* dst
+    for pb in range(r0, r1, 16):
+        p1 = min(pb + 16, r1)
+        for cb in range(q0, q1, 16):
+            c1 = min(cb + 16, q1)
+            for ch in range(cb, c1):
+                dst = g.c + ch * g.ldc
+                for p in range(pb, p1):
+                    dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+    if g.res == NULL and g.act == 0:
+        return
+    for ch in range(q0, q1):
+        dst = g.c + ch * g.ldc
+        if g.res != NULL:
+            res = g.res + ch * g.ldc
+            for p in range(r0, r1):
+                dst[p] = dst[p] + res[p]
+        if g.act != 0:
+            activate_span(dst + r0, r1 - r0, g.act)
 
 
 cdef void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
@@ -490,27 +592,32 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
         kc = min(<Py_ssize_t>KC, g.k - pc)
         flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
         if g.b_src == SRC_PACKED:
-            bblk = g.b + np0 * NR * g.k + pc * NR
-            b_stride = NR * g.k
+            bblk = g.b + pc * ((g.n + NR - 1) // NR) * NR + np0 * NR * kc
+            b_stride = NR * kc
         else:
             if g.b_src == SRC_MATRIX:
-                pack_b_matrix(g.b, g.ldb, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
+                pack_b_matrix(g.b, g.ldb, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc, NR)
             elif g.b_src == SRC_WIDE:
                 pack_b_wide(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             else:
-                pack_b_image(g, g.b, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
+                pack_b_image(g, g.b, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc, NR)
             bblk = wb
             b_stride = NR * kc
         ic = mp0
         while ic < mp1:
             ic1 = min(ic + MC_PANELS, mp1)
             if g.a_src == SRC_PACKED:
-                ablk = g.a + ic * MR * g.k + pc * MR
-                a_stride = MR * g.k
-            else:
+                ablk = g.a + pc * ((g.m + MR - 1) // MR) * MR + ic * MR * kc
+            elif g.a_src == SRC_MATRIX:
                 pack_a_panels(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
                 ablk = wa
-                a_stride = MR * kc
+            elif g.a_src == SRC_MATRIX_T:
+                pack_b_matrix(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc, MR)
+                ablk = wa
+            else:
+                pack_t_padded(g, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
+                ablk = wa
+            a_stride = MR * kc
             for jp in range(np0, np1):
                 bp = bblk + (jp - np0) * b_stride
                 c0 = jp * NR
@@ -559,7 +666,8 @@ cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexce
     counting compute on padded panels plus per-job packing. Only the speed
     depends on it, never the result."""
     cdef Py_ssize_t mp = (g.m + MR - 1) // MR, np_ = (g.n + NR - 1) // NR
-    cdef Py_ssize_t nb_min = (np_ + NC_PANELS - 1) // NC_PANELS if g.b_src != SRC_PACKED else 1
+    # (a transposed conv's job must fit the thread's C block: NC_PANELS panels wide)
+    cdef Py_ssize_t nb_min = (np_ + NC_PANELS - 1) // NC_PANELS if (g.b_src != SRC_PACKED or g.transposed) else 1
     cdef Py_ssize_t mb, nb, j, jobs, t, mrows, ncols, nb_max
     cdef double cost, worst, best = -1.0
     cdef double load[64]
@@ -589,7 +697,7 @@ cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexce
                 if g.b_src != SRC_PACKED:
                     cost += ncols * <double>g.k * (2.0 if g.b_src == SRC_IMAGE else 0.5)
                 if g.a_src != SRC_PACKED:
-                    cost += mrows * <double>g.k
+                    cost += mrows * <double>g.k * (2.0 if g.a_src == SRC_IMAGE_T else 1.0)
                 cost += 2000.0                                  # per-job overhead
                 load[j % n_threads] += cost
             worst = 0.0
@@ -672,6 +780,7 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     g.ldc = n
     g.c_row0 = 0
     g.c_col0 = 0
+    g.transposed = False
     g.bias = &bias[0] if bias.shape[0] else NULL
     g.bias_axis = bias_axis
     g.res = &residual[0] if residual.shape[0] else NULL
@@ -694,6 +803,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
            Py_ssize_t ph, Py_ssize_t pw,    # leading pads (trailing ones only shape the output)
            Py_ssize_t dh, Py_ssize_t dw,
            Py_ssize_t group,
+           bint transposed,                 # w is group * packed_b_size(C/group*kh*kw, M/group)
+                                            # (pack_at): y^T = im2col(x)^T W^T, see conv_transposed
            float[:, :, :, ::1] y,           # OUT (N, M, OH, OW); must not overlap x
            const float[::1] bias,           # IN  empty or (M,)
            const float[::1] residual,       # IN  empty or (N*M*OH*OW,); may be y itself
@@ -707,7 +818,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Problem proto
     cdef Split s
     cdef int nt, tid, size
-    cdef bint direct, wide
+    cdef bint direct, wide, padded
+    cdef Py_ssize_t hp
     cdef const float* xp
     cdef float* xpad = NULL
     cdef Py_ssize_t pi
@@ -718,7 +830,7 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cg = c // group
     mg = m // group
     kg = cg * kh * kw
-    wsize = packed_a_size(mg, kg)
+    wsize = packed_b_size(kg, mg) if transposed else packed_a_size(mg, kg)
     if w.shape[0] != group * wsize:
         raise ValueError("w has the wrong packed size")
     if bias.shape[0] != 0 and bias.shape[0] != m:
@@ -733,23 +845,33 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
         raise ValueError("work is smaller than conv_workspace_size(...)")
     # 1x1, stride 1, no padding: x[n] is B as it is
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and oh == h and ow == wd
-    wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
+    wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not transposed
+    proto.transposed = transposed
     proto.m = mg
     proto.n = oh * ow
     proto.c_row0 = 0
     proto.c_col0 = 0
-    proto.wp = ow + (kw - 1) * dw
-    proto.plane = (oh + (kh - 1) * dh + 1) * proto.wp
+    padded = wide or (transposed and not direct)
+    hp = padded_rows(oh, kh, sh, dh, wide)
+    proto.wp = padded_cols(ow, kw, sw, dw, wide)
+    proto.plane = hp * proto.wp
     xp = &x[0, 0, 0, 0]
-    if wide:
-        proto.n = oh * proto.wp
+    if padded:
         xpad = thread_work(&work[0], nt)   # after the threads' slices
         xp = xpad
+    if wide:
+        proto.n = oh * proto.wp
     proto.k = kg
     proto.lda = kg
     proto.a_src = SRC_PACKED
     proto.ldb = h * wd
     proto.b_src = SRC_MATRIX if direct else (SRC_WIDE if wide else SRC_IMAGE)
+    if transposed:
+        proto.m = oh * ow
+        proto.n = mg
+        proto.a_src = SRC_MATRIX_T if direct else SRC_IMAGE_T
+        proto.lda = h * wd
+        proto.b_src = SRC_PACKED
     proto.ih = h
     proto.iw = wd
     proto.kh = kh
@@ -763,15 +885,15 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.oh = oh
     proto.ow = ow
     proto.ldc = oh * ow
-    proto.bias_axis = 0
+    proto.bias_axis = 1 if transposed else 0
     proto.act = act
     with nogil:
-        if wide:
+        if padded:
             if nt == 1:
-                pad_planes(&x[0, 0, 0, 0], xpad, 0, nimg * c, h, wd, oh + (kh - 1) * dh + 1, proto.wp, ph, pw)
+                pad_planes(&x[0, 0, 0, 0], xpad, 0, nimg * c, h, wd, hp, proto.wp, ph, pw)
             else:
                 for pi in prange(nimg * c, schedule="static", num_threads=nt):
-                    pad_planes(&x[0, 0, 0, 0], xpad, pi, pi + 1, h, wd, oh + (kh - 1) * dh + 1, proto.wp, ph, pw)
+                    pad_planes(&x[0, 0, 0, 0], xpad, pi, pi + 1, h, wd, hp, proto.wp, ph, pw)
         s = choose_split(&proto, reps, nt)
         jobs = s.mb * s.nb
         if nt == 1 or jobs * reps == 1:
@@ -801,15 +923,42 @@ cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_
     return spill * 8 <= wp or (mg <= 128 and spill * 3 <= wp)
 
 
+def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                    Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t mg):
+    """Whether conv2d should run transposed (y^T = im2col(x)^T W^T, weight from
+    pack_at): small images whose pixel count pads badly to NR-wide panels
+    (7x7 = 49 pixels: 64 columns of work, 56 rows transposed), with enough
+    output channels to fill the NR-wide weight panels."""
+    cdef Py_ssize_t pix = oh * ow
+    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) or mg < 64 or pix > WIDE_ROWS:
+        return False
+    return ((pix + NR - 1) // NR) * NR * 10 > ((pix + MR - 1) // MR) * MR * 11
+
+
 def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
                         Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mg, int n_threads):
     """Floats of workspace conv2d needs: the threads' slices, then the padded
     input when the wide path is taken."""
     cdef Py_ssize_t size = (max(1, n_threads) + 1) * thread_workspace()
-    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
-        size += nimg * c * (oh + (kh - 1) * dh + 1) * (ow + (kw - 1) * dw)
+    cdef bint wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
+    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    if wide or (conv_transposed(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not direct):
+        size += nimg * c * padded_rows(oh, kh, sh, dh, wide) * padded_cols(ow, kw, sw, dw, wide)
     return size
+
+
+cdef inline Py_ssize_t padded_rows(Py_ssize_t oh, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t dh,
+                                   bint wide) noexcept nogil:
+    """Rows of the zero-padded input: what the taps reach (wide: plus one, the
+    last wide row's spill)."""
+    return oh + (kh - 1) * dh + 1 if wide else (oh - 1) * sh + (kh - 1) * dh + 1
+
+
+cdef inline Py_ssize_t padded_cols(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
+                                   bint wide) noexcept nogil:
+    return ow + (kw - 1) * dw if wide else (ow - 1) * sw + (kw - 1) * dw + 1
 
 
 cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
@@ -840,16 +989,22 @@ cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* 
     """Jobs first, first + step, ... of the (image, group, job) round robin: every
     thread stays busy even for many small images."""
     cdef Problem g = proto[0]
-    cdef Py_ssize_t jobs = s.mb * s.nb, mg = g.m, pix = g.oh * g.ow, img, gi, j
-    cdef Py_ssize_t plane = g.plane if g.b_src == SRC_WIDE else g.ih * g.iw
-    cdef Py_ssize_t wsize = ((g.m + MR - 1) // MR) * MR * g.k
+    cdef Py_ssize_t jobs = s.mb * s.nb, pix = g.oh * g.ow, img, gi, j
+    cdef Py_ssize_t mg = g.n if g.transposed else g.m
+    cdef Py_ssize_t wsize = (((mg + NR - 1) // NR) * NR * g.k if g.transposed
+                             else ((mg + MR - 1) // MR) * MR * g.k)
+    cdef Py_ssize_t plane = g.plane if (g.b_src == SRC_WIDE or g.a_src == SRC_IMAGE_T) else g.ih * g.iw
     cdef Py_ssize_t total = jobs * group * nimg
     j = first
     while j < total:
         img = j // (jobs * group)
         gi = (j // jobs) % group
-        g.a = w + gi * wsize
-        g.b = x + (img * group + gi) * cg * plane
+        if g.transposed:
+            g.b = w + gi * wsize
+            g.a = x + (img * group + gi) * cg * plane
+        else:
+            g.a = w + gi * wsize
+            g.b = x + (img * group + gi) * cg * plane
         g.c = y + (img * m + gi * mg) * pix
         g.bias = bias + gi * mg if bias != NULL else NULL
         g.res = res + (img * m + gi * mg) * pix if res != NULL else NULL

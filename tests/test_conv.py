@@ -53,6 +53,8 @@ CASES = [
     ((1, 2, 5, 6), (3, 2, 5, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1),         # kernel = image
     ((1, 3, 4, 4), (2, 3, 3, 3), (3, 3), (2, 0, 0, 2), (1, 1), 1),         # pads wider than the taps reach
     ((2, 13, 33, 35), (29, 13, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # edge tiles in M and N
+    ((2, 24, 13, 13), (70, 24, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),    # 7x7 output: transposed product
+    ((1, 40, 14, 14), (96, 40, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),    # transposed, x read as a matrix
 ]
 
 
@@ -88,6 +90,18 @@ def test_epilogue_bias_residual_activation(act):
     r1 = rand(1, 20, 1, 1)
     assert np.array_equal(normrt.conv2d(x, w, residual=r1, **kw),
                           normrt.conv2d(x, w, residual=np.broadcast_to(r1, pre.shape).copy(), **kw))
+
+
+@pytest.mark.parametrize("act", [None, "relu"])
+def test_small_image_epilogue(act):
+    # 49 output pixels: the transposed product (pixels as rows), K over several blocks
+    x, w, b = rand(2, 300, 7, 7), rand(72, 300, 3, 3), rand(72)
+    res = rand(2, 72, 7, 7)
+    y = normrt.conv2d(x, w, b, pads=(1, 1, 1, 1), residual=res, activation=act)
+    v = ref_conv(x, w, pads=(1, 1, 1, 1)) + b.reshape(1, -1, 1, 1) + res
+    want = np.maximum(v, 0) if act else v
+    scale = abs_ref(x, w, pads=(1, 1, 1, 1)) + np.abs(b).reshape(1, -1, 1, 1) + np.abs(res)
+    assert_close(y, want, scale, 2700)
 
 
 def test_out_and_residual_in_out():

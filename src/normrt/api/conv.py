@@ -24,15 +24,30 @@ class PackedConvWeight:
 
     Pack once (normrt.pack_conv_weight), pass it as `weight` on every call.
     `data` is the packed float32 buffer (one block per group), `shape` the
-    original weight shape, `group` the group count it was packed for.
+    original weight shape, `group` the group count it was packed for. Small
+    images run the transposed product, which needs the weight packed the other
+    way round: `transposed_data()` packs that on first use and keeps it.
     """
 
-    __slots__ = ("data", "shape", "group")
+    __slots__ = ("data", "shape", "group", "_data_t", "_source")
 
-    def __init__(self, data, shape, group):
+    def __init__(self, data, shape, group, source=None):
         self.data = data
         self.shape = shape
         self.group = group
+        self._data_t = None
+        self._source = source      # the (group, M/group, K) float32 weight, for transposed_data
+
+    def transposed_data(self):
+        if self._data_t is None:
+            w = self._source
+            g, mg, k = w.shape
+            size = _k.packed_b_size(k, mg)
+            data = aligned_empty(g * size)
+            for i in range(g):
+                _k.pack_at(w[i], data[i * size:(i + 1) * size])
+            self._data_t = data
+        return self._data_t
 
     @property
     def dtype(self):
@@ -65,7 +80,7 @@ def pack_conv_weight(weight, group=1):
     data = aligned_empty(group * size)
     for g in range(group):
         _k.pack_a(w[g], data[g * size:(g + 1) * size])
-    return PackedConvWeight(data, tuple(int(s) for s in weight.shape), group)
+    return PackedConvWeight(data, tuple(int(s) for s in weight.shape), group, w)
 
 
 def _ints(v, n, name, min_value):
@@ -152,7 +167,8 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         weight = pack_conv_weight(weight, group)
     nt = get_num_threads()
     size = _k.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
-    _k.conv2d(x, weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, y,
+    tr = _k.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    _k.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
               _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
     return y
