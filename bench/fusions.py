@@ -7,7 +7,9 @@ models), three executors of the same model, built from normrt.optimize's
 passes minus some (VARIANTS):
 
     all                    every default pass
-    no_conv_epilogue       without conv_epilogue (Relu/Sum stay separate ops)
+    no_pool_reorder        without pool_before_pointwise_conv (DenseNet's transition
+                           Conv 1x1 runs before its AveragePool)
+    no_conv_epilogue       also without conv_epilogue (Relu/Sum stay separate ops)
     no_graph_fusions       also without fold_channel_affine (DenseNet's Mul/Add stay)
 
 Runs alternate between the variants (machine noise hits all alike); the
@@ -26,8 +28,9 @@ LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", 
 MODELS = ("light_resnet50", "light_densenet121")
 VARIANTS = {
     "all": (),
-    "no_conv_epilogue": ("conv_epilogue",),
-    "no_graph_fusions": ("conv_epilogue", "fold_channel_affine"),
+    "no_pool_reorder": ("pool_before_pointwise_conv",),
+    "no_conv_epilogue": ("pool_before_pointwise_conv", "conv_epilogue"),
+    "no_graph_fusions": ("pool_before_pointwise_conv", "conv_epilogue", "fold_channel_affine"),
 }
 BASELINE = "no_graph_fusions"
 

@@ -1,7 +1,7 @@
 """pytest-benchmark suite for bench/fusions.py: the light CNNs with and without the Conv graph fusions.
 
 One group per model ("fusions-light_resnet50"), one benchmark per variant
-(all passes, without conv_epilogue, without it and fold_channel_affine); each
+(bench.fusions.VARIANTS); each
 checks its outputs against the variant without the fusions first.
 """
 import functools

@@ -28,6 +28,7 @@ from .passes.group_norm_instance import GroupNormInstance
 from .passes.conditional_instance_norm import ConditionalInstanceNorm
 from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.fold_channel_affine import FoldChannelAffine
+from .passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
 from .passes.activation_epilogue import ActivationEpilogue
 from .passes.attention_decomposed import AttentionDecomposed
 from .passes.conv_epilogue import ConvEpilogue
@@ -38,7 +39,8 @@ def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
-            LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(), AttentionDecomposed(),
+            PoolBeforePointwiseConv(), LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
+            AttentionDecomposed(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
 
 
