@@ -17,9 +17,9 @@ split M/N panel ranges. So results never depend on the thread count.
 Python (normrt.api.gemm / normrt.api.conv) checks every argument; these
 kernels trust them (sizes are re-checked here, cheaply).
 """
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 
-from omp cimport omp_get_thread_num, omp_get_num_threads
+from omp cimport omp_get_thread_num
 from moments cimport activate_span
 
 cdef extern from *:
@@ -751,7 +751,9 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     """c = act(a @ b + bias + residual)."""
     cdef Problem g
     cdef Split s
-    cdef int nt, tid, size
+    cdef int nt
+    cdef Py_ssize_t j
+    cdef float* wp
     if m <= 0 or n <= 0 or k <= 0:
         raise ValueError("m, n and k must be >= 1")
     if a.shape[0] != (packed_a_size(m, k) if a_packed else m * k):
@@ -790,10 +792,12 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
         if nt == 1 or s.mb * s.nb == 1:
             run_jobs(&g, s, 0, 1, thread_work(&work[0], 0))
         else:
-            with parallel(num_threads=nt):
-                tid = omp_get_thread_num()
-                size = omp_get_num_threads()
-                run_jobs(&g, s, tid, size, thread_work(&work[0], tid))
+            # jobs handed out one at a time: a thread whose core is busy with
+            # something else takes fewer (which thread runs a job never
+            # changes its result)
+            wp = &work[0]
+            for j in prange(s.mb * s.nb, schedule="dynamic", num_threads=nt):
+                run_jobs(&g, s, j, s.mb * s.nb, thread_work(wp, omp_get_thread_num()))
 
 
 def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
@@ -817,7 +821,11 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Py_ssize_t cg, mg, kg, wsize, reps, jobs
     cdef Problem proto
     cdef Split s
-    cdef int nt, tid, size
+    cdef int nt
+    cdef Py_ssize_t j
+    cdef float* wp
+    cdef const float* wq
+    cdef float* yp
     cdef bint direct, wide, padded
     cdef Py_ssize_t hp
     cdef const float* xp
@@ -900,11 +908,12 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
             conv_jobs(&proto, s, xp, &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
                       0, 1, &work[0], 0)
         else:
-            with parallel(num_threads=nt):
-                tid = omp_get_thread_num()
-                size = omp_get_num_threads()
-                conv_jobs(&proto, s, xp, &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
-                          tid, size, &work[0], tid)
+            wp = &work[0]
+            wq = &w[0]
+            yp = &y[0, 0, 0, 0]
+            for j in prange(jobs * reps, schedule="dynamic", num_threads=nt):
+                conv_jobs(&proto, s, xp, wq, yp, bias_p, res_p, nimg, group, cg, m,
+                          j, jobs * reps, wp, omp_get_thread_num())
 
 
 cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
