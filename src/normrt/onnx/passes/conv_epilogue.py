@@ -37,13 +37,15 @@ normalizations left to onnx.reference -- matmul_epilogue does the same):
 """
 from dataclasses import dataclass, field
 
+from onnx import TensorProto
+
 from ..domain import make_node
 from . import GraphPass
 from ._match import is_op, node_attrs, other_input, present, private_reason
 from .activation_epilogue import PATTERN_NAMES, ActivationEpilogue
 
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs
-FLOAT = 1                       # TensorProto.FLOAT
+FLOAT = TensorProto.FLOAT       # the kernel's type (float64 Convs stay on numpy)
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Div", "Mul")
 
 
