@@ -35,7 +35,7 @@ KERNEL_MAX_BATCH = 256
 
 @op("MatMul", since=1)
 def matmul(node, a, b):
-    if a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and a.size and b.size:
+    if a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and b.ndim >= 2 and a.size and b.size:
         if b.ndim == 2:
             return _kernel_matmul(a, _kernel_weight(b))
         return _batched(a, b)
