@@ -20,6 +20,7 @@ from omp cimport omp_get_thread_num
 cdef extern from *:
     """
     #include <stddef.h>
+    #include <math.h>
     #ifdef __AVX512F__
     #include <immintrin.h>
     static inline __mmask16 nrt_pool_mask(ptrdiff_t rem) {
@@ -62,10 +63,72 @@ cdef extern from *:
     #endif
         return 0;
     }
+
+    /* One output row of a float32 plane (AVX-512), accumulators in registers:
+       the kernel rows `hs` (nh of them, inside the input) reduced 16 columns
+       at a time into the padded row buffer `row` (= buf + pw), then the kernel
+       columns 16 outputs at a time into yr; an average divides by
+       rc * colf[ow] (tap counts). Returns 0 without AVX-512 (the caller loops). */
+    static int nrt_pool_row_f32(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* buf,
+                                ptrdiff_t pw, float* yr, ptrdiff_t OW, ptrdiff_t kw, ptrdiff_t sw,
+                                ptrdiff_t dw, int is_max, float rc, const float* colf) {
+    #ifdef __AVX512F__
+        const __m512 fill = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        float* row = buf + pw;
+        ptrdiff_t t, o, j;
+        int i;
+        for (t = 0; t < W; t += 16) {
+            __mmask16 k = nrt_pool_mask(W - t);
+            __m512 acc = fill;
+            for (i = 0; i < nh; i++) {
+                __m512 v = _mm512_maskz_loadu_ps(k, x + hs[i] * W + t);
+                acc = is_max ? nrt_max_nan(v, acc) : _mm512_add_ps(acc, v);
+            }
+            _mm512_mask_storeu_ps(row + t, k, acc);
+        }
+        for (o = 0; o < OW; o += 16) {
+            ptrdiff_t rem = OW - o;
+            __mmask16 k = nrt_pool_mask(rem);
+            __m512 acc = fill;
+            for (j = 0; j < kw; j++) {
+                const float* src = buf + j * dw + o * sw;
+                __m512 v;
+                if (sw == 1) {
+                    v = _mm512_maskz_loadu_ps(k, src);
+                } else if (sw == 2) {   /* the last odd element is never needed */
+                    __m512 lo = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 1), src);
+                    __m512 hi = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 17), src + 16);
+                    v = _mm512_permutex2var_ps(lo, even, hi);
+                } else {
+                    v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k,
+                                                 _mm512_mullo_epi32(iota, _mm512_set1_epi32((int)sw)), src, 4);
+                }
+                acc = is_max ? nrt_max_nan(v, acc) : _mm512_add_ps(acc, v);
+            }
+            if (!is_max)
+                acc = _mm512_div_ps(acc, _mm512_mul_ps(_mm512_set1_ps(rc), _mm512_maskz_loadu_ps(k, colf + o)));
+            _mm512_mask_storeu_ps(yr + o, k, acc);
+        }
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
     """
     bint combine_f32 "nrt_combine_f32"(float* acc, const float* src, Py_ssize_t sw, Py_ssize_t n,
                                        bint is_max) noexcept nogil
+    bint pool_row_f32 "nrt_pool_row_f32"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
+                                         float* buf, Py_ssize_t pw, float* yr, Py_ssize_t OW, Py_ssize_t kw,
+                                         Py_ssize_t sw, Py_ssize_t dw, bint is_max, float rc,
+                                         const float* colf) noexcept nogil
 
+
+cdef enum:
+    # planes shorter than this are summed by four plain float64 chains (the
+    # vector lanes' set-up and merge would cost more than the sum)
+    SMALL_PLANE = 256
 
 cdef enum:
     # below this many input elements a second thread costs more than it saves
@@ -96,16 +159,27 @@ cdef inline void pool_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y,
                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                             Py_ssize_t dh, Py_ssize_t dw, bint is_max,
                             const long long* row_count, const long long* col_count,
-                            real* buf, Py_ssize_t L) noexcept nogil:
+                            const float* colf, real* buf, Py_ssize_t L, Py_ssize_t* hs) noexcept nogil:
     """Separable: the kernel rows reduced into a padded row buffer (contiguous,
     full width), then the kernel columns over it (strided), one output row at a time."""
     cdef Py_ssize_t oh, ow, i, j, h, t
+    cdef int nh
     cdef real fill = -INFINITY if is_max else 0
     cdef real* row = buf + pw
     cdef real* yr
     for t in range(L):
         buf[t] = fill           # the padding columns are never written again
     for oh in range(OH):
+        if real is float:
+            nh = 0
+            for i in range(kh):
+                h = oh * sh - ph + i * dh
+                if 0 <= h < H:
+                    hs[nh] = h
+                    nh = nh + 1
+            if pool_row_f32(x, W, hs, nh, buf, pw, y + oh * OW, OW, kw, sw, dw, is_max,
+                            <float>(row_count[oh] if not is_max else 1), colf):
+                continue        # AVX-512: each output vector accumulated in a register
         # start from the neutral value, not a copy of the first tap: the copies
         # would be strided scalar loops, combine() has a vector path
         for t in range(W):
@@ -140,9 +214,10 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
            const long long[::1] col_count,     # IN  (OW,) ... per output column
            int n_threads):
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
-    cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2], p, L
-    cdef real* work
+    cdef Py_ssize_t OH = out.shape[1], OW = out.shape[2], p, L, per_thread, ow
+    cdef char* work
     cdef real* buf
+    cdef float* colf = NULL
     if out.shape[0] != P:
         raise ValueError("out must have x's number of planes")
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or dh < 1 or dw < 1 or ph < 0 or pw < 0:
@@ -158,17 +233,40 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
         n_threads = 1
     if n_threads > P:
         n_threads = <int>P
-    work = <real*>malloc(n_threads * L * sizeof(real))
+    # per thread: the padded row, then the list of kernel rows inside the input
+    per_thread = ((L * sizeof(real) + 63) // 64) * 64 + kh * sizeof(Py_ssize_t)
+    work = <char*>malloc(n_threads * per_thread + OW * sizeof(float))
     if work == NULL:
         raise MemoryError()
     try:
-        for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
-            buf = work + omp_get_thread_num() * L
+        if not is_max:
+            colf = <float*>(work + n_threads * per_thread)
+            for ow in range(OW):
+                colf[ow] = <float>col_count[ow]     # small counts: exact as floats
+        for p in prange(P, nogil=True, schedule="dynamic", num_threads=n_threads):
+            buf = <real*>(work + omp_get_thread_num() * per_thread)
             pool_plane(&x[p, 0, 0], H, W, &out[p, 0, 0], OH, OW, kh, kw, sh, sw, ph, pw,
                        dh, dw, is_max, &row_count[0] if not is_max else NULL,
-                       &col_count[0] if not is_max else NULL, buf, L)
+                       &col_count[0] if not is_max else NULL, colf, buf, L,
+                       <Py_ssize_t*>(<char*>buf + ((L * sizeof(real) + 63) // 64) * 64))
     finally:
         free(work)
+
+
+cdef inline double small_sum(const real* x, Py_ssize_t n) noexcept nogil:
+    """sum(x) for a short run (ResNet's 7x7 planes): four float64 chains, no lane set-up."""
+    cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        a0 += x[i]
+        a1 += x[i + 1]
+        a2 += x[i + 2]
+        a3 += x[i + 3]
+        i += 4
+    while i < n:
+        a0 += x[i]
+        i += 1
+    return (a0 + a1) + (a2 + a3)
 
 
 def global_average(const real[:, ::1] x,       # IN  (planes, H*W)
@@ -186,5 +284,9 @@ def global_average(const real[:, ::1] x,       # IN  (planes, H*W)
         return
     if P * n < PARALLEL_MIN:
         n_threads = 1
+    if n < SMALL_PLANE:
+        for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
+            out[p] = <real>(small_sum(&x[p, 0], n) / n)
+        return
     for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
         out[p] = <real>(sums_dev(&x[p, 0], n, 0.0).s1 / n)

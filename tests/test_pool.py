@@ -131,3 +131,13 @@ def test_kernel_bad_input():
         kpool.pool2d(x, np.empty((2, 2, 2), np.float32), 2, 2, 2, 2, 0, 0, 1, 1, False, none, none, 1)
     with pytest.raises(ValueError, match="out must have one entry per plane"):
         kpool.global_average(x.reshape(2, -1), np.empty(3, np.float32), 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (2, 3, 20, 17)])
+def test_average_pool_over_the_whole_plane(shape):
+    # ResNet's final AveragePool(7x7) on 7x7: one mean per plane (the global-average kernel)
+    x = (rng.standard_normal(shape) + 2).astype(np.float32)
+    k = shape[2:]
+    y = run("AveragePool", x, opset=9, kernel_shape=k, strides=(1, 1))
+    assert y.shape == shape[:2] + (1, 1)
+    np.testing.assert_allclose(y, ref_pool(x, k, (1, 1), (0, 0, 0, 0), (1, 1), 0, False), rtol=1e-6)

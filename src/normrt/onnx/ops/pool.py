@@ -100,6 +100,9 @@ def _tap_counts(in_len, pb, pe, k, s, d, o, include_pad):
 def average_pool(node, x):
     kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
     include_pad = bool(node.attrs.get("count_include_pad", 0))
+    if _planes_ok(x) and list(kernel) == list(x.shape[2:]) and not any(pb) and not any(pe) \
+            and list(out_sp) == [1, 1]:
+        return _global_average(x)       # ResNet's final 7x7 average: one mean per plane
     if _planes_ok(x) and min(pb) >= 0:
         counts = [np.ascontiguousarray(_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i],
                                                    out_sp[i], include_pad), dtype=np.int64) for i in range(2)]
@@ -120,13 +123,18 @@ def average_pool(node, x):
     return out.astype(x.dtype, copy=False)
 
 
+def _global_average(x):
+    """The mean of each (n, c) plane on the kernel (float64 lanes), shape (N, C, 1, ...)."""
+    y = np.empty(x.shape[0] * x.shape[1], x.dtype)
+    _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, get_num_threads())
+    return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+
+
 @op("GlobalAveragePool", since=1)
 def global_average_pool(node, x):
     axes = tuple(range(2, x.ndim))
     if x.ndim >= 3 and x.dtype in (np.float32, np.float64) and x.size > 0:
-        y = np.empty(x.shape[0] * x.shape[1], x.dtype)
-        _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, get_num_threads())
-        return y.reshape(x.shape[:2] + (1,) * len(axes))
+        return _global_average(x)
     if low_precision(x.dtype):
         return x.mean(axis=axes, keepdims=True, dtype=np.float32).astype(x.dtype)
     return x.mean(axis=axes, keepdims=True)
