@@ -127,6 +127,7 @@ cdef extern from *:
     const int K_LAST "NRT_LAST"
     const char* NRT_ISA
     void nrt_copy_nr(float* d, const float* s) noexcept nogil
+    void nrt_prefetch_l2 "__builtin_prefetch"(const void* p, int rw, int locality) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
 
@@ -576,7 +577,8 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
     cdef float* wb = work
     cdef float* wa = work + KC * NC_PANELS * NR
     cdef float* tile = wa + KC * MC_PANELS * MR
-    cdef Py_ssize_t pc, kc, ic, ic1, jp, ip, r0, c0, mr, nr, i
+    cdef Py_ssize_t pc, kc, ic, ic1, jp, ip, r0, c0, mr, nr, i, pf, pf_share
+    cdef const float* pf_next
     cdef Py_ssize_t a_stride, b_stride
     cdef const float* ablk
     cdef const float* bblk
@@ -622,7 +624,14 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
                 bp = bblk + (jp - np0) * b_stride
                 c0 = jp * NR
                 nr = min(<Py_ssize_t>NR, g.n - c0)
+                # a prepacked B (a weight, often streamed from memory): the next
+                # panel is fetched into L2 while this one is used, in even shares
+                pf_next = bp + b_stride if g.b_src == SRC_PACKED and jp + 1 < np1 else NULL
+                pf_share = (NR * kc + (ic1 - ic) * 16 - 1) // ((ic1 - ic) * 16) * 16
                 for ip in range(ic, ic1):
+                    if pf_next != NULL:
+                        for pf in range((ip - ic) * pf_share, min((ip - ic + 1) * pf_share, NR * kc), 16):
+                            nrt_prefetch_l2(pf_next + pf, 0, 1)
                     ap = ablk + (ip - ic) * a_stride
                     r0 = ip * MR
                     mr = min(<Py_ssize_t>MR, g.m - r0)
