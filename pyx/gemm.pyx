@@ -339,9 +339,11 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t n, Py_ssize_
 cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
                       Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
     """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
-    panel row is a plain NR-float copy from the padded image."""
-    cdef Py_ssize_t taps = g.kh * g.kw, n = g.n
-    cdef Py_ssize_t p, kk, kidx, ci, ky, kx, c0, j, w
+    panel row is a plain NR-float copy from the padded image (g.n is a whole
+    number of panels). The rows' offsets are computed once per block."""
+    cdef Py_ssize_t koff[KC]
+    cdef Py_ssize_t taps = g.kh * g.kw
+    cdef Py_ssize_t p, kk, kidx, ci, ky, kx
     cdef const float* src
     cdef float* d
     cdef Py_ssize_t npan = (cols + NR - 1) // NR
@@ -350,18 +352,12 @@ cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssi
         ci = kidx // taps
         ky = (kidx - ci * taps) // g.kw
         kx = kidx - ci * taps - ky * g.kw
-        src = g.b + ci * g.plane + ky * g.dh * g.wp + kx * g.dw
-        for p in range(npan):
-            c0 = col0 + p * NR
-            d = dst + p * panel_stride + kk * NR
-            if c0 + NR <= n:
-                nrt_copy_nr(d, src + c0)
-            else:
-                w = max(n - c0, 0)
-                for j in range(w):
-                    d[j] = src[c0 + j]
-                for j in range(w, NR):
-                    d[j] = 0.0
+        koff[kk] = ci * g.plane + ky * g.dh * g.wp + kx * g.dw
+    for p in range(npan):
+        src = g.b + col0 + p * NR
+        d = dst + p * panel_stride
+        for kk in range(kc):
+            nrt_copy_nr(d + kk * NR, src + koff[kk])
 
 
 cdef void pack_t_padded(const Problem* g, Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t k0,
@@ -513,7 +509,7 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
     if g.transposed:
         transpose_out(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
     else:
-        wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
+        wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.oh * g.wp))
 
 
 cdef void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
@@ -869,15 +865,17 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.c_row0 = 0
     proto.c_col0 = 0
     padded = wide or (transposed and not direct)
-    hp = padded_rows(oh, kh, sh, dh, wide)
     proto.wp = padded_cols(ow, kw, sw, dw, wide)
+    hp = padded_rows(oh, kh, sh, dh, wide, proto.wp)
     proto.plane = hp * proto.wp
     xp = &x[0, 0, 0, 0]
     if padded:
         xpad = thread_work(&work[0], nt)   # after the threads' slices
         xp = xpad
     if wide:
-        proto.n = oh * proto.wp
+        # a whole number of NR panels (no edge tiles): the spare columns read
+        # the padded input's extra rows and are thrown away like the spill
+        proto.n = (oh * proto.wp + NR - 1) // NR * NR
     proto.k = kg
     proto.lda = kg
     proto.a_src = SRC_PACKED
@@ -963,15 +961,18 @@ def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t
     cdef bint wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
     cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     if wide or (conv_transposed(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not direct):
-        size += nimg * c * padded_rows(oh, kh, sh, dh, wide) * padded_cols(ow, kw, sw, dw, wide)
+        size += nimg * c * padded_rows(oh, kh, sh, dh, wide, padded_cols(ow, kw, sw, dw, wide)) \
+            * padded_cols(ow, kw, sw, dw, wide)
     return size
 
 
 cdef inline Py_ssize_t padded_rows(Py_ssize_t oh, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t dh,
-                                   bint wide) noexcept nogil:
-    """Rows of the zero-padded input: what the taps reach (wide: plus one, the
-    last wide row's spill)."""
-    return oh + (kh - 1) * dh + 1 if wide else (oh - 1) * sh + (kh - 1) * dh + 1
+                                   bint wide, Py_ssize_t wp) noexcept nogil:
+    """Rows of the zero-padded input: what the taps reach (wide: plus the rows the
+    last wide row's spill and the columns up to a whole NR panel read)."""
+    if wide:
+        return oh + (kh - 1) * dh + 1 + (NR + wp - 1) // wp
+    return (oh - 1) * sh + (kh - 1) * dh + 1
 
 
 cdef inline Py_ssize_t padded_cols(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
@@ -981,8 +982,9 @@ cdef inline Py_ssize_t padded_cols(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, 
 
 cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                      Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
-    """Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros around."""
-    cdef Py_ssize_t p, yy, sy, lead, ncopy
+    """Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros around.
+    Plain loops, no memset/memcpy calls: the rows are short (7..58 floats)."""
+    cdef Py_ssize_t p, yy, sy, lead, ncopy, j
     cdef const float* src
     cdef float* row
     for p in range(p0, p1):
@@ -991,15 +993,17 @@ cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py
             row = xp + (p * hp + yy) * wp
             sy = yy - pt
             if sy < 0 or sy >= h:
-                memset(row, 0, wp * sizeof(float))
+                for j in range(wp):
+                    row[j] = 0.0
                 continue
             lead = min(pl, wp)
             ncopy = min(w, wp - lead)
-            memset(row, 0, lead * sizeof(float))
-            memcpy(row + lead, src + sy * w, ncopy * sizeof(float))
-            memset(row + lead + ncopy, 0, (wp - lead - ncopy) * sizeof(float))
-
-
+            for j in range(lead):
+                row[j] = 0.0
+            for j in range(ncopy):
+                row[lead + j] = src[sy * w + j]
+            for j in range(lead + ncopy, wp):
+                row[j] = 0.0
 cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* w, float* y,
                     const float* bias, const float* res, Py_ssize_t nimg, Py_ssize_t group,
                     Py_ssize_t cg, Py_ssize_t m, Py_ssize_t first, Py_ssize_t step,
