@@ -77,9 +77,10 @@ def optimize_model(proto, passes=None):
     removed = _remove_dead_nodes(ctx)
     ctx.commit()
     for p in (default_passes() if passes is None else passes):
-        p.run(ctx)
+        changed = p.run(ctx)
         ctx.commit()
-        ctx.refresh_types()
+        if changed:             # shape inference over the whole model is the slow part of loading big models
+            ctx.refresh_types()
     removed += _remove_dead_nodes(ctx)
     ctx.commit()
     report.passes["dead_nodes"] = removed
