@@ -30,6 +30,9 @@ cdef extern from *:
     #include <stddef.h>
     #include <math.h>
     #define NRT_KB 64   /* keys per block */
+    /* query rows per work item (4 AVX-512 vectors): the (QB, KB) block of scores
+       and QB rows of q and of the output stay in L1 while K and V stream from L2 */
+    #define NRT_QB 64
 
     #if defined(__FMA__) || defined(__AVX512F__)
     #define NRT_FMA(a, b, c) fmaf((a), (b), (c))
@@ -73,7 +76,6 @@ cdef extern from *:
     #ifdef __AVX512F__
     #include <immintrin.h>
     #define NRT_HAVE_AVX512 1
-    #define NRT_QB 64   /* query rows per work item: 4 vectors */
 
     static inline __mmask16 nrt_tail_mask(ptrdiff_t rem) {
         return rem >= 16 ? (__mmask16)0xFFFF : rem <= 0 ? (__mmask16)0
@@ -268,7 +270,6 @@ cdef extern from *:
     }
     #else
     #define NRT_HAVE_AVX512 0
-    #define NRT_QB 64
     static void nrt_attention_rows(const float* q, const float* k, const float* v,
                                    const float* bias, ptrdiff_t bias_row_stride, float* out,
                                    ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
@@ -276,6 +277,7 @@ cdef extern from *:
     #endif
     """
     enum: KB "NRT_KB"
+    enum: QB "NRT_QB"
     const bint HAVE_AVX512 "NRT_HAVE_AVX512"
     void attention_rows "nrt_attention_rows"(const float* q, const float* k, const float* v,
                                              const float* bias, Py_ssize_t bias_row_stride, float* out,
@@ -288,9 +290,6 @@ cdef extern from *:
                                  Py_ssize_t Dv, float* o) noexcept nogil
 
 cdef enum:
-    # query rows per work item: (QB, KB) scores + QB rows of q and of the
-    # output stay in L1 while K and V stream from L2
-    QB = 64
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
     # below this much work (Sq * Skv * (D + Dv) over all heads, ~40 us on one core) a
     # second thread costs more than it saves: in a graph the other core is often
