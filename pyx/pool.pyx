@@ -64,53 +64,135 @@ cdef extern from *:
         return 0;
     }
 
-    /* One output row of a float32 plane (AVX-512), accumulators in registers:
-       the kernel rows `hs` (nh of them, inside the input) reduced 16 columns
-       at a time into the padded row buffer `row` (= buf + pw), then the kernel
-       columns 16 outputs at a time into yr; an average divides by
-       rc * colf[ow] (tap counts). Returns 0 without AVX-512 (the caller loops). */
-    static int nrt_pool_row_f32(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* buf,
-                                ptrdiff_t pw, float* yr, ptrdiff_t OW, ptrdiff_t kw, ptrdiff_t sw,
-                                ptrdiff_t dw, int is_max, float rc, const float* colf) {
+    /* A float32 plane's rows on AVX-512, in two passes per group of output rows
+       (a horizontal load right after the vertical pass's stores to the same
+       row, at another offset, would stall on store forwarding):
+       nrt_pool_rows_v: the kernel rows `hs` (nh of them, inside the input) of
+       one output row reduced into `row` (the padded row buffer + pw);
+       nrt_pool_rows_h: the kernel columns over a padded row into yr; an
+       average divides by rc * colf[ow] (tap counts).
+       NG vectors of columns at a time, one accumulator register each: the taps
+       of one vector depend on each other (latency), NG vectors do not.
+       Both return 0 without AVX-512 (the caller loops). */
+    #define NRT_POOL_NG 8
     #ifdef __AVX512F__
+    #define NRT_POOL_HAVE_AVX512 1
+    #else
+    #define NRT_POOL_HAVE_AVX512 0
+    #endif
+    #ifdef __AVX512F__
+    static inline __attribute__((always_inline)) void
+    nrt_pool_rows_v_impl(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* row,
+                         const int is_max) {
+        const __m512 fill = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
+        ptrdiff_t t0;
+        int i, u;
+        for (t0 = 0; t0 < W; t0 += 16 * NRT_POOL_NG) {
+            __m512 acc[NRT_POOL_NG];
+            __mmask16 mk[NRT_POOL_NG];
+            int nv = (int)((W - t0 + 15) / 16);         /* vectors with any column */
+            for (u = 0; u < NRT_POOL_NG; u++) {
+                acc[u] = fill;
+                mk[u] = nrt_pool_mask(W - t0 - 16 * u);
+            }
+            for (i = 0; i < nh; i++) {
+                const float* xr = x + hs[i] * W + t0;
+                #pragma GCC unroll 8
+                for (u = 0; u < NRT_POOL_NG; u++) {
+                    if (u >= nv)
+                        break;
+                    __m512 v = _mm512_maskz_loadu_ps(mk[u], xr + 16 * u);
+                    acc[u] = is_max ? nrt_max_nan(v, acc[u]) : _mm512_add_ps(acc[u], v);
+                }
+            }
+            for (u = 0; u < nv && u < NRT_POOL_NG; u++)
+                _mm512_mask_storeu_ps(row + t0 + 16 * u, mk[u], acc[u]);
+        }
+    }
+    #endif
+
+    static int nrt_pool_rows_v(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* row,
+                               int is_max) {
+    #ifdef __AVX512F__
+        /* constant is_max: no per-vector choice in the loops */
+        if (is_max)
+            nrt_pool_rows_v_impl(x, W, hs, nh, row, 1);
+        else
+            nrt_pool_rows_v_impl(x, W, hs, nh, row, 0);
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+
+    #ifdef __AVX512F__
+    static inline __attribute__((always_inline)) void
+    nrt_pool_rows_h_impl(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t kw, const ptrdiff_t sw,
+                         ptrdiff_t dw, const int is_max, float rc, const float* colf) {
         const __m512 fill = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        float* row = buf + pw;
-        ptrdiff_t t, o, j;
-        int i;
-        for (t = 0; t < W; t += 16) {
-            __mmask16 k = nrt_pool_mask(W - t);
-            __m512 acc = fill;
-            for (i = 0; i < nh; i++) {
-                __m512 v = _mm512_maskz_loadu_ps(k, x + hs[i] * W + t);
-                acc = is_max ? nrt_max_nan(v, acc) : _mm512_add_ps(acc, v);
+        ptrdiff_t o0, j;
+        int u;
+        for (o0 = 0; o0 < OW; o0 += 16 * NRT_POOL_NG) {
+            __m512 acc[NRT_POOL_NG];
+            __mmask16 mk[NRT_POOL_NG], mlo[NRT_POOL_NG], mhi[NRT_POOL_NG];
+            int nv = (int)((OW - o0 + 15) / 16);        /* vectors with any output */
+            for (u = 0; u < NRT_POOL_NG; u++) {
+                ptrdiff_t rem = OW - o0 - 16 * u;
+                acc[u] = fill;
+                mk[u] = nrt_pool_mask(rem);
+                mlo[u] = nrt_pool_mask(2 * rem - 1);   /* stride 2: the last odd element is never needed */
+                mhi[u] = nrt_pool_mask(2 * rem - 17);
             }
-            _mm512_mask_storeu_ps(row + t, k, acc);
-        }
-        for (o = 0; o < OW; o += 16) {
-            ptrdiff_t rem = OW - o;
-            __mmask16 k = nrt_pool_mask(rem);
-            __m512 acc = fill;
             for (j = 0; j < kw; j++) {
-                const float* src = buf + j * dw + o * sw;
-                __m512 v;
-                if (sw == 1) {
-                    v = _mm512_maskz_loadu_ps(k, src);
-                } else if (sw == 2) {   /* the last odd element is never needed */
-                    __m512 lo = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 1), src);
-                    __m512 hi = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 17), src + 16);
-                    v = _mm512_permutex2var_ps(lo, even, hi);
-                } else {
-                    v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k,
-                                                 _mm512_mullo_epi32(iota, _mm512_set1_epi32((int)sw)), src, 4);
+                const float* src = buf + j * dw + o0 * sw;
+                #pragma GCC unroll 8
+                for (u = 0; u < NRT_POOL_NG; u++) {
+                    if (u >= nv)
+                        break;
+                    const float* su = src + 16 * u * sw;
+                    __m512 v;
+                    if (sw == 1) {
+                        v = _mm512_maskz_loadu_ps(mk[u], su);
+                    } else if (sw == 2) {
+                        __m512 lo = _mm512_maskz_loadu_ps(mlo[u], su);
+                        __m512 hi = _mm512_maskz_loadu_ps(mhi[u], su + 16);
+                        v = _mm512_permutex2var_ps(lo, even, hi);
+                    } else {
+                        v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[u],
+                                                     _mm512_mullo_epi32(iota, _mm512_set1_epi32((int)sw)), su, 4);
+                    }
+                    acc[u] = is_max ? nrt_max_nan(v, acc[u]) : _mm512_add_ps(acc[u], v);
                 }
-                acc = is_max ? nrt_max_nan(v, acc) : _mm512_add_ps(acc, v);
             }
-            if (!is_max)
-                acc = _mm512_div_ps(acc, _mm512_mul_ps(_mm512_set1_ps(rc), _mm512_maskz_loadu_ps(k, colf + o)));
-            _mm512_mask_storeu_ps(yr + o, k, acc);
+            for (u = 0; u < nv && u < NRT_POOL_NG; u++) {
+                __m512 a = acc[u];
+                if (!is_max)
+                    a = _mm512_div_ps(a, _mm512_mul_ps(_mm512_set1_ps(rc),
+                                                       _mm512_maskz_loadu_ps(mk[u], colf + o0 + 16 * u)));
+                _mm512_mask_storeu_ps(yr + o0 + 16 * u, mk[u], a);
+            }
         }
+    }
+    #endif
+
+    static int nrt_pool_rows_h(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t kw, ptrdiff_t sw,
+                               ptrdiff_t dw, int is_max, float rc, const float* colf) {
+    #ifdef __AVX512F__
+        /* constant is_max and the common strides: no per-vector choices in the loops */
+        if (is_max && sw == 2)
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, 2, dw, 1, rc, colf);
+        else if (is_max && sw == 1)
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, 1, dw, 1, rc, colf);
+        else if (is_max)
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, sw, dw, 1, rc, colf);
+        else if (sw == 2)
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, 2, dw, 0, rc, colf);
+        else if (sw == 1)
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, 1, dw, 0, rc, colf);
+        else
+            nrt_pool_rows_h_impl(buf, yr, OW, kw, sw, dw, 0, rc, colf);
         return 1;
     #else
         return 0;
@@ -119,11 +201,17 @@ cdef extern from *:
     """
     bint combine_f32 "nrt_combine_f32"(float* acc, const float* src, Py_ssize_t sw, Py_ssize_t n,
                                        bint is_max) noexcept nogil
-    bint pool_row_f32 "nrt_pool_row_f32"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
-                                         float* buf, Py_ssize_t pw, float* yr, Py_ssize_t OW, Py_ssize_t kw,
-                                         Py_ssize_t sw, Py_ssize_t dw, bint is_max, float rc,
-                                         const float* colf) noexcept nogil
+    const bint HAVE_AVX512 "NRT_POOL_HAVE_AVX512"
+    bint pool_rows_v "nrt_pool_rows_v"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
+                                       float* row, bint is_max) noexcept nogil
+    bint pool_rows_h "nrt_pool_rows_h"(const float* buf, float* yr, Py_ssize_t OW, Py_ssize_t kw,
+                                       Py_ssize_t sw, Py_ssize_t dw, bint is_max, float rc,
+                                       const float* colf) noexcept nogil
 
+
+cdef enum:
+    # output rows whose vertical passes run before their horizontal ones (AVX-512)
+    ROW_GROUP = 8
 
 cdef enum:
     # planes shorter than this are summed by four plain float64 chains (the
@@ -167,19 +255,31 @@ cdef inline void pool_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y,
     cdef real fill = -INFINITY if is_max else 0
     cdef real* row = buf + pw
     cdef real* yr
+    cdef Py_ssize_t g0, g1
+    if real is float:
+        if HAVE_AVX512:
+            # ROW_GROUP padded rows: all vertical passes of a group, then its horizontal ones
+            for t in range(ROW_GROUP * L):
+                buf[t] = fill   # the padding columns are never written again
+            g0 = 0
+            while g0 < OH:
+                g1 = min(OH, g0 + ROW_GROUP)
+                for oh in range(g0, g1):
+                    nh = 0
+                    for i in range(kh):
+                        h = oh * sh - ph + i * dh
+                        if 0 <= h < H:
+                            hs[nh] = h
+                            nh = nh + 1
+                    pool_rows_v(x, W, hs, nh, buf + (oh - g0) * L + pw, is_max)
+                for oh in range(g0, g1):
+                    pool_rows_h(buf + (oh - g0) * L, y + oh * OW, OW, kw, sw, dw, is_max,
+                                <float>(row_count[oh] if not is_max else 1), colf)
+                g0 = g1
+            return
     for t in range(L):
         buf[t] = fill           # the padding columns are never written again
     for oh in range(OH):
-        if real is float:
-            nh = 0
-            for i in range(kh):
-                h = oh * sh - ph + i * dh
-                if 0 <= h < H:
-                    hs[nh] = h
-                    nh = nh + 1
-            if pool_row_f32(x, W, hs, nh, buf, pw, y + oh * OW, OW, kw, sw, dw, is_max,
-                            <float>(row_count[oh] if not is_max else 1), colf):
-                continue        # AVX-512: each output vector accumulated in a register
         # start from the neutral value, not a copy of the first tap: the copies
         # would be strided scalar loops, combine() has a vector path
         for t in range(W):
@@ -234,7 +334,7 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
     if n_threads > P:
         n_threads = <int>P
     # per thread: the padded row, then the list of kernel rows inside the input
-    per_thread = ((L * sizeof(real) + 63) // 64) * 64 + kh * sizeof(Py_ssize_t)
+    per_thread = ((ROW_GROUP * L * sizeof(real) + 63) // 64) * 64 + kh * sizeof(Py_ssize_t)
     work = <char*>malloc(n_threads * per_thread + OW * sizeof(float))
     if work == NULL:
         raise MemoryError()
@@ -248,7 +348,7 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
             pool_plane(&x[p, 0, 0], H, W, &out[p, 0, 0], OH, OW, kh, kw, sh, sw, ph, pw,
                        dh, dw, is_max, &row_count[0] if not is_max else NULL,
                        &col_count[0] if not is_max else NULL, colf, buf, L,
-                       <Py_ssize_t*>(<char*>buf + ((L * sizeof(real) + 63) // 64) * 64))
+                       <Py_ssize_t*>(<char*>buf + ((ROW_GROUP * L * sizeof(real) + 63) // 64) * 64))
     finally:
         free(work)
 
