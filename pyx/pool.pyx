@@ -4,8 +4,11 @@ One plane (n, c) per work item. The window is separable: for each output
 row the kernel rows inside the input are reduced (max or sum) into a row
 buffer whose padding columns hold the neutral value (-inf for max, 0 for a
 sum), then the kernel columns are reduced over that buffer, so no loop needs
-a bounds test and all of them vectorize (strided loads for stride 2). Left
-padding, right padding and ceil_mode's overhang are all just fill.
+a bounds test. Left padding, right padding and ceil_mode's overhang are all
+just fill. float32 with AVX-512 runs both passes on register accumulators
+(masked tails, paired loads + a permute for stride 2, a gather for larger
+strides), the vertical passes of 8 output rows before their horizontal ones;
+elsewhere plain loops the compiler vectorizes.
 
 Taps are combined in a fixed order (kernel rows, then kernel columns) and
 each output is computed by one thread: bitwise identical for any thread count.
