@@ -37,36 +37,6 @@ cdef extern from *:
     }
     #endif
 
-    /* acc[t] = max(acc[t], src[t*sw]) (is_max) or acc[t] + src[t*sw], t < n.
-       Returns 0 when it has no vector path for this stride (the caller loops). */
-    static int nrt_combine_f32(float* acc, const float* src, ptrdiff_t sw, ptrdiff_t n, int is_max) {
-    #ifdef __AVX512F__
-        ptrdiff_t t;
-        if (sw == 1) {
-            for (t = 0; t < n; t += 16) {
-                __mmask16 k = nrt_pool_mask(n - t);
-                __m512 v = _mm512_maskz_loadu_ps(k, src + t), m = _mm512_maskz_loadu_ps(k, acc + t);
-                _mm512_mask_storeu_ps(acc + t, k, is_max ? nrt_max_nan(v, m) : _mm512_add_ps(m, v));
-            }
-            return 1;
-        }
-        if (sw == 2) {
-            const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            for (t = 0; t < n; t += 16) {
-                ptrdiff_t rem = n - t;
-                __mmask16 k = nrt_pool_mask(rem);
-                /* src[2t .. 2t + 2*16): the last odd element is never needed */
-                __m512 lo = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 1), src + 2 * t);
-                __m512 hi = _mm512_maskz_loadu_ps(nrt_pool_mask(2 * rem - 17), src + 2 * t + 16);
-                __m512 v = _mm512_permutex2var_ps(lo, even, hi), m = _mm512_maskz_loadu_ps(k, acc + t);
-                _mm512_mask_storeu_ps(acc + t, k, is_max ? nrt_max_nan(v, m) : _mm512_add_ps(m, v));
-            }
-            return 1;
-        }
-    #endif
-        return 0;
-    }
-
     /* A float32 plane's rows on AVX-512, in two passes per group of output rows
        (a horizontal load right after the vertical pass's stores to the same
        row, at another offset, would stall on store forwarding):
@@ -202,8 +172,6 @@ cdef extern from *:
     #endif
     }
     """
-    bint combine_f32 "nrt_combine_f32"(float* acc, const float* src, Py_ssize_t sw, Py_ssize_t n,
-                                       bint is_max) noexcept nogil
     const bint HAVE_AVX512 "NRT_POOL_HAVE_AVX512"
     bint pool_rows_v "nrt_pool_rows_v"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
                                        float* row, bint is_max) noexcept nogil
@@ -231,9 +199,6 @@ cdef inline void combine(real* acc, const real* src, Py_ssize_t sw, Py_ssize_t n
     """acc[t] = max(acc[t], src[t*sw]) or acc[t] + src[t*sw], for t < n."""
     cdef Py_ssize_t t
     cdef real v, m
-    if real is float:
-        if combine_f32(acc, src, sw, n, is_max):
-            return      # AVX-512 with masked tails (the compiler's loops end in slow scalar code)
     if is_max:
         for t in range(n):
             v = src[t * sw]
