@@ -154,7 +154,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--settle-ms", type=float, default=0.0, help="pause before each timed run (default 0: none)")
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
+    ap.add_argument("--only", default="", help="comma-separated substrings of model names (any case)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "normrt" / "e2e_bench")
     args = ap.parse_args(argv)
@@ -165,7 +165,7 @@ def main(argv=None):
           f"GEMM: {_blas.blas_info()}", file=sys.stderr)
     rows = []
     for name, path in models(args.cache):
-        if args.only and not any(s in name for s in args.only.split(",")):
+        if args.only and not any(s.lower() in name.lower() for s in args.only.split(",")):
             continue
         tn, to, rel = bench(path, args.threads, args.runs, settle=args.settle_ms / 1e3)
         rows.append((name, tn, to, rel))
