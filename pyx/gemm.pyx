@@ -133,6 +133,177 @@ cdef extern from *:
 
 from libc.string cimport memcpy, memset
 
+# ---- the job pool ---------------------------------------------------------------
+# Why not an OpenMP parallel region: its closing barrier waits for every thread
+# of the team to arrive, so one worker that has not been scheduled yet (its core
+# busy with another process, or with another runtime's spinning pool threads:
+# onnxruntime's, right after its run) stalls the whole call for a scheduler slice
+# - measured ~2x on ResNet-50 run right after onnxruntime. Here the caller works
+# through the jobs too and waits only for jobs a worker has actually taken;
+# a worker that wakes late finds none left. Which thread runs a job never
+# changes its result (jobs write disjoint outputs with fixed arithmetic).
+# POSIX threads; elsewhere (NRT_HAVE_POOL 0) the OpenMP loop below is used.
+cdef extern from *:
+    """
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <pthread.h>
+    #include <sched.h>
+    #define NRT_HAVE_POOL 1
+    #define NRT_MAX_WORKERS 63
+    typedef void (*nrt_job_fn)(void* ctx, long job, int slot);
+
+    static struct {
+        pthread_mutex_t dispatch;     /* one batch at a time (else: run it serially) */
+        pthread_mutex_t sleep_mu;
+        pthread_cond_t wake;
+        int started;                  /* workers created so far */
+        long gen;                     /* even: batch published; odd: being written */
+        long active;                  /* workers looking at the current batch */
+        long sleeping;
+        nrt_job_fn fn;
+        void* ctx;
+        long njobs;
+        int slots;                    /* workers with slot >= slots sit this batch out */
+        long next;                    /* next job to take */
+        long done;                    /* jobs finished */
+    } nrt_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+    #include <time.h>
+    /* a worker waits this long for the next batch, spinning, before it sleeps:
+       back-to-back kernel calls (a model's convs) find it awake - waking a
+       sleeping thread can take longer than a whole conv on a VM */
+    #define NRT_SPIN_NS 400000L
+
+    static inline long nrt_now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+    }
+
+    static inline void nrt_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #endif
+    }
+
+    static void nrt_run_jobs(nrt_job_fn fn, void* ctx, long njobs, int slot) {
+        long j;
+        while ((j = __atomic_fetch_add(&nrt_pool.next, 1, __ATOMIC_SEQ_CST)) < njobs) {
+            fn(ctx, j, slot);
+            __atomic_fetch_add(&nrt_pool.done, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+
+    static void* nrt_worker(void* arg) {
+        int slot = (int)(long)arg;
+        long seen = 0, g;
+        int i;
+        for (;;) {
+            long until = nrt_now_ns() + NRT_SPIN_NS;
+            int ready = 0;
+            for (i = 0; !ready; i++) {
+                g = __atomic_load_n(&nrt_pool.gen, __ATOMIC_SEQ_CST);
+                if (g != seen && !(g & 1)) { ready = 1; break; }
+                nrt_pause();
+                if ((i & 63) == 63 && nrt_now_ns() > until) break;
+            }
+            if (!ready) {
+                pthread_mutex_lock(&nrt_pool.sleep_mu);
+                __atomic_fetch_add(&nrt_pool.sleeping, 1, __ATOMIC_SEQ_CST);
+                for (;;) {
+                    g = __atomic_load_n(&nrt_pool.gen, __ATOMIC_SEQ_CST);
+                    if (g != seen && !(g & 1)) break;
+                    pthread_cond_wait(&nrt_pool.wake, &nrt_pool.sleep_mu);
+                }
+                __atomic_fetch_sub(&nrt_pool.sleeping, 1, __ATOMIC_SEQ_CST);
+                pthread_mutex_unlock(&nrt_pool.sleep_mu);
+            }
+            seen = g;
+            /* announce, then check the batch is still the one seen (Dekker with
+               the caller's odd gen store + active load): fields are stable */
+            __atomic_fetch_add(&nrt_pool.active, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&nrt_pool.gen, __ATOMIC_SEQ_CST) == g && slot < nrt_pool.slots)
+                nrt_run_jobs(nrt_pool.fn, nrt_pool.ctx, nrt_pool.njobs, slot);
+            __atomic_fetch_sub(&nrt_pool.active, 1, __ATOMIC_SEQ_CST);
+        }
+        return NULL;
+    }
+
+    static void nrt_pool_after_fork(void) {
+        /* the child has no workers; its locks may be held by threads that are gone */
+        pthread_mutex_init(&nrt_pool.dispatch, NULL);
+        pthread_mutex_init(&nrt_pool.sleep_mu, NULL);
+        pthread_cond_init(&nrt_pool.wake, NULL);
+        nrt_pool.started = 0;
+        nrt_pool.gen &= ~1L;          /* a dispatch another thread had begun is gone */
+        nrt_pool.active = 0;
+        nrt_pool.sleeping = 0;
+    }
+
+    /* Run fn(ctx, j, slot) for j in [0, njobs) on up to n_threads threads (the
+       caller is slot 0); returns when every job has finished. */
+    static void nrt_pool_run(nrt_job_fn fn, void* ctx, long njobs, int n_threads) {
+        static int fork_handler = 0;
+        long j;
+        if (n_threads > NRT_MAX_WORKERS + 1) n_threads = NRT_MAX_WORKERS + 1;
+        if (n_threads <= 1 || njobs <= 1 || pthread_mutex_trylock(&nrt_pool.dispatch) != 0) {
+            for (j = 0; j < njobs; j++) fn(ctx, j, 0);   /* busy (another caller): serially */
+            return;
+        }
+        if (!fork_handler) {
+            pthread_atfork(NULL, NULL, nrt_pool_after_fork);
+            fork_handler = 1;
+        }
+        while (nrt_pool.started < n_threads - 1) {
+            pthread_t t;
+            pthread_attr_t attr;
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            if (pthread_create(&t, &attr, nrt_worker, (void*)(long)(nrt_pool.started + 1)) != 0) {
+                pthread_attr_destroy(&attr);
+                break;
+            }
+            pthread_attr_destroy(&attr);
+            nrt_pool.started++;
+        }
+        /* odd gen: workers arriving now back off; wait for stragglers of the last batch */
+        __atomic_fetch_add(&nrt_pool.gen, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&nrt_pool.active, __ATOMIC_SEQ_CST) != 0) nrt_pause();
+        nrt_pool.fn = fn;
+        nrt_pool.ctx = ctx;
+        nrt_pool.njobs = njobs;
+        nrt_pool.slots = n_threads;
+        nrt_pool.next = 0;
+        nrt_pool.done = 0;
+        __atomic_fetch_add(&nrt_pool.gen, 1, __ATOMIC_SEQ_CST);       /* publish */
+        if (__atomic_load_n(&nrt_pool.sleeping, __ATOMIC_SEQ_CST) > 0) {
+            pthread_mutex_lock(&nrt_pool.sleep_mu);
+            pthread_cond_broadcast(&nrt_pool.wake);
+            pthread_mutex_unlock(&nrt_pool.sleep_mu);
+        }
+        nrt_run_jobs(fn, ctx, njobs, 0);
+        /* only jobs a worker took are left: wait for those (yielding now and
+           then: on an oversubscribed machine the worker may need this core) */
+        for (j = 0; __atomic_load_n(&nrt_pool.done, __ATOMIC_SEQ_CST) < njobs; j++) {
+            nrt_pause();
+            if ((j & 255) == 255) sched_yield();
+        }
+        pthread_mutex_unlock(&nrt_pool.dispatch);
+    }
+    #else
+    #define NRT_HAVE_POOL 0
+    typedef void (*nrt_job_fn)(void* ctx, long job, int slot);
+    static void nrt_pool_run(nrt_job_fn fn, void* ctx, long njobs, int n_threads) {
+        long j;
+        for (j = 0; j < njobs; j++) fn(ctx, j, 0);
+    }
+    #endif
+    """
+    const int NRT_HAVE_POOL
+    ctypedef void (*nrt_job_fn)(void* ctx, long job, int slot) noexcept nogil
+    void nrt_pool_run(nrt_job_fn fn, void* ctx, long njobs, int n_threads) noexcept nogil
+
+
 cdef enum:
     KC = 256            # K block (also spelled out in pack_a / pack_b's loops): a B micro-panel (KC x NR floats, 32 KiB) stays in L1
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
@@ -758,7 +929,7 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     cdef Split s
     cdef int nt
     cdef Py_ssize_t j
-    cdef float* wp
+    cdef GemmJobs gj
     if m <= 0 or n <= 0 or k <= 0:
         raise ValueError("m, n and k must be >= 1")
     if a.shape[0] != (packed_a_size(m, k) if a_packed else m * k):
@@ -800,9 +971,14 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
             # jobs handed out one at a time: a thread whose core is busy with
             # something else takes fewer (which thread runs a job never
             # changes its result)
-            wp = &work[0]
-            for j in prange(s.mb * s.nb, schedule="dynamic", num_threads=nt):
-                run_jobs(&g, s, j, s.mb * s.nb, thread_work(wp, omp_get_thread_num()))
+            gj.g = &g
+            gj.s = s
+            gj.work = &work[0]
+            if NRT_HAVE_POOL:
+                nrt_pool_run(gemm_job, &gj, s.mb * s.nb, nt)
+            else:
+                for j in prange(s.mb * s.nb, schedule="dynamic", num_threads=nt):
+                    gemm_job(&gj, j, omp_get_thread_num())
 
 
 def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
@@ -827,10 +1003,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Problem proto
     cdef Split s
     cdef int nt
-    cdef Py_ssize_t j
-    cdef float* wp
-    cdef const float* wq
-    cdef float* yp
+    cdef ConvJobs cj
+    cdef PadJobs pj
     cdef bint direct, wide, padded
     cdef Py_ssize_t hp
     cdef const float* xp
@@ -904,23 +1078,90 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.act = act
     with nogil:
         if padded:
-            if nt == 1:
-                pad_planes(&x[0, 0, 0, 0], xpad, 0, nimg * c, h, wd, hp, proto.wp, ph, pw)
-            else:
-                for pi in prange(nimg * c, schedule="static", num_threads=nt):
-                    pad_planes(&x[0, 0, 0, 0], xpad, pi, pi + 1, h, wd, hp, proto.wp, ph, pw)
+            pj.x = &x[0, 0, 0, 0]
+            pj.xp = xpad
+            pj.planes = nimg * c
+            pj.h = h
+            pj.w = wd
+            pj.hp = hp
+            pj.wp = proto.wp
+            pj.pt = ph
+            pj.pl = pw
+            run_parallel(pad_job, &pj, (nimg * c + PAD_PLANES - 1) // PAD_PLANES, nt)
         s = choose_split(&proto, reps, nt)
-        jobs = s.mb * s.nb
-        if nt == 1 or jobs * reps == 1:
-            conv_jobs(&proto, s, xp, &w[0], &y[0, 0, 0, 0], bias_p, res_p, nimg, group, cg, m,
-                      0, 1, &work[0], 0)
-        else:
-            wp = &work[0]
-            wq = &w[0]
-            yp = &y[0, 0, 0, 0]
-            for j in prange(jobs * reps, schedule="dynamic", num_threads=nt):
-                conv_jobs(&proto, s, xp, wq, yp, bias_p, res_p, nimg, group, cg, m,
-                          j, jobs * reps, wp, omp_get_thread_num())
+        cj.proto = &proto
+        cj.s = s
+        cj.x = xp
+        cj.w = &w[0]
+        cj.y = &y[0, 0, 0, 0]
+        cj.bias = bias_p
+        cj.res = res_p
+        cj.nimg = nimg
+        cj.group = group
+        cj.cg = cg
+        cj.m = m
+        cj.total = s.mb * s.nb * reps
+        cj.work = &work[0]
+        run_parallel(conv_job, &cj, cj.total, nt)
+
+
+cdef struct GemmJobs:
+    Problem* g
+    Split s
+    float* work
+
+
+cdef void gemm_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef GemmJobs* c = <GemmJobs*>ctx
+    run_jobs(c.g, c.s, j, c.s.mb * c.s.nb, thread_work(c.work, slot))
+
+
+cdef struct ConvJobs:
+    const Problem* proto
+    Split s
+    const float* x
+    const float* w
+    float* y
+    const float* bias
+    const float* res
+    Py_ssize_t nimg, group, cg, m, total
+    float* work
+
+
+cdef void conv_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef ConvJobs* c = <ConvJobs*>ctx
+    conv_jobs(c.proto, c.s, c.x, c.w, c.y, c.bias, c.res, c.nimg, c.group, c.cg, c.m,
+              j, c.total, c.work, slot)
+
+
+cdef enum:
+    PAD_PLANES = 16     # input planes per padding job
+
+
+cdef struct PadJobs:
+    const float* x
+    float* xp
+    Py_ssize_t planes, h, w, hp, wp, pt, pl
+
+
+cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef PadJobs* c = <PadJobs*>ctx
+    pad_planes(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+               c.pt, c.pl)
+
+
+cdef void run_parallel(nrt_job_fn fn, void* ctx, long njobs, int nt) noexcept nogil:
+    """fn(ctx, j, slot) for every job j on nt threads (the pool; OpenMP where
+    there is none), slot being the thread's workspace index."""
+    cdef long j
+    if nt <= 1 or njobs <= 1:
+        for j in range(njobs):
+            fn(ctx, j, 0)
+    elif NRT_HAVE_POOL:
+        nrt_pool_run(fn, ctx, njobs, nt)
+    else:
+        for j in prange(njobs, schedule="dynamic", num_threads=nt):
+            fn(ctx, j, omp_get_thread_num())
 
 
 cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,

@@ -149,3 +149,48 @@ def test_bad_input():
         normrt.matmul(a.astype(np.float64), normrt.pack_matmul_weight(b))
     with pytest.raises(ValueError, match=r"b must be a 2-D \(K, N\) array"):
         normrt.pack_matmul_weight(rand(5))
+
+
+def test_concurrent_callers_get_the_same_bits():
+    # kernel calls from several Python threads at once (the GIL is released):
+    # one of them gets the worker threads, the others run alone - same results
+    import threading
+    a, b = rand(150, 333), rand(333, 257)
+    with normrt.threads(1):
+        want = normrt.matmul(a, b, activation="relu")
+    got, errors = [None] * 4, []
+
+    def run(i):
+        try:
+            with normrt.threads(2):
+                for _ in range(20):
+                    got[i] = normrt.matmul(a, b, activation="relu")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert all(np.array_equal(g, want) for g in got)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_still_computes():
+    # the worker threads do not survive fork(): the child must start its own
+    import os
+    a, b = rand(200, 300), rand(300, 400)
+    with normrt.threads(2):
+        want = normrt.matmul(a, b)
+    pid = os.fork()
+    if pid == 0:  # child
+        ok = False
+        try:
+            with normrt.threads(2):
+                ok = np.array_equal(normrt.matmul(a, b), want)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
