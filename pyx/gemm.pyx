@@ -205,7 +205,10 @@ cdef extern from *:
                 g = __atomic_load_n(&nrt_pool.gen, __ATOMIC_SEQ_CST);
                 if (g != seen && !(g & 1)) { ready = 1; break; }
                 nrt_pause();
-                if ((i & 63) == 63 && nrt_now_ns() > until) break;
+                if ((i & 63) == 63) {
+                    if (nrt_now_ns() > until) break;
+                    sched_yield();      /* a runnable thread (an OpenMP kernel's) gets the core */
+                }
             }
             if (!ready) {
                 pthread_mutex_lock(&nrt_pool.sleep_mu);
