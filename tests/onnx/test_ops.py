@@ -776,7 +776,7 @@ def _resize_inputs(x, scales=None, sizes=None, opset=13):
 @pytest.mark.parametrize("ctm", ["half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel"])
 @pytest.mark.parametrize("nearest_mode", ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"])
 @pytest.mark.parametrize("scales,sizes", [([1, 1, 2, 2], None), ([1, 1, 0.5, 1.5], None), (None, [2, 3, 7, 3]),
-                                          ([1, 1, 1.7, 0.6], None)])
+                                          ([1, 1, 1.7, 0.6], None), ([2, 1, 3, 1], None), (None, [2, 6, 5, 12])])
 def test_resize_nearest(ctm, nearest_mode, scales, sizes):
     x = f32(2, 3, 5, 4)
     attrs = {"mode": "nearest", "coordinate_transformation_mode": ctm, "nearest_mode": nearest_mode}

@@ -102,6 +102,9 @@ def _resize(node, x, scales, sizes):
         work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32 if is_float else np.float64)
     else:
         work = x
+        y = _nearest_integer_upsample(x, axes, out, sc, ctm, nearest_mode)
+        if y is not None:
+            return y
     for a in axes:
         n_in, n_out = in_shape[a], out[a]
         if n_out == n_in and np.isclose(sc[a], 1.0):
@@ -126,6 +129,52 @@ def _resize(node, x, scales, sizes):
                 work = np.clip(work, info.min, info.max)
         work = work.astype(x.dtype)
     return work
+
+
+def _nearest_integer_upsample(x, axes, out, sc, ctm, nearest_mode):
+    """Nearest upsampling where every source index is i // f (f an integer per axis, the UNet/VAE
+    decoders' 2x) as one broadcast copy into the output, or None for any other index map."""
+    factors = {}
+    for a in axes:
+        n_in, n_out = x.shape[a], out[a]
+        if n_in == 0 or n_out % n_in:
+            return None
+        f = n_out // n_in
+        idx = _nearest_index(_source_coords(ctm, n_out, n_in, sc[a]), nearest_mode, n_in)
+        if not np.array_equal(idx, np.arange(n_out) // f):
+            return None
+        if f > 1:
+            factors[a] = f
+    if not factors:
+        return None
+    y = np.empty([out.get(a, d) for a, d in enumerate(x.shape)], x.dtype)
+    split, rep_pos = [], {}
+    for a, d in enumerate(x.shape):
+        split.append(d)
+        if a in factors:            # output axis a viewed as (source index, repeat)
+            rep_pos[a] = len(split)
+            split.append(factors[a])
+    v = y.reshape(split)
+    first = [slice(None)] * len(split)
+    for a in factors:
+        first[rep_pos[a]] = 0
+    # x goes to repeat 0 of every axis, the innermost one's repeats written directly (strided
+    # stores: numpy's broadcast copy over a size-2 inner axis is ~8x slower), then each outer
+    # repeated axis copies its first slab
+    inner = max(factors)
+    for r in range(factors[inner]):
+        first[rep_pos[inner]] = r
+        v[tuple(first)] = x
+    for a in sorted(factors, reverse=True):
+        if a == inner:
+            continue
+        src = [slice(None)] * len(split)
+        src[rep_pos[a]] = slice(0, 1)
+        for r in range(1, factors[a]):
+            dst = list(src)
+            dst[rep_pos[a]] = slice(r, r + 1)
+            v[tuple(dst)] = v[tuple(src)]
+    return y
 
 
 @op("Resize", since=11, supports=_resize_supported)
