@@ -14,6 +14,12 @@ Determinism: every output element is one micro-kernel lane whose K sum runs
 k = 0..K-1 in order, in fixed KC blocks added to C in order; threads only
 split M/N panel ranges. So results never depend on the thread count.
 
+Threads: a call is cut into jobs (panel ranges x images x groups) that the
+calling thread and the job pool's workers take one at a time (see the pool
+below for why not an OpenMP region); problems under PARALLEL_MIN_FLOPS run on
+the caller alone. NORMRT_POOL_SPIN_US (default 400) is how long an idle
+worker spins for the next call before it sleeps.
+
 Python (normrt.api.gemm / normrt.api.conv) checks every argument; these
 kernels trust them (sizes are re-checked here, cheaply).
 """
@@ -172,7 +178,9 @@ cdef extern from *:
     /* a worker waits this long for the next batch, spinning, before it sleeps:
        back-to-back kernel calls (a model's convs) find it awake - waking a
        sleeping thread can take longer than a whole conv on a VM */
+    #include <stdlib.h>
     #define NRT_SPIN_NS 400000L
+    static long nrt_spin_ns = NRT_SPIN_NS;     /* NORMRT_POOL_SPIN_US overrides it */
 
     static inline long nrt_now_ns(void) {
         struct timespec ts;
@@ -199,7 +207,7 @@ cdef extern from *:
         long seen = 0, g;
         int i;
         for (;;) {
-            long until = nrt_now_ns() + NRT_SPIN_NS;
+            long until = nrt_now_ns() + nrt_spin_ns;
             int ready = 0;
             for (i = 0; !ready; i++) {
                 g = __atomic_load_n(&nrt_pool.gen, __ATOMIC_SEQ_CST);
@@ -254,6 +262,8 @@ cdef extern from *:
             return;
         }
         if (!fork_handler) {
+            const char* spin = getenv("NORMRT_POOL_SPIN_US");
+            if (spin != NULL && *spin) nrt_spin_ns = atol(spin) * 1000L;
             pthread_atfork(NULL, NULL, nrt_pool_after_fork);
             fork_handler = 1;
         }
