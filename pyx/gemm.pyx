@@ -318,10 +318,14 @@ cdef extern from *:
 
 
 cdef enum:
-    KC = 256            # K block (also spelled out in pack_a / pack_b's loops): a B micro-panel (KC x NR floats, 32 KiB) stays in L1
+    # K block: a B micro-panel (KC x NR floats, 32 KiB) stays in L1 (pack_a,
+    # pack_b and pack_at spell the 256 out: Cython wants a literal loop step)
+    KC = 256
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
     NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
-    # below this many flops (2*M*N*K) one thread: waking a second costs more
+    # below this many flops (2*M*N*K) one thread: waking a second costs more, and
+    # a spinning worker slows the OpenMP norm kernels that often come next
+    # (DenseNet-121: 26 ms at 16 Mflop, 42 ms at 2 Mflop)
     PARALLEL_MIN_FLOPS = 16000000
     MAX_JOBS_M = 8
     # rows of a thread's wide C block (stride-1 convs computed on the padded width)
