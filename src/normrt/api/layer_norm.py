@@ -47,24 +47,38 @@ def _residual_out(residual_out, x, r, y):
     return s
 
 
-def _fast(kernel, x, out, params, eps):
-    """The common small call, (G, L) arrays and out= given, with no Python checks.
+def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
+    """The common call over the last axis (C-contiguous ndarrays, out= given or not), with no
+    Python checks: y, or None when this path does not apply. The kernel gets
+    (x, y) + params + (residual,) + tail + (eps, act, threads), as (G, L) rows.
 
     The kernel itself refuses any buffer of the wrong dtype, layout or size by
     raising before it computes; the caller then takes the checked path, which
-    converts what it can and names the argument that is wrong. Returns False
-    when this path does not apply.
+    converts what it can and names the argument that is wrong.
     """
-    if (type(x) is not np.ndarray or type(out) is not np.ndarray or x.ndim != 2 or out.ndim != 2
-            or type(eps) is not float or not eps >= 0.0):
-        return False
-    if out is not x and (out.base is not None or x.base is not None):
-        return False   # views may overlap partially: the checked path tests that
+    if type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous \
+            or type(eps) is not float or not eps >= 0.0:
+        return None
+    if out is None:
+        y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
+    elif (type(out) is np.ndarray and out.shape == x.shape and out.flags.c_contiguous and residual is None
+          and (out is x or (out.base is None and x.base is None))):
+        y = out                                          # views may overlap partially: checked path
+    else:
+        return None
+    if residual is not None and (type(residual) is not np.ndarray or residual.shape != x.shape
+                                 or not residual.flags.c_contiguous):
+        return None
+    if x.ndim == 2:
+        rows, r = (x, y), residual
+    else:
+        L = x.shape[-1]
+        rows, r = (x.reshape(-1, L), y.reshape(-1, L)), (None if residual is None else residual.reshape(-1, L))
     try:
-        kernel(x, out, *params, eps, 0, get_num_threads())
+        kernel(*rows, *params, r, *tail, eps, act, get_num_threads())
     except (TypeError, ValueError, BufferError):
-        return False
-    return True
+        return None
+    return y
 
 
 def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, activation=None,
@@ -81,11 +95,12 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     next skip connection, computed in the same pass. It may be x or residual itself
     but must not overlap `out`. It is modified in place; the return value is unchanged.
     """
-    if (axis == -1 and residual is None and activation is None and not return_stats
-            and residual_out is None and (scale is None or type(scale) is np.ndarray)
-            and (bias is None or type(bias) is np.ndarray)
-            and _fast(_k.layer_norm, x, out, (scale, bias, None, None, None), eps)):
-        return out
+    act = chk.ACTIVATIONS.get(activation, -1) if activation is None or type(activation) is str else -1
+    if (axis == -1 and not return_stats and residual_out is None and act >= 0
+            and (scale is None or type(scale) is np.ndarray) and (bias is None or type(bias) is np.ndarray)):
+        y = _fast(_k.layer_norm, x, out, (scale, bias), (None, None), eps, residual, act)
+        if y is not None:
+            return y
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
     dt = x.dtype
@@ -119,10 +134,10 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
     With `residual`, normalizes `x + residual`; `residual_out` (needs `residual`)
     then receives that sum, as in `layer_norm`.
     """
-    if (axis == -1 and residual is None and residual_out is None
-            and (scale is None or type(scale) is np.ndarray)
-            and _fast(_k.rms_norm, x, out, (scale, None, None), eps)):
-        return out
+    if axis == -1 and residual_out is None and (scale is None or type(scale) is np.ndarray):
+        y = _fast(_k.rms_norm, x, out, (scale,), (None,), eps, residual)
+        if y is not None:
+            return y
     x = chk.tensor(x, "x", min_rank=1)
     a, G, L = _rows(x, axis)
     dt = x.dtype
