@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import normrt
 
@@ -473,6 +473,8 @@ def gn_problem(draw):
 @given(problem=gn_problem(), dtype=DTYPES, act=st.sampled_from(ACTIVATIONS),
        affine=st.tuples(st.booleans(), st.booleans()), seed=st.integers(0, 2**32 - 1),
        offset=st.sampled_from([0.0, 10.0, -1e3]), threads=st.sampled_from([1, 2, 8]))
+@example(problem=((3, 3), 1), dtype=np.float64, act=None, affine=(False, False), seed=471234887,
+         offset=-1000.0, threads=1)   # ill-conditioned: a group's std 0.04 at -1e3
 def test_group_norm_property(problem, dtype, act, affine, seed, offset, threads):
     shape, G = problem
     rng = np.random.default_rng(seed)
@@ -483,7 +485,15 @@ def test_group_norm_property(problem, dtype, act, affine, seed, offset, threads)
     with normrt.threads(threads):
         y = normrt.group_norm(x, G, scale, bias, activation=act)
     assert y.shape == x.shape and y.dtype == dtype
-    np.testing.assert_allclose(y, ref_group_norm(x, G, scale, bias, act=act), **tol(dtype))
+    t = tol(dtype)
+    if dtype == np.float64 and x.size:
+        # any float64 algorithm rounds x - mean to an ulp of |x|: conditioning |x| / std
+        # (a 3-element group at -1e3 with std 0.04 gives 2.5e-12)
+        groups = x.reshape(shape[0], G, -1).astype(np.float64)
+        std = np.sqrt(groups.var(axis=-1) + 1e-5).min() if groups.size else 1.0
+        gain = 1.0 if scale is None else max(1.0, float(np.abs(scale).max()))
+        t["atol"] = max(t["atol"], 8 * np.finfo(np.float64).eps * float(np.abs(x).max()) / std * gain)
+    np.testing.assert_allclose(y, ref_group_norm(x, G, scale, bias, act=act), **t)
 
 
 @settings(max_examples=150, deadline=None)
