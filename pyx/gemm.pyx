@@ -323,10 +323,11 @@ cdef enum:
     KC = 256
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
     NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
-    # below this many flops (2*M*N*K) one thread: waking a second costs more, and
-    # a spinning worker slows the OpenMP norm kernels that often come next
-    # (DenseNet-121: 26 ms at 16 Mflop, 42 ms at 2 Mflop)
-    PARALLEL_MIN_FLOPS = 16000000
+    # below this many flops (2*M*N*K, ~15 us of work) one thread. A call to an
+    # idle pool costs ~1 us (a sleeping worker is simply not waited for), so
+    # small products split too: measured (2 cores) the transformer block
+    # 0.27 -> 0.22 ms and DenseNet-121 25.6 -> 24.2 ms going from 16 to 4 Mflop
+    PARALLEL_MIN_FLOPS = 4000000
     MAX_JOBS_M = 8
     # rows of a thread's wide C block (stride-1 convs computed on the padded width)
     WIDE_ROWS = 512
