@@ -84,6 +84,7 @@ def same_pads(auto_pad, in_shape, kernel, strides, dilations):
 
 class ConvEpilogue(GraphPass):
     name = "conv_epilogue"
+    report_refusals = False      # a refused candidate still runs, unfused
 
     def matches(self, ctx):
         consumers = ctx.consumers()
@@ -150,15 +151,6 @@ class ConvEpilogue(GraphPass):
         if m.activation:
             parts.append(PATTERN_NAMES[m.activation])
         return "+".join(parts)
-
-    def run(self, ctx):
-        count = 0
-        for m in list(self.matches(ctx)):
-            if self.check(ctx, m) is None:
-                self.rewrite(ctx, m)
-                count += 1
-        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
-        return count
 
     # -- check ---------------------------------------------------------------
     def check(self, ctx, m):

@@ -54,6 +54,7 @@ def _static(shape):
 
 class MatMulEpilogue(GraphPass):
     name = "matmul_epilogue"
+    report_refusals = False      # a refused candidate still runs, unfused
 
     def matches(self, ctx):
         consumers = ctx.consumers()
@@ -160,17 +161,6 @@ class MatMulEpilogue(GraphPass):
                 return f"Gemm bias {node.input[2]!r} is not a constant of {n_out} values along the last axis"
             m.bias, m.bias_from_gemm = node.input[2], True
         return None
-
-    def run(self, ctx):
-        # Refusals are not reported: a refused product still runs (numpy/BLAS), and the
-        # report's refusals are the normalizations left to onnx.reference.
-        count = 0
-        for match in list(self.matches(ctx)):
-            if self.check(ctx, match) is None:
-                self.rewrite(ctx, match)
-                count += 1
-        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
-        return count
 
     # -- rewrite -------------------------------------------------------------
     def rewrite(self, ctx, node):

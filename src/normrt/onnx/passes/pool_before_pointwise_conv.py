@@ -42,6 +42,7 @@ class PoolMatch:
 
 class PoolBeforePointwiseConv(GraphPass):
     name = "pool_before_pointwise_conv"
+    report_refusals = False      # a refused candidate still runs, unfused
 
     def matches(self, ctx):
         consumers = ctx.consumers()
@@ -56,15 +57,6 @@ class PoolBeforePointwiseConv(GraphPass):
 
     def describe(self, m):
         return "Conv+AveragePool", [m.conv.name, m.pool.name]
-
-    def run(self, ctx):
-        count = 0
-        for m in list(self.matches(ctx)):
-            if self.check(ctx, m) is None:
-                self.rewrite(ctx, m)
-                count += 1
-        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
-        return count
 
     # -- check ---------------------------------------------------------------
     def check(self, ctx, m):
