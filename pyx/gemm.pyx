@@ -525,6 +525,72 @@ cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t n, Py_ssize_
                 memset(d + t, 0, (width - t) * sizeof(float))
 
 
+cdef void pack_b_padded(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
+                        Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
+    """SRC_IMAGE: implicit im2col from the zero-padded input (row stride wp, plane
+    stride plane): B[k, p] = xpad[c, oy*sh + ky*dh, ox*sw + kx*dw]. Each panel's
+    pixels split into runs along output rows once per block; a row of K is
+    then one fixed-stride copy per run, no bounds tests."""
+    cdef Py_ssize_t koff[KC]
+    cdef Py_ssize_t run_t[NC_PANELS * NR]
+    cdef Py_ssize_t run_len[NC_PANELS * NR]
+    cdef Py_ssize_t run_off[NC_PANELS * NR]
+    cdef Py_ssize_t run_first[NC_PANELS + 1]
+    cdef Py_ssize_t fill[NC_PANELS]          # columns [fill, NR) of the panel are past the last pixel
+    cdef Py_ssize_t taps = g.kh * g.kw, n = g.n, sw = g.sw
+    cdef Py_ssize_t p, kk, kidx, ci, ky, kx, r, nr_, c0, pend, q, t, oy, ox, ln, j, o, tt
+    cdef const float* base
+    cdef const float* src
+    cdef float* d
+    cdef Py_ssize_t npan = (cols + NR - 1) // NR
+    nr_ = 0
+    for p in range(npan):               # (a job packs at most NC_PANELS panels)
+        run_first[p] = nr_
+        c0 = col0 + p * NR
+        pend = min(c0 + NR, n)
+        oy = c0 // g.ow
+        ox = c0 - oy * g.ow
+        q = c0
+        t = 0
+        while q < pend:
+            ln = min(g.ow - ox, pend - q)
+            run_t[nr_] = t
+            run_len[nr_] = ln
+            run_off[nr_] = oy * g.sh * g.wp + ox * sw
+            nr_ += 1
+            t += ln
+            q += ln
+            ox = 0
+            oy += 1
+        fill[p] = t
+    run_first[npan] = nr_
+    for kk in range(kc):
+        kidx = k0 + kk
+        ci = kidx // taps
+        ky = (kidx - ci * taps) // g.kw
+        kx = kidx - ci * taps - ky * g.kw
+        koff[kk] = ci * g.plane + ky * g.dh * g.wp + kx * g.dw
+    for kk in range(kc):
+        base = g.b + koff[kk]
+        for p in range(npan):
+            d = dst + p * panel_stride + kk * NR
+            for r in range(run_first[p], run_first[p + 1]):
+                src = base + run_off[r]
+                tt = run_t[r]
+                ln = run_len[r]
+                if sw == 1:
+                    for j in range(ln):
+                        d[tt + j] = src[j]
+                elif sw == 2:       # a constant stride vectorizes (permutes)
+                    for j in range(ln):
+                        d[tt + j] = src[2 * j]
+                else:
+                    for j in range(ln):
+                        d[tt + j] = src[j * sw]
+            for j in range(fill[p], NR):
+                d[j] = 0.0
+
+
 cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
                       Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
     """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
@@ -787,7 +853,7 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
             elif g.b_src == SRC_WIDE:
                 pack_b_wide(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             else:
-                pack_b_image(g, g.b, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc, NR)
+                pack_b_padded(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             bblk = wb
             b_stride = NR * kc
         ic = mp0
@@ -1056,9 +1122,15 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.n = oh * ow
     proto.c_row0 = 0
     proto.c_col0 = 0
-    padded = wide or (transposed and not direct)
+    # every conv but the direct 1x1 reads a zero-padded copy of x (x itself when
+    # no tap leaves the image: then the row stride is x's width)
     proto.wp = padded_cols(ow, kw, sw, dw, wide)
     hp = padded_rows(oh, kh, sh, dh, wide, proto.wp)
+    padded = not direct
+    if not wide and ph == 0 and pw == 0 and hp <= h and proto.wp <= wd:
+        padded = False
+        proto.wp = wd
+        hp = h
     proto.plane = hp * proto.wp
     xp = &x[0, 0, 0, 0]
     if padded:
@@ -1214,14 +1286,13 @@ def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, 
 def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
                         Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mg, int n_threads):
-    """Floats of workspace conv2d needs: the threads' slices, then the padded
-    input when the wide path is taken."""
+    """Floats of workspace conv2d needs: the threads' slices, then the padded input."""
     cdef Py_ssize_t size = (max(1, n_threads) + 1) * thread_workspace()
     cdef bint wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
-    cdef bint direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    if wide or (conv_transposed(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not direct):
-        size += nimg * c * padded_rows(oh, kh, sh, dh, wide, padded_cols(ow, kw, sw, dw, wide)) \
-            * padded_cols(ow, kw, sw, dw, wide)
+    # (room for the padded input always: whether a 1x1 conv reads x directly
+    # also depends on its trailing pads)
+    size += nimg * c * padded_rows(oh, kh, sh, dh, wide, padded_cols(ow, kw, sw, dw, wide)) \
+        * padded_cols(ow, kw, sw, dw, wide)
     return size
 
 
@@ -1274,7 +1345,8 @@ cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* 
     cdef Py_ssize_t mg = g.n if g.transposed else g.m
     cdef Py_ssize_t wsize = (((mg + NR - 1) // NR) * NR * g.k if g.transposed
                              else ((mg + MR - 1) // MR) * MR * g.k)
-    cdef Py_ssize_t plane = g.plane if (g.b_src == SRC_WIDE or g.a_src == SRC_IMAGE_T) else g.ih * g.iw
+    cdef Py_ssize_t plane = g.plane if (g.b_src == SRC_WIDE or g.b_src == SRC_IMAGE or g.a_src == SRC_IMAGE_T) \
+        else g.ih * g.iw
     cdef Py_ssize_t total = jobs * group * nimg
     j = first
     while j < total:
