@@ -335,7 +335,8 @@ cdef enum:
 cdef enum:
     SRC_MATRIX = 0      # row-major matrix, packed per call
     SRC_PACKED = 1      # packed once by pack_a / pack_b
-    SRC_IMAGE = 2       # (B only) a CHW image, packed by implicit im2col
+    SRC_IMAGE = 2       # (B only) implicit im2col of a zero-padded CHW image (runs along
+                        # output rows)
     SRC_WIDE = 3        # (B only) a zero-padded CHW image, stride 1: B rows are shifted
                         # slices of it, output columns on the padded width (see conv2d)
     # (A only, the transposed conv y^T = im2col(x)^T W^T: pixels are the rows)
@@ -430,7 +431,7 @@ cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t
     """Columns [col0, col0 + cols) (col0 a multiple of width), rows [k0, k0 + kc)
     of the row-major b into width-column panels: dst[p*panel_stride + kk*width + j];
     columns at or past n are zeros. width is NR (B panels) or MR (the transposed
-    conv's A panels: pixels)."""
+    conv's A panels: pixels of a direct 1x1 conv)."""
     cdef Py_ssize_t p, kk, j, c0, w, npan = (cols + width - 1) // width
     cdef const float* src
     cdef float* d
@@ -448,81 +449,6 @@ cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t
                     d[kk * width + j] = src[j]
                 for j in range(w, width):
                     d[kk * width + j] = 0.0
-
-
-cdef void pack_b_image(const Problem* g, const float* x, Py_ssize_t n, Py_ssize_t col0, Py_ssize_t cols,
-                       Py_ssize_t k0, Py_ssize_t kc, float* dst,
-                       Py_ssize_t panel_stride, Py_ssize_t width) noexcept nogil:
-    """Implicit im2col: B[k, p] = x[c, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw]
-    (zero outside the image) for k = (c, ky, kx), p = oy*ow + ox, packed like
-    pack_b_matrix (n pixels, width-column panels). Runs along output rows copy
-    contiguous input spans."""
-    cdef Py_ssize_t taps = g.kh * g.kw
-    cdef Py_ssize_t p, kk, kidx, ci, ky, kx, hoff, woff, c0, pend, q, t, oy, ox, run, y, iw0, lo, hi, j, x_
-    cdef const float* plane
-    cdef const float* row
-    cdef float* d
-    cdef Py_ssize_t npan = (cols + width - 1) // width
-    cdef Py_ssize_t first_oy[MC_PANELS]
-    cdef Py_ssize_t first_ox[MC_PANELS]
-    for p in range(npan):      # (a block has at most NC_PANELS B / MC_PANELS A panels)
-        first_oy[p] = (col0 + p * width) // g.ow
-        first_ox[p] = col0 + p * width - first_oy[p] * g.ow
-    for kk in range(kc):
-        kidx = k0 + kk
-        ci = kidx // taps
-        ky = (kidx - ci * taps) // g.kw
-        kx = kidx - ci * taps - ky * g.kw
-        plane = x + ci * g.ih * g.iw
-        hoff = ky * g.dh - g.ph
-        woff = kx * g.dw - g.pw
-        for p in range(npan):
-            c0 = col0 + p * width
-            pend = min(c0 + width, n)
-            d = dst + p * panel_stride + kk * width
-            oy = first_oy[p]
-            ox = first_ox[p]
-            q = c0
-            t = 0
-            while q < pend:
-                run = min(g.ow - ox, pend - q)
-                y = oy * g.sh + hoff
-                if y < 0 or y >= g.ih:
-                    memset(d + t, 0, run * sizeof(float))
-                else:
-                    row = plane + y * g.iw
-                    if g.sw == 1:
-                        iw0 = ox + woff
-                        lo = min(max(-iw0, 0), run)
-                        hi = min(max(g.iw - iw0, lo), run)
-                        if lo > 0:
-                            memset(d + t, 0, lo * sizeof(float))
-                        if hi > lo:
-                            memcpy(d + t + lo, row + iw0 + lo, (hi - lo) * sizeof(float))
-                        if run > hi:
-                            memset(d + t + hi, 0, (run - hi) * sizeof(float))
-                    else:
-                        # in-image columns j in [lo, hi): (ox + j)*sw + woff in [0, iw)
-                        iw0 = ox * g.sw + woff
-                        lo = min(max((-iw0 + g.sw - 1) // g.sw, 0), run) if iw0 < 0 else 0
-                        hi = min(max((g.iw - iw0 + g.sw - 1) // g.sw, lo), run)
-                        for j in range(lo):
-                            d[t + j] = 0.0
-                        row = row + iw0
-                        if g.sw == 2:     # the common strided case: a constant stride vectorizes
-                            for j in range(lo, hi):
-                                d[t + j] = row[2 * j]
-                        else:
-                            for j in range(lo, hi):
-                                d[t + j] = row[j * g.sw]
-                        for j in range(hi, run):
-                            d[t + j] = 0.0
-                t += run
-                q += run
-                ox = 0
-                oy += 1
-            if t < width:
-                memset(d + t, 0, (width - t) * sizeof(float))
 
 
 cdef void pack_b_padded(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
