@@ -83,7 +83,7 @@ class ActivationEpilogue(GraphPass):
         readers = consumers.get(y, [])
         if y in ctx.graph_outputs:
             return f"norm output {y!r} is a graph output"
-        found = self._match_activation(ctx, consumers, y, readers)
+        found = match_activation(ctx, consumers, y, readers)
         if isinstance(found, str):
             return found
         act, nodes, out = found
@@ -97,41 +97,6 @@ class ActivationEpilogue(GraphPass):
                     return reason
         self._found = (act, nodes, out)
         return None
-
-    def _match_activation(self, ctx, consumers, y, readers):
-        rank = len(ctx.shape(y)) if ctx.shape(y) is not None else None
-        ops = sorted(r.op_type for r in readers)
-        relu = [r for r in readers if is_op(r, "Relu")]
-        if relu:
-            return ("relu", relu, relu[0].output[0]) if len(readers) == 1 else "norm output has other consumers"
-        gelu = [r for r in readers if is_op(r, "Gelu")]
-        if gelu:
-            if len(readers) != 1:
-                return "norm output has other consumers"
-            attrs, reason = node_attrs(gelu[0])
-            if reason:
-                return reason
-            if attrs.get("approximate", "none") != "none":
-                return f"Gelu approximate={attrs['approximate']!r} (the kernel computes the exact Erf form)"
-            return "gelu", gelu, gelu[0].output[0]
-        sig = [r for r in readers if is_op(r, "Sigmoid")]
-        if sig:
-            s = sig[0]
-            s_readers = consumers.get(s.output[0], [])
-            if len(readers) == 1:
-                return "sigmoid", [s], s.output[0]
-            if len(readers) == 2 and len(s_readers) == 1 and is_op(s_readers[0], "Mul"):
-                mul = s_readers[0]
-                if sorted(mul.input) == sorted([y, s.output[0]]) and any(r is mul for r in readers):
-                    return "silu", [s, mul], mul.output[0]
-            return "norm output has other consumers"
-        heads = [r for r in readers if self._erf_head(ctx, consumers, r, y)]
-        if heads:
-            if len(readers) != 2:
-                return f"norm output read by {ops}: not an Erf GELU alone"
-            return self._match_erf_gelu(ctx, consumers, y, heads[0], [r for r in readers if r is not heads[0]][0],
-                                        rank)
-        return f"no activation among the consumers {ops}"
 
     @staticmethod
     def _match_erf_gelu(ctx, consumers, y, head, other, rank):
@@ -199,3 +164,41 @@ class ActivationEpilogue(GraphPass):
         entry["activation"] = act
         entry["nodes"] = list(entry.get("nodes", [])) + names
         entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[act]}"
+
+
+def match_activation(ctx, consumers, y, readers):
+    """(activation, its nodes, its output) for the activation reading `y` (readers: every node
+    reading y), or why there is none (a str). Shared by the norm, Conv and MatMul epilogues."""
+    rank = len(ctx.shape(y)) if ctx.shape(y) is not None else None
+    ops = sorted(r.op_type for r in readers)
+    relu = [r for r in readers if is_op(r, "Relu")]
+    if relu:
+        return ("relu", relu, relu[0].output[0]) if len(readers) == 1 else "norm output has other consumers"
+    gelu = [r for r in readers if is_op(r, "Gelu")]
+    if gelu:
+        if len(readers) != 1:
+            return "norm output has other consumers"
+        attrs, reason = node_attrs(gelu[0])
+        if reason:
+            return reason
+        if attrs.get("approximate", "none") != "none":
+            return f"Gelu approximate={attrs['approximate']!r} (the kernel computes the exact Erf form)"
+        return "gelu", gelu, gelu[0].output[0]
+    sig = [r for r in readers if is_op(r, "Sigmoid")]
+    if sig:
+        s = sig[0]
+        s_readers = consumers.get(s.output[0], [])
+        if len(readers) == 1:
+            return "sigmoid", [s], s.output[0]
+        if len(readers) == 2 and len(s_readers) == 1 and is_op(s_readers[0], "Mul"):
+            mul = s_readers[0]
+            if sorted(mul.input) == sorted([y, s.output[0]]) and any(r is mul for r in readers):
+                return "silu", [s, mul], mul.output[0]
+        return "norm output has other consumers"
+    heads = [r for r in readers if ActivationEpilogue._erf_head(ctx, consumers, r, y)]
+    if heads:
+        if len(readers) != 2:
+            return f"norm output read by {ops}: not an Erf GELU alone"
+        return ActivationEpilogue._match_erf_gelu(ctx, consumers, y, heads[0], [r for r in readers if r is not heads[0]][0],
+                                    rank)
+    return f"no activation among the consumers {ops}"

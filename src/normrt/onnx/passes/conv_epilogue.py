@@ -42,7 +42,7 @@ from onnx import TensorProto
 from ..domain import make_node
 from . import GraphPass
 from ._match import is_op, node_attrs, other_input, present, private_reason
-from .activation_epilogue import PATTERN_NAMES, ActivationEpilogue
+from .activation_epilogue import PATTERN_NAMES, match_activation
 
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs
 FLOAT = TensorProto.FLOAT       # the kernel's type (float64 Convs stay on numpy)
@@ -130,7 +130,7 @@ class ConvEpilogue(GraphPass):
         v = m.out
         if not readers or not any(is_op(r, op) for r in readers for op in ACTIVATION_OPS):
             return m
-        found = ActivationEpilogue()._match_activation(ctx, consumers, v, readers)
+        found = match_activation(ctx, consumers, v, readers)
         if isinstance(found, str):
             return m
         act, nodes, out = found

@@ -29,7 +29,7 @@ from .._graph import decode_attributes
 from ..domain import make_node
 from . import GraphPass
 from ._match import is_op, only_consumer, other_input, private_reason
-from .activation_epilogue import PATTERN_NAMES, ActivationEpilogue
+from .activation_epilogue import PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
 from ._chain import Graph
 
@@ -122,7 +122,7 @@ class MatMulEpilogue(GraphPass):
         # activation
         readers = consumers.get(y, [])
         if readers and y not in ctx.graph_outputs and any(r.op_type in ACTIVATION_OPS for r in readers):
-            found = ActivationEpilogue()._match_activation(ctx, consumers, y, readers)
+            found = match_activation(ctx, consumers, y, readers)
             if not isinstance(found, str):
                 act, act_nodes, out = found
                 reason = private_reason(ctx, consumers, y, act_nodes)
