@@ -171,8 +171,63 @@ cdef extern from *:
         return 0;
     #endif
     }
+
+    /* 2x2 windows, stride 2, no padding/dilation/overhang (DenseNet's
+       transitions, the 2x downsamplings of UNets): output row r from input
+       rows 2r and 2r+1, both pairs of columns added (or maxed) vertically
+       first, then the even and odd columns; a mean is that sum * 0.25
+       (the same rounding as / 4). One streaming pass, no row buffer. */
+    #ifdef __AVX512F__
+    static inline __attribute__((always_inline)) void
+    nrt_pool_2x2_impl(const float* x, ptrdiff_t W, float* y, ptrdiff_t OH, ptrdiff_t OW, const int is_max) {
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        const __m512 quarter = _mm512_set1_ps(0.25f);
+        ptrdiff_t r, o0;
+        for (r = 0; r < OH; r++) {
+            const float* x0 = x + 2 * r * W;
+            const float* x1 = x0 + W;
+            float* yr = y + r * OW;
+            for (o0 = 0; o0 < OW; o0 += 16) {
+                ptrdiff_t rem = OW - o0;
+                __mmask16 mk = nrt_pool_mask(rem);
+                __mmask16 mlo = nrt_pool_mask(2 * rem), mhi = nrt_pool_mask(2 * rem - 16);
+                __m512 a0 = _mm512_maskz_loadu_ps(mlo, x0 + 2 * o0);
+                __m512 b0 = _mm512_maskz_loadu_ps(mhi, x0 + 2 * o0 + 16);
+                __m512 a1 = _mm512_maskz_loadu_ps(mlo, x1 + 2 * o0);
+                __m512 b1 = _mm512_maskz_loadu_ps(mhi, x1 + 2 * o0 + 16);
+                __m512 a, b, v;
+                if (is_max) {
+                    a = nrt_max_nan(a1, a0);
+                    b = nrt_max_nan(b1, b0);
+                    v = nrt_max_nan(_mm512_permutex2var_ps(a, odd, b), _mm512_permutex2var_ps(a, even, b));
+                } else {
+                    a = _mm512_add_ps(a0, a1);
+                    b = _mm512_add_ps(b0, b1);
+                    v = _mm512_mul_ps(_mm512_add_ps(_mm512_permutex2var_ps(a, even, b),
+                                                    _mm512_permutex2var_ps(a, odd, b)), quarter);
+                }
+                _mm512_mask_storeu_ps(yr + o0, mk, v);
+            }
+        }
+    }
+    #endif
+
+    static int nrt_pool_2x2(const float* x, ptrdiff_t W, float* y, ptrdiff_t OH, ptrdiff_t OW, int is_max) {
+    #ifdef __AVX512F__
+        if (is_max)
+            nrt_pool_2x2_impl(x, W, y, OH, OW, 1);
+        else
+            nrt_pool_2x2_impl(x, W, y, OH, OW, 0);
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
     """
     const bint HAVE_AVX512 "NRT_POOL_HAVE_AVX512"
+    bint pool_2x2 "nrt_pool_2x2"(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH, Py_ssize_t OW,
+                                 bint is_max) noexcept nogil
     bint pool_rows_v "nrt_pool_rows_v"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
                                        float* row, bint is_max) noexcept nogil
     bint pool_rows_h "nrt_pool_rows_h"(const float* buf, float* yr, Py_ssize_t OW, Py_ssize_t kw,
@@ -273,6 +328,43 @@ cdef inline void pool_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y,
                 yr[ow] = yr[ow] / <real>(row_count[oh] * col_count[ow])
 
 
+cdef inline real max_keep_nan(real m, real v) noexcept nogil:
+    """max(m, v) keeping a NaN either side, as combine() takes v into m."""
+    return m if ((v <= m) | (m != m)) else v
+
+
+cdef inline void pool_2x2_plane(const real* x, Py_ssize_t W, real* y, Py_ssize_t OH,
+                                Py_ssize_t OW, bint is_max) noexcept nogil:
+    """2x2 windows, stride 2, no padding: pool_plane's combination order
+    (the kernel rows, then the kernel columns) without its row buffer."""
+    cdef Py_ssize_t r, o
+    cdef const real* x0
+    cdef const real* x1
+    cdef real* yr
+    if real is float:
+        if pool_2x2(x, W, y, OH, OW, is_max):
+            return
+    for r in range(OH):
+        x0 = x + 2 * r * W
+        x1 = x0 + W
+        yr = y + r * OW
+        if is_max:
+            for o in range(OW):
+                yr[o] = max_keep_nan(max_keep_nan(x0[2 * o], x1[2 * o]),
+                                     max_keep_nan(x0[2 * o + 1], x1[2 * o + 1]))
+        else:
+            for o in range(OW):
+                yr[o] = ((x0[2 * o] + x1[2 * o]) + (x0[2 * o + 1] + x1[2 * o + 1])) / <real>4
+
+
+cdef bint counts_all(const long long[::1] counts, long long value) noexcept:
+    cdef Py_ssize_t i
+    for i in range(counts.shape[0]):
+        if counts[i] != value:
+            return False
+    return True
+
+
 def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
            real[:, :, ::1] out,                # OUT (planes, OH, OW)
            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -301,6 +393,11 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
         n_threads = 1
     if n_threads > P:
         n_threads = <int>P
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
+            and 2 * OH <= H and 2 * OW <= W and (is_max or counts_all(row_count, 2) and counts_all(col_count, 2))):
+        for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
+            pool_2x2_plane(&x[p, 0, 0], W, &out[p, 0, 0], OH, OW, is_max)
+        return
     # per thread: the padded row, then the list of kernel rows inside the input
     per_thread = ((ROW_GROUP * L * sizeof(real) + 63) // 64) * 64 + kh * sizeof(Py_ssize_t)
     work = <char*>malloc(n_threads * per_thread + OW * sizeof(float))

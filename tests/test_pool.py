@@ -61,6 +61,12 @@ CASES = [  # shape, kernel, strides, pads (hb, wb, he, we), dilations, ceil_mode
     ((2, 2, 9, 40), (5, 4), (2, 2), (0, 3, 1, 0), (1, 2), 1),
     ((1, 1, 1, 1), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 0),
     ((1, 1, 3, 70), (3, 7), (1, 2), (2, 3, 2, 3), (1, 1), 1),       # windows made only of padding rows
+    # 2x2 / stride 2 without padding: the streaming path (pool_2x2_plane)
+    ((1, 9, 56, 56), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),      # DenseNet's transition pool
+    ((2, 3, 15, 75), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),      # odd H and W: the last row/column unread
+    ((1, 4, 2, 2), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
+    ((1, 3, 9, 13), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 1),       # ceil_mode overhang: the generic path
+    ((1, 2, 8, 64), (2, 2), (2, 2), (0, 1, 0, 1), (1, 1), 0),       # padded: the generic path
 ]
 
 
@@ -97,6 +103,37 @@ def test_max_pool_nan_and_inf():
     want = ref_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0, True)
     np.testing.assert_array_equal(y, want.astype(np.float32))       # NaN where the window has one
     assert np.isnan(y[0, 0, 1:3, 2:4]).all() and y[0, 1, 0, 0] == np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_2x2_nan_inf_and_extremes(dtype):
+    x = rng.standard_normal((1, 3, 10, 70)).astype(dtype)
+    x[0, 0, 3, 5] = np.nan           # one window of row 1, column 2
+    x[0, 0, 6, 68] = np.nan          # the last vector's tail
+    x[0, 1, 0, 0] = np.inf
+    x[0, 1, 4] = -np.inf             # output row 2 of plane 1: -inf (max), -inf or nan (mean)
+    x[0, 2] = np.finfo(dtype).max    # sums overflow to inf, as the float64 reference's do not
+    for op, is_max in (("MaxPool", True), ("AveragePool", False)):
+        y = run(op, x, kernel_shape=(2, 2), strides=(2, 2))
+        with np.errstate(over="ignore"):
+            want = ref_pool(x, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0, is_max)
+        if is_max:
+            np.testing.assert_array_equal(y[0, :2], want[0, :2].astype(dtype))
+        else:
+            np.testing.assert_allclose(y[0, :2], want[0, :2], rtol=1e-6, atol=1e-6, equal_nan=True)
+        assert np.isnan(y[0, 0, 1, 2]) and np.isnan(y[0, 0, 3, 34]) and y[0, 1, 0, 0] == np.inf
+    assert np.isinf(y[0, 2]).all()   # (max + max) overflows before the * 0.25, as the plane kernel's sum
+
+
+def test_pool_2x2_same_bits_for_any_thread_count():
+    x = rng.standard_normal((2, 40, 56, 58)).astype(np.float32)
+    outs = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            outs.append((run("MaxPool", x, kernel_shape=(2, 2), strides=(2, 2)),
+                         run("AveragePool", x, kernel_shape=(2, 2), strides=(2, 2))))
+    for o in outs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(outs[0], o))
 
 
 @pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (2, 3, 33, 65), (1, 1, 1, 1), (2, 5, 300)])

@@ -8,6 +8,8 @@ its left padding, and the overhang past the right padding never counts.
 2-D float32/float64 NCHW MaxPool / AveragePool and GlobalAveragePool run the
 plane kernels of pyx/pool.pyx instead (one pass, OpenMP over N*C planes).
 """
+import functools
+
 import numpy as np
 
 from ..._kernels import pool as _kpool
@@ -88,12 +90,16 @@ def _avgpool_supported(node):
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _tap_counts(in_len, pb, pe, k, s, d, o, include_pad):
-    """Per output position along one axis: how many taps count in the mean."""
+    """Per output position along one axis: how many taps count in the mean
+    (int64, read-only: cached, a graph asks for the same geometry every run)."""
     lo, hi = (-pb, in_len + pe) if include_pad else (0, in_len)
     starts = np.arange(o) * s - pb
     taps = starts[:, None] + np.arange(k)[None, :] * d
-    return ((taps >= lo) & (taps < hi)).sum(axis=1)
+    counts = ((taps >= lo) & (taps < hi)).sum(axis=1).astype(np.int64)
+    counts.flags.writeable = False
+    return counts
 
 
 @op("AveragePool", since=1, supports=_avgpool_supported)
@@ -104,8 +110,8 @@ def average_pool(node, x):
             and list(out_sp) == [1, 1]:
         return _global_average(x)       # ResNet's final 7x7 average: one mean per plane
     if _planes_ok(x) and min(pb) >= 0:
-        counts = [np.ascontiguousarray(_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i],
-                                                   out_sp[i], include_pad), dtype=np.int64) for i in range(2)]
+        counts = [_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i], out_sp[i], include_pad)
+                  for i in range(2)]
         return _pool2d(x, kernel, strides, dil, pb, out_sp, False, *counts)
     acc_dtype = compute_dtype(x.dtype)
     xp = pad_to(x, pb, need, 0)
