@@ -17,6 +17,13 @@ Determinism: the blocking is fixed (QB, KB constants, not derived from the
 thread count), each output row is computed by one thread, key blocks are
 visited in order and every sum runs in a fixed order: results are bitwise
 identical for any thread count.
+
+Layouts: Q, K, V and the output are read and written through their strides
+(row strides of the sequence axis, head and batch strides; K's head-dim axis
+may be strided too, so K^T (B, H, D, S) is read in place), so the (B, S, H, D)
+"heads interleaved" layout exporters produce is a strided view and costs no
+copy. Only addresses depend on the strides, never the order of the arithmetic:
+the results are bitwise the same whatever the layout.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
@@ -60,12 +67,12 @@ cdef extern from *:
     }
 
     static void nrt_pv_block(const float* p, ptrdiff_t nr, ptrdiff_t nk,
-                             const float* v, ptrdiff_t Dv, float* o) {
+                             const float* v, ptrdiff_t ldv, ptrdiff_t Dv, float* o) {
         ptrdiff_t r, c, e;
         for (r = 0; r < nr; r++) {
             float* o0 = o + r * Dv;
             for (c = 0; c < nk; c++) {
-                const float* vc = v + c * Dv;
+                const float* vc = v + c * ldv;
                 float b = p[r * NRT_KB + c];
                 for (e = 0; e < Dv; e++)
                     o0[e] = NRT_FMA(b, vc[e], o0[e]);
@@ -104,9 +111,10 @@ cdef extern from *:
         return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
     }
 
-    /* sT[c][r] = sum_d k[c*D + d] * qT[d][r] for keys c < nk, all QB rows:
+    /* sT[c][r] = sum_d k[c*ks + d*kd] * qT[d][r] for keys c < nk, all QB rows:
        four keys x four row vectors of accumulators, d in order. */
-    static void nrt_qk_t(const float* qT, const float* k, ptrdiff_t D, ptrdiff_t nk, float* sT) {
+    static void nrt_qk_t(const float* qT, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+                         ptrdiff_t D, ptrdiff_t nk, float* sT) {
         ptrdiff_t c = 0, d;
         int kk, rv;
         for (; c + 4 <= nk; c += 4) {
@@ -125,7 +133,7 @@ cdef extern from *:
                 __m512 qv[4] = {qv0, qv1, qv2, qv3};
                 #pragma GCC unroll 4
                 for (kk = 0; kk < 4; kk++) {
-                    __m512 b = _mm512_set1_ps(k[(c + kk) * D + d]);
+                    __m512 b = _mm512_set1_ps(k[(c + kk) * ks + d * kd]);
                     #pragma GCC unroll 4
                     for (rv = 0; rv < 4; rv++)
                         acc[kk][rv] = _mm512_fmadd_ps(b, qv[rv], acc[kk][rv]);
@@ -140,7 +148,7 @@ cdef extern from *:
             for (rv = 0; rv < 4; rv++)
                 acc[rv] = _mm512_setzero_ps();
             for (d = 0; d < D; d++) {
-                __m512 b = _mm512_set1_ps(k[c * D + d]);
+                __m512 b = _mm512_set1_ps(k[c * ks + d * kd]);
                 for (rv = 0; rv < 4; rv++)
                     acc[rv] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv), acc[rv]);
             }
@@ -149,11 +157,11 @@ cdef extern from *:
         }
     }
 
-    /* oT[e][r] = oT[e][r] * alpha[r] + sum_{c < nk} v[c*Dv + e] * pT[c][r], for
+    /* oT[e][r] = oT[e][r] * alpha[r] + sum_{c < nk} v[c*vs + e] * pT[c][r], for
        the value columns [e0, e0 + NE) and the 32 rows of half `h`: NE x 2
        vectors of accumulators, c in order. */
     static inline __attribute__((always_inline)) void
-    nrt_pv_t_cols(const float* pT, const float* v, ptrdiff_t Dv, ptrdiff_t nk, const float* alpha,
+    nrt_pv_t_cols(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const float* alpha,
                   float* oT, ptrdiff_t e0, int h, const int NE) {
         __m512 acc[8][2];
         __m512 a0 = _mm512_loadu_ps(alpha + 32 * h), a1 = _mm512_loadu_ps(alpha + 32 * h + 16);
@@ -166,7 +174,7 @@ cdef extern from *:
         for (c = 0; c < nk; c++) {
             __m512 p0 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h);
             __m512 p1 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h + 16);
-            const float* vc = v + c * Dv + e0;
+            const float* vc = v + c * vs + e0;
             #pragma GCC unroll 8
             for (ee = 0; ee < NE; ee++) {
                 __m512 b = _mm512_set1_ps(vc[ee]);
@@ -181,12 +189,15 @@ cdef extern from *:
     }
 
     /* One work item: out rows [i0, i0 + nr) (nr <= QB) of one head.
-       q: (nr, D) rows; k: (Skv, D), v: (Skv, Dv) of the kv head; bias: the
-       (row i0, key 0) entry of the head's bias rows (NULL: none), rows
-       bias_row_stride apart; out: (nr, Dv) rows. work: QB*(D + KB + Dv + 3) floats.
+       q: (nr, D) rows qs apart; k: (Skv, D), key j's element d at k[j*ks + d*kd];
+       v: (Skv, Dv) rows vs apart (of the kv head); bias: the (row i0, key 0)
+       entry of the head's bias rows (NULL: none), rows bias_row_stride apart;
+       out: (nr, Dv) rows os apart. Strides in floats; the rows of q, v, out are
+       contiguous. work: QB*(D + KB + Dv + 3) floats.
        Lanes past nr hold zero queries and are never written out. */
-    static void nrt_attention_rows(const float* q, const float* k, const float* v,
-                                   const float* bias, ptrdiff_t bias_row_stride, float* out,
+    static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                                   ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                                   const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
                                    ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
                                    float scale, int causal, ptrdiff_t i0, float* work) {
         float* qT = work;                       /* (D, QB) scaled queries */
@@ -202,7 +213,7 @@ cdef extern from *:
         int rv, h;
         for (d = 0; d < D; d++)
             for (r = 0; r < NRT_QB; r++)
-                qT[d * NRT_QB + r] = r < nr ? q[r * D + d] * scale2 : 0.0f;
+                qT[d * NRT_QB + r] = r < nr ? q[r * qs + d] * scale2 : 0.0f;
         for (r = 0; r < NRT_QB; r++) {
             mrow[r] = -INFINITY;
             lrow[r] = 0.0f;
@@ -214,7 +225,7 @@ cdef extern from *:
             jend = i0 + nr;                     /* later keys are masked for every row here */
         for (j0 = 0; j0 < jend; j0 += NRT_KB) {
             nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
-            nrt_qk_t(qT, k + j0 * D, D, nk, sT);
+            nrt_qk_t(qT, k + j0 * ks, ks, kd, D, nk, sT);
             if (bias)
                 for (c = 0; c < nk; c++)
                     for (r = 0; r < nr; r++)
@@ -256,22 +267,23 @@ cdef extern from *:
             for (h = 0; h < 2; h++) {
                 e = 0;
                 for (; e + 8 <= Dv; e += 8)
-                    nrt_pv_t_cols(sT, v + j0 * Dv, Dv, nk, alpha, oT, e, h, 8);
+                    nrt_pv_t_cols(sT, v + j0 * vs, vs, nk, alpha, oT, e, h, 8);
                 for (; e < Dv; e++)
-                    nrt_pv_t_cols(sT, v + j0 * Dv, Dv, nk, alpha, oT, e, h, 1);
+                    nrt_pv_t_cols(sT, v + j0 * vs, vs, nk, alpha, oT, e, h, 1);
             }
         }
         for (r = 0; r < nr; r++) {
             /* a row that saw no key (fully masked) attends to nothing: zeros */
             float inv = lrow[r] != 0.0f ? 1.0f / lrow[r] : 0.0f;
             for (e = 0; e < Dv; e++)
-                out[r * Dv + e] = oT[e * NRT_QB + r] * inv;
+                out[r * os + e] = oT[e * NRT_QB + r] * inv;
         }
     }
     #else
     #define NRT_HAVE_AVX512 0
-    static void nrt_attention_rows(const float* q, const float* k, const float* v,
-                                   const float* bias, ptrdiff_t bias_row_stride, float* out,
+    static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                                   ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                                   const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
                                    ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
                                    float scale, int causal, ptrdiff_t i0, float* work) { }  /* never called */
     #endif
@@ -279,15 +291,17 @@ cdef extern from *:
     enum: KB "NRT_KB"
     enum: QB "NRT_QB"
     const bint HAVE_AVX512 "NRT_HAVE_AVX512"
-    void attention_rows "nrt_attention_rows"(const float* q, const float* k, const float* v,
-                                             const float* bias, Py_ssize_t bias_row_stride, float* out,
+    void attention_rows "nrt_attention_rows"(const float* q, Py_ssize_t qs, const float* k, Py_ssize_t ks,
+                                             Py_ssize_t kd, const float* v, Py_ssize_t vs,
+                                             const float* bias, Py_ssize_t bias_row_stride,
+                                             float* out, Py_ssize_t os,
                                              Py_ssize_t nr, Py_ssize_t D, Py_ssize_t Skv, Py_ssize_t Dv,
                                              float scale, bint causal, Py_ssize_t i0,
                                              float* work) noexcept nogil
     void qk_block "nrt_qk_block"(const float* q, Py_ssize_t D, Py_ssize_t nr, const float* kt,
                                  Py_ssize_t ldk, Py_ssize_t nk, float* s) noexcept nogil
     void pv_block "nrt_pv_block"(const float* p, Py_ssize_t nr, Py_ssize_t nk, const float* v,
-                                 Py_ssize_t Dv, float* o) noexcept nogil
+                                 Py_ssize_t ldv, Py_ssize_t Dv, float* o) noexcept nogil
 
 cdef enum:
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
@@ -367,17 +381,24 @@ cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
                 o[r * Dv + c] = o[r * Dv + c] * alpha
 
 
-def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
-                  const float[:, :, :, ::1] k,      # IN  (B, Hkv, Skv, D)
-                  const float[:, :, :, ::1] v,      # IN  (B, Hkv, Skv, Dv)
+def attention_fwd(const float[:, :, :, :] q,        # IN  (B, Hq, Sq, D), any strides but D's unit
+                  const float[:, :, :, :] k,        # IN  (B, Hkv, Skv, D), any strides (K^T's view too)
+                  const float[:, :, :, :] v,        # IN  (B, Hkv, Skv, Dv), any strides but Dv's unit
                   const float[:, :, :, ::1] bias,   # IN  (1|B, 1|Hq, 1|Sq, Skv), broadcast over the
                                                     #     axes of size 1; shape (0, 0, 0, 0): none
-                  float[:, :, :, ::1] out,          # OUT (B, Hq, Sq, Dv)
+                  float[:, :, :, :] out,            # OUT (B, Hq, Sq, Dv), any strides but Dv's unit;
+                                                    #     its elements must not overlap
                   float scale, bint causal, int n_threads):
     cdef Py_ssize_t B = q.shape[0], Hq = q.shape[1], Sq = q.shape[2], D = q.shape[3]
     cdef Py_ssize_t Hkv = k.shape[1], Skv = k.shape[2], Dv = v.shape[3]
     cdef Py_ssize_t nqb, n_items, item, bh, b, h, hk, i0, nr, j0, jend, nk, r, c, t, rep
     cdef Py_ssize_t per_thread, bias_row_stride = 0
+    # row strides (and K's head-dim stride) in floats: the C kernel walks pointers
+    cdef Py_ssize_t q_rs = q.strides[2] // <Py_ssize_t>sizeof(float)
+    cdef Py_ssize_t k_rs = k.strides[2] // <Py_ssize_t>sizeof(float)
+    cdef Py_ssize_t k_ds = k.strides[3] // <Py_ssize_t>sizeof(float)
+    cdef Py_ssize_t v_rs = v.strides[2] // <Py_ssize_t>sizeof(float)
+    cdef Py_ssize_t o_rs = out.strides[2] // <Py_ssize_t>sizeof(float)
     cdef bint has_bias = bias.shape[0] != 0
     cdef float* work
     cdef float* qs
@@ -397,6 +418,13 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
     if has_bias and (bias.shape[0] not in (1, B) or bias.shape[1] not in (1, Hq)
                      or bias.shape[2] not in (1, Sq) or bias.shape[3] != Skv):
         raise ValueError("bias must have shape (1|B, 1|Hq, 1|Sq, Skv)")
+    if ((D > 1 and q.strides[3] != sizeof(float)) or (Dv > 1 and v.strides[3] != sizeof(float))
+            or (Dv > 1 and out.strides[3] != sizeof(float))):
+        raise ValueError("the last axis of q, v and out must be contiguous (the kernel reads rows)")
+    if ((Sq > 1 and q.strides[2] % <Py_ssize_t>sizeof(float)) or (Skv > 1 and k.strides[2] % <Py_ssize_t>sizeof(float))
+            or (D > 1 and k.strides[3] % <Py_ssize_t>sizeof(float)) or (Skv > 1 and v.strides[2] % <Py_ssize_t>sizeof(float))
+            or (Sq > 1 and out.strides[2] % <Py_ssize_t>sizeof(float))):
+        raise ValueError("q, k, v and out must have strides that are multiples of 4 bytes")
     if B == 0 or Hq == 0 or Sq == 0 or Dv == 0:
         return
     rep = Hq // Hkv
@@ -433,8 +461,9 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
                 bias0 = &bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0,
                               i0 if bias.shape[2] > 1 else 0, 0]
             if HAVE_AVX512:
-                attention_rows(&q[b, h, i0, 0], &k[b, hk, 0, 0], &v[b, hk, 0, 0], bias0, bias_row_stride,
-                               &out[b, h, i0, 0], nr, D, Skv, Dv, scale, causal, i0, work + t * per_thread)
+                attention_rows(&q[b, h, i0, 0], q_rs, &k[b, hk, 0, 0], k_rs, k_ds, &v[b, hk, 0, 0], v_rs,
+                               bias0, bias_row_stride, &out[b, h, i0, 0], o_rs, nr, D, Skv, Dv,
+                               scale, causal, i0, work + t * per_thread)
             else:
                 qs = work + t * per_thread
                 s = qs + QB * D
@@ -463,7 +492,7 @@ def attention_fwd(const float[:, :, :, ::1] q,      # IN  (B, Hq, Sq, D)
                     if bias0 != NULL:
                         bias_blk = bias0 + j0
                     online_softmax_rows(s, nr, nk, i0, j0, causal, bias_blk, bias_row_stride, m, l, o, Dv)
-                    pv_block(s, nr, nk, &v[b, hk, j0, 0], Dv, o)
+                    pv_block(s, nr, nk, &v[b, hk, j0, 0], v_rs, Dv, o)
                     j0 = j0 + KB
                 for r in range(nr):
                     # a row that saw no key (fully masked) attends to nothing: zeros

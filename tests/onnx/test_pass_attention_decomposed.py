@@ -131,8 +131,10 @@ def test_forms_fuse_and_match_reference(form, q_shape):
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
     kt = np.swapaxes(feeds["K"], -1, -2)
     np.testing.assert_allclose(got[0], numpy_attention(feeds["Q"], kt, feeds["V"], 0.3), rtol=2e-5, atol=2e-6)
-    # only the Transpose of K is left besides the fused node
-    assert sorted(n.op_type for n in sess.optimized_model.graph.node) == ["Attention", "Transpose"]
+    # only the Transpose of K is left besides the fused node; of 4-D K the fused node
+    # reads K through its layout (attention_layout's k_layout=BHSD) and it goes too
+    left = ["Attention"] if len(q_shape) == 4 else ["Attention", "Transpose"]
+    assert sorted(n.op_type for n in sess.optimized_model.graph.node) == left
 
 
 def test_constant_finite_mask_without_where():
@@ -169,11 +171,15 @@ def test_report_and_inspect_text():
     model = attention_model(form="sdpa", mask="input", where=True)
     opt, report = normrt.optimize(model, report=True)
     (entry,) = [e for e in report["fused"] if e["pass"] == PASS]
-    assert entry["pattern"] == "Mul-Mul-MatMul-Add-Softmax-IsNaN-Where-MatMul"
+    # attention_layout then takes the Transpose forming Kt: the fused node reads K (k_layout=BHSD)
+    assert entry["pattern"] == "Mul-Mul-MatMul-Add-Softmax-IsNaN-Where-MatMul+layouts"
+    assert entry["nodes"][-1] == "kt"
     assert report["counts"]["Attention"] == 1 and report["passes"][PASS] == 1
+    assert report["passes"]["attention_layout"] == 1
     assert "normrt::Attention" in format_report(report)
     node = next(n for n in opt.graph.node if n.op_type == "Attention")
-    assert list(node.input) == ["Q", "Kt", "V", "M"]
+    assert list(node.input) == ["Q", "K", "V", "M"]
+    assert next(a.s for a in node.attribute if a.name == "k_layout") == b"BHSD"
     assert abs(next(a.f for a in node.attribute if a.name == "scale") - 0.25) < 1e-7
 
 
@@ -224,14 +230,18 @@ def _fixture_files():
 @pytest.mark.parametrize("path,name", _fixture_files(), ids=lambda v: getattr(v, "stem", None) or "")
 def test_exporter_fixtures_fuse_every_attention(path, name):
     """Every softmax attention of the exporters' fixtures is fused; the dynamo exporter at
-    opset 23 writes ONNX Attention ops (run by the same kernel), unless the model computes
-    the scores by hand (preln_block_eager). Their outputs vs torch: test_fixture_models."""
+    opset 23 writes ONNX Attention ops, unless the model computes the scores by hand
+    (preln_block_eager): with the head-split Transposes around them, attention_layout turns
+    those into normrt::Attention nodes too. Their outputs vs torch: test_fixture_models."""
     import onnx
     model = onnx.load(str(path))
     n_softmax = sum(1 for n in model.graph.node if n.op_type == "Softmax")
     n_onnx_attention = sum(1 for n in model.graph.node if n.op_type == "Attention")
     opt, report = normrt.optimize(model, report=True)
     fused_here = report["counts"].get("Attention", 0)
-    assert fused_here == n_softmax and fused_here + n_onnx_attention == FIXTURE_ATTENTION[name]
+    assert n_softmax + n_onnx_attention == FIXTURE_ATTENTION[name]
+    assert fused_here == FIXTURE_ATTENTION[name]
+    assert [e["pass"] for e in report["fused"] if e["normrt_op"] == "Attention"].count(PASS) == n_softmax
+    assert not [n for n in opt.graph.node if n.op_type == "Attention" and n.domain != "normrt"]
     assert not [e for e in report["refused"] if e["pass"] == PASS]
     assert not [n for n in opt.graph.node if n.op_type == "Softmax"]

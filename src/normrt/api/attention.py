@@ -10,6 +10,44 @@ from .._threads import get_num_threads
 _NO_BIAS = np.empty((0, 0, 0, 0), np.float32)
 
 
+def _strided4(x, name, axes, rows=True):
+    """x as a rank-4 float ndarray the kernel reads through its strides: no copy for
+    any numpy view (transposed, sliced) whose strides are whole elements and, with
+    `rows`, whose last axis is contiguous (the kernel reads rows); a copy otherwise."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype not in chk.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have rank 4 ({axes}), got shape {x.shape}")
+    if not x.flags.aligned or any(st % x.itemsize for st in x.strides) \
+            or (rows and x.shape[3] > 1 and x.strides[3] != x.itemsize):
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _output4(out, shape, dtype):
+    """The caller's out= (C-contiguous, or a transposed view of a C-contiguous array
+    with a contiguous last axis, e.g. a (B, S, H, Dv) buffer seen as (B, H, S, Dv)), or a new array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"out must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable, got a read-only array")
+    # axes ordered by decreasing stride must give a C-contiguous array: each element
+    # written once (no overlap within out), and the kernel writes rows
+    order = sorted(range(4), key=lambda a: -out.strides[a])
+    if not out.transpose(order).flags.c_contiguous or (shape[3] > 1 and out.strides[3] != out.itemsize):
+        raise ValueError(f"out must be C-contiguous or a transposed view of a C-contiguous array with "
+                         f"its last axis contiguous, got strides {out.strides}")
+    return out
+
+
 def _bias4(bias, shape, dtype):
     """bias as a C-contiguous (1|B, 1|Hq, 1|Sq, Skv) array: the kernel broadcasts the axes of size 1."""
     if not isinstance(bias, np.ndarray):
@@ -62,39 +100,37 @@ def attention(q, k, v, *, scale=None, bias=None, is_causal=False, out=None):
     h // (Hq / Hkv)). scale defaults to 1/sqrt(D). bias is additive (-inf
     masks a key) and broadcasts to (B, Hq, Sq, Skv). is_causal masks key j
     for query i when j > i (top-left aligned). A query that sees no key
-    (fully masked) gets zeros. Returns (B, Hq, Sq, Dv) in q's dtype.
+    (fully masked) gets zeros. Returns (B, Hq, Sq, Dv) in q's dtype (out if given).
+
+    Layouts: q, k, v may be any strided views (e.g. `x.transpose(0, 2, 1, 3)`
+    of the (B, S, H, D) "heads interleaved" arrays exporters produce): the kernel
+    reads them in place (a copy only if an array's last axis is not contiguous).
+    out may be a transposed view too: `y = np.empty((B, Sq, Hq, Dv))` and
+    `out=y.transpose(0, 2, 1, 3)` writes y in (B, Sq, Hq, Dv) order. The result
+    is bitwise the same whatever the layouts.
 
     float32 runs the fused kernel (online softmax over key blocks, never the
     whole score matrix; vectorized exp, ~1e-6 relative error); float64 runs numpy.
     """
-    k = chk.tensor(k, "k")
-    if k.ndim != 4:
-        raise ValueError(f"k must have rank 4 (batch, heads, sequence, head dim), got shape {k.shape}")
+    k = _strided4(k, "k", "batch, heads, sequence, head dim", rows=False)
     return _attention(q, k.transpose(0, 1, 3, 2), v, "k", scale, bias, is_causal, out)
 
 
 def attention_kt(q, kt, v, *, scale=None, bias=None, is_causal=False, out=None):
     """attention() with the keys given transposed, kt: (B, Hkv, D, Skv).
 
-    The layout decomposed attention graphs hold (MatMul(Q, K^T)); the kernel
-    reads the keys untransposed, so a transposed view (the usual producer is a
-    Transpose of K) costs no copy.
+    The layout decomposed attention graphs hold (MatMul(Q, K^T)). The kernel
+    reads the keys through their strides: a transposed view of K, or K^T itself,
+    costs no copy.
     """
-    kt = np.asarray(kt)                 # no copy: a transposed view of K is what the kernel wants
-    if kt.dtype not in chk.FLOAT_DTYPES:
-        raise TypeError(f"kt must be a float32 or float64 array, got dtype {kt.dtype}")
-    if kt.ndim != 4:
-        raise ValueError(f"kt must have rank 4 (batch, heads, head dim, sequence), got shape {kt.shape}")
+    kt = _strided4(kt, "kt", "batch, heads, head dim, sequence", rows=False)
     return _attention(q, kt, v, "kt", scale, bias, is_causal, out)
 
 
 def _attention(q, kt, v, kname, scale, bias, is_causal, out):
     """Checks, then the kernel: kt is a (B, Hkv, D, Skv) view, named `kname` in errors."""
-    q = chk.tensor(q, "q")
-    v = chk.tensor(v, "v")
-    for name, t in (("q", q), ("v", v)):
-        if t.ndim != 4:
-            raise ValueError(f"{name} must have rank 4 (batch, heads, sequence, head dim), got shape {t.shape}")
+    q = _strided4(q, "q", "batch, heads, sequence, head dim")
+    v = _strided4(v, "v", "batch, heads, sequence, head dim")
     for name, t in ((kname, kt), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
@@ -116,7 +152,7 @@ def _attention(q, kt, v, kname, scale, bias, is_causal, out):
         raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
     shape = (B, Hq, Sq, Skv)
     b4 = None if bias is None else _bias4(bias, shape, q.dtype)
-    y = chk.output(out, (B, Hq, Sq, v.shape[3]), q.dtype)
+    y = _output4(out, (B, Hq, Sq, v.shape[3]), q.dtype)
     for name, t in (("q", q), (kname, kt), ("v", v), ("bias", b4)):
         if t is not None and np.may_share_memory(y, t):
             raise ValueError(f"out must not overlap {name}")
@@ -124,7 +160,6 @@ def _attention(q, kt, v, kname, scale, bias, is_causal, out):
         return y
     if q.dtype == np.float64:
         return _attention_f64(q, kt.transpose(0, 1, 3, 2), v, scale, b4, bool(is_causal), y)
-    k = np.ascontiguousarray(kt.transpose(0, 1, 3, 2))   # the kernel reads each key's D values in a row
-    _k.attention_fwd(q, k, v, _NO_BIAS if b4 is None else b4, y,
+    _k.attention_fwd(q, kt.transpose(0, 1, 3, 2), v, _NO_BIAS if b4 is None else b4, y,
                      scale, bool(is_causal), get_num_threads())
     return y

@@ -21,10 +21,14 @@ LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0
 LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
 AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
     (unbiased=1: variances m2 / (n - 1), torch's default .var())
-Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0
+Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
+    q_layout="BHSD", k_layout="BHDS", v_layout="BHSD", y_layout="BHSD"
     (Y = softmax(Q @ Kt * scale + bias) @ V over the last axis; Q (B, H, Sq, D) or (BH, Sq, D),
     Kt the keys transposed (B, Hkv, D, Skv), V (B, Hkv, Skv, Dv), bias additive, broadcasting
-    to the scores; a query seeing no key gives zeros)
+    to the scores (B, H, Sq, Skv); a query seeing no key gives zeros. Rank-4 inputs and Y may
+    come in other axis orders, read and written in place: q_layout / v_layout / y_layout
+    "BSHD" (heads interleaved: Q (B, Sq, H, D), V (B, Skv, Hkv, Dv), Y (B, Sq, H, Dv)),
+    k_layout "BHSD" (K untransposed) or "BSHD" (K (B, Skv, Hkv, D)))
 Conv(X, W [, B, residual]) -> Y
     strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation=""
     (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
@@ -66,7 +70,9 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}),
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}),
-    NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",), {"scale": None, "is_causal": 0}),
+    NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),
+           {"scale": None, "is_causal": 0, "q_layout": "BHSD", "k_layout": "BHDS", "v_layout": "BHSD",
+            "y_layout": "BHSD"}),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""}),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""}),

@@ -101,13 +101,40 @@ def _adain(attrs, n_out, content, style):
                             unbiased=bool(attrs.get("unbiased", 0))),)
 
 
+# normrt Attention layouts -> the axes that view the input as (B, H, S, D) (K: as Kt (B, H, D, S))
+_ATTENTION_VIEWS = {"BHSD": (0, 1, 2, 3), "BSHD": (0, 2, 1, 3)}
+_ATTENTION_KT_VIEWS = {"BHDS": (0, 1, 2, 3), "BHSD": (0, 1, 3, 2), "BSHD": (0, 2, 3, 1)}
+
+
 def _attention(attrs, n_out, q, kt, v, bias=None):
     from ..api.attention import attention_kt
+    layouts = [attrs.get(k, d) for k, d in (("q_layout", "BHSD"), ("k_layout", "BHDS"),
+                                             ("v_layout", "BHSD"), ("y_layout", "BHSD"))]
+    scale, causal = attrs["scale"], bool(attrs.get("is_causal", 0))
     three_d = np.ndim(q) == 3          # (batch * heads, S, D): one batch of heads
     if three_d:
+        if layouts != ["BHSD", "BHDS", "BHSD", "BHSD"]:
+            raise ModelError(f"normrt Attention with 3-D inputs takes the default layouts, got {layouts}")
         q, kt, v = q[None], kt[None], v[None]     # (a bias of rank <= 3 broadcasts the same)
-    y = attention_kt(q, kt, v, scale=attrs["scale"], bias=bias, is_causal=bool(attrs.get("is_causal", 0)))
-    return (y[0] if three_d else y,)
+        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal)[0],)
+    q_l, k_l, v_l, y_l = layouts
+    try:
+        q = q.transpose(_ATTENTION_VIEWS[q_l])
+        kt = kt.transpose(_ATTENTION_KT_VIEWS[k_l])
+        v = v.transpose(_ATTENTION_VIEWS[v_l])
+        y_view = _ATTENTION_VIEWS[y_l]
+    except KeyError as e:
+        raise ModelError(f"normrt Attention: unknown layout {e.args[0]!r} (q/v/y: BHSD, BSHD; "
+                         f"k: BHDS, BHSD, BSHD)") from None
+    except ValueError as e:            # transpose of an array whose rank is not 4
+        raise ModelError(f"normrt Attention: inputs must have rank 3 or 4 ({e})") from None
+    if y_view == (0, 1, 2, 3):
+        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal),)
+    # Y allocated in its layout (contiguous: a Reshape merging its heads is a view);
+    # the kernel writes it through the transposed view
+    y = np.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3]), q.dtype)
+    attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal, out=y.transpose(y_view))
+    return (y,)
 
 
 def _conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):

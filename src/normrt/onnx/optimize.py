@@ -31,6 +31,7 @@ from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
 from .passes.activation_epilogue import ActivationEpilogue
 from .passes.attention_decomposed import AttentionDecomposed
+from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
 
@@ -40,7 +41,7 @@ def default_passes():
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
             PoolBeforePointwiseConv(), LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
-            AttentionDecomposed(),
+            AttentionDecomposed(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
 
 
