@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import normrt
+from normrt.api.attention import attention_kt
 
 rng = np.random.default_rng(23)
 
@@ -174,3 +175,106 @@ def test_bad_input():
     with pytest.raises(ValueError, match="out must not overlap v"):
         vv = np.zeros((1, 4, 5, 3), np.float32)
         normrt.attention(q, k[:, :, :5], vv[:, :2], out=vv)
+
+
+# -- layouts: strided q/k/v views and transposed out (bitwise equal to the contiguous path)
+
+def bshd(x):
+    """x (B, H, S, D) stored as (B, S, H, D) and seen back as (B, H, S, D): a strided view."""
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+
+
+LAYOUT_SHAPES = [  # B, Hq, Hkv, Sq, Skv, D, Dv
+    (1, 2, 2, 64, 64, 8, 8),            # UNet-like: two heads of 8
+    (2, 3, 3, 65, 129, 16, 16),         # a row / key past a block
+    (1, 4, 2, 70, 90, 7, 33),           # grouped-query heads, odd dims, Dv past two vectors
+    (1, 1, 1, 1, 1, 1, 1),
+    (1, 2, 1, 300, 5, 3, 17),
+]
+
+
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_heads_interleaved_views_match_contiguous_bitwise(shape, causal):
+    q, k, v = qkv(*shape)
+    bias = rng.standard_normal(shape[3:5]).astype(np.float32)
+    want = normrt.attention(q, k, v, bias=bias, is_causal=causal)
+    np.testing.assert_allclose(want, ref(q, k, v, bias=bias, causal=causal), rtol=2e-5, atol=2e-6)
+    B, Hq, Sq, Dv = shape[0], shape[1], shape[3], shape[6]
+    qv, kv, vv = bshd(q), bshd(k), bshd(v)
+    assert not any(t.flags.c_contiguous for t in (qv, kv, vv) if t.size > 1 and t.shape[1] > 1)
+    got = normrt.attention(qv, kv, vv, bias=bias, is_causal=causal)
+    assert np.array_equal(got, want)
+    # out in (B, Sq, Hq, Dv) order, written through its transposed view
+    y = np.full((B, Sq, Hq, Dv), np.nan, np.float32)
+    res = normrt.attention(qv, kv, vv, bias=bias, is_causal=causal, out=y.transpose(0, 2, 1, 3))
+    assert res.base is y
+    assert np.array_equal(y, want.transpose(0, 2, 1, 3))
+    # any mix of layouts: only the addresses change
+    assert np.array_equal(normrt.attention(q, kv, v, bias=bias, is_causal=causal), want)
+    assert np.array_equal(normrt.attention(qv, k, vv, bias=bias, is_causal=causal), want)
+
+
+@pytest.mark.parametrize("shape", LAYOUT_SHAPES)
+def test_keys_given_transposed_in_any_layout(shape):
+    q, k, v = qkv(*shape)
+    want = normrt.attention(q, k, v)
+    kt_contiguous = np.ascontiguousarray(k.transpose(0, 1, 3, 2))       # (B, H, D, S): strided keys
+    kt_of_bshd = np.ascontiguousarray(k.transpose(0, 2, 1, 3)).transpose(0, 2, 3, 1)
+    for kt in (kt_contiguous, kt_of_bshd, k.transpose(0, 1, 3, 2)):
+        assert np.array_equal(attention_kt(q, kt, v), want)
+    # k itself as a view of a contiguous K^T
+    assert np.array_equal(normrt.attention(q, kt_contiguous.transpose(0, 1, 3, 2), v), want)
+
+
+def test_sliced_and_float64_views():
+    q, k, v = qkv(2, 3, 3, 40, 50, 16, 8)
+    big = rng.standard_normal((2, 40, 3, 40)).astype(np.float32)     # q as a slice of a wider array
+    q = big[:, :, :, 5:21].transpose(0, 2, 1, 3)
+    want = normrt.attention(np.ascontiguousarray(q), k, v)
+    assert np.array_equal(normrt.attention(q, k, v), want)
+    np.testing.assert_allclose(want, ref(q, k, v), rtol=2e-5, atol=2e-6)
+    # a last axis that is not contiguous is copied (same result)
+    v2 = np.asfortranarray(v)
+    assert np.array_equal(normrt.attention(q, k, v2), want)
+    q64, k64, v64 = (t.astype(np.float64) for t in (q, k, v))
+    y = np.empty((2, 40, 3, 8))
+    normrt.attention(bshd(q64), bshd(k64), bshd(v64), out=y.transpose(0, 2, 1, 3))
+    np.testing.assert_allclose(y.transpose(0, 2, 1, 3), ref(q64, k64, v64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_strided_layouts_same_bits_for_any_thread_count(causal):
+    q, k, v = qkv(2, 4, 2, 257, 300, 40, 24)
+    outs = []
+    for n in (1, 2, 3):
+        y = np.empty((2, 257, 4, 24), np.float32)
+        with normrt.threads(n):
+            normrt.attention(bshd(q), bshd(k), bshd(v), is_causal=causal, out=y.transpose(0, 2, 1, 3))
+        outs.append(y)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert np.array_equal(outs[0].transpose(0, 2, 1, 3), normrt.attention(q, k, v, is_causal=causal))
+
+
+def test_bad_layouts():
+    q, k, v = qkv(1, 4, 2, 5, 6, 8, 3)
+    with pytest.raises(ValueError, match="q must have rank 4"):
+        normrt.attention(q[0], k, v)
+    with pytest.raises(ValueError, match="kt must have rank 4"):
+        attention_kt(q, k[0], v)
+    with pytest.raises(ValueError, match="out must be C-contiguous or a transposed view"):
+        normrt.attention(q, k, v, out=np.empty((1, 4, 5, 6), np.float32)[..., ::2])
+    with pytest.raises(ValueError, match="out must be C-contiguous or a transposed view"):
+        # a transposed view whose last axis (Dv) is not the contiguous one
+        normrt.attention(q, k, v, out=np.empty((1, 3, 5, 4), np.float32).transpose(0, 3, 2, 1))
+    with pytest.raises(ValueError, match="out must be C-contiguous or a transposed view"):
+        # overlapping elements
+        normrt.attention(q, k, v, out=np.lib.stride_tricks.as_strided(
+            np.empty(60, np.float32), (1, 4, 5, 3), (0, 12, 4, 4)))
+    with pytest.raises(ValueError, match="out must be writeable"):
+        y = np.empty((1, 5, 4, 3), np.float32)
+        y.flags.writeable = False
+        normrt.attention(q, k, v, out=y.transpose(0, 2, 1, 3))
+    with pytest.raises(ValueError, match="out must not overlap q"):
+        mem = np.zeros(160, np.float32)
+        normrt.attention(mem.reshape(1, 4, 5, 8), k, v, out=mem[100:].reshape(1, 4, 5, 3))
