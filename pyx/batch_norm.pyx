@@ -6,6 +6,7 @@ inner elements. Channel k owns the R1 strided runs x[r1, k, :].
 strided_moments  per-channel mean and population variance over (R1, R2)
 channel_affine   y = act((x - center[k]) * scale[k] + shift[k]), optionally
                  SPADE-modulated: y = that * (1 + gamma) + beta (full tensors)
+batch_norm       channel_affine from BatchNorm's running statistics (folded here)
 
 Determinism: the statistics are cut into work items fixed by the shape alone
 (never by the thread count); each item's Moments land in its own slot of a
@@ -18,8 +19,48 @@ kernels trust them. Optional buffers are passed as length-0 arrays.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt
 
-from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments,
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #ifdef __AVX512F__
+    #include <immintrin.h>
+    #endif
+    /* One float32 channel run, y = ((x - mh) - ml) * a + b, then relu if asked,
+       in one pass with masked tails (DenseNet's runs are 49 to 3136 long: a
+       scalar epilogue and a second pass over y would cost as much as the run).
+       Relu as max(0, v): vmaxps returns its second operand v when either is
+       NaN or both are zero, which is `0 if v < 0 else v` bit for bit.
+       Returns 0 without AVX-512 (the caller loops). */
+    static int nrt_affine_run_f32(const float* x, float* y, ptrdiff_t n, float mh, float ml,
+                                  float a, float b, int relu) {
+    #ifdef __AVX512F__
+        const __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml);
+        const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
+        ptrdiff_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmh), vml),
+                                                   va), vb);
+            _mm512_storeu_ps(y + i, relu ? _mm512_max_ps(zero, v) : v);
+        }
+        if (i < n) {
+            __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i),
+                                                                               vmh), vml), va), vb);
+            _mm512_mask_storeu_ps(y + i, m, relu ? _mm512_max_ps(zero, v) : v);
+        }
+        return 1;
+    #else
+        (void)x; (void)y; (void)n; (void)mh; (void)ml; (void)a; (void)b; (void)relu;
+        return 0;
+    #endif
+    }
+    """
+    bint affine_run_f32 "nrt_affine_run_f32"(const float* x, float* y, Py_ssize_t n, float mh, float ml,
+                                             float a, float b, bint relu) noexcept nogil
+
+from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, ACT_RELU, chunk_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate,
                       activate_span)
 
@@ -202,6 +243,9 @@ cdef inline void affine_run(const real* x, real* y, Py_ssize_t n, double m, doub
     cdef real ml = <real>(m - <double>mh)   # 0 for float64
     cdef real fa = <real>a
     cdef real fb = <real>b
+    if real is float:
+        if (act == ACT_NONE or act == ACT_RELU) and affine_run_f32(x, y, n, mh, ml, fa, fb, act == ACT_RELU):
+            return
     for i in range(n):
         y[i] = ((x[i] - mh) - ml) * fa + fb
     activate_span(y, n, act)
@@ -273,19 +317,57 @@ def channel_affine(const real[:, :, ::1] x,    # IN  (R1, K, R2)
                    int act, int n_threads):
     """out = act(((x - center[k]) * scale[k] + shift[k]) [* (1 + gamma) + beta])."""
     cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2]
-    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start
     cdef bint spade = gamma.shape[0] != 0
-    cdef const real* gp = &gamma[0] if spade else NULL
-    cdef const real* bp = &beta[0] if spade else NULL
-    if total == 0:
+    if R1 * K * R2 == 0:
         return
-    cdef const real* xp = &x[0, 0, 0]
-    cdef real* yp = &out[0, 0, 0]
+    affine_all(&x[0, 0, 0], &gamma[0] if spade else NULL, &beta[0] if spade else NULL, &out[0, 0, 0],
+               R1, K, R2, &center[0], &scale[0], &shift[0], act, n_threads)
+
+
+cdef void affine_all(const real* xp, const real* gp, const real* bp, real* yp,
+                     Py_ssize_t R1, Py_ssize_t K, Py_ssize_t R2, const double* m, const double* a,
+                     const double* b, int act, int n_threads) noexcept:
+    """The elementwise pass in fixed PIECEs (each element from its own inputs only)."""
+    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start
     if K == 1:
         R2 = total
     n_threads = team_size(total, n_threads)
     npieces = (total + PIECE - 1) // PIECE
     for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
         start = p * PIECE
-        affine_piece(xp, gp, bp, yp, start, min(start + PIECE, total), K, R2,
-                     &center[0], &scale[0], &shift[0], act)
+        affine_piece(xp, gp, bp, yp, start, min(start + PIECE, total), K, R2, m, a, b, act)
+
+
+ctypedef fused preal:
+    # the running statistics' type (float32 or float64, all four alike), independent of x's
+    float
+    double
+
+
+def batch_norm(const real[:, :, ::1] x,        # IN  (R1, K, R2)
+               const preal[::1] scale,         # IN  (K,)
+               const preal[::1] bias,          # IN  (K,)
+               const preal[::1] mean,          # IN  (K,) running mean
+               const preal[::1] var,           # IN  (K,) running variance
+               double eps,
+               real[:, :, ::1] out,            # OUT (R1, K, R2); may alias x
+               int act, int n_threads):
+    """channel_affine with the statistics folded here, in float64:
+    out = act((x - mean[k]) * (scale[k] / sqrt(var[k] + eps)) + bias[k]).
+    (The same float64 operations as numpy's fold, without its temporaries.)"""
+    cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2], k
+    cdef double* folded
+    if R1 * K * R2 == 0:
+        return
+    folded = <double*>malloc(3 * K * sizeof(double))
+    if folded == NULL:
+        raise MemoryError()
+    try:
+        for k in range(K):
+            folded[k] = <double>mean[k]
+            folded[K + k] = <double>scale[k] / sqrt(<double>var[k] + eps)
+            folded[2 * K + k] = <double>bias[k]
+        affine_all(&x[0, 0, 0], NULL, NULL, &out[0, 0, 0], R1, K, R2,
+                   folded, folded + K, folded + 2 * K, act, n_threads)
+    finally:
+        free(folded)

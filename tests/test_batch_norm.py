@@ -199,7 +199,66 @@ def test_zero_variance_and_zero_eps_give_nan_or_inf_without_warnings():
         assert np.isnan(y).all()
 
 
+@pytest.mark.parametrize("act", [None, "relu"])
+@pytest.mark.parametrize("run", list(range(1, 35)) + [47, 49, 196, 3136])
+def test_batch_norm_run_lengths(run, act):
+    # each channel run in one vector pass with a masked tail (float32 None / relu)
+    x = (rng.standard_normal((2, 5, run)) * 2).astype(np.float32)
+    x[0, 1, run // 2] = np.nan
+    p = params(5, np.float32, rng)
+    y = normrt.batch_norm(x, *p, activation=act)
+    want = ref_batch_norm(x, *p, act=act)
+    np.testing.assert_allclose(y, want, **tol(np.float32))     # NaN where x has it
+    assert np.isnan(y[0, 1, run // 2]) and np.isnan(y).sum() == 1
+    if act == "relu":
+        assert (y[~np.isnan(y)] >= 0).all()
+
+
+def test_batch_norm_relu_keeps_the_sign_of_zero():
+    # relu(v) is `0 if v < 0 else v`: -0.0 stays -0.0 (the scalar loops' rule, on every path)
+    x = np.full((1, 2, 40), -0.0, np.float32)                # (-0 - 0) * 1 + -0 = -0; ... + 0 = +0
+    y = normrt.batch_norm(x, np.ones(2), np.array([-0.0, 0.0]), np.zeros(2), np.ones(2), eps=0.0,
+                          activation="relu")
+    assert np.array_equal(np.signbit(y[0, 0]), np.ones(40, bool))
+    assert not np.signbit(y[0, 1]).any()
+
+
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p_dtypes", [(np.float32,) * 4, (np.float64,) * 4,
+                                      (np.float32, np.float64, np.float32, np.float16), (np.int64,) * 4])
+def test_batch_norm_parameter_dtypes(x_dtype, p_dtypes):
+    # the statistics are read in float64 whatever their type: the same bits as float64 parameters
+    x = (rng.standard_normal((2, 6, 9)) * 2).astype(x_dtype)
+    p = [q.astype(dt) for q, dt in zip(params(6, np.float64, rng), p_dtypes)]
+    p[3] = np.abs(p[3]) + 1                                   # int64 var: >= 1
+    y = normrt.batch_norm(x, *p, activation="relu")
+    assert y.dtype == x_dtype
+    assert np.array_equal(y, normrt.batch_norm(x, *[q.astype(np.float64) for q in p], activation="relu"))
+    np.testing.assert_allclose(y, ref_batch_norm(x, *p, act="relu"), **tol(x_dtype))
+
+
+def test_batch_norm_non_contiguous_and_listed_parameters():
+    x = rng.standard_normal((2, 4, 7)).astype(np.float32)
+    p = params(8, np.float32, rng)
+    strided = [q[::2] for q in p]                             # (4,), not contiguous
+    listed = [list(q) for q in strided]
+    want = ref_batch_norm(x, *strided)
+    np.testing.assert_allclose(normrt.batch_norm(x, *strided), want, **tol(np.float32))
+    np.testing.assert_allclose(normrt.batch_norm(x, *listed), want, **tol(np.float32))
+
+
 # ---- determinism and concurrency --------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 256, 56, 56), (1, 992, 7, 7), (3, 7, 5000)])
+def test_batch_norm_relu_bitwise_identical_for_any_thread_count(shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    p = params(shape[1], np.float32, rng)
+    results = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            results.append(normrt.batch_norm(x, *p, activation="relu"))
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
 
 @pytest.mark.parametrize("shape", [(1, 1, 400, 700), (2, 3, 256, 256), (200_000, 3), (64, 32, 7, 7),
                                    (3, 5000, 40)])

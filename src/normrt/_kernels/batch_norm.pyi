@@ -24,3 +24,14 @@ def channel_affine(
     act: int,
     n_threads: int,
 ) -> None: ...
+def batch_norm(
+    x: Array,            # IN  (R1, K, R2)
+    scale: Array,        # IN  (K,) float32 or float64, all four statistics alike
+    bias: Array,         # IN  (K,)
+    mean: Array,         # IN  (K,) running mean
+    var: Array,          # IN  (K,) running variance
+    eps: float,
+    out: Array,          # OUT (R1, K, R2); may alias x
+    act: int,
+    n_threads: int,
+) -> None: ...

@@ -43,20 +43,28 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     """
     x = chk.tensor(x, "x", min_rank=2)
     N, C, S = _view(x)
-    scale = _channel_vector(scale, "scale", C)
-    bias = _channel_vector(bias, "bias", C)
-    mean = _channel_vector(mean, "mean", C)
-    var = _channel_vector(var, "var", C)
+    params = [_statistic(p, name, C) for p, name in ((scale, "scale"), (bias, "bias"), (mean, "mean"), (var, "var"))]
+    if any(p.dtype != params[0].dtype for p in params):
+        params = [p.astype(np.float64) for p in params]     # the kernel takes all four in one type
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a = scale / np.sqrt(var + eps)
-        empty = chk.empty1(x.dtype)
-        _k.channel_affine(x.reshape(N, C, S), mean, a, bias, empty, empty, y.reshape(N, C, S),
-                          act, get_num_threads())
+        # the fold a = scale / sqrt(var + eps) happens in the kernel, in float64
+        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, get_num_threads())
     return y
+
+
+def _statistic(p, name, C):
+    """A BatchNorm parameter as it comes (float32/float64 (C,), contiguous), else as float64 (C,).
+    (The kernel reads either type exactly in float64: converting here would cost more than the
+    normalization of a small tensor.)"""
+    if type(p) is np.ndarray and p.shape == (C,) and p.dtype in _STAT_DTYPES and p.flags.c_contiguous:
+        return p
+    return _channel_vector(p, name, C)
+
+
+_STAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def batch_norm_stats(x, *, dtype=None):
