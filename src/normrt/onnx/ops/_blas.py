@@ -180,9 +180,11 @@ def private_blas():
 
 
 def blas_info():
-    """Which BLAS normrt's GEMMs use (a human-readable string)."""
+    """Which GEMMs normrt uses (a human-readable string): its own kernel for
+    float32 Conv/MatMul/Gemm, then this module's BLAS for the rest."""
+    from ..._kernels import gemm as _k
     private_blas()
-    return _state["why"]
+    return f"normrt {_k.isa()} GEMM for float32 Conv/MatMul/Gemm; other products: {_state['why']}"
 
 
 def _layout(a):
