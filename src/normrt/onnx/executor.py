@@ -35,6 +35,7 @@ from onnx import numpy_helper
 from .._threads import get_num_threads, threads
 from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
+from .concat_chain import GrowingConcat, concat_chains
 from .fallback import ReferenceNode, function_evaluators
 from .ops import registry
 from .plan import OPAQUE, build_plan, overwritable_inputs
@@ -236,6 +237,10 @@ class Executor:
         for step, positions in zip(self.steps, dead):
             if step.kind == "numpy" and step.run.impl.inplace and positions:
                 step.run.dead = positions
+        # channel Concat chains (DenseNet's blocks) grow one buffer instead of copying it again
+        for i, after in concat_chains(self.plan.nodes).items():
+            if self.steps[i].kind == "numpy":
+                self.steps[i].run = GrowingConcat(self.steps[i].run, after)
         self.input_names = self.plan.graph_inputs
         self.output_names = self.plan.graph_outputs
         self.last_run_stats = {}

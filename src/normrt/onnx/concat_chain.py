@@ -1,0 +1,135 @@
+"""Concat chains along channels written into one growing buffer (DenseNet's blocks).
+
+A dense block concatenates every new layer's output onto the block tensor:
+
+    x0 ──► Concat ──► x1 ──► Concat ──► x2 ──► … ──► Concat ──► xL
+             ▲                  ▲                       ▲
+             y1                 y2                      yL       (32 channels each)
+
+np.concatenate copies x(i-1) again at every step: O(L²) bytes for L layers.
+Here a chain's first Concat allocates a buffer with room for the whole chain
+(its own channels plus, per Concat after it, as many as it added) and returns
+the view buffer[:, :C1]; a later Concat whose first input is exactly the
+claimed prefix of such a buffer copies only its other inputs into the next
+channels and returns the longer prefix. Batch 1 only: a channel prefix of an
+NCHW buffer is then a contiguous array, which every consumer takes as is.
+
+Safety: each buffer records how many channels have been handed out (its
+claim). A Concat extends a buffer only when its first input ends exactly at
+the claim, so no existing array views the channels it writes; a second
+Concat extending the same x (a branch) sees a longer claim and allocates a
+fresh buffer. The plan already treats a Concat's output as aliasing its
+inputs (executor.aliasing), so no in-place op overwrites a block tensor
+while a longer view of its buffer is still read. Anything else (another
+axis, batch > 1, mixed dtypes or sizes, too little room) runs the plain Concat.
+"""
+import threading
+import weakref
+
+import numpy as np
+
+from ._graph import canonical_domain
+
+
+def concat_chains(nodes):
+    """Per node index of a Concat whose output feeds the first input of another Concat:
+    how many Concats follow it along that chain (the longest, if it branches)."""
+    first_input_of = {}
+    concat_outputs = set()
+    for i, node in enumerate(nodes):
+        if _is_concat(node):
+            concat_outputs.update(node.output)
+            if node.input and node.input[0]:
+                first_input_of.setdefault(node.input[0], []).append(i)
+    after = {}
+
+    def follow(i):
+        if i not in after:
+            nexts = [j for o in nodes[i].output for j in first_input_of.get(o, ())]
+            after[i] = max((1 + follow(j) for j in nexts), default=0)
+        return after[i]
+
+    for i in reversed(range(len(nodes))):      # consumers first: no deep recursion
+        if _is_concat(nodes[i]):
+            follow(i)
+    return {i: n for i, n in after.items() if n or (nodes[i].input and nodes[i].input[0] in concat_outputs)}
+
+
+def _is_concat(node):
+    return node.op_type == "Concat" and not canonical_domain(node.domain)
+
+
+class _Claims:
+    """Buffer -> channels handed out, for buffers this module allocated (weakly held)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.claimed = {}            # id(buffer) -> (weakref to it, channels handed out)
+
+    def register(self, buf, channels):
+        key = id(buf)
+        self.claimed[key] = (weakref.ref(buf, lambda _, key=key: self.claimed.pop(key, None)), channels)
+
+    def extend(self, x, total):
+        """(buffer, start channel) when x is a buffer's claimed prefix with room up to
+        `total` channels (the claim then covers them), else (None, 0)."""
+        buf = x.base
+        if buf is None or x.ndim != 4:
+            return None, 0
+        with self.lock:
+            entry = self.claimed.get(id(buf))
+            if entry is None or entry[0]() is not buf:
+                return None, 0
+            c = x.shape[1]
+            if (entry[1] != c or buf.shape[1] < total or x.dtype != buf.dtype
+                    or x.shape[2:] != buf.shape[2:] or x.strides[1:] != buf.strides[1:]
+                    or x.ctypes.data != buf.ctypes.data):
+                return None, 0
+            self.claimed[id(buf)] = (entry[0], total)
+            return buf, c
+
+
+_claims = _Claims()
+
+
+class GrowingConcat:
+    """A bound Concat node (executor NumpyNode) that grows channel buffers, for `after`
+    more Concats down its chain; anything it does not handle runs `inner`."""
+
+    def __init__(self, inner, after):
+        self.inner = inner
+        self.after = after
+        self.axis = inner.opnode.attrs.get("axis", 1)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, args, values):
+        xs = [a for a in args if a is not None]
+        if not self._fits(xs):
+            return self.inner(args, values)
+        counts = [x.shape[1] for x in xs]
+        total = sum(counts)
+        buf, start = _claims.extend(xs[0], total)
+        if buf is None:
+            added = total - counts[0]
+            first = xs[0]
+            buf = np.empty((1, total + self.after * added) + first.shape[2:], first.dtype)
+            buf[:, :counts[0]] = first
+            start = counts[0]
+            _claims.register(buf, total)
+        for x, c in zip(xs[1:], counts[1:]):
+            buf[:, start:start + c] = x
+            start += c
+        return [buf[:, :total]]
+
+    def _fits(self, xs):
+        first = xs[0]
+        if not isinstance(first, np.ndarray) or first.ndim != 4 or first.shape[0] != 1 \
+                or self.axis not in (1, -3) or first.dtype.isbuiltin != 1:
+            return False
+        for x in xs[1:]:
+            if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype != first.dtype \
+                    or x.shape[0] != 1 or x.shape[2:] != first.shape[2:]:
+                return False
+        return True
