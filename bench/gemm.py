@@ -10,9 +10,9 @@ and np.matmul, as normrt's executor did before its own GEMM).
     python -m bench.gemm [--threads N] [--repeat R] [-k SUBSTRING]
 
 prints min time and GFLOP/s per case and implementation. Each implementation
-runs its calls in a row (onnxruntime's pool threads spin on the cores after a
-run, which would slow whatever runs right after it), in ROUNDS rounds so
-machine noise hits them alike. The same cases run under pytest-benchmark in
+runs its calls in a row, after a SETTLE pause: onnxruntime's pool threads spin
+on the cores for ~35 ms after a run (measured here), which would slow whatever
+runs right after it. ROUNDS rounds, so machine noise hits them alike. The same cases run under pytest-benchmark in
 bench/test_gemm.py.
 """
 import argparse
@@ -30,6 +30,7 @@ from .cases import bench_threads
 
 IMPLS = ("normrt", "numpy", "ort")
 ROUNDS = 3
+SETTLE = 0.06   # seconds before each implementation's calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +215,7 @@ def main(argv=None):
         best = {impl: float("inf") for impl in runners}
         for _ in range(ROUNDS):
             for impl, r in runners.items():
+                time.sleep(SETTLE)
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
                     r()
