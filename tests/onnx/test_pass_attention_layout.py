@@ -28,7 +28,7 @@ def const(name, value):
 
 
 def heads_model(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5, *, form="onnx", k_form="bshd", mask=None,
-                shared=(), y_out=False, opset=23, **attrs):
+                shared=(), y_out=False, opset=23, elem=F, **attrs):
     """X (B, S, H*D) -> Reshape -> Transpose(0,2,1,3) per input -> attention -> Transpose -> Reshape.
 
     form "onnx": the standard Attention op; "matmul": MatMul(Q, Kt) * scale -> Softmax -> MatMul(., V).
@@ -36,7 +36,7 @@ def heads_model(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5, *, form="onnx", k_for
     shared: names of Transpose outputs ("q", "k", "v") also made graph outputs (read elsewhere).
     y_out: the attention's output (B, H, Sq, Dv) is a graph output too.
     """
-    ins = [vi("Xq", [B, Sq, H * D]), vi("Xk", [B, Skv, Hkv * D]), vi("Xv", [B, Skv, Hkv * Dv])]
+    ins = [vi("Xq", [B, Sq, H * D], elem), vi("Xk", [B, Skv, Hkv * D], elem), vi("Xv", [B, Skv, Hkv * Dv], elem)]
     inits = [const("sq", np.array([B, Sq, H, D], np.int64)), const("sk", np.array([B, Skv, Hkv, D], np.int64)),
              const("sv", np.array([B, Skv, Hkv, Dv], np.int64)), const("sy", np.array([B, Sq, H * Dv], np.int64))]
     nodes = [helper.make_node("Reshape", ["Xq", "sq"], ["q4"], name="rq"),
@@ -70,7 +70,7 @@ def heads_model(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5, *, form="onnx", k_for
     nodes += [helper.make_node("Transpose", ["y"], ["yt"], name="ty", perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["yt", "sy"], ["Y"], name="ry")]
     shapes = {"q": [B, H, Sq, D], "k": [B, Hkv, Skv, D], "v": [B, Hkv, Skv, Dv], "y": [B, H, Sq, Dv]}
-    outs = [vi("Y", [B, Sq, H * Dv])] + [vi(n, shapes[n]) for n in shared] + ([vi("y", shapes["y"])] if y_out else [])
+    outs = [vi("Y", [B, Sq, H * Dv], elem)] + [vi(n, shapes[n]) for n in shared] + ([vi("y", shapes["y"])] if y_out else [])
     g = helper.make_graph(nodes, "heads", ins, outs, initializer=inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -79,7 +79,8 @@ def feeds_for(model, mask_values=None):
     out = {}
     for i in model.graph.input:
         shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        out[i.name] = RNG.standard_normal(shape).astype(np.float32)
+        dtype = np.float64 if i.type.tensor_type.elem_type == TensorProto.DOUBLE else np.float32
+        out[i.name] = RNG.standard_normal(shape).astype(dtype)
     if mask_values is not None:
         out["M"] = mask_values
     return out
@@ -263,3 +264,16 @@ def test_unknown_layout_attribute_is_a_clear_error():
     feeds = {n: np.zeros(s, np.float32) for n, s in (("Q", (1, 2, 3, 4)), ("Kt", (1, 2, 4, 3)), ("V", (1, 2, 3, 4)))}
     with pytest.raises(Exception, match="unknown layout 'SBHD'"):
         normrt.InferenceSession(model).run(None, feeds)
+
+
+def test_float64_standard_attention_stays():
+    """float64 keeps the standard op's float64 path (normrt's scale attribute is a float32)."""
+    dims = dict(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5)
+    model = heads_model(elem=TensorProto.DOUBLE, **dims)
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert any("not all float32" in r for r in refused(sess))
+    assert attention_node(sess).domain == "" and op_types(sess).count("Transpose") == 4
+    assert got[0].dtype == np.float64
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[0], numpy_heads(feeds, scale=1 / np.sqrt(7), **dims), rtol=1e-12, atol=1e-12)

@@ -63,10 +63,15 @@ def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, non
         if attn_mask is not None:
             bias = np.where(attn_mask, t(0), t(-np.inf)) if attn_mask.dtype == np.bool_ \
                 else attn_mask.astype(np.float32, copy=False)
-        y = fused_attention(q, k, v, scale=float(scale), bias=bias,
-                            is_causal=bool(int(node.attrs.get("is_causal", 0))))
+        causal = bool(int(node.attrs.get("is_causal", 0)))
         if three_d:
-            y = y.transpose(0, 2, 1, 3).reshape(bsz, sq, hq * dv)
+            # the kernel reads the heads-split views in place and writes the heads
+            # interleaved: (B, Sq, Hq, Dv) is already the (B, Sq, Hq * Dv) output
+            y = np.empty((bsz, sq, hq, dv), np.float32)
+            fused_attention(q, k, v, scale=float(scale), bias=bias, is_causal=causal, out=y.transpose(0, 2, 1, 3))
+            y = y.reshape(bsz, sq, hq * dv)
+        else:
+            y = fused_attention(q, k, v, scale=float(scale), bias=bias, is_causal=causal)
         return y if y.dtype == out_dtype else y.astype(out_dtype)
     bias = None
     if attn_mask is not None:

@@ -28,8 +28,8 @@ or is a graph output (it must stay; the others are still absorbed, so this is
 reported only when nothing is left to absorb); an ONNX Attention with
 attributes the kernel does not implement (softcap, qk_matmul_output_mode,
 head counts for 3-D inputs, a softmax precision other than float), a kv cache,
-several outputs, elements other than float32/float64, or no scale and an
-unknown head dim (the default scale is 1/sqrt(D)). A boolean mask becomes the
+several outputs, elements other than float32 (float64 keeps the op's float64
+path: the scale attribute is a float32), or no scale and an unknown head dim (the default scale is 1/sqrt(D)). A boolean mask becomes the
 float bias normrt's op adds, Where(mask, 0, -inf), as the standard op defines it.
 """
 from dataclasses import dataclass, field
@@ -138,9 +138,9 @@ class AttentionLayout(GraphPass):
             if not bool_mask:
                 types.add(mt)
         types.add(ctx.elem_type(node.output[0]))
-        elem = types.pop() if len(types) == 1 else None
-        if elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
-            return "elements not all float32 or all float64 (or a mask neither of those nor bool)", None
+        if types != {TensorProto.FLOAT}:
+            # float64 stays on the op's float64 path: normrt's scale attribute is a float32
+            return "elements not all float32 (the fused kernel is float32; a mask may be bool)", None
         scale = attrs.get("scale")
         if scale is None:
             q_shape = ctx.shape(node.input[0])
@@ -152,7 +152,7 @@ class AttentionLayout(GraphPass):
             return f"scale {scale} is not finite", None
         plan = {"scale": float(np.float32(scale)), "is_causal": int(attrs.get("is_causal", 0))}
         # a boolean mask: the dtype of the float bias it becomes
-        mask_dtype = (np.float32 if elem == TensorProto.FLOAT else np.float64) if bool_mask else None
+        mask_dtype = np.float32 if bool_mask else None
         return None, (plan, mask_dtype)
 
     def check(self, ctx, m):
