@@ -14,16 +14,15 @@ claimed prefix of such a buffer copies only its other inputs into the next
 channels and returns the longer prefix. Batch 1 only: a channel prefix of an
 NCHW buffer is then a contiguous array, which every consumer takes as is.
 
-Safety: each buffer records how many channels have been handed out (its
-claim). A Concat extends a buffer only when its first input ends exactly at
-the claim, so no existing array views the channels it writes; a second
-Concat extending the same x (a branch) sees a longer claim and allocates a
-fresh buffer. The plan already treats a Concat's output as aliasing its
+Safety: of each buffer, only the view handed out last (its tail, which ends
+at the last channel written) may be extended, and only once: a Concat whose
+first input is that very array takes the tail, so no existing array views
+the channels it writes; a second Concat extending the same x (a branch), or
+any other array over the buffer, gets a fresh buffer. The plan already treats a Concat's output as aliasing its
 inputs (executor.aliasing), so no in-place op overwrites a block tensor
 while a longer view of its buffer is still read. Anything else (another
 axis, batch > 1, mixed dtypes or sizes, too little room) runs the plain Concat.
 """
-import threading
 import weakref
 
 import numpy as np
@@ -59,37 +58,27 @@ def _is_concat(node):
     return node.op_type == "Concat" and not canonical_domain(node.domain)
 
 
-class _Claims:
-    """Buffer -> channels handed out, for buffers this module allocated (weakly held)."""
+class _Tails:
+    """The growable views: for each buffer this module allocated, the one array that
+    ends at its claim (weakly held: the entry goes when the view does)."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.claimed = {}            # id(buffer) -> (weakref to it, channels handed out)
+        self.tail = {}               # id(view) -> (weakref to the view, its buffer)
 
-    def register(self, buf, channels):
-        key = id(buf)
-        self.claimed[key] = (weakref.ref(buf, lambda _, key=key: self.claimed.pop(key, None)), channels)
+    def register(self, view, buf):
+        key = id(view)
+        self.tail[key] = (weakref.ref(view, lambda _, key=key: self.tail.pop(key, None)), buf)
 
-    def extend(self, x, total):
-        """(buffer, start channel) when x is a buffer's claimed prefix with room up to
-        `total` channels (the claim then covers them), else (None, 0)."""
-        buf = x.base
-        if buf is None or x.ndim != 4:
-            return None, 0
-        with self.lock:
-            entry = self.claimed.get(id(buf))
-            if entry is None or entry[0]() is not buf:
-                return None, 0
-            c = x.shape[1]
-            if (entry[1] != c or buf.shape[1] < total or x.dtype != buf.dtype
-                    or x.shape[2:] != buf.shape[2:] or x.strides[1:] != buf.strides[1:]
-                    or x.ctypes.data != buf.ctypes.data):
-                return None, 0
-            self.claimed[id(buf)] = (entry[0], total)
-            return buf, c
+    def take(self, x, total):
+        """x's buffer when x is a tail with room up to `total` channels, else None.
+        Either way x stops being a tail (dict.pop is atomic: two callers never both get it)."""
+        entry = self.tail.pop(id(x), None)
+        if entry is None or entry[0]() is not x or entry[1].shape[1] < total:
+            return None
+        return entry[1]
 
 
-_claims = _Claims()
+_tails = _Tails()
 
 
 class GrowingConcat:
@@ -108,20 +97,21 @@ class GrowingConcat:
         xs = [a for a in args if a is not None]
         if not self._fits(xs):
             return self.inner(args, values)
-        counts = [x.shape[1] for x in xs]
-        total = sum(counts)
-        buf, start = _claims.extend(xs[0], total)
+        first = xs[0]
+        start = first.shape[1]
+        total = start + sum(x.shape[1] for x in xs[1:])
+        buf = _tails.take(first, total)
         if buf is None:
-            added = total - counts[0]
-            first = xs[0]
-            buf = np.empty((1, total + self.after * added) + first.shape[2:], first.dtype)
-            buf[:, :counts[0]] = first
-            start = counts[0]
-            _claims.register(buf, total)
-        for x, c in zip(xs[1:], counts[1:]):
+            buf = np.empty((1, total + self.after * (total - start)) + first.shape[2:], first.dtype)
+            buf[:, :start] = first
+        for x in xs[1:]:
+            c = x.shape[1]
             buf[:, start:start + c] = x
             start += c
-        return [buf[:, :total]]
+        out = buf[:, :total]
+        if self.after:
+            _tails.register(out, buf)
+        return [out]
 
     def _fits(self, xs):
         first = xs[0]
