@@ -277,3 +277,16 @@ def test_float64_standard_attention_stays():
     assert got[0].dtype == np.float64
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got[0], numpy_heads(feeds, scale=1 / np.sqrt(7), **dims), rtol=1e-12, atol=1e-12)
+
+
+def test_transpose_also_read_as_the_bias_is_refused():
+    nodes = [helper.make_node("Transpose", ["Xq"], ["q"], name="tq", perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["Xk"], ["k"], name="tk", perm=[0, 2, 1, 3]),
+             helper.make_node("Attention", ["q", "k", "V", "q"], ["Y"], name="attention")]
+    g = helper.make_graph(nodes, "bias_is_q", [vi("Xq", [1, 5, 2, 6]), vi("Xk", [1, 6, 2, 6]), vi("V", [1, 2, 6, 4])],
+                          [vi("Y", [1, 2, 5, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
+    sess, got, want = run_both(model, feeds_for(model))
+    assert any("as the bias" in r for r in refused(sess))
+    assert op_types(sess).count("Transpose") == 2
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)

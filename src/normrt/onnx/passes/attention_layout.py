@@ -197,8 +197,8 @@ class AttentionLayout(GraphPass):
                 reasons.append(f"the output {output!r} is also read elsewhere than by its Transpose")
         if not removed:
             return "; ".join(reasons) or "no Transpose to absorb"
-        if any(x in node.input[3:] for x in inputs[:3] + list(node.input[:3])):
-            return "a value read both as Q/K/V and as the bias"
+        if any(t.output[0] in node.input[3:] for t in removed):
+            return "a Transpose's output read both as Q/K/V and as the bias"
         m.plan = {"inputs": inputs, "output": output, "layouts": layouts, "attrs": attrs, "removed": removed,
                   "bool_mask": bool_mask}
         return None
