@@ -224,8 +224,58 @@ cdef extern from *:
         return 0;
     #endif
     }
+
+    /* MaxPool 3x3, stride 2, left padding 1 (the ResNet / DenseNet stem pool):
+       per output row, the vertical max of its (up to 3) input rows over 32
+       columns in two registers, split into even columns E (2o) and odd O
+       (2o+1); column 2o-1 is O moved up one lane with the previous chunk's
+       last odd column (-inf, the padding, at the start). Columns past W load
+       as -inf (right padding, ceil_mode's overhang). Taps are combined in
+       pool_plane's order (rows, then columns 2o-1, 2o, 2o+1). */
+    static int nrt_maxpool_3s2p1(const float* x, ptrdiff_t H, ptrdiff_t W, float* y, ptrdiff_t OH,
+                                 ptrdiff_t OW, ptrdiff_t ph) {
+    #ifdef __AVX512F__
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        ptrdiff_t oh, o0, hs[3];
+        int i, nh;
+        for (oh = 0; oh < OH; oh++) {
+            nh = 0;
+            for (i = 0; i < 3; i++) {
+                ptrdiff_t h = 2 * oh - ph + i;
+                if (h >= 0 && h < H)
+                    hs[nh++] = h;
+            }
+            float* yr = y + oh * OW;
+            __m512 prev_odd = ninf;
+            for (o0 = 0; o0 < OW; o0 += 16) {
+                ptrdiff_t c0 = 2 * o0;
+                __mmask16 mlo = nrt_pool_mask(W - c0), mhi = nrt_pool_mask(W - c0 - 16);
+                __m512 lo = ninf, hi = ninf;
+                for (i = 0; i < nh; i++) {
+                    const float* xr = x + hs[i] * W + c0;
+                    lo = nrt_max_nan(_mm512_mask_loadu_ps(ninf, mlo, xr), lo);
+                    hi = nrt_max_nan(_mm512_mask_loadu_ps(ninf, mhi, xr + 16), hi);
+                }
+                __m512 e = _mm512_permutex2var_ps(lo, even, hi);
+                __m512 o = _mm512_permutex2var_ps(lo, odd, hi);
+                __m512 left = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(o),
+                                                                      _mm512_castps_si512(prev_odd), 15));
+                _mm512_mask_storeu_ps(yr + o0, nrt_pool_mask(OW - o0), nrt_max_nan(o, nrt_max_nan(e, left)));
+                prev_odd = o;
+            }
+        }
+        return 1;
+    #else
+        (void)x; (void)H; (void)W; (void)y; (void)OH; (void)OW; (void)ph;
+        return 0;
+    #endif
+    }
     """
     const bint HAVE_AVX512 "NRT_POOL_HAVE_AVX512"
+    bint maxpool_3s2p1 "nrt_maxpool_3s2p1"(const float* x, Py_ssize_t H, Py_ssize_t W, float* y,
+                                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ph) noexcept nogil
     bint pool_2x2 "nrt_pool_2x2"(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH, Py_ssize_t OW,
                                  bint is_max) noexcept nogil
     bint pool_rows_v "nrt_pool_rows_v"(const float* x, Py_ssize_t W, const Py_ssize_t* hs, int nh,
@@ -284,6 +334,9 @@ cdef inline void pool_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y,
     cdef real* yr
     cdef Py_ssize_t g0, g1
     if real is float:
+        if (is_max and kh == 3 and kw == 3 and sh == 2 and sw == 2 and dh == 1 and dw == 1 and pw == 1
+                and maxpool_3s2p1(x, H, W, y, OH, OW, ph)):
+            return
         if HAVE_AVX512:
             # ROW_GROUP padded rows: all vertical passes of a group, then its horizontal ones
             for t in range(ROW_GROUP * L):

@@ -67,6 +67,11 @@ CASES = [  # shape, kernel, strides, pads (hb, wb, he, we), dilations, ceil_mode
     ((1, 4, 2, 2), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0),
     ((1, 3, 9, 13), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 1),       # ceil_mode overhang: the generic path
     ((1, 2, 8, 64), (2, 2), (2, 2), (0, 1, 0, 1), (1, 1), 0),       # padded: the generic path
+    # 3x3 / stride 2 / left pad 1 (MaxPool: the stem path, maxpool_3s2p1)
+    ((1, 2, 9, 33), (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1),
+    ((1, 3, 6, 64), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),
+    ((2, 2, 5, 65), (3, 3), (2, 2), (2, 1, 2, 2), (1, 1), 1),
+    ((1, 1, 1, 2), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),
 ]
 
 
@@ -99,10 +104,13 @@ def test_max_pool_nan_and_inf():
     x[0, 0, 3, 5] = np.nan
     x[0, 1, 0, 0] = np.inf
     x[0, 1, 6] = -np.inf
+    x[0, 0, 7, 39] = np.nan          # the last column: the last chunk's tail
+    x[0, 1, 2, 31] = np.nan          # an odd column at a chunk's end: the next chunk's left tap
     y = run("MaxPool", x, kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
     want = ref_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0, True)
     np.testing.assert_array_equal(y, want.astype(np.float32))       # NaN where the window has one
     assert np.isnan(y[0, 0, 1:3, 2:4]).all() and y[0, 1, 0, 0] == np.inf
+    assert np.isnan(y[0, 0, 3, 19]) and np.isnan(y[0, 1, 1, 15:17]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
