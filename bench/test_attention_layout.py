@@ -5,7 +5,7 @@ import functools
 
 import pytest
 
-from .attention_layout import BASELINE, VARIANTS, available, check, make_executor, make_feeds, runner
+from .attention_layout import VARIANTS, available, check, make_executor, make_feeds, runner
 
 
 @functools.lru_cache(maxsize=1)

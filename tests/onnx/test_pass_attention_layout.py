@@ -70,7 +70,8 @@ def heads_model(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5, *, form="onnx", k_for
     nodes += [helper.make_node("Transpose", ["y"], ["yt"], name="ty", perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["yt", "sy"], ["Y"], name="ry")]
     shapes = {"q": [B, H, Sq, D], "k": [B, Hkv, Skv, D], "v": [B, Hkv, Skv, Dv], "y": [B, H, Sq, Dv]}
-    outs = [vi("Y", [B, Sq, H * Dv], elem)] + [vi(n, shapes[n]) for n in shared] + ([vi("y", shapes["y"])] if y_out else [])
+    outs = [vi("Y", [B, Sq, H * Dv], elem)] + [vi(n, shapes[n]) for n in shared] \
+        + ([vi("y", shapes["y"])] if y_out else [])
     g = helper.make_graph(nodes, "heads", ins, outs, initializer=inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 

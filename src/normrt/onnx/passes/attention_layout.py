@@ -29,8 +29,10 @@ reported only when nothing is left to absorb); an ONNX Attention with
 attributes the kernel does not implement (softcap, qk_matmul_output_mode,
 head counts for 3-D inputs, a softmax precision other than float), a kv cache,
 several outputs, elements other than float32 (float64 keeps the op's float64
-path: the scale attribute is a float32), or no scale and an unknown head dim (the default scale is 1/sqrt(D)). A boolean mask becomes the
-float bias normrt's op adds, Where(mask, 0, -inf), as the standard op defines it.
+path: the scale attribute is a float32), or no scale and an unknown head dim
+(the default scale is 1/sqrt(D)); a Transpose's output also read as the bias.
+A boolean mask becomes the float bias normrt's op adds, Where(mask, 0, -inf),
+as the standard op defines it (a constant mask: a constant bias).
 """
 from dataclasses import dataclass, field
 
