@@ -278,3 +278,13 @@ def test_bad_layouts():
     with pytest.raises(ValueError, match="out must not overlap q"):
         mem = np.zeros(160, np.float32)
         normrt.attention(mem.reshape(1, 4, 5, 8), k, v, out=mem[100:].reshape(1, 4, 5, 3))
+
+
+def test_negative_and_zero_strides():
+    q, k, v = qkv(2, 3, 3, 70, 50, 16, 8)
+    want = normrt.attention(*(np.ascontiguousarray(t) for t in (q[:, ::-1, ::-1], k[:, :, ::-1], v[:, :, ::-1])))
+    assert np.array_equal(normrt.attention(q[:, ::-1, ::-1], k[:, :, ::-1], v[:, :, ::-1]), want)
+    np.testing.assert_allclose(want, ref(q[:, ::-1, ::-1], k[:, :, ::-1], v[:, :, ::-1]), rtol=2e-5, atol=2e-6)
+    # one kv head broadcast to three (stride 0): read in place
+    kb, vb = np.broadcast_to(k[:, :1], k.shape), np.broadcast_to(v[:, :1], v.shape)
+    assert np.array_equal(normrt.attention(q, kb, vb), normrt.attention(q, k[:, :1], v[:, :1]))
