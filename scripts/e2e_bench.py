@@ -16,12 +16,11 @@ onnxruntime (so machine noise hits both alike); min and median latency are
 reported, and the largest relative difference of the outputs,
 max|normrt - ort| / max|ort| over each output. Prints a markdown table.
 
-`--settle-ms` sleeps before each timed run (default 0: back to back).
-onnxruntime's pool threads spin on the cores for a while after a run, and
+`--settle-ms` sleeps before each timed run (default 100; 0: back to back).
+onnxruntime's pool threads spin on the cores for ~35 ms after a run, and
 whichever runtime runs next pays for it (measured: light_resnet50 on normrt
-53 ms alone, ~73 ms right after an onnxruntime run); a pause removes that,
-but then threads that went to sleep must be woken (on a VM a halted vCPU can
-take tens of ms: medians of small models suffer).
+24 ms alone, ~40 ms right after an onnxruntime run); the pause removes that,
+and both runtimes then start each run with their threads asleep.
 """
 import argparse
 import os
@@ -153,7 +152,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--settle-ms", type=float, default=0.0, help="pause before each timed run (default 0: none)")
+    ap.add_argument("--settle-ms", type=float, default=100.0,
+                    help="pause before each timed run (default 100: outlasts onnxruntime's spinning threads)")
     ap.add_argument("--only", default="", help="comma-separated substrings of model names (any case)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "normrt" / "e2e_bench")
