@@ -43,8 +43,10 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     """
     x = chk.tensor(x, "x", min_rank=2)
     N, C, S = _view(x)
-    params = [_statistic(p, name, C) for p, name in ((scale, "scale"), (bias, "bias"), (mean, "mean"), (var, "var"))]
-    if any(p.dtype != params[0].dtype for p in params):
+    params = (_statistic(scale, "scale", C), _statistic(bias, "bias", C), _statistic(mean, "mean", C),
+              _statistic(var, "var", C))
+    dt = params[0].dtype
+    if params[1].dtype != dt or params[2].dtype != dt or params[3].dtype != dt:
         params = [p.astype(np.float64) for p in params]     # the kernel takes all four in one type
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
