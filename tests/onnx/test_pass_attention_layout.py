@@ -124,6 +124,12 @@ def layouts(node):
     return out
 
 
+def heads(node):
+    """(q_heads, kv_heads, merge_heads): the heads the node splits / merges itself."""
+    a = {x.name: x.i for x in node.attribute}
+    return a.get("q_heads", 0), a.get("kv_heads", 0), a.get("merge_heads", 0)
+
+
 def refused(sess):
     return [e["reason"] for e in sess.report["refused"] if e["pass"] == PASS]
 
@@ -139,14 +145,16 @@ def test_standard_attention_takes_every_transpose(size):
     model = heads_model(**dims)
     feeds = feeds_for(model)
     sess, got, want = run_both(model, feeds)
-    # no Transpose left; the Reshapes splitting and merging heads are views
-    assert op_types(sess) == ["Attention", "Reshape", "Reshape", "Reshape", "Reshape"]
+    # no Transpose left, nor the Reshapes splitting and merging the heads
+    assert op_types(sess) == ["Attention"]
     node = attention_node(sess)
     assert node.domain == "normrt" and layouts(node) == BSHD
-    assert list(node.input) == ["q4", "k4", "v4"] and list(node.output) == ["yt"]
+    assert heads(node) == (dims["H"], dims["Hkv"], 1)
+    assert list(node.input) == ["Xq", "Xk", "Xv"] and list(node.output) == ["Y"]
     assert abs(next(a.f for a in node.attribute if a.name == "scale") - 1 / np.sqrt(dims["D"])) < 1e-7
     (entry,) = [e for e in sess.report["fused"] if e["pass"] == PASS]
-    assert entry["normrt_op"] == "Attention" and sorted(entry["nodes"]) == ["attention", "tk", "tq", "tv", "ty"]
+    assert entry["normrt_op"] == "Attention"
+    assert sorted(entry["nodes"]) == ["attention", "rk", "rq", "rv", "ry", "tk", "tq", "tv", "ty"]
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(got[0], numpy_heads(feeds, scale=1 / np.sqrt(dims["D"]), **dims),
                                rtol=2e-5, atol=2e-6)
@@ -158,11 +166,11 @@ def test_decomposed_attention_takes_every_transpose(k_form):
     model = heads_model(form="matmul", k_form=k_form, scale=0.3, **dims)
     feeds = feeds_for(model)
     sess, got, want = run_both(model, feeds)
-    assert op_types(sess) == ["Attention", "Reshape", "Reshape", "Reshape", "Reshape"]
-    assert layouts(attention_node(sess)) == BSHD
+    assert op_types(sess) == ["Attention"]
+    assert layouts(attention_node(sess)) == BSHD and heads(attention_node(sess)) == (3, 3, 1)
     (entry,) = [e for e in sess.report["fused"] if e["normrt_op"] == "Attention"]
     assert entry["pass"] == "attention_decomposed" and entry["pattern"].endswith("+layouts")
-    assert {"tq", "tkt", "tv", "ty"} <= set(entry["nodes"])
+    assert {"tq", "tkt", "tv", "ty", "rq", "rk", "rv", "ry"} <= set(entry["nodes"])
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(got[0], numpy_heads(feeds, scale=0.3, **dims), rtol=2e-5, atol=2e-6)
 
@@ -218,6 +226,8 @@ def test_transpose_read_elsewhere_stays_and_the_others_go():
     assert op_types(sess).count("Transpose") == 1
     node = attention_node(sess)
     assert layouts(node) == BSHD | {"k_layout": "BHSD"} and node.input[1] == "k"
+    # Q's Reshape goes; K's stays (its Transpose does), so V's stays too (K and V go together)
+    assert heads(node) == (3, 0, 1) and op_types(sess).count("Reshape") == 2
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
 
@@ -227,6 +237,7 @@ def test_output_read_elsewhere_keeps_its_transpose():
     sess, got, want = run_both(model, feeds_for(model))
     assert op_types(sess).count("Transpose") == 1
     assert layouts(attention_node(sess)) == BSHD | {"y_layout": "BHSD"}
+    assert heads(attention_node(sess)) == (3, 3, 0) and op_types(sess).count("Reshape") == 1
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
 
@@ -291,3 +302,31 @@ def test_transpose_also_read_as_the_bias_is_refused():
     assert any("as the bias" in r for r in refused(sess))
     assert op_types(sess).count("Transpose") == 2
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+def test_head_reshapes_of_unknown_shape_stay():
+    """Reshapes whose shapes inference cannot tell (a runtime shape) stay; the Transposes still go
+    (with a scale attribute: the default 1/sqrt(D) would need Q's head dim)."""
+    model = heads_model(scale=0.3)
+    g = model.graph
+    g.initializer.remove(next(t for t in g.initializer if t.name == "sq"))
+    g.input.append(vi("sq", [4], TensorProto.INT64))
+    feeds = feeds_for(model)
+    feeds["sq"] = np.array([1, 70, 3, 7], np.int64)
+    sess, got, want = run_both(model, feeds)
+    node = attention_node(sess)
+    assert layouts(node) == BSHD and "Transpose" not in op_types(sess)
+    # Q's split stays, and the merge (the output's shape follows Q's); K's and V's go
+    assert heads(node) == (0, 3, 0) and op_types(sess).count("Reshape") == 2
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+def test_merged_heads_that_do_not_divide_are_a_clear_error():
+    node = make_node("Attention", ["Q", "Kt", "V"], ["Y"], "att", scale=1.0, q_layout="BSHD", k_layout="BSHD",
+                     v_layout="BSHD", y_layout="BSHD", q_heads=4, kv_heads=2, merge_heads=1)
+    g = helper.make_graph([node], "bad", [vi("Q", [1, 3, 6]), vi("Kt", [1, 3, 6]), vi("V", [1, 3, 6])],
+                          [vi("Y", [1, 3, 6])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("normrt", 1)])
+    feeds = {n: np.zeros((1, 3, 6), np.float32) for n in ("Q", "Kt", "V")}
+    with pytest.raises(Exception, match=r"Q must be \(B, S, 4 \* D\)"):
+        normrt.InferenceSession(model).run(None, feeds)

@@ -106,11 +106,27 @@ _ATTENTION_VIEWS = {"BHSD": (0, 1, 2, 3), "BSHD": (0, 2, 1, 3)}
 _ATTENTION_KT_VIEWS = {"BHDS": (0, 1, 2, 3), "BHSD": (0, 1, 3, 2), "BSHD": (0, 2, 3, 1)}
 
 
+def _split_heads(x, heads, name):
+    """(B, S, heads * D) -> the view (B, S, heads, D)."""
+    if heads < 0 or np.ndim(x) != 3 or x.shape[2] % heads:
+        raise ModelError(f"normrt Attention: {name} must be (B, S, {heads} * D) with its heads merged, "
+                         f"got shape {np.shape(x)}")
+    return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
+
+
 def _attention(attrs, n_out, q, kt, v, bias=None):
     from ..api.attention import attention_kt
     layouts = [attrs.get(k, d) for k, d in (("q_layout", "BHSD"), ("k_layout", "BHDS"),
                                              ("v_layout", "BHSD"), ("y_layout", "BHSD"))]
     scale, causal = attrs["scale"], bool(attrs.get("is_causal", 0))
+    q_heads, kv_heads, merge = attrs.get("q_heads", 0), attrs.get("kv_heads", 0), attrs.get("merge_heads", 0)
+    if (q_heads and layouts[0] != "BSHD") or (kv_heads and (layouts[1], layouts[2]) != ("BSHD", "BSHD")) \
+            or (merge and layouts[3] != "BSHD"):
+        raise ModelError(f"normrt Attention: merged heads need the BSHD layouts, got {layouts}")
+    if q_heads:
+        q = _split_heads(q, q_heads, "Q")
+    if kv_heads:
+        kt, v = _split_heads(kt, kv_heads, "K"), _split_heads(v, kv_heads, "V")
     three_d = np.ndim(q) == 3          # (batch * heads, S, D): one batch of heads
     if three_d:
         if layouts != ["BHSD", "BHDS", "BHSD", "BHSD"]:
@@ -134,7 +150,7 @@ def _attention(attrs, n_out, q, kt, v, bias=None):
     # the kernel writes it through the transposed view
     y = np.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3]), q.dtype)
     attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal, out=y.transpose(y_view))
-    return (y,)
+    return (y.reshape(y.shape[0], y.shape[1], y.shape[2] * y.shape[3]) if merge else y,)
 
 
 def _conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):

@@ -14,10 +14,16 @@ attributes of the normrt::Attention node (see domain.py) and disappear:
     ==>  Xq, Xk, Xv [, bias] ─► normrt::Attention(q_layout=BSHD, k_layout=BSHD,
                                                   v_layout=BSHD, y_layout=BSHD) ─► Z (B,Sq,H,Dv)
 
-Z is written contiguous in its (B, Sq, H, Dv) order, so the Reshape that merges
-the heads after it is a view. Each Transpose is absorbed on its own (the others
-stay): a chain of Transposes on one input is composed, and taken when the
-composition is a layout the kernel reads (q/v: BHSD, BSHD; kt: BHDS, BHSD, BSHD).
+Z is written contiguous in its (B, Sq, H, Dv) order. Each Transpose is absorbed
+on its own (the others stay): a chain of Transposes on one input is composed,
+and taken when the composition is a layout the kernel reads (q/v: BHSD, BSHD;
+kt: BHDS, BHSD, BSHD). The Reshapes that split the heads before the absorbed
+Transposes, (B, S, H*D) -> (B, S, H, D), and the one merging them after Z,
+(B, Sq, H, Dv) -> (B, Sq, H*Dv), go too when their shapes are known and nothing
+else reads their outputs (q_heads / kv_heads / merge_heads: the kernel views
+the merged tensors as split; K's and V's are taken together or not at all):
+
+    Xq, Xk, Xv (B, S, H*D) ─► normrt::Attention(..., q_heads=H, kv_heads=Hkv, merge_heads=1) ─► (B, Sq, H*Dv)
 
 Matched: normrt::Attention nodes with rank-4 inputs (attention_decomposed's),
 and the standard Attention (opset 23+) with 4-D Q/K/V, which becomes a
@@ -61,6 +67,11 @@ class Match:
     node: object                     # normrt::Attention or the standard Attention
     standard: bool
     plan: dict = field(default_factory=dict)
+
+
+def _same(a, b):
+    """Two dims known equal (equal ints, or the same symbolic name)."""
+    return a is not None and a == b
 
 
 def _perm(node):
@@ -110,6 +121,37 @@ class AttentionLayout(GraphPass):
             name, view = t.input[0], composed
             layout = next(k for k, v in table.items() if v == view)
         return name, layout, found, reason
+
+    def _split_reshape(self, ctx, g, name, taken):
+        """(its input, H, the Reshape) if `name` (B, S, H, D) is a Reshape of (B, S, H*D)
+        whose output only taken nodes read, else None."""
+        r = g.prod(name, "Reshape")
+        if r is None or name in g.outputs or any(id(x) not in taken for x in g.consumers.get(name, [])):
+            return None
+        src, dst = ctx.shape(r.input[0]), ctx.shape(name)
+        if src is None or dst is None or len(src) != 3 or len(dst) != 4:
+            return None
+        h, d, e = dst[2], dst[3], src[2]
+        if not all(isinstance(x, (int, np.integer)) and x > 0 for x in (h, d, e)) or e != h * d:
+            return None
+        if not (_same(src[0], dst[0]) and _same(src[1], dst[1])):
+            return None
+        taken.add(id(r))
+        return r.input[0], int(h), r
+
+    def _merge_reshape(self, ctx, g, name):
+        """The one reader of `name` (B, Sq, H, Dv) if it is a Reshape to (B, Sq, H*Dv), else None."""
+        readers = g.consumers.get(name, [])
+        r = readers[0] if len(readers) == 1 else None
+        if not is_op(r, "Reshape") or name in g.outputs or r.input[0] != name:
+            return None
+        src, dst = ctx.shape(name), ctx.shape(r.output[0])
+        if src is None or dst is None or len(src) != 4 or len(dst) != 3:
+            return None
+        h, d, e = src[2], src[3], dst[2]
+        if not all(isinstance(x, (int, np.integer)) and x > 0 for x in (h, d, e)) or e != h * d:
+            return None
+        return r if _same(src[0], dst[0]) and _same(src[1], dst[1]) else None
 
     def _standard_reason(self, ctx, node):
         """(why the standard Attention node cannot become a normrt::Attention, None) or
@@ -201,6 +243,23 @@ class AttentionLayout(GraphPass):
             return "; ".join(reasons) or "no Transpose to absorb"
         if any(t.output[0] in node.input[3:] for t in removed):
             return "a Transpose's output read both as Q/K/V and as the bias"
+        attrs = dict(attrs)
+        # the head split / merge Reshapes next to the absorbed Transposes
+        splits = {}
+        for i, key in ((0, "q_layout"), (1, "k_layout"), (2, "v_layout")):
+            if layouts[key] == "BSHD" and inputs[i] not in node.input[3:]:
+                splits[i] = self._split_reshape(ctx, g, inputs[i], taken)
+        if splits.get(0):
+            inputs[0], attrs["q_heads"] = splits[0][0], splits[0][1]
+            removed.append(splits[0][2])
+        if splits.get(1) and splits.get(2) and splits[1][1] == splits[2][1]:
+            inputs[1], inputs[2], attrs["kv_heads"] = splits[1][0], splits[2][0], splits[1][1]
+            removed += [splits[1][2], splits[2][2]]
+        if layouts["y_layout"] == "BSHD":
+            merge = self._merge_reshape(ctx, g, output)
+            if merge is not None:
+                output, attrs["merge_heads"] = merge.output[0], 1
+                removed.append(merge)
         m.plan = {"inputs": inputs, "output": output, "layouts": layouts, "attrs": attrs, "removed": removed,
                   "bool_mask": bool_mask}
         return None
