@@ -9,6 +9,8 @@ once by pack_a / pack_b and passed back on every call.
 The convolution is C = W (M x C*kh*kw) @ im2col(x[n]) with the B panels packed
 straight from the image (implicit im2col: stride, padding and dilation are
 applied while packing, padding written as zeros), one image and group at a time.
+Stride-1 convs compute on the padded width instead (see use_wide): there a B
+row is NR contiguous floats of the zero-padded image, read in place.
 
 Determinism: every output element is one micro-kernel lane whose K sum runs
 k = 0..K-1 in order, in fixed KC blocks added to C in order; threads only
@@ -75,11 +77,14 @@ cdef extern from *:
 
     /* c[MR, NR] (row stride ldc) = (first ? 0 : c) + a_panel @ b_panel, then on
        the last K block + bias_row[i] + bias_col[j] + res[i, j] (each optional).
-       a: kc x MR (k-major), b: kc x NR (k-major). */
-    static inline void nrt_kernel(long kc, const float* restrict a, const float* restrict b,
-                                  float* restrict c, long ldc, int flags,
-                                  const float* restrict bias_row, const float* restrict bias_col,
-                                  const float* restrict res, long ldr)
+       a: kc x MR (k-major); b: kc x NR (k-major), or with boff its row p is
+       the NR floats at b + boff[p] (a stride-1 conv's B read straight from the
+       padded image: no packed copy). Same arithmetic either way. */
+    static inline __attribute__((always_inline)) void
+    nrt_kernel_body(long kc, const float* restrict a, const float* restrict b,
+                    const Py_ssize_t* restrict boff, float* restrict c, long ldc, int flags,
+                    const float* restrict bias_row, const float* restrict bias_col,
+                    const float* restrict res, long ldr)
     {
         nrt_v acc[NRT_MR][2];
         int i;
@@ -90,8 +95,9 @@ cdef extern from *:
         }
         #pragma GCC unroll 2
         for (p = 0; p < kc; p++) {
-            nrt_v b0 = *(const nrt_vu*)(b + p * NRT_NR);
-            nrt_v b1 = *(const nrt_vu*)(b + p * NRT_NR + NRT_VW);
+            const float* bp = boff ? b + boff[p] : b + p * NRT_NR;
+            nrt_v b0 = *(const nrt_vu*)bp;
+            nrt_v b1 = *(const nrt_vu*)(bp + NRT_VW);
             #pragma GCC unroll 16
             for (i = 0; i < NRT_MR; i++) {
                 nrt_v ai = NRT_BCAST(a[p * NRT_MR + i]);
@@ -126,6 +132,21 @@ cdef extern from *:
             *(nrt_vu*)(cp + NRT_VW) = v1;
         }
     }
+
+    static void nrt_kernel(long kc, const float* restrict a, const float* restrict b,
+                           float* restrict c, long ldc, int flags,
+                           const float* restrict bias_row, const float* restrict bias_col,
+                           const float* restrict res, long ldr)
+    {
+        nrt_kernel_body(kc, a, b, NULL, c, ldc, flags, bias_row, bias_col, res, ldr);
+    }
+
+    static void nrt_kernel_off(long kc, const float* restrict a, const float* restrict b,
+                               const Py_ssize_t* restrict boff, float* restrict c, long ldc,
+                               int flags, const float* restrict bias_row)
+    {
+        nrt_kernel_body(kc, a, b, boff, c, ldc, flags, bias_row, NULL, NULL, 0);
+    }
     """
     const int MR "NRT_MR"
     const int NR "NRT_NR"
@@ -136,6 +157,8 @@ cdef extern from *:
     void nrt_prefetch_l2 "__builtin_prefetch"(const void* p, int rw, int locality) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
+    void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
+                        long ldc, int flags, const float* bias_row) noexcept nogil
 
 from libc.string cimport memcpy, memset
 
@@ -338,7 +361,8 @@ cdef enum:
     SRC_IMAGE = 2       # (B only) implicit im2col of a zero-padded CHW image (runs along
                         # output rows)
     SRC_WIDE = 3        # (B only) a zero-padded CHW image, stride 1: B rows are shifted
-                        # slices of it, output columns on the padded width (see conv2d)
+                        # slices of it, read in place, output columns on the padded width
+                        # (see conv2d)
     # (A only, the transposed conv y^T = im2col(x)^T W^T: pixels are the rows)
     SRC_MATRIX_T = 4    # x as a (K, pixels) matrix, packed in MR-pixel panels
     SRC_IMAGE_T = 5     # implicit im2col of a zero-padded CHW image (pixel offset table),
@@ -521,24 +545,31 @@ cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssi
                       Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
     """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
     panel row is a plain NR-float copy from the padded image (g.n is a whole
-    number of panels). The rows' offsets are computed once per block."""
+    number of panels). Only an edge tile (M not a multiple of MR) needs it: the
+    full tiles read these rows in place."""
     cdef Py_ssize_t koff[KC]
-    cdef Py_ssize_t taps = g.kh * g.kw
-    cdef Py_ssize_t p, kk, kidx, ci, ky, kx
+    cdef Py_ssize_t p, kk
     cdef const float* src
     cdef float* d
     cdef Py_ssize_t npan = (cols + NR - 1) // NR
+    wide_offsets(g, k0, kc, koff)
+    for p in range(npan):
+        src = g.b + col0 + p * NR
+        d = dst + p * panel_stride
+        for kk in range(kc):
+            nrt_copy_nr(d + kk * NR, src + koff[kk])
+
+
+cdef void wide_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t* koff) noexcept nogil:
+    """SRC_WIDE: koff[kk] = where B row k0 + kk = (c, ky, kx) starts in the padded
+    image, relative to the column: B[k, q] = g.b[koff[k - k0] + q]."""
+    cdef Py_ssize_t taps = g.kh * g.kw, kk, kidx, ci, ky, kx
     for kk in range(kc):
         kidx = k0 + kk
         ci = kidx // taps
         ky = (kidx - ci * taps) // g.kw
         kx = kidx - ci * taps - ky * g.kw
         koff[kk] = ci * g.plane + ky * g.dh * g.wp + kx * g.dw
-    for p in range(npan):
-        src = g.b + col0 + p * NR
-        d = dst + p * panel_stride
-        for kk in range(kc):
-            nrt_copy_nr(d + kk * NR, src + koff[kk])
 
 
 cdef void pack_t_padded(const Problem* g, Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t k0,
@@ -766,18 +797,24 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
     cdef const float* res
     cdef int flags
     cdef Py_ssize_t kb
+    cdef Py_ssize_t koff[KC]
+    cdef bint wide = g.b_src == SRC_WIDE
     for kb in range((g.k + KC - 1) // KC):
         pc = kb * KC
         kc = min(<Py_ssize_t>KC, g.k - pc)
         flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
-        if g.b_src == SRC_PACKED:
+        if wide:
+            # B rows read in place from the padded image (see nrt_kernel); only
+            # an edge tile's panel is packed, when it comes
+            wide_offsets(g, pc, kc, koff)
+            bblk = wb
+            b_stride = 0
+        elif g.b_src == SRC_PACKED:
             bblk = g.b + pc * ((g.n + NR - 1) // NR) * NR + np0 * NR * kc
             b_stride = NR * kc
         else:
             if g.b_src == SRC_MATRIX:
                 pack_b_matrix(g.b, g.ldb, g.n, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc, NR)
-            elif g.b_src == SRC_WIDE:
-                pack_b_wide(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             else:
                 pack_b_padded(g, np0 * NR, (np1 - np0) * NR, pc, kc, wb, NR * kc)
             bblk = wb
@@ -812,7 +849,13 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
                     ap = ablk + (ip - ic) * a_stride
                     r0 = ip * MR
                     mr = min(<Py_ssize_t>MR, g.m - r0)
-                    if mr == MR and nr == NR:
+                    if wide and mr == MR:       # (wide: nr == NR, whole panels)
+                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags,
+                                       g.bias + r0 if (flags & K_LAST) and g.bias != NULL else NULL)
+                    elif wide:
+                        pack_b_wide(g, c0, NR, pc, kc, wb, NR * kc)
+                        edge_tile(g, ap, wb, kc, flags, r0, c0, mr, nr, tile)
+                    elif mr == MR and nr == NR:
                         brow = NULL
                         bcol = NULL
                         res = NULL
@@ -880,7 +923,7 @@ cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexce
                 mrows = group_size(mp, mb, (j // nb) % mb) * MR
                 ncols = group_size(np_, nb, j % nb) * NR
                 cost = mrows * ncols * <double>g.k / 32.0       # ~flops per cycle / 2
-                if g.b_src != SRC_PACKED:
+                if g.b_src != SRC_PACKED and g.b_src != SRC_WIDE:      # (wide: read in place)
                     cost += ncols * <double>g.k * (2.0 if g.b_src == SRC_IMAGE else 0.5)
                 if g.a_src != SRC_PACKED:
                     cost += mrows * <double>g.k * (2.0 if g.a_src == SRC_IMAGE_T else 1.0)
@@ -1185,7 +1228,8 @@ cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_
                           Py_ssize_t mg) noexcept nogil:
     """Stride-1 convs with taps to shift: B from a zero-padded copy of the input,
     output on its padded width (wp = ow + (kw-1)*dw columns, the last ones
-    thrown away) - every packed row is then one plain copy, where implicit
+    thrown away) - every B row is then NR contiguous floats of the padded
+    image, which the micro-kernel reads in place (no packing), where implicit
     im2col costs about as much as a few output channels' worth of FMAs.
     Chosen when the thrown-away columns cost less than that."""
     cdef Py_ssize_t spill = (kw - 1) * dw, wp = ow + (kw - 1) * dw

@@ -61,6 +61,8 @@ CASES = [
     ((1, 5, 6, 7), (4, 5, 1, 1), (1, 1), (0, 0, 1, 2), (1, 1), 1),         # 1x1 with trailing pads only
     ((1, 6, 35, 37), (10, 6, 3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1),      # no padding: x read in place
     ((1, 6, 35, 37), (10, 6, 3, 3), (3, 2), (0, 0, 2, 1), (1, 1), 1),      # trailing pads the taps reach
+    ((1, 40, 17, 19), (21, 40, 3, 3), (1, 1), (1, 2, 2, 1), (2, 2), 1),    # padded width read in place:
+                                                                            # 2 K blocks, M edge, dilation
 ]
 
 
