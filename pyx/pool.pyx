@@ -298,9 +298,9 @@ cdef enum:
     # below this many input elements a second thread costs more than it saves:
     # in a graph its wake-up (and the GEMM pool's spinning worker on the other
     # core) took longer than the pass itself - GlobalAveragePool (1, 1024, 7, 7),
-    # 50K elements: ~7 us on one thread, 29-260 us on two. The executor's
-    # KERNEL_MT_MIN for the memory-bound norms is the same 2^20.
-    PARALLEL_MIN = 1 << 20
+    # 50K elements: ~7 us on one thread, 29-500 us on two. The executor's
+    # KERNEL_MT_MIN for the memory-bound norms is the same 2^23 (see there).
+    PARALLEL_MIN = 1 << 23
 
 
 cdef inline void combine(real* acc, const real* src, Py_ssize_t sw, Py_ssize_t n,

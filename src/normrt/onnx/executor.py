@@ -15,7 +15,7 @@ Speed (see also ops/_blas.py, ops/_parallel.py):
   its inputs die with it (plan.overwritable_inputs, with view/alias tracking)
   and may write its result there (Relu, Add, Mul, Sigmoid, Softmax...);
 * threads: memory-bound normrt kernels (the norms) on tensors below
-  KERNEL_MT_MIN (2^20) elements run on one thread - a second OpenMP thread costs
+  KERNEL_MT_MIN (2^23) elements run on one thread - a second OpenMP thread costs
   more than it saves there, in a graph whose other ops share the cores;
   compute-bound ones (kernels.COMPUTE_BOUND) choose from their flops;
 * `run(..., timings=)` times each node for InferenceSession.profile.
@@ -166,11 +166,13 @@ def aliasing(step_run, node):
 
 # A normrt kernel on fewer elements than this runs on one thread: in a graph
 # the second thread's wake-up (and the cores' other users: BLAS, the next op)
-# costs more than it saves on small tensors. Measured on 2 cores, BatchNorm+relu
-# right after a conv (whose GEMM pool worker spins on the other core for
-# NORMRT_POOL_SPIN_US): 1 thread 14-61 us, 2 threads 40-540 us for 0.1M-0.8M
-# elements (DenseNet's sizes), although 2 threads win when both are idle.
-KERNEL_MT_MIN = 1 << 20
+# costs more than it saves on small tensors. Measured on 2 cores (python -m
+# bench.cnn_ops), BatchNorm+relu right after a conv, whose GEMM pool worker
+# keeps the other core spinning for NORMRT_POOL_SPIN_US (400 us): 1 thread
+# 13-109 us, 2 threads 500-590 us for 0.1M-1.6M elements, although 2 threads
+# win when both are idle. The second thread pays off only once one thread
+# needs well over twice that wait: ~2^23 elements.
+KERNEL_MT_MIN = 1 << 23
 
 
 class _SmallKernelsSingleThreaded:
