@@ -6,7 +6,7 @@
 # pieces are always merged in the same order, whichever thread computed them,
 # so results are bitwise identical for any thread count.
 
-from libc.math cimport sqrt, exp, erf, fabs, floorf
+from libc.math cimport sqrt, exp, erf, fabs, floorf, fabsf, fmaf, copysignf
 
 ctypedef fused real:
     float
@@ -311,41 +311,86 @@ cdef inline float exp_f(float x) noexcept nogil:
     return <float>0.0 if x < <float>-87.3365447504019 else p   # exp(-inf) = 0; NaN stays NaN
 
 
-cdef inline float erfc_f(float x) noexcept nogil:
-    """erfc(x) for float32 with a relative error below ~1e-6 everywhere
-    (Numerical Recipes' erfcc Chebyshev fit), so GELU keeps its tail digits."""
-    cdef float z = x if x >= <float>0.0 else -x
-    cdef float t = <float>1.0 / (<float>1.0 + <float>0.5 * z)
-    cdef float p = <float>0.17087277
-    p = p * t + <float>-0.82215223
-    p = p * t + <float>1.48851587
-    p = p * t + <float>-1.13520398
-    p = p * t + <float>0.27886807
-    p = p * t + <float>-0.18628806
-    p = p * t + <float>0.09678418
-    p = p * t + <float>0.37409196
-    p = p * t + <float>1.00002368
-    p = p * t + <float>-1.26551223
-    p = t * exp_f(p - z * z)
-    return p if x >= <float>0.0 else <float>2.0 - p
+cdef inline float half_erfc_core(float t, float m, float l, float lc) noexcept nogil:
+    """erfc(z) / 2 for z >= 0 with a relative error below ~2e-7, given
+    t = 1 / (1 + 0.3 z) and -z^2 = m + l * lc exactly (m the rounded square,
+    l its rounding error from fmaf): the tails keep their digits.
+
+    erfc(z) = t R(t) exp(-z^2): R a degree-8 minimax fit of erfcx(z) / t over
+    z in [0, 9.4] (coefficients halved, which is exact). exp runs on m with
+    the square's low part added to the reduced argument, so z^2 ~ 80 costs no
+    digits. Returns 0 once the result would leave the normal range (z above
+    ~9.1, erfc < 1e-37). A NaN m gives some finite value: callers keep NaN
+    through their own final select.
+    """
+    cdef float t2 = t * t
+    cdef float t4 = t2 * t2
+    cdef float mc = m if m > <float>-83.0 else <float>-83.0
+    cdef float fn, n, r, e, R
+    cdef FloatBits b, q
+    # Estrin's scheme: shorter dependency chains than Horner
+    R = fmaf(fmaf(<float>-6.470330805e-02, t4,
+                  fmaf(fmaf(<float>2.424759567e-01, t, <float>-2.554502487e-01), t2,
+                       fmaf(<float>2.729919553e-01, t, <float>-4.665724561e-02))), t4,
+             fmaf(fmaf(<float>1.071419269e-01, t, <float>7.426355779e-02), t2,
+                  fmaf(<float>8.534233272e-02, t, <float>8.459506184e-02)))
+    # exp(mc + l lc) = 2**n exp(r): n rounded by the 1.5 * 2**23 shifter, whose
+    # low mantissa bits then hold n; ln2 in two parts (Cody-Waite, fused)
+    fn = fmaf(mc, <float>1.44269504088896341, <float>12582912.0)
+    n = fn - <float>12582912.0
+    r = fmaf(n, <float>-0.693145752, mc)
+    r = fmaf(n, <float>-1.42860677e-06, r)
+    r = fmaf(l, lc, r)
+    e = <float>1.383683761e-03       # minimax on |r| <= ln2 / 2, relative 2e-9
+    e = fmaf(e, r, <float>8.374822326e-03)
+    e = fmaf(e, r, <float>4.166822508e-02)
+    e = fmaf(e, r, <float>1.666641980e-01)
+    e = fmaf(e, r, <float>4.999999106e-01)
+    e = fmaf(e, r, <float>1.0)
+    e = fmaf(e, r, <float>1.0)
+    # times 2**n by adding n to the exponent: (t R e) >= 2**-6 and n >= -120
+    # keep the result normal
+    b.f = fn
+    q.f = (t * R) * e
+    # (unsigned: wraps, never undefined, in lanes whose result is discarded)
+    q.i = <int>(<unsigned int>q.i + ((<unsigned int>b.i - <unsigned int>0x4B400000) << 23))
+    return <float>0.0 if m <= <float>-83.0 else q.f
 
 
 cdef inline float erf_f(float x) noexcept nogil:
-    """erf(x) for float32: a Taylor polynomial below |x| = 0.5 (keeps the relative
-    accuracy near 0), 1 - erfc above; a few ulp everywhere. NaN stays NaN."""
-    cdef float z = x * x
-    cdef float p = <float>1.2055333e-4      # 2/sqrt(pi) * (-1)^n / (n! (2n+1)), n = 6 .. 0
-    p = p * z + <float>-8.5483270e-4
-    p = p * z + <float>5.2239776e-3
-    p = p * z + <float>-2.6866171e-2
-    p = p * z + <float>1.1283792e-1
-    p = p * z + <float>-3.7612639e-1
-    p = p * z + <float>1.1283792
-    cdef float small = x * p
-    cdef float big = <float>1.0 - erfc_f(x if x >= <float>0.0 else -x)
-    if x < <float>0.0:
-        big = -big
-    return small if (x < <float>0.5 and x > <float>-0.5) else big
+    """erf(x) for float32, relative error below ~2e-7 everywhere, branch-free.
+
+    |x| < 0.875: x P(x^2), a degree-5 minimax fit (relative, so tiny x keep
+    their digits); above: 1 - erfc(|x|) with the sign of x. NaN stays NaN.
+    """
+    cdef float a = fabsf(x)
+    cdef float xh = x * x
+    cdef float xl = fmaf(x, x, -xh)
+    cdef float p = <float>-6.203258527e-04
+    p = fmaf(p, xh, <float>5.032182205e-03)
+    p = fmaf(p, xh, <float>-2.679146454e-02)
+    p = fmaf(p, xh, <float>1.128245518e-01)
+    p = fmaf(p, xh, <float>-3.761255145e-01)
+    p = fmaf(p, xh, <float>1.128379107)
+    cdef float t = <float>1.0 / fmaf(<float>0.3, a, <float>1.0)
+    cdef float big = copysignf(fmaf(<float>-2.0, half_erfc_core(t, -xh, xl, <float>-1.0), <float>1.0), x)
+    return big if a >= <float>0.875 else x * p     # NaN takes x * p
+
+
+cdef inline float gelu_f(float v) noexcept nogil:
+    """v Phi(v) = v erfc(-v / sqrt 2) / 2 for float32, relative error below
+    ~3e-7 down to |result| ~ 1e-30 (0 below 1e-36), branch-free.
+
+    The halved square v^2 / 2 is exact as (v*v)/2 plus the fmaf remainder, and
+    1/sqrt 2 folds into t's coefficient, so no rounded v / sqrt 2 moves the
+    tail. gelu(-inf) = 0, gelu(inf) = inf, NaN stays NaN.
+    """
+    cdef float vh = v * v
+    cdef float vl = fmaf(v, v, -vh)
+    cdef float t = <float>1.0 / fmaf(<float>0.2121320367, fabsf(v), <float>1.0)
+    cdef float q = half_erfc_core(t, <float>-0.5 * vh, vl, <float>-0.5)
+    cdef float w = q if v < <float>0.0 else <float>1.0 - q   # NaN: w = 1 - q != 0
+    return <float>0.0 if w == <float>0.0 else v * w     # -inf * 0 would be NaN
 
 
 cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
@@ -365,8 +410,7 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
                 y[i] = v / (<float>1.0 + exp_f(-v))
         elif act == ACT_GELU:
             for i in range(n):
-                v = y[i]
-                y[i] = <float>0.5 * v * erfc_f(v * <float>-0.70710678118654752)
+                y[i] = gelu_f(y[i])
         elif act == ACT_SIGMOID:
             for i in range(n):
                 y[i] = <float>1.0 / (<float>1.0 + exp_f(-y[i]))
