@@ -272,8 +272,34 @@ cdef extern from *:
         return 0;
     #endif
     }
+
+    /* Sum of a short float32 run (a 7x7 plane) in float64 lanes: 8 floats
+       widened per step into two alternating accumulators, a masked tail, then
+       the lanes in a fixed order. Returns 0 without AVX-512 (the caller loops). */
+    static int nrt_small_sum_f32(const float* x, ptrdiff_t n, double* sum) {
+    #ifdef __AVX512F__
+        __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+        ptrdiff_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(x + i)));
+            a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)));
+        }
+        if (i + 8 <= n) {
+            a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(x + i)));
+            i += 8;
+        }
+        if (i < n)
+            a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_maskz_loadu_ps((__mmask8)((1u << (n - i)) - 1u), x + i)));
+        *sum = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+        return 1;
+    #else
+        (void)x; (void)n; (void)sum;
+        return 0;
+    #endif
+    }
     """
     const bint HAVE_AVX512 "NRT_POOL_HAVE_AVX512"
+    bint small_sum_f32 "nrt_small_sum_f32"(const float* x, Py_ssize_t n, double* sum) noexcept nogil
     bint maxpool_3s2p1 "nrt_maxpool_3s2p1"(const float* x, Py_ssize_t H, Py_ssize_t W, float* y,
                                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t ph) noexcept nogil
     bint pool_2x2 "nrt_pool_2x2"(const float* x, Py_ssize_t W, float* y, Py_ssize_t OH, Py_ssize_t OW,
@@ -476,9 +502,13 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
 
 
 cdef inline double small_sum(const real* x, Py_ssize_t n) noexcept nogil:
-    """sum(x) for a short run (ResNet's 7x7 planes): four float64 chains, no lane set-up."""
+    """sum(x) for a short run (ResNet's 7x7 planes): float64 vector lanes (float32, AVX-512)
+    or four float64 chains, no chunk set-up."""
     cdef double a0 = 0, a1 = 0, a2 = 0, a3 = 0
     cdef Py_ssize_t i = 0
+    if real is float:
+        if small_sum_f32(x, n, &a0):
+            return a0
     while i + 4 <= n:
         a0 += x[i]
         a1 += x[i + 1]

@@ -144,7 +144,10 @@ def test_pool_2x2_same_bits_for_any_thread_count():
         assert all(np.array_equal(a, b) for a, b in zip(outs[0], o))
 
 
-@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (2, 3, 33, 65), (1, 1, 1, 1), (2, 5, 300)])
+@pytest.mark.parametrize("shape", [(1, 2048, 7, 7), (2, 3, 33, 65), (1, 1, 1, 1), (2, 5, 300),
+                                   # short planes (< 256): the float64-lane sum and its tails
+                                   (2, 3, 1, 7), (1, 4, 2, 4), (1, 3, 3, 5), (1, 2, 16), (2, 2, 3, 8),
+                                   (1, 2, 5, 51), (1, 3, 17)])
 def test_global_average_pool(shape):
     x = (rng.standard_normal(shape) + 3).astype(np.float32)
     y = run("GlobalAveragePool", x)
