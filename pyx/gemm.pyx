@@ -141,6 +141,54 @@ cdef extern from *:
         nrt_kernel_body(kc, a, b, NULL, c, ldc, flags, bias_row, bias_col, res, ldr);
     }
 
+    /* The transposed conv's tile: c[MR, NR] = (first ? 0 : c) + A @ b_panel (+
+       bias_col on the last K block) with A read in place: A[i, p] = x[koff[p] +
+       off[i]] (pixel i's offset, tap/channel p's offset), b as in nrt_kernel.
+       Each lane's K sum runs in the same order as nrt_kernel's. */
+    __attribute__((noinline))   /* (inlined, GCC spills its pointers: 15 live ones) */
+    static void nrt_kernel_t(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+                             const Py_ssize_t* restrict off, const float* restrict b,
+                             float* restrict c, long ldc, int flags,
+                             const float* restrict bias_col)
+    {
+        nrt_v acc[NRT_MR][2];
+        Py_ssize_t o[NRT_MR];
+        int i;
+        long p;
+        for (i = 0; i < NRT_MR; i++) {
+            o[i] = off[i];
+            acc[i][0] = NRT_BCAST(0.0f);
+            acc[i][1] = NRT_BCAST(0.0f);
+        }
+        #pragma GCC unroll 2
+        for (p = 0; p < kc; p++) {
+            const float* xp = x + koff[p];
+            nrt_v b0 = *(const nrt_vu*)(b + p * NRT_NR);
+            nrt_v b1 = *(const nrt_vu*)(b + p * NRT_NR + NRT_VW);
+            #pragma GCC unroll 16
+            for (i = 0; i < NRT_MR; i++) {
+                nrt_v ai = NRT_BCAST(xp[o[i]]);
+                acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
+                acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+            }
+        }
+        #pragma GCC unroll 16
+        for (i = 0; i < NRT_MR; i++) {
+            nrt_v v0 = acc[i][0], v1 = acc[i][1];
+            float* cp = c + i * ldc;
+            if (!(flags & NRT_FIRST)) {
+                v0 = *(nrt_vu*)cp + v0;
+                v1 = *(nrt_vu*)(cp + NRT_VW) + v1;
+            }
+            if ((flags & NRT_LAST) && bias_col) {
+                v0 = v0 + *(const nrt_vu*)bias_col;
+                v1 = v1 + *(const nrt_vu*)(bias_col + NRT_VW);
+            }
+            *(nrt_vu*)cp = v0;
+            *(nrt_vu*)(cp + NRT_VW) = v1;
+        }
+    }
+
     static void nrt_kernel_off(long kc, const float* restrict a, const float* restrict b,
                                const Py_ssize_t* restrict boff, float* restrict c, long ldc,
                                int flags, const float* restrict bias_row)
@@ -157,6 +205,8 @@ cdef extern from *:
     void nrt_prefetch_l2 "__builtin_prefetch"(const void* p, int rw, int locality) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
+    void nrt_kernel_t(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
+                      const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
                         long ldc, int flags, const float* bias_row) noexcept nogil
 
@@ -363,10 +413,10 @@ cdef enum:
     SRC_WIDE = 3        # (B only) a zero-padded CHW image, stride 1: B rows are shifted
                         # slices of it, read in place, output columns on the padded width
                         # (see conv2d)
-    # (A only, the transposed conv y^T = im2col(x)^T W^T: pixels are the rows)
-    SRC_MATRIX_T = 4    # x as a (K, pixels) matrix, packed in MR-pixel panels
-    SRC_IMAGE_T = 5     # implicit im2col of a zero-padded CHW image (pixel offset table),
-                        # packed in MR-pixel panels
+    # (A only, the transposed conv y^T = im2col(x)^T W^T: pixels are the rows,
+    # read in place by run_block_t)
+    SRC_MATRIX_T = 4    # x as a (K, pixels) matrix
+    SRC_IMAGE_T = 5     # implicit im2col of a zero-padded CHW image (pixel offset table)
 
 
 cdef struct Problem:
@@ -454,8 +504,7 @@ cdef void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t
                         Py_ssize_t panel_stride, Py_ssize_t width) noexcept nogil:
     """Columns [col0, col0 + cols) (col0 a multiple of width), rows [k0, k0 + kc)
     of the row-major b into width-column panels: dst[p*panel_stride + kk*width + j];
-    columns at or past n are zeros. width is NR (B panels) or MR (the transposed
-    conv's A panels: pixels of a direct 1x1 conv)."""
+    columns at or past n are zeros (width: NR, the B panels)."""
     cdef Py_ssize_t p, kk, j, c0, w, npan = (cols + width - 1) // width
     cdef const float* src
     cdef float* d
@@ -572,38 +621,6 @@ cdef void wide_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_
         koff[kk] = ci * g.plane + ky * g.dh * g.wp + kx * g.dw
 
 
-cdef void pack_t_padded(const Problem* g, Py_ssize_t row0, Py_ssize_t rows, Py_ssize_t k0,
-                        Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
-    """SRC_IMAGE_T: A[p, k] = xpad[c, oy*sh + ky*dh, ox*sw + kx*dw] for pixels
-    p = oy*ow + ox in [row0, row0 + rows) (MR-pixel panels, zeros past the last
-    pixel), k = (c, ky, kx) in [k0, k0 + kc). Each pixel's offset in the padded
-    plane is computed once; a row of K is then MR loads from one base."""
-    cdef Py_ssize_t off[MC_PANELS * MR]
-    cdef Py_ssize_t taps = g.kh * g.kw, nvalid = min(rows, g.m - row0), nfull = nvalid // MR
-    cdef Py_ssize_t i, p, kk, kidx, ci, ky, kx, pnl, j, oy
-    cdef const float* base
-    cdef float* d
-    for i in range(nvalid):
-        p = row0 + i
-        oy = p // g.ow
-        off[i] = oy * g.sh * g.wp + (p - oy * g.ow) * g.sw
-    for kk in range(kc):
-        kidx = k0 + kk
-        ci = kidx // taps
-        ky = (kidx - ci * taps) // g.kw
-        kx = kidx - ci * taps - ky * g.kw
-        base = g.a + ci * g.plane + ky * g.dh * g.wp + kx * g.dw
-        for pnl in range(nfull):
-            d = dst + pnl * panel_stride + kk * MR
-            for j in range(MR):
-                d[j] = base[off[pnl * MR + j]]
-        for pnl in range(nfull, rows // MR):
-            d = dst + pnl * panel_stride + kk * MR
-            for j in range(MR):
-                i = pnl * MR + j
-                d[j] = base[off[i]] if i < nvalid else 0.0
-
-
 def pack_a(const float[:, ::1] a,     # IN  (M, K)
            float[::1] out):           # OUT packed_a_size(M, K)
     """Pack a constant A (conv weights as (M, C*kh*kw)) into MR-row panels, K block
@@ -717,11 +734,69 @@ cdef void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t n
     lg.c_col0 = np0 * NR
     lg.res = NULL
     lg.act = 0
-    run_block(&lg, mp0, mp1, np0, np1, work)
+    if g.transposed:
+        run_block_t(&lg, mp0, mp1, np0, np1)
+    else:
+        run_block(&lg, mp0, mp1, np0, np1, work)
     if g.transposed:
         transpose_out(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.n))
     else:
         wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.oh * g.wp))
+
+
+cdef void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0,
+                      Py_ssize_t np1) noexcept nogil:
+    """The transposed conv into the thread's C block g.c (whole panels): C[p, ch]
+    for pixel panels [mp0, mp1), channel panels [np0, np1), all of K. A is read
+    in place (nrt_kernel_t: no packed copy); rows past the last pixel repeat it
+    and channels past the last are the weight's zero columns: scratch that
+    transpose_out never copies, so every tile is whole."""
+    cdef Py_ssize_t off[WIDE_ROWS]
+    cdef Py_ssize_t koff[KC]
+    cdef float bias_pad[NR]
+    cdef Py_ssize_t np_ = (g.n + NR - 1) // NR
+    cdef Py_ssize_t r, p, oy, kb, pc, kc, kk, jp, ip, c0, nr, j, pf, pf_share
+    cdef int flags
+    cdef const float* bp
+    cdef const float* bcol
+    cdef const float* pf_next
+    for r in range(mp0 * MR, mp1 * MR):
+        p = min(r, g.m - 1)
+        if g.a_src == SRC_MATRIX_T:
+            off[r - mp0 * MR] = p
+        else:
+            oy = p // g.ow
+            off[r - mp0 * MR] = oy * g.sh * g.wp + (p - oy * g.ow) * g.sw
+    for kb in range((g.k + KC - 1) // KC):
+        pc = kb * KC
+        kc = min(<Py_ssize_t>KC, g.k - pc)
+        flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
+        if g.a_src == SRC_MATRIX_T:
+            for kk in range(kc):
+                koff[kk] = (pc + kk) * g.lda
+        else:
+            wide_offsets(g, pc, kc, koff)
+        pf_share = (NR * kc + (mp1 - mp0) * 16 - 1) // ((mp1 - mp0) * 16) * 16
+        for jp in range(np0, np1):
+            bp = g.b + pc * np_ * NR + jp * NR * kc
+            c0 = jp * NR
+            nr = min(<Py_ssize_t>NR, g.n - c0)
+            bcol = NULL
+            if (flags & K_LAST) and g.bias != NULL:
+                bcol = g.bias + c0
+                if nr < NR:
+                    for j in range(NR):
+                        bias_pad[j] = g.bias[c0 + j] if j < nr else 0.0
+                    bcol = bias_pad
+            # the weight (often streamed from memory): its next panel is fetched
+            # into L2 while this one is used, in even shares
+            pf_next = bp + NR * kc if jp + 1 < np1 else NULL
+            for ip in range(mp0, mp1):
+                if pf_next != NULL:
+                    for pf in range((ip - mp0) * pf_share, min((ip - mp0 + 1) * pf_share, NR * kc), 16):
+                        nrt_prefetch_l2(pf_next + pf, 0, 1)
+                nrt_kernel_t(kc, g.a, koff, &off[(ip - mp0) * MR], bp, cptr(g, ip * MR, c0), g.ldc,
+                             flags, bcol)
 
 
 cdef void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
@@ -824,14 +899,8 @@ cdef void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t
             ic1 = min(ic + MC_PANELS, mp1)
             if g.a_src == SRC_PACKED:
                 ablk = g.a + pc * ((g.m + MR - 1) // MR) * MR + ic * MR * kc
-            elif g.a_src == SRC_MATRIX:
+            else:       # SRC_MATRIX (the transposed conv's A: run_block_t)
                 pack_a_panels(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
-                ablk = wa
-            elif g.a_src == SRC_MATRIX_T:
-                pack_b_matrix(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc, MR)
-                ablk = wa
-            else:
-                pack_t_padded(g, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
                 ablk = wa
             a_stride = MR * kc
             for jp in range(np0, np1):
@@ -925,8 +994,8 @@ cdef Split choose_split(const Problem* g, Py_ssize_t reps, int n_threads) noexce
                 cost = mrows * ncols * <double>g.k / 32.0       # ~flops per cycle / 2
                 if g.b_src != SRC_PACKED and g.b_src != SRC_WIDE:      # (wide: read in place)
                     cost += ncols * <double>g.k * (2.0 if g.b_src == SRC_IMAGE else 0.5)
-                if g.a_src != SRC_PACKED:
-                    cost += mrows * <double>g.k * (2.0 if g.a_src == SRC_IMAGE_T else 1.0)
+                if g.a_src == SRC_MATRIX:
+                    cost += mrows * <double>g.k
                 cost += 2000.0                                  # per-job overhead
                 load[j % n_threads] += cost
             worst = 0.0
@@ -1077,6 +1146,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
         raise ValueError("bias must have M elements")
     if residual.shape[0] != 0 and residual.shape[0] != nimg * m * oh * ow:
         raise ValueError("residual must have y's size")
+    if transposed and oh * ow > WIDE_ROWS:
+        raise ValueError("transposed needs at most %d output pixels (conv_transposed)" % WIDE_ROWS)
     if nimg == 0 or m == 0 or oh * ow == 0:
         return
     reps = nimg * group
