@@ -9,19 +9,20 @@ A dense block concatenates every new layer's output onto the block tensor:
 np.concatenate copies x(i-1) again at every step: O(L²) bytes for L layers.
 Here a chain's first Concat allocates a buffer with room for the whole chain
 (its own channels plus, per Concat after it, as many as it added) and returns
-the view buffer[:, :C1]; a later Concat whose first input is exactly the
-claimed prefix of such a buffer copies only its other inputs into the next
-channels and returns the longer prefix. Batch 1 only: a channel prefix of an
-NCHW buffer is then a contiguous array, which every consumer takes as is.
+the view buffer[:, :C1]; a later Concat whose first input is that view
+copies only its other inputs into the next channels and returns the longer
+prefix. Batch 1 only: a channel prefix of an NCHW buffer is then a
+contiguous array, which every consumer takes as is.
 
 Safety: of each buffer, only the view handed out last (its tail, which ends
 at the last channel written) may be extended, and only once: a Concat whose
 first input is that very array takes the tail, so no existing array views
 the channels it writes; a second Concat extending the same x (a branch), or
-any other array over the buffer, gets a fresh buffer. The plan already treats a Concat's output as aliasing its
-inputs (executor.aliasing), so no in-place op overwrites a block tensor
-while a longer view of its buffer is still read. Anything else (another
-axis, batch > 1, mixed dtypes or sizes, too little room) runs the plain Concat.
+any other array over the buffer, gets a fresh buffer. The plan already
+treats a Concat's output as aliasing its inputs (executor.aliasing), so no
+in-place op overwrites a block tensor while a longer view of its buffer is
+still read. Anything else (another axis, batch > 1, mixed dtypes or sizes,
+too little room) runs the plain Concat.
 """
 import weakref
 
@@ -31,8 +32,9 @@ from ._graph import canonical_domain
 
 
 def concat_chains(nodes):
-    """Per node index of a Concat whose output feeds the first input of another Concat:
-    how many Concats follow it along that chain (the longest, if it branches)."""
+    """{node index: how many Concats follow it down its chain (the longest, if it
+    branches)} for each Concat in a chain: its output is another Concat's first
+    input, or its first input is a Concat's output."""
     first_input_of = {}
     concat_outputs = set()
     for i, node in enumerate(nodes):
