@@ -1317,10 +1317,15 @@ def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, 
     """Whether conv2d should run transposed (y^T = im2col(x)^T W^T, weight from
     pack_at): small images whose pixel count pads badly to NR-wide panels
     (7x7 = 49 pixels: 64 columns of work, 56 rows transposed), with enough
-    output channels to fill the NR-wide weight panels."""
-    cdef Py_ssize_t pix = oh * ow
-    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) or mg < 64 or pix > WIDE_ROWS:
+    output channels to fill the NR-wide weight panels. Against the padded
+    width (both read the image in place): whichever computes fewer padded
+    elements (14x14, 3x3: 224 wide columns, 200 rows transposed)."""
+    cdef Py_ssize_t pix = oh * ow, wp = ow + (kw - 1) * dw
+    cdef Py_ssize_t tr_work = ((pix + MR - 1) // MR) * MR * (((mg + NR - 1) // NR) * NR)
+    if mg < 64 or pix > WIDE_ROWS:
         return False
+    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
+        return tr_work < ((oh * wp + NR - 1) // NR) * NR * (((mg + MR - 1) // MR) * MR)
     return ((pix + NR - 1) // NR) * NR * 10 > ((pix + MR - 1) // MR) * MR * 11
 
 

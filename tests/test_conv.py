@@ -65,6 +65,8 @@ CASES = [
                                                                             # 2 K blocks, M edge, dilation
     ((2, 60, 14, 14), (140, 30, 3, 3), (2, 2), (1, 1, 2, 0), (1, 1), 2),   # transposed, A read in place:
                                                                             # 2 K blocks, channel edge
+    ((1, 24, 12, 11), (64, 24, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # stride 1, fewer rows
+                                                                            # transposed than wide
 ]
 
 
