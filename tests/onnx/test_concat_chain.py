@@ -151,3 +151,39 @@ def test_chain_lengths():
     assert chains == {0: 4, 1: 3, 2: 2, 3: 1, 4: 0}
     lone = [helper.make_node("Concat", ["a", "b"], ["c"], axis=1)]
     assert concat_chains(lone) == {}                        # a single Concat: left as it is
+
+
+@pytest.mark.parametrize("name", ["densenet121", "inception_v1"])
+def test_light_models_same_bits_as_plain_concat(name):
+    # every dense block of light_densenet121 grows one buffer; Inception's one-off Concats
+    # (no chains) stay plain. Same bits either way.
+    import os
+
+    import onnx
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", f"light_{name}.onnx")
+    sess = normrt.InferenceSession(path)
+    inp = sess.get_inputs()[0]
+    x = RNG.standard_normal([int(d) for d in inp.shape]).astype(np.float32)
+    seen = []                      # every Concat's result, copied (the model's output is a constant)
+
+    def recording(run):
+        def rec(args, values):
+            outs = run(args, values)
+            seen.append([o.copy() for o in outs])
+            return outs
+        rec.kind = run.kind
+        return rec
+
+    assert growing(sess) == (58 if name == "densenet121" else 0)
+    concats = [s for s in sess.executor.steps if s.key == "Concat"]
+    bound = [s.run for s in concats]
+    for step, run in zip(concats, bound):
+        step.run = recording(run)
+    grown = sess.run(None, {inp.name: x})[0]
+    grown_seen, seen = seen, []
+    for step, run in zip(concats, bound):     # now the plain np.concatenate
+        step.run = recording(run.inner if isinstance(run, GrowingConcat) else run)
+    assert np.array_equal(grown, sess.run(None, {inp.name: x})[0])
+    assert len(seen) == len(grown_seen) > 0
+    for a, b in zip(grown_seen, seen):
+        assert all(np.array_equal(u, v) for u, v in zip(a, b))
