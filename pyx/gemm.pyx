@@ -432,6 +432,7 @@ cdef struct Problem:
     # image geometry (SRC_IMAGE): b points at channel 0 of this group
     Py_ssize_t ih, iw, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
     Py_ssize_t wp, plane      # SRC_WIDE: padded row width, padded channel size
+    Py_ssize_t pq             # SRC_WIDE: floats per stride phase (plane = sh*sw*pq)
     float* c
     Py_ssize_t ldc
     Py_ssize_t c_row0, c_col0  # c holds rows from c_row0, columns from c_col0
@@ -611,7 +612,33 @@ cdef void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssi
 
 cdef void wide_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t* koff) noexcept nogil:
     """SRC_WIDE: koff[kk] = where B row k0 + kk = (c, ky, kx) starts in the padded
-    image, relative to the column: B[k, q] = g.b[koff[k - k0] + q]."""
+    image, relative to the column: B[k, q] = g.b[koff[k - k0] + q]. A strided
+    conv's padded image is split by stride phase (see pad_phases): tap row
+    ky*dh is phase (ky*dh) % sh, shifted by (ky*dh) // sh rows (columns alike)."""
+    cdef Py_ssize_t taps = g.kh * g.kw, kk, ci, ky, kx, ty, tx
+    ci = k0 // taps
+    ky = (k0 - ci * taps) // g.kw
+    kx = k0 - ci * taps - ky * g.kw
+    for kk in range(kc):            # (counters: no divisions per row at stride 1)
+        ty = ky * g.dh
+        tx = kx * g.dw
+        if g.sh == 1 and g.sw == 1:
+            koff[kk] = ci * g.plane + ty * g.wp + tx
+        else:
+            koff[kk] = (ci * g.plane + ((ty % g.sh) * g.sw + tx % g.sw) * g.pq
+                        + ty // g.sh * g.wp + tx // g.sw)
+        kx += 1
+        if kx == g.kw:
+            kx = 0
+            ky += 1
+            if ky == g.kh:
+                ky = 0
+                ci += 1
+
+
+cdef void image_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t* koff) noexcept nogil:
+    """SRC_IMAGE_T: koff[kk] = tap k0 + kk = (c, ky, kx)'s offset in the padded
+    image (row stride wp, plane stride plane), to add to a pixel's."""
     cdef Py_ssize_t taps = g.kh * g.kw, kk, kidx, ci, ky, kx
     for kk in range(kc):
         kidx = k0 + kk
@@ -775,7 +802,7 @@ cdef void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize
             for kk in range(kc):
                 koff[kk] = (pc + kk) * g.lda
         else:
-            wide_offsets(g, pc, kc, koff)
+            image_offsets(g, pc, kc, koff)
         pf_share = (NR * kc + (mp1 - mp0) * 16 - 1) // ((mp1 - mp0) * 16) * 16
         for jp in range(np0, np1):
             bp = g.b + pc * np_ * NR + jp * NR * kc
@@ -1166,12 +1193,13 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     # no tap leaves the image: then the row stride is x's width)
     proto.wp = padded_cols(ow, kw, sw, dw, wide)
     hp = padded_rows(oh, kh, sh, dh, wide, proto.wp)
+    proto.pq = hp * proto.wp
     padded = not direct
     if not wide and ph == 0 and pw == 0 and hp <= h and proto.wp <= wd:
         padded = False
         proto.wp = wd
         hp = h
-    proto.plane = hp * proto.wp
+    proto.plane = hp * proto.wp * (sh * sw if wide else 1)
     xp = &x[0, 0, 0, 0]
     if padded:
         xpad = thread_work(&work[0], nt)   # after the threads' slices
@@ -1217,6 +1245,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
             pj.wp = proto.wp
             pj.pt = ph
             pj.pl = pw
+            pj.sh = sh if wide else 1
+            pj.sw = sw if wide else 1
             run_parallel(pad_job, &pj, (nimg * c + PAD_PLANES - 1) // PAD_PLANES, nt)
         s = choose_split(&proto, reps, nt)
         cj.proto = &proto
@@ -1271,11 +1301,15 @@ cdef enum:
 cdef struct PadJobs:
     const float* x
     float* xp
-    Py_ssize_t planes, h, w, hp, wp, pt, pl
+    Py_ssize_t planes, h, w, hp, wp, pt, pl, sh, sw
 
 
 cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
     cdef PadJobs* c = <PadJobs*>ctx
+    if c.sh * c.sw > 1:
+        pad_phases(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+                   c.pt, c.pl, c.sh, c.sw)
+        return
     pad_planes(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
                c.pt, c.pl)
 
@@ -1297,14 +1331,17 @@ cdef void run_parallel(nrt_job_fn fn, void* ctx, long njobs, int nt) noexcept no
 cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t mg) noexcept nogil:
-    """Stride-1 convs with taps to shift: B from a zero-padded copy of the input,
-    output on its padded width (wp = ow + (kw-1)*dw columns, the last ones
-    thrown away) - every B row is then NR contiguous floats of the padded
-    image, which the micro-kernel reads in place (no packing), where implicit
-    im2col costs about as much as a few output channels' worth of FMAs.
-    Chosen when the thrown-away columns cost less than that."""
-    cdef Py_ssize_t spill = (kw - 1) * dw, wp = ow + (kw - 1) * dw
-    if sh != 1 or sw != 1 or (kh == 1 and kw == 1 and ph == 0 and pw == 0):
+    """Convs with taps to shift: B from a zero-padded copy of the input, output
+    on its padded width (wp = ow + (kw-1)*dw columns, the last ones thrown
+    away) - every B row is then NR contiguous floats of the padded image,
+    which the micro-kernel reads in place (no packing), where implicit im2col
+    costs about as much as a few output channels' worth of FMAs. A strided
+    conv's copy is split by stride phase (pad_phases), which makes its taps
+    plain shifts too (wp = ow + (kw-1)*dw // sw). Chosen when the thrown-away
+    columns cost less than that; not for 1x1 kernels without padding (stride
+    1: x is B as it is; strided: the copy would be mostly unused phases)."""
+    cdef Py_ssize_t spill = (kw - 1) * dw // sw, wp = ow + (kw - 1) * dw // sw
+    if kh == 1 and kw == 1 and (sh != 1 or sw != 1 or (ph == 0 and pw == 0)):
         return False
     if ((mg + MR - 1) // MR) * MR > WIDE_ROWS:
         return False
@@ -1320,7 +1357,7 @@ def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, 
     output channels to fill the NR-wide weight panels. Against the padded
     width (both read the image in place): whichever computes fewer padded
     elements (14x14, 3x3: 224 wide columns, 200 rows transposed)."""
-    cdef Py_ssize_t pix = oh * ow, wp = ow + (kw - 1) * dw
+    cdef Py_ssize_t pix = oh * ow, wp = padded_cols(ow, kw, sw, dw, True)
     cdef Py_ssize_t tr_work = ((pix + MR - 1) // MR) * MR * (((mg + NR - 1) // NR) * NR)
     if mg < 64 or pix > WIDE_ROWS:
         return False
@@ -1338,22 +1375,49 @@ def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t
     # (room for the padded input always: whether a 1x1 conv reads x directly
     # also depends on its trailing pads)
     size += nimg * c * padded_rows(oh, kh, sh, dh, wide, padded_cols(ow, kw, sw, dw, wide)) \
-        * padded_cols(ow, kw, sw, dw, wide)
+        * padded_cols(ow, kw, sw, dw, wide) * (sh * sw if wide else 1)
     return size
 
 
 cdef inline Py_ssize_t padded_rows(Py_ssize_t oh, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t dh,
                                    bint wide, Py_ssize_t wp) noexcept nogil:
-    """Rows of the zero-padded input: what the taps reach (wide: plus the rows the
-    last wide row's spill and the columns up to a whole NR panel read)."""
+    """Rows of the zero-padded input: what the taps reach (wide: of each stride
+    phase, plus the rows the last wide row's spill and the columns up to a
+    whole NR panel read)."""
     if wide:
-        return oh + (kh - 1) * dh + 1 + (NR + wp - 1) // wp
+        return oh + (kh - 1) * dh // sh + 1 + (NR + wp - 1) // wp
     return (oh - 1) * sh + (kh - 1) * dh + 1
 
 
 cdef inline Py_ssize_t padded_cols(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
                                    bint wide) noexcept nogil:
-    return ow + (kw - 1) * dw if wide else (ow - 1) * sw + (kw - 1) * dw + 1
+    return ow + (kw - 1) * dw // sw if wide else (ow - 1) * sw + (kw - 1) * dw + 1
+
+
+cdef void pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
+                     Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
+                     Py_ssize_t sw) noexcept nogil:
+    """Planes [p0, p1) of x (h, w), zero-padded by (pt, pl) in front, split by
+    stride phase: xp[p, a, b, i, j] = xpad[p, i*sh + a, j*sw + b] (each phase
+    hq x wq, zeros outside x). A stride-(sh, sw) tap is then a plain shift
+    within one phase (wide_offsets)."""
+    cdef Py_ssize_t p, a, b, i, j, sy, sx
+    cdef const float* src
+    cdef float* row
+    for p in range(p0, p1):
+        for a in range(sh):
+            for b in range(sw):
+                for i in range(hq):
+                    row = xp + (((p * sh + a) * sw + b) * hq + i) * wq
+                    sy = i * sh + a - pt
+                    if sy < 0 or sy >= h:
+                        for j in range(wq):
+                            row[j] = 0.0
+                        continue
+                    src = x + (p * h + sy) * w
+                    for j in range(wq):
+                        sx = j * sw + b - pl
+                        row[j] = src[sx] if 0 <= sx < w else 0.0
 
 
 cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,

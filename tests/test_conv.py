@@ -67,6 +67,9 @@ CASES = [
                                                                             # 2 K blocks, channel edge
     ((1, 24, 12, 11), (64, 24, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # stride 1, fewer rows
                                                                             # transposed than wide
+    ((1, 5, 30, 31), (12, 5, 3, 5), (2, 3), (2, 1, 0, 3), (2, 2), 1),      # strided + dilated on the
+                                                                            # padded width (phases)
+    ((2, 3, 45, 46), (33, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),      # a stem: 7x7/2 by phases
 ]
 
 
