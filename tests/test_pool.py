@@ -133,6 +133,21 @@ def test_pool_2x2_nan_inf_and_extremes(dtype):
     assert np.isinf(y[0, 2]).all()   # (max + max) overflows before the * 0.25, as the plane kernel's sum
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 3, 9, 15), (2, 2, 5, 7), (1, 2, 7, 41)])
+def test_pool_2x2_ignores_the_unread_last_row_and_column(shape, dtype):
+    # odd H / W: the last row and column belong to no window; the kernel's full-width loads
+    # read past a row's windows (into those and the next row), which must never reach an output
+    x = rng.standard_normal(shape).astype(dtype)
+    x[:, :, -1, :] = np.nan
+    x[:, :, :, -1] = np.inf
+    for op, is_max in (("MaxPool", True), ("AveragePool", False)):
+        y = run(op, x, kernel_shape=(2, 2), strides=(2, 2))
+        assert np.isfinite(y).all()
+        want = ref_pool(x[:, :, :-1, :-1], (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0, is_max)
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
 def test_pool_2x2_same_bits_for_any_thread_count():
     x = rng.standard_normal((2, 16, 512, 520)).astype(np.float32)   # > 2^23 elements: split over threads
     outs = []
