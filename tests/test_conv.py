@@ -70,6 +70,8 @@ CASES = [
     ((1, 5, 30, 31), (12, 5, 3, 5), (2, 3), (2, 1, 0, 3), (2, 2), 1),      # strided + dilated on the
                                                                             # padded width (phases)
     ((2, 3, 45, 46), (33, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),      # a stem: 7x7/2 by phases
+    ((1, 16, 3, 43), (64, 16, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),     # transposed, 41 pixels in
+                                                                            # panels of MR - 1
 ]
 
 
