@@ -1,9 +1,12 @@
 """2-D convolution (NCHW) on normrt's packed GEMM, with a fused epilogue.
 
 y[n] = act(W (M x C*kh*kw) @ im2col(x[n]) + bias + residual[n]). The kernel
-packs its B panels straight from the image (no im2col buffer); the weight is
-packed once with pack_conv_weight and reused on every call. float64 runs on
-numpy (im2col + matmul, same epilogue).
+never builds im2col: convs with taps to shift read it in place from a
+zero-padded copy of the image (split by stride phase when strided; output
+computed on the padded width, or transposed for small images), the others pack
+it straight from the image. The weight is packed once with pack_conv_weight
+and reused on every call. float64 runs on numpy (im2col + matmul, same
+epilogue).
 """
 import numbers
 
