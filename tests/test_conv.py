@@ -72,6 +72,8 @@ CASES = [
     ((2, 3, 45, 46), (33, 3, 7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),      # a stem: 7x7/2 by phases
     ((1, 16, 3, 43), (64, 16, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),     # transposed, 41 pixels in
                                                                             # panels of MR - 1
+    ((1, 16, 30, 30), (64, 16, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # transposed, pixels over
+                                                                            # two C blocks
 ]
 
 
@@ -138,6 +140,7 @@ def test_out_and_residual_in_out():
     ((1, 256, 7, 7), (300, 256, 3, 3), (1, 1), (1, 1, 1, 1), 1),     # few pixels: M is split
     ((3, 32, 40, 40), (64, 16, 3, 3), (2, 2), (0, 1, 1, 0), 2),
     ((1, 96, 14, 14), (200, 96, 3, 3), (2, 2), (1, 1, 1, 1), 1),     # transposed, channels split
+    ((1, 16, 30, 30), (64, 16, 3, 3), (1, 1), (1, 1, 1, 1), 1),      # transposed, pixels split
 ])
 def test_same_bits_for_any_thread_count(xs, ws, st, pads, group):
     x, w, b = rand(*xs), rand(*ws), rand(ws[0])
@@ -193,16 +196,3 @@ def test_bad_input():
         normrt.conv2d(x.astype(np.float64), packed)
     with pytest.raises(ValueError, match="must not be empty"):
         normrt.pack_conv_weight(rand(0, 4, 3, 3))
-
-
-def test_kernel_refuses_transposed_large_image():
-    # the transposed product keeps a job's pixels in a fixed-size block
-    from normrt._kernels import gemm as k
-    x, w = rand(1, 4, 30, 30), rand(64, 4 * 9)
-    wt = np.empty(k.packed_b_size(36, 64), np.float32)
-    k.pack_at(w, wt)
-    y = np.empty((1, 64, 30, 30), np.float32)
-    work = np.empty(k.conv_workspace_size(1, 4, 30, 30, 3, 3, 1, 1, 1, 1, 1, 1, 64, 1), np.float32)
-    with pytest.raises(ValueError, match="transposed needs at most 512 output pixels"):
-        k.conv2d(x, wt, 3, 3, 1, 1, 1, 1, 1, 1, 1, True, y, np.empty(0, np.float32),
-                 np.empty(0, np.float32), 0, work, 1)
