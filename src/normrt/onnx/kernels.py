@@ -52,11 +52,11 @@ def _layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
     if n_out > 3:                 # residual_sum requested
         kw["residual_out"], total = _residual_sum(x, residual)
         extra = (total,)
-    if n_out > 1:
+    if attrs.get("_stats", n_out > 1):
         y, mean, inv_std = _normrt().layer_norm(x, scale, bias, return_stats=True, **kw)
         stats_dtype = _np_dtype(attrs.get("stash_type", 1)) or x.dtype
         return (y, mean.astype(stats_dtype, copy=False), inv_std.astype(stats_dtype, copy=False)) + extra
-    return (_normrt().layer_norm(x, scale, bias, **kw),)
+    return (_normrt().layer_norm(x, scale, bias, **kw), None, None) + extra
 
 
 def _rms_norm(attrs, n_out, x, scale=None, residual=None):
@@ -205,6 +205,9 @@ class KernelNode:
         if missing:
             raise ModelError(f"normrt {node.op_type} node {node.name!r} lacks attribute(s) {missing}")
         self.n_out = len(node.output)
+        if node.op_type == "LayerNorm":
+            # Mean/InvStdDev named? (residual_sum alone leaves them empty: no statistics to compute)
+            self.attrs["_stats"] = any(list(node.output)[1:3])
         self.out_positions = [i for i, o in enumerate(node.output) if o]
         self.memory_bound = node.op_type not in COMPUTE_BOUND
         self.packer = PACKED_WEIGHT.get(node.op_type)
