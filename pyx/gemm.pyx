@@ -146,7 +146,7 @@ cdef extern from *:
        off[i]] (pixel i's offset, tap/channel p's offset), b as in nrt_kernel.
        Each lane's K sum runs in the same order as nrt_kernel's. */
     static inline __attribute__((always_inline)) void
-    nrt_kernel_t_body(const int rows, long kc, const float* restrict x,
+    nrt_kernel_t_body(const int rows, const int contiguous, long kc, const float* restrict x,
                       const Py_ssize_t* restrict koff, const Py_ssize_t* restrict off,
                       const float* restrict b, float* restrict c, long ldc, int flags,
                       const float* restrict bias_col)
@@ -162,12 +162,12 @@ cdef extern from *:
         }
         #pragma GCC unroll 2
         for (p = 0; p < kc; p++) {
-            const float* xp = x + koff[p];
+            const float* xp = x + koff[p] + (contiguous ? o[0] : 0);
             nrt_v b0 = *(const nrt_vu*)(b + p * NRT_NR);
             nrt_v b1 = *(const nrt_vu*)(b + p * NRT_NR + NRT_VW);
             #pragma GCC unroll 16
             for (i = 0; i < rows; i++) {
-                nrt_v ai = NRT_BCAST(xp[o[i]]);
+                nrt_v ai = NRT_BCAST(contiguous ? xp[i] : xp[o[i]]);
                 acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
                 acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
             }
@@ -196,7 +196,7 @@ cdef extern from *:
                  const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
                  long ldc, int flags, const float* restrict bias_col)
     {
-        nrt_kernel_t_body(NRT_MR, kc, x, koff, off, b, c, ldc, flags, bias_col);
+        nrt_kernel_t_body(NRT_MR, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
     }
 
     __attribute__((noinline)) static void
@@ -204,7 +204,25 @@ cdef extern from *:
                   const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
                   long ldc, int flags, const float* restrict bias_col)
     {
-        nrt_kernel_t_body(NRT_MR - 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
+        nrt_kernel_t_body(NRT_MR - 1, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+    }
+
+    /* pixels off[0] + i (a 1x1 conv's whole panel): fixed displacements, no
+       offset registers */
+    __attribute__((noinline)) static void
+    nrt_kernel_tc(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+                  const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+                  long ldc, int flags, const float* restrict bias_col)
+    {
+        nrt_kernel_t_body(NRT_MR, 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
+    }
+
+    __attribute__((noinline)) static void
+    nrt_kernel_tc1(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+                   const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+                   long ldc, int flags, const float* restrict bias_col)
+    {
+        nrt_kernel_t_body(NRT_MR - 1, 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
     }
 
     static void nrt_kernel_off(long kc, const float* restrict a, const float* restrict b,
@@ -225,6 +243,10 @@ cdef extern from *:
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
     void nrt_kernel_t(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
                       const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
+    void nrt_kernel_tc(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
+                       const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
+    void nrt_kernel_tc1(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
+                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_t1(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
@@ -808,6 +830,7 @@ cdef void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize
     cdef const float* bp
     cdef const float* bcol
     cdef const float* pf_next
+    cdef bint contiguous
     for r in range(mp0 * g.mr, mp1 * g.mr):
         p = min(r, g.m - 1)
         if g.a_src == SRC_MATRIX_T:
@@ -843,7 +866,14 @@ cdef void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize
                 if pf_next != NULL:
                     for pf in range((ip - mp0) * pf_share, min((ip - mp0 + 1) * pf_share, NR * kc), 16):
                         nrt_prefetch_l2(pf_next + pf, 0, 1)
-                if g.mr == MR:
+                contiguous = g.a_src == SRC_MATRIX_T and (ip + 1) * g.mr <= g.m
+                if g.mr == MR and contiguous:
+                    nrt_kernel_tc(kc, g.a, koff, &off[(ip - mp0) * MR], bp, cptr(g, ip * MR, c0), g.ldc,
+                                  flags, bcol)
+                elif contiguous:
+                    nrt_kernel_tc1(kc, g.a, koff, &off[(ip - mp0) * g.mr], bp, cptr(g, ip * g.mr, c0),
+                                   g.ldc, flags, bcol)
+                elif g.mr == MR:
                     nrt_kernel_t(kc, g.a, koff, &off[(ip - mp0) * MR], bp, cptr(g, ip * MR, c0), g.ldc,
                                  flags, bcol)
                 else:
