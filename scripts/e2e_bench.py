@@ -16,7 +16,10 @@ onnxruntime (so machine noise hits both alike); min and median latency are
 reported, and the largest relative difference of the outputs,
 max|normrt - ort| / max|ort| over each output. Prints a markdown table.
 
-`--settle-ms` sleeps before each timed run (default 100; 0: back to back).
+`--alone` times each runtime on its own instead, back to back (its threads
+stay warm: the latency of a model served in a loop).
+
+`--settle-ms` sleeps before each timed interleaved run (default 100; 0: back to back).
 onnxruntime's pool threads spin on the cores for ~35 ms after a run, and
 whichever runtime runs next pays for it (measured: light_resnet50 on normrt
 24 ms alone, ~40 ms right after an onnxruntime run); the pause removes that,
@@ -112,7 +115,19 @@ def models(cache):
     return out
 
 
-def bench(path, threads, runs, warmup=3, settle=0.0):
+def _timed(run, feeds, runs):
+    """Seconds of `runs` back-to-back runs (threads kept warm), after a warm-up."""
+    for _ in range(10):
+        run(None, feeds)
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run(None, feeds)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench(path, threads, runs, warmup=3, settle=0.0, alone=False):
     import onnxruntime as ort
 
     import normrt
@@ -127,7 +142,11 @@ def bench(path, threads, runs, warmup=3, settle=0.0):
         sess.run(None, feeds)
         ref.run(None, feeds)
     tn, to = [], []
-    for _ in range(runs):
+    if alone:
+        tn = _timed(sess.run, feeds, runs)
+        time.sleep(0.5)                      # the other runtime's threads go quiet first
+        to = _timed(ref.run, feeds, runs)
+    for _ in range(0 if alone else runs):
         if settle:
             time.sleep(settle)
         t0 = time.perf_counter()
@@ -140,6 +159,7 @@ def bench(path, threads, runs, warmup=3, settle=0.0):
         t3 = time.perf_counter()
         tn.append(t1 - t0)
         to.append(t3 - t2)
+    a, b = sess.run(None, feeds), ref.run(None, feeds)
     rel = 0.0
     for x, y in zip(a, b):
         scale = float(np.max(np.abs(y))) if y.size else 0.0
@@ -154,20 +174,23 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--settle-ms", type=float, default=100.0,
                     help="pause before each timed run (default 100: outlasts onnxruntime's spinning threads)")
+    ap.add_argument("--alone", action="store_true",
+                    help="time each runtime alone, back to back (threads warm), instead of interleaved")
     ap.add_argument("--only", default="", help="comma-separated substrings of model names (any case)")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "normrt" / "e2e_bench")
     args = ap.parse_args(argv)
     import normrt
     from normrt.onnx.ops import _blas
-    print(f"normrt {normrt.__version__}, {args.threads} threads, {args.runs} interleaved runs, "
-          f"settle {args.settle_ms:g} ms; "
+    mode = "back-to-back runs, each runtime alone" if args.alone else \
+        f"interleaved runs, settle {args.settle_ms:g} ms"
+    print(f"normrt {normrt.__version__}, {args.threads} threads, {args.runs} {mode}; "
           f"GEMM: {_blas.blas_info()}", file=sys.stderr)
     rows = []
     for name, path in models(args.cache):
         if args.only and not any(s.lower() in name.lower() for s in args.only.split(",")):
             continue
-        tn, to, rel = bench(path, args.threads, args.runs, settle=args.settle_ms / 1e3)
+        tn, to, rel = bench(path, args.threads, args.runs, settle=args.settle_ms / 1e3, alone=args.alone)
         rows.append((name, tn, to, rel))
         print(f"  {name}: done", file=sys.stderr)
     print("| model | normrt ms (min / median) | onnxruntime ms (min / median) | ratio (min) | max rel diff |")
