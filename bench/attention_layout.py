@@ -14,9 +14,10 @@ bench/test_attention_layout.py runs the same executors under pytest-benchmark.
 """
 import argparse
 import os
-import time
 
 import numpy as np
+
+from .pass_variants import executor_without, interleaved_times, print_rows, print_table_head, runner
 
 CACHE = os.path.expanduser("~/.cache/normrt/e2e_bench")
 MODELS = {
@@ -36,13 +37,7 @@ def available():
 
 def make_executor(model_name, variant):
     """An Executor of the model optimized by the default passes minus VARIANTS[variant]."""
-    from normrt.onnx.executor import Executor
-    from normrt.onnx.loader import load_model
-    from normrt.onnx.optimize import default_passes, optimize_model
-
-    passes = [p for p in default_passes() if p.name not in VARIANTS[variant]]
-    model, _ = optimize_model(load_model(MODELS[model_name]), passes=passes)
-    return Executor(model)
+    return executor_without(MODELS[model_name], VARIANTS[variant])
 
 
 def make_feeds(model_name, seed=0):
@@ -69,10 +64,6 @@ def check(runs, feeds):
                                      f"(max abs {float(np.max(np.abs(g - w))):.3g})")
 
 
-def runner(executor):
-    return lambda feeds: executor.run(feeds)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -82,9 +73,7 @@ def main(argv=None):
     import normrt
 
     only = [s for s in args.only.split(",") if s]
-    print(f"normrt {normrt.__version__}, {args.threads} threads, {args.runs} interleaved runs")
-    print("| model | variant | min ms | median ms | min vs " + BASELINE + " |")
-    print("|---|---|---|---|---|")
+    print_table_head(normrt.__version__, args.threads, args.runs, BASELINE)
     with normrt.threads(args.threads):
         for model in available():
             if only and not any(s in model for s in only):
@@ -92,20 +81,7 @@ def main(argv=None):
             runs = {v: runner(make_executor(model, v)) for v in VARIANTS}
             feeds = make_feeds(model)
             check(runs, feeds)
-            times = {v: [] for v in VARIANTS}
-            for _ in range(3):
-                for run in runs.values():
-                    run(feeds)
-            for _ in range(args.runs):
-                for v, run in runs.items():
-                    t0 = time.perf_counter()
-                    run(feeds)
-                    times[v].append(time.perf_counter() - t0)
-            base = min(times[BASELINE])
-            for v, ts in times.items():
-                print(f"| {model} | {v} | {1e3 * min(ts):.2f} | {1e3 * float(np.median(ts)):.2f} | "
-                      f"{min(ts) / base:.3f}x |")
-
+            print_rows(model, interleaved_times(runs, feeds, args.runs), BASELINE)
 
 if __name__ == "__main__":
     main()

@@ -19,10 +19,11 @@ bench/test_fusions.py runs the same executors under pytest-benchmark.
 """
 import argparse
 import os
-import time
 
 import numpy as np
 import onnx
+
+from .pass_variants import executor_without, interleaved_times, print_rows, print_table_head, runner
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 MODELS = ("light_resnet50", "light_densenet121")
@@ -37,14 +38,7 @@ BASELINE = "no_graph_fusions"
 
 def make_executor(model_name, variant):
     """An Executor of the model optimized by the default passes minus VARIANTS[variant]."""
-    from normrt.onnx.executor import Executor
-    from normrt.onnx.loader import load_model
-    from normrt.onnx.optimize import default_passes, optimize_model
-
-    left_out = VARIANTS[variant]
-    passes = [p for p in default_passes() if p.name not in left_out]
-    model, _ = optimize_model(load_model(os.path.join(LIGHT, model_name + ".onnx")), passes=passes)
-    return Executor(model)
+    return executor_without(os.path.join(LIGHT, model_name + ".onnx"), VARIANTS[variant])
 
 
 def make_feeds(executor, seed=0):
@@ -63,10 +57,6 @@ def check(runs, feeds, rtol=1e-4):
                 raise AssertionError(f"{name}: max abs difference {err:.3g} vs {BASELINE} (scale {scale:.3g})")
 
 
-def runner(executor):
-    return lambda feeds: executor.run(feeds)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -76,9 +66,7 @@ def main(argv=None):
     import normrt
 
     only = [s for s in args.only.split(",") if s]
-    print(f"normrt {normrt.__version__}, {args.threads} threads, {args.runs} interleaved runs")
-    print("| model | variant | min ms | median ms | min vs " + BASELINE + " |")
-    print("|---|---|---|---|---|")
+    print_table_head(normrt.__version__, args.threads, args.runs, BASELINE)
     with normrt.threads(args.threads):
         for model in MODELS:
             if only and not any(s in model for s in only):
@@ -87,20 +75,7 @@ def main(argv=None):
             runs = {v: runner(e) for v, e in executors.items()}
             feeds = make_feeds(executors[BASELINE])
             check(runs, feeds)
-            times = {v: [] for v in VARIANTS}
-            for _ in range(3):
-                for run in runs.values():
-                    run(feeds)
-            for _ in range(args.runs):
-                for v, run in runs.items():
-                    t0 = time.perf_counter()
-                    run(feeds)
-                    times[v].append(time.perf_counter() - t0)
-            base = min(times[BASELINE])
-            for v, ts in times.items():
-                print(f"| {model} | {v} | {1e3 * min(ts):.2f} | {1e3 * float(np.median(ts)):.2f} | "
-                      f"{min(ts) / base:.3f}x |")
-
+            print_rows(model, interleaved_times(runs, feeds, args.runs), BASELINE)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,48 @@
+"""Shared by the with/without-a-pass benchmarks (bench.fusions, bench.attention_layout):
+an Executor built without some passes, and interleaved timing of the variants."""
+import time
+
+import numpy as np
+
+
+def executor_without(path, left_out):
+    """An Executor of the model at `path` optimized by the default passes minus those named in left_out."""
+    from normrt.onnx.executor import Executor
+    from normrt.onnx.loader import load_model
+    from normrt.onnx.optimize import default_passes, optimize_model
+
+    passes = [p for p in default_passes() if p.name not in left_out]
+    model, _ = optimize_model(load_model(path), passes=passes)
+    return Executor(model)
+
+
+def runner(executor):
+    return lambda feeds: executor.run(feeds)
+
+
+def interleaved_times(runs, feeds, n_runs, warmup=3):
+    """{variant: [seconds]}: after a warm-up, `n_runs` rounds, each timing every variant once
+    (machine noise hits all alike)."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run(feeds)
+    times = {v: [] for v in runs}
+    for _ in range(n_runs):
+        for v, run in runs.items():
+            t0 = time.perf_counter()
+            run(feeds)
+            times[v].append(time.perf_counter() - t0)
+    return times
+
+
+def print_table_head(version, threads, n_runs, baseline):
+    print(f"normrt {version}, {threads} threads, {n_runs} interleaved runs")
+    print("| model | variant | min ms | median ms | min vs " + baseline + " |")
+    print("|---|---|---|---|---|")
+
+
+def print_rows(model, times, baseline):
+    base = min(times[baseline])
+    for v, ts in times.items():
+        print(f"| {model} | {v} | {1e3 * min(ts):.2f} | {1e3 * float(np.median(ts)):.2f} | "
+              f"{min(ts) / base:.3f}x |")
