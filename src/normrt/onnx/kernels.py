@@ -1,14 +1,15 @@
 """normrt-domain nodes -> normrt kernel calls.
 
-The only module under normrt.onnx that calls normrt's kernel functions: one
-function per normrt op (see domain.py for the ops) turning the node's decoded
-attributes and runtime inputs into the kernel call.
+One function per normrt op (see domain.py for the ops) turning the node's
+decoded attributes and runtime inputs into the call of its normrt kernel
+function (the numpy ops of onnx/ops call kernels too, for the standard ops).
 """
 import numpy as np
 
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
 from .domain import NORM_OPS
+from .ops import _blas
 
 
 def _normrt():
@@ -175,10 +176,12 @@ CALLS = {
 # from the input's size: the executor must not force small inputs onto one thread.
 COMPUTE_BOUND = frozenset(("Conv", "MatMul", "Attention"))
 
-# Ops whose weight (input 1) the kernel takes pre-packed: the normrt function
-# that packs it. A node packs its weight on the first run and reuses the packed
-# copy while the same (constant, read-only) array comes back.
-PACKED_WEIGHT = {"MatMul": "pack_matmul_weight", "Conv": "pack_conv_weight"}
+# Ops whose weight (input 1) the kernel takes pre-packed: (weight, attrs) -> packed, from
+# the cache the numpy Conv/MatMul ops use too (one packed copy per initializer array).
+PACKED_WEIGHT = {
+    "MatMul": lambda w, attrs: _blas.packed_matmul_weight(w),
+    "Conv": lambda w, attrs: _blas.packed_conv_weight(w, attrs.get("group", 1)),   # packed per group
+}
 
 
 class KernelNode:
@@ -212,20 +215,10 @@ class KernelNode:
         self.memory_bound = node.op_type not in COMPUTE_BOUND
         self.packer = PACKED_WEIGHT.get(node.op_type)
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
-        self._packed = (None, None)          # (the weight array, its packed form)
 
     def __call__(self, args, values):
         if self.packer is None or not self.weight_is_constant:
             res = self.call(self.attrs, self.n_out, *args)
         else:
-            res = self.call(self.attrs, self.n_out, *args, packed=self._packed_weight(args[1]))
+            res = self.call(self.attrs, self.n_out, *args, packed=self.packer(args[1], self.attrs))
         return [res[i] for i in self.out_positions]
-
-    def _packed_weight(self, w):
-        """The packed form of the constant weight `w` (the executor's read-only initializer array)."""
-        held, packed = self._packed
-        if held is not w:
-            group = (self.attrs.get("group", 1),) if self.spec.op_type == "Conv" else ()   # conv packs per group
-            packed = getattr(_normrt(), self.packer)(w, *group)
-            self._packed = (w, packed)
-        return packed
