@@ -1,0 +1,221 @@
+/* Half precision <-> float32 conversions for normrt's kernels.
+ *
+ * The kernels never compute in half precision: they convert a block of a
+ * float16 / bfloat16 tensor to float32 in an L1-resident buffer, run the
+ * float32 statistics and epilogue code on it, and convert the result back.
+ * So these few loops are all that half precision costs, and they must be cheap.
+ *
+ * Which instructions: chosen at COMPILE time from the compiler's predefined
+ * macros, never probed at run time. A build for the native machine
+ * (-march=native, the default) or for an x86-64 ISA level picks what that
+ * target has; a module compiled once per ISA level (x86-64, -v3, -v4) and
+ * dispatched at run time therefore gets the right path at each level with no
+ * code here knowing about it:
+ *   float16 load   __AVX512F__: vcvtph2ps zmm    __F16C__: vcvtph2ps ymm
+ *   float16 store  __AVX512F__: vcvtps2ph zmm    __F16C__: vcvtps2ph ymm
+ *                  (round to nearest even, subnormals kept, NaN quieted)
+ *   bf16 load      __AVX512F__ / __AVX2__: zero-extend and shift (exact)
+ *   bf16 store     __AVX512F__ / __AVX2__: integer round-to-nearest-even
+ *   otherwise      the portable scalar code below, written branch-free so
+ *                  the compiler can vectorize it with plain SSE2.
+ * AVX-512 FP16 (__AVX512FP16__) adds half-precision arithmetic, which the
+ * kernels do not want (statistics stay in float32/float64); its conversions
+ * are the AVX512F ones above. AVX-512 BF16's vcvtneps2bf16 is deliberately
+ * NOT used for stores: it flushes subnormal inputs and outputs to zero, so it
+ * would not be round-to-nearest-even for |x| < 2^-126 and results would
+ * differ between builds; the integer rounding is 4 vector instructions and
+ * bit-identical to ml_dtypes' (and to the portable code) everywhere.
+ *
+ * Every path gives the same bits for every non-NaN value (tests compare each
+ * against numpy / ml_dtypes); a NaN stays a NaN (quieted, sign kept).
+ */
+#ifndef NORMRT_HALF_H
+#define NORMRT_HALF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+enum { NRT_F16 = 0, NRT_BF16 = 1 };
+
+static inline uint32_t nrt_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float nrt_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* ---- portable scalar conversions (also the tails of the vector loops) ---- */
+
+static inline float nrt_f16_to_f32_scalar(uint16_t h) {
+    /* Move exponent and mantissa into float32 position and rebias the
+       exponent by 112; Inf/NaN get the rest of the bias (exponent 255); a
+       subnormal half is renormalized by subtracting 2^-14 in float32, which is
+       exact. */
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t o = (uint32_t)(h & 0x7fffu) << 13;
+    uint32_t e = o & 0x0f800000u;
+    uint32_t normal = o + (112u << 23);
+    uint32_t special = (o + (224u << 23)) | ((h & 0x3ffu) ? 0x00400000u : 0u);   /* quiet a NaN */
+    float sub = nrt_bits_f32(o + (113u << 23)) - nrt_bits_f32(113u << 23);
+    uint32_t r = e == 0x0f800000u ? special : (e == 0 ? nrt_f32_bits(sub) : normal);
+    return nrt_bits_f32(r | sign);
+}
+
+static inline uint16_t nrt_f32_to_f16_scalar(float f) {
+    uint32_t u = nrt_f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    /* normal range: add the rounding bias (half an ulp, minus one unless the
+       kept lsb is odd: ties to even); a carry may reach the exponent, up to Inf */
+    uint32_t normal = (a - (112u << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+    /* below 2^-14: adding 0.5f lines the half's subnormal lsb up with the
+       float32 lsb, and the hardware add rounds to nearest even */
+    uint32_t sub = nrt_f32_bits(nrt_bits_f32(a) + 0.5f) - 0x3f000000u;
+    uint32_t big = a > 0x7f800000u ? (0x7e00u | ((a >> 13) & 0x3ffu)) : 0x7c00u;   /* NaN / overflow */
+    uint32_t r = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : normal);
+    return (uint16_t)(r | sign);
+}
+
+static inline float nrt_bf16_to_f32_scalar(uint16_t h) {
+    return nrt_bits_f32((uint32_t)h << 16);
+}
+
+static inline uint16_t nrt_f32_to_bf16_scalar(float f) {
+    uint32_t u = nrt_f32_bits(f);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;   /* round to nearest even */
+    uint32_t nan = (u >> 16) | 0x40u;                             /* quiet, sign and payload kept */
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+static inline void nrt_half_load_portable(int kind, const uint16_t* src, float* dst, ptrdiff_t n) {
+    ptrdiff_t i;
+    if (kind == NRT_BF16) {
+        for (i = 0; i < n; i++) dst[i] = nrt_bf16_to_f32_scalar(src[i]);
+    } else {
+        for (i = 0; i < n; i++) dst[i] = nrt_f16_to_f32_scalar(src[i]);
+    }
+}
+
+static inline void nrt_half_store_portable(int kind, const float* src, uint16_t* dst, ptrdiff_t n) {
+    ptrdiff_t i;
+    if (kind == NRT_BF16) {
+        for (i = 0; i < n; i++) dst[i] = nrt_f32_to_bf16_scalar(src[i]);
+    } else {
+        for (i = 0; i < n; i++) dst[i] = nrt_f32_to_f16_scalar(src[i]);
+    }
+}
+
+/* ---- vector paths ---- */
+
+#if defined(__AVX512F__)
+static inline __m512i nrt_bf16_round16(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    __m512i q = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_blend_epi32(nan, r, q);
+}
+#elif defined(__AVX2__)
+static inline __m256i nrt_bf16_round8(__m256 v) {
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_blendv_epi8(r, q, nan);
+}
+#endif
+
+/* dst[i] = float(src[i]) for a float16 (kind NRT_F16) or bfloat16 (NRT_BF16) src */
+static inline void nrt_half_load(int kind, const uint16_t* src, float* dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    if (kind == NRT_BF16) {
+#if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16) {
+            __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(src + i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        }
+#elif defined(__AVX2__)
+        for (; i + 8 <= n; i += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+#endif
+        for (; i < n; i++) dst[i] = nrt_bf16_to_f32_scalar(src[i]);
+        return;
+    }
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = nrt_f16_to_f32_scalar(src[i]);
+}
+
+/* dst[i] = src[i] rounded to float16 / bfloat16 (nearest even) */
+static inline void nrt_half_store(int kind, const float* src, uint16_t* dst, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    if (kind == NRT_BF16) {
+#if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16)
+            _mm256_storeu_si256((__m256i*)(dst + i),
+                                _mm512_cvtepi32_epi16(nrt_bf16_round16(_mm512_loadu_ps(src + i))));
+#elif defined(__AVX2__)
+        for (; i + 16 <= n; i += 16) {
+            __m256i lo = nrt_bf16_round8(_mm256_loadu_ps(src + i));
+            __m256i hi = nrt_bf16_round8(_mm256_loadu_ps(src + i + 8));
+            /* packus works per 128-bit lane: restore the element order */
+            __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+            _mm256_storeu_si256((__m256i*)(dst + i), p);
+        }
+#endif
+        for (; i < n; i++) dst[i] = nrt_f32_to_bf16_scalar(src[i]);
+        return;
+    }
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+    for (; i < n; i++) dst[i] = nrt_f32_to_f16_scalar(src[i]);
+}
+
+/* sum[i] = half(float(a[i]) + float(b[i])) (a skip connection in x's dtype, as
+   ONNX's Add computes it) and dst[i] = float(sum[i]), the value normalized */
+static inline void nrt_half_add(int kind, const uint16_t* a, const uint16_t* b, uint16_t* sum,
+                                float* dst, ptrdiff_t n) {
+    float tmp[256];
+    ptrdiff_t i, j, m;
+    for (i = 0; i < n; i += 256) {
+        m = n - i < 256 ? n - i : 256;
+        nrt_half_load(kind, a + i, dst + i, m);
+        nrt_half_load(kind, b + i, tmp, m);
+        for (j = 0; j < m; j++) tmp[j] += dst[i + j];
+        nrt_half_store(kind, tmp, sum + i, m);
+        nrt_half_load(kind, sum + i, dst + i, m);
+    }
+}
+
+/* which conversion instructions this module was compiled with */
+static inline const char* nrt_half_isa(void) {
+#if defined(__AVX512F__)
+    return "avx512f";
+#elif defined(__F16C__) && defined(__AVX2__)
+    return "f16c+avx2";
+#elif defined(__F16C__)
+    return "f16c";
+#elif defined(__AVX2__)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+#endif
