@@ -167,6 +167,65 @@ cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept no
     return r
 
 
+# float32 block sums of squares below 2^-60 (8.7e-19) may hide squares that underflowed
+# (|x - shift| < 1e-19); above FLT_MAX they overflowed (|x| > 1e19). Either way
+# the chunk is summed again in float64 (chunk_moments_wide); a constant chunk
+# takes that path too and gives the same result there.
+
+
+cdef inline Moments chunk_moments_wide(const real* x, Py_ssize_t n) noexcept nogil:
+    """chunk_moments computed in float64 throughout (any finite x: no square
+    overflows or underflows in float64 when x is float32)."""
+    cdef double a1[LANES]
+    cdef double a2[LANES]
+    cdef double shift = 0.0, d, s1, s2, dm
+    cdef Py_ssize_t i = 0, j
+    cdef Moments m
+    for i in range(min(n, <Py_ssize_t>LANES)):
+        shift += x[i]
+    shift = shift / min(n, <Py_ssize_t>LANES)
+    for j in range(LANES):
+        a1[j] = 0.0
+        a2[j] = 0.0
+    i = 0
+    while i + LANES <= n:
+        for j in range(LANES):
+            d = <double>x[i + j] - shift
+            a1[j] += d
+            a2[j] += d * d
+        i += LANES
+    while i < n:
+        d = <double>x[i] - shift
+        a1[0] += d
+        a2[0] += d * d
+        i += 1
+    s1 = lane_total(a1)
+    s2 = lane_total(a2)
+    dm = s1 / n
+    m.count = <double>n
+    m.mean = shift + dm
+    if 2.0 * dm * dm * n <= s2:
+        m.m2 = s2 - s1 * dm
+        if m.m2 < 0.0:
+            m.m2 = 0.0
+        return m
+    # second pass about the mean
+    for j in range(LANES):
+        a2[j] = 0.0
+    i = 0
+    while i + LANES <= n:
+        for j in range(LANES):
+            d = <double>x[i + j] - m.mean
+            a2[j] += d * d
+        i += LANES
+    while i < n:
+        d = <double>x[i] - m.mean
+        a2[0] += d * d
+        i += 1
+    m.m2 = lane_total(a2)
+    return m
+
+
 cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     """Moments of one chunk, float64 accumulators, no cancellation.
 
@@ -193,6 +252,10 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
         shift = shift / n
     shift = <real>shift   # representable, so x - shift is exact near it
     s = sums_dev(x, n, shift)
+    if real is float:
+        # (NaN input also lands here, and stays NaN)
+        if not (s.s2 >= 8.673617379884035e-19 and s.s2 < 1e300):
+            return chunk_moments_wide(x, n)
     d = s.s1 / n
     m.count = <double>n
     m.mean = shift + d
@@ -209,7 +272,17 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
 
 cdef inline double chunk_sumsq(const real* x, Py_ssize_t n) noexcept nogil:
     """Sum of squares of one chunk in float64 (RMSNorm, L2 norms)."""
-    return sum_sq_dev(x, n, 0.0)
+    cdef double s = sum_sq_dev(x, n, 0.0)
+    cdef double d
+    cdef Py_ssize_t i
+    if real is float:
+        if not (s >= 8.673617379884035e-19 and s < 1e300):
+            # float32 squares over- or underflowed: again in float64
+            s = 0.0
+            for i in range(n):
+                d = x[i]
+                s += d * d
+    return s
 
 
 cdef inline void moments_merge(Moments* acc, Moments b) noexcept nogil:

@@ -6,9 +6,14 @@ Errors name the argument and say what was expected.
 import math
 import numbers
 
+import ml_dtypes
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# half precision the normalization kernels take: storage only, they compute in
+# float32/float64 (ml_dtypes' bfloat16 is the numpy dtype onnx itself uses)
+HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_HALF_KIND = {HALF_DTYPES[0]: 0, HALF_DTYPES[1]: 1}   # half.h's NRT_F16, NRT_BF16
 
 ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3, "sigmoid": 4}
 
@@ -30,12 +35,19 @@ def empty_f64():
     return _EMPTY_F64
 
 
-def tensor(x, name="x", min_rank=0):
-    """x as a C-contiguous float32/float64 ndarray (a copy only if it is not one)."""
+def half_kind(dtype):
+    """half.h's kind code of a float16 (0) or bfloat16 (1) dtype; -1 for any other."""
+    return _HALF_KIND.get(dtype, -1)
+
+
+def tensor(x, name="x", min_rank=0, half=False):
+    """x as a C-contiguous float32/float64 ndarray (a copy only if it is not one);
+    with half=True float16 and bfloat16 too."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES and not (half and x.dtype in HALF_DTYPES):
+        want = "a float16, bfloat16, float32 or float64" if half else "a float32 or float64"
+        raise TypeError(f"{name} must be {want} array, got dtype {x.dtype}")
     if x.ndim < min_rank:
         raise ValueError(f"{name} must have rank >= {min_rank}, got shape {x.shape}")
     if not x.flags.c_contiguous:
@@ -47,7 +59,7 @@ def same_tensor(x, ref, name):
     """A second input that must match ref's shape; cast to ref's dtype."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
-    if x.dtype.kind not in "fiu" or x.dtype.kind == "b":
+    if (x.dtype.kind not in "fiu" or x.dtype.kind == "b") and x.dtype not in HALF_DTYPES:
         raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
     if x.shape != ref.shape:
         raise ValueError(f"{name} must have shape {ref.shape} (like x), got {x.shape}")
@@ -66,7 +78,7 @@ def param(p, name, shape, dtype, broadcast=False):
         return p  # already right: the common case costs no conversion
     if not isinstance(p, np.ndarray):
         p = np.asarray(p)
-    if p.dtype.kind not in "fiu":
+    if p.dtype.kind not in "fiu" and p.dtype not in HALF_DTYPES:
         raise TypeError(f"{name} must be numeric, got dtype {p.dtype}")
     shape = tuple(shape)
     if p.shape != shape:

@@ -4,6 +4,7 @@ import numpy as np
 from .. import _checks as chk
 from .._kernels import layer_norm as _k
 from .._threads import get_num_threads
+from . import half
 
 
 def _rows(x, axis):
@@ -101,19 +102,28 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
         y = _fast(_k.layer_norm, x, out, (scale, bias), (None, None), eps, residual, act)
         if y is not None:
             return y
-    x = chk.tensor(x, "x", min_rank=1)
+    x = chk.tensor(x, "x", min_rank=1, half=True)
     a, G, L = _rows(x, axis)
     dt = x.dtype
+    kind = chk.half_kind(dt)
     norm_shape = x.shape[a:]
-    scale = chk.param(scale, "scale", norm_shape, dt, broadcast=True)
-    bias = chk.param(bias, "bias", norm_shape, dt, broadcast=True)
+    pdt = np.float32 if kind >= 0 else dt      # half precision: float32 parameters
+    scale = chk.param(scale, "scale", norm_shape, pdt, broadcast=True)
+    bias = chk.param(bias, "bias", norm_shape, pdt, broadcast=True)
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
     r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
     s = None if residual_out is None else _residual_out(residual_out, x, r, y)
     stats = np.empty((2, G), np.float64) if return_stats else None
-    if G and L:
+    if G and L and kind >= 0:
+        _k.norm_rows_half(
+            _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
+            _flat(scale), _flat(bias),
+            None if r is None else _as_rows(half.bits(r), G, L),
+            None if s is None else _as_rows(half.bits(s), G, L), stats, eps, act, get_num_threads(), kind,
+        )
+    elif G and L:
         _k.layer_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale), _flat(bias),
@@ -138,15 +148,23 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
         y = _fast(_k.rms_norm, x, out, (scale,), (None,), eps, residual)
         if y is not None:
             return y
-    x = chk.tensor(x, "x", min_rank=1)
+    x = chk.tensor(x, "x", min_rank=1, half=True)
     a, G, L = _rows(x, axis)
     dt = x.dtype
-    scale = chk.param(scale, "scale", x.shape[a:], dt, broadcast=True)
+    kind = chk.half_kind(dt)
+    scale = chk.param(scale, "scale", x.shape[a:], np.float32 if kind >= 0 else dt, broadcast=True)
     eps = chk.eps_value(eps)
     r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
     s = None if residual_out is None else _residual_out(residual_out, x, r, y)
-    if G and L:
+    if G and L and kind >= 0:
+        _k.norm_rows_half(
+            _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
+            _flat(scale), None,
+            None if r is None else _as_rows(half.bits(r), G, L),
+            None if s is None else _as_rows(half.bits(s), G, L), None, eps, 0, get_num_threads(), kind, True,
+        )
+    elif G and L:
         _k.rms_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale),
