@@ -63,6 +63,7 @@ cdef extern from *:
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, ACT_RELU, chunk_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate,
                       activate_span)
+from half cimport half_t, half_load, half_store
 
 
 cdef enum:
@@ -369,5 +370,78 @@ def batch_norm(const real[:, :, ::1] x,        # IN  (R1, K, R2)
             folded[2 * K + k] = <double>bias[k]
         affine_all(&x[0, 0, 0], NULL, NULL, &out[0, 0, 0], R1, K, R2,
                    folded, folded + K, folded + 2 * K, act, n_threads)
+    finally:
+        free(folded)
+
+
+# ---------------------------------------------------------------- float16 / bfloat16
+# x and out hold the 16-bit words of a float16 (kind HALF_F16) or bfloat16
+# (HALF_BF16) array. The elementwise pass runs in the same PIECEs as the
+# float32 one, each cut into CHUNKs converted into a float32 stack buffer,
+# computed by the float32 run code above and rounded back (nearest even).
+
+
+cdef void affine_piece_half(const half_t* x, half_t* y, Py_ssize_t start, Py_ssize_t stop,
+                            Py_ssize_t K, Py_ssize_t R2, const double* m, const double* a,
+                            const double* b, int act, int kind) noexcept nogil:
+    """Flat elements [start, stop) of the (R1, K, R2) tensor, CHUNK by CHUNK."""
+    cdef float buf[CHUNK]
+    cdef Py_ssize_t pos = start, end, i, q, j, k, n
+    while pos < stop:
+        end = min(pos + CHUNK, stop)
+        half_load(kind, x + pos, buf, end - pos)
+        i = pos
+        q = i // R2
+        j = i - q * R2
+        k = q % K
+        while i < end:
+            if R2 == 1:
+                n = min(K - k, end - i)
+                affine_cols(<const float*>(buf + (i - pos)), buf + (i - pos), n, m + k, a + k, b + k, act)
+                k = 0
+            else:
+                n = min(R2 - j, end - i)
+                affine_run(<const float*>(buf + (i - pos)), buf + (i - pos), n, m[k], a[k], b[k], act)
+                j = 0
+                k += 1
+                if k == K:
+                    k = 0
+            i += n
+        half_store(kind, buf, y + pos, end - pos)
+        pos = end
+
+
+def batch_norm_half(const half_t[:, :, ::1] x,   # IN  (R1, K, R2) float16/bfloat16 bits
+                    const preal[::1] scale,      # IN  (K,)
+                    const preal[::1] bias,       # IN  (K,)
+                    const preal[::1] mean,       # IN  (K,) running mean
+                    const preal[::1] var,        # IN  (K,) running variance
+                    double eps,
+                    half_t[:, :, ::1] out,       # OUT (R1, K, R2) x's dtype; may alias x
+                    int act, int n_threads, int kind):
+    """batch_norm for half-precision x: the same fold, the same per-element float32 code."""
+    cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2], k
+    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start
+    cdef double* folded
+    if total == 0:
+        return
+    folded = <double*>malloc(3 * K * sizeof(double))
+    if folded == NULL:
+        raise MemoryError()
+    cdef const half_t* xp = &x[0, 0, 0]
+    cdef half_t* yp = &out[0, 0, 0]
+    try:
+        for k in range(K):
+            folded[k] = <double>mean[k]
+            folded[K + k] = <double>scale[k] / sqrt(<double>var[k] + eps)
+            folded[2 * K + k] = <double>bias[k]
+        if K == 1:
+            R2 = total
+        n_threads = team_size(total, n_threads)
+        npieces = (total + PIECE - 1) // PIECE
+        for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
+            start = p * PIECE
+            affine_piece_half(xp, yp, start, min(start + PIECE, total), K, R2,
+                              folded, folded + K, folded + 2 * K, act, kind)
     finally:
         free(folded)

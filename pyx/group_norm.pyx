@@ -20,6 +20,7 @@ from libc.math cimport sqrt, NAN
 from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
                       moments_merge, moments_empty, moments_var, n_chunks,
                       activate_span)
+from half cimport half_t, half_load, half_store
 
 
 cdef inline void write_affine(const real* x, real* y, Py_ssize_t n, double mean, double a,
@@ -132,6 +133,129 @@ cdef inline double adain_var(Moments m, bint unbiased) noexcept nogil:
         return NAN
     v = m.m2 / (m.count - 1.0)
     return 0.0 if v < 0.0 else v
+
+
+# ---------------------------------------------------------------- float16 / bfloat16
+# x and out hold the 16-bit words of a float16 (kind HALF_F16) or bfloat16
+# (HALF_BF16) array; scale and bias are float32. Each CHUNK of a row is
+# converted into a float32 stack buffer, where the float32 code above computes
+# its moments and then its output, which is rounded back (nearest even). The
+# chunks and their merge order are those of the float32 kernel: bitwise
+# identical results for any thread count.
+
+
+cdef void write_chunk_half(const half_t* x, half_t* y, float* buf, bint loaded, Py_ssize_t start,
+                           Py_ssize_t stop, Py_ssize_t row, Py_ssize_t nseg, Py_ssize_t seg_len,
+                           double mean, double inv_std, const float* scale, Py_ssize_t sp,
+                           const float* bias, Py_ssize_t bp, int act, int kind) noexcept nogil:
+    """Elements [start, stop) of a row (x, y point at the row) through buf, which
+    already holds them as float32 when `loaded`; write_segments' arithmetic."""
+    cdef Py_ssize_t s = start // seg_len, pos = start, end, k
+    cdef double a, b
+    if not loaded:
+        half_load(kind, x + start, buf, stop - start)
+    while pos < stop:
+        end = min((s + 1) * seg_len, stop)
+        k = row * nseg + s
+        a = inv_std
+        if scale != NULL:
+            a = inv_std * <double>scale[k % sp]
+        b = 0.0
+        if bias != NULL:
+            b = <double>bias[k % bp]
+        write_affine(<const float*>(buf + (pos - start)), buf + (pos - start), end - pos, mean, a, b, act)
+        pos = end
+        s += 1
+    half_store(kind, buf, y + start, stop - start)
+
+
+cdef void group_norm_row_half(const half_t* x, half_t* y, Py_ssize_t L, Py_ssize_t row,
+                              Py_ssize_t nseg, Py_ssize_t seg_len, double eps,
+                              const float* scale, Py_ssize_t sp, const float* bias, Py_ssize_t bp,
+                              int act, int kind) noexcept nogil:
+    """One whole row; a row of one CHUNK is converted once."""
+    cdef float buf[CHUNK]
+    cdef Moments m = moments_empty()
+    cdef Py_ssize_t start = 0, n
+    cdef double inv_std
+    while start < L:
+        n = min(<Py_ssize_t>CHUNK, L - start)
+        half_load(kind, x + start, buf, n)
+        moments_merge(&m, chunk_moments(<const float*>buf, n))
+        start += CHUNK
+    inv_std = 1.0 / sqrt(moments_var(m) + eps)
+    start = 0
+    while start < L:
+        n = min(<Py_ssize_t>CHUNK, L - start)
+        write_chunk_half(x, y, buf, L <= CHUNK, start, start + n, row, nseg, seg_len, m.mean, inv_std,
+                         scale, sp, bias, bp, act, kind)
+        start += CHUNK
+
+
+cdef Moments chunk_moments_half(const half_t* x, Py_ssize_t n, int kind) noexcept nogil:
+    cdef float buf[CHUNK]
+    half_load(kind, x, buf, n)
+    return chunk_moments(<const float*>buf, n)
+
+
+cdef void write_item_half(const half_t* x, half_t* y, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t row,
+                          Py_ssize_t nseg, Py_ssize_t seg_len, double mean, double inv_std,
+                          const float* scale, Py_ssize_t sp, const float* bias, Py_ssize_t bp,
+                          int act, int kind) noexcept nogil:
+    cdef float buf[CHUNK]
+    write_chunk_half(x, y, buf, False, start, stop, row, nseg, seg_len, mean, inv_std,
+                     scale, sp, bias, bp, act, kind)
+
+
+def group_norm_half(const half_t[:, ::1] x,    # IN  (R, L) float16/bfloat16 bits, one group per row
+                    const float[::1] scale,    # IN  (period,) per-segment scale, or (0,)
+                    const float[::1] bias,     # IN  (period,) per-segment bias, or (0,)
+                    half_t[:, ::1] out,        # OUT (R, L) x's dtype; may alias x
+                    Py_ssize_t nseg,           # segments (channels) per row; divides L
+                    double eps, int act, int n_threads, int kind):
+    cdef Py_ssize_t R = x.shape[0], L = x.shape[1]
+    cdef Py_ssize_t nch = n_chunks(L), seg_len, r, c, item, start, n
+    cdef Py_ssize_t sp = scale.shape[0], bp = bias.shape[0]
+    cdef const float* scale_p = &scale[0] if sp else NULL
+    cdef const float* bias_p = &bias[0] if bp else NULL
+    cdef Moments m
+    cdef Moments* parts
+    if R == 0 or L == 0:
+        return
+    seg_len = L // nseg
+    n_threads = team_size(R * L, n_threads)
+
+    if R >= n_threads or nch == 1:
+        for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):
+            group_norm_row_half(&x[r, 0], &out[r, 0], L, r, nseg, seg_len, eps,
+                                scale_p, sp, bias_p, bp, act, kind)
+        return
+
+    parts = <Moments*>malloc(R * nch * sizeof(Moments) + 2 * R * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    cdef double* means = <double*>(parts + R * nch)
+    cdef double* inv_stds = means + R
+    try:
+        with nogil:
+            for item in prange(R * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                start = (item % nch) * CHUNK
+                parts[item] = chunk_moments_half(&x[r, start], min(<Py_ssize_t>CHUNK, L - start), kind)
+            for r in range(R):
+                m = moments_empty()
+                for c in range(nch):
+                    moments_merge(&m, parts[r * nch + c])
+                means[r] = m.mean
+                inv_stds[r] = 1.0 / sqrt(moments_var(m) + eps)
+            for item in prange(R * nch, schedule="static", num_threads=n_threads):
+                r = item // nch
+                start = (item % nch) * CHUNK
+                n = min(<Py_ssize_t>CHUNK, L - start)
+                write_item_half(&x[r, 0], &out[r, 0], start, start + n, r, nseg, seg_len,
+                                means[r], inv_stds[r], scale_p, sp, bias_p, bp, act, kind)
+    finally:
+        free(parts)
 
 
 def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row

@@ -368,7 +368,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         normrt.batch_norm(np.ones((2, 3), np.int32), *p)
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
-        normrt.batch_norm_stats(np.ones((2, 3), np.float16))
+        normrt.batch_norm_stats(np.ones((2, 3), np.int16))
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         normrt.spade(np.ones((2, 3), bool), g, g)
     for i, name in enumerate(["scale", "bias", "mean", "var"]):

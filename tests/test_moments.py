@@ -253,7 +253,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         normrt.moments(np.ones((2, 3), np.int64), 0)
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
-        normrt.mean_variance_norm(np.ones((2, 3, 4, 5), np.float16))
+        normrt.mean_variance_norm(np.ones((2, 3, 4, 5), np.int16))
     for bad, msg in [((0, 0), "axes has duplicate entries"), ((1, -2), "axes has duplicate entries"),
                      (3, "axes entry 3 is out of range for rank 3"), ((-4,), "axes entry -4 is out of range"),
                      ((0.5,), "axes must contain ints"), (None, "axes must be an int or a tuple"),

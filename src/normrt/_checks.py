@@ -46,8 +46,8 @@ def tensor(x, name="x", min_rank=0, half=False):
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype not in FLOAT_DTYPES and not (half and x.dtype in HALF_DTYPES):
-        want = "a float16, bfloat16, float32 or float64" if half else "a float32 or float64"
-        raise TypeError(f"{name} must be {want} array, got dtype {x.dtype}")
+        also = " (or float16/bfloat16)" if half else ""
+        raise TypeError(f"{name} must be a float32 or float64 array{also}, got dtype {x.dtype}")
     if x.ndim < min_rank:
         raise ValueError(f"{name} must have rank >= {min_rank}, got shape {x.shape}")
     if not x.flags.c_contiguous:

@@ -10,6 +10,7 @@ import numpy as np
 from .. import _checks as chk
 from .._kernels import batch_norm as _k
 from .._threads import get_num_threads
+from . import half
 from .moments import channel_moments
 
 
@@ -41,7 +42,7 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     y = act((x - mean) * a + bias), so a channel equal to its mean gives exactly
     bias. `activation` is None, "relu", "silu", "gelu" or "sigmoid". `out` may be x.
     """
-    x = chk.tensor(x, "x", min_rank=2)
+    x = chk.tensor(x, "x", min_rank=2, half=True)
     N, C, S = _view(x)
     params = (_statistic(scale, "scale", C), _statistic(bias, "bias", C), _statistic(mean, "mean", C),
               _statistic(var, "var", C))
@@ -51,7 +52,11 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
     y = chk.output(out, x.shape, x.dtype, x)
-    if x.size:
+    kind = chk.half_kind(x.dtype)
+    if x.size and kind >= 0:
+        _k.batch_norm_half(half.bits(x).reshape(N, C, S), *params, eps, half.bits(y).reshape(N, C, S),
+                           act, get_num_threads(), kind)
+    elif x.size:
         # the fold a = scale / sqrt(var + eps) happens in the kernel, in float64
         _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, get_num_threads())
     return y
@@ -78,10 +83,12 @@ def batch_norm_stats(x, *, dtype=None):
     moments merged in a fixed order (bitwise identical for any thread count).
     A channel with no elements (N or a spatial size 0) gives NaN.
     """
-    x = chk.tensor(x, "x", min_rank=2)
+    x = chk.tensor(x, "x", min_rank=2, half=True)
     dt = x.dtype if dtype is None else np.dtype(dtype)
-    if dt not in chk.FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    if dt not in chk.FLOAT_DTYPES and dt not in chk.HALF_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64 (or float16/bfloat16), got {dt}")
+    if x.dtype in chk.HALF_DTYPES:
+        x = half.to_float32(x)      # exact; the statistics are float64 as for float32 x
     mean, var = channel_moments(x.reshape(_view(x)))
     return mean.astype(dt), var.astype(dt)
 
@@ -96,7 +103,7 @@ def spade(x, gamma, beta, *, mean=None, var=None, eps=1e-5, out=None):
     where gamma and beta are full tensors shaped like x (cast to x's dtype).
     Computed in float64 per element. `out` may be x (or gamma or beta).
     """
-    x = chk.tensor(x, "x", min_rank=2)
+    x = chk.tensor(x, "x", min_rank=2, half=True)
     N, C, S = _view(x)
     gamma = chk.same_tensor(gamma, x, "gamma")
     beta = chk.same_tensor(beta, x, "beta")
@@ -110,7 +117,15 @@ def spade(x, gamma, beta, *, mean=None, var=None, eps=1e-5, out=None):
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
-    gamma, beta = _detach(gamma, y), _detach(beta, y)
+    if chk.half_kind(x.dtype) >= 0:
+        # gamma, beta (x's dtype) and x widen exactly to float32; y is rounded once
+        return half.via_float32(x, y, lambda x32, g32, b32: _spade(x32, g32, b32, x32, mean, var, eps),
+                                gamma, beta)
+    return _spade(x, _detach(gamma, y), _detach(beta, y), y, mean, var, eps)
+
+
+def _spade(x, gamma, beta, y, mean, var, eps):
+    N, C, S = _view(x)
     x3 = x.reshape(N, C, S)
     if mean is None:
         mean, var = channel_moments(x3)

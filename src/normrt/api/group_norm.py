@@ -11,6 +11,7 @@ import numpy as np
 from .. import _checks as chk
 from .._kernels import group_norm as _k
 from .._threads import get_num_threads
+from . import half
 
 
 def _num_groups(num_groups, C):
@@ -49,21 +50,35 @@ def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=Non
     channels and all spatial positions. `scale` and `bias` are per channel, (C,).
     `activation` (None, "relu", "silu", "gelu", "sigmoid") is applied to the result.
     """
-    x = chk.tensor(x, "x", min_rank=2)
+    x = chk.tensor(x, "x", min_rank=2, half=True)
     N, C = x.shape[:2]
     S = math.prod(x.shape[2:])
     G = _num_groups(num_groups, C)
     dt = x.dtype
-    scale = chk.param(scale, "scale", (C,), dt)
-    bias = chk.param(bias, "bias", (C,), dt)
+    pdt = _param_dtype(dt)
+    scale = chk.param(scale, "scale", (C,), pdt)
+    bias = chk.param(bias, "bias", (C,), pdt)
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
     y = chk.output(out, x.shape, dt, x)
     R, L = N * G, (C // G) * S
     if R and L:
-        _k.group_norm(x.reshape(R, L), _flat(scale, dt), _flat(bias, dt), y.reshape(R, L),
-                      C // G, eps, act, get_num_threads())
+        _rows_kernel(x, y, R, L, _flat(scale, pdt), _flat(bias, pdt), C // G, eps, act)
     return y
+
+
+def _param_dtype(dt):
+    """scale/bias of a half-precision x are float32 (they may come as float32 or x's dtype)."""
+    return np.dtype(np.float32) if chk.half_kind(dt) >= 0 else dt
+
+
+def _rows_kernel(x, y, R, L, scale, bias, nseg, eps, act):
+    kind = chk.half_kind(x.dtype)
+    if kind >= 0:
+        _k.group_norm_half(half.bits(x).reshape(R, L), scale, bias, half.bits(y).reshape(R, L),
+                           nseg, eps, act, get_num_threads(), kind)
+    else:
+        _k.group_norm(x.reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, get_num_threads())
 
 
 def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):
@@ -73,19 +88,19 @@ def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=No
     `bias` are per channel, (C,), or per sample and channel, (N, C) (conditional
     instance norm: each sample picks its own affine).
     """
-    x = chk.tensor(x, "x", min_rank=3)
+    x = chk.tensor(x, "x", min_rank=3, half=True)
     N, C = x.shape[:2]
     S = math.prod(x.shape[2:])
     dt = x.dtype
-    scale = _channel_param(scale, "scale", N, C, dt)
-    bias = _channel_param(bias, "bias", N, C, dt)
+    pdt = _param_dtype(dt)
+    scale = _channel_param(scale, "scale", N, C, pdt)
+    bias = _channel_param(bias, "bias", N, C, pdt)
     eps = chk.eps_value(eps)
     act = chk.activation(activation)
     y = chk.output(out, x.shape, dt, x)
     R = N * C
     if R and S:
-        _k.group_norm(x.reshape(R, S), _flat(scale, dt), _flat(bias, dt), y.reshape(R, S),
-                      1, eps, act, get_num_threads())
+        _rows_kernel(x, y, R, S, _flat(scale, pdt), _flat(bias, pdt), 1, eps, act)
     return y
 
 
@@ -100,8 +115,8 @@ def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
     torch. style must share content's N and C; its spatial size may differ.
     style is cast to content's dtype.
     """
-    content = chk.tensor(content, "content", min_rank=3)
-    style = chk.tensor(style, "style", min_rank=3)
+    content = chk.tensor(content, "content", min_rank=3, half=True)
+    style = chk.tensor(style, "style", min_rank=3, half=True)
     N, C = content.shape[:2]
     if style.shape[:2] != (N, C):
         raise ValueError(f"style must have N, C = {(N, C)} like content, got shape {style.shape}")
@@ -112,7 +127,13 @@ def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
         raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
     y = chk.output(out, content.shape, dt, content)
     R, L, Ls = N * C, math.prod(content.shape[2:]), math.prod(style.shape[2:])
-    if R and L:
+    if R and L and chk.half_kind(dt) >= 0:
+        def compute(c32, s32):
+            _k.adain(c32.reshape(R, L), s32.reshape(R, Ls), c32.reshape(R, L), eps, bool(unbiased),
+                     get_num_threads())
+            return c32
+        half.via_float32(content, y, compute, style)
+    elif R and L:
         if np.may_share_memory(y, style):
             # rows of y are written while later style rows are still to be read
             style = style.copy()

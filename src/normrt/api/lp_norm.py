@@ -4,6 +4,7 @@ import math
 from .. import _checks as chk
 from .._kernels import lp_norm as _k
 from .._threads import get_num_threads
+from . import half
 
 
 def lp_norm(x, *, p=2, axis=-1, eps=0.0, out=None):
@@ -16,13 +17,19 @@ def lp_norm(x, *, p=2, axis=-1, eps=0.0, out=None):
     own vector.
     Results are bitwise identical for any thread count. `out` may be x.
     """
-    x = chk.tensor(x, "x", min_rank=1)
+    x = chk.tensor(x, "x", min_rank=1, half=True)
     p = chk.int_value(p, "p", choices=(1, 2))
     a = chk.axis_index(axis, x.ndim)
     eps = chk.eps_value(eps)
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
+    if chk.half_kind(x.dtype) >= 0:
+        return half.via_float32(x, y, lambda x32: _lp(x32, p, a, eps, x32))
+    return _lp(x, p, a, eps, y)
+
+
+def _lp(x, p, a, eps, y):
     # view x as (K1, L, K2): the norm runs over L, K2 is the contiguous inner extent
     K1 = math.prod(x.shape[:a])
     L = x.shape[a]

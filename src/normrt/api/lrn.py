@@ -4,6 +4,7 @@ import math
 from .. import _checks as chk
 from .._kernels import lrn as _k
 from .._threads import get_num_threads
+from . import half
 
 
 def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
@@ -15,7 +16,7 @@ def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
     Sums in float64 without running add/subtract drift; results are bitwise
     identical for any thread count. `out` may be x.
     """
-    x = chk.tensor(x, "x", min_rank=3)
+    x = chk.tensor(x, "x", min_rank=3, half=True)
     size = chk.int_value(size, "size", min_value=1)
     alpha = chk.finite_real(alpha, "alpha")
     beta = chk.finite_real(beta, "beta")
@@ -23,6 +24,12 @@ def lrn(x, size, *, alpha=1e-4, beta=0.75, bias=1.0, out=None):
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
+    if chk.half_kind(x.dtype) >= 0:
+        return half.via_float32(x, y, lambda x32: _lrn(x32, size, alpha, beta, bias, x32))
+    return _lrn(x, size, alpha, beta, bias, y)
+
+
+def _lrn(x, size, alpha, beta, bias, y):
     N, C = x.shape[:2]
     S = math.prod(x.shape[2:])
     # the window [c - floor((size-1)/2), c + ceil((size-1)/2)]; reaching further than

@@ -13,6 +13,7 @@ import numpy as np
 from .. import _checks as chk
 from .._kernels import batch_norm as _k
 from .._threads import get_num_threads
+from . import half
 
 
 def channel_moments(x3):
@@ -77,7 +78,7 @@ def moments(x, axes, *, keepdims=False):
     keepdims=True the reduced axes are kept with size 1. An empty reduction
     gives NaN (like numpy, without its warnings).
     """
-    x = chk.tensor(x, "x")
+    x = chk.tensor(x, "x", half=True)
     axes = chk.axes_tuple(axes, x.ndim)
     shape = _stats_shape(x.shape, axes, keepdims)
     K = math.prod(x.shape[i] for i in range(x.ndim) if i not in axes)
@@ -85,10 +86,13 @@ def moments(x, axes, *, keepdims=False):
         fill = np.nan if K else 0.0
         return np.full(shape, fill, x.dtype), np.full(shape, fill, x.dtype)
     R1, K, R2, perm = reduction_plan(x.shape, axes)
+    dt = x.dtype
     if perm is not None:
         x = np.ascontiguousarray(x.transpose(perm))
+    if dt in chk.HALF_DTYPES:
+        x = half.to_float32(x)      # exact; float64 statistics as for float32 x
     mean, var = channel_moments(x.reshape(R1, K, R2))
-    return mean.astype(x.dtype).reshape(shape), var.astype(x.dtype).reshape(shape)
+    return mean.astype(dt).reshape(shape), var.astype(dt).reshape(shape)
 
 
 def mean_variance_norm(x, *, axes=(0, 2, 3), eps=1e-9, out=None):
@@ -102,12 +106,18 @@ def mean_variance_norm(x, *, axes=(0, 2, 3), eps=1e-9, out=None):
     evaluated in float64 as (x - mean) * (1 / (std + eps)). A constant group
     gives exactly 0 (NaN when eps == 0, as in ONNX). `out` may be x.
     """
-    x = chk.tensor(x, "x")
+    x = chk.tensor(x, "x", half=True)
     axes = chk.axes_tuple(axes, x.ndim)
     eps = chk.eps_value(eps)
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
+    if chk.half_kind(x.dtype) >= 0:
+        return half.via_float32(x, y, lambda x32: _mvn(x32, axes, eps, x32))
+    return _mvn(x, axes, eps, y)
+
+
+def _mvn(x, axes, eps, y):
     R1, K, R2, perm = reduction_plan(x.shape, axes)
     if perm is None:
         x3, y3 = x.reshape(R1, K, R2), y.reshape(R1, K, R2)
