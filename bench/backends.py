@@ -309,6 +309,14 @@ def _ort_runner(case, a, threads, fused=True):
 
     x = a["x"]
     y = np.empty_like(x)
+    try:
+        runner = _bind(ort, session, case, a, x, y, note)
+    except Exception as exc:  # e.g. no OrtValue from a bfloat16 numpy array
+        raise Unavailable(f"onnxruntime cannot bind {case.dtype} buffers: {exc}") from None
+    return runner
+
+
+def _bind(ort, session, case, a, x, y, note):
     binding = session.io_binding()
     binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
     if case.residual:
@@ -334,7 +342,7 @@ def _torch_runner(case, a, threads):
     except ImportError:
         raise Unavailable("torch is not installed") from None
 
-    t = {k: torch.from_numpy(v) for k, v in a.items()}  # shares memory, no copy
+    t = {k: _torch_tensor(torch, v) for k, v in a.items()}  # shares memory, no copy
     x = t["x"]
     k = case.kernel
     if k == "batch_norm":
@@ -393,7 +401,23 @@ def _torch_runner(case, a, threads):
         finally:
             torch.set_num_threads(old)
 
-    return Runner("torch", fn, context, output=lambda value: value.numpy(), note=note)
+    return Runner("torch", fn, context, output=_torch_to_numpy, note=note)
+
+
+def _torch_tensor(torch, a):
+    """torch.from_numpy, also for ml_dtypes' bfloat16 (through its 16-bit words)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _torch_to_numpy(value):
+    import torch
+
+    if value.dtype == torch.bfloat16:
+        import ml_dtypes
+        return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return value.numpy()
 
 
 _BUILDERS = {

@@ -10,6 +10,7 @@ import math
 import os
 import zlib
 
+import ml_dtypes  # noqa: F401  (registers "bfloat16" with numpy)
 import numpy as np
 
 DEFAULT_THREADS = 2  # the benchmark machine has 2 cores
@@ -59,6 +60,11 @@ class Case:
         if self.dtype != "float32":
             parts.append(self.dtype)
         return parts[0] + (f"[{','.join(parts[1:])}]" if len(parts) > 1 else "")
+
+    @property
+    def base_label(self):
+        """label without the dtype (the report shows the dtype in its own column)."""
+        return self.label.replace(f",{self.dtype}]", "]").replace(f"[{self.dtype}]", "")
 
     @property
     def group(self):
@@ -141,7 +147,9 @@ def reference(case, arrays):
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         return (e / e.sum(axis=-1, keepdims=True)) @ arrays["v"].astype(np.float64)
     if case.residual:
-        x = x + arrays["residual"]
+        r = arrays["residual"]
+        # half precision: the skip connection is an add in x's dtype (ONNX's Add)
+        x = (arrays["x"] + r).astype(np.float64) if np.dtype(case.dtype).itemsize == 2 else x + r
     p = {k: v.astype(np.float64) for k, v in arrays.items() if k not in ("x", "residual")}
     k = case.kernel
     if k in ("layer_norm", "rms_norm"):
@@ -172,8 +180,23 @@ def reference(case, arrays):
 
 def tolerance(case):
     """(rtol, atol) for comparing an implementation's result with `reference`."""
-    return (1e-9, 1e-9) if case.dtype == "float64" else (2e-3, 2e-3)
+    return {"float64": (1e-9, 1e-9), "float16": (1e-2, 1e-2), "bfloat16": (4e-2, 4e-2)}.get(case.dtype, (2e-3, 2e-3))
 
+
+# every half-precision case once per dtype, beside its float32 case above
+HALF_CASES = [
+    Case(kernel, shape, dtype=dt, num_groups=g, activation=act, residual=res)
+    for kernel, shape, g, act, res in [
+        ("batch_norm", (8, 256, 28, 28), None, None, False),
+        ("layer_norm", (1024, 768), None, None, False),
+        ("layer_norm", (1024, 768), None, None, True),
+        ("rms_norm", (2048, 4096), None, None, False),
+        ("group_norm", (1, 320, 64, 64), 32, None, False),
+        ("group_norm", (1, 320, 64, 64), 32, "silu", False),
+        ("instance_norm", (8, 128, 64, 64), None, None, False),
+    ]
+    for dt in ("float16", "bfloat16")
+]
 
 CASES = [
     Case("batch_norm", (1, 64, 112, 112)),
@@ -193,6 +216,12 @@ CASES = [
     Case("instance_norm", (1, 64, 256, 256)),
     Case("instance_norm", (8, 128, 64, 64), large=True),
     Case("layer_norm", (1024, 768), dtype="float64"),
+    # the fp32 tail: odd small shapes, few groups
+    Case("batch_norm", (3, 37, 19, 23)),
+    Case("layer_norm", (17, 1023)),
+    Case("group_norm", (4, 96, 24, 24), num_groups=3),
+    # half precision: groups that fit in L2 (see HALF_CASES)
+    *HALF_CASES,
     Case("attention", (1, 1, 1024, 16)),     # a UNet/VAE mid-block self-attention over 32x32 pixels
     Case("attention", (1, 8, 1024, 64)),
 ]

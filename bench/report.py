@@ -395,22 +395,39 @@ def _fmt_num(value, spec=".1f"):
     return "-" if value is None else format(value, spec)
 
 
-HEADER = ("case", "normrt", "GB/s", "normrt/copy", "vs ORT", "vs torch")
+HEADER = ("case", "dtype", "normrt", "GB/s", "normrt/copy", "vs ORT", "vs torch", "vs float32")
+
+
+def _float32_times(report):
+    """normrt's time of each float32 case, by (label without dtype, shape)."""
+    return {(r.case.base_label, r.case.shape): r.time("normrt") for r in report.results
+            if r.case.dtype == "float32"}
+
+
+def speedup_over_float32(report, result):
+    """normrt's time on the float32 case of the same kernel and shape over its time on
+    this one (> 1: this dtype is faster); None for float32 cases or without that case."""
+    if result.case.dtype == "float32":
+        return None
+    return _ratio(_float32_times(report).get((result.case.base_label, result.case.shape)),
+                  result.time("normrt"))
 
 
 def _rows(report):
     rows = []
     for r in report.results:
         flag = " *" if r.mismatches else ""
-        rows.append((r.case.group + flag, _fmt_time(r.time("normrt")), _fmt_num(r.gbps),
+        rows.append((f"{r.case.base_label}-{r.case.shape}{flag}", r.case.dtype,
+                     _fmt_time(r.time("normrt")), _fmt_num(r.gbps),
                      _fmt_x(r.ratio_to_copy()), _fmt_x(r.speedup_over("ort")),
-                     _fmt_x(r.speedup_over("torch"))))
+                     _fmt_x(r.speedup_over("torch")), _fmt_x(speedup_over_float32(report, r))))
     return rows
 
 
 def _geomean_row(report):
-    return ("geometric mean", "", "", _fmt_x(report.geomean_ratio_to_copy()),
-            _fmt_x(report.geomean_speedup("ort")), _fmt_x(report.geomean_speedup("torch")))
+    return ("geometric mean", "", "", "", _fmt_x(report.geomean_ratio_to_copy()),
+            _fmt_x(report.geomean_speedup("ort")), _fmt_x(report.geomean_speedup("torch")),
+            _fmt_x(_geomean([speedup_over_float32(report, r) for r in report.results])))
 
 
 def _text_table(header, rows, left=1):
@@ -466,7 +483,10 @@ def _notes(report):
     return [
         f"normrt/copy: normrt time over np.copyto(dst, x) (the same bytes copied once,"
         f" single-threaded); < 1.00x is possible with {n} threads.",
-        "vs ORT / vs torch: their time over normrt's (> 1.00x: normrt is faster).",
+        "vs ORT / vs torch: their time over normrt's (> 1.00x: normrt is faster), in the"
+        " same dtype (ORT's CPU kernels have no bfloat16).",
+        "vs float32: normrt's time on the float32 case of the same shape over this one"
+        " (the copy floor copies the dtype's own, smaller, bytes).",
         "GB/s counts x read + y written (+ residual read); parameters are not counted.",
         "ORT: single-node models, io_binding to preallocated buffers, the faster of the fused"
         " op and its decomposed form; torch: F.* under inference_mode, output allocation"
