@@ -452,8 +452,19 @@ def test_half_bitwise_identical_for_any_thread_count(dt, case):
 @half_dtypes
 def test_half_arguments_are_checked(dt):
     x = rand((2, 8), dt)
+    other = BF16 if dt == F16 else F16          # the same 16-bit words to a kernel: refused here
     with pytest.raises(ValueError, match=f"out must have dtype {dt.name}"):
         normrt.layer_norm(x, out=np.empty((2, 8), np.float32))
+    with pytest.raises(ValueError, match=f"out must have dtype {dt.name}"):
+        normrt.layer_norm(x, np.ones(8, np.float32), out=np.empty((2, 8), other))
+    with pytest.raises(ValueError, match=f"out must have dtype {dt.name}"):
+        normrt.rms_norm(x, out=np.empty((2, 8), other))
+    with pytest.raises(ValueError, match=f"out must have dtype {dt.name}"):
+        normrt.group_norm(x.reshape(2, 4, 2), 2, out=np.empty((2, 4, 2), other))
+    with pytest.raises(ValueError, match=f"out must have dtype {dt.name}"):
+        normrt.batch_norm(x, *[np.ones(8)] * 4, out=np.empty((2, 8), other))
+    y = normrt.rms_norm(x, np.ones(8, np.float32), residual=x.astype(other))   # cast to x's dtype
+    assert same_bits(y, normrt.rms_norm(x, np.ones(8, np.float32), residual=x.astype(other).astype(dt)))
     with pytest.raises(ValueError, match="scale must have shape"):
         normrt.layer_norm(x, np.ones(7, dt))
     with pytest.raises(ValueError, match="residual must have shape"):

@@ -60,6 +60,8 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
     if type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous \
             or type(eps) is not float or not eps >= 0.0:
         return None
+    if x.dtype in chk.HALF_DTYPES:
+        return _fast_half(kernel is _k.rms_norm, x, out, params, eps, residual, act)
     if out is None:
         y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
     elif (type(out) is np.ndarray and out.shape == x.shape and out.flags.c_contiguous and residual is None
@@ -77,6 +79,33 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
         rows, r = (x.reshape(-1, L), y.reshape(-1, L)), (None if residual is None else residual.reshape(-1, L))
     try:
         kernel(*rows, *params, r, *tail, eps, act, get_num_threads())
+    except (TypeError, ValueError, BufferError):
+        return None
+    return y
+
+
+def _fast_half(rms, x, out, params, eps, residual, act):
+    """_fast for a float16/bfloat16 x with float32 parameters: the kernel sees 16-bit words,
+    so the dtypes of out and residual are checked here (both kinds are uint16 to it)."""
+    dt = x.dtype
+    if out is None:
+        y = np.empty(x.shape, dt)
+    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape and out.flags.c_contiguous
+          and residual is None and (out is x or (out.base is None and x.base is None))):
+        y = out
+    else:
+        return None
+    r = None
+    if residual is not None:
+        if (type(residual) is not np.ndarray or residual.dtype != dt or residual.shape != x.shape
+                or not residual.flags.c_contiguous):
+            return None
+        r = half.bits(residual).reshape(-1, x.shape[-1])
+    L = x.shape[-1]
+    try:
+        _k.norm_rows_half(half.bits(x).reshape(-1, L), half.bits(y).reshape(-1, L), params[0],
+                          None if rms else params[1], r, None, None, eps, act, get_num_threads(),
+                          chk.half_kind(dt), rms)
     except (TypeError, ValueError, BufferError):
         return None
     return y
