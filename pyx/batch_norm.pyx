@@ -329,14 +329,28 @@ cdef void affine_all(const real* xp, const real* gp, const real* bp, real* yp,
                      Py_ssize_t R1, Py_ssize_t K, Py_ssize_t R2, const double* m, const double* a,
                      const double* b, int act, int n_threads) noexcept:
     """The elementwise pass in fixed PIECEs (each element from its own inputs only)."""
-    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start
+    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start, piece
     if K == 1:
         R2 = total
     n_threads = team_size(total, n_threads)
-    npieces = (total + PIECE - 1) // PIECE
+    piece = piece_size(total, n_threads)
+    npieces = (total + piece - 1) // piece
     for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
-        start = p * PIECE
-        affine_piece(xp, gp, bp, yp, start, min(start + PIECE, total), K, R2, m, a, b, act)
+        start = p * piece
+        affine_piece(xp, gp, bp, yp, start, min(start + piece, total), K, R2, m, a, b, act)
+
+
+cdef inline Py_ssize_t piece_size(Py_ssize_t total, int n_threads) noexcept nogil:
+    """Elements per elementwise work item: PIECE, or less so that a small tensor
+    still gives every thread two items (3 pieces on 2 threads would leave one
+    thread twice the work). Each element depends on its own inputs only, so
+    the pieces, unlike the statistics chunks, may depend on the thread count."""
+    cdef Py_ssize_t piece
+    if n_threads <= 1:
+        return PIECE
+    piece = (total + 2 * n_threads - 1) // (2 * n_threads)
+    piece = (piece + 63) // 64 * 64
+    return max(<Py_ssize_t>2048, min(<Py_ssize_t>PIECE, piece))
 
 
 ctypedef fused preal:
@@ -421,7 +435,7 @@ def batch_norm_half(const half_t[:, :, ::1] x,   # IN  (R1, K, R2) float16/bfloa
                     int act, int n_threads, int kind):
     """batch_norm for half-precision x: the same fold, the same per-element float32 code."""
     cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2], k
-    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start
+    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start, piece
     cdef double* folded
     if total == 0:
         return
@@ -438,10 +452,11 @@ def batch_norm_half(const half_t[:, :, ::1] x,   # IN  (R1, K, R2) float16/bfloa
         if K == 1:
             R2 = total
         n_threads = team_size(total, n_threads)
-        npieces = (total + PIECE - 1) // PIECE
+        piece = piece_size(total, n_threads)
+        npieces = (total + piece - 1) // piece
         for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
-            start = p * PIECE
-            affine_piece_half(xp, yp, start, min(start + PIECE, total), K, R2,
+            start = p * piece
+            affine_piece_half(xp, yp, start, min(start + piece, total), K, R2,
                               folded, folded + K, folded + 2 * K, act, kind)
     finally:
         free(folded)

@@ -35,3 +35,15 @@ def batch_norm(
     act: int,
     n_threads: int,
 ) -> None: ...
+def batch_norm_half(
+    x: npt.NDArray[np.uint16],       # IN  (R1, K, R2) 16-bit words of a float16/bfloat16 array
+    scale: npt.NDArray[np.floating],  # IN  (K,) float32 or float64, all four alike
+    bias: npt.NDArray[np.floating],
+    mean: npt.NDArray[np.floating],
+    var: npt.NDArray[np.floating],
+    eps: float,
+    out: npt.NDArray[np.uint16],     # OUT (R1, K, R2) x's dtype; may alias x
+    act: int,
+    n_threads: int,
+    kind: int,                       # 0 float16, 1 bfloat16
+) -> None: ...

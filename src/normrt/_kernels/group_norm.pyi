@@ -25,3 +25,14 @@ def adain(
     unbiased: bool,                     # variance m2/(n-1) instead of m2/n
     n_threads: int,
 ) -> None: ...
+def group_norm_half(
+    x: npt.NDArray[np.uint16],       # IN  (R, L) 16-bit words of a float16/bfloat16 array, one group per row
+    scale: npt.NDArray[np.float32],  # IN  (period,) per-segment scale, or (0,)
+    bias: npt.NDArray[np.float32],   # IN  (period,) per-segment bias, or (0,)
+    out: npt.NDArray[np.uint16],     # OUT (R, L) x's dtype; may alias x
+    nseg: int,
+    eps: float,
+    act: int,
+    n_threads: int,
+    kind: int,                       # 0 float16, 1 bfloat16
+) -> None: ...

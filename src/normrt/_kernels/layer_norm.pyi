@@ -33,3 +33,17 @@ def rms_norm(
     act: int = ...,
     n_threads: int = ...,
 ) -> None: ...
+def norm_rows_half(
+    x: npt.NDArray[np.uint16],       # IN  (G, L) the 16-bit words of a float16/bfloat16 array
+    out: npt.NDArray[np.uint16],     # OUT (G, L) same dtype; may alias x
+    scale: Optional[npt.NDArray[np.float32]] = ...,   # IN  (L,)
+    bias: Optional[npt.NDArray[np.float32]] = ...,    # IN  (L,) (LayerNorm only)
+    residual: Optional[npt.NDArray[np.uint16]] = ...,  # IN  (G, L) x's dtype, added to x first
+    sum_out: Optional[npt.NDArray[np.uint16]] = ...,   # OUT (G, L) receives x + residual
+    stats_out: Optional[npt.NDArray[np.float64]] = ...,  # OUT (2, G): mean, inv_std_dev (LayerNorm)
+    eps: float = ...,
+    act: int = ...,
+    n_threads: int = ...,
+    kind: int = ...,                 # 0 float16, 1 bfloat16
+    rms: bool = ...,                 # RMSNorm instead of LayerNorm
+) -> None: ...
