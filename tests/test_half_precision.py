@@ -370,11 +370,12 @@ def test_float16_outputs_that_overflow_are_inf():
 
 # ------------------------------------------------------------------ the float32 tail
 
-@pytest.mark.parametrize("magnitude", [1e20, 1e30, 3e37, 1.5e38])
+@pytest.mark.parametrize("magnitude", [1e20, 1e30, 3e37, 5e37])
 def test_float32_huge_magnitudes_are_right(magnitude):
     rng = np.random.default_rng(6)
-    x = (rng.standard_normal((5, 3000)) * magnitude).astype(np.float32)
+    x = (np.clip(rng.standard_normal((5, 3000)), -6, 6) * magnitude).astype(np.float32)
     xd = f64(x)
+    assert np.isfinite(x).all()
     np.testing.assert_allclose(normrt.layer_norm(x), standardize(xd, (1,), 1e-5), rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(normrt.rms_norm(x), xd / np.sqrt((xd ** 2).mean(1, keepdims=True)),
                                rtol=2e-5, atol=2e-6)
