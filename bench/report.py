@@ -1,7 +1,7 @@
 """Benchmark report: where normrt stands against the copy floor, onnxruntime and torch.
 
     python -m bench.report [--threads N] [--repeat K] [--png PATH | --no-png] [--markdown]
-                           [--only SUBSTRING]
+                           [--only SUBSTRING] [--half]
 
 Runs the whole matrix of bench/cases.py itself (not through pytest). Every case
 is built (and its results checked) first; then PASSES passes over the whole
@@ -617,6 +617,14 @@ def save_png(report, path):
 
 # ---------------------------------------------------------------- CLI
 
+def half_and_float32_cases(cases):
+    """The float16/bfloat16 cases among `cases` and the float32 cases of the same kernel,
+    options and shape (their "vs float32" reference), float32 first."""
+    half = [c for c in cases if c.dtype in ("float16", "bfloat16")]
+    keys = {(c.base_label, c.shape) for c in half}
+    return [c for c in cases if c.dtype == "float32" and (c.base_label, c.shape) in keys] + half
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None,
@@ -630,6 +638,8 @@ def main(argv=None):
                         help="print markdown tables (for the README) instead of text")
     parser.add_argument("--only", metavar="SUBSTRING", default=None,
                         help="only the cases whose group or id contains SUBSTRING")
+    parser.add_argument("--half", action="store_true",
+                        help="only the float16/bfloat16 cases and the float32 cases of the same shapes")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -637,6 +647,8 @@ def main(argv=None):
         parser.error("--repeat must be >= 1")
 
     cases = CASES
+    if args.half:
+        cases = half_and_float32_cases(cases)
     if args.only:
         cases = [c for c in CASES if args.only in c.group or args.only in c.id]
         if not cases:

@@ -141,3 +141,12 @@ def test_report_dtype_column_compares_with_the_float32_case():
     text = bench_report.format_text(rep)
     assert "vs float32" in text and "float16" in text and "bfloat16" in text
     assert "layer_norm-(4, 32)" in text
+
+
+def test_half_selection_pairs_every_half_case_with_its_float32_case():
+    from bench.cases import HALF_CASES
+    chosen = bench_report.half_and_float32_cases(CASES)
+    assert set(HALF_CASES) <= set(chosen)
+    f32 = {(c.base_label, c.shape) for c in chosen if c.dtype == "float32"}
+    assert f32 == {(c.base_label, c.shape) for c in HALF_CASES}
+    assert {c.dtype for c in chosen} == {"float32", "float16", "bfloat16"}
