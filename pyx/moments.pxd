@@ -273,15 +273,24 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
 cdef inline double chunk_sumsq(const real* x, Py_ssize_t n) noexcept nogil:
     """Sum of squares of one chunk in float64 (RMSNorm, L2 norms)."""
     cdef double s = sum_sq_dev(x, n, 0.0)
+    cdef double acc[LANES]
     cdef double d
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i = 0, j
     if real is float:
         if not (s >= 8.673617379884035e-19 and s < 1e300):
-            # float32 squares over- or underflowed: again in float64
-            s = 0.0
-            for i in range(n):
+            # float32 squares over- or underflowed (or an all-zero chunk): again in float64
+            for j in range(LANES):
+                acc[j] = 0.0
+            while i + LANES <= n:
+                for j in range(LANES):
+                    d = x[i + j]
+                    acc[j] += d * d
+                i += LANES
+            while i < n:
                 d = x[i]
-                s += d * d
+                acc[0] += d * d
+                i += 1
+            s = lane_total(acc)
     return s
 
 
