@@ -18,13 +18,14 @@
  *   bf16 store     __AVX512F__ / __AVX2__: integer round-to-nearest-even
  *   otherwise      the portable scalar code below, written branch-free so
  *                  the compiler can vectorize it with plain SSE2.
+ *   bf16 store     __AVX512BF16__: vcvtneps2bf16, except for a vector holding
+ *                  a float32 subnormal (see below)
  * AVX-512 FP16 (__AVX512FP16__) adds half-precision arithmetic, which the
  * kernels do not want (statistics stay in float32/float64); its conversions
- * are the AVX512F ones above. AVX-512 BF16's vcvtneps2bf16 is deliberately
- * NOT used for stores: it flushes subnormal inputs and outputs to zero, so it
- * would not be round-to-nearest-even for |x| < 2^-126 and results would
- * differ between builds; the integer rounding is 4 vector instructions and
- * bit-identical to ml_dtypes' (and to the portable code) everywhere.
+ * are the AVX512F ones above. AVX-512 BF16's vcvtneps2bf16 rounds to nearest
+ * even but treats subnormal inputs as zero, so a vector with a nonzero
+ * |x| < 2^-126 (practically never) takes the integer rounding instead: the
+ * bits are those of ml_dtypes (and of the portable code) on every build.
  *
  * Every path gives the same bits for every non-NaN value (tests compare each
  * against numpy / ml_dtypes); a NaN stays a NaN (quieted, sign kept).
@@ -159,7 +160,20 @@ static inline void nrt_half_load(int kind, const uint16_t* src, float* dst, ptrd
 static inline void nrt_half_store(int kind, const float* src, uint16_t* dst, ptrdiff_t n) {
     ptrdiff_t i = 0;
     if (kind == NRT_BF16) {
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
+        const __m512i absmask = _mm512_set1_epi32(0x7fffffff);
+        const __m512i min_normal = _mm512_set1_epi32(0x00800000);
+        for (; i + 16 <= n; i += 16) {
+            __m512 v = _mm512_loadu_ps(src + i);
+            __m512i a = _mm512_and_si512(_mm512_castps_si512(v), absmask);
+            /* nonzero subnormal lanes: vcvtneps2bf16 would flush them to zero */
+            __mmask16 sub = _mm512_cmplt_epu32_mask(a, min_normal) & _mm512_test_epi32_mask(a, a);
+            if (sub)
+                _mm256_storeu_si256((__m256i*)(dst + i), _mm512_cvtepi32_epi16(nrt_bf16_round16(v)));
+            else
+                _mm256_storeu_si256((__m256i*)(dst + i), (__m256i)_mm512_cvtneps_pbh(v));
+        }
+#elif defined(__AVX512F__)
         for (; i + 16 <= n; i += 16)
             _mm256_storeu_si256((__m256i*)(dst + i),
                                 _mm512_cvtepi32_epi16(nrt_bf16_round16(_mm512_loadu_ps(src + i))));
@@ -205,7 +219,9 @@ static inline void nrt_half_add(int kind, const uint16_t* a, const uint16_t* b, 
 
 /* which conversion instructions this module was compiled with */
 static inline const char* nrt_half_isa(void) {
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
+    return "avx512f+bf16";
+#elif defined(__AVX512F__)
     return "avx512f";
 #elif defined(__F16C__) && defined(__AVX2__)
     return "f16c+avx2";

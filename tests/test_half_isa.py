@@ -27,7 +27,8 @@ def _cpu_flags():
 # (-march, the cpu flags it needs to run, the path half.h must report)
 LEVELS = [("x86-64", set(), "portable"),
           ("x86-64-v3", {"avx2", "f16c", "fma"}, "f16c+avx2"),
-          ("x86-64-v4", {"avx512f", "avx512bw", "avx512vl"}, "avx512f")]
+          ("x86-64-v4", {"avx512f", "avx512bw", "avx512vl"}, "avx512f"),
+          ("x86-64-v4 -mavx512bf16", {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}, "avx512f+bf16")]
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 ISA levels")
@@ -38,7 +39,8 @@ def test_every_isa_level_converts_like_the_portable_code(tmp_path, march, needs,
     if not needs <= _cpu_flags():
         pytest.skip(f"this CPU cannot run {march} code")
     exe = tmp_path / "check"
-    subprocess.run([cc, "-O2", f"-march={march}", "-I", str(REPO / "pyx"), str(SOURCE), "-o", str(exe)],
+    flags = [f"-march={march.split()[0]}", *march.split()[1:]]
+    subprocess.run([cc, "-O2", *flags, "-I", str(REPO / "pyx"), str(SOURCE), "-o", str(exe)],
                    check=True, capture_output=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.stdout.split() == [path, "0"], out.stdout + out.stderr

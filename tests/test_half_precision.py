@@ -105,7 +105,7 @@ def test_float32_rounds_to_nearest_even_like_numpy_and_ml_dtypes(dt, portable):
 
 
 def test_conversion_isa_is_reported():
-    assert half_convert.isa() in ("avx512f", "f16c+avx2", "f16c", "avx2", "portable")
+    assert half_convert.isa() in ("avx512f+bf16", "avx512f", "f16c+avx2", "f16c", "avx2", "portable")
 
 
 # ------------------------------------------------------------------ row norms
