@@ -158,6 +158,15 @@ def test_layer_norm_half_stats_axis_and_in_place(dt):
     x2 = x.copy()
     out = normrt.layer_norm(x2, axis=1, out=x2)
     assert out is x2 and same_bits(x2, y)
+    # the last axis, in place, float32 and half parameters (the no-check path and the checked one)
+    w = rand(6, np.float32, 3)
+    ref = normrt.rms_norm(x, w)
+    for scale in (w, w.astype(dt)):
+        x3 = x.copy()
+        assert normrt.rms_norm(x3, scale, out=x3) is x3
+        assert_close_in_dtype(x3, f64(x) / np.sqrt((f64(x) ** 2).mean(-1, keepdims=True) + 1e-5)
+                              * f64(scale), dt)
+    assert same_bits(ref, normrt.rms_norm(x, w, out=np.empty_like(x)))
 
 
 # ------------------------------------------------------------------ channel norms
