@@ -15,11 +15,11 @@
  *   float16 store  __AVX512F__: vcvtps2ph zmm    __F16C__: vcvtps2ph ymm
  *                  (round to nearest even, subnormals kept, NaN quieted)
  *   bf16 load      __AVX512F__ / __AVX2__: zero-extend and shift (exact)
- *   bf16 store     __AVX512F__ / __AVX2__: integer round-to-nearest-even
+ *   bf16 store     __AVX512BF16__: vcvtneps2bf16, except for a vector holding
+ *                  a float32 subnormal (see below);
+ *                  __AVX512F__ / __AVX2__: integer round-to-nearest-even
  *   otherwise      the portable scalar code below, written branch-free so
  *                  the compiler can vectorize it with plain SSE2.
- *   bf16 store     __AVX512BF16__: vcvtneps2bf16, except for a vector holding
- *                  a float32 subnormal (see below)
  * AVX-512 FP16 (__AVX512FP16__) adds half-precision arithmetic, which the
  * kernels do not want (statistics stay in float32/float64); its conversions
  * are the AVX512F ones above. AVX-512 BF16's vcvtneps2bf16 rounds to nearest

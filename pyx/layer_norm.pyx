@@ -13,7 +13,6 @@ from moments cimport (real, Moments, CHUNK, team_size, chunk_moments, chunk_sums
 from half cimport half_t, half_load, half_store, half_add
 
 
-
 cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
