@@ -482,6 +482,8 @@ def test_half_arguments_are_checked(dt):
     y = normrt.layer_norm(x, residual=x.astype(np.float32))           # cast to x's dtype
     assert same_bits(y, normrt.layer_norm(x, residual=x))
     assert normrt.layer_norm(np.empty((0, 8), dt)).dtype == dt
+    with pytest.raises(TypeError, match="x must be a float32 or float64 array"):
+        normrt.layer_norm(np.ones((2, 8), np.int16))                    # 2 bytes, not a half dtype
     assert normrt.group_norm(np.empty((0, 4, 3), dt), 2).shape == (0, 4, 3)
     assert normrt.batch_norm(np.empty((0, 4), dt), *[np.ones(4)] * 4).dtype == dt
 

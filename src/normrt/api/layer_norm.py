@@ -60,7 +60,7 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
     if type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous \
             or type(eps) is not float or not eps >= 0.0:
         return None
-    if x.dtype in chk.HALF_DTYPES:
+    if x.dtype.itemsize == 2:       # (cheaper than a dtype comparison on the float32 path)
         return _fast_half(kernel is _k.rms_norm, x, out, params, eps, residual, act)
     if out is None:
         y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
@@ -88,6 +88,9 @@ def _fast_half(rms, x, out, params, eps, residual, act):
     """_fast for a float16/bfloat16 x with float32 parameters: the kernel sees 16-bit words,
     so the dtypes of out and residual are checked here (both kinds are uint16 to it)."""
     dt = x.dtype
+    kind = chk.half_kind(dt)
+    if kind < 0:                    # int16 and the like: the checked path names the problem
+        return None
     if out is None:
         y = np.empty(x.shape, dt)
     elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape and out.flags.c_contiguous
@@ -105,7 +108,7 @@ def _fast_half(rms, x, out, params, eps, residual, act):
     try:
         _k.norm_rows_half(half.bits(x).reshape(-1, L), half.bits(y).reshape(-1, L), params[0],
                           None if rms else params[1], r, None, None, eps, act, get_num_threads(),
-                          chk.half_kind(dt), rms)
+                          kind, rms)
     except (TypeError, ValueError, BufferError):
         return None
     return y
