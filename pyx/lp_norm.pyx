@@ -17,7 +17,7 @@ write loop stays branch-free (x / inf == 0 for every finite x). NaN stays NaN.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
-from libc.math cimport sqrt, fabs, INFINITY
+from libc.math cimport sqrt, fabs, frexp, ldexp, INFINITY
 from libc.float cimport DBL_MAX
 
 from moments cimport real, CHUNK, chunk_sumsq, n_chunks
@@ -52,32 +52,44 @@ cdef inline double chunk_sum_p(const real* x, Py_ssize_t n, int p) noexcept nogi
     return chunk_sumsq(x, n)
 
 
-cdef inline double rescaled_l2(const real* x, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    """||x||_2 as amax * sqrt(sum((x / amax)^2)): immune to over- and underflow.
+cdef inline double prescaled_l2(const real* x, Py_ssize_t n, Py_ssize_t stride,
+                               double* pre) noexcept nogil:
+    """||x * pre||_2 with pre a power of two that brings max|x| near 1: immune to over-
+    and underflow. Returns the scaled norm (0 or inf where max|x| is) and sets *pre.
 
+    The output is then (x * pre) / norm: x / (norm / pre) would round twice where
+    norm / pre is subnormal ([5e-324, 5e-324] gave [1, 1]) or overflow to inf.
     Only float64 inputs need it (float32 squares cannot leave float64's range).
     """
     cdef double amax = 0.0, s = 0.0, v
     cdef Py_ssize_t i
+    cdef int e
     for i in range(n):
         v = fabs(<double>x[i * stride])
         if v > amax:
             amax = v
     if amax == 0.0 or amax > DBL_MAX:
+        pre[0] = 1.0
         return amax
+    frexp(amax, &e)
+    # 2^-e itself must be a normal, finite double
+    pre[0] = ldexp(1.0, -min(max(e, -1022), 1022))
     for i in range(n):
-        v = <double>x[i * stride] / amax
+        v = <double>x[i * stride] * pre[0]
         s += v * v
-    return amax * sqrt(s)
+    return sqrt(s)
 
 
 cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
-                               double s, int p, double eps) noexcept nogil:
-    """The divisor of a vector whose accumulated sum is s: max(norm, eps), or +inf for 0.
+                               double s, int p, double eps, double* pre) noexcept nogil:
+    """The divisor d and factor *pre of a vector whose accumulated sum is s: the output
+    is (x * pre) / d with d / pre = max(norm, eps), or d = +inf for a zero norm.
 
     eps > 0 is torch's F.normalize (x / max(||x||, eps)); a NaN norm stays NaN.
+    pre is 1 (exact) except for float64 sums of squares out of range.
     """
     cdef double norm
+    pre[0] = 1.0
     if p == 1:
         norm = s
     else:
@@ -85,16 +97,20 @@ cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
         if real is double:
             # a float64 sum of squares overflowed or underflowed: recompute scaled
             if s > DBL_MAX or s < TINY_SUMSQ:
-                norm = rescaled_l2(x, n, stride)
+                norm = prescaled_l2(x, n, stride, pre)
+                if norm / pre[0] < eps:
+                    pre[0] = 1.0
+                    norm = eps
+                return norm if norm != 0.0 else INFINITY
     if norm < eps:
         norm = eps
     return norm if norm != 0.0 else INFINITY
 
 
-cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double d) noexcept nogil:
+cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double pre, double d) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        y[i] = <real>(<double>x[i] / d)
+        y[i] = <real>((<double>x[i] * pre) / d)
 
 
 def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
@@ -102,7 +118,7 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             int p, double eps, int n_threads):
     cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef double s, d
+    cdef double s, d, pre
     cdef double* parts
     if G == 0 or L == 0:
         return
@@ -114,15 +130,16 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             for c in range(nch):
                 start = c * CHUNK
                 s = s + chunk_sum_p(&x[g, start], min(<Py_ssize_t>CHUNK, L - start), p)
-            d = denominator(&x[g, 0], L, 1, s, p, eps)
-            write_row(&x[g, 0], &out[g, 0], L, d)
+            d = denominator(&x[g, 0], L, 1, s, p, eps, &pre)
+            write_row(&x[g, 0], &out[g, 0], L, pre, d)
         return
 
     # fewer rows than threads: every chunk of every row is a work item
-    parts = <double*>malloc((G * nch + G) * sizeof(double))
+    parts = <double*>malloc((G * nch + 2 * G) * sizeof(double))
     if parts == NULL:
         raise MemoryError()
     cdef double* dens = parts + G * nch
+    cdef double* pres = dens + G
     try:
         with nogil:
             for item in prange(G * nch, schedule="static", num_threads=n_threads):
@@ -133,12 +150,12 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
                 s = 0.0
                 for c in range(nch):
                     s = s + parts[g * nch + c]
-                dens[g] = denominator(&x[g, 0], L, 1, s, p, eps)
+                dens[g] = denominator(&x[g, 0], L, 1, s, p, eps, &pres[g])
             for item in prange(G * nch, schedule="static", num_threads=n_threads):
                 g = item // nch
                 start = (item % nch) * CHUNK
                 n = min(<Py_ssize_t>CHUNK, L - start)
-                write_row(&x[g, start], &out[g, start], n, dens[g])
+                write_row(&x[g, start], &out[g, start], n, pres[g], dens[g])
     finally:
         free(parts)
 
@@ -163,15 +180,15 @@ cdef inline void col_chunk_sum(const real* x, Py_ssize_t K2, Py_ssize_t nrows, P
 
 
 cdef inline void col_denominators(const real* x, Py_ssize_t L, Py_ssize_t K2, Py_ssize_t ncols,
-                                  int p, double eps, double* acc) noexcept nogil:
-    """acc[j]: the accumulated sum of column j in, its divisor out."""
+                                  int p, double eps, double* acc, double* pre) noexcept nogil:
+    """acc[j]: the accumulated sum of column j in, its divisor out (pre[j]: its factor)."""
     cdef Py_ssize_t j
     for j in range(ncols):
-        acc[j] = denominator(x + j, L, K2, acc[j], p, eps)
+        acc[j] = denominator(x + j, L, K2, acc[j], p, eps, &pre[j])
 
 
 cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nrows,
-                           Py_ssize_t ncols, const double* dens) noexcept nogil:
+                           Py_ssize_t ncols, const double* pre, const double* dens) noexcept nogil:
     cdef Py_ssize_t l, j
     cdef const real* r
     cdef real* w
@@ -179,7 +196,7 @@ cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nro
         r = x + l * K2
         w = y + l * K2
         for j in range(ncols):
-            w[j] = <real>(<double>r[j] / dens[j])
+            w[j] = <real>((<double>r[j] * pre[j]) / dens[j])
 
 
 cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
@@ -187,6 +204,7 @@ cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
     """Normalize ncols <= COLS adjacent columns of one (L, K2) slab, all by one thread."""
     cdef double acc[COLS]
     cdef double part[COLS]
+    cdef double pre[COLS]
     cdef Py_ssize_t j, r0
     for j in range(ncols):
         acc[j] = 0.0
@@ -196,8 +214,8 @@ cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
         for j in range(ncols):
             acc[j] = acc[j] + part[j]
         r0 += LCHUNK
-    col_denominators(x, L, K2, ncols, p, eps, acc)
-    col_write(x, y, K2, L, ncols, acc)
+    col_denominators(x, L, K2, ncols, p, eps, acc, pre)
+    col_write(x, y, K2, L, ncols, pre, acc)
 
 
 def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each (k1, k2)
@@ -222,10 +240,11 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
 
     # few column blocks, long columns: each row chunk of each block is a work item;
     # the partial sums are merged in chunk order (the same additions as col_block)
-    parts = <double*>malloc((items * nlc + items) * COLS * sizeof(double))
+    parts = <double*>malloc((items * nlc + 2 * items) * COLS * sizeof(double))
     if parts == NULL:
         raise MemoryError()
     cdef double* dens = parts + items * nlc * COLS
+    cdef double* pres = dens + items * COLS
     try:
         with nogil:
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
@@ -245,13 +264,13 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
                 for lc in range(nlc):
                     for j in range(nc):
                         acc[j] = acc[j] + parts[(item * nlc + lc) * COLS + j]
-                col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, acc)
+                col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, acc, pres + item * COLS)
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
                 item = t // nlc
                 k = item // nb
                 j0 = (item % nb) * COLS
                 r0 = (t % nlc) * LCHUNK
                 col_write(&x[k, r0, j0], &out[k, r0, j0], K2, min(<Py_ssize_t>LCHUNK, L - r0),
-                          min(<Py_ssize_t>COLS, K2 - j0), dens + item * COLS)
+                          min(<Py_ssize_t>COLS, K2 - j0), pres + item * COLS, dens + item * COLS)
     finally:
         free(parts)

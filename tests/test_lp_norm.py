@@ -128,13 +128,18 @@ def test_inf_like_reference(p):
 def test_float64_extreme_magnitudes(axis):
     # a naive float64 sum of squares over/underflows; the norm must not
     s = 1 / np.sqrt(2)
-    big = np.array([[1e200, -1e200], [1e-200, 1e-200], [3e-320, 4e-320]])
+    big = np.array([[1e200, -1e200], [1e-200, 1e-200], [3e-320, 4e-320],
+                    [5e-324, 5e-324], [1.5e308, 1.5e308]])
     x = big if axis == 1 else np.ascontiguousarray(big.T)
     y = normrt.lp_norm(x, p=2, axis=axis)
     y = y if axis == 1 else y.T
     np.testing.assert_allclose(y[0], [s, -s], rtol=1e-15)
     np.testing.assert_allclose(y[1], [s, s], rtol=1e-15)
-    np.testing.assert_allclose(y[2], [0.6, 0.8], rtol=1e-2)  # subnormal inputs: 1 significant digit
+    # subnormal inputs carry few digits (3e-320 is 3.0000e-320 to 4 digits) ...
+    np.testing.assert_allclose(y[2], [0.6, 0.8], rtol=1e-4)
+    # ... and a norm that is itself subnormal or past DBL_MAX must not round again
+    np.testing.assert_allclose(y[3], [s, s], rtol=1e-15)
+    np.testing.assert_allclose(y[4], [s, s], rtol=1e-15)
     np.testing.assert_allclose(normrt.lp_norm(np.array([1e300, 1e300]), p=1), [0.5, 0.5])
 
 
