@@ -23,22 +23,36 @@ def is_op(node, *op_types):
     return node is not None and canonical_domain(node.domain) == "" and node.op_type in op_types
 
 
+class _DistinctReaders:
+    """{value name: distinct nodes reading it}, read through to the context's live index."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def get(self, name, default=None):
+        readers = self.ctx.readers(name)
+        return readers if readers else ([] if default is None else default)
+
+
+class _Present:
+    """`id(node) in g.ids`: whether the node is in the graph now."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __contains__(self, node_id):
+        return node_id in self.ctx._node_of
+
+
 class Graph:
-    """Producer/consumer maps of ctx.nodes, built once per query round."""
+    """Producer/consumer queries over the context's live use-def index (O(1) to build)."""
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.producer = ctx.producer()
-        self.consumers = {}
-        for name, nodes in ctx.consumers().items():
-            seen, unique = set(), []
-            for n in nodes:
-                if id(n) not in seen:
-                    seen.add(id(n))
-                    unique.append(n)
-            self.consumers[name] = unique
+        self.consumers = _DistinctReaders(ctx)
         self.outputs = set(ctx.graph_outputs)
-        self.ids = {id(n) for n in ctx.nodes}
+        self.ids = _Present(ctx)
 
     def prod(self, name, *op_types):
         """The node producing `name` if it is one of op_types (standard domain), else None."""
@@ -209,9 +223,8 @@ def removable_casts(g, casts, chain):
 
 
 def in_graph_order(ctx, nodes):
-    """The distinct `nodes` in ctx.nodes order."""
-    pos = {id(n): i for i, n in enumerate(ctx.nodes)}
-    return sorted({id(n): n for n in nodes}.values(), key=lambda n: pos.get(id(n), -1))
+    """The distinct `nodes` in graph order."""
+    return ctx.in_graph_order(nodes)
 
 
 def fused_name(ctx, nodes, suffix):

@@ -22,8 +22,7 @@ def is_normrt(node, op_type):
 
 def present(ctx, nodes):
     """Whether every node is still in the graph (an earlier rewrite may have replaced it)."""
-    ids = {id(n) for n in ctx.nodes}
-    return all(id(n) in ids for n in nodes)
+    return all(ctx.contains(n) for n in nodes)
 
 
 def only_consumer(ctx, consumers, name):

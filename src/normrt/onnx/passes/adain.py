@@ -129,8 +129,7 @@ class AdaIN(GraphPass):
             if id(n) not in seen:
                 seen.add(id(n))
                 nodes.append(n)
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        m.nodes = sorted(nodes, key=lambda n: order.get(id(n), -1))
+        m.nodes = ctx.in_graph_order(nodes)
         reason = chain_nodes_reason(g, m.nodes, y)
         if reason:
             return reason

@@ -167,8 +167,7 @@ class LrnDecomposed(GraphPass):
                 return None
             nodes.append(node)
             todo.extend(i for i in node.input if i)
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        return sorted(nodes, key=lambda n: order[id(n)])
+        return ctx.in_graph_order(nodes)
 
     def describe(self, m):
         return PATTERN, [n.name for n in m.nodes]

@@ -71,7 +71,7 @@ class MatMulEpilogue(GraphPass):
 
     # -- check ---------------------------------------------------------------
     def check(self, ctx, node):
-        if not any(n is node for n in ctx.nodes):
+        if not ctx.contains(node):
             return "node already rewritten"
         a, w = node.input[0], node.input[1]
         if ctx.elem_type(a) != TensorProto.FLOAT or ctx.elem_type(w) != TensorProto.FLOAT:

@@ -189,9 +189,7 @@ class MvnDecomposed(GraphPass):
         y_shape = ctx.shape(y)
         if y_shape is None or len(y_shape) != len(x_shape):
             return f"the output {y!r} is not shaped like {x!r}"
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        nodes = list({id(n): n for n in [red, m.sub] + var + [m.sqrt] + eps_nodes + [m.div]}.values())
-        m.nodes = sorted(nodes, key=lambda n: order.get(id(n), -1))
+        m.nodes = ctx.in_graph_order([red, m.sub] + var + [m.sqrt] + eps_nodes + [m.div])
         reason = chain_nodes_reason(g, m.nodes, y)
         if reason:
             return reason
