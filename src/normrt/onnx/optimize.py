@@ -80,7 +80,9 @@ def optimize_model(proto, passes=None):
     for p in (default_passes() if passes is None else passes):
         changed = p.run(ctx)
         ctx.commit()
-        if changed:             # shape inference over the whole model is the slow part of loading big models
+        # shape inference over the whole model is the slow part of loading big models: only
+        # when a rewrite wrote values of new names
+        if changed and ctx.types_stale():
             ctx.refresh_types()
     removed += _remove_dead_nodes(ctx)
     ctx.commit()

@@ -49,6 +49,9 @@ class PassContext:
         self.report = report if report is not None else Report()
         self.new_name = NameGen(model.graph)
         self.types = {}
+        self._dirty = True         # nodes or constants changed since the last commit
+        self._untyped = set()      # values written by nodes added since the last refresh_types
+        self._retype = False       # set by mark_types_stale
         self.refresh_types()
 
     # -- types ---------------------------------------------------------------
@@ -96,6 +99,13 @@ class PassContext:
             del self.model.opset_import[n_opsets:]
             self.model.ir_version = ir_version
         self.types = types
+        self._untyped = set()
+        self._retype = False
+
+    def mark_types_stale(self):
+        """Inference may now know more (e.g. constant folding turned a Shape computation into
+        constants, which data propagation reads as a static shape): refresh after this pass."""
+        self._retype = True
 
     def elem_type(self, name):
         t = self.types.get(name)
@@ -123,6 +133,7 @@ class PassContext:
         self._producer, self._readers = {}, {}
         self._ordered = None
         self._unordered = False
+        self._dirty = True
         for i, node in enumerate(nodes):
             self._index(node, (i,))
 
@@ -201,7 +212,9 @@ class PassContext:
             self._unindex(n)
         for i, n in enumerate(new):
             self._index(n, last + (i,))
+            self._untyped.update(o for o in n.output if o and o not in self.types)
         self._ordered = None
+        self._dirty = True
 
     def mark_unordered(self):
         """A rewrite may have put a reader before its producer: `commit` restores topological order."""
@@ -215,10 +228,23 @@ class PassContext:
     def add_constant(self, base_name, value):
         name = self.new_name(base_name)
         self.constants[name] = np.asarray(value)
+        self._untyped.add(name)
+        self._dirty = True
         return name
+
+    def types_stale(self):
+        """Whether values added since the last refresh_types lack a type (rewrites keep the
+        names, and so the types, of the values they replace: most need no new inference)."""
+        if self._retype or any(name not in self.types for name in self._untyped):
+            return True
+        # constants folded under a name inference could not type
+        return any(self.types.get(name) is None or self.types[name].shape is None for name in self.constants)
 
     def commit(self):
         """Write nodes and constants back into the ModelProto (dropping unused initializers)."""
+        if not self._dirty and not self._unordered:
+            return
+        self._dirty = False
         if self._unordered:
             self._restore_order()
         used = set(self.graph_outputs)
