@@ -21,8 +21,7 @@ from .passes.lrn_decomposed import LrnDecomposed
 from .passes.adain import AdaIN
 from .passes.mvn_decomposed import MvnDecomposed
 from .passes.standard_norms import StandardNorms
-from .passes.layer_norm_decomposed import LayerNormDecomposed
-from .passes.rms_norm_decomposed import RMSNormDecomposed
+from .passes.recognized_norms import RecognizedNorms
 from .passes.residual_norm import ResidualNorm
 from .passes.group_norm_instance import GroupNormInstance
 from .passes.conditional_instance_norm import ConditionalInstanceNorm
@@ -40,7 +39,7 @@ def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
-            PoolBeforePointwiseConv(), LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
+            PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
 
