@@ -42,7 +42,7 @@ import numpy as np
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name
-from ._dataflow import Dataflow, is_op
+from ._dataflow import Dataflow, Moment, is_op
 from ._match import channel_vector
 
 PASS = "recognized_norms"
@@ -61,6 +61,7 @@ class Match:
     output: str = None
     has_data: bool = True        # False while only constants met the inverse std (r·w before ·X)
     sources: dict = field(default_factory=dict)  # "scale"/"bias": the one initializer it equals
+    style: str = None            # AdaIN: the style tensor whose statistics replace the content's
     refusal: str = None          # a look-alike: why it is not fused
     plan: dict = field(default_factory=dict)
 
@@ -113,7 +114,8 @@ class RecognizedNorms(GraphPass):
             df.why = None
             found = df.read_std(node.input[1], stat_nodes)
             if found is None:
-                return self._eps_outside(df, node) or self._near_miss(df, node, node.input[1])
+                return self._l2(ctx, df, node) or self._eps_outside(df, node) or \
+                    self._near_miss(df, node, node.input[1])
             moment, eps = found
             return self._with_data(ctx, df, node, moment, eps, 1.0, node.input[0], stat_nodes)
         for stat, other in ((node.input[1], node.input[0]), (node.input[0], node.input[1])):
@@ -138,6 +140,21 @@ class RecognizedNorms(GraphPass):
         if not is_op(root, "Sqrt", "Pow", "Reciprocal", "Div"):
             return None
         return Match(node, None, nodes=[node, root], refusal=df.why)
+
+    def _l2(self, ctx, df, div):
+        """X / ReduceL2(X, [a]) (CLIP's h / h.norm(dim=-1, keepdim=True)) -> LpNorm, else None."""
+        nodes = [div]
+        l2 = df.producer.get(df.view_source(div.input[1], nodes))
+        if not is_op(l2, "ReduceL2"):
+            return None
+        axes = df.reduce_axes(l2)
+        x = df.data(l2.input[0], nodes)
+        if axes is None or len(axes) != 1 or df.data(div.input[0], nodes) != x or \
+                not df.lines_up(div.input[1], x, axes):
+            return None
+        m = Match(div, Moment("l2", x, tuple(axes)), nodes=nodes + [l2])
+        m.output = div.output[0]
+        return m
 
     def _eps_outside(self, df, div):
         """(X - mean) / (sqrt(var) + eps) recognized as the look-alike it is (refused), else None."""
@@ -205,6 +222,9 @@ class RecognizedNorms(GraphPass):
         m = Match(anchor, moment, eps)
         m.nodes = [anchor] + stat_nodes + data_nodes
         if prod is None:
+            adain = self._adain(ctx, df, anchor, moment, eps, c, data_name, stat_nodes)
+            if adain is not None:
+                return adain
             # a runtime factor that is not the data: X·r·w written as (r·w)·X with w at run time,
             # or another function (scaling without centring, centring with a raw RMS)
             m.refusal = self._mismatch(df, data_name, moment)
@@ -213,6 +233,36 @@ class RecognizedNorms(GraphPass):
         m.scale = np.asarray(c, np.float64) * k
         m.has_data = has_data
         return m
+
+    def _adain(self, ctx, df, anchor, moment, eps, c, data_name, stat_nodes):
+        """AdaIN in any association: σ(s)·(x − μ(x)) / σ(x) + μ(s) (also (x − μ(x))·σ(s) / σ(x)),
+        the statistics per (n, c) over the same axes with the same eps -> a Match with `style`."""
+        inner = []
+        node = df.producer.get(df.data(data_name, inner))
+        if c != 1.0 or not is_op(node, "Mul") or len(node.input) != 2 or moment.kind != "centred":
+            return None
+        for a, b in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+            nodes = list(inner)
+            if not self._is_data(df, a, moment, nodes):
+                continue
+            found = df.read_std(b, nodes)
+            if found is None:
+                continue
+            style, s_eps = found
+            if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+                return None
+            readers = ctx.readers(anchor.output[0])
+            if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
+                return None
+            add = readers[0]
+            other = [i for i in add.input if i != anchor.output[0]]
+            mean = df.read_mean(other[0], nodes) if len(other) == 1 else None
+            if mean is None or mean != (style.x, moment.axes) or not df.lines_up(other[0], style.x, moment.axes):
+                return None
+            m = Match(anchor, moment, eps, nodes=[anchor, node, add] + stat_nodes + nodes)
+            m.style, m.output = style.x, add.output[0]
+            return m
+        return None
 
     @staticmethod
     def _mismatch(df, name, moment):
@@ -366,6 +416,8 @@ class RecognizedNorms(GraphPass):
         if shape is None:
             return f"rank of X ({m.moment.x!r}) unknown"
         rank, axes = len(shape), tuple(m.moment.axes)
+        if m.moment.kind == "l2":
+            return "LpNorm", axes[0]
         if axes and axes == tuple(range(axes[0], rank)):
             if m.moment.kind == "raw":
                 return "RMSNorm", axes[0]
@@ -409,6 +461,28 @@ class RecognizedNorms(GraphPass):
         if isinstance(mapping, str):
             return mapping
         df = Dataflow(ctx)
+        if m.style is not None:
+            shape, rank = ctx.shape(m.moment.x), len(ctx.shape(m.moment.x))
+            if rank < 3 or tuple(m.moment.axes) != tuple(range(2, rank)):
+                return f"AdaIN statistics over axes {list(m.moment.axes)}, not the spatial axes of (N, C, ...)"
+            s_shape = ctx.shape(m.style)
+            if s_shape is None or len(s_shape) != rank or tuple(s_shape[:2]) != tuple(shape[:2]):
+                return f"style {m.style!r} is not (N, C, ...) like the content"
+            if ctx.shape(m.output) is not None and tuple(ctx.shape(m.output)) != tuple(shape):
+                return f"the output {m.output!r} is not shaped like the content"
+            nodes = list({id(n): n for n in m.nodes}.values())
+            reason = dtype_reason(ctx, [m.moment.x, m.style, m.output]) or chain_nodes_reason(g, nodes, m.output)
+            if reason:
+                return reason
+            m.plan = {"op": "AdaIN", "axis": 2, "params": (None, None), "removed": nodes}
+            return None
+        if mapping[0] == "LpNorm":
+            nodes = list({id(n): n for n in m.nodes}.values())
+            reason = dtype_reason(ctx, [m.moment.x, m.output]) or chain_nodes_reason(g, nodes, m.output)
+            if reason:
+                return reason
+            m.plan = {"op": "LpNorm", "axis": mapping[1], "params": (None, None), "removed": nodes}
+            return None
         if not self._walk_affine(ctx, df, g, m):
             return "the data never meets its standard deviation through constants only"
         x, y = m.moment.x, m.output
@@ -471,6 +545,14 @@ class RecognizedNorms(GraphPass):
         plan = m.plan
         op, (scale, bias) = plan["op"], plan["params"]
         x = m.moment.x
+        if op == "AdaIN":
+            self._replace(ctx, m, make_node("AdaIN", [x, m.style], [m.output],
+                                            fused_name(ctx, plan["removed"], "AdaIN"), epsilon=float(m.eps)))
+            return
+        if op == "LpNorm":
+            self._replace(ctx, m, make_node("LpNorm", [x], [m.output], fused_name(ctx, plan["removed"], "LpNorm"),
+                                            p=2, axis=plan["axis"]))
+            return
         dtype = np.float32 if ctx.elem_type(x) == 1 else np.float64
         inputs = [x]
         is_one = np.all(np.asarray(scale) == 1.0)
@@ -500,12 +582,14 @@ class RecognizedNorms(GraphPass):
             inputs.append(param("scale", scale) if has_scale or (op == "LayerNorm" and has_bias) else "")
             if op == "LayerNorm":
                 inputs.append(param("bias", bias) if has_bias else "")
-        removed = ctx.in_graph_order(plan["removed"])
-        name = fused_name(ctx, removed, op)
         attrs = {"epsilon": float(m.eps)}
         if op in ("LayerNorm", "RMSNorm"):
             attrs["axis"] = plan["axis"]
-        new = make_node(op, inputs, [m.output], name, **attrs)
+        self._replace(ctx, m, make_node(op, inputs, [m.output], fused_name(ctx, plan["removed"], op), **attrs))
+
+    def _replace(self, ctx, m, new):
+        op = new.op_type
+        removed = ctx.in_graph_order(m.plan["removed"])
         ctx.replace_nodes(removed, [new])
         spelling = "-".join(n.op_type for n in removed)
         ctx.report.fused.append({
