@@ -289,7 +289,7 @@ CASES = [
              {"LpNorm": 1}),
     Spelling("qk_norm", "F.normalize on queries", qk_norm, seq, {}, {"LpNorm": 1}),
     Spelling("hand_groupnorm", "GroupNorm by hand + SiLU", hand_groupnorm, image, {"w": (C,), "b": (C,)},
-             {"LayerNorm": 1}),
+             {"GroupNorm": 1}),
     Spelling("hand_instancenorm", "InstanceNorm by hand + ReLU", hand_instancenorm, image,
              {"w": (C,), "b": (C,)}, {"InstanceNorm": 1}),
     Spelling("instancenorm_var_mean", "InstanceNorm with torch.var_mean", instancenorm_var_mean, image, {},

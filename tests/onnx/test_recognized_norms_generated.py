@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 import normrt
 
 F = TensorProto.FLOAT
-NORM_OPS = ("LayerNorm", "RMSNorm", "InstanceNorm")
+NORM_OPS = ("LayerNorm", "RMSNorm", "InstanceNorm", "GroupNorm", "AdaIN", "LpNorm")
 SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -165,7 +165,11 @@ def _norm_nodes(sess):
 @st.composite
 def norm_case(draw):
     """(model, Spelling, expected normrt op) of a LayerNorm / RMSNorm / InstanceNorm spelling."""
-    kind = draw(st.sampled_from(["layer", "rms", "instance"]))
+    kind = draw(st.sampled_from(["layer", "rms", "instance", "group"]))
+    if kind == "group":
+        groups = draw(st.integers(1, 3))
+        shape = (draw(st.integers(1, 2)), groups * draw(st.integers(1, 3)), draw(st.integers(2, 4)), draw(st.integers(2, 4)))
+        return _group_case(draw, shape, groups)
     if kind == "instance":
         shape = (draw(st.integers(1, 2)), draw(st.integers(2, 4)), draw(st.integers(2, 5)), draw(st.integers(2, 5)))
         axes = [2, 3]
@@ -191,6 +195,24 @@ def norm_case(draw):
     if kind == "layer" and len(shape) == 4 and axes == [2, 3]:
         expected = {"LayerNorm", "InstanceNorm"}     # spatial statistics: either kernel is exact
     return sb.model(y), sb, expected
+
+
+def _group_case(draw, shape, groups):
+    """GroupNorm by hand: X viewed as (N, G, -1) or (N, G, C/G, H, W), statistics over all but the
+    first two axes, normalized, viewed back, then a per-channel affine."""
+    n, c, h, w = shape
+    sb = Spelling(draw, shape)
+    view = (n, groups, -1) if draw(st.booleans()) else (n, groups, c // groups, h, w)
+    real = (n, groups, c // groups * h * w) if len(view) == 3 else view
+    xg = sb.node("Reshape", [sb.maybe_cast("x"), sb.const(np.array(view, np.int64), np.int64)])
+    sb.shape = real                       # the statistics see the grouped view
+    axes = list(range(2, len(real)))
+    data = sb.node("Sub", [xg, sb.mean(xg, axes)])
+    normed = sb.normalize(data, sb.shifted(sb.second_moment(data, axes), 1e-5))
+    sb.shape = shape
+    back = sb.node("Reshape", [normed, sb.const(np.array(shape, np.int64), np.int64)])
+    y = sb.affine(back, (c, 1, 1), runtime_ok=False)
+    return sb.model(sb.maybe_cast(y)), sb, {"GroupNorm"}
 
 
 @SETTINGS

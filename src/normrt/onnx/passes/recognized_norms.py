@@ -61,6 +61,7 @@ class Match:
     output: str = None
     has_data: bool = True        # False while only constants met the inverse std (r·w before ·X)
     sources: dict = field(default_factory=dict)  # "scale"/"bias": the one initializer it equals
+    group: tuple = None          # GroupNorm: (X of (N, C, ...), G, the Reshape to (N, G, ...)) once viewed back
     style: str = None            # AdaIN: the style tensor whose statistics replace the content's
     refusal: str = None          # a look-alike: why it is not fused
     plan: dict = field(default_factory=dict)
@@ -280,6 +281,9 @@ class RecognizedNorms(GraphPass):
     # -- the affine chain -------------------------------------------------------
     def _fits(self, ctx, m, scale, bias):
         """Whether (scale, bias) can be the fused node's parameters for some kernel."""
+        if m.group is not None:
+            s0 = ctx.shape(m.group[0])
+            return _channel_fits(scale, s0) is not None and _channel_fits(bias, s0) is not None
         x_shape = ctx.shape(m.moment.x)
         mapping = self._mapping(ctx, m)
         if isinstance(mapping, str):
@@ -313,7 +317,18 @@ class RecognizedNorms(GraphPass):
                     m.nodes += taken
                     taken = []
                 continue
-            if has_data and self._runtime_param(ctx, df, m, node, value, scale, bias):
+            if has_data and m.group is None and is_op(node, "Reshape") and \
+                    np.asarray(scale).size == 1 and np.asarray(bias).size == 1:
+                group = self._group_view(ctx, df, m, node, value)
+                if group is None:
+                    break
+                m.group = group
+                taken += [node, group[2]]
+                value = out = node.output[0]
+                m.nodes += taken
+                taken = []
+                continue
+            if has_data and m.group is None and self._runtime_param(ctx, df, m, node, value, scale, bias):
                 taken.append(node)
                 value = out = node.output[0]
                 m.nodes += taken
@@ -338,6 +353,25 @@ class RecognizedNorms(GraphPass):
             return False
         m.scale, m.bias, m.output = scale, bias, out
         return True
+
+    @staticmethod
+    def _group_view(ctx, df, m, back, value):
+        """(X, G, forward Reshape) if the statistics are over X viewed as (N, G, ...) (all but the
+        first two axes reduced) and `back` views the normalized value back to X's shape."""
+        if m.moment.kind != "centred" or list(back.input[:1]) != [value]:
+            return None
+        fwd = df.producer.get(m.moment.x)
+        if not is_op(fwd, "Reshape"):
+            return None
+        x0 = df.data(fwd.input[0], [])
+        s0, sr, sb = (df.static_shape(n) for n in (x0, m.moment.x, back.output[0]))
+        if s0 is None or sr is None or sb != s0 or len(s0) < 3 or len(sr) < 3 or sr[0] != s0[0]:
+            return None
+        G, C = sr[1], s0[1]
+        if tuple(m.moment.axes) != tuple(range(2, len(sr))) or C % G or \
+                int(np.prod(sr[2:])) != C // G * int(np.prod(s0[2:])):
+            return None
+        return x0, G, fwd
 
     def _runtime_param(self, ctx, df, m, node, value, scale, bias):
         """Take Mul(n, w) / then Add(·, b) with w, b runtime tensors already shaped like the
@@ -485,7 +519,7 @@ class RecognizedNorms(GraphPass):
             return None
         if not self._walk_affine(ctx, df, g, m):
             return "the data never meets its standard deviation through constants only"
-        x, y = m.moment.x, m.output
+        x, y = (m.moment.x if m.group is None else m.group[0]), m.output
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
         if y_shape is not None and tuple(y_shape) != tuple(x_shape):
             return f"the output {y!r} of shape {list(y_shape)} is not shaped like X {list(x_shape)}"
@@ -505,6 +539,8 @@ class RecognizedNorms(GraphPass):
             return "nothing to fuse"
         op, axis = mapping
         scale, bias = m.scale, m.bias
+        if m.group is not None:
+            op, axis, params = "GroupNorm", 2, (_channel_fits(scale, x_shape), _channel_fits(bias, x_shape))
         if op == "InstanceNorm?":
             # spatial statistics: InstanceNorm when the affine is per channel (or absent),
             # else a LayerNorm over the spatial axes with per-position parameters
@@ -544,7 +580,7 @@ class RecognizedNorms(GraphPass):
     def rewrite(self, ctx, m):
         plan = m.plan
         op, (scale, bias) = plan["op"], plan["params"]
-        x = m.moment.x
+        x = m.moment.x if m.group is None else m.group[0]
         if op == "AdaIN":
             self._replace(ctx, m, make_node("AdaIN", [x, m.style], [m.output],
                                             fused_name(ctx, plan["removed"], "AdaIN"), epsilon=float(m.eps)))
@@ -562,7 +598,11 @@ class RecognizedNorms(GraphPass):
             if "dropped" not in m.sources else {}
         if "runtime" in m.sources:
             sources = {k: v for k, v in m.sources.items() if k in ("scale", "bias")}
-        if op == "InstanceNorm":
+        if op == "GroupNorm":
+            C = x_shape[1]
+            inputs += [ctx.add_constant(x + "_gn_scale", np.broadcast_to(scale, (C,)).astype(dtype)),
+                       ctx.add_constant(x + "_gn_bias", np.broadcast_to(bias, (C,)).astype(dtype))]
+        elif op == "InstanceNorm":
             C = x_shape[1]
             inputs += [ctx.add_constant(x + "_in_scale", np.broadcast_to(scale, (C,)).astype(dtype)),
                        ctx.add_constant(x + "_in_bias", np.broadcast_to(bias, (C,)).astype(dtype))]
@@ -585,6 +625,8 @@ class RecognizedNorms(GraphPass):
         attrs = {"epsilon": float(m.eps)}
         if op in ("LayerNorm", "RMSNorm"):
             attrs["axis"] = plan["axis"]
+        if op == "GroupNorm":
+            attrs["num_groups"] = m.group[1]
         self._replace(ctx, m, make_node(op, inputs, [m.output], fused_name(ctx, plan["removed"], op), **attrs))
 
     def _replace(self, ctx, m, new):
