@@ -4,8 +4,8 @@ Each case is a tiny module whose forward is the normalization as its source
 repository spells it (weights random, not 1/0), with what normrt should make of
 it: `expect` maps a normrt op to its count in the optimized graph (a list: any of them), or
 {"refused": text} for a look-alike or a layout no kernel takes (the report must
-give a reason containing the text), or {} when the graph is only required to run
-correctly. `python scripts/make_fixtures.py --spellings` exports each with the
+give a reason containing the text); "ops" lists the whole optimized graph's op types
+where that is the point (an affine folded into a Conv). `python scripts/make_fixtures.py --spellings` exports each with the
 legacy (opset 17) and dynamo (opset 18) exporters into tests/data/spellings/;
 tests/onnx/test_spelling_fixtures.py checks them.
 """
@@ -299,7 +299,7 @@ CASES = [
     Spelling("adain_reassociated", "AdaIN as sy * (x - mx) / sx + my", adain_reassociated, image_and_style, {},
              {"AdaIN": 1}),
     Spelling("torchvision_normalize_conv", "torchvision Normalize before a Conv", torchvision_normalize_conv,
-             image, {}, {}),
+             image, {}, {"ops": ["Conv"]}),
     Spelling("eps_outside_root", "(x - u) / (std + eps): ONNX MVN's function", eps_outside_root, seq, {},
              {"MeanVarianceNorm": 1}),
     Spelling("scale_without_centring", "x / std look-alike", scale_without_centring, seq, {},

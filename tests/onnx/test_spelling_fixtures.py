@@ -51,9 +51,11 @@ def test_fuses_as_expected(case):
     options = entry["expect"] if isinstance(entry["expect"], list) else [entry["expect"]]
     ops = dict(collections.Counter(n.op_type for n in sess.optimized_model.graph.node
                                    if n.domain == "normrt" and n.op_type in NORM_OPS))
-    matching = [e for e in options if {k: v for k, v in e.items() if k != "refused"} == ops]
+    matching = [e for e in options if {k: v for k, v in e.items() if k not in ("refused", "ops")} == ops]
     assert matching, (entry["file"], ops, sess.report["refused"])
     refused = matching[0].get("refused")
+    if "ops" in matching[0]:
+        assert [n.op_type for n in sess.optimized_model.graph.node] == matching[0]["ops"]
     if refused:
         reasons = [e["reason"] for e in sess.report["refused"]]
         assert any(refused in r for r in reasons), (entry["file"], reasons)

@@ -22,6 +22,7 @@ from .passes.adain import AdaIN
 from .passes.mvn_decomposed import MvnDecomposed
 from .passes.standard_norms import StandardNorms
 from .passes.recognized_norms import RecognizedNorms
+from .passes.affine_before_conv import AffineBeforeConv
 from .passes.residual_norm import ResidualNorm
 from .passes.group_norm_instance import GroupNormInstance
 from .passes.conditional_instance_norm import ConditionalInstanceNorm
@@ -38,7 +39,7 @@ from .passes.matmul_epilogue import MatMulEpilogue
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
-            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
+            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]

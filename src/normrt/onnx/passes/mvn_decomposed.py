@@ -27,7 +27,7 @@ arithmetic, and without its cancellation when |mean| >> std.
 
 Refused (reason in the report):
 - eps inside the square root (sqrt(var + eps): that is LayerNorm over trailing
-  axes, left to layer_norm_decomposed; over other axes it is no MVN);
+  axes, left to recognized_norms; over other axes it is no MVN);
 - reductions over different axes, keepdims=0, non-constant axes, an unbiased
   variance, eps not a constant scalar >= 0;
 - a middle value read elsewhere or a graph output; element types other than float32/float64.
