@@ -24,14 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._graph import canonical_domain, decode_attributes
+from .._graph import decode_attributes
+from ._queries import is_op
 
 VIEW_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten")
 REL_TOL = 1e-6     # a constant 1/n rounded to float32 still reads as a mean
-
-
-def is_op(node, *op_types):
-    return node is not None and canonical_domain(node.domain) == "" and node.op_type in op_types
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from . import _stats as st
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
 
 PATTERN = "AdaIN(ReduceMean/Sub/Sqrt/Div/Mul/Add)"
 

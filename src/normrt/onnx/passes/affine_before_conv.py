@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._chain import chain_nodes_reason, dtype_reason, Graph
+from ._queries import chain_nodes_reason, dtype_reason, Graph
 from ._dataflow import Dataflow, is_op
-from ._match import channel_vector, node_attrs
+from ._queries import channel_vector, node_attrs
 
 PATTERN = "per-channel affine before Conv"
 

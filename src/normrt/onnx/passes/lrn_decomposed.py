@@ -45,8 +45,8 @@ import numpy as np
 from .._graph import implicit_inputs, subgraphs
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
-from ._match import node_attrs
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
+from ._queries import node_attrs
 from ._stats import float_attr_reason
 
 PATTERN = "LocalResponseNorm(Pow/Pad/AveragePool/Div)"

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
 from ._stats import float_attr_reason, mean_axes
 
 PATTERN = "MeanVarianceNorm(ReduceMean/Sub/Sqrt/Add/Div)"

@@ -41,9 +41,9 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name
 from ._dataflow import Dataflow, Moment, is_op
-from ._match import channel_vector
+from ._queries import channel_vector
 
 PASS = "recognized_norms"
 ALREADY_TAKEN = "node already rewritten"

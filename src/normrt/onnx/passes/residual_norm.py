@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from .._graph import NORMRT_DOMAIN, canonical_domain, decode_attributes, node_reads
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, dtype_reason
+from ._queries import Graph, dtype_reason
 
 RESIDUAL_SLOT = {"LayerNorm": 3, "RMSNorm": 2}      # input position of `residual`
 SUM_SLOT = {"LayerNorm": 3, "RMSNorm": 1}           # output position of `residual_sum`
