@@ -55,7 +55,6 @@ class Match:
     moment: object = None        # _dataflow.Moment
     eps: float = 0.0
     nodes: list = field(default_factory=list)    # every node the match reads, anchor to affine tail
-    x_casts: list = field(default_factory=list)  # identity Casts on X's side (removed only if private)
     scale: object = 1.0          # A (float64 array or scalar)
     bias: object = 0.0           # B
     output: str = None
@@ -554,6 +553,9 @@ class RecognizedNorms(GraphPass):
             bp = _shape_fits_trailing(bias, x_shape, axis)
             if sp is None or bp is None:
                 return "the affine constants do not broadcast over the normalized axes only"
+            identity = np.all(np.asarray(scale) == 1.0) and np.all(np.asarray(bias) == 0.0)
+            if not identity and not all(isinstance(d, int) for d in x_shape[axis:]):
+                return "the normalized axes are not static: the affine cannot become kernel parameters"
             params = (sp, bp)
         m.plan = {"op": op, "axis": axis - len(x_shape), "params": params, "removed": removed}
         return None
