@@ -1,4 +1,4 @@
-"""layer_norm_decomposed: LayerNorm written out in elementary ops becomes one normrt::LayerNorm.
+"""recognized_norms on the LayerNorm chains exporters write: each becomes one normrt::LayerNorm.
 
 Each variant is a small graph built here; the oracle is onnx.reference on the original model.
 """

@@ -1,4 +1,4 @@
-"""rms_norm_decomposed: RMSNorm written out in elementary ops becomes one normrt::RMSNorm.
+"""recognized_norms on the RMSNorm chains exporters write: each becomes one normrt::RMSNorm.
 
 The forms of the dynamo exporter (nn.RMSNorm, opset 18), of LLaMA's and T5's hand-written
 RMSNorm (legacy and dynamo), and refusals; the oracle is onnx.reference on the original model.

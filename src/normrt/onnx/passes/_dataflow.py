@@ -138,7 +138,7 @@ class Dataflow:
 
     def _is_count(self, name, n, inverse):
         v = self.scalar(name)
-        if v is None or n is None:
+        if v is None or not n:          # unknown, or an empty reduction (no mean to speak of)
             return False
         want = 1.0 / n if inverse else float(n)
         return abs(v - want) <= REL_TOL * abs(want)
