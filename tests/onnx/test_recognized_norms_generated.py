@@ -165,7 +165,11 @@ def _norm_nodes(sess):
 @st.composite
 def norm_case(draw):
     """(model, Spelling, expected normrt op) of a LayerNorm / RMSNorm / InstanceNorm spelling."""
-    kind = draw(st.sampled_from(["layer", "rms", "instance", "group"]))
+    kind = draw(st.sampled_from(["layer", "rms", "instance", "group", "adain", "l2"]))
+    if kind == "adain":
+        return _adain_case(draw)
+    if kind == "l2":
+        return _l2_case(draw)
     if kind == "group":
         groups = draw(st.integers(1, 3))
         shape = (draw(st.integers(1, 2)), groups * draw(st.integers(1, 3)), draw(st.integers(2, 4)), draw(st.integers(2, 4)))
@@ -195,6 +199,48 @@ def norm_case(draw):
     if kind == "layer" and len(shape) == 4 and axes == [2, 3]:
         expected = {"LayerNorm", "InstanceNorm"}     # spatial statistics: either kernel is exact
     return sb.model(y), sb, expected
+
+
+def _adain_case(draw):
+    """AdaIN in one of its associations: σ(s)·(x − μ(x))/σ(x) + μ(s), the operands in any order."""
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    shape, s_shape = (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 4))), \
+        (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 4)))
+    sb = Spelling(draw, shape)
+    style = sb.runtime(s_shape)
+    eps = float(draw(st.sampled_from([1e-5, 1e-3])))
+
+    def stats(v, shape):
+        sb.shape = shape
+        mean = sb.mean(v, [2, 3])
+        d = sb.node("Sub", [v, mean])
+        std = sb.node("Sqrt", [sb.shifted(sb.second_moment(d, [2, 3]), eps)])
+        return mean, d, std
+
+    _, dx, sx = stats("x", shape)
+    my, _, sy = stats(style, s_shape)
+    sb.shape = shape
+    if draw(st.booleans()):          # σ(s)·(x − μ)/σ(x) + μ(s)
+        y = sb.binary("Add", sb.node("Div", [sb.binary("Mul", sy, dx), sx]), my)
+    else:                            # normalized first (any inverse spelling), then · σ(s) + μ(s)
+        n = sb.node("Div", [dx, sx]) if draw(st.booleans()) else \
+            sb.binary("Mul", dx, sb.node("Reciprocal", [sx]))
+        y = sb.binary("Add", sb.binary("Mul", n, sy), my)
+    return sb.model(y), sb, {"AdaIN"}
+
+
+def _l2_case(draw):
+    """X / ReduceL2(X, [a]) (CLIP's h / h.norm(dim=-1, keepdim=True)), keepdims or a view back."""
+    rank = draw(st.integers(2, 4))
+    shape = tuple(draw(st.integers(2, 5)) for _ in range(rank))
+    axis = draw(st.integers(0, rank - 1))
+    sb = Spelling(draw, shape)
+    x = sb.maybe_cast("x")
+    keep = draw(st.booleans())
+    norm = sb.node("ReduceL2", [x, sb.const(np.array([axis], np.int64), np.int64)], keepdims=int(keep))
+    if not keep:
+        norm = sb.unview(norm, [axis])
+    return sb.model(sb.node("Div", [x, norm])), sb, {"LpNorm"}
 
 
 def _group_case(draw, shape, groups):

@@ -327,6 +327,9 @@ class RecognizedNorms(GraphPass):
                 m.nodes += taken
                 taken = []
                 continue
+            if has_data and m.group is None and self._adain_tail(ctx, df, m, node, value, scale, bias):
+                m.nodes += taken
+                break
             if has_data and m.group is None and self._runtime_param(ctx, df, m, node, value, scale, bias):
                 taken.append(node)
                 value = out = node.output[0]
@@ -350,6 +353,8 @@ class RecognizedNorms(GraphPass):
                 taken = []
         if not has_data:
             return False
+        if m.style is not None:
+            return True
         m.scale, m.bias, m.output = scale, bias, out
         return True
 
@@ -371,6 +376,33 @@ class RecognizedNorms(GraphPass):
                 int(np.prod(sr[2:])) != C // G * int(np.prod(s0[2:])):
             return None
         return x0, G, fwd
+
+    def _adain_tail(self, ctx, df, m, node, value, scale, bias):
+        """After a plain instance normalization: Mul by σ(s) then Add μ(s) (either operand order),
+        s's statistics over the same axes with the same eps: sets m.style and m.output."""
+        plain = np.all(np.asarray(scale) == 1.0) and np.all(np.asarray(bias) == 0.0)
+        if not plain or m.moment.kind != "centred" or not is_op(node, "Mul") or len(node.input) != 2 or \
+                list(node.input).count(value) != 1:
+            return False
+        other = node.input[1] if node.input[0] == value else node.input[0]
+        nodes = []
+        found = df.read_std(other, nodes)
+        if found is None:
+            return False
+        style, s_eps = found
+        if style.kind != "centred" or style.axes != m.moment.axes or s_eps != m.eps or style.x == m.moment.x:
+            return False
+        readers = ctx.readers(node.output[0])
+        if len(readers) != 1 or node.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
+            return False
+        add = readers[0]
+        shift = [i for i in add.input if i != node.output[0]]
+        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, m.moment.axes) or \
+                not df.lines_up(shift[0], style.x, m.moment.axes):
+            return False
+        m.nodes += [node, add] + nodes
+        m.style, m.output = style.x, add.output[0]
+        return True
 
     def _runtime_param(self, ctx, df, m, node, value, scale, bias):
         """Take Mul(n, w) / then Add(·, b) with w, b runtime tensors already shaped like the
@@ -495,20 +527,7 @@ class RecognizedNorms(GraphPass):
             return mapping
         df = Dataflow(ctx)
         if m.style is not None:
-            shape, rank = ctx.shape(m.moment.x), len(ctx.shape(m.moment.x))
-            if rank < 3 or tuple(m.moment.axes) != tuple(range(2, rank)):
-                return f"AdaIN statistics over axes {list(m.moment.axes)}, not the spatial axes of (N, C, ...)"
-            s_shape = ctx.shape(m.style)
-            if s_shape is None or len(s_shape) != rank or tuple(s_shape[:2]) != tuple(shape[:2]):
-                return f"style {m.style!r} is not (N, C, ...) like the content"
-            if ctx.shape(m.output) is not None and tuple(ctx.shape(m.output)) != tuple(shape):
-                return f"the output {m.output!r} is not shaped like the content"
-            nodes = list({id(n): n for n in m.nodes}.values())
-            reason = dtype_reason(ctx, [m.moment.x, m.style, m.output]) or chain_nodes_reason(g, nodes, m.output)
-            if reason:
-                return reason
-            m.plan = {"op": "AdaIN", "axis": 2, "params": (None, None), "removed": nodes}
-            return None
+            return self._check_adain(ctx, g, m)
         if mapping[0] == "LpNorm":
             nodes = list({id(n): n for n in m.nodes}.values())
             reason = dtype_reason(ctx, [m.moment.x, m.output]) or chain_nodes_reason(g, nodes, m.output)
@@ -518,6 +537,8 @@ class RecognizedNorms(GraphPass):
             return None
         if not self._walk_affine(ctx, df, g, m):
             return "the data never meets its standard deviation through constants only"
+        if m.style is not None:           # the walk met σ(s)·… + μ(s): AdaIN
+            return self._check_adain(ctx, g, m)
         x, y = (m.moment.x if m.group is None else m.group[0]), m.output
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
         if y_shape is not None and tuple(y_shape) != tuple(x_shape):
@@ -558,6 +579,22 @@ class RecognizedNorms(GraphPass):
                 return "the normalized axes are not static: the affine cannot become kernel parameters"
             params = (sp, bp)
         m.plan = {"op": op, "axis": axis - len(x_shape), "params": params, "removed": removed}
+        return None
+
+    def _check_adain(self, ctx, g, m):
+        shape, rank = ctx.shape(m.moment.x), len(ctx.shape(m.moment.x))
+        if rank < 3 or tuple(m.moment.axes) != tuple(range(2, rank)):
+            return f"AdaIN statistics over axes {list(m.moment.axes)}, not the spatial axes of (N, C, ...)"
+        s_shape = ctx.shape(m.style)
+        if s_shape is None or len(s_shape) != rank or tuple(s_shape[:2]) != tuple(shape[:2]):
+            return f"style {m.style!r} is not (N, C, ...) like the content"
+        if ctx.shape(m.output) is not None and tuple(ctx.shape(m.output)) != tuple(shape):
+            return f"the output {m.output!r} is not shaped like the content"
+        nodes = list({id(n): n for n in m.nodes}.values())
+        reason = dtype_reason(ctx, [m.moment.x, m.style, m.output]) or chain_nodes_reason(g, nodes, m.output)
+        if reason:
+            return reason
+        m.plan = {"op": "AdaIN", "axis": 2, "params": (None, None), "removed": nodes}
         return None
 
     @staticmethod
