@@ -295,7 +295,7 @@ CASES = [
     Spelling("instancenorm_var_mean", "InstanceNorm with torch.var_mean", instancenorm_var_mean, image, {},
              {"InstanceNorm": 1}),
     Spelling("cond_instancenorm_hand", "conditional InstanceNorm, per-sample gamma/beta", cond_instancenorm_hand,
-             image_and_gamma, {}, {"InstanceNorm": 1}),
+             image_and_gamma, {}, {"InstanceNorm": 1, "ops": ["InstanceNorm"]}),
     Spelling("adain_reassociated", "AdaIN as sy * (x - mx) / sx + my", adain_reassociated, image_and_style, {},
              {"AdaIN": 1}),
     Spelling("torchvision_normalize_conv", "torchvision Normalize before a Conv", torchvision_normalize_conv,

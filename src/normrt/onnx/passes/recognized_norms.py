@@ -413,9 +413,11 @@ class RecognizedNorms(GraphPass):
         if df.const(other) is not None:
             return False
         mapping = self._mapping(ctx, m)
-        if isinstance(mapping, str) or mapping[0] not in ("LayerNorm", "RMSNorm"):
+        if isinstance(mapping, str) or mapping[0] not in ("LayerNorm", "RMSNorm", "InstanceNorm?"):
             return False
         op, axis = mapping
+        if op == "InstanceNorm?":
+            return self._runtime_channel_param(ctx, df, m, node, other, scale, bias)
         x_shape, shape = ctx.shape(m.moment.x), ctx.shape(other)
         if shape is None or tuple(shape) != tuple(x_shape[axis:]) or \
                 not all(isinstance(d, int) for d in shape) or ctx.elem_type(other) != ctx.elem_type(m.moment.x):
@@ -427,6 +429,32 @@ class RecognizedNorms(GraphPass):
         if node.op_type == "Add" and op == "LayerNorm" and plain and set(m.sources) <= {"scale", "runtime"} \
                 and "bias" not in m.sources:
             m.sources = dict(m.sources, bias=other, runtime=True)
+            return True
+        return False
+
+    @staticmethod
+    def _runtime_channel_param(ctx, df, m, node, other, scale, bias):
+        """Conditional instance norm: Mul by γ then Add β, runtime tensors of one value per (n, c)
+        (a (N, C) or (C,) tensor viewed as (N, C, 1, 1)): the InstanceNorm kernel reads them as they
+        are. The views stay for the dead-node removal."""
+        x_shape = ctx.shape(m.moment.x)
+        if not all(isinstance(d, int) for d in x_shape[:2]):
+            return False
+        N, C = x_shape[:2]
+        o_shape = ctx.shape(other)
+        if o_shape is None or len(o_shape) != len(x_shape) or tuple(o_shape[:2]) not in ((N, C), (1, C)) or \
+                any(d != 1 for d in o_shape[2:]):
+            return False
+        src = df.view_source(other, [])
+        s_shape = df.static_shape(src)
+        if s_shape not in ((N, C), (C,)) or ctx.elem_type(src) != ctx.elem_type(m.moment.x):
+            return False
+        plain = np.all(np.asarray(scale) == 1.0) and np.all(np.asarray(bias) == 0.0)
+        if node.op_type == "Mul" and plain and not m.sources:
+            m.sources = {"scale": src, "runtime": True}
+            return True
+        if node.op_type == "Add" and plain and m.sources.get("runtime") and "bias" not in m.sources:
+            m.sources = dict(m.sources, bias=src)
             return True
         return False
 
@@ -561,6 +589,8 @@ class RecognizedNorms(GraphPass):
         scale, bias = m.scale, m.bias
         if m.group is not None:
             op, axis, params = "GroupNorm", 2, (_channel_fits(scale, x_shape), _channel_fits(bias, x_shape))
+        if op == "InstanceNorm?" and m.sources.get("runtime"):
+            op, params = "InstanceNorm", (None, None)       # per-(n, c) runtime γ, β
         if op == "InstanceNorm?":
             # spatial statistics: InstanceNorm when the affine is per channel (or absent),
             # else a LayerNorm over the spatial axes with per-position parameters
@@ -641,6 +671,8 @@ class RecognizedNorms(GraphPass):
             C = x_shape[1]
             inputs += [ctx.add_constant(x + "_gn_scale", np.broadcast_to(scale, (C,)).astype(dtype)),
                        ctx.add_constant(x + "_gn_bias", np.broadcast_to(bias, (C,)).astype(dtype))]
+        elif op == "InstanceNorm" and m.sources.get("runtime"):
+            inputs += [m.sources["scale"]] + ([m.sources["bias"]] if "bias" in m.sources else [])
         elif op == "InstanceNorm":
             C = x_shape[1]
             inputs += [ctx.add_constant(x + "_in_scale", np.broadcast_to(scale, (C,)).astype(dtype)),
