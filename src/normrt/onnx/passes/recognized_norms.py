@@ -47,6 +47,7 @@ from ._queries import channel_vector
 
 PASS = "recognized_norms"
 ALREADY_TAKEN = "node already rewritten"
+MAX_PRODUCT_DEPTH = 16      # constant factors multiplied onto the data before it meets 1/std
 
 
 @dataclass
@@ -172,8 +173,13 @@ class RecognizedNorms(GraphPass):
                                      "function than a LayerNorm/RMSNorm (the MeanVarianceNorm form)")
         return None
 
-    def _product(self, ctx, df, name, moment, nodes):
-        """(has data, constant factor) if `name` is the data times constants, else None."""
+    def _product(self, ctx, df, name, moment, nodes, depth=0):
+        """(has data, constant factor) if `name` is the data times constants, else None.
+
+        Products deeper than MAX_PRODUCT_DEPTH are not read (a hostile chain of ten thousand
+        Muls costs a bounded walk, not a RecursionError)."""
+        if depth > MAX_PRODUCT_DEPTH:
+            return None
         if self._is_data(df, name, moment, nodes):
             return True, 1.0
         inner = []
@@ -184,20 +190,20 @@ class RecognizedNorms(GraphPass):
             return False, np.asarray(c, np.float64)
         node = df.producer.get(root)
         if is_op(node, "Mul") and len(node.input) == 2:
-            a = self._product(ctx, df, node.input[0], moment, inner)
-            b = self._product(ctx, df, node.input[1], moment, inner) if a else None
+            a = self._product(ctx, df, node.input[0], moment, inner, depth + 1)
+            b = self._product(ctx, df, node.input[1], moment, inner, depth + 1) if a else None
             if b is None or (a[0] and b[0]):
                 return None
             nodes += inner + [node]
             return a[0] or b[0], a[1] * b[1]
         if is_op(node, "Div") and len(node.input) == 2 and df.const(node.input[1]) is not None:
-            a = self._product(ctx, df, node.input[0], moment, inner)
+            a = self._product(ctx, df, node.input[0], moment, inner, depth + 1)
             if a is None:
                 return None
             nodes += inner + [node]
             return a[0], a[1] / np.asarray(df.const(node.input[1]), np.float64)
         if is_op(node, "Neg"):
-            a = self._product(ctx, df, node.input[0], moment, inner)
+            a = self._product(ctx, df, node.input[0], moment, inner, depth + 1)
             if a is None:
                 return None
             nodes += inner + [node]
