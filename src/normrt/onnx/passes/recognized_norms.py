@@ -1,4 +1,5 @@
-"""Normalizations recognized by what they compute -> one normrt LayerNorm / RMSNorm / InstanceNorm.
+"""Normalizations recognized by what they compute -> one normrt LayerNorm / RMSNorm / InstanceNorm /
+GroupNorm / LpNorm / AdaIN node.
 
 Whatever the spelling, a normalization divides its data by a standard deviation
 computed from that same data. The pass anchors on the node where the two meet,
@@ -18,11 +19,19 @@ and B constants of any broadcast shape that varies only along the normalized
 axes (LayerNorm/RMSNorm) or only along the channel axis (InstanceNorm). It stops
 before the first step that does not fit (a runtime tensor -- adaLN modulation,
 AdaIN statistics --, a constant varying along other axes, a bias after an RMS),
-which stays as it is after the fused node. The kernel is chosen by the axes A:
+which stays as it is after the fused node. Runtime parameters are taken where the
+kernel reads them as they are: a scale / bias shaped like the normalized axes
+(LayerNorm, RMSNorm), per-sample (N, C) γ, β (conditional InstanceNorm). The kernel
+is chosen by the axes A:
 
     A = [a, rank)                  LayerNorm (centred) / RMSNorm (raw), axis = a
-    A = [2, rank), rank >= 4,      InstanceNorm (per-channel affine), when the
-      centred, per-channel affine    affine is per channel; LayerNorm over [2, rank) otherwise
+    A = [2, rank), rank >= 4,      InstanceNorm when the affine is per channel (or per
+      centred                        sample); LayerNorm over [2, rank) otherwise
+    X viewed as (N, G, ...),       GroupNorm(num_groups=G) when the normalized value is
+      A = [2, rank of the view)      viewed back to X's shape, then a per-channel affine
+    X / ReduceL2(X, [a])           LpNorm(p=2, axis=a)
+    σ(s)·(x - μ(x))/σ(x) + μ(s)    AdaIN(x, s): s's centred statistics over the same
+      (or x̂·σ(s) + μ(s))             (spatial) axes, with the same eps
 
 Refused, with the reason in the report (the nodes stay as they are, and run correctly):
 - statistics over the channel axis of NCHW (ConvNeXt/SAM LayerNorm2d, StyleGAN PixelNorm):
