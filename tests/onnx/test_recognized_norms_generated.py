@@ -227,8 +227,11 @@ def _adain_case(draw):
     _, dx, sx = stats("x", shape)
     my, _, sy = stats(style, s_shape)
     sb.shape = shape
-    if draw(st.booleans()):          # σ(s)·(x − μ)/σ(x) + μ(s)
+    form = draw(st.sampled_from(["product", "ratio", "normalized"]))
+    if form == "product":            # σ(s)·(x − μ)/σ(x) + μ(s)
         y = sb.binary("Add", sb.node("Div", [sb.binary("Mul", sy, dx), sx]), my)
+    elif form == "ratio":            # (σ(s)/σ(x))·(x − μ) + μ(s)
+        y = sb.binary("Add", sb.binary("Mul", sb.node("Div", [sy, sx]), dx), my)
     else:                            # normalized first (any inverse spelling), then · σ(s) + μ(s)
         n = sb.node("Div", [dx, sx]) if draw(st.booleans()) else \
             sb.binary("Mul", dx, sb.node("Reciprocal", [sx]))

@@ -254,6 +254,10 @@ class RecognizedNorms(GraphPass):
         the statistics per (n, c) over the same axes with the same eps -> a Match with `style`."""
         inner = []
         node = df.producer.get(df.data(data_name, inner))
+        if c == 1.0 and moment.kind == "centred" and anchor.op_type == "Div":
+            ratio = self._adain_ratio(ctx, df, anchor, moment, eps, data_name, stat_nodes)
+            if ratio is not None:
+                return ratio
         if c != 1.0 or not is_op(node, "Mul") or len(node.input) != 2 or moment.kind != "centred":
             return None
         for a, b in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
@@ -278,6 +282,34 @@ class RecognizedNorms(GraphPass):
             m.style, m.output = style.x, add.output[0]
             return m
         return None
+
+    def _adain_ratio(self, ctx, df, anchor, moment, eps, ratio_num, stat_nodes):
+        """(σ(s) / σ(x)) · (x − μ(x)) + μ(s): the ratio of the stds first -> a Match with `style`."""
+        nodes = []
+        found = df.read_std(ratio_num, nodes)
+        if found is None:
+            return None
+        style, s_eps = found
+        if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+            return None
+        readers = ctx.readers(anchor.output[0])
+        if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Mul"):
+            return None
+        mul = readers[0]
+        data = [i for i in mul.input if i != anchor.output[0]]
+        if len(data) != 1 or not self._is_data(df, data[0], moment, nodes):
+            return None
+        readers = ctx.readers(mul.output[0])
+        if len(readers) != 1 or mul.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
+            return None
+        add = readers[0]
+        shift = [i for i in add.input if i != mul.output[0]]
+        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, moment.axes) or \
+                not df.lines_up(shift[0], style.x, moment.axes):
+            return None
+        m = Match(anchor, moment, eps, nodes=[anchor, mul, add] + stat_nodes + nodes)
+        m.style, m.output = style.x, add.output[0]
+        return m
 
     @staticmethod
     def _mismatch(df, name, moment):
