@@ -766,7 +766,7 @@ def short_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:300]}"
 
 
-def make_case(case: Case, out_dir: Path, verbose: bool) -> tuple[list[dict], list[dict], list[str]]:
+def make_case(case: Case, out_dir: Path, verbose: bool, combos=COMBOS) -> tuple[list[dict], list[dict], list[str]]:
     import onnx
 
     entries, skipped, failures = [], [], []
@@ -775,14 +775,15 @@ def make_case(case: Case, out_dir: Path, verbose: bool) -> tuple[list[dict], lis
     with quiet():
         built = case.build(gen)
     built.module.eval()
-    randomize_norms(built.module, gen)
+    if not case.tags or "spelling" not in case.tags:
+        randomize_norms(built.module, gen)
     with torch.no_grad():
         ref = [t.detach().numpy().copy() for t in flatten_outputs(built.module(*built.inputs.values()))]
     if len(ref) != len(built.outputs):
         raise RuntimeError(f"{case.name}: {len(ref)} outputs but {len(built.outputs)} names")
     in_np = {k: v.detach().numpy().copy() for k, v in built.inputs.items()}
 
-    for exporter, opset in COMBOS:
+    for exporter, opset in combos:
         stem = f"{case.name}__{exporter}{opset}"
         onnx_path = out_dir / f"{stem}.onnx"
         npz_path = out_dir / f"{stem}.npz"
@@ -992,6 +993,49 @@ def make_examples(out_dir: Path = EXAMPLES_OUT) -> int:
     return 1 if failures else 0
 
 
+SPELLINGS_OUT = DEFAULT_OUT / "spellings"
+SPELLING_COMBOS = [("legacy", 17), ("dynamo", 18)]
+
+
+def make_spellings(out_dir: Path, only: str, verbose: bool) -> int:
+    """Hand-written normalizations of scripts/norm_spellings.py, both exporters, into out_dir/index.json."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import norm_spellings as ns
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path = out_dir / "index.json"
+    names = set(filter(None, only.split(",")))
+    old = json.loads(index_path.read_text()) if names and index_path.exists() else {"fixtures": [], "skipped": []}
+    entries = [e for e in old["fixtures"] if e["name"] not in names]
+    skipped = [s for s in old["skipped"] if s["name"] not in names]
+    failures = []
+    for sp in ns.CASES:
+        if names and sp.name not in names:
+            continue
+        print(f"[{sp.name}] {sp.source}", flush=True)
+
+        def build(gen, sp=sp):
+            return Built(ns.SpellingModule(sp, gen), sp.inputs(gen), ["y"])
+        case = Case(sp.name, sp.source, build, tags=["spelling"])
+        e, s, f = make_case(case, out_dir, verbose, combos=SPELLING_COMBOS)
+        for entry in e:
+            entry["expect"] = sp.expect
+            del entry["torch"], entry["max_rel_err_onnxruntime"]
+        entries += e
+        skipped += s
+        failures += f
+    order = {sp.name: i for i, sp in enumerate(ns.CASES)}
+    entries.sort(key=lambda e: (order.get(e["name"], 1 << 30), e["exporter"]))
+    index_path.write_text(json.dumps({"generator": "scripts/make_fixtures.py --spellings",
+                                      "versions": versions(), "fixtures": entries, "skipped": skipped},
+                                     indent=1) + "\n")
+    total = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    print(f"{len(entries)} spelling fixtures, {len(skipped)} not exported, {total / 2**10:.0f} KiB")
+    for f in failures:
+        print("FAILURE " + f)
+    return 1 if failures else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default tests/data)")
@@ -1000,6 +1044,9 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print exporter tracebacks")
     ap.add_argument("--examples", action="store_true",
                     help="build only the bundled example models into src/normrt/examples/ (or --out)")
+    ap.add_argument("--spellings", action="store_true",
+                    help="build only the hand-written normalizations (scripts/norm_spellings.py) "
+                         "into tests/data/spellings/ (or --out); --only selects some")
     args = ap.parse_args(argv)
 
     if args.list:
@@ -1018,6 +1065,8 @@ def main(argv=None) -> int:
     if args.examples:
         out = args.out if args.out != DEFAULT_OUT else EXAMPLES_OUT
         return make_examples(out)
+    if args.spellings:
+        return make_spellings(args.out if args.out != DEFAULT_OUT else SPELLINGS_OUT, args.only, args.verbose)
 
     out_dir = args.out
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""layer_norm_decomposed: LayerNorm written out in elementary ops becomes one normrt::LayerNorm.
+"""recognized_norms on the LayerNorm chains exporters write: each becomes one normrt::LayerNorm.
 
 Each variant is a small graph built here; the oracle is onnx.reference on the original model.
 """
@@ -12,7 +12,7 @@ import normrt
 
 RNG = np.random.default_rng(5)
 F = TensorProto.FLOAT
-PASS = "layer_norm_decomposed"
+PASS = "recognized_norms"
 
 
 def vi(name, shape, elem=F):
@@ -132,7 +132,7 @@ def test_every_spelling_becomes_one_node(square, inverse, opset):
     assert fused(report) == 1
     assert ops(sess) == ["LayerNorm"]
     (entry,) = report["fused"]
-    assert entry["op"] == "decomposed LayerNorm" and entry["normrt_op"] == "LayerNorm"
+    assert entry["op"] == "LayerNorm by statistics (centred)" and entry["normrt_op"] == "LayerNorm"
     assert entry["kernel"] == "layer_norm" and entry["residual"] is False
     assert {"rm_mean", "sub", "rm_var", "add_eps", "mul_scale", "add_bias"} <= set(entry["nodes"])
     assert entry["pattern"].startswith("ReduceMean-Sub-")
@@ -191,7 +191,7 @@ def test_identity_casts_around_the_statistics_are_absorbed():
     sess, report = run_and_compare(model)
     assert fused(report) == 1
     assert "cast_in" in report["fused"][0]["nodes"] and "cast_mid" in report["fused"][0]["nodes"]
-    assert ops(sess) == ["LayerNorm", "Cast"]       # the trailing Cast reads the norm: it stays (a no-op)
+    assert ops(sess) == ["LayerNorm"]       # the trailing identity Cast is absorbed too
 
 
 def test_float16_model_normalized_in_float32():
@@ -242,7 +242,7 @@ def assert_not_fused(model, reason_part):
 
 
 def test_refuses_non_trailing_axes():
-    assert_not_fused(ln_model(axes=(1,), scale_shape=(5, 1), bias_shape=(5, 1)), "not trailing")
+    assert_not_fused(ln_model(axes=(1,), scale_shape=(5, 1), bias_shape=(5, 1)), "channel axis")
 
 
 def test_refuses_mean_and_variance_over_different_axes():
@@ -308,16 +308,17 @@ def test_refuses_float16_and_wrong_exponent():
     for t in model.graph.initializer:
         if t.name == "two":
             t.CopyFrom(const("two", np.float32(3.0)))
-    assert_not_fused(model, "exponent of the square is 3.0")
+    assert_not_fused(model, "exponent 'two' is not a constant 2")
 
 
 def test_reversed_sub_is_not_a_layer_norm():
-    """(mean - x) / std is -LayerNorm: not matched, left as it is."""
+    """(mean - x) / std is no LayerNorm of x; by dataflow it is the RMSNorm of d = mean - x
+    (d / sqrt(mean(d²) + eps)): that is what is fused, the Sub and its mean stay."""
     model = ln_model(scale=None, bias=None)
     sub = next(n for n in model.graph.node if n.name == "sub")
     sub.input[:] = ["mean", "x"]
     sess, report = run_and_compare(model)
-    assert fused(report) == 0 and "LayerNorm" not in ops(sess)
+    assert "LayerNorm" not in ops(sess) and sorted(ops(sess)) == ["RMSNorm", "ReduceMean", "Sub"]
 
 
 @pytest.mark.parametrize("scale_shape,absorbed", [([8], True), ([1, 8], False)])

@@ -109,7 +109,7 @@ def test_decomposed_layer_norm_and_float64():
     D = TensorProto.DOUBLE
     model = make_model(nodes, [vi("a", [4, 16], D), vi("b", [4, 16], D)], [vi("y", [4, 16], D)], inits, 13)
     sess, report = run_and_compare(model, atol=1e-12)
-    assert fused(report) == 1 and report["passes"]["layer_norm_decomposed"] == 1
+    assert fused(report) == 1 and report["passes"]["recognized_norms"] == 1
     assert ops(sess) == ["LayerNorm"]
     (entry,) = report["fused"]
     assert entry["residual"] is True and "add_residual" in entry["nodes"] and "sub" in entry["nodes"]

@@ -1,4 +1,4 @@
-"""rms_norm_decomposed: RMSNorm written out in elementary ops becomes one normrt::RMSNorm.
+"""recognized_norms on the RMSNorm chains exporters write: each becomes one normrt::RMSNorm.
 
 The forms of the dynamo exporter (nn.RMSNorm, opset 18), of LLaMA's and T5's hand-written
 RMSNorm (legacy and dynamo), and refusals; the oracle is onnx.reference on the original model.
@@ -11,7 +11,7 @@ from test_pass_layer_norm_decomposed import const, make_model, ops, reduce_mean,
 
 RNG = np.random.default_rng(7)
 F = TensorProto.FLOAT
-PASS = "rms_norm_decomposed"
+PASS = "recognized_norms"
 
 
 def rms_nodes(x="x", out="y", *, axes=(-1,), opset=18, square="pow", inverse="reciprocal", cast=False,
@@ -84,7 +84,7 @@ def test_exporter_forms_become_one_node(form):
     assert fused(report) == 1
     assert ops(sess) == ["RMSNorm"]
     (entry,) = report["fused"]
-    assert entry["op"] == "decomposed RMSNorm" and entry["normrt_op"] == "RMSNorm"
+    assert entry["op"] == "RMSNorm by statistics (raw)" and entry["normrt_op"] == "RMSNorm"
     assert entry["kernel"] == "rms_norm" and entry["residual"] is False
     assert {"mean", "add_eps", "mul_weight"} <= set(entry["nodes"])
     if form.get("cast"):
@@ -143,7 +143,7 @@ def assert_not_fused(model, reason_part, feed=None):
 
 
 def test_refuses_non_trailing_axes():
-    assert_not_fused(rms_model(axes=(1,), scale=None), "not trailing")
+    assert_not_fused(rms_model(axes=(1,), scale=None), "channel axis")
 
 
 def test_refuses_eps_as_graph_input():
@@ -161,12 +161,17 @@ def test_refuses_middle_value_used_elsewhere(middle, shape):
     assert_not_fused(model, repr(middle))
 
 
-def test_refuses_wrong_constants():
-    model = rms_model(inverse="div_one", opset=13)
+def test_other_numerator_of_the_inverse_becomes_the_scale():
+    """x * (2 / std) is an RMSNorm scaled by 2: fused, the 2 in the kernel's scale."""
+    model = rms_model(inverse="div_one", opset=13, scale=None)
     for t in model.graph.initializer:
         if t.name == "one":
             t.CopyFrom(const("one", np.float32(2.0)))
-    assert_not_fused(model, "numerator of the inverse is 2.0")
+    sess, report = run_and_compare(model)
+    assert ops(sess) == ["RMSNorm"]
+    scale = {t.name: numpy_helper.to_array(t) for t in sess.optimized_model.graph.initializer}[
+        sess.optimized_model.graph.node[0].input[1]]
+    assert np.all(scale == 2.0)
 
 
 def test_different_squared_value_is_no_rms_norm():

@@ -21,8 +21,8 @@ from .passes.lrn_decomposed import LrnDecomposed
 from .passes.adain import AdaIN
 from .passes.mvn_decomposed import MvnDecomposed
 from .passes.standard_norms import StandardNorms
-from .passes.layer_norm_decomposed import LayerNormDecomposed
-from .passes.rms_norm_decomposed import RMSNormDecomposed
+from .passes.recognized_norms import RecognizedNorms
+from .passes.affine_before_conv import AffineBeforeConv
 from .passes.residual_norm import ResidualNorm
 from .passes.group_norm_instance import GroupNormInstance
 from .passes.conditional_instance_norm import ConditionalInstanceNorm
@@ -39,8 +39,8 @@ from .passes.matmul_epilogue import MatMulEpilogue
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
-            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(),
-            PoolBeforePointwiseConv(), LayerNormDecomposed(), RMSNormDecomposed(), StandardNorms(),
+            GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
+            PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
 
@@ -80,7 +80,9 @@ def optimize_model(proto, passes=None):
     for p in (default_passes() if passes is None else passes):
         changed = p.run(ctx)
         ctx.commit()
-        if changed:             # shape inference over the whole model is the slow part of loading big models
+        # shape inference over the whole model is the slow part of loading big models: only
+        # when a rewrite wrote values of new names
+        if changed and ctx.types_stale():
             ctx.refresh_types()
     removed += _remove_dead_nodes(ctx)
     ctx.commit()

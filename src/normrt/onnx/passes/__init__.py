@@ -40,7 +40,7 @@ class PassContext:
     def __init__(self, model, report=None):
         self.model = model
         self.graph = model.graph
-        self.nodes = list(model.graph.node)
+        self.nodes = list(model.graph.node)       # builds the use-def index (see `nodes`)
         self.opsets = opset_versions(model)
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.graph_inputs = {i.name for i in model.graph.input} - set(self.constants)
@@ -49,6 +49,9 @@ class PassContext:
         self.report = report if report is not None else Report()
         self.new_name = NameGen(model.graph)
         self.types = {}
+        self._dirty = True         # nodes or constants changed since the last commit
+        self._untyped = set()      # values written by nodes added since the last refresh_types
+        self._retype = False       # set by mark_types_stale
         self.refresh_types()
 
     # -- types ---------------------------------------------------------------
@@ -96,6 +99,13 @@ class PassContext:
             del self.model.opset_import[n_opsets:]
             self.model.ir_version = ir_version
         self.types = types
+        self._untyped = set()
+        self._retype = False
+
+    def mark_types_stale(self):
+        """Inference may now know more (e.g. constant folding turned a Shape computation into
+        constants, which data propagation reads as a static shape): refresh after this pass."""
+        self._retype = True
 
     def elem_type(self, name):
         t = self.types.get(name)
@@ -105,17 +115,87 @@ class PassContext:
         t = self.types.get(name)
         return t.shape if t else None
 
-    # -- graph queries -------------------------------------------------------
+    # -- the node list and its use-def index --------------------------------
+    # The index is kept up to date by every edit (replace_nodes, assigning `nodes`), so a
+    # query costs O(1) and a pass O(nodes): no map is rebuilt per match. Each node has an
+    # order key, a tuple: a replacement takes the key of the last node it replaces with
+    # one more component per new node, so keys stay in graph order without renumbering.
+    @property
+    def nodes(self):
+        """The nodes in graph order (a fresh list: editing it does not edit the graph; assign it)."""
+        if self._ordered is None:
+            self._ordered = sorted(self._node_of.values(), key=lambda n: self._key[id(n)])
+        return list(self._ordered)
+
+    @nodes.setter
+    def nodes(self, nodes):
+        self._node_of, self._key, self._reads = {}, {}, {}
+        self._producer, self._readers = {}, {}
+        self._ordered = None
+        self._unordered = False
+        self._dirty = True
+        for i, node in enumerate(nodes):
+            self._index(node, (i,))
+
+    def _index(self, node, key):
+        nid = id(node)
+        self._node_of[nid] = node
+        self._key[nid] = key
+        reads = node_reads(node)
+        self._reads[nid] = reads
+        for name in node.output:
+            if name:
+                self._producer[name] = node
+        for name in reads:
+            # copy on write: a reader list a pass holds stays as it was
+            self._readers[name] = self._readers.get(name, ()) + (node,)
+
+    def _unindex(self, node):
+        nid = id(node)
+        del self._node_of[nid]
+        del self._key[nid]
+        for name in node.output:
+            if name and self._producer.get(name) is node:
+                del self._producer[name]
+        for name in set(self._reads.pop(nid)):
+            kept = tuple(r for r in self._readers.get(name, ()) if r is not node)
+            if kept:
+                self._readers[name] = kept
+            else:
+                self._readers.pop(name, None)
+
     def consumers(self):
-        """{value name: [nodes reading it]} (explicit and implicit reads)."""
-        out = {}
-        for node in self.nodes:
-            for name in node_reads(node):
-                out.setdefault(name, []).append(node)
+        """{value name: (nodes reading it, once per read)} (explicit and implicit reads).
+
+        The live index: read it, never modify it; it follows the graph's edits.
+        """
+        return self._readers
+
+    def readers(self, name):
+        """The distinct nodes reading `name`, in the order they were indexed."""
+        seen, out = set(), []
+        for n in self._readers.get(name, ()):
+            if id(n) not in seen:
+                seen.add(id(n))
+                out.append(n)
         return out
 
     def producer(self):
-        return {o: node for node in self.nodes for o in node.output if o}
+        """{value name: the node writing it} (the live index: read it, never modify it)."""
+        return self._producer
+
+    def contains(self, node):
+        """Whether `node` is in the graph now (an earlier rewrite may have replaced it)."""
+        return self._node_of.get(id(node)) is node
+
+    def order_key(self, node):
+        """A key sorting nodes in graph order (None for a node not in the graph)."""
+        return self._key.get(id(node))
+
+    def in_graph_order(self, nodes):
+        """The distinct `nodes` in graph order (nodes no longer in the graph first)."""
+        unique = {id(n): n for n in nodes}.values()
+        return sorted(unique, key=lambda n: (1,) + self._key[id(n)] if self.contains(n) else (0,))
 
     def is_constant(self, name):
         return name in self.constants
@@ -123,26 +203,52 @@ class PassContext:
     # -- edits ---------------------------------------------------------------
     def replace_nodes(self, old, new):
         """Replace the nodes `old` by `new`, placed where the last of `old` was."""
-        old_ids = {id(n) for n in old}
-        pos = max(i for i, n in enumerate(self.nodes) if id(n) in old_ids)
-        kept = []
-        for i, n in enumerate(self.nodes):
-            if i == pos:
-                kept.extend(new)
-            if id(n) not in old_ids:
-                kept.append(n)
-        self.nodes = kept
+        old = [n for n in {id(n): n for n in old}.values()]
+        missing = [n.name for n in old if not self.contains(n)]
+        if missing:
+            raise ValueError(f"replace_nodes: nodes {missing} are not in the graph")
+        last = max(self._key[id(n)] for n in old)
+        for n in old:
+            self._unindex(n)
+        for i, n in enumerate(new):
+            self._index(n, last + (i,))
+            self._untyped.update(o for o in n.output if o and o not in self.types)
+        self._ordered = None
+        self._dirty = True
+
+    def mark_unordered(self):
+        """A rewrite may have put a reader before its producer: `commit` restores topological order."""
+        self._unordered = True
+
+    def _restore_order(self):
+        from ..plan import topological_order    # the executor's own ordering (stable)
+        available = set(self.graph_inputs) | set(self.constants) | self._initializer_names
+        self.nodes, _ = topological_order(self.nodes, available, self.graph_outputs)
 
     def add_constant(self, base_name, value):
         name = self.new_name(base_name)
         self.constants[name] = np.asarray(value)
+        self._untyped.add(name)
+        self._dirty = True
         return name
+
+    def types_stale(self):
+        """Whether values added since the last refresh_types lack a type (rewrites keep the
+        names, and so the types, of the values they replace: most need no new inference)."""
+        if self._retype or any(name not in self.types for name in self._untyped):
+            return True
+        # constants folded under a name inference could not type
+        return any(self.types.get(name) is None or self.types[name].shape is None for name in self.constants)
 
     def commit(self):
         """Write nodes and constants back into the ModelProto (dropping unused initializers)."""
+        if not self._dirty and not self._unordered:
+            return
+        self._dirty = False
+        if self._unordered:
+            self._restore_order()
         used = set(self.graph_outputs)
-        for node in self.nodes:
-            used.update(node_reads(node))
+        used.update(self._readers)
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
         present = set()

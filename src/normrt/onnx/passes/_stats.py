@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._graph import decode_attributes
-from ._chain import is_op, other_input, scalar
+from ._queries import is_op, other_input, scalar
 
 LAYOUT = ("Reshape", "Unsqueeze", "Squeeze", "Cast")
 

@@ -30,7 +30,7 @@ import math
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._match import close_to, is_op, node_attrs, present, private_reason, scalar_constant
+from ._queries import close_to, is_op, node_attrs, present, private_reason, scalar_constant
 
 SQRT2 = math.sqrt(2.0)
 PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU"}

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from . import _stats as st
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
 
 PATTERN = "AdaIN(ReduceMean/Sub/Sqrt/Div/Mul/Add)"
 
@@ -129,8 +129,7 @@ class AdaIN(GraphPass):
             if id(n) not in seen:
                 seen.add(id(n))
                 nodes.append(n)
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        m.nodes = sorted(nodes, key=lambda n: order.get(id(n), -1))
+        m.nodes = ctx.in_graph_order(nodes)
         reason = chain_nodes_reason(g, m.nodes, y)
         if reason:
             return reason

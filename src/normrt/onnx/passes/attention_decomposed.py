@@ -35,8 +35,8 @@ from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, fused_name, in_graph_order, is_op
-from ._match import node_attrs, other_input
+from ._queries import Graph, chain_nodes_reason, fused_name, in_graph_order, is_op
+from ._queries import node_attrs, other_input
 
 PATTERN = "decomposed attention"
 

@@ -47,8 +47,8 @@ from onnx import TensorProto, helper
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, fused_name, in_graph_order, is_op
-from ._match import is_normrt, node_attrs, take_fused_entry
+from ._queries import Graph, fused_name, in_graph_order, is_op
+from ._queries import is_normrt, node_attrs, take_fused_entry
 
 PATTERN = "attention layouts"
 

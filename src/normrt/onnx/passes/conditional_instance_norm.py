@@ -38,7 +38,7 @@ from onnx import helper
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._match import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs, only_consumer,
+from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs, only_consumer,
                      other_input, present, private_reason, take_fused_entry)
 
 PATTERN_CONDITIONAL = "ConditionalInstanceNorm"

@@ -76,6 +76,8 @@ class ConstantFolding(GraphPass):
                 ctx.constants[name] = value
             count += 1
         ctx.nodes = kept
+        if count:
+            ctx.mark_types_stale()      # folded shape computations: inference may now know more shapes
         ctx.commit()
         ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
         return count

@@ -41,7 +41,7 @@ from onnx import TensorProto
 
 from ..domain import make_node
 from . import GraphPass
-from ._match import is_op, node_attrs, other_input, present, private_reason
+from ._queries import is_op, node_attrs, other_input, present, private_reason
 from .activation_epilogue import PATTERN_NAMES, match_activation
 
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs

@@ -31,7 +31,7 @@ from onnx import helper
 
 from ...api.weights import fold_batch_norm
 from . import GraphPass
-from ._match import (NP_FLOAT, float_type_reason, is_normrt, is_op, node_attrs, present, private_reason,
+from ._queries import (NP_FLOAT, float_type_reason, is_normrt, is_op, node_attrs, present, private_reason,
                      take_fused_entry)
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._match import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, other_input, present,
+from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, other_input, present,
                      private_reason)
 from .fold_batch_norm import FoldBatchNorm
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._match import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs,
+from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs,
                      only_consumer, present, private_reason, take_fused_entry)
 
 PATTERN = "GroupNorm(Reshape/InstanceNormalization/Reshape)"

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
-from ._match import node_attrs
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
+from ._queries import node_attrs
 from ._stats import float_attr_reason
 
 PATTERN = "F.normalize(ReduceL2/Clip/Expand/Div)"

@@ -45,8 +45,8 @@ import numpy as np
 from .._graph import implicit_inputs, subgraphs
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
-from ._match import node_attrs
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
+from ._queries import node_attrs
 from ._stats import float_attr_reason
 
 PATTERN = "LocalResponseNorm(Pow/Pad/AveragePool/Div)"
@@ -167,8 +167,7 @@ class LrnDecomposed(GraphPass):
                 return None
             nodes.append(node)
             todo.extend(i for i in node.input if i)
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        return sorted(nodes, key=lambda n: order[id(n)])
+        return ctx.in_graph_order(nodes)
 
     def describe(self, m):
         return PATTERN, [n.name for n in m.nodes]

@@ -28,10 +28,10 @@ from onnx import TensorProto
 from .._graph import decode_attributes
 from ..domain import make_node
 from . import GraphPass
-from ._match import is_op, only_consumer, other_input, private_reason
+from ._queries import is_op, only_consumer, other_input, private_reason
 from .activation_epilogue import PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
-from ._chain import Graph
+from ._queries import Graph
 
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Div", "Mul")
 
@@ -71,7 +71,7 @@ class MatMulEpilogue(GraphPass):
 
     # -- check ---------------------------------------------------------------
     def check(self, ctx, node):
-        if not any(n is node for n in ctx.nodes):
+        if not ctx.contains(node):
             return "node already rewritten"
         a, w = node.input[0], node.input[1]
         if ctx.elem_type(a) != TensorProto.FLOAT or ctx.elem_type(w) != TensorProto.FLOAT:

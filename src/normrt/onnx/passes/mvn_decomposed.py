@@ -27,7 +27,7 @@ arithmetic, and without its cancellation when |mean| >> std.
 
 Refused (reason in the report):
 - eps inside the square root (sqrt(var + eps): that is LayerNorm over trailing
-  axes, left to layer_norm_decomposed; over other axes it is no MVN);
+  axes, left to recognized_norms; over other axes it is no MVN);
 - reductions over different axes, keepdims=0, non-constant axes, an unbiased
   variance, eps not a constant scalar >= 0;
 - a middle value read elsewhere or a graph output; element types other than float32/float64.
@@ -38,7 +38,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._chain import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, other_input, scalar
 from ._stats import float_attr_reason, mean_axes
 
 PATTERN = "MeanVarianceNorm(ReduceMean/Sub/Sqrt/Add/Div)"
@@ -189,9 +189,7 @@ class MvnDecomposed(GraphPass):
         y_shape = ctx.shape(y)
         if y_shape is None or len(y_shape) != len(x_shape):
             return f"the output {y!r} is not shaped like {x!r}"
-        order = {id(n): i for i, n in enumerate(ctx.nodes)}
-        nodes = list({id(n): n for n in [red, m.sub] + var + [m.sqrt] + eps_nodes + [m.div]}.values())
-        m.nodes = sorted(nodes, key=lambda n: order.get(id(n), -1))
+        m.nodes = ctx.in_graph_order([red, m.sub] + var + [m.sqrt] + eps_nodes + [m.div])
         reason = chain_nodes_reason(g, m.nodes, y)
         if reason:
             return reason

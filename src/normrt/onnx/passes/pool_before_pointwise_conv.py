@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._match import float_type_reason, is_op, node_attrs, present, private_reason
+from ._queries import float_type_reason, is_op, node_attrs, present, private_reason
 
 
 @dataclass

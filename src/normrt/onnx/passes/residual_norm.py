@@ -26,9 +26,8 @@ from dataclasses import dataclass
 
 from .._graph import NORMRT_DOMAIN, canonical_domain, decode_attributes, node_reads
 from ..domain import NORM_OPS, make_node
-from ..plan import topological_order
 from . import GraphPass
-from ._chain import Graph, dtype_reason
+from ._queries import Graph, dtype_reason
 
 RESIDUAL_SLOT = {"LayerNorm": 3, "RMSNorm": 2}      # input position of `residual`
 SUM_SLOT = {"LayerNorm": 3, "RMSNorm": 1}           # output position of `residual_sum`
@@ -42,7 +41,14 @@ class Match:
 
 def _reads_downstream_of(g, names, node):
     """Whether any of `names` is computed (transitively) from an output of `node`: fusing would
-    then make the norm wait for its own output."""
+    then make the norm wait for its own output.
+
+    The walk goes up from `names` and stops at nodes placed before `node` (they cannot depend
+    on it while the graph is in topological order), so it costs the nodes between them, not
+    the whole prefix of the graph; an order not yet restored (ctx.mark_unordered) walks it all.
+    """
+    ctx = g.ctx
+    stop = ctx.order_key(node) if not ctx._unordered else None
     seen, stack = set(), list(names)
     while stack:
         name = stack.pop()
@@ -54,6 +60,8 @@ def _reads_downstream_of(g, names, node):
             continue
         if producer is node:
             return True
+        if stop is not None and ctx.order_key(producer) < stop:
+            continue
         stack.extend(node_reads(producer))
     return False
 
@@ -119,9 +127,9 @@ class ResidualNorm(GraphPass):
         new = make_node(op, inputs, outputs, norm.name, **decode_attributes(norm))
         ctx.replace_nodes([add, norm], [new])
         if keep_sum:
-            # readers of h between the Add and the norm now wait for the norm: restore topological order
-            available = set(ctx.graph_inputs) | set(ctx.constants)
-            ctx.nodes, _ = topological_order(ctx.nodes, available, ctx.graph_outputs)
+            # readers of h between the Add and the norm now wait for the norm: the
+            # topological order is restored once, when the pass commits
+            ctx.mark_unordered()
         entry = next((e for e in ctx.report.fused if e.get("normrt_node") == norm.name), None)
         if entry is None:
             entry = {"pass": self.name, "op": op, "pattern": op, "nodes": [norm.name], "normrt_op": op,
