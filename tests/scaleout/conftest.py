@@ -124,17 +124,35 @@ def multi_io_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def slow_block(block, seconds=0.15):
+    """Identity that takes a while: keeps a computation running long enough to kill a worker in it."""
+    import time
+    time.sleep(seconds)
+    return block
+
+
 @pytest.fixture(scope="session")
 def dask_client():
     """One LocalCluster (2 worker processes x 1 thread) shared by every Dask test."""
     distributed = pytest.importorskip("distributed")
-    import dask
-    with dask.config.set({"distributed.worker.daemon": False}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40)
+    import sys
+
+    import cloudpickle
+    # the workers cannot import this conftest: its helpers travel by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
     client = distributed.Client(cluster)
+    client.run(__import__, "normrt.dask")     # the workers' imports, once, before any test's timing
     try:
         yield client
     finally:
         client.close()
         cluster.close()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def batched(x, rows):
+    """x as a dask array split along axis 0 only, `rows` per partition."""
+    import dask.array as da
+    return da.from_array(x, chunks=(rows,) + tuple(x.shape[1:]))
