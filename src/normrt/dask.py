@@ -271,7 +271,27 @@ def _tree_merge(dsk, keys, name):
     return keys[0]
 
 
-def recalibrate_batch_norm(model, inputs, *, num_threads=None):
+def _compute_with_progress(collection):
+    """dask.compute with a progress bar: distributed's for an active Client, else dask's local one."""
+    dask, _ = _dask()
+    try:
+        from distributed import default_client, progress
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is None or dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        import sys
+
+        from dask.diagnostics import ProgressBar
+        with ProgressBar(out=sys.stderr):
+            return dask.compute(collection)[0]
+    future = client.compute(collection)
+    progress(future)
+    print(flush=True)
+    return future.result()
+
+
+def recalibrate_batch_norm(model, inputs, *, num_threads=None, progress=False):
     """normrt.recalibrate_batch_norm over dask arrays (the inputs `predict` takes).
 
     One Dask computation per topological pass (BNs feeding BNs need the
@@ -279,7 +299,7 @@ def recalibrate_batch_norm(model, inputs, *, num_threads=None):
     of the pass's BN inputs, merged in a fixed tree by partition index, so the
     result depends on the chunking only (identical on 1 or N workers). Runs on
     the current Dask scheduler (a distributed.Client if one is active).
-    Returns a new ModelProto.
+    Returns a new ModelProto. `progress=True` shows Dask's progress bar per pass.
     """
     dask, da = _dask()
     from dask.base import tokenize
@@ -307,7 +327,10 @@ def recalibrate_batch_norm(model, inputs, *, num_threads=None):
             keys.append((name, i))
         root = _tree_merge(dsk, keys, name)
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x for _, x in arrays])
-        (merged,) = dask.compute(Delayed(root, graph, layer=name))
+        result = Delayed(root, graph, layer=name)
+        if progress:
+            return _compute_with_progress(result)
+        (merged,) = dask.compute(result)
         return merged
 
     return _recal.recalibrate_with(proto, run_pass)
