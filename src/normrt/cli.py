@@ -622,7 +622,7 @@ def _dask_inputs(sess_inputs, items, chunk):
         x = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         if want is not None and x.dtype != want:
             x = x.astype(want)          # e.g. numpy's default float64 for a float32 input
-        arrays[name] = x.rechunk({0: chunk})
+        arrays[name] = x       # partitions of <= chunk rows, cut at file boundaries (no rechunk tasks)
     return arrays
 
 
