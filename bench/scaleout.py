@@ -163,8 +163,9 @@ def format_result(r, markdown=False):
     plain = best["plain loop, 1 thread"]
     one = best["predict, 1 worker x 1 thread"]
     rows = [(k, f"{t:.3f} s", f"{r['images'] / t:.1f}", f"{plain / t:.2f}x", f"{one / t:.2f}x",
-             f"{r['cores'][k]:.2f}") for k, t in best.items()]
-    header = ("configuration", "time (min)", "images/s", "vs plain loop", "vs 1 worker", "cores used")
+             f"{r['cores'][k]:.2f}", f"{r['images'] / (t * r['cores'][k]):.1f}") for k, t in best.items()]
+    header = ("configuration", "time (min)", "images/s", "vs plain loop", "vs 1 worker", "cores used",
+              "images/CPU-s")
     per_part, direct = r["overhead"]
     lines = []
     if markdown:
@@ -180,7 +181,8 @@ def format_result(r, markdown=False):
                  f"scaling 1 -> 2 workers: {one / best['predict, 2 workers x 1 thread']:.2f}x")
     lines.append(f"per-partition overhead (one-node model, 1 worker): {per_part * 1e3:.2f} ms per partition "
                  f"through predict vs {direct * 1e3:.3f} ms direct run = {(per_part - direct) * 1e3:.2f} ms")
-    lines.append("cores used: CPU seconds of the process(es) doing the work over wall seconds, in that round")
+    lines.append("cores used: CPU seconds of the process(es) doing the work over wall seconds, in that round; "
+                 "images/CPU-s: throughput per core actually obtained")
     lines.append(f"load average at the end: {' '.join(f'{v:.2f}' for v in r['load'])}")
     return "\n".join(lines)
 
