@@ -50,10 +50,6 @@ def tiny_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def make_images(n, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, 3, 64, 64)).astype(np.float32)
-
-
 def start_cluster(n_workers=2):
     import logging
 
@@ -66,21 +62,25 @@ def start_cluster(n_workers=2):
 class Scaleout:
     """The timed runners on one client: plain(), predict(workers) and their outputs."""
 
-    def __init__(self, client, images, chunk, model=None):
+    def __init__(self, client, images, chunk, model=None, seed=0):
         import dask.array as da
 
         import normrt
         import normrt.dask as nd
         self.client, self.chunk = client, chunk
         self.model = model if model is not None else example_model()
-        self.images = images
-        self.parts = [images[i:i + chunk] for i in range(0, len(images), chunk)]
+        # the images are made on the workers (as data read where it lives would be), then
+        # persisted on the workers of each configuration; the plain loop gets the same values
+        base = da.random.default_rng(seed).standard_normal((images, 3, 64, 64), chunks=(chunk, 3, 64, 64),
+                                                           dtype=np.float32)
+        self.images = base.compute()
+        self.parts = [self.images[i:i + chunk] for i in range(0, images, chunk)]
         self.session = normrt.InferenceSession(self.model, num_threads=1)
         self.addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
         self.arrays = {}
         for n in (1, 2):
             workers = self.addresses[:n]
-            x = da.from_array(images, chunks=(chunk,) + images.shape[1:])
+            x = base.map_blocks(np.array, dtype=np.float32, name=f"bench-images-{n}-{base.name}")
             x = client.persist(x, workers=workers)
             self.arrays[n] = (nd.predict(self.model, x), workers)
         for n in (1, 2):        # warm-up: every worker builds its session once
@@ -109,7 +109,7 @@ def partition_overhead(client, partitions=OVERHEAD_PARTITIONS, rows=4, repeat=3)
     model = tiny_model()
     x_np = np.ones((partitions * rows, 8), np.float32)
     worker = sorted(client.scheduler_info(n_workers=-1)["workers"])[:1]
-    x = client.persist(da.from_array(x_np, chunks=(rows, 8)), workers=worker)
+    x = client.persist(da.ones(x_np.shape, chunks=(rows, 8), dtype=np.float32), workers=worker)
     y = nd.predict(model, x)
     client.compute(y, workers=worker, allow_other_workers=False).result()
     sess = normrt.InferenceSession(model, num_threads=1)
@@ -129,7 +129,7 @@ def partition_overhead(client, partitions=OVERHEAD_PARTITIONS, rows=4, repeat=3)
 def run(images=IMAGES_DEFAULT, chunk=CHUNK_DEFAULT, repeat=REPEAT_DEFAULT, pause=0.5):
     cluster, client = start_cluster(2)
     try:
-        s = Scaleout(client, make_images(images), chunk)
+        s = Scaleout(client, images, chunk)
         want = s.plain()
         for n in (1, 2):
             if not np.array_equal(s.predict(n), want):

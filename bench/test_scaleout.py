@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from .scaleout import Scaleout, make_images, partition_overhead, start_cluster  # noqa: E402
+from .scaleout import Scaleout, partition_overhead, start_cluster  # noqa: E402
 
 IMAGES, CHUNK = 32, 8
 
@@ -18,7 +18,7 @@ IMAGES, CHUNK = 32, 8
 def scaleout():
     cluster, client = start_cluster(2)
     try:
-        yield Scaleout(client, make_images(IMAGES), CHUNK)
+        yield Scaleout(client, IMAGES, CHUNK)
     finally:
         client.close()
         cluster.close()
