@@ -130,3 +130,16 @@ def test_recalibrated_model_runs_and_folds(tmp_path):
     z = (y.astype(np.float64) - params["be2"][None, :, None, None]) / params["g2"][None, :, None, None]
     np.testing.assert_allclose(z.mean(axis=(0, 2, 3)), 0, atol=1e-4)
     np.testing.assert_allclose(z.var(axis=(0, 2, 3), ddof=1), 1, rtol=1e-3)
+
+
+def test_batch_norms_with_the_same_name_get_their_own_statistics():
+    model, params = conv_bn_model(seed=9)
+    for node in model.graph.node:
+        if node.op_type == "BatchNormalization":
+            node.name = "bn"
+    x = shifted_data(12, seed=10)
+    new = normrt.recalibrate_batch_norm(model, [x])
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in new.graph.initializer}
+    bns = [n for n in new.graph.node if n.op_type == "BatchNormalization"]
+    got = {f"bn{k + 1}": (inits[bn.input[3]], inits[bn.input[4]]) for k, bn in enumerate(bns)}
+    assert_stats_close(got, conv_bn_reference_stats(params, x))

@@ -42,6 +42,11 @@ def _is_bn(node):
 
 def batch_norm_levels(graph):
     """[[BN node, ...] per level], level k holding the BNs with k BNs upstream of them."""
+    return [[graph.node[i] for i in level] for level in batch_norm_level_indices(graph)]
+
+
+def batch_norm_level_indices(graph):
+    """batch_norm_levels as node indices (node names need not be unique)."""
     producer = {}
     level = {}          # node index -> number of BNs on the longest path into the node's inputs
     for i, node in enumerate(graph.node):
@@ -53,7 +58,7 @@ def batch_norm_levels(graph):
     levels = {}
     for i, node in enumerate(graph.node):
         if _is_bn(node):
-            levels.setdefault(level[i], []).append(node)
+            levels.setdefault(level[i], []).append(i)
     return [levels[k] for k in sorted(levels)]
 
 
@@ -147,6 +152,22 @@ def _constant_dtype(proto, name):
     return np.dtype(np.float32)
 
 
+def _channel_count(proto, bn):
+    """Length of the BN's running mean where it is a constant (through Identity), else None."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    name = bn.input[3]
+    for _ in range(len(graph.node) + 1):
+        if name in inits:
+            return int(np.prod(inits[name].dims))
+        node = producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
 def _fresh_name(base, taken):
     name, k = base, 1
     while name in taken:
@@ -156,7 +177,7 @@ def _fresh_name(base, taken):
 
 
 def apply_statistics(proto, stats):
-    """A copy of proto in which each BN {node name: (mean, var)} of `stats` reads new
+    """A copy of proto in which each BN {node index: (mean, var)} of `stats` reads new
     initializers of its own; tensors and nodes nothing uses any more are removed."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -164,10 +185,10 @@ def apply_statistics(proto, stats):
     taken = {t.name for t in graph.initializer} | {vi.name for vi in graph.input}
     taken |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
     old = set()
-    for node in graph.node:
-        if not _is_bn(node) or node.name not in stats:
+    for i, node in enumerate(graph.node):
+        if not _is_bn(node) or i not in stats:
             continue
-        mean, var = stats[node.name]
+        mean, var = stats[i]
         dt = _constant_dtype(model, node.input[3])
         for slot, value, what in ((3, mean, "running_mean"), (4, var, "running_var")):
             name = _fresh_name(f"{node.name or 'bn'}.{what}.recalibrated", taken)
@@ -209,15 +230,21 @@ def recalibrate_with(model, run_pass, passes_hint=None):
     if passes_hint is not None:
         passes_hint(len(levels))
     for k, _ in enumerate(levels):
-        bns = batch_norm_levels(proto.graph)[k]       # the current model's nodes (renamed inputs)
+        # indices into the current model, used before apply_statistics removes dead nodes
+        indices = batch_norm_level_indices(proto.graph)[k]
+        bns = [proto.graph.node[i] for i in indices]
         names = stats_output_names(bns)
         merged = run_pass(stats_model(proto, bns), names)
         stats = {}
-        for bn, m in zip(bns, merged):
+        for i, bn, m in zip(indices, bns, merged):
+            channels = _channel_count(proto, bn)
+            if channels is not None and m.shape != (channels,):
+                raise ModelError(f"BatchNormalization {bn.name!r}: its input has {m.shape[0]} channels, "
+                                 f"its scale {channels}")
             if m.count < 2:
                 raise ValueError(f"BatchNormalization {bn.name!r}: {m.count} value(s) per channel in the whole "
                                  f"dataset, the unbiased variance needs at least 2")
-            stats[bn.name] = (m.mean, m.var(ddof=1))
+            stats[i] = (m.mean, m.var(ddof=1))
         proto = apply_statistics(proto, stats)
     return proto
 
