@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import normrt
 
@@ -27,6 +29,21 @@ def test_predict_equals_a_single_process_run_bitwise(dask_client):
     assert y.chunks[0] == (8, 8, 8, 8, 5) and y.shape == (37, 5, 16, 16) and y.dtype == np.float32
     want = normrt.InferenceSession(model).run(None, {"x": x})[0]
     np.testing.assert_array_equal(y.compute(), want)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6), seed=st.integers(0, 100))
+def test_predict_any_partitioning_is_bitwise_a_single_run(dask_client, chunks, seed):
+    model = multi_io_model()
+    rng = np.random.default_rng(seed)
+    n = sum(chunks)
+    a = rng.standard_normal((n, 4)).astype(np.float32)
+    b = rng.standard_normal((n, 4)).astype(np.float32)
+    s, p = nd.predict(model, {"a": da.from_array(a, chunks=(tuple(chunks), 4)), "b": batched(b, 5)})
+    assert s.chunks[0] == tuple(chunks)
+    want = normrt.InferenceSession(model).run(None, {"a": a, "b": b})
+    for got, w in zip(dask.compute(s, p), want):
+        np.testing.assert_array_equal(got, w)
 
 
 def test_sessions_are_cached_per_worker_with_the_worker_thread_count(dask_client):
