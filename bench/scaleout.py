@@ -50,12 +50,17 @@ def tiny_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def start_cluster(n_workers=2):
+def start_cluster(n_workers=2, profile=False):
+    """A LocalCluster of single-thread worker processes. profile=False turns off the workers'
+    statistical profiler (a sampling thread every 10 ms by default), which is CPU the model
+    does not get on a machine with no core to spare."""
     import logging
 
+    import dask
     import distributed
-    cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.worker.profile.enabled": profile}):
+        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
     return cluster, distributed.Client(cluster)
 
 
@@ -126,8 +131,8 @@ def partition_overhead(client, partitions=OVERHEAD_PARTITIONS, rows=4, repeat=3)
     return min(t_dask) / partitions, min(t_direct) / partitions
 
 
-def run(images=IMAGES_DEFAULT, chunk=CHUNK_DEFAULT, repeat=REPEAT_DEFAULT, pause=0.5):
-    cluster, client = start_cluster(2)
+def run(images=IMAGES_DEFAULT, chunk=CHUNK_DEFAULT, repeat=REPEAT_DEFAULT, pause=0.5, profile=False):
+    cluster, client = start_cluster(2, profile=profile)
     try:
         s = Scaleout(client, images, chunk)
         want = s.plain()
@@ -193,9 +198,10 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=CHUNK_DEFAULT)
     ap.add_argument("--repeat", type=int, default=REPEAT_DEFAULT)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="keep the workers' statistical profiler on")
     args = ap.parse_args(argv)
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(format_result(run(args.images, args.chunk, args.repeat), markdown=args.markdown))
+    print(format_result(run(args.images, args.chunk, args.repeat, profile=args.profile), markdown=args.markdown))
 
 
 if __name__ == "__main__":

@@ -762,7 +762,7 @@ def cmd_recalibrate(args, out):
 
     import normrt
     import normrt.dask as nd
-    from .scaleout.recalibrate import batch_norm_levels, check_has_batch_norm
+    from .scaleout.recalibrate import check_has_batch_norm
     from .onnx.loader import load_model
     path = _model_path(args)
     levels = check_has_batch_norm(load_model(path))

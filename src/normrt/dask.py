@@ -20,7 +20,6 @@ import operator
 
 import numpy as np
 
-from .errors import ModelError
 from .onnx._graph import np_dtype
 from .onnx.loader import load_model
 from .scaleout import recalibrate as _recal

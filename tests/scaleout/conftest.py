@@ -102,6 +102,15 @@ def bn_statistics(model):
             if n.op_type == "BatchNormalization"}
 
 
+def assert_stats_close(got, ref, rtol=1e-6):
+    """Means to rtol of (|mean| + std) (a mean near 0 has no relative digits), variances to rtol."""
+    for name, (m_ref, v_ref) in ref.items():
+        m, v = got[name]
+        np.testing.assert_array_less(np.abs(m - m_ref), rtol * (np.abs(m_ref) + np.sqrt(v_ref)) + 1e-30,
+                                     err_msg=f"{name} running_mean")
+        np.testing.assert_allclose(v, v_ref, rtol=rtol, err_msg=f"{name} running_var")
+
+
 def shifted_data(n, seed=1, c=3, hw=8, shift=2.0, scale=3.0):
     """Data from another distribution than N(0, 1): the domain shift that recalibration fixes."""
     rng = np.random.default_rng(seed)

@@ -8,8 +8,7 @@ import pytest
 import normrt
 from normrt.cli import main
 
-from conftest import bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
-from test_recalibrate import assert_stats_close
+from conftest import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
 
 pytest.importorskip("distributed")
 

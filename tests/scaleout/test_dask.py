@@ -17,9 +17,8 @@ import dask.array as da  # noqa: E402
 import normrt.dask as nd  # noqa: E402
 from normrt.scaleout import PartitionError  # noqa: E402
 
-from conftest import (batched, bn_statistics, conv_bn_model, conv_bn_reference_stats, multi_io_model,  # noqa: E402
+from conftest import (assert_stats_close, batched, bn_statistics, conv_bn_model, conv_bn_reference_stats, multi_io_model,  # noqa: E402
                       shifted_data, slow_block)
-from test_recalibrate import assert_stats_close  # noqa: E402
 
 
 def test_predict_equals_a_single_process_run_bitwise(dask_client):

@@ -9,16 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import normrt
 from normrt.scaleout.recalibrate import batch_norm_levels
 
-from conftest import bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
-
-
-def assert_stats_close(got, ref, rtol=1e-6):
-    """Means to rtol of (|mean| + std) (a mean near 0 has no relative digits), variances to rtol."""
-    for name, (m_ref, v_ref) in ref.items():
-        m, v = got[name]
-        np.testing.assert_array_less(np.abs(m - m_ref), rtol * (np.abs(m_ref) + np.sqrt(v_ref)) + 1e-30,
-                                     err_msg=f"{name} running_mean")
-        np.testing.assert_allclose(v, v_ref, rtol=rtol, err_msg=f"{name} running_var")
+from conftest import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
 
 
 @settings(max_examples=8, deadline=None)
