@@ -4,6 +4,8 @@
                    [--threads N] [--repeat K] [--save-outputs DIR]
     normrt inspect [MODEL]
     normrt bench   [MODEL] [--compare onnxruntime|none] [--repeat K] [--threads N] [input options]
+    normrt batch       MODEL --input NAME=GLOB_OR_NPY ... --out DIR_OR_ZARR [--workers N | --scheduler ADDR] [--chunk K]
+    normrt recalibrate MODEL --input NAME=GLOB_OR_NPY ... --out NEW.onnx [--workers N | --scheduler ADDR] [--chunk K]
 
 Without MODEL the commands use the example models bundled with the package
 (a GroupNorm+SiLU CNN and a pre-LN transformer block). Errors print one line
@@ -567,6 +569,289 @@ def cmd_bench(args, out):
     return 0
 
 
+# ---- batch and recalibrate (Dask) -----------------------------------------
+
+BATCH_CHUNK_DEFAULT = 32
+
+
+def _dask_inputs(sess_inputs, items, chunk):
+    """{input name: dask array} from --input NAME=GLOB_OR_NPY: every matching .npy file, in sorted
+    order, concatenated along axis 0, read by the workers in partitions of `chunk` rows."""
+    import glob
+
+    import dask
+    import dask.array as da
+    pairs = _parse_pairs(items, "--input")
+    names = [i.name for i in sess_inputs]
+    unknown = [n for n in pairs if n not in names]
+    if unknown:
+        raise CliError(f"--input {unknown[0]}: the model has no input of that name (inputs: {', '.join(names)})")
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise CliError(f"missing --input for {', '.join(missing)} (give NAME=FILE.npy or NAME='DIR/*.npy')")
+    by_name = {i.name: i for i in sess_inputs}
+    arrays = {}
+    for name, pattern in pairs.items():
+        files = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not files:
+            raise CliError(f"--input {name}={pattern!r}: no file matches")
+        want = _input_dtype(by_name[name].type)
+        parts, tail = [], None
+        for path in files:
+            try:
+                header = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise CliError(f"input file {path!r} for {name!r} does not exist") from None
+            except (OSError, ValueError, EOFError) as e:
+                raise CliError(f"input file {path!r} for {name!r} is not a readable .npy array "
+                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            if not isinstance(header, np.ndarray) or header.ndim == 0:
+                raise CliError(f"input file {path!r} for {name!r} must hold an array with a batch axis 0")
+            if tail is not None and header.shape[1:] != tail:
+                raise CliError(f"input file {path!r} for {name!r} has shape {list(header.shape)}, the files "
+                               f"before it have rows of shape {list(tail)}")
+            tail = header.shape[1:]
+            if want is not None and header.dtype != want and not (
+                    header.dtype.kind == want.kind or np.can_cast(header.dtype, want, "same_kind")):
+                raise CliError(f"input {name!r} must be {want} ({by_name[name].type}), {path!r} holds {header.dtype}")
+            rows = header.shape[0]
+            for start in range(0, rows, chunk):
+                stop = min(rows, start + chunk)
+                block = dask.delayed(_read_rows, pure=True)(os.path.abspath(path), start, stop)
+                parts.append(da.from_delayed(block, (stop - start,) + tail, dtype=header.dtype))
+        x = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        if want is not None and x.dtype != want:
+            x = x.astype(want)          # e.g. numpy's default float64 for a float32 input
+        arrays[name] = x       # partitions of <= chunk rows, cut at file boundaries (no rechunk tasks)
+    return arrays
+
+
+def _read_rows(path, start, stop):
+    """Rows [start, stop) of a .npy file, read on the worker (memory-mapped, then copied)."""
+    return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[start:stop])
+
+
+class _Cluster:
+    """A distributed Client on --scheduler ADDRESS, or on a LocalCluster of --workers N
+    single-thread processes; --workers 0: no cluster, dask's synchronous scheduler here."""
+
+    def __init__(self, args):
+        self.args, self.client, self.cluster = args, None, None
+
+    def __enter__(self):
+        import logging
+        args = self.args
+        if args.scheduler is None and args.workers == 0:
+            return self
+        try:
+            import distributed
+        except ImportError:
+            raise CliError("this command needs dask and distributed: pip install 'normrt[dask]'") from None
+        if args.scheduler is not None:
+            try:
+                self.client = distributed.Client(args.scheduler, timeout="10s")
+            except (OSError, TimeoutError) as e:
+                raise CliError(f"cannot connect to the Dask scheduler at {args.scheduler!r}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        else:
+            from ._threads import _usable_cores
+            n = args.workers if args.workers is not None else _usable_cores()
+            self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                    dashboard_address=None, silence_logs=logging.ERROR)
+            self.client = distributed.Client(self.cluster)
+        return self
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def describe(self):
+        if self.client is None:
+            return "this process (dask synchronous scheduler)"
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        threads = sum(w["nthreads"] for w in workers.values())
+        where = self.args.scheduler or "a LocalCluster"
+        return f"{len(workers)} worker(s), {threads} thread(s) on {where}"
+
+    def run(self, collections, progress=True):
+        """Compute (or persist, for arrays) `collections` with a progress bar; returns the results."""
+        import dask
+        if self.client is None:
+            if progress:
+                from dask.diagnostics import ProgressBar
+                with ProgressBar(out=sys.stderr):
+                    return dask.compute(*collections, scheduler="synchronous")
+            return dask.compute(*collections, scheduler="synchronous")
+        futures = self.client.compute(list(collections))
+        if progress:
+            from distributed import progress as dask_progress
+            dask_progress(futures)
+            print(file=sys.stdout, flush=True)
+        return self.client.gather(futures)
+
+
+def _progress(args):
+    """Progress bars unless --no-progress; --progress forces them off a terminal too."""
+    if args.no_progress:
+        return False
+    return args.progress or bool(getattr(sys.stdout, "isatty", None) and sys.stdout.isatty())
+
+
+def _model_path(args):
+    path = args.model
+    if not os.path.exists(path):
+        raise CliError(f"model file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"model {path!r} is a directory, not an .onnx file")
+    return path
+
+
+def cmd_batch(args, out):
+    import dask.array as da
+
+    import normrt.dask as nd
+    path = _model_path(args)
+    sess = _session(path, 1)
+    inputs = _dask_inputs(sess.get_inputs(), args.input, args.chunk)
+    with _Cluster(args) as cluster:
+        t0 = time.perf_counter()
+        ys = nd.predict(path, inputs, num_threads=args.threads)
+        ys = ys if isinstance(ys, list) else [ys]
+        names = [o.name for o in sess.get_outputs()]
+        zarr = args.out.rstrip("/").endswith(".zarr")
+        if zarr:
+            try:
+                import zarr as _zarr  # noqa: F401
+            except ImportError:
+                raise CliError("--out *.zarr needs zarr: pip install zarr") from None
+            stores = [da.to_zarr(y, args.out, component=_safe(n), compute=False, mode="w" if not i else "a")
+                      for i, (n, y) in enumerate(zip(names, ys))]
+            cluster.run(stores, progress=_progress(args))
+            targets = [os.path.join(args.out, _safe(n)) for n in names]
+        else:
+            try:
+                os.makedirs(args.out, exist_ok=True)
+            except OSError as e:
+                raise CliError(f"cannot create --out directory {args.out!r}: {e.strerror or e}") from None
+            # dask's npy writer computes as it writes: run the model once for all outputs first
+            done = cluster.run(ys, progress=_progress(args))
+            targets = []
+            for n, y in zip(names, done):
+                target = os.path.join(args.out, _safe(n))
+                da.to_npy_stack(target, da.from_array(y, chunks=(args.chunk,) + y.shape[1:]), axis=0)
+                targets.append(target)
+        seconds = time.perf_counter() - t0
+        rows = next(iter(inputs.values())).shape[0]
+        print(f"model: {path}", file=out)
+        for name, x in inputs.items():
+            print(f"  input   {name}: {x.dtype} {list(x.shape)} in {x.numblocks[0]} partition(s) of "
+                  f"<= {args.chunk} rows", file=out)
+        for n, y, t in zip(names, ys, targets):
+            shape = [int(d) if d == d else "?" for d in y.shape]
+            print(f"  output  {n}: {y.dtype} {shape} -> {t}", file=out)
+        print(f"  ran on  {cluster.describe()}", file=out)
+        print(f"  time:   {_fmt_time(seconds)} ({rows / seconds:.1f} rows/s; first partitions build each "
+              f"worker's session)", file=out)
+    return 0
+
+
+def cmd_recalibrate(args, out):
+    import onnx
+
+    import normrt
+    import normrt.dask as nd
+    from .scaleout.recalibrate import check_has_batch_norm
+    from .onnx.loader import load_model
+    path = _model_path(args)
+    levels = check_has_batch_norm(load_model(path))
+    sess = _session(path, 1)
+    inputs = _dask_inputs(sess.get_inputs(), args.input, args.chunk)
+    with _Cluster(args) as cluster:
+        t0 = time.perf_counter()
+        if cluster.client is None:
+            names = [i.name for i in sess.get_inputs()]
+
+            def batches():
+                import dask
+                blocks = [x.to_delayed().ravel() for x in inputs.values()]
+                for parts in zip(*blocks):
+                    yield dict(zip(names, dask.compute(*parts, scheduler="synchronous")))
+            new = normrt.recalibrate_batch_norm(path, batches, num_threads=args.threads,
+                                                progress=_progress(args))
+        else:
+            new = nd.recalibrate_batch_norm(path, inputs, num_threads=args.threads, progress=_progress(args))
+        try:
+            onnx.save(new, args.out)
+        except OSError as e:
+            raise CliError(f"cannot write {args.out!r}: {e.strerror or e}") from None
+        seconds = time.perf_counter() - t0
+        n_bn = sum(len(lv) for lv in levels)
+        rows = next(iter(inputs.values())).shape[0]
+        print(f"model: {path}", file=out)
+        print(f"  recalibrated {n_bn} BatchNormalization node(s) in {len(levels)} pass(es) over {rows} rows "
+              f"(unbiased running_var, as torch stores it)", file=out)
+        print(f"  ran on  {cluster.describe()}", file=out)
+        print(f"  saved   {args.out}", file=out)
+        print(f"  time:   {_fmt_time(seconds)}", file=out)
+    return 0
+
+
+def _add_scaleout_commands(sub):
+    def scaleout_options(sp):
+        sp.add_argument("model", metavar="MODEL", help="ONNX model file (every worker must be able to read it)")
+        sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors")
+        sp.add_argument("--input", action="append", required=True, metavar="NAME=GLOB_OR_NPY",
+                        help="data for the input NAME: a .npy file or a glob of them (concatenated along "
+                             "axis 0 in sorted order); repeat for several inputs")
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=_nonnegative_int("--workers"), default=None, metavar="N",
+                           help="a LocalCluster of N single-thread worker processes (default: one per core; "
+                                "0: no cluster, run in this process)")
+        where.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                           help="run on an existing Dask cluster (e.g. tcp://10.0.0.1:8786)")
+        sp.add_argument("--chunk", type=_positive_int("--chunk"), default=BATCH_CHUNK_DEFAULT, metavar="K",
+                        help=f"rows per partition (default {BATCH_CHUNK_DEFAULT})")
+        sp.add_argument("--threads", type=_positive_int("--threads"), default=None, metavar="N",
+                        help="threads per session (default: each worker's own thread count)")
+        bar = sp.add_mutually_exclusive_group()
+        bar.add_argument("--no-progress", action="store_true", help="no progress bar")
+        bar.add_argument("--progress", action="store_true",
+                         help="a progress bar even when stdout is not a terminal (default: on a terminal)")
+
+    batch = sub.add_parser("batch", help="run a model over a dataset on a Dask cluster",
+                           description="Run MODEL over every row of the --input arrays, in partitions of "
+                                       "--chunk rows on a Dask cluster, and write each output to --out: a "
+                                       "directory (one dask npy stack per output, DIR/<output>/0.npy, 1.npy, "
+                                       "..., read back with dask.array.from_npy_stack) or a .zarr store "
+                                       "(one array per output).")
+    scaleout_options(batch)
+    batch.add_argument("--out", required=True, metavar="DIR_OR_ZARR", help="output directory or *.zarr store")
+    batch.set_defaults(fn=cmd_batch)
+
+    recal = sub.add_parser("recalibrate", help="re-estimate BatchNorm statistics over a dataset",
+                           description="Re-estimate every BatchNormalization's running mean and variance of "
+                                       "MODEL over the --input data (exact dataset statistics, per-partition "
+                                       "moments merged with Chan's formula) and save the new model to --out.")
+    scaleout_options(recal)
+    recal.add_argument("--out", required=True, metavar="NEW.onnx", help="where to save the recalibrated model")
+    recal.set_defaults(fn=cmd_recalibrate)
+
+
+def _nonnegative_int(what):
+    def parse(value):
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {value!r}") from None
+        if n < 0:
+            raise argparse.ArgumentTypeError(f"{what} must be >= 0, got {n}")
+        return n
+    return parse
+
+
 # ---- entry point ----------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -629,6 +914,7 @@ def _parser():
     bench.add_argument("--compare", choices=["onnxruntime", "none"], default=None,
                        help="runtime to compare with (default: onnxruntime when installed)")
     bench.set_defaults(fn=cmd_bench)
+    _add_scaleout_commands(sub)
     return p
 
 

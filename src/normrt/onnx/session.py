@@ -40,11 +40,18 @@ class InferenceSession:
     graph also lists among its inputs (IR < 4 models do) is not a feed.
     After loading, `optimized_model` is the model that runs, `report` what
     optimize did, and `executor` the plan with each node's implementation.
+
+    A session pickles as its model's bytes and options and is rebuilt (loaded
+    and optimized again) on the other side, e.g. in another process; unlike
+    onnxruntime's, which cannot be pickled. It keeps the serialized model for
+    that (the bytes object itself when given bytes).
     """
 
     def __init__(self, model, *, num_threads=None):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
         proto = load_model(model)
+        # before optimize_model, which rewrites the proto in place (external data is inlined by now)
+        self._model_bytes = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else _serialize(proto)
         self.optimized_model, report = optimize_model(proto)
         self.report = report.as_dict()
         self._executor = Executor(self.optimized_model)
@@ -54,6 +61,11 @@ class InferenceSession:
                         for vi in graph.input if vi.name in feedable]
         self._input_types = {vi.name: vi.type for vi in graph.input if vi.name in feedable}
         self._outputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type)) for vi in graph.output]
+
+    def __reduce__(self):
+        if self._model_bytes is None:
+            raise TypeError("this InferenceSession cannot be pickled: its model is over protobuf's 2 GiB limit")
+        return (_rebuild_session, (self._model_bytes, {"num_threads": self._num_threads}))
 
     def get_inputs(self):
         return list(self._inputs)
@@ -154,3 +166,15 @@ class InferenceSession:
     def kernel_nodes(self):
         """[(node name, normrt op, kernel)] of the nodes that run on normrt's kernels."""
         return [(s.node.name, s.node.op_type, s.run.kernel) for s in self._executor.steps if s.kind == "kernel"]
+
+
+def _serialize(proto):
+    try:
+        return proto.SerializeToString()
+    except ValueError:      # protobuf refuses messages over 2 GiB
+        return None
+
+
+def _rebuild_session(model_bytes, options):
+    """The other side of InferenceSession.__reduce__."""
+    return InferenceSession(model_bytes, **options)
