@@ -38,3 +38,21 @@ def test_session_crosses_a_process_boundary():
     p.join(60)
     for g, want in zip(got, sess.run(None, feed)):
         np.testing.assert_array_equal(g, want)
+
+
+def test_path_session_keeps_no_copy_and_refuses_a_changed_file(tmp_path):
+    # a session loaded from a file re-reads it when pickled (no second copy of the
+    # weights in memory), and will not pickle another model than the one it runs
+    model, _ = conv_bn_model()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    sess = normrt.InferenceSession(str(path))
+    assert sess._model_source.data is None
+    assert pickle.loads(pickle.dumps(sess)).run(None, {"x": shifted_data(2)})[0].shape[0] == 2
+    path.write_bytes(path.read_bytes() + b"\x00")
+    try:
+        pickle.dumps(sess)
+    except TypeError as e:
+        assert "changed since the session loaded it" in str(e)
+    else:
+        raise AssertionError("a changed model file was pickled")

@@ -3,9 +3,12 @@
     model ─► loader.load_model ─► optimize_model ─► Executor(plan, bound nodes)
     run(output_names, feed) ─► check feed against the graph inputs ─► Executor.run
 """
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from .._threads import _check as _check_threads
 from .._threads import threads
@@ -43,15 +46,18 @@ class InferenceSession:
 
     A session pickles as its model's bytes and options and is rebuilt (loaded
     and optimized again) on the other side, e.g. in another process; unlike
-    onnxruntime's, which cannot be pickled. It keeps the serialized model for
-    that (the bytes object itself when given bytes).
+    onnxruntime's, which cannot be pickled. To do so without holding the
+    weights twice, it keeps the bytes object it was given, or the path of a
+    model file without external data (read again, and checked against its
+    sha256, when pickled); only a ModelProto or a model with external data is
+    kept serialized.
     """
 
     def __init__(self, model, *, num_threads=None):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
         proto = load_model(model)
         # before optimize_model, which rewrites the proto in place (external data is inlined by now)
-        self._model_bytes = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else _serialize(proto)
+        self._model_source = _pickle_source(model, proto)
         self.optimized_model, report = optimize_model(proto)
         self.report = report.as_dict()
         self._executor = Executor(self.optimized_model)
@@ -63,9 +69,7 @@ class InferenceSession:
         self._outputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type)) for vi in graph.output]
 
     def __reduce__(self):
-        if self._model_bytes is None:
-            raise TypeError("this InferenceSession cannot be pickled: its model is over protobuf's 2 GiB limit")
-        return (_rebuild_session, (self._model_bytes, {"num_threads": self._num_threads}))
+        return (_rebuild_session, (self._model_source.read(), {"num_threads": self._num_threads}))
 
     def get_inputs(self):
         return list(self._inputs)
@@ -168,11 +172,46 @@ class InferenceSession:
         return [(s.node.name, s.node.op_type, s.run.kernel) for s in self._executor.steps if s.kind == "kernel"]
 
 
-def _serialize(proto):
+class _PickleSource:
+    """Where a session's model bytes come from when it is pickled."""
+
+    def __init__(self, data=None, path=None, digest=None, error=None):
+        self.data, self.path, self.digest, self.error = data, path, digest, error
+
+    def read(self):
+        if self.error is not None:
+            raise TypeError(f"this InferenceSession cannot be pickled: {self.error}")
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).digest() != self.digest:
+            raise TypeError(f"this InferenceSession cannot be pickled: its model file {self.path!r} "
+                            "changed since the session loaded it")
+        return data
+
+
+def _file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def _pickle_source(model, proto):
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _PickleSource(data=bytes(model))       # bytes: no copy; others: one copy, read-only
+    if isinstance(model, (str, os.PathLike)):
+        # the file alone is the model unless tensors came from other files: then the
+        # loaded proto (external data inlined) is far bigger than the file
+        path = os.path.abspath(model)
+        if proto.ByteSize() <= os.path.getsize(path) + (1 << 16):
+            return _PickleSource(path=path, digest=_file_digest(path))
     try:
-        return proto.SerializeToString()
+        return _PickleSource(data=proto.SerializeToString())
     except ValueError:      # protobuf refuses messages over 2 GiB
-        return None
+        return _PickleSource(error="its model is over protobuf's 2 GiB limit")
 
 
 def _rebuild_session(model_bytes, options):
