@@ -117,3 +117,15 @@ def einsum(node, *xs):
     # path optimisation (BLAS via tensordot) pays off beyond tiny operands
     r = np.einsum(eq, *xs, optimize=len(xs) > 2 or sum(x.size for x in xs) > 4096)
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
+
+
+def fast_matmul(src, args, out_meta, buffer):
+    """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
+    weight, packed now instead of looked up per run; None for any other form."""
+    (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
+    if da != _F32 or db != _F32 or len(ashape) < 2 or len(bshape) != 2 or 0 in ashape or 0 in bshape:
+        return None
+    if bconst is None or bconst.flags.writeable:
+        return None
+    packed = src.bind(_blas.packed_matmul_weight(bconst))
+    return f"{src.bind(_kernel_matmul, '_matmul')}({ea}, {packed})"
