@@ -146,6 +146,7 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, sin
     consts = dict(constants)
     consts.update(trace.folded)
     src = _Source(consts)
+    src.n_threads = n_threads
     total = 0
     for name in plan.graph_inputs:
         src.emit(f"{src.new_var(name)} = feeds[{name!r}]")

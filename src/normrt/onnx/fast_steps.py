@@ -116,7 +116,7 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis})"
     if op == "MatMul" and len(args) == 2:
         from .ops import matmul as _mm_ops
-        return _mm_ops.fast_matmul(src, args, out_meta, buffer)
+        return _mm_ops.fast_matmul(src, args, out_meta, buffer, src.n_threads)
     return None
 
 
@@ -138,6 +138,15 @@ def _kernel_step(src, step, ins, out_meta, buffer):
         act = attrs.get("activation") or None
         return (f"{fn}({args[0]}, {args[1]}, {args[2]}, axis={int(attrs.get('axis', -1))}, "
                 f"eps={float(attrs.get('epsilon', 1e-5))!r}, residual={args[3]}, activation={act!r})")
+    if op == "MatMul" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \
+            and _plain(ins[0][1]) and (len(ins) < 3 or ins[2] is None or ins[2][2] is not None):
+        from .ops import matmul as _mm_ops
+        expr = _mm_ops.fast_gemm(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
+                                 bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
+                                 residual=ins[3] if len(ins) > 3 else None,
+                                 activation=attrs.get("activation") or None, n_threads=src.n_threads)
+        if expr is not None:
+            return expr
     # any other kernel: its call, with a constant weight packed now rather than looked up per run
     call = src.bind(run.call, "_call")
     at = src.bind(attrs)

@@ -1,7 +1,8 @@
 """Convolutions: Conv and ConvTranspose, 1D/2D/3D.
 
 float32 2-D Conv (not depthwise) runs on normrt's GEMM kernel (normrt.conv2d:
-implicit im2col, weight packed once per initializer). The rest is numpy + BLAS:
+implicit im2col, weight packed once per initializer); float32 2-D depthwise
+convs on the small_conv kernel (pyx/small_conv.pyx). The rest is numpy + BLAS:
 Conv lowers to im2col (a strided view copied once) and one batched BLAS GEMM
 over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
 channel per group) accumulate shifted slices instead of a GEMM.
@@ -12,6 +13,8 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..._kernels import small_conv as _ksmall
+from ..._threads import get_num_threads
 from ...api.conv import conv2d as _conv2d
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -53,6 +56,9 @@ def conv(node, x, w, b=None):
         y = _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides, pads=(pb[0], pb[1], pe[0], pe[1]),
                     dilations=dil, group=group)
         return y if y.dtype == out_dtype else y.astype(out_dtype)
+    if (nsp == 2 and x.dtype == np.float32 and group == c and cg == 1 and group > 1 and min(out_sp) > 0
+            and min(pb) >= 0 and min(pe) >= 0 and w.size):
+        return _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil).astype(out_dtype, copy=False)
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
     # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)
@@ -178,6 +184,23 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
                 np.copyto(cols, view)
                 gemm(wg[g], cols.reshape(ck, (r1 - r0) * row),
                      y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row], beta=beta)
+
+
+# A depthwise conv with fewer multiply-adds than this runs on one thread: measured
+# (2 cores, ConvNeXt's 7x7 on 16-128 channels at 16x16 down to 2x2: 4-60 us on one
+# thread) the second thread's wake-up costs more than the work it takes
+DEPTHWISE_MT_MIN = 1 << 21
+
+
+def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
+    """float32 2-D depthwise conv on the small_conv kernel (padding read in place, bias fused)."""
+    y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
+    macs = y.size * w.shape[2] * w.shape[3]
+    bias = np.empty(0, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    _ksmall.depthwise_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(m, w.shape[2], w.shape[3])),
+                             bias, y, strides[0], strides[1], pb[0], pb[1], dil[0], dil[1], m // x.shape[1],
+                             get_num_threads() if macs >= DEPTHWISE_MT_MIN else 1)
+    return y
 
 
 def _depthwise(xp, w, c, mult, kernel, strides, dil, out_sp):

@@ -6,6 +6,8 @@ residual epilogue); the rest on numpy/BLAS.
 """
 import numpy as np
 
+from ..._kernels.gemm import gemm as _gemm_kernel
+from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
 from . import _blas
 from ._util import attr_str, low_precision, op
@@ -119,13 +121,58 @@ def einsum(node, *xs):
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
 
 
-def fast_matmul(src, args, out_meta, buffer):
+# A product with fewer multiply-adds than this runs on one thread in a specialized
+# plan: a second thread's wake-up (~20 us on this 2-core machine, more when the
+# other core is busy) exceeds the whole product (24x64 @ 64x64: ~2 us). The GEMM
+# kernel's results do not depend on the thread count, so this changes no bits.
+SMALL_GEMM_MACS = 1 << 18
+
+
+def _gemm_into(a, bdata, m, n, k, y, bias, residual, act, ws, nt):
+    _gemm_kernel(a.reshape(-1), False, bdata, True, m, n, k, y.reshape(-1), bias, 1, residual, act, ws, nt)
+    return y
+
+
+def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activation=None, n_threads=1):
+    """A specialized plan's float32 product with a packed constant weight: the expression calling the
+    GEMM kernel directly (what normrt.matmul calls after its checks, done here once).
+
+    `a` and `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (N,)
+    constant or None. None when a check fails (the caller keeps the generic call)."""
+    from ...api.gemm import _EMPTY
+    from ..._checks import activation as _act_code
+    ea, (ashape, da), _ = a
+    k, n = packed.shape
+    shape, dtype = out_meta
+    if da != _F32 or dtype != _F32 or len(ashape) < 1 or ashape[-1] != k or tuple(shape) != tuple(ashape[:-1]) + (n,):
+        return None
+    m = int(np.prod(ashape[:-1], dtype=np.int64))
+    if m == 0 or n == 0 or k == 0:
+        return None
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != _F32 or bias.shape != (n,):
+            return None
+    res = "_EMPTY"
+    if residual is not None:
+        er, (rshape, rd), _ = residual
+        if rd != _F32 or tuple(rshape) != tuple(shape):
+            return None
+        res = f"{er}.reshape(-1)"
+    nt = 1 if m * n * k < SMALL_GEMM_MACS else n_threads
+    ws = src.bind(np.empty(_workspace_size(nt), np.float32), "_ws")    # this plan's own: runs hold its lock
+    src.ns["_EMPTY"] = _EMPTY
+    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
+    return (f"{src.bind(_gemm_into, '_gemm_into')}({ea}, {src.bind(packed.data, 'w')}, {m}, {n}, {k}, {y}, "
+            f"{src.bind(bias) if bias is not None else '_EMPTY'}, {res}, {_act_code(activation)}, {ws}, {nt})")
+
+
+def fast_matmul(src, args, out_meta, buffer, n_threads=1):
     """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
-    weight, packed now instead of looked up per run; None for any other form."""
+    weight on the GEMM kernel, packed now; None for any other form."""
     (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
     if da != _F32 or db != _F32 or len(ashape) < 2 or len(bshape) != 2 or 0 in ashape or 0 in bshape:
         return None
     if bconst is None or bconst.flags.writeable:
         return None
-    packed = src.bind(_blas.packed_matmul_weight(bconst))
-    return f"{src.bind(_kernel_matmul, '_matmul')}({ea}, {packed})"
+    return fast_gemm(src, args[0], _blas.packed_matmul_weight(bconst), out_meta, buffer, n_threads=n_threads)

@@ -1,0 +1,74 @@
+"""Depthwise 2-D convolution: one input channel per group, `mult` output channels per input channel.
+
+The convs of ConvNeXt, EfficientNet and MobileViT (3x3 to 7x7, stride 1 or 2)
+have K = kh * kw taps per output: far too little work for a packed GEMM. Each
+output row accumulates tap by tap into y itself (the bias first): for one tap
+the row is a strided slice of one input row times a scalar, a loop over the
+output columns the compiler vectorizes at stride 1. Taps that fall into the
+padding are skipped by clamping the column range per tap, so no padded copy of
+x is made. Work items are (image, output channel) pairs, statically split
+over the threads; every output is summed by one thread in the fixed tap order,
+so results do not depend on the thread count.
+"""
+from cython.parallel cimport prange
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    # b > 0; rounds toward +inf for negative a too
+    if a >= 0:
+        return (a + b - 1) // b
+    return -((-a) // b)
+
+
+def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                     const float[:, :, ::1] w,       # IN  (C * mult, kh, kw)
+                     const float[::1] bias,          # IN  (C * mult,) or empty: no bias
+                     float[:, :, :, ::1] y,          # OUT (N, C * mult, OH, OW)
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                     Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mult, int n_threads):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t M = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t KH = w.shape[1], KW = w.shape[2]
+    if mult < 1 or M != C * mult or w.shape[0] != M or y.shape[0] != N:
+        raise ValueError(f"depthwise_conv2d: x ({N}, {C}, {H}, {W}), w ({w.shape[0]}, {KH}, {KW}), "
+                         f"y ({y.shape[0]}, {M}, {OH}, {OW}), mult {mult} do not fit")
+    if bias.shape[0] not in (0, M):
+        raise ValueError(f"depthwise_conv2d: bias must have 0 or {M} elements, got {bias.shape[0]}")
+    if sh < 1 or sw < 1 or dh < 1 or dw < 1 or n_threads < 1:
+        raise ValueError("depthwise_conv2d: strides, dilations and n_threads must be >= 1")
+    cdef bint has_bias = bias.shape[0] != 0
+    cdef Py_ssize_t job, n, m, c, oh, ow, i, j, ih, lo, hi, off
+    cdef float b, wt
+    cdef float* yrow
+    cdef const float* xrow
+    with nogil:
+        for job in prange(N * M, schedule="static", num_threads=n_threads):
+            n = job // M
+            m = job - n * M
+            c = m // mult
+            b = bias[m] if has_bias else 0.0
+            for oh in range(OH):
+                yrow = &y[n, m, oh, 0]
+                for ow in range(OW):
+                    yrow[ow] = b
+                for i in range(KH):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    xrow = &x[n, c, ih, 0]
+                    for j in range(KW):
+                        off = j * dw - pl
+                        # output columns whose input column ow * sw + off lies in [0, W)
+                        lo = _ceil_div(-off, sw)
+                        if lo < 0:
+                            lo = 0
+                        hi = _ceil_div(W - off, sw)
+                        if hi > OW:
+                            hi = OW
+                        wt = w[m, i, j]
+                        if sw == 1:
+                            for ow in range(lo, hi):
+                                yrow[ow] = yrow[ow] + xrow[ow + off] * wt
+                        else:
+                            for ow in range(lo, hi):
+                                yrow[ow] = yrow[ow] + xrow[ow * sw + off] * wt
