@@ -17,7 +17,7 @@ Speed (see also ops/_blas.py, ops/_parallel.py):
 * threads: memory-bound normrt kernels (the norms) on tensors below
   KERNEL_MT_MIN (2^23) elements run on one thread - a second OpenMP thread costs
   more than it saves there, in a graph whose other ops share the cores;
-  compute-bound ones (kernels.COMPUTE_BOUND) choose from their flops;
+  compute-bound ones (domain.NormOp.compute_bound) choose from their flops;
 * `run(..., timings=)` times each node for InferenceSession.profile.
 
 The loop itself is compiled (compiled.py): the generic plan, built at load,
@@ -153,7 +153,6 @@ _FRESH = frozenset("""
     ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
     Trilu GatherElements
 """.split())
-GEMM_OPS = frozenset(("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention"))
 _VIEW_OF_FIRST = frozenset("""
     Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace
     SpaceToDepth Pad Tile Upsample
@@ -280,7 +279,7 @@ class Executor:
                 step.run.weight_is_constant = len(step.inputs) > 1 and step.inputs[1] in self.constants
             if step.kind == "kernel" and step.run.memory_bound:
                 step.run = _SmallKernelsSingleThreaded(step.run)
-        if any(s.node.op_type in GEMM_OPS and s.kind == "numpy" for s in self.steps):
+        if any(s.kind == "numpy" and s.run.impl.gemm for s in self.steps):
             from .ops import _blas
             _blas.private_blas()   # load the GEMM library now, not during the first run
         # in-place hints: a numpy op that can write into an input nothing reads later is told which

@@ -35,7 +35,7 @@ def _to_compute(a):
 KERNEL_MIN_GROUP_CHANNELS = 8
 
 
-@op("Conv", since=1, supports=_conv_supported)
+@op("Conv", gemm=True, since=1, supports=_conv_supported)
 def conv(node, x, w, b=None):
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
@@ -221,7 +221,7 @@ def _convT_supported(node):
     return auto_pad_ok(node)
 
 
-@op("ConvTranspose", since=1, supports=_convT_supported)
+@op("ConvTranspose", gemm=True, since=1, supports=_convT_supported)
 def conv_transpose(node, x, w, b=None):
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)

@@ -35,7 +35,7 @@ def _mm(a, b):
 KERNEL_MAX_BATCH = 256
 
 
-@op("MatMul", since=1)
+@op("MatMul", gemm=True, since=1)
 def matmul(node, a, b):
     if a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and b.ndim >= 2 and a.size and b.size:
         if b.ndim == 2:
@@ -57,7 +57,7 @@ def _batched(a, b):
     return out
 
 
-@op("Gemm", since=1)
+@op("Gemm", gemm=True, since=1)
 def gemm(node, a, b, c=None):
     # opsets 1-6 `broadcast`: C must then match or broadcast unidirectionally,
     # which numpy broadcasting covers
