@@ -114,6 +114,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if buffer is not None and all(a[1][1] == dtype for a in args):
             return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis}, out={buffer})"
         return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis})"
+    if op == "Conv":
+        from .ops import conv as _conv_ops
+        return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
     if op == "MatMul" and len(args) == 2:
         from .ops import matmul as _mm_ops
         return _mm_ops.fast_matmul(src, args, out_meta, buffer, src.n_threads)
@@ -145,6 +148,16 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                  bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
                                  residual=ins[3] if len(ins) > 3 else None,
                                  activation=attrs.get("activation") or None, n_threads=src.n_threads)
+        if expr is not None:
+            return expr
+    if op == "Conv" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \
+            and _plain(ins[0][1]) and (len(ins) < 3 or ins[2] is None or ins[2][2] is not None):
+        from .ops import conv as _conv_ops
+        expr = _conv_ops.fast_conv(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
+                                   tuple(attrs["strides"]), tuple(attrs["pads"]), tuple(attrs["dilations"]),
+                                   attrs["group"], bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
+                                   residual=ins[3] if len(ins) > 3 else None,
+                                   activation=attrs.get("activation") or None, n_threads=src.n_threads)
         if expr is not None:
             return expr
     # any other kernel: its call, with a constant weight packed now rather than looked up per run

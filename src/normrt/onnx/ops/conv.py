@@ -13,6 +13,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..._kernels import gemm as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._threads import get_num_threads
 from ...api.conv import conv2d as _conv2d
@@ -287,3 +288,76 @@ def conv_transpose(node, x, w, b=None):
     elif any(s.start != 0 or s.stop != h for s, h in zip(crop, buf.shape[2:])):
         y = np.ascontiguousarray(y)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt):
+    _kconv.conv2d(np.ascontiguousarray(x), wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual,
+                  act, ws, nt)
+    return y
+
+
+def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
+              activation=None, n_threads=1):
+    """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
+    conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
+
+    `x`, `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (M,) constant."""
+    from ..._checks import activation as _act_code
+    from ...api.gemm import _EMPTY
+    ex, (xshape, dx), _ = x
+    shape, dtype = out_meta
+    if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
+        return None
+    n, c, h, w = (int(d) for d in xshape)
+    m, cg, kh, kw = packed.shape
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    dh, dw = dilations
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    if c != cg * group or n == 0 or (n, m, oh, ow) != tuple(shape) or min(pads) < 0:
+        return None
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != np.float32 or bias.shape != (m,):
+            return None
+    res = "_EMPTY"
+    if residual is not None:
+        er, (rshape, rd), _ = residual
+        if rd != np.float32 or tuple(rshape) != tuple(shape):
+            return None
+        res = f"{er}.reshape(-1)"
+    nt = n_threads
+    size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
+    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
+    ws = src.bind(np.empty(size, np.float32), "_ws")      # this plan's own: runs hold its lock
+    src.ns["_EMPTY"] = _EMPTY
+    y = str(buffer) if buffer is not None else f"np.empty({(n, m, oh, ow)!r}, np.float32)"
+    return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
+            f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
+            f"{_act_code(activation)}, {ws}, {nt})")
+
+
+def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
+    """fast_conv for a standard Conv node taking the kernel path of `conv` above (same checks)."""
+    if len(args) < 2 or args[1] is None or args[1][2] is None or args[0] is None:
+        return None
+    (_, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    b = args[2][2] if len(args) > 2 and args[2] is not None else None
+    if len(args) > 2 and args[2] is not None and b is None:
+        return None
+    if dx != np.float32 or dw_ != np.float32 or len(xshape) != 4 or len(wshape) != 4 or wconst.flags.writeable:
+        return None
+    kernel = list(wshape[2:])
+    strides = attr_ints(node, "strides") or [1, 1]
+    dil = attr_ints(node, "dilations") or [1, 1]
+    group = int(node.attrs.get("group", 1))
+    c, cg = xshape[1], wshape[1]
+    pb, pe = forward_pads(node, xshape[2:], kernel, strides, dil)
+    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(2)]
+    if not ((group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS) and min(out_sp) > 0 and min(pb) >= 0
+            and min(pe) >= 0 and wconst.size and c == cg * group):
+        return None
+    return fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
+                     (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)
