@@ -19,6 +19,7 @@ attribute decoding, the OpNode/_as_arrays wrappers, list packing.
 """
 import numpy as np
 
+from .._kernels import softmax as _softmax_kernel
 from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
 from .concat_chain import GrowingConcat
@@ -38,6 +39,12 @@ def _plain(meta):
 def _transpose_into(x, perm, out):
     np.copyto(out, x.transpose(perm))
     return out
+
+
+def _softmax_into(x, y, n, nt):
+    # the generic Softmax's kernel call (ops/softmax.py -> api.softmax) on (rows, n)
+    _softmax_kernel.softmax_rows(np.ascontiguousarray(x.reshape(-1, n)), y.reshape(-1, n), False, nt)
+    return y
 
 
 def _sigmoid(x, out):
@@ -114,6 +121,19 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if buffer is not None and all(a[1][1] == dtype for a in args):
             return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis}, out={buffer})"
         return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis})"
+    if op == "Softmax" and len(args) == 1 and args[0][1][1] in (np.float32, np.float64) and shape:
+        ex, (xshape, dx), _ = args[0]
+        if opnode.version < 13:
+            first = int(opnode.attrs.get("axis", 1)) % len(xshape)
+        else:
+            first = int(opnode.attrs.get("axis", -1)) % len(xshape)
+            if first != len(xshape) - 1:
+                return None
+        n = int(np.prod(xshape[first:], dtype=np.int64))
+        if n == 0 or size == 0:
+            return None
+        y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
+        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {src.n_threads})"
     if op == "Conv":
         from .ops import conv as _conv_ops
         return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
