@@ -12,12 +12,10 @@ so results do not depend on the thread count.
 """
 from cython.parallel cimport prange
 
-
-cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    # b > 0; rounds toward +inf for negative a too
-    if a >= 0:
-        return (a + b - 1) // b
-    return -((-a) // b)
+cdef extern from "small_kernels.h" nogil:
+    void nrt_depthwise_row(float* y, const float* x, const float* w, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW,
+                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t oh, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -37,38 +35,13 @@ def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     if sh < 1 or sw < 1 or dh < 1 or dw < 1 or n_threads < 1:
         raise ValueError("depthwise_conv2d: strides, dilations and n_threads must be >= 1")
     cdef bint has_bias = bias.shape[0] != 0
-    cdef Py_ssize_t job, n, m, c, oh, ow, i, j, ih, lo, hi, off
-    cdef float b, wt
-    cdef float* yrow
-    cdef const float* xrow
+    cdef Py_ssize_t job, n, m, oh
+    cdef float bv
     with nogil:
         for job in prange(N * M, schedule="static", num_threads=n_threads):
             n = job // M
             m = job - n * M
-            c = m // mult
-            b = bias[m] if has_bias else 0.0
+            bv = bias[m] if has_bias else 0.0
             for oh in range(OH):
-                yrow = &y[n, m, oh, 0]
-                for ow in range(OW):
-                    yrow[ow] = b
-                for i in range(KH):
-                    ih = oh * sh - pt + i * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    xrow = &x[n, c, ih, 0]
-                    for j in range(KW):
-                        off = j * dw - pl
-                        # output columns whose input column ow * sw + off lies in [0, W)
-                        lo = _ceil_div(-off, sw)
-                        if lo < 0:
-                            lo = 0
-                        hi = _ceil_div(W - off, sw)
-                        if hi > OW:
-                            hi = OW
-                        wt = w[m, i, j]
-                        if sw == 1:
-                            for ow in range(lo, hi):
-                                yrow[ow] = yrow[ow] + xrow[ow + off] * wt
-                        else:
-                            for ow in range(lo, hi):
-                                yrow[ow] = yrow[ow] + xrow[ow * sw + off] * wt
+                nrt_depthwise_row(&y[n, m, oh, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0], H, W, OW, KH, KW, oh,
+                                  sh, sw, pt, pl, dh, dw, bv)

@@ -11,6 +11,9 @@ on the thread count.
 """
 from cython.parallel cimport prange
 
+cdef extern from "small_kernels.h" nogil:
+    void nrt_small_matmul(float* y, const float* a, const float* b, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N)
+
 
 def batched_matmul(const float[:, :, ::1] a,     # IN  (B, M, K)
                    const float[:, :, ::1] b,     # IN  (B, K, N)
@@ -22,18 +25,12 @@ def batched_matmul(const float[:, :, ::1] a,     # IN  (B, M, K)
                          f"{b.shape[2]}) does not give y ({B}, {M}, {N})")
     if n_threads < 1:
         raise ValueError("batched_matmul: n_threads must be >= 1")
-    cdef Py_ssize_t p, i, k, j
-    cdef float av
-    cdef float* yrow
-    cdef const float* brow
+    if B == 0 or M == 0 or N == 0:
+        return
+    if K == 0:
+        y[:, :, :] = 0
+        return
+    cdef Py_ssize_t p
     with nogil:
         for p in prange(B, schedule="static", num_threads=n_threads):
-            for i in range(M):
-                yrow = &y[p, i, 0]
-                for j in range(N):
-                    yrow[j] = 0.0
-                for k in range(K):
-                    av = a[p, i, k]
-                    brow = &b[p, k, 0]
-                    for j in range(N):
-                        yrow[j] = yrow[j] + av * brow[j]
+            nrt_small_matmul(&y[p, 0, 0], &a[p, 0, 0], &b[p, 0, 0], M, K, N)

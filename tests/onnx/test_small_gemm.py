@@ -9,15 +9,16 @@ import normrt
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch_a=st.lists(st.integers(1, 3), min_size=0, max_size=2), batch_b=st.lists(st.integers(1, 3), min_size=0,
-                                                                                      max_size=2),
-       m=st.integers(1, 20), k=st.integers(1, 20), n=st.integers(1, 20), bcast=st.booleans(),
-       transposed=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_batched_small_matmul(batch_a, batch_b, m, k, n, bcast, transposed, seed):
-    if bcast and batch_a:
-        batch_b = [1] * len(batch_a)             # broadcast b over a's batch
+@given(batch=st.lists(st.integers(1, 3), min_size=1, max_size=2), m=st.integers(1, 20), k=st.integers(1, 20),
+       n=st.integers(1, 20), b_batch=st.sampled_from(["same", "ones", "fewer", "none"]),
+       swap=st.booleans(), transposed=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_batched_small_matmul(batch, m, k, n, b_batch, swap, transposed, seed):
+    batch_a = list(batch)
+    batch_b = {"same": batch, "ones": [1] * len(batch), "fewer": batch[1:], "none": []}[b_batch]
+    if swap:                                      # the broadcast one on the left
+        batch_a, batch_b = batch_b, batch_a
     if not batch_a and not batch_b:
-        batch_a = [2]
+        return
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(batch_a + [m, k]).astype(np.float32)
     b = rng.standard_normal(batch_b + [k, n]).astype(np.float32)
