@@ -10,12 +10,19 @@ x is made. Work items are (image, output channel) pairs, statically split
 over the threads; every output is summed by one thread in the fixed tap order,
 so results do not depend on the thread count.
 """
-from cython.parallel cimport prange
+import numpy as np
+
+from cython.parallel cimport prange, threadid
 
 cdef extern from "small_kernels.h" nogil:
-    void nrt_depthwise_row(float* y, const float* x, const float* w, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW,
-                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t oh, Py_ssize_t sh, Py_ssize_t sw,
-                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
+    void nrt_depthwise_plane(float* y, const float* x, const float* w, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
+                             Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
+    Py_ssize_t nrt_depthwise_s1_scratch(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                                        Py_ssize_t dh, Py_ssize_t dw)
+    void nrt_depthwise_plane_s1(float* y, const float* x, const float* w, float* scratch, Py_ssize_t H,
+                                Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                                Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
 
 
 def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -35,13 +42,21 @@ def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     if sh < 1 or sw < 1 or dh < 1 or dw < 1 or n_threads < 1:
         raise ValueError("depthwise_conv2d: strides, dilations and n_threads must be >= 1")
     cdef bint has_bias = bias.shape[0] != 0
-    cdef Py_ssize_t job, n, m, oh
+    if N == 0 or M == 0 or OH == 0 or OW == 0:
+        return
+    cdef Py_ssize_t job, n, m
     cdef float bv
+    cdef bint wide = sh == 1 and sw == 1 and pt >= 0 and pl >= 0
+    cdef Py_ssize_t per = nrt_depthwise_s1_scratch(OH, OW, KH, KW, dh, dw) if wide else 1
+    cdef float[::1] scratch = np.empty(per * n_threads, np.float32)     # one plane's worth per thread
     with nogil:
         for job in prange(N * M, schedule="static", num_threads=n_threads):
             n = job // M
             m = job - n * M
             bv = bias[m] if has_bias else 0.0
-            for oh in range(OH):
-                nrt_depthwise_row(&y[n, m, oh, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0], H, W, OW, KH, KW, oh,
-                                  sh, sw, pt, pl, dh, dw, bv)
+            if wide:
+                nrt_depthwise_plane_s1(&y[n, m, 0, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0],
+                                       &scratch[threadid() * per], H, W, OH, OW, KH, KW, pt, pl, dh, dw, bv)
+            else:
+                nrt_depthwise_plane(&y[n, m, 0, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0], H, W, OH, OW, KH, KW,
+                                    sh, sw, pt, pl, dh, dw, bv)
