@@ -105,9 +105,9 @@ class _Source:
         return self.ns["run"], source
 
 
-def generic_call(src, i, step, implicit):
-    """`s{i}([args], env)`: the bound node called as the interpreted loop calls it."""
-    fn = src.bind(step.run, "s")
+def generic_call(src, i, step, implicit, run=None):
+    """`s{i}([args], env)`: the bound node (or `run`) called as the interpreted loop calls it."""
+    fn = src.bind(step.run if run is None else run, "s")
     args = "[" + "".join((src.ref(n) if n else "None") + ", " for n in step.inputs) + "]"
     env = "{" + ", ".join(f"{n!r}: {src.ref(n)}" for n in implicit) + "}" if implicit else "None"
     return f"{fn}({args}, {env})"
@@ -169,7 +169,10 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, sin
             if expr is not None:
                 line = f"{src.new_var(out)} = {expr}"
         if expr is None:
-            line = f"{_targets(src, step.outputs)} = {generic_call(src, i, step, implicit)}"
+            # a kernel step's thread override is emitted below: call the KernelNode itself, not
+            # the executor's wrapper that would decide it again per run
+            run = getattr(step.run, "inner", step.run) if step.kind == "kernel" else step.run
+            line = f"{_targets(src, step.outputs)} = {generic_call(src, i, step, implicit, run)}"
         x_meta = trace.metas.get(step.inputs[0]) if step.inputs and step.inputs[0] else None
         if step.kind == "kernel" and x_meta is not None and single_thread(step, int(np.prod(x_meta[0])), n_threads):
             # the thread override of executor.kernel_threads, decided here once
