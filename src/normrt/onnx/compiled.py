@@ -63,6 +63,13 @@ class _Source:
         self.const_ref = {}
         self.constants = constants
         self._n = 0
+        self.workspace_size = 0
+
+    def workspace(self, size):
+        """The name of the plan's one kernel workspace, grown to at least `size` floats: steps
+        run one after another and a run holds the plan's lock, so its GEMMs and convs share it."""
+        self.workspace_size = max(self.workspace_size, int(size))
+        return "_ws"
 
     def bind(self, obj, prefix="k"):
         """A namespace name holding `obj`."""
@@ -101,6 +108,8 @@ class _Source:
         refs = returns or [self.ref(n) for n in output_names]
         self.emit("return (" + "".join(r + ", " for r in refs) + ")")
         source = "\n".join(self.lines) + "\n"
+        if self.workspace_size:
+            self.ns["_ws"] = np.empty(self.workspace_size, np.float32)
         exec(compile(source, FILENAME, "exec"), self.ns)    # noqa: S102 - our own generated code
         return self.ns["run"], source
 

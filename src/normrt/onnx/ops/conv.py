@@ -331,7 +331,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
     wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
-    ws = src.bind(np.empty(size, np.float32), "_ws")      # this plan's own: runs hold its lock
+    ws = src.workspace(size)     # the plan's own (shared by its steps; runs hold its lock)
     src.ns["_EMPTY"] = _EMPTY
     y = str(buffer) if buffer is not None else f"np.empty({(n, m, oh, ow)!r}, np.float32)"
     return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "

@@ -186,7 +186,7 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
             return None
         res = f"{er}.reshape(-1)"
     nt = 1 if m * n * k < SMALL_GEMM_MACS else n_threads
-    ws = src.bind(np.empty(_workspace_size(nt), np.float32), "_ws")    # this plan's own: runs hold its lock
+    ws = src.workspace(_workspace_size(nt))     # the plan's own (shared by its steps; runs hold its lock)
     src.ns["_EMPTY"] = _EMPTY
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
     return (f"{src.bind(_gemm_into, '_gemm_into')}({ea}, {src.bind(packed.data, 'w')}, {m}, {n}, {k}, {y}, "
