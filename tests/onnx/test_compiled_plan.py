@@ -91,6 +91,11 @@ def _graph_from_ops(ops, width, rng):
                       helper.make_node("Slice", [cur, const(np.array([h], np.int64)),
                                                  const(np.array([width], np.int64)), const(np.array([1], np.int64))], [b]),
                       helper.make_node("Concat", [b, a], [out], axis=1)]
+        elif op == "PowExpand":             # x ** 2 (tanh-GELU's form), Expand to x's shape (repeat_kv's)
+            sq = fresh()
+            nodes += [helper.make_node("Pow", [cur, const(np.array(2.0, np.float32))], [sq]),
+                      helper.make_node("Expand", [cur, const(np.array([1, width], np.int64))], [fresh()])]
+            nodes.append(helper.make_node("Add", [sq, f"t{n}"], [out]))
         elif op == "UnsqueezeSqueeze":
             mid = fresh()
             nodes += [helper.make_node("Unsqueeze", [cur, const(np.array([1], np.int64))], [mid]),
@@ -103,7 +108,7 @@ def _graph_from_ops(ops, width, rng):
 
 
 OPS = ["Add", "Mul", "Sub", "Div", "Relu", "Sigmoid", "Neg", "Tanh", "Abs", "MatMul", "Softmax",
-       "ReshapeViaShape", "SliceConcat", "UnsqueezeSqueeze"]
+       "ReshapeViaShape", "SliceConcat", "UnsqueezeSqueeze", "PowExpand"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -36,6 +36,11 @@ def _plain(meta):
     return meta is not None and meta[1].isbuiltin == 1
 
 
+def _copy_into(out, x):
+    np.copyto(out, x)
+    return out
+
+
 def _transpose_into(x, perm, out):
     np.copyto(out, x.transpose(perm))
     return out
@@ -79,6 +84,21 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if dx.kind != "f" or dx != dtype or not shape or buffer is None:
             return None
         return f"{src.bind(_UNARY[op], '_' + op.lower())}({ex}, out={buffer})"
+    if op == "Pow" and len(args) == 2 and args[1][2] is not None and opnode.version >= 7:
+        (ea, (_, da), _), (_, (eshape, _), e) = args
+        # the generic Pow's exponent-2 case (elementwise.pow_): np.square
+        if da.kind == "f" and da == dtype and len(eshape) == 0 and float(e) == 2.0 and shape:
+            return f"np.square({ea}" + (f", out={buffer})" if buffer is not None else ")")
+        return None
+    if op == "Expand" and len(args) == 2 and args[1][2] is not None and shape:
+        ex, (xshape, dx), _ = args[0]
+        if dx != dtype:
+            return None
+        # the generic Expand (shape_ops.expand) copies the broadcast view; here into the buffer
+        target = tuple(int(d) for d in shape)
+        if buffer is None:
+            return f"np.broadcast_to({ex}, {target!r}).copy()"
+        return f"{src.bind(_copy_into, '_copy_into')}({buffer}, np.broadcast_to({ex}, {target!r}))"
     if op == "Relu" and len(args) == 1:
         (ex, (_, dx), _), = args
         if not shape or size >= ELEMENTWISE_MIN or dx != dtype:
