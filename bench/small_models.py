@@ -17,7 +17,7 @@ the reference tests/onnx/test_small_models.py compares normrt with.
 Timing: for each model and thread count, normrt's runs form one block and
 onnxruntime's another, each after a pause (onnxruntime's pool threads spin
 for a while after a run and would slow whoever runs next); a time is the
-minimum over `--blocks` blocks of the per-block median... see `time_block`.
+minimum over `--blocks` blocks of each block's median of `--repeat` runs.
 Ratios are normrt / onnxruntime (< 1: normrt faster), geometric mean last.
 """
 import argparse

@@ -68,7 +68,7 @@ def _numpy_step(src, step, ins, out_meta, buffer):
     if opnode is None:
         return None
     shape, dtype = out_meta
-    args = [a for a in ins]
+    args = ins
     if any(a is not None and not _plain(a[1]) for a in args):
         return None
     size = int(np.prod(shape, dtype=np.int64))
