@@ -72,6 +72,10 @@ def _graph_from_ops(ops, width, rng):
         elif op == "MatMul":
             w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
             nodes.append(helper.make_node("MatMul", [cur, const(w)], [out]))
+        elif op == "Gemm":                  # GPT-2's Conv1D: Gemm with B transposed and a bias C
+            w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+            nodes.append(helper.make_node("Gemm", [cur, const(w), const(rng.standard_normal(width).astype(np.float32))],
+                                          [out], transB=int(rng.integers(0, 2)), beta=float(rng.choice([1.0, 0.5]))))
         elif op == "Softmax":
             nodes.append(helper.make_node("Softmax", [cur], [out], axis=-1))
         elif op == "ReshapeViaShape":       # Shape -> Gather -> Concat -> Reshape (b, 2, w/2) -> back
@@ -107,7 +111,7 @@ def _graph_from_ops(ops, width, rng):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-OPS = ["Add", "Mul", "Sub", "Div", "Relu", "Sigmoid", "Neg", "Tanh", "Abs", "MatMul", "Softmax",
+OPS = ["Add", "Mul", "Sub", "Div", "Relu", "Sigmoid", "Neg", "Tanh", "Abs", "MatMul", "Gemm", "Softmax",
        "ReshapeViaShape", "SliceConcat", "UnsqueezeSqueeze", "PowExpand"]
 
 

@@ -202,3 +202,29 @@ def fast_matmul(src, args, out_meta, buffer, n_threads=1):
     if bconst is None or bconst.flags.writeable:
         return None
     return fast_gemm(src, args[0], _blas.packed_matmul_weight(bconst), out_meta, buffer, n_threads=n_threads)
+
+
+def fast_gemm_node(src, node, args, out_meta, buffer, n_threads=1):
+    """A specialized plan's Gemm taking the kernel path of `gemm` above with a constant B (and C):
+    the GEMM kernel called directly, B packed (transposed if transB) and C's bias form made now."""
+    if len(args) < 2 or args[0] is None or args[1] is None or args[1][2] is None:
+        return None
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    (_, (ashape, da), _), (_, (bshape, db), b) = args[0], args[1]
+    c = args[2] if len(args) > 2 else None
+    if (alpha != 1.0 or node.attrs.get("transA", 0) or da != _F32 or db != _F32 or len(ashape) != 2
+            or len(bshape) != 2 or 0 in ashape or 0 in bshape or b.flags.writeable):
+        return None
+    trans_b = bool(node.attrs.get("transB", 0))
+    n = bshape[0] if trans_b else bshape[1]
+    bias = None
+    if c is not None and beta != 0.0:
+        if c[2] is None or c[1][1] != _F32:
+            return None
+        cb = c[2] if beta == 1.0 else c[2] * np.float32(beta)
+        if not (cb.ndim <= 1 or cb.ndim == 2 and cb.shape[0] == 1):
+            return None                       # C of the output's shape: the generic residual form
+        bias = np.ascontiguousarray(np.broadcast_to(cb.reshape(-1), (n,)))
+    return fast_gemm(src, args[0], _blas.packed_matmul_weight(b, trans_b), out_meta, buffer, bias=bias,
+                     n_threads=n_threads)
