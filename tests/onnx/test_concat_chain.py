@@ -179,10 +179,12 @@ def test_light_models_same_bits_as_plain_concat(name):
     bound = [s.run for s in concats]
     for step, run in zip(concats, bound):
         step.run = recording(run)
+    sess.executor.rebind()
     grown = sess.run(None, {inp.name: x})[0]
     grown_seen, seen = seen, []
     for step, run in zip(concats, bound):     # now the plain np.concatenate
         step.run = recording(run.inner if isinstance(run, GrowingConcat) else run)
+    sess.executor.rebind()
     assert np.array_equal(grown, sess.run(None, {inp.name: x})[0])
     assert len(seen) == len(grown_seen) > 0
     for a, b in zip(grown_seen, seen):

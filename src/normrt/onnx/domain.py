@@ -1,7 +1,11 @@
 """The normrt ONNX domain: the custom ops normalizations are rewritten into.
 
 Passes build these nodes with `make_node`; `kernels.py` runs them. Neither
-needs the other: this table is the contract between them.
+needs the other: this table is the contract between them. Each op's spec also
+holds what the executor needs to run it: `call` (kernel_calls.py: attributes
+and inputs -> the kernel call), `compute_bound` (the kernel picks its threads
+from its flops; memory-bound ones run on one thread on small tensors) and
+`packer` (a constant weight, input 1, packed once for the kernel).
 
 The normrt domain (opset version 1)
 -----------------------------------
@@ -42,6 +46,7 @@ from dataclasses import dataclass
 
 from onnx import helper
 
+from . import kernel_calls as _calls
 from ._graph import NORMRT_DOMAIN
 
 ACTIVATIONS = ("", "relu", "silu", "gelu", "sigmoid")
@@ -54,30 +59,37 @@ class NormOp:
     inputs: tuple          # input names; the first is required
     outputs: tuple
     defaults: dict         # attribute -> default (None: required)
+    call: object = None    # kernel_calls function: (attrs, n_out, *inputs[, packed=]) -> outputs
+    compute_bound: bool = False   # a product (not a norm): the kernel chooses its threads from its flops
+    packer: object = None  # (weight, attrs) -> the packed weight the call takes as `packed=`
 
 
 NORM_OPS = {op.op_type: op for op in (
     NormOp("BatchNorm", "batch_norm", ("X", "scale", "B", "mean", "var"), ("Y", "running_mean", "running_var"),
-           {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}),
+           {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}, call=_calls.batch_norm),
     NormOp("LayerNorm", "layer_norm", ("X", "Scale", "B", "residual"), ("Y", "Mean", "InvStdDev", "residual_sum"),
-           {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}),
+           {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}, call=_calls.layer_norm),
     NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y", "residual_sum"),
-           {"axis": -1, "epsilon": 1e-5}),
+           {"axis": -1, "epsilon": 1e-5}, call=_calls.rms_norm),
     NormOp("InstanceNorm", "instance_norm", ("X", "scale", "B"), ("Y",),
-           {"epsilon": 1e-5, "activation": ""}),
+           {"epsilon": 1e-5, "activation": ""}, call=_calls.instance_norm),
     NormOp("GroupNorm", "group_norm", ("X", "scale", "bias"), ("Y",),
-           {"num_groups": None, "epsilon": 1e-5, "activation": "", "per_group_affine": 0}),
+           {"num_groups": None, "epsilon": 1e-5, "activation": "", "per_group_affine": 0},
+           call=_calls.group_norm),
     NormOp("MeanVarianceNorm", "mean_variance_norm", ("X",), ("Y",),
-           {"axes": [0, 2, 3], "epsilon": 1e-9}),
-    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}),
-    NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
-    NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}),
+           {"axes": [0, 2, 3], "epsilon": 1e-9}, call=_calls.mean_variance_norm),
+    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}, call=_calls.lp_norm),
+    NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}, call=_calls.lrn),
+    NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}, call=_calls.adain),
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),
            {"scale": None, "is_causal": 0, "q_layout": "BHSD", "k_layout": "BHDS", "v_layout": "BHSD",
-            "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0}),
+            "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0},
+           call=_calls.attention, compute_bound=True),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
-           {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""}),
-    NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""}),
+           {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""},
+           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv),
+    NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
+           call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul),
 )}
 
 
@@ -102,3 +114,7 @@ def make_node(op_type, inputs, outputs, name, **attrs):
     return helper.make_node(op_type, inputs, outputs, name=name, domain=NORMRT_DOMAIN, **kept)
 
 
+
+
+# normrt ops that are not a norm: a product with its epilogue, the fused attention
+COMPUTE_OPS = frozenset(op for op, spec in NORM_OPS.items() if spec.compute_bound)

@@ -17,15 +17,23 @@ Speed (see also ops/_blas.py, ops/_parallel.py):
 * threads: memory-bound normrt kernels (the norms) on tensors below
   KERNEL_MT_MIN (2^23) elements run on one thread - a second OpenMP thread costs
   more than it saves there, in a graph whose other ops share the cores;
-  compute-bound ones (kernels.COMPUTE_BOUND) choose from their flops;
+  compute-bound ones (domain.NormOp.compute_bound) choose from their flops;
 * `run(..., timings=)` times each node for InferenceSession.profile.
-No output buffers are cached across runs: after the first run glibc serves
-the same-sized allocations without page faults (measured: 0 minor faults per
-run of light_resnet50 / densenet121), and a returned output can never alias
-memory a later run writes.
+
+The loop itself is compiled (compiled.py): the generic plan, built at load,
+is one generated Python function calling each bound node with local
+variables for values. The first run of each new set of input shapes is
+traced (`run_traced`, the interpreted loop below, which also fills
+`last_run_stats`) and yields a plan specialized to those shapes: values that
+depend only on the input shapes folded to constants, the common ops as direct
+calls (fast_steps.py), small results written into buffers preallocated once.
+Later runs of those shapes take it; other shapes, graphs whose value shapes
+depend on data (NonZero, a Reshape to a computed shape...) and a second
+caller while one run is using the buffers take the generic plan.
 """
 import importlib
 import pkgutil
+import threading
 import time
 import warnings
 
@@ -35,7 +43,9 @@ from onnx import numpy_helper
 from .._threads import get_num_threads, threads
 from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
+from .compiled import compile_generic, compile_specialized
 from .concat_chain import GrowingConcat, concat_chains
+from .fast_steps import fast_step
 from .fallback import ReferenceNode, function_evaluators
 from .ops import registry
 from .plan import OPAQUE, build_plan, overwritable_inputs
@@ -143,7 +153,6 @@ _FRESH = frozenset("""
     ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
     Trilu GatherElements
 """.split())
-_GEMM_OPS = frozenset(("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention"))
 _VIEW_OF_FIRST = frozenset("""
     Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace
     SpaceToDepth Pad Tile Upsample
@@ -175,6 +184,11 @@ def aliasing(step_run, node):
 KERNEL_MT_MIN = 1 << 23
 
 
+def kernel_single_thread(run, x_size, n_threads):
+    """Whether a kernel step runs on one thread: the thread policy of the executor, in one place."""
+    return run.memory_bound and n_threads > 1 and x_size < KERNEL_MT_MIN
+
+
 class _SmallKernelsSingleThreaded:
     """A KernelNode whose calls on small inputs run on one thread."""
 
@@ -189,7 +203,7 @@ class _SmallKernelsSingleThreaded:
 
     def __call__(self, args, values):
         x = args[0] if args else None
-        if x is not None and getattr(x, "size", KERNEL_MT_MIN) < KERNEL_MT_MIN and get_num_threads() > 1:
+        if x is not None and kernel_single_thread(self.inner, getattr(x, "size", KERNEL_MT_MIN), get_num_threads()):
             with threads(1):
                 return self.inner(args, values)
         return self.inner(args, values)
@@ -214,10 +228,41 @@ class Step:
         self.key = profile_key(node)
 
 
+# Ops whose output depends on more than their inputs (never folded into a specialized plan)
+_NONDETERMINISTIC = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                               "Multinomial", "Bernoulli"))
+# Input positions whose *values* set an op's output shape: a plan specializes to its input
+# shapes only when each of these is a constant or computed from shapes alone
+_SHAPE_INPUTS = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4), "Pad": (1, 2, 3),
+    "ConstantOfShape": (0,), "Range": (0, 1, 2), "Resize": (1, 2, 3), "Upsample": (1,), "OneHot": (1,),
+    "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "TopK": (1,), "CenterCropPad": (1,),
+    "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,), "MaxUnpool": (2,), "DFT": (1,), "STFT": (2,), "Col2Im": (1, 2),
+    "NonMaxSuppression": (0, 1, 2, 3, 4), "NonZero": (0,), "Unique": (0,), "Compress": (0, 1),
+    "GridSample": (), "ScatterND": (), "Trilu": (),
+}
+# Folded values larger than this stay computed at run time
+FOLD_MAX_BYTES = 1 << 20
+# How many input-shape specializations a session keeps
+MAX_SPECIALIZED = 8
+
+
+class Trace:
+    """What a traced run saw: every value's (shape, dtype), the folded values and the run's stats."""
+
+    def __init__(self):
+        self.metas = {}
+        self.folded = {}
+        self.plain = True          # every value a plain numpy array
+        self.stats = {}
+
+
 class Executor:
     """Runs a checked model's graph. `steps` is the load-time plan with each node's binding."""
 
-    def __init__(self, model):
+    def __init__(self, model, *, specialize=True):
         self.model = model
         graph = model.graph
         self.opsets = {canonical_domain(o.domain): o.version for o in model.opset_import}
@@ -234,7 +279,7 @@ class Executor:
                 step.run.weight_is_constant = len(step.inputs) > 1 and step.inputs[1] in self.constants
             if step.kind == "kernel" and step.run.memory_bound:
                 step.run = _SmallKernelsSingleThreaded(step.run)
-        if any(s.node.op_type in _GEMM_OPS and s.kind == "numpy" for s in self.steps):
+        if any(s.kind == "numpy" and s.run.impl.gemm for s in self.steps):
             from .ops import _blas
             _blas.private_blas()   # load the GEMM library now, not during the first run
         # in-place hints: a numpy op that can write into an input nothing reads later is told which
@@ -248,7 +293,61 @@ class Executor:
                 self.steps[i].run = GrowingConcat(self.steps[i].run, after)
         self.input_names = self.plan.graph_inputs
         self.output_names = self.plan.graph_outputs
+        self._out_index = {n: i for i, n in enumerate(self.output_names)}
         self.last_run_stats = {}
+        self.generic = compile_generic(self.steps, self.plan, self.constants)
+        self.specialize = specialize
+        self._static = self._static_values()
+        self._specializable = specialize and self._shapes_follow_inputs()
+        self._escaping = self._may_alias_outputs() if self._specializable else set()
+        self.specialized = {}         # (input shapes, dtypes, threads) -> CompiledPlan
+        self._lock = threading.Lock()  # a specialized plan's buffers serve one run at a time
+
+    def rebind(self):
+        """Recompile after `steps[i].run` was replaced (instrumentation): the compiled plans
+        hold the bound callables, so they are rebuilt (specializations on the next run)."""
+        self.generic = compile_generic(self.steps, self.plan, self.constants)
+        self.specialized = {}
+
+    # ------------------------------------------------------------ load-time analyses
+    def _static_values(self):
+        """Values computed from constants and input shapes only (Shape, then arithmetic on it)."""
+        static = set(self.constants)
+        for i, step in enumerate(self.steps):
+            node = step.node
+            if step.kind != "numpy" or canonical_domain(node.domain) or node.op_type in _NONDETERMINISTIC:
+                continue
+            if node.op_type in ("Shape", "Size") or all(n in static for n in self.plan.reads[i]):
+                static.update(step.outputs)
+        return static
+
+    def _shapes_follow_inputs(self):
+        """Whether every value's shape is a function of the input shapes (no data-dependent shapes)."""
+        for i, step in enumerate(self.steps):
+            if step.outputs and all(o in self._static for o in step.outputs):
+                continue
+            if step.kind == "reference" or step.node.op_type in ("If", "Loop", "Scan"):
+                return False
+            if step.kind == "numpy" and not canonical_domain(step.node.domain):
+                for p in _SHAPE_INPUTS.get(step.node.op_type, ()):
+                    if p < len(step.inputs) and step.inputs[p] and step.inputs[p] not in self._static:
+                        return False
+        return True
+
+    def _may_alias_outputs(self):
+        """Values whose memory a graph output may share (views, in-place writes): no reused buffers."""
+        esc = set(self.output_names)
+        for step in reversed(self.steps):
+            if not any(o in esc for o in step.outputs):
+                continue
+            kind = aliasing(step.run, step.node)
+            if kind == OPAQUE:
+                esc.update(n for n in step.inputs if n)
+                continue
+            for p in set(kind) | set(getattr(step.run, "dead", ()) or ()):
+                if p < len(step.inputs) and step.inputs[p]:
+                    esc.add(step.inputs[p])
+        return esc
 
     def counts(self):
         """How many nodes each implementation kind runs: {'kernel': k, 'numpy': n, 'reference': r}."""
@@ -257,20 +356,81 @@ class Executor:
             out[s.kind] += 1
         return out
 
-    def run(self, feeds, output_names=None, timings=None):
+    # ------------------------------------------------------------ running
+    def _shape_key(self, feeds):
+        key = []
+        for name in self.input_names:
+            v = feeds[name]
+            if type(v) is not np.ndarray:
+                return None
+            key.append((v.shape, v.dtype))
+        key.append(get_num_threads())
+        return tuple(key)
+
+    def run(self, feeds, output_names=None, timings=None, specialize=True):
         """Outputs (list, in `output_names` order) for `feeds` {input name: value} (checked by the caller).
 
         With `timings` (a dict), each node's wall time is added to
-        timings[profile_key(node)] (seconds); a plain run pays one
-        `timings is None` test per node for it.
+        timings[profile_key(node)] (seconds), through the interpreted loop.
+        `specialize=False` runs the generic plan even when a specialized one exists.
         """
         names = self.output_names if output_names is None else output_names
+        if timings is not None:
+            return self.run_traced(feeds, names, timings)
+        if specialize and self._specializable:
+            key = self._shape_key(feeds)
+            if key is not None:
+                plan = self.specialized.get(key)
+                if plan is None:
+                    if len(self.specialized) < MAX_SPECIALIZED:
+                        return self._trace_and_specialize(key, feeds, names)
+                elif self._lock.acquire(False):
+                    try:
+                        with np.errstate(all="ignore"):
+                            outs = self._call(plan, feeds)
+                    finally:
+                        self._lock.release()
+                    self.last_run_stats = plan.stats
+                    return [outs[self._out_index[n]] for n in names]
+        outs = self._call(self.generic, feeds)
+        return [outs[self._out_index[n]] for n in names]
+
+    def _call(self, plan, feeds):
+        try:
+            return plan.fn(feeds)
+        except Exception as e:
+            i = plan.node_at(e.__traceback__)
+            if i is not None and hasattr(e, "add_note"):
+                step = self.steps[i]
+                e.add_note(f"while running node {node_label(step.node)} [{step.kind}]")
+            raise
+
+    def _trace_and_specialize(self, key, feeds, names):
+        trace = Trace()
+        outs = self.run_traced(feeds, names, trace=trace)
+        if trace.plain:
+            self.specialized[key] = compile_specialized(
+                self.steps, self.plan, self.constants, trace, fast_step, key[-1], kernel_single_thread_step,
+                self._escaping)
+        return outs
+
+    def run_traced(self, feeds, names=None, timings=None, trace=None):
+        """The interpreted loop (values in a dict, stats in last_run_stats): for profiling
+        (`timings`) and for the traced run a specialized plan is built from (`trace`)."""
+        names = self.output_names if names is None else names
         values = dict(self.constants)
         values.update(feeds)
         live = len(feeds)
         live_bytes = sum(getattr(v, "nbytes", 0) for v in feeds.values())
         peak, peak_bytes = live, live_bytes
         clock = time.perf_counter
+        if trace is not None:
+            metas, folded, static = trace.metas, trace.folded, self._static
+            for name, v in values.items():
+                if type(v) is np.ndarray:
+                    metas[name] = (v.shape, v.dtype)
+                else:
+                    trace.plain = False
         for step in self.steps:
             args = [values[n] if n else None for n in step.inputs]
             try:
@@ -288,6 +448,18 @@ class Executor:
                 values[name] = value          # SSA: a name is written once
                 live += 1
                 live_bytes += getattr(value, "nbytes", 0)
+                if trace is not None:
+                    if type(value) is not np.ndarray or value.dtype.isbuiltin != 1:
+                        trace.plain = False
+                        continue
+                    metas[name] = (value.shape, value.dtype)
+                    if (name in static and value.nbytes <= FOLD_MAX_BYTES
+                            and (step.node.op_type in ("Shape", "Size")
+                                 or all(n in folded or n in self.constants for n in step.inputs if n))):
+                        # copied now: a later in-place op of this run may write into the value
+                        frozen = value.copy()
+                        frozen.flags.writeable = False
+                        folded[name] = frozen
             if live > peak:
                 peak = live
             if live_bytes > peak_bytes:
@@ -298,7 +470,14 @@ class Executor:
                 live_bytes -= getattr(value, "nbytes", 0)
         self.last_run_stats = {"peak_live_values": peak, "peak_live_bytes": peak_bytes,
                                "live_values_at_end": live}
+        if trace is not None:
+            trace.stats = self.last_run_stats
         return [values[n] for n in names]
+
+
+def kernel_single_thread_step(step, x_size, n_threads):
+    """kernel_single_thread for a plan step (its run possibly wrapped)."""
+    return kernel_single_thread(getattr(step.run, "inner", step.run), x_size, n_threads)
 
 
 def evaluate_node(node, opsets, inputs, outer=None, functions=()):

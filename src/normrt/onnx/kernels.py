@@ -1,187 +1,7 @@
-"""normrt-domain nodes -> normrt kernel calls.
-
-One function per normrt op (see domain.py for the ops) turning the node's
-decoded attributes and runtime inputs into the call of its normrt kernel
-function (the numpy ops of onnx/ops call kernels too, for the standard ops).
-"""
-import numpy as np
-
+"""normrt-domain nodes bound to their kernel calls (domain.NORM_OPS: each op's `call`,
+whether it is `compute_bound`, and its weight `packer`)."""
 from ..errors import ModelError
-from ._graph import np_dtype as _np_dtype
 from .domain import NORM_OPS
-from .ops import _blas
-
-
-def _normrt():
-    # imported lazily: normrt/__init__ imports this package
-    import normrt
-    return normrt
-
-
-def _act(attrs):
-    return attrs.get("activation") or None
-
-
-def _batch_norm(attrs, n_out, x, scale, bias, mean, var):
-    nr = _normrt()
-    eps = attrs.get("epsilon", 1e-5)
-    if not attrs.get("training_mode", 0):
-        return (nr.batch_norm(x, scale, bias, mean, var, eps=eps, activation=_act(attrs)),)
-    batch_mean, batch_var = nr.batch_norm_stats(x, dtype=np.float64)   # no float32 rounding of the mean
-    y = nr.batch_norm(x, scale, bias, batch_mean, batch_var, eps=eps, activation=_act(attrs))
-    if n_out == 1:
-        return (y,)
-    momentum = attrs.get("momentum", 0.9)
-    running_mean = mean * momentum + batch_mean * (1 - momentum)
-    running_var = var * momentum + batch_var * (1 - momentum)
-    return y, running_mean.astype(mean.dtype, copy=False), running_var.astype(var.dtype, copy=False)
-
-
-def _residual_sum(x, residual):
-    """(buffer the kernel writes x + residual into, or None; the residual_sum output)."""
-    if residual is None:          # nothing added: the sum is X itself
-        return None, np.array(x, copy=True)
-    buf = np.empty(np.shape(x), np.asarray(x).dtype)
-    return buf, buf
-
-
-def _layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
-    # statistics are accumulated in float64 whatever stash_type says (at least its precision)
-    kw = dict(axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
-              residual=residual, activation=_act(attrs))
-    extra = ()
-    if n_out > 3:                 # residual_sum requested
-        kw["residual_out"], total = _residual_sum(x, residual)
-        extra = (total,)
-    if attrs.get("_stats", n_out > 1):
-        y, mean, inv_std = _normrt().layer_norm(x, scale, bias, return_stats=True, **kw)
-        stats_dtype = _np_dtype(attrs.get("stash_type", 1)) or x.dtype
-        return (y, mean.astype(stats_dtype, copy=False), inv_std.astype(stats_dtype, copy=False)) + extra
-    return (_normrt().layer_norm(x, scale, bias, **kw), None, None) + extra
-
-
-def _rms_norm(attrs, n_out, x, scale=None, residual=None):
-    buf, total = _residual_sum(x, residual) if n_out > 1 else (None, None)
-    y = _normrt().rms_norm(x, scale, axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
-                           residual=residual, residual_out=buf)
-    return (y,) if n_out == 1 else (y, total)
-
-
-def _instance_norm(attrs, n_out, x, scale=None, bias=None):
-    return (_normrt().instance_norm(x, scale, bias, eps=attrs.get("epsilon", 1e-5), activation=_act(attrs)),)
-
-
-def _group_norm(attrs, n_out, x, scale=None, bias=None):
-    groups = attrs["num_groups"]
-    if attrs.get("per_group_affine", 0):
-        # GroupNormalization-18: one scale/bias per group, shared by its C/G channels
-        reps = x.shape[1] // groups if x.ndim > 1 and groups else 1
-        scale = None if scale is None else np.repeat(scale, reps)
-        bias = None if bias is None else np.repeat(bias, reps)
-    return (_normrt().group_norm(x, groups, scale, bias, eps=attrs.get("epsilon", 1e-5),
-                                 activation=_act(attrs)),)
-
-
-def _mean_variance_norm(attrs, n_out, x):
-    return (_normrt().mean_variance_norm(x, axes=tuple(attrs.get("axes", (0, 2, 3))),
-                                         eps=attrs.get("epsilon", 1e-9)),)
-
-
-def _lp_norm(attrs, n_out, x):
-    return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1),
-                              eps=attrs.get("epsilon", 0.0)),)
-
-
-def _lrn(attrs, n_out, x):
-    return (_normrt().lrn(x, attrs["size"], alpha=attrs.get("alpha", 1e-4), beta=attrs.get("beta", 0.75),
-                          bias=attrs.get("bias", 1.0)),)
-
-
-def _adain(attrs, n_out, content, style):
-    return (_normrt().adain(content, style, eps=attrs.get("epsilon", 1e-5),
-                            unbiased=bool(attrs.get("unbiased", 0))),)
-
-
-# normrt Attention layouts -> the axes that view the input as (B, H, S, D) (K: as Kt (B, H, D, S))
-_ATTENTION_VIEWS = {"BHSD": (0, 1, 2, 3), "BSHD": (0, 2, 1, 3)}
-_ATTENTION_KT_VIEWS = {"BHDS": (0, 1, 2, 3), "BHSD": (0, 1, 3, 2), "BSHD": (0, 2, 3, 1)}
-
-
-def _split_heads(x, heads, name):
-    """(B, S, heads * D) -> the view (B, S, heads, D)."""
-    if heads < 0 or np.ndim(x) != 3 or x.shape[2] % heads:
-        raise ModelError(f"normrt Attention: {name} must be (B, S, {heads} * D) with its heads merged, "
-                         f"got shape {np.shape(x)}")
-    return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
-
-
-def _attention(attrs, n_out, q, kt, v, bias=None):
-    from ..api.attention import attention_kt
-    layouts = [attrs.get(k, d) for k, d in (("q_layout", "BHSD"), ("k_layout", "BHDS"),
-                                             ("v_layout", "BHSD"), ("y_layout", "BHSD"))]
-    scale, causal = attrs["scale"], bool(attrs.get("is_causal", 0))
-    q_heads, kv_heads, merge = attrs.get("q_heads", 0), attrs.get("kv_heads", 0), attrs.get("merge_heads", 0)
-    if (q_heads and layouts[0] != "BSHD") or (kv_heads and (layouts[1], layouts[2]) != ("BSHD", "BSHD")) \
-            or (merge and layouts[3] != "BSHD"):
-        raise ModelError(f"normrt Attention: merged heads need the BSHD layouts, got {layouts}")
-    if q_heads:
-        q = _split_heads(q, q_heads, "Q")
-    if kv_heads:
-        kt, v = _split_heads(kt, kv_heads, "K"), _split_heads(v, kv_heads, "V")
-    three_d = np.ndim(q) == 3          # (batch * heads, S, D): one batch of heads
-    if three_d:
-        if layouts != ["BHSD", "BHDS", "BHSD", "BHSD"]:
-            raise ModelError(f"normrt Attention with 3-D inputs takes the default layouts, got {layouts}")
-        q, kt, v = q[None], kt[None], v[None]     # (a bias of rank <= 3 broadcasts the same)
-        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal)[0],)
-    q_l, k_l, v_l, y_l = layouts
-    try:
-        q = q.transpose(_ATTENTION_VIEWS[q_l])
-        kt = kt.transpose(_ATTENTION_KT_VIEWS[k_l])
-        v = v.transpose(_ATTENTION_VIEWS[v_l])
-        y_view = _ATTENTION_VIEWS[y_l]
-    except KeyError as e:
-        raise ModelError(f"normrt Attention: unknown layout {e.args[0]!r} (q/v/y: BHSD, BSHD; "
-                         f"k: BHDS, BHSD, BSHD)") from None
-    except ValueError as e:            # transpose of an array whose rank is not 4
-        raise ModelError(f"normrt Attention: inputs must have rank 3 or 4 ({e})") from None
-    if y_view == (0, 1, 2, 3):
-        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal),)
-    # Y allocated in its layout (contiguous: a Reshape merging its heads is a view);
-    # the kernel writes it through the transposed view
-    y = np.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3]), q.dtype)
-    attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal, out=y.transpose(y_view))
-    return (y.reshape(y.shape[0], y.shape[1], y.shape[2] * y.shape[3]) if merge else y,)
-
-
-def _conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
-    return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
-                             pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
-                             group=attrs["group"], activation=_act(attrs), residual=residual),)
-
-
-def _matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):
-    return (_normrt().matmul(a, b if packed is None else packed, bias=bias, activation=_act(attrs),
-                             residual=residual),)
-
-
-CALLS = {
-    "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
-    "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
-    "AdaIN": _adain, "Attention": _attention, "Conv": _conv, "MatMul": _matmul,
-}
-
-
-# Ops whose kernels pick their own thread count from the work (flops), not
-# from the input's size: the executor must not force small inputs onto one thread.
-COMPUTE_BOUND = frozenset(("Conv", "MatMul", "Attention"))
-
-# Ops whose weight (input 1) the kernel takes pre-packed: (weight, attrs) -> packed, from
-# the cache the numpy Conv/MatMul ops use too (one packed copy per initializer array).
-PACKED_WEIGHT = {
-    "MatMul": lambda w, attrs: _blas.packed_matmul_weight(w),
-    "Conv": lambda w, attrs: _blas.packed_conv_weight(w, attrs.get("group", 1)),   # packed per group
-}
 
 
 class KernelNode:
@@ -200,7 +20,7 @@ class KernelNode:
                 f"normrt {node.op_type} node {node.name!r} has {len(node.input)} inputs / "
                 f"{len(node.output)} outputs; at most {len(spec.inputs)} / {len(spec.outputs)}")
         self.spec = spec
-        self.call = CALLS[node.op_type]
+        self.call = spec.call
         self.kernel = spec.kernel
         self.attrs = {k: v for k, v in spec.defaults.items() if v is not None}
         self.attrs.update(attrs)
@@ -212,8 +32,8 @@ class KernelNode:
             # Mean/InvStdDev named? (residual_sum alone leaves them empty: no statistics to compute)
             self.attrs["_stats"] = any(list(node.output)[1:3])
         self.out_positions = [i for i, o in enumerate(node.output) if o]
-        self.memory_bound = node.op_type not in COMPUTE_BOUND
-        self.packer = PACKED_WEIGHT.get(node.op_type)
+        self.memory_bound = not spec.compute_bound
+        self.packer = spec.packer
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
 
     def __call__(self, args, values):

@@ -13,8 +13,7 @@ Report.as_dict() (returned by `normrt.optimize(model, report=True)`):
 """
 from dataclasses import dataclass, field
 
-# normrt ops that are not a norm: a product with its epilogue, the fused attention
-COMPUTE_OPS = frozenset(("Conv", "MatMul", "Attention"))
+from .domain import COMPUTE_OPS  # noqa: F401 - re-exported: normrt ops that are not a norm
 
 
 def is_epilogue(entry):

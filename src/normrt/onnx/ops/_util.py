@@ -8,12 +8,12 @@ from .registry import register
 LATEST = 28
 
 
-def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=False):
+def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=False, gemm=False):
     """`register`, with results normalised to ndarrays.
 
     numpy ufuncs turn 0-d arrays into numpy scalars; the executor contract
     asks for arrays, so every registered function goes through `_as_arrays`.
-    `inplace=True`: fn takes the keyword `dead` (see registry).
+    `inplace=True`: fn takes the keyword `dead` (see registry); `gemm=True`: it runs GEMMs.
     """
     def deco(fn):
         def wrapper(node, *inputs, **kw):
@@ -22,7 +22,8 @@ def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=Fals
         wrapper.__qualname__ = fn.__qualname__
         wrapper.__doc__ = fn.__doc__
         wrapper.__wrapped__ = fn
-        register(op_type, domain=domain, since=since, until=until, supports=supports, inplace=inplace)(wrapper)
+        register(op_type, domain=domain, since=since, until=until, supports=supports, inplace=inplace,
+                 gemm=gemm)(wrapper)
         return fn
     return deco
 

@@ -40,7 +40,7 @@ def _heads(x, n):
     return x.reshape(b, s, n, hid // n).transpose(0, 2, 1, 3)
 
 
-@op("Attention", since=23, until=24, supports=_supported)
+@op("Attention", gemm=True, since=23, until=24, supports=_supported)
 def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
     if past_key is not None or past_value is not None or nonpad_kv_seqlen is not None:
         raise NotImplementedError("Attention with a kv cache")  # _supported sends those elsewhere

@@ -1,7 +1,8 @@
 """Convolutions: Conv and ConvTranspose, 1D/2D/3D.
 
 float32 2-D Conv (not depthwise) runs on normrt's GEMM kernel (normrt.conv2d:
-implicit im2col, weight packed once per initializer). The rest is numpy + BLAS:
+implicit im2col, weight packed once per initializer); float32 2-D depthwise
+convs on the small_conv kernel (pyx/small_conv.pyx). The rest is numpy + BLAS:
 Conv lowers to im2col (a strided view copied once) and one batched BLAS GEMM
 over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
 channel per group) accumulate shifted slices instead of a GEMM.
@@ -12,6 +13,9 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..._kernels import gemm as _kconv
+from ..._kernels import small_conv as _ksmall
+from ..._threads import get_num_threads
 from ...api.conv import conv2d as _conv2d
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -32,7 +36,7 @@ def _to_compute(a):
 KERNEL_MIN_GROUP_CHANNELS = 8
 
 
-@op("Conv", since=1, supports=_conv_supported)
+@op("Conv", gemm=True, since=1, supports=_conv_supported)
 def conv(node, x, w, b=None):
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
@@ -53,6 +57,9 @@ def conv(node, x, w, b=None):
         y = _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides, pads=(pb[0], pb[1], pe[0], pe[1]),
                     dilations=dil, group=group)
         return y if y.dtype == out_dtype else y.astype(out_dtype)
+    if (nsp == 2 and x.dtype == np.float32 and group == c and cg == 1 and group > 1 and min(out_sp) > 0
+            and min(pb) >= 0 and min(pe) >= 0 and w.size):
+        return _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil).astype(out_dtype, copy=False)
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
     # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)
@@ -180,6 +187,23 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
                      y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row], beta=beta)
 
 
+# A depthwise conv with fewer multiply-adds than this runs on one thread: measured
+# (2 cores, ConvNeXt's 7x7 on 16-128 channels at 16x16 down to 2x2: 4-60 us on one
+# thread) the second thread's wake-up costs more than the work it takes
+DEPTHWISE_MT_MIN = 1 << 21
+
+
+def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
+    """float32 2-D depthwise conv on the small_conv kernel (padding read in place, bias fused)."""
+    y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
+    macs = y.size * w.shape[2] * w.shape[3]
+    bias = np.empty(0, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    _ksmall.depthwise_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(m, w.shape[2], w.shape[3])),
+                             bias, y, strides[0], strides[1], pb[0], pb[1], dil[0], dil[1], m // x.shape[1],
+                             get_num_threads() if macs >= DEPTHWISE_MT_MIN else 1)
+    return y
+
+
 def _depthwise(xp, w, c, mult, kernel, strides, dil, out_sp):
     n = xp.shape[0]
     nsp = len(kernel)
@@ -198,7 +222,7 @@ def _convT_supported(node):
     return auto_pad_ok(node)
 
 
-@op("ConvTranspose", since=1, supports=_convT_supported)
+@op("ConvTranspose", gemm=True, since=1, supports=_convT_supported)
 def conv_transpose(node, x, w, b=None):
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
@@ -264,3 +288,76 @@ def conv_transpose(node, x, w, b=None):
     elif any(s.start != 0 or s.stop != h for s, h in zip(crop, buf.shape[2:])):
         y = np.ascontiguousarray(y)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt):
+    _kconv.conv2d(np.ascontiguousarray(x), wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual,
+                  act, ws, nt)
+    return y
+
+
+def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
+              activation=None, n_threads=1):
+    """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
+    conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
+
+    `x`, `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (M,) constant."""
+    from ..._checks import activation as _act_code
+    from ...api.gemm import _EMPTY
+    ex, (xshape, dx), _ = x
+    shape, dtype = out_meta
+    if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
+        return None
+    n, c, h, w = (int(d) for d in xshape)
+    m, cg, kh, kw = packed.shape
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    dh, dw = dilations
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    if c != cg * group or n == 0 or (n, m, oh, ow) != tuple(shape) or min(pads) < 0:
+        return None
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != np.float32 or bias.shape != (m,):
+            return None
+    res = "_EMPTY"
+    if residual is not None:
+        er, (rshape, rd), _ = residual
+        if rd != np.float32 or tuple(rshape) != tuple(shape):
+            return None
+        res = f"{er}.reshape(-1)"
+    nt = n_threads
+    size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
+    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
+    ws = src.workspace(size)     # the plan's own (shared by its steps; runs hold its lock)
+    src.ns["_EMPTY"] = _EMPTY
+    y = str(buffer) if buffer is not None else f"np.empty({(n, m, oh, ow)!r}, np.float32)"
+    return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
+            f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
+            f"{_act_code(activation)}, {ws}, {nt})")
+
+
+def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
+    """fast_conv for a standard Conv node taking the kernel path of `conv` above (same checks)."""
+    if len(args) < 2 or args[1] is None or args[1][2] is None or args[0] is None:
+        return None
+    (_, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    b = args[2][2] if len(args) > 2 and args[2] is not None else None
+    if len(args) > 2 and args[2] is not None and b is None:
+        return None
+    if dx != np.float32 or dw_ != np.float32 or len(xshape) != 4 or len(wshape) != 4 or wconst.flags.writeable:
+        return None
+    kernel = list(wshape[2:])
+    strides = attr_ints(node, "strides") or [1, 1]
+    dil = attr_ints(node, "dilations") or [1, 1]
+    group = int(node.attrs.get("group", 1))
+    c, cg = xshape[1], wshape[1]
+    pb, pe = forward_pads(node, xshape[2:], kernel, strides, dil)
+    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(2)]
+    if not ((group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS) and min(out_sp) > 0 and min(pb) >= 0
+            and min(pe) >= 0 and wconst.size and c == cg * group):
+        return None
+    return fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
+                     (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)

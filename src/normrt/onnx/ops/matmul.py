@@ -6,6 +6,10 @@ residual epilogue); the rest on numpy/BLAS.
 """
 import numpy as np
 
+from ..._kernels import small_gemm as _ksmall_gemm
+from ..._kernels.gemm import gemm as _gemm_kernel
+from ..._threads import get_num_threads
+from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
 from . import _blas
 from ._util import attr_str, low_precision, op
@@ -33,7 +37,7 @@ def _mm(a, b):
 KERNEL_MAX_BATCH = 256
 
 
-@op("MatMul", since=1)
+@op("MatMul", gemm=True, since=1)
 def matmul(node, a, b):
     if a.dtype == _F32 and b.dtype == _F32 and a.ndim >= 2 and b.ndim >= 2 and a.size and b.size:
         if b.ndim == 2:
@@ -42,10 +46,21 @@ def matmul(node, a, b):
     return _mm(a, b)
 
 
+# Batched products of fewer multiply-adds each than this run on the small_gemm
+# kernel, the whole batch in one call (swin's window attention: 96 products of
+# 16x16x8 in 8 MatMuls cost ~5 us each as separate GEMM calls)
+SMALL_BATCHED_MACS = 1 << 15
+
+
 def _batched(a, b):
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     count = int(np.prod(batch, dtype=np.int64))
-    if count > KERNEL_MAX_BATCH or a.shape[-1] != b.shape[-2]:
+    if a.shape[-1] != b.shape[-2]:
+        return _mm(a, b)
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    if m * n * k < SMALL_BATCHED_MACS:
+        return _small_batched(a, b, batch, count, m, k, n)
+    if count > KERNEL_MAX_BATCH:
         return _mm(a, b)
     out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
     ab = np.broadcast_to(a, batch + a.shape[-2:])
@@ -55,7 +70,20 @@ def _batched(a, b):
     return out
 
 
-@op("Gemm", since=1)
+def _stack(x, batch, count):
+    """x broadcast to `batch` leading dims as a C-contiguous (count, rows, cols) array (the
+    kernel's typed memoryviews are C-contiguous; small products: the copy is small too)."""
+    return np.ascontiguousarray(np.broadcast_to(x, batch + x.shape[-2:]).reshape((count,) + x.shape[-2:]))
+
+
+def _small_batched(a, b, batch, count, m, k, n):
+    out = np.empty((count, m, n), np.float32)
+    nt = get_num_threads() if count * m * n * k >= SMALL_GEMM_MACS else 1
+    _ksmall_gemm.batched_matmul(_stack(a, batch, count), _stack(b, batch, count), out, nt)
+    return out.reshape(batch + (m, n))
+
+
+@op("Gemm", gemm=True, since=1)
 def gemm(node, a, b, c=None):
     # opsets 1-6 `broadcast`: C must then match or broadcast unidirectionally,
     # which numpy broadcasting covers
@@ -117,3 +145,86 @@ def einsum(node, *xs):
     # path optimisation (BLAS via tensordot) pays off beyond tiny operands
     r = np.einsum(eq, *xs, optimize=len(xs) > 2 or sum(x.size for x in xs) > 4096)
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
+
+
+# A product with fewer multiply-adds than this runs on one thread in a specialized
+# plan: a second thread's wake-up (~20 us on this 2-core machine, more when the
+# other core is busy) exceeds the whole product (24x64 @ 64x64: ~2 us). The GEMM
+# kernel's results do not depend on the thread count, so this changes no bits.
+SMALL_GEMM_MACS = 1 << 18
+
+
+def _gemm_into(a, bdata, m, n, k, y, bias, residual, act, ws, nt):
+    _gemm_kernel(a.reshape(-1), False, bdata, True, m, n, k, y.reshape(-1), bias, 1, residual, act, ws, nt)
+    return y
+
+
+def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activation=None, n_threads=1):
+    """A specialized plan's float32 product with a packed constant weight: the expression calling the
+    GEMM kernel directly (what normrt.matmul calls after its checks, done here once).
+
+    `a` and `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (N,)
+    constant or None. None when a check fails (the caller keeps the generic call)."""
+    from ...api.gemm import _EMPTY
+    from ..._checks import activation as _act_code
+    ea, (ashape, da), _ = a
+    k, n = packed.shape
+    shape, dtype = out_meta
+    if da != _F32 or dtype != _F32 or len(ashape) < 1 or ashape[-1] != k or tuple(shape) != tuple(ashape[:-1]) + (n,):
+        return None
+    m = int(np.prod(ashape[:-1], dtype=np.int64))
+    if m == 0 or n == 0 or k == 0:
+        return None
+    if bias is not None:
+        bias = np.ascontiguousarray(bias)
+        if bias.dtype != _F32 or bias.shape != (n,):
+            return None
+    res = "_EMPTY"
+    if residual is not None:
+        er, (rshape, rd), _ = residual
+        if rd != _F32 or tuple(rshape) != tuple(shape):
+            return None
+        res = f"{er}.reshape(-1)"
+    nt = 1 if m * n * k < SMALL_GEMM_MACS else n_threads
+    ws = src.workspace(_workspace_size(nt))     # the plan's own (shared by its steps; runs hold its lock)
+    src.ns["_EMPTY"] = _EMPTY
+    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
+    return (f"{src.bind(_gemm_into, '_gemm_into')}({ea}, {src.bind(packed.data, 'w')}, {m}, {n}, {k}, {y}, "
+            f"{src.bind(bias) if bias is not None else '_EMPTY'}, {res}, {_act_code(activation)}, {ws}, {nt})")
+
+
+def fast_matmul(src, args, out_meta, buffer, n_threads=1):
+    """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
+    weight on the GEMM kernel, packed now; None for any other form."""
+    (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
+    if da != _F32 or db != _F32 or len(ashape) < 2 or len(bshape) != 2 or 0 in ashape or 0 in bshape:
+        return None
+    if bconst is None or bconst.flags.writeable:
+        return None
+    return fast_gemm(src, args[0], _blas.packed_matmul_weight(bconst), out_meta, buffer, n_threads=n_threads)
+
+
+def fast_gemm_node(src, node, args, out_meta, buffer, n_threads=1):
+    """A specialized plan's Gemm taking the kernel path of `gemm` above with a constant B (and C):
+    the GEMM kernel called directly, B packed (transposed if transB) and C's bias form made now."""
+    if len(args) < 2 or args[0] is None or args[1] is None or args[1][2] is None:
+        return None
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    (_, (ashape, da), _), (_, (bshape, db), b) = args[0], args[1]
+    c = args[2] if len(args) > 2 else None
+    if (alpha != 1.0 or node.attrs.get("transA", 0) or da != _F32 or db != _F32 or len(ashape) != 2
+            or len(bshape) != 2 or 0 in ashape or 0 in bshape or b.flags.writeable):
+        return None
+    trans_b = bool(node.attrs.get("transB", 0))
+    n = bshape[0] if trans_b else bshape[1]
+    bias = None
+    if c is not None and beta != 0.0:
+        if c[2] is None or c[1][1] != _F32:
+            return None
+        cb = c[2] if beta == 1.0 else c[2] * np.float32(beta)
+        if not (cb.ndim <= 1 or cb.ndim == 2 and cb.shape[0] == 1):
+            return None                       # C of the output's shape: the generic residual form
+        bias = np.ascontiguousarray(np.broadcast_to(cb.reshape(-1), (n,)))
+    return fast_gemm(src, args[0], _blas.packed_matmul_weight(b, trans_b), out_meta, buffer, bias=bias,
+                     n_threads=n_threads)

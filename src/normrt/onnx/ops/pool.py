@@ -109,6 +109,17 @@ def average_pool(node, x):
     if _planes_ok(x) and list(kernel) == list(x.shape[2:]) and not any(pb) and not any(pe) \
             and list(out_sp) == [1, 1]:
         return _global_average(x)       # ResNet's final 7x7 average: one mean per plane
+    if _planes_ok(x) and list(out_sp) == [1, 1] and not any(pb) and list(dil) == [1, 1] \
+            and all(kernel[i] >= x.shape[2 + i] for i in range(2)):
+        # one window holding the whole plane, larger than it (EfficientNet's pooler: 320x320 over
+        # 2x2, ceil_mode): the plane's mean, rescaled if the divisor counts other than its h*w taps
+        counts = [int(_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i], 1, include_pad)[0])
+                  for i in range(2)]
+        y = _global_average(x)
+        plane = x.shape[2] * x.shape[3]
+        if counts[0] * counts[1] != plane:
+            y = (y.astype(np.float64) * (plane / (counts[0] * counts[1]))).astype(x.dtype)
+        return y
     if _planes_ok(x) and min(pb) >= 0:
         counts = [_tap_counts(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i], out_sp[i], include_pad)
                   for i in range(2)]

@@ -40,14 +40,15 @@ class OpImpl:
     until: int              # inclusive upper bound of opset versions handled
     supports: object = None  # node -> bool; None means "every node"
     inplace: bool = False    # fn takes `dead=` (input positions it may overwrite)
+    gemm: bool = False       # runs GEMMs (the executor loads the GEMM library at load, not mid-run)
 
 
 _REGISTRY = {}
 
 
-def register(op_type, *, domain="", since=1, until=10_000, supports=None, inplace=False):
+def register(op_type, *, domain="", since=1, until=10_000, supports=None, inplace=False, gemm=False):
     def deco(fn):
-        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports, inplace))
+        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports, inplace, gemm))
         return fn
     return deco
 

@@ -154,14 +154,20 @@ def split(node, x, split=None):
 
 # --------------------------------------------------------------------- Slice
 def _slice(x, starts, ends, axes, steps):
+    return x[slice_index(x.shape, starts, ends, axes, steps)]
+
+
+def slice_index(shape, starts, ends, axes, steps):
+    """The numpy index tuple of ONNX Slice on a tensor of `shape` (clamped as ONNX says)."""
+    ndim = len(shape)
     if axes is None:
         axes = list(range(len(starts)))
     if steps is None:
         steps = [1] * len(starts)
-    index = [slice(None)] * x.ndim
+    index = [slice(None)] * ndim
     for st, en, ax, sp in zip(starts, ends, axes, steps):
-        ax = norm_axis(ax, x.ndim)
-        dim = x.shape[ax]
+        ax = norm_axis(ax, ndim)
+        dim = shape[ax]
         if st < 0:
             st += dim
         if en < 0:
@@ -175,7 +181,7 @@ def _slice(x, starts, ends, axes, steps):
         else:
             raise ValueError("Slice step cannot be 0")
         index[ax] = slice(st, en if en >= 0 else None, sp)
-    return x[tuple(index)]
+    return tuple(index)
 
 
 @op("Slice", since=1, until=9)

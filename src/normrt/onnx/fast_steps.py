@@ -1,0 +1,221 @@
+"""Fast steps of a specialized plan: the common ops as direct calls, arguments checked once.
+
+`fast_step(src, step, ins, out_meta, buffer)` is called by
+compiled.compile_specialized for each single-output step once the input
+shapes are known (a traced run). It returns the Python expression computing
+the step's output from its inputs (`ins[i]`: (expression, (shape, dtype),
+constant value or None), None for an omitted input), or None to keep the
+generic call. `buffer`, when given, names a preallocated array of the output's
+shape and dtype that the expression may write into (`out=`); it is reused by
+every run, so only results no graph output can alias get one.
+
+Every fast step computes exactly what the op's generic implementation
+(normrt.onnx.ops, kernels.py) computes for those shapes and dtypes: the same
+numpy ufunc or kernel call on the same operands, so the specialized and the
+generic plan give bitwise-identical results (tests/onnx/test_compiled_plan.py).
+A specialized run executes under np.errstate(all="ignore") (the generic ops
+silence the same warnings one by one). What it drops is the per-run work around that call: dtype/shape dispatch,
+attribute decoding, the OpNode/_as_arrays wrappers, list packing.
+"""
+import numpy as np
+
+from .._kernels import softmax as _softmax_kernel
+from ..api.layer_norm import layer_norm, rms_norm
+from ._graph import canonical_domain
+from .concat_chain import GrowingConcat
+from .ops._parallel import ELEMENTWISE_MIN
+
+_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+_UNARY = {"Neg": np.negative, "Abs": np.abs, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
+          "Reciprocal": np.reciprocal, "Floor": np.floor, "Ceil": np.ceil, "Tanh": np.tanh,
+          "Sin": np.sin, "Cos": np.cos}
+_RESHAPES = frozenset(("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
+
+
+def _plain(meta):
+    return meta is not None and meta[1].isbuiltin == 1
+
+
+def _copy_into(out, x):
+    np.copyto(out, x)
+    return out
+
+
+def _transpose_into(x, perm, out):
+    np.copyto(out, x.transpose(perm))
+    return out
+
+
+def _softmax_into(x, y, n, nt):
+    # the generic Softmax's kernel call (ops/softmax.py -> api.softmax) on (rows, n)
+    _softmax_kernel.softmax_rows(np.ascontiguousarray(x.reshape(-1, n)), y.reshape(-1, n), False, nt)
+    return y
+
+
+def _sigmoid(x, out):
+    # the generic Sigmoid's sequence (activations.sigmoid), into `out`
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+    return out
+
+
+def _numpy_step(src, step, ins, out_meta, buffer):
+    node = step.node
+    op = node.op_type
+    opnode = getattr(step.run, "opnode", None)
+    if opnode is None:
+        return None
+    shape, dtype = out_meta
+    args = ins
+    if any(a is not None and not _plain(a[1]) for a in args):
+        return None
+    size = int(np.prod(shape, dtype=np.int64))
+    if op in _BINARY and opnode.version >= 7 and len(args) == 2:
+        (ea, (_, da), _), (eb, (_, db), _) = args
+        kinds = "f" if op == "Div" else "fiu"
+        if da != db or da.kind not in kinds or da != dtype or not shape or size >= ELEMENTWISE_MIN:
+            return None             # mixed dtypes, integer division, 0-d results, the threaded big adds
+        fn = src.bind(_BINARY[op], "_" + op.lower())
+        return f"{fn}({ea}, {eb}" + (f", out={buffer})" if buffer is not None else ")")
+    if op in _UNARY and len(args) == 1:
+        (ex, (_, dx), _), = args
+        if dx.kind != "f" or dx != dtype or not shape or buffer is None:
+            return None
+        return f"{src.bind(_UNARY[op], '_' + op.lower())}({ex}, out={buffer})"
+    if op == "Pow" and len(args) == 2 and args[1][2] is not None and opnode.version >= 7:
+        (ea, (_, da), _), (_, (eshape, _), e) = args
+        # the generic Pow's exponent-2 case (elementwise.pow_): np.square
+        if da.kind == "f" and da == dtype and len(eshape) == 0 and float(e) == 2.0 and shape:
+            return f"np.square({ea}" + (f", out={buffer})" if buffer is not None else ")")
+        return None
+    if op == "Expand" and len(args) == 2 and args[1][2] is not None and shape:
+        ex, (xshape, dx), _ = args[0]
+        if dx != dtype:
+            return None
+        # the generic Expand (shape_ops.expand) copies the broadcast view; here into the buffer
+        target = tuple(int(d) for d in shape)
+        if buffer is None:
+            return f"np.broadcast_to({ex}, {target!r}).copy()"
+        return f"{src.bind(_copy_into, '_copy_into')}({buffer}, np.broadcast_to({ex}, {target!r}))"
+    if op == "Relu" and len(args) == 1:
+        (ex, (_, dx), _), = args
+        if not shape or size >= ELEMENTWISE_MIN or dx != dtype:
+            return None
+        zero = src.bind(dx.type(0))
+        return f"np.maximum({ex}, {zero}" + (f", out={buffer})" if buffer is not None else ")")
+    if op == "Sigmoid" and len(args) == 1:
+        (ex, (_, dx), _), = args
+        if dx.kind != "f" or buffer is None:
+            return None
+        return f"{src.bind(_sigmoid, '_sigmoid')}({ex}, {buffer})"
+    if op in _RESHAPES and args and args[0] is not None:
+        return f"{args[0][0]}.reshape({tuple(int(d) for d in shape)!r})"
+    if op == "Identity" and len(args) == 1:
+        return args[0][0]
+    if op == "Transpose" and len(args) == 1:
+        perm = opnode.attrs.get("perm")
+        ex, (xshape, _), _ = args[0]
+        perm = tuple(int(p) for p in perm) if perm is not None else tuple(range(len(xshape)))[::-1]
+        if buffer is None:
+            return f"np.ascontiguousarray({ex}.transpose({perm!r}))"
+        return f"{src.bind(_transpose_into, '_transpose_into')}({ex}, {perm!r}, {buffer})"
+    if op == "Cast" and len(args) == 1:
+        ex, _, _ = args[0]
+        return f"{ex}.astype({src.bind(dtype)})"
+    if op == "Slice" and len(args) >= 3 and all(a is None or a[2] is not None for a in args[1:]):
+        from .ops._util import ints_of
+        from .ops.shape_ops import slice_index
+        ex, (xshape, _), _ = args[0]
+        vals = [None if a is None else ints_of(a[2]) for a in args[1:]] + [None] * (5 - len(args))
+        index = slice_index(xshape, *vals[:4])
+        return f"{ex}[{src.bind(index)}]"
+    if op == "Gather" and len(args) == 2 and args[1][2] is not None:
+        ex, (xshape, _), _ = args[0]
+        axis = int(opnode.attrs.get("axis", 0)) % max(len(xshape), 1)
+        idx = src.bind(np.asarray(args[1][2]).astype(np.intp, copy=False))
+        return f"np.take({ex}, {idx}, axis={axis})"
+    if op == "Concat" and all(a is not None for a in args) and not isinstance(step.run, GrowingConcat):
+        axis = int(opnode.attrs.get("axis", 1)) % max(len(args[0][1][0]), 1)
+        if buffer is not None and all(a[1][1] == dtype for a in args):
+            return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis}, out={buffer})"
+        return f"np.concatenate(({''.join(a[0] + ', ' for a in args)}), axis={axis})"
+    if op == "Softmax" and len(args) == 1 and args[0][1][1] in (np.float32, np.float64) and shape:
+        ex, (xshape, dx), _ = args[0]
+        if opnode.version < 13:
+            first = int(opnode.attrs.get("axis", 1)) % len(xshape)
+        else:
+            first = int(opnode.attrs.get("axis", -1)) % len(xshape)
+            if first != len(xshape) - 1:
+                return None
+        n = int(np.prod(xshape[first:], dtype=np.int64))
+        if n == 0 or size == 0:
+            return None
+        y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
+        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {src.n_threads})"
+    if op == "Conv":
+        from .ops import conv as _conv_ops
+        return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
+    if op == "Gemm":
+        from .ops import matmul as _mm_ops
+        return _mm_ops.fast_gemm_node(src, opnode, args, out_meta, buffer, src.n_threads)
+    if op == "MatMul" and len(args) == 2:
+        from .ops import matmul as _mm_ops
+        return _mm_ops.fast_matmul(src, args, out_meta, buffer, src.n_threads)
+    return None
+
+
+def _kernel_step(src, step, ins, out_meta, buffer):
+    """normrt-domain norms straight into their normrt function (no KernelNode layers)."""
+    run = getattr(step.run, "inner", step.run)
+    op = step.node.op_type
+    attrs = run.attrs
+    if run.n_out != 1:
+        return None
+    args = [None if a is None else a[0] for a in ins]
+    args += [None] * (len(run.spec.inputs) - len(args))
+    if op == "RMSNorm":
+        fn = src.bind(rms_norm, "_rms_norm")
+        return (f"{fn}({args[0]}, {args[1]}, axis={int(attrs.get('axis', -1))}, "
+                f"eps={float(attrs.get('epsilon', 1e-5))!r}, residual={args[2]})")
+    if op == "LayerNorm" and not attrs.get("_stats"):
+        fn = src.bind(layer_norm, "_layer_norm")
+        act = attrs.get("activation") or None
+        return (f"{fn}({args[0]}, {args[1]}, {args[2]}, axis={int(attrs.get('axis', -1))}, "
+                f"eps={float(attrs.get('epsilon', 1e-5))!r}, residual={args[3]}, activation={act!r})")
+    if op == "MatMul" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \
+            and _plain(ins[0][1]) and (len(ins) < 3 or ins[2] is None or ins[2][2] is not None):
+        from .ops import matmul as _mm_ops
+        expr = _mm_ops.fast_gemm(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
+                                 bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
+                                 residual=ins[3] if len(ins) > 3 else None,
+                                 activation=attrs.get("activation") or None, n_threads=src.n_threads)
+        if expr is not None:
+            return expr
+    if op == "Conv" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \
+            and _plain(ins[0][1]) and (len(ins) < 3 or ins[2] is None or ins[2][2] is not None):
+        from .ops import conv as _conv_ops
+        expr = _conv_ops.fast_conv(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
+                                   tuple(attrs["strides"]), tuple(attrs["pads"]), tuple(attrs["dilations"]),
+                                   attrs["group"], bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
+                                   residual=ins[3] if len(ins) > 3 else None,
+                                   activation=attrs.get("activation") or None, n_threads=src.n_threads)
+        if expr is not None:
+            return expr
+    # any other kernel: its call, with a constant weight packed now rather than looked up per run
+    call = src.bind(run.call, "_call")
+    at = src.bind(attrs)
+    extra = ""
+    if run.packer is not None and run.weight_is_constant:
+        extra = f", packed={src.bind(run.packer(ins[1][2], attrs))}"
+    return f"{call}({at}, 1, {', '.join(a or 'None' for a in args[:len(ins)])}{extra})[0]"
+
+
+def fast_step(src, step, ins, out_meta, buffer):
+    """The expression for one single-output step of a specialized plan, or None (generic call)."""
+    if step.kind == "numpy" and not canonical_domain(step.node.domain):
+        return _numpy_step(src, step, ins, out_meta, buffer)
+    if step.kind == "kernel":
+        return _kernel_step(src, step, ins, out_meta, buffer)
+    return None

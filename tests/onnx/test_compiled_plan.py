@@ -1,0 +1,175 @@
+"""The compiled plans (onnx/compiled.py, fast_steps.py): the plan specialized to the input
+shapes gives bitwise the generic plan's results, a new shape after specialization still runs
+correctly, and reused buffers never leak into returned outputs."""
+import glob
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+
+DATA = os.path.join(os.path.dirname(__file__), os.pardir, "data")
+
+
+def _one_per_family():
+    seen, out = set(), []
+    for path in sorted(glob.glob(os.path.join(DATA, "*.onnx"))):
+        family = os.path.basename(path).split("__")[0]
+        if family not in seen:
+            seen.add(family)
+            out.append(path)
+    return out
+
+
+def _generic_and_specialized(sess, feeds):
+    ex = sess.executor
+    generic = ex.run(feeds, specialize=False)
+    first = sess.run(None, feeds)           # traced: builds the specialized plan
+    second = sess.run(None, feeds)          # the specialized plan
+    return generic, first, second
+
+
+@pytest.mark.parametrize("path", _one_per_family(), ids=lambda p: os.path.basename(p)[:-5])
+def test_fixture_models_specialized_bitwise_generic(path):
+    data = np.load(path[:-5] + ".npz")
+    sess = normrt.InferenceSession(path)
+    feeds = {k[len("input:"):]: data[k] for k in data.files if k.startswith("input:")}
+    generic, first, second = _generic_and_specialized(sess, feeds)
+    assert sess.executor.specialized, "a fixed-shape model gets a specialized plan"
+    for g, a, b in zip(generic, first, second):
+        assert g.dtype == b.dtype and g.shape == b.shape
+        assert np.array_equal(g, a, equal_nan=True) and np.array_equal(g, b, equal_nan=True)
+
+
+# ------------------------------------------------------------ generated graphs
+def _graph_from_ops(ops, width, rng):
+    """A chain over x (batch, width) of the listed ops; the batch dim is symbolic."""
+    nodes, inits = [], []
+    cur, n = "x", 0
+
+    def fresh():
+        nonlocal n
+        n += 1
+        return f"t{n}"
+
+    def const(arr):
+        name = f"c{len(inits)}"
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    for op in ops:
+        out = fresh()
+        if op in ("Add", "Mul", "Sub", "Div"):
+            c = rng.uniform(0.5, 1.5, (width,)).astype(np.float32)
+            nodes.append(helper.make_node(op, [cur, const(c)], [out]))
+        elif op in ("Relu", "Sigmoid", "Neg", "Tanh", "Abs"):
+            nodes.append(helper.make_node(op, [cur], [out]))
+        elif op == "MatMul":
+            w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+            nodes.append(helper.make_node("MatMul", [cur, const(w)], [out]))
+        elif op == "Gemm":                  # GPT-2's Conv1D: Gemm with B transposed and a bias C
+            w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+            nodes.append(helper.make_node("Gemm", [cur, const(w), const(rng.standard_normal(width).astype(np.float32))],
+                                          [out], transB=int(rng.integers(0, 2)), beta=float(rng.choice([1.0, 0.5]))))
+        elif op == "Softmax":
+            nodes.append(helper.make_node("Softmax", [cur], [out], axis=-1))
+        elif op == "ReshapeViaShape":       # Shape -> Gather -> Concat -> Reshape (b, 2, w/2) -> back
+            s, g, cat, mid = fresh(), fresh(), fresh(), fresh()
+            nodes += [helper.make_node("Shape", [cur], [s]),
+                      helper.make_node("Gather", [s, const(np.array([0], np.int64))], [g], axis=0),
+                      helper.make_node("Concat", [g, const(np.array([2, width // 2], np.int64))], [cat], axis=0),
+                      helper.make_node("Reshape", [cur, cat], [mid]),
+                      helper.make_node("Transpose", [mid], [fresh()], perm=[0, 2, 1])]
+            tr = f"t{n}"
+            nodes.append(helper.make_node("Reshape", [tr, const(np.array([0, -1], np.int64))], [out]))
+        elif op == "SliceConcat":           # rotary-style halves swapped
+            a, b = fresh(), fresh()
+            h = width // 2
+            nodes += [helper.make_node("Slice", [cur, const(np.array([0], np.int64)),
+                                                 const(np.array([h], np.int64)), const(np.array([1], np.int64))], [a]),
+                      helper.make_node("Slice", [cur, const(np.array([h], np.int64)),
+                                                 const(np.array([width], np.int64)), const(np.array([1], np.int64))], [b]),
+                      helper.make_node("Concat", [b, a], [out], axis=1)]
+        elif op == "PowExpand":             # x ** 2 (tanh-GELU's form), Expand to x's shape (repeat_kv's)
+            sq = fresh()
+            nodes += [helper.make_node("Pow", [cur, const(np.array(2.0, np.float32))], [sq]),
+                      helper.make_node("Expand", [cur, const(np.array([1, width], np.int64))], [fresh()])]
+            nodes.append(helper.make_node("Add", [sq, f"t{n}"], [out]))
+        elif op == "UnsqueezeSqueeze":
+            mid = fresh()
+            nodes += [helper.make_node("Unsqueeze", [cur, const(np.array([1], np.int64))], [mid]),
+                      helper.make_node("Squeeze", [mid, const(np.array([1], np.int64))], [out])]
+        cur = out
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    graph = helper.make_graph(nodes, "generated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+OPS = ["Add", "Mul", "Sub", "Div", "Relu", "Sigmoid", "Neg", "Tanh", "Abs", "MatMul", "Gemm", "Softmax",
+       "ReshapeViaShape", "SliceConcat", "UnsqueezeSqueeze", "PowExpand"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=12), batch=st.integers(1, 5),
+       batch2=st.integers(1, 5), seed=st.integers(0, 2 ** 16))
+def test_generated_graphs_specialized_bitwise_and_new_shapes(ops, batch, batch2, seed):
+    rng = np.random.default_rng(seed)
+    width = 8
+    model = _graph_from_ops(ops, width, rng)
+    sess = normrt.InferenceSession(model)
+    ref = ReferenceEvaluator(model)
+    for b in (batch, batch2, batch):           # a new shape after specialization, then the first again
+        x = rng.standard_normal((b, width)).astype(np.float32)
+        generic, first, second = _generic_and_specialized(sess, {"x": x})
+        assert np.array_equal(generic[0], first[0]) and np.array_equal(generic[0], second[0])
+        np.testing.assert_allclose(second[0], ref.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert len(sess.executor.specialized) == len({batch, batch2})
+
+
+def test_returned_outputs_are_never_reused_buffers():
+    """An output that is a view (Reshape) of an Add result: later runs must not write into it."""
+    c = numpy_helper.from_array(np.ones((1, 6), np.float32), "c")
+    shape = numpy_helper.from_array(np.array([2, 3], np.int64), "s")
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Reshape", ["a", "s"], ["y"]),
+             helper.make_node("Mul", ["x", "c"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6])], [c, shape])
+    sess = normrt.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    outs = [sess.run(None, {"x": np.full((1, 6), float(i), np.float32)}) for i in range(4)]
+    for i, (y, z) in enumerate(outs):
+        assert np.array_equal(y, np.full((2, 3), i + 1.0, np.float32))
+        assert np.array_equal(z, np.full((1, 6), float(i), np.float32))
+
+
+def test_data_dependent_shapes_stay_generic():
+    """NonZero's output shape depends on the data: no specialized plan, correct results."""
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Shape", ["nz"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [2])])
+    sess = normrt.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for k in (1, 3, 0, 4):
+        x = np.zeros(4, np.float32)
+        x[:k] = 1
+        assert sess.run(None, {"x": x})[0].tolist() == [1, k]
+    assert not sess.executor.specialized
+
+
+def test_errors_name_the_node_in_compiled_plans():
+    """An exception inside the compiled code still names the node that raised."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="first"),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="the_matmul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2])],
+                              [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    sess = normrt.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for run in (lambda f: sess.run(None, f), lambda f: sess.executor.run(f, specialize=False)):   # traced, compiled
+        with pytest.raises(Exception) as info:
+            run({"x": np.ones((2, 3), np.float32)})
+        assert any("the_matmul" in note for note in getattr(info.value, "__notes__", []))

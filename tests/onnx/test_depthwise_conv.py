@@ -1,0 +1,38 @@
+"""Depthwise Conv on the small_conv kernel against onnx.reference, generated shapes."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 9), mult=st.integers(1, 3), kh=st.integers(1, 7), kw=st.integers(1, 7),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), dil=st.integers(1, 2), pads=st.lists(st.integers(0, 3), min_size=4,
+                                                                                          max_size=4),
+       h=st.integers(1, 12), w=st.integers(1, 12), batch=st.integers(1, 2), bias=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_depthwise_conv_matches_reference_and_threads(c, mult, kh, kw, sh, sw, dil, pads, h, w, batch, bias, seed):
+    oh = (h + pads[0] + pads[2] - dil * (kh - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dil * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1 or c < 2:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c * mult, 1, kh, kw)).astype(np.float32)
+    inits = [numpy_helper.from_array(wt, "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c * mult).astype(np.float32), "b"))
+    node = helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["y"], group=c, strides=[sh, sw],
+                            pads=pads, dilations=[dil, dil])
+    graph = helper.make_graph([node], "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m", "oh", "ow"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    sess = normrt.InferenceSession(model)
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    one = normrt.InferenceSession(model, num_threads=1).run(None, {"x": x})[0]
+    assert np.array_equal(got, one)
