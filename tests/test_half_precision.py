@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import normrt
 from normrt._kernels import half_convert
-from conftest import (HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
+from dtype_checks import (HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
                       same_bits)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)

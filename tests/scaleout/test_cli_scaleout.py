@@ -8,7 +8,7 @@ import pytest
 import normrt
 from normrt.cli import main
 
-from conftest import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
+from bn_models import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
 
 pytest.importorskip("distributed")
 

@@ -17,7 +17,7 @@ import dask.array as da  # noqa: E402
 import normrt.dask as nd  # noqa: E402
 from normrt.scaleout import PartitionError  # noqa: E402
 
-from conftest import (assert_stats_close, batched, bn_statistics, conv_bn_model, conv_bn_reference_stats, multi_io_model,  # noqa: E402
+from bn_models import (assert_stats_close, batched, bn_statistics, conv_bn_model, conv_bn_reference_stats, multi_io_model,  # noqa: E402
                       shifted_data, slow_block)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from normrt.scaleout import ModelRef
 
-from conftest import batched, conv_bn_model, shifted_data
+from bn_models import batched, conv_bn_model, shifted_data
 
 da = pytest.importorskip("dask.array")
 

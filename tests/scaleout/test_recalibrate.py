@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 import normrt
 from normrt.scaleout.recalibrate import batch_norm_levels
 
-from conftest import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
+from bn_models import assert_stats_close, bn_statistics, conv_bn_model, conv_bn_reference_stats, shifted_data
 
 
 @settings(max_examples=8, deadline=None)

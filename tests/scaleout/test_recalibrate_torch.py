@@ -7,7 +7,7 @@ import pytest
 
 import normrt
 
-from conftest import bn_statistics, shifted_data
+from bn_models import bn_statistics, shifted_data
 
 torch = pytest.importorskip("torch")
 

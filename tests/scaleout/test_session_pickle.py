@@ -6,7 +6,7 @@ import numpy as np
 
 import normrt
 
-from conftest import conv_bn_model, multi_io_model, shifted_data
+from bn_models import conv_bn_model, multi_io_model, shifted_data
 
 
 def test_roundtrip_same_outputs_and_options(tmp_path):

@@ -1,4 +1,4 @@
-"""Helpers shared by the test files."""
+"""Shared checks for the dtype tests: the float dtypes, tolerances in units of a dtype's rounding, bitwise equality across thread counts."""
 import ml_dtypes
 import numpy as np
 
