@@ -14,6 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import _checks as chk
+from .._kernels import conv as _kconv
 from .._kernels import gemm as _k
 from .._threads import get_num_threads
 from .gemm import aligned_empty, epilogue_numpy, workspace
@@ -48,7 +49,7 @@ class PackedConvWeight:
             size = _k.packed_b_size(k, mg)
             data = aligned_empty(g * size)
             for i in range(g):
-                _k.pack_at(w[i], data[i * size:(i + 1) * size])
+                _kconv.pack_at(w[i], data[i * size:(i + 1) * size])
             self._data_t = data
         return self._data_t
 
@@ -169,9 +170,9 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     if not packed:
         weight = pack_conv_weight(weight, group)
     nt = get_num_threads()
-    size = _k.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
-    tr = _k.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
-    _k.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
+    size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
+    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
               _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
     return y
