@@ -8,9 +8,6 @@ back on every call.
 Python (normrt.api.gemm) checks every argument; these kernels trust them
 (sizes are re-checked here, cheaply).
 """
-from cython.parallel cimport prange
-
-from omp cimport omp_get_thread_num
 from gemm_core cimport *
 
 def isa():
@@ -86,7 +83,6 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     cdef Problem g
     cdef Split s
     cdef int nt
-    cdef Py_ssize_t j
     cdef GemmJobs gj
     if m <= 0 or n <= 0 or k <= 0:
         raise ValueError("m, n and k must be >= 1")
@@ -100,7 +96,7 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
         raise ValueError("bias has the wrong length")
     if residual.shape[0] != 0 and residual.shape[0] != m * n:
         raise ValueError("residual must have m*n elements")
-    nt = team(m, n, k, 1, n_threads)
+    nt = max(1, min(n_threads, 64))
     if work.shape[0] < workspace_size(nt):
         raise ValueError("work is smaller than workspace_size(n_threads)")
     g.m = m
@@ -124,20 +120,10 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     g.act = act
     with nogil:
         s = choose_split(&g, 1, nt)
-        if nt == 1 or s.mb * s.nb == 1:
-            run_jobs(&g, s, 0, 1, thread_work(&work[0], 0))
-        else:
-            # jobs handed out one at a time: a thread whose core is busy with
-            # something else takes fewer (which thread runs a job never
-            # changes its result)
-            gj.g = &g
-            gj.s = s
-            gj.work = &work[0]
-            if NRT_HAVE_POOL:
-                nrt_pool_run(gemm_job, &gj, s.mb * s.nb, nt)
-            else:
-                for j in prange(s.mb * s.nb, schedule="dynamic", num_threads=nt):
-                    gemm_job(&gj, j, omp_get_thread_num())
+        gj.g = &g
+        gj.s = s
+        gj.work = &work[0]
+        run_parallel(gemm_job, &gj, s.mb * s.nb, nt)
 
 
 

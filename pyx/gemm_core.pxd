@@ -38,21 +38,12 @@ cdef extern from "gemm_microkernel.h":
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
                         long ldc, int flags, const float* bias_row) noexcept nogil
 
-# ---- the job pool ---------------------------------------------------------------
-# Why not an OpenMP parallel region: its closing barrier waits for every thread
-# of the team to arrive, so one worker that has not been scheduled yet (its core
-# busy with another process, or with another runtime's spinning pool threads:
-# onnxruntime's, right after its run) stalls the whole call for a scheduler slice
-# - measured ~2x on ResNet-50 run right after onnxruntime. Here the caller works
-# through the jobs too and waits only for jobs a worker has actually taken;
-# a worker that wakes late finds none left. Which thread runs a job never
-# changes its result (jobs write disjoint outputs with fixed arithmetic).
-# POSIX threads; elsewhere (NRT_HAVE_POOL 0) the OpenMP loop below is used.
-cdef extern from "job_pool.h":
-    const int NRT_HAVE_POOL
-    ctypedef void (*nrt_job_fn)(void* ctx, long job, int slot) noexcept nogil
-    void nrt_pool_run(nrt_job_fn fn, void* ctx, long njobs, int n_threads) noexcept nogil
-
+# The job grid's threads: one OpenMP team (the runtime every normrt kernel
+# uses; why OpenMP and not a private pool: normrt/_thread_policy.py). Jobs are
+# handed out one at a time (schedule dynamic): a thread whose core is busy
+# takes fewer. Which thread runs a job never changes its result (jobs write
+# disjoint outputs with fixed arithmetic).
+ctypedef void (*nrt_job_fn)(void* ctx, long job, int slot) noexcept nogil
 
 
 cdef enum:
@@ -61,11 +52,6 @@ cdef enum:
     KC = 256
     MC_PANELS = 16      # A rows packed per call in blocks of MC_PANELS * MR (L2)
     NC_PANELS = 8       # B columns per job and K block: NC_PANELS * NR
-    # below this many flops (2*M*N*K, ~15 us of work) one thread. A call to an
-    # idle pool costs ~1 us (a sleeping worker is simply not waited for), so
-    # small products split too: measured (2 cores) the transformer block
-    # 0.27 -> 0.22 ms and DenseNet-121 25.6 -> 24.2 ms going from 16 to 4 Mflop
-    PARALLEL_MIN_FLOPS = 4000000
     MAX_JOBS_M = 8
     # rows of a thread's wide C block (stride-1 convs computed on the padded width)
     WIDE_ROWS = 512
@@ -668,22 +654,13 @@ cdef inline void run_jobs(Problem* g, Split s, Py_ssize_t job0, Py_ssize_t step,
         j += step
 
 
-cdef inline int team(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, Py_ssize_t reps, int n_threads) noexcept nogil:
-    if 2.0 * m * n * <double>k * reps < PARALLEL_MIN_FLOPS:
-        return 1
-    return max(1, min(n_threads, 64))
-
-
-
 cdef inline void run_parallel(nrt_job_fn fn, void* ctx, long njobs, int nt) noexcept nogil:
-    """fn(ctx, j, slot) for every job j on nt threads (the pool; OpenMP where
-    there is none), slot being the thread's workspace index."""
+    """fn(ctx, j, slot) for every job j on nt threads, slot being the thread's
+    workspace index (nt: normrt._thread_policy's choice, passed down)."""
     cdef long j
     if nt <= 1 or njobs <= 1:
         for j in range(njobs):
             fn(ctx, j, 0)
-    elif NRT_HAVE_POOL:
-        nrt_pool_run(fn, ctx, njobs, nt)
     else:
         for j in prange(njobs, schedule="dynamic", num_threads=nt):
             fn(ctx, j, omp_get_thread_num())

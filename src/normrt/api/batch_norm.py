@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import batch_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from .moments import channel_moments
 
 
@@ -53,7 +53,7 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size:
         # the fold a = scale / sqrt(var + eps) happens in the kernel, in float64
-        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, get_num_threads())
+        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, memory_bound(x.size))
     return y
 
 
@@ -117,5 +117,5 @@ def spade(x, gamma, beta, *, mean=None, var=None, eps=1e-5, out=None):
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_std = 1.0 / np.sqrt(var + eps)
     _k.channel_affine(x3, mean, inv_std, np.zeros(C), gamma.reshape(-1), beta.reshape(-1),
-                      y.reshape(N, C, S), 0, get_num_threads())
+                      y.reshape(N, C, S), 0, memory_bound(x.size))
     return y

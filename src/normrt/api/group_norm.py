@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import group_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 
 
 def _num_groups(num_groups, C):
@@ -62,7 +62,7 @@ def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=Non
     R, L = N * G, (C // G) * S
     if R and L:
         _k.group_norm(x.reshape(R, L), _flat(scale, dt), _flat(bias, dt), y.reshape(R, L),
-                      C // G, eps, act, get_num_threads())
+                      C // G, eps, act, memory_bound(x.size))
     return y
 
 
@@ -85,7 +85,7 @@ def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=No
     R = N * C
     if R and S:
         _k.group_norm(x.reshape(R, S), _flat(scale, dt), _flat(bias, dt), y.reshape(R, S),
-                      1, eps, act, get_num_threads())
+                      1, eps, act, memory_bound(x.size))
     return y
 
 
@@ -117,5 +117,5 @@ def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
             # rows of y are written while later style rows are still to be read
             style = style.copy()
         _k.adain(content.reshape(R, L), style.reshape(R, Ls), y.reshape(R, L), eps,
-                 bool(unbiased), get_num_threads())
+                 bool(unbiased), memory_bound(content.size + style.size))
     return y

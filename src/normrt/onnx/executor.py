@@ -10,14 +10,12 @@ A node none of them can run raises NotImplementedError here, at load.
 While running, every intermediate value is dropped from the dict right after
 its last reader (Plan.release_after), so memory holds only live values.
 
-Speed (see also ops/_blas.py, ops/_parallel.py):
+Speed (see also ops/_blas.py, normrt/_thread_policy.py):
 * in place: from the plan, each numpy node that supports it is told which of
   its inputs die with it (plan.overwritable_inputs, with view/alias tracking)
   and may write its result there (Relu, Add, Mul, Sigmoid, Softmax...);
-* threads: memory-bound normrt kernels (the norms) on tensors below
-  KERNEL_MT_MIN (2^23) elements run on one thread - a second OpenMP thread costs
-  more than it saves there, in a graph whose other ops share the cores;
-  compute-bound ones (kernels.COMPUTE_BOUND) choose from their flops;
+* threads: every kernel takes its thread count from its work
+  (normrt._thread_policy), inside a graph as outside;
 * `run(..., timings=)` times each node for InferenceSession.profile.
 No output buffers are cached across runs: after the first run glibc serves
 the same-sized allocations without page faults (measured: 0 minor faults per
@@ -32,7 +30,6 @@ import warnings
 import numpy as np
 from onnx import numpy_helper
 
-from .._threads import get_num_threads, threads
 from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
 from .concat_chain import GrowingConcat, concat_chains
@@ -164,37 +161,6 @@ def aliasing(step_run, node):
     return OPAQUE
 
 
-# A normrt kernel on fewer elements than this runs on one thread: in a graph
-# the second thread's wake-up (and the cores' other users: BLAS, the next op)
-# costs more than it saves on small tensors. Measured on 2 cores (python -m
-# bench.cnn_ops), BatchNorm+relu right after a conv, whose GEMM pool worker
-# keeps the other core spinning for NORMRT_POOL_SPIN_US (400 us): 1 thread
-# 13-109 us, 2 threads 500-590 us for 0.1M-1.6M elements, although 2 threads
-# win when both are idle. The second thread pays off only once one thread
-# needs well over twice that wait: ~2^23 elements.
-KERNEL_MT_MIN = 1 << 23
-
-
-class _SmallKernelsSingleThreaded:
-    """A KernelNode whose calls on small inputs run on one thread."""
-
-    kind = "kernel"
-
-    def __init__(self, run):
-        self.inner = run
-        self.kernel = run.kernel
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, args, values):
-        x = args[0] if args else None
-        if x is not None and getattr(x, "size", KERNEL_MT_MIN) < KERNEL_MT_MIN and get_num_threads() > 1:
-            with threads(1):
-                return self.inner(args, values)
-        return self.inner(args, values)
-
-
 def profile_key(node):
     """How `profile` names a node's op: 'Conv', 'normrt::GroupNorm', 'com.microsoft::Gelu'."""
     domain = canonical_domain(node.domain)
@@ -232,8 +198,6 @@ class Executor:
             if step.kind == "kernel" and step.run.packer is not None:
                 # an initializer weight is packed once, on the first run
                 step.run.weight_is_constant = len(step.inputs) > 1 and step.inputs[1] in self.constants
-            if step.kind == "kernel" and step.run.memory_bound:
-                step.run = _SmallKernelsSingleThreaded(step.run)
         if any(s.node.op_type in _GEMM_OPS and s.kind == "numpy" for s in self.steps):
             from .ops import _blas
             _blas.private_blas()   # load the GEMM library now, not during the first run

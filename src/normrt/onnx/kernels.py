@@ -172,10 +172,6 @@ CALLS = {
 }
 
 
-# Ops whose kernels pick their own thread count from the work (flops), not
-# from the input's size: the executor must not force small inputs onto one thread.
-COMPUTE_BOUND = frozenset(("Conv", "MatMul", "Attention"))
-
 # Ops whose weight (input 1) the kernel takes pre-packed: (weight, attrs) -> packed, from
 # the cache the numpy Conv/MatMul ops use too (one packed copy per initializer array).
 PACKED_WEIGHT = {
@@ -212,7 +208,6 @@ class KernelNode:
             # Mean/InvStdDev named? (residual_sum alone leaves them empty: no statistics to compute)
             self.attrs["_stats"] = any(list(node.output)[1:3])
         self.out_positions = [i for i, o in enumerate(node.output) if o]
-        self.memory_bound = node.op_type not in COMPUTE_BOUND
         self.packer = PACKED_WEIGHT.get(node.op_type)
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
 

@@ -8,7 +8,6 @@ opset 1's `consumed_inputs` is a memory hint without semantic effect.
 import numpy as np
 
 from ...api import activations as _activations
-from ._parallel import ELEMENTWISE_MIN, ufunc
 from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op, reusable
 
 try:  # scipy's erf is vectorised and keeps float32; optional dependency
@@ -42,17 +41,10 @@ def _binary_out(dead, a, b):
     return out if out is not None else reusable(dead, 1, b, (shape, a.dtype))
 
 
-def _big_same_shape(a, b):
-    return (a.size >= ELEMENTWISE_MIN and a.shape == b.shape and a.dtype == b.dtype
-            and a.flags.c_contiguous and b.flags.c_contiguous)
-
-
 @op("Add", since=1, inplace=True)
 def add(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
     out = _binary_out(dead, a, b)
-    if _big_same_shape(a, b) and a.dtype.kind == "f":    # two threads for big residual adds
-        return ufunc(np.add, np.empty_like(a) if out is None else out, a, b)
     return _same_dtype(np.add(a, b, out=out), a)
 
 
@@ -232,10 +224,7 @@ def _variadic(name, fn):
         xs = [x for x in xs if x is not None]
         if len(xs) == 1:
             return xs[0].copy()
-        if _big_same_shape(xs[0], xs[1]):
-            r = ufunc(fn, np.empty_like(xs[0]), xs[0], xs[1])
-        else:
-            r = np.asarray(fn(xs[0], xs[1]))
+        r = np.asarray(fn(xs[0], xs[1]))
         for x in xs[2:]:
             if np.broadcast_shapes(r.shape, x.shape) == r.shape:
                 fn(r, x, out=r)
