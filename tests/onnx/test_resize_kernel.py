@@ -1,0 +1,114 @@
+"""Resize on normrt's kernels (float32/float64, last two axes) against onnx.reference.
+
+Generated variety: shapes, integer and general scales or sizes, every
+coordinate transformation mode and nearest mode the exporters write.
+Nearest must be exact; linear within float rounding of the reference's float64.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from test_ops import run_ort, run_ours, run_ref
+
+import normrt
+
+CTMS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"]
+NEAREST = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+
+
+def scale_or_size(draw, n):
+    kind = draw(st.sampled_from(["int", "float", "size"]))
+    if kind == "int":
+        s = draw(st.integers(1, 4))
+        return float(s), n * s
+    if kind == "float":
+        s = draw(st.sampled_from([0.25, 0.5, 0.6, 0.75, 1.25, 1.5, 1.7, 2.5, 3.3]))
+        return s, int(n * s)
+    size = draw(st.integers(1, 3 * n + 2))
+    return None, size
+
+
+@st.composite
+def resize_case(draw):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    (sh, oh), (sw, ow) = scale_or_size(draw, shape[2]), scale_or_size(draw, shape[3])
+    use_sizes = sh is None or sw is None
+    if not use_sizes and (oh == 0 or ow == 0):
+        sh, sw = 1.0, 2.0
+    mode = draw(st.sampled_from(["nearest", "linear"]))
+    attrs = {"mode": mode, "coordinate_transformation_mode": draw(st.sampled_from(CTMS))}
+    if mode == "nearest":
+        attrs["nearest_mode"] = draw(st.sampled_from(NEAREST))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**16))
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    if use_sizes:
+        extra = [None, None, np.array([shape[0], shape[1], oh, ow], np.int64)]
+    else:
+        extra = [None, np.array([1, 1, sh, sw], np.float32)]
+    return [x] + extra, attrs
+
+
+@settings(max_examples=150, deadline=None)
+@given(resize_case())
+def test_resize_kernel_matches_reference(case):
+    inputs, attrs = case
+    opset = 19       # (half_pixel_symmetric needs 19)
+    got = run_ours("Resize", inputs, attrs, opset, 1)[0]
+    exp = np.asarray(run_ref("Resize", inputs, attrs, opset, 1)[0])
+    assert got.shape == exp.shape and got.dtype == exp.dtype
+    tol = 1e-5 if got.dtype == np.float32 else 1e-12
+    close = np.array_equal(got, exp) if attrs["mode"] == "nearest" else np.allclose(got, exp, rtol=tol, atol=tol)
+    if not close:
+        # onnx.reference departs from the spec on a few coordinate edge cases (a
+        # half_pixel_symmetric coordinate on a rounding tie, computed in other float
+        # steps): onnxruntime, the second independent reference, decides them
+        assert attrs["coordinate_transformation_mode"] == "half_pixel_symmetric", (got, exp)
+        np.testing.assert_allclose(got, run_ort("Resize", inputs, attrs, opset, 1)[0], rtol=tol, atol=tol)
+
+@pytest.mark.parametrize("attrs,scales", [
+    ({"mode": "nearest"}, [1, 1, 2, 2]),                      # the decoders' 2x: the copy path
+    ({"mode": "nearest", "nearest_mode": "floor"}, [1, 1, 3, 3]),
+    ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric"}, [1, 1, 1.5, 0.75]),
+    ({"mode": "linear"}, [1, 1, 2, 2]),
+    ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 1.7, 2.3]),
+    ({"mode": "linear"}, [1, 1, 1, 2.5]),                     # rows not resized
+])
+def test_resize_kernel_same_bits_for_any_thread_count(attrs, scales):
+    x = np.random.default_rng(3).standard_normal((2, 32, 48, 40)).astype(np.float32)
+    inputs = [x, None, np.array(scales, np.float32)]
+    results = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            results.append(run_ours("Resize", inputs, attrs, 13, 1)[0])
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    exp = np.asarray(run_ref("Resize", inputs, attrs, 13, 1)[0])
+    np.testing.assert_allclose(results[0], exp, rtol=1e-5, atol=1e-5)
+
+
+# onnx.reference computes nearest as a weighted sum too (inf * 0 = NaN), so
+def test_resize_kernel_nearest_copies_non_finite_values():
+    # (against onnxruntime: onnx.reference computes nearest as a weighted sum, inf * 0 = NaN)
+    attrs, ref = {"mode": "nearest"}, run_ort
+    x = np.array([[[[np.inf, 1.0, 2.0], [np.nan, -np.inf, 3.0]]]], np.float32)
+    for scales in ([1, 1, 2, 3], [1, 1, 1.5, 0.7]):
+        inputs = [x, None, np.array(scales, np.float32)]
+        got = run_ours("Resize", inputs, attrs, 13, 1)[0]
+        exp = np.asarray(ref("Resize", inputs, attrs, 13, 1)[0])
+        np.testing.assert_array_equal(got, exp)
+
+
+def test_resize_kernels_check_their_tables():
+    from normrt._kernels import resize as k
+    x = np.zeros((1, 3, 4), np.float32)
+    y = np.zeros((1, 2, 4), np.float32)
+    cols = np.arange(4, dtype=np.intp)
+    with pytest.raises(ValueError, match="rows"):
+        k.nearest(x, y, np.array([0, 5], np.intp), cols, 0, 1)
+    with pytest.raises(ValueError, match="rows"):
+        k.nearest(x, y, np.array([2, 1], np.intp), cols, 0, 1)
+    with pytest.raises(ValueError, match="j // fx"):
+        k.nearest(x, y, np.array([0, 1], np.intp), cols, 2, 1)
+    w = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="c0 / c1"):
+        k.linear(x, y, np.zeros(2, np.intp), np.zeros(2, np.intp), w, True,
+                 np.full(4, 9, np.intp), cols, np.zeros(4, np.float32), True, 1)
