@@ -10,9 +10,11 @@ linear, weights), so these kernels only gather:
   gathered, the others copied from it. An integer column factor f
   (cols[j] == j // f) repeats each source value f times without a table
   (f = 2 is its own loop: the compiler vectorizes it).
-* linear: separable, rows first: t = x[r0] + (x[r1] - x[r0]) * wr (one source
-  row pair per output row), then y = t[c0] + (t[c1] - t[c0]) * wc - the
-  numpy path's arithmetic, element for element, in the input's dtype.
+* linear: separable, columns first: each source row a work item needs is
+  resampled along its columns once, h = x[r, c0] + (x[r, c1] - x[r, c0]) * wc
+  (kept while consecutive output rows use it: an upsampling reads each twice),
+  then y = h[r0] + (h[r1] - h[r0]) * wr, a contiguous lerp - in the input's
+  dtype (onnx.reference interpolates in float64: within rounding of it).
 
 Work items are (plane, block of output rows), split statically: every output
 element is computed by the same arithmetic whatever the thread count.
@@ -93,11 +95,21 @@ def nearest(const real[:, :, ::1] x,        # IN  (P, H, W)
 
 cdef inline void lerp_cols(const real* t, real* dst, const Py_ssize_t* c0, const Py_ssize_t* c1,
                            const real* wc, Py_ssize_t ow) noexcept nogil:
+    """dst[j] = t[c0[j]] + (t[c1[j]] - t[c0[j]]) * wc[j]."""
     cdef Py_ssize_t j
     cdef real a
     for j in range(ow):
         a = t[c0[j]]
         dst[j] = a + (t[c1[j]] - a) * wc[j]
+
+
+cdef inline void source_row(const real* src, real* h, const Py_ssize_t* c0, const Py_ssize_t* c1,
+                            const real* wc, Py_ssize_t ow, bint lerp) noexcept nogil:
+    """h = the source row resampled along its columns (a copy when they are not resized)."""
+    if lerp:
+        lerp_cols(src, h, c0, c1, wc, ow)
+    else:
+        memcpy(h, src, ow * sizeof(real))
 
 
 def linear(const real[:, :, ::1] x,         # IN  (P, H, W)
@@ -113,11 +125,12 @@ def linear(const real[:, :, ::1] x,         # IN  (P, H, W)
            int n_threads):
     cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
-    cdef Py_ssize_t nb, item, p, i0, i1, i, j, tid
+    cdef Py_ssize_t nb, item, p, i0, i1, i, j, tid, lo_src, hi_src, ra, rb
     cdef real* buf
-    cdef real* t
-    cdef const real* a
-    cdef const real* b
+    cdef real* lo
+    cdef real* hi
+    cdef real* sw
+    cdef real* dst
     cdef real w
     if (y.shape[0] != P or r0.shape[0] != OH or r1.shape[0] != OH or wr.shape[0] != OH
             or c0.shape[0] != OW or c1.shape[0] != OW or wc.shape[0] != OW):
@@ -136,28 +149,40 @@ def linear(const real[:, :, ::1] x,         # IN  (P, H, W)
             raise ValueError("c0 / c1 must index x's columns")
     nb = (OH + ROWS - 1) // ROWS
     n_threads = max(1, n_threads)
-    buf = <real*>malloc(n_threads * W * sizeof(real))      # one row of t per thread
+    buf = <real*>malloc(n_threads * 2 * OW * sizeof(real))     # two resampled source rows per thread
     if buf == NULL:
         raise MemoryError()
     try:
         for item in prange(P * nb, nogil=True, schedule="static", num_threads=n_threads):
             tid = omp_get_thread_num()
+            lo = buf + tid * 2 * OW
+            hi = lo + OW
+            lo_src = -1
+            hi_src = -1
             p = item // nb
             i0 = (item % nb) * ROWS
             i1 = min(i0 + ROWS, OH)
             for i in range(i0, i1):
-                a = &x[p, r0[i], 0]
-                if lerp_rows:
-                    b = &x[p, r1[i], 0]
-                    w = wr[i]
-                    t = buf + tid * W
-                    for j in range(W):
-                        t[j] = a[j] + (b[j] - a[j]) * w
-                else:
-                    t = <real*>a
-                if lerp_cols_:
-                    lerp_cols(t, &y[p, i, 0], &c0[0], &c1[0], &wc[0], OW)
-                else:
-                    memcpy(&y[p, i, 0], t, OW * sizeof(real))
+                ra = r0[i]
+                rb = r1[i] if lerp_rows else ra
+                if ra != lo_src:
+                    if ra == hi_src:            # moving down: the upper row becomes the lower
+                        sw = lo
+                        lo = hi
+                        hi = sw
+                        hi_src = lo_src
+                    else:
+                        source_row(&x[p, ra, 0], lo, &c0[0], &c1[0], &wc[0], OW, lerp_cols_)
+                    lo_src = ra
+                dst = &y[p, i, 0]
+                if not lerp_rows:
+                    memcpy(dst, lo, OW * sizeof(real))
+                    continue
+                if rb != hi_src:
+                    source_row(&x[p, rb, 0], hi, &c0[0], &c1[0], &wc[0], OW, lerp_cols_)
+                    hi_src = rb
+                w = wr[i]
+                for j in range(OW):
+                    dst[j] = lo[j] + (hi[j] - lo[j]) * w
     finally:
         free(buf)

@@ -4,8 +4,7 @@ Both are separable. float32/float64 tensors resized along their last two axes
 only (NCHW images, the exporters' case) run on normrt's resize kernels
 (normrt._kernels.resize), given source index tables (and linear weights)
 computed here; anything else is built one resized axis at a time with the same
-tables (nearest: one `take`; linear: two `take`s and a lerp), in the same
-arithmetic.  Implemented: mode nearest (every nearest_mode) and linear, with
+tables (nearest: one `take`; linear: two `take`s and a lerp).  Implemented: mode nearest (every nearest_mode) and linear, with
 coordinate_transformation_mode half_pixel, half_pixel_symmetric,
 pytorch_half_pixel, align_corners, asymmetric; `axes`, scales or sizes.
 Refused (fallback): cubic, tf_crop_and_resize, antialias,
