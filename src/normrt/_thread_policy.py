@@ -10,30 +10,48 @@ kernel is bitwise identical for any thread count (fixed chunking and merge
 order), so these thresholds only move time.
 
 Why one OpenMP team and not the GEMM's former private POSIX pool (or both).
-Measured on this 2-core VM (min of 20-30 back-to-back runs, 2 threads; the
-machine is shared, so every figure below is from one sweep, variants
-interleaved, and only their ratios mean anything):
+Measured on this 2-core VM, 2 threads, min over back-to-back runs; the machine
+was shared with five other builds and test runs all session (load average
+1.4 at best, 8-13 for most of it), so only ratios within one sweep mean
+anything. Sweep 1 (load ~1.4, min of 30 runs, ms):
 
-==========================  =========  ================  ================
-light_resnet50 / VAE 64x64  pool+OMP   OMP (spin 10000)  OMP (passive)
-==========================  =========  ================  ================
-quiet machine (load ~1.4)   45.1 / 6.9  45.2 / 18.1      49.6 / 5.8
-loaded machine (load 4-9)   89-117 /    243 / 28         184 / 7.6
-                            4.0-11.8
-==========================  =========  ================  ================
+====================  =========  ===========  ================  =============
+model                 pool+OMP   pool+OMP,    OMP, spin 10000   OMP, passive
+                      (before)   norms 2 thr
+====================  =========  ===========  ================  =============
+light_resnet50        45.1       44.8         45.2              49.6
+diffusers VAE 64x64   6.9        11.9         18.1              5.8
+====================  =========  ===========  ================  =============
 
-("pool+OMP": the GEMM on the pool, the norms on OpenMP but forced onto one
-thread in graphs below 2^23 elements, which is what kept the two runtimes from
-fighting; with the norms on 2 threads too, the VAE took 11.9 ms: two runtimes
-contending for two cores.) So: two runtimes contend; OpenMP threads that spin
-after a region (libgomp's default, or any long GOMP_SPINCOUNT) take the cores
-from the caller's next numpy op and from other processes; OpenMP threads that
-sleep at once cost ~10% on ResNet-50's ~100 back-to-back GEMM regions (a
-futex wake-up per region) but let the memory-bound kernels use both threads
-everywhere (VAE GroupNorm: 12.4 ms -> see README). Moving the norms'
-34 parallel loops onto the pool instead would have rewritten every kernel's
-scaffolding; the pool's one real advantage (its caller does not wait at a
-barrier for a late worker) only shows on an oversubscribed machine.
+("pool+OMP": the GEMM on the pool, the norms on OpenMP, which the executor
+forced onto one thread in graphs below 2^23 elements to keep the two runtimes
+from fighting; with the norms on 2 threads the VAE took 11.9 ms: two runtimes
+contending for two cores. The ops' helper thread for big numpy ufuncs was
+still on in this sweep.) scripts/e2e_bench.py --alone --runs 30, the code
+before this change against this one, two rounds interleaved, load 8-13
+(normrt min ms, round 1 / round 2):
+
+=========================  ===========  ===========  ===========  ===========
+model                      before       spin 0       spin 1000    spin 10000
+=========================  ===========  ===========  ===========  ===========
+light_resnet50             384 / 456    97 / 100     106 / 102    318 / -
+light_densenet121          279 / 335    81 / 72      91 / 86      472 / -
+diffusers UNet2D 64x64     65 / 27      17 / 17      13 / 12      84 / -
+diffusers VAE 64x64        92 / 40      5.7 / 10     9.2 / 7.8    38 / -
+example groupnorm_cnn      17 / 26      5.7 / 5.8    7.6 / 6.0    3.1 / -
+example transformer_block  6.2 / 0.38   0.52 / 0.69  0.68 / 0.42  0.32 / -
+=========================  ===========  ===========  ===========  ===========
+
+So: two runtimes contend; threads that spin long after a region (libgomp's
+default, or GOMP_SPINCOUNT 10000) take the cores from the caller's next op
+and from other processes, which costs most on a busy machine; threads that
+sleep at once pay a futex wake-up per region (~10% on ResNet-50's ~100 GEMM
+regions on the quiet machine). A short spin (1000 `pause`s, tens of
+microseconds) keeps a model's back-to-back regions on awake threads and
+still gives the cores back. Moving the norms' 34 parallel loops onto the pool
+instead would have rewritten every kernel's scaffolding; the pool's one
+advantage (its caller never waits at a barrier for a late worker) did not
+show in these figures.
 
 The wait policy: WAIT_SPINCOUNT below, applied as GOMP_SPINCOUNT before
 libgomp loads (configure_openmp, called by normrt/__init__) unless the user
@@ -55,9 +73,9 @@ import threading
 
 from ._threads import get_num_threads
 
-# libgomp spin iterations (each one `pause`, ~25 ns here) before a team
-# thread sleeps: 0, i.e. OMP_WAIT_POLICY=passive (see the table above).
-WAIT_SPINCOUNT = 0
+# libgomp spin iterations (each one `pause`) before a team thread sleeps
+# (see the tables above).
+WAIT_SPINCOUNT = 1000
 
 # Memory-bound kernels (norms, activations, softmax, pooling, large
 # elementwise ops) split from this many elements touched (~32K floats: 30-60 us
