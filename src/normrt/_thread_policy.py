@@ -28,18 +28,19 @@ forced onto one thread in graphs below 2^23 elements to keep the two runtimes
 from fighting; with the norms on 2 threads the VAE took 11.9 ms: two runtimes
 contending for two cores. The ops' helper thread for big numpy ufuncs was
 still on in this sweep.) scripts/e2e_bench.py --alone --runs 30, the code
-before this change against this one, two rounds interleaved, load 8-13
-(normrt min ms, round 1 / round 2):
+before this change against this one (before the elementwise kernel), two
+rounds of the four variants interleaved, load 8-13 (normrt min ms, round 1 /
+round 2; the README's quiet-machine figures are 4-20x lower):
 
 =========================  ===========  ===========  ===========  ===========
 model                      before       spin 0       spin 1000    spin 10000
 =========================  ===========  ===========  ===========  ===========
-light_resnet50             384 / 456    97 / 100     106 / 102    318 / -
-light_densenet121          279 / 335    81 / 72      91 / 86      472 / -
-diffusers UNet2D 64x64     65 / 27      17 / 17      13 / 12      84 / -
-diffusers VAE 64x64        92 / 40      5.7 / 10     9.2 / 7.8    38 / -
-example groupnorm_cnn      17 / 26      5.7 / 5.8    7.6 / 6.0    3.1 / -
-example transformer_block  6.2 / 0.38   0.52 / 0.69  0.68 / 0.42  0.32 / -
+light_resnet50             384 / 456    97 / 100     106 / 102    318 / 148
+light_densenet121          279 / 335    81 / 72      91 / 86      472 / 437
+diffusers UNet2D 64x64     65 / 27      17 / 17      13 / 12      84 / 57
+diffusers VAE 64x64        92 / 40      5.7 / 10     9.2 / 7.8    38 / 50
+example groupnorm_cnn      17 / 26      5.7 / 5.8    7.6 / 6.0    3.1 / 28
+example transformer_block  6.2 / 0.38   0.52 / 0.69  0.68 / 0.42  0.32 / 3.0
 =========================  ===========  ===========  ===========  ===========
 
 So: two runtimes contend; threads that spin long after a region (libgomp's
