@@ -66,8 +66,10 @@ state whose threads do not exist in the child; the child's first parallel
 region from that thread would wait for them forever. A thread created after
 the fork has no team yet and builds a new one. So in a forked child, calls
 from the thread that forked run on one thread (`serial_after_fork`); threads
-started in the child use the full team. LLVM's libomp (clang builds) resets
-itself in an at-fork handler and is not restricted.
+started in the child use the full team. This holds whether or not normrt
+itself had started a team before the fork: any library on the same libgomp
+(scikit-learn, another extension) may have. LLVM's libomp (clang builds)
+resets itself in an at-fork handler and is not restricted.
 """
 import os
 import threading
