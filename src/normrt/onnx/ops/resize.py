@@ -47,10 +47,13 @@ def _source_coords(ctm, n_out, n_in, scale):
         return np.full(n_out, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
     if ctm == "half_pixel":
         return (y + 0.5) / scale - 0.5
-    # half_pixel_symmetric
-    adjustment = n_out / out_w
-    offset = n_in / 2 * (1 - adjustment)
-    return offset + (y + 0.5) / scale - 0.5
+    # half_pixel_symmetric, in float32 steps as onnxruntime computes it: its offset
+    # often puts a coordinate on a rounding tie (7 -> 3 at scale 0.5: 1.0 exactly in
+    # float32, 1.0000000000000002 in float64), which nearest's floor/ceil then split
+    f = np.float32
+    adjustment = f(n_out) / (f(scale) * f(n_in))
+    offset = f(n_in) / f(2) * (f(1) - adjustment)
+    return (offset + (y.astype(f) + f(0.5)) / f(scale) - f(0.5)).astype(np.float64)
 
 
 def _nearest_index(x, nearest_mode, n_in):
@@ -180,7 +183,7 @@ def _nearest_integer_upsample(x, axes, out, sc, ctm, nearest_mode):
     factors = {}
     for a in axes:
         n_in, n_out = x.shape[a], out[a]
-        if n_in == 0 or n_out % n_in:
+        if n_in == 0 or n_out == 0 or n_out % n_in:
             return None
         f = n_out // n_in
         idx = _nearest_index(_source_coords(ctm, n_out, n_in, sc[a]), nearest_mode, n_in)
