@@ -9,9 +9,9 @@ and by onnxruntime, interleaved, min over runs:
     ort         onnxruntime, same thread count
     copyto      np.copyto of the input (the memory floor: one read, one write)
 
-Then BatchNorm + relu right after a conv, as in the graph (the conv's GEMM
-pool worker is still spinning on the other core), on 1 and on 2 threads:
-why the executor runs memory-bound kernels below KERNEL_MT_MIN on one thread.
+Then BatchNorm + relu right after a conv, as in the graph, on 1 and on 2
+threads: what a memory-bound kernel's second thread buys inside a graph
+(normrt._thread_policy.MEMORY_BOUND_MIN_ELEMENTS).
 Shared machines are noisy: compare ratios within one run.
 """
 import argparse

@@ -11,10 +11,6 @@ from moments cimport real, erf_f, gelu_f, activate_span, ACT_GELU
 
 cdef enum:
     PIECE = 16384            # elements per work item
-    # A standalone activation usually follows a GEMM whose BLAS threads still
-    # spin on the cores: below this size a second OpenMP thread waits longer
-    # for a core than the work takes.
-    PARALLEL_MIN = 1 << 18
 
 
 def erf(const real[::1] x,     # IN  (n,)
@@ -23,8 +19,6 @@ def erf(const real[::1] x,     # IN  (n,)
     cdef Py_ssize_t n = x.shape[0], p, i, start, stop
     if out.shape[0] != n:
         raise ValueError("out must have x's length")
-    if n < PARALLEL_MIN:
-        n_threads = 1
     for p in prange((n + PIECE - 1) // PIECE, nogil=True, schedule="static", num_threads=n_threads):
         start = p * PIECE
         stop = min(start + PIECE, n)
@@ -42,8 +36,6 @@ def activation(const real[::1] x,     # IN  (n,)
     cdef Py_ssize_t n = x.shape[0], p, i, start, stop
     if out.shape[0] != n:
         raise ValueError("out must have x's length")
-    if n < PARALLEL_MIN:
-        n_threads = 1
     for p in prange((n + PIECE - 1) // PIECE, nogil=True, schedule="static", num_threads=n_threads):
         start = p * PIECE
         stop = min(start + PIECE, n)

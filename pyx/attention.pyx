@@ -305,11 +305,6 @@ cdef extern from *:
 
 cdef enum:
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
-    # below this much work (Sq * Skv * (D + Dv) over all heads, ~40 us on one core) a
-    # second thread costs more than it saves: in a graph the other core is often
-    # still busy with (or spinning after) the GEMM before, and waiting for it takes
-    # longer than the whole small attention
-    PARALLEL_MIN = 1 << 23
 
 
 cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
@@ -432,8 +427,6 @@ def attention_fwd(const float[:, :, :, :] q,        # IN  (B, Hq, Sq, D), any st
         bias_row_stride = Skv
     nqb = (Sq + QB - 1) // QB
     n_items = B * Hq * nqb
-    if B * Hq * Sq * Skv * (D + Dv) < PARALLEL_MIN:
-        n_threads = 1
     if n_threads > n_items:
         n_threads = <int>n_items
     if n_threads < 1:

@@ -60,7 +60,7 @@ cdef extern from *:
     bint affine_run_f32 "nrt_affine_run_f32"(const float* x, float* y, Py_ssize_t n, float mh, float ml,
                                              float a, float b, bint relu) noexcept nogil
 
-from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, ACT_RELU, chunk_moments,
+from moments cimport (real, Moments, CHUNK, ACT_NONE, ACT_RELU, chunk_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate,
                       activate_span)
 from half cimport half_t, half_load, half_store
@@ -168,7 +168,6 @@ def strided_moments(const real[:, :, ::1] x,   # IN  (R1, K, R2)
         R2 = R1 * R2
         R1 = 1
     stride = K * R2
-    n_threads = team_size(R1 * K * R2, n_threads)
     columns = R2 < SMALL_R2
 
     if columns:
@@ -332,7 +331,6 @@ cdef void affine_all(const real* xp, const real* gp, const real* bp, real* yp,
     cdef Py_ssize_t total = R1 * K * R2, npieces, p, start, piece
     if K == 1:
         R2 = total
-    n_threads = team_size(total, n_threads)
     piece = piece_size(total, n_threads)
     npieces = (total + piece - 1) // piece
     for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):

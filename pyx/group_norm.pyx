@@ -17,7 +17,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt, NAN
 
-from moments cimport (real, Moments, CHUNK, team_size, ACT_NONE, chunk_moments, group_moments,
+from moments cimport (real, Moments, CHUNK, ACT_NONE, chunk_moments, group_moments,
                       moments_merge, moments_empty, moments_var, n_chunks,
                       activate_span)
 from half cimport half_t, half_load, half_store
@@ -84,7 +84,6 @@ def group_norm(const real[:, ::1] x,      # IN  (R, L) one statistics group per 
     if R == 0 or L == 0:
         return
     seg_len = L // nseg
-    n_threads = team_size(R * L, n_threads)
 
     if R >= n_threads or nch == 1:
         # one thread owns a whole row: statistics and output while it is cache-hot
@@ -274,7 +273,6 @@ def adain(const real[:, ::1] content,    # IN  (R, L) one (n, c) per row
     cdef double a
     if R == 0 or L == 0:
         return
-    n_threads = team_size(R * (L + Ls), n_threads)
 
     if R >= n_threads or (nch == 1 and nchs <= 1):
         for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):

@@ -7,7 +7,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt, fabs
 
-from moments cimport (real, Moments, CHUNK, team_size, chunk_moments, chunk_sumsq,
+from moments cimport (real, Moments, CHUNK, chunk_moments, chunk_sumsq,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
                       activate_span)
 from half cimport half_t, half_load, half_store, half_add
@@ -185,7 +185,6 @@ def layer_norm(const real[:, ::1] x,      # IN  (G, L) rows to normalize
         if stats_v.shape[0] != 2 or stats_v.shape[1] != G:
             raise ValueError("stats_out must have shape (2, G)")
         stats_p = &stats_v[0, 0]
-    n_threads = team_size(G * L, n_threads)
 
     if n_threads == 1:
         with nogil:
@@ -280,7 +279,6 @@ def rms_norm(const real[:, ::1] x,      # IN  (G, L)
         if sum_v.shape[0] != G or sum_v.shape[1] != L:
             raise ValueError("sum_out must have x's shape")
         sum_p = &sum_v[0, 0]
-    n_threads = team_size(G * L, n_threads)
 
     if n_threads == 1:
         with nogil:

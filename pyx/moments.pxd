@@ -17,10 +17,6 @@ cdef enum:
     CHUNK = 2048
 
 cdef enum:
-    # below this many elements a parallel region costs more than it saves
-    PARALLEL_MIN = 32768
-
-cdef enum:
     ACT_NONE = 0
     ACT_RELU = 1
     ACT_SILU = 2
@@ -348,11 +344,6 @@ cdef inline double activate(double v, int act) noexcept nogil:
     if act == ACT_SIGMOID:
         return 1.0 / (1.0 + exp(-v))
     return v
-
-
-cdef inline int team_size(Py_ssize_t work, int n_threads) noexcept nogil:
-    """Threads worth waking for `work` elements (results never depend on it)."""
-    return 1 if work < PARALLEL_MIN else n_threads
 
 
 # ---- float32 activations the compiler can vectorize ------------------------

@@ -341,14 +341,6 @@ cdef enum:
     # vector lanes' set-up and merge would cost more than the sum)
     SMALL_PLANE = 256
 
-cdef enum:
-    # below this many input elements a second thread costs more than it saves:
-    # in a graph its wake-up (and the GEMM pool's spinning worker on the other
-    # core) took longer than the pass itself - GlobalAveragePool (1, 1024, 7, 7),
-    # 50K elements: ~7 us on one thread, 29-500 us on two. The executor's
-    # KERNEL_MT_MIN for the memory-bound norms is the same 2^23 (see there).
-    PARALLEL_MIN = 1 << 23
-
 
 cdef inline void combine(real* acc, const real* src, Py_ssize_t sw, Py_ssize_t n,
                          bint is_max) noexcept nogil:
@@ -494,8 +486,6 @@ def pool2d(const real[:, :, ::1] x,            # IN  (planes, H, W)
     L = (OW - 1) * sw + (kw - 1) * dw + 1       # padded row length the windows read
     if L < pw + W:
         L = pw + W                              # ... and room for the whole input row
-    if P * H * W < PARALLEL_MIN:
-        n_threads = 1
     if n_threads > P:
         n_threads = <int>P
     if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and dh == 1 and dw == 1
@@ -556,8 +546,6 @@ def global_average(const real[:, ::1] x,       # IN  (planes, H*W)
         for p in range(P):
             out[p] = NAN                 # the mean of nothing
         return
-    if P * n < PARALLEL_MIN:
-        n_threads = 1
     if n < SMALL_PLANE:
         for p in prange(P, nogil=True, schedule="static", num_threads=n_threads):
             out[p] = <real>(small_sum(&x[p, 0], n) / n)

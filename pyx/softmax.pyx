@@ -10,12 +10,6 @@ from libc.math cimport exp as exp_d, INFINITY
 
 from moments cimport real, LANES, BLOCK, exp_f, lane_total
 
-cdef enum:
-    # below this many elements a second thread costs more than it saves
-    # (the scores of an attention block usually arrive right after a GEMM
-    # whose BLAS threads still spin on the cores)
-    PARALLEL_MIN = 1 << 18
-
 
 cdef inline void softmax_row(const real* x, real* y, Py_ssize_t n, bint empty_rows_zero) noexcept nogil:
     cdef real mx[LANES]
@@ -80,8 +74,6 @@ def softmax_rows(const real[:, ::1] x,    # IN  (R, n)
         raise ValueError("out must have x's shape")
     if R == 0 or n == 0:
         return
-    if R * n < PARALLEL_MIN:
-        n_threads = 1
     if n_threads == 1:
         with nogil:
             for r in range(R):

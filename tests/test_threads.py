@@ -92,3 +92,41 @@ def test_kernels_use_the_requested_thread_count_without_changing_results():
         with normrt.threads(n):
             results.append(normrt.layer_norm(x))
     assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+def test_thread_policy_gives_small_work_one_thread():
+    from normrt import _thread_policy as tp
+    with normrt.threads(2):
+        assert tp.memory_bound(tp.MEMORY_BOUND_MIN_ELEMENTS - 1) == 1
+        assert tp.memory_bound(tp.MEMORY_BOUND_MIN_ELEMENTS) == 2
+        assert tp.compute_bound(tp.COMPUTE_BOUND_MIN_FLOPS - 1) == 1
+        assert tp.compute_bound(10 * tp.COMPUTE_BOUND_MIN_FLOPS) == 2
+    with normrt.threads(1):
+        assert tp.memory_bound(1 << 30) == 1 and tp.compute_bound(1e12) == 1
+
+
+def test_configure_openmp_keeps_a_users_wait_policy():
+    from normrt import _thread_policy as tp
+    env = {}
+    tp.configure_openmp(env)
+    assert env == {"GOMP_SPINCOUNT": str(tp.WAIT_SPINCOUNT)}
+    for user in ({"GOMP_SPINCOUNT": "5"}, {"OMP_WAIT_POLICY": "active"}):
+        env = dict(user)
+        tp.configure_openmp(env)
+        assert env == user
+
+
+def test_wait_policy_is_set_before_the_kernels_load():
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", "import os, normrt; print(os.environ['GOMP_SPINCOUNT'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    from normrt import _thread_policy as tp
+    assert out.stdout.strip() == str(tp.WAIT_SPINCOUNT)
+
+
+def test_openmp_runtime_is_named():
+    from normrt._kernels.openmp_info import openmp_runtime
+    if normrt.openmp_enabled():
+        assert openmp_runtime() in ("libgomp", "libomp", "vcomp", "unknown")
+    else:
+        assert openmp_runtime() == "none"

@@ -1,12 +1,7 @@
 """normrt: a CPU inference runtime for the normalization layers of neural networks."""
-import os as _os
+from ._thread_policy import configure_openmp as _configure_openmp
 
-# OpenMP threads spin for a long while after each kernel by default, stealing
-# the cores from the BLAS threads of the Conv/MatMul that usually come next
-# (5-10x slower models). A short spin keeps back-to-back kernel calls fast.
-# Must be set before libgomp loads; a user's own setting wins.
-if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
-    _os.environ["GOMP_SPINCOUNT"] = "10000"
+_configure_openmp()     # libgomp's wait policy, before any kernel module loads it
 from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
 from .errors import ModelError

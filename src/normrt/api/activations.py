@@ -4,7 +4,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import activations as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 
 
 def _flat(x, out):
@@ -17,7 +17,7 @@ def erf(x, *, out=None):
     """The error function, elementwise (float32: polynomial, ~3e-7 relative error)."""
     x, y = _flat(x, out)
     if x.size:
-        _k.erf(x.reshape(-1), y.reshape(-1), get_num_threads())
+        _k.erf(x.reshape(-1), y.reshape(-1), memory_bound(x.size))
     return y
 
 
@@ -26,5 +26,5 @@ def activate(x, activation, *, out=None):
     act = chk.activation(activation)
     x, y = _flat(x, out)
     if x.size:
-        _k.activation(x.reshape(-1), y.reshape(-1), act, get_num_threads())
+        _k.activation(x.reshape(-1), y.reshape(-1), act, memory_bound(x.size))
     return y

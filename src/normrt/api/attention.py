@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import attention as _k
-from .._threads import get_num_threads
+from .._thread_policy import compute_bound
 
 _NO_BIAS = np.empty((0, 0, 0, 0), np.float32)
 
@@ -161,5 +161,6 @@ def _attention(q, kt, v, kname, scale, bias, is_causal, out):
     if q.dtype == np.float64:
         return _attention_f64(q, kt.transpose(0, 1, 3, 2), v, scale, b4, bool(is_causal), y)
     _k.attention_fwd(q, kt.transpose(0, 1, 3, 2), v, _NO_BIAS if b4 is None else b4, y,
-                     scale, bool(is_causal), get_num_threads())
+                     scale, bool(is_causal),
+                     compute_bound(2 * B * Hq * Sq * v.shape[2] * (q.shape[3] + v.shape[3])))
     return y

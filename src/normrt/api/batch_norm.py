@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import batch_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 from .moments import channel_moments
 
@@ -55,10 +55,10 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     kind = chk.half_kind(x.dtype)
     if x.size and kind >= 0:
         _k.batch_norm_half(half.bits(x).reshape(N, C, S), *params, eps, half.bits(y).reshape(N, C, S),
-                           act, get_num_threads(), kind)
+                           act, memory_bound(x.size), kind)
     elif x.size:
         # the fold a = scale / sqrt(var + eps) happens in the kernel, in float64
-        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, get_num_threads())
+        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, memory_bound(x.size))
     return y
 
 
@@ -132,5 +132,5 @@ def _spade(x, gamma, beta, y, mean, var, eps):
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_std = 1.0 / np.sqrt(var + eps)
     _k.channel_affine(x3, mean, inv_std, np.zeros(C), gamma.reshape(-1), beta.reshape(-1),
-                      y.reshape(N, C, S), 0, get_num_threads())
+                      y.reshape(N, C, S), 0, memory_bound(x.size))
     return y

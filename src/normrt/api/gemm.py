@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import gemm as _k
-from .._threads import get_num_threads
+from .._thread_policy import compute_bound
 from .activations import activate
 
 _F32 = np.dtype(np.float32)
@@ -145,7 +145,7 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
         bdata = b.data
     else:
         bdata = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    nt = get_num_threads()
+    nt = compute_bound(2 * m * n * k)
     _k.gemm(a.reshape(-1), False, bdata, packed, m, n, k, y.reshape(-1),
             _EMPTY if bias is None else bias, 1,
             _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt)

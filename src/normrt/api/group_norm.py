@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import group_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 
 
@@ -76,9 +76,9 @@ def _rows_kernel(x, y, R, L, scale, bias, nseg, eps, act):
     kind = chk.half_kind(x.dtype)
     if kind >= 0:
         _k.group_norm_half(half.bits(x).reshape(R, L), scale, bias, half.bits(y).reshape(R, L),
-                           nseg, eps, act, get_num_threads(), kind)
+                           nseg, eps, act, memory_bound(x.size), kind)
     else:
-        _k.group_norm(x.reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, get_num_threads())
+        _k.group_norm(x.reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, memory_bound(x.size))
 
 
 def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):
@@ -130,7 +130,7 @@ def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
     if R and L and chk.half_kind(dt) >= 0:
         def compute(c32, s32):
             _k.adain(c32.reshape(R, L), s32.reshape(R, Ls), c32.reshape(R, L), eps, bool(unbiased),
-                     get_num_threads())
+                     memory_bound(c32.size + s32.size))
             return c32
         half.via_float32(content, y, compute, style)
     elif R and L:
@@ -138,5 +138,5 @@ def adain(content, style, *, eps=1e-5, unbiased=False, out=None):
             # rows of y are written while later style rows are still to be read
             style = style.copy()
         _k.adain(content.reshape(R, L), style.reshape(R, Ls), y.reshape(R, L), eps,
-                 bool(unbiased), get_num_threads())
+                 bool(unbiased), memory_bound(content.size + style.size))
     return y

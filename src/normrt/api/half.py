@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import half_convert as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 
 
 def bits(a):
@@ -23,14 +23,14 @@ def to_float32(a):
     """A float32 copy of a C-contiguous float16/bfloat16 array (exact)."""
     f = np.empty(a.shape, np.float32)
     if a.size:
-        _k.to_float32(bits(a).reshape(-1), f.reshape(-1), chk.half_kind(a.dtype), get_num_threads())
+        _k.to_float32(bits(a).reshape(-1), f.reshape(-1), chk.half_kind(a.dtype), memory_bound(a.size))
     return f
 
 
 def store(f, y):
     """y[...] = f rounded to y's half dtype (nearest even); f float32, both C-contiguous."""
     if f.size:
-        _k.from_float32(f.reshape(-1), bits(y).reshape(-1), chk.half_kind(y.dtype), get_num_threads())
+        _k.from_float32(f.reshape(-1), bits(y).reshape(-1), chk.half_kind(y.dtype), memory_bound(y.size))
     return y
 
 

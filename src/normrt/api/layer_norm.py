@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import layer_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 
 
@@ -78,7 +78,7 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
         L = x.shape[-1]
         rows, r = (x.reshape(-1, L), y.reshape(-1, L)), (None if residual is None else residual.reshape(-1, L))
     try:
-        kernel(*rows, *params, r, *tail, eps, act, get_num_threads())
+        kernel(*rows, *params, r, *tail, eps, act, memory_bound(x.size))
     except (TypeError, ValueError, BufferError):
         return None
     return y
@@ -107,7 +107,7 @@ def _fast_half(rms, x, out, params, eps, residual, act):
     L = x.shape[-1]
     try:
         _k.norm_rows_half(half.bits(x).reshape(-1, L), half.bits(y).reshape(-1, L), params[0],
-                          None if rms else params[1], r, None, None, eps, act, get_num_threads(),
+                          None if rms else params[1], r, None, None, eps, act, memory_bound(x.size),
                           kind, rms)
     except (TypeError, ValueError, BufferError):
         return None
@@ -153,14 +153,14 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
             _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
             _flat(scale), _flat(bias),
             None if r is None else _as_rows(half.bits(r), G, L),
-            None if s is None else _as_rows(half.bits(s), G, L), stats, eps, act, get_num_threads(), kind,
+            None if s is None else _as_rows(half.bits(s), G, L), stats, eps, act, memory_bound(x.size), kind,
         )
     elif G and L:
         _k.layer_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale), _flat(bias),
             None if r is None else _as_rows(r, G, L),
-            None if s is None else _as_rows(s, G, L), stats, eps, act, get_num_threads(),
+            None if s is None else _as_rows(s, G, L), stats, eps, act, memory_bound(x.size),
         )
     elif return_stats:
         stats.fill(np.nan)
@@ -194,13 +194,13 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
             _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
             _flat(scale), None,
             None if r is None else _as_rows(half.bits(r), G, L),
-            None if s is None else _as_rows(half.bits(s), G, L), None, eps, 0, get_num_threads(), kind, True,
+            None if s is None else _as_rows(half.bits(s), G, L), None, eps, 0, memory_bound(x.size), kind, True,
         )
     elif G and L:
         _k.rms_norm(
             _as_rows(x, G, L), _as_rows(y, G, L),
             _flat(scale),
             None if r is None else _as_rows(r, G, L),
-            None if s is None else _as_rows(s, G, L), eps, 0, get_num_threads(),
+            None if s is None else _as_rows(s, G, L), eps, 0, memory_bound(x.size),
         )
     return y

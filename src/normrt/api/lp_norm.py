@@ -3,7 +3,7 @@ import math
 
 from .. import _checks as chk
 from .._kernels import lp_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 
 
@@ -35,7 +35,7 @@ def _lp(x, p, a, eps, y):
     L = x.shape[a]
     K2 = math.prod(x.shape[a + 1:])
     if K2 == 1:
-        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, eps, get_num_threads())
+        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, eps, memory_bound(x.size))
     else:
-        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, get_num_threads())
+        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, memory_bound(x.size))
     return y

@@ -3,7 +3,7 @@ import math
 
 from .. import _checks as chk
 from .._kernels import lrn as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 
 
@@ -39,5 +39,5 @@ def _lrn(x, size, alpha, beta, bias, y):
     # alpha / size rounded once, like the reference; 1 / size (int division, correctly
     # rounded) keeps an absurd size beyond float range from raising OverflowError
     coef = alpha / size if size < 2**53 else alpha * (1 / size)
-    _k.lrn(x.reshape(N, C, S), y.reshape(N, C, S), lo, hi, coef, beta, bias, get_num_threads())
+    _k.lrn(x.reshape(N, C, S), y.reshape(N, C, S), lo, hi, coef, beta, bias, memory_bound(x.size))
     return y

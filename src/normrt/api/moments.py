@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import batch_norm as _k
-from .._threads import get_num_threads
+from .._thread_policy import memory_bound
 from . import half
 
 
@@ -28,7 +28,7 @@ def channel_moments(x3):
         mean.fill(np.nan)
         var.fill(np.nan)
     elif K:
-        _k.strided_moments(x3, mean, var, get_num_threads())
+        _k.strided_moments(x3, mean, var, memory_bound(x3.size))
     return mean, var
 
 
@@ -129,7 +129,7 @@ def _mvn(x, axes, eps, y):
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / (np.sqrt(var) + eps)
     empty = chk.empty1(x.dtype)
-    _k.channel_affine(x3, mean, inv, np.zeros(K), empty, empty, y3, 0, get_num_threads())
+    _k.channel_affine(x3, mean, inv, np.zeros(K), empty, empty, y3, 0, memory_bound(x3.size))
     if perm is not None:
         moved = tuple(x.shape[i] for i in perm)
         np.copyto(y, x3.reshape(moved).transpose(np.argsort(perm)))

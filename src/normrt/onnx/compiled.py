@@ -27,7 +27,6 @@ line -> step table (`CompiledPlan.node_at`).
 """
 import numpy as np
 
-from .._threads import _local as _threads_local
 
 FILENAME = "<normrt plan>"
 
@@ -56,8 +55,8 @@ class _Source:
     """Generated lines, the namespace they read and the line -> step table."""
 
     def __init__(self, constants):
-        self.lines = ["def run(feeds):", "    _st = _threads_local.stack"]
-        self.ns = {"np": np, "_threads_local": _threads_local}
+        self.lines = ["def run(feeds):"]
+        self.ns = {"np": np}
         self.line_steps = {}
         self.var = {}
         self.const_ref = {}
@@ -140,7 +139,7 @@ def compile_generic(steps, plan, constants):
     return CompiledPlan(fn, src.line_steps, source)
 
 
-def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, single_thread, escaping,
+def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, escaping,
                         buffer_max=1 << 18, buffer_total=1 << 26):
     """The plan specialized to one traced run's shapes.
 
@@ -148,8 +147,7 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, sin
     `folded` {name: read-only array} of the values computed from constants and
     input shapes only. `fast_step(src, step, ins, out_meta, buffer)` returns the
     expression computing a single-output step, or None (the generic call).
-    `single_thread(step, x_size, n_threads)`: whether a kernel step runs on one
-    thread. `escaping`: values that may share memory with a graph output (never
+    `escaping`: values that may share memory with a graph output (never
     written into a reused buffer).
     """
     consts = dict(constants)
@@ -178,20 +176,8 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, sin
             if expr is not None:
                 line = f"{src.new_var(out)} = {expr}"
         if expr is None:
-            # a kernel step's thread override is emitted below: call the KernelNode itself, not
-            # the executor's wrapper that would decide it again per run
-            run = getattr(step.run, "inner", step.run) if step.kind == "kernel" else step.run
-            line = f"{_targets(src, step.outputs)} = {generic_call(src, i, step, implicit, run)}"
-        x_meta = trace.metas.get(step.inputs[0]) if step.inputs and step.inputs[0] else None
-        if step.kind == "kernel" and x_meta is not None and single_thread(step, int(np.prod(x_meta[0])), n_threads):
-            # the thread override of executor.kernel_threads, decided here once
-            src.emit("_st.append(1)")
-            src.emit("try:")
-            src.emit(line, step=i, indent=2)
-            src.emit("finally:")
-            src.emit("_st.pop()", indent=2)
-        else:
-            src.emit(line, step=i)
+            line = f"{_targets(src, step.outputs)} = {generic_call(src, i, step, implicit, step.run)}"
+        src.emit(line, step=i)
         src.release(step.release)
     returns = []
     for name in plan.graph_outputs:

@@ -10,14 +10,12 @@ A node none of them can run raises NotImplementedError here, at load.
 While running, every intermediate value is dropped from the dict right after
 its last reader (Plan.release_after), so memory holds only live values.
 
-Speed (see also ops/_blas.py, ops/_parallel.py):
+Speed (see also ops/_blas.py, normrt/_thread_policy.py):
 * in place: from the plan, each numpy node that supports it is told which of
   its inputs die with it (plan.overwritable_inputs, with view/alias tracking)
   and may write its result there (Relu, Add, Mul, Sigmoid, Softmax...);
-* threads: memory-bound normrt kernels (the norms) on tensors below
-  KERNEL_MT_MIN (2^23) elements run on one thread - a second OpenMP thread costs
-  more than it saves there, in a graph whose other ops share the cores;
-  compute-bound ones (domain.NormOp.compute_bound) choose from their flops;
+* threads: every kernel takes its thread count from its work
+  (normrt._thread_policy), inside a graph as outside;
 * `run(..., timings=)` times each node for InferenceSession.profile.
 
 The loop itself is compiled (compiled.py): the generic plan, built at load,
@@ -40,7 +38,7 @@ import warnings
 import numpy as np
 from onnx import numpy_helper
 
-from .._threads import get_num_threads, threads
+from .._thread_policy import allowed_threads
 from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
 from .compiled import compile_generic, compile_specialized
@@ -173,42 +171,6 @@ def aliasing(step_run, node):
     return OPAQUE
 
 
-# A normrt kernel on fewer elements than this runs on one thread: in a graph
-# the second thread's wake-up (and the cores' other users: BLAS, the next op)
-# costs more than it saves on small tensors. Measured on 2 cores (python -m
-# bench.cnn_ops), BatchNorm+relu right after a conv, whose GEMM pool worker
-# keeps the other core spinning for NORMRT_POOL_SPIN_US (400 us): 1 thread
-# 13-109 us, 2 threads 500-590 us for 0.1M-1.6M elements, although 2 threads
-# win when both are idle. The second thread pays off only once one thread
-# needs well over twice that wait: ~2^23 elements.
-KERNEL_MT_MIN = 1 << 23
-
-
-def kernel_single_thread(run, x_size, n_threads):
-    """Whether a kernel step runs on one thread: the thread policy of the executor, in one place."""
-    return run.memory_bound and n_threads > 1 and x_size < KERNEL_MT_MIN
-
-
-class _SmallKernelsSingleThreaded:
-    """A KernelNode whose calls on small inputs run on one thread."""
-
-    kind = "kernel"
-
-    def __init__(self, run):
-        self.inner = run
-        self.kernel = run.kernel
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, args, values):
-        x = args[0] if args else None
-        if x is not None and kernel_single_thread(self.inner, getattr(x, "size", KERNEL_MT_MIN), get_num_threads()):
-            with threads(1):
-                return self.inner(args, values)
-        return self.inner(args, values)
-
-
 def profile_key(node):
     """How `profile` names a node's op: 'Conv', 'normrt::GroupNorm', 'com.microsoft::Gelu'."""
     domain = canonical_domain(node.domain)
@@ -277,8 +239,6 @@ class Executor:
             if step.kind == "kernel" and step.run.packer is not None:
                 # an initializer weight is packed once, on the first run
                 step.run.weight_is_constant = len(step.inputs) > 1 and step.inputs[1] in self.constants
-            if step.kind == "kernel" and step.run.memory_bound:
-                step.run = _SmallKernelsSingleThreaded(step.run)
         if any(s.kind == "numpy" and s.run.impl.gemm for s in self.steps):
             from .ops import _blas
             _blas.private_blas()   # load the GEMM library now, not during the first run
@@ -364,7 +324,7 @@ class Executor:
             if type(v) is not np.ndarray:
                 return None
             key.append((v.shape, v.dtype))
-        key.append(get_num_threads())
+        key.append(allowed_threads())      # 1 in a forked child under libgomp: a plan of its own
         return tuple(key)
 
     def run(self, feeds, output_names=None, timings=None, specialize=True):
@@ -410,8 +370,7 @@ class Executor:
         outs = self.run_traced(feeds, names, trace=trace)
         if trace.plain:
             self.specialized[key] = compile_specialized(
-                self.steps, self.plan, self.constants, trace, fast_step, key[-1], kernel_single_thread_step,
-                self._escaping)
+                self.steps, self.plan, self.constants, trace, fast_step, key[-1], self._escaping)
         return outs
 
     def run_traced(self, feeds, names=None, timings=None, trace=None):
@@ -473,11 +432,6 @@ class Executor:
         if trace is not None:
             trace.stats = self.last_run_stats
         return [values[n] for n in names]
-
-
-def kernel_single_thread_step(step, x_size, n_threads):
-    """kernel_single_thread for a plan step (its run possibly wrapped)."""
-    return kernel_single_thread(getattr(step.run, "inner", step.run), x_size, n_threads)
 
 
 def evaluate_node(node, opsets, inputs, outer=None, functions=()):

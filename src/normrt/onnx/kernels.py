@@ -32,7 +32,6 @@ class KernelNode:
             # Mean/InvStdDev named? (residual_sum alone leaves them empty: no statistics to compute)
             self.attrs["_stats"] = any(list(node.output)[1:3])
         self.out_positions = [i for i, o in enumerate(node.output) if o]
-        self.memory_bound = not spec.compute_bound
         self.packer = spec.packer
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
 

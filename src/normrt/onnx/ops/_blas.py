@@ -32,18 +32,13 @@ import weakref
 
 import numpy as np
 
-from ..._threads import get_num_threads
+from ..._thread_policy import compute_bound
 
 # Spin 2^THREAD_TIMEOUT cycles after a call before sleeping (OpenBLAS clamps
 # to 4..30): ~1 us, i.e. sleep right away and leave the cores to the next
 # kernel (measured on ResNet-50 / UNet / VAE, 2 threads: 2^4 and 2^12 are
 # equally good, 2^18 (~70 us) worse, numpy's 2^28 much worse).
 THREAD_TIMEOUT = 12
-# GEMMs smaller than this (2*m*n*k flops) run on one thread: waking a
-# sleeping worker costs tens of microseconds (UNet convs with 16 channels:
-# 3.5 ms on one thread, 10.9 ms on two; 4 Mflop also keeps light_squeezenet
-# bit-identical to numpy's BLAS, which its test needs: its 6.8e9 logits).
-MT_MIN_FLOPS = 4_000_000
 
 _CBLAS_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _lock = threading.Lock()
@@ -242,7 +237,7 @@ def gemm(a, b, out=None, *, alpha=1.0, beta=0.0):
             else:
                 out *= beta
             return out
-        priv.set_threads(1 if 2 * m * n * k < MT_MIN_FLOPS else get_num_threads())
+        priv.set_threads(compute_bound(2 * m * n * k))
         _call(priv, a, b, out, alpha, beta)
         return out
     if beta == 0.0 and alpha == 1.0:

@@ -6,7 +6,6 @@ Scalar attributes are applied in the input dtype (float32 stays float32).
 """
 import numpy as np
 
-from ._parallel import ELEMENTWISE_MIN, ufunc
 from ._util import attr_str, op, reusable
 from .elementwise import erf_array
 
@@ -18,8 +17,6 @@ def _f(node, name, default):
 @op("Relu", since=1, inplace=True)
 def relu(node, x, dead=()):
     out = reusable(dead, 0, x)
-    if x.size >= ELEMENTWISE_MIN and x.flags.c_contiguous:
-        return ufunc(np.maximum, np.empty_like(x) if out is None else out, x, x.dtype.type(0))
     return np.maximum(x, x.dtype.type(0), out=out)
 
 

@@ -19,7 +19,6 @@ import numpy as np
 from ...api.attention import attention as fused_attention
 from ...api.softmax import softmax
 from ._blas import gemm
-from ._parallel import for_each
 from ._util import op
 
 # bytes of one block of scores (query rows x kv): about an L2 cache
@@ -106,13 +105,13 @@ def attention(node, q, k, v, attn_mask=None, past_key=None, past_value=None, non
         if bias is not None:
             s += bias[b % bias.shape[0], h % bias.shape[1], r0:r1] if bias.shape[2] > 1 \
                 else bias[b % bias.shape[0], h % bias.shape[1]]
-        # the kernel releases the GIL: the pieces below run side by side;
         # a fully masked query row attends to nothing (zeros)
         softmax(s, out=s, masked_rows="zero")
         gemm(s, v[b, h // rep], y[b, h, r0:r1])
 
-    # (head, block of query rows) pieces, on two threads when there is enough work
-    for_each(item, bsz * hq * len(blocks), parallel=hq * sq * skv >= (1 << 17))
+    # (head, block of query rows) pieces; their GEMMs and softmax run on the kernels' threads
+    for i in range(bsz * hq * len(blocks)):
+        item(i)
     if three_d:
         y = y.transpose(0, 2, 1, 3).reshape(bsz, sq, hq * dv)
     return y if y.dtype == out_dtype else y.astype(out_dtype)

@@ -13,9 +13,9 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..._kernels import gemm as _kconv
+from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
-from ..._threads import get_num_threads
+from ..._thread_policy import compute_bound
 from ...api.conv import conv2d as _conv2d
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -187,12 +187,6 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
                      y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row], beta=beta)
 
 
-# A depthwise conv with fewer multiply-adds than this runs on one thread: measured
-# (2 cores, ConvNeXt's 7x7 on 16-128 channels at 16x16 down to 2x2: 4-60 us on one
-# thread) the second thread's wake-up costs more than the work it takes
-DEPTHWISE_MT_MIN = 1 << 21
-
-
 def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
     """float32 2-D depthwise conv on the small_conv kernel (padding read in place, bias fused)."""
     y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
@@ -200,7 +194,7 @@ def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
     bias = np.empty(0, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     _ksmall.depthwise_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(m, w.shape[2], w.shape[3])),
                              bias, y, strides[0], strides[1], pb[0], pb[1], dil[0], dil[1], m // x.shape[1],
-                             get_num_threads() if macs >= DEPTHWISE_MT_MIN else 1)
+                             compute_bound(2 * macs))
     return y
 
 

@@ -7,8 +7,9 @@ opset 1's `consumed_inputs` is a memory hint without semantic effect.
 """
 import numpy as np
 
+from ..._kernels import elementwise as _kelementwise
+from ..._thread_policy import memory_bound
 from ...api import activations as _activations
-from ._parallel import ELEMENTWISE_MIN, ufunc
 from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op, reusable
 
 try:  # scipy's erf is vectorised and keeps float32; optional dependency
@@ -42,30 +43,39 @@ def _binary_out(dead, a, b):
     return out if out is not None else reusable(dead, 1, b, (shape, a.dtype))
 
 
-def _big_same_shape(a, b):
-    return (a.size >= ELEMENTWISE_MIN and a.shape == b.shape and a.dtype == b.dtype
-            and a.flags.c_contiguous and b.flags.c_contiguous)
+_KERNEL_OPS = {np.add: 0, np.subtract: 1, np.multiply: 2, np.divide: 3}
+
+
+def _arith(fn, a, b, out):
+    """fn(a, b, out=out): big same-shape float arrays on the kernels' thread team
+    (numpy's ufuncs use one thread; same IEEE result per element), else numpy."""
+    if (a.dtype == b.dtype and a.dtype in (np.float32, np.float64) and a.shape == b.shape
+            and a.flags.c_contiguous and b.flags.c_contiguous):
+        nt = memory_bound(a.size)
+        if nt > 1:
+            if out is None or not out.flags.c_contiguous:
+                out = np.empty_like(a)
+            _kelementwise.binary(_KERNEL_OPS[fn], a.reshape(-1), b.reshape(-1), out.reshape(-1), nt)
+            return out
+    return fn(a, b, out=out)
 
 
 @op("Add", since=1, inplace=True)
 def add(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    out = _binary_out(dead, a, b)
-    if _big_same_shape(a, b) and a.dtype.kind == "f":    # two threads for big residual adds
-        return ufunc(np.add, np.empty_like(a) if out is None else out, a, b)
-    return _same_dtype(np.add(a, b, out=out), a)
+    return _same_dtype(_arith(np.add, a, b, _binary_out(dead, a, b)), a)
 
 
 @op("Sub", since=1, inplace=True)
 def sub(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    return _same_dtype(np.subtract(a, b, out=_binary_out(dead, a, b)), a)
+    return _same_dtype(_arith(np.subtract, a, b, _binary_out(dead, a, b)), a)
 
 
 @op("Mul", since=1, inplace=True)
 def mul(node, a, b, dead=()):
     b = _legacy_b(node, a, b)
-    return _same_dtype(np.multiply(a, b, out=_binary_out(dead, a, b)), a)
+    return _same_dtype(_arith(np.multiply, a, b, _binary_out(dead, a, b)), a)
 
 
 def _int_div(a, b):
@@ -87,7 +97,7 @@ def div(node, a, b, dead=()):
         return _same_dtype(np.asarray(_int_div(a, b)), a)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = _binary_out(dead, a, b) if a.dtype.kind == "f" else None
-        return _same_dtype(np.divide(a, b, out=out), a)
+        return _same_dtype(_arith(np.divide, a, b, out), a)
 
 
 @op("Mod", since=10)
@@ -232,10 +242,7 @@ def _variadic(name, fn):
         xs = [x for x in xs if x is not None]
         if len(xs) == 1:
             return xs[0].copy()
-        if _big_same_shape(xs[0], xs[1]):
-            r = ufunc(fn, np.empty_like(xs[0]), xs[0], xs[1])
-        else:
-            r = np.asarray(fn(xs[0], xs[1]))
+        r = np.asarray(fn(xs[0], xs[1]))
         for x in xs[2:]:
             if np.broadcast_shapes(r.shape, x.shape) == r.shape:
                 fn(r, x, out=r)

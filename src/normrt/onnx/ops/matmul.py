@@ -8,7 +8,7 @@ import numpy as np
 
 from ..._kernels import small_gemm as _ksmall_gemm
 from ..._kernels.gemm import gemm as _gemm_kernel
-from ..._threads import get_num_threads
+from ..._thread_policy import compute_bound
 from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
 from . import _blas
@@ -78,7 +78,7 @@ def _stack(x, batch, count):
 
 def _small_batched(a, b, batch, count, m, k, n):
     out = np.empty((count, m, n), np.float32)
-    nt = get_num_threads() if count * m * n * k >= SMALL_GEMM_MACS else 1
+    nt = compute_bound(2 * count * m * n * k)
     _ksmall_gemm.batched_matmul(_stack(a, batch, count), _stack(b, batch, count), out, nt)
     return out.reshape(batch + (m, n))
 
@@ -147,13 +147,6 @@ def einsum(node, *xs):
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
 
 
-# A product with fewer multiply-adds than this runs on one thread in a specialized
-# plan: a second thread's wake-up (~20 us on this 2-core machine, more when the
-# other core is busy) exceeds the whole product (24x64 @ 64x64: ~2 us). The GEMM
-# kernel's results do not depend on the thread count, so this changes no bits.
-SMALL_GEMM_MACS = 1 << 18
-
-
 def _gemm_into(a, bdata, m, n, k, y, bias, residual, act, ws, nt):
     _gemm_kernel(a.reshape(-1), False, bdata, True, m, n, k, y.reshape(-1), bias, 1, residual, act, ws, nt)
     return y
@@ -185,7 +178,9 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
         if rd != _F32 or tuple(rshape) != tuple(shape):
             return None
         res = f"{er}.reshape(-1)"
-    nt = 1 if m * n * k < SMALL_GEMM_MACS else n_threads
+    # threads from the work (normrt._thread_policy; decided once, at specialization);
+    # the GEMM kernel's results do not depend on the thread count
+    nt = min(n_threads, compute_bound(2 * m * n * k))
     ws = src.workspace(_workspace_size(nt))     # the plan's own (shared by its steps; runs hold its lock)
     src.ns["_EMPTY"] = _EMPTY
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"

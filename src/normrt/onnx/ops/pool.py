@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from ..._kernels import pool as _kpool
-from ..._threads import get_num_threads
+from ..._thread_policy import memory_bound
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, compute_dtype, low_precision, op
 
@@ -61,7 +61,7 @@ def _pool2d(x, kernel, strides, dil, pb, out_sp, is_max, row_count=None, col_cou
     none = np.empty(0, np.int64)
     _kpool.pool2d(xc, y, kernel[0], kernel[1], strides[0], strides[1], pb[0], pb[1], dil[0], dil[1],
                   is_max, none if row_count is None else row_count, none if col_count is None else col_count,
-                  get_num_threads())
+                  memory_bound(xc.size))
     return y.reshape((n, c) + tuple(out_sp))
 
 
@@ -143,7 +143,7 @@ def average_pool(node, x):
 def _global_average(x):
     """The mean of each (n, c) plane on the kernel (float64 lanes), shape (N, C, 1, ...)."""
     y = np.empty(x.shape[0] * x.shape[1], x.dtype)
-    _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, get_num_threads())
+    _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, memory_bound(x.size))
     return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
 
 

@@ -1,8 +1,10 @@
 """Resampling (numpy): Resize (opset 11+) and Upsample (7-9, nearest).
 
-Both are separable, so the output is built one resized axis at a time with
-precomputed source indices (nearest: one `take`; linear: two `take`s and a
-lerp).  Implemented: mode nearest (every nearest_mode) and linear, with
+Both are separable. float32/float64 tensors resized along their last two axes
+only (NCHW images, the exporters' case) run on normrt's resize kernels
+(normrt._kernels.resize), given source index tables (and linear weights)
+computed here; anything else is built one resized axis at a time with the same
+tables (nearest: one `take`; linear: two `take`s and a lerp).  Implemented: mode nearest (every nearest_mode) and linear, with
 coordinate_transformation_mode half_pixel, half_pixel_symmetric,
 pytorch_half_pixel, align_corners, asymmetric; `axes`, scales or sizes.
 Refused (fallback): cubic, tf_crop_and_resize, antialias,
@@ -10,6 +12,8 @@ keep_aspect_ratio_policy other than stretch, Resize-10.
 """
 import numpy as np
 
+from ..._kernels import resize as _kresize
+from ..._thread_policy import memory_bound
 from ._util import attr_ints, attr_str, op
 
 _CTM = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"}
@@ -43,10 +47,13 @@ def _source_coords(ctm, n_out, n_in, scale):
         return np.full(n_out, -0.5) if out_w == 1 else (y + 0.5) / scale - 0.5
     if ctm == "half_pixel":
         return (y + 0.5) / scale - 0.5
-    # half_pixel_symmetric
-    adjustment = n_out / out_w
-    offset = n_in / 2 * (1 - adjustment)
-    return offset + (y + 0.5) / scale - 0.5
+    # half_pixel_symmetric, in float32 steps as onnxruntime computes it: its offset
+    # often puts a coordinate on a rounding tie (7 -> 3 at scale 0.5: 1.0 exactly in
+    # float32, 1.0000000000000002 in float64), which nearest's floor/ceil then split
+    f = np.float32
+    adjustment = f(n_out) / (f(scale) * f(n_in))
+    offset = f(n_in) / f(2) * (f(1) - adjustment)
+    return (offset + (y.astype(f) + f(0.5)) / f(scale) - f(0.5)).astype(np.float64)
 
 
 def _nearest_index(x, nearest_mode, n_in):
@@ -65,15 +72,21 @@ def _resize_axis_nearest(data, axis, idx):
     return np.take(data, idx, axis=axis)
 
 
-def _resize_axis_linear(data, axis, x, n_in):
+def _linear_tables(x, n_in, dtype):
+    """(lower index, upper index, weight of the upper one in dtype) per output coordinate x."""
     i0 = np.floor(x)
-    w = (x - i0)
+    w = (x - i0).astype(dtype)
     i0 = i0.astype(np.intp)
-    a = np.take(data, np.clip(i0, 0, n_in - 1), axis=axis)
-    b = np.take(data, np.clip(i0 + 1, 0, n_in - 1), axis=axis)
+    return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), w
+
+
+def _resize_axis_linear(data, axis, x, n_in):
+    lo, hi, w = _linear_tables(x, n_in, data.dtype)
+    a = np.take(data, lo, axis=axis)
+    b = np.take(data, hi, axis=axis)
     shape = [1] * data.ndim
     shape[axis] = -1
-    w = w.astype(data.dtype).reshape(shape)
+    w = w.reshape(shape)
     b -= a
     b *= w
     a += b
@@ -97,6 +110,10 @@ def _resize(node, x, scales, sizes):
     ctm = attr_str(node, "coordinate_transformation_mode", "half_pixel")
     nearest_mode = attr_str(node, "nearest_mode", "round_prefer_floor")
     is_float = x.dtype.kind in "fV"          # V: ml_dtypes floats (bfloat16)
+    resized = [a for a in axes if not (out[a] == in_shape[a] and np.isclose(sc[a], 1.0))]
+    if (x.dtype in (np.float32, np.float64) and rank >= 2 and x.size and all(out[a] for a in axes)
+            and all(a >= rank - 2 for a in resized)):
+        return _resize_planes(x, mode, ctm, nearest_mode, out, sc, resized)
     if mode == "linear":
         # integers interpolate in float64 then round/saturate like the reference
         work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32 if is_float else np.float64)
@@ -131,13 +148,42 @@ def _resize(node, x, scales, sizes):
     return work
 
 
+def _resize_planes(x, mode, ctm, nearest_mode, out, sc, resized):
+    """The kernel path: x (..., H, W) float32/float64, only the last two axes resized."""
+    h_ax, w_ax = x.ndim - 2, x.ndim - 1
+    h, w = x.shape[-2:]
+    oh, ow = out.get(h_ax, h), out.get(w_ax, w)
+    y = np.empty(x.shape[:-2] + (oh, ow), x.dtype)
+    planes = np.ascontiguousarray(x).reshape(-1, h, w)
+    y3 = y.reshape(-1, oh, ow)
+    nt = memory_bound(y.size)
+    if mode == "nearest":
+        def index(ax, n_in, n_out):
+            if ax not in resized:
+                return np.arange(n_in, dtype=np.intp)
+            return _nearest_index(_source_coords(ctm, n_out, n_in, sc[ax]), nearest_mode, n_in)
+        rows, cols = index(h_ax, h, oh), index(w_ax, w, ow)
+        f = ow // w
+        fx = f if ow % w == 0 and np.array_equal(cols, np.arange(ow) // f) else 0
+        _kresize.nearest(planes, y3, rows, cols, fx, nt)
+        return y
+
+    def tables(ax, n_in, n_out):
+        if ax not in resized:
+            ident = np.arange(n_in, dtype=np.intp)
+            return ident, ident, np.zeros(n_in, x.dtype), False
+        return _linear_tables(_source_coords(ctm, n_out, n_in, sc[ax]), n_in, x.dtype) + (True,)
+    _kresize.linear(planes, y3, *tables(h_ax, h, oh), *tables(w_ax, w, ow), nt)
+    return y
+
+
 def _nearest_integer_upsample(x, axes, out, sc, ctm, nearest_mode):
     """Nearest upsampling where every source index is i // f (f an integer per axis, the UNet/VAE
     decoders' 2x) as one broadcast copy into the output, or None for any other index map."""
     factors = {}
     for a in axes:
         n_in, n_out = x.shape[a], out[a]
-        if n_in == 0 or n_out % n_in:
+        if n_in == 0 or n_out == 0 or n_out % n_in:
             return None
         f = n_out // n_in
         idx = _nearest_index(_source_coords(ctm, n_out, n_in, sc[a]), nearest_mode, n_in)

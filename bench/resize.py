@@ -1,0 +1,72 @@
+"""Resize at the decoders' / style networks' shapes: normrt vs onnxruntime vs the copy floor.
+
+    python -m bench.resize [--runs 200] [--threads 2]
+
+Each case is a one-node Resize model (scales as an initializer) run by normrt
+and by onnxruntime (same thread count), interleaved, min over runs (us), and
+`copyto`: np.copyto of an output-sized array, the floor for producing the
+output (every output byte written once, as many read). Integer nearest should
+sit at that floor. Shared machines are noisy: compare ratios within one run.
+"""
+import argparse
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from .cnn_ops import interleaved_min
+
+CASES = [  # mode, input shape, scales (N, C, H, W), extra attributes
+    ("nearest", (1, 64, 128, 128), (1, 1, 2, 2), {}),            # style256's upsampling
+    ("nearest", (1, 128, 64, 64), (1, 1, 2, 2), {}),
+    ("nearest", (1, 512, 16, 16), (1, 1, 2, 2), {}),             # a VAE decoder's
+    ("nearest", (1, 64, 64, 64), (1, 1, 1.5, 1.5), {"coordinate_transformation_mode": "asymmetric"}),
+    ("linear", (1, 64, 128, 128), (1, 1, 2, 2), {}),
+    ("linear", (1, 64, 64, 64), (1, 1, 1.7, 1.3), {"coordinate_transformation_mode": "pytorch_half_pixel"}),
+]
+
+
+def resize_model(mode, shape, scales, attrs):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])
+    sc = numpy_helper.from_array(np.array(scales, np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode, **attrs)
+    graph = helper.make_graph([node], "resize", [x], [y], [sc])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    import normrt
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    rng = np.random.default_rng(0)
+    print(f"normrt {normrt.__version__}, {args.threads} threads, min of {args.runs} interleaved runs (us)")
+    print("| mode | shape | scales | normrt | ort | copyto | normrt / copyto |")
+    print("|---|---|---|---|---|---|---|")
+    for mode, shape, scales, attrs in CASES:
+        model = resize_model(mode, shape, scales, attrs)
+        x = rng.standard_normal(shape).astype(np.float32)
+        sess = normrt.InferenceSession(model, num_threads=args.threads)
+        want = sess.run(None, {"x": x})[0]
+        fns = [lambda: sess.run(None, {"x": x})]
+        if ort is not None:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            got = osess.run(None, {"x": x})[0]
+            assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5), "outputs differ"
+            fns.append(lambda: osess.run(None, {"x": x}))
+        dst = np.empty_like(want)
+        fns.append(lambda: np.copyto(dst, want))
+        t = interleaved_min(fns, args.runs)
+        ort_t = f"{t[1]:.1f}" if ort is not None else "-"
+        print(f"| {mode} | {shape} | {scales[2:]} | {t[0]:.1f} | {ort_t} | {t[-1]:.1f} | {t[0] / t[-1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

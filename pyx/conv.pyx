@@ -1,0 +1,372 @@
+"""2-D convolution on the packed GEMM (normrt.conv2d).
+
+The convolution is C = W (M x C*kh*kw) @ im2col(x[n]) with the B panels packed
+straight from the image (implicit im2col: stride, padding and dilation are
+applied while packing, padding written as zeros), one image and group at a time.
+Stride-1 convs compute on the padded width instead (see use_wide): there a B
+row is NR contiguous floats of the zero-padded image, read in place. The
+weights (A, or with the transposed conv B) are packed once by
+normrt._kernels.gemm.pack_a / pack_at here.
+
+Results never depend on the thread count (see gemm_core.pxd).
+
+Python (normrt.api.conv) checks every argument; these kernels trust them
+(sizes are re-checked here, cheaply).
+"""
+from gemm_core cimport *
+
+def pack_at(const float[:, ::1] a,    # IN  (M, K)
+            float[::1] out):          # OUT packed_b_size(K, M)
+    """Pack A^T (conv weights (M, C*kh*kw), transposed) as B panels of NR output
+    channels, K block by K block: the transposed conv's weight."""
+    cdef Py_ssize_t m = a.shape[0], k = a.shape[1], pc, kc, p, kk, j, c0
+    cdef Py_ssize_t np_ = (m + NR - 1) // NR
+    cdef float* d
+    if out.shape[0] != panels_b_size(k, m):
+        raise ValueError("out must have packed_b_size(K, M) floats")
+    if m == 0 or k == 0:
+        return
+    with nogil:
+        for pc in range(0, k, 256):     # KC
+            kc = min(<Py_ssize_t>KC, k - pc)
+            for p in range(np_):
+                d = &out[pc * np_ * NR + p * NR * kc]
+                for kk in range(kc):
+                    for j in range(NR):
+                        c0 = p * NR + j
+                        d[kk * NR + j] = a[c0, pc + kk] if c0 < m else 0.0
+
+
+
+def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
+           const float[::1] w,              # IN  group * packed_a_size(M/group, C/group*kh*kw)
+           Py_ssize_t kh, Py_ssize_t kw,
+           Py_ssize_t sh, Py_ssize_t sw,
+           Py_ssize_t ph, Py_ssize_t pw,    # leading pads (trailing ones only shape the output)
+           Py_ssize_t dh, Py_ssize_t dw,
+           Py_ssize_t group,
+           bint transposed,                 # w is group * packed_b_size(C/group*kh*kw, M/group)
+                                            # (pack_at): y^T = im2col(x)^T W^T, see conv_transposed
+           float[:, :, :, ::1] y,           # OUT (N, M, OH, OW); must not overlap x
+           const float[::1] bias,           # IN  empty or (M,)
+           const float[::1] residual,       # IN  empty or (N*M*OH*OW,); may be y itself
+           int act,
+           float[::1] work,                 # workspace_size(n_threads) floats
+           int n_threads):
+    """y = act(conv(x, w) + bias + residual), one GEMM per image and group."""
+    cdef Py_ssize_t nimg = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3]
+    cdef Py_ssize_t m = y.shape[1], oh = y.shape[2], ow = y.shape[3]
+    cdef Py_ssize_t cg, mg, kg, wsize, reps, jobs
+    cdef Problem proto
+    cdef Split s
+    cdef int nt
+    cdef ConvJobs cj
+    cdef PadJobs pj
+    cdef bint direct, wide, padded
+    cdef Py_ssize_t hp
+    cdef const float* xp
+    cdef float* xpad = NULL
+    cdef Py_ssize_t pi
+    cdef const float* bias_p = &bias[0] if bias.shape[0] else NULL
+    cdef const float* res_p = &residual[0] if residual.shape[0] else NULL
+    if group < 1 or c % group or m % group or y.shape[0] != nimg:
+        raise ValueError("inconsistent group / channel counts")
+    cg = c // group
+    mg = m // group
+    kg = cg * kh * kw
+    wsize = panels_b_size(kg, mg) if transposed else panels_a_size(mg, kg)
+    if w.shape[0] != group * wsize:
+        raise ValueError("w has the wrong packed size")
+    if bias.shape[0] != 0 and bias.shape[0] != m:
+        raise ValueError("bias must have M elements")
+    if residual.shape[0] != 0 and residual.shape[0] != nimg * m * oh * ow:
+        raise ValueError("residual must have y's size")
+    if nimg == 0 or m == 0 or oh * ow == 0:
+        return
+    reps = nimg * group
+    nt = max(1, min(n_threads, 64))
+    if work.shape[0] < conv_workspace_size(nimg, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg, n_threads):
+        raise ValueError("work is smaller than conv_workspace_size(...)")
+    # 1x1, stride 1, no padding: x[n] is B as it is
+    direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and oh == h and ow == wd
+    wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not transposed
+    proto.transposed = transposed
+    proto.m = mg
+    proto.mr = MR
+    proto.n = oh * ow
+    proto.c_row0 = 0
+    proto.c_col0 = 0
+    # every conv but the direct 1x1 reads a zero-padded copy of x (x itself when
+    # no tap leaves the image: then the row stride is x's width)
+    proto.wp = padded_cols(ow, kw, sw, dw, wide)
+    hp = padded_rows(oh, kh, sh, dh, wide, proto.wp)
+    proto.pq = hp * proto.wp
+    padded = not direct
+    if not wide and ph == 0 and pw == 0 and hp <= h and proto.wp <= wd:
+        padded = False
+        proto.wp = wd
+        hp = h
+    proto.plane = hp * proto.wp * (sh * sw if wide else 1)
+    xp = &x[0, 0, 0, 0]
+    if padded:
+        xpad = thread_work(&work[0], nt)   # after the threads' slices
+        xp = xpad
+    if wide:
+        # a whole number of NR panels (no edge tiles): the spare columns read
+        # the padded input's extra rows and are thrown away like the spill
+        proto.n = (oh * proto.wp + NR - 1) // NR * NR
+    proto.k = kg
+    proto.lda = kg
+    proto.a_src = SRC_PACKED
+    proto.ldb = h * wd
+    proto.b_src = SRC_MATRIX if direct else (SRC_WIDE if wide else SRC_IMAGE)
+    if transposed:
+        proto.m = oh * ow
+        proto.mr = t_panel_rows(oh * ow)
+        proto.n = mg
+        proto.a_src = SRC_MATRIX_T if direct else SRC_IMAGE_T
+        proto.lda = h * wd
+        proto.b_src = SRC_PACKED
+    proto.ih = h
+    proto.iw = wd
+    proto.kh = kh
+    proto.kw = kw
+    proto.sh = sh
+    proto.sw = sw
+    proto.ph = ph
+    proto.pw = pw
+    proto.dh = dh
+    proto.dw = dw
+    proto.oh = oh
+    proto.ow = ow
+    proto.ldc = oh * ow
+    proto.bias_axis = 1 if transposed else 0
+    proto.act = act
+    with nogil:
+        if padded:
+            pj.x = &x[0, 0, 0, 0]
+            pj.xp = xpad
+            pj.planes = nimg * c
+            pj.h = h
+            pj.w = wd
+            pj.hp = hp
+            pj.wp = proto.wp
+            pj.pt = ph
+            pj.pl = pw
+            pj.sh = sh if wide else 1
+            pj.sw = sw if wide else 1
+            run_parallel(pad_job, &pj, (nimg * c + PAD_PLANES - 1) // PAD_PLANES, nt)
+        s = choose_split(&proto, reps, nt)
+        cj.proto = &proto
+        cj.s = s
+        cj.x = xp
+        cj.w = &w[0]
+        cj.y = &y[0, 0, 0, 0]
+        cj.bias = bias_p
+        cj.res = res_p
+        cj.nimg = nimg
+        cj.group = group
+        cj.cg = cg
+        cj.m = m
+        cj.total = s.mb * s.nb * reps
+        cj.work = &work[0]
+        run_parallel(conv_job, &cj, cj.total, nt)
+
+
+
+cdef struct ConvJobs:
+    const Problem* proto
+    Split s
+    const float* x
+    const float* w
+    float* y
+    const float* bias
+    const float* res
+    Py_ssize_t nimg, group, cg, m, total
+    float* work
+
+
+cdef void conv_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef ConvJobs* c = <ConvJobs*>ctx
+    conv_jobs(c.proto, c.s, c.x, c.w, c.y, c.bias, c.res, c.nimg, c.group, c.cg, c.m,
+              j, c.total, c.work, slot)
+
+
+cdef enum:
+    PAD_PLANES = 16     # input planes per padding job
+
+
+cdef struct PadJobs:
+    const float* x
+    float* xp
+    Py_ssize_t planes, h, w, hp, wp, pt, pl, sh, sw
+
+
+cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef PadJobs* c = <PadJobs*>ctx
+    if c.sh * c.sw > 1:
+        pad_phases(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+                   c.pt, c.pl, c.sh, c.sw)
+        return
+    pad_planes(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+               c.pt, c.pl)
+
+
+
+cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t mg) noexcept nogil:
+    """Convs with taps to shift: B from a zero-padded copy of the input, output
+    on its padded width (wp = ow + (kw-1)*dw columns, the last ones thrown
+    away) - every B row is then NR contiguous floats of the padded image,
+    which the micro-kernel reads in place (no packing), where implicit im2col
+    costs about as much as a few output channels' worth of FMAs. A strided
+    conv's copy is split by stride phase (pad_phases), which makes its taps
+    plain shifts too (wp = ow + (kw-1)*dw // sw). Chosen when the thrown-away
+    columns cost less than that; not for 1x1 kernels without padding (stride
+    1: x is B as it is; strided: the copy would be mostly unused phases)."""
+    cdef Py_ssize_t spill = (kw - 1) * dw // sw, wp = ow + (kw - 1) * dw // sw
+    if kh == 1 and kw == 1 and (sh != 1 or sw != 1 or (ph == 0 and pw == 0)):
+        return False
+    if ((mg + MR - 1) // MR) * MR > WIDE_ROWS:
+        return False
+    return spill * 8 <= wp or (mg <= 128 and spill * 3 <= wp)
+
+
+def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                    Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t mg):
+    """Whether conv2d should run transposed (y^T = im2col(x)^T W^T, weight from
+    pack_at): small images whose pixel count pads badly to NR-wide panels
+    (7x7 = 49 pixels: 64 columns of work, 56 rows transposed), with enough
+    output channels to fill the NR-wide weight panels. Against the padded
+    width (both read the image in place): transposed when it computes 5%
+    fewer padded elements (its transpose costs about that: measured 3x3 56x56
+    64 channels, 4% fewer, 1.5% slower; 28x28: 784 rows vs 864 wide
+    columns, 6% faster; 14x14: 200 vs 224)."""
+    cdef Py_ssize_t pix = oh * ow, wp = padded_cols(ow, kw, sw, dw, True)
+    cdef Py_ssize_t tr_rows = (pix + t_panel_rows(pix) - 1) // t_panel_rows(pix) * t_panel_rows(pix)
+    cdef Py_ssize_t tr_work = tr_rows * (((mg + NR - 1) // NR) * NR)
+    if mg < 64:
+        return False
+    if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
+        return tr_work * 20 < ((oh * wp + NR - 1) // NR) * NR * (((mg + MR - 1) // MR) * MR) * 19
+    return ((pix + NR - 1) // NR) * NR * 10 > tr_rows * 11
+
+
+cdef inline Py_ssize_t t_panel_rows(Py_ssize_t pix) noexcept nogil:
+    """Pixels per A panel of the transposed conv: MR, or MR - 1 when that pads
+    the pixel count by 5% less (49 = 7 x 7: 49 rows, not 56). Measured (1x1,
+    256 -> 1024 channels): 7 rows of 196 pixels are 3% slower than 200 in 8."""
+    if (pix + MR - 2) // (MR - 1) * (MR - 1) * 20 < (pix + MR - 1) // MR * MR * 19:
+        return MR - 1
+    return MR
+
+
+def conv_workspace_size(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh,
+                        Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mg, int n_threads):
+    """Floats of workspace conv2d needs: the threads' slices, then the padded input."""
+    cdef Py_ssize_t size = (max(1, n_threads) + 1) * thread_workspace()
+    cdef bint wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg)
+    # (room for the padded input always: whether a 1x1 conv reads x directly
+    # also depends on its trailing pads)
+    size += nimg * c * padded_rows(oh, kh, sh, dh, wide, padded_cols(ow, kw, sw, dw, wide)) \
+        * padded_cols(ow, kw, sw, dw, wide) * (sh * sw if wide else 1)
+    return size
+
+
+cdef inline Py_ssize_t padded_rows(Py_ssize_t oh, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t dh,
+                                   bint wide, Py_ssize_t wp) noexcept nogil:
+    """Rows of the zero-padded input: what the taps reach (wide: of each stride
+    phase, plus the rows the last wide row's spill and the columns up to a
+    whole NR panel read)."""
+    if wide:
+        return oh + (kh - 1) * dh // sh + 1 + (NR + wp - 1) // wp
+    return (oh - 1) * sh + (kh - 1) * dh + 1
+
+
+cdef inline Py_ssize_t padded_cols(Py_ssize_t ow, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t dw,
+                                   bint wide) noexcept nogil:
+    return ow + (kw - 1) * dw // sw if wide else (ow - 1) * sw + (kw - 1) * dw + 1
+
+
+cdef void pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
+                     Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
+                     Py_ssize_t sw) noexcept nogil:
+    """Planes [p0, p1) of x (h, w), zero-padded by (pt, pl) in front, split by
+    stride phase: xp[p, a, b, i, j] = xpad[p, i*sh + a, j*sw + b] (each phase
+    hq x wq, zeros outside x). A stride-(sh, sw) tap is then a plain shift
+    within one phase (wide_offsets)."""
+    cdef Py_ssize_t p, a, b, i, j, sy, sx
+    cdef const float* src
+    cdef float* row
+    for p in range(p0, p1):
+        for a in range(sh):
+            for b in range(sw):
+                for i in range(hq):
+                    row = xp + (((p * sh + a) * sw + b) * hq + i) * wq
+                    sy = i * sh + a - pt
+                    if sy < 0 or sy >= h:
+                        for j in range(wq):
+                            row[j] = 0.0
+                        continue
+                    src = x + (p * h + sy) * w
+                    for j in range(wq):
+                        sx = j * sw + b - pl
+                        row[j] = src[sx] if 0 <= sx < w else 0.0
+
+
+cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
+                     Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
+    """Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros around.
+    Plain loops, no memset/memcpy calls: the rows are short (7..58 floats)."""
+    cdef Py_ssize_t p, yy, sy, lead, ncopy, j
+    cdef const float* src
+    cdef float* row
+    for p in range(p0, p1):
+        src = x + p * h * w
+        for yy in range(hp):
+            row = xp + (p * hp + yy) * wp
+            sy = yy - pt
+            if sy < 0 or sy >= h:
+                for j in range(wp):
+                    row[j] = 0.0
+                continue
+            lead = min(pl, wp)
+            ncopy = min(w, wp - lead)
+            for j in range(lead):
+                row[j] = 0.0
+            for j in range(ncopy):
+                row[lead + j] = src[sy * w + j]
+            for j in range(lead + ncopy, wp):
+                row[j] = 0.0
+cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* w, float* y,
+                    const float* bias, const float* res, Py_ssize_t nimg, Py_ssize_t group,
+                    Py_ssize_t cg, Py_ssize_t m, Py_ssize_t first, Py_ssize_t step,
+                    float* work, int tid) noexcept nogil:
+    """Jobs first, first + step, ... of the (image, group, job) round robin: every
+    thread stays busy even for many small images."""
+    cdef Problem g = proto[0]
+    cdef Py_ssize_t jobs = s.mb * s.nb, pix = g.oh * g.ow, img, gi, j
+    cdef Py_ssize_t mg = g.n if g.transposed else g.m
+    cdef Py_ssize_t wsize = (((mg + NR - 1) // NR) * NR * g.k if g.transposed
+                             else ((mg + MR - 1) // MR) * MR * g.k)
+    cdef Py_ssize_t plane = g.plane if (g.b_src == SRC_WIDE or g.b_src == SRC_IMAGE or g.a_src == SRC_IMAGE_T) \
+        else g.ih * g.iw
+    cdef Py_ssize_t total = jobs * group * nimg
+    j = first
+    while j < total:
+        img = j // (jobs * group)
+        gi = (j // jobs) % group
+        if g.transposed:
+            g.b = w + gi * wsize
+            g.a = x + (img * group + gi) * cg * plane
+        else:
+            g.a = w + gi * wsize
+            g.b = x + (img * group + gi) * cg * plane
+        g.c = y + (img * m + gi * mg) * pix
+        g.bias = bias + gi * mg if bias != NULL else NULL
+        g.res = res + (img * m + gi * mg) * pix if res != NULL else NULL
+        run_jobs(&g, s, j % jobs, jobs, thread_work(work, tid))
+        j += step

@@ -1,0 +1,205 @@
+/* The GEMM's register-blocked micro-kernels (normrt._kernels.gemm / .conv via gemm_core.pxd).
+
+   Register block and vector type per target. Every path runs the same
+   instruction sequence for a given element whatever the thread count. */
+#ifndef NORMRT_GEMM_MICROKERNEL_H
+#define NORMRT_GEMM_MICROKERNEL_H
+
+#if defined(__AVX512F__)
+  #include <immintrin.h>
+  #define NRT_VW 16
+  #define NRT_MR 8
+  typedef float nrt_v __attribute__((vector_size(64)));
+  typedef float nrt_vu __attribute__((vector_size(64), aligned(4)));
+  #define NRT_FMA(a, b, c) ((nrt_v)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+  #define NRT_BCAST(s) ((nrt_v)_mm512_set1_ps(s))
+  #define NRT_ISA "avx512"
+#elif defined(__AVX2__) && defined(__FMA__)
+  #include <immintrin.h>
+  #define NRT_VW 8
+  #define NRT_MR 6
+  typedef float nrt_v __attribute__((vector_size(32)));
+  typedef float nrt_vu __attribute__((vector_size(32), aligned(4)));
+  #define NRT_FMA(a, b, c) ((nrt_v)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+  #define NRT_BCAST(s) ((nrt_v)_mm256_set1_ps(s))
+  #define NRT_ISA "avx2"
+#else
+  /* generic: plain multiply and add (no contraction: -ffp-contract=off) */
+  #define NRT_VW 4
+  #define NRT_MR 6
+  typedef float nrt_v __attribute__((vector_size(16)));
+  typedef float nrt_vu __attribute__((vector_size(16), aligned(4)));
+  #define NRT_FMA(a, b, c) ((a) * (b) + (c))
+  #define NRT_BCAST(s) ((nrt_v){(s), (s), (s), (s)})
+  #define NRT_ISA "generic"
+#endif
+#define NRT_NR (2 * NRT_VW)
+
+/* d[0:NR] = s[0:NR], two vector moves (packing hot loop: no memcpy call) */
+static inline void nrt_copy_nr(float* restrict d, const float* restrict s)
+{
+    *(nrt_vu*)d = *(const nrt_vu*)s;
+    *(nrt_vu*)(d + NRT_VW) = *(const nrt_vu*)(s + NRT_VW);
+}
+
+#define NRT_FIRST 1
+#define NRT_LAST 2
+
+/* c[MR, NR] (row stride ldc) = (first ? 0 : c) + a_panel @ b_panel, then on
+   the last K block + bias_row[i] + bias_col[j] + res[i, j] (each optional).
+   a: kc x MR (k-major); b: kc x NR (k-major), or with boff its row p is
+   the NR floats at b + boff[p] (a stride-1 conv's B read straight from the
+   padded image: no packed copy). Same arithmetic either way. */
+static inline __attribute__((always_inline)) void
+nrt_kernel_body(long kc, const float* restrict a, const float* restrict b,
+                const Py_ssize_t* restrict boff, float* restrict c, long ldc, int flags,
+                const float* restrict bias_row, const float* restrict bias_col,
+                const float* restrict res, long ldr)
+{
+    nrt_v acc[NRT_MR][2];
+    int i;
+    long p;
+    for (i = 0; i < NRT_MR; i++) {
+        acc[i][0] = NRT_BCAST(0.0f);
+        acc[i][1] = NRT_BCAST(0.0f);
+    }
+    #pragma GCC unroll 2
+    for (p = 0; p < kc; p++) {
+        const float* bp = boff ? b + boff[p] : b + p * NRT_NR;
+        nrt_v b0 = *(const nrt_vu*)bp;
+        nrt_v b1 = *(const nrt_vu*)(bp + NRT_VW);
+        #pragma GCC unroll 16
+        for (i = 0; i < NRT_MR; i++) {
+            nrt_v ai = NRT_BCAST(a[p * NRT_MR + i]);
+            acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
+            acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+        }
+    }
+    #pragma GCC unroll 16
+    for (i = 0; i < NRT_MR; i++) {
+        nrt_v v0 = acc[i][0], v1 = acc[i][1];
+        float* cp = c + i * ldc;
+        if (!(flags & NRT_FIRST)) {
+            v0 = *(nrt_vu*)cp + v0;
+            v1 = *(nrt_vu*)(cp + NRT_VW) + v1;
+        }
+        if (flags & NRT_LAST) {
+            if (bias_row) {
+                nrt_v s = NRT_BCAST(bias_row[i]);
+                v0 = v0 + s;
+                v1 = v1 + s;
+            }
+            if (bias_col) {
+                v0 = v0 + *(const nrt_vu*)bias_col;
+                v1 = v1 + *(const nrt_vu*)(bias_col + NRT_VW);
+            }
+            if (res) {
+                v0 = v0 + *(const nrt_vu*)(res + i * ldr);
+                v1 = v1 + *(const nrt_vu*)(res + i * ldr + NRT_VW);
+            }
+        }
+        *(nrt_vu*)cp = v0;
+        *(nrt_vu*)(cp + NRT_VW) = v1;
+    }
+}
+
+static void nrt_kernel(long kc, const float* restrict a, const float* restrict b,
+                       float* restrict c, long ldc, int flags,
+                       const float* restrict bias_row, const float* restrict bias_col,
+                       const float* restrict res, long ldr)
+{
+    nrt_kernel_body(kc, a, b, NULL, c, ldc, flags, bias_row, bias_col, res, ldr);
+}
+
+/* The transposed conv's tile: c[MR, NR] = (first ? 0 : c) + A @ b_panel (+
+   bias_col on the last K block) with A read in place: A[i, p] = x[koff[p] +
+   off[i]] (pixel i's offset, tap/channel p's offset), b as in nrt_kernel.
+   Each lane's K sum runs in the same order as nrt_kernel's. */
+static inline __attribute__((always_inline)) void
+nrt_kernel_t_body(const int rows, const int contiguous, long kc, const float* restrict x,
+                  const Py_ssize_t* restrict koff, const Py_ssize_t* restrict off,
+                  const float* restrict b, float* restrict c, long ldc, int flags,
+                  const float* restrict bias_col)
+{
+    nrt_v acc[NRT_MR][2];
+    Py_ssize_t o[NRT_MR];
+    int i;
+    long p;
+    for (i = 0; i < rows; i++) {
+        o[i] = off[i];
+        acc[i][0] = NRT_BCAST(0.0f);
+        acc[i][1] = NRT_BCAST(0.0f);
+    }
+    #pragma GCC unroll 2
+    for (p = 0; p < kc; p++) {
+        const float* xp = x + koff[p] + (contiguous ? o[0] : 0);
+        nrt_v b0 = *(const nrt_vu*)(b + p * NRT_NR);
+        nrt_v b1 = *(const nrt_vu*)(b + p * NRT_NR + NRT_VW);
+        #pragma GCC unroll 16
+        for (i = 0; i < rows; i++) {
+            nrt_v ai = NRT_BCAST(contiguous ? xp[i] : xp[o[i]]);
+            acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
+            acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+        }
+    }
+    #pragma GCC unroll 16
+    for (i = 0; i < rows; i++) {
+        nrt_v v0 = acc[i][0], v1 = acc[i][1];
+        float* cp = c + i * ldc;
+        if (!(flags & NRT_FIRST)) {
+            v0 = *(nrt_vu*)cp + v0;
+            v1 = *(nrt_vu*)(cp + NRT_VW) + v1;
+        }
+        if ((flags & NRT_LAST) && bias_col) {
+            v0 = v0 + *(const nrt_vu*)bias_col;
+            v1 = v1 + *(const nrt_vu*)(bias_col + NRT_VW);
+        }
+        *(nrt_vu*)cp = v0;
+        *(nrt_vu*)(cp + NRT_VW) = v1;
+    }
+}
+
+/* one copy per row count (noinline: inlined, GCC spills its 15 live pointers);
+   MR - 1 rows for pixel counts it divides better (7x7 = 49: 7 rows of 7) */
+__attribute__((noinline)) static void
+nrt_kernel_t(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+             const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+             long ldc, int flags, const float* restrict bias_col)
+{
+    nrt_kernel_t_body(NRT_MR, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+}
+
+__attribute__((noinline)) static void
+nrt_kernel_t1(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+              const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+              long ldc, int flags, const float* restrict bias_col)
+{
+    nrt_kernel_t_body(NRT_MR - 1, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+}
+
+/* pixels off[0] + i (a 1x1 conv's whole panel): fixed displacements, no
+   offset registers */
+__attribute__((noinline)) static void
+nrt_kernel_tc(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+              const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+              long ldc, int flags, const float* restrict bias_col)
+{
+    nrt_kernel_t_body(NRT_MR, 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
+}
+
+__attribute__((noinline)) static void
+nrt_kernel_tc1(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+               const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+               long ldc, int flags, const float* restrict bias_col)
+{
+    nrt_kernel_t_body(NRT_MR - 1, 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
+}
+
+static void nrt_kernel_off(long kc, const float* restrict a, const float* restrict b,
+                           const Py_ssize_t* restrict boff, float* restrict c, long ldc,
+                           int flags, const float* restrict bias_row)
+{
+    nrt_kernel_body(kc, a, b, boff, c, ldc, flags, bias_row, NULL, NULL, 0);
+}
+
+#endif /* NORMRT_GEMM_MICROKERNEL_H */

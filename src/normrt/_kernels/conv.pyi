@@ -1,0 +1,14 @@
+"""Type stub for the compiled convolution kernels (pyx/conv.pyx)."""
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+def pack_at(a: F32, out: F32) -> None: ...                             # (M, K) -> A^T packed as B
+def conv_transposed(oh: int, ow: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+                    dh: int, dw: int, mg: int) -> bool: ...
+def conv_workspace_size(nimg: int, c: int, oh: int, ow: int, kh: int, kw: int, sh: int, sw: int,
+                        ph: int, pw: int, dh: int, dw: int, mg: int, n_threads: int) -> int: ...
+def conv2d(x: F32, w: F32, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int,
+           group: int, transposed: bool, y: F32, bias: F32, residual: F32, act: int, work: F32,
+           n_threads: int) -> None: ...                                # (N, C, H, W) -> (N, M, OH, OW)

@@ -1,0 +1,7 @@
+"""Type stub for the compiled elementwise kernels (pyx/elementwise.pyx)."""
+import numpy as np
+import numpy.typing as npt
+
+Real = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+def binary(op: int, a: Real, b: Real, out: Real, n_threads: int) -> None: ...   # 0 + 1 - 2 * 3 /

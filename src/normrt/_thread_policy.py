@@ -1,0 +1,144 @@
+"""How many threads a kernel call gets, decided from its work: the one place.
+
+normrt runs every parallel kernel - the norms, GEMM/conv, attention, pooling,
+softmax, activations - on one thread runtime, OpenMP (one team, libgomp with
+GCC). The user's setting (`normrt.set_num_threads`, `normrt.threads(n)`,
+`InferenceSession(num_threads=)`, OMP_NUM_THREADS; see normrt._threads) is the
+most any call uses; the functions below give a call fewer when its work is too
+small to pay for waking a second thread. They never change a result: every
+kernel is bitwise identical for any thread count (fixed chunking and merge
+order), so these thresholds only move time.
+
+Why one OpenMP team and not the GEMM's former private POSIX pool (or both).
+Measured on this 2-core VM, 2 threads, min over back-to-back runs; the machine
+was shared with five other builds and test runs all session (load average
+1.4 at best, 8-13 for most of it), so only ratios within one sweep mean
+anything. Sweep 1 (load ~1.4, min of 30 runs, ms):
+
+====================  =========  ===========  ================  =============
+model                 pool+OMP   pool+OMP,    OMP, spin 10000   OMP, passive
+                      (before)   norms 2 thr
+====================  =========  ===========  ================  =============
+light_resnet50        45.1       44.8         45.2              49.6
+diffusers VAE 64x64   6.9        11.9         18.1              5.8
+====================  =========  ===========  ================  =============
+
+("pool+OMP": the GEMM on the pool, the norms on OpenMP, which the executor
+forced onto one thread in graphs below 2^23 elements to keep the two runtimes
+from fighting; with the norms on 2 threads the VAE took 11.9 ms: two runtimes
+contending for two cores. The ops' helper thread for big numpy ufuncs was
+still on in this sweep.) scripts/e2e_bench.py --alone --runs 30, the code
+before this change against this one (before the elementwise kernel), two
+rounds of the four variants interleaved, load 8-13 (normrt min ms, round 1 /
+round 2; the README's quiet-machine figures are 4-20x lower):
+
+=========================  ===========  ===========  ===========  ===========
+model                      before       spin 0       spin 1000    spin 10000
+=========================  ===========  ===========  ===========  ===========
+light_resnet50             384 / 456    97 / 100     106 / 102    318 / 148
+light_densenet121          279 / 335    81 / 72      91 / 86      472 / 437
+diffusers UNet2D 64x64     65 / 27      17 / 17      13 / 12      84 / 57
+diffusers VAE 64x64        92 / 40      5.7 / 10     9.2 / 7.8    38 / 50
+example groupnorm_cnn      17 / 26      5.7 / 5.8    7.6 / 6.0    3.1 / 28
+example transformer_block  6.2 / 0.38   0.52 / 0.69  0.68 / 0.42  0.32 / 3.0
+=========================  ===========  ===========  ===========  ===========
+
+So: two runtimes contend; threads that spin long after a region (libgomp's
+default, or GOMP_SPINCOUNT 10000) take the cores from the caller's next op
+and from other processes, which costs most on a busy machine; threads that
+sleep at once pay a futex wake-up per region (~10% on ResNet-50's ~100 GEMM
+regions on the quiet machine). A short spin (1000 `pause`s, tens of
+microseconds) keeps a model's back-to-back regions on awake threads and
+still gives the cores back. Moving the norms' 34 parallel loops onto the pool
+instead would have rewritten every kernel's scaffolding; the pool's one
+advantage (its caller never waits at a barrier for a late worker) did not
+show in these figures.
+
+The wait policy: WAIT_SPINCOUNT below, applied as GOMP_SPINCOUNT before
+libgomp loads (configure_openmp, called by normrt/__init__) unless the user
+set GOMP_SPINCOUNT or OMP_WAIT_POLICY themselves. libgomp reads it once, when
+it loads: a process that loaded libgomp earlier (sklearn, a C extension) keeps
+its own setting.
+
+Fork (os.fork, multiprocessing's fork start method, gunicorn --preload,
+Celery prefork): GNU libgomp keeps the forking thread's team in thread-local
+state whose threads do not exist in the child; the child's first parallel
+region from that thread would wait for them forever. A thread created after
+the fork has no team yet and builds a new one. So in a forked child, calls
+from the thread that forked run on one thread (`serial_after_fork`); threads
+started in the child use the full team. This holds whether or not normrt
+itself had started a team before the fork: any library on the same libgomp
+(scikit-learn, another extension) may have. LLVM's libomp (clang builds)
+resets itself in an at-fork handler and is not restricted.
+"""
+import os
+import threading
+
+from ._threads import get_num_threads
+
+# libgomp spin iterations (each one `pause`) before a team thread sleeps
+# (see the tables above).
+WAIT_SPINCOUNT = 1000
+
+# Memory-bound kernels (norms, activations, softmax, pooling, large
+# elementwise ops) split from this many elements touched (~32K floats: 30-60 us
+# of one thread's work, a futex wake-up of the second thread is 10-50 us on
+# this VM). The norms always used this value inside their kernels; in graphs
+# the executor used to force 2^23, which only protected them from the GEMM
+# pool's spinning worker.
+MEMORY_BOUND_MIN_ELEMENTS = 1 << 15
+
+# Compute-bound kernels (GEMM/conv, attention) split from this many flops
+# (2*M*N*K counted on the padded tiles the micro-kernel computes, ~15 us of
+# one thread): measured on the pool (2 cores) the transformer block 0.27 ->
+# 0.22 ms and DenseNet-121 25.6 -> 24.2 ms going from 16 to 4 Mflop.
+COMPUTE_BOUND_MIN_FLOPS = 4_000_000
+
+
+def _gnu_openmp():
+    from ._kernels.openmp_info import openmp_runtime
+    return openmp_runtime() == "libgomp"
+
+
+class _ForkState:
+    """The thread that forked this process (in a child), else None."""
+
+    forked_thread = None
+
+
+def _after_fork_in_child():
+    _ForkState.forked_thread = threading.get_ident()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def serial_after_fork():
+    """True when this call comes from the thread that forked this process and
+    the OpenMP runtime is GNU libgomp (whose team does not survive a fork)."""
+    return _ForkState.forked_thread == threading.get_ident() and _gnu_openmp()
+
+
+def allowed_threads():
+    """The most threads a call from this Python thread may use right now."""
+    if serial_after_fork():
+        return 1
+    return get_num_threads()
+
+
+def memory_bound(elements):
+    """Threads for a memory-bound kernel touching `elements` elements."""
+    return 1 if elements < MEMORY_BOUND_MIN_ELEMENTS else allowed_threads()
+
+
+def compute_bound(flops):
+    """Threads for a compute-bound kernel doing `flops` floating-point operations."""
+    return 1 if flops < COMPUTE_BOUND_MIN_FLOPS else allowed_threads()
+
+
+def configure_openmp(environ=os.environ):
+    """Set libgomp's wait policy (WAIT_SPINCOUNT) unless the user chose one.
+    Must run before the first kernel module loads libgomp."""
+    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ:
+        environ["GOMP_SPINCOUNT"] = str(WAIT_SPINCOUNT)
