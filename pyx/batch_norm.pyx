@@ -449,7 +449,6 @@ def batch_norm_half(const half_t[:, :, ::1] x,   # IN  (R1, K, R2) float16/bfloa
             folded[2 * K + k] = <double>bias[k]
         if K == 1:
             R2 = total
-        n_threads = team_size(total, n_threads)
         piece = piece_size(total, n_threads)
         npieces = (total + piece - 1) // piece
         for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):

@@ -222,7 +222,6 @@ def group_norm_half(const half_t[:, ::1] x,    # IN  (R, L) float16/bfloat16 bit
     if R == 0 or L == 0:
         return
     seg_len = L // nseg
-    n_threads = team_size(R * L, n_threads)
 
     if R >= n_threads or nch == 1:
         for r in prange(R, nogil=True, schedule="static", num_threads=n_threads):

@@ -473,7 +473,6 @@ def norm_rows_half(const half_t[:, ::1] x,   # IN  (G, L) float16/bfloat16 bits
         if stats_v.shape[0] != 2 or stats_v.shape[1] != G:
             raise ValueError("stats_out must have shape (2, G)")
         stats_p = &stats_v[0, 0]
-    n_threads = team_size(G * L, n_threads)
 
     if n_threads == 1:
         with nogil:
