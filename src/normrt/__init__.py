@@ -22,6 +22,6 @@ from .api.softmax import softmax
 from .api.gemm import matmul, pack_matmul_weight, PackedMatmulWeight
 from .api.conv import conv2d, pack_conv_weight, PackedConvWeight
 from .api.attention import attention
-from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
+from .onnx import InferenceSession, Limits, optimize  # (normrt.onnx also loads the normrt.backend module)
 
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ import onnx
 
 from ..errors import ModelError
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, name_unnamed_nodes, node_reads
+from .initializers import attach
 from .loader import check, check_structure, load_model
 from .passes import PassContext
 from .report import Report
@@ -72,6 +73,16 @@ def _remove_dead_nodes(ctx):
 
 def optimize_model(proto, passes=None):
     """(optimized ModelProto, Report) of an already loaded and checked ModelProto (modified in place)."""
+    model, report, arrays = optimize_detached(proto, passes)
+    return attach(model, arrays), report
+
+
+def optimize_detached(proto, passes=None):
+    """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
+
+    The arrays are the only copy of the weights (see normrt.onnx.initializers):
+    InferenceSession hands them to the executor as they are.
+    """
     report = Report()
     proto = _inline_functions(proto)
     ctx = PassContext(proto, report)
@@ -98,10 +109,10 @@ def optimize_model(proto, passes=None):
     except ModelError as e:
         raise RuntimeError(f"normrt.optimize produced an invalid graph (a bug): {e}") from e
     check(model, "optimized model")
-    return model, report
+    return model, report, ctx.constants
 
 
-def optimize(model, *, report=False):
+def optimize(model, *, report=False, limits=None):
     """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
 
     Every normalization the kernels can take becomes a node of domain 'normrt'
@@ -112,6 +123,6 @@ def optimize(model, *, report=False):
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
     """
-    proto = load_model(model)
+    proto = load_model(model, limits)
     optimized, rep = optimize_model(proto)
     return (optimized, rep.as_dict()) if report else optimized

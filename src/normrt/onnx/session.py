@@ -12,7 +12,8 @@ from .._threads import threads
 from ._graph import np_dtype, shape_list, type_string
 from .executor import Executor
 from .loader import load_model
-from .optimize import optimize_model
+from .initializers import attach
+from .optimize import optimize_detached
 
 
 @dataclass(frozen=True)
@@ -36,24 +37,38 @@ class InferenceSession:
     the GEMMs of Conv/MatMul/Gemm (normrt's private OpenBLAS, ops/_blas.py)
     and the numpy-level splits of big elementwise/attention work.
 
+    `limits` (normrt.Limits) bounds what the model may declare: the largest
+    tensor (`max_tensor_bytes`) and how deep subgraphs nest (`max_subgraph_depth`).
+
     Initializers are constants (folded and rewritten at load): one that the
     graph also lists among its inputs (IR < 4 models do) is not a feed.
     After loading, `optimized_model` is the model that runs, `report` what
     optimize did, and `executor` the plan with each node's implementation.
     """
 
-    def __init__(self, model, *, num_threads=None):
+    def __init__(self, model, *, num_threads=None, limits=None):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
-        proto = load_model(model)
-        self.optimized_model, report = optimize_model(proto)
+        proto = load_model(model, limits)
+        # the weights are held once, as the executor's arrays; the proto keeps stubs (optimized_model)
+        self._model, report, arrays = optimize_detached(proto)
+        del proto
         self.report = report.as_dict()
-        self._executor = Executor(self.optimized_model)
-        graph = self.optimized_model.graph
+        self._executor = Executor(self._model, constants=arrays)
+        del arrays
+        graph = self._model.graph
         feedable = set(self._executor.input_names)
         self._inputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type))
                         for vi in graph.input if vi.name in feedable]
         self._input_types = {vi.name: vi.type for vi in graph.input if vi.name in feedable}
         self._outputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type)) for vi in graph.output]
+
+    @property
+    def optimized_model(self):
+        """The model that runs, as a full ModelProto (built on each access: the session itself keeps
+        its weights only once, as the executor's arrays)."""
+        full = type(self._model)()
+        full.CopyFrom(self._model)
+        return attach(full, self._executor.constants)
 
     def get_inputs(self):
         return list(self._inputs)

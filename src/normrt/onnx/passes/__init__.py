@@ -25,6 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from .._graph import NameGen, canonical_domain, node_reads, opset_versions
+from ..initializers import DETACH_MIN_ELEMENTS, big_initializer_names, detachable, stub, without_initializers
 from ..report import Report
 
 
@@ -43,6 +44,10 @@ class PassContext:
         self.nodes = list(model.graph.node)
         self.opsets = opset_versions(model)
         self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        # the arrays are the one copy of the weights: the proto keeps data-less stubs (see ..initializers)
+        for i, t in enumerate(model.graph.initializer):
+            if detachable(self.constants[t.name]):
+                model.graph.initializer[i].CopyFrom(stub(t.name, self.constants[t.name]))
         self.graph_inputs = {i.name for i in model.graph.input} - set(self.constants)
         self._initializer_names = set(self.constants)
         self.graph_outputs = [o.name for o in model.graph.output]
@@ -154,7 +159,9 @@ class PassContext:
                 present.add(name)
         for name, value in self.constants.items():
             if name in used and name not in present:
-                self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+                value = np.asarray(value)
+                self.graph.initializer.append(stub(name, value) if detachable(value)
+                                              else numpy_helper.from_array(value, name))
         self.constants = {k: v for k, v in self.constants.items() if k in used}
         self._initializer_names |= set(self.constants)
         # initializers are constants in normrt: drop them from the inputs (IR < 4 lists them there)
@@ -186,7 +193,7 @@ def _infer_shapes(model):
         return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
 
 
-BIG_INITIALIZER = 1 << 12      # elements: weights. Shape/axes constants, whose values data propagation reads, are smaller
+BIG_INITIALIZER = DETACH_MIN_ELEMENTS   # elements: weights. Shape/axes constants, whose values data propagation reads, are smaller
 
 
 def _without_initializer_data(model):
@@ -195,22 +202,7 @@ def _without_initializer_data(model):
     Inference serializes the model it is given: without the weights that is
     kilobytes instead of (for ResNet-50) 100 MB, for every pass that rewrote something.
     """
-    big = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) > BIG_INITIALIZER}
-    if not big:
-        return model
-    m = onnx.ModelProto(ir_version=model.ir_version)
-    m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    g, src = m.graph, model.graph
-    g.name = src.name
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(g, field).extend(getattr(src, field))
-    g.initializer.extend(t for t in src.initializer if t.name not in big)
-    have = {i.name for i in g.input}
-    for t in src.initializer:
-        if t.name in big and t.name not in have:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return m
+    return without_initializers(model, big_initializer_names(model.graph))
 
 
 class GraphPass:
