@@ -86,10 +86,15 @@ def pack_conv_weight(weight, group=1):
     return PackedConvWeight(data, tuple(int(s) for s in weight.shape), group, w)
 
 
+# Strides, pads and dilations past this would overflow the kernel's Py_ssize_t index arithmetic
+# (products of two such values with a dimension); a 2^62 stride crashed it (tests/data/fuzz/).
+_MAX_GEOMETRY = 2**31 - 1
+
+
 def _ints(v, n, name, min_value):
     if (type(v) is tuple or type(v) is list) and len(v) == n:
         t = tuple(v)
-        if all(type(i) is int for i in t) and min(t) >= min_value:
+        if all(type(i) is int for i in t) and min(t) >= min_value and max(t) <= _MAX_GEOMETRY:
             return t   # the common case, cheaply
     try:
         items = tuple(v)
@@ -101,6 +106,8 @@ def _ints(v, n, name, min_value):
     items = tuple(int(i) for i in items)
     if any(i < min_value for i in items):
         raise ValueError(f"{name} must be >= {min_value}, got {v!r}")
+    if any(i > _MAX_GEOMETRY for i in items):
+        raise ValueError(f"{name} must be <= {_MAX_GEOMETRY}, got {v!r}")
     return items
 
 

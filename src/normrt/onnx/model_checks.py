@@ -295,8 +295,37 @@ def _disagree(node, attr, value, tensor, dims, expected):
                       f"{tensor!r} of shape {dims} ({expected})")
 
 
+# Attribute values the ONNX spec rules out and onnx's own C++ shape inference does not check
+# (it reads out of bounds on them: found by fuzzing, tests/data/fuzz/): (op, attribute) -> minimum.
+_ATTRIBUTE_MINIMUM = {("GatherND", "batch_dims"): 0}
+
+
+def _all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+def check_attribute_ranges(proto):
+    """Attribute values outside what the spec allows, which onnx's shape inference would trip on."""
+    for node in _all_nodes(proto.graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for a in node.attribute:
+            low = _ATTRIBUTE_MINIMUM.get((node.op_type, a.name))
+            if low is not None and a.type == AttributeProto.INT and a.i < low:
+                raise ModelError(f"node {node_label(node)}: attribute {a.name}={a.i} must be >= {low}")
+
+
 def check_attributes(proto):
-    """Attributes that describe an initializer (its shape, its channel grouping) agree with it."""
+    """Attributes that describe an initializer (its shape, its channel grouping) agree with it,
+    and attributes within the ranges onnx's shape inference relies on."""
+    check_attribute_ranges(proto)
     opset = opset_versions(proto).get("", 0)
     inits = {t.name: t for t in proto.graph.initializer}
     for node in proto.graph.node:

@@ -187,10 +187,41 @@ def _value_type(tp):
 def _infer_shapes(model):
     """onnx shape inference with data propagation (Shape -> Gather -> Concat -> Reshape targets
     become static shapes, as the legacy exporter writes them), without it if that fails."""
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - retried without data propagation
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    if _data_propagation_is_bounded(model):
+        try:
+            return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - retried without data propagation
+            pass
+    return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+
+
+# Data propagation materializes a ConstantOfShape's output as a value when its shape is a constant:
+# a long one (a crafted [2^40]) makes onnx's inference run for hours (found by fuzzing). Shape
+# vectors, which data propagation is for, are short.
+MAX_PROPAGATED_ELEMENTS = 1 << 12
+
+
+def _data_propagation_is_bounded(model):
+    graph = model.graph
+    values = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    values[node.output[0]] = a.t
+    for node in graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in values:
+            continue
+        t = values[node.input[0]]
+        if int(np.prod(t.dims)) > 8:
+            return False
+        try:
+            shape = numpy_helper.to_array(t).astype(np.float64)
+        except Exception:  # noqa: BLE001 - not readable: inference will refuse it anyway
+            return False
+        if np.prod(np.maximum(shape, 0)) > MAX_PROPAGATED_ELEMENTS:
+            return False
+    return True
 
 
 BIG_INITIALIZER = DETACH_MIN_ELEMENTS   # elements: weights. Shape/axes constants, whose values data propagation reads, are smaller
