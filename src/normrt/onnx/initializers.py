@@ -48,6 +48,50 @@ def detachable(value):
     return True
 
 
+def detach(model):
+    """(a new ModelProto whose big top-level initializers are stubs, {name: ndarray} of their values).
+
+    A new proto, not `model` edited: protobuf keeps a message's bytes until the
+    whole message is freed, so only dropping `model` (the caller's last
+    reference) gives the weights' bytes back.
+    """
+    graph = model.graph
+    kept, arrays = [], {}
+    for t in graph.initializer:
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        if n > DETACH_MIN_ELEMENTS:
+            value = _read(t, n)
+            if detachable(value):
+                arrays[t.name] = value
+                kept.append(stub(t.name, value))
+                continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(t)
+        kept.append(copy)
+    del graph.initializer[:]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.initializer.extend(kept)
+    return out, arrays
+
+
+def _read(tensor, n):
+    """numpy_helper.to_array, its size checked (model_checks leaves big raw_data to this read)."""
+    try:
+        value = numpy_helper.to_array(tensor)
+        if value.size == n:
+            return value
+    except ValueError:
+        pass
+    from ..errors import ModelError
+    got = len(tensor.raw_data) if tensor.HasField("raw_data") else "?"
+    raise ModelError(f"initializer {tensor.name!r}: raw_data holds {got} bytes, which do not make the "
+                     f"{n} {onnx.TensorProto.DataType.Name(tensor.data_type)} values its dims "
+                     f"{list(tensor.dims)} declare")
+
+
 def attach(model, arrays):
     """Fill `model`'s stub initializers (top-level graph) from `arrays` {name: ndarray}, in place."""
     graph = model.graph

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from ._graph import name_unnamed_nodes, subgraphs
-from .initializers import big_initializer_names, without_initializers
+from .initializers import attach, big_initializer_names, detach, without_initializers
 from .model_checks import Limits, check_attributes, check_model_data
 from .plan import topological_order
 
@@ -185,6 +185,13 @@ def load_model(model, limits=None):
     (model_checks.Limits; default: its defaults / environment) bounds the
     tensors the model may declare and how deep its subgraphs may nest.
     """
+    proto, arrays = load_detached(model, limits)
+    return attach(proto, arrays)
+
+
+def load_detached(model, limits=None):
+    """load_model's checked model as (ModelProto with stub initializers, {name: ndarray}):
+    the weights held once, as arrays (see normrt.onnx.initializers)."""
     if limits is None:
         limits = Limits()
     elif not isinstance(limits, Limits):
@@ -200,5 +207,6 @@ def load_model(model, limits=None):
     _normalize(proto)
     check_structure(proto)
     check_attributes(proto)
+    proto, arrays = detach(proto)     # the parsed proto (and its weights' bytes) is freed here
     check(proto, what)
-    return proto
+    return proto, arrays

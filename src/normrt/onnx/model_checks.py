@@ -134,8 +134,16 @@ def _typed_values(tensor):
     return name, count
 
 
-def check_tensor(tensor, what, limits, base_dir=None):
-    """One TensorProto: dims, size limit and data length (see the module docstring)."""
+# Reading raw_data copies it (protobuf has no view of its bytes; ByteSize() serializes the message):
+# a top-level initializer this big has its length checked when initializers.detach reads it.
+READ_LATER_MIN_BYTES = 1 << 20
+
+
+def check_tensor(tensor, what, limits, base_dir=None, read_later=False):
+    """One TensorProto: dims, size limit and data length (see the module docstring).
+
+    `read_later`: a top-level initializer, whose raw_data length initializers.detach
+    checks as it reads the bytes (for big ones; see READ_LATER_MIN_BYTES)."""
     what = f"{what} {tensor.name!r}" if tensor.name else what
     if not _known_type(tensor.data_type):
         raise ModelError(f"{what} has no known data type (data_type {tensor.data_type})")
@@ -154,9 +162,10 @@ def check_tensor(tensor, what, limits, base_dir=None):
         if bits is None:
             raise ModelError(f"{what}: raw_data cannot hold {_type_name(tensor.data_type)} values")
         expected = (n * bits + 7) // 8
-        # ByteSize() is cheap; reading raw_data copies it, so only do that when the size could match
-        if tensor.ByteSize() < expected or len(tensor.raw_data) != expected:
-            got = len(tensor.raw_data)
+        if read_later and expected > READ_LATER_MIN_BYTES:
+            return      # checked where its bytes are read anyway (initializers.detach): no extra copy
+        got = len(tensor.raw_data)
+        if got != expected:
             raise ModelError(f"{what}: raw_data holds {got} bytes, but dims {list(tensor.dims)} of "
                              f"{_type_name(tensor.data_type)} need {expected}")
         return
@@ -259,7 +268,7 @@ def _check_nodes(nodes, where, limits, base_dir, depth):
 def _check_graph(graph, limits, base_dir, depth):
     where = "" if depth == 0 else f" (in subgraph {graph.name!r})"
     for t in graph.initializer:
-        check_tensor(t, f"initializer{where}", limits, base_dir)
+        check_tensor(t, f"initializer{where}", limits, base_dir, read_later=depth == 0)
     for sp in graph.sparse_initializer:
         check_sparse(sp, f"sparse initializer{where}", limits, base_dir)
     _check_nodes(graph.node, where, limits, base_dir, depth)

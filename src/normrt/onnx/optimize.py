@@ -13,7 +13,7 @@ import onnx
 from ..errors import ModelError
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, name_unnamed_nodes, node_reads
 from .initializers import attach
-from .loader import check, check_structure, load_model
+from .loader import check, check_structure, load_detached
 from .passes import PassContext
 from .report import Report
 from .passes.constant_folding import ConstantFolding
@@ -77,15 +77,17 @@ def optimize_model(proto, passes=None):
     return attach(model, arrays), report
 
 
-def optimize_detached(proto, passes=None):
+def optimize_detached(proto, passes=None, constants=None):
     """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
 
+    `constants` are the values of `proto`'s stub initializers (loader.load_detached).
     The arrays are the only copy of the weights (see normrt.onnx.initializers):
     InferenceSession hands them to the executor as they are.
     """
     report = Report()
     proto = _inline_functions(proto)
-    ctx = PassContext(proto, report)
+    ctx = PassContext(proto, report, constants)
+    del constants
     removed = _remove_dead_nodes(ctx)
     ctx.commit()
     for p in (default_passes() if passes is None else passes):
@@ -123,6 +125,7 @@ def optimize(model, *, report=False, limits=None):
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
     """
-    proto = load_model(model, limits)
-    optimized, rep = optimize_model(proto)
+    proto, arrays = load_detached(model, limits)
+    optimized, rep, arrays = optimize_detached(proto, constants=arrays)
+    optimized = attach(optimized, arrays)
     return (optimized, rep.as_dict()) if report else optimized

@@ -1,6 +1,6 @@
 """InferenceSession: load, optimize, plan once; run many times.
 
-    model ─► loader.load_model ─► optimize_model ─► Executor(plan, bound nodes)
+    model ─► loader.load_detached ─► optimize_detached ─► Executor(plan, bound nodes, the weights' arrays)
     run(output_names, feed) ─► check feed against the graph inputs ─► Executor.run
 """
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ from .._threads import _check as _check_threads
 from .._threads import threads
 from ._graph import np_dtype, shape_list, type_string
 from .executor import Executor
-from .loader import load_model
+from .loader import load_detached
 from .initializers import attach
 from .optimize import optimize_detached
 
@@ -48,9 +48,9 @@ class InferenceSession:
 
     def __init__(self, model, *, num_threads=None, limits=None):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
-        proto = load_model(model, limits)
-        # the weights are held once, as the executor's arrays; the proto keeps stubs (optimized_model)
-        self._model, report, arrays = optimize_detached(proto)
+        # the weights are held once, as the executor's arrays; the protos keep stubs (optimized_model)
+        proto, arrays = load_detached(model, limits)
+        self._model, report, arrays = optimize_detached(proto, constants=arrays)
         del proto
         self.report = report.as_dict()
         self._executor = Executor(self._model, constants=arrays)

@@ -25,7 +25,8 @@ import onnx
 from onnx import numpy_helper
 
 from .._graph import NameGen, canonical_domain, node_reads, opset_versions
-from ..initializers import DETACH_MIN_ELEMENTS, big_initializer_names, detachable, stub, without_initializers
+from ..initializers import (DETACH_MIN_ELEMENTS, big_initializer_names, detachable, is_stub, stub,
+                            without_initializers)
 from ..report import Report
 
 
@@ -38,15 +39,18 @@ class ValueType:
 class PassContext:
     """The graph being rewritten (the ModelProto is rebuilt from it by `commit`)."""
 
-    def __init__(self, model, report=None):
+    def __init__(self, model, report=None, constants=None):
+        """`constants`: the values of `model`'s stub initializers (loader.load_detached)."""
         self.model = model
         self.graph = model.graph
         self.nodes = list(model.graph.node)
         self.opsets = opset_versions(model)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        given = constants or {}
+        self.constants = {t.name: given[t.name] if t.name in given else numpy_helper.to_array(t)
+                          for t in model.graph.initializer}
         # the arrays are the one copy of the weights: the proto keeps data-less stubs (see ..initializers)
         for i, t in enumerate(model.graph.initializer):
-            if detachable(self.constants[t.name]):
+            if not is_stub(t) and detachable(self.constants[t.name]):
                 model.graph.initializer[i].CopyFrom(stub(t.name, self.constants[t.name]))
         self.graph_inputs = {i.name for i in model.graph.input} - set(self.constants)
         self._initializer_names = set(self.constants)
