@@ -199,14 +199,23 @@ def _infer_shapes(model):
     return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
 
 
-# Data propagation materializes a ConstantOfShape's output as a value when its shape is a constant:
-# a long one (a crafted [2^40]) makes onnx's inference run for hours (found by fuzzing). Shape
-# vectors, which data propagation is for, are short.
+# Data propagation tracks a value per element of every 1-D tensor it meets: a ConstantOfShape whose
+# constant shape is [2^40], or a 1-D graph input declared [2^31 - 1], makes onnx's inference run for
+# hours (both found by fuzzing: tests/data/fuzz/hang-*). Shape vectors, which data propagation is
+# for, are short; ~1 us per element tracked.
 MAX_PROPAGATED_ELEMENTS = 1 << 12
+MAX_PROPAGATED_INPUT = 1 << 18
 
 
 def _data_propagation_is_bounded(model):
     graph = model.graph
+    for vi in graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else ()
+        if len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value > MAX_PROPAGATED_INPUT:
+            return False
+    for t in graph.initializer:
+        if len(t.dims) == 1 and t.dims[0] > MAX_PROPAGATED_INPUT:
+            return False
     values = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
