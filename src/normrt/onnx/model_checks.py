@@ -320,6 +320,11 @@ def _all_nodes(graph):
                     yield from _all_nodes(g)
 
 
+# (op, attribute) that must equal the node's number of outputs (Split-18's num_outputs against
+# 3 outputs aborted onnx's shape inference: an out-of-range std::vector index).
+_ATTRIBUTE_IS_OUTPUT_COUNT = {("Split", "num_outputs")}
+
+
 def check_attribute_ranges(proto):
     """Attribute values outside what the spec allows, which onnx's shape inference would trip on."""
     for node in _all_nodes(proto.graph):
@@ -329,6 +334,10 @@ def check_attribute_ranges(proto):
             low = _ATTRIBUTE_MINIMUM.get((node.op_type, a.name))
             if low is not None and a.type == AttributeProto.INT and a.i < low:
                 raise ModelError(f"node {node_label(node)}: attribute {a.name}={a.i} must be >= {low}")
+            if (node.op_type, a.name) in _ATTRIBUTE_IS_OUTPUT_COUNT and a.type == AttributeProto.INT \
+                    and a.i != len(node.output):
+                raise ModelError(f"node {node_label(node)}: attribute {a.name}={a.i} must equal its number of "
+                                 f"outputs ({len(node.output)})")
 
 
 def check_attributes(proto):
