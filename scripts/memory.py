@@ -156,9 +156,10 @@ def cmd_shapes(args):
     for rt in ("normrt", "ort"):
         r = _in_child("shapes", rt, args.runs, args.threads, args.max_batch, args.max_seq)
         rss = [f"{v:.0f}" for _, v in r["samples"]]
-        last = [v for _, v in r["samples"]]
-        print(f"{rt:7s} RSS: {' '.join(rss)}  (peak {r['peak']:.0f}; last 500 runs grew "
-              f"{last[-1] - last[len(last) // 2]:+.0f} MB; {r['seconds']:.0f} s)", flush=True)
+        vals = [v for _, v in r["samples"]]
+        half = len(vals) // 2
+        print(f"{rt:7s} RSS: {' '.join(rss)}  (process peak {r['peak']:.0f}; max over the first half "
+              f"{max(vals[:half + 1]):.0f}, over the second {max(vals[half:]):.0f}; {r['seconds']:.0f} s)", flush=True)
 
 
 def cmd_steady(args):

@@ -260,3 +260,19 @@ def test_session_holds_its_weights_once():
     optimized = normrt.optimize(model)
     assert not any(is_stub(t) for t in optimized.graph.initializer)
     onnx.checker.check_model(optimized)
+
+
+def test_attribute_values_onnx_inference_would_trip_on():
+    """Found by fuzzing (tests/data/fuzz/): onnx's C++ shape inference reads out of bounds on these."""
+    x, idx = vi("x", [2, 3]), vi("i", [2, 1], TensorProto.INT64)
+    gather = helper.make_node("GatherND", ["x", "i"], ["y"], name="gnd", batch_dims=-1)
+    model = helper.make_model(helper.make_graph([gather], "g", [x, idx], [vi("y", None)]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(normrt.ModelError, match=r"'gnd' \(GatherND\): attribute batch_dims=-1 must be >= 0"):
+        normrt.InferenceSession(model)
+    split = helper.make_node("Split", ["x"], ["a", "b", "c"], name="split", axis=1, num_outputs=2)
+    model = helper.make_model(helper.make_graph([split], "g", [x], [vi("a", None), vi("b", None), vi("c", None)]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(normrt.ModelError, match=r"'split' \(Split\): attribute num_outputs=2 must equal its number "
+                                                r"of outputs \(3\)"):
+        normrt.InferenceSession(model)
