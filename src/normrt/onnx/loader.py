@@ -1,11 +1,15 @@
 """Model loading: a path, bytes or ModelProto -> a checked ModelProto of our own.
 
-    path ──onnx.load(load_external_data, base dir of path)──┐
-    bytes ──ModelProto.ParseFromString──────────────────────┼─► structural check (plan: cycles,
-    ModelProto ──copy───────────────────────────────────────┘   dangling inputs) ─► onnx.checker
+    path ──onnx.load(base dir of path)──┐
+    bytes ──ModelProto.ParseFromString──┼─► model_checks (tensors' dims, data lengths, size and
+    ModelProto ──copy───────────────────┘   nesting limits) ─► external data ─► structure (plan:
+        cycles, dangling inputs) ─► attributes vs initializers ─► detach (weights -> arrays,
+        the parsed proto freed) ─► onnx.checker (without the weights' data)
 
-Everything that makes the model unusable raises normrt.ModelError saying
-what is wrong (and, where there is one, which node).
+`load_detached` returns the stub proto and the arrays (what InferenceSession
+keeps), `load_model` a whole ModelProto. Everything that makes the model
+unusable raises normrt.ModelError saying what is wrong (and, where there is
+one, which tensor or node).
 """
 import os
 

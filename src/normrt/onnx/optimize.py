@@ -124,6 +124,7 @@ def optimize(model, *, report=False, limits=None):
     (one entry per normalization: op or pattern, node names, normrt op, kernel,
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
+    `limits` (normrt.Limits) bounds the tensors and subgraph nesting the model may declare.
     """
     proto, arrays = load_detached(model, limits)
     optimized, rep, arrays = optimize_detached(proto, constants=arrays)
