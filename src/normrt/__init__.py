@@ -17,7 +17,7 @@ from .api.softmax import softmax
 from .api.gemm import matmul, pack_matmul_weight, PackedMatmulWeight
 from .api.conv import conv2d, pack_conv_weight, PackedConvWeight
 from .api.attention import attention
-from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
+from .onnx import InferenceSession, Limits, optimize  # (normrt.onnx also loads the normrt.backend module)
 from .scaleout import PartialMoments, recalibrate_batch_norm
 
 __version__ = "0.1.0"

@@ -259,8 +259,8 @@ def test_gelu_tanh():
     _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Gelu")])
 
 
-def _check_reason(model):
-    ctx = PassContext(load_model(model))
+def _check_reason(model, loaded=True):
+    ctx = PassContext(load_model(model) if loaded else model)
     p = ConvEpilogue()
     (m,) = list(p.matches(ctx))
     reason = p.check(ctx, m)
@@ -277,7 +277,10 @@ def test_check_refuses_same_padding_of_dynamic_spatial_shape():
 def test_check_refuses_kernel_shape_mismatch():
     model = conv_model([mk("Relu", ["c"], ["y"], name="act")], conv_attrs={"kernel_shape": [3, 3]}, y_shape=None)
     model.graph.node[0].attribute[0].CopyFrom(helper.make_attribute("kernel_shape", [2, 2]))
-    assert "kernel_shape" in _check_reason(model)
+    # the loader refuses it (model_checks.check_attributes); the pass refuses it on its own too
+    with pytest.raises(normrt.ModelError, match="kernel_shape"):
+        load_model(model)
+    assert "kernel_shape" in _check_reason(model, loaded=False)
 
 
 def test_check_refuses_negative_pads():

@@ -12,9 +12,10 @@ domain (the 'normrt' custom ops), kernels (normrt op -> kernel call, the only
 caller of the kernels here), plan, executor, fallback (onnx.reference),
 report (what optimize did), session (InferenceSession), optimize.
 """
+from .model_checks import Limits
 from .optimize import optimize
 from .session import InferenceSession, NodeArg
 
 from .. import backend  # noqa: E402,F401 - so `normrt.backend` exists after `import normrt`
 
-__all__ = ["InferenceSession", "NodeArg", "optimize"]
+__all__ = ["InferenceSession", "Limits", "NodeArg", "optimize"]

@@ -224,13 +224,17 @@ class Trace:
 class Executor:
     """Runs a checked model's graph. `steps` is the load-time plan with each node's binding."""
 
-    def __init__(self, model, *, specialize=True):
+    def __init__(self, model, constants=None, *, specialize=True):
+        """`constants` {name: ndarray}: the initializers' values where `model` holds data-less stubs
+        (normrt.onnx.initializers; the session's one copy of its weights)."""
         self.model = model
         graph = model.graph
         self.opsets = {canonical_domain(o.domain): o.version for o in model.opset_import}
         self.functions = function_evaluators(model.functions) if len(model.functions) else []
         self.plan = build_plan(graph)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        given = constants or {}
+        self.constants = {t.name: given[t.name] if t.name in given else numpy_helper.to_array(t)
+                          for t in graph.initializer}
         for value in self.constants.values():
             value.flags.writeable = False     # shared by every run: an op writing into one is a bug
         self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)

@@ -1,11 +1,15 @@
 """Model loading: a path, bytes or ModelProto -> a checked ModelProto of our own.
 
-    path ──onnx.load(load_external_data, base dir of path)──┐
-    bytes ──ModelProto.ParseFromString──────────────────────┼─► structural check (plan: cycles,
-    ModelProto ──copy───────────────────────────────────────┘   dangling inputs) ─► onnx.checker
+    path ──onnx.load(base dir of path)──┐
+    bytes ──ModelProto.ParseFromString──┼─► model_checks (tensors' dims, data lengths, size and
+    ModelProto ──copy───────────────────┘   nesting limits) ─► external data ─► structure (plan:
+        cycles, dangling inputs) ─► attributes vs initializers ─► detach (weights -> arrays,
+        the parsed proto freed) ─► onnx.checker (without the weights' data)
 
-Everything that makes the model unusable raises normrt.ModelError saying
-what is wrong (and, where there is one, which node).
+`load_detached` returns the stub proto and the arrays (what InferenceSession
+keeps), `load_model` a whole ModelProto. Everything that makes the model
+unusable raises normrt.ModelError saying what is wrong (and, where there is
+one, which tensor or node).
 """
 import os
 
@@ -16,6 +20,8 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from ._graph import name_unnamed_nodes, subgraphs
+from .initializers import attach, big_initializer_names, detach, without_initializers
+from .model_checks import Limits, check_attributes, check_model_data
 from .plan import topological_order
 
 
@@ -70,16 +76,31 @@ def _graphs(graph):
 
 
 def _sparse_to_dense(sp):
-    values = numpy_helper.to_array(sp.values)
-    indices = numpy_helper.to_array(sp.indices).astype(np.int64)
-    dims = tuple(sp.dims)
-    dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
-    if indices.ndim == 1:
-        dense[indices] = values.reshape(-1)
+    """The dense initializer of a (checked: model_checks.check_sparse) SparseTensorProto."""
+    name = sp.values.name
+    values = numpy_helper.to_array(sp.values).reshape(-1)
+    indices = numpy_helper.to_array(sp.indices)
+    dims = tuple(int(d) for d in sp.dims)
+    size = int(np.prod(dims)) if dims else 1
+    if indices.dtype.kind not in "iu":
+        raise ModelError(f"sparse initializer {name!r}: indices must be integers, got {indices.dtype}")
+    indices = indices.astype(np.int64)
+    flat_ok = indices.ndim == 1 and indices.shape[0] == values.shape[0]
+    coord_ok = indices.ndim == 2 and indices.shape == (values.shape[0], len(dims))
+    if not (flat_ok or coord_ok):
+        raise ModelError(f"sparse initializer {name!r}: indices of shape {list(indices.shape)} do not match "
+                         f"{values.shape[0]} values of a tensor of dims {list(dims)} "
+                         f"(expected [{values.shape[0]}] or [{values.shape[0]}, {len(dims)}])")
+    bound = np.array(dims if coord_ok else [size], np.int64)
+    if indices.size and (np.any(indices < 0) or np.any(indices >= bound)):
+        raise ModelError(f"sparse initializer {name!r}: an index is outside its dims {list(dims)}")
+    dense = np.zeros(size, dtype=values.dtype)
+    if flat_ok:
+        dense[indices] = values
     else:
         dense = dense.reshape(dims)
-        dense[tuple(indices.T)] = values.reshape(-1)
-    return numpy_helper.from_array(dense.reshape(dims), sp.values.name)
+        dense[tuple(indices.T)] = values
+    return numpy_helper.from_array(dense.reshape(dims), name)
 
 
 def _normalize(proto):
@@ -138,6 +159,9 @@ def check(proto, what="model"):
     Deprecated standard ops (GroupNormalization-18 is deprecated in onnx 1.23,
     yet exported models carry it) are accepted: the rest of the model is checked.
     """
+    # the checker serializes the model and parses it again: without the weights' data (checked by
+    # model_checks on every path) that costs kilobytes, not twice the model
+    proto = without_initializers(proto, big_initializer_names(proto.graph))
     if proto.ByteSize() > 2**31 - 2**20:
         return  # in-memory checking of >2GB protos is not possible; the structure was checked
     try:
@@ -157,19 +181,36 @@ def check(proto, what="model"):
     raise ModelError(f"{what} fails onnx.checker: {' '.join(first[:6])}")
 
 
-def load_model(model):
+def load_model(model, limits=None):
     """A path (external data read from its directory), bytes or ModelProto as a checked ModelProto.
 
     The result is a copy in canonical form: unnamed nodes named, sparse
-    initializers densified, nodes in topological order.
+    initializers densified, nodes in topological order. `limits`
+    (model_checks.Limits; default: its defaults / environment) bounds the
+    tensors the model may declare and how deep its subgraphs may nest.
     """
+    proto, arrays = load_detached(model, limits)
+    return attach(proto, arrays)
+
+
+def load_detached(model, limits=None):
+    """load_model's checked model as (ModelProto with stub initializers, {name: ndarray}):
+    the weights held once, as arrays (see normrt.onnx.initializers)."""
+    if limits is None:
+        limits = Limits()
+    elif not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a normrt.Limits, got {type(limits).__name__}")
     proto, base_dir = _read(model)
     what = f"model {os.fspath(model)!r}" if base_dir is not None else "model"
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise ModelError(f"{what} is not a valid ONNX model (truncated or not ONNX): "
                          f"it has no {'graph' if not proto.HasField('graph') else 'ir_version'}")
+    # before anything is decoded or read from disk: onnx.checker does not see the weights' data
+    check_model_data(proto, limits, base_dir)
     _load_external(proto, base_dir, what)
     _normalize(proto)
     check_structure(proto)
+    check_attributes(proto)
+    proto, arrays = detach(proto)     # the parsed proto (and its weights' bytes) is freed here
     check(proto, what)
-    return proto
+    return proto, arrays

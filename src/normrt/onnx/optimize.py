@@ -12,7 +12,8 @@ import onnx
 
 from ..errors import ModelError
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, name_unnamed_nodes, node_reads
-from .loader import check, check_structure, load_model
+from .initializers import attach
+from .loader import check, check_structure, load_detached
 from .passes import PassContext
 from .report import Report
 from .passes.constant_folding import ConstantFolding
@@ -72,9 +73,21 @@ def _remove_dead_nodes(ctx):
 
 def optimize_model(proto, passes=None):
     """(optimized ModelProto, Report) of an already loaded and checked ModelProto (modified in place)."""
+    model, report, arrays = optimize_detached(proto, passes)
+    return attach(model, arrays), report
+
+
+def optimize_detached(proto, passes=None, constants=None):
+    """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
+
+    `constants` are the values of `proto`'s stub initializers (loader.load_detached).
+    The arrays are the only copy of the weights (see normrt.onnx.initializers):
+    InferenceSession hands them to the executor as they are.
+    """
     report = Report()
     proto = _inline_functions(proto)
-    ctx = PassContext(proto, report)
+    ctx = PassContext(proto, report, constants)
+    del constants
     removed = _remove_dead_nodes(ctx)
     ctx.commit()
     for p in (default_passes() if passes is None else passes):
@@ -100,10 +113,10 @@ def optimize_model(proto, passes=None):
     except ModelError as e:
         raise RuntimeError(f"normrt.optimize produced an invalid graph (a bug): {e}") from e
     check(model, "optimized model")
-    return model, report
+    return model, report, ctx.constants
 
 
-def optimize(model, *, report=False):
+def optimize(model, *, report=False, limits=None):
     """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
 
     Every normalization the kernels can take becomes a node of domain 'normrt'
@@ -113,7 +126,9 @@ def optimize(model, *, report=False):
     (one entry per normalization: op or pattern, node names, normrt op, kernel,
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
+    `limits` (normrt.Limits) bounds the tensors and subgraph nesting the model may declare.
     """
-    proto = load_model(model)
-    optimized, rep = optimize_model(proto)
+    proto, arrays = load_detached(model, limits)
+    optimized, rep, arrays = optimize_detached(proto, constants=arrays)
+    optimized = attach(optimized, arrays)
     return (optimized, rep.as_dict()) if report else optimized

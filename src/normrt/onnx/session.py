@@ -1,6 +1,6 @@
 """InferenceSession: load, optimize, plan once; run many times.
 
-    model ─► loader.load_model ─► optimize_model ─► Executor(plan, bound nodes)
+    model ─► loader.load_detached ─► optimize_detached ─► Executor(plan, bound nodes, the weights' arrays)
     run(output_names, feed) ─► check feed against the graph inputs ─► Executor.run
 """
 import hashlib
@@ -14,8 +14,9 @@ from .._threads import _check as _check_threads
 from .._threads import threads
 from ._graph import np_dtype, shape_list, type_string
 from .executor import Executor
-from .loader import load_model
-from .optimize import optimize_model
+from .loader import load_detached
+from .initializers import attach
+from .optimize import optimize_detached
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class InferenceSession:
     the GEMMs of Conv/MatMul/Gemm (normrt's private OpenBLAS, ops/_blas.py)
     and the numpy-level splits of big elementwise/attention work.
 
+    `limits` (normrt.Limits) bounds what the model may declare: the largest
+    tensor (`max_tensor_bytes`) and how deep subgraphs nest (`max_subgraph_depth`).
+
     Initializers are constants (folded and rewritten at load): one that the
     graph also lists among its inputs (IR < 4 models do) is not a feed.
     After loading, `optimized_model` is the model that runs, `report` what
@@ -53,15 +57,17 @@ class InferenceSession:
     kept serialized.
     """
 
-    def __init__(self, model, *, num_threads=None):
+    def __init__(self, model, *, num_threads=None, limits=None):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
-        proto = load_model(model)
-        # before optimize_model, which rewrites the proto in place (external data is inlined by now)
-        self._model_source = _pickle_source(model, proto)
-        self.optimized_model, report = optimize_model(proto)
+        # the weights are held once, as the executor's arrays; the protos keep stubs (optimized_model)
+        proto, arrays = load_detached(model, limits)
+        self._model_source = _pickle_source(model)
+        self._model, report, arrays = optimize_detached(proto, constants=arrays)
+        del proto
         self.report = report.as_dict()
-        self._executor = Executor(self.optimized_model)
-        graph = self.optimized_model.graph
+        self._executor = Executor(self._model, constants=arrays)
+        del arrays
+        graph = self._model.graph
         feedable = set(self._executor.input_names)
         self._inputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type))
                         for vi in graph.input if vi.name in feedable]
@@ -69,7 +75,22 @@ class InferenceSession:
         self._outputs = [NodeArg(vi.name, shape_list(vi.type), type_string(vi.type)) for vi in graph.output]
 
     def __reduce__(self):
-        return (_rebuild_session, (self._model_source.read(), {"num_threads": self._num_threads}))
+        data = self._model_source.read() if self._model_source is not None else None
+        if data is None:
+            try:
+                data = self.optimized_model.SerializeToString()
+            except ValueError:      # protobuf refuses messages over 2 GiB
+                raise TypeError("this InferenceSession cannot be pickled: its model is over "
+                                "protobuf's 2 GiB limit") from None
+        return (_rebuild_session, (data, {"num_threads": self._num_threads}))
+
+    @property
+    def optimized_model(self):
+        """The model that runs, as a full ModelProto (built on each access: the session itself keeps
+        its weights only once, as the executor's arrays)."""
+        full = type(self._model)()
+        full.CopyFrom(self._model)
+        return attach(full, self._executor.constants)
 
     def get_inputs(self):
         return list(self._inputs)
@@ -173,14 +194,14 @@ class InferenceSession:
 
 
 class _PickleSource:
-    """Where a session's model bytes come from when it is pickled."""
+    """The bytes a session loaded, for pickling it without a second copy of its weights:
+    the bytes object it was given, or its model file, read again (and checked against
+    its sha256) when pickled. None from read(): pickle the optimized model instead."""
 
-    def __init__(self, data=None, path=None, digest=None, error=None):
-        self.data, self.path, self.digest, self.error = data, path, digest, error
+    def __init__(self, data=None, path=None, digest=None):
+        self.data, self.path, self.digest = data, path, digest
 
     def read(self):
-        if self.error is not None:
-            raise TypeError(f"this InferenceSession cannot be pickled: {self.error}")
         if self.data is not None:
             return self.data
         with open(self.path, "rb") as f:
@@ -188,6 +209,10 @@ class _PickleSource:
         if hashlib.sha256(data).digest() != self.digest:
             raise TypeError(f"this InferenceSession cannot be pickled: its model file {self.path!r} "
                             "changed since the session loaded it")
+        from onnx.external_data_helper import uses_external_data
+        proto = onnx.load_model_from_string(data, load_external_data=False)
+        if any(uses_external_data(t) for t in proto.graph.initializer):
+            return None       # the file alone is not the model: its tensors live in other files
         return data
 
 
@@ -199,19 +224,13 @@ def _file_digest(path):
     return h.digest()
 
 
-def _pickle_source(model, proto):
+def _pickle_source(model):
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return _PickleSource(data=bytes(model))       # bytes: no copy; others: one copy, read-only
+        return _PickleSource(data=bytes(model))       # bytes: the same object, no copy
     if isinstance(model, (str, os.PathLike)):
-        # the file alone is the model unless tensors came from other files: then the
-        # loaded proto (external data inlined) is far bigger than the file
         path = os.path.abspath(model)
-        if proto.ByteSize() <= os.path.getsize(path) + (1 << 16):
-            return _PickleSource(path=path, digest=_file_digest(path))
-    try:
-        return _PickleSource(data=proto.SerializeToString())
-    except ValueError:      # protobuf refuses messages over 2 GiB
-        return _PickleSource(error="its model is over protobuf's 2 GiB limit")
+        return _PickleSource(path=path, digest=_file_digest(path))
+    return None       # a ModelProto: the optimized model is pickled (the caller's proto may change)
 
 
 def _rebuild_session(model_bytes, options):

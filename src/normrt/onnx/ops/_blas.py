@@ -302,10 +302,10 @@ def _cached(arr, key, pack):
     packed = pack()
     ident = id(arr)
 
-    def drop(ref, ident=ident):
-        cur = _packed.get(ident)
+    def drop(ref, ident=ident, table=_packed):     # bound now: module globals are gone at exit
+        cur = table.get(ident)
         if cur is not None and cur[0] is ref:
-            del _packed[ident]
+            del table[ident]
 
     _packed[ident] = (weakref.ref(arr, drop), key, packed)
     return packed

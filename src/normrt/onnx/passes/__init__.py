@@ -25,6 +25,8 @@ import onnx
 from onnx import numpy_helper
 
 from .._graph import NameGen, canonical_domain, node_reads, opset_versions
+from ..initializers import (DETACH_MIN_ELEMENTS, big_initializer_names, detachable, is_stub, stub,
+                            without_initializers)
 from ..report import Report
 
 
@@ -37,12 +39,19 @@ class ValueType:
 class PassContext:
     """The graph being rewritten (the ModelProto is rebuilt from it by `commit`)."""
 
-    def __init__(self, model, report=None):
+    def __init__(self, model, report=None, constants=None):
+        """`constants`: the values of `model`'s stub initializers (loader.load_detached)."""
         self.model = model
         self.graph = model.graph
         self.nodes = list(model.graph.node)       # builds the use-def index (see `nodes`)
         self.opsets = opset_versions(model)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        given = constants or {}
+        self.constants = {t.name: given[t.name] if t.name in given else numpy_helper.to_array(t)
+                          for t in model.graph.initializer}
+        # the arrays are the one copy of the weights: the proto keeps data-less stubs (see ..initializers)
+        for i, t in enumerate(model.graph.initializer):
+            if not is_stub(t) and detachable(self.constants[t.name]):
+                model.graph.initializer[i].CopyFrom(stub(t.name, self.constants[t.name]))
         self.graph_inputs = {i.name for i in model.graph.input} - set(self.constants)
         self._initializer_names = set(self.constants)
         self.graph_outputs = [o.name for o in model.graph.output]
@@ -260,7 +269,9 @@ class PassContext:
                 present.add(name)
         for name, value in self.constants.items():
             if name in used and name not in present:
-                self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+                value = np.asarray(value)
+                self.graph.initializer.append(stub(name, value) if detachable(value)
+                                              else numpy_helper.from_array(value, name))
         self.constants = {k: v for k, v in self.constants.items() if k in used}
         self._initializer_names |= set(self.constants)
         # initializers are constants in normrt: drop them from the inputs (IR < 4 lists them there)
@@ -286,13 +297,53 @@ def _value_type(tp):
 def _infer_shapes(model):
     """onnx shape inference with data propagation (Shape -> Gather -> Concat -> Reshape targets
     become static shapes, as the legacy exporter writes them), without it if that fails."""
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - retried without data propagation
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+    if _data_propagation_is_bounded(model):
+        try:
+            return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - retried without data propagation
+            pass
+    return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
 
 
-BIG_INITIALIZER = 1 << 12      # elements: weights. Shape/axes constants, whose values data propagation reads, are smaller
+# Data propagation tracks a value per element of every 1-D tensor it meets: a ConstantOfShape whose
+# constant shape is [2^40], or a 1-D graph input declared [2^31 - 1], makes onnx's inference run for
+# hours (both found by fuzzing: tests/data/fuzz/hang-*). Shape vectors, which data propagation is
+# for, are short; ~1 us per element tracked.
+MAX_PROPAGATED_ELEMENTS = 1 << 12
+MAX_PROPAGATED_INPUT = 1 << 18
+
+
+def _data_propagation_is_bounded(model):
+    graph = model.graph
+    for vi in graph.input:
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else ()
+        if len(dims) == 1 and dims[0].HasField("dim_value") and dims[0].dim_value > MAX_PROPAGATED_INPUT:
+            return False
+    for t in graph.initializer:
+        if len(t.dims) == 1 and t.dims[0] > MAX_PROPAGATED_INPUT:
+            return False
+    values = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    values[node.output[0]] = a.t
+    for node in graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in values:
+            continue
+        t = values[node.input[0]]
+        if int(np.prod(t.dims)) > 8:
+            return False
+        try:
+            shape = numpy_helper.to_array(t).astype(np.float64)
+        except Exception:  # noqa: BLE001 - not readable: inference will refuse it anyway
+            return False
+        if np.prod(np.maximum(shape, 0)) > MAX_PROPAGATED_ELEMENTS:
+            return False
+    return True
+
+
+BIG_INITIALIZER = DETACH_MIN_ELEMENTS   # elements: weights. Shape/axes constants, whose values data propagation reads, are smaller
 
 
 def _without_initializer_data(model):
@@ -301,22 +352,7 @@ def _without_initializer_data(model):
     Inference serializes the model it is given: without the weights that is
     kilobytes instead of (for ResNet-50) 100 MB, for every pass that rewrote something.
     """
-    big = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) > BIG_INITIALIZER}
-    if not big:
-        return model
-    m = onnx.ModelProto(ir_version=model.ir_version)
-    m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    g, src = m.graph, model.graph
-    g.name = src.name
-    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
-        getattr(g, field).extend(getattr(src, field))
-    g.initializer.extend(t for t in src.initializer if t.name not in big)
-    have = {i.name for i in g.input}
-    for t in src.initializer:
-        if t.name in big and t.name not in have:
-            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return m
+    return without_initializers(model, big_initializer_names(model.graph))
 
 
 class GraphPass:

@@ -18,6 +18,7 @@ Refused (left in the graph):
 - nodes whose evaluation fails (the error surfaces when the model runs).
 """
 import numpy as np
+import onnx
 
 from .._graph import implicit_inputs
 from ..executor import evaluate_node
@@ -44,6 +45,21 @@ class ConstantFolding(GraphPass):
             return "writes a graph output"
         return None
 
+    def _declares_huge_output(self, ctx, node, reads):
+        """Whether shape inference already says the outputs are too big to fold (see run)."""
+        out_bytes = 0
+        for o in node.output:
+            shape, elem = ctx.shape(o), ctx.elem_type(o)
+            if not o or shape is None or not elem or not all(isinstance(d, int) for d in shape):
+                continue
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem).itemsize
+            except (KeyError, TypeError, ValueError):
+                continue
+            out_bytes += float(np.prod([max(d, 0) for d in shape], dtype=np.float64)) * itemsize
+        in_bytes = sum(ctx.constants[n].nbytes for n in reads)
+        return out_bytes > self.max_folded_bytes and out_bytes > MAX_GROWTH * max(in_bytes, 1)
+
     def run(self, ctx):
         count = 0
         graph_outputs = set(ctx.graph_outputs)
@@ -56,6 +72,9 @@ class ConstantFolding(GraphPass):
                 continue
             if self.check_node(ctx, node, graph_outputs):
                 kept.append(node)
+                continue
+            if self._declares_huge_output(ctx, node, reads + implicit):
+                kept.append(node)     # not even evaluated: a crafted ConstantOfShape could ask for terabytes
                 continue
             args = [ctx.constants[n] if n else None for n in node.input]
             try:
