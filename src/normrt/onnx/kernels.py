@@ -67,6 +67,15 @@ def _rms_norm(attrs, n_out, x, scale=None, residual=None):
     return (y,) if n_out == 1 else (y, total)
 
 
+def _channel_norm(attrs, n_out, x, scale=None, bias=None):
+    mode = attrs.get("mode", "layer")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    fn = {"layer": _normrt().layer_norm_2d, "rms": _normrt().rms_norm_2d}.get(mode)
+    if fn is None:
+        raise ModelError(f"normrt ChannelNorm mode must be 'layer' or 'rms', got {mode!r}")
+    return (fn(x, scale, bias, eps=attrs.get("epsilon", 1e-6), activation=_act(attrs)),)
+
+
 def _instance_norm(attrs, n_out, x, scale=None, bias=None):
     return (_normrt().instance_norm(x, scale, bias, eps=attrs.get("epsilon", 1e-5), activation=_act(attrs)),)
 
@@ -167,6 +176,7 @@ def _matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):
 
 CALLS = {
     "BatchNorm": _batch_norm, "LayerNorm": _layer_norm, "RMSNorm": _rms_norm, "InstanceNorm": _instance_norm,
+    "ChannelNorm": _channel_norm,
     "GroupNorm": _group_norm, "MeanVarianceNorm": _mean_variance_norm, "LpNorm": _lp_norm, "LRN": _lrn,
     "AdaIN": _adain, "Attention": _attention, "Conv": _conv, "MatMul": _matmul,
 }
