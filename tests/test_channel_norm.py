@@ -21,7 +21,8 @@ def ref_channel_norm(x, scale=None, bias=None, eps=1e-6, act=None, rms=False, sh
         h = h - shift
         mean = h.mean(axis=1, keepdims=True)
         var = ((h - mean) ** 2).mean(axis=1, keepdims=True)
-        y = (h - mean) / np.sqrt(var + eps)
+        with np.errstate(invalid="ignore", divide="ignore"):     # C = 1, eps = 0: 0 / 0
+            y = (h - mean) / np.sqrt(var + eps)
     if scale is not None:
         y = y * np.asarray(scale, np.float64).reshape(bshape)
     if bias is not None:
