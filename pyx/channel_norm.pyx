@@ -7,12 +7,13 @@ n and a block of BW consecutive positions, and every loop runs along the
 positions, so the vector lanes are BW independent statistics and each x[n, c,
 block] is one contiguous span.
 
-Numerics: float64 lane accumulators (float32 input widens exactly). LayerNorm
-is two-pass over deviations from a shift, the position's first channel: a
-constant position gives deviations of exactly 0 (the output is exactly the
-bias), and offsets of 1e7 cost no digits. Each position's sums run over c in
-order, whichever item or thread holds it, so results are bitwise identical
-for any thread count and any block width.
+Numerics: float64 accumulators (float32 input widens exactly). LayerNorm sums
+the deviations from a shift, the position's first channel, and their squares
+in one pass (the bound on cancellation is in layer_norm_block): a constant
+position gives deviations of exactly 0 (the output is exactly the bias), and
+offsets of 1e7 cost no digits. Each position's sums run over c in order,
+whichever item or thread holds it, so results are bitwise identical for any
+thread count.
 
 Python (normrt.api.channel_norm) checks every argument; these kernels check
 only the buffer shapes they are given and raise ValueError before computing.
@@ -24,76 +25,113 @@ from moments cimport real, team_size, activate_span
 
 
 cdef enum:
-    # positions per work item: 3 double arrays of BW fit in a few vector
-    # registers' worth of L1, and a (C, BW) block of x stays in L2 between the
-    # passes for C up to a few thousand
-    BW = 64
+    # most positions per work item (the size of the per-position arrays)
+    BW = 256
+    # bytes of x a work item spans, so that its (C, width) block is still in
+    # cache when the output pass reads it again
+    BLOCK_BYTES = 49152
 
 
 cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
                            const real* scale, const real* bias, double eps, int act) noexcept nogil:
-    """Positions [0, w) of one sample: x and y point at x[n, 0, s0], stride S between channels."""
+    """Positions [0, w) of one sample: x and y point at x[n, 0, s0], stride S between channels.
+
+    Statistics from sums shifted by the first channel's value (exact in
+    float64 for float32 input). Since the shift is one of the C values,
+    (shift - mean)^2 <= C * var: the variance loses at most log10(C + 1)
+    decimal digits of float64 to cancellation, whatever the offset, and a
+    constant position gives deviations of exactly 0.
+    """
     cdef double shift[BW]
-    cdef double mean[BW]    # mean of x - shift
-    cdef double acc[BW]
-    cdef double d, a, b
+    cdef double s1[BW]
+    cdef double rstd[BW]
+    cdef double d, d1, d2, d3, a, b, m
     cdef Py_ssize_t c, j
     cdef const real* xc
     cdef real* yc
     for j in range(w):
         shift[j] = x[j]
-        acc[j] = 0.0
-    # pass 1: sum of deviations from the shift
-    for c in range(1, C):
+        s1[j] = 0.0
+        rstd[j] = 0.0
+    c = 1
+    while c + 4 <= C:
+        # four channels per sweep: the sums are loaded and stored once for four
+        # additions (still in channel order, so the result is the plain loop's)
         xc = x + c * S
         for j in range(w):
-            acc[j] += <double>xc[j] - shift[j]
-    for j in range(w):
-        mean[j] = acc[j] / C
-        acc[j] = 0.0
-    # pass 2: sum of squared deviations from the mean (exact two-pass variance)
-    for c in range(C):
+            d = <double>xc[j] - shift[j]
+            d1 = <double>xc[j + S] - shift[j]
+            d2 = <double>xc[j + 2 * S] - shift[j]
+            d3 = <double>xc[j + 3 * S] - shift[j]
+            s1[j] = (((s1[j] + d) + d1) + d2) + d3
+            rstd[j] = (((rstd[j] + d * d) + d1 * d1) + d2 * d2) + d3 * d3
+        c += 4
+    while c < C:
         xc = x + c * S
         for j in range(w):
-            d = (<double>xc[j] - shift[j]) - mean[j]
-            acc[j] += d * d
+            d = <double>xc[j] - shift[j]
+            s1[j] += d
+            rstd[j] += d * d
+        c += 1
     for j in range(w):
-        acc[j] = 1.0 / sqrt(acc[j] / C + eps)    # now the inverse standard deviation
-    # pass 3: output, one channel span at a time (per-channel scale and bias are scalars here)
+        m = s1[j] / C                       # mean - shift
+        d = rstd[j] / C - m * m             # variance
+        rstd[j] = 1.0 / sqrt((0.0 if d < 0.0 else d) + eps)   # (NaN, from an inf, stays NaN)
+        if real is float:
+            shift[j] += m                   # the mean: x - mean in float64 is exact enough for float32
+            s1[j] = 0.0
+        else:
+            s1[j] = m                       # float64 keeps shift and mean - shift apart
+    # output, one channel span at a time (per-channel scale and bias are scalars here)
     for c in range(C):
         xc = x + c * S
         yc = y + c * S
         a = scale[c] if scale != NULL else 1.0
         b = bias[c] if bias != NULL else 0.0
-        for j in range(w):
-            yc[j] = <real>(((<double>xc[j] - shift[j]) - mean[j]) * acc[j] * a + b)
+        if real is float:
+            for j in range(w):
+                yc[j] = <real>((<double>xc[j] - shift[j]) * rstd[j] * a + b)
+        else:
+            for j in range(w):
+                yc[j] = <real>(((<double>xc[j] - shift[j]) - s1[j]) * rstd[j] * a + b)
         activate_span(yc, w, act)
 
 
 cdef void rms_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
                          const real* scale, const real* bias, double eps, int act) noexcept nogil:
     """RMSNorm of positions [0, w) of one sample (no centring: PixelNorm)."""
-    cdef double acc[BW]
-    cdef double v, a, b
+    cdef double rinv[BW]
+    cdef double v, v1, v2, v3, a, b
     cdef Py_ssize_t c, j
     cdef const real* xc
     cdef real* yc
     for j in range(w):
-        acc[j] = 0.0
-    for c in range(C):
+        rinv[j] = 0.0
+    c = 0
+    while c + 4 <= C:
         xc = x + c * S
         for j in range(w):
             v = xc[j]
-            acc[j] += v * v
+            v1 = xc[j + S]
+            v2 = xc[j + 2 * S]
+            v3 = xc[j + 3 * S]
+            rinv[j] = (((rinv[j] + v * v) + v1 * v1) + v2 * v2) + v3 * v3
+        c += 4
+    while c < C:
+        xc = x + c * S
+        for j in range(w):
+            v = xc[j]
+            rinv[j] += v * v
+        c += 1
     for j in range(w):
-        acc[j] = 1.0 / sqrt(acc[j] / C + eps)
+        rinv[j] = 1.0 / sqrt(rinv[j] / C + eps)
     for c in range(C):
         xc = x + c * S
         yc = y + c * S
         a = scale[c] if scale != NULL else 1.0
         b = bias[c] if bias != NULL else 0.0
         for j in range(w):
-            yc[j] = <real>(<double>xc[j] * acc[j] * a + b)
+            yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
         activate_span(yc, w, act)
 
 
@@ -103,7 +141,9 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
                  bias=None,                 # IN  (C,) x.dtype, or None
                  double eps=1e-6, int act=0, bint rms=False, int n_threads=1):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t nb = (S + BW - 1) // BW, item, n, s0, w
+    # positions per item: any width gives the same bits (positions are independent)
+    cdef Py_ssize_t bw = max(16, min(<Py_ssize_t>BW, BLOCK_BYTES // max(1, C * <Py_ssize_t>sizeof(real)) // 16 * 16))
+    cdef Py_ssize_t nb = (S + bw - 1) // bw, item, n, s0, w
     cdef const real[::1] scale_v, bias_v
     cdef const real* scale_p = NULL
     cdef const real* bias_p = NULL
@@ -127,8 +167,8 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
     # one item = (sample, block of positions); items never share an output element
     for item in prange(N * nb, nogil=True, schedule="static", num_threads=n_threads):
         n = item // nb
-        s0 = (item % nb) * BW
-        w = min(<Py_ssize_t>BW, S - s0)
+        s0 = (item % nb) * bw
+        w = min(bw, S - s0)
         if rms:
             rms_norm_block(&x[n, 0, s0], &out[n, 0, s0], C, S, w, scale_p, bias_p, eps, act)
         else:
