@@ -29,7 +29,7 @@ cdef enum:
     BW = 256
     # bytes of x a work item spans, so that its (C, width) block is still in
     # cache when the output pass reads it again
-    BLOCK_BYTES = 49152
+    BLOCK_BYTES = 262144
 
 
 cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
@@ -142,7 +142,7 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
                  double eps=1e-6, int act=0, bint rms=False, int n_threads=1):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     # positions per item: any width gives the same bits (positions are independent)
-    cdef Py_ssize_t bw = max(16, min(<Py_ssize_t>BW, BLOCK_BYTES // max(1, C * <Py_ssize_t>sizeof(real)) // 16 * 16))
+    cdef Py_ssize_t bw = max(64, min(<Py_ssize_t>BW, BLOCK_BYTES // max(1, C * <Py_ssize_t>sizeof(real)) // 16 * 16))
     cdef Py_ssize_t nb = (S + bw - 1) // bw, item, n, s0, w
     cdef const real[::1] scale_v, bias_v
     cdef const real* scale_p = NULL
