@@ -45,7 +45,12 @@ cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, P
     cdef double shift[BW]
     cdef double s1[BW]
     cdef double rstd[BW]
+    cdef float mh[BW]
+    cdef float ml[BW]
+    cdef float rf[BW]
     cdef double d, d1, d2, d3, a, b, m
+    cdef float af, bf
+    cdef bint wide = False       # float32: some positions need their output in float64
     cdef Py_ssize_t c, j
     cdef const real* xc
     cdef real* yc
@@ -77,11 +82,15 @@ cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, P
         m = s1[j] / C                       # mean - shift
         d = rstd[j] / C - m * m             # variance
         rstd[j] = 1.0 / sqrt((0.0 if d < 0.0 else d) + eps)   # (NaN, from an inf, stays NaN)
+        s1[j] = m
         if real is float:
-            shift[j] += m                   # the mean: x - mean in float64 is exact enough for float32
-            s1[j] = 0.0
-        else:
-            s1[j] = m                       # float64 keeps shift and mean - shift apart
+            # float32 output arithmetic with the mean split in two floats: x - mh is
+            # exact near the mean (Sterbenz), so large offsets cost no digits
+            m = shift[j] + m
+            mh[j] = <float>m
+            ml[j] = <float>(m - <double>mh[j])
+            rf[j] = <float>rstd[j]
+            wide = wide or not rstd[j] >= 7.888609052210118e-31   # std above ~1e30: rstd may be subnormal
     # output, one channel span at a time (per-channel scale and bias are scalars here)
     for c in range(C):
         xc = x + c * S
@@ -89,19 +98,35 @@ cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, P
         a = scale[c] if scale != NULL else 1.0
         b = bias[c] if bias != NULL else 0.0
         if real is float:
+            af = <float>a
+            bf = <float>b
             for j in range(w):
-                yc[j] = <real>((<double>xc[j] - shift[j]) * rstd[j] * a + b)
+                yc[j] = <real>(((xc[j] - mh[j]) - ml[j]) * rf[j] * af + bf)
         else:
             for j in range(w):
                 yc[j] = <real>(((<double>xc[j] - shift[j]) - s1[j]) * rstd[j] * a + b)
         activate_span(yc, w, act)
+    if wide:
+        # the float32 positions of extreme spread again, in float64 (kept out of the hot loop,
+        # so each position's result never depends on its neighbours)
+        for c in range(C):
+            xc = x + c * S
+            yc = y + c * S
+            a = scale[c] if scale != NULL else 1.0
+            b = bias[c] if bias != NULL else 0.0
+            for j in range(w):
+                if not rstd[j] >= 7.888609052210118e-31:
+                    yc[j] = <real>(((<double>xc[j] - shift[j]) - s1[j]) * rstd[j] * a + b)
+                    activate_span(yc + j, 1, act)
 
 
 cdef void rms_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
                          const real* scale, const real* bias, double eps, int act) noexcept nogil:
     """RMSNorm of positions [0, w) of one sample (no centring: PixelNorm)."""
     cdef double rinv[BW]
+    cdef float rf[BW]
     cdef double v, v1, v2, v3, a, b
+    cdef bint wide = False       # float32: some positions need their output in float64
     cdef Py_ssize_t c, j
     cdef const real* xc
     cdef real* yc
@@ -125,14 +150,31 @@ cdef void rms_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_
         c += 1
     for j in range(w):
         rinv[j] = 1.0 / sqrt(rinv[j] / C + eps)
+        if real is float:
+            rf[j] = <float>rinv[j]
+            wide = wide or not rinv[j] >= 7.888609052210118e-31   # root mean square above ~1e30
     for c in range(C):
         xc = x + c * S
         yc = y + c * S
         a = scale[c] if scale != NULL else 1.0
         b = bias[c] if bias != NULL else 0.0
-        for j in range(w):
-            yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
+        if real is float:
+            for j in range(w):
+                yc[j] = <real>(xc[j] * rf[j] * <float>a + <float>b)
+        else:
+            for j in range(w):
+                yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
         activate_span(yc, w, act)
+    if wide:
+        for c in range(C):
+            xc = x + c * S
+            yc = y + c * S
+            a = scale[c] if scale != NULL else 1.0
+            b = bias[c] if bias != NULL else 0.0
+            for j in range(w):
+                if not rinv[j] >= 7.888609052210118e-31:
+                    yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
+                    activate_span(yc + j, 1, act)
 
 
 def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C per (n, s)
