@@ -11,7 +11,9 @@ Numerics: float64 accumulators (float32 input widens exactly). LayerNorm sums
 the deviations from a shift, the position's first channel, and their squares
 in one pass (the bound on cancellation is in layer_norm_block): a constant
 position gives deviations of exactly 0 (the output is exactly the bias), and
-offsets of 1e7 cost no digits. Each position's sums run over c in order,
+offsets of 1e7 cost no digits. float32 output is computed in float32 with
+the mean split in two floats (as the row kernels do), in float64 where the
+spread exceeds ~1e30. Each position's sums run over c in order,
 whichever item or thread holds it, so results are bitwise identical for any
 thread count.
 
