@@ -197,3 +197,17 @@ def test_half_precision_parameters_may_come_as_x_dtype():
     w = np.linspace(0.5, 1.5, 5).astype(ml_dtypes.bfloat16)
     y = normrt.layer_norm_2d(x, w, w)
     check(y, ref_channel_norm(x, w, w), x.dtype, None)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_a_position_of_extreme_spread_leaves_its_neighbours_bits_alone(rms):
+    # float32 positions whose std exceeds ~1e30 take a float64 output path; the others must
+    # not notice (each position's result depends on its own values only)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 20, 70)).astype(np.float32)
+    w, b = rng.uniform(-2, 2, 20).astype(np.float32), rng.uniform(-1, 1, 20).astype(np.float32)
+    clean = fn(rms)(x, w, b, activation="silu")
+    x[0, :, 33] = rng.standard_normal(20) * 1e36
+    y = fn(rms)(x, w, b, activation="silu")
+    assert same_bits(np.delete(y, 33, axis=2), np.delete(clean, 33, axis=2))
+    check(y[:, :, 33:34], ref_channel_norm(x[:, :, 33:34], w, b, 1e-6, "silu", rms), np.float32, "silu")
