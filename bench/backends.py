@@ -97,6 +97,10 @@ def normrt_call(case, a, out):
             raise Unavailable("normrt.rms_norm has no fused activation")
         return functools.partial(kernel, x, a["scale"], axis=case.axis, eps=EPS,
                                  residual=a.get("residual"), out=out)
+    if k == "layer_norm_2d":
+        return functools.partial(kernel, x, a["scale"], a["bias"], eps=EPS, activation=case.activation, out=out)
+    if k == "rms_norm_2d":
+        return functools.partial(kernel, x, a["scale"], eps=EPS, activation=case.activation, out=out)
     if k == "group_norm":
         return functools.partial(kernel, x, case.num_groups, a["scale"], a["bias"], eps=EPS,
                                  activation=case.activation, out=out)
@@ -207,6 +211,33 @@ def onnx_model(case, arrays, fused=True):
                 helper.make_node("Mul", ["normed", "scale"], [norm_out]),
             ]
             note = "RMSNorm decomposed (opset 18)"
+    elif k in ("layer_norm_2d", "rms_norm_2d"):
+        # no ONNX op normalizes the channel axis: the hand-written form the exporters emit
+        opset = 18
+        bshape = (case.shape[1],) + (1,) * (len(case.shape) - 2)
+        init("scale", a["scale"].reshape(bshape))
+        init("two", np.array(2.0, case.dtype))
+        init("eps", np.array(EPS, case.dtype))
+        init("axes", np.array([1], np.int64))
+        src = "x"
+        if k == "layer_norm_2d":
+            nodes += [helper.make_node("ReduceMean", ["x", "axes"], ["u"]),
+                      helper.make_node("Sub", ["x", "u"], ["d"])]
+            src = "d"
+        nodes += [
+            helper.make_node("Pow", [src, "two"], ["sq"]),
+            helper.make_node("ReduceMean", ["sq", "axes"], ["ms"]),
+            helper.make_node("Add", ["ms", "eps"], ["ms_eps"]),
+            helper.make_node("Sqrt", ["ms_eps"], ["std"]),
+            helper.make_node("Div", [src, "std"], ["normed"]),
+        ]
+        if k == "layer_norm_2d":
+            init("bias", a["bias"].reshape(bshape))
+            nodes += [helper.make_node("Mul", ["normed", "scale"], ["scaled"]),
+                      helper.make_node("Add", ["scaled", "bias"], [norm_out])]
+        else:
+            nodes.append(helper.make_node("Mul", ["normed", "scale"], [norm_out]))
+        note = "channel-axis statistics decomposed (opset 18)"
     elif k == "group_norm":
         N, C = case.shape[:2]
         G = case.num_groups
@@ -370,6 +401,21 @@ def _torch_runner(case, a, threads):
         else:
             norm = functools.partial(F.rms_norm, x, shape, t["scale"], EPS)
         note = "F.rms_norm"
+    elif k in ("layer_norm_2d", "rms_norm_2d"):
+        # channels moved last for F.layer_norm / F.rms_norm, then back to a contiguous NCHW
+        # tensor (what the next Conv reads); faster here than the hand-written ConvNeXt form
+        perm = (0,) + tuple(range(2, x.dim())) + (1,)
+        back = (0, x.dim() - 1) + tuple(range(1, x.dim() - 1))
+        C = case.shape[1]
+
+        def norm():
+            h = x.permute(perm)
+            if k == "layer_norm_2d":
+                h = F.layer_norm(h, (C,), t["scale"], t["bias"], EPS)
+            else:
+                h = F.rms_norm(h, (C,), t["scale"], EPS)
+            return h.permute(back).contiguous()
+        note = "permute, F.%s, permute + contiguous" % ("layer_norm" if k == "layer_norm_2d" else "rms_norm")
     elif k == "group_norm":
         norm = functools.partial(F.group_norm, x, case.num_groups, t["scale"], t["bias"], EPS)
         note = "F.group_norm"

@@ -36,6 +36,7 @@ def bench_threads():
 @dataclasses.dataclass(frozen=True)
 class Case:
     kernel: str  # normrt function name: batch_norm, layer_norm, rms_norm, group_norm, instance_norm,
+    #              layer_norm_2d / rms_norm_2d (channels-first statistics over axis 1),
     #              attention (shape (B, H, S, D) of q, k and v)
     shape: tuple
     dtype: str = "float32"
@@ -133,6 +134,8 @@ def make_inputs(case):
         C = case.shape[1]
         arrays["scale"] = (1.0 + 0.1 * rng.standard_normal(C)).astype(dt)
         arrays["bias"] = (0.1 * rng.standard_normal(C)).astype(dt)
+        if case.kernel == "rms_norm_2d":
+            del arrays["bias"]
         if case.kernel == "batch_norm":
             arrays["mean"] = (0.1 * rng.standard_normal(C)).astype(dt)
             arrays["var"] = (0.5 + rng.random(C)).astype(dt)
@@ -159,6 +162,13 @@ def reference(case, arrays):
         y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + EPS) * p["scale"]
         if "bias" in p:
             y += p["bias"]
+    elif k in ("layer_norm_2d", "rms_norm_2d"):
+        bshape = (x.shape[1],) + (1,) * (x.ndim - 2)
+        if k == "layer_norm_2d":
+            x = x - x.mean(axis=1, keepdims=True)
+        y = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + EPS) * p["scale"].reshape(bshape)
+        if "bias" in p:
+            y += p["bias"].reshape(bshape)
     else:
         N, C = x.shape[:2]
         bshape = (C,) + (1,) * (x.ndim - 2)
@@ -207,6 +217,9 @@ CASES = [
     Case("layer_norm", (2048, 4096), large=True),
     Case("layer_norm", (1, 256, 64, 64), axis=1),
     Case("layer_norm", (1024, 768), residual=True),
+    Case("layer_norm_2d", (1, 96, 56, 56)),          # ConvNeXt-T stage 1 / SAM neck LayerNorm2d
+    Case("layer_norm_2d", (8, 256, 32, 32)),
+    Case("rms_norm_2d", (4, 512, 32, 32)),           # StyleGAN PixelNorm
     Case("rms_norm", (1, 4096)),
     Case("rms_norm", (2048, 4096), large=True),
     Case("group_norm", (1, 320, 64, 64), num_groups=32),

@@ -9,7 +9,7 @@ peak: for each model, a process imports the runtime (its "base" RSS), creates
 the session (peak while loading), runs it --runs times on random inputs; the
 table gives the peak RSS of the whole process (VmHWM) and the peak over the
 base, which is what the model costs.
-shapes: tests/conftest.py's symbolic pre-LN transformer block (d=64), a new
+shapes: tests/reliability_models.py's symbolic pre-LN transformer block (d=64), a new
 random (batch, seq) every run, the largest shape never forced first; RSS every
 100 runs, for normrt and onnxruntime (whose CPU arena keeps what it grew to).
 steady: RSS and tracemalloc's traced total at intervals over --runs runs of
@@ -73,7 +73,7 @@ def child_peak(runtime, path, runs, threads):
 
 def child_shapes(runtime, runs, threads, max_batch, max_seq):
     import numpy as np
-    from conftest import symbolic_block_model
+    from reliability_models import symbolic_block_model
     _import(runtime)
     sess = _session(runtime, symbolic_block_model(), threads)
     rng = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def child_steady(name, runs, threads):
     import tracemalloc
     import numpy as np
     import normrt
-    from conftest import small_cnn_model
+    from reliability_models import small_cnn_model
     if name == "small_cnn":
         model, shape = small_cnn_model(), (1, 8, 16, 16)
     else:

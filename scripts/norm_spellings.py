@@ -249,9 +249,9 @@ def mean_var_axes_differ(self, x):       # mean over the last axis, variance ove
 
 CASES = [
     Spelling("convnext_layernorm2d", "ConvNeXt LayerNorm channels_first", convnext_layernorm2d, image,
-             {"w": (C,), "b": (C,)}, {"refused": "channel axis"}),
+             {"w": (C,), "b": (C,)}, {"ChannelNorm": 1}),
     Spelling("sam_layernorm2d", "segment-anything LayerNorm2d", sam_layernorm2d, image,
-             {"w": (C,), "b": (C,)}, {"refused": "channel axis"}),
+             {"w": (C,), "b": (C,)}, {"ChannelNorm": 1}),
     Spelling("convnext_channels_last", "ConvNeXt LayerNorm channels_last (F.layer_norm)", convnext_channels_last,
              seq, {"w": (D,), "b": (D,)}, {"LayerNorm": 1}),
     Spelling("t5_rmsnorm", "transformers T5LayerNorm", t5_rmsnorm, seq, {"w": (D,)}, {"RMSNorm": 1}),
@@ -261,8 +261,8 @@ CASES = [
     Spelling("mamba_rmsnorm", "mamba_ssm RMSNorm", mamba_rmsnorm, seq, {"w": (D,)}, {"RMSNorm": 1}),
     Spelling("old_t5_div", "T5 RMSNorm with a division", old_t5_div, seq, {"w": (D,)}, {"RMSNorm": 1}),
     Spelling("stylegan_pixelnorm", "StyleGAN2 PixelNorm", stylegan_pixelnorm, image, {},
-             {"refused": "channel axis"}),
-    Spelling("progan_pixelnorm", "ProGAN PixelNorm", progan_pixelnorm, image, {}, {"refused": "channel axis"}),
+             {"ChannelNorm": 1}),
+    Spelling("progan_pixelnorm", "ProGAN PixelNorm", progan_pixelnorm, image, {}, {"ChannelNorm": 1}),
     Spelling("var_mean_layernorm", "torch.var_mean LayerNorm", var_mean_layernorm, seq,
              {"w": (D,), "b": (D,)}, {"LayerNorm": 1}),
     Spelling("sum_over_n_layernorm", "LayerNorm with sum / n", sum_over_n_layernorm, seq,

@@ -5,7 +5,7 @@ and every output checked against its serial result.
 
 Models: the bundled examples (groupnorm_cnn, transformer_block), fixtures with
 normalizations on normrt's kernels (diffusers VAE, hf_bert, hf_llama,
-preln_block, groupnorm_silu, rmsnorm_llama), tests/conftest.py's small CNN and
+preln_block, groupnorm_silu, rmsnorm_llama), tests/reliability_models.py's small CNN and
 its symbolic transformer block (three (batch, seq) shapes). Each model gets
 --sessions sessions, alternately with 1 and 2 kernel threads; every session
 has three random feeds whose outputs are computed serially first, before any
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import normrt  # noqa: E402
-from conftest import rss_mb, small_cnn_model, symbolic_block_model  # noqa: E402
+from reliability_models import rss_mb, small_cnn_model, symbolic_block_model  # noqa: E402
 from e2e_bench import random_feeds  # noqa: E402
 
 FIXTURES = ("diffusers_vae__dynamo23", "hf_bert__dynamo23", "hf_llama__dynamo23", "preln_block__dynamo23",

@@ -1,4 +1,6 @@
 """Shared checks for the dtype tests: the float dtypes, tolerances in units of a dtype's rounding, bitwise equality across thread counts."""
+import math
+
 import ml_dtypes
 import numpy as np
 
@@ -7,6 +9,22 @@ import normrt
 HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 ALL_FLOAT_DTYPES = FLOAT_DTYPES + HALF_DTYPES
+
+
+_erf = np.vectorize(math.erf)
+
+
+def ref_act(v, act):
+    """The activation epilogue `act` (None, "relu", "silu", "gelu", "sigmoid") in float64 numpy."""
+    if act == "relu":
+        return np.maximum(v, 0)
+    if act == "silu":
+        return v / (1 + np.exp(-v))
+    if act == "gelu":
+        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
+    if act == "sigmoid":
+        return 1 / (1 + np.exp(-v))
+    return v
 
 
 def dtype_name(dt):

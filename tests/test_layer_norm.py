@@ -8,21 +8,9 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
+from dtype_checks import ref_act
 
 ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
-_erf = np.vectorize(math.erf)
-
-
-def ref_act(v, act):
-    if act == "relu":
-        return np.maximum(v, 0)
-    if act == "silu":
-        return v / (1 + np.exp(-v))
-    if act == "gelu":
-        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
-    if act == "sigmoid":
-        return 1 / (1 + np.exp(-v))
-    return v
 
 
 def ref_layer_norm(x, scale=None, bias=None, axis=-1, eps=1e-5, residual=None, act=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import normrt
-from conftest import rss_mb, small_cnn_model, symbolic_block_model
+from reliability_models import rss_mb, small_cnn_model, symbolic_block_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

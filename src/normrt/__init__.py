@@ -6,6 +6,7 @@ from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
 from .errors import ModelError
 from .api.layer_norm import layer_norm, rms_norm
+from .api.channel_norm import layer_norm_2d, rms_norm_2d
 from .api.group_norm import group_norm, instance_norm, adain
 from .api.batch_norm import batch_norm, batch_norm_stats, spade
 from .api.moments import moments, mean_variance_norm

@@ -241,8 +241,17 @@ def assert_not_fused(model, reason_part):
     return sess, report
 
 
-def test_refuses_non_trailing_axes():
-    assert_not_fused(ln_model(axes=(1,), scale_shape=(5, 1), bias_shape=(5, 1)), "channel axis")
+def test_channel_axis_statistics_become_channel_norm():
+    # LayerNorm2d: statistics over axis 1 of (N, C, L), per-channel (C, 1) affine
+    sess, report = run_and_compare(ln_model(axes=(1,), scale_shape=(5, 1), bias_shape=(5, 1)))
+    assert fused(report) == 1 and ops(sess) == ["ChannelNorm"]
+    assert report["fused"][0]["kernel"] == "layer_norm_2d"
+
+
+def test_channel_axis_affine_not_per_channel_is_left_outside():
+    # (5, 8) scale varies along the positions too: the fused node stops before it
+    sess, report = run_and_compare(ln_model(axes=(1,), scale_shape=(5, 8), bias_shape=(5, 1)))
+    assert "ChannelNorm" in ops(sess) and "Mul" in ops(sess)
 
 
 def test_refuses_mean_and_variance_over_different_axes():

@@ -142,8 +142,18 @@ def assert_not_fused(model, reason_part, feed=None):
     return sess, report
 
 
-def test_refuses_non_trailing_axes():
-    assert_not_fused(rms_model(axes=(1,), scale=None), "channel axis")
+def test_channel_axis_statistics_become_channel_norm_rms():
+    # PixelNorm: RMS statistics over the channel axis at each position
+    sess, report = run_and_compare(rms_model(axes=(1,), scale=None))
+    assert fused(report) == 1 and ops(sess) == ["ChannelNorm"]
+    node = sess.optimized_model.graph.node[0]
+    assert {a.name: a for a in node.attribute}["mode"].s == b"rms"
+    assert report["fused"][0]["kernel"] == "rms_norm_2d"
+
+
+def test_channel_axis_rms_with_a_scale_along_the_last_axis_is_left_outside():
+    sess, report = run_and_compare(rms_model(axes=(1,)))     # weight (16,): varies along the last axis
+    assert fused(report) == 1 and ops(sess) == ["ChannelNorm", "Mul"]
 
 
 def test_refuses_eps_as_graph_input():

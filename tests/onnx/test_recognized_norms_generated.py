@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 import normrt
 
 F = TensorProto.FLOAT
-NORM_OPS = ("LayerNorm", "RMSNorm", "InstanceNorm", "GroupNorm", "AdaIN", "LpNorm")
+NORM_OPS = ("LayerNorm", "RMSNorm", "ChannelNorm", "InstanceNorm", "GroupNorm", "AdaIN", "LpNorm")
 SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -165,7 +165,8 @@ def _norm_nodes(sess):
 @st.composite
 def norm_case(draw):
     """(model, Spelling, expected normrt op) of a LayerNorm / RMSNorm / InstanceNorm spelling."""
-    kind = draw(st.sampled_from(["layer", "rms", "instance", "group", "adain", "l2"]))
+    kind = draw(st.sampled_from(["layer", "rms", "instance", "group", "adain", "l2", "channel_layer",
+                                 "channel_rms"]))
     if kind == "adain":
         return _adain_case(draw)
     if kind == "l2":
@@ -178,6 +179,14 @@ def norm_case(draw):
         shape = (draw(st.integers(1, 2)), draw(st.integers(2, 4)), draw(st.integers(2, 5)), draw(st.integers(2, 5)))
         axes = [2, 3]
         param_shape = (shape[1], 1, 1)
+    elif kind.startswith("channel"):
+        # LayerNorm2d / PixelNorm: statistics over axis 1 at each position, per-channel affine
+        # ((C, 1, ...) or (1, C, 1, ...), constant or runtime)
+        rank = draw(st.integers(3, 4))
+        shape = tuple(draw(st.integers(2, 5)) for _ in range(rank))
+        axes = [1]
+        param_shape = ((shape[1],) + (1,) * (rank - 2)) if draw(st.booleans()) else \
+            ((1, shape[1]) + (1,) * (rank - 2))
     else:
         rank = draw(st.integers(2, 4))
         shape = tuple(draw(st.integers(2, 6)) for _ in range(rank))
@@ -186,7 +195,7 @@ def norm_case(draw):
         param_shape = shape[rank - k:][-draw(st.integers(1, k)):]
     sb = Spelling(draw, shape)
     x = sb.maybe_cast("x")
-    if kind == "rms":
+    if kind in ("rms", "channel_rms"):
         data = sb.maybe_cast(x)
         m2 = sb.second_moment(x, axes)
     else:
@@ -202,7 +211,8 @@ def norm_case(draw):
         return sb.model(y), sb, {"InstanceNorm"}
     y = sb.affine(n, param_shape, bias=kind != "rms", runtime_ok=kind != "instance")
     y = sb.maybe_cast(y)
-    expected = {"layer": {"LayerNorm"}, "rms": {"RMSNorm"}, "instance": {"InstanceNorm"}}[kind]
+    expected = {"layer": {"LayerNorm"}, "rms": {"RMSNorm"}, "instance": {"InstanceNorm"},
+                "channel_layer": {"ChannelNorm"}, "channel_rms": {"ChannelNorm"}}[kind]
     if kind == "layer" and len(shape) == 4 and axes == [2, 3]:
         expected = {"LayerNorm", "InstanceNorm"}     # spatial statistics: either kernel is exact
     return sb.model(y), sb, expected
@@ -288,7 +298,8 @@ def test_every_generated_spelling_becomes_one_normrt_node(case):
 @st.composite
 def look_alike(draw):
     """(model, Spelling, reason fragment or None) of a function that only looks like a normalization."""
-    what = draw(st.sampled_from(["eps_outside", "axes_differ", "no_centring", "other_tensor", "channel_axis"]))
+    what = draw(st.sampled_from(["eps_outside", "axes_differ", "no_centring", "other_tensor",
+                                 "channel_eps_outside"]))
     shape = (2, 3, 4, 5)
     sb = Spelling(draw, shape)
     x = "x"
@@ -309,9 +320,11 @@ def look_alike(draw):
         z = sb.runtime(shape)
         y = sb.normalize(x, sb.shifted(sb.second_moment(z, [3]), 1e-5))
         return sb.model(y), sb, None
-    d = sb.node("Sub", [x, sb.mean(x, [1])])      # LayerNorm2d: statistics over the channel axis
-    y = sb.normalize(d, sb.shifted(sb.second_moment(d, [1]), 1e-6))
-    return sb.model(y), sb, "channel axis"
+    # LayerNorm2d's look-alike: channel-axis statistics with eps outside the root
+    d = sb.node("Sub", [x, sb.mean(x, [1])])
+    std = sb.node("Sqrt", [sb.second_moment(d, [1])])
+    y = sb.node("Div", [d, sb.binary("Add", std, sb.const(1e-5))])
+    return sb.model(y), sb, "outside the root"
 
 
 @SETTINGS

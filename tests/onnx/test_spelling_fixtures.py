@@ -17,7 +17,7 @@ import normrt
 DATA = Path(__file__).parent.parent / "data" / "spellings"
 FIXTURES = json.loads((DATA / "index.json").read_text())["fixtures"]
 REL_TOL = 1e-4
-NORM_OPS = {"LayerNorm", "RMSNorm", "InstanceNorm", "GroupNorm", "LpNorm", "MeanVarianceNorm", "AdaIN",
+NORM_OPS = {"LayerNorm", "RMSNorm", "ChannelNorm", "InstanceNorm", "GroupNorm", "LpNorm", "MeanVarianceNorm", "AdaIN",
             "BatchNorm"}
 
 

@@ -17,6 +17,9 @@ RMSNorm(X [, Scale, residual]) -> Y [, residual_sum]  axis=-1, epsilon=1e-5
     (residual: normalizes X + residual, both of X's shape; residual_sum: that sum, for
     the graph's other readers -- the pre-LN transformer's next skip connection)
 InstanceNorm(X [, scale, B]) -> Y                    epsilon=1e-5, activation=""
+ChannelNorm(X [, scale, B]) -> Y                     mode="layer", epsilon=1e-6, activation=""
+    (channels-first: X (N, C, *spatial), statistics over C at each (n, position); mode "layer"
+    centres and scales (ConvNeXt LayerNorm2d), "rms" scales only (PixelNorm); scale, B (C,))
 GroupNorm(X [, scale, bias]) -> Y
     num_groups, epsilon=1e-5, activation="", per_group_affine=0 (1: scale/bias are (G,))
 MeanVarianceNorm(X) -> Y                             axes=[0, 2, 3], epsilon=1e-9
@@ -71,6 +74,8 @@ NORM_OPS = {op.op_type: op for op in (
            {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}, call=_calls.layer_norm),
     NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y", "residual_sum"),
            {"axis": -1, "epsilon": 1e-5}, call=_calls.rms_norm),
+    NormOp("ChannelNorm", "layer_norm_2d", ("X", "scale", "B"), ("Y",),
+           {"mode": "layer", "epsilon": 1e-6, "activation": ""}, call=_calls.channel_norm),
     NormOp("InstanceNorm", "instance_norm", ("X", "scale", "B"), ("Y",),
            {"epsilon": 1e-5, "activation": ""}, call=_calls.instance_norm),
     NormOp("GroupNorm", "group_norm", ("X", "scale", "bias"), ("Y",),

@@ -68,6 +68,15 @@ def rms_norm(attrs, n_out, x, scale=None, residual=None):
     return (y,) if n_out == 1 else (y, total)
 
 
+def channel_norm(attrs, n_out, x, scale=None, bias=None):
+    mode = attrs.get("mode", "layer")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    fn = {"layer": _normrt().layer_norm_2d, "rms": _normrt().rms_norm_2d}.get(mode)
+    if fn is None:
+        raise ModelError(f"normrt ChannelNorm mode must be 'layer' or 'rms', got {mode!r}")
+    return (fn(x, scale, bias, eps=attrs.get("epsilon", 1e-6), activation=_act(attrs)),)
+
+
 def instance_norm(attrs, n_out, x, scale=None, bias=None):
     return (_normrt().instance_norm(x, scale, bias, eps=attrs.get("epsilon", 1e-5), activation=_act(attrs)),)
 

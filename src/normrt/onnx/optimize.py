@@ -120,7 +120,7 @@ def optimize(model, *, report=False, limits=None):
     """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
 
     Every normalization the kernels can take becomes a node of domain 'normrt'
-    (BatchNorm, LayerNorm, RMSNorm, InstanceNorm, GroupNorm, MeanVarianceNorm,
+    (BatchNorm, LayerNorm, RMSNorm, ChannelNorm, InstanceNorm, GroupNorm, MeanVarianceNorm,
     LpNorm, LRN, AdaIN); initializer-only subgraphs are folded into initializers.
     With `report=True` returns `(model, report)`, the report a dict: `fused`
     (one entry per normalization: op or pattern, node names, normrt op, kernel,

@@ -160,7 +160,7 @@ class MvnDecomposed(GraphPass):
     def check(self, ctx, m):
         if m.info.get("eps_inside"):
             return ("eps added inside the square root over non-trailing axes: (x - mean) / sqrt(var + eps) "
-                    "is no MeanVarianceNormalization (eps on the std) nor a LayerNorm (trailing axes)")
+                    "is no MeanVarianceNormalization (eps on the std); left to recognized_norms")
         g = Graph(ctx)
         x, y = m.sub.input[0], m.div.output[0]
         x_shape = ctx.shape(x)

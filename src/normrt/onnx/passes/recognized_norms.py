@@ -1,5 +1,5 @@
 """Normalizations recognized by what they compute -> one normrt LayerNorm / RMSNorm / InstanceNorm /
-GroupNorm / LpNorm / AdaIN node.
+ChannelNorm / GroupNorm / LpNorm / AdaIN node.
 
 Whatever the spelling, a normalization divides its data by a standard deviation
 computed from that same data. The pass anchors on the node where the two meet,
@@ -27,6 +27,8 @@ is chosen by the axes A:
     A = [a, rank)                  LayerNorm (centred) / RMSNorm (raw), axis = a
     A = [2, rank), rank >= 4,      InstanceNorm when the affine is per channel (or per
       centred                        sample); LayerNorm over [2, rank) otherwise
+    A = [1], rank >= 3             ChannelNorm mode "layer" (centred: ConvNeXt/SAM LayerNorm2d) /
+                                     "rms" (raw: StyleGAN PixelNorm), affine per channel
     X viewed as (N, G, ...),       GroupNorm(num_groups=G) when the normalized value is
       A = [2, rank of the view)      viewed back to X's shape, then a per-channel affine
     X / ReduceL2(X, [a])           LpNorm(p=2, axis=a)
@@ -34,9 +36,8 @@ is chosen by the axes A:
       (or x̂·σ(s) + μ(s))             (spatial) axes, with the same eps
 
 Refused, with the reason in the report (the nodes stay as they are, and run correctly):
-- statistics over the channel axis of NCHW (ConvNeXt/SAM LayerNorm2d, StyleGAN PixelNorm):
-  normrt's layer_norm/rms_norm kernels normalize trailing axes; no kernel normalizes the
-  channel axis of a channels-first tensor at the copy floor;
+- statistics over the channel axis with an affine that is not per channel (or per-sample
+  runtime parameters): the ChannelNorm kernel takes (C,) scale and bias;
 - statistics over other axis sets (no kernel normalizes them);
 - eps added outside the root, (X - mean) / (std + eps): another function (the ONNX MVN form,
   left to mvn_decomposed);
@@ -96,6 +97,17 @@ def _shape_fits_trailing(arr, x_shape, axis):
         if d not in (1, n):
             return None
     return np.broadcast_to(arr.reshape(shape), norm)
+
+
+def _per_channel_shape(shape, x_shape):
+    """Whether a runtime tensor of `shape` holds one value per channel of X broadcast over the
+    rest: (C, 1, ...) of rank - 1 or (1, C, 1, ...) of X's rank (a (C,) would line up with the last axis)."""
+    if shape is None or not isinstance(x_shape[1], int):
+        return False
+    shape, rank, C = tuple(shape), len(x_shape), x_shape[1]
+    if len(shape) == rank - 1:
+        return shape[0] == C and all(d == 1 for d in shape[1:])
+    return len(shape) == rank and shape[0] == 1 and shape[1] == C and all(d == 1 for d in shape[2:])
 
 
 def _channel_fits(arr, x_shape):
@@ -335,6 +347,8 @@ class RecognizedNorms(GraphPass):
         if isinstance(mapping, str):
             return False
         op, axis = mapping
+        if op == "ChannelNorm":
+            return _channel_fits(scale, x_shape) is not None and _channel_fits(bias, x_shape) is not None
         if op == "RMSNorm" and np.any(np.asarray(bias) != 0):
             return False
         if _shape_fits_trailing(scale, x_shape, axis) is not None and \
@@ -460,20 +474,23 @@ class RecognizedNorms(GraphPass):
         if df.const(other) is not None:
             return False
         mapping = self._mapping(ctx, m)
-        if isinstance(mapping, str) or mapping[0] not in ("LayerNorm", "RMSNorm", "InstanceNorm?"):
+        if isinstance(mapping, str) or mapping[0] not in ("LayerNorm", "RMSNorm", "InstanceNorm?", "ChannelNorm"):
             return False
         op, axis = mapping
         if op == "InstanceNorm?":
             return self._runtime_channel_param(ctx, df, m, node, other, scale, bias)
         x_shape, shape = ctx.shape(m.moment.x), ctx.shape(other)
-        if shape is None or tuple(shape) != tuple(x_shape[axis:]) or \
+        if op == "ChannelNorm":
+            if not _per_channel_shape(shape, x_shape) or ctx.elem_type(other) != ctx.elem_type(m.moment.x):
+                return False
+        elif shape is None or tuple(shape) != tuple(x_shape[axis:]) or \
                 not all(isinstance(d, int) for d in shape) or ctx.elem_type(other) != ctx.elem_type(m.moment.x):
             return False
         plain = np.all(np.asarray(scale) == 1.0) and np.all(np.asarray(bias) == 0.0)
         if node.op_type == "Mul" and plain and not m.sources:
             m.sources = {"scale": other, "runtime": True}
             return True
-        if node.op_type == "Add" and op == "LayerNorm" and plain and set(m.sources) <= {"scale", "runtime"} \
+        if node.op_type == "Add" and op in ("LayerNorm", "ChannelNorm") and plain and set(m.sources) <= {"scale", "runtime"} \
                 and "bias" not in m.sources:
             m.sources = dict(m.sources, bias=other, runtime=True)
             return True
@@ -565,10 +582,7 @@ class RecognizedNorms(GraphPass):
                 return "InstanceNorm?", axes[0]    # InstanceNorm if the affine is per channel
             return "LayerNorm", axes[0]
         if axes == (1,) and rank >= 3:
-            what = "PixelNorm-style RMS" if m.moment.kind == "raw" else "LayerNorm2d-style"
-            return (f"{what} statistics over the channel axis of a rank-{rank} channels-first tensor: "
-                    f"no normrt kernel normalizes the channel axis in place (layer_norm/rms_norm "
-                    f"reduce trailing axes)")
+            return "ChannelNorm", 1       # statistics over C at each position (LayerNorm2d, PixelNorm)
         return f"statistics over axes {list(axes)} of a rank-{rank} tensor: no normrt kernel reduces them"
 
     def run(self, ctx):
@@ -646,6 +660,12 @@ class RecognizedNorms(GraphPass):
                 op, params = "InstanceNorm", (sv, bv)
             else:
                 op = "LayerNorm"
+        if op == "ChannelNorm":
+            params = (None, None)
+            if not m.sources.get("runtime"):
+                params = (_channel_fits(scale, x_shape), _channel_fits(bias, x_shape))
+                if params[0] is None or params[1] is None:
+                    return "the affine constants are not per channel: the ChannelNorm kernel takes (C,) scale and bias"
         if op in ("LayerNorm", "RMSNorm"):
             sp = _shape_fits_trailing(scale, x_shape, axis)
             bp = _shape_fits_trailing(bias, x_shape, axis)
@@ -720,6 +740,13 @@ class RecognizedNorms(GraphPass):
                        ctx.add_constant(x + "_gn_bias", np.broadcast_to(bias, (C,)).astype(dtype))]
         elif op == "InstanceNorm" and m.sources.get("runtime"):
             inputs += [m.sources["scale"]] + ([m.sources["bias"]] if "bias" in m.sources else [])
+        elif op == "ChannelNorm" and m.sources.get("runtime"):
+            # per-channel runtime tensors ((C, 1, ...) or (1, C, 1, ...)): the kernel call reads them as (C,)
+            inputs += [m.sources.get("scale", ""), m.sources.get("bias", "")]
+        elif op == "ChannelNorm":
+            C = x_shape[1]
+            inputs += [ctx.add_constant(x + "_cn_scale", scale.astype(dtype)) if not is_one else "",
+                       ctx.add_constant(x + "_cn_bias", bias.astype(dtype)) if not is_zero else ""]
         elif op == "InstanceNorm":
             C = x_shape[1]
             inputs += [ctx.add_constant(x + "_in_scale", np.broadcast_to(scale, (C,)).astype(dtype)),
@@ -745,6 +772,8 @@ class RecognizedNorms(GraphPass):
             attrs["axis"] = plan["axis"]
         if op == "GroupNorm":
             attrs["num_groups"] = m.group[1]
+        if op == "ChannelNorm":
+            attrs["mode"] = "rms" if m.moment.kind == "raw" else "layer"
         self._replace(ctx, m, make_node(op, inputs, [m.output], fused_name(ctx, plan["removed"], op), **attrs))
 
     def _replace(self, ctx, m, new):
@@ -755,6 +784,7 @@ class RecognizedNorms(GraphPass):
         ctx.report.fused.append({
             "pass": self.name, "op": f"{op} by statistics ({m.moment.kind})", "pattern": spelling,
             "nodes": [n.name for n in removed], "normrt_op": op, "normrt_node": new.name,
-            "kernel": NORM_OPS[op].kernel, "activation": None, "residual": False,
+            "kernel": "rms_norm_2d" if op == "ChannelNorm" and m.moment.kind == "raw" else NORM_OPS[op].kernel,
+            "activation": None, "residual": False,
             "statistics": {"kind": m.moment.kind, "axes": list(m.moment.axes), "epsilon": float(m.eps)},
         })

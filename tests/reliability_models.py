@@ -1,4 +1,4 @@
-"""Shared test helpers: models the reliability tests and scripts (scripts/memory.py, scripts/soak.py)
+"""Shared helpers of the reliability tests and scripts (scripts/memory.py, scripts/soak.py): the models they
 build, and process memory readings."""
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
