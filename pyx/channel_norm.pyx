@@ -23,7 +23,7 @@ only the buffer shapes they are given and raise ValueError before computing.
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from moments cimport real, team_size, activate_span
+from moments cimport real, activate_span
 
 
 cdef enum:
@@ -207,7 +207,6 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
             bias_p = &bias_v[0]
     if N == 0 or C == 0 or S == 0:
         return
-    n_threads = team_size(N * C * S, n_threads)
     # one item = (sample, block of positions); items never share an output element
     for item in prange(N * nb, nogil=True, schedule="static", num_threads=n_threads):
         n = item // nb
