@@ -7,6 +7,7 @@ import os as _os
 # Must be set before libgomp loads; a user's own setting wins.
 if "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = "10000"
+from ._kernels import cpu_info as _kernels_cpu_info
 from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
 from .errors import ModelError
@@ -25,3 +26,17 @@ from .api.attention import attention
 from .onnx import InferenceSession, optimize  # (normrt.onnx also loads the normrt.backend module)
 
 __version__ = "0.1.0"
+
+
+def cpu_info():
+    """Which build of the kernels this process runs, and why.
+
+    A dict: "level", the ISA level in use ("x86-64", "x86-64-v2", "x86-64-v3",
+    "x86-64-v4", "native" for a NORMRT_NATIVE=1 build, "generic" off x86-64);
+    "cpu_level", the highest level this CPU supports; "features", the CPU
+    features found by cpuid that the OS enables (Linux /proc/cpuinfo names);
+    "built_levels", the levels this install has; "forced", the NORMRT_ISA
+    value or None; "brand", the CPU's name; "modules", the kernel modules
+    loaded. The level is chosen once, at import.
+    """
+    return _kernels_cpu_info()
