@@ -207,8 +207,11 @@ def _extensions():
     for level, flags in _levels():
         package = ISA.package_of(level)
         for ext in cythonized:
+            name = ext.name.rsplit(".", 1)[1]
             per_level = copy.deepcopy(ext)
-            per_level.name = f"normrt._kernels.{package}.{ext.name.rsplit('.', 1)[1]}"
+            per_level.name = f"normrt._kernels.{package}.{name}"
+            per_level.sources = [_level_source(package, ext.sources[0])]
+            per_level.depends = ext.depends + [ext.sources[0]]
             per_level.extra_compile_args = ext.extra_compile_args + flags
             per_level._normrt_level = level
             exts.append(per_level)
@@ -221,8 +224,32 @@ def _extensions():
                    depends=[os.path.join("pyx", "cpu", "cpu_features.h")])],
         compiler_directives={"language_level": 3})
     # the biggest sources first, so parallel workers finish together
-    exts.sort(key=lambda e: -os.path.getsize(e.sources[0]))
+    exts.sort(key=lambda e: -os.path.getsize(e.depends[-1] if e.depends else e.sources[0]))
     return exts
+
+
+def _level_source(package, c_file):
+    """A one-line C file per level that #includes the shared Cython output.
+
+    The object file's path comes from the source's: compiling pyx/x.c for
+    three levels would write one build/temp/pyx/x.o three times, and with
+    parallel builds a level could link another level's (or a half-written)
+    object. A distinct source path per level gives each its own object.
+    """
+    folder = os.path.join("build", "isa-src", package)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(c_file))
+    include = os.path.relpath(c_file, folder).replace(os.sep, "/")
+    text = f'/* {package}: {c_file} compiled for this level (see setup.py) */\n#include "{include}"\n'
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path   # unchanged: keep its timestamp, so nothing rebuilds
+    except FileNotFoundError:
+        pass
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def _jobs():
