@@ -5,6 +5,7 @@ activations, as ratios to the highest level.
     python -m bench.isa_levels                       # every level this CPU runs, ~3-5 min
     python -m bench.isa_levels --levels x86-64,x86-64-v4 --only gemm --rounds 2
     python -m bench.isa_levels --markdown            # tables for the README
+    python -m bench.isa_levels --models --only models   # whole models (scripts/e2e_bench.py's)
 
 The level is chosen once per process (at import), so each level runs in a
 worker process (NORMRT_ISA=level python -m bench.isa_levels --worker). The
@@ -27,6 +28,36 @@ import numpy as np
 ACT_SHAPE = (1024, 768)
 ACTIVATIONS = ("gelu", "silu")
 SETTLE = 0.5          # seconds between workers: the previous one's threads go quiet
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+E2E_CACHE = None      # set from --cache (scripts/e2e_bench.py's default)
+
+
+def _e2e():
+    """scripts/e2e_bench.py: its model list (diffusers exports cached) and inputs."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("e2e_bench", os.path.join(ROOT, "scripts", "e2e_bench.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _ModelRunner:
+    """A whole model on normrt.InferenceSession (its outputs are compared
+    with onnxruntime's in scripts/e2e_bench.py; here every level runs the
+    same session code, so only the time is new)."""
+
+    def __init__(self, path, threads):
+        import normrt
+        self.feeds = _e2e().random_feeds(path)
+        self.sess = normrt.InferenceSession(str(path), num_threads=threads)
+        self.sess.run(None, self.feeds)
+
+    def fn(self):
+        self.sess.run(None, self.feeds)
+
+    def context(self):
+        import contextlib
+        return contextlib.nullcontext()
 
 
 def _norm_cases():
@@ -46,7 +77,7 @@ def _timer(runners, budget):
     return timer.best
 
 
-def worker(only, threads, budget):
+def worker(only, threads, budget, models=False):
     """Time every case at this process's level; {group: {case id: seconds}}."""
     import normrt
     from . import gemm
@@ -58,9 +89,13 @@ def worker(only, threads, budget):
     groups = [("norms", c, "matrix") for c in norms] + [("attention", c, "matrix") for c in attention]
     groups += [("gemm/conv", c, "gemm") for c in _gemm_cases()]
     groups += [("activations", a, "act") for a in ACTIVATIONS]
+    if models:
+        groups += [("models", m, "model") for m in _e2e().models(E2E_CACHE)]
     for group, case, kind in groups:
         if kind == "act":
             ident = f"activate {case} {ACT_SHAPE}"
+        elif kind == "model":
+            ident = case[0]
         else:
             ident = case.id if kind == "gemm" else f"{case.label} {case.shape}"
         if only and not any(o in ident or o in group for o in only):
@@ -76,6 +111,8 @@ def worker(only, threads, budget):
             a = gemm.make_inputs(case)
             runner = gemm.make_runner("normrt", case, a, threads)
             gemm.check(case, runner, gemm.reference(case, a))
+        elif kind == "model":
+            runner = _ModelRunner(case[1], threads)
         else:
             runner = _activation_runner(case, threads)
         out["times"].setdefault(group, {})[ident] = _timer({"normrt": runner}, budget)["normrt"]
@@ -132,7 +169,7 @@ def _levels(requested):
     return runnable
 
 
-def run(levels, rounds, threads, only, budget):
+def run(levels, rounds, threads, only, budget, models=False):
     """{level: {group: {case: seconds}}}, min over rounds."""
     best = {}
     for r in range(rounds):
@@ -140,7 +177,8 @@ def run(levels, rounds, threads, only, budget):
             time.sleep(SETTLE)
             env = dict(os.environ, NORMRT_ISA=level)
             cmd = [sys.executable, "-m", "bench.isa_levels", "--worker", "--threads", str(threads),
-                   "--budget", str(budget)] + (["--only", ",".join(only)] if only else [])
+                   "--budget", str(budget), "--cache", str(E2E_CACHE)] + (["--only", ",".join(only)] if only else []) \
+                + (["--models"] if models else [])
             p = subprocess.run(cmd, env=env, capture_output=True, text=True,
                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             if p.returncode != 0:
@@ -201,15 +239,22 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated substrings of case ids or groups")
     ap.add_argument("--budget", type=float, default=0.15, help="seconds of timed calls per case per round")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--models", action="store_true",
+                    help="also time whole models (scripts/e2e_bench.py's list; diffusers exports cached)")
+    ap.add_argument("--cache", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                                                    "normrt", "e2e_bench"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or bench_threads()
     only = [o for o in args.only.split(",") if o]
+    global E2E_CACHE
+    from pathlib import Path
+    E2E_CACHE = Path(args.cache)
     if args.worker:
-        print(json.dumps(worker(only, threads, args.budget)))
+        print(json.dumps(worker(only, threads, args.budget, args.models)))
         return 0
     levels = _levels([lv.strip() for lv in args.levels.split(",") if lv.strip()])
-    best = run(levels, args.rounds, threads, only, args.budget)
+    best = run(levels, args.rounds, threads, only, args.budget, args.models)
     import normrt
     info = normrt.cpu_info()
     print(f"normrt at each ISA level: {threads} thread(s), min over {args.rounds} round(s); "

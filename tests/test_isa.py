@@ -32,8 +32,12 @@ KERNEL_TESTS = [
 
 
 def _env(**extra):
+    """This environment, importing the same normrt as this process (from any cwd)."""
     env = dict(os.environ)
     env.pop(_isa.ENV_FORCE, None)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(normrt.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here] + [os.path.abspath(p) for p in
+                                                  env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra)
     return env
 
