@@ -16,7 +16,7 @@ HOUSE=build/wheelhouse
 rm -rf "$DIST" "$HOUSE"
 python -m pip wheel . --no-deps -w "$DIST"
 if command -v auditwheel >/dev/null 2>&1; then
-    auditwheel repair -w "$HOUSE" "$DIST"/normrt-*.whl
+    auditwheel repair --strip -w "$HOUSE" "$DIST"/normrt-*.whl
 else
     echo "wheel_venv.sh: auditwheel not installed; using the unrepaired wheel" >&2
     mkdir -p "$HOUSE" && cp "$DIST"/normrt-*.whl "$HOUSE"/
