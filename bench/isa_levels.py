@@ -122,8 +122,8 @@ def worker(only, threads, budget, models=False):
 def _act_reference(x, act):
     v = x.astype(np.float64)
     if act == "gelu":
-        erf = np.vectorize(math.erf, otypes=[np.float64])
-        return 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))
+        erfc = np.vectorize(math.erfc, otypes=[np.float64])   # the negative tail keeps its digits
+        return 0.5 * v * erfc(-v / math.sqrt(2.0))
     return v / (1.0 + np.exp(-v))
 
 
