@@ -1,13 +1,11 @@
 """Run-time ISA dispatch: the level chosen from cpuid, the NORMRT_ISA override,
 and the kernel tests at every level this machine runs (a subprocess each,
 since the level is chosen once per process, at import)."""
-import math
 import os
 import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
