@@ -6,7 +6,14 @@
 # pieces are always merged in the same order, whichever thread computed them,
 # so results are bitwise identical for any thread count.
 
-from libc.math cimport sqrt, exp, erf, fabs, floorf, fabsf, fmaf, copysignf
+from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
+
+cdef extern from "fused_ops.h":
+    # fused multiply-add where the ISA has FMA, multiply then add below it
+    # (fmaf would be a software-emulated libm call there: see the header)
+    float mul_add "nrt_mul_add"(float a, float b, float c) noexcept nogil
+    # x * x - xh exactly (the rounding error of the square xh = x * x)
+    float square_err "nrt_square_err"(float x, float xh) noexcept nogil
 
 ctypedef fused real:
     float
@@ -368,7 +375,9 @@ cdef inline float exp_f(float x) noexcept nogil:
         xc = <float>88.3762626647949
     if xc < <float>-87.3365447504019:
         xc = <float>-87.3365447504019
-    n = floorf(xc * <float>1.44269504088896341 + <float>0.5)
+    # n = round(x / ln2) by the 1.5 * 2**23 shifter: plain adds, which every
+    # level vectorizes (floorf needs SSE4.1's roundps, else a libm call)
+    n = (xc * <float>1.44269504088896341 + <float>12582912.0) - <float>12582912.0
     r = xc - n * <float>0.693359375
     r = r + n * <float>2.12194440e-4
     z = r * r
@@ -387,7 +396,7 @@ cdef inline float exp_f(float x) noexcept nogil:
 cdef inline float half_erfc_core(float t, float m, float l, float lc) noexcept nogil:
     """erfc(z) / 2 for z >= 0 with a relative error below ~2e-7, given
     t = 1 / (1 + 0.3 z) and -z^2 = m + l * lc exactly (m the rounded square,
-    l its rounding error from fmaf): the tails keep their digits.
+    l its rounding error from square_err): the tails keep their digits.
 
     erfc(z) = t R(t) exp(-z^2): R a degree-8 minimax fit of erfcx(z) / t over
     z in [0, 9.4] (coefficients halved, which is exact). exp runs on m with
@@ -402,25 +411,25 @@ cdef inline float half_erfc_core(float t, float m, float l, float lc) noexcept n
     cdef float fn, n, r, e, R
     cdef FloatBits b, q
     # Estrin's scheme: shorter dependency chains than Horner
-    R = fmaf(fmaf(<float>-6.470330805e-02, t4,
-                  fmaf(fmaf(<float>2.424759567e-01, t, <float>-2.554502487e-01), t2,
-                       fmaf(<float>2.729919553e-01, t, <float>-4.665724561e-02))), t4,
-             fmaf(fmaf(<float>1.071419269e-01, t, <float>7.426355779e-02), t2,
-                  fmaf(<float>8.534233272e-02, t, <float>8.459506184e-02)))
+    R = mul_add(mul_add(<float>-6.470330805e-02, t4,
+                  mul_add(mul_add(<float>2.424759567e-01, t, <float>-2.554502487e-01), t2,
+                       mul_add(<float>2.729919553e-01, t, <float>-4.665724561e-02))), t4,
+             mul_add(mul_add(<float>1.071419269e-01, t, <float>7.426355779e-02), t2,
+                  mul_add(<float>8.534233272e-02, t, <float>8.459506184e-02)))
     # exp(mc + l lc) = 2**n exp(r): n rounded by the 1.5 * 2**23 shifter, whose
-    # low mantissa bits then hold n; ln2 in two parts (Cody-Waite, fused)
-    fn = fmaf(mc, <float>1.44269504088896341, <float>12582912.0)
+    # low mantissa bits then hold n; ln2 in two parts (Cody-Waite; n ln2_hi is exact, so fused or not the same)
+    fn = mul_add(mc, <float>1.44269504088896341, <float>12582912.0)
     n = fn - <float>12582912.0
-    r = fmaf(n, <float>-0.693145752, mc)
-    r = fmaf(n, <float>-1.42860677e-06, r)
-    r = fmaf(l, lc, r)
+    r = mul_add(n, <float>-0.693145752, mc)
+    r = mul_add(n, <float>-1.42860677e-06, r)
+    r = mul_add(l, lc, r)
     e = <float>1.383683761e-03       # minimax on |r| <= ln2 / 2, relative 2e-9
-    e = fmaf(e, r, <float>8.374822326e-03)
-    e = fmaf(e, r, <float>4.166822508e-02)
-    e = fmaf(e, r, <float>1.666641980e-01)
-    e = fmaf(e, r, <float>4.999999106e-01)
-    e = fmaf(e, r, <float>1.0)
-    e = fmaf(e, r, <float>1.0)
+    e = mul_add(e, r, <float>8.374822326e-03)
+    e = mul_add(e, r, <float>4.166822508e-02)
+    e = mul_add(e, r, <float>1.666641980e-01)
+    e = mul_add(e, r, <float>4.999999106e-01)
+    e = mul_add(e, r, <float>1.0)
+    e = mul_add(e, r, <float>1.0)
     # times 2**n by adding n to the exponent: (t R e) >= 2**-6 and n >= -120
     # keep the result normal
     b.f = fn
@@ -438,15 +447,15 @@ cdef inline float erf_f(float x) noexcept nogil:
     """
     cdef float a = fabsf(x)
     cdef float xh = x * x
-    cdef float xl = fmaf(x, x, -xh)
+    cdef float xl = square_err(x, xh)
     cdef float p = <float>-6.203258527e-04
-    p = fmaf(p, xh, <float>5.032182205e-03)
-    p = fmaf(p, xh, <float>-2.679146454e-02)
-    p = fmaf(p, xh, <float>1.128245518e-01)
-    p = fmaf(p, xh, <float>-3.761255145e-01)
-    p = fmaf(p, xh, <float>1.128379107)
-    cdef float t = <float>1.0 / fmaf(<float>0.3, a, <float>1.0)
-    cdef float big = copysignf(fmaf(<float>-2.0, half_erfc_core(t, -xh, xl, <float>-1.0), <float>1.0), x)
+    p = mul_add(p, xh, <float>5.032182205e-03)
+    p = mul_add(p, xh, <float>-2.679146454e-02)
+    p = mul_add(p, xh, <float>1.128245518e-01)
+    p = mul_add(p, xh, <float>-3.761255145e-01)
+    p = mul_add(p, xh, <float>1.128379107)
+    cdef float t = <float>1.0 / mul_add(<float>0.3, a, <float>1.0)
+    cdef float big = copysignf(mul_add(<float>-2.0, half_erfc_core(t, -xh, xl, <float>-1.0), <float>1.0), x)
     return big if a >= <float>0.875 else x * p     # NaN takes x * p
 
 
@@ -454,13 +463,13 @@ cdef inline float gelu_f(float v) noexcept nogil:
     """v Phi(v) = v erfc(-v / sqrt 2) / 2 for float32, relative error below
     ~3e-7 down to |result| ~ 1e-30 (0 below 1e-36), branch-free.
 
-    The halved square v^2 / 2 is exact as (v*v)/2 plus the fmaf remainder, and
+    The halved square v^2 / 2 is exact as (v*v)/2 plus the square_err remainder, and
     1/sqrt 2 folds into t's coefficient, so no rounded v / sqrt 2 moves the
     tail. gelu(-inf) = 0, gelu(inf) = inf, NaN stays NaN.
     """
     cdef float vh = v * v
-    cdef float vl = fmaf(v, v, -vh)
-    cdef float t = <float>1.0 / fmaf(<float>0.2121320367, fabsf(v), <float>1.0)
+    cdef float vl = square_err(v, vh)
+    cdef float t = <float>1.0 / mul_add(<float>0.2121320367, fabsf(v), <float>1.0)
     cdef float q = half_erfc_core(t, <float>-0.5 * vh, vl, <float>-0.5)
     cdef float w = q if v < <float>0.0 else <float>1.0 - q   # NaN: w = 1 - q != 0
     return <float>0.0 if w == <float>0.0 else v * w     # -inf * 0 would be NaN

@@ -2,6 +2,7 @@
 from ._thread_policy import configure_openmp as _configure_openmp
 
 _configure_openmp()     # libgomp's wait policy, before any kernel module loads it
+from ._kernels import cpu_info as _kernels_cpu_info
 from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
 from .errors import ModelError
@@ -22,3 +23,17 @@ from .onnx import InferenceSession, Limits, optimize  # (normrt.onnx also loads 
 from .scaleout import PartialMoments, recalibrate_batch_norm
 
 __version__ = "0.1.0"
+
+
+def cpu_info():
+    """Which build of the kernels this process runs, and why.
+
+    A dict: "level", the ISA level in use ("x86-64", "x86-64-v2", "x86-64-v3",
+    "x86-64-v4", "native" for a NORMRT_NATIVE=1 build, "generic" off x86-64);
+    "cpu_level", the highest level this CPU supports; "features", the CPU
+    features found by cpuid that the OS enables (Linux /proc/cpuinfo names);
+    "built_levels", the levels this install has; "forced", the NORMRT_ISA
+    value or None; "brand", the CPU's name; "modules", the kernel modules
+    loaded. The level is chosen once, at import.
+    """
+    return _kernels_cpu_info()

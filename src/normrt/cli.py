@@ -861,9 +861,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def version_text():
+    """`normrt --version`: the version and normrt.cpu_info(), which kernel build runs."""
+    import normrt
+    info = normrt.cpu_info()
+    forced = f", forced by NORMRT_ISA={info['forced']}" if info["forced"] else ""
+    return "\n".join([
+        f"normrt {normrt.__version__}",
+        f"kernels: {info['level']} (this CPU: {info['cpu_level']}{forced}; "
+        f"built: {', '.join(info['built_levels'])})",
+        f"cpu: {info['brand'] or 'unknown'}",
+        f"features: {' '.join(info['features'])}",
+    ])
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (it imports the kernels)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 def _parser():
     p = _Parser(prog="normrt", description=__doc__.split("\n\n")[0],
                 epilog="Run 'normrt COMMAND --help' for a command's options.")
+    p.add_argument("--version", action=_VersionAction,
+                   help="print the version and the CPU level the kernels run at, and exit")
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors, and numpy floating-point warnings")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
