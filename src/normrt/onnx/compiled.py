@@ -26,6 +26,7 @@ An exception raised inside the code is mapped back to its node: the source
 line -> step table (`CompiledPlan.node_at`).
 """
 import numpy as np
+import onnx
 
 
 FILENAME = "<normrt plan>"
@@ -113,6 +114,15 @@ class _Source:
         return self.ns["run"], source
 
 
+def _implicit_reads(plan, i, step):
+    """The values a step reads besides its inputs: its subgraphs' outer names. A
+    subgraph may also read one of the node's own inputs (a nested If on the outer
+    If's condition), so a node with subgraphs gets all it reads."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in step.node.attribute):
+        return list(plan.reads[i])
+    return [n for n in plan.reads[i] if n not in step.inputs]
+
+
 def generic_call(src, i, step, implicit, run=None):
     """`s{i}([args], env)`: the bound node (or `run`) called as the interpreted loop calls it."""
     fn = src.bind(step.run if run is None else run, "s")
@@ -131,7 +141,7 @@ def compile_generic(steps, plan, constants):
     for name in plan.graph_inputs:
         src.emit(f"{src.new_var(name)} = feeds[{name!r}]")
     for i, step in enumerate(steps):
-        implicit = [n for n in plan.reads[i] if n not in step.inputs]
+        implicit = _implicit_reads(plan, i, step)
         call = generic_call(src, i, step, implicit)
         src.emit(f"{_targets(src, step.outputs)} = {call}", step=i)
         src.release(step.release)
@@ -160,7 +170,7 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, esc
     for i, step in enumerate(steps):
         if all(o in trace.folded for o in step.outputs) and step.outputs:
             continue
-        implicit = [n for n in plan.reads[i] if n not in step.inputs]
+        implicit = _implicit_reads(plan, i, step)
         expr = None
         if len(step.outputs) == 1 and len(step.node.output) == 1 and not implicit:
             out = step.outputs[0]

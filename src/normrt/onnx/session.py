@@ -210,7 +210,7 @@ class _PickleSource:
             raise TypeError(f"this InferenceSession cannot be pickled: its model file {self.path!r} "
                             "changed since the session loaded it")
         from onnx.external_data_helper import uses_external_data
-        proto = onnx.load_model_from_string(data, load_external_data=False)
+        proto = onnx.load_model_from_string(data)    # reads no external files
         if any(uses_external_data(t) for t in proto.graph.initializer):
             return None       # the file alone is not the model: its tensors live in other files
         return data
