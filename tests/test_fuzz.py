@@ -71,8 +71,8 @@ def test_random_fuzz_smoke(worker):
     """Protobuf- and byte-level mutations of every fixture: a fixed seed and a fixed
     number of cases (a prefix of one sequence, whatever the machine's speed), with a
     time cap for slow machines."""
-    seconds = float(os.environ.get("NORMRT_FUZZ_SECONDS", "60"))
-    cases = int(os.environ.get("NORMRT_FUZZ_CASES", "2000"))
+    seconds = float(os.environ.get("NORMRT_FUZZ_SECONDS", "120"))
+    cases = int(os.environ.get("NORMRT_FUZZ_CASES", "40000"))
     seed = int(os.environ.get("NORMRT_FUZZ_SEED", "0"))
     seeds = F.seed_models()
     ch = F.RandomChooser(seed)
