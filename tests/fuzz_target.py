@@ -555,7 +555,8 @@ class Worker:
 
     def start(self):
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        from reliability_models import normrt_import_root     # the same normrt build as this process
+        env["PYTHONPATH"] = os.pathsep.join([normrt_import_root(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.setdefault("OMP_NUM_THREADS", "2")
         import tempfile
         self.stderr = tempfile.TemporaryFile()     # faulthandler's traceback of a crash lands here

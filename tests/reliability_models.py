@@ -1,5 +1,8 @@
 """Shared helpers of the reliability tests and scripts (scripts/memory.py, scripts/soak.py): the models they
 build, and process memory readings."""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -59,3 +62,10 @@ def small_cnn_model(seed=0):
     graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def normrt_import_root():
+    """The sys.path entry this process imports normrt from (the repo's src/ in a
+    development checkout, site-packages for an installed wheel): what a child
+    process's PYTHONPATH must lead with to run the same build."""
+    return str(Path(importlib.util.find_spec("normrt").origin).resolve().parents[1])

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from reliability_models import normrt_import_root
+
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +55,7 @@ PRELUDE = textwrap.dedent('''
 def run_scenario(tmp_path, body, timeout=180):
     script = tmp_path / "scenario.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=normrt_import_root() + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
         r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                            timeout=timeout, env=env, cwd=str(tmp_path))

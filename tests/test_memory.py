@@ -4,14 +4,12 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 
 import normrt
-from reliability_models import rss_mb, small_cnn_model, symbolic_block_model
+from reliability_models import normrt_import_root, rss_mb, small_cnn_model, symbolic_block_model
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_loading_holds_the_weights_once(tmp_path):
@@ -41,7 +39,7 @@ def test_loading_holds_the_weights_once(tmp_path):
         print(status("VmHWM") - base, status("VmRSS") - base)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+                         env={"PYTHONPATH": normrt_import_root(), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     peak, kept = map(float, out.stdout.split())
     assert peak < 2 * 64 + 24, (peak, kept)
