@@ -330,3 +330,25 @@ def test_merged_heads_that_do_not_divide_are_a_clear_error():
     feeds = {n: np.zeros((1, 3, 6), np.float32) for n in ("Q", "Kt", "V")}
     with pytest.raises(Exception, match=r"Q must be \(B, S, 4 \* D\)"):
         normrt.InferenceSession(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("form", ["matmul", "onnx"])
+def test_attention_layout_one_transpose_read_as_k_and_v(form):
+    """K and V one Transpose's output (a fuzz crasher): absorbing it for K must not remove it
+    while V still reads it; the result matches onnx.reference."""
+    B, S, H, D = 1, 6, 2, 6
+    nodes = [helper.make_node("Transpose", ["Xq"], ["q"], name="tq", perm=[0, 2, 1, 3])]
+    ins = [vi("Xq", [B, S, H, D]), vi("Xk", [B, S, H, D])]
+    if form == "matmul":
+        nodes += [helper.make_node("Transpose", ["Xk"], ["kt"], name="tkt", perm=[0, 2, 3, 1]),
+                  helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
+                  helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+                  helper.make_node("MatMul", ["p", "kt"], ["Y"], name="pv")]     # V is Kt (S == D)
+    else:
+        nodes += [helper.make_node("Transpose", ["Xk"], ["k"], name="tk", perm=[0, 2, 1, 3]),
+                  helper.make_node("Attention", ["q", "k", "k"], ["Y"], name="attention")]
+    g = helper.make_graph(nodes, "k_is_v", ins, [vi("Y", [B, H, S, D])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 23)])
+    sess, got, want = run_both(model, feeds_for(model))
+    assert "Attention" in op_types(sess)
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)

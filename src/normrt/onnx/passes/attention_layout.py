@@ -260,6 +260,11 @@ class AttentionLayout(GraphPass):
             if merge is not None:
                 output, attrs["merge_heads"] = merge.output[0], 1
                 removed.append(merge)
+        # one value read in two slots (K and V both the same Transpose's output): absorbing it for one
+        # slot removes the Transpose the other still reads
+        gone = {o for n in removed for o in n.output}
+        if any(i in gone for i in inputs):
+            return "a removed node's output is still read by the fused node (one value in two of Q/K/V/bias)"
         m.plan = {"inputs": inputs, "output": output, "layouts": layouts, "attrs": attrs, "removed": removed,
                   "bool_mask": bool_mask}
         return None
