@@ -1,6 +1,5 @@
 """batch_norm, batch_norm_stats and spade against float64 numpy references."""
 import concurrent.futures as cf
-import math
 import warnings
 
 import numpy as np
@@ -9,26 +8,15 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
+from dtype_checks import ref_act as _ref_act
 
 ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
-_erf = np.vectorize(math.erf)
 
 
 def ref_act(v, act):
     with np.errstate(over="ignore"):
         return _ref_act(v, act)
 
-
-def _ref_act(v, act):
-    if act == "relu":
-        return np.maximum(v, 0)
-    if act == "silu":
-        return v / (1 + np.exp(-v))
-    if act == "gelu":
-        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
-    if act == "sigmoid":
-        return 1 / (1 + np.exp(-v))
-    return v
 
 
 def per_channel(p, ndim):

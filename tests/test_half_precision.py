@@ -5,7 +5,6 @@ rounds its output once, so every result must be within one rounding step of
 the output dtype of the float64 reference computed from the same (exactly
 widened) half-precision input.
 """
-import math
 
 import ml_dtypes
 import numpy as np
@@ -14,27 +13,14 @@ from hypothesis import given, settings, strategies as st
 
 import normrt
 from normrt._kernels import half_convert
-from dtype_checks import (HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
+from dtype_checks import (ref_act, HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
                       same_bits)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
-_erf = np.vectorize(math.erf)
 half_dtypes = pytest.mark.parametrize("dt", HALF_DTYPES, ids=lambda d: d.name)
 fuzz = settings(max_examples=25, deadline=None)
-
-
-def ref_act(v, act):
-    if act == "relu":
-        return np.maximum(v, 0)
-    if act == "silu":
-        return v / (1 + np.exp(-v))
-    if act == "gelu":
-        return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
-    if act == "sigmoid":
-        return 1 / (1 + np.exp(-v))
-    return v
 
 
 def f64(a):
