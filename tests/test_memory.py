@@ -9,7 +9,7 @@ import tracemalloc
 import numpy as np
 
 import normrt
-from reliability_models import normrt_import_root, rss_mb, small_cnn_model, symbolic_block_model
+from reliability_models import normrt_import_root, rss_mb, small_cnn_model
 
 
 
