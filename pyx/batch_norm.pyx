@@ -27,43 +27,47 @@ cdef extern from *:
     #ifdef __AVX512F__
     #include <immintrin.h>
     #endif
-    /* One float32 channel run, y = ((x - mh) - ml) * a + b, then relu if asked,
-       in one pass with masked tails (DenseNet's runs are 49 to 3136 long: a
-       scalar epilogue and a second pass over y would cost as much as the run).
-       Relu as max(0, v): vmaxps returns its second operand v when either is
-       NaN or both are zero, which is `0 if v < 0 else v` bit for bit.
+    /* One float32 channel run, y = (x - mh) * a + b (moments.pxd's
+       write_affine: b has the low part of the mean folded in), then relu if
+       asked, in one pass with masked tails (DenseNet's runs are 49 to 3136
+       long: a scalar epilogue and a second pass over y would cost as much as
+       the run). Relu as max(0, v): vmaxps returns its second operand v when
+       either is NaN or both are zero, which is `0 if v < 0 else v` bit for bit.
+       The multiply-add is fused, as nrt_mul_add is on this level.
        Returns 0 without AVX-512 (the caller loops). */
-    static int nrt_affine_run_f32(const float* x, float* y, ptrdiff_t n, float mh, float ml,
+    static int nrt_affine_run_f32(const float* x, float* y, ptrdiff_t n, float mh,
                                   float a, float b, int relu) {
     #ifdef __AVX512F__
-        const __m512 vmh = _mm512_set1_ps(mh), vml = _mm512_set1_ps(ml);
+        const __m512 vmh = _mm512_set1_ps(mh);
         const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), zero = _mm512_setzero_ps();
         ptrdiff_t i = 0;
         for (; i + 16 <= n; i += 16) {
-            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmh), vml),
-                                                   va), vb);
+            __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmh), va, vb);
             _mm512_storeu_ps(y + i, relu ? _mm512_max_ps(zero, v) : v);
         }
         if (i < n) {
             __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i),
-                                                                               vmh), vml), va), vb);
+            __m512 v = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmh), va, vb);
             _mm512_mask_storeu_ps(y + i, m, relu ? _mm512_max_ps(zero, v) : v);
         }
         return 1;
     #else
-        (void)x; (void)y; (void)n; (void)mh; (void)ml; (void)a; (void)b; (void)relu;
+        (void)x; (void)y; (void)n; (void)mh; (void)a; (void)b; (void)relu;
         return 0;
     #endif
     }
     """
-    bint affine_run_f32 "nrt_affine_run_f32"(const float* x, float* y, Py_ssize_t n, float mh, float ml,
+    bint affine_run_f32 "nrt_affine_run_f32"(const float* x, float* y, Py_ssize_t n, float mh,
                                              float a, float b, bint relu) noexcept nogil
 
-from moments cimport (real, Moments, CHUNK, ACT_NONE, ACT_RELU, chunk_moments,
+from moments cimport (real, Moments, CHUNK, LANES, ACT_NONE, ACT_RELU, chunk_moments,
                       moments_merge, moments_empty, moments_var, n_chunks, activate,
-                      activate_span)
-from half cimport half_t, half_load, half_store
+                      activate_span, write_affine)
+from half cimport elem, f16_t, bf16_t, HALF_BF16, as_f32, out_f32, flush_f32, value, put
+from kernel_args cimport array_ptr, array3_ptr, storage_type
+cimport numpy as cnp
+
+cnp.import_array()
 
 
 cdef enum:
@@ -231,56 +235,50 @@ def strided_moments(const real[:, :, ::1] x,   # IN  (R1, K, R2)
 
 # ---------------------------------------------------------------- elementwise
 
-cdef inline void affine_run(const real* x, real* y, Py_ssize_t n, double m, double a, double b,
+cdef inline void affine_run(const elem* x, elem* y, Py_ssize_t n, double m, double a, double b,
                             int act) noexcept nogil:
-    """One channel's run: y[i] = act((x[i] - m) * a + b), in x's precision.
-
-    float32 splits m in two floats (x - m_hi is exact near m), so large
-    offsets cost no digits; a constant channel still gives exactly b.
-    """
-    cdef Py_ssize_t i
-    cdef real mh = <real>m
-    cdef real ml = <real>(m - <double>mh)   # 0 for float64
-    cdef real fa = <real>a
-    cdef real fb = <real>b
-    if real is float:
-        if (act == ACT_NONE or act == ACT_RELU) and affine_run_f32(x, y, n, mh, ml, fa, fb, act == ACT_RELU):
-            return
-    for i in range(n):
-        y[i] = ((x[i] - mh) - ml) * fa + fb
-    activate_span(y, n, act)
+    """One channel's run: y[i] = act((x[i] - m) * a + b) (moments.pxd's write_affine:
+    large offsets cost no digits, a constant channel gives exactly b)."""
+    cdef float mh
+    if elem is float:
+        if act == ACT_NONE or act == ACT_RELU:
+            mh = <float>m
+            if affine_run_f32(x, y, n, mh, <float>a, <float>(b - (m - <double>mh) * a) if m != <double>mh
+                              else <float>b, act == ACT_RELU):
+                return
+    write_affine(x, y, n, m, a, b, act)
 
 
-cdef inline void affine_cols(const real* x, real* y, Py_ssize_t n, const double* m,
+cdef inline void affine_cols(const elem* x, elem* y, Py_ssize_t n, const double* m,
                              const double* a, const double* b, int act) noexcept nogil:
-    """R2 == 1: element i belongs to channel i (m, a, b point at the first one)."""
+    """R2 == 1: element i belongs to channel i (m, a, b point at the first one);
+    computed in float64, rounded once to x's type (half: through float32)."""
     cdef Py_ssize_t i
     if act == ACT_NONE:
         for i in range(n):
-            y[i] = <real>((<double>x[i] - m[i]) * a[i] + b[i])
+            put(y + i, (value(x[i]) - m[i]) * a[i] + b[i])
         return
     for i in range(n):
-        y[i] = <real>activate((<double>x[i] - m[i]) * a[i] + b[i], act)
+        put(y + i, activate((value(x[i]) - m[i]) * a[i] + b[i], act))
 
 
-cdef inline void spade_run(const real* x, const real* gamma, const real* beta, real* y,
+cdef inline void spade_run(const elem* x, const elem* gamma, const elem* beta, elem* y,
                            Py_ssize_t n, double m, double a, double b, int act) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        y[i] = <real>activate(((<double>x[i] - m) * a + b) * (1.0 + <double>gamma[i])
-                              + <double>beta[i], act)
+        put(y + i, activate(((value(x[i]) - m) * a + b) * (1.0 + value(gamma[i])) + value(beta[i]), act))
 
 
-cdef inline void spade_cols(const real* x, const real* gamma, const real* beta, real* y,
+cdef inline void spade_cols(const elem* x, const elem* gamma, const elem* beta, elem* y,
                             Py_ssize_t n, const double* m, const double* a, const double* b,
                             int act) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        y[i] = <real>activate(((<double>x[i] - m[i]) * a[i] + b[i]) * (1.0 + <double>gamma[i])
-                              + <double>beta[i], act)
+        put(y + i, activate(((value(x[i]) - m[i]) * a[i] + b[i]) * (1.0 + value(gamma[i]))
+                            + value(beta[i]), act))
 
 
-cdef void affine_piece(const real* x, const real* gamma, const real* beta, real* y,
+cdef void affine_piece(const elem* x, const elem* gamma, const elem* beta, elem* y,
                        Py_ssize_t start, Py_ssize_t stop, Py_ssize_t K, Py_ssize_t R2,
                        const double* m, const double* a, const double* b, int act) noexcept nogil:
     """Flat elements [start, stop) of the (R1, K, R2) tensor, run by run of one channel."""
@@ -320,20 +318,24 @@ def channel_affine(const real[:, :, ::1] x,    # IN  (R1, K, R2)
     cdef bint spade = gamma.shape[0] != 0
     if R1 * K * R2 == 0:
         return
-    affine_all(&x[0, 0, 0], &gamma[0] if spade else NULL, &beta[0] if spade else NULL, &out[0, 0, 0],
-               R1, K, R2, &center[0], &scale[0], &shift[0], act, n_threads)
+    with nogil:
+        affine_all(&x[0, 0, 0], &gamma[0] if spade else NULL, &beta[0] if spade else NULL, &out[0, 0, 0],
+                   R1, K, R2, &center[0], &scale[0], &shift[0], act, n_threads)
 
 
-cdef void affine_all(const real* xp, const real* gp, const real* bp, real* yp,
+cdef void affine_all(const elem* xp, const elem* gp, const elem* bp, elem* yp,
                      Py_ssize_t R1, Py_ssize_t K, Py_ssize_t R2, const double* m, const double* a,
-                     const double* b, int act, int n_threads) noexcept:
+                     const double* b, int act, int n_threads) noexcept nogil:
     """The elementwise pass in fixed PIECEs (each element from its own inputs only)."""
     cdef Py_ssize_t total = R1 * K * R2, npieces, p, start, piece
     if K == 1:
         R2 = total
     piece = piece_size(total, n_threads)
     npieces = (total + piece - 1) // piece
-    for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
+    if npieces == 1:
+        affine_piece(xp, gp, bp, yp, 0, total, K, R2, m, a, b, act)
+        return
+    for p in prange(npieces, schedule="static", num_threads=n_threads):
         start = p * piece
         affine_piece(xp, gp, bp, yp, start, min(start + piece, total), K, R2, m, a, b, act)
 
@@ -351,109 +353,66 @@ cdef inline Py_ssize_t piece_size(Py_ssize_t total, int n_threads) noexcept nogi
     return max(<Py_ssize_t>2048, min(<Py_ssize_t>PIECE, piece))
 
 
-ctypedef fused preal:
-    # the running statistics' type (float32 or float64, all four alike), independent of x's
-    float
-    double
+cdef inline double param_at(const void* p, bint f64, Py_ssize_t k) noexcept nogil:
+    return (<const double*>p)[k] if f64 else <double>(<const float*>p)[k]
 
 
-def batch_norm(const real[:, :, ::1] x,        # IN  (R1, K, R2)
-               const preal[::1] scale,         # IN  (K,)
-               const preal[::1] bias,          # IN  (K,)
-               const preal[::1] mean,          # IN  (K,) running mean
-               const preal[::1] var,           # IN  (K,) running variance
+def batch_norm(x,                   # IN  (R1, K, R2) float32, float64 or float16/bfloat16 words
+               scale,               # IN  (K,) float32 or float64 (all four alike)
+               bias,                # IN  (K,)
+               mean,                # IN  (K,) running mean
+               var,                 # IN  (K,) running variance
                double eps,
-               real[:, :, ::1] out,            # OUT (R1, K, R2); may alias x
-               int act, int n_threads):
+               out,                 # OUT (R1, K, R2) x's dtype; may alias x
+               int act, int n_threads,
+               int kind=0):         # for uint16 x: half.h's NRT_F16 (0) or NRT_BF16 (1)
     """channel_affine with the statistics folded here, in float64:
     out = act((x - mean[k]) * (scale[k] / sqrt(var[k] + eps)) + bias[k]).
     (The same float64 operations as numpy's fold, without its temporaries.)"""
-    cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2], k
+    cdef int pn
+    cdef int tn = storage_type(x, 3, &pn)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    cdef Py_ssize_t R1 = dims[0], K = dims[1], R2 = dims[2], k
+    cdef const void* xp
+    cdef void* yp
+    cdef const void* ps
+    cdef const void* pb
+    cdef const void* pm
+    cdef const void* pv
+    cdef bint f64
     cdef double* folded
+    if type(scale) is not cnp.ndarray:
+        raise ValueError("scale must be a numpy.ndarray")
+    pn = cnp.PyArray_TYPE(<cnp.ndarray>scale)
+    if pn != cnp.NPY_FLOAT32 and pn != cnp.NPY_FLOAT64:
+        raise ValueError("scale, bias, mean and var must all be float32 or all float64")
+    f64 = pn == cnp.NPY_FLOAT64
+    ps = array_ptr(scale, pn, K, -1, False, "scale")
+    pb = array_ptr(bias, pn, K, -1, False, "bias")
+    pm = array_ptr(mean, pn, K, -1, False, "mean")
+    pv = array_ptr(var, pn, K, -1, False, "var")
+    xp = array3_ptr(x, tn, R1, K, R2, False, "x")
+    yp = array3_ptr(out, tn, R1, K, R2, True, "out")
     if R1 * K * R2 == 0:
         return
     folded = <double*>malloc(3 * K * sizeof(double))
     if folded == NULL:
         raise MemoryError()
-    try:
+    with nogil:
         for k in range(K):
-            folded[k] = <double>mean[k]
-            folded[K + k] = <double>scale[k] / sqrt(<double>var[k] + eps)
-            folded[2 * K + k] = <double>bias[k]
-        affine_all(&x[0, 0, 0], NULL, NULL, &out[0, 0, 0], R1, K, R2,
-                   folded, folded + K, folded + 2 * K, act, n_threads)
-    finally:
-        free(folded)
-
-
-# ---------------------------------------------------------------- float16 / bfloat16
-# x and out hold the 16-bit words of a float16 (kind HALF_F16) or bfloat16
-# (HALF_BF16) array. The elementwise pass runs in the same PIECEs as the
-# float32 one, each cut into CHUNKs converted into a float32 stack buffer,
-# computed by the float32 run code above and rounded back (nearest even).
-
-
-cdef void affine_piece_half(const half_t* x, half_t* y, Py_ssize_t start, Py_ssize_t stop,
-                            Py_ssize_t K, Py_ssize_t R2, const double* m, const double* a,
-                            const double* b, int act, int kind) noexcept nogil:
-    """Flat elements [start, stop) of the (R1, K, R2) tensor, CHUNK by CHUNK."""
-    cdef float buf[CHUNK]
-    cdef Py_ssize_t pos = start, end, i, q, j, k, n
-    while pos < stop:
-        end = min(pos + CHUNK, stop)
-        half_load(kind, x + pos, buf, end - pos)
-        i = pos
-        q = i // R2
-        j = i - q * R2
-        k = q % K
-        while i < end:
-            if R2 == 1:
-                n = min(K - k, end - i)
-                affine_cols(<const float*>(buf + (i - pos)), buf + (i - pos), n, m + k, a + k, b + k, act)
-                k = 0
-            else:
-                n = min(R2 - j, end - i)
-                affine_run(<const float*>(buf + (i - pos)), buf + (i - pos), n, m[k], a[k], b[k], act)
-                j = 0
-                k += 1
-                if k == K:
-                    k = 0
-            i += n
-        half_store(kind, buf, y + pos, end - pos)
-        pos = end
-
-
-def batch_norm_half(const half_t[:, :, ::1] x,   # IN  (R1, K, R2) float16/bfloat16 bits
-                    const preal[::1] scale,      # IN  (K,)
-                    const preal[::1] bias,       # IN  (K,)
-                    const preal[::1] mean,       # IN  (K,) running mean
-                    const preal[::1] var,        # IN  (K,) running variance
-                    double eps,
-                    half_t[:, :, ::1] out,       # OUT (R1, K, R2) x's dtype; may alias x
-                    int act, int n_threads, int kind):
-    """batch_norm for half-precision x: the same fold, the same per-element float32 code."""
-    cdef Py_ssize_t R1 = x.shape[0], K = x.shape[1], R2 = x.shape[2], k
-    cdef Py_ssize_t total = R1 * K * R2, npieces, p, start, piece
-    cdef double* folded
-    if total == 0:
-        return
-    folded = <double*>malloc(3 * K * sizeof(double))
-    if folded == NULL:
-        raise MemoryError()
-    cdef const half_t* xp = &x[0, 0, 0]
-    cdef half_t* yp = &out[0, 0, 0]
-    try:
-        for k in range(K):
-            folded[k] = <double>mean[k]
-            folded[K + k] = <double>scale[k] / sqrt(<double>var[k] + eps)
-            folded[2 * K + k] = <double>bias[k]
-        if K == 1:
-            R2 = total
-        piece = piece_size(total, n_threads)
-        npieces = (total + piece - 1) // piece
-        for p in prange(npieces, nogil=True, schedule="static", num_threads=n_threads):
-            start = p * piece
-            affine_piece_half(xp, yp, start, min(start + piece, total), K, R2,
-                              folded, folded + K, folded + 2 * K, act, kind)
-    finally:
-        free(folded)
+            folded[k] = param_at(pm, f64, k)
+            folded[K + k] = param_at(ps, f64, k) / sqrt(param_at(pv, f64, k) + eps)
+            folded[2 * K + k] = param_at(pb, f64, k)
+        if tn == cnp.NPY_FLOAT32:
+            affine_all(<const float*>xp, NULL, NULL, <float*>yp, R1, K, R2,
+                       folded, folded + K, folded + 2 * K, act, n_threads)
+        elif tn == cnp.NPY_FLOAT64:
+            affine_all(<const double*>xp, NULL, NULL, <double*>yp, R1, K, R2,
+                       folded, folded + K, folded + 2 * K, act, n_threads)
+        elif kind == HALF_BF16:
+            affine_all(<const bf16_t*>xp, NULL, NULL, <bf16_t*>yp, R1, K, R2,
+                       folded, folded + K, folded + 2 * K, act, n_threads)
+        else:
+            affine_all(<const f16_t*>xp, NULL, NULL, <f16_t*>yp, R1, K, R2,
+                       folded, folded + K, folded + 2 * K, act, n_threads)
+    free(folded)

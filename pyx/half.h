@@ -42,6 +42,12 @@
 
 enum { NRT_F16 = 0, NRT_BF16 = 1 };
 
+/* The two storage types as distinct C types (a struct each, both 16 bits):
+   Cython's fused types tell them apart, so one kernel source is specialized
+   for float32, float16 and bfloat16 storage (see half.pxd). */
+typedef struct { uint16_t bits; } nrt_f16;
+typedef struct { uint16_t bits; } nrt_bf16;
+
 static inline uint32_t nrt_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float nrt_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 

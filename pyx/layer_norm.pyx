@@ -1,543 +1,366 @@
 """Row kernels: LayerNorm and RMSNorm over the trailing L elements of G rows.
 
-Python (normrt.api.layer_norm) checks every argument; these kernels trust them.
-Optional buffers are None or arrays of x's dtype and the documented shape.
+One driver (run_rows) for every storage type: float64, float32, float16 and
+bfloat16 (half.pxd's `elem`). float32 and half storage compute alike in
+float32 with float64 statistics; a half row is converted LANES / OUT_BLOCK
+elements at a time right where the float32 code reads it and rounded back
+where it writes, so it is read once for its statistics and once for its
+output, like a float32 row.
+
+Python (normrt.api.layer_norm) checks every argument; the entry points still
+refuse an array of the wrong dtype, shape or layout (kernel_args.pxd) before
+computing anything.
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt, fabs
+cimport numpy as cnp
 
-from moments cimport (real, Moments, CHUNK, chunk_moments, chunk_sumsq,
+from moments cimport (Moments, CHUNK, LANES, chunk_moments, chunk_sumsq, mul_add,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
                       activate_span)
-from half cimport half_t, half_load, half_store, half_add
+from half cimport elem, f16_t, bf16_t, HALF_BF16, as_f32, out_f32, flush_f32, value, put
+from kernel_args cimport array_ptr, optional_ptr, storage_type
+
+cnp.import_array()
 
 
-cdef inline void add_residual(const real* x, const real* r, real* h, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        h[i] = x[i] + r[i]
+cdef enum:
+    # elements per block of the output pass: converted in, computed, activated
+    # and converted out while the block sits in L1
+    OUT_BLOCK = 256
 
 
-cdef void write_layer_norm_scaled(const float* h, float* y, Py_ssize_t n, Py_ssize_t offset,
+cdef inline void add_residual(const elem* x, const elem* r, elem* h, Py_ssize_t n) noexcept nogil:
+    """h = x + r in x's type (half storage: the sum rounded, as ONNX's Add gives it)."""
+    cdef float bx[OUT_BLOCK]
+    cdef float br[OUT_BLOCK]
+    cdef const float* px
+    cdef const float* pr
+    cdef float* q
+    cdef Py_ssize_t i = 0, j, m
+    if elem is double:
+        for j in range(n):
+            h[j] = x[j] + r[j]
+        return
+    while i < n:
+        m = min(<Py_ssize_t>OUT_BLOCK, n - i)
+        px = as_f32(x + i, bx, m)
+        pr = as_f32(r + i, br, m)
+        q = out_f32(h + i, bx)
+        for j in range(m):
+            q[j] = px[j] + pr[j]
+        flush_f32(q, h + i, m)
+        i += m
+
+
+cdef void write_layer_norm_scaled(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
                                   double mean, double rstd, const float* scale, const float* bias,
-                                  bint has_scale, bint has_bias) noexcept nogil:
-    """write_layer_norm for float32 rows whose standard deviation exceeds ~1e30."""
+                                  int act) noexcept nogil:
+    """write_layer_norm for float32/half rows whose standard deviation exceeds ~1e30:
+    x - mean may overflow float32 and rstd be subnormal, so work on x scaled by
+    the exact 2^-64."""
     cdef Py_ssize_t i
-    cdef float k = <float>5.421010862427522e-20          # 2^-64: exact scaling
+    cdef float k = <float>5.421010862427522e-20
     cdef double ms = mean * 5.421010862427522e-20
     cdef float mh = <float>ms
     cdef float ml = <float>(ms - <double>mh)
     cdef float fr = <float>(rstd * 1.8446744073709552e19)
     cdef float v
+    cdef float one[1]
     for i in range(n):
-        v = ((h[i] * k - mh) - ml) * fr
-        if has_scale:
+        v = ((<float>value(h[i]) * k - mh) - ml) * fr
+        if scale != NULL:
             v = v * scale[offset + i]
-        if has_bias:
+        if bias != NULL:
             v = v + bias[offset + i]
-        y[i] = v
+        one[0] = v
+        activate_span(one, 1, act)
+        put(y + i, one[0])
 
 
-cdef inline void write_layer_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t offset,
-                                  double mean, double rstd, const real* scale, const real* bias,
-                                  bint has_scale, bint has_bias, int act) noexcept nogil:
+cdef inline void layer_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, const float* bi,
+                                 float mh, float ml, float fr, int act) noexcept nogil:
+    """m <= LANES elements of write_layer_norm (sc, bi at the first one, or NULL).
+    With m == LANES, a constant, the conversions stay in vector registers."""
+    cdef float buf[LANES]
+    cdef const float* p = as_f32(h, buf, m)
+    cdef float* q = out_f32(y, buf)
+    cdef Py_ssize_t j
+    if sc != NULL and bi != NULL:
+        if ml == 0.0:
+            for j in range(m):
+                q[j] = mul_add((p[j] - mh) * fr, sc[j], bi[j])
+        else:
+            for j in range(m):
+                q[j] = mul_add(((p[j] - mh) - ml) * fr, sc[j], bi[j])
+    elif sc != NULL:
+        for j in range(m):
+            q[j] = ((p[j] - mh) - ml) * fr * sc[j]
+    elif bi != NULL:
+        for j in range(m):
+            q[j] = mul_add((p[j] - mh) - ml, fr, bi[j])
+    else:
+        for j in range(m):
+            q[j] = ((p[j] - mh) - ml) * fr
+    if act:
+        activate_span(q, m, act)
+    flush_f32(q, y, m)
+
+
+cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
+                                  double mean, double rstd, const void* scale_v, const void* bias_v,
+                                  int act) noexcept nogil:
     """y[i] = act((h[i] - mean) * rstd * scale[offset+i] + bias[offset+i]).
 
-    Works in x's precision. float32 splits the mean in two floats: h - mean_hi
-    is exact when h is near the mean (Sterbenz), so large offsets cost no digits.
+    float32 and half storage split the mean in two floats: h - mean_hi is
+    exact when h is near the mean (Sterbenz), so large offsets cost no digits.
+    scale/bias are float64 for float64 storage, float32 otherwise (or NULL).
     """
-    cdef Py_ssize_t i
-    cdef real mh = <real>mean
-    cdef real ml = <real>(mean - <double>mh)   # 0 for float64
-    cdef real fr = <real>rstd
-    if real is float:
-        if rstd < 7.888609052210118e-31:
-            # standard deviation above ~1e30: x - mean may overflow float32 and
-            # rstd be subnormal, so work on x scaled by the exact 2^-64
-            write_layer_norm_scaled(h, y, n, offset, mean, rstd, scale, bias, has_scale, has_bias)
-            activate_span(y, n, act)
-            return
-    if has_scale and has_bias and fabs(<double>ml * rstd) < 1e-9:
-        # the low part of the mean moves no output by more than 1e-9: skip it
+    cdef Py_ssize_t i = 0
+    cdef const float* sc = <const float*>scale_v
+    cdef const float* bi = <const float*>bias_v
+    cdef const double* dsc = <const double*>scale_v
+    cdef const double* dbi = <const double*>bias_v
+    cdef float mh = <float>mean
+    cdef float ml = <float>(mean - <double>mh)
+    cdef float fr = <float>rstd
+    cdef double d
+    if elem is double:
         for i in range(n):
-            y[i] = (h[i] - mh) * fr * scale[offset + i] + bias[offset + i]
-    elif has_scale and has_bias:
-        for i in range(n):
-            y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i] + bias[offset + i]
-    elif has_scale:
-        for i in range(n):
-            y[i] = ((h[i] - mh) - ml) * fr * scale[offset + i]
-    elif has_bias:
-        for i in range(n):
-            y[i] = ((h[i] - mh) - ml) * fr + bias[offset + i]
+            d = (h[i] - mean) * rstd
+            if dsc != NULL:
+                d = d * dsc[offset + i]
+            if dbi != NULL:
+                d = d + dbi[offset + i]
+            y[i] = d
+        activate_span(<double*>y, n, act)
+        return
+    if rstd < 7.888609052210118e-31:
+        write_layer_norm_scaled(h, y, n, offset, mean, rstd, sc, bi, act)
+        return
+    if fabs(<double>ml * rstd) < 1e-9:
+        ml = 0.0    # the low part of the mean moves no output by more than 1e-9
+    if sc != NULL:
+        sc = sc + offset
+    if bi != NULL:
+        bi = bi + offset
+    while i + LANES <= n:
+        layer_norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL,
+                        (bi + i) if bi != NULL else NULL, mh, ml, fr, act)
+        i += LANES
+    if i < n:
+        layer_norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL,
+                        (bi + i) if bi != NULL else NULL, mh, ml, fr, act)
+
+
+cdef inline void rms_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, float k, float fr,
+                               int act) noexcept nogil:
+    """m <= LANES elements of write_rms_norm (see layer_norm_span)."""
+    cdef float buf[LANES]
+    cdef const float* p = as_f32(h, buf, m)
+    cdef float* q = out_f32(y, buf)
+    cdef Py_ssize_t j
+    if k != 1.0:
+        for j in range(m):
+            q[j] = (p[j] * k) * fr * (sc[j] if sc != NULL else <float>1.0)
+    elif sc != NULL:
+        for j in range(m):
+            q[j] = p[j] * fr * sc[j]
     else:
+        for j in range(m):
+            q[j] = p[j] * fr
+    if act:
+        activate_span(q, m, act)
+    flush_f32(q, y, m)
+
+
+cdef inline void write_rms_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
+                                double rinv, const void* scale_v, int act) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    cdef const float* sc = <const float*>scale_v
+    cdef const double* dsc = <const double*>scale_v
+    cdef float fr = <float>rinv
+    cdef float k = 1.0
+    if elem is double:
         for i in range(n):
-            y[i] = ((h[i] - mh) - ml) * fr
-    activate_span(y, n, act)
+            y[i] = h[i] * rinv * (dsc[offset + i] if dsc != NULL else 1.0)
+        activate_span(<double*>y, n, act)
+        return
+    if rinv < 7.888609052210118e-31:
+        # root mean square above ~1e30: rinv may be subnormal in float32
+        fr = <float>(rinv * 1.8446744073709552e19)
+        k = <float>5.421010862427522e-20
+    if sc != NULL:
+        sc = sc + offset
+    while i + LANES <= n:
+        rms_norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL, k, fr, act)
+        i += LANES
+    if i < n:
+        rms_norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL, k, fr, act)
 
 
-cdef inline void write_rms_norm(const real* h, real* y, Py_ssize_t n, Py_ssize_t offset,
-                                double rinv, const real* scale, bint has_scale, int act) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef real fr = <real>rinv
-    if real is float:
-        if rinv < 7.888609052210118e-31:
-            # root mean square above ~1e30: rinv may be subnormal in float32
-            fr = <float>(rinv * 1.8446744073709552e19)
-            for i in range(n):
-                y[i] = (h[i] * <float>5.421010862427522e-20) * fr * (scale[offset + i] if has_scale else <float>1.0)
-            activate_span(y, n, act)
-            return
-    if has_scale:
-        for i in range(n):
-            y[i] = h[i] * fr * scale[offset + i]
-    else:
-        for i in range(n):
-            y[i] = h[i] * fr
-    activate_span(y, n, act)
-
-
-cdef inline void layer_norm_row(const real* x, const real* r, real* h_buf, real* y, Py_ssize_t L,
-                                const real* scale, const real* bias, double eps, int act,
-                                double* mean_out, double* rstd_out) noexcept nogil:
-    """One whole row: (x + r into h_buf), statistics, output."""
-    cdef const real* h = x
+cdef inline void norm_row(const elem* x, const elem* r, elem* h_buf, elem* y, Py_ssize_t L,
+                          const void* scale, const void* bias, double eps, int act, bint rms,
+                          double* mean_out, double* rstd_out) noexcept nogil:
+    """One whole row: (x + r into h_buf), statistics, output, while it is cache-hot."""
+    cdef const elem* h = x
     cdef Moments m
-    cdef double rstd
+    cdef double rstd, ss = 0.0
+    cdef Py_ssize_t start = 0
     if r != NULL:
         add_residual(x, r, h_buf, L)
         h = h_buf
+    if rms:
+        while start < L:
+            ss += chunk_sumsq(h + start, min(<Py_ssize_t>CHUNK, L - start))
+            start += CHUNK
+        write_rms_norm(h, y, L, 0, 1.0 / sqrt(ss / L + eps), scale, act)
+        return
     m = group_moments(h, L)
     rstd = 1.0 / sqrt(moments_var(m) + eps)
     if mean_out != NULL:
         mean_out[0] = m.mean
         rstd_out[0] = rstd
-    write_layer_norm(h, y, L, 0, m.mean, rstd, scale, bias, scale != NULL, bias != NULL, act)
+    write_layer_norm(h, y, L, 0, m.mean, rstd, scale, bias, act)
 
 
-cdef inline void rms_norm_row(const real* x, const real* r, real* h_buf, real* y, Py_ssize_t L,
-                              const real* scale, double eps, int act) noexcept nogil:
-    cdef const real* h = x
-    cdef double ss = 0.0
-    cdef Py_ssize_t start = 0
-    if r != NULL:
-        add_residual(x, r, h_buf, L)
-        h = h_buf
-    while start < L:
-        ss += chunk_sumsq(h + start, min(<Py_ssize_t>CHUNK, L - start))
-        start += CHUNK
-    write_rms_norm(h, y, L, 0, 1.0 / sqrt(ss / L + eps), scale, scale != NULL, act)
+cdef int run_rows(const elem* x, const elem* res, elem* sums, elem* y, Py_ssize_t G, Py_ssize_t L,
+                  const void* scale, const void* bias, double* stats, double eps, int act, bint rms,
+                  int n_threads) noexcept nogil:
+    """LayerNorm (rms False) or RMSNorm of G rows of L; returns -1 when out of memory.
 
-
-def layer_norm(const real[:, ::1] x,      # IN  (G, L) rows to normalize
-               real[:, ::1] out,          # OUT (G, L); may alias x
-               scale=None,                # IN  (L,) x.dtype, or None
-               bias=None,                 # IN  (L,) x.dtype, or None
-               residual=None,             # IN  (G, L) x.dtype, added to x first, or None
-               sum_out=None,              # OUT (G, L) x.dtype, receives x + residual, or None
-               stats_out=None,            # OUT (2, G) float64: mean, inv_std_dev; or None
-               double eps=1e-5, int act=0, int n_threads=1):
-    # Optional buffers are plain objects, turned into views only when present:
-    # a small call then pays for two buffer acquisitions, not seven.
-    cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
+    res: the residual or NULL; sums: where x + res goes (sum_out, else y);
+    stats: (2, G) mean and inv_std_dev, or NULL.
+    """
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef const real[::1] scale_v, bias_v
-    cdef const real[:, ::1] res_v
-    cdef real[:, ::1] sum_v
-    cdef double[:, ::1] stats_v
-    cdef const real* scale_p = NULL
-    cdef const real* bias_p = NULL
-    cdef const real* res_p = NULL
-    cdef real* sum_p = &out[0, 0] if G and L else NULL
-    cdef double* stats_p = NULL
     cdef Moments m
     cdef Moments* parts
-    cdef double rstd
-    cdef const real* h
-    cdef real* hw
-    if out.shape[0] != G or out.shape[1] != L:
-        raise ValueError("out must have x's shape")
-    if G == 0 or L == 0:
-        return
-    if scale is not None:
-        scale_v = scale
-        if scale_v.shape[0] != L:
-            raise ValueError("scale must have L elements")
-        scale_p = &scale_v[0]
-    if bias is not None:
-        bias_v = bias
-        if bias_v.shape[0] != L:
-            raise ValueError("bias must have L elements")
-        bias_p = &bias_v[0]
-    if residual is not None:
-        res_v = residual
-        if res_v.shape[0] != G or res_v.shape[1] != L:
-            raise ValueError("residual must have x's shape")
-        res_p = &res_v[0, 0]
-    if sum_out is not None:
-        sum_v = sum_out
-        if sum_v.shape[0] != G or sum_v.shape[1] != L:
-            raise ValueError("sum_out must have x's shape")
-        sum_p = &sum_v[0, 0]
-    if stats_out is not None:
-        stats_v = stats_out
-        if stats_v.shape[0] != 2 or stats_v.shape[1] != G:
-            raise ValueError("stats_out must have shape (2, G)")
-        stats_p = &stats_v[0, 0]
-
-    if n_threads == 1:
-        with nogil:
-            for g in range(G):
-                layer_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                               &out[g, 0], L, scale_p, bias_p, eps, act,
-                               (stats_p + g) if stats_p != NULL else NULL,
-                               (stats_p + G + g) if stats_p != NULL else NULL)
-        return
-    if G >= n_threads or nch == 1:
-        # one thread owns a whole row: statistics and output while it is cache-hot
-        for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
-            layer_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                           &out[g, 0], L, scale_p, bias_p, eps, act,
-                           (stats_p + g) if stats_p != NULL else NULL,
-                           (stats_p + G + g) if stats_p != NULL else NULL)
-        return
-
-    # fewer rows than threads: every chunk of every row is a work item, merged
-    # in chunk order exactly as group_moments does
-    parts = <Moments*>malloc(G * nch * sizeof(Moments) + 2 * G * sizeof(double))
-    if parts == NULL:
-        raise MemoryError()
-    cdef double* means = <double*>(parts + G * nch)
-    cdef double* rstds = means + G
-    try:
-        with nogil:
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                h = &x[g, start]
-                if res_p != NULL:
-                    hw = sum_p + g * L + start
-                    add_residual(&x[g, start], res_p + g * L + start, hw, n)
-                    h = hw
-                parts[item] = chunk_moments(h, n)
-            for g in range(G):
-                m = moments_empty()
-                for c in range(nch):
-                    moments_merge(&m, parts[g * nch + c])
-                means[g] = m.mean
-                rstds[g] = 1.0 / sqrt(moments_var(m) + eps)
-                if stats_p != NULL:
-                    stats_p[g] = means[g]
-                    stats_p[G + g] = rstds[g]
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                h = (sum_p + g * L + start) if res_p != NULL else &x[g, start]
-                write_layer_norm(h, &out[g, start], n, start, means[g], rstds[g],
-                                 scale_p, bias_p, scale_p != NULL, bias_p != NULL, act)
-    finally:
-        free(parts)
-
-
-def rms_norm(const real[:, ::1] x,      # IN  (G, L)
-             real[:, ::1] out,          # OUT (G, L); may alias x
-             scale=None,                # IN  (L,) x.dtype, or None
-             residual=None,             # IN  (G, L) x.dtype, or None
-             sum_out=None,              # OUT (G, L) x.dtype, receives x + residual, or None
-             double eps=1e-5, int act=0, int n_threads=1):
-    cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
-    cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef const real[::1] scale_v
-    cdef const real[:, ::1] res_v
-    cdef real[:, ::1] sum_v
-    cdef const real* scale_p = NULL
-    cdef const real* res_p = NULL
-    cdef real* sum_p = &out[0, 0] if G and L else NULL
-    cdef double ss, rinv
-    cdef double* parts
-    cdef const real* h
-    cdef real* hw
-    if out.shape[0] != G or out.shape[1] != L:
-        raise ValueError("out must have x's shape")
-    if G == 0 or L == 0:
-        return
-    if scale is not None:
-        scale_v = scale
-        if scale_v.shape[0] != L:
-            raise ValueError("scale must have L elements")
-        scale_p = &scale_v[0]
-    if residual is not None:
-        res_v = residual
-        if res_v.shape[0] != G or res_v.shape[1] != L:
-            raise ValueError("residual must have x's shape")
-        res_p = &res_v[0, 0]
-    if sum_out is not None:
-        sum_v = sum_out
-        if sum_v.shape[0] != G or sum_v.shape[1] != L:
-            raise ValueError("sum_out must have x's shape")
-        sum_p = &sum_v[0, 0]
-
-    if n_threads == 1:
-        with nogil:
-            for g in range(G):
-                rms_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                             &out[g, 0], L, scale_p, eps, act)
-        return
-    if G >= n_threads or nch == 1:
-        for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
-            rms_norm_row(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                         &out[g, 0], L, scale_p, eps, act)
-        return
-
-    parts = <double*>malloc((G * nch + G) * sizeof(double))
-    if parts == NULL:
-        raise MemoryError()
-    cdef double* rinvs = parts + G * nch
-    try:
-        with nogil:
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                h = &x[g, start]
-                if res_p != NULL:
-                    hw = sum_p + g * L + start
-                    add_residual(&x[g, start], res_p + g * L + start, hw, n)
-                    h = hw
-                parts[item] = chunk_sumsq(h, n)
-            for g in range(G):
-                ss = 0.0
-                for c in range(nch):
-                    ss = ss + parts[g * nch + c]
-                rinvs[g] = 1.0 / sqrt(ss / L + eps)
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                h = (sum_p + g * L + start) if res_p != NULL else &x[g, start]
-                write_rms_norm(h, &out[g, start], n, start, rinvs[g], scale_p, scale_p != NULL, act)
-    finally:
-        free(parts)
-
-
-# ---------------------------------------------------------------- float16 / bfloat16
-# x, out, residual and sum_out hold the 16-bit words of a float16 (kind
-# HALF_F16) or bfloat16 (HALF_BF16) array; scale and bias are float32. Each
-# CHUNK of a row is converted into a float32 stack buffer, where the float32
-# code above computes its moments and then its output, which is rounded back
-# (nearest even). A residual is added in x's dtype first (as ONNX's Add
-# would), and that rounded sum is what gets normalized and stored in sum_out.
-# The chunks and their merge order are those of the float32 kernel, so the
-# results are bitwise identical for any thread count.
-
-
-cdef inline void load_half_chunk(const half_t* x, const half_t* r, half_t* hsum, float* buf,
-                                 Py_ssize_t n, int kind) noexcept nogil:
-    if r != NULL:
-        half_add(kind, x, r, hsum, buf, n)
-    else:
-        half_load(kind, x, buf, n)
-
-
-cdef void layer_norm_row_half(const half_t* x, const half_t* r, half_t* hsum, half_t* y, Py_ssize_t L,
-                              const float* scale, const float* bias, double eps, int act,
-                              double* mean_out, double* rstd_out, int kind) noexcept nogil:
-    """One whole row; a row of one CHUNK is converted once."""
-    cdef float buf[CHUNK]
-    cdef Moments m = moments_empty()
-    cdef Py_ssize_t start = 0, n
-    cdef const half_t* h = hsum if r != NULL else x
-    cdef double rstd
-    while start < L:
-        n = min(<Py_ssize_t>CHUNK, L - start)
-        load_half_chunk(x + start, (r + start) if r != NULL else NULL, hsum + start, buf, n, kind)
-        moments_merge(&m, chunk_moments(<const float*>buf, n))
-        start += CHUNK
-    rstd = 1.0 / sqrt(moments_var(m) + eps)
-    if mean_out != NULL:
-        mean_out[0] = m.mean
-        rstd_out[0] = rstd
-    start = 0
-    while start < L:
-        n = min(<Py_ssize_t>CHUNK, L - start)
-        if L > CHUNK:
-            half_load(kind, h + start, buf, n)
-        write_layer_norm(<const float*>buf, buf, n, start, m.mean, rstd, scale, bias,
-                         scale != NULL, bias != NULL, act)
-        half_store(kind, buf, y + start, n)
-        start += CHUNK
-
-
-cdef void rms_norm_row_half(const half_t* x, const half_t* r, half_t* hsum, half_t* y, Py_ssize_t L,
-                            const float* scale, double eps, int act, int kind) noexcept nogil:
-    cdef float buf[CHUNK]
-    cdef double ss = 0.0, rinv
-    cdef Py_ssize_t start = 0, n
-    cdef const half_t* h = hsum if r != NULL else x
-    while start < L:
-        n = min(<Py_ssize_t>CHUNK, L - start)
-        load_half_chunk(x + start, (r + start) if r != NULL else NULL, hsum + start, buf, n, kind)
-        ss += chunk_sumsq(<const float*>buf, n)
-        start += CHUNK
-    rinv = 1.0 / sqrt(ss / L + eps)
-    start = 0
-    while start < L:
-        n = min(<Py_ssize_t>CHUNK, L - start)
-        if L > CHUNK:
-            half_load(kind, h + start, buf, n)
-        write_rms_norm(<const float*>buf, buf, n, start, rinv, scale, scale != NULL, act)
-        half_store(kind, buf, y + start, n)
-        start += CHUNK
-
-
-cdef Moments chunk_moments_half(const half_t* x, const half_t* r, half_t* hsum, Py_ssize_t n,
-                                int kind) noexcept nogil:
-    cdef float buf[CHUNK]
-    load_half_chunk(x, r, hsum, buf, n, kind)
-    return chunk_moments(<const float*>buf, n)
-
-
-cdef double chunk_sumsq_half(const half_t* x, const half_t* r, half_t* hsum, Py_ssize_t n,
-                             int kind) noexcept nogil:
-    cdef float buf[CHUNK]
-    load_half_chunk(x, r, hsum, buf, n, kind)
-    return chunk_sumsq(<const float*>buf, n)
-
-
-cdef void write_chunk_half(const half_t* h, half_t* y, Py_ssize_t n, Py_ssize_t offset, double center,
-                           double rstd, const float* scale, const float* bias, int act, bint rms,
-                           int kind) noexcept nogil:
-    cdef float buf[CHUNK]
-    half_load(kind, h, buf, n)
-    if rms:
-        write_rms_norm(<const float*>buf, buf, n, offset, rstd, scale, scale != NULL, act)
-    else:
-        write_layer_norm(<const float*>buf, buf, n, offset, center, rstd, scale, bias,
-                         scale != NULL, bias != NULL, act)
-    half_store(kind, buf, y, n)
-
-
-cdef inline const float* f32_ptr(object a, Py_ssize_t L, str name) except? NULL:
-    cdef const float[::1] v
-    if a is None:
-        return NULL
-    v = a
-    if v.shape[0] != L:
-        raise ValueError(f"{name} must have L elements")
-    return &v[0]
-
-
-def norm_rows_half(const half_t[:, ::1] x,   # IN  (G, L) float16/bfloat16 bits
-                   half_t[:, ::1] out,       # OUT (G, L) same dtype; may alias x
-                   scale=None,               # IN  (L,) float32, or None
-                   bias=None,                # IN  (L,) float32, or None (LayerNorm only)
-                   residual=None,            # IN  (G, L) x's dtype, added to x first, or None
-                   sum_out=None,             # OUT (G, L) x's dtype, receives x + residual, or None
-                   stats_out=None,           # OUT (2, G) float64: mean, inv_std_dev (LayerNorm); or None
-                   double eps=1e-5, int act=0, int n_threads=1, int kind=0, bint rms=False):
-    """LayerNorm (rms=False) or RMSNorm (rms=True) of half-precision rows."""
-    cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
-    cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
-    cdef const half_t[:, ::1] res_v
-    cdef half_t[:, ::1] sum_v
-    cdef double[:, ::1] stats_v
-    cdef const float* scale_p
-    cdef const float* bias_p
-    cdef const half_t* res_p = NULL
-    cdef half_t* sum_p = &out[0, 0] if G and L else NULL
-    cdef double* stats_p = NULL
-    cdef Moments m
-    cdef Moments* parts
+    cdef double* centers
+    cdef double* rstds
     cdef double ss
-    if out.shape[0] != G or out.shape[1] != L:
-        raise ValueError("out must have x's shape")
-    if G == 0 or L == 0:
-        return
-    scale_p = f32_ptr(scale, L, "scale")
-    bias_p = f32_ptr(bias, L, "bias")
-    if residual is not None:
-        res_v = residual
-        if res_v.shape[0] != G or res_v.shape[1] != L:
-            raise ValueError("residual must have x's shape")
-        res_p = &res_v[0, 0]
-    if sum_out is not None:
-        sum_v = sum_out
-        if sum_v.shape[0] != G or sum_v.shape[1] != L:
-            raise ValueError("sum_out must have x's shape")
-        sum_p = &sum_v[0, 0]
-    if stats_out is not None:
-        stats_v = stats_out
-        if stats_v.shape[0] != 2 or stats_v.shape[1] != G:
-            raise ValueError("stats_out must have shape (2, G)")
-        stats_p = &stats_v[0, 0]
-
+    cdef const elem* h
     if n_threads == 1:
-        with nogil:
-            for g in range(G):
-                if rms:
-                    rms_norm_row_half(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                                      &out[g, 0], L, scale_p, eps, act, kind)
-                else:
-                    layer_norm_row_half(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                                        &out[g, 0], L, scale_p, bias_p, eps, act,
-                                        (stats_p + g) if stats_p != NULL else NULL,
-                                        (stats_p + G + g) if stats_p != NULL else NULL, kind)
-        return
+        for g in range(G):
+            norm_row(x + g * L, (res + g * L) if res != NULL else NULL, sums + g * L, y + g * L, L,
+                     scale, bias, eps, act, rms, (stats + g) if stats != NULL else NULL,
+                     (stats + G + g) if stats != NULL else NULL)
+        return 0
     if G >= n_threads or nch == 1:
-        for g in prange(G, nogil=True, schedule="static", num_threads=n_threads):
-            if rms:
-                rms_norm_row_half(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                                  &out[g, 0], L, scale_p, eps, act, kind)
-            else:
-                layer_norm_row_half(&x[g, 0], (res_p + g * L) if res_p != NULL else NULL, sum_p + g * L,
-                                    &out[g, 0], L, scale_p, bias_p, eps, act,
-                                    (stats_p + g) if stats_p != NULL else NULL,
-                                    (stats_p + G + g) if stats_p != NULL else NULL, kind)
-        return
+        for g in prange(G, schedule="static", num_threads=n_threads):
+            norm_row(x + g * L, (res + g * L) if res != NULL else NULL, sums + g * L, y + g * L, L,
+                     scale, bias, eps, act, rms, (stats + g) if stats != NULL else NULL,
+                     (stats + G + g) if stats != NULL else NULL)
+        return 0
 
     # fewer rows than threads: every chunk of every row is a work item, merged
-    # in chunk order exactly as the whole-row path merges them
+    # in chunk order exactly as norm_row merges them (the same bits)
     parts = <Moments*>malloc(G * nch * sizeof(Moments) + 2 * G * sizeof(double))
     if parts == NULL:
+        return -1
+    centers = <double*>(parts + G * nch)
+    rstds = centers + G
+    for item in prange(G * nch, schedule="static", num_threads=n_threads):
+        g = item // nch
+        start = (item % nch) * CHUNK
+        n = min(<Py_ssize_t>CHUNK, L - start)
+        h = x + g * L + start
+        if res != NULL:
+            add_residual(h, res + g * L + start, sums + g * L + start, n)
+            h = sums + g * L + start
+        if rms:
+            parts[item].m2 = chunk_sumsq(h, n)
+        else:
+            parts[item] = chunk_moments(h, n)
+    for g in range(G):
+        if rms:
+            ss = 0.0
+            for c in range(nch):
+                ss = ss + parts[g * nch + c].m2
+            centers[g] = 0.0
+            rstds[g] = 1.0 / sqrt(ss / L + eps)
+        else:
+            m = moments_empty()
+            for c in range(nch):
+                moments_merge(&m, parts[g * nch + c])
+            centers[g] = m.mean
+            rstds[g] = 1.0 / sqrt(moments_var(m) + eps)
+            if stats != NULL:
+                stats[g] = centers[g]
+                stats[G + g] = rstds[g]
+    for item in prange(G * nch, schedule="static", num_threads=n_threads):
+        g = item // nch
+        start = (item % nch) * CHUNK
+        n = min(<Py_ssize_t>CHUNK, L - start)
+        h = ((sums if res != NULL else x) + g * L + start)
+        if rms:
+            write_rms_norm(h, y + g * L + start, n, start, rstds[g], scale, act)
+        else:
+            write_layer_norm(h, y + g * L + start, n, start, centers[g], rstds[g], scale, bias, act)
+    free(parts)
+    return 0
+
+
+cdef object rows(object x, object out, object scale, object bias, object residual, object sum_out,
+                 object stats_out, double eps, int act, int n_threads, int kind, bint rms):
+    """Check the arrays (kernel_args.pxd), then run_rows for x's storage type."""
+    cdef int tn, pn
+    cdef Py_ssize_t G, L
+    cdef void* xp
+    cdef void* yp
+    cdef void* rp
+    cdef void* sp
+    cdef const void* scale_p
+    cdef const void* bias_p
+    cdef double* stats_p
+    cdef int rc
+    tn = storage_type(x, 2, &pn)
+    G = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
+    L = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
+    xp = array_ptr(x, tn, G, L, False, "x")
+    yp = array_ptr(out, tn, G, L, True, "out")
+    if G == 0 or L == 0:
+        return
+    scale_p = optional_ptr(scale, pn, L, -1, False, "scale")
+    bias_p = optional_ptr(bias, pn, L, -1, False, "bias")
+    rp = optional_ptr(residual, tn, G, L, False, "residual")
+    sp = optional_ptr(sum_out, tn, G, L, True, "sum_out")
+    stats_p = <double*>optional_ptr(stats_out, cnp.NPY_FLOAT64, 2, G, True, "stats_out")
+    if sp == NULL:
+        sp = yp
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            rc = run_rows(<const float*>xp, <const float*>rp, <float*>sp, <float*>yp, G, L,
+                          scale_p, bias_p, stats_p, eps, act, rms, n_threads)
+        elif tn == cnp.NPY_FLOAT64:
+            rc = run_rows(<const double*>xp, <const double*>rp, <double*>sp, <double*>yp, G, L,
+                          scale_p, bias_p, stats_p, eps, act, rms, n_threads)
+        elif kind == HALF_BF16:
+            rc = run_rows(<const bf16_t*>xp, <const bf16_t*>rp, <bf16_t*>sp, <bf16_t*>yp, G, L,
+                          scale_p, bias_p, stats_p, eps, act, rms, n_threads)
+        else:
+            rc = run_rows(<const f16_t*>xp, <const f16_t*>rp, <f16_t*>sp, <f16_t*>yp, G, L,
+                          scale_p, bias_p, stats_p, eps, act, rms, n_threads)
+    if rc != 0:
         raise MemoryError()
-    cdef double* centers = <double*>(parts + G * nch)
-    cdef double* rstds = centers + G
-    try:
-        with nogil:
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                if rms:
-                    parts[item].m2 = chunk_sumsq_half(&x[g, start], (res_p + g * L + start) if res_p != NULL else NULL,
-                                                      sum_p + g * L + start, n, kind)
-                else:
-                    parts[item] = chunk_moments_half(&x[g, start], (res_p + g * L + start) if res_p != NULL else NULL,
-                                                     sum_p + g * L + start, n, kind)
-            for g in range(G):
-                if rms:
-                    ss = 0.0
-                    for c in range(nch):
-                        ss = ss + parts[g * nch + c].m2
-                    centers[g] = 0.0
-                    rstds[g] = 1.0 / sqrt(ss / L + eps)
-                else:
-                    m = moments_empty()
-                    for c in range(nch):
-                        moments_merge(&m, parts[g * nch + c])
-                    centers[g] = m.mean
-                    rstds[g] = 1.0 / sqrt(moments_var(m) + eps)
-                    if stats_p != NULL:
-                        stats_p[g] = centers[g]
-                        stats_p[G + g] = rstds[g]
-            for item in prange(G * nch, schedule="static", num_threads=n_threads):
-                g = item // nch
-                start = (item % nch) * CHUNK
-                n = min(<Py_ssize_t>CHUNK, L - start)
-                write_chunk_half(((sum_p if res_p != NULL else &x[0, 0]) + g * L + start), &out[g, start], n, start,
-                                 centers[g], rstds[g], scale_p, bias_p, act, rms, kind)
-    finally:
-        free(parts)
+
+
+def layer_norm(x,                   # IN  (G, L) rows to normalize: float32, float64 or half words
+               out,                 # OUT (G, L) x's dtype; may alias x
+               scale=None,          # IN  (L,) float64 for float64 x, else float32; or None
+               bias=None,           # IN  (L,) like scale, or None
+               residual=None,       # IN  (G, L) x's dtype, added to x first, or None
+               sum_out=None,        # OUT (G, L) x's dtype, receives x + residual, or None
+               stats_out=None,      # OUT (2, G) float64: mean, inv_std_dev; or None
+               double eps=1e-5, int act=0, int n_threads=1,
+               int kind=0):         # for uint16 x: half.h's NRT_F16 (0) or NRT_BF16 (1)
+    rows(x, out, scale, bias, residual, sum_out, stats_out, eps, act, n_threads, kind, False)
+
+
+def rms_norm(x,                     # IN  (G, L), as layer_norm's
+             out,                   # OUT (G, L) x's dtype; may alias x
+             scale=None,            # IN  (L,) as layer_norm's, or None
+             residual=None,         # IN  (G, L) x's dtype, or None
+             sum_out=None,          # OUT (G, L) x's dtype, receives x + residual, or None
+             double eps=1e-5, int act=0, int n_threads=1, int kind=0):
+    rows(x, out, scale, None, residual, sum_out, None, eps, act, n_threads, kind, True)

@@ -8,6 +8,8 @@
 
 from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
 
+from half cimport elem, f16_t, bf16_t, as_f32, out_f32, flush_f32, value
+
 cdef extern from "fused_ops.h":
     # fused multiply-add where the ISA has FMA, multiply then add below it
     # (fmaf would be a software-emulated libm call there: see the header)
@@ -60,14 +62,17 @@ cdef inline double lane_total(double* acc) noexcept nogil:
     return (acc[0] + acc[2]) + (acc[1] + acc[3])
 
 
-cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept nogil:
-    """sum((x - mean)^2) with float64 lanes (float32: the mean split in two floats).
+cdef inline double sum_sq_dev(const elem* x, Py_ssize_t n, double mean) noexcept nogil:
+    """sum((x - mean)^2) with float64 lanes (float32 and half storage: the mean
+    split in two floats, float32 blocks of LANES converted as they are read).
 
     Independent lanes in a fixed order let the compiler vectorize without
     reassociating anything, so the result never depends on the code path.
     """
     cdef double acc[LANES]
     cdef float blk[LANES]
+    cdef float cvt[LANES]
+    cdef const float* p
     cdef float mh = <float>mean
     cdef float ml = <float>(mean - <double>mh)
     cdef float fd
@@ -75,34 +80,36 @@ cdef inline double sum_sq_dev(const real* x, Py_ssize_t n, double mean) noexcept
     cdef Py_ssize_t i = 0, j, k
     for j in range(LANES):
         acc[j] = 0.0
-    if real is float:
+    if elem is double:
+        while i + LANES <= n:
+            for j in range(LANES):
+                d = x[i + j] - mean
+                acc[j] += d * d
+            i += LANES
+    else:
         while i + BLOCK <= n:
             for j in range(LANES):
                 blk[j] = 0.0
             for k in range(BLOCK // LANES):
+                p = as_f32(x + i + k * LANES, cvt, LANES)
                 for j in range(LANES):
-                    fd = (x[i + k * LANES + j] - mh) - ml
-                    blk[j] += fd * fd
+                    fd = (p[j] - mh) - ml
+                    blk[j] = mul_add(fd, fd, blk[j])
             for j in range(LANES):
                 acc[j] += blk[j]
             i += BLOCK
         for j in range(LANES):
             blk[j] = 0.0
         while i + LANES <= n:
+            p = as_f32(x + i, cvt, LANES)
             for j in range(LANES):
-                fd = (x[i + j] - mh) - ml
-                blk[j] += fd * fd
+                fd = (p[j] - mh) - ml
+                blk[j] = mul_add(fd, fd, blk[j])
             i += LANES
         for j in range(LANES):
             acc[j] += blk[j]
-    else:
-        while i + LANES <= n:
-            for j in range(LANES):
-                d = x[i + j] - mean
-                acc[j] += d * d
-            i += LANES
     while i < n:
-        d = <double>x[i] - mean
+        d = value(x[i]) - mean
         acc[0] += d * d
         i += 1
     return lane_total(acc)
@@ -113,12 +120,15 @@ cdef struct Sums:
     double s2   # sum((x - shift)^2)
 
 
-cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept nogil:
-    """Both shifted sums in one pass (float32: float32 lanes per block)."""
+cdef inline Sums sums_dev(const elem* x, Py_ssize_t n, double shift) noexcept nogil:
+    """Both shifted sums in one pass (float32 and half storage: float32 lanes
+    per block, each LANES block converted as it is read: one read of x)."""
     cdef double a1[LANES]
     cdef double a2[LANES]
     cdef float b1[LANES]
     cdef float b2[LANES]
+    cdef float cvt[LANES]
+    cdef const float* p
     cdef float fshift = <float>shift
     cdef float fd
     cdef double d
@@ -127,16 +137,24 @@ cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept no
     for j in range(LANES):
         a1[j] = 0.0
         a2[j] = 0.0
-    if real is float:
+    if elem is double:
+        while i + LANES <= n:
+            for j in range(LANES):
+                d = x[i + j] - shift
+                a1[j] += d
+                a2[j] += d * d
+            i += LANES
+    else:
         while i + BLOCK <= n:
             for j in range(LANES):
                 b1[j] = 0.0
                 b2[j] = 0.0
             for k in range(BLOCK // LANES):
+                p = as_f32(x + i + k * LANES, cvt, LANES)
                 for j in range(LANES):
-                    fd = x[i + k * LANES + j] - fshift
+                    fd = p[j] - fshift
                     b1[j] += fd
-                    b2[j] += fd * fd
+                    b2[j] = mul_add(fd, fd, b2[j])
             for j in range(LANES):
                 a1[j] += b1[j]
                 a2[j] += b2[j]
@@ -145,23 +163,17 @@ cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept no
             b1[j] = 0.0
             b2[j] = 0.0
         while i + LANES <= n:
+            p = as_f32(x + i, cvt, LANES)
             for j in range(LANES):
-                fd = x[i + j] - fshift
+                fd = p[j] - fshift
                 b1[j] += fd
-                b2[j] += fd * fd
+                b2[j] = mul_add(fd, fd, b2[j])
             i += LANES
         for j in range(LANES):
             a1[j] += b1[j]
             a2[j] += b2[j]
-    else:
-        while i + LANES <= n:
-            for j in range(LANES):
-                d = x[i + j] - shift
-                a1[j] += d
-                a2[j] += d * d
-            i += LANES
     while i < n:
-        d = <double>x[i] - shift
+        d = value(x[i]) - shift
         a1[0] += d
         a2[0] += d * d
         i += 1
@@ -176,16 +188,16 @@ cdef inline Sums sums_dev(const real* x, Py_ssize_t n, double shift) noexcept no
 # takes that path too and gives the same result there.
 
 
-cdef inline Moments chunk_moments_wide(const real* x, Py_ssize_t n) noexcept nogil:
+cdef inline Moments chunk_moments_wide(const elem* x, Py_ssize_t n) noexcept nogil:
     """chunk_moments computed in float64 throughout (any finite x: no square
-    overflows or underflows in float64 when x is float32)."""
+    overflows or underflows in float64 when x is float32 or half)."""
     cdef double a1[LANES]
     cdef double a2[LANES]
     cdef double shift = 0.0, d, s1, s2, dm
     cdef Py_ssize_t i = 0, j
     cdef Moments m
     for i in range(min(n, <Py_ssize_t>LANES)):
-        shift += x[i]
+        shift += value(x[i])
     shift = shift / min(n, <Py_ssize_t>LANES)
     for j in range(LANES):
         a1[j] = 0.0
@@ -193,12 +205,12 @@ cdef inline Moments chunk_moments_wide(const real* x, Py_ssize_t n) noexcept nog
     i = 0
     while i + LANES <= n:
         for j in range(LANES):
-            d = <double>x[i + j] - shift
+            d = value(x[i + j]) - shift
             a1[j] += d
             a2[j] += d * d
         i += LANES
     while i < n:
-        d = <double>x[i] - shift
+        d = value(x[i]) - shift
         a1[0] += d
         a2[0] += d * d
         i += 1
@@ -218,18 +230,18 @@ cdef inline Moments chunk_moments_wide(const real* x, Py_ssize_t n) noexcept nog
     i = 0
     while i + LANES <= n:
         for j in range(LANES):
-            d = <double>x[i + j] - m.mean
+            d = value(x[i + j]) - m.mean
             a2[j] += d * d
         i += LANES
     while i < n:
-        d = <double>x[i] - m.mean
+        d = value(x[i]) - m.mean
         a2[0] += d * d
         i += 1
     m.m2 = lane_total(a2)
     return m
 
 
-cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
+cdef inline Moments chunk_moments(const elem* x, Py_ssize_t n) noexcept nogil:
     """Moments of one chunk, float64 accumulators, no cancellation.
 
     One pass sums x - shift and its square, the shift being the mean of the
@@ -247,15 +259,18 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     if n >= LANES:
         # a pairwise tree, not a serial chain: this runs once per chunk
         for i in range(LANES):
-            sample[i] = x[i]
+            sample[i] = value(x[i])
         shift = lane_total(sample) / LANES
     else:
         for i in range(n):
-            shift += x[i]
+            shift += value(x[i])
         shift = shift / n
-    shift = <real>shift   # representable, so x - shift is exact near it
+    if elem is double:
+        pass
+    else:
+        shift = <float>shift   # representable, so x - shift is exact near it
     s = sums_dev(x, n, shift)
-    if real is float:
+    if elem is not double:
         # (NaN input also lands here, and stays NaN)
         if not (s.s2 >= 8.673617379884035e-19 and s.s2 < 1e300):
             return chunk_moments_wide(x, n)
@@ -273,24 +288,24 @@ cdef inline Moments chunk_moments(const real* x, Py_ssize_t n) noexcept nogil:
     return m
 
 
-cdef inline double chunk_sumsq(const real* x, Py_ssize_t n) noexcept nogil:
+cdef inline double chunk_sumsq(const elem* x, Py_ssize_t n) noexcept nogil:
     """Sum of squares of one chunk in float64 (RMSNorm, L2 norms)."""
     cdef double s = sum_sq_dev(x, n, 0.0)
     cdef double acc[LANES]
     cdef double d
     cdef Py_ssize_t i = 0, j
-    if real is float:
+    if elem is not double:
         if not (s >= 8.673617379884035e-19 and s < 1e300):
             # float32 squares over- or underflowed (or an all-zero chunk): again in float64
             for j in range(LANES):
                 acc[j] = 0.0
             while i + LANES <= n:
                 for j in range(LANES):
-                    d = x[i + j]
+                    d = value(x[i + j])
                     acc[j] += d * d
                 i += LANES
             while i < n:
-                d = x[i]
+                d = value(x[i])
                 acc[0] += d * d
                 i += 1
             s = lane_total(acc)
@@ -320,7 +335,7 @@ cdef inline Moments moments_empty() noexcept nogil:
     return m
 
 
-cdef inline Moments group_moments(const real* x, Py_ssize_t n) noexcept nogil:
+cdef inline Moments group_moments(const elem* x, Py_ssize_t n) noexcept nogil:
     """Moments of a contiguous group: CHUNK pieces merged in order."""
     cdef Moments acc = moments_empty()
     cdef Py_ssize_t start = 0
@@ -499,3 +514,46 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
     else:
         for i in range(n):
             y[i] = activate(y[i], act)
+
+
+# ---- the affine output pass -------------------------------------------------
+
+cdef inline void affine_span(const elem* x, elem* y, Py_ssize_t m, float mh, float fa, float fb,
+                             int act) noexcept nogil:
+    """m <= LANES elements of write_affine; with m == LANES, a constant, half
+    conversions stay in vector registers."""
+    cdef float buf[LANES]
+    cdef const float* p = as_f32(x, buf, m)
+    cdef float* q = out_f32(y, buf)
+    cdef Py_ssize_t j
+    for j in range(m):
+        q[j] = mul_add(p[j] - mh, fa, fb)
+    if act:
+        activate_span(q, m, act)
+    flush_f32(q, y, m)
+
+
+cdef inline void write_affine(const elem* x, elem* y, Py_ssize_t n, double mean, double a,
+                              double b, int act) noexcept nogil:
+    """y[i] = act((x[i] - mean) * a + b), a = inv_std * scale, b = bias.
+
+    float32 and half storage: one subtraction and one multiply-add per element,
+    (x - mean_hi) * a + (b - mean_lo * a), with the mean split in two floats:
+    x - mean_hi is exact near the mean (Sterbenz), so large offsets cost no
+    digits, and a constant group (mean_lo = 0) gives exactly b.
+    """
+    cdef Py_ssize_t i = 0
+    cdef float mh = <float>mean
+    cdef double ml = mean - <double>mh
+    cdef float fa = <float>a
+    cdef float fb = <float>(b - ml * a) if ml != 0.0 else <float>b   # (a may be inf: eps = var = 0)
+    if elem is double:
+        for i in range(n):
+            y[i] = (x[i] - mean) * a + b
+        activate_span(<double*>y, n, act)
+        return
+    while i + LANES <= n:
+        affine_span(x + i, y + i, LANES, mh, fa, fb, act)
+        i += LANES
+    if i < n:
+        affine_span(x + i, y + i, n - i, mh, fa, fb, act)

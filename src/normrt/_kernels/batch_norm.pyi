@@ -1,6 +1,6 @@
 """Type stub for the compiled channel kernels (pyx/batch_norm.pyx): x viewed as
 (R1, K, R2), K channels. Called by normrt.api.batch_norm / normrt.api.moments;
-arguments are trusted."""
+batch_norm checks its arrays (ValueError before computing); the others trust theirs."""
 import numpy as np
 import numpy.typing as npt
 
@@ -25,25 +25,14 @@ def channel_affine(
     n_threads: int,
 ) -> None: ...
 def batch_norm(
-    x: Array,            # IN  (R1, K, R2)
+    x: Array | npt.NDArray[np.uint16],  # IN  (R1, K, R2); uint16: the words of float16/bfloat16
     scale: Array,        # IN  (K,) float32 or float64, all four statistics alike
     bias: Array,         # IN  (K,)
     mean: Array,         # IN  (K,) running mean
     var: Array,          # IN  (K,) running variance
     eps: float,
-    out: Array,          # OUT (R1, K, R2); may alias x
+    out: Array | npt.NDArray[np.uint16],  # OUT (R1, K, R2) x's dtype; may alias x
     act: int,
     n_threads: int,
-) -> None: ...
-def batch_norm_half(
-    x: npt.NDArray[np.uint16],       # IN  (R1, K, R2) 16-bit words of a float16/bfloat16 array
-    scale: npt.NDArray[np.floating],  # IN  (K,) float32 or float64, all four alike
-    bias: npt.NDArray[np.floating],
-    mean: npt.NDArray[np.floating],
-    var: npt.NDArray[np.floating],
-    eps: float,
-    out: npt.NDArray[np.uint16],     # OUT (R1, K, R2) x's dtype; may alias x
-    act: int,
-    n_threads: int,
-    kind: int,                       # 0 float16, 1 bfloat16
+    kind: int = ...,     # uint16 x: 0 float16, 1 bfloat16
 ) -> None: ...

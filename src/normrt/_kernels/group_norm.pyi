@@ -1,8 +1,10 @@
 """Type stub for the compiled channel-group kernels (pyx/group_norm.pyx).
 
-Arguments are trusted: normrt.api.group_norm validates them. Arrays are
-C-contiguous and share x's dtype (float32 or float64); absent scale/bias are
-length-0 arrays.
+normrt.api.group_norm validates the arguments; group_norm still checks its
+arrays (ValueError before computing). x and out share one dtype: float32,
+float64, or uint16 holding the words of a float16 (kind 0) or bfloat16 (kind 1)
+array; scale/bias are float64 for float64 x, else float32, and absent ones None
+or length-0 arrays. adain takes float32/float64 only.
 """
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +18,7 @@ def group_norm(
     eps: float,
     act: int,
     n_threads: int,
+    kind: int = ...,                  # uint16 x: 0 float16, 1 bfloat16
 ) -> None: ...
 def adain(
     content: npt.NDArray[np.floating],  # IN  (R, L)
@@ -24,15 +27,4 @@ def adain(
     eps: float,
     unbiased: bool,                     # variance m2/(n-1) instead of m2/n
     n_threads: int,
-) -> None: ...
-def group_norm_half(
-    x: npt.NDArray[np.uint16],       # IN  (R, L) 16-bit words of a float16/bfloat16 array, one group per row
-    scale: npt.NDArray[np.float32],  # IN  (period,) per-segment scale, or (0,)
-    bias: npt.NDArray[np.float32],   # IN  (period,) per-segment bias, or (0,)
-    out: npt.NDArray[np.uint16],     # OUT (R, L) x's dtype; may alias x
-    nseg: int,
-    eps: float,
-    act: int,
-    n_threads: int,
-    kind: int,                       # 0 float16, 1 bfloat16
 ) -> None: ...

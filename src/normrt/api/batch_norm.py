@@ -53,12 +53,11 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     act = chk.activation(activation)
     y = chk.output(out, x.shape, x.dtype, x)
     kind = chk.half_kind(x.dtype)
-    if x.size and kind >= 0:
-        _k.batch_norm_half(half.bits(x).reshape(N, C, S), *params, eps, half.bits(y).reshape(N, C, S),
-                           act, memory_bound(x.size), kind)
-    elif x.size:
+    if x.size:
         # the fold a = scale / sqrt(var + eps) happens in the kernel, in float64
-        _k.batch_norm(x.reshape(N, C, S), *params, eps, y.reshape(N, C, S), act, memory_bound(x.size))
+        xk, yk = (half.bits(x), half.bits(y)) if kind >= 0 else (x, y)
+        _k.batch_norm(xk.reshape(N, C, S), *params, eps, yk.reshape(N, C, S), act, memory_bound(x.size),
+                      max(kind, 0))
     return y
 
 

@@ -74,11 +74,10 @@ def _param_dtype(dt):
 
 def _rows_kernel(x, y, R, L, scale, bias, nseg, eps, act):
     kind = chk.half_kind(x.dtype)
-    if kind >= 0:
-        _k.group_norm_half(half.bits(x).reshape(R, L), scale, bias, half.bits(y).reshape(R, L),
-                           nseg, eps, act, memory_bound(x.size), kind)
-    else:
-        _k.group_norm(x.reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, memory_bound(x.size))
+    if kind >= 0:       # the kernel reads float16/bfloat16 as their 16-bit words
+        x, y = half.bits(x), half.bits(y)
+    _k.group_norm(x.reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, memory_bound(x.size),
+                  max(kind, 0))
 
 
 def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):

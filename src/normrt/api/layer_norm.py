@@ -51,7 +51,8 @@ def _residual_out(residual_out, x, r, y):
 def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
     """The common call over the last axis (C-contiguous ndarrays, out= given or not), with no
     Python checks: y, or None when this path does not apply. The kernel gets
-    (x, y) + params + (residual,) + tail + (eps, act, threads), as (G, L) rows.
+    (x, y) + params + (residual,) + tail + (eps, act, threads, kind), as (G, L) rows
+    (float16/bfloat16 as their 16-bit words, `kind` saying which).
 
     The kernel itself refuses any buffer of the wrong dtype, layout or size by
     raising before it computes; the caller then takes the checked path, which
@@ -60,8 +61,6 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
     if type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous \
             or type(eps) is not float or not eps >= 0.0:
         return None
-    if x.dtype.itemsize == 2:       # (cheaper than a dtype comparison on the float32 path)
-        return _fast_half(kernel is _k.rms_norm, x, out, params, eps, residual, act)
     if out is None:
         y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
     elif (type(out) is np.ndarray and out.shape == x.shape and out.flags.c_contiguous and residual is None
@@ -72,46 +71,32 @@ def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
     if residual is not None and (type(residual) is not np.ndarray or residual.shape != x.shape
                                  or not residual.flags.c_contiguous):
         return None
+    kind = 0
+    xk, yk, rk = x, y, residual
+    if x.dtype.itemsize == 2:       # (cheaper than a dtype comparison on the float32 path)
+        # the kernel sees 16-bit words: the dtypes of out and residual are checked here
+        kind = chk.half_kind(x.dtype)
+        if kind < 0 or y.dtype != x.dtype or (residual is not None and residual.dtype != x.dtype):
+            return None             # int16 and the like: the checked path names the problem
+        xk, yk = half.bits(x), half.bits(y)
+        rk = None if residual is None else half.bits(residual)
     if x.ndim == 2:
-        rows, r = (x, y), residual
+        rows = (xk, yk)
     else:
         L = x.shape[-1]
-        rows, r = (x.reshape(-1, L), y.reshape(-1, L)), (None if residual is None else residual.reshape(-1, L))
+        rows, rk = (xk.reshape(-1, L), yk.reshape(-1, L)), (None if rk is None else rk.reshape(-1, L))
     try:
-        kernel(*rows, *params, r, *tail, eps, act, memory_bound(x.size))
+        kernel(*rows, *params, rk, *tail, eps, act, memory_bound(x.size), kind)
     except (TypeError, ValueError, BufferError):
         return None
     return y
 
 
-def _fast_half(rms, x, out, params, eps, residual, act):
-    """_fast for a float16/bfloat16 x with float32 parameters: the kernel sees 16-bit words,
-    so the dtypes of out and residual are checked here (both kinds are uint16 to it)."""
-    dt = x.dtype
-    kind = chk.half_kind(dt)
-    if kind < 0:                    # int16 and the like: the checked path names the problem
+def _words(a, G, L):
+    """a as (G, L) rows of the kernel's element: float16/bfloat16 as their 16-bit words."""
+    if a is None:
         return None
-    if out is None:
-        y = np.empty(x.shape, dt)
-    elif (type(out) is np.ndarray and out.dtype == dt and out.shape == x.shape and out.flags.c_contiguous
-          and residual is None and (out is x or (out.base is None and x.base is None))):
-        y = out
-    else:
-        return None
-    r = None
-    if residual is not None:
-        if (type(residual) is not np.ndarray or residual.dtype != dt or residual.shape != x.shape
-                or not residual.flags.c_contiguous):
-            return None
-        r = half.bits(residual).reshape(-1, x.shape[-1])
-    L = x.shape[-1]
-    try:
-        _k.norm_rows_half(half.bits(x).reshape(-1, L), half.bits(y).reshape(-1, L), params[0],
-                          None if rms else params[1], r, None, None, eps, act, memory_bound(x.size),
-                          kind, rms)
-    except (TypeError, ValueError, BufferError):
-        return None
-    return y
+    return _as_rows(half.bits(a) if a.dtype.itemsize == 2 else a, G, L)
 
 
 def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, activation=None,
@@ -148,20 +133,9 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     y = chk.output(out, x.shape, dt, x)
     s = None if residual_out is None else _residual_out(residual_out, x, r, y)
     stats = np.empty((2, G), np.float64) if return_stats else None
-    if G and L and kind >= 0:
-        _k.norm_rows_half(
-            _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
-            _flat(scale), _flat(bias),
-            None if r is None else _as_rows(half.bits(r), G, L),
-            None if s is None else _as_rows(half.bits(s), G, L), stats, eps, act, memory_bound(x.size), kind,
-        )
-    elif G and L:
-        _k.layer_norm(
-            _as_rows(x, G, L), _as_rows(y, G, L),
-            _flat(scale), _flat(bias),
-            None if r is None else _as_rows(r, G, L),
-            None if s is None else _as_rows(s, G, L), stats, eps, act, memory_bound(x.size),
-        )
+    if G and L:
+        _k.layer_norm(_words(x, G, L), _words(y, G, L), _flat(scale), _flat(bias), _words(r, G, L),
+                      _words(s, G, L), stats, eps, act, memory_bound(x.size), max(kind, 0))
     elif return_stats:
         stats.fill(np.nan)
     if return_stats:
@@ -189,18 +163,7 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
     r = _residual(residual, x, out)
     y = chk.output(out, x.shape, dt, x)
     s = None if residual_out is None else _residual_out(residual_out, x, r, y)
-    if G and L and kind >= 0:
-        _k.norm_rows_half(
-            _as_rows(half.bits(x), G, L), _as_rows(half.bits(y), G, L),
-            _flat(scale), None,
-            None if r is None else _as_rows(half.bits(r), G, L),
-            None if s is None else _as_rows(half.bits(s), G, L), None, eps, 0, memory_bound(x.size), kind, True,
-        )
-    elif G and L:
-        _k.rms_norm(
-            _as_rows(x, G, L), _as_rows(y, G, L),
-            _flat(scale),
-            None if r is None else _as_rows(r, G, L),
-            None if s is None else _as_rows(s, G, L), eps, 0, memory_bound(x.size),
-        )
+    if G and L:
+        _k.rms_norm(_words(x, G, L), _words(y, G, L), _flat(scale), _words(r, G, L), _words(s, G, L),
+                    eps, 0, memory_bound(x.size), max(kind, 0))
     return y
