@@ -48,45 +48,50 @@ def _residual_out(residual_out, x, r, y):
     return s
 
 
-def _fast(kernel, x, out, params, tail, eps, residual=None, act=0):
-    """The common call over the last axis (C-contiguous ndarrays, out= given or not), with no
-    Python checks: y, or None when this path does not apply. The kernel gets
-    (x, y) + params + (residual,) + tail + (eps, act, threads, kind), as (G, L) rows
-    (float16/bfloat16 as their 16-bit words, `kind` saying which).
+def _fast(x, out, scale, bias, eps, residual, act, rms):
+    """The common call over the last axis (ndarrays, out= given or not), with as
+    few Python checks as the small calls allow: y, or None when this path does
+    not apply. The kernel gets (G, L) rows (float16/bfloat16 as their 16-bit
+    words, `kind` saying which).
 
-    The kernel itself refuses any buffer of the wrong dtype, layout or size by
-    raising before it computes; the caller then takes the checked path, which
-    converts what it can and names the argument that is wrong.
+    The kernel checks every array's dtype, shape, layout and writability and
+    raises before it computes; the caller then takes the checked path, which
+    converts what it can and names the argument that is wrong. What the kernel
+    cannot see is checked here: overlap of out with x, and - where a reshape to
+    rows could copy or hide a shape - out's shape and layout.
     """
-    if type(x) is not np.ndarray or not x.ndim or not x.size or not x.flags.c_contiguous \
-            or type(eps) is not float or not eps >= 0.0:
+    if type(x) is not np.ndarray or type(eps) is not float or not eps >= 0.0 or not x.size:
         return None
     if out is None:
         y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
-    elif (type(out) is np.ndarray and out.shape == x.shape and out.flags.c_contiguous and residual is None
-          and (out is x or (out.base is None and x.base is None))):
+    elif type(out) is np.ndarray and residual is None and (out is x or (out.base is None and x.base is None)):
         y = out                                          # views may overlap partially: checked path
     else:
         return None
-    if residual is not None and (type(residual) is not np.ndarray or residual.shape != x.shape
-                                 or not residual.flags.c_contiguous):
-        return None
     kind = 0
-    xk, yk, rk = x, y, residual
-    if x.dtype.itemsize == 2:       # (cheaper than a dtype comparison on the float32 path)
+    if x.itemsize == 2:
         # the kernel sees 16-bit words: the dtypes of out and residual are checked here
         kind = chk.half_kind(x.dtype)
-        if kind < 0 or y.dtype != x.dtype or (residual is not None and residual.dtype != x.dtype):
+        if kind < 0 or y.dtype != x.dtype or (residual is not None and (type(residual) is not np.ndarray
+                                                                          or residual.dtype != x.dtype)):
             return None             # int16 and the like: the checked path names the problem
-        xk, yk = half.bits(x), half.bits(y)
-        rk = None if residual is None else half.bits(residual)
-    if x.ndim == 2:
-        rows = (xk, yk)
+        x, y2 = half.bits(x), half.bits(y)
+        residual = None if residual is None else half.bits(residual)
     else:
+        y2 = y
+    if x.ndim != 2:
+        # rows of a reshape: a view only for C-contiguous arrays of x's shape
+        if x.ndim == 0 or y2.shape != x.shape or not y2.flags.c_contiguous or (
+                residual is not None and (type(residual) is not np.ndarray or residual.shape != x.shape)):
+            return None
         L = x.shape[-1]
-        rows, rk = (xk.reshape(-1, L), yk.reshape(-1, L)), (None if rk is None else rk.reshape(-1, L))
+        x, y2 = x.reshape(-1, L), y2.reshape(-1, L)
+        residual = None if residual is None else residual.reshape(-1, L)
     try:
-        kernel(*rows, *params, rk, *tail, eps, act, memory_bound(x.size), kind)
+        if rms:
+            _k.rms_norm(x, y2, scale, residual, None, eps, act, memory_bound(x.size), kind)
+        else:
+            _k.layer_norm(x, y2, scale, bias, residual, None, None, eps, act, memory_bound(x.size), kind)
     except (TypeError, ValueError, BufferError):
         return None
     return y
@@ -113,10 +118,9 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     next skip connection, computed in the same pass. It may be x or residual itself
     but must not overlap `out`. It is modified in place; the return value is unchanged.
     """
-    act = chk.ACTIVATIONS.get(activation, -1) if activation is None or type(activation) is str else -1
-    if (axis == -1 and not return_stats and residual_out is None and act >= 0
-            and (scale is None or type(scale) is np.ndarray) and (bias is None or type(bias) is np.ndarray)):
-        y = _fast(_k.layer_norm, x, out, (scale, bias), (None, None), eps, residual, act)
+    act = 0 if activation is None else (chk.ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
+    if axis == -1 and act >= 0 and not return_stats and residual_out is None:
+        y = _fast(x, out, scale, bias, eps, residual, act, False)
         if y is not None:
             return y
     x = chk.tensor(x, "x", min_rank=1, half=True)
@@ -150,8 +154,8 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
     With `residual`, normalizes `x + residual`; `residual_out` (needs `residual`)
     then receives that sum, as in `layer_norm`.
     """
-    if axis == -1 and residual_out is None and (scale is None or type(scale) is np.ndarray):
-        y = _fast(_k.rms_norm, x, out, (scale,), (None,), eps, residual)
+    if axis == -1 and residual_out is None:
+        y = _fast(x, out, scale, None, eps, residual, 0, True)
         if y is not None:
             return y
     x = chk.tensor(x, "x", min_rank=1, half=True)
