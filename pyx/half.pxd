@@ -95,3 +95,30 @@ cdef inline void put(elem* y, double v) noexcept nogil:
         y[0] = <float>v
     else:
         y[0] = v
+
+
+cdef inline const float* as_f32_padded(const elem* x, float* buf, Py_ssize_t m,
+                                       Py_ssize_t lanes) noexcept nogil:
+    """x[0:m] as float32 in buf[0:m], buf[m:lanes] = 0: a short tail computed as
+    one whole block of `lanes` (callers mask or discard the padding)."""
+    cdef Py_ssize_t j
+    if elem is f16_t:
+        half_load(HALF_F16, <const unsigned short*>x, buf, m)
+    elif elem is bf16_t:
+        half_load(HALF_BF16, <const unsigned short*>x, buf, m)
+    else:
+        for j in range(m):
+            buf[j] = <float>x[j]
+    for j in range(m, lanes):
+        buf[j] = 0.0
+    return buf
+
+
+cdef inline void store_f32(const float* buf, elem* y, Py_ssize_t m) noexcept nogil:
+    """y[0:m] = buf[0:m] in y's type (flush_f32 for halves, a copy for float32)."""
+    cdef Py_ssize_t j
+    if elem is f16_t or elem is bf16_t:
+        flush_f32(buf, y, m)
+    else:
+        for j in range(m):
+            y[j] = buf[j]

@@ -19,7 +19,8 @@ cimport numpy as cnp
 from moments cimport (Moments, CHUNK, LANES, chunk_moments, chunk_sumsq, mul_add,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
                       activate_span)
-from half cimport elem, f16_t, bf16_t, HALF_BF16, as_f32, out_f32, flush_f32, value, put
+from half cimport (elem, f16_t, bf16_t, HALF_BF16, as_f32, as_f32_padded, out_f32, flush_f32, store_f32,
+                   value, put)
 from kernel_args cimport array_ptr, optional_ptr, storage_type
 
 cnp.import_array()
@@ -79,33 +80,55 @@ cdef void write_layer_norm_scaled(const elem* h, elem* y, Py_ssize_t n, Py_ssize
         put(y + i, one[0])
 
 
-cdef inline void layer_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, const float* bi,
-                                 float mh, float ml, float fr, int act) noexcept nogil:
-    """m <= LANES elements of write_layer_norm (sc, bi at the first one, or NULL).
-    With m == LANES, a constant, the conversions stay in vector registers."""
-    cdef float buf[LANES]
-    cdef const float* p = as_f32(h, buf, m)
-    cdef float* q = out_f32(y, buf)
+cdef inline void layer_norm_lanes(const float* p, float* q, const float* sc, const float* bi,
+                                  float mh, float ml, float fr) noexcept nogil:
+    """q[j] = ((p[j] - mh) - ml) * fr * sc[j] + bi[j] for one block of LANES (sc, bi may be NULL)."""
     cdef Py_ssize_t j
     if sc != NULL and bi != NULL:
         if ml == 0.0:
-            for j in range(m):
+            for j in range(LANES):
                 q[j] = mul_add((p[j] - mh) * fr, sc[j], bi[j])
         else:
-            for j in range(m):
+            for j in range(LANES):
                 q[j] = mul_add(((p[j] - mh) - ml) * fr, sc[j], bi[j])
     elif sc != NULL:
-        for j in range(m):
+        for j in range(LANES):
             q[j] = ((p[j] - mh) - ml) * fr * sc[j]
     elif bi != NULL:
-        for j in range(m):
+        for j in range(LANES):
             q[j] = mul_add((p[j] - mh) - ml, fr, bi[j])
     else:
-        for j in range(m):
+        for j in range(LANES):
             q[j] = ((p[j] - mh) - ml) * fr
+
+
+cdef inline const float* padded(const float* a, float* buf, Py_ssize_t m) noexcept nogil:
+    return as_f32_padded(a, buf, m, LANES) if a != NULL else NULL
+
+
+cdef inline void layer_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, const float* bi,
+                                 float mh, float ml, float fr, int act) noexcept nogil:
+    """m <= LANES elements of write_layer_norm (sc, bi at the first one, or NULL).
+    A whole block keeps half conversions in vector registers; a shorter tail is
+    computed as one padded block (the padding is never stored)."""
+    cdef float buf[LANES]
+    cdef float sbuf[LANES]
+    cdef float bbuf[LANES]
+    cdef const float* p
+    cdef float* q
+    if m == LANES:
+        p = as_f32(h, buf, LANES)
+        q = out_f32(y, buf)
+        layer_norm_lanes(p, q, sc, bi, mh, ml, fr)
+        if act:
+            activate_span(q, LANES, act)
+        flush_f32(q, y, LANES)
+        return
+    p = as_f32_padded(h, buf, m, LANES)
+    layer_norm_lanes(p, buf, padded(sc, sbuf, m), padded(bi, bbuf, m), mh, ml, fr)
     if act:
-        activate_span(q, m, act)
-    flush_f32(q, y, m)
+        activate_span(buf, LANES, act)
+    store_f32(buf, y, m)
 
 
 cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
@@ -154,25 +177,39 @@ cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize
                         (bi + i) if bi != NULL else NULL, mh, ml, fr, act)
 
 
+cdef inline void rms_norm_lanes(const float* p, float* q, const float* sc, float k, float fr) noexcept nogil:
+    cdef Py_ssize_t j
+    if k != 1.0:
+        for j in range(LANES):
+            q[j] = (p[j] * k) * fr * (sc[j] if sc != NULL else <float>1.0)
+    elif sc != NULL:
+        for j in range(LANES):
+            q[j] = p[j] * fr * sc[j]
+    else:
+        for j in range(LANES):
+            q[j] = p[j] * fr
+
+
 cdef inline void rms_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, float k, float fr,
                                int act) noexcept nogil:
     """m <= LANES elements of write_rms_norm (see layer_norm_span)."""
     cdef float buf[LANES]
-    cdef const float* p = as_f32(h, buf, m)
-    cdef float* q = out_f32(y, buf)
-    cdef Py_ssize_t j
-    if k != 1.0:
-        for j in range(m):
-            q[j] = (p[j] * k) * fr * (sc[j] if sc != NULL else <float>1.0)
-    elif sc != NULL:
-        for j in range(m):
-            q[j] = p[j] * fr * sc[j]
-    else:
-        for j in range(m):
-            q[j] = p[j] * fr
+    cdef float sbuf[LANES]
+    cdef const float* p
+    cdef float* q
+    if m == LANES:
+        p = as_f32(h, buf, LANES)
+        q = out_f32(y, buf)
+        rms_norm_lanes(p, q, sc, k, fr)
+        if act:
+            activate_span(q, LANES, act)
+        flush_f32(q, y, LANES)
+        return
+    p = as_f32_padded(h, buf, m, LANES)
+    rms_norm_lanes(p, buf, padded(sc, sbuf, m), k, fr)
     if act:
-        activate_span(q, m, act)
-    flush_f32(q, y, m)
+        activate_span(buf, LANES, act)
+    store_f32(buf, y, m)
 
 
 cdef inline void write_rms_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,

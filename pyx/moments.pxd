@@ -8,7 +8,7 @@
 
 from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
 
-from half cimport elem, f16_t, bf16_t, as_f32, out_f32, flush_f32, value
+from half cimport elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value
 
 cdef extern from "fused_ops.h":
     # fused multiply-add where the ISA has FMA, multiply then add below it
@@ -106,6 +106,13 @@ cdef inline double sum_sq_dev(const elem* x, Py_ssize_t n, double mean) noexcept
                 fd = (p[j] - mh) - ml
                 blk[j] = mul_add(fd, fd, blk[j])
             i += LANES
+        if i < n:
+            # the tail as one masked block (a scalar loop would cost as much as the chunk)
+            p = as_f32_padded(x + i, cvt, n - i, LANES)
+            for j in range(LANES):
+                fd = ((p[j] - mh) - ml) if j < n - i else <float>0.0
+                blk[j] = mul_add(fd, fd, blk[j])
+            i = n
         for j in range(LANES):
             acc[j] += blk[j]
     while i < n:
@@ -169,6 +176,13 @@ cdef inline Sums sums_dev(const elem* x, Py_ssize_t n, double shift) noexcept no
                 b1[j] += fd
                 b2[j] = mul_add(fd, fd, b2[j])
             i += LANES
+        if i < n:
+            p = as_f32_padded(x + i, cvt, n - i, LANES)
+            for j in range(LANES):
+                fd = (p[j] - fshift) if j < n - i else <float>0.0
+                b1[j] += fd
+                b2[j] = mul_add(fd, fd, b2[j])
+            i = n
         for j in range(LANES):
             a1[j] += b1[j]
             a2[j] += b2[j]
@@ -523,14 +537,25 @@ cdef inline void affine_span(const elem* x, elem* y, Py_ssize_t m, float mh, flo
     """m <= LANES elements of write_affine; with m == LANES, a constant, half
     conversions stay in vector registers."""
     cdef float buf[LANES]
-    cdef const float* p = as_f32(x, buf, m)
-    cdef float* q = out_f32(y, buf)
+    cdef const float* p
+    cdef float* q
     cdef Py_ssize_t j
-    for j in range(m):
+    if m < LANES:
+        # a short run or tail: one whole block in buf (the padding is computed, not stored)
+        p = as_f32_padded(x, buf, m, LANES)
+        for j in range(LANES):
+            buf[j] = mul_add(p[j] - mh, fa, fb)
+        if act:
+            activate_span(buf, LANES, act)
+        store_f32(buf, y, m)
+        return
+    p = as_f32(x, buf, LANES)
+    q = out_f32(y, buf)
+    for j in range(LANES):
         q[j] = mul_add(p[j] - mh, fa, fb)
     if act:
-        activate_span(q, m, act)
-    flush_f32(q, y, m)
+        activate_span(q, LANES, act)
+    flush_f32(q, y, LANES)
 
 
 cdef inline void write_affine(const elem* x, elem* y, Py_ssize_t n, double mean, double a,
