@@ -26,7 +26,7 @@ from libc.math cimport sqrt, NAN
 cimport numpy as cnp
 
 from moments cimport (real, Moments, CHUNK, ACT_NONE, chunk_moments, group_moments,
-                      moments_merge, moments_empty, moments_var, n_chunks, write_affine)
+                      moments_merge, moments_empty, moments_var, n_chunks, write_affine, parts_buffer)
 from half cimport elem, f16_t, bf16_t, HALF_BF16
 from kernel_args cimport array_ptr, param_vector, storage_type
 
@@ -87,11 +87,9 @@ cdef int run_groups(const elem* x, elem* y, Py_ssize_t R, Py_ssize_t L, Py_ssize
 
     # fewer rows than threads: every chunk of every row is a work item; the
     # per-chunk moments are merged in chunk order, exactly as group_moments does
-    parts = <Moments*>malloc(R * nch * sizeof(Moments) + 2 * R * sizeof(double))
+    parts = parts_buffer(R * nch, R, &means, &inv_stds)
     if parts == NULL:
         return -1
-    means = <double*>(parts + R * nch)
-    inv_stds = means + R
     for item in prange(R * nch, schedule="static", num_threads=n_threads):
         r = item // nch
         start = (item % nch) * CHUNK

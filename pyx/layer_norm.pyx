@@ -16,7 +16,7 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport sqrt, fabs
 cimport numpy as cnp
 
-from moments cimport (Moments, CHUNK, LANES, chunk_moments, chunk_sumsq, mul_add,
+from moments cimport (Moments, CHUNK, LANES, parts_buffer, chunk_moments, chunk_sumsq, mul_add,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
                       activate_span)
 from half cimport (elem, f16_t, bf16_t, HALF_BF16, as_f32, as_f32_padded, out_f32, flush_f32, store_f32,
@@ -106,11 +106,12 @@ cdef inline const float* padded(const float* a, float* buf, Py_ssize_t m) noexce
     return as_f32_padded(a, buf, m, LANES) if a != NULL else NULL
 
 
-cdef inline void layer_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, const float* bi,
-                                 float mh, float ml, float fr, int act) noexcept nogil:
-    """m <= LANES elements of write_layer_norm (sc, bi at the first one, or NULL).
-    A whole block keeps half conversions in vector registers; a shorter tail is
-    computed as one padded block (the padding is never stored)."""
+cdef inline void norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, const float* bi,
+                           float mh, float ml, float fr, float k, int act, bint rms) noexcept nogil:
+    """m <= LANES elements of write_layer_norm (rms False) or write_rms_norm (sc, bi
+    at the first one, or NULL). A whole block keeps half conversions in vector
+    registers; a shorter tail is computed as one padded block (the padding is
+    never stored)."""
     cdef float buf[LANES]
     cdef float sbuf[LANES]
     cdef float bbuf[LANES]
@@ -119,16 +120,21 @@ cdef inline void layer_norm_span(const elem* h, elem* y, Py_ssize_t m, const flo
     if m == LANES:
         p = as_f32(h, buf, LANES)
         q = out_f32(y, buf)
+    else:
+        p = as_f32_padded(h, buf, m, LANES)
+        q = buf
+        sc = padded(sc, sbuf, m)
+        bi = padded(bi, bbuf, m)
+    if rms:
+        rms_norm_lanes(p, q, sc, k, fr)
+    else:
         layer_norm_lanes(p, q, sc, bi, mh, ml, fr)
-        if act:
-            activate_span(q, LANES, act)
-        flush_f32(q, y, LANES)
-        return
-    p = as_f32_padded(h, buf, m, LANES)
-    layer_norm_lanes(p, buf, padded(sc, sbuf, m), padded(bi, bbuf, m), mh, ml, fr)
     if act:
-        activate_span(buf, LANES, act)
-    store_f32(buf, y, m)
+        activate_span(q, LANES, act)
+    if m == LANES:
+        flush_f32(q, y, LANES)
+    else:
+        store_f32(buf, y, m)
 
 
 cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
@@ -169,12 +175,12 @@ cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize
     if bi != NULL:
         bi = bi + offset
     while i + LANES <= n:
-        layer_norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL,
-                        (bi + i) if bi != NULL else NULL, mh, ml, fr, act)
+        norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL,
+                  (bi + i) if bi != NULL else NULL, mh, ml, fr, 1.0, act, False)
         i += LANES
     if i < n:
-        layer_norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL,
-                        (bi + i) if bi != NULL else NULL, mh, ml, fr, act)
+        norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL,
+                  (bi + i) if bi != NULL else NULL, mh, ml, fr, 1.0, act, False)
 
 
 cdef inline void rms_norm_lanes(const float* p, float* q, const float* sc, float k, float fr) noexcept nogil:
@@ -188,28 +194,6 @@ cdef inline void rms_norm_lanes(const float* p, float* q, const float* sc, float
     else:
         for j in range(LANES):
             q[j] = p[j] * fr
-
-
-cdef inline void rms_norm_span(const elem* h, elem* y, Py_ssize_t m, const float* sc, float k, float fr,
-                               int act) noexcept nogil:
-    """m <= LANES elements of write_rms_norm (see layer_norm_span)."""
-    cdef float buf[LANES]
-    cdef float sbuf[LANES]
-    cdef const float* p
-    cdef float* q
-    if m == LANES:
-        p = as_f32(h, buf, LANES)
-        q = out_f32(y, buf)
-        rms_norm_lanes(p, q, sc, k, fr)
-        if act:
-            activate_span(q, LANES, act)
-        flush_f32(q, y, LANES)
-        return
-    p = as_f32_padded(h, buf, m, LANES)
-    rms_norm_lanes(p, buf, padded(sc, sbuf, m), k, fr)
-    if act:
-        activate_span(buf, LANES, act)
-    store_f32(buf, y, m)
 
 
 cdef inline void write_rms_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t offset,
@@ -231,10 +215,10 @@ cdef inline void write_rms_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t
     if sc != NULL:
         sc = sc + offset
     while i + LANES <= n:
-        rms_norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL, k, fr, act)
+        norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL, NULL, 0.0, 0.0, fr, k, act, True)
         i += LANES
     if i < n:
-        rms_norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL, k, fr, act)
+        norm_span(h + i, y + i, n - i, (sc + i) if sc != NULL else NULL, NULL, 0.0, 0.0, fr, k, act, True)
 
 
 cdef inline void norm_row(const elem* x, const elem* r, elem* h_buf, elem* y, Py_ssize_t L,
@@ -292,11 +276,9 @@ cdef int run_rows(const elem* x, const elem* res, elem* sums, elem* y, Py_ssize_
 
     # fewer rows than threads: every chunk of every row is a work item, merged
     # in chunk order exactly as norm_row merges them (the same bits)
-    parts = <Moments*>malloc(G * nch * sizeof(Moments) + 2 * G * sizeof(double))
+    parts = parts_buffer(G * nch, G, &centers, &rstds)
     if parts == NULL:
         return -1
-    centers = <double*>(parts + G * nch)
-    rstds = centers + G
     for item in prange(G * nch, schedule="static", num_threads=n_threads):
         g = item // nch
         start = (item % nch) * CHUNK

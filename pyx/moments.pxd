@@ -7,6 +7,7 @@
 # so results are bitwise identical for any thread count.
 
 from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
+from libc.stdlib cimport malloc
 
 from half cimport elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value
 
@@ -357,6 +358,18 @@ cdef inline Moments group_moments(const elem* x, Py_ssize_t n) noexcept nogil:
         moments_merge(&acc, chunk_moments(x + start, min(<Py_ssize_t>CHUNK, n - start)))
         start += CHUNK
     return acc
+
+
+cdef inline Moments* parts_buffer(Py_ssize_t items, Py_ssize_t rows, double** first,
+                                  double** second) noexcept nogil:
+    """One malloc for the chunked path of a statistics kernel: `items` chunk
+    Moments, then two float64 values per row (first, second); NULL when out of
+    memory. free() the returned pointer."""
+    cdef Moments* parts = <Moments*>malloc(items * sizeof(Moments) + 2 * rows * sizeof(double))
+    if parts != NULL:
+        first[0] = <double*>(parts + items)
+        second[0] = first[0] + rows
+    return parts
 
 
 cdef inline double moments_var(Moments m) noexcept nogil:
