@@ -230,25 +230,6 @@ cdef inline void pack_b_padded(const Problem* g, Py_ssize_t col0, Py_ssize_t col
                 d[j] = 0.0
 
 
-cdef inline void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
-                      Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
-    """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
-    panel row is a plain NR-float copy from the padded image (g.n is a whole
-    number of panels). Only an edge tile (M not a multiple of MR) needs it: the
-    full tiles read these rows in place."""
-    cdef Py_ssize_t koff[KC]
-    cdef Py_ssize_t p, kk
-    cdef const float* src
-    cdef float* d
-    cdef Py_ssize_t npan = (cols + NR - 1) // NR
-    wide_offsets(g, k0, kc, koff)
-    for p in range(npan):
-        src = g.b + col0 + p * NR
-        d = dst + p * panel_stride
-        for kk in range(kc):
-            nrt_copy_nr(d + kk * NR, src + koff[kk])
-
-
 cdef inline void wide_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t* koff) noexcept nogil:
     """SRC_WIDE: koff[kk] = where B row k0 + kk = (c, ky, kx) starts in the padded
     image, relative to the column: B[k, q] = g.b[koff[k - k0] + q]. A strided
@@ -497,14 +478,15 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
     cdef int flags
     cdef Py_ssize_t kb
     cdef Py_ssize_t koff[KC]
+    cdef float bias_pad[MR]
     cdef bint wide = g.b_src == SRC_WIDE
     for kb in range((g.k + KC - 1) // KC):
         pc = kb * KC
         kc = min(<Py_ssize_t>KC, g.k - pc)
         flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
         if wide:
-            # B rows read in place from the padded image (see nrt_kernel); only
-            # an edge tile's panel is packed, when it comes
+            # B rows read in place from the padded image (see nrt_kernel), every
+            # tile (no packed copy at all)
             wide_offsets(g, pc, kc, koff)
             bblk = wb
             b_stride = 0
@@ -542,12 +524,19 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                     ap = ablk + (ip - ic) * a_stride
                     r0 = ip * MR
                     mr = min(<Py_ssize_t>MR, g.m - r0)
-                    if wide and mr == MR:       # (wide: nr == NR, whole panels)
-                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags,
-                                       g.bias + r0 if (flags & K_LAST) and g.bias != NULL else NULL)
-                    elif wide:
-                        pack_b_wide(g, c0, NR, pc, kc, wb, NR * kc)
-                        edge_tile(g, ap, wb, kc, flags, r0, c0, mr, nr, tile)
+                    if wide:
+                        # (whole panels: C is the thread's wide block, MR-row panels
+                        # high, so an edge panel - M not a multiple of MR, a 3-channel
+                        # RGB output - runs the same in-place kernel; its rows past M,
+                        # the packed A's zero rows, are never copied out)
+                        brow = NULL
+                        if (flags & K_LAST) and g.bias != NULL:
+                            brow = g.bias + r0
+                            if mr < MR:
+                                for i in range(MR):
+                                    bias_pad[i] = g.bias[r0 + i] if i < mr else 0.0
+                                brow = bias_pad
+                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags, brow)
                     elif mr == MR and nr == NR:
                         brow = NULL
                         bcol = NULL
