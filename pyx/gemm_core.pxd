@@ -37,6 +37,8 @@ cdef extern from "gemm_microkernel.h":
                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
                         long ldc, int flags, const float* bias_row) noexcept nogil
+    const int TT "NRT_TT"
+    void nrt_transpose_tile(const float* s, long lds, float* d, long ldd) noexcept nogil
 
 # The job grid's threads: one OpenMP team (the runtime every normrt kernel
 # uses; why OpenMP and not a private pool: normrt/_thread_policy.py). Jobs are
@@ -407,20 +409,28 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
 cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
                         Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
     """y[ch, p] = act(t[p, ch] + res[ch, p]) for pixels [r0, r1), channels [q0, q1):
-    a transpose in 16 x 16 tiles (whole cache lines on both sides), then the
-    residual and activation along y's rows."""
+    a transpose in TT x TT register tiles (16 x 16 with AVX-512: whole cache
+    lines on both sides; the edges float by float), then the residual and
+    activation along y's rows."""
     cdef Py_ssize_t cb, pb, ch, p, c1, p1
     cdef const float* src = cptr(lg, r0, q0)
     cdef const float* res
     cdef float* dst
-    for pb in range(r0, r1, 16):
-        p1 = min(pb + 16, r1)
-        for cb in range(q0, q1, 16):
-            c1 = min(cb + 16, q1)
-            for ch in range(cb, c1):
-                dst = g.c + ch * g.ldc
-                for p in range(pb, p1):
-                    dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+    pb = r0
+    while pb < r1:        # (while: Cython wants a literal range step)
+        p1 = min(pb + TT, r1)
+        cb = q0
+        while cb < q1:
+            c1 = min(cb + TT, q1)
+            if p1 - pb == TT and c1 - cb == TT:
+                nrt_transpose_tile(src + (pb - r0) * lg.ldc + (cb - q0), lg.ldc, g.c + cb * g.ldc + pb, g.ldc)
+            else:
+                for ch in range(cb, c1):
+                    dst = g.c + ch * g.ldc
+                    for p in range(pb, p1):
+                        dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+            cb = c1
+        pb = p1
     if g.res == NULL and g.act == 0:
         return
     for ch in range(q0, q1):
