@@ -73,8 +73,8 @@ def models(cache):
 
 def model_cases(path):
     """Counter of GemmCase: the model's group-1 2-D Convs with symmetric pads and
-    strides and constant weights (shapes from onnx shape inference); the others
-    are counted in `skipped`."""
+    strides and a known weight shape (shapes from onnx shape inference); the
+    others are counted in `skipped`."""
     import onnx
     from onnx import helper, shape_inference
     m = shape_inference.infer_shapes(onnx.load(str(path)))
@@ -86,9 +86,10 @@ def model_cases(path):
         if node.op_type != "Conv":
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        x, w = shapes.get(node.input[0]), weights.get(node.input[1])
+        # (the light models make their weights with ConstantOfShape: inferred shapes)
+        x, w = shapes.get(node.input[0]), weights.get(node.input[1]) or tuple(shapes.get(node.input[1]) or ())
         pads, strides = list(attrs.get("pads", [0] * 4)), list(attrs.get("strides", [1, 1]))
-        if (attrs.get("group", 1) != 1 or w is None or len(w) != 4 or not x or len(x) != 4 or min(x) < 1
+        if (attrs.get("group", 1) != 1 or len(w) != 4 or min(w) < 1 or not x or len(x) != 4 or min(x) < 1
                 or len(set(pads)) != 1 or len(set(strides)) != 1 or set(attrs.get("dilations", [1])) != {1}
                 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
             skipped += 1
