@@ -16,22 +16,19 @@ convs also stream their weights from memory, which this does not see).
 
     python -m bench.conv_shapes [--threads 2] [--repeat 10] [--only resnet,densenet] [--markdown]
 
-The same cases run under pytest-benchmark in bench/test_conv_shapes.py
-(a fixed list, SHAPE_CASES, that needs no model files).
+The fixed list SHAPE_CASES (no model files needed) runs under pytest-benchmark
+in bench/test_gemm.py, normrt and onnxruntime.
 """
 import argparse
 import collections
 import os
-import time
 from pathlib import Path
 
-from .backends import Unavailable
 from .cases import bench_threads
-from .gemm import GemmCase, check, make_inputs, make_runner, reference
+from .gemm import SETTLE, GemmCase, time_case
 
 IMPLS = ("normrt", "ort")
 ROUNDS = 3
-SETTLE = 0.06   # seconds before each implementation's block of calls
 ROOT = Path(__file__).resolve().parents[1]
 
 # Shapes that decide whole-model ratios, without the model files (pytest-benchmark):
@@ -98,29 +95,6 @@ def model_cases(path):
     return cases, skipped
 
 
-def time_case(case, threads, repeat, rounds=ROUNDS):
-    """{impl: min seconds} for the implementations available here, each checked
-    against the float64 reference first."""
-    a = make_inputs(case)
-    expected = reference(case, a)
-    runners = {}
-    for impl in IMPLS:
-        try:
-            runners[impl] = make_runner(impl, case, a, threads)
-        except Unavailable:
-            continue
-        check(case, runners[impl], expected)
-    best = {impl: float("inf") for impl in runners}
-    for _ in range(rounds):
-        for impl, run in runners.items():
-            time.sleep(SETTLE)
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                run()
-                best[impl] = min(best[impl], time.perf_counter() - t0)
-    return best
-
-
 def _ratio(best):
     return best["normrt"] / best["ort"] if "ort" in best else float("nan")
 
@@ -154,7 +128,7 @@ def main(argv=None):
         print("|---|---|---|---|---|---|---|---|---|")
         total = collections.Counter()
         for case, count in sorted(cases.items(), key=lambda kv: -kv[0].flops * kv[1]):
-            best = time_case(case, threads, args.repeat, args.rounds)
+            best = time_case(case, IMPLS, threads, args.repeat, args.rounds)
             for impl, t in best.items():
                 total[impl] += count * t
             ort = best.get("ort")

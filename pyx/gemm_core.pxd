@@ -339,6 +339,17 @@ cdef inline void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ss
         wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.oh * g.wp))
 
 
+cdef inline const float* padded_bias(const float* bias, Py_ssize_t valid, Py_ssize_t n, float* pad) noexcept nogil:
+    """The n bias values a whole tile adds from `bias`: bias itself, or when only
+    `valid` < n of them exist (the edge of M or N) a zero-padded copy in pad."""
+    cdef Py_ssize_t j
+    if valid >= n:
+        return bias
+    for j in range(n):
+        pad[j] = bias[j] if j < valid else 0.0
+    return pad
+
+
 cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0,
                       Py_ssize_t np1) noexcept nogil:
     """The transposed conv into the thread's C block g.c (whole panels): C[p, ch]
@@ -350,7 +361,7 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
     cdef Py_ssize_t koff[KC]
     cdef float bias_pad[NR]
     cdef Py_ssize_t np_ = (g.n + NR - 1) // NR
-    cdef Py_ssize_t r, p, oy, kb, pc, kc, kk, jp, ip, c0, nr, j, pf, pf_share
+    cdef Py_ssize_t r, p, oy, kb, pc, kc, kk, jp, ip, c0, pf, pf_share
     cdef int flags
     cdef const float* bp
     cdef const float* bcol
@@ -376,14 +387,9 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
         for jp in range(np0, np1):
             bp = g.b + pc * np_ * NR + jp * NR * kc
             c0 = jp * NR
-            nr = min(<Py_ssize_t>NR, g.n - c0)
             bcol = NULL
             if (flags & K_LAST) and g.bias != NULL:
-                bcol = g.bias + c0
-                if nr < NR:
-                    for j in range(NR):
-                        bias_pad[j] = g.bias[c0 + j] if j < nr else 0.0
-                    bcol = bias_pad
+                bcol = padded_bias(g.bias + c0, min(<Py_ssize_t>NR, g.n - c0), NR, bias_pad)
             # the weight (often streamed from memory): its next panel is fetched
             # into L2 while this one is used, in even shares
             pf_next = bp + NR * kc if jp + 1 < np1 else NULL
@@ -541,11 +547,7 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                         # the packed A's zero rows, are never copied out)
                         brow = NULL
                         if (flags & K_LAST) and g.bias != NULL:
-                            brow = g.bias + r0
-                            if mr < MR:
-                                for i in range(MR):
-                                    bias_pad[i] = g.bias[r0 + i] if i < mr else 0.0
-                                brow = bias_pad
+                            brow = padded_bias(g.bias + r0, mr, MR, bias_pad)
                         nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags, brow)
                     elif mr == MR and nr == NR:
                         brow = NULL
