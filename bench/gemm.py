@@ -193,6 +193,30 @@ def check(case, runner, expected):
                                err_msg=f"{runner.impl} differs from the float64 reference on {case.id}")
 
 
+def time_case(case, impls, threads, repeat, rounds=ROUNDS):
+    """{impl: min seconds per call} for those of `impls` available here, each
+    checked against the float64 reference first and timed in its own block of
+    `repeat` calls after a SETTLE pause, `rounds` times."""
+    a = make_inputs(case)
+    expected = reference(case, a)
+    runners = {}
+    for impl in impls:
+        try:
+            runners[impl] = make_runner(impl, case, a, threads)
+        except Unavailable:
+            continue
+        check(case, runners[impl], expected)
+    best = {impl: float("inf") for impl in runners}
+    for _ in range(rounds):
+        for impl, r in runners.items():
+            time.sleep(SETTLE)
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                r()
+                best[impl] = min(best[impl], time.perf_counter() - t0)
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="default: $NORMRT_BENCH_THREADS or 2")
@@ -206,23 +230,7 @@ def main(argv=None):
     for case in GEMM_CASES:
         if args.k not in case.id:
             continue
-        a = make_inputs(case)
-        expected = reference(case, a)
-        runners = {}
-        for impl in IMPLS:
-            try:
-                runners[impl] = make_runner(impl, case, a, threads)
-            except Unavailable:
-                continue
-            check(case, runners[impl], expected)
-        best = {impl: float("inf") for impl in runners}
-        for _ in range(ROUNDS):
-            for impl, r in runners.items():
-                time.sleep(SETTLE)
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    r()
-                    best[impl] = min(best[impl], time.perf_counter() - t0)
+        best = time_case(case, IMPLS, threads, args.repeat)
         cells = []
         for impl in IMPLS:
             t = best.get(impl)

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite for the GEMM/conv cases of bench/gemm.py.
+"""pytest-benchmark suite for the GEMM/conv cases of bench/gemm.py and bench/conv_shapes.py.
 
 One group per case with normrt, numpy and onnxruntime; extra_info carries the
 case's flops, so GFLOP/s = flops / time. Each test checks the result against a
@@ -9,6 +9,8 @@ import functools
 import pytest
 
 from .backends import Unavailable
+from .conv_shapes import IMPLS as SHAPE_IMPLS
+from .conv_shapes import SHAPE_CASES
 from .gemm import GEMM_CASES, IMPLS, check, make_inputs, make_runner, reference
 
 
@@ -22,6 +24,11 @@ def _inputs(case):
     pytest.param(case, impl, id=f"{case.id}-{impl}",
                  marks=pytest.mark.benchmark(group=f"gemm-{case.id}", warmup=True, warmup_iterations=3))
     for case in GEMM_CASES for impl in IMPLS
+] + [
+    # bench/conv_shapes.py's fixed shapes (no numpy: im2col of a 9x9 conv at 256x256 is 340 MB)
+    pytest.param(case, impl, id=f"{case.id}-{impl}",
+                 marks=pytest.mark.benchmark(group=f"conv_shape-{case.id}", warmup=True, warmup_iterations=3))
+    for case in SHAPE_CASES for impl in SHAPE_IMPLS
 ])
 def test_gemm(benchmark, case, impl, threads):
     if impl == "ort":

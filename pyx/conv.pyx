@@ -235,22 +235,33 @@ cdef inline bint use_wide(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_
 
 def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                     Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                    Py_ssize_t mg):
+                    Py_ssize_t mg, Py_ssize_t cg):
     """Whether conv2d should run transposed (y^T = im2col(x)^T W^T, weight from
-    pack_at): small images whose pixel count pads badly to NR-wide panels
-    (7x7 = 49 pixels: 64 columns of work, 56 rows transposed), with enough
-    output channels to fill the NR-wide weight panels. Against the padded
-    width (both read the image in place): transposed when it computes 5%
-    fewer padded elements (its transpose costs about that: measured 3x3 56x56
-    64 channels, 4% fewer, 1.5% slower; 28x28: 784 rows vs 864 wide
-    columns, 6% faster; 14x14: 200 vs 224)."""
+    pack_at; mg output, cg input channels per group), which needs at least NR
+    output channels to fill its weight panels. Only the speed depends on it:
+    both products give the same bits (each lane's K sum in the same order).
+
+    Transposed, the weight is the vector operand (aligned panel loads) and the
+    pixels are broadcast; on the padded width the image rows are the vector
+    operand, read in place at unaligned offsets. Measured (1 thread, AVX-512,
+    ms direct / transposed): 3x3 3->32 at 256x256 14.5 / 10.9, the 7x7
+    stride-2 stem 2.76 / 2.64, 3x3 128->32 at 14x14 0.162 / 0.150 and at
+    56x56 2.31 / 2.25, 64->64 at 56x56 2.19 / 2.21 (4% fewer padded elements
+    transposed). So against the padded width: transposed when it computes
+    fewer padded elements. A 1x1 conv read as a matrix packs its B (C x
+    pixels) on every call, which the transposed product does not: transposed
+    when C >= 2 M (256->64 at 56x56 1.07 / 0.98, 512->128 at 28x28 1.08 /
+    1.01; 64->256 0.94 / 1.26), or when the pixels pad badly to NR-wide
+    panels (7x7 = 49 pixels: 64 columns of work, 49 rows transposed)."""
     cdef Py_ssize_t pix = oh * ow, wp = padded_cols(ow, kw, sw, dw, True)
     cdef Py_ssize_t tr_rows = (pix + t_panel_rows(pix) - 1) // t_panel_rows(pix) * t_panel_rows(pix)
     cdef Py_ssize_t tr_work = tr_rows * (((mg + NR - 1) // NR) * NR)
-    if mg < 64:
+    if mg < NR:
         return False
     if use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
-        return tr_work * 20 < ((oh * wp + NR - 1) // NR) * NR * (((mg + MR - 1) // MR) * MR) * 19
+        return tr_work < ((oh * wp + NR - 1) // NR) * NR * (((mg + MR - 1) // MR) * MR)
+    if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and cg >= 2 * mg:
+        return True
     return ((pix + NR - 1) // NR) * NR * 10 > tr_rows * 11
 
 

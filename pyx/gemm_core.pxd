@@ -37,6 +37,8 @@ cdef extern from "gemm_microkernel.h":
                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
                         long ldc, int flags, const float* bias_row) noexcept nogil
+    const int TT "NRT_TT"
+    void nrt_transpose_tile(const float* s, long lds, float* d, long ldd) noexcept nogil
 
 # The job grid's threads: one OpenMP team (the runtime every normrt kernel
 # uses; why OpenMP and not a private pool: normrt/_thread_policy.py). Jobs are
@@ -230,25 +232,6 @@ cdef inline void pack_b_padded(const Problem* g, Py_ssize_t col0, Py_ssize_t col
                 d[j] = 0.0
 
 
-cdef inline void pack_b_wide(const Problem* g, Py_ssize_t col0, Py_ssize_t cols, Py_ssize_t k0,
-                      Py_ssize_t kc, float* dst, Py_ssize_t panel_stride) noexcept nogil:
-    """SRC_WIDE: B[k, q] = xpad[c, q + ky*dh*wp + kx*dw] for k = (c, ky, kx): every
-    panel row is a plain NR-float copy from the padded image (g.n is a whole
-    number of panels). Only an edge tile (M not a multiple of MR) needs it: the
-    full tiles read these rows in place."""
-    cdef Py_ssize_t koff[KC]
-    cdef Py_ssize_t p, kk
-    cdef const float* src
-    cdef float* d
-    cdef Py_ssize_t npan = (cols + NR - 1) // NR
-    wide_offsets(g, k0, kc, koff)
-    for p in range(npan):
-        src = g.b + col0 + p * NR
-        d = dst + p * panel_stride
-        for kk in range(kc):
-            nrt_copy_nr(d + kk * NR, src + koff[kk])
-
-
 cdef inline void wide_offsets(const Problem* g, Py_ssize_t k0, Py_ssize_t kc, Py_ssize_t* koff) noexcept nogil:
     """SRC_WIDE: koff[kk] = where B row k0 + kk = (c, ky, kx) starts in the padded
     image, relative to the column: B[k, q] = g.b[koff[k - k0] + q]. A strided
@@ -356,6 +339,17 @@ cdef inline void run_job(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ss
         wide_compact(g, &lg, mp0 * MR, min(mp1 * MR, g.m), np0 * NR, min(np1 * NR, g.oh * g.wp))
 
 
+cdef inline const float* padded_bias(const float* bias, Py_ssize_t valid, Py_ssize_t n, float* pad) noexcept nogil:
+    """The n bias values a whole tile adds from `bias`: bias itself, or when only
+    `valid` < n of them exist (the edge of M or N) a zero-padded copy in pad."""
+    cdef Py_ssize_t j
+    if valid >= n:
+        return bias
+    for j in range(n):
+        pad[j] = bias[j] if j < valid else 0.0
+    return pad
+
+
 cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_ssize_t np0,
                       Py_ssize_t np1) noexcept nogil:
     """The transposed conv into the thread's C block g.c (whole panels): C[p, ch]
@@ -367,7 +361,7 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
     cdef Py_ssize_t koff[KC]
     cdef float bias_pad[NR]
     cdef Py_ssize_t np_ = (g.n + NR - 1) // NR
-    cdef Py_ssize_t r, p, oy, kb, pc, kc, kk, jp, ip, c0, nr, j, pf, pf_share
+    cdef Py_ssize_t r, p, oy, kb, pc, kc, kk, jp, ip, c0, pf, pf_share
     cdef int flags
     cdef const float* bp
     cdef const float* bcol
@@ -393,14 +387,9 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
         for jp in range(np0, np1):
             bp = g.b + pc * np_ * NR + jp * NR * kc
             c0 = jp * NR
-            nr = min(<Py_ssize_t>NR, g.n - c0)
             bcol = NULL
             if (flags & K_LAST) and g.bias != NULL:
-                bcol = g.bias + c0
-                if nr < NR:
-                    for j in range(NR):
-                        bias_pad[j] = g.bias[c0 + j] if j < nr else 0.0
-                    bcol = bias_pad
+                bcol = padded_bias(g.bias + c0, min(<Py_ssize_t>NR, g.n - c0), NR, bias_pad)
             # the weight (often streamed from memory): its next panel is fetched
             # into L2 while this one is used, in even shares
             pf_next = bp + NR * kc if jp + 1 < np1 else NULL
@@ -426,20 +415,28 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
 cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
                         Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
     """y[ch, p] = act(t[p, ch] + res[ch, p]) for pixels [r0, r1), channels [q0, q1):
-    a transpose in 16 x 16 tiles (whole cache lines on both sides), then the
-    residual and activation along y's rows."""
+    a transpose in TT x TT register tiles (16 x 16 with AVX-512: whole cache
+    lines on both sides; the edges float by float), then the residual and
+    activation along y's rows."""
     cdef Py_ssize_t cb, pb, ch, p, c1, p1
     cdef const float* src = cptr(lg, r0, q0)
     cdef const float* res
     cdef float* dst
-    for pb in range(r0, r1, 16):
-        p1 = min(pb + 16, r1)
-        for cb in range(q0, q1, 16):
-            c1 = min(cb + 16, q1)
-            for ch in range(cb, c1):
-                dst = g.c + ch * g.ldc
-                for p in range(pb, p1):
-                    dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+    pb = r0
+    while pb < r1:        # (while: Cython wants a literal range step)
+        p1 = min(pb + TT, r1)
+        cb = q0
+        while cb < q1:
+            c1 = min(cb + TT, q1)
+            if p1 - pb == TT and c1 - cb == TT:
+                nrt_transpose_tile(src + (pb - r0) * lg.ldc + (cb - q0), lg.ldc, g.c + cb * g.ldc + pb, g.ldc)
+            else:
+                for ch in range(cb, c1):
+                    dst = g.c + ch * g.ldc
+                    for p in range(pb, p1):
+                        dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+            cb = c1
+        pb = p1
     if g.res == NULL and g.act == 0:
         return
     for ch in range(q0, q1):
@@ -497,14 +494,15 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
     cdef int flags
     cdef Py_ssize_t kb
     cdef Py_ssize_t koff[KC]
+    cdef float bias_pad[MR]
     cdef bint wide = g.b_src == SRC_WIDE
     for kb in range((g.k + KC - 1) // KC):
         pc = kb * KC
         kc = min(<Py_ssize_t>KC, g.k - pc)
         flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
         if wide:
-            # B rows read in place from the padded image (see nrt_kernel); only
-            # an edge tile's panel is packed, when it comes
+            # B rows read in place from the padded image (see nrt_kernel), every
+            # tile (no packed copy at all)
             wide_offsets(g, pc, kc, koff)
             bblk = wb
             b_stride = 0
@@ -542,12 +540,15 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                     ap = ablk + (ip - ic) * a_stride
                     r0 = ip * MR
                     mr = min(<Py_ssize_t>MR, g.m - r0)
-                    if wide and mr == MR:       # (wide: nr == NR, whole panels)
-                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags,
-                                       g.bias + r0 if (flags & K_LAST) and g.bias != NULL else NULL)
-                    elif wide:
-                        pack_b_wide(g, c0, NR, pc, kc, wb, NR * kc)
-                        edge_tile(g, ap, wb, kc, flags, r0, c0, mr, nr, tile)
+                    if wide:
+                        # (whole panels: C is the thread's wide block, MR-row panels
+                        # high, so an edge panel - M not a multiple of MR, a 3-channel
+                        # RGB output - runs the same in-place kernel; its rows past M,
+                        # the packed A's zero rows, are never copied out)
+                        brow = NULL
+                        if (flags & K_LAST) and g.bias != NULL:
+                            brow = padded_bias(g.bias + r0, mr, MR, bias_pad)
+                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags, brow)
                     elif mr == MR and nr == NR:
                         brow = NULL
                         bcol = NULL

@@ -1,8 +1,14 @@
-"""normrt.conv2d (implicit-im2col packed GEMM) against a float64 reference."""
+"""normrt.conv2d (implicit-im2col packed GEMM) against a float64 reference, on listed and generated shapes."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import normrt
+from dtype_checks import ref_act, same_bits
+from normrt._checks import activation as _act_code
+from normrt._kernels import conv as _kconv
+from normrt.api.gemm import workspace as _workspace
 
 rng = np.random.default_rng(31)
 
@@ -196,3 +202,86 @@ def test_bad_input():
         normrt.conv2d(x.astype(np.float64), packed)
     with pytest.raises(ValueError, match="must not be empty"):
         normrt.pack_conv_weight(rand(0, 4, 3, 3))
+
+
+# ---- generated shapes ----------------------------------------------------------
+# Channels on both sides of the micro-kernel's tiles (MR = 8 rows, NR = 32
+# columns on AVX-512, 6 / 16 on AVX2): M edge panels, a transposed weight panel
+# part zeros, K over several 256-deep blocks; every stride, dilation and
+# (asymmetric) padding; groups; bias, residual and activation epilogues.
+
+@st.composite
+def conv_problems(draw):
+    group = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    cg, mg = draw(st.integers(1, 24)), draw(st.integers(1, 70))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    # at least one output row and column
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2]), 21))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3]), 21))
+    n = draw(st.integers(1, 2))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, cg * group, h, w)).astype(np.float32)
+    wt = r.standard_normal((mg * group, cg, kh, kw)).astype(np.float32)
+    kwargs = dict(strides=(sh, sw), pads=pads, dilations=(dh, dw), group=group)
+    oh = (h + pads[0] + pads[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    b = r.standard_normal(mg * group).astype(np.float32) if draw(st.booleans()) else None
+    res = r.standard_normal((n, mg * group, oh, ow)).astype(np.float32) if draw(st.booleans()) else None
+    act = draw(st.sampled_from([None, "relu", "silu", "gelu", "sigmoid"]))
+    return x, wt, b, res, act, kwargs
+
+
+@settings(max_examples=120, deadline=None)
+@given(conv_problems())
+def test_generated_shapes_match_float64_reference(problem):
+    x, w, b, res, act, kw = problem
+    pre = normrt.conv2d(x, w, b, residual=res, **kw)
+    want = ref_conv(x, w, **kw)
+    scale = abs_ref(x, w, **kw)
+    if b is not None:
+        want = want + b.reshape(1, -1, 1, 1)
+        scale = scale + np.abs(b).reshape(1, -1, 1, 1)
+    if res is not None:
+        want = want + res
+        scale = scale + np.abs(res)
+    assert pre.shape == want.shape and pre.dtype == np.float32
+    assert_close(pre, want, scale, w.shape[1] * w.shape[2] * w.shape[3])
+    # the activation is applied to exactly those sums, by the same code as normrt.activate
+    y = normrt.conv2d(x, w, b, residual=res, activation=act, **kw)
+    assert same_bits(y, normrt.activate(pre, act) if act else pre)
+    if act:
+        np.testing.assert_allclose(y, ref_act(pre.astype(np.float64), act), rtol=1e-5, atol=1e-6)
+
+
+def _kernel_conv(x, w, b, res, act, kw, transposed, n_threads):
+    """The conv kernel itself, product and thread count forced (normrt.conv2d picks both)."""
+    (sh, sw), (pt, pl, pb, pr), (dh, dw), group = kw["strides"], kw["pads"], kw["dilations"], kw["group"]
+    n, c, h, wd = x.shape
+    m, cg, kh, kwd = w.shape
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + pl + pr - (kwd - 1) * dw - 1) // sw + 1
+    packed = normrt.pack_conv_weight(w, group)
+    y = np.empty((n, m, oh, ow), np.float32)
+    size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kwd, sh, sw, pt, pl, dh, dw, m // group, n_threads)
+    empty = np.empty(0, np.float32)
+    _kconv.conv2d(x, packed.transposed_data() if transposed else packed.data, kh, kwd, sh, sw, pt, pl, dh, dw,
+                  group, transposed, y, empty if b is None else b, empty if res is None else res.reshape(-1),
+                  _act_code(act), _workspace(n_threads, size), n_threads)
+    return y
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_problems())
+def test_generated_shapes_same_bits_for_any_product_and_thread_count(problem):
+    # the direct and the transposed product, on 1, 2 or 3 threads: every output
+    # element is one lane's K sum in the same order, so the bits never change
+    x, w, b, res, act, kw = problem
+    want = normrt.conv2d(x, w, b, residual=res, activation=act, **kw)
+    for transposed in (False, True):
+        for n_threads in (1, 2, 3):
+            got = _kernel_conv(x, w, b, res, act, kw, transposed, n_threads)
+            assert same_bits(got, want), (transposed, n_threads)

@@ -193,7 +193,7 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     mg = m // group
     nt = compute_bound(2 * -(-mg // _MR) * _MR * oh * ow * (c // group) * kh * kw * n * group)
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
-    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
     _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
               _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)

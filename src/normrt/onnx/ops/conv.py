@@ -323,7 +323,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         res = f"{er}.reshape(-1)"
     nt = n_threads
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
-    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
+    tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
     wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
     ws = src.workspace(size)     # the plan's own (shared by its steps; runs hold its lock)
     src.ns["_EMPTY"] = _EMPTY
