@@ -24,6 +24,7 @@ from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
 from .concat_chain import GrowingConcat
 from .._thread_policy import MEMORY_BOUND_MIN_ELEMENTS as ELEMENTWISE_MIN  # bigger: the threaded kernel path
+from .._thread_policy import memory_bound
 
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 _UNARY = {"Neg": np.negative, "Abs": np.abs, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
@@ -153,7 +154,8 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if n == 0 or size == 0:
             return None
         y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
-        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {src.n_threads})"
+        nt = min(src.n_threads, memory_bound(size))     # as the generic Softmax (api.softmax)
+        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {nt})"
     if op == "Conv":
         from .ops import conv as _conv_ops
         return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)

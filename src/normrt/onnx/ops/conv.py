@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
-from ...api.conv import conv2d as _conv2d
+from ...api.conv import conv2d as _conv2d, conv_threads
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
@@ -321,7 +321,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         if rd != np.float32 or tuple(rshape) != tuple(shape):
             return None
         res = f"{er}.reshape(-1)"
-    nt = n_threads
+    nt = min(n_threads, conv_threads(n, c, m, oh, ow, kh, kw, group))    # the policy, decided once
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group)
     wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
