@@ -36,3 +36,28 @@ def test_depthwise_conv_matches_reference_and_threads(c, mult, kh, kw, sh, sw, d
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     one = normrt.InferenceSession(model, num_threads=1).run(None, {"x": x})[0]
     assert np.array_equal(got, one)
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 4), cg=st.integers(1, 10), mg=st.integers(1, 3), k=st.integers(1, 12),
+       s=st.integers(1, 5), dil=st.integers(1, 2), pads=st.lists(st.integers(0, 6), min_size=2, max_size=2),
+       length=st.integers(1, 80), batch=st.integers(1, 2), bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_conv1d_matches_reference(groups, cg, mg, k, s, dil, pads, length, batch, bias, seed):
+    """1-D Conv (run as 2-D with one row: few channels per group on small_conv, the rest on the GEMM)."""
+    if (length + sum(pads) - dil * (k - 1) - 1) // s + 1 < 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, groups * cg, length)).astype(np.float32)
+    wt = rng.standard_normal((groups * mg, cg, k)).astype(np.float32)
+    inits = [numpy_helper.from_array(wt, "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(groups * mg).astype(np.float32), "b"))
+    node = helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["y"], group=groups, strides=[s],
+                            pads=pads, dilations=[dil])
+    graph = helper.make_graph([node], "c1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m", "l"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = normrt.InferenceSession(model).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

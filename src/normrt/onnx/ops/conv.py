@@ -17,6 +17,7 @@ from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
 from ...api.conv import conv2d as _conv2d, conv_threads
+from ...api.gemm import _EMPTY
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
@@ -52,14 +53,15 @@ def conv(node, x, w, b=None):
     mg = m // group
     pb, pe = forward_pads(node, x.shape[2:], kernel, strides, dil)
     out_sp = [out_size(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
-    if (nsp == 2 and x.dtype == np.float32 and (group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS)
-            and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size and c == cg * group):
-        y = _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides, pads=(pb[0], pb[1], pe[0], pe[1]),
-                    dilations=dil, group=group)
-        return y if y.dtype == out_dtype else y.astype(out_dtype)
-    if (nsp == 2 and x.dtype == np.float32 and group == c and cg == 1 and group > 1 and min(out_sp) > 0
-            and min(pb) >= 0 and min(pe) >= 0 and w.size):
-        return _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil).astype(out_dtype, copy=False)
+    if nsp == 1 and x.dtype == np.float32 and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size \
+            and c == cg * group:
+        # 1-D as 2-D with one row: the same kernels (wav2vec2's and whisper's feature convs)
+        y = _conv2d_float32(x[:, :, None], w[:, :, None], b, [1] + strides, [0] + pb, [0] + pe, [1] + dil, group,
+                            [1] + out_sp)
+        return y.reshape(n, m, out_sp[0]).astype(out_dtype, copy=False)
+    if (nsp == 2 and x.dtype == np.float32 and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size
+            and c == cg * group):
+        return _conv2d_float32(x, w, b, strides, pb, pe, dil, group, out_sp).astype(out_dtype, copy=False)
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
     # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)
@@ -187,14 +189,28 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
                      y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row], beta=beta)
 
 
-def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
-    """float32 2-D depthwise conv on the small_conv kernel (padding read in place, bias fused)."""
+def _conv2d_float32(x, w, b, strides, pb, pe, dil, group, out_sp):
+    """A float32 2-D conv (checked: pads >= 0, a non-empty output) on normrt's kernels: few input
+    channels per group on the small_conv kernel, the rest on the GEMM (normrt.conv2d)."""
+    if w.shape[1] < KERNEL_MIN_GROUP_CHANNELS:
+        return _small_group_conv(x, w, b, strides, pb, dil, group, out_sp)
+    return _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides,
+                   pads=(pb[0], pb[1], pe[0], pe[1]), dilations=dil, group=group)
+
+
+def small_group_threads(y_size, cg, kh, kw):
+    """Threads for the small_conv kernel (normrt._thread_policy) from its multiply-adds."""
+    return compute_bound(2 * y_size * cg * kh * kw)
+
+
+def _small_group_conv(x, w, b, strides, pb, dil, group, out_sp):
+    """float32 2-D conv with few input channels per group (depthwise...) on the small_conv kernel
+    (padding read in place, bias fused)."""
+    m, cg, kh, kw = w.shape
     y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
-    macs = y.size * w.shape[2] * w.shape[3]
-    bias = np.empty(0, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    _ksmall.depthwise_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(m, w.shape[2], w.shape[3])),
-                             bias, y, strides[0], strides[1], pb[0], pb[1], dil[0], dil[1], m // x.shape[1],
-                             compute_bound(2 * macs))
+    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    _ksmall.grouped_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), bias, y, strides[0], strides[1],
+                           pb[0], pb[1], dil[0], dil[1], group, small_group_threads(y.size, cg, kh, kw))
     return y
 
 
