@@ -61,3 +61,37 @@ def test_conv1d_matches_reference(groups, cg, mg, k, s, dil, pads, length, batch
     got = normrt.InferenceSession(model).run(None, {"x": x})[0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(one_d=st.booleans(), c=st.sampled_from([4, 8, 12]), k=st.integers(1, 7), s=st.integers(1, 3),
+       batches=st.lists(st.integers(1, 3), min_size=2, max_size=3), size=st.integers(7, 20),
+       seed=st.integers(0, 2 ** 16))
+def test_conv_chain_specialized_plan_bitwise_generic(one_d, c, k, s, batches, size, seed):
+    """Depthwise -> grouped (2 channels per group) -> dense Conv, 1-D or 2-D: the specialized plan's direct
+    kernel calls give bitwise the generic plan's results, for each new batch size too."""
+    rng = np.random.default_rng(seed)
+    sp = [size] if one_d else [size, size]
+    ks = [k] * len(sp)
+    convs = [("dw", c, 1, c), ("grouped", c, 2, c // 2), ("dense", c, c, 1)]
+    nodes, inits, cur = [], [], "x"
+    for name, m, cg, group in convs:
+        inits.append(numpy_helper.from_array(rng.standard_normal([m, cg] + ks).astype(np.float32), f"w_{name}"))
+        inits.append(numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), f"b_{name}"))
+        nodes.append(helper.make_node("Conv", [cur, f"w_{name}", f"b_{name}"], [name], group=group,
+                                      strides=[s] * len(sp) if name == "dw" else [1] * len(sp),
+                                      pads=[k // 2] * (2 * len(sp))))
+        cur = name
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", c] + sp)],
+                              [helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["b", c] + ["o"] * len(sp))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ref = ReferenceEvaluator(model)
+    sess = normrt.InferenceSession(model)
+    for b in batches:
+        x = rng.standard_normal([b, c] + sp).astype(np.float32)
+        generic = sess.executor.run({"x": x}, specialize=False)[0]
+        traced = sess.run(None, {"x": x})[0]
+        special = sess.run(None, {"x": x})[0]
+        assert np.array_equal(generic, traced) and np.array_equal(generic, special)
+        np.testing.assert_allclose(special, ref.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert len(sess.executor.specialized) == len(set(batches))

@@ -350,24 +350,69 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
 
 
 def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
-    """fast_conv for a standard Conv node taking the kernel path of `conv` above (same checks)."""
+    """A specialized plan's float32 1-D/2-D Conv with a constant weight, taking the kernel path `conv`
+    above takes (same checks): few input channels per group on small_conv, the rest through fast_conv
+    (1-D as 2-D with one row, the input and output reshaped, which are views)."""
     if len(args) < 2 or args[1] is None or args[1][2] is None or args[0] is None:
         return None
-    (_, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    (ex, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
     b = args[2][2] if len(args) > 2 and args[2] is not None else None
     if len(args) > 2 and args[2] is not None and b is None:
         return None
-    if dx != np.float32 or dw_ != np.float32 or len(xshape) != 4 or len(wshape) != 4 or wconst.flags.writeable:
+    nsp = len(xshape) - 2
+    if dx != np.float32 or dw_ != np.float32 or nsp not in (1, 2) or len(wshape) != nsp + 2 \
+            or wconst.flags.writeable or (b is not None and b.dtype != np.float32):
         return None
     kernel = list(wshape[2:])
-    strides = attr_ints(node, "strides") or [1, 1]
-    dil = attr_ints(node, "dilations") or [1, 1]
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
     group = int(node.attrs.get("group", 1))
     c, cg = xshape[1], wshape[1]
     pb, pe = forward_pads(node, xshape[2:], kernel, strides, dil)
-    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(2)]
-    if not ((group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS) and min(out_sp) > 0 and min(pb) >= 0
-            and min(pe) >= 0 and wconst.size and c == cg * group):
+    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
+    if not (min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and wconst.size and c == cg * group):
         return None
-    return fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
-                     (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)
+    shape, dtype = out_meta
+    if nsp == 1:             # as `conv`: one row
+        x4 = (tuple(xshape[:2]) + (1, xshape[2]))
+        args = [(f"{ex}.reshape({x4!r})", (x4, dx), None)] + list(args[1:])
+        wconst = wconst.reshape(wshape[:2] + (1, wshape[2]))
+        strides, dil, pb, pe, out_sp = [1] + strides, [1] + dil, [0] + pb, [0] + pe, [1] + out_sp
+        out_meta = (tuple(shape[:2]) + (1, shape[2]), dtype)
+        buffer = None if buffer is None else _Reshaped(buffer, out_meta[0])
+    if cg < KERNEL_MIN_GROUP_CHANNELS:
+        expr = _fast_small_group_conv(src, args[0][0], wconst, b, out_meta, buffer, strides, pb, dil, group,
+                                      n_threads)
+    else:
+        expr = fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
+                         (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)
+    if expr is None or nsp == 2:
+        return expr
+    return f"{expr}.reshape({tuple(int(d) for d in shape)!r})"
+
+
+class _Reshaped:
+    """A plan's output buffer seen with another shape (a view), for fast steps that write 2-D convs."""
+
+    def __init__(self, buffer, shape):
+        self.buffer, self.shape = buffer, tuple(int(d) for d in shape)
+
+    def __str__(self):
+        return f"{self.buffer}.reshape({self.shape!r})"
+
+
+def _small_group_into(x, w, bias, y, sh, sw, pt, pl, dh, dw, group, nt):
+    _ksmall.grouped_conv2d(np.ascontiguousarray(x), w, bias, y, sh, sw, pt, pl, dh, dw, group, nt)
+    return y
+
+
+def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, group, n_threads):
+    """The expression calling the small_conv kernel directly (what `_small_group_conv` does per run)."""
+    shape, _ = out_meta
+    m, cg, kh, kw = w.shape
+    size = int(np.prod(shape, dtype=np.int64))
+    nt = min(n_threads, small_group_threads(size, cg, kh, kw))
+    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
+    return (f"{src.bind(_small_group_into, '_small_group_into')}({ex}, {src.bind(np.ascontiguousarray(w), 'w')}, "
+            f"{src.bind(bias)}, {y}, {strides[0]}, {strides[1]}, {pb[0]}, {pb[1]}, {dil[0]}, {dil[1]}, {group}, {nt})")
