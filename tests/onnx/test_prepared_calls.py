@@ -1,0 +1,72 @@
+"""Kernel nodes of specialized plans called through calls prepared once (kernel_calls.prepared_*):
+bitwise the generic plan's results (the normrt op's full call), right against onnx.reference,
+for new input shapes after specialization too."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from test_pass_attention_layout import feeds_for, heads_model
+
+import normrt
+
+
+def _specialized_and_generic(sess, feeds):
+    sess.run(None, feeds)                        # traced: builds the specialized plan
+    special = sess.run(None, feeds)
+    generic = sess.executor.run(feeds, specialize=False)
+    for g, s in zip(generic, special):
+        assert g.dtype == s.dtype and np.array_equal(g, s, equal_nan=True)
+    return special
+
+
+def _prepared(sess, name):
+    return [src for src in (p.source for p in sess.executor.specialized.values()) if name in src]
+
+
+@settings(max_examples=25, deadline=None)
+@given(form=st.sampled_from(["onnx", "matmul"]), b=st.integers(1, 2), sq=st.integers(1, 80), skv=st.integers(1, 80),
+       h=st.sampled_from([1, 2, 4]), grouped=st.booleans(), d=st.sampled_from([4, 8, 16]), causal=st.booleans())
+def test_prepared_attention_bitwise_generic(form, b, sq, skv, h, grouped, d, causal):
+    hkv = h // 2 if grouped and h > 1 and form == "onnx" else h
+    attrs = {"is_causal": int(causal)} if form == "onnx" else {}
+    model = heads_model(B=b, Sq=sq, Skv=skv, H=h, Hkv=hkv, D=d, Dv=d, form=form, **attrs)
+    feeds = feeds_for(model)
+    sess = normrt.InferenceSession(model)
+    got = _specialized_and_generic(sess, feeds)
+    if any(n.op_type == "Attention" and n.domain == "normrt" for n in sess.optimized_model.graph.node):
+        assert _prepared(sess, "_attention"), "the fused attention runs its prepared call"
+    np.testing.assert_allclose(got[0], ReferenceEvaluator(model).run(None, feeds)[0], rtol=2e-5, atol=2e-6)
+
+
+def _pre_ln_block(width, rms, rng):
+    """x -> (x + r) -> LayerNorm/RMSNorm, the sum also used: the residual-norm fusion's form."""
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"])]
+    inits = [numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "g")]
+    if rms:
+        nodes += [helper.make_node("RMSNormalization", ["s", "g"], ["n"], axis=-1, epsilon=1e-5)]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"))
+        nodes += [helper.make_node("LayerNormalization", ["s", "g", "b"], ["n"], axis=-1, epsilon=1e-5)]
+    nodes += [helper.make_node("Mul", ["s", "n"], ["y"])]        # the sum read after the norm
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "block", [vi("x", TensorProto.FLOAT, ["b", 5, width]),
+                                               vi("r", TensorProto.FLOAT, ["b", 5, width])],
+                              [vi("y", TensorProto.FLOAT, ["b", 5, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+@settings(max_examples=20, deadline=None)
+@given(rms=st.booleans(), width=st.integers(1, 70), batches=st.lists(st.integers(1, 3), min_size=2, max_size=3),
+       seed=st.integers(0, 2 ** 16))
+def test_prepared_norm_with_residual_sum_bitwise_generic(rms, width, batches, seed):
+    rng = np.random.default_rng(seed)
+    model = _pre_ln_block(width, rms, rng)
+    sess = normrt.InferenceSession(model)
+    ref = ReferenceEvaluator(model)
+    for b in batches:
+        feeds = {n: (rng.standard_normal((b, 5, width)) * 3 + 1).astype(np.float32) for n in ("x", "r")}
+        got = _specialized_and_generic(sess, feeds)
+        np.testing.assert_allclose(got[0], ref.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+    if any(len(n.output) > 1 and n.domain == "normrt" for n in sess.optimized_model.graph.node):
+        assert _prepared(sess, "_norm_sum"), "the norm with its residual sum runs its prepared call"
