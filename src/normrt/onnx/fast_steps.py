@@ -157,6 +157,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
         nt = min(src.n_threads, memory_bound(size))     # as the generic Softmax (api.softmax)
         return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {nt})"
+    if op == "Resize" and opnode.version >= 11:
+        from .ops import resize as _resize_ops
+        return _resize_ops.fast_resize(src, opnode, args, out_meta, src.n_threads)
     if op == "Conv":
         from .ops import conv as _conv_ops
         return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
