@@ -93,5 +93,7 @@ def test_conv_chain_specialized_plan_bitwise_generic(one_d, c, k, s, batches, si
         traced = sess.run(None, {"x": x})[0]
         special = sess.run(None, {"x": x})[0]
         assert np.array_equal(generic, traced) and np.array_equal(generic, special)
-        np.testing.assert_allclose(special, ref.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+        want = ref.run(None, {"x": x})[0]
+        # three float32 convs in a row: errors relative to the output's scale
+        np.testing.assert_allclose(special, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
     assert len(sess.executor.specialized) == len(set(batches))

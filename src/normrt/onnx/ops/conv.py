@@ -192,10 +192,21 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
 def _conv2d_float32(x, w, b, strides, pb, pe, dil, group, out_sp):
     """A float32 2-D conv (checked: pads >= 0, a non-empty output) on normrt's kernels: few input
     channels per group on the small_conv kernel, the rest on the GEMM (normrt.conv2d)."""
-    if w.shape[1] < KERNEL_MIN_GROUP_CHANNELS:
+    if on_small_conv(w.shape[1], group):
         return _small_group_conv(x, w, b, strides, pb, dil, group, out_sp)
     return _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides,
                    pads=(pb[0], pb[1], pe[0], pe[1]), dilations=dil, group=group)
+
+
+def on_small_conv(cg, group):
+    """Whether a float32 conv with `cg` input channels per group runs on the small_conv kernel
+    (else the GEMM). Measured (1 thread, us, GEMM / small_conv): depthwise 3x3-7x7 at 2x2 to
+    32x32, 1.5-2.5x faster than the former tap-by-tap kernel; one input channel (wav2vec2's
+    first conv, 1 -> 32 3x3 at 32x32) 23 / 17; dense convs over 3-7 channels win only on
+    tiny images (3 -> 16 4x4/4 at 64x64: 23 / 18) and lose elsewhere (3 -> 32 at 224x224:
+    423 / 618, 4 -> 32 at 32x32: 39 / 53), so they stay on the GEMM, which keeps its
+    output channels in registers together."""
+    return cg < KERNEL_MIN_GROUP_CHANNELS and (group > 1 or cg == 1)
 
 
 def small_group_threads(y_size, cg, kh, kw):
@@ -380,7 +391,7 @@ def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
         strides, dil, pb, pe, out_sp = [1] + strides, [1] + dil, [0] + pb, [0] + pe, [1] + out_sp
         out_meta = (tuple(shape[:2]) + (1, shape[2]), dtype)
         buffer = None if buffer is None else _Reshaped(buffer, out_meta[0])
-    if cg < KERNEL_MIN_GROUP_CHANNELS:
+    if on_small_conv(cg, group):
         expr = _fast_small_group_conv(src, args[0][0], wconst, b, out_meta, buffer, strides, pb, dil, group,
                                       n_threads)
     else:
