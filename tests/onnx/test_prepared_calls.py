@@ -103,3 +103,23 @@ def test_prepared_resize_bitwise_generic(mode, ctm, by_sizes, h, w, oh, ow, batc
             # float32 ones may round a tie apart; the generic op's known difference)
             np.testing.assert_allclose(got[0], ref.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
     assert _prepared(sess, "_resize"), "Resize runs its prepared call"
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=2), m=st.integers(1, 24), k=st.integers(1, 24),
+       n=st.integers(1, 24), b_ones=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, seed):
+    """Batched small products (window / head attention) with their broadcast decided once."""
+    rng = np.random.default_rng(seed)
+    b_batch = [1] * len(batch) if b_ones else batch
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
+                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"a": rng.standard_normal(batch + [m, k]).astype(np.float32),
+             "b": rng.standard_normal(b_batch + [k, n]).astype(np.float32)}
+    sess = normrt.InferenceSession(model)
+    got = _specialized_and_generic(sess, feeds)
+    np.testing.assert_allclose(got[0], feeds["a"].astype(np.float64) @ feeds["b"], rtol=1e-5, atol=1e-5 * k)
+    assert m * n * k >= 1 << 15 or _prepared(sess, "_small_batched")

@@ -183,11 +183,38 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
     return f"{src.bind(call, '_gemm')}({ea}, {y}, {ws}{res})"
 
 
+def _prepared_small_batched(ashape, bshape, n_threads):
+    """run(a, b) for `_small_batched`'s case of these shapes (its broadcast and threads decided
+    now), or None when `matmul` takes another path for them."""
+    if len(ashape) < 2 or len(bshape) < 2 or (len(ashape) == 2 and len(bshape) == 2) or ashape[-1] != bshape[-2]:
+        return None
+    batch = np.broadcast_shapes(tuple(ashape[:-2]), tuple(bshape[:-2]))
+    count = int(np.prod(batch, dtype=np.int64))
+    m, k, n = ashape[-2], ashape[-1], bshape[-1]
+    if len(bshape) == 2 or m * n * k >= SMALL_BATCHED_MACS or 0 in (count, m, k, n):
+        return None
+    nt = min(n_threads, compute_bound(2 * count * m * n * k))
+    shape = batch + (m, n)
+    kernel = _ksmall_gemm.batched_matmul
+
+    def run(a, b):
+        out = np.empty((count, m, n), np.float32)
+        kernel(_stack(a, batch, count), _stack(b, batch, count), out, nt)
+        return out.reshape(shape)
+    return run
+
+
 def fast_matmul(src, args, out_meta, buffer, n_threads=1):
     """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
-    weight on the GEMM kernel, packed now; None for any other form."""
+    weight on the GEMM kernel, packed now, or the small batched products (attention heads)
+    with their broadcast decided now; None for any other form."""
     (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
-    if da != _F32 or db != _F32 or len(ashape) < 2 or len(bshape) != 2 or 0 in ashape or 0 in bshape:
+    if da != _F32 or db != _F32 or 0 in ashape or 0 in bshape:
+        return None
+    small = _prepared_small_batched(tuple(ashape), tuple(bshape), n_threads)
+    if small is not None:
+        return f"{src.bind(small, '_small_batched')}({ea}, {eb})"
+    if len(ashape) < 2 or len(bshape) != 2:
         return None
     if bconst is None or bconst.flags.writeable:
         return None
