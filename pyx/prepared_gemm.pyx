@@ -16,17 +16,6 @@ from gemm_core cimport *
 cnp.import_array()
 
 
-cdef struct _Jobs:
-    Problem* g
-    Split s
-    float* work
-
-
-cdef void _job(void* ctx, long j, int slot) noexcept nogil:
-    cdef _Jobs* c = <_Jobs*>ctx
-    run_jobs(c.g, c.s, j, c.s.mb * c.s.nb, thread_work(c.work, slot))
-
-
 cdef inline bint _is_f32_c(object x, Py_ssize_t size):
     """x is a C-contiguous float32 ndarray of `size` elements."""
     if type(x) is not cnp.ndarray:
@@ -80,7 +69,7 @@ cdef class PreparedGemm:
 
     def __call__(self, a, y, work, residual=None):
         cdef Problem g = self.g
-        cdef _Jobs jobs
+        cdef float* work_p
         cdef Py_ssize_t mk = g.m * g.k, mn = g.m * g.n
         if not _is_f32_c(a, mk):
             import numpy as np
@@ -98,9 +87,7 @@ cdef class PreparedGemm:
             g.res = <const float*>cnp.PyArray_DATA(<cnp.ndarray>residual)
         g.a = <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)
         g.c = <float*>cnp.PyArray_DATA(<cnp.ndarray>y)
-        jobs.g = &g
-        jobs.s = self.s
-        jobs.work = <float*>cnp.PyArray_DATA(<cnp.ndarray>work)
+        work_p = <float*>cnp.PyArray_DATA(<cnp.ndarray>work)
         with nogil:
-            run_parallel(_job, &jobs, self.s.mb * self.s.nb, self.nt)
+            run_gemm(&g, self.s, work_p, self.nt)
         return y
