@@ -111,81 +111,94 @@ cdef extern from *:
         return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
     }
 
-    /* sT[c][r] = sum_d k[c*ks + d*kd] * qT[d][r] for keys c < nk, all QB rows:
-       four keys x four row vectors of accumulators, d in order. */
-    static void nrt_qk_t(const float* qT, const float* k, ptrdiff_t ks, ptrdiff_t kd,
-                         ptrdiff_t D, ptrdiff_t nk, float* sT) {
+    /* sT[c][r] = sum_d k[c*ks + d*kd] * qT[d][r] for keys c < nk, the first 16 RV rows:
+       four keys x RV row vectors of accumulators, d in order. */
+    static inline __attribute__((always_inline)) void
+    nrt_qk_t_rv(const float* qT, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+                ptrdiff_t D, ptrdiff_t nk, float* sT, const int RV) {
         ptrdiff_t c = 0, d;
         int kk, rv;
         for (; c + 4 <= nk; c += 4) {
             __m512 acc[4][4];
             for (kk = 0; kk < 4; kk++)
-                for (rv = 0; rv < 4; rv++)
+                for (rv = 0; rv < RV; rv++)
                     acc[kk][rv] = _mm512_setzero_ps();
             for (d = 0; d < D; d++) {
-                __m512 qv0 = _mm512_loadu_ps(qT + d * NRT_QB), qv1 = _mm512_loadu_ps(qT + d * NRT_QB + 16);
-                __m512 qv2 = _mm512_loadu_ps(qT + d * NRT_QB + 32), qv3 = _mm512_loadu_ps(qT + d * NRT_QB + 48);
+                __m512 qv[4];
+                for (rv = 0; rv < RV; rv++)
+                    qv[rv] = _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv);
     #if defined(__GNUC__)
                 /* keep the query vectors in registers: folded into each FMA as a memory
                    operand they cost 16 loads per 16 FMAs instead of 4 (load-bound) */
-                __asm__("" : "+v"(qv0), "+v"(qv1), "+v"(qv2), "+v"(qv3));
+                if (RV == 4)
+                    __asm__("" : "+v"(qv[0]), "+v"(qv[1]), "+v"(qv[2]), "+v"(qv[3]));
     #endif
-                __m512 qv[4] = {qv0, qv1, qv2, qv3};
                 #pragma GCC unroll 4
                 for (kk = 0; kk < 4; kk++) {
                     __m512 b = _mm512_set1_ps(k[(c + kk) * ks + d * kd]);
                     #pragma GCC unroll 4
-                    for (rv = 0; rv < 4; rv++)
+                    for (rv = 0; rv < RV; rv++)
                         acc[kk][rv] = _mm512_fmadd_ps(b, qv[rv], acc[kk][rv]);
                 }
             }
             for (kk = 0; kk < 4; kk++)
-                for (rv = 0; rv < 4; rv++)
+                for (rv = 0; rv < RV; rv++)
                     _mm512_storeu_ps(sT + (c + kk) * NRT_QB + 16 * rv, acc[kk][rv]);
         }
         for (; c < nk; c++) {
             __m512 acc[4];
-            for (rv = 0; rv < 4; rv++)
+            for (rv = 0; rv < RV; rv++)
                 acc[rv] = _mm512_setzero_ps();
             for (d = 0; d < D; d++) {
                 __m512 b = _mm512_set1_ps(k[c * ks + d * kd]);
-                for (rv = 0; rv < 4; rv++)
+                for (rv = 0; rv < RV; rv++)
                     acc[rv] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv), acc[rv]);
             }
-            for (rv = 0; rv < 4; rv++)
+            for (rv = 0; rv < RV; rv++)
                 _mm512_storeu_ps(sT + c * NRT_QB + 16 * rv, acc[rv]);
         }
     }
 
     /* oT[e][r] = oT[e][r] * alpha[r] + sum_{c < nk} v[c*vs + e] * pT[c][r], for
-       the value columns [e0, e0 + NE) and the 32 rows of half `h`: NE x 2
-       vectors of accumulators, c in order. */
+       the value columns [e0, e0 + NE) and the NV (1 or 2) row vectors from row
+       16 * v0: NE x NV vectors of accumulators, c in order. */
     static inline __attribute__((always_inline)) void
     nrt_pv_t_cols(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const float* alpha,
-                  float* oT, ptrdiff_t e0, int h, const int NE) {
-        __m512 acc[8][2];
-        __m512 a0 = _mm512_loadu_ps(alpha + 32 * h), a1 = _mm512_loadu_ps(alpha + 32 * h + 16);
+                  float* oT, ptrdiff_t e0, int v0, const int NE, const int NV) {
+        __m512 acc[8][2], a[2];
         ptrdiff_t c;
-        int ee;
-        for (ee = 0; ee < NE; ee++) {
-            acc[ee][0] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 32 * h), a0);
-            acc[ee][1] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 32 * h + 16), a1);
-        }
+        int ee, j;
+        for (j = 0; j < NV; j++)
+            a[j] = _mm512_loadu_ps(alpha + 16 * (v0 + j));
+        for (ee = 0; ee < NE; ee++)
+            for (j = 0; j < NV; j++)
+                acc[ee][j] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 16 * (v0 + j)), a[j]);
         for (c = 0; c < nk; c++) {
-            __m512 p0 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h);
-            __m512 p1 = _mm512_loadu_ps(pT + c * NRT_QB + 32 * h + 16);
+            __m512 p[2];
+            for (j = 0; j < NV; j++)
+                p[j] = _mm512_loadu_ps(pT + c * NRT_QB + 16 * (v0 + j));
             const float* vc = v + c * vs + e0;
             #pragma GCC unroll 8
             for (ee = 0; ee < NE; ee++) {
                 __m512 b = _mm512_set1_ps(vc[ee]);
-                acc[ee][0] = _mm512_fmadd_ps(b, p0, acc[ee][0]);
-                acc[ee][1] = _mm512_fmadd_ps(b, p1, acc[ee][1]);
+                for (j = 0; j < NV; j++)
+                    acc[ee][j] = _mm512_fmadd_ps(b, p[j], acc[ee][j]);
             }
         }
-        for (ee = 0; ee < NE; ee++) {
-            _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 32 * h, acc[ee][0]);
-            _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 32 * h + 16, acc[ee][1]);
-        }
+        for (ee = 0; ee < NE; ee++)
+            for (j = 0; j < NV; j++)
+                _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 16 * (v0 + j), acc[ee][j]);
+    }
+
+    /* the value columns of one key block for row vectors [v0, v0 + NV) */
+    static inline __attribute__((always_inline)) void
+    nrt_pv_t(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const float* alpha,
+             float* oT, ptrdiff_t Dv, int v0, const int NV) {
+        ptrdiff_t e = 0;
+        for (; e + 8 <= Dv; e += 8)
+            nrt_pv_t_cols(pT, v, vs, nk, alpha, oT, e, v0, 8, NV);
+        for (; e < Dv; e++)
+            nrt_pv_t_cols(pT, v, vs, nk, alpha, oT, e, v0, 1, NV);
     }
 
     /* One work item: out rows [i0, i0 + nr) (nr <= QB) of one head.
@@ -195,11 +208,12 @@ cdef extern from *:
        out: (nr, Dv) rows os apart. Strides in floats; the rows of q, v, out are
        contiguous. work: QB*(D + KB + Dv + 3) floats.
        Lanes past nr hold zero queries and are never written out. */
-    static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
-                                   ptrdiff_t kd, const float* v, ptrdiff_t vs,
-                                   const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
-                                   ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
-                                   float scale, int causal, ptrdiff_t i0, float* work) {
+    static inline __attribute__((always_inline)) void
+    nrt_attention_rows_rv(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                          ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                          const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
+                          ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                          float scale, int causal, ptrdiff_t i0, float* work, const int RV) {
         float* qT = work;                       /* (D, QB) scaled queries */
         float* sT = qT + D * NRT_QB;            /* (KB, QB) scores, then probabilities */
         float* oT = sT + NRT_KB * NRT_QB;       /* (Dv, QB) unnormalized output */
@@ -210,9 +224,9 @@ cdef extern from *:
         const float log2e = 1.4426950408889634f;
         const float scale2 = scale * log2e;     /* scores in log2 units: exp(s) = 2**(s log2 e) */
         ptrdiff_t r, d, e, c, j0, jend, nk;
-        int rv, h;
+        int rv;
         for (d = 0; d < D; d++)
-            for (r = 0; r < NRT_QB; r++)
+            for (r = 0; r < 16 * RV; r++)       /* only the lanes of the RV row vectors are read */
                 qT[d * NRT_QB + r] = r < nr ? q[r * qs + d] * scale2 : 0.0f;
         for (r = 0; r < NRT_QB; r++) {
             mrow[r] = -INFINITY;
@@ -225,7 +239,7 @@ cdef extern from *:
             jend = i0 + nr;                     /* later keys are masked for every row here */
         for (j0 = 0; j0 < jend; j0 += NRT_KB) {
             nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
-            nrt_qk_t(qT, k + j0 * ks, ks, kd, D, nk, sT);
+            nrt_qk_t_rv(qT, k + j0 * ks, ks, kd, D, nk, sT, RV);
             if (bias)
                 for (c = 0; c < nk; c++)
                     for (r = 0; r < nr; r++)
@@ -233,7 +247,7 @@ cdef extern from *:
             if (causal && j0 + nk - 1 > i0) {
                 /* key j0 + c is visible to row i0 + r iff j0 + c <= i0 + r */
                 for (c = 0; c < nk; c++)
-                    for (rv = 0; rv < 4; rv++) {
+                    for (rv = 0; rv < RV; rv++) {
                         ptrdiff_t first = j0 + c - i0 - 16 * rv;   /* first visible lane */
                         if (first <= 0)
                             continue;
@@ -242,7 +256,7 @@ cdef extern from *:
                         _mm512_storeu_ps(sp, _mm512_mask_mov_ps(_mm512_loadu_ps(sp), hidden, ninf));
                     }
             }
-            for (rv = 0; rv < 4; rv++) {
+            for (rv = 0; rv < RV; rv++) {
                 /* the block's max per row (vmaxps(s, mx) keeps mx over a NaN s: the
                    NaN then poisons the row through exp), the new running max */
                 __m512 mx = _mm512_loadu_ps(mrow + 16 * rv);
@@ -264,13 +278,9 @@ cdef extern from *:
                 _mm512_storeu_ps(lrow + 16 * rv, _mm512_fmadd_ps(_mm512_loadu_ps(lrow + 16 * rv), a, sum));
                 _mm512_storeu_ps(mrow + 16 * rv, mx);
             }
-            for (h = 0; h < 2; h++) {
-                e = 0;
-                for (; e + 8 <= Dv; e += 8)
-                    nrt_pv_t_cols(sT, v + j0 * vs, vs, nk, alpha, oT, e, h, 8);
-                for (; e < Dv; e++)
-                    nrt_pv_t_cols(sT, v + j0 * vs, vs, nk, alpha, oT, e, h, 1);
-            }
+            nrt_pv_t(sT, v + j0 * vs, vs, nk, alpha, oT, Dv, 0, RV < 2 ? RV : 2);
+            if (RV > 2)
+                nrt_pv_t(sT, v + j0 * vs, vs, nk, alpha, oT, Dv, 2, RV - 2);
         }
         for (r = 0; r < nr; r++) {
             /* a row that saw no key (fully masked) attends to nothing: zeros */
@@ -278,6 +288,28 @@ cdef extern from *:
             for (e = 0; e < Dv; e++)
                 out[r * os + e] = oT[e * NRT_QB + r] * inv;
         }
+    }
+
+    /* One work item: as many row vectors as its rows need (a short sequence, or the
+       last item of one, e.g. row 65 of ViT's 65, would otherwise compute all 64 lanes).
+       Each lane's arithmetic is the same whatever the vector count. */
+    static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                                   ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                                   const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
+                                   ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                                   float scale, int causal, ptrdiff_t i0, float* work) {
+        if (nr <= 16)
+            nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                                  scale, causal, i0, work, 1);
+        else if (nr <= 32)
+            nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                                  scale, causal, i0, work, 2);
+        else if (nr <= 48)
+            nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                                  scale, causal, i0, work, 3);
+        else
+            nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                                  scale, causal, i0, work, 4);
     }
     #else
     #define NRT_HAVE_AVX512 0

@@ -83,7 +83,6 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     cdef Problem g
     cdef Split s
     cdef int nt
-    cdef GemmJobs gj
     if m <= 0 or n <= 0 or k <= 0:
         raise ValueError("m, n and k must be >= 1")
     if a.shape[0] != (packed_a_size(m, k) if a_packed else m * k):
@@ -120,19 +119,4 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     g.act = act
     with nogil:
         s = choose_split(&g, 1, nt)
-        gj.g = &g
-        gj.s = s
-        gj.work = &work[0]
-        run_parallel(gemm_job, &gj, s.mb * s.nb, nt)
-
-
-
-cdef struct GemmJobs:
-    Problem* g
-    Split s
-    float* work
-
-
-cdef void gemm_job(void* ctx, long j, int slot) noexcept nogil:
-    cdef GemmJobs* c = <GemmJobs*>ctx
-    run_jobs(c.g, c.s, j, c.s.mb * c.s.nb, thread_work(c.work, slot))
+        run_gemm(&g, s, &work[0], nt)

@@ -665,3 +665,23 @@ cdef inline void run_parallel(nrt_job_fn fn, void* ctx, long njobs, int nt) noex
     else:
         for j in prange(njobs, schedule="dynamic", num_threads=nt):
             fn(ctx, j, omp_get_thread_num())
+
+
+cdef struct GemmJobs:
+    Problem* g
+    Split s
+    float* work
+
+
+cdef inline void gemm_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef GemmJobs* c = <GemmJobs*>ctx
+    run_jobs(c.g, c.s, j, c.s.mb * c.s.nb, thread_work(c.work, slot))
+
+
+cdef inline void run_gemm(Problem* g, Split s, float* work, int nt) noexcept nogil:
+    """One GEMM problem's job grid `s` on nt threads (gemm.gemm, prepared_gemm)."""
+    cdef GemmJobs gj
+    gj.g = g
+    gj.s = s
+    gj.work = work
+    run_parallel(gemm_job, &gj, s.mb * s.nb, nt)

@@ -1,62 +1,70 @@
-"""Depthwise 2-D convolution: one input channel per group, `mult` output channels per input channel.
+"""Grouped convolution with few input channels per group: depthwise 2-D convs and 1-D convs.
 
-The convs of ConvNeXt, EfficientNet and MobileViT (3x3 to 7x7, stride 1 or 2)
-have K = kh * kw taps per output: far too little work for a packed GEMM. Each
-output row accumulates tap by tap into y itself (the bias first): for one tap
-the row is a strided slice of one input row times a scalar, a loop over the
-output columns the compiler vectorizes at stride 1. Taps that fall into the
-padding are skipped by clamping the column range per tap, so no padded copy of
-x is made. Work items are (image, output channel) pairs, statically split
-over the threads; every output is summed by one thread in the fixed tap order,
-so results do not depend on the thread count.
+The depthwise convs of ConvNeXt, EfficientNet and MobileViT (3x3 to 7x7, stride
+1 or 2, one input channel per group, `M / group` outputs per group) and 1-D
+convs with few input channels per group (wav2vec2's first feature conv: one
+channel, kernel 10, stride 5; run as 2-D with one row) have cg * kh * kw taps
+per output: far too little work for a packed GEMM. The inner loops are in
+grouped_conv.h (register-blocked over a polyphase, zero-padded copy of each
+group's input planes, so no load depends on the stride or the padding).
+
+Work items are (image, group) pairs, statically split over the threads; each
+item fills its thread's scratch once and computes the group's output channels.
+Every output is summed by one thread in a fixed tap order, so results do not
+depend on the thread count.
 """
-import numpy as np
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
 
-from cython.parallel cimport prange, threadid
+from omp cimport omp_get_thread_num
 
-cdef extern from "small_kernels.h" nogil:
-    void nrt_depthwise_plane(float* y, const float* x, const float* w, Py_ssize_t H, Py_ssize_t W,
-                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh,
-                             Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
-    Py_ssize_t nrt_depthwise_s1_scratch(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
-                                        Py_ssize_t dh, Py_ssize_t dw)
-    void nrt_depthwise_plane_s1(float* y, const float* x, const float* w, float* scratch, Py_ssize_t H,
-                                Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
-                                Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, float b)
+cdef extern from "grouped_conv.h" nogil:
+    ctypedef struct nrt_gc_geom:
+        Py_ssize_t H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, cg, mg, Hp, Wq, OWv
+    Py_ssize_t nrt_gc_setup(nrt_gc_geom* g)
+    void nrt_gc_group(const nrt_gc_geom* g, const float* x, const float* w, const float* bias, float* y,
+                      Py_ssize_t grp, float* scratch)
 
 
-def depthwise_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                     const float[:, :, ::1] w,       # IN  (C * mult, kh, kw)
-                     const float[::1] bias,          # IN  (C * mult,) or empty: no bias
-                     float[:, :, :, ::1] y,          # OUT (N, C * mult, OH, OW)
-                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                     Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t mult, int n_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t M = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t KH = w.shape[1], KW = w.shape[2]
-    if mult < 1 or M != C * mult or w.shape[0] != M or y.shape[0] != N:
-        raise ValueError(f"depthwise_conv2d: x ({N}, {C}, {H}, {W}), w ({w.shape[0]}, {KH}, {KW}), "
-                         f"y ({y.shape[0]}, {M}, {OH}, {OW}), mult {mult} do not fit")
+def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                   const float[:, :, :, ::1] w,   # IN  (M, C / group, kh, kw)
+                   const float[::1] bias,         # IN  (M,) or empty: no bias
+                   float[:, :, :, ::1] y,         # OUT (N, M, OH, OW); must not overlap x
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t group, int n_threads):
+    """y = conv(x, w) + bias with `group` groups, pads (pt, pl) at the top/left (the bottom/right
+    padding is what the output size implies)."""
+    cdef nrt_gc_geom g
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], M = y.shape[1]
+    g.H, g.W, g.OH, g.OW = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
+    g.KH, g.KW, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = w.shape[2], w.shape[3], sh, sw, pt, pl, dh, dw
+    if group < 1 or C % group or M % group or w.shape[0] != M or w.shape[1] * group != C or y.shape[0] != N:
+        raise ValueError(f"grouped_conv2d: x ({N}, {C}, {g.H}, {g.W}), w ({w.shape[0]}, {w.shape[1]}, {g.KH}, "
+                         f"{g.KW}), y ({y.shape[0]}, {M}, {g.OH}, {g.OW}) and group {group} do not fit")
     if bias.shape[0] not in (0, M):
-        raise ValueError(f"depthwise_conv2d: bias must have 0 or {M} elements, got {bias.shape[0]}")
+        raise ValueError(f"grouped_conv2d: bias must have 0 or {M} elements, got {bias.shape[0]}")
     if sh < 1 or sw < 1 or dh < 1 or dw < 1 or n_threads < 1:
-        raise ValueError("depthwise_conv2d: strides, dilations and n_threads must be >= 1")
-    cdef bint has_bias = bias.shape[0] != 0
-    if N == 0 or M == 0 or OH == 0 or OW == 0:
+        raise ValueError("grouped_conv2d: strides, dilations and n_threads must be >= 1")
+    if pt < 0 or pl < 0:
+        raise ValueError(f"grouped_conv2d: pads must be >= 0, got ({pt}, {pl})")
+    if N == 0 or M == 0 or g.OH == 0 or g.OW == 0:
         return
-    cdef Py_ssize_t job, n, m
-    cdef float bv
-    cdef bint wide = sh == 1 and sw == 1 and pt >= 0 and pl >= 0
-    cdef Py_ssize_t per = nrt_depthwise_s1_scratch(OH, OW, KH, KW, dh, dw) if wide else 1
-    cdef float[::1] scratch = np.empty(per * n_threads, np.float32)     # one plane's worth per thread
-    with nogil:
-        for job in prange(N * M, schedule="static", num_threads=n_threads):
-            n = job // M
-            m = job - n * M
-            bv = bias[m] if has_bias else 0.0
-            if wide:
-                nrt_depthwise_plane_s1(&y[n, m, 0, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0],
-                                       &scratch[threadid() * per], H, W, OH, OW, KH, KW, pt, pl, dh, dw, bv)
-            else:
-                nrt_depthwise_plane(&y[n, m, 0, 0], &x[n, m // mult, 0, 0], &w[m, 0, 0], H, W, OH, OW, KH, KW,
-                                    sh, sw, pt, pl, dh, dw, bv)
+    if g.KH == 0 or g.KW == 0:
+        raise ValueError("grouped_conv2d: the kernel must not be empty")
+    g.cg = C // group
+    g.mg = M // group
+    cdef Py_ssize_t per = nrt_gc_setup(&g)
+    cdef Py_ssize_t items = N * group, item, n
+    if n_threads > items:
+        n_threads = <int>items
+    cdef const float* bp = &bias[0] if bias.shape[0] else NULL
+    cdef float* scratch = <float*>malloc(n_threads * per * sizeof(float))   # one group's planes per thread
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
+            n = item // group
+            nrt_gc_group(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], item - n * group,
+                         scratch + omp_get_thread_num() * per)
+    finally:
+        free(scratch)

@@ -1,4 +1,6 @@
 """Shared pytest setup for the test suite."""
+import pytest
+
 import normrt
 
 
@@ -8,3 +10,20 @@ def pytest_report_header(config):
     info = normrt.cpu_info()
     forced = f", NORMRT_ISA={info['forced']}" if info["forced"] else ""
     return f"normrt kernels: {info['level']} (cpu {info['cpu_level']}{forced})"
+
+
+@pytest.fixture(autouse=True)
+def _split_small_work(monkeypatch):
+    """Kernels split their work from 32K elements / 4 Mflop during the tests.
+
+    normrt._thread_policy sizes its thresholds for speed (~100 us of one
+    thread's work: 410K elements, 10.7 Mflop), so most of the suite's arrays
+    would run on one thread whatever `normrt.threads(n)` says, and the tests
+    of bitwise identity across thread counts would compare one thread with
+    itself. The split never changes a result, only who computes what, so the
+    suite splits from smaller work (the thresholds it was written against) and
+    exercises the threaded paths. Policy tests read the patched values.
+    """
+    from normrt import _thread_policy
+    monkeypatch.setattr(_thread_policy, "MEMORY_BOUND_MIN_ELEMENTS", 1 << 15)
+    monkeypatch.setattr(_thread_policy, "COMPUTE_BOUND_MIN_FLOPS", 4_000_000)

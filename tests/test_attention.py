@@ -1,6 +1,8 @@
 """normrt.attention (the fused float32 kernel and the float64 path) against a float64 reference."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import normrt
 from normrt.api.attention import attention_kt
@@ -288,3 +290,25 @@ def test_negative_and_zero_strides():
     # one kv head broadcast to three (stride 0): read in place
     kb, vb = np.broadcast_to(k[:, :1], k.shape), np.broadcast_to(v[:, :1], v.shape)
     assert np.array_equal(normrt.attention(q, kb, vb), normrt.attention(q, k[:, :1], v[:, :1]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 2), hkv=st.integers(1, 3), rep=st.integers(1, 2), sq=st.integers(1, 200),
+       skv=st.integers(1, 200), d=st.sampled_from([8, 16, 24, 32, 64]), causal=st.booleans(),
+       bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_small_shapes_match_reference_and_threads(b, hkv, rep, sq, skv, d, causal, bias, seed):
+    """The sequence lengths and head dims of small models (ViT's 65 tokens, Whisper's 32, GPT-2's 24):
+    items of 1-4 row vectors by their row count; against float64, the same bits on 1, 2, 3 threads."""
+    g = np.random.default_rng(seed)
+    q = g.standard_normal((b, hkv * rep, sq, d)).astype(np.float32)
+    k = g.standard_normal((b, hkv, skv, d)).astype(np.float32)
+    v = g.standard_normal((b, hkv, skv, d)).astype(np.float32)
+    bs = g.standard_normal((1, 1, sq, skv)).astype(np.float32) if bias else None
+    want = ref(q, k, v, bias=bs, causal=causal)
+    outs = []
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            outs.append(normrt.attention(q, k, v, bias=bs, is_causal=causal))
+    np.testing.assert_allclose(outs[0], want, rtol=2e-5, atol=2e-6)
+    for y in outs[1:]:
+        assert np.array_equal(y, outs[0], equal_nan=True)

@@ -80,19 +80,45 @@ from ._threads import get_num_threads
 # (see the tables above).
 WAIT_SPINCOUNT = 1000
 
+# When a second thread pays. Measured with `python -m bench.thread_wakeup`
+# (this 2-core VM, 18:40 UTC, shared with six other engineers' builds, load
+# average ~3; microseconds per near-empty region, p10 / median / mean):
+#
+#   idle gap before the region   1 thread             2 threads
+#   0 us (back to back)          1.25 / 1.27 / 1.28   56 / 88 / 168
+#   100 us                       1.31 / 1.35 / 2.03   61 / 88 / 377
+#   1000 us                      1.71 / 2.61 / 9.52   25 / 45 / 1314
+#
+# and at load ~0.5 (an earlier run of the same loop): back to back 1.6 us on
+# 2 threads (0.35 us over 1), but from a 50 us gap on - the spin is over,
+# the second thread sleeps - 15 / 23 / 56 us. A small model calls its few
+# large-enough kernels between tens of small numpy nodes, so nearly every
+# 2-thread region there pays that wake-up (convnext: 4 such convs made the
+# 2-thread run 0.90 ms against 0.52 ms on 1 thread). With 1-thread time T and
+# wake-up W, two threads take ~T/2 + W: a split wins from T = 2W, and W's
+# tail on a shared machine is several times its median. So a kernel splits
+# only from SPLIT_MIN_US of 1-thread work (4x the quiet machine's median
+# wake-up): below that the second thread cannot win back its wake-up.
+SPLIT_MIN_US = 100
+
+# 1-thread speeds (bench.thread_wakeup, same run): layer_norm on
+# cache-resident rows of 768, 4,100 elements/us (memory-bound kernels out of
+# DRAM are slower, so their real 1-thread time at the threshold is longer:
+# the threshold errs towards staying on one thread, never towards a split
+# that cannot pay); the packed GEMM, 64-256 on a side, 107,000 flops/us.
+MEMORY_BOUND_ELEMENTS_PER_US = 4_100
+COMPUTE_BOUND_FLOPS_PER_US = 107_000
+
 # Memory-bound kernels (norms, activations, softmax, pooling, large
-# elementwise ops) split from this many elements touched (~32K floats: 30-60 us
-# of one thread's work, a futex wake-up of the second thread is 10-50 us on
-# this VM). The norms always used this value inside their kernels; in graphs
-# the executor used to force 2^23, which only protected them from the GEMM
-# pool's spinning worker.
-MEMORY_BOUND_MIN_ELEMENTS = 1 << 15
+# elementwise ops) split from this many elements touched (~410K: 100 us of
+# one thread). It was 2^15 (8 us), which made every mid-sized LayerNorm and
+# Softmax of a small model wake the second thread for nothing.
+MEMORY_BOUND_MIN_ELEMENTS = SPLIT_MIN_US * MEMORY_BOUND_ELEMENTS_PER_US
 
 # Compute-bound kernels (GEMM/conv, attention) split from this many flops
-# (2*M*N*K counted on the padded tiles the micro-kernel computes, ~15 us of
-# one thread): measured on the pool (2 cores) the transformer block 0.27 ->
-# 0.22 ms and DenseNet-121 25.6 -> 24.2 ms going from 16 to 4 Mflop.
-COMPUTE_BOUND_MIN_FLOPS = 4_000_000
+# (2*M*N*K counted on the padded tiles the micro-kernel computes; ~10.7
+# Mflop: 100 us of one thread). It was 4 Mflop (37 us).
+COMPUTE_BOUND_MIN_FLOPS = SPLIT_MIN_US * COMPUTE_BOUND_FLOPS_PER_US
 
 
 def _gnu_openmp():

@@ -188,16 +188,21 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         residual = residual.copy()   # y is written before the residual is read (K blocks)
     if not packed:
         weight = pack_conv_weight(weight, group)
-    # the flops computed, not the useful ones: a few output channels still fill an MR-row tile
-    # (a 3-channel output conv over 64 channels at 32x32: 3.5 useful Mflop, 9.4 computed)
-    mg = m // group
-    nt = compute_bound(2 * -(-mg // _MR) * _MR * oh * ow * (c // group) * kh * kw * n * group)
+    nt = conv_threads(n, c, m, oh, ow, kh, kw, group)
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
     _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
               _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
     return y
+
+
+def conv_threads(n, c, m, oh, ow, kh, kw, group):
+    """Threads for the conv kernel (normrt._thread_policy), from the flops it computes, not the
+    useful ones: a few output channels still fill an MR-row tile (a 3-channel output conv over
+    64 channels at 32x32: 3.5 useful Mflop, 9.4 computed)."""
+    mg = m // group
+    return compute_bound(2 * -(-mg // _MR) * _MR * oh * ow * (c // group) * kh * kw * n * group)
 
 
 def _conv2d_numpy(x, weight, bias, residual, act, y, strides, pads, dilations, group):

@@ -156,7 +156,9 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, esc
     `trace` (executor.Trace): metas {name: (shape, dtype)} of every value and
     `folded` {name: read-only array} of the values computed from constants and
     input shapes only. `fast_step(src, step, ins, out_meta, buffer)` returns the
-    expression computing a single-output step, or None (the generic call).
+    expression computing a single-output step, or None (the generic call); for a
+    step with several outputs `out_meta` is their list of metas, `buffer` None,
+    and the expression gives the tuple of its (non-empty) outputs.
     `escaping`: values that may share memory with a graph output (never
     written into a reused buffer).
     """
@@ -185,6 +187,12 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, esc
                 total += nbytes
             if expr is not None:
                 line = f"{src.new_var(out)} = {expr}"
+        elif len(step.outputs) > 1 and not implicit and all(o in trace.metas for o in step.outputs):
+            # several outputs (a norm and its residual sum): fresh arrays from the expression's tuple
+            ins = [None if not n else (src.ref(n), trace.metas.get(n), consts.get(n)) for n in step.inputs]
+            expr = fast_step(src, step, ins, [trace.metas[o] for o in step.outputs], None)
+            if expr is not None:
+                line = f"{_targets(src, step.outputs)} = {expr}"
         if expr is None:
             line = f"{_targets(src, step.outputs)} = {generic_call(src, i, step, implicit, step.run)}"
         src.emit(line, step=i)

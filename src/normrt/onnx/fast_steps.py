@@ -22,8 +22,10 @@ import numpy as np
 from .._kernels import softmax as _softmax_kernel
 from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
+from . import kernel_calls as _calls
 from .concat_chain import GrowingConcat
 from .._thread_policy import MEMORY_BOUND_MIN_ELEMENTS as ELEMENTWISE_MIN  # bigger: the threaded kernel path
+from .._thread_policy import memory_bound
 
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 _UNARY = {"Neg": np.negative, "Abs": np.abs, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
@@ -153,7 +155,11 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if n == 0 or size == 0:
             return None
         y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
-        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {src.n_threads})"
+        nt = min(src.n_threads, memory_bound(size))     # as the generic Softmax (api.softmax)
+        return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {nt})"
+    if op == "Resize" and opnode.version >= 11:
+        from .ops import resize as _resize_ops
+        return _resize_ops.fast_resize(src, opnode, args, out_meta, src.n_threads)
     if op == "Conv":
         from .ops import conv as _conv_ops
         return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
@@ -203,6 +209,14 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    activation=attrs.get("activation") or None, n_threads=src.n_threads)
         if expr is not None:
             return expr
+    if op == "Attention" and 3 <= len(ins) <= 4 and all(a is not None for a in ins[:3]) \
+            and all(_plain(a[1]) and a[1][1] == np.float32 for a in ins[:3]) \
+            and (len(ins) < 4 or ins[3] is None or ins[3][2] is not None):
+        prepared = _calls.prepared_attention(attrs, ins[0][1][0], ins[1][1][0], ins[2][1][0],
+                                             ins[3][2] if len(ins) > 3 and ins[3] is not None else None,
+                                             src.n_threads)
+        if prepared is not None:
+            return f"{src.bind(prepared, '_attention')}({args[0]}, {args[1]}, {args[2]})"
     # any other kernel: its call, with a constant weight packed now rather than looked up per run
     call = src.bind(run.call, "_call")
     at = src.bind(attrs)
@@ -212,8 +226,38 @@ def _kernel_step(src, step, ins, out_meta, buffer):
     return f"{call}({at}, 1, {', '.join(a or 'None' for a in args[:len(ins)])}{extra})[0]"
 
 
+def _kernel_multi_step(src, step, ins, out_metas):
+    """normrt LayerNorm/RMSNorm whose outputs are Y and the residual sum (pre-LN transformers):
+    the kernel call prepared once (kernel_calls.prepared_norm_with_sum)."""
+    run = getattr(step.run, "inner", step.run)
+    op, names = step.node.op_type, list(step.node.output)
+    if op == "LayerNorm":
+        wanted = len(names) == 4 and names[0] and not names[1] and not names[2] and names[3]
+        x, scale, bias, residual = (list(ins) + [None] * 4)[:4]
+    elif op == "RMSNorm":
+        wanted = len(names) == 2 and names[0] and names[1]
+        x, scale, residual = (list(ins) + [None] * 3)[:3]
+        bias = None
+    else:
+        return None
+    if not wanted or x is None or residual is None or any(p is not None and p[2] is None for p in (scale, bias)):
+        return None
+    (ex, (xshape, dx), _), (er, (rshape, dr), _) = x, residual
+    if not (_plain(x[1]) and _plain(residual[1])) or tuple(rshape) != tuple(xshape) or dr != dx \
+            or any(m != (xshape, dx) and (tuple(m[0]), m[1]) != (tuple(xshape), dx) for m in out_metas):
+        return None
+    prepared = _calls.prepared_norm_with_sum(op, run.attrs, xshape, dx, None if scale is None else scale[2],
+                                             None if bias is None else bias[2], src.n_threads)
+    if prepared is None:
+        return None
+    return f"{src.bind(prepared, '_norm_sum')}({ex}, {er})"
+
+
 def fast_step(src, step, ins, out_meta, buffer):
-    """The expression for one single-output step of a specialized plan, or None (generic call)."""
+    """The expression for one step of a specialized plan, or None (generic call): a single
+    output's, or for several outputs (`out_meta` their list of metas) the tuple of them."""
+    if isinstance(out_meta, list):
+        return _kernel_multi_step(src, step, ins, out_meta) if step.kind == "kernel" else None
     if step.kind == "numpy" and not canonical_domain(step.node.domain):
         return _numpy_step(src, step, ins, out_meta, buffer)
     if step.kind == "kernel":

@@ -183,3 +183,111 @@ def pack_matmul(w, attrs):
 def pack_conv(w, attrs):
     """Conv's packed weight (packed per group), from the numpy Conv op's cache."""
     return _blas.packed_conv_weight(w, attrs.get("group", 1))
+
+
+# ------------------------------------------------------------ prepared calls (specialized plans)
+# A specialized plan knows its values' shapes and its constants before the first run: these
+# build, once, a callable doing only the kernel call of the op above for those shapes. Every
+# check and decision the op's call makes per run (layouts, head splits, bias broadcast,
+# threads) is made here instead; the kernel and its arguments are the same, so the results
+# are bitwise the generic call's. None when a form is not covered (the plan keeps the call).
+
+def prepared_attention(attrs, q_shape, kt_shape, v_shape, bias, n_threads):
+    """run(q, kt, v) -> Y for float32 inputs of these shapes (bias: a constant or None)."""
+    from ..api.attention import _NO_BIAS, _bias4
+    from .._kernels import attention as _ka
+    from .._thread_policy import compute_bound
+    layouts = [attrs.get(k, d) for k, d in (("q_layout", "BHSD"), ("k_layout", "BHDS"),
+                                             ("v_layout", "BHSD"), ("y_layout", "BHSD"))]
+    if any(l not in _ATTENTION_VIEWS for l in (layouts[0], layouts[2], layouts[3])) \
+            or layouts[1] not in _ATTENTION_KT_VIEWS:
+        return None
+    q_heads, kv_heads, merge = attrs.get("q_heads", 0), attrs.get("kv_heads", 0), attrs.get("merge_heads", 0)
+    if (q_heads and layouts[0] != "BSHD") or (kv_heads and (layouts[1], layouts[2]) != ("BSHD", "BSHD")) \
+            or (merge and layouts[3] != "BSHD"):
+        return None
+
+    def split(shape, heads):
+        if not heads:
+            return tuple(shape)
+        if len(shape) != 3 or heads < 0 or shape[2] % heads:
+            return None
+        return (shape[0], shape[1], heads, shape[2] // heads)
+
+    q4, kt4, v4 = split(q_shape, q_heads), split(kt_shape, kv_heads), split(v_shape, kv_heads)
+    if q4 is None or kt4 is None or v4 is None or not len(q4) == len(kt4) == len(v4) == 4:
+        return None
+    qv, kv, vv, yv = (_ATTENTION_VIEWS[layouts[0]], _ATTENTION_KT_VIEWS[layouts[1]],
+                      _ATTENTION_VIEWS[layouts[2]], _ATTENTION_VIEWS[layouts[3]])
+    B, Hq, Sq, D = (q4[a] for a in qv)
+    _, Hkv, Dk, Skv = (kt4[a] for a in kv)
+    _, Hv, Sv, Dv = (v4[a] for a in vv)
+    if (kt4[0] != B or Dk != D or (Hv, Sv) != (Hkv, Skv) or not Hkv or Hq % Hkv or 0 in (B, Hq, Sq, Dv)):
+        return None
+    scale, causal = float(attrs["scale"]), bool(attrs.get("is_causal", 0))
+    b4 = _NO_BIAS
+    if bias is not None:
+        try:
+            b4 = _bias4(bias, (B, Hq, Sq, Skv), np.float32)
+        except (TypeError, ValueError):
+            return None
+    nt = min(n_threads, compute_bound(2 * B * Hq * Sq * Skv * (D + Dv)))
+    kernel = _ka.attention_fwd
+    y_shape = (B, Sq, Hq, Dv) if yv != (0, 1, 2, 3) else (B, Hq, Sq, Dv)
+    merged = (B, Sq, Hq * Dv) if merge else y_shape
+    k_to_bhsd = tuple(kv[a] for a in (0, 1, 3, 2))     # (B, Hkv, Skv, D): the kernel's K view
+
+    def run(q, kt, v):
+        if q_heads:
+            q = q.reshape(q4)
+        if kv_heads:
+            kt, v = kt.reshape(kt4), v.reshape(v4)
+        y = np.empty(y_shape, np.float32)
+        kernel(q.transpose(qv), kt.transpose(k_to_bhsd), v.transpose(vv), b4, y.transpose(yv), scale, causal, nt)
+        return y.reshape(merged) if merge else y
+
+    return run
+
+
+def prepared_norm_with_sum(op, attrs, x_shape, dtype, scale, bias, n_threads):
+    """run(x, residual) -> (Y, X + residual) for a LayerNorm/RMSNorm computing its residual sum
+    (outputs Y and residual_sum only), x and residual of `x_shape` and float32/float64 `dtype`,
+    scale and bias constants (or None): the kernel call of layer_norm/rms_norm above."""
+    from .. import _checks as chk
+    from .._kernels import layer_norm as _kln
+    from .._thread_policy import memory_bound
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64) or not x_shape:
+        return None
+    try:
+        axis = chk.axis_index(attrs.get("axis", -1), len(x_shape))
+        eps = chk.eps_value(attrs.get("epsilon", 1e-5))
+        act = chk.activation(_act(attrs)) if op == "LayerNorm" else 0
+        norm_shape = tuple(x_shape[axis:])
+        scale = chk.param(scale, "scale", norm_shape, dtype, broadcast=True)
+        bias = chk.param(bias, "bias", norm_shape, dtype, broadcast=True) if op == "LayerNorm" else None
+    except (TypeError, ValueError):
+        return None
+    L = int(np.prod(norm_shape, dtype=np.int64))
+    G = int(np.prod(x_shape, dtype=np.int64)) // L if L else 0
+    if not G or not L:
+        return None
+    scale = None if scale is None else np.ascontiguousarray(scale).reshape(-1)
+    bias = None if bias is None else np.ascontiguousarray(bias).reshape(-1)
+    nt = min(n_threads, memory_bound(G * L))
+    shape = tuple(int(d) for d in x_shape)
+    rows = (G, L)
+
+    if op == "LayerNorm":
+        def run(x, residual):
+            y, total = np.empty(shape, dtype), np.empty(shape, dtype)
+            _kln.layer_norm(np.ascontiguousarray(x).reshape(rows), y.reshape(rows), scale, bias,
+                            np.ascontiguousarray(residual).reshape(rows), total.reshape(rows), None, eps, act, nt)
+            return y, total
+    else:
+        def run(x, residual):
+            y, total = np.empty(shape, dtype), np.empty(shape, dtype)
+            _kln.rms_norm(np.ascontiguousarray(x).reshape(rows), y.reshape(rows), scale,
+                          np.ascontiguousarray(residual).reshape(rows), total.reshape(rows), eps, 0, nt)
+            return y, total
+    return run

@@ -16,7 +16,8 @@ from numpy.lib.stride_tricks import as_strided
 from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
-from ...api.conv import conv2d as _conv2d
+from ...api.conv import conv2d as _conv2d, conv_threads
+from ...api.gemm import _EMPTY
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
@@ -52,14 +53,15 @@ def conv(node, x, w, b=None):
     mg = m // group
     pb, pe = forward_pads(node, x.shape[2:], kernel, strides, dil)
     out_sp = [out_size(x.shape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
-    if (nsp == 2 and x.dtype == np.float32 and (group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS)
-            and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size and c == cg * group):
-        y = _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides, pads=(pb[0], pb[1], pe[0], pe[1]),
-                    dilations=dil, group=group)
-        return y if y.dtype == out_dtype else y.astype(out_dtype)
-    if (nsp == 2 and x.dtype == np.float32 and group == c and cg == 1 and group > 1 and min(out_sp) > 0
-            and min(pb) >= 0 and min(pe) >= 0 and w.size):
-        return _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil).astype(out_dtype, copy=False)
+    if nsp == 1 and x.dtype == np.float32 and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size \
+            and c == cg * group:
+        # 1-D as 2-D with one row: the same kernels (wav2vec2's and whisper's feature convs)
+        y = _conv2d_float32(x[:, :, None], w[:, :, None], b, [1] + strides, [0] + pb, [0] + pe, [1] + dil, group,
+                            [1] + out_sp)
+        return y.reshape(n, m, out_sp[0]).astype(out_dtype, copy=False)
+    if (nsp == 2 and x.dtype == np.float32 and min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and w.size
+            and c == cg * group):
+        return _conv2d_float32(x, w, b, strides, pb, pe, dil, group, out_sp).astype(out_dtype, copy=False)
     osz = int(np.prod(out_sp))
     ksz = int(np.prod(kernel))
     # the output is written in place by the GEMMs: y3[i, group rows] = W_g @ cols(x_i, g)
@@ -187,14 +189,39 @@ def _im2col_gemm(xp, wg, y3, group, kernel, strides, dil, out_sp, beta=0.0):
                      y3[i, g * mg:(g + 1) * mg, r0 * row:r1 * row], beta=beta)
 
 
-def _depthwise_kernel(x, w, b, m, out_sp, strides, pb, dil):
-    """float32 2-D depthwise conv on the small_conv kernel (padding read in place, bias fused)."""
+def _conv2d_float32(x, w, b, strides, pb, pe, dil, group, out_sp):
+    """A float32 2-D conv (checked: pads >= 0, a non-empty output) on normrt's kernels: few input
+    channels per group on the small_conv kernel, the rest on the GEMM (normrt.conv2d)."""
+    if on_small_conv(w.shape[1], group):
+        return _small_group_conv(x, w, b, strides, pb, dil, group, out_sp)
+    return _conv2d(x, packed_conv_weight(w, group), None if b is None else _to_compute(b), strides=strides,
+                   pads=(pb[0], pb[1], pe[0], pe[1]), dilations=dil, group=group)
+
+
+def on_small_conv(cg, group):
+    """Whether a float32 conv with `cg` input channels per group runs on the small_conv kernel
+    (else the GEMM). Measured (1 thread, us, GEMM / small_conv): depthwise 3x3-7x7 at 2x2 to
+    32x32, 1.5-2.5x faster than the former tap-by-tap kernel; one input channel (wav2vec2's
+    first conv, 1 -> 32 3x3 at 32x32) 23 / 17; dense convs over 3-7 channels win only on
+    tiny images (3 -> 16 4x4/4 at 64x64: 23 / 18) and lose elsewhere (3 -> 32 at 224x224:
+    423 / 618, 4 -> 32 at 32x32: 39 / 53), so they stay on the GEMM, which keeps its
+    output channels in registers together."""
+    return cg < KERNEL_MIN_GROUP_CHANNELS and (group > 1 or cg == 1)
+
+
+def small_group_threads(y_size, cg, kh, kw):
+    """Threads for the small_conv kernel (normrt._thread_policy) from its multiply-adds."""
+    return compute_bound(2 * y_size * cg * kh * kw)
+
+
+def _small_group_conv(x, w, b, strides, pb, dil, group, out_sp):
+    """float32 2-D conv with few input channels per group (depthwise...) on the small_conv kernel
+    (padding read in place, bias fused)."""
+    m, cg, kh, kw = w.shape
     y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
-    macs = y.size * w.shape[2] * w.shape[3]
-    bias = np.empty(0, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    _ksmall.depthwise_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(m, w.shape[2], w.shape[3])),
-                             bias, y, strides[0], strides[1], pb[0], pb[1], dil[0], dil[1], m // x.shape[1],
-                             compute_bound(2 * macs))
+    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    _ksmall.grouped_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), bias, y, strides[0], strides[1],
+                           pb[0], pb[1], dil[0], dil[1], group, small_group_threads(y.size, cg, kh, kw))
     return y
 
 
@@ -321,7 +348,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         if rd != np.float32 or tuple(rshape) != tuple(shape):
             return None
         res = f"{er}.reshape(-1)"
-    nt = n_threads
+    nt = min(n_threads, conv_threads(n, c, m, oh, ow, kh, kw, group))    # the policy, decided once
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
     wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
@@ -334,24 +361,69 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
 
 
 def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
-    """fast_conv for a standard Conv node taking the kernel path of `conv` above (same checks)."""
+    """A specialized plan's float32 1-D/2-D Conv with a constant weight, taking the kernel path `conv`
+    above takes (same checks): few input channels per group on small_conv, the rest through fast_conv
+    (1-D as 2-D with one row, the input and output reshaped, which are views)."""
     if len(args) < 2 or args[1] is None or args[1][2] is None or args[0] is None:
         return None
-    (_, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    (ex, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
     b = args[2][2] if len(args) > 2 and args[2] is not None else None
     if len(args) > 2 and args[2] is not None and b is None:
         return None
-    if dx != np.float32 or dw_ != np.float32 or len(xshape) != 4 or len(wshape) != 4 or wconst.flags.writeable:
+    nsp = len(xshape) - 2
+    if dx != np.float32 or dw_ != np.float32 or nsp not in (1, 2) or len(wshape) != nsp + 2 \
+            or wconst.flags.writeable or (b is not None and b.dtype != np.float32):
         return None
     kernel = list(wshape[2:])
-    strides = attr_ints(node, "strides") or [1, 1]
-    dil = attr_ints(node, "dilations") or [1, 1]
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
     group = int(node.attrs.get("group", 1))
     c, cg = xshape[1], wshape[1]
     pb, pe = forward_pads(node, xshape[2:], kernel, strides, dil)
-    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(2)]
-    if not ((group == 1 or cg >= KERNEL_MIN_GROUP_CHANNELS) and min(out_sp) > 0 and min(pb) >= 0
-            and min(pe) >= 0 and wconst.size and c == cg * group):
+    out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
+    if not (min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and wconst.size and c == cg * group):
         return None
-    return fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
-                     (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)
+    shape, dtype = out_meta
+    if nsp == 1:             # as `conv`: one row
+        x4 = (tuple(xshape[:2]) + (1, xshape[2]))
+        args = [(f"{ex}.reshape({x4!r})", (x4, dx), None)] + list(args[1:])
+        wconst = wconst.reshape(wshape[:2] + (1, wshape[2]))
+        strides, dil, pb, pe, out_sp = [1] + strides, [1] + dil, [0] + pb, [0] + pe, [1] + out_sp
+        out_meta = (tuple(shape[:2]) + (1, shape[2]), dtype)
+        buffer = None if buffer is None else _Reshaped(buffer, out_meta[0])
+    if on_small_conv(cg, group):
+        expr = _fast_small_group_conv(src, args[0][0], wconst, b, out_meta, buffer, strides, pb, dil, group,
+                                      n_threads)
+    else:
+        expr = fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
+                         (pb[0], pb[1], pe[0], pe[1]), tuple(dil), group, bias=b, n_threads=n_threads)
+    if expr is None or nsp == 2:
+        return expr
+    return f"{expr}.reshape({tuple(int(d) for d in shape)!r})"
+
+
+class _Reshaped:
+    """A plan's output buffer seen with another shape (a view), for fast steps that write 2-D convs."""
+
+    def __init__(self, buffer, shape):
+        self.buffer, self.shape = buffer, tuple(int(d) for d in shape)
+
+    def __str__(self):
+        return f"{self.buffer}.reshape({self.shape!r})"
+
+
+def _small_group_into(x, w, bias, y, sh, sw, pt, pl, dh, dw, group, nt):
+    _ksmall.grouped_conv2d(np.ascontiguousarray(x), w, bias, y, sh, sw, pt, pl, dh, dw, group, nt)
+    return y
+
+
+def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, group, n_threads):
+    """The expression calling the small_conv kernel directly (what `_small_group_conv` does per run)."""
+    shape, _ = out_meta
+    m, cg, kh, kw = w.shape
+    size = int(np.prod(shape, dtype=np.int64))
+    nt = min(n_threads, small_group_threads(size, cg, kh, kw))
+    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
+    return (f"{src.bind(_small_group_into, '_small_group_into')}({ex}, {src.bind(np.ascontiguousarray(w), 'w')}, "
+            f"{src.bind(bias)}, {y}, {strides[0]}, {strides[1]}, {pb[0]}, {pb[1]}, {dil[0]}, {dil[1]}, {group}, {nt})")

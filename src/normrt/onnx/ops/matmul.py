@@ -7,7 +7,7 @@ residual epilogue); the rest on numpy/BLAS.
 import numpy as np
 
 from ..._kernels import small_gemm as _ksmall_gemm
-from ..._kernels.gemm import gemm as _gemm_kernel
+from ..._kernels.prepared_gemm import PreparedGemm as _PreparedGemm
 from ..._thread_policy import compute_bound
 from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
@@ -147,18 +147,12 @@ def einsum(node, *xs):
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
 
 
-def _gemm_into(a, bdata, m, n, k, y, bias, residual, act, ws, nt):
-    _gemm_kernel(a.reshape(-1), False, bdata, True, m, n, k, y.reshape(-1), bias, 1, residual, act, ws, nt)
-    return y
-
-
 def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activation=None, n_threads=1):
     """A specialized plan's float32 product with a packed constant weight: the expression calling the
     GEMM kernel directly (what normrt.matmul calls after its checks, done here once).
 
     `a` and `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (N,)
     constant or None. None when a check fails (the caller keeps the generic call)."""
-    from ...api.gemm import _EMPTY
     from ..._checks import activation as _act_code
     ea, (ashape, da), _ = a
     k, n = packed.shape
@@ -172,27 +166,55 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
         bias = np.ascontiguousarray(bias)
         if bias.dtype != _F32 or bias.shape != (n,):
             return None
-    res = "_EMPTY"
+    res = ""
     if residual is not None:
         er, (rshape, rd), _ = residual
         if rd != _F32 or tuple(rshape) != tuple(shape):
             return None
-        res = f"{er}.reshape(-1)"
+        res = f", {er}"
     # threads from the work (normrt._thread_policy; decided once, at specialization);
     # the GEMM kernel's results do not depend on the thread count
     nt = min(n_threads, compute_bound(2 * m * n * k))
     ws = src.workspace(_workspace_size(nt))     # the plan's own (shared by its steps; runs hold its lock)
-    src.ns["_EMPTY"] = _EMPTY
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
-    return (f"{src.bind(_gemm_into, '_gemm_into')}({ea}, {src.bind(packed.data, 'w')}, {m}, {n}, {k}, {y}, "
-            f"{src.bind(bias) if bias is not None else '_EMPTY'}, {res}, {_act_code(activation)}, {ws}, {nt})")
+    # the kernel call bound once (pyx/prepared_gemm.pyx): the same product as gemm.gemm, without
+    # its per-call buffer acquisitions and job-grid search
+    call = _PreparedGemm(packed.data, m, n, k, bias, _act_code(activation), nt)
+    return f"{src.bind(call, '_gemm')}({ea}, {y}, {ws}{res})"
+
+
+def _prepared_small_batched(ashape, bshape, n_threads):
+    """run(a, b) for `_small_batched`'s case of these shapes (its broadcast and threads decided
+    now), or None when `matmul` takes another path for them."""
+    if len(ashape) < 2 or len(bshape) < 2 or (len(ashape) == 2 and len(bshape) == 2) or ashape[-1] != bshape[-2]:
+        return None
+    batch = np.broadcast_shapes(tuple(ashape[:-2]), tuple(bshape[:-2]))
+    count = int(np.prod(batch, dtype=np.int64))
+    m, k, n = ashape[-2], ashape[-1], bshape[-1]
+    if len(bshape) == 2 or m * n * k >= SMALL_BATCHED_MACS or 0 in (count, m, k, n):
+        return None
+    nt = min(n_threads, compute_bound(2 * count * m * n * k))
+    shape = batch + (m, n)
+    kernel = _ksmall_gemm.batched_matmul
+
+    def run(a, b):
+        out = np.empty((count, m, n), np.float32)
+        kernel(_stack(a, batch, count), _stack(b, batch, count), out, nt)
+        return out.reshape(shape)
+    return run
 
 
 def fast_matmul(src, args, out_meta, buffer, n_threads=1):
     """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
-    weight on the GEMM kernel, packed now; None for any other form."""
+    weight on the GEMM kernel, packed now, or the small batched products (attention heads)
+    with their broadcast decided now; None for any other form."""
     (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
-    if da != _F32 or db != _F32 or len(ashape) < 2 or len(bshape) != 2 or 0 in ashape or 0 in bshape:
+    if da != _F32 or db != _F32 or 0 in ashape or 0 in bshape:
+        return None
+    small = _prepared_small_batched(tuple(ashape), tuple(bshape), n_threads)
+    if small is not None:
+        return f"{src.bind(small, '_small_batched')}({ea}, {eb})"
+    if len(ashape) < 2 or len(bshape) != 2:
         return None
     if bconst is None or bconst.flags.writeable:
         return None

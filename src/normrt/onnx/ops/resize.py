@@ -93,11 +93,11 @@ def _resize_axis_linear(data, axis, x, n_in):
     return a
 
 
-def _resize(node, x, scales, sizes):
-    rank = x.ndim
+def _geometry(node, in_shape, scales, sizes):
+    """(axes, {axis: output size}, {axis: scale}, resized axes) of a Resize on `in_shape`."""
+    rank = len(in_shape)
     axes = attr_ints(node, "axes")
     axes = list(range(rank)) if axes is None else [a + rank if a < 0 else a for a in axes]
-    in_shape = x.shape
     if sizes is not None and sizes.size:
         sz = [int(s) for s in sizes.reshape(-1)]
         out = {a: sz[i] for i, a in enumerate(axes)}
@@ -106,14 +106,27 @@ def _resize(node, x, scales, sizes):
         s = [float(v) for v in scales.reshape(-1)]
         sc = {a: s[i] for i, a in enumerate(axes)}
         out = {a: int(sc[a] * in_shape[a]) for a in axes}
+    resized = [a for a in axes if not (out[a] == in_shape[a] and np.isclose(sc[a], 1.0))]
+    return axes, out, sc, resized
+
+
+def _on_planes(dtype, in_shape, axes, out, resized):
+    """Whether the kernels run it: float32/float64, only the last two axes resized, nothing empty."""
+    rank = len(in_shape)
+    return (dtype in (np.float32, np.float64) and rank >= 2 and 0 not in in_shape and all(out[a] for a in axes)
+            and all(a >= rank - 2 for a in resized))
+
+
+def _resize(node, x, scales, sizes):
+    rank = x.ndim
+    in_shape = x.shape
+    axes, out, sc, resized = _geometry(node, in_shape, scales, sizes)
     mode = attr_str(node, "mode", "nearest")
     ctm = attr_str(node, "coordinate_transformation_mode", "half_pixel")
     nearest_mode = attr_str(node, "nearest_mode", "round_prefer_floor")
     is_float = x.dtype.kind in "fV"          # V: ml_dtypes floats (bfloat16)
-    resized = [a for a in axes if not (out[a] == in_shape[a] and np.isclose(sc[a], 1.0))]
-    if (x.dtype in (np.float32, np.float64) and rank >= 2 and x.size and all(out[a] for a in axes)
-            and all(a >= rank - 2 for a in resized)):
-        return _resize_planes(x, mode, ctm, nearest_mode, out, sc, resized)
+    if _on_planes(x.dtype, in_shape, axes, out, resized):
+        return _plane_call(x.shape, x.dtype, mode, ctm, nearest_mode, out, sc, resized, memory_bound)(x)
     if mode == "linear":
         # integers interpolate in float64 then round/saturate like the reference
         work = x if x.dtype in (np.float32, np.float64) else x.astype(np.float32 if is_float else np.float64)
@@ -148,15 +161,17 @@ def _resize(node, x, scales, sizes):
     return work
 
 
-def _resize_planes(x, mode, ctm, nearest_mode, out, sc, resized):
-    """The kernel path: x (..., H, W) float32/float64, only the last two axes resized."""
-    h_ax, w_ax = x.ndim - 2, x.ndim - 1
-    h, w = x.shape[-2:]
+def _plane_call(x_shape, dtype, mode, ctm, nearest_mode, out, sc, resized, threads):
+    """The kernel path for x of `x_shape` (..., H, W), float32/float64, only the last two axes
+    resized: run(x) -> y, its index tables (and weights) computed now, once. `threads`: the
+    policy's function of the output size."""
+    rank = len(x_shape)
+    h_ax, w_ax = rank - 2, rank - 1
+    h, w = x_shape[-2:]
     oh, ow = out.get(h_ax, h), out.get(w_ax, w)
-    y = np.empty(x.shape[:-2] + (oh, ow), x.dtype)
-    planes = np.ascontiguousarray(x).reshape(-1, h, w)
-    y3 = y.reshape(-1, oh, ow)
-    nt = memory_bound(y.size)
+    y_shape = tuple(x_shape[:-2]) + (oh, ow)
+    planes_shape = (-1, h, w)
+    nt = threads(int(np.prod(y_shape, dtype=np.int64)))
     if mode == "nearest":
         def index(ax, n_in, n_out):
             if ax not in resized:
@@ -165,16 +180,45 @@ def _resize_planes(x, mode, ctm, nearest_mode, out, sc, resized):
         rows, cols = index(h_ax, h, oh), index(w_ax, w, ow)
         f = ow // w
         fx = f if ow % w == 0 and np.array_equal(cols, np.arange(ow) // f) else 0
-        _kresize.nearest(planes, y3, rows, cols, fx, nt)
-        return y
+        kernel, tables = _kresize.nearest, (rows, cols, fx, nt)
+    else:
+        def linear_tables(ax, n_in, n_out):
+            if ax not in resized:
+                ident = np.arange(n_in, dtype=np.intp)
+                return ident, ident, np.zeros(n_in, dtype), False
+            return _linear_tables(_source_coords(ctm, n_out, n_in, sc[ax]), n_in, dtype) + (True,)
+        kernel, tables = _kresize.linear, linear_tables(h_ax, h, oh) + linear_tables(w_ax, w, ow) + (nt,)
 
-    def tables(ax, n_in, n_out):
-        if ax not in resized:
-            ident = np.arange(n_in, dtype=np.intp)
-            return ident, ident, np.zeros(n_in, x.dtype), False
-        return _linear_tables(_source_coords(ctm, n_out, n_in, sc[ax]), n_in, x.dtype) + (True,)
-    _kresize.linear(planes, y3, *tables(h_ax, h, oh), *tables(w_ax, w, ow), nt)
-    return y
+    def run(x):
+        y = np.empty(y_shape, dtype)
+        kernel(np.ascontiguousarray(x).reshape(planes_shape), y.reshape(-1, oh, ow), *tables)
+        return y
+    return run
+
+
+def fast_resize(src, node, args, out_meta, n_threads):
+    """A specialized plan's Resize on the kernels, its tables made once (the generic op makes them
+    per run), or None: x float32/float64 whose roi/scales/sizes are constants of the trace."""
+    if not args or args[0] is None or not _resize_supported(node):
+        return None
+    ex, (xshape, dx), _ = args[0]
+    consts = [None if a is None else a[2] for a in args[1:4]] + [None] * (4 - len(args))
+    if any(a is not None and c is None for a, c in zip(args[1:4], consts)):
+        return None
+    scales, sizes = consts[1], consts[2]
+    if sizes is None and (scales is None or not scales.size):
+        return None
+    axes, out, sc, resized = _geometry(node, tuple(xshape), scales, sizes)
+    if not _on_planes(dx, tuple(xshape), axes, out, resized):
+        return None
+    run = _plane_call(tuple(xshape), dx, attr_str(node, "mode", "nearest"),
+                      attr_str(node, "coordinate_transformation_mode", "half_pixel"),
+                      attr_str(node, "nearest_mode", "round_prefer_floor"), out, sc, resized,
+                      lambda size: min(n_threads, memory_bound(size)))
+    if tuple(out_meta[0]) != tuple(xshape[:-2]) + (out.get(len(xshape) - 2, xshape[-2]),
+                                                   out.get(len(xshape) - 1, xshape[-1])):
+        return None
+    return f"{src.bind(run, '_resize')}({ex})"
 
 
 def _nearest_integer_upsample(x, axes, out, sc, ctm, nearest_mode):

@@ -1,0 +1,196 @@
+/* Register-blocked grouped convolution with few input channels per group (small_conv.pyx):
+ * depthwise 2-D convs (ConvNeXt's 7x7, EfficientNet's and MobileViT's 3x3/5x5, strides 1
+ * and 2) and 1-D convs seen as 2-D with one row (wav2vec2's first feature conv: one input
+ * channel, kernel 10, stride 5).
+ *
+ * Why this shape: such a conv has only cg * kh * kw taps per output, far too little work
+ * for a packed GEMM, and the tap-by-tap loop that accumulated into y in memory spent its
+ * time storing and reloading y (one load + one store per multiply-add, ~5 GMAC/s). Here
+ * a block of outputs (4 rows x 1 vector, or 1 row x 4 vectors) stays in vector registers
+ * across all its taps: one load and one FMA per tap and vector, four independent
+ * accumulator chains to cover the FMA latency, one store at the end.
+ *
+ * The loads must be contiguous whatever the stride and padding, so each group's input
+ * planes are first copied into per-thread scratch, zero-padded and split by column phase
+ * (polyphase): phase p holds padded columns p, p + sw, p + 2 sw, ...; output column ow
+ * at tap column j reads padded column ow * sw + j * dw, which is element ow + q of phase
+ * p with q = (j * dw) / sw, p = (j * dw) % sw. Rows are rows of the scratch (row stride
+ * sh). The scratch rows are wide enough (output width rounded up to the vector width,
+ * plus the taps' reach) that no load leaves them; lanes past the output width are
+ * computed on zeros and never stored.
+ *
+ * Vectors are GCC vector extensions, so each ISA level's build gets its own width
+ * (16 floats with AVX-512, 8 with AVX, 4 with SSE2) from the same source.
+ *
+ * Determinism: every output is summed by one thread in one fixed order (the bias,
+ * then input channel, tap row, tap column ascending) whatever the thread count.
+ */
+#ifndef NORMRT_GROUPED_CONV_H
+#define NORMRT_GROUPED_CONV_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define NRT_GC_VL 16
+#elif defined(__AVX__)
+#define NRT_GC_VL 8
+#else
+#define NRT_GC_VL 4
+#endif
+
+typedef float nrt_gc_v __attribute__((vector_size(4 * NRT_GC_VL)));
+/* the same vector at any float alignment: scratch rows start at arbitrary offsets */
+typedef float nrt_gc_vu __attribute__((vector_size(4 * NRT_GC_VL), aligned(4)));
+
+/* acc + a * b: one fused instruction where the level has FMA (the build sets
+ * -ffp-contract=off, so `acc += a * b` would stay a multiply and an add) */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define NRT_GC_FMA(a, b, acc) ((nrt_gc_v)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(acc)))
+#elif defined(__AVX__) && defined(__FMA__)
+#include <immintrin.h>
+#define NRT_GC_FMA(a, b, acc) ((nrt_gc_v)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(acc)))
+#else
+#define NRT_GC_FMA(a, b, acc) ((acc) + (a) * (b))
+#endif
+
+/* Geometry of one call, fixed for all its work items. */
+typedef struct {
+    ptrdiff_t H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw;
+    ptrdiff_t cg, mg;          /* input channels and output channels per group */
+    ptrdiff_t Hp, Wq, OWv;     /* scratch rows per phase, floats per scratch row, OW rounded up */
+} nrt_gc_geom;
+
+static inline ptrdiff_t nrt_gc_ceil_div(ptrdiff_t a, ptrdiff_t b) {
+    /* b > 0; rounds toward +inf for negative a too */
+    return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+/* Fill in the derived sizes; returns the scratch floats one work item needs. */
+static inline ptrdiff_t nrt_gc_setup(nrt_gc_geom *g) {
+    g->OWv = nrt_gc_ceil_div(g->OW, NRT_GC_VL) * NRT_GC_VL;
+    g->Hp = (g->OH - 1) * g->sh + (g->KH - 1) * g->dh + 1;
+    g->Wq = g->OWv + ((g->KW - 1) * g->dw) / g->sw;
+    return g->cg * g->sw * g->Hp * g->Wq;
+}
+
+/* The group's cg input planes (H, W) -> zero-padded polyphase scratch:
+ * scratch[((ci * sw + p) * Hp + r) * Wq + c] = x[ci][r - pt][c * sw + p - pl] (0 outside).
+ * Plain loops, kept inline (no memset/memcpy calls): the rows are a few dozen floats,
+ * where a library call per row segment cost more than the copy (~50 cycles a row). */
+static __attribute__((noinline, optimize("no-tree-loop-distribute-patterns"))) void
+nrt_gc_fill(const nrt_gc_geom *g, const float *restrict x, float *restrict s) {
+    for (ptrdiff_t ci = 0; ci < g->cg; ci++) {
+        const float *restrict xc = x + ci * g->H * g->W;
+        for (ptrdiff_t p = 0; p < g->sw; p++) {
+            /* phase columns whose input column c * sw + p - pl lies in [0, W) */
+            ptrdiff_t c0 = nrt_gc_ceil_div(g->pl - p, g->sw), c1 = nrt_gc_ceil_div(g->W + g->pl - p, g->sw);
+            if (c0 < 0) c0 = 0;
+            if (c1 > g->Wq) c1 = g->Wq;
+            if (c1 < c0) c1 = c0;
+            for (ptrdiff_t r = 0; r < g->Hp; r++) {
+                float *restrict row = s + ((ci * g->sw + p) * g->Hp + r) * g->Wq;
+                ptrdiff_t ih = r - g->pt;
+                if (ih < 0 || ih >= g->H) {
+                    for (ptrdiff_t c = 0; c < g->Wq; c++)
+                        row[c] = 0.0f;
+                    continue;
+                }
+                const float *restrict xr = xc + ih * g->W + p - g->pl;
+                for (ptrdiff_t c = 0; c < c0; c++)
+                    row[c] = 0.0f;
+                if (g->sw == 1)
+                    for (ptrdiff_t c = c0; c < c1; c++)
+                        row[c] = xr[c];
+                else
+                    for (ptrdiff_t c = c0; c < c1; c++)
+                        row[c] = xr[c * g->sw];
+                for (ptrdiff_t c = c1; c < g->Wq; c++)
+                    row[c] = 0.0f;
+            }
+        }
+    }
+}
+
+/* One block of RB output rows x CB vectors of output `wm`'s plane, at (oh0, c0):
+ * accumulated in registers over all taps, then stored (the lanes past OW dropped). */
+static inline __attribute__((always_inline)) void
+nrt_gc_block(const nrt_gc_geom *g, const float *restrict s, const float *restrict wm, float b,
+             float *restrict y, ptrdiff_t oh0, ptrdiff_t c0, const int RB, const int CB) {
+    nrt_gc_v acc[4][4];
+    for (int r = 0; r < RB; r++)
+        for (int v = 0; v < CB; v++)
+            acc[r][v] = (nrt_gc_v){0} + b;
+    const ptrdiff_t rstep = g->sh * g->Wq;
+    const ptrdiff_t phase_step = g->Hp * g->Wq;
+    for (ptrdiff_t ci = 0; ci < g->cg; ci++)
+        for (ptrdiff_t i = 0; i < g->KH; i++) {
+            const float *restrict rows = s + (ci * g->sw * g->Hp + oh0 * g->sh + i * g->dh) * g->Wq + c0;
+            const float *restrict wrow = wm + (ci * g->KH + i) * g->KW;
+            /* tap column j reads phase p = (j dw) % sw at offset q = (j dw) / sw, stepped
+               without a division per tap (an integer division costs more than the FMAs) */
+            ptrdiff_t p = 0, q = 0;
+            for (ptrdiff_t j = 0; j < g->KW; j++) {
+                const float *restrict base = rows + p * phase_step + q;
+                nrt_gc_v wv = (nrt_gc_v){0} + wrow[j];
+                #pragma GCC unroll 4
+                for (int r = 0; r < RB; r++)
+                    #pragma GCC unroll 4
+                    for (int v = 0; v < CB; v++)
+                        acc[r][v] = NRT_GC_FMA(*(const nrt_gc_vu *)(base + r * rstep + v * NRT_GC_VL), wv,
+                                               acc[r][v]);
+                p += g->dw;
+                while (p >= g->sw) {
+                    p -= g->sw;
+                    q++;
+                }
+            }
+        }
+    for (int r = 0; r < RB; r++) {
+        float *restrict yr = y + (oh0 + r) * g->OW;
+        for (int v = 0; v < CB; v++) {
+            ptrdiff_t c = c0 + v * NRT_GC_VL;
+            if (c + NRT_GC_VL <= g->OW) {
+                *(nrt_gc_vu *)(yr + c) = acc[r][v];
+            } else {
+                float tmp[NRT_GC_VL];
+                memcpy(tmp, &acc[r][v], sizeof(tmp));
+                memcpy(yr + c, tmp, sizeof(float) * (size_t)(g->OW - c));
+            }
+        }
+    }
+}
+
+/* One output plane (OH, OW) of output channel m from the filled scratch: wm its
+ * (cg, KH, KW) weights, b its bias. Blocks of 4 rows x 1 vector while 4 rows remain,
+ * then single rows in blocks of 4 vectors (1-D convs: one long row). */
+static __attribute__((noinline)) void
+nrt_gc_plane(const nrt_gc_geom *g, const float *restrict s, const float *restrict wm, float b,
+             float *restrict y) {
+    ptrdiff_t oh = 0;
+    for (; oh + 4 <= g->OH; oh += 4)
+        for (ptrdiff_t c0 = 0; c0 < g->OWv; c0 += NRT_GC_VL)
+            nrt_gc_block(g, s, wm, b, y, oh, c0, 4, 1);
+    for (; oh < g->OH; oh++) {
+        ptrdiff_t c0 = 0;
+        for (; c0 + 4 * NRT_GC_VL <= g->OWv; c0 += 4 * NRT_GC_VL)
+            nrt_gc_block(g, s, wm, b, y, oh, c0, 1, 4);
+        for (; c0 < g->OWv; c0 += NRT_GC_VL)
+            nrt_gc_block(g, s, wm, b, y, oh, c0, 1, 1);
+    }
+}
+
+/* One work item: group `grp` of one image. x: the image's (C, H, W); w: (M, cg, KH, KW);
+ * bias: (M,) or NULL; y: the image's (M, OH, OW); scratch: nrt_gc_setup(g) floats. */
+static void nrt_gc_group(const nrt_gc_geom *g, const float *x, const float *w, const float *bias,
+                         float *y, ptrdiff_t grp, float *scratch) {
+    nrt_gc_fill(g, x + grp * g->cg * g->H * g->W, scratch);
+    for (ptrdiff_t k = 0; k < g->mg; k++) {
+        ptrdiff_t m = grp * g->mg + k;
+        nrt_gc_plane(g, scratch, w + m * g->cg * g->KH * g->KW, bias ? bias[m] : 0.0f,
+                     y + m * g->OH * g->OW);
+    }
+}
+
+#endif

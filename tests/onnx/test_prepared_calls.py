@@ -1,0 +1,125 @@
+"""Kernel nodes of specialized plans called through calls prepared once (kernel_calls.prepared_*):
+bitwise the generic plan's results (the normrt op's full call), right against onnx.reference,
+for new input shapes after specialization too."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from test_pass_attention_layout import feeds_for, heads_model
+
+import normrt
+
+
+def _specialized_and_generic(sess, feeds):
+    sess.run(None, feeds)                        # traced: builds the specialized plan
+    special = sess.run(None, feeds)
+    generic = sess.executor.run(feeds, specialize=False)
+    for g, s in zip(generic, special):
+        assert g.dtype == s.dtype and np.array_equal(g, s, equal_nan=True)
+    return special
+
+
+def _prepared(sess, name):
+    return [src for src in (p.source for p in sess.executor.specialized.values()) if name in src]
+
+
+@settings(max_examples=25, deadline=None)
+@given(form=st.sampled_from(["onnx", "matmul"]), b=st.integers(1, 2), sq=st.integers(1, 80), skv=st.integers(1, 80),
+       h=st.sampled_from([1, 2, 4]), grouped=st.booleans(), d=st.sampled_from([4, 8, 16]), causal=st.booleans())
+def test_prepared_attention_bitwise_generic(form, b, sq, skv, h, grouped, d, causal):
+    hkv = h // 2 if grouped and h > 1 and form == "onnx" else h
+    attrs = {"is_causal": int(causal)} if form == "onnx" else {}
+    model = heads_model(B=b, Sq=sq, Skv=skv, H=h, Hkv=hkv, D=d, Dv=d, form=form, **attrs)
+    feeds = feeds_for(model)
+    sess = normrt.InferenceSession(model)
+    got = _specialized_and_generic(sess, feeds)
+    if any(n.op_type == "Attention" and n.domain == "normrt" for n in sess.optimized_model.graph.node):
+        assert _prepared(sess, "_attention"), "the fused attention runs its prepared call"
+    np.testing.assert_allclose(got[0], ReferenceEvaluator(model).run(None, feeds)[0], rtol=2e-5, atol=2e-6)
+
+
+def _pre_ln_block(width, rms, rng):
+    """x -> (x + r) -> LayerNorm/RMSNorm, the sum also used: the residual-norm fusion's form."""
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"])]
+    inits = [numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "g")]
+    if rms:
+        nodes += [helper.make_node("RMSNormalization", ["s", "g"], ["n"], axis=-1, epsilon=1e-5)]
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"))
+        nodes += [helper.make_node("LayerNormalization", ["s", "g", "b"], ["n"], axis=-1, epsilon=1e-5)]
+    nodes += [helper.make_node("Mul", ["s", "n"], ["y"])]        # the sum read after the norm
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "block", [vi("x", TensorProto.FLOAT, ["b", 5, width]),
+                                               vi("r", TensorProto.FLOAT, ["b", 5, width])],
+                              [vi("y", TensorProto.FLOAT, ["b", 5, width])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+@settings(max_examples=20, deadline=None)
+@given(rms=st.booleans(), width=st.integers(1, 70), batches=st.lists(st.integers(1, 3), min_size=2, max_size=3),
+       seed=st.integers(0, 2 ** 16))
+def test_prepared_norm_with_residual_sum_bitwise_generic(rms, width, batches, seed):
+    rng = np.random.default_rng(seed)
+    model = _pre_ln_block(width, rms, rng)
+    sess = normrt.InferenceSession(model)
+    ref = ReferenceEvaluator(model)
+    for b in batches:
+        feeds = {n: (rng.standard_normal((b, 5, width)) * 3 + 1).astype(np.float32) for n in ("x", "r")}
+        got = _specialized_and_generic(sess, feeds)
+        np.testing.assert_allclose(got[0], ref.run(None, feeds)[0], rtol=1e-4, atol=1e-4)
+    if any(len(n.output) > 1 and n.domain == "normrt" for n in sess.optimized_model.graph.node):
+        assert _prepared(sess, "_norm_sum"), "the norm with its residual sum runs its prepared call"
+
+
+@settings(max_examples=25, deadline=None)
+@given(mode=st.sampled_from(["nearest", "linear"]),
+       ctm=st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"]),
+       by_sizes=st.booleans(), h=st.integers(1, 12), w=st.integers(1, 12), oh=st.integers(1, 24),
+       ow=st.integers(1, 24), batches=st.lists(st.integers(1, 3), min_size=2, max_size=3),
+       seed=st.integers(0, 2 ** 16))
+def test_prepared_resize_bitwise_generic(mode, ctm, by_sizes, h, w, oh, ow, batches, seed):
+    """Resize on the kernels with its index tables made once per input shape (scales, or sizes
+    of the two spatial axes)."""
+    rng = np.random.default_rng(seed)
+    if by_sizes:
+        inits = [numpy_helper.from_array(np.array([oh, ow], np.int64), "sizes")]
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode, axes=[2, 3],
+                                coordinate_transformation_mode=ctm)
+    else:
+        inits = [numpy_helper.from_array(np.array([1, 1, oh / h, ow / w], np.float32), "scales")]
+        node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode, coordinate_transformation_mode=ctm)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "resize", [vi("x", TensorProto.FLOAT, ["b", 3, h, w])],
+                              [vi("y", TensorProto.FLOAT, ["b", 3, "oh", "ow"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    sess = normrt.InferenceSession(model)
+    ref = ReferenceEvaluator(model)
+    for b in batches:
+        feeds = {"x": rng.standard_normal((b, 3, h, w)).astype(np.float32)}
+        got = _specialized_and_generic(sess, feeds)
+        if mode == "linear" or (oh % h == 0 and ow % w == 0):
+            # (nearest at fractional scales: normrt's float64 coordinates and the reference's
+            # float32 ones may round a tie apart; the generic op's known difference)
+            np.testing.assert_allclose(got[0], ref.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+    assert _prepared(sess, "_resize"), "Resize runs its prepared call"
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=2), m=st.integers(1, 24), k=st.integers(1, 24),
+       n=st.integers(1, 24), b_ones=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, seed):
+    """Batched small products (window / head attention) with their broadcast decided once."""
+    rng = np.random.default_rng(seed)
+    b_batch = [1] * len(batch) if b_ones else batch
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
+                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"a": rng.standard_normal(batch + [m, k]).astype(np.float32),
+             "b": rng.standard_normal(b_batch + [k, n]).astype(np.float32)}
+    sess = normrt.InferenceSession(model)
+    got = _specialized_and_generic(sess, feeds)
+    np.testing.assert_allclose(got[0], feeds["a"].astype(np.float64) @ feeds["b"], rtol=1e-5, atol=1e-5 * k)
+    assert m * n * k >= 1 << 15 or _prepared(sess, "_small_batched")
