@@ -3,6 +3,7 @@
     load (checked) ─► inline local functions ─► constant folding
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► activation / residual epilogues
+                   ─► elementwise chains (what no fusion above took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -35,6 +36,7 @@ from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
+from .passes.elementwise_chains import ElementwiseChains
 
 
 def default_passes():
@@ -43,7 +45,8 @@ def default_passes():
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
-            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
+            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
+            ElementwiseChains()]
 
 
 def _inline_functions(model):
