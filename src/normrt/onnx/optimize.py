@@ -1,6 +1,6 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding
+    load (checked) ─► inline local functions ─► constant folding ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► activation / residual epilogues
                    ─► elementwise chains (what no fusion above took, one pass each)
@@ -37,11 +37,12 @@ from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
 from .passes.elementwise_chains import ElementwiseChains
+from .passes.pad_into_conv import PadIntoConv
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+    return [ConstantFolding(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
