@@ -58,7 +58,7 @@ def reshape_chains(draw):
     nodes += [helper.make_node("Concat", parts, ["target"], name="concat", axis=0),
               helper.make_node("Reshape", ["x", "target"], ["r"], name="reshape"),
               helper.make_node("Relu", ["r"], ["y"], name="relu")]
-    return nodes, inits, shape, target
+    return nodes, inits, shape, target, len(groups) > 1 or minus_one is None
 
 
 def _model(nodes, inits, x_dims, y_dims):
@@ -68,21 +68,22 @@ def _model(nodes, inits, x_dims, y_dims):
 @settings(max_examples=40, deadline=None)
 @given(chain=reshape_chains())
 def test_fixed_shapes_fold_the_chain_to_a_constant(chain):
-    nodes, inits, shape, target = chain
+    nodes, inits, shape, target, _ = chain
     model = _model(nodes, inits, shape, target)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     sess = normrt.InferenceSession(model.SerializeToString())
-    assert [n.op_type for n in sess.optimized_model.graph.node] == ["Reshape", "Relu"]
+    # (a Reshape to the shape x already has goes too: no_op_views)
+    assert [n.op_type for n in sess.optimized_model.graph.node] == (["Relu"] if target == shape else ["Reshape", "Relu"])
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0])
 
 
 @settings(max_examples=15, deadline=None)
 @given(chain=reshape_chains())
 def test_symbolic_shapes_keep_the_chain_and_run_any_shape(chain):
-    nodes, inits, shape, target = chain
+    nodes, inits, shape, target, reads_shape = chain
     model = _model(nodes, inits, [f"d{i}" for i in range(len(shape))], [f"t{i}" for i in range(len(target))])
     sess = normrt.InferenceSession(model.SerializeToString())
-    assert "Shape" in [n.op_type for n in sess.optimized_model.graph.node]
+    assert ("Shape" in [n.op_type for n in sess.optimized_model.graph.node]) == reads_shape
     rng = np.random.default_rng(1)
     for dims in (shape, [d + 1 for d in shape], shape):
         x = rng.standard_normal(dims).astype(np.float32)
