@@ -40,6 +40,7 @@ from .passes.matmul_epilogue import MatMulEpilogue
 from .passes.elementwise_chains import ElementwiseChains
 from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
+from .passes.attention_grouped_kv import AttentionGroupedKV
 
 
 def default_passes():
@@ -47,7 +48,7 @@ def default_passes():
     return [ConstantFolding(), NoOpViews(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
-            AttentionDecomposed(), AttentionLayout(),
+            AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
             ElementwiseChains()]
 
