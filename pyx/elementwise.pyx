@@ -388,3 +388,31 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
         for i in range(n_got):
             PyBuffer_Release(&views[i])
     return out
+
+
+def broadcast_shape(tuple inputs, int min_rank):
+    """The numpy broadcast of the inputs' shapes, raised to at least `min_rank` axes
+    (np.broadcast_shapes costs microseconds; a program's inputs are few)."""
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef int rank = min_rank, i, d, nd
+    cdef Py_ssize_t n
+    cdef tuple s
+    for x in inputs:
+        s = x.shape
+        if len(s) > rank:
+            rank = len(s)
+    if rank > MAX_DIMS:
+        raise ValueError(f"inputs: at most {MAX_DIMS} axes, got {rank}")
+    for d in range(rank):
+        shape[d] = 1
+    for i, x in enumerate(inputs):
+        s = x.shape
+        nd = len(s)
+        for d in range(nd):
+            n = s[d]
+            if n == shape[rank - nd + d] or n == 1:
+                continue
+            if shape[rank - nd + d] != 1:
+                raise ValueError(f"inputs[{i}] of shape {s} does not broadcast with the others")
+            shape[rank - nd + d] = n
+    return tuple(shape[d] for d in range(rank))

@@ -268,3 +268,19 @@ def test_strided_and_broadcast_inputs_read_in_place():
     code = np.array([2, 3, 0, 1, 1, 3, 3, 2], np.int32)
     k.run_program(code, np.zeros(0, np.float32), 4, (a, b, c), out, 1)
     np.testing.assert_array_equal(out, a * b - c)
+
+
+def test_a_hand_made_node_with_bad_inputs_names_the_problem():
+    from normrt.onnx.domain import make_node
+    node = make_node("Elementwise", ["x", "w"], ["y"], "ew", ops=["mul", "neg"], args=[0, 1, 2, 2])
+    model = make_model([node], [vi("x", [2, 3]), vi("w", [4])], [vi("y", [2, 3])], [], opset=17)
+    model.opset_import.append(helper.make_opsetid("normrt", 1))
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ModelError, match="does not broadcast"):
+        sess.run(None, {"x": x, "w": np.ones(4, np.float32)})
+    bad = make_node("Elementwise", ["x"], ["y"], "ew", ops=["neg", "frobnicate"], args=[0, 0, 1, 1])
+    model = make_model([bad], [vi("x", [2, 3])], [vi("y", [2, 3])], [], opset=17)
+    model.opset_import.append(helper.make_opsetid("normrt", 1))
+    with pytest.raises(ModelError, match="unknown op"):
+        normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})
