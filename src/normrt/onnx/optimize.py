@@ -48,9 +48,9 @@ def default_passes():
     return [ConstantFolding(), NoOpViews(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
-            AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(),
+            AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
-            ElementwiseChains()]
+            NoOpViews(), ElementwiseChains()]
 
 
 def _inline_functions(model):

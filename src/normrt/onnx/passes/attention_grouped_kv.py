@@ -11,7 +11,7 @@ product (`repeat_kv`), copying K and V n_rep times over:
                                           the head repeat_kv put there)
 
 K may come as Kt (B, Hkv, D, S) (k_layout BHDS) the same way. The repeat nodes
-stay for other readers, else dead-node removal drops them.
+stay for other readers, else they go with the rewrite.
 
 Refused (reason returned by `check`; the attention then reads the repeated
 heads, as before): K and V not both repeated, or by different counts; shapes
@@ -86,7 +86,17 @@ class AttentionGroupedKV(GraphPass):
 
     def rewrite(self, ctx, node):
         k, v = repeated_heads(ctx, node.input[1])[0], repeated_heads(ctx, node.input[2])[0]
+        repeated = [node.input[1], node.input[2]]
         new = helper.make_node(node.op_type, [node.input[0], k, v] + list(node.input[3:]), list(node.output),
                                name=node.name, domain=node.domain)
         new.attribute.extend(node.attribute)
         ctx.replace_nodes([node], [new])
+        # the repeat chains nobody reads now go at once: attention_layout, run again after this
+        # pass, absorbs a head-split Transpose only when the fused node is its one reader
+        for name in repeated:
+            for _ in range(3):          # Reshape, Expand, Unsqueeze
+                producer = ctx.producer().get(name)
+                if producer is None or name in ctx.graph_outputs or ctx.readers(name):
+                    break
+                ctx.replace_nodes([producer], [])
+                name = producer.input[0]
