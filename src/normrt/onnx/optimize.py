@@ -1,9 +1,10 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding ─► no-op views dropped
-                   ─► zero Pads into Convs
+    load (checked) ─► inline local functions ─► constant folding ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
-                   ─► standard norms ─► activation / residual epilogues
+                   ─► standard norms ─► no-op views dropped (after the norm patterns that
+                      include them: torch's LRN pads by 0 for size 1) ─► attention
+                   ─► activation / residual epilogues
                    ─► elementwise chains (what no fusion above took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
@@ -45,10 +46,10 @@ from .passes.attention_grouped_kv import AttentionGroupedKV
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), NoOpViews(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+    return [ConstantFolding(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
-            AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
+            NoOpViews(), AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
             ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
             NoOpViews(), ElementwiseChains()]
 
