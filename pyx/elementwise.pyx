@@ -45,3 +45,374 @@ def binary(int op,
         else:
             for i in range(start, stop):
                 out[i] = a[i] / b[i]
+
+
+# ---------------------------------------------------------------------------
+# Fused elementwise programs: a DAG of float32 elementwise ops (the
+# normrt::Elementwise node) in one pass over memory.
+#
+# The program is register code: each instruction (opcode, dst, a, b) computes
+# one tile of register dst from registers a and b. Registers 0..n_in-1 are the
+# inputs, the next n_const the constants, the rest temporaries. The output is
+# the last instruction's dst. The output is walked in tiles of TILE elements
+# along its (coalesced) last axis: an input whose last-axis stride is 1 is
+# read in place, a broadcast or strided one is copied into its register's
+# scratch, and the last instruction writes straight into the output. Each
+# element is computed by the same per-element code whichever thread runs its
+# tile, so results are identical for any thread count.
+# ---------------------------------------------------------------------------
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO, PyBUF_WRITABLE
+from libc.math cimport fabsf, logf, sqrtf, powf
+from libc.string cimport memset
+
+from moments cimport exp_f, erf_f
+
+cdef enum:
+    TILE = 256              # elements per tile and register
+    MAX_REGS = 48           # registers (inputs, constants, temporaries) a program may use
+    MAX_INPUTS = 16
+    MAX_DIMS = 8
+    MAX_INSTR = 256
+    MIN_ITEMS_PER_THREAD = 8
+
+# opcodes: normrt.onnx.elementwise_program.OPCODES holds the same table
+cdef enum:
+    EW_ADD = 0
+    EW_SUB = 1
+    EW_MUL = 2
+    EW_DIV = 3
+    EW_NEG = 4
+    EW_ABS = 5
+    EW_EXP = 6
+    EW_LOG = 7
+    EW_SQRT = 8
+    EW_RECIPROCAL = 9
+    EW_TANH = 10
+    EW_ERF = 11
+    EW_SIGMOID = 12
+    EW_RELU = 13
+    EW_MAX = 14
+    EW_MIN = 15
+    EW_POW = 16
+    EW_SQUARE = 17
+    EW_COPY = 18
+    N_OPCODES = 19
+
+cdef struct Source:
+    const float* data
+    Py_ssize_t strides[MAX_DIMS]      # elements, over the coalesced output axes; 0: broadcast
+
+cdef struct Program:
+    const int* code
+    int n_instr
+    int n_in
+    int n_const
+    int n_regs
+    const float* consts
+    int ndim                          # coalesced output axes (>= 1)
+    Py_ssize_t shape[MAX_DIMS]
+    Source src[MAX_INPUTS]
+    float* out
+    Py_ssize_t tiles_per_row
+    Py_ssize_t n_items
+
+
+cdef inline float exp_inf_f(float x) noexcept nogil:
+    """e**x for float32 up to FLT_MAX, inf above. exp_f clamps its argument at 88.376
+    (Cephes' MAXLOGF): above 88, exp(x/2)**2 (x/2 is exact; 2 ulp), which also
+    overflows to inf where IEEE and numpy do. NaN stays NaN."""
+    cdef float h = exp_f(x * <float>0.5)
+    cdef float r = exp_f(x)
+    return h * h if x > <float>88.0 else r
+
+
+cdef inline float tanh_f(float x) noexcept nogil:
+    """tanh for float32, branch-free: an odd polynomial below |x| = 0.625 (where
+    1 - 2 / (e^2|x| + 1) would cancel), that expression above. NaN stays NaN."""
+    cdef float a = fabsf(x)
+    cdef float z = x * x
+    cdef float p = <float>-5.70498872745e-3
+    p = p * z + <float>2.06390887954e-2
+    p = p * z + <float>-5.37397155531e-2
+    p = p * z + <float>1.33314422036e-1
+    p = p * z + <float>-3.33332819422e-1
+    p = p * z * x + x
+    cdef float big = <float>1.0 - <float>2.0 / (exp_f(<float>2.0 * a) + <float>1.0)
+    big = -big if x < <float>0.0 else big
+    return p if a < <float>0.625 else big      # NaN takes big (NaN)
+
+
+cdef inline float sigmoid_f(float x) noexcept nogil:
+    return <float>1.0 / (<float>1.0 + exp_inf_f(-x))
+
+
+cdef inline float max_f(float a, float b) noexcept nogil:
+    # NaN in either operand gives NaN (numpy's maximum)
+    cdef float r = a if a > b else b
+    return a if a != a else r
+
+
+cdef inline float min_f(float a, float b) noexcept nogil:
+    cdef float r = a if a < b else b
+    return a if a != a else r
+
+
+cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t n) noexcept nogil:
+    """d[:n] = op(a[:n], b[:n]): one vectorizable loop per opcode."""
+    cdef Py_ssize_t j
+    if op == EW_ADD:
+        for j in range(n):
+            d[j] = a[j] + b[j]
+    elif op == EW_SUB:
+        for j in range(n):
+            d[j] = a[j] - b[j]
+    elif op == EW_MUL:
+        for j in range(n):
+            d[j] = a[j] * b[j]
+    elif op == EW_DIV:
+        for j in range(n):
+            d[j] = a[j] / b[j]
+    elif op == EW_NEG:
+        for j in range(n):
+            d[j] = -a[j]
+    elif op == EW_ABS:
+        for j in range(n):
+            d[j] = fabsf(a[j])
+    elif op == EW_EXP:
+        for j in range(n):
+            d[j] = exp_inf_f(a[j])
+    elif op == EW_LOG:
+        for j in range(n):
+            d[j] = logf(a[j])
+    elif op == EW_SQRT:
+        for j in range(n):
+            d[j] = sqrtf(a[j])
+    elif op == EW_RECIPROCAL:
+        for j in range(n):
+            d[j] = <float>1.0 / a[j]
+    elif op == EW_TANH:
+        for j in range(n):
+            d[j] = tanh_f(a[j])
+    elif op == EW_ERF:
+        for j in range(n):
+            d[j] = erf_f(a[j])
+    elif op == EW_SIGMOID:
+        for j in range(n):
+            d[j] = sigmoid_f(a[j])
+    elif op == EW_RELU:
+        for j in range(n):
+            d[j] = <float>0.0 if a[j] < <float>0.0 else a[j]     # NaN stays NaN
+    elif op == EW_MAX:
+        for j in range(n):
+            d[j] = max_f(a[j], b[j])
+    elif op == EW_MIN:
+        for j in range(n):
+            d[j] = min_f(a[j], b[j])
+    elif op == EW_POW:
+        for j in range(n):
+            d[j] = powf(a[j], b[j])
+    elif op == EW_SQUARE:
+        for j in range(n):
+            d[j] = a[j] * a[j]
+    else:   # EW_COPY
+        for j in range(n):
+            d[j] = a[j]
+
+
+cdef void run_items(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Tiles first..last-1 of the output (row-major: row, then tile within the row)."""
+    cdef float scratch[MAX_REGS * TILE]
+    cdef float* reg[MAX_REGS]
+    cdef Py_ssize_t item, row, rem, j0, n, off, j, st
+    cdef Py_ssize_t inner = p.shape[p.ndim - 1]
+    cdef int i, k, d, r, op
+    cdef const float* s
+    cdef float* dst
+    cdef int result = p.code[4 * (p.n_instr - 1) + 1]
+    for k in range(p.n_const):
+        for j in range(TILE):
+            scratch[(p.n_in + k) * TILE + j] = p.consts[k]
+    for item in range(first, last):
+        row = item // p.tiles_per_row
+        j0 = (item - row * p.tiles_per_row) * TILE
+        n = min(<Py_ssize_t>TILE, inner - j0)
+        for r in range(p.n_regs):
+            reg[r] = &scratch[r * TILE]
+        for i in range(p.n_in):
+            # the row's offset in input i: unravel row over the outer axes
+            off = 0
+            rem = row
+            for d in range(p.ndim - 2, -1, -1):
+                off += (rem % p.shape[d]) * p.src[i].strides[d]
+                rem = rem // p.shape[d]
+            st = p.src[i].strides[p.ndim - 1]
+            s = p.src[i].data + off + j0 * st
+            if st == 1:
+                reg[i] = <float*>s        # read in place (inputs are never written)
+            elif st == 0:
+                for j in range(n):
+                    scratch[i * TILE + j] = s[0]
+            else:
+                for j in range(n):
+                    scratch[i * TILE + j] = s[j * st]
+        reg[result] = p.out + row * inner + j0
+        for k in range(p.n_instr):
+            op = p.code[4 * k]
+            run_instr(op, reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
+
+
+def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a, b per instruction
+                const float[::1] consts,    # IN  (n_const,): the constant registers' values
+                int n_regs,                 # registers: inputs, constants, then temporaries
+                tuple inputs,               # IN  float32 arrays, broadcastable to out's shape
+                out,                        # OUT float32 C-contiguous array of the broadcast shape
+                int n_threads):
+    """out = the program's result over the broadcast of `inputs` (see the section comment)."""
+    cdef Program p
+    cdef Py_buffer views[MAX_INPUTS]
+    cdef Py_buffer out_view
+    cdef int n_in = len(inputs), n_got = 0, i, k, d, dd, nd, rank
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef Py_ssize_t strides[MAX_INPUTS + 1][MAX_DIMS]
+    cdef Py_ssize_t size, per, t0, t1
+    cdef bint merge
+    if n_in > MAX_INPUTS:
+        raise ValueError(f"inputs: at most {MAX_INPUTS} arrays, got {n_in}")
+    if code.shape[0] == 0 or code.shape[0] % 4 or code.shape[0] // 4 > MAX_INSTR:
+        raise ValueError(f"code: 4 ints per instruction, 1 to {MAX_INSTR} instructions, got {code.shape[0]} ints")
+    if n_regs > MAX_REGS or n_regs < n_in + consts.shape[0]:
+        raise ValueError(f"n_regs must cover the inputs and constants and be at most {MAX_REGS}, got {n_regs}")
+    for k in range(code.shape[0] // 4):
+        if not 0 <= code[4 * k] < N_OPCODES:
+            raise ValueError(f"code: instruction {k} has opcode {code[4 * k]}, expected 0..{N_OPCODES - 1}")
+        if not n_in + consts.shape[0] <= code[4 * k + 1] < n_regs:
+            raise ValueError(f"code: instruction {k} writes register {code[4 * k + 1]}, not a temporary")
+        if not (0 <= code[4 * k + 2] < n_regs and 0 <= code[4 * k + 3] < n_regs):
+            raise ValueError(f"code: instruction {k} reads a register outside 0..{n_regs - 1}")
+    try:
+        for i in range(n_in):
+            PyObject_GetBuffer(inputs[i], &views[i], PyBUF_RECORDS_RO)
+            n_got += 1
+            if views[i].itemsize != 4 or views[i].format is NULL or views[i].format[0] != b"f" \
+                    or views[i].format[1] != 0:
+                raise ValueError(f"inputs[{i}] must be float32")
+            if views[i].ndim > MAX_DIMS:
+                raise ValueError(f"inputs[{i}] has {views[i].ndim} axes, at most {MAX_DIMS}")
+        PyObject_GetBuffer(out, &out_view, PyBUF_RECORDS_RO | PyBUF_WRITABLE)
+        try:
+            if out_view.itemsize != 4 or out_view.format is NULL or out_view.format[0] != b"f" \
+                    or out_view.format[1] != 0:
+                raise ValueError("out must be float32")
+            rank = out_view.ndim
+            if rank > MAX_DIMS:
+                raise ValueError(f"out has {rank} axes, at most {MAX_DIMS}")
+            size = 1
+            for d in range(rank):
+                shape[d] = out_view.shape[d]
+                size *= shape[d]
+            # out C-contiguous: its strides follow from its shape
+            dd = 4
+            for d in range(rank - 1, -1, -1):
+                if shape[d] > 1 and out_view.strides[d] != dd:
+                    raise ValueError("out must be C-contiguous")
+                dd *= shape[d]
+            # each input aligned to out's trailing axes: size-1 (or missing) axes broadcast
+            for i in range(n_in):
+                if views[i].ndim > rank:
+                    raise ValueError(f"inputs[{i}] has more axes ({views[i].ndim}) than out ({rank})")
+                for d in range(rank):
+                    dd = d - (rank - views[i].ndim)
+                    if dd < 0 or views[i].shape[dd] == 1:
+                        strides[i][d] = 0
+                    elif views[i].shape[dd] == shape[d]:
+                        if views[i].strides[dd] % 4:
+                            raise ValueError(f"inputs[{i}] has strides that are not whole elements")
+                        strides[i][d] = views[i].strides[dd] // 4
+                    else:
+                        raise ValueError(f"inputs[{i}] of shape {tuple(views[i].shape[k] for k in range(views[i].ndim))}"
+                                         f" does not broadcast to out's {tuple(shape[k] for k in range(rank))}")
+            if size == 0:
+                return out
+            # coalesce: drop size-1 axes, merge an axis into the next where every input
+            # steps over both as one (out is contiguous, so it always can)
+            nd = 0
+            for d in range(rank):
+                if shape[d] == 1:
+                    continue
+                merge = nd > 0
+                if merge:
+                    for i in range(n_in):
+                        if strides[i][nd - 1] != strides[i][d] * shape[d]:
+                            merge = False
+                            break
+                if merge:
+                    p.shape[nd - 1] *= shape[d]
+                    for i in range(n_in):
+                        p.src[i].strides[nd - 1] = strides[i][d]
+                        strides[i][nd - 1] = strides[i][d]
+                else:
+                    p.shape[nd] = shape[d]
+                    for i in range(n_in):
+                        p.src[i].strides[nd] = strides[i][d]
+                        strides[i][nd] = strides[i][d]
+                    nd += 1
+            if nd == 0:
+                nd = 1
+                p.shape[0] = 1
+                for i in range(n_in):
+                    p.src[i].strides[0] = 0
+            p.ndim = nd
+            for i in range(n_in):
+                p.src[i].data = <const float*>views[i].buf
+            p.code = &code[0]
+            p.n_instr = code.shape[0] // 4
+            p.n_in = n_in
+            p.n_const = consts.shape[0]
+            p.consts = &consts[0] if consts.shape[0] else NULL
+            p.n_regs = n_regs
+            p.out = <float*>out_view.buf
+            p.tiles_per_row = (p.shape[nd - 1] + TILE - 1) // TILE
+            p.n_items = size // p.shape[nd - 1] * p.tiles_per_row
+            if n_threads > p.n_items // MIN_ITEMS_PER_THREAD:
+                n_threads = max(1, <int>(p.n_items // MIN_ITEMS_PER_THREAD))
+            with nogil:
+                if n_threads <= 1:
+                    run_items(&p, 0, p.n_items)
+                else:
+                    per = (p.n_items + n_threads - 1) // n_threads
+                    for k in prange(n_threads, schedule="static", num_threads=n_threads):
+                        run_items(&p, min(k * per, p.n_items), min((k + 1) * per, p.n_items))
+        finally:
+            PyBuffer_Release(&out_view)
+    finally:
+        for i in range(n_got):
+            PyBuffer_Release(&views[i])
+    return out
+
+
+def broadcast_shape(tuple inputs, int min_rank):
+    """The numpy broadcast of the inputs' shapes, raised to at least `min_rank` axes
+    (np.broadcast_shapes costs microseconds; a program's inputs are few)."""
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef int rank = min_rank, i, d, nd
+    cdef Py_ssize_t n
+    cdef tuple s
+    for x in inputs:
+        s = x.shape
+        if len(s) > rank:
+            rank = len(s)
+    if rank > MAX_DIMS:
+        raise ValueError(f"inputs: at most {MAX_DIMS} axes, got {rank}")
+    for d in range(rank):
+        shape[d] = 1
+    for i, x in enumerate(inputs):
+        s = x.shape
+        nd = len(s)
+        for d in range(nd):
+            n = s[d]
+            if n == shape[rank - nd + d] or n == 1:
+                continue
+            if shape[rank - nd + d] != 1:
+                raise ValueError(f"inputs[{i}] of shape {s} does not broadcast with the others")
+            shape[rank - nd + d] = n
+    return tuple(shape[d] for d in range(rank))

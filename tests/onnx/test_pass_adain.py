@@ -143,7 +143,8 @@ def test_legacy_unbiased_form(opset, how, commute):
     attrs, report = fused_node(model)
     assert attrs.get("unbiased") == 1 and abs(attrs["epsilon"] - 1e-5) < 1e-10
     assert report["fused"][0]["normrt_op"] == "AdaIN"
-    assert {"c_prod", "s_gather", "add_out"} <= set(report["fused"][0]["nodes"])
+    # the counts n (Shape -> Gather -> ReduceProd) are folded to constants first at these fixed shapes
+    assert "add_out" in report["fused"][0]["nodes"] and report["passes"]["constant_folding"] > 0
     check(model, feed_for())
 
 

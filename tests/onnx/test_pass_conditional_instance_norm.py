@@ -150,7 +150,7 @@ def test_spatial_modulation_is_not_matched():
     feed = {"x": arr(N, C, 4, 4), "g": arr(N, C, 4, 4), "h": arr(N, C, 4, 4)}
     opt, report = normrt.optimize(model, report=True)
     assert report["passes"][PASS] == 0 and not report["refused"]
-    assert [n.op_type for n in opt.graph.node] == ["InstanceNorm", "Mul", "Add"]
+    assert [n.op_type for n in opt.graph.node] == ["InstanceNorm", "Elementwise"]   # the Mul and Add, one pass
     np.testing.assert_allclose(normrt.InferenceSession(opt).run(None, feed)[0],
                                ReferenceEvaluator(model).run(None, feed)[0], rtol=1e-5, atol=1e-5)
 
@@ -167,8 +167,8 @@ def test_refused(kwargs, reason):
     refused = [e for e in report["refused"] if e["pass"] == PASS]
     assert len(refused) == 1 and reason in refused[0]["reason"], refused
     # the InstanceNormalization still runs on its kernel (standard_norms), the Mul/Add after it
-    assert [n.op_type for n in normrt_nodes(opt)] == ["InstanceNorm"]
-    assert any(n.op_type in ("Mul", "Add") for n in opt.graph.node)
+    assert [n.op_type for n in normrt_nodes(opt) if n.op_type != "Elementwise"] == ["InstanceNorm"]
+    assert any(n.op_type in ("Mul", "Add", "Elementwise") for n in opt.graph.node)
 
 
 def test_stops_before_a_needed_value():
@@ -182,7 +182,7 @@ def test_stops_before_a_needed_value():
 def test_instance_norm_output_needed_elsewhere_is_left_alone():
     opt, report = run_and_compare(cond_model(extra_outputs=[("in", (N, C, 4, 4))]))
     assert report["passes"][PASS] == 0
-    assert [n.op_type for n in normrt_nodes(opt)] == ["InstanceNorm"]
+    assert [n.op_type for n in normrt_nodes(opt) if n.op_type != "Elementwise"] == ["InstanceNorm"]
 
 
 def test_matches_a_converted_instance_norm():

@@ -44,6 +44,13 @@ Conv(X, W [, B, residual]) -> Y
     residual of Y's shape)
 MatMul(A, B [, bias, residual]) -> Y                 activation=""
     (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape)
+Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
+    (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
+    div, max, min, pow, neg, abs, exp, log, sqrt, reciprocal, tanh, erf, sigmoid, relu,
+    square, copy), `args` gives each op two operand numbers (the inputs X0..Xn-1, then the
+    `constants` scalars, then earlier ops' results; a unary op repeats its operand); Y is the
+    last op's result, of the inputs' broadcast shape raised to at least `out_rank` axes.
+    See elementwise_program.py)
 """
 from dataclasses import dataclass
 
@@ -65,6 +72,8 @@ class NormOp:
     call: object = None    # kernel_calls function: (attrs, n_out, *inputs[, packed=]) -> outputs
     compute_bound: bool = False   # a product (not a norm): the kernel chooses its threads from its flops
     packer: object = None  # (weight, attrs) -> the packed weight the call takes as `packed=`
+    variadic: bool = False  # any number of inputs, all like the first
+    norm: bool = True      # False: not a normalization (reports count it apart)
 
 
 NORM_OPS = {op.op_type: op for op in (
@@ -95,6 +104,8 @@ NORM_OPS = {op.op_type: op for op in (
            call=_calls.conv, compute_bound=True, packer=_calls.pack_conv),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul),
+    NormOp("Elementwise", "elementwise", ("X",), ("Y",),
+           {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True, norm=False),
 )}
 
 
@@ -121,5 +132,6 @@ def make_node(op_type, inputs, outputs, name, **attrs):
 
 
 
-# normrt ops that are not a norm: a product with its epilogue, the fused attention
-COMPUTE_OPS = frozenset(op for op, spec in NORM_OPS.items() if spec.compute_bound)
+# normrt ops that are not a norm: a product with its epilogue, the fused attention, a fused
+# elementwise chain
+COMPUTE_OPS = frozenset(op for op, spec in NORM_OPS.items() if spec.compute_bound or not spec.norm)

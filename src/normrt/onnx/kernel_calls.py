@@ -8,8 +8,11 @@ can name them without the passes that build nodes importing the kernels.
 """
 import numpy as np
 
+from .._kernels import elementwise as _kelementwise
+from .._thread_policy import memory_bound
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
+from .elementwise_program import compile_program
 from .ops import _blas
 
 
@@ -183,6 +186,23 @@ def pack_matmul(w, attrs):
 def pack_conv(w, attrs):
     """Conv's packed weight (packed per group), from the numpy Conv op's cache."""
     return _blas.packed_conv_weight(w, attrs.get("group", 1))
+
+
+def elementwise(attrs, n_out, *inputs):
+    """The fused elementwise kernel over the inputs' broadcast shape (float32)."""
+    program = attrs.get("_program")
+    if program is None or program.n_inputs != len(inputs):
+        # compiled at the first call and kept on the node's attributes (it depends on them only)
+        program = attrs["_program"] = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()),
+                                                      len(inputs))
+    try:
+        # the kernel checks the inputs (float32, broadcasting): no per-call Python checks here
+        out = np.empty(_kelementwise.broadcast_shape(inputs, attrs.get("out_rank", 0)), np.float32)
+        _kelementwise.run_program(program.code, program.constants, program.n_registers, inputs, out,
+                                  memory_bound(out.size))
+    except (ValueError, AttributeError) as e:
+        raise ModelError(f"normrt Elementwise: {e}") from e
+    return (out,)
 
 
 # ------------------------------------------------------------ prepared calls (specialized plans)

@@ -15,7 +15,7 @@ class KernelNode:
             raise NotImplementedError(
                 f"op {node.op_type!r} (domain 'normrt', opset version 1) of node {node.name!r} is not a "
                 f"normrt op; known: {sorted(NORM_OPS)}")
-        if len(node.input) > len(spec.inputs) or len(node.output) > len(spec.outputs):
+        if (len(node.input) > len(spec.inputs) and not spec.variadic) or len(node.output) > len(spec.outputs):
             raise NotImplementedError(
                 f"normrt {node.op_type} node {node.name!r} has {len(node.input)} inputs / "
                 f"{len(node.output)} outputs; at most {len(spec.inputs)} / {len(spec.outputs)}")

@@ -1,8 +1,11 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding
+    load (checked) ─► inline local functions ─► constant folding ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
-                   ─► standard norms ─► activation / residual epilogues
+                   ─► standard norms ─► no-op views dropped (after the norm patterns that
+                      include them: torch's LRN pads by 0 for size 1) ─► attention
+                   ─► activation / residual epilogues
+                   ─► elementwise chains (what no fusion above took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -35,15 +38,20 @@ from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
+from .passes.elementwise_chains import ElementwiseChains
+from .passes.pad_into_conv import PadIntoConv
+from .passes.no_op_views import NoOpViews
+from .passes.attention_grouped_kv import AttentionGroupedKV
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+    return [ConstantFolding(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
-            AttentionDecomposed(), AttentionLayout(),
-            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
+            NoOpViews(), AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
+            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
+            NoOpViews(), ElementwiseChains()]
 
 
 def _inline_functions(model):

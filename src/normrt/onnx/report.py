@@ -6,7 +6,8 @@ Report.as_dict() (returned by `normrt.optimize(model, report=True)`):
              normrt_op, normrt_node, kernel, activation (fused, or None), residual (bool);
              also one per Conv / MatMul whose epilogue (bias, residual, activation) was
              fused into a normrt node, and one per attention subgraph put on the fused
-             attention kernel (normrt_op in COMPUTE_OPS: not normalizations)
+             attention kernel and one per elementwise chain put on the fused elementwise
+             kernel (normrt_op in COMPUTE_OPS: not normalizations)
     refused  one dict per normalization left to onnx.reference: pass, op, nodes, reason
     passes   rewrite count per pass (constant_folding: nodes folded, dead_nodes: removed)
     counts   number of normrt nodes per normrt op

@@ -9,6 +9,18 @@ Nodes are visited in topological order, so chains of constant-only nodes
 The node is evaluated by the executor's own node binding (the same code
 that runs it at inference time).
 
+Shape arithmetic folds too where the shapes are fixed: a Shape (or Size) of a
+value whose shape inference knows every dim (a session checks the fed shapes
+against the model's static dims, so they cannot change) is that constant:
+
+    x (1, 64, 8, 8) ─► Shape ─► Gather(2) ─► Unsqueeze ─► Concat ─► Reshape(y, ·)
+    ==>  Reshape(y, constant)
+
+after which the folded values make more shapes known (a Reshape's output, a
+Pad's pads, ...), so while a sweep folds something and Shapes are left, the
+types are refreshed and the graph swept again (at most MAX_SHAPE_ROUNDS times). Symbolic dims (dim_param)
+are never folded: the specialized plan folds those per input shape.
+
 Refused (left in the graph):
 - non-deterministic ops (RandomNormal, RandomUniform, *Like, Multinomial, Bernoulli);
 - nodes whose outputs are not plain tensors (sequences, optionals, maps);
@@ -23,6 +35,7 @@ import onnx
 from .._graph import implicit_inputs
 from ..executor import evaluate_node
 from . import GraphPass
+from ._queries import is_op
 
 NON_DETERMINISTIC = {
     ("", "RandomNormal"), ("", "RandomUniform"), ("", "RandomNormalLike"), ("", "RandomUniformLike"),
@@ -30,6 +43,25 @@ NON_DETERMINISTIC = {
 }
 MAX_FOLDED_BYTES = 1 << 24       # 16 MiB
 MAX_GROWTH = 4                   # ... unless the output is no more than 4x its inputs
+MAX_SHAPE_ROUNDS = 12            # sweeps: each refreshes the types over the whole model
+
+
+def static_shape_value(ctx, node):
+    """The constant a Shape / Size node computes when its input's shape is fully known, else None."""
+    if not is_op(node, "Shape", "Size") or len(node.input) != 1:
+        return None
+    shape = ctx.shape(node.input[0])
+    if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+    start, end = 0, len(shape)
+    for a in node.attribute:          # Shape-15: start/end, clamped like Python slices
+        if a.name == "start":
+            start = a.i
+        elif a.name == "end":
+            end = a.i
+    return np.array(shape[slice(start, end)], np.int64)
 
 
 class ConstantFolding(GraphPass):
@@ -62,9 +94,30 @@ class ConstantFolding(GraphPass):
 
     def run(self, ctx):
         count = 0
+        for _ in range(MAX_SHAPE_ROUNDS):
+            folded = self._sweep(ctx)
+            count += folded
+            if not folded or not any(is_op(n, "Shape", "Size") for n in ctx.nodes):
+                break
+            ctx.refresh_types()       # the folded values may make the Shapes' input shapes known
+        if count:
+            ctx.mark_types_stale()      # folded shape computations: inference may now know more shapes
+        ctx.commit()
+        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
+        return count
+
+    def _sweep(self, ctx):
+        """The number of nodes folded in one pass over the graph."""
+        count = 0
         graph_outputs = set(ctx.graph_outputs)
         kept = []
         for node in ctx.nodes:
+            if node.output and node.output[0] not in graph_outputs:
+                value = static_shape_value(ctx, node)
+                if value is not None:
+                    ctx.constants[node.output[0]] = value
+                    count += 1
+                    continue
             reads = [n for n in node.input if n]
             implicit = implicit_inputs(node)
             if not all(ctx.is_constant(n) for n in reads + implicit) or not node.output:
@@ -95,8 +148,5 @@ class ConstantFolding(GraphPass):
                 ctx.constants[name] = value
             count += 1
         ctx.nodes = kept
-        if count:
-            ctx.mark_types_stale()      # folded shape computations: inference may now know more shapes
         ctx.commit()
-        ctx.report.passes[self.name] = ctx.report.passes.get(self.name, 0) + count
         return count

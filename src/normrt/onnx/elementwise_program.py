@@ -1,0 +1,89 @@
+"""A normrt::Elementwise node's expression -> the register code of the fused elementwise kernel.
+
+The node (domain.py) holds its expression as the pass wrote it: `ops` (names
+from OPS), `args` (two operand numbers per op: inputs first, then the
+`constants`, then the results of earlier ops; a unary op repeats its operand)
+and `constants` (float32 scalars). The kernel (pyx/elementwise.pyx,
+`run_program`) runs register code: (opcode, dst, a, b) per instruction over
+tiles, registers numbered inputs, constants, then temporaries. This module
+allocates the temporaries (a register is reused once its value is dead, so
+long chains fit the kernel's register file) and is the one place the opcode
+numbers are written down, beside the kernel's enum.
+"""
+import numpy as np
+
+from ..errors import ModelError
+
+# name -> (opcode of pyx/elementwise.pyx, number of operands)
+OPS = {
+    "add": (0, 2), "sub": (1, 2), "mul": (2, 2), "div": (3, 2), "neg": (4, 1), "abs": (5, 1),
+    "exp": (6, 1), "log": (7, 1), "sqrt": (8, 1), "reciprocal": (9, 1), "tanh": (10, 1), "erf": (11, 1),
+    "sigmoid": (12, 1), "relu": (13, 1), "max": (14, 2), "min": (15, 2), "pow": (16, 2), "square": (17, 1),
+    "copy": (18, 1),
+}
+MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
+MAX_REGISTERS = 48
+MAX_INSTRUCTIONS = 256
+
+
+class Program:
+    """Register code for `run_program`: `code` (int32, 4 per instruction), `constants`
+    (float32), `n_registers`, and `n_inputs` the node's input count."""
+
+    __slots__ = ("code", "constants", "n_registers", "n_inputs")
+
+    def __init__(self, code, constants, n_registers, n_inputs):
+        self.code, self.constants, self.n_registers, self.n_inputs = code, constants, n_registers, n_inputs
+
+
+def operands(name, a, b):
+    """The operand numbers an op reads (one for a unary op)."""
+    return (a,) if OPS[name][1] == 1 else (a, b)
+
+
+def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
+    """The Program of an expression (see the module docstring); ModelError naming `where`
+    for an expression the kernel cannot run."""
+    ops = [o.decode() if isinstance(o, bytes) else str(o) for o in ops]
+    args = [int(a) for a in args]
+    n_const = len(constants)
+    n_ops = len(ops)
+    if not ops:
+        raise ModelError(f"{where}: 'ops' is empty")
+    unknown = sorted({o for o in ops if o not in OPS})
+    if unknown:
+        raise ModelError(f"{where}: unknown op(s) {unknown} in 'ops'; known: {sorted(OPS)}")
+    if len(args) != 2 * n_ops:
+        raise ModelError(f"{where}: 'args' must hold 2 operands per op ({2 * n_ops}), got {len(args)}")
+    if n_inputs > MAX_INPUTS:
+        raise ModelError(f"{where}: {n_inputs} inputs, the kernel takes at most {MAX_INPUTS}")
+    if n_ops > MAX_INSTRUCTIONS:
+        raise ModelError(f"{where}: {n_ops} ops, the kernel takes at most {MAX_INSTRUCTIONS}")
+    first_result = n_inputs + n_const
+    last_use = {}
+    for k, name in enumerate(ops):
+        for v in operands(name, args[2 * k], args[2 * k + 1]):
+            if not 0 <= v < first_result + k:
+                raise ModelError(f"{where}: op {k} ({name}) reads value {v}, which is not an input, "
+                                 f"a constant or an earlier op's result (0..{first_result + k - 1})")
+            last_use[v] = k
+    # temporaries: a free list, a register returns to it after its value's last reader
+    free, reg, code = [], {v: v for v in range(first_result)}, []
+    n_registers = first_result
+    for k, name in enumerate(ops):
+        reads = operands(name, args[2 * k], args[2 * k + 1])
+        src = [reg[v] for v in reads]
+        for v in set(reads):
+            if v >= first_result and last_use[v] == k:
+                free.append(reg[v])     # dead after this op: the result may overwrite it in place
+        if free:
+            dst = free.pop()
+        else:
+            dst = n_registers
+            n_registers += 1
+        reg[first_result + k] = dst
+        code.append((OPS[name][0], dst, src[0], src[-1]))
+    if n_registers > MAX_REGISTERS:
+        raise ModelError(f"{where}: the expression needs {n_registers} registers, the kernel has {MAX_REGISTERS}")
+    return Program(np.asarray(code, np.int32).reshape(-1), np.asarray(constants, np.float32).reshape(-1),
+                   n_registers, n_inputs)

@@ -1,0 +1,150 @@
+"""Nodes that hand their input on unchanged -> gone; a Transpose of a Transpose -> one Transpose.
+
+Once shape arithmetic is folded (constant_folding), exporters' generic code
+leaves nodes that do nothing for the model's actual shapes: Swin pads its
+feature maps to whole windows with a Pad whose pads are all 0, Slices cut
+[0, dim), Reshapes reshape to the shape they already have. Each still costs a
+step (a Pad copies the tensor):
+
+    x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
+         | Expand(to x's shape) | Identity ─► y ─► readers
+    ==>  x ─► readers
+
+    x ─► Transpose(p1) ─► Transpose(p2) ─► y     ==>  x ─► Transpose(p1[p2]) ─► y
+         (the first read only by the second)         (dropped by the rule above when the
+                                                      composition is the identity)
+
+(Identity Casts are left to the norm recognizers, which absorb them with the norm
+they surround, and to the Cast passes.)
+
+Refused (not reported, the nodes then run as they are): y a graph output; a
+reader carrying subgraphs (their inner names are not renamed); shapes or
+parameters not known as constants.
+"""
+import numpy as np
+from onnx import helper
+
+from . import GraphPass
+from ._queries import is_op, node_attrs
+from .._graph import subgraphs
+
+
+def _static(shape):
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _ints(ctx, name):
+    v = ctx.constants.get(name) if name else None
+    return None if v is None else [int(i) for i in np.asarray(v).reshape(-1)]
+
+
+def _whole_slice(ctx, node, shape):
+    starts, ends = _ints(ctx, node.input[1]), _ints(ctx, node.input[2])
+    axes = _ints(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(len(starts or ())))
+    steps = _ints(ctx, node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * len(starts or ())
+    if None in (starts, ends, axes, steps) or not (len(starts) == len(ends) == len(axes) == len(steps)):
+        return False
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if not -len(shape) <= a < len(shape):
+            return False
+        d = shape[a]
+        if st != 1 or (s if s >= 0 else s + d) > 0 or (e if e >= 0 else e + d) < d:
+            return False
+    return True
+
+
+def is_no_op(ctx, node):
+    """Whether `node` (one output) returns its first input unchanged."""
+    if len(node.output) != 1 or not node.input or not node.input[0]:
+        return False
+    x, y = node.input[0], node.output[0]
+    shape_x, shape_y = ctx.shape(x), ctx.shape(y)
+    same_shape = _static(shape_x) and shape_x == shape_y
+    op = node.op_type
+    if is_op(node, "Identity"):
+        return True
+    if is_op(node, "Pad"):
+        attrs, reason = node_attrs(node)
+        if reason:
+            return False
+        pads = attrs.get("pads") if ctx.opsets.get("", 1) < 11 else _ints(ctx, node.input[1] if len(node.input) > 1 else "")
+        return pads is not None and all(p == 0 for p in pads)
+    if is_op(node, "Slice") and len(node.input) >= 3 and ctx.opsets.get("", 1) >= 10:
+        return _static(shape_x) and _whole_slice(ctx, node, shape_x)
+    if is_op(node, "Transpose"):
+        attrs, reason = node_attrs(node)
+        perm = (attrs or {}).get("perm")
+        return reason is None and perm is not None and list(perm) == list(range(len(perm)))
+    if op in ("Reshape", "Expand", "Squeeze", "Unsqueeze", "Flatten") and is_op(node, op):
+        return same_shape and ctx.elem_type(x) == ctx.elem_type(y) != 0
+    return False
+
+
+class NoOpViews(GraphPass):
+    name = "no_op_views"
+    report_refusals = False       # a refused node runs as it is
+
+    def matches(self, ctx):
+        for node in ctx.nodes:
+            if is_no_op(ctx, node):
+                yield ("drop", node)
+            elif is_op(node, "Transpose") and len(node.output) == 1:
+                first = ctx.producer().get(node.input[0]) if node.input else None
+                if is_op(first, "Transpose") and len(ctx.readers(first.output[0])) == 1:
+                    yield ("compose", first, node)
+
+    def describe(self, m):
+        return m[1].op_type, [n.name for n in m[1:]]
+
+    def check(self, ctx, m):
+        if not all(ctx.contains(n) for n in m[1:]):
+            return "already rewritten"
+        if m[0] == "compose":
+            if m[1].output[0] in ctx.graph_outputs:
+                return "the first Transpose's output is a graph output"
+            (a1, r1), (a2, r2) = node_attrs(m[1]), node_attrs(m[2])
+            if r1 or r2 or a1.get("perm") is None or a2.get("perm") is None:
+                return "a Transpose without a perm attribute (reverses axes of unknown rank)"
+            return None
+        node = m[1]
+        if node.output[0] in ctx.graph_outputs:
+            return "its output is a graph output"
+        if any(any(True for _ in subgraphs(r)) for r in ctx.readers(node.output[0])):
+            return "read inside a subgraph"
+        return None
+
+    def rewrite(self, ctx, m):
+        """A compose rewrites at once; a drop is collected (see run): chains of no-ops
+        then cost one renaming of their readers."""
+        if m[0] == "compose":
+            first, second = m[1], m[2]
+            p1, p2 = node_attrs(first)[0]["perm"], node_attrs(second)[0]["perm"]
+            new = helper.make_node("Transpose", [first.input[0]], list(second.output), name=second.name,
+                                   perm=[int(p1[i]) for i in p2])
+            ctx.replace_nodes([first, second], [new])
+            return
+        node = m[1]
+        x, y = node.input[0], node.output[0]
+        self._alias[y] = self._alias.get(x, x)     # graph order: x's own alias is already resolved
+        ctx.replace_nodes([node], [])
+
+    def _rename_readers(self, ctx):
+        alias = self._alias
+        readers = {id(r): r for name in alias for r in ctx.readers(name)}
+        for reader in ctx.in_graph_order(readers.values()):
+            renamed = helper.make_node(reader.op_type, [alias.get(i, i) for i in reader.input],
+                                       list(reader.output), name=reader.name, domain=reader.domain)
+            renamed.attribute.extend(reader.attribute)
+            ctx.replace_nodes([reader], [renamed])
+
+    def run(self, ctx):
+        # a composed Transpose may be the identity, a dropped node may expose a Transpose pair: repeat
+        total = 0
+        for _ in range(8):
+            self._alias = {}
+            n = super().run(ctx)
+            self._rename_readers(ctx)
+            total += n
+            if not n:
+                break
+        return total

@@ -1,0 +1,122 @@
+"""A zero Pad of the spatial axes before a Conv -> the Conv's own pads.
+
+    x ─► Pad(mode=constant, value 0, pads only on axes 2..) ─► Conv(auto_pad NOTSET/VALID, pads p) ─► y
+
+    ==>  x ─► Conv(pads = p + the Pad's) ─► y
+
+TensorFlow-style "same" padding (EfficientNet's depthwise convs, its stem) is
+exported as an explicit Pad, often asymmetric (0 before, 1 after). Conv pads
+with zeros itself, per side, so the Pad's copy of the whole tensor goes away.
+
+Candidates: a Pad whose output only Convs read, as their input X. Refused
+(`check` gives the reason; not reported, the two nodes then run as they are):
+a mode other than constant; a pad value that is not a constant 0; pads that
+are not constant, negative (cropping), or touch the batch or channel axes; an
+`axes` input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown
+rank; the Pad's output a graph output.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from . import GraphPass
+from ._queries import is_op, node_attrs
+
+
+@dataclass
+class PadMatch:
+    pad: object
+    convs: list
+
+
+class PadIntoConv(GraphPass):
+    name = "pad_into_conv"
+    report_refusals = False      # a refused candidate still runs, unfused
+
+    def matches(self, ctx):
+        for node in ctx.nodes:
+            if not is_op(node, "Pad") or len(node.output) != 1 or not node.output[0] or not node.input:
+                continue
+            readers = ctx.readers(node.output[0])
+            if readers and all(is_op(r, "Conv") and r.input and r.input[0] == node.output[0]
+                               and node.output[0] not in r.input[1:] for r in readers):
+                yield PadMatch(node, readers)
+
+    def describe(self, m):
+        return "Pad+Conv", [m.pad.name] + [c.name for c in m.convs]
+
+    def _spatial_pads(self, ctx, pad):
+        """(the Pad's begin/end amounts on axes 2.., None) or (None, why not)."""
+        attrs, reason = node_attrs(pad)
+        if reason:
+            return None, reason
+        mode = attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            return None, f"mode {mode!r} (only zero padding is what a Conv does)"
+        if ctx.opsets.get("", 1) < 11:
+            pads, value = attrs.get("pads"), attrs.get("value", 0.0)
+        else:
+            if len(pad.input) > 3 and pad.input[3]:
+                return None, "an axes input"
+            if len(pad.input) < 2 or not ctx.is_constant(pad.input[1]):
+                return None, "pads not constant"
+            pads = ctx.constants[pad.input[1]]
+            value = 0.0
+            if len(pad.input) > 2 and pad.input[2]:
+                if not ctx.is_constant(pad.input[2]):
+                    return None, "pad value not constant"
+                v = ctx.constants[pad.input[2]]
+                if v.size != 1:
+                    return None, "pad value not a scalar"
+                value = v.reshape(-1)[0]
+        if pads is None:
+            return None, "no pads"
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        if float(value) != 0.0:
+            return None, f"pad value {float(value)} (a Conv pads with 0)"
+        shape = ctx.shape(pad.input[0])
+        if shape is None or len(pads) != 2 * len(shape) or len(shape) < 3:
+            return None, "input of unknown rank (or pads not 2 per axis)"
+        rank = len(shape)
+        begin, end = pads[:rank], pads[rank:]
+        if any(p < 0 for p in pads):
+            return None, "negative pads (cropping)"
+        if begin[:2] != [0, 0] or end[:2] != [0, 0]:
+            return None, "pads on the batch or channel axis"
+        return (begin[2:], end[2:]), None
+
+    def check(self, ctx, m):
+        if m.pad.output[0] in ctx.graph_outputs:
+            return "the Pad's output is a graph output"
+        spatial, reason = self._spatial_pads(ctx, m.pad)
+        if reason:
+            return reason
+        m.spatial = spatial
+        for conv in m.convs:
+            attrs, reason = node_attrs(conv)
+            if reason:
+                return reason
+            auto = attrs.get("auto_pad", "NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else auto
+            if auto not in ("NOTSET", "VALID"):
+                return f"{conv.name!r}: auto_pad {auto}"
+        return None
+
+    def rewrite(self, ctx, m):
+        begin, end = m.spatial
+        new_convs = []
+        for conv in m.convs:
+            attrs, _ = node_attrs(conv)
+            auto = attrs.pop("auto_pad", "NOTSET")
+            auto = auto.decode() if isinstance(auto, bytes) else auto
+            old = attrs.get("pads") if auto != "VALID" else None
+            old = list(old) if old else [0] * (2 * len(begin))
+            k = len(begin)
+            attrs["pads"] = [old[i] + begin[i] for i in range(k)] + [old[k + i] + end[i] for i in range(k)]
+            new_convs.append(helper.make_node("Conv", [m.pad.input[0]] + list(conv.input[1:]), list(conv.output),
+                                              name=conv.name, domain=conv.domain, **attrs))
+        ctx.replace_nodes([m.pad] + m.convs, new_convs)
+        if len(new_convs) > 1:
+            ctx.mark_unordered()        # all placed where the last Conv was: readers may now precede them

@@ -1,0 +1,286 @@
+"""elementwise_chains: DAGs of float32 elementwise ops -> one normrt::Elementwise node.
+
+Hypothesis draws the DAGs (ops, operands, broadcast inputs, scalar and per-channel
+constants); each must become exactly one node and match onnx.reference on the
+original model. Refused and partial groups are checked to stay correct too.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from normrt.errors import ModelError
+from normrt.onnx.elementwise_program import MAX_INPUTS, compile_program
+from test_pass_layer_norm_decomposed import const, make_model, vi
+
+F = TensorProto.FLOAT
+PASS = "elementwise_chains"
+SHAPE = (2, 3, 5, 70)      # 70: a last axis that is not a whole number of vector lanes
+
+# ops taking any operand; ops that need a positive one (their operand is drawn from
+# the positive inputs / constants, so no cancellation upstream can make the
+# reference and the kernel differ by more than rounding)
+ANY_UNARY = ["Neg", "Abs", "Exp", "Tanh", "Erf", "Sigmoid", "Relu"]
+POSITIVE_UNARY = ["Log", "Sqrt", "Reciprocal"]
+ANY_BINARY = ["Add", "Sub", "Mul", "Max", "Min"]
+
+
+def ops_of(sess):
+    return [n.op_type for n in sess.optimized_model.graph.node]
+
+
+def check_against_reference(model, feed, rtol=2e-5, atol=1e-5, threads=None):
+    want = ReferenceEvaluator(model).run(None, feed)
+    sess = normrt.InferenceSession(model.SerializeToString(), num_threads=threads)
+    with np.errstate(all="ignore"):
+        got = sess.run(None, feed)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return sess
+
+
+@st.composite
+def dags(draw, batch=SHAPE[0]):
+    """(model, feed): a DAG of elementwise ops over x and xp (full shape; xp positive)
+    whose every op result has the full shape and reaches the single output."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    shape = (batch,) + SHAPE[1:]
+    inputs = [vi("x", list(shape)), vi("xp", list(shape))]
+    feed = {"x": rng.uniform(-2, 2, shape).astype(np.float32), "xp": rng.uniform(0.5, 2, shape).astype(np.float32)}
+    inits, nodes = [], []
+    full = ["x"]                     # values of the full shape
+    positive = ["xp"]                # positive values of any broadcasting shape
+    n_small = draw(st.integers(0, 2))
+    for i in range(n_small):         # runtime inputs that broadcast: (5, 1), (1, 3, 1, 70), (70,)
+        small = draw(st.sampled_from([(5, 1), (1, 3, 1, 70), (70,), (batch, 1, 1, 1), shape]))
+        name = f"s{i}"
+        inputs.append(vi(name, list(small)))
+        feed[name] = rng.uniform(0.5, 2, small).astype(np.float32)
+        positive.append(name)
+    for i, shape in enumerate(draw(st.lists(st.sampled_from([(), (1,), (3, 1, 1), (1, 1, 1, 1, 1)]),
+                                            min_size=1, max_size=3))):
+        name = f"c{i}"
+        inits.append(const(name, rng.uniform(0.5, 2, shape).astype(np.float32)))
+        positive.append(name)
+    used = set()
+    n_ops = draw(st.integers(2, 9))
+    for k in range(n_ops):
+        out = f"v{k}"
+        kind = draw(st.sampled_from(["any_unary", "positive_unary", "binary", "div", "pow"]))
+        a = draw(st.sampled_from(full))
+        if kind == "any_unary":
+            nodes.append(helper.make_node(draw(st.sampled_from(ANY_UNARY)), [a], [out], name=out))
+            used.add(a)
+        elif kind == "positive_unary":
+            # positive unary of the positive full input, then combined with a full value
+            p = "xp"
+            nodes.append(helper.make_node(draw(st.sampled_from(POSITIVE_UNARY)), [p], [out + "p"], name=out + "p"))
+            nodes.append(helper.make_node("Mul", [a, out + "p"], [out], name=out))
+            used.add(a)
+        elif kind == "binary":
+            b = draw(st.sampled_from(full + positive))
+            pair = [a, b] if draw(st.booleans()) else [b, a]
+            nodes.append(helper.make_node(draw(st.sampled_from(ANY_BINARY)), pair, [out], name=out))
+            used.update(pair)
+        elif kind == "div":
+            nodes.append(helper.make_node("Div", [a, draw(st.sampled_from(positive))], [out], name=out))
+            used.add(a)
+        else:
+            e = draw(st.sampled_from([2.0, 3.0, 1.0]))
+            ename = f"e{k}"
+            inits.append(const(ename, np.array(e, np.float32)))
+            nodes.append(helper.make_node("Pow", [a, ename], [out], name=out))
+            used.add(a)
+        full.append(out)
+    # every result reaches the output: Add the ones nobody read into the last
+    last = full[-1]
+    for k, v in enumerate(v for v in full[1:-1] if v not in used):
+        nodes.append(helper.make_node("Add", [last, v], [f"t{k}"], name=f"t{k}"))
+        last = f"t{k}"
+    nodes.append(helper.make_node("Identity", [last], ["y"], name="y"))
+    # the output: the broadcast of every leaf read (a (1, 1, 1, 1, 1) constant raises the rank)
+    read = {i for n in nodes for i in n.input}
+    leaves = [feed[i.name].shape for i in inputs if i.name in read]
+    leaves += [tuple(t.dims) for t in inits if t.name in read and not t.name.startswith("e")]
+    model = make_model(nodes, inputs, [vi("y", list(np.broadcast_shapes(*leaves)))], inits, opset=17)
+    return model, feed
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=dags())
+def test_generated_dags_become_one_node_matching_the_reference(case):
+    model, feed = case
+    sess = check_against_reference(model, feed)
+    assert ops_of(sess).count("Elementwise") == 1, ops_of(sess)
+    assert set(ops_of(sess)) <= {"Elementwise", "Identity"}, ops_of(sess)
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=dags(batch=64), threads=st.sampled_from([2, 3]))
+def test_results_do_not_depend_on_the_thread_count(case, threads):
+    model, feed = case        # 67k elements: the threaded path
+    sess = normrt.InferenceSession(model.SerializeToString())
+    with normrt.threads(1), np.errstate(all="ignore"):
+        one = sess.run(None, feed)[0]
+    with normrt.threads(threads), np.errstate(all="ignore"):
+        many = sess.run(None, feed)[0]
+    np.testing.assert_array_equal(one.view(np.uint32), many.view(np.uint32))
+
+
+def _tanh_gelu():
+    # gpt2's NewGELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    nodes = [helper.make_node("Pow", ["x", "three"], ["p"], name="pow"),
+             helper.make_node("Mul", ["p", "k"], ["pk"], name="mul_k"),
+             helper.make_node("Add", ["x", "pk"], ["inner"], name="add_x"),
+             helper.make_node("Mul", ["inner", "s"], ["z"], name="mul_s"),
+             helper.make_node("Tanh", ["z"], ["t"], name="tanh"),
+             helper.make_node("Add", ["t", "one"], ["t1"], name="add_1"),
+             helper.make_node("Mul", ["x", "t1"], ["xt"], name="mul_x"),
+             helper.make_node("Mul", ["xt", "half"], ["y"], name="mul_half")]
+    inits = [const("three", np.array(3.0, np.float32)), const("k", np.array(0.044715, np.float32)),
+             const("s", np.array(np.sqrt(2 / np.pi), np.float32)), const("one", np.array(1.0, np.float32)),
+             const("half", np.array(0.5, np.float32))]
+    return nodes, inits
+
+
+def test_tanh_gelu_becomes_one_node_over_a_wide_range():
+    nodes, inits = _tanh_gelu()
+    model = make_model(nodes, [vi("x", [3, 4096])], [vi("y", [3, 4096])], inits, opset=17)
+    x = np.concatenate([np.linspace(-12, 12, 4096), np.geomspace(1e-30, 1e3, 4096),
+                        -np.geomspace(1e-30, 1e3, 4096)]).astype(np.float32).reshape(3, 4096)
+    # below x ~ -4, 1 + tanh cancels: both float32 evaluations carry ulp(1) |x| / 2 there
+    sess = check_against_reference(model, {"x": x}, rtol=1e-5, atol=1e-6)
+    assert ops_of(sess) == ["Elementwise"]
+    entry = next(e for e in sess.report["fused"] if e["pass"] == PASS)
+    assert entry["pattern"] == "Pow-Mul-Add-Mul-Tanh-Add-Mul-Mul"
+
+
+def test_special_values_propagate_as_in_the_reference():
+    nodes = [helper.make_node("Exp", ["x"], ["e"], name="exp"),
+             helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+             helper.make_node("Add", ["e", "s"], ["a"], name="add"),
+             helper.make_node("Max", ["a", "x"], ["m"], name="max"),
+             helper.make_node("Erf", ["m"], ["y"], name="erf")]
+    model = make_model(nodes, [vi("x", [12])], [vi("y", [12])], [], opset=17)
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 88.5, 88.8, -90.0, 1e-40, 3e38, -3e38, 1.0], np.float32)
+    # (exp of x < -87.3 flushes to 0 where the reference keeps a subnormal: atol FLT_MIN)
+    sess = check_against_reference(model, {"x": x}, rtol=1e-6, atol=1.2e-38)
+    assert ops_of(sess) == ["Elementwise"]
+
+
+def test_shared_middle_value_splits_the_chain():
+    # s = Sigmoid(x) is also a graph output: the Mul and the Add fuse, the Sigmoid stays
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+             helper.make_node("Mul", ["x", "s"], ["m"], name="mul"),
+             helper.make_node("Add", ["m", "x"], ["y"], name="add")]
+    model = make_model(nodes, [vi("x", [4, 64])], [vi("y", [4, 64]), vi("s", [4, 64])], [], opset=17)
+    sess = check_against_reference(model, {"x": np.random.default_rng(0).standard_normal((4, 64), np.float32)})
+    assert sorted(ops_of(sess)) == ["Elementwise", "Sigmoid"]
+
+
+def test_smaller_values_stay_out_of_a_bigger_output():
+    # a squeeze-excitation gate: Sigmoid on (N, C, 1, 1) would be recomputed at every pixel
+    nodes = [helper.make_node("Sigmoid", ["g"], ["s"], name="sig"),
+             helper.make_node("Mul", ["x", "s"], ["m"], name="mul"),
+             helper.make_node("Add", ["m", "x"], ["y"], name="add")]
+    model = make_model(nodes, [vi("x", [1, 8, 6, 6]), vi("g", [1, 8, 1, 1])], [vi("y", [1, 8, 6, 6])], [],
+                       opset=17)
+    rng = np.random.default_rng(1)
+    sess = check_against_reference(model, {"x": rng.standard_normal((1, 8, 6, 6), np.float32),
+                                           "g": rng.standard_normal((1, 8, 1, 1), np.float32)})
+    assert sorted(ops_of(sess)) == ["Elementwise", "Sigmoid"]
+
+
+def test_scalar_constant_of_higher_rank_keeps_the_output_rank():
+    nodes = [helper.make_node("Mul", ["x", "c"], ["m"], name="mul"),
+             helper.make_node("Tanh", ["m"], ["y"], name="tanh")]
+    model = make_model(nodes, [vi("x", [5])], [vi("y", [1, 1, 5])],
+                       [const("c", np.full((1, 1, 1), 0.5, np.float32))], opset=17)
+    sess = check_against_reference(model, {"x": np.linspace(-3, 3, 5).astype(np.float32)})
+    assert ops_of(sess) == ["Elementwise"]
+
+
+def test_float64_and_integer_chains_are_left_alone():
+    for elem, dtype in ((TensorProto.DOUBLE, np.float64), (TensorProto.INT64, np.int64)):
+        nodes = [helper.make_node("Add", ["x", "x"], ["a"], name="add"),
+                 helper.make_node("Mul", ["a", "x"], ["y"], name="mul")]
+        model = make_model(nodes, [vi("x", [6], elem)], [vi("y", [6], elem)], [], opset=17)
+        sess = check_against_reference(model, {"x": np.arange(6).astype(dtype)}, rtol=0, atol=0)
+        assert ops_of(sess) == ["Add", "Mul"]
+
+
+def test_too_many_inputs_is_refused_with_its_reason():
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.elementwise_chains import ElementwiseChains, find_groups
+    n = MAX_INPUTS + 1
+    nodes, last = [], "x0"
+    for i in range(1, n):
+        nodes.append(helper.make_node("Add", [last, f"x{i}"], [f"a{i}"], name=f"add{i}"))
+        last = f"a{i}"
+    nodes.append(helper.make_node("Neg", [last], ["y"], name="neg"))
+    model = make_model(nodes, [vi(f"x{i}", [3]) for i in range(n)], [vi("y", [3])], [], opset=17)
+    ctx = PassContext(model)
+    (group,) = find_groups(ctx)
+    assert "17 distinct inputs" in ElementwiseChains().check(ctx, group)
+    feed = {f"x{i}": np.full(3, i, np.float32) for i in range(n)}
+    sess = check_against_reference(model, feed)
+    assert "Elementwise" not in ops_of(sess)
+
+
+def test_program_errors_name_the_problem():
+    with pytest.raises(ModelError, match="unknown op"):
+        compile_program(["frobnicate"], [0, 0], [], 1)
+    with pytest.raises(ModelError, match="reads value 3"):
+        compile_program(["add"], [0, 3], [], 1)
+    with pytest.raises(ModelError, match="2 operands per op"):
+        compile_program(["add"], [0], [], 1)
+
+
+def test_kernel_checks_its_arguments():
+    from normrt._kernels import elementwise as k
+    x = np.zeros((2, 3), np.float32)
+    out = np.empty((2, 3), np.float32)
+    code = np.array([0, 1, 0, 0], np.int32)
+    none = np.zeros(0, np.float32)
+    with pytest.raises(ValueError, match="float32"):
+        k.run_program(code, none, 2, (x.astype(np.float64),), out, 1)
+    with pytest.raises(ValueError, match="broadcast"):
+        k.run_program(code, none, 2, (np.zeros((4,), np.float32),), out, 1)
+    with pytest.raises(ValueError, match="opcode"):
+        k.run_program(np.array([99, 1, 0, 0], np.int32), none, 2, (x,), out, 1)
+    with pytest.raises(ValueError, match="not a temporary"):
+        k.run_program(np.array([0, 0, 0, 0], np.int32), none, 2, (x,), out, 1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        k.run_program(code, none, 2, (x,), np.empty((3, 2), np.float32).T, 1)
+
+
+def test_strided_and_broadcast_inputs_read_in_place():
+    from normrt._kernels import elementwise as k
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 300), np.float32)[:, ::3]         # last-axis stride 3
+    b = rng.standard_normal((100, 6), np.float32).T                # transposed
+    c = rng.standard_normal((6, 1), np.float32)
+    out = np.empty((6, 100), np.float32)
+    # (a * b) - c
+    code = np.array([2, 3, 0, 1, 1, 3, 3, 2], np.int32)
+    k.run_program(code, np.zeros(0, np.float32), 4, (a, b, c), out, 1)
+    np.testing.assert_array_equal(out, a * b - c)
+
+
+def test_a_hand_made_node_with_bad_inputs_names_the_problem():
+    from normrt.onnx.domain import make_node
+    node = make_node("Elementwise", ["x", "w"], ["y"], "ew", ops=["mul", "neg"], args=[0, 1, 2, 2])
+    model = make_model([node], [vi("x", [2, 3]), vi("w", [4])], [vi("y", [2, 3])], [], opset=17)
+    model.opset_import.append(helper.make_opsetid("normrt", 1))
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ModelError, match="does not broadcast"):
+        sess.run(None, {"x": x, "w": np.ones(4, np.float32)})
+    bad = make_node("Elementwise", ["x"], ["y"], "ew", ops=["neg", "frobnicate"], args=[0, 0, 1, 1])
+    model = make_model([bad], [vi("x", [2, 3])], [vi("y", [2, 3])], [], opset=17)
+    model.opset_import.append(helper.make_opsetid("normrt", 1))
+    with pytest.raises(ModelError, match="unknown op"):
+        normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})

@@ -1,0 +1,85 @@
+"""no_op_views: nodes that hand their input on unchanged are dropped, Transpose pairs composed.
+Oracle: onnx.reference on the original model (the results are bitwise equal: only
+copies and views go)."""
+import itertools
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from test_pass_layer_norm_decomposed import const, make_model, vi
+
+SHAPE = [2, 3, 4]
+PERMS = list(itertools.permutations(range(3)))
+
+
+def no_op(kind, x, out, k):
+    """(nodes, initializers) of a node returning x (shape SHAPE) unchanged."""
+    if kind == "pad":
+        return [helper.make_node("Pad", [x, f"z{k}"], [out], name=out)], [const(f"z{k}", np.zeros(6, np.int64))]
+    if kind == "slice":
+        return ([helper.make_node("Slice", [x, f"b{k}", f"e{k}", f"a{k}"], [out], name=out)],
+                [const(f"b{k}", np.array([0, -4], np.int64)), const(f"e{k}", np.array([2**62, 4], np.int64)),
+                 const(f"a{k}", np.array([0, -1], np.int64))])
+    if kind == "reshape":
+        return [helper.make_node("Reshape", [x, f"s{k}"], [out], name=out)], [const(f"s{k}", np.array([2, -1, 4]))]
+    if kind == "identity":
+        return [helper.make_node("Identity", [x], [out], name=out)], []
+    # a Transpose pair composing to the identity
+    p = PERMS[k % len(PERMS)]
+    inverse = [int(i) for i in np.argsort(p)]
+    return ([helper.make_node("Transpose", [x], [out + "_t"], name=out + "_t", perm=list(p)),
+             helper.make_node("Transpose", [out + "_t"], [out], name=out, perm=inverse)], [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "transposes"]),
+                      min_size=1, max_size=5))
+def test_generated_no_op_chains_vanish(kinds):
+    nodes, inits, x = [], [], "x"
+    for k, kind in enumerate(kinds):
+        n, i = no_op(kind, x, f"v{k}", k)
+        nodes += n
+        inits += i
+        x = f"v{k}"
+    nodes.append(helper.make_node("Neg", [x], ["y"], name="neg"))
+    model = make_model(nodes, [vi("x", SHAPE)], [vi("y", SHAPE)], inits, opset=17)
+    feed = {"x": np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)}
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["Neg"]
+    np.testing.assert_array_equal(sess.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(p1=st.sampled_from(PERMS), p2=st.sampled_from(PERMS))
+def test_transpose_pairs_compose(p1, p2):
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="t1", perm=list(p1)),
+             helper.make_node("Transpose", ["t"], ["u"], name="t2", perm=list(p2)),
+             helper.make_node("Neg", ["u"], ["y"], name="neg")]
+    out_shape = [SHAPE[p1[i]] for i in p2]
+    model = make_model(nodes, [vi("x", SHAPE)], [vi("y", out_shape)], [], opset=17)
+    feed = {"x": np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)}
+    sess = normrt.InferenceSession(model.SerializeToString())
+    ops = [n.op_type for n in sess.optimized_model.graph.node]
+    composed = [p1[i] for i in p2]
+    assert ops == (["Neg"] if composed == [0, 1, 2] else ["Transpose", "Neg"])
+    np.testing.assert_array_equal(sess.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0])
+
+
+def test_refused_forms_stay():
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.no_op_views import NoOpViews, is_no_op
+    # a no-op whose output is a graph output; a Pad by non-constant pads; a real Slice
+    nodes = [helper.make_node("Identity", ["x"], ["y"], name="id"),
+             helper.make_node("Pad", ["x", "p"], ["q"], name="pad"),
+             helper.make_node("Slice", ["x", "b", "e"], ["r"], name="slice")]
+    model = make_model(nodes, [vi("x", SHAPE), vi("p", [6], TensorProto.INT64)],
+                       [vi("y", SHAPE), vi("q", None), vi("r", [1, 3, 4])],
+                       [const("b", np.array([1])), const("e", np.array([5]))], opset=17)
+    ctx = PassContext(model)
+    ident, pad, sl = ctx.nodes
+    assert is_no_op(ctx, ident) and not is_no_op(ctx, pad) and not is_no_op(ctx, sl)
+    (m,) = list(NoOpViews().matches(ctx))
+    assert NoOpViews().check(ctx, m) == "its output is a graph output"

@@ -1,0 +1,92 @@
+"""pad_into_conv: a zero Pad of the spatial axes before a Conv -> the Conv's pads.
+Oracle: onnx.reference on the original model."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from test_pass_layer_norm_decomposed import const, make_model, vi
+
+PASS = "pad_into_conv"
+RNG = np.random.default_rng(11)
+
+
+def pad_conv_model(pads=(0, 0, 1, 1, 0, 0, 1, 1), *, conv_pads=None, auto_pad=None, mode="constant", value=0.0, group=1, strides=(1, 1),
+                   k=3, c=4, hw=(9, 8), extra_output=False, opset=17, n_convs=1):
+    n_out = 4 * group if group > 1 else 6
+    nodes = [helper.make_node("Pad", ["x", "pads", "value"], ["p"], name="pad", mode=mode)]
+    inits = [const("pads", np.array(pads, np.int64)), const("value", np.array(value, np.float32))]
+    conv_attrs = dict(kernel_shape=[k, k], strides=list(strides), group=group)
+    if conv_pads is not None:
+        conv_attrs["pads"] = list(conv_pads)
+    if auto_pad is not None:
+        conv_attrs["auto_pad"] = auto_pad
+    outputs = []
+    for i in range(n_convs):
+        c_in = c + pads[1] + pads[5]      # a channel pad (refused) widens the Conv's input
+        inits.append(const(f"W{i}", RNG.standard_normal((n_out, c_in // group, k, k)).astype(np.float32)))
+        nodes.append(helper.make_node("Conv", ["p", f"W{i}"], [f"y{i}"], name=f"conv{i}", **conv_attrs))
+        outputs.append(vi(f"y{i}", ["n", "m", "h", "w"]))
+    if extra_output:
+        outputs.append(vi("p", ["n", "c", "h", "w"]))
+    return make_model(nodes, [vi("x", [2, c, *hw])], outputs, inits, opset=opset)
+
+
+def run(model):
+    feed = {"x": RNG.standard_normal((2, 4, 9, 8)).astype(np.float32)}
+    want = ReferenceEvaluator(model).run(None, feed)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    for g, w in zip(sess.run(None, feed), want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    return sess
+
+
+def op_types(sess):
+    return [n.op_type for n in sess.optimized_model.graph.node]
+
+
+@settings(max_examples=20, deadline=None)
+@given(pads=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       conv_pads=st.one_of(st.none(), st.lists(st.integers(0, 1), min_size=4, max_size=4)),
+       group=st.sampled_from([1, 2, 4]), strides=st.sampled_from([(1, 1), (2, 2), (2, 1)]),
+       auto_valid=st.booleans(), n_convs=st.integers(1, 2))
+def test_generated_pads_fold_into_the_conv(pads, conv_pads, group, strides, auto_valid, n_convs):
+    h0, w0, h1, w1 = pads
+    model = pad_conv_model([0, 0, h0, w0, 0, 0, h1, w1], conv_pads=None if auto_valid else conv_pads,
+                           auto_pad="VALID" if auto_valid else None, group=group, strides=strides,
+                           n_convs=n_convs)
+    sess = run(model)
+    assert "Pad" not in op_types(sess)
+    assert sess.report["passes"][PASS] == 1     # (a Pad by 0 folds into the Conv as 0 pads)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(mode="reflect"),
+    dict(value=1.5),
+    dict(pads=[0, 1, 1, 1, 0, 0, 1, 1]),          # a channel pad
+    dict(auto_pad="SAME_UPPER"),
+    dict(extra_output=True),                      # the padded tensor is also an output
+])
+def test_refused_forms_keep_the_pad(kwargs):
+    kwargs.setdefault("pads", [0, 0, 1, 0, 0, 0, 1, 2])
+    pads = kwargs.pop("pads")
+    sess = run(pad_conv_model(pads, **kwargs))
+    assert "Pad" in op_types(sess)
+    assert sess.report["passes"][PASS] == 0
+
+
+def test_refusal_reasons():
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.pad_into_conv import PadIntoConv
+    p = PadIntoConv()
+    for kwargs, reason in ((dict(mode="edge"), "mode"), (dict(value=2.0), "pad value"),
+                           (dict(auto_pad="SAME_LOWER"), "auto_pad"),
+                           (dict(pads=[0, 0, -1, 0, 0, 0, 1, 1]), "negative pads"),   # (onnx.reference can't run it)
+                           (dict(pads=[0, 1, 1, 1, 0, 0, 1, 1]), "channel axis")):
+        kwargs.setdefault("pads", [0, 0, 1, 1, 0, 0, 1, 1])
+        ctx = PassContext(pad_conv_model(**kwargs))
+        (m,) = list(p.matches(ctx))
+        assert reason in p.check(ctx, m)

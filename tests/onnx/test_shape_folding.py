@@ -1,0 +1,111 @@
+"""constant_folding on shape arithmetic: Shape/Gather/Slice/ReduceProd/Concat/... chains
+feeding a Reshape fold to constants when the input shapes are fixed, and stay (to be
+folded per input shape by the specialized plan) when they are symbolic.
+Oracle: onnx.reference on the original model; hypothesis draws the chains."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper
+
+import normrt
+from onnx.reference import ReferenceEvaluator
+from test_pass_layer_norm_decomposed import const, make_model, vi
+
+I64 = TensorProto.INT64
+
+
+@st.composite
+def reshape_chains(draw):
+    """(nodes, inits, x shape, target shape): x reshaped to its axes merged in contiguous groups,
+    the target computed from Shape(x) by a random spelling per group."""
+    shape = draw(st.lists(st.integers(1, 5), min_size=2, max_size=4))
+    rank = len(shape)
+    cuts = sorted(draw(st.sets(st.integers(1, rank - 1), max_size=rank - 1)))
+    groups = list(zip([0] + cuts, cuts + [rank]))
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape")]
+    inits = []
+    parts, target = [], []
+    minus_one = draw(st.sampled_from([None] + list(range(len(groups)))))
+    for g, (a, b) in enumerate(groups):
+        out = f"g{g}"
+        target.append(int(np.prod(shape[a:b])))
+        if g == minus_one:
+            inits.append(const(out, np.array([-1], np.int64)))
+            parts.append(out)
+            continue
+        spelling = draw(st.sampled_from(["slice_prod", "gather", "shape_range", "arith"]))
+        if spelling == "gather" and b - a == 1:
+            inits.append(const(f"i{g}", np.array(a, np.int64)))
+            inits.append(const(f"ax{g}", np.array([0], np.int64)))
+            nodes += [helper.make_node("Gather", ["s", f"i{g}"], [out + "_d"], name=out + "_gather", axis=0),
+                      helper.make_node("Unsqueeze", [out + "_d", f"ax{g}"], [out], name=out + "_unsq")]
+        elif spelling == "shape_range":
+            # Shape-15's start/end, then ReduceProd
+            nodes += [helper.make_node("Shape", ["x"], [out + "_s"], name=out + "_shape", start=a, end=b),
+                      helper.make_node("ReduceProd", [out + "_s"], [out], name=out + "_prod", keepdims=1)]
+        else:
+            inits += [const(f"st{g}", np.array([a], np.int64)), const(f"en{g}", np.array([b], np.int64))]
+            nodes += [helper.make_node("Slice", ["s", f"st{g}", f"en{g}"], [out + "_sl"], name=out + "_slice"),
+                      helper.make_node("ReduceProd", [out + "_sl"], [out + ("_p" if spelling == "arith" else "")],
+                                       name=out + "_prod", keepdims=1)]
+            if spelling == "arith":    # (p * 3) / 3 + 0, through a float Cast and back
+                inits += [const(f"three{g}", np.array(3, np.int64)), const(f"zero{g}", np.array(0.0, np.float32))]
+                nodes += [helper.make_node("Mul", [out + "_p", f"three{g}"], [out + "_m"], name=out + "_mul"),
+                          helper.make_node("Div", [out + "_m", f"three{g}"], [out + "_dv"], name=out + "_div"),
+                          helper.make_node("Cast", [out + "_dv"], [out + "_f"], name=out + "_cast", to=1),
+                          helper.make_node("Add", [out + "_f", f"zero{g}"], [out + "_a"], name=out + "_add"),
+                          helper.make_node("Cast", [out + "_a"], [out], name=out + "_back", to=I64)]
+        parts.append(out)
+    nodes += [helper.make_node("Concat", parts, ["target"], name="concat", axis=0),
+              helper.make_node("Reshape", ["x", "target"], ["r"], name="reshape"),
+              helper.make_node("Relu", ["r"], ["y"], name="relu")]
+    return nodes, inits, shape, target, len(groups) > 1 or minus_one is None
+
+
+def _model(nodes, inits, x_dims, y_dims):
+    return make_model(nodes, [vi("x", x_dims)], [vi("y", y_dims)], inits, opset=17)
+
+
+@settings(max_examples=40, deadline=None)
+@given(chain=reshape_chains())
+def test_fixed_shapes_fold_the_chain_to_a_constant(chain):
+    nodes, inits, shape, target, _ = chain
+    model = _model(nodes, inits, shape, target)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    # (a Reshape to the shape x already has goes too: no_op_views)
+    assert [n.op_type for n in sess.optimized_model.graph.node] == (["Relu"] if target == shape else ["Reshape", "Relu"])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0])
+
+
+@settings(max_examples=15, deadline=None)
+@given(chain=reshape_chains())
+def test_symbolic_shapes_keep_the_chain_and_run_any_shape(chain):
+    nodes, inits, shape, target, reads_shape = chain
+    model = _model(nodes, inits, [f"d{i}" for i in range(len(shape))], [f"t{i}" for i in range(len(target))])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert ("Shape" in [n.op_type for n in sess.optimized_model.graph.node]) == reads_shape
+    rng = np.random.default_rng(1)
+    for dims in (shape, [d + 1 for d in shape], shape):
+        x = rng.standard_normal(dims).astype(np.float32)
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0],
+                                      ReferenceEvaluator(model).run(None, {"x": x})[0])
+
+
+def test_shape_of_a_graph_output_or_unknown_dim_is_not_folded():
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.constant_folding import static_shape_value
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Shape", ["x"], ["tail"], name="tail", start=-2),
+             helper.make_node("Size", ["x"], ["n"], name="size")]
+    model = make_model(nodes, [vi("x", [2, "k", 4])], [vi("s", [3], I64), vi("tail", [2], I64), vi("n", [], I64)],
+                       [], opset=17)
+    ctx = PassContext(model)
+    assert all(static_shape_value(ctx, n) is None for n in ctx.nodes)
+    model = make_model(nodes, [vi("x", [2, 3, 4])], [vi("s", [3], I64), vi("tail", [2], I64), vi("n", [], I64)],
+                       [], opset=17)
+    ctx = PassContext(model)
+    assert [static_shape_value(ctx, n).tolist() for n in ctx.nodes] == [[2, 3, 4], [3, 4], 24]
+    # graph outputs stay produced by their nodes
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert len(sess.optimized_model.graph.node) == 3
+    assert [v.tolist() for v in sess.run(None, {"x": np.zeros((2, 3, 4), np.float32)})] == [[2, 3, 4], [3, 4], 24]
