@@ -31,6 +31,7 @@ from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
 from .passes.activation_epilogue import ActivationEpilogue
+from .passes.cast_islands import CastIslands
 from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
@@ -43,7 +44,9 @@ def default_passes():
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             AttentionDecomposed(), AttentionLayout(),
-            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue()]
+            # islands first, so a half activation after the down Cast fuses; again after the
+            # epilogues, which may have taken a float32 activation inside an island
+            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(), MatMulEpilogue()]
 
 
 def _inline_functions(model):
