@@ -6,7 +6,7 @@ FP32LayerNorm, LLaMA's RMSNorm) wrap each norm in Casts. By the time this pass r
 norm in the middle is one normrt node, whatever spelling a fusion read:
 
     X16 ──► Cast(to=FLOAT) ──► x32 ──► normrt::Norm(x32, w32 ...) ──► y32 ──► Cast(to=FLOAT16) ──► Y16
-   [R16 ──► Cast(to=FLOAT) ──► r32 ──┘  (residual / AdaIN style)]
+   [S16 ──► Cast(to=FLOAT) ──► s32 ──┘  (AdaIN's style)]
 
     ==>  X16 ──► normrt::Norm(X16, w32 ...) ──► Y16
 
@@ -35,7 +35,9 @@ Refused (reason in the report; the norm stays on its kernel between the Casts):
 - an island in float64 (Cast to DOUBLE): the model asked for float64 arithmetic,
   which the float64 kernel gives it;
 - a down Cast to another type than X's (bfloat16 in, float16 out): the kernels write
-  X's type; a residual (or AdaIN style) not Cast up from X's type;
+  X's type; an AdaIN style not Cast up from X's type;
+- a residual added in the island (LayerNorm / RMSNorm of float(x) + float(r)): a half
+  kernel rounds X + residual to half first, as a half model does, not in float32;
 - outputs besides Y in use: LayerNorm statistics, residual_sum (x + residual in
   float32, which the readers would see rounded to half).
 """
@@ -53,7 +55,9 @@ NORMS = ("BatchNorm", "LayerNorm", "RMSNorm", "ChannelNorm", "InstanceNorm", "Gr
          "MeanVarianceNorm", "LpNorm", "LRN", "AdaIN")
 # input positions holding data (Cast up from X's half type); the others are parameters, which
 # the kernels take in float32 with half X
-DATA_INPUTS = {"LayerNorm": (0, 3), "RMSNorm": (0, 2), "AdaIN": (0, 1)}
+DATA_INPUTS = {"AdaIN": (0, 1)}
+# the residual input: a half kernel rounds X + residual to half before normalizing it
+RESIDUAL = {"LayerNorm": 3, "RMSNorm": 2}
 # normalized-axes scale (and bias) a Mul after the island folds into
 WEIGHTED = {"LayerNorm": (1, 2), "RMSNorm": (1, None)}
 
@@ -89,6 +93,10 @@ class CastIslands(GraphPass):
             return "a float64 island (Cast to DOUBLE): the model computes the norm in float64, as the kernel does now"
         if inner != TensorProto.FLOAT:
             return f"the norm computes in {TensorProto.DataType.Name(inner)}, not float32"
+        r = RESIDUAL.get(node.op_type)
+        if r is not None and r < len(node.input) and node.input[r]:
+            return ("the residual is added in float32 in the island; the half kernel would round "
+                    "X + residual to half before normalizing")
         sources = {}
         for i in DATA_INPUTS.get(node.op_type, (0,)):
             if i >= len(node.input) or not node.input[i]:
