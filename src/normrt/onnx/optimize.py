@@ -2,7 +2,8 @@
 
     load (checked) ─► inline local functions ─► constant folding
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
-                   ─► standard norms ─► activation / residual epilogues
+                   ─► standard norms ─► Cast islands (a float32 norm between half Casts -> one half node)
+                   ─► activation / residual epilogues ─► Cast islands again
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
