@@ -25,37 +25,53 @@ STATISTICS_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
                   "BatchNormalization")
 
 
-def _float64_tensor(t):
+def _retyped_tensor(t, np_dtype):
     if t.data_type not in FLOAT_TYPES:
         return t
-    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name)
+    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np_dtype), t.name)
 
 
-def _retype(value_infos):
+def _retype(value_infos, elem):
     for vi in value_infos:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type in FLOAT_TYPES:
-            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+            vi.type.tensor_type.elem_type = elem
 
 
-def float64_model(model):
-    """A copy of `model` computing in float64 throughout (top-level graph)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
+def _retype_graph(g, elem, np_dtype):
     for i, t in enumerate(g.initializer):
-        g.initializer[i].CopyFrom(_float64_tensor(t))
-    _retype(g.input)
-    _retype(g.output)
+        g.initializer[i].CopyFrom(_retyped_tensor(t, np_dtype))
+    _retype(g.input, elem)
+    _retype(g.output, elem)
     del g.value_info[:]
     for node in g.node:
         for a in node.attribute:
-            if node.op_type == "Constant" and a.name == "value":
-                a.t.CopyFrom(_float64_tensor(a.t))
+            if a.name in ("value", "value_float") and node.op_type in ("Constant", "ConstantOfShape"):
+                if a.type == onnx.AttributeProto.FLOAT:       # Constant(value_float=...): a float32 scalar
+                    a.CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(
+                        np.asarray(a.f, np_dtype))))
+                else:
+                    a.t.CopyFrom(_retyped_tensor(a.t, np_dtype))
             elif node.op_type == "Cast" and a.name == "to" and a.i in FLOAT_TYPES:
-                a.i = TensorProto.DOUBLE
-            elif a.name == "stash_type" and a.i in FLOAT_TYPES:
-                a.i = TensorProto.DOUBLE
+                a.i = elem
+            elif a.name == "stash_type" and a.i in FLOAT_TYPES and elem == TensorProto.DOUBLE:
+                a.i = elem
+            elif a.type == onnx.AttributeProto.GRAPH:
+                _retype_graph(a.g, elem, np_dtype)
+
+
+def retyped_model(model, elem):
+    """A copy of `model` with every float tensor (inputs, outputs, initializers, Constant values,
+    Cast targets, subgraphs) of type `elem`: its float64 twin, or a float32 export made half."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    np_dtype = HALF_NP.get(elem) or onnx.helper.tensor_dtype_to_np_dtype(elem)
+    _retype_graph(m.graph, elem, np_dtype)
     return m
+
+
+def float64_model(model):
+    """A copy of `model` computing in float64 throughout."""
+    return retyped_model(model, TensorProto.DOUBLE)
 
 
 def reference64(model, feeds):

@@ -48,7 +48,7 @@ from onnx import TensorProto
 from .._graph import decode_attributes
 from ..domain import NORM_OPS
 from . import GraphPass
-from ._queries import HALF_DTYPES, is_normrt, is_op, present, take_fused_entry
+from ._queries import HALF_DTYPES, NP_FLOAT, is_normrt, is_op, present, take_fused_entry
 
 PASS = "cast_islands"
 NORMS = ("BatchNorm", "LayerNorm", "RMSNorm", "ChannelNorm", "InstanceNorm", "GroupNorm",
@@ -76,7 +76,9 @@ class CastIslands(GraphPass):
         for node in ctx.nodes:
             if node.op_type in NORMS and is_normrt(node, node.op_type) and node.input and node.input[0]:
                 up = ctx.producer().get(node.input[0])
-                if is_op(up, "Cast") and ctx.elem_type(up.input[0]) in HALF_DTYPES:
+                # an identity Cast (half to the same half) is no island
+                if is_op(up, "Cast") and ctx.elem_type(up.input[0]) in HALF_DTYPES and \
+                        _cast_to(up) in (TensorProto.FLOAT, TensorProto.DOUBLE):
                     yield node
 
     def describe(self, node):
@@ -92,7 +94,7 @@ class CastIslands(GraphPass):
         if inner == TensorProto.DOUBLE:
             return "a float64 island (Cast to DOUBLE): the model computes the norm in float64, as the kernel does now"
         if inner != TensorProto.FLOAT:
-            return f"the norm computes in {TensorProto.DataType.Name(inner)}, not float32"
+            return f"element type of {node.input[0]!r} unknown"
         r = RESIDUAL.get(node.op_type)
         if r is not None and r < len(node.input) and node.input[r]:
             return ("the residual is added in float32 in the island; the half kernel would round "
@@ -126,8 +128,9 @@ class CastIslands(GraphPass):
         return None
 
     def _weight_tail(self, ctx, node, y16):
-        """(Mul node, its constant as float64) when Y16 is read only by a Mul with a constant that
-        varies along the normalized axes only and the norm's scale (bias) can absorb it, else None."""
+        """(Mul node, its constant's name, the constant as float64 of the normalized axes' shape)
+        when Y16 is read only by a Mul with a half constant that varies along the normalized axes
+        only and the norm's constant scale (bias) can absorb it, else None."""
         if node.op_type not in WEIGHTED or y16 in ctx.graph_outputs:
             return None
         readers = ctx.readers(y16)
@@ -137,8 +140,8 @@ class CastIslands(GraphPass):
         mul = readers[0]
         other = mul.input[1] if mul.input[0] == y16 else mul.input[0]
         w = ctx.constants.get(other)
-        if w is None or ctx.elem_type(other) != ctx.elem_type(y16):
-            return None
+        if w is None or w.dtype != NP_FLOAT.get(ctx.elem_type(y16)):
+            return None                 # a float32 weight would make the Mul's result float32
         attrs = decode_attributes(node)
         if attrs.get("activation"):
             return None
