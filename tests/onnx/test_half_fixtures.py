@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto
 
 import normrt
+from dtype_checks import assert_same_bits_for_threads
 from half_models import HALF_NP, norm_nodes, statistics_left
 
 HALF_NP_BY_NAME = {v.name: v for v in HALF_NP.values()}
@@ -71,3 +72,8 @@ def test_outputs_match_torch(fixture_run):
 
 
 ELEM_NP = {**HALF_NP, TensorProto.FLOAT: np.dtype(np.float32)}
+
+
+def test_same_bits_for_any_thread_count(fixture_run):
+    _, sess, feeds, _ = fixture_run
+    assert_same_bits_for_threads(lambda: sess.run(None, feeds)[0])

@@ -89,7 +89,10 @@ class CastIslands(GraphPass):
         if not present(ctx, [node]):
             return "node already rewritten"
         producer = ctx.producer()
-        half = ctx.elem_type(producer[node.input[0]].input[0])
+        up = producer.get(node.input[0])
+        if not is_op(up, "Cast"):
+            return "X is no longer Cast up"
+        half = ctx.elem_type(up.input[0])
         inner = ctx.elem_type(node.input[0])
         if inner == TensorProto.DOUBLE:
             return "a float64 island (Cast to DOUBLE): the model computes the norm in float64, as the kernel does now"
