@@ -37,13 +37,22 @@ def _retype(value_infos, elem):
             vi.type.tensor_type.elem_type = elem
 
 
+# float inputs whose type is not the data's (Resize's roi and scales are float32 in any model)
+OWN_TYPE_INPUTS = {"Resize": (1, 2), "Upsample": (1,)}
+
+
 def _retype_graph(g, elem, np_dtype):
+    keep = {node.input[i] for node in g.node for i in OWN_TYPE_INPUTS.get(node.op_type, ())
+            if i < len(node.input)}
     for i, t in enumerate(g.initializer):
-        g.initializer[i].CopyFrom(_retyped_tensor(t, np_dtype))
+        if t.name not in keep:
+            g.initializer[i].CopyFrom(_retyped_tensor(t, np_dtype))
     _retype(g.input, elem)
     _retype(g.output, elem)
     del g.value_info[:]
     for node in g.node:
+        if any(o in keep for o in node.output):
+            continue
         for a in node.attribute:
             if a.name in ("value", "value_float") and node.op_type in ("Constant", "ConstantOfShape"):
                 if a.type == onnx.AttributeProto.FLOAT:       # Constant(value_float=...): a float32 scalar

@@ -1,5 +1,6 @@
-"""The torch exports of tests/data (the exporter fixtures and the 30-odd hand-written spellings),
-their float tensors retyped to float16 and bfloat16: every pattern fused in float32 is fused in
+"""The torch exports of tests/data (the exporter fixtures -- transformers BERT/LLaMA/ViT/ConvNeXt,
+diffusers UNet2D/VAE included -- and the 30-odd hand-written spellings), their float tensors
+retyped to float16 and bfloat16 (Resize's scales stay float32): every pattern fused in float32 is fused in
 half too -- the same normrt norm nodes --, and the half model matches its float64 twin.
 
 Known differences, each asserted: BatchNorm after a Conv is not folded into half weights (it
@@ -26,14 +27,14 @@ TOL_ULPS = 24
 
 
 def _entries():
-    """One export per model (legacy opset 17, or the first there is), float inputs only."""
+    """One export per model (legacy opset 17, or the first there is)."""
     out = {}
     for folder, index in ((DATA, "fixtures.json"), (DATA / "spellings", "index.json")):
         for e in json.loads((folder / index).read_text())["fixtures"]:
             key = (folder.name, e["name"])
             if key not in out or (e["exporter"], e["opset"]) == ("legacy", 17):
                 out[key] = dict(e, path=folder / e["file"], npz=folder / e["data"])
-    return [e for e in out.values() if not e["name"].startswith(("hf_", "diffusers_"))]
+    return list(out.values())
 
 
 ENTRIES = _entries()
