@@ -39,6 +39,7 @@ Usage::
     python scripts/make_fixtures.py --only layernorm,groupnorm   # rebuild some (merged into the index)
     python scripts/make_fixtures.py --list          # list the cases
     python scripts/make_fixtures.py --examples      # only the bundled models in src/normrt/examples/
+    python scripts/make_fixtures.py --half          # only the half-precision models in tests/data/half/
 """
 from __future__ import annotations
 
@@ -1036,6 +1037,223 @@ def make_spellings(out_dir: Path, only: str, verbose: bool) -> int:
     return 1 if failures else 0
 
 
+# ---------------------------------------------------------------------------
+# half-precision fixtures (tests/data/half/, their own index: the float32 fixture tests
+# compare with 1e-4 tolerances that half models do not meet)
+# ---------------------------------------------------------------------------
+HALF_OUT = DEFAULT_OUT / "half"
+# |normrt - reference| <= HALF_TOL_ULPS * eps(dtype) * max(|reference|, 1), eps = 2^-10 (float16),
+# 2^-7 (bfloat16): each op of a half model rounds to half, a few roundings deep
+HALF_TOL_ULPS = 4
+HALF_REFERENCE = "torch in float32 on the half weights and inputs (the half model's exact value)"
+
+
+class ConvGNLN(nn.Module):
+    """issue 11's model: Conv3x3 (3 -> 8) -> GroupNorm(4, 8) -> SiLU -> permute to NHWC -> LayerNorm(8)."""
+
+    def __init__(self, c=8, groups=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.gn = nn.GroupNorm(groups, c)
+        self.ln = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.ln(F.silu(self.gn(self.conv(x))).permute(0, 2, 3, 1))
+
+
+class GroupNorm32(nn.GroupNorm):
+    """guided-diffusion / LDM's GroupNorm32: the norm in float32 inside a half model."""
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """diffusers' FP32LayerNorm: F.layer_norm on float32 copies of x and the weights."""
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
+
+
+class LlamaBlock(nn.Module):
+    """LLaMA decoder block: RMSNorm (upcast to float32, weight after the down cast) -> attention
+    -> +res -> RMSNorm -> SwiGLU MLP -> +res."""
+
+    def __init__(self, d=32, heads=4, mlp=64):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNormLlama(d), RMSNormLlama(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(d, mlp, bias=False), nn.Linear(d, mlp, bias=False)
+        self.down = nn.Linear(mlp, d, bias=False)
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.o(a)
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class MixedPrecisionNet(nn.Module):
+    """A half model computing its norms in float32 between Casts, as mixed-precision code writes
+    them: Conv -> GroupNorm32 -> SiLU -> Conv, tokens -> FP32LayerNorm -> Linear -> LLaMA RMSNorm."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, c, 3, padding=1)
+        self.gn = GroupNorm32(4, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.ln = FP32LayerNorm(c)
+        self.fc = nn.Linear(c, c)
+        self.rms = RMSNormLlama(c)
+
+    def forward(self, x):
+        h = self.conv2(F.silu(self.gn(self.conv1(x))))
+        t = h.flatten(2).transpose(1, 2)
+        return self.rms(self.fc(self.ln(t)))
+
+
+@dataclass
+class HalfCase:
+    name: str
+    description: str
+    module: Callable[[], nn.Module]
+    inputs: dict                  # input name -> (shape, scale, shift)
+    dtypes: tuple = ("float16", "bfloat16")
+    combos: tuple = (("legacy", 17), ("dynamo", 18))
+    dynamic: dict = None          # legacy exporter's dynamic_axes
+
+
+HALF_CASES = [
+    HalfCase("conv_gn_ln", "Conv3x3 -> GroupNorm -> SiLU -> permute -> LayerNorm (issue 11; legacy: any HxW)",
+             ConvGNLN, {"x": ((1, 3, 24, 24), 1.0, 0.0)},
+             dynamic={"x": {2: "height", 3: "width"}, "y": {1: "height", 2: "width"}}),
+    HalfCase("preln_block", "pre-LN transformer block: LN -> SDPA attention -> +res -> LN -> MLP(GELU) -> +res",
+             PreLNBlock, {"x": ((2, 8, 32), 1.0, 0.0)}, dtypes=("float16",)),
+    HalfCase("llama_block", "LLaMA block: RMSNorm in float32 (weight after the down cast) -> causal "
+             "attention -> +res -> RMSNorm -> SwiGLU -> +res", LlamaBlock, {"x": ((2, 8, 32), 1.0, 0.0)},
+             dtypes=("float16",)),
+    HalfCase("mixed_fp32_norms", "half model with float32 norms between Casts (GroupNorm32, FP32LayerNorm, "
+             "LLaMA RMSNorm): Cast islands", MixedPrecisionNet, {"x": ((1, 4, 8, 8), 1.0, 0.0)}),
+]
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _half_numpy(t):
+    """A torch half tensor as numpy (bfloat16 as ml_dtypes.bfloat16, the dtype onnx uses)."""
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def half_ulps(got, want, dtype: str) -> float:
+    """max |got - want| / (eps(dtype) * max(|want|, 1)): the unit of HALF_TOL_ULPS."""
+    eps = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}[dtype]
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return math.inf
+    return float(np.max(np.abs(got - want) / (eps * np.maximum(np.abs(want), 1.0))))
+
+
+def make_half(out_dir: Path, only: str, verbose: bool) -> int:
+    """Export the half-precision fixtures: each case in float16 / bfloat16 by each exporter, with
+    the inputs (in half) and the reference (HALF_REFERENCE, float32) in the .npz; checked against
+    normrt (HALF_TOL_ULPS) and, for the record, torch's own half result and onnxruntime."""
+    import copy
+
+    import onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries, failures = [], []
+    for case in HALF_CASES:
+        if only and case.name not in only.split(","):
+            continue
+        for dtype in case.dtypes:
+            torch.manual_seed(seed_for(case.name))
+            gen = torch.Generator().manual_seed(seed_for(case.name))
+            module = case.module().eval()
+            randomize_norms(module, gen)
+            module = module.to(TORCH_DTYPES[dtype])
+            for m in module.modules():
+                if isinstance(m, GroupNorm32):
+                    m.float()       # LDM's convert_to_fp16 leaves the norms' weights in float32
+            inputs = {k: rn(gen, *shape, scale=scale, shift=shift).to(TORCH_DTYPES[dtype])
+                      for k, (shape, scale, shift) in case.inputs.items()}
+            with torch.no_grad():
+                want = copy.deepcopy(module).float()(*(v.float() for v in inputs.values())).numpy()
+                torch_half = module(*inputs.values()).float().numpy()
+            feeds = {k: _half_numpy(v) for k, v in inputs.items()}
+            for exporter, opset in case.combos:
+                stem = f"{case.name}_{dtype}__{exporter}{opset}"
+                path, npz = out_dir / f"{stem}.onnx", out_dir / f"{stem}.npz"
+                try:
+                    with quiet(), torch.no_grad():
+                        if exporter == "legacy":
+                            torch.onnx.export(module, tuple(inputs.values()), str(path), dynamo=False,
+                                              opset_version=opset, input_names=list(inputs), output_names=["y"],
+                                              dynamic_axes=case.dynamic)
+                        else:
+                            export_one(Built(module, inputs, ["y"]), exporter, opset, path)
+                except Exception as exc:  # noqa: BLE001 - an exporter that cannot do it is a skip
+                    if verbose:
+                        traceback.print_exc()
+                    print(f"  SKIP {stem}: {short_reason(exc)}", flush=True)
+                    continue
+                model = onnx.load(str(path))
+                onnx.checker.check_model(model)
+                np.savez(npz, **{f"input:{k}": v for k, v in feeds.items()}, **{"output:y": want})
+                errs = {"torch_half": half_ulps(torch_half, want, dtype)}
+                try:
+                    errs["onnxruntime"] = half_ulps(run_ort(path, feeds)[0].astype(np.float64), want, dtype)
+                except Exception as exc:  # noqa: BLE001 - ORT lacks some half kernels on CPU
+                    errs["onnxruntime"] = None
+                    print(f"    (onnxruntime: {short_reason(exc)[:100]})")
+                try:
+                    import normrt
+                    errs["normrt"] = half_ulps(normrt.InferenceSession(str(path)).run(None, feeds)[0]
+                                               .astype(np.float64), want, dtype)
+                except ImportError:
+                    print("    (normrt not importable: not checked)")
+                bad = errs.get("normrt", 0.0) > HALF_TOL_ULPS
+                if bad:
+                    failures.append(f"{stem}: normrt {errs['normrt']:.2f} ulps > {HALF_TOL_ULPS}")
+                size = path.stat().st_size + npz.stat().st_size
+                print(f"  {'MISMATCH' if bad else 'ok':8s} {stem:40s} {size / 1024:6.1f} KiB  ulps: "
+                      + "  ".join(f"{k} {v:.2f}" for k, v in errs.items() if v is not None)
+                      + f"  nodes: {format_counts(count_nodes(model.graph))}", flush=True)
+                entries.append({
+                    "file": path.name, "data": npz.name, "name": case.name, "module": case.description,
+                    "dtype": dtype, "exporter": exporter, "opset": opset,
+                    "inputs": [{"name": k, "shape": list(v.shape), "dtype": dtype} for k, v in feeds.items()],
+                    "node_counts": dict(sorted(count_nodes(model.graph).items())),
+                    "errors_ulps": errs,
+                })
+    index_path = out_dir / "fixtures.json"
+    old = json.loads(index_path.read_text())["fixtures"] if only and index_path.exists() else []
+    names = {e["file"] for e in entries}
+    index = {
+        "generator": "scripts/make_fixtures.py --half",
+        "reference": HALF_REFERENCE + ", stored as float32 under 'output:y'; inputs in half under 'input:<name>' "
+                     "(numpy stores bfloat16 as raw 2-byte values: view them as ml_dtypes.bfloat16)",
+        "tolerance": f"max |y - reference| / (eps(dtype) * max(|reference|, 1)) <= {HALF_TOL_ULPS} "
+                     f"(eps 2^-10 float16, 2^-7 bfloat16); errors_ulps records normrt, torch's own half "
+                     f"result and onnxruntime in that unit",
+        "versions": versions(),
+        "fixtures": sorted([e for e in old if e["file"] not in names] + entries, key=lambda e: e["file"]),
+    }
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+    total = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    print(f"{len(index['fixtures'])} half fixtures, {out_dir} holds {total / 1024:.0f} KiB")
+    for f in failures:
+        print("FAILURE: " + f)
+    return 1 if failures else 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default tests/data)")
@@ -1044,6 +1262,8 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print exporter tracebacks")
     ap.add_argument("--examples", action="store_true",
                     help="build only the bundled example models into src/normrt/examples/ (or --out)")
+    ap.add_argument("--half", action="store_true",
+                    help="build only the half-precision fixtures into tests/data/half/ (or --out); --only selects some")
     ap.add_argument("--spellings", action="store_true",
                     help="build only the hand-written normalizations (scripts/norm_spellings.py) "
                          "into tests/data/spellings/ (or --out); --only selects some")
@@ -1065,6 +1285,8 @@ def main(argv=None) -> int:
     if args.examples:
         out = args.out if args.out != DEFAULT_OUT else EXAMPLES_OUT
         return make_examples(out)
+    if args.half:
+        return make_half(args.out if args.out != DEFAULT_OUT else HALF_OUT, args.only, args.verbose)
     if args.spellings:
         return make_spellings(args.out if args.out != DEFAULT_OUT else SPELLINGS_OUT, args.only, args.verbose)
 

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import assert_matches_float64
 
 RNG = np.random.default_rng(47)
 F, D, H = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16
@@ -191,7 +192,6 @@ def test_float64_with_exact_eps():
     (dict(extra_outputs=[("c_std", (2, 8, 1, 1))]), "graph output", True),
     (dict(form="dynamo", extra_outputs=[("c_d", (2, 8, 6, 6))]), "graph output", True),
     (dict(form="dynamo", elem=D), "float32", True),      # float64 eps 1e-5 is no float32
-    (dict(form="keepdim", elem=H), "FLOAT16", True),
 ])
 def test_refusals(kw, reason, runs):
     elem = kw.get("elem", F)
@@ -204,6 +204,17 @@ def test_refusals(kw, reason, runs):
     if runs:
         tol = 5e-3 if elem == H else 1e-5
         check(model, feed_for(kw.get("cshape", (2, 8, 6, 6)), kw.get("sshape", (2, 8, 5, 5)), elem), tol, tol)
+
+
+@pytest.mark.parametrize("form", ["legacy", "keepdim", "dynamo"])
+def test_float16_fused(form):
+    """The same spellings in float16 (constants, eps and counts in half) -> one half AdaIN node,
+    matching the float64 reading of the model within float16 rounding."""
+    model = adain_model(form, elem=H, opset=18)
+    fused_node(model)
+    feed = feed_for(elem=H)
+    got = normrt.InferenceSession(model).run(None, feed)
+    assert_matches_float64(got, model, feed, ulps=2)
 
 
 def test_eps_from_a_graph_input_is_refused():

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import HALF_NP, assert_matches_float64
 from normrt.onnx.loader import load_model
 from normrt.onnx.optimize import optimize_model
 from normrt.onnx.passes.constant_folding import ConstantFolding
@@ -169,13 +170,31 @@ def test_silu_after_fusion():
     (dict(form="dynamo", back_target=[2, 32, 4], affine=None), "does not match x's shape"),
     (dict(form="dynamo", back_target=[2, 8, 16, 1]), "does not restore x's shape"),
     (dict(extra_outputs=[("in", [2, 4, 32])]), "is a graph output"),
-    (dict(elem=TensorProto.FLOAT16), "not float32/float64"),
 ])
 def test_refused(kwargs, reason):
+    _refused(kwargs, reason)
+
+
+@pytest.mark.parametrize("form", ["legacy", "dynamo"])
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_half_fused(form, elem):
+    """The diffusers export of a half GroupNorm (InstanceNormalization on (N, G, -1), ones/zeros in
+    half, then Mul/Add by half constants) -> one half GroupNorm with float32 parameters."""
+    model = gn_model(groups=4, form=form, elem=elem)
+    x = arr(2, 8, 4, 4).astype(HALF_NP[elem])
+    sess = normrt.InferenceSession(model)
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["GroupNorm", "Identity"], sess.report["refused"]
+    assert_matches_float64(sess.run(None, {"x": x}), model, {"x": x}, ulps=2)
+    params = {t.name: t.data_type for t in sess.optimized_model.graph.initializer}
+    assert set(params.values()) == {TensorProto.FLOAT}
+
+
+def _refused(kwargs, reason):
     form = kwargs.pop("form", "legacy")
     model = gn_model(groups=4, form=form, **kwargs)
     x = arr(2, 8, 4, 4).astype(helper.tensor_dtype_to_np_dtype(kwargs.get("elem", TensorProto.FLOAT)))
-    opt, report = run_and_compare(model, x, atol=2e-3 if x.dtype == np.float16 else 1e-5)
+    opt, report = run_and_compare(model, x, atol={np.dtype(np.float16): 2e-3, HALF_NP[TensorProto.BFLOAT16]: 5e-2}
+                                  .get(x.dtype, 1e-5))
     assert report["passes"][PASS] == 0
     refused = [e for e in report["refused"] if e["pass"] == PASS]
     assert len(refused) == 1 and reason in refused[0]["reason"], refused

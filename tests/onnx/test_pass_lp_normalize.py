@@ -9,9 +9,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import HALF_NP as NP_HALF, assert_matches_float64
 
 RNG = np.random.default_rng(41)
-F, D, H = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16
+F, D, H, BF = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16
 PASS = "lp_normalize"
 
 
@@ -27,7 +28,7 @@ def normalize_model(shape=(4, 8), *, axis=-1, opset=18, form="dynamo", reduce="R
                     eps=1e-12, keepdims=1, elem=F, extra_outputs=(), eps_input=False, clip_max=None, axes=None):
     """The exporters' F.normalize: form 'legacy' (Expand to Shape(x)), 'dynamo' (Expand to a constant),
     'plain' (no Expand)."""
-    dtype = np.float32 if elem == F else (np.float64 if elem == D else np.float16)
+    dtype = {F: np.float32, D: np.float64, **NP_HALF}[elem]
     axes = [axis] if axes is None else axes
     inits = []
     if opset >= 18:
@@ -68,7 +69,7 @@ def normalize_model(shape=(4, 8), *, axis=-1, opset=18, form="dynamo", reduce="R
 
 def feed_for(model, shape, dtype=np.float32):
     x = RNG.standard_normal(shape).astype(dtype)
-    x[0] *= dtype(1e-14)          # a vector whose norm is below eps (where F.normalize differs from ONNX)
+    x[0] *= np.asarray(1e-14, dtype)   # a vector whose norm is below eps (where F.normalize differs from ONNX)
     x[1] = 0                      # a zero vector
     feed = {"x": x}
     if any(i.name == "eps" for i in model.graph.input):
@@ -149,7 +150,6 @@ def test_l1_norm():
     (dict(eps=-1.0), "lower bound"),
     (dict(extra_outputs=("norm",)), "graph output"),
     (dict(extra_outputs=("clamped",), form="legacy"), "graph output"),
-    (dict(elem=H), "FLOAT16"),
     (dict(elem=D, eps=1e-12), "float32"),     # float64 eps that float32 attributes cannot hold
 ])
 def test_refusals(kw, reason):
@@ -165,6 +165,25 @@ def test_refusals(kw, reason):
     got = normrt.InferenceSession(model).run(None, feed)
     with np.errstate(all="ignore"):       # onnx.reference divides zero vectors by a negative/float16 eps
         check_against_reference(model, feed, got, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", ["dynamo", "legacy"])
+def test_half_fused(form):
+    """The bfloat16 spelling (its eps in half) -> one half LpNorm, within bfloat16 rounding of
+    float64; float16 with eps 1e-4 too. float16's 1e-12 is 0: refused (NaN for a zero vector)."""
+    for elem, eps in ((BF, 1e-12), (H, 1e-4)):
+        model = normalize_model((4, 8), form=form, elem=elem, eps=eps)
+        opt, report = normrt.optimize(model, report=True)
+        assert report["passes"][PASS] == 1, report["refused"]
+        assert [n.op_type for n in opt.graph.node] == ["LpNorm"]
+        feed = feed_for(model, (4, 8), NP_HALF[elem])
+        assert_matches_float64(normrt.InferenceSession(model).run(None, feed), model, feed, ulps=2)
+    model = normalize_model((4, 8), form=form, elem=H)
+    _, report = normrt.optimize(model, report=True)
+    assert report["passes"][PASS] == 0 and "underflows" in report["refused"][0]["reason"]
+    feed = feed_for(model, (4, 8), np.float16)
+    with np.errstate(all="ignore"):
+        check_against_reference(model, feed, normrt.InferenceSession(model).run(None, feed), rtol=1e-3, atol=1e-3)
 
 
 def test_expand_that_broadcasts_up_is_refused():

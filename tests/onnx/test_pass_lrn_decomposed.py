@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import assert_matches_float64
 
 RNG = np.random.default_rng(43)
 F, D, H = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16
@@ -162,7 +163,6 @@ def test_onnx_window_for_even_size_is_accepted():
     (dict(alpha_input=True), "alpha", True),
     (dict(extra_outputs=("sq",)), "graph output", True),
     (dict(extra_outputs=("summed",), form="legacy"), "graph output", True),
-    (dict(elem=H), "FLOAT16", True),
     # float64 constants the float attributes of normrt::LRN cannot hold exactly
     (dict(elem=D, alpha=1e-2), "float32", True),
 ])
@@ -179,6 +179,17 @@ def test_refusals(kw, reason, runs):
     feed = feed_for(model, (2, 8, 6, 6), dtype)
     got = normrt.InferenceSession(model).run(None, feed)
     check_reference(model, feed, got, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("form", ["dynamo", "legacy"])
+def test_float16_fused(form):
+    """The float16 spelling (alpha, beta, k in half) -> one half LRN, within float16 rounding of float64."""
+    model = lrn_model((2, 8, 6, 6), form=form, elem=H)
+    opt, report = normrt.optimize(model, report=True)
+    assert report["passes"][PASS] == 1, report["refused"]
+    assert "LRN" in [n.op_type for n in opt.graph.node]
+    feed = feed_for(model, (2, 8, 6, 6), np.float16)
+    assert_matches_float64(normrt.InferenceSession(model).run(None, feed), model, feed, ulps=2)
 
 
 def test_if_branch_doing_arithmetic_is_refused():

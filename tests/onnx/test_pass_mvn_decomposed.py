@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import assert_matches_float64
 
 RNG = np.random.default_rng(53)
 F, D, H = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16
@@ -173,7 +174,6 @@ def test_float64_exact_eps():
     (dict(extra_outputs=[("std", (1, 4, 1, 1))]), "graph output", True),
     (dict(extra_outputs=[("d", SHAPE)]), "graph output", True),
     (dict(elem=D, eps=1e-6), "float32", True),
-    (dict(elem=H), "FLOAT16", True),
 ])
 def test_refusals(kw, reason, runs):
     elem = kw.get("elem", F)
@@ -186,6 +186,15 @@ def test_refusals(kw, reason, runs):
     if runs:
         tol = 5e-3 if elem == H else 1e-5
         check(model, feed(elem=elem), tol, tol)
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 3), (2, 3)])
+def test_float16_fused(axes):
+    """The torch-style float16 spelling (eps and counts in half) -> one half MeanVarianceNorm."""
+    model = torch_style(axes, elem=H)
+    fused_attrs(model)
+    inputs = feed(elem=H)
+    assert_matches_float64(normrt.InferenceSession(model).run(None, inputs), model, inputs, ulps=2)
 
 
 def test_eps_inside_over_trailing_axes_is_left_to_layer_norm():

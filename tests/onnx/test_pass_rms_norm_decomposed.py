@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from half_models import assert_matches_float64
 from test_pass_layer_norm_decomposed import const, make_model, ops, reduce_mean, run_and_compare, vi
 
 RNG = np.random.default_rng(7)
@@ -108,8 +109,9 @@ def test_scale_with_leading_ones_is_reshaped():
     assert inits[sess.optimized_model.graph.node[0].input[1]].shape == (16,)
 
 
-def test_float16_model_keeps_its_casts():
-    """x16 -> Cast(float) -> statistics -> Cast(float16) -> Mul(w16): the float32 part is fused."""
+def test_float16_model_becomes_one_half_node():
+    """x16 -> Cast(float) -> statistics -> Cast(float16) -> Mul(w16) (LLaMA's RMSNorm): the float32
+    part is fused, then the Cast island and the half weight after it (cast_islands)."""
     nodes, inits = rms_nodes(x="x32", out="n32", scale=None)
     nodes = [helper.make_node("Cast", ["x"], ["x32"], name="to32", to=F)] + nodes
     nodes += [helper.make_node("Cast", ["n32"], ["n16"], name="to16", to=TensorProto.FLOAT16),
@@ -119,7 +121,9 @@ def test_float16_model_keeps_its_casts():
                        inits, 18)
     sess, report = run_and_compare(model, atol=2e-3)
     assert fused(report) == 1
-    assert ops(sess) == ["Cast", "RMSNorm", "Cast", "Mul"]
+    assert ops(sess) == ["RMSNorm"] and list(sess.optimized_model.graph.node[0].input)[0] == "x"
+    feed = {"x": RNG.standard_normal((3, 16)).astype(np.float16)}
+    assert_matches_float64(sess.run(None, feed), model, feed, ulps=2)
 
 
 def test_input_cast_read_elsewhere_stays():

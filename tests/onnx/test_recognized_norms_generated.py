@@ -4,6 +4,10 @@ Mul, ReduceSum / n vs ReduceMean, keepdims=0 + Unsqueeze / Reshape views, identi
 constants as initializers or Constant nodes, constant vs runtime affine), and checks that
 each becomes exactly one normrt node whose result matches onnx.reference on the original
 model; look-alikes generated the same way stay unfused and correct.
+
+The dtype axis: the same spellings in float16 / bfloat16 (constants, eps, exponents in
+half), or in float32 inside a Cast island (x16 -> Cast(float) -> norm -> Cast(half)), each
+one half normrt node matching the float64 twin of the model within the output's rounding.
 """
 import os
 
@@ -14,8 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from half_models import HALF_NP, assert_matches_float64
 
 F = TensorProto.FLOAT
+NP = {F: np.dtype(np.float32), **HALF_NP}
+# (the norm's arithmetic, the model's inputs and outputs): float32; half; a Cast island
+DTYPES = [(F, F), (TensorProto.FLOAT16, TensorProto.FLOAT16), (TensorProto.BFLOAT16, TensorProto.BFLOAT16),
+          (F, TensorProto.FLOAT16), (F, TensorProto.BFLOAT16)]
 NORM_OPS = ("LayerNorm", "RMSNorm", "ChannelNorm", "InstanceNorm", "GroupNorm", "AdaIN", "LpNorm")
 SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -23,8 +32,11 @@ SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES"
 class Spelling:
     """Builds one graph: `value(...)` emits nodes, constants go to initializers or Constant nodes."""
 
-    def __init__(self, draw, shape):
+    def __init__(self, draw, shape, dtypes=(F, F)):
         self.draw, self.shape = draw, tuple(shape)
+        self.elem, self.io = dtypes          # the norm's element type, the model's inputs/outputs'
+        self.island = self.io != self.elem
+        self.x_shape = self.shape
         self.nodes, self.inits, self.inputs, self.feeds = [], [], [], {}
         self.n = 0
         self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
@@ -38,8 +50,8 @@ class Spelling:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
-    def const(self, value, dtype=np.float32):
-        value = np.asarray(value, dtype)
+    def const(self, value, dtype=None):
+        value = np.asarray(value, NP[self.elem] if dtype is None else dtype)
         name = self.fresh("c")
         if self.draw(st.booleans()):
             self.inits.append(numpy_helper.from_array(value, name))
@@ -50,7 +62,7 @@ class Spelling:
 
     def maybe_cast(self, name):
         """An identity Cast (float -> float) now and then: exporters put them around statistics."""
-        return self.node("Cast", [name], to=F) if self.draw(st.integers(0, 3)) == 0 else name
+        return self.node("Cast", [name], to=self.elem) if self.draw(st.integers(0, 3)) == 0 else name
 
     def binary(self, op, a, b):
         """a op b, the operands swapped at random for commutative ops."""
@@ -58,18 +70,22 @@ class Spelling:
             a, b = b, a
         return self.node(op, [a, b])
 
-    def runtime(self, shape):
+    def runtime(self, shape, data=False):
+        """A graph input: a runtime parameter in the norm's type, or `data` like X (Cast up in an island)."""
         name = self.fresh("w_in")
-        self.inputs.append(helper.make_tensor_value_info(name, F, list(shape)))
-        self.feeds[name] = self.rng.standard_normal(shape).astype(np.float32)
-        return name
+        elem = self.io if data else self.elem
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        self.feeds[name] = self.rng.standard_normal(shape).astype(NP[elem])
+        return self.node("Cast", [name], to=self.elem) if data and self.island else name
 
     # -- statistics -----------------------------------------------------------
     def mean(self, v, axes):
         """mean of v over axes, keepdims-shaped (it is subtracted from v / divides it)."""
         keep = self.draw(st.booleans())
         n = int(np.prod([self.shape[a] for a in axes]))
-        kind = self.draw(st.sampled_from(["ReduceMean", "sum_div", "sum_mul"]))
+        # a half 1/n is not 1/n (the model's mean is off by its rounding): only where it is exact
+        exact = float(np.asarray(1.0 / n, NP[self.elem])) == 1.0 / n
+        kind = self.draw(st.sampled_from(["ReduceMean", "sum_div"] + (["sum_mul"] if exact else [])))
         ax = self.const(np.array(axes, np.int64), np.int64)
         if kind == "ReduceMean":
             r = self.node("ReduceMean", [v, ax], keepdims=int(keep))
@@ -141,19 +157,29 @@ class Spelling:
                 n = self.node("Neg", [n])
         return n
 
+    def x(self):
+        """The input X as the norm reads it (Cast up from half in an island)."""
+        return self.node("Cast", ["x"], to=self.elem) if self.island else "x"
+
     def model(self, y, opset=18):
-        x_info = helper.make_tensor_value_info("x", F, list(self.shape))
+        if self.island:
+            y = self.node("Cast", [y], to=self.io)
+        x_info = helper.make_tensor_value_info("x", self.io, list(self.x_shape))
         graph = helper.make_graph(self.nodes, "g", [x_info] + self.inputs,
-                                  [helper.make_tensor_value_info(y, F, list(self.shape))], self.inits)
+                                  [helper.make_tensor_value_info(y, self.io, list(self.x_shape))], self.inits)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _run(model, sb):
-    feeds = dict(sb.feeds, x=(sb.rng.standard_normal(sb.shape) * 3 + 1).astype(np.float32))
+    feeds = dict(sb.feeds, x=(sb.rng.standard_normal(sb.x_shape) * 3 + 1).astype(NP[sb.io]))
     sess = normrt.InferenceSession(model)
-    want = ReferenceEvaluator(model).run(None, feeds)[0]
-    got = sess.run(None, feeds)[0]
-    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    got = sess.run(None, feeds)
+    if sb.io == F:
+        want = ReferenceEvaluator(model).run(None, feeds)[0]
+        np.testing.assert_allclose(got[0], want, rtol=2e-4, atol=2e-4)
+    else:
+        # a runtime scale the kernel cannot read stays after it: one more rounding in half
+        assert_matches_float64(got, model, feeds, ulps=2)
     onnx.checker.check_model(sess.optimized_model)
     return sess
 
@@ -193,8 +219,8 @@ def norm_case(draw):
         k = draw(st.integers(1, min(2, rank - 1)))
         axes = list(range(rank - k, rank))
         param_shape = shape[rank - k:][-draw(st.integers(1, k)):]
-    sb = Spelling(draw, shape)
-    x = sb.maybe_cast("x")
+    sb = Spelling(draw, shape, draw(st.sampled_from(DTYPES)))
+    x = sb.maybe_cast(sb.x())
     if kind in ("rms", "channel_rms"):
         data = sb.maybe_cast(x)
         m2 = sb.second_moment(x, axes)
@@ -223,8 +249,8 @@ def _adain_case(draw):
     n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
     shape, s_shape = (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 4))), \
         (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 4)))
-    sb = Spelling(draw, shape)
-    style = sb.runtime(s_shape)
+    sb = Spelling(draw, shape, draw(st.sampled_from(DTYPES)))
+    style = sb.runtime(s_shape, data=True)
     eps = float(draw(st.sampled_from([1e-5, 1e-3])))
 
     def stats(v, shape):
@@ -234,7 +260,7 @@ def _adain_case(draw):
         std = sb.node("Sqrt", [sb.shifted(sb.second_moment(d, [2, 3]), eps)])
         return mean, d, std
 
-    _, dx, sx = stats("x", shape)
+    _, dx, sx = stats(sb.x(), shape)
     my, _, sy = stats(style, s_shape)
     sb.shape = shape
     form = draw(st.sampled_from(["product", "ratio", "normalized"]))
@@ -254,8 +280,8 @@ def _l2_case(draw):
     rank = draw(st.integers(2, 4))
     shape = tuple(draw(st.integers(2, 5)) for _ in range(rank))
     axis = draw(st.integers(0, rank - 1))
-    sb = Spelling(draw, shape)
-    x = sb.maybe_cast("x")
+    sb = Spelling(draw, shape, draw(st.sampled_from(DTYPES)))
+    x = sb.maybe_cast(sb.x())
     keep = draw(st.booleans())
     norm = sb.node("ReduceL2", [x, sb.const(np.array([axis], np.int64), np.int64)], keepdims=int(keep))
     if not keep:
@@ -267,10 +293,10 @@ def _group_case(draw, shape, groups):
     """GroupNorm by hand: X viewed as (N, G, -1) or (N, G, C/G, H, W), statistics over all but the
     first two axes, normalized, viewed back, then a per-channel affine."""
     n, c, h, w = shape
-    sb = Spelling(draw, shape)
+    sb = Spelling(draw, shape, draw(st.sampled_from(DTYPES)))
     view = (n, groups, -1) if draw(st.booleans()) else (n, groups, c // groups, h, w)
     real = (n, groups, c // groups * h * w) if len(view) == 3 else view
-    xg = sb.node("Reshape", [sb.maybe_cast("x"), sb.const(np.array(view, np.int64), np.int64)])
+    xg = sb.node("Reshape", [sb.maybe_cast(sb.x()), sb.const(np.array(view, np.int64), np.int64)])
     sb.shape = real                       # the statistics see the grouped view
     axes = list(range(2, len(real)))
     data = sb.node("Sub", [xg, sb.mean(xg, axes)])
@@ -293,6 +319,9 @@ def test_every_generated_spelling_becomes_one_normrt_node(case):
     left = [n.op_type for n in sess.optimized_model.graph.node if n.domain != "normrt"]
     runtime_may_stay = sb.feeds and not getattr(sb, "conditional", False)
     assert set(left) <= ({"Mul", "Cast"} if runtime_may_stay else set()), left
+    if not left:            # half, or an island: the one node reads X in the model's dtype
+        (node,) = [n for n in sess.optimized_model.graph.node if n.domain == "normrt"]
+        assert node.input[0] == "x", list(node.input)
 
 
 @st.composite

@@ -4,7 +4,8 @@
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
                       include them: torch's LRN pads by 0 for size 1) ─► attention
-                   ─► activation / residual epilogues
+                   ─► Cast islands (a float32 norm between half Casts -> one half node)
+                   ─► activation / residual epilogues ─► Cast islands again
                    ─► elementwise chains (what no fusion above took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
@@ -34,6 +35,7 @@ from .passes.fold_batch_norm import FoldBatchNorm
 from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
 from .passes.activation_epilogue import ActivationEpilogue
+from .passes.cast_islands import CastIslands
 from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
@@ -50,7 +52,9 @@ def default_passes():
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             NoOpViews(), AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
-            ActivationEpilogue(), ResidualNorm(), ConvEpilogue(), MatMulEpilogue(),
+            # islands first, so a half activation after the down Cast fuses; again after the
+            # epilogues, which may have taken a float32 activation inside an island
+            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(), MatMulEpilogue(),
             NoOpViews(), ElementwiseChains()]
 
 

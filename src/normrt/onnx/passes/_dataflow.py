@@ -25,10 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._graph import decode_attributes
-from ._queries import is_op
+from ._queries import constant_rel_tol, is_number, is_op
 
 VIEW_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten")
-REL_TOL = 1e-6     # a constant 1/n rounded to float32 still reads as a mean
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class Dataflow:
     def scalar(self, name):
         """The float value of a one-element float/int constant, or None."""
         v = self.const(name)
-        if v is None or v.size != 1 or v.dtype.kind not in "fiu":
+        if v is None or v.size != 1 or not is_number(v.dtype):
             return None
         return float(np.asarray(v).reshape(-1)[0])
 
@@ -141,7 +140,8 @@ class Dataflow:
         if v is None or not n:          # unknown, or an empty reduction (no mean to speak of)
             return False
         want = 1.0 / n if inverse else float(n)
-        return abs(v - want) <= REL_TOL * abs(want)
+        # a half-precision constant holds 1/n (or an n above 2048) only to its own rounding
+        return abs(v - want) <= constant_rel_tol(self.ctx.elem_type(name)) * abs(want)
 
     def read_mean_of(self, name, nodes, reducers=("ReduceMean",), sum_reducers=("ReduceSum",)):
         """(reduce node, its source, axes) if `name` is a mean spelled as one of the reducers, or

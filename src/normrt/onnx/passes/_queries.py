@@ -17,12 +17,21 @@ Every helper answers a question about the graph as it is now (passes re-ask in
 """
 import os
 
+import ml_dtypes
 import numpy as np
 from onnx import TensorProto
 
 from .._graph import NORMRT_DOMAIN, canonical_domain, decode_attributes
 
-KERNEL_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
+# The element types the normalization kernels read and write. Half-precision norms keep their
+# constant parameters in float32 (`param_dtype`): the kernels take float32 scale/bias with half X.
+HALF_DTYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+KERNEL_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE) + HALF_DTYPES
+# What the weight-folding passes (a BN or an affine into Conv/Gemm weights) take: folding into
+# half weights would round the products to half once more than the model does
+WIDE_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
+_TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64",
+               TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
 def is_op(node, *op_types, domain=""):
@@ -109,16 +118,29 @@ def constant(ctx, name):
     return ctx.constants.get(name) if name else None
 
 
+def is_float(dtype):
+    """Whether a numpy dtype is a floating type (bfloat16, ml_dtypes' numpy type, has kind 'V')."""
+    return dtype.kind == "f" or dtype == ml_dtypes.bfloat16
+
+
+def is_number(dtype):
+    return dtype.kind in "iu" or is_float(dtype)
+
+
 def scalar(ctx, name, max_rank):
     """The float value of a 1-element constant of rank <= max_rank (it broadcasts to nothing), or None."""
     v = constant(ctx, name)
-    if v is None or v.size != 1 or v.ndim > max_rank or v.dtype.kind not in "fiu":
+    if v is None or v.size != 1 or v.ndim > max_rank or not is_number(v.dtype):
         return None
     return float(v.reshape(-1)[0])
 
 
-def dtype_reason(ctx, names):
-    """Why these values do not all share one kernel dtype (float32/float64), or None."""
+def type_names(types):
+    return "/".join(_TYPE_NAMES[t] for t in types)
+
+
+def dtype_reason(ctx, names, allowed=KERNEL_DTYPES):
+    """Why these values do not all share one kernel dtype (of `allowed`), or None."""
     types = {ctx.elem_type(n) for n in names}
     if 0 in types:
         unknown = [n for n in names if ctx.elem_type(n) == 0]
@@ -126,8 +148,8 @@ def dtype_reason(ctx, names):
     if len(types) > 1:
         return "values of mixed element types"
     (t,) = types
-    if t not in KERNEL_DTYPES:
-        return f"element type {TensorProto.DataType.Name(t)} (kernels take float32/float64)"
+    if t not in allowed:
+        return f"element type {TensorProto.DataType.Name(t)} (kernels take {type_names(allowed)})"
     return None
 
 
@@ -164,7 +186,15 @@ def fused_name(ctx, nodes, suffix):
     return ctx.new_name(prefix + suffix)
 
 
-NP_FLOAT = {TensorProto.FLOAT: np.dtype(np.float32), TensorProto.DOUBLE: np.dtype(np.float64)}
+NP_FLOAT = {TensorProto.FLOAT: np.dtype(np.float32), TensorProto.DOUBLE: np.dtype(np.float64),
+            TensorProto.FLOAT16: np.dtype(np.float16), TensorProto.BFLOAT16: np.dtype(ml_dtypes.bfloat16)}
+
+
+def param_dtype(elem_type):
+    """The numpy dtype a fused norm's constant parameters are written in for X of `elem_type`:
+    X's own, float32 for half X (mixed-precision exports keep norm weights in float32, and the
+    scale and bias an affine chain folds into are products no half value holds exactly)."""
+    return np.dtype(np.float32) if elem_type in HALF_DTYPES else NP_FLOAT[elem_type]
 
 
 def is_normrt(node, op_type):
@@ -205,18 +235,18 @@ def other_input(node, name):
     return ins[1] if ins[0] == name else ins[0]
 
 
-def float_type_reason(ctx, names):
-    """None if every value is float32, or every value float64; else why not."""
+def float_type_reason(ctx, names, allowed=KERNEL_DTYPES):
+    """None if every value has one element type of `allowed`; else why not."""
     types = set()
     for name in names:
         t = ctx.elem_type(name)
         if t == 0:
             return f"element type of {name!r} is unknown"
-        if t not in KERNEL_DTYPES:
-            return f"element type of {name!r} is not float32/float64"
+        if t not in allowed:
+            return f"element type of {name!r} is not {type_names(allowed)}"
         types.add(t)
     if len(types) > 1:
-        return "values of mixed element types (float32 and float64)"
+        return f"values of mixed element types ({', '.join(type_names([t]) for t in sorted(types))})"
     return None
 
 
@@ -225,7 +255,7 @@ def scalar_constant(ctx, name, rank=None):
     if not ctx.is_constant(name):
         return None
     v = ctx.constants[name]
-    if v.size != 1 or v.dtype.kind != "f":
+    if v.size != 1 or not is_float(v.dtype):
         return None
     if v.ndim > (1 if rank is None else rank):
         return None
@@ -234,6 +264,12 @@ def scalar_constant(ctx, name, rank=None):
 
 def close_to(value, target, rel=1e-6):
     return value is not None and abs(value - target) <= rel * abs(target)
+
+
+def constant_rel_tol(elem_type):
+    """How far a constant of `elem_type` may be from the value it stands for (sqrt(2), 1/n):
+    half a unit in the last place of a half type, 1e-6 for float32/float64."""
+    return {TensorProto.FLOAT16: 2.0 ** -11, TensorProto.BFLOAT16: 2.0 ** -8}.get(elem_type, 1e-6)
 
 
 def channel_vector(value, C, rank):

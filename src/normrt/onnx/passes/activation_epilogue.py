@@ -30,7 +30,7 @@ import math
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import close_to, is_op, node_attrs, present, private_reason, scalar_constant
+from ._queries import close_to, constant_rel_tol, is_op, node_attrs, present, private_reason, scalar_constant
 
 SQRT2 = math.sqrt(2.0)
 PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU"}
@@ -106,18 +106,20 @@ class ActivationEpilogue(GraphPass):
                 return None
             return scalar_constant(ctx, ins[1] if ins[0] == value else ins[0], rank)
 
+        rel = constant_rel_tol(ctx.elem_type(y))     # a half model's sqrt(2) is rounded to half
+
         def single(name):
             r = consumers.get(name, [])
             return r[0] if len(r) == 1 else None
 
         if is_op(head, "Div"):
-            if list(head.input)[0] != y or not close_to(scalar_constant(ctx, head.input[1], rank), SQRT2):
+            if list(head.input)[0] != y or not close_to(scalar_constant(ctx, head.input[1], rank), SQRT2, rel):
                 return "Erf GELU: Div is not x / sqrt(2)"
-        elif not close_to(const_of(head, y), 1.0 / SQRT2):
+        elif not close_to(const_of(head, y), 1.0 / SQRT2, rel):
             return "Erf GELU: Mul is not x * (1 / sqrt(2))"
         erf = single(head.output[0])
         add = single(erf.output[0]) if erf is not None else None
-        if not is_op(add, "Add") or not close_to(const_of(add, erf.output[0]), 1.0):
+        if not is_op(add, "Add") or not close_to(const_of(add, erf.output[0]), 1.0, rel):
             return "Erf GELU: Erf is not followed by Add(., 1)"
         p = add.output[0]
         mul_p = single(p)
@@ -128,17 +130,17 @@ class ActivationEpilogue(GraphPass):
             if sorted(mul_p.input) != sorted([y, p]):
                 return "Erf GELU: unexpected Mul operands"
             last = single(mul_p.output[0])
-            if not is_op(last, "Mul") or not close_to(const_of(last, mul_p.output[0]), 0.5):
+            if not is_op(last, "Mul") or not close_to(const_of(last, mul_p.output[0]), 0.5, rel):
                 return "Erf GELU: y * (1 + erf) is not multiplied by 0.5"
             return "gelu", chain + [mul_p, last], last.output[0]
         if not is_op(other, "Mul"):
             return "Erf GELU: y is not multiplied"
-        if close_to(const_of(mul_p, p), 0.5):                # dynamo: y * (0.5 * p)
+        if close_to(const_of(mul_p, p), 0.5, rel):                # dynamo: y * (0.5 * p)
             q = mul_p.output[0]
             if sorted(other.input) != sorted([y, q]):
                 return "Erf GELU: y is not multiplied by 0.5 * (1 + erf)"
             return "gelu", chain + [mul_p, other], other.output[0]
-        if close_to(const_of(other, y), 0.5):                # (y * 0.5) * p
+        if close_to(const_of(other, y), 0.5, rel):                # (y * 0.5) * p
             h = other.output[0]
             if sorted(mul_p.input) != sorted([h, p]):
                 return "Erf GELU: y * 0.5 is not multiplied by 1 + erf"

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._queries import chain_nodes_reason, dtype_reason, Graph
+from ._queries import WIDE_DTYPES, chain_nodes_reason, dtype_reason, Graph
 from ._dataflow import Dataflow, is_op
 from ._queries import channel_vector, node_attrs
 
@@ -88,7 +88,7 @@ class AffineBeforeConv(GraphPass):
         C, rank = shape[1], len(shape)
         if W.shape[1] != C:
             return f"Conv weight of {W.shape[1]} input channels, X has {C}"
-        reason = dtype_reason(ctx, [m.x, m.conv.output[0]] + [n.output[0] for n in m.chain])
+        reason = dtype_reason(ctx, [m.x, m.conv.output[0]] + [n.output[0] for n in m.chain], WIDE_DTYPES)
         if reason:
             return reason
         a, d = np.ones(C), np.zeros(C)

@@ -38,7 +38,7 @@ from onnx import helper
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs, only_consumer,
+from ._queries import (NP_FLOAT, channel_vector, param_dtype, float_type_reason, is_normrt, is_op, node_attrs, only_consumer,
                      other_input, present, private_reason, take_fused_entry)
 
 PATTERN_CONDITIONAL = "ConditionalInstanceNorm"
@@ -179,7 +179,7 @@ class ConditionalInstanceNorm(GraphPass):
                     bias = other
             value = node.output[0]
         m.info = {"x": x, "epsilon": attrs.get("epsilon", 1e-5), "scale": scale, "bias": bias, "output": value,
-                  "C": C, "dtype": dtype}
+                  "C": C, "dtype": param_dtype(ctx.elem_type(x))}
         return None
 
     # -- rewrite -------------------------------------------------------------

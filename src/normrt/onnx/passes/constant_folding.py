@@ -6,6 +6,9 @@
 
 Nodes are visited in topological order, so chains of constant-only nodes
 (ConstantOfShape -> weights, Constant -> Reshape shape, ...) fold entirely.
+A CastLike of a constant folds too when the type of its `target_type` input is
+known (its values are not read): the dynamo exporter writes the weights of a
+bfloat16 GroupNorm as CastLike(w, x).
 The node is evaluated by the executor's own node binding (the same code
 that runs it at inference time).
 
@@ -92,6 +95,18 @@ class ConstantFolding(GraphPass):
         in_bytes = sum(ctx.constants[n].nbytes for n in reads)
         return out_bytes > self.max_folded_bytes and out_bytes > MAX_GROWTH * max(in_bytes, 1)
 
+    @staticmethod
+    def _cast_like_as_cast(ctx, node):
+        """CastLike(constant, value of a known type) as the Cast it is (foldable), else the node."""
+        if node.op_type != "CastLike" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or \
+                not ctx.is_constant(node.input[0]) or ctx.is_constant(node.input[1]):
+            return node
+        to = ctx.elem_type(node.input[1])
+        if not to:
+            return node
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "saturate"}
+        return onnx.helper.make_node("Cast", [node.input[0]], list(node.output), name=node.name, to=to, **attrs)
+
     def run(self, ctx):
         count = 0
         for _ in range(MAX_SHAPE_ROUNDS):
@@ -112,6 +127,7 @@ class ConstantFolding(GraphPass):
         graph_outputs = set(ctx.graph_outputs)
         kept = []
         for node in ctx.nodes:
+            node = self._cast_like_as_cast(ctx, node)
             if node.output and node.output[0] not in graph_outputs:
                 value = static_shape_value(ctx, node)
                 if value is not None:

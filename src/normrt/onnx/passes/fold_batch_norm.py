@@ -31,7 +31,7 @@ from onnx import helper
 
 from ...api.weights import fold_batch_norm
 from . import GraphPass
-from ._queries import (NP_FLOAT, float_type_reason, is_normrt, is_op, node_attrs, present, private_reason,
+from ._queries import (NP_FLOAT, WIDE_DTYPES, float_type_reason, is_normrt, is_op, node_attrs, present, private_reason,
                      take_fused_entry)
 
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -114,7 +114,7 @@ class FoldBatchNorm(GraphPass):
             return f"{prod.op_type} bias is not a constant"
         x = prod.input[0]
         names = [x, prod.input[1]] + ([bias_name] if bias_name else []) + list(bn.input[1:5])
-        reason = float_type_reason(ctx, names)
+        reason = float_type_reason(ctx, names, WIDE_DTYPES)
         if reason:
             return reason
         dtype = NP_FLOAT[ctx.elem_type(x)]

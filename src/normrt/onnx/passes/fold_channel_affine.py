@@ -40,7 +40,7 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, other_input, present,
+from ._queries import (NP_FLOAT, WIDE_DTYPES, channel_vector, float_type_reason, is_normrt, is_op, other_input, present,
                      private_reason)
 from .fold_batch_norm import FoldBatchNorm
 
@@ -124,7 +124,7 @@ class FoldChannelAffine(GraphPass):
         if isinstance(params, str):
             return params
         C, rank, names = params
-        reason = float_type_reason(ctx, [y])
+        reason = float_type_reason(ctx, [y], WIDE_DTYPES)
         if reason:
             return reason
         dtype = NP_FLOAT[ctx.elem_type(y)]

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import (NP_FLOAT, channel_vector, float_type_reason, is_normrt, is_op, node_attrs,
+from ._queries import (NP_FLOAT, channel_vector, param_dtype, float_type_reason, is_normrt, is_op, node_attrs,
                      only_consumer, present, private_reason, take_fused_entry)
 
 PATTERN = "GroupNorm(Reshape/InstanceNormalization/Reshape)"
@@ -237,7 +237,7 @@ class GroupNormInstance(GraphPass):
     # -- rewrite -------------------------------------------------------------
     def rewrite(self, ctx, m):
         info = m.info
-        dtype = NP_FLOAT[ctx.elem_type(info["x"])]
+        dtype = param_dtype(ctx.elem_type(info["x"]))
         inputs = [info["x"], "", ""]
         if info["scale"] is not None:
             inputs[1] = ctx.add_constant(f"{m.reshape_in.name or 'group_norm'}_scale", info["scale"].astype(dtype))

@@ -18,7 +18,8 @@ Refused (reason in the report):
 - an Expand whose shape is neither Shape(X) nor a constant that leaves X's shape as it
   is (or a Shape with start/end); a Div that would broadcast X up;
 - a middle value read elsewhere or a graph output;
-- element types other than float32/float64.
+- element types other than float32/float64/float16/bfloat16; an eps of 0 (float16's
+  1e-12 is 0: the model's zero vector is 0 / 0, NaN, where the kernel writes zeros).
 - a float64 constant that a float32 attribute cannot hold exactly (it would change results).
 """
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_float, is_op
 from ._queries import node_attrs
 from ._stats import float_attr_reason
 
@@ -71,7 +72,7 @@ def clip_min(ctx, node, opset):
     if v is None:
         return None, f"{node.name!r}: the lower bound is not a constant"
     v = np.asarray(v)
-    if v.size != 1 or v.dtype.kind != "f":
+    if v.size != 1 or not is_float(v.dtype):
         return None, f"{node.name!r}: the lower bound is not a float scalar"
     eps = float(v.reshape(()))
     if not eps >= 0.0 or not np.isfinite(eps):
@@ -152,6 +153,9 @@ class LpNormalize(GraphPass):
         reason = float_attr_reason("eps", eps)
         if reason:
             return reason
+        if eps == 0.0:
+            # float16's 1e-12 is 0: the model divides a zero vector by 0 (NaN), the kernel gives zeros
+            return "eps is 0 (torch's 1e-12 underflows in float16): a zero vector is NaN in the model"
         if m.expand is not None:
             if m.shape is not None:
                 attrs, reason = node_attrs(m.shape)

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from . import GraphPass
-from ._queries import float_type_reason, is_op, node_attrs, present, private_reason
+from ._queries import WIDE_DTYPES, float_type_reason, is_op, node_attrs, present, private_reason
 
 
 @dataclass
@@ -69,7 +69,7 @@ class PoolBeforePointwiseConv(GraphPass):
             return reason
         if len([o for o in conv.output if o]) != 1 or len([o for o in pool.output if o]) != 1:
             return "Conv or AveragePool with more than one output"
-        reason = float_type_reason(ctx, [conv.input[0], y])
+        reason = float_type_reason(ctx, [conv.input[0], y], WIDE_DTYPES)
         if reason:
             return reason
         w_shape = ctx.shape(conv.input[1]) if len(conv.input) > 1 else None

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
 from ._dataflow import Dataflow, Moment, is_op
 from ._queries import channel_vector
 
@@ -725,7 +725,7 @@ class RecognizedNorms(GraphPass):
             self._replace(ctx, m, make_node("LpNorm", [x], [m.output], fused_name(ctx, plan["removed"], "LpNorm"),
                                             p=2, axis=plan["axis"]))
             return
-        dtype = np.float32 if ctx.elem_type(x) == 1 else np.float64
+        dtype = param_dtype(ctx.elem_type(x))
         inputs = [x]
         is_one = np.all(np.asarray(scale) == 1.0)
         is_zero = np.all(np.asarray(bias) == 0.0)

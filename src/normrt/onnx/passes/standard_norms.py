@@ -14,8 +14,9 @@ graph input stays an input of the normrt node); attributes are copied with
 their ONNX defaults made explicit where the normrt default differs.
 
 Refused (left to onnx.reference), each with its reason in the report:
-- element types other than float32/float64, or X and parameters of mixed types,
-  or a type shape inference cannot tell;
+- element types other than float32/float64/float16/bfloat16, or parameters of
+  another type than X's (float32 parameters with half X are taken), or a type
+  shape inference cannot tell;
 - op versions whose semantics differ (BatchNormalization < 7 or `spatial=0`,
   its training outputs before opset 14, MeanVarianceNormalization < 9);
 - attribute values the kernels do not take (LpNormalization p not 1 or 2, ...).
@@ -26,9 +27,7 @@ from onnx import TensorProto, helper
 from .._graph import canonical_domain, decode_attributes
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-
-KERNEL_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
-DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+from ._queries import HALF_DTYPES, KERNEL_DTYPES, WIDE_DTYPES, type_names
 MIN_RANK = {"BatchNorm": 2, "InstanceNorm": 3, "GroupNorm": 2, "LRN": 3}
 
 
@@ -46,6 +45,8 @@ class StandardNorms(GraphPass):
 
     # -- check ---------------------------------------------------------------
     def _dtype_reason(self, ctx, node, names):
+        """X (names[0]) of a kernel type and the parameters of X's, or float32 with half X
+        (BatchNormalization-15's T1/T2; the kernels take float32 parameters with half X)."""
         types = []
         for name in names:
             if not name:
@@ -54,11 +55,13 @@ class StandardNorms(GraphPass):
             if t == 0:
                 return f"element type of {name!r} is unknown"
             if t not in KERNEL_DTYPES:
-                return f"element type {helper.tensor_dtype_to_string(t)} of {name!r} (kernels take float32/float64)"
+                return (f"element type {helper.tensor_dtype_to_string(t)} of {name!r} "
+                        f"(kernels take {type_names(KERNEL_DTYPES)})")
             types.append(t)
-        if len(set(types)) > 1:
+        allowed = {types[0], TensorProto.FLOAT} if types and types[0] in HALF_DTYPES else set(types[:1])
+        if any(t not in allowed for t in types[1:]):
             return "inputs of mixed element types " + ", ".join(
-                f"{n}:{DTYPE_NAMES[t]}" for n, t in zip([n for n in names if n], types))
+                f"{n}:{type_names([t])}" for n, t in zip([n for n in names if n], types))
         return None
 
     def check(self, ctx, node):
@@ -113,7 +116,7 @@ class StandardNorms(GraphPass):
         out = {"axis": attrs.get("axis", -1), "epsilon": attrs.get("epsilon", 1e-5)}
         if _n_outputs(node) > 1:
             stash = attrs.get("stash_type", 1)
-            if stash not in KERNEL_DTYPES:
+            if stash not in WIDE_DTYPES:
                 return f"stash_type={stash} for the Mean/InvStdDev outputs"
             out["stash_type"] = stash
         inputs = list(node.input[:3])
