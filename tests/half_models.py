@@ -5,7 +5,8 @@
 the graph becomes `dtype` (float16 or bfloat16): initializers, Constant /
 ConstantOfShape values, graph inputs, outputs and value_info, Cast targets.
 Inputs the ONNX schema types float32 whatever the data (Resize's `scales`,
-Upsample's `scales`) keep float32, with the constants and Casts that make them.
+Upsample's `scales`) keep float32, with the constants and Casts that make them;
+finite constants beyond the half range clamp to its largest value.
 """
 import ml_dtypes
 import numpy as np
@@ -19,7 +20,12 @@ _FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
 
 def _half_tensor(t, dtype):
-    return numpy_helper.from_array(numpy_helper.to_array(t).astype(dtype), t.name)
+    # finite values beyond the half range (attention masks of float32's lowest value) clamp to
+    # its largest finite value, as onnxconverter-common does, rather than becoming infinities
+    a = numpy_helper.to_array(t)
+    big = float(ml_dtypes.finfo(dtype).max)
+    a = np.where(np.isfinite(a), np.clip(a, -big, big), a)
+    return numpy_helper.from_array(a.astype(dtype), t.name)
 
 
 def to_half(model, dtype):

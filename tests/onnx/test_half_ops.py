@@ -489,3 +489,38 @@ def test_norm_kernel_node_gets_half_x_and_model_weights(dtype, weights):
     g = g.astype(dtype).astype(np.float64)           # normrt rounds the GroupNorm output to the model dtype
     ref = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5) * ln_s + ln_b
     assert_close_in_dtype(y, ref, dtype, ulps=1.0, f32_rel=2.0 ** -16)
+
+
+# ------------------------------------------------------------------ whole models
+DATA = __import__("pathlib").Path(__file__).parent.parent / "data"
+
+
+@pytest.mark.parametrize("name", ["diffusers_unet2d__dynamo18", "hf_bert__dynamo18"])
+def test_float16_model_matches_onnxruntime(name):
+    """A float32 fixture converted to float16 (every tensor, as a `.half()` export): normrt's result agrees
+    with onnxruntime's float16 run of the same file and is as close to the float32 model's as onnxruntime's.
+    No op falls back to onnx.reference except the normalizations the rewrite passes left (named in the
+    session's report, with their reason)."""
+    ort = pytest.importorskip("onnxruntime")
+    m32 = onnx.load(DATA / f"{name}.onnx")
+    stored = np.load(DATA / f"{name}.npz")
+    m16 = to_half(m32, np.float16)
+    sess = normrt.InferenceSession(m16.SerializeToString())
+    feeds = {i.name: stored[f"input:{i.name}"] for i in sess.get_inputs()}
+    feeds = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in feeds.items()}
+    y = sess.run(None, feeds)[0]
+    assert y.dtype == np.float16
+    refused = {n for e in sess.report["refused"] for n in e["nodes"]}
+    fell = [s.node.name for s in sess.executor.steps if s.kind == "reference" and s.node.name not in refused]
+    assert not fell, f"ops on onnx.reference: {fell}"
+    assert not [s.node.op_type for s in sess.executor.steps if getattr(s.run, "fallback_runs", 0)]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    y_ort = ort.InferenceSession(m16.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    y32 = normrt.InferenceSession(m32.SerializeToString()).run(
+        None, {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in feeds.items()})[0]
+    scale = float(np.abs(y32).max())
+    err = np.abs(y.astype(np.float64) - y32).max()
+    err_ort = np.abs(y_ort.astype(np.float64) - y32).max()
+    np.testing.assert_allclose(y.astype(np.float32), y_ort.astype(np.float32), rtol=0, atol=2.0 ** -7 * scale)
+    assert err <= 2 * err_ort + 2.0 ** -10 * scale, (err, err_ort)
