@@ -524,3 +524,29 @@ def test_float16_model_matches_onnxruntime(name):
     err_ort = np.abs(y_ort.astype(np.float64) - y32).max()
     np.testing.assert_allclose(y.astype(np.float32), y_ort.astype(np.float32), rtol=0, atol=2.0 ** -7 * scale)
     assert err <= 2 * err_ort + 2.0 ** -10 * scale, (err, err_ort)
+
+
+def test_inspect_shows_kernel_node_and_input_dtypes(tmp_path, capsys):
+    """`normrt inspect` on a mixed-precision model: the model's input dtypes, and per kernel node its X -> Y
+    element types with the weights' where they differ."""
+    from normrt import cli
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 8])
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 8])
+    nodes = [normrt_node("LayerNorm", ["x", "s", "b"], ["ln"], "ln"),
+             normrt_node("MatMul", ["ln", "w"], ["y"], "mm")]
+    inits = [numpy_helper.from_array(np.ones(8, np.float32), "s"), numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(np.eye(8, dtype=np.float16), "w")]
+    graph = helper.make_graph(nodes, "g", [x, ids], [y], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(m, path)
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inputs: x float16 [2, 8], ids int64 [2]" in out
+    # (the model holds normrt nodes already, so its table lists no fusion: the cells it would show)
+    from normrt.onnx.report import dtype_name, value_elem_types
+    types = value_elem_types(m)
+    assert (dtype_name(types["ln"]), dtype_name(types["y"])) == ("float16", "float16")
+    assert cli._node_dtypes(m.graph.node[0], types) == "float16 (weights float32) -> float16"
+    assert cli._node_dtypes(m.graph.node[1], types) == "float16 -> float16"
