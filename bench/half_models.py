@@ -1,0 +1,155 @@
+"""Half-precision models: normrt vs onnxruntime on the same float16 file, and against the float32 model.
+
+    python -m bench.half_models                          # every model, float16 and bfloat16, 2 threads
+    python -m bench.half_models --only unet16 --dtypes float16 --repeat 50 --blocks 5
+
+Each float32 bench model (the bundled examples, the diffusers UNet/VAE fixtures) is
+converted to float16 and to bfloat16 the way a `.half()` export holds it
+(tests/half_models.to_half: every float32 tensor, weights included) and written
+into the cache (`--cache`, default ~/.cache/normrt-bench/half_models). On each
+file normrt and onnxruntime run the same inputs; onnxruntime's CPU provider has no
+bfloat16 kernels for these models, so bfloat16 rows compare with normrt's float32
+run only. The table also gives normrt's largest error against onnxruntime's
+result and against its own float32 run of the float32 model (a bfloat16 norm
+left to onnx.reference, which computes it in bfloat16, shows there); the
+pytest-benchmark version (bench/test_half_models.py) checks them first.
+
+Timing: each runtime (and normrt's float32 run) in its own block after a pause
+(onnxruntime's pool threads spin after a run and slow whoever runs next); a time
+is the minimum over `--blocks` blocks of each block's median of `--repeat` runs.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from .small_models import time_block
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normrt-bench" / "half_models"
+MODELS = {
+    "groupnorm_cnn": ROOT / "src/normrt/examples/groupnorm_cnn.onnx",
+    "transformer_block": ROOT / "src/normrt/examples/transformer_block.onnx",
+    "unet16": ROOT / "tests/data/diffusers_unet2d__dynamo18.onnx",
+    "vae16": ROOT / "tests/data/diffusers_vae__legacy17.onnx",
+}
+DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def half_model(name, dtype, cache=DEFAULT_CACHE):
+    """The path of MODELS[name] converted to `dtype` (written once into the cache)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from half_models import to_half
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    path = Path(cache) / f"{name}_{np.dtype(dtype).name}.onnx"
+    src = MODELS[name]
+    if not path.exists() or path.stat().st_mtime < src.stat().st_mtime:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(to_half(onnx.load(src), dtype), path)
+    return path
+
+
+def feeds_for(path, dtype, seed=0):
+    """Standard-normal inputs of the float32 model MODELS[...] at `path`, as `dtype` (ints kept)."""
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+        dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if dt.kind == "f":
+            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32).astype(dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(dt)
+    return feeds
+
+
+def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
+    """{label: run function} for one model and dtype, and their first outputs (checked by `check`)."""
+    import normrt
+    path = half_model(name, dtype, cache)
+    feeds = feeds_for(MODELS[name], dtype)
+    feeds32 = {k: v.astype(np.float32) if v.dtype == dtype else v for k, v in feeds.items()}
+    half = normrt.InferenceSession(str(path), num_threads=threads)
+    f32 = normrt.InferenceSession(str(MODELS[name]), num_threads=threads)
+    runs = {"normrt": lambda: half.run(None, feeds), "normrt float32": lambda: f32.run(None, feeds32)}
+    if dtype == np.float16:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        runs["ort"] = lambda: osess.run(None, feeds)
+    return runs, half
+
+
+def errors(runs):
+    """normrt's half output against onnxruntime's (same file; None without it) and normrt's float32 run:
+    (max error vs ort, max error vs float32, max |float32|, max error of ort vs float32 or None)."""
+    y = runs["normrt"]()[0].astype(np.float64)
+    y32 = runs["normrt float32"]()[0].astype(np.float64)
+    scale = float(np.abs(y32).max())
+    if "ort" not in runs:
+        return None, float(np.abs(y - y32).max()), scale, None
+    yo = runs["ort"]()[0].astype(np.float64)
+    return float(np.abs(y - yo).max()), float(np.abs(y - y32).max()), scale, float(np.abs(yo - y32).max())
+
+
+def measure(runs, repeat, blocks=3, pause=0.2):
+    """{label: seconds}: the min over `blocks` of each run's block median, blocks alternating, each after a pause."""
+    best = {k: float("inf") for k in runs}
+    for _ in range(blocks):
+        for k, fn in runs.items():
+            time.sleep(pause)
+            best[k] = min(best[k], time_block(fn, repeat))
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated model names: " + ", ".join(MODELS))
+    ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("NORMRT_BENCH_THREADS", 2)))
+    ap.add_argument("--repeat", type=int, default=30, help="timed runs per block")
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+    import normrt
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.threads} threads; min over {args.blocks} blocks of the "
+          f"median of {args.repeat} runs, each runtime in its own block after a pause")
+    print("| model | dtype | normrt | onnxruntime (same file) | normrt / ort | normrt float32 model | "
+          "half / float32 | max err vs ort | max err vs float32 (scale) | fallback nodes |")
+    print("|" + "---|" * 10)
+    for name in names:
+        for dname in args.dtypes.split(","):
+            runs, sess = sessions(name, DTYPES[dname], args.threads, args.cache)
+            err_ort, err32, scale, _ = errors(runs)
+            t = measure(runs, args.repeat, args.blocks)
+            ort_cells = (f"{t['ort'] * 1e3:.3f} ms | {t['normrt'] / t['ort']:.2f}x" if "ort" in t
+                         else "(no bfloat16 kernels) | -")
+            print(f"| {name} | {dname} | {t['normrt'] * 1e3:.3f} ms | {ort_cells} | "
+                  f"{t['normrt float32'] * 1e3:.3f} ms | {t['normrt'] / t['normrt float32']:.2f}x | "
+                  f"{'-' if err_ort is None else f'{err_ort:.2g}'} | {err32:.2g} ({scale:.2g}) | "
+                  f"{sess.executor.counts()['reference']} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; normrt {normrt.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
