@@ -9,10 +9,14 @@ converted to float16 and to bfloat16 the way a `.half()` export holds it
 into the cache (`--cache`, default ~/.cache/normrt-bench/half_models). On each
 file normrt and onnxruntime run the same inputs; onnxruntime's CPU provider has no
 bfloat16 kernels for these models, so bfloat16 rows compare with normrt's float32
-run only. The table also gives normrt's largest error against onnxruntime's
-result and against its own float32 run of the float32 model (a bfloat16 norm
-left to onnx.reference, which computes it in bfloat16, shows there); the
-pytest-benchmark version (bench/test_half_models.py) checks them first.
+run only. "fused graph" is normrt on the graph normrt.optimize makes of the
+float32 model, converted the same way: every norm, Conv/MatMul epilogue and
+attention already a normrt node, as the rewrite passes make them of a half model
+when they fuse in half precision (the plain file's column shows what they fuse
+today: "fallback nodes" counts the norms they left to onnx.reference). The errors
+are the fused run's largest against onnxruntime's result and against normrt's
+float32 run of the float32 model; the pytest-benchmark version
+(bench/test_half_models.py) checks them first.
 
 Timing: each runtime (and normrt's float32 run) in its own block after a pause
 (onnxruntime's pool threads spin after a run and slow whoever runs next); a time
@@ -41,18 +45,22 @@ MODELS = {
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
-def half_model(name, dtype, cache=DEFAULT_CACHE):
-    """The path of MODELS[name] converted to `dtype` (written once into the cache)."""
+def half_model(name, dtype, cache=DEFAULT_CACHE, fused=False):
+    """The path of MODELS[name] converted to `dtype` (written once into the cache). `fused`: the graph
+    normrt.optimize makes of the float32 model, converted (every norm, epilogue and attention already a
+    normrt node: what the rewrite passes make of the half model when they fuse in half precision)."""
+    import normrt
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         from half_models import to_half
     finally:
         sys.path.remove(str(ROOT / "tests"))
-    path = Path(cache) / f"{name}_{np.dtype(dtype).name}.onnx"
+    path = Path(cache) / f"{name}_{np.dtype(dtype).name}{'_fused' if fused else ''}.onnx"
     src = MODELS[name]
     if not path.exists() or path.stat().st_mtime < src.stat().st_mtime:
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(to_half(onnx.load(src), dtype), path)
+        model = normrt.optimize(onnx.load(src)) if fused else onnx.load(src)
+        onnx.save(to_half(model, dtype), path)
     return path
 
 
@@ -82,8 +90,10 @@ def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
     feeds = feeds_for(MODELS[name], dtype)
     feeds32 = {k: v.astype(np.float32) if v.dtype == dtype else v for k, v in feeds.items()}
     half = normrt.InferenceSession(str(path), num_threads=threads)
+    fused = normrt.InferenceSession(str(half_model(name, dtype, cache, fused=True)), num_threads=threads)
     f32 = normrt.InferenceSession(str(MODELS[name]), num_threads=threads)
-    runs = {"normrt": lambda: half.run(None, feeds), "normrt float32": lambda: f32.run(None, feeds32)}
+    runs = {"normrt": lambda: half.run(None, feeds), "normrt fused": lambda: fused.run(None, feeds),
+            "normrt float32": lambda: f32.run(None, feeds32)}
     if dtype == np.float16:
         import onnxruntime as ort
         so = ort.SessionOptions()
@@ -95,10 +105,11 @@ def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
     return runs, half
 
 
-def errors(runs):
-    """normrt's half output against onnxruntime's (same file; None without it) and normrt's float32 run:
-    (max error vs ort, max error vs float32, max |float32|, max error of ort vs float32 or None)."""
-    y = runs["normrt"]()[0].astype(np.float64)
+def errors(runs, impl="normrt"):
+    """normrt's half output (`impl`: "normrt" or "normrt fused") against onnxruntime's (same file; None
+    without it) and normrt's float32 run: (max error vs ort, max error vs float32, max |float32|, max
+    error of ort vs float32 or None)."""
+    y = runs[impl]()[0].astype(np.float64)
     y32 = runs["normrt float32"]()[0].astype(np.float64)
     scale = float(np.abs(y32).max())
     if "ort" not in runs:
@@ -133,18 +144,20 @@ def main(argv=None):
     import normrt
     print(f"load average {os.getloadavg()[0]:.2f}; {args.threads} threads; min over {args.blocks} blocks of the "
           f"median of {args.repeat} runs, each runtime in its own block after a pause")
-    print("| model | dtype | normrt | onnxruntime (same file) | normrt / ort | normrt float32 model | "
-          "half / float32 | max err vs ort | max err vs float32 (scale) | fallback nodes |")
-    print("|" + "---|" * 10)
+    print("| model | dtype | normrt | onnxruntime (same file) | normrt / ort | normrt, fused graph | fused / ort | "
+          "normrt float32 model | fused / float32 | max err vs ort | max err vs float32 (scale) | fallback nodes |")
+    print("|" + "---|" * 12)
     for name in names:
         for dname in args.dtypes.split(","):
             runs, sess = sessions(name, DTYPES[dname], args.threads, args.cache)
-            err_ort, err32, scale, _ = errors(runs)
+            err_ort, err32, scale, _ = errors(runs, "normrt fused")
             t = measure(runs, args.repeat, args.blocks)
             ort_cells = (f"{t['ort'] * 1e3:.3f} ms | {t['normrt'] / t['ort']:.2f}x" if "ort" in t
                          else "(no bfloat16 kernels) | -")
+            vs_ort = f"{t['normrt fused'] / t['ort']:.2f}x" if "ort" in t else "-"
             print(f"| {name} | {dname} | {t['normrt'] * 1e3:.3f} ms | {ort_cells} | "
-                  f"{t['normrt float32'] * 1e3:.3f} ms | {t['normrt'] / t['normrt float32']:.2f}x | "
+                  f"{t['normrt fused'] * 1e3:.3f} ms | {vs_ort} | "
+                  f"{t['normrt float32'] * 1e3:.3f} ms | {t['normrt fused'] / t['normrt float32']:.2f}x | "
                   f"{'-' if err_ort is None else f'{err_ort:.2g}'} | {err32:.2g} ({scale:.2g}) | "
                   f"{sess.executor.counts()['reference']} |", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}; normrt {normrt.__version__}")

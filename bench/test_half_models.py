@@ -1,9 +1,10 @@
 """pytest-benchmark suite for half-precision models (bench/half_models.py): per model and dtype one group
-`half_model-NAME-DTYPE` holding normrt, onnxruntime on the same file (float16) and normrt's float32 run.
+`half_model-NAME-DTYPE` holding normrt, normrt on the fused graph (see half_models.py), onnxruntime on
+the same file (float16) and normrt's float32 run.
 
-Each benchmark checks normrt's half result first: within onnxruntime's own distance from the float32
-result (float16), within 2^-5 of the output's scale of it (bfloat16, when no node fell back: onnx.reference
-computes a bfloat16 norm in bfloat16).
+Each benchmark checks normrt's half result first (the plain file's and the fused graph's): within
+onnxruntime's own distance from the float32 result (float16), within 2^-5 of the output's scale of it
+(bfloat16; the plain file only when no node fell back: onnx.reference computes a bfloat16 norm in bfloat16).
 """
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from . import half_models
 
 # onnxruntime's CPU provider has no bfloat16 kernels for these models: no ort case in bfloat16
 CASES = [(name, dtype, impl) for name in half_models.MODELS for dtype in half_models.DTYPES
-         for impl in ("normrt", "ort", "normrt float32") if not (impl == "ort" and dtype == "bfloat16")]
+         for impl in ("normrt", "normrt fused", "ort", "normrt float32") if not (impl == "ort" and dtype == "bfloat16")]
 
 
 @pytest.mark.parametrize("name,dtype,impl", CASES)
@@ -21,12 +22,13 @@ def test_half_model(benchmark, name, dtype, impl, threads):
     if impl == "ort":
         pytest.importorskip("onnxruntime")
     runs, sess = half_models.sessions(name, half_models.DTYPES[dtype], threads)
-    err_ort, err32, scale, ort_err32 = half_models.errors(runs)
-    if err_ort is not None:
-        assert err_ort <= 2.0 ** -6 * scale, (err_ort, scale)
-        assert err32 <= 2 * ort_err32 + 2.0 ** -10 * scale, (err32, ort_err32)
-    elif sess.executor.counts()["reference"] == 0:
-        assert err32 <= 2.0 ** -5 * scale, (err32, scale)
+    for which in ("normrt", "normrt fused"):
+        err_ort, err32, scale, ort_err32 = half_models.errors(runs, which)
+        if err_ort is not None:
+            assert err_ort <= 2.0 ** -6 * scale, (which, err_ort, scale)
+            assert err32 <= 2 * ort_err32 + 2.0 ** -10 * scale, (which, err32, ort_err32)
+        elif which == "normrt fused" or sess.executor.counts()["reference"] == 0:
+            assert err32 <= 2.0 ** -5 * scale, (which, err32, scale)
     benchmark.group = f"half_model-{name}-{dtype}"
     benchmark.extra_info.update(threads=threads, fallback_nodes=sess.executor.counts()["reference"])
     benchmark(runs[impl])
