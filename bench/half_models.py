@@ -2,6 +2,7 @@
 
     python -m bench.half_models                          # every model, float16 and bfloat16, 2 threads
     python -m bench.half_models --only unet16 --dtypes float16 --repeat 50 --blocks 5
+    python -m bench.half_models --accuracy               # Conv / MatMul in half against float64
 
 Each float32 bench model (the bundled examples, the diffusers UNet/VAE fixtures) is
 converted to float16 and to bfloat16 the way a `.half()` export holds it
@@ -118,6 +119,50 @@ def errors(runs, impl="normrt"):
     return float(np.abs(y - yo).max()), float(np.abs(y - y32).max()), scale, float(np.abs(yo - y32).max())
 
 
+def _one_node(node, x_shape, weights, dtype):
+    """normrt's result of a one-node float32 model converted to `dtype`, on standard-normal half-representable
+    x and weights (scaled by 1/sqrt(fan-in)); returns (y, x, weights) as float64."""
+    import normrt
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from half_models import to_half
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def rep(a):
+        return np.asarray(a, np.float32).astype(dtype).astype(np.float32)
+
+    x = rep(rng.standard_normal(x_shape))
+    ws = {k: rep(rng.standard_normal(s) / np.sqrt(np.prod(s[1:]) if len(s) == 4 else s[0])) for k, s in weights.items()}
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in ws.items()])
+    graph.output[0].type.tensor_type.shape.SetInParent()
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    y = normrt.InferenceSession(to_half(m, dtype).SerializeToString()).run(None, {"x": x.astype(dtype)})[0]
+    return y.astype(np.float64), x.astype(np.float64), {k: v.astype(np.float64) for k, v in ws.items()}
+
+
+def accuracy():
+    """Rows (op, dtype, max error / max |y|, share of results equal to the correctly rounded value) of
+    a half Conv and MatMul (float32 compute, one rounding) against float64 numpy."""
+    from onnx import helper
+    from numpy.lib.stride_tricks import sliding_window_view
+    rows = []
+    for dname, dtype in DTYPES.items():
+        y, x, w = _one_node(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), (1, 64, 32, 32),
+                            {"w": (64, 64, 3, 3)}, dtype)
+        win = sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+        ref = np.einsum("nchwij,mcij->nmhw", win, w["w"])
+        rows.append(("Conv 3x3, 64 -> 64 channels, 32x32", dname, y, ref, dtype))
+        y, x, w = _one_node(helper.make_node("MatMul", ["x", "w"], ["y"]), (64, 512), {"w": (512, 128)}, dtype)
+        rows.append(("MatMul (64, 512) x (512, 128)", dname, y, x @ w["w"], dtype))
+    return [(op, dname, float(np.abs(y - ref).max() / np.abs(ref).max()),
+             float(np.mean(y == ref.astype(dtype).astype(np.float64)))) for op, dname, y, ref, dtype in rows]
+
+
 def measure(runs, repeat, blocks=3, pause=0.2):
     """{label: seconds}: the min over `blocks` of each run's block median, blocks alternating, each after a pause."""
     best = {k: float("inf") for k in runs}
@@ -136,7 +181,14 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=30, help="timed runs per block")
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--accuracy", action="store_true", help="only the Conv/MatMul accuracy table")
     args = ap.parse_args(argv)
+    if args.accuracy:
+        print("| op | dtype | max error / max \\|y\\| | results equal to the correctly rounded value |")
+        print("|---|---|---|---|")
+        for op, dname, rel, same in accuracy():
+            print(f"| {op} | {dname} | {rel:.1e} | {same * 100:.1f}% |")
+        return 0
     names = [n for n in args.only.split(",") if n] or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
     if unknown:

@@ -32,3 +32,12 @@ def test_half_model(benchmark, name, dtype, impl, threads):
     benchmark.group = f"half_model-{name}-{dtype}"
     benchmark.extra_info.update(threads=threads, fallback_nodes=sess.executor.counts()["reference"])
     benchmark(runs[impl])
+
+
+def test_product_accuracy():
+    """The README's Conv/MatMul accuracy table: below one unit of the dtype's eps of the output scale, and
+    (almost) every result the correctly rounded one."""
+    import ml_dtypes
+    for op, dname, rel, same in half_models.accuracy():
+        assert rel < float(ml_dtypes.finfo(half_models.DTYPES[dname]).eps), (op, dname, rel)
+        assert same > 0.99, (op, dname, same)
