@@ -550,3 +550,27 @@ def test_inspect_shows_kernel_node_and_input_dtypes(tmp_path, capsys):
     assert (dtype_name(types["ln"]), dtype_name(types["y"])) == ("float16", "float16")
     assert cli._node_dtypes(m.graph.node[0], types) == "float16 (weights float32) -> float16"
     assert cli._node_dtypes(m.graph.node[1], types) == "float16 -> float16"
+
+
+@DTYPES
+@SETTINGS
+@given(op=st.sampled_from(["Shrink", "LpPool", "InstanceNormalization"]), c=st.integers(1, 4),
+       hw=st.integers(2, 6), seed=st.integers(0, 99), offset=st.sampled_from([0.0, 40.0]))
+def test_fallback_node_computes_in_float32(dtype, op, c, hw, seed, offset):
+    """An op normrt does not implement in numpy (left to onnx.reference) still computes a half node in float32
+    and rounds once: onnx.reference alone would run it in the half dtype (a bfloat16 InstanceNormalization of
+    values near 40 loses its statistics)."""
+    x = normal((2, c, hw, hw), seed) + np.float32(offset)
+    attrs = {"Shrink": {"lambd": 0.5, "bias": 0.25}, "LpPool": {"kernel_shape": [2, 2], "p": 2}}.get(op, {})
+    inputs, inits = ["x"], {}
+    if op == "InstanceNormalization":
+        inputs += ["s", "b"]
+        inits = {"s": representable(normal((c,), seed + 1), dtype), "b": representable(normal((c,), seed + 2), dtype)}
+    m32 = model([helper.make_node(op, inputs, ["y"], **attrs)], {"x": x.shape}, ["y"], inits)
+    x = representable(x, dtype)
+    ref = ReferenceEvaluator(m32).run(None, {"x": x})[0]
+    m = to_half(typed(m32, [ref]), dtype)
+    sess = normrt.InferenceSession(m.SerializeToString())
+    assert [s.node.op_type for s in sess.executor.steps if s.kind == "reference"] in ([op], [])
+    y = sess.run(None, {"x": x.astype(dtype)})[0]
+    assert_close_in_dtype(y, ref, dtype, ulps=1.0, f32_rel=2.0 ** -16)
