@@ -46,16 +46,22 @@ MODELS = {
 DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
+def _helper(folder, module):
+    """A module of the repository's tests/ or scripts/ (the model converter, the random inputs)."""
+    import importlib
+    sys.path.insert(0, str(ROOT / folder))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(ROOT / folder))
+
+
 def half_model(name, dtype, cache=DEFAULT_CACHE, fused=False):
     """The path of MODELS[name] converted to `dtype` (written once into the cache). `fused`: the graph
     normrt.optimize makes of the float32 model, converted (every norm, epilogue and attention already a
     normrt node: what the rewrite passes make of the half model when they fuse in half precision)."""
     import normrt
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from half_models import to_half
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
+    to_half = _helper("tests", "half_models").to_half
     path = Path(cache) / f"{name}_{np.dtype(dtype).name}{'_fused' if fused else ''}.onnx"
     src = MODELS[name]
     if not path.exists() or path.stat().st_mtime < src.stat().st_mtime:
@@ -66,22 +72,9 @@ def half_model(name, dtype, cache=DEFAULT_CACHE, fused=False):
 
 
 def feeds_for(path, dtype, seed=0):
-    """Standard-normal inputs of the float32 model MODELS[...] at `path`, as `dtype` (ints kept)."""
-    m = onnx.load(str(path), load_external_data=False)
-    inits = {t.name for t in m.graph.initializer}
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for vi in m.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
-        dt = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if dt.kind == "f":
-            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32).astype(dtype)
-        else:
-            feeds[vi.name] = rng.integers(0, 2, shape).astype(dt)
-    return feeds
+    """scripts/e2e_bench.py's random inputs of the float32 model at `path`, the floats as `dtype`."""
+    random_feeds = _helper("scripts", "e2e_bench").random_feeds
+    return {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in random_feeds(path, seed).items()}
 
 
 def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
@@ -123,11 +116,7 @@ def _one_node(node, x_shape, weights, dtype):
     """normrt's result of a one-node float32 model converted to `dtype`, on standard-normal half-representable
     x and weights (scaled by 1/sqrt(fan-in)); returns (y, x, weights) as float64."""
     import normrt
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from half_models import to_half
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
+    to_half = _helper("tests", "half_models").to_half
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(0)
 
