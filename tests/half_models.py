@@ -28,7 +28,13 @@ STATISTICS_OPS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2",
 def _retyped_tensor(t, np_dtype):
     if t.data_type not in FLOAT_TYPES:
         return t
-    return numpy_helper.from_array(numpy_helper.to_array(t).astype(np_dtype), t.name)
+    a = numpy_helper.to_array(t)
+    if np_dtype in HALF_NP.values():
+        # finite values beyond the half range (attention masks of float32's lowest value) clamp to
+        # its largest finite value, as onnxconverter-common does, rather than becoming infinities
+        big = float(ml_dtypes.finfo(np_dtype).max)
+        a = np.where(np.isfinite(a), np.clip(a, -big, big), a)
+    return numpy_helper.from_array(a.astype(np_dtype), t.name)
 
 
 def _retype(value_infos, elem):
@@ -54,10 +60,13 @@ def _retype_graph(g, elem, np_dtype):
         if any(o in keep for o in node.output):
             continue
         for a in node.attribute:
-            if a.name in ("value", "value_float") and node.op_type in ("Constant", "ConstantOfShape"):
+            if a.name in ("value", "value_float", "value_floats") and node.op_type in ("Constant", "ConstantOfShape"):
                 if a.type == onnx.AttributeProto.FLOAT:       # Constant(value_float=...): a float32 scalar
                     a.CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(
                         np.asarray(a.f, np_dtype))))
+                elif a.type == onnx.AttributeProto.FLOATS:
+                    a.CopyFrom(onnx.helper.make_attribute("value", numpy_helper.from_array(
+                        np.asarray(list(a.floats), np_dtype))))
                 else:
                     a.t.CopyFrom(_retyped_tensor(a.t, np_dtype))
             elif node.op_type == "Cast" and a.name == "to" and a.i in FLOAT_TYPES:
@@ -76,6 +85,15 @@ def retyped_model(model, elem):
     np_dtype = HALF_NP.get(elem) or onnx.helper.tensor_dtype_to_np_dtype(elem)
     _retype_graph(m.graph, elem, np_dtype)
     return m
+
+
+def to_half(model, dtype):
+    """A copy of `model` as a float16 export or onnxconverter-common's
+    `convert_float_to_float16(keep_io_types=False)` gives it: every float tensor in `dtype`
+    (np.float16 or ml_dtypes.bfloat16), Resize/Upsample scales kept float32 (`bench/half_models.py`)."""
+    dtype = np.dtype(dtype)
+    elem = {v: k for k, v in HALF_NP.items()}[dtype]
+    return retyped_model(model, elem)
 
 
 def float64_model(model):

@@ -362,11 +362,28 @@ def _fmt_nodes(nodes, most=2):
     return f"{nodes[0]} .. {nodes[-1]} ({len(nodes)} nodes)"
 
 
+def _fmt_shape(tp):
+    from .onnx._graph import shape_list
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape_list(tp)) + "]"
+
+
+def _node_dtypes(node, types):
+    """A kernel node's element types: 'float16 -> float16', with its weights' where they differ
+    ('float16 (weights float32) -> float16': a mixed-precision export's norm); '-' for no node."""
+    from .onnx.report import dtype_name
+    if node is None or not node.input:
+        return "-"
+    x = dtype_name(types.get(node.input[0], 0))
+    weights = "/".join(sorted({dtype_name(types.get(i, 0)) for i in node.input[1:] if i} - {x}))
+    y = dtype_name(types.get(node.output[0], 0))
+    return f"{x} (weights {weights}) -> {y}" if weights else f"{x} -> {y}"
+
+
 def cmd_inspect(args, out):
     import normrt
     from .onnx.executor import Executor
     from .onnx.loader import load_model
-    from .onnx.report import is_epilogue
+    from .onnx.report import dtype_name, is_epilogue, value_elem_types
 
     for k, path in enumerate(_models(args)):
         original = load_model(path)
@@ -378,6 +395,12 @@ def cmd_inspect(args, out):
         print(_describe_model(path, args, [f"opset {opset}", f"{n_before} nodes -> {len(model.graph.node)} "
                                                               f"after normrt.optimize"]), file=out)
 
+        types = value_elem_types(model)
+        nodes = {n.name: n for n in model.graph.node}
+        feeds = {i.name for i in original.graph.input} - {t.name for t in original.graph.initializer}
+        print("inputs: " + ", ".join(f"{vi.name} {dtype_name(vi.type.tensor_type.elem_type)} "
+                                     f"{_fmt_shape(vi.type)}" for vi in original.graph.input if vi.name in feeds),
+              file=out)
         fused = report.get("fused", [])
         n_epilogues = sum(1 for e in fused if is_epilogue(e))
         n_attention = sum(1 for e in fused if e.get("normrt_op") == "Attention")
@@ -397,8 +420,10 @@ def cmd_inspect(args, out):
                 if pattern and pattern != op:
                     op = pattern if pattern.startswith(op) else f"{op} ({pattern})"
                 rows.append([i, op, _fmt_nodes(e.get("nodes", [])), e.get("normrt_op") or "-",
-                             e.get("kernel") or "-", "+".join(extra) or "-"])
-            for line in _table(rows, ["#", "op / pattern", "nodes", "normrt op", "kernel", "fused"]):
+                             e.get("kernel") or "-", "+".join(extra) or "-",
+                             _node_dtypes(nodes.get(e.get("normrt_node")), types)])
+            for line in _table(rows, ["#", "op / pattern", "nodes", "normrt op", "kernel", "fused",
+                                      "dtype (X -> Y)"]):
                 print(line, file=out)
 
         passes = report.get("passes", {})

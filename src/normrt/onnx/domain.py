@@ -4,8 +4,11 @@ Passes build these nodes with `make_node`; `kernels.py` runs them. Neither
 needs the other: this table is the contract between them. Each op's spec also
 holds what the executor needs to run it: `call` (kernel_calls.py: attributes
 and inputs -> the kernel call), `compute_bound` (the kernel picks its threads
-from its flops; memory-bound ones run on one thread on small tensors) and
-`packer` (a constant weight, input 1, packed once for the kernel).
+from its flops; memory-bound ones run on one thread on small tensors),
+`packer` (a constant weight, input 1, packed once for the kernel) and
+`half_native` (the kernel reads and writes float16/bfloat16 itself, with float32
+or half weights; the products do not: the executor widens their half inputs to
+float32 and rounds Y back, kernels.py).
 
 The normrt domain (opset version 1)
 -----------------------------------
@@ -74,6 +77,7 @@ class NormOp:
     packer: object = None  # (weight, attrs) -> the packed weight the call takes as `packed=`
     variadic: bool = False  # any number of inputs, all like the first
     norm: bool = True      # False: not a normalization (reports count it apart)
+    half_native: bool = True   # takes float16/bfloat16 X as it is (False: computed in float32)
 
 
 NORM_OPS = {op.op_type: op for op in (
@@ -98,14 +102,15 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),
            {"scale": None, "is_causal": 0, "q_layout": "BHSD", "k_layout": "BHDS", "v_layout": "BHSD",
             "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0},
-           call=_calls.attention, compute_bound=True),
+           call=_calls.attention, compute_bound=True, half_native=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""},
-           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv),
+           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
-           call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul),
+           call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
-           {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True, norm=False),
+           {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
+           norm=False, half_native=False),
 )}
 
 

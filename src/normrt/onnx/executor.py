@@ -45,7 +45,7 @@ from .compiled import compile_generic, compile_specialized
 from .concat_chain import GrowingConcat, concat_chains
 from .fast_steps import fast_step
 from .fallback import ReferenceNode, function_evaluators
-from .ops import registry
+from .ops import _half, registry
 from .plan import OPAQUE, build_plan, overwritable_inputs
 
 _ops_loaded = []
@@ -70,9 +70,11 @@ def load_numpy_ops():
 class NumpyNode:
     """A node run by a registered numpy implementation.
 
-    The registry's implementations take plain numpy tensors. A run whose
-    inputs include anything else (a sequence, an optional, a tensor of an
-    ml_dtypes type such as bfloat16 or float8) goes to onnx.reference instead.
+    The registry's implementations take plain numpy tensors. float16/bfloat16
+    tensors go to `half_native` implementations as they are and to the others
+    widened to float32, their float results rounded back (ops/_half.py). A run
+    whose inputs include anything else (a sequence, an optional, a tensor of
+    another ml_dtypes type such as float8) goes to onnx.reference instead.
     """
 
     kind = "numpy"
@@ -89,20 +91,30 @@ class NumpyNode:
         self.fallback_runs = 0
         self.dead = ()        # input positions the op may overwrite (set from the plan)
 
-    def _plain(self, args):
+    def _kind(self, args):
+        """0: plain numpy tensors; 1: some float16/bfloat16 among them; 2: anything else."""
+        kind = 0
         for i in self.named:
             a = args[i]
-            if not isinstance(a, np.ndarray) or a.dtype.isbuiltin == 2:
-                return False
-        return True
+            if not isinstance(a, np.ndarray):
+                return 2
+            dt = a.dtype
+            if dt.isbuiltin != 1 or dt.char == "e":      # float16 is builtin, bfloat16 is not
+                if not _half.is_half(dt):
+                    return 2
+                kind = 1
+        return kind
 
     def __call__(self, args, values):
-        if not self._plain(args):
+        kind = self._kind(args)
+        if kind == 2:
             if self._fallback is None:
                 self._fallback = ReferenceNode(self.node, *self._fallback_args)
             self.fallback_runs += 1
             return self._fallback(args, values)
-        if self.dead:
+        if kind == 1 and not self.impl.half_native:
+            res = _half.run_in_float32(self.impl, self.opnode, args, self.dead)
+        elif self.dead:
             res = self.impl.fn(self.opnode, *args, dead=self.dead)
         else:
             res = self.impl.fn(self.opnode, *args)
@@ -412,7 +424,8 @@ class Executor:
                 live += 1
                 live_bytes += getattr(value, "nbytes", 0)
                 if trace is not None:
-                    if type(value) is not np.ndarray or value.dtype.isbuiltin != 1:
+                    if type(value) is not np.ndarray or (value.dtype.isbuiltin != 1
+                                                         and not _half.is_half(value.dtype)):
                         trace.plain = False
                         continue
                     metas[name] = (value.shape, value.dtype)

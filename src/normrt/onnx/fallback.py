@@ -6,11 +6,24 @@ local functions. That is the public, version-aware way to get onnx.reference's
 implementation (it picks the op version, expands schema functions such as
 GroupNormalization or MeanVarianceNormalization, and runs If/Loop/Scan bodies,
 which read outer-scope values from the feed we pass).
+
+Half precision: onnx.reference computes a float16/bfloat16 node in numpy in that
+dtype (bfloat16 emulated, element by element, its sums accumulated in bfloat16:
+an InstanceNormalization's statistics lose every digit). A single-output node
+whose output type follows its inputs (no `to`/`dtype`-like attribute) runs
+instead as the executor's own ops do (ops/_half.py): half inputs widened to
+float32, a float32 result rounded once to the data input's half dtype.
 """
-from onnx import TypeProto, helper
+from onnx import AttributeProto, TypeProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from ._graph import canonical_domain, implicit_inputs, node_label
+from .ops import _half
+
+# attributes that choose a node's output type, and ops typed by another input than their data:
+# such a node runs on its half inputs as they are
+_TYPE_ATTRIBUTES = frozenset(("to", "dtype", "output_dtype", "output_datatype", "stash_type", "saturate"))
+_TYPED_BY_OTHER_INPUT = frozenset(("CastLike",))
 
 
 def function_evaluators(functions):
@@ -47,8 +60,20 @@ class ReferenceNode:
                 f"{node_label(node)} is implemented neither by normrt nor by onnx.reference: "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
+        # whether a half-precision run may compute in float32 (see the module docstring)
+        self.widens = (len(self.outputs) == 1 and not self.implicit and node.op_type not in _TYPED_BY_OTHER_INPUT
+                       and not any(a.name in _TYPE_ATTRIBUTES or a.type in (AttributeProto.GRAPH,
+                                                                            AttributeProto.GRAPHS)
+                                   for a in node.attribute))
+
     def __call__(self, args, values):
+        half = None
+        if self.widens:
+            half = _half.result_dtype(args)
+            if half is not None:
+                args = _half.widen_args(args)[0]
         feed = {name: value for name, value in zip(self.node.input, args) if name}
         for name in self.implicit:
             feed[name] = values[name]
-        return self.evaluator.run(self.outputs, feed)
+        res = self.evaluator.run(self.outputs, feed)
+        return res if half is None else _half.narrow_results(list(res), half)

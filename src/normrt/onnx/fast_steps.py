@@ -24,6 +24,8 @@ from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
 from . import kernel_calls as _calls
 from .concat_chain import GrowingConcat
+from .ops import _half
+from .ops._half import is_half
 from .._thread_policy import MEMORY_BOUND_MIN_ELEMENTS as ELEMENTWISE_MIN  # bigger: the threaded kernel path
 from .._thread_policy import memory_bound
 
@@ -35,7 +37,15 @@ _RESHAPES = frozenset(("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
 
 
 def _plain(meta):
-    return meta is not None and meta[1].isbuiltin == 1
+    return meta is not None and (meta[1].isbuiltin == 1 or is_half(meta[1]))
+
+
+def _widened(step, ins, dtype):
+    """Whether the generic call runs this numpy step in float32 (a half-precision value meets an op
+    that is not `half_native`, ops/_half.py): no fast step, the generic call does the conversions."""
+    if getattr(step.run.impl, "half_native", False):
+        return False
+    return is_half(dtype) or any(a is not None and is_half(a[1][1]) for a in ins)
 
 
 def _copy_into(out, x):
@@ -71,7 +81,7 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         return None
     shape, dtype = out_meta
     args = ins
-    if any(a is not None and not _plain(a[1]) for a in args):
+    if any(a is not None and not _plain(a[1]) for a in args) or _widened(step, args, dtype):
         return None
     size = int(np.prod(shape, dtype=np.int64))
     if op in _BINARY and opnode.version >= 7 and len(args) == 2:
@@ -124,7 +134,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
             return f"np.ascontiguousarray({ex}.transpose({perm!r}))"
         return f"{src.bind(_transpose_into, '_transpose_into')}({ex}, {perm!r}, {buffer})"
     if op == "Cast" and len(args) == 1:
-        ex, _, _ = args[0]
+        ex, (_, dx), _ = args[0]
+        if is_half(dx) or is_half(dtype):       # the generic Cast's vectorized conversion
+            return f"{src.bind(_half.cast, '_cast')}({ex}, {src.bind(dtype)})"
         return f"{ex}.astype({src.bind(dtype)})"
     if op == "Slice" and len(args) >= 3 and all(a is None or a[2] is not None for a in args[1:]):
         from .ops._util import ints_of
@@ -177,8 +189,8 @@ def _kernel_step(src, step, ins, out_meta, buffer):
     run = getattr(step.run, "inner", step.run)
     op = step.node.op_type
     attrs = run.attrs
-    if run.n_out != 1:
-        return None
+    if run.n_out != 1 or (not run.spec.half_native and any(a is not None and is_half(a[1][1]) for a in ins)):
+        return None           # the products widen half inputs in KernelNode (kernels.py)
     args = [None if a is None else a[0] for a in ins]
     args += [None] * (len(run.spec.inputs) - len(args))
     if op == "RMSNorm":

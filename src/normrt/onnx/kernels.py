@@ -1,7 +1,8 @@
 """normrt-domain nodes bound to their kernel calls (domain.NORM_OPS: each op's `call`,
-whether it is `compute_bound`, and its weight `packer`)."""
+whether it is `compute_bound`, its weight `packer` and whether it is `half_native`)."""
 from ..errors import ModelError
 from .domain import NORM_OPS
+from .ops import _half
 
 
 class KernelNode:
@@ -36,8 +37,16 @@ class KernelNode:
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
 
     def __call__(self, args, values):
+        half = None
+        if not self.spec.half_native:
+            # the products compute in float32: half inputs widened once (a constant weight once
+            # per session, before its packing), Y rounded once to X's half dtype
+            half = _half.result_dtype(args[:1])
+            if half is not None or any(a is not None and _half.is_half(a.dtype) for a in args):
+                args = _half.widen_args(args)[0]
         if self.packer is None or not self.weight_is_constant:
             res = self.call(self.attrs, self.n_out, *args)
         else:
             res = self.call(self.attrs, self.n_out, *args, packed=self.packer(args[1], self.attrs))
-        return [res[i] for i in self.out_positions]
+        res = [res[i] for i in self.out_positions]
+        return res if half is None else _half.narrow_results(res, half)

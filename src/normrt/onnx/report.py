@@ -81,3 +81,53 @@ def format_report(report):
     if passes:
         lines.append("passes: " + ", ".join(f"{k}={v}" for k, v in passes.items()))
     return "\n".join(lines)
+
+
+def value_elem_types(model):
+    """{value name: TensorProto element type} of a (rewritten) model, known statically: declared
+    inputs, initializers and value_info, then node by node in graph order, normrt nodes typing their
+    outputs like X (LayerNorm's Mean / InvStdDev: stash_type) and standard ones by onnx's per-node
+    inference. A value it cannot type is absent (custom domains, functions, subgraph outputs)."""
+    from onnx import defs, helper, shape_inference
+
+    from ._graph import NORMRT_DOMAIN, canonical_domain, opset_versions
+
+    g = model.graph
+    types = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type
+    for t in g.initializer:
+        types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    opsets = opset_versions(model)
+    for node in g.node:
+        domain = canonical_domain(node.domain)
+        if domain == NORMRT_DOMAIN:
+            x = types.get(node.input[0]) if node.input else None
+            if x is None:
+                continue
+            stash = next((a.i for a in node.attribute if a.name == "stash_type"), 1)
+            for k, o in enumerate(node.output):
+                if o:
+                    stats = node.op_type == "LayerNorm" and k in (1, 2)
+                    types[o] = helper.make_tensor_type_proto(stash, None) if stats else x
+            continue
+        known = {i: types[i] for i in node.input if i in types}
+        if len(known) != len([i for i in node.input if i]):
+            continue
+        try:
+            schema = defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+            out = shape_inference.infer_node_outputs(schema, node, known, opset_imports=list(model.opset_import))
+        except Exception:  # noqa: BLE001 - best effort: an untyped value shows as '?'
+            continue
+        for name, tp in out.items():
+            if tp.HasField("tensor_type") and tp.tensor_type.elem_type:
+                types[name] = tp
+    return {name: tp.tensor_type.elem_type for name, tp in types.items()}
+
+
+def dtype_name(elem_type):
+    """'float16', 'bfloat16', 'int64'... for a TensorProto element type; '?' if unknown (0)."""
+    from ._graph import np_dtype
+    dt = np_dtype(elem_type) if elem_type else None
+    return dt.name if dt is not None else "?"

@@ -1,4 +1,5 @@
 """Shared helpers for the numpy op implementations (not ops themselves)."""
+import ml_dtypes
 import numpy as np
 
 from .registry import register
@@ -8,12 +9,14 @@ from .registry import register
 LATEST = 28
 
 
-def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=False, gemm=False):
+def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=False, gemm=False,
+       half_native=False):
     """`register`, with results normalised to ndarrays.
 
     numpy ufuncs turn 0-d arrays into numpy scalars; the executor contract
     asks for arrays, so every registered function goes through `_as_arrays`.
-    `inplace=True`: fn takes the keyword `dead` (see registry); `gemm=True`: it runs GEMMs.
+    `inplace=True`: fn takes the keyword `dead` (see registry); `gemm=True`: it runs GEMMs;
+    `half_native=True`: it takes float16/bfloat16 inputs as they are (see registry).
     """
     def deco(fn):
         def wrapper(node, *inputs, **kw):
@@ -23,7 +26,7 @@ def op(op_type, *, since=1, until=LATEST, supports=None, domain="", inplace=Fals
         wrapper.__doc__ = fn.__doc__
         wrapper.__wrapped__ = fn
         register(op_type, domain=domain, since=since, until=until, supports=supports, inplace=inplace,
-                 gemm=gemm)(wrapper)
+                 gemm=gemm, half_native=half_native)(wrapper)
         return fn
     return deco
 
@@ -60,16 +63,13 @@ def tensor_attr(v):
     return np.asarray(v)
 
 
-def is_tensor_attr_plain(v):
-    """True when a tensor attribute decodes to an ordinary numpy dtype."""
-    try:
-        from onnx import TensorProto
-    except ImportError:  # pragma: no cover
-        TensorProto = None
-    if TensorProto is not None and isinstance(v, TensorProto):
-        return v.data_type in PLAIN_TENSOR_TYPES
+def tensor_attr_supported(v):
+    """True when a tensor attribute decodes to a dtype the ops take (TENSOR_TYPES)."""
+    from onnx import TensorProto
+    if isinstance(v, TensorProto):
+        return v.data_type in TENSOR_TYPES
     if isinstance(v, np.ndarray):
-        return v.dtype in PLAIN_NP_DTYPES
+        return v.dtype in PLAIN_NP_DTYPES or v.dtype == TENSOR_TYPES[16]
     return False
 
 
@@ -82,6 +82,8 @@ PLAIN_TENSOR_TYPES = {
     11: np.dtype(np.float64), 12: np.dtype(np.uint32), 13: np.dtype(np.uint64),
 }
 PLAIN_NP_DTYPES = set(PLAIN_TENSOR_TYPES.values())
+# ... and with bfloat16 (ml_dtypes, what onnx.numpy_helper decodes it to): every type the ops take
+TENSOR_TYPES = {**PLAIN_TENSOR_TYPES, 16: np.dtype(ml_dtypes.bfloat16)}
 
 
 def norm_axis(axis, rank):

@@ -1,7 +1,7 @@
 """Constant-producing ops (numpy): Constant, ConstantOfShape, Range, EyeLike."""
 import numpy as np
 
-from ._util import PLAIN_TENSOR_TYPES, is_tensor_attr_plain, low_precision, op, tensor_attr
+from ._util import TENSOR_TYPES, tensor_attr_supported, low_precision, op, tensor_attr
 
 _NUMERIC_VALUE_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
@@ -11,7 +11,7 @@ def _constant_supported(node):
     if len(keys) != 1 or keys[0] not in _NUMERIC_VALUE_ATTRS:
         return False        # sparse_value, value_string(s) fall back
     if keys[0] == "value":
-        return is_tensor_attr_plain(node.attrs["value"])
+        return tensor_attr_supported(node.attrs["value"])
     return True
 
 
@@ -31,7 +31,7 @@ def constant(node):
 
 def _cos_supported(node):
     v = node.attrs.get("value")
-    return v is None or is_tensor_attr_plain(v)
+    return v is None or tensor_attr_supported(v)
 
 
 @op("ConstantOfShape", since=9, supports=_cos_supported)
@@ -47,7 +47,7 @@ def _range_supported(node):
     return int(node.attrs.get("stash_type", 1)) in (1, 11)
 
 
-@op("Range", since=11, supports=_range_supported)
+@op("Range", since=11, supports=_range_supported, half_native=True)
 def range_(node, start, limit, delta):
     dtype = start.dtype
     s, l, d = start.item(), limit.item(), delta.item()
@@ -62,11 +62,11 @@ def range_(node, start, limit, delta):
 
 def _eyelike_supported(node):
     dt = node.attrs.get("dtype")
-    return dt is None or dt in PLAIN_TENSOR_TYPES
+    return dt is None or dt in TENSOR_TYPES
 
 
-@op("EyeLike", since=9, supports=_eyelike_supported)
+@op("EyeLike", since=9, supports=_eyelike_supported, half_native=True)
 def eye_like(node, x):
     dt = node.attrs.get("dtype")
-    dtype = x.dtype if dt is None else PLAIN_TENSOR_TYPES[dt]
+    dtype = x.dtype if dt is None else TENSOR_TYPES[dt]
     return np.eye(x.shape[0], x.shape[1], k=int(node.attrs.get("k", 0)), dtype=dtype)

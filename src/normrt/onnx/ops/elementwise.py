@@ -10,7 +10,8 @@ import numpy as np
 from ..._kernels import elementwise as _kelementwise
 from ..._thread_policy import memory_bound
 from ...api import activations as _activations
-from ._util import PLAIN_NP_DTYPES, PLAIN_TENSOR_TYPES, attr_str, op, reusable
+from . import _half
+from ._util import PLAIN_NP_DTYPES, TENSOR_TYPES, attr_str, op, reusable
 
 try:  # scipy's erf is vectorised and keeps float32; optional dependency
     from scipy.special import erf as _scipy_erf
@@ -230,7 +231,7 @@ def bitshift(node, x, y):
     return _same_dtype(np.right_shift(x, y), x)
 
 
-@op("Where", since=9)
+@op("Where", since=9, half_native=True)
 def where(node, cond, x, y):
     r = np.where(cond, x, y)
     return _same_dtype(r, x)
@@ -271,7 +272,7 @@ def mean(node, *xs):
 
 
 # ------------------------------------------------------------- identity/cast
-@op("Identity", since=1)
+@op("Identity", since=1, half_native=True)
 def identity(node, x):
     return x
 
@@ -281,30 +282,30 @@ def _cast_target(node):
     if isinstance(to, (str, bytes)):          # Cast-1 names the type
         to = to.decode() if isinstance(to, bytes) else to
         to = _TYPE_NAMES.get(to.upper())
-    return to if isinstance(to, int) and to in PLAIN_TENSOR_TYPES else None
+    return to if isinstance(to, int) and to in TENSOR_TYPES else None
 
 
 _TYPE_NAMES = {"FLOAT": 1, "UINT8": 2, "INT8": 3, "UINT16": 4, "INT16": 5, "INT32": 6, "INT64": 7,
-               "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13}
+               "BOOL": 9, "FLOAT16": 10, "DOUBLE": 11, "UINT32": 12, "UINT64": 13, "BFLOAT16": 16}
 
 
 def _cast_supported(node):
     return _cast_target(node) is not None
 
 
-@op("Cast", since=1, supports=_cast_supported)
+@op("Cast", since=1, supports=_cast_supported, half_native=True)
 def cast(node, x):
-    # Only plain numpy target types are accepted, so `saturate`/`round_mode`
-    # (float8 targets only) are irrelevant.  Input strings parse like the
-    # reference (numpy astype).
-    return x.astype(PLAIN_TENSOR_TYPES[_cast_target(node)])
+    # Only numeric target types numpy holds (float8 and strings fall back), so
+    # `saturate`/`round_mode` (float8 targets only) are irrelevant; from strings,
+    # numpy's parse like the reference's astype.
+    return _half.cast(x, TENSOR_TYPES[_cast_target(node)])
 
 
-@op("CastLike", since=15)
+@op("CastLike", since=15, half_native=True)
 def cast_like(node, x, target):
-    if target.dtype in PLAIN_NP_DTYPES:
-        return x.astype(target.dtype)
-    # exotic target (float8, bfloat16, ...): exactly what the reference does
+    if target.dtype in PLAIN_NP_DTYPES or _half.is_half(target.dtype):
+        return _half.cast(x, target.dtype)
+    # exotic target (float8, ...): exactly what the reference does
     from onnx.helper import np_dtype_to_tensor_dtype
     from onnx.reference.ops.op_cast import cast_to
     return cast_to(x, np_dtype_to_tensor_dtype(target.dtype), bool(node.attrs.get("saturate", 1)))

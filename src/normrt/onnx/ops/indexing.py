@@ -42,7 +42,7 @@ def nonzero(node, x):
 
 
 # ---------------------------------------------------------- GatherND/Scatter
-@op("GatherND", since=11)
+@op("GatherND", since=11, half_native=True)
 def gather_nd(node, x, indices):
     b = int(node.attrs.get("batch_dims", 0)) if node.version >= 12 else 0
     batch_shape = x.shape[:b]
@@ -100,7 +100,7 @@ def scatter_elements(node, x, indices, updates):
 
 
 # -------------------------------------------------------------------- OneHot
-@op("OneHot", since=9)
+@op("OneHot", since=9, half_native=True)
 def one_hot(node, indices, depth, values):
     d = int(np.asarray(depth).reshape(-1)[0])
     axis = int(node.attrs.get("axis", -1))
@@ -130,7 +130,7 @@ def cumsum(node, x, axis):
     return np.flip(r, axis=ax).copy() if rev else r
 
 
-@op("Trilu", since=14)
+@op("Trilu", since=14, half_native=True)
 def trilu(node, x, k=None):
     kk = 0 if k is None else int(np.asarray(k).reshape(-1)[0])
     return np.triu(x, kk) if node.attrs.get("upper", 1) else np.tril(x, kk)

@@ -18,6 +18,11 @@ An implementation registered with `inplace=True` also takes a keyword
 `dead`: the positions of the inputs nothing reads after this node (the
 executor knows from the plan), whose memory it may write its result into
 (`np.maximum(x, 0, out=x)`). `dead` is only given when non-empty.
+
+A float16/bfloat16 input reaches an implementation only if it is registered
+with `half_native=True` (it moves or selects elements whatever their type, or
+converts explicitly, as Cast does); every other op gets its half inputs widened
+to float32 and its float32 results rounded back (`_half.run_in_float32`).
 """
 from dataclasses import dataclass, field
 
@@ -41,14 +46,17 @@ class OpImpl:
     supports: object = None  # node -> bool; None means "every node"
     inplace: bool = False    # fn takes `dead=` (input positions it may overwrite)
     gemm: bool = False       # runs GEMMs (the executor loads the GEMM library at load, not mid-run)
+    half_native: bool = False  # takes float16/bfloat16 arrays as they are (else: widened to float32)
 
 
 _REGISTRY = {}
 
 
-def register(op_type, *, domain="", since=1, until=10_000, supports=None, inplace=False, gemm=False):
+def register(op_type, *, domain="", since=1, until=10_000, supports=None, inplace=False, gemm=False,
+             half_native=False):
     def deco(fn):
-        _REGISTRY.setdefault((domain, op_type), []).append(OpImpl(fn, since, until, supports, inplace, gemm))
+        _REGISTRY.setdefault((domain, op_type), []).append(
+            OpImpl(fn, since, until, supports, inplace, gemm, half_native))
         return fn
     return deco
 

@@ -26,17 +26,17 @@ def reshape_target(in_shape, shape, allowzero=False):
     return tuple(shape)
 
 
-@op("Reshape", since=1, until=4)
+@op("Reshape", since=1, until=4, half_native=True)
 def reshape_attr(node, x):
     return x.reshape(reshape_target(x.shape, attr_ints(node, "shape")))
 
 
-@op("Reshape", since=5)
+@op("Reshape", since=5, half_native=True)
 def reshape(node, x, shape):
     return x.reshape(reshape_target(x.shape, ints_of(shape), bool(node.attrs.get("allowzero", 0))))
 
 
-@op("Flatten", since=1)
+@op("Flatten", since=1, half_native=True)
 def flatten(node, x):
     axis = int(node.attrs.get("axis", 1))
     if axis < 0:
@@ -45,7 +45,7 @@ def flatten(node, x):
 
 
 # ------------------------------------------------------ DepthToSpace/Space..
-@op("DepthToSpace", since=1)
+@op("DepthToSpace", since=1, half_native=True)
 def depth_to_space(node, x):
     b = int(node.attrs["blocksize"])
     n, c, h, w = x.shape
@@ -56,7 +56,7 @@ def depth_to_space(node, x):
     return t.reshape(n, c // (b * b), h * b, w * b)
 
 
-@op("SpaceToDepth", since=1)
+@op("SpaceToDepth", since=1, half_native=True)
 def space_to_depth(node, x):
     b = int(node.attrs["blocksize"])
     n, c, h, w = x.shape
@@ -70,20 +70,20 @@ def space_to_depth(node, x):
 
 
 # ----------------------------------------------------------------- Transpose
-@op("Transpose", since=1)
+@op("Transpose", since=1, half_native=True)
 def transpose(node, x):
     perm = attr_ints(node, "perm")
     return np.ascontiguousarray(np.transpose(x, perm))
 
 
 # ---------------------------------------------------------- Squeeze/Unsqueeze
-@op("Squeeze", since=1, until=12)
+@op("Squeeze", since=1, until=12, half_native=True)
 def squeeze_attr(node, x):
     axes = attr_ints(node, "axes")
     return np.squeeze(x, axis=None if axes is None else tuple(a % max(x.ndim, 1) for a in axes))
 
 
-@op("Squeeze", since=13)
+@op("Squeeze", since=13, half_native=True)
 def squeeze(node, x, axes=None):
     axes = ints_of(axes)
     if axes is None:
@@ -100,18 +100,18 @@ def _unsqueeze(x, axes):
     return x.reshape(shape)
 
 
-@op("Unsqueeze", since=1, until=12)
+@op("Unsqueeze", since=1, until=12, half_native=True)
 def unsqueeze_attr(node, x):
     return _unsqueeze(x, attr_ints(node, "axes"))
 
 
-@op("Unsqueeze", since=13)
+@op("Unsqueeze", since=13, half_native=True)
 def unsqueeze(node, x, axes):
     return _unsqueeze(x, ints_of(axes))
 
 
 # -------------------------------------------------------------- Concat/Split
-@op("Concat", since=1)
+@op("Concat", since=1, half_native=True)
 def concat(node, *xs):
     xs = [x for x in xs if x is not None]
     axis = norm_axis(node.attrs.get("axis", 1), xs[0].ndim)     # default only before opset 4
@@ -142,12 +142,12 @@ def _split(node, x, split):
     return tuple(parts)
 
 
-@op("Split", since=2, until=12)
+@op("Split", since=2, until=12, half_native=True)
 def split_attr(node, x):
     return _split(node, x, attr_ints(node, "split"))
 
 
-@op("Split", since=13)
+@op("Split", since=13, half_native=True)
 def split(node, x, split=None):
     return _split(node, x, ints_of(split))
 
@@ -184,24 +184,24 @@ def slice_index(shape, starts, ends, axes, steps):
     return tuple(index)
 
 
-@op("Slice", since=1, until=9)
+@op("Slice", since=1, until=9, half_native=True)
 def slice_attr(node, x):
     return _slice(x, attr_ints(node, "starts"), attr_ints(node, "ends"), attr_ints(node, "axes"), None)
 
 
-@op("Slice", since=10)
+@op("Slice", since=10, half_native=True)
 def slice_(node, x, starts, ends, axes=None, steps=None):
     return _slice(x, ints_of(starts), ints_of(ends), ints_of(axes), ints_of(steps))
 
 
 # -------------------------------------------------------------------- Gather
-@op("Gather", since=1)
+@op("Gather", since=1, half_native=True)
 def gather(node, x, indices):
     axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
     return np.take(x, indices.astype(np.intp, copy=False), axis=axis)
 
 
-@op("GatherElements", since=11)
+@op("GatherElements", since=11, half_native=True)
 def gather_elements(node, x, indices):
     axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
     idx = indices.astype(np.intp, copy=True)
@@ -210,19 +210,19 @@ def gather_elements(node, x, indices):
 
 
 # --------------------------------------------------------------- Expand/Tile
-@op("Expand", since=8)
+@op("Expand", since=8, half_native=True)
 def expand(node, x, shape):
     target = np.broadcast_shapes(x.shape, tuple(ints_of(shape)))
     return np.broadcast_to(x, target).copy()
 
 
-@op("Tile", since=6)
+@op("Tile", since=6, half_native=True)
 def tile(node, x, repeats):
     return np.tile(x, ints_of(repeats))
 
 
 # ---------------------------------------------------------------- Shape/Size
-@op("Shape", since=1)
+@op("Shape", since=1, half_native=True)
 def shape(node, x):
     start = int(node.attrs.get("start", 0))
     end = node.attrs.get("end")
@@ -230,7 +230,7 @@ def shape(node, x):
     return np.array(dims, dtype=np.int64)
 
 
-@op("Size", since=1)
+@op("Size", since=1, half_native=True)
 def size(node, x):
     return np.array(x.size, dtype=np.int64)
 
@@ -266,12 +266,12 @@ def _pad(x, pads, mode, value, axes=None):
     return np.pad(x, list(zip(before, after)), mode=mode)
 
 
-@op("Pad", since=2, until=10, supports=_pad_supported)
+@op("Pad", since=2, until=10, supports=_pad_supported, half_native=True)
 def pad_attr(node, x):
     return _pad(x, attr_ints(node, "pads"), attr_str(node, "mode", "constant"), node.attrs.get("value", 0.0))
 
 
-@op("Pad", since=11, supports=_pad_supported)
+@op("Pad", since=11, supports=_pad_supported, half_native=True)
 def pad(node, x, pads, constant_value=None, axes=None):
     if constant_value is not None and constant_value.size == 0:
         constant_value = None
@@ -284,12 +284,12 @@ def _dropout_legacy_supported(node):
     return node.n_outputs == 1 and bool(node.attrs.get("is_test", 0))
 
 
-@op("Dropout", since=1, until=6, supports=_dropout_legacy_supported)
+@op("Dropout", since=1, until=6, supports=_dropout_legacy_supported, half_native=True)
 def dropout_test_mode(node, x):
     return x
 
 
-@op("Dropout", since=7, until=11)
+@op("Dropout", since=7, until=11, half_native=True)
 def dropout_attr(node, x):
     # inference: identity.  The mask is typed T (all ones) in opsets 7-9 per
     # the schema (onnx.reference returns bool there), bool from opset 10.
@@ -298,7 +298,7 @@ def dropout_attr(node, x):
     return x
 
 
-@op("Dropout", since=12)
+@op("Dropout", since=12, half_native=True)
 def dropout(node, x, ratio=None, training_mode=None):
     p = 0.5 if ratio is None else float(ratio)
     training = training_mode is not None and bool(training_mode)

@@ -1,0 +1,209 @@
+"""Half-precision models: normrt vs onnxruntime on the same float16 file, and against the float32 model.
+
+    python -m bench.half_models                          # every model, float16 and bfloat16, 2 threads
+    python -m bench.half_models --only unet16 --dtypes float16 --repeat 50 --blocks 5
+    python -m bench.half_models --accuracy               # Conv / MatMul in half against float64
+
+Each float32 bench model (the bundled examples, the diffusers UNet/VAE fixtures) is
+converted to float16 and to bfloat16 the way a `.half()` export holds it
+(tests/half_models.to_half: every float32 tensor, weights included) and written
+into the cache (`--cache`, default ~/.cache/normrt-bench/half_models). On each
+file normrt and onnxruntime run the same inputs; onnxruntime's CPU provider has no
+bfloat16 kernels for these models, so bfloat16 rows compare with normrt's float32
+run only. "fused graph" is normrt on the graph normrt.optimize makes of the
+float32 model, converted the same way: every norm, Conv/MatMul epilogue and
+attention already a normrt node, as the rewrite passes make them of a half model
+when they fuse in half precision (the plain file's column shows what they fuse
+today: "fallback nodes" counts the norms they left to onnx.reference). The errors
+are the fused run's largest against onnxruntime's result and against normrt's
+float32 run of the float32 model; the pytest-benchmark version
+(bench/test_half_models.py) checks them first.
+
+Timing: each runtime (and normrt's float32 run) in its own block after a pause
+(onnxruntime's pool threads spin after a run and slow whoever runs next); a time
+is the minimum over `--blocks` blocks of each block's median of `--repeat` runs.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from .small_models import time_block
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normrt-bench" / "half_models"
+MODELS = {
+    "groupnorm_cnn": ROOT / "src/normrt/examples/groupnorm_cnn.onnx",
+    "transformer_block": ROOT / "src/normrt/examples/transformer_block.onnx",
+    "unet16": ROOT / "tests/data/diffusers_unet2d__dynamo18.onnx",
+    "vae16": ROOT / "tests/data/diffusers_vae__legacy17.onnx",
+}
+DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def _helper(folder, module):
+    """A module of the repository's tests/ or scripts/ (the model converter, the random inputs)."""
+    import importlib
+    sys.path.insert(0, str(ROOT / folder))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(ROOT / folder))
+
+
+def half_model(name, dtype, cache=DEFAULT_CACHE, fused=False):
+    """The path of MODELS[name] converted to `dtype` (written once into the cache). `fused`: the graph
+    normrt.optimize makes of the float32 model, converted (every norm, epilogue and attention already a
+    normrt node: what the rewrite passes make of the half model when they fuse in half precision)."""
+    import normrt
+    to_half = _helper("tests", "half_models").to_half
+    path = Path(cache) / f"{name}_{np.dtype(dtype).name}{'_fused' if fused else ''}.onnx"
+    src = MODELS[name]
+    if not path.exists() or path.stat().st_mtime < src.stat().st_mtime:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = normrt.optimize(onnx.load(src)) if fused else onnx.load(src)
+        onnx.save(to_half(model, dtype), path)
+    return path
+
+
+def feeds_for(path, dtype, seed=0):
+    """scripts/e2e_bench.py's random inputs of the float32 model at `path`, the floats as `dtype`."""
+    random_feeds = _helper("scripts", "e2e_bench").random_feeds
+    return {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in random_feeds(path, seed).items()}
+
+
+def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
+    """{label: run function} for one model and dtype, and their first outputs (checked by `check`)."""
+    import normrt
+    path = half_model(name, dtype, cache)
+    feeds = feeds_for(MODELS[name], dtype)
+    feeds32 = {k: v.astype(np.float32) if v.dtype == dtype else v for k, v in feeds.items()}
+    half = normrt.InferenceSession(str(path), num_threads=threads)
+    fused = normrt.InferenceSession(str(half_model(name, dtype, cache, fused=True)), num_threads=threads)
+    f32 = normrt.InferenceSession(str(MODELS[name]), num_threads=threads)
+    runs = {"normrt": lambda: half.run(None, feeds), "normrt fused": lambda: fused.run(None, feeds),
+            "normrt float32": lambda: f32.run(None, feeds32)}
+    if dtype == np.float16:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        runs["ort"] = lambda: osess.run(None, feeds)
+    return runs, half
+
+
+def errors(runs, impl="normrt"):
+    """normrt's half output (`impl`: "normrt" or "normrt fused") against onnxruntime's (same file; None
+    without it) and normrt's float32 run: (max error vs ort, max error vs float32, max |float32|, max
+    error of ort vs float32 or None)."""
+    y = runs[impl]()[0].astype(np.float64)
+    y32 = runs["normrt float32"]()[0].astype(np.float64)
+    scale = float(np.abs(y32).max())
+    if "ort" not in runs:
+        return None, float(np.abs(y - y32).max()), scale, None
+    yo = runs["ort"]()[0].astype(np.float64)
+    return float(np.abs(y - yo).max()), float(np.abs(y - y32).max()), scale, float(np.abs(yo - y32).max())
+
+
+def _one_node(node, x_shape, weights, dtype):
+    """normrt's result of a one-node float32 model converted to `dtype`, on standard-normal half-representable
+    x and weights (scaled by 1/sqrt(fan-in)); returns (y, x, weights) as float64."""
+    import normrt
+    to_half = _helper("tests", "half_models").to_half
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+
+    def rep(a):
+        return np.asarray(a, np.float32).astype(dtype).astype(np.float32)
+
+    x = rep(rng.standard_normal(x_shape))
+    ws = {k: rep(rng.standard_normal(s) / np.sqrt(np.prod(s[1:]) if len(s) == 4 else s[0])) for k, s in weights.items()}
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in ws.items()])
+    graph.output[0].type.tensor_type.shape.SetInParent()
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    y = normrt.InferenceSession(to_half(m, dtype).SerializeToString()).run(None, {"x": x.astype(dtype)})[0]
+    return y.astype(np.float64), x.astype(np.float64), {k: v.astype(np.float64) for k, v in ws.items()}
+
+
+def accuracy():
+    """Rows (op, dtype, max error / max |y|, share of results equal to the correctly rounded value) of
+    a half Conv and MatMul (float32 compute, one rounding) against float64 numpy."""
+    from onnx import helper
+    from numpy.lib.stride_tricks import sliding_window_view
+    rows = []
+    for dname, dtype in DTYPES.items():
+        y, x, w = _one_node(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), (1, 64, 32, 32),
+                            {"w": (64, 64, 3, 3)}, dtype)
+        win = sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))
+        ref = np.einsum("nchwij,mcij->nmhw", win, w["w"])
+        rows.append(("Conv 3x3, 64 -> 64 channels, 32x32", dname, y, ref, dtype))
+        y, x, w = _one_node(helper.make_node("MatMul", ["x", "w"], ["y"]), (64, 512), {"w": (512, 128)}, dtype)
+        rows.append(("MatMul (64, 512) x (512, 128)", dname, y, x @ w["w"], dtype))
+    return [(op, dname, float(np.abs(y - ref).max() / np.abs(ref).max()),
+             float(np.mean(y == ref.astype(dtype).astype(np.float64)))) for op, dname, y, ref, dtype in rows]
+
+
+def measure(runs, repeat, blocks=3, pause=0.2):
+    """{label: seconds}: the min over `blocks` of each run's block median, blocks alternating, each after a pause."""
+    best = {k: float("inf") for k in runs}
+    for _ in range(blocks):
+        for k, fn in runs.items():
+            time.sleep(pause)
+            best[k] = min(best[k], time_block(fn, repeat))
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated model names: " + ", ".join(MODELS))
+    ap.add_argument("--dtypes", default="float16,bfloat16")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("NORMRT_BENCH_THREADS", 2)))
+    ap.add_argument("--repeat", type=int, default=30, help="timed runs per block")
+    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--accuracy", action="store_true", help="only the Conv/MatMul accuracy table")
+    args = ap.parse_args(argv)
+    if args.accuracy:
+        print("| op | dtype | max error / max \\|y\\| | results equal to the correctly rounded value |")
+        print("|---|---|---|---|")
+        for op, dname, rel, same in accuracy():
+            print(f"| {op} | {dname} | {rel:.1e} | {same * 100:.1f}% |")
+        return 0
+    names = [n for n in args.only.split(",") if n] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {list(MODELS)}")
+    import normrt
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.threads} threads; min over {args.blocks} blocks of the "
+          f"median of {args.repeat} runs, each runtime in its own block after a pause")
+    print("| model | dtype | normrt | onnxruntime (same file) | normrt / ort | normrt, fused graph | fused / ort | "
+          "normrt float32 model | fused / float32 | max err vs ort | max err vs float32 (scale) | fallback nodes |")
+    print("|" + "---|" * 12)
+    for name in names:
+        for dname in args.dtypes.split(","):
+            runs, sess = sessions(name, DTYPES[dname], args.threads, args.cache)
+            err_ort, err32, scale, _ = errors(runs, "normrt fused")
+            t = measure(runs, args.repeat, args.blocks)
+            ort_cells = (f"{t['ort'] * 1e3:.3f} ms | {t['normrt'] / t['ort']:.2f}x" if "ort" in t
+                         else "(no bfloat16 kernels) | -")
+            vs_ort = f"{t['normrt fused'] / t['ort']:.2f}x" if "ort" in t else "-"
+            print(f"| {name} | {dname} | {t['normrt'] * 1e3:.3f} ms | {ort_cells} | "
+                  f"{t['normrt fused'] * 1e3:.3f} ms | {vs_ort} | "
+                  f"{t['normrt float32'] * 1e3:.3f} ms | {t['normrt fused'] / t['normrt float32']:.2f}x | "
+                  f"{'-' if err_ort is None else f'{err_ort:.2g}'} | {err32:.2g} ({scale:.2g}) | "
+                  f"{sess.executor.counts()['reference']} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; normrt {normrt.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
