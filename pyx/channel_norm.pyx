@@ -7,15 +7,21 @@ n and a block of BW consecutive positions, and every loop runs along the
 positions, so the vector lanes are BW independent statistics and each x[n, c,
 block] is one contiguous span.
 
-Numerics: float64 accumulators (float32 input widens exactly). LayerNorm sums
-the deviations from a shift, the position's first channel, and their squares
-in one pass (the bound on cancellation is in layer_norm_block): a constant
-position gives deviations of exactly 0 (the output is exactly the bias), and
-offsets of 1e7 cost no digits. float32 output is computed in float32 with
-the mean split in two floats (as the row kernels do), in float64 where the
-spread exceeds ~1e30. Each position's sums run over c in order,
-whichever item or thread holds it, so results are bitwise identical for any
-thread count.
+Numerics (one block routine for both norms, `rms` selecting the centring):
+LayerNorm takes the mean from the deviations from a shift (the position's
+first channel value), then sums the squared deviations from that mean: two
+passes, each summing CB = 8 channels in x's precision before the sum meets a
+float64 accumulator. The second pass sees the deviations from the computed
+mean (split in two floats, so x - mean is exact near it), so an error of the
+mean enters the variance squared, and offsets of 1e7 cost no digits. A
+constant position gives deviations of exactly 0, and the output is exactly
+the bias. RMSNorm runs the second pass alone, about 0. float32 positions
+whose squares left float32's range (a mean square below 1e-24 or above
+float32's maximum) or that hold NaN/inf are recomputed in float64; float32
+output is computed in float32, in float64 where the spread exceeds ~1e30.
+Each position's sums run over c in order, whichever item or thread holds it,
+and depend on its own values only, so results are bitwise identical for any
+thread count and any item width.
 
 Python (normrt.api.channel_norm) checks every argument; these kernels check
 only the buffer shapes they are given and raise ValueError before computing.
@@ -23,160 +29,213 @@ only the buffer shapes they are given and raise ValueError before computing.
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
-from moments cimport real, activate_span
+from moments cimport real, activate_span, mul_add
 
 
 cdef enum:
     # most positions per work item (the size of the per-position arrays)
     BW = 256
-    # bytes of x a work item spans, so that its (C, width) block is still in
-    # cache when the output pass reads it again
+    # fewest positions per work item: whole vectors, and rows long enough for the prefetcher
+    BW_MIN = 64
+    # bytes of x a work item spans: its (C, width) block is read three times
+    # (two statistics passes and the output pass), so it should stay in L1
     BLOCK_BYTES = 262144
+    # channels summed in x's precision before the sum meets the float64 accumulator
+    CB = 8
+
+# float32 sums of squares are trusted only where no square can have been
+# subnormal (a mean square of at least 1e-24: a square below FLT_MIN is then
+# < 1e-14 of the sum) and none overflowed (the sum is finite); other positions
+# are recomputed in float64
+cdef double F32_MEAN_SQUARE_MIN = 1e-24
 
 
-cdef void layer_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
-                           const real* scale, const real* bias, double eps, int act) noexcept nogil:
+cdef inline real mul_add_r(real a, real b, real c) noexcept nogil:
+    """a * b + c: fused where float32 has FMA (moments.mul_add), rounded twice in float64."""
+    if real is float:
+        return mul_add(a, b, c)
+    else:
+        return a * b + c
+
+
+cdef inline void sum_deviations(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
+                                const real* shift, double* s1) noexcept nogil:
+    """s1[j] = sum over c of (x[c, j] - shift[j]), in blocks of CB channels summed in x's precision."""
+    cdef real a
+    cdef real part[BW]
+    cdef Py_ssize_t c = 0, j, k
+    cdef const real* xc
+    for j in range(w):
+        s1[j] = 0.0
+    while c + CB <= C:
+        xc = x + c * S
+        for j in range(w):
+            a = (xc[j] - shift[j]) + (xc[j + S] - shift[j])
+            a = a + (xc[j + 2 * S] - shift[j])
+            a = a + (xc[j + 3 * S] - shift[j])
+            a = a + (xc[j + 4 * S] - shift[j])
+            a = a + (xc[j + 5 * S] - shift[j])
+            a = a + (xc[j + 6 * S] - shift[j])
+            a = a + (xc[j + 7 * S] - shift[j])
+            s1[j] += <double>a
+        c += CB
+    if c < C:
+        for j in range(w):
+            part[j] = 0
+        for k in range(c, C):
+            xc = x + k * S
+            for j in range(w):
+                part[j] = part[j] + (xc[j] - shift[j])
+        for j in range(w):
+            s1[j] += <double>part[j]
+
+
+cdef inline void sum_squares(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
+                             const real* mh, const real* ml, double* s2) noexcept nogil:
+    """s2[j] = sum over c of ((x[c, j] - mh[j]) - ml[j])^2, in blocks of CB channels in x's precision.
+
+    x - mh is exact near the mean (Sterbenz), so the deviations carry x's
+    precision relative to themselves, not to the offset."""
+    cdef real e, q
+    cdef real part[BW]
+    cdef Py_ssize_t c = 0, j, k
+    cdef const real* xc
+    for j in range(w):
+        s2[j] = 0.0
+    while c + CB <= C:
+        xc = x + c * S
+        for j in range(w):
+            e = (xc[j] - mh[j]) - ml[j]
+            q = e * e
+            e = (xc[j + S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 2 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 3 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 4 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 5 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 6 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            e = (xc[j + 7 * S] - mh[j]) - ml[j]
+            q = mul_add_r(e, e, q)
+            s2[j] += <double>q
+        c += CB
+    if c < C:
+        for j in range(w):
+            part[j] = 0
+        for k in range(c, C):
+            xc = x + k * S
+            for j in range(w):
+                e = (xc[j] - mh[j]) - ml[j]
+                part[j] = mul_add_r(e, e, part[j])
+        for j in range(w):
+            s2[j] += <double>part[j]
+
+
+cdef void position_in_float64(const real* x, Py_ssize_t C, Py_ssize_t S, bint rms,
+                              double* mean, double* m2) noexcept nogil:
+    """Mean (0 for RMSNorm) and sum of squared deviations of one position, two passes in float64:
+    for float32 positions whose squares left float32's range (or hold NaN/inf)."""
+    cdef double m = 0.0, q = 0.0, d
+    cdef Py_ssize_t c
+    if not rms:
+        for c in range(C):
+            m += <double>x[c * S]
+        m = m / C
+    for c in range(C):
+        d = <double>x[c * S] - m
+        q += d * d
+    mean[0] = m
+    m2[0] = q
+
+
+cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
+                             const real* scale, const real* bias, double eps, int act,
+                             bint rms) noexcept nogil:
     """Positions [0, w) of one sample: x and y point at x[n, 0, s0], stride S between channels.
 
-    Statistics from sums shifted by the first channel's value (exact in
-    float64 for float32 input). Since the shift is one of the C values,
-    (shift - mean)^2 <= C * var: the variance loses at most log10(C + 1)
-    decimal digits of float64 to cancellation, whatever the offset, and a
-    constant position gives deviations of exactly 0.
+    LayerNorm: mean from the deviations from a shift (the position's first
+    channel value, so constant positions give deviations of exactly 0), then
+    the sum of squared deviations from that mean: two passes, each summing CB
+    channels in x's precision and the blocks in float64. The second pass sees
+    the deviations from the computed mean, so an error of the mean enters the
+    variance squared. RMSNorm: the second pass alone, about 0.
     """
-    cdef double shift[BW]
     cdef double s1[BW]
-    cdef double rstd[BW]
-    cdef float mh[BW]
-    cdef float ml[BW]
-    cdef float rf[BW]
-    cdef double d, d1, d2, d3, a, b, m
-    cdef float af, bf
+    cdef double s2[BW]
+    cdef real shift[BW]
+    cdef real mh[BW]
+    cdef real ml[BW]
+    cdef real rf[BW]
+    cdef double m, a, b
+    cdef real ar, br
     cdef bint wide = False       # float32: some positions need their output in float64
+    cdef bint redo
     cdef Py_ssize_t c, j
     cdef const real* xc
     cdef real* yc
-    for j in range(w):
-        shift[j] = x[j]
-        s1[j] = 0.0
-        rstd[j] = 0.0
-    c = 1
-    while c + 4 <= C:
-        # four channels per sweep: the sums are loaded and stored once for four
-        # additions (still in channel order, so the result is the plain loop's)
-        xc = x + c * S
+    if rms:
         for j in range(w):
-            d = <double>xc[j] - shift[j]
-            d1 = <double>xc[j + S] - shift[j]
-            d2 = <double>xc[j + 2 * S] - shift[j]
-            d3 = <double>xc[j + 3 * S] - shift[j]
-            s1[j] = (((s1[j] + d) + d1) + d2) + d3
-            rstd[j] = (((rstd[j] + d * d) + d1 * d1) + d2 * d2) + d3 * d3
-        c += 4
-    while c < C:
-        xc = x + c * S
+            mh[j] = 0
+            ml[j] = 0
+            s1[j] = 0.0
+    else:
         for j in range(w):
-            d = <double>xc[j] - shift[j]
-            s1[j] += d
-            rstd[j] += d * d
-        c += 1
+            shift[j] = x[j]
+        sum_deviations(x, C, S, w, shift, s1)
+        for j in range(w):
+            m = <double>shift[j] + s1[j] / C
+            s1[j] = m
+            mh[j] = <real>m
+            ml[j] = <real>(m - <double>mh[j])
+    sum_squares(x, C, S, w, mh, ml, s2)
+    if real is float:
+        # (separate loops, so the common case stays vectorized)
+        redo = False
+        for j in range(w):
+            redo = redo | (not (s2[j] >= F32_MEAN_SQUARE_MIN * C and s2[j] < 1e300))
+        if redo:
+            for j in range(w):
+                if not (s2[j] >= F32_MEAN_SQUARE_MIN * C and s2[j] < 1e300):
+                    # squares out of float32's range, or NaN/inf in x: this position in float64
+                    position_in_float64(x + j, C, S, rms, &s1[j], &s2[j])
+                    mh[j] = <real>s1[j]
+                    ml[j] = <real>(s1[j] - <double>mh[j])
     for j in range(w):
-        m = s1[j] / C                       # mean - shift
-        d = rstd[j] / C - m * m             # variance
-        rstd[j] = 1.0 / sqrt((0.0 if d < 0.0 else d) + eps)   # (NaN, from an inf, stays NaN)
-        s1[j] = m
-        if real is float:
-            # float32 output arithmetic with the mean split in two floats: x - mh is
-            # exact near the mean (Sterbenz), so large offsets cost no digits
-            m = shift[j] + m
-            mh[j] = <float>m
-            ml[j] = <float>(m - <double>mh[j])
-            rf[j] = <float>rstd[j]
-            wide = wide or not rstd[j] >= 7.888609052210118e-31   # std above ~1e30: rstd may be subnormal
+        s2[j] = 1.0 / sqrt(s2[j] / C + eps)        # rstd (NaN, from a NaN or inf, stays NaN)
+        rf[j] = <real>s2[j]
+        ml[j] = -(ml[j] * rf[j])                    # from here on: -ml * rstd
+    if real is float:
+        for j in range(w):
+            wide = wide | (not s2[j] >= 7.888609052210118e-31)   # std above ~1e30: rstd may be subnormal
     # output, one channel span at a time (per-channel scale and bias are scalars here)
     for c in range(C):
         xc = x + c * S
         yc = y + c * S
         a = scale[c] if scale != NULL else 1.0
         b = bias[c] if bias != NULL else 0.0
-        if real is float:
-            af = <float>a
-            bf = <float>b
-            for j in range(w):
-                yc[j] = <real>(((xc[j] - mh[j]) - ml[j]) * rf[j] * af + bf)
-        else:
-            for j in range(w):
-                yc[j] = <real>(((<double>xc[j] - shift[j]) - s1[j]) * rstd[j] * a + b)
-        activate_span(yc, w, act)
-    if wide:
-        # the float32 positions of extreme spread again, in float64 (kept out of the hot loop,
-        # so each position's result never depends on its neighbours)
-        for c in range(C):
-            xc = x + c * S
-            yc = y + c * S
-            a = scale[c] if scale != NULL else 1.0
-            b = bias[c] if bias != NULL else 0.0
-            for j in range(w):
-                if not rstd[j] >= 7.888609052210118e-31:
-                    yc[j] = <real>(((<double>xc[j] - shift[j]) - s1[j]) * rstd[j] * a + b)
-                    activate_span(yc + j, 1, act)
-
-
-cdef void rms_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
-                         const real* scale, const real* bias, double eps, int act) noexcept nogil:
-    """RMSNorm of positions [0, w) of one sample (no centring: PixelNorm)."""
-    cdef double rinv[BW]
-    cdef float rf[BW]
-    cdef double v, v1, v2, v3, a, b
-    cdef bint wide = False       # float32: some positions need their output in float64
-    cdef Py_ssize_t c, j
-    cdef const real* xc
-    cdef real* yc
-    for j in range(w):
-        rinv[j] = 0.0
-    c = 0
-    while c + 4 <= C:
-        xc = x + c * S
+        ar = <real>a
+        br = <real>b
         for j in range(w):
-            v = xc[j]
-            v1 = xc[j + S]
-            v2 = xc[j + 2 * S]
-            v3 = xc[j + 3 * S]
-            rinv[j] = (((rinv[j] + v * v) + v1 * v1) + v2 * v2) + v3 * v3
-        c += 4
-    while c < C:
-        xc = x + c * S
-        for j in range(w):
-            v = xc[j]
-            rinv[j] += v * v
-        c += 1
-    for j in range(w):
-        rinv[j] = 1.0 / sqrt(rinv[j] / C + eps)
-        if real is float:
-            rf[j] = <float>rinv[j]
-            wide = wide or not rinv[j] >= 7.888609052210118e-31   # root mean square above ~1e30
-    for c in range(C):
-        xc = x + c * S
-        yc = y + c * S
-        a = scale[c] if scale != NULL else 1.0
-        b = bias[c] if bias != NULL else 0.0
-        if real is float:
-            for j in range(w):
-                yc[j] = <real>(xc[j] * rf[j] * <float>a + <float>b)
-        else:
-            for j in range(w):
-                yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
+            # ((x - mh) - ml) * rstd as (x - mh) * rstd - ml * rstd: one rounding fewer, one op fewer
+            yc[j] = mul_add_r(mul_add_r(xc[j] - mh[j], rf[j], ml[j]), ar, br)
         activate_span(yc, w, act)
-    if wide:
-        for c in range(C):
-            xc = x + c * S
-            yc = y + c * S
-            a = scale[c] if scale != NULL else 1.0
-            b = bias[c] if bias != NULL else 0.0
-            for j in range(w):
-                if not rinv[j] >= 7.888609052210118e-31:
-                    yc[j] = <real>(<double>xc[j] * rinv[j] * a + b)
-                    activate_span(yc + j, 1, act)
+    if real is float:
+        if wide:
+            # the positions of extreme spread again, in float64 (kept out of the hot loop,
+            # so each position's result never depends on its neighbours)
+            for c in range(C):
+                xc = x + c * S
+                yc = y + c * S
+                a = scale[c] if scale != NULL else 1.0
+                b = bias[c] if bias != NULL else 0.0
+                for j in range(w):
+                    if not s2[j] >= 7.888609052210118e-31:
+                        yc[j] = <real>((<double>xc[j] - s1[j]) * s2[j] * a + b)
+                        activate_span(yc + j, 1, act)
 
 
 def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C per (n, s)
@@ -185,9 +244,14 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
                  bias=None,                 # IN  (C,) x.dtype, or None
                  double eps=1e-6, int act=0, bint rms=False, int n_threads=1):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    # positions per item: any width gives the same bits (positions are independent)
-    cdef Py_ssize_t bw = max(64, min(<Py_ssize_t>BW, BLOCK_BYTES // max(1, C * <Py_ssize_t>sizeof(real)) // 16 * 16))
-    cdef Py_ssize_t nb = (S + bw - 1) // bw, item, n, s0, w
+    # positions per item: any width gives the same bits (positions are independent), so the
+    # width may follow the thread count: enough items for every thread to get about as many
+    cdef Py_ssize_t bw = min(<Py_ssize_t>BW, BLOCK_BYTES // max(1, C * <Py_ssize_t>sizeof(real)) // 16 * 16)
+    cdef Py_ssize_t nb, item, n, s0, w
+    if n_threads > 1:
+        bw = min(bw, (N * S + 8 * n_threads - 1) // (8 * n_threads) // 16 * 16)
+    bw = max(<Py_ssize_t>BW_MIN, bw)
+    nb = (S + bw - 1) // bw
     cdef const real[::1] scale_v, bias_v
     cdef const real* scale_p = NULL
     cdef const real* bias_p = NULL
@@ -212,7 +276,4 @@ def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C pe
         n = item // nb
         s0 = (item % nb) * bw
         w = min(bw, S - s0)
-        if rms:
-            rms_norm_block(&x[n, 0, s0], &out[n, 0, s0], C, S, w, scale_p, bias_p, eps, act)
-        else:
-            layer_norm_block(&x[n, 0, s0], &out[n, 0, s0], C, S, w, scale_p, bias_p, eps, act)
+        channel_norm_block(&x[n, 0, s0], &out[n, 0, s0], C, S, w, scale_p, bias_p, eps, act, rms)

@@ -155,8 +155,10 @@ def _build(name, eager_attention=False):
     mf = _fixtures()
 
     def attention(model):
-        if eager_attention:
-            model.set_attn_processor(AttnProcessor())
+        if eager_attention:         # every Attention module (UNet2DModel has no set_attn_processor)
+            for m in model.modules():
+                if hasattr(m, "set_processor"):
+                    m.set_processor(AttnProcessor())
         return model
     if name == "unet64":
         unet = UNet2DModel(
