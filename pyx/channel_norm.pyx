@@ -32,16 +32,29 @@ from libc.math cimport sqrt
 from moments cimport real, activate_span, mul_add
 
 
+cdef extern from "channel_norm_out.h":
+    # the output pass over channels [c0, c1): ((x - mh) * rf + nml) * scale + bias
+    void channel_affine_f32 "nrt_channel_affine_f32"(
+        const float* x, float* y, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t S, Py_ssize_t w,
+        const float* mh, const float* rf, const float* nml, const float* scale, const float* bias) noexcept nogil
+    void channel_affine_f64 "nrt_channel_affine_f64"(
+        const double* x, double* y, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t S, Py_ssize_t w,
+        const double* mh, const double* rf, const double* nml, const double* scale,
+        const double* bias) noexcept nogil
+
+
 cdef enum:
     # most positions per work item (the size of the per-position arrays)
-    BW = 256
+    BW = 512
     # fewest positions per work item: whole vectors, and rows long enough for the prefetcher
     BW_MIN = 64
     # bytes of x a work item spans: its (C, width) block is read three times
     # (two statistics passes and the output pass), so it should stay in L1
-    BLOCK_BYTES = 262144
+    BLOCK_BYTES = 524288
     # channels summed in x's precision before the sum meets the float64 accumulator
     CB = 8
+    # output rows written (and activated) per call of the output pass
+    OUT_GROUP = 16
 
 # float32 sums of squares are trusted only where no square can have been
 # subnormal (a mean square of at least 1e-24: a square below FLT_MIN is then
@@ -171,12 +184,9 @@ cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S,
     cdef real ml[BW]
     cdef real rf[BW]
     cdef double m, a, b
-    cdef real ar, br
     cdef bint wide = False       # float32: some positions need their output in float64
     cdef bint redo
     cdef Py_ssize_t c, j
-    cdef const real* xc
-    cdef real* yc
     if rms:
         for j in range(w):
             mh[j] = 0
@@ -187,10 +197,17 @@ cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S,
             shift[j] = x[j]
         sum_deviations(x, C, S, w, shift, s1)
         for j in range(w):
-            m = <double>shift[j] + s1[j] / C
-            s1[j] = m
-            mh[j] = <real>m
-            ml[j] = <real>(m - <double>mh[j])
+            m = s1[j] / C                           # mean - shift
+            s1[j] = <double>shift[j] + m
+            if real is float:
+                # the mean in two floats: x - mh is exact near the mean (Sterbenz)
+                mh[j] = <real>s1[j]
+                ml[j] = <real>(s1[j] - <double>mh[j])
+            else:
+                # float64: deviations from the shift, then from the mean's small offset to it
+                # (the mean itself would round at the offset's magnitude)
+                mh[j] = shift[j]
+                ml[j] = m
     sum_squares(x, C, S, w, mh, ml, s2)
     if real is float:
         # (separate loops, so the common case stays vectorized)
@@ -211,31 +228,44 @@ cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S,
     if real is float:
         for j in range(w):
             wide = wide | (not s2[j] >= 7.888609052210118e-31)   # std above ~1e30: rstd may be subnormal
-    # output, one channel span at a time (per-channel scale and bias are scalars here)
-    for c in range(C):
-        xc = x + c * S
-        yc = y + c * S
-        a = scale[c] if scale != NULL else 1.0
-        b = bias[c] if bias != NULL else 0.0
-        ar = <real>a
-        br = <real>b
-        for j in range(w):
-            # ((x - mh) - ml) * rstd as (x - mh) * rstd - ml * rstd: one rounding fewer, one op fewer
-            yc[j] = mul_add_r(mul_add_r(xc[j] - mh[j], rf[j], ml[j]), ar, br)
-        activate_span(yc, w, act)
-    if real is float:
-        if wide:
-            # the positions of extreme spread again, in float64 (kept out of the hot loop,
-            # so each position's result never depends on its neighbours)
+    if not wide:
+        output_span(x, y, C, S, 0, w, mh, rf, ml, scale, bias, act)
+        return
+    # float32 positions of extreme spread (rstd maybe subnormal) in float64, one column at a
+    # time, each element read before it is written (out may be x); the runs of positions
+    # between them as usual, so no position's result depends on its neighbours
+    j = 0
+    while j < w:
+        if not s2[j] >= 7.888609052210118e-31:
             for c in range(C):
-                xc = x + c * S
-                yc = y + c * S
                 a = scale[c] if scale != NULL else 1.0
                 b = bias[c] if bias != NULL else 0.0
-                for j in range(w):
-                    if not s2[j] >= 7.888609052210118e-31:
-                        yc[j] = <real>((<double>xc[j] - s1[j]) * s2[j] * a + b)
-                        activate_span(yc + j, 1, act)
+                y[c * S + j] = <real>((<double>x[c * S + j] - s1[j]) * s2[j] * a + b)
+                activate_span(y + c * S + j, 1, act)
+            j += 1
+        else:
+            c = j
+            while j < w and s2[j] >= 7.888609052210118e-31:
+                j += 1
+            output_span(x + c, y + c, C, S, 0, j - c, mh + c, rf + c, ml + c, scale, bias, act)
+
+
+cdef inline void output_span(const real* x, real* y, Py_ssize_t C, Py_ssize_t S, Py_ssize_t j0,
+                             Py_ssize_t j1, const real* mh, const real* rf, const real* nml,
+                             const real* scale, const real* bias, int act) noexcept nogil:
+    """y = act(((x - mh) * rf + nml) * scale[c] + bias[c]) at positions [j0, j1) of every channel:
+    four channels per sweep (channel_norm_out.h), each group of rows activated while in L1."""
+    cdef Py_ssize_t c = 0, c1, k
+    while c < C:
+        c1 = min(c + <Py_ssize_t>OUT_GROUP, C)
+        if real is float:
+            channel_affine_f32(x + j0, y + j0, c, c1, S, j1 - j0, mh + j0, rf + j0, nml + j0, scale, bias)
+        else:
+            channel_affine_f64(x + j0, y + j0, c, c1, S, j1 - j0, mh + j0, rf + j0, nml + j0, scale, bias)
+        if act:
+            for k in range(c, c1):
+                activate_span(y + k * S + j0, j1 - j0, act)
+        c = c1
 
 
 def channel_norm(const real[:, :, ::1] x,   # IN  (N, C, S) statistics over C per (n, s)
