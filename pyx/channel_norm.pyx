@@ -83,13 +83,9 @@ cdef inline void sum_deviations(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ss
     while c + CB <= C:
         xc = x + c * S
         for j in range(w):
-            a = (xc[j] - shift[j]) + (xc[j + S] - shift[j])
-            a = a + (xc[j + 2 * S] - shift[j])
-            a = a + (xc[j + 3 * S] - shift[j])
-            a = a + (xc[j + 4 * S] - shift[j])
-            a = a + (xc[j + 5 * S] - shift[j])
-            a = a + (xc[j + 6 * S] - shift[j])
-            a = a + (xc[j + 7 * S] - shift[j])
+            a = xc[j] - shift[j]
+            for k in range(1, CB):         # (unrolled by the compiler: CB is a constant)
+                a = a + (xc[j + k * S] - shift[j])
             s1[j] += <double>a
         c += CB
     if c < C:
@@ -120,20 +116,9 @@ cdef inline void sum_squares(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize
         for j in range(w):
             e = (xc[j] - mh[j]) - ml[j]
             q = e * e
-            e = (xc[j + S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 2 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 3 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 4 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 5 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 6 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
-            e = (xc[j + 7 * S] - mh[j]) - ml[j]
-            q = mul_add_r(e, e, q)
+            for k in range(1, CB):         # (unrolled by the compiler: CB is a constant)
+                e = (xc[j + k * S] - mh[j]) - ml[j]
+                q = mul_add_r(e, e, q)
             s2[j] += <double>q
         c += CB
     if c < C:

@@ -31,67 +31,43 @@
 #define NRT_IVDEP
 #endif
 
-static inline void nrt_channel_affine_f32(const float* x, float* y, ptrdiff_t c0, ptrdiff_t c1,
-                                          ptrdiff_t S, ptrdiff_t w, const float* mh, const float* rf,
-                                          const float* nml, const float* scale, const float* bias) {
-    ptrdiff_t c = c0, j;
-    for (; c + 4 <= c1; c += 4) {
-        const float a0 = scale ? scale[c] : 1.0f, a1 = scale ? scale[c + 1] : 1.0f;
-        const float a2 = scale ? scale[c + 2] : 1.0f, a3 = scale ? scale[c + 3] : 1.0f;
-        const float b0 = bias ? bias[c] : 0.0f, b1 = bias ? bias[c + 1] : 0.0f;
-        const float b2 = bias ? bias[c + 2] : 0.0f, b3 = bias ? bias[c + 3] : 0.0f;
-        const float* x0 = x + c * S;
-        float* y0 = y + c * S;
-        NRT_IVDEP
-        for (j = 0; j < w; j++) {
-            const float m = mh[j], r = rf[j], q = nml[j];
-            const float v0 = x0[j], v1 = x0[j + S], v2 = x0[j + 2 * S], v3 = x0[j + 3 * S];
-            y0[j] = nrt_mul_add(nrt_mul_add(v0 - m, r, q), a0, b0);
-            y0[j + S] = nrt_mul_add(nrt_mul_add(v1 - m, r, q), a1, b1);
-            y0[j + 2 * S] = nrt_mul_add(nrt_mul_add(v2 - m, r, q), a2, b2);
-            y0[j + 3 * S] = nrt_mul_add(nrt_mul_add(v3 - m, r, q), a3, b3);
-        }
-    }
-    for (; c < c1; c++) {
-        const float a = scale ? scale[c] : 1.0f, b = bias ? bias[c] : 0.0f;
-        const float* xc = x + c * S;
-        float* yc = y + c * S;
-        NRT_IVDEP
-        for (j = 0; j < w; j++)
-            yc[j] = nrt_mul_add(nrt_mul_add(xc[j] - mh[j], rf[j], nml[j]), a, b);
-    }
+/* One definition for both types: NAME, the element type T and MUL_ADD(a, b, c), a * b + c
+   (float32: nrt_mul_add, fused where the ISA has FMA; float64: rounded twice, which
+   -ffp-contract=off keeps so at every level). */
+#define NRT_DEFINE_CHANNEL_AFFINE(NAME, T, MUL_ADD)                                              \
+static inline void NAME(const T* x, T* y, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t S, ptrdiff_t w,   \
+                        const T* mh, const T* rf, const T* nml, const T* scale, const T* bias) { \
+    ptrdiff_t c = c0, j;                                                                         \
+    for (; c + 4 <= c1; c += 4) {                                                                \
+        const T a0 = scale ? scale[c] : (T)1, a1 = scale ? scale[c + 1] : (T)1;                  \
+        const T a2 = scale ? scale[c + 2] : (T)1, a3 = scale ? scale[c + 3] : (T)1;              \
+        const T b0 = bias ? bias[c] : (T)0, b1 = bias ? bias[c + 1] : (T)0;                      \
+        const T b2 = bias ? bias[c + 2] : (T)0, b3 = bias ? bias[c + 3] : (T)0;                  \
+        const T* x0 = x + c * S;                                                                 \
+        T* y0 = y + c * S;                                                                       \
+        NRT_IVDEP                                                                                \
+        for (j = 0; j < w; j++) {                                                                \
+            const T m = mh[j], r = rf[j], q = nml[j];                                            \
+            const T v0 = x0[j], v1 = x0[j + S], v2 = x0[j + 2 * S], v3 = x0[j + 3 * S];          \
+            y0[j] = MUL_ADD(MUL_ADD(v0 - m, r, q), a0, b0);                                      \
+            y0[j + S] = MUL_ADD(MUL_ADD(v1 - m, r, q), a1, b1);                                  \
+            y0[j + 2 * S] = MUL_ADD(MUL_ADD(v2 - m, r, q), a2, b2);                              \
+            y0[j + 3 * S] = MUL_ADD(MUL_ADD(v3 - m, r, q), a3, b3);                              \
+        }                                                                                        \
+    }                                                                                            \
+    for (; c < c1; c++) {                                                                        \
+        const T a = scale ? scale[c] : (T)1, b = bias ? bias[c] : (T)0;                          \
+        const T* xc = x + c * S;                                                                 \
+        T* yc = y + c * S;                                                                       \
+        NRT_IVDEP                                                                                \
+        for (j = 0; j < w; j++)                                                                  \
+            yc[j] = MUL_ADD(MUL_ADD(xc[j] - mh[j], rf[j], nml[j]), a, b);                        \
+    }                                                                                            \
 }
 
-/* float64: rounded twice per multiply-add (-ffp-contract=off keeps it so at every level) */
-static inline void nrt_channel_affine_f64(const double* x, double* y, ptrdiff_t c0, ptrdiff_t c1,
-                                          ptrdiff_t S, ptrdiff_t w, const double* mh, const double* rf,
-                                          const double* nml, const double* scale, const double* bias) {
-    ptrdiff_t c = c0, j;
-    for (; c + 4 <= c1; c += 4) {
-        const double a0 = scale ? scale[c] : 1.0, a1 = scale ? scale[c + 1] : 1.0;
-        const double a2 = scale ? scale[c + 2] : 1.0, a3 = scale ? scale[c + 3] : 1.0;
-        const double b0 = bias ? bias[c] : 0.0, b1 = bias ? bias[c + 1] : 0.0;
-        const double b2 = bias ? bias[c + 2] : 0.0, b3 = bias ? bias[c + 3] : 0.0;
-        const double* x0 = x + c * S;
-        double* y0 = y + c * S;
-        NRT_IVDEP
-        for (j = 0; j < w; j++) {
-            const double m = mh[j], r = rf[j], q = nml[j];
-            const double v0 = x0[j], v1 = x0[j + S], v2 = x0[j + 2 * S], v3 = x0[j + 3 * S];
-            y0[j] = ((v0 - m) * r + q) * a0 + b0;
-            y0[j + S] = ((v1 - m) * r + q) * a1 + b1;
-            y0[j + 2 * S] = ((v2 - m) * r + q) * a2 + b2;
-            y0[j + 3 * S] = ((v3 - m) * r + q) * a3 + b3;
-        }
-    }
-    for (; c < c1; c++) {
-        const double a = scale ? scale[c] : 1.0, b = bias ? bias[c] : 0.0;
-        const double* xc = x + c * S;
-        double* yc = y + c * S;
-        NRT_IVDEP
-        for (j = 0; j < w; j++)
-            yc[j] = ((xc[j] - mh[j]) * rf[j] + nml[j]) * a + b;
-    }
-}
+#define NRT_MUL_ADD_F64(a, b, c) ((a) * (b) + (c))
+
+NRT_DEFINE_CHANNEL_AFFINE(nrt_channel_affine_f32, float, nrt_mul_add)
+NRT_DEFINE_CHANNEL_AFFINE(nrt_channel_affine_f64, double, NRT_MUL_ADD_F64)
 
 #endif
