@@ -71,55 +71,35 @@ cdef inline real mul_add_r(real a, real b, real c) noexcept nogil:
         return a * b + c
 
 
-cdef inline void sum_deviations(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
-                                const real* shift, double* s1) noexcept nogil:
-    """s1[j] = sum over c of (x[c, j] - shift[j]), in blocks of CB channels summed in x's precision."""
-    cdef real a
-    cdef real part[BW]
-    cdef Py_ssize_t c = 0, j, k
-    cdef const real* xc
-    for j in range(w):
-        s1[j] = 0.0
-    while c + CB <= C:
-        xc = x + c * S
-        for j in range(w):
-            a = xc[j] - shift[j]
-            for k in range(1, CB):         # (unrolled by the compiler: CB is a constant)
-                a = a + (xc[j + k * S] - shift[j])
-            s1[j] += <double>a
-        c += CB
-    if c < C:
-        for j in range(w):
-            part[j] = 0
-        for k in range(c, C):
-            xc = x + k * S
-            for j in range(w):
-                part[j] = part[j] + (xc[j] - shift[j])
-        for j in range(w):
-            s1[j] += <double>part[j]
+cdef inline void channel_sums(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w, const real* mh,
+                              const real* ml, bint squares, double* out) noexcept nogil:
+    """out[j] = sum over c of (x[c, j] - mh[j]), or with `squares` of ((x[c, j] - mh[j]) - ml[j])^2,
+    in blocks of CB channels summed in x's precision, the blocks in float64.
 
-
-cdef inline void sum_squares(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize_t w,
-                             const real* mh, const real* ml, double* s2) noexcept nogil:
-    """s2[j] = sum over c of ((x[c, j] - mh[j]) - ml[j])^2, in blocks of CB channels in x's precision.
-
-    x - mh is exact near the mean (Sterbenz), so the deviations carry x's
-    precision relative to themselves, not to the offset."""
+    x - mh is exact near mh (Sterbenz), so the deviations carry x's precision
+    relative to themselves, not to the offset."""
     cdef real e, q
     cdef real part[BW]
     cdef Py_ssize_t c = 0, j, k
     cdef const real* xc
     for j in range(w):
-        s2[j] = 0.0
+        out[j] = 0.0
     while c + CB <= C:
         xc = x + c * S
-        for j in range(w):
-            e = (xc[j] - mh[j]) - ml[j]
-            q = e * e
-            for k in range(1, CB):         # (unrolled by the compiler: CB is a constant)
-                e = (xc[j + k * S] - mh[j]) - ml[j]
-                q = mul_add_r(e, e, q)
-            s2[j] += <double>q
+        if squares:
+            for j in range(w):
+                e = (xc[j] - mh[j]) - ml[j]
+                q = e * e
+                for k in range(1, CB):         # (unrolled by the compiler: CB is a constant)
+                    e = (xc[j + k * S] - mh[j]) - ml[j]
+                    q = mul_add_r(e, e, q)
+                out[j] += <double>q
+        else:
+            for j in range(w):
+                q = xc[j] - mh[j]
+                for k in range(1, CB):
+                    q = q + (xc[j + k * S] - mh[j])
+                out[j] += <double>q
         c += CB
     if c < C:
         for j in range(w):
@@ -127,10 +107,10 @@ cdef inline void sum_squares(const real* x, Py_ssize_t C, Py_ssize_t S, Py_ssize
         for k in range(c, C):
             xc = x + k * S
             for j in range(w):
-                e = (xc[j] - mh[j]) - ml[j]
-                part[j] = mul_add_r(e, e, part[j])
+                e = xc[j] - mh[j]
+                part[j] = mul_add_r(e - ml[j], e - ml[j], part[j]) if squares else part[j] + e
         for j in range(w):
-            s2[j] += <double>part[j]
+            out[j] += <double>part[j]
 
 
 cdef void position_in_float64(const real* x, Py_ssize_t C, Py_ssize_t S, bint rms,
@@ -180,7 +160,7 @@ cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S,
     else:
         for j in range(w):
             shift[j] = x[j]
-        sum_deviations(x, C, S, w, shift, s1)
+        channel_sums(x, C, S, w, shift, shift, False, s1)
         for j in range(w):
             m = s1[j] / C                           # mean - shift
             s1[j] = <double>shift[j] + m
@@ -193,7 +173,7 @@ cdef void channel_norm_block(const real* x, real* y, Py_ssize_t C, Py_ssize_t S,
                 # (the mean itself would round at the offset's magnitude)
                 mh[j] = shift[j]
                 ml[j] = m
-    sum_squares(x, C, S, w, mh, ml, s2)
+    channel_sums(x, C, S, w, mh, ml, True, s2)
     if real is float:
         # (separate loops, so the common case stays vectorized)
         redo = False
