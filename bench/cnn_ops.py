@@ -1,9 +1,10 @@
 """The CNNs' memory-bound ops at light_densenet121 / light_resnet50 shapes, vs onnxruntime.
 
-    python -m bench.cnn_ops [--runs 200] [--threads 2]
+    python -m bench.cnn_ops [--runs 100] [--blocks 3] [--threads 2]
 
 For each case, one-node (or BatchNormalization + Relu) models run by normrt
-and by onnxruntime, interleaved, min over runs:
+and by onnxruntime, each in its own blocks of --runs runs after a pause
+(normrt.timing: the min over --blocks blocks of the block median):
 
     normrt      the normrt session (what a graph node costs, Python included)
     ort         onnxruntime, same thread count
@@ -49,22 +50,21 @@ def one_node_model(op, shape, attrs, rng):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def interleaved_min(fns, runs):
-    best = [float("inf")] * len(fns)
-    for f in fns:
-        f()
-    for _ in range(runs):
-        for i, f in enumerate(fns):
-            t0 = time.perf_counter()
-            f()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return [b * 1e6 for b in best]
+def block_times(fns, args):
+    """{name: best seconds} of the callables {name: fn()}, each timed in its own blocks (normrt.timing)."""
+    from normrt import timing
+    return {k: t.best for k, t in timing.time_blocks(fns, args.runs, blocks=args.blocks).items()}
+
+
+def add_timing_args(ap):
+    ap.add_argument("--runs", type=int, default=100, help="timed runs per block (default 100)")
+    ap.add_argument("--blocks", type=int, default=3, help="blocks per implementation (default 3)")
+    ap.add_argument("--threads", type=int, default=2)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    add_timing_args(ap)
     args = ap.parse_args(argv)
     import normrt
     try:
@@ -72,24 +72,25 @@ def main(argv=None):
     except ImportError:
         ort = None
     rng = np.random.default_rng(0)
-    print(f"normrt {normrt.__version__}, {args.threads} threads, min of {args.runs} interleaved runs (us)")
+    print(f"normrt {normrt.__version__}, {args.threads} threads, min over {args.blocks} blocks of the median of "
+          f"{args.runs} runs, each implementation in its own blocks after a pause (us)")
     print("| op | shape | normrt | ort | copyto |")
     print("|---|---|---|---|---|")
     for op, shape, attrs in CASES:
         model = one_node_model(op, shape, attrs, rng)
         x = rng.standard_normal(shape).astype(np.float32)
         sess = normrt.InferenceSession(model, num_threads=args.threads)
-        fns = [lambda: sess.run(None, {"x": x})]
+        fns = {"normrt": lambda: sess.run(None, {"x": x})}
         if ort is not None:
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
             osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            fns.append(lambda: osess.run(None, {"x": x}))
+            fns["ort"] = lambda: osess.run(None, {"x": x})
         y = np.empty_like(x)
-        fns.append(lambda: np.copyto(y, x))
-        t = interleaved_min(fns, args.runs)
-        ort_t = f"{t[1]:.1f}" if ort is not None else "-"
-        print(f"| {op} | {shape} | {t[0]:.1f} | {ort_t} | {t[-1]:.1f} |")
+        fns["copyto"] = lambda: np.copyto(y, x)
+        t = {k: v * 1e6 for k, v in block_times(fns, args).items()}
+        ort_t = f"{t['ort']:.1f}" if ort is not None else "-"
+        print(f"| {op} | {shape} | {t['normrt']:.1f} | {ort_t} | {t['copyto']:.1f} |")
 
     # BatchNorm + relu right after a conv: 1 vs 2 OpenMP threads
     xc = rng.standard_normal((1, 128, 28, 28)).astype(np.float32)

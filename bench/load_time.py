@@ -21,25 +21,44 @@ CACHE = os.environ.get("NORMRT_BENCH_CACHE", os.path.expanduser("~/.cache/normrt
 FAMILIES = ("bert", "llama")
 
 
-def _module(family, layers):
+def _module(family, layers, **config):
+    """A random-weight `transformers` BertModel / LlamaModel of `layers` layers, in eval mode.
+
+    Hidden size 64 unless `config` overrides fields of the transformers config
+    (scripts/e2e_bench.py builds its bert128 / llama128 with bigger ones)."""
     import torch
     import transformers
 
     torch.manual_seed(0)
     if family == "bert":
-        cfg = transformers.BertConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                                      intermediate_size=128, vocab_size=256, max_position_embeddings=64)
-        model = transformers.BertModel(cfg)
+        cfg = dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                   intermediate_size=128, vocab_size=256, max_position_embeddings=64)
+        model = transformers.BertModel(transformers.BertConfig(**{**cfg, **config}))
     elif family == "llama":
-        cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                                       num_key_value_heads=2, intermediate_size=128, vocab_size=256,
-                                       max_position_embeddings=64)
-        model = transformers.LlamaModel(cfg)
+        cfg = dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=128, vocab_size=256,
+                   max_position_embeddings=64)
+        model = transformers.LlamaModel(transformers.LlamaConfig(**{**cfg, **config}))
     else:
         raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
     model.config.return_dict = False
     model.config.use_cache = False
     return model.eval()
+
+
+def first_output(model):
+    """`model` as a module of the token ids alone that returns its first output (the last hidden state)."""
+    import torch
+
+    class FirstOutput(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            # an explicit mask: the legacy exporter cannot trace transformers' mask from lengths
+            return self.model(input_ids=ids, attention_mask=torch.ones_like(ids))[0]
+    return FirstOutput().eval()
 
 
 def export(family, layers, folder=CACHE):
@@ -50,21 +69,11 @@ def export(family, layers, folder=CACHE):
     import torch
 
     os.makedirs(folder, exist_ok=True)
-    model = _module(family, layers)
-
-    class FirstOutput(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, ids):
-            # an explicit mask: the legacy exporter cannot trace transformers' mask from lengths
-            return self.model(input_ids=ids, attention_mask=torch.ones_like(ids))[0]
-
+    model = first_output(_module(family, layers))
     ids = torch.randint(0, 256, (1, 16))
     tmp = path + ".tmp"
     with torch.no_grad():
-        torch.onnx.export(FirstOutput().eval(), (ids,), tmp, input_names=["ids"], output_names=["y"],
+        torch.onnx.export(model, (ids,), tmp, input_names=["ids"], output_names=["y"],
                           opset_version=17, dynamo=False)
     os.replace(tmp, path)
     return path

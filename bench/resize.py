@@ -1,9 +1,10 @@
 """Resize at the decoders' / style networks' shapes: normrt vs onnxruntime vs the copy floor.
 
-    python -m bench.resize [--runs 200] [--threads 2]
+    python -m bench.resize [--runs 100] [--blocks 3] [--threads 2]
 
 Each case is a one-node Resize model (scales as an initializer) run by normrt
-and by onnxruntime (same thread count), interleaved, min over runs (us), and
+and by onnxruntime (same thread count), each in its own blocks of runs after a
+pause (normrt.timing: min over blocks of the block median, us), and
 `copyto`: np.copyto of an output-sized array, the floor for producing the
 output (every output byte written once, as many read). Integer nearest should
 sit at that floor. Shared machines are noisy: compare ratios within one run.
@@ -13,7 +14,7 @@ import argparse
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from .cnn_ops import interleaved_min
+from .cnn_ops import add_timing_args, block_times
 
 CASES = [  # mode, input shape, scales (N, C, H, W), extra attributes
     ("nearest", (1, 64, 128, 128), (1, 1, 2, 2), {}),            # style256's upsampling
@@ -36,8 +37,7 @@ def resize_model(mode, shape, scales, attrs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    add_timing_args(ap)
     args = ap.parse_args(argv)
     import normrt
     try:
@@ -45,7 +45,8 @@ def main(argv=None):
     except ImportError:
         ort = None
     rng = np.random.default_rng(0)
-    print(f"normrt {normrt.__version__}, {args.threads} threads, min of {args.runs} interleaved runs (us)")
+    print(f"normrt {normrt.__version__}, {args.threads} threads, min over {args.blocks} blocks of the median of "
+          f"{args.runs} runs, each implementation in its own blocks after a pause (us)")
     print("| mode | shape | scales | normrt | ort | copyto | normrt / copyto |")
     print("|---|---|---|---|---|---|---|")
     for mode, shape, scales, attrs in CASES:
@@ -53,19 +54,20 @@ def main(argv=None):
         x = rng.standard_normal(shape).astype(np.float32)
         sess = normrt.InferenceSession(model, num_threads=args.threads)
         want = sess.run(None, {"x": x})[0]
-        fns = [lambda: sess.run(None, {"x": x})]
+        fns = {"normrt": lambda: sess.run(None, {"x": x})}
         if ort is not None:
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
             osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
             got = osess.run(None, {"x": x})[0]
             assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5), "outputs differ"
-            fns.append(lambda: osess.run(None, {"x": x}))
+            fns["ort"] = lambda: osess.run(None, {"x": x})
         dst = np.empty_like(want)
-        fns.append(lambda: np.copyto(dst, want))
-        t = interleaved_min(fns, args.runs)
-        ort_t = f"{t[1]:.1f}" if ort is not None else "-"
-        print(f"| {mode} | {shape} | {scales[2:]} | {t[0]:.1f} | {ort_t} | {t[-1]:.1f} | {t[0] / t[-1]:.2f}x |")
+        fns["copyto"] = lambda: np.copyto(dst, want)
+        t = {k: v * 1e6 for k, v in block_times(fns, args).items()}
+        ort_t = f"{t['ort']:.1f}" if ort is not None else "-"
+        print(f"| {mode} | {shape} | {scales[2:]} | {t['normrt']:.1f} | {ort_t} | {t['copyto']:.1f} "
+              f"| {t['normrt'] / t['copyto']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -208,35 +208,20 @@ def load(name, cache=DEFAULT_CACHE):
 
 
 # ----------------------------------------------------------------- timing
-def time_block(fn, repeat):
-    """Median of `repeat` timed calls after one warm-up call (seconds)."""
-    fn()
-    times = []
-    clock = time.perf_counter
-    for _ in range(repeat):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return float(np.median(times))
-
-
 def measure(path, feeds, threads, repeat, blocks=3, pause=0.2):
     """{'normrt': s, 'ort': s}: the min over `blocks` of each runtime's block median, blocks alternating."""
     import onnxruntime as ort
 
     import normrt
+    from normrt import timing
     sess = normrt.InferenceSession(str(path), num_threads=threads)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    best = {"normrt": float("inf"), "ort": float("inf")}
     runs = {"normrt": lambda: sess.run(None, feeds), "ort": lambda: osess.run(None, feeds)}
-    for _ in range(blocks):
-        for k, fn in runs.items():
-            time.sleep(pause)
-            best[k] = min(best[k], time_block(fn, repeat))
-    return best, len(sess.optimized_model.graph.node)
+    timed = timing.time_blocks(runs, repeat, blocks=blocks, pause=pause)
+    return {k: t.best for k, t in timed.items()}, len(sess.optimized_model.graph.node)
 
 
 def main(argv=None):

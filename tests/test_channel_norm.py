@@ -200,14 +200,16 @@ def test_half_precision_parameters_may_come_as_x_dtype():
 
 
 @pytest.mark.parametrize("rms", [False, True])
-def test_a_position_of_extreme_spread_leaves_its_neighbours_bits_alone(rms):
-    # float32 positions whose std exceeds ~1e30 take a float64 output path; the others must
-    # not notice (each position's result depends on its own values only)
+@pytest.mark.parametrize("spread", [1e36, 1e20, 1e-22])
+def test_a_position_of_extreme_spread_leaves_its_neighbours_bits_alone(rms, spread):
+    # float32 positions whose squares leave float32's range (1e20: they overflow, 1e-22: they
+    # are subnormal) get their statistics in float64, those whose std exceeds ~1e30 their
+    # output too; the others must not notice (each position's result depends on its own values)
     rng = np.random.default_rng(12)
     x = rng.standard_normal((1, 20, 70)).astype(np.float32)
     w, b = rng.uniform(-2, 2, 20).astype(np.float32), rng.uniform(-1, 1, 20).astype(np.float32)
     clean = fn(rms)(x, w, b, activation="silu")
-    x[0, :, 33] = rng.standard_normal(20) * 1e36
+    x[0, :, 33] = rng.standard_normal(20) * spread + (0 if rms else 3 * spread)
     y = fn(rms)(x, w, b, activation="silu")
     assert same_bits(np.delete(y, 33, axis=2), np.delete(clean, 33, axis=2))
     check(y[:, :, 33:34], ref_channel_norm(x[:, :, 33:34], w, b, 1e-6, "silu", rms), np.float32, "silu")

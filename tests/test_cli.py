@@ -240,7 +240,7 @@ def test_bench_without_compare(capsys):
     assert rc == 0, err
     assert "onnxruntime" not in out
     assert out.count("normrt time by op type") == 2
-    assert re.search(r"^    normrt +[\d.]+ m?s +[\d.]+ m?s$", out, re.M)
+    assert re.search(r"^    normrt +[\d.]+ m?s +[\d.]+ m?s +[\d.]+ m?s$", out, re.M)   # best, min, median
     assert re.search(r"^    normrt::LayerNorm +2 +[\d.]+ m?s +[\d.]+%$", out, re.M)
     convs = re.findall(r"^    (?:normrt::)?Conv +(\d+) +[\d.]+ m?s +[\d.]+%$", out, re.M)   # conv_epilogue
     assert sum(int(n) for n in convs) == 7                                         # fuses some
@@ -250,8 +250,9 @@ def test_bench_compare_onnxruntime(capsys, work):
     pytest.importorskip("onnxruntime")
     rc, out, err = call(["bench", "--compare", "onnxruntime", "--repeat", "2", "--threads", "1"], capsys)
     assert rc == 0, err
-    assert len(re.findall(r"^    onnxruntime \S+ +[\d.]+ m?s +[\d.]+ m?s$", out, re.M)) == 2
-    assert out.count("1 thread(s)") == 2
+    assert len(re.findall(r"^    onnxruntime \S+ +[\d.]+ m?s +[\d.]+ m?s +[\d.]+ m?s$", out, re.M)) == 2
+    assert out.count("1 thread(s), each runtime in its own blocks of runs after a 0.2 s pause") == 2
+    assert out.count("(2 block(s) of 2 run(s) each;") == 2
     diffs = [float(v) for v in re.findall(r"max abs difference vs onnxruntime: (\S+)", out)]
     assert len(diffs) == 2 and all(d < 1e-3 for d in diffs)
     assert len(re.findall(r"normrt is [\d.]+x (faster|slower) than onnxruntime", out)) == 2
@@ -282,7 +283,8 @@ def test_bench_progress_bar_on_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(cli, "PROGRESS_MIN_SECONDS", 0.0)
     rc, _, _ = call(["bench", "--compare", "none", "--repeat", "2"], capsys)
     assert rc == 0
-    assert "bench transformer_block.onnx [" in tty.getvalue() and "2/2" in tty.getvalue()
+    # 2 blocks of 2 runs: the bar counts every timed run
+    assert "bench transformer_block.onnx [" in tty.getvalue() and "4/4" in tty.getvalue()
 
 
 # ---- errors ----------------------------------------------------------------
@@ -312,6 +314,8 @@ ERRORS = [
     (["bench", "--repeat", "0"], "--repeat must be >= 1"),
     (["run", "--repeat", "many"], "--repeat must be an integer"),
     (["bench", "--compare", "torch"], "invalid choice"),
+    (["bench", "--pause", "-1"], "--pause must be a finite number >= 0"),
+    (["bench", "--pause", "soon"], "--pause must be a number"),
     (["frobnicate"], "invalid choice"),
     ([], "required: COMMAND"),
 ]

@@ -3,7 +3,8 @@
     normrt run     [MODEL] [--input NAME=FILE.npy ...] [--random-inputs] [--dim NAME=N ...]
                    [--threads N] [--repeat K] [--save-outputs DIR]
     normrt inspect [MODEL]
-    normrt bench   [MODEL] [--compare onnxruntime|none] [--repeat K] [--threads N] [input options]
+    normrt bench   [MODEL] [--compare onnxruntime|none] [--repeat K] [--pause SECONDS] [--threads N]
+                   [input options]
     normrt batch       MODEL --input NAME=GLOB_OR_NPY ... --out DIR_OR_ZARR [--workers N | --scheduler ADDR] [--chunk K]
     normrt recalibrate MODEL --input NAME=GLOB_OR_NPY ... --out NEW.onnx [--workers N | --scheduler ADDR] [--chunk K]
 
@@ -21,6 +22,8 @@ from importlib import resources
 
 import numpy as np
 
+from . import timing
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 RANDOM_SEED = 0
@@ -28,6 +31,7 @@ RANDOM_DIM_DEFAULT = 1   # a symbolic dimension's size under --random-inputs unl
 RUN_REPEAT_DEFAULT = 10
 BENCH_REPEAT_DEFAULT = 20
 PROFILE_REPEAT_MAX = 5
+BENCH_BLOCKS = 3             # bench: blocks of --repeat runs per runtime (fewer if --repeat is smaller)
 PROGRESS_MIN_SECONDS = 1.0   # bench shows a progress bar (on a terminal) when its timed runs take longer
 
 RANDOM_INPUTS_HELP = (
@@ -497,6 +501,23 @@ def _ort_session(path, threads):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def _nonnegative_float(what):
+    def parse(value):
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {value!r}") from None
+        if not x >= 0 or x == float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0, got {value}")
+        return x
+    return parse
+
+
+def _onnxruntime_version():
+    import onnxruntime
+    return onnxruntime.__version__
+
+
 def _have_onnxruntime():
     try:
         import onnxruntime  # noqa: F401
@@ -538,39 +559,39 @@ def cmd_bench(args, out):
             t0 = time.perf_counter()
             ort_out = ort_sess.run(None, feed)                        # warm-up
             per_run += time.perf_counter() - t0
+        runners = {"normrt": lambda: sess.run(None, feed)}
+        if ort_sess is not None:
+            runners["onnxruntime"] = lambda: ort_sess.run(None, feed)
+        blocks = min(BENCH_BLOCKS, repeat)
         progress = None
-        if _want_progress(sys.stderr, per_run, repeat):
-            progress = _Progress(repeat, f"bench {os.path.basename(path)}", sys.stderr)
-        t_normrt, t_ort = [], []
-        for i in range(repeat):                                       # interleaved: same conditions
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            t_normrt.append(time.perf_counter() - t0)
-            if ort_sess is not None:
-                t0 = time.perf_counter()
-                ort_sess.run(None, feed)
-                t_ort.append(time.perf_counter() - t0)
-            if progress is not None:
-                progress.update(i + 1)
+        if _want_progress(sys.stderr, per_run, blocks * repeat):
+            progress = _Progress(blocks * repeat * len(runners), f"bench {os.path.basename(path)}", sys.stderr)
+        done = [0]
+
+        def ran():
+            done[0] += 1
+            progress.update(done[0])
+        # each runtime in its own blocks of runs after a pause (normrt.timing says why)
+        timed = timing.time_blocks(runners, repeat, blocks=blocks, pause=args.pause, warmup=0,
+                                   on_run=ran if progress is not None else None)
 
         if k:
             print(file=out)
         print(_describe_model(path, args), file=out)
         _print_inputs(sess, feed, made_up, out)
-        print(f"  latency over {repeat} run(s), {threads} thread(s):", file=out)
-        rows = [["normrt", _fmt_time(min(t_normrt)), _fmt_time(float(np.median(t_normrt)))]]
-        if ort_sess is not None:
-            import onnxruntime
-            rows.append([f"onnxruntime {onnxruntime.__version__}", _fmt_time(min(t_ort)),
-                         _fmt_time(float(np.median(t_ort)))])
-        for line in _table(rows, ["runtime", "min", "median"], indent="    "):
+        print(f"  latency, {threads} thread(s), each runtime in its own blocks of runs after a {args.pause:g} s "
+              f"pause\n  ({blocks} block(s) of {repeat} run(s) each; best = min over blocks of the block median):",
+              file=out)
+        rows = [[name if name == "normrt" else f"{name} {_onnxruntime_version()}", _fmt_time(t.best),
+                 _fmt_time(t.min), _fmt_time(t.median)] for name, t in timed.items()]
+        for line in _table(rows, ["runtime", "best", "min", "median"], indent="    "):
             print(line, file=out)
         if ort_sess is not None:
-            ratio = float(np.median(t_ort)) / float(np.median(t_normrt))
+            ratio = timed["onnxruntime"].best / timed["normrt"].best
             if ratio >= 1:
-                verdict = f"normrt is {ratio:.2f}x faster than onnxruntime (median)"
+                verdict = f"normrt is {ratio:.2f}x faster than onnxruntime (best block medians)"
             else:
-                verdict = f"normrt is {1 / ratio:.2f}x slower than onnxruntime (median)"
+                verdict = f"normrt is {1 / ratio:.2f}x slower than onnxruntime (best block medians)"
             names = [o.name for o in sess.get_outputs()]
             diffs = [(_max_abs_diff(a, b), n) for a, b, n in zip(ours, ort_out, names)]
             worst, worst_name = max(diffs)
@@ -959,12 +980,18 @@ def _parser():
 
     bench = sub.add_parser("bench", help="latency of normrt vs onnxruntime, and a per-op-type profile",
                            description="Time MODEL (or each bundled example) with normrt and onnxruntime on the "
-                                       "same inputs and thread count (runs interleaved), print the max abs "
-                                       "difference of their outputs and where normrt's time goes by op type.")
+                                       "same inputs and thread count, each runtime in its own blocks of K runs "
+                                       "after a pause (so neither pays for the other's spinning threads), print "
+                                       "the max abs difference of their outputs and where normrt's time goes by "
+                                       "op type.")
     common(bench, "benchmark")
     inputs(bench, BENCH_REPEAT_DEFAULT)
     bench.add_argument("--compare", choices=["onnxruntime", "none"], default=None,
                        help="runtime to compare with (default: onnxruntime when installed)")
+    bench.add_argument("--pause", type=_nonnegative_float("--pause"), default=timing.PAUSE_SECONDS,
+                       metavar="SECONDS",
+                       help=f"sleep before each block of runs, so the previous runtime's threads are idle "
+                            f"(default {timing.PAUSE_SECONDS:g})")
     bench.set_defaults(fn=cmd_bench)
     _add_scaleout_commands(sub)
     return p
