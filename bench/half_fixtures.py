@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .small_models import measure, time_block
+from normrt.timing import time_blocks
+
+from .small_models import measure
 
 HALF_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "half"
 
@@ -43,7 +45,7 @@ def feeds_for(entry, size=None):
 def normrt_only(path, feeds, threads, repeat, blocks=3):
     import normrt
     sess = normrt.InferenceSession(str(path), num_threads=threads)
-    return min(time_block(lambda: sess.run(None, feeds), repeat) for _ in range(blocks))
+    return time_blocks({"normrt": lambda: sess.run(None, feeds)}, repeat, blocks, pause=0)["normrt"].best
 
 
 def main(argv=None):

@@ -26,14 +26,13 @@ is the minimum over `--blocks` blocks of each block's median of `--repeat` runs.
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import onnx
 
-from .small_models import time_block
+from normrt.timing import time_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normrt-bench" / "half_models"
@@ -154,12 +153,7 @@ def accuracy():
 
 def measure(runs, repeat, blocks=3, pause=0.2):
     """{label: seconds}: the min over `blocks` of each run's block median, blocks alternating, each after a pause."""
-    best = {k: float("inf") for k in runs}
-    for _ in range(blocks):
-        for k, fn in runs.items():
-            time.sleep(pause)
-            best[k] = min(best[k], time_block(fn, repeat))
-    return best
+    return {k: t.best for k, t in time_blocks(runs, repeat, blocks, pause).items()}
 
 
 def main(argv=None):
