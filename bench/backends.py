@@ -140,7 +140,7 @@ def onnx_model(case, arrays, fused=True):
     the skip connection as Add before LayerNormalization).
     Returns (model, note) with note naming the form.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     a = arrays
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(case.dtype))

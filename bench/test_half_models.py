@@ -6,7 +6,6 @@ Each benchmark checks normrt's half result first (the plain file's and the fused
 twice onnxruntime's own distance from the float32 result plus 2^-8 of the output scale (float16), within 2^-5 of the output's scale of it
 (bfloat16; the plain file only when no node fell back: onnx.reference computes a bfloat16 norm in bfloat16).
 """
-import numpy as np
 import pytest
 
 from . import half_models

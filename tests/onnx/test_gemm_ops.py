@@ -1,7 +1,6 @@
 """The executor's float32 Conv / MatMul / Gemm on normrt's GEMM kernel (ops/conv.py,
 ops/matmul.py): results against float64 numpy, constant weights packed once."""
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import normrt.api.conv as api_conv

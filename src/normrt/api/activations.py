@@ -1,6 +1,5 @@
 """Elementwise erf and activations on the kernels (for graphs whose activations
 stand alone; after a normalization they are fused into the norm's own pass)."""
-import numpy as np
 
 from .. import _checks as chk
 from .._kernels import activations as _k

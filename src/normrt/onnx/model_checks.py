@@ -17,7 +17,6 @@ decoded or any external file read:
 
 A failure raises normrt.ModelError naming the tensor and, where there is one, the node.
 """
-import math
 import os
 from dataclasses import dataclass, field
 

@@ -2,7 +2,7 @@
 ScatterElements, OneHot, CumSum, Trilu."""
 import numpy as np
 
-from ._util import attr_str, ints_of, norm_axis, op
+from ._util import attr_str, norm_axis, op
 
 
 # ---------------------------------------------------------------------- TopK

@@ -118,7 +118,6 @@ def _on_planes(dtype, in_shape, axes, out, resized):
 
 
 def _resize(node, x, scales, sizes):
-    rank = x.ndim
     in_shape = x.shape
     axes, out, sc, resized = _geometry(node, in_shape, scales, sizes)
     mode = attr_str(node, "mode", "nearest")
