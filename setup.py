@@ -123,6 +123,22 @@ def _features_of(flag):
     return sorted({feat for macro, feat in ISA.MACRO_FEATURES.items() if macro in macros} | {"sse", "sse2"})
 
 
+def _host_level():
+    """The highest named level this machine can run, as the compiler sees it: the
+    level whose -march macros are all among -march=native's. (Mapping macros to
+    cpuinfo feature names cannot do this: cx16, lahf_lm, osxsave have no macro.)"""
+    def isa_macros(flag):
+        macros = _compiler_macros(flag) or set()
+        # the ISA macros are upper case; the lower-case ones name a CPU (__k8, __znver4__)
+        return {m for m in macros if m.lstrip("_")[:1].isupper()}
+    native = isa_macros("-march=native")
+    best = ISA.LEVEL_NAMES[0]
+    for level in ISA.LEVEL_NAMES:
+        if native and isa_macros(ISA.march_flag(level)) <= native:
+            best = level
+    return best
+
+
 def _levels():
     """[(level, compiler flags)] to build."""
     native = _env_flag("NORMRT_NATIVE")
@@ -140,8 +156,7 @@ def _levels():
     levels = []
     for level in wanted:
         if level == "host":
-            feats = _features_of("-march=native")
-            level = ISA.cpu_level(frozenset(feats or ())) or ISA.LEVEL_NAMES[0]
+            level = _host_level()
         if level not in ISA.LEVEL_NAMES:
             sys.exit(f"normrt: NORMRT_BUILD_LEVELS: unknown level {level!r}; "
                      f"expected {', '.join(ISA.LEVEL_NAMES)} or host")
