@@ -111,6 +111,40 @@ class PassContext:
         self._untyped = set()
         self._retype = False
 
+    def infer_node_types(self, node):
+        """Type `node`'s outputs from its inputs' known types (and the values of its small constant
+        inputs) by onnx's inference of that one node; True if an output's shape became better known.
+
+        Whole-model inference learns a shape computed from a Shape only once the Shape is folded
+        (Reshape-13 reads constant shapes, not propagated ones), one link of a chain per
+        refresh: a sweep typing nodes in order as it folds them settles the whole chain at once.
+        """
+        if canonical_domain(node.domain) != "" or not node.output:
+            return False
+        outs = [o for o in node.output if o]
+        if all(_is_static(self.shape(o)) for o in outs):
+            return False
+        reads = [i for i in node.input if i]
+        if any(self.elem_type(i) == 0 or self.shape(i) is None for i in reads):
+            return False
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opsets.get("", 1), "")
+            input_types = {i: onnx.helper.make_tensor_type_proto(
+                self.elem_type(i), [d if isinstance(d, (int, str)) else None for d in self.shape(i)])
+                for i in reads}
+            data = {i: numpy_helper.from_array(np.asarray(self.constants[i]), i) for i in reads
+                    if i in self.constants and np.size(self.constants[i]) <= MAX_INFERENCE_DATA}
+            inferred = onnx.shape_inference.infer_node_outputs(schema, node, input_types, data)
+        except Exception:  # noqa: BLE001 - best effort, like the whole-model inference
+            return False
+        better = False
+        for name, tp in inferred.items():
+            t = _value_type(tp)
+            if t.elem_type and _known_dims(t.shape) > _known_dims(self.shape(name)):
+                self.types[name] = t
+                better = True
+        return better
+
     def mark_types_stale(self):
         """Inference may now know more (e.g. constant folding turned a Shape computation into
         constants, which data propagation reads as a static shape): refresh after this pass."""
@@ -280,6 +314,18 @@ class PassContext:
         if len(inputs) != len(self.graph.input):
             del self.graph.input[:]
             self.graph.input.extend(inputs)
+
+
+MAX_INFERENCE_DATA = 64     # elements of a constant input handed to a node's inference (shape vectors)
+
+
+def _is_static(shape):
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _known_dims(shape):
+    """-1 for an unknown rank, else the number of dims known as ints."""
+    return -1 if shape is None else sum(isinstance(d, int) for d in shape)
 
 
 def _value_type(tp):

@@ -137,6 +137,7 @@ class ConstantFolding(GraphPass):
             reads = [n for n in node.input if n]
             implicit = implicit_inputs(node)
             if not all(ctx.is_constant(n) for n in reads + implicit) or not node.output:
+                ctx.infer_node_types(node)     # so a Shape further on reads a known shape in this sweep
                 kept.append(node)
                 continue
             if self.check_node(ctx, node, graph_outputs):
