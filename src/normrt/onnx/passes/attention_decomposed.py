@@ -4,13 +4,17 @@ The forms the exporters write (torch's F.scaled_dot_product_attention, legacy
 and dynamo, and the eager `q @ k.transpose(-2, -1) * scale` of hand-written blocks):
 
     Q ─► [Mul(·, sq)] ──┐                               sq·sk: torch's sqrt(scale) on each side
-                        ├─► MatMul ─► [Mul(·, c) | Div(·, c)] ─► [Add(·, mask)] ─► Softmax(axis=-1) ─┐
+                        ├─► MatMul ─► [Mul(·, c) | Div(·, c)] ─► [Add(·, mask)] ─► [Cast] ─► Softmax(axis=-1) ─► [Cast] ─┐
     Kt ─► [Mul(·, sk)] ─┘      (Kt: the keys transposed, (B, H, D, Skv), whatever produced it)         │
                                                                                                        │
          ┌──────────── [Where(IsNaN(P), 0, P)]  (torch's "fully masked row -> 0") ◄───────────────────┘
          └─► MatMul(P, V) ─► Y
 
     ==>  Q, Kt, V [, mask] ─► normrt::Attention(scale = sq * sk * c (or / c)) ─► Y
+
+[Cast]: identity Casts (float32 to float32: diffusers' upcast_softmax in a float32
+model). A constant mask of zeros (the opset-13 export of diffusers' older
+`baddbmm(empty, q, kt, beta=0, alpha=scale)`) is no mask: not read at each run.
 
 The kernel gives a fully masked row (all -inf) zeros, which is what the Where
 writes; a plain Softmax would give NaN there: without the Where only masks that
@@ -52,12 +56,13 @@ class Match:
     where: object = None
     q_mul: object = None         # Mul(Q, sq) feeding the MatMul
     k_mul: object = None
+    casts: list = field(default_factory=list)   # identity Casts around the Softmax
     plan: dict = field(default_factory=dict)
 
     @property
     def nodes(self):
         return [n for n in (self.q_mul, self.k_mul, self.qk, self.scale_node, self.mask_add, self.softmax,
-                            self.isnan, self.where, self.pv) if n is not None]
+                            self.isnan, self.where, self.pv) if n is not None] + self.casts
 
 
 def _scalar(ctx, name):
@@ -103,7 +108,7 @@ class AttentionDecomposed(GraphPass):
             if not is_op(sm, "Softmax") or len(sm.input) != 1:
                 continue
             m = Match(sm, None, None)
-            value = sm.input[0]
+            value = g.root(sm.input[0], m.casts)
             node = g.prod(value, "Add")
             if node is not None and len(node.input) == 2:
                 # the scores side of Add(scores, mask) is the one a MatMul (maybe scaled) produced
@@ -124,8 +129,12 @@ class AttentionDecomposed(GraphPass):
             if m.qk is None or len(m.qk.input) != 2:
                 continue
             # the readers of P: MatMul(P, V), or IsNaN(P) + Where(isnan, 0, P) -> MatMul
-            readers = g.consumers.get(sm.output[0], [])
             p = sm.output[0]
+            reader, casts = g.single_reader(p)
+            if reader is not None and casts:
+                m.casts += casts
+                p = casts[-1].output[0]
+            readers = g.consumers.get(p, [])
             if len(readers) == 2:
                 isnan = next((r for r in readers if is_op(r, "IsNaN")), None)
                 where = next((r for r in readers if is_op(r, "Where")), None)
@@ -207,11 +216,12 @@ class AttentionDecomposed(GraphPass):
             for a, b in zip(reversed(ms), reversed(ss)):
                 if a != 1 and not _same_dim(a, b):
                     return f"the mask {mask!r} {list(ms)} may not broadcast to the scores {list(ss)}"
-            if m.where is None:
-                const = ctx.constants.get(mask)
-                if const is None or not np.isfinite(const).all():
-                    return ("a mask that may be -inf everywhere in a row, without the Where(IsNaN) "
-                            "(Softmax gives NaN there, the kernel zeros)")
+            const = ctx.constants.get(mask)
+            if m.where is None and (const is None or not np.isfinite(const).all()):
+                return ("a mask that may be -inf everywhere in a row, without the Where(IsNaN) "
+                        "(Softmax gives NaN there, the kernel zeros)")
+            if const is not None and not np.any(const):
+                mask = None     # torch's baddbmm(empty, q, kt, beta=0) adds a tensor of zeros
         else:
             mask = None
         sm_attrs, reason = node_attrs(m.softmax)
