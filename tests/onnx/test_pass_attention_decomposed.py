@@ -26,10 +26,12 @@ def const(name, value):
 
 
 def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager", mask=None, where=False,
-                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18):
+                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18, upcast=None):
     """form 'eager': Mul(MatMul(Q, Transpose(K)), scale); 'div': Div(MatMul, 1/scale);
     'sdpa': MatMul(Mul(Q, sqrt(scale)), Mul(Transpose(K), sqrt(scale))); 'runtime_scale': Mul by an input.
-    mask: None, 'const' (a finite constant), 'input' (a runtime input) or an explicit shape for it."""
+    mask: None, 'const' (a finite constant), 'zeros' (a constant of zeros the scores' shape: torch's
+    baddbmm(empty, q, kt, beta=0)), 'input' (a runtime input) or an explicit shape for it.
+    upcast: a Cast `to` this element type before the Softmax and one after it (diffusers' upcast_softmax)."""
     dtype = np.float32 if elem == F else np.float64
     kv_shape = kv_shape or q_shape
     rank = len(q_shape)
@@ -61,12 +63,20 @@ def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager"
     if mask is not None:
         if mask == "const":
             inits.append(const("M", RNG.standard_normal((sq, skv)).astype(dtype)))
+        elif mask == "zeros":
+            inits.append(const("M", np.zeros(tuple(q_shape[:-2]) + (sq, skv), dtype)))
         else:
             ins.append(vi("M", [sq, skv] if mask == "input" else list(mask), elem))
         nodes.append(helper.make_node("Add", [s, "M"], ["masked"], name="mask"))
         s = "masked"
+    if upcast is not None:
+        nodes.append(helper.make_node("Cast", [s], ["up"], name="upcast", to=upcast))
+        s = "up"
     nodes.append(helper.make_node("Softmax", [s], ["P"], name="softmax", axis=axis))
     p = "P"
+    if upcast is not None:
+        nodes.append(helper.make_node("Cast", [p], ["Pc"], name="downcast", to=elem))
+        p = "Pc"
     if where:
         inits.append(const("zero", np.array(0.0, dtype)))
         nodes += [helper.make_node("IsNaN", ["P"], ["nan"], name="isnan"),
@@ -142,6 +152,40 @@ def test_constant_finite_mask_without_where():
     sess, got, want = run_both(model, feeds_for(model))
     assert n_attention(sess) == 1
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("form", ["eager", "div", "sdpa"])
+@pytest.mark.parametrize("q_shape", [(2, 3, 40, 16), (6, 33, 8)])
+def test_baddbmm_form_identity_casts_and_zero_mask(form, q_shape):
+    """diffusers' older attention as the opset-13 TorchScript exporter writes it:
+    Add(scaled scores, zeros) -> Cast(float) -> Softmax -> Cast(float) -> MatMul. The Casts
+    go with the fused node; the zeros are no mask (the node reads none)."""
+    model = attention_model(q_shape, form=form, mask="zeros", upcast=F, scale=0.3)
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1 and not refused(sess)
+    assert "Cast" not in [n.op_type for n in sess.optimized_model.graph.node]
+    node = next(n for n in sess.optimized_model.graph.node if n.op_type == "Attention")
+    assert len(node.input) < 4 or node.input[3] == ""
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+    kt = np.swapaxes(feeds["K"], -1, -2)
+    np.testing.assert_allclose(got[0], numpy_attention(feeds["Q"], kt, feeds["V"], 0.3), rtol=2e-5, atol=2e-6)
+    one = normrt.InferenceSession(model, num_threads=1).run(None, feeds)[0]
+    np.testing.assert_array_equal(one, normrt.InferenceSession(model, num_threads=2).run(None, feeds)[0])
+
+
+def test_a_cast_that_changes_the_type_or_a_read_zero_mask_stays():
+    """Refusing checks: a Cast to double around the Softmax is no identity (the chain is not
+    attention in float32); a middle Cast output another node reads keeps the chain."""
+    model = attention_model(form="eager", mask="zeros", upcast=D)
+    sess, got, want = run_both(model, feeds_for(model))
+    assert n_attention(sess) == 0
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    model = attention_model(form="eager", mask="zeros", upcast=F, extra_outputs=("up",))
+    sess, got, want = run_both(model, feeds_for(model))
+    assert n_attention(sess) == 0 and any("graph output" in r for r in refused(sess)), refused(sess)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's -inf rows

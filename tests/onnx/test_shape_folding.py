@@ -109,3 +109,60 @@ def test_shape_of_a_graph_output_or_unknown_dim_is_not_folded():
     sess = normrt.InferenceSession(model.SerializeToString())
     assert len(sess.optimized_model.graph.node) == 3
     assert [v.tolist() for v in sess.run(None, {"x": np.zeros((2, 3, 4), np.float32)})] == [[2, 3, 4], [3, 4], 24]
+
+
+def legacy_group_norm_chain(blocks, groups=2, channels=4):
+    """`blocks` GroupNorms one after the other, each as the opset-13 TorchScript exporter writes it:
+    Reshape(x, [0, G, -1]) -> InstanceNormalization -> Reshape(., Shape(x)) -> Mul -> Add -> Relu.
+    Reshape-13's inference reads a constant shape only: the shape of each block's output is
+    known once the Shape of its input is folded, which needs the block before it settled."""
+    rng = np.random.default_rng(3)
+    inits = [const("target", np.array([0, groups, -1], np.int64)),
+             const("ones", np.ones(groups, np.float32)), const("zeros", np.zeros(groups, np.float32))]
+    nodes, x = [], "x"
+    for b in range(blocks):
+        p = f"b{b}_"
+        inits += [const(p + "gamma", (1 + 0.3 * rng.standard_normal((channels, 1, 1))).astype(np.float32)),
+                  const(p + "beta", rng.standard_normal((channels, 1, 1)).astype(np.float32))]
+        nodes += [helper.make_node("Reshape", [x, "target"], [p + "r1"], name=p + "reshape"),
+                  helper.make_node("InstanceNormalization", [p + "r1", "ones", "zeros"], [p + "in"],
+                                   name=p + "inorm", epsilon=1e-5),
+                  helper.make_node("Shape", [x], [p + "shape"], name=p + "shape"),
+                  helper.make_node("Reshape", [p + "in", p + "shape"], [p + "r2"], name=p + "reshape_back"),
+                  helper.make_node("Mul", [p + "r2", p + "gamma"], [p + "m"], name=p + "mul"),
+                  helper.make_node("Add", [p + "m", p + "beta"], [p + "a"], name=p + "add"),
+                  helper.make_node("Relu", [p + "a"], [p + "y"], name=p + "relu")]
+        x = p + "y"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    return make_model(nodes, [vi("x", [1, channels, 5, 6])], [vi("y", [1, channels, 5, 6])], inits, opset=13)
+
+
+def test_a_long_chain_of_legacy_group_norms_folds_all_its_shapes():
+    """More blocks than the folding's refresh rounds (MAX_SHAPE_ROUNDS): the sweep types the nodes
+    it keeps as it goes (one-node inference), so every Shape folds and every GroupNorm fuses."""
+    from normrt.onnx.passes.constant_folding import MAX_SHAPE_ROUNDS
+    blocks = MAX_SHAPE_ROUNDS + 4
+    model = legacy_group_norm_chain(blocks)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    left = [n.op_type for n in sess.optimized_model.graph.node]
+    assert "Shape" not in left and left.count("GroupNorm") == blocks, left
+    assert not sess.report["refused"]
+    x = np.random.default_rng(4).standard_normal((1, 4, 5, 6)).astype(np.float32)
+    got = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    one = normrt.InferenceSession(model.SerializeToString(), num_threads=1).run(None, {"x": x})[0]
+    two = normrt.InferenceSession(model.SerializeToString(), num_threads=2).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(one, two)
+
+
+def test_the_chain_with_a_symbolic_dim_keeps_its_shapes():
+    """Refusing check: one-node inference learns no static shape from a dim_param, so no Shape
+    folds (the plan folds them per input shape) and the model runs at other sizes."""
+    model = legacy_group_norm_chain(3)
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert "Shape" in [n.op_type for n in sess.optimized_model.graph.node]
+    for h in (5, 7):
+        x = np.random.default_rng(h).standard_normal((1, 4, h, 6)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-5)
