@@ -27,6 +27,11 @@ def no_op(kind, x, out, k):
         return [helper.make_node("Reshape", [x, f"s{k}"], [out], name=out)], [const(f"s{k}", np.array([2, -1, 4]))]
     if kind == "identity":
         return [helper.make_node("Identity", [x], [out], name=out)], []
+    if kind in ("mul_ones", "ones_mul", "div_ones"):
+        # ones of a shape broadcasting to x's without growing it
+        ones = const(f"o{k}", np.ones([(), (4,), (1, 3, 1), (2, 3, 4)][k % 4], np.float32))
+        args = [f"o{k}", x] if kind == "ones_mul" else [x, f"o{k}"]
+        return [helper.make_node("Div" if kind == "div_ones" else "Mul", args, [out], name=out)], [ones]
     # a Transpose pair composing to the identity
     p = PERMS[k % len(PERMS)]
     inverse = [int(i) for i in np.argsort(p)]
@@ -35,7 +40,8 @@ def no_op(kind, x, out, k):
 
 
 @settings(max_examples=30, deadline=None)
-@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "transposes"]),
+@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "transposes",
+                                       "mul_ones", "ones_mul", "div_ones"]),
                       min_size=1, max_size=5))
 def test_generated_no_op_chains_vanish(kinds):
     nodes, inits, x = [], [], "x"
@@ -46,7 +52,9 @@ def test_generated_no_op_chains_vanish(kinds):
         x = f"v{k}"
     nodes.append(helper.make_node("Neg", [x], ["y"], name="neg"))
     model = make_model(nodes, [vi("x", SHAPE)], [vi("y", SHAPE)], inits, opset=17)
-    feed = {"x": np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)}
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    x.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]       # x * 1, x / 1 keep them bitwise
+    feed = {"x": x}
     sess = normrt.InferenceSession(model.SerializeToString())
     assert [n.op_type for n in sess.optimized_model.graph.node] == ["Neg"]
     np.testing.assert_array_equal(sess.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0])
@@ -83,3 +91,20 @@ def test_refused_forms_stay():
     assert is_no_op(ctx, ident) and not is_no_op(ctx, pad) and not is_no_op(ctx, sl)
     (m,) = list(NoOpViews().matches(ctx))
     assert NoOpViews().check(ctx, m) == "its output is a graph output"
+
+
+def test_ones_that_are_not_an_identity_stay():
+    """Refusing checks: ones broadcasting x to a bigger shape, a constant not all ones,
+    and ones divided by x are no identity."""
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.no_op_views import is_no_op
+    nodes = [helper.make_node("Mul", ["x", "grow"], ["a"], name="grow"),
+             helper.make_node("Mul", ["x", "almost"], ["b"], name="almost"),
+             helper.make_node("Div", ["one", "x"], ["c"], name="reciprocal")]
+    model = make_model(nodes, [vi("x", SHAPE)], [vi("a", [2] + SHAPE), vi("b", SHAPE), vi("c", SHAPE)],
+                       [const("grow", np.ones([2] + SHAPE, np.float32)),
+                        const("almost", np.array([1, 1, 1, 0.999], np.float32)),
+                        const("one", np.array(1, np.float32))],
+                       opset=17)
+    ctx = PassContext(model)
+    assert not any(is_no_op(ctx, n) for n in ctx.nodes)

@@ -7,7 +7,8 @@ feature maps to whole windows with a Pad whose pads are all 0, Slices cut
 step (a Pad copies the tensor):
 
     x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
-         | Expand(to x's shape) | Identity ─► y ─► readers
+         | Expand(to x's shape) | Identity | Mul(x, 1) | Div(x, 1) ─► y ─► readers
+         (diffusers' residual `/ output_scale_factor` of 1.0: x * 1 and x / 1 are bitwise x)
     ==>  x ─► readers
 
     x ─► Transpose(p1) ─► Transpose(p2) ─► y     ==>  x ─► Transpose(p1[p2]) ─► y
@@ -53,10 +54,41 @@ def _whole_slice(ctx, node, shape):
     return True
 
 
-def is_no_op(ctx, node):
-    """Whether `node` (one output) returns its first input unchanged."""
+def _times_one(ctx, node):
+    """The input a Mul by ones / Div by ones hands on bitwise unchanged (x * 1 and x / 1 are x in
+    IEEE arithmetic, NaN, infinities and -0 included), or None. The ones must not broadcast x
+    to a bigger shape, and the element type must stay."""
+    if not is_op(node, "Mul", "Div") or len(node.input) != 2 or len(node.output) != 1:
+        return None
+    sides = [(0, 1), (1, 0)] if node.op_type == "Mul" else [(0, 1)]
+    y = node.output[0]
+    for xi, ci in sides:
+        x, c = node.input[xi], node.input[ci]
+        one = ctx.constants.get(c) if c else None
+        if one is None or ctx.is_constant(x) or one.dtype.kind not in "fiu" or not np.all(one == 1):
+            continue
+        shape_x = ctx.shape(x)
+        if _static(shape_x) and shape_x == ctx.shape(y) and ctx.elem_type(x) == ctx.elem_type(y) != 0 \
+                and one.ndim <= len(shape_x):
+            return x
+    return None
+
+
+def passed_input(ctx, node):
+    """The input `node` (one output) returns unchanged, or None."""
     if len(node.output) != 1 or not node.input or not node.input[0]:
-        return False
+        return None
+    if is_op(node, "Mul", "Div"):
+        return _times_one(ctx, node)
+    return node.input[0] if _hands_on_first(ctx, node) else None
+
+
+def is_no_op(ctx, node):
+    """Whether `node` (one output) returns one of its inputs unchanged."""
+    return passed_input(ctx, node) is not None
+
+
+def _hands_on_first(ctx, node):
     x, y = node.input[0], node.output[0]
     shape_x, shape_y = ctx.shape(x), ctx.shape(y)
     same_shape = _static(shape_x) and shape_x == shape_y
@@ -124,7 +156,7 @@ class NoOpViews(GraphPass):
             ctx.replace_nodes([first, second], [new])
             return
         node = m[1]
-        x, y = node.input[0], node.output[0]
+        x, y = passed_input(ctx, node), node.output[0]
         self._alias[y] = self._alias.get(x, x)     # graph order: x's own alias is already resolved
         ctx.replace_nodes([node], [])
 
