@@ -3,7 +3,8 @@
     load (checked) ─► inline local functions ─► constant folding ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
-                      include them: torch's LRN pads by 0 for size 1) ─► attention
+                      include them: torch's LRN pads by 0 for size 1) ─► attention (rank-3
+                      batch*heads forms as rank 4, then the head layouts)
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
                    ─► elementwise chains (what no fusion above took, one pass each)
@@ -44,6 +45,7 @@ from .passes.elementwise_chains import ElementwiseChains
 from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
 from .passes.attention_grouped_kv import AttentionGroupedKV
+from .passes.attention_head_batch import AttentionHeadBatch
 
 
 def default_passes():
@@ -51,7 +53,9 @@ def default_passes():
     return [ConstantFolding(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
-            NoOpViews(), AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
+            NoOpViews(), AttentionDecomposed(),
+            AttentionHeadBatch(),   # a rank-3 (batch*heads) attention as rank 4, so its layouts are taken next
+            AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
             # islands first, so a half activation after the down Cast fuses; again after the
             # epilogues, which may have taken a float32 activation inside an island
             CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(), MatMulEpilogue(),
