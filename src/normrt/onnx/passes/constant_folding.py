@@ -23,6 +23,11 @@ after which the folded values make more shapes known (a Reshape's output, a
 Pad's pads, ...), so while a sweep folds something and Shapes are left, the
 types are refreshed and the graph swept again (at most MAX_SHAPE_ROUNDS times). Symbolic dims (dim_param)
 are never folded: the specialized plan folds those per input shape.
+Within a sweep every node left in the graph is typed by onnx's inference of that
+one node (PassContext.infer_node_types) as soon as its inputs are: Reshape-13
+reads a constant target only, so in a legacy opset-13 export each GroupNorm's
+Reshape(., Shape(x)) made the next one's shape known only one refresh later,
+and 12 rounds left a UNet's last GroupNorms unfused.
 
 Refused (left in the graph):
 - non-deterministic ops (RandomNormal, RandomUniform, *Like, Multinomial, Bernoulli);
