@@ -6,6 +6,7 @@
                       include them: torch's LRN pads by 0 for size 1) ─► attention
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
+                   ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
                    ─► elementwise chains (what no fusion above took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
@@ -40,6 +41,7 @@ from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
+from .passes.sibling_matmuls import SiblingMatMuls
 from .passes.elementwise_chains import ElementwiseChains
 from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
@@ -54,7 +56,9 @@ def default_passes():
             NoOpViews(), AttentionDecomposed(), AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
             # islands first, so a half activation after the down Cast fuses; again after the
             # epilogues, which may have taken a float32 activation inside an island
-            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(), MatMulEpilogue(),
+            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
+            # siblings merge first: their concatenated bias then folds into the one GEMM
+            SiblingMatMuls(), MatMulEpilogue(),
             NoOpViews(), ElementwiseChains()]
 
 
