@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
 
 import normrt
+from test_fixtures_transformer import DATA, FIXTURES
 from test_pass_layer_norm_decomposed import const, make_model, run_and_compare, vi
 
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
@@ -142,3 +143,14 @@ def test_one_column_siblings_read_in_place():
     model = siblings_model((3, 1), [1, 2, 1], bias=False, opset=11)
     sess, report = run_and_compare(model, feed(model))
     assert merged(report) == 1
+
+
+# per exporter form (TorchScript 17, dynamo 18/23) of the transformers fixtures: Q/K/V in every
+# layer, and LLaMA's gate/up (2 layers each); their outputs vs torch: test_fixture_models
+FIXTURE_MERGES = {"hf_bert": 2, "hf_llama": 4}
+
+
+@pytest.mark.parametrize("entry", [e for e in FIXTURES if e["name"] in FIXTURE_MERGES], ids=lambda e: e["file"])
+def test_exporter_fixtures_merge_their_projections(entry):
+    _, report = normrt.optimize(str(DATA / entry["file"]), report=True)
+    assert merged(report) == FIXTURE_MERGES[entry["name"]]

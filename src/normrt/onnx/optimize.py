@@ -7,7 +7,8 @@
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
                    ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
-                   ─► elementwise chains (what no fusion above took, one pass each)
+                   ─► rotary rotate_half as views ─► elementwise chains (what no fusion above
+                      took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -42,6 +43,7 @@ from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
 from .passes.sibling_matmuls import SiblingMatMuls
+from .passes.rotary_half import RotaryHalf
 from .passes.elementwise_chains import ElementwiseChains
 from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
@@ -59,7 +61,7 @@ def default_passes():
             CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
             # siblings merge first: their concatenated bias then folds into the one GEMM
             SiblingMatMuls(), MatMulEpilogue(),
-            NoOpViews(), ElementwiseChains()]
+            NoOpViews(), RotaryHalf(), ElementwiseChains()]
 
 
 def _inline_functions(model):
