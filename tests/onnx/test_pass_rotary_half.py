@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import normrt
 from test_fixtures_transformer import DATA, FIXTURES
-from test_pass_layer_norm_decomposed import const, make_model, run_and_compare, vi
+from test_pass_layer_norm_decomposed import const, feed_for as feed, make_model, run_and_compare, vi
 
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
 PASS = "rotary_half"
@@ -46,15 +46,6 @@ def rotary_model(x_shape=(1, 4, 12, 16), cs_shape=None, *, split=None, order="ne
              helper.make_node("Add", terms, ["y"], name="add")]
     return make_model(nodes, inputs, [vi("y", list(x_shape), elem)], inits, opset)
 
-
-def feed(model, seed=1):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in model.graph.input:
-        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        dtype = np.float32 if i.type.tensor_type.elem_type == F else np.float64
-        out[i.name] = rng.standard_normal(shape).astype(dtype)
-    return out
 
 
 def op_types(sess):

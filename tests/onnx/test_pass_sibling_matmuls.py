@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 import normrt
 from test_fixtures_transformer import DATA, FIXTURES
-from test_pass_layer_norm_decomposed import const, make_model, run_and_compare, vi
+from test_pass_layer_norm_decomposed import const, feed_for as feed, make_model, run_and_compare, vi
 
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
 PASS = "sibling_matmuls"
@@ -49,15 +49,6 @@ def siblings_model(x_shape, widths, *, forms=None, bias=True, elem=F, opset=17, 
         outputs.append(vi(f"y{i}", list(x_shape[:-1]) + [n], elem))
     return make_model(nodes, inputs, outputs, inits, opset)
 
-
-def feed(model, seed=1):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for i in model.graph.input:
-        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        dtype = np.float32 if i.type.tensor_type.elem_type == F else np.float64
-        out[i.name] = rng.standard_normal(shape).astype(dtype)
-    return out
 
 
 def op_count(sess, op):
