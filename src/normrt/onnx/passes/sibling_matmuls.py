@@ -1,7 +1,8 @@
 """Linear layers reading the same input -> one product over their concatenated weights, split.
 
-Attention's Q/K/V projections and a gated MLP's gate/up projections are
-separate products of one input with different constant weights:
+Attention's Q/K/V projections (and a gated MLP's gate/up, when the gate's
+activation is not one the GEMM applies) are separate products of one input
+with different constant weights:
 
     X ──┬─► MatMul(X, W1) ─► [Add(·, b1)] ─► y1        (or Gemm(X, W1[, b1]), transB folded)
         ├─► MatMul(X, W2) ─► [Add(·, b2)] ─► y2
@@ -34,8 +35,9 @@ into +0).
 Refused (left as they are, not reported: they run unmerged): a weight that is
 not a constant (a runtime value, or a batched 3-D weight), a K that differs
 (rows of different inputs), another input, float16/float64 products, a Gemm
-with alpha/beta != 1 or transA, a MatMul whose output is a graph output but
-whose bias Add would then be read from the middle (the product alone merges).
+with alpha/beta != 1 or transA, a product followed by an activation the GEMM's
+store takes. A product that is a graph output merges without its bias Add
+(the Add then reads the Split's view).
 """
 from collections import defaultdict
 
