@@ -26,12 +26,13 @@ def const(name, value):
 
 
 def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager", mask=None, where=False,
-                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18, upcast=None):
+                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18, upcast=None, identity_casts=0):
     """form 'eager': Mul(MatMul(Q, Transpose(K)), scale); 'div': Div(MatMul, 1/scale);
     'sdpa': MatMul(Mul(Q, sqrt(scale)), Mul(Transpose(K), sqrt(scale))); 'runtime_scale': Mul by an input.
     mask: None, 'const' (a finite constant), 'zeros' (a constant of zeros the scores' shape: torch's
     baddbmm(empty, q, kt, beta=0)), 'input' (a runtime input) or an explicit shape for it.
-    upcast: a Cast `to` this element type before the Softmax and one after it (diffusers' upcast_softmax)."""
+    upcast: a Cast `to` this element type before the Softmax and one after it (diffusers' upcast_softmax).
+    identity_casts: Casts to the probabilities' own type after the Softmax (TorchScript at opset 13)."""
     dtype = np.float32 if elem == F else np.float64
     kv_shape = kv_shape or q_shape
     rank = len(q_shape)
@@ -82,6 +83,9 @@ def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager"
         nodes += [helper.make_node("IsNaN", ["P"], ["nan"], name="isnan"),
                   helper.make_node("Where", ["nan", "zero", "P"], ["P0"], name="where")]
         p = "P0"
+    for i in range(identity_casts):
+        nodes.append(helper.make_node("Cast", [p], [f"Pc{i}"], name=f"cast{i}", to=elem))
+        p = f"Pc{i}"
     nodes.append(helper.make_node("MatMul", [p, "V"], ["Y"], name="pv"))
     dims = [f"d{i}" for i in range(rank)]
     outs = [vi("Y", dims, elem)] + [vi(n, dims, elem) for n in extra_outputs]
@@ -145,6 +149,16 @@ def test_forms_fuse_and_match_reference(form, q_shape):
     # reads K through its layout (attention_layout's k_layout=BHSD) and it goes too
     left = ["Attention"] if len(q_shape) == 4 else ["Attention", "Transpose"]
     assert sorted(n.op_type for n in sess.optimized_model.graph.node) == left
+
+
+def test_identity_casts_before_the_second_product_fuse():
+    # TorchScript at opset 13 writes Softmax -> Cast(float) -> Cast(float) -> MatMul
+    model = attention_model((2, 3, 70, 16), identity_casts=2, scale=0.3)
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1 and not refused(sess)
+    assert "Cast" not in {n.op_type for n in sess.optimized_model.graph.node}
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
 
 
 def test_constant_finite_mask_without_where():

@@ -32,6 +32,8 @@ def no_op(kind, x, out, k):
         ones = const(f"o{k}", np.ones([(), (4,), (1, 3, 1), (2, 3, 4)][k % 4], np.float32))
         args = [f"o{k}", x] if kind == "ones_mul" else [x, f"o{k}"]
         return [helper.make_node("Div" if kind == "div_ones" else "Mul", args, [out], name=out)], [ones]
+    if kind == "cast":       # float32 -> float32
+        return [helper.make_node("Cast", [x], [out], name=out, to=TensorProto.FLOAT)], []
     # a Transpose pair composing to the identity
     p = PERMS[k % len(PERMS)]
     inverse = [int(i) for i in np.argsort(p)]
@@ -40,7 +42,7 @@ def no_op(kind, x, out, k):
 
 
 @settings(max_examples=30, deadline=None)
-@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "transposes",
+@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "cast", "transposes",
                                        "mul_ones", "ones_mul", "div_ones"]),
                       min_size=1, max_size=5))
 def test_generated_no_op_chains_vanish(kinds):
@@ -79,16 +81,20 @@ def test_transpose_pairs_compose(p1, p2):
 def test_refused_forms_stay():
     from normrt.onnx.passes import PassContext
     from normrt.onnx.passes.no_op_views import NoOpViews, is_no_op
-    # a no-op whose output is a graph output; a Pad by non-constant pads; a real Slice
+    # a no-op whose output is a graph output; a Pad by non-constant pads; a real Slice; Casts
+    # that change the type (float32 -> float16 -> float32 rounds)
     nodes = [helper.make_node("Identity", ["x"], ["y"], name="id"),
              helper.make_node("Pad", ["x", "p"], ["q"], name="pad"),
-             helper.make_node("Slice", ["x", "b", "e"], ["r"], name="slice")]
+             helper.make_node("Slice", ["x", "b", "e"], ["r"], name="slice"),
+             helper.make_node("Cast", ["x"], ["h"], name="down", to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["h"], ["f"], name="up", to=TensorProto.FLOAT)]
     model = make_model(nodes, [vi("x", SHAPE), vi("p", [6], TensorProto.INT64)],
-                       [vi("y", SHAPE), vi("q", None), vi("r", [1, 3, 4])],
+                       [vi("y", SHAPE), vi("q", None), vi("r", [1, 3, 4]), vi("f", SHAPE)],
                        [const("b", np.array([1])), const("e", np.array([5]))], opset=17)
     ctx = PassContext(model)
-    ident, pad, sl = ctx.nodes
+    ident, pad, sl, down, up = ctx.nodes
     assert is_no_op(ctx, ident) and not is_no_op(ctx, pad) and not is_no_op(ctx, sl)
+    assert not is_no_op(ctx, down) and not is_no_op(ctx, up)
     (m,) = list(NoOpViews().matches(ctx))
     assert NoOpViews().check(ctx, m) == "its output is a graph output"
 

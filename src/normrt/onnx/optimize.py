@@ -7,7 +7,9 @@
                       batch*heads forms as rank 4, then the head layouts)
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
-                   ─► elementwise chains (what no fusion above took, one pass each)
+                   ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
+                   ─► rotary rotate_half as views ─► elementwise chains (what no fusion above
+                      took, one pass each)
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -41,6 +43,8 @@ from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
 from .passes.matmul_epilogue import MatMulEpilogue
+from .passes.sibling_matmuls import SiblingMatMuls
+from .passes.rotary_half import RotaryHalf
 from .passes.elementwise_chains import ElementwiseChains
 from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
@@ -58,8 +62,10 @@ def default_passes():
             AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
             # islands first, so a half activation after the down Cast fuses; again after the
             # epilogues, which may have taken a float32 activation inside an island
-            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(), MatMulEpilogue(),
-            NoOpViews(), ElementwiseChains()]
+            CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
+            # siblings merge first: their concatenated bias then folds into the one GEMM
+            SiblingMatMuls(), MatMulEpilogue(),
+            NoOpViews(), RotaryHalf(), ElementwiseChains()]
 
 
 def _inline_functions(model):

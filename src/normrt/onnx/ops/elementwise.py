@@ -135,7 +135,9 @@ def pow_(node, a, b):
 # ---------------------------------------------------------------- unary math
 def _unary(name, fn, since=1):
     def impl(node, x, dead=()):
-        out = reusable(dead, 0, x) if x.dtype.kind == "f" and x.ndim else None
+        # in place into contiguous inputs only: NumPy 2.4's float32 negative(x, out=x) on an
+        # (n, 1) column view (a Split/Slice of a product's columns) writes n contiguous floats
+        out = reusable(dead, 0, x) if x.dtype.kind == "f" and x.ndim and x.flags.c_contiguous else None
         with np.errstate(all="ignore"):
             if out is not None:
                 return fn(x, out=out)

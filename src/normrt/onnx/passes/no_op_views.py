@@ -7,7 +7,7 @@ feature maps to whole windows with a Pad whose pads are all 0, Slices cut
 step (a Pad copies the tensor):
 
     x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
-         | Expand(to x's shape) | Identity | Mul(x, 1) | Div(x, 1) ─► y ─► readers
+         | Expand(to x's shape) | Identity | Cast(to x's own type) | Mul(x, 1) | Div(x, 1) ─► y ─► readers
          (diffusers' residual `/ output_scale_factor` of 1.0: x * 1 and x / 1 are bitwise x)
     ==>  x ─► readers
 
@@ -15,8 +15,10 @@ step (a Pad copies the tensor):
          (the first read only by the second)         (dropped by the rule above when the
                                                       composition is the identity)
 
-(Identity Casts are left to the norm recognizers, which absorb them with the norm
-they surround, and to the Cast passes.)
+Identity Casts go too: the pass runs after the norm recognizers, which absorb them
+with the norm they surround; what is left (the TorchScript exporter's
+Softmax -> Cast(float) -> Cast(float) before attention's second MatMul at opset
+13) would only hide a pattern from the later passes.
 
 Refused (not reported, the nodes then run as they are): y a graph output; a
 reader carrying subgraphs (their inner names are not renamed); shapes or
@@ -95,6 +97,9 @@ def _hands_on_first(ctx, node):
     op = node.op_type
     if is_op(node, "Identity"):
         return True
+    if is_op(node, "Cast"):
+        attrs, reason = node_attrs(node)
+        return reason is None and ctx.elem_type(x) != 0 and attrs.get("to") == ctx.elem_type(x)
     if is_op(node, "Pad"):
         attrs, reason = node_attrs(node)
         if reason:
