@@ -98,7 +98,7 @@ def feed_for(model):
     return feed
 
 
-def run_and_compare(model, feed=None, atol=1e-5):
+def run_and_compare(model, feed=None, atol=1e-5, rtol=1e-5):
     """(session, report): the session's outputs equal onnx.reference's on the original model."""
     feed = feed or feed_for(model)
     sess = normrt.InferenceSession(model)
@@ -106,7 +106,7 @@ def run_and_compare(model, feed=None, atol=1e-5):
     got = sess.run(None, feed)
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=atol)
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
     onnx.checker.check_model(sess.optimized_model)
     return sess, sess.report
 
