@@ -272,7 +272,8 @@ def _computes_in_float32(step, ins, dtype):
     if any(a is not None and a[1] is None for a in ins):
         return False
     if step.kind == "numpy" and not canonical_domain(step.node.domain):
-        return _widened(step, ins, dtype)
+        # (a numpy step run by something else than its op, a GrowingConcat: no island)
+        return getattr(step.run, "impl", None) is not None and _widened(step, ins, dtype)
     if step.kind == "kernel":
         run = getattr(step.run, "inner", step.run)
         return not run.spec.half_native and any(a is not None and is_half(a[1][1]) for a in ins)
