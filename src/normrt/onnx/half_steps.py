@@ -38,16 +38,10 @@ _IN_SLOT = "half_in{}"
 _OUT_SLOT = "half_out"
 
 
-def _widen_into(x, buf, kind, nt):
-    """buf = x widened to float32 (x of buf's shape; exact)."""
-    _k.to_float32(np.ascontiguousarray(x).view(np.uint16).reshape(-1), buf.reshape(-1), kind, nt)
-    return buf
-
-
-def _narrow_into(f, y, kind, nt):
-    """y = float32 `f` (y's shape) rounded to y's half type (nearest even)."""
-    _k.from_float32(np.ascontiguousarray(f, np.float32).reshape(-1), y.view(np.uint16).reshape(-1), kind, nt)
-    return y
+# buf = x widened to float32 (exact), y = f rounded to y's half type (nearest even): the
+# conversions of ops/_half.py, called on the plan's own arrays without per-call buffer checks
+_widen_into = _k.widen_into
+_narrow_into = _k.narrow_into
 
 
 def _narrow_first(res, y, kind, nt):
