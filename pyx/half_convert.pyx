@@ -76,6 +76,17 @@ cdef inline bint _c_array(object a, int type_num, Py_ssize_t n, bint writeable):
             and (not writeable or cnp.PyArray_ISWRITEABLE(arr)))
 
 
+cdef inline void _run(const void* src, void* dst, Py_ssize_t n, int kind, bint to_half, int n_threads) noexcept:
+    """convert(); one thread calls the loop directly (no parallel region to enter)."""
+    with nogil:
+        if n_threads > 1:
+            convert(src, dst, n, kind, to_half, False, n_threads)
+        elif to_half:
+            half_store(kind, <const float*>src, <half_t*>dst, n)
+        else:
+            half_load(kind, <const half_t*>src, <float*>dst, n)
+
+
 cdef inline object _half_words(object x, Py_ssize_t n):
     """x (a float16/bfloat16 ndarray of n elements, any layout) as C-contiguous uint16 words."""
     import numpy as np
@@ -96,13 +107,7 @@ def widen_into(x, out, int kind, int n_threads):
     if type(x) is not cnp.ndarray or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) \
             or cnp.PyArray_ITEMSIZE(<cnp.ndarray>x) != 2 or cnp.PyArray_SIZE(<cnp.ndarray>x) != n:
         x = _half_words(x, n)
-    cdef const half_t* src = <const half_t*>cnp.PyArray_DATA(<cnp.ndarray>x)
-    cdef float* dst = <float*>cnp.PyArray_DATA(<cnp.ndarray>out)
-    with nogil:
-        if n_threads <= 1:
-            half_load(kind, src, dst, n)
-        else:
-            convert(src, dst, n, kind, False, False, n_threads)
+    _run(cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(<cnp.ndarray>out), n, kind, False, n_threads)
     return out
 
 
@@ -119,11 +124,5 @@ def narrow_into(f, y, int kind, int n_threads):
         f = np.ascontiguousarray(f, np.float32)
         if cnp.PyArray_SIZE(<cnp.ndarray>f) != n:
             raise ValueError(f"narrow_into: f must have {n} elements")
-    cdef const float* src = <const float*>cnp.PyArray_DATA(<cnp.ndarray>f)
-    cdef half_t* dst = <half_t*>cnp.PyArray_DATA(<cnp.ndarray>y)
-    with nogil:
-        if n_threads <= 1:
-            half_store(kind, src, dst, n)
-        else:
-            convert(src, dst, n, kind, True, False, n_threads)
+    _run(cnp.PyArray_DATA(<cnp.ndarray>f), cnp.PyArray_DATA(<cnp.ndarray>y), n, kind, True, n_threads)
     return y
