@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 import normrt
 from onnx.reference import ReferenceEvaluator
 
-from half_models import reference64, to_half
+from half_models import assert_matches_float64, reference64, to_half
 
 HALF_DATA = os.path.join(os.path.dirname(__file__), os.pardir, "data", "half")
 HALVES = pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)],
@@ -128,3 +128,23 @@ def test_half_fixtures_specialized_bitwise_generic(entry):
         assert "_narrow_into" in _sources(sess)
     for a, b in zip(*outs):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+@HALVES
+def test_ops_without_a_fast_step_run_their_float32_implementation_in_an_island(dtype):
+    """MaxPool, Clip (computed in place: into the scratch) and Erf, which have no float32 fast step:
+    widened into the plan's scratch, the op's float32 implementation, rounded into the output;
+    bitwise the generic plan, within one rounding of float64."""
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.BFLOAT16
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Clip", ["p", "lo", "hi"], ["c"]), helper.make_node("Erf", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, [2, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", elem, [2, 3, 4, 4])],
+                              [onnx.numpy_helper.from_array(np.array(v, dtype), n) for n, v in (("lo", -1.0),
+                                                                                               ("hi", 1.5))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(dtype)
+    sess = normrt.InferenceSession(model)
+    got = _specialized_bitwise_generic(sess, {"x": x})
+    assert _sources(sess).count("_run_f32") == 3, _sources(sess)
+    assert_matches_float64(got, model, {"x": x})
