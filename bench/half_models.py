@@ -12,9 +12,13 @@ file normrt and onnxruntime run the same inputs; onnxruntime's CPU provider has 
 bfloat16 kernels for these models, so bfloat16 rows compare with normrt's float32
 run only. "fused graph" is normrt on the graph normrt.optimize makes of the
 float32 model, converted the same way: every norm, Conv/MatMul epilogue and
-attention already a normrt node, as the rewrite passes make them of a half model
-when they fuse in half precision (the plain file's column shows what they fuse
-today: "fallback nodes" counts the norms they left to onnx.reference). The errors
+attention already a normrt node. The plain file's column shows what the passes
+fuse in half precision ("fallback nodes" counts the norms they left to
+onnx.reference): norms, MatMul epilogues, attention and elementwise chains as in
+float32; the Conv epilogue only in float32, so the plain file's Conv bias /
+residual Adds run as their own steps. Either way the products compute in float32
+between two conversions (onnx/half_steps.py), their weights widened and packed
+once. The errors
 are the fused run's largest against onnxruntime's result and against normrt's
 float32 run of the float32 model; the pytest-benchmark version
 (bench/test_half_models.py) checks them first.

@@ -3,8 +3,11 @@
 the same file (float16) and normrt's float32 run.
 
 Each benchmark checks normrt's half result first (the plain file's and the fused graph's): within
-twice onnxruntime's own distance from the float32 result plus 2^-8 of the output scale (float16), within 2^-5 of the output's scale of it
-(bfloat16; the plain file only when no node fell back: onnx.reference computes a bfloat16 norm in bfloat16).
+twice onnxruntime's own distance from the float32 result plus 2^-8 of the output scale (float16), within 2^-4 of the output's scale of it
+(bfloat16; the plain file only when no node fell back: onnx.reference computes a bfloat16 norm in bfloat16). The
+float32 model differs from the bfloat16 one by its weights' 8-bit rounding: through the VAE's 30 convs that alone
+moves the output by ~3% of its scale, whichever way normrt rounds (its distance to the bfloat16 model's exact value,
+its float64 twin, is below 2%: tests/onnx/test_half_products.py checks that against per-op rounding).
 """
 import pytest
 
@@ -28,7 +31,7 @@ def test_half_model(benchmark, name, dtype, impl, threads):
             # (the plain file rounds the norms' decomposed pieces apart: a few float16 units more)
             assert err32 <= 2 * ort_err32 + 2.0 ** -8 * scale, (which, err32, ort_err32)
         elif which == "normrt fused" or sess.executor.counts()["reference"] == 0:
-            assert err32 <= 2.0 ** -5 * scale, (which, err32, scale)
+            assert err32 <= 2.0 ** -4 * scale, (which, err32, scale)
     benchmark.group = f"half_model-{name}-{dtype}"
     benchmark.extra_info.update(threads=threads, fallback_nodes=sess.executor.counts()["reference"])
     benchmark(runs[impl])

@@ -5,9 +5,12 @@ The API uses it where a half-precision tensor meets code that wants float32
 `portable` switch to check the scalar code a build without F16C/AVX would run.
 How many threads a conversion gets is the caller's (normrt._thread_policy).
 """
+cimport numpy as cnp
 from cython.parallel cimport prange
 
 from half cimport half_t, half_load, half_store, half_load_portable, half_store_portable, half_isa
+
+cnp.import_array()
 
 
 cdef enum:
@@ -56,3 +59,70 @@ def from_float32(const float[::1] src,  # IN  (n,)
 def isa():
     """The conversion instructions this build uses ("avx512f", "f16c+avx2", ..., "portable")."""
     return half_isa().decode()
+
+
+# ------------------------------------------------------------ a plan's per-run conversions
+# A specialized plan converts a half-precision step's operands and result on every run
+# (normrt.onnx.half_steps): arrays it allocated itself, of shapes it checked when it was
+# built. These take the ndarrays as they are, reading their data pointers through the numpy C
+# API (no typed-memoryview acquisition, ~1 us each), and run one thread without a parallel
+# region: a small model's steps are a few thousand elements.
+
+cdef inline bint _c_array(object a, int type_num, Py_ssize_t n, bint writeable):
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == type_num and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_SIZE(arr) == n
+            and (not writeable or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef inline void _run(const void* src, void* dst, Py_ssize_t n, int kind, bint to_half, int n_threads) noexcept:
+    """convert(); one thread calls the loop directly (no parallel region to enter)."""
+    with nogil:
+        if n_threads > 1:
+            convert(src, dst, n, kind, to_half, False, n_threads)
+        elif to_half:
+            half_store(kind, <const float*>src, <half_t*>dst, n)
+        else:
+            half_load(kind, <const half_t*>src, <float*>dst, n)
+
+
+cdef inline object _half_words(object x, Py_ssize_t n):
+    """x (a float16/bfloat16 ndarray of n elements, any layout) as C-contiguous uint16 words."""
+    import numpy as np
+    x = np.ascontiguousarray(x).view(np.uint16)
+    if cnp.PyArray_SIZE(<cnp.ndarray>x) != n:
+        raise ValueError(f"expected {n} elements, got {cnp.PyArray_SIZE(<cnp.ndarray>x)}")
+    return x
+
+
+def widen_into(x, out, int kind, int n_threads):
+    """out[...] = x widened to float32 and returned: x a float16/bfloat16 ndarray (kind HALF_F16/BF16)
+    of out's size, out a writeable C-contiguous float32 ndarray."""
+    cdef Py_ssize_t n
+    if not _c_array(out, cnp.NPY_FLOAT32, cnp.PyArray_SIZE(<cnp.ndarray>out) if type(out) is cnp.ndarray else -1,
+                    True):
+        raise ValueError("widen_into: out must be a writeable C-contiguous float32 array")
+    n = cnp.PyArray_SIZE(<cnp.ndarray>out)
+    if type(x) is not cnp.ndarray or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) \
+            or cnp.PyArray_ITEMSIZE(<cnp.ndarray>x) != 2 or cnp.PyArray_SIZE(<cnp.ndarray>x) != n:
+        x = _half_words(x, n)
+    _run(cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(<cnp.ndarray>out), n, kind, False, n_threads)
+    return out
+
+
+def narrow_into(f, y, int kind, int n_threads):
+    """y[...] = float32 `f` rounded to y's half type (nearest even) and returned: y a writeable
+    C-contiguous float16/bfloat16 ndarray (kind HALF_F16/BF16), f a float32 ndarray of y's size."""
+    import numpy as np
+    cdef Py_ssize_t n
+    if type(y) is not cnp.ndarray or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>y) \
+            or cnp.PyArray_ITEMSIZE(<cnp.ndarray>y) != 2 or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
+        raise ValueError("narrow_into: y must be a writeable C-contiguous float16/bfloat16 array")
+    n = cnp.PyArray_SIZE(<cnp.ndarray>y)
+    if not _c_array(f, cnp.NPY_FLOAT32, n, False):
+        f = np.ascontiguousarray(f, np.float32)
+        if cnp.PyArray_SIZE(<cnp.ndarray>f) != n:
+            raise ValueError(f"narrow_into: f must have {n} elements")
+    _run(cnp.PyArray_DATA(<cnp.ndarray>f), cnp.PyArray_DATA(<cnp.ndarray>y), n, kind, True, n_threads)
+    return y

@@ -90,6 +90,32 @@ def test_float32_rounds_to_nearest_even_like_numpy_and_ml_dtypes(dt, portable):
     assert np.array_equal(out[~nan], ref[~nan])
 
 
+@half_dtypes
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plan_conversions_into_buffers(dt, threads):
+    """widen_into / narrow_into (a specialized plan's per-run conversions): the same bits as
+    to_float32 / from_float32 for any layout of the half input and thread count; bad buffers raise."""
+    kind = 0 if dt == F16 else 1
+    x = rand((3, 70000), np.float32, seed=3, scale=100.0)
+    h = x.astype(dt)
+    for src in (h, h[:, ::-1], h.T):                 # contiguous, reversed and transposed views
+        out = np.empty(src.shape, np.float32)
+        assert half_convert.widen_into(src, out, kind, threads) is out
+        assert np.array_equal(out, np.asarray(src).astype(np.float32))
+    y = np.empty(x.shape, dt)
+    assert half_convert.narrow_into(x, y, kind, threads) is y
+    assert np.array_equal(y.view(np.uint16), x.astype(dt).view(np.uint16))
+    half_convert.narrow_into(x.T, y.T.copy(), kind, threads)     # a non-contiguous f is copied first
+    with pytest.raises(ValueError, match="out must be"):
+        half_convert.widen_into(h, np.empty(x.shape, np.float64), kind, threads)
+    with pytest.raises(ValueError, match="expected"):
+        half_convert.widen_into(h[:, :5].T, np.empty(3 * 4, np.float32), kind, threads)
+    with pytest.raises(ValueError, match="y must be"):
+        half_convert.narrow_into(x, y.T, kind, threads)
+    with pytest.raises(ValueError, match="f must have"):
+        half_convert.narrow_into(x[:, :5], y, kind, threads)
+
+
 def test_conversion_isa_is_reported():
     assert half_convert.isa() in ("avx512f+bf16", "avx512f", "f16c+avx2", "f16c", "avx2", "portable")
 

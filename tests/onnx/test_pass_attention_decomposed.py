@@ -247,7 +247,7 @@ def test_report_and_inspect_text():
     (dict(mask="input"), "without the Where(IsNaN)"),
     (dict(mask=("rows", 90), q_shape=(2, 3, 70, 16), kv_shape=(2, 3, 90, 16), where=True), "may not broadcast"),
     (dict(q_shape=(2, 3, 70, 16), kv_shape=(1, 3, 70, 16)), "may differ"),
-    (dict(elem=D), "the fused kernel is float32"),
+    (dict(elem=D), "is not float32/float16/bfloat16"),
     (dict(extra_outputs=("P",)), "graph output"),
     (dict(extra_outputs=("scaled",)), "graph output"),
 ])

@@ -64,12 +64,35 @@ class _Source:
         self.constants = constants
         self._n = 0
         self.workspace_size = 0
+        self._scratch = []      # (name, slot, shape, dtype) of the views bound at compile()
 
     def workspace(self, size):
         """The name of the plan's one kernel workspace, grown to at least `size` floats: steps
         run one after another and a run holds the plan's lock, so its GEMMs and convs share it."""
         self.workspace_size = max(self.workspace_size, int(size))
         return "_ws"
+
+    def scratch(self, slot, shape, dtype):
+        """The name of a `shape` x `dtype` array on the plan's scratch `slot` (one allocation per
+        slot, as big as its largest use): for data a step makes and consumes itself (half-precision
+        steps' float32 operands), so steps, which run one after another under the plan's lock,
+        share it. Distinct slots never overlap."""
+        self._n += 1
+        name = f"_scratch{self._n}"
+        self._scratch.append((name, slot, tuple(int(d) for d in shape), np.dtype(dtype)))
+        return name
+
+    def _bind_scratch(self):
+        sizes = {}
+        for _, slot, shape, dtype in self._scratch:
+            sizes[slot] = max(sizes.get(slot, 0), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        # 64-byte aligned (a cache line; the kernels' vector loads)
+        raw = {slot: np.empty(n + 64, np.uint8) for slot, n in sizes.items()}
+        for name, slot, shape, dtype in self._scratch:
+            buf = raw[slot]
+            start = (-buf.ctypes.data) % 64
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            self.ns[name] = buf[start:start + nbytes].view(dtype).reshape(shape)
 
     def bind(self, obj, prefix="k"):
         """A namespace name holding `obj`."""
@@ -110,6 +133,7 @@ class _Source:
         source = "\n".join(self.lines) + "\n"
         if self.workspace_size:
             self.ns["_ws"] = np.empty(self.workspace_size, np.float32)
+        self._bind_scratch()
         exec(compile(source, FILENAME, "exec"), self.ns)    # noqa: S102 - our own generated code
         return self.ns["run"], source
 

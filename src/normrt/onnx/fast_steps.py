@@ -22,6 +22,7 @@ import numpy as np
 from .._kernels import softmax as _softmax_kernel
 from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
+from . import half_steps
 from . import kernel_calls as _calls
 from .concat_chain import GrowingConcat
 from .ops import _half
@@ -265,11 +266,31 @@ def _kernel_multi_step(src, step, ins, out_metas):
     return f"{src.bind(prepared, '_norm_sum')}({ex}, {er})"
 
 
+def _computes_in_float32(step, ins, dtype):
+    """Whether the generic call widens this step's half-precision values to float32 and rounds
+    its result back (ops/_half.py, kernels.py): then it runs as a half_steps island."""
+    if any(a is not None and a[1] is None for a in ins):
+        return False
+    if step.kind == "numpy" and not canonical_domain(step.node.domain):
+        # (a numpy step run by something else than its op, a GrowingConcat: no island)
+        return getattr(step.run, "impl", None) is not None and _widened(step, ins, dtype)
+    if step.kind == "kernel":
+        run = getattr(step.run, "inner", step.run)
+        return not run.spec.half_native and any(a is not None and is_half(a[1][1]) for a in ins)
+    return False
+
+
 def fast_step(src, step, ins, out_meta, buffer):
     """The expression for one step of a specialized plan, or None (generic call): a single
     output's, or for several outputs (`out_meta` their list of metas) the tuple of them."""
     if isinstance(out_meta, list):
         return _kernel_multi_step(src, step, ins, out_meta) if step.kind == "kernel" else None
+    if _computes_in_float32(step, ins, out_meta[1]):
+        return half_steps.island(src, step, ins, out_meta, buffer, _float_step)
+    return _float_step(src, step, ins, out_meta, buffer)
+
+
+def _float_step(src, step, ins, out_meta, buffer):
     if step.kind == "numpy" and not canonical_domain(step.node.domain):
         return _numpy_step(src, step, ins, out_meta, buffer)
     if step.kind == "kernel":

@@ -30,6 +30,11 @@ KERNEL_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE) + HALF_DTYPES
 # What the weight-folding passes (a BN or an affine into Conv/Gemm weights) take: folding into
 # half weights would round the products to half once more than the model does
 WIDE_DTYPES = (TensorProto.FLOAT, TensorProto.DOUBLE)
+# What the float32 fused kernels (normrt MatMul, Attention, Elementwise: domain.py's
+# half_native=False) take: float16/bfloat16 values are widened to float32 exactly and the result
+# rounded once to their type (kernels.py, half_steps.py) -- the fused chain rounds once where the
+# model's ops round after each op, so its result is the closer one to the exact value
+PRODUCT_DTYPES = (TensorProto.FLOAT,) + HALF_DTYPES
 _TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64",
                TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 

@@ -29,18 +29,17 @@ not finite; Softmax over another axis than the last; Q/Kt/V/scores of unknown
 rank or rank other than 3/4, or whose batch/head dims may differ (broadcasting
 MatMuls), or Kt/V with more heads than Q; a mask that may raise the scores'
 shape or whose shape is unknown; a non-zero Where constant; a middle value
-read by another node or a graph output; element types other than float32
-(the fused kernel is float32).
+read by another node or a graph output; element types other than float32 or
+one half type (the fused kernel computes in float32: _queries.PRODUCT_DTYPES).
 """
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from ._queries import Graph, chain_nodes_reason, fused_name, in_graph_order, is_op
-from ._queries import node_attrs, other_input
+from ._queries import PRODUCT_DTYPES, float_type_reason, is_float, node_attrs, other_input
 
 PATTERN = "decomposed attention"
 
@@ -68,7 +67,7 @@ class Match:
 def _scalar(ctx, name):
     """The value of a one-element float constant, or None."""
     v = ctx.constants.get(name) if name else None
-    if v is None or v.size != 1 or v.dtype.kind != "f":
+    if v is None or v.size != 1 or not is_float(v.dtype):
         return None
     return float(np.asarray(v).reshape(()))
 
@@ -180,12 +179,10 @@ class AttentionDecomposed(GraphPass):
         v = m.pv.input[1]
         scores = m.qk.output[0]
         values = [q, kt, v, scores, m.pv.output[0]]
-        for name in values + [n.output[0] for n in m.nodes if n is not m.isnan]:
-            t = ctx.elem_type(name)
-            if t == 0:
-                return f"element type of {name!r} is unknown"
-            if t != TensorProto.FLOAT:
-                return f"{name!r} is {TensorProto.DataType.Name(t)} (the fused kernel is float32)"
+        reason = float_type_reason(ctx, values + [n.output[0] for n in m.nodes if n is not m.isnan],
+                                   PRODUCT_DTYPES)
+        if reason:
+            return reason
         shapes = {n: ctx.shape(n) for n in (q, kt, v, scores)}
         for name, s in shapes.items():
             if s is None:

@@ -30,19 +30,18 @@ Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu (Pow by a constant
 Refused (reason returned by `check`; the nodes then run one by one): a group
 with more distinct inputs or live values than the kernel holds (16 inputs, 48
 registers). Groups of one node are not candidates; nor are values other than
-float32, opset < 7 arithmetic (the legacy `broadcast` attribute) and Max/Min
+float32 or half (float16/bfloat16, computed in float32: _queries.PRODUCT_DTYPES), opset < 7 arithmetic (the legacy `broadcast` attribute) and Max/Min
 with other than two inputs (those nodes are simply not elementwise here).
 """
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto
 
 from ...errors import ModelError
 from ..domain import NORM_OPS, make_node
 from ..elementwise_program import MAX_INPUTS, compile_program
 from . import GraphPass
-from ._queries import fused_name, in_graph_order
+from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float
 
 PATTERN = "elementwise chain"
 
@@ -66,7 +65,7 @@ class Group:
 def _const_scalar(ctx, name):
     """(value, rank) of a one-element numeric constant, else None."""
     v = ctx.constants.get(name) if name else None
-    if v is None or v.size != 1 or v.dtype.kind not in "fiu":
+    if v is None or v.size != 1 or not (v.dtype.kind in "iu" or is_float(v.dtype)):
         return None
     return float(v.reshape(-1)[0]), v.ndim
 
@@ -74,13 +73,13 @@ def _const_scalar(ctx, name):
 def _pow_exponent(ctx, node):
     """The constant scalar exponent of a Pow the generic op special-cases (0-d), else None."""
     v = ctx.constants.get(node.input[1])
-    if v is None or v.ndim != 0 or v.dtype.kind not in "fiu":
+    if v is None or v.ndim != 0 or not (v.dtype.kind in "iu" or is_float(v.dtype)):
         return None
     return float(v)
 
 
 def _elementwise(ctx, node):
-    """Whether `node` is a float32 elementwise op this pass fuses."""
+    """Whether `node` is an elementwise op this pass fuses (float32 or half values)."""
     if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not node.output[0]:
         return False
     op = node.op_type
@@ -102,7 +101,8 @@ def _elementwise(ctx, node):
         return False
     if not all(data):
         return False
-    return all(ctx.elem_type(n) == TensorProto.FLOAT for n in data + [node.output[0]])
+    # one type per node, so one per connected chain (the kernel's result is rounded to it)
+    return float_type_reason(ctx, data + [node.output[0]], PRODUCT_DTYPES) is None
 
 
 def _known_shape(ctx, name):

@@ -6,10 +6,11 @@
   ==>
     X ──► normrt::MatMul(X, W, bias, R, activation=act) ──► out       out = act(X @ W + bias + R)
 
-W is a 2-D float32 constant (the kernel packs it once); X is float32 of rank
->= 2 (leading dims are rows). bias is a float32 constant of N values that
-broadcasts along the last axis only ((N,), (1, N), ...). R is a float32 value
-of exactly the output's static shape (no broadcasting), not computed from the
+W is a 2-D constant (the kernel packs it once); X is of rank >= 2 (leading
+dims are rows); X, W, bias and R are all float32, or all one half type
+(float16/bfloat16: computed in float32 and rounded once, _queries.PRODUCT_DTYPES).
+bias is a constant of N values that broadcasts along the last axis only ((N,),
+(1, N), ...). R is a value of exactly the output's static shape (no broadcasting), not computed from the
 MatMul's own output. Gemm needs alpha = beta = 1, transA = 0 (transB is folded
 into the constant) and a bias C of N values. Each step after the product is
 taken only if the value before it has no other reader and is no graph output;
@@ -23,12 +24,11 @@ would refuse.
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import TensorProto
 
 from .._graph import decode_attributes
 from ..domain import make_node
 from . import GraphPass
-from ._queries import is_op, only_consumer, other_input, private_reason
+from ._queries import PRODUCT_DTYPES, float_type_reason, is_op, only_consumer, other_input, private_reason
 from .activation_epilogue import PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
 from ._queries import Graph
@@ -74,8 +74,9 @@ class MatMulEpilogue(GraphPass):
         if not ctx.contains(node):
             return "node already rewritten"
         a, w = node.input[0], node.input[1]
-        if ctx.elem_type(a) != TensorProto.FLOAT or ctx.elem_type(w) != TensorProto.FLOAT:
-            return "not float32"
+        reason = float_type_reason(ctx, [a, w], PRODUCT_DTYPES)
+        if reason:
+            return reason
         weight = ctx.constants.get(w)
         if weight is None or weight.ndim != 2:
             return f"weight {w!r} is not a 2-D constant"
@@ -96,7 +97,7 @@ class MatMulEpilogue(GraphPass):
         if not m.bias and is_op(reader, "Add"):
             other = other_input(reader, y)
             bias = ctx.constants.get(other) if other else None
-            if bias is not None and bias.dtype == np.float32 and bias.size == n_out \
+            if bias is not None and bias.dtype == weight.dtype and bias.size == n_out \
                     and bias.ndim <= len(a_shape) and all(d == 1 for d in bias.shape[:-1]):
                 m.nodes.append(reader)
                 m.bias = other
@@ -111,8 +112,8 @@ class MatMulEpilogue(GraphPass):
                     return "residual Add: shapes not static, cannot prove it does not broadcast"
                 if not (tuple(r_shape) == tuple(y_shape) == tuple(o_shape)):
                     return f"residual Add broadcasts ({list(r_shape)} + {list(y_shape)})"
-                if ctx.elem_type(other) != TensorProto.FLOAT:
-                    return f"residual {other!r} is not float32"
+                if ctx.elem_type(other) != ctx.elem_type(a):
+                    return f"residual {other!r} is not of the product's element type"
                 if _reads_downstream_of(Graph(ctx), [other], node):
                     return f"residual {other!r} is computed from the product"
                 m.nodes.append(reader)
@@ -157,7 +158,7 @@ class MatMulEpilogue(GraphPass):
         if len(node.input) > 2 and node.input[2]:
             c = ctx.constants.get(node.input[2])
             n_out = weight.shape[0] if m.trans_b else weight.shape[1]
-            if c is None or c.dtype != np.float32 or c.size != n_out or not all(d == 1 for d in c.shape[:-1]):
+            if c is None or c.dtype != weight.dtype or c.size != n_out or not all(d == 1 for d in c.shape[:-1]):
                 return f"Gemm bias {node.input[2]!r} is not a constant of {n_out} values along the last axis"
             m.bias, m.bias_from_gemm = node.input[2], True
         return None
