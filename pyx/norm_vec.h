@@ -12,8 +12,9 @@
  * Same bits as the Cython code: each function does, per lane, the very
  * operations in the very order of the loop it replaces (the 32 accumulator
  * lanes of moments.pxd are two vectors, its float64 lanes four, lane_total's
- * pairwise tree is reproduced), so results do not depend on the ISA level
- * that ran them, nor on the thread count. Where AVX-512 (F, BW, VL) is not
+ * pairwise tree is reproduced), so the statistics and the outputs do not
+ * depend on the ISA level that ran them, nor on the thread count. The one
+ * exception is SiLU's exp (nrt_exp_f: fused, within an ulp). Where AVX-512 (F, BW, VL) is not
  * compiled in, every function returns 0 and the caller runs its own loop;
  * they also return 0 for what they do not cover (an activation other than
  * relu / silu).
@@ -191,25 +192,29 @@ NRT_AI void nrt_head_k(int kind, const void* x, ptrdiff_t count, float* dst) {
     _mm512_mask_storeu_ps(dst + 16, m1, nrt_vload_mask(kind, x, 16, m1));
 }
 
-/* moments.pxd's exp_f, operation for operation (no fused multiply-adds) */
+/* e**x for float32, moments.pxd's exp_f (Cephes' range reduction by ln2 and
+   degree-6 polynomial, the same constants and clamps), with fused
+   multiply-adds and the power of two applied by vscalefps: 18 instead of 30
+   vector operations, which is what a SiLU epilogue costs (its division aside).
+   Within an ulp of exp_f, not its bits: the only loop here that is not the
+   Cython code's own. NaN stays NaN, exp(-inf) = 0. */
 NRT_AI __m512 nrt_exp_f(__m512 x) {
     const __m512 hi = _mm512_set1_ps((float)88.3762626647949), lo = _mm512_set1_ps(-(float)87.3365447504019);
-    const __m512 shifter = _mm512_set1_ps((float)12582912.0);
     /* vminps / vmaxps return their second operand for a NaN: NaN stays NaN */
     __m512 xc = _mm512_max_ps(lo, _mm512_min_ps(hi, x));
-    __m512 n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(xc, _mm512_set1_ps((float)1.44269504088896341)), shifter), shifter);
-    __m512 r = _mm512_sub_ps(xc, _mm512_mul_ps(n, _mm512_set1_ps((float)0.693359375)));
-    r = _mm512_add_ps(r, _mm512_mul_ps(n, _mm512_set1_ps((float)2.12194440e-4)));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps((float)1.44269504088896341)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps((float)0.693359375), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-(float)2.12194440e-4), r);
     __m512 z = _mm512_mul_ps(r, r);
     __m512 p = _mm512_set1_ps((float)1.9875691500e-4);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps((float)1.3981999507e-3));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps((float)8.3334519073e-3));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps((float)4.1665795894e-2));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps((float)1.6666665459e-1));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps((float)5.0000001201e-1));
-    p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, z), r), _mm512_set1_ps((float)1.0));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
-    p = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.3981999507e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)8.3334519073e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)4.1665795894e-2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.6666665459e-1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)5.0000001201e-1));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
+    p = _mm512_scalef_ps(p, n);
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), p, _mm512_setzero_ps());
 }
 
