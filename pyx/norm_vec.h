@@ -105,46 +105,45 @@ NRT_AI double nrt_lane_total(const __m512d* acc) {
     return (e[0] + e[2]) + (e[1] + e[3]);
 }
 
+/* one 32-element step of sums_dev: deviations f0 (lanes 0-15), f1 (16-31) into b */
+NRT_AI void nrt_sums_step(__m512* b, __m512 f0, __m512 f1) {
+    b[0] = _mm512_add_ps(b[0], f0);
+    b[1] = _mm512_add_ps(b[1], f1);
+    b[2] = _mm512_fmadd_ps(f0, f0, b[2]);
+    b[3] = _mm512_fmadd_ps(f1, f1, b[3]);
+}
+
 /* sums_dev: s1 = sum(x - shift), s2 = sum((x - shift)^2) */
 NRT_AI void nrt_sums_dev_k(int kind, const void* x, ptrdiff_t n, float shift, double* s1, double* s2) {
     const __m512 vs = _mm512_set1_ps(shift);
     __m512d a1[4], a2[4];
-    __m512 b10, b11, b20, b21, f0, f1;
+    __m512 b[4], f0, f1;   /* float32 lanes: sums 0-15, 16-31, squares 0-15, 16-31 */
     ptrdiff_t i = 0, k;
     for (k = 0; k < 4; k++) { a1[k] = _mm512_setzero_pd(); a2[k] = _mm512_setzero_pd(); }
     for (; i + 256 <= n; i += 256) {
-        b10 = b11 = b20 = b21 = _mm512_setzero_ps();
+        b[0] = b[1] = b[2] = b[3] = _mm512_setzero_ps();
         for (k = 0; k < 256; k += 32) {
             f0 = _mm512_sub_ps(nrt_vload(kind, x, i + k), vs);
             f1 = _mm512_sub_ps(nrt_vload(kind, x, i + k + 16), vs);
-            b10 = _mm512_add_ps(b10, f0);
-            b11 = _mm512_add_ps(b11, f1);
-            b20 = _mm512_fmadd_ps(f0, f0, b20);
-            b21 = _mm512_fmadd_ps(f1, f1, b21);
+            nrt_sums_step(b, f0, f1);
         }
-        nrt_acc32(a1, b10, b11);
-        nrt_acc32(a2, b20, b21);
+        nrt_acc32(a1, b[0], b[1]);
+        nrt_acc32(a2, b[2], b[3]);
     }
-    b10 = b11 = b20 = b21 = _mm512_setzero_ps();
+    b[0] = b[1] = b[2] = b[3] = _mm512_setzero_ps();
     for (; i + 32 <= n; i += 32) {
         f0 = _mm512_sub_ps(nrt_vload(kind, x, i), vs);
         f1 = _mm512_sub_ps(nrt_vload(kind, x, i + 16), vs);
-        b10 = _mm512_add_ps(b10, f0);
-        b11 = _mm512_add_ps(b11, f1);
-        b20 = _mm512_fmadd_ps(f0, f0, b20);
-        b21 = _mm512_fmadd_ps(f1, f1, b21);
+        nrt_sums_step(b, f0, f1);
     }
     if (i < n) {
         __mmask16 m0 = nrt_mask_lo(n - i), m1 = nrt_mask_hi(n - i);
         f0 = _mm512_maskz_sub_ps(m0, nrt_vload_mask(kind, x, i, m0), vs);
         f1 = _mm512_maskz_sub_ps(m1, nrt_vload_mask(kind, x, i + 16, m1), vs);
-        b10 = _mm512_add_ps(b10, f0);
-        b11 = _mm512_add_ps(b11, f1);
-        b20 = _mm512_fmadd_ps(f0, f0, b20);
-        b21 = _mm512_fmadd_ps(f1, f1, b21);
+        nrt_sums_step(b, f0, f1);
     }
-    nrt_acc32(a1, b10, b11);
-    nrt_acc32(a2, b20, b21);
+    nrt_acc32(a1, b[0], b[1]);
+    nrt_acc32(a2, b[2], b[3]);
     *s1 = nrt_lane_total(a1);
     *s2 = nrt_lane_total(a2);
 }
