@@ -18,7 +18,7 @@ cimport numpy as cnp
 
 from moments cimport (Moments, CHUNK, LANES, parts_buffer, chunk_moments, chunk_sumsq, mul_add,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
-                      activate_span, vec_layer_norm_out, vec_rms_norm_out)
+                      activate_span, vec_layer_norm_out, vec_rms_norm_out, vec_add)
 from half cimport (elem, f16_t, bf16_t, HALF_BF16, as_f32, as_f32_padded, out_f32, flush_f32, store_f32,
                    value, put, storage_kind)
 from kernel_args cimport array_ptr, optional_ptr, storage_type
@@ -43,6 +43,8 @@ cdef inline void add_residual(const elem* x, const elem* r, elem* h, Py_ssize_t 
     if elem is double:
         for j in range(n):
             h[j] = x[j] + r[j]
+        return
+    if vec_add(storage_kind(x), x, r, h, n):
         return
     while i < n:
         m = min(<Py_ssize_t>OUT_BLOCK, n - i)

@@ -28,6 +28,7 @@ cdef extern from "norm_vec.h" nogil:
                                                      float fr) noexcept
     bint vec_rms_norm_out "nrt_vec_rms_norm_out"(int kind, const void* x, void* y, Py_ssize_t n,
                                                  const float* sc, float k, float fr) noexcept
+    bint vec_add "nrt_vec_add"(int kind, const void* x, const void* r, void* h, Py_ssize_t n) noexcept
 
 cdef extern from "fused_ops.h":
     # fused multiply-add where the ISA has FMA, multiply then add below it

@@ -290,6 +290,17 @@ NRT_AI void nrt_rms_norm_out_k(int kind, const void* x, void* y, ptrdiff_t n, co
     }
 }
 
+/* layer_norm.pyx's add_residual: h = x + r, added in float32, rounded to the storage type */
+NRT_AI void nrt_add_k(int kind, const void* x, const void* r, void* h, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        nrt_vstore(kind, h, i, _mm512_add_ps(nrt_vload(kind, x, i), nrt_vload(kind, r, i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        nrt_vstore_mask(kind, h, i, m, _mm512_add_ps(nrt_vload_mask(kind, x, i, m), nrt_vload_mask(kind, r, i, m)));
+    }
+}
+
 /* one copy of each kernel per storage type (kind is a constant inside) */
 #define NRT_BY_KIND(kind, CALL_F32, CALL_F16, CALL_BF16) \
     switch (kind) { case NRT_F32: CALL_F32; break; case NRT_F16: CALL_F16; break; default: CALL_BF16; }
@@ -338,6 +349,11 @@ static inline int nrt_vec_rms_norm_out(int kind, const void* x, void* y, ptrdiff
     return 1;
 }
 
+static inline int nrt_vec_add(int kind, const void* x, const void* r, void* h, ptrdiff_t n) {
+    NRT_BY_KIND(kind, nrt_add_k(NRT_F32, x, r, h, n), nrt_add_k(NRT_F16, x, r, h, n), nrt_add_k(NRT_BF16, x, r, h, n))
+    return 1;
+}
+
 #undef NRT_AI
 #else
 #define NRT_HAVE_NORM_VEC 0
@@ -361,6 +377,9 @@ static inline int nrt_vec_layer_norm_out(int kind, const void* x, void* y, ptrdi
 static inline int nrt_vec_rms_norm_out(int kind, const void* x, void* y, ptrdiff_t n, const float* sc,
                                        float k, float fr) {
     (void)kind; (void)x; (void)y; (void)n; (void)sc; (void)k; (void)fr; return 0;
+}
+static inline int nrt_vec_add(int kind, const void* x, const void* r, void* h, ptrdiff_t n) {
+    (void)kind; (void)x; (void)r; (void)h; (void)n; return 0;
 }
 #endif
 
