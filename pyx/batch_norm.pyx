@@ -332,7 +332,8 @@ cdef void affine_all(const elem* xp, const elem* gp, const elem* bp, elem* yp,
         R2 = total
     piece = piece_size(total, n_threads)
     npieces = (total + piece - 1) // piece
-    if npieces == 1:
+    if npieces == 1 or n_threads <= 1:
+        # (no parallel region for one thread: entering one costs ~1 us, a small tensor's whole time)
         affine_piece(xp, gp, bp, yp, 0, total, K, R2, m, a, b, act)
         return
     for p in prange(npieces, schedule="static", num_threads=n_threads):

@@ -44,6 +44,23 @@ ctypedef fused elem:
     bf16_t
 
 
+cdef extern from "norm_vec.h" nogil:
+    enum:
+        HALF_F32 "NRT_F32"     # float32 storage, for norm_vec.h's `kind`
+
+
+cdef inline int storage_kind(const elem* x) noexcept nogil:
+    """norm_vec.h's `kind` of x's storage type (-1: float64, which it does not cover)."""
+    if elem is f16_t:
+        return HALF_F16
+    elif elem is bf16_t:
+        return HALF_BF16
+    elif elem is float:
+        return HALF_F32
+    else:
+        return -1
+
+
 cdef inline const float* as_f32(const elem* x, float* buf, Py_ssize_t n) noexcept nogil:
     """x[0:n] as float32: x itself for float32 storage, else converted into buf
     (half.h's vector converts). Never called for float64."""

@@ -18,9 +18,9 @@ cimport numpy as cnp
 
 from moments cimport (Moments, CHUNK, LANES, parts_buffer, chunk_moments, chunk_sumsq, mul_add,
                       moments_merge, moments_empty, moments_var, n_chunks, group_moments,
-                      activate_span)
+                      activate_span, vec_layer_norm_out, vec_rms_norm_out, vec_add)
 from half cimport (elem, f16_t, bf16_t, HALF_BF16, as_f32, as_f32_padded, out_f32, flush_f32, store_f32,
-                   value, put)
+                   value, put, storage_kind)
 from kernel_args cimport array_ptr, optional_ptr, storage_type
 
 cnp.import_array()
@@ -43,6 +43,8 @@ cdef inline void add_residual(const elem* x, const elem* r, elem* h, Py_ssize_t 
     if elem is double:
         for j in range(n):
             h[j] = x[j] + r[j]
+        return
+    if vec_add(storage_kind(x), x, r, h, n):
         return
     while i < n:
         m = min(<Py_ssize_t>OUT_BLOCK, n - i)
@@ -174,6 +176,8 @@ cdef inline void write_layer_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize
         sc = sc + offset
     if bi != NULL:
         bi = bi + offset
+    if not act and vec_layer_norm_out(storage_kind(h), h, y, n, sc, bi, mh, ml, fr):
+        return
     while i + LANES <= n:
         norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL,
                   (bi + i) if bi != NULL else NULL, mh, ml, fr, 1.0, act, False)
@@ -214,6 +218,8 @@ cdef inline void write_rms_norm(const elem* h, elem* y, Py_ssize_t n, Py_ssize_t
         k = <float>5.421010862427522e-20
     if sc != NULL:
         sc = sc + offset
+    if not act and vec_rms_norm_out(storage_kind(h), h, y, n, sc, k, fr):
+        return
     while i + LANES <= n:
         norm_span(h + i, y + i, LANES, (sc + i) if sc != NULL else NULL, NULL, 0.0, 0.0, fr, k, act, True)
         i += LANES

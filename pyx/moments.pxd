@@ -9,7 +9,26 @@
 from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
 from libc.stdlib cimport malloc
 
-from half cimport elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value
+from half cimport (elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value,
+                   storage_kind)
+
+cdef extern from "norm_vec.h" nogil:
+    # AVX-512 forms of the loops below for float32 / half storage, the same
+    # bits; each returns 0 when not compiled in (or not covered): then the
+    # Cython loop runs
+    bint vec_sums_dev "nrt_vec_sums_dev"(int kind, const void* x, Py_ssize_t n, float shift,
+                                         double* s1, double* s2) noexcept
+    bint vec_sum_sq_dev "nrt_vec_sum_sq_dev"(int kind, const void* x, Py_ssize_t n, float mh, float ml,
+                                             double* s) noexcept
+    bint vec_head "nrt_vec_head"(int kind, const void* x, Py_ssize_t count, float* dst) noexcept
+    bint vec_affine "nrt_vec_affine"(int kind, int act, const void* x, void* y, Py_ssize_t n, float mh,
+                                     float a, float b) noexcept
+    bint vec_layer_norm_out "nrt_vec_layer_norm_out"(int kind, const void* x, void* y, Py_ssize_t n,
+                                                     const float* sc, const float* bi, float mh, float ml,
+                                                     float fr) noexcept
+    bint vec_rms_norm_out "nrt_vec_rms_norm_out"(int kind, const void* x, void* y, Py_ssize_t n,
+                                                 const float* sc, float k, float fr) noexcept
+    bint vec_add "nrt_vec_add"(int kind, const void* x, const void* r, void* h, Py_ssize_t n) noexcept
 
 cdef extern from "fused_ops.h":
     # fused multiply-add where the ISA has FMA, multiply then add below it
@@ -77,8 +96,11 @@ cdef inline double sum_sq_dev(const elem* x, Py_ssize_t n, double mean) noexcept
     cdef float mh = <float>mean
     cdef float ml = <float>(mean - <double>mh)
     cdef float fd
-    cdef double d
+    cdef double d, s
     cdef Py_ssize_t i = 0, j, k
+    if elem is not double:
+        if vec_sum_sq_dev(storage_kind(x), x, n, mh, ml, &s):
+            return s
     for j in range(LANES):
         acc[j] = 0.0
     if elem is double:
@@ -142,6 +164,9 @@ cdef inline Sums sums_dev(const elem* x, Py_ssize_t n, double shift) noexcept no
     cdef double d
     cdef Py_ssize_t i = 0, j, k
     cdef Sums r
+    if elem is not double:
+        if vec_sums_dev(storage_kind(x), x, n, fshift, &r.s1, &r.s2):
+            return r
     for j in range(LANES):
         a1[j] = 0.0
         a2[j] = 0.0
@@ -270,11 +295,16 @@ cdef inline Moments chunk_moments(const elem* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef double shift = 0.0, d
     cdef double sample[LANES]
+    cdef float head[LANES]
     cdef Sums s
     if n >= LANES:
         # a pairwise tree, not a serial chain: this runs once per chunk
-        for i in range(LANES):
-            sample[i] = value(x[i])
+        if elem is not double and vec_head(storage_kind(x), x, LANES, head):
+            for i in range(LANES):
+                sample[i] = head[i]
+        else:
+            for i in range(LANES):
+                sample[i] = value(x[i])
         shift = lane_total(sample) / LANES
     else:
         for i in range(n):
@@ -589,6 +619,8 @@ cdef inline void write_affine(const elem* x, elem* y, Py_ssize_t n, double mean,
         for i in range(n):
             y[i] = (x[i] - mean) * a + b
         activate_span(<double*>y, n, act)
+        return
+    if vec_affine(storage_kind(x), act, x, y, n, mh, fa, fb):
         return
     while i + LANES <= n:
         affine_span(x + i, y + i, LANES, mh, fa, fb, act)

@@ -202,6 +202,22 @@ def test_batch_norm_run_lengths(run, act):
         assert (y[~np.isnan(y)] >= 0).all()
 
 
+@pytest.mark.parametrize("run", [16, 37])
+def test_silu_epilogue_over_the_whole_float32_range(run):
+    # y = x exactly (scale 1, mean 0, var 1, eps 0), so the SiLU sees every magnitude: exp's
+    # clamps (|v| > 87), underflow to subnormal results, tiny and huge values, NaN
+    vals = np.array([-200, -103.5, -100, -95, -88.5, -87.5, -80, -30, -1, -1e-30, 0.0, 1e-30, 0.5, 3, 20, 88.5,
+                     100, 1e30, 3e38, np.nan], np.float32)
+    x = np.resize(vals, run * 3).reshape(1, 3, run)
+    ones, zeros = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y = normrt.batch_norm(x, ones, zeros, zeros, ones, eps=0.0, activation="silu")
+    with np.errstate(over="ignore"):
+        want = ref_act(x.astype(np.float64), "silu").astype(np.float32)
+    # (below v = -88 exp(-v) is clamped at exp(88.4): the result is ~1e-36 instead of ~v e^v)
+    np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-35)
+    assert np.array_equal(np.isnan(y), np.isnan(x))
+
+
 def test_batch_norm_relu_keeps_the_sign_of_zero():
     # relu(v) is `0 if v < 0 else v`: -0.0 stays -0.0 (the scalar loops' rule, on every path)
     x = np.full((1, 2, 40), -0.0, np.float32)                # (-0 - 0) * 1 + -0 = -0; ... + 0 = +0
