@@ -37,8 +37,41 @@ def _to_compute(a):
 KERNEL_MIN_GROUP_CHANNELS = 8
 
 
+def _check_operands(node, x, w, b, transposed):
+    """Raise ValueError unless x, W and B fit together as the spec says: the kernels index
+    x by W's shape (im2col reads through a strided view), so a model whose weight does not
+    match its input must stop here, not read past the end of x."""
+    op_type = "ConvTranspose" if transposed else "Conv"
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise ValueError(f"{op_type}: X must have rank >= 3 and W the same rank; got X {x.shape}, W {w.shape}")
+    nsp = x.ndim - 2
+    group = int(node.attrs.get("group", 1))
+    if group < 1:
+        raise ValueError(f"{op_type}: group must be >= 1, got {group}")
+    if transposed:
+        c_w, m = w.shape[0], w.shape[1] * group
+        if x.shape[1] != c_w or c_w % group:
+            raise ValueError(f"{op_type}: X has {x.shape[1]} channels, W {w.shape} expects {c_w} "
+                             f"(a multiple of group={group})")
+    else:
+        m = w.shape[0]
+        if x.shape[1] != w.shape[1] * group or m % group:
+            raise ValueError(f"{op_type}: X has {x.shape[1]} channels but W {w.shape} with group={group} "
+                             f"expects {w.shape[1] * group}, and W's {m} output channels a multiple of group")
+    if b is not None and b.shape != (m,):
+        raise ValueError(f"{op_type}: B must have shape ({m},), got {b.shape}")
+    for name in ("strides", "dilations"):
+        v = attr_ints(node, name)
+        if v is not None and (len(v) != nsp or min(v) < 1):
+            raise ValueError(f"{op_type}: {name} must be {nsp} positive integers, got {v}")
+    pads = attr_ints(node, "pads")
+    if pads is not None and len(pads) != 2 * nsp:
+        raise ValueError(f"{op_type}: pads must have {2 * nsp} entries, got {pads}")
+
+
 @op("Conv", gemm=True, since=1, supports=_conv_supported)
 def conv(node, x, w, b=None):
+    _check_operands(node, x, w, b, transposed=False)
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
     if w.dtype != x.dtype:
@@ -245,6 +278,7 @@ def _convT_supported(node):
 
 @op("ConvTranspose", gemm=True, since=1, supports=_convT_supported)
 def conv_transpose(node, x, w, b=None):
+    _check_operands(node, x, w, b, transposed=True)
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
     if w.dtype != x.dtype:
