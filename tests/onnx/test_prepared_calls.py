@@ -2,6 +2,7 @@
 bitwise the generic plan's results (the normrt op's full call), right against onnx.reference,
 for new input shapes after specialization too."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -101,8 +102,18 @@ def test_prepared_resize_bitwise_generic(mode, ctm, by_sizes, h, w, oh, ow, batc
         if mode == "linear" or (oh % h == 0 and ow % w == 0):
             # (nearest at fractional scales: normrt's float64 coordinates and the reference's
             # float32 ones may round a tie apart; the generic op's known difference)
-            np.testing.assert_allclose(got[0], ref.run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+            want = ref.run(None, feeds)[0]
+            if mode == "linear" and not np.allclose(got[0], want, rtol=1e-5, atol=1e-5):
+                # onnx.reference is off on some `sizes` ratios (10 -> 14 half_pixel: 6.0 where
+                # onnxruntime and torch give 7.0, see test_resize_kernel): onnxruntime decides
+                want = _ort_session(model).run(None, feeds)[0]
+            np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
     assert _prepared(sess, "_resize"), "Resize runs its prepared call"
+
+
+def _ort_session(model):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @settings(max_examples=25, deadline=None)
