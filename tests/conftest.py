@@ -1,7 +1,17 @@
 """Shared pytest setup for the test suite."""
+import os
+
 import pytest
+from hypothesis import settings
 
 import normrt
+
+# In CI (the CI variable set, as .ci/run's hosts do) hypothesis draws the same examples every
+# run, so a red CI is a regression, not a lucky draw; elsewhere each run explores new ones
+# (and keeps what failed in .hypothesis/ to replay first).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_report_header(config):
