@@ -208,7 +208,7 @@ cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
         pad_phases(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
                    c.pt, c.pl, c.sh, c.sw)
         return
-    pad_planes(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+    nrt_pad_planes(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
                c.pt, c.pl)
 
 
@@ -328,30 +328,6 @@ cdef void pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py
                         row[j] = src[sx] if 0 <= sx < w else 0.0
 
 
-cdef void pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
-                     Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
-    """Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros around.
-    Plain loops, no memset/memcpy calls: the rows are short (7..58 floats)."""
-    cdef Py_ssize_t p, yy, sy, lead, ncopy, j
-    cdef const float* src
-    cdef float* row
-    for p in range(p0, p1):
-        src = x + p * h * w
-        for yy in range(hp):
-            row = xp + (p * hp + yy) * wp
-            sy = yy - pt
-            if sy < 0 or sy >= h:
-                for j in range(wp):
-                    row[j] = 0.0
-                continue
-            lead = min(pl, wp)
-            ncopy = min(w, wp - lead)
-            for j in range(lead):
-                row[j] = 0.0
-            for j in range(ncopy):
-                row[lead + j] = src[sy * w + j]
-            for j in range(lead + ncopy, wp):
-                row[j] = 0.0
 cdef void conv_jobs(const Problem* proto, Split s, const float* x, const float* w, float* y,
                     const float* bias, const float* res, Py_ssize_t nimg, Py_ssize_t group,
                     Py_ssize_t cg, Py_ssize_t m, Py_ssize_t first, Py_ssize_t step,

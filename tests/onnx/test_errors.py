@@ -165,3 +165,15 @@ def test_missing_external_data_file(tmp_path):
     # a proto whose tensors live in external files cannot be loaded without its directory
     with pytest.raises(normrt.ModelError, match="external data.*path"):
         normrt.InferenceSession(onnx.load(str(path), load_external_data=False))
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_conv_weight_channels_not_matching_x(dtype):
+    """A runtime weight whose channels do not match x's (the fuzzer's 'dims -> [8, 58, 3, 3]'): a clear
+    error, never a read past x (the float64 path took x's channel count from the weight)."""
+    model = make([helper.make_node("Conv", ["x", "w"], ["y"])],
+                 [vi("x", [1, 3, 6, 6], dtype), vi("w", [4, 5, 3, 3], dtype)], [vi("y", [1, 4, 4, 4], dtype)])
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    s = normrt.InferenceSession(model)
+    with pytest.raises(ValueError, match="x has 3 channels.*needs 5"):
+        s.run(None, {"x": np.ones((1, 3, 6, 6), np_dtype), "w": np.ones((4, 5, 3, 3), np_dtype)})

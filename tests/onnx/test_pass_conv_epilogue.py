@@ -166,6 +166,27 @@ def test_resnet_projection_block():
     assert report["fused"][0]["pattern"] == "Conv+Sum+Relu"
 
 
+@pytest.mark.parametrize("other_reader_first", [False, True])
+def test_residual_that_is_the_convs_own_input(other_reader_first):
+    """x -> Conv -> Add(., x) -> Relu (an identity shortcut around one conv): x is both the kernel's input and
+    its residual, and a second reader of x (a Neg that could write in place into a dead input) runs before or
+    after it; nothing overwrites x while the conv reads it. 32 channels x 3x3: two K blocks, two threads."""
+    inits = {"w": arr(32, 32, 3, 3), "b": arr(32)}
+    fused = [mk("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             mk("Add", ["c", "x"], ["s"], name="res"), mk("Relu", ["s"], ["y"], name="act")]
+    other = [mk("Neg", ["x"], ["z"], name="neg")]
+    nodes = [mk("Sigmoid", ["i"], ["x"], name="pre")] + (other + fused if other_reader_first else fused + other)
+    model = build(nodes, [vi("i", (1, 32, 12, 12))], [vi("y", (1, 32, 12, 12)), vi("z", (1, 32, 12, 12))], inits)
+    feed = {"i": arr(1, 32, 12, 12)}
+    opt, report = run_and_compare(model, feed)
+    node, attrs = normrt_conv(opt)
+    assert list(node.input) == ["x", "w", "b", "x"] and attrs["activation"] == b"relu"
+    assert report["fused"][0]["pattern"] == "Conv+Add+Relu"
+    runs = [normrt.InferenceSession(model, num_threads=n).run(None, feed) for n in (1, 2)]
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_batch_norm_folds_first_then_fuses():
     """Conv -> BatchNormalization -> Mul -> Add -> Relu (Caffe2): one normrt::Conv with the folded weights."""
     c = 6
@@ -235,6 +256,14 @@ def test_broadcasting_add_is_no_residual():
 def test_residual_of_unknown_shape_is_no_residual():
     model = conv_model([mk("Add", ["c", "r"], ["y"], name="res")], y_shape=None, extra_inputs=[("r", None)])
     _unchanged(model, {"x": arr(2, 3, 9, 8), "r": arr(2, 6, 7, 6)}, [("", "Conv"), ("", "Add")])
+
+
+def test_sum_of_three_is_no_residual():
+    """Sum(c, r, q): the kernel adds one residual; the Conv stays a standard Conv."""
+    model = conv_model([mk("Sum", ["c", "r", "q"], ["y"], name="res")], y_shape=(2, 6, 7, 6),
+                       extra_inputs=[("r", (2, 6, 7, 6)), ("q", (2, 6, 7, 6))])
+    _unchanged(model, {"x": arr(2, 3, 9, 8), "r": arr(2, 6, 7, 6), "q": arr(2, 6, 7, 6)},
+               [("", "Conv"), ("", "Sum")])
 
 
 def test_float64_conv():

@@ -17,6 +17,11 @@ Speed (see also ops/_blas.py, normrt/_thread_policy.py):
 * threads: every kernel takes its thread count from its work
   (normrt._thread_policy), inside a graph as outside;
 * `run(..., timings=)` times each node for InferenceSession.profile.
+* the garbage collector is left alone (no gc.disable/freeze around runs):
+  measured with gc.callbacks over 50 two-thread runs each, light_resnet50
+  and light_densenet121 triggered no collection at all and style256 two
+  generation-0 ones (0.07 ms in all) - a run allocates too few objects to
+  pay for touching process-wide state.
 
 The loop itself is compiled (compiled.py): the generic plan, built at load,
 is one generated Python function calling each bound node with local

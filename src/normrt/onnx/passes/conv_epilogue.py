@@ -21,7 +21,11 @@ Add/Sum or an activation (anything else leaves y alone; so do grouped convs
 with fewer than 8 input channels per group -- depthwise convs: the standard op
 keeps its cheaper path for them). The residual is fused only with the very
 same static shape as y (equal ints or the same symbolic dims); an Add that may
-broadcast ends the epilogue before it.
+broadcast, or a Sum of more than two inputs, ends the epilogue before it. The
+residual may be the Conv's own input x (an identity shortcut around one conv):
+the kernel writes a new y and reads x and r only, and the executor lets a node
+overwrite an input only where it is that input's last reader, so no other
+node writes x while the conv reads it.
 
 Attributes are normalized: auto_pad VALID -> zero pads, SAME_UPPER/SAME_LOWER ->
 explicit pads from x's static spatial shape; strides/dilations default to 1.
