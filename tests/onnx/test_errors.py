@@ -175,5 +175,5 @@ def test_conv_weight_channels_not_matching_x(dtype):
                  [vi("x", [1, 3, 6, 6], dtype), vi("w", [4, 5, 3, 3], dtype)], [vi("y", [1, 4, 4, 4], dtype)])
     np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     s = normrt.InferenceSession(model)
-    with pytest.raises(ValueError, match="x has 3 channels.*needs 5"):
+    with pytest.raises(ValueError, match="X has 3 channels.*expects 5"):
         s.run(None, {"x": np.ones((1, 3, 6, 6), np_dtype), "w": np.ones((4, 5, 3, 3), np_dtype)})
