@@ -274,9 +274,23 @@ def onnx_model(case, arrays, fused=True):
                                       [norm_out], epsilon=EPS))
         note = "InstanceNormalization"
     elif k == "attention":
-        opset = 23
-        nodes.append(helper.make_node("Attention", ["x", "k", "v"], [norm_out]))
-        note = "Attention-23"
+        if fused:
+            opset = 23
+            nodes.append(helper.make_node("Attention", ["x", "k", "v"], [norm_out]))
+            note = "Attention-23"
+        else:
+            # what the exporters emit for attention before opset 23 (diffusers' UNet/VAE,
+            # torch's SDPA decomposition): ORT runs it as two MLAS GEMMs around a Softmax
+            opset = 18
+            init("scale", np.array(1.0 / np.sqrt(case.shape[-1]), case.dtype))
+            nodes += [
+                helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                helper.make_node("MatMul", ["x", "kt"], ["qk"]),
+                helper.make_node("Mul", ["qk", "scale"], ["scores"]),
+                helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+                helper.make_node("MatMul", ["probs", "v"], [norm_out]),
+            ]
+            note = "Transpose/MatMul/Mul/Softmax/MatMul (opset 18)"
     else:
         raise ValueError(f"unknown kernel {k!r}")
 
@@ -297,7 +311,7 @@ def onnx_model(case, arrays, fused=True):
 
 def has_unfused_form(case):
     """Whether onnx_model(case, fused=False) differs from the fused single op."""
-    return case.residual or case.kernel in ("rms_norm", "group_norm")
+    return case.residual or case.kernel in ("rms_norm", "group_norm", "attention")
 
 
 def _ort_unfused_runner(case, a, threads):

@@ -236,6 +236,7 @@ CASES = [
     # half precision: groups that fit in L2 (see HALF_CASES)
     *HALF_CASES,
     Case("attention", (1, 1, 1024, 16)),     # a UNet/VAE mid-block self-attention over 32x32 pixels
+    Case("attention", (1, 2, 1024, 8)),      # unet64's four self-attentions (2 heads of 8 over 32x32)
     Case("attention", (1, 8, 1024, 64)),
 ]
 

@@ -101,6 +101,24 @@ def test_large_and_small_scores(magnitude):
     np.testing.assert_allclose(y, ref(q, k, v), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("spread", [1.0, 30.0, 85.0])
+def test_probabilities_to_float32_accuracy(spread):
+    # v = identity: the output rows are the softmax probabilities themselves, so the
+    # kernel's exp (a polynomial) is checked value by value, down to probabilities of
+    # ~1e-37 relative to the largest, not only through their weighted sums
+    Skv = 96                                    # one full key block and a partial one
+    q = np.zeros((1, 2, 40, 8), np.float32)
+    q[..., 0] = 1.0
+    k = np.zeros((1, 2, Skv, 8), np.float32)
+    k[..., 0] = rng.uniform(-spread, 0.0, (1, 2, Skv)).astype(np.float32)
+    v = np.broadcast_to(np.eye(Skv, dtype=np.float32), (1, 2, Skv, Skv))
+    y = normrt.attention(q, k, v, scale=1.0)
+    want = ref(q, k, v, scale=1.0)
+    # the kernel works in log2 units: s * log2(e) rounded to float32 is off by ~eps * |s|,
+    # which exp turns into a relative error; the polynomial itself adds ~1e-7
+    np.testing.assert_allclose(y, want, rtol=5e-7 + 1.2e-7 * spread, atol=0)
+
+
 def test_empty_key_sequence_gives_zeros():
     q, k, v = qkv(1, 2, 2, 5, 0, 8, 4)
     y = normrt.attention(q, k, v)
