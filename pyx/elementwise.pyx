@@ -143,7 +143,14 @@ cdef inline float tanh_f(float x) noexcept nogil:
 
 
 cdef inline float sigmoid_f(float x) noexcept nogil:
-    return <float>1.0 / (<float>1.0 + exp_inf_f(-x))
+    """1 / (1 + e**-x) with one exp per element (exp_inf_f takes two): e = e**-|x| is in
+    [0, 1], never overflows; x >= 0 gives 1 / (1 + e), x < 0 e / (1 + e): one division
+    of a selected numerator (e * (1 / (1 + e)) would round once more: 2.7 ulp, not 2.3).
+    Selects, no branch: the loop vectorizes. -inf -> 0, +inf -> 1, x < -87.3 -> 0
+    (exp_f flushes), NaN stays NaN."""
+    cdef float e = exp_f(-fabsf(x))
+    cdef float num = e if x < <float>0.0 else <float>1.0
+    return num / (<float>1.0 + e)
 
 
 cdef inline float max_f(float a, float b) noexcept nogil:

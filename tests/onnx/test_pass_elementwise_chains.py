@@ -284,3 +284,24 @@ def test_a_hand_made_node_with_bad_inputs_names_the_problem():
     model.opset_import.append(helper.make_opsetid("normrt", 1))
     with pytest.raises(ModelError, match="unknown op"):
         normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=st.sampled_from([1.0, 10.0, 90.0, 1e30]), seed=st.integers(0, 2**16), threads=st.integers(1, 3))
+def test_one_exp_sigmoid_is_within_2_5_ulp_of_float64_for_any_thread_count(scale, seed, threads):
+    from normrt._kernels import elementwise as k
+    x = (np.random.default_rng(seed).standard_normal((33, 1000)) * scale).astype(np.float32)
+    x.flat[:12] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 88.5, -88.5, 87.0, -87.0, 1e-40]
+    prog = compile_program(["sigmoid"], [0, 0], [], 1)
+    got = k.run_program(prog.code, prog.constants, prog.n_registers, (x,), np.empty_like(x), threads)
+    one = k.run_program(prog.code, prog.constants, prog.n_registers, (x,), np.empty_like(x), 1)
+    np.testing.assert_array_equal(got.view(np.uint32), one.view(np.uint32))
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    assert np.array_equal(np.isnan(got), np.isnan(x))
+    # below -87.3 the exp flushes to 0 where float64 keeps a value under FLT_MIN
+    tiny = want < np.finfo(np.float32).tiny
+    np.testing.assert_array_equal(got[tiny & ~np.isnan(x)], 0.0)
+    ok = ~tiny & ~np.isnan(x)
+    ulp = np.spacing(want[ok].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[ok] - want[ok]) / ulp) <= 2.5
