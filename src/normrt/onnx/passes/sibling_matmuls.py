@@ -19,10 +19,19 @@ Later passes see ordinary ONNX: matmul_epilogue folds the concatenated bias
 into the GEMM's store.
 
 A product whose output (after its bias) feeds an activation matmul_epilogue
-fuses into the GEMM's store (LLaMA's gate: SiLU) does not merge: split off,
-its activation would run as a separate elementwise kernel over the strided
-view, which cost more than the merge saved (llama128, 1 thread: +5% CPU time
-with gate/up merged, -0.3% with Q/K/V only).
+fuses into the GEMM's store does not merge: split off, its activation would run
+as one more pass over memory. Except a gated MLP's gate (SwiGLU: LLaMA, Mistral,
+Qwen), whose SiLU only feeds a Mul with a sibling of the same width:
+
+    X ──┬─► MatMul(X, Wg) ─► g ─► Sigmoid ─► Mul(g, ·) ─► Mul(·, u) ─► h
+        └─► MatMul(X, Wu) ─► u ──────────────────────────────┘
+  ==>
+    X ─► MatMul(X, [Wg | Wu]) ─► Split ─► g, u ─► (Sigmoid, Mul, Mul as they were)
+
+The product of u is written anyway and read back by the gating Mul; merged,
+elementwise_chains fuses SiLU(g) * u into one pass over the two column views
+(with the one-exp sigmoid of pyx/elementwise.pyx) in place of that Mul, and the
+GEMM call, X's packing and the split of work across threads are shared.
 
 Siblings merge when each is a float32 MatMul or Gemm (alpha = beta = 1,
 transA = 0) whose weight is a 2-D float32 constant with the same K, read the
@@ -36,7 +45,9 @@ Refused (left as they are, not reported: they run unmerged): a weight that is
 not a constant (a runtime value, or a batched 3-D weight), a K that differs
 (rows of different inputs), another input, float16/float64 products, a Gemm
 with alpha/beta != 1 or transA, a product followed by an activation the GEMM's
-store takes. A product that is a graph output merges without its bias Add
+store takes unless it is the SiLU of a SwiGLU gate whose up product is in the
+group (another activation; a SiLU read by anything but one Mul, or whose Mul's
+other operand is no sibling, or a sibling of another width or itself activated). A product that is a graph output merges without its bias Add
 (the Add then reads the Split's view).
 """
 from collections import defaultdict
@@ -52,10 +63,11 @@ from .matmul_epilogue import ACTIVATION_OPS
 
 
 class _Sibling:
-    """One linear layer of a group: its nodes, weight (K, N) and bias (N,) or None, output."""
+    """One linear layer of a group: its nodes, weight (K, N) and bias (N,) or None, output,
+    and `gate`: for a SwiGLU gate, the value its SiLU is multiplied by (the up product's)."""
 
-    def __init__(self, nodes, weight, bias, output):
-        self.nodes, self.weight, self.bias, self.output = nodes, weight, bias, output
+    def __init__(self, nodes, weight, bias, output, gate=None):
+        self.nodes, self.weight, self.bias, self.output, self.gate = nodes, weight, bias, output, gate
 
 
 def _row_bias(ctx, add, y, n, rank):
@@ -90,12 +102,34 @@ def _gemm_form(ctx, node):
     return w, bias
 
 
-def _activated(ctx, consumers, y):
-    """Whether an activation matmul_epilogue would fuse into the product's store reads `y`."""
+def _activation(ctx, consumers, y):
+    """The activation matmul_epilogue would fuse into the store of the product `y`:
+    None, or (name, its nodes, its output)."""
     readers = consumers.get(y, [])
     if y in ctx.graph_outputs or not any(r.op_type in ACTIVATION_OPS for r in readers):
-        return False
-    return not isinstance(match_activation(ctx, consumers, y, readers), str)
+        return None
+    found = match_activation(ctx, consumers, y, readers)
+    return None if isinstance(found, str) else found
+
+
+def _make(ctx, consumers, nodes, weight, bias, y):
+    """The _Sibling of a product ending in `y`: None if an activation would fuse into its
+    store, unless a SiLU whose one reader is a Mul (a SwiGLU gate; `matches` pairs it)."""
+    found = _activation(ctx, consumers, y)
+    if found is None:
+        return _Sibling(nodes, weight, bias, y)
+    act, _, out = found
+    mul = only_consumer(ctx, consumers, out) if act == "silu" else None
+    gate = other_input(mul, out) if is_op(mul, "Mul") and len(mul.input) == 2 else None
+    return None if gate is None else _Sibling(nodes, weight, bias, y, gate)
+
+
+def _paired(group):
+    """The group without the gates whose SiLU is not multiplied by a plain sibling of the
+    same width (the up product): those keep their SiLU in the GEMM's store."""
+    plain = {s.output: s for s in group if s.gate is None}
+    return [s for s in group if s.gate is None
+            or (s.gate in plain and plain[s.gate].weight.shape[1] == s.weight.shape[1])]
 
 
 def sibling(ctx, consumers, node):
@@ -110,9 +144,9 @@ def sibling(ctx, consumers, node):
     y = node.output[0]
     if is_op(node, "Gemm"):
         form = _gemm_form(ctx, node)
-        if form is None or len(shape) != 2 or _activated(ctx, consumers, y):
+        if form is None or len(shape) != 2:
             return None
-        return _Sibling([node], form[0], form[1], y)
+        return _make(ctx, consumers, [node], form[0], form[1], y)
     w = ctx.constants.get(node.input[1])
     if w is None or w.ndim != 2 or w.dtype != np.float32:
         return None
@@ -120,8 +154,8 @@ def sibling(ctx, consumers, node):
     if is_op(add, "Add") and len(add.output) == 1:
         bias = _row_bias(ctx, add, y, w.shape[1], len(shape))
         if bias is not None:
-            return None if _activated(ctx, consumers, add.output[0]) else _Sibling([node, add], w, bias, add.output[0])
-    return None if _activated(ctx, consumers, y) else _Sibling([node], w, None, y)
+            return _make(ctx, consumers, [node, add], w, bias, add.output[0])
+    return _make(ctx, consumers, [node], w, None, y)
 
 
 class SiblingMatMuls(GraphPass):
@@ -138,6 +172,7 @@ class SiblingMatMuls(GraphPass):
                     if s is not None:
                         groups[(s.weight.shape[0], s.bias is not None)].append(s)
             for group in groups.values():
+                group = _paired(group)
                 if len(group) >= 2:
                     yield group
 
