@@ -96,7 +96,9 @@ cdef enum:
     EW_POW = 16
     EW_SQUARE = 17
     EW_COPY = 18
-    N_OPCODES = 19
+    EW_SILU = 19            # a * sigmoid(a): the compiler's fusion of Sigmoid + Mul
+    EW_SILU_MUL = 20        # (a * sigmoid(a)) * b: a SwiGLU gate, SiLU(g) * u
+    N_OPCODES = 21
 
 cdef struct Source:
     const float* data
@@ -221,6 +223,12 @@ cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t
     elif op == EW_SQUARE:
         for j in range(n):
             d[j] = a[j] * a[j]
+    elif op == EW_SILU:     # the products of the unfused ops, same rounding: bitwise their result
+        for j in range(n):
+            d[j] = a[j] * sigmoid_f(a[j])
+    elif op == EW_SILU_MUL:
+        for j in range(n):
+            d[j] = (a[j] * sigmoid_f(a[j])) * b[j]
     else:   # EW_COPY
         for j in range(n):
             d[j] = a[j]
