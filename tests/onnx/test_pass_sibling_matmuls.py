@@ -72,8 +72,7 @@ def test_generated_siblings_merge_into_one_product(count, rows, k, widths, bias,
     assert op_count(sess, "Add") == 0
 
 
-def test_thread_counts_give_identical_results():
-    model = siblings_model((4, 64, 96), [96, 48, 48])
+def assert_merged_once_and_thread_independent(model):
     x = feed(model)
     sess = normrt.InferenceSession(model)
     assert merged(sess.report) == 1
@@ -83,6 +82,10 @@ def test_thread_counts_give_identical_results():
         two = sess.run(None, x)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+def test_thread_counts_give_identical_results():
+    assert_merged_once_and_thread_independent(siblings_model((4, 64, 96), [96, 48, 48]))
 
 
 def test_siblings_with_and_without_bias_merge_apart():
@@ -190,15 +193,7 @@ def test_swiglu_gate_and_up_merge_into_one_product_and_one_pass(rows, k, n, bias
 
 
 def test_swiglu_results_do_not_depend_on_the_thread_count():
-    model = swiglu_model((4, 64), 96, 344)
-    x = feed(model)
-    sess = normrt.InferenceSession(model)
-    assert merged(sess.report) == 1
-    with normrt.threads(1):
-        one = sess.run(None, x)
-    with normrt.threads(2):
-        two = sess.run(None, x)
-    np.testing.assert_array_equal(one[0], two[0])
+    assert_merged_once_and_thread_independent(swiglu_model((4, 64), 96, 344))
 
 
 @pytest.mark.parametrize("case", ["times_an_input", "up_of_another_width", "silu_also_read", "sigmoid_gate",
