@@ -32,7 +32,7 @@ elementwise_chains fuses SiLU(g) * u into one pass over the two column views
 (one silu_mul instruction of the fused elementwise kernel, one exp per element)
 in place of that Mul, and the GEMM call, X's packing and the split of work
 across threads are shared. Measured (1 thread, interleaved CPU time vs the gate
-kept with its SiLU in the GEMM): llama128 -0.4..-1.5%; a 24-token qwen2
+kept with its SiLU in the GEMM): llama128 +0.3..-1.5%; a 24-token qwen2
 (0.15 ms) +7%: at that size the Split's and the Elementwise's per-node cost
 (no fast executor step) outweighs the saving.
 
