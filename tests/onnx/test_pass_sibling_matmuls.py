@@ -72,7 +72,8 @@ def test_generated_siblings_merge_into_one_product(count, rows, k, widths, bias,
     assert op_count(sess, "Add") == 0
 
 
-def assert_merged_once_and_thread_independent(model):
+def test_thread_counts_give_identical_results():
+    model = siblings_model((4, 64, 96), [96, 48, 48])
     x = feed(model)
     sess = normrt.InferenceSession(model)
     assert merged(sess.report) == 1
@@ -82,10 +83,6 @@ def assert_merged_once_and_thread_independent(model):
         two = sess.run(None, x)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
-
-
-def test_thread_counts_give_identical_results():
-    assert_merged_once_and_thread_independent(siblings_model((4, 64, 96), [96, 48, 48]))
 
 
 def test_siblings_with_and_without_bias_merge_apart():
@@ -140,8 +137,9 @@ def test_one_column_siblings_read_in_place():
 
 
 # per exporter form (TorchScript 17, dynamo 18/23) of the transformers fixtures: Q/K/V in every
-# layer (2 layers each), and LLaMA's SwiGLU gate/up; their outputs vs torch: test_fixture_models
-FIXTURE_MERGES = {"hf_bert": 2, "hf_llama": 4}
+# layer (2 layers each; LLaMA's gate keeps its SiLU in the GEMM: gate/up stay apart); their
+# outputs vs torch: test_fixture_models
+FIXTURE_MERGES = {"hf_bert": 2, "hf_llama": 2}
 
 
 @pytest.mark.parametrize("entry", [e for e in FIXTURES if e["name"] in FIXTURE_MERGES], ids=lambda e: e["file"])
@@ -162,62 +160,3 @@ def test_a_product_with_a_fusable_activation_stays_apart():
     sess, report = run_and_compare(model, feed(model))
     assert merged(report) == 1 and op_count(sess, "MatMul") == 2
     assert report["passes"]["matmul_epilogue"] == 1
-
-
-def swiglu_model(rows, k, n, *, bias=False, up_first=False, sig_first=False, up_width=None, opset=17):
-    """h = silu(x @ Wg [+ bg]) * (x @ Wu [+ bu]), LLaMA's gated MLP (operand orders drawn), read by a Neg."""
-    model = siblings_model(rows + (k,), [n, up_width or n], bias=bias, opset=opset)
-    g = model.graph
-    for neg in [x for x in g.node if x.op_type == "Neg"]:
-        g.node.remove(neg)
-    gate, up = ("pb0", "pb1") if bias else ("p0", "p1")
-    silu = ["s", gate] if sig_first else [gate, "s"]
-    g.node.extend([helper.make_node("Sigmoid", [gate], ["s"], name="sig"),
-                   helper.make_node("Mul", silu, ["silu"], name="silu"),
-                   helper.make_node("Mul", [up, "silu"] if up_first else ["silu", up], ["h"], name="gated"),
-                   helper.make_node("Neg", ["h"], ["y"], name="neg")])
-    del g.output[:]
-    g.output.append(vi("y", list(rows) + [n]))
-    return model
-
-
-@settings(max_examples=20, deadline=None)
-@given(rows=st.sampled_from([(3,), (2, 5), (1, 2, 3)]), k=st.integers(1, 40), n=st.integers(1, 300),
-       bias=st.booleans(), up_first=st.booleans(), sig_first=st.booleans(), opset=st.sampled_from([11, 13, 17]))
-def test_swiglu_gate_and_up_merge_into_one_product_and_one_pass(rows, k, n, bias, up_first, sig_first, opset):
-    model = swiglu_model(rows, k, n, bias=bias, up_first=up_first, sig_first=sig_first, opset=opset)
-    sess, report = run_and_compare(model, feed(model), atol=1e-5 * max(1, k) ** 0.5)
-    assert merged(report) == 1 and report["passes"].get("matmul_epilogue", 0) == int(bias)
-    # SiLU(g) * u and the Neg: one elementwise pass over the Split's column views
-    assert sorted(n.op_type for n in sess.optimized_model.graph.node) == ["Elementwise", "MatMul", "Split"]
-
-
-def test_swiglu_results_do_not_depend_on_the_thread_count():
-    assert_merged_once_and_thread_independent(swiglu_model((4, 64), 96, 344))
-
-
-@pytest.mark.parametrize("case", ["times_an_input", "up_of_another_width", "silu_also_read", "sigmoid_gate",
-                                  "both_activated"])
-def test_gates_that_are_not_silu_times_up_keep_their_epilogue(case):
-    width = 1 if case == "up_of_another_width" else None     # u (rows, 1) broadcasts over silu
-    model = swiglu_model((6,), 16, 8, up_width=width)
-    g = model.graph
-    (gated,) = [x for x in g.node if x.name == "gated"]
-    if case == "times_an_input":           # silu(g) * x2: x2 is no sibling's product
-        g.input.append(vi("x2", [6, 8]))
-        gated.input[1] = "x2"
-        g.output.append(vi("p1", [6, 8]))
-    if case == "silu_also_read":
-        g.output.append(vi("silu", [6, 8]))
-    if case == "sigmoid_gate":             # sigmoid(g) * u: a GLU, not SwiGLU
-        (silu,) = [x for x in g.node if x.name == "silu"]
-        g.node.remove(silu)
-        gated.input[0] = "s"
-    if case == "both_activated":           # silu(g) * silu(u): neither is a plain up product
-        at = list(g.node).index(gated)
-        g.node.insert(at, helper.make_node("Mul", ["p1", "s1"], ["silu1"], name="silu1"))
-        g.node.insert(at, helper.make_node("Sigmoid", ["p1"], ["s1"], name="sig1"))
-        gated.input[1] = "silu1"
-    sess, report = run_and_compare(model, feed(model))
-    assert merged(report) == 0 and op_count(sess, "Split") == 0
-    assert report["passes"]["matmul_epilogue"] >= 1

@@ -1,7 +1,8 @@
 """Linear layers reading the same input -> one product over their concatenated weights, split.
 
-Attention's Q/K/V projections (and a SwiGLU MLP's gate/up, below) are
-separate products of one input with different constant weights:
+Attention's Q/K/V projections (and a gated MLP's gate/up, when the gate's
+activation is not one the GEMM applies) are separate products of one input
+with different constant weights:
 
     X ──┬─► MatMul(X, W1) ─► [Add(·, b1)] ─► y1        (or Gemm(X, W1[, b1]), transB folded)
         ├─► MatMul(X, W2) ─► [Add(·, b2)] ─► y2
@@ -18,23 +19,15 @@ Later passes see ordinary ONNX: matmul_epilogue folds the concatenated bias
 into the GEMM's store.
 
 A product whose output (after its bias) feeds an activation matmul_epilogue
-fuses into the GEMM's store does not merge: split off, its activation would run
-as one more pass over memory. Except a gated MLP's gate (SwiGLU: LLaMA, Mistral,
-Qwen), whose SiLU only feeds a Mul with a sibling of the same width:
-
-    X ──┬─► MatMul(X, Wg) ─► g ─► Sigmoid ─► Mul(g, ·) ─► Mul(·, u) ─► h
-        └─► MatMul(X, Wu) ─► u ──────────────────────────────┘
-  ==>
-    X ─► MatMul(X, [Wg | Wu]) ─► Split ─► g, u ─► (Sigmoid, Mul, Mul as they were)
-
-The product of u is written anyway and read back by the gating Mul; merged,
-elementwise_chains fuses SiLU(g) * u into one pass over the two column views
-(one silu_mul instruction of the fused elementwise kernel, one exp per element)
-in place of that Mul, and the GEMM call, X's packing and the split of work
-across threads are shared. Measured (1 thread, interleaved CPU time vs the gate
-kept with its SiLU in the GEMM): llama128 +0.3..-1.5%; a 24-token qwen2
-(0.15 ms) +7%: at that size the Split's and the Elementwise's per-node cost
-(no fast executor step) outweighs the saving.
+fuses into the GEMM's store (LLaMA's gate: SiLU) does not merge: split off,
+its activation would run as a separate elementwise kernel over the strided
+view, which cost more than the merge saved (llama128, 1 thread: +5% CPU time
+with gate/up merged, -0.3% with Q/K/V only). Measured again with SiLU(g) * u as
+one one-exp silu_mul instruction of the elementwise kernel (commit e4a754b has
+the merge and its refusing checks): llama128 -0.3..+1.1%, a 24-token qwen2
++6.5% (1 thread, interleaved CPU time): the merged GEMM saves little at one
+thread, and the Split plus a generic-path Elementwise cost more per layer than
+the fast-path Mul they replace.
 
 Siblings merge when each is a float32 MatMul or Gemm (alpha = beta = 1,
 transA = 0) whose weight is a 2-D float32 constant with the same K, read the
@@ -48,11 +41,8 @@ Refused (left as they are, not reported: they run unmerged): a weight that is
 not a constant (a runtime value, or a batched 3-D weight), a K that differs
 (rows of different inputs), another input, float16/float64 products, a Gemm
 with alpha/beta != 1 or transA, a product followed by an activation the GEMM's
-store takes unless it is the SiLU of a SwiGLU gate whose up product is in the
-group (another activation; a SiLU read by anything but one Mul, or whose Mul's
-other operand is no sibling, or a sibling of another width or itself
-activated). A product that is a graph output merges without its bias Add (the
-Add then reads the Split's view).
+store takes. A product that is a graph output merges without its bias Add
+(the Add then reads the Split's view).
 """
 from collections import defaultdict
 
@@ -67,11 +57,10 @@ from .matmul_epilogue import ACTIVATION_OPS
 
 
 class _Sibling:
-    """One linear layer of a group: its nodes, weight (K, N) and bias (N,) or None, output,
-    and `gate`: for a SwiGLU gate, the value its SiLU is multiplied by (the up product's)."""
+    """One linear layer of a group: its nodes, weight (K, N) and bias (N,) or None, output."""
 
-    def __init__(self, nodes, weight, bias, output, gate=None):
-        self.nodes, self.weight, self.bias, self.output, self.gate = nodes, weight, bias, output, gate
+    def __init__(self, nodes, weight, bias, output):
+        self.nodes, self.weight, self.bias, self.output = nodes, weight, bias, output
 
 
 def _row_bias(ctx, add, y, n, rank):
@@ -106,34 +95,12 @@ def _gemm_form(ctx, node):
     return w, bias
 
 
-def _activation(ctx, consumers, y):
-    """The activation matmul_epilogue would fuse into the store of the product `y`:
-    None, or (name, its nodes, its output)."""
+def _activated(ctx, consumers, y):
+    """Whether an activation matmul_epilogue would fuse into the product's store reads `y`."""
     readers = consumers.get(y, [])
     if y in ctx.graph_outputs or not any(r.op_type in ACTIVATION_OPS for r in readers):
-        return None
-    found = match_activation(ctx, consumers, y, readers)
-    return None if isinstance(found, str) else found
-
-
-def _make(ctx, consumers, nodes, weight, bias, y):
-    """The _Sibling of a product ending in `y`: None if an activation would fuse into its
-    store, unless a SiLU whose one reader is a Mul (a SwiGLU gate; `matches` pairs it)."""
-    found = _activation(ctx, consumers, y)
-    if found is None:
-        return _Sibling(nodes, weight, bias, y)
-    act, _, out = found
-    mul = only_consumer(ctx, consumers, out) if act == "silu" else None
-    gate = other_input(mul, out) if is_op(mul, "Mul") and len(mul.input) == 2 else None
-    return None if gate is None else _Sibling(nodes, weight, bias, y, gate)
-
-
-def _paired(group):
-    """The group without the gates whose SiLU is not multiplied by a plain sibling of the
-    same width (the up product): those keep their SiLU in the GEMM's store."""
-    plain = {s.output: s for s in group if s.gate is None}
-    return [s for s in group if s.gate is None
-            or (s.gate in plain and plain[s.gate].weight.shape[1] == s.weight.shape[1])]
+        return False
+    return not isinstance(match_activation(ctx, consumers, y, readers), str)
 
 
 def sibling(ctx, consumers, node):
@@ -148,9 +115,9 @@ def sibling(ctx, consumers, node):
     y = node.output[0]
     if is_op(node, "Gemm"):
         form = _gemm_form(ctx, node)
-        if form is None or len(shape) != 2:
+        if form is None or len(shape) != 2 or _activated(ctx, consumers, y):
             return None
-        return _make(ctx, consumers, [node], form[0], form[1], y)
+        return _Sibling([node], form[0], form[1], y)
     w = ctx.constants.get(node.input[1])
     if w is None or w.ndim != 2 or w.dtype != np.float32:
         return None
@@ -158,8 +125,8 @@ def sibling(ctx, consumers, node):
     if is_op(add, "Add") and len(add.output) == 1:
         bias = _row_bias(ctx, add, y, w.shape[1], len(shape))
         if bias is not None:
-            return _make(ctx, consumers, [node, add], w, bias, add.output[0])
-    return _make(ctx, consumers, [node], w, None, y)
+            return None if _activated(ctx, consumers, add.output[0]) else _Sibling([node, add], w, bias, add.output[0])
+    return None if _activated(ctx, consumers, y) else _Sibling([node], w, None, y)
 
 
 class SiblingMatMuls(GraphPass):
@@ -176,7 +143,6 @@ class SiblingMatMuls(GraphPass):
                     if s is not None:
                         groups[(s.weight.shape[0], s.bias is not None)].append(s)
             for group in groups.values():
-                group = _paired(group)
                 if len(group) >= 2:
                     yield group
 
