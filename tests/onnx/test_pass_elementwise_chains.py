@@ -12,7 +12,7 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 from normrt.errors import ModelError
-from normrt.onnx.elementwise_program import MAX_INPUTS, compile_program
+from normrt.onnx.elementwise_program import MAX_INPUTS, OPS, compile_program
 from test_pass_layer_norm_decomposed import const, make_model, vi
 
 F = TensorProto.FLOAT
@@ -284,3 +284,64 @@ def test_a_hand_made_node_with_bad_inputs_names_the_problem():
     model.opset_import.append(helper.make_opsetid("normrt", 1))
     with pytest.raises(ModelError, match="unknown op"):
         normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=st.sampled_from([1.0, 10.0, 90.0, 1e30]), seed=st.integers(0, 2**16), threads=st.integers(1, 3))
+def test_one_exp_sigmoid_is_within_2_5_ulp_of_float64_for_any_thread_count(scale, seed, threads):
+    from normrt._kernels import elementwise as k
+    x = (np.random.default_rng(seed).standard_normal((33, 1000)) * scale).astype(np.float32)
+    x.flat[:12] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30, 88.5, -88.5, 87.0, -87.0, 1e-40]
+    prog = compile_program(["sigmoid"], [0, 0], [], 1)
+    got = k.run_program(prog.code, prog.constants, prog.n_registers, (x,), np.empty_like(x), threads)
+    one = k.run_program(prog.code, prog.constants, prog.n_registers, (x,), np.empty_like(x), 1)
+    np.testing.assert_array_equal(got.view(np.uint32), one.view(np.uint32))
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    assert np.array_equal(np.isnan(got), np.isnan(x))
+    # below -87.3 the exp flushes to 0 where float64 keeps a value under FLT_MIN
+    tiny = want < np.finfo(np.float32).tiny
+    np.testing.assert_array_equal(got[tiny & ~np.isnan(x)], 0.0)
+    ok = ~tiny & ~np.isnan(x)
+    ulp = np.spacing(want[ok].astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(got[ok] - want[ok]) / ulp) <= 2.5
+
+
+def _run(prog, inputs, threads=1):
+    from normrt._kernels import elementwise as k
+    return k.run_program(prog.code, prog.constants, prog.n_registers, inputs, np.empty_like(inputs[0]), threads)
+
+
+@settings(max_examples=30, deadline=None)
+@given(swap_silu=st.booleans(), swap_gate=st.booleans(), gated=st.booleans(), seed=st.integers(0, 2**16),
+       threads=st.integers(1, 3))
+def test_silu_and_swiglu_compile_to_one_instruction_with_the_unfused_rounding(swap_silu, swap_gate, gated, seed,
+                                                                               threads):
+    # values: 0 g, 1 u, 2 sigmoid(g), 3 g * s, 4 (g * s) * u
+    ops, args = ["sigmoid", "mul"], [0, 0] + ([2, 0] if swap_silu else [0, 2])
+    if gated:
+        ops.append("mul")
+        args += [1, 3] if swap_gate else [3, 1]
+    prog = compile_program(ops, args, [], 2)
+    assert list(prog.code[0::4]) == [OPS["silu_mul" if gated else "silu"][0]]
+    rng = np.random.default_rng(seed)
+    g = (rng.standard_normal((7, 300)) * 8).astype(np.float32)
+    g.flat[:7] = [np.nan, np.inf, -np.inf, -0.0, 1e30, -1e30, -88.0]
+    u = rng.standard_normal((7, 300)).astype(np.float32)
+    s = _run(compile_program(["sigmoid"], [0, 0], [], 1), (g,))
+    with np.errstate(invalid="ignore"):
+        want = g * s * u if gated else g * s     # float32 numpy: the unfused ops' rounding
+    got = _run(prog, (g, u), threads)
+    nan = np.isnan(want)       # (a NaN's sign bit is the vector unit's choice)
+    assert np.array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_silu_is_not_fused_where_the_sigmoid_or_product_is_read_again():
+    # sigmoid(g) also added to the product; g * s read twice
+    for ops, args in ((["sigmoid", "mul", "add"], [0, 0, 0, 2, 3, 2]),
+                      (["sigmoid", "mul", "mul", "add"], [0, 0, 0, 2, 3, 1, 4, 3]),
+                      (["sigmoid", "mul"], [1, 1, 0, 2])):        # sigmoid(u) * g: another operand
+        prog = compile_program(ops, args, [], 2)
+        assert OPS["silu_mul"][0] not in prog.code[0::4]
+        assert len(prog.code) // 4 >= len(ops) - 1

@@ -10,6 +10,8 @@ allocates the temporaries (a register is reused once its value is dead, so
 long chains fit the kernel's register file) and is the one place the opcode
 numbers are written down, beside the kernel's enum.
 """
+from collections import defaultdict
+
 import numpy as np
 
 from ..errors import ModelError
@@ -19,7 +21,7 @@ OPS = {
     "add": (0, 2), "sub": (1, 2), "mul": (2, 2), "div": (3, 2), "neg": (4, 1), "abs": (5, 1),
     "exp": (6, 1), "log": (7, 1), "sqrt": (8, 1), "reciprocal": (9, 1), "tanh": (10, 1), "erf": (11, 1),
     "sigmoid": (12, 1), "relu": (13, 1), "max": (14, 2), "min": (15, 2), "pow": (16, 2), "square": (17, 1),
-    "copy": (18, 1),
+    "copy": (18, 1), "silu": (19, 1), "silu_mul": (20, 2),
 }
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
@@ -41,6 +43,52 @@ def operands(name, a, b):
     return (a,) if OPS[name][1] == 1 else (a, b)
 
 
+def fuse_silu(ops, args, first_result):
+    """(ops, args) with SiLU and SwiGLU gates as one op each (their loads, stores and loop
+    passes over a tile saved; each op rounds as the ops it replaces, so results are bitwise
+    the same):
+
+        v ─► sigmoid ─► s ─► mul(v, s) ─► m ─► mul(m, w)   ==>   silu_mul(v, w)
+        v ─► sigmoid ─► s ─► mul(v, s)                     ==>   silu(v)
+
+    s (and m) must have no other reader; operands in either order. `args` are already
+    checked (compile_program); values are renumbered past the dropped ops."""
+    ops, args = list(ops), list(args)
+    uses = defaultdict(int)
+    for k, name in enumerate(ops):
+        for v in operands(name, args[2 * k], args[2 * k + 1]):
+            uses[v] += 1
+    made_by = {}                         # value -> op index, for op results
+    dropped = set()
+    for k, name in enumerate(ops):
+        made_by[first_result + k] = k
+        if name != "mul" or args[2 * k] == args[2 * k + 1]:
+            continue
+        for mine, other in ((args[2 * k], args[2 * k + 1]), (args[2 * k + 1], args[2 * k])):
+            j = made_by.get(mine)
+            if j is None or uses[mine] != 1:
+                continue
+            if ops[j] == "sigmoid" and args[2 * j] == other:
+                ops[k], args[2 * k:2 * k + 2] = "silu", [other, other]
+            elif ops[j] == "silu":
+                ops[k], args[2 * k:2 * k + 2] = "silu_mul", [args[2 * j], other]
+            else:
+                continue
+            dropped.add(j)
+            break
+    if not dropped:
+        return ops, args
+    new_id = {v: v for v in range(first_result)}
+    out_ops, out_args = [], []
+    for k, name in enumerate(ops):
+        if k in dropped:
+            continue
+        new_id[first_result + k] = first_result + len(out_ops)
+        out_ops.append(name)
+        out_args += [new_id[args[2 * k]], new_id[args[2 * k + 1]]]
+    return out_ops, out_args
+
+
 def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
     """The Program of an expression (see the module docstring); ModelError naming `where`
     for an expression the kernel cannot run."""
@@ -60,6 +108,8 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
     if n_ops > MAX_INSTRUCTIONS:
         raise ModelError(f"{where}: {n_ops} ops, the kernel takes at most {MAX_INSTRUCTIONS}")
     first_result = n_inputs + n_const
+    ops, args = fuse_silu(ops, args, first_result)
+    n_ops = len(ops)
     last_use = {}
     for k, name in enumerate(ops):
         for v in operands(name, args[2 * k], args[2 * k + 1]):

@@ -22,7 +22,12 @@ A product whose output (after its bias) feeds an activation matmul_epilogue
 fuses into the GEMM's store (LLaMA's gate: SiLU) does not merge: split off,
 its activation would run as a separate elementwise kernel over the strided
 view, which cost more than the merge saved (llama128, 1 thread: +5% CPU time
-with gate/up merged, -0.3% with Q/K/V only).
+with gate/up merged, -0.3% with Q/K/V only). Measured again with SiLU(g) * u as
+one one-exp silu_mul instruction of the elementwise kernel (commit e4a754b has
+the merge and its refusing checks): llama128 -0.3..+1.1%, a 24-token qwen2
++6.5% (1 thread, interleaved CPU time): the merged GEMM saves little at one
+thread, and the Split plus a generic-path Elementwise cost more per layer than
+the fast-path Mul they replace.
 
 Siblings merge when each is a float32 MatMul or Gemm (alpha = beta = 1,
 transA = 0) whose weight is a 2-D float32 constant with the same K, read the
