@@ -54,6 +54,26 @@ instead would have rewritten every kernel's scaffolding; the pool's one
 advantage (its caller never waits at a barrier for a late worker) did not
 show in these figures.
 
+Those sweeps ran on a loaded machine. On a quiet one, what decides is the first
+runs after an idle pause (a request handler between calls, a benchmark block):
+with 1000 spins the team sleeps between the regions of one run, and on this VM
+each wake-up of a sleeping vCPU is slow until the guest's idle polling adapts,
+~10 runs later. `python -m bench.after_pause` (2 threads, 5 pauses of 200 ms,
+load average 0.95; median ms of the first 10 runs after a pause / steady):
+
+==========================  ============  ============  ============  =============
+model                       spin 1000     spin 3000     spin 10000    spin 100000
+==========================  ============  ============  ============  =============
+example groupnorm_cnn       4.64 / 2.67   2.98 / 2.50   2.73 / 2.61   2.49 / 2.44
+diffusers VAE 64x64         5.16 / 3.61                 3.20 / 3.11
+example transformer_block   0.37 / 0.35                 0.35 / 0.33
+==========================  ============  ============  ============  =============
+
+So 10000 spins (a few hundred microseconds): a run's regions find the team
+awake, and the cores still go back well within a millisecond of the last
+region. On a machine shared with other busy processes, set GOMP_SPINCOUNT=1000
+(or OMP_WAIT_POLICY=passive) yourself, per the loaded-machine table above.
+
 The wait policy: WAIT_SPINCOUNT below, applied as GOMP_SPINCOUNT before
 libgomp loads (configure_openmp, called by normrt/__init__) unless the user
 set GOMP_SPINCOUNT or OMP_WAIT_POLICY themselves. libgomp reads it once, when
@@ -77,8 +97,8 @@ import threading
 from ._threads import get_num_threads
 
 # libgomp spin iterations (each one `pause`) before a team thread sleeps
-# (see the tables above).
-WAIT_SPINCOUNT = 1000
+# (see the tables above: 10000 for the quiet machine's after-pause runs).
+WAIT_SPINCOUNT = 10000
 
 # When a second thread pays. Measured with `python -m bench.thread_wakeup`
 # (this 2-core VM, 18:40 UTC, shared with six other engineers' builds, load
