@@ -13,6 +13,16 @@ F, D = TensorProto.FLOAT, TensorProto.DOUBLE
 PASS = "sibling_matmuls"
 
 
+@pytest.fixture(autouse=True)
+def _merge_any_rows(monkeypatch, request):
+    """The pass merges from MIN_ROWS rows of X (its cost model); these tests build small
+    graphs to check what it computes, so they merge from one row, like conftest's thread
+    thresholds. test_few_rows_stay_apart checks the real threshold."""
+    if "real_min_rows" not in request.keywords:
+        from normrt.onnx.passes import sibling_matmuls
+        monkeypatch.setattr(sibling_matmuls, "MIN_ROWS", 1)
+
+
 def merged(report):
     return report["passes"].get(PASS, 0)
 
@@ -160,3 +170,20 @@ def test_a_product_with_a_fusable_activation_stays_apart():
     sess, report = run_and_compare(model, feed(model))
     assert merged(report) == 1 and op_count(sess, "MatMul") == 2
     assert report["passes"]["matmul_epilogue"] == 1
+
+
+@pytest.mark.real_min_rows
+@pytest.mark.parametrize("rows, dynamic, merges", [((24,), False, False), ((1, 24), False, False),
+                                                   ((128,), False, True), ((2, 64), False, True),
+                                                   ((2, 64), True, False)])
+def test_few_rows_stay_apart(rows, dynamic, merges):
+    """Below MIN_ROWS rows, or with rows not known at load, the products stay apart (the
+    strided views cost more than the calls saved); from MIN_ROWS on they merge."""
+    from normrt.onnx.passes.sibling_matmuls import MIN_ROWS
+    assert MIN_ROWS == 128
+    model = siblings_model(rows + (16,), [8, 8, 8])
+    if dynamic:
+        model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    sess, report = run_and_compare(model, feed(model) if not dynamic else {
+        "x": np.random.default_rng(1).standard_normal(rows + (16,)).astype(np.float32)}, atol=1e-5)
+    assert merged(report) == (1 if merges else 0)
