@@ -121,6 +121,21 @@ def output(out, shape, dtype, x=None, name="out"):
     return out
 
 
+def fast_output(x, out, eps):
+    """For a kernel's unchecked fast path: the buffer y goes to, or None when the fast path does not
+    apply (the checked path then names what is wrong). x must be a non-empty ndarray and eps a
+    non-negative float; y is fresh, or `out` when it is an ndarray that is x itself or owns its
+    memory while x does too (two such arrays cannot overlap; views may overlap partially, which
+    output() checks). The kernel checks dtypes, shapes and layouts itself."""
+    if type(x) is not np.ndarray or type(eps) is not float or not eps >= 0.0 or not x.size:
+        return None
+    if out is None:
+        return np.empty(x.shape, x.dtype)
+    if type(out) is np.ndarray and (out is x or (out.base is None and x.base is None)):
+        return out
+    return None
+
+
 def activation(act):
     try:
         return ACTIVATIONS[act]

@@ -45,19 +45,14 @@ def _fast(x, scale, bias, mean, var, eps, activation, out):
     cannot see: out's own shape (the kernel sees the (N, C, S) view), its
     layout (a reshape of a strided out would be a copy) and its overlap with x.
     """
-    if type(x) is not np.ndarray or type(eps) is not float or not eps >= 0.0 or x.ndim < 2 or not x.size \
-            or x.itemsize == 2 or not x.flags.c_contiguous:
+    if type(x) is not np.ndarray or x.ndim < 2 or x.itemsize == 2 or not x.flags.c_contiguous:
         return None
     act = 0 if activation is None else (chk.ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
     if act < 0:
         return None
-    if out is None:
-        y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
-    elif type(out) is np.ndarray and out.shape == x.shape and out.flags.c_contiguous and (
-            out is x or (out.base is None and x.base is None)):
-        y = out                                          # views may overlap partially: checked path
-    else:
-        return None
+    y = chk.fast_output(x, out, eps)
+    if y is None or (y is out and (out.shape != x.shape or not out.flags.c_contiguous)):
+        return None         # (the kernel sees out's (N, C, S) reshape: a copy or another shape)
     shape = x.shape
     N, C = shape[0], shape[1]
     S = x.size // (N * C)

@@ -60,13 +60,10 @@ def _fast(x, out, scale, bias, eps, residual, act, rms):
     cannot see is checked here: overlap of out with x, and - where a reshape to
     rows could copy or hide a shape - out's shape and layout.
     """
-    if type(x) is not np.ndarray or type(eps) is not float or not eps >= 0.0 or not x.size:
-        return None
-    if out is None:
-        y = np.empty(x.shape, x.dtype)                   # fresh: overlaps nothing
-    elif type(out) is np.ndarray and residual is None and (out is x or (out.base is None and x.base is None)):
-        y = out                                          # views may overlap partially: checked path
-    else:
+    if out is not None and residual is not None:
+        return None                                      # out vs residual overlap: checked path
+    y = chk.fast_output(x, out, eps)
+    if y is None:
         return None
     kind = 0
     if x.itemsize == 2:
