@@ -28,6 +28,7 @@ from .._graph import NameGen, canonical_domain, node_reads, opset_versions
 from ..initializers import (DETACH_MIN_ELEMENTS, big_initializer_names, detachable, is_stub, stub,
                             without_initializers)
 from ..report import Report
+from ._queries import is_static
 
 
 @dataclass
@@ -122,7 +123,7 @@ class PassContext:
         if canonical_domain(node.domain) != "" or not node.output:
             return False
         outs = [o for o in node.output if o]
-        if all(_is_static(self.shape(o)) for o in outs):
+        if all(is_static(self.shape(o)) for o in outs):
             return False
         reads = [i for i in node.input if i]
         if any(self.elem_type(i) == 0 or self.shape(i) is None for i in reads):
@@ -317,10 +318,6 @@ class PassContext:
 
 
 MAX_INFERENCE_DATA = 64     # elements of a constant input handed to a node's inference (shape vectors)
-
-
-def _is_static(shape):
-    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def _known_dims(shape):

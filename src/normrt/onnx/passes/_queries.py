@@ -5,6 +5,7 @@
 - producers and readers over the context's live use-def index: `Graph` (prod,
   deep and root through identity Casts -- Cast to the type the value already has:
   exporters put them around statistics --, single readers), `only_consumer`;
+- shapes: `is_static` (every dim a known int);
 - refusing checks, each returning the reason or None: `dtype_reason` /
   `float_type_reason` (one kernel float type throughout), `private_reason` and
   `chain_nodes_reason` (no value a fusion removes may be read elsewhere or be a
@@ -121,6 +122,11 @@ class Graph:
 
 def constant(ctx, name):
     return ctx.constants.get(name) if name else None
+
+
+def is_static(shape, rank=None):
+    """True when every dim of `shape` is a known int (and, given `rank`, there are that many)."""
+    return shape is not None and (rank is None or len(shape) == rank) and all(isinstance(d, int) for d in shape)
 
 
 def is_float(dtype):

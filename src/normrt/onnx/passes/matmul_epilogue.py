@@ -31,7 +31,7 @@ from . import GraphPass
 from ._queries import PRODUCT_DTYPES, float_type_reason, is_op, only_consumer, other_input, private_reason
 from .activation_epilogue import PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
-from ._queries import Graph
+from ._queries import Graph, is_static
 
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Div", "Mul")
 
@@ -46,10 +46,6 @@ class Match:
     residual: str = ""
     activation: str = ""
     output: str = ""
-
-
-def _static(shape):
-    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 class MatMulEpilogue(GraphPass):
@@ -108,7 +104,7 @@ class MatMulEpilogue(GraphPass):
             other = other_input(reader, y)
             if other is not None and other not in ctx.constants:
                 r_shape, o_shape = ctx.shape(other), ctx.shape(reader.output[0])
-                if not (_static(r_shape) and _static(y_shape) and _static(o_shape)):
+                if not (is_static(r_shape) and is_static(y_shape) and is_static(o_shape)):
                     return "residual Add: shapes not static, cannot prove it does not broadcast"
                 if not (tuple(r_shape) == tuple(y_shape) == tuple(o_shape)):
                     return f"residual Add broadcasts ({list(r_shape)} + {list(y_shape)})"

@@ -28,12 +28,8 @@ import numpy as np
 from onnx import helper
 
 from . import GraphPass
-from ._queries import is_op, node_attrs
+from ._queries import is_op, is_static, node_attrs
 from .._graph import subgraphs
-
-
-def _static(shape):
-    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def _ints(ctx, name):
@@ -70,7 +66,7 @@ def _times_one(ctx, node):
         if one is None or ctx.is_constant(x) or one.dtype.kind not in "fiu" or not np.all(one == 1):
             continue
         shape_x = ctx.shape(x)
-        if _static(shape_x) and shape_x == ctx.shape(y) and ctx.elem_type(x) == ctx.elem_type(y) != 0 \
+        if is_static(shape_x) and shape_x == ctx.shape(y) and ctx.elem_type(x) == ctx.elem_type(y) != 0 \
                 and one.ndim <= len(shape_x):
             return x
     return None
@@ -93,7 +89,7 @@ def is_no_op(ctx, node):
 def _hands_on_first(ctx, node):
     x, y = node.input[0], node.output[0]
     shape_x, shape_y = ctx.shape(x), ctx.shape(y)
-    same_shape = _static(shape_x) and shape_x == shape_y
+    same_shape = is_static(shape_x) and shape_x == shape_y
     op = node.op_type
     if is_op(node, "Identity"):
         return True
@@ -107,7 +103,7 @@ def _hands_on_first(ctx, node):
         pads = attrs.get("pads") if ctx.opsets.get("", 1) < 11 else _ints(ctx, node.input[1] if len(node.input) > 1 else "")
         return pads is not None and all(p == 0 for p in pads)
     if is_op(node, "Slice") and len(node.input) >= 3 and ctx.opsets.get("", 1) >= 10:
-        return _static(shape_x) and _whole_slice(ctx, node, shape_x)
+        return is_static(shape_x) and _whole_slice(ctx, node, shape_x)
     if is_op(node, "Transpose"):
         attrs, reason = node_attrs(node)
         perm = (attrs or {}).get("perm")
