@@ -5,10 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import normrt
-
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
+from graph_builder import vi
 
 
 def make(nodes, inputs, outputs, inits=(), opsets=(("", 17),)):

@@ -11,10 +11,7 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 from normrt.onnx.initializers import is_stub
-
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
+from graph_builder import vi
 
 
 def add_model(w):

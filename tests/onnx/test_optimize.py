@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import vi
 
 RNG = np.random.default_rng(11)
 STANDARD_NORMS = {"BatchNormalization", "LayerNormalization", "RMSNormalization", "InstanceNormalization",
@@ -15,10 +16,6 @@ STANDARD_NORMS = {"BatchNormalization", "LayerNormalization", "RMSNormalization"
 
 def f32(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
-
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 def all_norms_model():

@@ -6,10 +6,11 @@ Oracle: onnx.reference on the original model.
 """
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import StatsBuilder, vi
 from half_models import assert_matches_float64
 
 RNG = np.random.default_rng(47)
@@ -18,44 +19,17 @@ NP = {F: np.float32, D: np.float64, H: np.float16}
 PASS = "adain"
 
 
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-class Builder:
-    """Nodes and initializers of one graph, with fresh names per statistic."""
-
-    def __init__(self, opset, elem):
-        self.opset, self.elem, self.dtype = opset, elem, NP[elem]
-        self.nodes, self.inits = [], []
-
-    def const(self, name, value, dtype=None):
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
-        return name
-
-    def node(self, op, ins, out, **kw):
-        self.nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
-        return out
-
-    def reduce_mean(self, x, axes, keepdims, out):
-        if self.opset >= 18:
-            ax = self.const(out + "_axes", axes, np.int64)
-            return self.node("ReduceMean", [x, ax], out, keepdims=keepdims)
-        return self.node("ReduceMean", [x], out, axes=axes, keepdims=keepdims)
-
-    def square(self, d, out, how):
-        if how == "pow":
-            return self.node("Pow", [d, self.const(out + "_two", 2.0)], out)
-        return self.node("Mul", [d, d], out)
+def Builder(opset, elem):
+    return StatsBuilder(opset, elem, NP[elem])
 
 
 def legacy_stats(b, x, shape, p, *, unbiased=True, eps=1e-5, count=None, how="mul"):
     """Legacy exporter, calc_mean_std (view(N, C, -1), unbiased var, Shape-based count): (mean, std) expanded."""
     N, C = shape[:2]
     view = b.node("Reshape", [x, b.const(p + "view_shape", [N, C, -1], np.int64)], p + "view")
-    m1 = b.reduce_mean(view, [2], 1, p + "m_keep")
+    m1 = b.reduce_mean(view, [2], p + "m_keep", keepdims=1)
     d = b.node("Sub", [view, m1], p + "d")
-    var = b.reduce_mean(b.square(d, p + "sq", how), [2], 0, p + "var_pop")
+    var = b.reduce_mean(b.square(d, p + "sq", how), [2], p + "var_pop", keepdims=0)
     if unbiased:
         if count is None:
             shp = b.node("Shape", [view], p + "shape")
@@ -68,21 +42,21 @@ def legacy_stats(b, x, shape, p, *, unbiased=True, eps=1e-5, count=None, how="mu
     std = b.node("Sqrt", [b.node("Add", [var, b.const(p + "eps", eps)], p + "var_eps")], p + "std0")
     nc11 = b.const(p + "nc11", [N, C] + [1] * (len(shape) - 2), np.int64)
     std = b.node("Reshape", [std, nc11], p + "std")
-    mean = b.node("Reshape", [b.reduce_mean(view, [2], 0, p + "m"), nc11], p + "mean")
+    mean = b.node("Reshape", [b.reduce_mean(view, [2], p + "m", keepdims=0), nc11], p + "mean")
     return mean, std
 
 
 def keepdim_stats(b, x, shape, p, *, eps=1e-5, how="mul", axes=None, shared=False):
     """adain_biased's form: mean/var over the spatial axes with keepdim (dynamo: var keepdims=0 + Reshape)."""
     axes = list(range(2, len(shape))) if axes is None else axes
-    m = b.reduce_mean(x, axes, 1, p + "mean")
+    m = b.reduce_mean(x, axes, p + "mean", keepdims=1)
     d = b.node("Sub", [x, m], p + "d")
     if shared:          # dynamo: var with keepdims=0, then Reshape to (N, C, 1, 1)
-        v = b.reduce_mean(b.square(d, p + "sq", how), axes, 0, p + "var0")
+        v = b.reduce_mean(b.square(d, p + "sq", how), axes, p + "var0", keepdims=0)
         v = b.node("Reshape", [v, b.const(p + "nc11", list(shape[:2]) + [1] * (len(shape) - 2), np.int64)],
                    p + "var")
     else:
-        v = b.reduce_mean(b.square(d, p + "sq", how), axes, 1, p + "var")
+        v = b.reduce_mean(b.square(d, p + "sq", how), axes, p + "var", keepdims=1)
     std = b.node("Sqrt", [b.node("Add", [b.const(p + "eps", eps), v], p + "var_eps")], p + "std")
     return m, std, d
 

@@ -6,23 +6,16 @@ model, and a float64 numpy formula.
 """
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
 from normrt.onnx.report import format_report
+from graph_builder import const, vi
 
 RNG = np.random.default_rng(17)
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
 PASS = "attention_decomposed"
-
-
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def const(name, value):
-    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager", mask=None, where=False,

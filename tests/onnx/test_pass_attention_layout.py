@@ -13,18 +13,11 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 from normrt.onnx.domain import NORM_OPS, make_node
+from graph_builder import const, vi
 
 RNG = np.random.default_rng(29)
 F = TensorProto.FLOAT
 PASS = "attention_layout"
-
-
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def const(name, value):
-    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def heads_model(B=1, Sq=70, Skv=90, H=3, Hkv=3, D=7, Dv=5, *, form="onnx", k_form="bshd", mask=None,

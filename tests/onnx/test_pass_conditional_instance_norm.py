@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import vi
 
 RNG = np.random.default_rng(3)
 PASS = "conditional_instance_norm"
@@ -19,10 +20,6 @@ def arr(*shape):
 
 def init(name, value):
     return numpy_helper.from_array(np.asarray(value), name)
-
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 def cond_model(lookup="gather_unsqueeze", *, in_scale=None, in_bias=None, mul=True, add=True,

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import vi
 
 RNG = np.random.default_rng(17)
 PASS = "fold_batch_norm"
@@ -17,10 +18,6 @@ PASS = "fold_batch_norm"
 
 def arr(*shape, dtype=np.float32):
     return RNG.standard_normal(shape).astype(dtype)
-
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 def bn_inits(c, dtype=np.float32):

@@ -10,18 +10,11 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 from half_models import assert_matches_float64
+from graph_builder import const, vi
 
 RNG = np.random.default_rng(5)
 F = TensorProto.FLOAT
 PASS = "recognized_norms"
-
-
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def const(name, value):
-    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def reduce_mean(inp, out, axes, opset, name):

@@ -5,23 +5,16 @@ model (exact for these ops), and for p=1 a numpy formula as well.
 """
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
 from half_models import HALF_NP as NP_HALF, assert_matches_float64
+from graph_builder import const, vi
 
 RNG = np.random.default_rng(41)
 F, D, H, BF = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16
 PASS = "lp_normalize"
-
-
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def const(name, value):
-    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def normalize_model(shape=(4, 8), *, axis=-1, opset=18, form="dynamo", reduce="ReduceL2", clip="clip",

@@ -7,23 +7,16 @@ torch.nn.functional.local_response_norm, and onnx.reference on the original mode
 """
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
 from half_models import assert_matches_float64
+from graph_builder import const, vi
 
 RNG = np.random.default_rng(43)
 F, D, H = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16
 PASS = "lrn_decomposed"
-
-
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def const(name, value):
-    return numpy_helper.from_array(np.asarray(value), name)
 
 
 def torch_lrn(x, size, alpha, beta, k):

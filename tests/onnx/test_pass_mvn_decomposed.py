@@ -5,10 +5,11 @@ Oracle: onnx.reference on the original model.
 """
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import StatsBuilder, vi
 from half_models import assert_matches_float64
 
 RNG = np.random.default_rng(53)
@@ -18,38 +19,9 @@ PASS = "mvn_decomposed"
 SHAPE = (3, 4, 5, 6)
 
 
-def vi(name, shape, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-class Builder:
+class Builder(StatsBuilder):
     def __init__(self, opset, elem):
-        self.opset, self.elem, self.dtype = opset, elem, NP[elem]
-        self.nodes, self.inits = [], []
-
-    def const(self, name, value, dtype=None):
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
-        return name
-
-    def constant_node(self, name, value, dtype=None):
-        """A Constant node (the function body writes its constants that way)."""
-        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
-                                           value=numpy_helper.from_array(np.asarray(value, dtype or self.dtype))))
-        return name
-
-    def node(self, op, ins, out, **kw):
-        self.nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
-        return out
-
-    def reduce_mean(self, x, axes, out, keepdims=1):
-        if self.opset >= 18:
-            return self.node("ReduceMean", [x, self.const(out + "_axes", axes, np.int64)], out, keepdims=keepdims)
-        return self.node("ReduceMean", [x], out, axes=axes, keepdims=keepdims)
-
-    def square(self, v, out, how):
-        if how == "pow":
-            return self.node("Pow", [v, self.const(out + "_two", 2.0)], out)
-        return self.node("Mul", [v, v], out)
+        super().__init__(opset, elem, NP[elem])
 
     def model(self, shape, extra_outputs=()):
         self.nodes[-1].output[0] = "y"

@@ -1,0 +1,53 @@
+"""Shared helpers for tests that write ONNX graphs by hand: value infos, initializers, and a
+builder for the statistics subgraphs (ReduceMean at either opset's signature, squares written
+as Mul or Pow) that the decomposed-norm passes recognize.
+"""
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+
+def vi(name, shape, elem=TensorProto.FLOAT):
+    """A value info; `shape` may hold ints, strings (symbolic dims) or be None (unknown rank)."""
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def const(name, value):
+    """An initializer holding `value` as numpy stores it (dtype kept)."""
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+class StatsBuilder:
+    """Nodes and initializers of one graph in one float type (`elem`), at one opset.
+
+    Every node is named after its output, so a test can point at the node a pass refuses.
+    """
+
+    def __init__(self, opset, elem, np_dtype):
+        self.opset, self.elem, self.dtype = opset, elem, np.dtype(np_dtype)
+        self.nodes, self.inits = [], []
+
+    def const(self, name, value, dtype=None):
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype or self.dtype), name))
+        return name
+
+    def constant_node(self, name, value, dtype=None):
+        """A Constant node (the ONNX function bodies write their constants that way)."""
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name,
+                                           value=numpy_helper.from_array(np.asarray(value, dtype or self.dtype))))
+        return name
+
+    def node(self, op, ins, out, **kw):
+        self.nodes.append(helper.make_node(op, ins, [out], name=out, **kw))
+        return out
+
+    def reduce_mean(self, x, axes, out, keepdims=1):
+        """ReduceMean over `axes`: an attribute before opset 18, an int64 input from 18 on."""
+        if self.opset >= 18:
+            return self.node("ReduceMean", [x, self.const(out + "_axes", axes, np.int64)], out, keepdims=keepdims)
+        return self.node("ReduceMean", [x], out, axes=axes, keepdims=keepdims)
+
+    def square(self, v, out, how):
+        """v*v as the exporters write it: Pow(v, 2) (`how="pow"`) or Mul(v, v)."""
+        if how == "pow":
+            return self.node("Pow", [v, self.const(out + "_two", 2.0)], out)
+        return self.node("Mul", [v, v], out)
