@@ -51,3 +51,22 @@ class StatsBuilder:
         if how == "pow":
             return self.node("Pow", [v, self.const(out + "_two", 2.0)], out)
         return self.node("Mul", [v, v], out)
+
+
+def optimize_and_compare(model, feed, rtol=1e-5, atol=1e-5):
+    """(optimized model, report): normrt.optimize's model passes the checker, and a session on it
+    gives onnx.reference's outputs of the original model (same shapes and dtypes, values to rtol/atol)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    import normrt
+
+    opt, report = normrt.optimize(model, report=True)
+    onnx.checker.check_model(opt)
+    got = normrt.InferenceSession(opt).run(None, feed)
+    want = ReferenceEvaluator(model).run(None, feed)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return opt, report

@@ -3,12 +3,11 @@ becomes the norm's `activation`; refused when the norm output is needed elsewher
 import math
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import optimize_and_compare
 
 RNG = np.random.default_rng(9)
 PASS = "activation_epilogue"
@@ -84,14 +83,7 @@ def model_of(kind, form, extra_outputs=(), opset=None):
 
 
 def run_and_compare(model):
-    x = arr(2, C, 3, 3) * 2
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, {"x": x})
-    want = ReferenceEvaluator(model).run(None, {"x": x})
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-    return opt, report
+    return optimize_and_compare(model, {"x": arr(2, C, 3, 3) * 2})
 
 
 def activation_of(node):

@@ -1,13 +1,12 @@
 """conditional_instance_norm: InstanceNormalization -> Mul(gamma) -> Add(beta), gamma/beta per (sample, channel)
 (embedding lookups as torch exports them) or per-channel constants, becomes one normrt::InstanceNorm."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
-from graph_builder import vi
+from graph_builder import optimize_and_compare, vi
 
 RNG = np.random.default_rng(3)
 PASS = "conditional_instance_norm"
@@ -76,15 +75,7 @@ def feed_of(model, n=N):
 
 
 def run_and_compare(model, n=N):
-    feed = feed_of(model, n)
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, feed)
-    want = ReferenceEvaluator(model).run(None, feed)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-    return opt, report
+    return optimize_and_compare(model, feed_of(model, n))
 
 
 def normrt_nodes(model):

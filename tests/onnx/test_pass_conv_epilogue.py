@@ -7,16 +7,15 @@ Oracle: onnx.reference on the original model.
 import math
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 import normrt
 from normrt.onnx.loader import load_model
 from normrt.onnx.passes import PassContext
 from normrt.onnx.passes.conv_epilogue import ConvEpilogue, same_pads
 from normrt.onnx.report import format_report
+from graph_builder import optimize_and_compare
 
 RNG = np.random.default_rng(31)
 PASS = "conv_epilogue"
@@ -57,14 +56,7 @@ def conv_model(tail, x_shape=(2, 3, 9, 8), cout=6, cin_per_group=3, k=3, conv_at
 
 
 def run_and_compare(model, feed, rtol=1e-4, atol=1e-4):
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, feed)
-    want = ReferenceEvaluator(model).run(None, feed)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return opt, report
+    return optimize_and_compare(model, feed, rtol, atol)
 
 
 def normrt_conv(opt):

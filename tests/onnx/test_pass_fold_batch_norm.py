@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
-from graph_builder import vi
+from graph_builder import optimize_and_compare, vi
 
 RNG = np.random.default_rng(17)
 PASS = "fold_batch_norm"
@@ -48,15 +48,7 @@ def model_of(op, x_shape, w, inputs_extra=(), attrs=None, bias=None, cout=None, 
 
 
 def run_and_compare(model, x, feed_extra=None, rtol=1e-5, atol=1e-5):
-    feed = {"x": x, **(feed_extra or {})}
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, feed)
-    want = ReferenceEvaluator(model).run(None, feed)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return opt, report
+    return optimize_and_compare(model, {"x": x, **(feed_extra or {})}, rtol, atol)
 
 
 CASES = {

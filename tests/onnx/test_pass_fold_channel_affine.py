@@ -6,7 +6,6 @@ Oracle: onnx.reference on the original model. Opset 15 (onnx.reference's BatchNo
 training mode when `momentum` is set).
 """
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -15,6 +14,7 @@ import normrt
 from normrt.onnx.loader import load_model
 from normrt.onnx.passes import PassContext
 from normrt.onnx.passes.fold_channel_affine import FoldChannelAffine
+from graph_builder import optimize_and_compare
 
 RNG = np.random.default_rng(23)
 PASS = "fold_channel_affine"
@@ -62,14 +62,7 @@ def bn_head(src="x"):
 
 
 def run_and_compare(model, feed, rtol=1e-5, atol=1e-5):
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, feed)
-    want = ReferenceEvaluator(model).run(None, feed)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return opt, report
+    return optimize_and_compare(model, feed, rtol, atol)
 
 
 def ops(model):

@@ -4,7 +4,6 @@ Each variant (legacy Shape form, dynamo constant shapes, group counts, affine
 shapes, no affine) and each refusal, checked against onnx.reference on the original.
 """
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -16,6 +15,7 @@ from normrt.onnx.optimize import optimize_model
 from normrt.onnx.passes.constant_folding import ConstantFolding
 from normrt.onnx.passes.group_norm_instance import GroupNormInstance
 from normrt.onnx.passes.standard_norms import StandardNorms
+from graph_builder import optimize_and_compare
 
 RNG = np.random.default_rng(5)
 PASS = "group_norm_instance"
@@ -61,14 +61,7 @@ def gn_model(x_shape=(2, 8, 4, 4), groups=4, *, form="legacy", affine=((8, 1, 1)
 
 
 def run_and_compare(model, x, atol=1e-5, rtol=1e-5):
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, {"x": x})
-    want = ReferenceEvaluator(model).run(None, {"x": x})
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return opt, report
+    return optimize_and_compare(model, {"x": x}, rtol, atol)
 
 
 def ops(model):

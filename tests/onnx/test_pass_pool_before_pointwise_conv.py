@@ -4,15 +4,13 @@ else stays as it is.
 Oracle: onnx.reference on the original model.
 """
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
-import normrt
 from normrt.onnx.loader import load_model
 from normrt.onnx.passes import PassContext
 from normrt.onnx.passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
+from graph_builder import optimize_and_compare
 
 RNG = np.random.default_rng(41)
 PASS = "pool_before_pointwise_conv"
@@ -45,14 +43,7 @@ def model_of(x_shape, y_shape, w_shape, conv_attrs=None, pool_attrs=None, bias=T
 
 
 def run_and_compare(model, x, rtol=1e-5, atol=1e-5):
-    opt, report = normrt.optimize(model, report=True)
-    onnx.checker.check_model(opt)
-    got = normrt.InferenceSession(opt).run(None, {"x": x})
-    want = ReferenceEvaluator(model).run(None, {"x": x})
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
-    return opt, report
+    return optimize_and_compare(model, {"x": x}, rtol, atol)
 
 
 def ops(model):
