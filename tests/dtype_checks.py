@@ -82,3 +82,21 @@ def assert_same_bits_for_threads(fn, counts=(1, 2, 3)):
     for n, r in zip(counts[1:], results[1:]):
         for a, b in zip(results[0], r):
             assert same_bits(a, b), f"{counts[0]} vs {n} threads differ"
+
+
+def assert_concurrent_calls_match(work, jobs, reference=None, repeats=3, workers=4):
+    """work(job) called from `workers` Python threads at once, every job `repeats` times, returns
+    the bits of `reference` (default: work(job) called alone, one job after the other): the kernels
+    release the GIL and share no state between calls. work returns an array or a tuple of arrays."""
+    import concurrent.futures
+
+    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)
+    jobs = list(jobs)
+    reference = [work(j) for j in jobs] if reference is None else reference
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        got = list(pool.map(work, jobs * repeats))
+    for i, r in enumerate(got):
+        want = as_tuple(reference[i % len(jobs)])
+        assert len(as_tuple(r)) == len(want)
+        for a, b in zip(as_tuple(r), want):
+            assert same_bits(a, b), f"job {i % len(jobs)}: a concurrent call differs from the call alone"

@@ -1,5 +1,4 @@
 """batch_norm, batch_norm_stats and spade against float64 numpy references."""
-import concurrent.futures as cf
 import warnings
 
 import numpy as np
@@ -8,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
-from dtype_checks import ref_act as _ref_act
+from dtype_checks import assert_concurrent_calls_match, ref_act as _ref_act
 
 ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
 
@@ -291,12 +290,7 @@ def test_concurrent_calls_from_python_threads():
         mean, var = normrt.batch_norm_stats(x)
         return mean, var, normrt.spade(x, g, g), normrt.batch_norm(x, var, mean, mean, var)
 
-    serial = [work(x) for x in xs]
-    with cf.ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(work, xs * 3))
-    for i, res in enumerate(parallel):
-        for a, b in zip(res, serial[i % len(xs)]):
-            assert np.array_equal(a, b)
+    assert_concurrent_calls_match(work, xs)
 
 
 # ---- layouts, out= and empty tensors -----------------------------------------

@@ -1,12 +1,12 @@
 """GroupNorm, InstanceNorm (plain and conditional) and AdaIN against float64 numpy references."""
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import normrt
+from dtype_checks import assert_concurrent_calls_match, same_bits
 
 ACTIVATIONS = [None, "relu", "silu", "gelu", "sigmoid"]
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -76,10 +76,6 @@ def ref_adain(content, style, eps=1e-5):
 
 def tol(dtype):
     return dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-def same_bits(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 # ---------------------------------------------------------------- values
@@ -357,11 +353,7 @@ def test_concurrent_python_threads_match_serial():
                 return normrt.adain(x, x[:, :, ::2] * 3)
             return normrt.group_norm(x, x.shape[1], None, s)
 
-    serial = [run(j) for j in jobs]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for _ in range(2):
-            concurrent = list(pool.map(run, jobs))
-            assert all(same_bits(a, b) for a, b in zip(serial, concurrent))
+    assert_concurrent_calls_match(run, jobs, repeats=2)
 
 
 # ---------------------------------------------------------------- layouts, out=, empties

@@ -1,5 +1,4 @@
 """layer_norm and rms_norm against float64 numpy references."""
-import concurrent.futures as cf
 import math
 
 import numpy as np
@@ -8,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
-from dtype_checks import ref_act
+from dtype_checks import assert_concurrent_calls_match, ref_act
 
 ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
 
@@ -166,11 +165,7 @@ def test_bitwise_identical_for_any_thread_count(shape, dtype):
 
 def test_concurrent_calls_from_python_threads():
     xs = [rng.standard_normal((32, 4096)).astype(np.float32) + i for i in range(8)]
-    serial = [normrt.layer_norm(x, activation="silu") for x in xs]
-    with cf.ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda x: normrt.layer_norm(x, activation="silu"), xs * 3))
-    for i, y in enumerate(parallel):
-        assert np.array_equal(y, serial[i % len(xs)])
+    assert_concurrent_calls_match(lambda x: normrt.layer_norm(x, activation="silu"), xs)
 
 
 # ---- layouts and out= -----------------------------------------------------

@@ -1,5 +1,4 @@
 """normrt.lp_norm against an independent float64 numpy reference."""
-import concurrent.futures
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
+from dtype_checks import assert_concurrent_calls_match, same_bits
 
 
 def ref_lp_norm(x, p, axis):
@@ -30,10 +30,6 @@ def ref_lp_norm(x, p, axis):
 
 def tol(dtype):
     return dict(rtol=1e-5, atol=1e-30) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-300)
-
-
-def bitwise_equal(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 # shapes and axes that reach every kernel path: rows (K2 == 1), rows split into
@@ -158,7 +154,7 @@ def test_bitwise_identical_across_thread_counts(shape, axis, p, dtype):
     for n in (1, 2, 8):
         with normrt.threads(n):
             results.append(normrt.lp_norm(x, p=p, axis=axis))
-    assert bitwise_equal(results[0], results[1]) and bitwise_equal(results[0], results[2])
+    assert same_bits(results[0], results[1]) and same_bits(results[0], results[2])
 
 
 def test_concurrent_python_threads_match_serial():
@@ -172,13 +168,9 @@ def test_concurrent_python_threads_match_serial():
     def run(job):
         x, p, axis, n = job
         with normrt.threads(n):
-            return [normrt.lp_norm(x, p=p, axis=axis) for _ in range(3)]
+            return normrt.lp_norm(x, p=p, axis=axis)
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(run, jobs))
-    for ys, ref in zip(got, serial):
-        for y in ys:
-            assert bitwise_equal(y, ref)
+    assert_concurrent_calls_match(run, jobs, reference=serial)
 
 
 @st.composite
@@ -219,12 +211,12 @@ def test_out_and_in_place(shape, axis):
     ref = normrt.lp_norm(x, axis=axis)
     out = np.empty_like(x)
     assert normrt.lp_norm(x, axis=axis, out=out) is out
-    assert bitwise_equal(out, ref)
+    assert same_bits(out, ref)
     for n in (1, 8):
         xx = x.copy()
         with normrt.threads(n):
             assert normrt.lp_norm(xx, axis=axis, out=xx) is xx
-        assert bitwise_equal(xx, ref)
+        assert same_bits(xx, ref)
 
 
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0), (2, 0, 4), (2, 3, 0)])
@@ -363,7 +355,7 @@ def test_eps_known_values():
     # eps = 0 (the default) is ONNX LpNormalization: the tiny vector gets unit norm
     np.testing.assert_allclose(normrt.lp_norm(x), [[0.6, 0.8], [0.6, 0.8], [0.0, 0.0]], rtol=1e-12)
     # a norm above eps is not touched
-    assert bitwise_equal(normrt.lp_norm(x[1:2], eps=1.0), normrt.lp_norm(x[1:2]))
+    assert same_bits(normrt.lp_norm(x[1:2], eps=1.0), normrt.lp_norm(x[1:2]))
 
 
 def test_eps_keeps_nan_and_inf():
@@ -382,7 +374,7 @@ def test_eps_bitwise_identical_across_thread_counts(shape, axis, dtype):
     for n in (1, 2, 8):
         with normrt.threads(n):
             results.append(normrt.lp_norm(x, axis=axis, eps=0.5))
-    assert bitwise_equal(results[0], results[1]) and bitwise_equal(results[0], results[2])
+    assert same_bits(results[0], results[1]) and same_bits(results[0], results[2])
     np.testing.assert_allclose(results[0], ref_normalize(x, 2, axis, 0.5), **tol(dtype))
 
 

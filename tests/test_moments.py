@@ -1,5 +1,4 @@
 """moments and mean_variance_norm against float64 numpy references (and ONNX's evaluator)."""
-import concurrent.futures as cf
 import itertools
 import warnings
 
@@ -9,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
+from dtype_checks import assert_concurrent_calls_match
 
 
 def ref_moments(x, axes, keepdims=False):
@@ -193,12 +193,7 @@ def test_concurrent_calls_from_python_threads():
     def work(x):
         return (*normrt.moments(x, (0, 2, 3)), *normrt.moments(x, (1, 3)), normrt.mean_variance_norm(x))
 
-    serial = [work(x) for x in xs]
-    with cf.ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(work, xs * 3))
-    for i, res in enumerate(parallel):
-        for a, b in zip(res, serial[i % len(xs)]):
-            assert np.array_equal(a, b)
+    assert_concurrent_calls_match(work, xs)
 
 
 # ---- layouts, out= and empty tensors ------------------------------------------------
