@@ -62,34 +62,49 @@ def add_timing_args(ap):
     ap.add_argument("--threads", type=int, default=2)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
+def one_node_times(model, x, args, floor):
+    """{"normrt", "ort" (when onnxruntime is installed), "copyto": us} for `model` on input x, each
+    runtime in its own blocks (block_times); both runtimes' outputs agree first. `floor` is the
+    array np.copyto copies: the memory floor the case is measured against."""
     import normrt
     try:
         import onnxruntime as ort
     except ImportError:
         ort = None
-    rng = np.random.default_rng(0)
+    sess = normrt.InferenceSession(model, num_threads=args.threads)
+    want = sess.run(None, {"x": x})[0]
+    fns = {"normrt": lambda: sess.run(None, {"x": x})}
+    if ort is not None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        got = osess.run(None, {"x": x})[0]
+        assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5), "outputs differ"
+        fns["ort"] = lambda: osess.run(None, {"x": x})
+    dst = np.empty_like(floor)
+    fns["copyto"] = lambda: np.copyto(dst, floor)
+    return {k: v * 1e6 for k, v in block_times(fns, args).items()}
+
+
+def print_timing_header(args):
+    import normrt
     print(f"normrt {normrt.__version__}, {args.threads} threads, min over {args.blocks} blocks of the median of "
           f"{args.runs} runs, each implementation in its own blocks after a pause (us)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_timing_args(ap)
+    args = ap.parse_args(argv)
+    import normrt
+    rng = np.random.default_rng(0)
+    print_timing_header(args)
     print("| op | shape | normrt | ort | copyto |")
     print("|---|---|---|---|---|")
     for op, shape, attrs in CASES:
-        model = one_node_model(op, shape, attrs, rng)
         x = rng.standard_normal(shape).astype(np.float32)
-        sess = normrt.InferenceSession(model, num_threads=args.threads)
-        fns = {"normrt": lambda: sess.run(None, {"x": x})}
-        if ort is not None:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            fns["ort"] = lambda: osess.run(None, {"x": x})
-        y = np.empty_like(x)
-        fns["copyto"] = lambda: np.copyto(y, x)
-        t = {k: v * 1e6 for k, v in block_times(fns, args).items()}
-        ort_t = f"{t['ort']:.1f}" if ort is not None else "-"
+        t = one_node_times(one_node_model(op, shape, attrs, rng), x, args, floor=x)
+        ort_t = f"{t['ort']:.1f}" if "ort" in t else "-"
         print(f"| {op} | {shape} | {t['normrt']:.1f} | {ort_t} | {t['copyto']:.1f} |")
 
     # BatchNorm + relu right after a conv: 1 vs 2 OpenMP threads

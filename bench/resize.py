@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from .cnn_ops import add_timing_args, block_times
+from .cnn_ops import add_timing_args, one_node_times, print_timing_header
 
 CASES = [  # mode, input shape, scales (N, C, H, W), extra attributes
     ("nearest", (1, 64, 128, 128), (1, 1, 2, 2), {}),            # style256's upsampling
@@ -39,33 +39,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_timing_args(ap)
     args = ap.parse_args(argv)
-    import normrt
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        ort = None
     rng = np.random.default_rng(0)
-    print(f"normrt {normrt.__version__}, {args.threads} threads, min over {args.blocks} blocks of the median of "
-          f"{args.runs} runs, each implementation in its own blocks after a pause (us)")
+    print_timing_header(args)
     print("| mode | shape | scales | normrt | ort | copyto | normrt / copyto |")
     print("|---|---|---|---|---|---|---|")
     for mode, shape, scales, attrs in CASES:
-        model = resize_model(mode, shape, scales, attrs)
         x = rng.standard_normal(shape).astype(np.float32)
-        sess = normrt.InferenceSession(model, num_threads=args.threads)
-        want = sess.run(None, {"x": x})[0]
-        fns = {"normrt": lambda: sess.run(None, {"x": x})}
-        if ort is not None:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            osess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            got = osess.run(None, {"x": x})[0]
-            assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-5), "outputs differ"
-            fns["ort"] = lambda: osess.run(None, {"x": x})
-        dst = np.empty_like(want)
-        fns["copyto"] = lambda: np.copyto(dst, want)
-        t = {k: v * 1e6 for k, v in block_times(fns, args).items()}
-        ort_t = f"{t['ort']:.1f}" if ort is not None else "-"
+        out_shape = tuple(int(d * s) for d, s in zip(shape, scales))
+        t = one_node_times(resize_model(mode, shape, scales, attrs), x, args,
+                           floor=np.ones(out_shape, np.float32))
+        ort_t = f"{t['ort']:.1f}" if "ort" in t else "-"
         print(f"| {mode} | {shape} | {scales[2:]} | {t['normrt']:.1f} | {ort_t} | {t['copyto']:.1f} "
               f"| {t['normrt'] / t['copyto']:.2f}x |")
 
