@@ -12,12 +12,11 @@ between the two (machine noise hits both alike); the table gives min and median
 latency and the min relative to "transposes".
 bench/test_attention_layout.py runs the same executors under pytest-benchmark.
 """
-import argparse
 import os
 
 import numpy as np
 
-from .pass_variants import executor_without, interleaved_times, print_rows, print_table_head, runner
+from .pass_variants import executor_without, runner, variants_main
 
 CACHE = os.path.expanduser("~/.cache/normrt/e2e_bench")
 MODELS = {
@@ -64,24 +63,13 @@ def check(runs, feeds):
                                      f"(max abs {float(np.max(np.abs(g - w))):.3g})")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    args = ap.parse_args(argv)
-    import normrt
+def build(model):
+    return {v: runner(make_executor(model, v)) for v in VARIANTS}, make_feeds(model)
 
-    only = [s for s in args.only.split(",") if s]
-    print_table_head(normrt.__version__, args.threads, args.runs, BASELINE)
-    with normrt.threads(args.threads):
-        for model in available():
-            if only and not any(s in model for s in only):
-                continue
-            runs = {v: runner(make_executor(model, v)) for v in VARIANTS}
-            feeds = make_feeds(model)
-            check(runs, feeds)
-            print_rows(model, interleaved_times(runs, feeds, args.runs), BASELINE)
+
+def main(argv=None):
+    variants_main(argv, __doc__.splitlines()[0], available(), build, check, BASELINE)
+
 
 if __name__ == "__main__":
     main()

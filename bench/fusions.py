@@ -17,13 +17,12 @@ table gives min and median latency and the min relative to no_graph_fusions.
 The outputs of every variant are checked against no_graph_fusions first.
 bench/test_fusions.py runs the same executors under pytest-benchmark.
 """
-import argparse
 import os
 
 import numpy as np
 import onnx
 
-from .pass_variants import executor_without, interleaved_times, print_rows, print_table_head, runner
+from .pass_variants import executor_without, runner, variants_main
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 MODELS = ("light_resnet50", "light_densenet121")
@@ -57,25 +56,14 @@ def check(runs, feeds, rtol=1e-4):
                 raise AssertionError(f"{name}: max abs difference {err:.3g} vs {BASELINE} (scale {scale:.3g})")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    args = ap.parse_args(argv)
-    import normrt
+def build(model):
+    executors = {v: make_executor(model, v) for v in VARIANTS}
+    return {v: runner(e) for v, e in executors.items()}, make_feeds(executors[BASELINE])
 
-    only = [s for s in args.only.split(",") if s]
-    print_table_head(normrt.__version__, args.threads, args.runs, BASELINE)
-    with normrt.threads(args.threads):
-        for model in MODELS:
-            if only and not any(s in model for s in only):
-                continue
-            executors = {v: make_executor(model, v) for v in VARIANTS}
-            runs = {v: runner(e) for v, e in executors.items()}
-            feeds = make_feeds(executors[BASELINE])
-            check(runs, feeds)
-            print_rows(model, interleaved_times(runs, feeds, args.runs), BASELINE)
+
+def main(argv=None):
+    variants_main(argv, __doc__.splitlines()[0], MODELS, build, check, BASELINE)
+
 
 if __name__ == "__main__":
     main()

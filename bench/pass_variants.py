@@ -1,5 +1,6 @@
 """Shared by the with/without-a-pass benchmarks (bench.fusions, bench.attention_layout):
 an Executor built without some passes, and interleaved timing of the variants."""
+import argparse
 import time
 
 import numpy as np
@@ -46,3 +47,25 @@ def print_rows(model, times, baseline):
     for v, ts in times.items():
         print(f"| {model} | {v} | {1e3 * min(ts):.2f} | {1e3 * float(np.median(ts)):.2f} | "
               f"{min(ts) / base:.3f}x |")
+
+
+def variants_main(argv, description, models, build, check, baseline):
+    """The command line of a with/without-a-pass benchmark: for each of `models` (or those
+    --only names), build(model) -> ({variant: run}, feeds), check(runs, feeds), then one
+    table row per variant, timed interleaved."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated substrings of model names")
+    args = ap.parse_args(argv)
+    import normrt
+
+    only = [s for s in args.only.split(",") if s]
+    print_table_head(normrt.__version__, args.threads, args.runs, baseline)
+    with normrt.threads(args.threads):
+        for model in models:
+            if only and not any(s in model for s in only):
+                continue
+            runs, feeds = build(model)
+            check(runs, feeds)
+            print_rows(model, interleaved_times(runs, feeds, args.runs), baseline)
