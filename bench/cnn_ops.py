@@ -86,19 +86,21 @@ def one_node_times(model, x, args, floor):
     return {k: v * 1e6 for k, v in block_times(fns, args).items()}
 
 
-def print_timing_header(args):
+def parse_timing_args(argv, description):
+    """The timing options (add_timing_args) parsed, and the table's header line printed."""
     import normrt
+    ap = argparse.ArgumentParser(description=description)
+    add_timing_args(ap)
+    args = ap.parse_args(argv)
     print(f"normrt {normrt.__version__}, {args.threads} threads, min over {args.blocks} blocks of the median of "
           f"{args.runs} runs, each implementation in its own blocks after a pause (us)")
+    return args
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
+    args = parse_timing_args(argv, __doc__.splitlines()[0])
     import normrt
     rng = np.random.default_rng(0)
-    print_timing_header(args)
     print("| op | shape | normrt | ort | copyto |")
     print("|---|---|---|---|---|")
     for op, shape, attrs in CASES:

@@ -9,12 +9,10 @@ pause (normrt.timing: min over blocks of the block median, us), and
 output (every output byte written once, as many read). Integer nearest should
 sit at that floor. Shared machines are noisy: compare ratios within one run.
 """
-import argparse
-
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from .cnn_ops import add_timing_args, one_node_times, print_timing_header
+from .cnn_ops import one_node_times, parse_timing_args
 
 CASES = [  # mode, input shape, scales (N, C, H, W), extra attributes
     ("nearest", (1, 64, 128, 128), (1, 1, 2, 2), {}),            # style256's upsampling
@@ -36,11 +34,8 @@ def resize_model(mode, shape, scales, attrs):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_timing_args(ap)
-    args = ap.parse_args(argv)
+    args = parse_timing_args(argv, __doc__.splitlines()[0])
     rng = np.random.default_rng(0)
-    print_timing_header(args)
     print("| mode | shape | scales | normrt | ort | copyto | normrt / copyto |")
     print("|---|---|---|---|---|---|---|")
     for mode, shape, scales, attrs in CASES:
