@@ -3,6 +3,7 @@
     python -m bench.half_models                          # every model, float16 and bfloat16, 2 threads
     python -m bench.half_models --only unet16 --dtypes float16 --repeat 50 --blocks 5
     python -m bench.half_models --accuracy               # Conv / MatMul in half against float64
+    python -m bench.half_models --modes per_op,float32   # both half_compute modes, accuracy vs float64
 
 Each float32 bench model (the bundled examples, the diffusers UNet/VAE fixtures) is
 converted to float16 and to bfloat16 the way a `.half()` export holds it
@@ -22,6 +23,12 @@ once. The errors
 are the fused run's largest against onnxruntime's result and against normrt's
 float32 run of the float32 model; the pytest-benchmark version
 (bench/test_half_models.py) checks them first.
+
+`--modes per_op,float32` (or `--half-compute MODE` for one) times normrt's plain file in each
+`half_compute` mode beside onnxruntime, and gives each its accuracy: max |y - y64| / max |y64|
+against the half model's float64 twin (tests/half_models.reference64: onnx.reference in
+float64 on the same half weights and inputs), and the share of normrt's outputs bitwise equal
+to onnxruntime's.
 
 Timing: each runtime (and normrt's float32 run) in its own block after a pause
 (onnxruntime's pool threads spin after a run and slow whoever runs next); a time
@@ -102,6 +109,64 @@ def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
     return runs, half
 
 
+def mode_runs(name, dtype, threads, modes, cache=DEFAULT_CACHE):
+    """({label: run function}, feeds, path): normrt's plain half file in each half_compute mode
+    ("normrt per_op", "normrt float32") and, in float16, onnxruntime ("ort") on the same file."""
+    import normrt
+    path = half_model(name, dtype, cache)
+    feeds = feeds_for(MODELS[name], dtype)
+    runs = {}
+    for mode in modes:
+        sess = normrt.InferenceSession(str(path), num_threads=threads, half_compute=mode)
+        runs[f"normrt {mode}"] = (lambda s: lambda: s.run(None, feeds))(sess)
+    if dtype == np.float16:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        runs["ort"] = lambda: osess.run(None, feeds)
+    return runs, feeds, path
+
+
+def mode_accuracy(runs, feeds, path):
+    """{label: max |y - y64| / max |y64|} of each run's first output against the half file's float64
+    twin, and {label: share of its outputs equal to onnxruntime's} (empty without onnxruntime)."""
+    reference64 = _helper("tests", "half_models").reference64
+    y64 = reference64(onnx.load(path), feeds)[0].astype(np.float64)
+    scale = float(np.abs(y64).max())
+    outs = {k: np.asarray(fn()[0]).astype(np.float64) for k, fn in runs.items()}
+    rel = {k: float(np.abs(y - y64).max()) / scale for k, y in outs.items()}
+    same = {k: float(np.mean(y == outs["ort"])) for k, y in outs.items() if "ort" in outs and k != "ort"}
+    return rel, same
+
+
+def modes_table(names, dtypes, modes, args):
+    """The --modes table: time and accuracy of each half_compute mode and of onnxruntime."""
+    cols = [f"normrt {m}" for m in modes]
+    head = ["model", "dtype"] + cols + ["onnxruntime"]
+    if "per_op" in modes and "float32" in modes:
+        head.append("float32 / per_op")
+    head += [f"{c} / ort" for c in cols]
+    head += [f"err {c}" for c in cols] + ["err ort"] + [f"{c} = ort" for c in cols]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name in names:
+        for dname in dtypes:
+            runs, feeds, path = mode_runs(name, DTYPES[dname], args.threads, modes, args.cache)
+            rel, same = mode_accuracy(runs, feeds, path)
+            t = measure(runs, args.repeat, args.blocks)
+            row = [name, dname] + [f"{t[c] * 1e3:.3f} ms" for c in cols]
+            row.append(f"{t['ort'] * 1e3:.3f} ms" if "ort" in t else "(no bfloat16 kernels)")
+            if "per_op" in modes and "float32" in modes:
+                row.append(f"{t['normrt float32'] / t['normrt per_op']:.2f}x")
+            row += [f"{t[c] / t['ort']:.2f}x" if "ort" in t else "-" for c in cols]
+            row += [f"{rel[c]:.1e}" for c in cols] + [f"{rel['ort']:.1e}" if "ort" in rel else "-"]
+            row += [f"{same[c] * 100:.1f}%" if c in same else "-" for c in cols]
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
 def errors(runs, impl="normrt"):
     """normrt's half output (`impl`: "normrt" or "normrt fused") against onnxruntime's (same file; None
     without it) and normrt's float32 run: (max error vs ort, max error vs float32, max |float32|, max
@@ -169,7 +234,18 @@ def main(argv=None):
     ap.add_argument("--blocks", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--accuracy", action="store_true", help="only the Conv/MatMul accuracy table")
+    ap.add_argument("--modes", default=None,
+                    help="comma-separated half_compute modes (per_op, float32): time and accuracy of each "
+                         "beside onnxruntime, instead of the fused-graph table")
+    ap.add_argument("--half-compute", choices=["per_op", "float32"], default=None,
+                    help="one half_compute mode (the same as --modes MODE)")
     args = ap.parse_args(argv)
+    if args.half_compute and args.modes:
+        ap.error("give --modes or --half-compute, not both")
+    modes = [m for m in (args.modes or args.half_compute or "").split(",") if m]
+    bad = [m for m in modes if m not in ("per_op", "float32")]
+    if bad:
+        ap.error(f"unknown half_compute mode(s) {bad}; known: per_op, float32")
     if args.accuracy:
         print("| op | dtype | max error / max \\|y\\| | results equal to the correctly rounded value |")
         print("|---|---|---|---|")
@@ -183,6 +259,10 @@ def main(argv=None):
     import normrt
     print(f"load average {os.getloadavg()[0]:.2f}; {args.threads} threads; min over {args.blocks} blocks of the "
           f"median of {args.repeat} runs, each runtime in its own block after a pause")
+    if modes:
+        modes_table(names, args.dtypes.split(","), modes, args)
+        print(f"load average {os.getloadavg()[0]:.2f}; normrt {normrt.__version__}")
+        return 0
     print("| model | dtype | normrt | onnxruntime (same file) | normrt / ort | normrt, fused graph | fused / ort | "
           "normrt float32 model | fused / float32 | max err vs ort | max err vs float32 (scale) | fallback nodes |")
     print("|" + "---|" * 12)

@@ -77,9 +77,9 @@ def _models(args):
     return models
 
 
-def _session(path, threads):
+def _session(path, threads, half_compute="per_op"):
     import normrt
-    return normrt.InferenceSession(path, num_threads=threads)
+    return normrt.InferenceSession(path, num_threads=threads, half_compute=half_compute)
 
 
 # ---- inputs ---------------------------------------------------------------
@@ -314,7 +314,7 @@ def _print_inputs(sess, feed, made_up, out):
 def cmd_run(args, out):
     repeat = args.repeat
     for k, path in enumerate(_models(args)):
-        sess = _session(path, args.threads)
+        sess = _session(path, args.threads, args.half_compute)
         feed, made_up = build_feed(sess, args)
         outputs = sess.run(None, feed)               # also the warm-up
         times = _time_runs(lambda: sess.run(None, feed), repeat)
@@ -392,7 +392,7 @@ def cmd_inspect(args, out):
     for k, path in enumerate(_models(args)):
         original = load_model(path)
         n_before = len(original.graph.node)
-        model, report = normrt.optimize(original, report=True)
+        model, report = normrt.optimize(original, report=True, half_compute=args.half_compute)
         if k:
             print(file=out)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
@@ -448,6 +448,15 @@ def cmd_inspect(args, out):
                 if s.kind == "reference":
                     key = _node_key(s.node)
                     reference_ops[key] = reference_ops.get(key, 0) + 1
+
+        regions = report.get("half_compute")
+        if regions:
+            print(f"half compute float32: {regions['regions']} region(s), {regions['retyped']} half values "
+                  f"computed in float32, {regions['up_casts'] + regions['down_casts']} boundary Casts "
+                  f"({regions['up_casts']} up, {regions['down_casts']} down), "
+                  f"{regions['widened_constants']} constants widened", file=out)
+            for e in regions.get("refused", []):
+                print(f"  region left per_op [{_fmt_nodes(e['nodes'])}]: {e['reason']}", file=out)
 
         refused = report.get("refused", [])
         if not refused and not reference_ops and executor is not None:
@@ -548,7 +557,7 @@ def cmd_bench(args, out):
             print("(onnxruntime is not installed: timing normrt alone)", file=out)
     threads = _threads_used(args.threads)
     for k, path in enumerate(_models(args)):
-        sess = _session(path, threads)
+        sess = _session(path, threads, args.half_compute)
         feed, made_up = build_feed(sess, args)
         t0 = time.perf_counter()
         ours = sess.run(None, feed)                                   # warm-up
@@ -946,6 +955,10 @@ def _parser():
                         help=f"ONNX model file (default: {what} the bundled example models)")
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks on errors, and numpy floating-point warnings")
+        sp.add_argument("--half-compute", choices=["per_op", "float32"], default="per_op",
+                        help="how a float16/bfloat16 model computes: per_op rounds each op's result to half "
+                             "(default); float32 keeps values in float32 between float32 ops and rounds "
+                             "at the region boundaries, as onnxruntime's CPU provider does")
 
     def inputs(sp, default_repeat):
         g = sp.add_argument_group("inputs", RANDOM_INPUTS_HELP)

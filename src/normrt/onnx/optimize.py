@@ -10,6 +10,8 @@
                    ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
                    ─► rotary rotate_half as views ─► elementwise chains (what no fusion above
                       took, one pass each)
+                   ─► [half_compute="float32": half values kept in float32 between float32 ops,
+                      Casts at the regions' boundaries (passes/half_regions.py)]
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -50,6 +52,7 @@ from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
 from .passes.attention_grouped_kv import AttentionGroupedKV
 from .passes.attention_head_batch import AttentionHeadBatch
+from .passes.half_regions import HalfRegions, check_mode
 
 
 def default_passes():
@@ -93,26 +96,31 @@ def _remove_dead_nodes(ctx):
     return removed
 
 
-def optimize_model(proto, passes=None):
+def optimize_model(proto, passes=None, half_compute="per_op"):
     """(optimized ModelProto, Report) of an already loaded and checked ModelProto (modified in place)."""
-    model, report, arrays = optimize_detached(proto, passes)
+    model, report, arrays = optimize_detached(proto, passes, half_compute=half_compute)
     return attach(model, arrays), report
 
 
-def optimize_detached(proto, passes=None, constants=None):
+def optimize_detached(proto, passes=None, constants=None, half_compute="per_op"):
     """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
 
     `constants` are the values of `proto`'s stub initializers (loader.load_detached).
+    `half_compute` "float32" runs the half_regions pass after the others (see `optimize`).
     The arrays are the only copy of the weights (see normrt.onnx.initializers):
     InferenceSession hands them to the executor as they are.
     """
+    check_mode(half_compute)
+    passes = default_passes() if passes is None else list(passes)
+    if half_compute == "float32":
+        passes.append(HalfRegions())
     report = Report()
     proto = _inline_functions(proto)
     ctx = PassContext(proto, report, constants)
     del constants
     removed = _remove_dead_nodes(ctx)
     ctx.commit()
-    for p in (default_passes() if passes is None else passes):
+    for p in passes:
         changed = p.run(ctx)
         ctx.commit()
         # shape inference over the whole model is the slow part of loading big models: only
@@ -138,7 +146,7 @@ def optimize_detached(proto, passes=None, constants=None):
     return model, report, ctx.constants
 
 
-def optimize(model, *, report=False, limits=None):
+def optimize(model, *, report=False, limits=None, half_compute="per_op"):
     """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
 
     Every normalization the kernels can take becomes a node of domain 'normrt'
@@ -149,8 +157,13 @@ def optimize(model, *, report=False, limits=None):
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
     `limits` (normrt.Limits) bounds the tensors and subgraph nesting the model may declare.
+    `half_compute` ("per_op" or "float32"): how a float16/bfloat16 model computes. "per_op"
+    rounds each float32-computing op's result to half; "float32" keeps the half values
+    between such ops in float32 and rounds at the boundaries only, as onnxruntime's CPU
+    provider does (passes/half_regions.py); the report's `half_compute` counts the regions.
     """
+    check_mode(half_compute)
     proto, arrays = load_detached(model, limits)
-    optimized, rep, arrays = optimize_detached(proto, constants=arrays)
+    optimized, rep, arrays = optimize_detached(proto, constants=arrays, half_compute=half_compute)
     optimized = attach(optimized, arrays)
     return (optimized, rep.as_dict()) if report else optimized

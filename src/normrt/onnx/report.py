@@ -11,6 +11,8 @@ Report.as_dict() (returned by `normrt.optimize(model, report=True)`):
     refused  one dict per normalization left to onnx.reference: pass, op, nodes, reason
     passes   rewrite count per pass (constant_folding: nodes folded, dead_nodes: removed)
     counts   number of normrt nodes per normrt op
+    half_compute  (only with half_compute="float32") regions, retyped (half values now float32),
+             up_casts / down_casts (boundary Casts added), widened_constants, refused regions
 """
 from dataclasses import dataclass, field
 
@@ -27,6 +29,8 @@ class Report:
     fused: list = field(default_factory=list)
     refused: list = field(default_factory=list)
     passes: dict = field(default_factory=dict)
+    # half_compute="float32" (passes/half_regions.py): regions, retyped values, boundary Casts
+    half_compute: dict = field(default_factory=dict)
 
     def counts(self):
         out = {}
@@ -37,8 +41,11 @@ class Report:
         return out
 
     def as_dict(self):
-        return {"fused": [dict(e) for e in self.fused], "refused": [dict(e) for e in self.refused],
-                "passes": dict(self.passes), "counts": self.counts()}
+        out = {"fused": [dict(e) for e in self.fused], "refused": [dict(e) for e in self.refused],
+               "passes": dict(self.passes), "counts": self.counts()}
+        if self.half_compute:
+            out["half_compute"] = dict(self.half_compute)
+        return out
 
 
 def format_report(report):

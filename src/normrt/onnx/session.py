@@ -17,6 +17,7 @@ from .executor import Executor
 from .loader import load_detached
 from .initializers import attach
 from .optimize import optimize_detached
+from .passes.half_regions import check_mode
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class InferenceSession:
     After loading, `optimized_model` is the model that runs, `report` what
     optimize did, and `executor` the plan with each node's implementation.
 
+    `half_compute` says how a float16/bfloat16 model computes: "per_op" (the default) widens
+    each op's half inputs to float32 and rounds its result back to half; "float32" keeps the
+    values between ops that compute in float32 in float32 and rounds to half only where the
+    model's own Casts, ops pinned to half and the graph outputs need it, as onnxruntime's CPU
+    provider does (more accurate, fewer conversions; passes/half_regions.py). A float32 model
+    runs the same either way.
+
     A session pickles as its model's bytes and options and is rebuilt (loaded
     and optimized again) on the other side, e.g. in another process; unlike
     onnxruntime's, which cannot be pickled. To do so without holding the
@@ -57,12 +65,13 @@ class InferenceSession:
     kept serialized.
     """
 
-    def __init__(self, model, *, num_threads=None, limits=None):
+    def __init__(self, model, *, num_threads=None, limits=None, half_compute="per_op"):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
+        self._half_compute = check_mode(half_compute)
         # the weights are held once, as the executor's arrays; the protos keep stubs (optimized_model)
         proto, arrays = load_detached(model, limits)
         self._model_source = _pickle_source(model)
-        self._model, report, arrays = optimize_detached(proto, constants=arrays)
+        self._model, report, arrays = optimize_detached(proto, constants=arrays, half_compute=half_compute)
         del proto
         self.report = report.as_dict()
         self._executor = Executor(self._model, constants=arrays)
@@ -82,7 +91,8 @@ class InferenceSession:
             except ValueError:      # protobuf refuses messages over 2 GiB
                 raise TypeError("this InferenceSession cannot be pickled: its model is over "
                                 "protobuf's 2 GiB limit") from None
-        return (_rebuild_session, (data, {"num_threads": self._num_threads}))
+        return (_rebuild_session, (data, {"num_threads": self._num_threads,
+                                          "half_compute": self._half_compute}))
 
     @property
     def optimized_model(self):
@@ -91,6 +101,11 @@ class InferenceSession:
         full = type(self._model)()
         full.CopyFrom(self._model)
         return attach(full, self._executor.constants)
+
+    @property
+    def half_compute(self):
+        """How half-precision values compute: "per_op" or "float32" (see the class docstring)."""
+        return self._half_compute
 
     def get_inputs(self):
         return list(self._inputs)
