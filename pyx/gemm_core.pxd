@@ -42,6 +42,9 @@ cdef extern from "gemm_microkernel.h":
     const int TT "NRT_TT"
     void nrt_transpose_tile(const float* s, long lds, float* d, long ldd) noexcept nogil
 
+cdef extern from "gemm_pack_a.h":
+    void nrt_pack_a_panel(const float* a, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t kc, float* d) noexcept nogil
+
 # The job grid's threads: one OpenMP team (the runtime every normrt kernel
 # uses; why OpenMP and not a private pool: normrt/_thread_policy.py). Jobs are
 # handed out one at a time (schedule dynamic): a thread whose core is busy
@@ -126,21 +129,12 @@ cdef inline void pack_a_panels(const float* a, Py_ssize_t lda, Py_ssize_t m, Py_
                         Py_ssize_t panel_stride) noexcept nogil:
     """Rows [row0, row0 + rows) (row0 a multiple of MR), columns [k0, k0 + kc) of
     the row-major a into MR-row panels: dst[p*panel_stride + kk*MR + i]; rows at
-    or past m are zeros."""
-    cdef Py_ssize_t p, i, kk, r, npan = (rows + MR - 1) // MR
-    cdef const float* src
-    cdef float* d
+    or past m are zeros (nrt_pack_a_panel: 8 x 8 register transposes)."""
+    cdef Py_ssize_t p, r, npan = (rows + MR - 1) // MR
     for p in range(npan):
-        d = dst + p * panel_stride
-        for i in range(MR):
-            r = row0 + p * MR + i
-            if r < m:
-                src = a + r * lda + k0
-                for kk in range(kc):
-                    d[kk * MR + i] = src[kk]
-            else:
-                for kk in range(kc):
-                    d[kk * MR + i] = 0.0
+        r = row0 + p * MR
+        nrt_pack_a_panel(a + r * lda + k0, lda, max(0, min(<Py_ssize_t>MR, m - r)), kc,
+                         dst + p * panel_stride)
 
 
 cdef inline void pack_b_matrix(const float* b, Py_ssize_t ldb, Py_ssize_t n, Py_ssize_t col0,

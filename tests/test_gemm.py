@@ -1,6 +1,8 @@
 """normrt.matmul (the packed float32 GEMM kernel) against a float64 reference."""
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import normrt
 from normrt._kernels import gemm as _k
@@ -120,6 +122,35 @@ def test_same_bits_for_any_thread_count(m, n, k):
             outs.append(normrt.matmul(a, b, bias=bias, residual=res, activation="silu"))
             outs.append(normrt.matmul(a, packed, bias=bias, residual=res, activation="silu"))
     assert all(np.array_equal(outs[0], o) for o in outs[1:])
+
+
+def packed_a_ref(a):
+    """gemm.pack_a's layout in numpy: per K block of KC columns, every MR-row panel k-major
+    (panel[kk, i] = a[row + i, kk]), rows past M zeros."""
+    m, k = a.shape
+    mp = -(-m // MR)
+    pad = np.zeros((mp * MR, k), np.float32)
+    pad[:m] = a
+    return np.concatenate([pad[:, pc:pc + KC].reshape(mp, MR, -1).transpose(0, 2, 1).ravel()
+                           for pc in range(0, k, KC)])
+
+
+@given(st.integers(1, 3 * MR + 1), st.integers(1, KC + 40), st.integers(0, 2 ** 31))
+def test_pack_a_layout_matches_numpy(m, k, seed):
+    # (every row count of an edge panel, K blocks cut anywhere: the register-transpose blocks
+    # of 8 columns and their tail)
+    a = np.random.default_rng(seed).standard_normal((m, k)).astype(np.float32)
+    out = np.full(_k.packed_a_size(m, k), np.nan, np.float32)
+    _k.pack_a(a, out)
+    assert np.array_equal(out, packed_a_ref(a))
+
+
+@given(st.integers(1, 2 * MR + 3), st.integers(1, 70), st.integers(1, 2 * NR + 3), st.integers(0, 2 ** 31))
+def test_products_of_every_edge_shape_match_float64(m, k, n, seed):
+    # (A packed per call: edge panels of every row count, K in and out of the 8-column blocks)
+    r = np.random.default_rng(seed)
+    a, b = r.standard_normal((m, k)).astype(np.float32), r.standard_normal((k, n)).astype(np.float32)
+    assert_close(normrt.matmul(a, b), a, b, ref(a, b), k)
 
 
 def test_bad_input():

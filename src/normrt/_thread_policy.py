@@ -138,6 +138,35 @@ MEMORY_BOUND_MIN_ELEMENTS = SPLIT_MIN_US * MEMORY_BOUND_ELEMENTS_PER_US
 # Compute-bound kernels (GEMM/conv, attention) split from this many flops
 # (2*M*N*K counted on the padded tiles the micro-kernel computes; ~10.7
 # Mflop: 100 us of one thread). It was 4 Mflop (37 us).
+#
+# Re-examined for transformer layers (issue 14), whose products of 128 tokens
+# at hidden 64-256 are 1-8.4 Mflop and so run on one thread: a single earlier
+# run with 3 Mflop gave transformer_block 0.73x of onnxruntime instead of
+# 1.57x. The cost that decides is a region's while the team is still awake (a
+# model's products follow each other within the spin): `python -m
+# bench.thread_wakeup` at load ~4.8 gave 1.34 us on 1 thread and p10 3.2 us on
+# 2 after a 20 us gap, so on a free second core a split of T us of work pays
+# from T ~ 5 us. But that needs the second core free. `python -m
+# bench.thread_wakeup --gemm-split` (min over 300 calls per cell, the policy
+# bypassed; this VM shared with other engineers' builds, load 14):
+#
+#   M x K x N        Mflop   1 thread   2 threads
+#   128 x 64 x 64    1.05    15 us      516 us
+#   128 x 128 x 128  4.19    45 us      546 us
+#   64 x 256 x 256   8.39    82 us      588 us
+#   128 x 256 x 256  16.8    159 us     679 us
+#   128 x 256 x 1024 67.1    599 us     1163 us
+#
+# (at load 4.3: the same picture, 2 threads 300-500 us below 8.4 Mflop): a
+# region whose second thread's core is taken waits a scheduler slice, ~0.5 ms,
+# far more than any of these products. The end to end sweep agreed
+# (transformer_block at load 9, min over 5 blocks of the median of 20 runs,
+# normrt / onnxruntime: 1.20x at 10.7 Mflop, 1.47x at 1.5 Mflop). On the
+# quiet machine (load 1.1, same sweep) 3 Mflop did win: transformer_block
+# 0.85x against 0.99x at 10.7 Mflop. One quiet run, and bench.small_models not
+# yet rerun at 3 Mflop: the threshold stays until both are, since it errs
+# towards one thread, which costs a quiet machine ~15% here and never the
+# 10-30x above.
 COMPUTE_BOUND_MIN_FLOPS = SPLIT_MIN_US * COMPUTE_BOUND_FLOPS_PER_US
 
 
