@@ -229,7 +229,7 @@ NRT_AI __m512 nrt_exp_f(__m512 x) {
      -(n*c1) - u, one fnmsub of the same operands;
    - no flush to 0 where x < lo: there exp is at most exp(lo) < 2^-125, and
      1 + that rounds to 1, as 1 + 0 does.
-   scripts/bf16_sweep.py --silu compares the two over all 2^32 floats. */
+   tests/c/silu_check.c compares the two over all 2^32 floats. */
 NRT_AI __m512 nrt_silu(__m512 v) {
     const __m512 neg_hi = _mm512_set1_ps(-(float)88.3762626647949), neg_lo = _mm512_set1_ps((float)87.3365447504019);
     __m512 u = _mm512_min_ps(neg_lo, _mm512_max_ps(neg_hi, v));   /* -xc; NaN: the second operand */

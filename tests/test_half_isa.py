@@ -64,3 +64,19 @@ def test_every_isa_level_converts_like_the_portable_code(tmp_path, march, needs,
         run_env["NORMRT_BF16_INSTRUCTIONS"] = env
     out = subprocess.run([str(exe)], capture_output=True, text=True, env=run_env)
     assert out.stdout.split() == [path, bf16_paths, "0"], out.stdout + out.stderr
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 ISA levels")
+def test_silu_epilogue_keeps_the_bits_of_its_definition(tmp_path):
+    # norm_vec.h's nrt_silu drops three vector operations from v / (1 + exp(-v)) but must
+    # give its bits: every 4096th float32 pattern and its 15 neighbours (the whole 2^32 take
+    # a few seconds: `tests/c/silu_check.c` with no argument)
+    cc = shutil.which("gcc") or shutil.which("cc")
+    assert cc, "a C compiler builds normrt, so one must be here"
+    if not AVX512 <= _cpu_flags():
+        pytest.skip("this CPU cannot run x86-64-v4 code")
+    exe = tmp_path / "silu_check"
+    subprocess.run([cc, "-O3", "-ffp-contract=off", "-march=x86-64-v4", "-I", str(REPO / "pyx"),
+                    str(REPO / "tests" / "c" / "silu_check.c"), "-o", str(exe)], check=True, capture_output=True)
+    out = subprocess.run([str(exe), "4096"], capture_output=True, text=True)
+    assert out.stdout.split() == [str(1 << 24), "0"], out.stdout + out.stderr
