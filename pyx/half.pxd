@@ -32,6 +32,11 @@ cdef extern from "half.h" nogil:
     unsigned short f32_to_f16 "nrt_f32_to_f16_scalar"(float f) noexcept
     unsigned short f32_to_bf16 "nrt_f32_to_bf16_scalar"(float f) noexcept
     const char* half_isa "nrt_half_isa"() noexcept
+    # bfloat16 rounding by a named path (0 portable, 1 integer vectors, 2 vcvtneps2bf16): -1 if unavailable
+    int bf16_store_path "nrt_bf16_store_path"(int path, const float* src, unsigned short* dst,
+                                               Py_ssize_t n) noexcept
+    bint bf16_instructions_available "nrt_bf16_ne_available"() noexcept
+    const char* bf16_store_name "nrt_bf16_store_name"() noexcept
 
 ctypedef unsigned short half_t    # the 16 bits of one float16 or bfloat16
 

@@ -8,7 +8,8 @@ How many threads a conversion gets is the caller's (normrt._thread_policy).
 cimport numpy as cnp
 from cython.parallel cimport prange
 
-from half cimport half_t, half_load, half_store, half_load_portable, half_store_portable, half_isa
+from half cimport (half_t, half_load, half_store, half_load_portable, half_store_portable, half_isa,
+                   bf16_store_path, bf16_instructions_available, bf16_store_name)
 
 cnp.import_array()
 
@@ -57,8 +58,45 @@ def from_float32(const float[::1] src,  # IN  (n,)
 
 
 def isa():
-    """The conversion instructions this build uses ("avx512f", "f16c+avx2", ..., "portable")."""
+    """The conversion instructions this module uses ("avx512bf16", "avx512f", "f16c+avx2", ..., "portable")."""
     return half_isa().decode()
+
+
+def bf16_store():
+    """How this module rounds float32 to bfloat16: "avx512_bf16" (vcvtneps2bf16, chosen when it
+    loaded from the CPU and NORMRT_BF16_INSTRUCTIONS) or "integer" (round to nearest even)."""
+    return bf16_store_name().decode()
+
+
+def bf16_instructions():
+    """Whether this CPU and this build can round by vcvtneps2bf16 (whatever the environment says)."""
+    return bool(bf16_instructions_available())
+
+
+# the bfloat16 roundings by name, for tests and scripts/bf16_sweep.py
+BF16_PATHS = {"portable": 0, "integer": 1, "instruction": 2}
+
+
+def bf16_round(const float[::1] src,    # IN  (n,)
+               half_t[::1] dst,         # OUT (n,) bfloat16 bits
+               str path):
+    """dst = src rounded to bfloat16 by one named path, whatever this module chose: "portable"
+    (the scalar C code), "integer" (this level's vector integer rounding) or "instruction"
+    (vcvtneps2bf16 with its NaN/subnormal fix-up; ValueError where the CPU or build lacks it)."""
+    cdef Py_ssize_t n = src.shape[0]
+    cdef int p, rc = 0
+    if path not in BF16_PATHS:
+        raise ValueError(f"path must be one of {', '.join(BF16_PATHS)}, got {path!r}")
+    if dst.shape[0] != n:
+        raise ValueError("dst must have src's length")
+    p = BF16_PATHS[path]
+    if p == 2 and not bf16_instructions_available():
+        raise ValueError("path 'instruction': this CPU or build has no AVX-512 BF16")
+    if n:
+        with nogil:
+            rc = bf16_store_path(p, &src[0], &dst[0], n)
+    if rc != 0:
+        raise ValueError(f"path {path!r} is not available in this build")
 
 
 # ------------------------------------------------------------ a plan's per-run conversions

@@ -15,6 +15,10 @@ import os
 import warnings
 
 ENV_FORCE = "NORMRT_ISA"
+# "0": bfloat16 stores round with integer operations even where the CPU has
+# AVX-512 BF16's vcvtneps2bf16 (pyx/half.h reads it when a module loads)
+ENV_BF16 = "NORMRT_BF16_INSTRUCTIONS"
+BF16_STORES = ("avx512_bf16", "integer")
 
 # (name, subpackage of normrt._kernels, compiler flag, required CPU features),
 # lowest first. Each level includes the features of the levels below it.
@@ -165,3 +169,26 @@ def choose(built, features, forced=None):
 
 def forced_from_env():
     return parse_forced(os.environ.get(ENV_FORCE))
+
+
+def parse_bf16_instructions(value):
+    """Whether NORMRT_BF16_INSTRUCTIONS lets bfloat16 stores use vcvtneps2bf16:
+    unset, "" or "1" yes (where the CPU has it), "0" no. pyx/half.h reads the
+    same variable and only knows "0", so anything else is refused here, before
+    a kernel module loads."""
+    if value is None or value in ("", "1"):
+        return True
+    if value == "0":
+        return False
+    raise ValueError(f"{ENV_BF16}={value!r}: expected '0' (integer rounding for bfloat16 stores) "
+                     f"or '1' (vcvtneps2bf16 where the CPU has AVX-512 BF16)")
+
+
+def bf16_store(level_features, features, allowed=True):
+    """How kernels built for a level assuming `level_features` (required_features,
+    or a native build's list) round float32 to bfloat16 on a CPU with
+    `features`: "avx512_bf16" (vcvtneps2bf16) where that code is AVX-512 (its
+    modules carry the instruction behind a run-time check, pyx/half.h), the CPU
+    has avx512_bf16 and `allowed` (parse_bf16_instructions); else "integer"."""
+    avx512 = set(level_features) >= {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
+    return BF16_STORES[0] if allowed and avx512 and "avx512_bf16" in features else BF16_STORES[1]

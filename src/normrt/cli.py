@@ -927,7 +927,15 @@ def version_text():
         f"built: {', '.join(info['built_levels'])})",
         f"cpu: {info['brand'] or 'unknown'}",
         f"features: {' '.join(info['features'])}",
+        f"bf16 stores: {info['bf16_store']}{_bf16_store_note(info['bf16_store'])}",
     ])
+
+
+def _bf16_store_note(store):
+    """Why bfloat16 stores round the way they do (normrt._isa.bf16_store)."""
+    if store == "avx512_bf16":
+        return " (vcvtneps2bf16)"
+    return " (forced by NORMRT_BF16_INSTRUCTIONS=0)" if os.environ.get("NORMRT_BF16_INSTRUCTIONS") == "0" else ""
 
 
 class _VersionAction(argparse.Action):

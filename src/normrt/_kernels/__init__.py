@@ -63,6 +63,7 @@ def _built_levels():
 
 
 def _load():
+    _isa.parse_bf16_instructions(os.environ.get(_isa.ENV_BF16))   # a bad value fails before any module loads
     features = _cpuid.features()
     built = _built_levels()
     if not built:
@@ -85,6 +86,8 @@ def _load():
         "forced": os.environ.get(_isa.ENV_FORCE) or None,
         "brand": _cpuid.brand(),
         "modules": names,
+        # what the loaded modules chose (pyx/half.h), not a guess from the features
+        "bf16_store": this.half_convert.bf16_store() if "half_convert" in names else _isa.BF16_STORES[1],
     }
 
 
