@@ -259,6 +259,28 @@ def test_profile_times_every_op_type():
         sess.profile({"x": f32(4, 8)})
 
 
+def test_profile_nodes_times_every_node_run_by_run():
+    """profile_nodes(): one row per executed node, in plan order, with the shapes the values had
+    (checked against the outputs of run) and one time per run; no timing thresholds."""
+    model = model_two_in_two_out()
+    sess = normrt.InferenceSession(model)
+    rows = sess.profile_nodes(feeds(), repeat=3)
+    steps = sess.executor.steps
+    assert [r.name for r in rows] == [s.node.name for s in steps]
+    assert all(len(r.seconds) == 3 and all(t >= 0 for t in r.seconds) for r in rows)
+    outs = dict(zip(sess.executor.output_names, sess.run(None, feeds())))
+    given = {k: v.shape for k, v in feeds().items()}
+    for row, step in zip(rows, steps):
+        for name, shape in zip(step.outputs, row.output_shapes):
+            if name in outs:
+                assert shape == outs[name].shape
+        for name, shape in zip(step.inputs, row.input_shapes):
+            if name in given:
+                assert shape == given[name]
+    with pytest.raises(ValueError, match="repeat"):
+        sess.profile_nodes(feeds(), repeat=0)
+
+
 def test_in_place_hints_respect_views_and_outputs():
     """Ops may write into an input nobody reads later - never into a graph input, an
     initializer, a graph output, nor memory a live view (Reshape) still shows."""

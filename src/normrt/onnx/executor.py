@@ -394,9 +394,10 @@ class Executor:
                 self.steps, self.plan, self.constants, trace, fast_step, key[-1], self._escaping)
         return outs
 
-    def run_traced(self, feeds, names=None, timings=None, trace=None):
+    def run_traced(self, feeds, names=None, timings=None, trace=None, step_times=None):
         """The interpreted loop (values in a dict, stats in last_run_stats): for profiling
-        (`timings`) and for the traced run a specialized plan is built from (`trace`)."""
+        (`timings` by op type; `step_times`, a list as long as `steps`, by step) and for
+        the traced run a specialized plan is built from (`trace`)."""
         names = self.output_names if names is None else names
         values = dict(self.constants)
         values.update(feeds)
@@ -411,15 +412,20 @@ class Executor:
                     metas[name] = (v.shape, v.dtype)
                 else:
                     trace.plain = False
-        for step in self.steps:
+        timed = timings is not None or step_times is not None
+        for i, step in enumerate(self.steps):
             args = [values[n] if n else None for n in step.inputs]
             try:
-                if timings is None:
+                if not timed:
                     outs = step.run(args, values)
                 else:
                     t0 = clock()
                     outs = step.run(args, values)
-                    timings[step.key] = timings.get(step.key, 0.0) + (clock() - t0)
+                    dt = clock() - t0
+                    if timings is not None:
+                        timings[step.key] = timings.get(step.key, 0.0) + dt
+                    if step_times is not None:
+                        step_times[i] += dt
             except Exception as e:
                 if hasattr(e, "add_note"):
                     e.add_note(f"while running node {node_label(step.node)} [{step.kind}]")

@@ -5,6 +5,7 @@
 """
 import hashlib
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import onnx
 from .._threads import _check as _check_threads
 from .._threads import threads
 from ._graph import np_dtype, shape_list, type_string
-from .executor import Executor
+from .executor import Executor, Trace
 from .loader import load_detached
 from .initializers import attach
 from .optimize import optimize_detached
@@ -29,6 +30,17 @@ class NodeArg:
 
     def __repr__(self):
         return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape!r})"
+
+
+@dataclass(frozen=True)
+class NodeTimes:
+    """One node of InferenceSession.profile_nodes: its name, op ('Conv', 'normrt::Conv'),
+    its inputs' and outputs' shapes and its wall time in each profiled run (seconds)."""
+    name: str
+    op: str
+    input_shapes: tuple
+    output_shapes: tuple
+    seconds: tuple
 
 
 class InferenceSession:
@@ -190,6 +202,31 @@ class InferenceSession:
                 with threads(self._num_threads):
                     self._executor.run(feeds, names, timings=totals)
         return {k: v / repeat for k, v in totals.items()}
+
+    def profile_nodes(self, input_feed, repeat=1):
+        """Each node's time, run by run, for lining nodes up with another runtime's
+        profile (bench/node_compare.py): [NodeTimes] in execution order over `repeat`
+        runs of `input_feed` (all outputs computed, through the same loop as profile),
+        with the shape each input and output had (None: not an array, or no input)."""
+        repeat = int(repeat)
+        if repeat < 1:
+            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        feeds = self._check_feed(input_feed)
+        ex = self._executor
+        trace = Trace()           # the values' shapes (recorded outside the timed calls)
+        per_run = []
+        with threads(self._num_threads) if self._num_threads is not None else nullcontext():
+            for r in range(repeat):
+                times = [0.0] * len(ex.steps)
+                ex.run_traced(feeds, ex.output_names, trace=trace if r == 0 else None, step_times=times)
+                per_run.append(times)
+
+        def shape(name):
+            meta = trace.metas.get(name) if name else None
+            return None if meta is None else tuple(meta[0])
+        return [NodeTimes(s.node.name, s.key, tuple(shape(n) for n in s.inputs),
+                          tuple(shape(n) for n in s.outputs), tuple(run[i] for run in per_run))
+                for i, s in enumerate(ex.steps)]
 
     def _output_names(self, output_names):
         if output_names is None:
