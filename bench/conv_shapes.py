@@ -46,7 +46,7 @@ SHAPE_CASES = [
 ]
 
 
-def _e2e():
+def e2e_bench_module():
     """scripts/e2e_bench.py (its model list and cache)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "scripts" / "e2e_bench.py")
@@ -61,7 +61,7 @@ def default_cache():
 
 def models(cache):
     """[(name, path)]: scripts/e2e_bench.py's models, then the cached style-transfer export."""
-    out = _e2e().models(cache)
+    out = e2e_bench_module().models(cache)
     style = cache / "style256__dynamo23.onnx"
     if style.exists():
         out.append(("style256 (dynamo)", style))

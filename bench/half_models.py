@@ -87,6 +87,16 @@ def feeds_for(path, dtype, seed=0):
     return {k: v.astype(dtype) if v.dtype == np.float32 else v for k, v in random_feeds(path, seed).items()}
 
 
+def ort_session(path, threads):
+    """onnxruntime's CPU session on the file at `path`, `threads` intra-op threads, quiet."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
     """{label: run function} for one model and dtype, and their first outputs (checked by `check`)."""
     import normrt
@@ -99,12 +109,7 @@ def sessions(name, dtype, threads, cache=DEFAULT_CACHE):
     runs = {"normrt": lambda: half.run(None, feeds), "normrt fused": lambda: fused.run(None, feeds),
             "normrt float32": lambda: f32.run(None, feeds32)}
     if dtype == np.float16:
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        osess = ort_session(path, threads)
         runs["ort"] = lambda: osess.run(None, feeds)
     return runs, half
 
@@ -120,12 +125,7 @@ def mode_runs(name, dtype, threads, modes, cache=DEFAULT_CACHE):
         sess = normrt.InferenceSession(str(path), num_threads=threads, half_compute=mode)
         runs[f"normrt {mode}"] = (lambda s: lambda: s.run(None, feeds))(sess)
     if dtype == np.float16:
-        import onnxruntime as ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        osess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        osess = ort_session(path, threads)
         runs["ort"] = lambda: osess.run(None, feeds)
     return runs, feeds, path
 

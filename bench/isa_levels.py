@@ -25,20 +25,13 @@ import time
 
 import numpy as np
 
+from .conv_shapes import e2e_bench_module
+
 ACT_SHAPE = (1024, 768)
 ACTIVATIONS = ("gelu", "silu")
 SETTLE = 0.5          # seconds between workers: the previous one's threads go quiet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E2E_CACHE = None      # set from --cache (scripts/e2e_bench.py's default)
-
-
-def _e2e():
-    """scripts/e2e_bench.py: its model list (diffusers exports cached) and inputs."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("e2e_bench", os.path.join(ROOT, "scripts", "e2e_bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _ModelRunner:
@@ -48,7 +41,7 @@ class _ModelRunner:
 
     def __init__(self, path, threads):
         import normrt
-        self.feeds = _e2e().random_feeds(path)
+        self.feeds = e2e_bench_module().random_feeds(path)
         self.sess = normrt.InferenceSession(str(path), num_threads=threads)
         self.sess.run(None, self.feeds)
 
@@ -90,7 +83,7 @@ def worker(only, threads, budget, models=False):
     groups += [("gemm/conv", c, "gemm") for c in _gemm_cases()]
     groups += [("activations", a, "act") for a in ACTIVATIONS]
     if models:
-        groups += [("models", m, "model") for m in _e2e().models(E2E_CACHE)]
+        groups += [("models", m, "model") for m in e2e_bench_module().models(E2E_CACHE)]
     for group, case, kind in groups:
         if kind == "act":
             ident = f"activate {case} {ACT_SHAPE}"

@@ -37,22 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .conv_shapes import default_cache, e2e_bench_module
+
 ROOT = Path(__file__).resolve().parents[1]
 CONV_OPS = {"Conv": "Conv", "FusedConv": "Conv", "normrt::Conv": "Conv", "ConvTranspose": "ConvTranspose"}
 ORT_REORDERS = ("ReorderInput", "ReorderOutput")
-
-
-def _e2e():
-    """scripts/e2e_bench.py (its model list, exports, cache and random inputs)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "scripts" / "e2e_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def default_cache():
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normrt" / "e2e_bench"
 
 
 def model_path(name, cache, export="dynamo23"):
@@ -60,7 +49,7 @@ def model_path(name, cache, export="dynamo23"):
     scripts/e2e_bench.py's torch models exported by `export` ('dynamo23', 'legacy17')."""
     if name.endswith(".onnx") or os.sep in name:
         return Path(name)
-    e2e = _e2e()
+    e2e = e2e_bench_module()
     light = e2e.LIGHT / f"{name}.onnx"
     if light.exists():
         return light
@@ -230,7 +219,7 @@ def profile(path, threads, runs, blocks, pause):
     import onnxruntime as ort
 
     import normrt
-    feeds = _e2e().random_feeds(path)
+    feeds = e2e_bench_module().random_feeds(path)
     sess = normrt.InferenceSession(str(path), num_threads=threads)
     prefix = tempfile.mkdtemp(prefix="node_compare_")
     so = ort.SessionOptions()

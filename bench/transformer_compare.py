@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .conv_shapes import _e2e, default_cache
+from .conv_shapes import e2e_bench_module, default_cache
 
 DEFAULT_MODELS = ("bert128", "llama128", "transformer_block")
 EXAMPLES = Path(__file__).resolve().parents[1] / "src" / "normrt" / "examples"
@@ -95,7 +95,7 @@ def ort_profile_per_op(events, runs):
 def resolve(name, cache, export="dynamo23"):
     """The .onnx path of a model argument: an e2e_bench torch model (exported into `cache` by
     `export` if not there yet), a bundled example's name, or a path."""
-    e2e = _e2e()
+    e2e = e2e_bench_module()
     if name in e2e.TORCH_MODELS:
         exporter, opset = export.rstrip("0123456789"), int(export[len(export.rstrip("0123456789")):])
         paths = e2e.export_torch(name, cache, exports=[(exporter, opset)])
@@ -190,7 +190,7 @@ def main(argv=None):
     ap.add_argument("--blocks", type=int, default=5, help="blocks per runtime (default 5)")
     ap.add_argument("--pause-ms", type=float, default=200.0, help="sleep before each block (default 200)")
     ap.add_argument("--profile-runs", type=int, default=20, help="profiled runs per runtime (default 20)")
-    ap.add_argument("--export", default="dynamo23", choices=[f"{e}{o}" for e, o in _e2e().EXPORTS],
+    ap.add_argument("--export", default="dynamo23", choices=[f"{e}{o}" for e, o in e2e_bench_module().EXPORTS],
                     help="which export of bert128 / llama128 (default dynamo23)")
     ap.add_argument("--ops", action="store_true", help="also list every op type of both runtimes")
     ap.add_argument("--cache", type=Path, default=default_cache(), help="scripts/e2e_bench.py's export cache")
@@ -206,7 +206,7 @@ def main(argv=None):
           f"{load0:.2f}")
     summary = []
     for name, path in paths:
-        feeds = _e2e().random_feeds(path)
+        feeds = e2e_bench_module().random_feeds(path)
         t0 = time.perf_counter()
         timed, rel = end_to_end(path, feeds, args.threads, args.runs, args.blocks, args.pause_ms / 1e3)
         normrt_ops, ort_ops = profiles(path, feeds, args.threads, args.profile_runs)
