@@ -193,6 +193,21 @@ NRT_AI void nrt_head_k(int kind, const void* x, ptrdiff_t count, float* dst) {
     _mm512_mask_storeu_ps(dst + 16, m1, nrt_vload_mask(kind, x, 16, m1));
 }
 
+/* 2^n * e**r for |r| <= ln2/2: Cephes' degree-6 polynomial and vscalefps, the part of
+   e**x that nrt_exp_f and nrt_silu share after their range reductions. */
+NRT_AI __m512 nrt_exp_reduced(__m512 r, __m512 n) {
+    __m512 z = _mm512_mul_ps(r, r);
+    __m512 p = _mm512_set1_ps((float)1.9875691500e-4);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.3981999507e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)8.3334519073e-3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)4.1665795894e-2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.6666665459e-1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)5.0000001201e-1));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
+    p = _mm512_scalef_ps(p, n);
+    return p;
+}
+
 /* e**x for float32, moments.pxd's exp_f (Cephes' range reduction by ln2 and
    degree-6 polynomial, the same constants and clamps), with fused
    multiply-adds and the power of two applied by vscalefps: 18 instead of 30
@@ -207,15 +222,7 @@ NRT_AI __m512 nrt_exp_f(__m512 x) {
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps((float)0.693359375), xc);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-(float)2.12194440e-4), r);
-    __m512 z = _mm512_mul_ps(r, r);
-    __m512 p = _mm512_set1_ps((float)1.9875691500e-4);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.3981999507e-3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)8.3334519073e-3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)4.1665795894e-2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.6666665459e-1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)5.0000001201e-1));
-    p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
-    p = _mm512_scalef_ps(p, n);
+    __m512 p = nrt_exp_reduced(r, n);
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), p, _mm512_setzero_ps());
 }
 
@@ -237,15 +244,7 @@ NRT_AI __m512 nrt_silu(__m512 v) {
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmsub_ps(n, _mm512_set1_ps((float)0.693359375), u);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-(float)2.12194440e-4), r);
-    __m512 z = _mm512_mul_ps(r, r);
-    __m512 p = _mm512_set1_ps((float)1.9875691500e-4);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.3981999507e-3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)8.3334519073e-3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)4.1665795894e-2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)1.6666665459e-1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps((float)5.0000001201e-1));
-    p = _mm512_add_ps(_mm512_fmadd_ps(p, z, r), _mm512_set1_ps(1.0f));
-    p = _mm512_scalef_ps(p, n);
+    __m512 p = nrt_exp_reduced(r, n);
     return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), p));
 }
 
