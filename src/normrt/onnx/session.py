@@ -189,18 +189,13 @@ class InferenceSession:
         Nodes on normrt's kernels are keyed by their normrt op ('normrt::GroupNorm'),
         other domains as 'domain::Op', the default ONNX domain by the bare op type ('Conv').
         """
-        repeat = int(repeat)
-        if repeat < 1:
-            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        repeat = _check_repeat(repeat)
         feeds = self._check_feed(input_feed)
         names = self._executor.output_names
         totals = {}
-        for _ in range(repeat):
-            if self._num_threads is None:
+        with self._threads():
+            for _ in range(repeat):
                 self._executor.run(feeds, names, timings=totals)
-            else:
-                with threads(self._num_threads):
-                    self._executor.run(feeds, names, timings=totals)
         return {k: v / repeat for k, v in totals.items()}
 
     def profile_nodes(self, input_feed, repeat=1):
@@ -208,14 +203,12 @@ class InferenceSession:
         profile (bench/node_compare.py): [NodeTimes] in execution order over `repeat`
         runs of `input_feed` (all outputs computed, through the same loop as profile),
         with the shape each input and output had (None: not an array, or no input)."""
-        repeat = int(repeat)
-        if repeat < 1:
-            raise ValueError(f"repeat must be >= 1, got {repeat}")
+        repeat = _check_repeat(repeat)
         feeds = self._check_feed(input_feed)
         ex = self._executor
         trace = Trace()           # the values' shapes (recorded outside the timed calls)
         per_run = []
-        with threads(self._num_threads) if self._num_threads is not None else nullcontext():
+        with self._threads():
             for r in range(repeat):
                 times = [0.0] * len(ex.steps)
                 ex.run_traced(feeds, ex.output_names, trace=trace if r == 0 else None, step_times=times)
@@ -227,6 +220,10 @@ class InferenceSession:
         return [NodeTimes(s.node.name, s.key, tuple(shape(n) for n in s.inputs),
                           tuple(shape(n) for n in s.outputs), tuple(run[i] for run in per_run))
                 for i, s in enumerate(ex.steps)]
+
+    def _threads(self):
+        """The session's thread count (num_threads) for the calls inside, or the process's."""
+        return nullcontext() if self._num_threads is None else threads(self._num_threads)
 
     def _output_names(self, output_names):
         if output_names is None:
@@ -243,6 +240,13 @@ class InferenceSession:
     def kernel_nodes(self):
         """[(node name, normrt op, kernel)] of the nodes that run on normrt's kernels."""
         return [(s.node.name, s.node.op_type, s.run.kernel) for s in self._executor.steps if s.kind == "kernel"]
+
+
+def _check_repeat(repeat):
+    repeat = int(repeat)
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    return repeat
 
 
 class _PickleSource:
