@@ -177,7 +177,7 @@ def main(argv=None):
     print(f"1 thread: memory-bound {mem:.0f} elements/us, compute-bound {flop:.0f} flops/us")
     print(f"policy: split from {policy.SPLIT_MIN_US} us of 1-thread work = "
           f"{policy.MEMORY_BOUND_MIN_ELEMENTS} elements (measured speed: {policy.SPLIT_MIN_US * mem:.0f}), "
-          f"{policy.COMPUTE_BOUND_MIN_FLOPS} flops (measured speed: {policy.SPLIT_MIN_US * flop:.0f})")
+          f"products from {policy.COMPUTE_BOUND_MIN_FLOPS} flops ({policy.COMPUTE_BOUND_MIN_FLOPS / flop:.0f} us at the measured speed)")
     return 0
 
 

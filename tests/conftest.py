@@ -24,16 +24,16 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _split_small_work(monkeypatch):
-    """Kernels split their work from 32K elements / 4 Mflop during the tests.
+    """Kernels split their work from 32K elements / 2 Mflop during the tests.
 
-    normrt._thread_policy sizes its thresholds for speed (~100 us of one
-    thread's work: 410K elements, 10.7 Mflop), so most of the suite's arrays
-    would run on one thread whatever `normrt.threads(n)` says, and the tests
+    normrt._thread_policy sizes its thresholds for speed (410K elements,
+    ~100 us of one thread's work; 3 Mflop for products), so most of the
+    suite's arrays would run on one thread whatever `normrt.threads(n)` says, and the tests
     of bitwise identity across thread counts would compare one thread with
     itself. The split never changes a result, only who computes what, so the
-    suite splits from smaller work (the thresholds it was written against) and
+    suite splits from smaller work and
     exercises the threaded paths. Policy tests read the patched values.
     """
     from normrt import _thread_policy
     monkeypatch.setattr(_thread_policy, "MEMORY_BOUND_MIN_ELEMENTS", 1 << 15)
-    monkeypatch.setattr(_thread_policy, "COMPUTE_BOUND_MIN_FLOPS", 4_000_000)
+    monkeypatch.setattr(_thread_policy, "COMPUTE_BOUND_MIN_FLOPS", 2_000_000)
