@@ -22,7 +22,9 @@ between two conversions (onnx/half_steps.py), their weights widened and packed
 once. The errors
 are the fused run's largest against onnxruntime's result and against normrt's
 float32 run of the float32 model; the pytest-benchmark version
-(bench/test_half_models.py) checks them first.
+(bench/test_half_models.py) checks them first. Both normrt columns run the default
+half_compute ("float32": float32 between the float32 ops, conversions at the region
+boundaries only); `--modes` compares the modes.
 
 `--modes per_op,float32` (or `--half-compute MODE` for one) times normrt's plain file in each
 `half_compute` mode beside onnxruntime, and gives each its accuracy: max |y - y64| / max |y64|
@@ -44,6 +46,7 @@ import numpy as np
 import onnx
 
 from normrt.timing import time_blocks
+from normrt.onnx.passes.half_regions import MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "normrt-bench" / "half_models"
@@ -237,15 +240,15 @@ def main(argv=None):
     ap.add_argument("--modes", default=None,
                     help="comma-separated half_compute modes (per_op, float32): time and accuracy of each "
                          "beside onnxruntime, instead of the fused-graph table")
-    ap.add_argument("--half-compute", choices=["per_op", "float32"], default=None,
+    ap.add_argument("--half-compute", choices=list(MODES), default=None,
                     help="one half_compute mode (the same as --modes MODE)")
     args = ap.parse_args(argv)
     if args.half_compute and args.modes:
         ap.error("give --modes or --half-compute, not both")
     modes = [m for m in (args.modes or args.half_compute or "").split(",") if m]
-    bad = [m for m in modes if m not in ("per_op", "float32")]
+    bad = [m for m in modes if m not in MODES]
     if bad:
-        ap.error(f"unknown half_compute mode(s) {bad}; known: per_op, float32")
+        ap.error(f"unknown half_compute mode(s) {bad}; known: {', '.join(MODES)}")
     if args.accuracy:
         print("| op | dtype | max error / max \\|y\\| | results equal to the correctly rounded value |")
         print("|---|---|---|---|")

@@ -23,6 +23,8 @@ from importlib import resources
 import numpy as np
 
 from . import timing
+from .onnx.passes.half_regions import DEFAULT_MODE as DEFAULT_HALF_COMPUTE
+from .onnx.passes.half_regions import MODES as HALF_COMPUTE_MODES
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -77,7 +79,7 @@ def _models(args):
     return models
 
 
-def _session(path, threads, half_compute="per_op"):
+def _session(path, threads, half_compute=DEFAULT_HALF_COMPUTE):
     import normrt
     return normrt.InferenceSession(path, num_threads=threads, half_compute=half_compute)
 
@@ -963,10 +965,10 @@ def _parser():
                         help=f"ONNX model file (default: {what} the bundled example models)")
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks on errors, and numpy floating-point warnings")
-        sp.add_argument("--half-compute", choices=["per_op", "float32"], default="per_op",
-                        help="how a float16/bfloat16 model computes: per_op rounds each op's result to half "
-                             "(default); float32 keeps values in float32 between float32 ops and rounds "
-                             "at the region boundaries, as onnxruntime's CPU provider does")
+        sp.add_argument("--half-compute", choices=list(HALF_COMPUTE_MODES), default=DEFAULT_HALF_COMPUTE,
+                        help="how a float16/bfloat16 model computes: float32 (default) keeps values in "
+                             "float32 between float32 ops and rounds at the region boundaries, as "
+                             "onnxruntime's CPU provider does; per_op rounds each op's result to half")
 
     def inputs(sp, default_repeat):
         g = sp.add_argument_group("inputs", RANDOM_INPUTS_HELP)

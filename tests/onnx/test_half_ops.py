@@ -461,9 +461,11 @@ def test_normrt_attention_node(dtype, b, h, sq, skv, d, causal, seed):
 
 @DTYPES
 @pytest.mark.parametrize("weights", ["float32", "half"])
-def test_norm_kernel_node_gets_half_x_and_model_weights(dtype, weights):
+@pytest.mark.parametrize("mode", ["per_op", "float32"])
+def test_norm_kernel_node_gets_half_x_and_model_weights(dtype, weights, mode):
     """A normrt LayerNorm / GroupNorm reading half X keeps half X (no widening) and the model's weights in
-    the dtype the model has them (mixed-precision exports keep float32 norm weights)."""
+    the dtype the model has them (mixed-precision exports keep float32 norm weights). per_op rounds the
+    GroupNorm's output to half; float32 (the default) keeps it in float32 between the two norms."""
     rng = np.random.default_rng(3)
     x = representable(rng.standard_normal((2, 6, 5, 4)) * 3 + 1, dtype)
     wdt = np.float32 if weights == "float32" else dtype
@@ -478,15 +480,17 @@ def test_norm_kernel_node_gets_half_x_and_model_weights(dtype, weights):
                               [numpy_helper.from_array(a, n) for n, a in
                                (("s", scale), ("b", bias), ("ls", ln_s), ("lb", ln_b))])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
-    sess = normrt.InferenceSession(m.SerializeToString())
+    sess = normrt.InferenceSession(m.SerializeToString(), half_compute=mode)
     y = sess.run(None, {"x": x.astype(dtype)})[0]
     assert_no_fallback(sess)
+    assert y.dtype == dtype
     # float64 reference of the two norms on the same values
     xd = x.astype(np.float64).reshape(2, 3, -1)
     g = ((xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)).reshape(x.shape)
     g = g * scale.astype(np.float64)[:, None, None] + bias.astype(np.float64)[:, None, None]
     g = g / (1 + np.exp(-g))
-    g = g.astype(dtype).astype(np.float64)           # normrt rounds the GroupNorm output to the model dtype
+    if mode == "per_op":
+        g = g.astype(dtype).astype(np.float64)       # rounds the GroupNorm output to the model dtype
     ref = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5) * ln_s + ln_b
     assert_close_in_dtype(y, ref, dtype, ulps=1.0, f32_rel=2.0 ** -16)
 

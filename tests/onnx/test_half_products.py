@@ -2,7 +2,9 @@
 epilogues, attention and elementwise chains fuse as a float32 model's do (computed in float32,
 rounded once), match the float64 twin of the model, and its specialized plan runs them as
 half_steps islands -- prepared kernel calls between two conversions -- bitwise equal to the
-generic plan."""
+generic plan. Those islands are half_compute="per_op"'s machinery (the default "float32" retypes
+the chains between them to float32: tests/onnx/test_half_regions.py), so the island tests ask
+for per_op."""
 import json
 import os
 from importlib import resources
@@ -22,6 +24,7 @@ HALF_DATA = os.path.join(os.path.dirname(__file__), os.pardir, "data", "half")
 HALVES = pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)],
                                  ids=["float16", "bfloat16"])
 RNG = np.random.default_rng(11)
+PER_OP = "per_op"
 
 
 def _specialized_bitwise_generic(sess, feeds):
@@ -61,11 +64,11 @@ def _transformer_block(dtype):
 @HALVES
 def test_half_transformer_block_fuses_like_float32(dtype):
     model = _transformer_block(dtype)
-    opt = normrt.optimize(model)
+    opt = normrt.optimize(model, half_compute=PER_OP)
     ops = [n.op_type for n in opt.graph.node if n.domain == "normrt"]
     assert ops.count("MatMul") == 4 and ops.count("Attention") == 1 and ops.count("LayerNorm") == 2, ops
     x = (RNG.standard_normal((1, 64, 128))).astype(dtype)
-    sess = normrt.InferenceSession(model, num_threads=2)
+    sess = normrt.InferenceSession(model, num_threads=2, half_compute=PER_OP)
     got = _specialized_bitwise_generic(sess, {"x": x})
     assert got[0].dtype == dtype
     assert_no_worse_than_per_op_rounding(got, model, {"x": x})
@@ -123,7 +126,8 @@ def test_half_fixtures_specialized_bitwise_generic(entry):
     feeds = {k[6:]: data[k].view(half) for k in data.files if k.startswith("input:")}
     outs = []
     for threads in (1, 2):
-        sess = normrt.InferenceSession(os.path.join(HALF_DATA, entry["file"]), num_threads=threads)
+        sess = normrt.InferenceSession(os.path.join(HALF_DATA, entry["file"]), num_threads=threads,
+                                       half_compute=PER_OP)
         outs.append(_specialized_bitwise_generic(sess, feeds))
         assert "_narrow_into" in _sources(sess)
     for a, b in zip(*outs):
@@ -144,7 +148,7 @@ def test_ops_without_a_fast_step_run_their_float32_implementation_in_an_island(d
                                                                                                ("hi", 1.5))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     x = RNG.standard_normal((2, 3, 8, 8)).astype(dtype)
-    sess = normrt.InferenceSession(model)
+    sess = normrt.InferenceSession(model, half_compute=PER_OP)
     got = _specialized_bitwise_generic(sess, {"x": x})
     assert _sources(sess).count("_run_f32") == 3, _sources(sess)
     assert_matches_float64(got, model, {"x": x})

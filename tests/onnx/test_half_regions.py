@@ -132,9 +132,11 @@ def test_regions_and_boundaries(half_dag):
     for node in model.graph.node:
         if node.op_type == "Conv":
             assert all(types.get(n) == TensorProto.FLOAT for n in node.input if n), node
-    # per_op: no region, the model as before
-    _, report = normrt.optimize(dag.model(), report=True)
+    # per_op: no region, the model as before; float32 is the default
+    _, report = normrt.optimize(dag.model(), report=True, half_compute="per_op")
     assert "half_compute" not in report
+    _, default = normrt.optimize(dag.model(), report=True)
+    assert default["half_compute"] == hc
 
 
 def test_pinned_ops_stay_half():
@@ -215,7 +217,7 @@ def test_saved_fused_model_forms_regions(dtype, half_dag, tmp_path):
     are inferred (X's), so float32 mode still forms its regions, with the original file's bits."""
     dag = half_dag([("conv", 0), ("norm", 0), ("sigmoid", 0), ("matmul", 0), ("norm", 0), ("softmax", 0)],
                    dtype, seed=5)
-    fused = normrt.optimize(dag.model())
+    fused = normrt.optimize(dag.model(), half_compute="per_op")     # the file as fused, still all half
     assert any(n.domain == "normrt" for n in fused.graph.node)
     path = tmp_path / "fused.onnx"
     onnx.save(fused, path)
@@ -260,6 +262,9 @@ def test_session_pickles_its_mode(half_dag):
     _, sess = _sessions(dag.model())
     again = pickle.loads(pickle.dumps(sess))
     assert again.half_compute == "float32"
+    per_op = normrt.InferenceSession(dag.model().SerializeToString(), half_compute="per_op")
+    assert pickle.loads(pickle.dumps(per_op)).half_compute == "per_op"
+    assert normrt.InferenceSession(dag.model().SerializeToString()).half_compute == "float32"
     assert same_bits(again.run(None, dag.feeds())[0], sess.run(None, dag.feeds())[0])
 
 
@@ -276,7 +281,10 @@ def test_cli_half_compute(half_dag, tmp_path):
     out = io.StringIO()
     assert main(["run", str(path), "--half-compute", "float32", "--repeat", "1"], out=out) == 0
     out = io.StringIO()
-    assert main(["inspect", str(path)], out=out) == 0
+    assert main(["inspect", str(path)], out=out) == 0          # float32 is the default
+    assert out.getvalue() == text
+    out = io.StringIO()
+    assert main(["inspect", str(path), "--half-compute", "per_op"], out=out) == 0
     assert "half compute" not in out.getvalue()
     with pytest.raises(SystemExit):
         main(["run", str(path), "--half-compute", "float16"])

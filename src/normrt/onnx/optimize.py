@@ -52,7 +52,7 @@ from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
 from .passes.attention_grouped_kv import AttentionGroupedKV
 from .passes.attention_head_batch import AttentionHeadBatch
-from .passes.half_regions import HalfRegions, check_mode
+from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
 def default_passes():
@@ -96,13 +96,13 @@ def _remove_dead_nodes(ctx):
     return removed
 
 
-def optimize_model(proto, passes=None, half_compute="per_op"):
+def optimize_model(proto, passes=None, half_compute=DEFAULT_MODE):
     """(optimized ModelProto, Report) of an already loaded and checked ModelProto (modified in place)."""
     model, report, arrays = optimize_detached(proto, passes, half_compute=half_compute)
     return attach(model, arrays), report
 
 
-def optimize_detached(proto, passes=None, constants=None, half_compute="per_op"):
+def optimize_detached(proto, passes=None, constants=None, half_compute=DEFAULT_MODE):
     """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
 
     `constants` are the values of `proto`'s stub initializers (loader.load_detached).
@@ -146,7 +146,7 @@ def optimize_detached(proto, passes=None, constants=None, half_compute="per_op")
     return model, report, ctx.constants
 
 
-def optimize(model, *, report=False, limits=None, half_compute="per_op"):
+def optimize(model, *, report=False, limits=None, half_compute=DEFAULT_MODE):
     """The model (path, bytes or ModelProto) rewritten onto normrt's kernels, as a ModelProto.
 
     Every normalization the kernels can take becomes a node of domain 'normrt'
@@ -157,10 +157,11 @@ def optimize(model, *, report=False, limits=None, half_compute="per_op"):
     fused activation/residual), `refused` (normalizations left to onnx.reference,
     with the reason), `passes` (rewrite count per pass) and `counts` (per normrt op).
     `limits` (normrt.Limits) bounds the tensors and subgraph nesting the model may declare.
-    `half_compute` ("per_op" or "float32"): how a float16/bfloat16 model computes. "per_op"
-    rounds each float32-computing op's result to half; "float32" keeps the half values
-    between such ops in float32 and rounds at the boundaries only, as onnxruntime's CPU
-    provider does (passes/half_regions.py); the report's `half_compute` counts the regions.
+    `half_compute` ("float32", the default, or "per_op"): how a float16/bfloat16 model
+    computes. "float32" keeps the half values between float32-computing ops in float32 and
+    rounds at the boundaries only, as onnxruntime's CPU provider does
+    (passes/half_regions.py; the report's `half_compute` counts the regions); "per_op"
+    rounds each such op's result to half.
     """
     check_mode(half_compute)
     proto, arrays = load_detached(model, limits)

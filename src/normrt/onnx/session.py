@@ -18,7 +18,7 @@ from .executor import Executor, Trace
 from .loader import load_detached
 from .initializers import attach
 from .optimize import optimize_detached
-from .passes.half_regions import check_mode
+from .passes.half_regions import DEFAULT_MODE, check_mode
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,12 @@ class InferenceSession:
     After loading, `optimized_model` is the model that runs, `report` what
     optimize did, and `executor` the plan with each node's implementation.
 
-    `half_compute` says how a float16/bfloat16 model computes: "per_op" (the default) widens
-    each op's half inputs to float32 and rounds its result back to half; "float32" keeps the
-    values between ops that compute in float32 in float32 and rounds to half only where the
-    model's own Casts, ops pinned to half and the graph outputs need it, as onnxruntime's CPU
-    provider does (more accurate, fewer conversions; passes/half_regions.py). A float32 model
-    runs the same either way.
+    `half_compute` says how a float16/bfloat16 model computes: "float32" (the default) keeps
+    the values between ops that compute in float32 in float32 and rounds to half only where
+    the model's own Casts, ops pinned to half and the graph outputs need it, as onnxruntime's
+    CPU provider does (more accurate, fewer conversions; passes/half_regions.py); "per_op"
+    widens each op's half inputs to float32 and rounds its result back to half. A float32
+    model runs the same either way.
 
     A session pickles as its model's bytes and options and is rebuilt (loaded
     and optimized again) on the other side, e.g. in another process; unlike
@@ -77,7 +77,7 @@ class InferenceSession:
     kept serialized.
     """
 
-    def __init__(self, model, *, num_threads=None, limits=None, half_compute="per_op"):
+    def __init__(self, model, *, num_threads=None, limits=None, half_compute=DEFAULT_MODE):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
         self._half_compute = check_mode(half_compute)
         # the weights are held once, as the executor's arrays; the protos keep stubs (optimized_model)
