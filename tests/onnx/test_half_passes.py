@@ -1,7 +1,8 @@
 """The rewrite passes on float16 / bfloat16 graphs: the standard norm ops, the semantic and
 exporter-pattern fusions (their constants, eps and exponents in half) become half kernel nodes
-matching the float64 twin of the model; the weight-folding passes refuse half (folding would
-round the products into half weights once more than the model does)."""
+matching the float64 twin of the model; under half_compute="per_op" the weight-folding passes
+refuse half (folding would round the products into half weights once more than the model does),
+under the default "float32" they fold into the region's widened float32 weights."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -144,20 +145,41 @@ def test_cast_like_weights_fold(half):
     assert_matches_float64(got, model, {"x": x}, ulps=2)
 
 
-@HALVES
-def test_weight_folding_passes_refuse_half(half):
-    """Conv -> BatchNormalization -> Mul by a per-channel constant, in half: no weights are
-    refolded (fold_batch_norm, fold_channel_affine); the BN runs on its half kernel."""
+def _conv_bn_mul(half):
     nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
              helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn"),
              helper.make_node("Mul", ["n", "k"], ["y"], name="mul")]
-    model = model_of(nodes, [("x", half, [1, 3, 5, 5])], [("y", half, [1, 4, 3, 3])],
-                     [("W", half, 0.3 * RNG.standard_normal((4, 3, 3, 3))), ("s", half, np.ones(4) * 1.5),
-                      ("b", half, np.zeros(4) + 0.25), ("m", half, np.zeros(4) + 0.1), ("v", half, np.ones(4)),
-                      ("k", half, np.full((4, 1, 1), 2.0))])
+    return model_of(nodes, [("x", half, [1, 3, 5, 5])], [("y", half, [1, 4, 3, 3])],
+                    [("W", half, 0.3 * RNG.standard_normal((4, 3, 3, 3))), ("s", half, np.ones(4) * 1.5),
+                     ("b", half, np.zeros(4) + 0.25), ("m", half, np.zeros(4) + 0.1), ("v", half, np.ones(4)),
+                     ("k", half, np.full((4, 1, 1), 2.0))])
+
+
+@HALVES
+def test_weight_folding_passes_refuse_half(half):
+    """Conv -> BatchNormalization -> Mul by a per-channel constant, in half under per_op: no weights
+    are refolded (fold_batch_norm, fold_channel_affine); the BN runs on its half kernel."""
+    model = _conv_bn_mul(half)
     x = feed((1, 3, 5, 5), half)
-    sess, got = run(model, {"x": x})
+    sess = normrt.InferenceSession(model, half_compute="per_op")
+    got = sess.run(None, {"x": x})
+    assert_matches_float64(got, model, {"x": x}, ulps=2.0)
     assert sess.report["passes"]["fold_batch_norm"] == 0 and sess.report["passes"]["fold_channel_affine"] == 0
     assert norm_nodes(sess.optimized_model) == ["BatchNorm"]
     reasons = [e["reason"] for e in sess.report["refused"] if e["pass"] in ("fold_batch_norm", "fold_channel_affine")]
     assert reasons and all("not float32/float64" in r for r in reasons), reasons
+
+
+@HALVES
+def test_weight_folding_passes_fold_float32_regions(half):
+    """The same model under half_compute="float32" (the default): half_regions widens the Conv's
+    weights to float32 once, so the BN and the Mul fold into them as in a float32 model (no half
+    rounding of folded weights); one Conv between the region's two Casts, no stale refusal."""
+    model = _conv_bn_mul(half)
+    x = feed((1, 3, 5, 5), half)
+    sess, got = run(model, {"x": x})
+    assert sess.report["passes"]["fold_batch_norm"] == 1 and sess.report["passes"]["fold_channel_affine"] == 1
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["Cast", "Conv", "Cast"]
+    assert not [e for e in sess.report["refused"] if e["pass"] in ("fold_batch_norm", "fold_channel_affine")]
+    assert got[0].dtype == NP[half]
+    assert_matches_float64(got, model, {"x": x})

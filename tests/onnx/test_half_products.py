@@ -97,9 +97,10 @@ def test_half_elementwise_chain_fuses_and_matches_float64(dtype):
     assert_no_worse_than_per_op_rounding(got, model, {"x": x})
 
 
-def test_mixed_float_types_stay_unfused():
+def test_mixed_float_types_fuse_only_in_float32_regions():
     """A Gemm in float16 whose bias C is float32 (not valid ONNX, but a hand-edited model may carry it):
-    the epilogue pass refuses (it would round the bias to the product's type), the model still runs."""
+    under per_op the epilogue pass refuses (it would round the bias to the product's type), the model
+    still runs."""
     H = TensorProto.FLOAT16
     w = RNG.standard_normal((16, 8)).astype(np.float16)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
@@ -108,8 +109,17 @@ def test_mixed_float_types_stay_unfused():
                               [onnx.numpy_helper.from_array(w, "w"),
                                onnx.numpy_helper.from_array(np.ones(8, np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    opt = normrt.optimize(model)
+    opt = normrt.optimize(model, half_compute=PER_OP)
     assert not [n for n in opt.graph.node if n.domain == "normrt"]
+    # half_compute="float32" retypes the product to float32 first: then the float32 bias fuses
+    # unrounded, and the result is the float32 product plus bias, rounded once
+    x = RNG.standard_normal((4, 16)).astype(np.float16)
+    sess = normrt.InferenceSession(model)
+    assert [n.op_type for n in sess.optimized_model.graph.node if n.domain == "normrt"] == ["MatMul"]
+    want = (x.astype(np.float64) @ w.astype(np.float64) + 1.0).astype(np.float16)
+    got = sess.run(None, {"x": x})[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2 ** -10, atol=2 ** -10)
 
 
 def _half_fixtures():

@@ -10,8 +10,10 @@
                    ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
                    ─► rotary rotate_half as views ─► elementwise chains (what no fusion above
                       took, one pass each)
-                   ─► [half_compute="float32": half values kept in float32 between float32 ops,
-                      Casts at the regions' boundaries (passes/half_regions.py)]
+                   ─► [half_compute="float32" (the default): half values kept in float32
+                      between float32 ops, Casts at the regions' boundaries
+                      (passes/half_regions.py); where a region formed, the float32-only
+                      folds and epilogues again (after_half_regions)]
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -71,6 +73,25 @@ def default_passes():
             NoOpViews(), RotaryHalf(), ElementwiseChains()]
 
 
+def _run_passes(ctx, passes):
+    for p in passes:
+        changed = p.run(ctx)
+        ctx.commit()
+        # shape inference over the whole model is the slow part of loading big models: only
+        # when a rewrite wrote values of new names
+        if changed and ctx.types_stale():
+            ctx.refresh_types()
+
+
+def after_half_regions():
+    """The rewrites that take float32 values only, again once half_regions has retyped a half
+    model's float32-computing regions: the BatchNorm and per-channel affine folds into the
+    (widened, float32) Conv weights, and the Conv/MatMul/activation epilogues, so a half model's
+    regions fuse as the float32 model does."""
+    return [FoldBatchNorm(), FoldChannelAffine(), ActivationEpilogue(), ResidualNorm(), ConvEpilogue(),
+            MatMulEpilogue(), ElementwiseChains()]
+
+
 def _inline_functions(model):
     if not len(model.functions):
         return model
@@ -106,11 +127,14 @@ def optimize_detached(proto, passes=None, constants=None, half_compute=DEFAULT_M
     """(optimized ModelProto whose big initializers are stubs, Report, {initializer name: ndarray}).
 
     `constants` are the values of `proto`'s stub initializers (loader.load_detached).
-    `half_compute` "float32" runs the half_regions pass after the others (see `optimize`).
+    `half_compute` "float32" runs the half_regions pass after the others (see `optimize`) and,
+    when it formed a region, the float32-only fusions again (after_half_regions; with the
+    default passes only).
     The arrays are the only copy of the weights (see normrt.onnx.initializers):
     InferenceSession hands them to the executor as they are.
     """
     check_mode(half_compute)
+    again = after_half_regions() if passes is None else []
     passes = default_passes() if passes is None else list(passes)
     if half_compute == "float32":
         passes.append(HalfRegions())
@@ -120,13 +144,12 @@ def optimize_detached(proto, passes=None, constants=None, half_compute=DEFAULT_M
     del constants
     removed = _remove_dead_nodes(ctx)
     ctx.commit()
-    for p in passes:
-        changed = p.run(ctx)
-        ctx.commit()
-        # shape inference over the whole model is the slow part of loading big models: only
-        # when a rewrite wrote values of new names
-        if changed and ctx.types_stale():
-            ctx.refresh_types()
+    _run_passes(ctx, passes)
+    if report.half_compute.get("regions"):
+        # decided again on the retyped graph: the first run's refusals ("not float32") are stale
+        names = {p.name for p in again}
+        report.refused = [e for e in report.refused if e["pass"] not in names]
+        _run_passes(ctx, again)
     removed += _remove_dead_nodes(ctx)
     ctx.commit()
     report.passes["dead_nodes"] = removed
