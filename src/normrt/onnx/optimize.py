@@ -4,7 +4,8 @@
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
                       include them: torch's LRN pads by 0 for size 1) ─► attention (rank-3
-                      batch*heads forms as rank 4, then the head layouts)
+                      batch*heads forms as rank 4, then the head layouts; a constant causal
+                      mask as is_causal)
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
                    ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
@@ -54,6 +55,7 @@ from .passes.pad_into_conv import PadIntoConv
 from .passes.no_op_views import NoOpViews
 from .passes.attention_grouped_kv import AttentionGroupedKV
 from .passes.attention_head_batch import AttentionHeadBatch
+from .passes.causal_mask import CausalMask
 from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
@@ -64,7 +66,7 @@ def default_passes():
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             NoOpViews(), AttentionDecomposed(),
             AttentionHeadBatch(),   # a rank-3 (batch*heads) attention as rank 4, so its layouts are taken next
-            AttentionLayout(), AttentionGroupedKV(), AttentionLayout(),
+            AttentionLayout(), AttentionGroupedKV(), AttentionLayout(), CausalMask(),
             # islands first, so a half activation after the down Cast fuses; again after the
             # epilogues, which may have taken a float32 activation inside an island
             CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
