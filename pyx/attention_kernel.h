@@ -1,0 +1,293 @@
+/* Fused attention's inner loops (attention.pyx's C side): the portable key-block products and
+ * the AVX-512 work item with its query rows in the vector lanes. See attention.pyx's docstring. */
+#ifndef NRT_ATTENTION_KERNEL_H
+#define NRT_ATTENTION_KERNEL_H
+
+#include <stddef.h>
+#include <math.h>
+#define NRT_KB 64   /* keys per block */
+/* query rows per work item (4 AVX-512 vectors): the (QB, KB) block of scores
+   and QB rows of q and of the output stay in L1 while K and V stream from L2 */
+#define NRT_QB 64
+
+#if defined(__FMA__) || defined(__AVX512F__)
+#define NRT_FMA(a, b, c) fmaf((a), (b), (c))
+#else
+#define NRT_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* ---- portable: keys in the vector lanes, loops over contiguous columns
+   that compilers vectorize (the online softmax is attention.pyx's online_softmax_rows) */
+
+static void nrt_qk_block(const float* q, ptrdiff_t D, ptrdiff_t nr,
+                         const float* kt, ptrdiff_t ldk, ptrdiff_t nk, float* s) {
+    ptrdiff_t r, c, d;
+    for (r = 0; r < nr; r++) {
+        float* s0 = s + r * NRT_KB;
+        for (c = 0; c < NRT_KB; c++)
+            s0[c] = 0.0f;
+        for (d = 0; d < D; d++) {
+            const float* kd = kt + d * ldk;
+            float b = q[r * D + d];
+            for (c = 0; c < nk; c++)
+                s0[c] = NRT_FMA(b, kd[c], s0[c]);
+        }
+    }
+}
+
+static void nrt_pv_block(const float* p, ptrdiff_t nr, ptrdiff_t nk,
+                         const float* v, ptrdiff_t ldv, ptrdiff_t Dv, float* o) {
+    ptrdiff_t r, c, e;
+    for (r = 0; r < nr; r++) {
+        float* o0 = o + r * Dv;
+        for (c = 0; c < nk; c++) {
+            const float* vc = v + c * ldv;
+            float b = p[r * NRT_KB + c];
+            for (e = 0; e < Dv; e++)
+                o0[e] = NRT_FMA(b, vc[e], o0[e]);
+        }
+    }
+}
+/* ---- AVX-512: one work item with its query rows in the vector lanes */
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define NRT_HAVE_AVX512 1
+
+static inline __mmask16 nrt_tail_mask(ptrdiff_t rem) {
+    return rem >= 16 ? (__mmask16)0xFFFF : rem <= 0 ? (__mmask16)0
+         : (__mmask16)((1u << rem) - 1u);
+}
+
+/* 2**x, 16 lanes: x = n + f with n = round(x), |f| <= 1/2, 2**f by a
+   degree-6 polynomial fitted for least relative error on [-1/2, 1/2] (8e-8
+   evaluated in float32, as good as the degree-7 Taylor series it replaced:
+   with head dims of 8 the exp's FMAs are a quarter of the kernel's, and each
+   one saved is ~4%), 2**n by vscalefps. 2**(x < -126) = 0 (so 2**-inf = 0); NaN stays NaN (vmaxps
+   returns its second operand, x, when it is NaN). The scores are kept in
+   log2 units (the queries carry scale * log2(e)), so this is the exp. */
+static inline __m512 nrt_exp2_512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-126.0f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    __m512 xc = _mm512_max_ps(lo, x);
+    __m512 n = _mm512_roundscale_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(xc, n);
+    __m512 p = _mm512_set1_ps(1.5345805149991065e-04f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930903688073e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489071726799e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642129898e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
+}
+
+/* sT[c][r] = sum_d k[c*ks + d*kd] * qT[d][r] for keys c < nk, the first 16 RV rows:
+   four keys x RV row vectors of accumulators, d in order. */
+static inline __attribute__((always_inline)) void
+nrt_qk_t_rv(const float* qT, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+            ptrdiff_t D, ptrdiff_t nk, float* sT, const int RV) {
+    ptrdiff_t c = 0, d;
+    int kk, rv;
+    for (; c + 4 <= nk; c += 4) {
+        __m512 acc[4][4];
+        for (kk = 0; kk < 4; kk++)
+            for (rv = 0; rv < RV; rv++)
+                acc[kk][rv] = _mm512_setzero_ps();
+        for (d = 0; d < D; d++) {
+            __m512 qv[4];
+            for (rv = 0; rv < RV; rv++)
+                qv[rv] = _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv);
+#if defined(__GNUC__)
+            /* keep the query vectors in registers: folded into each FMA as a memory
+               operand they cost 16 loads per 16 FMAs instead of 4 (load-bound) */
+            if (RV == 4)
+                __asm__("" : "+v"(qv[0]), "+v"(qv[1]), "+v"(qv[2]), "+v"(qv[3]));
+#endif
+            #pragma GCC unroll 4
+            for (kk = 0; kk < 4; kk++) {
+                __m512 b = _mm512_set1_ps(k[(c + kk) * ks + d * kd]);
+                #pragma GCC unroll 4
+                for (rv = 0; rv < RV; rv++)
+                    acc[kk][rv] = _mm512_fmadd_ps(b, qv[rv], acc[kk][rv]);
+            }
+        }
+        for (kk = 0; kk < 4; kk++)
+            for (rv = 0; rv < RV; rv++)
+                _mm512_storeu_ps(sT + (c + kk) * NRT_QB + 16 * rv, acc[kk][rv]);
+    }
+    for (; c < nk; c++) {
+        __m512 acc[4];
+        for (rv = 0; rv < RV; rv++)
+            acc[rv] = _mm512_setzero_ps();
+        for (d = 0; d < D; d++) {
+            __m512 b = _mm512_set1_ps(k[c * ks + d * kd]);
+            for (rv = 0; rv < RV; rv++)
+                acc[rv] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qT + d * NRT_QB + 16 * rv), acc[rv]);
+        }
+        for (rv = 0; rv < RV; rv++)
+            _mm512_storeu_ps(sT + c * NRT_QB + 16 * rv, acc[rv]);
+    }
+}
+
+/* oT[e][r] = oT[e][r] * alpha[r] + sum_{c < nk} v[c*vs + e] * pT[c][r], for
+   the value columns [e0, e0 + NE) and the NV (1 or 2) row vectors from row
+   16 * v0: NE x NV vectors of accumulators, c in order. */
+static inline __attribute__((always_inline)) void
+nrt_pv_t_cols(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const float* alpha,
+              float* oT, ptrdiff_t e0, int v0, const int NE, const int NV) {
+    __m512 acc[8][2], a[2];
+    ptrdiff_t c;
+    int ee, j;
+    for (j = 0; j < NV; j++)
+        a[j] = _mm512_loadu_ps(alpha + 16 * (v0 + j));
+    for (ee = 0; ee < NE; ee++)
+        for (j = 0; j < NV; j++)
+            acc[ee][j] = _mm512_mul_ps(_mm512_loadu_ps(oT + (e0 + ee) * NRT_QB + 16 * (v0 + j)), a[j]);
+    for (c = 0; c < nk; c++) {
+        __m512 p[2];
+        for (j = 0; j < NV; j++)
+            p[j] = _mm512_loadu_ps(pT + c * NRT_QB + 16 * (v0 + j));
+        const float* vc = v + c * vs + e0;
+        #pragma GCC unroll 8
+        for (ee = 0; ee < NE; ee++) {
+            __m512 b = _mm512_set1_ps(vc[ee]);
+            for (j = 0; j < NV; j++)
+                acc[ee][j] = _mm512_fmadd_ps(b, p[j], acc[ee][j]);
+        }
+    }
+    for (ee = 0; ee < NE; ee++)
+        for (j = 0; j < NV; j++)
+            _mm512_storeu_ps(oT + (e0 + ee) * NRT_QB + 16 * (v0 + j), acc[ee][j]);
+}
+
+/* the value columns of one key block for row vectors [v0, v0 + NV) */
+static inline __attribute__((always_inline)) void
+nrt_pv_t(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const float* alpha,
+         float* oT, ptrdiff_t Dv, int v0, const int NV) {
+    ptrdiff_t e = 0;
+    for (; e + 8 <= Dv; e += 8)
+        nrt_pv_t_cols(pT, v, vs, nk, alpha, oT, e, v0, 8, NV);
+    for (; e < Dv; e++)
+        nrt_pv_t_cols(pT, v, vs, nk, alpha, oT, e, v0, 1, NV);
+}
+
+/* One work item: out rows [i0, i0 + nr) (nr <= QB) of one head.
+   q: (nr, D) rows qs apart; k: (Skv, D), key j's element d at k[j*ks + d*kd];
+   v: (Skv, Dv) rows vs apart (of the kv head); bias: the (row i0, key 0)
+   entry of the head's bias rows (NULL: none), rows bias_row_stride apart;
+   out: (nr, Dv) rows os apart. Strides in floats; the rows of q, v, out are
+   contiguous. work: QB*(D + KB + Dv + 3) floats.
+   Lanes past nr hold zero queries and are never written out. */
+static inline __attribute__((always_inline)) void
+nrt_attention_rows_rv(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                      ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                      const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
+                      ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                      float scale, int causal, ptrdiff_t i0, float* work, const int RV) {
+    float* qT = work;                       /* (D, QB) scaled queries */
+    float* sT = qT + D * NRT_QB;            /* (KB, QB) scores, then probabilities */
+    float* oT = sT + NRT_KB * NRT_QB;       /* (Dv, QB) unnormalized output */
+    float* mrow = oT + Dv * NRT_QB;         /* (QB) running max */
+    float* lrow = mrow + NRT_QB;            /* (QB) running sum */
+    float* alpha = lrow + NRT_QB;           /* (QB) this block's rescaling */
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    const float log2e = 1.4426950408889634f;
+    const float scale2 = scale * log2e;     /* scores in log2 units: exp(s) = 2**(s log2 e) */
+    ptrdiff_t r, d, e, c, j0, jend, nk;
+    int rv;
+    for (d = 0; d < D; d++)
+        for (r = 0; r < 16 * RV; r++)       /* only the lanes of the RV row vectors are read */
+            qT[d * NRT_QB + r] = r < nr ? q[r * qs + d] * scale2 : 0.0f;
+    for (r = 0; r < NRT_QB; r++) {
+        mrow[r] = -INFINITY;
+        lrow[r] = 0.0f;
+    }
+    for (e = 0; e < Dv * NRT_QB; e++)
+        oT[e] = 0.0f;
+    jend = Skv;
+    if (causal && i0 + nr < jend)
+        jend = i0 + nr;                     /* later keys are masked for every row here */
+    for (j0 = 0; j0 < jend; j0 += NRT_KB) {
+        nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
+        nrt_qk_t_rv(qT, k + j0 * ks, ks, kd, D, nk, sT, RV);
+        if (bias)
+            for (c = 0; c < nk; c++)
+                for (r = 0; r < nr; r++)
+                    sT[c * NRT_QB + r] += bias[r * bias_row_stride + j0 + c] * log2e;
+        if (causal && j0 + nk - 1 > i0) {
+            /* key j0 + c is visible to row i0 + r iff j0 + c <= i0 + r */
+            for (c = 0; c < nk; c++)
+                for (rv = 0; rv < RV; rv++) {
+                    ptrdiff_t first = j0 + c - i0 - 16 * rv;   /* first visible lane */
+                    if (first <= 0)
+                        continue;
+                    __mmask16 hidden = nrt_tail_mask(first);
+                    float* sp = sT + c * NRT_QB + 16 * rv;
+                    _mm512_storeu_ps(sp, _mm512_mask_mov_ps(_mm512_loadu_ps(sp), hidden, ninf));
+                }
+        }
+        for (rv = 0; rv < RV; rv++) {
+            /* the block's max per row (vmaxps(s, mx) keeps mx over a NaN s: the
+               NaN then poisons the row through exp), the new running max */
+            __m512 mx = _mm512_loadu_ps(mrow + 16 * rv);
+            for (c = 0; c < nk; c++)
+                mx = _mm512_max_ps(_mm512_loadu_ps(sT + c * NRT_QB + 16 * rv), mx);
+            __m512 mold = _mm512_loadu_ps(mrow + 16 * rv);
+            /* rows that saw no key yet shift by 0: exp(-inf - 0) = 0 */
+            __m512 shift = _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask(mx, ninf, _CMP_EQ_OQ),
+                                              _mm512_setzero_ps());
+            __m512 sum = _mm512_setzero_ps();
+            for (c = 0; c < nk; c++) {
+                float* sp = sT + c * NRT_QB + 16 * rv;
+                __m512 p = nrt_exp2_512(_mm512_sub_ps(_mm512_loadu_ps(sp), shift));
+                _mm512_storeu_ps(sp, p);
+                sum = _mm512_add_ps(sum, p);
+            }
+            __m512 a = nrt_exp2_512(_mm512_sub_ps(mold, shift));   /* 0 while mold = -inf */
+            _mm512_storeu_ps(alpha + 16 * rv, a);
+            _mm512_storeu_ps(lrow + 16 * rv, _mm512_fmadd_ps(_mm512_loadu_ps(lrow + 16 * rv), a, sum));
+            _mm512_storeu_ps(mrow + 16 * rv, mx);
+        }
+        nrt_pv_t(sT, v + j0 * vs, vs, nk, alpha, oT, Dv, 0, RV < 2 ? RV : 2);
+        if (RV > 2)
+            nrt_pv_t(sT, v + j0 * vs, vs, nk, alpha, oT, Dv, 2, RV - 2);
+    }
+    for (r = 0; r < nr; r++) {
+        /* a row that saw no key (fully masked) attends to nothing: zeros */
+        float inv = lrow[r] != 0.0f ? 1.0f / lrow[r] : 0.0f;
+        for (e = 0; e < Dv; e++)
+            out[r * os + e] = oT[e * NRT_QB + r] * inv;
+    }
+}
+
+/* One work item: as many row vectors as its rows need (a short sequence, or the
+   last item of one, e.g. row 65 of ViT's 65, would otherwise compute all 64 lanes).
+   Each lane's arithmetic is the same whatever the vector count. */
+static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                               ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                               const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
+                               ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                               float scale, int causal, ptrdiff_t i0, float* work) {
+    if (nr <= 16)
+        nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                              scale, causal, i0, work, 1);
+    else if (nr <= 32)
+        nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                              scale, causal, i0, work, 2);
+    else if (nr <= 48)
+        nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                              scale, causal, i0, work, 3);
+    else
+        nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
+                              scale, causal, i0, work, 4);
+}
+#else
+#define NRT_HAVE_AVX512 0
+static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
+                               ptrdiff_t kd, const float* v, ptrdiff_t vs,
+                               const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
+                               ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                               float scale, int causal, ptrdiff_t i0, float* work) { }  /* never called */
+#endif
+
+#endif
