@@ -171,6 +171,76 @@ nrt_pv_t(const float* pT, const float* v, ptrdiff_t vs, ptrdiff_t nk, const floa
         nrt_pv_t_cols(pT, v, vs, nk, alpha, oT, e, v0, 1, NV);
 }
 
+/* the 16x16 block t[0..15] (rows) transposed in registers: t[k] becomes column k */
+static inline __attribute__((always_inline)) void nrt_transpose16(__m512* t) {
+    __m512 u[16];
+    int i;
+    for (i = 0; i < 16; i += 2) {           /* interleave pairs of rows */
+        u[i] = _mm512_unpacklo_ps(t[i], t[i + 1]);
+        u[i + 1] = _mm512_unpackhi_ps(t[i], t[i + 1]);
+    }
+    for (i = 0; i < 16; i += 4) {           /* then pairs of pairs: 4x4 blocks per 128-bit lane */
+        t[i] = _mm512_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        t[i + 1] = _mm512_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        t[i + 2] = _mm512_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        t[i + 3] = _mm512_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (i = 0; i < 4; i++) {               /* then the 128-bit lanes of rows i, i+4, i+8, i+12 */
+        __m512 a = _mm512_shuffle_f32x4(t[i], t[i + 4], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(t[i], t[i + 4], 0xdd);
+        __m512 c = _mm512_shuffle_f32x4(t[i + 8], t[i + 12], 0x88);
+        __m512 d = _mm512_shuffle_f32x4(t[i + 8], t[i + 12], 0xdd);
+        u[i] = _mm512_shuffle_f32x4(a, c, 0x88);
+        u[i + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
+        u[i + 8] = _mm512_shuffle_f32x4(a, c, 0xdd);
+        u[i + 12] = _mm512_shuffle_f32x4(b, d, 0xdd);
+    }
+    for (i = 0; i < 16; i++)
+        t[i] = u[i];
+}
+
+/* sT[c][r] += bias[r * brs + c] * log2(e) for keys c < nk, rows r < nr (lanes past nr keep
+   their scores: they are never written out). Each element rounds the product, then the sum
+   (no contraction), as the scalar loop this replaced, whichever branch runs. brs == 0 (one
+   bias row for every query: a padding mask) broadcasts each key's value; otherwise 16x16
+   tiles of bias rows are transposed in registers so the rows land in the lanes, where the
+   scores hold them (a scalar loop over rows reads the bias with a stride of a row: ~10% of
+   BERT-sized attention, 50% at head dim 32). */
+static inline __attribute__((always_inline)) void
+nrt_add_bias_t(float* sT, const float* bias, ptrdiff_t brs, ptrdiff_t nr, ptrdiff_t nk, const int RV) {
+    const __m512 log2e = _mm512_set1_ps(1.4426950408889634f);
+    ptrdiff_t c, c0;
+    int rv, kk, r;
+    if (brs == 0) {
+        for (c = 0; c < nk; c++) {
+            __m512 b = _mm512_mul_ps(_mm512_set1_ps(bias[c]), log2e);
+            for (rv = 0; rv < RV; rv++) {
+                float* sp = sT + c * NRT_QB + 16 * rv;
+                _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), b));
+            }
+        }
+        return;
+    }
+    for (rv = 0; rv < RV && 16 * rv < nr; rv++) {
+        ptrdiff_t rows = nr - 16 * rv < 16 ? nr - 16 * rv : 16;
+        __mmask16 live = nrt_tail_mask(rows);
+        for (c0 = 0; c0 < nk; c0 += 16) {
+            __m512 t[16];
+            __mmask16 keys = nrt_tail_mask(nk - c0);
+            int n = nk - c0 < 16 ? (int)(nk - c0) : 16;
+            for (r = 0; r < 16; r++)
+                t[r] = r < rows ? _mm512_maskz_loadu_ps(keys, bias + (16 * rv + r) * brs + c0)
+                                : _mm512_setzero_ps();
+            nrt_transpose16(t);
+            for (kk = 0; kk < n; kk++) {
+                float* sp = sT + (c0 + kk) * NRT_QB + 16 * rv;
+                __m512 s = _mm512_loadu_ps(sp);
+                _mm512_storeu_ps(sp, _mm512_mask_add_ps(s, live, s, _mm512_mul_ps(t[kk], log2e)));
+            }
+        }
+    }
+}
+
 /* One work item: out rows [i0, i0 + nr) (nr <= QB) of one head.
    q: (nr, D) rows qs apart; k: (Skv, D), key j's element d at k[j*ks + d*kd];
    v: (Skv, Dv) rows vs apart (of the kv head); bias: the (row i0, key 0)
@@ -211,9 +281,7 @@ nrt_attention_rows_rv(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks
         nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
         nrt_qk_t_rv(qT, k + j0 * ks, ks, kd, D, nk, sT, RV);
         if (bias)
-            for (c = 0; c < nk; c++)
-                for (r = 0; r < nr; r++)
-                    sT[c * NRT_QB + r] += bias[r * bias_row_stride + j0 + c] * log2e;
+            nrt_add_bias_t(sT, bias + j0, bias_row_stride, nr, nk, RV);
         if (causal && j0 + nk - 1 > i0) {
             /* key j0 + c is visible to row i0 + r iff j0 + c <= i0 + r */
             for (c = 0; c < nk; c++)

@@ -66,6 +66,26 @@ def test_additive_bias_broadcasts(bias_shape):
     np.testing.assert_allclose(y, ref(q, k, v, 0.4, bias), rtol=2e-5, atol=2e-6)
 
 
+@settings(max_examples=40, deadline=None)
+@given(sq=st.integers(1, 140), skv=st.integers(1, 150), heads=st.sampled_from([(1, 1), (3, 3), (4, 2)]),
+       form=st.sampled_from(["full", "per_head", "rows_broadcast", "keys_only", "batch_rows"]),
+       causal=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_generated_bias_shapes(sq, skv, heads, form, causal, seed):
+    """Bias rows are added in 16x16 transposed tiles (a row per query) or broadcast (one row for
+    every query): any row count and key count around the tiles' and blocks' edges, any broadcast."""
+    r = np.random.default_rng(seed)
+    hq, hkv = heads
+    q, k, v = (r.standard_normal(s).astype(np.float32) for s in ((2, hq, sq, 8), (2, hkv, skv, 8), (2, hkv, skv, 5)))
+    shape = {"full": (2, hq, sq, skv), "per_head": (hq, sq, skv), "rows_broadcast": (2, 1, 1, skv),
+             "keys_only": (skv,), "batch_rows": (2, 1, sq, skv)}[form]
+    bias = (r.standard_normal(shape) * 2).astype(np.float32)
+    bias[r.random(shape) < 0.1] = -np.inf
+    y = normrt.attention(q, k, v, bias=bias, is_causal=causal, scale=0.5)
+    np.testing.assert_allclose(y, ref(q, k, v, 0.5, bias, causal), rtol=2e-5, atol=2e-6)
+    with normrt.threads(1):
+        assert np.array_equal(y, normrt.attention(q, k, v, bias=bias, is_causal=causal, scale=0.5))
+
+
 def test_minus_inf_masks_and_fully_masked_rows_give_zeros():
     q, k, v = qkv(1, 2, 2, 70, 150, 16, 16)
     bias = np.where(rng.random((70, 150)) > 0.6, 0.0, -np.inf).astype(np.float32)
