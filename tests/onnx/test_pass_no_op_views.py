@@ -4,6 +4,7 @@ copies and views go)."""
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -32,6 +33,16 @@ def no_op(kind, x, out, k):
         ones = const(f"o{k}", np.ones([(), (4,), (1, 3, 1), (2, 3, 4)][k % 4], np.float32))
         args = [f"o{k}", x] if kind == "ones_mul" else [x, f"o{k}"]
         return [helper.make_node("Div" if kind == "div_ones" else "Mul", args, [out], name=out)], [ones]
+    if kind in ("resize_sizes", "resize_scales"):
+        # to x's own size at scale 1, under each coordinate transformation that maps y to y
+        ctm = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"][k % 5]
+        mode = ["nearest", "linear"][k % 2]
+        if kind == "resize_sizes":
+            ins, inits = [x, "", "", f"sz{k}"], [const(f"sz{k}", np.array(SHAPE, np.int64))]
+        else:
+            ins, inits = [x, "", f"sc{k}"], [const(f"sc{k}", np.ones(len(SHAPE), np.float32))]
+        return [helper.make_node("Resize", ins, [out], name=out, mode=mode, coordinate_transformation_mode=ctm,
+                                 nearest_mode=["floor", "ceil", "round_prefer_floor"][k % 3])], inits
     if kind == "cast":       # float32 -> float32
         return [helper.make_node("Cast", [x], [out], name=out, to=TensorProto.FLOAT)], []
     # a Transpose pair composing to the identity
@@ -43,7 +54,7 @@ def no_op(kind, x, out, k):
 
 @settings(max_examples=30, deadline=None)
 @given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "cast", "transposes",
-                                       "mul_ones", "ones_mul", "div_ones"]),
+                                       "mul_ones", "ones_mul", "div_ones", "resize_sizes", "resize_scales"]),
                       min_size=1, max_size=5))
 def test_generated_no_op_chains_vanish(kinds):
     nodes, inits, x = [], [], "x"
@@ -55,11 +66,13 @@ def test_generated_no_op_chains_vanish(kinds):
     nodes.append(helper.make_node("Neg", [x], ["y"], name="neg"))
     model = make_model(nodes, [vi("x", SHAPE)], [vi("y", SHAPE)], inits, opset=17)
     x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
-    x.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]       # x * 1, x / 1 keep them bitwise
-    feed = {"x": x}
     sess = normrt.InferenceSession(model.SerializeToString())
     assert [n.op_type for n in sess.optimized_model.graph.node] == ["Neg"]
-    np.testing.assert_array_equal(sess.run(None, feed)[0], ReferenceEvaluator(model).run(None, feed)[0])
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0])
+    # non-finite values and -0 pass as they are (x * 1 and x / 1 keep them bitwise; a unit Resize
+    # is a copy, as onnxruntime makes it, not the NaN a literal 0 * inf interpolation weight gives)
+    x.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]
+    assert np.array_equal((-x).view(np.uint32), sess.run(None, {"x": x})[0].view(np.uint32))
 
 
 @settings(max_examples=20, deadline=None)
@@ -114,3 +127,24 @@ def test_ones_that_are_not_an_identity_stay():
                        opset=17)
     ctx = PassContext(model)
     assert not any(is_no_op(ctx, n) for n in ctx.nodes)
+
+
+@pytest.mark.parametrize("ctm,scale,nearest_mode", [
+    ("half_pixel", 1.01, "floor"),            # int(4 * 1.01) = 4: x's size, but the coordinates move
+    ("align_corners", 1.1, "floor"),          # the same, nearest: y * 3 / 3.4 floored
+])
+def test_resizes_to_the_same_size_that_move_values_stay(ctm, scale, nearest_mode):
+    x = np.random.default_rng(1).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    mode = "linear" if ctm == "half_pixel" else "nearest"
+    nodes = [helper.make_node("Resize", ["x", "", "sc"], ["r"], name="r", mode=mode,
+                              coordinate_transformation_mode=ctm, nearest_mode=nearest_mode),
+             helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    nodes[0].input[1] = "roi"          # required before opset 13
+    model = make_model(nodes, [vi("x", [1, 2, 4, 4])], [vi("y", [1, 2, 4, 4])],
+                       [const("sc", np.array([1, 1, scale, scale], np.float32)),
+                        const("roi", np.zeros(0, np.float32))], opset=11)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["Resize", "Neg"]
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert not np.array_equal(want, -x)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)

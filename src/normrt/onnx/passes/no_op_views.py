@@ -7,7 +7,8 @@ feature maps to whole windows with a Pad whose pads are all 0, Slices cut
 step (a Pad copies the tensor):
 
     x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
-         | Expand(to x's shape) | Identity | Cast(to x's own type) | Mul(x, 1) | Div(x, 1) ─► y ─► readers
+         | Expand(to x's shape) | Identity | Cast(to x's own type) | Mul(x, 1) | Div(x, 1)
+         | Resize(to x's shape, scale 1) ─► y ─► readers
          (diffusers' residual `/ output_scale_factor` of 1.0: x * 1 and x / 1 are bitwise x)
     ==>  x ─► readers
 
@@ -110,7 +111,38 @@ def _hands_on_first(ctx, node):
         return reason is None and perm is not None and list(perm) == list(range(len(perm)))
     if op in ("Reshape", "Expand", "Squeeze", "Unsqueeze", "Flatten") and is_op(node, op):
         return same_shape and ctx.elem_type(x) == ctx.elem_type(y) != 0
+    if is_op(node, "Resize"):
+        return same_shape and _unit_resize(ctx, node, shape_x)
     return False
+
+
+# coordinate transformations that map output index y to source coordinate y at scale 1
+# (half_pixel: (y + 0.5) / 1 - 0.5 and the others are exact in floating point; not
+# tf_half_pixel_for_nn, whose y + 0.5 a ceil would move, nor tf_crop_and_resize's roi)
+_UNIT_CTM = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"}
+
+
+def _unit_resize(ctx, node, shape):
+    """A nearest/linear Resize (opset 11+) to x's own size at scale exactly 1 on every axis: each
+    output element is its own source element (segformer's decode head resizes its 16x16 level to
+    16x16). Scales of 1.01 still give x's size (int(16 * 1.01) = 16) but move the coordinates:
+    not taken. A linear one passes infinities and NaN as they are, as onnxruntime does (it copies
+    the input when every scale is 1), where a literal interpolation would weight the neighbour
+    by 0 and make 0 * inf = NaN."""
+    attrs, reason = node_attrs(node)
+    if reason or ctx.opsets.get("", 1) < 11:
+        return False
+    mode = attrs.get("mode", "nearest")
+    ctm = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("nearest", "linear") or ctm not in _UNIT_CTM or attrs.get("antialias", 0):
+        return False
+    axes = attrs.get("axes")
+    axes = list(range(len(shape))) if axes is None else [a % len(shape) for a in axes]
+    scales = ctx.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = _ints(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if sizes is not None:
+        return sizes == [shape[a] for a in axes]
+    return scales is not None and np.asarray(scales).size == len(axes) and bool(np.all(np.asarray(scales) == 1.0))
 
 
 class NoOpViews(GraphPass):
