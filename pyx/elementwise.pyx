@@ -63,7 +63,7 @@ def binary(int op,
 # ---------------------------------------------------------------------------
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO, PyBUF_WRITABLE
 from libc.math cimport fabsf, logf, sqrtf, powf
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from moments cimport exp_f, erf_f
 
@@ -103,6 +103,7 @@ cdef enum:
 cdef struct Source:
     const float* data
     Py_ssize_t strides[MAX_DIMS]      # elements, over the coalesced output axes; 0: broadcast
+    bint flat                         # laid out as the output (C-contiguous, no broadcast)
 
 cdef struct Program:
     const int* code
@@ -116,6 +117,8 @@ cdef struct Program:
     Source src[MAX_INPUTS]
     float* out
     Py_ssize_t tiles_per_row
+    Py_ssize_t rows_per_item          # > 1: an item is that many whole short rows (run_row_groups)
+    Py_ssize_t n_rows
     Py_ssize_t n_items
 
 
@@ -276,6 +279,96 @@ cdef void run_items(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcep
             run_instr(op, reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
 
 
+cdef void run_row_groups(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """Items first..last-1 when rows are short (p.rows_per_item > 1): an item is up to
+    rows_per_item consecutive whole rows of the output (in its row-major order, across the
+    outer axes), so one pass of the instructions covers them all: per-row dispatch cost most of
+    the time on rotary's rows of 32. An input whose rows of the item follow each other in
+    memory is read in place; the others' rows are copied into its scratch register one by one,
+    their offsets stepped row by row. Every element's arithmetic is run_items': only the
+    grouping differs."""
+    cdef float scratch[MAX_REGS * TILE]
+    cdef float* reg[MAX_REGS]
+    cdef Py_ssize_t idx[MAX_DIMS]
+    cdef Py_ssize_t idx0[MAX_DIMS]          # the item's first row's index over the outer axes
+    cdef Py_ssize_t inner = p.shape[p.ndim - 1]
+    cdef Py_ssize_t n_rows = p.n_rows
+    cdef Py_ssize_t item, row0, rem, m, count, off, base, j, rr, st
+    cdef int i, k, d, r, pass_, outer_axes = p.ndim - 1
+    cdef bint in_place
+    cdef const float* s
+    cdef float* dst
+    cdef int result = p.code[4 * (p.n_instr - 1) + 1]
+    for k in range(p.n_const):
+        for j in range(TILE):
+            scratch[(p.n_in + k) * TILE + j] = p.consts[k]
+    for item in range(first, last):
+        row0 = item * p.rows_per_item
+        m = min(p.rows_per_item, n_rows - row0)
+        count = m * inner
+        for r in range(p.n_regs):
+            reg[r] = &scratch[r * TILE]
+        rem = row0
+        for d in range(outer_axes - 1, -1, -1):
+            idx0[d] = rem % p.shape[d]
+            rem = rem // p.shape[d]
+        for i in range(p.n_in):
+            st = p.src[i].strides[outer_axes]
+            if p.src[i].flat:
+                reg[i] = <float*>(p.src[i].data + row0 * inner)     # read in place
+                continue
+            # rows that follow each other in this input too (a broadcast over an axis the group
+            # does not cross: rotary's cos/sin over the heads) are read in place as well
+            base = 0
+            for d in range(outer_axes):
+                base += idx0[d] * p.src[i].strides[d]
+            in_place = st == 1
+            for pass_ in range(0 if in_place else 1, 2):     # 0: check, 1: gather
+                for d in range(outer_axes):
+                    idx[d] = idx0[d]
+                for rr in range(m):
+                    off = 0
+                    for d in range(outer_axes):
+                        off += idx[d] * p.src[i].strides[d]
+                    if pass_ == 0:
+                        if off != base + rr * inner:
+                            in_place = False
+                            break
+                    else:
+                        s = p.src[i].data + off
+                        dst = &scratch[i * TILE + rr * inner]
+                        if st == 1:
+                            for j in range(inner):
+                                dst[j] = s[j]
+                        elif st == 0:
+                            for j in range(inner):
+                                dst[j] = s[0]
+                        else:
+                            for j in range(inner):
+                                dst[j] = s[j * st]
+                    d = outer_axes - 1              # the next row's index
+                    while d >= 0:
+                        idx[d] += 1
+                        if idx[d] < p.shape[d]:
+                            break
+                        idx[d] = 0
+                        d -= 1
+                if in_place:
+                    reg[i] = <float*>(p.src[i].data + base)
+                    break
+        reg[result] = p.out + row0 * inner
+        for k in range(p.n_instr):
+            run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]],
+                      count)
+
+
+cdef void run_part(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    if p.rows_per_item > 1:
+        run_row_groups(p, first, last)
+    else:
+        run_items(p, first, last)
+
+
 def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a, b per instruction
                 const float[::1] consts,    # IN  (n_const,): the constant registers' values
                 int n_regs,                 # registers: inputs, constants, then temporaries
@@ -289,7 +382,7 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
     cdef int n_in = len(inputs), n_got = 0, i, k, d, dd, nd, rank
     cdef Py_ssize_t shape[MAX_DIMS]
     cdef Py_ssize_t strides[MAX_INPUTS + 1][MAX_DIMS]
-    cdef Py_ssize_t size, per, t0, t1
+    cdef Py_ssize_t size, per, t0, t1, run
     cdef bint merge
     if n_in > MAX_INPUTS:
         raise ValueError(f"inputs: at most {MAX_INPUTS} arrays, got {n_in}")
@@ -388,15 +481,28 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
             p.out = <float*>out_view.buf
             p.tiles_per_row = (p.shape[nd - 1] + TILE - 1) // TILE
             p.n_items = size // p.shape[nd - 1] * p.tiles_per_row
+            p.rows_per_item = 1
+            p.n_rows = size // p.shape[nd - 1]
+            if nd >= 2 and 2 * p.shape[nd - 1] <= TILE:
+                # short rows: items of whole rows (run_row_groups)
+                p.rows_per_item = TILE // p.shape[nd - 1]
+                p.n_items = (p.n_rows + p.rows_per_item - 1) // p.rows_per_item
+                for i in range(n_in):
+                    run = 1
+                    p.src[i].flat = True
+                    for d in range(nd - 1, -1, -1):
+                        if p.src[i].strides[d] != run:
+                            p.src[i].flat = False
+                        run *= p.shape[d]
             if n_threads > p.n_items // MIN_ITEMS_PER_THREAD:
                 n_threads = max(1, <int>(p.n_items // MIN_ITEMS_PER_THREAD))
             with nogil:
                 if n_threads <= 1:
-                    run_items(&p, 0, p.n_items)
+                    run_part(&p, 0, p.n_items)
                 else:
                     per = (p.n_items + n_threads - 1) // n_threads
                     for k in prange(n_threads, schedule="static", num_threads=n_threads):
-                        run_items(&p, min(k * per, p.n_items), min((k + 1) * per, p.n_items))
+                        run_part(&p, min(k * per, p.n_items), min((k + 1) * per, p.n_items))
         finally:
             PyBuffer_Release(&out_view)
     finally:

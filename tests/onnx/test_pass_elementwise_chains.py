@@ -270,6 +270,42 @@ def test_strided_and_broadcast_inputs_read_in_place():
     np.testing.assert_array_equal(out, a * b - c)
 
 
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple),
+       inner=st.sampled_from([1, 2, 5, 32, 64, 127, 128, 129, 300]),
+       views=st.lists(st.sampled_from(["plain", "reversed", "broadcast_outer", "broadcast_inner", "strided",
+                                       "transposed"]), min_size=3, max_size=3),
+       threads=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_generated_layouts_and_row_lengths_match_numpy(shape, inner, views, threads, seed):
+    """run_program over short rows (items of whole rows, run_row_groups) and long ones (tiles
+    within a row), with inputs read in place, gathered, broadcast, reversed or transposed:
+    (a * b) - c bitwise numpy's, and the same bits for any thread count."""
+    from normrt._kernels import elementwise as k
+    rng = np.random.default_rng(seed)
+    out_shape = shape + (inner,)
+
+    def view(kind):
+        if kind == "reversed":                  # rotary's negative stride on an outer axis
+            return rng.standard_normal(out_shape).astype(np.float32)[..., ::-1, :] if len(out_shape) > 1 \
+                else rng.standard_normal(out_shape).astype(np.float32)[::-1]
+        if kind == "broadcast_outer":
+            return rng.standard_normal((1,) * len(shape) + (inner,)).astype(np.float32)
+        if kind == "broadcast_inner":
+            return rng.standard_normal(shape + (1,)).astype(np.float32)
+        if kind == "strided":
+            return rng.standard_normal(shape + (2 * inner,)).astype(np.float32)[..., ::2]
+        if kind == "transposed":
+            return np.swapaxes(rng.standard_normal(out_shape[::-1]).astype(np.float32), 0, -1) \
+                if len(out_shape) == 2 else rng.standard_normal(out_shape).astype(np.float32)
+        return rng.standard_normal(out_shape).astype(np.float32)
+    a, b, c = (view(v) for v in views)
+    code = np.array([2, 3, 0, 1, 1, 4, 3, 2], np.int32)           # r3 = a * b; r4 = r3 - c
+    out = k.run_program(code, np.zeros(0, np.float32), 5, (a, b, c), np.empty(out_shape, np.float32), threads)
+    np.testing.assert_array_equal(out, np.broadcast_to(a * b - c, out_shape))
+    one = k.run_program(code, np.zeros(0, np.float32), 5, (a, b, c), np.empty(out_shape, np.float32), 1)
+    assert np.array_equal(out.view(np.uint32), one.view(np.uint32))
+
+
 def test_a_hand_made_node_with_bad_inputs_names_the_problem():
     from normrt.onnx.domain import make_node
     node = make_node("Elementwise", ["x", "w"], ["y"], "ew", ops=["mul", "neg"], args=[0, 1, 2, 2])
