@@ -26,7 +26,7 @@ NORMS = {
     "layernorm": {"LayerNorm": 1}, "residual_layernorm": {"LayerNorm": 1}, "rmsnorm": {"RMSNorm": 1},
     "rmsnorm_llama": {"RMSNorm": 1}, "rmsnorm_t5": {"RMSNorm": 1}, "preln_block": {"LayerNorm": 2},
     "preln_block_eager": {"LayerNorm": 2}, "hf_bert": {"LayerNorm": 5}, "hf_llama": {"RMSNorm": 5},
-    "hf_vit": {"LayerNorm": 5}, "hf_convnext": {"LayerNorm": 5},
+    "hf_vit": {"LayerNorm": 5}, "hf_convnext": {"LayerNorm": 1, "ChannelNorm": 4},
 }
 RESIDUAL = {"residual_layernorm": 1, "preln_block": 1, "preln_block_eager": 1, "hf_bert": 4, "hf_llama": 4,
             "hf_vit": 5}
@@ -48,9 +48,10 @@ def case(request):
 def test_norms_become_normrt_nodes(case):
     entry, sess = case
     graph = sess.optimized_model.graph
-    # (the norms only: attention and GEMM fusions add other normrt ops)
+    # (the norms only: attention and GEMM fusions add other normrt ops; ConvNeXt's channels-last
+    # LayerNorms run channels-first, channels_first_blocks)
     ops = collections.Counter(n.op_type for n in graph.node if n.domain == "normrt"
-                              and n.op_type in ("LayerNorm", "RMSNorm"))
+                              and n.op_type in ("LayerNorm", "RMSNorm", "ChannelNorm"))
     assert dict(ops) == NORMS[entry["name"]]
     assert not [n.name for n in graph.node if n.domain in ("", "ai.onnx") and n.op_type in STANDARD]
     # no norm statistic is left: the only ReduceMean left is ConvNeXt's pooler (keepdims=0, no norm)
@@ -59,10 +60,10 @@ def test_norms_become_normrt_nodes(case):
             assert entry["name"] == "hf_convnext"
             assert any(a.name == "keepdims" and a.i == 0 for a in n.attribute), n.name
     report = sess.report
-    fused = [e for e in report["fused"] if e["normrt_op"] in ("LayerNorm", "RMSNorm")]
+    fused = [e for e in report["fused"] if e["normrt_op"] in ("LayerNorm", "RMSNorm", "ChannelNorm")]
     assert len(fused) == sum(NORMS[entry["name"]].values())
     for e in fused:
-        assert e["nodes"] and e["kernel"] in ("layer_norm", "rms_norm") and e["normrt_node"]
+        assert e["nodes"] and e["kernel"] in ("layer_norm", "rms_norm", "layer_norm_2d") and e["normrt_node"]
     mine = ("recognized_norms",)
     assert not [e for e in report["refused"] if e["pass"] in mine]
 

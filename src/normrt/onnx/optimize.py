@@ -56,6 +56,7 @@ from .passes.no_op_views import NoOpViews
 from .passes.attention_grouped_kv import AttentionGroupedKV
 from .passes.attention_head_batch import AttentionHeadBatch
 from .passes.causal_mask import CausalMask
+from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
@@ -64,6 +65,8 @@ def default_passes():
     return [ConstantFolding(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
+            # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them
+            ChannelsFirstBlocks(), FoldChannelAffine(),
             NoOpViews(), AttentionDecomposed(),
             AttentionHeadBatch(),   # a rank-3 (batch*heads) attention as rank 4, so its layouts are taken next
             AttentionLayout(), AttentionGroupedKV(), AttentionLayout(), CausalMask(),

@@ -420,14 +420,20 @@ class GraphPass:
         nodes = match if isinstance(match, (list, tuple)) else [match]
         return nodes[0].op_type, [n.name for n in nodes]
 
+    def report_refusal(self, ctx, match, reason):
+        """The refusal in the report, once (a pass that runs twice refuses a candidate once)."""
+        op, names = self.describe(match)
+        entry = {"pass": self.name, "op": op, "nodes": names, "reason": reason}
+        if entry not in ctx.report.refused:
+            ctx.report.refused.append(entry)
+
     def run(self, ctx):
         count = 0
         for match in list(self.matches(ctx)):
             reason = self.check(ctx, match)
             if reason:
                 if self.report_refusals:
-                    op, names = self.describe(match)
-                    ctx.report.refused.append({"pass": self.name, "op": op, "nodes": names, "reason": reason})
+                    self.report_refusal(ctx, match, reason)
                 continue
             self.rewrite(ctx, match)
             count += 1

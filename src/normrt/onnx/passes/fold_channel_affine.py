@@ -85,16 +85,13 @@ class FoldChannelAffine(GraphPass):
 
     def run(self, ctx):
         """Rounds of matches until none folds (a chain folds one node per round); each refusal reported once."""
-        count, refused = 0, set()
+        count = 0
         while True:
             folded = 0
             for m in list(self.matches(ctx)):
                 reason = self.check(ctx, m)
                 if reason:
-                    op, names = self.describe(m)
-                    if (tuple(names), reason) not in refused:
-                        refused.add((tuple(names), reason))
-                        ctx.report.refused.append({"pass": self.name, "op": op, "nodes": names, "reason": reason})
+                    self.report_refusal(ctx, m, reason)
                     continue
                 self.rewrite(ctx, m)
                 folded += 1
