@@ -237,19 +237,33 @@ cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t
             d[j] = a[j]
 
 
+cdef inline void fill_constants(const Program* p, float* scratch) noexcept nogil:
+    """The constant registers: each a tile of its value (a thread's scratch, filled once)."""
+    cdef int k
+    cdef Py_ssize_t j
+    for k in range(p.n_const):
+        for j in range(TILE):
+            scratch[(p.n_in + k) * TILE + j] = p.consts[k]
+
+
+cdef inline void run_code(const Program* p, float** reg, Py_ssize_t n) noexcept nogil:
+    """The program's instructions, in order, over the first n elements of the registers."""
+    cdef int k
+    for k in range(p.n_instr):
+        run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
+
+
 cdef void run_items(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
     """Tiles first..last-1 of the output (row-major: row, then tile within the row)."""
     cdef float scratch[MAX_REGS * TILE]
     cdef float* reg[MAX_REGS]
     cdef Py_ssize_t item, row, rem, j0, n, off, j, st
     cdef Py_ssize_t inner = p.shape[p.ndim - 1]
-    cdef int i, k, d, r, op
+    cdef int i, d, r
     cdef const float* s
     cdef float* dst
     cdef int result = p.code[4 * (p.n_instr - 1) + 1]
-    for k in range(p.n_const):
-        for j in range(TILE):
-            scratch[(p.n_in + k) * TILE + j] = p.consts[k]
+    fill_constants(p, scratch)
     for item in range(first, last):
         row = item // p.tiles_per_row
         j0 = (item - row * p.tiles_per_row) * TILE
@@ -274,9 +288,7 @@ cdef void run_items(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcep
                 for j in range(n):
                     scratch[i * TILE + j] = s[j * st]
         reg[result] = p.out + row * inner + j0
-        for k in range(p.n_instr):
-            op = p.code[4 * k]
-            run_instr(op, reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
+        run_code(p, reg, n)
 
 
 cdef void run_row_groups(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
@@ -294,14 +306,12 @@ cdef void run_row_groups(const Program* p, Py_ssize_t first, Py_ssize_t last) no
     cdef Py_ssize_t inner = p.shape[p.ndim - 1]
     cdef Py_ssize_t n_rows = p.n_rows
     cdef Py_ssize_t item, row0, rem, m, count, off, base, j, rr, st
-    cdef int i, k, d, r, pass_, outer_axes = p.ndim - 1
+    cdef int i, d, r, pass_, outer_axes = p.ndim - 1
     cdef bint in_place
     cdef const float* s
     cdef float* dst
     cdef int result = p.code[4 * (p.n_instr - 1) + 1]
-    for k in range(p.n_const):
-        for j in range(TILE):
-            scratch[(p.n_in + k) * TILE + j] = p.consts[k]
+    fill_constants(p, scratch)
     for item in range(first, last):
         row0 = item * p.rows_per_item
         m = min(p.rows_per_item, n_rows - row0)
@@ -357,9 +367,7 @@ cdef void run_row_groups(const Program* p, Py_ssize_t first, Py_ssize_t last) no
                     reg[i] = <float*>(p.src[i].data + base)
                     break
         reg[result] = p.out + row0 * inner
-        for k in range(p.n_instr):
-            run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]],
-                      count)
+        run_code(p, reg, count)
 
 
 cdef void run_part(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
