@@ -556,6 +556,24 @@ def test_inspect_shows_kernel_node_and_input_dtypes(tmp_path, capsys):
     assert cli._node_dtypes(m.graph.node[1], types) == "float16 -> float16"
 
 
+def test_inspect_types_ops_whose_schema_at_the_model_opset_lacks_bfloat16():
+    """A bfloat16 Conv in an opset-18 model (Conv took bfloat16 in opset 22; normrt runs it): its
+    output is typed from the op's newest schema, so the norm after it shows bfloat16 -> bfloat16."""
+    from normrt import cli
+    from normrt.onnx.report import value_elem_types
+    bf = TensorProto.BFLOAT16
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             normrt_node("GroupNorm", ["c", "s", "b"], ["y"], "gn", num_groups=2)]
+    inits = [numpy_helper.from_array(np.ones((4, 4, 1, 1), ml_dtypes.bfloat16), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "s"), numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", bf, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("y", bf, [1, 4, 3, 3])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
+    types = value_elem_types(m)
+    assert types["c"] == bf
+    assert cli._node_dtypes(m.graph.node[1], types) == "bfloat16 (weights float32) -> bfloat16"
+
+
 @DTYPES
 @SETTINGS
 @given(op=st.sampled_from(["Shrink", "LpPool", "InstanceNormalization"]), c=st.integers(1, 4),

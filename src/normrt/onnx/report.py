@@ -122,10 +122,19 @@ def value_elem_types(model):
         known = {i: types[i] for i in node.input if i in types}
         if len(known) != len([i for i in node.input if i]):
             continue
-        try:
-            schema = defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
-            out = shape_inference.infer_node_outputs(schema, node, known, opset_imports=list(model.opset_import))
-        except Exception:  # noqa: BLE001 - best effort: an untyped value shows as '?'
+        out = None
+        # the model's opset first; then the op's newest schema, for types it lacks and normrt runs
+        # (a bfloat16 Conv at opset 18: Conv took bfloat16 in opset 22)
+        for version in (opsets.get(domain, 1), None):
+            try:
+                schema = defs.get_schema(node.op_type, version, domain) if version is not None \
+                    else defs.get_schema(node.op_type, domain)
+                out = shape_inference.infer_node_outputs(schema, node, known,
+                                                         opset_imports=list(model.opset_import))
+                break
+            except Exception:  # noqa: BLE001 - best effort: an untyped value shows as '?'
+                continue
+        if out is None:
             continue
         for name, tp in out.items():
             if tp.HasField("tensor_type") and tp.tensor_type.elem_type:
