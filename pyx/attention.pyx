@@ -52,6 +52,17 @@ cdef enum:
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
 
 
+cdef inline bint bias_block_hidden(const float* bias, Py_ssize_t brs, Py_ssize_t nr,
+                                   Py_ssize_t nk) noexcept nogil:
+    """attention_kernel.h's nrt_bias_block_hidden, portable: -inf for every row and key."""
+    cdef Py_ssize_t r, c
+    for r in range(nr if brs else 1):
+        for c in range(nk):
+            if bias[r * brs + c] != -INFINITY:
+                return False
+    return True
+
+
 cdef inline void online_softmax_rows(float* s, Py_ssize_t nr, Py_ssize_t nk,
                                      Py_ssize_t i0, Py_ssize_t j0, bint causal,
                                      const float* bias0, Py_ssize_t bias_row_stride,
@@ -222,6 +233,9 @@ def attention_fwd(const float[:, :, :, :] q,        # IN  (B, Hq, Sq, D), any st
                 j0 = 0
                 while j0 < jend:
                     nk = min(<Py_ssize_t>KB, jend - j0)
+                    if bias0 != NULL and bias_block_hidden(bias0 + j0, bias_row_stride, nr, nk):
+                        j0 = j0 + KB                # every key hidden from every row: skipped
+                        continue
                     for c in range(nk):             # the key block transposed: keys in the lanes
                         for r in range(D):
                             ktb[r * KB + c] = k[b, hk, j0 + c, r]

@@ -199,6 +199,24 @@ static inline __attribute__((always_inline)) void nrt_transpose16(__m512* t) {
         t[i] = u[i];
 }
 
+/* Whether the bias hides every key of a block from every row of the item (-inf throughout:
+   the padded keys of a batch's shorter sequences, a window's far keys). Such a block adds
+   nothing to any row (its weights are exp(-inf) = 0, its max never wins), so it is skipped:
+   no products. (So a NaN in the value of a key hidden with its whole block stays out of the
+   output, where a partly hidden block's 0 * NaN lets it in, as the dense formula does.) */
+static inline int nrt_bias_block_hidden(const float* bias, ptrdiff_t brs, ptrdiff_t nr, ptrdiff_t nk) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    ptrdiff_t r, c;
+    for (r = 0; r < (brs ? nr : 1); r++)
+        for (c = 0; c < nk; c += 16) {
+            __mmask16 m = nrt_tail_mask(nk - c);
+            __m512 b = _mm512_maskz_loadu_ps(m, bias + r * brs + c);
+            if (_mm512_mask_cmp_ps_mask(m, b, ninf, _CMP_NEQ_UQ))
+                return 0;
+        }
+    return 1;
+}
+
 /* sT[c][r] += bias[r * brs + c] * log2(e) for keys c < nk, rows r < nr (lanes past nr keep
    their scores: they are never written out). Each element rounds the product, then the sum
    (no contraction), as the scalar loop this replaced, whichever branch runs. brs == 0 (one
@@ -279,6 +297,8 @@ nrt_attention_rows_rv(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks
         jend = i0 + nr;                     /* later keys are masked for every row here */
     for (j0 = 0; j0 < jend; j0 += NRT_KB) {
         nk = jend - j0 < NRT_KB ? jend - j0 : NRT_KB;
+        if (bias && nrt_bias_block_hidden(bias + j0, bias_row_stride, nr, nk))
+            continue;
         nrt_qk_t_rv(qT, k + j0 * ks, ks, kd, D, nk, sT, RV);
         if (bias)
             nrt_add_bias_t(sT, bias + j0, bias_row_stride, nr, nk, RV);

@@ -86,6 +86,22 @@ def test_generated_bias_shapes(sq, skv, heads, form, causal, seed):
         assert np.array_equal(y, normrt.attention(q, k, v, bias=bias, is_causal=causal, scale=0.5))
 
 
+@pytest.mark.parametrize("lengths", [(256, 200, 96, 40), (1, 64, 65, 130)])
+def test_padding_masks_skip_hidden_key_blocks(lengths):
+    """A batch of sequences padded to one length: the -inf padding hides whole key blocks of the
+    shorter ones (skipped); the result is the dense formula's, and the same for any thread count."""
+    s = max(lengths)
+    q, k, v = qkv(len(lengths), 3, 3, s, s, 16, 8)
+    pad = np.zeros((len(lengths), 1, 1, s), np.float32)
+    for b, n in enumerate(lengths):
+        pad[b, 0, 0, n:] = -np.inf
+    y = normrt.attention(q, k, v, bias=pad)
+    np.testing.assert_allclose(y, ref(q, k, v, bias=pad), rtol=2e-5, atol=2e-6)
+    for n_threads in (1, 3):
+        with normrt.threads(n_threads):
+            assert np.array_equal(y, normrt.attention(q, k, v, bias=pad))
+
+
 def test_minus_inf_masks_and_fully_masked_rows_give_zeros():
     q, k, v = qkv(1, 2, 2, 70, 150, 16, 16)
     bias = np.where(rng.random((70, 150)) > 0.6, 0.0, -np.inf).astype(np.float32)
