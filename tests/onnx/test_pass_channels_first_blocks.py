@@ -161,6 +161,11 @@ def test_refused_blocks_stay_as_they_are():
     check(model, feed, 0)
 
 
+def test_an_empty_pair_is_left_to_no_op_views():
+    b = Block(1, 8, 3, 5, 7)
+    check(b.model(), b.feed(), 0)
+
+
 def test_two_exits_are_refused():
     b = Block(1, 8, 3, 3, 6)
     b.norm("layer")

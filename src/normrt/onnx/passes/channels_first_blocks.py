@@ -102,6 +102,8 @@ class ChannelsFirstBlocks(GraphPass):
                         todo.append(out)
         if end is None:
             return "no closing Transpose"
+        if not nodes:
+            return "nothing between the Transposes (no_op_views composes the pair)"
         # every input of the region's nodes must be known by now (read inside, or constant)
         for node in nodes + [end]:
             for name in node.input:
