@@ -452,7 +452,7 @@ def cmd_inspect(args, out):
                     reference_ops[key] = reference_ops.get(key, 0) + 1
 
         regions = report.get("half_compute")
-        if regions:
+        if regions and (regions["regions"] or regions.get("refused")):     # a model with half values
             print(f"half compute float32: {regions['regions']} region(s), {regions['retyped']} half values "
                   f"computed in float32, {regions['up_casts'] + regions['down_casts']} boundary Casts "
                   f"({regions['up_casts']} up, {regions['down_casts']} down), "

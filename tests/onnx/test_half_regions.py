@@ -288,6 +288,9 @@ def test_cli_half_compute(half_dag, tmp_path):
     assert "half compute" not in out.getvalue()
     with pytest.raises(SystemExit):
         main(["run", str(path), "--half-compute", "float16"])
+    out = io.StringIO()
+    assert main(["inspect"], out=out) == 0                     # the float32 examples: no half line
+    assert "half compute" not in out.getvalue()
 
 
 # -- helpers ------------------------------------------------------------------
