@@ -181,6 +181,90 @@ nrt_gc_plane(const nrt_gc_geom *g, const float *restrict s, const float *restric
     }
 }
 
+/* Small depthwise planes (one input and one output channel per group, one vector per
+ * output row): a block of RB rows of one plane has only RB accumulator chains, each as
+ * long as the taps (49 dependent FMAs for a 7x7), with few lanes in use on a 4x4 or 2x2
+ * plane: the FMA latency, not the arithmetic, set the time. So NG such groups (channels)
+ * run side by side, NG x RB chains in flight; each output's sum is the one nrt_gc_block
+ * makes (bias, then the taps in row-major order), so the results are the same bits. */
+#define NRT_GC_NG 4
+
+static inline int nrt_gc_interleaved(const nrt_gc_geom *g) {
+    return g->cg == 1 && g->mg == 1 && g->OWv == NRT_GC_VL;
+}
+
+static inline __attribute__((always_inline)) void
+nrt_gc_block_ng(const nrt_gc_geom *g, const float *restrict s, ptrdiff_t per, const float *restrict w,
+                const float *restrict bias, float *restrict y, ptrdiff_t oh0, const int NG, const int RB) {
+    nrt_gc_v acc[NRT_GC_NG][4];
+    const ptrdiff_t rstep = g->sh * g->Wq, phase_step = g->Hp * g->Wq, taps = g->KH * g->KW;
+    for (int k = 0; k < NG; k++)
+        for (int r = 0; r < RB; r++)
+            acc[k][r] = (nrt_gc_v){0} + (bias ? bias[k] : 0.0f);
+    for (ptrdiff_t i = 0; i < g->KH; i++) {
+        const float *restrict rows = s + (oh0 * g->sh + i * g->dh) * g->Wq;
+        ptrdiff_t p = 0, q = 0;
+        for (ptrdiff_t j = 0; j < g->KW; j++) {
+            const float *restrict base = rows + p * phase_step + q;
+            #pragma GCC unroll 4
+            for (int k = 0; k < NG; k++) {
+                nrt_gc_v wv = (nrt_gc_v){0} + w[k * taps + i * g->KW + j];
+                #pragma GCC unroll 4
+                for (int r = 0; r < RB; r++)
+                    acc[k][r] = NRT_GC_FMA(*(const nrt_gc_vu *)(base + k * per + r * rstep), wv, acc[k][r]);
+            }
+            p += g->dw;
+            while (p >= g->sw) {
+                p -= g->sw;
+                q++;
+            }
+        }
+    }
+    for (int k = 0; k < NG; k++)
+        for (int r = 0; r < RB; r++) {
+            float *restrict yr = y + k * g->OH * g->OW + (oh0 + r) * g->OW;
+            if (g->OW == NRT_GC_VL) {
+                *(nrt_gc_vu *)yr = acc[k][r];
+            } else {
+                float tmp[NRT_GC_VL];
+                memcpy(tmp, &acc[k][r], sizeof(tmp));
+                memcpy(yr, tmp, sizeof(float) * (size_t)g->OW);
+            }
+        }
+}
+
+static __attribute__((noinline)) void
+nrt_gc_planes_ng(const nrt_gc_geom *g, const float *restrict s, ptrdiff_t per, const float *restrict w,
+                 const float *restrict bias, float *restrict y, const int NG) {
+    ptrdiff_t oh = 0;
+    for (; oh + 4 <= g->OH; oh += 4)
+        nrt_gc_block_ng(g, s, per, w, bias, y, oh, NG, 4);
+    switch (g->OH - oh) {
+    case 3: nrt_gc_block_ng(g, s, per, w, bias, y, oh, NG, 3); break;
+    case 2: nrt_gc_block_ng(g, s, per, w, bias, y, oh, NG, 2); break;
+    case 1: nrt_gc_block_ng(g, s, per, w, bias, y, oh, NG, 1); break;
+    default: break;
+    }
+}
+
+/* One work item of the interleaved form: groups [grp0, grp0 + ng) (ng <= NRT_GC_NG) of
+ * one image; scratch: NRT_GC_NG * nrt_gc_setup(g) floats. */
+static void nrt_gc_groups_ng(const nrt_gc_geom *g, const float *x, const float *w, const float *bias,
+                             float *y, ptrdiff_t grp0, ptrdiff_t ng, float *scratch) {
+    ptrdiff_t per = g->sw * g->Hp * g->Wq;
+    for (ptrdiff_t k = 0; k < ng; k++)
+        nrt_gc_fill(g, x + (grp0 + k) * g->H * g->W, scratch + k * per);
+    const float *wk = w + grp0 * g->KH * g->KW;
+    const float *bk = bias ? bias + grp0 : NULL;
+    float *yk = y + grp0 * g->OH * g->OW;
+    switch (ng) {
+    case 4: nrt_gc_planes_ng(g, scratch, per, wk, bk, yk, 4); break;
+    case 3: nrt_gc_planes_ng(g, scratch, per, wk, bk, yk, 3); break;
+    case 2: nrt_gc_planes_ng(g, scratch, per, wk, bk, yk, 2); break;
+    default: nrt_gc_planes_ng(g, scratch, per, wk, bk, yk, 1); break;
+    }
+}
+
 /* One work item: group `grp` of one image. x: the image's (C, H, W); w: (M, cg, KH, KW);
  * bias: (M,) or NULL; y: the image's (M, OH, OW); scratch: nrt_gc_setup(g) floats. */
 static void nrt_gc_group(const nrt_gc_geom *g, const float *x, const float *w, const float *bias,

@@ -10,6 +10,9 @@ group's input planes, so no load depends on the stride or the padding).
 
 Work items are (image, group) pairs, statically split over the threads; each
 item fills its thread's scratch once and computes the group's output channels.
+Depthwise convs whose output rows fit one vector (ConvNeXt's 7x7 on 16x16 to
+2x2 maps) take four groups per item instead, their planes computed side by
+side so more accumulator chains are in flight (the same sums, the same bits).
 Every output is summed by one thread in a fixed tap order, so results do not
 depend on the thread count.
 """
@@ -24,6 +27,10 @@ cdef extern from "grouped_conv.h" nogil:
     Py_ssize_t nrt_gc_setup(nrt_gc_geom* g)
     void nrt_gc_group(const nrt_gc_geom* g, const float* x, const float* w, const float* bias, float* y,
                       Py_ssize_t grp, float* scratch)
+    int nrt_gc_interleaved(const nrt_gc_geom* g)
+    void nrt_gc_groups_ng(const nrt_gc_geom* g, const float* x, const float* w, const float* bias, float* y,
+                          Py_ssize_t grp0, Py_ssize_t ng, float* scratch)
+    enum: NRT_GC_NG
 
 
 def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -54,17 +61,25 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     g.cg = C // group
     g.mg = M // group
     cdef Py_ssize_t per = nrt_gc_setup(&g)
-    cdef Py_ssize_t items = N * group, item, n
+    # small depthwise planes: NRT_GC_NG groups per item, side by side (grouped_conv.h)
+    cdef Py_ssize_t ng = NRT_GC_NG if nrt_gc_interleaved(&g) else 1
+    cdef Py_ssize_t per_image = (group + ng - 1) // ng
+    cdef Py_ssize_t items = N * per_image, item, n, k
     if n_threads > items:
         n_threads = <int>items
     cdef const float* bp = &bias[0] if bias.shape[0] else NULL
-    cdef float* scratch = <float*>malloc(n_threads * per * sizeof(float))   # one group's planes per thread
+    cdef float* scratch = <float*>malloc(n_threads * ng * per * sizeof(float))   # an item's planes per thread
     if scratch == NULL:
         raise MemoryError()
     try:
         for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
-            n = item // group
-            nrt_gc_group(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], item - n * group,
-                         scratch + omp_get_thread_num() * per)
+            n = item // per_image
+            k = (item - n * per_image) * ng
+            if ng > 1:
+                nrt_gc_groups_ng(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], k, min(ng, group - k),
+                                 scratch + omp_get_thread_num() * ng * per)
+            else:
+                nrt_gc_group(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], k,
+                             scratch + omp_get_thread_num() * per)
     finally:
         free(scratch)

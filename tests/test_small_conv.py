@@ -75,6 +75,27 @@ def test_depthwise_model_shapes(k, s):
     np.testing.assert_allclose(y, ref_conv2d(x, wt, b, (s, s), (p, p), (1, 1), 48, (o, o)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("c,hw,k,s", [(64, 4, 7, 1), (128, 2, 7, 1), (13, 16, 7, 1), (30, 8, 3, 2), (5, 1, 3, 1)])
+def test_small_depthwise_planes_side_by_side(c, hw, k, s):
+    """ConvNeXt's 7x7 depthwise convs on maps of 16x16 to 2x2 (one vector per output row) run
+    four channels per work item, side by side: any channel count (13: a last item of one), the
+    float64 result, the same bits for any thread count."""
+    rng = np.random.default_rng(c + hw)
+    x = rng.standard_normal((2, c, hw, hw)).astype(np.float32)
+    wt = rng.standard_normal((c, 1, k, k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    p = k // 2
+    o = (hw + 2 * p - k) // s + 1
+    outs = []
+    for nt in (1, 2, 3):
+        y = np.full((2, c, o, o), np.nan, np.float32)
+        small_conv.grouped_conv2d(x, wt, b, y, s, s, p, p, 1, 1, c, nt)
+        outs.append(y)
+    np.testing.assert_allclose(outs[0], ref_conv2d(x, wt, b, (s, s), (p, p), (1, 1), c, (o, o)), rtol=1e-5, atol=1e-5)
+    for y in outs[1:]:
+        assert np.array_equal(y.view(np.uint32), outs[0].view(np.uint32))
+
+
 def test_grouped_conv2d_checks_its_arguments():
     x = np.zeros((1, 4, 5, 5), np.float32)
     w = np.zeros((4, 1, 3, 3), np.float32)
