@@ -49,7 +49,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                             # (pack_at): y^T = im2col(x)^T W^T, see conv_transposed
            float[:, :, :, ::1] y,           # OUT (N, M, OH, OW); must not overlap x
            const float[::1] bias,           # IN  empty or (M,)
-           const float[::1] residual,       # IN  empty or (N*M*OH*OW,); may be y itself
+           const float[::1] residual,       # IN  empty or (N*M*OH*OW,); y itself only where
+                                            # residual_may_be_y(...)
            int act,
            float[::1] work,                 # workspace_size(n_threads) floats
            int n_threads):
@@ -263,6 +264,22 @@ def conv_transposed(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, 
     if kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and cg >= 2 * mg:
         return True
     return ((pix + NR - 1) // NR) * NR * 10 > tr_rows * 11
+
+
+def residual_may_be_y(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                      Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t mg, Py_ssize_t cg, bint transposed):
+    """Whether conv2d may be given y itself as its residual (y written into the
+    residual's buffer: no second output array, and the residual's cache lines
+    are the ones written). Each residual element must be read before its y
+    element is first written: true where the K sum runs in the thread's C
+    block (transposed, wide: transpose_out / wide_compact add it while
+    copying out), and where it runs in y with one K block (the tile reads its
+    residual in the store that first writes it). With several K blocks y holds
+    partial sums before the residual is read."""
+    if transposed or use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg):
+        return True
+    return cg * kh * kw <= KC
 
 
 cdef inline Py_ssize_t t_panel_rows(Py_ssize_t pix) noexcept nogil:

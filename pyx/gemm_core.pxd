@@ -15,13 +15,14 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from omp cimport omp_get_thread_num
-from moments cimport activate_span
+from moments cimport activate_span, ACT_RELU
 
 cdef extern from "gemm_microkernel.h":
     const int MR "NRT_MR"
     const int NR "NRT_NR"
     const int K_FIRST "NRT_FIRST"
     const int K_LAST "NRT_LAST"
+    const int K_RELU "NRT_RELU"
     const char* NRT_ISA
     void nrt_copy_nr(float* d, const float* s) noexcept nogil
     void nrt_pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
@@ -40,7 +41,8 @@ cdef extern from "gemm_microkernel.h":
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
                         long ldc, int flags, const float* bias_row) noexcept nogil
     const int TT "NRT_TT"
-    void nrt_transpose_tile(const float* s, long lds, float* d, long ldd) noexcept nogil
+    void nrt_transpose_tile(const float* s, long lds, float* d, long ldd, const float* res,
+                            int relu) noexcept nogil
 
 cdef extern from "gemm_pack_a.h":
     void nrt_pack_a_panel(const float* a, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t kc, float* d) noexcept nogil
@@ -412,12 +414,16 @@ cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r
                         Py_ssize_t q0, Py_ssize_t q1) noexcept nogil:
     """y[ch, p] = act(t[p, ch] + res[ch, p]) for pixels [r0, r1), channels [q0, q1):
     a transpose in TT x TT register tiles (16 x 16 with AVX-512: whole cache
-    lines on both sides; the edges float by float), then the residual and
-    activation along y's rows."""
+    lines on both sides; the edges float by float) that adds the residual and
+    applies ReLU as it stores (other activations: a pass along y's rows after).
+    Each residual element is read before its y element is written: the
+    residual may be y's own buffer."""
     cdef Py_ssize_t cb, pb, ch, p, c1, p1
     cdef const float* src = cptr(lg, r0, q0)
-    cdef const float* res
+    cdef const float* res = NULL
     cdef float* dst
+    cdef float v
+    cdef bint relu = g.act == ACT_RELU
     pb = r0
     while pb < r1:        # (while: Cython wants a literal range step)
         p1 = min(pb + TT, r1)
@@ -425,24 +431,25 @@ cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r
         while cb < q1:
             c1 = min(cb + TT, q1)
             if p1 - pb == TT and c1 - cb == TT:
-                nrt_transpose_tile(src + (pb - r0) * lg.ldc + (cb - q0), lg.ldc, g.c + cb * g.ldc + pb, g.ldc)
+                nrt_transpose_tile(src + (pb - r0) * lg.ldc + (cb - q0), lg.ldc, g.c + cb * g.ldc + pb, g.ldc,
+                                   g.res + cb * g.ldc + pb if g.res != NULL else NULL, relu)
             else:
                 for ch in range(cb, c1):
                     dst = g.c + ch * g.ldc
+                    if g.res != NULL:
+                        res = g.res + ch * g.ldc
                     for p in range(pb, p1):
-                        dst[p] = src[(p - r0) * lg.ldc + (ch - q0)]
+                        v = src[(p - r0) * lg.ldc + (ch - q0)]
+                        if g.res != NULL:
+                            v = v + res[p]
+                        if relu and v < 0:
+                            v = 0.0
+                        dst[p] = v
             cb = c1
         pb = p1
-    if g.res == NULL and g.act == 0:
-        return
-    for ch in range(q0, q1):
-        dst = g.c + ch * g.ldc
-        if g.res != NULL:
-            res = g.res + ch * g.ldc
-            for p in range(r0, r1):
-                dst[p] = dst[p] + res[p]
-        if g.act != 0:
-            activate_span(dst + r0, r1 - r0, g.act)
+    if g.act != 0 and not relu:
+        for ch in range(q0, q1):
+            activate_span(g.c + ch * g.ldc + r0, r1 - r0, g.act)
 
 
 cdef inline void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
@@ -453,6 +460,7 @@ cdef inline void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0
     cdef const float* src
     cdef const float* res
     cdef float* dst
+    cdef float v
     while oy * g.wp < q1:
         a = max(q0, oy * g.wp)
         b = min(q1, oy * g.wp + g.ow)
@@ -463,11 +471,20 @@ cdef inline void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0
                 dst = g.c + r * g.ldc + oy * g.ow + (a - oy * g.wp)
                 if g.res != NULL:
                     res = g.res + r * g.ldc + oy * g.ow + (a - oy * g.wp)
+                    if g.act == ACT_RELU:
+                        for j in range(n_):
+                            v = src[j] + res[j]
+                            dst[j] = <float>0.0 if v < <float>0.0 else v
+                    else:
+                        for j in range(n_):
+                            dst[j] = src[j] + res[j]
+                elif g.act == ACT_RELU:
                     for j in range(n_):
-                        dst[j] = src[j] + res[j]
+                        v = src[j]
+                        dst[j] = <float>0.0 if v < <float>0.0 else v
                 else:
                     memcpy(dst, src, n_ * sizeof(float))
-                if g.act != 0:
+                if g.act != 0 and g.act != ACT_RELU:
                     activate_span(dst, n_, g.act)
         oy += 1
 
@@ -532,6 +549,8 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
         pc = kb * KC
         kc = min(<Py_ssize_t>KC, g.k - pc)
         flags = (K_FIRST if pc == 0 else 0) | (K_LAST if pc + kc == g.k else 0)
+        if (flags & K_LAST) and g.act == ACT_RELU:
+            flags |= K_RELU     # in the micro-kernel's store (edge tiles too: edge_tile runs it)
         if wide:
             # B rows read in place from the padded image (see nrt_kernel), every
             # tile (no packed copy at all)
@@ -598,7 +617,7 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                                    brow, bcol, res, g.ldc)
                     else:
                         edge_tile(g, ap, bp, kc, flags, r0, c0, mr, nr, tile)
-                    if (flags & K_LAST) and g.act != 0:
+                    if (flags & K_LAST) and g.act != 0 and not (flags & K_RELU):
                         for i in range(mr):
                             activate_span(cptr(g, r0 + i, c0), nr, g.act)
             ic = ic1

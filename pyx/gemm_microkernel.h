@@ -100,6 +100,17 @@ nrt_pad_planes(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ss
 
 #define NRT_FIRST 1
 #define NRT_LAST 2
+/* with NRT_LAST: ReLU on the stored tile (moments.pxd's activate_span, same
+   result: v < 0 gives +0, NaN and -0 stay), so a ReLU epilogue costs no second
+   pass over C (a 1x1 conv of K = 64 spent 6% of its time re-reading its tiles) */
+#define NRT_RELU 4
+
+/* v < 0 ? +0 : v per lane: the comparison's all-ones lanes clear v's bits */
+static inline __attribute__((always_inline)) nrt_v nrt_relu(nrt_v v)
+{
+    typedef int nrt_vi __attribute__((vector_size(sizeof(nrt_v))));
+    return (nrt_v)((nrt_vi)v & ~(nrt_vi)(v < NRT_BCAST(0.0f)));
+}
 
 /* c[MR, NR] (row stride ldc) = (first ? 0 : c) + a_panel @ b_panel, then on
    the last K block + bias_row[i] + bias_col[j] + res[i, j] (each optional).
@@ -152,6 +163,10 @@ nrt_kernel_body(long kc, const float* restrict a, const float* restrict b,
             if (res) {
                 v0 = v0 + *(const nrt_vu*)(res + i * ldr);
                 v1 = v1 + *(const nrt_vu*)(res + i * ldr + NRT_VW);
+            }
+            if (flags & NRT_RELU) {
+                v0 = nrt_relu(v0);
+                v1 = nrt_relu(v1);
             }
         }
         *(nrt_vu*)cp = v0;
@@ -251,13 +266,23 @@ nrt_kernel_tc1(long kc, const float* restrict x, const Py_ssize_t* restrict koff
     nrt_kernel_t_body(NRT_MR - 1, 1, kc, x, koff, off, b, c, ldc, flags, bias_col);
 }
 
-/* d[j * ldd + i] = s[i * lds + j] for i, j < NRT_TT: the transposed conv's
-   output tile (pixels x channels) written as channel rows, NRT_TT rows of
-   NRT_TT floats in registers (a scalar transpose was ~6% of a ResNet-50 run
-   on one thread: strided single-float loads). A pure copy: no arithmetic. */
+/* d[j * ldd + i] = s[i * lds + j] (+ res[j * ldd + i]) for i, j < NRT_TT: the
+   transposed conv's output tile (pixels x channels) written as channel rows,
+   NRT_TT rows of NRT_TT floats in registers (a scalar transpose was ~6% of a
+   ResNet-50 run on one thread: strided single-float loads). With res (NULL:
+   none) the residual is added as each row is stored, and with relu ReLU
+   follows: one pass over y, and each residual row is read before its y row is
+   written, so res may be d itself (y written into the residual's buffer). */
+#define NRT_TT_STORE(row, v) do {                                               \
+        nrt_v v_ = (nrt_v)(v);                                                  \
+        if (res) v_ = v_ + *(const nrt_vu*)(res + (row) * ldd);                \
+        if (relu) v_ = nrt_relu(v_);                                            \
+        *(nrt_vu*)(d + (row) * ldd) = v_;                                      \
+    } while (0)
 #if defined(__AVX512F__)
   #define NRT_TT 16
-static inline void nrt_transpose_tile(const float* restrict s, long lds, float* restrict d, long ldd)
+static inline void nrt_transpose_tile(const float* restrict s, long lds, float* d, long ldd,
+                                      const float* res, int relu)
 {
     __m512 r[16], t[16];
     int i, k;
@@ -283,15 +308,16 @@ static inline void nrt_transpose_tile(const float* restrict s, long lds, float* 
         __m512 v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xEE);
         __m512 v2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x44);
         __m512 v3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xEE);
-        _mm512_storeu_ps(d + k * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(d + (4 + k) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-        _mm512_storeu_ps(d + (8 + k) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(d + (12 + k) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+        NRT_TT_STORE(k, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        NRT_TT_STORE(4 + k, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        NRT_TT_STORE(8 + k, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        NRT_TT_STORE(12 + k, _mm512_shuffle_f32x4(v1, v3, 0xDD));
     }
 }
-#elif defined(__AVX2__)
+#elif defined(__AVX2__) && defined(__FMA__)   /* (as NRT_VW: nrt_v is 8 floats) */
   #define NRT_TT 8
-static inline void nrt_transpose_tile(const float* restrict s, long lds, float* restrict d, long ldd)
+static inline void nrt_transpose_tile(const float* restrict s, long lds, float* d, long ldd,
+                                      const float* res, int relu)
 {
     __m256 r[8], t[8];
     int i, k;
@@ -309,22 +335,23 @@ static inline void nrt_transpose_tile(const float* restrict s, long lds, float* 
         r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
     }
     for (k = 0; k < 4; k++) {
-        _mm256_storeu_ps(d + k * ldd, _mm256_permute2f128_ps(r[k], r[4 + k], 0x20));
-        _mm256_storeu_ps(d + (4 + k) * ldd, _mm256_permute2f128_ps(r[k], r[4 + k], 0x31));
+        NRT_TT_STORE(k, _mm256_permute2f128_ps(r[k], r[4 + k], 0x20));
+        NRT_TT_STORE(4 + k, _mm256_permute2f128_ps(r[k], r[4 + k], 0x31));
     }
 }
 #else
   #include <xmmintrin.h>
   #define NRT_TT 4
-static inline void nrt_transpose_tile(const float* restrict s, long lds, float* restrict d, long ldd)
+static inline void nrt_transpose_tile(const float* restrict s, long lds, float* d, long ldd,
+                                      const float* res, int relu)
 {
     __m128 r0 = _mm_loadu_ps(s), r1 = _mm_loadu_ps(s + lds);
     __m128 r2 = _mm_loadu_ps(s + 2 * lds), r3 = _mm_loadu_ps(s + 3 * lds);
     _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-    _mm_storeu_ps(d, r0);
-    _mm_storeu_ps(d + ldd, r1);
-    _mm_storeu_ps(d + 2 * ldd, r2);
-    _mm_storeu_ps(d + 3 * ldd, r3);
+    NRT_TT_STORE(0, r0);
+    NRT_TT_STORE(1, r1);
+    NRT_TT_STORE(2, r2);
+    NRT_TT_STORE(3, r3);
 }
 #endif
 

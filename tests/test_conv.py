@@ -257,17 +257,19 @@ def test_generated_shapes_match_float64_reference(problem):
         np.testing.assert_allclose(y, ref_act(pre.astype(np.float64), act), rtol=1e-5, atol=1e-6)
 
 
-def _kernel_conv(x, w, b, res, act, kw, transposed, n_threads):
-    """The conv kernel itself, product and thread count forced (normrt.conv2d picks both)."""
+def _kernel_conv(x, w, b, res, act, kw, transposed, n_threads, in_place=False):
+    """The conv kernel itself, product and thread count forced (normrt.conv2d picks both);
+    in_place: y written into (a copy of) the residual's buffer, passed as both."""
     (sh, sw), (pt, pl, pb, pr), (dh, dw), group = kw["strides"], kw["pads"], kw["dilations"], kw["group"]
     n, c, h, wd = x.shape
     m, cg, kh, kwd = w.shape
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (wd + pl + pr - (kwd - 1) * dw - 1) // sw + 1
     packed = normrt.pack_conv_weight(w, group)
-    y = np.empty((n, m, oh, ow), np.float32)
+    y = res.copy() if in_place else np.empty((n, m, oh, ow), np.float32)
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kwd, sh, sw, pt, pl, dh, dw, m // group, n_threads)
     empty = np.empty(0, np.float32)
+    res = y if in_place else res
     _kconv.conv2d(x, packed.transposed_data() if transposed else packed.data, kh, kwd, sh, sw, pt, pl, dh, dw,
                   group, transposed, y, empty if b is None else b, empty if res is None else res.reshape(-1),
                   _act_code(act), _workspace(n_threads, size), n_threads)
@@ -285,3 +287,52 @@ def test_generated_shapes_same_bits_for_any_product_and_thread_count(problem):
         for n_threads in (1, 2, 3):
             got = _kernel_conv(x, w, b, res, act, kw, transposed, n_threads)
             assert same_bits(got, want), (transposed, n_threads)
+
+
+def _may_alias(x, w, kw, transposed):
+    (sh, sw), (pt, pl, pb, pr), (dh, dw), group = kw["strides"], kw["pads"], kw["dilations"], kw["group"]
+    n, c, h, wd = x.shape
+    m, cg, kh, kwd = w.shape
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + pl + pr - (kwd - 1) * dw - 1) // sw + 1
+    return _kconv.residual_may_be_y(oh, ow, kh, kwd, sh, sw, pt, pl, dh, dw, m // group, cg, transposed)
+
+
+@settings(max_examples=80, deadline=None)
+@given(conv_problems())
+def test_generated_shapes_residual_buffer_as_y(problem):
+    # where residual_may_be_y allows it, y written into the residual's own buffer (the
+    # executor's in-place residual) gives the bits of a separate y, on any product and thread count
+    x, w, b, res, act, kw = problem
+    if res is None:
+        res = np.random.default_rng(7).standard_normal(normrt.conv2d(x, w, **kw).shape).astype(np.float32)
+    want = normrt.conv2d(x, w, b, residual=res, activation=act, **kw)
+    for transposed in (False, True):
+        if _may_alias(x, w, kw, transposed):
+            for n_threads in (1, 2):
+                got = _kernel_conv(x, w, b, res, act, kw, transposed, n_threads, in_place=True)
+                assert same_bits(got, want), (transposed, n_threads)
+    # and normrt.conv2d(out=residual) computes in place or through a copy, the same bits either way
+    out = res.copy()
+    assert normrt.conv2d(x, w, b, residual=out, activation=act, out=out, **kw) is out
+    assert same_bits(out, want)
+
+
+@pytest.mark.parametrize("xs,ws,strides", [
+    ((1, 40, 7, 7), (16, 40, 5, 5), (1, 1)),     # implicit im2col (3 output columns: not on the
+                                                 # padded width), K = 1000: four K blocks
+    ((1, 300, 6, 6), (8, 300, 1, 1), (1, 1)),    # 1x1 read as a matrix, K = 300
+    ((1, 300, 6, 6), (8, 300, 1, 1), (2, 2)),    # strided 1x1: implicit im2col
+])
+def test_residual_buffer_refused_with_several_k_blocks(xs, ws, strides):
+    # y holds partial sums before the residual is read: the predicate refuses, and rightly
+    # (aliasing anyway gives other numbers), so normrt.conv2d(out=residual) takes a copy
+    x, w = rand(*xs), rand(*ws)
+    kw = dict(strides=strides, pads=(0, 0, 0, 0), dilations=(1, 1), group=1)
+    assert not _may_alias(x, w, kw, False)
+    res = rand(*normrt.conv2d(x, w, **kw).shape)
+    want = normrt.conv2d(x, w, residual=res, **kw)
+    assert not np.allclose(_kernel_conv(x, w, None, res, None, kw, False, 1, in_place=True), want)
+    out = res.copy()
+    normrt.conv2d(x, w, residual=out, out=out, **kw)
+    assert same_bits(out, want)

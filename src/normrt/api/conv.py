@@ -184,17 +184,25 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         return y
     if dtype != _F32:
         return _conv2d_numpy(x, weight, bias, residual, act, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
-    if residual is not None and np.may_share_memory(residual, y):
-        residual = residual.copy()   # y is written before the residual is read (K blocks)
     if not packed:
         weight = pack_conv_weight(weight, group)
     nt = conv_threads(n, c, m, oh, ow, kh, kw, group)
     size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
+    if residual is not None and np.may_share_memory(residual, y) and not (
+            _same_array(residual, y) and _kconv.residual_may_be_y(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw,
+                                                                 m // group, cg, tr)):
+        residual = residual.copy()   # y would be written before the residual is read
     _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
               _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
     return y
+
+
+def _same_array(a, b):
+    """Whether a and b are the same C-contiguous memory (out=residual: y computed in place)."""
+    return (a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def conv_threads(n, c, m, oh, ow, kh, kw, group):

@@ -78,6 +78,9 @@ class NormOp:
     variadic: bool = False  # any number of inputs, all like the first
     norm: bool = True      # False: not a normalization (reports count it apart)
     half_native: bool = True   # takes float16/bfloat16 X as it is (False: computed in float32)
+    # the input position whose buffer Y may be written into when nothing reads it later (a fused
+    # residual, added element by element as Y is stored: the executor's in-place hint), or -1
+    inplace_input: int = -1
 
 
 NORM_OPS = {op.op_type: op for op in (
@@ -105,7 +108,7 @@ NORM_OPS = {op.op_type: op for op in (
            call=_calls.attention, compute_bound=True, half_native=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""},
-           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False),
+           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False, inplace_input=3),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),

@@ -268,6 +268,10 @@ class Executor:
         for step, positions in zip(self.steps, dead):
             if step.kind == "numpy" and step.run.impl.inplace and positions:
                 step.run.dead = positions
+            elif step.kind == "kernel" and getattr(step.run, "spec", None) is not None \
+                    and step.run.spec.inplace_input in positions:
+                # (a specialized plan's fast step then writes Y into that input: fast_steps.py)
+                step.run.dead = (step.run.spec.inplace_input,)
         # channel Concat chains (DenseNet's blocks) grow one buffer instead of copying it again
         for i, after in concat_chains(self.plan.nodes).items():
             if self.steps[i].kind == "numpy":

@@ -219,7 +219,8 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    tuple(attrs["strides"]), tuple(attrs["pads"]), tuple(attrs["dilations"]),
                                    attrs["group"], bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
                                    residual=ins[3] if len(ins) > 3 else None,
-                                   activation=attrs.get("activation") or None, n_threads=src.n_threads)
+                                   activation=attrs.get("activation") or None, n_threads=src.n_threads,
+                                   into_residual=3 in run.dead)
         if expr is not None:
             return expr
     if op == "Attention" and 3 <= len(ins) <= 4 and all(a is not None for a in ins[:3]) \

@@ -35,6 +35,7 @@ class KernelNode:
         self.out_positions = [i for i, o in enumerate(node.output) if o]
         self.packer = spec.packer
         self.weight_is_constant = False      # set by the executor when input 1 is an initializer
+        self.dead = ()       # (spec.inplace_input,) when nothing reads that input later (executor)
 
     def __call__(self, args, values):
         half = None

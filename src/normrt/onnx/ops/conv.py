@@ -351,12 +351,24 @@ def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, res
     return y
 
 
+def _residual_or_new(r, shape):
+    """Y's array when Y may be written into the residual r (nothing reads r later): r itself when it
+    is a C-contiguous writeable float32 array of Y's shape (its reshape(-1) then is a view), else a
+    new one."""
+    if r.flags.c_contiguous and r.flags.writeable and r.dtype == np.float32 and r.shape == shape:
+        return r
+    return np.empty(shape, np.float32)
+
+
 def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
-              activation=None, n_threads=1):
+              activation=None, n_threads=1, into_residual=False):
     """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
     conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
 
-    `x`, `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (M,) constant."""
+    `x`, `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (M,) constant.
+    `into_residual`: nothing reads the residual after this step (the executor's in-place hint), so Y
+    is written into its buffer where the kernel allows it (_kconv.residual_may_be_y): one array less
+    to allocate, and the lines Y writes are the residual's, already in cache."""
     from ..._checks import activation as _act_code
     from ...api.gemm import _EMPTY
     ex, (xshape, dx), _ = x
@@ -389,6 +401,9 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     ws = src.workspace(size)     # the plan's own (shared by its steps; runs hold its lock)
     src.ns["_EMPTY"] = _EMPTY
     y = str(buffer) if buffer is not None else f"np.empty({(n, m, oh, ow)!r}, np.float32)"
+    if into_residual and residual is not None and residual[2] is None \
+            and _kconv.residual_may_be_y(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg, tr):
+        y = f"{src.bind(_residual_or_new, '_residual_or_new')}({residual[0]}, {(n, m, oh, ow)!r})"
     return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
             f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
             f"{_act_code(activation)}, {ws}, {nt})")
