@@ -273,3 +273,39 @@ def test_attribute_values_onnx_inference_would_trip_on():
     with pytest.raises(normrt.ModelError, match=r"'split' \(Split\): attribute num_outputs=2 must equal its number "
                                                 r"of outputs \(3\)"):
         normrt.InferenceSession(model)
+
+
+@pytest.mark.parametrize("where", ["output", "input", "both", "subgraph"])
+def test_inputs_and_outputs_of_unknown_rank_run_as_in_onnxruntime(where):
+    # make_tensor_value_info(name, type, None) writes a tensor type without a shape field:
+    # onnx.checker requires the field, onnxruntime runs such models, and so does normrt
+    # (the check sees past it; every other check still applies)
+    unranked = helper.make_tensor_value_info
+    x_in = unranked("x", TensorProto.FLOAT, None if where in ("input", "both") else [2, 3])
+    if where == "subgraph":
+        then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                                 [unranked("t", TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                  [unranked("e", TensorProto.FLOAT, None)])
+        nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+        inputs = [x_in, unranked("c", TensorProto.BOOL, [])]
+    else:
+        nodes = [helper.make_node("Relu", ["x"], ["y"])]
+        inputs = [x_in]
+    y_out = unranked("y", TensorProto.FLOAT, None if where in ("output", "both", "subgraph") else [2, 3])
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [y_out]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(model)
+    feeds = {"x": np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], np.float32)}
+    if where == "subgraph":
+        feeds["c"] = np.array(True)
+    got = normrt.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, ReferenceEvaluator(model).run(None, feeds)[0])
+    # the rest of the model is still checked: an unknown op stays an error
+    nodes[0].op_type = "NoSuchOp" if where != "subgraph" else nodes[0].op_type
+    if where != "subgraph":
+        bad = helper.make_model(helper.make_graph(nodes, "g", inputs, [y_out]),
+                                opset_imports=[helper.make_opsetid("", 17)])
+        with pytest.raises(normrt.ModelError):
+            normrt.InferenceSession(bad.SerializeToString())

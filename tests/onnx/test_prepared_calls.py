@@ -134,3 +134,72 @@ def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, s
     got = _specialized_and_generic(sess, feeds)
     np.testing.assert_allclose(got[0], feeds["a"].astype(np.float64) @ feeds["b"], rtol=1e-5, atol=1e-5 * k)
     assert m * n * k >= 1 << 15 or _prepared(sess, "_small_batched")
+
+
+@settings(max_examples=25, deadline=None)
+@given(mode=st.sampled_from(["layer", "rms"]), c=st.integers(1, 40), hw=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       affine=st.sampled_from(["none", "scale", "both"]), act=st.sampled_from(["", "gelu", "relu"]),
+       batches=st.lists(st.integers(1, 3), min_size=1, max_size=2), seed=st.integers(0, 2 ** 16))
+def test_prepared_channel_norm_bitwise_generic(mode, c, hw, affine, act, batches, seed):
+    # normrt::ChannelNorm (what channels_first_blocks and the LayerNorm2d recognizers emit)
+    rng = np.random.default_rng(seed)
+    inits, ins = [], ["x"]
+    scale = rng.standard_normal(c).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    if affine != "none":
+        inits.append(numpy_helper.from_array(scale, "s"))
+        ins.append("s")
+    if affine == "both":
+        inits.append(numpy_helper.from_array(bias, "b"))
+        ins.append("b")
+    node = helper.make_node("ChannelNorm", ins, ["y"], domain="normrt", mode=mode, epsilon=1e-5, activation=act)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "cn", [vi("x", TensorProto.FLOAT, ["n", c, *hw])],
+                              [vi("y", TensorProto.FLOAT, ["n", c, *hw])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    for b in batches:
+        x = (rng.standard_normal((b, c, *hw)) * 2 + 3).astype(np.float32)
+        got = _specialized_and_generic(sess, {"x": x})[0]
+        x64 = x.astype(np.float64)
+        if mode == "layer":
+            x64 = x64 - x64.mean(axis=1, keepdims=True)
+        want = x64 / np.sqrt((x64 ** 2).mean(axis=1, keepdims=True) + 1e-5)
+        if affine != "none":
+            want = want * scale.reshape(1, c, 1, 1)
+        if affine == "both":
+            want = want + bias.reshape(1, c, 1, 1)
+        if act == "relu":
+            want = np.maximum(want, 0)
+        elif act == "gelu":
+            from scipy.special import erf
+            want = 0.5 * want * (1 + erf(want / np.sqrt(2)))
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert _prepared(sess, "_channel_norm"), "ChannelNorm runs its prepared call"
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["ReduceMean", "ReduceSum"]), opset=st.sampled_from([13, 18]),
+       shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), data=st.data(), keepdims=st.booleans(),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2 ** 16))
+def test_reduce_mean_sum_fast_step_bitwise_generic(op, opset, shape, data, keepdims, dtype, seed):
+    # the specialized plan's ReduceMean/ReduceSum (np.add.reduce and np.mean's own division)
+    axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), min_size=1, max_size=len(shape),
+                              unique_by=lambda a: a % len(shape)))
+    rng = np.random.default_rng(seed)
+    vi = helper.make_tensor_value_info
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    axes_as_input = op == "ReduceSum" or opset >= 18
+    inits = [numpy_helper.from_array(np.array(axes, np.int64), "axes")] if axes_as_input else []
+    attrs = {"keepdims": int(keepdims)} if axes_as_input else {"keepdims": int(keepdims), "axes": axes}
+    node = helper.make_node(op, ["x", "axes"] if axes_as_input else ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "r", [vi("x", elem, shape)], [vi("y", elem, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    got = _specialized_and_generic(sess, {"x": x})[0]
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    if want.ndim:      # (a 0-d result takes the generic call: np.mean's scalar branch)
+        assert _prepared(sess, "_reduce_mean" if op == "ReduceMean" else "np.add.reduce")

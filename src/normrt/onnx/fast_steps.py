@@ -65,6 +65,13 @@ def _softmax_into(x, y, n, nt):
     return y
 
 
+def _reduce_mean_into(x, axes, keepdims, count, out):
+    # np.mean's arithmetic (the generic ReduceMean, ops/reduce.py) without its per-call
+    # bookkeeping: the sum in x's dtype, then a true division by the count as an intp
+    total = np.add.reduce(x, axis=axes, dtype=x.dtype, keepdims=keepdims, out=out)
+    return np.true_divide(total, count, out=total, casting="unsafe")
+
+
 def _sigmoid(x, out):
     # the generic Sigmoid's sequence (activations.sigmoid), into `out`
     np.negative(x, out=out)
@@ -170,6 +177,27 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
         nt = min(src.n_threads, memory_bound(size))     # as the generic Softmax (api.softmax)
         return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {nt})"
+    if op in ("ReduceMean", "ReduceSum") and args and args[0] is not None and shape:
+        # (a 0-d result is a numpy scalar on np.mean's other branch: the generic call)
+        ex, (xshape, dx), _ = args[0]
+        if dx not in (np.float32, np.float64) or dx != dtype or 0 in xshape:
+            return None
+        if len(args) > 1 and args[1] is not None:      # axes as an input: a constant one only
+            if args[1][2] is None:
+                return None
+            axes = [int(a) for a in np.asarray(args[1][2]).reshape(-1)]
+        else:
+            axes = opnode.attrs.get("axes")
+            axes = None if axes is None else [int(a) for a in axes]
+        if not axes:                                    # all axes, or noop_with_empty_axes
+            return None
+        axes = tuple(sorted(a % len(xshape) for a in axes))
+        keepdims = bool(opnode.attrs.get("keepdims", 1))
+        out = str(buffer) if buffer is not None else "None"
+        if op == "ReduceSum":
+            return f"np.add.reduce({ex}, axis={axes!r}, dtype={src.bind(dx)}, keepdims={keepdims}, out={out})"
+        count = src.bind(np.intp(int(np.prod([xshape[a] for a in axes], dtype=np.int64))))
+        return f"{src.bind(_reduce_mean_into, '_reduce_mean')}({ex}, {axes!r}, {keepdims}, {count}, {out})"
     if op == "Resize" and opnode.version >= 11:
         from .ops import resize as _resize_ops
         return _resize_ops.fast_resize(src, opnode, args, out_meta, src.n_threads)
@@ -223,6 +251,17 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    into_residual=3 in run.dead)
         if expr is not None:
             return expr
+    if op == "ChannelNorm" and ins[0] is not None and _plain(ins[0][1]) and ins[0][1][1] in (np.float32, np.float64) \
+            and tuple(out_meta[0]) == tuple(ins[0][1][0]) and out_meta[1] == ins[0][1][1] \
+            and all(p is None or p[2] is not None for p in ins[1:3]):
+        prepared = _calls.prepared_channel_norm(attrs, ins[0][1][0], ins[0][1][1],
+                                                *[None if p is None else p[2] for p in (list(ins[1:3]) + [None, None])[:2]],
+                                                src.n_threads)
+        if prepared is not None:
+            shape, dtype = out_meta
+            y = str(buffer) if buffer is not None else \
+                f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(np.dtype(dtype))})"
+            return f"{src.bind(prepared, '_channel_norm')}({args[0]}, {y})"
     if op == "Attention" and 3 <= len(ins) <= 4 and all(a is not None for a in ins[:3]) \
             and all(_plain(a[1]) and a[1][1] == np.float32 for a in ins[:3]) \
             and (len(ins) < 4 or ins[3] is None or ins[3][2] is not None):

@@ -153,11 +153,47 @@ def _mask_deprecated(proto):
     return masked
 
 
+def _graphs(graph):
+    """graph and every subgraph of its nodes' attributes (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
+def _mask_unranked(proto):
+    """A copy whose graph inputs and outputs of unknown rank (a tensor type without a `shape` field,
+    as `helper.make_tensor_value_info(name, type, None)` writes them, and onnxruntime runs them)
+    carry an empty shape, so onnx.checker, which requires the field, checks everything else; None
+    if there are none. Only the check sees the copy: the session keeps the rank unknown."""
+    def unranked(graph):
+        return [v for v in list(graph.input) + list(graph.output)
+                if v.type.HasField("tensor_type") and not v.type.tensor_type.HasField("shape")]
+    if not any(unranked(g) for g in _graphs(proto.graph)):
+        return None
+    masked = onnx.ModelProto()
+    masked.CopyFrom(proto)
+    for g in _graphs(masked.graph):
+        for v in unranked(g):
+            v.type.tensor_type.shape.SetInParent()
+    return masked
+
+
+# (what an onnx.checker message says, the copy of the model that lets the checker see past it)
+_MASKS = ((lambda message: "deprecated" in message, _mask_deprecated),
+          (lambda message: "'shape'" in message and "required but missing" in message, _mask_unranked))
+
+
 def check(proto, what="model"):
     """onnx.checker, its failure as ModelError.
 
     Deprecated standard ops (GroupNormalization-18 is deprecated in onnx 1.23,
-    yet exported models carry it) are accepted: the rest of the model is checked.
+    yet exported models carry it) and graph inputs/outputs of unknown rank (which
+    onnxruntime runs) are accepted: the rest of the model is checked.
     """
     # the checker serializes the model and parses it again: without the weights' data (checked by
     # model_checks on every path) that costs kilobytes, not twice the model
@@ -169,14 +205,16 @@ def check(proto, what="model"):
         return
     except onnx.checker.ValidationError as e:
         error = e
-    if "deprecated" in str(error):
-        masked = _mask_deprecated(proto)
-        if masked is not None:
-            try:
-                onnx.checker.check_model(masked)
-                return
-            except onnx.checker.ValidationError as e:
-                error = e
+    for says, mask in _MASKS:
+        if says(str(error)):
+            masked = mask(proto)
+            if masked is not None:
+                proto = masked       # (the next mask applies on top of this one)
+                try:
+                    onnx.checker.check_model(proto)
+                    return
+                except onnx.checker.ValidationError as e:
+                    error = e
     first = str(error).strip().splitlines()
     raise ModelError(f"{what} fails onnx.checker: {' '.join(first[:6])}")
 
