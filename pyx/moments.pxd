@@ -29,6 +29,7 @@ cdef extern from "norm_vec.h" nogil:
     bint vec_rms_norm_out "nrt_vec_rms_norm_out"(int kind, const void* x, void* y, Py_ssize_t n,
                                                  const float* sc, float k, float fr) noexcept
     bint vec_add "nrt_vec_add"(int kind, const void* x, const void* r, void* h, Py_ssize_t n) noexcept
+    bint vec_activate "nrt_vec_activate"(float* y, Py_ssize_t n, int act) noexcept
 
 cdef extern from "fused_ops.h":
     # fused multiply-add where the ISA has FMA, multiply then add below it
@@ -554,6 +555,8 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
     if act == ACT_NONE:
         return
     if real is float:
+        if (act == ACT_RELU or act == ACT_SILU) and vec_activate(y, n, act):
+            return
         if act == ACT_RELU:
             for i in range(n):
                 v = y[i]

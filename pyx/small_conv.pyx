@@ -20,6 +20,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 
 from omp cimport omp_get_thread_num
+from moments cimport activate_span
 
 cdef extern from "grouped_conv.h" nogil:
     ctypedef struct nrt_gc_geom:
@@ -38,9 +39,11 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const float[::1] bias,         # IN  (M,) or empty: no bias
                    float[:, :, :, ::1] y,         # OUT (N, M, OH, OW); must not overlap x
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t group, int n_threads):
-    """y = conv(x, w) + bias with `group` groups, pads (pt, pl) at the top/left (the bottom/right
-    padding is what the output size implies)."""
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t group, int n_threads,
+                   int act=0):                    # moments.pxd's ACT_*: the activation epilogue
+    """y = act(conv(x, w) + bias) with `group` groups, pads (pt, pl) at the top/left (the
+    bottom/right padding is what the output size implies). The activation runs on each item's
+    output planes as soon as they are written (still in cache): activate_span, as everywhere."""
     cdef nrt_gc_geom g
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], M = y.shape[1]
     g.H, g.W, g.OH, g.OW = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
@@ -64,7 +67,7 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     # small depthwise planes: NRT_GC_NG groups per item, side by side (grouped_conv.h)
     cdef Py_ssize_t ng = NRT_GC_NG if nrt_gc_interleaved(&g) else 1
     cdef Py_ssize_t per_image = (group + ng - 1) // ng
-    cdef Py_ssize_t items = N * per_image, item, n, k
+    cdef Py_ssize_t items = N * per_image, item, n, k, plane = g.OH * g.OW
     if n_threads > items:
         n_threads = <int>items
     cdef const float* bp = &bias[0] if bias.shape[0] else NULL
@@ -81,5 +84,7 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
             else:
                 nrt_gc_group(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], k,
                              scratch + omp_get_thread_num() * per)
+            if act != 0:
+                activate_span(&y[n, k * g.mg, 0, 0], min(ng, group - k) * g.mg * plane, act)
     finally:
         free(scratch)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import normrt
@@ -270,10 +272,37 @@ def test_conv1d():
     _unchanged(model, {"x": arr(2, 3, 8)}, [("", "Conv"), ("", "Relu")])
 
 
-def test_depthwise_conv():
-    model = conv_model([mk("Relu", ["c"], ["y"], name="act")], x_shape=(1, 6, 6, 6), cout=6, cin_per_group=1,
-                       conv_attrs={"group": 6}, y_shape=(1, 6, 4, 4))
-    _unchanged(model, {"x": arr(1, 6, 6, 6)}, [("", "Conv"), ("", "Relu")])
+@settings(max_examples=25, deadline=None)
+@given(tail=st.sampled_from(["relu", "sigmoid", "silu", "gelu_erf"]), mult=st.integers(1, 2),
+       stride=st.integers(1, 2), pad=st.integers(0, 2), k=st.integers(1, 5), hw=st.integers(5, 12),
+       batch=st.integers(1, 2), bias=st.booleans())
+def test_depthwise_conv_takes_its_activation(tail, mult, stride, pad, k, hw, batch, bias):
+    # depthwise (one input channel per group, `mult` outputs each): the activation is fused and
+    # runs on small_conv, in the generic call and in the specialized plan, against onnx.reference
+    nodes, act, _, _, consts = TAILS[tail]
+    oh = (hw + 2 * pad - k) // stride + 1
+    model = conv_model(nodes, x_shape=(batch, 6, hw, hw), cout=6 * mult, cin_per_group=1, k=k, bias=bias,
+                       conv_attrs={"group": 6, "strides": [stride, stride], "pads": [pad] * 4},
+                       y_shape=(batch, 6 * mult, oh, oh), extra_inits=consts)
+    feed = {"x": arr(batch, 6, hw, hw)}
+    opt, _ = run_and_compare(model, feed, rtol=2e-5, atol=2e-5)
+    node, attrs = normrt_conv(opt)
+    assert attrs["activation"] in (act, act.encode()) and len(opt.graph.node) == 1
+    sess = normrt.InferenceSession(model)
+    generic = sess.executor.run(feed, specialize=False)[0]
+    sess.run(None, feed)
+    assert np.array_equal(sess.run(None, feed)[0], generic)
+    assert any("_small_group_into" in p.source for p in sess.executor.specialized.values())
+
+
+def test_depthwise_conv_keeps_its_residual_add():
+    # small_conv has no residual epilogue: Conv -> Add stays (and so does what follows it)
+    model = conv_model([mk("Add", ["c", "r"], ["s"], name="res"), mk("Relu", ["s"], ["y"], name="act")],
+                       x_shape=(1, 6, 6, 6), cout=6, cin_per_group=1, conv_attrs={"group": 6, "pads": [1] * 4},
+                       y_shape=(1, 6, 6, 6), extra_inputs=(("r", (1, 6, 6, 6)),))
+    opt, _ = run_and_compare(model, {"x": arr(1, 6, 6, 6), "r": arr(1, 6, 6, 6)})
+    ops = [(n.domain or "", n.op_type) for n in opt.graph.node]
+    assert ops[0] == ("", "Conv") and ("normrt", "Conv") not in ops     # (Add -> Relu: elementwise_chains')
 
 
 def test_gelu_tanh():

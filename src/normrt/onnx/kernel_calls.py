@@ -168,6 +168,14 @@ def attention(attrs, n_out, q, kt, v, bias=None):
 
 
 def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
+    if residual is None:
+        # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv
+        from .._checks import activation as act_code
+        from .ops.conv import small_conv_epilogue
+        y = small_conv_epilogue(x, w, bias, tuple(attrs["strides"]), tuple(attrs["pads"]),
+                                tuple(attrs["dilations"]), attrs["group"], act_code(_act(attrs)))
+        if y is not None:
+            return (y,)
     return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
                              pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
                              group=attrs["group"], activation=_act(attrs), residual=residual),)

@@ -247,15 +247,32 @@ def small_group_threads(y_size, cg, kh, kw):
     return compute_bound(2 * y_size * cg * kh * kw)
 
 
-def _small_group_conv(x, w, b, strides, pb, dil, group, out_sp):
+def _small_group_conv(x, w, b, strides, pb, dil, group, out_sp, act=0):
     """float32 2-D conv with few input channels per group (depthwise...) on the small_conv kernel
-    (padding read in place, bias fused)."""
+    (padding read in place, bias and the activation `act`, an ACT_* code, fused)."""
     m, cg, kh, kw = w.shape
     y = np.empty(x.shape[:1] + (m,) + tuple(out_sp), np.float32)
     bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     _ksmall.grouped_conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), bias, y, strides[0], strides[1],
-                           pb[0], pb[1], dil[0], dil[1], group, small_group_threads(y.size, cg, kh, kw))
+                           pb[0], pb[1], dil[0], dil[1], group, small_group_threads(y.size, cg, kh, kw), act)
     return y
+
+
+def small_conv_epilogue(x, w, b, strides, pads, dilations, group, act):
+    """normrt::Conv without a residual on the small_conv kernel where the standard Conv runs there
+    (float32 2-D, few input channels per group; pads (h_begin, w_begin, h_end, w_end)), with its
+    activation `act` (ACT_* code) fused; None for every other conv (the GEMM's conv2d)."""
+    if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.dtype == np.float32
+            and w.dtype == np.float32 and x.ndim == 4 and w.ndim == 4 and on_small_conv(w.shape[1], group)
+            and x.shape[1] == w.shape[1] * group and w.shape[0] % group == 0 and min(pads) >= 0):
+        return None
+    if b is not None and (not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],)):
+        return None
+    out_sp = [out_size(x.shape[2 + i], pads[i], pads[2 + i], w.shape[2 + i], strides[i], dilations[i])
+              for i in range(2)]
+    if min(out_sp) < 1:
+        return None
+    return _small_group_conv(x, w, b, strides, pads[:2], dilations, group, out_sp, act)
 
 
 def _depthwise(xp, w, c, mult, kernel, strides, dil, out_sp):
@@ -361,20 +378,28 @@ def _residual_or_new(r, shape):
 
 
 def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
-              activation=None, n_threads=1, into_residual=False):
+              activation=None, n_threads=1, into_residual=False, weight=None):
     """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
     conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
 
     `x`, `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (M,) constant.
     `into_residual`: nothing reads the residual after this step (the executor's in-place hint), so Y
     is written into its buffer where the kernel allows it (_kconv.residual_may_be_y): one array less
-    to allocate, and the lines Y writes are the residual's, already in cache."""
+    to allocate, and the lines Y writes are the residual's, already in cache. `weight`: the unpacked
+    float32 weight (a small-group conv then runs on small_conv)."""
     from ..._checks import activation as _act_code
     from ...api.gemm import _EMPTY
     ex, (xshape, dx), _ = x
     shape, dtype = out_meta
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
         return None
+    if residual is None and weight is not None and on_small_conv(packed.shape[1], group):
+        # normrt::Conv of a depthwise conv and its activation (conv_epilogue): small_conv, as
+        # small_conv_epilogue in the generic call
+        if bias is not None and (bias.dtype != np.float32 or bias.shape != (packed.shape[0],)):
+            return None
+        return _fast_small_group_conv(src, ex, weight, bias, out_meta, buffer, strides, pads[:2], dilations,
+                                      group, n_threads, _act_code(activation))
     n, c, h, w = (int(d) for d in xshape)
     m, cg, kh, kw = packed.shape
     sh, sw = strides
@@ -461,12 +486,12 @@ class _Reshaped:
         return f"{self.buffer}.reshape({self.shape!r})"
 
 
-def _small_group_into(x, w, bias, y, sh, sw, pt, pl, dh, dw, group, nt):
-    _ksmall.grouped_conv2d(np.ascontiguousarray(x), w, bias, y, sh, sw, pt, pl, dh, dw, group, nt)
+def _small_group_into(x, w, bias, y, sh, sw, pt, pl, dh, dw, group, nt, act=0):
+    _ksmall.grouped_conv2d(np.ascontiguousarray(x), w, bias, y, sh, sw, pt, pl, dh, dw, group, nt, act)
     return y
 
 
-def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, group, n_threads):
+def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, group, n_threads, act=0):
     """The expression calling the small_conv kernel directly (what `_small_group_conv` does per run)."""
     shape, _ = out_meta
     m, cg, kh, kw = w.shape
@@ -475,4 +500,5 @@ def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, gr
     bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
     return (f"{src.bind(_small_group_into, '_small_group_into')}({ex}, {src.bind(np.ascontiguousarray(w), 'w')}, "
-            f"{src.bind(bias)}, {y}, {strides[0]}, {strides[1]}, {pb[0]}, {pb[1]}, {dil[0]}, {dil[1]}, {group}, {nt})")
+            f"{src.bind(bias)}, {y}, {strides[0]}, {strides[1]}, {pb[0]}, {pb[1]}, {dil[0]}, {dil[1]}, {group}, {nt}"
+            + (f", {act})" if act else ")"))

@@ -17,9 +17,10 @@ its output, instead of three more passes over memory. A Conv with nothing to
 fuse stays a standard Conv (it runs on the same kernel).
 
 Candidates: a Conv on rank-4 float32 values whose output y has one reader, an
-Add/Sum or an activation (anything else leaves y alone; so do grouped convs
-with fewer than 8 input channels per group -- depthwise convs: the standard op
-keeps its cheaper path for them). The residual is fused only with the very
+Add/Sum or an activation (anything else leaves y alone; grouped convs with
+fewer than 8 input channels per group -- depthwise convs, on the small_conv
+kernel -- take an activation only: EfficientNet's and MobileViT's depthwise
+Conv -> SiLU). The residual is fused only with the very
 same static shape as y (equal ints or the same symbolic dims); an Add that may
 broadcast, or a Sum of more than two inputs, ends the epilogue before it. The
 residual may be the Conv's own input x (an identity shortcut around one conv):
@@ -99,10 +100,11 @@ class ConvEpilogue(GraphPass):
             x_shape, w_shape = ctx.shape(node.input[0]), ctx.shape(node.input[1])
             if x_shape is None or len(x_shape) != 4 or ctx.elem_type(node.input[0]) != FLOAT:
                 continue
-            if w_shape is not None and len(w_shape) == 4 and isinstance(w_shape[1], int) and \
-                    self._group(node) > 1 and w_shape[1] < MIN_GROUP_CHANNELS:
-                continue
-            m = self._epilogue(ctx, consumers, node)
+            # grouped convs of few channels per group (depthwise) run on small_conv, whose
+            # epilogue is the activation alone
+            few = w_shape is not None and len(w_shape) == 4 and isinstance(w_shape[1], int) and \
+                self._group(node) > 1 and w_shape[1] < MIN_GROUP_CHANNELS
+            m = self._epilogue(ctx, consumers, node, residual=not few)
             if (m.residual_node is not None or m.activation) and not claimed & {id(n) for n in m.nodes}:
                 claimed.update(id(n) for n in m.nodes)
                 yield m
@@ -112,8 +114,9 @@ class ConvEpilogue(GraphPass):
         attrs, reason = node_attrs(node)
         return 1 if reason else int(attrs.get("group", 1))
 
-    def _epilogue(self, ctx, consumers, conv):
-        """The longest fusable epilogue after `conv` (possibly none: a ConvMatch with nothing after the Conv)."""
+    def _epilogue(self, ctx, consumers, conv, residual=True):
+        """The longest fusable epilogue after `conv` (possibly none: a ConvMatch with nothing after the Conv);
+        without `residual`, an activation right after the Conv only."""
         m = ConvMatch(conv, out=conv.output[0])
         y = conv.output[0]
         readers = consumers.get(y, [])
@@ -121,6 +124,8 @@ class ConvEpilogue(GraphPass):
             return m
         add = readers[0]
         if len(readers) == 1 and (is_op(add, "Add") or is_op(add, "Sum")) and len(add.input) == 2:
+            if not residual:
+                return m
             r = other_input(add, y)
             s = add.output[0]
             if r and ctx.elem_type(r) == FLOAT and _static_equal(ctx.shape(r), ctx.shape(y)) and \
