@@ -65,7 +65,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_
 from libc.math cimport fabsf, logf, sqrtf, powf
 from libc.string cimport memcpy, memset
 
-from moments cimport exp_f, erf_f
+from moments cimport exp_f, erf_f, gelu_f
 
 cdef enum:
     TILE = 256              # elements per tile and register
@@ -98,7 +98,9 @@ cdef enum:
     EW_COPY = 18
     EW_SILU = 19            # a * sigmoid(a): the compiler's fusion of Sigmoid + Mul
     EW_SILU_MUL = 20        # (a * sigmoid(a)) * b: a SwiGLU gate, SiLU(g) * u
-    N_OPCODES = 21
+    EW_GELU = 21            # a Phi(a): a one-input expression recognized as GELU (erf form)
+    EW_GELU_TANH = 22       # GELU's tanh approximation, recognized likewise
+    N_OPCODES = 23
 
 cdef struct Source:
     const float* data
@@ -156,6 +158,14 @@ cdef inline float sigmoid_f(float x) noexcept nogil:
     cdef float e = exp_f(-fabsf(x))
     cdef float num = e if x < <float>0.0 else <float>1.0
     return num / (<float>1.0 + e)
+
+
+cdef inline float gelu_tanh_f(float x) noexcept nogil:
+    """x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 as x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)):
+    the same function (1 + tanh(z) = 2 sigmoid(2z)), one exp and one division, within a few
+    ulp of the float64 formula. x^3's term is folded: z2 = x (c1 + c2 x^2), c1 = 2 sqrt(2/pi),
+    c2 = 0.044715 c1."""
+    return x * sigmoid_f(x * (<float>1.5957691216057308 + <float>0.07135481627260025 * (x * x)))
 
 
 cdef inline float max_f(float a, float b) noexcept nogil:
@@ -232,6 +242,12 @@ cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t
     elif op == EW_SILU_MUL:
         for j in range(n):
             d[j] = (a[j] * sigmoid_f(a[j])) * b[j]
+    elif op == EW_GELU:
+        for j in range(n):
+            d[j] = gelu_f(a[j])
+    elif op == EW_GELU_TANH:
+        for j in range(n):
+            d[j] = gelu_tanh_f(a[j])
     else:   # EW_COPY
         for j in range(n):
             d[j] = a[j]
