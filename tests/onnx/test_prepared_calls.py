@@ -203,3 +203,22 @@ def test_reduce_mean_sum_fast_step_bitwise_generic(op, opset, shape, data, keepd
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     if want.ndim:      # (a 0-d result takes the generic call: np.mean's scalar branch)
         assert _prepared(sess, "_reduce_mean" if op == "ReduceMean" else "np.add.reduce")
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=3, max_size=5), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2 ** 16))
+def test_global_average_pool_fast_step_bitwise_generic(shape, dtype, seed):
+    # EfficientNet's squeeze-excite squeezes: the pool kernel called straight from the plan
+    vi = helper.make_tensor_value_info
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    out_shape = shape[:2] + [1] * (len(shape) - 2)
+    node = helper.make_node("GlobalAveragePool", ["x"], ["p"])
+    relu = helper.make_node("Relu", ["p"], ["y"])      # p inside the plan: a reused buffer
+    graph = helper.make_graph([node, relu], "gap", [vi("x", elem, shape)], [vi("y", elem, out_shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = (np.random.default_rng(seed).standard_normal(shape) * 3 + 1).astype(dtype)
+    got = _specialized_and_generic(sess, {"x": x})[0]
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": x})[0], rtol=1e-6, atol=1e-7)
+    assert _prepared(sess, "_global_average")
