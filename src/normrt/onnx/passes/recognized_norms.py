@@ -43,7 +43,11 @@ Refused, with the reason in the report (the nodes stay as they are, and run corr
   left to mvn_decomposed);
 - scaling without centring (X / centred std) or centring with a raw RMS: another function;
 - a middle value read by another node or a graph output;
-- element types other than one of float32/float64 throughout.
+- X and Y of different element types, or of a type no kernel takes. The statistics between
+  may be computed at another float precision: torch's float16 var / std / var_mean (dynamo
+  exporter) widen X with a Cast and Cast the statistic back (`_dataflow`); those Casts go
+  with the match, the node reads X in the data's type. A lossy Cast of X (float32 ->
+  float16) before its statistics is another function, left as it is.
 """
 from dataclasses import dataclass, field
 
@@ -51,7 +55,7 @@ import numpy as np
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
+from ._queries import KERNEL_DTYPES, Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
 from ._dataflow import Dataflow, Moment, is_op
 from ._queries import channel_vector
 
@@ -117,6 +121,43 @@ def _channel_fits(arr, x_shape):
     return None if reason else vec
 
 
+def _same_statistic(df, found, x, axes):
+    """Whether `found` ((tensor, axes) from a read, or None) is a statistic of x's values over axes."""
+    return found is not None and tuple(found[1]) == tuple(axes) and df.same_values(found[0], x)
+
+
+def _style_input(ctx, df, style, content):
+    """The style tensor AdaIN reads: in the content's type when the statistics widened it."""
+    return df.typed_source(style, ctx.elem_type(content))
+
+
+def _with_widening_casts(df, g, nodes, inputs):
+    """`nodes` and the Casts that widened X for the statistics (read only by `nodes`): the reads look
+    through them (`Dataflow.same_values`) without collecting them, and they go with the match --
+    unless the fused node reads their output (`inputs`: a norm computed in float32 on Cast(X))."""
+    ids = {id(n) for n in nodes}
+    casts = []
+    for node in nodes:
+        for name in node.input:
+            cast = df.producer.get(name)
+            if cast is None or id(cast) in ids or name in inputs or len(df.widened_from(name)) < 2 or \
+                    name in g.outputs or any(id(r) not in ids for r in g.consumers.get(name, [])):
+                continue
+            ids.add(id(cast))
+            casts.append(cast)
+    return nodes + casts
+
+
+def _middle_types_reason(ctx, nodes):
+    """Why a value the match removes is no float of a kernel type, or None. X and Y share one type
+    (checked apart); the statistics between may be computed in another float precision (_dataflow)."""
+    for node in nodes:
+        for o in node.output:
+            if o and ctx.elem_type(o) not in KERNEL_DTYPES:
+                return dtype_reason(ctx, [o])
+    return None
+
+
 class RecognizedNorms(GraphPass):
     name = PASS
 
@@ -170,8 +211,8 @@ class RecognizedNorms(GraphPass):
         if not is_op(l2, "ReduceL2"):
             return None
         axes = df.reduce_axes(l2)
-        x = df.data(l2.input[0], nodes)
-        if axes is None or len(axes) != 1 or df.data(div.input[0], nodes) != x or \
+        x = df.data(div.input[0], nodes)
+        if axes is None or len(axes) != 1 or not df.same_values(df.data(l2.input[0], nodes), x) or \
                 not df.lines_up(div.input[1], x, axes):
             return None
         m = Match(div, Moment("l2", x, tuple(axes)), nodes=nodes + [l2])
@@ -234,11 +275,11 @@ class RecognizedNorms(GraphPass):
     def _is_data(self, df, name, moment, nodes):
         inner = []
         if moment.kind == "raw":
-            if df.data(name, inner) != moment.x:
+            if not df.same_values(df.data(name, inner), moment.x):
                 return False
         else:
             found = df.read_centred(name, inner)
-            if found is None or found != (moment.x, moment.axes):
+            if found is None or found[1] != moment.axes or not df.same_values(found[0], moment.x):
                 return False
         nodes += inner
         return True
@@ -257,6 +298,10 @@ class RecognizedNorms(GraphPass):
             m.refusal = self._mismatch(df, data_name, moment)
             return m if m.refusal else None
         has_data, k = prod
+        # statistics of a widened X (float16 data, float32 statistics): the node reads X in the data's type
+        x = df.typed_source(moment.x, ctx.elem_type(data_name))
+        if x != moment.x:
+            m.moment = Moment(moment.kind, x, moment.axes)
         m.scale = np.asarray(c, np.float64) * k
         m.has_data = has_data
         return m
@@ -280,7 +325,8 @@ class RecognizedNorms(GraphPass):
             if found is None:
                 continue
             style, s_eps = found
-            if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+            if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or \
+                    df.same_values(style.x, moment.x):
                 return None
             readers = ctx.readers(anchor.output[0])
             if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
@@ -288,10 +334,11 @@ class RecognizedNorms(GraphPass):
             add = readers[0]
             other = [i for i in add.input if i != anchor.output[0]]
             mean = df.read_mean(other[0], nodes) if len(other) == 1 else None
-            if mean is None or mean != (style.x, moment.axes) or not df.lines_up(other[0], style.x, moment.axes):
+            if not _same_statistic(df, mean, style.x, moment.axes) or \
+                    not df.lines_up(other[0], style.x, moment.axes):
                 return None
             m = Match(anchor, moment, eps, nodes=[anchor, node, add] + stat_nodes + nodes)
-            m.style, m.output = style.x, add.output[0]
+            m.style, m.output = _style_input(ctx, df, style.x, moment.x), add.output[0]
             return m
         return None
 
@@ -302,7 +349,8 @@ class RecognizedNorms(GraphPass):
         if found is None:
             return None
         style, s_eps = found
-        if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+        if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or \
+                df.same_values(style.x, moment.x):
             return None
         readers = ctx.readers(anchor.output[0])
         if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Mul"):
@@ -316,11 +364,11 @@ class RecognizedNorms(GraphPass):
             return None
         add = readers[0]
         shift = [i for i in add.input if i != mul.output[0]]
-        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, moment.axes) or \
+        if len(shift) != 1 or not _same_statistic(df, df.read_mean(shift[0], nodes), style.x, moment.axes) or \
                 not df.lines_up(shift[0], style.x, moment.axes):
             return None
         m = Match(anchor, moment, eps, nodes=[anchor, mul, add] + stat_nodes + nodes)
-        m.style, m.output = style.x, add.output[0]
+        m.style, m.output = _style_input(ctx, df, style.x, moment.x), add.output[0]
         return m
 
     @staticmethod
@@ -451,18 +499,19 @@ class RecognizedNorms(GraphPass):
         if found is None:
             return False
         style, s_eps = found
-        if style.kind != "centred" or style.axes != m.moment.axes or s_eps != m.eps or style.x == m.moment.x:
+        if style.kind != "centred" or style.axes != m.moment.axes or s_eps != m.eps or \
+                df.same_values(style.x, m.moment.x):
             return False
         readers = ctx.readers(node.output[0])
         if len(readers) != 1 or node.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
             return False
         add = readers[0]
         shift = [i for i in add.input if i != node.output[0]]
-        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, m.moment.axes) or \
+        if len(shift) != 1 or not _same_statistic(df, df.read_mean(shift[0], nodes), style.x, m.moment.axes) or \
                 not df.lines_up(shift[0], style.x, m.moment.axes):
             return False
         m.nodes += [node, add] + nodes
-        m.style, m.output = style.x, add.output[0]
+        m.style, m.output = _style_input(ctx, df, style.x, m.moment.x), add.output[0]
         return True
 
     def _runtime_param(self, ctx, df, m, node, value, scale, bias):
@@ -618,7 +667,7 @@ class RecognizedNorms(GraphPass):
         if m.style is not None:
             return self._check_adain(ctx, g, m)
         if mapping[0] == "LpNorm":
-            nodes = list({id(n): n for n in m.nodes}.values())
+            nodes = _with_widening_casts(df, g, list({id(n): n for n in m.nodes}.values()), [m.moment.x])
             reason = dtype_reason(ctx, [m.moment.x, m.output]) or chain_nodes_reason(g, nodes, m.output)
             if reason:
                 return reason
@@ -632,8 +681,8 @@ class RecognizedNorms(GraphPass):
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
         if y_shape is not None and tuple(y_shape) != tuple(x_shape):
             return f"the output {y!r} of shape {list(y_shape)} is not shaped like X {list(x_shape)}"
-        nodes = list({id(n): n for n in m.nodes}.values())
-        reason = dtype_reason(ctx, [x] + [o for n in nodes for o in n.output if o])
+        nodes = _with_widening_casts(df, g, list({id(n): n for n in m.nodes}.values()), [x])
+        reason = dtype_reason(ctx, [x, y]) or _middle_types_reason(ctx, nodes)
         if reason:
             return reason
         # identity Casts on X's side that others read stay for them (the node reads X itself)
@@ -687,7 +736,8 @@ class RecognizedNorms(GraphPass):
             return f"style {m.style!r} is not (N, C, ...) like the content"
         if ctx.shape(m.output) is not None and tuple(ctx.shape(m.output)) != tuple(shape):
             return f"the output {m.output!r} is not shaped like the content"
-        nodes = list({id(n): n for n in m.nodes}.values())
+        nodes = _with_widening_casts(Dataflow(ctx), g, list({id(n): n for n in m.nodes}.values()),
+                                     [m.moment.x, m.style])
         reason = dtype_reason(ctx, [m.moment.x, m.style, m.output]) or chain_nodes_reason(g, nodes, m.output)
         if reason:
             return reason
