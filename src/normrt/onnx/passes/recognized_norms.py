@@ -39,8 +39,9 @@ Refused, with the reason in the report (the nodes stay as they are, and run corr
 - statistics over the channel axis with an affine that is not per channel (or per-sample
   runtime parameters): the ChannelNorm kernel takes (C,) scale and bias;
 - statistics over other axis sets (no kernel normalizes them);
-- eps added outside the root, (X - mean) / (std + eps): another function (the ONNX MVN form,
-  left to mvn_decomposed);
+- eps added outside the root of a raw RMS, or to a std the data is not centred on;
+  (X - mean) / (std + eps) over any axes becomes MeanVarianceNorm (ONNX MVN's function, the
+  spellings mvn_decomposed's literal templates miss: keepdims=0 + Reshape, ReduceSum / n, ...);
 - scaling without centring (X / centred std) or centring with a raw RMS: another function;
 - a middle value read by another node or a graph output;
 - X and Y of different element types, or of a type no kernel takes. The statistics between
@@ -58,6 +59,7 @@ from . import GraphPass
 from ._queries import KERNEL_DTYPES, Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
 from ._dataflow import Dataflow, Moment, is_op
 from ._queries import channel_vector
+from ._stats import float_attr_reason
 
 PASS = "recognized_norms"
 ALREADY_TAKEN = "node already rewritten"
@@ -78,6 +80,7 @@ class Match:
     group: tuple = None          # GroupNorm: (X of (N, C, ...), G, the Reshape to (N, G, ...)) once viewed back
     style: str = None            # AdaIN: the style tensor whose statistics replace the content's
     refusal: str = None          # a look-alike: why it is not fused
+    mvn: bool = False            # eps added to the std: MeanVarianceNorm's function
     plan: dict = field(default_factory=dict)
 
 
@@ -177,7 +180,7 @@ class RecognizedNorms(GraphPass):
             df.why = None
             found = df.read_std(node.input[1], stat_nodes)
             if found is None:
-                return self._l2(ctx, df, node) or self._eps_outside(df, node) or \
+                return self._l2(ctx, df, node) or self._eps_outside(ctx, df, node) or \
                     self._near_miss(df, node, node.input[1])
             moment, eps = found
             return self._with_data(ctx, df, node, moment, eps, 1.0, node.input[0], stat_nodes)
@@ -219,20 +222,38 @@ class RecognizedNorms(GraphPass):
         m.output = div.output[0]
         return m
 
-    def _eps_outside(self, df, div):
-        """(X - mean) / (sqrt(var) + eps) recognized as the look-alike it is (refused), else None."""
+    def _eps_outside(self, ctx, df, div):
+        """(X - mean) / (sqrt(var) + eps): ONNX MeanVarianceNormalization's function (eps on the std),
+        over any axes -> a Match with `mvn`; with the data not centred on the same statistics (or
+        a raw RMS) the look-alike it is (refused); else None.
+
+            X ──► Sub(X, mean(X, A)) ──────────────────────────────► Div ──► Y
+             └──► mean((X - mean)², A) ──► Sqrt ──► Add(·, eps) ──────┘
+        """
         add = df.producer.get(div.input[1])
         if not is_op(add, "Add") or len(add.input) != 2:
             return None
         for s, e in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
-            if df.scalar(e) is None:
+            eps = df.scalar(e)
+            if eps is None:
                 continue
             nodes = []
             found = df.read_std(s, nodes)
-            if found is not None and found[1] == 0.0:
-                return Match(div, found[0], nodes=[div, add] + nodes,
-                             refusal="eps is added outside the root, (x - mean) / (std + eps): another "
-                                     "function than a LayerNorm/RMSNorm (the MeanVarianceNorm form)")
+            if found is None or found[1] != 0.0:
+                continue
+            moment, data_nodes = found[0], []
+            centred = df.read_centred(div.input[0], data_nodes) if moment.kind == "centred" else None
+            if _same_statistic(df, centred, moment.x, moment.axes) and np.isfinite(eps) and eps >= 0:
+                x = df.typed_source(moment.x, ctx.elem_type(div.input[0]))
+                m = Match(div, Moment("centred", x, moment.axes), eps, nodes=[div, add] + nodes + data_nodes,
+                          mvn=True)
+                m.output = div.output[0]
+                return m
+            return Match(div, moment, nodes=[div, add] + nodes,
+                         refusal="eps is added outside the root, (x - mean) / (std + eps), to "
+                                 + ("a raw root mean square" if moment.kind == "raw" else
+                                    "data not centred on the same statistics")
+                                 + ": another function than a LayerNorm/RMSNorm/MeanVarianceNorm")
         return None
 
     def _product(self, ctx, df, name, moment, nodes, depth=0):
@@ -660,6 +681,8 @@ class RecognizedNorms(GraphPass):
         if m.refusal:
             return m.refusal
         g = Graph(ctx)
+        if m.mvn:
+            return self._check_mvn(ctx, g, m)
         mapping = self._mapping(ctx, m)
         if isinstance(mapping, str):
             return mapping
@@ -727,6 +750,19 @@ class RecognizedNorms(GraphPass):
         m.plan = {"op": op, "axis": axis - len(x_shape), "params": params, "removed": removed}
         return None
 
+    def _check_mvn(self, ctx, g, m):
+        x, y = m.moment.x, m.output
+        x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+        if x_shape is None or y_shape is None or tuple(y_shape) != tuple(x_shape):
+            return f"the output {y!r} is not shaped like X {x!r}"
+        nodes = _with_widening_casts(Dataflow(ctx), g, list({id(n): n for n in m.nodes}.values()), [x])
+        reason = dtype_reason(ctx, [x, y]) or _middle_types_reason(ctx, nodes) or \
+            float_attr_reason("eps", m.eps) or chain_nodes_reason(g, nodes, y)
+        if reason:
+            return reason
+        m.plan = {"op": "MeanVarianceNorm", "axis": None, "params": (None, None), "removed": nodes}
+        return None
+
     def _check_adain(self, ctx, g, m):
         shape, rank = ctx.shape(m.moment.x), len(ctx.shape(m.moment.x))
         if rank < 3 or tuple(m.moment.axes) != tuple(range(2, rank)):
@@ -770,6 +806,10 @@ class RecognizedNorms(GraphPass):
         if op == "AdaIN":
             self._replace(ctx, m, make_node("AdaIN", [x, m.style], [m.output],
                                             fused_name(ctx, plan["removed"], "AdaIN"), epsilon=float(m.eps)))
+            return
+        if op == "MeanVarianceNorm":
+            self._replace(ctx, m, make_node(op, [x], [m.output], fused_name(ctx, plan["removed"], op),
+                                            axes=list(m.moment.axes), epsilon=float(m.eps)))
             return
         if op == "LpNorm":
             self._replace(ctx, m, make_node("LpNorm", [x], [m.output], fused_name(ctx, plan["removed"], "LpNorm"),
