@@ -10,7 +10,8 @@ down, while the data (X - mean) stays in half:
 
 hypothesis generates these (each statistic in the data's type or widened, keepdims or a
 view back, ReduceMean or ReduceSum / n, Div or Mul by a reciprocal, an affine or not) for
-LayerNorm, RMSNorm, InstanceNorm, GroupNorm and X / ||X|| spellings, in float16, bfloat16
+LayerNorm, RMSNorm, InstanceNorm, GroupNorm and X / ||X|| spellings (recognized_norms) and
+AdaIN with a biased or unbiased variance (the adain pass, `_stats`), in float16, bfloat16
 and float32 data (float64 statistics); each must become one normrt node reading X that
 matches the model's float64 twin. Look-alikes stay unfused and correct: statistics of X
 rounded down first (a lossy Cast is not the same values), and of another tensor.
@@ -37,6 +38,7 @@ class Graph:
     def __init__(self, draw, shape, data_type, wide_type):
         self.draw, self.shape, self.data, self.wide = draw, tuple(shape), data_type, wide_type
         self.nodes, self.inits, self.extra_inputs, self.feeds, self.n = [], [], [], {}, 0
+        self.sums = True        # means may be spelled ReduceSum / n
         self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
 
     def node(self, op, inputs, **attrs):
@@ -62,7 +64,7 @@ class Graph:
         """mean of v (of type elem) over axes, keepdims-shaped: ReduceMean or ReduceSum / n,
         keepdims=1 or keepdims=0 viewed back (torch.var_mean's decomposition)."""
         keep = self.draw(st.booleans())
-        if self.draw(st.booleans()):
+        if not self.sums or self.draw(st.booleans()):
             r = self.node("ReduceMean", [v, self.axes(axes)], keepdims=int(keep))
         else:
             n = int(np.prod([self.shape[a] for a in axes]))
@@ -210,3 +212,46 @@ def test_statistics_of_other_values_stay_unfused(case):
         np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
     else:
         assert_matches_float64(got, model, g.feeds, ulps=2, f32_rel=2.0 ** -18)
+
+
+@st.composite
+def widened_adain_case(draw):
+    """AdaIN written by hand, as dynamo writes torch's float16 `.var()` (unbiased or not, the
+    statistics of content and style each maybe widened to float32 and Cast back)."""
+    data_type, wide_type = draw(st.sampled_from(PRECISIONS))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    shape, s_shape = (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 5))), \
+        (n, c, draw(st.integers(2, 4)), draw(st.integers(2, 5)))
+    g = Graph(draw, shape, data_type, wide_type)
+    g.sums = False              # the adain pass reads the exporters' ReduceMean means
+    g.extra_inputs.append(helper.make_tensor_value_info("s", data_type, list(s_shape)))
+    g.feeds["s"] = (g.rng.standard_normal(s_shape) * 2 + 1).astype(NP[data_type])
+    unbiased, eps = draw(st.booleans()), float(draw(st.sampled_from([1e-5, 1e-3])))
+
+    def stats(v, v_shape):
+        g.shape = v_shape
+        count = v_shape[2] * v_shape[3]
+        src, widened = g.statistic_source(v)
+        elem = g.wide if widened else g.data
+        d = g.node("Sub", [src, g.node("ReduceMean", [src, g.axes([2, 3])], keepdims=1)])
+        var = g.mean(g.node("Mul", [d, d]), [2, 3], elem)
+        if unbiased:                    # var * n / (n - 1), the constants in the statistics' type
+            var = g.node("Div", [g.node("Mul", [var, g.const(float(count), elem)]), g.const(count - 1.0, elem)])
+        std = g.node("Sqrt", [g.node("Add", [g.back(var, widened), g.const(eps)])])
+        return g.centring_mean(v, [2, 3]), std
+
+    mean_c, std_c = stats("x", shape)
+    mean_s, std_s = stats("s", s_shape)
+    g.shape = shape
+    normed = g.node("Div", [g.node("Sub", ["x", mean_c]), std_c])
+    return g.model(g.node("Add", [g.node("Mul", [normed, std_s]), mean_s])), g
+
+
+@SETTINGS
+@given(widened_adain_case())
+def test_widened_adain_statistics_become_one_node(case):
+    model, g = case
+    sess = _run(model, g)
+    assert norm_nodes(sess.optimized_model) == ["AdaIN"], [n.op_type for n in sess.optimized_model.graph.node]
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["AdaIN"]
+    assert list(sess.optimized_model.graph.node[0].input) == ["x", "s"]
