@@ -137,14 +137,41 @@ class Dataflow:
             name = node.input[0]
 
     def view_source(self, name, nodes):
-        """`name` with float Casts and views stripped going back (statistics' side)."""
+        """`name` with float Casts and views stripped going back (statistics' side).
+
+        A view whose shape is computed at run time (a symbolic batch: the dynamo exporter's
+        Reshape(var, Concat(Shape(X)[:1], ...)) + Expand) is taken when the whole chain keeps
+        the statistic's dims in order, only axes of size 1 added or dropped: views keep the
+        row-major order and equal counts mean no Expand broadcast anything."""
+        inner, source, runtime = [], name, False
+        while True:
+            node = self.producer.get(source)
+            if is_op(node, *VIEW_OPS):
+                runtime |= any(i not in self.ctx.constants for i in node.input[1:] if i)
+            elif not self.is_float_cast(node):
+                break
+            inner.append(node)
+            source = node.input[0]
+        if runtime and not self._unit_axes_apart(name, source):
+            return self._constant_view_source(name, nodes)
+        nodes += inner
+        return source
+
+    def _unit_axes_apart(self, a, b):
+        """Whether the known shapes of a and b are the same dims in the same order, 1s aside."""
+        sa, sb = self.ctx.shape(a), self.ctx.shape(b)
+        if sa is None or sb is None or any(d is None for d in tuple(sa) + tuple(sb)):
+            return False
+        return [d for d in sa if d != 1] == [d for d in sb if d != 1]
+
+    def _constant_view_source(self, name, nodes):
+        """view_source stopping at the first view whose shape is not a constant."""
         while True:
             node = self.producer.get(name)
             if self.is_float_cast(node):
                 pass
             elif is_op(node, *VIEW_OPS):
-                extra = [i for i in node.input[1:] if i]
-                if any(i not in self.ctx.constants for i in extra):
+                if any(i not in self.ctx.constants for i in node.input[1:] if i):
                     return name
             else:
                 return name

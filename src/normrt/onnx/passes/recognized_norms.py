@@ -53,11 +53,12 @@ Refused, with the reason in the report (the nodes stay as they are, and run corr
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from ._queries import KERNEL_DTYPES, Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
-from ._dataflow import Dataflow, Moment, is_op
+from ._dataflow import VIEW_OPS, Dataflow, Moment, is_op
 from ._queries import channel_vector
 from ._stats import float_attr_reason
 
@@ -148,13 +149,50 @@ def _with_widening_casts(df, g, nodes, inputs):
                 continue
             ids.add(id(cast))
             casts.append(cast)
-    return nodes + casts
+    return nodes + casts + _view_shape_nodes(df, g, nodes + casts)
+
+
+# ops that compute a runtime view's target shape (integers) from Shape(...)
+SHAPE_ARITHMETIC = ("Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Slice",
+                    "Cast", "Constant", "Add", "Sub", "Mul", "Div", "Identity")
+
+
+def _is_shape_arithmetic(df, node):
+    return is_op(node, *SHAPE_ARITHMETIC) and \
+        all(df.ctx.elem_type(o) == TensorProto.INT64 for o in node.output if o)
+
+
+def _view_shapes(df, nodes):
+    return [i for n in nodes if is_op(n, *VIEW_OPS) for i in n.input[1:] if i and i not in df.ctx.constants]
+
+
+def _view_shape_nodes(df, g, nodes):
+    """The integer nodes computing the runtime shapes of the views in `nodes` (a symbolic batch:
+    Reshape(var, Concat(Shape(var)[:1], ...))) that only the match reads: they go with it (a
+    Shape of a removed value would dangle)."""
+    ids, added, changed = {id(n) for n in nodes}, [], True
+    while changed:
+        changed = False
+        for name in _view_shapes(df, nodes + added) + [i for n in added for i in n.input if i]:
+            node = g.producer.get(name)
+            if node is None or id(node) in ids or not _is_shape_arithmetic(df, node) or \
+                    any(o in g.outputs or any(id(r) not in ids for r in g.consumers.get(o, []))
+                        for o in node.output if o):
+                continue
+            ids.add(id(node))
+            added.append(node)
+            changed = True
+    return added
 
 
 def _middle_types_reason(ctx, nodes):
     """Why a value the match removes is no float of a kernel type, or None. X and Y share one type
-    (checked apart); the statistics between may be computed in another float precision (_dataflow)."""
+    (checked apart); the statistics between may be computed in another float precision (_dataflow);
+    integer shape arithmetic of the views goes with them."""
+    df = Dataflow(ctx)
     for node in nodes:
+        if _is_shape_arithmetic(df, node):
+            continue
         for o in node.output:
             if o and ctx.elem_type(o) not in KERNEL_DTYPES:
                 return dtype_reason(ctx, [o])
