@@ -19,6 +19,7 @@ a look-alike rewritten, a fallback).
 
     python scripts/wild_sweep.py                     # every case, legacy13/legacy17/dynamo
     python scripts/wild_sweep.py --half --only rms   # cases whose name contains "rms", also .half()
+    python scripts/wild_sweep.py --dynamic           # also a symbolic batch axis (dynamic_axes / dynamic_shapes)
     python scripts/wild_sweep.py --keep /tmp/wild    # keep the exported models for `normrt inspect`
 """
 import argparse
@@ -366,19 +367,26 @@ def quiet_fds():
                 os.close(fd)
 
 
-def export(case, exporter, opset, path, half):
+def export(case, exporter, opset, path, half, dynamic=False):
+    """Export `case` to `path`; `dynamic`: the batch axis (axis 0) symbolic."""
     module = case.module.half() if half else case.module.float()
     inputs = tuple(x.half() if half else x for x in case.inputs)
     names = [f"x{i}" for i in range(len(inputs))]
+    extra = {}
+    if dynamic and exporter == "legacy":
+        extra["dynamic_axes"] = {n: {0: "batch"} for n in names + ["y"]}
+    elif dynamic:
+        batch = torch.export.Dim("batch", min=1, max=64)
+        extra["dynamic_shapes"] = tuple({0: batch} for _ in inputs)
     with warnings.catch_warnings(), quiet_fds(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "legacy":
             torch.onnx.export(module, inputs, path, dynamo=False, opset_version=opset,
-                              input_names=names, output_names=["y"], do_constant_folding=True)
+                              input_names=names, output_names=["y"], do_constant_folding=True, **extra)
         else:
             prog = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset, verbose=False,
-                                     input_names=names, output_names=["y"], external_data=False)
+                                     input_names=names, output_names=["y"], external_data=False, **extra)
             prog.save(path, external_data=False)
     return {n: x.numpy() for n, x in zip(names, inputs)}
 
@@ -388,18 +396,18 @@ def norms_on_kernels(report):
     return sum(1 for e in report["fused"] if not is_epilogue(e))
 
 
-def check(case, exporter, opset, half, keep_dir):
+def check(case, exporter, opset, half, keep_dir, dynamic=False):
     import onnx
     import onnxruntime as ort
 
     import normrt
 
-    tag = f"{exporter}{opset}{'_half' if half else ''}"
+    tag = f"{exporter}{opset}{'_half' if half else ''}{'_dyn' if dynamic else ''}"
     row = {"case": case.name, "export": tag, "status": "ok", "err": None, "norms": None, "left": "",
            "fallback": "", "detail": ""}
     path = os.path.join(keep_dir, f"{case.name}__{tag}.onnx")
     try:
-        feed = export(case, exporter, opset, path, half)
+        feed = export(case, exporter, opset, path, half, dynamic)
     except Exception as e:  # noqa: BLE001 - a sweep records every failure and goes on
         row.update(status="export-fail", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
         return row
@@ -457,6 +465,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="draws the shapes and parameters")
     ap.add_argument("--only", default="", help="run the cases whose name contains this text")
     ap.add_argument("--half", action="store_true", help="also export .half() variants (legacy17, dynamo)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="also export with a symbolic batch axis (legacy17, dynamo)")
     ap.add_argument("--exporters", default="legacy13,legacy17,dynamo18",
                     help="comma separated: legacy13, legacy17, dynamo18")
     ap.add_argument("--keep", default=None, help="directory to keep the exported models in")
@@ -469,11 +479,13 @@ def main(argv=None):
     os.makedirs(keep_dir, exist_ok=True)
     rows, started = [], time.time()
     for case in cases:
-        variants = [(e, o, False) for e, o in exports]
+        variants = [(e, o, False, False) for e, o in exports]
         if args.half:
-            variants += [(e, o, True) for e, o in exports if o >= 17]
-        for exporter, opset, half in variants:
-            row = check(case, exporter, opset, half, keep_dir)
+            variants += [(e, o, True, False) for e, o in exports if o >= 17]
+        if args.dynamic:
+            variants += [(e, o, False, True) for e, o in exports if o >= 17]
+        for exporter, opset, half, dynamic in variants:
+            row = check(case, exporter, opset, half, keep_dir, dynamic)
             rows.append(row)
             flag = "!" if row["status"] not in ("ok", "export-fail") or row.get("problems") else " "
             if args.problems_only and flag != "!":
