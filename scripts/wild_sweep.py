@@ -190,7 +190,53 @@ def adain_hand(m, x, s):
     return (x - xm) / xs * ss + sm
 
 
+def rms_t5_exact(m, x):
+    """transformers' T5LayerNorm: variance in float32, the weight's dtype back before the scale."""
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    h = x * torch.rsqrt(variance + 1e-6)
+    if m.w.dtype in (torch.float16, torch.bfloat16):
+        h = h.to(m.w.dtype)
+    return m.w * h
+
+
+def f_rms_norm(m, x):
+    return F.rms_norm(x, x.shape[-1:], m.w, 1e-6)
+
+
+def ln_autocast(m, x):
+    """autocast-style: LayerNorm computed in float32 on a half tensor, the result cast back."""
+    return F.layer_norm(x.float(), x.shape[-1:], m.w.float(), m.b.float(), 1e-5).to(x.dtype)
+
+
 # -- layer-module cases ----------------------------------------------------------------------
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise Conv, channels-last LayerNorm, pointwise MLP with GELU, residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.ln = nn.LayerNorm(c, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+
+    def forward(self, x):
+        h = self.ln(self.dw(x).permute(0, 2, 3, 1))
+        return x + self.fc2(F.gelu(self.fc1(h))).permute(0, 3, 1, 2)
+
+
+class UNetResBlock(nn.Module):
+    """diffusers-style: GroupNorm -> SiLU -> Conv, + time embedding, GroupNorm -> SiLU -> Conv, residual."""
+
+    def __init__(self, c, groups):
+        super().__init__()
+        self.n1, self.n2 = nn.GroupNorm(groups, c), nn.GroupNorm(groups, c)
+        self.c1, self.c2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.t = nn.Linear(c, c)
+
+    def forward(self, x, temb):
+        h = self.c1(F.silu(self.n1(x))) + self.t(F.silu(temb))[:, :, None, None]
+        return x + self.c2(F.silu(self.n2(h)))
+
 
 class Permuted(nn.Module):
     """Channels-last LayerNorm on an NCHW tensor: permute, nn.LayerNorm, permute back."""
@@ -287,6 +333,15 @@ def generate_cases(seed):
         add(f"{name}_{'x'.join(map(str, s))}",
             Block(nn.Linear(d, d, bias=False), Fn(fn, gen, w=(d,)), activation(pick(["silu", "none"])),
                   residual=bool(rng.integers(2))), [s], 1)
+    for name, fn in {"rms_t5_exact": rms_t5_exact, "f_rms_norm": f_rms_norm, "ln_autocast": ln_autocast}.items():
+        s = seq_shape()
+        add(f"{name}_{'x'.join(map(str, s))}", Fn(fn, gen, w=(s[-1],), b=(s[-1],)), [s], 1)
+    n, c, h, w = image_shape()
+    add(f"convnext_block_{n}x{c}x{h}x{w}", ConvNeXtBlock(c), [(n, c, h, w)], 1)
+    add("unet_resblock_2x32x8x8", UNetResBlock(32, 8), [(2, 32, 8, 8), (2, 32)], 2)
+    add("conv_relu_batchnorm2d_2x6x5x5", Block(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(6)),
+        [(2, 6, 5, 5)], 1)
+    add("layernorm_4d_channels_last_2x4x5x12", nn.LayerNorm(12), [(2, 4, 5, 12)], 1)
     s = seq_shape()
     add(f"nn_rmsnorm_{'x'.join(map(str, s))}", nn.RMSNorm(s[-1], eps=1e-6), [s], 1)
     s = seq_shape()
