@@ -538,7 +538,7 @@ def main(argv=None):
         if args.half:
             variants += [(e, o, True, False) for e, o in exports if o >= 17]
         if args.dynamic:
-            variants += [(e, o, False, True) for e, o in exports if o >= 17]
+            variants += [(e, o, half, True) for half in (False, True)[:1 + args.half] for e, o in exports if o >= 17]
         for exporter, opset, half, dynamic in variants:
             row = check(case, exporter, opset, half, keep_dir, dynamic)
             rows.append(row)
