@@ -14,20 +14,38 @@ costs the size of the subgraph it names, never the size of the graph.
                                  Sqrt(Reciprocal(m2 + eps)) | Sqrt(Div(1, m2 + eps))
 
 n is the number of elements reduced (static dims only). Between the statistics
-and their use any identity Cast and view (Reshape to a constant shape,
+and their use any float-to-float Cast and view (Reshape to a constant shape,
 Unsqueeze, Squeeze, Expand) may sit, so keepdims=0 + Unsqueeze reads as
 keepdims=1: views keep the row-major order of the kept axes, and whether the
 statistic lines up with X is decided by its shape where it meets X
 (`lines_up`). On X's side only identity Casts are looked through.
+
+Statistics computed in another precision than the data are the same statistics:
+torch's decompositions of var / std / var_mean in float16 (the dynamo exporter)
+compute them from Cast(X, float) and Cast the result back down, while the data
+stays in half:
+
+    X16 ──► Cast(float) ──► ReduceMean ─► Sub ─► Mul ─► ReduceMean ─► Cast(float16) ─► Add(eps) ─► Sqrt
+     └─────────────────────────────────────────────── Sub(X16, ReduceMean(X16)) ──────────────────► Div
+
+Two tensors hold the same values (`same_values`) when they differ only by exact
+widening Casts (float16 / bfloat16 -> float32 -> float64: every value survives),
+and a Cast of a statistic to another float type is looked through: normrt computes
+the statistics in float64, which is what both precisions approximate.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
+from onnx import TensorProto
+
 from .._graph import decode_attributes
-from ._queries import constant_rel_tol, is_number, is_op
+from ._queries import KERNEL_DTYPES, constant_rel_tol, is_number, is_op
 
 VIEW_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Flatten")
+# Casts that keep every value: (from, to) float types of the kernels, `to` at least as wide
+_F16, _BF16, _F32, _F64 = TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE
+EXACT_WIDENING = {(_F16, _F32), (_F16, _F64), (_BF16, _F32), (_BF16, _F64), (_F32, _F64)}
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,44 @@ class Dataflow:
         t_in = self.ctx.elem_type(node.input[0])
         return t_in != 0 and to == t_in
 
+    def _cast_types(self, node):
+        """(from, to) element types of a one-input Cast, or None."""
+        if not is_op(node, "Cast") or len(node.input) != 1:
+            return None
+        try:
+            to = decode_attributes(node).get("to")
+        except ValueError:
+            return None
+        return self.ctx.elem_type(node.input[0]), to
+
+    def is_float_cast(self, node):
+        """A Cast between two float kernel types (a statistic kept at another precision)."""
+        types = self._cast_types(node)
+        return types is not None and types[0] in KERNEL_DTYPES and types[1] in KERNEL_DTYPES
+
+    def widened_from(self, name):
+        """[name, its source, ...]: `name` and the values it was Cast from without losing any value
+        (identity and exact widening Casts), narrowest last."""
+        chain = [name]
+        while True:
+            node = self.producer.get(chain[-1])
+            types = self._cast_types(node)
+            if types is None or not (types[0] == types[1] != 0 or types in EXACT_WIDENING):
+                return chain
+            chain.append(node.input[0])
+
+    def same_values(self, a, b):
+        """Whether a and b hold the same values, maybe at different precisions (exact widening Casts)."""
+        return a == b or self.widened_from(a)[-1] == self.widened_from(b)[-1]
+
+    def typed_source(self, name, elem_type):
+        """The value of `elem_type` among `name` and the exact sources it was widened from (the tensor a
+        fused node reads in the data's type), or `name` itself if none has that type."""
+        for v in self.widened_from(name):
+            if self.ctx.elem_type(v) == elem_type:
+                return v
+        return name
+
     def data(self, name, nodes):
         """`name` with identity Casts stripped going back (X's side: values, not views)."""
         while True:
@@ -81,14 +137,41 @@ class Dataflow:
             name = node.input[0]
 
     def view_source(self, name, nodes):
-        """`name` with identity Casts and views stripped going back (statistics' side)."""
+        """`name` with float Casts and views stripped going back (statistics' side).
+
+        A view whose shape is computed at run time (a symbolic batch: the dynamo exporter's
+        Reshape(var, Concat(Shape(X)[:1], ...)) + Expand) is taken when the whole chain keeps
+        the statistic's dims in order, only axes of size 1 added or dropped: views keep the
+        row-major order and equal counts mean no Expand broadcast anything."""
+        inner, source, runtime = [], name, False
+        while True:
+            node = self.producer.get(source)
+            if is_op(node, *VIEW_OPS):
+                runtime |= any(i not in self.ctx.constants for i in node.input[1:] if i)
+            elif not self.is_float_cast(node):
+                break
+            inner.append(node)
+            source = node.input[0]
+        if runtime and not self._unit_axes_apart(name, source):
+            return self._constant_view_source(name, nodes)
+        nodes += inner
+        return source
+
+    def _unit_axes_apart(self, a, b):
+        """Whether the known shapes of a and b are the same dims in the same order, 1s aside."""
+        sa, sb = self.ctx.shape(a), self.ctx.shape(b)
+        if sa is None or sb is None or any(d is None for d in tuple(sa) + tuple(sb)):
+            return False
+        return [d for d in sa if d != 1] == [d for d in sb if d != 1]
+
+    def _constant_view_source(self, name, nodes):
+        """view_source stopping at the first view whose shape is not a constant."""
         while True:
             node = self.producer.get(name)
-            if self.is_identity_cast(node):
+            if self.is_float_cast(node):
                 pass
             elif is_op(node, *VIEW_OPS):
-                extra = [i for i in node.input[1:] if i]
-                if any(i not in self.ctx.constants for i in extra):
+                if any(i not in self.ctx.constants for i in node.input[1:] if i):
                     return name
             else:
                 return name
@@ -184,7 +267,7 @@ class Dataflow:
         inner.append(sub)
         x = self.data(sub.input[0], inner)
         mean = self.read_mean(sub.input[1], inner)
-        if mean is None or mean[0] != x or not self.lines_up(sub.input[1], x, mean[1]):
+        if mean is None or not self.same_values(mean[0], x) or not self.lines_up(sub.input[1], x, mean[1]):
             return None
         nodes += inner
         return x, mean[1]

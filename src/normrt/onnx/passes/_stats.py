@@ -12,17 +12,22 @@ exporters write it, is one of
 where src is X itself reduced over axes 2..r-1, or a Reshape of X (e.g. view(N,
 C, -1)) whose trailing reduced axes hold exactly X's spatial elements. Between
 these nodes any number of layout ops may sit (Reshape to a constant shape,
-Unsqueeze, Squeeze, identity Cast), and an Expand may come last: every such value
+Unsqueeze, Squeeze, a Cast between float types), and an Expand may come last: every such value
 holds the N*C statistics in row-major (n, c) order (the Adds/Muls with constants
 use one-element constants), so whether it lines up with X is decided by its shape
 at the point of use (`per_channel_shape_reason`).
+
+src may be X (or its view) widened by exact Casts (float16 -> float32): torch's float16
+`.var()` / `.std()` (dynamo exporter) compute from Cast(X, float) and Cast the statistic
+back down; it is a statistic of X's values all the same (`_dataflow.EXACT_WIDENING`).
 """
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .._graph import decode_attributes
-from ._queries import is_op, other_input, scalar
+from ._dataflow import EXACT_WIDENING
+from ._queries import KERNEL_DTYPES, is_op, other_input, scalar
 
 LAYOUT = ("Reshape", "Unsqueeze", "Squeeze", "Cast")
 
@@ -89,6 +94,21 @@ def group_source(ctx, g, src, axes):
     return src, []
 
 
+def _cast_types(ctx, node):
+    """(from, to) element types of a Cast."""
+    return ctx.elem_type(node.input[0]), decode_attributes(node).get("to")
+
+
+def widened_source(ctx, g, name, nodes):
+    """`name` with exact widening Casts (float16 -> float32, ...) stripped going back: the same values."""
+    while True:
+        node = g.producer.get(name)
+        if not is_op(node, "Cast") or len(node.input) != 1 or _cast_types(ctx, node) not in EXACT_WIDENING:
+            return name
+        nodes.append(node)
+        name = node.input[0]
+
+
 def strip_layout(ctx, g, name, nodes, allow_expand=False):
     """`name` with layout ops (and a last Expand if allowed) stripped going backwards."""
     node = g.producer.get(name)
@@ -100,7 +120,8 @@ def strip_layout(ctx, g, name, nodes, allow_expand=False):
         if not is_op(node, *LAYOUT):
             return name
         if node.op_type == "Cast":
-            if not g.is_identity_cast(node):
+            # a statistic kept at another float precision is the same statistic
+            if not g.is_identity_cast(node) and not all(t in KERNEL_DTYPES for t in _cast_types(ctx, node)):
                 return name
         elif node.op_type == "Reshape" and node.input[1] not in ctx.constants:
             return name
@@ -120,11 +141,12 @@ def mean(ctx, g, name, allow_expand=True):
     ax = mean_axes(ctx, red)
     if isinstance(ax, str):
         return ax
-    src = group_source(ctx, g, red.input[0], ax[0])
+    widening = []
+    src = group_source(ctx, g, widened_source(ctx, g, red.input[0], widening), ax[0])
     if isinstance(src, str):
         return src
     x, extra = src
-    return Stat("mean", x, nodes + [red] + extra)
+    return Stat("mean", x, nodes + [red] + widening + extra)
 
 
 def _group_size(ctx, x):
@@ -212,11 +234,12 @@ def variance(ctx, g, name):
         return f"{inner.name!r}: the inner mean is over axes {iax[0]} keepdims={iax[1]}, the variance over {axes}"
     if red.input[0] != sq.output[0]:
         return "the variance does not reduce the square"
-    grp = group_source(ctx, g, src, axes)
+    widening = []
+    grp = group_source(ctx, g, widened_source(ctx, g, src, widening), axes)
     if isinstance(grp, str):
         return grp
     x, extra = grp
-    nodes += [red, sq, sub, inner] + extra
+    nodes += [red, sq, sub, inner] + widening + extra
     if unbiased:
         count, count_m1 = unbiased
         n_const, m1_const = scalar(ctx, count, 8), scalar(ctx, count_m1, 8)

@@ -17,7 +17,7 @@ ReduceMean over the spatial axes of X or over the last axis of view(N, C, -1);
 var = ReduceMean((src - ReduceMean(src, keepdims=1))^2) (Mul or Pow), optionally
 made unbiased (torch's default `.var()`) by * n / (n - 1) with n either a constant
 equal to the group size (dynamo) or Cast(ReduceProd(Gather(Shape(src), axes)))
-with n - 1 = Sub(n, 1) (legacy); Reshape/Unsqueeze/Squeeze/identity Cast between
+with n - 1 = Sub(n, 1) (legacy); Reshape/Unsqueeze/Squeeze/float Casts between
 the steps and a final Expand (legacy: Reshape to (N, C, 1, 1) then Expand to X's
 shape). Add and Mul are matched in either operand order. A Sub of content and
 mean_c may be shared with content's variance (dynamo, keepdim means).
@@ -29,8 +29,9 @@ Refused (reason in the report):
   (the kernel takes one eps and one variance kind);
 - static shapes unknown, style with other N, C than content, a statistic that
   does not line up per (n, c) with content, an output not shaped like content;
-- a middle value read elsewhere or a graph output; element types other than
-  float32/float64 or mixed.
+- a middle value read elsewhere or a graph output; content, style and Y of different
+  element types or of a type no kernel takes (the statistics may be computed in float32
+  from float16 data: dynamo's half `.var()` widens X with a Cast, see `_stats`).
 """
 from dataclasses import dataclass, field
 

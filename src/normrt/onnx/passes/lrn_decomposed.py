@@ -34,7 +34,8 @@ Refused (reason in the report):
 - alpha, k, beta not constant scalars; an If branch doing anything but
   Squeeze/Identity/Reshape of the pooled value, or an If condition computed from
   anything but the pooled value and constants;
-- X's shape not static, or the value reaching the Mul not shaped like X;
+- X's shape not static past the batch axis (a symbolic N is compared by name), or the
+  value reaching the Mul not shaped like X;
 - a middle value read elsewhere or a graph output; element types other than float32/float64.
 - a float64 constant that a float32 attribute cannot hold exactly (it would change results).
 """
@@ -185,8 +186,10 @@ class LrnDecomposed(GraphPass):
         if reason:
             return reason
         x_shape = ctx.shape(x)
-        if x_shape is None or not all(isinstance(d, int) for d in x_shape):
-            return f"shape of {x!r} not static"
+        # the batch axis may be symbolic (an export with a dynamic batch): the kernel takes any N,
+        # and the checks below only compare it by name; C and the spatial axes must be static
+        if x_shape is None or x_shape[0] is None or not all(isinstance(d, int) for d in x_shape[1:]):
+            return f"shape of {x!r} not static past the batch axis"
         rank = len(x_shape)
         if rank < 3:
             return f"X of rank {rank} (LRN needs N, C and a spatial axis)"
@@ -199,8 +202,8 @@ class LrnDecomposed(GraphPass):
             return f"{m.square.name!r} is not X ** 2"
         # the view (N, 1, C, ...) keeping the spatial elements in order
         view_shape = ctx.shape(m.view.output[0])
-        if view_shape is None or not all(isinstance(d, int) for d in view_shape):
-            return f"shape of {m.view.output[0]!r} not static"
+        if view_shape is None or not all(isinstance(d, int) for d in view_shape[1:]):
+            return f"shape of {m.view.output[0]!r} not static past the batch axis"
         vr = len(view_shape)
         if vr != rank + 1 and not (m.view.op_type == "Reshape" and vr >= 4):
             return f"{m.view.name!r}: view of rank {vr}"

@@ -39,21 +39,28 @@ Refused, with the reason in the report (the nodes stay as they are, and run corr
 - statistics over the channel axis with an affine that is not per channel (or per-sample
   runtime parameters): the ChannelNorm kernel takes (C,) scale and bias;
 - statistics over other axis sets (no kernel normalizes them);
-- eps added outside the root, (X - mean) / (std + eps): another function (the ONNX MVN form,
-  left to mvn_decomposed);
+- eps added outside the root of a raw RMS, or to a std the data is not centred on;
+  (X - mean) / (std + eps) over any axes becomes MeanVarianceNorm (ONNX MVN's function, the
+  spellings mvn_decomposed's literal templates miss: keepdims=0 + Reshape, ReduceSum / n, ...);
 - scaling without centring (X / centred std) or centring with a raw RMS: another function;
 - a middle value read by another node or a graph output;
-- element types other than one of float32/float64 throughout.
+- X and Y of different element types, or of a type no kernel takes. The statistics between
+  may be computed at another float precision: torch's float16 var / std / var_mean (dynamo
+  exporter) widen X with a Cast and Cast the statistic back (`_dataflow`); those Casts go
+  with the match, the node reads X in the data's type. A lossy Cast of X (float32 ->
+  float16) before its statistics is another function, left as it is.
 """
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
-from ._dataflow import Dataflow, Moment, is_op
+from ._queries import KERNEL_DTYPES, Graph, chain_nodes_reason, dtype_reason, fused_name, param_dtype
+from ._dataflow import VIEW_OPS, Dataflow, Moment, is_op
 from ._queries import channel_vector
+from ._stats import float_attr_reason
 
 PASS = "recognized_norms"
 ALREADY_TAKEN = "node already rewritten"
@@ -74,6 +81,7 @@ class Match:
     group: tuple = None          # GroupNorm: (X of (N, C, ...), G, the Reshape to (N, G, ...)) once viewed back
     style: str = None            # AdaIN: the style tensor whose statistics replace the content's
     refusal: str = None          # a look-alike: why it is not fused
+    mvn: bool = False            # eps added to the std: MeanVarianceNorm's function
     plan: dict = field(default_factory=dict)
 
 
@@ -117,6 +125,80 @@ def _channel_fits(arr, x_shape):
     return None if reason else vec
 
 
+def _same_statistic(df, found, x, axes):
+    """Whether `found` ((tensor, axes) from a read, or None) is a statistic of x's values over axes."""
+    return found is not None and tuple(found[1]) == tuple(axes) and df.same_values(found[0], x)
+
+
+def _style_input(ctx, df, style, content):
+    """The style tensor AdaIN reads: in the content's type when the statistics widened it."""
+    return df.typed_source(style, ctx.elem_type(content))
+
+
+def _with_widening_casts(df, g, nodes, inputs):
+    """`nodes` and the Casts that widened X for the statistics (read only by `nodes`): the reads look
+    through them (`Dataflow.same_values`) without collecting them, and they go with the match --
+    unless the fused node reads their output (`inputs`: a norm computed in float32 on Cast(X))."""
+    ids = {id(n) for n in nodes}
+    casts = []
+    for node in nodes:
+        for name in node.input:
+            cast = df.producer.get(name)
+            if cast is None or id(cast) in ids or name in inputs or len(df.widened_from(name)) < 2 or \
+                    name in g.outputs or any(id(r) not in ids for r in g.consumers.get(name, [])):
+                continue
+            ids.add(id(cast))
+            casts.append(cast)
+    return nodes + casts + _view_shape_nodes(df, g, nodes + casts)
+
+
+# ops that compute a runtime view's target shape (integers) from Shape(...)
+SHAPE_ARITHMETIC = ("Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Slice",
+                    "Cast", "Constant", "Add", "Sub", "Mul", "Div", "Identity")
+
+
+def _is_shape_arithmetic(df, node):
+    return is_op(node, *SHAPE_ARITHMETIC) and \
+        all(df.ctx.elem_type(o) == TensorProto.INT64 for o in node.output if o)
+
+
+def _view_shapes(df, nodes):
+    return [i for n in nodes if is_op(n, *VIEW_OPS) for i in n.input[1:] if i and i not in df.ctx.constants]
+
+
+def _view_shape_nodes(df, g, nodes):
+    """The integer nodes computing the runtime shapes of the views in `nodes` (a symbolic batch:
+    Reshape(var, Concat(Shape(var)[:1], ...))) that only the match reads: they go with it (a
+    Shape of a removed value would dangle)."""
+    ids, added, changed = {id(n) for n in nodes}, [], True
+    while changed:
+        changed = False
+        for name in _view_shapes(df, nodes + added) + [i for n in added for i in n.input if i]:
+            node = g.producer.get(name)
+            if node is None or id(node) in ids or not _is_shape_arithmetic(df, node) or \
+                    any(o in g.outputs or any(id(r) not in ids for r in g.consumers.get(o, []))
+                        for o in node.output if o):
+                continue
+            ids.add(id(node))
+            added.append(node)
+            changed = True
+    return added
+
+
+def _middle_types_reason(ctx, nodes):
+    """Why a value the match removes is no float of a kernel type, or None. X and Y share one type
+    (checked apart); the statistics between may be computed in another float precision (_dataflow);
+    integer shape arithmetic of the views goes with them."""
+    df = Dataflow(ctx)
+    for node in nodes:
+        if _is_shape_arithmetic(df, node):
+            continue
+        for o in node.output:
+            if o and ctx.elem_type(o) not in KERNEL_DTYPES:
+                return dtype_reason(ctx, [o])
+    return None
+
+
 class RecognizedNorms(GraphPass):
     name = PASS
 
@@ -136,7 +218,7 @@ class RecognizedNorms(GraphPass):
             df.why = None
             found = df.read_std(node.input[1], stat_nodes)
             if found is None:
-                return self._l2(ctx, df, node) or self._eps_outside(df, node) or \
+                return self._l2(ctx, df, node) or self._eps_outside(ctx, df, node) or \
                     self._near_miss(df, node, node.input[1])
             moment, eps = found
             return self._with_data(ctx, df, node, moment, eps, 1.0, node.input[0], stat_nodes)
@@ -170,28 +252,46 @@ class RecognizedNorms(GraphPass):
         if not is_op(l2, "ReduceL2"):
             return None
         axes = df.reduce_axes(l2)
-        x = df.data(l2.input[0], nodes)
-        if axes is None or len(axes) != 1 or df.data(div.input[0], nodes) != x or \
+        x = df.data(div.input[0], nodes)
+        if axes is None or len(axes) != 1 or not df.same_values(df.data(l2.input[0], nodes), x) or \
                 not df.lines_up(div.input[1], x, axes):
             return None
         m = Match(div, Moment("l2", x, tuple(axes)), nodes=nodes + [l2])
         m.output = div.output[0]
         return m
 
-    def _eps_outside(self, df, div):
-        """(X - mean) / (sqrt(var) + eps) recognized as the look-alike it is (refused), else None."""
+    def _eps_outside(self, ctx, df, div):
+        """(X - mean) / (sqrt(var) + eps): ONNX MeanVarianceNormalization's function (eps on the std),
+        over any axes -> a Match with `mvn`; with the data not centred on the same statistics (or
+        a raw RMS) the look-alike it is (refused); else None.
+
+            X ──► Sub(X, mean(X, A)) ──────────────────────────────► Div ──► Y
+             └──► mean((X - mean)², A) ──► Sqrt ──► Add(·, eps) ──────┘
+        """
         add = df.producer.get(div.input[1])
         if not is_op(add, "Add") or len(add.input) != 2:
             return None
         for s, e in ((add.input[0], add.input[1]), (add.input[1], add.input[0])):
-            if df.scalar(e) is None:
+            eps = df.scalar(e)
+            if eps is None:
                 continue
             nodes = []
             found = df.read_std(s, nodes)
-            if found is not None and found[1] == 0.0:
-                return Match(div, found[0], nodes=[div, add] + nodes,
-                             refusal="eps is added outside the root, (x - mean) / (std + eps): another "
-                                     "function than a LayerNorm/RMSNorm (the MeanVarianceNorm form)")
+            if found is None or found[1] != 0.0:
+                continue
+            moment, data_nodes = found[0], []
+            centred = df.read_centred(div.input[0], data_nodes) if moment.kind == "centred" else None
+            if _same_statistic(df, centred, moment.x, moment.axes) and np.isfinite(eps) and eps >= 0:
+                x = df.typed_source(moment.x, ctx.elem_type(div.input[0]))
+                m = Match(div, Moment("centred", x, moment.axes), eps, nodes=[div, add] + nodes + data_nodes,
+                          mvn=True)
+                m.output = div.output[0]
+                return m
+            return Match(div, moment, nodes=[div, add] + nodes,
+                         refusal="eps is added outside the root, (x - mean) / (std + eps), to "
+                                 + ("a raw root mean square" if moment.kind == "raw" else
+                                    "data not centred on the same statistics")
+                                 + ": another function than a LayerNorm/RMSNorm/MeanVarianceNorm")
         return None
 
     def _product(self, ctx, df, name, moment, nodes, depth=0):
@@ -234,11 +334,11 @@ class RecognizedNorms(GraphPass):
     def _is_data(self, df, name, moment, nodes):
         inner = []
         if moment.kind == "raw":
-            if df.data(name, inner) != moment.x:
+            if not df.same_values(df.data(name, inner), moment.x):
                 return False
         else:
             found = df.read_centred(name, inner)
-            if found is None or found != (moment.x, moment.axes):
+            if found is None or found[1] != moment.axes or not df.same_values(found[0], moment.x):
                 return False
         nodes += inner
         return True
@@ -257,6 +357,10 @@ class RecognizedNorms(GraphPass):
             m.refusal = self._mismatch(df, data_name, moment)
             return m if m.refusal else None
         has_data, k = prod
+        # statistics of a widened X (float16 data, float32 statistics): the node reads X in the data's type
+        x = df.typed_source(moment.x, ctx.elem_type(data_name))
+        if x != moment.x:
+            m.moment = Moment(moment.kind, x, moment.axes)
         m.scale = np.asarray(c, np.float64) * k
         m.has_data = has_data
         return m
@@ -280,7 +384,8 @@ class RecognizedNorms(GraphPass):
             if found is None:
                 continue
             style, s_eps = found
-            if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+            if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or \
+                    df.same_values(style.x, moment.x):
                 return None
             readers = ctx.readers(anchor.output[0])
             if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
@@ -288,10 +393,11 @@ class RecognizedNorms(GraphPass):
             add = readers[0]
             other = [i for i in add.input if i != anchor.output[0]]
             mean = df.read_mean(other[0], nodes) if len(other) == 1 else None
-            if mean is None or mean != (style.x, moment.axes) or not df.lines_up(other[0], style.x, moment.axes):
+            if not _same_statistic(df, mean, style.x, moment.axes) or \
+                    not df.lines_up(other[0], style.x, moment.axes):
                 return None
             m = Match(anchor, moment, eps, nodes=[anchor, node, add] + stat_nodes + nodes)
-            m.style, m.output = style.x, add.output[0]
+            m.style, m.output = _style_input(ctx, df, style.x, moment.x), add.output[0]
             return m
         return None
 
@@ -302,7 +408,8 @@ class RecognizedNorms(GraphPass):
         if found is None:
             return None
         style, s_eps = found
-        if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or style.x == moment.x:
+        if style.kind != "centred" or style.axes != moment.axes or s_eps != eps or \
+                df.same_values(style.x, moment.x):
             return None
         readers = ctx.readers(anchor.output[0])
         if len(readers) != 1 or anchor.output[0] in ctx.graph_outputs or not is_op(readers[0], "Mul"):
@@ -316,11 +423,11 @@ class RecognizedNorms(GraphPass):
             return None
         add = readers[0]
         shift = [i for i in add.input if i != mul.output[0]]
-        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, moment.axes) or \
+        if len(shift) != 1 or not _same_statistic(df, df.read_mean(shift[0], nodes), style.x, moment.axes) or \
                 not df.lines_up(shift[0], style.x, moment.axes):
             return None
         m = Match(anchor, moment, eps, nodes=[anchor, mul, add] + stat_nodes + nodes)
-        m.style, m.output = style.x, add.output[0]
+        m.style, m.output = _style_input(ctx, df, style.x, moment.x), add.output[0]
         return m
 
     @staticmethod
@@ -451,18 +558,19 @@ class RecognizedNorms(GraphPass):
         if found is None:
             return False
         style, s_eps = found
-        if style.kind != "centred" or style.axes != m.moment.axes or s_eps != m.eps or style.x == m.moment.x:
+        if style.kind != "centred" or style.axes != m.moment.axes or s_eps != m.eps or \
+                df.same_values(style.x, m.moment.x):
             return False
         readers = ctx.readers(node.output[0])
         if len(readers) != 1 or node.output[0] in ctx.graph_outputs or not is_op(readers[0], "Add"):
             return False
         add = readers[0]
         shift = [i for i in add.input if i != node.output[0]]
-        if len(shift) != 1 or df.read_mean(shift[0], nodes) != (style.x, m.moment.axes) or \
+        if len(shift) != 1 or not _same_statistic(df, df.read_mean(shift[0], nodes), style.x, m.moment.axes) or \
                 not df.lines_up(shift[0], style.x, m.moment.axes):
             return False
         m.nodes += [node, add] + nodes
-        m.style, m.output = style.x, add.output[0]
+        m.style, m.output = _style_input(ctx, df, style.x, m.moment.x), add.output[0]
         return True
 
     def _runtime_param(self, ctx, df, m, node, value, scale, bias):
@@ -611,6 +719,8 @@ class RecognizedNorms(GraphPass):
         if m.refusal:
             return m.refusal
         g = Graph(ctx)
+        if m.mvn:
+            return self._check_mvn(ctx, g, m)
         mapping = self._mapping(ctx, m)
         if isinstance(mapping, str):
             return mapping
@@ -618,7 +728,7 @@ class RecognizedNorms(GraphPass):
         if m.style is not None:
             return self._check_adain(ctx, g, m)
         if mapping[0] == "LpNorm":
-            nodes = list({id(n): n for n in m.nodes}.values())
+            nodes = _with_widening_casts(df, g, list({id(n): n for n in m.nodes}.values()), [m.moment.x])
             reason = dtype_reason(ctx, [m.moment.x, m.output]) or chain_nodes_reason(g, nodes, m.output)
             if reason:
                 return reason
@@ -632,8 +742,8 @@ class RecognizedNorms(GraphPass):
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
         if y_shape is not None and tuple(y_shape) != tuple(x_shape):
             return f"the output {y!r} of shape {list(y_shape)} is not shaped like X {list(x_shape)}"
-        nodes = list({id(n): n for n in m.nodes}.values())
-        reason = dtype_reason(ctx, [x] + [o for n in nodes for o in n.output if o])
+        nodes = _with_widening_casts(df, g, list({id(n): n for n in m.nodes}.values()), [x])
+        reason = dtype_reason(ctx, [x, y]) or _middle_types_reason(ctx, nodes)
         if reason:
             return reason
         # identity Casts on X's side that others read stay for them (the node reads X itself)
@@ -678,6 +788,19 @@ class RecognizedNorms(GraphPass):
         m.plan = {"op": op, "axis": axis - len(x_shape), "params": params, "removed": removed}
         return None
 
+    def _check_mvn(self, ctx, g, m):
+        x, y = m.moment.x, m.output
+        x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+        if x_shape is None or y_shape is None or tuple(y_shape) != tuple(x_shape):
+            return f"the output {y!r} is not shaped like X {x!r}"
+        nodes = _with_widening_casts(Dataflow(ctx), g, list({id(n): n for n in m.nodes}.values()), [x])
+        reason = dtype_reason(ctx, [x, y]) or _middle_types_reason(ctx, nodes) or \
+            float_attr_reason("eps", m.eps) or chain_nodes_reason(g, nodes, y)
+        if reason:
+            return reason
+        m.plan = {"op": "MeanVarianceNorm", "axis": None, "params": (None, None), "removed": nodes}
+        return None
+
     def _check_adain(self, ctx, g, m):
         shape, rank = ctx.shape(m.moment.x), len(ctx.shape(m.moment.x))
         if rank < 3 or tuple(m.moment.axes) != tuple(range(2, rank)):
@@ -687,7 +810,8 @@ class RecognizedNorms(GraphPass):
             return f"style {m.style!r} is not (N, C, ...) like the content"
         if ctx.shape(m.output) is not None and tuple(ctx.shape(m.output)) != tuple(shape):
             return f"the output {m.output!r} is not shaped like the content"
-        nodes = list({id(n): n for n in m.nodes}.values())
+        nodes = _with_widening_casts(Dataflow(ctx), g, list({id(n): n for n in m.nodes}.values()),
+                                     [m.moment.x, m.style])
         reason = dtype_reason(ctx, [m.moment.x, m.style, m.output]) or chain_nodes_reason(g, nodes, m.output)
         if reason:
             return reason
@@ -720,6 +844,10 @@ class RecognizedNorms(GraphPass):
         if op == "AdaIN":
             self._replace(ctx, m, make_node("AdaIN", [x, m.style], [m.output],
                                             fused_name(ctx, plan["removed"], "AdaIN"), epsilon=float(m.eps)))
+            return
+        if op == "MeanVarianceNorm":
+            self._replace(ctx, m, make_node(op, [x], [m.output], fused_name(ctx, plan["removed"], op),
+                                            axes=list(m.moment.axes), epsilon=float(m.eps)))
             return
         if op == "LpNorm":
             self._replace(ctx, m, make_node("LpNorm", [x], [m.output], fused_name(ctx, plan["removed"], "LpNorm"),
