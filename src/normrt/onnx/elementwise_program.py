@@ -121,7 +121,9 @@ _EVAL64 = {
     "relu": lambda a, b: np.where(a < 0, 0.0, a), "max": np.maximum, "min": np.minimum, "pow": np.power,
     "square": lambda a, b: a * a, "copy": lambda a, b: a, "silu": lambda a, b: a / (1.0 + np.exp(-a)),
     "silu_mul": lambda a, b: a / (1.0 + np.exp(-a)) * b,
+    "gelu": lambda a, b: RECOGNIZED["gelu"](a), "gelu_tanh": lambda a, b: RECOGNIZED["gelu_tanh"](a),
 }
+assert set(_EVAL64) == set(OPS)       # every op a program may hold can be probed
 
 
 def _agree(got, want):
