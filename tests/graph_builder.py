@@ -3,6 +3,7 @@ builder for the statistics subgraphs (ReduceMean at either opset's signature, sq
 as Mul or Pow) that the decomposed-norm passes recognize.
 """
 import numpy as np
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -70,3 +71,29 @@ def optimize_and_compare(model, feed, rtol=1e-5, atol=1e-5):
         assert g.shape == w.shape and g.dtype == w.dtype
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
     return opt, report
+
+
+class DrawnGraph:
+    """Nodes and initializers of a graph a hypothesis test draws (`draw`) node by node: each
+    node and constant named by a running number, constants in `elem` (a TensorProto type,
+    numpy's dtype from `np_types`) unless told, and an input generator seeded by the draw."""
+
+    def __init__(self, draw, shape, elem, np_types):
+        self.draw, self.shape, self.elem, self.np_types = draw, tuple(shape), elem, np_types
+        self.nodes, self.inits, self.n = [], [], 0
+        self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+
+    def node(self, op, inputs, **attrs):
+        """The output name of a new `op` node reading `inputs`."""
+        self.n += 1
+        out = f"{op.lower()}_{self.n}"
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def const(self, value, elem=None):
+        """The name of a new initializer: `value` in `elem` (default the graph's), or int64 for "int"."""
+        self.n += 1
+        name = f"c_{self.n}"
+        dtype = np.int64 if elem == "int" else self.np_types[elem or self.elem]
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name

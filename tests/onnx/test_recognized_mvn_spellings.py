@@ -13,10 +13,11 @@ import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import DrawnGraph
 from half_models import HALF_NP, assert_matches_float64, statistics_left
 
 F = TensorProto.FLOAT
@@ -26,24 +27,9 @@ SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES"
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-class Graph:
+class Graph(DrawnGraph):
     def __init__(self, draw, shape, elem):
-        self.draw, self.shape, self.elem = draw, tuple(shape), elem
-        self.nodes, self.inits, self.n = [], [], 0
-        self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
-
-    def node(self, op, inputs, **attrs):
-        self.n += 1
-        out = f"{op.lower()}_{self.n}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
-        return out
-
-    def const(self, value, elem=None):
-        self.n += 1
-        name = f"c_{self.n}"
-        dtype = np.int64 if elem == "int" else NP[elem or self.elem]
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
+        super().__init__(draw, shape, elem, NP)
 
     def mean(self, v, axes, elem):
         keep = self.draw(st.booleans())

@@ -20,10 +20,11 @@ import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 import normrt
+from graph_builder import DrawnGraph
 from half_models import HALF_NP, assert_matches_float64, norm_nodes, statistics_left
 
 F, D = TensorProto.FLOAT, TensorProto.DOUBLE
@@ -34,25 +35,12 @@ SETTINGS = settings(max_examples=int(os.environ.get("NORMRT_HYPOTHESIS_EXAMPLES"
                     suppress_health_check=[HealthCheck.too_slow])
 
 
-class Graph:
+class Graph(DrawnGraph):
     def __init__(self, draw, shape, data_type, wide_type):
-        self.draw, self.shape, self.data, self.wide = draw, tuple(shape), data_type, wide_type
-        self.nodes, self.inits, self.extra_inputs, self.feeds, self.n = [], [], [], {}, 0
+        super().__init__(draw, shape, data_type, NP)
+        self.data, self.wide = data_type, wide_type
+        self.extra_inputs, self.feeds = [], {}
         self.sums = True        # means may be spelled ReduceSum / n
-        self.rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
-
-    def node(self, op, inputs, **attrs):
-        self.n += 1
-        out = f"{op.lower()}_{self.n}"
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
-        return out
-
-    def const(self, value, elem=None):
-        self.n += 1
-        name = f"c_{self.n}"
-        dtype = np.int64 if elem == "int" else NP[elem or self.data]
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
 
     def axes(self, axes):
         return self.const(np.array(axes), "int")

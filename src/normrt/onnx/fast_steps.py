@@ -19,7 +19,6 @@ attribute decoding, the OpNode/_as_arrays wrappers, list packing.
 """
 import numpy as np
 
-from .._kernels import pool as _pool_kernel
 from .._kernels import softmax as _softmax_kernel
 from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
@@ -71,12 +70,6 @@ def _reduce_mean_into(x, axes, keepdims, count, out):
     # bookkeeping: the sum in x's dtype, then a true division by the count as an intp
     total = np.add.reduce(x, axis=axes, dtype=x.dtype, keepdims=keepdims, out=out)
     return np.true_divide(total, count, out=total, casting="unsafe")
-
-
-def _global_average_into(x, planes, out, nt):
-    # the generic GlobalAveragePool's kernel call (ops/pool.py _global_average), into `out`
-    _pool_kernel.global_average(np.ascontiguousarray(x).reshape(planes, -1), out.reshape(planes), nt)
-    return out
 
 
 def _sigmoid(x, out):
@@ -188,10 +181,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         ex, (xshape, dx), _ = args[0]
         if dx not in (np.float32, np.float64) or dx != dtype or len(xshape) < 3 or 0 in xshape:
             return None
-        planes = int(xshape[0]) * int(xshape[1])
+        from .ops.pool import _global_average          # the generic op's kernel call, into a buffer
         out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
-        nt = min(src.n_threads, memory_bound(int(np.prod(xshape, dtype=np.int64))))
-        return f"{src.bind(_global_average_into, '_global_average')}({ex}, {planes}, {out}, {nt})"
+        return f"{src.bind(_global_average, '_global_average')}({ex}, {out})"
     if op in ("ReduceMean", "ReduceSum") and args and args[0] is not None and shape:
         # (a 0-d result is a numpy scalar on np.mean's other branch: the generic call)
         ex, (xshape, dx), _ = args[0]

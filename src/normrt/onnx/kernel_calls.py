@@ -8,12 +8,14 @@ can name them without the passes that build nodes importing the kernels.
 """
 import numpy as np
 
+from .._checks import activation as act_code
 from .._kernels import elementwise as _kelementwise
 from .._thread_policy import memory_bound
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
 from .elementwise_program import compile_program
 from .ops import _blas
+from .ops.conv import small_conv_epilogue
 
 
 def _normrt():
@@ -170,8 +172,6 @@ def attention(attrs, n_out, q, kt, v, bias=None):
 def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
     if residual is None:
         # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv
-        from .._checks import activation as act_code
-        from .ops.conv import small_conv_epilogue
         y = small_conv_epilogue(x, w, bias, tuple(attrs["strides"]), tuple(attrs["pads"]),
                                 tuple(attrs["dilations"]), attrs["group"], act_code(_act(attrs)))
         if y is not None:

@@ -140,11 +140,12 @@ def average_pool(node, x):
     return out.astype(x.dtype, copy=False)
 
 
-def _global_average(x):
-    """The mean of each (n, c) plane on the kernel (float64 lanes), shape (N, C, 1, ...)."""
-    y = np.empty(x.shape[0] * x.shape[1], x.dtype)
+def _global_average(x, out=None):
+    """The mean of each (n, c) plane on the kernel (float64 lanes), shape (N, C, 1, ...); written
+    into `out` (C-contiguous, that shape and x's dtype: a specialized plan's buffer) when given."""
+    y = np.empty(x.shape[0] * x.shape[1], x.dtype) if out is None else out.reshape(-1)
     _kpool.global_average(np.ascontiguousarray(x).reshape(y.size, -1), y, memory_bound(x.size))
-    return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+    return y.reshape(x.shape[:2] + (1,) * (x.ndim - 2)) if out is None else out
 
 
 @op("GlobalAveragePool", since=1)
