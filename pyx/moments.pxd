@@ -52,6 +52,9 @@ cdef enum:
     ACT_SILU = 2
     ACT_GELU = 3
     ACT_SIGMOID = 4
+    ACT_RELU6 = 5        # min(max(v, 0), 6): torch's ReLU6 (ONNX Clip(0, 6))
+    ACT_HARDSIGMOID = 6  # min(max(v / 6 + 1/2, 0), 1): torch's hardsigmoid (ONNX HardSigmoid(1/6, 1/2))
+    ACT_HARDSWISH = 7    # v * hardsigmoid(v): ONNX HardSwish
 
 cdef struct Moments:
     double count
@@ -413,6 +416,21 @@ cdef inline Py_ssize_t n_chunks(Py_ssize_t n) noexcept nogil:
     return (n + CHUNK - 1) // CHUNK
 
 
+cdef inline double hard_sigmoid_d(double v) noexcept nogil:
+    cdef double h = v * (1.0 / 6.0) + 0.5
+    h = 0.0 if h < 0.0 else h
+    return 1.0 if h > 1.0 else h
+
+
+cdef inline float hard_sigmoid_f(float v) noexcept nogil:
+    # x * alpha + beta rounded twice (the build has -ffp-contract=off), as
+    # numpy's HardSigmoid computes it; NaN stays NaN (only "<" / ">" tests)
+    cdef float h = v * <float>(1.0 / 6.0)
+    h = h + <float>0.5
+    h = <float>0.0 if h < <float>0.0 else h
+    return <float>1.0 if h > <float>1.0 else h
+
+
 cdef inline double activate(double v, int act) noexcept nogil:
     # NaN must stay NaN: test "v < 0", never "v > 0"
     if act == ACT_RELU:
@@ -423,7 +441,15 @@ cdef inline double activate(double v, int act) noexcept nogil:
         return 0.5 * v * (1.0 + erf(v * 0.7071067811865476))
     if act == ACT_SIGMOID:
         return 1.0 / (1.0 + exp(-v))
+    if act == ACT_RELU6:
+        v = 0.0 if v < 0.0 else v
+        return 6.0 if v > 6.0 else v
+    if act == ACT_HARDSIGMOID:
+        return hard_sigmoid_d(v)
+    if act == ACT_HARDSWISH:
+        return v * hard_sigmoid_d(v)
     return v
+
 
 
 # ---- float32 activations the compiler can vectorize ------------------------
@@ -571,6 +597,18 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
         elif act == ACT_SIGMOID:
             for i in range(n):
                 y[i] = <float>1.0 / (<float>1.0 + exp_f(-y[i]))
+        elif act == ACT_RELU6:
+            for i in range(n):
+                v = y[i]
+                v = <float>0.0 if v < <float>0.0 else v
+                y[i] = <float>6.0 if v > <float>6.0 else v
+        elif act == ACT_HARDSIGMOID:
+            for i in range(n):
+                y[i] = hard_sigmoid_f(y[i])
+        elif act == ACT_HARDSWISH:
+            for i in range(n):
+                v = y[i]
+                y[i] = v * hard_sigmoid_f(v)
     else:
         for i in range(n):
             y[i] = activate(y[i], act)

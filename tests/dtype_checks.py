@@ -14,16 +14,28 @@ ALL_FLOAT_DTYPES = FLOAT_DTYPES + HALF_DTYPES
 _erf = np.vectorize(math.erf)
 
 
+# every activation epilogue of the kernels, and None
+ACTS = [None, "relu", "silu", "gelu", "sigmoid", "relu6", "hardsigmoid", "hardswish"]
+
+
 def ref_act(v, act):
-    """The activation epilogue `act` (None, "relu", "silu", "gelu", "sigmoid") in float64 numpy."""
+    """The activation epilogue `act` (one of ACTS) in float64 numpy (NaN stays NaN)."""
+    v = np.asarray(v, np.float64)
     if act == "relu":
-        return np.maximum(v, 0)
+        return np.where(v < 0, 0.0, v)
     if act == "silu":
         return v / (1 + np.exp(-v))
     if act == "gelu":
         return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
     if act == "sigmoid":
         return 1 / (1 + np.exp(-v))
+    if act == "relu6":
+        return np.clip(v, 0.0, 6.0)
+    if act == "hardsigmoid":
+        return np.clip(v / 6 + 0.5, 0.0, 1.0)
+    if act == "hardswish":
+        return v * np.clip(v / 6 + 0.5, 0.0, 1.0)
+    assert act is None, act
     return v
 
 

@@ -7,9 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
-from dtype_checks import assert_concurrent_calls_match, ref_act as _ref_act
-
-ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
+from dtype_checks import ACTS, assert_concurrent_calls_match, ref_act as _ref_act
 
 
 def ref_act(v, act):

@@ -6,22 +6,10 @@ from hypothesis import strategies as st
 
 import normrt
 from normrt._kernels import gemm as _k
+from dtype_checks import ACTS, ref_act
 
 rng = np.random.default_rng(21)
 MR, NR, KC = _k.block_sizes()
-
-
-def act_ref(v, act):
-    if act == "relu":
-        return np.maximum(v, 0.0)
-    if act == "silu":
-        return v / (1.0 + np.exp(-v))
-    if act == "gelu":
-        from math import erf
-        return 0.5 * v * (1.0 + np.vectorize(erf)(v / np.sqrt(2.0)))
-    if act == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-v))
-    return v
 
 
 def ref(a, b, bias=None, residual=None, act=None):
@@ -30,7 +18,7 @@ def ref(a, b, bias=None, residual=None, act=None):
         y = y + bias
     if residual is not None:
         y = y + residual
-    return act_ref(y, act)
+    return ref_act(y, act)
 
 
 def assert_close(y, a, b, ref_y, k):
@@ -57,7 +45,7 @@ def test_matches_reference_packed_or_not(m, n, k):
     assert np.array_equal(normrt.matmul(a, normrt.pack_matmul_weight(b)), y)
 
 
-@pytest.mark.parametrize("act", [None, "relu", "silu", "gelu", "sigmoid"])
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("m,n,k", [(5, 3, 2), (MR + 3, 2 * NR + 5, KC + 9)])
 def test_epilogue_bias_residual_activation(act, m, n, k):
     a, b, bias, res = rand(m, k), rand(k, n), rand(n), rand(m, n)

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import normrt
-from dtype_checks import assert_concurrent_calls_match, same_bits
+from dtype_checks import ACTS as ACTIVATIONS, assert_concurrent_calls_match, ref_act, same_bits
 
-ACTIVATIONS = [None, "relu", "silu", "gelu", "sigmoid"]
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 # normrt runs calls on fewer elements than this on one thread (moments.pxd PARALLEL_MIN);
 # tests of the chunk-parallel path use at least this many
@@ -16,20 +15,6 @@ PARALLEL_MIN = 32768
 
 
 # ---------------------------------------------------------------- references (float64, independent)
-
-def ref_activation(y, act):
-    if act is None:
-        return y
-    if act == "relu":
-        return np.where(y < 0, 0.0, y)
-    if act == "silu":
-        return y / (1.0 + np.exp(-y))
-    if act == "gelu":
-        return 0.5 * y * (1.0 + _erf(y / math.sqrt(2.0)))
-    if act == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-y))
-    raise AssertionError(act)
-
 
 def _affine_shape(p, x):
     """(C,) -> (1, C, 1, ...); (N, C) -> (N, C, 1, ...)."""
@@ -52,7 +37,7 @@ def ref_group_norm(x, G, scale=None, bias=None, eps=1e-5, act=None):
         y = y * _affine_shape(scale, x)
     if bias is not None:
         y = y + _affine_shape(bias, x)
-    return ref_activation(y, act)
+    return ref_act(y, act)
 
 
 def ref_instance_norm(x, scale=None, bias=None, eps=1e-5, act=None):

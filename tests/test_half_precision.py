@@ -13,12 +13,11 @@ from hypothesis import given, settings, strategies as st
 
 import normrt
 from normrt._kernels import half_convert
-from dtype_checks import (ref_act, HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
+from dtype_checks import (ACTS, ref_act, HALF_DTYPES, assert_close_in_dtype, assert_same_bits_for_threads, dtype_eps,
                       same_bits)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
-ACTS = [None, "relu", "silu", "gelu", "sigmoid"]
 half_dtypes = pytest.mark.parametrize("dt", HALF_DTYPES, ids=lambda d: d.name)
 fuzz = settings(max_examples=25, deadline=None)
 

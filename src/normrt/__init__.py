@@ -15,6 +15,7 @@ from .api.lp_norm import lp_norm
 from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
 from .api.activations import activate, erf
+from ._checks import ACTIVATION_NAMES as ACTIVATIONS
 from .api.softmax import softmax
 from .api.gemm import matmul, pack_matmul_weight, PackedMatmulWeight
 from .api.conv import conv2d, pack_conv_weight, PackedConvWeight

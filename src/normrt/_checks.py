@@ -15,7 +15,13 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _HALF_KIND = {HALF_DTYPES[0]: 0, HALF_DTYPES[1]: 1}   # half.h's NRT_F16, NRT_BF16
 
-ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3, "sigmoid": 4}
+# the kernels' activation epilogues (moments.pxd's ACT_*): relu6 = min(max(v, 0), 6),
+# hardsigmoid = min(max(v / 6 + 0.5, 0), 1) (torch's; ONNX HardSigmoid(alpha=1/6)),
+# hardswish = v * hardsigmoid(v)
+ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3, "sigmoid": 4, "relu6": 5, "hardsigmoid": 6,
+               "hardswish": 7}
+# the names, as normrt.ACTIVATIONS
+ACTIVATION_NAMES = tuple(a for a in ACTIVATIONS if a)
 
 # length-0 stand-ins for absent optional buffers (kernels test shape[0] == 0)
 _EMPTY1 = {dt: np.empty(0, dt) for dt in FLOAT_DTYPES}

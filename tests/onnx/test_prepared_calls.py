@@ -224,3 +224,39 @@ def test_global_average_pool_fast_step_bitwise_generic(shape, dtype, seed):
     got = _specialized_and_generic(sess, {"x": x})[0]
     np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": x})[0], rtol=1e-6, atol=1e-7)
     assert _prepared(sess, "_global_average")
+
+
+@settings(max_examples=40, deadline=None)
+@given(op=st.sampled_from(["MaxPool", "AveragePool"]), c=st.integers(1, 6), hw=st.tuples(st.integers(1, 12),
+       st.integers(1, 12)), k=st.tuples(st.integers(1, 4), st.integers(1, 4)), s=st.tuples(st.integers(1, 3),
+       st.integers(1, 3)), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4), ceil=st.booleans(),
+       dil=st.sampled_from([(1, 1), (2, 1)]), include_pad=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2 ** 16))
+def test_pool_fast_step_bitwise_generic(op, c, hw, k, s, pads, ceil, dil, include_pad, dtype, seed):
+    # a ResNet stem's MaxPool, MobileNet-style AveragePools: geometry worked out once, the plane
+    # kernel called straight from the plan, into the plan's buffer
+    pads = [min(p, kk - 1) for p, kk in zip(pads, k + k)]          # ONNX: pads smaller than the kernel
+    attrs = dict(kernel_shape=list(k), strides=list(s), pads=pads, ceil_mode=int(ceil))
+    if op == "MaxPool":
+        attrs["dilations"] = list(dil)
+    else:
+        attrs["count_include_pad"] = int(include_pad)
+    span = [(kk - 1) * (dd if op == "MaxPool" else 1) + 1 for kk, dd in zip(k, dil)]
+    if any(h + pads[i] + pads[i + 2] < sp for i, (h, sp) in enumerate(zip(hw, span))):
+        return                                                      # no window fits
+    def model_of(elem):
+        vi = helper.make_tensor_value_info
+        nodes = [helper.make_node(op, ["x"], ["p"], **attrs), helper.make_node("Relu", ["p"], ["y"])]
+        graph = helper.make_graph(nodes, "pool", [vi("x", elem, [2, c, *hw])], [vi("y", elem, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model = model_of(TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = (np.random.default_rng(seed).standard_normal((2, c, *hw)) * 3).astype(np.float32)
+    got = _specialized_and_generic(sess, {"x": x.astype(dtype)})[0]
+    # oracle: onnxruntime's float32 run (onnx.reference mis-sizes some ceil_mode windows)
+    want = _ort_session(model_of(TensorProto.FLOAT)).run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    out_hw = got.shape[2:]
+    if op == "MaxPool" or tuple(out_hw) != (1, 1):
+        assert _prepared(sess, "_pool_into")

@@ -21,7 +21,8 @@ def erf(x, *, out=None):
 
 
 def activate(x, activation, *, out=None):
-    """One of "relu", "silu", "gelu" (erf form), "sigmoid", elementwise."""
+    """One of normrt.ACTIVATIONS ("gelu": the erf form; "relu6", "hardsigmoid", "hardswish" as torch
+    defines them), elementwise."""
     act = chk.activation(activation)
     x, y = _flat(x, out)
     if x.size:

@@ -71,7 +71,7 @@ def batch_norm(x, scale, bias, mean, var, *, eps=1e-5, activation=None, out=None
     and var have shape (C,). The statistics are folded once per channel,
     a = scale / sqrt(var + eps), and every element is computed in float64 as
     y = act((x - mean) * a + bias), so a channel equal to its mean gives exactly
-    bias. `activation` is None, "relu", "silu", "gelu" or "sigmoid". `out` may be x.
+    bias. `activation` is None or a name of normrt.ACTIVATIONS. `out` may be x.
     """
     y = _fast(x, scale, bias, mean, var, eps, activation, out)
     if y is not None:

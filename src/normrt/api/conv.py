@@ -131,8 +131,8 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     x: (N, C, H, W); weight: (M, C/group, kh, kw) array or the object from
     normrt.pack_conv_weight(weight, group); bias: (M,); pads in ONNX order
     (h_begin, w_begin, h_end, w_end); residual: the output's shape (N, M, OH,
-    OW) or one that broadcasts to it; activation one of None, "relu", "silu",
-    "gelu" (erf form), "sigmoid". float32 runs on normrt's GEMM (results
+    OW) or one that broadcasts to it; activation None or one of
+    normrt.ACTIVATIONS ("gelu" is the erf form). float32 runs on normrt's GEMM (results
     identical for any thread count), float64 on numpy.
     """
     act = chk.activation(activation)

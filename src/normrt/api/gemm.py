@@ -100,8 +100,8 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
 
     b is an array or the object from normrt.pack_matmul_weight(b). Leading
     dims of a are flattened into M. bias has shape (N,); residual the output's
-    shape (or one that broadcasts to it); activation one of None, "relu",
-    "silu", "gelu" (erf form), "sigmoid". float32 runs on normrt's GEMM
+    shape (or one that broadcasts to it); activation None or one of
+    normrt.ACTIVATIONS ("gelu" is the erf form). float32 runs on normrt's GEMM
     (results identical for any thread count), float64 on numpy.
     """
     act = chk.activation(activation)

@@ -48,7 +48,7 @@ def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=Non
     x has shape (N, C, *spatial); the C channels are split into `num_groups`
     groups and each (sample, group) is normalized over its C/num_groups
     channels and all spatial positions. `scale` and `bias` are per channel, (C,).
-    `activation` (None, "relu", "silu", "gelu", "sigmoid") is applied to the result.
+    `activation` (None or a name of normrt.ACTIVATIONS) is applied to the result.
     """
     x = chk.tensor(x, "x", min_rank=2, half=True)
     N, C = x.shape[:2]

@@ -59,10 +59,12 @@ from dataclasses import dataclass
 
 from onnx import helper
 
+from .. import _checks
 from . import kernel_calls as _calls
 from ._graph import NORMRT_DOMAIN
 
-ACTIVATIONS = ("", "relu", "silu", "gelu", "sigmoid")
+# the `activation` attribute's values: the kernels' epilogues ("" for none)
+ACTIVATIONS = ("",) + _checks.ACTIVATION_NAMES
 
 
 @dataclass(frozen=True)

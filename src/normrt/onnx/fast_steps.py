@@ -205,6 +205,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
             return f"np.add.reduce({ex}, axis={axes!r}, dtype={src.bind(dx)}, keepdims={keepdims}, out={out})"
         count = src.bind(np.intp(int(np.prod([xshape[a] for a in axes], dtype=np.int64))))
         return f"{src.bind(_reduce_mean_into, '_reduce_mean')}({ex}, {axes!r}, {keepdims}, {count}, {out})"
+    if op in ("MaxPool", "AveragePool"):
+        from .ops import pool as _pool_ops
+        return _pool_ops.fast_pool(src, opnode, args, out_meta, buffer, src.n_threads)
     if op == "Resize" and opnode.version >= 11:
         from .ops import resize as _resize_ops
         return _resize_ops.fast_resize(src, opnode, args, out_meta, src.n_threads)

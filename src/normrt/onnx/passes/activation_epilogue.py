@@ -7,6 +7,12 @@
           ├──► Sigmoid ──► s ─┐
           └──────────────────► Mul(y, s) ──► out  (either order)     silu
           ├──► Gelu(approximate="none") ──► out                      gelu   (opset 20)
+          ├──► Clip(0, 6) ──► out                                    relu6  (torch's ReLU6)
+          ├──► Clip(0) ──► out    (no upper bound)                   relu
+          ├──► HardSigmoid(alpha=1/6, beta=1/2) ──► out              hardsigmoid
+          ├──► HardSigmoid(1/6, 1/2) ──► h ─┐
+          └──────────────────► Mul(y, h) ──► out  (either order)     hardswish (opset < 14 exports)
+          ├──► HardSwish ──► out                                     hardswish
           │
           │   GELU in its Erf form, as torch writes it:
           ├──► Div(y, 1.4142135) or Mul(y, 0.70710678)
@@ -23,17 +29,29 @@ Refused (reason in the report):
 - y (or a middle value of the activation) is read by other nodes or is a graph
   output: it would have to be materialized;
 - the norm already has an activation, or has outputs besides y (statistics);
-- Gelu with approximate="tanh"; Erf-form constants that are not sqrt(2), 1, 0.5.
+- Gelu with approximate="tanh"; Erf-form constants that are not sqrt(2), 1, 0.5;
+- a Clip whose bounds are not constant scalars or are other than (0, 6) / (0, none);
+  a HardSigmoid with other alpha/beta than torch's (1/6, 1/2) (Keras' 0.2 stays a node).
 """
 import math
+
+import numpy as np
 
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import close_to, constant_rel_tol, is_op, node_attrs, present, private_reason, scalar_constant
+from ._queries import (close_to, constant_rel_tol, is_float, is_op, node_attrs, present, private_reason,
+                       scalar_constant)
 
 SQRT2 = math.sqrt(2.0)
-PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU"}
+PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU", "relu6": "ReLU6",
+                 "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish"}
+# ops that can start an activation match_activation takes (the Erf GELU starts with a Div/Mul:
+# the epilogue passes add those to their own candidate lists)
+ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish")
+# torch's hardsigmoid, relu6(x + 3) / 6, as exporters write HardSigmoid's attributes
+HARD_SIGMOID = (1.0 / 6.0, 0.5)
+_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def _has_activation_attr(node):
@@ -52,7 +70,7 @@ class ActivationEpilogue(GraphPass):
             if not _has_activation_attr(node) or not node.output or not node.output[0]:
                 continue
             readers = consumers.get(node.output[0], [])
-            if any(is_op(r, op) for r in readers for op in ("Relu", "Sigmoid", "Gelu")) or \
+            if any(is_op(r, op) for r in readers for op in ACTIVATION_OPS) or \
                     any(self._erf_head(ctx, consumers, r, node.output[0]) for r in readers):
                 yield node
 
@@ -197,6 +215,41 @@ def match_activation(ctx, consumers, y, readers):
             if sorted(mul.input) == sorted([y, s.output[0]]) and any(r is mul for r in readers):
                 return "silu", [s, mul], mul.output[0]
         return "norm output has other consumers"
+    clip = [r for r in readers if is_op(r, "Clip")]
+    if clip:
+        if len(readers) != 1:
+            return "norm output has other consumers"
+        bounds = clip_bounds(ctx, clip[0])
+        if isinstance(bounds, str):
+            return bounds
+        if bounds == (0.0, 6.0):
+            return "relu6", clip, clip[0].output[0]
+        if bounds == (0.0, None):
+            return "relu", clip, clip[0].output[0]
+        return f"Clip{bounds}: neither ReLU6 (0, 6) nor ReLU (0, none)"
+    swish = [r for r in readers if is_op(r, "HardSwish")]
+    if swish:
+        if len(readers) != 1:
+            return "norm output has other consumers"
+        return "hardswish", swish, swish[0].output[0]
+    hsig = [r for r in readers if is_op(r, "HardSigmoid")]
+    if hsig:
+        h = hsig[0]
+        attrs, reason = node_attrs(h)
+        if reason:
+            return reason
+        rel = constant_rel_tol(ctx.elem_type(y))
+        ab = (float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5)))
+        if not (close_to(ab[0], HARD_SIGMOID[0], rel) and close_to(ab[1], HARD_SIGMOID[1], rel)):
+            return f"HardSigmoid(alpha={ab[0]}, beta={ab[1]}): the kernels have torch's (1/6, 1/2) only"
+        if len(readers) == 1:
+            return "hardsigmoid", [h], h.output[0]
+        h_readers = consumers.get(h.output[0], [])
+        if len(readers) == 2 and len(h_readers) == 1 and is_op(h_readers[0], "Mul"):
+            mul = h_readers[0]
+            if sorted(mul.input) == sorted([y, h.output[0]]) and any(r is mul for r in readers):
+                return "hardswish", [h, mul], mul.output[0]
+        return "norm output has other consumers"
     heads = [r for r in readers if ActivationEpilogue._erf_head(ctx, consumers, r, y)]
     if heads:
         if len(readers) != 2:
@@ -204,3 +257,32 @@ def match_activation(ctx, consumers, y, readers):
         return ActivationEpilogue._match_erf_gelu(ctx, consumers, y, heads[0], [r for r in readers if r is not heads[0]][0],
                                     rank)
     return f"no activation among the consumers {ops}"
+
+
+def clip_bounds(ctx, node):
+    """(lo, hi) of a Clip whose bounds are constant float scalars (None: no bound), or why not (a str).
+
+    Opset < 11 has them as attributes (opset 6-10 default to -+FLT_MAX, read as no bound),
+    later opsets as optional inputs."""
+    attrs, reason = node_attrs(node)
+    if reason:
+        return reason
+    if ctx.opsets.get("", 0) < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        values = []
+        for i in (1, 2):
+            name = node.input[i] if len(node.input) > i else ""
+            if not name:
+                values.append(None)
+                continue
+            if not ctx.is_constant(name):
+                return f"Clip {node.name!r}: bound {name!r} is not a constant"
+            v = ctx.constants[name]
+            if v.size != 1 or not is_float(v.dtype):
+                return f"Clip {node.name!r}: bound {name!r} is not a float scalar"
+            values.append(float(np.asarray(v).reshape(())))
+        lo, hi = values
+    lo = None if lo is None or lo <= -_FLT_MAX else float(lo)
+    hi = None if hi is None or hi >= _FLT_MAX else float(hi)
+    return lo, hi

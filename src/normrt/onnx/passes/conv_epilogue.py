@@ -4,7 +4,8 @@
                                   (optional residual)       (optional)
 
         activation: Relu; Sigmoid; Sigmoid + Mul (SiLU); Gelu(approximate="none")
-        or its Erf forms (matched as activation_epilogue matches them)
+        or its Erf forms; Clip(0, 6) (ReLU6) or Clip(0); HardSigmoid(1/6, 1/2),
+        HardSwish or HardSigmoid + Mul (matched as activation_epilogue matches them)
 
     ==>   x ──► normrt::Conv(X=x, W, B=b, residual=r;
                              strides, pads, dilations, group, activation) ──► z
@@ -47,11 +48,12 @@ from onnx import TensorProto
 from ..domain import make_node
 from . import GraphPass
 from ._queries import is_op, node_attrs, other_input, present, private_reason
-from .activation_epilogue import PATTERN_NAMES, match_activation
+from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN_NAMES, match_activation
 
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs
 FLOAT = TensorProto.FLOAT       # the kernel's type (float64 Convs stay on numpy)
-ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Div", "Mul")
+# an activation, or the Div/Mul that starts an Erf GELU
+ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A linear layer's tail -> one normrt::MatMul (bias, residual and activation applied by the GEMM's store).
 
     X ──► MatMul(X, W) ──► [Add(·, bias)] ──► [Add(·, R)] ──► [activation] ──► out
-          or Gemm(X, W, bias)                                  Relu | Sigmoid | SiLU | Gelu | Erf GELU
+          or Gemm(X, W, bias)                                  Relu | Sigmoid | SiLU | Gelu | Erf GELU |
+                                                               ReLU6 | HardSigmoid | HardSwish
                                                                (the forms activation_epilogue reads)
   ==>
     X ──► normrt::MatMul(X, W, bias, R, activation=act) ──► out       out = act(X @ W + bias + R)
@@ -29,11 +30,12 @@ from .._graph import decode_attributes
 from ..domain import make_node
 from . import GraphPass
 from ._queries import PRODUCT_DTYPES, float_type_reason, is_op, only_consumer, other_input, private_reason
-from .activation_epilogue import PATTERN_NAMES, match_activation
+from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
 from ._queries import Graph, is_static
 
-ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Div", "Mul")
+# an activation, or the Div/Mul that starts an Erf GELU
+ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul")
 
 
 @dataclass
