@@ -36,42 +36,53 @@ static inline __m512 nrt_max_nan(__m512 v, __m512 m) {
 #ifdef __AVX512F__
 static inline __attribute__((always_inline)) void
 nrt_pool_rows_v_impl(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* row,
-                     const int is_max) {
+                     const int is_max, const int NG) {
+    /* NG (1, 2, 4 or NRT_POOL_NG) a constant of each inlined copy: the accumulators stay in
+       registers (a loop to a run-time count spilled them, which cost a 32-wide row more than
+       its taps); vectors past the row have an empty mask */
     const __m512 fill = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
     ptrdiff_t t0;
     int i, u;
-    for (t0 = 0; t0 < W; t0 += 16 * NRT_POOL_NG) {
+    for (t0 = 0; t0 < W; t0 += 16 * NG) {
         __m512 acc[NRT_POOL_NG];
         __mmask16 mk[NRT_POOL_NG];
-        int nv = (int)((W - t0 + 15) / 16);         /* vectors with any column */
-        for (u = 0; u < NRT_POOL_NG; u++) {
+        for (u = 0; u < NG; u++) {
             acc[u] = fill;
             mk[u] = nrt_pool_mask(W - t0 - 16 * u);
         }
         for (i = 0; i < nh; i++) {
             const float* xr = x + hs[i] * W + t0;
             #pragma GCC unroll 8
-            for (u = 0; u < NRT_POOL_NG; u++) {
-                if (u >= nv)
-                    break;
+            for (u = 0; u < NG; u++) {
                 __m512 v = _mm512_maskz_loadu_ps(mk[u], xr + 16 * u);
                 acc[u] = is_max ? nrt_max_nan(v, acc[u]) : _mm512_add_ps(acc[u], v);
             }
         }
-        for (u = 0; u < nv && u < NRT_POOL_NG; u++)
+        #pragma GCC unroll 8
+        for (u = 0; u < NG; u++)
             _mm512_mask_storeu_ps(row + t0 + 16 * u, mk[u], acc[u]);
     }
 }
+
+/* the accumulator count for n outputs of a row: its vectors, up to NRT_POOL_NG */
+#define NRT_POOL_BY_WIDTH(n, CALL) \
+    do { ptrdiff_t nv_ = ((n) + 15) / 16; \
+         if (nv_ <= 1) CALL(1); else if (nv_ <= 2) CALL(2); else if (nv_ <= 4) CALL(4); else CALL(NRT_POOL_NG); \
+    } while (0)
 #endif
 
 static int nrt_pool_rows_v(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int nh, float* row,
                            int is_max) {
 #ifdef __AVX512F__
     /* constant is_max: no per-vector choice in the loops */
+#define NRT_POOL_V_MAX(ng) nrt_pool_rows_v_impl(x, W, hs, nh, row, 1, ng)
+#define NRT_POOL_V_SUM(ng) nrt_pool_rows_v_impl(x, W, hs, nh, row, 0, ng)
     if (is_max)
-        nrt_pool_rows_v_impl(x, W, hs, nh, row, 1);
+        NRT_POOL_BY_WIDTH(W, NRT_POOL_V_MAX);
     else
-        nrt_pool_rows_v_impl(x, W, hs, nh, row, 0);
+        NRT_POOL_BY_WIDTH(W, NRT_POOL_V_SUM);
+#undef NRT_POOL_V_MAX
+#undef NRT_POOL_V_SUM
     return 1;
 #else
     return 0;
@@ -81,17 +92,17 @@ static int nrt_pool_rows_v(const float* x, ptrdiff_t W, const ptrdiff_t* hs, int
 #ifdef __AVX512F__
 static inline __attribute__((always_inline)) void
 nrt_pool_rows_h_impl(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t kw, const ptrdiff_t sw,
-                     ptrdiff_t dw, const int is_max, float rc, const float* colf) {
+                     ptrdiff_t dw, const int is_max, float rc, const float* colf, const int NG) {
+    /* NG: as nrt_pool_rows_v_impl's */
     const __m512 fill = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     ptrdiff_t o0, j;
     int u;
-    for (o0 = 0; o0 < OW; o0 += 16 * NRT_POOL_NG) {
+    for (o0 = 0; o0 < OW; o0 += 16 * NG) {
         __m512 acc[NRT_POOL_NG];
         __mmask16 mk[NRT_POOL_NG], mlo[NRT_POOL_NG], mhi[NRT_POOL_NG];
-        int nv = (int)((OW - o0 + 15) / 16);        /* vectors with any output */
-        for (u = 0; u < NRT_POOL_NG; u++) {
+        for (u = 0; u < NG; u++) {
             ptrdiff_t rem = OW - o0 - 16 * u;
             acc[u] = fill;
             mk[u] = nrt_pool_mask(rem);
@@ -101,9 +112,7 @@ nrt_pool_rows_h_impl(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t kw, co
         for (j = 0; j < kw; j++) {
             const float* src = buf + j * dw + o0 * sw;
             #pragma GCC unroll 8
-            for (u = 0; u < NRT_POOL_NG; u++) {
-                if (u >= nv)
-                    break;
+            for (u = 0; u < NG; u++) {
                 const float* su = src + 16 * u * sw;
                 __m512 v;
                 if (sw == 1) {
@@ -119,7 +128,8 @@ nrt_pool_rows_h_impl(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t kw, co
                 acc[u] = is_max ? nrt_max_nan(v, acc[u]) : _mm512_add_ps(acc[u], v);
             }
         }
-        for (u = 0; u < nv && u < NRT_POOL_NG; u++) {
+        #pragma GCC unroll 8
+        for (u = 0; u < NG; u++) {
             __m512 a = acc[u];
             if (!is_max)
                 a = _mm512_div_ps(a, _mm512_mul_ps(_mm512_set1_ps(rc),
@@ -134,18 +144,23 @@ static int nrt_pool_rows_h(const float* buf, float* yr, ptrdiff_t OW, ptrdiff_t 
                            ptrdiff_t dw, int is_max, float rc, const float* colf) {
 #ifdef __AVX512F__
     /* constant is_max and the common strides: no per-vector choices in the loops */
-    if (is_max && sw == 2)
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, 2, dw, 1, rc, colf);
-    else if (is_max && sw == 1)
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, 1, dw, 1, rc, colf);
-    else if (is_max)
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, sw, dw, 1, rc, colf);
-    else if (sw == 2)
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, 2, dw, 0, rc, colf);
-    else if (sw == 1)
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, 1, dw, 0, rc, colf);
-    else
-        nrt_pool_rows_h_impl(buf, yr, OW, kw, sw, dw, 0, rc, colf);
+#define NRT_POOL_H1(ng) nrt_pool_rows_h_impl(buf, yr, OW, kw, 1, dw, is_max_, rc, colf, ng)
+#define NRT_POOL_H2(ng) nrt_pool_rows_h_impl(buf, yr, OW, kw, 2, dw, is_max_, rc, colf, ng)
+#define NRT_POOL_HS(ng) nrt_pool_rows_h_impl(buf, yr, OW, kw, sw, dw, is_max_, rc, colf, ng)
+    if (is_max) {
+        const int is_max_ = 1;
+        if (sw == 2) NRT_POOL_BY_WIDTH(OW, NRT_POOL_H2);
+        else if (sw == 1) NRT_POOL_BY_WIDTH(OW, NRT_POOL_H1);
+        else NRT_POOL_BY_WIDTH(OW, NRT_POOL_HS);
+    } else {
+        const int is_max_ = 0;
+        if (sw == 2) NRT_POOL_BY_WIDTH(OW, NRT_POOL_H2);
+        else if (sw == 1) NRT_POOL_BY_WIDTH(OW, NRT_POOL_H1);
+        else NRT_POOL_BY_WIDTH(OW, NRT_POOL_HS);
+    }
+#undef NRT_POOL_H1
+#undef NRT_POOL_H2
+#undef NRT_POOL_HS
     return 1;
 #else
     return 0;

@@ -372,3 +372,21 @@ def test_normrt_conv_node_channel_mismatch_is_a_clear_error():
     model = _normrt_conv_model((4, 2, 3, 3), (1, 3, 6, 6))
     with pytest.raises(Exception, match="channels"):
         normrt.InferenceSession(model).run(None, {"x": arr(1, 3, 6, 6)})
+
+
+@pytest.mark.parametrize("act_tail", ["gelu_erf", "silu"])
+def test_activation_before_a_pointwise_conv_stays_whole(act_tail):
+    # PoolFormer's MLP: Conv1x1 -> legacy Erf GELU (whose last op is `* 0.5`) -> Conv1x1.
+    # affine_before_conv must not fold the GELU's 0.5 (or anything after an x * g(x) product)
+    # into the second Conv: the activation then fuses whole into the first Conv
+    nodes, act, _, _, consts = TAILS[act_tail]
+    tail = [mk(n.op_type, list(n.input), ["g" if o == "y" else o for o in n.output], name=n.name) for n in nodes]
+    tail.append(mk("Conv", ["g", "w2", "b2"], ["y"], name="conv2"))
+    model = conv_model(tail, x_shape=(1, 3, 6, 6), cout=5, k=1, y_shape=(1, 4, 6, 6),
+                       extra_inits={**consts, "w2": arr(4, 5, 1, 1), "b2": arr(4)})
+    opt, report = run_and_compare(model, {"x": arr(1, 3, 6, 6)})
+    convs = [n for n in opt.graph.node if n.op_type == "Conv"]
+    assert len(opt.graph.node) == 2 and len(convs) == 2
+    acts = [helper.get_attribute_value(a) for n in convs for a in n.attribute if a.name == "activation"]
+    assert acts == [act.encode()]
+    assert not report["passes"].get("affine_before_conv")

@@ -11,6 +11,11 @@ since Conv(a ⊙ X + d) = Conv_{W·a}(X) + Σ_{c,k} W[m, c, k]·d_c + b_m. That 
 output position only when the Conv reads no zero padding (a padded border sees 0, not
 d): Convs with pads or auto_pad SAME are refused with that reason, and the affine stays.
 
+Not taken: an affine right after a product of two run-time values (x * g(x)): that is the
+tail of an activation written out (torch's legacy Erf GELU ends `Mul(x, 1 + erf) -> Mul(0.5)`,
+a SiLU or hardswish is `x * g(x)`), and folding its constant factor into the next Conv would
+leave the rest unrecognizable to the epilogue passes, which fuse the whole activation.
+
 Refused (reason in the report): padding; group > 1; constants that vary along other
 axes than the channel axis; a middle value read elsewhere or a graph output; W or b
 not constants; element types other than float32/float64; shapes not static.
@@ -57,7 +62,7 @@ class AffineBeforeConv(GraphPass):
                     break
                 chain.insert(0, node)
                 value = runtime[0]
-            if chain:
+            if chain and not _gated_product(df, value):
                 yield Match(conv, chain, value)
 
     def describe(self, m):
@@ -142,3 +147,9 @@ class AffineBeforeConv(GraphPass):
             "nodes": [n.name for n in m.chain + [conv]], "normrt_op": None, "normrt_node": None,
             "kernel": "folded into the Conv's weights and bias", "activation": None, "residual": False,
         })
+
+
+def _gated_product(df, value):
+    """Whether `value` is a Mul of two run-time values (an activation's x * g(x) product)."""
+    node = df.producer.get(value)
+    return is_op(node, "Mul") and len(node.input) == 2 and all(df.const(i) is None for i in node.input)
