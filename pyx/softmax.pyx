@@ -1,7 +1,8 @@
 """Row softmax: y = exp(x - max) / sum(exp(x - max)) over the last axis.
 
 One row per work item, three passes over the row while it sits in cache (max,
-exp and sum, scale), with the vectorizable exp of moments.pxd for float32.
+exp and sum, scale), with the vectorizable exp of moments.pxd for float32 (softmax_kernel.h's
+AVX-512 row where compiled in).
 A NaN stays inside its row; a row of -inf gives NaN, or zeros with
 `empty_rows_zero` (attention with a fully masked query).
 """
@@ -9,6 +10,10 @@ from cython.parallel cimport prange
 from libc.math cimport exp as exp_d, INFINITY
 
 from moments cimport real, LANES, BLOCK, exp_f, lane_total
+
+cdef extern from "softmax_kernel.h" nogil:
+    bint vec_softmax_row "nrt_softmax_row_f32"(const float* x, float* y, Py_ssize_t n,
+                                               bint empty_rows_zero) noexcept
 
 
 cdef inline void softmax_row(const real* x, real* y, Py_ssize_t n, bint empty_rows_zero) noexcept nogil:
@@ -18,6 +23,9 @@ cdef inline void softmax_row(const real* x, real* y, Py_ssize_t n, bint empty_ro
     cdef real m, v
     cdef double s
     cdef Py_ssize_t i = 0, j, k
+    if real is float:
+        if vec_softmax_row(x, y, n, empty_rows_zero):
+            return
     for j in range(LANES):
         mx[j] = -INFINITY
         acc[j] = 0.0

@@ -1,6 +1,7 @@
 """normrt.softmax against a float64 reference."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import normrt
 
@@ -45,6 +46,35 @@ def test_same_bits_for_any_thread_count_and_in_place():
     xc = x.copy()
     assert normrt.softmax(xc, out=xc) is xc
     assert np.array_equal(xc, outs[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 40), n=st.integers(1, 600), scale=st.sampled_from([0.1, 5.0, 80.0]),
+       special=st.sampled_from(["none", "nan", "neg_inf", "all_neg_inf", "max_neg"]), seed=st.integers(0, 2 ** 16))
+def test_rows_of_any_length(rows, n, scale, special, seed):
+    # short rows (attention scores over a few keys) and block tails: one masked vector each on AVX-512
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((rows, n)) * scale).astype(np.float32)
+    row, col = r.integers(rows), r.integers(n)
+    if special == "nan":
+        x[row, col] = np.nan
+    elif special == "neg_inf":
+        x[row, col] = -np.inf
+    elif special == "all_neg_inf":
+        x[row] = -np.inf
+    elif special == "max_neg":                       # BLOOM's mask: float32's lowest value
+        x[row, : col + 1] = np.finfo(np.float32).min
+    with normrt.threads(1):
+        y = normrt.softmax(x)
+    with np.errstate(invalid="ignore"):
+        want = ref(x, -1)
+    bad = np.isnan(want).any(axis=1)
+    assert np.isnan(y[bad]).all()
+    np.testing.assert_allclose(y[~bad], want[~bad], rtol=3e-6, atol=1e-12)
+    if special == "all_neg_inf":
+        assert (normrt.softmax(x, masked_rows="zero")[row] == 0).all()
+    with normrt.threads(2):
+        assert np.array_equal(normrt.softmax(x), y, equal_nan=True)
 
 
 def test_bad_input():

@@ -41,3 +41,22 @@ def test_batched_small_matmul(batch, m, k, n, b_batch, swap, transposed, seed):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
     one = normrt.InferenceSession(model, num_threads=1).run(None, {"a": a, "b": b})[0]
     assert np.array_equal(got, one)
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 3), m=st.integers(1, 9), k=st.integers(1, 40), n=st.integers(1, 200),
+       seed=st.integers(0, 2 ** 16))
+def test_kernel_sums_in_k_order_exactly(count, m, k, n, seed):
+    # every output is ((0 + a0 b0) + a1 b1) + ..., each product rounded, then added: a float32
+    # numpy loop over k computes exactly that (the column panels and row pairs of the AVX-512 path
+    # change no output's operations)
+    from normrt._kernels import small_gemm
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((count, m, k)).astype(np.float32)
+    b = rng.standard_normal((count, k, n)).astype(np.float32)
+    want = np.zeros((count, m, n), np.float32)
+    for kk in range(k):
+        want = want + a[:, :, kk:kk + 1] * b[:, kk:kk + 1, :]
+    got = np.full((count, m, n), np.nan, np.float32)
+    small_gemm.batched_matmul(a, b, got, 2)
+    assert np.array_equal(got, want)
