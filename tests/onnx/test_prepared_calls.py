@@ -260,3 +260,40 @@ def test_pool_fast_step_bitwise_generic(op, c, hw, k, s, pads, ceil, dil, includ
     out_hw = got.shape[2:]
     if op == "MaxPool" or tuple(out_hw) != (1, 1):
         assert _prepared(sess, "_pool_into")
+
+
+@settings(max_examples=40, deadline=None)
+@given(form=st.sampled_from(["HardSwish", "HardSigmoid", "HardSigmoid_keras", "Clip_0_6", "Clip_0", "Clip_-1_1"]),
+       shape=st.lists(st.integers(1, 40), min_size=1, max_size=4), dtype=st.sampled_from([np.float32, np.float64]),
+       specials=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_standalone_hard_activations_fast_step_bitwise_generic(form, shape, dtype, specials, seed):
+    # LeViT's HardSwish after its attention, MobileNet's ReLU6 after a non-conv: the activation
+    # kernel straight from the plan where it computes the generic op's very operations
+    vi = helper.make_tensor_value_info
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    inits = []
+    if form.startswith("Clip"):
+        bounds = [float(v) for v in form.split("_")[1:]]
+        names = [f"bound{i}" for i in range(len(bounds))]
+        inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v in zip(names, bounds)]
+        act = helper.make_node("Clip", ["x"] + names, ["a"])
+    elif form == "HardSigmoid_keras":
+        act = helper.make_node("HardSigmoid", ["x"], ["a"], alpha=0.2, beta=0.5)
+    elif form == "HardSigmoid":
+        act = helper.make_node("HardSigmoid", ["x"], ["a"], alpha=1.0 / 6.0, beta=0.5)
+    else:
+        act = helper.make_node("HardSwish", ["x"], ["a"])
+    nodes = [act, helper.make_node("Neg", ["a"], ["y"])]
+    graph = helper.make_graph(nodes, "act", [vi("x", elem, shape)], [vi("y", elem, shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 5).astype(dtype)
+    if specials:
+        x.reshape(-1)[rng.integers(x.size)] = np.nan
+        x.reshape(-1)[rng.integers(x.size)] = -0.0
+    sess = normrt.InferenceSession(model.SerializeToString())
+    got = _specialized_and_generic(sess, {"x": x})[0]
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    kernel = form in ("HardSwish", "Clip_0_6", "Clip_0") or (form == "HardSigmoid" and dtype == np.float32)
+    assert bool(_prepared(sess, "_activation_into")) == kernel

@@ -19,7 +19,9 @@ attribute decoding, the OpNode/_as_arrays wrappers, list packing.
 """
 import numpy as np
 
+from .._kernels import activations as _act_kernel
 from .._kernels import softmax as _softmax_kernel
+from .._checks import ACTIVATIONS as _ACT_CODES
 from ..api.layer_norm import layer_norm, rms_norm
 from ._graph import canonical_domain
 from . import half_steps
@@ -81,6 +83,33 @@ def _sigmoid(x, out):
     return out
 
 
+def _activation_into(x, act, out, nt):
+    _act_kernel.activation(x.reshape(-1), out.reshape(-1), act, nt)
+    return out
+
+
+def _kernel_activation(opnode, args, dtype):
+    """The activation kernel's name for a standalone HardSwish / HardSigmoid(1/6, 1/2) / Clip(0, 6) /
+    Clip(0) whose generic numpy op computes the same operations (so the same bits), else None:
+    HardSigmoid in float32 only (its float32 alpha widened to float64 is not the kernel's 1/6),
+    Clip's bounds constants of the trace."""
+    op = opnode.op_type
+    if op == "HardSwish" and len(args) == 1:
+        return "hardswish"
+    if op == "HardSigmoid" and len(args) == 1 and dtype == np.float32 and \
+            np.float32(opnode.attrs.get("alpha", 0.2)) == np.float32(1.0 / 6.0) and \
+            np.float32(opnode.attrs.get("beta", 0.5)) == np.float32(0.5):
+        return "hardsigmoid"
+    if op == "Clip" and opnode.version >= 11 and 2 <= len(args) <= 3 and all(a is not None for a in args[1:]):
+        bounds = [a[2] for a in args[1:]]
+        if any(b is None or np.asarray(b).size != 1 for b in bounds):
+            return None
+        lo = float(np.asarray(bounds[0]).reshape(()))
+        hi = float(np.asarray(bounds[1]).reshape(())) if len(bounds) > 1 else None
+        return {(0.0, 6.0): "relu6", (0.0, None): "relu"}.get((lo, hi))
+    return None
+
+
 def _numpy_step(src, step, ins, out_meta, buffer):
     node = step.node
     op = node.op_type
@@ -125,6 +154,14 @@ def _numpy_step(src, step, ins, out_meta, buffer):
             return None
         zero = src.bind(dx.type(0))
         return f"np.maximum({ex}, {zero}" + (f", out={buffer})" if buffer is not None else ")")
+    if op in ("HardSwish", "HardSigmoid", "Clip") and args and args[0] is not None and shape:
+        ex, (_, dx), _ = args[0]
+        act = _kernel_activation(opnode, args, dx) if dx in (np.float32, np.float64) and dx == dtype else None
+        if act is None:
+            return None
+        out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
+        nt = min(src.n_threads, memory_bound(size))
+        return f"{src.bind(_activation_into, '_activation_into')}({ex}, {_ACT_CODES[act]}, {out}, {nt})"
     if op == "Sigmoid" and len(args) == 1:
         (ex, (_, dx), _), = args
         if dx.kind != "f" or buffer is None:
