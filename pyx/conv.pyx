@@ -206,6 +206,9 @@ cdef struct PadJobs:
 cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
     cdef PadJobs* c = <PadJobs*>ctx
     if c.sh * c.sw > 1:
+        if nrt_pad_phases(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
+                          c.pt, c.pl, c.sh, c.sw):
+            return
         pad_phases(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), c.h, c.w, c.hp, c.wp,
                    c.pt, c.pl, c.sh, c.sw)
         return

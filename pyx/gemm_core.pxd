@@ -27,6 +27,9 @@ cdef extern from "gemm_microkernel.h":
     void nrt_copy_nr(float* d, const float* s) noexcept nogil
     void nrt_pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                         Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil
+    bint nrt_pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
+                        Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
+                        Py_ssize_t sw) noexcept nogil
     void nrt_prefetch_l2 "__builtin_prefetch"(const void* p, int rw, int locality) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil
