@@ -19,13 +19,16 @@ PASS = "attention_decomposed"
 
 
 def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager", mask=None, where=False,
-                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18, upcast=None, identity_casts=0):
+                    scale=0.25, axis=-1, elem=F, extra_outputs=(), opset=18, upcast=None, identity_casts=0,
+                    round_trip=None):
     """form 'eager': Mul(MatMul(Q, Transpose(K)), scale); 'div': Div(MatMul, 1/scale);
     'sdpa': MatMul(Mul(Q, sqrt(scale)), Mul(Transpose(K), sqrt(scale))); 'runtime_scale': Mul by an input.
     mask: None, 'const' (a finite constant), 'zeros' (a constant of zeros the scores' shape: torch's
     baddbmm(empty, q, kt, beta=0)), 'input' (a runtime input) or an explicit shape for it.
     upcast: a Cast `to` this element type before the Softmax and one after it (diffusers' upcast_softmax).
-    identity_casts: Casts to the probabilities' own type after the Softmax (TorchScript at opset 13)."""
+    identity_casts: Casts to the probabilities' own type after the Softmax (TorchScript at opset 13).
+    round_trip: a Cast of the probabilities to this wider type and one straight back (a half model's
+    `softmax(scores, dtype=float32).to(float16)`)."""
     dtype = np.float32 if elem == F else np.float64
     kv_shape = kv_shape or q_shape
     rank = len(q_shape)
@@ -76,6 +79,10 @@ def attention_model(q_shape=(2, 3, 70, 16), kv_shape=None, dv=8, *, form="eager"
         nodes += [helper.make_node("IsNaN", ["P"], ["nan"], name="isnan"),
                   helper.make_node("Where", ["nan", "zero", "P"], ["P0"], name="where")]
         p = "P0"
+    if round_trip is not None:
+        nodes += [helper.make_node("Cast", [p], ["Pw"], name="widen", to=round_trip),
+                  helper.make_node("Cast", ["Pw"], ["Pb"], name="back", to=elem)]
+        p = "Pb"
     for i in range(identity_casts):
         nodes.append(helper.make_node("Cast", [p], [f"Pc{i}"], name=f"cast{i}", to=elem))
         p = f"Pc{i}"
@@ -147,6 +154,17 @@ def test_forms_fuse_and_match_reference(form, q_shape):
 def test_identity_casts_before_the_second_product_fuse():
     # TorchScript at opset 13 writes Softmax -> Cast(float) -> Cast(float) -> MatMul
     model = attention_model((2, 3, 70, 16), identity_casts=2, scale=0.3)
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1 and not refused(sess)
+    assert "Cast" not in {n.op_type for n in sess.optimized_model.graph.node}
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=2e-6)
+
+
+def test_a_round_trip_through_a_wider_type_before_the_second_product_fuses():
+    # HF's softmax(..., dtype=float32).to(query.dtype) in a half model: Softmax -> Cast(float) ->
+    # Cast(float16); here float32 -> float64 -> float32, the same identity (no_op_views drops both)
+    model = attention_model((2, 3, 70, 16), round_trip=TensorProto.DOUBLE, scale=0.3)
     feeds = feeds_for(model)
     sess, got, want = run_both(model, feeds)
     assert n_attention(sess) == 1 and not refused(sess)

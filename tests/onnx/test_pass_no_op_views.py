@@ -45,6 +45,9 @@ def no_op(kind, x, out, k):
                                  nearest_mode=["floor", "ceil", "round_prefer_floor"][k % 3])], inits
     if kind == "cast":       # float32 -> float32
         return [helper.make_node("Cast", [x], [out], name=out, to=TensorProto.FLOAT)], []
+    if kind == "round_trip":  # float32 -> float64 -> float32: every float32 value survives
+        return [helper.make_node("Cast", [x], [out + "_w"], name=out + "_w", to=TensorProto.DOUBLE),
+                helper.make_node("Cast", [out + "_w"], [out], name=out, to=TensorProto.FLOAT)], []
     # a Transpose pair composing to the identity
     p = PERMS[k % len(PERMS)]
     inverse = [int(i) for i in np.argsort(p)]
@@ -53,7 +56,7 @@ def no_op(kind, x, out, k):
 
 
 @settings(max_examples=30, deadline=None)
-@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "cast", "transposes",
+@given(kinds=st.lists(st.sampled_from(["pad", "slice", "reshape", "identity", "cast", "round_trip", "transposes",
                                        "mul_ones", "ones_mul", "div_ones", "resize_sizes", "resize_scales"]),
                       min_size=1, max_size=5))
 def test_generated_no_op_chains_vanish(kinds):
@@ -148,3 +151,17 @@ def test_resizes_to_the_same_size_that_move_values_stay(ctm, scale, nearest_mode
     want = ReferenceEvaluator(model).run(None, {"x": x})[0]
     assert not np.array_equal(want, -x)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_round_trip_cast_whose_wide_value_is_read_elsewhere():
+    # the way back goes; the widening Cast stays for its other reader
+    nodes = [helper.make_node("Cast", ["x"], ["w"], name="wide", to=TensorProto.DOUBLE),
+             helper.make_node("Cast", ["w"], ["b"], name="back", to=TensorProto.FLOAT),
+             helper.make_node("Neg", ["b"], ["y"], name="neg"),
+             helper.make_node("Abs", ["w"], ["z"], name="abs")]
+    model = make_model(nodes, [vi("x", SHAPE)], [vi("y", SHAPE), vi("z", SHAPE, TensorProto.DOUBLE)], [], opset=17)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert sorted(n.op_type for n in sess.optimized_model.graph.node) == ["Abs", "Cast", "Neg"]
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
+    for g, w in zip(sess.run(None, {"x": x}), ReferenceEvaluator(model).run(None, {"x": x})):
+        assert g.dtype == w.dtype and np.array_equal(g, w)

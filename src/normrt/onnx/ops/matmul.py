@@ -48,8 +48,11 @@ def matmul(node, a, b):
 
 # Batched products of fewer multiply-adds each than this run on the small_gemm
 # kernel, the whole batch in one call (swin's window attention: 96 products of
-# 16x16x8 in 8 MatMuls cost ~5 us each as separate GEMM calls)
-SMALL_BATCHED_MACS = 1 << 15
+# 16x16x8 in 8 MatMuls cost ~5 us each as separate GEMM calls). Since its rows
+# keep their outputs in registers (small_kernels.h), one thread, us, small_gemm /
+# one packed GEMM call per product: 4 x (66x16x66) 11 / 43, 16 x (64x32x64)
+# 48 / 131, 12 x (128x64x128) 416 / 313: the crossover is near 2^19 MACs.
+SMALL_BATCHED_MACS = 1 << 18
 
 
 def _batched(a, b):

@@ -8,6 +8,7 @@ step (a Pad copies the tensor):
 
     x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
          | Expand(to x's shape) | Identity | Cast(to x's own type) | Mul(x, 1) | Div(x, 1)
+         | Cast(to x's type) of a Cast of x to a type holding all of x's values
          | Resize(to x's shape, scale 1) ─► y ─► readers
          (diffusers' residual `/ output_scale_factor` of 1.0: x * 1 and x / 1 are bitwise x)
     ==>  x ─► readers
@@ -16,6 +17,7 @@ step (a Pad copies the tensor):
          (the first read only by the second)         (dropped by the rule above when the
                                                       composition is the identity)
 
+A Cast to a wider type and straight back (float16 -> float -> float16) is the identity too.
 Identity Casts go too: the pass runs after the norm recognizers, which absorb them
 with the norm they surround; what is left (the TorchScript exporter's
 Softmax -> Cast(float) -> Cast(float) before attention's second MatMul at opset
@@ -26,7 +28,7 @@ reader carrying subgraphs (their inner names are not renamed); shapes or
 parameters not known as constants.
 """
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from . import GraphPass
 from ._queries import is_op, is_static, node_attrs
@@ -79,7 +81,40 @@ def passed_input(ctx, node):
         return None
     if is_op(node, "Mul", "Div"):
         return _times_one(ctx, node)
+    if is_op(node, "Cast"):
+        back = _round_trip(ctx, node)
+        if back is not None:
+            return back
     return node.input[0] if _hands_on_first(ctx, node) else None
+
+
+# element types each type converts to exactly (every value representable): a Cast there and
+# back is the identity (NaN, infinities and -0.0 included)
+_EXACT_WIDENINGS = {
+    TensorProto.FLOAT16: {TensorProto.FLOAT, TensorProto.DOUBLE},
+    TensorProto.BFLOAT16: {TensorProto.FLOAT, TensorProto.DOUBLE},
+    TensorProto.FLOAT: {TensorProto.DOUBLE},
+    TensorProto.INT8: {TensorProto.INT16, TensorProto.INT32, TensorProto.INT64},
+    TensorProto.INT16: {TensorProto.INT32, TensorProto.INT64},
+    TensorProto.INT32: {TensorProto.INT64},
+    TensorProto.UINT8: {TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT16,
+                        TensorProto.UINT32, TensorProto.UINT64},
+}
+
+
+def _round_trip(ctx, node):
+    """x for `Cast(to=T)(Cast(to=W)(x))` with x of type T and T -> W exact, else None: HF's
+    `softmax(scores, dtype=float32).to(float16)` exported from a half model as Softmax in half,
+    Cast(float), Cast(float16) - a round trip that hid the attention from attention_decomposed."""
+    first = ctx.producer().get(node.input[0])
+    if not is_op(first, "Cast") or not first.input or not first.input[0]:
+        return None
+    (a1, r1), (a2, r2) = node_attrs(first), node_attrs(node)
+    x = first.input[0]
+    t = ctx.elem_type(x)
+    if r1 or r2 or not t or a2.get("to") != t or a1.get("to") not in _EXACT_WIDENINGS.get(t, ()):
+        return None
+    return x
 
 
 def is_no_op(ctx, node):
@@ -191,7 +226,12 @@ class NoOpViews(GraphPass):
         node = m[1]
         x, y = passed_input(ctx, node), node.output[0]
         self._alias[y] = self._alias.get(x, x)     # graph order: x's own alias is already resolved
-        ctx.replace_nodes([node], [])
+        gone = [node]
+        first = ctx.producer().get(node.input[0])
+        if x != node.input[0] and is_op(first, "Cast") and first.output[0] not in ctx.graph_outputs and \
+                all(r is node for r in ctx.readers(first.output[0])):
+            gone.append(first)    # a round trip's way out, read by nothing else: a dead reader of x
+        ctx.replace_nodes(gone, [])
 
     def _rename_readers(self, ctx):
         alias = self._alias
