@@ -1,0 +1,234 @@
+"""Sweep whole `transformers` architectures nobody here wrote through normrt and onnxruntime.
+
+A developer tool, not a unit test: where scripts/wild_sweep.py brings normalizations written
+the way users write them, this brings whole models - CNNs (ResNet, RegNet, MobileNet V1/V2,
+ConvNeXt V2, PoolFormer, FocalNet), vision transformers (DeiT, BEiT, DINOv2, CLIP, YOLOS,
+LeViT), encoders (DistilBERT, RoBERTa, ALBERT, DeBERTa-v2, ELECTRA, MPNet, SqueezeBERT, T5),
+decoders (Mistral, Phi, Falcon, BLOOM, OPT, GPT-NeoX) and speech encoders (HuBERT,
+UniSpeech) - none of them among bench.small_models' suite or the fixtures. Each is built
+from a small config with random weights (fixed seed), exported with the TorchScript exporter
+at opset 17 (the dynamo exporter at 18 where that fails), optionally after `.half()`, and run
+by both runtimes on the same inputs, 2 threads, each runtime's runs in their own block after
+a pause (min of `--runs`).
+
+Per model: the largest difference from onnxruntime relative to its largest output (float16:
+also both against torch's float32 model), normalizations on kernels, norm-shaped ops left in
+the optimized graph, ops on onnx.reference, both latencies and their ratio.
+
+    python scripts/zoo_sweep.py                       # every model, float32
+    python scripts/zoo_sweep.py --half --only deit,t5  # also .half() exports of these
+    python scripts/zoo_sweep.py --threads 1 --runs 100
+"""
+import argparse
+import contextlib
+import copy
+import io
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+NORM_SHAPED_OPS = {"ReduceMean", "ReduceSumSquare", "ReduceL2", "Sqrt", "Reciprocal", "Pow", "LayerNormalization",
+                   "InstanceNormalization", "BatchNormalization", "GroupNormalization", "LpNormalization", "LRN",
+                   "MeanVarianceNormalization", "RMSNormalization"}
+
+
+def _image(size=64):
+    import torch
+    return {"pixel_values": torch.randn(1, 3, size, size)}
+
+
+def _tokens(n=24):
+    import torch
+    return {"input_ids": torch.randint(0, 256, (1, n))}
+
+
+def _audio():
+    import torch
+    return {"input_values": torch.randn(1, 1600)}
+
+
+def models():
+    """{name: () -> (torch module, {input name: tensor})}: small configs of each architecture."""
+    import transformers as t
+
+    def lm(cfg, model, **kw):
+        base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+        return lambda: (model(cfg(**{**base, **kw})), _tokens())
+
+    vit = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128)
+    stages = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+    speech = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=4)
+    return {
+        "resnet": lambda: (t.ResNetModel(t.ResNetConfig(embedding_size=16, **stages)), _image()),
+        "regnet": lambda: (t.RegNetModel(t.RegNetConfig(embedding_size=16, groups_width=8, **stages)), _image()),
+        "mobilenet_v1": lambda: (t.MobileNetV1Model(t.MobileNetV1Config(image_size=64, depth_multiplier=0.25)),
+                                 _image()),
+        "mobilenet_v2": lambda: (t.MobileNetV2Model(t.MobileNetV2Config(image_size=64, depth_multiplier=0.35)),
+                                 _image()),
+        "convnextv2": lambda: (t.ConvNextV2Model(t.ConvNextV2Config(hidden_sizes=[16, 32, 64, 128],
+                                                                    depths=[1, 1, 2, 1])), _image()),
+        "poolformer": lambda: (t.PoolFormerModel(t.PoolFormerConfig(**stages)), _image()),
+        "focalnet": lambda: (t.FocalNetModel(t.FocalNetConfig(image_size=64, embed_dim=16, depths=[1, 1, 1, 1])),
+                             _image()),
+        "levit": lambda: (t.LevitModel(t.LevitConfig(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2],
+                                                     depths=[1, 1, 1], key_dim=[8, 8, 8])), _image()),
+        "deit": lambda: (t.DeiTModel(t.DeiTConfig(**vit), add_pooling_layer=False), _image(32)),
+        "beit": lambda: (t.BeitModel(t.BeitConfig(**vit), add_pooling_layer=False), _image(32)),
+        "dinov2": lambda: (t.Dinov2Model(t.Dinov2Config(**vit)), _image(32)),
+        "clip_vision": lambda: (t.CLIPVisionModel(t.CLIPVisionConfig(**vit)), _image(32)),
+        "yolos": lambda: (t.YolosModel(t.YolosConfig(**{**vit, "image_size": [32, 32]}, num_detection_tokens=5),
+                                       add_pooling_layer=False), _image(32)),
+        "distilbert": lambda: (t.DistilBertModel(t.DistilBertConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4,
+                                                                    hidden_dim=128)), _tokens()),
+        "roberta": lm(t.RobertaConfig, t.RobertaModel),
+        "albert": lm(t.AlbertConfig, t.AlbertModel, embedding_size=32),
+        "deberta_v2": lm(t.DebertaV2Config, t.DebertaV2Model),
+        "electra": lm(t.ElectraConfig, t.ElectraModel, embedding_size=32),
+        "mpnet": lm(t.MPNetConfig, t.MPNetModel),
+        "squeezebert": lm(t.SqueezeBertConfig, t.SqueezeBertModel, embedding_size=64),
+        "t5_encoder": lambda: (t.T5EncoderModel(t.T5Config(vocab_size=256, d_model=64, d_kv=16, d_ff=128,
+                                                           num_layers=2, num_heads=4)), _tokens()),
+        "mistral": lm(t.MistralConfig, t.MistralModel, num_key_value_heads=2),
+        "phi": lm(t.PhiConfig, t.PhiModel),
+        "falcon": lambda: (t.FalconModel(t.FalconConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=4)), _tokens()),
+        "bloom": lambda: (t.BloomModel(t.BloomConfig(vocab_size=256, hidden_size=64, n_layer=2, n_head=4)), _tokens()),
+        "opt": lm(t.OPTConfig, t.OPTModel, ffn_dim=128, word_embed_proj_dim=64),
+        "gpt_neox": lm(t.GPTNeoXConfig, t.GPTNeoXModel),
+        "hubert": lambda: (t.HubertModel(t.HubertConfig(**speech)), _audio()),
+        "unispeech": lambda: (t.UniSpeechModel(t.UniSpeechConfig(**speech, feat_extract_norm="layer")), _audio()),
+    }
+
+
+def _first_output(model):
+    import torch
+
+    class First(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, *args):
+            out = self.m(*args)
+            out = out.to_tuple() if hasattr(out, "to_tuple") else out
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            return next(v for v in out if isinstance(v, torch.Tensor))
+    return First().eval()
+
+
+def export(name, make, folder, half):
+    """(path of the exported model, feeds as numpy, torch's float32 output as float64)."""
+    import torch
+    torch.manual_seed(0)
+    module, inputs = make()
+    with contextlib.suppress(Exception):
+        module.config._attn_implementation = "eager"    # the exporters' usual MatMul/Softmax attention
+    module = _first_output(module.eval())
+    with torch.no_grad():
+        ref = module(*inputs.values()).double().numpy()
+    if half:
+        module = copy.deepcopy(module).half()
+        inputs = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
+        with torch.no_grad():
+            ref = _first_output(copy.deepcopy(module.m).float())(*(v.float() if v.is_floating_point() else v
+                                                                    for v in inputs.values())).double().numpy()
+    path = os.path.join(folder, f"{name}{'_f16' if half else ''}.onnx")
+    if not os.path.exists(path):
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                torch.onnx.export(module, tuple(inputs.values()), path, input_names=list(inputs),
+                                  output_names=["y"], opset_version=17, dynamo=False)
+            except Exception:  # noqa: BLE001 - transformers' newer decoders: the dynamo exporter
+                torch.onnx.export(module, tuple(inputs.values()), path, input_names=list(inputs),
+                                  output_names=["y"], opset_version=18, dynamo=True)
+    return path, {k: v.numpy() for k, v in inputs.items()}, ref
+
+
+def _min_time(run, runs):
+    run()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def check(name, make, folder, half, threads, runs):
+    import normrt
+    import onnxruntime as ort
+    from normrt.onnx.report import is_epilogue
+
+    row = {"model": name + (" f16" if half else "")}
+    try:
+        path, feeds, ref = export(name, make, folder, half)
+    except Exception as e:  # noqa: BLE001 - an architecture the exporters cannot take
+        return {**row, "status": f"export-fail: {type(e).__name__}"}
+    sess = normrt.InferenceSession(path, num_threads=threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    ort_sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, feeds)[0].astype(np.float64)
+    want = ort_sess.run(None, feeds)[0].astype(np.float64)
+    scale = max(np.abs(want).max(), 1e-30)
+    row["err"] = float(np.abs(got - want).max() / scale)
+    if half:                      # both half runs against the float32 model
+        s = max(np.abs(ref).max(), 1e-30)
+        row["vs_f32"] = f"{np.abs(got - ref).max() / s:.1e} / {np.abs(want - ref).max() / s:.1e}"
+    row["norms"] = sum(1 for e in sess.report["fused"] if not is_epilogue(e))
+    row["left"] = ",".join(sorted({n.op_type for n in sess.optimized_model.graph.node
+                                   if n.op_type in NORM_SHAPED_OPS})) or "-"
+    row["fallback"] = ",".join(sorted({s.node.op_type for s in sess.executor.steps if s.kind == "reference"})) or "-"
+    time.sleep(0.3)
+    row["normrt_ms"] = _min_time(lambda: sess.run(None, feeds), runs) * 1e3
+    time.sleep(0.3)           # onnxruntime's pool threads spin after its runs: its own block, after a pause
+    row["ort_ms"] = _min_time(lambda: ort_sess.run(None, feeds), runs) * 1e3
+    time.sleep(0.3)
+    row["normrt_ms"] = min(row["normrt_ms"], _min_time(lambda: sess.run(None, feeds), runs) * 1e3)
+    row["status"] = "ok"
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma separated model names")
+    ap.add_argument("--half", action="store_true", help="also the .half() exports")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=50, help="timed runs per block (the min is kept)")
+    ap.add_argument("--keep", default=None, help="directory for the exported models (default: a temporary one)")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    folder = args.keep or tempfile.mkdtemp(prefix="zoo_sweep_")
+    os.makedirs(folder, exist_ok=True)
+    only = [o for o in args.only.split(",") if o]
+    print("| model | status | err vs ort | f16 vs torch f32 (normrt / ort) | norms | left | fallback "
+          "| normrt ms | ort ms | normrt / ort |")
+    print("|---|---|---:|---|---:|---|---|---:|---:|---:|")
+    ratios = []
+    for name, make in models().items():
+        if only and name not in only:
+            continue
+        for half in (False, True)[:1 + args.half]:
+            r = check(name, make, folder, half, args.threads, args.runs)
+            if r["status"] != "ok":
+                print(f"| {r['model']} | {r['status']} |" + " |" * 8, flush=True)
+                continue
+            ratios.append(r["normrt_ms"] / r["ort_ms"])
+            print(f"| {r['model']} | ok | {r['err']:.1e} | {r.get('vs_f32', '-')} | {r['norms']} | {r['left']} | "
+                  f"{r['fallback']} | {r['normrt_ms']:.3f} | {r['ort_ms']:.3f} | {ratios[-1]:.2f}x |", flush=True)
+    if ratios:
+        print(f"\ngeometric mean normrt / onnxruntime: {np.exp(np.mean(np.log(ratios))):.2f}x over {len(ratios)} "
+              f"runs; models in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
