@@ -297,3 +297,26 @@ def test_standalone_hard_activations_fast_step_bitwise_generic(form, shape, dtyp
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     kernel = form in ("HardSwish", "Clip_0_6", "Clip_0") or (form == "HardSigmoid" and dtype == np.float32)
     assert bool(_prepared(sess, "_activation_into")) == kernel
+
+
+@settings(max_examples=30, deadline=None)
+@given(vocab=st.integers(1, 50), width=st.integers(1, 20), ids=st.lists(st.integers(1, 12), min_size=1, max_size=2),
+       axis=st.sampled_from([0, 1]), idx_type=st.sampled_from([np.int64, np.int32]), seed=st.integers(0, 2 ** 16))
+def test_gather_of_run_time_indices_fast_step_bitwise_generic(vocab, width, ids, axis, idx_type, seed):
+    # an embedding lookup: token ids fed at run time, negative ones wrapping as in the generic op
+    vi = helper.make_tensor_value_info
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    n = (vocab, width)[axis]
+    elem = TensorProto.INT64 if idx_type == np.int64 else TensorProto.INT32
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=axis), helper.make_node("Neg", ["e"], ["y"])]
+    graph = helper.make_graph(nodes, "emb", [vi("ids", elem, ids)], [vi("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    feed = {"ids": rng.integers(-n, n, ids).astype(idx_type)}
+    got = _specialized_and_generic(sess, feed)[0]
+    np.testing.assert_array_equal(got, -np.take(table, feed["ids"], axis=axis))
+    assert _prepared(sess, "np.take(")
+    with pytest.raises(Exception):
+        sess.run(None, {"ids": np.full(ids, n, idx_type)})

@@ -195,6 +195,15 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         axis = int(opnode.attrs.get("axis", 0)) % max(len(xshape), 1)
         idx = src.bind(np.asarray(args[1][2]).astype(np.intp, copy=False))
         return f"np.take({ex}, {idx}, axis={axis})"
+    if op == "Gather" and len(args) == 2 and args[0] is not None and args[1] is not None:
+        # an embedding lookup (run-time token ids): the generic op's np.take, its axis read once
+        # (negative ids wrap, out-of-range ones raise IndexError, as there)
+        ex, (xshape, dx), _ = args[0]
+        ei, (_, di), _ = args[1]
+        if di.kind != "i" or dx != dtype or not len(xshape):
+            return None
+        axis = int(opnode.attrs.get("axis", 0)) % len(xshape)
+        return f"np.take({ex}, {ei}, axis={axis}" + (f", out={buffer})" if buffer is not None else ")")
     if op == "Concat" and all(a is not None for a in args) and not isinstance(step.run, GrowingConcat):
         axis = int(opnode.attrs.get("axis", 1)) % max(len(args[0][1][0]), 1)
         if buffer is not None and all(a[1][1] == dtype for a in args):
