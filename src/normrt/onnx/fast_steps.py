@@ -147,7 +147,8 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         target = tuple(int(d) for d in shape)
         if buffer is None:
             return f"np.broadcast_to({ex}, {target!r}).copy()"
-        return f"{src.bind(_copy_into, '_copy_into')}({buffer}, np.broadcast_to({ex}, {target!r}))"
+        # (np.copyto broadcasts x to the buffer's shape itself: np.broadcast_to costs ~2 us more)
+        return f"{src.bind(_copy_into, '_copy_into')}({buffer}, {ex})"
     if op == "Relu" and len(args) == 1:
         (ex, (_, dx), _), = args
         if not shape or size >= ELEMENTWISE_MIN or dx != dtype:
