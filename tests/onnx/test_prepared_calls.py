@@ -180,12 +180,13 @@ def test_prepared_channel_norm_bitwise_generic(mode, c, hw, affine, act, batches
     assert _prepared(sess, "_channel_norm"), "ChannelNorm runs its prepared call"
 
 
-@settings(max_examples=40, deadline=None)
-@given(op=st.sampled_from(["ReduceMean", "ReduceSum"]), opset=st.sampled_from([13, 18]),
+@settings(max_examples=60, deadline=None)
+@given(op=st.sampled_from(["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceSumSquare"]),
+       opset=st.sampled_from([13, 18]),
        shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), data=st.data(), keepdims=st.booleans(),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2 ** 16))
 def test_reduce_mean_sum_fast_step_bitwise_generic(op, opset, shape, data, keepdims, dtype, seed):
-    # the specialized plan's ReduceMean/ReduceSum (np.add.reduce and np.mean's own division)
+    # the specialized plan's reductions (np.add.reduce, np.mean's own division, ufunc reduces)
     axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), min_size=1, max_size=len(shape),
                               unique_by=lambda a: a % len(shape)))
     rng = np.random.default_rng(seed)
@@ -204,7 +205,8 @@ def test_reduce_mean_sum_fast_step_bitwise_generic(op, opset, shape, data, keepd
     assert got.shape == want.shape and got.dtype == want.dtype
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     if want.ndim:      # (a 0-d result takes the generic call: np.mean's scalar branch)
-        assert _prepared(sess, "_reduce_mean" if op == "ReduceMean" else "np.add.reduce")
+        assert _prepared(sess, {"ReduceMean": "_reduce_mean", "ReduceSum": "np.add.reduce", "ReduceMax": "np.maximum",
+                                "ReduceMin": "np.minimum"}.get(op, "_sum_squares"))
 
 
 @settings(max_examples=25, deadline=None)

@@ -74,6 +74,12 @@ def _reduce_mean_into(x, axes, keepdims, count, out):
     return np.true_divide(total, count, out=total, casting="unsafe")
 
 
+def _sum_squares_into(x, axes, keepdims, root, out):
+    # the generic ReduceSumSquare / ReduceL2 (ops/reduce.py): np.sum(x * x), its square root
+    r = np.add.reduce(x * x, axis=axes, keepdims=keepdims, out=out)
+    return np.sqrt(r, out=r) if root else r
+
+
 def _sigmoid(x, out):
     # the generic Sigmoid's sequence (activations.sigmoid), into `out`
     np.negative(x, out=out)
@@ -231,7 +237,8 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         from .ops.pool import _global_average          # the generic op's kernel call, into a buffer
         out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
         return f"{src.bind(_global_average, '_global_average')}({ex}, {out})"
-    if op in ("ReduceMean", "ReduceSum") and args and args[0] is not None and shape:
+    if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceSumSquare") and args \
+            and args[0] is not None and shape:
         # (a 0-d result is a numpy scalar on np.mean's other branch: the generic call)
         ex, (xshape, dx), _ = args[0]
         if dx not in (np.float32, np.float64) or dx != dtype or 0 in xshape:
@@ -250,6 +257,11 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         out = str(buffer) if buffer is not None else "None"
         if op == "ReduceSum":
             return f"np.add.reduce({ex}, axis={axes!r}, dtype={src.bind(dx)}, keepdims={keepdims}, out={out})"
+        if op in ("ReduceMax", "ReduceMin"):       # (x is not empty: no `initial` needed)
+            fn = "np.maximum" if op == "ReduceMax" else "np.minimum"
+            return f"{fn}.reduce({ex}, axis={axes!r}, keepdims={keepdims}, out={out})"
+        if op in ("ReduceL2", "ReduceSumSquare"):
+            return f"{src.bind(_sum_squares_into, '_sum_squares')}({ex}, {axes!r}, {keepdims}, {op == 'ReduceL2'}, {out})"
         count = src.bind(np.intp(int(np.prod([xshape[a] for a in axes], dtype=np.int64))))
         return f"{src.bind(_reduce_mean_into, '_reduce_mean')}({ex}, {axes!r}, {keepdims}, {count}, {out})"
     if op in ("MaxPool", "AveragePool"):
