@@ -65,7 +65,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_
 from libc.math cimport fabsf, logf, sqrtf, powf
 from libc.string cimport memcpy, memset
 
-from moments cimport exp_f, erf_f, gelu_f
+from moments cimport exp_f, erf_f, gelu_f, sigmoid_f, gelu_tanh_f
 
 cdef enum:
     TILE = 256              # elements per tile and register
@@ -147,25 +147,6 @@ cdef inline float tanh_f(float x) noexcept nogil:
     cdef float big = <float>1.0 - <float>2.0 / (exp_f(<float>2.0 * a) + <float>1.0)
     big = -big if x < <float>0.0 else big
     return p if a < <float>0.625 else big      # NaN takes big (NaN)
-
-
-cdef inline float sigmoid_f(float x) noexcept nogil:
-    """1 / (1 + e**-x) with one exp per element (exp_inf_f takes two): e = e**-|x| is in
-    [0, 1], never overflows; x >= 0 gives 1 / (1 + e), x < 0 e / (1 + e): one division
-    of a selected numerator (e * (1 / (1 + e)) would round once more: 2.7 ulp, not 2.3).
-    Selects, no branch: the loop vectorizes. -inf -> 0, +inf -> 1, x < -87.3 -> 0
-    (exp_f flushes), NaN stays NaN."""
-    cdef float e = exp_f(-fabsf(x))
-    cdef float num = e if x < <float>0.0 else <float>1.0
-    return num / (<float>1.0 + e)
-
-
-cdef inline float gelu_tanh_f(float x) noexcept nogil:
-    """x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 as x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)):
-    the same function (1 + tanh(z) = 2 sigmoid(2z)), one exp and one division, within a few
-    ulp of the float64 formula. x^3's term is folded: z2 = x (c1 + c2 x^2), c1 = 2 sqrt(2/pi),
-    c2 = 0.044715 c1."""
-    return x * sigmoid_f(x * (<float>1.5957691216057308 + <float>0.07135481627260025 * (x * x)))
 
 
 cdef inline float max_f(float a, float b) noexcept nogil:

@@ -6,7 +6,7 @@
 # pieces are always merged in the same order, whichever thread computed them,
 # so results are bitwise identical for any thread count.
 
-from libc.math cimport sqrt, exp, erf, fabs, fabsf, copysignf
+from libc.math cimport sqrt, exp, erf, tanh, fabs, fabsf, copysignf
 from libc.stdlib cimport malloc
 
 from half cimport (elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value,
@@ -55,6 +55,7 @@ cdef enum:
     ACT_RELU6 = 5        # min(max(v, 0), 6): torch's ReLU6 (ONNX Clip(0, 6))
     ACT_HARDSIGMOID = 6  # min(max(v / 6 + 1/2, 0), 1): torch's hardsigmoid (ONNX HardSigmoid(1/6, 1/2))
     ACT_HARDSWISH = 7    # v * hardsigmoid(v): ONNX HardSwish
+    ACT_GELU_TANH = 8    # GELU's tanh approximation (GPT-2's, BLOOM's gelu_new)
 
 cdef struct Moments:
     double count
@@ -448,6 +449,8 @@ cdef inline double activate(double v, int act) noexcept nogil:
         return hard_sigmoid_d(v)
     if act == ACT_HARDSWISH:
         return v * hard_sigmoid_d(v)
+    if act == ACT_GELU_TANH:
+        return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
     return v
 
 
@@ -574,6 +577,25 @@ cdef inline float gelu_f(float v) noexcept nogil:
     return <float>0.0 if w == <float>0.0 else v * w     # -inf * 0 would be NaN
 
 
+cdef inline float sigmoid_f(float x) noexcept nogil:
+    """1 / (1 + e**-x) with one exp per element (exp_inf_f takes two): e = e**-|x| is in
+    [0, 1], never overflows; x >= 0 gives 1 / (1 + e), x < 0 e / (1 + e): one division
+    of a selected numerator (e * (1 / (1 + e)) would round once more: 2.7 ulp, not 2.3).
+    Selects, no branch: the loop vectorizes. -inf -> 0, +inf -> 1, x < -87.3 -> 0
+    (exp_f flushes), NaN stays NaN."""
+    cdef float e = exp_f(-fabsf(x))
+    cdef float num = e if x < <float>0.0 else <float>1.0
+    return num / (<float>1.0 + e)
+
+
+cdef inline float gelu_tanh_f(float x) noexcept nogil:
+    """x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 as x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)):
+    the same function (1 + tanh(z) = 2 sigmoid(2z)), one exp and one division, within a few
+    ulp of the float64 formula. x^3's term is folded: z2 = x (c1 + c2 x^2), c1 = 2 sqrt(2/pi),
+    c2 = 0.044715 c1."""
+    return x * sigmoid_f(x * (<float>1.5957691216057308 + <float>0.07135481627260025 * (x * x)))
+
+
 cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
     """y[i] = act(y[i]) in place, one vectorizable loop per activation."""
     cdef Py_ssize_t i
@@ -609,6 +631,9 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
             for i in range(n):
                 v = y[i]
                 y[i] = v * hard_sigmoid_f(v)
+        elif act == ACT_GELU_TANH:
+            for i in range(n):
+                y[i] = gelu_tanh_f(y[i])
     else:
         for i in range(n):
             y[i] = activate(y[i], act)

@@ -15,7 +15,7 @@ _erf = np.vectorize(math.erf)
 
 
 # every activation epilogue of the kernels, and None
-ACTS = [None, "relu", "silu", "gelu", "sigmoid", "relu6", "hardsigmoid", "hardswish"]
+ACTS = [None, "relu", "silu", "gelu", "sigmoid", "relu6", "hardsigmoid", "hardswish", "gelu_tanh"]
 
 
 def ref_act(v, act):
@@ -35,6 +35,8 @@ def ref_act(v, act):
         return np.clip(v / 6 + 0.5, 0.0, 1.0)
     if act == "hardswish":
         return v * np.clip(v / 6 + 0.5, 0.0, 1.0)
+    if act == "gelu_tanh":
+        return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
     assert act is None, act
     return v
 

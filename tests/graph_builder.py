@@ -97,3 +97,39 @@ class DrawnGraph:
         dtype = np.int64 if elem == "int" else self.np_types[elem or self.elem]
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
+
+
+def gelu_nodes(form, order, cube, scale_by_div, k=0.044715, s=None, half=0.5):
+    """GELU as model code spells it. erf form: x * 0.5 * (1 + erf(x / sqrt 2)) or with
+    x * (1 / sqrt 2); tanh form: 0.5 x (1 + tanh(s (x + k x^3))) with x^3 from Pow, x*x*x or
+    x^2 * x. `order`: where the 0.5 and the (1 + ...) go. Returns (nodes, constants)."""
+    mk = helper.make_node
+    c = {"one": 1.0, "half": half}
+    nodes = []
+    if form == "erf":
+        if scale_by_div:
+            c["r2"] = np.sqrt(2.0)
+            nodes.append(mk("Div", ["x", "r2"], ["z"]))
+        else:
+            c["ir2"] = 1 / np.sqrt(2.0)
+            nodes.append(mk("Mul", ["x", "ir2"], ["z"]))
+        nodes.append(mk("Erf", ["z"], ["t"]))
+    else:
+        c["k"], c["s"] = k, np.sqrt(2 / np.pi) if s is None else s
+        if cube == "pow":
+            c["three"] = 3.0
+            nodes.append(mk("Pow", ["x", "three"], ["x3"]))
+        elif cube == "mul":
+            nodes += [mk("Mul", ["x", "x"], ["x2"]), mk("Mul", ["x2", "x"], ["x3"])]
+        else:
+            c["two"] = 2.0
+            nodes += [mk("Pow", ["x", "two"], ["x2"]), mk("Mul", ["x", "x2"], ["x3"])]
+        nodes += [mk("Mul", ["k", "x3"], ["kx3"]), mk("Add", ["x", "kx3"], ["inner"]),
+                  mk("Mul", ["inner", "s"], ["z"]), mk("Tanh", ["z"], ["t"])]
+    if order == 0:       # (1 + t) * x * 0.5
+        nodes += [mk("Add", ["one", "t"], ["p"]), mk("Mul", ["p", "x"], ["q"]), mk("Mul", ["q", "half"], ["y"])]
+    elif order == 1:     # 0.5 * x * (t + 1)
+        nodes += [mk("Mul", ["half", "x"], ["hx"]), mk("Add", ["t", "one"], ["p"]), mk("Mul", ["hx", "p"], ["y"])]
+    else:                # x * (0.5 * t + 0.5)
+        nodes += [mk("Mul", ["t", "half"], ["ht"]), mk("Add", ["ht", "half"], ["p"]), mk("Mul", ["x", "p"], ["y"])]
+    return nodes, [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in c.items()]

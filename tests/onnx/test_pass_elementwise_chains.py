@@ -13,6 +13,7 @@ from onnx.reference import ReferenceEvaluator
 import normrt
 from normrt.errors import ModelError
 from normrt.onnx.elementwise_program import MAX_INPUTS, OPS, compile_program
+from graph_builder import gelu_nodes
 from test_pass_layer_norm_decomposed import const, make_model, vi
 
 F = TensorProto.FLOAT
@@ -385,42 +386,6 @@ def test_silu_is_not_fused_where_the_sigmoid_or_product_is_read_again():
 
 # ---- one-input programs recognized by what they compute (elementwise_program.recognize) ----
 
-def _gelu_nodes(form, order, cube, scale_by_div, k=0.044715, s=None, half=0.5):
-    """GELU as model code spells it. erf form: x * 0.5 * (1 + erf(x / sqrt 2)) or with
-    x * (1 / sqrt 2); tanh form: 0.5 x (1 + tanh(s (x + k x^3))) with x^3 from Pow, x*x*x or
-    x^2 * x. `order`: where the 0.5 and the (1 + ...) go. Returns (nodes, constants)."""
-    mk = helper.make_node
-    c = {"one": 1.0, "half": half}
-    nodes = []
-    if form == "erf":
-        if scale_by_div:
-            c["r2"] = np.sqrt(2.0)
-            nodes.append(mk("Div", ["x", "r2"], ["z"]))
-        else:
-            c["ir2"] = 1 / np.sqrt(2.0)
-            nodes.append(mk("Mul", ["x", "ir2"], ["z"]))
-        nodes.append(mk("Erf", ["z"], ["t"]))
-    else:
-        c["k"], c["s"] = k, np.sqrt(2 / np.pi) if s is None else s
-        if cube == "pow":
-            c["three"] = 3.0
-            nodes.append(mk("Pow", ["x", "three"], ["x3"]))
-        elif cube == "mul":
-            nodes += [mk("Mul", ["x", "x"], ["x2"]), mk("Mul", ["x2", "x"], ["x3"])]
-        else:
-            c["two"] = 2.0
-            nodes += [mk("Pow", ["x", "two"], ["x2"]), mk("Mul", ["x", "x2"], ["x3"])]
-        nodes += [mk("Mul", ["k", "x3"], ["kx3"]), mk("Add", ["x", "kx3"], ["inner"]),
-                  mk("Mul", ["inner", "s"], ["z"]), mk("Tanh", ["z"], ["t"])]
-    if order == 0:       # (1 + t) * x * 0.5
-        nodes += [mk("Add", ["one", "t"], ["p"]), mk("Mul", ["p", "x"], ["q"]), mk("Mul", ["q", "half"], ["y"])]
-    elif order == 1:     # 0.5 * x * (t + 1)
-        nodes += [mk("Mul", ["half", "x"], ["hx"]), mk("Add", ["t", "one"], ["p"]), mk("Mul", ["hx", "p"], ["y"])]
-    else:                # x * (0.5 * t + 0.5)
-        nodes += [mk("Mul", ["t", "half"], ["ht"]), mk("Add", ["ht", "half"], ["p"]), mk("Mul", ["x", "p"], ["y"])]
-    return nodes, [const(n, np.array(v, np.float32)) for n, v in c.items()]
-
-
 def _program_ops(sess):
     (step,) = [st for st in sess.executor.steps if st.node.op_type == "Elementwise"]
     prog = step.run.attrs["_program"]
@@ -431,7 +396,7 @@ def _program_ops(sess):
 @given(form=st.sampled_from(["erf", "tanh"]), order=st.integers(0, 2), cube=st.sampled_from(["pow", "mul", "sq"]),
        scale_by_div=st.booleans(), n=st.integers(1, 300), seed=st.integers(0, 2 ** 16))
 def test_gelu_spellings_run_as_one_op(form, order, cube, scale_by_div, n, seed):
-    nodes, inits = _gelu_nodes(form, order, cube, scale_by_div)
+    nodes, inits = gelu_nodes(form, order, cube, scale_by_div)
     model = make_model(nodes, [vi("x", [2, n])], [vi("y", [2, n])], inits, opset=17)
     x = (np.random.default_rng(seed).standard_normal((2, n)) * 4).astype(np.float32)
     # (the tanh form's 1 + tanh cancels below x ~ -4: both sides carry ulp(1) |x| / 2 there)
@@ -443,7 +408,7 @@ def test_gelu_spellings_run_as_one_op(form, order, cube, scale_by_div, n, seed):
 @pytest.mark.parametrize("change", [dict(k=0.0447), dict(s=0.8), dict(half=0.49)])
 def test_gelu_look_alikes_keep_their_own_ops(change):
     # another constant is another function: the program runs op by op, still right
-    nodes, inits = _gelu_nodes("tanh", 0, "pow", False, **change)
+    nodes, inits = gelu_nodes("tanh", 0, "pow", False, **change)
     model = make_model(nodes, [vi("x", [4, 50])], [vi("y", [4, 50])], inits, opset=17)
     x = (np.random.default_rng(1).standard_normal((4, 50)) * 3).astype(np.float32)
     sess = check_against_reference(model, {"x": x}, rtol=1e-5, atol=2e-6)

@@ -44,6 +44,7 @@ from .passes.fold_channel_affine import FoldChannelAffine
 from .passes.pool_before_pointwise_conv import PoolBeforePointwiseConv
 from .passes.activation_epilogue import ActivationEpilogue
 from .passes.cast_islands import CastIslands
+from .passes.activation_programs import ActivationPrograms
 from .passes.attention_decomposed import AttentionDecomposed
 from .passes.attention_layout import AttentionLayout
 from .passes.conv_epilogue import ConvEpilogue
@@ -75,7 +76,9 @@ def default_passes():
             CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
             # siblings merge first: their concatenated bias then folds into the one GEMM
             SiblingMatMuls(), MatMulEpilogue(),
-            NoOpViews(), RotaryHalf(), ElementwiseChains()]
+            NoOpViews(), RotaryHalf(), ElementwiseChains(),
+            # what the programs compute: a GELU in any spelling becomes its producer's epilogue
+            ActivationPrograms()]
 
 
 def _run_passes(ctx, passes):
@@ -94,7 +97,7 @@ def after_half_regions():
     (widened, float32) Conv weights, and the Conv/MatMul/activation epilogues, so a half model's
     regions fuse as the float32 model does."""
     return [FoldBatchNorm(), FoldChannelAffine(), ActivationEpilogue(), ResidualNorm(), ConvEpilogue(),
-            MatMulEpilogue(), ElementwiseChains()]
+            MatMulEpilogue(), ElementwiseChains(), ActivationPrograms()]
 
 
 def _inline_functions(model):

@@ -45,7 +45,7 @@ from ._queries import (close_to, constant_rel_tol, is_float, is_op, node_attrs, 
 
 SQRT2 = math.sqrt(2.0)
 PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU", "relu6": "ReLU6",
-                 "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish"}
+                 "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish", "gelu_tanh": "GELU(tanh)"}
 # ops that can start an activation match_activation takes (the Erf GELU starts with a Div/Mul:
 # the epilogue passes add those to their own candidate lists)
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish")
