@@ -33,6 +33,16 @@ cdef extern from "grouped_conv.h" nogil:
                           Py_ssize_t grp0, Py_ssize_t ng, float* scratch)
     enum: NRT_GC_NG
 
+cdef extern from "depthwise_in_registers.h" nogil:
+    ctypedef struct nrt_dwr_tap:
+        pass
+    enum: NRT_DWR_AVAILABLE
+    enum: NRT_DWR_NC
+    int nrt_dwr_fits(const nrt_gc_geom* g)
+    nrt_dwr_tap* nrt_dwr_setup(const nrt_gc_geom* g)
+    void nrt_dwr_planes(const nrt_gc_geom* g, const nrt_dwr_tap* taps, const float* x, const float* w,
+                        const float* bias, float* y, Py_ssize_t m0, Py_ssize_t nc)
+
 
 def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const float[:, :, :, ::1] w,   # IN  (M, C / group, kh, kw)
@@ -64,13 +74,16 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     g.cg = C // group
     g.mg = M // group
     cdef Py_ssize_t per = nrt_gc_setup(&g)
+    cdef const float* bp = &bias[0] if bias.shape[0] else NULL
+    if NRT_DWR_AVAILABLE and nrt_dwr_fits(&g):
+        _planes_in_registers(&g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[0, 0, 0, 0], N, C, M, n_threads, act)
+        return
     # small depthwise planes: NRT_GC_NG groups per item, side by side (grouped_conv.h)
     cdef Py_ssize_t ng = NRT_GC_NG if nrt_gc_interleaved(&g) else 1
     cdef Py_ssize_t per_image = (group + ng - 1) // ng
     cdef Py_ssize_t items = N * per_image, item, n, k, plane = g.OH * g.OW
     if n_threads > items:
         n_threads = <int>items
-    cdef const float* bp = &bias[0] if bias.shape[0] else NULL
     cdef float* scratch = <float*>malloc(n_threads * ng * per * sizeof(float))   # an item's planes per thread
     if scratch == NULL:
         raise MemoryError()
@@ -88,3 +101,26 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                 activate_span(&y[n, k * g.mg, 0, 0], min(ng, group - k) * g.mg * plane, act)
     finally:
         free(scratch)
+
+
+cdef int _planes_in_registers(const nrt_gc_geom* g, const float* x, const float* w, const float* bp, float* y,
+                              Py_ssize_t N, Py_ssize_t C, Py_ssize_t M, int n_threads, int act) except -1:
+    """grouped_conv2d on depthwise_in_registers.h: work items of NRT_DWR_NC output planes of one
+    image, statically split; the taps' permutes computed once, read by every thread."""
+    cdef nrt_dwr_tap* taps = nrt_dwr_setup(g)
+    if taps == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t per_image = (M + NRT_DWR_NC - 1) // NRT_DWR_NC, items = N * per_image, item, n, m0
+    cdef Py_ssize_t x_image = C * g.H * g.W, plane = g.OH * g.OW, y_image = M * plane
+    if n_threads > items:
+        n_threads = <int>items
+    try:
+        for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
+            n = item // per_image
+            m0 = (item - n * per_image) * NRT_DWR_NC
+            nrt_dwr_planes(g, taps, x + n * x_image, w, bp, y + n * y_image, m0, min(NRT_DWR_NC, M - m0))
+            if act != 0:
+                activate_span(y + n * y_image + m0 * plane, min(NRT_DWR_NC, M - m0) * plane, act)
+    finally:
+        free(taps)
+    return 0
