@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from normrt._checks import activation as act_code
 from normrt._kernels import small_conv
 
 
@@ -92,6 +93,40 @@ def test_small_depthwise_planes_side_by_side(c, hw, k, s):
         small_conv.grouped_conv2d(x, wt, b, y, s, s, p, p, 1, 1, c, nt)
         outs.append(y)
     np.testing.assert_allclose(outs[0], ref_conv2d(x, wt, b, (s, s), (p, p), (1, 1), c, (o, o)), rtol=1e-5, atol=1e-5)
+    for y in outs[1:]:
+        assert np.array_equal(y.view(np.uint32), outs[0].view(np.uint32))
+
+
+@settings(max_examples=80, deadline=None)
+@given(c=st.integers(1, 37), mult=st.integers(1, 2), h=st.integers(1, 8), w=st.integers(1, 8),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 2), sw=st.integers(1, 2),
+       dil=st.integers(1, 2), pads=st.lists(st.integers(0, 2), min_size=4, max_size=4), batch=st.integers(1, 2),
+       bias=st.booleans(), act=st.sampled_from([None, "relu"]), seed=st.integers(0, 2 ** 16))
+def test_depthwise_small_maps(c, mult, h, w, kh, kw, sh, sw, dil, pads, batch, bias, act, seed):
+    """Depthwise convs on 1x1 to 8x8 maps (MobileNet's last stages: planes of at most 16 outputs
+    and 64 inputs, which AVX-512 builds hold in registers, and the next sizes up on the scratch
+    path): any channel count (a last work item of 1-3 planes), multipliers 1 and 2, strides 1 and
+    2, asymmetric pads, with and without the ReLU epilogue; the float64 result, the same bits for
+    1, 2 and 3 threads."""
+    pt, pl, pb, pr = pads
+    oh = (h + pt + pb - dil * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dil * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((c * mult, 1, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(c * mult).astype(np.float32) if bias else None
+    want = ref_conv2d(x, wt, b, (sh, sw), (pt, pl), (dil, dil), c, (oh, ow))
+    if act == "relu":
+        want = np.maximum(want, 0.0)
+    outs = []
+    for nt in (1, 2, 3):
+        y = np.full((batch, c * mult, oh, ow), np.nan, np.float32)
+        small_conv.grouped_conv2d(x, wt, np.empty(0, np.float32) if b is None else b, y, sh, sw, pt, pl, dil, dil,
+                                  c, nt, act_code(act))
+        outs.append(y)
+    np.testing.assert_allclose(outs[0], want, rtol=1e-5, atol=2e-6 * np.sqrt(kh * kw) * 4)
     for y in outs[1:]:
         assert np.array_equal(y.view(np.uint32), outs[0].view(np.uint32))
 
