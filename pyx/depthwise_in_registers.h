@@ -12,6 +12,10 @@
  * the lanes that fall in the padding zeroed by the permute's mask. The tap's indices and
  * masks depend only on the geometry: they are computed once per call (nrt_dwr_setup), for
  * every thread. One FMA per tap and plane, one masked store per plane, no scratch.
+ * Planes of 17-64 outputs (5x5 to 8x8 maps at stride 1: 96 channels at 8x8 took 15 us,
+ * onnxruntime 9) take up to four vectors of outputs; each vector's inputs for a tap lie in a
+ * window of two vectors of the plane (checked at setup), permuted from an aligned copy of
+ * the plane made once per plane.
  *
  * Determinism, and the same bits as grouped_conv.h: lane t of a plane is output t,
  * summed as bias, then the taps row-major by FMA, padding taps adding 0 * w as there.
@@ -28,51 +32,80 @@
 #define NRT_DWR_AVAILABLE 1
 #include <immintrin.h>
 
-/* A tap's permute: lane t reads input element idx[t] (of the plane's 64 at most); `lo` the
- * lanes reading elements 0-31 (the first two vectors), `hi` 32-63; a lane in neither is a
- * padding zero or a lane past the plane's outputs. */
+/* A tap's permute for one vector of outputs. Planes of at most 16 outputs: lane t reads
+ * input element idx[t] of the plane's (at most 64) held in registers; `lo` the lanes reading
+ * elements 0-31 (the first two vectors), `hi` 32-63. Planes of 17-64 outputs (a window):
+ * lane t reads element 16 * base + idx[t], a window of two vectors of the plane's copy,
+ * `lo` the lanes that read. A lane not read is a padding zero or past the plane's outputs. */
 typedef struct {
     __m512i idx;
     __mmask16 lo, hi;
+    int base;
 } nrt_dwr_tap;
 
 /* Planes side by side in one block: their FMA chains (one per plane, as long as the taps)
  * overlap so the FMA latency is covered. */
 #define NRT_DWR_NC 4
 
-/* Whether the call takes this path: geometry `g` after nrt_gc_setup. */
+/* Whether the call may take this path (geometry `g` after nrt_gc_setup); nrt_dwr_setup then
+ * says whether it does (the windows of 17-64 outputs must each lie in two vectors). */
 static inline int nrt_dwr_fits(const nrt_gc_geom *g) {
-    return g->cg == 1 && g->OH * g->OW <= 16 && g->H * g->W <= 64 && g->KH * g->KW <= 256;
+    return g->cg == 1 && g->OH * g->OW <= 64 && g->H * g->W <= 64 && g->KH * g->KW <= 256;
 }
 
-/* The call's taps, taps[i * KW + j] (KH * KW entries, 64-byte aligned; free() them), or NULL
- * when out of memory. */
-static nrt_dwr_tap *nrt_dwr_setup(const nrt_gc_geom *g) {
-    size_t bytes = sizeof(nrt_dwr_tap) * (size_t)(g->KH * g->KW);
+/* The call's taps, taps[o * KH * KW + i * KW + j] for output vector o (one for planes of at
+ * most 16 outputs, up to four for 64), 64-byte aligned (free() them); NULL with *refused = 0
+ * when out of memory, NULL with *refused = 1 when a window does not lie in two vectors (the
+ * call then runs on grouped_conv.h). */
+static nrt_dwr_tap *nrt_dwr_setup(const nrt_gc_geom *g, int *refused) {
+    const ptrdiff_t P = g->OH * g->OW, nvo = (P + 15) / 16, ntaps = g->KH * g->KW;
+    size_t bytes = sizeof(nrt_dwr_tap) * (size_t)(nvo * ntaps);
+    *refused = 0;
     nrt_dwr_tap *taps = (nrt_dwr_tap *)aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (taps == NULL)
         return NULL;
-    for (ptrdiff_t i = 0; i < g->KH; i++)
-        for (ptrdiff_t j = 0; j < g->KW; j++) {
-            int idx[16] = {0};
-            unsigned lo = 0, hi = 0;
-            for (ptrdiff_t t = 0; t < g->OH * g->OW; t++) {
-                ptrdiff_t ih = (t / g->OW) * g->sh + i * g->dh - g->pt;
-                ptrdiff_t iw = (t % g->OW) * g->sw + j * g->dw - g->pl;
-                if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
-                    continue;
-                ptrdiff_t e = ih * g->W + iw;
-                idx[t] = (int)(e & 31);          /* vpermt2ps reads 5 index bits */
-                if (e < 32)
-                    lo |= 1u << t;
-                else
-                    hi |= 1u << t;
+    for (ptrdiff_t o = 0; o < nvo; o++)
+        for (ptrdiff_t i = 0; i < g->KH; i++)
+            for (ptrdiff_t j = 0; j < g->KW; j++) {
+                ptrdiff_t elem[16];
+                ptrdiff_t first = 64, last = -1;
+                ptrdiff_t oh = (o * 16) / g->OW, ow = (o * 16) % g->OW;   /* output o * 16 + l, stepped */
+                for (ptrdiff_t l = 0; l < 16; l++, ow = ow + 1 == g->OW ? (oh++, 0) : ow + 1) {
+                    elem[l] = -1;
+                    if (o * 16 + l >= P)
+                        continue;
+                    ptrdiff_t ih = oh * g->sh + i * g->dh - g->pt;
+                    ptrdiff_t iw = ow * g->sw + j * g->dw - g->pl;
+                    if (ih < 0 || ih >= g->H || iw < 0 || iw >= g->W)
+                        continue;
+                    elem[l] = ih * g->W + iw;
+                    if (elem[l] < first) first = elem[l];
+                    if (elem[l] > last) last = elem[l];
+                }
+                int base = nvo == 1 || last < 0 ? 0 : (int)(first / 16);
+                if (nvo > 1 && last >= 16 * base + 32) {
+                    free(taps);
+                    *refused = 1;
+                    return NULL;
+                }
+                int idx[16] = {0};
+                unsigned lo = 0, hi = 0;
+                for (int l = 0; l < 16; l++) {
+                    if (elem[l] < 0)
+                        continue;
+                    ptrdiff_t e = elem[l] - 16 * base;
+                    idx[l] = (int)(e & 31);          /* vpermt2ps reads 5 index bits */
+                    if (e < 32)
+                        lo |= 1u << l;
+                    else
+                        hi |= 1u << l;
+                }
+                nrt_dwr_tap *tap = taps + o * ntaps + i * g->KW + j;
+                tap->idx = _mm512_loadu_si512(idx);
+                tap->lo = (__mmask16)lo;
+                tap->hi = (__mmask16)hi;
+                tap->base = base;
             }
-            nrt_dwr_tap *tap = taps + i * g->KW + j;
-            tap->idx = _mm512_loadu_si512(idx);
-            tap->lo = (__mmask16)lo;
-            tap->hi = (__mmask16)hi;
-        }
     return taps;
 }
 
@@ -88,19 +121,19 @@ nrt_dwr_gather(const nrt_dwr_tap *tap, const __m512 *z, const int NV) {
     return _mm512_mask_blend_ps(tap->hi, a, b);
 }
 
-/* NC output planes m0 .. m0 + NC - 1 of one image: x the image's (C, H, W), w (M, KH, KW),
- * bias (M,) or NULL, y the image's (M, OH, OW); mg outputs per group (input channel m / mg).
- * Planes of one input channel (mg > 1) share its permutes. */
+/* NC output planes m0 .. m0 + NC - 1 (of at most 16 outputs) of one image: x the image's
+ * (C, H, W), w (M, KH, KW), bias (M,) or NULL, y the image's (M, OH, OW); mg outputs per group
+ * (input channel m / mg). Planes of one input channel (mg > 1) share its permutes. */
 static inline __attribute__((always_inline)) void
 nrt_dwr_block(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, const float *w,
-              const float *bias, float *y, ptrdiff_t m0, const int NC, const int NV) {
+              const float *bias, float *y, ptrdiff_t m0, const int NC, const int NV, const int ONE) {
     const ptrdiff_t HW = g->H * g->W, P = g->OH * g->OW, ntaps = g->KH * g->KW;
     const __mmask16 out_lanes = (__mmask16)((1u << P) - 1u);
     __m512 z[NRT_DWR_NC][4], acc[NRT_DWR_NC];
     int fresh[NRT_DWR_NC];                   /* plane k's input differs from plane k - 1's */
     for (int k = 0; k < NC; k++) {
         ptrdiff_t c = (m0 + k) / g->mg;
-        fresh[k] = k == 0 || c != (m0 + k - 1) / g->mg;
+        fresh[k] = ONE || k == 0 || c != (m0 + k - 1) / g->mg;
         const float *xc = x + c * HW;
         for (int v = 0; v < NV; v++) {
             ptrdiff_t left = HW - 16 * v;
@@ -114,7 +147,7 @@ nrt_dwr_block(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, con
         __m512 xt = _mm512_setzero_ps();
         #pragma GCC unroll 4
         for (int k = 0; k < NC; k++) {
-            if (fresh[k])
+            if (ONE || fresh[k])
                 xt = nrt_dwr_gather(tap, z[k], NV);
             acc[k] = _mm512_fmadd_ps(xt, _mm512_set1_ps(w[(m0 + k) * ntaps + tp]), acc[k]);
         }
@@ -123,14 +156,62 @@ nrt_dwr_block(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, con
         _mm512_mask_storeu_ps(y + (m0 + k) * P, out_lanes, acc[k]);
 }
 
+/* The same for planes of 17-64 outputs: each plane copied once into an aligned buffer
+ * (zeros past it), each output vector's tap a permute of the two vectors of its window. */
+static inline __attribute__((always_inline)) void
+nrt_dwr_block_windows(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, const float *w,
+                      const float *bias, float *y, ptrdiff_t m0, const int NC, const int ONE) {
+    const ptrdiff_t HW = g->H * g->W, P = g->OH * g->OW, ntaps = g->KH * g->KW, nvo = (P + 15) / 16;
+    float buf[NRT_DWR_NC][80] __attribute__((aligned(64)));
+    int fresh[NRT_DWR_NC];
+    for (int k = 0; k < NC; k++) {
+        ptrdiff_t c = (m0 + k) / g->mg;
+        fresh[k] = ONE || k == 0 || c != (m0 + k - 1) / g->mg;
+        const float *xc = x + c * HW;
+        for (int v = 0; v < 5; v++) {
+            ptrdiff_t left = HW - 16 * v;
+            __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+            _mm512_store_ps(buf[k] + 16 * v, _mm512_maskz_loadu_ps(in, xc + 16 * v));
+        }
+    }
+    for (ptrdiff_t o = 0; o < nvo; o++) {
+        __m512 acc[NRT_DWR_NC];
+        for (int k = 0; k < NC; k++)
+            acc[k] = _mm512_set1_ps(bias ? bias[m0 + k] : 0.0f);
+        const nrt_dwr_tap *row = taps + o * ntaps;
+        for (ptrdiff_t tp = 0; tp < ntaps; tp++) {
+            const nrt_dwr_tap *tap = row + tp;
+            __m512 xt = _mm512_setzero_ps();
+            #pragma GCC unroll 4
+            for (int k = 0; k < NC; k++) {
+                if (ONE || fresh[k]) {
+                    const float *win = buf[k] + 16 * tap->base;
+                    xt = _mm512_maskz_permutex2var_ps(tap->lo, _mm512_load_ps(win), tap->idx,
+                                                      _mm512_load_ps(win + 16));
+                }
+                acc[k] = _mm512_fmadd_ps(xt, _mm512_set1_ps(w[(m0 + k) * ntaps + tp]), acc[k]);
+            }
+        }
+        ptrdiff_t left = P - 16 * o;
+        __mmask16 out = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        for (int k = 0; k < NC; k++)
+            _mm512_mask_storeu_ps(y + (m0 + k) * P + 16 * o, out, acc[k]);
+    }
+}
+
 static inline __attribute__((always_inline)) void
 nrt_dwr_planes_nv(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, const float *w,
                   const float *bias, float *y, ptrdiff_t m0, ptrdiff_t nc, const int NV) {
     switch (nc) {
-    case 4: nrt_dwr_block(g, taps, x, w, bias, y, m0, 4, NV); break;
-    case 3: nrt_dwr_block(g, taps, x, w, bias, y, m0, 3, NV); break;
-    case 2: nrt_dwr_block(g, taps, x, w, bias, y, m0, 2, NV); break;
-    default: nrt_dwr_block(g, taps, x, w, bias, y, m0, 1, NV); break;
+    case 4:
+        if (g->mg == 1)             /* one plane per input channel: no test per tap */
+            nrt_dwr_block(g, taps, x, w, bias, y, m0, 4, NV, 1);
+        else
+            nrt_dwr_block(g, taps, x, w, bias, y, m0, 4, NV, 0);
+        break;
+    case 3: nrt_dwr_block(g, taps, x, w, bias, y, m0, 3, NV, 0); break;
+    case 2: nrt_dwr_block(g, taps, x, w, bias, y, m0, 2, NV, 0); break;
+    default: nrt_dwr_block(g, taps, x, w, bias, y, m0, 1, NV, 0); break;
     }
 }
 
@@ -138,12 +219,25 @@ nrt_dwr_planes_nv(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x,
 static void nrt_dwr_planes(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, const float *w,
                            const float *bias, float *y, ptrdiff_t m0, ptrdiff_t nc) {
     ptrdiff_t HW = g->H * g->W;
-    if (HW <= 16)
+    if (g->OH * g->OW > 16) {
+        switch (nc) {
+        case 4:
+            if (g->mg == 1)         /* one plane per input channel: no test per tap */
+                nrt_dwr_block_windows(g, taps, x, w, bias, y, m0, 4, 1);
+            else
+                nrt_dwr_block_windows(g, taps, x, w, bias, y, m0, 4, 0);
+            break;
+        case 3: nrt_dwr_block_windows(g, taps, x, w, bias, y, m0, 3, 0); break;
+        case 2: nrt_dwr_block_windows(g, taps, x, w, bias, y, m0, 2, 0); break;
+        default: nrt_dwr_block_windows(g, taps, x, w, bias, y, m0, 1, 0); break;
+        }
+    } else if (HW <= 16) {
         nrt_dwr_planes_nv(g, taps, x, w, bias, y, m0, nc, 1);
-    else if (HW <= 32)
+    } else if (HW <= 32) {
         nrt_dwr_planes_nv(g, taps, x, w, bias, y, m0, nc, 2);
-    else
+    } else {
         nrt_dwr_planes_nv(g, taps, x, w, bias, y, m0, nc, 4);
+    }
 }
 
 #else
@@ -151,7 +245,7 @@ static void nrt_dwr_planes(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const 
 typedef struct { int unused; } nrt_dwr_tap;
 #define NRT_DWR_NC 4
 static inline int nrt_dwr_fits(const nrt_gc_geom *g) { (void)g; return 0; }
-static inline nrt_dwr_tap *nrt_dwr_setup(const nrt_gc_geom *g) { (void)g; return NULL; }
+static inline nrt_dwr_tap *nrt_dwr_setup(const nrt_gc_geom *g, int *refused) { (void)g; *refused = 1; return NULL; }
 static inline void nrt_dwr_planes(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, const float *w,
                                   const float *bias, float *y, ptrdiff_t m0, ptrdiff_t nc) {
     (void)g; (void)taps; (void)x; (void)w; (void)bias; (void)y; (void)m0; (void)nc;

@@ -44,7 +44,7 @@ cdef extern from "depthwise_in_registers.h" nogil:
     enum: NRT_DWR_AVAILABLE
     enum: NRT_DWR_NC
     int nrt_dwr_fits(const nrt_gc_geom* g)
-    nrt_dwr_tap* nrt_dwr_setup(const nrt_gc_geom* g)
+    nrt_dwr_tap* nrt_dwr_setup(const nrt_gc_geom* g, int* refused)
     void nrt_dwr_planes(const nrt_gc_geom* g, const nrt_dwr_tap* taps, const float* x, const float* w,
                         const float* bias, float* y, Py_ssize_t m0, Py_ssize_t nc)
 
@@ -80,9 +80,10 @@ def grouped_conv2d(const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
     g.mg = M // group
     nrt_gc_setup(&g)
     cdef nrt_dwr_tap* taps = NULL
+    cdef int refused = 0
     if NRT_DWR_AVAILABLE and nrt_dwr_fits(&g):
-        taps = nrt_dwr_setup(&g)
-        if taps == NULL:
+        taps = nrt_dwr_setup(&g, &refused)
+        if taps == NULL and not refused:
             raise MemoryError()
     try:
         _run(&g, taps, &x[0, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if bias.shape[0] else NULL, &y[0, 0, 0, 0],
@@ -192,9 +193,10 @@ cdef class PreparedGroupedConv:
         g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = sh, sw, pt, pl, dh, dw
         g.cg, g.mg = C // group, M // group
         nrt_gc_setup(g)
+        cdef int refused = 0
         if NRT_DWR_AVAILABLE and nrt_dwr_fits(g):
-            self.taps = nrt_dwr_setup(g)
-            if self.taps == NULL:
+            self.taps = nrt_dwr_setup(g, &refused)
+            if self.taps == NULL and not refused:
                 raise MemoryError()
         self.N, self.C, self.M, self.group = N, C, M, group
         self.x_size, self.y_size = N * C * H * W, N * M * OH * OW
