@@ -109,6 +109,11 @@ static nrt_dwr_tap *nrt_dwr_setup(const nrt_gc_geom *g, int *refused) {
     return taps;
 }
 
+/* Output m's sums start as 0 + bias[m], as grouped_conv.h's (+0 for a bias of -0). */
+static inline __m512 nrt_dwr_bias(const float *bias, ptrdiff_t m) {
+    return _mm512_add_ps(_mm512_setzero_ps(), _mm512_set1_ps(bias ? bias[m] : 0.0f));
+}
+
 /* The tap's 16 inputs from a plane held in NV vectors (the padding lanes zero). */
 static inline __attribute__((always_inline)) __m512
 nrt_dwr_gather(const nrt_dwr_tap *tap, const __m512 *z, const int NV) {
@@ -140,7 +145,7 @@ nrt_dwr_block(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float *x, con
             __mmask16 in = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
             z[k][v] = _mm512_maskz_loadu_ps(in, xc + 16 * v);
         }
-        acc[k] = _mm512_set1_ps(bias ? bias[m0 + k] : 0.0f);
+        acc[k] = nrt_dwr_bias(bias, m0 + k);
     }
     for (ptrdiff_t tp = 0; tp < ntaps; tp++) {
         const nrt_dwr_tap *tap = taps + tp;
@@ -177,7 +182,7 @@ nrt_dwr_block_windows(const nrt_gc_geom *g, const nrt_dwr_tap *taps, const float
     for (ptrdiff_t o = 0; o < nvo; o++) {
         __m512 acc[NRT_DWR_NC];
         for (int k = 0; k < NC; k++)
-            acc[k] = _mm512_set1_ps(bias ? bias[m0 + k] : 0.0f);
+            acc[k] = nrt_dwr_bias(bias, m0 + k);
         const nrt_dwr_tap *row = taps + o * ntaps;
         for (ptrdiff_t tp = 0; tp < ntaps; tp++) {
             const nrt_dwr_tap *tap = row + tp;
