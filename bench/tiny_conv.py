@@ -28,6 +28,18 @@ CASES = {
     "expand1x1": ((1, 32, 4, 4), (192, 32, 1, 1), 1, None, None),              # EfficientNet expand
     "squeeze1x1": ((1, 96, 1, 1), (4, 96, 1, 1), 1, None, None),               # squeeze-excite reduce
     "depthwise3s2": ((1, 32, 16, 16), (32, 1, 3, 3), 32, [1, 1, 1, 1], [2, 2]),  # EfficientNet / MobileViT
+    # MobileNet-V1 (depth multiplier 0.25) / V2 at 64x64: depthwise 3x3 from 32x32 down to 2x2 maps,
+    # the stride-2 ones padded at the end only (TF "same")
+    "mobilenet_dw2": ((1, 256, 2, 2), (256, 1, 3, 3), 256, [1, 1, 1, 1], None),
+    "mobilenet_dw4": ((1, 128, 4, 4), (128, 1, 3, 3), 128, [1, 1, 1, 1], None),
+    "mobilenet_dw4s2": ((1, 128, 4, 4), (128, 1, 3, 3), 128, [0, 0, 1, 1], [2, 2]),
+    "mobilenet_dw8s2": ((1, 64, 8, 8), (64, 1, 3, 3), 64, [0, 0, 1, 1], [2, 2]),
+    "mobilenet_dw8": ((1, 96, 8, 8), (96, 1, 3, 3), 96, [1, 1, 1, 1], None),
+    "mobilenet_dw16": ((1, 48, 16, 16), (48, 1, 3, 3), 48, [1, 1, 1, 1], None),
+    "mobilenet_dw32": ((1, 16, 32, 32), (16, 1, 3, 3), 16, [1, 1, 1, 1], None),
+    "mobilenet_dw32s2": ((1, 48, 32, 32), (48, 1, 3, 3), 48, [0, 0, 1, 1], [2, 2]),
+    "mobilenet_dw64": ((1, 16, 64, 64), (16, 1, 3, 3), 16, [1, 1, 1, 1], None),
+    "multiplier2_dw4": ((1, 64, 4, 4), (128, 1, 3, 3), 64, [1, 1, 1, 1], None),
 }
 
 

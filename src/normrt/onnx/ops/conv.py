@@ -398,7 +398,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         # small_conv_epilogue in the generic call
         if bias is not None and (bias.dtype != np.float32 or bias.shape != (packed.shape[0],)):
             return None
-        return _fast_small_group_conv(src, ex, weight, bias, out_meta, buffer, strides, pads[:2], dilations,
+        return _fast_small_group_conv(src, x, weight, bias, out_meta, buffer, strides, pads[:2], dilations,
                                       group, n_threads, _act_code(activation))
     n, c, h, w = (int(d) for d in xshape)
     m, cg, kh, kw = packed.shape
@@ -466,7 +466,7 @@ def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
         out_meta = (tuple(shape[:2]) + (1, shape[2]), dtype)
         buffer = None if buffer is None else _Reshaped(buffer, out_meta[0])
     if on_small_conv(cg, group):
-        expr = _fast_small_group_conv(src, args[0][0], wconst, b, out_meta, buffer, strides, pb, dil, group,
+        expr = _fast_small_group_conv(src, args[0], wconst, b, out_meta, buffer, strides, pb, dil, group,
                                       n_threads)
     else:
         expr = fast_conv(src, args[0], packed_conv_weight(wconst, group), out_meta, buffer, tuple(strides),
@@ -486,19 +486,22 @@ class _Reshaped:
         return f"{self.buffer}.reshape({self.shape!r})"
 
 
-def _small_group_into(x, w, bias, y, sh, sw, pt, pl, dh, dw, group, nt, act=0):
-    _ksmall.grouped_conv2d(np.ascontiguousarray(x), w, bias, y, sh, sw, pt, pl, dh, dw, group, nt, act)
-    return y
-
-
-def _fast_small_group_conv(src, ex, w, b, out_meta, buffer, strides, pb, dil, group, n_threads, act=0):
-    """The expression calling the small_conv kernel directly (what `_small_group_conv` does per run)."""
+def _fast_small_group_conv(src, x, w, b, out_meta, buffer, strides, pb, dil, group, n_threads, act=0):
+    """The expression calling the small_conv kernel directly (what `_small_group_conv` does per run):
+    a PreparedGroupedConv bound to the weight, bias, shapes, threads and activation, checked once.
+    `x`: (expression, (shape, dtype), constant or None)."""
+    ex, (xshape, _), _ = x
     shape, _ = out_meta
     m, cg, kh, kw = w.shape
     size = int(np.prod(shape, dtype=np.int64))
     nt = min(n_threads, small_group_threads(size, cg, kh, kw))
-    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
-    return (f"{src.bind(_small_group_into, '_small_group_into')}({ex}, {src.bind(np.ascontiguousarray(w), 'w')}, "
-            f"{src.bind(bias)}, {y}, {strides[0]}, {strides[1]}, {pb[0]}, {pb[1]}, {dil[0]}, {dil[1]}, {group}, {nt}"
-            + (f", {act})" if act else ")"))
+    bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    out = tuple(int(d) for d in shape)
+    try:
+        call = _ksmall.PreparedGroupedConv(np.ascontiguousarray(w, dtype=np.float32), bias,
+                                           tuple(int(d) for d in xshape), out, strides[0], strides[1], pb[0], pb[1],
+                                           dil[0], dil[1], group, nt, act)
+    except ValueError:       # shapes the kernel refuses: the generic call says why, at run time
+        return None
+    y = str(buffer) if buffer is not None else f"np.empty({out!r}, np.float32)"
+    return f"{src.bind(call, '_small_group_into')}({ex}, {y})"
