@@ -9,6 +9,16 @@
 cimport numpy as cnp
 
 
+cdef inline bint is_f32_c(object a, Py_ssize_t size):
+    """a is a C-contiguous float32 ndarray of `size` elements (the prepared calls' quick
+    test: they copy or refuse what fails it)."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_SIZE(arr) == size)
+
+
 cdef inline cnp.ndarray checked(object a, int typenum, int ndim, bint writable, str name):
     """a as an ndarray of dtype `typenum` (native byte order, aligned), rank
     ndim, C-contiguous, writeable if asked; else ValueError naming it."""

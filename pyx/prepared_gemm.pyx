@@ -10,19 +10,11 @@ C API and runs the same blocked product (gemm_core.pxd) on the same Problem and
 grid as gemm.gemm: bitwise the same result.
 """
 cimport numpy as cnp
+from kernel_args cimport is_f32_c
 
 from gemm_core cimport *
 
 cnp.import_array()
-
-
-cdef inline bint _is_f32_c(object x, Py_ssize_t size):
-    """x is a C-contiguous float32 ndarray of `size` elements."""
-    if type(x) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>x
-    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_SIZE(arr) == size)
 
 
 cdef class PreparedGemm:
@@ -40,10 +32,10 @@ cdef class PreparedGemm:
     def __init__(self, cnp.ndarray b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bias, int act, int n_threads):
         if m <= 0 or n <= 0 or k <= 0:
             raise ValueError("PreparedGemm: m, n and k must be >= 1")
-        if not _is_f32_c(b, panels_b_size(k, n)):
+        if not is_f32_c(b, panels_b_size(k, n)):
             raise ValueError(f"PreparedGemm: b must be the {panels_b_size(k, n)} float32 floats of a packed "
                              f"({k}, {n}) weight")
-        if bias is not None and not _is_f32_c(bias, n):
+        if bias is not None and not is_f32_c(bias, n):
             raise ValueError(f"PreparedGemm: bias must be a contiguous float32 array of {n} elements or None")
         self.nt = max(1, min(n_threads, 64))
         self.b, self.bias = b, bias
@@ -71,18 +63,18 @@ cdef class PreparedGemm:
         cdef Problem g = self.g
         cdef float* work_p
         cdef Py_ssize_t mk = g.m * g.k, mn = g.m * g.n
-        if not _is_f32_c(a, mk):
+        if not is_f32_c(a, mk):
             import numpy as np
             a = np.ascontiguousarray(a, dtype=np.float32)
             if cnp.PyArray_SIZE(<cnp.ndarray>a) != mk:
                 raise ValueError(f"PreparedGemm: a must have {mk} elements")
-        if not _is_f32_c(y, mn) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
+        if not is_f32_c(y, mn) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
             raise ValueError(f"PreparedGemm: y must be a writeable C-contiguous float32 array of {mn} elements")
-        if not _is_f32_c(work, cnp.PyArray_SIZE(<cnp.ndarray>work) if type(work) is cnp.ndarray else -1) \
+        if not is_f32_c(work, cnp.PyArray_SIZE(<cnp.ndarray>work) if type(work) is cnp.ndarray else -1) \
                 or cnp.PyArray_SIZE(<cnp.ndarray>work) < self.work_size or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>work):
             raise ValueError(f"PreparedGemm: work must be a writeable float32 array of >= {self.work_size} floats")
         if residual is not None:
-            if not _is_f32_c(residual, mn):
+            if not is_f32_c(residual, mn):
                 raise ValueError(f"PreparedGemm: residual must be a C-contiguous float32 array of {mn} elements")
             g.res = <const float*>cnp.PyArray_DATA(<cnp.ndarray>residual)
         g.a = <const float*>cnp.PyArray_DATA(<cnp.ndarray>a)

@@ -17,6 +17,7 @@ Every output is summed by one thread in a fixed tap order, so results do not
 depend on the thread count.
 """
 cimport numpy as cnp
+from kernel_args cimport is_f32_c
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
 
@@ -144,15 +145,6 @@ cdef int _planes_in_registers(const nrt_gc_geom* g, const nrt_dwr_tap* taps, con
     return 0
 
 
-cdef inline bint _is_f32_c(object a, Py_ssize_t size):
-    """a is a C-contiguous float32 ndarray of `size` elements."""
-    if type(a) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            and cnp.PyArray_SIZE(arr) == size)
-
-
 cdef class PreparedGroupedConv:
     """PreparedGroupedConv(w, bias, x_shape, y_shape, sh, sw, pt, pl, dh, dw, group, n_threads, act=0):
     grouped_conv2d bound to its weight, bias, shapes, thread count and activation, checked once
@@ -178,9 +170,9 @@ cdef class PreparedGroupedConv:
         cdef nrt_gc_geom* g = &self.g
         N, C, H, W = (int(d) for d in x_shape)
         M, OH, OW = int(y_shape[1]), int(y_shape[2]), int(y_shape[3])
-        if w.ndim != 4 or not _is_f32_c(w, cnp.PyArray_SIZE(w)):
+        if w.ndim != 4 or not is_f32_c(w, cnp.PyArray_SIZE(w)):
             raise ValueError("PreparedGroupedConv: w must be a C-contiguous float32 (M, C / group, kh, kw) array")
-        if bias is not None and not _is_f32_c(bias, M):
+        if bias is not None and not is_f32_c(bias, M):
             raise ValueError(f"PreparedGroupedConv: bias must be a contiguous float32 array of {M} elements or None")
         # grouped_conv2d's checks, on empty arrays of the call's shapes
         grouped_conv2d(np.empty((0, C, H, W), np.float32), w, np.empty(0 if bias is None else M, np.float32),
@@ -209,11 +201,11 @@ cdef class PreparedGroupedConv:
         free(self.taps)
 
     def __call__(self, x, y):
-        if not _is_f32_c(x, self.x_size):
+        if not is_f32_c(x, self.x_size):
             x = np.ascontiguousarray(x, dtype=np.float32)
             if x.size != self.x_size:
                 raise ValueError(f"PreparedGroupedConv: x must have {self.x_size} elements, got {x.size}")
-        if not _is_f32_c(y, self.y_size) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
+        if not is_f32_c(y, self.y_size) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
             raise ValueError(f"PreparedGroupedConv: y must be a writeable C-contiguous float32 array of "
                              f"{self.y_size} elements")
         _run(&self.g, self.taps, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), self.wp, self.bp,

@@ -174,16 +174,21 @@ class ActivationEpilogue(GraphPass):
         outputs[0] = out
         new = make_node(node.op_type, list(node.input), outputs, node.name, **attrs)
         ctx.replace_nodes([node] + nodes, [new])
-        names = [n.name for n in nodes]
-        entry = next((e for e in ctx.report.fused if e.get("normrt_node") == node.name), None)
-        if entry is None:
-            entry = {"pass": self.name, "op": node.op_type, "pattern": node.op_type, "nodes": [node.name],
-                     "normrt_op": node.op_type, "normrt_node": node.name, "kernel": NORM_OPS[node.op_type].kernel,
-                     "activation": None, "residual": False}
-            ctx.report.fused.append(entry)
-        entry["activation"] = act
-        entry["nodes"] = list(entry.get("nodes", [])) + names
-        entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[act]}"
+        report_activation(ctx, self.name, node, act, [n.name for n in nodes])
+
+
+def report_activation(ctx, pass_name, node, act, names):
+    """The report entry of normrt node `node` (made if it has none) given activation `act` and
+    the names of the nodes it absorbed."""
+    entry = next((e for e in ctx.report.fused if e.get("normrt_node") == node.name), None)
+    if entry is None:
+        entry = {"pass": pass_name, "op": node.op_type, "pattern": node.op_type, "nodes": [node.name],
+                 "normrt_op": node.op_type, "normrt_node": node.name, "kernel": NORM_OPS[node.op_type].kernel,
+                 "activation": None, "residual": False}
+        ctx.report.fused.append(entry)
+    entry["activation"] = act
+    entry["nodes"] = list(entry.get("nodes", [])) + list(names)
+    entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[act]}"
 
 
 def match_activation(ctx, consumers, y, readers):

@@ -24,7 +24,7 @@ from ..elementwise_program import recognize
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from . import GraphPass
 from ._queries import is_normrt, is_op, node_attrs, take_fused_entry
-from .activation_epilogue import PATTERN_NAMES
+from .activation_epilogue import report_activation
 from .conv_epilogue import ConvEpilogue, ConvMatch
 
 # elementwise_program.RECOGNIZED's names that are kernel activations (normrt.ACTIVATIONS)
@@ -101,15 +101,7 @@ class ActivationPrograms(GraphPass):
         attrs = dict(plan["attrs"], activation=plan["activation"])
         new = make_node(host.op_type, list(host.input), [program.output[0]], host.name, **attrs)
         ctx.replace_nodes([host, program], [new])
-        entry = next((e for e in ctx.report.fused if e.get("normrt_node") == host.name), None)
-        if entry is None:
-            entry = {"pass": self.name, "op": host.op_type, "pattern": host.op_type, "nodes": [host.name],
-                     "normrt_op": host.op_type, "normrt_node": host.name, "kernel": NORM_OPS[host.op_type].kernel,
-                     "activation": None, "residual": False}
-            ctx.report.fused.append(entry)
-        entry["activation"] = plan["activation"]
-        entry["nodes"] = list(entry.get("nodes", [])) + list((absorbed or {}).get("nodes", [program.name]))
-        entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[plan['activation']]}"
+        report_activation(ctx, self.name, host, plan["activation"], (absorbed or {}).get("nodes", [program.name]))
 
     def run(self, ctx):
         self._plans = {}
