@@ -375,3 +375,22 @@ def test_out_calls_that_the_kernel_refuses_take_the_checked_path():
         normrt.layer_norm(np.empty((0, 32), np.float32), out=np.empty((1, 32), np.float32))
     with pytest.raises(TypeError, match="x must be a float32 or float64"):
         normrt.layer_norm(np.ones((4, 32), np.int64), out=np.empty((4, 32), np.int64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 9), width=st.sampled_from([1, 7, 33, 128, 1024, 1025]),
+       dtype=st.sampled_from([np.float32, np.float16]), residual=st.booleans(), threads=st.integers(1, 3),
+       seed=st.integers(0, 2 ** 16))
+def test_rows_normalized_in_pairs_give_each_rows_own_bits(rows, width, dtype, residual, threads, seed):
+    # short rows go two at a time (their scalar tails overlap); each row must still get exactly
+    # the bits of its own call (a one-row call normalizes it alone), statistics and sum included
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((rows, width)) * 3 + 1).astype(dtype)
+    res = (r.standard_normal((rows, width))).astype(dtype) if residual else None
+    s, b = r.standard_normal(width).astype(np.float32), r.standard_normal(width).astype(np.float32)
+    with normrt.threads(threads):
+        y, mean, rstd = normrt.layer_norm(x, s, b, residual=res, return_stats=True)
+    for i in range(rows):
+        yi, mi, ri = normrt.layer_norm(x[i:i + 1], s, b, residual=None if res is None else res[i:i + 1],
+                                       return_stats=True)
+        assert np.array_equal(y[i:i + 1], yi) and np.array_equal(mean[i], mi[0]) and np.array_equal(rstd[i], ri[0])
