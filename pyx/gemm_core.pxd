@@ -25,6 +25,9 @@ cdef extern from "gemm_microkernel.h":
     const int K_RELU "NRT_RELU"
     const char* NRT_ISA
     void nrt_copy_nr(float* d, const float* s) noexcept nogil
+    void nrt_gemv_panels(long m, long k, long n, long kcb, const float* a, long lda, const float* bpk,
+                         long jp0, long jp1, float* c, long ldc, const float* bias_row, const float* bias_col,
+                         const float* res, int relu) noexcept nogil
     void nrt_pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                         Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil
     bint nrt_pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
@@ -740,9 +743,41 @@ cdef inline void gemm_job(void* ctx, long j, int slot) noexcept nogil:
     run_jobs(c.g, c.s, j, c.s.mb * c.s.nb, thread_work(c.work, slot))
 
 
+cdef enum:
+    GEMV_ROWS = 4       # products of at most this many rows against a prepacked B: run_gemv
+    GEMV_JOB_PANELS = 4 # B panels per run_gemv job
+
+
+cdef inline void gemv_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef Problem* g = <Problem*>ctx
+    cdef Py_ssize_t np_ = (g.n + NR - 1) // NR
+    nrt_gemv_panels(g.m, g.k, g.n, KC, g.a, g.lda, g.b, j * GEMV_JOB_PANELS,
+                    min(np_, (j + 1) * GEMV_JOB_PANELS), g.c, g.ldc,
+                    g.bias if g.bias != NULL and g.bias_axis == 0 else NULL,
+                    g.bias if g.bias != NULL and g.bias_axis == 1 else NULL, g.res, g.act == ACT_RELU)
+
+
+cdef inline bint run_gemv(Problem* g, int nt) noexcept nogil:
+    """A product of at most GEMV_ROWS rows against a prepacked B (a batch-1 Linear layer):
+    nrt_gemv_panels over groups of B panels, the packed GEMM's bits for each output, B read
+    once; False (nothing done) for any other problem."""
+    cdef Py_ssize_t np_, r
+    if g.m > GEMV_ROWS or g.b_src != SRC_PACKED or g.a_src != SRC_MATRIX or g.transposed \
+            or g.c_row0 != 0 or g.c_col0 != 0 or g.m == 0 or g.n == 0 or g.k == 0:
+        return False
+    np_ = (g.n + NR - 1) // NR
+    run_parallel(gemv_job, g, (np_ + GEMV_JOB_PANELS - 1) // GEMV_JOB_PANELS, nt)
+    if g.act != 0 and g.act != ACT_RELU:
+        for r in range(g.m):
+            activate_span(g.c + r * g.ldc, g.n, g.act)
+    return True
+
+
 cdef inline void run_gemm(Problem* g, Split s, float* work, int nt) noexcept nogil:
     """One GEMM problem's job grid `s` on nt threads (gemm.gemm, prepared_gemm)."""
     cdef GemmJobs gj
+    if run_gemv(g, nt):
+        return
     gj.g = g
     gj.s = s
     gj.work = work

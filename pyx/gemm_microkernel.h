@@ -183,6 +183,80 @@ nrt_pad_phases(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ss
 #endif
 }
 
+/* Rows r0 .. r0 + R - 1 (R <= 4) of a product with few rows against a prepacked B, panels
+   [jp0, jp1): nrt_kernel's arithmetic for each output (per K block of kcb, a fused
+   multiply-add chain from 0 over k ascending; the blocks' sums added to C in order; then
+   + bias_row, + bias_col, + res, ReLU), so the same bits as the packed GEMM, without its
+   MR-row A panels: a batch-1 classifier head (1 x 1024 @ 1024 x 1000) computed 8 rows for 1
+   and ran at a quarter of the weight's streaming speed. a: row-major, row stride lda. */
+static inline __attribute__((always_inline)) void
+nrt_gemv_rows(const int R, long r0, long k, long n, long kcb, const float* restrict a, long lda,
+              const float* restrict bpk, long jp0, long jp1, float* restrict c, long ldc,
+              const float* restrict bias_row, const float* restrict bias_col, const float* restrict res,
+              int relu)
+{
+    const long np = (n + NRT_NR - 1) / NRT_NR;
+    for (long jp = jp0; jp < jp1; jp++) {
+        nrt_v cv[4][2];
+        for (long pc = 0; pc < k; pc += kcb) {
+            const long kc = k - pc < kcb ? k - pc : kcb;
+            const float* bp = bpk + pc * np * NRT_NR + jp * NRT_NR * kc;
+            nrt_v acc[4][2];
+            for (int i = 0; i < R; i++)
+                acc[i][0] = acc[i][1] = NRT_BCAST(0.0f);
+            for (long p = 0; p < kc; p++) {
+                nrt_v b0 = *(const nrt_vu*)(bp + p * NRT_NR);
+                nrt_v b1 = *(const nrt_vu*)(bp + p * NRT_NR + NRT_VW);
+                for (int i = 0; i < R; i++) {
+                    nrt_v ai = NRT_BCAST(a[(r0 + i) * lda + pc + p]);
+                    acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
+                    acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+                }
+            }
+            for (int i = 0; i < R; i++) {
+                cv[i][0] = pc == 0 ? acc[i][0] : cv[i][0] + acc[i][0];
+                cv[i][1] = pc == 0 ? acc[i][1] : cv[i][1] + acc[i][1];
+            }
+        }
+        const long c0 = jp * NRT_NR, w = n - c0 < NRT_NR ? n - c0 : NRT_NR;
+        for (int i = 0; i < R; i++) {
+            float t[NRT_NR];
+            *(nrt_vu*)t = cv[i][0];
+            *(nrt_vu*)(t + NRT_VW) = cv[i][1];
+            float* crow = c + (r0 + i) * ldc + c0;
+            for (long j = 0; j < w; j++) {
+                float v = t[j];
+                if (bias_row)
+                    v = v + bias_row[r0 + i];
+                if (bias_col)
+                    v = v + bias_col[c0 + j];
+                if (res)
+                    v = v + res[(r0 + i) * ldc + c0 + j];
+                if (relu && v < 0.0f)
+                    v = 0.0f;     /* nrt_relu: v < 0 gives +0; NaN and -0 stay */
+                crow[j] = v;
+            }
+        }
+    }
+}
+
+/* nrt_gemv_rows over all m rows, four at a time */
+__attribute__((unused)) static void
+nrt_gemv_panels(long m, long k, long n, long kcb, const float* restrict a, long lda, const float* restrict bpk,
+                long jp0, long jp1, float* restrict c, long ldc, const float* restrict bias_row,
+                const float* restrict bias_col, const float* restrict res, int relu)
+{
+    long r0 = 0;
+    for (; r0 + 4 <= m; r0 += 4)
+        nrt_gemv_rows(4, r0, k, n, kcb, a, lda, bpk, jp0, jp1, c, ldc, bias_row, bias_col, res, relu);
+    switch (m - r0) {
+    case 3: nrt_gemv_rows(3, r0, k, n, kcb, a, lda, bpk, jp0, jp1, c, ldc, bias_row, bias_col, res, relu); break;
+    case 2: nrt_gemv_rows(2, r0, k, n, kcb, a, lda, bpk, jp0, jp1, c, ldc, bias_row, bias_col, res, relu); break;
+    case 1: nrt_gemv_rows(1, r0, k, n, kcb, a, lda, bpk, jp0, jp1, c, ldc, bias_row, bias_col, res, relu); break;
+    default: break;
+    }
+}
+
 #define NRT_FIRST 1
 #define NRT_LAST 2
 /* with NRT_LAST: ReLU on the stored tile (moments.pxd's activate_span, same

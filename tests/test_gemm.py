@@ -1,7 +1,7 @@
 """normrt.matmul (the packed float32 GEMM kernel) against a float64 reference."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import normrt
@@ -213,3 +213,24 @@ def test_forked_child_still_computes():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 4), k=st.integers(1, 600), n=st.integers(1, 200), bias=st.booleans(), residual=st.booleans(),
+       act=st.sampled_from(ACTS), threads=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+def test_few_rows_give_the_packed_products_bits(m, k, n, bias, residual, act, threads, seed):
+    # up to 4 rows against a packed weight run as a matrix-vector product (B streamed once,
+    # no 8-row A panels); each output must keep the packed GEMM's bits: the same rows inside
+    # a 9-row product (which takes the packed path) are the oracle, float64 the reference
+    r = np.random.default_rng(seed)
+    a = r.standard_normal((9, k)).astype(np.float32)
+    w = r.standard_normal((k, n)).astype(np.float32)
+    b = r.standard_normal(n).astype(np.float32) if bias else None
+    res = r.standard_normal((9, n)).astype(np.float32) if residual else None
+    pw = normrt.pack_matmul_weight(w)
+    with normrt.threads(threads):
+        few = normrt.matmul(a[:m], pw, bias=b, residual=None if res is None else res[:m], activation=act)
+    full = normrt.matmul(a, pw, bias=b, residual=res, activation=act)
+    assert np.array_equal(few, full[:m])
+    want = ref(a[:m], w, b, None if res is None else res[:m], act)
+    np.testing.assert_allclose(few, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
