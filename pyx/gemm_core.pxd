@@ -745,7 +745,7 @@ cdef inline void gemm_job(void* ctx, long j, int slot) noexcept nogil:
 
 cdef enum:
     GEMV_ROWS = 4       # products of at most this many rows against a prepacked B: run_gemv
-    GEMV_JOB_PANELS = 4 # B panels per run_gemv job
+    GEMV_JOB_PANELS = 8 # B panels per run_gemv job (gemm_microkernel.h's NRT_GEMV_PANELS)
 
 
 cdef inline void gemv_job(void* ctx, long j, int slot) noexcept nogil:

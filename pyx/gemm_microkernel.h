@@ -183,8 +183,11 @@ nrt_pad_phases(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ss
 #endif
 }
 
+/* B panels per nrt_gemv_panels call (gemm_core.pxd's GEMV_JOB_PANELS) */
+#define NRT_GEMV_PANELS 8
+
 /* Rows r0 .. r0 + R - 1 (R <= 4) of a product with few rows against a prepacked B, panels
-   [jp0, jp1): nrt_kernel's arithmetic for each output (per K block of kcb, a fused
+   [jp0, jp1) (at most NRT_GEMV_PANELS): nrt_kernel's arithmetic for each output (per K block of kcb, a fused
    multiply-add chain from 0 over k ascending; the blocks' sums added to C in order; then
    + bias_row, + bias_col, + res, ReLU), so the same bits as the packed GEMM, without its
    MR-row A panels: a batch-1 classifier head (1 x 1024 @ 1024 x 1000) computed 8 rows for 1
@@ -195,34 +198,57 @@ nrt_gemv_rows(const int R, long r0, long k, long n, long kcb, const float* restr
               const float* restrict bias_row, const float* restrict bias_col, const float* restrict res,
               int relu)
 {
+    /* K blocks outer, the job's panels inner: a K block's panels are adjacent in the packed B,
+       so B streams through memory in runs of (jp1 - jp0) panels. 1 x 1024 @ 1024 x 1000, one
+       thread: 51-57 us with the weight in L3 (numpy's sgemv 34-45 us), 180-195 us from memory
+       (numpy 74-145 us: this VM's memory bandwidth swings; the packed GEMM took ~330 us) */
     const long np = (n + NRT_NR - 1) / NRT_NR;
-    for (long jp = jp0; jp < jp1; jp++) {
-        nrt_v cv[4][2];
-        for (long pc = 0; pc < k; pc += kcb) {
-            const long kc = k - pc < kcb ? k - pc : kcb;
-            const float* bp = bpk + pc * np * NRT_NR + jp * NRT_NR * kc;
-            nrt_v acc[4][2];
-            for (int i = 0; i < R; i++)
-                acc[i][0] = acc[i][1] = NRT_BCAST(0.0f);
+    float cs[NRT_GEMV_PANELS][4][NRT_NR] __attribute__((aligned(64)));
+    for (long pc = 0; pc < k; pc += kcb) {
+        const long kc = k - pc < kcb ? k - pc : kcb;
+        /* PB panels side by side: R * PB * 2 independent multiply-add chains (one panel's two
+           were latency-bound: 4 cycles per k), each output's own chain unchanged */
+        const int PB = R <= 2 ? 4 : 2;
+        for (long jq = jp0; jq < jp1; jq += PB) {
+            const int pb = jp1 - jq < PB ? (int)(jp1 - jq) : PB;
+            const float* bp = bpk + pc * np * NRT_NR + jq * NRT_NR * kc;
+            nrt_v acc[4][4][2];
+            for (int q = 0; q < PB; q++)
+                for (int i = 0; i < R; i++)
+                    acc[q][i][0] = acc[q][i][1] = NRT_BCAST(0.0f);
             for (long p = 0; p < kc; p++) {
-                nrt_v b0 = *(const nrt_vu*)(bp + p * NRT_NR);
-                nrt_v b1 = *(const nrt_vu*)(bp + p * NRT_NR + NRT_VW);
-                for (int i = 0; i < R; i++) {
-                    nrt_v ai = NRT_BCAST(a[(r0 + i) * lda + pc + p]);
-                    acc[i][0] = NRT_FMA(ai, b0, acc[i][0]);
-                    acc[i][1] = NRT_FMA(ai, b1, acc[i][1]);
+                nrt_v ai[4];
+                for (int i = 0; i < R; i++)
+                    ai[i] = NRT_BCAST(a[(r0 + i) * lda + pc + p]);
+                for (int q = 0; q < PB; q++) {
+                    if (q >= pb)
+                        break;
+                    const float* bq = bp + q * NRT_NR * kc + p * NRT_NR;
+                    nrt_v b0 = *(const nrt_vu*)bq;
+                    nrt_v b1 = *(const nrt_vu*)(bq + NRT_VW);
+                    for (int i = 0; i < R; i++) {
+                        acc[q][i][0] = NRT_FMA(ai[i], b0, acc[q][i][0]);
+                        acc[q][i][1] = NRT_FMA(ai[i], b1, acc[q][i][1]);
+                    }
                 }
             }
-            for (int i = 0; i < R; i++) {
-                cv[i][0] = pc == 0 ? acc[i][0] : cv[i][0] + acc[i][0];
-                cv[i][1] = pc == 0 ? acc[i][1] : cv[i][1] + acc[i][1];
-            }
+            for (int q = 0; q < pb; q++)
+                for (int i = 0; i < R; i++) {
+                    float* t = cs[jq + q - jp0][i];
+                    if (pc == 0) {
+                        *(nrt_vu*)t = acc[q][i][0];
+                        *(nrt_vu*)(t + NRT_VW) = acc[q][i][1];
+                    } else {
+                        *(nrt_vu*)t = *(nrt_vu*)t + acc[q][i][0];
+                        *(nrt_vu*)(t + NRT_VW) = *(nrt_vu*)(t + NRT_VW) + acc[q][i][1];
+                    }
+                }
         }
+    }
+    for (long jp = jp0; jp < jp1; jp++) {
         const long c0 = jp * NRT_NR, w = n - c0 < NRT_NR ? n - c0 : NRT_NR;
         for (int i = 0; i < R; i++) {
-            float t[NRT_NR];
-            *(nrt_vu*)t = cv[i][0];
-            *(nrt_vu*)(t + NRT_VW) = cv[i][1];
+            const float* t = cs[jp - jp0][i];
             float* crow = c + (r0 + i) * ldc + c0;
             for (long j = 0; j < w; j++) {
                 float v = t[j];
