@@ -603,7 +603,7 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
     if act == ACT_NONE:
         return
     if real is float:
-        if (act == ACT_RELU or act == ACT_SILU) and vec_activate(y, n, act):
+        if act != ACT_GELU and act != ACT_SIGMOID and act != ACT_GELU_TANH and vec_activate(y, n, act):
             return
         if act == ACT_RELU:
             for i in range(n):
