@@ -86,3 +86,18 @@ def test_report_names_the_fused_nodes():
     (entry,) = [e for e in sess.report["fused"] if e.get("activation") == "gelu_tanh"]
     assert entry["normrt_op"] == "MatMul" and "GELU(tanh)" in entry["pattern"]
     assert "host" in entry["nodes"] and len(entry["nodes"]) > 5
+
+
+def test_a_constant_of_higher_rank_keeps_the_program(ort_cpu_run):
+    # GELU whose 0.5 is a (1, 1, 1, 1) constant: the program's output has rank 4 where the
+    # LayerNorm's has 3, so it is not the LayerNorm's epilogue
+    model, feeds = build("layernorm", "tanh", 0, "pow", False, 11)
+    for init in model.graph.initializer:
+        if init.name == "half":
+            init.CopyFrom(numpy_helper.from_array(np.full((1, 1, 1, 1), 0.5, np.float32), "half"))
+    sess = normrt.InferenceSession(model)
+    got = sess.run(None, feeds)[0]
+    want = ort_cpu_run(model.SerializeToString(), feeds)[0]
+    assert got.shape == want.shape == (1, 3, 4, 33)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    assert not activations(sess)

@@ -17,7 +17,8 @@ normrt::Conv as conv_epilogue makes it), read by nothing else, the node goes:
 Refused (`check` gives the reason; the Elementwise node then runs as it is): y read by other
 nodes or a graph output; a producer that already has an activation or more outputs than y
 (statistics); an expression that is no recognized activation (look-alike constants: 0.0447
-for 0.044715 stays a program); an element type change between y and z.
+for 0.044715 stays a program); an element type change between y and z, or z's shape not
+known to be y's (a constant of higher rank raises the program's output rank).
 """
 from ..domain import NORM_OPS, make_node
 from ..elementwise_program import recognize
@@ -74,6 +75,9 @@ class ActivationPrograms(GraphPass):
             return "the program computes no kernel activation"
         if ctx.elem_type(y) != ctx.elem_type(program.output[0]):
             return "the program changes the element type"
+        if ctx.shape(y) is None or ctx.shape(program.output[0]) != ctx.shape(y):
+            # (a constant of higher rank raises the program's output rank: out_rank)
+            return "the program's output shape is not known to be y's"
         if is_op(host, "Conv"):            # a standard Conv: conv_epilogue's checks and node
             conv_match = ConvMatch(host, activation=act, act_nodes=[program], out=program.output[0])
             reason = ConvEpilogue().check(ctx, conv_match)
