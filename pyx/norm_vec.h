@@ -444,10 +444,12 @@ NRT_AI __m512 nrt_hard_sigmoid(__m512 v) {
     return _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_setzero_ps(), h));
 }
 
-/* relu6, hardsigmoid, hardswish over y[0:n] in place: activate_span's bits (same operations,
-   the same NaN and -0.0 handling); the scalar loops cost a hardswish stem (16 x 112 x 112)
-   46 us, a fifth of its conv */
-NRT_AI __m512 nrt_hard_act(__m512 v, int act) {
+/* relu, relu6, hardsigmoid, hardswish: activate_span's bits (same operations, the same NaN
+   and -0.0 handling); the scalar loops cost a hardswish stem (16 x 112 x 112) 46 us, a fifth
+   of its conv */
+NRT_AI __m512 nrt_clamp_act(__m512 v, int act) {
+    if (act == NRT_VEC_ACT_RELU)
+        return nrt_activate(v, NRT_VEC_ACT_RELU);
     if (act == NRT_VEC_ACT_RELU6)
         return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(_mm512_setzero_ps(), v));
     if (act == NRT_VEC_ACT_HARDSIGMOID)
@@ -455,27 +457,19 @@ NRT_AI __m512 nrt_hard_act(__m512 v, int act) {
     return _mm512_mul_ps(v, nrt_hard_sigmoid(v));
 }
 
-/* moments.pxd's activate_span on float32 y[0:n] in place, for relu and silu: the
+/* moments.pxd's activate_span on float32 y[0:n] in place, for relu, the clamps and silu: the
    vectors of nrt_activate (silu: nrt_silu's exp, as the norms' SiLU epilogues), a
    short tail one masked load and store. A conv's SiLU epilogue spent 1.8 cycles
    per element in the Cython loop's exp and division. */
 static inline int nrt_vec_activate(float* y, ptrdiff_t n, int act) {
     ptrdiff_t i = 0;
-    if (act == NRT_VEC_ACT_RELU) {
+    if (act == NRT_VEC_ACT_RELU || act == NRT_VEC_ACT_RELU6 || act == NRT_VEC_ACT_HARDSIGMOID
+            || act == NRT_VEC_ACT_HARDSWISH) {
         for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(y + i, nrt_activate(_mm512_loadu_ps(y + i), NRT_VEC_ACT_RELU));
+            _mm512_storeu_ps(y + i, nrt_clamp_act(_mm512_loadu_ps(y + i), act));
         if (i < n) {
             __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-            _mm512_mask_storeu_ps(y + i, m, nrt_activate(_mm512_maskz_loadu_ps(m, y + i), NRT_VEC_ACT_RELU));
-        }
-        return 1;
-    }
-    if (act == NRT_VEC_ACT_RELU6 || act == NRT_VEC_ACT_HARDSIGMOID || act == NRT_VEC_ACT_HARDSWISH) {
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(y + i, nrt_hard_act(_mm512_loadu_ps(y + i), act));
-        if (i < n) {
-            __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
-            _mm512_mask_storeu_ps(y + i, m, nrt_hard_act(_mm512_maskz_loadu_ps(m, y + i), act));
+            _mm512_mask_storeu_ps(y + i, m, nrt_clamp_act(_mm512_maskz_loadu_ps(m, y + i), act));
         }
         return 1;
     }

@@ -18,11 +18,7 @@ from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, compute_dtype, low_precision, op
 
 
-def _pool_geometry(node, x):
-    return _geometry_of(node, x.shape)
-
-
-def _geometry_of(node, shape):
+def _pool_geometry(node, shape):
     nsp = len(shape) - 2
     kernel = attr_ints(node, "kernel_shape")
     strides = attr_ints(node, "strides") or [1] * nsp
@@ -53,6 +49,10 @@ def _lowest(dtype):
     return np.iinfo(dtype).min
 
 
+# the plane kernel's row / column tap counts when there are none (MaxPool)
+_NO_COUNTS = np.empty(0, np.int64)
+
+
 def _planes_ok(x):
     return x.ndim == 4 and x.dtype in (np.float32, np.float64) and x.size > 0
 
@@ -62,9 +62,8 @@ def _pool2d(x, kernel, strides, dil, pb, out_sp, is_max, row_count=None, col_cou
     n, c, h, w = x.shape
     xc = np.ascontiguousarray(x).reshape(n * c, h, w)
     y = np.empty((n * c,) + tuple(out_sp), x.dtype)
-    none = np.empty(0, np.int64)
     _kpool.pool2d(xc, y, kernel[0], kernel[1], strides[0], strides[1], pb[0], pb[1], dil[0], dil[1],
-                  is_max, none if row_count is None else row_count, none if col_count is None else col_count,
+                  is_max, _NO_COUNTS if row_count is None else row_count, _NO_COUNTS if col_count is None else col_count,
                   memory_bound(xc.size))
     return y.reshape((n, c) + tuple(out_sp))
 
@@ -81,7 +80,7 @@ def fast_pool(src, node, args, out_meta, buffer, n_threads):
     xshape = tuple(int(d) for d in xshape)
     if len(xshape) != 4 or dx not in (np.float32, np.float64) or 0 in xshape:
         return None
-    kernel, strides, dil, pb, pe, out_sp, _ = _geometry_of(node, xshape)
+    kernel, strides, dil, pb, pe, out_sp, _ = _pool_geometry(node, xshape)
     if min(pb) < 0 or min(out_sp) < 1 or tuple(out_meta[0]) != xshape[:2] + tuple(out_sp):
         return None
     if not is_max and list(out_sp) == [1, 1]:
@@ -104,12 +103,9 @@ def fast_pool(src, node, args, out_meta, buffer, n_threads):
     return f"{src.bind(pool_into, '_pool_into')}({ex}, {buffer if buffer is not None else 'None'})"
 
 
-_NO_COUNTS = np.empty(0, np.int64)
-
-
 @op("MaxPool", since=1, supports=_maxpool_supported)
 def max_pool(node, x):
-    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
+    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x.shape)
     if _planes_ok(x) and min(pb) >= 0:
         return _pool2d(x, kernel, strides, dil, pb, out_sp, True)
     xp = pad_to(x, pb, need, _lowest(x.dtype))
@@ -146,7 +142,7 @@ def _tap_counts(in_len, pb, pe, k, s, d, o, include_pad):
 
 @op("AveragePool", since=1, supports=_avgpool_supported)
 def average_pool(node, x):
-    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x)
+    kernel, strides, dil, pb, pe, out_sp, need = _pool_geometry(node, x.shape)
     include_pad = bool(node.attrs.get("count_include_pad", 0))
     if _planes_ok(x) and list(kernel) == list(x.shape[2:]) and not any(pb) and not any(pe) \
             and list(out_sp) == [1, 1]:

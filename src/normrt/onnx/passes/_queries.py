@@ -320,3 +320,36 @@ def take_fused_entry(ctx, normrt_node_name):
         if e.get("normrt_node") == normrt_node_name:
             return ctx.report.fused.pop(i)
     return None
+
+
+# float32's largest value: Clip's default bounds before opset 11
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def clip_bounds(ctx, node):
+    """(lo, hi) of a Clip whose bounds are constant float scalars (None: no bound), or why not (a str).
+
+    Opset < 11 has them as attributes (opset 6-10 default to -+FLT_MAX, read as no bound),
+    later opsets as optional inputs. (activation_epilogue's ReLU6, lp_normalize's eps.)"""
+    attrs, reason = node_attrs(node)
+    if reason:
+        return reason
+    if ctx.opsets.get("", 0) < 11:
+        lo, hi = attrs.get("min"), attrs.get("max")
+    else:
+        values = []
+        for i in (1, 2):
+            name = node.input[i] if len(node.input) > i else ""
+            if not name:
+                values.append(None)
+                continue
+            if not ctx.is_constant(name):
+                return f"Clip {node.name!r}: bound {name!r} is not a constant"
+            v = ctx.constants[name]
+            if v.size != 1 or not is_float(v.dtype):
+                return f"Clip {node.name!r}: bound {name!r} is not a float scalar"
+            values.append(float(np.asarray(v).reshape(())))
+        lo, hi = values
+    lo = None if lo is None or lo <= -FLT_MAX else float(lo)
+    hi = None if hi is None or hi >= FLT_MAX else float(hi)
+    return lo, hi

@@ -35,12 +35,10 @@ Refused (reason in the report):
 """
 import math
 
-import numpy as np
-
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import (close_to, constant_rel_tol, is_float, is_op, node_attrs, present, private_reason,
+from ._queries import (clip_bounds, close_to, constant_rel_tol, is_op, node_attrs, present, private_reason,
                        scalar_constant)
 
 SQRT2 = math.sqrt(2.0)
@@ -51,7 +49,6 @@ PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish")
 # torch's hardsigmoid, relu6(x + 3) / 6, as exporters write HardSigmoid's attributes
 HARD_SIGMOID = (1.0 / 6.0, 0.5)
-_FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def _has_activation_attr(node):
@@ -263,31 +260,3 @@ def match_activation(ctx, consumers, y, readers):
                                     rank)
     return f"no activation among the consumers {ops}"
 
-
-def clip_bounds(ctx, node):
-    """(lo, hi) of a Clip whose bounds are constant float scalars (None: no bound), or why not (a str).
-
-    Opset < 11 has them as attributes (opset 6-10 default to -+FLT_MAX, read as no bound),
-    later opsets as optional inputs."""
-    attrs, reason = node_attrs(node)
-    if reason:
-        return reason
-    if ctx.opsets.get("", 0) < 11:
-        lo, hi = attrs.get("min"), attrs.get("max")
-    else:
-        values = []
-        for i in (1, 2):
-            name = node.input[i] if len(node.input) > i else ""
-            if not name:
-                values.append(None)
-                continue
-            if not ctx.is_constant(name):
-                return f"Clip {node.name!r}: bound {name!r} is not a constant"
-            v = ctx.constants[name]
-            if v.size != 1 or not is_float(v.dtype):
-                return f"Clip {node.name!r}: bound {name!r} is not a float scalar"
-            values.append(float(np.asarray(v).reshape(())))
-        lo, hi = values
-    lo = None if lo is None or lo <= -_FLT_MAX else float(lo)
-    hi = None if hi is None or hi >= _FLT_MAX else float(hi)
-    return lo, hi

@@ -29,7 +29,7 @@ import numpy as np
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
 from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_float, is_op
-from ._queries import node_attrs
+from ._queries import clip_bounds, node_attrs
 from ._stats import float_attr_reason
 
 PATTERN = "F.normalize(ReduceL2/Clip/Expand/Div)"
@@ -48,7 +48,7 @@ class LpMatch:
         return [n for n in (self.reduce, self.clip, self.shape, self.expand, self.div) if n is not None]
 
 
-def clip_min(ctx, node, opset):
+def clip_min(ctx, node):
     """(eps, None) for a Clip/Max that bounds its input below by a constant eps >= 0, or (None, reason)."""
     if is_op(node, "Max"):
         if len(node.input) != 2:
@@ -56,19 +56,15 @@ def clip_min(ctx, node, opset):
         other = node.input[1]
         v = ctx.constants.get(other)
     else:
-        attrs, reason = node_attrs(node)
-        if reason:
-            return None, reason
-        if opset < 11:
-            if attrs.get("max") is not None and attrs["max"] < 3.4e38:
-                return None, f"{node.name!r}: Clip with max={attrs['max']}"
-            v = np.asarray(attrs.get("min", -np.inf))
-        else:
-            if len(node.input) > 2 and node.input[2]:
-                return None, f"{node.name!r}: Clip with a max"
-            if len(node.input) < 2 or not node.input[1]:
-                return None, f"{node.name!r}: Clip without a min"
-            v = ctx.constants.get(node.input[1])
+        bounds = clip_bounds(ctx, node)       # (activation_epilogue's reading of Clip's bounds)
+        if isinstance(bounds, str):
+            return None, bounds
+        lo, hi = bounds
+        if hi is not None:
+            return None, f"{node.name!r}: Clip with max={hi}"
+        if lo is None:
+            return None, f"{node.name!r}: Clip without a min"
+        v = np.float64(lo)
     if v is None:
         return None, f"{node.name!r}: the lower bound is not a constant"
     v = np.asarray(v)
@@ -147,7 +143,7 @@ class LpNormalize(GraphPass):
         axis, reason = single_axis(ctx, m.reduce, rank)
         if reason:
             return reason
-        eps, reason = clip_min(ctx, m.clip, ctx.opsets.get("", 0))
+        eps, reason = clip_min(ctx, m.clip)
         if reason:
             return reason
         reason = float_attr_reason("eps", eps)
