@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import normrt
-from dtype_checks import ACTS as ACTIVATIONS, assert_concurrent_calls_match, ref_act, same_bits
+from dtype_checks import ACTS as ACTIVATIONS, ALL_FLOAT_DTYPES, assert_concurrent_calls_match, ref_act, same_bits
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 # normrt runs calls on fewer elements than this on one thread (moments.pxd PARALLEL_MIN);
@@ -697,3 +697,31 @@ def test_adain_unbiased_must_be_bool(bad):
     x = np.ones((1, 2, 3), np.float32)
     with pytest.raises(TypeError, match="unbiased"):
         normrt.adain(x, x, unbiased=bad)
+
+
+# ---------------------------------------------------------------- the unchecked fast path
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from(ALL_FLOAT_DTYPES), n=st.integers(1, 3), groups=st.integers(1, 4),
+       per=st.integers(1, 3), spatial=st.lists(st.integers(1, 7), min_size=1, max_size=2),
+       act=st.sampled_from([None, "relu", "silu"]), instance=st.booleans(), with_out=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_fast_path_gives_the_checked_paths_bits(dtype, n, groups, per, spatial, act, instance, with_out, seed):
+    """Parameters already in the kernel's dtype take the fast path (group_norm's _fast); the same
+    values as Python lists take the checked path, which converts them: the same bits, out= or not."""
+    rng = np.random.default_rng(seed)
+    C = groups * per
+    x = (rng.standard_normal((n, C, *spatial)) * 2 + 1).astype(dtype)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    scale, bias = (rng.standard_normal(C).astype(dtype).astype(pdt) for _ in range(2))
+
+    def call(s, b, **kw):
+        if instance:
+            return normrt.instance_norm(x, s, b, activation=act, **kw)
+        return normrt.group_norm(x, groups, s, b, activation=act, **kw)
+
+    out = np.empty_like(x) if with_out else None
+    fast = call(scale, bias, out=out)
+    assert fast is out or out is None
+    checked = call(scale.tolist(), bias.tolist())
+    assert same_bits(fast, checked)

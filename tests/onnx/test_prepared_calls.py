@@ -1,17 +1,20 @@
-"""Kernel nodes of specialized plans called through calls prepared once (kernel_calls.prepared_*):
-bitwise the generic plan's results (the normrt op's full call), right against onnx.reference,
-for new input shapes after specialization too."""
+"""Kernel nodes of specialized plans called through calls prepared once (kernel_calls.prepared_*,
+domain.py's `prepare`): bitwise the generic plan's results (the normrt op's full call), right
+against onnx.reference or a float64 numpy reference, for new input shapes after specialization too."""
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from test_pass_attention_layout import feeds_for, heads_model
 
 import normrt
+from dtype_checks import ALL_FLOAT_DTYPES, assert_close_in_dtype, dtype_name, ref_act
+from normrt.onnx.domain import make_node as normrt_node
 
 
 def _specialized_and_generic(sess, feeds):
@@ -322,3 +325,118 @@ def test_gather_of_run_time_indices_fast_step_bitwise_generic(vocab, width, ids,
     assert _prepared(sess, "np.take(")
     with pytest.raises(Exception):
         sess.run(None, {"ids": np.full(ids, n, idx_type)})
+
+
+# ------------------------------------------ GroupNorm, InstanceNorm, BatchNorm (domain.py's `prepare`)
+ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+        np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(ml_dtypes.bfloat16): TensorProto.BFLOAT16}
+NORM_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NORM_DTYPES = pytest.mark.parametrize("dtype", ALL_FLOAT_DTYPES, ids=dtype_name)
+EPS = 1e-5
+
+
+def _norm_model(node, x_shape, dtype, inits):
+    elem = ELEM[np.dtype(dtype)]
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, list(x_shape))],
+                              [helper.make_tensor_value_info("y", elem, list(x_shape))],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
+
+
+def _run(model, x, name):
+    """The specialized plan's output (bitwise the generic one's), after checking it took the
+    prepared call bound as `name`."""
+    sess = normrt.InferenceSession(model.SerializeToString())
+    y = _specialized_and_generic(sess, {"x": x})[0]
+    assert _prepared(sess, name), f"the node runs its prepared call {name}"
+    return y
+
+
+def _params(rng, n, dtype, pdt):
+    """scale, bias of n entries in pdt (float32 or X's dtype), values X's dtype holds exactly."""
+    return [(rng.standard_normal(n) * s + o).astype(dtype).astype(pdt) for s, o in ((0.5, 1.0), (0.5, 0.0))]
+
+
+def _check_norm(y, ref, dtype):
+    # float32 arithmetic before the one rounding to the output dtype (float64: exact statistics)
+    assert_close_in_dtype(y, ref, dtype, ulps=1.0 if np.dtype(dtype).itemsize == 2 else 64.0, f32_rel=2.0 ** -19)
+
+
+def _grouped_ref(x, groups, scale, bias, act):
+    x64 = np.asarray(x, np.float64)
+    N, C = x64.shape[:2]
+    g = x64.reshape(N, groups, -1)
+    mean = g.mean(axis=2, keepdims=True)
+    var = g.var(axis=2, keepdims=True)
+    z = ((g - mean) / np.sqrt(var + EPS)).reshape(x64.shape)
+    cshape = (1, C) + (1,) * (x64.ndim - 2)
+    return ref_act(z * np.asarray(scale, np.float64).reshape(cshape) + np.asarray(bias, np.float64).reshape(cshape),
+                   act or None)
+
+
+@NORM_DTYPES
+@NORM_SETTINGS
+@given(n=st.integers(1, 3), groups=st.integers(1, 4), per=st.integers(1, 4),
+       spatial=st.lists(st.integers(1, 9), min_size=1, max_size=2), act=st.sampled_from(["", "relu", "silu"]),
+       params_in_x_dtype=st.booleans(), per_group=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_group_norm(dtype, n, groups, per, spatial, act, params_in_x_dtype, per_group, seed):
+    rng = np.random.default_rng(seed)
+    C = groups * per
+    x = (rng.standard_normal((n, C, *spatial)) * 3 + 2).astype(dtype)
+    pdt = dtype if params_in_x_dtype else (np.float64 if np.dtype(dtype) == np.float64 else np.float32)
+    scale, bias = _params(rng, groups if per_group else C, dtype, pdt)
+    node = normrt_node("GroupNorm", ["x", "s", "b"], ["y"], "gn", num_groups=groups, epsilon=EPS,
+                       activation=act, per_group_affine=int(per_group))
+    y = _run(_norm_model(node, x.shape, dtype, {"s": scale, "b": bias}), x, "_group_norm")
+    if per_group:
+        scale, bias = np.repeat(scale, per), np.repeat(bias, per)
+    _check_norm(y, _grouped_ref(x, groups, scale, bias, act), dtype)
+
+
+@NORM_DTYPES
+@NORM_SETTINGS
+@given(n=st.integers(1, 3), c=st.integers(1, 6), spatial=st.lists(st.integers(1, 9), min_size=1, max_size=2),
+       act=st.sampled_from(["", "relu", "silu"]), affine=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_instance_norm(dtype, n, c, spatial, act, affine, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, *spatial)) * 2 - 1).astype(dtype)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    scale, bias = _params(rng, c, dtype, pdt)
+    ins, inits = (["x", "s", "b"], {"s": scale, "b": bias}) if affine else (["x"], {})
+    node = normrt_node("InstanceNorm", ins, ["y"], "in", epsilon=EPS, activation=act)
+    y = _run(_norm_model(node, x.shape, dtype, inits), x, "_instance_norm")
+    if not affine:
+        scale, bias = np.ones(c), np.zeros(c)
+    _check_norm(y, _grouped_ref(x, c, scale, bias, act), dtype)
+
+
+@NORM_DTYPES
+@NORM_SETTINGS
+@given(n=st.integers(1, 3), c=st.integers(1, 6), spatial=st.lists(st.integers(1, 9), min_size=0, max_size=2),
+       act=st.sampled_from(["", "relu"]), stats_dtype=st.sampled_from(["float32", "float64", "mixed"]),
+       seed=st.integers(0, 2 ** 16))
+def test_batch_norm(dtype, n, c, spatial, act, stats_dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, *spatial)) * 2 + 1).astype(dtype)
+    scale, bias, mean = (rng.standard_normal(c) for _ in range(3))
+    var = rng.uniform(0.1, 3.0, c)
+    dts = {"float32": [np.float32] * 4, "float64": [np.float64] * 4,
+           "mixed": [np.float32, np.float64, np.float32, np.float64]}[stats_dtype]
+    params = [p.astype(d) for p, d in zip((scale, bias, mean, var), dts)]
+    node = normrt_node("BatchNorm", ["x", "s", "b", "m", "v"], ["y"], "bn", epsilon=EPS, activation=act)
+    y = _run(_norm_model(node, x.shape, dtype, dict(zip("sbmv", params))), x, "_batch_norm")
+    cshape = (1, c) + (1,) * len(spatial)
+    s64, b64, m64, v64 = (np.asarray(p, np.float64).reshape(cshape) for p in params)
+    ref = ref_act((np.asarray(x, np.float64) - m64) * (s64 / np.sqrt(v64 + EPS)) + b64, act or None)
+    _check_norm(y, ref, dtype)
+
+
+def test_prepared_call_refuses_what_the_generic_call_refuses():
+    """A GroupNorm whose num_groups does not divide C gets no prepared call: the run raises the
+    generic call's error, naming the node."""
+    x = np.ones((1, 6, 2, 2), np.float32)
+    node = normrt_node("GroupNorm", ["x", "s", "b"], ["y"], "bad_gn", num_groups=4)
+    model = _norm_model(node, x.shape, np.float32, {"s": np.ones(6, np.float32), "b": np.zeros(6, np.float32)})
+    sess = normrt.InferenceSession(model.SerializeToString())
+    with pytest.raises(Exception, match="bad_gn"):
+        sess.run(None, {"x": x})

@@ -15,6 +15,8 @@ from . import half
 
 
 def _num_groups(num_groups, C):
+    if type(num_groups) is int and num_groups > 0 and C % num_groups == 0:
+        return num_groups       # (the common call, without the ABC check below: ~0.7 us)
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral):
         raise ValueError(f"num_groups must be an int, got {type(num_groups).__name__}")
     G = int(num_groups)
@@ -42,6 +44,55 @@ def _flat(p, dtype):
     return chk.empty1(dtype) if p is None else p.reshape(-1)
 
 
+_F32 = np.dtype(np.float32)
+
+
+def _fast(x, groups, scale, bias, eps, activation, out, min_rank):
+    """The common call (ndarrays; scale and bias (C,) or None) with as few Python checks as a
+    small tensor allows: y, or None when this path does not apply. A diffusion UNet's GroupNorm
+    on a 16 x 8 x 8 map normalizes in ~1.5 us; the checked path below spent ~5 us before it.
+
+    The kernel checks the dtype, rank, shape, layout and writability of x, out and the
+    parameters' dtype and layout, and raises before it computes; the caller then takes the
+    checked path, which converts what it can and names the argument that is wrong. Checked
+    here is what the kernel cannot see: out's own shape and layout (the kernel sees its
+    (R, L) reshape), its overlap with x, the parameters' length (the kernel reads any period)
+    and the group count."""
+    if type(x) is not np.ndarray or x.ndim < min_rank or not x.flags.c_contiguous:
+        return None
+    act = 0 if activation is None else (chk.ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
+    if act < 0:
+        return None
+    y = chk.fast_output(x, out, eps)
+    if y is None or (y is out and (out.shape != x.shape or not out.flags.c_contiguous)):
+        return None
+    shape = x.shape
+    C = shape[1]
+    if type(groups) is not int or groups <= 0 or C % groups:
+        return None
+    pdt = _F32 if x.itemsize == 2 else x.dtype
+    for p in (scale, bias):
+        if p is not None and (type(p) is not np.ndarray or p.shape != (C,) or p.dtype != pdt):
+            return None     # (half-precision parameters are widened by the checked path)
+    kind = 0
+    if x.itemsize == 2:
+        # the kernel sees 16-bit words: out's dtype is checked here
+        kind = chk.half_kind(x.dtype)
+        if kind < 0 or y.dtype != x.dtype:
+            return None
+        xk, yk = half.bits(x), half.bits(y)
+    else:
+        xk, yk = x, y
+    R = shape[0] * groups
+    L = x.size // R
+    try:
+        _k.group_norm(xk.reshape(R, L), scale, bias, yk.reshape(R, L), C // groups, eps, act,
+                      memory_bound(x.size), kind)
+    except (TypeError, ValueError):
+        return None
+    return y
+
+
 def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=None, out=None):
     """Group normalization (ONNX GroupNormalization-21 / torch.nn.GroupNorm semantics).
 
@@ -50,6 +101,9 @@ def group_norm(x, num_groups, scale=None, bias=None, *, eps=1e-5, activation=Non
     channels and all spatial positions. `scale` and `bias` are per channel, (C,).
     `activation` (None or a name of normrt.ACTIVATIONS) is applied to the result.
     """
+    y = _fast(x, num_groups, scale, bias, eps, activation, out, 2)
+    if y is not None:
+        return y
     x = chk.tensor(x, "x", min_rank=2, half=True)
     N, C = x.shape[:2]
     S = math.prod(x.shape[2:])
@@ -87,6 +141,11 @@ def instance_norm(x, scale=None, bias=None, *, eps=1e-5, activation=None, out=No
     `bias` are per channel, (C,), or per sample and channel, (N, C) (conditional
     instance norm: each sample picks its own affine).
     """
+    if type(x) is np.ndarray and x.ndim >= 3:
+        # instance norm is GroupNorm with one channel per group
+        y = _fast(x, x.shape[1], scale, bias, eps, activation, out, 3)
+        if y is not None:
+            return y
     x = chk.tensor(x, "x", min_rank=3, half=True)
     N, C = x.shape[:2]
     S = math.prod(x.shape[2:])

@@ -5,7 +5,8 @@ needs the other: this table is the contract between them. Each op's spec also
 holds what the executor needs to run it: `call` (kernel_calls.py: attributes
 and inputs -> the kernel call), `compute_bound` (the kernel picks its threads
 from its flops; memory-bound ones run on one thread on small tensors),
-`packer` (a constant weight, input 1, packed once for the kernel) and
+`packer` (a constant weight, input 1, packed once for the kernel), `prepare` (the
+kernel call with its constant inputs checked once, for a plan that knows X's shape) and
 `half_native` (the kernel reads and writes float16/bfloat16 itself, with float32
 or half weights; the products do not: the executor widens their half inputs to
 float32 and rounds Y back, kernels.py).
@@ -83,22 +84,29 @@ class NormOp:
     # the input position whose buffer Y may be written into when nothing reads it later (a fused
     # residual, added element by element as Y is stored: the executor's in-place hint), or -1
     inplace_input: int = -1
+    # kernel_calls function for a specialized plan: (attrs, x_shape, dtype, *constant inputs
+    # after X (None: omitted), n_threads) -> run(x, y) -> y, the kernel call with every argument
+    # checked once, or None (the generic `call` then runs)
+    prepare: object = None
 
 
 NORM_OPS = {op.op_type: op for op in (
     NormOp("BatchNorm", "batch_norm", ("X", "scale", "B", "mean", "var"), ("Y", "running_mean", "running_var"),
-           {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}, call=_calls.batch_norm),
+           {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "activation": ""}, call=_calls.batch_norm,
+           prepare=_calls.prepared_batch_norm),
     NormOp("LayerNorm", "layer_norm", ("X", "Scale", "B", "residual"), ("Y", "Mean", "InvStdDev", "residual_sum"),
            {"axis": -1, "epsilon": 1e-5, "activation": "", "stash_type": 1}, call=_calls.layer_norm),
     NormOp("RMSNorm", "rms_norm", ("X", "Scale", "residual"), ("Y", "residual_sum"),
            {"axis": -1, "epsilon": 1e-5}, call=_calls.rms_norm),
     NormOp("ChannelNorm", "layer_norm_2d", ("X", "scale", "B"), ("Y",),
-           {"mode": "layer", "epsilon": 1e-6, "activation": ""}, call=_calls.channel_norm),
+           {"mode": "layer", "epsilon": 1e-6, "activation": ""}, call=_calls.channel_norm,
+           prepare=_calls.prepared_channel_norm),
     NormOp("InstanceNorm", "instance_norm", ("X", "scale", "B"), ("Y",),
-           {"epsilon": 1e-5, "activation": ""}, call=_calls.instance_norm),
+           {"epsilon": 1e-5, "activation": ""}, call=_calls.instance_norm,
+           prepare=_calls.prepared_instance_norm),
     NormOp("GroupNorm", "group_norm", ("X", "scale", "bias"), ("Y",),
            {"num_groups": None, "epsilon": 1e-5, "activation": "", "per_group_affine": 0},
-           call=_calls.group_norm),
+           call=_calls.group_norm, prepare=_calls.prepared_group_norm),
     NormOp("MeanVarianceNorm", "mean_variance_norm", ("X",), ("Y",),
            {"axes": [0, 2, 3], "epsilon": 1e-9}, call=_calls.mean_variance_norm),
     NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}, call=_calls.lp_norm),

@@ -39,6 +39,11 @@ _UNARY = {"Neg": np.negative, "Abs": np.abs, "Exp": np.exp, "Log": np.log, "Sqrt
 _RESHAPES = frozenset(("Reshape", "Flatten", "Squeeze", "Unsqueeze"))
 
 
+def _snake(op_type):
+    """'_group_norm' for 'GroupNorm': the name a prepared call is bound under in the plan's source."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in op_type)
+
+
 def _plain(meta):
     return meta is not None and (meta[1].isbuiltin == 1 or is_half(meta[1]))
 
@@ -320,17 +325,17 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    into_residual=3 in run.dead, weight=ins[1][2])
         if expr is not None:
             return expr
-    if op == "ChannelNorm" and ins[0] is not None and _plain(ins[0][1]) and ins[0][1][1] in (np.float32, np.float64) \
+    if run.spec.prepare is not None and ins[0] is not None and _plain(ins[0][1]) \
             and tuple(out_meta[0]) == tuple(ins[0][1][0]) and out_meta[1] == ins[0][1][1] \
-            and all(p is None or p[2] is not None for p in ins[1:3]):
-        prepared = _calls.prepared_channel_norm(attrs, ins[0][1][0], ins[0][1][1],
-                                                *[None if p is None else p[2] for p in (list(ins[1:3]) + [None, None])[:2]],
-                                                src.n_threads)
+            and all(p is None or p[2] is not None for p in ins[1:]):
+        consts = [None if p is None else p[2] for p in ins[1:]]
+        consts += [None] * (len(run.spec.inputs) - 1 - len(consts))
+        prepared = run.spec.prepare(attrs, ins[0][1][0], ins[0][1][1], *consts, src.n_threads)
         if prepared is not None:
             shape, dtype = out_meta
             y = str(buffer) if buffer is not None else \
                 f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(np.dtype(dtype))})"
-            return f"{src.bind(prepared, '_channel_norm')}({args[0]}, {y})"
+            return f"{src.bind(prepared, _snake(op))}({args[0]}, {y})"
     if op == "Attention" and 3 <= len(ins) <= 4 and all(a is not None for a in ins[:3]) \
             and all(_plain(a[1]) and a[1][1] == np.float32 for a in ins[:3]) \
             and (len(ins) < 4 or ins[3] is None or ins[3][2] is not None):

@@ -88,11 +88,8 @@ def instance_norm(attrs, n_out, x, scale=None, bias=None):
 
 def group_norm(attrs, n_out, x, scale=None, bias=None):
     groups = attrs["num_groups"]
-    if attrs.get("per_group_affine", 0):
-        # GroupNormalization-18: one scale/bias per group, shared by its C/G channels
-        reps = x.shape[1] // groups if x.ndim > 1 and groups else 1
-        scale = None if scale is None else np.repeat(scale, reps)
-        bias = None if bias is None else np.repeat(bias, reps)
+    if x.ndim > 1:
+        scale, bias = _per_group(attrs, x.shape[1], scale, bias)
     return (_normrt().group_norm(x, groups, scale, bias, eps=attrs.get("epsilon", 1e-5),
                                  activation=_act(attrs)),)
 
@@ -308,6 +305,119 @@ def prepared_channel_norm(attrs, x_shape, dtype, scale, bias, n_threads):
     def run(x, y):
         kernel(np.ascontiguousarray(x).reshape(N, C, S), y.reshape(N, C, S), scale, bias, eps, act, rms, nt)
         return y
+    return run
+
+
+def _per_group(attrs, C, scale, bias):
+    """GroupNormalization-18's per-group scale/bias (per_group_affine=1) as per-channel ones."""
+    groups = attrs["num_groups"]
+    if not attrs.get("per_group_affine", 0):
+        return scale, bias
+    reps = C // groups if groups else 1
+    return (None if scale is None else np.repeat(scale, reps)), (None if bias is None else np.repeat(bias, reps))
+
+
+def _prepared_rows(x_shape, dtype, groups, scale, bias, eps, activation, min_rank, n_threads):
+    """run(x, y) -> y: group_norm's kernel call (api/group_norm.py's _rows_kernel) for x of
+    `x_shape` and `dtype` with constant scale and bias (C,) (or None), its arguments checked and
+    converted once (float16/bfloat16 x: float32 parameters, as the generic call widens them).
+    None where the generic call's checks would refuse (it then raises what they find)."""
+    from .. import _checks as chk
+    from ..api import group_norm as _gn
+    from .._kernels import group_norm as _kgn
+    dtype = np.dtype(dtype)
+    kind = chk.half_kind(dtype)
+    if (dtype not in chk.FLOAT_DTYPES and kind < 0) or len(x_shape) < min_rank:
+        return None
+    shape = tuple(int(d) for d in x_shape)
+    N, C = shape[0], shape[1]
+    size = int(np.prod(shape, dtype=np.int64))
+    try:
+        G = _gn._num_groups(groups, C)
+        pdt = _gn._param_dtype(dtype)
+        scale = chk.param(scale, "scale", (C,), pdt)
+        bias = chk.param(bias, "bias", (C,), pdt)
+        eps = chk.eps_value(eps)
+        act = chk.activation(activation)
+    except (TypeError, ValueError):
+        return None
+    if not (N and size):
+        return None
+    R = N * G
+    L = size // R
+    scale, bias = _gn._flat(scale, pdt), _gn._flat(bias, pdt)
+    nt = min(n_threads, memory_bound(size))
+    kernel = _kgn.group_norm
+    nseg, k = C // G, max(kind, 0)
+    if kind >= 0:
+        def run(x, y):
+            # the kernel reads float16/bfloat16 as their 16-bit words
+            kernel(np.ascontiguousarray(x).view(np.uint16).reshape(R, L), scale, bias,
+                   y.view(np.uint16).reshape(R, L), nseg, eps, act, nt, k)
+            return y
+    else:
+        def run(x, y):
+            kernel(np.ascontiguousarray(x).reshape(R, L), scale, bias, y.reshape(R, L), nseg, eps, act, nt, 0)
+            return y
+    return run
+
+
+def prepared_group_norm(attrs, x_shape, dtype, scale, bias, n_threads):
+    """run(x, y) -> y for a GroupNorm with constant scale and bias (or None): a UNet's GroupNorm
+    on a 16 x 8 x 8 map normalizes in ~1.5 us, and the generic call spent ~5 us around it."""
+    if len(x_shape) < 2:
+        return None
+    scale, bias = _per_group(attrs, int(x_shape[1]), scale, bias)
+    return _prepared_rows(x_shape, dtype, attrs["num_groups"], scale, bias, attrs.get("epsilon", 1e-5),
+                          _act(attrs), 2, n_threads)
+
+
+def prepared_instance_norm(attrs, x_shape, dtype, scale, bias, n_threads):
+    """run(x, y) -> y for an InstanceNorm with constant per-channel scale and bias (or None):
+    GroupNorm's kernel call with one channel per group, as instance_norm makes it."""
+    if len(x_shape) < 3:
+        return None
+    return _prepared_rows(x_shape, dtype, int(x_shape[1]), scale, bias, attrs.get("epsilon", 1e-5),
+                          _act(attrs), 3, n_threads)
+
+
+def prepared_batch_norm(attrs, x_shape, dtype, scale, bias, mean, var, n_threads):
+    """run(x, y) -> y for an inference BatchNorm with constant statistics: batch_norm's kernel
+    call (api/batch_norm.py), its four vectors checked and given one dtype once."""
+    from .. import _checks as chk
+    from ..api import batch_norm as _bn
+    from .._kernels import batch_norm as _kbn
+    dtype = np.dtype(dtype)
+    kind = chk.half_kind(dtype)
+    if attrs.get("training_mode", 0) or (dtype not in chk.FLOAT_DTYPES and kind < 0) or len(x_shape) < 2 \
+            or any(p is None for p in (scale, bias, mean, var)):
+        return None
+    shape = tuple(int(d) for d in x_shape)
+    N, C = shape[0], shape[1]
+    S = int(np.prod(shape[2:], dtype=np.int64))
+    try:
+        params = [_bn._statistic(p, name, C) for p, name in
+                  ((scale, "scale"), (bias, "bias"), (mean, "mean"), (var, "var"))]
+        eps = chk.eps_value(attrs.get("epsilon", 1e-5))
+        act = chk.activation(_act(attrs))
+    except (TypeError, ValueError):
+        return None
+    if any(p.dtype != params[0].dtype for p in params):
+        params = [p.astype(np.float64) for p in params]     # (as batch_norm: one type for all four)
+    if not (N and C and S):
+        return None
+    nt = min(n_threads, memory_bound(N * C * S))
+    kernel = _kbn.batch_norm
+    sc, bi, mu, va = params
+    if kind >= 0:
+        def run(x, y):
+            kernel(np.ascontiguousarray(x).view(np.uint16).reshape(N, C, S), sc, bi, mu, va, eps,
+                   y.view(np.uint16).reshape(N, C, S), act, nt, kind)
+            return y
+    else:
+        def run(x, y):
+            kernel(np.ascontiguousarray(x).reshape(N, C, S), sc, bi, mu, va, eps, y.reshape(N, C, S), act, nt)
+            return y
     return run
 
 
