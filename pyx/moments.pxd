@@ -295,13 +295,21 @@ cdef inline Moments chunk_moments(const elem* x, Py_ssize_t n) noexcept nogil:
     not (an outlier among the first elements, |mean - shift| above sigma),
     a second pass over the L1-resident chunk computes m2 about the mean
     exactly. A constant chunk gets a mean of exactly its value and m2 = 0.
+    In three steps (chunk_shift, sums_dev, chunk_finish) that a caller with
+    several short rows runs row by row each, so the rows' dependent chains
+    (a sum, divisions) overlap.
     """
-    cdef Moments m
+    cdef double shift = chunk_shift(x, n)
+    return chunk_finish(x, n, shift, sums_dev(x, n, shift))
+
+
+cdef inline double chunk_shift(const elem* x, Py_ssize_t n) noexcept nogil:
+    """chunk_moments' shift: the mean of the first min(n, LANES) elements (for
+    float32 and half storage rounded to float32, so x - shift is exact near it)."""
     cdef Py_ssize_t i
-    cdef double shift = 0.0, d
+    cdef double shift = 0.0
     cdef double sample[LANES]
     cdef float head[LANES]
-    cdef Sums s
     if n >= LANES:
         # a pairwise tree, not a serial chain: this runs once per chunk
         if elem is not double and vec_head(storage_kind(x), x, LANES, head):
@@ -316,10 +324,15 @@ cdef inline Moments chunk_moments(const elem* x, Py_ssize_t n) noexcept nogil:
             shift += value(x[i])
         shift = shift / n
     if elem is double:
-        pass
+        return shift
     else:
-        shift = <float>shift   # representable, so x - shift is exact near it
-    s = sums_dev(x, n, shift)
+        return <float>shift   # representable, so x - shift is exact near it
+
+
+cdef inline Moments chunk_finish(const elem* x, Py_ssize_t n, double shift, Sums s) noexcept nogil:
+    """chunk_moments from the chunk's shift and sums_dev(x, n, shift)."""
+    cdef Moments m
+    cdef double d
     if elem is not double:
         # (NaN input also lands here, and stays NaN)
         if not (s.s2 >= 8.673617379884035e-19 and s.s2 < 1e300):

@@ -1,13 +1,14 @@
 """layer_norm and rms_norm against float64 numpy references."""
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
-from dtype_checks import ACTS, assert_concurrent_calls_match, ref_act
+from dtype_checks import ACTS, assert_concurrent_calls_match, ref_act, same_bits
 
 
 def ref_layer_norm(x, scale=None, bias=None, axis=-1, eps=1e-5, residual=None, act=None):
@@ -377,20 +378,47 @@ def test_out_calls_that_the_kernel_refuses_take_the_checked_path():
         normrt.layer_norm(np.ones((4, 32), np.int64), out=np.empty((4, 32), np.int64))
 
 
-@settings(max_examples=30, deadline=None)
-@given(rows=st.integers(1, 9), width=st.sampled_from([1, 7, 33, 128, 1024, 1025]),
-       dtype=st.sampled_from([np.float32, np.float16]), residual=st.booleans(), threads=st.integers(1, 3),
-       seed=st.integers(0, 2 ** 16))
-def test_rows_normalized_in_pairs_give_each_rows_own_bits(rows, width, dtype, residual, threads, seed):
-    # short rows go two at a time (their scalar tails overlap); each row must still get exactly
-    # the bits of its own call (a one-row call normalizes it alone), statistics and sum included
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), width=st.sampled_from([1, 7, 16, 33, 128, 500, 1024, 1025]),
+       dtype=st.sampled_from([np.float32, np.float64, np.float16, ml_dtypes.bfloat16]), rms=st.booleans(),
+       residual=st.booleans(), threads=st.integers(1, 3),
+       special=st.sampled_from([None, "nan", "constant", "huge", "outlier"]), seed=st.integers(0, 2 ** 16))
+def test_rows_normalized_in_blocks_give_each_rows_own_bits(rows, width, dtype, rms, residual, threads, special,
+                                                           seed):
+    # short rows go a block at a time (their scalar tails overlap: norm_row_block); each row must
+    # still get exactly the bits of its own call (a one-row call normalizes it alone), statistics
+    # and sum included, NaN, constant and huge rows too
     r = np.random.default_rng(seed)
-    x = (r.standard_normal((rows, width)) * 3 + 1).astype(dtype)
+    x = r.standard_normal((rows, width)) * 3 + 1
+    i = int(r.integers(rows))
+    if special == "nan":
+        x[i, int(r.integers(width))] = np.nan
+    elif special == "constant":
+        x[i] = 2.5
+    elif special == "huge":
+        x[i] *= 1e30 if np.dtype(dtype).itemsize >= 4 else 1e3
+    elif special == "outlier":
+        x[i, 0] = 1e4
+    x = x.astype(dtype)
     res = (r.standard_normal((rows, width))).astype(dtype) if residual else None
-    s, b = r.standard_normal(width).astype(np.float32), r.standard_normal(width).astype(np.float32)
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    s, b = r.standard_normal(width).astype(pdt), r.standard_normal(width).astype(pdt)
+
+    def call(xs, rs, out=None):
+        if rms:
+            total = np.empty_like(xs) if rs is not None else None
+            return normrt.rms_norm(xs, s, residual=rs, residual_out=total), total
+        total = np.empty_like(xs) if rs is not None else None
+        y, mean, rstd = normrt.layer_norm(xs, s, b, residual=rs, return_stats=True, residual_out=total)
+        return (y, mean, rstd), total
+
     with normrt.threads(threads):
-        y, mean, rstd = normrt.layer_norm(x, s, b, residual=res, return_stats=True)
+        whole, total = call(x, res)
+    whole = whole if isinstance(whole, tuple) else (whole,)
     for i in range(rows):
-        yi, mi, ri = normrt.layer_norm(x[i:i + 1], s, b, residual=None if res is None else res[i:i + 1],
-                                       return_stats=True)
-        assert np.array_equal(y[i:i + 1], yi) and np.array_equal(mean[i], mi[0]) and np.array_equal(rstd[i], ri[0])
+        part, part_total = call(x[i:i + 1], None if res is None else res[i:i + 1])
+        part = part if isinstance(part, tuple) else (part,)
+        for w, p in zip(whole, part):
+            assert same_bits(w[i:i + 1], p)
+        if res is not None:
+            assert same_bits(total[i:i + 1], part_total)
