@@ -422,3 +422,30 @@ def test_rows_normalized_in_blocks_give_each_rows_own_bits(rows, width, dtype, r
             assert same_bits(w[i:i + 1], p)
         if res is not None:
             assert same_bits(total[i:i + 1], part_total)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+       dtype=st.sampled_from([np.float32, np.float64, np.float16, ml_dtypes.bfloat16]), rms=st.booleans(),
+       residual=st.booleans(), out=st.sampled_from([None, "fresh", "x", "view"]), seed=st.integers(0, 2 ** 16))
+def test_small_calls_give_the_checked_paths_bits(shape, dtype, rms, residual, out, seed):
+    # a small call runs every check in C (layer_norm.pyx's small_call) or declines; either way
+    # the result must be the bits of the checked path, which parameters given as lists take
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal(shape) * 2 + 1).astype(dtype)
+    L = shape[-1]
+    pdt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    s, b = r.standard_normal(L).astype(pdt), r.standard_normal(L).astype(pdt)
+    res = r.standard_normal(shape).astype(dtype) if residual else None
+    if rms:
+        expect = normrt.rms_norm(x, s.tolist(), residual=res)
+    else:
+        expect = normrt.layer_norm(x, s.tolist(), b.tolist(), residual=res)
+    xin = x.copy()
+    buf = {None: None, "fresh": np.full_like(x, np.nan), "x": xin,
+           "view": np.full((2,) + x.shape, np.nan, x.dtype)[1]}[out]
+    got = normrt.rms_norm(xin, s, residual=res, out=buf) if rms else \
+        normrt.layer_norm(xin, s, b, residual=res, out=buf)
+    assert same_bits(got, expect)
+    if buf is not None:
+        assert got is buf

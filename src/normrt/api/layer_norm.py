@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import _checks as chk
+from .. import _thread_policy as _policy
 from .._kernels import layer_norm as _k
 from .._thread_policy import memory_bound
 from . import half
@@ -115,6 +116,11 @@ def layer_norm(x, scale=None, bias=None, *, axis=-1, eps=1e-5, residual=None, ac
     next skip connection, computed in the same pass. It may be x or residual itself
     but must not overlap `out`. It is modified in place; the return value is unchanged.
     """
+    if activation is None and axis == -1 and not return_stats and residual_out is None:
+        # a small call (one thread): every check in C (_k.small_call), or None
+        y = _k.small_call(x, scale, bias, residual, eps, out, False, _policy.MEMORY_BOUND_MIN_ELEMENTS)
+        if y is not None:
+            return y
     act = 0 if activation is None else (chk.ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
     if axis == -1 and act >= 0 and not return_stats and residual_out is None:
         y = _fast(x, out, scale, bias, eps, residual, act, False)
@@ -152,6 +158,9 @@ def rms_norm(x, scale=None, *, axis=-1, eps=1e-5, residual=None, out=None, resid
     then receives that sum, as in `layer_norm`.
     """
     if axis == -1 and residual_out is None:
+        y = _k.small_call(x, scale, None, residual, eps, out, True, _policy.MEMORY_BOUND_MIN_ELEMENTS)
+        if y is not None:
+            return y
         y = _fast(x, out, scale, None, eps, residual, 0, True)
         if y is not None:
             return y
