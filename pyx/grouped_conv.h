@@ -308,13 +308,15 @@ nrt_gc_planes_ng(const nrt_gc_geom *g, const float *restrict s, ptrdiff_t per, c
 }
 
 #if defined(__AVX512F__)
-/* The interleaved form at column stride 1 without the scratch: a row's taps are masked loads
- * of the input rows themselves (lanes outside the image read as zeros, a masked-off lane never
- * faults), so nothing is copied; 16x16 maps spent a third of their time in nrt_gc_fill. The
+/* The interleaved form at column stride 1 or 2 without the scratch: a row's taps are masked
+ * loads of the input rows themselves (lanes outside the image read as zeros, a masked-off lane
+ * never faults; stride 2: the even lanes of 32 loaded columns, one permute), so nothing is
+ * copied; 16x16 maps spent a third of their time in nrt_gc_fill. The
  * same products in the same order as nrt_gc_block_ng on the filled scratch: the same bits. */
 static inline __attribute__((always_inline)) void
 nrt_gc_block_ng_direct(const nrt_gc_geom *g, const float *restrict x, const float *restrict w,
-                       const float *restrict bias, float *restrict y, ptrdiff_t oh0, const int NG, const int RB) {
+                       const float *restrict bias, float *restrict y, ptrdiff_t oh0, const int NG, const int RB,
+                       const int SW) {
     __m512 acc[NRT_GC_NG][4];
     const ptrdiff_t HW = g->H * g->W, taps = g->KH * g->KW;
     for (int k = 0; k < NG; k++)
@@ -332,13 +334,30 @@ nrt_gc_block_ng_direct(const nrt_gc_geom *g, const float *restrict x, const floa
         for (ptrdiff_t j = 0; j < g->KW; j++) {
             ptrdiff_t col = j * g->dw - g->pl;            /* input column of lane 0 */
             __mmask16 cols = nrt_gc_cols(col, g->W);
-            #pragma GCC unroll 4
-            for (int k = 0; k < NG; k++) {
-                __m512 wv = _mm512_set1_ps(w[k * taps + i * g->KW + j]);
+            if (SW == 1) {
                 #pragma GCC unroll 4
-                for (int r = 0; r < RB; r++)
-                    acc[k][r] = _mm512_fmadd_ps(
-                        _mm512_maskz_loadu_ps(cols & rows_in[r], x + k * HW + ih[r] * g->W + col), wv, acc[k][r]);
+                for (int k = 0; k < NG; k++) {
+                    __m512 wv = _mm512_set1_ps(w[k * taps + i * g->KW + j]);
+                    #pragma GCC unroll 4
+                    for (int r = 0; r < RB; r++)
+                        acc[k][r] = _mm512_fmadd_ps(
+                            _mm512_maskz_loadu_ps(cols & rows_in[r], x + k * HW + ih[r] * g->W + col), wv, acc[k][r]);
+                }
+            } else {
+                /* lane t reads column 2 t: the even lanes of 32 loaded columns */
+                const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                __mmask16 cols_hi = nrt_gc_cols(col + 16, g->W);
+                #pragma GCC unroll 4
+                for (int k = 0; k < NG; k++) {
+                    __m512 wv = _mm512_set1_ps(w[k * taps + i * g->KW + j]);
+                    #pragma GCC unroll 4
+                    for (int r = 0; r < RB; r++) {
+                        const float *p = x + k * HW + ih[r] * g->W + col;
+                        __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(cols & rows_in[r], p), even,
+                                                          _mm512_maskz_loadu_ps(cols_hi & rows_in[r], p + 16));
+                        acc[k][r] = _mm512_fmadd_ps(v, wv, acc[k][r]);
+                    }
+                }
             }
         }
     }
@@ -348,28 +367,42 @@ nrt_gc_block_ng_direct(const nrt_gc_geom *g, const float *restrict x, const floa
                                   acc[k][r]);
 }
 
-static __attribute__((noinline)) void
-nrt_gc_planes_ng_direct(const nrt_gc_geom *g, const float *restrict x, const float *restrict w,
-                        const float *restrict bias, float *restrict y, const int NG) {
+static inline __attribute__((always_inline)) void
+nrt_gc_planes_ng_direct_s(const nrt_gc_geom *g, const float *restrict x, const float *restrict w,
+                          const float *restrict bias, float *restrict y, const int NG, const int SW) {
     ptrdiff_t oh = 0;
     for (; oh + 4 <= g->OH; oh += 4)
-        nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 4);
+        nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 4, SW);
     switch (g->OH - oh) {
-    case 3: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 3); break;
-    case 2: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 2); break;
-    case 1: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 1); break;
+    case 3: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 3, SW); break;
+    case 2: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 2, SW); break;
+    case 1: nrt_gc_block_ng_direct(g, x, w, bias, y, oh, NG, 1, SW); break;
     default: break;
     }
 }
+
+/* one function per column stride and group count, so each has its constants (a function
+   taking NG at run time, left to GCC's cloning, ran 16x16 stride-1 maps 35% slower once a
+   second stride was added) */
+#define NRT_GC_NG_DIRECT(SW, NG)                                                                   \
+    static __attribute__((noinline)) void                                                          \
+    nrt_gc_planes_ng_direct_##SW##_##NG(const nrt_gc_geom *g, const float *restrict x,              \
+                                        const float *restrict w, const float *restrict bias,        \
+                                        float *restrict y) {                                         \
+        nrt_gc_planes_ng_direct_s(g, x, w, bias, y, NG, SW);                                       \
+    }
+NRT_GC_NG_DIRECT(1, 1) NRT_GC_NG_DIRECT(1, 2) NRT_GC_NG_DIRECT(1, 3) NRT_GC_NG_DIRECT(1, 4)
+NRT_GC_NG_DIRECT(2, 1) NRT_GC_NG_DIRECT(2, 2) NRT_GC_NG_DIRECT(2, 3) NRT_GC_NG_DIRECT(2, 4)
 #endif
 
 #define NRT_GC_DIRECT_KW 64      /* tap columns nrt_gc_plane_direct keeps masks for */
 
 #if defined(__AVX512F__)
-/* A depthwise plane wider than one vector at column stride 1, without the scratch (the
+/* A depthwise plane wider than one vector at column stride 1 or 2, without the scratch (the
  * MobileNet / EfficientNet / MobileViT 3x3 on 16x16 to 112x112 maps): blocks of 4 output rows
  * x 1 vector in registers, each tap a masked load of an input row itself (lanes outside the
- * image read as zeros; a masked-off lane never faults). The filled scratch and the runtime
+ * image read as zeros; a masked-off lane never faults). At column stride 2 a tap's 16 lanes
+ * are the even lanes of 32 loaded columns (one permute). The filled scratch and the runtime
  * block loop cost 0.72 ns an output on a 96 x 56 x 56 3x3 (the copy alone 28%). The same
  * products in the same order as nrt_gc_block (0 + bias, then the taps row-major, padding
  * taps adding 0 * w): the same bits. */
@@ -377,7 +410,8 @@ static inline __attribute__((always_inline)) void
 nrt_gc_block_direct(const float *restrict x, ptrdiff_t H, ptrdiff_t W, const float *restrict w, __m512 b0,
                     float *restrict y, ptrdiff_t OW, ptrdiff_t oh0, ptrdiff_t c0, const __mmask16 *cols,
                     __mmask16 keep, ptrdiff_t sh, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pt, ptrdiff_t pl,
-                    const int KH, const int KW, const int RB) {
+                    const int KH, const int KW, const int RB, const int SW) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __m512 acc[4];
     for (int r = 0; r < RB; r++)
         acc[r] = b0;
@@ -389,14 +423,23 @@ nrt_gc_block_direct(const float *restrict x, ptrdiff_t H, ptrdiff_t W, const flo
             ptrdiff_t ih = (oh0 + r) * sh + i * dh - pt;
             int in = ih >= 0 && ih < H;
             rin[r] = in ? (__mmask16)0xFFFF : 0;
-            rp[r] = x + (in ? ih : 0) * W + c0 - pl;      /* lane 0 of tap column 0 */
+            rp[r] = x + (in ? ih : 0) * W + SW * c0 - pl;     /* lane 0 of tap column 0 */
         }
         #pragma GCC unroll 7
         for (int j = 0; j < KW; j++) {
             __m512 wv = _mm512_set1_ps(w[i * KW + j]);
             #pragma GCC unroll 4
-            for (int r = 0; r < RB; r++)
-                acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(cols[j] & rin[r], rp[r] + j * dw), wv, acc[r]);
+            for (int r = 0; r < RB; r++) {
+                __m512 v;
+                if (SW == 1) {
+                    v = _mm512_maskz_loadu_ps(cols[j] & rin[r], rp[r] + j * dw);
+                } else {
+                    /* lane t reads column 2 t: the even lanes of 32 loaded columns */
+                    v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(cols[2 * j] & rin[r], rp[r] + j * dw), even,
+                                               _mm512_maskz_loadu_ps(cols[2 * j + 1] & rin[r], rp[r] + j * dw + 16));
+                }
+                acc[r] = _mm512_fmadd_ps(v, wv, acc[r]);
+            }
         }
     }
     for (int r = 0; r < RB; r++)
@@ -405,22 +448,30 @@ nrt_gc_block_direct(const float *restrict x, ptrdiff_t H, ptrdiff_t W, const flo
 
 static inline __attribute__((always_inline)) void
 nrt_gc_plane_direct_k(const nrt_gc_geom *g, const float *restrict x, const float *restrict w, float b,
-                      float *restrict y, const int KH, const int KW) {
+                      float *restrict y, const int KH, const int KW, const int SW) {
     const ptrdiff_t H = g->H, W = g->W, OH = g->OH, OW = g->OW, sh = g->sh, dh = g->dh, dw = g->dw;
     const ptrdiff_t pt = g->pt, pl = g->pl;
     const __m512 b0 = _mm512_add_ps(_mm512_setzero_ps(), _mm512_set1_ps(b));     /* 0 + b */
-    __mmask16 cols[NRT_GC_DIRECT_KW];
+    __mmask16 cols[2 * NRT_GC_DIRECT_KW];
     for (ptrdiff_t c0 = 0; c0 < OW; c0 += 16) {
-        for (int j = 0; j < KW; j++)
-            cols[j] = nrt_gc_cols(c0 + j * dw - pl, W);
+        /* the input columns each tap column's loads may read (stride 2: two loads of 16) */
+        for (int j = 0; j < KW; j++) {
+            ptrdiff_t col = SW * c0 + j * dw - pl;
+            if (SW == 1) {
+                cols[j] = nrt_gc_cols(col, W);
+            } else {
+                cols[2 * j] = nrt_gc_cols(col, W);
+                cols[2 * j + 1] = nrt_gc_cols(col + 16, W);
+            }
+        }
         __mmask16 keep = OW - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (OW - c0)) - 1u);
         ptrdiff_t oh = 0;
         for (; oh + 4 <= OH; oh += 4)
-            nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 4);
+            nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 4, SW);
         switch (OH - oh) {
-        case 3: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 3); break;
-        case 2: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 2); break;
-        case 1: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 1); break;
+        case 3: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 3, SW); break;
+        case 2: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 2, SW); break;
+        case 1: nrt_gc_block_direct(x, H, W, w, b0, y, OW, oh, c0, cols, keep, sh, dh, dw, pt, pl, KH, KW, 1, SW); break;
         default: break;
         }
     }
@@ -431,22 +482,29 @@ nrt_gc_plane_direct_k(const nrt_gc_geom *g, const float *restrict x, const float
 static __attribute__((noinline)) void
 nrt_gc_plane_direct(const nrt_gc_geom *g, const float *restrict x, const float *restrict w, float b,
                     float *restrict y) {
-    if (g->KH == 3 && g->KW == 3)
-        nrt_gc_plane_direct_k(g, x, w, b, y, 3, 3);
+    if (g->sw == 2) {
+        if (g->KH == 3 && g->KW == 3)
+            nrt_gc_plane_direct_k(g, x, w, b, y, 3, 3, 2);
+        else if (g->KH == 5 && g->KW == 5)
+            nrt_gc_plane_direct_k(g, x, w, b, y, 5, 5, 2);
+        else
+            nrt_gc_plane_direct_k(g, x, w, b, y, (int)g->KH, (int)g->KW, 2);
+    } else if (g->KH == 3 && g->KW == 3)
+        nrt_gc_plane_direct_k(g, x, w, b, y, 3, 3, 1);
     else if (g->KH == 5 && g->KW == 5)
-        nrt_gc_plane_direct_k(g, x, w, b, y, 5, 5);
+        nrt_gc_plane_direct_k(g, x, w, b, y, 5, 5, 1);
     else if (g->KH == 7 && g->KW == 7)
-        nrt_gc_plane_direct_k(g, x, w, b, y, 7, 7);
+        nrt_gc_plane_direct_k(g, x, w, b, y, 7, 7, 1);
     else
-        nrt_gc_plane_direct_k(g, x, w, b, y, (int)g->KH, (int)g->KW);
+        nrt_gc_plane_direct_k(g, x, w, b, y, (int)g->KH, (int)g->KW, 1);
 }
 #endif
 
 /* Whether nrt_gc_group computes group by group without the scratch (nrt_gc_plane_direct):
- * depthwise, column stride 1, AVX-512. */
+ * depthwise, column stride 1 or 2, AVX-512. */
 static inline int nrt_gc_direct(const nrt_gc_geom *g) {
 #if defined(__AVX512F__)
-    return g->cg == 1 && g->mg == 1 && g->sw == 1 && g->KW <= NRT_GC_DIRECT_KW;
+    return g->cg == 1 && g->mg == 1 && (g->sw == 1 || g->sw == 2) && g->KW <= NRT_GC_DIRECT_KW;
 #else
     (void)g;
     return 0;
@@ -458,15 +516,24 @@ static inline int nrt_gc_direct(const nrt_gc_geom *g) {
 static void nrt_gc_groups_ng(const nrt_gc_geom *g, const float *x, const float *w, const float *bias,
                              float *y, ptrdiff_t grp0, ptrdiff_t ng, float *scratch) {
 #if defined(__AVX512F__)
-    if (g->sw == 1) {
+    if (g->sw == 1 || g->sw == 2) {
         const float *xk = x + grp0 * g->H * g->W, *wk = w + grp0 * g->KH * g->KW;
         const float *bk = bias ? bias + grp0 : NULL;
         float *yk = y + grp0 * g->OH * g->OW;
-        switch (ng) {
-        case 4: nrt_gc_planes_ng_direct(g, xk, wk, bk, yk, 4); break;
-        case 3: nrt_gc_planes_ng_direct(g, xk, wk, bk, yk, 3); break;
-        case 2: nrt_gc_planes_ng_direct(g, xk, wk, bk, yk, 2); break;
-        default: nrt_gc_planes_ng_direct(g, xk, wk, bk, yk, 1); break;
+        if (g->sw == 2) {
+            switch (ng) {
+            case 4: nrt_gc_planes_ng_direct_2_4(g, xk, wk, bk, yk); break;
+            case 3: nrt_gc_planes_ng_direct_2_3(g, xk, wk, bk, yk); break;
+            case 2: nrt_gc_planes_ng_direct_2_2(g, xk, wk, bk, yk); break;
+            default: nrt_gc_planes_ng_direct_2_1(g, xk, wk, bk, yk); break;
+            }
+        } else {
+            switch (ng) {
+            case 4: nrt_gc_planes_ng_direct_1_4(g, xk, wk, bk, yk); break;
+            case 3: nrt_gc_planes_ng_direct_1_3(g, xk, wk, bk, yk); break;
+            case 2: nrt_gc_planes_ng_direct_1_2(g, xk, wk, bk, yk); break;
+            default: nrt_gc_planes_ng_direct_1_1(g, xk, wk, bk, yk); break;
+            }
         }
         return;
     }
