@@ -265,6 +265,31 @@ def test_pool_fast_step_bitwise_generic(op, c, hw, k, s, pads, ceil, dil, includ
     out_hw = got.shape[2:]
     if op == "MaxPool" or tuple(out_hw) != (1, 1):
         assert _prepared(sess, "_pool_into")
+    elif not any(pads) and all(kk == h for kk, h in zip(k, hw)):
+        assert _prepared(sess, "_global_average")       # one window, the whole plane: its mean
+
+
+@pytest.mark.parametrize("shape,kernel,pads,include_pad,whole", [
+    ((1, 64, 7, 7), (7, 7), (0, 0, 0, 0), 0, True),
+    ((2, 8, 5, 3), (5, 3), (0, 0, 0, 0), 1, True),
+    ((1, 8, 2, 2), (3, 3), (0, 0, 1, 1), 0, True),       # trailing padding outside the count
+    ((1, 8, 2, 2), (3, 3), (0, 0, 1, 1), 1, False),      # ... inside it: a rescaled mean
+    ((1, 8, 7, 7), (7, 7), (1, 1, 1, 1), 0, False)])     # several windows
+def test_whole_plane_average_pool_fast_step(shape, kernel, pads, include_pad, whole):
+    # ResNet's 7x7 AveragePool over a 7x7 map: the plane means from the plan, into its buffer;
+    # rescaled means (padding in the count) and several windows keep their own paths
+    vi = helper.make_tensor_value_info
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=list(kernel), pads=list(pads),
+                              count_include_pad=include_pad),
+             helper.make_node("Relu", ["p"], ["y"])]
+    graph = helper.make_graph(nodes, "pool", [vi("x", TensorProto.FLOAT, list(shape))],
+                              [vi("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    x = (np.random.default_rng(7).standard_normal(shape) * 3 + 1).astype(np.float32)
+    got = _specialized_and_generic(sess, {"x": x})[0]
+    np.testing.assert_allclose(got, _ort_session(model).run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    assert bool(_prepared(sess, "_global_average")) == whole
 
 
 @settings(max_examples=40, deadline=None)

@@ -84,7 +84,17 @@ def fast_pool(src, node, args, out_meta, buffer, n_threads):
     if min(pb) < 0 or min(out_sp) < 1 or tuple(out_meta[0]) != xshape[:2] + tuple(out_sp):
         return None
     if not is_max and list(out_sp) == [1, 1]:
-        return None                     # the generic op's whole-plane means
+        # one window over the whole plane (ResNet's 7x7 AveragePool): the generic op's plane means,
+        # its geometry and tap counts checked here once (they cost ~90 us of Python a run)
+        include_pad = bool(node.attrs.get("count_include_pad", 0))
+        if dx != np.float32 and dx != np.float64 or any(pb) or list(dil) != [1, 1] \
+                or any(kernel[i] < xshape[2 + i] for i in range(2)):
+            return None
+        counts = [int(_tap_counts(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i], 1, include_pad)[0])
+                  for i in range(2)]
+        if counts[0] * counts[1] != xshape[2] * xshape[3]:
+            return None                 # a rescaled mean: the generic op
+        return f"{src.bind(_global_average, '_global_average')}({ex}, {buffer if buffer is not None else 'None'})"
     counts = (_NO_COUNTS, _NO_COUNTS)
     if not is_max:
         include_pad = bool(node.attrs.get("count_include_pad", 0))
