@@ -27,7 +27,7 @@ def pack_at(const float[:, ::1] a,    # IN  (M, K)
     if m == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 256):     # KC
+        for pc in range(0, k, 128):     # KC
             kc = min(<Py_ssize_t>KC, k - pc)
             for p in range(np_):
                 d = &out[pc * np_ * NR + p * NR * kc]

@@ -46,7 +46,7 @@ def pack_a(const float[:, ::1] a,     # IN  (M, K)
     if m == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 256):     # KC
+        for pc in range(0, k, 128):     # KC
             kc = min(<Py_ssize_t>KC, k - pc)
             pack_a_panels(&a[0, 0], k, m, 0, m, pc, kc, &out[pc * mp * MR], MR * kc)
 
@@ -61,7 +61,7 @@ def pack_b(const float[:, ::1] b,     # IN  (K, N)
     if n == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 256):     # KC
+        for pc in range(0, k, 128):     # KC
             kc = min(<Py_ssize_t>KC, k - pc)
             pack_b_matrix(&b[0, 0], n, n, 0, n, pc, kc, &out[pc * np_ * NR], NR * kc, NR)
 
