@@ -27,7 +27,8 @@ def pack_at(const float[:, ::1] a,    # IN  (M, K)
     if m == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 128):     # KC
+        pc = 0
+        while pc < k:        # (while: a range step must be a literal)
             kc = min(<Py_ssize_t>KC, k - pc)
             for p in range(np_):
                 d = &out[pc * np_ * NR + p * NR * kc]
@@ -35,6 +36,7 @@ def pack_at(const float[:, ::1] a,    # IN  (M, K)
                     for j in range(NR):
                         c0 = p * NR + j
                         d[kk * NR + j] = a[c0, pc + kk] if c0 < m else 0.0
+            pc += KC
 
 
 

@@ -46,9 +46,11 @@ def pack_a(const float[:, ::1] a,     # IN  (M, K)
     if m == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 128):     # KC
+        pc = 0
+        while pc < k:        # (while: a range step must be a literal)
             kc = min(<Py_ssize_t>KC, k - pc)
             pack_a_panels(&a[0, 0], k, m, 0, m, pc, kc, &out[pc * mp * MR], MR * kc)
+            pc += KC
 
 
 def pack_b(const float[:, ::1] b,     # IN  (K, N)
@@ -61,9 +63,11 @@ def pack_b(const float[:, ::1] b,     # IN  (K, N)
     if n == 0 or k == 0:
         return
     with nogil:
-        for pc in range(0, k, 128):     # KC
+        pc = 0
+        while pc < k:        # (while: a range step must be a literal)
             kc = min(<Py_ssize_t>KC, k - pc)
             pack_b_matrix(&b[0, 0], n, n, 0, n, pc, kc, &out[pc * np_ * NR], NR * kc, NR)
+            pc += KC
 
 
 

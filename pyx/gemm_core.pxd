@@ -63,8 +63,7 @@ ctypedef void (*nrt_job_fn)(void* ctx, long job, int slot) noexcept nogil
 
 cdef enum:
     # K block: a B micro-panel (KC x NR floats, 16 KiB) stays in L1 beside the
-    # A reads (pack_a, pack_b and pack_at spell the 128 out: Cython wants a
-    # literal loop step). 256 (32 KiB) left a 48 KiB L1 too full: one thread,
+    # A reads. 256 (32 KiB) left a 48 KiB L1 too full: one thread,
     # light_resnet50 62.0 -> 58.3 ms (KC 192: 60.2, 64: 59.0), transformer
     # products unchanged (bert128, llama128 at 2 threads within noise).
     KC = 128
