@@ -142,6 +142,23 @@ def fast_output(x, out, eps):
     return None
 
 
+def fast_channel_call(x, activation, out, eps, min_rank):
+    """The checks the channel-norm fast paths (batch_norm, group_norm) share: (act, y) with act
+    the activation's kernel code and y as fast_output gives it, or None when the fast path does
+    not apply - x not a C-contiguous ndarray of rank >= min_rank, an unknown activation, or an
+    out the kernel's (N, C, S) reshape would copy or reshape (a strided or differently shaped
+    out)."""
+    if type(x) is not np.ndarray or x.ndim < min_rank or not x.flags.c_contiguous:
+        return None
+    act = 0 if activation is None else (ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
+    if act < 0:
+        return None
+    y = fast_output(x, out, eps)
+    if y is None or (y is out and (out.shape != x.shape or not out.flags.c_contiguous)):
+        return None
+    return act, y
+
+
 def activation(act):
     try:
         return ACTIVATIONS[act]

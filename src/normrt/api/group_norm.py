@@ -58,14 +58,10 @@ def _fast(x, groups, scale, bias, eps, activation, out, min_rank):
     here is what the kernel cannot see: out's own shape and layout (the kernel sees its
     (R, L) reshape), its overlap with x, the parameters' length (the kernel reads any period)
     and the group count."""
-    if type(x) is not np.ndarray or x.ndim < min_rank or not x.flags.c_contiguous:
+    checked = chk.fast_channel_call(x, activation, out, eps, min_rank)
+    if checked is None:
         return None
-    act = 0 if activation is None else (chk.ACTIVATIONS.get(activation, -1) if type(activation) is str else -1)
-    if act < 0:
-        return None
-    y = chk.fast_output(x, out, eps)
-    if y is None or (y is out and (out.shape != x.shape or not out.flags.c_contiguous)):
-        return None
+    act, y = checked
     shape = x.shape
     C = shape[1]
     if type(groups) is not int or groups <= 0 or C % groups:
