@@ -14,6 +14,9 @@ bitwise identical for any thread count.
 With eps > 0 the divisor is max(norm, eps) (torch's F.normalize); with eps = 0
 a zero norm gives 0, not NaN: the denominator of a zero vector is +inf, so the
 write loop stays branch-free (x / inf == 0 for every finite x). NaN stays NaN.
+With nan_on_zero the denominator of a zero vector is 0 instead, so each of its
+elements is 0 / 0 = NaN: the plain division x / ||x|| a model writes (CLIP's
+h / h.norm(), or F.normalize in float16, whose eps of 1e-12 rounds to 0).
 """
 from cython.parallel cimport prange
 from libc.stdlib cimport malloc, free
@@ -80,10 +83,18 @@ cdef inline double prescaled_l2(const real* x, Py_ssize_t n, Py_ssize_t stride,
     return sqrt(s)
 
 
+cdef inline double zero_norm(double norm, bint nan_on_zero) noexcept nogil:
+    """The divisor for a norm: itself, except 0 -> +inf (zeros out) or, nan_on_zero, 0."""
+    if norm != 0.0 or nan_on_zero:
+        return norm
+    return INFINITY
+
+
 cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
-                               double s, int p, double eps, double* pre) noexcept nogil:
+                               double s, int p, double eps, bint nan_on_zero, double* pre) noexcept nogil:
     """The divisor d and factor *pre of a vector whose accumulated sum is s: the output
-    is (x * pre) / d with d / pre = max(norm, eps), or d = +inf for a zero norm.
+    is (x * pre) / d with d / pre = max(norm, eps), or for a zero norm d = +inf (zeros
+    out), with nan_on_zero d = 0 (NaN out).
 
     eps > 0 is torch's F.normalize (x / max(||x||, eps)); a NaN norm stays NaN.
     pre is 1 (exact) except for float64 sums of squares out of range.
@@ -101,10 +112,11 @@ cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
                 if norm / pre[0] < eps:
                     pre[0] = 1.0
                     norm = eps
-                return norm if norm != 0.0 else INFINITY
+                return zero_norm(norm, nan_on_zero)
     if norm < eps:
         norm = eps
-    return norm if norm != 0.0 else INFINITY
+    return zero_norm(norm, nan_on_zero)
+
 
 
 cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double pre, double d) noexcept nogil:
@@ -115,7 +127,7 @@ cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double pre, dou
 
 def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             real[:, ::1] out,       # OUT (K1, L); may alias x
-            int p, double eps, int n_threads):
+            int p, double eps, int n_threads, bint nan_on_zero=False):
     cdef Py_ssize_t G = x.shape[0], L = x.shape[1]
     cdef Py_ssize_t nch = n_chunks(L), g, c, item, start, n
     cdef double s, d, pre
@@ -130,7 +142,7 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
             for c in range(nch):
                 start = c * CHUNK
                 s = s + chunk_sum_p(&x[g, start], min(<Py_ssize_t>CHUNK, L - start), p)
-            d = denominator(&x[g, 0], L, 1, s, p, eps, &pre)
+            d = denominator(&x[g, 0], L, 1, s, p, eps, nan_on_zero, &pre)
             write_row(&x[g, 0], &out[g, 0], L, pre, d)
         return
 
@@ -150,7 +162,7 @@ def lp_rows(const real[:, ::1] x,   # IN  (K1, L) rows to normalize
                 s = 0.0
                 for c in range(nch):
                     s = s + parts[g * nch + c]
-                dens[g] = denominator(&x[g, 0], L, 1, s, p, eps, &pres[g])
+                dens[g] = denominator(&x[g, 0], L, 1, s, p, eps, nan_on_zero, &pres[g])
             for item in prange(G * nch, schedule="static", num_threads=n_threads):
                 g = item // nch
                 start = (item % nch) * CHUNK
@@ -180,11 +192,11 @@ cdef inline void col_chunk_sum(const real* x, Py_ssize_t K2, Py_ssize_t nrows, P
 
 
 cdef inline void col_denominators(const real* x, Py_ssize_t L, Py_ssize_t K2, Py_ssize_t ncols,
-                                  int p, double eps, double* acc, double* pre) noexcept nogil:
+                                  int p, double eps, bint nan_on_zero, double* acc, double* pre) noexcept nogil:
     """acc[j]: the accumulated sum of column j in, its divisor out (pre[j]: its factor)."""
     cdef Py_ssize_t j
     for j in range(ncols):
-        acc[j] = denominator(x + j, L, K2, acc[j], p, eps, &pre[j])
+        acc[j] = denominator(x + j, L, K2, acc[j], p, eps, nan_on_zero, &pre[j])
 
 
 cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nrows,
@@ -200,7 +212,7 @@ cdef inline void col_write(const real* x, real* y, Py_ssize_t K2, Py_ssize_t nro
 
 
 cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
-                           Py_ssize_t ncols, int p, double eps) noexcept nogil:
+                           Py_ssize_t ncols, int p, double eps, bint nan_on_zero) noexcept nogil:
     """Normalize ncols <= COLS adjacent columns of one (L, K2) slab, all by one thread."""
     cdef double acc[COLS]
     cdef double part[COLS]
@@ -214,13 +226,13 @@ cdef inline void col_block(const real* x, real* y, Py_ssize_t L, Py_ssize_t K2,
         for j in range(ncols):
             acc[j] = acc[j] + part[j]
         r0 += LCHUNK
-    col_denominators(x, L, K2, ncols, p, eps, acc, pre)
+    col_denominators(x, L, K2, ncols, p, eps, nan_on_zero, acc, pre)
     col_write(x, y, K2, L, ncols, pre, acc)
 
 
 def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each (k1, k2)
             real[:, :, ::1] out,       # OUT (K1, L, K2); may alias x
-            int p, double eps, int n_threads):
+            int p, double eps, int n_threads, bint nan_on_zero=False):
     cdef Py_ssize_t K1 = x.shape[0], L = x.shape[1], K2 = x.shape[2]
     cdef Py_ssize_t nb = (K2 + COLS - 1) // COLS          # column blocks per slab
     cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK      # row chunks per column
@@ -235,7 +247,8 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
         for item in prange(items, nogil=True, schedule="static", num_threads=n_threads):
             k = item // nb
             j0 = (item % nb) * COLS
-            col_block(&x[k, 0, j0], &out[k, 0, j0], L, K2, min(<Py_ssize_t>COLS, K2 - j0), p, eps)
+            col_block(&x[k, 0, j0], &out[k, 0, j0], L, K2, min(<Py_ssize_t>COLS, K2 - j0), p, eps,
+                      nan_on_zero)
         return
 
     # few column blocks, long columns: each row chunk of each block is a work item;
@@ -264,7 +277,7 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
                 for lc in range(nlc):
                     for j in range(nc):
                         acc[j] = acc[j] + parts[(item * nlc + lc) * COLS + j]
-                col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, acc, pres + item * COLS)
+                col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, nan_on_zero, acc, pres + item * COLS)
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
                 item = t // nlc
                 k = item // nb

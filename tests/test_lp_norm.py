@@ -383,3 +383,63 @@ def test_eps_bitwise_identical_across_thread_counts(shape, axis, dtype):
 def test_bad_eps(eps, err):
     with pytest.raises(err, match="eps"):
         normrt.lp_norm(np.ones((2, 3), np.float32), eps=eps)
+
+
+def ref_divide(x, p, axis):
+    """The plain division x / ||x||_p a model writes (float64): NaN for a zero vector."""
+    x64 = np.asarray(x, dtype=np.float64)
+    norm = np.sum(np.abs(x64), axis=axis, keepdims=True) if p == 1 else \
+        np.sqrt(np.sum(x64 * x64, axis=axis, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x64 / norm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, "bfloat16"])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("shape,axis", CASES)
+def test_nan_on_zero_is_the_plain_division(shape, axis, p, dtype):
+    """nan_on_zero: every vector as x / ||x|| gives it, a zero vector NaN (0 / 0) - on every kernel path
+    (rows, chunked rows, column blocks, split columns) and storage type; other vectors keep the
+    default's bits."""
+    import ml_dtypes
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(shape).astype(dt)
+    zero_at = tuple(0 if i != axis % x.ndim else slice(None) for i in range(x.ndim))
+    x[zero_at] = 0
+    y = normrt.lp_norm(x, p=p, axis=axis, nan_on_zero=True)
+    want = ref_divide(x, p, axis)
+    assert y.dtype == dt
+    assert np.isnan(y.astype(np.float64)[zero_at]).all()
+    assert np.array_equal(np.isnan(y.astype(np.float64)), np.isnan(want))
+    rtol = {np.float32: 1e-5, np.float64: 1e-12}.get(dt.type, 2.0 ** -7 if dtype == "bfloat16" else 2.0 ** -10)
+    # (a half output below the normal range is rounded to the subnormal spacing)
+    atol = float(ml_dtypes.finfo(dt).smallest_subnormal) if dt.itemsize == 2 else 1e-30
+    np.testing.assert_allclose(y.astype(np.float64), want, rtol=rtol, atol=atol)
+    default = normrt.lp_norm(x, p=p, axis=axis)
+    keep = ~np.isnan(want)
+    assert same_bits(y[keep], default[keep])
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 5000), 1), ((1, 20000), 1), ((1, 3000, 5), 1)])
+def test_nan_on_zero_bitwise_identical_across_thread_counts(shape, axis):
+    x = np.random.default_rng(32).standard_normal(shape).astype(np.float32)
+    x[0] = 0
+    results = []
+    for n in (1, 2, 8):
+        with normrt.threads(n):
+            results.append(normrt.lp_norm(x, axis=axis, nan_on_zero=True))
+    assert same_bits(results[0], results[1]) and same_bits(results[0], results[2])
+    assert np.isnan(results[0][0]).all() and not np.isnan(results[0][1:]).any()
+
+
+def test_nan_on_zero_with_eps_keeps_the_clamp():
+    """With eps > 0 no norm is 0: nan_on_zero changes nothing (F.normalize in float32)."""
+    x = np.array([[0.0, 0.0], [3e-13, 4e-13], [3.0, 4.0]], np.float64)
+    assert same_bits(normrt.lp_norm(x, eps=1e-12, nan_on_zero=True), normrt.lp_norm(x, eps=1e-12))
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None])
+def test_bad_nan_on_zero(bad):
+    with pytest.raises(TypeError, match="nan_on_zero"):
+        normrt.lp_norm(np.ones((2, 3), np.float32), nan_on_zero=bad)

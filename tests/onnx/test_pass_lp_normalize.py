@@ -163,7 +163,8 @@ def test_refusals(kw, reason):
 @pytest.mark.parametrize("form", ["dynamo", "legacy"])
 def test_half_fused(form):
     """The bfloat16 spelling (its eps in half) -> one half LpNorm, within bfloat16 rounding of
-    float64; float16 with eps 1e-4 too. float16's 1e-12 is 0: refused (NaN for a zero vector)."""
+    float64; float16 with eps 1e-4 too. float16's 1e-12 is 0: the model divides by the plain
+    norm, so the LpNorm keeps its NaN for a zero vector (nan_on_zero)."""
     for elem, eps in ((BF, 1e-12), (H, 1e-4)):
         model = normalize_model((4, 8), form=form, elem=elem, eps=eps)
         opt, report = normrt.optimize(model, report=True)
@@ -172,11 +173,32 @@ def test_half_fused(form):
         feed = feed_for(model, (4, 8), NP_HALF[elem])
         assert_matches_float64(normrt.InferenceSession(model).run(None, feed), model, feed, ulps=2)
     model = normalize_model((4, 8), form=form, elem=H)
-    _, report = normrt.optimize(model, report=True)
-    assert report["passes"][PASS] == 0 and "underflows" in report["refused"][0]["reason"]
-    feed = feed_for(model, (4, 8), np.float16)
+    opt, report = normrt.optimize(model, report=True)
+    assert report["passes"][PASS] == 1, report["refused"]
+    (node,) = opt.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert node.op_type == "LpNorm" and attrs.get("epsilon", 0.0) == 0.0 and attrs["nan_on_zero"] == 1
+    feed = feed_for(model, (4, 8), np.float16)       # rows 0 (1e-14 rounds to 0) and 1: zero vectors
+    got = normrt.InferenceSession(model).run(None, feed)
+    assert np.isnan(got[0][:2]).all() and not np.isnan(got[0][2:]).any()
     with np.errstate(all="ignore"):
-        check_against_reference(model, feed, normrt.InferenceSession(model).run(None, feed), rtol=1e-3, atol=1e-3)
+        check_against_reference(model, feed, got, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", ["dynamo", "legacy", "plain"])
+@pytest.mark.parametrize("clip", ["clip", "max"])
+def test_eps_zero_keeps_the_divisions_nan(form, clip):
+    """A float32 F.normalize spelled with eps 0 (Clip/Max at 0) is x / ||x||: fused with nan_on_zero,
+    a zero vector NaN as in onnx.reference, the others unit vectors."""
+    model = normalize_model((5, 8), form=form, clip=clip, eps=0.0)
+    feed = feed_for(model, (5, 8))
+    opt, report, got = run(model, feed)
+    assert report["passes"][PASS] == 1, report["refused"]
+    attrs = {a.name: helper.get_attribute_value(a) for a in opt.graph.node[0].attribute}
+    assert attrs["nan_on_zero"] == 1
+    assert np.isnan(got[0][1]).all() and not np.isnan(np.delete(got[0], 1, axis=0)).any()
+    with np.errstate(all="ignore"):
+        check_against_reference(model, feed, got)
 
 
 def test_expand_that_broadcasts_up_is_refused():
@@ -200,3 +222,26 @@ def test_other_numerator_is_not_matched():
     model.graph.node[-1].input[0] = "z"
     opt, report = normrt.optimize(model, report=True)
     assert report["passes"][PASS] == 0 and not report["refused"]
+
+
+@pytest.mark.parametrize("elem", [F, H])
+def test_plain_division_by_its_norm_keeps_nan(elem):
+    """X / ReduceL2(X) with no clamp (CLIP's h / h.norm(), recognized_norms' spelling of the same
+    LpNorm): a zero vector is 0 / 0 in the model, NaN, and stays NaN on the kernel."""
+    dtype = {F: np.float32, **NP_HALF}[elem]
+    nodes = [helper.make_node("ReduceL2", ["x", "axes"], ["norm"], name="reduce", keepdims=1),
+             helper.make_node("Div", ["x", "norm"], ["y"], name="div")]
+    graph = helper.make_graph(nodes, "plain_l2", [vi("x", [5, 8], elem)], [vi("y", [5, 8], elem)],
+                              [const("axes", np.array([-1], np.int64))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    opt, report = normrt.optimize(model, report=True)
+    (node,) = opt.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert node.op_type == "LpNorm" and attrs["nan_on_zero"] == 1
+    x = RNG.standard_normal((5, 8)).astype(dtype)
+    x[3] = 0
+    got = normrt.InferenceSession(model).run(None, {"x": x})
+    assert np.isnan(got[0][3]).all() and not np.isnan(np.delete(got[0], 3, axis=0)).any()
+    with np.errstate(all="ignore"):
+        tol = dict(rtol=1e-6, atol=1e-7) if elem == F else dict(rtol=1e-3, atol=1e-3)
+        check_against_reference(model, {"x": x}, got, **tol)

@@ -4,5 +4,5 @@ import numpy.typing as npt
 
 Array = npt.NDArray[np.floating]
 
-def lp_rows(x: Array, out: Array, p: int, eps: float, n_threads: int) -> None: ...   # (K1, L): norm per row
-def lp_cols(x: Array, out: Array, p: int, eps: float, n_threads: int) -> None: ...   # (K1, L, K2): norm over L
+def lp_rows(x: Array, out: Array, p: int, eps: float, n_threads: int, nan_on_zero: bool = ...) -> None: ...   # (K1, L): norm per row
+def lp_cols(x: Array, out: Array, p: int, eps: float, n_threads: int, nan_on_zero: bool = ...) -> None: ...   # (K1, L, K2): norm over L

@@ -7,35 +7,39 @@ from .._thread_policy import memory_bound
 from . import half
 
 
-def lp_norm(x, *, p=2, axis=-1, eps=0.0, out=None):
+def lp_norm(x, *, p=2, axis=-1, eps=0.0, nan_on_zero=False, out=None):
     """Divide x by its L1 (p=1) or L2 (p=2) norm along `axis`.
 
     ONNX LpNormalization: ||x||_1 = sum |x|, ||x||_2 = sqrt(sum x**2),
     accumulated in float64. With eps > 0 the divisor is max(||x||, eps), which is
     torch.nn.functional.normalize (its default eps is 1e-12); with eps = 0 (the
-    default, ONNX) a vector whose norm is 0 gives 0, not NaN. A NaN stays in its
-    own vector.
+    default, ONNX) a vector whose norm is 0 gives 0, not NaN - unless
+    `nan_on_zero`: then it gives NaN, as the plain division x / ||x|| does (a
+    model's h / h.norm(), or F.normalize in float16, whose eps of 1e-12 rounds
+    to 0). A NaN stays in its own vector.
     Results are bitwise identical for any thread count. `out` may be x.
     """
     x = chk.tensor(x, "x", min_rank=1, half=True)
     p = chk.int_value(p, "p", choices=(1, 2))
     a = chk.axis_index(axis, x.ndim)
     eps = chk.eps_value(eps)
+    if type(nan_on_zero) is not bool:
+        raise TypeError(f"nan_on_zero must be True or False, got {nan_on_zero!r}")
     y = chk.output(out, x.shape, x.dtype, x)
     if x.size == 0:
         return y
     if chk.half_kind(x.dtype) >= 0:
-        return half.via_float32(x, y, lambda x32: _lp(x32, p, a, eps, x32))
-    return _lp(x, p, a, eps, y)
+        return half.via_float32(x, y, lambda x32: _lp(x32, p, a, eps, nan_on_zero, x32))
+    return _lp(x, p, a, eps, nan_on_zero, y)
 
 
-def _lp(x, p, a, eps, y):
+def _lp(x, p, a, eps, nan_on_zero, y):
     # view x as (K1, L, K2): the norm runs over L, K2 is the contiguous inner extent
     K1 = math.prod(x.shape[:a])
     L = x.shape[a]
     K2 = math.prod(x.shape[a + 1:])
     if K2 == 1:
-        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, eps, memory_bound(x.size))
+        _k.lp_rows(x.reshape(K1, L), y.reshape(K1, L), p, eps, memory_bound(x.size), nan_on_zero)
     else:
-        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, memory_bound(x.size))
+        _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, memory_bound(x.size), nan_on_zero)
     return y

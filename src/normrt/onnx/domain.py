@@ -27,8 +27,9 @@ ChannelNorm(X [, scale, B]) -> Y                     mode="layer", epsilon=1e-6,
 GroupNorm(X [, scale, bias]) -> Y
     num_groups, epsilon=1e-5, activation="", per_group_affine=0 (1: scale/bias are (G,))
 MeanVarianceNorm(X) -> Y                             axes=[0, 2, 3], epsilon=1e-9
-LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0
-    (epsilon > 0: divide by max(norm, epsilon), torch's F.normalize)
+LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0, nan_on_zero=0
+    (epsilon > 0: divide by max(norm, epsilon), torch's F.normalize; a zero vector gives
+    zeros (ONNX LpNormalization), or with nan_on_zero=1 NaN, as the division x / norm does)
 LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
 AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
     (unbiased=1: variances m2 / (n - 1), torch's default .var())
@@ -109,7 +110,8 @@ NORM_OPS = {op.op_type: op for op in (
            call=_calls.group_norm, prepare=_calls.prepared_group_norm),
     NormOp("MeanVarianceNorm", "mean_variance_norm", ("X",), ("Y",),
            {"axes": [0, 2, 3], "epsilon": 1e-9}, call=_calls.mean_variance_norm),
-    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0}, call=_calls.lp_norm),
+    NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0, "nan_on_zero": 0},
+           call=_calls.lp_norm),
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}, call=_calls.lrn),
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}, call=_calls.adain),
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),

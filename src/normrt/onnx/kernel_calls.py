@@ -101,7 +101,7 @@ def mean_variance_norm(attrs, n_out, x):
 
 def lp_norm(attrs, n_out, x):
     return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1),
-                              eps=attrs.get("epsilon", 0.0)),)
+                              eps=attrs.get("epsilon", 0.0), nan_on_zero=bool(attrs.get("nan_on_zero", 0))),)
 
 
 def lrn(attrs, n_out, x):

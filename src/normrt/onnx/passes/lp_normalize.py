@@ -6,10 +6,13 @@
         └──► Shape ─────────────────────────────────────────────────┘  legacy: Shape(X);
                                                                         dynamo: X's static shape
     ==>  X ──► normrt::LpNorm(p=2 or 1, axis=a, epsilon=eps) ──► Y
+         (eps 0: normrt::LpNorm(p, axis=a, nan_on_zero=1))
 
 torch's formula is x / max(||x||_p, eps) (eps = 1e-12 by default); ONNX
 LpNormalization has no eps, so the epsilon attribute of normrt::LpNorm carries it
-(the kernel divides by max(norm, epsilon)).
+(the kernel divides by max(norm, epsilon)). An eps of 0 - float16's 1e-12, which
+rounds to 0 - makes the model's divisor the plain norm, so a zero vector is 0 / 0,
+NaN: nan_on_zero=1 keeps that (the kernel's default gives ONNX's zeros).
 
 Refused (reason in the report):
 - more than one reduced axis, keepdims=0, axes not constant;
@@ -18,8 +21,7 @@ Refused (reason in the report):
 - an Expand whose shape is neither Shape(X) nor a constant that leaves X's shape as it
   is (or a Shape with start/end); a Div that would broadcast X up;
 - a middle value read elsewhere or a graph output;
-- element types other than float32/float64/float16/bfloat16; an eps of 0 (float16's
-  1e-12 is 0: the model's zero vector is 0 / 0, NaN, where the kernel writes zeros).
+- element types other than float32/float64/float16/bfloat16.
 - a float64 constant that a float32 attribute cannot hold exactly (it would change results).
 """
 from dataclasses import dataclass
@@ -149,9 +151,6 @@ class LpNormalize(GraphPass):
         reason = float_attr_reason("eps", eps)
         if reason:
             return reason
-        if eps == 0.0:
-            # float16's 1e-12 is 0: the model divides a zero vector by 0 (NaN), the kernel gives zeros
-            return "eps is 0 (torch's 1e-12 underflows in float16): a zero vector is NaN in the model"
         if m.expand is not None:
             if m.shape is not None:
                 attrs, reason = node_attrs(m.shape)
@@ -184,8 +183,11 @@ class LpNormalize(GraphPass):
 
     def rewrite(self, ctx, m):
         info = m.info
+        attrs = {"p": info["p"], "axis": info["axis"], "epsilon": info["eps"]}
+        if info["eps"] == 0.0:
+            attrs["nan_on_zero"] = 1      # the model's x / max(norm, 0): a zero vector is NaN
         new = make_node("LpNorm", [m.div.input[0]], [m.div.output[0]], fused_name(ctx, m.nodes, "LpNorm"),
-                        p=info["p"], axis=info["axis"], epsilon=info["eps"])
+                        **attrs)
         ctx.replace_nodes(m.nodes, [new])
         ctx.report.fused.append({
             "pass": self.name, "op": PATTERN, "pattern": PATTERN, "nodes": [n.name for n in m.nodes],

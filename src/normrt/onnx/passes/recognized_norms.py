@@ -31,7 +31,8 @@ is chosen by the axes A:
                                      "rms" (raw: StyleGAN PixelNorm), affine per channel
     X viewed as (N, G, ...),       GroupNorm(num_groups=G) when the normalized value is
       A = [2, rank of the view)      viewed back to X's shape, then a per-channel affine
-    X / ReduceL2(X, [a])           LpNorm(p=2, axis=a)
+    X / ReduceL2(X, [a])           LpNorm(p=2, axis=a, nan_on_zero=1): the division's NaN for
+                                     a zero vector kept (ONNX LpNormalization gives zeros)
     σ(s)·(x - μ(x))/σ(x) + μ(s)    AdaIN(x, s): s's centred statistics over the same
       (or x̂·σ(s) + μ(s))             (spatial) axes, with the same eps
 
@@ -850,8 +851,9 @@ class RecognizedNorms(GraphPass):
                                             axes=list(m.moment.axes), epsilon=float(m.eps)))
             return
         if op == "LpNorm":
+            # (a zero vector is 0 / 0 in the model: NaN, which nan_on_zero keeps)
             self._replace(ctx, m, make_node("LpNorm", [x], [m.output], fused_name(ctx, plan["removed"], "LpNorm"),
-                                            p=2, axis=plan["axis"]))
+                                            p=2, axis=plan["axis"], nan_on_zero=1))
             return
         dtype = param_dtype(ctx.elem_type(x))
         inputs = [x]
