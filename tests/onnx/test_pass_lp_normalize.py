@@ -245,3 +245,12 @@ def test_plain_division_by_its_norm_keeps_nan(elem):
     with np.errstate(all="ignore"):
         tol = dict(rtol=1e-6, atol=1e-7) if elem == F else dict(rtol=1e-3, atol=1e-3)
         check_against_reference(model, {"x": x}, got, **tol)
+
+
+@pytest.mark.parametrize("bad", [2, -1, 1.5, "yes"])
+def test_bad_nan_on_zero_attribute_is_a_model_error(bad):
+    node = helper.make_node("LpNorm", ["x"], ["y"], name="lp", domain="normrt", nan_on_zero=bad)
+    graph = helper.make_graph([node], "g", [vi("x", [2, 3], F)], [vi("y", [2, 3], F)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("normrt", 1)])
+    with pytest.raises(normrt.ModelError, match="nan_on_zero must be 0 or 1"):
+        normrt.InferenceSession(model).run(None, {"x": np.ones((2, 3), np.float32)})

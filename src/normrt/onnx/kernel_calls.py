@@ -100,8 +100,11 @@ def mean_variance_norm(attrs, n_out, x):
 
 
 def lp_norm(attrs, n_out, x):
+    nan_on_zero = attrs.get("nan_on_zero", 0)
+    if type(nan_on_zero) is not int or nan_on_zero not in (0, 1):
+        raise ModelError(f"normrt LpNorm nan_on_zero must be 0 or 1, got {nan_on_zero!r}")
     return (_normrt().lp_norm(x, p=attrs.get("p", 2), axis=attrs.get("axis", -1),
-                              eps=attrs.get("epsilon", 0.0), nan_on_zero=bool(attrs.get("nan_on_zero", 0))),)
+                              eps=attrs.get("epsilon", 0.0), nan_on_zero=bool(nan_on_zero)),)
 
 
 def lrn(attrs, n_out, x):
