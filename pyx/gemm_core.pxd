@@ -30,6 +30,8 @@ cdef extern from "gemm_microkernel.h":
                          const float* res, int relu) noexcept nogil
     void nrt_pad_planes(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                         Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil
+    void nrt_pad_rows(const float* x, float* xp, Py_ssize_t p, Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t h,
+                      Py_ssize_t w, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil
     bint nrt_pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                         Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
                         Py_ssize_t sw) noexcept nogil

@@ -75,37 +75,56 @@ static inline void nrt_zero_run(float* d, Py_ssize_t n)
     *(nrt_vu*)(d + n - NRT_VW) = zero;
 }
 
-/* Planes [p0, p1) of x (h, w) into xp (hp, wp), shifted by (pt, pl), zeros
-   around: a conv's zero-padded input. A plane's top and bottom padding rows
-   are contiguous: one zero run each; an image row is a short vector copy
-   (7..58 floats) between its one-or-two-float side pads. Plain unaligned
-   vector moves throughout: the earlier version wrote every padded row as
-   whole vectors from masked loads and masked stores, which on Zen 4 ran at a
-   third to a half of this speed (one thread: 128 planes of 32x32 34 -> 14 us,
-   256 of 14x14 18 -> 8 us, 32 of 64x64 22 -> 13 us). Kept from GCC's rewrite
-   of the side-pad loops into memset calls (two calls per row). */
+/* Rows [y0, y1) of plane p of xp (hp, wp): plane p of x (h, w) shifted by (pt,
+   pl), zeros around - a band of a conv's zero-padded input. The padding rows
+   above and below the image are contiguous: one zero run each; an image row is
+   a short vector copy (7..58 floats) between its one-or-two-float side pads.
+   Plain unaligned vector moves throughout: the earlier version wrote every
+   padded row as whole vectors from masked loads and masked stores, which on
+   Zen 4 ran at a third to a half of this speed (one thread: 128 planes of
+   32x32 34 -> 14 us, 256 of 14x14 18 -> 8 us, 32 of 64x64 22 -> 13 us). Kept
+   from GCC's rewrite of the side-pad loops into memset calls (two calls per
+   row). */
 __attribute__((optimize("no-tree-loop-distribute-patterns"), unused)) static void
-nrt_pad_planes(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h,
-               Py_ssize_t w, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl)
+nrt_pad_rows(const float* restrict x, float* restrict xp, Py_ssize_t p, Py_ssize_t y0, Py_ssize_t y1,
+             Py_ssize_t h, Py_ssize_t w, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl)
 {
     Py_ssize_t lead = pl < wp ? pl : wp;
     Py_ssize_t ncopy = w < wp - lead ? w : wp - lead;
-    Py_ssize_t top = pt < hp ? pt : hp;
-    for (Py_ssize_t p = p0; p < p1; p++) {
-        const float* src = x + p * h * w;
-        float* plane = xp + p * hp * wp;
-        Py_ssize_t yy, j;
-        nrt_zero_run(plane, top * wp);
-        for (yy = top; yy < hp && yy - pt < h; yy++) {
-            float* row = plane + yy * wp;
-            for (j = 0; j < lead; j++)
-                row[j] = 0.0f;
-            nrt_copy_run(row + lead, src + (yy - pt) * w, ncopy);
-            for (j = lead + ncopy; j < wp; j++)
-                row[j] = 0.0f;
-        }
-        nrt_zero_run(plane + yy * wp, (hp - yy) * wp);
+    Py_ssize_t top = pt < hp ? pt : hp;                    /* image rows: [top, bottom) */
+    Py_ssize_t bottom = pt + h < hp ? pt + h : hp;
+    const float* src = x + p * h * w;
+    float* plane = xp + p * hp * wp;
+    Py_ssize_t a = y0, b, yy, j;
+    if (bottom < top)
+        bottom = top;
+    b = y1 < top ? y1 : top;
+    if (b > a) {
+        nrt_zero_run(plane + a * wp, (b - a) * wp);
+        a = b;
     }
+    b = y1 < bottom ? y1 : bottom;
+    for (yy = a; yy < b; yy++) {
+        float* row = plane + yy * wp;
+        for (j = 0; j < lead; j++)
+            row[j] = 0.0f;
+        nrt_copy_run(row + lead, src + (yy - pt) * w, ncopy);
+        for (j = lead + ncopy; j < wp; j++)
+            row[j] = 0.0f;
+    }
+    if (b > a)
+        a = b;
+    if (y1 > a)
+        nrt_zero_run(plane + a * wp, (y1 - a) * wp);
+}
+
+/* Planes [p0, p1) whole (nrt_pad_rows over all hp rows of each) */
+__attribute__((unused)) static void
+nrt_pad_planes(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h,
+               Py_ssize_t w, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t pt, Py_ssize_t pl)
+{
+    for (Py_ssize_t p = p0; p < p1; p++)
+        nrt_pad_rows(x, xp, p, 0, hp, h, w, hp, wp, pt, pl);
 }
 
 /* conv.pyx's pad_phases on AVX-512 (returns 0 elsewhere: the caller's scalar loop): planes [p0, p1) of x (h, w), zero-padded by (pt, pl), split by stride

@@ -146,6 +146,7 @@ def test_out_and_residual_in_out():
     ((3, 32, 40, 40), (64, 16, 3, 3), (2, 2), (0, 1, 1, 0), 2),
     ((1, 96, 14, 14), (200, 96, 3, 3), (2, 2), (1, 1, 1, 1), 1),     # transposed, channels split
     ((1, 16, 30, 30), (64, 16, 3, 3), (1, 1), (1, 1, 1, 1), 1),      # transposed, pixels split
+    ((1, 3, 128, 128), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3), 1),      # 3 planes: padded in row bands
 ])
 def test_same_bits_for_any_thread_count(xs, ws, st, pads, group):
     x, w, b = rand(*xs), rand(*ws), rand(ws[0])
@@ -336,3 +337,22 @@ def test_residual_buffer_refused_with_several_k_blocks(xs, ws, strides):
     out = res.copy()
     normrt.conv2d(x, w, residual=out, out=out, **kw)
     assert same_bits(out, want)
+
+
+@pytest.mark.parametrize("xs,ws,st,pads", [
+    ((1, 3, 97, 101), (32, 3, 7, 7), (4, 4), (3, 2, 1, 3)),     # SegFormer-like stem, uneven pads
+    ((1, 3, 64, 64), (48, 3, 3, 3), (1, 1), (1, 1, 1, 1)),
+    ((2, 2, 50, 40), (40, 2, 5, 5), (1, 1), (4, 0, 2, 3)),      # pads past the kernel's reach
+])
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_few_planes_padded_in_row_bands_match_reference(xs, ws, st, pads, threads):
+    """Fewer input planes than 4 per thread: the zero-padded copy is split into row bands across
+    the threads; every band boundary (inside the top/bottom padding or the image) must give the
+    float64 reference and the one-thread bits."""
+    x, w = rand(*xs), rand(*ws)
+    with normrt.threads(threads):
+        got = normrt.conv2d(x, w, strides=st, pads=pads)
+    with normrt.threads(1):
+        one = normrt.conv2d(x, w, strides=st, pads=pads)
+    np.testing.assert_allclose(got, ref_conv(x, w, strides=st, pads=pads), rtol=1e-4, atol=1e-4)
+    assert same_bits(got, one)
