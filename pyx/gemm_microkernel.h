@@ -112,10 +112,8 @@ nrt_pad_rows(const float* restrict x, float* restrict xp, Py_ssize_t p, Py_ssize
         for (j = lead + ncopy; j < wp; j++)
             row[j] = 0.0f;
     }
-    if (b > a)
-        a = b;
-    if (y1 > a)
-        nrt_zero_run(plane + a * wp, (y1 - a) * wp);
+    if (y1 > yy)                                           /* (yy: the first row not yet written) */
+        nrt_zero_run(plane + yy * wp, (y1 - yy) * wp);
 }
 
 /* Planes [p0, p1) whole (nrt_pad_rows over all hp rows of each) */

@@ -118,7 +118,6 @@ cdef inline double denominator(const real* x, Py_ssize_t n, Py_ssize_t stride,
     return zero_norm(norm, nan_on_zero)
 
 
-
 cdef inline void write_row(const real* x, real* y, Py_ssize_t n, double pre, double d) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
