@@ -518,22 +518,26 @@ cdef inline void prefetch_rows(const float* p, Py_ssize_t ld, Py_ssize_t rows, P
         nrt_prefetch_l2(p + i * ld + cols - 1, 0, 2)
 
 
-cdef inline void prefetch_next_tile(const Problem* g, Py_ssize_t ip, Py_ssize_t ic, Py_ssize_t ic1,
-                                    Py_ssize_t jp, Py_ssize_t np1, int flags) noexcept nogil:
-    """Fetch the C rows (and on the last K block the residual rows) of the tile
-    after (ip, jp) in run_block's order while (ip, jp) computes. The output is
-    written once per K block, the residual read once: both mostly come from
-    memory (a 56x56 1x1 conv's y is 3 MB), and with one tile of FMAs ahead the
-    fetch is done before the tile needs it. Only speed depends on it."""
-    cdef Py_ssize_t r0, c0
-    if ip + 1 < ic1:
-        r0 = (ip + 1) * MR
-        c0 = jp * NR
-    elif jp + 1 < np1:
-        r0 = ic * MR
-        c0 = (jp + 1) * NR
+cdef inline void tile_at(Py_ssize_t t, bint by_rows, Py_ssize_t ic, Py_ssize_t ic1, Py_ssize_t np0,
+                         Py_ssize_t np1, Py_ssize_t* ip, Py_ssize_t* jp) noexcept nogil:
+    """The t-th tile (M panel ip, N panel jp) of run_block's block of M panels [ic, ic1) by
+    N panels [np0, np1): down the columns (each N panel through every M panel), or
+    with by_rows along the rows (each M panel through every N panel)."""
+    if by_rows:
+        ip[0] = ic + t // (np1 - np0)
+        jp[0] = np0 + t % (np1 - np0)
     else:
-        return
+        jp[0] = np0 + t // (ic1 - ic)
+        ip[0] = ic + t % (ic1 - ic)
+
+
+cdef inline void prefetch_tile(const Problem* g, Py_ssize_t ip, Py_ssize_t jp, int flags) noexcept nogil:
+    """Fetch the C rows (and on the last K block the residual rows) of tile (ip,
+    jp) a tile or two before run_block computes it. The output is written once
+    per K block, the residual read once: both mostly come from memory (a 56x56
+    1x1 conv's y is 3 MB), and with a tile of FMAs ahead the fetch is done
+    before the tile needs it. Only speed depends on it."""
+    cdef Py_ssize_t r0 = ip * MR, c0 = jp * NR
     if r0 >= g.m or c0 >= g.n:
         return
     prefetch_rows(cptr(g, r0, c0), g.ldc, min(<Py_ssize_t>MR, g.m - r0), min(<Py_ssize_t>NR, g.n - c0))
@@ -562,6 +566,16 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
     cdef Py_ssize_t koff[KC]
     cdef float bias_pad[MR]
     cdef bint wide = g.b_src == SRC_WIDE
+    # B packed per call (a 1x1 conv's image, implicit im2col, a matmul's activation) fits L2
+    # whole, so tiles run along C's rows: a row of C is then written (and its residual read)
+    # in one sequential run per block, NC_PANELS * NR floats, where down the columns every
+    # tile starts MR new rows. A 1x1 conv of K = 64 into 3 MB of y (ResNet-50's 64 -> 256
+    # at 56x56, residual and ReLU, 1 thread) is bound by those misses: 1116-1361 ->
+    # 1015-1040 us, light_resnet50 86-87 -> 83-85 ms. A prepacked B (a weight) keeps
+    # each panel in L1 down the columns.
+    cdef bint by_rows = not wide and g.b_src != SRC_PACKED
+    cdef Py_ssize_t pf_ahead = 2 if by_rows else 1
+    cdef Py_ssize_t t, tiles, ip_pf, jp_pf
     for kb in range((g.k + KC - 1) // KC):
         pc = kb * KC
         kc = min(<Py_ssize_t>KC, g.k - pc)
@@ -593,47 +607,51 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                 pack_a_panels(g.a, g.lda, g.m, ic * MR, (ic1 - ic) * MR, pc, kc, wa, MR * kc)
                 ablk = wa
             a_stride = MR * kc
-            for jp in range(np0, np1):
+            tiles = (ic1 - ic) * (np1 - np0)
+            pf_share = (NR * kc + (ic1 - ic) * 16 - 1) // ((ic1 - ic) * 16) * 16
+            for t in range(tiles):
+                tile_at(t, by_rows, ic, ic1, np0, np1, &ip, &jp)
                 bp = bblk + (jp - np0) * b_stride
                 c0 = jp * NR
                 nr = min(<Py_ssize_t>NR, g.n - c0)
-                # a prepacked B (a weight, often streamed from memory): the next
-                # panel is fetched into L2 while this one is used, in even shares
-                pf_next = bp + b_stride if g.b_src == SRC_PACKED and jp + 1 < np1 else NULL
-                pf_share = (NR * kc + (ic1 - ic) * 16 - 1) // ((ic1 - ic) * 16) * 16
-                for ip in range(ic, ic1):
-                    if pf_next != NULL:
-                        for pf in range((ip - ic) * pf_share, min((ip - ic + 1) * pf_share, NR * kc), 16):
-                            nrt_prefetch_l2(pf_next + pf, 0, 1)
-                    prefetch_next_tile(g, ip, ic, ic1, jp, np1, flags)
-                    ap = ablk + (ip - ic) * a_stride
-                    r0 = ip * MR
-                    mr = min(<Py_ssize_t>MR, g.m - r0)
-                    if wide:
-                        # (whole panels: C is the thread's wide block, MR-row panels
-                        # high, so an edge panel - M not a multiple of MR, a 3-channel
-                        # RGB output - runs the same in-place kernel; its rows past M,
-                        # the packed A's zero rows, are never copied out)
-                        brow = NULL
-                        if (flags & K_LAST) and g.bias != NULL:
-                            brow = padded_bias(g.bias + r0, mr, MR, bias_pad)
-                        nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags, brow)
-                    elif mr == MR and nr == NR:
-                        brow = NULL
-                        bcol = NULL
-                        res = NULL
-                        if flags & K_LAST:
-                            if g.bias != NULL:
-                                if g.bias_axis == 0:
-                                    brow = g.bias + r0
-                                else:
-                                    bcol = g.bias + c0
-                            if g.res != NULL:
-                                res = g.res + r0 * g.ldc + c0
-                        nrt_kernel(kc, ap, bp, cptr(g, r0, c0), g.ldc, flags,
-                                   brow, bcol, res, g.ldc)
-                    else:
-                        edge_tile(g, ap, bp, kc, flags, r0, c0, mr, nr, tile)
+                # a prepacked B (a weight, often streamed from memory; down the
+                # columns): the next panel is fetched into L2 while this one is
+                # used, in even shares
+                if g.b_src == SRC_PACKED and jp + 1 < np1:
+                    pf_next = bp + b_stride
+                    for pf in range((ip - ic) * pf_share, min((ip - ic + 1) * pf_share, NR * kc), 16):
+                        nrt_prefetch_l2(pf_next + pf, 0, 1)
+                if t + pf_ahead < tiles:
+                    tile_at(t + pf_ahead, by_rows, ic, ic1, np0, np1, &ip_pf, &jp_pf)
+                    prefetch_tile(g, ip_pf, jp_pf, flags)
+                ap = ablk + (ip - ic) * a_stride
+                r0 = ip * MR
+                mr = min(<Py_ssize_t>MR, g.m - r0)
+                if wide:
+                    # (whole panels: C is the thread's wide block, MR-row panels
+                    # high, so an edge panel - M not a multiple of MR, a 3-channel
+                    # RGB output - runs the same in-place kernel; its rows past M,
+                    # the packed A's zero rows, are never copied out)
+                    brow = NULL
+                    if (flags & K_LAST) and g.bias != NULL:
+                        brow = padded_bias(g.bias + r0, mr, MR, bias_pad)
+                    nrt_kernel_off(kc, ap, g.b + c0, koff, cptr(g, r0, c0), g.ldc, flags, brow)
+                elif mr == MR and nr == NR:
+                    brow = NULL
+                    bcol = NULL
+                    res = NULL
+                    if flags & K_LAST:
+                        if g.bias != NULL:
+                            if g.bias_axis == 0:
+                                brow = g.bias + r0
+                            else:
+                                bcol = g.bias + c0
+                        if g.res != NULL:
+                            res = g.res + r0 * g.ldc + c0
+                    nrt_kernel(kc, ap, bp, cptr(g, r0, c0), g.ldc, flags,
+                               brow, bcol, res, g.ldc)
+                else:
+                    edge_tile(g, ap, bp, kc, flags, r0, c0, mr, nr, tile)
             if (flags & K_LAST) and g.act != 0 and not (flags & K_RELU):
                 # the block's rows are final now (while in L2): one span per row of C, not one
                 # per tile row (32 floats: the calls cost ConvNeXt's 96 -> 384 1x1 conv at 56 x 56
