@@ -55,8 +55,11 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                             # residual_may_be_y(...)
            int act,
            float[::1] work,                 # workspace_size(n_threads) floats
-           int n_threads):
-    """y = act(conv(x, w) + bias + residual), one GEMM per image and group."""
+           int n_threads,
+           int pad_mode=0,                  # 0 zeros, 1 reflect, 2 edge (NRT_PAD_*)
+           Py_ssize_t pb=0, Py_ssize_t pr=0):   # trailing pads (the mirrored rows / columns)
+    """y = act(conv(x, w) + bias + residual), one GEMM per image and group, on x padded by
+    (ph, pw, pb, pr) with zeros or, with pad_mode, its mirrored or repeated border."""
     cdef Py_ssize_t nimg = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3]
     cdef Py_ssize_t m = y.shape[1], oh = y.shape[2], ow = y.shape[3]
     cdef Py_ssize_t cg, mg, kg, wsize, reps, jobs
@@ -74,6 +77,9 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef const float* res_p = &residual[0] if residual.shape[0] else NULL
     if group < 1 or c % group or m % group or y.shape[0] != nimg:
         raise ValueError("inconsistent group / channel counts")
+    if pad_mode < 0 or pad_mode > 2 or min(ph, pw, pb, pr) < 0 or (
+            pad_mode == 1 and (max(ph, pb) >= h or max(pw, pr) >= wd)):
+        raise ValueError("bad pad_mode or pads (reflect needs pads < the image's size)")
     cg = c // group
     mg = m // group
     kg = cg * kh * kw
@@ -156,6 +162,9 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
             pj.wp = proto.wp
             pj.pt = ph
             pj.pl = pw
+            pj.pb = pb
+            pj.pr = pr
+            pj.mode = pad_mode
             pj.sh = sh if wide else 1
             pj.sw = sw if wide else 1
             pj.bands = pad_bands(nimg * c, hp, proto.wp, pj.sh * pj.sw, nt)
@@ -205,7 +214,8 @@ cdef enum:
 cdef struct PadJobs:
     const float* x
     float* xp
-    Py_ssize_t planes, h, w, hp, wp, pt, pl, sh, sw
+    Py_ssize_t planes, h, w, hp, wp, pt, pl, pb, pr, sh, sw
+    int mode                # pad_mode: zeros (0) or nrt_pad_mirror's modes
     Py_ssize_t bands        # > 1: a job is one band of rows of one plane
 
 
@@ -225,6 +235,16 @@ cdef inline Py_ssize_t pad_bands(Py_ssize_t planes, Py_ssize_t hp, Py_ssize_t wp
 cdef void pad_job(void* ctx, long j, int slot) noexcept nogil:
     cdef PadJobs* c = <PadJobs*>ctx
     cdef Py_ssize_t p, b
+    if c.mode != 0:
+        if c.bands > 1:
+            p = j // c.bands
+            b = j - p * c.bands
+            nrt_pad_mirror(c.x, c.xp, p, p + 1, b * c.hp // c.bands, (b + 1) * c.hp // c.bands, c.h, c.w, c.hp,
+                           c.wp, c.pt, c.pl, c.pb, c.pr, 1, 1, c.mode)
+        else:
+            nrt_pad_mirror(c.x, c.xp, j * PAD_PLANES, min((j + 1) * PAD_PLANES, c.planes), 0, c.hp, c.h, c.w,
+                           c.hp, c.wp, c.pt, c.pl, c.pb, c.pr, c.sh, c.sw, c.mode)
+        return
     if c.bands > 1:
         p = j // c.bands
         b = j - p * c.bands

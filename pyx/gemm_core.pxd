@@ -35,6 +35,9 @@ cdef extern from "gemm_microkernel.h":
     bint nrt_pad_phases(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t h, Py_ssize_t w,
                         Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh,
                         Py_ssize_t sw) noexcept nogil
+    void nrt_pad_mirror(const float* x, float* xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t y0, Py_ssize_t y1,
+                        Py_ssize_t h, Py_ssize_t w, Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt, Py_ssize_t pl,
+                        Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t sh, Py_ssize_t sw, int mode) noexcept nogil
     void nrt_prefetch_l2 "__builtin_prefetch"(const void* p, int rw, int locality) noexcept nogil
     void nrt_kernel(long kc, const float* a, const float* b, float* c, long ldc, int flags,
                     const float* bias_row, const float* bias_col, const float* res, long ldr) noexcept nogil

@@ -6,6 +6,7 @@
 #define NORMRT_GEMM_MICROKERNEL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX512F__)
   #include <immintrin.h>
@@ -208,6 +209,74 @@ nrt_pad_phases(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ss
     (void)sh; (void)sw;
     return 0;
 #endif
+}
+
+/* Padding modes of a conv's padded copy besides zeros (ONNX Pad's modes, fused by the
+   pad_into_conv pass): reflect (torch's ReflectionPad: -1 -> 1, n -> n - 2) and edge
+   (ReplicationPad: the border value repeated). */
+#define NRT_PAD_REFLECT 1
+#define NRT_PAD_EDGE 2
+
+/* The source index of offset s along an axis of n values padded by `lead` before and `trail`
+   after it, or -1 for a zero: positions past the pads (a wide conv's spill rows and columns,
+   which only thrown-away outputs read) stay zeros. Reflect needs lead, trail < n (checked by
+   normrt.conv2d). */
+static inline Py_ssize_t
+nrt_pad_source(Py_ssize_t s, Py_ssize_t n, Py_ssize_t lead, Py_ssize_t trail, int mode)
+{
+    if (s >= 0 && s < n)
+        return s;
+    if (s < -lead || s >= n + trail)
+        return -1;
+    if (mode == NRT_PAD_REFLECT)
+        return s < 0 ? -s : 2 * (n - 1) - s;
+    return s < 0 ? 0 : n - 1;
+}
+
+/* nrt_pad_rows / nrt_pad_planes / nrt_pad_phases for the reflect and edge modes: rows [y0, y1)
+   of every stride phase of planes [p0, p1), xp[p, a, b, i, j] = the padded image at (i*sh + a -
+   pt, j*sw + b - pl) (sh = sw = 1: the plain padded plane, hq x wq). A row's image part is one
+   copy (stride 1) or a strided read, its pads element by element: the copy of a conv's input it
+   replaces a whole Pad node's pass with. */
+__attribute__((unused)) static void
+nrt_pad_mirror(const float* restrict x, float* restrict xp, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t y0,
+               Py_ssize_t y1, Py_ssize_t h, Py_ssize_t w, Py_ssize_t hq, Py_ssize_t wq, Py_ssize_t pt,
+               Py_ssize_t pl, Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t sh, Py_ssize_t sw, int mode)
+{
+    for (Py_ssize_t p = p0; p < p1; p++)
+        for (Py_ssize_t a = 0; a < sh; a++)
+            for (Py_ssize_t b = 0; b < sw; b++)
+                for (Py_ssize_t i = y0; i < y1; i++) {
+                    float* row = xp + (((p * sh + a) * sw + b) * hq + i) * wq;
+                    Py_ssize_t sy = nrt_pad_source(i * sh + a - pt, h, pt, pb, mode);
+                    if (sy < 0) {
+                        memset(row, 0, (size_t)wq * sizeof(float));
+                        continue;
+                    }
+                    const float* src = x + (p * h + sy) * w;
+                    Py_ssize_t j = 0;
+                    /* columns left of the image, then the image (j*sw + b - pl in [0, w)), then right */
+                    for (; j < wq && j * sw + b - pl < 0; j++) {
+                        Py_ssize_t sx = nrt_pad_source(j * sw + b - pl, w, pl, pr, mode);
+                        row[j] = sx < 0 ? 0.0f : src[sx];
+                    }
+                    if (sw == 1) {
+                        Py_ssize_t n = w - (j + b - pl);
+                        if (n > wq - j)
+                            n = wq - j;
+                        if (n > 0) {
+                            memcpy(row + j, src + j + b - pl, (size_t)n * sizeof(float));
+                            j += n;
+                        }
+                    } else {
+                        for (; j < wq && j * sw + b - pl < w; j++)
+                            row[j] = src[j * sw + b - pl];
+                    }
+                    for (; j < wq; j++) {
+                        Py_ssize_t sx = nrt_pad_source(j * sw + b - pl, w, pl, pr, mode);
+                        row[j] = sx < 0 ? 0.0f : src[sx];
+                    }
+                }
 }
 
 /* B panels per nrt_gemv_panels call (gemm_core.pxd's GEMV_JOB_PANELS) */

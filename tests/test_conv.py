@@ -17,14 +17,14 @@ def rand(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def ref_conv(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1):
-    """Direct float64 convolution: one shifted-slice product per tap."""
+def ref_conv(x, w, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, pad_mode="constant"):
+    """Direct float64 convolution: one shifted-slice product per tap (pads by numpy's np.pad
+    of that mode)."""
     x, w = x.astype(np.float64), w.astype(np.float64)
     n, c, h, wd = x.shape
     m, cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = strides, dilations
-    xp = np.zeros((n, c, h + pads[0] + pads[2], wd + pads[1] + pads[3]))
-    xp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd] = x
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), mode=pad_mode)
     oh = (xp.shape[2] - (kh - 1) * dh - 1) // sh + 1
     ow = (xp.shape[3] - (kw - 1) * dw - 1) // sw + 1
     y = np.zeros((n, m, oh, ow))
@@ -356,3 +356,80 @@ def test_few_planes_padded_in_row_bands_match_reference(xs, ws, st, pads, thread
         one = normrt.conv2d(x, w, strides=st, pads=pads)
     np.testing.assert_allclose(got, ref_conv(x, w, strides=st, pads=pads), rtol=1e-4, atol=1e-4)
     assert same_bits(got, one)
+
+
+# ---------------------------------------------------------------- mirrored pads (pad_mode)
+# A reflection / replication Pad fused into the conv (pad_into_conv): the padded copy writes
+# the mirrored border. Every layout of that copy - plain, stride phases, row bands of few
+# planes, the transposed product's - against np.pad's.
+
+@st.composite
+def mirrored_problems(draw):
+    mode = draw(st.sampled_from(["reflect", "edge"]))
+    group = draw(st.sampled_from([1, 1, 2]))
+    cg, mg = draw(st.integers(1, 12)), draw(st.integers(1, 48))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    # reflect: every pad smaller than its axis; and at least one output row and column
+    h = draw(st.integers(max(1, (kh - 1) * dh + 1 - pads[0] - pads[2], max(pads[0], pads[2]) + 1), 24))
+    w = draw(st.integers(max(1, (kw - 1) * dw + 1 - pads[1] - pads[3], max(pads[1], pads[3]) + 1), 40))
+    r = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x = r.standard_normal((draw(st.integers(1, 2)), cg * group, h, w)).astype(np.float32)
+    wt = r.standard_normal((mg * group, cg, kh, kw)).astype(np.float32)
+    return x, wt, dict(strides=(sh, sw), pads=pads, dilations=(dh, dw), group=group, pad_mode=mode)
+
+
+@settings(max_examples=100, deadline=None)
+@given(mirrored_problems())
+def test_generated_mirrored_pads_match_np_pad(problem):
+    x, w, kw = problem
+    with normrt.threads(1):
+        one = normrt.conv2d(x, w, **kw)
+    assert_close(one, ref_conv(x, w, **kw), abs_ref(x, w, **kw), w.shape[1] * w.shape[2] * w.shape[3])
+    for n_threads in (2, 3):
+        with normrt.threads(n_threads):
+            assert same_bits(normrt.conv2d(x, w, **kw), one)
+    # float64 (numpy) pads the same way
+    y64 = normrt.conv2d(x.astype(np.float64), w.astype(np.float64), **kw)
+    np.testing.assert_allclose(y64, ref_conv(x, w, **kw), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+@pytest.mark.parametrize("xs,ws,st,pads", [
+    ((1, 3, 264, 260), (16, 3, 9, 9), (1, 1), (4, 4, 4, 4)),    # a style-transfer stem: row bands
+    ((1, 16, 66, 66), (32, 16, 3, 3), (2, 2), (1, 1, 1, 1)),    # strided: stride-phase copy
+    ((1, 64, 16, 16), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1)),    # small map: transposed product
+    ((1, 5, 30, 9), (8, 5, 3, 3), (1, 1), (2, 8, 0, 8)),        # pads up to the width - 1
+])
+def test_mirrored_pads_every_copy_layout(mode, xs, ws, st, pads):
+    if mode == "reflect" and max(pads[1], pads[3]) >= xs[3]:
+        pytest.skip("reflect needs pads smaller than the image")
+    x, w = rand(*xs), rand(*ws)
+    b, act = rand(ws[0]), "relu"
+    with normrt.threads(3):
+        got = normrt.conv2d(x, w, b, strides=st, pads=pads, pad_mode=mode, activation=act)
+    with normrt.threads(1):
+        one = normrt.conv2d(x, w, b, strides=st, pads=pads, pad_mode=mode, activation=act)
+    want = np.maximum(ref_conv(x, w, strides=st, pads=pads, pad_mode=mode) + b.reshape(1, -1, 1, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert same_bits(got, one)
+
+
+def test_mirrored_pads_bad_input():
+    x, w = rand(1, 4, 6, 5), rand(8, 4, 3, 3)
+    for bad in ("wrap", "zeros", None, 1):
+        with pytest.raises(ValueError, match="pad_mode"):
+            normrt.conv2d(x, w, pads=(1, 1, 1, 1), pad_mode=bad)
+    with pytest.raises(ValueError, match="smaller than x's spatial size"):
+        normrt.conv2d(x, w, pads=(1, 5, 1, 1), pad_mode="reflect")     # width 5: a pad of 5 reflects nothing
+    # edge has no such limit
+    np.testing.assert_allclose(normrt.conv2d(x, w, pads=(1, 7, 6, 1), pad_mode="edge"),
+                               ref_conv(x, w, pads=(1, 7, 6, 1), pad_mode="edge"), rtol=1e-4, atol=1e-4)
+    # the kernel itself re-checks what it trusts
+    with pytest.raises(ValueError, match="pad_mode or pads"):
+        y = np.empty((1, 8, 6, 5), np.float32)
+        pw = normrt.pack_conv_weight(w)
+        _kconv.conv2d(x, pw.data, 3, 3, 1, 1, 1, 5, 1, 1, 1, False, y, np.empty(0, np.float32),
+                      np.empty(0, np.float32), 0, _workspace(1, 1 << 16), 1, 1, 1, 1)

@@ -1,5 +1,5 @@
-"""pad_into_conv: a zero Pad of the spatial axes before a Conv -> the Conv's pads.
-Oracle: onnx.reference on the original model."""
+"""pad_into_conv: a zero Pad of the spatial axes before a Conv -> the Conv's pads; a reflect or
+edge Pad -> normrt::Conv with those pads mirrored. Oracle: onnx.reference on the original model."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -64,7 +64,8 @@ def test_generated_pads_fold_into_the_conv(pads, conv_pads, group, strides, auto
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(mode="reflect"),
+    dict(mode="reflect", conv_pads=[1, 0, 0, 1]),   # the Conv's own zero pads outside the reflection
+    dict(mode="edge", pads=[0, 1, 1, 1, 0, 0, 1, 1]),  # a channel pad
     dict(value=1.5),
     dict(pads=[0, 1, 1, 1, 0, 0, 1, 1]),          # a channel pad
     dict(auto_pad="SAME_UPPER"),
@@ -82,7 +83,9 @@ def test_refusal_reasons():
     from normrt.onnx.passes import PassContext
     from normrt.onnx.passes.pad_into_conv import PadIntoConv
     p = PadIntoConv()
-    for kwargs, reason in ((dict(mode="edge"), "mode"), (dict(value=2.0), "pad value"),
+    for kwargs, reason in ((dict(mode="wrap", opset=19), "mode 'wrap'"), (dict(value=2.0), "pad value"),
+                           (dict(mode="reflect", pads=[0, 0, 9, 1, 0, 0, 1, 1]), "not smaller than the spatial"),
+                           (dict(mode="reflect", conv_pads=[0, 0, 1, 0]), "of its own"),
                            (dict(auto_pad="SAME_LOWER"), "auto_pad"),
                            (dict(pads=[0, 0, -1, 0, 0, 0, 1, 1]), "negative pads"),   # (onnx.reference can't run it)
                            (dict(pads=[0, 1, 1, 1, 0, 0, 1, 1]), "channel axis")):
@@ -90,3 +93,49 @@ def test_refusal_reasons():
         ctx = PassContext(pad_conv_model(**kwargs))
         (m,) = list(p.matches(ctx))
         assert reason in p.check(ctx, m)
+
+
+@settings(max_examples=25, deadline=None)
+@given(pads=st.lists(st.integers(0, 3), min_size=4, max_size=4), mode=st.sampled_from(["reflect", "edge"]),
+       group=st.sampled_from([1, 2, 4]), strides=st.sampled_from([(1, 1), (2, 2), (1, 2)]),
+       k=st.sampled_from([1, 3, 5]), valid=st.booleans(), n_convs=st.integers(1, 2), opset=st.sampled_from([13, 18]))
+def test_generated_mirrored_pads_become_the_conv_pad_mode(pads, mode, group, strides, k, valid, n_convs, opset):
+    """A reflect / edge Pad (torch's ReflectionPad2d, ReplicationPad2d) goes into normrt::Conv's
+    pad_mode: no Pad left, the output as onnx.reference computes the two nodes."""
+    h0, w0, h1, w1 = pads
+    model = pad_conv_model([0, 0, h0, w0, 0, 0, h1, w1], mode=mode, group=group, strides=strides, k=k,
+                           auto_pad="VALID" if valid else None, n_convs=n_convs, opset=opset)
+    sess = run(model)
+    assert "Pad" not in op_types(sess)
+    assert sess.report["passes"][PASS] == 1
+    convs = [n for n in sess.optimized_model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == n_convs and all(n.domain == "normrt" for n in convs)
+    for n in convs:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["pad_mode"] == mode.encode() and list(attrs.get("pads", [0] * 4)) == [h0, w0, h1, w1]
+
+
+def test_mirrored_pad_conv_takes_its_activation():
+    """ReflectionPad -> Conv -> Relu (a style-transfer block): the activation epilogue fuses into the
+    padded normrt::Conv, which keeps its pad_mode."""
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Conv", ["p", "W", "B"], ["y"], name="conv", kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["y"], ["z"], name="relu")]
+    inits = [const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+             const("W", RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)),
+             const("B", RNG.standard_normal(6).astype(np.float32))]
+    sess = run(make_model(nodes, [vi("x", [2, 4, 9, 8])], [vi("z", ["n", "m", "h", "w"])], inits, opset=17))
+    (node,) = sess.optimized_model.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert (node.domain, attrs["pad_mode"], attrs["activation"]) == ("normrt", b"reflect", b"relu")
+
+
+def test_bad_pad_mode_attribute_is_a_model_error():
+    from normrt.onnx.domain import make_node
+    node = make_node("Conv", ["x", "W"], ["y"], "conv", pads=[1, 1, 1, 1], pad_mode="wrap")
+    model = make_model([node], [vi("x", [1, 4, 9, 8])], [vi("y", [1, 6, 9, 8])],
+                       [const("W", RNG.standard_normal((6, 4, 3, 3)).astype(np.float32))], opset=17)
+    model.opset_import.append(helper.make_opsetid("normrt", 1))
+    sess = normrt.InferenceSession(model.SerializeToString())
+    with pytest.raises(normrt.ModelError, match="pad_mode"):
+        sess.run(None, {"x": RNG.standard_normal((1, 4, 9, 8)).astype(np.float32)})

@@ -124,16 +124,23 @@ def _ints(v, n, name, min_value):
     return items
 
 
+# pad_mode names (ONNX Pad's modes) -> the kernel's code (pyx/gemm_microkernel.h NRT_PAD_*)
+PAD_MODES = {"constant": 0, "reflect": 1, "edge": 2}
+
+
 def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
-           activation=None, residual=None, out=None):
+           activation=None, residual=None, out=None, pad_mode="constant"):
     """y = act(conv2d(x, weight) + bias + residual), NCHW.
 
     x: (N, C, H, W); weight: (M, C/group, kh, kw) array or the object from
     normrt.pack_conv_weight(weight, group); bias: (M,); pads in ONNX order
     (h_begin, w_begin, h_end, w_end); residual: the output's shape (N, M, OH,
     OW) or one that broadcasts to it; activation None or one of
-    normrt.ACTIVATIONS ("gelu" is the erf form). float32 runs on normrt's GEMM (results
-    identical for any thread count), float64 on numpy.
+    normrt.ACTIVATIONS ("gelu" is the erf form); pad_mode what the pads hold, as ONNX Pad's
+    modes: "constant" (zeros), "reflect" (x mirrored about its border, torch's ReflectionPad2d:
+    each pad must be smaller than x's size on its axis) or "edge" (the border repeated,
+    ReplicationPad2d) - a reflection Pad before a conv, fused into its padded copy. float32 runs
+    on normrt's GEMM (results identical for any thread count), float64 on numpy.
     """
     act = chk.activation(activation)
     x = chk.tensor(x, "x")
@@ -143,6 +150,9 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     sh, sw = _ints(strides, 2, "strides", 1)
     pt, pl, pb, pr = _ints(pads, 4, "pads", 0)
     dh, dw = _ints(dilations, 2, "dilations", 1)
+    mode = PAD_MODES.get(pad_mode) if isinstance(pad_mode, str) else None
+    if mode is None:
+        raise ValueError(f"pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
     packed = isinstance(weight, PackedConvWeight)
     if packed:
         if weight.group != group:
@@ -161,6 +171,11 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         wshape = weight.shape
     m, cg, kh, kw = wshape
     n, c, h, w = x.shape
+    if pad_mode == "reflect" and (max(pt, pb) >= h or max(pl, pr) >= w):
+        raise ValueError(f"pads {(pt, pl, pb, pr)} with pad_mode 'reflect' must be smaller than x's spatial "
+                         f"size ({h}, {w}) on their axis")
+    if pad_mode == "edge" and h * w == 0 and max(pt, pl, pb, pr) > 0:
+        raise ValueError(f"pad_mode 'edge' needs a non-empty x to repeat, got spatial size ({h}, {w})")
     if c != cg * group:
         raise ValueError(f"x has {c} channels; weight {wshape} with group={group} needs {cg * group}")
     if m % group:
@@ -183,6 +198,9 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     if n == 0:
         return y
     if dtype != _F32:
+        if mode:
+            x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=pad_mode)
+            pt = pl = pb = pr = 0
         return _conv2d_numpy(x, weight, bias, residual, act, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
     if not packed:
         weight = pack_conv_weight(weight, group)
@@ -195,7 +213,7 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         residual = residual.copy()   # y would be written before the residual is read
     _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
-              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt)
+              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt, mode, pb, pr)
     return y
 
 

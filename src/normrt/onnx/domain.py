@@ -44,9 +44,10 @@ Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
     heads may also come merged: q_heads > 0: Q is (B, Sq, q_heads * D); kv_heads > 0: K and V
     are (B, Skv, kv_heads * D) and (B, Skv, kv_heads * Dv); merge_heads=1: Y is (B, Sq, H * Dv))
 Conv(X, W [, B, residual]) -> Y
-    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation=""
+    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="", pad_mode="constant"
     (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
-    residual of Y's shape)
+    residual of Y's shape; pad_mode what the pads hold, as ONNX Pad's modes: "constant" (zeros),
+    "reflect" or "edge" - a Pad of that mode fused by pad_into_conv)
 MatMul(A, B [, bias, residual]) -> Y                 activation=""
     (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
@@ -119,7 +120,8 @@ NORM_OPS = {op.op_type: op for op in (
             "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0},
            call=_calls.attention, compute_bound=True, half_native=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
-           {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": ""},
+           {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": "",
+            "pad_mode": "constant"},
            call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False, inplace_input=3),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False),

@@ -322,7 +322,8 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    attrs["group"], bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
                                    residual=ins[3] if len(ins) > 3 else None,
                                    activation=attrs.get("activation") or None, n_threads=src.n_threads,
-                                   into_residual=3 in run.dead, weight=ins[1][2])
+                                   into_residual=3 in run.dead, weight=ins[1][2],
+                                   pad_mode=attrs.get("pad_mode", "constant"))
         if expr is not None:
             return expr
     if run.spec.prepare is not None and ins[0] is not None and _plain(ins[0][1]) \

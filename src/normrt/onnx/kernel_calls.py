@@ -11,6 +11,7 @@ import numpy as np
 from .._checks import activation as act_code
 from .._kernels import elementwise as _kelementwise
 from .._thread_policy import memory_bound
+from ..api.conv import PAD_MODES as _PAD_MODES
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
 from .elementwise_program import compile_program
@@ -170,7 +171,11 @@ def attention(attrs, n_out, q, kt, v, bias=None):
 
 
 def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
-    if residual is None:
+    pad_mode = attrs.get("pad_mode", "constant")
+    pad_mode = pad_mode.decode() if isinstance(pad_mode, bytes) else pad_mode
+    if pad_mode not in _PAD_MODES:
+        raise ModelError(f"normrt Conv: pad_mode {pad_mode!r}, expected one of {sorted(_PAD_MODES)}")
+    if residual is None and pad_mode == "constant":
         # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv
         y = small_conv_epilogue(x, w, bias, tuple(attrs["strides"]), tuple(attrs["pads"]),
                                 tuple(attrs["dilations"]), attrs["group"], act_code(_act(attrs)))
@@ -178,7 +183,8 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
             return (y,)
     return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
                              pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
-                             group=attrs["group"], activation=_act(attrs), residual=residual),)
+                             group=attrs["group"], activation=_act(attrs), residual=residual,
+                             pad_mode=pad_mode),)
 
 
 def matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):

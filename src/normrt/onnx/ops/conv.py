@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
-from ...api.conv import conv2d as _conv2d, conv_threads
+from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_threads
 from ...api.gemm import _EMPTY
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -362,9 +362,10 @@ def conv_transpose(node, x, w, b=None):
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
-def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt):
+def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt, mode=0, pb=0,
+               pr=0):
     _kconv.conv2d(np.ascontiguousarray(x), wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual,
-                  act, ws, nt)
+                  act, ws, nt, mode, pb, pr)
     return y
 
 
@@ -378,7 +379,7 @@ def _residual_or_new(r, shape):
 
 
 def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
-              activation=None, n_threads=1, into_residual=False, weight=None):
+              activation=None, n_threads=1, into_residual=False, weight=None, pad_mode="constant"):
     """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
     conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
 
@@ -386,14 +387,18 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     `into_residual`: nothing reads the residual after this step (the executor's in-place hint), so Y
     is written into its buffer where the kernel allows it (_kconv.residual_may_be_y): one array less
     to allocate, and the lines Y writes are the residual's, already in cache. `weight`: the unpacked
-    float32 weight (a small-group conv then runs on small_conv)."""
+    float32 weight (a small-group conv then runs on small_conv). `pad_mode`: normrt::Conv's (the
+    mirrored pads of a fused reflection Pad: always the GEMM, whose padded copy writes them)."""
     from ..._checks import activation as _act_code
     from ...api.gemm import _EMPTY
     ex, (xshape, dx), _ = x
     shape, dtype = out_meta
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
         return None
-    if residual is None and weight is not None and on_small_conv(packed.shape[1], group):
+    mode = _PAD_MODES.get(pad_mode)
+    if mode is None:
+        return None
+    if residual is None and weight is not None and mode == 0 and on_small_conv(packed.shape[1], group):
         # normrt::Conv of a depthwise conv and its activation (conv_epilogue): small_conv, as
         # small_conv_epilogue in the generic call
         if bias is not None and (bias.dtype != np.float32 or bias.shape != (packed.shape[0],)):
@@ -407,8 +412,9 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     dh, dw = dilations
     oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    if c != cg * group or n == 0 or (n, m, oh, ow) != tuple(shape) or min(pads) < 0:
-        return None
+    if c != cg * group or n == 0 or (n, m, oh, ow) != tuple(shape) or min(pads) < 0 \
+            or (pad_mode == "reflect" and (max(pt, pb) >= h or max(pl, pr) >= w)):
+        return None         # (the generic call raises)
     if bias is not None:
         bias = np.ascontiguousarray(bias)
         if bias.dtype != np.float32 or bias.shape != (m,):
@@ -431,7 +437,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         y = f"{src.bind(_residual_or_new, '_residual_or_new')}({residual[0]}, {(n, m, oh, ow)!r})"
     return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
             f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
-            f"{_act_code(activation)}, {ws}, {nt})")
+            f"{_act_code(activation)}, {ws}, {nt}" + (f", {mode}, {pb}, {pr})" if mode else ")"))
 
 
 def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):

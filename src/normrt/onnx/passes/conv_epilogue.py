@@ -186,7 +186,7 @@ class ConvEpilogue(GraphPass):
         attrs, reason = node_attrs(conv)
         if reason:
             return reason
-        spec = self._conv_attrs(ctx, conv, attrs, (M, cg, kh, kw))
+        spec = self.conv_attrs(ctx, conv, attrs, (M, cg, kh, kw))
         if isinstance(spec, str):
             return spec
         for name in [x, w, b, m.residual, conv.output[0]]:
@@ -196,7 +196,7 @@ class ConvEpilogue(GraphPass):
         return None
 
     @staticmethod
-    def _conv_attrs(ctx, conv, attrs, w_shape):
+    def conv_attrs(ctx, conv, attrs, w_shape):
         """normrt::Conv attributes (explicit pads) of the Conv, or a refusal reason."""
         M, cg, kh, kw = w_shape
         group = int(attrs.get("group", 1))

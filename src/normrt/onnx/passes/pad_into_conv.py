@@ -1,27 +1,43 @@
-"""A zero Pad of the spatial axes before a Conv -> the Conv's own pads.
+"""A Pad of the spatial axes before a Conv -> the Conv's own pads.
 
     x ─► Pad(mode=constant, value 0, pads only on axes 2..) ─► Conv(auto_pad NOTSET/VALID, pads p) ─► y
 
     ==>  x ─► Conv(pads = p + the Pad's) ─► y
 
+    x ─► Pad(mode=reflect | edge, pads q only on axes 2, 3) ─► Conv(2-D, no pads of its own) ─► y
+
+    ==>  x ─► normrt::Conv(pads = q, pad_mode = the Pad's mode) ─► y
+
 TensorFlow-style "same" padding (EfficientNet's depthwise convs, its stem) is
 exported as an explicit Pad, often asymmetric (0 before, 1 after). Conv pads
 with zeros itself, per side, so the Pad's copy of the whole tensor goes away.
+Style-transfer, CycleGAN/pix2pix and SPADE generators pad with
+`nn.ReflectionPad2d` / `nn.ReplicationPad2d` (or `padding_mode="reflect"`),
+exported as a reflect / edge Pad before every conv: the conv kernel's own
+padded copy of its input writes the mirrored border instead of zeros, so the
+Pad node, a full pass writing a larger tensor, goes away (style256: the Pads
+were ~7 ms of a ~45 ms run).
 
 Candidates: a Pad whose output only Convs read, as their input X. Refused
 (`check` gives the reason; not reported, the two nodes then run as they are):
-a mode other than constant; a pad value that is not a constant 0; pads that
-are not constant, negative (cropping), or touch the batch or channel axes; an
-`axes` input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown
-rank; the Pad's output a graph output.
+a constant pad value that is not a constant 0; the wrap mode; pads that are not
+constant, negative (cropping), or touch the batch or channel axes; an `axes`
+input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown rank;
+the Pad's output a graph output. For reflect / edge also: an input that is not
+a rank-4 float32 value (normrt::Conv is the 2-D float32 kernel), a Conv with
+pads of its own (zeros outside the mirrored border are no single pad mode), a
+weight of unknown shape, and reflect pads not smaller than a static spatial
+size (ONNX's Pad rejects those too).
 """
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
+from ..domain import make_node
 from . import GraphPass
 from ._queries import is_op, node_attrs
+from .conv_epilogue import ConvEpilogue
 
 
 @dataclass
@@ -53,8 +69,8 @@ class PadIntoConv(GraphPass):
             return None, reason
         mode = attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        if mode != "constant":
-            return None, f"mode {mode!r} (only zero padding is what a Conv does)"
+        if mode not in ("constant", "reflect", "edge"):
+            return None, f"mode {mode!r} (the conv kernel pads with zeros, a reflection or the edge)"
         if ctx.opsets.get("", 1) < 11:
             pads, value = attrs.get("pads"), attrs.get("value", 0.0)
         else:
@@ -74,7 +90,7 @@ class PadIntoConv(GraphPass):
         if pads is None:
             return None, "no pads"
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
-        if float(value) != 0.0:
+        if mode == "constant" and float(value) != 0.0:
             return None, f"pad value {float(value)} (a Conv pads with 0)"
         shape = ctx.shape(pad.input[0])
         if shape is None or len(pads) != 2 * len(shape) or len(shape) < 3:
@@ -85,7 +101,15 @@ class PadIntoConv(GraphPass):
             return None, "negative pads (cropping)"
         if begin[:2] != [0, 0] or end[:2] != [0, 0]:
             return None, "pads on the batch or channel axis"
-        return (begin[2:], end[2:]), None
+        if mode != "constant":
+            if rank != 4 or ctx.elem_type(pad.input[0]) != TensorProto.FLOAT:
+                return None, f"a {mode} Pad of a rank-{rank} value of type {ctx.elem_type(pad.input[0])} " \
+                             "(normrt::Conv's mirrored pads: rank-4 float32)"
+            too_big = [(p, d) for p, d in zip(begin[2:] + end[2:], list(shape[2:]) * 2)
+                       if mode == "reflect" and isinstance(d, int) and p >= d]
+            if too_big:
+                return None, f"reflect pads {too_big[0][0]} not smaller than the spatial size {too_big[0][1]}"
+        return (begin[2:], end[2:], mode), None
 
     def check(self, ctx, m):
         if m.pad.output[0] in ctx.graph_outputs:
@@ -94,6 +118,7 @@ class PadIntoConv(GraphPass):
         if reason:
             return reason
         m.spatial = spatial
+        m.conv_attrs = []
         for conv in m.convs:
             attrs, reason = node_attrs(conv)
             if reason:
@@ -102,11 +127,40 @@ class PadIntoConv(GraphPass):
             auto = auto.decode() if isinstance(auto, bytes) else auto
             if auto not in ("NOTSET", "VALID"):
                 return f"{conv.name!r}: auto_pad {auto}"
+            if spatial[2] != "constant":
+                if auto == "NOTSET" and any(attrs.get("pads") or []):
+                    return f"{conv.name!r} pads {list(attrs['pads'])} of its own (zeros outside the " \
+                           f"{spatial[2]} border)"
+                x_shape = ctx.shape(conv.input[0])
+                if x_shape is None or len(x_shape) != 4:
+                    return f"{conv.name!r}: input of shape {x_shape} (rank 4 needed)"
+                w_shape = ctx.shape(conv.input[1]) if len(conv.input) > 1 else None
+                if w_shape is None or len(w_shape) != 4 or not all(isinstance(d, int) for d in w_shape):
+                    return f"{conv.name!r}: weight of shape {w_shape} (4-D static needed)"
+                conv_attrs = ConvEpilogue.conv_attrs(ctx, conv, attrs, tuple(w_shape))
+                if isinstance(conv_attrs, str):
+                    return f"{conv.name!r}: {conv_attrs}"
+                m.conv_attrs.append(conv_attrs)
         return None
 
     def rewrite(self, ctx, m):
-        begin, end = m.spatial
+        begin, end, mode = m.spatial
         new_convs = []
+        if mode != "constant":
+            # normrt::Conv: the Pad's amounts are its pads, which its padded copy mirrors
+            for conv, attrs in zip(m.convs, m.conv_attrs):
+                attrs["pads"] = list(begin) + list(end)
+                name = conv.name or ctx.new_name("Conv")
+                new_convs.append(make_node("Conv", [m.pad.input[0]] + list(conv.input[1:3]), list(conv.output),
+                                           name, pad_mode=mode, **attrs))
+                ctx.report.fused.append({
+                    "pass": self.name, "op": "Conv", "pattern": f"Pad({mode})+Conv",
+                    "nodes": [m.pad.name, conv.name], "normrt_op": "Conv", "normrt_node": name,
+                    "kernel": "conv2d"})
+            ctx.replace_nodes([m.pad] + m.convs, new_convs)
+            if len(new_convs) > 1:
+                ctx.mark_unordered()
+            return
         for conv in m.convs:
             attrs, _ = node_attrs(conv)
             auto = attrs.pop("auto_pad", "NOTSET")
