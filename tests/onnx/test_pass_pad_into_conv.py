@@ -139,3 +139,32 @@ def test_bad_pad_mode_attribute_is_a_model_error():
     sess = normrt.InferenceSession(model.SerializeToString())
     with pytest.raises(normrt.ModelError, match="pad_mode"):
         sess.run(None, {"x": RNG.standard_normal((1, 4, 9, 8)).astype(np.float32)})
+
+
+@settings(max_examples=25, deadline=None)
+@given(pads=st.lists(st.integers(0, 4), min_size=2, max_size=2), mode=st.sampled_from(["reflect", "edge"]),
+       k=st.sampled_from([1, 3, 7]), dilation=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+       group=st.sampled_from([1, 2]), length=st.integers(5, 40), relu=st.booleans())
+def test_generated_1d_mirrored_pads(pads, mode, k, dilation, stride, group, length, relu):
+    """ReflectionPad1d / ReplicationPad1d -> Conv1d (MelGAN's and HiFi-GAN's residual stacks, dilated):
+    normrt::Conv on the one-row 2-D kernel, against onnx.reference."""
+    if (k - 1) * dilation + 1 > length + sum(pads):
+        return
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+             helper.make_node("Conv", ["p", "W", "B"], ["y"], name="conv", kernel_shape=[k], strides=[stride],
+                              dilations=[dilation], group=group)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["y"], ["z"], name="relu"))
+    inits = [const("pads", np.array([0, 0, pads[0], 0, 0, pads[1]], np.int64)),
+             const("W", RNG.standard_normal((6, 8 // group, k)).astype(np.float32)),
+             const("B", RNG.standard_normal(6).astype(np.float32))]
+    model = make_model(nodes, [vi("x", [2, 8, length])], [vi("z" if relu else "y", ["n", "m", "l"])], inits,
+                       opset=17)
+    feed = {"x": RNG.standard_normal((2, 8, length)).astype(np.float32)}
+    want = ReferenceEvaluator(model).run(None, feed)[0]
+    sess = normrt.InferenceSession(model.SerializeToString())
+    np.testing.assert_allclose(sess.run(None, feed)[0], want, rtol=1e-4, atol=1e-4)
+    (node,) = sess.optimized_model.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert node.domain == "normrt" and attrs["pad_mode"] == mode.encode()
+    assert list(attrs["pads"]) == pads and list(attrs["strides"]) == [stride]

@@ -46,6 +46,8 @@ Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
 Conv(X, W [, B, residual]) -> Y
     strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="", pad_mode="constant"
     (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
+    or 1-D NCL, X (N, C, L) and W (M, C/group, k), with one stride and dilation and pads
+    (begin, end), run as the 2-D conv of one row;
     residual of Y's shape; pad_mode what the pads hold, as ONNX Pad's modes: "constant" (zeros),
     "reflect" or "edge" - a Pad of that mode fused by pad_into_conv)
 MatMul(A, B [, bias, residual]) -> Y                 activation=""

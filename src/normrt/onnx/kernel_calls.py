@@ -175,6 +175,18 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
     pad_mode = pad_mode.decode() if isinstance(pad_mode, bytes) else pad_mode
     if pad_mode not in _PAD_MODES:
         raise ModelError(f"normrt Conv: pad_mode {pad_mode!r}, expected one of {sorted(_PAD_MODES)}")
+    if getattr(x, "ndim", 0) == 3:
+        # 1-D (N, C, L): the 2-D conv of one row, as the standard Conv runs it
+        strides, pads, dilations = (list(attrs.get(k) or d) for k, d in (("strides", [1]), ("pads", [0, 0]),
+                                                                        ("dilations", [1])))
+        if len(strides) != 1 or len(pads) != 2 or len(dilations) != 1:
+            raise ModelError(f"normrt Conv on a 1-D X: strides {strides}, dilations {dilations} (one value "
+                             f"each) and pads {pads} (two) expected")
+        attrs2 = dict(attrs, strides=[1] + strides, pads=[0, pads[0], 0, pads[1]], dilations=[1] + dilations)
+        w2 = w[:, :, None] if getattr(w, "ndim", 0) == 3 else w
+        r2 = residual[:, :, None] if getattr(residual, "ndim", 0) == 3 else residual
+        (y,) = conv(attrs2, n_out, x[:, :, None], w2, bias, r2, packed=packed)
+        return (y.reshape(y.shape[0], y.shape[1], y.shape[3]),)
     if residual is None and pad_mode == "constant":
         # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv
         y = small_conv_epilogue(x, w, bias, tuple(attrs["strides"]), tuple(attrs["pads"]),
@@ -198,7 +210,10 @@ def pack_matmul(w, attrs):
 
 
 def pack_conv(w, attrs):
-    """Conv's packed weight (packed per group), from the numpy Conv op's cache."""
+    """Conv's packed weight (packed per group), from the numpy Conv op's cache (a 1-D conv's
+    (M, C/group, k) weight as the (M, C/group, 1, k) of its one-row 2-D conv)."""
+    if w.ndim == 3:
+        return _blas.packed_conv_weight(w, attrs.get("group", 1), one_row=True)
     return _blas.packed_conv_weight(w, attrs.get("group", 1))
 
 

@@ -311,10 +311,11 @@ def _cached(arr, key, pack):
     return packed
 
 
-def packed_conv_weight(w, group):
-    """normrt.pack_conv_weight(w, group), once per read-only w."""
+def packed_conv_weight(w, group, one_row=False):
+    """normrt.pack_conv_weight(w, group), once per read-only w (one_row: a 1-D conv's (M, C/group, k)
+    w packed as the (M, C/group, 1, k) weight of its one-row 2-D conv)."""
     from ...api.conv import pack_conv_weight
-    return _cached(w, ("conv", group), lambda: pack_conv_weight(w, group))
+    return _cached(w, ("conv", group, one_row), lambda: pack_conv_weight(w[:, :, None] if one_row else w, group))
 
 
 def packed_matmul_weight(b, transposed=False):

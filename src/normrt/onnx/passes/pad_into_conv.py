@@ -24,7 +24,9 @@ a constant pad value that is not a constant 0; the wrap mode; pads that are not
 constant, negative (cropping), or touch the batch or channel axes; an `axes`
 input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown rank;
 the Pad's output a graph output. For reflect / edge also: an input that is not
-a rank-4 float32 value (normrt::Conv is the 2-D float32 kernel), a Conv with
+a rank-3 or rank-4 float32 value (normrt::Conv is the float32 kernel of 2-D
+convs, a 1-D conv being its one-row case: MelGAN / HiFi-GAN vocoders'
+ReflectionPad1d), a Conv with
 pads of its own (zeros outside the mirrored border are no single pad mode), a
 weight of unknown shape, and reflect pads not smaller than a static spatial
 size (ONNX's Pad rejects those too).
@@ -102,9 +104,9 @@ class PadIntoConv(GraphPass):
         if begin[:2] != [0, 0] or end[:2] != [0, 0]:
             return None, "pads on the batch or channel axis"
         if mode != "constant":
-            if rank != 4 or ctx.elem_type(pad.input[0]) != TensorProto.FLOAT:
+            if rank not in (3, 4) or ctx.elem_type(pad.input[0]) != TensorProto.FLOAT:
                 return None, f"a {mode} Pad of a rank-{rank} value of type {ctx.elem_type(pad.input[0])} " \
-                             "(normrt::Conv's mirrored pads: rank-4 float32)"
+                             "(normrt::Conv's mirrored pads: 1-D or 2-D float32)"
             too_big = [(p, d) for p, d in zip(begin[2:] + end[2:], list(shape[2:]) * 2)
                        if mode == "reflect" and isinstance(d, int) and p >= d]
             if too_big:
@@ -132,12 +134,14 @@ class PadIntoConv(GraphPass):
                     return f"{conv.name!r} pads {list(attrs['pads'])} of its own (zeros outside the " \
                            f"{spatial[2]} border)"
                 x_shape = ctx.shape(conv.input[0])
-                if x_shape is None or len(x_shape) != 4:
-                    return f"{conv.name!r}: input of shape {x_shape} (rank 4 needed)"
+                rank = len(spatial[0]) + 2
+                if x_shape is None or len(x_shape) != rank:
+                    return f"{conv.name!r}: input of shape {x_shape} (rank {rank} needed)"
                 w_shape = ctx.shape(conv.input[1]) if len(conv.input) > 1 else None
-                if w_shape is None or len(w_shape) != 4 or not all(isinstance(d, int) for d in w_shape):
-                    return f"{conv.name!r}: weight of shape {w_shape} (4-D static needed)"
-                conv_attrs = ConvEpilogue.conv_attrs(ctx, conv, attrs, tuple(w_shape))
+                if w_shape is None or len(w_shape) != rank or not all(isinstance(d, int) for d in w_shape):
+                    return f"{conv.name!r}: weight of shape {w_shape} ({rank}-D static needed)"
+                conv_attrs = ConvEpilogue.conv_attrs(ctx, conv, attrs, tuple(w_shape)) if rank == 4 \
+                    else _conv1d_attrs(conv, attrs, tuple(w_shape), x_shape)
                 if isinstance(conv_attrs, str):
                     return f"{conv.name!r}: {conv_attrs}"
                 m.conv_attrs.append(conv_attrs)
@@ -174,3 +178,20 @@ class PadIntoConv(GraphPass):
         ctx.replace_nodes([m.pad] + m.convs, new_convs)
         if len(new_convs) > 1:
             ctx.mark_unordered()        # all placed where the last Conv was: readers may now precede them
+
+
+def _conv1d_attrs(conv, attrs, w_shape, x_shape):
+    """normrt::Conv attributes of a 1-D Conv (one stride and dilation; pads set by the rewrite), or a
+    refusal reason."""
+    m, cg, k = w_shape
+    group = int(attrs.get("group", 1))
+    if group < 1 or m % group or (isinstance(x_shape[1], int) and x_shape[1] != cg * group):
+        return f"group={group} does not fit the weight {list(w_shape)} and x's {x_shape[1]} channels"
+    kernel = attrs.get("kernel_shape")
+    if kernel is not None and list(kernel) != [k]:
+        return f"kernel_shape {list(kernel)} is not the weight's {[k]}"
+    strides = list(attrs.get("strides") or [1])
+    dilations = list(attrs.get("dilations") or [1])
+    if len(strides) != 1 or len(dilations) != 1 or min(strides + dilations) < 1:
+        return f"strides {strides} / dilations {dilations} (one value >= 1 needed)"
+    return {"strides": strides, "pads": [0, 0], "dilations": dilations, "group": group}
