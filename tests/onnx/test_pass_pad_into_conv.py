@@ -168,3 +168,74 @@ def test_generated_1d_mirrored_pads(pads, mode, k, dilation, stride, group, leng
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert node.domain == "normrt" and attrs["pad_mode"] == mode.encode()
     assert list(attrs["pads"]) == pads and list(attrs["strides"]) == [stride]
+
+
+def _half_pad_conv(elem, mode, pads, np_dtype, w):
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+             helper.make_node("Conv", ["p", "W"], ["y"], name="conv", kernel_shape=[3, 3])]
+    inits = [const("pads", np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64)),
+             helper.make_tensor("W", elem, w.shape, w.astype(np_dtype).astype(np.float32).reshape(-1).tolist())]
+    graph = helper.make_graph(nodes, "half", [helper.make_tensor_value_info("x", elem, [2, 4, 9, 8])],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_model_mirrored_pad_fuses_through_the_widening_cast(mode, dtype):
+    """A float16 / bfloat16 model's Pad -> Conv fuses too (normrt::Conv computes half values in
+    float32, as the standard Conv does). Oracle: the float32 model of the same (half-rounded)
+    values on onnx.reference, within the output's rounding."""
+    import ml_dtypes
+    from onnx import TensorProto
+    np_dtype = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    elem = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}[dtype]
+    w = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    model = _half_pad_conv(elem, mode, (1, 2, 2, 1), np_dtype, w)
+    x = RNG.standard_normal((2, 4, 9, 8)).astype(np_dtype)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    got = sess.run(None, {"x": x})[0]
+    assert got.dtype == np_dtype
+    ops = [(n.op_type, n.domain) for n in sess.optimized_model.graph.node]
+    assert ("Pad", "") not in ops and ("Conv", "normrt") in ops
+    f32 = _half_pad_conv(TensorProto.FLOAT, mode, (1, 2, 2, 1), np_dtype, w)
+    want = ReferenceEvaluator(f32).run(None, {"x": x.astype(np.float32)})[0]
+    eps = float(np.finfo(np_dtype).eps)
+    np.testing.assert_allclose(got.astype(np.float32), want, rtol=eps, atol=eps * np.abs(want).max())
+
+
+def test_cast_to_float64_after_a_pad_is_refused():
+    """Only half -> float32 is the widening half_regions writes; a float32 Pad cast to float64 stays."""
+    from normrt.onnx.passes import PassContext
+    from normrt.onnx.passes.pad_into_conv import PadIntoConv
+    from onnx import TensorProto
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Cast", ["p"], ["c"], name="cast", to=TensorProto.DOUBLE),
+             helper.make_node("Conv", ["c", "W"], ["y"], name="conv", kernel_shape=[3, 3])]
+    inits = [const("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)),
+             const("W", RNG.standard_normal((6, 4, 3, 3)).astype(np.float64))]
+    ctx = PassContext(make_model(nodes, [vi("x", [2, 4, 9, 8])], [vi("y", ["n", "m", "h", "w"])], inits, opset=17))
+    p = PadIntoConv()
+    (m,) = list(p.matches(ctx))
+    assert "only half" in p.check(ctx, m)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge", "constant"])
+def test_pad_then_widening_cast_then_conv(mode):
+    """x (float16) -> Pad -> Cast(float32) -> Conv, as half_regions leaves an autocast island's
+    first conv: the Cast moves before the Pad, which fuses (a constant Pad into the Conv's pads)."""
+    from onnx import TensorProto
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+             helper.make_node("Cast", ["p"], ["c"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Conv", ["c", "W"], ["y"], name="conv", kernel_shape=[3, 3])]
+    inits = [const("pads", np.array([0, 0, 2, 1, 0, 0, 1, 2], np.int64)),
+             const("W", RNG.standard_normal((6, 4, 3, 3)).astype(np.float32))]
+    graph = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 4, 9, 8])],
+                              [vi("y", ["n", "m", "h", "w"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.standard_normal((2, 4, 9, 8)).astype(np.float16)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    sess = normrt.InferenceSession(model.SerializeToString())
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    ops = [n.op_type for n in sess.optimized_model.graph.node]
+    assert ops == ["Cast", "Conv"] and sess.report["passes"][PASS] == 1

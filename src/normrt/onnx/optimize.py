@@ -95,8 +95,9 @@ def after_half_regions():
     """The rewrites that take float32 values only, again once half_regions has retyped a half
     model's float32-computing regions: the BatchNorm and per-channel affine folds into the
     (widened, float32) Conv weights, and the Conv/MatMul/activation epilogues, so a half model's
-    regions fuse as the float32 model does."""
-    return [FoldBatchNorm(), FoldChannelAffine(), ActivationEpilogue(), ResidualNorm(), ConvEpilogue(),
+    regions fuse as the float32 model does; and a reflect / edge Pad before such a Conv (through the
+    Cast to float32 half_regions put between them) into the Conv's padded copy."""
+    return [PadIntoConv(), FoldBatchNorm(), FoldChannelAffine(), ActivationEpilogue(), ResidualNorm(), ConvEpilogue(),
             MatMulEpilogue(), ElementwiseChains(), ActivationPrograms()]
 
 

@@ -24,7 +24,8 @@ a constant pad value that is not a constant 0; the wrap mode; pads that are not
 constant, negative (cropping), or touch the batch or channel axes; an `axes`
 input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown rank;
 the Pad's output a graph output. For reflect / edge also: an input that is not
-a rank-3 or rank-4 float32 value (normrt::Conv is the float32 kernel of 2-D
+a rank-3 or rank-4 float32, float16 or bfloat16 value (normrt::Conv is the
+float32 kernel of 2-D
 convs, a 1-D conv being its one-row case: MelGAN / HiFi-GAN vocoders'
 ReflectionPad1d), a Conv with
 pads of its own (zeros outside the mirrored border are no single pad mode), a
@@ -39,6 +40,8 @@ from onnx import TensorProto, helper
 from ..domain import make_node
 from . import GraphPass
 from ._queries import is_op, node_attrs
+
+HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 from .conv_epilogue import ConvEpilogue
 
 
@@ -46,6 +49,7 @@ from .conv_epilogue import ConvEpilogue
 class PadMatch:
     pad: object
     convs: list
+    cast: object = None     # a Cast to float32 between the Pad and the Convs (a half model's)
 
 
 class PadIntoConv(GraphPass):
@@ -56,16 +60,23 @@ class PadIntoConv(GraphPass):
         for node in ctx.nodes:
             if not is_op(node, "Pad") or len(node.output) != 1 or not node.output[0] or not node.input:
                 continue
-            readers = ctx.readers(node.output[0])
-            if readers and all(is_op(r, "Conv") and r.input and r.input[0] == node.output[0]
-                               and node.output[0] not in r.input[1:] for r in readers):
-                yield PadMatch(node, readers)
+            value, cast = node.output[0], None
+            readers = ctx.readers(value)
+            if len(readers) == 1 and is_op(readers[0], "Cast") and readers[0].output and readers[0].output[0]:
+                # half models: half_regions computes the Conv in float32 behind a Cast, which
+                # commutes with any Pad (mirrored or zero values are exact in float32)
+                cast, value = readers[0], readers[0].output[0]
+                readers = ctx.readers(value)
+            if readers and all(is_op(r, "Conv") and r.input and r.input[0] == value
+                               and value not in r.input[1:] for r in readers):
+                yield PadMatch(node, readers, cast)
 
     def describe(self, m):
-        return "Pad+Conv", [m.pad.name] + [c.name for c in m.convs]
+        return "Pad+Conv", [m.pad.name] + ([m.cast.name] if m.cast is not None else []) + [c.name for c in m.convs]
 
-    def _spatial_pads(self, ctx, pad):
-        """(the Pad's begin/end amounts on axes 2.., None) or (None, why not)."""
+    def _spatial_pads(self, ctx, pad, conv_input):
+        """(the Pad's begin/end amounts on axes 2.. and its mode, None) or (None, why not);
+        conv_input: the value the Convs read (the Pad's output, or the Cast's after it)."""
         attrs, reason = node_attrs(pad)
         if reason:
             return None, reason
@@ -104,9 +115,9 @@ class PadIntoConv(GraphPass):
         if begin[:2] != [0, 0] or end[:2] != [0, 0]:
             return None, "pads on the batch or channel axis"
         if mode != "constant":
-            if rank not in (3, 4) or ctx.elem_type(pad.input[0]) != TensorProto.FLOAT:
-                return None, f"a {mode} Pad of a rank-{rank} value of type {ctx.elem_type(pad.input[0])} " \
-                             "(normrt::Conv's mirrored pads: 1-D or 2-D float32)"
+            if rank not in (3, 4) or ctx.elem_type(conv_input) not in (TensorProto.FLOAT,) + HALF_TYPES:
+                return None, f"a {mode} Pad of a rank-{rank} value of type {ctx.elem_type(conv_input)} " \
+                             "(normrt::Conv's mirrored pads: 1-D or 2-D float32, or half computed in float32)"
             too_big = [(p, d) for p, d in zip(begin[2:] + end[2:], list(shape[2:]) * 2)
                        if mode == "reflect" and isinstance(d, int) and p >= d]
             if too_big:
@@ -116,7 +127,16 @@ class PadIntoConv(GraphPass):
     def check(self, ctx, m):
         if m.pad.output[0] in ctx.graph_outputs:
             return "the Pad's output is a graph output"
-        spatial, reason = self._spatial_pads(ctx, m.pad)
+        if m.cast is not None:
+            attrs, reason = node_attrs(m.cast)
+            if reason:
+                return reason
+            if attrs.get("to") != TensorProto.FLOAT or ctx.elem_type(m.pad.input[0]) not in HALF_TYPES:
+                return f"a Cast to {attrs.get('to')} of a {ctx.elem_type(m.pad.input[0])} Pad (only half " \
+                       "values widened to float32 are exact either way round)"
+            if m.cast.output[0] in ctx.graph_outputs:
+                return "the Cast's output is a graph output"
+        spatial, reason = self._spatial_pads(ctx, m.pad, m.convs[0].input[0])
         if reason:
             return reason
         m.spatial = spatial
@@ -150,19 +170,26 @@ class PadIntoConv(GraphPass):
     def rewrite(self, ctx, m):
         begin, end, mode = m.spatial
         new_convs = []
+        x = m.pad.input[0]
+        replaced = [m.pad] + ([m.cast] if m.cast is not None else [])
+        widen = []
+        if m.cast is not None:
+            # the Cast moves before the (now fused) Pad: x -> Cast -> Convs
+            x = ctx.new_name(m.cast.output[0] + "_unpadded")
+            widen = [helper.make_node("Cast", [m.pad.input[0]], [x], name=m.cast.name, to=TensorProto.FLOAT)]
         if mode != "constant":
             # normrt::Conv: the Pad's amounts are its pads, which its padded copy mirrors
             for conv, attrs in zip(m.convs, m.conv_attrs):
                 attrs["pads"] = list(begin) + list(end)
                 name = conv.name or ctx.new_name("Conv")
-                new_convs.append(make_node("Conv", [m.pad.input[0]] + list(conv.input[1:3]), list(conv.output),
+                new_convs.append(make_node("Conv", [x] + list(conv.input[1:3]), list(conv.output),
                                            name, pad_mode=mode, **attrs))
                 ctx.report.fused.append({
                     "pass": self.name, "op": "Conv", "pattern": f"Pad({mode})+Conv",
                     "nodes": [m.pad.name, conv.name], "normrt_op": "Conv", "normrt_node": name,
                     "kernel": "conv2d"})
-            ctx.replace_nodes([m.pad] + m.convs, new_convs)
-            if len(new_convs) > 1:
+            ctx.replace_nodes(replaced + m.convs, widen + new_convs)
+            if len(new_convs) > 1 or widen:
                 ctx.mark_unordered()
             return
         for conv in m.convs:
@@ -173,10 +200,10 @@ class PadIntoConv(GraphPass):
             old = list(old) if old else [0] * (2 * len(begin))
             k = len(begin)
             attrs["pads"] = [old[i] + begin[i] for i in range(k)] + [old[k + i] + end[i] for i in range(k)]
-            new_convs.append(helper.make_node("Conv", [m.pad.input[0]] + list(conv.input[1:]), list(conv.output),
+            new_convs.append(helper.make_node("Conv", [x] + list(conv.input[1:]), list(conv.output),
                                               name=conv.name, domain=conv.domain, **attrs))
-        ctx.replace_nodes([m.pad] + m.convs, new_convs)
-        if len(new_convs) > 1:
+        ctx.replace_nodes(replaced + m.convs, widen + new_convs)
+        if len(new_convs) > 1 or widen:
             ctx.mark_unordered()        # all placed where the last Conv was: readers may now precede them
 
 
