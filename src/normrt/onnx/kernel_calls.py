@@ -16,7 +16,7 @@ from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
 from .elementwise_program import compile_program
 from .ops import _blas
-from .ops.conv import small_conv_epilogue
+from .ops.conv import on_small_conv, small_conv_epilogue
 
 
 def _normrt():
@@ -187,12 +187,20 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
         r2 = residual[:, :, None] if getattr(residual, "ndim", 0) == 3 else residual
         (y,) = conv(attrs2, n_out, x[:, :, None], w2, bias, r2, packed=packed)
         return (y.reshape(y.shape[0], y.shape[1], y.shape[3]),)
-    if residual is None and pad_mode == "constant":
-        # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv
-        y = small_conv_epilogue(x, w, bias, tuple(attrs["strides"]), tuple(attrs["pads"]),
-                                tuple(attrs["dilations"]), attrs["group"], act_code(_act(attrs)))
-        if y is not None:
-            return (y,)
+    if residual is None:
+        # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv;
+        # mirrored pads there as the unfused Pad wrote them (small_conv reads zeros in place)
+        pads = tuple(attrs["pads"])
+        xs = x
+        if pad_mode != "constant" and isinstance(x, np.ndarray) and x.ndim == 4 and getattr(w, "ndim", 0) == 4 \
+                and on_small_conv(w.shape[1], attrs["group"]):
+            xs = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), mode=pad_mode)
+            pads = (0, 0, 0, 0)
+        if xs is not x or pad_mode == "constant":
+            y = small_conv_epilogue(xs, w, bias, tuple(attrs["strides"]), pads, tuple(attrs["dilations"]),
+                                    attrs["group"], act_code(_act(attrs)))
+            if y is not None:
+                return (y,)
     return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
                              pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
                              group=attrs["group"], activation=_act(attrs), residual=residual,

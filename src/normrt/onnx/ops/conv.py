@@ -396,8 +396,8 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
         return None
     mode = _PAD_MODES.get(pad_mode)
-    if mode is None:
-        return None
+    if mode is None or (mode and on_small_conv(packed.shape[1], group)):
+        return None         # (mirrored pads before small_conv: the generic call pads first)
     if residual is None and weight is not None and mode == 0 and on_small_conv(packed.shape[1], group):
         # normrt::Conv of a depthwise conv and its activation (conv_epilogue): small_conv, as
         # small_conv_epilogue in the generic call
