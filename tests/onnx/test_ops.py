@@ -4,6 +4,7 @@ import timeit
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -1030,3 +1031,26 @@ def test_space_to_depth_modes(mode):
     t = x.reshape(2, 3, 2, 2, 3, 2)
     want = (t.transpose(0, 1, 3, 5, 2, 4) if mode == "CRD" else t.transpose(0, 3, 5, 1, 2, 4)).reshape(2, 12, 2, 3)
     np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(alpha=st.sampled_from([0.0, 1e-3, 0.01, 0.1, 0.2, 0.5, 1.0, 1.5, 3.0, -0.25]),
+       shape=st.lists(st.integers(1, 9), min_size=0, max_size=4), seed=st.integers(0, 2 ** 32 - 1),
+       transposed=st.booleans())
+def test_leaky_relu_same_values_as_where(alpha, shape, seed, transposed):
+    """LeakyRelu runs one pass of the elementwise kernel (max(x, alpha x), min above 1): the exact
+    values of where(x > 0, x, alpha x) - signed zeros, infinities and NaNs included - for any
+    alpha and layout."""
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal(shape) * 10).astype(np.float32)
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38, -3e38, 1e-45, -1e-45], np.float32)
+    flat = x.reshape(-1)
+    flat[:min(flat.size, specials.size)] = specials[:flat.size]
+    if transposed and x.ndim >= 2:
+        x = x.T                                   # not C-contiguous
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = np.where(x > 0, x, x * np.float32(alpha))
+    got = run_ours("LeakyRelu", [x], {"alpha": alpha}, 16, 1)[0]
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
