@@ -25,8 +25,8 @@ def relu(node, x, dead=()):
     return np.maximum(x, x.dtype.type(0), out=out)
 
 
-@op("LeakyRelu", since=1, inplace=True)
-def leaky_relu(node, x, dead=()):
+@op("LeakyRelu", since=1)
+def leaky_relu(node, x):
     alpha = _f(node, "alpha", 0.01)
     if x.dtype == np.float32 and x.size and 0.0 < alpha:
         # one pass of the elementwise kernel: max(x, alpha x) (min for alpha > 1) is x where x > 0
@@ -34,9 +34,7 @@ def leaky_relu(node, x, dead=()):
         # where np.where took three passes and two temporaries (YOLO's, GANs' and vocoders'
         # Conv -> LeakyRelu on 3 MB maps)
         program = _leaky_program(np.float32(alpha).item())
-        out = reusable(dead, 0, x)
-        if out is None or not out.flags.c_contiguous:
-            out = np.empty(x.shape, np.float32)
+        out = np.empty(x.shape, np.float32)
         _kelementwise.run_program(program.code, program.constants, program.n_registers, (x,), out,
                                   memory_bound(out.size))
         return out
