@@ -23,7 +23,7 @@ SHAPE = (2, 3, 5, 70)      # 70: a last axis that is not a whole number of vecto
 # ops taking any operand; ops that need a positive one (their operand is drawn from
 # the positive inputs / constants, so no cancellation upstream can make the
 # reference and the kernel differ by more than rounding)
-ANY_UNARY = ["Neg", "Abs", "Exp", "Tanh", "Erf", "Sigmoid", "Relu"]
+ANY_UNARY = ["Neg", "Abs", "Exp", "Tanh", "Erf", "Sigmoid", "Relu", "LeakyRelu"]
 POSITIVE_UNARY = ["Log", "Sqrt", "Reciprocal"]
 ANY_BINARY = ["Add", "Sub", "Mul", "Max", "Min"]
 
@@ -426,3 +426,46 @@ def test_recognize_needs_the_function_itself():
     assert recognize(ops, args, (r2 * 1.01, 1.0, 0.5), 1) is None      # another scale
     assert recognize(ops, (0, 1, 4, 4, 5, 2, 2, 6, 7, 3), (r2, 1.0, 0.5), 1) is None   # no * x
     assert recognize(ops, args, (r2, 1.0, 0.5), 2) is None               # two inputs: never
+
+
+LEAKY_RNG = np.random.default_rng(23)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.2, 1.0, 2.5])
+def test_fused_leaky_relu_chain_is_one_node_with_the_unfused_bits(alpha):
+    """StyleGAN's fused_leaky_relu, (x + bias) -> LeakyRelu -> * sqrt(2): one node whose values are
+    those of the three ops run one by one (LeakyRelu as max(x, alpha x), min above 1), special
+    values included."""
+    nodes = [helper.make_node("Add", ["x", "b"], ["s"], name="bias"),
+             helper.make_node("LeakyRelu", ["s"], ["l"], name="leaky", alpha=alpha),
+             helper.make_node("Mul", ["l", "g"], ["y"], name="gain")]
+    model = make_model(nodes, [vi("x", list(SHAPE))], [vi("y", list(SHAPE))],
+                       [const("b", LEAKY_RNG.standard_normal((1, 3, 1, 1)).astype(np.float32)),
+                        const("g", np.array(np.sqrt(2.0), np.float32))], opset=17)
+    x = LEAKY_RNG.standard_normal(SHAPE).astype(np.float32) * 3
+    x.reshape(-1)[:6] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 3e38]
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert ops_of(sess) == ["Elementwise"]
+    with np.errstate(all="ignore"):
+        s = x + const_value(model, "b")
+        want = np.where(s > 0, s, s * np.float32(alpha)) * np.float32(np.sqrt(2.0))
+        got = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def const_value(model, name):
+    from onnx import numpy_helper
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def test_leaky_relu_with_alpha_zero_stays_out_of_chains():
+    """alpha 0 (0 * inf is NaN where the op gives +inf): not the max form, the op runs alone."""
+    nodes = [helper.make_node("Add", ["x", "x"], ["s"], name="add"),
+             helper.make_node("LeakyRelu", ["s"], ["y"], name="leaky", alpha=0.0)]
+    model = make_model(nodes, [vi("x", list(SHAPE))], [vi("y", list(SHAPE))], [], opset=17)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert "LeakyRelu" in ops_of(sess)
+    x = LEAKY_RNG.standard_normal(SHAPE).astype(np.float32)
+    s = x + x
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.where(s > 0, s, s * np.float32(0.0)))

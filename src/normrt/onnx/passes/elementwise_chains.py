@@ -25,7 +25,9 @@ one-element constants become the expression's scalar constants.
 
 The elementwise ops: Add, Sub, Mul, Div, Max and Min of two inputs, Pow, Neg,
 Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu (Pow by a constant
-2, 3, 0.5 or 1 becomes the same square/product/sqrt/copy the unfused op computes).
+2, 3, 0.5 or 1 becomes the same square/product/sqrt/copy the unfused op computes),
+and LeakyRelu with alpha > 0 as max(x, alpha x) (min above 1), the standalone op's
+values: StyleGAN's fused_leaky_relu, `(x + bias) -> LeakyRelu -> * sqrt(2)`, is one pass.
 
 Refused (reason returned by `check`; the nodes then run one by one): a group
 with more distinct inputs or live values than the kernel holds (16 inputs, 48
@@ -41,7 +43,7 @@ from ...errors import ModelError
 from ..domain import NORM_OPS, make_node
 from ..elementwise_program import MAX_INPUTS, compile_program
 from . import GraphPass
-from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float
+from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, node_attrs
 
 PATTERN = "elementwise chain"
 
@@ -97,12 +99,23 @@ def _elementwise(ctx, node):
         if len(node.input) != 1:
             return False
         data = [node.input[0]]
+    elif op == "LeakyRelu":
+        if len(node.input) != 1 or _leaky_alpha(node) is None:
+            return False
+        data = [node.input[0]]
     else:
         return False
     if not all(data):
         return False
     # one type per node, so one per connected chain (the kernel's result is rounded to it)
     return float_type_reason(ctx, data + [node.output[0]], PRODUCT_DTYPES) is None
+
+
+def _leaky_alpha(node):
+    """A LeakyRelu's alpha (float32) when it is > 0 (the max / min form), else None."""
+    attrs, reason = node_attrs(node)
+    alpha = float(np.float32(attrs.get("alpha", 0.01))) if not reason else 0.0
+    return alpha if alpha > 0.0 else None
 
 
 def _known_shape(ctx, name):
@@ -166,14 +179,17 @@ def expression(ctx, nodes):
         if c is not None:
             value, rank = c
             out_rank = max(out_rank, rank)
-            key = np.float32(value).tobytes()
-            if key not in const_index:
-                const_index[key] = len(constants)
-                constants.append(float(np.float32(value)))
-            return ("const", const_index[key])
+            return constant(value)
         if name not in inputs:
             inputs.append(name)
         return ("in", inputs.index(name))
+
+    def constant(value):
+        key = np.float32(value).tobytes()
+        if key not in const_index:
+            const_index[key] = len(constants)
+            constants.append(float(np.float32(value)))
+        return ("const", const_index[key])
 
     def emit(name, *xs):
         ops.append(name)
@@ -186,6 +202,11 @@ def expression(ctx, nodes):
             r = emit(_BINARY[op], operand(node.input[0]), operand(node.input[1]))
         elif op in _UNARY:
             r = emit(_UNARY[op], operand(node.input[0]))
+        elif op == "LeakyRelu":
+            # max(x, alpha x), min above alpha 1: the standalone op's values (ops/activations.py)
+            x = operand(node.input[0])
+            alpha = _leaky_alpha(node)
+            r = emit("max" if alpha <= 1.0 else "min", x, emit("mul", x, constant(alpha)))
         else:   # Pow
             x = operand(node.input[0])
             e = _pow_exponent(ctx, node)
