@@ -57,7 +57,8 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
            float[::1] work,                 # workspace_size(n_threads) floats
            int n_threads,
            int pad_mode=0,                  # 0 zeros, 1 reflect, 2 edge (NRT_PAD_*)
-           Py_ssize_t pb=0, Py_ssize_t pr=0):   # trailing pads (the mirrored rows / columns)
+           Py_ssize_t pb=0, Py_ssize_t pr=0,    # trailing pads (the mirrored rows / columns)
+           float alpha=0.01):               # act == LEAKY_RELU: its slope
     """y = act(conv(x, w) + bias + residual), one GEMM per image and group, on x padded by
     (ph, pw, pb, pr) with zeros or, with pad_mode, its mirrored or repeated border."""
     cdef Py_ssize_t nimg = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3]
@@ -151,6 +152,7 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.ldc = oh * ow
     proto.bias_axis = 1 if transposed else 0
     proto.act = act
+    proto.alpha = alpha
     with nogil:
         if padded:
             pj.x = &x[0, 0, 0, 0]
@@ -187,6 +189,10 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
         cj.work = &work[0]
         run_parallel(conv_job, &cj, cj.total, nt)
 
+
+
+# the conv / GEMM epilogues' LeakyRelu code (gemm_core.pxd), for normrt.conv2d
+LEAKY_RELU = ACT_LEAKY_RELU
 
 
 cdef struct ConvJobs:

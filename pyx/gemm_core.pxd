@@ -67,6 +67,12 @@ ctypedef void (*nrt_job_fn)(void* ctx, long job, int slot) noexcept nogil
 
 
 cdef enum:
+    # an activation of the GEMM / conv epilogues only, beside moments.pxd's ACT_* (which every
+    # kernel takes): LeakyRelu with Problem.alpha, a parameter the shared codes have no room for
+    ACT_LEAKY_RELU = 16
+
+
+cdef enum:
     # K block: a B micro-panel (KC x NR floats, 16 KiB) stays in L1 beside the
     # A reads. 256 (32 KiB) left a 48 KiB L1 too full: one thread,
     # light_resnet50 62.0 -> 58.3 ms (KC 192: 60.2, 64: 59.0), transformer
@@ -114,7 +120,28 @@ cdef struct Problem:
     int bias_axis
     const float* res       # NULL or (m, n) with row stride ldc
     int act
+    float alpha           # ACT_LEAKY_RELU's slope (read for that activation only)
     bint transposed       # C is y^T: rows are pixels, columns channels (y[col, row])
+
+
+cdef inline void act_span(const Problem* g, float* y, Py_ssize_t n) noexcept nogil:
+    """y[i] = act(y[i]) for the problem's activation (not ReLU, which the stores apply): a shared
+    one (activate_span) or LeakyRelu as max(v, alpha v) (min above alpha 1), the values of ONNX
+    LeakyRelu's where(v > 0, v, alpha v) for any v (signed zeros, infinities, NaN)."""
+    cdef Py_ssize_t i
+    cdef float v, t, a = g.alpha
+    if g.act != ACT_LEAKY_RELU:
+        activate_span(y, n, g.act)
+    elif a <= <float>1.0:
+        for i in range(n):
+            v = y[i]
+            t = v * a
+            y[i] = t if t > v else v
+    else:
+        for i in range(n):
+            v = y[i]
+            t = v * a
+            y[i] = t if t < v else v
 
 
 cdef inline Py_ssize_t panels_a_size(Py_ssize_t m, Py_ssize_t k) noexcept nogil:
@@ -443,7 +470,7 @@ cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r
         # along y's pixel rows, which a 2x2 map makes 4 values long (a GELU on
         # 512 channels x 4 pixels took 10 us in 512 short calls)
         for p in range(r0, r1):
-            activate_span(<float*>src + (p - r0) * lg.ldc, q1 - q0, g.act)
+            act_span(g, <float*>src + (p - r0) * lg.ldc, q1 - q0)
     pb = r0
     while pb < r1:        # (while: Cython wants a literal range step)
         p1 = min(pb + TT, r1)
@@ -469,7 +496,7 @@ cdef inline void transpose_out(const Problem* g, const Problem* lg, Py_ssize_t r
         pb = p1
     if g.act != 0 and not relu and g.res != NULL:
         for ch in range(q0, q1):
-            activate_span(g.c + ch * g.ldc + r0, r1 - r0, g.act)
+            act_span(g, g.c + ch * g.ldc + r0, r1 - r0)
 
 
 cdef inline void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0, Py_ssize_t r1,
@@ -505,7 +532,7 @@ cdef inline void wide_compact(const Problem* g, const Problem* lg, Py_ssize_t r0
                 else:
                     memcpy(dst, src, n_ * sizeof(float))
                 if g.act != 0 and g.act != ACT_RELU:
-                    activate_span(dst, n_, g.act)
+                    act_span(g, dst, n_)
         oy += 1
 
 
@@ -680,7 +707,7 @@ cdef inline void run_block(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, Py_
                 c0 = np0 * NR
                 nr = min(np1 * NR, g.n) - c0
                 for i in range(ic * MR, min(ic1 * MR, g.m)):
-                    activate_span(cptr(g, i, c0), nr, g.act)
+                    act_span(g, cptr(g, i, c0), nr)
             ic = ic1
 
 
@@ -817,7 +844,7 @@ cdef inline bint run_gemv(Problem* g, int nt) noexcept nogil:
     run_parallel(gemv_job, g, (np_ + GEMV_JOB_PANELS - 1) // GEMV_JOB_PANELS, nt)
     if g.act != 0 and g.act != ACT_RELU:
         for r in range(g.m):
-            activate_span(g.c + r * g.ldc, g.n, g.act)
+            act_span(g, g.c + r * g.ldc, g.n)
     return True
 
 

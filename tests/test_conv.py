@@ -433,3 +433,40 @@ def test_mirrored_pads_bad_input():
         pw = normrt.pack_conv_weight(w)
         _kconv.conv2d(x, pw.data, 3, 3, 1, 1, 1, 5, 1, 1, 1, False, y, np.empty(0, np.float32),
                       np.empty(0, np.float32), 0, _workspace(1, 1 << 16), 1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------- LeakyRelu epilogue
+@settings(max_examples=60, deadline=None)
+@given(conv_problems(), st.sampled_from([1e-3, 0.01, 0.1, 0.2, 1.0, 3.0]))
+def test_generated_leaky_relu_epilogue_is_the_ops_values(problem, alpha):
+    """activation="leaky_relu": the conv's own epilogue gives exactly where(v > 0, v, alpha v) of
+    the conv's sums (what ONNX LeakyRelu computes after it), on every product and thread count."""
+    x, w, b, res, _, kw = problem
+    pre = normrt.conv2d(x, w, b, residual=res, **kw)
+    want = np.where(pre > 0, pre, pre * np.float32(alpha))
+    for n_threads in (1, 2, 3):
+        with normrt.threads(n_threads):
+            got = normrt.conv2d(x, w, b, residual=res, activation="leaky_relu", alpha=alpha, **kw)
+        assert same_bits(got, want)
+    y64 = normrt.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                        residual=None if res is None else res.astype(np.float64), activation="leaky_relu",
+                        alpha=alpha, **kw)
+    np.testing.assert_allclose(y64, want, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_leaky_relu_epilogue_special_values_and_bad_alpha():
+    x, w = rand(1, 4, 6, 6), rand(8, 4, 1, 1)
+    x[0, :, 0, :4] = np.array([np.inf, -np.inf, np.nan, 0.0], np.float32)[:, None]   # inf, -inf, NaN, 0 rows
+    pre = normrt.conv2d(x, w)
+    with np.errstate(invalid="ignore"):
+        want = np.where(pre > 0, pre, pre * np.float32(0.2))
+    got = normrt.conv2d(x, w, activation="leaky_relu", alpha=0.2)
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
+    for bad, err in ((0.0, ValueError), (-0.1, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                     ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(err, match="alpha"):
+            normrt.conv2d(x, w, activation="leaky_relu", alpha=bad)
+    # the other normrt kernels have no LeakyRelu
+    with pytest.raises(ValueError, match="activation"):
+        normrt.layer_norm(rand(2, 8), activation="leaky_relu")

@@ -82,6 +82,11 @@ TAILS = {
                           True, (("r", (2, 6, 9, 8)),), {}),
     "add_residual_silu": ([mk("Add", ["c", "r"], ["s"], name="res"), mk("Sigmoid", ["s"], ["g"], name="sig"),
                            mk("Mul", ["s", "g"], ["y"], name="act")], "silu", True, (("r", (2, 6, 9, 8)),), {}),
+    # YOLO's Conv -> LeakyRelu(0.1) and a GAN's residual + LeakyRelu(0.2): the conv kernel's own
+    "leaky_relu": ([mk("LeakyRelu", ["c"], ["y"], name="act", alpha=0.1)], "leaky_relu", False, (), {}),
+    "add_residual_leaky_relu": ([mk("Add", ["c", "r"], ["s"], name="res"),
+                                 mk("LeakyRelu", ["s"], ["y"], name="act", alpha=0.2)], "leaky_relu", True,
+                                (("r", (2, 6, 9, 8)),), {}),
 }
 
 
@@ -390,3 +395,41 @@ def test_activation_before_a_pointwise_conv_stays_whole(act_tail):
     acts = [helper.get_attribute_value(a) for n in convs for a in n.attribute if a.name == "activation"]
     assert acts == [act.encode()]
     assert not report["passes"].get("affine_before_conv")
+
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 2.0])
+@pytest.mark.parametrize("group,cin", [(1, 3), (3, 1)])     # (3, 1): depthwise, on small_conv
+def test_leaky_relu_alpha_is_carried_and_matches_the_op(alpha, group, cin):
+    tail = [mk("LeakyRelu", ["c"], ["y"], name="act", alpha=alpha)]
+    model = conv_model(tail, cout=6 if group == 1 else 3, cin_per_group=cin, y_shape=None,
+                       conv_attrs={"pads": [1, 1, 1, 1], "group": group})
+    x = arr(2, 3, 9, 8)
+    x[0, 0, 0, :3] = [np.inf, np.nan, -np.inf]
+    opt, report = run_and_compare(model, {"x": x})
+    node, attrs = normrt_conv(opt)
+    assert attrs["activation"] == b"leaky_relu" and attrs.get("alpha", 0.01) == pytest.approx(alpha)
+    if group > 1:
+        return      # (small_conv sums in its own order: run_and_compare's tolerance above)
+    # bitwise the conv's sums through ONNX LeakyRelu's where(v > 0, v, alpha v)
+    got = normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w"))
+    b = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "b"))
+    pre = normrt.conv2d(x, w, b, pads=(1, 1, 1, 1), group=group)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(got, np.where(pre > 0, pre, pre * np.float32(alpha)))
+
+
+def test_leaky_relu_of_alpha_zero_stays_a_separate_node():
+    """alpha 0 is not the kernel's max form (0 * inf is NaN where the op gives +inf)."""
+    tail = [mk("LeakyRelu", ["c"], ["y"], name="act", alpha=0.0)]
+    model = conv_model(tail, conv_attrs={"pads": [1, 1, 1, 1]}, y_shape=(2, 6, 9, 8))
+    opt, report = run_and_compare(model, {"x": arr(2, 3, 9, 8)})
+    assert [n.op_type for n in opt.graph.node] == ["Conv", "LeakyRelu"]
+
+
+def test_leaky_relu_is_a_conv_activation_only():
+    from normrt.onnx.domain import make_node
+    make_node("Conv", ["x", "w"], ["y"], "conv", activation="leaky_relu", alpha=0.1)
+    with pytest.raises(ValueError, match="unknown activation"):
+        make_node("LayerNorm", ["x", "s"], ["y"], "ln", activation="leaky_relu")

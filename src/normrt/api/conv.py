@@ -129,7 +129,7 @@ PAD_MODES = {"constant": 0, "reflect": 1, "edge": 2}
 
 
 def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
-           activation=None, residual=None, out=None, pad_mode="constant"):
+           activation=None, residual=None, out=None, pad_mode="constant", alpha=0.01):
     """y = act(conv2d(x, weight) + bias + residual), NCHW.
 
     x: (N, C, H, W); weight: (M, C/group, kh, kw) array or the object from
@@ -139,10 +139,12 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     normrt.ACTIVATIONS ("gelu" is the erf form); pad_mode what the pads hold, as ONNX Pad's
     modes: "constant" (zeros), "reflect" (x mirrored about its border, torch's ReflectionPad2d:
     each pad must be smaller than x's size on its axis) or "edge" (the border repeated,
-    ReplicationPad2d) - a reflection Pad before a conv, fused into its padded copy. float32 runs
-    on normrt's GEMM (results identical for any thread count), float64 on numpy.
+    ReplicationPad2d) - a reflection Pad before a conv, fused into its padded copy. activation
+    may also be "leaky_relu", the conv's own epilogue only: v if v > 0 else alpha * v (alpha > 0;
+    YOLO's 0.1, GANs' 0.2). float32 runs on normrt's GEMM (results identical for any thread
+    count), float64 on numpy.
     """
-    act = chk.activation(activation)
+    act, alpha = conv_activation(activation, alpha)
     x = chk.tensor(x, "x")
     if x.ndim != 4:
         raise ValueError(f"x must be a 4-D (N, C, H, W) array, got shape {x.shape}")
@@ -201,6 +203,10 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         if mode:
             x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=pad_mode)
             pt = pl = pb = pr = 0
+        if act == _kconv.LEAKY_RELU:
+            y = _conv2d_numpy(x, weight, bias, residual, 0, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
+            y[...] = np.where(y > 0, y, y * dtype.type(alpha))
+            return y
         return _conv2d_numpy(x, weight, bias, residual, act, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
     if not packed:
         weight = pack_conv_weight(weight, group)
@@ -213,8 +219,22 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         residual = residual.copy()   # y would be written before the residual is read
     _kconv.conv2d(x, weight.transposed_data() if tr else weight.data, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y,
               _EMPTY if bias is None else bias,
-              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt, mode, pb, pr)
+              _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt, size), nt, mode, pb, pr,
+              alpha)
     return y
+
+
+def conv_activation(activation, alpha):
+    """(the kernel's activation code, alpha) of conv2d's `activation` and `alpha`: normrt.ACTIVATIONS
+    and, for the conv epilogue only, "leaky_relu" with alpha a positive float."""
+    if activation != "leaky_relu":
+        return chk.activation(activation), 0.0
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not (0.0 < alpha < float("inf")):
+        raise ValueError(f"alpha must be a positive finite number for activation 'leaky_relu', got {alpha}")
+    return _kconv.LEAKY_RELU, alpha
 
 
 def _same_array(a, b):

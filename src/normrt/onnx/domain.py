@@ -44,12 +44,14 @@ Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
     heads may also come merged: q_heads > 0: Q is (B, Sq, q_heads * D); kv_heads > 0: K and V
     are (B, Skv, kv_heads * D) and (B, Skv, kv_heads * Dv); merge_heads=1: Y is (B, Sq, H * Dv))
 Conv(X, W [, B, residual]) -> Y
-    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="", pad_mode="constant"
+    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="", pad_mode="constant",
+    alpha=0.01
     (2-D NCHW: Y = act(conv(X, W) + B + residual); pads (h_begin, w_begin, h_end, w_end);
     or 1-D NCL, X (N, C, L) and W (M, C/group, k), with one stride and dilation and pads
     (begin, end), run as the 2-D conv of one row;
     residual of Y's shape; pad_mode what the pads hold, as ONNX Pad's modes: "constant" (zeros),
-    "reflect" or "edge" - a Pad of that mode fused by pad_into_conv)
+    "reflect" or "edge" - a Pad of that mode fused by pad_into_conv; activation may also be
+    "leaky_relu", with alpha its slope, > 0: conv_epilogue's LeakyRelu)
 MatMul(A, B [, bias, residual]) -> Y                 activation=""
     (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
@@ -92,6 +94,9 @@ class NormOp:
     # after X (None: omitted), n_threads) -> run(x, y) -> y, the kernel call with every argument
     # checked once, or None (the generic `call` then runs)
     prepare: object = None
+    # `activation` values the op's own kernel takes beyond the shared ACTIVATIONS (the conv
+    # epilogue's parameterized "leaky_relu", with its `alpha` attribute)
+    activations: tuple = ()
 
 
 NORM_OPS = {op.op_type: op for op in (
@@ -123,8 +128,9 @@ NORM_OPS = {op.op_type: op for op in (
            call=_calls.attention, compute_bound=True, half_native=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": "",
-            "pad_mode": "constant"},
-           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False, inplace_input=3),
+            "pad_mode": "constant", "alpha": 0.01},
+           call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False, inplace_input=3,
+           activations=("leaky_relu",)),
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
@@ -143,7 +149,7 @@ def make_node(op_type, inputs, outputs, name, **attrs):
     if missing:
         raise ValueError(f"normrt {op_type} needs attribute(s) {missing}")
     kept = {k: v for k, v in attrs.items() if spec.defaults[k] is None or v != spec.defaults[k]}
-    if kept.get("activation", "") not in ACTIVATIONS:
+    if kept.get("activation", "") not in ACTIVATIONS + spec.activations:
         raise ValueError(f"unknown activation {kept['activation']!r}")
     inputs = list(inputs)
     while inputs and not inputs[-1]:

@@ -323,7 +323,7 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                                    residual=ins[3] if len(ins) > 3 else None,
                                    activation=attrs.get("activation") or None, n_threads=src.n_threads,
                                    into_residual=3 in run.dead, weight=ins[1][2],
-                                   pad_mode=attrs.get("pad_mode", "constant"))
+                                   pad_mode=attrs.get("pad_mode", "constant"), alpha=attrs.get("alpha", 0.01))
         if expr is not None:
             return expr
     if run.spec.prepare is not None and ins[0] is not None and _plain(ins[0][1]) \

@@ -16,6 +16,7 @@ from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
 from .elementwise_program import compile_program
 from .ops import _blas
+from .ops.activations import leaky_relu_float32
 from .ops.conv import on_small_conv, small_conv_epilogue
 
 
@@ -187,9 +188,13 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
         r2 = residual[:, :, None] if getattr(residual, "ndim", 0) == 3 else residual
         (y,) = conv(attrs2, n_out, x[:, :, None], w2, bias, r2, packed=packed)
         return (y.reshape(y.shape[0], y.shape[1], y.shape[3]),)
+    act = _act(attrs)
+    leaky = act == "leaky_relu"
+    alpha = float(attrs.get("alpha", 0.01))
     if residual is None:
         # a depthwise conv and its activation (conv_epilogue) on small_conv, as the standard Conv;
-        # mirrored pads there as the unfused Pad wrote them (small_conv reads zeros in place)
+        # mirrored pads there as the unfused Pad wrote them (small_conv reads zeros in place), a
+        # LeakyRelu (not one of small_conv's activations) after it as the standalone op computes it
         pads = tuple(attrs["pads"])
         xs = x
         if pad_mode != "constant" and isinstance(x, np.ndarray) and x.ndim == 4 and getattr(w, "ndim", 0) == 4 \
@@ -198,13 +203,18 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
             pads = (0, 0, 0, 0)
         if xs is not x or pad_mode == "constant":
             y = small_conv_epilogue(xs, w, bias, tuple(attrs["strides"]), pads, tuple(attrs["dilations"]),
-                                    attrs["group"], act_code(_act(attrs)))
+                                    attrs["group"], 0 if leaky else act_code(act))
             if y is not None:
-                return (y,)
-    return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
-                             pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
-                             group=attrs["group"], activation=_act(attrs), residual=residual,
-                             pad_mode=pad_mode),)
+                return (leaky_relu_float32(y, alpha) if leaky else y,)
+    try:
+        return (_normrt().conv2d(x, w if packed is None else packed, bias, strides=tuple(attrs["strides"]),
+                                 pads=tuple(attrs["pads"]), dilations=tuple(attrs["dilations"]),
+                                 group=attrs["group"], activation=act, residual=residual,
+                                 pad_mode=pad_mode, alpha=alpha),)
+    except (TypeError, ValueError) as e:
+        if leaky and "alpha" in str(e):
+            raise ModelError(f"normrt Conv: {e}") from None
+        raise
 
 
 def matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):

@@ -29,17 +29,21 @@ def relu(node, x, dead=()):
 def leaky_relu(node, x):
     alpha = _f(node, "alpha", 0.01)
     if x.dtype == np.float32 and x.size and 0.0 < alpha:
-        # one pass of the elementwise kernel: max(x, alpha x) (min for alpha > 1) is x where x > 0
-        # and alpha x elsewhere, the same values as the where() below for any x (+-0, +-inf, NaN),
-        # where np.where took three passes and two temporaries (YOLO's, GANs' and vocoders'
-        # Conv -> LeakyRelu on 3 MB maps)
-        program = _leaky_program(np.float32(alpha).item())
-        out = np.empty(x.shape, np.float32)
-        _kelementwise.run_program(program.code, program.constants, program.n_registers, (x,), out,
-                                  memory_bound(out.size))
-        return out
+        return leaky_relu_float32(x, alpha)
     a = x.dtype.type(alpha)
     return np.where(x > 0, x, x * a)
+
+
+def leaky_relu_float32(x, alpha):
+    """LeakyRelu of a float32 array, alpha > 0, in one pass of the elementwise kernel: max(x,
+    alpha x) (min for alpha > 1) is x where x > 0 and alpha x elsewhere, the same values as
+    np.where(x > 0, x, alpha x) for any x (+-0, +-inf, NaN), which took three passes and two
+    temporaries (YOLO's, GANs' and vocoders' Conv -> LeakyRelu on 3 MB maps). A new array."""
+    program = _leaky_program(np.float32(alpha).item())
+    out = np.empty(x.shape, np.float32)
+    _kelementwise.run_program(program.code, program.constants, program.n_registers, (x,), out,
+                              memory_bound(out.size))
+    return out
 
 
 @functools.lru_cache(maxsize=64)

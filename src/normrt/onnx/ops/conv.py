@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
-from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_threads
+from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_activation, conv_threads
 from ...api.gemm import _EMPTY
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -363,9 +363,9 @@ def conv_transpose(node, x, w, b=None):
 
 
 def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt, mode=0, pb=0,
-               pr=0):
+               pr=0, alpha=0.01):
     _kconv.conv2d(np.ascontiguousarray(x), wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual,
-                  act, ws, nt, mode, pb, pr)
+                  act, ws, nt, mode, pb, pr, alpha)
     return y
 
 
@@ -379,7 +379,7 @@ def _residual_or_new(r, shape):
 
 
 def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group, bias=None, residual=None,
-              activation=None, n_threads=1, into_residual=False, weight=None, pad_mode="constant"):
+              activation=None, n_threads=1, into_residual=False, weight=None, pad_mode="constant", alpha=0.01):
     """A specialized plan's float32 2-D conv with a packed constant weight: the expression calling the
     conv kernel directly (what normrt.conv2d calls after its checks, done here once), or None.
 
@@ -396,8 +396,12 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
         return None
     mode = _PAD_MODES.get(pad_mode)
-    if mode is None or (mode and on_small_conv(packed.shape[1], group)):
-        return None         # (mirrored pads before small_conv: the generic call pads first)
+    if mode is None or ((mode or activation == "leaky_relu") and on_small_conv(packed.shape[1], group)):
+        return None         # (mirrored pads, LeakyRelu around small_conv: the generic call)
+    try:
+        act, alpha = conv_activation(activation, alpha)
+    except (TypeError, ValueError):
+        return None         # (the generic call raises)
     if residual is None and weight is not None and mode == 0 and on_small_conv(packed.shape[1], group):
         # normrt::Conv of a depthwise conv and its activation (conv_epilogue): small_conv, as
         # small_conv_epilogue in the generic call
@@ -437,7 +441,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         y = f"{src.bind(_residual_or_new, '_residual_or_new')}({residual[0]}, {(n, m, oh, ow)!r})"
     return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
             f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
-            f"{_act_code(activation)}, {ws}, {nt}" + (f", {mode}, {pb}, {pr})" if mode else ")"))
+            f"{act}, {ws}, {nt}" + (f", {mode}, {pb}, {pr}, {alpha!r})" if mode or alpha else ")"))
 
 
 def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):

@@ -5,7 +5,9 @@
 
         activation: Relu; Sigmoid; Sigmoid + Mul (SiLU); Gelu(approximate="none")
         or its Erf forms; Clip(0, 6) (ReLU6) or Clip(0); HardSigmoid(1/6, 1/2),
-        HardSwish or HardSigmoid + Mul (matched as activation_epilogue matches them)
+        HardSwish or HardSigmoid + Mul (matched as activation_epilogue matches them);
+        LeakyRelu(alpha > 0), the conv kernel's own (YOLO's Conv -> LeakyRelu(0.1), GAN
+        and vocoder blocks)
 
     ==>   x ──► normrt::Conv(X=x, W, B=b, residual=r;
                              strides, pads, dilations, group, activation) ──► z
@@ -62,6 +64,7 @@ class ConvMatch:
     residual_node: object = None     # the Add/Sum
     residual: str = ""               # its other summand
     activation: str = ""
+    alpha: float = 0.0               # the LeakyRelu's
     act_nodes: list = field(default_factory=list)
     out: str = ""
     attrs: dict = field(default_factory=dict)
@@ -69,6 +72,13 @@ class ConvMatch:
     @property
     def nodes(self):
         return [self.conv] + ([self.residual_node] if self.residual_node is not None else []) + self.act_nodes
+
+
+def _leaky_alpha(node):
+    """A LeakyRelu's alpha when positive and finite (the conv kernel's form), else None."""
+    attrs, reason = node_attrs(node)
+    alpha = float(attrs.get("alpha", 0.01)) if not reason else 0.0
+    return alpha if 0.0 < alpha < float("inf") else None
 
 
 def _static_equal(a, b):
@@ -139,6 +149,12 @@ class ConvEpilogue(GraphPass):
             else:
                 return m
         v = m.out
+        if len(readers) == 1 and is_op(readers[0], "LeakyRelu") and _leaky_alpha(readers[0]) is not None \
+                and not private_reason(ctx, consumers, v, readers):
+            # the conv kernel's own LeakyRelu (not an activation of the norm kernels)
+            m.activation, m.alpha, m.act_nodes, m.out = "leaky_relu", _leaky_alpha(readers[0]), \
+                [readers[0]], readers[0].output[0]
+            return m
         if not readers or not any(is_op(r, op) for r in readers for op in ACTIVATION_OPS):
             return m
         found = match_activation(ctx, consumers, v, readers)
@@ -160,7 +176,7 @@ class ConvEpilogue(GraphPass):
         if m.residual_node is not None:
             parts.append(m.residual_node.op_type)
         if m.activation:
-            parts.append(PATTERN_NAMES[m.activation])
+            parts.append("LeakyRelu" if m.activation == "leaky_relu" else PATTERN_NAMES[m.activation])
         return "+".join(parts)
 
     # -- check ---------------------------------------------------------------
@@ -233,8 +249,9 @@ class ConvEpilogue(GraphPass):
         conv = m.conv
         b = conv.input[2] if len(conv.input) > 2 else ""
         name = conv.name or ctx.new_name("Conv")
+        extra = {"alpha": m.alpha} if m.activation == "leaky_relu" else {}
         new = make_node("Conv", [conv.input[0], conv.input[1], b, m.residual], [m.out], name,
-                        activation=m.activation, **m.attrs)
+                        activation=m.activation, **extra, **m.attrs)
         ctx.replace_nodes(m.nodes, [new])
         ctx.report.fused.append({
             "pass": self.name, "op": "Conv", "pattern": self._pattern(m), "nodes": [n.name for n in m.nodes],
