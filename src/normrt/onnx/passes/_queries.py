@@ -353,3 +353,14 @@ def clip_bounds(ctx, node):
     lo = None if lo is None or lo <= -FLT_MAX else float(lo)
     hi = None if hi is None or hi >= FLT_MAX else float(hi)
     return lo, hi
+
+
+def leaky_alpha(node):
+    """A LeakyRelu's alpha, rounded to float32, when positive and finite (the form the kernels run
+    as max(v, alpha v) / min(v, alpha v) with the op's exact values), else None (alpha 0: 0 * inf
+    is NaN where the op gives +inf)."""
+    attrs, reason = node_attrs(node)
+    if reason:
+        return None
+    alpha = float(np.float32(attrs.get("alpha", 0.01)))
+    return alpha if 0.0 < alpha < float("inf") else None

@@ -49,7 +49,7 @@ from onnx import TensorProto
 
 from ..domain import make_node
 from . import GraphPass
-from ._queries import is_op, node_attrs, other_input, present, private_reason
+from ._queries import is_op, leaky_alpha, node_attrs, other_input, present, private_reason
 from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN_NAMES, match_activation
 
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs
@@ -72,13 +72,6 @@ class ConvMatch:
     @property
     def nodes(self):
         return [self.conv] + ([self.residual_node] if self.residual_node is not None else []) + self.act_nodes
-
-
-def _leaky_alpha(node):
-    """A LeakyRelu's alpha when positive and finite (the conv kernel's form), else None."""
-    attrs, reason = node_attrs(node)
-    alpha = float(attrs.get("alpha", 0.01)) if not reason else 0.0
-    return alpha if 0.0 < alpha < float("inf") else None
 
 
 def _static_equal(a, b):
@@ -149,10 +142,10 @@ class ConvEpilogue(GraphPass):
             else:
                 return m
         v = m.out
-        if len(readers) == 1 and is_op(readers[0], "LeakyRelu") and _leaky_alpha(readers[0]) is not None \
+        if len(readers) == 1 and is_op(readers[0], "LeakyRelu") and leaky_alpha(readers[0]) is not None \
                 and not private_reason(ctx, consumers, v, readers):
             # the conv kernel's own LeakyRelu (not an activation of the norm kernels)
-            m.activation, m.alpha, m.act_nodes, m.out = "leaky_relu", _leaky_alpha(readers[0]), \
+            m.activation, m.alpha, m.act_nodes, m.out = "leaky_relu", leaky_alpha(readers[0]), \
                 [readers[0]], readers[0].output[0]
             return m
         if not readers or not any(is_op(r, op) for r in readers for op in ACTIVATION_OPS):

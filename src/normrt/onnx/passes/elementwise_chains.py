@@ -43,7 +43,7 @@ from ...errors import ModelError
 from ..domain import NORM_OPS, make_node
 from ..elementwise_program import MAX_INPUTS, compile_program
 from . import GraphPass
-from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, node_attrs
+from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, leaky_alpha
 
 PATTERN = "elementwise chain"
 
@@ -100,7 +100,7 @@ def _elementwise(ctx, node):
             return False
         data = [node.input[0]]
     elif op == "LeakyRelu":
-        if len(node.input) != 1 or _leaky_alpha(node) is None:
+        if len(node.input) != 1 or leaky_alpha(node) is None:
             return False
         data = [node.input[0]]
     else:
@@ -109,13 +109,6 @@ def _elementwise(ctx, node):
         return False
     # one type per node, so one per connected chain (the kernel's result is rounded to it)
     return float_type_reason(ctx, data + [node.output[0]], PRODUCT_DTYPES) is None
-
-
-def _leaky_alpha(node):
-    """A LeakyRelu's alpha (float32) when it is > 0 (the max / min form), else None."""
-    attrs, reason = node_attrs(node)
-    alpha = float(np.float32(attrs.get("alpha", 0.01))) if not reason else 0.0
-    return alpha if alpha > 0.0 else None
 
 
 def _known_shape(ctx, name):
@@ -205,7 +198,7 @@ def expression(ctx, nodes):
         elif op == "LeakyRelu":
             # max(x, alpha x), min above alpha 1: the standalone op's values (ops/activations.py)
             x = operand(node.input[0])
-            alpha = _leaky_alpha(node)
+            alpha = leaky_alpha(node)
             r = emit("max" if alpha <= 1.0 else "min", x, emit("mul", x, constant(alpha)))
         else:   # Pow
             x = operand(node.input[0])
