@@ -4,33 +4,38 @@
 
     ==>  x ─► Conv(pads = p + the Pad's) ─► y
 
-    x ─► Pad(mode=reflect | edge, pads q only on axes 2, 3) ─► Conv(2-D, no pads of its own) ─► y
+    x ─► Pad(mode=reflect | edge, pads q on axes 2.. of a 1-D or 2-D conv) ─► Conv(no pads of its own) ─► y
 
     ==>  x ─► normrt::Conv(pads = q, pad_mode = the Pad's mode) ─► y
+
+    x (half) ─► Pad ─► Cast(to float32) ─► Conv        (half_regions' widening of a half model's Conv)
+
+    ==>  x ─► Cast(to float32) ─► Conv or normrt::Conv, as above
 
 TensorFlow-style "same" padding (EfficientNet's depthwise convs, its stem) is
 exported as an explicit Pad, often asymmetric (0 before, 1 after). Conv pads
 with zeros itself, per side, so the Pad's copy of the whole tensor goes away.
 Style-transfer, CycleGAN/pix2pix and SPADE generators pad with
-`nn.ReflectionPad2d` / `nn.ReplicationPad2d` (or `padding_mode="reflect"`),
+`nn.ReflectionPad2d` / `nn.ReplicationPad2d` (or `padding_mode="reflect"`), and
+MelGAN / HiFi-GAN vocoders with `ReflectionPad1d` before dilated Conv1ds,
 exported as a reflect / edge Pad before every conv: the conv kernel's own
 padded copy of its input writes the mirrored border instead of zeros, so the
 Pad node, a full pass writing a larger tensor, goes away (style256: the Pads
-were ~7 ms of a ~45 ms run).
+were ~7 ms of a ~45 ms run). A Cast from half to float32 commutes with any Pad
+(the padded values are copies, exact in either type), so it moves first.
 
-Candidates: a Pad whose output only Convs read, as their input X. Refused
-(`check` gives the reason; not reported, the two nodes then run as they are):
-a constant pad value that is not a constant 0; the wrap mode; pads that are not
-constant, negative (cropping), or touch the batch or channel axes; an `axes`
-input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an input of unknown rank;
-the Pad's output a graph output. For reflect / edge also: an input that is not
-a rank-3 or rank-4 float32, float16 or bfloat16 value (normrt::Conv is the
-float32 kernel of 2-D
-convs, a 1-D conv being its one-row case: MelGAN / HiFi-GAN vocoders'
-ReflectionPad1d), a Conv with
-pads of its own (zeros outside the mirrored border are no single pad mode), a
-weight of unknown shape, and reflect pads not smaller than a static spatial
-size (ONNX's Pad rejects those too).
+Candidates: a Pad whose output only Convs read as their input X, directly or
+through one Cast. Refused (`check` gives the reason; not reported, the nodes
+then run as they are): a constant pad value that is not a constant 0; the wrap
+mode; pads that are not constant, negative (cropping), or touch the batch or
+channel axes; an `axes` input; a Conv with auto_pad SAME_UPPER/SAME_LOWER; an
+input of unknown rank; the Pad's (or the Cast's) output a graph output; a Cast
+other than half -> float32. For reflect / edge also: a value that is not rank
+3 or 4, or not float32 / float16 / bfloat16 (normrt::Conv is the float32 kernel
+of 2-D convs, a 1-D conv its one-row case, half computed in float32); a Conv
+with pads of its own (zeros outside the mirrored border are no single pad
+mode); a weight of unknown shape; reflect pads not smaller than a static
+spatial size (ONNX's Pad rejects those too).
 """
 from dataclasses import dataclass
 
@@ -40,9 +45,9 @@ from onnx import TensorProto, helper
 from ..domain import make_node
 from . import GraphPass
 from ._queries import is_op, node_attrs
+from .conv_epilogue import ConvEpilogue
 
 HALF_TYPES = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
-from .conv_epilogue import ConvEpilogue
 
 
 @dataclass
