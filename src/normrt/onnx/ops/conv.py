@@ -388,7 +388,8 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     is written into its buffer where the kernel allows it (_kconv.residual_may_be_y): one array less
     to allocate, and the lines Y writes are the residual's, already in cache. `weight`: the unpacked
     float32 weight (a small-group conv then runs on small_conv). `pad_mode`: normrt::Conv's (the
-    mirrored pads of a fused reflection Pad: always the GEMM, whose padded copy writes them)."""
+    mirrored pads of a fused reflection Pad: the GEMM, whose padded copy writes them); `alpha`:
+    the slope of a "leaky_relu" activation (the GEMM's epilogue too)."""
     from ..._checks import activation as _act_code
     from ...api.gemm import _EMPTY
     ex, (xshape, dx), _ = x
