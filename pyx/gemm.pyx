@@ -71,6 +71,11 @@ def pack_b(const float[:, ::1] b,     # IN  (K, N)
 
 
 
+# the GEMM / conv epilogues' LeakyRelu code (gemm_core.pxd ACT_LEAKY_RELU), for normrt.matmul and
+# normrt.conv2d
+LEAKY_RELU = ACT_LEAKY_RELU
+
+
 def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M, K) if a_packed
          bint a_packed,
          const float[::1] b,          # IN  (K*N,) row-major, or packed_b_size(K, N) if b_packed
@@ -82,7 +87,8 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
          const float[::1] residual,   # IN  empty or (M*N,); may be c itself
          int act,
          float[::1] work,             # workspace_size(n_threads) floats
-         int n_threads):
+         int n_threads,
+         float alpha=0.01):           # act == LEAKY_RELU: its slope
     """c = act(a @ b + bias + residual)."""
     cdef Problem g
     cdef Split s
@@ -121,6 +127,7 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     g.bias_axis = bias_axis
     g.res = &residual[0] if residual.shape[0] else NULL
     g.act = act
+    g.alpha = alpha
     with nogil:
         s = choose_split(&g, 1, nt)
         run_gemm(&g, s, &work[0], nt)

@@ -29,7 +29,8 @@ cdef class PreparedGemm:
     cdef object b, bias          # the arrays g points into, kept alive
     cdef Py_ssize_t work_size
 
-    def __init__(self, cnp.ndarray b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bias, int act, int n_threads):
+    def __init__(self, cnp.ndarray b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, bias, int act, int n_threads,
+                 float alpha=0.01):
         if m <= 0 or n <= 0 or k <= 0:
             raise ValueError("PreparedGemm: m, n and k must be >= 1")
         if not is_f32_c(b, panels_b_size(k, n)):
@@ -57,6 +58,7 @@ cdef class PreparedGemm:
         self.g.bias_axis = 1
         self.g.res = NULL
         self.g.act = act
+        self.g.alpha = alpha          # (act == ACT_LEAKY_RELU: its slope)
         self.s = choose_split(&self.g, 1, self.nt)
 
     def __call__(self, a, y, work, residual=None):

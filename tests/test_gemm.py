@@ -234,3 +234,33 @@ def test_few_rows_give_the_packed_products_bits(m, k, n, bias, residual, act, th
     assert np.array_equal(few, full[:m])
     want = ref(a[:m], w, b, None if res is None else res[:m], act)
     np.testing.assert_allclose(few, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 90), packed=st.booleans(),
+       alpha=st.sampled_from([1e-3, 0.1, 0.2, 1.0, 4.0]), seed=st.integers(0, 2 ** 32 - 1))
+def test_leaky_relu_epilogue_is_the_ops_values(m, k, n, packed, alpha, seed):
+    """activation="leaky_relu": the GEMM's own epilogue (GEMV rows and tiles alike) gives exactly
+    where(v > 0, v, alpha v) of the product, for any thread count; float64 on numpy alike."""
+    r = np.random.default_rng(seed)
+    a = r.standard_normal((m, k)).astype(np.float32)
+    b = r.standard_normal((k, n)).astype(np.float32)
+    bias = r.standard_normal(n).astype(np.float32)
+    bb = normrt.pack_matmul_weight(b) if packed else b
+    pre = normrt.matmul(a, bb, bias=bias)
+    want = np.where(pre > 0, pre, pre * np.float32(alpha))
+    for threads in (1, 2, 3):
+        with normrt.threads(threads):
+            got = normrt.matmul(a, bb, bias=bias, activation="leaky_relu", alpha=alpha)
+        np.testing.assert_array_equal(got, want)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    pre64 = a64 @ b64 + bias
+    np.testing.assert_allclose(normrt.matmul(a64, b64, bias=bias.astype(np.float64), activation="leaky_relu",
+                                             alpha=alpha), np.where(pre64 > 0, pre64, pre64 * alpha), rtol=1e-12)
+
+
+def test_leaky_relu_epilogue_bad_alpha():
+    a, b = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    for bad, err in ((0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), ("x", TypeError)):
+        with pytest.raises(err, match="alpha"):
+            normrt.matmul(a, b, activation="leaky_relu", alpha=bad)

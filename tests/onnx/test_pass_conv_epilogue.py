@@ -428,8 +428,35 @@ def test_leaky_relu_of_alpha_zero_stays_a_separate_node():
     assert [n.op_type for n in opt.graph.node] == ["Conv", "LeakyRelu"]
 
 
-def test_leaky_relu_is_a_conv_activation_only():
+def test_leaky_relu_is_a_conv_and_matmul_activation_only():
     from normrt.onnx.domain import make_node
     make_node("Conv", ["x", "w"], ["y"], "conv", activation="leaky_relu", alpha=0.1)
+    make_node("MatMul", ["x", "w"], ["y"], "mm", activation="leaky_relu", alpha=0.1)
     with pytest.raises(ValueError, match="unknown activation"):
         make_node("LayerNorm", ["x", "s"], ["y"], "ln", activation="leaky_relu")
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+@pytest.mark.parametrize("alpha", [0.2, 1.5])
+@pytest.mark.parametrize("rows", [1, 3, 70])      # 1-3: the GEMV path of a packed weight
+def test_linear_leaky_relu_is_the_gemms_epilogue(op, alpha, rows):
+    """A discriminator's Linear -> LeakyRelu: one normrt::MatMul whose GEMM applies it, with the
+    values of the product through where(v > 0, v, alpha v)."""
+    w, b = arr(48, 40), arr(40)
+    if op == "MatMul":
+        nodes = [mk("MatMul", ["x", "w"], ["p"], name="mm"), mk("Add", ["p", "b"], ["s"], name="bias")]
+    else:
+        nodes = [mk("Gemm", ["x", "w", "b"], ["s"], name="mm")]
+    nodes.append(mk("LeakyRelu", ["s"], ["y"], name="act", alpha=alpha))
+    model = build(nodes, [vi("x", (rows, 48))], [vi("y", (rows, 40))], {"w": w, "b": b})
+    x = arr(rows, 48)
+    x[0, :3] = [np.inf, np.nan, -np.inf]
+    opt, report = run_and_compare(model, {"x": x})
+    (node,) = opt.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert (node.domain, node.op_type, attrs["activation"]) == ("normrt", "MatMul", b"leaky_relu")
+    assert attrs["alpha"] == pytest.approx(alpha)
+    got = normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    pre = normrt.matmul(x, w, bias=b)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(got, np.where(pre > 0, pre, pre * np.float32(alpha)))

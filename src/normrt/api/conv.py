@@ -17,7 +17,7 @@ from .. import _checks as chk
 from .._kernels import conv as _kconv
 from .._kernels import gemm as _k
 from .._thread_policy import compute_bound
-from .gemm import aligned_empty, epilogue_numpy, workspace
+from .gemm import LEAKY_RELU, aligned_empty, epilogue_numpy, gemm_activation, leaky_relu_numpy, workspace
 
 _F32 = np.dtype(np.float32)
 _EMPTY = np.empty(0, np.float32)
@@ -144,7 +144,7 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     YOLO's 0.1, GANs' 0.2). float32 runs on normrt's GEMM (results identical for any thread
     count), float64 on numpy.
     """
-    act, alpha = conv_activation(activation, alpha)
+    act, alpha = gemm_activation(activation, alpha)
     x = chk.tensor(x, "x")
     if x.ndim != 4:
         raise ValueError(f"x must be a 4-D (N, C, H, W) array, got shape {x.shape}")
@@ -203,10 +203,9 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
         if mode:
             x = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=pad_mode)
             pt = pl = pb = pr = 0
-        if act == _kconv.LEAKY_RELU:
-            y = _conv2d_numpy(x, weight, bias, residual, 0, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
-            y[...] = np.where(y > 0, y, y * dtype.type(alpha))
-            return y
+        if act == LEAKY_RELU:
+            return leaky_relu_numpy(_conv2d_numpy(x, weight, bias, residual, 0, y, (sh, sw), (pt, pl, pb, pr),
+                                                  (dh, dw), group), alpha)
         return _conv2d_numpy(x, weight, bias, residual, act, y, (sh, sw), (pt, pl, pb, pr), (dh, dw), group)
     if not packed:
         weight = pack_conv_weight(weight, group)
@@ -224,17 +223,6 @@ def conv2d(x, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations
     return y
 
 
-def conv_activation(activation, alpha):
-    """(the kernel's activation code, alpha) of conv2d's `activation` and `alpha`: normrt.ACTIVATIONS
-    and, for the conv epilogue only, "leaky_relu" with alpha a positive float."""
-    if activation != "leaky_relu":
-        return chk.activation(activation), 0.0
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
-    alpha = float(alpha)
-    if not (0.0 < alpha < float("inf")):
-        raise ValueError(f"alpha must be a positive finite number for activation 'leaky_relu', got {alpha}")
-    return _kconv.LEAKY_RELU, alpha
 
 
 def _same_array(a, b):

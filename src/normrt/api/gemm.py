@@ -5,6 +5,7 @@ is packed once with pack_matmul_weight and reused on every call. float64 runs
 on numpy (the same epilogue, in float64).
 """
 import math
+import numbers
 import threading
 
 import numpy as np
@@ -95,16 +96,41 @@ def epilogue_numpy(y, bias, residual, act):
 _ACT_NAMES = {v: k for k, v in chk.ACTIVATIONS.items()}
 
 
-def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
+LEAKY_RELU = _k.LEAKY_RELU    # the GEMM / conv epilogues' own activation code
+
+
+def gemm_activation(activation, alpha):
+    """(the kernel's activation code, alpha) of matmul's / conv2d's `activation` and `alpha`:
+    normrt.ACTIVATIONS and, for these two epilogues only, "leaky_relu" with alpha a positive
+    finite float (the norm kernels have no LeakyRelu)."""
+    if activation != "leaky_relu":
+        return chk.activation(activation), 0.0
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+    alpha = float(alpha)
+    if not (0.0 < alpha < float("inf")):
+        raise ValueError(f"alpha must be a positive finite number for activation 'leaky_relu', got {alpha}")
+    return LEAKY_RELU, alpha
+
+
+def leaky_relu_numpy(y, alpha):
+    """y = where(y > 0, y, alpha y) in place (the float64 paths' LeakyRelu epilogue)."""
+    with np.errstate(invalid="ignore"):
+        y[...] = np.where(y > 0, y, y * y.dtype.type(alpha))
+    return y
+
+
+def matmul(a, b, *, bias=None, activation=None, residual=None, out=None, alpha=0.01):
     """y = act(a @ b + bias + residual) for a (..., M, K) and b (K, N).
 
     b is an array or the object from normrt.pack_matmul_weight(b). Leading
     dims of a are flattened into M. bias has shape (N,); residual the output's
     shape (or one that broadcasts to it); activation None or one of
-    normrt.ACTIVATIONS ("gelu" is the erf form). float32 runs on normrt's GEMM
-    (results identical for any thread count), float64 on numpy.
+    normrt.ACTIVATIONS ("gelu" is the erf form) or "leaky_relu" (v if v > 0 else
+    alpha v, alpha > 0). float32 runs on normrt's GEMM (results identical for any
+    thread count), float64 on numpy.
     """
-    act = chk.activation(activation)
+    act, alpha = gemm_activation(activation, alpha)
     a = chk.tensor(a, "a", min_rank=1)
     packed = isinstance(b, PackedMatmulWeight)
     if packed:
@@ -138,6 +164,8 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
             y[...] = 0
         else:
             np.matmul(a, np.ascontiguousarray(bb, dtype=dtype), out=y)
+        if act == LEAKY_RELU:
+            return leaky_relu_numpy(epilogue_numpy(y, bias, residual, 0), alpha)
         return epilogue_numpy(y, bias, residual, act)
     if residual is not None and np.may_share_memory(residual, y):
         residual = residual.copy()   # y is written before the residual is read (K blocks)
@@ -148,5 +176,5 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None):
     nt = compute_bound(2 * m * n * k)
     _k.gemm(a.reshape(-1), False, bdata, packed, m, n, k, y.reshape(-1),
             _EMPTY if bias is None else bias, 1,
-            _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt)
+            _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt, alpha)
     return y

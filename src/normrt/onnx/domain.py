@@ -52,8 +52,9 @@ Conv(X, W [, B, residual]) -> Y
     residual of Y's shape; pad_mode what the pads hold, as ONNX Pad's modes: "constant" (zeros),
     "reflect" or "edge" - a Pad of that mode fused by pad_into_conv; activation may also be
     "leaky_relu", with alpha its slope, > 0: conv_epilogue's LeakyRelu)
-MatMul(A, B [, bias, residual]) -> Y                 activation=""
-    (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape)
+MatMul(A, B [, bias, residual]) -> Y                 activation="", alpha=0.01
+    (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape;
+    activation may also be "leaky_relu", alpha its slope: matmul_epilogue's LeakyRelu)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
     (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
     div, max, min, pow, neg, abs, exp, log, sqrt, reciprocal, tanh, erf, sigmoid, relu,
@@ -131,8 +132,9 @@ NORM_OPS = {op.op_type: op for op in (
             "pad_mode": "constant", "alpha": 0.01},
            call=_calls.conv, compute_bound=True, packer=_calls.pack_conv, half_native=False, inplace_input=3,
            activations=("leaky_relu",)),
-    NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": ""},
-           call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False),
+    NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": "", "alpha": 0.01},
+           call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False,
+           activations=("leaky_relu",)),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),

@@ -311,7 +311,8 @@ def _kernel_step(src, step, ins, out_meta, buffer):
         expr = _mm_ops.fast_gemm(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
                                  bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
                                  residual=ins[3] if len(ins) > 3 else None,
-                                 activation=attrs.get("activation") or None, n_threads=src.n_threads)
+                                 activation=attrs.get("activation") or None, n_threads=src.n_threads,
+                                 alpha=attrs.get("alpha", 0.01))
         if expr is not None:
             return expr
     if op == "Conv" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \

@@ -218,8 +218,13 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
 
 
 def matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):
-    return (_normrt().matmul(a, b if packed is None else packed, bias=bias, activation=_act(attrs),
-                             residual=residual),)
+    try:
+        return (_normrt().matmul(a, b if packed is None else packed, bias=bias, activation=_act(attrs),
+                                 residual=residual, alpha=float(attrs.get("alpha", 0.01))),)
+    except (TypeError, ValueError) as e:
+        if _act(attrs) == "leaky_relu" and "alpha" in str(e):
+            raise ModelError(f"normrt MatMul: {e}") from None
+        raise
 
 
 def pack_matmul(w, attrs):

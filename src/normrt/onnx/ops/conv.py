@@ -16,7 +16,8 @@ from numpy.lib.stride_tricks import as_strided
 from ..._kernels import conv as _kconv
 from ..._kernels import small_conv as _ksmall
 from ..._thread_policy import compute_bound
-from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_activation, conv_threads
+from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_threads
+from ...api.gemm import gemm_activation
 from ...api.gemm import _EMPTY
 from ._blas import gemm, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
@@ -400,7 +401,7 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     if mode is None or ((mode or activation == "leaky_relu") and on_small_conv(packed.shape[1], group)):
         return None         # (mirrored pads, LeakyRelu around small_conv: the generic call)
     try:
-        act, alpha = conv_activation(activation, alpha)
+        act, alpha = gemm_activation(activation, alpha)
     except (TypeError, ValueError):
         return None         # (the generic call raises)
     if residual is None and weight is not None and mode == 0 and on_small_conv(packed.shape[1], group):

@@ -150,13 +150,18 @@ def einsum(node, *xs):
     return r if r.dtype == xs[0].dtype else r.astype(xs[0].dtype)
 
 
-def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activation=None, n_threads=1):
+def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activation=None, n_threads=1, alpha=0.01):
     """A specialized plan's float32 product with a packed constant weight: the expression calling the
     GEMM kernel directly (what normrt.matmul calls after its checks, done here once).
 
     `a` and `residual`: (expression, (shape, dtype), constant or None); `bias`: a float32 (N,)
-    constant or None. None when a check fails (the caller keeps the generic call)."""
-    from ..._checks import activation as _act_code
+    constant or None; `alpha`: a "leaky_relu" activation's slope. None when a check fails (the
+    caller keeps the generic call)."""
+    from ...api.gemm import gemm_activation
+    try:
+        act, alpha = gemm_activation(activation, alpha)
+    except (TypeError, ValueError):
+        return None         # (the generic call raises)
     ea, (ashape, da), _ = a
     k, n = packed.shape
     shape, dtype = out_meta
@@ -182,7 +187,7 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
     # the kernel call bound once (pyx/prepared_gemm.pyx): the same product as gemm.gemm, without
     # its per-call buffer acquisitions and job-grid search
-    call = _PreparedGemm(packed.data, m, n, k, bias, _act_code(activation), nt)
+    call = _PreparedGemm(packed.data, m, n, k, bias, act, nt, alpha)
     return f"{src.bind(call, '_gemm')}({ea}, {y}, {ws}{res})"
 
 

@@ -4,6 +4,7 @@
           or Gemm(X, W, bias)                                  Relu | Sigmoid | SiLU | Gelu | Erf GELU |
                                                                ReLU6 | HardSigmoid | HardSwish
                                                                (the forms activation_epilogue reads)
+                                                               | LeakyRelu(alpha > 0), the GEMM's own
   ==>
     X ──► normrt::MatMul(X, W, bias, R, activation=act) ──► out       out = act(X @ W + bias + R)
 
@@ -29,7 +30,8 @@ import numpy as np
 from .._graph import decode_attributes
 from ..domain import make_node
 from . import GraphPass
-from ._queries import PRODUCT_DTYPES, float_type_reason, is_op, only_consumer, other_input, private_reason
+from ._queries import (PRODUCT_DTYPES, float_type_reason, is_op, leaky_alpha, only_consumer, other_input,
+                       private_reason)
 from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
 from ._queries import Graph, is_static
@@ -47,6 +49,7 @@ class Match:
     trans_b: bool = False           # Gemm transB: the constant is stored (N, K)
     residual: str = ""
     activation: str = ""
+    alpha: float = 0.0              # the LeakyRelu's
     output: str = ""
 
 
@@ -61,7 +64,7 @@ class MatMulEpilogue(GraphPass):
                 continue
             readers = consumers.get(node.output[0], [])
             gemm_bias = is_op(node, "Gemm") and len(node.input) > 2 and bool(node.input[2])
-            if gemm_bias or any(is_op(r, op) for r in readers for op in ("Add",) + ACTIVATION_OPS):
+            if gemm_bias or any(is_op(r, op) for r in readers for op in ("Add", "LeakyRelu") + ACTIVATION_OPS):
                 yield node
 
     def describe(self, node):
@@ -120,7 +123,13 @@ class MatMulEpilogue(GraphPass):
                 reader = only_consumer(ctx, consumers, y)
         # activation
         readers = consumers.get(y, [])
-        if readers and y not in ctx.graph_outputs and any(r.op_type in ACTIVATION_OPS for r in readers):
+        if len(readers) == 1 and y not in ctx.graph_outputs and is_op(readers[0], "LeakyRelu") \
+                and leaky_alpha(readers[0]) is not None and not private_reason(ctx, consumers, y, readers):
+            # the GEMM's own LeakyRelu (not an activation of the norm kernels)
+            m.nodes.append(readers[0])
+            m.activation, m.alpha = "leaky_relu", leaky_alpha(readers[0])
+            y = readers[0].output[0]
+        elif readers and y not in ctx.graph_outputs and any(r.op_type in ACTIVATION_OPS for r in readers):
             found = match_activation(ctx, consumers, y, readers)
             if not isinstance(found, str):
                 act, act_nodes, out = found
@@ -171,10 +180,11 @@ class MatMulEpilogue(GraphPass):
         if bias and ctx.constants[bias].ndim != 1:
             bias = ctx.add_constant(bias + "_row", ctx.constants[bias].reshape(-1))
         inputs = [node.input[0], w, bias, m.residual]
-        new = make_node("MatMul", inputs, [m.output], node.name, activation=m.activation)
+        extra = {"alpha": m.alpha} if m.activation == "leaky_relu" else {}
+        new = make_node("MatMul", inputs, [m.output], node.name, activation=m.activation, **extra)
         ctx.replace_nodes([node] + m.nodes, [new])
         parts = [node.op_type] + (["Bias"] if m.bias else []) + (["Residual"] if m.residual else []) \
-            + ([PATTERN_NAMES[m.activation]] if m.activation else [])
+            + (["LeakyRelu" if m.activation == "leaky_relu" else PATTERN_NAMES[m.activation]] if m.activation else [])
         ctx.report.fused.append({
             "pass": self.name, "op": "+".join(parts), "pattern": "+".join(parts),
             "nodes": [node.name] + [n.name for n in m.nodes], "normrt_op": "MatMul", "normrt_node": new.name,
