@@ -22,7 +22,7 @@ import os
 import numpy as np
 import onnx
 
-from .pass_variants import executor_without, runner, variants_main
+from .pass_variants import check_close, executor_without, runner, variants_main
 
 LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 MODELS = ("light_resnet50", "light_densenet121")
@@ -47,13 +47,7 @@ def make_feeds(executor, seed=0):
 
 def check(runs, feeds, rtol=1e-4):
     """Every variant's outputs close to the baseline's (max abs difference <= rtol * max |baseline|)."""
-    want = runs[BASELINE](feeds)
-    for name, run in runs.items():
-        for g, w in zip(run(feeds), want):
-            scale = float(np.max(np.abs(w))) or 1.0
-            err = float(np.max(np.abs(g.astype(np.float64) - w)))
-            if err > rtol * scale:
-                raise AssertionError(f"{name}: max abs difference {err:.3g} vs {BASELINE} (scale {scale:.3g})")
+    check_close(runs, feeds, BASELINE, rtol)
 
 
 def build(model):

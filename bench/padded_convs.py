@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper, save
 
-from .pass_variants import executor_without, runner, variants_main
+from .pass_variants import check_close, executor_without, runner, variants_main
 
 MODELS = ("reflect_blocks", "leaky_blocks")
 VARIANTS = {
@@ -83,13 +83,7 @@ def make_feeds(seed=0):
 
 def check(runs, feeds, rtol=1e-4):
     """Every variant's outputs close to the baseline's (max abs difference <= rtol * max |baseline|)."""
-    want = runs[BASELINE](feeds)
-    for name, run in runs.items():
-        for g, w in zip(run(feeds), want):
-            scale = float(np.max(np.abs(w))) or 1.0
-            err = float(np.max(np.abs(g.astype(np.float64) - w)))
-            if err > rtol * scale:
-                raise AssertionError(f"{name}: max abs difference {err:.3g} vs {BASELINE} (scale {scale:.3g})")
+    check_close(runs, feeds, BASELINE, rtol)
 
 
 def build(model):

@@ -21,6 +21,27 @@ def runner(executor):
     return lambda feeds: executor.run(feeds)
 
 
+def check_close(runs, feeds, baseline, rtol=1e-4):
+    """Every variant's outputs close to the baseline variant's (max abs difference <= rtol * max
+    |baseline|): an AssertionError naming the first variant that is not."""
+    want = runs[baseline](feeds)
+    for name, run in runs.items():
+        for g, w in zip(run(feeds), want):
+            scale = float(np.max(np.abs(w))) or 1.0
+            err = float(np.max(np.abs(g.astype(np.float64) - w)))
+            if err > rtol * scale:
+                raise AssertionError(f"{name}: max abs difference {err:.3g} vs {baseline} (scale {scale:.3g})")
+
+
+def benchmark_params(group, models, variants):
+    """pytest parameters (model, variant) of a with/without-a-pass suite: one benchmark group per
+    model ("{group}-{model}"), warmed up."""
+    import pytest
+    return [pytest.param(m, v, id=f"{m}-{v}", marks=pytest.mark.benchmark(group=f"{group}-{m}", warmup=True,
+                                                                          warmup_iterations=2))
+            for m in models for v in variants]
+
+
 def interleaved_times(runs, feeds, n_runs, warmup=3):
     """{variant: [seconds]}: after a warm-up, `n_runs` rounds, each timing every variant once
     (machine noise hits all alike)."""

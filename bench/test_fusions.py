@@ -9,6 +9,7 @@ import functools
 import pytest
 
 from .fusions import BASELINE, MODELS, VARIANTS, check, make_executor, make_feeds, runner
+from .pass_variants import benchmark_params
 
 
 @functools.lru_cache(maxsize=1)
@@ -19,11 +20,7 @@ def _model(name):
     return runs, feeds
 
 
-@pytest.mark.parametrize("model, variant", [
-    pytest.param(m, v, id=f"{m}-{v}", marks=pytest.mark.benchmark(group=f"fusions-{m}", warmup=True,
-                                                                  warmup_iterations=2))
-    for m in MODELS for v in VARIANTS
-])
+@pytest.mark.parametrize("model, variant", benchmark_params("fusions", MODELS, VARIANTS))
 def test_fusions(benchmark, model, variant, threads):
     import normrt
 

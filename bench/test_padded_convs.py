@@ -9,6 +9,7 @@ import functools
 import pytest
 
 from .padded_convs import BASELINE, MODELS, VARIANTS, build, check
+from .pass_variants import benchmark_params
 
 
 @functools.lru_cache(maxsize=2)
@@ -18,11 +19,7 @@ def _model(name):
     return runs, feeds
 
 
-@pytest.mark.parametrize("model, variant", [
-    pytest.param(m, v, id=f"{m}-{v}", marks=pytest.mark.benchmark(group=f"padded_convs-{m}", warmup=True,
-                                                                  warmup_iterations=2))
-    for m in MODELS for v in VARIANTS
-])
+@pytest.mark.parametrize("model, variant", benchmark_params("padded_convs", MODELS, VARIANTS))
 def test_padded_convs(benchmark, model, variant, threads):
     import normrt
 
