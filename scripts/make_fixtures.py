@@ -129,6 +129,21 @@ class ConvBN(nn.Module):
         return self.bn(self.conv(x))
 
 
+class ReflectPadBlock(nn.Module):
+    """A style-transfer / CycleGAN generator block: mirrored pads before unpadded convs, then a
+    GAN's LeakyReLU (pad_into_conv's pad_mode, conv_epilogue's leaky_relu)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(4, 8, 3), nn.InstanceNorm2d(8, affine=True),
+                                   nn.ReLU())
+        self.conv2 = nn.Sequential(nn.ReplicationPad2d((1, 2, 0, 1)), nn.Conv2d(8, 6, 3, stride=2),
+                                   nn.LeakyReLU(0.2))
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x))
+
+
 class LinearBN1d(nn.Module):
     def __init__(self):
         super().__init__()
@@ -562,6 +577,9 @@ CASES: list[Case] = [
     Case("spade_in", "SPADE: InstanceNorm2d(affine=False) then x*(1+gamma(seg))+beta(seg), seg resized",
          _simple(lambda: SPADE(norm="instance"),
                  lambda g: {"x": rn(g, 2, 8, 8, 8), "segmap": rn(g, 2, 3, 16, 16)})),
+    Case("reflect_pad_conv", "ReflectionPad2d -> Conv2d -> InstanceNorm2d -> ReLU -> ReplicationPad2d -> Conv2d/2 "
+         "-> LeakyReLU(0.2)",
+         _simple(ReflectPadBlock, lambda g: {"x": rn(g, 2, 4, 10, 10)})),
     Case("weightnorm_conv", "Conv2d with parametrizations.weight_norm",
          _simple(WeightNormConv, lambda g: {"x": rn(g, 2, 4, 8, 8)})),
     Case("wsconv_gn", "weight-standardized Conv2d subclass -> GroupNorm(2, 8) -> ReLU",

@@ -58,6 +58,7 @@ EXPECTED_OPS = {
     "spade_bn": {"BatchNorm": 1},
     "spade_in": {"InstanceNorm": 1},
     "weightnorm_conv": {},                 # weight norm of constant weights: folded at load
+    "reflect_pad_conv": {"InstanceNorm": 1},   # (its Pads and LeakyReLU go into the convs: test_pass_pad_into_conv)
     "wsconv_gn": {"GroupNorm": 1},         # weight standardization folded; the GroupNorm stays
     "normalize_head": {"LpNorm": 1},
     "lrn": {"LRN": 1},

@@ -239,3 +239,36 @@ def test_pad_then_widening_cast_then_conv(mode):
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
     ops = [n.op_type for n in sess.optimized_model.graph.node]
     assert ops == ["Cast", "Conv"] and sess.report["passes"][PASS] == 1
+
+
+def _fixture_entries(name):
+    import json
+    from pathlib import Path
+    data = Path(__file__).parent.parent / "data"
+    return data, [e for e in json.loads((data / "fixtures.json").read_text())["fixtures"] if e["name"] == name]
+
+
+DATA, REFLECT_FIXTURES = _fixture_entries("reflect_pad_conv")
+
+
+@pytest.mark.parametrize("entry", REFLECT_FIXTURES, ids=[e["file"][:-5] for e in REFLECT_FIXTURES])
+def test_exported_reflection_and_replication_pads_fuse(entry):
+    """The exporters' forms of ReflectionPad2d -> Conv2d and ReplicationPad2d -> Conv2d/2 -> LeakyReLU
+    (tests/data/reflect_pad_conv__*, scripts/make_fixtures.py; TorchScript 13/17, dynamo 18/23): no
+    Pad or LeakyRelu node is left, the two convs carry pad_mode reflect / edge (the second with the
+    LeakyReLU as its epilogue), and the model computes the stored torch output."""
+    import onnx
+    model = onnx.load(str(DATA / entry["file"]))
+    data = np.load(DATA / entry["data"])
+    sess = normrt.InferenceSession(model)
+    got = sess.run(None, {"x": data["input:x"]})[0]
+    want = data[f"output:{entry['outputs'][0]['name']}"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
+    nodes = sess.optimized_model.graph.node
+    assert not [n.op_type for n in nodes if n.op_type in ("Pad", "LeakyRelu")]
+    convs = [{a.name: helper.get_attribute_value(a) for a in n.attribute} for n in nodes
+             if (n.op_type, n.domain) == ("Conv", "normrt")]
+    assert sorted(c.get("pad_mode") for c in convs) == [b"edge", b"reflect"]
+    (edge,) = [c for c in convs if c["pad_mode"] == b"edge"]
+    assert edge["activation"] == b"leaky_relu" and edge["alpha"] == pytest.approx(0.2)
+    assert list(edge["pads"]) == [0, 1, 1, 2]

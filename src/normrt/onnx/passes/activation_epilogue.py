@@ -38,12 +38,13 @@ import math
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import (clip_bounds, close_to, constant_rel_tol, is_op, node_attrs, present, private_reason,
-                       scalar_constant)
+from ._queries import (clip_bounds, close_to, constant_rel_tol, is_op, leaky_alpha, node_attrs, present,
+                       private_reason, scalar_constant)
 
 SQRT2 = math.sqrt(2.0)
 PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU", "relu6": "ReLU6",
-                 "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish", "gelu_tanh": "GELU(tanh)"}
+                 "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish", "gelu_tanh": "GELU(tanh)",
+                 "leaky_relu": "LeakyRelu"}
 # ops that can start an activation match_activation takes (the Erf GELU starts with a Div/Mul:
 # the epilogue passes add those to their own candidate lists)
 ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish")
@@ -67,7 +68,8 @@ class ActivationEpilogue(GraphPass):
             if not _has_activation_attr(node) or not node.output or not node.output[0]:
                 continue
             readers = consumers.get(node.output[0], [])
-            if any(is_op(r, op) for r in readers for op in ACTIVATION_OPS) or \
+            ops = ACTIVATION_OPS + (("LeakyRelu",) if "leaky_relu" in NORM_OPS[node.op_type].activations else ())
+            if any(is_op(r, op) for r in readers for op in ops) or \
                     any(self._erf_head(ctx, consumers, r, node.output[0]) for r in readers):
                 yield node
 
@@ -98,7 +100,8 @@ class ActivationEpilogue(GraphPass):
         readers = consumers.get(y, [])
         if y in ctx.graph_outputs:
             return f"norm output {y!r} is a graph output"
-        found = match_activation(ctx, consumers, y, readers)
+        found = match_activation(ctx, consumers, y, readers,
+                                 leaky="leaky_relu" in NORM_OPS[node.op_type].activations)
         if isinstance(found, str):
             return found
         act, nodes, out = found
@@ -167,6 +170,8 @@ class ActivationEpilogue(GraphPass):
         act, nodes, out = self._found
         attrs, _ = node_attrs(node)
         attrs["activation"] = act
+        if act == "leaky_relu":
+            attrs["alpha"] = leaky_alpha(nodes[0])
         outputs = list(node.output)
         outputs[0] = out
         new = make_node(node.op_type, list(node.input), outputs, node.name, **attrs)
@@ -188,11 +193,22 @@ def report_activation(ctx, pass_name, node, act, names):
     entry["pattern"] = f"{entry.get('pattern') or entry.get('op')}+{PATTERN_NAMES[act]}"
 
 
-def match_activation(ctx, consumers, y, readers):
+def match_activation(ctx, consumers, y, readers, leaky=False):
     """(activation, its nodes, its output) for the activation reading `y` (readers: every node
-    reading y), or why there is none (a str). Shared by the norm, Conv and MatMul epilogues."""
+    reading y), or why there is none (a str). Shared by the norm, Conv and MatMul epilogues.
+    With `leaky` (the GEMM's epilogues: Conv, MatMul) also a LeakyRelu of alpha > 0,
+    "leaky_relu", whose alpha is leaky_alpha(nodes[0])."""
     rank = len(ctx.shape(y)) if ctx.shape(y) is not None else None
     ops = sorted(r.op_type for r in readers)
+    leaky_nodes = [r for r in readers if is_op(r, "LeakyRelu")]
+    if leaky_nodes:
+        if not leaky:
+            return "LeakyRelu: not an activation of this kernel"
+        if len(readers) != 1:
+            return "norm output has other consumers"
+        if leaky_alpha(leaky_nodes[0]) is None:
+            return "LeakyRelu with alpha <= 0 (not the kernel's max(v, alpha v))"
+        return "leaky_relu", leaky_nodes, leaky_nodes[0].output[0]
     relu = [r for r in readers if is_op(r, "Relu")]
     if relu:
         return ("relu", relu, relu[0].output[0]) if len(readers) == 1 else "norm output has other consumers"

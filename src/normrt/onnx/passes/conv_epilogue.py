@@ -55,7 +55,7 @@ from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN
 MIN_GROUP_CHANNELS = 8          # grouped convs with fewer input channels per group stay standard Convs
 FLOAT = TensorProto.FLOAT       # the kernel's type (float64 Convs stay on numpy)
 # an activation, or the Div/Mul that starts an Erf GELU
-ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul")
+ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul", "LeakyRelu")
 
 
 @dataclass
@@ -142,15 +142,9 @@ class ConvEpilogue(GraphPass):
             else:
                 return m
         v = m.out
-        if len(readers) == 1 and is_op(readers[0], "LeakyRelu") and leaky_alpha(readers[0]) is not None \
-                and not private_reason(ctx, consumers, v, readers):
-            # the conv kernel's own LeakyRelu (not an activation of the norm kernels)
-            m.activation, m.alpha, m.act_nodes, m.out = "leaky_relu", leaky_alpha(readers[0]), \
-                [readers[0]], readers[0].output[0]
-            return m
         if not readers or not any(is_op(r, op) for r in readers for op in ACTIVATION_OPS):
             return m
-        found = match_activation(ctx, consumers, v, readers)
+        found = match_activation(ctx, consumers, v, readers, leaky=True)
         if isinstance(found, str):
             return m
         act, nodes, out = found
@@ -158,6 +152,7 @@ class ConvEpilogue(GraphPass):
                 any(private_reason(ctx, consumers, n.output[0], nodes) for n in nodes if n.output[0] != out):
             return m
         m.activation, m.act_nodes, m.out = act, list(nodes), out
+        m.alpha = leaky_alpha(nodes[0]) if act == "leaky_relu" else 0.0
         return m
 
     def describe(self, m):
@@ -169,7 +164,7 @@ class ConvEpilogue(GraphPass):
         if m.residual_node is not None:
             parts.append(m.residual_node.op_type)
         if m.activation:
-            parts.append("LeakyRelu" if m.activation == "leaky_relu" else PATTERN_NAMES[m.activation])
+            parts.append(PATTERN_NAMES[m.activation])
         return "+".join(parts)
 
     # -- check ---------------------------------------------------------------

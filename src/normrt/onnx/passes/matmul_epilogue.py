@@ -37,7 +37,7 @@ from .residual_norm import _reads_downstream_of
 from ._queries import Graph, is_static
 
 # an activation, or the Div/Mul that starts an Erf GELU
-ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul")
+ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul", "LeakyRelu")
 
 
 @dataclass
@@ -64,7 +64,7 @@ class MatMulEpilogue(GraphPass):
                 continue
             readers = consumers.get(node.output[0], [])
             gemm_bias = is_op(node, "Gemm") and len(node.input) > 2 and bool(node.input[2])
-            if gemm_bias or any(is_op(r, op) for r in readers for op in ("Add", "LeakyRelu") + ACTIVATION_OPS):
+            if gemm_bias or any(is_op(r, op) for r in readers for op in ("Add",) + ACTIVATION_OPS):
                 yield node
 
     def describe(self, node):
@@ -123,14 +123,8 @@ class MatMulEpilogue(GraphPass):
                 reader = only_consumer(ctx, consumers, y)
         # activation
         readers = consumers.get(y, [])
-        if len(readers) == 1 and y not in ctx.graph_outputs and is_op(readers[0], "LeakyRelu") \
-                and leaky_alpha(readers[0]) is not None and not private_reason(ctx, consumers, y, readers):
-            # the GEMM's own LeakyRelu (not an activation of the norm kernels)
-            m.nodes.append(readers[0])
-            m.activation, m.alpha = "leaky_relu", leaky_alpha(readers[0])
-            y = readers[0].output[0]
-        elif readers and y not in ctx.graph_outputs and any(r.op_type in ACTIVATION_OPS for r in readers):
-            found = match_activation(ctx, consumers, y, readers)
+        if readers and y not in ctx.graph_outputs and any(r.op_type in ACTIVATION_OPS for r in readers):
+            found = match_activation(ctx, consumers, y, readers, leaky=True)
             if not isinstance(found, str):
                 act, act_nodes, out = found
                 reason = private_reason(ctx, consumers, y, act_nodes)
@@ -138,6 +132,7 @@ class MatMulEpilogue(GraphPass):
                     return reason
                 m.nodes += act_nodes
                 m.activation = act
+                m.alpha = leaky_alpha(act_nodes[0]) if act == "leaky_relu" else 0.0
                 y = out
         if not m.nodes and not m.bias:
             return "nothing to fuse after the product"
@@ -184,7 +179,7 @@ class MatMulEpilogue(GraphPass):
         new = make_node("MatMul", inputs, [m.output], node.name, activation=m.activation, **extra)
         ctx.replace_nodes([node] + m.nodes, [new])
         parts = [node.op_type] + (["Bias"] if m.bias else []) + (["Residual"] if m.residual else []) \
-            + (["LeakyRelu" if m.activation == "leaky_relu" else PATTERN_NAMES[m.activation]] if m.activation else [])
+            + ([PATTERN_NAMES[m.activation]] if m.activation else [])
         ctx.report.fused.append({
             "pass": self.name, "op": "+".join(parts), "pattern": "+".join(parts),
             "nodes": [node.name] + [n.name for n in m.nodes], "normrt_op": "MatMul", "normrt_node": new.name,
