@@ -63,26 +63,3 @@ def test_style_net_is_johnsons_shape():
         y = net(torch.randn(1, 3, 32, 32))
     assert y.shape == (1, 3, 32, 32) and np.isfinite(y.numpy()).all()
 
-
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_style_net_reflection_pads_fuse_into_its_convs(tmp_path, dynamo):
-    """Every ReflectionPad2d of the exported style net goes into its Conv (pad_into_conv: the conv's
-    padded copy mirrors the border), and the model still computes what torch does."""
-    torch = pytest.importorskip("torch")
-    import normrt
-    net = e2e_bench._style_net(width=4).eval()
-    x = torch.randn(1, 3, 32, 32)
-    path = tmp_path / "style.onnx"
-    if dynamo:
-        pytest.importorskip("onnxscript")
-        torch.onnx.export(net, (x,), dynamo=True, opset_version=18).save(str(path))
-    else:
-        torch.onnx.export(net, (x,), str(path), opset_version=13, dynamo=False)
-    with torch.no_grad():
-        want = net(x).numpy()
-    sess = normrt.InferenceSession(str(path))
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    ops = [(n.op_type, n.domain) for n in sess.optimized_model.graph.node]
-    assert ("Pad", "") not in ops
-    assert ops.count(("Conv", "normrt")) == sum(isinstance(m, torch.nn.ReflectionPad2d) for m in net.modules())
