@@ -62,4 +62,3 @@ def test_style_net_is_johnsons_shape():
     with torch.no_grad():
         y = net(torch.randn(1, 3, 32, 32))
     assert y.shape == (1, 3, 32, 32) and np.isfinite(y.numpy()).all()
-

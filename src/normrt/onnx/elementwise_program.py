@@ -40,6 +40,14 @@ class Program:
         self.code, self.constants, self.n_registers, self.n_inputs = code, constants, n_registers, n_inputs
 
 
+def leaky_relu_select(alpha):
+    """The op that turns (x, alpha x) into LeakyRelu(x) for alpha > 0: max for alpha <= 1, min
+    above. Either gives x where x > 0 and alpha x elsewhere, the values of ONNX LeakyRelu's
+    where(x > 0, x, alpha x) for any x: +-0 and NaN stay as they are, +-inf too (alpha 0 would
+    make 0 * inf a NaN, hence alpha > 0)."""
+    return "max" if alpha <= 1.0 else "min"
+
+
 def operands(name, a, b):
     """The operand numbers an op reads (one for a unary op)."""
     return (a,) if OPS[name][1] == 1 else (a, b)

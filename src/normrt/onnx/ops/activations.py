@@ -10,7 +10,7 @@ import numpy as np
 
 from ..._kernels import elementwise as _kelementwise
 from ..._thread_policy import memory_bound
-from ..elementwise_program import compile_program
+from ..elementwise_program import compile_program, leaky_relu_select
 from ._util import attr_str, op, reusable
 from .elementwise import erf_array
 
@@ -50,8 +50,7 @@ def leaky_relu_float32(x, alpha):
 def _leaky_program(alpha):
     """The elementwise kernel's program of LeakyRelu(alpha), alpha > 0: mul(x, alpha), then
     max(x, that) (alpha <= 1) or min (alpha > 1)."""
-    return compile_program(["mul", "max" if alpha <= 1.0 else "min"], [0, 1, 0, 2], [alpha], 1,
-                           where="LeakyRelu")
+    return compile_program(["mul", leaky_relu_select(alpha)], [0, 1, 0, 2], [alpha], 1, where="LeakyRelu")
 
 
 @op("PRelu", since=7)

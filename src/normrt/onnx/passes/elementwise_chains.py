@@ -41,7 +41,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ..domain import NORM_OPS, make_node
-from ..elementwise_program import MAX_INPUTS, compile_program
+from ..elementwise_program import MAX_INPUTS, compile_program, leaky_relu_select
 from . import GraphPass
 from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, leaky_alpha
 
@@ -199,7 +199,7 @@ def expression(ctx, nodes):
             # max(x, alpha x), min above alpha 1: the standalone op's values (ops/activations.py)
             x = operand(node.input[0])
             alpha = leaky_alpha(node)
-            r = emit("max" if alpha <= 1.0 else "min", x, emit("mul", x, constant(alpha)))
+            r = emit(leaky_relu_select(alpha), x, emit("mul", x, constant(alpha)))
         else:   # Pow
             x = operand(node.input[0])
             e = _pow_exponent(ctx, node)
