@@ -166,7 +166,8 @@ _FRESH = frozenset("""
     LogSoftmax Hardmax MaxPool AveragePool GlobalAveragePool GlobalMaxPool Resize Shape Size ConstantOfShape
     Range EyeLike ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSumExp
     ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
-    Trilu GatherElements
+    Trilu GatherElements GridSample AffineGrid Col2Im RandomUniform RandomNormal RandomUniformLike
+    RandomNormalLike Bernoulli Multinomial
 """.split())
 _VIEW_OF_FIRST = frozenset("""
     Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace

@@ -11,8 +11,10 @@ from . import (  # noqa: F401
     indexing,
     matmul,
     pool,
+    random,
     reduce,
     resize,
+    sampling,
     shape_ops,
     softmax,
 )
