@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     matmul,
     pool,
     random,
+    recurrent,
     reduce,
     resize,
     sampling,

@@ -322,3 +322,10 @@ def packed_matmul_weight(b, transposed=False):
     """normrt.pack_matmul_weight(b, or b.T if transposed), once per read-only b."""
     from ...api.gemm import pack_matmul_weight
     return _cached(b, ("matmul", transposed), lambda: pack_matmul_weight(b.T if transposed else b))
+
+
+def packed_recurrent_weight(w):
+    """normrt.pack_matmul_weight of an LSTM/GRU/RNN's W (D, G*H, I) as one (I, D*G*H) operand
+    (every direction's input projection in one product), once per read-only w."""
+    from ...api.gemm import pack_matmul_weight
+    return _cached(w, ("recurrent",), lambda: pack_matmul_weight(w.reshape(-1, w.shape[-1]).T))
