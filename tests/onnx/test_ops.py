@@ -67,14 +67,16 @@ def run_ours(op_type, inputs, attrs, opset, n_out):
     return list(res) if isinstance(res, (tuple, list)) else [res]
 
 
-def run_ort(op_type, inputs, attrs, opset, n_out):
-    """onnxruntime, for forms where onnx.reference departs from the spec."""
+def run_ort(op_type, inputs, attrs, opset, n_out, out_types=None):
+    """onnxruntime, for forms where onnx.reference departs from the spec (or does not run them).
+    `out_types`: the outputs' numpy dtypes (default: each the first input's)."""
     ort = pytest.importorskip("onnxruntime")
     node = _node(op_type, inputs, attrs, n_out)
     vi = [helper.make_tensor_value_info(f"in{i}", helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
           for i, v in enumerate(inputs) if v is not None]
-    out_type = helper.np_dtype_to_tensor_dtype(inputs[0].dtype)   # every use keeps the input type
-    outs = [helper.make_tensor_value_info(f"out{i}", out_type, None) for i in range(n_out)]
+    out_types = out_types or [inputs[0].dtype] * n_out
+    outs = [helper.make_tensor_value_info(f"out{i}", helper.np_dtype_to_tensor_dtype(np.dtype(t)), None)
+            for i, t in enumerate(out_types)]
     model = helper.make_model(helper.make_graph([node], "g", vi, outs),
                               opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -86,7 +88,7 @@ def check(op_type, inputs, attrs=None, opset=17, n_out=1, rtol=1e-5, atol=1e-6, 
     attrs = attrs or {}
     got = run_ours(op_type, inputs, attrs, opset, n_out)
     if isinstance(ref, str) and ref == "ort":
-        ref = run_ort(op_type, inputs, attrs, opset, n_out)
+        ref = run_ort(op_type, inputs, attrs, opset, n_out, [g.dtype for g in got])
     exp = ref if ref is not None else run_ref(op_type, inputs, attrs, opset, n_out)
     assert len(got) == len(exp)
     for g, e in zip(got, exp):

@@ -167,7 +167,8 @@ _FRESH = frozenset("""
     Range EyeLike ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSumExp
     ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
     Trilu GatherElements GridSample AffineGrid Col2Im RandomUniform RandomNormal RandomUniformLike
-    RandomNormalLike Bernoulli Multinomial LSTM GRU RNN
+    RandomNormalLike Bernoulli Multinomial LSTM GRU RNN QuantizeLinear DequantizeLinear DynamicQuantizeLinear
+    MatMulInteger ConvInteger QLinearMatMul QLinearConv
 """.split())
 _VIEW_OF_FIRST = frozenset("""
     Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace

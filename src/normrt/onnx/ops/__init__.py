@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     indexing,
     matmul,
     pool,
+    quantize,
     random,
     recurrent,
     reduce,

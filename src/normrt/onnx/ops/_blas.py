@@ -329,3 +329,29 @@ def packed_recurrent_weight(w):
     (every direction's input projection in one product), once per read-only w."""
     from ...api.gemm import pack_matmul_weight
     return _cached(w, ("recurrent",), lambda: pack_matmul_weight(w.reshape(-1, w.shape[-1]).T))
+
+
+# float32 holds every integer up to 2^24 exactly: a product of integers whose partial sums
+# stay below it is exact whatever the summation order
+EXACT_FLOAT32_INT = 1 << 24
+
+
+def integer_chunks(k, a_bound, b_bound):
+    """Row ranges of K for an exact float32 integer product: every partial sum of one range is at
+    most its length * a_bound * b_bound <= 2^24."""
+    step = k if a_bound * b_bound == 0 else max(1, EXACT_FLOAT32_INT // (a_bound * b_bound))
+    return [(k0, min(k0 + step, k)) for k0 in range(0, k, step)] or [(0, 0)]
+
+
+def packed_integer_weight(b, zero_point, a_bound):
+    """An integer (K, N) weight minus its zero point, as float32 packed for normrt.matmul in
+    the K ranges of integer_chunks (a_bound: the largest |a - a_zero_point|), once per
+    read-only b: [(k0, k1, packed)]."""
+    from ...api.gemm import pack_matmul_weight
+    zp = np.zeros(()) if zero_point is None else np.asarray(zero_point)
+
+    def pack():
+        bf = b.astype(np.float32) - zp.astype(np.float32)
+        b_bound = int(np.abs(bf).max()) if bf.size else 0
+        return [(k0, k1, pack_matmul_weight(bf[k0:k1])) for k0, k1 in integer_chunks(b.shape[0], a_bound, b_bound)]
+    return _cached(b, ("integer", zp.tobytes(), str(zp.dtype), a_bound), pack)
