@@ -69,8 +69,13 @@ class PassContext:
         """Value types from the graph's declarations and onnx shape inference (best effort)."""
         self.commit()
         types = {}
-        for vi in list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info):
+        for vi in list(self.graph.input) + list(self.graph.output):
             types[vi.name] = _value_type(vi.type)
+        # the file's own value_info: what inference cannot work out itself (a custom-domain op's
+        # outputs), but not authoritative where it can. Tools write stale or vaguer shapes there
+        # (onnxruntime's quantization tools: 'unk__1' for a static batch of 1), which would hide
+        # the static shapes the fusions need; inference runs without the others, then they fill gaps.
+        declared = {vi.name: _value_type(vi.type) for vi in self.graph.value_info if vi.name not in types}
         for name, value in self.constants.items():
             try:
                 elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
@@ -95,9 +100,16 @@ class PassContext:
             self.model.opset_import.append(onnx.helper.make_opsetid(domain, 1))   # else inference stops
         try:
             small = _without_initializer_data(self.model)
+            # keep the declarations of custom-domain outputs: inference goes on past them
+            custom_outputs = {o for node in self.nodes if canonical_domain(node.domain) != "" for o in node.output}
+            kept = [v for v in small.graph.value_info[:n_declared] if v.name in custom_outputs]
+            rest = list(small.graph.value_info[n_declared:])
+            del small.graph.value_info[:]
+            small.graph.value_info.extend(kept + rest)
             inferred = _infer_shapes(small)
             for vi in inferred.graph.value_info:
-                types.setdefault(vi.name, _value_type(vi.type))
+                if vi.name not in types:
+                    types[vi.name] = _more_specific(_value_type(vi.type), declared.get(vi.name))
             for vi in inferred.graph.output:
                 t = _value_type(vi.type)
                 if types.get(vi.name) is None or types[vi.name].elem_type == 0:
@@ -108,6 +120,8 @@ class PassContext:
             del self.graph.value_info[n_declared:]
             del self.model.opset_import[n_opsets:]
             self.model.ir_version = ir_version
+        for name, t in declared.items():
+            types.setdefault(name, t)
         self.types = types
         self._untyped = set()
         self._retype = False
@@ -335,6 +349,22 @@ def _value_type(tp):
     for d in tt.shape.dim:
         dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
     return ValueType(tt.elem_type, tuple(dims))
+
+
+def _more_specific(inferred, declared):
+    """The type of a value from onnx's inference and the file's value_info (or None): per dim,
+    a known size from either (inference's where both are known), so a vaguer declaration
+    ('unk__1', None) never hides a size inference found, nor the reverse."""
+    if declared is None or declared.shape is None or (inferred.elem_type and declared.elem_type
+                                                      and inferred.elem_type != declared.elem_type):
+        return inferred
+    if inferred.shape is None:
+        return ValueType(inferred.elem_type or declared.elem_type, declared.shape)
+    if len(inferred.shape) != len(declared.shape):
+        return inferred
+    dims = tuple(i if isinstance(i, int) or not isinstance(d, int) else d
+                 for i, d in zip(inferred.shape, declared.shape))
+    return ValueType(inferred.elem_type or declared.elem_type, dims)
 
 
 def _infer_shapes(model):
