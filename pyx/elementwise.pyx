@@ -62,10 +62,10 @@ def binary(int op,
 # tile, so results are identical for any thread count.
 # ---------------------------------------------------------------------------
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_RECORDS_RO, PyBUF_WRITABLE
-from libc.math cimport fabsf, logf, sqrtf, powf
+from libc.math cimport fabsf, logf, sqrtf, powf, copysignf
 from libc.string cimport memcpy, memset
 
-from moments cimport exp_f, erf_f, gelu_f, sigmoid_f, gelu_tanh_f
+from moments cimport exp_f, erf_f, gelu_f, sigmoid_f, gelu_tanh_f, tanh_f
 
 cdef enum:
     TILE = 256              # elements per tile and register
@@ -100,7 +100,8 @@ cdef enum:
     EW_SILU_MUL = 20        # (a * sigmoid(a)) * b: a SwiGLU gate, SiLU(g) * u
     EW_GELU = 21            # a Phi(a): a one-input expression recognized as GELU (erf form)
     EW_GELU_TANH = 22       # GELU's tanh approximation, recognized likewise
-    N_OPCODES = 23
+    EW_ROUND = 23           # round half to even (ONNX Round, numpy rint)
+    N_OPCODES = 24
 
 cdef struct Source:
     const float* data
@@ -133,20 +134,14 @@ cdef inline float exp_inf_f(float x) noexcept nogil:
     return h * h if x > <float>88.0 else r
 
 
-cdef inline float tanh_f(float x) noexcept nogil:
-    """tanh for float32, branch-free: an odd polynomial below |x| = 0.625 (where
-    1 - 2 / (e^2|x| + 1) would cancel), that expression above. NaN stays NaN."""
+cdef inline float round_even_f(float x) noexcept nogil:
+    """x rounded to the nearest integer, ties to even (rintf in the default rounding mode),
+    branch-free: below 2^23 in magnitude, adding and subtracting 2^23 leaves the rounded
+    magnitude (the addition rounds to an integer, ties to even); from 2^23 on a float is an
+    integer already. The sign is put back, so -0.3 gives -0.0. NaN and +-inf stay."""
     cdef float a = fabsf(x)
-    cdef float z = x * x
-    cdef float p = <float>-5.70498872745e-3
-    p = p * z + <float>2.06390887954e-2
-    p = p * z + <float>-5.37397155531e-2
-    p = p * z + <float>1.33314422036e-1
-    p = p * z + <float>-3.33332819422e-1
-    p = p * z * x + x
-    cdef float big = <float>1.0 - <float>2.0 / (exp_f(<float>2.0 * a) + <float>1.0)
-    big = -big if x < <float>0.0 else big
-    return p if a < <float>0.625 else big      # NaN takes big (NaN)
+    cdef float r = copysignf((a + <float>8388608.0) - <float>8388608.0, x)
+    return r if a < <float>8388608.0 else x
 
 
 cdef inline float max_f(float a, float b) noexcept nogil:
@@ -229,6 +224,9 @@ cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t
     elif op == EW_GELU_TANH:
         for j in range(n):
             d[j] = gelu_tanh_f(a[j])
+    elif op == EW_ROUND:
+        for j in range(n):
+            d[j] = round_even_f(a[j])
     else:   # EW_COPY
         for j in range(n):
             d[j] = a[j]

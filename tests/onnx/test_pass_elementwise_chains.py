@@ -469,3 +469,24 @@ def test_leaky_relu_with_alpha_zero_stays_out_of_chains():
     x = LEAKY_RNG.standard_normal(SHAPE).astype(np.float32)
     s = x + x
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.where(s > 0, s, s * np.float32(0.0)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_round_in_a_chain_is_half_to_even_bitwise(threads):
+    """Round fuses (what a QDQ pair becomes): ties to even, -0.3 -> -0.0, values from 2^23 on
+    (already integers), NaN and inf as np.rint gives them, at any thread count."""
+    specials = np.array([0.5, 1.5, 2.5, -0.5, -2.5, 3.5, -0.3, 0.0, -0.0, 2**23 - 0.5, 2**23 - 1.5, 2**23 + 2,
+                         -(2**23) + 0.5, 1e30, -1e30, np.nan, np.inf, -np.inf, 1e-40, 4.4999995, 0.49999997],
+                        np.float32)
+    x = np.concatenate([specials, np.random.default_rng(0).uniform(-300, 300, 70000).astype(np.float32)])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["d"], name="mul"),
+             helper.make_node("Round", ["d"], ["r"], name="round"),
+             helper.make_node("Div", ["r", "two"], ["y"], name="div")]
+    model = make_model(nodes, [vi("x", [x.size])], [vi("y", [x.size])], [const("two", np.array(2.0, np.float32))],
+                       opset=17)
+    with normrt.threads(threads):
+        sess = normrt.InferenceSession(model)
+        assert ops_of(sess) == ["Elementwise"]
+        got = sess.run(None, {"x": x})[0]
+    want = np.rint(x * np.float32(2)) / np.float32(2)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -24,6 +24,7 @@ OPS = {
     "exp": (6, 1), "log": (7, 1), "sqrt": (8, 1), "reciprocal": (9, 1), "tanh": (10, 1), "erf": (11, 1),
     "sigmoid": (12, 1), "relu": (13, 1), "max": (14, 2), "min": (15, 2), "pow": (16, 2), "square": (17, 1),
     "copy": (18, 1), "silu": (19, 1), "silu_mul": (20, 2), "gelu": (21, 1), "gelu_tanh": (22, 1),
+    "round": (23, 1),
 }
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
@@ -130,6 +131,7 @@ _EVAL64 = {
     "square": lambda a, b: a * a, "copy": lambda a, b: a, "silu": lambda a, b: a / (1.0 + np.exp(-a)),
     "silu_mul": lambda a, b: a / (1.0 + np.exp(-a)) * b,
     "gelu": lambda a, b: RECOGNIZED["gelu"](a), "gelu_tanh": lambda a, b: RECOGNIZED["gelu_tanh"](a),
+    "round": lambda a, b: np.rint(a),
 }
 assert set(_EVAL64) == set(OPS)       # every op a program may hold can be probed
 

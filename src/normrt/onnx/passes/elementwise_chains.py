@@ -24,7 +24,7 @@ the value of its last node. Inputs are the values read from outside the group;
 one-element constants become the expression's scalar constants.
 
 The elementwise ops: Add, Sub, Mul, Div, Max and Min of two inputs, Pow, Neg,
-Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu (Pow by a constant
+Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu, Round (Pow by a constant
 2, 3, 0.5 or 1 becomes the same square/product/sqrt/copy the unfused op computes),
 and LeakyRelu with alpha > 0 as max(x, alpha x) (min above 1), the standalone op's
 values: StyleGAN's fused_leaky_relu, `(x + bias) -> LeakyRelu -> * sqrt(2)`, is one pass.
@@ -49,7 +49,7 @@ PATTERN = "elementwise chain"
 
 _BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min"}
 _UNARY = {"Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal",
-          "Tanh": "tanh", "Erf": "erf", "Sigmoid": "sigmoid", "Relu": "relu"}
+          "Tanh": "tanh", "Erf": "erf", "Sigmoid": "sigmoid", "Relu": "relu", "Round": "round"}
 # Pow by these constant exponents: the unfused op's own special cases (ops/elementwise.pow_)
 _POW_FORMS = {2.0: "square", 0.5: "sqrt", 1.0: "copy"}
 
