@@ -124,3 +124,29 @@ def test_vaguer_value_info_does_not_hide_inferred_shapes():
     ctx = PassContext(model)
     assert ctx.shape("r") == (2, 4, 8) and ctx.shape("s") == (2, 4, 8)
     assert ctx.shape("m") == (2, 3) and ctx.shape("z") == (2, 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 3]), st.integers(0, 1), st.integers(1, 2),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_rewritten_conv_matches_the_integer_graph(c, m, k, pad, stride, per_channel, seed):
+    """ConvInteger -> Cast -> Mul(xs * ws) -> Add(bias) (quantize_dynamic's Conv) becomes a float Conv."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-127, 127, (m, c, k, k), endpoint=True).astype(np.int8)
+    ws = rng.uniform(0.001, 0.02, (m, 1, 1) if per_channel else ()).astype(np.float32)
+    wz = rng.integers(-10, 10, m if per_channel else ()).astype(np.int8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(ws, "ws"), numpy_helper.from_array(wz, "wz"),
+             numpy_helper.from_array(rng.standard_normal((1, m, 1, 1)).astype(np.float32), "b")]
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("ConvInteger", ["xq", "w", "xz", "wz"], ["acc"], pads=[pad] * 4, strides=[stride] * 2),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["s"]), helper.make_node("Mul", ["accf", "s"], ["yq"]),
+             helper.make_node("Add", ["yq", "b"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [1, c, 7, 7])], [vi("y", None)], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    sess = normrt.InferenceSession(model)
+    assert "ConvInteger" not in [node.op_type for node in sess.optimized_model.graph.node]
+    x = (rng.standard_normal((1, c, 7, 7)) * 3).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5 * (np.abs(want).max() + 1))
