@@ -11,13 +11,14 @@ at opset 17 (the dynamo exporter at 18 where that fails), optionally after `.hal
 by both runtimes on the same inputs, 2 threads, each runtime's runs in their own block after
 a pause (min of `--runs`).
 
-Per model: the largest difference from onnxruntime relative to its largest output (float16:
-also both against torch's float32 model), normalizations on kernels, norm-shaped ops left in
+Per model: the largest difference from onnxruntime relative to its largest output (float16 and
+quantized: also both against torch's float32 model), normalizations on kernels, norm-shaped ops left in
 the optimized graph, ops on onnx.reference, both latencies and their ratio.
 
     python scripts/zoo_sweep.py                       # every model, float32
     python scripts/zoo_sweep.py --half --only deit,t5  # also .half() exports of these
     python scripts/zoo_sweep.py --threads 1 --runs 100
+    python scripts/zoo_sweep.py --quantize dynamic     # as onnxruntime.quantization.quantize_dynamic leaves them
 """
 import argparse
 import contextlib
@@ -161,16 +162,49 @@ def _min_time(run, runs):
     return best
 
 
-def check(name, make, folder, half, threads, runs):
+def quantized(path, feeds, how):
+    """`path` quantized by onnxruntime.quantization as users do it: "dynamic" (quantize_dynamic,
+    int8 weights; MatMulInteger / ConvInteger) or "static" (quantize_static, QDQ, calibrated on
+    the example input and 3 noisy copies of it)."""
+    import numpy as np
+    from onnxruntime import quantization as q
+    out = path.replace(".onnx", f"_{how}.onnx")
+    if os.path.exists(out):
+        return out
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        if how == "dynamic":
+            q.quantize_dynamic(path, out, weight_type=q.QuantType.QInt8)
+        else:
+            rng = np.random.default_rng(0)
+            batches = [feeds] + [{k: v + rng.normal(0, 0.1, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v
+                                  for k, v in feeds.items()} for _ in range(3)]
+
+            class Reader(q.CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(batches)
+
+                def get_next(self):
+                    return next(self.it, None)
+            q.quantize_static(path, out, Reader(), quant_format=q.QuantFormat.QDQ,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    return out
+
+
+def check(name, make, folder, half, threads, runs, quantize=None):
     import normrt
     import onnxruntime as ort
     from normrt.onnx.report import is_epilogue
 
-    row = {"model": name + (" f16" if half else "")}
+    row = {"model": name + (" f16" if half else "") + (f" int8-{quantize}" if quantize else "")}
     try:
         path, feeds, ref = export(name, make, folder, half)
     except Exception as e:  # noqa: BLE001 - an architecture the exporters cannot take
         return {**row, "status": f"export-fail: {type(e).__name__}"}
+    if quantize:
+        try:
+            path = quantized(path, feeds, quantize)
+        except Exception as e:  # noqa: BLE001 - a graph onnxruntime's quantizer cannot take
+            return {**row, "status": f"quantize-fail: {type(e).__name__}"}
     sess = normrt.InferenceSession(path, num_threads=threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -180,7 +214,7 @@ def check(name, make, folder, half, threads, runs):
     want = ort_sess.run(None, feeds)[0].astype(np.float64)
     scale = max(np.abs(want).max(), 1e-30)
     row["err"] = float(np.abs(got - want).max() / scale)
-    if half:                      # both half runs against the float32 model
+    if half or quantize:          # both half / int8 runs against the float32 model
         s = max(np.abs(ref).max(), 1e-30)
         row["vs_f32"] = f"{np.abs(got - ref).max() / s:.1e} / {np.abs(want - ref).max() / s:.1e}"
     row["norms"] = sum(1 for e in sess.report["fused"] if not is_epilogue(e))
@@ -201,6 +235,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma separated model names")
     ap.add_argument("--half", action="store_true", help="also the .half() exports")
+    ap.add_argument("--quantize", choices=["dynamic", "static"], default=None,
+                    help="run each export quantized by onnxruntime.quantization instead (quantize_dynamic, or "
+                         "quantize_static QDQ calibrated on the example input)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50, help="timed runs per block (the min is kept)")
     ap.add_argument("--keep", default=None, help="directory for the exported models (default: a temporary one)")
@@ -209,7 +246,7 @@ def main(argv=None):
     folder = args.keep or tempfile.mkdtemp(prefix="zoo_sweep_")
     os.makedirs(folder, exist_ok=True)
     only = [o for o in args.only.split(",") if o]
-    print("| model | status | err vs ort | f16 vs torch f32 (normrt / ort) | norms | left | fallback "
+    print("| model | status | err vs ort | f16 / int8 vs torch f32 (normrt / ort) | norms | left | fallback "
           "| normrt ms | ort ms | normrt / ort |")
     print("|---|---|---:|---|---:|---|---|---:|---:|---:|")
     ratios = []
@@ -217,7 +254,7 @@ def main(argv=None):
         if only and name not in only:
             continue
         for half in (False, True)[:1 + args.half]:
-            r = check(name, make, folder, half, args.threads, args.runs)
+            r = check(name, make, folder, half, args.threads, args.runs, args.quantize)
             if r["status"] != "ok":
                 print(f"| {r['model']} | {r['status']} |" + " |" * 8, flush=True)
                 continue

@@ -58,10 +58,13 @@ MatMul(A, B [, bias, residual]) -> Y                 activation="", alpha=0.01
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
     (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
     div, max, min, pow, neg, abs, exp, log, sqrt, reciprocal, tanh, erf, sigmoid, relu,
-    square, copy), `args` gives each op two operand numbers (the inputs X0..Xn-1, then the
+    square, copy, round), `args` gives each op two operand numbers (the inputs X0..Xn-1, then the
     `constants` scalars, then earlier ops' results; a unary op repeats its operand); Y is the
     last op's result, of the inputs' broadcast shape raised to at least `out_rank` axes.
     See elementwise_program.py)
+DynamicFakeQuant(X) -> Y
+    (DequantizeLinear(DynamicQuantizeLinear(X)), float32: X rounded to the uint8 grid of its own
+    range [min(X, 0), max(X, 0)] and back, the two ops' values; qdq_pairs)
 """
 from dataclasses import dataclass
 
@@ -138,6 +141,8 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),
+    NormOp("DynamicFakeQuant", "elementwise", ("X",), ("Y",), {}, call=_calls.dynamic_fake_quant, norm=False,
+           half_native=False),
 )}
 
 

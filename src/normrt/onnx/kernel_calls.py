@@ -18,6 +18,7 @@ from .elementwise_program import compile_program
 from .ops import _blas
 from .ops.activations import leaky_relu_float32
 from .ops.conv import on_small_conv, small_conv_epilogue
+from .ops.quantize import dynamic_range
 
 
 def _normrt():
@@ -254,6 +255,28 @@ def elementwise(attrs, n_out, *inputs):
                                   memory_bound(out.size))
     except (ValueError, AttributeError) as e:
         raise ModelError(f"normrt Elementwise: {e}") from e
+    return (out,)
+
+
+# DequantizeLinear(DynamicQuantizeLinear(x)): x / s rounded half to even, + z, clamped to 0..255,
+# - z, * s (registers: x, s, z inputs; 0 and 255 constants; then the seven results)
+_FAKE_QUANT = compile_program(["div", "round", "add", "max", "min", "sub", "mul"],
+                              [0, 1, 5, 5, 6, 2, 7, 3, 8, 4, 9, 2, 10, 1], [0.0, 255.0], 3)
+
+
+def dynamic_fake_quant(attrs, n_out, x):
+    """x on DynamicQuantizeLinear's uint8 grid and back (float32): its range's scale and zero
+    point (ops.quantize.dynamic_range, the op's own), then one pass of the elementwise kernel
+    doing the pair's arithmetic - bitwise the two ops' values (every step after the division is
+    exact in float32 until the last product)."""
+    if x.dtype != np.float32:
+        raise ModelError(f"normrt DynamicFakeQuant: X must be float32, got {x.dtype}")
+    scale, zp = dynamic_range(x)
+    out = np.empty(x.shape, np.float32)
+    p = _FAKE_QUANT
+    _kelementwise.run_program(p.code, p.constants, p.n_registers,
+                              (x, np.array(scale, np.float32), np.array(zp, np.float32)),
+                              out, memory_bound(out.size))
     return (out,)
 
 

@@ -60,12 +60,13 @@ from .passes.causal_mask import CausalMask
 from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.integer_products import IntegerProducts
 from .passes.qdq_pairs import QdqPairs
+from .passes.dynamic_qdq_pairs import DynamicQdqPairs
 from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), IntegerProducts(), QdqPairs(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+    return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them

@@ -113,14 +113,22 @@ def quantize_linear(node, x, scale, zero_point=None):
         return v.astype(dtype)
 
 
+def dynamic_range(x):
+    """(scale, zero point) as float32 scalars: DynamicQuantizeLinear's uint8 grid for float32 x,
+    the range [min(x, 0), max(x, 0)] onto 0..255 (scale 1 when it is empty), in float32 as the
+    spec writes it. Also the fused DequantizeLinear(DynamicQuantizeLinear(x)) (kernel_calls)."""
+    hi = np.float32(max(0.0, x.max())) if x.size else np.float32(0)
+    lo = np.float32(min(0.0, x.min())) if x.size else np.float32(0)
+    scale = np.float32(1.0 if hi == lo else hi - lo) / np.float32(255)
+    zp = np.float32(np.rint(min(max(float(np.float32(0) - lo / scale), 0.0), 255.0)))
+    return scale, zp
+
+
 @op("DynamicQuantizeLinear", since=11)
 def dynamic_quantize_linear(node, x):
     """uint8 y with the scale and zero point that map [min(x, 0), max(x, 0)] onto 0..255."""
     x = x.astype(np.float32, copy=False)
-    hi = np.float32(max(0.0, x.max())) if x.size else np.float32(0)
-    lo = np.float32(min(0.0, x.min())) if x.size else np.float32(0)
-    scale = np.float32(1.0 if hi == lo else hi - lo) / np.float32(255)
-    zp = np.float32(np.rint(np.clip(np.float32(0) - lo / scale, 0, 255)))
+    scale, zp = dynamic_range(x)
     v = np.divide(x, scale, dtype=np.float32)
     np.rint(v, out=v)
     v += zp

@@ -149,3 +149,8 @@ class IntegerProducts(GraphPass):
             product = helper.make_node("MatMul", [xd, w_const], [m.mul.output[0]], name=mm_name)
         new.append(product)
         ctx.replace_nodes(m.nodes, new)
+        # the scale product (xs * ws) has no reader left: gone now, so xs is the DequantizeLinear's
+        # alone (dynamic_qdq_pairs, next, needs that)
+        scale = m.scale_mul.output[0]
+        if ctx.contains(m.scale_mul) and not ctx.consumers().get(scale) and scale not in ctx.graph_outputs:
+            ctx.replace_nodes([m.scale_mul], [])
