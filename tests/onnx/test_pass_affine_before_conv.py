@@ -66,3 +66,19 @@ def test_padding_refuses(case):
     reported = any("pads its input" in e["reason"] for e in sess.report["refused"] if e["pass"] == PASS)
     assert reported == standardizes
     assert "Conv" in [n.op_type for n in graph.node]
+
+
+@settings(max_examples=15, deadline=None)
+@given(conv_after_affine())
+def test_affine_read_by_another_node_stays(case):
+    """The affine's result also read elsewhere (a QDQ ResNet's dequantized block input feeds the
+    block's Conv and its residual Add): folding would leave that reader without a producer."""
+    model, x = case
+    g = model.graph
+    last = g.node[-2].output[0]                     # the affine chain's value, the Conv's input
+    g.node.append(helper.make_node("Add", [last, last], ["twice"], name="other_reader"))
+    g.output.append(helper.make_tensor_value_info("twice", F, None))
+    sess = normrt.InferenceSession(model)
+    assert sess.report["passes"][PASS] == 0
+    for got, want in zip(sess.run(None, {"x": x}), ReferenceEvaluator(model).run(None, {"x": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -28,7 +28,7 @@ import onnx
 from . import GraphPass
 from ._queries import WIDE_DTYPES, chain_nodes_reason, dtype_reason, Graph
 from ._dataflow import Dataflow, is_op
-from ._queries import channel_vector, node_attrs
+from ._queries import channel_vector, node_attrs, private_reason
 
 PATTERN = "per-channel affine before Conv"
 
@@ -117,6 +117,11 @@ class AffineBeforeConv(GraphPass):
                 return f"{node.name!r} broadcasts X up"
             value = node.output[0]
         reason = chain_nodes_reason(Graph(ctx), m.chain, m.conv.input[0])
+        if reason:
+            return reason
+        # the chain's last value goes too: the Conv must be its only reader (a residual Add reading
+        # it as well - a QDQ ResNet's dequantized block input - would be left dangling)
+        reason = private_reason(ctx, ctx.consumers(), m.conv.input[0], [m.conv])
         if reason:
             return reason
         W64 = W.astype(np.float64)
