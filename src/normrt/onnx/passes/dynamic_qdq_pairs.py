@@ -15,25 +15,14 @@ pair on a small transformer's (1, 24, 64) activations).
 Refused (the pair then runs as written): x not float32; q, s or z read by any other node or a
 graph output; a DequantizeLinear reading other values or with an axis-dependent form.
 """
-from dataclasses import dataclass
-
 from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import fused_name, is_op, present, private_reason
+from ._queries import fused_name, present, private_reason
+from .qdq_pairs import pairs
 
 PATTERN = "dynamic fake quantization"
-
-
-@dataclass
-class DynamicPair:
-    quantize: object
-    dequantize: object
-
-    @property
-    def nodes(self):
-        return [self.quantize, self.dequantize]
 
 
 class DynamicQdqPairs(GraphPass):
@@ -41,13 +30,7 @@ class DynamicQdqPairs(GraphPass):
     report_refusals = False       # a refused pair runs as written
 
     def matches(self, ctx):
-        consumers = ctx.consumers()
-        for node in ctx.nodes:
-            if not is_op(node, "DynamicQuantizeLinear") or len(node.output) != 3 or not node.output[0]:
-                continue
-            readers = consumers.get(node.output[0], [])
-            if len(readers) == 1 and is_op(readers[0], "DequantizeLinear"):
-                yield DynamicPair(node, readers[0])
+        return pairs(ctx, "DynamicQuantizeLinear")
 
     def describe(self, m):
         return "DynamicQuantizeLinear+DequantizeLinear", [n.name for n in m.nodes]

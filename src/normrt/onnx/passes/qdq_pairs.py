@@ -39,6 +39,19 @@ class PairMatch:
         return [self.quantize, self.dequantize]
 
 
+def pairs(ctx, quantize_op):
+    """PairMatch(quantize node, dequantize node) for each `quantize_op` node whose quantized
+    output is read by one node only, a DequantizeLinear reading it as its x (also
+    dynamic_qdq_pairs')."""
+    consumers = ctx.consumers()
+    for node in ctx.nodes:
+        if not is_op(node, quantize_op) or not node.output or not node.output[0]:
+            continue
+        readers = consumers.get(node.output[0], [])
+        if len(readers) == 1 and is_op(readers[0], "DequantizeLinear") and readers[0].input[0] == node.output[0]:
+            yield PairMatch(node, readers[0])
+
+
 def _params(ctx, node):
     """(scale, zero point or None) constants of a Q/DQ node, or None when not constants."""
     ins = list(node.input) + [""] * (3 - len(node.input))
@@ -54,13 +67,7 @@ class QdqPairs(GraphPass):
     report_refusals = False       # a refused pair runs as written
 
     def matches(self, ctx):
-        consumers = ctx.consumers()
-        for node in ctx.nodes:
-            if not is_op(node, "QuantizeLinear") or not node.output[0]:
-                continue
-            readers = consumers.get(node.output[0], [])
-            if len(readers) == 1 and is_op(readers[0], "DequantizeLinear") and readers[0].input[0] == node.output[0]:
-                yield PairMatch(node, readers[0])
+        return pairs(ctx, "QuantizeLinear")
 
     def describe(self, m):
         return "QuantizeLinear+DequantizeLinear", [n.name for n in m.nodes]
