@@ -231,3 +231,19 @@ def test_matmul_integer_on_the_float_kernel_is_exact(at, bt):
         got = run_ours("MatMulInteger", args, {}, 10, 1)[0]
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, want.astype(np.int32))
+
+
+@pytest.mark.parametrize("value", [0.0, 3.75, -200.0, 1e4])
+def test_scalar_tensors(value):
+    """0-d tensors (a Pad's quantized constant value in a QDQ model): numpy's scalar results
+    must come back as arrays, and constant folding must be able to evaluate the pair."""
+    x = np.array(value, np.float32)
+    check("QuantizeLinear", [x, np.array(0.5, np.float32), np.array(3, np.uint8)], {}, opset=19)
+    check("QuantizeLinear", [x, np.array(0.25, np.float32)], {"output_dtype": TensorProto.INT8}, opset=21)
+    check("DynamicQuantizeLinear", [x], {}, opset=11, n_out=3, rtol=1e-6, atol=0)
+    check("DequantizeLinear", [np.array(-7, np.int8), np.array(0.5, np.float32), np.array(3, np.int8)], {},
+          opset=19, rtol=1e-6, atol=0)
+    # far beyond the type: saturated (onnx.reference's int8 cast wraps 4e9 to -128 instead)
+    big = run_ours("QuantizeLinear", [np.array(1e9, np.float32), np.array(0.25, np.float32), np.array(0, np.int8)],
+                   {}, 19, 1)[0]
+    assert big == 127

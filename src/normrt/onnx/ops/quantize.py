@@ -103,7 +103,7 @@ def quantize_linear(node, x, scale, zero_point=None):
     if dtype not in _RANGES or dtype == np.int32:
         raise ValueError(f"QuantizeLinear: output type {dtype} is not one of int8/uint8/int16/uint16")
     wide = np.float64 if x.dtype == np.float64 or x.dtype == np.int32 else np.float32
-    v = np.divide(x, _expand_scale(scale, x, node).astype(wide), dtype=wide)
+    v = np.asarray(np.divide(x, _expand_scale(scale, x, node).astype(wide), dtype=wide))   # 0-d: an array
     np.rint(v, out=v)
     if zero_point is not None:
         v += _expand_scale(zero_point, x, node).astype(wide)
@@ -138,7 +138,7 @@ def dynamic_quantize_linear(node, x):
     """uint8 y with the scale and zero point that map [min(x, 0), max(x, 0)] onto 0..255."""
     x = x.astype(np.float32, copy=False)
     scale, zp = dynamic_range(x)
-    v = np.divide(x, scale, dtype=np.float32)
+    v = np.asarray(np.divide(x, scale, dtype=np.float32))
     np.rint(v, out=v)
     v += zp
     np.clip(v, 0, 255, out=v)
