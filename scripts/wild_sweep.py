@@ -249,6 +249,36 @@ class Permuted(nn.Module):
         return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class RecurrentNorm(nn.Module):
+    """Speech / OCR / time-series style: a (bidirectional) LSTM or GRU, then LayerNorm on its output."""
+
+    def __init__(self, kind, d, hidden, bidirectional):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(d, hidden, num_layers=2, batch_first=True, bidirectional=bidirectional)
+        self.ln = nn.LayerNorm(hidden * (2 if bidirectional else 1))
+
+    def forward(self, x):
+        return self.ln(self.rnn(x)[0])
+
+
+class WarpNorm(nn.Module):
+    """Optical-flow / spatial-transformer style: a flow from a Conv warps x (grid_sample), then
+    InstanceNorm; with fold=True also MobileViT-v2's unfold -> fold round trip."""
+
+    def __init__(self, c, mode, padding, fold):
+        super().__init__()
+        self.flow = nn.Conv2d(c, 2, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(c, affine=True)
+        self.mode, self.padding, self.fold = mode, padding, fold
+
+    def forward(self, x):
+        grid = torch.tanh(self.flow(x)).permute(0, 2, 3, 1)
+        y = F.grid_sample(x, grid, mode=self.mode, padding_mode=self.padding, align_corners=False)
+        if self.fold:
+            y = F.fold(F.unfold(y, 2, stride=2), x.shape[-2:], 2, stride=2)
+        return self.norm(y)
+
+
 class Block(nn.Module):
     """before -> norm -> after (+ x when residual): the neighbours a norm usually has."""
 
@@ -395,6 +425,18 @@ def generate_cases(seed):
         add(f"lrn_size{size}", nn.LocalResponseNorm(size), [image_shape()], 1)
     n, c, h, w = image_shape()
     add(f"adain_hand_{n}x{c}x{h}x{w}", Fn(adain_hand, gen), [(n, c, h, w), (n, c, h, w)], 1)
+
+    # recurrent layers and warps around a norm (LSTM / GRU, grid_sample, fold)
+    for kind in ("LSTM", "GRU"):
+        b, t, d = pick([1, 2]), pick([5, 9]), pick([7, 16])
+        bidir = bool(rng.integers(2))
+        add(f"{kind.lower()}{'_bi' if bidir else ''}_layernorm_{b}x{t}x{d}", RecurrentNorm(kind, d, 12, bidir),
+            [(b, t, d)], 1)
+    for mode, padding, fold in (("bilinear", "zeros", False), ("bicubic", "border", True),
+                                ("nearest", "reflection", False)):
+        n, c = pick([1, 2]), pick([3, 8])
+        add(f"grid_sample_{mode}_{padding}{'_fold' if fold else ''}_instancenorm_{n}x{c}x8x8",
+            WarpNorm(c, mode, padding, fold), [(n, c, 8, 8)], 1)
 
     # weight_norm: a normalization of the weights, folded to constants at export
     lin = nn.utils.parametrizations.weight_norm(nn.Linear(16, 16))
