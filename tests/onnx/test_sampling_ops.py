@@ -248,3 +248,20 @@ def test_sampling_model_has_no_fallback():
     from onnx.reference import ReferenceEvaluator
     np.testing.assert_allclose(sess.run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_affine_grid_size_fed_at_run_time():
+    """`size` decides the output's shape: a session fed different sizes gives each its own grid."""
+    node = helper.make_node("AffineGrid", ["theta", "size"], ["g"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("theta", TensorProto.FLOAT, [1, 2, 3]),
+                                            helper.make_tensor_value_info("size", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("g", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    sess = normrt.InferenceSession(model)
+    theta = np.array([[[0.9, 0.1, 0.0], [-0.2, 1.1, 0.3]]], np.float32)
+    from onnx.reference import ReferenceEvaluator
+    for size in ([1, 1, 3, 4], [1, 2, 5, 2], [1, 1, 3, 4]):
+        feeds = {"theta": theta, "size": np.array(size, np.int64)}
+        got = sess.run(None, feeds)[0]
+        np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, feeds)[0], rtol=1e-6, atol=1e-7)
+        assert got.shape == (1, size[2], size[3], 2)

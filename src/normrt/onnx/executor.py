@@ -222,7 +222,7 @@ _SHAPE_INPUTS = {
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
     "ReduceSumSquare": (1,), "MaxUnpool": (2,), "DFT": (1,), "STFT": (2,), "Col2Im": (1, 2),
     "NonMaxSuppression": (0, 1, 2, 3, 4), "NonZero": (0,), "Unique": (0,), "Compress": (0, 1),
-    "GridSample": (), "ScatterND": (), "Trilu": (),
+    "GridSample": (), "ScatterND": (), "Trilu": (), "AffineGrid": (1,),
 }
 # Folded values larger than this stay computed at run time
 FOLD_MAX_BYTES = 1 << 20
