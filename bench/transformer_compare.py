@@ -59,7 +59,9 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", 
                 "Sigmoid", "Relu", "LeakyRelu", "Elu", "Gelu", "FastGelu", "BiasGelu", "QuickGelu",
                 "HardSigmoid", "HardSwish", "Softplus", "Mish", "Neg", "Abs", "Max", "Min", "Where",
                 "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
-                "Cast", "Clip", "Sin", "Cos", "BiasAdd", "BiasSplitGelu", "Elementwise"}
+                "Cast", "Clip", "Sin", "Cos", "BiasAdd", "BiasSplitGelu", "Elementwise",
+                # quantize_dynamic's inputs, dequantized again (normrt's fused pair and the ops)
+                "DynamicFakeQuant", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 def op_kind(key):

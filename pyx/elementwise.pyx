@@ -155,6 +155,29 @@ cdef inline float min_f(float a, float b) noexcept nogil:
     return a if a != a else r
 
 
+def fake_quant(const float[::1] x,     # IN  (n,)
+               float[::1] out,         # OUT (n,); may be x itself
+               float scale, float zero, float lo, float hi, int n_threads):
+    """out = (min(max(round(x / scale) + zero, lo), hi) - zero) * scale: x on an integer grid
+    and back (QuantizeLinear -> DequantizeLinear with a per-tensor scale and zero point, lo and
+    hi the integer type's range), one pass, rounding half to even. Every step after the division
+    is exact in float32 (integers below 2^24), so this is the pair's values bitwise: the one
+    program the elementwise interpreter runs as seven passes over each tile."""
+    cdef Py_ssize_t n = x.shape[0], p, i, start, stop
+    cdef float v
+    if out.shape[0] != n:
+        raise ValueError("out must have x's length")
+    for p in prange((n + PIECE - 1) // PIECE, nogil=True, schedule="static", num_threads=n_threads):
+        start = p * PIECE
+        stop = min(start + PIECE, n)
+        for i in range(start, stop):
+            v = round_even_f(x[i] / scale) + zero
+            # plain selects (a NaN passes through: the pair gives some integer for it, the spec none)
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            out[i] = (v - zero) * scale
+
+
 cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t n) noexcept nogil:
     """d[:n] = op(a[:n], b[:n]): one vectorizable loop per opcode."""
     cdef Py_ssize_t j

@@ -1,5 +1,5 @@
-"""qdq_pairs: QuantizeLinear -> DequantizeLinear becomes the float chain it computes, fused into one
-elementwise pass, bitwise the pair's values (onnx.reference's Q and DQ, and normrt's own numpy ops);
+"""qdq_pairs: QuantizeLinear -> DequantizeLinear becomes one normrt::FakeQuant pass, bitwise the
+pair's values (onnx.reference's Q and DQ, and normrt's own numpy ops), for any thread count;
 refusals keep the pair."""
 import numpy as np
 import pytest
@@ -49,7 +49,7 @@ def test_pair_becomes_one_pass_with_the_pairs_bits(itype, scale, with_zero_point
     model = qdq_model(4000, scale, zp, itype, with_zero_point)
     sess = normrt.InferenceSession(model)
     ops = [node.op_type for node in sess.optimized_model.graph.node]
-    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    assert "FakeQuant" in ops and "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
     assert sess.report["passes"]["qdq_pairs"] == 1
     span = (info.max - info.min) * scale
     # ties (k + 1/2) * scale, the saturation bounds and beyond, and everything between
@@ -81,3 +81,12 @@ def test_refused_pairs_stay(change):
     x = np.random.default_rng(1).standard_normal(n).astype(np.float32) * 10
     for got, want in zip(sess.run(None, {"x": x}), ReferenceEvaluator(model).run(None, {"x": x})):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_pair_same_bits_for_any_thread_count(threads):
+    model = qdq_model(300_000, 0.0173, 200, np.uint8)
+    x = np.random.default_rng(4).standard_normal(300_000).astype(np.float32) * 3
+    with normrt.threads(threads):
+        got = normrt.InferenceSession(model).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, ReferenceEvaluator(model).run(None, {"x": x})[0])

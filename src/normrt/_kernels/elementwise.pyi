@@ -5,3 +5,5 @@ import numpy.typing as npt
 Real = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 def binary(op: int, a: Real, b: Real, out: Real, n_threads: int) -> None: ...   # 0 + 1 - 2 * 3 /
+def fake_quant(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], scale: float, zero: float, lo: float,
+               hi: float, n_threads: int) -> None: ...

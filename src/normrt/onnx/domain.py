@@ -62,9 +62,13 @@ Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], ou
     `constants` scalars, then earlier ops' results; a unary op repeats its operand); Y is the
     last op's result, of the inputs' broadcast shape raised to at least `out_rank` axes.
     See elementwise_program.py)
+FakeQuant(X) -> Y                                    scale, zero_point=0.0, lo, hi
+    (DequantizeLinear(QuantizeLinear(X)) with per-tensor constants, float32: (min(max(round(X /
+    scale) + zero_point, lo), hi) - zero_point) * scale, rounding half to even, [lo, hi] the
+    integer type's range; the pair's values; qdq_pairs)
 DynamicFakeQuant(X) -> Y
     (DequantizeLinear(DynamicQuantizeLinear(X)), float32: X rounded to the uint8 grid of its own
-    range [min(X, 0), max(X, 0)] and back, the two ops' values; qdq_pairs)
+    range [min(X, 0), max(X, 0)] and back, the two ops' values; dynamic_qdq_pairs)
 """
 from dataclasses import dataclass
 
@@ -141,6 +145,8 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),
+    NormOp("FakeQuant", "elementwise", ("X",), ("Y",), {"scale": None, "zero_point": 0.0, "lo": None, "hi": None},
+           call=_calls.fake_quant, norm=False, half_native=False),
     NormOp("DynamicFakeQuant", "elementwise", ("X",), ("Y",), {}, call=_calls.dynamic_fake_quant, norm=False,
            half_native=False),
 )}

@@ -258,26 +258,27 @@ def elementwise(attrs, n_out, *inputs):
     return (out,)
 
 
-# DequantizeLinear(DynamicQuantizeLinear(x)): x / s rounded half to even, + z, clamped to 0..255,
-# - z, * s (registers: x, s, z inputs; 0 and 255 constants; then the seven results)
-_FAKE_QUANT = compile_program(["div", "round", "add", "max", "min", "sub", "mul"],
-                              [0, 1, 5, 5, 6, 2, 7, 3, 8, 4, 9, 2, 10, 1], [0.0, 255.0], 3)
+def _fake_quant(op_type, x, scale, zero, lo, hi):
+    """x on the integer grid (scale, zero point, [lo, hi]) and back, float32, one kernel pass."""
+    if x.dtype != np.float32:
+        raise ModelError(f"normrt {op_type}: X must be float32, got {x.dtype}")
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, np.float32)
+    _kelementwise.fake_quant(x.reshape(-1), out.reshape(-1), scale, zero, lo, hi, memory_bound(x.size))
+    return (out,)
+
+
+def fake_quant(attrs, n_out, x):
+    """QuantizeLinear -> DequantizeLinear with per-tensor constants (qdq_pairs): the pair's values
+    bitwise (pyx/elementwise.pyx fake_quant)."""
+    return _fake_quant("FakeQuant", x, attrs["scale"], attrs.get("zero_point", 0.0), attrs["lo"], attrs["hi"])
 
 
 def dynamic_fake_quant(attrs, n_out, x):
-    """x on DynamicQuantizeLinear's uint8 grid and back (float32): its range's scale and zero
-    point (ops.quantize.dynamic_range, the op's own), then one pass of the elementwise kernel
-    doing the pair's arithmetic - bitwise the two ops' values (every step after the division is
-    exact in float32 until the last product)."""
-    if x.dtype != np.float32:
-        raise ModelError(f"normrt DynamicFakeQuant: X must be float32, got {x.dtype}")
-    scale, zp = dynamic_range(x)
-    out = np.empty(x.shape, np.float32)
-    p = _FAKE_QUANT
-    _kelementwise.run_program(p.code, p.constants, p.n_registers,
-                              (x, np.array(scale, np.float32), np.array(zp, np.float32)),
-                              out, memory_bound(out.size))
-    return (out,)
+    """DequantizeLinear(DynamicQuantizeLinear(x)): the op's own range (ops.quantize.dynamic_range),
+    then the same one-pass kernel on the uint8 grid - bitwise the two ops' values."""
+    scale, zp = dynamic_range(x) if x.dtype == np.float32 else (1.0, 0.0)
+    return _fake_quant("DynamicFakeQuant", x, float(scale), float(zp), 0.0, 255.0)
 
 
 # ------------------------------------------------------------ prepared calls (specialized plans)

@@ -1,17 +1,18 @@
-"""A QuantizeLinear -> DequantizeLinear pair (static QDQ models) -> the float arithmetic it is.
+"""A QuantizeLinear -> DequantizeLinear pair (static QDQ models) -> one normrt::FakeQuant pass.
 
     x ──► QuantizeLinear(s, zp) ──► q ──► DequantizeLinear(s, zp) ──► y       (q read by nothing else)
 
-    ==>   x ──► Div(s) ──► Round ──► Add(zp) ──► Max(lo) ──► Min(hi) ──► Sub(zp) ──► Mul(s) ──► y
+    ==>   x ──► normrt::FakeQuant(scale=s, zero_point=zp, lo, hi) ──► y     ([lo, hi]: q's type's range)
 
 onnxruntime's quantize_static puts such a pair on every activation: "fake quantization", the
 value rounded to the integer grid and back. Q computes saturate(round(x / s) + zp) and DQ
 (q - zp) * s; in float32 every step after the division is exact until the last product
-(integers below 2^24, the clamp to the type's [lo, hi]), so the chain gives the pair's values
-bitwise (a NaN stays NaN instead of some integer). As standard float ops the chain then
-fuses into one normrt::Elementwise pass (elementwise_chains, Round on the kernel's
-round-half-even op) instead of two numpy ops with an integer tensor between them. The weights'
-DequantizeLinears are constants and fold at load (constant_folding).
+(integers below 2^24, the clamp to the type's range), so one float32 pass,
+(min(max(round(x / s) + zp, lo), hi) - zp) * s, gives the pair's values bitwise (a NaN stays
+NaN instead of some integer): the kernel `fake_quant` (pyx/elementwise.pyx) instead of two
+numpy ops with an integer tensor between them. A 1x64x56x56 pair: 170 us on the elementwise
+interpreter's seven passes per tile, 33 us on the kernel at one thread (onnxruntime's pair
+43 us). The weights' DequantizeLinears are constants and fold at load (constant_folding).
 
 Refused (the pair then runs as written): scales or zero points that are not constants, differ
 between the two nodes, or hold more than one value (per-axis, blocked); x not float32; an
@@ -22,8 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper
 
+from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import constant, is_op, present, private_reason
+from ._queries import constant, fused_name, is_op, present, private_reason
+
+PATTERN = "static fake quantization"
 
 _TYPES = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
           TensorProto.UINT16: np.uint16}
@@ -111,24 +115,12 @@ class QdqPairs(GraphPass):
     def rewrite(self, ctx, m):
         scale, zero, itype = self._grid(ctx, m)
         info = np.iinfo(itype)
-        x, y = m.quantize.input[0], m.dequantize.output[0]
-        base = m.quantize.name or x
-
-        def c(tag, v):
-            return ctx.add_constant(f"{base}_{tag}", np.array(v, np.float32))
-
-        def name(tag):
-            return ctx.new_name(f"{base}_{tag}")
-
-        s = c("scale", scale)
-        nodes, v = [], x
-        for op, operand, tag in (("Div", s, "scaled"), ("Round", None, "rounded"),
-                                 ("Add", c("zero", zero) if zero else None, "shifted"),
-                                 ("Max", c("lo", info.min), "low"), ("Min", c("hi", info.max), "high"),
-                                 ("Sub", c("zero_back", zero) if zero else None, "centred"), ("Mul", s, "")):
-            if op in ("Add", "Sub") and operand is None:
-                continue
-            out = y if op == "Mul" else name(tag)
-            nodes.append(helper.make_node(op, [v] + ([operand] if operand else []), [out], name=name(op.lower())))
-            v = out
-        ctx.replace_nodes(m.nodes, nodes)
+        new = make_node("FakeQuant", [m.quantize.input[0]], [m.dequantize.output[0]],
+                        fused_name(ctx, m.nodes, "FakeQuant"), scale=scale, zero_point=float(zero),
+                        lo=float(info.min), hi=float(info.max))
+        ctx.replace_nodes(m.nodes, [new])
+        ctx.report.fused.append({
+            "pass": self.name, "op": PATTERN, "pattern": "QuantizeLinear-DequantizeLinear",
+            "nodes": [n.name for n in m.nodes], "normrt_op": "FakeQuant", "normrt_node": new.name,
+            "kernel": NORM_OPS["FakeQuant"].kernel, "activation": None, "residual": False,
+        })
