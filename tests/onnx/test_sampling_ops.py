@@ -265,3 +265,23 @@ def test_affine_grid_size_fed_at_run_time():
         got = sess.run(None, feeds)[0]
         np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, feeds)[0], rtol=1e-6, atol=1e-7)
         assert got.shape == (1, size[2], size[3], 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_col2im_overlapping_blocks_same_bits_for_any_thread_count(threads):
+    """Overlapping 3x3 blocks at stride 1 with pads (the sums' order fixed per plane), against the
+    one-thread result and numpy's float64 fold."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 5 * 9, 12 * 10)).astype(np.float32)
+    args = [x, np.array([12, 10], np.int64), np.array([3, 3], np.int64)]
+    attrs = dict(pads=[1, 1, 1, 1])
+    one = run_ours("Col2Im", args, attrs, 18, 1)[0]
+    with normrt.threads(threads):
+        got = run_ours("Col2Im", args, attrs, 18, 1)[0]
+    np.testing.assert_array_equal(got, one)
+    want = np.zeros((2, 5, 14, 12))
+    cols = x.astype(np.float64).reshape(2, 5, 3, 3, 12, 10)
+    for i in range(3):
+        for j in range(3):
+            want[:, :, i:i + 12, j:j + 10] += cols[:, :, i, j]
+    np.testing.assert_allclose(got, want[:, :, 1:13, 1:11], rtol=1e-5, atol=1e-5)

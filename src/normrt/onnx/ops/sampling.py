@@ -1,4 +1,4 @@
-"""Sampling at computed positions (numpy): GridSample (16+), AffineGrid (20+), Col2Im (18+).
+"""Sampling at computed positions: GridSample (16+), AffineGrid (20+), Col2Im (18+).
 
 What exporters write for torch's F.grid_sample / F.affine_grid (optical flow warps, spatial
 transformer networks, deformable-attention samplers) and F.fold (MobileViT-v2's patch folding,
@@ -18,12 +18,14 @@ pixels of the border, where the models' exporters and users compare against torc
 
 This module computes the taps (numpy over all output points at once); 1-D and 2-D images in
 float32/float64 are then gathered by normrt._kernels.grid_sample (columns, then rows, in tap
-order: the reference's order), volumetric ones in numpy.
+order: the reference's order), volumetric ones in numpy. Col2Im of 2-D images sums its blocks
+on normrt._kernels.fold; other ranks in numpy, one strided add per block offset.
 """
 import itertools
 
 import numpy as np
 
+from ..._kernels import fold as _kfold
 from ..._kernels import grid_sample as _kgrid
 from ..._thread_policy import memory_bound
 from ._util import attr_ints, attr_str, compute_dtype, ints_of, op
@@ -247,6 +249,11 @@ def col2im(node, x, image_shape, block_shape):
     n, ch = x.shape[0], x.shape[1] // kernel
     acc = compute_dtype(x.dtype)
     cols = x.reshape(n, ch, *block, *blocks)
+    if rank == 2 and acc in (np.float32, np.float64):
+        y = np.empty((n, ch, *image), acc)
+        _kfold.col2im(np.ascontiguousarray(cols, dtype=acc), y, strides[0], strides[1], dil[0], dil[1],
+                      pads[0], pads[1], memory_bound(x.size))
+        return y.astype(x.dtype, copy=False)
     padded = np.zeros((n, ch, *[image[a] + pads[a] + pads[a + rank] for a in range(rank)]), acc)
     # each block offset adds its strided lattice of values; offsets in row-major order
     for offset in itertools.product(*[range(b) for b in block]):
