@@ -21,11 +21,15 @@ and its outputs there stay as the caller set them (zeros); the reverse direction
 the row's last valid step down to 0.
 
 The directions of a bidirectional node are independent: they run on up to two threads
-(prange over directions), each computed by the same arithmetic whatever the thread count.
+(prange over directions). A single direction splits each step's hidden units (all their gate
+rows) in chunks over the threads instead, the new state written to a second buffer until the
+step's last unit has read the old one. Each unit is computed by the same arithmetic whatever
+the thread count.
 """
 from cython.parallel cimport prange
 from libc.math cimport tanh, exp
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 
 from moments cimport sigmoid_f, tanh_f
 
@@ -104,98 +108,150 @@ cdef inline Py_ssize_t step_time(Py_ssize_t step, Py_ssize_t length, bint revers
     return length - 1 - step if reverse else step
 
 
-cdef int run_direction(int cell, const real* xw, const real* r, const real* p, const real* rbh,
-                       real* h, real* c, real* y, const int* lens,
+cdef enum:
+    KCHUNK = 32         # hidden units per work item of a step (all gates' rows for those units)
+
+
+cdef void update_chunk(int cell, const real* x, const real* r, const real* p, const real* rbh,
+                       const real* hb, real* hn, real* cb, real* yt, real* g, real* u,
+                       Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga, int ha,
+                       bint input_forget, bint linear_before_reset) noexcept nogil:
+    """Hidden units k0..k1-1 of one step: their rows of every gate's product (x + R h) and the
+    gate arithmetic, writing hn (the new hidden state), cb (LSTM cell state) and yt; g and u are
+    this step's gate and scratch rows (each unit's own columns). GRU with linear_before_reset=0
+    does its z / r part here and the candidate in `gru_candidate`, once every r * h is known."""
+    cdef Py_ssize_t n = k1 - k0, k
+    cdef Py_ssize_t gi
+    if cell == CELL_LSTM:
+        for gi in range(4):             # gates i, o, f, c of these units
+            gemv(r + (gi * H + k0) * H, n, H, hb, x + gi * H + k0, g + gi * H + k0)
+        if p != NULL:
+            for k in range(k0, k1):
+                g[k] = g[k] + p[k] * cb[k]
+                g[2 * H + k] = g[2 * H + k] + p[2 * H + k] * cb[k]
+        clamp_span(g + k0, n, clip)
+        activate_span(g + k0, n, fa)                          # i
+        if input_forget:
+            for k in range(k0, k1):
+                g[2 * H + k] = 1 - g[k]
+        else:
+            clamp_span(g + 2 * H + k0, n, clip)
+            activate_span(g + 2 * H + k0, n, fa)              # f
+        clamp_span(g + 3 * H + k0, n, clip)
+        activate_span(g + 3 * H + k0, n, ga)                  # c~
+        for k in range(k0, k1):
+            cb[k] = g[2 * H + k] * cb[k] + g[k] * g[3 * H + k]
+            u[k] = cb[k]
+        if p != NULL:
+            for k in range(k0, k1):
+                g[H + k] = g[H + k] + p[H + k] * cb[k]
+        clamp_span(g + H + k0, n, clip)
+        activate_span(g + H + k0, n, fa)                      # o
+        activate_span(u + k0, n, ha)
+        for k in range(k0, k1):
+            hn[k] = g[H + k] * u[k]
+            yt[k] = hn[k]
+    elif cell == CELL_GRU:
+        for gi in range(2):             # z, r
+            gemv(r + (gi * H + k0) * H, n, H, hb, x + gi * H + k0, g + gi * H + k0)
+        clamp_span(g + k0, n, clip)
+        activate_span(g + k0, n, fa)
+        clamp_span(g + H + k0, n, clip)
+        activate_span(g + H + k0, n, fa)
+        if linear_before_reset:
+            # the candidate's R h alone, then r * (R h + Rbh)
+            gemv(r + (2 * H + k0) * H, n, H, hb, NULL, g + 2 * H + k0)
+            for k in range(k0, k1):
+                u[k] = x[2 * H + k] + g[H + k] * (g[2 * H + k] + rbh[k])
+            gru_finish(u, g, hb, hn, yt, k0, k1, clip, ga)
+        else:
+            for k in range(k0, k1):
+                u[k] = g[H + k] * hb[k]          # r * h, read whole by gru_candidate
+    else:
+        gemv(r + k0 * H, n, H, hb, x + k0, g + k0)
+        clamp_span(g + k0, n, clip)
+        activate_span(g + k0, n, fa)
+        for k in range(k0, k1):
+            hn[k] = g[k]
+            yt[k] = g[k]
+
+
+cdef inline void gru_finish(real* u, const real* g, const real* hb, real* hn, real* yt,
+                            Py_ssize_t k0, Py_ssize_t k1, real clip, int ga) noexcept nogil:
+    """n = g(u) for the candidate pre-activation u, then h' = (1 - z) n + z h."""
+    cdef Py_ssize_t k
+    clamp_span(u + k0, k1 - k0, clip)
+    activate_span(u + k0, k1 - k0, ga)
+    for k in range(k0, k1):
+        hn[k] = (1 - g[k]) * u[k] + g[k] * hb[k]
+        yt[k] = hn[k]
+
+
+cdef void gru_candidate(const real* x, const real* r, const real* rbh, const real* hb, real* hn,
+                        real* yt, const real* g, real* u, real* v, Py_ssize_t k0, Py_ssize_t k1,
+                        Py_ssize_t H, real clip, int ga) noexcept nogil:
+    """GRU, linear_before_reset=0, units k0..k1-1: x + R (r * h) + Rbh (u holds every r * h), then
+    the update; v is this step's candidate rows."""
+    cdef Py_ssize_t k
+    gemv(r + (2 * H + k0) * H, k1 - k0, H, u, rbh + k0, v + k0)
+    for k in range(k0, k1):
+        v[k] = x[2 * H + k] + v[k]
+    gru_finish(v, g, hb, hn, yt, k0, k1, clip, ga)
+
+
+cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r, const real* p,
+                       const real* rbh, real* h, real* c, real* y, const int* lens,
                        Py_ssize_t S, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G, bint reverse,
                        real clip, int fa, int ga, int ha, bint input_forget,
-                       bint linear_before_reset) noexcept nogil:
-    """One direction over the whole sequence. xw (S, B, G*H), r (G*H, H), p (3H) or NULL,
+                       bint linear_before_reset, int n_threads) noexcept nogil:
+    """One direction over the whole sequence. xw (S, B, G*H) with rows xrow apart, r (G*H, H), p (3H) or NULL,
     rbh (H) GRU's recurrent candidate bias, h / c (B, H) in and out, y (S, B, H) out.
-    Returns -1 when its scratch cannot be allocated."""
-    cdef Py_ssize_t GH = G * H, step, b, k, t
-    cdef real* g = <real*>malloc((GH + 2 * H) * sizeof(real))
+    Each step's hidden units split in chunks of KCHUNK over n_threads (each unit's rows and
+    arithmetic the same whoever computes them); the new state goes to a second buffer until
+    every unit has read the old one. Returns -1 when its scratch cannot be allocated."""
+    cdef Py_ssize_t GH = G * H, step, b, t, ch
+    cdef Py_ssize_t nch = (H + KCHUNK - 1) // KCHUNK
+    cdef real* g = <real*>malloc((GH + 3 * H) * sizeof(real))
     cdef real* u
     cdef real* v
-    cdef real* hb
-    cdef real* cb
-    cdef real* yt
+    cdef real* hn
     cdef const real* x
+    cdef bint two_phase = cell == CELL_GRU and not linear_before_reset
     if g == NULL:
         return -1
     u = g + GH
     v = u + H
+    hn = v + H
     for step in range(S):
         for b in range(B):
             t = step_time(step, lens[b], reverse)
             if t < 0:
                 continue
-            x = xw + (t * B + b) * GH
-            hb = h + b * H
-            yt = y + (t * B + b) * H
-            if cell == CELL_LSTM:
-                # gates i, o, f, c = x + R h
-                gemv(r, GH, H, hb, x, g)
-                cb = c + b * H
-                if p != NULL:
-                    for k in range(H):
-                        g[k] = g[k] + p[k] * cb[k]
-                        g[2 * H + k] = g[2 * H + k] + p[2 * H + k] * cb[k]
-                clamp_span(g, H, clip)
-                activate_span(g, H, fa)                          # i
-                if input_forget:
-                    for k in range(H):
-                        g[2 * H + k] = 1 - g[k]
-                else:
-                    clamp_span(g + 2 * H, H, clip)
-                    activate_span(g + 2 * H, H, fa)              # f
-                clamp_span(g + 3 * H, H, clip)
-                activate_span(g + 3 * H, H, ga)                  # c~
-                for k in range(H):
-                    cb[k] = g[2 * H + k] * cb[k] + g[k] * g[3 * H + k]
-                    u[k] = cb[k]
-                if p != NULL:
-                    for k in range(H):
-                        g[H + k] = g[H + k] + p[H + k] * cb[k]
-                clamp_span(g + H, H, clip)
-                activate_span(g + H, H, fa)                      # o
-                activate_span(u, H, ha)
-                for k in range(H):
-                    hb[k] = g[H + k] * u[k]
-                    yt[k] = hb[k]
-            elif cell == CELL_GRU:
-                # z, r = x + R h; the candidate's R h alone (linear_before_reset) or R (r h) below
-                gemv(r, 2 * H, H, hb, x, g)
-                if linear_before_reset:
-                    gemv(r + 2 * H * H, H, H, hb, NULL, g + 2 * H)
-                clamp_span(g, 2 * H, clip)
-                activate_span(g, 2 * H, fa)
-                if linear_before_reset:
-                    for k in range(H):
-                        u[k] = x[2 * H + k] + g[H + k] * (g[2 * H + k] + rbh[k])
-                else:
-                    for k in range(H):
-                        v[k] = g[H + k] * hb[k]
-                    gemv(r + 2 * H * H, H, H, v, rbh, u)
-                    for k in range(H):
-                        u[k] = x[2 * H + k] + u[k]
-                clamp_span(u, H, clip)
-                activate_span(u, H, ga)
-                for k in range(H):
-                    hb[k] = (1 - g[k]) * u[k] + g[k] * hb[k]
-                    yt[k] = hb[k]
+            x = xw + (t * B + b) * xrow
+            if n_threads > 1:
+                for ch in prange(nch, schedule="static", num_threads=n_threads):
+                    update_chunk(cell, x, r, p, rbh, h + b * H, hn, c + b * H if c != NULL else NULL,
+                                 y + (t * B + b) * H, g, u, ch * KCHUNK, min(ch * KCHUNK + KCHUNK, H), H,
+                                 clip, fa, ga, ha, input_forget, linear_before_reset)
+                if two_phase:
+                    for ch in prange(nch, schedule="static", num_threads=n_threads):
+                        gru_candidate(x, r, rbh, h + b * H, hn, y + (t * B + b) * H, g, u, v, ch * KCHUNK,
+                                      min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
             else:
-                gemv(r, H, H, hb, x, g)
-                clamp_span(g, H, clip)
-                activate_span(g, H, fa)
-                for k in range(H):
-                    hb[k] = g[k]
-                    yt[k] = g[k]
+                # one thread (or inside the two directions' region): the whole step as one chunk,
+                # no region per step - the same units' rows and arithmetic, so the same bits
+                update_chunk(cell, x, r, p, rbh, h + b * H, hn, c + b * H if c != NULL else NULL,
+                             y + (t * B + b) * H, g, u, 0, H, H, clip, fa, ga, ha, input_forget,
+                             linear_before_reset)
+                if two_phase:
+                    gru_candidate(x, r, rbh, h + b * H, hn, y + (t * B + b) * H, g, u, v, 0, H, H, clip, ga)
+            memcpy(h + b * H, hn, H * sizeof(real))
     free(g)
     return 0
 
 
 def run(int cell,
-        const real[:, :, :, ::1] xw,        # IN  (D, S, B, G*H) input projections + biases
+        const real[:, :, :, ::1] xw,        # IN  (S, B, D, G*H) input projections + biases
         const real[:, :, ::1] r,            # IN  (D, G*H, H) recurrent weights
         const real[:, ::1] p,               # IN  (D, 3H) LSTM peepholes, or (D, 0): none
         const real[:, ::1] rbh,             # IN  (D, H) GRU's recurrent candidate bias, or (D, 0)
@@ -206,13 +262,13 @@ def run(int cell,
         bint reverse_first,                 # direction 0 runs backwards (direction "reverse")
         real clip, int fa, int ga, int ha, bint input_forget, bint linear_before_reset,
         int n_threads):
-    cdef Py_ssize_t D = xw.shape[0], S = xw.shape[1], B = xw.shape[2], H = r.shape[2]
+    cdef Py_ssize_t S = xw.shape[0], B = xw.shape[1], D = xw.shape[2], H = r.shape[2]
     cdef Py_ssize_t G = {CELL_LSTM: 4, CELL_GRU: 3, CELL_RNN: 1}[cell]
     cdef Py_ssize_t d, b
     cdef int failed = 0, rc = 0
     cdef bint has_p = p.shape[1] != 0
     if xw.shape[3] != G * H or r.shape[0] != D or r.shape[1] != G * H:
-        raise ValueError("xw must be (D, S, B, G*H) and r (D, G*H, H)")
+        raise ValueError("xw must be (S, B, D, G*H) and r (D, G*H, H)")
     if h.shape[0] != D or h.shape[1] != B or h.shape[2] != H:
         raise ValueError("h must be (D, B, H)")
     if y.shape[0] != D or y.shape[1] != S or y.shape[2] != B or y.shape[3] != H:
@@ -230,12 +286,22 @@ def run(int cell,
         raise ValueError("rbh must be (D, H)")
     if D == 0 or S == 0 or B == 0 or H == 0:
         return
-    for d in prange(D, nogil=True, schedule="static", num_threads=max(1, min(n_threads, D))):
-        rc = run_direction(cell, &xw[d, 0, 0, 0], &r[d, 0, 0], &p[d, 0] if has_p else NULL,
-                           &rbh[d, 0] if cell == CELL_GRU else NULL, &h[d, 0, 0],
-                           &c[d, 0, 0] if cell == CELL_LSTM else NULL, &y[d, 0, 0, 0], &lens[0],
-                           S, B, H, G, (d == 0) == reverse_first, clip, fa, ga, ha, input_forget,
-                           linear_before_reset)
-        failed += rc != 0
+    if D == 1:
+        # one direction: its steps' hidden units over the threads
+        with nogil:
+            failed = run_direction(cell, &xw[0, 0, 0, 0], D * G * H, &r[0, 0, 0], &p[0, 0] if has_p else NULL,
+                                   &rbh[0, 0] if cell == CELL_GRU else NULL, &h[0, 0, 0],
+                                   &c[0, 0, 0] if cell == CELL_LSTM else NULL, &y[0, 0, 0, 0], &lens[0],
+                                   S, B, H, G, reverse_first, clip, fa, ga, ha, input_forget,
+                                   linear_before_reset, max(1, n_threads)) != 0
+    else:
+        # two directions: one per thread (each then runs its steps alone)
+        for d in prange(D, nogil=True, schedule="static", num_threads=max(1, min(n_threads, D))):
+            rc = run_direction(cell, &xw[0, 0, d, 0], D * G * H, &r[d, 0, 0], &p[d, 0] if has_p else NULL,
+                               &rbh[d, 0] if cell == CELL_GRU else NULL, &h[d, 0, 0],
+                               &c[d, 0, 0] if cell == CELL_LSTM else NULL, &y[d, 0, 0, 0], &lens[0],
+                               S, B, H, G, (d == 0) == reverse_first, clip, fa, ga, ha, input_forget,
+                               linear_before_reset, 1)
+            failed += rc != 0
     if failed:
         raise MemoryError()

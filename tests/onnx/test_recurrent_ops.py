@@ -126,21 +126,24 @@ def test_sequence_lens_zero_steps_past_the_end():
     np.testing.assert_array_equal(y[:2, :, 1], y1[:, :, 0])
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_float64_and_bitwise_across_threads(kind):
+@pytest.mark.parametrize("kind, direction, hidden, lbr", [
+    ("LSTM", "bidirectional", 40, 0), ("GRU", "bidirectional", 40, 1), ("RNN", "bidirectional", 40, 0),
+    # one direction, big enough that each step's units split over the threads (odd chunk at the end)
+    ("LSTM", "forward", 130, 0), ("GRU", "reverse", 150, 0), ("GRU", "forward", 150, 1), ("RNN", "forward", 200, 0)])
+def test_float64_and_bitwise_across_threads(kind, direction, hidden, lbr):
     rng = np.random.default_rng(2)
     for dtype, rtol in ((np.float64, 1e-12), (np.float32, 2e-5)):
-        args = make_inputs(rng, kind, "bidirectional", 12, 2, 24, 40, dtype=dtype)
-        attrs = dict(hidden_size=40, direction="bidirectional")
+        args = make_inputs(rng, kind, direction, 12, 2, 24, hidden, dtype=dtype)
+        attrs = dict(hidden_size=hidden, direction=direction, **({"linear_before_reset": lbr} if kind == "GRU" else {}))
         n_out = 3 if kind == "LSTM" else 2
+        check(kind, args, attrs, opset=14, n_out=n_out, rtol=rtol, atol=rtol)
+        args[4] = np.array([12, 7], np.int32)      # and rows of their own lengths (the reference ignores them)
         ref = None
         for threads in (1, 2, 3):
             with normrt.threads(threads):
                 out = run_ours(kind, args, attrs, 14, n_out)
             assert all(o.dtype == dtype for o in out)
-            if ref is None:
-                ref = out
-                check(kind, args, attrs, opset=14, n_out=n_out, rtol=rtol, atol=rtol)
+            ref = out if ref is None else ref
             for a, b in zip(out, ref):
                 np.testing.assert_array_equal(a, b)
 

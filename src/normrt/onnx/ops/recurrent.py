@@ -4,8 +4,9 @@ torch's nn.LSTM / nn.GRU / nn.RNN export as these ops (speech and OCR models, ti
 often with a LayerNorm or BatchNorm beside them). onnx.reference runs them as numpy per time
 step, 5-11x onnxruntime's time. Here every step's input projection is one GEMM on normrt's
 kernel for all steps and both directions (X (S*B, I) times the packed W of every direction,
-plus the biases that simply add), and the time loop runs on normrt._kernels.recurrent, a
-bidirectional node's directions on two threads.
+plus the biases that simply add), and the time loop runs on normrt._kernels.recurrent: a
+bidirectional node's directions on two threads, one direction's hidden units split over the
+threads at every step (_thread_policy.recurrent_step).
 
 Implemented: every direction, layout 0 and 1, sequence_lens (steps past a row's length give
 zeros, its final state the state at its length), initial_h / initial_c, peepholes, clip,
@@ -16,7 +17,7 @@ alpha/beta: Affine, LeakyRelu, HardSigmoid, ...; Elu, Softsign, Softplus).
 import numpy as np
 
 from ..._kernels import recurrent as _krec
-from ..._thread_policy import allowed_threads
+from ..._thread_policy import allowed_threads, recurrent_step
 from ...api.gemm import matmul as _kernel_matmul
 from . import _blas
 from ._util import attr_str, compute_dtype, op
@@ -50,15 +51,15 @@ def _supported(node):
     return _activations(node) is not None
 
 
-def _projection(x2d, w):
-    """x2d (S*B, I) @ W of every direction, (S*B, D*G*H): one GEMM on the kernel (float32; W
-    packed once when constant), numpy's otherwise."""
+def _projection(x2d, w, bias):
+    """x2d (S*B, I) @ W of every direction + bias, (S*B, D*G*H): one GEMM on the kernel, the bias
+    added as it stores (float32; W packed once when constant), numpy's otherwise."""
     w2d = w.reshape(-1, w.shape[-1])
     if x2d.dtype == np.float32 and x2d.size and w2d.size:
-        if not w.flags.writeable:
-            return _kernel_matmul(x2d, _blas.packed_recurrent_weight(w))
-        return _kernel_matmul(x2d, np.ascontiguousarray(w2d.T))
-    return x2d @ w2d.T
+        packed = _blas.packed_recurrent_weight(w) if not w.flags.writeable else np.ascontiguousarray(w2d.T)
+        return _kernel_matmul(x2d, packed, bias=bias)
+    out = x2d @ w2d.T
+    return out if bias is None else out + bias
 
 
 def _recurrent(node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):
@@ -81,9 +82,8 @@ def _recurrent(node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):
                          f"(expected ({dirs}, {gates}*hidden, input) and ({dirs}, {gates}*hidden, hidden))")
     dtype = compute_dtype(x.dtype)
     x = x.astype(dtype, copy=False)
-    xw = _projection(np.ascontiguousarray(x).reshape(seq * batch, inputs), w.astype(dtype, copy=False))
-    xw = xw.reshape(seq, batch, dirs, gates * hidden)
     rbh = np.zeros((dirs, 0), dtype)
+    bias = None
     if b is not None:
         if b.shape != (dirs, 2 * gates * hidden):
             raise ValueError(f"{kind}: B must be ({dirs}, {2 * gates * hidden}), got {b.shape}")
@@ -92,10 +92,12 @@ def _recurrent(node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):
         if kind == "GRU" and node.attrs.get("linear_before_reset", 0):
             bias[:, 2 * hidden:] = wb[:, 2 * hidden:]   # Rbh stays inside r * (Rh h + Rbh)
             rbh = np.ascontiguousarray(rb[:, 2 * hidden:])
-        xw = xw + bias
+        bias = bias.reshape(-1)
     if kind == "GRU" and rbh.shape[1] == 0:
         rbh = np.zeros((dirs, hidden), dtype)
-    xw = np.ascontiguousarray(xw.transpose(2, 0, 1, 3))          # (D, S, B, G*H)
+    # (S, B, D, G*H): every direction's projections of a step side by side, as the GEMM wrote them
+    xw = _projection(np.ascontiguousarray(x).reshape(seq * batch, inputs), w.astype(dtype, copy=False), bias)
+    xw = xw.reshape(seq, batch, dirs, gates * hidden)
     if lens is None:
         lens = np.full(batch, seq, np.int32)
     else:
@@ -129,20 +131,20 @@ def _recurrent(node, x, w, r, b=None, lens=None, h0=None, c0=None, p=None):
     _krec.run(_CELLS[kind], xw, np.ascontiguousarray(r, dtype=dtype), peep, rbh, h, c, y, lens,
               direction == "reverse", clip, acts[0], acts[1], acts[2],
               bool(node.attrs.get("input_forget", 0)), bool(node.attrs.get("linear_before_reset", 0)),
-              min(allowed_threads(), dirs))
+              allowed_threads() if dirs == 2 else recurrent_step(2 * gates * hidden * hidden * batch))
     return _outputs(node, kind, y, h, c, layout, dtype)
 
 
 def _per_direction(node, kind, xw, r, peep, rbh, h, c, lens, acts, layout, direction, dtype):
     """A bidirectional node whose directions have different activations: one call each."""
-    y = np.zeros((2,) + xw.shape[1:3] + (r.shape[-1],), dtype)
+    y = np.zeros((2,) + xw.shape[:2] + (r.shape[-1],), dtype)
     clip = float(node.attrs.get("clip", 0.0) or 0.0)
     for d in range(2):
         a = acts[d] + [0] * (3 - len(acts[d]))
         hd = np.ascontiguousarray(h[d:d + 1])
         cd = np.ascontiguousarray(c[d:d + 1]) if kind == "LSTM" else c[:1]
         yd = np.ascontiguousarray(y[d:d + 1])
-        _krec.run(_CELLS[kind], np.ascontiguousarray(xw[d:d + 1]), np.ascontiguousarray(r[d:d + 1], dtype=dtype),
+        _krec.run(_CELLS[kind], np.ascontiguousarray(xw[:, :, d:d + 1]), np.ascontiguousarray(r[d:d + 1], dtype=dtype),
                   np.ascontiguousarray(peep[d:d + 1]), np.ascontiguousarray(rbh[d:d + 1]), hd, cd, yd, lens,
                   d == 1, clip, a[0], a[1], a[2], bool(node.attrs.get("input_forget", 0)),
                   bool(node.attrs.get("linear_before_reset", 0)), 1)
