@@ -1,6 +1,6 @@
-"""qdq_pairs: QuantizeLinear -> DequantizeLinear becomes one normrt::FakeQuant pass, bitwise the
-pair's values (onnx.reference's Q and DQ, and normrt's own numpy ops), for any thread count;
-refusals keep the pair."""
+"""qdq_pairs: QuantizeLinear -> DequantizeLinear becomes one normrt::FakeQuant pass (or, beside other
+elementwise ops, part of their program), bitwise the pair's values (onnx.reference's Q and DQ, and
+normrt's own numpy ops), for any thread count; refusals keep the pair."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -49,7 +49,8 @@ def test_pair_becomes_one_pass_with_the_pairs_bits(itype, scale, with_zero_point
     model = qdq_model(4000, scale, zp, itype, with_zero_point)
     sess = normrt.InferenceSession(model)
     ops = [node.op_type for node in sess.optimized_model.graph.node]
-    assert "FakeQuant" in ops and "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    # between the Relu and the Add it joins their elementwise program (one pass)
+    assert ops == ["Elementwise"], ops
     assert sess.report["passes"]["qdq_pairs"] == 1
     span = (info.max - info.min) * scale
     # ties (k + 1/2) * scale, the saturation bounds and beyond, and everything between
@@ -83,10 +84,20 @@ def test_refused_pairs_stay(change):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("lone", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_large_pair_same_bits_for_any_thread_count(threads):
+def test_large_pair_same_bits_for_any_thread_count(threads, lone):
+    """Alone (its own FakeQuant kernel) or in an elementwise program, the pair's bits for any thread count."""
     model = qdq_model(300_000, 0.0173, 200, np.uint8)
+    if lone:                            # x -> Q -> DQ -> y: nothing elementwise beside it
+        g = model.graph
+        nodes = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        nodes[0].input[0], nodes[1].output[0] = "x", "y"
+        del g.node[:]
+        g.node.extend(nodes)
     x = np.random.default_rng(4).standard_normal(300_000).astype(np.float32) * 3
     with normrt.threads(threads):
-        got = normrt.InferenceSession(model).run(None, {"x": x})[0]
+        sess = normrt.InferenceSession(model)
+        got = sess.run(None, {"x": x})[0]
+    assert [n.op_type for n in sess.optimized_model.graph.node] == (["FakeQuant"] if lone else ["Elementwise"])
     np.testing.assert_array_equal(got, ReferenceEvaluator(model).run(None, {"x": x})[0])

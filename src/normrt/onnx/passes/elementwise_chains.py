@@ -28,6 +28,9 @@ Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu, Round (Pow by a const
 2, 3, 0.5 or 1 becomes the same square/product/sqrt/copy the unfused op computes),
 and LeakyRelu with alpha > 0 as max(x, alpha x) (min above 1), the standalone op's
 values: StyleGAN's fused_leaky_relu, `(x + bias) -> LeakyRelu -> * sqrt(2)`, is one pass.
+A normrt::FakeQuant (a QDQ pair, qdq_pairs) beside other elementwise ops joins their program
+as its seven ops (a QDQ transformer's bias Add and its activation's fake quantization, one
+pass); alone it keeps its own one-pass kernel.
 
 Refused (reason returned by `check`; the nodes then run one by one): a group
 with more distinct inputs or live values than the kernel holds (16 inputs, 48
@@ -38,12 +41,14 @@ with other than two inputs (those nodes are simply not elementwise here).
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import TensorProto, helper
 
 from ...errors import ModelError
 from ..domain import NORM_OPS, make_node
 from ..elementwise_program import MAX_INPUTS, compile_program, leaky_relu_select
 from . import GraphPass
-from ._queries import PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, leaky_alpha
+from ._queries import (PRODUCT_DTYPES, float_type_reason, fused_name, in_graph_order, is_float, is_normrt,
+                       leaky_alpha)
 
 PATTERN = "elementwise chain"
 
@@ -82,6 +87,11 @@ def _pow_exponent(ctx, node):
 
 def _elementwise(ctx, node):
     """Whether `node` is an elementwise op this pass fuses (float32 or half values)."""
+    if is_normrt(node, "FakeQuant"):
+        # a QDQ pair (qdq_pairs): alone it runs on its own kernel; beside other elementwise ops
+        # it joins their program as the seven ops it is (same values), one pass and node fewer
+        return bool(node.input and node.input[0] and node.output and node.output[0]) and \
+            float_type_reason(ctx, [node.input[0], node.output[0]], (TensorProto.FLOAT,)) is None
     if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not node.output[0]:
         return False
     op = node.op_type
@@ -195,6 +205,15 @@ def expression(ctx, nodes):
             r = emit(_BINARY[op], operand(node.input[0]), operand(node.input[1]))
         elif op in _UNARY:
             r = emit(_UNARY[op], operand(node.input[0]))
+        elif op == "FakeQuant":
+            # (min(max(round(x / s) + z, lo), hi) - z) * s: the FakeQuant kernel's values
+            a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
+            scale, zero = constant(a["scale"]), a.get("zero_point", 0.0)
+            v = emit("round", emit("div", operand(node.input[0]), scale))
+            v = emit("add", v, constant(zero)) if zero else v
+            v = emit("min", emit("max", v, constant(a["lo"])), constant(a["hi"]))
+            v = emit("sub", v, constant(zero)) if zero else v
+            r = emit("mul", v, scale)
         elif op == "LeakyRelu":
             # max(x, alpha x), min above alpha 1: the standalone op's values (ops/activations.py)
             x = operand(node.input[0])
