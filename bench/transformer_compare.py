@@ -61,7 +61,7 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", 
                 "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or",
                 "Cast", "Clip", "Sin", "Cos", "BiasAdd", "BiasSplitGelu", "Elementwise",
                 # quantize_dynamic's inputs, dequantized again (normrt's fused pair and the ops)
-                "DynamicFakeQuant", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+                "FakeQuant", "DynamicFakeQuant", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 def op_kind(key):
