@@ -258,11 +258,14 @@ def elementwise(attrs, n_out, *inputs):
     return (out,)
 
 
-def _fake_quant(op_type, x, scale, zero, lo, hi):
-    """x on the integer grid (scale, zero point, [lo, hi]) and back, float32, one kernel pass."""
+def _float32_x(op_type, x):
     if x.dtype != np.float32:
         raise ModelError(f"normrt {op_type}: X must be float32, got {x.dtype}")
-    x = np.ascontiguousarray(x)
+    return np.ascontiguousarray(x)
+
+
+def _fake_quant(x, scale, zero, lo, hi):
+    """float32 x on the integer grid (scale, zero point, [lo, hi]) and back, one kernel pass."""
     out = np.empty(x.shape, np.float32)
     _kelementwise.fake_quant(x.reshape(-1), out.reshape(-1), scale, zero, lo, hi, memory_bound(x.size))
     return (out,)
@@ -271,14 +274,16 @@ def _fake_quant(op_type, x, scale, zero, lo, hi):
 def fake_quant(attrs, n_out, x):
     """QuantizeLinear -> DequantizeLinear with per-tensor constants (qdq_pairs): the pair's values
     bitwise (pyx/elementwise.pyx fake_quant)."""
-    return _fake_quant("FakeQuant", x, attrs["scale"], attrs.get("zero_point", 0.0), attrs["lo"], attrs["hi"])
+    return _fake_quant(_float32_x("FakeQuant", x), attrs["scale"], attrs.get("zero_point", 0.0), attrs["lo"],
+                       attrs["hi"])
 
 
 def dynamic_fake_quant(attrs, n_out, x):
     """DequantizeLinear(DynamicQuantizeLinear(x)): the op's own range (ops.quantize.dynamic_range),
     then the same one-pass kernel on the uint8 grid - bitwise the two ops' values."""
-    scale, zp = dynamic_range(x) if x.dtype == np.float32 else (1.0, 0.0)
-    return _fake_quant("DynamicFakeQuant", x, float(scale), float(zp), 0.0, 255.0)
+    x = _float32_x("DynamicFakeQuant", x)
+    scale, zp = dynamic_range(x)
+    return _fake_quant(x, float(scale), float(zp), 0.0, 255.0)
 
 
 # ------------------------------------------------------------ prepared calls (specialized plans)

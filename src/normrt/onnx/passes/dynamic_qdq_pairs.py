@@ -17,10 +17,9 @@ graph output; a DequantizeLinear reading other values or with an axis-dependent 
 """
 from onnx import TensorProto
 
-from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import fused_name, present, private_reason
-from .qdq_pairs import pairs
+from ._queries import present, private_reason
+from .qdq_pairs import pairs, replace_pair
 
 PATTERN = "dynamic fake quantization"
 
@@ -52,11 +51,4 @@ class DynamicQdqPairs(GraphPass):
         return None
 
     def rewrite(self, ctx, m):
-        new = make_node("DynamicFakeQuant", [m.quantize.input[0]], [m.dequantize.output[0]],
-                        fused_name(ctx, m.nodes, "DynamicFakeQuant"))
-        ctx.replace_nodes(m.nodes, [new])
-        ctx.report.fused.append({
-            "pass": self.name, "op": PATTERN, "pattern": "DynamicQuantizeLinear-DequantizeLinear",
-            "nodes": [n.name for n in m.nodes], "normrt_op": "DynamicFakeQuant", "normrt_node": new.name,
-            "kernel": NORM_OPS["DynamicFakeQuant"].kernel, "activation": None, "residual": False,
-        })
+        replace_pair(ctx, self.name, PATTERN, m, "DynamicFakeQuant")

@@ -116,12 +116,18 @@ class QdqPairs(GraphPass):
     def rewrite(self, ctx, m):
         scale, zero, itype = self._grid(ctx, m)
         info = np.iinfo(itype)
-        new = make_node("FakeQuant", [m.quantize.input[0]], [m.dequantize.output[0]],
-                        fused_name(ctx, m.nodes, "FakeQuant"), scale=scale, zero_point=float(zero),
-                        lo=float(info.min), hi=float(info.max))
-        ctx.replace_nodes(m.nodes, [new])
-        ctx.report.fused.append({
-            "pass": self.name, "op": PATTERN, "pattern": "QuantizeLinear-DequantizeLinear",
-            "nodes": [n.name for n in m.nodes], "normrt_op": "FakeQuant", "normrt_node": new.name,
-            "kernel": NORM_OPS["FakeQuant"].kernel, "activation": None, "residual": False,
-        })
+        replace_pair(ctx, self.name, PATTERN, m, "FakeQuant", scale=scale, zero_point=float(zero),
+                     lo=float(info.min), hi=float(info.max))
+
+
+def replace_pair(ctx, pass_name, pattern, m, op_type, **attrs):
+    """The pair `m` -> one normrt `op_type` node from the quantizer's input to the dequantized
+    value, and its report entry (also dynamic_qdq_pairs')."""
+    new = make_node(op_type, [m.quantize.input[0]], [m.dequantize.output[0]], fused_name(ctx, m.nodes, op_type),
+                    **attrs)
+    ctx.replace_nodes(m.nodes, [new])
+    ctx.report.fused.append({
+        "pass": pass_name, "op": pattern, "pattern": "-".join(n.op_type for n in m.nodes),
+        "nodes": [n.name for n in m.nodes], "normrt_op": op_type, "normrt_node": new.name,
+        "kernel": NORM_OPS[op_type].kernel, "activation": None, "residual": False,
+    })
