@@ -61,12 +61,15 @@ from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.integer_products import IntegerProducts
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
+from .passes.einsum_products import EinsumProducts
 from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+    return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(),
+            # einsum as the MatMul it computes, before the fusions that take MatMuls
+            EinsumProducts(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them
