@@ -173,3 +173,44 @@ def test_errors_name_the_node_in_compiled_plans():
         with pytest.raises(Exception) as info:
             run({"x": np.ones((2, 3), np.float32)})
         assert any("the_matmul" in note for note in getattr(info.value, "__notes__", []))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.integers(1, 4), st.sampled_from(["box", "rows", "negative"]),
+       st.integers(0, 2**31 - 1))
+def test_constant_scatter_nd_specialized(shape, q, form, seed):
+    """ScatterND by constant indices (RWKV's `shifted[:, 0] = state`, written into a Pad's output):
+    the specialized plan's prepared assignment (slices for a box, index arrays otherwise) gives the
+    generic op's values and onnx.reference's."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape)
+    q = min(q, len(shape))
+    if form == "box":        # a row-major box of index rows (x[a:b, c:d] = ...)
+        lo = [int(rng.integers(0, d)) for d in shape[:q]]
+        hi = [int(rng.integers(l, d)) + 1 for l, d in zip(lo, shape[:q])]
+        grid = np.stack(np.meshgrid(*(np.arange(l, h) for l, h in zip(lo, hi)), indexing="ij"), -1)
+        ids = grid.reshape(grid.shape[:-1] + (q,))
+    else:                    # distinct rows in any order, some written as negative indices
+        cells = np.stack(np.unravel_index(np.arange(int(np.prod(shape[:q]))), shape[:q]), -1)
+        pick = rng.permutation(len(cells))[:int(rng.integers(1, len(cells) + 1))]
+        ids = cells[pick]
+        if form == "negative":
+            ids = np.where(rng.random(ids.shape) < 0.5, ids - np.array(shape[:q]), ids)
+    ids = ids.astype(np.int64)
+    upd_shape = ids.shape[:-1] + shape[q:]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ScatterND", ["r", "ids", "u"], ["s"]),
+             helper.make_node("Neg", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+                                           helper.make_tensor_value_info("u", TensorProto.FLOAT, upd_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(ids, "ids")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal(shape).astype(np.float32), "u": rng.standard_normal(upd_shape).astype(np.float32)}
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, feeds)
+    assert sess.executor.specialized
+    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    for got in (generic[0], first[0], second[0]):
+        assert np.array_equal(got, want)

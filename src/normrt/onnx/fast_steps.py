@@ -66,6 +66,17 @@ def _transpose_into(x, perm, out):
     return out
 
 
+def _scatter_into(x, key, updates, shape, out):
+    """ScatterND by constant indices (`key`, from ops.indexing.constant_scatter): the generic op's
+    copy and assignment, the indices' decoding done once."""
+    if out is None:
+        out = x.copy()
+    else:
+        np.copyto(out, x)
+    out[key] = updates.reshape(shape)
+    return out
+
+
 def _softmax_into(x, y, n, nt):
     # the generic Softmax's kernel call (ops/softmax.py -> api.softmax) on (rows, n)
     _softmax_kernel.softmax_rows(np.ascontiguousarray(x.reshape(-1, n)), y.reshape(-1, n), False, nt)
@@ -202,6 +213,16 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         vals = [None if a is None else ints_of(a[2]) for a in args[1:]] + [None] * (5 - len(args))
         index = slice_index(xshape, *vals[:4])
         return f"{ex}[{src.bind(index)}]"
+    if op == "ScatterND" and len(args) == 3 and args[1][2] is not None and None not in (args[0], args[2]):
+        from .ops.indexing import constant_scatter
+        ex, (xshape, dx), _ = args[0]
+        eu, (_, du), _ = args[2]
+        prepared = constant_scatter(opnode, xshape, args[1][2]) if du == dx == dtype else None
+        if prepared is None:
+            return None
+        key, upd_shape = prepared
+        out = str(buffer) if buffer is not None else "None"
+        return f"{src.bind(_scatter_into, '_scatter_into')}({ex}, {src.bind(key)}, {eu}, {upd_shape!r}, {out})"
     if op == "Gather" and len(args) == 2 and args[1][2] is not None:
         ex, (xshape, _), _ = args[0]
         axis = int(opnode.attrs.get("axis", 0)) % max(len(xshape), 1)

@@ -64,14 +64,21 @@ def _scatter_supported(node):
     return attr_str(node, "reduction", "none") in _REDUCTIONS
 
 
+def _scatter_ids(shape, indices):
+    """ScatterND's indices as (count, q) non-negative intp rows."""
+    q = indices.shape[-1]
+    ids = indices.reshape(-1, q).astype(np.intp, copy=True)
+    dims = np.array(shape[:q], dtype=np.intp)
+    neg = ids < 0
+    ids[neg] += np.broadcast_to(dims, ids.shape)[neg]
+    return ids
+
+
 @op("ScatterND", since=11, supports=_scatter_supported)
 def scatter_nd(node, x, indices, updates):
     out = x.copy()
     q = indices.shape[-1]
-    ids = indices.reshape(-1, q).astype(np.intp, copy=True)
-    dims = np.array(x.shape[:q], dtype=np.intp)
-    neg = ids < 0
-    ids[neg] += np.broadcast_to(dims, ids.shape)[neg]
+    ids = _scatter_ids(x.shape, indices)
     upd = updates.reshape((ids.shape[0],) + x.shape[q:])
     key = tuple(ids[:, j] for j in range(q))
     fn = _REDUCTIONS[attr_str(node, "reduction", "none")]
@@ -80,6 +87,31 @@ def scatter_nd(node, x, indices, updates):
     else:
         fn.at(out, key, upd)
     return out
+
+
+def constant_scatter(node, shape, indices):
+    """(key, updates' shape) for a ScatterND (reduction none) of a `shape` tensor by these constant
+    indices: `out[key] = updates.reshape(that shape)` assigns what scatter_nd does. The key is
+    slices when the indices enumerate a box in row-major order (exporters' `x[:, 0] = v`), else
+    the index arrays. None when the indices are out of range or not of this shape (the generic
+    op then raises as it does), or for a reduction."""
+    if attr_str(node, "reduction", "none") != "none" or indices.ndim < 1:
+        return None
+    q = indices.shape[-1]
+    if q == 0 or q > len(shape):
+        return None
+    ids = _scatter_ids(shape, indices)
+    if ids.size and ((ids < 0).any() or (ids >= np.asarray(shape[:q], dtype=np.intp)).any()):
+        return None
+    rest = tuple(int(d) for d in shape[q:])
+    if ids.shape[0]:
+        lo, hi = ids.min(axis=0), ids.max(axis=0)
+        box = tuple(int(h - l + 1) for l, h in zip(lo, hi))
+        if int(np.prod(box, dtype=np.int64)) == ids.shape[0]:
+            grid = np.stack(np.meshgrid(*(np.arange(l, h + 1) for l, h in zip(lo, hi)), indexing="ij"), -1)
+            if np.array_equal(grid.reshape(-1, q), ids):
+                return tuple(slice(int(l), int(h) + 1) for l, h in zip(lo, hi)), box + rest
+    return tuple(ids[:, j] for j in range(q)), (ids.shape[0],) + rest
 
 
 @op("ScatterElements", since=11, supports=_scatter_supported)
