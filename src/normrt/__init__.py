@@ -5,6 +5,7 @@ _configure_openmp()     # libgomp's wait policy, before any kernel module loads 
 from ._kernels import cpu_info as _kernels_cpu_info
 from ._kernels.openmp_info import openmp_enabled
 from ._threads import get_num_threads, set_num_threads, threads
+from ._memory import block_cache_stats, release_memory, set_block_cache_limit
 from .errors import ModelError
 from .api.layer_norm import layer_norm, rms_norm
 from .api.channel_norm import layer_norm_2d, rms_norm_2d

@@ -43,6 +43,7 @@ import warnings
 import numpy as np
 from onnx import numpy_helper
 
+from .. import _memory
 from .._thread_policy import allowed_threads
 from . import kernels
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, canonical_domain, decode_attributes, node_label
@@ -362,6 +363,14 @@ class Executor:
         `specialize=False` runs the generic plan even when a specialized one exists.
         """
         names = self.output_names if output_names is None else output_names
+        # the run's arrays from the block cache (normrt._memory): the next run reuses their pages
+        previous = _memory.install()
+        try:
+            return self._run(feeds, names, timings, specialize)
+        finally:
+            _memory.restore(previous)
+
+    def _run(self, feeds, names, timings, specialize):
         if timings is not None:
             return self.run_traced(feeds, names, timings)
         if specialize and self._specializable:
