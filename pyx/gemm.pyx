@@ -8,6 +8,8 @@ back on every call.
 Python (normrt.api.gemm) checks every argument; these kernels trust them
 (sizes are re-checked here, cheaply).
 """
+import numpy as np
+
 from gemm_core cimport *
 
 def isa():
@@ -131,3 +133,71 @@ def gemm(const float[::1] a,          # IN  (M*K,) row-major, or packed_a_size(M
     with nogil:
         s = choose_split(&g, 1, nt)
         run_gemm(&g, s, &work[0], nt)
+
+
+cdef struct BatchedJobs:
+    Problem* g              # one problem per product
+    Split s                 # the job grid of each
+    Py_ssize_t per          # jobs per product (s.mb * s.nb)
+    float* work
+
+
+cdef inline void batched_job(void* ctx, long j, int slot) noexcept nogil:
+    cdef BatchedJobs* c = <BatchedJobs*>ctx
+    cdef Py_ssize_t p = j // c.per
+    run_jobs(&c.g[p], c.s, j - p * c.per, c.per, thread_work(c.work, slot))
+
+
+def batched_gemm(const float[:, ::1] a,     # IN  (count, M*K) row-major products' left operands
+                 const float[:, ::1] b,     # IN  (count, K*N) their right operands
+                 Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                 float[:, ::1] c,           # OUT (count, M*N); must not overlap a, b
+                 float[::1] work,           # workspace_size(n_threads) floats
+                 int n_threads):
+    """c[p] = a[p] @ b[p] for every product p: the jobs of all products' grids in one parallel
+    loop (a batch of attention-head products each too small to split alone). Each product is
+    computed as gemm computes it, whatever the grid: bitwise gemm's result per product, for
+    any thread count."""
+    cdef Py_ssize_t count = a.shape[0], p
+    cdef BatchedJobs bj
+    cdef int nt
+    if m <= 0 or n <= 0 or k <= 0:
+        raise ValueError("m, n and k must be >= 1")
+    if b.shape[0] != count or c.shape[0] != count:
+        raise ValueError("a, b and c must hold the same number of products")
+    if a.shape[1] != m * k or b.shape[1] != k * n or c.shape[1] != m * n:
+        raise ValueError("a, b or c has the wrong size for (m, n, k)")
+    nt = max(1, min(n_threads, 64))
+    if work.shape[0] < workspace_size(nt):
+        raise ValueError("work is smaller than workspace_size(n_threads)")
+    if count == 0:
+        return
+    problems = np.zeros(count * sizeof(Problem), np.uint8)      # freed by Python, whatever happens
+    cdef unsigned char[::1] raw = problems
+    bj.g = <Problem*>&raw[0]
+    for p in range(count):
+        bj.g[p].m = m
+        bj.g[p].n = n
+        bj.g[p].k = k
+        bj.g[p].mr = MR
+        bj.g[p].a = &a[p, 0]
+        bj.g[p].lda = k
+        bj.g[p].a_src = SRC_MATRIX
+        bj.g[p].b = &b[p, 0]
+        bj.g[p].ldb = n
+        bj.g[p].b_src = SRC_MATRIX
+        bj.g[p].c = &c[p, 0]
+        bj.g[p].ldc = n
+        bj.g[p].c_row0 = 0
+        bj.g[p].c_col0 = 0
+        bj.g[p].transposed = False
+        bj.g[p].bias = NULL
+        bj.g[p].bias_axis = 1
+        bj.g[p].res = NULL
+        bj.g[p].act = 0
+        bj.g[p].alpha = 0.0
+    bj.work = &work[0]
+    with nogil:
+        bj.s = choose_split(&bj.g[0], count, nt)
+        bj.per = bj.s.mb * bj.s.nb
+        run_parallel(batched_job, &bj, count * bj.per, nt)

@@ -138,7 +138,37 @@ def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, s
     sess = normrt.InferenceSession(model)
     got = _specialized_and_generic(sess, feeds)
     np.testing.assert_allclose(got[0], feeds["a"].astype(np.float64) @ feeds["b"], rtol=1e-5, atol=1e-5 * k)
-    assert m * n * k >= 1 << 15 or _prepared(sess, "_small_batched")
+    assert _prepared(sess, "_batched")
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=2), m=st.integers(64, 170), k=st.integers(16, 170),
+       n=st.integers(128, 330), b_ones=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_batched_gemm_products_bitwise_for_any_thread_count(batch, m, k, n, b_ones, seed):
+    """Batched products above the small kernel's size (wav2vec2-conformer's relative-position
+    scores, 4 x 159x16x317) run all products' GEMM jobs in one parallel loop: bitwise the same for
+    1, 2 and 3 threads, specialized or generic, and each product what normrt.matmul computes."""
+    rng = np.random.default_rng(seed)
+    b_batch = [1] * len(batch) if b_ones else batch
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
+                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = rng.standard_normal(batch + [m, k]).astype(np.float32)
+    b = rng.standard_normal(b_batch + [k, n]).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        sess = normrt.InferenceSession(model, num_threads=threads)
+        results.append(_specialized_and_generic(sess, {"a": a, "b": b})[0])
+        assert m * n * k < 1 << 18 or _prepared(sess, "_batched")
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+    if m * n * k < 1 << 18:
+        return                     # (the small kernel's: test_prepared_small_batched_matmul_bitwise_generic)
+    bb = np.broadcast_to(b, tuple(batch) + (k, n))
+    for idx in np.ndindex(*batch):
+        assert np.array_equal(results[0][idx], normrt.matmul(a[idx], np.ascontiguousarray(bb[idx])))
 
 
 @settings(max_examples=25, deadline=None)

@@ -6,11 +6,13 @@ residual epilogue); the rest on numpy/BLAS.
 """
 import numpy as np
 
+from ..._kernels import gemm as _kgemm
 from ..._kernels import small_gemm as _ksmall_gemm
 from ..._kernels.prepared_gemm import PreparedGemm as _PreparedGemm
 from ..._thread_policy import compute_bound
 from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
+from ...api.gemm import workspace as _gemm_workspace
 from . import _blas
 from ._util import attr_str, low_precision, op
 
@@ -29,12 +31,6 @@ def _mm(a, b):
         # no float16/bfloat16 BLAS: accumulate in float32, round once
         return _blas.matmul(a.astype(np.float32), b.astype(np.float32)).astype(a.dtype)
     return _blas.matmul(a, b)
-
-
-# Batched float32 products (attention's Q @ K^T) with at most this many
-# products also run on the kernel, one call each: numpy's OpenBLAS would leave
-# its threads spinning on the cores the next OpenMP kernel needs (see _blas).
-KERNEL_MAX_BATCH = 256
 
 
 @op("MatMul", gemm=True, since=1)
@@ -61,16 +57,21 @@ def _batched(a, b):
     if a.shape[-1] != b.shape[-2]:
         return _mm(a, b)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    if m * n * k < SMALL_BATCHED_MACS:
-        return _small_batched(a, b, batch, count, m, k, n)
-    if count > KERNEL_MAX_BATCH:
-        return _mm(a, b)
-    out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
-    ab = np.broadcast_to(a, batch + a.shape[-2:])
-    bb = np.broadcast_to(b, batch + b.shape[-2:])
-    for idx in np.ndindex(*batch):
-        _kernel_matmul(ab[idx], bb[idx], out=out[idx])
-    return out
+    kernel = _small_batched if m * n * k < SMALL_BATCHED_MACS else _gemm_batched
+    return kernel(a, b, batch, count, m, k, n)
+
+
+def _gemm_batched(a, b, batch, count, m, k, n):
+    """Larger batched products on the GEMM kernel, all products' jobs in one parallel loop
+    (gemm.batched_gemm: per product, bitwise what one GEMM call computes; numpy's OpenBLAS would
+    leave its threads spinning on the cores the next OpenMP kernel needs, see _blas). The
+    threads come from the whole batch's work: one attention head's product is rarely enough to
+    split, four of them are (wav2vec2-conformer's 4 x 159x16x317: 105 -> 54 us, 2 threads)."""
+    out = np.empty((count, m, n), np.float32)
+    nt = compute_bound(2 * count * m * n * k)
+    _kgemm.batched_gemm(_stack(a, batch, count).reshape(count, -1), _stack(b, batch, count).reshape(count, -1),
+                        m, n, k, out.reshape(count, -1), _gemm_workspace(nt), nt)
+    return out.reshape(batch + (m, n))
 
 
 def _stack(x, batch, count):
@@ -191,19 +192,30 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
     return f"{src.bind(call, '_gemm')}({ea}, {y}, {ws}{res})"
 
 
-def _prepared_small_batched(ashape, bshape, n_threads):
-    """run(a, b) for `_small_batched`'s case of these shapes (its broadcast and threads decided
-    now), or None when `matmul` takes another path for them."""
+def _prepared_batched(ashape, bshape, n_threads):
+    """(run(a, b, workspace), workspace floats) for `_batched`'s case of these shapes (kernel,
+    broadcast and threads decided now), or None when `matmul` takes another path for them. The
+    workspace (the GEMM kernel's; 0 floats: none) is the plan's own: runs of a plan hold its
+    lock, where a thread's would be shared with its other calls."""
     if len(ashape) < 2 or len(bshape) < 2 or (len(ashape) == 2 and len(bshape) == 2) or ashape[-1] != bshape[-2]:
         return None
     batch = np.broadcast_shapes(tuple(ashape[:-2]), tuple(bshape[:-2]))
     count = int(np.prod(batch, dtype=np.int64))
     m, k, n = ashape[-2], ashape[-1], bshape[-1]
-    if len(bshape) == 2 or m * n * k >= SMALL_BATCHED_MACS or 0 in (count, m, k, n):
+    if len(bshape) == 2 or 0 in (count, m, k, n):
         return None
     nt = min(n_threads, compute_bound(2 * count * m * n * k))
     shape = batch + (m, n)
-    kernel = _ksmall_gemm.batched_matmul
+    if m * n * k < SMALL_BATCHED_MACS:
+        ws_floats = 0
+
+        def kernel(a, b, out, ws):
+            _ksmall_gemm.batched_matmul(a, b, out, nt)
+    else:        # _gemm_batched's call
+        ws_floats = _workspace_size(nt)
+
+        def kernel(a, b, out, ws):
+            _kgemm.batched_gemm(a.reshape(count, -1), b.reshape(count, -1), m, n, k, out.reshape(count, -1), ws, nt)
 
     def stacker(xshape):
         # an operand with the whole batch already: a reshape (np.broadcast_to alone costs ~2 us,
@@ -214,23 +226,24 @@ def _prepared_small_batched(ashape, bshape, n_threads):
         return lambda x: _stack(x, batch, count)
     stack_a, stack_b = stacker(ashape), stacker(bshape)
 
-    def run(a, b):
+    def run(a, b, ws):
         out = np.empty((count, m, n), np.float32)
-        kernel(stack_a(a), stack_b(b), out, nt)
+        kernel(stack_a(a), stack_b(b), out, ws)
         return out.reshape(shape)
-    return run
+    return run, ws_floats
 
 
 def fast_matmul(src, args, out_meta, buffer, n_threads=1):
     """A specialized plan's MatMul (fast_steps.py): the float32 product with a constant 2-D
-    weight on the GEMM kernel, packed now, or the small batched products (attention heads)
-    with their broadcast decided now; None for any other form."""
+    weight on the GEMM kernel, packed now, or the batched products (attention heads) with
+    their kernel and broadcast decided now; None for any other form."""
     (ea, (ashape, da), _), (eb, (bshape, db), bconst) = args
     if da != _F32 or db != _F32 or 0 in ashape or 0 in bshape:
         return None
-    small = _prepared_small_batched(tuple(ashape), tuple(bshape), n_threads)
-    if small is not None:
-        return f"{src.bind(small, '_small_batched')}({ea}, {eb})"
+    batched = _prepared_batched(tuple(ashape), tuple(bshape), n_threads)
+    if batched is not None:
+        run, ws_floats = batched
+        return f"{src.bind(run, '_batched')}({ea}, {eb}, {src.workspace(ws_floats) if ws_floats else None})"
     if len(ashape) < 2 or len(bshape) != 2:
         return None
     if bconst is None or bconst.flags.writeable:
