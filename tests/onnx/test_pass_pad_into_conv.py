@@ -170,6 +170,32 @@ def test_generated_1d_mirrored_pads(pads, mode, k, dilation, stride, group, leng
     assert list(attrs["pads"]) == pads and list(attrs["strides"]) == [stride]
 
 
+@pytest.mark.parametrize("end", ["whole", "cut"])
+def test_encodec_pad_then_whole_slice(end):
+    """EnCodec's SEANet `pad1d`: reflect Pad, then `padded[..., :padded.shape[-1] - extra]` with
+    extra = 0 once shapes are static, a Slice of the whole axis, then the Conv1d. The Slice goes
+    first (an early no_op_views run for Slices), so the Pad fuses; a Slice that cuts keeps both."""
+    length, pads = 20, [3, 2]
+    cut = length + sum(pads) - (0 if end == "whole" else 1)
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+             helper.make_node("Slice", ["p", "starts", "ends", "axes"], ["s"], name="slice"),
+             helper.make_node("Conv", ["s", "W", "B"], ["y"], name="conv", kernel_shape=[7])]
+    inits = [const("pads", np.array([0, 0, pads[0], 0, 0, pads[1]], np.int64)),
+             const("starts", np.array([0], np.int64)), const("ends", np.array([cut], np.int64)),
+             const("axes", np.array([-1], np.int64)),
+             const("W", RNG.standard_normal((6, 8, 7)).astype(np.float32)),
+             const("B", RNG.standard_normal(6).astype(np.float32))]
+    model = make_model(nodes, [vi("x", [1, 8, length])], [vi("y", None)], inits, opset=17)
+    feed = {"x": RNG.standard_normal((1, 8, length)).astype(np.float32)}
+    want = ReferenceEvaluator(model).run(None, feed)[0]
+    sess = normrt.InferenceSession(model.SerializeToString())
+    np.testing.assert_allclose(sess.run(None, feed)[0], want, rtol=1e-4, atol=1e-4)
+    if end == "whole":
+        assert op_types(sess) == ["Conv"] and sess.optimized_model.graph.node[0].domain == "normrt"
+    else:
+        assert op_types(sess) == ["Pad", "Slice", "Conv"]
+
+
 def _half_pad_conv(elem, mode, pads, np_dtype, w):
     nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
              helper.make_node("Conv", ["p", "W"], ["y"], name="conv", kernel_shape=[3, 3])]

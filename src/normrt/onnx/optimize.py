@@ -68,8 +68,9 @@ from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(),
-            # einsum as the MatMul it computes, before the fusions that take MatMuls
-            EinsumProducts(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
+            # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv)
+            EinsumProducts(), NoOpViews(only=("Slice",)), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them

@@ -184,8 +184,17 @@ class NoOpViews(GraphPass):
     name = "no_op_views"
     report_refusals = False       # a refused node runs as it is
 
+    def __init__(self, only=None):
+        """`only`: the op types to drop (default every one above, and Transpose pairs composed).
+        An early run drops the whole-axis Slices of padding helpers only (EnCodec's
+        `padded[..., :end]` between a reflect Pad and its Conv): the norm recognizers' templates
+        still see the other no-ops they match (a zero Pad before LRN's AveragePool)."""
+        self.only = None if only is None else frozenset(only)
+
     def matches(self, ctx):
         for node in ctx.nodes:
+            if self.only is not None and node.op_type not in self.only:
+                continue
             if is_no_op(ctx, node):
                 yield ("drop", node)
             elif is_op(node, "Transpose") and len(node.output) == 1:
