@@ -214,3 +214,32 @@ def test_constant_scatter_nd_specialized(shape, q, form, seed):
     want = ReferenceEvaluator(model).run(None, feeds)[0]
     for got in (generic[0], first[0], second[0]):
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_op_is_the_activation_kernel(approximate, dtype):
+    """Opset 20's Gelu after a Transpose (dynamo's PVTv2 / SegFormer Mix-FFN: no epilogue reaches it)
+    runs the activation kernel, generic and specialized alike: normrt.activate's bits, and within a
+    few ulp of the float64 formula."""
+    from math import erf, sqrt, tanh, pi
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Gelu", ["t"], ["y"], approximate=approximate)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, [1, 64, 40])],
+                              [helper.make_tensor_value_info("y", elem, [1, 40, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    x = (np.random.default_rng(0).standard_normal((1, 64, 40)) * 3).astype(dtype)
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    want = normrt.activate(np.ascontiguousarray(x.transpose(0, 2, 1)), "gelu_tanh" if approximate == "tanh" else "gelu")
+    for got in (generic[0], first[0], second[0]):
+        assert got.dtype == dtype and np.array_equal(got, want)
+    t = x.transpose(0, 2, 1).astype(np.float64).reshape(-1)
+    if approximate == "tanh":
+        ref = [0.5 * v * (1 + tanh(sqrt(2 / pi) * (v + 0.044715 * v ** 3))) for v in t]
+    else:
+        ref = [0.5 * v * (1 + erf(v / sqrt(2))) for v in t]
+    np.testing.assert_allclose(generic[0].reshape(-1), ref, rtol=2e-6 if dtype == np.float32 else 1e-12,
+                               atol=1e-7 if dtype == np.float32 else 1e-15)
