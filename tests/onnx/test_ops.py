@@ -675,6 +675,16 @@ def test_expand_tile():
     check("Expand", [f32(3, 1), i64(2, 1, 4)])
     check("Expand", [f32(3, 4), i64(1)], opset=8)
     check("Tile", [f32(2, 3), i64(2, 3)])
+    check("Tile", [f32(4), i64(3)])
+
+
+@pytest.mark.parametrize("repeats", [np.array([[1, 1]], np.int64), np.array([2], np.int64), np.array([1, 2, 3], np.int64)])
+def test_tile_repeats_must_be_one_per_axis(repeats):
+    """Mamba's TorchScript export: a (1, 1) repeats for a rank-1 tensor; numpy's tile would quietly
+    give another shape (and a later node an IndexError), onnxruntime and onnx.reference reject it."""
+    x = f32(2, 3)[0] if repeats.ndim == 2 else f32(2, 3)
+    with pytest.raises(ValueError, match="one value per axis"):
+        run_ours("Tile", [x, repeats], {}, 17, 1)
 
 
 @pytest.mark.parametrize("attrs,opset", [({}, 13), ({"start": 1}, 15), ({"end": -1}, 15), ({"start": -2, "end": 10}, 19),

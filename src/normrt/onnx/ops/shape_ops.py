@@ -218,6 +218,12 @@ def expand(node, x, shape):
 
 @op("Tile", since=6, half_native=True)
 def tile(node, x, repeats):
+    # one repeat per axis of x, as a 1-D tensor (np.tile would take a shorter or flattened list
+    # as repeats of the leading axes and give another shape: Mamba's TorchScript export writes
+    # a (1, 1) repeats for a 1-D x, which onnxruntime and onnx.reference reject too)
+    if repeats.ndim != 1 or repeats.shape[0] != x.ndim:
+        raise ValueError(f"Tile: repeats must be a 1-D tensor of one value per axis of the input (rank "
+                         f"{x.ndim}), got shape {repeats.shape}")
     return np.tile(x, ints_of(repeats))
 
 
