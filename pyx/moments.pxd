@@ -6,7 +6,7 @@
 # pieces are always merged in the same order, whichever thread computed them,
 # so results are bitwise identical for any thread count.
 
-from libc.math cimport sqrt, exp, erf, tanh, fabs, fabsf, copysignf
+from libc.math cimport sqrt, exp, expm1, erf, tanh, fabs, fabsf, copysignf
 from libc.stdlib cimport malloc
 
 from half cimport (elem, f16_t, bf16_t, as_f32, as_f32_padded, out_f32, flush_f32, store_f32, value,
@@ -56,6 +56,7 @@ cdef enum:
     ACT_HARDSIGMOID = 6  # min(max(v / 6 + 1/2, 0), 1): torch's hardsigmoid (ONNX HardSigmoid(1/6, 1/2))
     ACT_HARDSWISH = 7    # v * hardsigmoid(v): ONNX HardSwish
     ACT_GELU_TANH = 8    # GELU's tanh approximation (GPT-2's, BLOOM's gelu_new)
+    ACT_ELU = 9          # v if v >= 0 else e**v - 1: ELU with alpha 1 (torch's nn.ELU default)
 
 cdef struct Moments:
     double count
@@ -464,6 +465,8 @@ cdef inline double activate(double v, int act) noexcept nogil:
         return v * hard_sigmoid_d(v)
     if act == ACT_GELU_TANH:
         return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))
+    if act == ACT_ELU:
+        return expm1(v) if v < 0.0 else v
     return v
 
 
@@ -617,6 +620,24 @@ cdef inline float tanh_f(float x) noexcept nogil:
     return p if a < <float>0.625 else big
 
 
+cdef inline float elu_f(float x) noexcept nogil:
+    """ELU (alpha 1): x where x >= 0 (NaN and -0.0 pass), else e**x - 1, branch-free. On
+    [-0.5, 0) e**x - 1 is its Taylor polynomial to x^8 (truncation < 2e-8 relative; exp_f - 1
+    there would lose digits to cancellation near 0), below it exp_f(x) - 1 (exp_f saturates:
+    -inf gives -1). Within a few ulp of expm1."""
+    cdef float p = <float>(1.0 / 40320.0)
+    p = p * x + <float>(1.0 / 5040.0)
+    p = p * x + <float>(1.0 / 720.0)
+    p = p * x + <float>(1.0 / 120.0)
+    p = p * x + <float>(1.0 / 24.0)
+    p = p * x + <float>(1.0 / 6.0)
+    p = p * x + <float>0.5
+    p = (p * x) * x + x
+    cdef float far = exp_f(x) - <float>1.0
+    cdef float neg = p if x > <float>-0.5 else far
+    return neg if x < <float>0.0 else x
+
+
 cdef inline float gelu_tanh_f(float x) noexcept nogil:
     """x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2 as x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)):
     the same function (1 + tanh(z) = 2 sigmoid(2z)), one exp and one division, within a few
@@ -632,7 +653,8 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
     if act == ACT_NONE:
         return
     if real is float:
-        if act != ACT_GELU and act != ACT_SIGMOID and act != ACT_GELU_TANH and vec_activate(y, n, act):
+        if act != ACT_GELU and act != ACT_SIGMOID and act != ACT_GELU_TANH and act != ACT_ELU \
+                and vec_activate(y, n, act):
             return
         if act == ACT_RELU:
             for i in range(n):
@@ -663,6 +685,9 @@ cdef inline void activate_span(real* y, Py_ssize_t n, int act) noexcept nogil:
         elif act == ACT_GELU_TANH:
             for i in range(n):
                 y[i] = gelu_tanh_f(y[i])
+        elif act == ACT_ELU:
+            for i in range(n):
+                y[i] = elu_f(y[i])
     else:
         for i in range(n):
             y[i] = activate(y[i], act)

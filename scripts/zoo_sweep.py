@@ -5,7 +5,12 @@ the way users write them, this brings whole models - CNNs (ResNet, RegNet, Mobil
 ConvNeXt V2, PoolFormer, FocalNet), vision transformers (DeiT, BEiT, DINOv2, CLIP, YOLOS,
 LeViT), encoders (DistilBERT, RoBERTa, ALBERT, DeBERTa-v2, ELECTRA, MPNet, SqueezeBERT, T5),
 decoders (Mistral, Phi, Falcon, BLOOM, OPT, GPT-NeoX) and speech encoders (HuBERT,
-UniSpeech) - none of them among bench.small_models' suite or the fixtures. Each is built
+UniSpeech) - none of them among bench.small_models' suite or the fixtures; and a second set
+(`--set second`): BiT (weight-standardized convs), Swin V2, SegFormer, ConvNeXt, MobileViT,
+PVTv2, GLPN, DPT, AST, wav2vec2 (group norm), wav2vec2-conformer (relative positions),
+data2vec-audio, SEW, EnCodec's encoder (reflect pads, ELU, LSTM), GPT-2, BART, FNet (DFT),
+Funnel and XLNet (einsum), Gemma, Qwen2, Cohere, StableLM, OLMo, GPT-J, Mamba, RWKV (their
+recurrences unrolled), CANINE and Perceiver. Each is built
 from a small config with random weights (fixed seed), exported with the TorchScript exporter
 at opset 17 (the dynamo exporter at 18 where that fails), optionally after `.half()`, and run
 by both runtimes on the same inputs, 2 threads, each runtime's runs in their own block after
@@ -15,7 +20,8 @@ Per model: the largest difference from onnxruntime relative to its largest outpu
 quantized: also both against torch's float32 model), normalizations on kernels, norm-shaped ops left in
 the optimized graph, ops on onnx.reference, both latencies and their ratio.
 
-    python scripts/zoo_sweep.py                       # every model, float32
+    python scripts/zoo_sweep.py                       # the first set, float32
+    python scripts/zoo_sweep.py --set second          # the second set (or --set all)
     python scripts/zoo_sweep.py --half --only deit,t5  # also .half() exports of these
     python scripts/zoo_sweep.py --threads 1 --runs 100
     python scripts/zoo_sweep.py --quantize dynamic     # as onnxruntime.quantization.quantize_dynamic leaves them
@@ -105,6 +111,77 @@ def models():
         "gpt_neox": lm(t.GPTNeoXConfig, t.GPTNeoXModel),
         "hubert": lambda: (t.HubertModel(t.HubertConfig(**speech)), _audio()),
         "unispeech": lambda: (t.UniSpeechModel(t.UniSpeechConfig(**speech, feat_extract_norm="layer")), _audio()),
+    }
+
+
+def second_models():
+    """The second set: architectures with other building blocks (see the module docstring)."""
+    import torch
+    import transformers as t
+
+    def lm(cfg, model, **kw):
+        base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+        return lambda: (model(cfg(**{**base, **kw})), _tokens())
+
+    stages = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+    mix = dict(**stages, num_attention_heads=[1, 2, 2, 4])
+    vit = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128)
+    speech = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=4)
+    return {
+        "bit": lambda: (t.BitModel(t.BitConfig(embedding_size=16, num_groups=8, **stages)), _image()),
+        "swinv2": lambda: (t.Swinv2Model(t.Swinv2Config(image_size=64, embed_dim=16, depths=[1, 1, 2, 1],
+                                                        num_heads=[1, 2, 2, 4], window_size=4)), _image()),
+        "segformer": lambda: (t.SegformerModel(t.SegformerConfig(decoder_hidden_size=64, **mix)), _image()),
+        "convnext": lambda: (t.ConvNextModel(t.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1])),
+                             _image()),
+        "mobilevit": lambda: (t.MobileViTModel(t.MobileViTConfig(image_size=64, hidden_sizes=[32, 48, 64],
+                                                                 neck_hidden_sizes=[8, 16, 24, 32, 48, 64, 80])),
+                              _image()),
+        "pvt_v2": lambda: (t.PvtV2Model(t.PvtV2Config(**mix)), _image()),
+        "glpn": lambda: (t.GLPNModel(t.GLPNConfig(decoder_hidden_size=32, **mix)), _image()),
+        "dpt": lambda: (t.DPTModel(t.DPTConfig(**vit, out_indices=[0, 1])), _image(32)),
+        "ast": lambda: (t.ASTModel(t.ASTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               intermediate_size=128, max_length=64, num_mel_bins=32, patch_size=8,
+                                               frequency_stride=8, time_stride=8)),
+                        {"input_values": torch.randn(1, 64, 32)}),
+        "wav2vec2_group": lambda: (t.Wav2Vec2Model(t.Wav2Vec2Config(**speech, feat_extract_norm="group")), _audio()),
+        "wav2vec2_conformer": lambda: (t.Wav2Vec2ConformerModel(t.Wav2Vec2ConformerConfig(**speech)), _audio()),
+        "data2vec_audio": lambda: (t.Data2VecAudioModel(t.Data2VecAudioConfig(**speech)), _audio()),
+        "sew": lambda: (t.SEWModel(t.SEWConfig(**speech, squeeze_factor=2)), _audio()),
+        "encodec": lambda: (t.EncodecModel(t.EncodecConfig(num_filters=8, hidden_size=32, upsampling_ratios=[4, 2],
+                                                           codebook_size=64, num_lstm_layers=1)).encoder,
+                            {"x": torch.randn(1, 1, 800)}),
+        "gpt2": lambda: (t.GPT2Model(t.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4)), _tokens()),
+        "bart": lambda: (t.BartModel(t.BartConfig(vocab_size=256, d_model=64, encoder_layers=2, decoder_layers=2,
+                                                  encoder_attention_heads=4, decoder_attention_heads=4,
+                                                  encoder_ffn_dim=128, decoder_ffn_dim=128)), _tokens()),
+        "fnet": lm(t.FNetConfig, t.FNetModel),
+        "funnel": lambda: (t.FunnelModel(t.FunnelConfig(vocab_size=256, d_model=64, n_head=4, d_head=16, d_inner=128,
+                                                        block_sizes=[1, 1])), _tokens()),
+        "xlnet": lambda: (t.XLNetModel(t.XLNetConfig(vocab_size=256, d_model=64, n_layer=2, n_head=4, d_inner=128)),
+                          _tokens()),
+        "gemma": lm(t.GemmaConfig, t.GemmaModel, num_key_value_heads=2, head_dim=16),
+        "qwen2": lm(t.Qwen2Config, t.Qwen2Model, num_key_value_heads=2),
+        "cohere": lm(t.CohereConfig, t.CohereModel, num_key_value_heads=2),
+        "stablelm": lm(t.StableLmConfig, t.StableLmModel, num_key_value_heads=2),
+        "olmo": lm(t.OlmoConfig, t.OlmoModel),
+        "gptj": lambda: (t.GPTJModel(t.GPTJConfig(vocab_size=256, n_embd=64, n_layer=2, n_head=4, rotary_dim=8)),
+                         _tokens()),
+        "mamba": lambda: (t.MambaModel(t.MambaConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                                                     state_size=8)), _tokens()),
+        "rwkv": lambda: (t.RwkvModel(t.RwkvConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                                                  attention_hidden_size=64, intermediate_size=128)), _tokens()),
+        "canine": lambda: (t.CanineModel(t.CanineConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                        intermediate_size=128, num_hash_buckets=64,
+                                                        downsampling_rate=2)), _tokens(32)),
+        "perceiver": lambda: (t.PerceiverModel(t.PerceiverConfig(num_latents=16, d_latents=64, d_model=32, num_blocks=1,
+                                                                 num_self_attends_per_block=2,
+                                                                 num_self_attention_heads=4,
+                                                                 num_cross_attention_heads=1)),
+                              {"inputs": torch.randn(1, 24, 32)}),
     }
 
 
@@ -209,12 +286,22 @@ def check(name, make, folder, half, threads, runs, quantize=None):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    ort_sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     try:
+        ort_sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         want = ort_sess.run(None, feeds)[0].astype(np.float64)
-    except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run either (a quantizer's broken graph)
-        return {**row, "status": f"onnxruntime fails too: {type(e).__name__}"}
-    got = sess.run(None, feeds)[0].astype(np.float64)
+    except Exception as e:  # noqa: BLE001 - a model onnxruntime cannot run (a quantizer's broken graph,
+        # an export its shape inference rejects): normrt's output against torch's, normrt timed alone
+        ort_sess, row["ort_fails"] = None, type(e).__name__
+        if quantize:
+            return {**row, "status": f"onnxruntime fails too: {type(e).__name__}"}
+        want = ref
+    try:
+        got = sess.run(None, feeds)[0].astype(np.float64)
+    except Exception as e:  # noqa: BLE001 - an export no runtime can run (Mamba's TorchScript one)
+        if ort_sess is not None:
+            raise
+        return {**row, "status": f"invalid export: onnxruntime fails ({row['ort_fails']}), normrt raises "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"}
     scale = max(np.abs(want).max(), 1e-30)
     row["err"] = float(np.abs(got - want).max() / scale)
     if half or quantize:          # both half / int8 runs against the float32 model
@@ -226,6 +313,9 @@ def check(name, make, folder, half, threads, runs, quantize=None):
     row["fallback"] = ",".join(sorted({s.node.op_type for s in sess.executor.steps if s.kind == "reference"})) or "-"
     time.sleep(0.3)
     row["normrt_ms"] = _min_time(lambda: sess.run(None, feeds), runs) * 1e3
+    if ort_sess is None:
+        row["status"] = f"onnxruntime fails: {row['ort_fails']}; err vs torch"
+        return row
     time.sleep(0.3)           # onnxruntime's pool threads spin after its runs: its own block, after a pause
     row["ort_ms"] = _min_time(lambda: ort_sess.run(None, feeds), runs) * 1e3
     time.sleep(0.3)
@@ -237,6 +327,8 @@ def check(name, make, folder, half, threads, runs, quantize=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma separated model names")
+    ap.add_argument("--set", choices=["first", "second", "all"], default="first",
+                    help="which set of architectures (default: the first; see the module docstring)")
     ap.add_argument("--half", action="store_true", help="also the .half() exports")
     ap.add_argument("--quantize", choices=["dynamic", "static"], default=None,
                     help="run each export quantized by onnxruntime.quantization instead (quantize_dynamic, or "
@@ -253,11 +345,20 @@ def main(argv=None):
           "| normrt ms | ort ms | normrt / ort |")
     print("|---|---|---:|---|---:|---|---|---:|---:|---:|")
     ratios = []
-    for name, make in models().items():
+    chosen = {}
+    if args.set in ("first", "all"):
+        chosen.update(models())
+    if args.set in ("second", "all"):
+        chosen.update(second_models())
+    for name, make in chosen.items():
         if only and name not in only:
             continue
         for half in (False, True)[:1 + args.half]:
             r = check(name, make, folder, half, args.threads, args.runs, args.quantize)
+            if r["status"] != "ok" and "ort_ms" not in r and "normrt_ms" in r:      # onnxruntime cannot run it
+                print(f"| {r['model']} | {r['status']} | {r['err']:.1e} | {r.get('vs_f32', '-')} | {r['norms']} | "
+                      f"{r['left']} | {r['fallback']} | {r['normrt_ms']:.3f} | - | - |", flush=True)
+                continue
             if r["status"] != "ok":
                 print(f"| {r['model']} | {r['status']} |" + " |" * 8, flush=True)
                 continue

@@ -15,7 +15,7 @@ _erf = np.vectorize(math.erf)
 
 
 # every activation epilogue of the kernels, and None
-ACTS = [None, "relu", "silu", "gelu", "sigmoid", "relu6", "hardsigmoid", "hardswish", "gelu_tanh"]
+ACTS = [None, "relu", "silu", "gelu", "sigmoid", "relu6", "hardsigmoid", "hardswish", "gelu_tanh", "elu"]
 
 
 def ref_act(v, act):
@@ -37,6 +37,9 @@ def ref_act(v, act):
         return v * np.clip(v / 6 + 0.5, 0.0, 1.0)
     if act == "gelu_tanh":
         return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+    if act == "elu":
+        with np.errstate(over="ignore"):
+            return np.where(v < 0, np.expm1(np.minimum(v, 0)), v)
     assert act is None, act
     return v
 

@@ -19,7 +19,7 @@ _HALF_KIND = {HALF_DTYPES[0]: 0, HALF_DTYPES[1]: 1}   # half.h's NRT_F16, NRT_BF
 # hardsigmoid = min(max(v / 6 + 0.5, 0), 1) (torch's; ONNX HardSigmoid(alpha=1/6)),
 # hardswish = v * hardsigmoid(v), gelu_tanh = GELU's tanh approximation
 ACTIVATIONS = {None: 0, "relu": 1, "silu": 2, "gelu": 3, "sigmoid": 4, "relu6": 5, "hardsigmoid": 6,
-               "hardswish": 7, "gelu_tanh": 8}
+               "hardswish": 7, "gelu_tanh": 8, "elu": 9}
 # the names, as normrt.ACTIVATIONS
 ACTIVATION_NAMES = tuple(a for a in ACTIVATIONS if a)
 

@@ -54,6 +54,10 @@ def activation_nodes(form):
         return [mk("Gelu", ["n"], ["y"], name="act")], []
     if form == "gelu_tanh":
         return [mk("Gelu", ["n"], ["y"], name="act", approximate="tanh")], []
+    if form == "elu":
+        return [mk("Elu", ["n"], ["y"], name="act")], []
+    if form == "elu_alpha":                   # another alpha: not the kernels' ELU
+        return [mk("Elu", ["n"], ["y"], name="act", alpha=0.5)], []
     consts = [const("sqrt2", math.sqrt(2.0)), const("inv_sqrt2", 1 / math.sqrt(2.0)), const("one", 1.0),
               const("half", 0.5)]
     head = mk("Div", ["n", "sqrt2"], ["t"], name="div") if "div" in form else \
@@ -96,7 +100,7 @@ def activation_of(node):
 KINDS = ["BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization"]
 FORMS = {"relu": "relu", "sigmoid": "sigmoid", "silu": "silu", "silu_swapped": "silu", "gelu_op": "gelu",
          "gelu_legacy_div": "gelu", "gelu_legacy_mul": "gelu", "gelu_dynamo_div": "gelu", "gelu_dynamo_mul": "gelu",
-         "gelu_half_first_div": "gelu"}
+         "gelu_half_first_div": "gelu", "gelu_tanh": "gelu_tanh", "elu": "elu"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -111,12 +115,12 @@ def test_fused(kind, form):
     (entry,) = report["fused"]
     assert entry["activation"] == FORMS[form] and entry["nodes"][0] == "norm" and "act" in entry["nodes"]
     assert entry["pattern"].endswith({"relu": "+Relu", "sigmoid": "+Sigmoid", "silu": "+SiLU",
-                                      "gelu": "+GELU"}[FORMS[form]])
+                                      "gelu": "+GELU", "gelu_tanh": "+GELU(tanh)", "elu": "+ELU"}[FORMS[form]])
     assert not report["refused"]
 
 
 @pytest.mark.parametrize("form,reason", [
-    ("gelu_tanh", "approximate='tanh'"),
+    ("elu_alpha", "alpha=0.5"),
     ("gelu_no_half", "0.5"),
 ])
 def test_refused_not_this_activation(form, reason):

@@ -310,9 +310,20 @@ def test_depthwise_conv_keeps_its_residual_add():
     assert ops[0] == ("", "Conv") and ("normrt", "Conv") not in ops     # (Add -> Relu: elementwise_chains')
 
 
-def test_gelu_tanh():
-    model = conv_model([mk("Gelu", ["c"], ["y"], name="act", approximate="tanh")], y_shape=(2, 6, 7, 6), opset=20)
-    _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Gelu")])
+@pytest.mark.parametrize("node,act", [(("Gelu", {"approximate": "tanh"}), "gelu_tanh"), (("Elu", {}), "elu")])
+def test_gelu_tanh_and_elu(node, act):
+    """Gelu(approximate="tanh") and Elu (alpha 1: EnCodec's SEANet) are the kernels' gelu_tanh / elu."""
+    op, attrs = node
+    model = conv_model([mk(op, ["c"], ["y"], name="act", **attrs)], y_shape=(2, 6, 7, 6), opset=20)
+    opt, report = run_and_compare(model, {"x": arr(2, 3, 9, 8)})
+    (conv,) = opt.graph.node
+    assert conv.domain == "normrt" and helper.get_attribute_value(
+        next(a for a in conv.attribute if a.name == "activation")).decode() == act
+
+
+def test_elu_of_another_alpha_stays():
+    model = conv_model([mk("Elu", ["c"], ["y"], name="act", alpha=0.5)], y_shape=(2, 6, 7, 6), opset=20)
+    _unchanged(model, {"x": arr(2, 3, 9, 8)}, [("", "Conv"), ("", "Elu")])
 
 
 def _check_reason(model, loaded=True):

@@ -118,6 +118,9 @@ def _kernel_activation(opnode, args, dtype):
     op = opnode.op_type
     if op == "HardSwish" and len(args) == 1:
         return "hardswish"
+    if op == "Elu" and len(args) == 1:       # (likewise ops/activations.elu)
+        from .ops.activations import elu_is_kernel
+        return "elu" if elu_is_kernel(opnode) else None
     if op == "Gelu" and len(args) == 1:      # (the generic op is this kernel call: ops/activations.gelu)
         return "gelu_tanh" if opnode.attrs.get("approximate", b"none") in (b"tanh", "tanh") else "gelu"
     if op == "HardSigmoid" and len(args) == 1 and dtype == np.float32 and \
@@ -179,7 +182,7 @@ def _numpy_step(src, step, ins, out_meta, buffer):
             return None
         zero = src.bind(dx.type(0))
         return f"np.maximum({ex}, {zero}" + (f", out={buffer})" if buffer is not None else ")")
-    if op in ("HardSwish", "HardSigmoid", "Clip", "Gelu") and args and args[0] is not None and shape:
+    if op in ("HardSwish", "HardSigmoid", "Clip", "Gelu", "Elu") and args and args[0] is not None and shape:
         ex, (_, dx), _ = args[0]
         act = _kernel_activation(opnode, args, dx) if dx in (np.float32, np.float64) and dx == dtype else None
         if act is None:

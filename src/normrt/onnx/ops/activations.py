@@ -103,8 +103,20 @@ def softsign(node, x):
     return x / (np.abs(x) + x.dtype.type(1))
 
 
+def elu_is_kernel(node):
+    """Whether an Elu node is the activation kernel's "elu" (alpha 1, torch's nn.ELU default)."""
+    return float(np.float32(_f(node, "alpha", 1.0))) == 1.0
+
+
 @op("Elu", since=1)
 def elu(node, x):
+    if x.dtype in (np.float32, np.float64) and x.size and elu_is_kernel(node):
+        # the activation kernel's ELU, as a Conv / MatMul / norm epilogue computes it (EnCodec's
+        # SEANet: 17 us per (1, 8, 800) numpy ELU, 7 of them between its convs)
+        out = np.empty_like(x)
+        _act_kernel.activation(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), ACTIVATIONS["elu"],
+                               memory_bound(x.size))
+        return out
     alpha = x.dtype.type(_f(node, "alpha", 1.0))
     with np.errstate(over="ignore"):
         return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))

@@ -35,6 +35,8 @@ Refused (reason in the report):
 """
 import math
 
+import numpy as np
+
 from .._graph import NORMRT_DOMAIN, canonical_domain
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
@@ -44,10 +46,10 @@ from ._queries import (clip_bounds, close_to, constant_rel_tol, is_op, leaky_alp
 SQRT2 = math.sqrt(2.0)
 PATTERN_NAMES = {"relu": "Relu", "sigmoid": "Sigmoid", "silu": "SiLU", "gelu": "GELU", "relu6": "ReLU6",
                  "hardsigmoid": "HardSigmoid", "hardswish": "HardSwish", "gelu_tanh": "GELU(tanh)",
-                 "leaky_relu": "LeakyRelu"}
+                 "leaky_relu": "LeakyRelu", "elu": "ELU"}
 # ops that can start an activation match_activation takes (the Erf GELU starts with a Div/Mul:
 # the epilogue passes add those to their own candidate lists)
-ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish")
+ACTIVATION_OPS = ("Relu", "Sigmoid", "Gelu", "Clip", "HardSigmoid", "HardSwish", "Elu")
 # torch's hardsigmoid, relu6(x + 3) / 6, as exporters write HardSigmoid's attributes
 HARD_SIGMOID = (1.0 / 6.0, 0.5)
 
@@ -219,9 +221,20 @@ def match_activation(ctx, consumers, y, readers, leaky=False):
         attrs, reason = node_attrs(gelu[0])
         if reason:
             return reason
-        if attrs.get("approximate", "none") != "none":
-            return f"Gelu approximate={attrs['approximate']!r} (the kernel computes the exact Erf form)"
-        return "gelu", gelu, gelu[0].output[0]
+        approximate = attrs.get("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            return f"Gelu approximate={approximate!r} (the kernels compute the Erf and tanh forms)"
+        return "gelu" if approximate == "none" else "gelu_tanh", gelu, gelu[0].output[0]
+    elu = [r for r in readers if is_op(r, "Elu")]
+    if elu:
+        if len(readers) != 1:
+            return "norm output has other consumers"
+        attrs, reason = node_attrs(elu[0])
+        if reason:
+            return reason
+        if float(np.float32(attrs.get("alpha", 1.0))) != 1.0:
+            return f"Elu alpha={attrs['alpha']} (the kernels' ELU has alpha 1)"
+        return "elu", elu, elu[0].output[0]
     sig = [r for r in readers if is_op(r, "Sigmoid")]
     if sig:
         s = sig[0]
