@@ -121,6 +121,15 @@ def _ort_session(model):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
+def _batched_matmul_model(batch, b_batch, m, k, n):
+    """y = a @ b for a (*batch, m, k) and b (*b_batch, k, n)."""
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
+                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 @settings(max_examples=25, deadline=None)
 @given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=2), m=st.integers(1, 24), k=st.integers(1, 24),
        n=st.integers(1, 24), b_ones=st.booleans(), seed=st.integers(0, 2 ** 16))
@@ -128,11 +137,7 @@ def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, s
     """Batched small products (window / head attention) with their broadcast decided once."""
     rng = np.random.default_rng(seed)
     b_batch = [1] * len(batch) if b_ones else batch
-    vi = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
-                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
-                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _batched_matmul_model(batch, b_batch, m, k, n)
     feeds = {"a": rng.standard_normal(batch + [m, k]).astype(np.float32),
              "b": rng.standard_normal(b_batch + [k, n]).astype(np.float32)}
     sess = normrt.InferenceSession(model)
@@ -150,11 +155,7 @@ def test_batched_gemm_products_bitwise_for_any_thread_count(batch, m, k, n, b_on
     1, 2 and 3 threads, specialized or generic, and each product what normrt.matmul computes."""
     rng = np.random.default_rng(seed)
     b_batch = [1] * len(batch) if b_ones else batch
-    vi = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
-                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
-                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _batched_matmul_model(batch, b_batch, m, k, n)
     a = rng.standard_normal(batch + [m, k]).astype(np.float32)
     b = rng.standard_normal(b_batch + [k, n]).astype(np.float32)
     results = []

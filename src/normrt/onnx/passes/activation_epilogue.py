@@ -214,27 +214,23 @@ def match_activation(ctx, consumers, y, readers, leaky=False):
     relu = [r for r in readers if is_op(r, "Relu")]
     if relu:
         return ("relu", relu, relu[0].output[0]) if len(readers) == 1 else "norm output has other consumers"
-    gelu = [r for r in readers if is_op(r, "Gelu")]
-    if gelu:
+    for op in ("Gelu", "Elu"):
+        node = next((r for r in readers if is_op(r, op)), None)
+        if node is None:
+            continue
         if len(readers) != 1:
             return "norm output has other consumers"
-        attrs, reason = node_attrs(gelu[0])
+        attrs, reason = node_attrs(node)
         if reason:
             return reason
+        if op == "Elu":
+            if float(np.float32(attrs.get("alpha", 1.0))) != 1.0:
+                return f"Elu alpha={attrs['alpha']} (the kernels' ELU has alpha 1)"
+            return "elu", [node], node.output[0]
         approximate = attrs.get("approximate", "none")
         if approximate not in ("none", "tanh"):
             return f"Gelu approximate={approximate!r} (the kernels compute the Erf and tanh forms)"
-        return "gelu" if approximate == "none" else "gelu_tanh", gelu, gelu[0].output[0]
-    elu = [r for r in readers if is_op(r, "Elu")]
-    if elu:
-        if len(readers) != 1:
-            return "norm output has other consumers"
-        attrs, reason = node_attrs(elu[0])
-        if reason:
-            return reason
-        if float(np.float32(attrs.get("alpha", 1.0))) != 1.0:
-            return f"Elu alpha={attrs['alpha']} (the kernels' ELU has alpha 1)"
-        return "elu", elu, elu[0].output[0]
+        return "gelu" if approximate == "none" else "gelu_tanh", [node], node.output[0]
     sig = [r for r in readers if is_op(r, "Sigmoid")]
     if sig:
         s = sig[0]
