@@ -169,7 +169,7 @@ _FRESH = frozenset("""
     ReduceSumSquare ReduceLogSum ArgMax ArgMin TopK NonZero GatherND ScatterND ScatterElements OneHot CumSum
     Trilu GatherElements GridSample AffineGrid Col2Im RandomUniform RandomNormal RandomUniformLike
     RandomNormalLike Bernoulli Multinomial LSTM GRU RNN QuantizeLinear DequantizeLinear DynamicQuantizeLinear
-    MatMulInteger ConvInteger QLinearMatMul QLinearConv
+    MatMulInteger ConvInteger QLinearMatMul QLinearConv DFT STFT
 """.split())
 _VIEW_OF_FIRST = frozenset("""
     Reshape Flatten Squeeze Unsqueeze Transpose Identity Slice Split Expand Gather Dropout DepthToSpace
@@ -221,7 +221,7 @@ _SHAPE_INPUTS = {
     "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "TopK": (1,), "CenterCropPad": (1,),
     "ReduceMean": (1,), "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
     "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
-    "ReduceSumSquare": (1,), "MaxUnpool": (2,), "DFT": (1,), "STFT": (2,), "Col2Im": (1, 2),
+    "ReduceSumSquare": (1,), "MaxUnpool": (2,), "DFT": (1, 2), "STFT": (1, 3), "Col2Im": (1, 2),
     "NonMaxSuppression": (0, 1, 2, 3, 4), "NonZero": (0,), "Unique": (0,), "Compress": (0, 1),
     "GridSample": (), "ScatterND": (), "Trilu": (), "AffineGrid": (1,),
 }
