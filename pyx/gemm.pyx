@@ -148,8 +148,8 @@ cdef inline void batched_job(void* ctx, long j, int slot) noexcept nogil:
     run_jobs(&c.g[p], c.s, j - p * c.per, c.per, thread_work(c.work, slot))
 
 
-def batched_gemm(const float[:, ::1] a,     # IN  (count, M*K) row-major products' left operands
-                 const float[:, ::1] b,     # IN  (count, K*N) their right operands
+def batched_gemm(const float[:, ::1] a,     # IN  (count, M*K) the products' left operands, or (1, M*K): one for all
+                 const float[:, ::1] b,     # IN  (count, K*N) their right operands, or (1, K*N): one for all
                  Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                  float[:, ::1] c,           # OUT (count, M*N); must not overlap a, b
                  float[::1] work,           # workspace_size(n_threads) floats
@@ -158,13 +158,14 @@ def batched_gemm(const float[:, ::1] a,     # IN  (count, M*K) row-major product
     loop (a batch of attention-head products each too small to split alone). Each product is
     computed as gemm computes it, whatever the grid: bitwise gemm's result per product, for
     any thread count."""
-    cdef Py_ssize_t count = a.shape[0], p
+    cdef Py_ssize_t count = c.shape[0], p
+    cdef Py_ssize_t a_step = 0 if a.shape[0] == 1 else 1, b_step = 0 if b.shape[0] == 1 else 1
     cdef BatchedJobs bj
     cdef int nt
     if m <= 0 or n <= 0 or k <= 0:
         raise ValueError("m, n and k must be >= 1")
-    if b.shape[0] != count or c.shape[0] != count:
-        raise ValueError("a, b and c must hold the same number of products")
+    if a.shape[0] not in (1, count) or b.shape[0] not in (1, count):
+        raise ValueError("a and b must hold c's number of products, or one for all")
     if a.shape[1] != m * k or b.shape[1] != k * n or c.shape[1] != m * n:
         raise ValueError("a, b or c has the wrong size for (m, n, k)")
     nt = max(1, min(n_threads, 64))
@@ -180,10 +181,10 @@ def batched_gemm(const float[:, ::1] a,     # IN  (count, M*K) row-major product
         bj.g[p].n = n
         bj.g[p].k = k
         bj.g[p].mr = MR
-        bj.g[p].a = &a[p, 0]
+        bj.g[p].a = &a[p * a_step, 0]
         bj.g[p].lda = k
         bj.g[p].a_src = SRC_MATRIX
-        bj.g[p].b = &b[p, 0]
+        bj.g[p].b = &b[p * b_step, 0]
         bj.g[p].ldb = n
         bj.g[p].b_src = SRC_MATRIX
         bj.g[p].c = &c[p, 0]

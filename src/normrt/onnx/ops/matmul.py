@@ -69,9 +69,17 @@ def _gemm_batched(a, b, batch, count, m, k, n):
     split, four of them are (wav2vec2-conformer's 4 x 159x16x317: 105 -> 54 us, 2 threads)."""
     out = np.empty((count, m, n), np.float32)
     nt = compute_bound(2 * count * m * n * k)
-    _kgemm.batched_gemm(_stack(a, batch, count).reshape(count, -1), _stack(b, batch, count).reshape(count, -1),
-                        m, n, k, out.reshape(count, -1), _gemm_workspace(nt), nt)
+    _kgemm.batched_gemm(_operands(a, batch, count), _operands(b, batch, count), m, n, k, out.reshape(count, -1),
+                        _gemm_workspace(nt), nt)
     return out.reshape(batch + (m, n))
+
+
+def _operands(x, batch, count):
+    """x as batched_gemm's (count, rows * cols) operands: one row of them when x is the same for
+    every product (no copy per product), else x broadcast to the batch."""
+    if int(np.prod(x.shape[:-2], dtype=np.int64)) == 1:
+        return np.ascontiguousarray(x).reshape(1, -1)
+    return _stack(x, batch, count).reshape(count, -1)
 
 
 def _stack(x, batch, count):
@@ -215,11 +223,16 @@ def _prepared_batched(ashape, bshape, n_threads):
         ws_floats = _workspace_size(nt)
 
         def kernel(a, b, out, ws):
-            _kgemm.batched_gemm(a.reshape(count, -1), b.reshape(count, -1), m, n, k, out.reshape(count, -1), ws, nt)
+            _kgemm.batched_gemm(a.reshape(len(a), -1), b.reshape(len(b), -1), m, n, k, out.reshape(count, -1), ws,
+                                nt)
 
     def stacker(xshape):
         # an operand with the whole batch already: a reshape (np.broadcast_to alone costs ~2 us,
-        # as much as a 24 x 16 x 24 head product)
+        # as much as a 24 x 16 x 24 head product); one for every product of the GEMM kernel's
+        # batch: its one copy
+        if ws_floats and int(np.prod(xshape[:-2], dtype=np.int64)) == 1:
+            flat = (1, int(np.prod(xshape[-2:], dtype=np.int64)))
+            return lambda x: np.ascontiguousarray(x).reshape(flat)
         if tuple(xshape[:-2]) == batch:
             flat = (count,) + tuple(xshape[-2:])
             return lambda x: np.ascontiguousarray(x).reshape(flat)
