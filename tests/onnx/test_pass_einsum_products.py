@@ -140,7 +140,6 @@ def test_half_precision_einsum():
     ("...ij,jk", [None, 2], "unknown rank"),
     ("ij,jk->ik", [3, 2], "rank 3"),
     ("ij,jk->iz", [2, 2], "names one no operand has"),
-    ("Ij,jk->Ik", [2, 2], "upper-case"),
 ])
 def test_parse_refusals(equation, ranks, reason):
     assert reason in parse(equation, ranks)
@@ -149,3 +148,9 @@ def test_parse_refusals(equation, ranks, reason):
 def test_parse_expands_the_ellipsis_right_aligned():
     assert parse("...ij,...jk->...ik", [4, 3]) == (["ABij", "Bjk"], "ABik")
     assert parse("i...,j", [3, 1]) == (["iAB", "j"], "ABij")
+    assert parse("A...,B->...AB", [2, 1]) == (["AC", "B"], "CAB")      # letters the equation leaves free
+
+
+def test_upper_case_letters():
+    run_and_check("Bij,Bjk->Bik", [(2, 3, 4), (2, 4, 5)], np.random.default_rng(4))
+    run_and_check("...Ij,Jj->...IJ", [(2, 3, 4), (5, 4)], np.random.default_rng(5))

@@ -30,7 +30,8 @@ to it as to an exporter's MatMul.
 Refused (the Einsum then runs as written, on numpy): three or more operands; a letter
 repeated within one operand (a diagonal); an ellipsis whose operand's rank is unknown;
 a non-float type; a merged group (M, K or N of several letters) whose sizes are unknown
-in more than one place (Reshape infers one dim).
+in more than one place (Reshape infers one dim); a constant operand whose dims contradict
+the other operand's.
 """
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ from . import GraphPass
 from ._queries import constant, is_op, present
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-_ELLIPSIS_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
@@ -65,15 +66,17 @@ def parse(equation, ranks):
     terms = lhs.split(",")
     if len(terms) != len(ranks):
         return f"equation has {len(terms)} operands for {len(ranks)} inputs"
-    if any(set(t.replace("...", "")) & set(_ELLIPSIS_LETTERS) for t in terms + [rhs]):
-        return "upper-case letters in the equation"           # (the ellipsis' own letters)
     widest = 0
     for term, rank in zip(terms, ranks):
         if "..." in term:
             if rank is None:
                 return "an ellipsis operand of unknown rank"
             widest = max(widest, rank - len(term.replace("...", "")))
-    fill = _ELLIPSIS_LETTERS[:widest]
+    # the ellipsis' dims get letters the equation does not use
+    free = [c for c in _LETTERS if c not in eq]
+    if widest > len(free):
+        return f"an ellipsis of {widest} dims and too few free letters"
+    fill = "".join(free[:widest])
     operands = []
     for term, rank in zip(terms, ranks):
         if "..." in term:
@@ -145,6 +148,8 @@ class EinsumProducts(GraphPass):
             _Lowering(ctx, m.node, m.plan, dry_run=True).run()
         except _Refused as e:
             return str(e)
+        except ValueError as e:         # a constant operand whose dims contradict the other's
+            return f"operand sizes do not fit the equation: {e}"
         return None
 
     def rewrite(self, ctx, m):
