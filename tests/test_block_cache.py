@@ -116,9 +116,10 @@ def test_limit_checked(bad):
 def test_env_limit(monkeypatch):
     monkeypatch.setenv("NORMRT_BLOCK_CACHE_MB", "1.5")
     assert _memory._limit_from_env() == int(1.5 * (1 << 20))
-    monkeypatch.setenv("NORMRT_BLOCK_CACHE_MB", "lots")
-    with pytest.raises(ValueError, match="NORMRT_BLOCK_CACHE_MB"):
-        _memory._limit_from_env()
+    for bad in ("lots", "-1", "nan", "inf"):
+        monkeypatch.setenv("NORMRT_BLOCK_CACHE_MB", bad)
+        with pytest.warns(RuntimeWarning, match="NORMRT_BLOCK_CACHE_MB"):
+            assert _memory._limit_from_env() == _memory.DEFAULT_LIMIT_MB << 20
 
 
 def test_threads_allocating_and_freeing(cache):

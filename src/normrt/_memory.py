@@ -12,6 +12,7 @@ The limit is NORMRT_BLOCK_CACHE_MB (default 256; 0 keeps nothing), or `set_block
 `release_memory()` frees what is kept now, e.g. once a long-lived process is done with a model.
 """
 import os
+import warnings
 
 from ._kernels import block_cache as _cache
 
@@ -19,15 +20,19 @@ DEFAULT_LIMIT_MB = 256
 
 
 def _limit_from_env():
+    """NORMRT_BLOCK_CACHE_MB in bytes; a value that is no number >= 0 warns (naming the variable)
+    and gives the default: read at import, where an exception would leave normrt unimportable."""
     raw = os.environ.get("NORMRT_BLOCK_CACHE_MB", "").strip()
     if not raw:
         return DEFAULT_LIMIT_MB << 20
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"NORMRT_BLOCK_CACHE_MB must be a number of megabytes, got {raw!r}") from None
-    if mb < 0:
-        raise ValueError(f"NORMRT_BLOCK_CACHE_MB must be >= 0, got {raw!r}")
+        mb = -1.0
+    if not mb >= 0 or mb == float("inf"):
+        warnings.warn(f"NORMRT_BLOCK_CACHE_MB must be a number of megabytes >= 0, got {raw!r}; using "
+                      f"{DEFAULT_LIMIT_MB}", RuntimeWarning, stacklevel=2)
+        return DEFAULT_LIMIT_MB << 20
     return int(mb * (1 << 20))
 
 
