@@ -243,3 +243,32 @@ def test_gelu_op_is_the_activation_kernel(approximate, dtype):
         ref = [0.5 * v * (1 + erf(v / sqrt(2))) for v in t]
     np.testing.assert_allclose(generic[0].reshape(-1), ref, rtol=2e-6 if dtype == np.float32 else 1e-12,
                                atol=1e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("half", [TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_half_casts_specialized_bitwise_generic(half):
+    """float32 -> half -> float32 Casts (a half model's region boundaries: RWKV float16 has 301 of
+    them): the specialized steps call the conversion loop directly, with the generic Cast's bits,
+    rounding to nearest even with infinities, NaN and subnormals, and widening exactly."""
+    import ml_dtypes
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Cast", ["r"], ["h"], to=half),
+             helper.make_node("Cast", ["h"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 700])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 700]),
+                               helper.make_tensor_value_info("h", half, [3, 700])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3, 700)) * np.exp2(rng.integers(-30, 20, (3, 700)))).astype(np.float32)
+    x.reshape(-1)[:6] = [np.inf, np.nan, 7e4, 1e-8, 65519.0, 3.0e38]
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    source = next(iter(sess.executor.specialized.values())).source
+    assert "_narrow_into" in source and "_widen_into" in source
+    np_half = np.float16 if half == TensorProto.FLOAT16 else ml_dtypes.bfloat16
+    want = np.maximum(x, 0).astype(np_half)
+    for y, h in (generic, first, second):
+        assert h.dtype == np_half and np.array_equal(h.view(np.uint16), generic[1].view(np.uint16))
+        assert np.array_equal(y, generic[0], equal_nan=True)
+        assert np.array_equal(h.astype(np.float32), want.astype(np.float32), equal_nan=True)
+        assert np.array_equal(y, want.astype(np.float32), equal_nan=True)

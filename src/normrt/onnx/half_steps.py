@@ -40,8 +40,8 @@ _OUT_SLOT = "half_out"
 
 # buf = x widened to float32 (exact), y = f rounded to y's half type (nearest even): the
 # conversions of ops/_half.py, on the plan's own arrays (checked through the numpy C API)
-_widen_into = _k.widen_into
-_narrow_into = _k.narrow_into
+_widen_into = widen_into = _k.widen_into
+_narrow_into = narrow_into = _k.narrow_into
 
 
 def _narrow_first(res, y, kind, nt):
