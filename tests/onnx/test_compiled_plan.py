@@ -272,3 +272,47 @@ def test_half_casts_specialized_bitwise_generic(half):
         assert np.array_equal(y, generic[0], equal_nan=True)
         assert np.array_equal(h.astype(np.float32), want.astype(np.float32), equal_nan=True)
         assert np.array_equal(y, want.astype(np.float32), equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_constant_pad_specialized(shape, data, seed):
+    """A constant-mode Pad with constant pads (RWKV's time shift: one row in front, one cropped at the
+    end), any axes input and value: the prepared fill-and-copy gives the generic Pad's values and
+    onnx.reference's."""
+    rank = len(shape)
+    axes = data.draw(st.one_of(st.none(), st.lists(st.integers(-rank, rank - 1), min_size=1, max_size=rank,
+                                                    unique_by=lambda a: a % rank)))
+    n = rank if axes is None else len(axes)
+    pads = data.draw(st.lists(st.integers(-1, 3), min_size=2 * n, max_size=2 * n))
+    dims = [a % rank for a in axes] if axes is not None else list(range(rank))
+    pads = [max(p, -(shape[d] - 1) // 2) for p, d in zip(pads, dims + dims)]     # crop at most half
+    value = data.draw(st.sampled_from([None, 0.0, -2.5]))
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads")]
+    ins = ["r", "pads", "v" if value is not None else ""]
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "v"))
+    if axes is not None:
+        ins.append("axes")
+        inits.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+    while ins[-1] == "":
+        ins.pop()
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Pad", ins, ["p"], mode="constant"),
+             helper.make_node("Neg", ["p"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    if any(n.op_type == "Pad" for n in sess.optimized_model.graph.node):     # (all-zero pads: dropped)
+        assert "_pad_into" in next(iter(sess.executor.specialized.values())).source
+    # the reference: crop by the negative amounts, then numpy's constant pad by the positive ones
+    before, after = [0] * rank, [0] * rank
+    for i, d in enumerate(dims):
+        before[d], after[d] = pads[i], pads[n + i]
+    r = np.maximum(x, 0)[tuple(slice(max(0, -b), r_len - max(0, -a)) for b, a, r_len in zip(before, after, shape))]
+    want = -np.pad(r, [(max(0, b), max(0, a)) for b, a in zip(before, after)], constant_values=value or 0.0)
+    for got in (generic[0], first[0], second[0]):
+        assert got.shape == want.shape and np.array_equal(got, want)

@@ -67,6 +67,13 @@ def _transpose_into(x, perm, out):
     return out
 
 
+def _pad_into(x, crop, inner, fill, out):
+    """A constant Pad into `out`: the value everywhere, then x (cropped first) inside."""
+    out[...] = fill
+    out[inner] = x if crop is None else x[crop]
+    return out
+
+
 def _scatter_into(x, key, updates, shape, out):
     """ScatterND by constant indices (`key`, from ops.indexing.constant_scatter): the generic op's
     copy and assignment, the indices' decoding done once."""
@@ -229,6 +236,23 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         vals = [None if a is None else ints_of(a[2]) for a in args[1:]] + [None] * (5 - len(args))
         index = slice_index(xshape, *vals[:4])
         return f"{ex}[{src.bind(index)}]"
+    if op == "Pad" and opnode.version >= 11 and args and args[0] is not None and shape \
+            and all(a is None or a[2] is not None for a in args[1:]):
+        from .ops._util import attr_str, ints_of
+        from .ops.shape_ops import pad_amounts
+        ex, (xshape, dx), _ = args[0]
+        value = args[2][2] if len(args) > 2 and args[2] is not None and args[2][2].size else None
+        axes = ints_of(args[3][2]) if len(args) > 3 and args[3] is not None else None
+        if attr_str(opnode, "mode", "constant") != "constant" or dx != dtype:
+            return None
+        crop, before, _ = pad_amounts(xshape, ints_of(args[1][2]), axes)
+        # the generic Pad's fill and copy (shape_ops._pad), its amounts decided now
+        fill = np.asarray(value.reshape(-1)[0] if value is not None else 0).astype(dx)
+        inner = tuple(slice(b, b + (c.stop - c.start)) for b, c in zip(before, crop)) if crop is not None else \
+            tuple(slice(b, b + s) for b, s in zip(before, xshape))
+        out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
+        return (f"{src.bind(_pad_into, '_pad_into')}({ex}, {src.bind(crop)}, {src.bind(inner)}, "
+                f"{src.bind(fill)}, {out})")
     if op == "ScatterND" and len(args) == 3 and args[1][2] is not None and None not in (args[0], args[2]):
         from .ops.indexing import constant_scatter
         ex, (xshape, dx), _ = args[0]

@@ -250,18 +250,27 @@ def _pad_supported(node):
     return mode in _PAD_MODES and (mode != "wrap" or node.version >= 19)
 
 
-def _pad(x, pads, mode, value, axes=None):
-    rank = x.ndim
+def pad_amounts(shape, pads, axes=None):
+    """(crop, before, after) of a Pad of a `shape` tensor: the slices negative pads crop first
+    (None: no crop), then the amounts added before and after on every axis."""
+    rank = len(shape)
     axes = list(range(rank)) if axes is None else [norm_axis(a, rank) for a in axes]
     na = len(axes)
     before, after = [0] * rank, [0] * rank
     for i, a in enumerate(axes):
         before[a], after[a] = pads[i], pads[na + i]
-    # negative pads crop first
+    crop = None
     if any(p < 0 for p in before + after):
-        x = x[tuple(slice(max(0, -b), x.shape[i] - max(0, -e)) for i, (b, e) in enumerate(zip(before, after)))]
+        crop = tuple(slice(max(0, -b), shape[i] - max(0, -e)) for i, (b, e) in enumerate(zip(before, after)))
         before = [max(0, b) for b in before]
         after = [max(0, e) for e in after]
+    return crop, before, after
+
+
+def _pad(x, pads, mode, value, axes=None):
+    crop, before, after = pad_amounts(x.shape, pads, axes)
+    if crop is not None:        # negative pads crop first
+        x = x[crop]
     if not any(before) and not any(after):
         return x.copy()
     if mode == "constant":
