@@ -316,3 +316,29 @@ def test_constant_pad_specialized(shape, data, seed):
     want = -np.pad(r, [(max(0, b), max(0, a)) for b, a in zip(before, after)], constant_values=value or 0.0)
     for got in (generic[0], first[0], second[0]):
         assert got.shape == want.shape and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_two_input_max_min_specialized(op, dtype):
+    """Max / Min of two inputs (RWKV's 45 running maxima) as one numpy call in the specialized plan:
+    the generic variadic op's values, NaN propagated, broadcasting kept."""
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.INT64
+    nodes = [helper.make_node(op, ["a", "b"], ["y"])]        # (alone: no elementwise program takes it)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", elem, [4, 64]),
+                                           helper.make_tensor_value_info("b", elem, [1, 64])],
+                              [helper.make_tensor_value_info("y", elem, [4, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((4, 64)) * 10).astype(dtype)
+    b = (rng.standard_normal((1, 64)) * 10).astype(dtype)
+    if dtype == np.float32:
+        a[0, :3] = [np.nan, 1.0, -np.inf]
+        b[0, :3] = [0.0, np.nan, 2.0]
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"a": a, "b": b})
+    assert f"_{op.lower()}" in next(iter(sess.executor.specialized.values())).source
+    fn = np.maximum if op == "Max" else np.minimum
+    for got in (generic[0], first[0], second[0]):
+        assert got.dtype == dtype and np.array_equal(got, fn(a, b), equal_nan=True)

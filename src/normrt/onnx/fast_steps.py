@@ -156,6 +156,13 @@ def _numpy_step(src, step, ins, out_meta, buffer):
     if any(a is not None and not _plain(a[1]) for a in args) or _widened(step, args, dtype):
         return None
     size = int(np.prod(shape, dtype=np.int64))
+    if op in ("Max", "Min") and opnode.version >= 8 and len(args) == 2 and None not in args:
+        # the generic variadic op's first (only) step for two inputs: np.maximum / np.minimum
+        (ea, (_, da), _), (eb, (_, db), _) = args
+        if da != db or da.kind not in "fiu" or da != dtype or not shape:
+            return None
+        fn = src.bind(np.maximum if op == "Max" else np.minimum, "_" + op.lower())
+        return f"{fn}({ea}, {eb}" + (f", out={buffer})" if buffer is not None else ")")
     if op in _BINARY and opnode.version >= 7 and len(args) == 2:
         (ea, (_, da), _), (eb, (_, db), _) = args
         kinds = "f" if op == "Div" else "fiu"
