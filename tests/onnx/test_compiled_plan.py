@@ -342,3 +342,27 @@ def test_two_input_max_min_specialized(op, dtype):
     fn = np.maximum if op == "Max" else np.minimum
     for got in (generic[0], first[0], second[0]):
         assert got.dtype == dtype and np.array_equal(got, fn(a, b), equal_nan=True)
+
+
+def test_elementwise_program_prepared():
+    """A normrt::Elementwise program (x * sigmoid(x) + b, b broadcast, x a transposed view) as a
+    prepared kernel call into the plan's buffer: the generic call's bits."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Sigmoid", ["t"], ["s"]), helper.make_node("Mul", ["t", "s"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64, 24]),
+                                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((2, 64, 24)).astype(np.float32),
+             "b": rng.standard_normal((1, 1, 64)).astype(np.float32)}
+    sess = normrt.InferenceSession(model)
+    assert [n.op_type for n in sess.optimized_model.graph.node][-1] == "Elementwise"
+    generic, first, second = _generic_and_specialized(sess, feeds)
+    assert "_elementwise" in next(iter(sess.executor.specialized.values())).source
+    t = feeds["x"].transpose(0, 2, 1).astype(np.float64)
+    for got in (generic[0], first[0], second[0]):
+        assert np.array_equal(got, generic[0])
+        np.testing.assert_allclose(got, t / (1 + np.exp(-t)) + feeds["b"], rtol=1e-6, atol=1e-6)

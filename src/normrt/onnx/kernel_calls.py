@@ -258,6 +258,20 @@ def elementwise(attrs, n_out, *inputs):
     return (out,)
 
 
+def prepared_elementwise(attrs, n_inputs, out_size):
+    """run(inputs tuple, out) -> out: `elementwise` above for a specialized plan, its program compiled
+    and its threads decided once (the kernel still checks the inputs' shapes against out's)."""
+    program = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()), n_inputs)
+    code, constants, n_regs = program.code, program.constants, program.n_registers
+    nt = memory_bound(out_size)
+    kernel = _kelementwise.run_program
+
+    def run(inputs, out):
+        kernel(code, constants, n_regs, inputs, out, nt)
+        return out
+    return run
+
+
 def _float32_x(op_type, x):
     if x.dtype != np.float32:
         raise ModelError(f"normrt {op_type}: X must be float32, got {x.dtype}")
