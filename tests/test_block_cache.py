@@ -16,7 +16,10 @@ BIG = 1 << 18            # elements: 1 MB of float32, above the cache's 64 KB mi
 
 
 def _handler_name(a=None):
-    from numpy._core.multiarray import get_handler_name
+    try:
+        from numpy._core.multiarray import get_handler_name
+    except ImportError:             # numpy 1.x
+        from numpy.core.multiarray import get_handler_name
     return get_handler_name() if a is None else get_handler_name(a)
 
 
