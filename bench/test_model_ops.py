@@ -1,5 +1,6 @@
-"""pytest-benchmark suite for bench/model_ops.py: recurrent layers, GridSample, Col2Im and the
-quantization pairs, normrt and onnxruntime in one group per case.
+"""pytest-benchmark suite for bench/model_ops.py: recurrent layers, GridSample, Col2Im, the
+quantization pairs, einsum, batched products, DFT / STFT, ScatterND and ELU, normrt and
+onnxruntime in one group per case.
 
 Each benchmark checks normrt's output against onnxruntime's first (rtol/atol 1e-5; the
 quantization pairs bitwise, onnxruntime rounding them the same way).
@@ -9,7 +10,7 @@ import functools
 import numpy as np
 import pytest
 
-from .model_ops import CASES, build
+from .model_ops import CASES, build, tolerance
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,7 +36,7 @@ def test_model_op(benchmark, name, impl, threads):
     got = sess.run(None, {"x": x})[0]
     if impl == "normrt":
         want = _session("ort", model, threads).run(None, {"x": x})[0]
-        tol = 0 if "quant" in name or "qdq" in name else 1e-5
+        tol = tolerance(name, want)
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
     benchmark.group = f"model_op-{name}"
     benchmark.extra_info.update(threads=threads)
