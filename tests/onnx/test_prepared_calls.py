@@ -121,12 +121,15 @@ def _ort_session(model):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def _batched_matmul_model(batch, b_batch, m, k, n):
-    """y = a @ b for a (*batch, m, k) and b (*b_batch, k, n)."""
+def _batched_matmul_model(batch, b_batch, m, k, n, b_value=None):
+    """y = a @ b for a (*batch, m, k) and b (*b_batch, k, n); b a constant when b_value is given."""
     vi = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
-                              [vi("a", TensorProto.FLOAT, batch + [m, k]), vi("b", TensorProto.FLOAT, b_batch + [k, n])],
-                              [vi("y", TensorProto.FLOAT, batch + [m, n])])
+    inputs = [vi("a", TensorProto.FLOAT, batch + [m, k])]
+    inits = [numpy_helper.from_array(b_value, "b")] if b_value is not None else []
+    if b_value is None:
+        inputs.append(vi("b", TensorProto.FLOAT, b_batch + [k, n]))
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "mm", inputs,
+                              [vi("y", TensorProto.FLOAT, batch + [m, n])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -148,20 +151,22 @@ def test_prepared_small_batched_matmul_bitwise_generic(batch, m, k, n, b_ones, s
 
 @settings(max_examples=12, deadline=None)
 @given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=2), m=st.integers(64, 170), k=st.integers(16, 170),
-       n=st.integers(128, 330), b_ones=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_batched_gemm_products_bitwise_for_any_thread_count(batch, m, k, n, b_ones, seed):
+       n=st.integers(128, 330), b_ones=st.booleans(), b_const=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_batched_gemm_products_bitwise_for_any_thread_count(batch, m, k, n, b_ones, b_const, seed):
     """Batched products above the small kernel's size (wav2vec2-conformer's relative-position
     scores, 4 x 159x16x317) run all products' GEMM jobs in one parallel loop: bitwise the same for
-    1, 2 and 3 threads, specialized or generic, and each product what normrt.matmul computes."""
+    1, 2 and 3 threads, specialized or generic, B an input or a constant, and each product what
+    normrt.matmul computes."""
     rng = np.random.default_rng(seed)
     b_batch = [1] * len(batch) if b_ones else batch
-    model = _batched_matmul_model(batch, b_batch, m, k, n)
     a = rng.standard_normal(batch + [m, k]).astype(np.float32)
     b = rng.standard_normal(b_batch + [k, n]).astype(np.float32)
+    model = _batched_matmul_model(batch, b_batch, m, k, n, b if b_const else None)
+    feeds = {"a": a} if b_const else {"a": a, "b": b}
     results = []
     for threads in (1, 2, 3):
         sess = normrt.InferenceSession(model, num_threads=threads)
-        results.append(_specialized_and_generic(sess, {"a": a, "b": b})[0])
+        results.append(_specialized_and_generic(sess, feeds)[0])
         assert m * n * k < 1 << 18 or _prepared(sess, "_batched")
     for r in results[1:]:
         assert np.array_equal(r, results[0])
