@@ -216,8 +216,19 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         return args[0][0]
     if op == "Transpose" and len(args) == 1:
         perm = opnode.attrs.get("perm")
-        ex, (xshape, _), _ = args[0]
+        ex, (xshape, dx), _ = args[0]
         perm = tuple(int(p) for p in perm) if perm is not None else tuple(range(len(xshape)))[::-1]
+        from .ops.shape_ops import tiled_transpose
+        tiled = tiled_transpose(tuple(xshape), perm, np.dtype(dx).itemsize) \
+            if size and not np.dtype(dx).hasobject and np.dtype(dx).itemsize in (1, 2, 4, 8) else None
+        if tiled is not None:
+            # the tiled kernel (the generic Transpose's, ops/shape_ops.transpose_into), its
+            # simplified permutation and threads decided now
+            from .._kernels import transpose as _ktranspose
+            out = str(buffer) if buffer is not None else \
+                f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(np.dtype(dx))})"
+            return (f"{src.bind(_ktranspose.transpose_into, '_tiled_transpose')}(np.ascontiguousarray({ex}), "
+                    f"{out}, {src.bind(list(tiled[0]))}, {src.bind(list(tiled[1]))}, {memory_bound(size)})")
         if buffer is None:
             return f"np.ascontiguousarray({ex}.transpose({perm!r}))"
         return f"{src.bind(_transpose_into, '_transpose_into')}({ex}, {perm!r}, {buffer})"
