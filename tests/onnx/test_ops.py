@@ -1066,3 +1066,13 @@ def test_leaky_relu_same_values_as_where(alpha, shape, seed, transposed):
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("op_type,attrs", [("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Elu", {})])
+def test_kernel_activations_of_a_transposed_view(op_type, attrs):
+    """Gelu / Elu on the activation kernel take x in any layout (here a transposed view, which
+    np.empty_like would have given a Fortran-ordered output whose flat view is a copy)."""
+    x = f32(5, 7).T
+    got = run_ours(op_type, [x], attrs, 20, 1)[0]
+    want = run_ref(op_type, [np.ascontiguousarray(x)], attrs, 20, 1)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -103,6 +103,14 @@ def softsign(node, x):
     return x / (np.abs(x) + x.dtype.type(1))
 
 
+def _on_kernel(x, code):
+    """The activation kernel's `code` over float32/float64 x, into a new C-ordered array (its flat
+    view is the array itself, whatever x's layout)."""
+    out = np.empty(x.shape, x.dtype)
+    _act_kernel.activation(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), code, memory_bound(x.size))
+    return out
+
+
 def elu_is_kernel(node):
     """Whether an Elu node is the activation kernel's "elu" (alpha 1, torch's nn.ELU default)."""
     return float(np.float32(_f(node, "alpha", 1.0))) == 1.0
@@ -113,10 +121,7 @@ def elu(node, x):
     if x.dtype in (np.float32, np.float64) and x.size and elu_is_kernel(node):
         # the activation kernel's ELU, as a Conv / MatMul / norm epilogue computes it (EnCodec's
         # SEANet: 17 us per (1, 8, 800) numpy ELU, 7 of them between its convs)
-        out = np.empty_like(x)
-        _act_kernel.activation(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), ACTIVATIONS["elu"],
-                               memory_bound(x.size))
-        return out
+        return _on_kernel(x, ACTIVATIONS["elu"])
     alpha = x.dtype.type(_f(node, "alpha", 1.0))
     with np.errstate(over="ignore"):
         return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
@@ -164,10 +169,7 @@ def gelu(node, x):
         # the vectorized polynomial within a few ulp; float64: libm's erf / tanh): dynamo's
         # opset-20 exports write nn.GELU as this op, often after a Transpose no epilogue reaches
         # (PVTv2's Mix-FFN: 45 us per (1, 256, 64) numpy GELU)
-        out = np.empty_like(x)
-        _act_kernel.activation(np.ascontiguousarray(x).reshape(-1), out.reshape(-1), gelu_code(node),
-                               memory_bound(x.size))
-        return out
+        return _on_kernel(x, gelu_code(node))
     if attr_str(node, "approximate", "none") == "tanh":
         inner = np.multiply(x, x, out=np.empty_like(x))
         inner *= t(0.044715)
