@@ -28,7 +28,7 @@ ctypedef fused word:
     uint64_t
 
 
-cdef inline void tile_copy(const word* src, word* dst, Py_ssize_t rows, Py_ssize_t cols,
+cdef inline void tile_body(const word* src, word* dst, Py_ssize_t rows, Py_ssize_t cols,
                            Py_ssize_t src_col_stride, Py_ssize_t dst_row_stride) noexcept nogil:
     """dst[r * dst_row_stride + c] = src[c * src_col_stride + r] for r < rows, c < cols: the
     source rows read whole into a tile in L1 (contiguous loads), then the tile's columns
@@ -37,16 +37,6 @@ cdef inline void tile_copy(const word* src, word* dst, Py_ssize_t rows, Py_ssize
     cdef Py_ssize_t r, c
     cdef const word* s
     cdef word* d
-    if rows == TILE and cols == TILE:
-        for c in range(TILE):
-            s = src + c * src_col_stride
-            for r in range(TILE):
-                tile[r][c] = s[r]
-        for r in range(TILE):
-            d = dst + r * dst_row_stride
-            for c in range(TILE):
-                d[c] = tile[r][c]
-        return
     for c in range(cols):
         s = src + c * src_col_stride
         for r in range(rows):
@@ -55,6 +45,15 @@ cdef inline void tile_copy(const word* src, word* dst, Py_ssize_t rows, Py_ssize
         d = dst + r * dst_row_stride
         for c in range(cols):
             d[c] = tile[r][c]
+
+
+cdef inline void tile_copy(const word* src, word* dst, Py_ssize_t rows, Py_ssize_t cols,
+                           Py_ssize_t src_col_stride, Py_ssize_t dst_row_stride) noexcept nogil:
+    """tile_body; a whole tile with constant bounds, which the compiler unrolls."""
+    if rows == TILE and cols == TILE:
+        tile_body(src, dst, TILE, TILE, src_col_stride, dst_row_stride)
+    else:
+        tile_body(src, dst, rows, cols, src_col_stride, dst_row_stride)
 
 
 cdef inline void run_item(const word* src, word* dst, Py_ssize_t item, Py_ssize_t n_it,

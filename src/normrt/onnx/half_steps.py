@@ -40,15 +40,15 @@ _OUT_SLOT = "half_out"
 
 # buf = x widened to float32 (exact), y = f rounded to y's half type (nearest even): the
 # conversions of ops/_half.py, on the plan's own arrays (checked through the numpy C API)
-_widen_into = widen_into = _k.widen_into
-_narrow_into = narrow_into = _k.narrow_into
+widen_into = _k.widen_into
+narrow_into = _k.narrow_into
 
 
 def _narrow_first(res, y, kind, nt):
     """The generic implementation's result (one array, or a one-element list/tuple) rounded into y."""
     if isinstance(res, (tuple, list)):
         res = res[0]
-    return _narrow_into(res, y, kind, nt)
+    return narrow_into(res, y, kind, nt)
 
 
 def _run_f32(impl, opnode, dead, *args):
@@ -93,7 +93,7 @@ def island(src, step, ins, out_meta, buffer, float32_step):
             continue
         n = int(np.prod(ashape, dtype=np.int64))
         buf = src.scratch(_IN_SLOT.format(i), ashape, np.float32)
-        conv = (f"{src.bind(_widen_into, '_widen_into')}({expr}, {buf}, {half_kind(adtype)}, "
+        conv = (f"{src.bind(widen_into, '_widen_into')}({expr}, {buf}, {half_kind(adtype)}, "
                 f"{min(src.n_threads, memory_bound(n))})")
         wide.append((conv, (ashape, np.dtype(np.float32)), None))
         fresh.append(i)
@@ -102,7 +102,7 @@ def island(src, step, ins, out_meta, buffer, float32_step):
     expr = float32_step(src, step, wide, (shape, np.dtype(np.float32)), f32_buffer)
     kind = half_kind(dtype)
     if expr is not None:
-        return f"{src.bind(_narrow_into, '_narrow_into')}({expr}, {y}, {kind}, {nt})"
+        return f"{src.bind(narrow_into, '_narrow_into')}({expr}, {y}, {kind}, {nt})"
     impl = getattr(step.run, "impl", None)
     if step.kind != "numpy" or impl is None or len(step.node.output) != 1:
         return None

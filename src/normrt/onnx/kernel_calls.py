@@ -241,13 +241,19 @@ def pack_conv(w, attrs):
     return _blas.packed_conv_weight(w, attrs.get("group", 1))
 
 
+def _program(attrs, n_inputs):
+    """An Elementwise node's compiled program: compiled at the first call and kept on the node's
+    attributes (it depends on them only)."""
+    program = attrs.get("_program")
+    if program is None or program.n_inputs != n_inputs:
+        program = attrs["_program"] = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()),
+                                                      n_inputs)
+    return program
+
+
 def elementwise(attrs, n_out, *inputs):
     """The fused elementwise kernel over the inputs' broadcast shape (float32)."""
-    program = attrs.get("_program")
-    if program is None or program.n_inputs != len(inputs):
-        # compiled at the first call and kept on the node's attributes (it depends on them only)
-        program = attrs["_program"] = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()),
-                                                      len(inputs))
+    program = _program(attrs, len(inputs))
     try:
         # the kernel checks the inputs (float32, broadcasting): no per-call Python checks here
         out = np.empty(_kelementwise.broadcast_shape(inputs, attrs.get("out_rank", 0)), np.float32)
@@ -261,7 +267,7 @@ def elementwise(attrs, n_out, *inputs):
 def prepared_elementwise(attrs, n_inputs, out_size):
     """run(inputs tuple, out) -> out: `elementwise` above for a specialized plan, its program compiled
     and its threads decided once (the kernel still checks the inputs' shapes against out's)."""
-    program = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()), n_inputs)
+    program = _program(attrs, n_inputs)
     code, constants, n_regs = program.code, program.constants, program.n_registers
     nt = memory_bound(out_size)
     kernel = _kelementwise.run_program
