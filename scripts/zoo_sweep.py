@@ -58,20 +58,26 @@ def _audio():
     return {"input_values": torch.randn(1, 1600)}
 
 
+# the small configs both sets build from
+_STAGES = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+_VIT = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128)
+_SPEECH = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+               conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+               num_conv_pos_embedding_groups=4)
+
+
+def _lm(cfg, model, **kw):
+    """A small language model of `cfg` (hidden 64, 2 layers, 4 heads) on 24 tokens."""
+    base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    return lambda: (model(cfg(**{**base, **kw})), _tokens())
+
+
 def models():
     """{name: () -> (torch module, {input name: tensor})}: small configs of each architecture."""
     import transformers as t
 
-    def lm(cfg, model, **kw):
-        base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-        return lambda: (model(cfg(**{**base, **kw})), _tokens())
-
-    vit = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=128)
-    stages = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
-    speech = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=4)
+    lm, vit, stages, speech = _lm, _VIT, _STAGES, _SPEECH
     return {
         "resnet": lambda: (t.ResNetModel(t.ResNetConfig(embedding_size=16, **stages)), _image()),
         "regnet": lambda: (t.RegNetModel(t.RegNetConfig(embedding_size=16, groups_width=8, **stages)), _image()),
@@ -119,17 +125,8 @@ def second_models():
     import torch
     import transformers as t
 
-    def lm(cfg, model, **kw):
-        base = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-        return lambda: (model(cfg(**{**base, **kw})), _tokens())
-
-    stages = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+    lm, vit, stages, speech = _lm, _VIT, _STAGES, _SPEECH
     mix = dict(**stages, num_attention_heads=[1, 2, 2, 4])
-    vit = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=128)
-    speech = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=4)
     return {
         "bit": lambda: (t.BitModel(t.BitConfig(embedding_size=16, num_groups=8, **stages)), _image()),
         "swinv2": lambda: (t.Swinv2Model(t.Swinv2Config(image_size=64, embed_dim=16, depths=[1, 1, 2, 1],
