@@ -101,7 +101,8 @@ cdef enum:
     EW_GELU = 21            # a Phi(a): a one-input expression recognized as GELU (erf form)
     EW_GELU_TANH = 22       # GELU's tanh approximation, recognized likewise
     EW_ROUND = 23           # round half to even (ONNX Round, numpy rint)
-    N_OPCODES = 24
+    EW_FAKE_QUANT = 24      # a on the grid of the constants b, b+1, b+2, b+3 (fake_quant_run)
+    N_OPCODES = 25
 
 cdef struct Source:
     const float* data
@@ -155,27 +156,36 @@ cdef inline float min_f(float a, float b) noexcept nogil:
     return a if a != a else r
 
 
+cdef inline void fake_quant_run(float* d, const float* a, const float* grid, Py_ssize_t n) noexcept nogil:
+    """d[:n] = (min(max(round(a / scale) + zero, lo), hi) - zero) * scale, grid = (scale, zero, lo,
+    hi): the one loop of the FakeQuant kernel below and of the programs' fake_quant op. Plain
+    selects: a NaN passes through (the QDQ pair gives some integer for it, the spec none)."""
+    cdef float scale = grid[0], zero = grid[1], lo = grid[2], hi = grid[3], v
+    cdef Py_ssize_t j
+    for j in range(n):
+        v = round_even_f(a[j] / scale) + zero
+        v = lo if v < lo else v
+        v = hi if v > hi else v
+        d[j] = (v - zero) * scale
+
+
 def fake_quant(const float[::1] x,     # IN  (n,)
                float[::1] out,         # OUT (n,); may be x itself
                float scale, float zero, float lo, float hi, int n_threads):
     """out = (min(max(round(x / scale) + zero, lo), hi) - zero) * scale: x on an integer grid
     and back (QuantizeLinear -> DequantizeLinear with a per-tensor scale and zero point, lo and
     hi the integer type's range), one pass, rounding half to even. Every step after the division
-    is exact in float32 (integers below 2^24), so this is the pair's values bitwise: the one
-    program the elementwise interpreter runs as seven passes over each tile."""
-    cdef Py_ssize_t n = x.shape[0], p, i, start, stop
-    cdef float v
+    is exact in float32 (integers below 2^24), so this is the pair's values bitwise."""
+    cdef Py_ssize_t n = x.shape[0], p, start
+    cdef float grid[4]
     if out.shape[0] != n:
         raise ValueError("out must have x's length")
+    if n == 0:
+        return
+    grid[0], grid[1], grid[2], grid[3] = scale, zero, lo, hi
     for p in prange((n + PIECE - 1) // PIECE, nogil=True, schedule="static", num_threads=n_threads):
         start = p * PIECE
-        stop = min(start + PIECE, n)
-        for i in range(start, stop):
-            v = round_even_f(x[i] / scale) + zero
-            # plain selects (a NaN passes through: the pair gives some integer for it, the spec none)
-            v = lo if v < lo else v
-            v = hi if v > hi else v
-            out[i] = (v - zero) * scale
+        fake_quant_run(&out[start], &x[start], grid, min(<Py_ssize_t>PIECE, n - start))
 
 
 cdef void run_instr(int op, float* d, const float* a, const float* b, Py_ssize_t n) noexcept nogil:
@@ -268,7 +278,11 @@ cdef inline void run_code(const Program* p, float** reg, Py_ssize_t n) noexcept 
     """The program's instructions, in order, over the first n elements of the registers."""
     cdef int k
     for k in range(p.n_instr):
-        run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
+        if p.code[4 * k] == EW_FAKE_QUANT:
+            # its b operand names the first of the grid's four constant registers (compile_program)
+            fake_quant_run(reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], p.consts + (p.code[4 * k + 3] - p.n_in), n)
+        else:
+            run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
 
 
 cdef void run_items(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept nogil:
@@ -423,6 +437,9 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
             raise ValueError(f"code: instruction {k} writes register {code[4 * k + 1]}, not a temporary")
         if not (0 <= code[4 * k + 2] < n_regs and 0 <= code[4 * k + 3] < n_regs):
             raise ValueError(f"code: instruction {k} reads a register outside 0..{n_regs - 1}")
+        if code[4 * k] == EW_FAKE_QUANT and not n_in <= code[4 * k + 3] <= n_in + consts.shape[0] - 4:
+            raise ValueError(f"code: instruction {k} (fake_quant) needs four constant registers from "
+                             f"{code[4 * k + 3]}")
     try:
         for i in range(n_in):
             PyObject_GetBuffer(inputs[i], &views[i], PyBUF_RECORDS_RO)

@@ -146,7 +146,7 @@ NORM_OPS = {op.op_type: op for op in (
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),
     NormOp("FakeQuant", "elementwise", ("X",), ("Y",), {"scale": None, "zero_point": 0.0, "lo": None, "hi": None},
-           call=_calls.fake_quant, norm=False, half_native=False),
+           call=_calls.fake_quant, norm=False, half_native=False, prepare=_calls.prepared_fake_quant),
     NormOp("DynamicFakeQuant", "elementwise", ("X",), ("Y",), {}, call=_calls.dynamic_fake_quant, norm=False,
            half_native=False),
 )}

@@ -24,8 +24,12 @@ OPS = {
     "exp": (6, 1), "log": (7, 1), "sqrt": (8, 1), "reciprocal": (9, 1), "tanh": (10, 1), "erf": (11, 1),
     "sigmoid": (12, 1), "relu": (13, 1), "max": (14, 2), "min": (15, 2), "pow": (16, 2), "square": (17, 1),
     "copy": (18, 1), "silu": (19, 1), "silu_mul": (20, 2), "gelu": (21, 1), "gelu_tanh": (22, 1),
-    "round": (23, 1),
+    "round": (23, 1), "fake_quant": (24, 2),
 }
+# fake_quant's second operand is the first of four consecutive constants: the grid's scale,
+# zero point, lo and hi (normrt::FakeQuant's attributes); it computes
+# (min(max(round(a / scale) + zero, lo), hi) - zero) * scale, the FakeQuant kernel's values
+GRID_CONSTANTS = 4
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
 MAX_INSTRUCTIONS = 256
@@ -133,7 +137,7 @@ _EVAL64 = {
     "gelu": lambda a, b: RECOGNIZED["gelu"](a), "gelu_tanh": lambda a, b: RECOGNIZED["gelu_tanh"](a),
     "round": lambda a, b: np.rint(a),
 }
-assert set(_EVAL64) == set(OPS)       # every op a program may hold can be probed
+assert set(_EVAL64) | {"fake_quant"} == set(OPS)  # every op a recognizable program may hold can be probed
 
 
 def _agree(got, want):
@@ -155,8 +159,8 @@ def recognize(ops, args, constants, n_inputs):
     """The name of the RECOGNIZED function a one-input program computes, or None. `ops`, `args`
     and `constants` as compile_program takes them, as tuples (a model's repeated layers are
     probed once). Only programs that could be one: one input, an erf or tanh among 4+ ops."""
-    if n_inputs != 1 or len(ops) < 4 or not ({"erf", "tanh"} & set(ops)):
-        return None
+    if n_inputs != 1 or len(ops) < 4 or not ({"erf", "tanh"} & set(ops)) or "fake_quant" in ops:
+        return None         # (a quantized step inside makes it no smooth function)
     first_result = 1 + len(constants)
     vals = [_PROBES] + [np.full_like(_PROBES, c) for c in np.asarray(constants, np.float32).astype(np.float64)]
     with np.errstate(all="ignore"):
@@ -203,6 +207,9 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
                 raise ModelError(f"{where}: op {k} ({name}) reads value {v}, which is not an input, "
                                  f"a constant or an earlier op's result (0..{first_result + k - 1})")
             last_use[v] = k
+        if name == "fake_quant" and not n_inputs <= args[2 * k + 1] <= first_result - GRID_CONSTANTS:
+            raise ModelError(f"{where}: op {k} (fake_quant) reads its grid from value {args[2 * k + 1]}: "
+                             f"it must be the first of {GRID_CONSTANTS} constants")
     # temporaries: a free list, a register returns to it after its value's last reader
     free, reg, code = [], {v: v for v in range(first_result)}, []
     n_registers = first_result

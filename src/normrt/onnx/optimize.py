@@ -69,8 +69,9 @@ def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
     return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(),
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
-            # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv)
-            EinsumProducts(), NoOpViews(only=("Slice",)), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
+            # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
+            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them

@@ -29,8 +29,8 @@ Abs, Exp, Log, Sqrt, Reciprocal, Tanh, Erf, Sigmoid, Relu, Round (Pow by a const
 and LeakyRelu with alpha > 0 as max(x, alpha x) (min above 1), the standalone op's
 values: StyleGAN's fused_leaky_relu, `(x + bias) -> LeakyRelu -> * sqrt(2)`, is one pass.
 A normrt::FakeQuant (a QDQ pair, qdq_pairs) beside other elementwise ops joins their program
-as its seven ops (a QDQ transformer's bias Add and its activation's fake quantization, one
-pass); alone it keeps its own one-pass kernel.
+as one fake_quant op, the FakeQuant kernel's own loop on each tile (a QDQ transformer's bias
+Add and its activation's fake quantization, one pass); alone it keeps its own one-pass kernel.
 
 Refused (reason returned by `check`; the nodes then run one by one): a group
 with more distinct inputs or live values than the kernel holds (16 inputs, 48
@@ -194,6 +194,14 @@ def expression(ctx, nodes):
             constants.append(float(np.float32(value)))
         return ("const", const_index[key])
 
+    def constant_block(values):
+        """The first of len(values) consecutive constants holding `values` (shared by equal blocks)."""
+        key = np.asarray(values, np.float32).tobytes()
+        if key not in const_index:
+            const_index[key] = len(constants)
+            constants.extend(float(np.float32(v)) for v in values)
+        return ("const", const_index[key])
+
     def emit(name, *xs):
         ops.append(name)
         args.extend(xs if len(xs) == 2 else (xs[0], xs[0]))
@@ -207,13 +215,10 @@ def expression(ctx, nodes):
             r = emit(_UNARY[op], operand(node.input[0]))
         elif op == "FakeQuant":
             # (min(max(round(x / s) + z, lo), hi) - z) * s: the FakeQuant kernel's values
+            # (one op reading its grid from four consecutive constants: elementwise_program)
             a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-            scale, zero = constant(a["scale"]), a.get("zero_point", 0.0)
-            v = emit("round", emit("div", operand(node.input[0]), scale))
-            v = emit("add", v, constant(zero)) if zero else v
-            v = emit("min", emit("max", v, constant(a["lo"])), constant(a["hi"]))
-            v = emit("sub", v, constant(zero)) if zero else v
-            r = emit("mul", v, scale)
+            grid = (a["scale"], a.get("zero_point", 0.0), a["lo"], a["hi"])
+            r = emit("fake_quant", operand(node.input[0]), constant_block(grid))
         elif op == "LeakyRelu":
             # max(x, alpha x), min above alpha 1: the standalone op's values (ops/activations.py)
             x = operand(node.input[0])

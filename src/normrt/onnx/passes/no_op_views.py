@@ -9,7 +9,8 @@ step (a Pad copies the tensor):
     x ─► Pad(pads = 0) | Slice(whole axes) | Reshape(to x's shape) | Transpose(identity)
          | Expand(to x's shape) | Identity | Cast(to x's own type) | Mul(x, 1) | Div(x, 1)
          | Cast(to x's type) of a Cast of x to a type holding all of x's values
-         | Resize(to x's shape, scale 1) ─► y ─► readers
+         | Resize(to x's shape, scale 1)
+         | normrt::FakeQuant(g) of a value already on grid g (fake_quant_grid) ─► y ─► readers
          (diffusers' residual `/ output_scale_factor` of 1.0: x * 1 and x / 1 are bitwise x)
     ==>  x ─► readers
 
@@ -31,7 +32,8 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from . import GraphPass
-from ._queries import is_op, is_static, node_attrs
+from ._queries import is_normrt, is_op, is_static, node_attrs
+from .fake_quant_grid import on_own_grid
 from .._graph import subgraphs
 
 
@@ -129,6 +131,8 @@ def _hands_on_first(ctx, node):
     op = node.op_type
     if is_op(node, "Identity"):
         return True
+    if is_normrt(node, "FakeQuant"):
+        return on_own_grid(ctx, node)
     if is_op(node, "Cast"):
         attrs, reason = node_attrs(node)
         return reason is None and ctx.elem_type(x) != 0 and attrs.get("to") == ctx.elem_type(x)
@@ -195,18 +199,24 @@ class NoOpViews(GraphPass):
         for node in ctx.nodes:
             if self.only is not None and node.op_type not in self.only:
                 continue
-            if is_no_op(ctx, node):
-                yield ("drop", node)
+            x = passed_input(ctx, node)
+            if x is not None:
+                # (x decided now: a FakeQuant's grid is traced through producers this run may drop)
+                yield ("drop", node, x)
             elif is_op(node, "Transpose") and len(node.output) == 1:
                 first = ctx.producer().get(node.input[0]) if node.input else None
                 if is_op(first, "Transpose") and len(ctx.readers(first.output[0])) == 1:
                     yield ("compose", first, node)
 
+    @staticmethod
+    def _nodes(m):
+        return m[1:] if m[0] == "compose" else m[1:2]
+
     def describe(self, m):
-        return m[1].op_type, [n.name for n in m[1:]]
+        return m[1].op_type, [n.name for n in self._nodes(m)]
 
     def check(self, ctx, m):
-        if not all(ctx.contains(n) for n in m[1:]):
+        if not all(ctx.contains(n) for n in self._nodes(m)):
             return "already rewritten"
         if m[0] == "compose":
             if m[1].output[0] in ctx.graph_outputs:
@@ -232,8 +242,8 @@ class NoOpViews(GraphPass):
                                    perm=[int(p1[i]) for i in p2])
             ctx.replace_nodes([first, second], [new])
             return
-        node = m[1]
-        x, y = passed_input(ctx, node), node.output[0]
+        node, x = m[1], m[2]
+        y = node.output[0]
         self._alias[y] = self._alias.get(x, x)     # graph order: x's own alias is already resolved
         gone = [node]
         first = ctx.producer().get(node.input[0])
