@@ -101,7 +101,7 @@ cdef enum:
     EW_GELU = 21            # a Phi(a): a one-input expression recognized as GELU (erf form)
     EW_GELU_TANH = 22       # GELU's tanh approximation, recognized likewise
     EW_ROUND = 23           # round half to even (ONNX Round, numpy rint)
-    EW_FAKE_QUANT = 24      # a on the grid of the constants b, b+1, b+2, b+3 (fake_quant_run)
+    EW_FAKE_QUANT = 24      # a on grid number b of the program's grids (fake_quant_run)
     N_OPCODES = 25
 
 cdef struct Source:
@@ -116,6 +116,7 @@ cdef struct Program:
     int n_const
     int n_regs
     const float* consts
+    const float* grids                # fake_quant's grids: (scale, zero, lo, hi) each
     int ndim                          # coalesced output axes (>= 1)
     Py_ssize_t shape[MAX_DIMS]
     Source src[MAX_INPUTS]
@@ -183,6 +184,10 @@ def fake_quant(const float[::1] x,     # IN  (n,)
     if n == 0:
         return
     grid[0], grid[1], grid[2], grid[3] = scale, zero, lo, hi
+    if n_threads <= 1 or n <= PIECE:
+        with nogil:       # no parallel region to enter (~1 us, most of a small call)
+            fake_quant_run(&out[0], &x[0], grid, n)
+        return
     for p in prange((n + PIECE - 1) // PIECE, nogil=True, schedule="static", num_threads=n_threads):
         start = p * PIECE
         fake_quant_run(&out[start], &x[start], grid, min(<Py_ssize_t>PIECE, n - start))
@@ -279,8 +284,8 @@ cdef inline void run_code(const Program* p, float** reg, Py_ssize_t n) noexcept 
     cdef int k
     for k in range(p.n_instr):
         if p.code[4 * k] == EW_FAKE_QUANT:
-            # its b operand names the first of the grid's four constant registers (compile_program)
-            fake_quant_run(reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], p.consts + (p.code[4 * k + 3] - p.n_in), n)
+            # its b operand is a grid's index, not a register (compile_program)
+            fake_quant_run(reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], p.grids + 4 * p.code[4 * k + 3], n)
         else:
             run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
 
@@ -414,7 +419,8 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
                 int n_regs,                 # registers: inputs, constants, then temporaries
                 tuple inputs,               # IN  float32 arrays, broadcastable to out's shape
                 out,                        # OUT float32 C-contiguous array of the broadcast shape
-                int n_threads):
+                int n_threads,
+                const float[::1] grids=None):   # IN  4 floats per fake_quant grid (scale, zero, lo, hi)
     """out = the program's result over the broadcast of `inputs` (see the section comment)."""
     cdef Program p
     cdef Py_buffer views[MAX_INPUTS]
@@ -435,11 +441,12 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
             raise ValueError(f"code: instruction {k} has opcode {code[4 * k]}, expected 0..{N_OPCODES - 1}")
         if not n_in + consts.shape[0] <= code[4 * k + 1] < n_regs:
             raise ValueError(f"code: instruction {k} writes register {code[4 * k + 1]}, not a temporary")
-        if not (0 <= code[4 * k + 2] < n_regs and 0 <= code[4 * k + 3] < n_regs):
+        if not (0 <= code[4 * k + 2] < n_regs and (code[4 * k] == EW_FAKE_QUANT or 0 <= code[4 * k + 3] < n_regs)):
             raise ValueError(f"code: instruction {k} reads a register outside 0..{n_regs - 1}")
-        if code[4 * k] == EW_FAKE_QUANT and not n_in <= code[4 * k + 3] <= n_in + consts.shape[0] - 4:
-            raise ValueError(f"code: instruction {k} (fake_quant) needs four constant registers from "
-                             f"{code[4 * k + 3]}")
+        if code[4 * k] == EW_FAKE_QUANT and not (
+                grids is not None and 0 <= code[4 * k + 3] and 4 * code[4 * k + 3] + 4 <= grids.shape[0]):
+            raise ValueError(f"code: instruction {k} (fake_quant) reads grid {code[4 * k + 3]}, which grids "
+                             f"(4 floats each) does not hold")
     try:
         for i in range(n_in):
             PyObject_GetBuffer(inputs[i], &views[i], PyBUF_RECORDS_RO)
@@ -520,6 +527,7 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
             p.n_in = n_in
             p.n_const = consts.shape[0]
             p.consts = &consts[0] if consts.shape[0] else NULL
+            p.grids = &grids[0] if grids is not None and grids.shape[0] else NULL
             p.n_regs = n_regs
             p.out = <float*>out_view.buf
             p.tiles_per_row = (p.shape[nd - 1] + TILE - 1) // TILE

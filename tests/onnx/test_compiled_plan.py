@@ -3,6 +3,7 @@ shapes gives bitwise the generic plan's results, a new shape after specializatio
 correctly, and reused buffers never leak into returned outputs."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -366,3 +367,53 @@ def test_elementwise_program_prepared():
     for got in (generic[0], first[0], second[0]):
         assert np.array_equal(got, generic[0])
         np.testing.assert_allclose(got, t / (1 + np.exp(-t)) + feeds["b"], rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), data=st.data(),
+       form=st.sampled_from(["input", "attribute", "num_outputs", "equal"]), seed=st.integers(0, 2**31 - 1))
+def test_split_specialized(shape, data, form, seed):
+    """A Split by constant sizes (opset 13's input, opset 11's attribute, opset 18's num_outputs,
+    or equal parts) runs as views of its input decided once: the generic Split's values and
+    numpy's, for each output (also ones another step reads after the split input is reused)."""
+    rank = len(shape)
+    axis = data.draw(st.integers(-rank, rank - 1))
+    dim = shape[axis % rank]
+    if form in ("input", "attribute"):
+        cuts = sorted(data.draw(st.lists(st.integers(0, dim), min_size=1, max_size=3)))
+        sizes = [b - a for a, b in zip([0] + cuts, cuts + [dim])]
+    elif form == "num_outputs":
+        num = data.draw(st.integers(1, dim))
+        chunk = -(-dim // num)
+        sizes = [chunk] * (dim // chunk) + ([dim % chunk] if dim % chunk else [])
+    else:
+        num = data.draw(st.sampled_from([d for d in range(1, dim + 1) if dim % d == 0]))
+        sizes = [dim // num] * num
+    outs = [f"s{i}" for i in range(len(sizes))]
+    inits, ins, attrs, opset = [], ["r"], {"axis": axis}, 13
+    if form == "input":
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        ins.append("sizes")
+    elif form == "attribute":
+        attrs["split"], opset = sizes, 11
+    elif form == "num_outputs":
+        attrs["num_outputs"], opset = len(sizes), 18
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Split", ins, outs, **attrs)] + \
+        [helper.make_node("Neg", [o], [f"y{i}"]) for i, o in enumerate(outs)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None)
+                               for i in range(len(outs))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    source = next(iter(sess.executor.specialized.values())).source
+    views = r"= \((v\d+\[k\d+\], )+\)" if len(sizes) > 1 else r"= v\d+\[k\d+\]\n"
+    assert re.search(views, source), "the Split is its views of the input, not the generic call"
+    starts = np.cumsum([0] + sizes)
+    want = [-np.take(np.maximum(x, 0), np.arange(a, b), axis=axis) for a, b in zip(starts, starts[1:])]
+    for got in (generic, first, second):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and np.array_equal(g, w)

@@ -184,22 +184,40 @@ def test_lone_fake_quant_prepared_step(zp):
         assert same_bits(got, want)
 
 
-def test_program_fake_quant_reads_four_constants():
-    """compile_program refuses a fake_quant whose grid is not four constants (ModelError), and the
-    kernel refuses such code (ValueError) rather than reading past its constants."""
+def test_program_fake_quant_grids():
+    """compile_program takes a fake_quant's grid from four constants into the program's grid table
+    (not the register file: a QDQ GELU's ten grids fit), refuses any other operand (ModelError),
+    and the kernel refuses code naming a grid it was not given (ValueError)."""
     from normrt._kernels import elementwise as kernel
     with pytest.raises(ModelError, match="fake_quant"):
         compile_program(["fake_quant"], [0, 1], [0.1, 0.0, 0.0], 1)       # three constants
     with pytest.raises(ModelError, match="fake_quant"):
         compile_program(["fake_quant"], [0, 0], [0.1, 0.0, 0.0, 255.0], 1)  # the grid is the input
-    program = compile_program(["fake_quant"], [0, 1], [0.5, 3.0, 0.0, 255.0], 1)
-    x = np.array([-1.0, -0.2, 0.26, 1.0, 500.0, np.nan, -np.inf], np.float32)
+    # x -> fq(g0) -> * 2 -> fq(g1) -> ... twelve grids, each op's result on the next
+    grids = [(0.5 + k, 3.0, 0.0, 255.0) for k in range(12)]
+    ops, args, constants = [], [], [2.0]
+    v = 0
+    for k, g in enumerate(grids):
+        constants += list(g)
+    first = 1 + len(constants)
+    for k in range(len(grids)):
+        ops += ["fake_quant", "mul"]
+        args += [v, 2 + 4 * k, first + 2 * k, 1]
+        v = first + 2 * k + 1
+    program = compile_program(ops, args, constants, 1)
+    assert program.n_registers <= 3 and program.grids.size == 48      # input, the 2.0, one temporary
+    x = np.array([-1.0, -0.2, 0.26, 1.0, 500.0, np.nan, -np.inf, 7.3], np.float32)
     y = np.empty_like(x)
-    kernel.run_program(program.code, program.constants, program.n_registers, (x,), y, 1)
-    want = (np.clip(np.rint(x / np.float32(0.5)) + 3, 0, 255) - 3) * np.float32(0.5)
-    np.testing.assert_array_equal(y, want)
-    assert not np.signbit(y[1])                                             # +0.0
-    bad = program.code.copy()
-    bad[3] = 2                  # the grid from register 2: constants end at register 4
+    kernel.run_program(program.code, program.constants, program.n_registers, (x,), y, 1, program.grids)
+    want = x
+    for scale, zero, lo, hi in grids:
+        s = np.float32(scale)
+        want = ((np.clip(np.rint(want / s) + np.float32(zero), lo, hi) - np.float32(zero)) * s).astype(np.float32)
+        want = want * np.float32(2.0)
+    assert same_bits(y, want)
     with pytest.raises(ValueError, match="fake_quant"):
-        kernel.run_program(bad, program.constants, program.n_registers, (x,), y, 1)
+        kernel.run_program(program.code, program.constants, program.n_registers, (x,), y, 1)   # no grids
+    bad = program.code.copy()
+    bad[3] = 12                 # grid 12 of 0..11
+    with pytest.raises(ValueError, match="fake_quant"):
+        kernel.run_program(bad, program.constants, program.n_registers, (x,), y, 1, program.grids)

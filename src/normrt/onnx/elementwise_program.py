@@ -28,7 +28,9 @@ OPS = {
 }
 # fake_quant's second operand is the first of four consecutive constants: the grid's scale,
 # zero point, lo and hi (normrt::FakeQuant's attributes); it computes
-# (min(max(round(a / scale) + zero, lo), hi) - zero) * scale, the FakeQuant kernel's values
+# (min(max(round(a / scale) + zero, lo), hi) - zero) * scale, the FakeQuant kernel's values.
+# The kernel reads grids from their own table, not from registers (a QDQ GELU has ten grids:
+# as constant registers they overflowed the register file)
 GRID_CONSTANTS = 4
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
@@ -37,12 +39,14 @@ MAX_INSTRUCTIONS = 256
 
 class Program:
     """Register code for `run_program`: `code` (int32, 4 per instruction), `constants`
-    (float32), `n_registers`, and `n_inputs` the node's input count."""
+    (float32: the constant registers), `n_registers`, `n_inputs` the node's input count and
+    `grids` (float32, four per fake_quant grid: an instruction's b operand is its grid's index)."""
 
-    __slots__ = ("code", "constants", "n_registers", "n_inputs")
+    __slots__ = ("code", "constants", "n_registers", "n_inputs", "grids")
 
-    def __init__(self, code, constants, n_registers, n_inputs):
+    def __init__(self, code, constants, n_registers, n_inputs, grids=None):
         self.code, self.constants, self.n_registers, self.n_inputs = code, constants, n_registers, n_inputs
+        self.grids = np.zeros(0, np.float32) if grids is None else grids
 
 
 def leaky_relu_select(alpha):
@@ -54,8 +58,8 @@ def leaky_relu_select(alpha):
 
 
 def operands(name, a, b):
-    """The operand numbers an op reads (one for a unary op)."""
-    return (a,) if OPS[name][1] == 1 else (a, b)
+    """The value numbers an op reads (one for a unary op; fake_quant's grid is no read value)."""
+    return (a,) if OPS[name][1] == 1 or name == "fake_quant" else (a, b)
 
 
 def fuse_silu(ops, args, first_result):
@@ -199,20 +203,27 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
         if known is not None:
             ops, args = [known], [0, 0]
     ops, args = fuse_silu(ops, args, first_result)
-    n_ops = len(ops)
-    last_use = {}
+    last_use, grid_of, grids = {}, {}, {}
     for k, name in enumerate(ops):
         for v in operands(name, args[2 * k], args[2 * k + 1]):
             if not 0 <= v < first_result + k:
                 raise ModelError(f"{where}: op {k} ({name}) reads value {v}, which is not an input, "
-                                 f"a constant or an earlier op's result (0..{first_result + k - 1})")
+                                 f"a constant or an earlier op's result (0..{first_result - 1 + k})")
             last_use[v] = k
-        if name == "fake_quant" and not n_inputs <= args[2 * k + 1] <= first_result - GRID_CONSTANTS:
-            raise ModelError(f"{where}: op {k} (fake_quant) reads its grid from value {args[2 * k + 1]}: "
-                             f"it must be the first of {GRID_CONSTANTS} constants")
-    # temporaries: a free list, a register returns to it after its value's last reader
-    free, reg, code = [], {v: v for v in range(first_result)}, []
-    n_registers = first_result
+        if name == "fake_quant":
+            c = args[2 * k + 1] - n_inputs
+            if not 0 <= c <= n_const - GRID_CONSTANTS:
+                raise ModelError(f"{where}: op {k} (fake_quant) reads its grid from value {args[2 * k + 1]}: "
+                                 f"it must be the first of {GRID_CONSTANTS} constants")
+            block = tuple(float(v) for v in np.asarray(constants, np.float32).reshape(-1)[c:c + GRID_CONSTANTS])
+            grid_of[k] = grids.setdefault(block, len(grids))
+    # registers: the inputs, the constants some op reads as a value, then temporaries (a free
+    # list: a register returns to it after its value's last reader)
+    kept = sorted(v for v in last_use if n_inputs <= v < first_result)
+    reg = {v: v for v in range(n_inputs)}
+    reg.update({v: n_inputs + i for i, v in enumerate(kept)})
+    free, code = [], []
+    n_registers = n_inputs + len(kept)
     for k, name in enumerate(ops):
         reads = operands(name, args[2 * k], args[2 * k + 1])
         src = [reg[v] for v in reads]
@@ -225,8 +236,9 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
             dst = n_registers
             n_registers += 1
         reg[first_result + k] = dst
-        code.append((OPS[name][0], dst, src[0], src[-1]))
+        code.append((OPS[name][0], dst, src[0], grid_of[k] if name == "fake_quant" else src[-1]))
     if n_registers > MAX_REGISTERS:
         raise ModelError(f"{where}: the expression needs {n_registers} registers, the kernel has {MAX_REGISTERS}")
-    return Program(np.asarray(code, np.int32).reshape(-1), np.asarray(constants, np.float32).reshape(-1),
-                   n_registers, n_inputs)
+    values = np.asarray(constants, np.float32).reshape(-1)
+    return Program(np.asarray(code, np.int32).reshape(-1), values[[v - n_inputs for v in kept]].copy(),
+                   n_registers, n_inputs, np.asarray([x for block in grids for x in block], np.float32))

@@ -258,7 +258,7 @@ def elementwise(attrs, n_out, *inputs):
         # the kernel checks the inputs (float32, broadcasting): no per-call Python checks here
         out = np.empty(_kelementwise.broadcast_shape(inputs, attrs.get("out_rank", 0)), np.float32)
         _kelementwise.run_program(program.code, program.constants, program.n_registers, inputs, out,
-                                  memory_bound(out.size))
+                                  memory_bound(out.size), program.grids)
     except (ValueError, AttributeError) as e:
         raise ModelError(f"normrt Elementwise: {e}") from e
     return (out,)
@@ -268,12 +268,12 @@ def prepared_elementwise(attrs, n_inputs, out_size):
     """run(inputs tuple, out) -> out: `elementwise` above for a specialized plan, its program compiled
     and its threads decided once (the kernel still checks the inputs' shapes against out's)."""
     program = _program(attrs, n_inputs)
-    code, constants, n_regs = program.code, program.constants, program.n_registers
+    code, constants, n_regs, grids = program.code, program.constants, program.n_registers, program.grids
     nt = memory_bound(out_size)
     kernel = _kelementwise.run_program
 
     def run(inputs, out):
-        kernel(code, constants, n_regs, inputs, out, nt)
+        kernel(code, constants, n_regs, inputs, out, nt, grids)
         return out
     return run
 

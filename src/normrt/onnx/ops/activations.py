@@ -44,7 +44,7 @@ def leaky_relu_float32(x, alpha):
     program = _leaky_program(np.float32(alpha).item())
     out = np.empty(x.shape, np.float32)
     _kelementwise.run_program(program.code, program.constants, program.n_registers, (x,), out,
-                              memory_bound(out.size))
+                              memory_bound(out.size), program.grids)
     return out
 
 

@@ -182,16 +182,22 @@ def _split_sizes(node, dim, split):
     return [dim // n] * n
 
 
-def _split(node, x, split):
-    axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
-    sizes = _split_sizes(node, x.shape[axis], split)
-    index = [slice(None)] * x.ndim
-    parts, start = [], 0
-    for n in sizes:                 # views, as np.split makes them, without its overhead
+def split_indexes(node, shape, split):
+    """The numpy index tuple of each of a Split's outputs, for an input of `shape` (ints or None:
+    split's sizes)."""
+    axis = norm_axis(node.attrs.get("axis", 0), len(shape))
+    index = [slice(None)] * len(shape)
+    out, start = [], 0
+    for n in _split_sizes(node, shape[axis], split):
         index[axis] = slice(start, start + n)
-        parts.append(x[tuple(index)])
+        out.append(tuple(index))
         start += n
-    return tuple(parts)
+    return out
+
+
+def _split(node, x, split):
+    # views, as np.split makes them, without its overhead
+    return tuple(x[index] for index in split_indexes(node, x.shape, split))
 
 
 @op("Split", since=2, until=12, half_native=True)
