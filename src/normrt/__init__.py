@@ -36,6 +36,9 @@ def cpu_info():
     features found by cpuid that the OS enables (Linux /proc/cpuinfo names);
     "built_levels", the levels this install has; "forced", the NORMRT_ISA
     value or None; "brand", the CPU's name; "modules", the kernel modules
-    loaded. The level is chosen once, at import.
+    loaded; "bf16_store", how bfloat16 stores round; "int8_dot", the path of
+    the 8-bit products of static QDQ models ("avx512_vnni": vpdpbusd, which
+    quantized models' MatMuls run on; "portable": C loops, so those MatMuls
+    keep the float32 GEMM). The level is chosen once, at import.
     """
     return _kernels_cpu_info()

@@ -235,6 +235,22 @@ def memory_bound(elements):
     return 1 if elements < MEMORY_BOUND_MIN_ELEMENTS else allowed_threads()
 
 
+# Elementwise programs (normrt::Elementwise) cost what their ops cost, not what they touch: on
+# one thread (pyx/elementwise.pyx run_program, 131,072 float32 elements in cache, min of 50
+# calls, this 2-core EPYC) a one-op add streams 7,800 elements/us, fake_quant 5,600, erf 1,390,
+# exp 1,200, powf 97. A static QDQ BERT's GELU, ten ops with six fake quantizations and an erf,
+# took 255 us per layer on one thread under memory_bound (131,072 elements < 410K). So a
+# program also splits from SPLIT_MIN_US of its estimated one-thread time, elements times the
+# sum of its ops' nanoseconds (elementwise_program.OP_NS, from those measurements).
+def elementwise_program(elements, ns_per_element):
+    """Threads for an elementwise program over `elements` elements whose ops cost `ns_per_element`
+    on one thread (elementwise_program.Program.ns_per_element): a memory-bound kernel's, or all
+    from SPLIT_MIN_US of estimated one-thread time (the comment above)."""
+    if elements >= MEMORY_BOUND_MIN_ELEMENTS or elements * ns_per_element >= SPLIT_MIN_US * 1000:
+        return allowed_threads()
+    return 1
+
+
 def compute_bound(flops):
     """Threads for a compute-bound kernel doing `flops` floating-point operations."""
     return 1 if flops < COMPUTE_BOUND_MIN_FLOPS else allowed_threads()

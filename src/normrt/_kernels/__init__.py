@@ -88,6 +88,8 @@ def _load():
         "modules": names,
         # what the loaded modules chose (pyx/half.h), not a guess from the features
         "bf16_store": this.half_convert.bf16_store() if "half_convert" in names else _isa.BF16_STORES[1],
+        # the 8-bit products' path (pyx/int8_gemm.h): "avx512_vnni" or "portable"
+        "int8_dot": this.int8_gemm.int8_dot() if "int8_gemm" in names else "portable",
     }
 
 

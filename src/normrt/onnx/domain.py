@@ -55,11 +55,17 @@ Conv(X, W [, B, residual]) -> Y
 MatMul(A, B [, bias, residual]) -> Y                 activation="", alpha=0.01
     (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape;
     activation may also be "leaky_relu", alpha its slope: matmul_epilogue's LeakyRelu)
+QMatMul(A, W, col_scale [, bias]) -> Y              a_scale, a_zero=0.0, a_lo, a_hi
+    (a static QDQ model's product: A (..., K) float32 on the grid (a_scale, a_zero, [a_lo, a_hi]),
+    8-bit; W (K, N) an int8 constant; Y = (codes(A) - a_zero) @ W * col_scale + bias, the
+    integer sums exact, col_scale (N,) the activation scale times each column's weight scale;
+    quantized_products)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
     (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
     div, max, min, pow, neg, abs, exp, log, sqrt, reciprocal, tanh, erf, sigmoid, relu,
-    square, copy, round), `args` gives each op two operand numbers (the inputs X0..Xn-1, then the
-    `constants` scalars, then earlier ops' results; a unary op repeats its operand); Y is the
+    square, copy, round, fake_quant), `args` gives each op two operand numbers (the inputs
+    X0..Xn-1, then the `constants` scalars, then earlier ops' results; a unary op repeats its
+    operand; fake_quant's second is the first of four constants: scale, zero point, lo, hi); Y is the
     last op's result, of the inputs' broadcast shape raised to at least `out_rank` axes.
     See elementwise_program.py)
 FakeQuant(X) -> Y                                    scale, zero_point=0.0, lo, hi
@@ -142,6 +148,9 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": "", "alpha": 0.01},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False,
            activations=("leaky_relu",)),
+    NormOp("QMatMul", "int8_gemm", ("A", "W", "col_scale", "bias"), ("Y",),
+           {"a_scale": None, "a_zero": 0.0, "a_lo": None, "a_hi": None},
+           call=_calls.qmatmul, compute_bound=True, packer=_calls.pack_qmatmul, half_native=False, norm=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),

@@ -32,6 +32,12 @@ OPS = {
 # The kernel reads grids from their own table, not from registers (a QDQ GELU has ten grids:
 # as constant registers they overflowed the register file)
 GRID_CONSTANTS = 4
+# nanoseconds per element of each op on one thread (a one-op program over 131,072 cached
+# float32 elements, this 2-core EPYC; _thread_policy.elementwise_program splits by them)
+_CHEAP = 0.13
+OP_NS = {name: _CHEAP for name in OPS}
+OP_NS.update({"sqrt": 0.18, "fake_quant": 0.18, "exp": 0.83, "log": 0.83, "erf": 0.72, "tanh": 0.70,
+              "sigmoid": 0.55, "silu": 0.6, "silu_mul": 0.6, "gelu": 0.70, "gelu_tanh": 0.70, "pow": 10.0})
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
 MAX_INSTRUCTIONS = 256
@@ -39,14 +45,16 @@ MAX_INSTRUCTIONS = 256
 
 class Program:
     """Register code for `run_program`: `code` (int32, 4 per instruction), `constants`
-    (float32: the constant registers), `n_registers`, `n_inputs` the node's input count and
-    `grids` (float32, four per fake_quant grid: an instruction's b operand is its grid's index)."""
+    (float32: the constant registers), `n_registers`, `n_inputs` the node's input count,
+    `grids` (float32, four per fake_quant grid: an instruction's b operand is its grid's index)
+    and `ns_per_element`, its estimated cost on one thread (OP_NS)."""
 
-    __slots__ = ("code", "constants", "n_registers", "n_inputs", "grids")
+    __slots__ = ("code", "constants", "n_registers", "n_inputs", "grids", "ns_per_element")
 
-    def __init__(self, code, constants, n_registers, n_inputs, grids=None):
+    def __init__(self, code, constants, n_registers, n_inputs, grids=None, ns_per_element=_CHEAP):
         self.code, self.constants, self.n_registers, self.n_inputs = code, constants, n_registers, n_inputs
         self.grids = np.zeros(0, np.float32) if grids is None else grids
+        self.ns_per_element = ns_per_element      # one thread's estimated cost (OP_NS)
 
 
 def leaky_relu_select(alpha):
@@ -241,4 +249,5 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
         raise ModelError(f"{where}: the expression needs {n_registers} registers, the kernel has {MAX_REGISTERS}")
     values = np.asarray(constants, np.float32).reshape(-1)
     return Program(np.asarray(code, np.int32).reshape(-1), values[[v - n_inputs for v in kept]].copy(),
-                   n_registers, n_inputs, np.asarray([x for block in grids for x in block], np.float32))
+                   n_registers, n_inputs, np.asarray([x for block in grids for x in block], np.float32),
+                   sum(OP_NS[name] for name in ops))

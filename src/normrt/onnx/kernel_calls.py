@@ -10,7 +10,8 @@ import numpy as np
 
 from .._checks import activation as act_code
 from .._kernels import elementwise as _kelementwise
-from .._thread_policy import memory_bound
+from .._kernels import int8_gemm as _kint8
+from .._thread_policy import compute_bound, elementwise_program, memory_bound
 from ..api.conv import PAD_MODES as _PAD_MODES
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
@@ -233,6 +234,28 @@ def pack_matmul(w, attrs):
     return _blas.packed_matmul_weight(w)
 
 
+def qmatmul(attrs, n_out, a, w, col_scale, bias=None, *, packed=None):
+    """normrt::QMatMul (quantized_products): a (..., K) float32 on the grid of the attributes times
+    the int8 weight w (K, N), as exact int32 sums scaled by col_scale (N,) plus bias (pyx/int8_gemm)."""
+    pk, colsum = packed if packed is not None else pack_qmatmul(w, attrs)
+    K, N = w.shape
+    a = np.ascontiguousarray(a, np.float32)
+    if a.ndim < 2 or a.shape[-1] != K:
+        raise ModelError(f"normrt QMatMul: A must be (..., {K}), got {a.shape}")
+    y = np.empty(a.shape[:-1] + (N,), np.float32)
+    rows = int(np.prod(a.shape[:-1], dtype=np.int64))
+    bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+    _kint8.qmatmul(a.reshape(rows, K), pk, colsum, K, attrs["a_scale"], attrs["a_zero"], attrs["a_lo"], attrs["a_hi"],
+                   np.ascontiguousarray(col_scale, np.float32).reshape(-1), bias, y.reshape(rows, N),
+                   compute_bound(2 * rows * K * N))
+    return (y,)
+
+
+def pack_qmatmul(w, attrs):
+    """QMatMul's int8 weight in the kernel's panels, with its column sums (once per initializer)."""
+    return _blas.packed_int8_weight(w)
+
+
 def pack_conv(w, attrs):
     """Conv's packed weight (packed per group), from the numpy Conv op's cache (a 1-D conv's
     (M, C/group, k) weight as the (M, C/group, 1, k) of its one-row 2-D conv)."""
@@ -258,7 +281,7 @@ def elementwise(attrs, n_out, *inputs):
         # the kernel checks the inputs (float32, broadcasting): no per-call Python checks here
         out = np.empty(_kelementwise.broadcast_shape(inputs, attrs.get("out_rank", 0)), np.float32)
         _kelementwise.run_program(program.code, program.constants, program.n_registers, inputs, out,
-                                  memory_bound(out.size), program.grids)
+                                  elementwise_program(out.size, program.ns_per_element), program.grids)
     except (ValueError, AttributeError) as e:
         raise ModelError(f"normrt Elementwise: {e}") from e
     return (out,)
@@ -269,7 +292,7 @@ def prepared_elementwise(attrs, n_inputs, out_size):
     and its threads decided once (the kernel still checks the inputs' shapes against out's)."""
     program = _program(attrs, n_inputs)
     code, constants, n_regs, grids = program.code, program.constants, program.n_registers, program.grids
-    nt = memory_bound(out_size)
+    nt = elementwise_program(out_size, program.ns_per_element)
     kernel = _kelementwise.run_program
 
     def run(inputs, out):

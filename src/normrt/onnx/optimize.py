@@ -1,6 +1,8 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding ─► zero Pads into Convs
+    load (checked) ─► inline local functions ─► constant folding ─► QDQ pairs (fake quantization;
+                      repeated grids dropped) ─► static QDQ products on the 8-bit kernel
+                   ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
                       include them: torch's LRN pads by 0 for size 1) ─► attention (rank-3
@@ -62,6 +64,7 @@ from .passes.integer_products import IntegerProducts
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
 from .passes.einsum_products import EinsumProducts
+from .passes.quantized_products import QuantizedProducts
 from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 
@@ -71,7 +74,9 @@ def default_passes():
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
             # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
-            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")),
+            # a static QDQ model's products on the 8-bit kernel (their inputs' grids known now)
+            QuantizedProducts(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them

@@ -324,6 +324,13 @@ def packed_matmul_weight(b, transposed=False):
     return _cached(b, ("matmul", transposed), lambda: pack_matmul_weight(b.T if transposed else b))
 
 
+def packed_int8_weight(w):
+    """(panels, column sums) of an int8 (K, N) weight for the 8-bit product (pyx/int8_gemm), once
+    per read-only w."""
+    from ..._kernels import int8_gemm
+    return _cached(w, ("int8",), lambda: int8_gemm.pack_weight(np.ascontiguousarray(w, np.int8)))
+
+
 def packed_recurrent_weight(w):
     """normrt.pack_matmul_weight of an LSTM/GRU/RNN's W (D, G*H, I) as one (I, D*G*H) operand
     (every direction's input projection in one product), once per read-only w."""

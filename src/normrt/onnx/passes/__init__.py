@@ -59,6 +59,9 @@ class PassContext:
         self.report = report if report is not None else Report()
         self.new_name = NameGen(model.graph)
         self.types = {}
+        # folded DequantizeLinear outputs -> (integer values, scale, zero point or None, axis): the
+        # 8-bit weights a static QDQ model's products quantize to (constant_folding records them)
+        self.dequantized = {}
         self._dirty = True         # nodes or constants changed since the last commit
         self._untyped = set()      # values written by nodes added since the last refresh_types
         self._retype = False       # set by mark_types_stale

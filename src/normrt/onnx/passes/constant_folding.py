@@ -72,6 +72,17 @@ def static_shape_value(ctx, node):
     return np.array(shape[slice(start, end)], np.int64)
 
 
+def _record_dequantized(ctx, node, args, name):
+    """A folded DequantizeLinear's integer input, scale, zero point and axis, kept beside its float
+    value (ctx.dequantized): quantized_products runs the products on those 8-bit weights."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if "block_size" in attrs and attrs["block_size"]:
+        return
+    q, scale = args[0], args[1]
+    zero = args[2] if len(args) > 2 else None
+    ctx.dequantized[name] = (q, scale, zero, int(attrs.get("axis", 1)))
+
+
 class ConstantFolding(GraphPass):
     name = "constant_folding"
 
@@ -168,6 +179,8 @@ class ConstantFolding(GraphPass):
                 continue
             for name, value in zip(names, outs):
                 ctx.constants[name] = value
+            if is_op(node, "DequantizeLinear"):
+                _record_dequantized(ctx, node, args, names[0])
             count += 1
         ctx.nodes = kept
         ctx.commit()

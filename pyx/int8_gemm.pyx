@@ -1,0 +1,143 @@
+"""The 8-bit product of static QDQ models: float32 activations on a quantization grid times int8
+weights, summed exactly in int32 (pyx/int8_gemm.h).
+
+A static QDQ model's MatMul reads values that are on their grid (a FakeQuant's outputs) and
+weights that are DequantizeLinear(int8, scale): what it computes is (q - z) w summed, times the
+two scales. Here the activations' codes are recovered (exactly: they are on the grid) and the
+integer sums made by AVX-512 VNNI's vpdpbusd where the CPU has it: four times the multiply-adds
+of a float32 FMA per instruction. Work items are (row block, column panel) pairs, split
+statically; every sum is exact, so the result is the same for any thread count.
+"""
+import numpy as np
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+cdef extern from "int8_gemm.h" nogil:
+    enum: NRT_Q_MR
+    ctypedef struct nrt_q_problem:
+        const uint8_t* u
+        Py_ssize_t K4
+        const int8_t* bp
+        Py_ssize_t kg
+        const int32_t* colsum
+        const float* cs
+        const float* bias
+        int32_t zu
+        const unsigned char* nan
+        float* y
+        Py_ssize_t M, N
+    Py_ssize_t nrt_q_kgroups(Py_ssize_t K)
+    Py_ssize_t nrt_q_panels(Py_ssize_t N)
+    Py_ssize_t nrt_q_packed_size(Py_ssize_t K, Py_ssize_t N)
+    Py_ssize_t nrt_q_row_blocks(Py_ssize_t M)
+    void nrt_q_pack_b(const int8_t* w, Py_ssize_t K, Py_ssize_t N, int8_t* out, int32_t* colsum)
+    void nrt_q_quantize_rows(const float* x, Py_ssize_t ldx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K,
+                             Py_ssize_t K4, float scale, float zero, float lo, float hi, uint8_t* u,
+                             unsigned char* nan)
+    void nrt_q_job(const nrt_q_problem* q, Py_ssize_t job)
+    int nrt_q_vnni_on
+    int nrt_q_vnni_available()
+
+cdef enum:
+    QUANT_ROWS = 64          # rows per quantization work item
+
+
+def int8_dot():
+    """The path the products take: "avx512_vnni" or "portable" (this CPU's best unless set_int8_dot)."""
+    return "avx512_vnni" if nrt_q_vnni_on else "portable"
+
+
+def set_int8_dot(str path):
+    """Run the products on `path` ("portable", or "avx512_vnni" where the CPU has it) from now on;
+    returns the previous path (the tests' and benchmarks' switch: both give the same bits)."""
+    global nrt_q_vnni_on
+    if path not in ("portable", "avx512_vnni"):
+        raise ValueError(f"path must be 'portable' or 'avx512_vnni', got {path!r}")
+    if path == "avx512_vnni" and not nrt_q_vnni_available():
+        raise ValueError("this CPU (or this build) has no AVX-512 VNNI")
+    previous = int8_dot()
+    nrt_q_vnni_on = path == "avx512_vnni"
+    return previous
+
+
+def pack_weight(const int8_t[:, ::1] w):     # IN  (K, N) int8 weights
+    """(packed, colsum): w in the kernel's panels (int8, nrt_q_packed_size(K, N) bytes) and its
+    column sums (int32, N)."""
+    cdef Py_ssize_t K = w.shape[0], N = w.shape[1]
+    if K == 0 or N == 0:
+        raise ValueError("w must not be empty")
+    if K >= 65536:
+        raise ValueError(f"w has K = {K} rows; int32 sums are exact below 65536")
+    packed = np.empty(nrt_q_packed_size(K, N), np.int8)
+    colsum = np.empty(N, np.int32)
+    cdef int8_t[::1] p = packed
+    cdef int32_t[::1] c = colsum
+    with nogil:
+        nrt_q_pack_b(&w[0, 0], K, N, &p[0], &c[0])
+    return packed, colsum
+
+
+def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations, on the grid below
+            const int8_t[::1] packed,         # IN  pack_weight(w)[0]
+            const int32_t[::1] colsum,        # IN  pack_weight(w)[1]
+            Py_ssize_t w_rows,                # w's K (x's columns)
+            float a_scale, float a_zero, float a_lo, float a_hi,   # the activations' grid (hi - lo <= 255)
+            const float[::1] col_scale,       # IN  (N,) a_scale x each column's weight scale
+            const float[::1] bias,            # IN  (N,) or empty
+            float[:, ::1] y,                  # OUT (M, N)
+            int n_threads):
+    """y = (codes(x) - zero) @ w * col_scale + bias: codes(x) = clamp(round(x / a_scale) + a_zero,
+    a_lo, a_hi), QuantizeLinear's integers (x's own values when x is on that grid)."""
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = y.shape[1]
+    cdef Py_ssize_t kg = nrt_q_kgroups(K), K4 = kg * 4, rows = (M + NRT_Q_MR - 1) // NRT_Q_MR * NRT_Q_MR
+    cdef Py_ssize_t item, r0, jobs, job
+    cdef nrt_q_problem q
+    if w_rows != K:
+        raise ValueError(f"x has {K} columns, the weight {w_rows} rows")
+    if y.shape[0] != M:
+        raise ValueError(f"y must have x's {M} rows, got {y.shape[0]}")
+    if packed.shape[0] != nrt_q_packed_size(K, N) or colsum.shape[0] != N or col_scale.shape[0] != N:
+        raise ValueError(f"packed / colsum / col_scale do not fit a ({K}, {N}) weight")
+    if bias.shape[0] not in (0, N):
+        raise ValueError(f"bias must have 0 or {N} values, got {bias.shape[0]}")
+    if not (a_scale > 0 and a_lo <= a_zero <= a_hi and 0 <= a_hi - a_lo <= 255 and a_lo == <int>a_lo
+            and a_zero == <int>a_zero and a_hi == <int>a_hi):
+        raise ValueError(f"bad activation grid: scale {a_scale}, zero {a_zero}, range [{a_lo}, {a_hi}]")
+    if M == 0 or N == 0:
+        return
+    cdef uint8_t* u = <uint8_t*>malloc(rows * K4 + rows)
+    if u == NULL:
+        raise MemoryError()
+    cdef unsigned char* nan = u + rows * K4
+    try:
+        with nogil:
+            memset(u + M * K4, 0, (rows - M) * K4)     # whole micro-tiles: the spare rows are zeros
+            memset(nan + M, 0, rows - M)
+            for item in prange((M + QUANT_ROWS - 1) // QUANT_ROWS, schedule="static",
+                               num_threads=max(1, min(n_threads, (M + QUANT_ROWS - 1) // QUANT_ROWS))):
+                r0 = item * QUANT_ROWS
+                nrt_q_quantize_rows(&x[0, 0], K, r0, min(r0 + QUANT_ROWS, M), K, K4, a_scale, a_zero, a_lo,
+                                    a_hi, u, nan)
+            q.u = u
+            q.K4 = K4
+            q.bp = &packed[0]
+            q.kg = kg
+            q.colsum = &colsum[0]
+            q.cs = &col_scale[0]
+            q.bias = &bias[0] if bias.shape[0] else NULL
+            q.zu = <int32_t>(a_zero - a_lo)
+            q.nan = nan
+            q.y = &y[0, 0]
+            q.M = M
+            q.N = N
+            jobs = nrt_q_row_blocks(M) * nrt_q_panels(N)
+            if n_threads <= 1 or jobs == 1:
+                for job in range(jobs):
+                    nrt_q_job(&q, job)
+            else:
+                for job in prange(jobs, schedule="static", num_threads=n_threads):
+                    nrt_q_job(&q, job)
+    finally:
+        free(u)

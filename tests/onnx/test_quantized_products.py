@@ -1,0 +1,178 @@
+"""The 8-bit product of static QDQ models: the kernel (pyx/int8_gemm) against exact integer sums
+in numpy, on both paths and any thread count; quantized_products rewriting a QDQ MatMul / Gemm
+to it (against onnx.reference's float evaluation of the QDQ graph), and its refusals."""
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+from graph_builder import vi
+from normrt._kernels import int8_gemm as kernel
+from normrt.onnx.passes import quantized_products
+
+PATHS = ["portable"] + (["avx512_vnni"] if normrt.cpu_info()["int8_dot"] == "avx512_vnni" else [])
+GRIDS = {"uint8": (0.0, 255.0), "int8": (-128.0, 127.0)}
+
+
+@contextlib.contextmanager
+def int8_path(path):
+    """The products on `path` inside the block (the previous path restored after)."""
+    before = kernel.set_int8_dot(path)
+    try:
+        yield
+    finally:
+        kernel.set_int8_dot(before)
+
+
+def exact_product(codes, zero, w, col_scale, bias):
+    """float32((codes - zero) @ w, summed exactly) * col_scale + bias, in float32 as the kernel rounds."""
+    acc = (codes.astype(np.int64) - int(zero)) @ w.astype(np.int64)
+    y = acc.astype(np.float32) * col_scale
+    return y + bias if bias is not None else y
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 300), n=st.integers(1, 100), grid=st.sampled_from(list(GRIDS)),
+       with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_kernel_is_the_exact_integer_product(m, k, n, grid, with_bias, seed):
+    rng = np.random.default_rng(seed)
+    lo, hi = GRIDS[grid]
+    zero = float(rng.integers(lo, hi, endpoint=True))
+    scale = np.float32(rng.choice([0.01, 0.0173, 0.5]))
+    codes = rng.integers(lo, hi, (m, k), endpoint=True)
+    x = ((codes - zero) * scale).astype(np.float32)            # on the grid
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    col_scale = (scale * rng.uniform(1e-3, 1e-2, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    want = exact_product(codes, zero, w, col_scale, bias)
+    packed, colsum = kernel.pack_weight(w)
+    np.testing.assert_array_equal(colsum, w.astype(np.int64).sum(0))
+    for path in PATHS:
+        for threads in (1, 2, 3):
+            y = np.full((m, n), np.nan, np.float32)
+            with int8_path(path):
+                kernel.qmatmul(x, packed, colsum, k, scale, zero, lo, hi, col_scale,
+                               bias if bias is not None else np.zeros(0, np.float32), y, threads)
+            assert np.array_equal(y, want), (path, threads)
+
+
+def test_kernel_quantizes_off_grid_rows_and_keeps_nan():
+    """Rows off the grid are quantized as QuantizeLinear does (round half to even, saturate); a row
+    holding a NaN gives NaN across (the float product's), the other rows are untouched."""
+    scale, zero = np.float32(0.5), 10.0
+    x = np.array([[0.25, 0.75, -0.25, 1000.0], [np.nan, 1.0, 2.0, 3.0], [-1000.0, 0.1, 0.2, 0.3]], np.float32)
+    w = np.array([[1, -2], [3, 4], [-5, 6], [7, -8]], np.int8)
+    codes = np.clip(np.rint(x / scale) + zero, 0, 255)
+    want = exact_product(np.nan_to_num(codes), zero, w, np.full(2, 0.25, np.float32), None)
+    want[1] = np.nan
+    packed, colsum = kernel.pack_weight(w)
+    for path in PATHS:
+        y = np.empty((3, 2), np.float32)
+        with int8_path(path):
+            kernel.qmatmul(x, packed, colsum, 4, scale, zero, 0.0, 255.0, np.full(2, 0.25, np.float32),
+                           np.zeros(0, np.float32), y, 1)
+        np.testing.assert_array_equal(y, want)
+
+
+def test_kernel_checks_its_arguments():
+    w = np.ones((8, 3), np.int8)
+    packed, colsum = kernel.pack_weight(w)
+    x, y, cs, none = np.zeros((2, 8), np.float32), np.empty((2, 3), np.float32), np.ones(3, np.float32), \
+        np.zeros(0, np.float32)
+    with pytest.raises(ValueError, match="columns"):
+        kernel.qmatmul(np.zeros((2, 5), np.float32), packed, colsum, 8, 0.1, 0.0, 0.0, 255.0, cs, none, y, 1)
+    with pytest.raises(ValueError, match="grid"):
+        kernel.qmatmul(x, packed, colsum, 8, 0.1, 0.0, 0.0, 65535.0, cs, none, y, 1)       # 16-bit
+    with pytest.raises(ValueError, match="grid"):
+        kernel.qmatmul(x, packed, colsum, 8, 0.0, 0.0, 0.0, 255.0, cs, none, y, 1)         # scale 0
+    with pytest.raises(ValueError, match="bias"):
+        kernel.qmatmul(x, packed, colsum, 8, 0.1, 0.0, 0.0, 255.0, cs, np.ones(2, np.float32), y, 1)
+    with pytest.raises(ValueError, match="path"):
+        kernel.set_int8_dot("avx9000")
+
+
+# ---------------------------------------------------------------------------- the pass
+def qdq_linear(kind, k, n, rng, per_channel=False, w_zero=0, grid="uint8", trans_b=True, with_bias=True):
+    """x -> Q/DQ -> MatMul(DQ(Wq)) | Gemm(DQ(Wq), C) -> y, as onnxruntime's quantize_static writes it."""
+    lo, hi = GRIDS[grid]
+    itype = np.uint8 if grid == "uint8" else np.int8
+    zero = int(rng.integers(lo, hi, endpoint=True))
+    wq = rng.integers(-127, 128, (n, k) if kind == "Gemm" and trans_b else (k, n)).astype(np.int8)
+    axis = 0 if kind == "Gemm" and trans_b else 1
+    ws = rng.uniform(1e-3, 1e-2, n if per_channel else ()).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "xs"), numpy_helper.from_array(np.array(zero, itype), "xz"),
+             numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(ws, "ws"),
+             numpy_helper.from_array(np.full(ws.shape, w_zero, np.int8), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=axis)]
+    if kind == "Gemm":
+        ins = ["xd", "w"]
+        if with_bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "c"))
+            ins.append("c")
+        nodes.append(helper.make_node("Gemm", ins, ["y"], transB=int(trans_b)))
+        shape = [3, k]
+    else:
+        nodes.append(helper.make_node("MatMul", ["xd", "w"], ["y"]))
+        shape = [2, 5, k]
+    graph = helper.make_graph(nodes, "qdq", [vi("x", shape)], [vi("y", None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    return model, shape
+
+
+@pytest.fixture
+def rewrite_anywhere(monkeypatch):
+    """quantized_products rewrites whatever the CPU (the portable kernel runs where VNNI is missing)."""
+    monkeypatch.setattr(quantized_products, "int8_dot_available", lambda: True)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["MatMul", "Gemm"]), k=st.integers(1, 80), n=st.integers(1, 70), per_channel=st.booleans(),
+       grid=st.sampled_from(list(GRIDS)), trans_b=st.booleans(), with_bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_qdq_linear_runs_on_the_8bit_product(rewrite_anywhere, kind, k, n, per_channel, grid, trans_b, with_bias,
+                                             seed):
+    rng = np.random.default_rng(seed)
+    model, shape = qdq_linear(kind, k, n, rng, per_channel, grid=grid, trans_b=trans_b, with_bias=with_bias)
+    sess = normrt.InferenceSession(model)
+    assert "QMatMul" in [node.op_type for node in sess.optimized_model.graph.node]
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == want.shape
+    # the float graph sums rounded float terms, the kernel the exact integers: a GEMM's rounding apart
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+@pytest.mark.parametrize("change", ["asymmetric_weight", "16bit_grid", "not_on_a_grid"])
+def test_refused_products_stay_float(rewrite_anywhere, change):
+    rng = np.random.default_rng(5)
+    model, shape = qdq_linear("MatMul", 16, 8, rng, w_zero=3 if change == "asymmetric_weight" else 0)
+    g = model.graph
+    if change == "16bit_grid":
+        for t in g.initializer:
+            if t.name == "xz":
+                t.CopyFrom(numpy_helper.from_array(np.array(100, np.uint16), "xz"))
+    elif change == "not_on_a_grid":
+        g.node[3].input[0] = "x"          # the MatMul reads x itself
+    sess = normrt.InferenceSession(model)
+    ops = [node.op_type for node in sess.optimized_model.graph.node]
+    assert "QMatMul" not in ops and "MatMul" in ops
+    refused = [e for e in sess.report["refused"] if e["pass"] == "quantized_products"]
+    assert refused and refused[0]["reason"]
+    x = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_products_stay_float_without_the_int8_dot_product(monkeypatch):
+    """Where the CPU has no VNNI the float32 GEMM is the faster one: the MatMul is left as it is."""
+    monkeypatch.setattr(quantized_products, "int8_dot_available", lambda: False)
+    model, _ = qdq_linear("MatMul", 16, 8, np.random.default_rng(1))
+    ops = [node.op_type for node in normrt.InferenceSession(model).optimized_model.graph.node]
+    assert "QMatMul" not in ops and "MatMul" in ops
