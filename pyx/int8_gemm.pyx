@@ -14,8 +14,12 @@ from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from moments cimport activate_span
+
 cdef extern from "int8_gemm.h" nogil:
     enum: NRT_Q_MR
+    enum: NRT_Q_NR
+    enum: NRT_Q_TILES
     ctypedef struct nrt_q_problem:
         const uint8_t* u
         Py_ssize_t K4
@@ -37,6 +41,7 @@ cdef extern from "int8_gemm.h" nogil:
                              Py_ssize_t K4, float scale, float zero, float lo, float hi, uint8_t* u,
                              unsigned char* nan)
     void nrt_q_job(const nrt_q_problem* q, Py_ssize_t job)
+    void nrt_q_dynamic_grid(const float* x, Py_ssize_t n, float* scale, float* zero)
     int nrt_q_vnni_on
     int nrt_q_vnni_available()
 
@@ -79,40 +84,53 @@ def pack_weight(const int8_t[:, ::1] w):     # IN  (K, N) int8 weights
     return packed, colsum
 
 
-def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations, on the grid below
+def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
             const int8_t[::1] packed,         # IN  pack_weight(w)[0]
             const int32_t[::1] colsum,        # IN  pack_weight(w)[1]
             Py_ssize_t w_rows,                # w's K (x's columns)
-            float a_scale, float a_zero, float a_lo, float a_hi,   # the activations' grid (hi - lo <= 255)
-            const float[::1] col_scale,       # IN  (N,) a_scale x each column's weight scale
+            grid,                             # (scale, zero, lo, hi) of x's codes (hi - lo <= 255),
+                                              # or None: DynamicQuantizeLinear's grid of x's range
+            const float[::1] w_scale,         # IN  (N,) each column's weight scale
             const float[::1] bias,            # IN  (N,) or empty
             float[:, ::1] y,                  # OUT (M, N)
+            int act,                          # moments.pxd's ACT_*: the activation epilogue
             int n_threads):
-    """y = (codes(x) - zero) @ w * col_scale + bias: codes(x) = clamp(round(x / a_scale) + a_zero,
-    a_lo, a_hi), QuantizeLinear's integers (x's own values when x is on that grid)."""
+    """y = act((codes(x) - zero) @ w * (scale * w_scale) + bias): codes(x) = clamp(round(x / scale)
+    + zero, lo, hi), QuantizeLinear's integers (x's own values when x is on that grid). Returns
+    the grid used."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = y.shape[1]
     cdef Py_ssize_t kg = nrt_q_kgroups(K), K4 = kg * 4, rows = (M + NRT_Q_MR - 1) // NRT_Q_MR * NRT_Q_MR
-    cdef Py_ssize_t item, r0, jobs, job
+    cdef Py_ssize_t item, r0, r, jobs, job, nrb, c0, nc
+    cdef float a_scale, a_zero, a_lo = 0.0, a_hi = 255.0
     cdef nrt_q_problem q
     if w_rows != K:
         raise ValueError(f"x has {K} columns, the weight {w_rows} rows")
     if y.shape[0] != M:
         raise ValueError(f"y must have x's {M} rows, got {y.shape[0]}")
-    if packed.shape[0] != nrt_q_packed_size(K, N) or colsum.shape[0] != N or col_scale.shape[0] != N:
-        raise ValueError(f"packed / colsum / col_scale do not fit a ({K}, {N}) weight")
+    if packed.shape[0] != nrt_q_packed_size(K, N) or colsum.shape[0] != N or w_scale.shape[0] != N:
+        raise ValueError(f"packed / colsum / w_scale do not fit a ({K}, {N}) weight")
     if bias.shape[0] not in (0, N):
         raise ValueError(f"bias must have 0 or {N} values, got {bias.shape[0]}")
+    if grid is None:
+        with nogil:
+            nrt_q_dynamic_grid(&x[0, 0] if M * K else NULL, M * K, &a_scale, &a_zero)
+    else:
+        a_scale, a_zero, a_lo, a_hi = grid
     if not (a_scale > 0 and a_lo <= a_zero <= a_hi and 0 <= a_hi - a_lo <= 255 and a_lo == <int>a_lo
             and a_zero == <int>a_zero and a_hi == <int>a_hi):
         raise ValueError(f"bad activation grid: scale {a_scale}, zero {a_zero}, range [{a_lo}, {a_hi}]")
     if M == 0 or N == 0:
-        return
-    cdef uint8_t* u = <uint8_t*>malloc(rows * K4 + rows)
+        return (a_scale, a_zero, a_lo, a_hi)
+    cdef Py_ssize_t cs_at = (rows * K4 + rows + 63) // 64 * 64      # the scales after the codes, aligned
+    cdef uint8_t* u = <uint8_t*>malloc(cs_at + N * sizeof(float))
     if u == NULL:
         raise MemoryError()
     cdef unsigned char* nan = u + rows * K4
+    cdef float* cs = <float*>(u + cs_at)
     try:
         with nogil:
+            for c0 in range(N):
+                cs[c0] = a_scale * w_scale[c0]
             memset(u + M * K4, 0, (rows - M) * K4)     # whole micro-tiles: the spare rows are zeros
             memset(nan + M, 0, rows - M)
             for item in prange((M + QUANT_ROWS - 1) // QUANT_ROWS, schedule="static",
@@ -125,7 +143,7 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations, on the g
             q.bp = &packed[0]
             q.kg = kg
             q.colsum = &colsum[0]
-            q.cs = &col_scale[0]
+            q.cs = cs
             q.bias = &bias[0] if bias.shape[0] else NULL
             q.zu = <int32_t>(a_zero - a_lo)
             q.nan = nan
@@ -133,11 +151,16 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations, on the g
             q.M = M
             q.N = N
             jobs = nrt_q_row_blocks(M) * nrt_q_panels(N)
-            if n_threads <= 1 or jobs == 1:
-                for job in range(jobs):
-                    nrt_q_job(&q, job)
-            else:
-                for job in prange(jobs, schedule="static", num_threads=n_threads):
-                    nrt_q_job(&q, job)
+            nrb = nrt_q_row_blocks(M)
+            for job in prange(jobs, schedule="static", num_threads=max(1, min(n_threads, jobs))):
+                nrt_q_job(&q, job)
+                if act != 0:
+                    # the job's block (nrt_q_job: row block job % nrb, panel job // nrb), still in cache
+                    c0 = (job // nrb) * NRT_Q_NR
+                    nc = min(<Py_ssize_t>NRT_Q_NR, N - c0)
+                    r0 = (job % nrb) * NRT_Q_MR * NRT_Q_TILES
+                    for r in range(r0, min(r0 + NRT_Q_MR * NRT_Q_TILES, M)):
+                        activate_span(&y[r, c0], nc, act)
     finally:
         free(u)
+    return (a_scale, a_zero, a_lo, a_hi)

@@ -240,13 +240,17 @@ def memory_bound(elements):
 # calls, this 2-core EPYC) a one-op add streams 7,800 elements/us, fake_quant 5,600, erf 1,390,
 # exp 1,200, powf 97. A static QDQ BERT's GELU, ten ops with six fake quantizations and an erf,
 # took 255 us per layer on one thread under memory_bound (131,072 elements < 410K). So a
-# program also splits from SPLIT_MIN_US of its estimated one-thread time, elements times the
-# sum of its ops' nanoseconds (elementwise_program.OP_NS, from those measurements).
+# program also splits from PROGRAM_SPLIT_MIN_US of its estimated one-thread time, elements
+# times the sum of its ops' nanoseconds (elementwise_program.OP_NS, from those measurements).
+# Such programs sit between a layer's products, where the team is awake (as for
+# COMPUTE_BOUND_MIN_FLOPS below): the threshold is the products' ~28 us, not SPLIT_MIN_US's
+# wake-up. A BERT GELU of 131,072 values (92 us on one thread): 97 -> 52 us.
+PROGRAM_SPLIT_MIN_US = 28
 def elementwise_program(elements, ns_per_element):
     """Threads for an elementwise program over `elements` elements whose ops cost `ns_per_element`
     on one thread (elementwise_program.Program.ns_per_element): a memory-bound kernel's, or all
-    from SPLIT_MIN_US of estimated one-thread time (the comment above)."""
-    if elements >= MEMORY_BOUND_MIN_ELEMENTS or elements * ns_per_element >= SPLIT_MIN_US * 1000:
+    from PROGRAM_SPLIT_MIN_US of estimated one-thread time (the comment above)."""
+    if elements >= MEMORY_BOUND_MIN_ELEMENTS or elements * ns_per_element >= PROGRAM_SPLIT_MIN_US * 1000:
         return allowed_threads()
     return 1
 

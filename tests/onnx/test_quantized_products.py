@@ -11,6 +11,7 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 from graph_builder import vi
+from test_pass_integer_products import quantized_linear
 from normrt._kernels import int8_gemm as kernel
 from normrt.onnx.passes import quantized_products
 
@@ -46,17 +47,18 @@ def test_kernel_is_the_exact_integer_product(m, k, n, grid, with_bias, seed):
     codes = rng.integers(lo, hi, (m, k), endpoint=True)
     x = ((codes - zero) * scale).astype(np.float32)            # on the grid
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    col_scale = (scale * rng.uniform(1e-3, 1e-2, n)).astype(np.float32)
+    w_scale = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
-    want = exact_product(codes, zero, w, col_scale, bias)
+    want = exact_product(codes, zero, w, scale * w_scale, bias)
     packed, colsum = kernel.pack_weight(w)
     np.testing.assert_array_equal(colsum, w.astype(np.int64).sum(0))
     for path in PATHS:
         for threads in (1, 2, 3):
             y = np.full((m, n), np.nan, np.float32)
             with int8_path(path):
-                kernel.qmatmul(x, packed, colsum, k, scale, zero, lo, hi, col_scale,
-                               bias if bias is not None else np.zeros(0, np.float32), y, threads)
+                grid = kernel.qmatmul(x, packed, colsum, k, (scale, zero, lo, hi), w_scale,
+                                      bias if bias is not None else np.zeros(0, np.float32), y, 0, threads)
+            assert grid == (scale, zero, lo, hi)
             assert np.array_equal(y, want), (path, threads)
 
 
@@ -67,30 +69,30 @@ def test_kernel_quantizes_off_grid_rows_and_keeps_nan():
     x = np.array([[0.25, 0.75, -0.25, 1000.0], [np.nan, 1.0, 2.0, 3.0], [-1000.0, 0.1, 0.2, 0.3]], np.float32)
     w = np.array([[1, -2], [3, 4], [-5, 6], [7, -8]], np.int8)
     codes = np.clip(np.rint(x / scale) + zero, 0, 255)
-    want = exact_product(np.nan_to_num(codes), zero, w, np.full(2, 0.25, np.float32), None)
+    want = exact_product(np.nan_to_num(codes), zero, w, scale * np.full(2, 0.5, np.float32), None)
     want[1] = np.nan
     packed, colsum = kernel.pack_weight(w)
     for path in PATHS:
         y = np.empty((3, 2), np.float32)
         with int8_path(path):
-            kernel.qmatmul(x, packed, colsum, 4, scale, zero, 0.0, 255.0, np.full(2, 0.25, np.float32),
-                           np.zeros(0, np.float32), y, 1)
+            kernel.qmatmul(x, packed, colsum, 4, (scale, zero, 0.0, 255.0), np.full(2, 0.5, np.float32),
+                           np.zeros(0, np.float32), y, 0, 1)
         np.testing.assert_array_equal(y, want)
 
 
 def test_kernel_checks_its_arguments():
     w = np.ones((8, 3), np.int8)
     packed, colsum = kernel.pack_weight(w)
-    x, y, cs, none = np.zeros((2, 8), np.float32), np.empty((2, 3), np.float32), np.ones(3, np.float32), \
+    x, y, ws, none = np.zeros((2, 8), np.float32), np.empty((2, 3), np.float32), np.ones(3, np.float32), \
         np.zeros(0, np.float32)
     with pytest.raises(ValueError, match="columns"):
-        kernel.qmatmul(np.zeros((2, 5), np.float32), packed, colsum, 8, 0.1, 0.0, 0.0, 255.0, cs, none, y, 1)
+        kernel.qmatmul(np.zeros((2, 5), np.float32), packed, colsum, 8, (0.1, 0.0, 0.0, 255.0), ws, none, y, 0, 1)
     with pytest.raises(ValueError, match="grid"):
-        kernel.qmatmul(x, packed, colsum, 8, 0.1, 0.0, 0.0, 65535.0, cs, none, y, 1)       # 16-bit
+        kernel.qmatmul(x, packed, colsum, 8, (0.1, 0.0, 0.0, 65535.0), ws, none, y, 0, 1)       # 16-bit
     with pytest.raises(ValueError, match="grid"):
-        kernel.qmatmul(x, packed, colsum, 8, 0.0, 0.0, 0.0, 255.0, cs, none, y, 1)         # scale 0
+        kernel.qmatmul(x, packed, colsum, 8, (0.0, 0.0, 0.0, 255.0), ws, none, y, 0, 1)         # scale 0
     with pytest.raises(ValueError, match="bias"):
-        kernel.qmatmul(x, packed, colsum, 8, 0.1, 0.0, 0.0, 255.0, cs, np.ones(2, np.float32), y, 1)
+        kernel.qmatmul(x, packed, colsum, 8, (0.1, 0.0, 0.0, 255.0), ws, np.ones(2, np.float32), y, 0, 1)
     with pytest.raises(ValueError, match="path"):
         kernel.set_int8_dot("avx9000")
 
@@ -128,8 +130,11 @@ def qdq_linear(kind, k, n, rng, per_channel=False, w_zero=0, grid="uint8", trans
 
 @pytest.fixture
 def rewrite_anywhere(monkeypatch):
-    """quantized_products rewrites whatever the CPU (the portable kernel runs where VNNI is missing)."""
+    """quantized_products rewrites whatever the CPU (the portable kernel runs where VNNI is missing)
+    and whatever the product's size (the generated ones are small)."""
     monkeypatch.setattr(quantized_products, "int8_dot_available", lambda: True)
+    monkeypatch.setattr(quantized_products, "MIN_MACS", 0)
+    monkeypatch.setattr(quantized_products, "MIN_WEIGHT", 0)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -176,3 +181,87 @@ def test_products_stay_float_without_the_int8_dot_product(monkeypatch):
     model, _ = qdq_linear("MatMul", 16, 8, np.random.default_rng(1))
     ops = [node.op_type for node in normrt.InferenceSession(model).optimized_model.graph.node]
     assert "QMatMul" not in ops and "MatMul" in ops
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 20), k=st.integers(1, 90), n=st.integers(1, 40), per_column=st.booleans(),
+       relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_dynamic_quantization_is_the_integer_graph_bitwise(rewrite_anywhere, m, k, n, per_column, relu, seed):
+    """quantize_dynamic's DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add(bias) [-> Relu]
+    as one QMatMul(dynamic=1) with the bias and activation: the codes of x's own range, the exact
+    integer sums, then the model's own float32 scale product and bias add - onnx.reference's values
+    bit for bit."""
+    rng = np.random.default_rng(seed)
+    model, _ = quantized_linear(m, k, n, np.int8, per_column, False, rng)
+    if relu:
+        model.graph.node[-1].output[0] = "pre"
+        model.graph.node.append(helper.make_node("Relu", ["pre"], ["y"], name="relu"))
+    sess = normrt.InferenceSession(model)
+    ops = [node.op_type for node in sess.optimized_model.graph.node]
+    assert ops == ["QMatMul"], ops            # the bias Add (and Relu) taken in
+    x = (rng.standard_normal((m, k)) * rng.uniform(0.1, 10)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    for threads in (1, 2):
+        with normrt.threads(threads):
+            got = sess.run(None, {"x": x})[0]
+        assert np.array_equal(got, want)
+
+
+def test_small_products_stay_float(monkeypatch):
+    """Below MIN_MACS multiply-adds (rows known) or MIN_WEIGHT weights (rows unknown) the float GEMM
+    keeps the product: its call costs less and its fusions stay."""
+    monkeypatch.setattr(quantized_products, "int8_dot_available", lambda: True)
+    rng = np.random.default_rng(3)
+    model, shape = qdq_linear("MatMul", 64, 64, rng)            # 10 rows x 64 x 64
+    sess = normrt.InferenceSession(model)
+    assert "QMatMul" not in [node.op_type for node in sess.optimized_model.graph.node]
+    assert any("too small" in e["reason"] for e in sess.report["refused"] if e["pass"] == "quantized_products")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"    # rows unknown, 4096 weights
+    sess = normrt.InferenceSession(model)
+    assert "QMatMul" not in [node.op_type for node in sess.optimized_model.graph.node]
+    big, _ = qdq_linear("MatMul", 256, 256, rng)
+    big.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"      # 65536 weights
+    x = rng.standard_normal((7, 5, 256)).astype(np.float32)
+    sess = normrt.InferenceSession(big)
+    assert "QMatMul" in [node.op_type for node in sess.optimized_model.graph.node]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(big).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 40), st.integers(1, 50)),
+       kind=st.sampled_from(["normal", "positive", "negative", "zeros", "nan", "huge"]), seed=st.integers(0, 2**31 - 1))
+def test_dynamic_grid_is_dynamic_quantize_linears(shape, kind, seed):
+    """grid=None: the kernel's own DynamicQuantizeLinear grid is ops.quantize.dynamic_range's, bit for
+    bit (empty ranges, NaN, one-signed data), and the product uses it."""
+    from normrt.onnx.ops.quantize import dynamic_range
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.uniform(0.01, 100)).astype(np.float32)
+    x = {"positive": np.abs(x), "negative": -np.abs(x), "zeros": np.zeros_like(x),
+         "huge": x * np.float32(1e30)}.get(kind, x)
+    if kind == "nan":
+        x.flat[rng.integers(x.size)] = np.nan
+    w = rng.integers(-128, 128, (shape[1], 3)).astype(np.int8)
+    packed, colsum = kernel.pack_weight(w)
+    y = np.empty((shape[0], 3), np.float32)
+    grid = kernel.qmatmul(x, packed, colsum, shape[1], None, np.ones(3, np.float32), np.zeros(0, np.float32), y, 0, 1)
+    scale, zero = dynamic_range(x)
+    assert grid == (float(scale), float(zero), 0.0, 255.0)
+    y2 = np.empty_like(y)
+    kernel.qmatmul(x, packed, colsum, shape[1], grid, np.ones(3, np.float32), np.zeros(0, np.float32), y2, 0, 1)
+    assert np.array_equal(y, y2, equal_nan=True)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu", "sigmoid", "hardswish"])
+def test_activation_epilogue_is_the_activation_kernels(activation):
+    """act != 0: each block activated as it is stored, the activation kernel's values (normrt.activate)."""
+    from normrt._checks import activation as code
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((150, 70)).astype(np.float32)
+    w = rng.integers(-128, 128, (70, 45)).astype(np.int8)
+    packed, colsum = kernel.pack_weight(w)
+    ws, bias = np.full(45, 0.003, np.float32), rng.standard_normal(45).astype(np.float32)
+    plain, fused = np.empty((150, 45), np.float32), np.empty((150, 45), np.float32)
+    kernel.qmatmul(x, packed, colsum, 70, None, ws, bias, plain, 0, 2)
+    kernel.qmatmul(x, packed, colsum, 70, None, ws, bias, fused, code(activation), 2)
+    assert np.array_equal(fused, normrt.activate(plain, activation))

@@ -55,10 +55,12 @@ Conv(X, W [, B, residual]) -> Y
 MatMul(A, B [, bias, residual]) -> Y                 activation="", alpha=0.01
     (Y = act(A @ B + bias + residual); B a 2-D constant, bias (N,), residual of Y's shape;
     activation may also be "leaky_relu", alpha its slope: matmul_epilogue's LeakyRelu)
-QMatMul(A, W, col_scale [, bias]) -> Y              a_scale, a_zero=0.0, a_lo, a_hi
-    (a static QDQ model's product: A (..., K) float32 on the grid (a_scale, a_zero, [a_lo, a_hi]),
-    8-bit; W (K, N) an int8 constant; Y = (codes(A) - a_zero) @ W * col_scale + bias, the
-    integer sums exact, col_scale (N,) the activation scale times each column's weight scale;
+QMatMul(A, W, w_scale [, bias]) -> Y                a_scale=1, a_zero=0, a_lo=0, a_hi=255, dynamic=0,
+                                                     activation=""
+    (a quantized model's product: A (..., K) float32 quantized to 8-bit codes on the grid
+    (a_scale, a_zero, [a_lo, a_hi]) - or, dynamic=1, on DynamicQuantizeLinear's uint8 grid of A's
+    own range; W (K, N) an int8 constant; Y = act((codes(A) - zero) @ W * (scale * w_scale) +
+    bias), the integer sums exact, w_scale one value or one per column, bias (N,);
     quantized_products)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
     (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
@@ -148,8 +150,8 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("MatMul", "matmul", ("A", "B", "bias", "residual"), ("Y",), {"activation": "", "alpha": 0.01},
            call=_calls.matmul, compute_bound=True, packer=_calls.pack_matmul, half_native=False,
            activations=("leaky_relu",)),
-    NormOp("QMatMul", "int8_gemm", ("A", "W", "col_scale", "bias"), ("Y",),
-           {"a_scale": None, "a_zero": 0.0, "a_lo": None, "a_hi": None},
+    NormOp("QMatMul", "int8_gemm", ("A", "W", "w_scale", "bias"), ("Y",),
+           {"a_scale": 1.0, "a_zero": 0.0, "a_lo": 0.0, "a_hi": 255.0, "dynamic": 0, "activation": ""},
            call=_calls.qmatmul, compute_bound=True, packer=_calls.pack_qmatmul, half_native=False, norm=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,

@@ -234,19 +234,23 @@ def pack_matmul(w, attrs):
     return _blas.packed_matmul_weight(w)
 
 
-def qmatmul(attrs, n_out, a, w, col_scale, bias=None, *, packed=None):
-    """normrt::QMatMul (quantized_products): a (..., K) float32 on the grid of the attributes times
-    the int8 weight w (K, N), as exact int32 sums scaled by col_scale (N,) plus bias (pyx/int8_gemm)."""
+def qmatmul(attrs, n_out, a, w, w_scale, bias=None, *, packed=None):
+    """normrt::QMatMul (quantized_products): a (..., K) float32 quantized to 8-bit codes on the
+    attributes' grid (dynamic=1: DynamicQuantizeLinear's grid of a's own range, the kernel's
+    nrt_q_dynamic_grid = ops.quantize.dynamic_range) times the int8 weight w (K, N): exact int32
+    sums scaled by the activation scale times w_scale (one value or N), plus bias, then the
+    activation (pyx/int8_gemm)."""
     pk, colsum = packed if packed is not None else pack_qmatmul(w, attrs)
     K, N = w.shape
     a = np.ascontiguousarray(a, np.float32)
     if a.ndim < 2 or a.shape[-1] != K:
         raise ModelError(f"normrt QMatMul: A must be (..., {K}), got {a.shape}")
+    grid = None if attrs.get("dynamic", 0) else (attrs["a_scale"], attrs["a_zero"], attrs["a_lo"], attrs["a_hi"])
     y = np.empty(a.shape[:-1] + (N,), np.float32)
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
-    _kint8.qmatmul(a.reshape(rows, K), pk, colsum, K, attrs["a_scale"], attrs["a_zero"], attrs["a_lo"], attrs["a_hi"],
-                   np.ascontiguousarray(col_scale, np.float32).reshape(-1), bias, y.reshape(rows, N),
+    w_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (N,)))
+    _kint8.qmatmul(a.reshape(rows, K), pk, colsum, K, grid, w_scale, bias, y.reshape(rows, N), act_code(_act(attrs)),
                    compute_bound(2 * rows * K * N))
     return (y,)
 

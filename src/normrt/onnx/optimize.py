@@ -1,8 +1,7 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
     load (checked) ─► inline local functions ─► constant folding ─► QDQ pairs (fake quantization;
-                      repeated grids dropped) ─► static QDQ products on the 8-bit kernel
-                   ─► zero Pads into Convs
+                      repeated grids dropped) ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
                       include them: torch's LRN pads by 0 for size 1) ─► attention (rank-3
@@ -10,7 +9,8 @@
                       mask as is_causal)
                    ─► Cast islands (a float32 norm between half Casts -> one half node)
                    ─► activation / residual epilogues ─► Cast islands again
-                   ─► sibling MatMuls merged (Q/K/V, gate/up) ─► MatMul epilogues
+                   ─► sibling MatMuls merged (Q/K/V, gate/up) ─► quantized models' products
+                      on the 8-bit kernel ─► MatMul epilogues
                    ─► rotary rotate_half as views ─► elementwise chains (what no fusion above
                       took, one pass each)
                    ─► [half_compute="float32" (the default): half values kept in float32
@@ -74,9 +74,7 @@ def default_passes():
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
             # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
-            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")),
-            # a static QDQ model's products on the 8-bit kernel (their inputs' grids known now)
-            QuantizedProducts(), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them
@@ -87,8 +85,10 @@ def default_passes():
             # islands first, so a half activation after the down Cast fuses; again after the
             # epilogues, which may have taken a float32 activation inside an island
             CastIslands(), ActivationEpilogue(), ResidualNorm(), CastIslands(), ConvEpilogue(),
-            # siblings merge first: their concatenated bias then folds into the one GEMM
-            SiblingMatMuls(), MatMulEpilogue(),
+            # siblings merge first: their concatenated bias then folds into the one GEMM; a
+            # quantized model's products (merged or not) take the 8-bit kernel before the float
+            # epilogues would take them
+            SiblingMatMuls(), QuantizedProducts(), MatMulEpilogue(),
             NoOpViews(), RotaryHalf(), ElementwiseChains(),
             # what the programs compute: a GELU in any spelling becomes its producer's epilogue
             ActivationPrograms()]

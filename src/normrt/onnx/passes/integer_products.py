@@ -134,6 +134,9 @@ class IntegerProducts(GraphPass):
             w = w - constant(ctx, wz_name).astype(np.float32).reshape(channel)
         w_float = (w * ws.astype(np.float32).reshape(channel)).astype(np.float32)
         w_const = ctx.add_constant(f"{w_name}_dequantized", w_float)
+        # its integer form, for the 8-bit product (quantized_products)
+        ctx.dequantized[w_const] = (constant(ctx, w_name), ws, constant(ctx, wz_name) if wz_name else None,
+                                    0 if conv else 1)
         mm_name = m.product.name
         xd = self._dequantized.get((xq, xs, xz))
         new = []

@@ -16,7 +16,9 @@ across threads, and the per-call cost is paid once. The Split's outputs are
 views of the product's columns (the Split op slices, it does not copy); the
 readers of y1, y2 (Reshapes, attention, elementwise kernels) take strided rows.
 Later passes see ordinary ONNX: matmul_epilogue folds the concatenated bias
-into the GEMM's store.
+into the GEMM's store. Siblings whose weights are a quantized model's int8 ones
+(ctx.dequantized) leave the merged weight's integers recorded too: quantized_products
+then runs the one product on the 8-bit kernel.
 
 A product whose output (after its bias) feeds an activation matmul_epilogue
 fuses into the GEMM's store (LLaMA's gate: SiLU) does not merge: split off,
@@ -54,6 +56,7 @@ from . import GraphPass
 from ._queries import is_op, only_consumer, other_input
 from .activation_epilogue import match_activation
 from .matmul_epilogue import ACTIVATION_OPS
+from .quantized_products import int8_weight
 
 
 class _Sibling:
@@ -170,6 +173,12 @@ class SiblingMatMuls(GraphPass):
         first = group[0].nodes[0]
         x, name = first.input[0], first.name
         weight = ctx.add_constant(name + "_siblings_w", np.concatenate([s.weight for s in group], axis=1))
+        # int8 siblings (a quantized model's Q/K/V): the merged weight keeps its integers too, so the
+        # one product runs on the 8-bit kernel (quantized_products) and quantizes X once
+        forms = [int8_weight(ctx, s.nodes[0]) for s in group]
+        if not any(isinstance(f, str) for f in forms):
+            ctx.dequantized[weight] = (np.concatenate([f[0] for f in forms], axis=1),
+                                       np.concatenate([f[1] for f in forms]), None, 1)
         product = ctx.new_name(name + "_siblings")
         nodes = [helper.make_node("MatMul", [x, weight], [product], name=product)]
         if group[0].bias is not None:
