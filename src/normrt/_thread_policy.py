@@ -244,7 +244,8 @@ def memory_bound(elements):
 # times the sum of its ops' nanoseconds (elementwise_program.OP_NS, from those measurements).
 # Such programs sit between a layer's products, where the team is awake (as for
 # COMPUTE_BOUND_MIN_FLOPS below): the threshold is the products' ~28 us, not SPLIT_MIN_US's
-# wake-up. A BERT GELU of 131,072 values (92 us on one thread): 97 -> 52 us.
+# wake-up. A BERT bias + GELU program of 131,072 values (estimated 109 us): 123 us on one
+# thread, 63 on two (run_program alone, min of 200 calls).
 PROGRAM_SPLIT_MIN_US = 28
 def elementwise_program(elements, ns_per_element):
     """Threads for an elementwise program over `elements` elements whose ops cost `ns_per_element`
