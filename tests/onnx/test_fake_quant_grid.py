@@ -16,9 +16,9 @@ from normrt.onnx.elementwise_program import compile_program
 C, S = 3, 6
 # ops that copy, select or reorder values (the output stays on the input's grid) ...
 KEEPS = ["transpose", "reshape", "pad_zero", "pad_edge", "pad_reflect", "maxpool", "relu", "slice", "concat_self",
-         "gather", "unsqueeze_squeeze", "resize_nearest"]
+         "gather", "unsqueeze_squeeze", "resize_nearest", "where_nan_zero", "max_zero"]
 # ... and ops whose output leaves it
-BREAKS = ["add_const", "avgpool", "pad_off_grid", "concat_raw"]
+BREAKS = ["add_const", "avgpool", "pad_off_grid", "concat_raw", "where_off_grid", "max_negative_zero"]
 
 
 class Chain:
@@ -91,6 +91,21 @@ class Chain:
 
     def relu(self, v):
         return self.node("Relu", [v])
+
+    def _where_nan(self, v, fill):
+        return self.node("Where", [self.node("IsNaN", [v]), self.const(np.float32(fill)), v])
+
+    def where_nan_zero(self, v):          # attention's NaN guard
+        return self._where_nan(v, 0.0)
+
+    def where_off_grid(self, v):
+        return self._where_nan(v, 0.0123)
+
+    def max_zero(self, v):
+        return self.node("Max", [v, self.const(np.float32(0.0))])
+
+    def max_negative_zero(self, v):       # -0.0 is no grid value (FakeQuant gives +0.0)
+        return self.node("Max", [v, self.const(np.float32(-0.0))])
 
     def add_const(self, v):
         return self.node("Add", [v, self.const(np.float32(0.3))])

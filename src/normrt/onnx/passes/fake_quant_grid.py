@@ -24,7 +24,9 @@ one.
 Values on grid g (`grid_of`): a FakeQuant(g)'s output; the output of an op that only
 copies, selects or reorders values of an input on g (views, Gather, Slice, Split, Tile,
 Expand, Transpose, DepthToSpace/SpaceToDepth, MaxPool, a nearest Resize);
-Relu of a value on g (0 is on the grid: k = 0, as lo <= zero_point <= hi); Concat, Max and Min of values all on g;
+Relu of a value on g (0 is on the grid: k = 0, as lo <= zero_point <= hi); Concat, Max and Min
+of values all on g, and a Where choosing between such values - constants among them count when
+FakeQuant(g) leaves them unchanged (the 0 of attention's Where(IsNaN(p), 0, p));
 a Pad of a value on g whose fill is on g (edge / reflect / wrap, or a constant fill that
 FakeQuant(g) leaves unchanged).
 """
@@ -117,9 +119,26 @@ def grid_of(ctx, name, depth=0):
         g = grid_of(ctx, first, depth + 1)
         return g if g is not None and _pad_keeps_grid(ctx, node, g) else None
     if any(is_op(node, op) for op in _COPIES_ALL):
-        grids = {grid_of(ctx, i, depth + 1) for i in node.input if i}
-        return grids.pop() if len(grids) == 1 else None
+        return _common_grid(ctx, [i for i in node.input if i], depth)
+    if is_op(node, "Where") and len(node.input) == 3:
+        return _common_grid(ctx, list(node.input[1:]), depth)
     return None
+
+
+def _common_grid(ctx, names, depth):
+    """The grid all of `names` are on: the non-constant ones' one grid, the constants among them
+    fixed points of it (Where(IsNaN(p), 0, p): the 0 is on every grid), else None."""
+    grids = {grid_of(ctx, n, depth + 1) for n in names if not ctx.is_constant(n)}
+    if len(grids) != 1 or None in grids:
+        return None
+    g = grids.pop()
+    for n in names:
+        if ctx.is_constant(n):
+            c = ctx.constants.get(n)
+            if c is None or c.dtype != np.float32 or not np.array_equal(
+                    fake_quant(c, g).view(np.uint32), np.asarray(c, np.float32).view(np.uint32)):
+                return None
+    return g
 
 
 def on_own_grid(ctx, node):
