@@ -1,5 +1,6 @@
-"""The non-norm ops of the models users bring: recurrent layers, samplers, folds, quantization,
-einsum products, batched head products, spectral transforms, scatters and ELU.
+"""The non-norm ops of the models users bring: recurrent layers, samplers, folds, quantization
+(fake-quantization pairs and the 8-bit products of static and dynamic quantization), einsum
+products, batched head products, spectral transforms, scatters and ELU.
 
     python -m bench.model_ops [--runs 100] [--blocks 3] [--threads 2]
 
@@ -104,6 +105,46 @@ def elu(shape, rng):
     return _model([node], shape, {}, 13), rng.standard_normal(shape).astype(np.float32)
 
 
+def qdq_linear(rows, k, n, rng):
+    """quantize_static's Linear: x -> Q/DQ (uint8) -> MatMul(DequantizeLinear(int8 W, per-tensor
+    scale)): QMatMul on the 8-bit kernel where the CPU has VNNI."""
+    inits = {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8),
+             "wq": rng.integers(-127, 128, (k, n)).astype(np.int8), "ws": np.array(0.004, np.float32),
+             "wz": np.array(0, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "xs", "xz"], ["d"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+             helper.make_node("MatMul", ["d", "w"], ["y"])]
+    return _model(nodes, (1, rows, k), inits, 13), rng.standard_normal((1, rows, k)).astype(np.float32)
+
+
+def dynamic_linear(rows, k, n, rng):
+    """quantize_dynamic's Linear: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(xs * ws)
+    -> Add(bias): QMatMul(dynamic=1) with the bias where the CPU has VNNI."""
+    inits = {"wq": rng.integers(-127, 128, (k, n)).astype(np.int8), "ws": np.array(0.004, np.float32),
+             "b": rng.standard_normal(n).astype(np.float32)}
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("MatMulInteger", ["q", "wq", "z"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["s", "ws"], ["sw"]), helper.make_node("Mul", ["accf", "sw"], ["p"]),
+             helper.make_node("Add", ["p", "b"], ["y"])]
+    return _model(nodes, (1, rows, k), inits, 13), rng.standard_normal((1, rows, k)).astype(np.float32)
+
+
+def qdq_scores(heads, seq, dim, rng):
+    """A static QDQ model's attention scores: Q/DQ(x) @ Q/DQ(x)^T per head, both operands
+    activations on their grids (QBatchedMatMul)."""
+    inits = {"s": np.array(0.03, np.float32), "z": np.array(128, np.uint8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Transpose", ["d"], ["t"], perm=[0, 1, 3, 2]),
+             helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"]),
+             helper.make_node("DequantizeLinear", ["tq", "s", "z"], ["td"]),
+             helper.make_node("MatMul", ["d", "td"], ["y"])]
+    shape = (1, heads, seq, dim)
+    return _model(nodes, shape, inits, 13), rng.standard_normal(shape).astype(np.float32)
+
+
 CASES = {   # name -> builder(rng) -> (model, x)
     "lstm_bidirectional-s100-i64-h128": lambda rng: recurrent("LSTM", 2, 100, 64, 128, rng),
     "lstm_forward-s64-i128-h256": lambda rng: recurrent("LSTM", 1, 64, 128, 256, rng),
@@ -120,11 +161,18 @@ CASES = {   # name -> builder(rng) -> (model, x)
     "stft-2x16000-n400-hop160": lambda rng: stft(2, 16000, 400, 160, rng),
     "scatter_nd_row-1x24x64": lambda rng: scatter_nd_row((1, 24, 64), rng),
     "elu-1x8x800": lambda rng: elu((1, 8, 800), rng),
+    "qdq_linear-128x768x768": lambda rng: qdq_linear(128, 768, 768, rng),
+    "dynamic_linear-128x768x3072": lambda rng: dynamic_linear(128, 768, 3072, rng),
+    "qdq_scores-12x128x64": lambda rng: qdq_scores(12, 128, 64, rng),
 }
 
 
 def tolerance(name, want):
     """How close normrt's and onnxruntime's outputs of a case must be (relative and absolute)."""
+    if name.startswith(("qdq_linear", "qdq_scores", "dynamic_linear")):
+        # products: both runtimes sum the integers exactly (onnxruntime's QLinear / integer
+        # kernels, normrt's 8-bit one) or, where a runtime keeps the float product, in float32
+        return 1e-5 * max(1.0, float(np.abs(want).max()))
     if "quant" in name or "qdq" in name:
         return 0.0                      # (onnxruntime rounds the pairs the same way)
     scale = max(1.0, float(np.abs(want).max()))

@@ -14,7 +14,13 @@
    and used when the CPU has it: nrt_q_vnni_on), else plain C loops over the same layout.
 
    A row holding a NaN (a NaN passes through FakeQuant) gives NaN in every column, as the
-   float product of that row would; no integer code stands for it. */
+   float product of that row would; no integer code stands for it.
+
+   A runtime B (both operands activations: attention's Q K^T and P V in a static QDQ model) is
+   quantized per call to its codes ub, stored as sb = ub - 128 (int8, what vpdpbusd takes), so
+   with c = 128 - zb (B's zero point in code space):
+       sum (ua - za)(ub - zb) = sum ua sb - za colsum(sb)[j] + c (rowsum(ua)[i] - za K),
+   the last term one int32 per row (rowterm): exact while 255 * 255 * K < 2^31 (K <= 32767). */
 #ifndef NORMRT_INT8_GEMM_H
 #define NORMRT_INT8_GEMM_H
 
@@ -80,24 +86,65 @@ static inline float nrt_q_round(float x)
    -lo. nan[r] = 1 for a row holding a NaN. */
 static void nrt_q_quantize_rows(const float* x, ptrdiff_t ldx, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t K,
                                 ptrdiff_t K4, float scale, float zero, float lo, float hi, uint8_t* u,
-                                unsigned char* nan)
+                                unsigned char* nan, int32_t* rowsum)
 {
     ptrdiff_t r, k;
     for (r = r0; r < r1; r++) {
         const float* xr = x + r * ldx;
         uint8_t* ur = u + r * K4;
         int bad = 0;
+        int32_t sum = 0;
         for (k = 0; k < K; k++) {
             float v = nrt_q_round(xr[k] / scale) + zero;
             bad |= v != v;
             v = v < lo ? lo : v;
             v = v > hi ? hi : v;
             ur[k] = (uint8_t)(int32_t)(v == v ? v - lo : 0.0f);
+            sum += ur[k];
         }
         for (; k < K4; k++)
             ur[k] = 0;
         nan[r] = (unsigned char)bad;
+        if (rowsum)
+            rowsum[r] = sum;
     }
+}
+
+/* A runtime B (K, N) on grid (scale, zero, lo, hi) -> its codes minus 128 as int8, packed as
+   nrt_q_pack_b packs weights, with their column sums; nan[c] = 1 for a column holding a NaN.
+   The row stride of b is ldb floats (its columns contiguous). Rows are quantized first, in
+   order (contiguous, vectorizable), into `tmp` (K * N bytes), then shuffled into the panels. */
+static void nrt_q_pack_b_codes(const float* b, ptrdiff_t ldb, ptrdiff_t K, ptrdiff_t N, float scale, float zero,
+                               float lo, float hi, int8_t* out, int32_t* colsum, unsigned char* nan,
+                               uint8_t* tmp)
+{
+    ptrdiff_t kg = nrt_q_kgroups(K), np = nrt_q_panels(N), p, g, j, t, k, c;
+    for (c = 0; c < N; c++) {
+        colsum[c] = 0;
+        nan[c] = 0;
+    }
+    for (k = 0; k < K; k++) {
+        const float* br = b + k * ldb;
+        uint8_t* tr = tmp + k * N;
+        for (c = 0; c < N; c++) {
+            float v = nrt_q_round(br[c] / scale) + zero;
+            nan[c] |= v != v;
+            v = v < lo ? lo : v;
+            v = v > hi ? hi : v;
+            tr[c] = (uint8_t)((int32_t)(v == v ? v - lo : 0.0f) ^ 0x80);     /* code - 128, as int8 bits */
+            colsum[c] += (int8_t)tr[c];
+        }
+    }
+    for (p = 0; p < np; p++)
+        for (g = 0; g < kg; g++)
+            for (j = 0; j < NRT_Q_NR; j++) {
+                int8_t* d = out + ((p * kg + g) * NRT_Q_NR + j) * NRT_Q_KG;
+                c = p * NRT_Q_NR + j;
+                for (t = 0; t < NRT_Q_KG; t++) {
+                    k = g * NRT_Q_KG + t;
+                    d[t] = (k < K && c < N) ? (int8_t)tmp[k * N + c] : 0;
+                }
+            }
 }
 
 /* acc[MR][NR] = u rows (MR of them, stride lda bytes) times one packed panel, over kg groups */
@@ -244,6 +291,8 @@ typedef struct {
     const float* bias;         /* N values or NULL */
     int32_t zu;                /* the activations' zero point in code space */
     const unsigned char* nan;  /* per row */
+    const int32_t* rowterm;    /* per row, added to every sum, or NULL (a runtime B: see nrt_q_job) */
+    const unsigned char* colnan;   /* per column (a runtime B's NaN), or NULL */
     float* y;                  /* (M, N) row-major */
     ptrdiff_t M, N;
 } nrt_q_problem;
@@ -280,10 +329,15 @@ static void nrt_q_job(const nrt_q_problem* q, ptrdiff_t job)
                     yr[j] = NAN;
                 continue;
             }
+            int32_t extra = q->rowterm ? q->rowterm[r + i] : 0;
             for (j = 0; j < nc; j++) {
-                float v = (float)(acc[i][j] - q->zu * q->colsum[c0 + j]) * q->cs[c0 + j];
+                float v = (float)(acc[i][j] - q->zu * q->colsum[c0 + j] + extra) * q->cs[c0 + j];
                 yr[j] = q->bias ? v + q->bias[c0 + j] : v;
             }
+            if (q->colnan)
+                for (j = 0; j < nc; j++)
+                    if (q->colnan[c0 + j])
+                        yr[j] = NAN;
         }
     }
 }

@@ -30,6 +30,8 @@ cdef extern from "int8_gemm.h" nogil:
         const float* bias
         int32_t zu
         const unsigned char* nan
+        const int32_t* rowterm
+        const unsigned char* colnan
         float* y
         Py_ssize_t M, N
     Py_ssize_t nrt_q_kgroups(Py_ssize_t K)
@@ -39,7 +41,9 @@ cdef extern from "int8_gemm.h" nogil:
     void nrt_q_pack_b(const int8_t* w, Py_ssize_t K, Py_ssize_t N, int8_t* out, int32_t* colsum)
     void nrt_q_quantize_rows(const float* x, Py_ssize_t ldx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t K,
                              Py_ssize_t K4, float scale, float zero, float lo, float hi, uint8_t* u,
-                             unsigned char* nan)
+                             unsigned char* nan, int32_t* rowsum)
+    void nrt_q_pack_b_codes(const float* b, Py_ssize_t ldb, Py_ssize_t K, Py_ssize_t N, float scale, float zero,
+                            float lo, float hi, int8_t* out, int32_t* colsum, unsigned char* nan, uint8_t* tmp)
     void nrt_q_job(const nrt_q_problem* q, Py_ssize_t job)
     void nrt_q_dynamic_grid(const float* x, Py_ssize_t n, float* scale, float* zero)
     int nrt_q_vnni_on
@@ -47,6 +51,16 @@ cdef extern from "int8_gemm.h" nogil:
 
 cdef enum:
     QUANT_ROWS = 64          # rows per quantization work item
+
+
+cdef tuple _grid(grid, str name):
+    """(scale, zero, lo, hi) as floats, checked: an 8-bit grid."""
+    cdef float scale, zero, lo, hi
+    scale, zero, lo, hi = grid
+    if not (scale > 0 and lo <= zero <= hi and 0 <= hi - lo <= 255 and lo == <int>lo and zero == <int>zero
+            and hi == <int>hi):
+        raise ValueError(f"bad {name} grid: scale {scale}, zero {zero}, range [{lo}, {hi}]")
+    return scale, zero, lo, hi
 
 
 def int8_dot():
@@ -116,9 +130,7 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
             nrt_q_dynamic_grid(&x[0, 0] if M * K else NULL, M * K, &a_scale, &a_zero)
     else:
         a_scale, a_zero, a_lo, a_hi = grid
-    if not (a_scale > 0 and a_lo <= a_zero <= a_hi and 0 <= a_hi - a_lo <= 255 and a_lo == <int>a_lo
-            and a_zero == <int>a_zero and a_hi == <int>a_hi):
-        raise ValueError(f"bad activation grid: scale {a_scale}, zero {a_zero}, range [{a_lo}, {a_hi}]")
+    a_scale, a_zero, a_lo, a_hi = _grid((a_scale, a_zero, a_lo, a_hi), "activation")
     if M == 0 or N == 0:
         return (a_scale, a_zero, a_lo, a_hi)
     cdef Py_ssize_t cs_at = (rows * K4 + rows + 63) // 64 * 64      # the scales after the codes, aligned
@@ -137,7 +149,7 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
                                num_threads=max(1, min(n_threads, (M + QUANT_ROWS - 1) // QUANT_ROWS))):
                 r0 = item * QUANT_ROWS
                 nrt_q_quantize_rows(&x[0, 0], K, r0, min(r0 + QUANT_ROWS, M), K, K4, a_scale, a_zero, a_lo,
-                                    a_hi, u, nan)
+                                    a_hi, u, nan, NULL)
             q.u = u
             q.K4 = K4
             q.bp = &packed[0]
@@ -147,6 +159,8 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
             q.bias = &bias[0] if bias.shape[0] else NULL
             q.zu = <int32_t>(a_zero - a_lo)
             q.nan = nan
+            q.rowterm = NULL
+            q.colnan = NULL
             q.y = &y[0, 0]
             q.M = M
             q.N = N
@@ -164,3 +178,81 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
     finally:
         free(u)
     return (a_scale, a_zero, a_lo, a_hi)
+
+
+def qmatmul_batched(const float[:, :, ::1] a,   # IN  (batch, M, K) on grid_a
+                    const float[:, :, ::1] b,   # IN  (batch, K, N) on grid_b
+                    grid_a, grid_b,             # (scale, zero, lo, hi) each, 8-bit
+                    float[:, :, ::1] y,         # OUT (batch, M, N)
+                    int n_threads):
+    """y[i] = (codes(a[i]) - za) @ (codes(b[i]) - zb) * (scale_a * scale_b): both operands
+    activations quantized per call (a static QDQ model's attention products), the sums exact."""
+    cdef Py_ssize_t nb = a.shape[0], M = a.shape[1], K = a.shape[2], N = b.shape[2]
+    cdef float sa, za, la, ha, sb, zb, lb, hb
+    sa, za, la, ha = _grid(grid_a, "a")
+    sb, zb, lb, hb = _grid(grid_b, "b")
+    if b.shape[0] != nb or b.shape[1] != K or y.shape[0] != nb or y.shape[1] != M or y.shape[2] != N:
+        raise ValueError(f"a {tuple(a.shape)}, b {tuple(b.shape)} and y {tuple(y.shape)} do not fit")
+    if K > 32767:
+        raise ValueError(f"K = {K}: the sums of two activations' codes are exact up to 32767")
+    if nb == 0 or M == 0 or N == 0:
+        return
+    cdef Py_ssize_t kg = nrt_q_kgroups(K), K4 = kg * 4, rows = (M + NRT_Q_MR - 1) // NRT_Q_MR * NRT_Q_MR
+    cdef Py_ssize_t psize = nrt_q_packed_size(K, N), per = nrt_q_row_blocks(M) * nrt_q_panels(N)
+    cdef Py_ssize_t i, r, job, c
+    cdef int32_t zu = <int32_t>(za - la), cb = <int32_t>(128 - (zb - lb))
+    # one block: codes, row sums and terms, NaN flags per row and column, packed B, column sums
+    cdef Py_ssize_t at_rowsum = (nb * rows * K4 + 63) // 64 * 64
+    cdef Py_ssize_t at_rowterm = at_rowsum + nb * rows * 4
+    cdef Py_ssize_t at_colsum = at_rowterm + nb * rows * 4
+    cdef Py_ssize_t at_cs = at_colsum + nb * N * 4
+    cdef Py_ssize_t at_packed = (at_cs + N * 4 + 63) // 64 * 64
+    cdef Py_ssize_t at_nan = at_packed + nb * psize
+    cdef Py_ssize_t at_tmp = at_nan + nb * rows + nb * N
+    cdef Py_ssize_t total = at_tmp + nb * K * N
+    cdef uint8_t* block = <uint8_t*>malloc(total)
+    cdef nrt_q_problem* qs = <nrt_q_problem*>malloc(nb * sizeof(nrt_q_problem))
+    if block == NULL or qs == NULL:
+        free(block)
+        free(qs)
+        raise MemoryError()
+    cdef uint8_t* u = block
+    cdef int32_t* rowsum = <int32_t*>(block + at_rowsum)
+    cdef int32_t* rowterm = <int32_t*>(block + at_rowterm)
+    cdef int32_t* colsum = <int32_t*>(block + at_colsum)
+    cdef float* cs = <float*>(block + at_cs)
+    cdef int8_t* packed = <int8_t*>(block + at_packed)
+    cdef unsigned char* rownan = block + at_nan
+    cdef unsigned char* colnan = rownan + nb * rows
+    try:
+        with nogil:
+            for c in range(N):
+                cs[c] = sa * sb
+            for i in prange(nb, schedule="static", num_threads=max(1, min(n_threads, nb))):
+                memset(u + (i * rows + M) * K4, 0, (rows - M) * K4)
+                memset(rownan + i * rows + M, 0, rows - M)
+                nrt_q_quantize_rows(&a[i, 0, 0], K, 0, M, K, K4, sa, za, la, ha, u + i * rows * K4,
+                                    rownan + i * rows, rowsum + i * rows)
+                for r in range(M):
+                    rowterm[i * rows + r] = cb * (rowsum[i * rows + r] - zu * <int32_t>K)
+                nrt_q_pack_b_codes(&b[i, 0, 0], N, K, N, sb, zb, lb, hb, packed + i * psize, colsum + i * N,
+                                   colnan + i * N, block + at_tmp + i * K * N)
+                qs[i].u = u + i * rows * K4
+                qs[i].K4 = K4
+                qs[i].bp = packed + i * psize
+                qs[i].kg = kg
+                qs[i].colsum = colsum + i * N
+                qs[i].cs = cs
+                qs[i].bias = NULL
+                qs[i].zu = zu
+                qs[i].nan = rownan + i * rows
+                qs[i].rowterm = rowterm + i * rows
+                qs[i].colnan = colnan + i * N
+                qs[i].y = &y[i, 0, 0]
+                qs[i].M = M
+                qs[i].N = N
+            for job in prange(nb * per, schedule="static", num_threads=max(1, min(n_threads, nb * per))):
+                nrt_q_job(&qs[job // per], job % per)
+    finally:
+        free(block)
+        free(qs)

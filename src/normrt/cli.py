@@ -930,6 +930,8 @@ def version_text():
         f"cpu: {info['brand'] or 'unknown'}",
         f"features: {' '.join(info['features'])}",
         f"bf16 stores: {info['bf16_store']}{_bf16_store_note(info['bf16_store'])}",
+        f"int8 products: {info['int8_dot']}"
+        + (" (vpdpbusd)" if info["int8_dot"] == "avx512_vnni" else " (quantized models keep the float32 GEMM)"),
     ])
 
 

@@ -265,3 +265,92 @@ def test_activation_epilogue_is_the_activation_kernels(activation):
     kernel.qmatmul(x, packed, colsum, 70, None, ws, bias, plain, 0, 2)
     kernel.qmatmul(x, packed, colsum, 70, None, ws, bias, fused, code(activation), 2)
     assert np.array_equal(fused, normrt.activate(plain, activation))
+
+
+@settings(max_examples=40, deadline=None)
+@given(nb=st.integers(1, 5), m=st.integers(1, 40), k=st.integers(1, 90), n=st.integers(1, 70),
+       grids=st.tuples(st.sampled_from(list(GRIDS)), st.sampled_from(list(GRIDS))), nan=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_batched_activation_product_is_exact(nb, m, k, n, grids, nan, seed):
+    """Two activations' product (qmatmul_batched): B quantized and packed per call, the sums of
+    (ua - za)(ub - zb) exact through the row term; a NaN in A's row or B's column gives NaN
+    there, as the float product would; any path and thread count the same bits."""
+    rng = np.random.default_rng(seed)
+    ga, gb = [(float(s),) + (float(rng.integers(*GRIDS[g], endpoint=True)),) + GRIDS[g]
+              for s, g in zip(rng.choice([0.01, 0.0173, 0.5], 2), grids)]
+    ca = rng.integers(ga[2], ga[3], (nb, m, k), endpoint=True)
+    cb = rng.integers(gb[2], gb[3], (nb, k, n), endpoint=True)
+    a = ((ca - ga[1]) * np.float32(ga[0])).astype(np.float32)
+    b = ((cb - gb[1]) * np.float32(gb[0])).astype(np.float32)
+    exact = np.einsum("bmk,bkn->bmn", (ca - ga[1]).astype(np.int64), (cb - gb[1]).astype(np.int64))
+    want = exact.astype(np.float32) * (np.float32(ga[0]) * np.float32(gb[0]))
+    if nan:
+        i, r, c = rng.integers(nb), rng.integers(m), rng.integers(n)
+        a[i, r, rng.integers(k)] = np.nan
+        b[i, rng.integers(k), c] = np.nan
+        want[i, r, :] = np.nan
+        want[i, :, c] = np.nan
+    for path in PATHS:
+        for threads in (1, 2, 3):
+            y = np.full((nb, m, n), 7.0, np.float32)
+            with int8_path(path):
+                kernel.qmatmul_batched(a, b, ga, gb, y, threads)
+            assert np.array_equal(y, want, equal_nan=True), (path, threads)
+
+
+def qdq_attention_product(shape_a, shape_b, rng, grid_b="uint8"):
+    """a -> Q/DQ, b -> Q/DQ(grid_b) -> MatMul -> y: a static QDQ model's Q K^T."""
+    inits, nodes = [], []
+    for name, grid, scale in (("a", "uint8", 0.02), ("b", grid_b, 0.03)):
+        lo, hi = GRIDS[grid]
+        itype = np.uint8 if grid == "uint8" else np.int8
+        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{name}s"),
+                  numpy_helper.from_array(np.array(rng.integers(lo, hi, endpoint=True), itype), f"{name}z")]
+        nodes += [helper.make_node("QuantizeLinear", [name, f"{name}s", f"{name}z"], [f"{name}q"]),
+                  helper.make_node("DequantizeLinear", [f"{name}q", f"{name}s", f"{name}z"], [f"{name}d"])]
+    nodes.append(helper.make_node("MatMul", ["ad", "bd"], ["y"]))
+    graph = helper.make_graph(nodes, "qk", [vi("a", shape_a), vi("b", shape_b)], [vi("y", None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    return model
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(st.integers(1, 4), min_size=0, max_size=2), m=st.integers(1, 30), k=st.integers(1, 40),
+       n=st.integers(1, 30), grid_b=st.sampled_from(list(GRIDS)), seed=st.integers(0, 2**31 - 1))
+def test_qdq_attention_products_run_on_the_8bit_kernel(rewrite_anywhere, batch, m, k, n, grid_b, seed):
+    rng = np.random.default_rng(seed)
+    model = qdq_attention_product(batch + [m, k], batch + [k, n], rng, grid_b)
+    sess = normrt.InferenceSession(model)
+    assert "QBatchedMatMul" in [node.op_type for node in sess.optimized_model.graph.node]
+    feeds = {"a": (rng.standard_normal(batch + [m, k]) * 2).astype(np.float32),
+             "b": (rng.standard_normal(batch + [k, n]) * 2).astype(np.float32)}
+    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    got = sess.run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+@pytest.mark.parametrize("change", ["broadcast_batch", "b_not_on_a_grid"])
+def test_activation_products_refused(rewrite_anywhere, change):
+    rng = np.random.default_rng(2)
+    model = qdq_attention_product([2, 3, 8, 16] if change == "broadcast_batch" else [2, 8, 16],
+                                  [1, 3, 16, 8] if change == "broadcast_batch" else [2, 16, 8], rng)
+    if change == "b_not_on_a_grid":
+        model.graph.node[-1].input[1] = "b"
+    sess = normrt.InferenceSession(model)
+    assert "QBatchedMatMul" not in [node.op_type for node in sess.optimized_model.graph.node]
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_info_and_version_name_the_int8_path():
+    """normrt.cpu_info()["int8_dot"] is what the kernel module chose for this CPU (VNNI exactly when
+    cpuid has avx512_vnni on an AVX-512 build), and `normrt --version` prints it."""
+    from normrt import cli
+    info = normrt.cpu_info()
+    assert info["int8_dot"] == kernel.int8_dot()
+    vnni_build = info["level"] in ("x86-64-v4", "native") and "avx512bw" in info["features"]
+    assert (info["int8_dot"] == "avx512_vnni") == (vnni_build and "avx512_vnni" in info["features"])
+    assert f"int8 products: {info['int8_dot']}" in cli.version_text()

@@ -62,6 +62,10 @@ QMatMul(A, W, w_scale [, bias]) -> Y                a_scale=1, a_zero=0, a_lo=0,
     own range; W (K, N) an int8 constant; Y = act((codes(A) - zero) @ W * (scale * w_scale) +
     bias), the integer sums exact, w_scale one value or one per column, bias (N,);
     quantized_products)
+QBatchedMatMul(A, B) -> Y                           a_scale, a_zero=0, a_lo, a_hi, b_scale, b_zero=0, b_lo, b_hi
+    (a static QDQ model's product of two activations, attention's Q K^T and P V: A (..., M, K) and
+    B (..., K, N) on their 8-bit grids, the same leading dims; Y = (codes(A) - a_zero) @
+    (codes(B) - b_zero) * a_scale * b_scale, the integer sums exact; quantized_products)
 Elementwise(X0, X1, ...) -> Y                        ops, args, constants=[], out_rank=0
     (a DAG of float32 elementwise ops in one pass: `ops` names them in order (add, sub, mul,
     div, max, min, pow, neg, abs, exp, log, sqrt, reciprocal, tanh, erf, sigmoid, relu,
@@ -153,6 +157,10 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("QMatMul", "int8_gemm", ("A", "W", "w_scale", "bias"), ("Y",),
            {"a_scale": 1.0, "a_zero": 0.0, "a_lo": 0.0, "a_hi": 255.0, "dynamic": 0, "activation": ""},
            call=_calls.qmatmul, compute_bound=True, packer=_calls.pack_qmatmul, half_native=False, norm=False),
+    NormOp("QBatchedMatMul", "int8_gemm", ("A", "B"), ("Y",),
+           {"a_scale": None, "a_zero": 0.0, "a_lo": None, "a_hi": None, "b_scale": None, "b_zero": 0.0,
+            "b_lo": None, "b_hi": None},
+           call=_calls.qbatched_matmul, compute_bound=True, half_native=False, norm=False),
     NormOp("Elementwise", "elementwise", ("X",), ("Y",),
            {"ops": None, "args": None, "constants": [], "out_rank": 0}, call=_calls.elementwise, variadic=True,
            norm=False, half_native=False),

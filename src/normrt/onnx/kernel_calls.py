@@ -255,6 +255,24 @@ def qmatmul(attrs, n_out, a, w, w_scale, bias=None, *, packed=None):
     return (y,)
 
 
+def qbatched_matmul(attrs, n_out, a, b):
+    """normrt::QBatchedMatMul (quantized_products): a (..., M, K) @ b (..., K, N), both activations
+    on their 8-bit grids (the attributes), the same leading dims: exact int32 sums of their codes
+    scaled by the two scales (pyx/int8_gemm qmatmul_batched)."""
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    if a.ndim < 2 or b.ndim != a.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise ModelError(f"normrt QBatchedMatMul: A {a.shape} and B {b.shape} are not (..., M, K) and (..., K, N)")
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    count = int(np.prod(a.shape[:-2], dtype=np.int64))
+    y = np.empty(a.shape[:-1] + (N,), np.float32)
+    grid_a = (attrs["a_scale"], attrs["a_zero"], attrs["a_lo"], attrs["a_hi"])
+    grid_b = (attrs["b_scale"], attrs["b_zero"], attrs["b_lo"], attrs["b_hi"])
+    _kint8.qmatmul_batched(a.reshape(count, M, K), b.reshape(count, K, N), grid_a, grid_b, y.reshape(count, M, N),
+                           compute_bound(2 * count * M * K * N))
+    return (y,)
+
+
 def pack_qmatmul(w, attrs):
     """QMatMul's int8 weight in the kernel's panels, with its column sums (once per initializer)."""
     return _blas.packed_int8_weight(w)

@@ -9,6 +9,11 @@
          (quantize_dynamic's DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul after
          integer_products and dynamic_qdq_pairs; W' = Wq sw recorded as dequantized)
     ==>   x, Wq, sw ─► normrt::QMatMul(dynamic=1[, bias], activation) ─► y
+
+    a (on grid ga) ──┐
+    b (on grid gb) ──┴─► MatMul ─► y    ==>   a, b ─► normrt::QBatchedMatMul(ga, gb) ─► y
+         (a static QDQ model's attention: Q K^T and P V, both operands fake-quantized
+         activations; their codes quantized per call, B's packed per call)
           (the activation: the forms activation_epilogue reads, applied as each block is stored;
           also after the first form's product, where one reads it directly)
 
@@ -107,6 +112,8 @@ class QuantizedProducts(GraphPass):
             if (is_op(node, "MatMul") or is_op(node, "Gemm")) and len(node.input) >= 2 \
                     and node.input[1] in ctx.dequantized:
                 yield node
+            elif is_op(node, "MatMul") and len(node.input) == 2 and not any(ctx.is_constant(i) for i in node.input):
+                yield node        # two activations (attention's products): both on grids?
 
     def describe(self, node):
         return f"{node.op_type} (quantized)", [node.name]
@@ -116,9 +123,39 @@ class QuantizedProducts(GraphPass):
             return 0
         return super().run(ctx)
 
+    def _activations_check(self, ctx, node):
+        """(grid of A, grid of B) of a product of two activations both on 8-bit grids, with the same
+        static leading dims and enough multiply-adds, or a reason string."""
+        a, b = node.input
+        sa, sb = ctx.shape(a), ctx.shape(b)
+        if ctx.elem_type(a) != TensorProto.FLOAT or ctx.elem_type(b) != TensorProto.FLOAT:
+            return "inputs are not float32"
+        if not (sa and sb and len(sa) == len(sb) >= 2 and all(isinstance(d, int) for d in sa + sb)):
+            return "input shapes not static, or of different ranks"
+        if tuple(sa[:-2]) != tuple(sb[:-2]) or sa[-1] != sb[-2]:
+            return f"shapes {list(sa)} and {list(sb)} broadcast or do not chain"
+        if sa[-1] > 32767:
+            return f"K = {sa[-1]}: two activations' code sums are exact up to 32767"
+        if int(np.prod(sa, dtype=np.int64)) * sb[-1] < MIN_MACS:
+            return f"{list(sa)} @ {list(sb)}: too small to gain (MIN_MACS)"
+        grids = []
+        for name in (a, b):
+            g = grid_of(ctx, name)
+            if g is None or not (g[3] - g[2] <= 255 and g[2] <= g[1] <= g[3] and float(g[1]).is_integer()
+                                 and float(g[2]).is_integer()):
+                return f"input {name!r} is not known to be on an 8-bit grid"
+            grids.append(g)
+        return tuple(grids)
+
     def check(self, ctx, node):
         if not present(ctx, [node]):
             return "node already rewritten"
+        if node.input[1] not in ctx.dequantized:
+            found = self._activations_check(ctx, node)
+            if isinstance(found, str):
+                return found
+            self._found = ("activations", found)
+            return None
         a = node.input[0]
         if ctx.elem_type(a) != TensorProto.FLOAT or ctx.shape(a) is None or len(ctx.shape(a)) < 2:
             return f"input {a!r} is not float32 of rank >= 2"
@@ -177,6 +214,19 @@ class QuantizedProducts(GraphPass):
         return add
 
     def rewrite(self, ctx, node):
+        if self._found[0] == "activations":
+            (sa, za, la, ha), (sb, zb, lb, hb) = self._found[1]
+            new = make_node("QBatchedMatMul", list(node.input), [node.output[0]],
+                            fused_name(ctx, [node], "QBatchedMatMul"), a_scale=float(sa), a_zero=float(za),
+                            a_lo=float(la), a_hi=float(ha), b_scale=float(sb), b_zero=float(zb), b_lo=float(lb),
+                            b_hi=float(hb))
+            ctx.replace_nodes([node], [new])
+            ctx.report.fused.append({
+                "pass": self.name, "op": PATTERN, "pattern": "MatMul", "nodes": [node.name],
+                "normrt_op": "QBatchedMatMul", "normrt_node": new.name, "kernel": NORM_OPS["QBatchedMatMul"].kernel,
+                "activation": None, "residual": False,
+            })
+            return
         grid, wq, wscale, bias, add, act = self._found
         a = node.input[0]
         if grid == "dynamic":
