@@ -14,6 +14,10 @@
     b (on grid gb) ──┴─► MatMul ─► y    ==>   a, b ─► normrt::QBatchedMatMul(ga, gb) ─► y
          (a static QDQ model's attention: Q K^T and P V, both operands fake-quantized
          activations; their codes quantized per call, B's packed per call)
+
+An input that is a FakeQuant's output on the product's grid is read before it: its codes are
+the same (FakeQuant is the identity on its grid), and a FakeQuant read by products alone then
+goes dead (one pass less).
           (the activation: the forms activation_epilogue reads, applied as each block is stored;
           also after the first form's product, where one reads it directly)
 
@@ -46,7 +50,7 @@ from . import GraphPass
 from ._queries import fused_name, is_normrt, is_op, node_attrs, present, private_reason
 from .activation_epilogue import match_activation
 from .matmul_epilogue import ACTIVATION_OPS
-from .fake_quant_grid import grid_of
+from .fake_quant_grid import grid as fq_grid, grid_of
 
 PATTERN = "8-bit product (quantized model)"
 MAX_K = 65535
@@ -213,10 +217,20 @@ class QuantizedProducts(GraphPass):
             return None
         return add
 
+    @staticmethod
+    def _before_fake_quant(ctx, name, grid):
+        """The FakeQuant(grid)'s input when `name` is its output: the kernel's codes of it are the
+        same (FakeQuant is the identity on its grid), and the FakeQuant may then go dead."""
+        source = ctx.producer().get(name)
+        if is_normrt(source, "FakeQuant") and fq_grid(source) == tuple(grid):
+            return source.input[0]
+        return name
+
     def rewrite(self, ctx, node):
         if self._found[0] == "activations":
             (sa, za, la, ha), (sb, zb, lb, hb) = self._found[1]
-            new = make_node("QBatchedMatMul", list(node.input), [node.output[0]],
+            ins = [self._before_fake_quant(ctx, n, g) for n, g in zip(node.input, self._found[1])]
+            new = make_node("QBatchedMatMul", ins, [node.output[0]],
                             fused_name(ctx, [node], "QBatchedMatMul"), a_scale=float(sa), a_zero=float(za),
                             a_lo=float(la), a_hi=float(ha), b_scale=float(sb), b_zero=float(zb), b_lo=float(lb),
                             b_hi=float(hb))
@@ -234,6 +248,7 @@ class QuantizedProducts(GraphPass):
             attrs = {"dynamic": 1}
         else:
             attrs = dict(zip(("a_scale", "a_zero", "a_lo", "a_hi"), (float(v) for v in grid)))
+            a = self._before_fake_quant(ctx, a, grid)
         w = ctx.add_constant(node.input[1] + "_int8", wq)
         ws = ctx.add_constant(node.input[1] + "_scale", wscale)
         nodes, out = [node], node.output[0]
