@@ -339,6 +339,10 @@ def test_activation_products_refused(rewrite_anywhere, change):
         model.graph.node[-1].input[1] = "b"
     sess = normrt.InferenceSession(model)
     assert "QBatchedMatMul" not in [node.op_type for node in sess.optimized_model.graph.node]
+    reasons = [e["reason"] for e in sess.report["refused"] if e["pass"] == "quantized_products"]
+    # broadcasting operands on grids: refused and reported; an operand off any grid (a float
+    # model's attention product): no candidate, nothing reported
+    assert (len(reasons) == 1 and "broadcast" in reasons[0]) if change == "broadcast_batch" else not reasons
     feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
              for i in model.graph.input}
     np.testing.assert_allclose(sess.run(None, feeds)[0], ReferenceEvaluator(model).run(None, feeds)[0],

@@ -9,6 +9,8 @@
          (quantize_dynamic's DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul after
          integer_products and dynamic_qdq_pairs; W' = Wq sw recorded as dequantized)
     ==>   x, Wq, sw ─► normrt::QMatMul(dynamic=1[, bias], activation) ─► y
+          (the activation: the forms activation_epilogue reads, applied as each block is stored;
+          also after the first form's product, where one reads it directly)
 
     a (on grid ga) ──┐
     b (on grid gb) ──┴─► MatMul ─► y    ==>   a, b ─► normrt::QBatchedMatMul(ga, gb) ─► y
@@ -18,8 +20,6 @@
 An input that is a FakeQuant's output on the product's grid is read before it: its codes are
 the same (FakeQuant is the identity on its grid), and a FakeQuant read by products alone then
 goes dead (one pass less).
-          (the activation: the forms activation_epilogue reads, applied as each block is stored;
-          also after the first form's product, where one reads it directly)
 
 onnxruntime's quantize_static writes every MatMul as the first form: its input fake-quantized (a
 QDQ pair, a normrt::FakeQuant after qdq_pairs) and its weight DequantizeLinear(int8, scale),
@@ -36,11 +36,13 @@ Taken only where the CPU has the int8 dot product (normrt.cpu_info()["int8_dot"]
 float32 GEMM is faster than the portable integer loops, and the MatMul stays.
 
 Refused (reason in the report): a product of fewer than MIN_MACS multiply-adds (or, rows
-unknown, a weight under MIN_WEIGHT values); a weight that is not a dequantized 2-D int8 constant; a weight
-zero point other than 0 (asymmetric weights); a weight scale other than one value or one per
-output column; an input not known to be on an 8-bit grid (hi - lo > 255); an input that is not
-float32 of rank >= 2; K >= 65536 (int32 sums stop being exact); a Gemm with alpha or beta != 1,
-transA, or a C that is not a constant of N values.
+unknown, a weight under MIN_WEIGHT values); a weight that is not a dequantized 2-D int8
+constant; a weight zero point other than 0 (asymmetric weights); a weight scale other than one
+value or one per output column; an input not known to be on an 8-bit grid (hi - lo > 255); an
+input that is not float32 of rank >= 2; K >= 65536 (int32 sums stop being exact; 32768 for two
+activations); a Gemm with alpha or beta != 1, transA, or a C that is not a constant of N values;
+two activations whose leading dims differ (broadcasting) or are not static. A product of two
+activations not both on grids is no candidate (a float model's attention: nothing reported).
 """
 import numpy as np
 from onnx import TensorProto
@@ -57,9 +59,9 @@ MAX_K = 65535
 # Products below this many multiply-adds stay on the float32 GEMM: there a call's fixed costs
 # decide, and the float path keeps its fusions (Q/K/V merged, bias and GELU in the store,
 # fused attention). quantize_dynamic DeiT/BERT-tiny (17-24 rows, 64 x 64-256 weights, 0.1-0.4M
-# multiply-adds): 1.1-1.5x onnxruntime on the float GEMM, 1.6-2.9x on the 8-bit one; BERT at
-# 128 tokens, hidden 256 (8-34M): 5.5 -> 2.9 ms (scripts/zoo_sweep.py --quantize dynamic,
-# /tmp/qbig-style runs of the e2e models). With the rows unknown (a symbolic batch or sequence)
+# multiply-adds): 1.1-1.5x onnxruntime on the float GEMM, 1.6-2.9x on the 8-bit one
+# (scripts/zoo_sweep.py --quantize dynamic); BERT at 128 tokens, hidden 256 (8-34M): 5.5 ->
+# 2.7-3.2 ms (README, "Quantized models"). With the rows unknown (a symbolic batch or sequence)
 # the weight alone decides: from 256 x 256.
 MIN_MACS = 1 << 20
 MIN_WEIGHT = 1 << 16
@@ -116,8 +118,9 @@ class QuantizedProducts(GraphPass):
             if (is_op(node, "MatMul") or is_op(node, "Gemm")) and len(node.input) >= 2 \
                     and node.input[1] in ctx.dequantized:
                 yield node
-            elif is_op(node, "MatMul") and len(node.input) == 2 and not any(ctx.is_constant(i) for i in node.input):
-                yield node        # two activations (attention's products): both on grids?
+            elif is_op(node, "MatMul") and len(node.input) == 2 and not any(ctx.is_constant(i) for i in node.input) \
+                    and all(grid_of(ctx, i) is not None for i in node.input):
+                yield node        # two fake-quantized activations (a static QDQ model's attention)
 
     def describe(self, node):
         return f"{node.op_type} (quantized)", [node.name]
