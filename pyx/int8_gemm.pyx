@@ -111,7 +111,8 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
             int n_threads):
     """y = act((codes(x) - zero) @ w * (scale * w_scale) + bias): codes(x) = clamp(round(x / scale)
     + zero, lo, hi), QuantizeLinear's integers (x's own values when x is on that grid). Returns
-    the grid used."""
+    the grid used, or None (y untouched) when grid is None and x's range is too narrow for one
+    (a scale below float32's normal range)."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = y.shape[1]
     cdef Py_ssize_t kg = nrt_q_kgroups(K), K4 = kg * 4, rows = (M + NRT_Q_MR - 1) // NRT_Q_MR * NRT_Q_MR
     cdef Py_ssize_t item, r0, r, jobs, job, nrb, c0, nc
@@ -128,6 +129,8 @@ def qmatmul(const float[:, ::1] x,            # IN  (M, K) activations
     if grid is None:
         with nogil:
             nrt_q_dynamic_grid(&x[0, 0] if M * K else NULL, M * K, &a_scale, &a_zero)
+        if not (1.1754944e-38 <= a_scale <= 3.4028235e38):
+            return None       # a range of subnormal width: no 8-bit grid (the caller's float path)
     else:
         a_scale, a_zero, a_lo, a_hi = grid
     a_scale, a_zero, a_lo, a_hi = _grid((a_scale, a_zero, a_lo, a_hi), "activation")

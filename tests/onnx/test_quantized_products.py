@@ -358,3 +358,22 @@ def test_cpu_info_and_version_name_the_int8_path():
     vnni_build = info["level"] in ("x86-64-v4", "native") and "avx512bw" in info["features"]
     assert (info["int8_dot"] == "avx512_vnni") == (vnni_build and "avx512_vnni" in info["features"])
     assert f"int8 products: {info['int8_dot']}" in cli.version_text()
+
+
+@pytest.mark.parametrize("magnitude", [0.0, 1e-44, 1e-39])
+def test_dynamic_range_too_narrow_for_a_grid(rewrite_anywhere, magnitude):
+    """x within a subnormal range of 0: DynamicQuantizeLinear's scale falls below float32's normal
+    range, the kernel has no grid for it (returns None) and the op computes the graph's float
+    product instead - the integer graph's values (onnx.reference), no error."""
+    rng = np.random.default_rng(4)
+    model, _ = quantized_linear(6, 40, 9, np.int8, True, False, rng)
+    sess = normrt.InferenceSession(model)
+    assert [node.op_type for node in sess.optimized_model.graph.node] == ["QMatMul"]
+    x = (rng.standard_normal((6, 40)) * magnitude).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-6, atol=1e-6)
+    w = np.ones((40, 9), np.int8)
+    packed, colsum = kernel.pack_weight(w)
+    y = np.full((6, 9), 3.0, np.float32)
+    got = kernel.qmatmul(x, packed, colsum, 40, None, np.ones(9, np.float32), np.zeros(0, np.float32), y, 0, 1)
+    assert (got is None) == (magnitude > 0) and (got is None) <= bool(np.all(y == 3.0))

@@ -250,8 +250,20 @@ def qmatmul(attrs, n_out, a, w, w_scale, bias=None, *, packed=None):
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     bias = np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
     w_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (N,)))
-    _kint8.qmatmul(a.reshape(rows, K), pk, colsum, K, grid, w_scale, bias, y.reshape(rows, N), act_code(_act(attrs)),
-                   compute_bound(2 * rows * K * N))
+    used = _kint8.qmatmul(a.reshape(rows, K), pk, colsum, K, grid, w_scale, bias, y.reshape(rows, N),
+                          act_code(_act(attrs)), compute_bound(2 * rows * K * N))
+    if used is None:
+        # all of `a` within a subnormal range of 0: no 8-bit grid that fine in the kernel. The
+        # integer graph as the spec computes it (rare: numpy): DynamicQuantizeLinear's codes (a
+        # NaN quotient cast to 0, as numpy casts it), the exact integer product, the scales
+        scale, zero = dynamic_range(a)
+        with np.errstate(all="ignore"):
+            codes = np.nan_to_num(np.clip(np.rint(a.reshape(rows, K) / scale) + zero, 0, 255), nan=0.0)
+        acc = (codes.astype(np.int64) - int(zero)) @ w.astype(np.int64)
+        out = acc.astype(np.float32) * (np.float32(scale) * w_scale)
+        if bias.size:
+            out = out + bias
+        y = (_normrt().activate(out, _act(attrs)) if _act(attrs) else out).reshape(y.shape).astype(np.float32)
     return (y,)
 
 

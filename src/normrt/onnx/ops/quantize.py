@@ -124,7 +124,12 @@ def dynamic_range(x):
     hi = max(0.0, float(x.max())) if x.size else 0.0
     lo = min(0.0, float(x.min())) if x.size else 0.0
     scale = _f32(_f32(1.0 if hi == lo else hi - lo) / 255.0)
-    zp = round(min(max(-_f32(lo / scale), 0.0), 255.0))      # round(): half to even, as rint
+    if scale == 0.0:
+        # a range narrower than float32's subnormals: -lo / scale is +inf (saturating to 255) or,
+        # lo = 0, 0 / 0 (the spec's NaN, which numpy's cast to uint8 makes 0)
+        zp = 255.0 if lo < 0.0 else 0.0
+    else:
+        zp = round(min(max(-_f32(lo / scale), 0.0), 255.0))      # round(): half to even, as rint
     return np.float32(scale), np.float32(zp)
 
 

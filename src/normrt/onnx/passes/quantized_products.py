@@ -149,7 +149,7 @@ class QuantizedProducts(GraphPass):
         for name in (a, b):
             g = grid_of(ctx, name)
             if g is None or not (g[3] - g[2] <= 255 and g[2] <= g[1] <= g[3] and float(g[1]).is_integer()
-                                 and float(g[2]).is_integer()):
+                                 and float(g[2]).is_integer() and 0 < g[0] < float("inf")):
                 return f"input {name!r} is not known to be on an 8-bit grid"
             grids.append(g)
         return tuple(grids)
@@ -174,7 +174,8 @@ class QuantizedProducts(GraphPass):
             if grid is None:
                 return f"input {a!r} is not known to be on a quantization grid"
             sa, za, lo, hi = grid
-            if not (hi - lo <= 255 and lo <= za <= hi and float(za).is_integer() and float(lo).is_integer()):
+            if not (hi - lo <= 255 and lo <= za <= hi and float(za).is_integer() and float(lo).is_integer()
+                    and 0 < sa < float("inf")):
                 return f"input grid {grid} is not an 8-bit one"
         found = int8_weight(ctx, node)
         if isinstance(found, str):
