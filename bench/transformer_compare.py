@@ -44,7 +44,9 @@ KINDS = ("MatMul/Gemm", "attention", "norms", "Softmax", "elementwise", "other")
 
 # Op types by kind, without their domain (both runtimes' spellings: onnx, com.microsoft, normrt).
 # Conv is a GEMM in normrt (and in onnxruntime's MLAS) and counted with the products.
-_PRODUCTS = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulNBits", "Conv", "FusedConv", "Einsum"}
+_PRODUCTS = {"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulNBits", "Conv", "FusedConv", "Einsum",
+             # normrt's 8-bit products (passes/quantized_products.py)
+             "QMatMul", "QBatchedMatMul", "QLinearMatMul", "QLinearConv", "ConvInteger"}
 _ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding",
               "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention"}
 _NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
