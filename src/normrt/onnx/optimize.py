@@ -1,6 +1,7 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding ─► QDQ pairs (fake quantization;
+    load (checked) ─► inline local functions ─► constant folding ─► dynamically quantized
+                      products and LSTMs as float ones ─► QDQ pairs (fake quantization;
                       repeated grids dropped) ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
@@ -61,6 +62,7 @@ from .passes.attention_head_batch import AttentionHeadBatch
 from .passes.causal_mask import CausalMask
 from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.integer_products import IntegerProducts
+from .passes.quantized_lstm import QuantizedLstm
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
 from .passes.einsum_products import EinsumProducts
@@ -70,7 +72,7 @@ from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), IntegerProducts(), QdqPairs(), DynamicQdqPairs(),
+    return [ConstantFolding(), IntegerProducts(), QuantizedLstm(), QdqPairs(), DynamicQdqPairs(),
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
             # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
