@@ -28,13 +28,17 @@ def pair_values(x):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=3),
-       st.sampled_from(["mixed", "positive", "negative", "zeros", "constant", "ties", "huge"]),
+       st.sampled_from(["mixed", "positive", "negative", "zeros", "constant", "ties", "huge", "tiny",
+                        "tiny_positive"]),
        st.integers(0, 2**31 - 1))
 def test_pair_is_one_node_with_the_pairs_bits(shape, kind, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * rng.uniform(0.01, 100)).astype(np.float32)
     x = {"mixed": x, "positive": np.abs(x), "negative": -np.abs(x), "zeros": 0 * x, "constant": np.full_like(x, -3.25),
-         "ties": np.round(x * 2) / 2, "huge": x * np.float32(1e30)}[kind]
+         "ties": np.round(x * 2) / 2, "huge": x * np.float32(1e30),
+         # a range narrower than 255 subnormals: the scale rounds to 0 (MobileViT's dead channels)
+         "tiny": rng.integers(-30, 31, shape) * np.float32(1.4e-45),
+         "tiny_positive": rng.integers(0, 31, shape) * np.float32(1.4e-45)}[kind].astype(np.float32)
     sess = normrt.InferenceSession(pair_model(x.shape))
     assert [n.op_type for n in sess.optimized_model.graph.node] == ["DynamicFakeQuant"]
     got = sess.run(None, {"x": x})[0]

@@ -377,6 +377,12 @@ def dynamic_fake_quant(attrs, n_out, x):
     then the same one-pass kernel on the uint8 grid - bitwise the two ops' values."""
     x = _float32_x("DynamicFakeQuant", x)
     scale, zp = dynamic_range(x)
+    if scale == 0.0:
+        # a range narrower than float32's subnormals (a dead branch of a model: MobileViT's last
+        # blocks hold values of 1e-44): x / 0 is +inf (code 255), -inf (code 0) or, for x = 0,
+        # NaN (code 0, as the ops' uint8 cast makes it), and every (code - zp) * 0 is a zero
+        # whose sign the kernel's x / scale would lose to NaN
+        return (np.where(x > 0, np.float32(0.0), np.float32(-0.0 if zp == 255.0 else 0.0)),)
     return _fake_quant(x, float(scale), float(zp), 0.0, 255.0)
 
 
