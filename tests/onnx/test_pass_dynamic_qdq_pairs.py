@@ -62,3 +62,26 @@ def test_quantized_value_read_elsewhere_keeps_the_pair():
     assert "DynamicQuantizeLinear" in [n.op_type for n in sess.optimized_model.graph.node]
     for got, want in zip(sess.run(None, {"x": x}), ReferenceEvaluator(model).run(None, {"x": x})):
         np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3000), st.sampled_from([1.0, 1e-3, 1e30, 1e-44, 0.0]), st.booleans(), st.booleans(),
+       st.integers(0, 2**31 - 1))
+def test_kernel_grid_is_the_ops_range(n, magnitude, positive, with_nan, seed):
+    """The kernel's own range (quant_grid.h) is ops.quantize.dynamic_range's, scale and zero point
+    bitwise; a NaN leaves the empty range's grid and passes through as NaN."""
+    from normrt._kernels import elementwise as kernel
+    from normrt.onnx.ops.quantize import dynamic_range
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * magnitude).astype(np.float32)
+    if positive:
+        x = np.abs(x)
+    if with_nan and n:
+        x[rng.integers(n)] = np.nan
+    out = np.empty_like(x)
+    scale, zero = kernel.dynamic_fake_quant(x, out, 2)
+    assert (np.float32(scale), np.float32(zero)) == dynamic_range(x)
+    finite = ~np.isnan(x)
+    np.testing.assert_array_equal(np.isnan(out), ~finite)
+    if not with_nan:
+        np.testing.assert_array_equal(out.view(np.uint32), pair_values(x).view(np.uint32))

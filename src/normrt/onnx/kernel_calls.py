@@ -373,17 +373,13 @@ def prepared_fake_quant(attrs, x_shape, dtype, n_threads):
 
 
 def dynamic_fake_quant(attrs, n_out, x):
-    """DequantizeLinear(DynamicQuantizeLinear(x)): the op's own range (ops.quantize.dynamic_range),
-    then the same one-pass kernel on the uint8 grid - bitwise the two ops' values."""
+    """DequantizeLinear(DynamicQuantizeLinear(x)): the op's own range and the FakeQuant pass in one
+    kernel call (pyx/elementwise.pyx, the range as ops.quantize.dynamic_range computes it) -
+    bitwise the two ops' values, signed zeros of a range narrower than the subnormals included."""
     x = _float32_x("DynamicFakeQuant", x)
-    scale, zp = dynamic_range(x)
-    if scale == 0.0:
-        # a range narrower than float32's subnormals (a dead branch of a model: MobileViT's last
-        # blocks hold values of 1e-44): x / 0 is +inf (code 255), -inf (code 0) or, for x = 0,
-        # NaN (code 0, as the ops' uint8 cast makes it), and every (code - zp) * 0 is a zero
-        # whose sign the kernel's x / scale would lose to NaN
-        return (np.where(x > 0, np.float32(0.0), np.float32(-0.0 if zp == 255.0 else 0.0)),)
-    return _fake_quant(x, float(scale), float(zp), 0.0, 255.0)
+    out = np.empty(x.shape, np.float32)
+    _kelementwise.dynamic_fake_quant(x.reshape(-1), out.reshape(-1), memory_bound(x.size))
+    return (out,)
 
 
 # ------------------------------------------------------------ prepared calls (specialized plans)
