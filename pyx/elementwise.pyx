@@ -67,6 +67,11 @@ from libc.string cimport memcpy, memset
 
 from moments cimport exp_f, erf_f, gelu_f, sigmoid_f, gelu_tanh_f, tanh_f
 
+cdef extern from "quant_grid.h":
+    void nrt_q_dynamic_grid(const float* x, Py_ssize_t n, float* scale, float* zero) noexcept nogil
+    # d[:n] = table[code of a on the grid]: compile_program's grid tables (quant_grid.h)
+    void grid_table_run "nrt_q_grid_table"(float* d, const float* a, const float* block, Py_ssize_t n) noexcept nogil
+
 cdef enum:
     TILE = 256              # elements per tile and register
     MAX_REGS = 48           # registers (inputs, constants, temporaries) a program may use
@@ -102,7 +107,9 @@ cdef enum:
     EW_GELU_TANH = 22       # GELU's tanh approximation, recognized likewise
     EW_ROUND = 23           # round half to even (ONNX Round, numpy rint)
     EW_FAKE_QUANT = 24      # a on grid number b of the program's grids (fake_quant_run)
-    N_OPCODES = 25
+    EW_GRID_TABLE = 25      # table[code of a on a grid]: the block at float offset b of grids (grid_table_run)
+    N_OPCODES = 26
+    MAX_TABLE_CODES = 256   # an 8-bit grid's codes
 
 cdef struct Source:
     const float* data
@@ -193,8 +200,6 @@ def fake_quant(const float[::1] x,     # IN  (n,)
         fake_quant_run(&out[start], &x[start], grid, min(<Py_ssize_t>PIECE, n - start))
 
 
-cdef extern from "quant_grid.h":
-    void nrt_q_dynamic_grid(const float* x, Py_ssize_t n, float* scale, float* zero) noexcept nogil
 
 
 def dynamic_fake_quant(const float[::1] x,     # IN  (n,)
@@ -323,6 +328,9 @@ cdef inline void run_code(const Program* p, float** reg, Py_ssize_t n) noexcept 
         if p.code[4 * k] == EW_FAKE_QUANT:
             # its b operand is a grid's index, not a register (compile_program)
             fake_quant_run(reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], p.grids + 4 * p.code[4 * k + 3], n)
+        elif p.code[4 * k] == EW_GRID_TABLE:
+            # b: the float offset of its grid and table in grids
+            grid_table_run(reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], p.grids + p.code[4 * k + 3], n)
         else:
             run_instr(p.code[4 * k], reg[p.code[4 * k + 1]], reg[p.code[4 * k + 2]], reg[p.code[4 * k + 3]], n)
 
@@ -451,13 +459,28 @@ cdef void run_part(const Program* p, Py_ssize_t first, Py_ssize_t last) noexcept
         run_items(p, first, last)
 
 
+cdef check_table_block(const float[::1] grids, Py_ssize_t at, int k):
+    """A grid_table instruction's block: (scale, zero, lo, hi) of an 8-bit grid at float offset
+    `at` of grids, then hi - lo + 2 table entries inside grids (the kernel indexes it unchecked)."""
+    cdef float lo, hi
+    if grids is None or at < 0 or at + 4 > grids.shape[0]:
+        raise ValueError(f"code: instruction {k} (grid_table) reads a block at offset {at} outside grids")
+    lo, hi = grids[at + 2], grids[at + 3]
+    if not (lo == <int>lo and hi == <int>hi and 0 <= hi - lo < MAX_TABLE_CODES and grids[at] > 0):
+        raise ValueError(f"code: instruction {k} (grid_table) has grid (scale {grids[at]}, lo {lo}, hi {hi}): "
+                         f"expected a positive scale and integer bounds at most {MAX_TABLE_CODES} codes apart")
+    if at + 4 + <Py_ssize_t>(hi - lo) + 2 > grids.shape[0]:
+        raise ValueError(f"code: instruction {k} (grid_table) has a table past the end of grids")
+
+
 def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a, b per instruction
                 const float[::1] consts,    # IN  (n_const,): the constant registers' values
                 int n_regs,                 # registers: inputs, constants, then temporaries
                 tuple inputs,               # IN  float32 arrays, broadcastable to out's shape
                 out,                        # OUT float32 C-contiguous array of the broadcast shape
                 int n_threads,
-                const float[::1] grids=None):   # IN  4 floats per fake_quant grid (scale, zero, lo, hi)
+                const float[::1] grids=None):   # IN  4 floats per fake_quant grid (scale, zero, lo, hi),
+                                                #     then grid_table blocks (grid, table, NaN's value)
     """out = the program's result over the broadcast of `inputs` (see the section comment)."""
     cdef Program p
     cdef Py_buffer views[MAX_INPUTS]
@@ -478,8 +501,11 @@ def run_program(const int[::1] code,        # IN  (4 * n_instr,): opcode, dst, a
             raise ValueError(f"code: instruction {k} has opcode {code[4 * k]}, expected 0..{N_OPCODES - 1}")
         if not n_in + consts.shape[0] <= code[4 * k + 1] < n_regs:
             raise ValueError(f"code: instruction {k} writes register {code[4 * k + 1]}, not a temporary")
-        if not (0 <= code[4 * k + 2] < n_regs and (code[4 * k] == EW_FAKE_QUANT or 0 <= code[4 * k + 3] < n_regs)):
+        if not (0 <= code[4 * k + 2] < n_regs and (code[4 * k] in (EW_FAKE_QUANT, EW_GRID_TABLE)
+                                                   or 0 <= code[4 * k + 3] < n_regs)):
             raise ValueError(f"code: instruction {k} reads a register outside 0..{n_regs - 1}")
+        if code[4 * k] == EW_GRID_TABLE:
+            check_table_block(grids, code[4 * k + 3], k)
         if code[4 * k] == EW_FAKE_QUANT and not (
                 grids is not None and 0 <= code[4 * k + 3] and 4 * code[4 * k + 3] + 4 <= grids.shape[0]):
             raise ValueError(f"code: instruction {k} (fake_quant) reads grid {code[4 * k + 3]}, which grids "

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -79,6 +80,69 @@ static void nrt_q_dynamic_grid(const float* x, ptrdiff_t n, float* scale, float*
     z = z != z ? 0.0f : z;
     z = z < 0.0f ? 0.0f : (z > 255.0f ? 255.0f : z);
     *zero = nrt_q_round(z);
+}
+
+/* d[j] = table[code of a[j]]: code = min(max(round(a / scale) + zero, lo), hi) - lo, the FakeQuant
+   kernels' arithmetic (an IEEE division, rounding half to even, then exact steps), and a NaN,
+   which FakeQuant passes through, reads the entry after the last code. block = (scale, zero, lo,
+   hi, table[hi - lo + 1], NaN's entry), hi - lo < 256 (elementwise.pyx checks it).
+
+   AVX-512: 16 codes per step. roundscale with _MM_FROUND_TO_NEAREST_INT is the scalar rounding
+   exactly (NaN, infinities and -0.0 alike), and max/min with the value second keep a NaN as the
+   scalar selects do. The table (256 entries, padded) sits in 16 registers and each step looks
+   its codes up with eight two-register permutes (32 entries each, by the code's low 5 bits) and
+   a blend tree on bits 5, 6 and 7: ~18 instructions, where a gather from memory took ~27 cycles
+   per 16 codes on Zen 4. */
+static void nrt_q_grid_table(float* d, const float* a, const float* block, ptrdiff_t n)
+{
+    const float scale = block[0], zero = block[1], lo = block[2], hi = block[3];
+    const float* table = block + 4;
+    const int codes = (int)(hi - lo) + 1;
+    ptrdiff_t j = 0;
+#if defined(__AVX512F__)
+    if (n >= 16) {
+        float padded[256];
+        const float* t = table;
+        __m512 T[16];
+        if (codes < 256) {              /* entries past the last code are never read */
+            memset(padded, 0, sizeof padded);
+            memcpy(padded, table, (size_t)codes * sizeof(float));
+            t = padded;
+        }
+        for (int r = 0; r < 16; r++)
+            T[r] = _mm512_loadu_ps(t + 16 * r);
+        const __m512 vs = _mm512_set1_ps(scale), vz = _mm512_set1_ps(zero), vlo = _mm512_set1_ps(lo);
+        const __m512 vhi = _mm512_set1_ps(hi), vnan = _mm512_set1_ps(table[codes]);
+        const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64), b7 = _mm512_set1_epi32(128);
+        for (; j + 16 <= n; j += 16) {
+            __m512 v = _mm512_div_ps(_mm512_loadu_ps(a + j), vs);
+            v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+            v = _mm512_min_ps(vhi, _mm512_max_ps(vlo, v));
+            __mmask16 ok = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+            /* a NaN lane converts to some index; its value is replaced below */
+            __m512i c = _mm512_maskz_cvttps_epi32(ok, _mm512_sub_ps(v, vlo));
+            __mmask16 m5 = _mm512_test_epi32_mask(c, b5), m6 = _mm512_test_epi32_mask(c, b6);
+            __mmask16 m7 = _mm512_test_epi32_mask(c, b7);
+            __m512 q0 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(T[0], c, T[1]),
+                                             _mm512_permutex2var_ps(T[2], c, T[3]));
+            __m512 q1 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(T[4], c, T[5]),
+                                             _mm512_permutex2var_ps(T[6], c, T[7]));
+            __m512 q2 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(T[8], c, T[9]),
+                                             _mm512_permutex2var_ps(T[10], c, T[11]));
+            __m512 q3 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(T[12], c, T[13]),
+                                             _mm512_permutex2var_ps(T[14], c, T[15]));
+            __m512 h0 = _mm512_mask_blend_ps(m6, q0, q1), h1 = _mm512_mask_blend_ps(m6, q2, q3);
+            __m512 r = _mm512_mask_blend_ps(m7, h0, h1);
+            _mm512_storeu_ps(d + j, _mm512_mask_blend_ps(ok, vnan, r));
+        }
+    }
+#endif
+    for (; j < n; j++) {
+        float v = nrt_q_round(a[j] / scale) + zero;
+        v = v < lo ? lo : v;
+        v = v > hi ? hi : v;
+        d[j] = table[v == v ? (int)(v - lo) : codes];
+    }
 }
 
 #endif

@@ -38,6 +38,11 @@ _CHEAP = 0.13
 OP_NS = {name: _CHEAP for name in OPS}
 OP_NS.update({"sqrt": 0.18, "fake_quant": 0.18, "exp": 0.83, "log": 0.83, "erf": 0.72, "tanh": 0.70,
               "sigmoid": 0.55, "silu": 0.6, "silu_mul": 0.6, "gelu": 0.70, "gelu_tanh": 0.70, "pow": 10.0})
+# compile_program's own op (never in a node's `ops`): a fake_quant and the rest of the program,
+# which reads nothing but its result and constants, as a table of the grid's codes (grid_tables)
+GRID_TABLE_OPCODE = 25
+GRID_TABLE_NS = 0.25          # its cost: fake_quant's code, then a gather from a 1 KB table
+MAX_TABLE_CODES = 256         # 8-bit grids (the kernel's limit)
 MAX_INPUTS = 16       # the kernel's limits (pyx/elementwise.pyx)
 MAX_REGISTERS = 48
 MAX_INSTRUCTIONS = 256
@@ -46,7 +51,8 @@ MAX_INSTRUCTIONS = 256
 class Program:
     """Register code for `run_program`: `code` (int32, 4 per instruction), `constants`
     (float32: the constant registers), `n_registers`, `n_inputs` the node's input count,
-    `grids` (float32, four per fake_quant grid: an instruction's b operand is its grid's index)
+    `grids` (float32, four per fake_quant grid: an instruction's b operand is its grid's index;
+    then the grid_table blocks, which their instruction's b operand finds by float offset)
     and `ns_per_element`, its estimated cost on one thread (OP_NS)."""
 
     __slots__ = ("code", "constants", "n_registers", "n_inputs", "grids", "ns_per_element")
@@ -186,9 +192,92 @@ def recognize(ops, args, constants, n_inputs):
     return None
 
 
-def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
+# ---- grid tables --------------------------------------------------------------
+#
+# A static QDQ model fake-quantizes after every op, so its GELU is one program of eleven ops:
+#
+#     x ─► fake_quant ─► add(bias) ─► fake_quant ─► r ─► div(√2) ─► erf ─► fake_quant ─► add(1)
+#       ─► fake_quant ─► mul(r) ─► fake_quant ─► mul(0.5) ─► y
+#
+# From r on, the program reads nothing but r and constants, and r holds one of at most 256
+# values (its grid's codes): y is a function of r's code. So the fake_quant making r and all
+# that follows it become one grid_table op: r's code (fake_quant's own arithmetic), then a
+# table of the tail's value at each code's grid value, computed once here by the kernel
+# itself on those values - the same per-element instructions, so the same bits as the
+# program computed element by element (a NaN, which fake_quant passes, has its own entry).
+# Refused: grids of more than 256 codes; tails that read an input or an earlier op's result;
+# tails cheaper than the table's own cost.
+
+def _needed(ops, args, first_result):
+    """Op indices the last op's result depends on (itself included)."""
+    need, stack = {len(ops) - 1}, [len(ops) - 1]
+    while stack:
+        k = stack.pop()
+        for v in operands(ops[k], args[2 * k], args[2 * k + 1]):
+            j = v - first_result
+            if j >= 0 and j not in need:
+                need.add(j)
+                stack.append(j)
+    return need
+
+
+def grid_table_split(ops, args, constants, n_inputs):
+    """(k, tail op indices) for the earliest fake_quant k whose result alone (with constants)
+    determines the program's result through a tail worth a table, or None."""
+    constants = np.asarray(constants, np.float32).reshape(-1)
+    first_result = n_inputs + len(constants)
+    need = _needed(ops, args, first_result)
+    for k in sorted(need):
+        if ops[k] != "fake_quant":
+            continue
+        tail = sorted(j for j in need if j > k)
+        if not tail or sum(OP_NS[ops[j]] for j in tail) + OP_NS["fake_quant"] < 2 * GRID_TABLE_NS:
+            continue
+        own = {first_result + k} | {first_result + j for j in tail}
+        if any(not (n_inputs <= v < first_result or v in own)
+               for j in tail for v in operands(ops[j], args[2 * j], args[2 * j + 1])):
+            continue
+        c = args[2 * k + 1] - n_inputs
+        scale, _, lo, hi = (float(v) for v in constants[c:c + GRID_CONSTANTS])
+        if scale > 0 and lo == int(lo) and hi == int(hi) and 0 <= hi - lo < MAX_TABLE_CODES:
+            return k, tail
+    return None
+
+
+def _grid_table(ops, args, constants, n_inputs, k, tail):
+    """The grid_table block of fake_quant k and its tail: (scale, zero, lo, hi), the tail's
+    value at each code's grid value (fake_quant's (code - zero) * scale in float32), NaN's."""
+    from .._kernels import elementwise as _kelementwise
+    constants = np.asarray(constants, np.float32).reshape(-1)
+    first_result = n_inputs + len(constants)
+    c = args[2 * k + 1] - n_inputs
+    grid = constants[c:c + GRID_CONSTANTS]
+    scale, zero, lo, hi = grid
+    codes = np.arange(int(lo), int(hi) + 1).astype(np.float32)
+    values = np.append((codes - zero) * scale, np.float32(np.nan)).astype(np.float32)
+    # the tail as its own one-input program: input 0 is fake_quant k's result
+    renumber = {first_result + k: 0}
+    renumber.update({v: v - n_inputs + 1 for v in range(n_inputs, first_result)})
+    t_ops, t_args = [], []
+    for j in tail:
+        t_ops.append(ops[j])
+        a, b = args[2 * j], args[2 * j + 1]
+        t_args += [renumber[a], b - n_inputs + 1 if ops[j] == "fake_quant" else renumber[b]]
+        renumber[first_result + j] = 1 + len(constants) + len(t_ops) - 1
+    program = compile_program(t_ops, t_args, constants, 1, recognize_functions=False)
+    table = np.empty_like(values)
+    with np.errstate(all="ignore"):
+        _kelementwise.run_program(program.code, program.constants, program.n_registers, (values,), table, 1,
+                                  program.grids)
+    return np.concatenate([grid, table]).astype(np.float32)
+
+
+def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise", *, tables=False,
+                    recognize_functions=True):
     """The Program of an expression (see the module docstring); ModelError naming `where`
-    for an expression the kernel cannot run."""
+    for an expression the kernel cannot run. `tables`: a fake_quant and the tail that reads only
+    its result as one grid_table op (see grid tables; the executor's programs, not a pass's
+    check). `recognize_functions`: one-input programs that compute GELU as its fused op."""
     ops = [o.decode() if isinstance(o, bytes) else str(o) for o in ops]
     args = [int(a) for a in args]
     n_const = len(constants)
@@ -205,14 +294,25 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
     if n_ops > MAX_INSTRUCTIONS:
         raise ModelError(f"{where}: {n_ops} ops, the kernel takes at most {MAX_INSTRUCTIONS}")
     first_result = n_inputs + n_const
-    if all(0 <= a < first_result + k // 2 for k, a in enumerate(args)):
+    if recognize_functions and all(0 <= a < first_result + k // 2 for k, a in enumerate(args)):
         known = recognize(tuple(ops), tuple(args), tuple(float(c) for c in np.asarray(constants).reshape(-1)),
                           n_inputs)
         if known is not None:
             ops, args = [known], [0, 0]
     ops, args = fuse_silu(ops, args, first_result)
+    table_blocks = []
+    split = grid_table_split(ops, args, constants, n_inputs) if tables and "fake_quant" in ops \
+        and all(0 <= a < first_result + k // 2 for k, a in enumerate(args)) else None
+    if split is not None:
+        k, tail = split
+        table_blocks.append(_grid_table(ops, args, constants, n_inputs, k, tail))
+        # the head (what makes fake_quant k's input), then the table op in place of k and its tail
+        ops, args = ops[:k] + ["grid_table"], args[:2 * k] + [args[2 * k], 0]
     last_use, grid_of, grids = {}, {}, {}
     for k, name in enumerate(ops):
+        if name == "grid_table":
+            last_use[args[2 * k]] = k
+            continue
         for v in operands(name, args[2 * k], args[2 * k + 1]):
             if not 0 <= v < first_result + k:
                 raise ModelError(f"{where}: op {k} ({name}) reads value {v}, which is not an input, "
@@ -232,8 +332,9 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
     reg.update({v: n_inputs + i for i, v in enumerate(kept)})
     free, code = [], []
     n_registers = n_inputs + len(kept)
+    table_at = GRID_CONSTANTS * len(grids)        # the table blocks follow the fake_quant grids
     for k, name in enumerate(ops):
-        reads = operands(name, args[2 * k], args[2 * k + 1])
+        reads = (args[2 * k],) if name == "grid_table" else operands(name, args[2 * k], args[2 * k + 1])
         src = [reg[v] for v in reads]
         for v in set(reads):
             if v >= first_result and last_use[v] == k:
@@ -244,10 +345,14 @@ def compile_program(ops, args, constants, n_inputs, where="normrt Elementwise"):
             dst = n_registers
             n_registers += 1
         reg[first_result + k] = dst
-        code.append((OPS[name][0], dst, src[0], grid_of[k] if name == "fake_quant" else src[-1]))
+        if name == "grid_table":
+            code.append((GRID_TABLE_OPCODE, dst, src[0], table_at))
+        else:
+            code.append((OPS[name][0], dst, src[0], grid_of[k] if name == "fake_quant" else src[-1]))
     if n_registers > MAX_REGISTERS:
         raise ModelError(f"{where}: the expression needs {n_registers} registers, the kernel has {MAX_REGISTERS}")
     values = np.asarray(constants, np.float32).reshape(-1)
+    grid_values = np.asarray([x for block in grids for x in block], np.float32)
     return Program(np.asarray(code, np.int32).reshape(-1), values[[v - n_inputs for v in kept]].copy(),
-                   n_registers, n_inputs, np.asarray([x for block in grids for x in block], np.float32),
-                   sum(OP_NS[name] for name in ops))
+                   n_registers, n_inputs, np.concatenate([grid_values] + table_blocks).astype(np.float32),
+                   sum(GRID_TABLE_NS if name == "grid_table" else OP_NS[name] for name in ops))

@@ -300,11 +300,11 @@ def pack_conv(w, attrs):
 
 def _program(attrs, n_inputs):
     """An Elementwise node's compiled program: compiled at the first call and kept on the node's
-    attributes (it depends on them only)."""
+    attributes (it depends on them only), a quantized tail as its grid's table."""
     program = attrs.get("_program")
     if program is None or program.n_inputs != n_inputs:
         program = attrs["_program"] = compile_program(attrs["ops"], attrs["args"], attrs.get("constants", ()),
-                                                      n_inputs)
+                                                      n_inputs, tables=True)
     return program
 
 
