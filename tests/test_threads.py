@@ -105,6 +105,19 @@ def test_thread_policy_gives_small_work_one_thread():
         assert tp.memory_bound(1 << 30) == 1 and tp.compute_bound(1e12) == 1
 
 
+def test_softmax_splits_by_its_estimated_time(monkeypatch):
+    """Softmax splits by its one-thread time (an exp per element), below the memory-bound count
+    (which the suite's fixture lowers: restored to its real size here)."""
+    from normrt import _thread_policy as tp
+    monkeypatch.setattr(tp, "MEMORY_BOUND_MIN_ELEMENTS", tp.SPLIT_MIN_US * tp.MEMORY_BOUND_ELEMENTS_PER_US)
+    at = int(tp.PROGRAM_SPLIT_MIN_US * 1000 / tp.SOFTMAX_NS_PER_ELEMENT) + 1
+    assert at < tp.MEMORY_BOUND_MIN_ELEMENTS
+    with normrt.threads(2):
+        assert tp.softmax_rows(at - 2) == 1 and tp.softmax_rows(at) == 2
+    with normrt.threads(1):
+        assert tp.softmax_rows(1 << 30) == 1
+
+
 def test_configure_openmp_keeps_a_users_wait_policy():
     from normrt import _thread_policy as tp
     env = {}

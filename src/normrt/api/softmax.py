@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import softmax as _k
-from .._thread_policy import memory_bound
+from .._thread_policy import softmax_rows
 
 MASKED_ROWS = ("nan", "zero")
 
@@ -26,10 +26,10 @@ def softmax(x, *, axis=-1, out=None, masked_rows="nan"):
     zero = masked_rows == "zero"
     n = x.shape[a]
     if a == x.ndim - 1:
-        _k.softmax_rows(x.reshape(-1, n), y.reshape(-1, n), zero, memory_bound(x.size))
+        _k.softmax_rows(x.reshape(-1, n), y.reshape(-1, n), zero, softmax_rows(x.size))
         return y
     # another axis: rows of a transposed copy, written back
     xt = np.ascontiguousarray(np.moveaxis(x, a, -1))
-    _k.softmax_rows(xt.reshape(-1, n), xt.reshape(-1, n), zero, memory_bound(x.size))
+    _k.softmax_rows(xt.reshape(-1, n), xt.reshape(-1, n), zero, softmax_rows(x.size))
     y[...] = np.moveaxis(xt, -1, a)
     return y

@@ -31,7 +31,7 @@ from .concat_chain import GrowingConcat
 from .ops import _half
 from .ops._half import is_half
 from .._thread_policy import MEMORY_BOUND_MIN_ELEMENTS as ELEMENTWISE_MIN  # bigger: the threaded kernel path
-from .._thread_policy import memory_bound
+from .._thread_policy import memory_bound, softmax_rows
 
 _BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
 _UNARY = {"Neg": np.negative, "Abs": np.abs, "Exp": np.exp, "Log": np.log, "Sqrt": np.sqrt,
@@ -312,7 +312,7 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         if n == 0 or size == 0:
             return None
         y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
-        nt = min(src.n_threads, memory_bound(size))     # as the generic Softmax (api.softmax)
+        nt = min(src.n_threads, softmax_rows(size))     # as the generic Softmax (api.softmax)
         return f"{src.bind(_softmax_into, '_softmax_into')}({ex}, {y}, {n}, {nt})"
     if op == "GlobalAveragePool" and len(args) == 1 and args[0] is not None:
         ex, (xshape, dx), _ = args[0]
