@@ -105,13 +105,59 @@ static void nrt_q_quantize_rows(const float* x, ptrdiff_t ldx, ptrdiff_t r0, ptr
 
 /* A runtime B (K, N) on grid (scale, zero, lo, hi) -> its codes minus 128 as int8, packed as
    nrt_q_pack_b packs weights, with their column sums; nan[c] = 1 for a column holding a NaN.
-   The row stride of b is ldb floats (its columns contiguous). Rows are quantized first, in
-   order (contiguous, vectorizable), into `tmp` (K * N bytes), then shuffled into the panels. */
+   The row stride of b is ldb floats (its columns contiguous). Portable path: rows are quantized
+   first, in order (contiguous, vectorizable), into `tmp` (K * N bytes), then shuffled into the
+   panels; the AVX-512 path writes the panels' words directly (one thread, 4 heads of 128 x 64
+   x 128 in qmatmul_batched: 64 -> 52 us). */
 static void nrt_q_pack_b_codes(const float* b, ptrdiff_t ldb, ptrdiff_t K, ptrdiff_t N, float scale, float zero,
                                float lo, float hi, int8_t* out, int32_t* colsum, unsigned char* nan,
                                uint8_t* tmp)
 {
     ptrdiff_t kg = nrt_q_kgroups(K), np = nrt_q_panels(N), p, g, j, t, k, c;
+#if defined(__AVX512F__)
+    /* 16 columns at a time, straight into the panels: a packed word is 4 consecutive k of one
+       column, so the codes of rows 4g..4g+3 (one vector each) shifted into bytes 0..3 are 16
+       columns' words. The scalar path's arithmetic lane by lane (roundscale is its rounding;
+       a NaN clamps to itself and codes 0; columns past N and rows past K are 0 bytes). */
+    (void)tmp; (void)j;
+    {
+        const __m512 vs = _mm512_set1_ps(scale), vz = _mm512_set1_ps(zero), vlo = _mm512_set1_ps(lo);
+        const __m512 vhi = _mm512_set1_ps(hi);
+        const __m512i flip = _mm512_set1_epi32(0x80), bias = _mm512_set1_epi32(128);
+        for (p = 0; p < np; p++)
+            for (int half = 0; half < NRT_Q_NR / 16; half++) {
+                ptrdiff_t c0 = p * NRT_Q_NR + half * 16;
+                __mmask16 cols = c0 >= N ? 0 : (c0 + 16 <= N ? 0xFFFF : (__mmask16)((1u << (N - c0)) - 1));
+                __m512i sum = _mm512_setzero_si512();
+                __mmask16 bad = 0;
+                for (g = 0; g < kg; g++) {
+                    __m512i word = _mm512_setzero_si512();
+                    for (t = 0; t < NRT_Q_KG; t++) {
+                        k = g * NRT_Q_KG + t;
+                        if (k >= K || !cols)
+                            break;
+                        __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(cols, b + k * ldb + c0), vs);
+                        v = _mm512_add_ps(_mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+                        __mmask16 ok = _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q);
+                        bad |= (__mmask16)(~ok & cols);
+                        v = _mm512_min_ps(vhi, _mm512_max_ps(vlo, v));
+                        __m512i code = _mm512_maskz_cvttps_epi32(ok & cols, _mm512_sub_ps(v, vlo));
+                        __m512i byte = _mm512_maskz_xor_epi32(cols, code, flip);     /* code - 128 as int8 bits */
+                        sum = _mm512_mask_add_epi32(sum, cols, sum, _mm512_sub_epi32(code, bias));
+                        word = _mm512_or_si512(word, _mm512_slli_epi32(byte, 8 * (unsigned)t));
+                    }
+                    _mm512_storeu_si512((void*)(out + ((p * kg + g) * NRT_Q_NR + half * 16) * NRT_Q_KG), word);
+                }
+                int32_t lanes[16];
+                _mm512_storeu_si512((void*)lanes, sum);
+                for (c = c0; c < N && c < c0 + 16; c++) {
+                    colsum[c] = lanes[c - c0];
+                    nan[c] = (unsigned char)((bad >> (c - c0)) & 1);
+                }
+            }
+        return;
+    }
+#endif
     for (c = 0; c < N; c++) {
         colsum[c] = 0;
         nan[c] = 0;
