@@ -3,8 +3,8 @@
 Python (normrt.onnx.ops.recurrent) computes every time step's input projection at once
 (X W^T plus the biases that add to it, one GEMM on normrt's kernel), so a step here is
 only the recurrent product R h_{t-1} (one fixed-order dot product per gate row and batch
-row, recurrent_kernel.h) and the gate arithmetic, a vectorizable loop per gate, in the
-input's type.
+row, recurrent_kernel.h, every batch row of the step in one pass over R) and the gate
+arithmetic, a vectorizable loop per gate, in the input's type.
 Gate order and formulas are the ONNX spec's:
 
   LSTM  (i, o, f, c)  i = f(xi + Ri h + Pi c),  f = f(xf + Rf h + Pf c)  (1 - i: input_forget),
@@ -22,9 +22,10 @@ the row's last valid step down to 0.
 
 The directions of a bidirectional node are independent: they run on up to two threads
 (prange over directions). A single direction splits each step's hidden units (all their gate
-rows) in chunks over the threads instead, the new state written to a second buffer until the
-step's last unit has read the old one. Each unit is computed by the same arithmetic whatever
-the thread count.
+rows, for every batch row) in chunks over the threads instead, one parallel region per step,
+the new states written to second buffers until the step's last unit has read the old ones.
+Each unit of each batch row is computed by the same arithmetic whatever the thread count, the
+batch size and the other rows' lengths.
 """
 from cython.parallel cimport prange
 from libc.math cimport tanh, exp
@@ -34,10 +35,12 @@ from libc.string cimport memcpy
 from moments cimport sigmoid_f, tanh_f
 
 cdef extern from "recurrent_kernel.h":
-    void gemv_f "nrt_gemv_f"(const float* r, Py_ssize_t rows, Py_ssize_t n, const float* h,
-                             const float* add, float* out) noexcept nogil
-    void gemv_d "nrt_gemv_d"(const double* r, Py_ssize_t rows, Py_ssize_t n, const double* h,
-                             const double* add, double* out) noexcept nogil
+    void gemm_rows_f "nrt_gemm_rows_f"(const float* r, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t nb,
+                                       const float* const* h, const float* const* add, Py_ssize_t add_off,
+                                       float* const* out, Py_ssize_t out_off) noexcept nogil
+    void gemm_rows_d "nrt_gemm_rows_d"(const double* r, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t nb,
+                                       const double* const* h, const double* const* add, Py_ssize_t add_off,
+                                       double* const* out, Py_ssize_t out_off) noexcept nogil
 
 ctypedef fused real:
     float
@@ -92,13 +95,14 @@ cdef inline void clamp_span(real* v, Py_ssize_t n, real clip) noexcept nogil:
             v[k] = clip if v[k] > clip else (-clip if v[k] < -clip else v[k])
 
 
-cdef inline void gemv(const real* r, Py_ssize_t rows, Py_ssize_t n, const real* h, const real* add,
-                      real* out) noexcept nogil:
-    """out[j] = add[j] + R_j . h (add NULL: 0), each row in the fixed order of recurrent_kernel.h."""
+cdef inline void gemm_rows(const real* r, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t nb, real** h,
+                           const real** add, Py_ssize_t add_off, real** out, Py_ssize_t out_off) noexcept nogil:
+    """out[q][out_off + j] = add[q][add_off + j] + R_j . h[q] for j < rows, q < nb (add NULL: 0), each
+    product in the fixed order of recurrent_kernel.h (the same bits whatever nb and the rows)."""
     if real is float:
-        gemv_f(r, rows, n, h, add, out)
+        gemm_rows_f(r, rows, n, nb, <const float* const*>h, <const float* const*>add, add_off, out, out_off)
     else:
-        gemv_d(r, rows, n, h, add, out)
+        gemm_rows_d(r, rows, n, nb, <const double* const*>h, <const double* const*>add, add_off, out, out_off)
 
 
 cdef inline Py_ssize_t step_time(Py_ssize_t step, Py_ssize_t length, bint reverse) noexcept nogil:
@@ -112,68 +116,93 @@ cdef enum:
     KCHUNK = 32         # hidden units per work item of a step (all gates' rows for those units)
 
 
-cdef void update_chunk(int cell, const real* x, const real* r, const real* p, const real* rbh,
-                       const real* hb, real* hn, real* cb, real* yt, real* g, real* u,
-                       Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga, int ha,
-                       bint input_forget, bint linear_before_reset) noexcept nogil:
-    """Hidden units k0..k1-1 of one step: their rows of every gate's product (x + R h) and the
-    gate arithmetic, writing hn (the new hidden state), cb (LSTM cell state) and yt; g and u are
-    this step's gate and scratch rows (each unit's own columns). GRU with linear_before_reset=0
-    does its z / r part here and the candidate in `gru_candidate`, once every r * h is known."""
-    cdef Py_ssize_t n = k1 - k0, k
+cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, const real* p,
+                       const real* rbh, real** hp, real** hnp, real** cp, real** yp, real** gp,
+                       real** up, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga,
+                       int ha, bint input_forget, bint linear_before_reset) noexcept nogil:
+    """Hidden units k0..k1-1 of one step for the na active batch rows: first every gate's product
+    (x + R h) for those units and all the rows at once (each block of R rows loaded once for the
+    rows, recurrent_kernel.h), then each row's gate arithmetic, writing hnp[q] (its new hidden
+    state), cp[q] (LSTM cell state) and yp[q]; gp[q] and up[q] are the row's gate and scratch rows
+    (each unit's own columns). GRU with linear_before_reset=0 does its z / r part here and the
+    candidate in `gru_candidate`, once every r * h of the row is known."""
+    cdef Py_ssize_t n = k1 - k0, k, q
     cdef Py_ssize_t gi
+    cdef real* g
+    cdef real* u
+    cdef real* cb
+    cdef real* hn
+    cdef real* yt
+    cdef const real* x
+    cdef const real* hb
     if cell == CELL_LSTM:
         for gi in range(4):             # gates i, o, f, c of these units
-            gemv(r + (gi * H + k0) * H, n, H, hb, x + gi * H + k0, g + gi * H + k0)
-        if p != NULL:
+            gemm_rows(r + (gi * H + k0) * H, n, H, na, hp, xp, gi * H + k0, gp, gi * H + k0)
+        for q in range(na):
+            g = gp[q]
+            u = up[q]
+            cb = cp[q]
+            hn = hnp[q]
+            yt = yp[q]
+            if p != NULL:
+                for k in range(k0, k1):
+                    g[k] = g[k] + p[k] * cb[k]
+                    g[2 * H + k] = g[2 * H + k] + p[2 * H + k] * cb[k]
+            clamp_span(g + k0, n, clip)
+            activate_span(g + k0, n, fa)                          # i
+            if input_forget:
+                for k in range(k0, k1):
+                    g[2 * H + k] = 1 - g[k]
+            else:
+                clamp_span(g + 2 * H + k0, n, clip)
+                activate_span(g + 2 * H + k0, n, fa)              # f
+            clamp_span(g + 3 * H + k0, n, clip)
+            activate_span(g + 3 * H + k0, n, ga)                  # c~
             for k in range(k0, k1):
-                g[k] = g[k] + p[k] * cb[k]
-                g[2 * H + k] = g[2 * H + k] + p[2 * H + k] * cb[k]
-        clamp_span(g + k0, n, clip)
-        activate_span(g + k0, n, fa)                          # i
-        if input_forget:
+                cb[k] = g[2 * H + k] * cb[k] + g[k] * g[3 * H + k]
+                u[k] = cb[k]
+            if p != NULL:
+                for k in range(k0, k1):
+                    g[H + k] = g[H + k] + p[H + k] * cb[k]
+            clamp_span(g + H + k0, n, clip)
+            activate_span(g + H + k0, n, fa)                      # o
+            activate_span(u + k0, n, ha)
             for k in range(k0, k1):
-                g[2 * H + k] = 1 - g[k]
-        else:
-            clamp_span(g + 2 * H + k0, n, clip)
-            activate_span(g + 2 * H + k0, n, fa)              # f
-        clamp_span(g + 3 * H + k0, n, clip)
-        activate_span(g + 3 * H + k0, n, ga)                  # c~
-        for k in range(k0, k1):
-            cb[k] = g[2 * H + k] * cb[k] + g[k] * g[3 * H + k]
-            u[k] = cb[k]
-        if p != NULL:
-            for k in range(k0, k1):
-                g[H + k] = g[H + k] + p[H + k] * cb[k]
-        clamp_span(g + H + k0, n, clip)
-        activate_span(g + H + k0, n, fa)                      # o
-        activate_span(u + k0, n, ha)
-        for k in range(k0, k1):
-            hn[k] = g[H + k] * u[k]
-            yt[k] = hn[k]
+                hn[k] = g[H + k] * u[k]
+                yt[k] = hn[k]
     elif cell == CELL_GRU:
         for gi in range(2):             # z, r
-            gemv(r + (gi * H + k0) * H, n, H, hb, x + gi * H + k0, g + gi * H + k0)
-        clamp_span(g + k0, n, clip)
-        activate_span(g + k0, n, fa)
-        clamp_span(g + H + k0, n, clip)
-        activate_span(g + H + k0, n, fa)
+            gemm_rows(r + (gi * H + k0) * H, n, H, na, hp, xp, gi * H + k0, gp, gi * H + k0)
         if linear_before_reset:
-            # the candidate's R h alone, then r * (R h + Rbh)
-            gemv(r + (2 * H + k0) * H, n, H, hb, NULL, g + 2 * H + k0)
-            for k in range(k0, k1):
-                u[k] = x[2 * H + k] + g[H + k] * (g[2 * H + k] + rbh[k])
-            gru_finish(u, g, hb, hn, yt, k0, k1, clip, ga)
-        else:
-            for k in range(k0, k1):
-                u[k] = g[H + k] * hb[k]          # r * h, read whole by gru_candidate
+            # the candidate's R h alone (no x: it goes outside r * (R h + Rbh))
+            gemm_rows(r + (2 * H + k0) * H, n, H, na, hp, NULL, 0, gp, 2 * H + k0)
+        for q in range(na):
+            g = gp[q]
+            u = up[q]
+            x = xp[q]
+            hb = hp[q]
+            clamp_span(g + k0, n, clip)
+            activate_span(g + k0, n, fa)
+            clamp_span(g + H + k0, n, clip)
+            activate_span(g + H + k0, n, fa)
+            if linear_before_reset:
+                for k in range(k0, k1):
+                    u[k] = x[2 * H + k] + g[H + k] * (g[2 * H + k] + rbh[k])
+                gru_finish(u, g, hb, hnp[q], yp[q], k0, k1, clip, ga)
+            else:
+                for k in range(k0, k1):
+                    u[k] = g[H + k] * hb[k]          # r * h, read whole by gru_candidate
     else:
-        gemv(r + k0 * H, n, H, hb, x + k0, g + k0)
-        clamp_span(g + k0, n, clip)
-        activate_span(g + k0, n, fa)
-        for k in range(k0, k1):
-            hn[k] = g[k]
-            yt[k] = g[k]
+        gemm_rows(r + k0 * H, n, H, na, hp, xp, k0, gp, k0)
+        for q in range(na):
+            g = gp[q]
+            hn = hnp[q]
+            yt = yp[q]
+            clamp_span(g + k0, n, clip)
+            activate_span(g + k0, n, fa)
+            for k in range(k0, k1):
+                hn[k] = g[k]
+                yt[k] = g[k]
 
 
 cdef inline void gru_finish(real* u, const real* g, const real* hb, real* hn, real* yt,
@@ -187,16 +216,21 @@ cdef inline void gru_finish(real* u, const real* g, const real* hb, real* hn, re
         yt[k] = hn[k]
 
 
-cdef void gru_candidate(const real* x, const real* r, const real* rbh, const real* hb, real* hn,
-                        real* yt, const real* g, real* u, real* v, Py_ssize_t k0, Py_ssize_t k1,
-                        Py_ssize_t H, real clip, int ga) noexcept nogil:
-    """GRU, linear_before_reset=0, units k0..k1-1: x + R (r * h) + Rbh (u holds every r * h), then
-    the update; v is this step's candidate rows."""
-    cdef Py_ssize_t k
-    gemv(r + (2 * H + k0) * H, k1 - k0, H, u, rbh + k0, v + k0)
-    for k in range(k0, k1):
-        v[k] = x[2 * H + k] + v[k]
-    gru_finish(v, g, hb, hn, yt, k0, k1, clip, ga)
+cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const real** rbp, real** hp,
+                        real** hnp, real** yp, real** gp, real** up, real** vp, Py_ssize_t k0,
+                        Py_ssize_t k1, Py_ssize_t H, real clip, int ga) noexcept nogil:
+    """GRU, linear_before_reset=0, units k0..k1-1 of the na active rows: x + R (r * h) + Rbh (up[q]
+    holds all of row q's r * h), then the update; vp[q] is row q's candidate row and rbp[q] Rbh."""
+    cdef Py_ssize_t k, q
+    cdef real* v
+    cdef const real* x
+    gemm_rows(r + (2 * H + k0) * H, k1 - k0, H, na, up, rbp, k0, vp, k0)
+    for q in range(na):
+        v = vp[q]
+        x = xp[q]
+        for k in range(k0, k1):
+            v[k] = x[2 * H + k] + v[k]
+        gru_finish(v, gp[q], hp[q], hnp[q], yp[q], k0, k1, clip, ga)
 
 
 cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r, const real* p,
@@ -206,47 +240,83 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
                        bint linear_before_reset, int n_threads) noexcept nogil:
     """One direction over the whole sequence. xw (S, B, G*H) with rows xrow apart, r (G*H, H), p (3H) or NULL,
     rbh (H) GRU's recurrent candidate bias, h / c (B, H) in and out, y (S, B, H) out.
-    Each step's hidden units split in chunks of KCHUNK over n_threads (each unit's rows and
-    arithmetic the same whoever computes them); the new state goes to a second buffer until
-    every unit has read the old one. Returns -1 when its scratch cannot be allocated."""
-    cdef Py_ssize_t GH = G * H, step, b, t, ch
+    A step computes all its active batch rows together (rows are at their own time index, or
+    past their length and skipped: their state stays), so R is read once per step, not once per
+    row (float32; float64 still reads it per row, recurrent_kernel.h), and a step is one parallel
+    region, not one per row. Its hidden units split in chunks of KCHUNK over n_threads, each
+    chunk every active row's units (each unit's rows and arithmetic the same whoever computes
+    them, and whatever rows are active); the new states go to second buffers until every unit
+    has read the old ones. Returns -1 when its scratch cannot be allocated."""
+    cdef Py_ssize_t GH = G * H, step, b, t, ch, q, na
     cdef Py_ssize_t nch = (H + KCHUNK - 1) // KCHUNK
-    cdef real* g = <real*>malloc((GH + 3 * H) * sizeof(real))
-    cdef real* u
-    cdef real* v
-    cdef real* hn
-    cdef const real* x
+    cdef Py_ssize_t ws = GH + 3 * H         # a batch row's scratch: gates g, then u, v, hn
     cdef bint two_phase = cell == CELL_GRU and not linear_before_reset
-    if g == NULL:
+    cdef bint split = n_threads > 1 and nch > 1
+    # one row of scratch per batch row, and the active rows' pointers (entry q: the q-th active
+    # row of the step): x, Rbh (every entry the same), then h, c, y and the scratch rows
+    cdef real* scratch = <real*>malloc(B * ws * sizeof(real))
+    cdef void** ptrs = <void**>malloc(9 * B * sizeof(void*))
+    cdef const real** xp
+    cdef const real** rbp
+    cdef real** hp
+    cdef real** cp
+    cdef real** yp
+    cdef real** gp
+    cdef real** up
+    cdef real** vp
+    cdef real** hnp
+    if scratch == NULL or ptrs == NULL:
+        free(scratch)
+        free(ptrs)
         return -1
-    u = g + GH
-    v = u + H
-    hn = v + H
+    xp = <const real**>ptrs
+    rbp = <const real**>(ptrs + B)
+    hp = <real**>(ptrs + 2 * B)
+    cp = <real**>(ptrs + 3 * B)
+    yp = <real**>(ptrs + 4 * B)
+    gp = <real**>(ptrs + 5 * B)
+    up = <real**>(ptrs + 6 * B)
+    vp = <real**>(ptrs + 7 * B)
+    hnp = <real**>(ptrs + 8 * B)
+    for q in range(B):
+        rbp[q] = rbh
+        gp[q] = scratch + q * ws
+        up[q] = gp[q] + GH
+        vp[q] = up[q] + H
+        hnp[q] = vp[q] + H
     for step in range(S):
+        na = 0
         for b in range(B):
             t = step_time(step, lens[b], reverse)
             if t < 0:
                 continue
-            x = xw + (t * B + b) * xrow
-            if n_threads > 1:
-                for ch in prange(nch, schedule="static", num_threads=n_threads):
-                    update_chunk(cell, x, r, p, rbh, h + b * H, hn, c + b * H if c != NULL else NULL,
-                                 y + (t * B + b) * H, g, u, ch * KCHUNK, min(ch * KCHUNK + KCHUNK, H), H,
-                                 clip, fa, ga, ha, input_forget, linear_before_reset)
-                if two_phase:
-                    for ch in prange(nch, schedule="static", num_threads=n_threads):
-                        gru_candidate(x, r, rbh, h + b * H, hn, y + (t * B + b) * H, g, u, v, ch * KCHUNK,
-                                      min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
-            else:
-                # one thread (or inside the two directions' region): the whole step as one chunk,
-                # no region per step - the same units' rows and arithmetic, so the same bits
-                update_chunk(cell, x, r, p, rbh, h + b * H, hn, c + b * H if c != NULL else NULL,
-                             y + (t * B + b) * H, g, u, 0, H, H, clip, fa, ga, ha, input_forget,
+            xp[na] = xw + (t * B + b) * xrow
+            hp[na] = h + b * H
+            cp[na] = c + b * H if c != NULL else NULL
+            yp[na] = y + (t * B + b) * H
+            na += 1
+        if na == 0:
+            continue
+        if split:
+            for ch in prange(nch, schedule="static", num_threads=n_threads):
+                update_chunk(cell, na, xp, r, p, rbh, hp, hnp, cp, yp, gp, up, ch * KCHUNK,
+                             min(ch * KCHUNK + KCHUNK, H), H, clip, fa, ga, ha, input_forget,
                              linear_before_reset)
-                if two_phase:
-                    gru_candidate(x, r, rbh, h + b * H, hn, y + (t * B + b) * H, g, u, v, 0, H, H, clip, ga)
-            memcpy(h + b * H, hn, H * sizeof(real))
-    free(g)
+            if two_phase:
+                for ch in prange(nch, schedule="static", num_threads=n_threads):
+                    gru_candidate(na, xp, r, rbp, hp, hnp, yp, gp, up, vp, ch * KCHUNK,
+                                  min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
+        else:
+            # one thread (or inside the two directions' region, or one chunk): the whole step as
+            # one chunk, no region per step - the same units' rows and arithmetic, so the same bits
+            update_chunk(cell, na, xp, r, p, rbh, hp, hnp, cp, yp, gp, up, 0, H, H, clip, fa, ga, ha,
+                         input_forget, linear_before_reset)
+            if two_phase:
+                gru_candidate(na, xp, r, rbp, hp, hnp, yp, gp, up, vp, 0, H, H, clip, ga)
+        for q in range(na):
+            memcpy(hp[q], hnp[q], H * sizeof(real))
+    free(scratch)
+    free(ptrs)
     return 0
 
 

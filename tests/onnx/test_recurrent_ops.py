@@ -148,6 +148,40 @@ def test_float64_and_bitwise_across_threads(kind, direction, hidden, lbr):
                 np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind, direction, hidden, lbr, dtype", [
+    ("LSTM", "forward", 130, 0, np.float32), ("LSTM", "bidirectional", 37, 0, np.float32),
+    ("LSTM", "reverse", 64, 0, np.float64), ("GRU", "reverse", 130, 0, np.float32),
+    ("GRU", "forward", 64, 1, np.float32), ("GRU", "forward", 21, 0, np.float64),
+    ("RNN", "reverse", 200, 0, np.float32)])
+def test_batch_rows_bitwise_as_each_row_alone(kind, direction, hidden, lbr, dtype):
+    """A step computes all its batch rows together (recurrent.pyx, several rows per pass over R):
+    each row's outputs must be those of the row run alone with batch 1, bit for bit, with rows of
+    other lengths beside it (some past their end, some of none) and on any thread count."""
+    rng = np.random.default_rng(6)
+    seq, batch = 9, 7
+    args = make_inputs(rng, kind, direction, seq, batch, 11, hidden, peepholes=kind == "LSTM", dtype=dtype)
+    args[4] = np.array([9, 0, 4, 9, 1, 7, 3], np.int32)
+    attrs = dict(hidden_size=hidden, direction=direction, **({"linear_before_reset": lbr} if kind == "GRU" else {}))
+    n_out = 3 if kind == "LSTM" else 2
+    alone = []
+    for b in range(batch):
+        one = list(args)
+        one[0] = np.ascontiguousarray(args[0][:, b:b + 1])
+        one[4] = args[4][b:b + 1]
+        one[5] = np.ascontiguousarray(args[5][:, b:b + 1])
+        if kind == "LSTM":
+            one[6] = np.ascontiguousarray(args[6][:, b:b + 1])
+        with normrt.threads(1):
+            alone.append(run_ours(kind, one, attrs, 14, n_out))
+    for threads in (1, 2, 3):
+        with normrt.threads(threads):
+            y, *states = run_ours(kind, args, attrs, 14, n_out)
+        for b in range(batch):
+            np.testing.assert_array_equal(y[:, :, b], alone[b][0][:, :, 0])
+            for got, want in zip(states, alone[b][1:]):
+                np.testing.assert_array_equal(got[:, b], want[:, 0])
+
+
 def test_saturated_gates_stay_finite():
     """Pre-activations of +-1e30 (and huge inputs) saturate the gates; no NaN appears."""
     rng = np.random.default_rng(3)
