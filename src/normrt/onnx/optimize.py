@@ -1,7 +1,9 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► constant folding ─► dynamically quantized
-                      products and LSTMs as float ones ─► QDQ pairs (fake quantization;
+    load (checked) ─► inline local functions ─► QOperator contrib ops as their QDQ form
+                   ─► constant folding ─► dynamically quantized
+                      products and LSTMs as float ones ─► per-tensor dequantization before
+                      views ─► QDQ pairs (fake quantization;
                       repeated grids dropped) ─► zero Pads into Convs
                    ─► pattern fusions (exporters' decomposed norms, BN and per-channel affine folding)
                    ─► standard norms ─► no-op views dropped (after the norm patterns that
@@ -63,6 +65,8 @@ from .passes.causal_mask import CausalMask
 from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.integer_products import IntegerProducts
 from .passes.quantized_lstm import QuantizedLstm
+from .passes.qlinear_operators import QLinearOperators
+from .passes.dequantize_before_views import DequantizeBeforeViews
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
 from .passes.einsum_products import EinsumProducts
@@ -72,7 +76,8 @@ from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [ConstantFolding(), IntegerProducts(), QuantizedLstm(), QdqPairs(), DynamicQdqPairs(),
+    return [QLinearOperators(), ConstantFolding(), IntegerProducts(), QuantizedLstm(), DequantizeBeforeViews(),
+            QdqPairs(), DynamicQdqPairs(),
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
             # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
