@@ -183,8 +183,30 @@ def _mask_unranked(proto):
     return masked
 
 
+# onnxruntime's own ops that its optimizer writes in the standard domain
+# (passes/onnxruntime_fused_ops.py rewrites them)
+ONNXRUNTIME_STANDARD_DOMAIN_OPS = {"SimplifiedLayerNormalization"}
+
+
+def _mask_onnxruntime_ops(proto):
+    """A copy with onnxruntime's standard-domain ops (SimplifiedLayerNormalization) in a domain of
+    their own, so the checker checks the rest; None if there are none."""
+    if not any(n.domain in ("", "ai.onnx") and n.op_type in ONNXRUNTIME_STANDARD_DOMAIN_OPS
+               for g in _graphs(proto.graph) for n in g.node):
+        return None
+    masked = onnx.ModelProto()
+    masked.CopyFrom(proto)
+    for g in _graphs(masked.graph):
+        for node in g.node:
+            if node.domain in ("", "ai.onnx") and node.op_type in ONNXRUNTIME_STANDARD_DOMAIN_OPS:
+                node.domain = "normrt.onnxruntime"
+    masked.opset_import.append(onnx.helper.make_opsetid("normrt.onnxruntime", 1))
+    return masked
+
+
 # (what an onnx.checker message says, the copy of the model that lets the checker see past it)
-_MASKS = ((lambda message: "deprecated" in message, _mask_deprecated),
+_MASKS = ((lambda message: "No Op registered for" in message, _mask_onnxruntime_ops),
+          (lambda message: "deprecated" in message, _mask_deprecated),
           (lambda message: "'shape'" in message and "required but missing" in message, _mask_unranked))
 
 
@@ -192,7 +214,8 @@ def check(proto, what="model"):
     """onnx.checker, its failure as ModelError.
 
     Deprecated standard ops (GroupNormalization-18 is deprecated in onnx 1.23,
-    yet exported models carry it) and graph inputs/outputs of unknown rank (which
+    yet exported models carry it), onnxruntime's SimplifiedLayerNormalization (its optimizer
+    writes it in the standard domain) and graph inputs/outputs of unknown rank (which
     onnxruntime runs) are accepted: the rest of the model is checked.
     """
     # the checker serializes the model and parses it again: without the weights' data (checked by

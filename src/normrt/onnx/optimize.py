@@ -1,6 +1,7 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► QOperator contrib ops as their QDQ form
+    load (checked) ─► inline local functions ─► onnxruntime's fused norms and GELUs as normrt's
+                   ─► QOperator contrib ops as their QDQ form
                    ─► constant folding ─► dynamically quantized
                       products and LSTMs as float ones ─► per-tensor dequantization before
                       views ─► QDQ pairs (fake quantization;
@@ -66,6 +67,7 @@ from .passes.channels_first_blocks import ChannelsFirstBlocks
 from .passes.integer_products import IntegerProducts
 from .passes.quantized_lstm import QuantizedLstm
 from .passes.qlinear_operators import QLinearOperators
+from .passes.onnxruntime_fused_ops import OnnxruntimeFusedOps
 from .passes.dequantize_before_views import DequantizeBeforeViews
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
@@ -76,7 +78,7 @@ from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [QLinearOperators(), ConstantFolding(), IntegerProducts(), QuantizedLstm(), DequantizeBeforeViews(),
+    return [OnnxruntimeFusedOps(), QLinearOperators(), ConstantFolding(), IntegerProducts(), QuantizedLstm(), DequantizeBeforeViews(),
             QdqPairs(), DynamicQdqPairs(),
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
