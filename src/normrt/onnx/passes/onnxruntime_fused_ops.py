@@ -59,13 +59,28 @@ class OnnxruntimeFusedOps(GraphPass):
     name = "onnxruntime_fused_ops"
 
     def run(self, ctx):
-        self._norms = []        # (X, outputs of X's type and shape) of each norm written
-        count = super().run(ctx)
-        # onnx's inference stopped at the contrib ops, and cannot go through normrt's either: a
-        # norm's outputs take X's type once X's is known, which may take the inference past the
-        # norms before it (a transformer's chain of them), so type and infer until nothing changes
+        self._norms = []        # (X, outputs of X's type and shape) of each norm not yet typed
+        self._final = False     # refusals are reported in the last round only
+        total = 0
+        while True:
+            count = super().run(ctx)
+            total += count
+            self._type_norms(ctx)
+            if count == 0:
+                break
+        # a node whose type never became known: its refusal in the report
+        self._final = True
+        super().run(ctx)
+        return total
+
+    def _type_norms(self, ctx):
+        """onnx's inference stops at the contrib ops, and cannot go through normrt's either: a
+        norm's outputs take X's type once X's is known, which may take the inference past the
+        norms before it (a transformer's chain of them) and to the activations after them: type
+        and infer until nothing changes."""
+        ctx.commit()
+        ctx.refresh_types()
         while self._norms:
-            ctx.refresh_types()
             typed = [(x, outs) for x, outs in self._norms if ctx.elem_type(x)]
             if not typed:
                 break
@@ -73,8 +88,11 @@ class OnnxruntimeFusedOps(GraphPass):
                 for o in outs:
                     ctx.types[o] = ValueType(ctx.elem_type(x), ctx.shape(x))
             self._norms = [n for n in self._norms if not ctx.elem_type(n[0])]
-            ctx.mark_types_stale()
-        return count
+            ctx.refresh_types()
+
+    def report_refusal(self, ctx, match, reason):
+        if self._final:
+            super().report_refusal(ctx, match, reason)
 
     def matches(self, ctx):
         return [n for n in ctx.nodes if _ours(n)]
