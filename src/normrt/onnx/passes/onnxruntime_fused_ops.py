@@ -34,7 +34,7 @@ import numpy as np
 from onnx import helper
 
 from .._graph import canonical_domain
-from ..domain import make_node
+from ..domain import NORM_OPS, make_node
 from . import GraphPass, ValueType
 from ._queries import present
 
@@ -162,7 +162,14 @@ class OnnxruntimeFusedOps(GraphPass):
                     new.append(make_node("RMSNorm", [ins[0], ins[2], residual], [node.output[0], summed],
                                          node.name, epsilon=float(attrs.get("epsilon", 1e-12))))
             ctx.replace_nodes([node], new)
-            self._norms.append((ins[0], [o for o in new[-1].output if o]))
+            norm = new[-1]
+            # the residual is LayerNorm's input 3, RMSNorm's input 2
+            residual = len(norm.input) > (3 if norm.op_type == "LayerNorm" else 2)
+            ctx.report.fused.append({
+                "pass": self.name, "op": op, "pattern": op, "nodes": [node.name], "normrt_op": norm.op_type,
+                "normrt_node": norm.name, "kernel": NORM_OPS[norm.op_type].kernel, "activation": None,
+                "residual": residual})
+            self._norms.append((ins[0], [o for o in norm.output if o]))
             ctx.mark_types_stale()      # shape inference stopped at the contrib op: it can go on now
             return
         x = ins[0]
