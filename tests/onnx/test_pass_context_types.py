@@ -48,3 +48,24 @@ def test_ir3_initializers_dropped_from_inputs_still_known():
     ctx.refresh_types()
     assert ctx.shape("r") == (2, 64, 25)
     assert ctx.model.ir_version == 3                  # only the inference saw IR 4
+
+
+def test_a_small_models_declared_types_survive_every_refresh():
+    """A model without big initializers: inference works on a copy too, so the file's value_info
+    (here the only source of r's type: inference stops at an op it does not know) stays for the
+    next refresh. The first refresh used to clear it (the "copy" was the model itself), and a
+    pass that refreshed again lost the types (a dynamo VAE's GroupNorms then stayed unfused)."""
+    nodes = [helper.make_node("Mystery", ["x"], ["m"], name="mystery", domain="some.domain"),
+             helper.make_node("Relu", ["m"], ["r"], name="relu"),
+             helper.make_node("Neg", ["r"], ["y"], name="neg")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              value_info=[helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("some.domain", 1)])
+    ctx = PassContext(model)
+    for _ in range(3):
+        assert ctx.elem_type("r") == TensorProto.FLOAT and ctx.shape("r") == (2, 3)
+        assert [v.name for v in ctx.graph.value_info] == ["r"]
+        ctx.mark_types_stale()
+        ctx.refresh_types()

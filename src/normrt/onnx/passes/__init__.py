@@ -103,6 +103,12 @@ class PassContext:
             self.model.opset_import.append(onnx.helper.make_opsetid(domain, 1))   # else inference stops
         try:
             small = _without_initializer_data(self.model)
+            if small is self.model:
+                # no big initializers: that is the model itself, whose own value_info the lines
+                # below must not rewrite (they would drop the file's declarations for good: a
+                # second refresh of a dynamo export then lost half its types)
+                small = onnx.ModelProto()
+                small.CopyFrom(self.model)
             # keep the declarations of custom-domain outputs: inference goes on past them
             custom_outputs = {o for node in self.nodes if canonical_domain(node.domain) != "" for o in node.output}
             kept = [v for v in small.graph.value_info[:n_declared] if v.name in custom_outputs]

@@ -65,9 +65,9 @@ class OnnxruntimeFusedOps(GraphPass):
         while True:
             count = super().run(ctx)
             total += count
-            self._type_norms(ctx)
             if count == 0:
                 break
+            self._type_norms(ctx)
         # a node whose type never became known: its refusal in the report
         self._final = True
         super().run(ctx)
