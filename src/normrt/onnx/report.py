@@ -117,7 +117,9 @@ def value_elem_types(model):
             for k, o in enumerate(node.output):
                 if o:
                     stats = node.op_type == "LayerNorm" and k in (1, 2)
-                    types[o] = helper.make_tensor_type_proto(stash, None) if stats else x
+                    # X's element type, not its shape: a MatMul, Conv or Attention output has
+                    # another, with which the next node's inference would fail
+                    types[o] = helper.make_tensor_type_proto(stash if stats else x.tensor_type.elem_type, None)
             continue
         known = {i: types[i] for i in node.input if i in types}
         if len(known) != len([i for i in node.input if i]):
