@@ -33,15 +33,14 @@ import math
 import numpy as np
 from onnx import helper
 
-from .._graph import canonical_domain
+from .._graph import canonical_domain, np_dtype
 from ..domain import NORM_OPS, make_node
 from . import GraphPass, ValueType
-from ._queries import present
+from ._queries import KERNEL_DTYPES, present
 
 MS = "com.microsoft"
 NORMS = {"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"}
 ACTIVATIONS = {"BiasGelu", "Gelu", "FastGelu", "QuickGelu"}
-_FLOAT = {1: np.float32, 10: np.float16, 11: np.float64, 16: None}     # 16: bfloat16 (ml_dtypes)
 
 
 def _attrs(node):
@@ -105,13 +104,8 @@ class OnnxruntimeFusedOps(GraphPass):
         which it does not know) that of another input, a constant gamma or bias."""
         for name in node.input:
             t = ctx.elem_type(name) if name else 0
-            if t == 16:
-                import ml_dtypes
-                return np.dtype(ml_dtypes.bfloat16)
-            if _FLOAT.get(t):
-                return np.dtype(_FLOAT[t])
             if t:
-                return None
+                return np_dtype(t) if t in KERNEL_DTYPES else None
         return None
 
     def check(self, ctx, node):

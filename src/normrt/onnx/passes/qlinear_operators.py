@@ -51,17 +51,18 @@ from . import GraphPass
 from ._queries import is_op, present
 
 MS = "com.microsoft"
-# op -> (float op, number of quantized inputs before the output's scale and zero point)
-_ELEMENTWISE = {"QLinearAdd": ("Add", 2), "QLinearMul": ("Mul", 2), "QLinearSigmoid": ("Sigmoid", 1),
+# op -> (its float op, number of quantized inputs before the output's scale and zero point)
+_ONE_FLOAT_OP = {"QLinearAdd": ("Add", 2), "QLinearMul": ("Mul", 2), "QLinearSigmoid": ("Sigmoid", 1),
                 "QLinearLeakyRelu": ("LeakyRelu", 1), "QLinearSoftmax": ("Softmax", 1),
                 "QLinearGlobalAveragePool": ("GlobalAveragePool", 1), "QLinearAveragePool": ("AveragePool", 1),
                 "QLinearReduceMean": ("ReduceMean", 1)}
-OPS = set(_ELEMENTWISE) | {"QLinearConcat", "QLinearWhere", "QGemm"}
+OPS = set(_ONE_FLOAT_OP) | {"QLinearConcat", "QLinearWhere", "QGemm"}
 # the standard ops, taken when their weight is a constant, or (QLinearMatMul) when neither operand
 # is a graph input: inside a model, between other quantized ops (attention's products). A product
 # of fed tensors (the op used as an API, the conformance cases) stays exact integer arithmetic
 # (ops/quantize.py).
 STANDARD = {"QLinearMatMul", "QLinearConv"}
+PRODUCTS = STANDARD | {"QGemm"}       # a weight dequantized per output channel; _product
 
 
 def _attrs(node):
@@ -103,7 +104,7 @@ class QLinearOperators(GraphPass):
         if node.op_type == "QLinearWhere":
             # condition, X, x_scale, x_zp, Y, y_scale, y_zp, z_scale, z_zp
             return [tuple(ins[1:4]), tuple(ins[4:7])], (ins[7], ins[8] if len(ins) > 8 else "")
-        count = _ELEMENTWISE[node.op_type][1]
+        count = _ONE_FLOAT_OP[node.op_type][1]
         ins += [""] * (3 * count + 2 - len(ins))
         return [tuple(ins[3 * i:3 * i + 3]) for i in range(count)], (ins[3 * count], ins[3 * count + 1])
 
@@ -121,7 +122,7 @@ class QLinearOperators(GraphPass):
         weight_params = []
         if node.op_type == "QGemm" and not ctx.is_constant(triples[1][0]):
             return "B is not a constant"
-        if (node.op_type in STANDARD or node.op_type == "QGemm") and ctx.is_constant(triples[1][0]):
+        if node.op_type in PRODUCTS and ctx.is_constant(triples[1][0]):
             # the weight's scale and zero point may be per output channel (its own DequantizeLinear
             # axis: the conv's axis 0, the MatMul's columns), which needs opset 13's axis
             weight_params = [triples[1][1]] + ([triples[1][2]] if triples[1][2] else [])
@@ -217,19 +218,31 @@ class QLinearOperators(GraphPass):
         triples, (ys, yz) = self._triples(node)
         new = []
         op = node.op_type
-        if op in STANDARD or op == "QGemm":
+        if op in PRODUCTS:
             float_node, result = self._product(ctx, node, attrs, triples, new)
         else:
-            floats = [self._dequantize(ctx, x, s, z, new) for x, s, z in triples]
-            result = ctx.new_name(f"{node.output[0]}_float")
-        if op in STANDARD or op == "QGemm":
-            pass
-        elif op == "QLinearConcat":
+            float_node, result = self._one_float_op(ctx, node, attrs, triples, new)
+        float_node.name = node.name
+        new.append(float_node)
+        if result == node.output[0]:        # QGemm without y_scale: its float output as it is
+            ctx.replace_nodes([node], new)
+            return
+        new.append(helper.make_node("QuantizeLinear", [result, ys] + ([yz] if yz else []), [node.output[0]],
+                                    name=ctx.new_name(f"{node.name}_QuantizeLinear")))
+        ctx.replace_nodes([node], new)
+
+    def _one_float_op(self, ctx, node, attrs, triples, new):
+        """The float op of an elementwise, pooling, Concat or Where contrib op over its dequantized
+        inputs, and the name of its result."""
+        op = node.op_type
+        floats = [self._dequantize(ctx, x, s, z, new) for x, s, z in triples]
+        result = ctx.new_name(f"{node.output[0]}_float")
+        if op == "QLinearConcat":
             float_node = helper.make_node("Concat", floats, [result], axis=int(attrs.get("axis", 0)))
         elif op == "QLinearWhere":
             float_node = helper.make_node("Where", [node.input[0]] + floats, [result])
         else:
-            float_op = _ELEMENTWISE[op][0]
+            float_op = _ONE_FLOAT_OP[op][0]
             kept = {}
             if op == "QLinearLeakyRelu":
                 kept["alpha"] = float(attrs.get("alpha", 0.01))
@@ -246,11 +259,4 @@ class QLinearOperators(GraphPass):
                     # from opset 18 ReduceMean takes its axes as an input
                     floats.append(ctx.add_constant(f"{node.name}_axes", np.asarray(kept.pop("axes"), np.int64)))
             float_node = helper.make_node(float_op, floats, [result], **kept)
-        float_node.name = node.name
-        new.append(float_node)
-        if result == node.output[0]:        # QGemm without y_scale: its float output as it is
-            ctx.replace_nodes([node], new)
-            return
-        new.append(helper.make_node("QuantizeLinear", [result, ys] + ([yz] if yz else []), [node.output[0]],
-                                    name=ctx.new_name(f"{node.name}_QuantizeLinear")))
-        ctx.replace_nodes([node], new)
+        return float_node, result
