@@ -596,3 +596,22 @@ def test_fallback_node_computes_in_float32(dtype, op, c, hw, seed, offset):
     assert [s.node.op_type for s in sess.executor.steps if s.kind == "reference"] in ([op], [])
     y = sess.run(None, {"x": x.astype(dtype)})[0]
     assert_close_in_dtype(y, ref, dtype, ulps=1.0, f32_rel=2.0 ** -16)
+
+
+# ------------------------------------------------------------------ strided views
+@DTYPES
+@SETTINGS
+@given(shape=shapes(min_rank=2, max_rank=4), seed=st.integers(0, 99), op=st.sampled_from(["Add", "Mul", "Cast"]))
+def test_ops_on_a_strided_slice(dtype, shape, seed, op):
+    """A Slice of the last axis is a strided view of its input: the half ops that widen their
+    inputs to float32 read it as such (they once raised "ndarray is not C-contiguous")."""
+    last = shape[-1] + 1
+    full = shape[:-1] + (last,)
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "a"], ["sl"])]
+    if op == "Cast":
+        nodes.append(helper.make_node("Cast", ["sl"], ["y"], to=F))
+    else:
+        nodes += [helper.make_node("Mul", ["sl", "k"], ["m"]), helper.make_node(op, ["m", "sl"], ["y"])]
+    inits = {"s": np.array([0], np.int64), "e": np.array([last - 1], np.int64), "a": np.array([-1], np.int64),
+             "k": np.array([1.5], np.float32)}
+    check(model(nodes, {"x": full}, ["y"], inits), {"x": normal(full, seed)}, dtype, ulps=2.0)

@@ -20,15 +20,22 @@ def bits(a):
 
 
 def to_float32(a):
-    """A float32 copy of a C-contiguous float16/bfloat16 array (exact)."""
+    """A float32 copy of a float16/bfloat16 array (exact)."""
     f = np.empty(a.shape, np.float32)
+    if not a.flags.c_contiguous:
+        # a strided view (a Slice of the last axis in a model): the kernel reads flat words
+        a = np.ascontiguousarray(a)
     if a.size:
         _k.to_float32(bits(a).reshape(-1), f.reshape(-1), chk.half_kind(a.dtype), memory_bound(a.size))
     return f
 
 
 def store(f, y):
-    """y[...] = f rounded to y's half dtype (nearest even); f float32, both C-contiguous."""
+    """y[...] = f rounded to y's half dtype (nearest even); f float32 of y's shape."""
+    if not (f.flags.c_contiguous and y.flags.c_contiguous):
+        # the kernel writes flat words: round into a contiguous buffer, then copy into the view
+        y[...] = store(np.ascontiguousarray(f), np.empty(y.shape, y.dtype))
+        return y
     if f.size:
         _k.from_float32(f.reshape(-1), bits(y).reshape(-1), chk.half_kind(y.dtype), memory_bound(y.size))
     return y
