@@ -1,6 +1,9 @@
 """normrt.optimize: a model rewritten so every normalization runs on normrt's kernels.
 
-    load (checked) ─► inline local functions ─► onnxruntime's fused norms and GELUs as normrt's
+    load (checked) ─► inline local functions ─► onnxruntime's contrib ops as standard ops
+                      (EmbedLayerNormalization, FusedMatMul, RotaryEmbedding, the diffusion ops,
+                      GroupQueryAttention, Attention / MultiHeadAttention, MatMulNBits)
+                   ─► onnxruntime's fused norms and GELUs as normrt's
                    ─► QOperator contrib ops as their QDQ form
                    ─► constant folding ─► dynamically quantized
                       products and LSTMs as float ones ─► per-tensor dequantization before
@@ -68,6 +71,11 @@ from .passes.integer_products import IntegerProducts
 from .passes.quantized_lstm import QuantizedLstm
 from .passes.qlinear_operators import QLinearOperators
 from .passes.onnxruntime_fused_ops import OnnxruntimeFusedOps
+from .passes.onnxruntime_attention import OnnxruntimeAttention
+from .passes.onnxruntime_transformer_ops import OnnxruntimeTransformerOps
+from .passes.onnxruntime_diffusion_ops import OnnxruntimeDiffusionOps
+from .passes.matmul_nbits import MatMulNBits
+from .passes.group_query_attention import GroupQueryAttention
 from .passes.dequantize_before_views import DequantizeBeforeViews
 from .passes.qdq_pairs import QdqPairs
 from .passes.dynamic_qdq_pairs import DynamicQdqPairs
@@ -78,7 +86,9 @@ from .passes.half_regions import DEFAULT_MODE, HalfRegions, check_mode
 
 def default_passes():
     """The rewrites optimize applies, in order (each a GraphPass)."""
-    return [OnnxruntimeFusedOps(), QLinearOperators(), ConstantFolding(), IntegerProducts(), QuantizedLstm(), DequantizeBeforeViews(),
+    # onnxruntime's contrib ops as standard ops first (their outputs type the fused norms' inputs)
+    return [OnnxruntimeTransformerOps(), OnnxruntimeDiffusionOps(), GroupQueryAttention(), OnnxruntimeAttention(), MatMulNBits(),
+            OnnxruntimeFusedOps(), QLinearOperators(), ConstantFolding(), IntegerProducts(), QuantizedLstm(), DequantizeBeforeViews(),
             QdqPairs(), DynamicQdqPairs(),
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a

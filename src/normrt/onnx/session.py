@@ -61,6 +61,14 @@ class _FeedCheck:
         return cls(True, np_dtype(tp.tensor_type.elem_type), has_shape, tuple(arg.shape) if static else None)
 
 
+def _with_refusals(message, report):
+    """An unimplemented node's message, with why a rewrite refused that node (a contrib op in a
+    form its pass does not cover says which form, not only that nothing runs it)."""
+    reasons = [f"the {r['pass']} pass refused it: {r['reason']}" for r in report.get("refused", ())
+               if any(f"'{name}'" in message for name in r["nodes"][:1])]
+    return "; ".join([message] + reasons)
+
+
 class InferenceSession:
     """Runs an ONNX model with normrt: normalizations on normrt's kernels, the rest in numpy
     or onnx.reference.
@@ -104,7 +112,10 @@ class InferenceSession:
         self._model, report, arrays = optimize_detached(proto, constants=arrays, half_compute=half_compute)
         del proto
         self.report = report.as_dict()
-        self._executor = Executor(self._model, constants=arrays)
+        try:
+            self._executor = Executor(self._model, constants=arrays)
+        except NotImplementedError as e:
+            raise NotImplementedError(_with_refusals(str(e), self.report)) from None
         del arrays
         graph = self._model.graph
         feedable = set(self._executor.input_names)
