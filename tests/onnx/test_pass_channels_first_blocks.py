@@ -170,7 +170,9 @@ def test_two_exits_are_refused():
     b = Block(1, 8, 3, 3, 6)
     b.norm("layer")
     first = b.cur
-    b.add("Transpose", [first], perm=[0, 3, 1, 2])
+    # the second exit another layout (an identical Transpose would be the block's own exit:
+    # common_subexpressions merges the two)
+    b.add("Transpose", [first], perm=[0, 3, 2, 1])
     other = b.cur
     b.cur = first
     model = b.model(residual=False)

@@ -24,6 +24,7 @@
                       between float32 ops, Casts at the regions' boundaries
                       (passes/half_regions.py); where a region formed, the float32-only
                       folds and epilogues again (after_half_regions)]
+                   ─► common subexpressions (a repeated computation read from its first copy)
                    ─► dead code removal ─► onnx.checker
 
 The result imports the custom domain 'normrt' (version 1), passes
@@ -38,6 +39,7 @@ from .loader import check, check_structure, load_detached
 from .passes import PassContext
 from .report import Report
 from .passes.constant_folding import ConstantFolding
+from .passes.common_subexpressions import CommonSubexpressions
 from .passes.lp_normalize import LpNormalize
 from .passes.lrn_decomposed import LrnDecomposed
 from .passes.adain import AdaIN
@@ -110,7 +112,11 @@ def default_passes():
             SiblingMatMuls(), QuantizedProducts(), MatMulEpilogue(),
             NoOpViews(), RotaryHalf(), ElementwiseChains(),
             # what the programs compute: a GELU in any spelling becomes its producer's epilogue
-            ActivationPrograms()]
+            ActivationPrograms(),
+            # repeated computations, once the fusions have taken their patterns as written (an
+            # earlier merge would give a pattern's inner values readers outside it): shape
+            # arithmetic per layer, the contrib rewrites' masks and positions per attention
+            CommonSubexpressions()]
 
 
 def _run_passes(ctx, passes):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .._graph import NameGen, canonical_domain, node_reads, opset_versions
 from ..initializers import (DETACH_MIN_ELEMENTS, big_initializer_names, detachable, is_stub, stub,
@@ -282,6 +282,17 @@ class PassContext:
             self._untyped.update(o for o in n.output if o and o not in self.types)
         self._ordered = None
         self._dirty = True
+
+    def rename_reads(self, alias):
+        """Every node reading a name of `alias` ({old name: new name}) reads the new name instead
+        (the readers are rebuilt in place, their order kept). Implicit reads of a subgraph are not
+        renamed: callers leave out names a subgraph reads."""
+        readers = {id(r): r for name in alias for r in self.readers(name)}
+        for reader in self.in_graph_order(readers.values()):
+            renamed = helper.make_node(reader.op_type, [alias.get(i, i) for i in reader.input],
+                                       list(reader.output), name=reader.name, domain=reader.domain)
+            renamed.attribute.extend(reader.attribute)
+            self.replace_nodes([reader], [renamed])
 
     def mark_unordered(self):
         """A rewrite may have put a reader before its producer: `commit` restores topological order."""

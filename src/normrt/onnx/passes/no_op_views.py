@@ -252,22 +252,13 @@ class NoOpViews(GraphPass):
             gone.append(first)    # a round trip's way out, read by nothing else: a dead reader of x
         ctx.replace_nodes(gone, [])
 
-    def _rename_readers(self, ctx):
-        alias = self._alias
-        readers = {id(r): r for name in alias for r in ctx.readers(name)}
-        for reader in ctx.in_graph_order(readers.values()):
-            renamed = helper.make_node(reader.op_type, [alias.get(i, i) for i in reader.input],
-                                       list(reader.output), name=reader.name, domain=reader.domain)
-            renamed.attribute.extend(reader.attribute)
-            ctx.replace_nodes([reader], [renamed])
-
     def run(self, ctx):
         # a composed Transpose may be the identity, a dropped node may expose a Transpose pair: repeat
         total = 0
         for _ in range(8):
             self._alias = {}
             n = super().run(ctx)
-            self._rename_readers(ctx)
+            ctx.rename_reads(self._alias)
             total += n
             if not n:
                 break
