@@ -277,6 +277,27 @@ def compute_bound(flops):
     return 1 if flops < COMPUTE_BOUND_MIN_FLOPS else allowed_threads()
 
 
+# The 4-bit product (pyx/nbits_gemm, MatMulNBits' codes) of a decode step's few rows (its direct
+# path) is bound by unpacking the codes, not by its flops: one thread reads ~21,000 weights/us
+# for one row, each further row adding ~40% (this 2-core EPYC Zen 4, AVX-512; min
+# of 20 x 20 back-to-back calls, 1 / 2 threads): M=1 256x256 4.4 / 3.3 us, 512x512 13.0 / 7.8,
+# 1024x512 24.7 / 13.6, 1024x1024 48.7 / 25.7, 2048x2048 192 / 98; M=4 1024x1024 107 / 54.
+# Those 2 Mflop of a 1024x1024 product fall under COMPUTE_BOUND_MIN_FLOPS, which would keep a
+# small model's attention output projection on one thread at half speed. A decode step's
+# products follow each other within a layer (the team awake, as for PROGRAM_SPLIT_MIN_US), so
+# they split from that threshold's 28 us of estimated one-thread time: K x N from 588K weights.
+# More rows (a prompt) run the float micro-kernel: compute-bound, the flops rule.
+NBITS_WEIGHTS_PER_US = 21_000
+
+
+def nbits_product(rows, k, n, direct):
+    """Threads for the 4-bit product (pyx/nbits_gemm) of `rows` rows and a (k, n) weight;
+    `direct`: the kernel reads the codes per row (its DIRECT_MAX_ROWS), else it is a float GEMM."""
+    if direct:
+        return allowed_threads() if k * n >= PROGRAM_SPLIT_MIN_US * NBITS_WEIGHTS_PER_US else 1
+    return compute_bound(2 * rows * k * n)
+
+
 def recurrent_step(flops):
     """Threads for a one-direction recurrent layer whose every step does `flops` (all batch rows)."""
     return 1 if flops < RECURRENT_STEP_MIN_FLOPS else allowed_threads()

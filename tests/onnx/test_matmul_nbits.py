@@ -58,6 +58,9 @@ class Case:
             inits["bias"] = rng.standard_normal(N).astype(dtype)
         W = (codes[:, :K] - zero[:, groups]) * scales.astype(np.float64)[:, groups]      # [N, K]
         self.W = W.T
+        # the 4-bit kernel (pyx/nbits_gemm) sums a * code and a * zero apart, so its rounding is
+        # relative to |code| + |zero|, not to |code - zero| (which is 0 where a code equals its zero)
+        self.W_terms = ((codes[:, :K] + np.abs(zero[:, groups])) * scales.astype(np.float64)[:, groups]).T
         names = ["A", "B", "scales", "zp" if zp != "none" else "", "g_idx" if g_idx else "", "bias" if bias else ""]
         while not names[-1]:
             names.pop()
@@ -72,9 +75,10 @@ class Case:
         self.dtype = np.dtype(dtype)
         A64 = self.A.astype(np.float64)
         self.expected = A64 @ self.W + (inits["bias"].astype(np.float64) if bias else 0)
-        # float32 products: a few ulps of sum |a w| + |bias| (K terms, float32 weights and accumulation);
+        # float32 products: a few ulps of sum |a| (|code| + |zero|) scale + |bias| (K terms, float32
+        # weights and accumulation);
         # a half Y is rounded once more, half an ulp of |y|
-        magnitude = np.abs(A64) @ np.abs(self.W) + (np.abs(inits["bias"].astype(np.float64)) if bias else 0)
+        magnitude = np.abs(A64) @ self.W_terms + (np.abs(inits["bias"].astype(np.float64)) if bias else 0)
         self.tol = 2e-6 * np.sqrt(K) * magnitude + 1e-30
         if self.dtype != np.float32:
             half = ml_dtypes.finfo(self.dtype)
@@ -137,8 +141,22 @@ def test_every_width_and_zero_point_form(ort_cpu_run, bits, zp):
         assert_matches_onnxruntime(case.model, case.feeds(), ort_cpu_run, **ort_tolerances(case))
 
 
-def test_the_rewrite_is_a_float32_matmul():
-    case = Case(bias=True)
+@pytest.mark.parametrize("zp", ["none", "packed", "float"])
+def test_4_bits_keep_their_codes(zp):
+    """4 bits without g_idx: normrt::MatMulNBits reads B itself; no float32 weight is made."""
+    case = Case(bits=4, bias=True, zp=zp)
+    optimized = normrt.optimize(case.model)
+    assert [(n.domain, n.op_type) for n in optimized.graph.node] == [("normrt", "MatMulNBits")]
+    node = optimized.graph.node[0]
+    assert node.input[1] == "B"
+    shapes = [tuple(t.dims) for t in optimized.graph.initializer]
+    assert (case.K, case.N) not in shapes and (case.N, case.K) not in shapes
+    assert_close_to_reference(case, run_normrt(case))
+
+
+@pytest.mark.parametrize("form", [dict(bits=8), dict(bits=2), dict(bits=4, g_idx=True)])
+def test_the_other_forms_are_a_float32_matmul(form):
+    case = Case(bias=True, **form)
     optimized = normrt.optimize(case.model)
     assert [n.op_type for n in optimized.graph.node] in (["MatMul"], ["MatMul", "Add"])
     weights = [numpy_helper.to_array(t) for t in optimized.graph.initializer if list(t.dims) == [case.K, case.N]]
@@ -189,7 +207,7 @@ def test_onnxruntime_quantizer_output(ort_cpu_run, block, symmetric):
     assert any(len(n.input) > 3 for n in q.graph.node if n.op_type == "MatMulNBits") != symmetric
     feeds = {"x": rng.standard_normal((2, 5, d)).astype(np.float32)}
     ops, _ = assert_matches_onnxruntime(q, feeds, ort_cpu_run, rtol=1e-4, atol=1e-4)
-    assert "MatMulNBits" not in ops
+    assert "MatMulNBits" in ops      # normrt's (no com.microsoft node is left): the codes kept
 
 
 def test_a_written_by_another_contrib_op(ort_cpu_run):

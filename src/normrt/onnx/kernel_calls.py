@@ -11,7 +11,8 @@ import numpy as np
 from .._checks import activation as act_code
 from .._kernels import elementwise as _kelementwise
 from .._kernels import int8_gemm as _kint8
-from .._thread_policy import compute_bound, elementwise_program, memory_bound
+from .._kernels import nbits_gemm as _knbits
+from .._thread_policy import compute_bound, elementwise_program, memory_bound, nbits_product
 from ..api.conv import PAD_MODES as _PAD_MODES
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
@@ -288,6 +289,33 @@ def qbatched_matmul(attrs, n_out, a, b):
 def pack_qmatmul(w, attrs):
     """QMatMul's int8 weight in the kernel's panels, with its column sums (once per initializer)."""
     return _blas.packed_int8_weight(w)
+
+
+def matmul_nbits(attrs, n_out, a, b, scales, zero_points=None, bias=None, *, packed=None):
+    """normrt::MatMulNBits (matmul_nbits): a (..., K) float32 times the weight of 4-bit codes b
+    (MatMulNBits' B, [N, k_blocks, block_size / 2] uint8), w[k, n] = (code - zero) * scale per block
+    of block_size rows of K (scales, zero_points float32 [N, k_blocks]; no zero points: 8), plus
+    bias (pyx/nbits_gemm). The codes are read as they are, never dequantized to a float32 weight."""
+    K, N, block = attrs["K"], attrs["N"], attrs["block_size"]
+    k_blocks = -(-K // block)
+    codes = packed if packed is not None else pack_matmul_nbits(b, attrs)
+    scale = _blas.packed_nbits_blocks(scales, N, k_blocks)
+    zero = None if zero_points is None else _blas.packed_nbits_blocks(zero_points, N, k_blocks)
+    a = np.ascontiguousarray(a, np.float32)
+    if a.ndim < 1 or a.shape[-1] != K:
+        raise ModelError(f"normrt MatMulNBits: A must be (..., {K}), got {a.shape}")
+    y = np.empty(a.shape[:-1] + (N,), np.float32)
+    rows = int(np.prod(a.shape[:-1], dtype=np.int64))
+    if bias is not None:
+        bias = np.ascontiguousarray(bias, np.float32).reshape(-1)
+    _knbits.matmul_nbits(a.reshape(rows, K), codes, scale, zero, 8.0, block, bias, y.reshape(rows, N),
+                         nbits_product(rows, K, N, rows <= _knbits.DIRECT_MAX_ROWS))
+    return (y,)
+
+
+def pack_matmul_nbits(b, attrs):
+    """MatMulNBits' 4-bit codes in the kernel's tiles (once per initializer)."""
+    return _blas.packed_nbits_codes(b, attrs["K"])
 
 
 def pack_conv(w, attrs):

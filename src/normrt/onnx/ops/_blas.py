@@ -331,6 +331,21 @@ def packed_int8_weight(w):
     return _cached(w, ("int8",), lambda: int8_gemm.pack_weight(np.ascontiguousarray(w, np.int8)))
 
 
+def packed_nbits_codes(b, k):
+    """MatMulNBits' 4-bit B [N, k_blocks, blob] in the 4-bit product's tiles (pyx/nbits_gemm
+    pack_codes), once per read-only b."""
+    from ..._kernels import nbits_gemm
+    return _cached(b, ("nbits", k), lambda: nbits_gemm.pack_codes(
+        np.ascontiguousarray(b, np.uint8).reshape(b.shape[0], -1), k))
+
+
+def packed_nbits_blocks(values, n, k_blocks):
+    """Per-block scales or zero points [N, k_blocks] in the 4-bit product's tiles (pyx/nbits_gemm
+    pack_blocks), once per read-only array."""
+    from ..._kernels import nbits_gemm
+    return _cached(values, ("nbits_blocks", n, k_blocks), lambda: nbits_gemm.pack_blocks(values, n, k_blocks))
+
+
 def packed_recurrent_weight(w):
     """normrt.pack_matmul_weight of an LSTM/GRU/RNN's W (D, G*H, I) as one (I, D*G*H) operand
     (every direction's input projection in one product), once per read-only w."""

@@ -6,6 +6,10 @@ codes in blocks along K, a scale per block and optionally a zero point per block
 
     A [..., K] ──► MatMulNBits(B, scales [, zero_points] [, g_idx] [, bias]; K, N, bits, block_size) ──► Y [..., N]
 
+    4 bits, no g_idx (what onnxruntime-genai's builder and the quantizers write):
+    ==>  A ──► normrt::MatMulNBits(B, scales32 [, zero32] [, bias]) ──► Y
+                                                     the codes kept: pyx/nbits_gemm reads them
+    the other forms (2 or 8 bits, g_idx), dequantized once at load:
     ==>  A ──► MatMul(W) ──► Y                      W: float32 [K, N] constant, computed here once
     ==>  A ──► MatMul(W) ──► Add(bias) ──► Y        with a bias
     ==>  A ──► Cast(float) ──► MatMul(W) [──► Add(float32 bias)] ──► Cast(A's type) ──► Y
@@ -36,19 +40,27 @@ onnxruntime's CPU kernel runs; how 3/5/6/7-bit codes cross bytes is not specifie
 not a power of two >= 16; shapes or types not the documented ones; g_idx out of range; a
 prepacked weight (weight_prepacked: an execution provider's own layout); a second output.
 
-Memory: the float32 weight is 8x the 4-bit codes (a 7B model's 3.5 GB becomes 28 GB); the codes
-themselves are dropped once no node reads them.
+The 4-bit node keeps B as it is (the kernel packs it into its tiles at the first run: B's pairing
+of k, k + 1 in one byte is the kernel's too, packing transposes bytes); its scales become
+float32 [N, k_blocks] and its zero points, packed or float, float32 of the same shape: a few
+percent of the codes. A half A: the executor widens A to float32 and rounds Y once to A's type
+(the product's spec half_native=False), as the dequantized path's Casts do.
+
+Memory: the float32 weight is 8x the 4-bit codes (a 7B model's 3.5 GB becomes 28 GB): only the
+forms the kernel does not take pay it. The codes are dropped once no node reads them.
 """
 import ml_dtypes
 import numpy as np
 from onnx import TensorProto, helper
 
 from .._graph import canonical_domain
-from . import GraphPass
+from ..domain import make_node
+from . import GraphPass, ValueType
 from ._queries import node_attrs, present
 
 MS = "com.microsoft"
 BITS = (2, 4, 8)
+KEPT_BITS = 4         # the width normrt::MatMulNBits reads as codes (pyx/nbits_gemm)
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
         np.dtype(ml_dtypes.bfloat16): TensorProto.BFLOAT16}
@@ -200,6 +212,9 @@ class MatMulNBits(GraphPass):
         attrs, _ = node_attrs(node)
         lay = _Layout(attrs)
         a, b, scales, zp, g_idx, bias = _inputs(node)
+        if lay.bits == KEPT_BITS and not g_idx:
+            self._keep_codes(ctx, node, lay)
+            return
         const = ctx.constants
         S = const[scales]
         weight = dequantize(lay, const[b], S, const[zp] if zp else None, const[g_idx] if g_idx else None)
@@ -227,6 +242,32 @@ class MatMulNBits(GraphPass):
             emit("Cast", [out], y, to=ELEM[S.dtype])
         ctx.replace_nodes([node], new)
         # onnx's inference stopped at the contrib op: Y's readers can be typed now
+        ctx.mark_types_stale()
+
+    def _keep_codes(self, ctx, node, lay):
+        """normrt::MatMulNBits reading B's codes: scales and zero points as float32 [N, k_blocks]."""
+        a, b, scales, zp, _, bias = _inputs(node)
+        const = ctx.constants
+        N, kb = lay.N, lay.k_blocks
+        S = const[scales]
+        scale32 = ctx.add_constant(f"{node.name}_scales", np.asarray(S, np.float32).reshape(N, kb))
+        zero32 = ""
+        if zp:
+            Z = const[zp]
+            if Z.dtype == np.uint8:
+                zero = unpack_codes(Z.reshape(N, lay.zp_blob), lay.bits, kb).astype(np.float32)
+            else:
+                zero = np.asarray(Z, np.float32).reshape(N, kb)
+            zero32 = ctx.add_constant(f"{node.name}_zero_points", zero)
+        if bias and S.dtype != np.float32 and bias in const:
+            bias = ctx.add_constant(f"{node.name}_bias", np.asarray(const[bias], np.float32))
+        y = node.output[0]
+        new = make_node("MatMulNBits", [a, b, scale32, zero32, bias], [y], ctx.new_name(f"{node.name}_nbits"),
+                        K=lay.K, N=N, block_size=lay.block)
+        ctx.replace_nodes([node], [new])
+        # inference cannot type normrt nodes: Y is A's type (the scales' type), A's shape but N
+        shape = ctx.shape(a)
+        ctx.types[y] = ValueType(ELEM[S.dtype], None if shape is None else tuple(shape[:-1]) + (N,))
         ctx.mark_types_stale()
 
 

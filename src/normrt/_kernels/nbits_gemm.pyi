@@ -1,0 +1,13 @@
+"""Type stub for the compiled 4-bit product (pyx/nbits_gemm.pyx)."""
+import numpy as np
+import numpy.typing as npt
+
+DIRECT_MAX_ROWS: int
+TILE: int
+
+def packed_size(K: int, N: int) -> int: ...
+def pack_codes(b: npt.NDArray[np.uint8], K: int) -> npt.NDArray[np.uint8]: ...
+def pack_blocks(values: npt.ArrayLike, N: int, kblocks: int) -> npt.NDArray[np.float32]: ...
+def matmul_nbits(a: npt.NDArray[np.float32], codes: npt.NDArray[np.uint8], scale: npt.NDArray[np.float32],
+                 zero: npt.NDArray[np.float32] | None, zero_default: float, block: int,
+                 bias: npt.NDArray[np.float32] | None, y: npt.NDArray[np.float32], n_threads: int) -> None: ...
