@@ -255,9 +255,6 @@ def test_report_and_inspect_text():
 @pytest.mark.parametrize("kwargs,reason", [
     (dict(axis=2), "Softmax over axis 2"),
     (dict(form="runtime_scale"), "not a constant scalar"),
-    (dict(mask="input"), "without the Where(IsNaN)"),
-    (dict(mask=("rows", 90), q_shape=(2, 3, 70, 16), kv_shape=(2, 3, 90, 16), where=True), "may not broadcast"),
-    (dict(q_shape=(2, 3, 70, 16), kv_shape=(1, 3, 70, 16)), "may differ"),
     (dict(elem=D), "is not float32/float16/bfloat16"),
     (dict(extra_outputs=("P",)), "graph output"),
     (dict(extra_outputs=("scaled",)), "graph output"),
@@ -274,6 +271,45 @@ def test_refused_variants_stay_unfused(kwargs, reason):
     assert any(reason in r for r in refused(sess)), refused(sess)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,reason", [
+    # (shape inference fails on such a MatMul / Add: the types stay unknown, the refusal says so)
+    (dict(mask=(3, 70, 90), q_shape=(2, 4, 70, 16), kv_shape=(2, 4, 90, 16), where=True), "unknown"),
+    (dict(q_shape=(2, 3, 70, 16), kv_shape=(4, 3, 70, 16)), "unknown"),
+])
+def test_known_dims_that_cannot_broadcast_are_refused(kwargs, reason):
+    """Sizes the MatMuls or the Add cannot broadcast (the model fails in any runtime): not fused."""
+    _, report = normrt.optimize(attention_model(**kwargs), report=True)
+    assert not any(e["pass"] == PASS for e in report["fused"])
+    assert any(r["pass"] == PASS and reason in r["reason"] for r in report["refused"]), report["refused"]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's -inf rows
+@pytest.mark.parametrize("kwargs", [
+    dict(mask="input"),                                                   # a run-time mask, no Where
+    dict(mask=("rows", 90), q_shape=(2, 3, 70, 16), kv_shape=(2, 3, 90, 16), where=True),   # a dim unnamed
+    dict(q_shape=(2, 3, 70, 16), kv_shape=(1, 3, 70, 16)),                # K/V batch broadcast
+    dict(q_shape=(1, 3, 70, 16), kv_shape=(2, 3, 70, 16)),                # Q batch broadcast
+    dict(q_shape=(2, 1, 70, 16), kv_shape=(2, 3, 70, 16)),                # Q heads broadcast
+    dict(mask=(2, 3, 70, 70), q_shape=(2, 3, 1, 16), kv_shape=(2, 3, 70, 16)),   # the mask raises the rows
+])
+def test_broadcasting_and_runtime_masks_fuse(kwargs):
+    """What the MatMuls, the Add and the Softmax compute for any dims that arrive: batch / head dims
+    broadcast (kernel_calls._broadcast_attention) and, without the Where, NaN rows where a
+    run-time mask is -inf for every key (nan_rows), as the reference's Softmax gives them."""
+    model = attention_model(**kwargs)
+    feeds = feeds_for(model)
+    if kwargs.get("mask") == ("rows", 90):
+        feeds["M"] = RNG.standard_normal((70, 90)).astype(np.float32)
+    if "M" in feeds:
+        feeds["M"][..., 3, :] = -np.inf          # a query seeing no key
+        feeds["M"][..., 5, ::2] = -np.inf
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1, refused(sess)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)      # NaN where the reference has NaN
 
 
 def test_bundled_transformer_block_fuses():

@@ -34,10 +34,13 @@ LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75
 AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
     (unbiased=1: variances m2 / (n - 1), torch's default .var())
 Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
-    q_layout="BHSD", k_layout="BHDS", v_layout="BHSD", y_layout="BHSD", q_heads=0, kv_heads=0, merge_heads=0
+    q_layout="BHSD", k_layout="BHDS", v_layout="BHSD", y_layout="BHSD", q_heads=0, kv_heads=0, merge_heads=0,
+    nan_rows=0
     (Y = softmax(Q @ Kt * scale + bias) @ V over the last axis; Q (B, H, Sq, D) or (BH, Sq, D),
     Kt the keys transposed (B, Hkv, D, Skv), V (B, Hkv, Skv, Dv), bias additive, broadcasting
-    to the scores (B, H, Sq, Skv); a query seeing no key gives zeros. Rank-4 inputs and Y may
+    with the scores (B, H, Sq, Skv), batch and head dims broadcasting as MatMuls do; a query
+    seeing no key (its bias -inf for every key) gives zeros, or with nan_rows=1 NaN (what a
+    plain Softmax gives there). Rank-4 inputs and Y may
     come in other axis orders, read and written in place: q_layout / v_layout / y_layout
     "BSHD" (heads interleaved: Q (B, Sq, H, D), V (B, Skv, Hkv, Dv), Y (B, Sq, H, Dv)),
     k_layout "BHSD" (K untransposed) or "BSHD" (K (B, Skv, Hkv, D)). With the BSHD layouts the
@@ -149,7 +152,7 @@ NORM_OPS = {op.op_type: op for op in (
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}, call=_calls.adain),
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),
            {"scale": None, "is_causal": 0, "q_layout": "BHSD", "k_layout": "BHDS", "v_layout": "BHSD",
-            "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0},
+            "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0, "nan_rows": 0},
            call=_calls.attention, compute_bound=True, half_native=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": "",

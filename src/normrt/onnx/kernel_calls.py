@@ -135,7 +135,47 @@ def _split_heads(x, heads, name):
     return x.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
 
 
+def _broadcast_attention(q, kt, v, bias):
+    """q (B, H, S, D), kt (B, H, D, T), v (B, H, T, Dv) and the bias with their MatMuls'
+    broadcasting of the batch and head dims, and a bias's rows raising the query rows, as views
+    (zero strides, no copy). attention_decomposed fuses a graph whose dims shape inference could
+    not name (a dynamic-axes export builds its head Reshapes from Shape values): the fused node
+    computes what the MatMuls, the Add and the Softmax would have for whatever dims arrive. One
+    K/V head shared by every query head stays one (the kernel's grouped path reads it once)."""
+    b4 = None if bias is None or np.ndim(bias) > 4 else (1,) * (4 - np.ndim(bias)) + np.shape(bias)
+    try:
+        lead = np.broadcast_shapes(q.shape[:2], kt.shape[:2], v.shape[:2], *([b4[:2]] if b4 else []))
+        rows = np.broadcast_shapes(q.shape[2:3], b4[2:3]) if b4 else q.shape[2:3]
+    except ValueError:
+        return q, kt, v     # the kernel's checks name the mismatch
+    if q.shape[:3] != lead + rows:
+        q = np.broadcast_to(q, lead + rows + q.shape[3:])
+    kv_lead = (lead[0], 1) if kt.shape[1] == v.shape[1] == 1 else lead
+    if kt.shape[:2] != kv_lead:
+        kt = np.broadcast_to(kt, kv_lead + kt.shape[2:])
+    if v.shape[:2] != kv_lead:
+        v = np.broadcast_to(v, kv_lead + v.shape[2:])
+    return q, kt, v
+
+
+def _nan_rows(y, bias):
+    """y (..., Sq, Dv) with NaN in the rows whose bias is -inf for every key: what Softmax gives
+    a row of -inf scores (the kernel writes zeros there, torch's masked rows)."""
+    rows = np.isneginf(np.asarray(bias)).all(axis=-1)
+    if rows.any():
+        y[np.broadcast_to(rows, y.shape[:-1])] = np.nan
+    return y
+
+
 def attention(attrs, n_out, q, kt, v, bias=None):
+    y, heads_view = _attention(attrs, q, kt, v, bias)
+    if attrs.get("nan_rows", 0) and bias is not None:
+        _nan_rows(heads_view, bias)
+    return (y,)
+
+
+def _attention(attrs, q, kt, v, bias):
+    """(Y as the node returns it, Y's (B, H, Sq, Dv) view of the same memory)."""
     from ..api.attention import attention_kt
     layouts = [attrs.get(k, d) for k, d in (("q_layout", "BHSD"), ("k_layout", "BHDS"),
                                              ("v_layout", "BHSD"), ("y_layout", "BHSD"))]
@@ -152,8 +192,9 @@ def attention(attrs, n_out, q, kt, v, bias=None):
     if three_d:
         if layouts != ["BHSD", "BHDS", "BHSD", "BHSD"]:
             raise ModelError(f"normrt Attention with 3-D inputs takes the default layouts, got {layouts}")
-        q, kt, v = q[None], kt[None], v[None]     # (a bias of rank <= 3 broadcasts the same)
-        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal)[0],)
+        q, kt, v = _broadcast_attention(q[None], kt[None], v[None], None if bias is None else bias[None])
+        y = attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal)
+        return y[0], y
     q_l, k_l, v_l, y_l = layouts
     try:
         q = q.transpose(_ATTENTION_VIEWS[q_l])
@@ -165,13 +206,15 @@ def attention(attrs, n_out, q, kt, v, bias=None):
                          f"k: BHDS, BHSD, BSHD)") from None
     except ValueError as e:            # transpose of an array whose rank is not 4
         raise ModelError(f"normrt Attention: inputs must have rank 3 or 4 ({e})") from None
+    q, kt, v = _broadcast_attention(q, kt, v, bias)
     if y_view == (0, 1, 2, 3):
-        return (attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal),)
+        y = attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal)
+        return y, y
     # Y allocated in its layout (contiguous: a Reshape merging its heads is a view);
     # the kernel writes it through the transposed view
     y = np.empty((q.shape[0], q.shape[2], q.shape[1], v.shape[3]), q.dtype)
     attention_kt(q, kt, v, scale=scale, bias=bias, is_causal=causal, out=y.transpose(y_view))
-    return (y.reshape(y.shape[0], y.shape[1], y.shape[2] * y.shape[3]) if merge else y,)
+    return (y.reshape(y.shape[0], y.shape[1], y.shape[2] * y.shape[3]) if merge else y), y.transpose(y_view)
 
 
 def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):

@@ -17,8 +17,9 @@ model). A constant mask of zeros (the opset-13 export of diffusers' older
 `baddbmm(empty, q, kt, beta=0, alpha=scale)`) is no mask: not read at each run.
 
 The kernel gives a fully masked row (all -inf) zeros, which is what the Where
-writes; a plain Softmax would give NaN there: without the Where only masks that
-cannot be -inf (no mask, or a constant one with finite values) are taken.
+writes; a plain Softmax gives NaN there: without the Where, a mask that may be -inf
+(a run-time mask, a constant with -inf) gives the fused node nan_rows=1, and its
+call writes NaN in the rows whose mask is -inf for every key.
 (With NaN inputs the fused node keeps NaN where the Where wrote 0.)
 
 A Mul by sq / sk whose output something else reads stays, and the fused node
@@ -26,9 +27,10 @@ reads its output (the scale it applies is then not part of the attribute).
 
 Refused (reason in the report): a scale that is not a constant float scalar or
 not finite; Softmax over another axis than the last; Q/Kt/V/scores of unknown
-rank or rank other than 3/4, or whose batch/head dims may differ (broadcasting
-MatMuls), or Kt/V with more heads than Q; a mask that may raise the scores'
-shape or whose shape is unknown; a non-zero Where constant; a middle value
+rank or rank other than 3/4, or whose batch/head dims are known sizes that cannot broadcast
+(dims shape inference could not name, or that broadcast, are taken: the kernel call broadcasts
+them as the MatMuls would, kernel_calls._broadcast_attention); a mask of unknown shape or known
+dims that cannot broadcast with the scores; a non-zero Where constant; a middle value
 read by another node or a graph output; element types other than float32 or
 one half type (the fused kernel computes in float32: _queries.PRODUCT_DTYPES).
 """
@@ -86,8 +88,9 @@ def _const_operand(ctx, node):
     return None, None
 
 
-def _same_dim(a, b):
-    return a == b and a is not None
+def _clash(*dims):
+    """Whether the dims are known sizes that cannot broadcast (two different ones, neither 1)."""
+    return len({d for d in dims if isinstance(d, int) and d != 1}) > 1
 
 
 def _scores(g, name):
@@ -193,13 +196,14 @@ class AttentionDecomposed(GraphPass):
         if any(len(s) != rank for s in shapes.values()):
             return "Q, Kt, V and the scores differ in rank"
         sq_, skt, sv = shapes[q], shapes[kt], shapes[v]
-        batch = rank - 2
-        for i in range(batch):
-            if not _same_dim(sq_[i], skt[i]) or not _same_dim(skt[i], sv[i]):
-                if i == batch - 1 and rank == 4 and skt[i] == 1 and sv[i] == 1:
-                    continue            # one kv head shared by every query head (MatMul broadcasts it)
-                return (f"batch/head dims of Q {list(sq_)}, Kt {list(skt)}, V {list(sv)} may differ "
-                        "(a broadcasting MatMul)")
+        # batch / head dims: the kernel call broadcasts them as the MatMuls would
+        # (kernel_calls._broadcast_attention), so dims shape inference could not name (a
+        # dynamic-axes export's heads come from a Reshape of Shape values) are taken; two known
+        # different sizes, neither 1, would fail in the MatMuls themselves
+        for i in range(rank - 2):
+            if _clash(sq_[i], skt[i], sv[i]):
+                return (f"batch/head dims of Q {list(sq_)}, Kt {list(skt)}, V {list(sv)} differ (the "
+                        "MatMuls cannot broadcast them)")
         if m.mask_add is not None:
             scaled = m.scale_node.output[0] if m.scale_node is not None else scores
             mask = other_input(m.mask_add, scaled)
@@ -210,17 +214,18 @@ class AttentionDecomposed(GraphPass):
                 return f"shape of the mask {mask!r} unknown"
             if len(ms) > len(ss):
                 return f"the mask {mask!r} {list(ms)} has a higher rank than the scores {list(ss)}"
-            for a, b in zip(reversed(ms), reversed(ss)):
-                if a != 1 and not _same_dim(a, b):
-                    return f"the mask {mask!r} {list(ms)} may not broadcast to the scores {list(ss)}"
+            # a mask raising the scores' batch, head or query dims is broadcast by the kernel call too
+            if any(_clash(a, b) for a, b in zip(reversed(ms), reversed(ss))):
+                return f"the mask {mask!r} {list(ms)} does not broadcast with the scores {list(ss)}"
             const = ctx.constants.get(mask)
-            if m.where is None and (const is None or not np.isfinite(const).all()):
-                return ("a mask that may be -inf everywhere in a row, without the Where(IsNaN) "
-                        "(Softmax gives NaN there, the kernel zeros)")
+            # without the Where(IsNaN), a row the mask sets to -inf for every key is NaN, as
+            # Softmax gives it (the kernel's own choice is zeros): unless the mask is a constant
+            # without -inf, the fused node says so (nan_rows), checked on the mask at run time
+            nan_rows = m.where is None and (const is None or bool(np.isneginf(const).any()))
             if const is not None and not np.any(const):
                 mask = None     # torch's baddbmm(empty, q, kt, beta=0) adds a tensor of zeros
         else:
-            mask = None
+            mask, nan_rows = None, False
         sm_attrs, reason = node_attrs(m.softmax)
         if reason:
             return reason
@@ -234,14 +239,15 @@ class AttentionDecomposed(GraphPass):
         reason = chain_nodes_reason(g, m.nodes, m.pv.output[0])
         if reason:
             return reason
-        m.plan = {"q": q, "kt": kt, "v": v, "mask": mask, "scale": float(np.float32(scale))}
+        m.plan = {"q": q, "kt": kt, "v": v, "mask": mask, "scale": float(np.float32(scale)),
+                  "nan_rows": int(bool(mask and nan_rows))}
         return None
 
     def rewrite(self, ctx, m):
         p = m.plan
         removed = in_graph_order(ctx, m.nodes)
         new = make_node("Attention", [p["q"], p["kt"], p["v"], p["mask"] or ""], [m.pv.output[0]],
-                        fused_name(ctx, removed, "Attention"), scale=p["scale"])
+                        fused_name(ctx, removed, "Attention"), scale=p["scale"], nan_rows=p["nan_rows"])
         ctx.replace_nodes(removed, [new])
         ctx.report.fused.append({
             "pass": self.name, "op": PATTERN, "pattern": "-".join(n.op_type for n in removed),

@@ -41,10 +41,10 @@ attention_cpu_base.h and checked against it, onnxruntime 1.32):
 A row whose keys are all masked by a finite mask_filter_value is softmax(scores + filter), the
 scores' own softmax up to the float32 rounding of scores - 10000, as onnxruntime computes it.
 
-Where(IsNaN(P), 0, P) (which lets attention_decomposed take a mask fed at run time) is written
-only when the bias is finite: a row of all -inf gives NaN in onnxruntime, zeros in the fused
-kernel. A mask_filter_value of -inf, or an attention_bias that is not a finite constant, leaves
-it out: such an attention runs unfused, as the standard ops, with onnxruntime's NaN.
+Where(IsNaN(P), 0, P) is written only when the bias is finite (there it changes nothing): a row
+of all -inf gives NaN in onnxruntime. A mask_filter_value of -inf, or an attention_bias that is
+not a finite constant, leaves it out, and attention_decomposed's fused node then gives such rows
+NaN (nan_rows), as onnxruntime does.
 
 Refused (the node stays, and loading fails with ModelError naming it): do_rotary,
 past_present_share_buffer, past_sequence_length / cache_indirection inputs, the qk output read;
