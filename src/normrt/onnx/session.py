@@ -6,13 +6,15 @@
 import hashlib
 import os
 from contextlib import nullcontext
+from time import perf_counter
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from .._threads import _check as _check_threads
-from .._threads import override_stack, threads
+from .._thread_policy import RunThreads
+from .._threads import get_num_threads, override_stack, threads
 from ._graph import np_dtype, shape_list, type_string
 from .executor import Executor, Trace
 from .loader import load_detached
@@ -78,6 +80,10 @@ class InferenceSession:
     threads `run` uses: the kernels' OpenMP threads (small tensors: one),
     the GEMMs of Conv/MatMul/Gemm (normrt's private OpenBLAS, ops/_blas.py)
     and the numpy-level splits of big elementwise/attention work.
+    With `adaptive_threads` (the default) that count is the most a run uses: the session
+    times its runs and, where other processes keep the cores busy and fewer threads run
+    faster, uses fewer (normrt._thread_policy.RunThreads; results are the same bits either
+    way). False: every run uses the count.
 
     `limits` (normrt.Limits) bounds what the model may declare: the largest
     tensor (`max_tensor_bytes`) and how deep subgraphs nest (`max_subgraph_depth`).
@@ -103,8 +109,12 @@ class InferenceSession:
     kept serialized.
     """
 
-    def __init__(self, model, *, num_threads=None, limits=None, half_compute=DEFAULT_MODE):
+    def __init__(self, model, *, num_threads=None, limits=None, half_compute=DEFAULT_MODE, adaptive_threads=True):
         self._num_threads = None if num_threads is None else _check_threads(num_threads)
+        if not isinstance(adaptive_threads, bool):
+            raise TypeError(f"adaptive_threads must be a bool, got {type(adaptive_threads).__name__}")
+        self._adaptive_threads = adaptive_threads
+        self._run_threads = None
         self._half_compute = check_mode(half_compute)
         # the weights are held once, as the executor's arrays; the protos keep stubs (optimized_model)
         proto, arrays = load_detached(model, limits)
@@ -136,7 +146,8 @@ class InferenceSession:
                 raise TypeError("this InferenceSession cannot be pickled: its model is over "
                                 "protobuf's 2 GiB limit") from None
         return (_rebuild_session, (data, {"num_threads": self._num_threads,
-                                          "half_compute": self._half_compute}))
+                                          "half_compute": self._half_compute,
+                                          "adaptive_threads": self._adaptive_threads}))
 
     @property
     def optimized_model(self):
@@ -213,15 +224,23 @@ class InferenceSession:
         """Outputs named by `output_names` (None: all, in graph order) as a list of numpy arrays."""
         feeds = self._check_feed(input_feed)
         names = self._output_names(output_names)
-        if self._num_threads is None:
+        limit = self._num_threads if self._num_threads is not None else get_num_threads()
+        tuner = self._run_threads
+        if self._adaptive_threads and (tuner is None or tuner.limit != limit):
+            tuner = self._run_threads = RunThreads(limit)
+        n = tuner.threads() if self._adaptive_threads else self._num_threads
+        if n is None:
             return self._executor.run(feeds, names)
         # threads(n)'s override without its context manager (~1 us a run)
         overrides = override_stack()
-        overrides.append(self._num_threads)
+        overrides.append(n)
+        start = perf_counter()
         try:
             return self._executor.run(feeds, names)
         finally:
             overrides.pop()
+            if self._adaptive_threads:
+                tuner.record(perf_counter() - start)
 
     def profile(self, input_feed, repeat=1):
         """Where a run's time goes: {op type: seconds per run}, summed over the op's nodes,
