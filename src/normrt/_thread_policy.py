@@ -288,13 +288,20 @@ def compute_bound(flops):
 # they split from that threshold's 28 us of estimated one-thread time: K x N from 588K weights.
 # More rows (a prompt) run the float micro-kernel: compute-bound, the flops rule.
 NBITS_WEIGHTS_PER_US = 21_000
+# The integer path (accuracy_level 4, vpdpbusd) reads ~3x faster (M=1, one thread: 1024x1024
+# 17 us, 1024x2816 42 us, against 49 / 133 us for the float path; two threads 10 / 22 us): its
+# split keeps the weight count threshold above, a 1024x1024 product still gaining 1.7x from two
+# threads.
+NBITS_INT8_WEIGHTS_PER_US = NBITS_WEIGHTS_PER_US
 
 
-def nbits_product(rows, k, n, direct):
+def nbits_product(rows, k, n, direct, integer=False):
     """Threads for the 4-bit product (pyx/nbits_gemm) of `rows` rows and a (k, n) weight;
-    `direct`: the kernel reads the codes per row (its DIRECT_MAX_ROWS), else it is a float GEMM."""
+    `direct`: the kernel reads the codes per row (its DIRECT_MAX_ROWS), else it is a float GEMM;
+    `integer`: its integer path (int8 A, vpdpbusd)."""
     if direct:
-        return allowed_threads() if k * n >= PROGRAM_SPLIT_MIN_US * NBITS_WEIGHTS_PER_US else 1
+        rate = NBITS_INT8_WEIGHTS_PER_US if integer else NBITS_WEIGHTS_PER_US
+        return allowed_threads() if k * n >= PROGRAM_SPLIT_MIN_US * rate else 1
     return compute_bound(2 * rows * k * n)
 
 

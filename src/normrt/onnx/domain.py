@@ -65,11 +65,13 @@ QMatMul(A, W, w_scale [, bias]) -> Y                a_scale=1, a_zero=0, a_lo=0,
     own range; W (K, N) an int8 constant; Y = act((codes(A) - zero) @ W * (scale * w_scale) +
     bias), the integer sums exact, w_scale one value or one per column, bias (N,);
     quantized_products)
-MatMulNBits(A, B, scales [, zero_points, bias]) -> Y   K, N, block_size
+MatMulNBits(A, B, scales [, zero_points, bias]) -> Y   K, N, block_size, accuracy_level=0
     (onnxruntime's 4-bit MatMulNBits kept in its codes: A (..., K) float32, B its uint8 codes
     [N, k_blocks, block_size / 2] (row n's codes in K order, low nibble first), scales and
     zero_points float32 [N, k_blocks] (no zero points: 8); Y = A @ W + bias, W[k, n] =
-    (code[n, k] - zero[n, k // block_size]) * scale[n, k // block_size]; matmul_nbits)
+    (code[n, k] - zero[n, k // block_size]) * scale[n, k // block_size]; accuracy_level 4: A
+    quantized to int8 per row and block and the sums integer, as onnxruntime's level 4,
+    where the CPU has VNNI; matmul_nbits)
 QBatchedMatMul(A, B) -> Y                           a_scale, a_zero=0, a_lo, a_hi, b_scale, b_zero=0, b_lo, b_hi
     (a static QDQ model's product of two activations, attention's Q K^T and P V: A (..., M, K) and
     B (..., K, N) on their 8-bit grids, the same leading dims; Y = (codes(A) - a_zero) @
@@ -166,7 +168,7 @@ NORM_OPS = {op.op_type: op for op in (
            {"a_scale": 1.0, "a_zero": 0.0, "a_lo": 0.0, "a_hi": 255.0, "dynamic": 0, "activation": ""},
            call=_calls.qmatmul, compute_bound=True, packer=_calls.pack_qmatmul, half_native=False, norm=False),
     NormOp("MatMulNBits", "nbits_gemm", ("A", "B", "scales", "zero_points", "bias"), ("Y",),
-           {"K": None, "N": None, "block_size": None},
+           {"K": None, "N": None, "block_size": None, "accuracy_level": 0},
            call=_calls.matmul_nbits, compute_bound=True, packer=_calls.pack_matmul_nbits, half_native=False,
            norm=False),
     NormOp("QBatchedMatMul", "int8_gemm", ("A", "B"), ("Y",),

@@ -338,8 +338,11 @@ def matmul_nbits(attrs, n_out, a, b, scales, zero_points=None, bias=None, *, pac
     """normrt::MatMulNBits (matmul_nbits): a (..., K) float32 times the weight of 4-bit codes b
     (MatMulNBits' B, [N, k_blocks, block_size / 2] uint8), w[k, n] = (code - zero) * scale per block
     of block_size rows of K (scales, zero_points float32 [N, k_blocks]; no zero points: 8), plus
-    bias (pyx/nbits_gemm). The codes are read as they are, never dequantized to a float32 weight."""
+    bias (pyx/nbits_gemm). The codes are read as they are, never dequantized to a float32 weight.
+    accuracy_level 4 (onnxruntime's int8 compute): A's rows are quantized to int8 per block and
+    multiplied in integers, as onnxruntime does, where the CPU has VNNI (int8_path)."""
     K, N, block = attrs["K"], attrs["N"], attrs["block_size"]
+    int8_a = attrs.get("accuracy_level", 0) == 4
     k_blocks = -(-K // block)
     codes = packed if packed is not None else pack_matmul_nbits(b, attrs)
     scale = _blas.packed_nbits_blocks(scales, N, k_blocks)
@@ -351,8 +354,9 @@ def matmul_nbits(attrs, n_out, a, b, scales, zero_points=None, bias=None, *, pac
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     if bias is not None:
         bias = np.ascontiguousarray(bias, np.float32).reshape(-1)
+    integer = int8_a and _knbits.int8_path(block)
     _knbits.matmul_nbits(a.reshape(rows, K), codes, scale, zero, 8.0, block, bias, y.reshape(rows, N),
-                         nbits_product(rows, K, N, rows <= _knbits.DIRECT_MAX_ROWS))
+                         nbits_product(rows, K, N, rows <= _knbits.DIRECT_MAX_ROWS, integer), integer)
     return (y,)
 
 

@@ -31,8 +31,11 @@ Half A: onnxruntime's CPU kernel (x86) widens A, scales and bias to float32, deq
 weight to float32, multiplies in float32 and rounds Y once to A's type. The rewrite does the
 same: a float16 weight would round every weight once more (a float16 scale times a code
 difference is exact in float32, not in float16), and normrt widens a half MatMul's constant
-weight to float32 anyway, so it would not save memory either. accuracy_level is read as 0/1:
-onnxruntime's level 4 quantizes A to int8 per block; normrt keeps A in float32.
+weight to float32 anyway, so it would not save memory either. accuracy_level: onnxruntime's
+level 4 quantizes A to int8 per block and multiplies in integers; the 4-bit node keeps the level
+(normrt::MatMulNBits' accuracy_level) and its kernel does the same (pyx/nbits_gemm's integer
+path, where the CPU has VNNI); levels 0-3 and the dequantized forms
+keep A in float32.
 
 Refused (the node keeps no implementation and loading fails naming it): B, scales, zero points
 or g_idx not constants (the weight is computed at load); bits other than 2, 4, 8 (the widths
@@ -109,6 +112,7 @@ class _Layout:
         self.k_blocks = -(-self.K // self.block)
         self.blob = self.block * self.bits // 8
         self.zp_blob = -(-self.k_blocks * self.bits // 8)
+        self.accuracy_level = int(attrs.get("accuracy_level", 0))
 
 
 def dequantize(lay, B, scales, zero_points=None, g_idx=None):
@@ -263,7 +267,7 @@ class MatMulNBits(GraphPass):
             bias = ctx.add_constant(f"{node.name}_bias", np.asarray(const[bias], np.float32))
         y = node.output[0]
         new = make_node("MatMulNBits", [a, b, scale32, zero32, bias], [y], ctx.new_name(f"{node.name}_nbits"),
-                        K=lay.K, N=N, block_size=lay.block)
+                        K=lay.K, N=N, block_size=lay.block, accuracy_level=lay.accuracy_level)
         ctx.replace_nodes([node], [new])
         # inference cannot type normrt nodes: Y is A's type (the scales' type), A's shape but N
         shape = ctx.shape(a)
