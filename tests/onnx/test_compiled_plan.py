@@ -417,3 +417,53 @@ def test_split_specialized(shape, data, form, seed):
         assert len(got) == len(want)
         for g, w in zip(got, want):
             assert g.shape == w.shape and np.array_equal(g, w)
+
+
+# ------------------------------------------------------------ shape-only values on kernels
+def _shape_arithmetic_model():
+    """x (batch, 6): a size computed from x's batch on float arithmetic (Cast -> Mul -> Add ->
+    Ceil: an elementwise program once fused, as T5's position buckets and EnCodec's padding
+    sizes are) and a position table resized to it by a cubic Resize (onnx.reference runs cubic,
+    as DINOv2's interpolate_pos_encoding), added to x's rows."""
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    table = np.linspace(-1, 1, 24, dtype=np.float32).reshape(1, 1, 4, 6)
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+             helper.make_node("Cast", ["s"], ["sf"], to=f32),
+             helper.make_node("Mul", ["sf", "half"], ["m"]),
+             helper.make_node("Add", ["m", "quarter"], ["a"]),
+             helper.make_node("Ceil", ["a"], ["c"]),
+             helper.make_node("Mul", ["c", "two"], ["rows_f"]),          # 2 * ceil(batch / 2 + 0.25)
+             helper.make_node("Cast", ["rows_f"], ["rows"], to=i64),
+             helper.make_node("Concat", ["one_one", "rows", "six"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["table", "", "", "sizes"], ["r"], mode="cubic"),
+             helper.make_node("Reshape", ["r", "flat"], ["r2"]),
+             helper.make_node("Slice", ["r2", "zero", "s", "zero"], ["pos"]),
+             helper.make_node("Add", ["x", "pos"], ["y"])]
+    inits = [numpy_helper.from_array(v, k) for k, v in {
+        "half": np.array([0.5], np.float32), "quarter": np.array([0.25], np.float32),
+        "two": np.array([2.0], np.float32), "one_one": np.array([1, 1], np.int64),
+        "six": np.array([6], np.int64), "table": table, "flat": np.array([-1, 6], np.int64),
+        "zero": np.array([0], np.int64)}.items()]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, ["batch", 6])],
+                              [helper.make_tensor_value_info("y", f32, ["batch", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_shape_arithmetic_on_kernels_and_reference_ops_is_computed_once_per_shape():
+    """Values that depend on the input shapes only are folded into the specialized plan whatever
+    runs them (a fused program, onnx.reference): the plan's steps are those of the Add alone."""
+    model = _shape_arithmetic_model()
+    sess = normrt.InferenceSession(model.SerializeToString())
+    kinds = {s.kind for s in sess.executor.steps}
+    assert "reference" in kinds, kinds          # the cubic Resize
+    for batch in (1, 3, 4, 7):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        generic, first, second = _generic_and_specialized(sess, {"x": x})
+        want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        np.testing.assert_allclose(second[0], want, rtol=1e-6, atol=1e-6)
+        assert np.array_equal(generic[0], second[0]) and np.array_equal(first[0], second[0])
+    plans = list(sess.executor.specialized.values())
+    assert len(plans) == 4
+    for plan in plans:
+        ran = {sess.executor.steps[i].node.op_type for i in plan.line_steps.values()}
+        assert ran <= {"Add"}, ran

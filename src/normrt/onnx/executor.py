@@ -299,13 +299,19 @@ class Executor:
 
     # ------------------------------------------------------------ load-time analyses
     def _static_values(self):
-        """Values computed from constants and input shapes only (Shape, then arithmetic on it)."""
+        """Values computed from constants and input shapes only (Shape, then arithmetic on it),
+        whichever implementation computes them: a dynamic-axes export's shape arithmetic may run
+        on a fused elementwise program (T5's relative-position buckets, EnCodec's padding sizes)
+        or on onnx.reference (DINOv2's bicubic Resize of its position table to the input's size),
+        and is then still computed once per input shape, not on every run. Ops that draw random
+        numbers and ops with subgraphs are never static."""
         static = set(self.constants)
         for i, step in enumerate(self.steps):
             node = step.node
-            if step.kind != "numpy" or canonical_domain(node.domain) or node.op_type in _NONDETERMINISTIC:
+            if node.op_type in _NONDETERMINISTIC or node.op_type in ("If", "Loop", "Scan") or not step.outputs:
                 continue
-            if node.op_type in ("Shape", "Size") or all(n in static for n in self.plan.reads[i]):
+            if (node.op_type in ("Shape", "Size") and not canonical_domain(node.domain)) \
+                    or all(n in static for n in self.plan.reads[i]):
                 static.update(step.outputs)
         return static
 
