@@ -25,6 +25,15 @@ the optimized graph, ops on onnx.reference, both latencies and their ratio.
     python scripts/zoo_sweep.py --half --only deit,t5  # also .half() exports of these
     python scripts/zoo_sweep.py --threads 1 --runs 100
     python scripts/zoo_sweep.py --quantize dynamic     # as onnxruntime.quantization.quantize_dynamic leaves them
+    python scripts/zoo_sweep.py --dynamic --keep /tmp/zdyn   # exported with dynamic axes, as users export them
+
+`--dynamic` exports as Optimum and `torch.onnx.export(..., dynamic_axes=...)` users do: every
+input's batch dim dynamic ("batch"), and token inputs' sequence dim too ("sequence"; audio: the
+samples axis; images and AST's fixed-size spectrogram: the batch only) - `dynamic_axes` for the
+TorchScript exporter, `dynamic_shapes` (torch.export.Dim of the same names) for the dynamo fallback,
+which also takes the TorchScript exports onnxruntime cannot run (shapes the tracer baked in). Shape
+inference then leaves many dims symbolic, which is where fusions that must prove shapes miss.
+The models are then saved as <name>_dyn.onnx (run on the same inputs as the static exports).
 """
 import argparse
 import contextlib
@@ -182,6 +191,23 @@ def second_models():
     }
 
 
+# --dynamic: {input name: {axis: name}} of the inputs whose axes are not the default's (batch only
+# for rank > 2 inputs, i.e. images; batch and sequence for rank-2 token / audio inputs)
+_DYNAMIC_AXES = {
+    "x": {0: "batch", 2: "sequence"},               # EnCodec's (batch, channels, samples)
+    "inputs": {0: "batch", 1: "sequence"},          # Perceiver's (batch, sequence, d_model)
+}
+
+
+def dynamic_axes(inputs):
+    """{input name: {axis: axis name}} for `--dynamic`: the batch dim of every input, and the
+    sequence (samples) dim of token / audio inputs."""
+    out = {}
+    for name, v in inputs.items():
+        out[name] = dict(_DYNAMIC_AXES.get(name) or ({0: "batch", 1: "sequence"} if v.dim() == 2 else {0: "batch"}))
+    return out
+
+
 def _first_output(model):
     import torch
 
@@ -198,8 +224,10 @@ def _first_output(model):
     return First().eval()
 
 
-def export(name, make, folder, half):
-    """(path of the exported model, feeds as numpy, torch's float32 output as float64)."""
+def export(name, make, folder, half, dynamic=False):
+    """(path of the exported model, feeds as numpy, torch's float32 output as float64).
+
+    `dynamic`: batch (and sequence) axes dynamic, see `dynamic_axes`."""
     import torch
     torch.manual_seed(0)
     module, inputs = make()
@@ -214,16 +242,39 @@ def export(name, make, folder, half):
         with torch.no_grad():
             ref = _first_output(copy.deepcopy(module.m).float())(*(v.float() if v.is_floating_point() else v
                                                                     for v in inputs.values())).double().numpy()
-    path = os.path.join(folder, f"{name}{'_f16' if half else ''}.onnx")
+    path = os.path.join(folder, f"{name}{'_f16' if half else ''}{'_dyn' if dynamic else ''}.onnx")
+    axes = dynamic_axes(inputs) if dynamic else None
     if not os.path.exists(path):
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             try:
                 torch.onnx.export(module, tuple(inputs.values()), path, input_names=list(inputs),
-                                  output_names=["y"], opset_version=17, dynamo=False)
+                                  output_names=["y"], opset_version=17, dynamo=False, dynamic_axes=axes)
+                if dynamic:
+                    _check_runs(path, inputs)
             except Exception:  # noqa: BLE001 - transformers' newer decoders: the dynamo exporter
+                shapes = None
+                if dynamic:     # min=1: the size-1 example batch is not specialized away
+                    dims = {n: torch.export.Dim(n, min=1) for ax in axes.values() for n in ax.values()}
+                    # one entry per parameter of forward: First's *args takes them all
+                    shapes = (tuple({a: dims[n] for a, n in ax.items()} for ax in axes.values()),)
                 torch.onnx.export(module, tuple(inputs.values()), path, input_names=list(inputs),
-                                  output_names=["y"], opset_version=18, dynamo=True)
+                                  output_names=["y"], opset_version=18, dynamo=True, dynamic_shapes=shapes)
     return path, {k: v.numpy() for k, v in inputs.items()}, ref
+
+
+def _check_runs(path, inputs):
+    """Raises when onnxruntime cannot run the export on the example: with dynamic axes the
+    TorchScript tracer bakes some shapes into constants (Cohere's rotary, CANINE's
+    downsampling), a graph no runtime can run; the dynamo exporter then exports it."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]).run(
+            None, {k: v.numpy() for k, v in inputs.items()})
+    except Exception:
+        os.remove(path)
+        raise
 
 
 def _min_time(run, runs):
@@ -264,14 +315,14 @@ def quantized(path, feeds, how):
     return out
 
 
-def check(name, make, folder, half, threads, runs, quantize=None):
+def check(name, make, folder, half, threads, runs, quantize=None, dynamic=False):
     import normrt
     import onnxruntime as ort
     from normrt.onnx.report import is_epilogue
 
     row = {"model": name + (" f16" if half else "") + (f" int8-{quantize}" if quantize else "")}
     try:
-        path, feeds, ref = export(name, make, folder, half)
+        path, feeds, ref = export(name, make, folder, half, dynamic)
     except Exception as e:  # noqa: BLE001 - an architecture the exporters cannot take
         return {**row, "status": f"export-fail: {type(e).__name__}"}
     if quantize:
@@ -330,6 +381,8 @@ def main(argv=None):
     ap.add_argument("--quantize", choices=["dynamic", "static"], default=None,
                     help="run each export quantized by onnxruntime.quantization instead (quantize_dynamic, or "
                          "quantize_static QDQ calibrated on the example input)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="export with dynamic batch (and sequence) axes, as users export (see the module docstring)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=50, help="timed runs per block (the min is kept)")
     ap.add_argument("--keep", default=None, help="directory for the exported models (default: a temporary one)")
@@ -351,7 +404,7 @@ def main(argv=None):
         if only and name not in only:
             continue
         for half in (False, True)[:1 + args.half]:
-            r = check(name, make, folder, half, args.threads, args.runs, args.quantize)
+            r = check(name, make, folder, half, args.threads, args.runs, args.quantize, args.dynamic)
             if r["status"] != "ok" and "ort_ms" not in r and "normrt_ms" in r:      # onnxruntime cannot run it
                 print(f"| {r['model']} | {r['status']} | {r['err']:.1e} | {r.get('vs_f32', '-')} | {r['norms']} | "
                       f"{r['left']} | {r['fallback']} | {r['normrt_ms']:.3f} | - | - |", flush=True)
