@@ -307,9 +307,30 @@ def test_broadcasting_and_runtime_masks_fuse(kwargs):
         feeds["M"][..., 5, ::2] = -np.inf
     sess, got, want = run_both(model, feeds)
     assert n_attention(sess) == 1, refused(sess)
-    for g, w in zip(got, want):
+    again = sess.run(None, feeds)       # the plan specialized to these shapes (its prepared call)
+    for g, a, w in zip(got, again, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)      # NaN where the reference has NaN
+        assert np.array_equal(a, g, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's -inf rows
+def test_a_constant_mask_with_a_row_of_minus_inf_gives_nan_there():
+    """A constant mask with -inf for every key of a query, no Where: the Softmax's NaN row, in
+    the first (generic) run and in the specialized plan's prepared call."""
+    from onnx import numpy_helper
+    model = attention_model(mask="const")
+    m = next(t for t in model.graph.initializer if t.name == "M")
+    value = numpy_helper.to_array(m).copy()
+    value[3, :] = -np.inf
+    m.CopyFrom(numpy_helper.from_array(value, "M"))
+    feeds = feeds_for(model)
+    sess, got, want = run_both(model, feeds)
+    assert n_attention(sess) == 1, refused(sess)
+    again = sess.run(None, feeds)
+    assert np.isnan(want[0][..., 3, :]).all()
+    for g in (got[0], again[0]):
+        np.testing.assert_allclose(g, want[0], rtol=1e-5, atol=1e-6)
 
 
 def test_bundled_transformer_block_fuses():

@@ -492,9 +492,11 @@ def prepared_attention(attrs, q_shape, kt_shape, v_shape, bias, n_threads):
     qv, kv, vv, yv = (_ATTENTION_VIEWS[layouts[0]], _ATTENTION_KT_VIEWS[layouts[1]],
                       _ATTENTION_VIEWS[layouts[2]], _ATTENTION_VIEWS[layouts[3]])
     B, Hq, Sq, D = (q4[a] for a in qv)
-    _, Hkv, Dk, Skv = (kt4[a] for a in kv)
-    _, Hv, Sv, Dv = (v4[a] for a in vv)
-    if (kt4[0] != B or Dk != D or (Hv, Sv) != (Hkv, Skv) or not Hkv or Hq % Hkv or 0 in (B, Hq, Sq, Dv)):
+    Bk, Hkv, Dk, Skv = (kt4[a] for a in kv)
+    Bv, Hv, Sv, Dv = (v4[a] for a in vv)
+    # batch dims that broadcast (a dynamic-axes export's fused node) and NaN rows: the generic call
+    if (Bk != B or Bv != B or Dk != D or (Hv, Sv) != (Hkv, Skv) or not Hkv or Hq % Hkv or 0 in (B, Hq, Sq, Dv)
+            or (attrs.get("nan_rows", 0) and bias is not None)):
         return None
     scale, causal = float(attrs["scale"]), bool(attrs.get("is_causal", 0))
     b4 = _NO_BIAS
