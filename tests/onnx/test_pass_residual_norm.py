@@ -124,31 +124,49 @@ def test_symbolic_dims_that_match_are_fused():
     assert fused(report) == 1
 
 
+@pytest.mark.parametrize("op", ["LayerNormalization", "RMSNormalization"])
+@pytest.mark.parametrize("a_shape,b_shape", [
+    (("N", 8, 16), (1, 8, 16)),                  # position embeddings broadcast over the batch
+    ((1, 8, 16), ("N", 8, 16)),                  # ... on either side of the Add
+    (("N", 8, 16), (16,)),
+    (("N", 8, 16), ("M", 8, 16)),                # may differ from N at run time (here they do not)
+    (("N", "S", 16), ("unk_0", "unk_1", 16)),    # a dynamic-axes export's dims under other names
+])
+@pytest.mark.parametrize("sum_read_elsewhere", [False, True])
+def test_summands_that_may_broadcast_are_fused(op, a_shape, b_shape, sum_read_elsewhere):
+    """The norm's call adds a residual of another shape as the Add would (kernel_calls.
+    _broadcast_residual): the same outputs, the residual sum included, in the traced run and in
+    the specialized plan."""
+    model = residual_model(op, a_shape=a_shape, b_shape=b_shape, sum_read_elsewhere=sum_read_elsewhere)
+    full = (3, 8, 16)
+
+    def concrete(shape):
+        return tuple(full[len(full) - len(shape) + i] if isinstance(d, str) else d for i, d in enumerate(shape))
+    feed = {"a": RNG.standard_normal(concrete(a_shape)).astype(np.float32),
+            "b": RNG.standard_normal(concrete(b_shape)).astype(np.float32)}
+    sess, report = run_and_compare(model, feed)
+    assert fused(report) == 1, refusals(report)
+    assert "Add" not in ops(sess) or sum_read_elsewhere
+    first = sess.run(None, feed)
+    for got, want in zip(sess.run(None, feed), first):      # the specialized plan
+        assert np.array_equal(got, want)
+
+
 # ---- refusals ---------------------------------------------------------------
 
-@pytest.mark.parametrize("b_shape,reason", [
-    ((1, 8, 16), "broadcasts"),                  # position embeddings broadcast over the batch
-    ((16,), "broadcasts"),
-    (("M", 8, 16), "broadcasts"),                # may differ from N at run time
-])
-def test_refuses_broadcasting_add(b_shape, reason):
-    model = residual_model(a_shape=("N", 8, 16), b_shape=b_shape)
-    feed = {"a": RNG.standard_normal((2, 8, 16)).astype(np.float32),
-            "b": RNG.standard_normal(tuple(2 if isinstance(d, str) else d for d in b_shape)).astype(np.float32)}
-    sess, report = run_and_compare(model, feed)
-    assert fused(report) == 0
-    assert "Add" in ops(sess) and len(norm_of(sess).input) == 3
-    assert any(reason in r for r in refusals(report)), refusals(report)
-
-
-def test_refuses_unknown_dims():
+def test_a_summand_reshaped_at_run_time_fuses():
+    """b from a Reshape to a shape fed at run time: its dims are unknown (its rank known from the
+    shape input's length); the norm's call adds it as the Add would."""
     model = residual_model()
-    for i in model.graph.input:
-        i.type.tensor_type.shape.dim[0].Clear()      # dim of unknown size
-    sess, report = run_and_compare(model, {"a": RNG.standard_normal((2, 8, 16)).astype(np.float32),
-                                           "b": RNG.standard_normal((2, 8, 16)).astype(np.float32)})
-    assert fused(report) == 0
-    assert any("unknown" in r for r in refusals(report))
+    model.graph.input[1].name = "b_flat"
+    model.graph.input[1].type.tensor_type.shape.Clear()
+    model.graph.input[1].type.tensor_type.shape.dim.add().dim_value = 2 * 8 * 16
+    model.graph.input.append(vi("b_shape", [3], TensorProto.INT64))
+    model.graph.node.insert(0, helper.make_node("Reshape", ["b_flat", "b_shape"], ["b"], name="reshape_b"))
+    feed = {"a": RNG.standard_normal((2, 8, 16)).astype(np.float32),
+            "b_flat": RNG.standard_normal(2 * 8 * 16).astype(np.float32), "b_shape": np.array([2, 8, 16])}
+    sess, report = run_and_compare(model, feed)
+    assert fused(report) == 1, refusals(report)
 
 
 def test_refuses_sum_used_as_a_norm_parameter_and_fuses_float16():

@@ -382,6 +382,10 @@ def _kernel_step(src, step, ins, out_meta, buffer):
         run_ = _calls.prepared_elementwise(attrs, len(ins), int(np.prod(shape, dtype=np.int64)))
         y = str(buffer) if buffer is not None else f"np.empty({shape!r}, np.float32)"
         return f"{src.bind(run_, '_elementwise')}(({''.join(a[0] + ', ' for a in ins)}), {y})"
+    residual_at = {"RMSNorm": 2, "LayerNorm": 3}.get(op)
+    if residual_at is not None and len(ins) > residual_at and ins[residual_at] is not None \
+            and (ins[0] is None or tuple(ins[residual_at][1][0]) != tuple(ins[0][1][0])):
+        return None           # a residual of another shape: the generic call adds it as the Add would
     if op == "RMSNorm":
         fn = src.bind(rms_norm, "_rms_norm")
         return (f"{fn}({args[0]}, {args[1]}, axis={int(attrs.get('axis', -1))}, "

@@ -56,7 +56,18 @@ def _residual_sum(x, residual):
     return buf, buf
 
 
+def _broadcast_residual(x, residual):
+    """(x, residual) for the norm's kernel: a residual of another shape than x (residual_norm fuses
+    an Add whose summands shape inference could not prove alike: a dynamic-axes export's dims
+    under different names, a position table broadcast over the batch) is added here as the Add
+    would, the sum becoming the kernel's X: the same result, the kernel's fused add skipped."""
+    if residual is None or np.shape(residual) == np.shape(x):
+        return x, residual
+    return np.add(x, residual), None
+
+
 def layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
+    x, residual = _broadcast_residual(x, residual)
     # statistics are accumulated in float64 whatever stash_type says (at least its precision)
     kw = dict(axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
               residual=residual, activation=_act(attrs))
@@ -72,6 +83,7 @@ def layer_norm(attrs, n_out, x, scale=None, bias=None, residual=None):
 
 
 def rms_norm(attrs, n_out, x, scale=None, residual=None):
+    x, residual = _broadcast_residual(x, residual)
     buf, total = _residual_sum(x, residual) if n_out > 1 else (None, None)
     y = _normrt().rms_norm(x, scale, axis=attrs.get("axis", -1), eps=attrs.get("epsilon", 1e-5),
                            residual=residual, residual_out=buf)

@@ -15,10 +15,13 @@ memory as its statistics. When h has other readers (the usual pre-LN
 transformer: the sum also feeds the next skip connection) or is a graph output,
 the norm writes it too, as its `residual_sum` output under h's name.
 
-Runs after the standard and decomposed norms are normrt nodes. Refused (reason
-in the report): an Add that broadcasts or may broadcast (both summands and h
-must have the very same static shape: equal ints, or the same symbolic dim),
-summands of different or non-kernel element types (float32/float64), a norm
+Runs after the standard and decomposed norms are normrt nodes. Summands whose
+shapes differ or may differ (a dynamic-axes export's dims that shape inference
+names differently, ViT's position table broadcast over the batch) fuse too: the
+norm's call adds such a residual as the Add would before its kernel
+(kernel_calls._broadcast_residual). Refused (reason in the report): summands of
+unknown shape, or neither of the sum's rank; summands of different or
+non-kernel element types (float32/float64), a norm
 that also reads h, or a value computed from h, as another input. Norms that
 already have a residual are not candidates.
 """
@@ -102,14 +105,14 @@ class ResidualNorm(GraphPass):
         reason = dtype_reason(ctx, [a, b, h])
         if reason:
             return reason
+        # summands that may differ in shape (dims shape inference could not prove alike, a table
+        # broadcast over the batch) fuse too: the norm's call adds a residual of another shape as
+        # the Add would (kernel_calls._broadcast_residual). The summand of h's shape is X.
         shapes = [ctx.shape(n) for n in (a, b, h)]
         if any(s is None for s in shapes):
-            return "shape of a summand unknown: cannot prove the Add does not broadcast"
-        for s in shapes:
-            if any(d is None for d in s):
-                return "a summand has an unknown dim: cannot prove the Add does not broadcast"
-        if not shapes[0] == shapes[1] == shapes[2]:
-            return f"the Add broadcasts (summands of shapes {list(shapes[0])} and {list(shapes[1])})"
+            return "shape of a summand unknown"
+        if len(shapes[0]) != len(shapes[2]) and len(shapes[1]) != len(shapes[2]):
+            return f"neither summand has the sum's rank ({list(shapes[0])} + {list(shapes[1])})"
         return None
 
     def rewrite(self, ctx, m):
