@@ -3,6 +3,7 @@
 per-channel constants as (C, 1, 1). Oracle: onnx.reference on the original model."""
 import numpy as np
 import onnx
+import pytest
 from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
@@ -111,6 +112,28 @@ def test_generated_blocks_run_channels_first(c, h, w, n, norm, act, hidden, scal
     assert ("normrt", "ChannelNorm") in kinds
     entry = next(e for e in sess.report["fused"] if e["normrt_op"] == "ChannelNorm")
     assert entry["kernel"] == "layer_norm_2d"
+
+
+@pytest.mark.parametrize("symbolic", [(0,), (0, 2, 3)])
+def test_a_block_with_symbolic_batch_and_map_runs_channels_first(symbolic):
+    """A dynamic-axes export's (N, C, H, W): only the channels must be known."""
+    b = Block(2, 8, 5, 4, 3)
+    b.norm("layer")
+    b.linear(16)
+    b.gelu()
+    b.linear(8)
+    model = b.model()
+    for v in (model.graph.input[0], model.graph.output[0]):
+        for axis in symbolic:
+            v.type.tensor_type.shape.dim[axis].dim_param = f"d{axis}"
+    sess = check(model, b.feed(), 1)
+    feed = b.feed()
+    x = np.concatenate([feed["x"]] * 2)                 # another batch, and map where symbolic
+    feed["x"] = (x[:, :, :3, :2] if 2 in symbolic else x).copy()
+    got = [sess.run(None, feed)[0] for _ in range(2)]     # traced, then the specialized plan
+    want = ReferenceEvaluator(model).run(None, feed)[0]
+    for g in got:
+        np.testing.assert_allclose(g, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
 def test_convnext_block_fuses_into_two_convs():

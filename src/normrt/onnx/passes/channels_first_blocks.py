@@ -24,7 +24,8 @@ channels-last form (the products sum the same terms in another order).
 
 Refused (left as it is, not reported): a region value read outside the region or a graph
 output; an op with no twin (a Reshape, a reduction, a MatMul by a runtime value, a
-constant varying along another axis); a second exit; shapes not static; a perm other than
+constant varying along another axis); a second exit; shapes not rank 4 with known channels
+(the batch and the map may be symbolic); a perm other than
 (0, 2, 3, 1) ... (0, 3, 1, 2) on rank 4; values not float32, float16 or bfloat16 (or of
 unknown type).
 """
@@ -33,7 +34,7 @@ from onnx import TensorProto, helper
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass, ValueType
-from ._queries import is_normrt, is_op, is_static, node_attrs, take_fused_entry
+from ._queries import is_normrt, is_op, node_attrs, take_fused_entry
 
 TO_LAST, TO_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
 BINARY = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")
@@ -61,6 +62,13 @@ def _channel_constant(value, channels):
     return np.ascontiguousarray(v.reshape(channels, 1, 1))
 
 
+def _rank4_known_channels(shape, axis=3):
+    """A rank-4 shape whose channels (axis 3 channels-last, 1 channels-first) are known: only
+    they size the per-channel constants and the 1x1 weights; the batch and the map may be
+    symbolic (a dynamic-axes export's)."""
+    return shape is not None and len(shape) == 4 and isinstance(shape[axis], int)
+
+
 class ChannelsFirstBlocks(GraphPass):
     name = "channels_first_blocks"
     report_refusals = False       # a refused block runs as it is
@@ -74,8 +82,8 @@ class ChannelsFirstBlocks(GraphPass):
     def _region(self, ctx, start):
         """(nodes in graph order, the closing Transpose) of the block opened by `start`, or a reason."""
         shape = ctx.shape(start.input[0])
-        if not is_static(shape, 4):
-            return "x's shape is not static rank 4"
+        if not _rank4_known_channels(shape, axis=1):
+            return "x's shape is not rank 4 with known channels"
         inside = {start.output[0]}
         nodes, taken, end, todo = [], set(), None, [start.output[0]]
         outputs = set(ctx.graph_outputs)
@@ -117,8 +125,8 @@ class ChannelsFirstBlocks(GraphPass):
         if len([o for o in node.output if o]) != 1:
             return f"{node.name!r} has more than one output"
         shape = ctx.shape(node.output[0])
-        if not is_static(shape, 4):
-            return f"{node.name!r}'s output is not static rank 4"
+        if not _rank4_known_channels(shape):
+            return f"{node.name!r}'s output is not rank 4 with known channels"
         if any(normrt_op for normrt_op in NORMS if is_normrt(node, normrt_op)):
             attrs, reason = node_attrs(node)
             if reason or attrs.get("axis", -1) not in (-1, 3) or len(node.input) > 3 \
