@@ -123,14 +123,37 @@ def test_bias_varying_along_rows_is_not_a_bias():
     assert fused(report) == 0 and "Add" in ops(sess)
 
 
-def test_broadcasting_residual_refused():
+@pytest.mark.parametrize("x_shape,r_shape,out_shape", [
+    ([2, 7, 24], [7, 40], [2, 7, 40]),              # broadcast over the batch
+    (["N", 7, 24], ["unk_a", "unk_b", 40], ["N", 7, 40]),   # a dynamic-axes export's other names
+    ([1, 7, 24], [3, 7, 40], [3, 7, 40]),           # the residual raises the product's shape
+])
+@pytest.mark.parametrize("act", [None, "relu", "leaky"])
+def test_residuals_that_may_broadcast_are_fused(x_shape, r_shape, out_shape, act):
+    """The call adds a residual of another shape as the Add would, then the activation
+    (kernel_calls.matmul); the specialized plan's fast GEMM leaves it to that call."""
     k, n = 24, 40
     nodes = [helper.make_node("MatMul", ["x", "W"], ["p"], name="mm"),
-             helper.make_node("Add", ["p", "r"], ["out"], name="residual")]
-    inits = [const("W", RNG.standard_normal((k, n)).astype(np.float32))]
-    model = make_model(nodes, [vi("x", [2, 7, k]), vi("r", [7, n])], [vi("out", [2, 7, n])], inits, 17)
-    sess, report = check(model)
-    assert fused(report) == 0
+             helper.make_node("Add", ["b", "p"], ["pb"], name="bias"),
+             helper.make_node("Add", ["pb", "r"], ["s"], name="residual")]
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", ["s"], ["out"], name="act"))
+    elif act == "leaky":
+        nodes.append(helper.make_node("LeakyRelu", ["s"], ["out"], name="act", alpha=0.2))
+    else:
+        nodes[-1].output[0] = "out"
+    inits = [const("W", RNG.standard_normal((k, n)).astype(np.float32)),
+             const("b", RNG.standard_normal(n).astype(np.float32))]
+    model = make_model(nodes, [vi("x", x_shape), vi("r", r_shape)], [vi("out", out_shape)], inits, 17)
+
+    def concrete(shape):
+        return [d if isinstance(d, int) else {"N": 3, "unk_a": 3, "unk_b": 7}[d] for d in shape]
+    feeds = {"x": RNG.standard_normal(concrete(x_shape)).astype(np.float32),
+             "r": RNG.standard_normal(concrete(r_shape)).astype(np.float32)}
+    sess, report = run_and_compare(model, feeds, atol=2e-5)
+    assert fused(report) == 1 and ops(sess) == ["MatMul"], ops(sess)
+    first = sess.run(None, feeds)
+    assert np.array_equal(sess.run(None, feeds)[0], first[0])      # the specialized plan
 
 
 def test_non_constant_weight_left_alone():

@@ -275,7 +275,30 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
         raise
 
 
+def _product_shape(a, b):
+    """The shape of a @ b (MatMul's broadcasting of the leading dims), or None."""
+    try:
+        if np.ndim(b) == 2 and np.ndim(a) >= 1:
+            return np.shape(a)[:-1] + (np.shape(b)[1],)
+        if np.ndim(a) >= 2 and np.ndim(b) >= 2:
+            return np.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2]) + (np.shape(a)[-2], np.shape(b)[-1])
+    except ValueError:
+        pass
+    return None
+
+
 def matmul(attrs, n_out, a, b, bias=None, residual=None, *, packed=None):
+    if residual is not None and np.shape(residual) != _product_shape(a, b):
+        # a residual of another shape (matmul_epilogue fuses an Add whose shapes shape inference
+        # could not prove alike): added as the Add would, then the activation
+        (y,) = matmul(dict(attrs, activation=""), n_out, a, b, bias, packed=packed)
+        y = np.add(y, residual)
+        act = _act(attrs)
+        if act == "leaky_relu":
+            y = np.where(y < 0, y * np.float32(attrs.get("alpha", 0.01)), y)
+        elif act:
+            y = _normrt().activate(y, act)
+        return (y,)
     try:
         return (_normrt().matmul(a, b if packed is None else packed, bias=bias, activation=_act(attrs),
                                  residual=residual, alpha=float(attrs.get("alpha", 0.01))),)

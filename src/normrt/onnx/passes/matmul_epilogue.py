@@ -12,15 +12,16 @@ W is a 2-D constant (the kernel packs it once); X is of rank >= 2 (leading
 dims are rows); X, W, bias and R are all float32, or all one half type
 (float16/bfloat16: computed in float32 and rounded once, _queries.PRODUCT_DTYPES).
 bias is a constant of N values that broadcasts along the last axis only ((N,),
-(1, N), ...). R is a value of exactly the output's static shape (no broadcasting), not computed from the
-MatMul's own output. Gemm needs alpha = beta = 1, transA = 0 (transB is folded
+(1, N), ...). R is a value not computed from the MatMul's own output, of the output's shape in
+the kernel's fused store; a residual whose shape differs at run time (dims shape inference could
+not prove alike, a broadcast) is added by the call as the Add would (kernel_calls.matmul). Gemm needs alpha = beta = 1, transA = 0 (transB is folded
 into the constant) and a bias C of N values. Each step after the product is
 taken only if the value before it has no other reader and is no graph output;
 a MatMul with nothing after it to fuse is left alone (numpy/BLAS runs it).
 
 Refused (reason in the report): anything else in the matched chain — a
-non-constant or broadcasting-over-rows bias, a residual whose shape is not
-provably equal, float64/mixed types, an activation form activation_epilogue
+non-constant or broadcasting-over-rows bias, a residual of unknown rank,
+float64/mixed types, an activation form activation_epilogue
 would refuse.
 """
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from ._queries import (PRODUCT_DTYPES, float_type_reason, is_op, leaky_alpha, on
                        private_reason)
 from .activation_epilogue import ACTIVATION_OPS as ACTIVATIONS_STARTING, PATTERN_NAMES, match_activation
 from .residual_norm import _reads_downstream_of
-from ._queries import Graph, is_static
+from ._queries import Graph
 
 # an activation, or the Div/Mul that starts an Erf GELU
 ACTIVATION_OPS = ACTIVATIONS_STARTING + ("Div", "Mul", "LeakyRelu")
@@ -108,11 +109,12 @@ class MatMulEpilogue(GraphPass):
         if is_op(reader, "Add"):
             other = other_input(reader, y)
             if other is not None and other not in ctx.constants:
-                r_shape, o_shape = ctx.shape(other), ctx.shape(reader.output[0])
-                if not (is_static(r_shape) and is_static(y_shape) and is_static(o_shape)):
-                    return "residual Add: shapes not static, cannot prove it does not broadcast"
-                if not (tuple(r_shape) == tuple(y_shape) == tuple(o_shape)):
-                    return f"residual Add broadcasts ({list(r_shape)} + {list(y_shape)})"
+                # a residual whose shape may differ from the product's (dims shape inference
+                # could not prove alike, or a broadcast) fuses too: the call adds it as the Add
+                # would when the shapes differ at run time (kernel_calls.matmul)
+                r_shape = ctx.shape(other)
+                if r_shape is None or y_shape is None:
+                    return "residual Add: rank of a summand unknown"
                 if ctx.elem_type(other) != ctx.elem_type(a):
                     return f"residual {other!r} is not of the product's element type"
                 if _reads_downstream_of(Graph(ctx), [other], node):
