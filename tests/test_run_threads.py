@@ -78,6 +78,21 @@ def test_a_long_load_still_lets_the_count_come_back_soon():
     assert used[-100:].count(2) >= 90
 
 
+def test_a_waking_team_does_not_decide_a_probe():
+    """The first run at more threads after runs at fewer pays the team's wake-up: a quiet machine
+    where two threads run faster once awake stays at (or comes back to) two."""
+    tuner = tp.RunThreads(2)
+    last = [2]
+
+    def cost(n, i):
+        wake = 1.5 if n == 2 and last[0] == 1 else 0.0
+        last[0] = n
+        return quiet(n, i) + wake
+    used = drive(tuner, cost, 3000)
+    assert tuner.choice == 2
+    assert used[-500:].count(2) >= 490
+
+
 def test_one_thread_never_probes():
     tuner = tp.RunThreads(1)
     assert set(drive(tuner, shared, 500)) == {1}

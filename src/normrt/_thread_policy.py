@@ -333,7 +333,9 @@ def configure_openmp(environ=os.environ):
 # a session measures it: RunThreads keeps the time of its recent runs, now and then runs a few
 # at the next smaller thread count, and keeps whichever count ran faster. Results do not move
 # (every kernel is bitwise identical for any thread count); only the time does.
-PROBE_RUNS = 3            # runs at the probed count (their median against the recent runs')
+PROBE_RUNS = 4            # runs at the probed count; the first is not counted (a team that
+                          # slept while fewer threads ran wakes in it), the others' median is
+                          # compared with the recent runs'
 RECENT_RUNS = 8           # the runs whose median stands for the current count
 FIRST_PROBE_AFTER = 32    # runs before the first probe; doubled after each probe that changes nothing
 MAX_PROBE_INTERVAL = 4096   # at the limit: a quiet machine's probes become rare
@@ -349,7 +351,7 @@ class RunThreads:
     setting). Candidates are limit, limit // 2, ..., 1. Call `threads()` for the next run's
     count and `record(seconds)` with its wall time. A probe runs PROBE_RUNS runs at the next
     smaller count (or, when that was tried last and lost, the next larger one) and switches when
-    their median beats the recent runs' by FASTER. Probes come after FIRST_PROBE_AFTER runs,
+    their median (the first run left out) beats the recent runs' by FASTER. Probes come after FIRST_PROBE_AFTER runs,
     then at doubling intervals while they change nothing (a quiet machine pays a few slower
     runs in thousands), and at once when the runs slow down by SLOWER (load arrived).
     """
@@ -385,7 +387,7 @@ class RunThreads:
             if len(times) < PROBE_RUNS:
                 return
             self.probe = None
-            mine, theirs = _median(times), _median(self.recent)
+            mine, theirs = _median(times[1:]), _median(self.recent)
             if mine <= FASTER * theirs:
                 self.choice, self.recent, self.last_lost = count, [], None
                 self.interval = FIRST_PROBE_AFTER
