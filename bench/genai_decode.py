@@ -12,10 +12,9 @@ model, both one `run` with fixed feeds:
   * decode: one token after a past of --past positions (random K/V), the per-token cost of
     generation.
 Timing (normrt.timing): each runtime in its own blocks of --repeat runs after a pause, --blocks
-rounds; a time is the min over blocks of the block median. onnxruntime runs the file as shipped
-(int4: accuracy_level 4, its 8-bit activation products); normrt computes int4 products with the
-weights dequantized to float32 at load (passes/matmul_nbits.py), so its decode reads 8x the weight
-bytes: the decode column of a big int4 model shows that cost.
+rounds; a time is the min over blocks of the block median. Both runtimes run the file as shipped
+(int4: accuracy_level 4, 8-bit activation products; normrt's on pyx/nbits_gemm where the CPU has
+AVX-512 VNNI and VBMI, in float32 elsewhere).
 """
 import argparse
 import json
