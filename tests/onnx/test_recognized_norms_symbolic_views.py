@@ -128,3 +128,28 @@ def test_a_runtime_view_that_reorders_the_statistic_stays_unfused(s, d):
     y = g.node("Div", [dev, g.node("Sqrt", [g.node("Add", [var, g.const(1e-5)])])])
     sess = _check(g.model(y), batches=(s,))
     assert norm_nodes(sess.optimized_model) == []
+
+
+def test_graph_output_dims_declared_under_other_names():
+    """TorchScript declares a graph output's dynamic dims under names of its own ('Muly_dim_0'):
+    the final RMSNorm of an exported decoder is still X-shaped, and fuses."""
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Reciprocal", ["rms"], ["inv"]),
+             helper.make_node("Mul", ["x", "inv"], ["xn"]),
+             helper.make_node("Mul", ["w", "xn"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             numpy_helper.from_array(np.linspace(0.5, 1.5, 16, dtype=np.float32), "w")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, ["batch", "sequence", 16])],
+                              [helper.make_tensor_value_info("y", F, ["Muly_dim_0", "Muly_dim_1", 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    sess = normrt.InferenceSession(model.SerializeToString())
+    assert [n.op_type for n in sess.optimized_model.graph.node] == ["RMSNorm"], sess.report["refused"]
+    for b, s in ((1, 5), (3, 2)):
+        x = np.random.default_rng(b).standard_normal((b, s, 16)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-6)

@@ -200,6 +200,17 @@ def _middle_types_reason(ctx, nodes):
     return None
 
 
+def _alike(y_shape, x_shape):
+    """Whether the walk's output can be X's shape: the same rank, the same sizes where both are
+    known. Symbolic dims may carry other names: a graph output's declared dims (TorchScript
+    names them '<Op>y_dim_0') are not the input's; the affine constants broadcast over the
+    normalized axes only (checked below), so they cannot raise a leading dim."""
+    if x_shape is None or len(y_shape) != len(x_shape):
+        return False
+    return all(a == b if isinstance(a, int) and isinstance(b, int) else not (isinstance(a, int) or isinstance(b, int))
+               for a, b in zip(y_shape, x_shape))
+
+
 class RecognizedNorms(GraphPass):
     name = PASS
 
@@ -741,7 +752,7 @@ class RecognizedNorms(GraphPass):
             return self._check_adain(ctx, g, m)
         x, y = (m.moment.x if m.group is None else m.group[0]), m.output
         x_shape, y_shape = ctx.shape(x), ctx.shape(y)
-        if y_shape is not None and tuple(y_shape) != tuple(x_shape):
+        if y_shape is not None and not _alike(y_shape, x_shape):
             return f"the output {y!r} of shape {list(y_shape)} is not shaped like X {list(x_shape)}"
         nodes = _with_widening_casts(df, g, list({id(n): n for n in m.nodes}.values()), [x])
         reason = dtype_reason(ctx, [x, y]) or _middle_types_reason(ctx, nodes)
