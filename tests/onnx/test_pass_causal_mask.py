@@ -160,3 +160,52 @@ def test_decomposed_attention_with_a_causal_mask():
     q, k, v = (rng.standard_normal((1, 2, s, d)).astype(np.float32) for _ in range(3))
     y = sess.run(None, {"Q": q, "K": k, "V": v})[0]
     np.testing.assert_allclose(y, reference(q, k, v, mask, 0.25), rtol=2e-5, atol=2e-5)
+
+
+def test_a_causal_mask_built_from_shapes_runs_the_causal_kernel(monkeypatch):
+    """A decoder exported with dynamic axes builds its causal mask at run time (Range over the
+    sequence, Greater, Where(-inf, 0)): causal_mask cannot take it at load, but the plan
+    specialized to the input shape folds it, and the prepared attention call then recognizes the
+    pattern and runs the kernel's causal loop instead of reading the bias."""
+    from normrt._kernels import attention as _ka
+    calls = []
+    real = _ka.attention_fwd
+
+    def spy(*args):
+        calls.append(args[6])            # the causal flag
+        return real(*args)
+    monkeypatch.setattr(_ka, "attention_fwd", spy)
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes = [helper.make_node("Shape", ["q"], ["qs"]),
+             helper.make_node("Gather", ["qs", "two"], ["s"], axis=0),
+             helper.make_node("Range", ["zero", "s", "one"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "ax1"], ["rows"]),
+             helper.make_node("Unsqueeze", ["r", "ax0"], ["cols"]),
+             helper.make_node("Greater", ["cols", "rows"], ["hidden"]),
+             helper.make_node("Where", ["hidden", "minf", "fzero"], ["mask"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+             helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [const("two", np.array(2, np.int64)), const("zero", np.array(0, np.int64)),
+             const("one", np.array(1, np.int64)), const("ax0", np.array([0], np.int64)),
+             const("ax1", np.array([1], np.int64)), const("minf", np.array(-np.inf, np.float32)),
+             const("fzero", np.array(0.0, np.float32)), const("scale", np.array(0.25, np.float32))]
+    shape = ["batch", 2, "seq", 16]
+    graph = helper.make_graph(nodes, "g", [vi("q", shape), vi("k", shape), vi("v", shape)],
+                              [vi("y", shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = normrt.InferenceSession(model.SerializeToString(), adaptive_threads=False)
+    assert [n.op_type for n in sess.optimized_model.graph.node if n.domain == "normrt"] == ["Attention"]
+    rng = np.random.default_rng(0)
+    for b, s in ((1, 7), (2, 12)):
+        q, k, v = (rng.standard_normal((b, 2, s, 16)).astype(np.float32) for _ in range(3))
+        want = reference(q, k, v, causal(s, "-inf")[None, None], 0.25)
+        calls.clear()
+        first = sess.run(None, {"q": q, "k": k, "v": v})[0]          # traced: the bias
+        second = sess.run(None, {"q": q, "k": k, "v": v})[0]         # specialized: causal
+        for got in (first, second):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert calls[-1] is True, calls

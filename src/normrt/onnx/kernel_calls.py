@@ -16,6 +16,7 @@ from .._thread_policy import compute_bound, elementwise_program, memory_bound, n
 from ..api.conv import PAD_MODES as _PAD_MODES
 from ..errors import ModelError
 from ._graph import np_dtype as _np_dtype
+from ._masks import causal_pattern_reason
 from .elementwise_program import compile_program
 from .ops import _blas
 from .ops.activations import leaky_relu_float32
@@ -529,11 +530,17 @@ def prepared_attention(attrs, q_shape, kt_shape, v_shape, bias, n_threads):
     B, Hq, Sq, D = (q4[a] for a in qv)
     Bk, Hkv, Dk, Skv = (kt4[a] for a in kv)
     Bv, Hv, Sv, Dv = (v4[a] for a in vv)
+    scale, causal = float(attrs["scale"]), bool(attrs.get("is_causal", 0))
+    if bias is not None and not causal and np.ndim(bias) >= 2 and np.shape(bias)[-2:] == (Sq, Skv) \
+            and causal_pattern_reason(np.asarray(bias)) is None:
+        # a causal mask the plan folded from shapes (a decoder exported with dynamic axes builds
+        # it at run time, so causal_mask could not take it at load): the kernel's causal loop,
+        # which skips the masked half, not a bias read for every score
+        causal, bias = True, None
     # batch dims that broadcast (a dynamic-axes export's fused node) and NaN rows: the generic call
     if (Bk != B or Bv != B or Dk != D or (Hv, Sv) != (Hkv, Skv) or not Hkv or Hq % Hkv or 0 in (B, Hq, Sq, Dv)
             or (attrs.get("nan_rows", 0) and bias is not None)):
         return None
-    scale, causal = float(attrs["scale"]), bool(attrs.get("is_causal", 0))
     b4 = _NO_BIAS
     if bias is not None:
         try:

@@ -32,32 +32,13 @@ from onnx import helper
 
 from . import GraphPass
 from ._queries import is_normrt, is_op
+from .._masks import causal_pattern_reason
 
 MASK_INPUT = 3            # attn_mask of ONNX Attention, bias of normrt::Attention
 
 
 def _is_attention(node):
     return is_op(node, "Attention") or is_normrt(node, "Attention")
-
-
-def causal_pattern_reason(mask):
-    """None when every (Sq, Skv) slice of `mask` is the top-left causal mask, else why not."""
-    if mask.ndim < 2 or mask.shape[-1] != mask.shape[-2]:
-        return "the mask's last two axes are not a square (Sq, Skv)"
-    n = mask.shape[-1]
-    above = np.triu(np.ones((n, n), bool), 1)
-    if mask.dtype == np.bool_:
-        return None if np.array_equal(mask, np.broadcast_to(~above, mask.shape)) else "not the causal pattern"
-    if not np.issubdtype(mask.dtype, np.floating):
-        return "the mask is neither float nor bool"
-    lowest = np.finfo(mask.dtype).min
-    visible = np.broadcast_to(~above, mask.shape)
-    if not np.all(mask[visible] == 0):
-        return "not the causal pattern (a visible entry is not 0)"
-    hidden = mask[np.broadcast_to(above, mask.shape)]
-    if not np.all(np.isneginf(hidden) | (hidden == lowest)):
-        return "not the causal pattern (a masked entry is neither -inf nor the lowest finite value)"
-    return None
 
 
 class CausalMask(GraphPass):
