@@ -19,7 +19,7 @@ def rotated(report):
 
 
 def rotary_model(x_shape=(1, 4, 12, 16), cs_shape=None, *, split=None, order="neg_first", swap_terms=False,
-                 swap_operands=False, runtime_sin=False, elem=F, opset=17, seed=0):
+                 swap_operands=False, runtime_sin=False, runtime_cos=False, elem=F, opset=17, seed=0):
     """y = x * cos + concat(-x[..., h:], x[..., :h]) * sin, written as the TorchScript/dynamo exporters do."""
     rng = np.random.default_rng(seed)
     dtype = np.float32 if elem == F else np.float64
@@ -27,9 +27,12 @@ def rotary_model(x_shape=(1, 4, 12, 16), cs_shape=None, *, split=None, order="ne
     h = dim // 2 if split is None else split
     cs_shape = cs_shape or x_shape[-2:]
     inits = [const("lo_s", np.array([0])), const("lo_e", np.array([h])), const("ax", np.array([-1])),
-             const("hi_s", np.array([h])), const("hi_e", np.array([BIG])),
-             const("cos", rng.standard_normal(cs_shape).astype(dtype))]
+             const("hi_s", np.array([h])), const("hi_e", np.array([BIG]))]
     inputs = [vi("x", list(x_shape), elem)]
+    if runtime_cos:
+        inputs.append(vi("cos", list(cs_shape), elem))
+    else:
+        inits.append(const("cos", rng.standard_normal(cs_shape).astype(dtype)))
     if runtime_sin:
         inputs.append(vi("sin", list(cs_shape), elem))
     else:
@@ -85,9 +88,40 @@ def test_thread_counts_give_identical_results():
     np.testing.assert_array_equal(one, two)
 
 
-@pytest.mark.parametrize("kwargs", [dict(order="lo_first"), dict(split=5), dict(runtime_sin=True),
+@settings(max_examples=25, deadline=None)
+@given(lead=st.sampled_from([(5,), (2, 3), (1, 4, 7)]), half=st.integers(1, 40),
+       cs=st.sampled_from(["last2", "full", "lead1"]), runtime=st.sampled_from(["sin", "both"]),
+       symbolic=st.booleans(), seed=st.integers(0, 99))
+def test_runtime_cos_sin_and_symbolic_dims_become_views(lead, half, cs, runtime, symbolic, seed):
+    """A dynamic-axes export computes cos/sin from the positions at run time and leaves x's
+    leading axes symbolic: the same views, bitwise numpy's float32 formula."""
+    x_shape = lead + (2 * half,)
+    cs_shape = {"last2": x_shape[-2:], "full": x_shape, "lead1": (1,) * (len(lead) - 1) + x_shape[-2:]}[cs]
+    model = rotary_model(x_shape, cs_shape, runtime_sin=True, runtime_cos=runtime == "both", seed=seed)
+    if symbolic:
+        for v in model.graph.input[:1] + list(model.graph.output):
+            for axis in range(len(lead)):
+                v.type.tensor_type.shape.dim[axis].dim_param = f"d{axis}"
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32),
+             "sin": rng.standard_normal(cs_shape).astype(np.float32)}
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    feeds["cos"] = inits["cos"] if "cos" in inits else rng.standard_normal(cs_shape).astype(np.float32)
+    if "cos" in inits:
+        del feeds["cos"]
+    sess = normrt.InferenceSession(model)
+    assert rotated(sess.report) == 1
+    assert "Concat" not in op_types(sess)
+    cos = inits["cos"] if "cos" in inits else feeds["cos"]
+    xv, sin = feeds["x"], feeds["sin"]
+    want = xv * cos + np.concatenate([-xv[..., half:], xv[..., :half]], axis=-1) * sin
+    for _ in range(2):              # traced, then the specialized plan
+        np.testing.assert_array_equal(sess.run(None, feeds)[0], want)
+
+
+@pytest.mark.parametrize("kwargs", [dict(order="lo_first"), dict(split=5),
                                     dict(elem=D), dict(x_shape=(1, 4, 12, 15), split=7)],
-                         ids=["concat_order", "uneven_split", "runtime_sin", "float64", "odd_dim"])
+                         ids=["concat_order", "uneven_split", "float64", "odd_dim"])
 def test_refused_forms_stay(kwargs):
     model = rotary_model(**kwargs)
     sess, report = run_and_compare(model, feed(model), atol=1e-9 if kwargs.get("elem") == D else 1e-5)

@@ -6,8 +6,8 @@
 import hashlib
 import os
 from contextlib import nullcontext
-from time import perf_counter
 from dataclasses import dataclass
+from time import perf_counter
 
 import numpy as np
 import onnx

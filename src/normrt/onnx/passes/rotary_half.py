@@ -16,12 +16,15 @@ elementwise_chains then makes the Mul/Mul/Add one normrt::Elementwise reading
 x4 and xr in place: the two Slices, the Neg and the Concat (three copies) go.
 The result is bitwise the original's: (-a) * b == a * (-b) in IEEE arithmetic.
 
-Taken when x has a static shape with an even last axis D = 2h; the Slices cut
-[0, h) and [h, D) of the last axis with step 1; cos and sin are float32
-constants broadcasting to x's shape; the Concat, the two Muls and the Neg are
-read only inside the pattern. Refused (left as it is, not reported): anything
-else - another split point, a Concat in the other order (that is not
-rotate_half), runtime cos/sin, an odd D, float16 values.
+Taken when x's last axis is a known, even D = 2h (the leading axes may be symbolic: a
+dynamic-axes export's); the Slices cut [0, h) and [h, D) of the last axis with step 1;
+cos and sin are float32 with no more axes than x: constants (last axis D, 1 or none), or
+values computed at run time (a dynamic-axes export computes them from the positions) whose
+last axis is D, viewed as (..., 2, h) by a Reshape and sin's halves signed by a Mul that
+elementwise_chains takes into the same program; the Concat, the two Muls and the Neg are
+read only inside the pattern. Refused (left as it is, not reported): anything else -
+another split point, a Concat in the other order (that is not rotate_half), an odd or
+unknown D, float16 values.
 """
 import numpy as np
 from onnx import TensorProto, helper
@@ -51,10 +54,6 @@ def _half_slice(ctx, node, x, rank, dim):
     def clamp(i):
         return min(max(i + dim if i < 0 else i, 0), dim)
     return clamp(starts[0]), clamp(ends[0])
-
-
-def _broadcasts(shape, target):
-    return len(shape) <= len(target) and all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
 
 
 def _halves(value, rank, h):
@@ -103,8 +102,8 @@ class RotaryHalf(GraphPass):
             return "not x * cos + rotate_half(x) * sin"
         x, cos, sin, cat, neg, hi, lo, rot_mul, x_mul = m
         shape = ctx.shape(x)
-        if shape is None or not all(isinstance(d, int) for d in shape) or not shape or shape[-1] % 2:
-            return "x's shape is not static with an even last axis"
+        if not shape or not isinstance(shape[-1], int) or shape[-1] % 2:
+            return "x's last axis is not known and even"
         rank, dim = len(shape), shape[-1]
         if ctx.elem_type(x) != TensorProto.FLOAT:
             return "not float32"
@@ -113,12 +112,18 @@ class RotaryHalf(GraphPass):
             return "the Concat is not along the last axis"
         if _half_slice(ctx, lo, x, rank, dim) != (0, dim // 2) or _half_slice(ctx, hi, x, rank, dim) != (dim // 2, dim):
             return "the Slices are not the halves of the last axis"
-        values = [ctx.constants.get(cos), ctx.constants.get(sin)]
-        if any(v is None or v.dtype != np.float32 or v.shape[-1:] not in ((dim,), (1,), ())
-               or not _broadcasts(v.shape, shape) for v in values):
-            return "cos/sin are not float32 constants broadcasting to x"
-        if tuple(ctx.shape(add.output[0]) or ()) != tuple(shape):
-            return "the sum broadcasts beyond x's shape"
+        for name in (cos, sin):
+            v = ctx.constants.get(name)
+            if v is not None:
+                if v.dtype != np.float32 or v.shape[-1:] not in ((dim,), (1,), ()) or v.ndim > rank:
+                    return "cos/sin are not float32 constants of x's last axis"
+                continue
+            # computed at run time (a dynamic-axes export computes them from the positions): their
+            # last axis must be x's, to be split as x is; no more axes than x, so the sum's
+            # leading axes are what the Muls broadcast, as before
+            s_ = ctx.shape(name)
+            if ctx.elem_type(name) != TensorProto.FLOAT or not s_ or len(s_) > rank or s_[-1] != dim:
+                return "cos/sin computed at run time without x's last axis"
         consumers = ctx.consumers()
         inner = [cat, rot_mul, x_mul, add]
         for n in (cat, rot_mul, x_mul):
@@ -133,22 +138,39 @@ class RotaryHalf(GraphPass):
         shape = list(ctx.shape(x))
         rank, h = len(shape), shape[-1] // 2
         base = add.name or add.output[0]
-        shape4 = ctx.add_constant(base + "_halves_shape", np.array(shape[:-1] + [2, h], np.int64))
-        shape_y = ctx.add_constant(base + "_shape", np.array(shape, np.int64))
-        cos4 = ctx.add_constant(cos + "_halves", np.ascontiguousarray(_halves(ctx.constants[cos], rank, h)))
-        sin4 = _halves(ctx.constants[sin], rank, h)
+        # Reshape's 0 copies a leading dim: the leading axes may be symbolic, and the sum's are
+        # those the Muls broadcast (cos/sin have no more axes than x)
+        shape4 = ctx.add_constant(base + "_halves_shape", np.array([0] * (rank - 1) + [2, h], np.int64))
+        shape_y = ctx.add_constant(base + "_shape", np.array([0] * (rank - 1) + [2 * h], np.int64))
         sign = np.array([[-1.0], [1.0]], np.float32)      # the rotated first half is -x_hi
-        sin4 = ctx.add_constant(sin + "_halves_signed", np.ascontiguousarray(sin4 * sign))
+        nodes = []
+
+        def halves(name, signed):
+            v = ctx.constants.get(name)
+            if v is not None:
+                v4 = _halves(v, rank, h)
+                return ctx.add_constant(name + ("_halves_signed" if signed else "_halves"),
+                                        np.ascontiguousarray(v4 * sign if signed else v4))
+            r = len(ctx.shape(name))
+            target = ctx.add_constant(name + "_halves_shape", np.array([0] * (r - 1) + [2, h], np.int64))
+            v4 = ctx.new_name(name + "_halves")
+            nodes.append(helper.make_node("Reshape", [name, target], [v4], name=v4))
+            if not signed:
+                return v4
+            out = ctx.new_name(name + "_halves_signed")
+            nodes.append(helper.make_node("Mul", [v4, ctx.add_constant(base + "_sign", sign)], [out], name=out))
+            return out
+        cos4, sin4 = halves(cos, False), halves(sin, True)
         starts = ctx.add_constant(base + "_rev_starts", np.array([1], np.int64))
         ends = ctx.add_constant(base + "_rev_ends", np.array([_INT64_MIN], np.int64))
         axes = ctx.add_constant(base + "_rev_axes", np.array([rank - 1], np.int64))   # the (2) axis of rank+1
         steps = ctx.add_constant(base + "_rev_steps", np.array([-1], np.int64))
         x4, xr = ctx.new_name(base + "_x_halves"), ctx.new_name(base + "_x_swapped")
         a, b, y4 = ctx.new_name(base + "_cos_term"), ctx.new_name(base + "_sin_term"), ctx.new_name(base + "_halves")
-        nodes = [helper.make_node("Reshape", [x, shape4], [x4], name=x4),
-                 helper.make_node("Slice", [x4, starts, ends, axes, steps], [xr], name=xr),
-                 helper.make_node("Mul", [x4, cos4], [a], name=a),
-                 helper.make_node("Mul", [xr, sin4], [b], name=b),
-                 helper.make_node("Add", [a, b], [y4], name=y4),
-                 helper.make_node("Reshape", [y4, shape_y], list(add.output), name=base)]
+        nodes += [helper.make_node("Reshape", [x, shape4], [x4], name=x4),
+                  helper.make_node("Slice", [x4, starts, ends, axes, steps], [xr], name=xr),
+                  helper.make_node("Mul", [x4, cos4], [a], name=a),
+                  helper.make_node("Mul", [xr, sin4], [b], name=b),
+                  helper.make_node("Add", [a, b], [y4], name=y4),
+                  helper.make_node("Reshape", [y4, shape_y], list(add.output), name=base)]
         ctx.replace_nodes([rot_mul, x_mul, add], nodes)
