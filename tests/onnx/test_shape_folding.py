@@ -166,3 +166,39 @@ def test_the_chain_with_a_symbolic_dim_keeps_its_shapes():
         x = np.random.default_rng(h).standard_normal((1, 4, h, 6)).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
                                    rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), data=st.data())
+def test_picking_known_dims_of_a_partly_symbolic_shape_folds(shape, data):
+    """A dynamic-axes export's `x.shape[-1] // 2`: Gather / Slice of Shape(x) that pick only dims
+    shape inference knows fold to constants though other dims are symbolic; a pick that touches
+    a symbolic dim stays, computed per input shape. Either way onnx.reference's results."""
+    rank = len(shape)
+    symbolic = data.draw(st.sets(st.integers(0, rank - 1), max_size=rank - 1))
+    dims = [f"d{i}" if i in symbolic else shape[i] for i in range(rank)]
+    how = data.draw(st.sampled_from(["gather", "gather_negative", "slice"]))
+    if how == "slice":
+        a = data.draw(st.integers(0, rank - 1))
+        b = data.draw(st.integers(a + 1, rank))
+        picked = list(range(a, b))
+        inits = [const("st", np.array([a], np.int64)), const("en", np.array([b], np.int64))]
+        pick = helper.make_node("Slice", ["s", "st", "en"], ["p"], name="pick")
+    else:
+        i = data.draw(st.integers(0, rank - 1))
+        picked = [i]
+        index = i - rank if how == "gather_negative" else i
+        inits = [const("ix", np.array([index], np.int64))]
+        pick = helper.make_node("Gather", ["s", "ix"], ["p"], name="pick", axis=0)
+    # y = x + (the picked dims' product), broadcast: the value is read, not only its shape
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"), pick,
+             helper.make_node("ReduceProd", ["p"], ["n"], name="prod", keepdims=1),
+             helper.make_node("Cast", ["n"], ["nf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "nf"], ["y"], name="add")]
+    model = make_model(nodes, [vi("x", dims)], [vi("y", dims)], inits, opset=17)
+    sess = normrt.InferenceSession(model.SerializeToString())
+    known = all(i not in symbolic for i in picked)
+    assert ("Shape" not in [n.op_type for n in sess.optimized_model.graph.node]) == known
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(2):
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0])

@@ -72,6 +72,37 @@ def static_shape_value(ctx, node):
     return np.array(shape[slice(start, end)], np.int64)
 
 
+def partial_shape_value(ctx, node):
+    """The constant a Gather / Slice of a Shape's output computes when the dims it picks are
+    known though others are not (a dynamic-axes export's `x.shape[-1] // 2` with a symbolic
+    batch: Shape -> Gather(-1)), else None."""
+    if not is_op(node, "Gather", "Slice") or not node.input or not node.output or ctx.is_constant(node.input[0]):
+        return None
+    source = ctx.producer().get(node.input[0])
+    if not is_op(source, "Shape") or len(source.input) != 1:
+        return None
+    dims = ctx.shape(source.input[0])
+    if dims is None or any(not ctx.is_constant(n) for n in node.input[1:] if n):
+        return None
+    start, end = 0, len(dims)
+    for a in source.attribute:        # Shape-15: start/end
+        if a.name == "start":
+            start = a.i
+        elif a.name == "end":
+            end = a.i
+    dims = list(dims)[slice(start, end)]
+    # the positions the node picks, from the node itself run on 0 .. n-1
+    args = [np.arange(len(dims), dtype=np.int64)] + [ctx.constants[n] if n else None for n in node.input[1:]]
+    try:
+        (picked,), _ = evaluate_node(node, ctx.opsets, args)
+    except Exception:  # noqa: BLE001 - not foldable here: run time names the error
+        return None
+    picked = np.asarray(picked)
+    if not all(isinstance(dims[i], int) and dims[i] >= 0 for i in picked.reshape(-1)):
+        return None
+    return np.array([dims[i] for i in picked.reshape(-1)], np.int64).reshape(picked.shape)
+
+
 def _record_dequantized(ctx, node, args, name):
     """A folded DequantizeLinear's integer input, scale, zero point and axis, kept beside its float
     value (ctx.dequantized): quantized_products runs the products on those 8-bit weights."""
@@ -146,6 +177,8 @@ class ConstantFolding(GraphPass):
             node = self._cast_like_as_cast(ctx, node)
             if node.output and node.output[0] not in graph_outputs:
                 value = static_shape_value(ctx, node)
+                if value is None:
+                    value = partial_shape_value(ctx, node)
                 if value is not None:
                     ctx.constants[node.output[0]] = value
                     count += 1
