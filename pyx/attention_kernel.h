@@ -369,6 +369,150 @@ static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptr
         nrt_attention_rows_rv(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, nr, D, Skv, Dv,
                               scale, causal, i0, work, 4);
 }
+
+/* ---- AVX-512, a few query rows (a decode step: one new token per head, or a KV head's query
+   heads as its rows): the keys in the vector lanes. With the rows in the lanes (above) such an
+   item fills 1 to 4 lanes of 16 and does the work of 16 rows: a (1, 16, 1, 64) decode step
+   against 1024 cached keys took 1.1 ms. Here each block of 16 keys costs, per row, D/16 FMAs a
+   key for the scores (16 dot products whose partial vectors nrt_hsum16 folds into one vector of
+   16 scores), one exp vector, and Dv/16 FMAs a key for the output. The arithmetic of a row is
+   fixed by D, Dv and the keys, never by the thread that runs it. */
+#define NRT_FEW_ROWS 4
+
+/* lane c = the sum of a[c]'s 16 lanes, c < 16, in a fixed tree (a is overwritten) */
+static inline __m512 nrt_hsum16(__m512* a) {
+    int i;
+    /* pairs interleaved: per 128-bit lane (x0 + x2, y0 + y2, x1 + x3, y1 + y3) */
+    for (i = 0; i < 8; i++)
+        a[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    /* fours: per 128-bit lane the lane's sum of each of 4 vectors */
+    for (i = 0; i < 4; i++)
+        a[i] = _mm512_add_ps(_mm512_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* the four 128-bit lanes summed: block g of the result holds vectors 4g .. 4g + 3 */
+    __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(a[0], a[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(a[0], a[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(a[2], a[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                               _mm512_shuffle_f32x4(a[2], a[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w01, w23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* One work item of NR <= NRT_FEW_ROWS rows, arguments as nrt_attention_rows'. work:
+   NR * (D16 + Dv16 + 16) + 16 * D16 floats (D16, Dv16: D, Dv rounded up to 16). Keys whose
+   elements are not contiguous (kd != 1: K^T's view) are copied a block at a time into the last
+   16 * D16 floats first, so every layout runs the very same arithmetic.
+   NR and the 16 keys of a block are constants of the loops, so the accumulators stay in
+   registers; a block's keys past nk are read as zeros through the load masks. */
+static inline __attribute__((always_inline)) void
+nrt_attention_few_rows_nr(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+                          const float* v, ptrdiff_t vs, const float* bias, ptrdiff_t bias_row_stride,
+                          float* out, ptrdiff_t os, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
+                          float scale, int causal, ptrdiff_t i0, float* work, const int NR) {
+    const ptrdiff_t D16 = (D + 15) & ~(ptrdiff_t)15, V16 = (Dv + 15) & ~(ptrdiff_t)15;
+    float* qw = work;                   /* (NR, D16) scaled queries, zero past D */
+    float* ow = qw + NR * D16;          /* (NR, V16) unnormalized output */
+    float* pw = ow + NR * V16;          /* (NR, 16) this block's probabilities */
+    float* kw = pw + NR * 16;           /* (16, D16) a block of K^T's keys as rows */
+    float mrow[NRT_FEW_ROWS], lrow[NRT_FEW_ROWS], alpha[NRT_FEW_ROWS];
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), log2e = _mm512_set1_ps(1.4426950408889634f);
+    const float scale2 = scale * 1.4426950408889634f;    /* scores in log2 units, as above */
+    ptrdiff_t d, e, j0, jend, nk;
+    int r, c;
+    for (r = 0; r < NR; r++) {
+        for (d = 0; d < D16; d++)
+            qw[r * D16 + d] = d < D ? q[r * qs + d] * scale2 : 0.0f;
+        for (e = 0; e < V16; e++)
+            ow[r * V16 + e] = 0.0f;
+        mrow[r] = -INFINITY;
+        lrow[r] = 0.0f;
+    }
+    jend = Skv;
+    if (causal && i0 + NR < jend)
+        jend = i0 + NR;                 /* later keys are masked for every row here */
+    for (j0 = 0; j0 < jend; j0 += 16) {
+        nk = jend - j0 < 16 ? jend - j0 : 16;
+        const __mmask16 keys = nrt_tail_mask(nk);
+        if (bias && nrt_bias_block_hidden(bias + j0, bias_row_stride, NR, nk))
+            continue;
+        const float* kb = k + j0 * ks;
+        ptrdiff_t kbs = ks;
+        if (kd != 1 && D > 1) {
+            for (c = 0; c < nk; c++)
+                for (d = 0; d < D; d++)
+                    kw[c * D16 + d] = kb[c * ks + d * kd];
+            kb = kw;
+            kbs = D16;
+        }
+        for (r = 0; r < NR; r++) {
+            __m512 acc[16];
+            for (c = 0; c < 16; c++)
+                acc[c] = _mm512_setzero_ps();
+            for (d = 0; d < D16; d += 16) {
+                const __mmask16 dm = nrt_tail_mask(D - d);
+                const __m512 qv = _mm512_loadu_ps(qw + r * D16 + d);
+                for (c = 0; c < 16; c++)
+                    acc[c] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(c < nk ? dm : 0, kb + c * kbs + d), acc[c]);
+            }
+            __m512 sc = nrt_hsum16(acc);
+            if (bias)
+                sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_maskz_loadu_ps(
+                    keys, bias + (bias_row_stride ? r * bias_row_stride : 0) + j0), log2e));
+            __mmask16 seen = keys;
+            if (causal && j0 + nk - 1 > i0 + r)     /* key j0 + c is seen by row i0 + r iff j0 + c <= i0 + r */
+                seen &= nrt_tail_mask(i0 + r - j0 + 1);
+            sc = _mm512_mask_mov_ps(ninf, seen, sc);
+            /* the running max: a NaN score poisons the row through exp, as above */
+            float mx = _mm512_reduce_max_ps(sc);
+            float mold = mrow[r];
+            float mnew = mx > mold ? mx : mold;
+            float shift = mnew == -INFINITY ? 0.0f : mnew;   /* no key seen yet: exp(-inf) = 0 */
+            __m512 p = nrt_exp2_512(_mm512_sub_ps(sc, _mm512_set1_ps(shift)));
+            _mm512_storeu_ps(pw + r * 16, p);
+            float a = _mm512_cvtss_f32(nrt_exp2_512(_mm512_set1_ps(mold - shift)));
+            alpha[r] = a;
+            lrow[r] = lrow[r] * a + _mm512_reduce_add_ps(p);
+            mrow[r] = mnew;
+        }
+        for (e = 0; e < V16; e += 16) {
+            const __mmask16 em = nrt_tail_mask(Dv - e);
+            __m512 o[NRT_FEW_ROWS];
+            for (r = 0; r < NR; r++)
+                o[r] = _mm512_mul_ps(_mm512_loadu_ps(ow + r * V16 + e), _mm512_set1_ps(alpha[r]));
+            for (c = 0; c < 16; c++) {
+                const __m512 vv = _mm512_maskz_loadu_ps(c < nk ? em : 0, v + (j0 + c) * vs + e);
+                for (r = 0; r < NR; r++)
+                    o[r] = _mm512_fmadd_ps(_mm512_set1_ps(pw[r * 16 + c]), vv, o[r]);
+            }
+            for (r = 0; r < NR; r++)
+                _mm512_storeu_ps(ow + r * V16 + e, o[r]);
+        }
+    }
+    for (r = 0; r < NR; r++) {
+        /* a row that saw no key (fully masked) attends to nothing: zeros */
+        const __m512 inv = _mm512_set1_ps(lrow[r] != 0.0f ? 1.0f / lrow[r] : 0.0f);
+        for (e = 0; e < Dv; e += 16)
+            _mm512_mask_storeu_ps(out + r * os + e, nrt_tail_mask(Dv - e),
+                                  _mm512_mul_ps(_mm512_loadu_ps(ow + r * V16 + e), inv));
+    }
+}
+
+static void nrt_attention_few_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+                                   const float* v, ptrdiff_t vs, const float* bias, ptrdiff_t bias_row_stride,
+                                   float* out, ptrdiff_t os, ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv,
+                                   ptrdiff_t Dv, float scale, int causal, ptrdiff_t i0, float* work) {
+    switch (nr) {
+    case 1: nrt_attention_few_rows_nr(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, D, Skv, Dv,
+                                      scale, causal, i0, work, 1); break;
+    case 2: nrt_attention_few_rows_nr(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, D, Skv, Dv,
+                                      scale, causal, i0, work, 2); break;
+    case 3: nrt_attention_few_rows_nr(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, D, Skv, Dv,
+                                      scale, causal, i0, work, 3); break;
+    default: nrt_attention_few_rows_nr(q, qs, k, ks, kd, v, vs, bias, bias_row_stride, out, os, D, Skv, Dv,
+                                       scale, causal, i0, work, 4); break;
+    }
+}
 #else
 #define NRT_HAVE_AVX512 0
 static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks,
@@ -376,6 +520,11 @@ static void nrt_attention_rows(const float* q, ptrdiff_t qs, const float* k, ptr
                                const float* bias, ptrdiff_t bias_row_stride, float* out, ptrdiff_t os,
                                ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv, ptrdiff_t Dv,
                                float scale, int causal, ptrdiff_t i0, float* work) { }  /* never called */
+#define NRT_FEW_ROWS 0
+static void nrt_attention_few_rows(const float* q, ptrdiff_t qs, const float* k, ptrdiff_t ks, ptrdiff_t kd,
+                                   const float* v, ptrdiff_t vs, const float* bias, ptrdiff_t bias_row_stride,
+                                   float* out, ptrdiff_t os, ptrdiff_t nr, ptrdiff_t D, ptrdiff_t Skv,
+                                   ptrdiff_t Dv, float scale, int causal, ptrdiff_t i0, float* work) { }  /* never called */
 #endif
 
 #endif

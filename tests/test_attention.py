@@ -366,3 +366,49 @@ def test_small_shapes_match_reference_and_threads(b, hkv, rep, sq, skv, d, causa
     np.testing.assert_allclose(outs[0], want, rtol=2e-5, atol=2e-6)
     for y in outs[1:]:
         assert np.array_equal(y, outs[0], equal_nan=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(1, 2), hkv=st.integers(1, 3), rep=st.integers(1, 4), sq=st.integers(1, 4),
+       skv=st.integers(1, 300), d=st.sampled_from([1, 5, 16, 40, 64, 80, 128]),
+       dv=st.sampled_from([1, 16, 24, 64, 72]), causal=st.booleans(),
+       bias=st.sampled_from([None, "row", "per_query", "masked"]), magnitude=st.sampled_from([1.0, 8.0]),
+       seed=st.integers(0, 2 ** 16))
+def test_decode_rows_match_reference_any_layout_and_threads(b, hkv, rep, sq, skv, d, dv, causal, bias,
+                                                            magnitude, seed):
+    """A decode step's few query rows (Sq <= 4: attention_kernel.h's keys-in-lanes items): against
+    float64 with every bias form (one row for every query, one per query, -inf keys and fully
+    masked rows) and causal; K given transposed or contiguous and any thread count give the
+    same bits."""
+    g = np.random.default_rng(seed)
+    q = (g.standard_normal((b, hkv * rep, sq, d)) * magnitude).astype(np.float32)
+    k = g.standard_normal((b, hkv, skv, d)).astype(np.float32)
+    v = g.standard_normal((b, hkv, skv, dv)).astype(np.float32)
+    bs = None
+    if bias == "row":
+        bs = g.standard_normal((1, 1, 1, skv)).astype(np.float32)
+    elif bias == "per_query":
+        bs = g.standard_normal((b, 1, sq, skv)).astype(np.float32)
+    elif bias == "masked":
+        bs = np.where(g.random((b, 1, sq, skv)) > 0.5, 0.0, -np.inf).astype(np.float32)
+        bs[:, :, -1] = -np.inf                  # the last query sees nothing: zeros
+    want = ref(q, k, v, bias=bs, causal=causal)
+    y = normrt.attention(q, k, v, bias=bs, is_causal=causal)
+    tol = 2e-5 * magnitude ** 2
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))          # K^T in memory: K a strided view
+    for n in (1, 2, 3):
+        with normrt.threads(n):
+            assert np.array_equal(normrt.attention(q, k, v, bias=bs, is_causal=causal), y, equal_nan=True)
+            assert np.array_equal(attention_kt(q, kt, v, bias=bs, is_causal=causal), y, equal_nan=True)
+
+
+def test_decode_rows_nan_stays_in_its_row():
+    q, k, v = qkv(1, 2, 1, 3, 100, 64, 64)
+    q[0, 1, 2, 7] = np.nan
+    y = normrt.attention(q, k, v)
+    assert np.isnan(y[0, 1, 2]).all() and np.isfinite(np.delete(y.reshape(6, 64), 5, axis=0)).all()
+    rows = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    want = ref(q, k, v)
+    for h, i in rows:
+        np.testing.assert_allclose(y[0, h, i], want[0, h, i], rtol=2e-5, atol=2e-6)
