@@ -11,6 +11,9 @@ model, both one `run` with fixed feeds:
   * prompt: --prompt tokens of one sequence, empty past;
   * decode: one token after a past of --past positions (random K/V), the per-token cost of
     generation.
+  * generate: --generate tokens after the prompt, one run each, every step feeding the present
+    K/V its runtime returned back as the next past (the cache grows by one position a step, as
+    in a real generation loop, so no two runs have the same shapes); the time per token.
 Timing (normrt.timing): each runtime in its own blocks of --repeat runs after a pause, --blocks
 rounds; a time is the min over blocks of the block median. Both runtimes run the file as shipped
 (int4: accuracy_level 4, 8-bit activation products; normrt's on pyx/nbits_gemm where the CPU has
@@ -60,12 +63,49 @@ def feeds_for(sess, batch, new, past, head):
     return feeds
 
 
+def step_feeds(input_names, tokens, past, outputs):
+    """The feeds of one generation step: `tokens` (B, S) after `past` cached positions, the past
+    K/V the previous step's present ({output name: array}: present.N.key feeds past_key_values.N.key)."""
+    batch, new = tokens.shape
+    feeds = {}
+    for name in input_names:
+        if name == "input_ids":
+            feeds[name] = tokens
+        elif name == "attention_mask":
+            feeds[name] = np.ones((batch, past + new), np.int64)
+        elif name == "position_ids":
+            feeds[name] = np.broadcast_to(np.arange(past, past + new), (batch, new)).astype(np.int64)
+        elif name.startswith("past_key_values."):
+            feeds[name] = outputs[name.replace("past_key_values.", "present.", 1)]
+        else:
+            raise SystemExit(f"{name}: an input this benchmark does not know how to feed")
+    return feeds
+
+
+def generation(sess, prompt_feeds, steps, seed=1):
+    """fn() running `steps` decode steps of `sess` after its own run of the prompt (each step
+    feeding back the present it returned); fn returns the last step's logits."""
+    input_names = [i.name for i in sess.get_inputs()]
+    output_names = [o.name for o in sess.get_outputs()]
+    prompt = dict(zip(output_names, sess.run(None, prompt_feeds)))
+    tokens = np.random.default_rng(seed).integers(3, 100, (steps, 1, 1)).astype(np.int64)
+    start = prompt_feeds["input_ids"].shape[1]
+
+    def fn():
+        outputs = prompt
+        for i in range(steps):
+            outputs = dict(zip(output_names, sess.run(None, step_feeds(input_names, tokens[i], start + i, outputs))))
+        return outputs["logits"]
+    return fn
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help="model folders or .onnx files (default: tests/data/genai/*)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     ap.add_argument("--past", type=int, default=128, help="cached positions before the decoded token")
+    ap.add_argument("--generate", type=int, default=32, help="tokens of the generation case (0: none)")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--blocks", type=int, default=3)
     args = ap.parse_args()
@@ -103,6 +143,15 @@ def main():
             b = t["ort"].best * 1e3
             diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             print(f"| {label} | {case} ({shape}) | {a:.3f} | {b:.3f} | {a / b:.2f}x | {diff:.1e} |")
+        if args.generate > 0:
+            feeds = feeds_for(theirs, 1, args.prompt, 0, head_size(path))
+            fns = {"normrt": generation(ours, feeds, args.generate), "ort": generation(theirs, feeds, args.generate)}
+            got, want = (fns[k]().astype(np.float64) for k in ("normrt", "ort"))
+            t = time_blocks(fns, repeat=max(1, args.repeat // 4), blocks=args.blocks)
+            a, b = (t[k].best * 1e3 / args.generate for k in ("normrt", "ort"))
+            diff = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+            print(f"| {label} | generate ({args.generate} tokens after {args.prompt}, per token) | {a:.3f} | "
+                  f"{b:.3f} | {a / b:.2f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":

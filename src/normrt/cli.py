@@ -380,7 +380,10 @@ def _node_dtypes(node, types):
     if node is None or not node.input:
         return "-"
     x = dtype_name(types.get(node.input[0], 0))
-    weights = "/".join(sorted({dtype_name(types.get(i, 0)) for i in node.input[1:] if i} - {x}))
+    # float inputs only: GroupQueryAttention's sequence lengths are int32, not weights
+    floats = (1, 10, 11, 16)        # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    weights = "/".join(sorted({dtype_name(types.get(i, 0)) for i in node.input[1:]
+                               if i and types.get(i, 0) in floats} - {x}))
     y = dtype_name(types.get(node.output[0], 0))
     return f"{x} (weights {weights}) -> {y}" if weights else f"{x} -> {y}"
 
@@ -389,7 +392,7 @@ def cmd_inspect(args, out):
     import normrt
     from .onnx.executor import Executor
     from .onnx.loader import load_model
-    from .onnx.report import dtype_name, is_epilogue, value_elem_types
+    from .onnx.report import dtype_name, is_attention, is_epilogue, value_elem_types
 
     for k, path in enumerate(_models(args)):
         original = load_model(path)
@@ -409,7 +412,7 @@ def cmd_inspect(args, out):
               file=out)
         fused = report.get("fused", [])
         n_epilogues = sum(1 for e in fused if is_epilogue(e))
-        n_attention = sum(1 for e in fused if e.get("normrt_op") == "Attention")
+        n_attention = sum(1 for e in fused if is_attention(e))
         print(f"normalizations on normrt kernels: {len(fused) - n_epilogues}", file=out)
         if n_epilogues - n_attention:
             print(f"Conv/MatMul with fused epilogues (bias, residual, activation): {n_epilogues - n_attention}",

@@ -1,9 +1,13 @@
-"""onnxruntime's GroupQueryAttention as standard ops (passes/group_query_attention.py), against
-onnxruntime's CPU kernel: prompts, token generation and a continued prompt, right-padded batches
-(rows of differing seqlens_k), a static cache longer than the total length, packed and separate
-Q/K/V, rotary (halves / interleaved, full / partial), grouped heads, local windows, softcap,
-float16; a prompt and three decode steps feeding present back as past; the fusion onto
-normrt::Attention; the refusals."""
+"""onnxruntime's GroupQueryAttention (passes/group_query_attention.py) in both its forms, the
+fused normrt::GroupQueryAttention step (grouped_query_call.py) and the standard ops of its
+definition (_gqa_graph.py, softcap's form), against onnxruntime's CPU kernel: prompts, token
+generation and a continued prompt, right-padded batches (rows of differing seqlens_k), a static
+cache longer than the total length, packed and separate Q/K/V, rotary (halves / interleaved,
+full / partial), grouped heads, local windows, softcap, float16; a prompt and three decode
+steps feeding present back as past; the standard ops' fusion onto normrt::Attention; the
+refusals."""
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -12,11 +16,20 @@ from onnx import TensorProto, helper, numpy_helper
 import normrt
 
 from graph_builder import vi
+from normrt.onnx.passes.group_query_attention import GroupQueryAttention
 from ort_contrib import MS, assert_matches_onnxruntime, contrib_model
 
 # a node no pass rewrote and nothing implements: normrt raises NotImplementedError naming it
 NOT_LOADED = (normrt.ModelError, NotImplementedError)
 NP = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+
+
+@contextmanager
+def form(fused):
+    """Sessions made inside load GQA nodes as the fused step (True) or as standard ops (False)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(GroupQueryAttention, "fused", fused)
+        yield
 
 
 def gqa_model(heads, kv_heads, head_size, packed=False, past=True, rotary=None, max_positions=64,
@@ -80,12 +93,13 @@ HEADS = [(4, 4, 16), (4, 2, 16), (4, 1, 16), (6, 2, 32)]
 ROTARY = [None, ("full", False), ("full", True), ("half", False), ("half", True)]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.sampled_from(HEADS), st.sampled_from(["prompt", "decode", "static", "continued"]), st.integers(1, 3),
        st.integers(1, 7), st.integers(2, 9), st.booleans(), st.sampled_from(ROTARY),
-       st.sampled_from([-1, -1, 1, 3]), st.sampled_from([0.0, 0.0, 2.5]), st.randoms(use_true_random=False))
+       st.sampled_from([-1, -1, 1, 3]), st.sampled_from([0.0, 0.0, 2.5]), st.booleans(),
+       st.randoms(use_true_random=False))
 def test_matches_onnxruntime(ort_cpu_run, heads_cfg, phase, batch, seq, past_len, packed, rotary, window, softcap,
-                             rnd):
+                             fused, rnd):
     heads, kv_heads, head_size = heads_cfg
     if phase == "continued":
         batch = 1
@@ -97,15 +111,20 @@ def test_matches_onnxruntime(ort_cpu_run, heads_cfg, phase, batch, seq, past_len
                                        rotary[1])
     m = gqa_model(heads, kv_heads, head_size, packed=packed, rotary=rot, local_window_size=window, softcap=softcap)
     feeds = gqa_feeds(rng, heads, kv_heads, head_size, seq, past_len, total, lengths, packed=packed)
-    ops, _ = assert_matches_onnxruntime(m, feeds, ort_cpu_run, rtol=1e-4, atol=1e-5)
-    # the attention itself runs on the fused kernel; softcap's Tanh sits inside the chain
-    assert ("Attention" in ops) == (softcap == 0), ops
+    with form(fused):
+        ops, _ = assert_matches_onnxruntime(m, feeds, ort_cpu_run, rtol=1e-4, atol=1e-5)
+    if fused and softcap == 0:
+        assert ops == {"GroupQueryAttention"}, ops
+    else:
+        # the attention itself runs on the fused kernel; softcap's Tanh sits inside the chain
+        assert ("Attention" in ops) == (softcap == 0), ops
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(st.sampled_from(HEADS[:3]), st.sampled_from(["prompt", "decode"]), st.integers(1, 3), st.booleans(),
-       st.booleans(), st.sampled_from([-1, 2]), st.randoms(use_true_random=False))
-def test_float16_matches_onnxruntime(ort_cpu_run, heads_cfg, phase, batch, interleaved, packed, window, rnd):
+       st.booleans(), st.sampled_from([-1, 2]), st.booleans(), st.randoms(use_true_random=False))
+def test_float16_matches_onnxruntime(ort_cpu_run, heads_cfg, phase, batch, interleaved, packed, window, fused,
+                                     rnd):
     heads, kv_heads, head_size = heads_cfg
     rng = np.random.default_rng(rnd.randrange(2**31))
     seq, past_len, total, lengths = step_lengths(
@@ -114,24 +133,55 @@ def test_float16_matches_onnxruntime(ort_cpu_run, heads_cfg, phase, batch, inter
                   elem=TensorProto.FLOAT16, local_window_size=window)
     feeds = gqa_feeds(rng, heads, kv_heads, head_size, seq, past_len, total, lengths, packed=packed,
                       elem=TensorProto.FLOAT16)
-    assert_matches_onnxruntime(m, feeds, ort_cpu_run, rtol=1e-2, atol=4e-3)
+    with form(fused):
+        assert_matches_onnxruntime(m, feeds, ort_cpu_run, rtol=1e-2, atol=4e-3)
 
 
-def test_without_past_matches_onnxruntime(ort_cpu_run):
+@pytest.mark.parametrize("fused", [True, False])
+def test_without_past_matches_onnxruntime(ort_cpu_run, fused):
     m = gqa_model(4, 2, 16, past=False, rotary=(16, False))
     feeds = gqa_feeds(np.random.default_rng(0), 4, 2, 16, 6, 0, 6, [6, 4], past=False)
-    assert_matches_onnxruntime(m, feeds, ort_cpu_run)
+    with form(fused):
+        assert_matches_onnxruntime(m, feeds, ort_cpu_run)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from(HEADS), st.sampled_from(["prompt", "decode", "static", "continued"]), st.integers(1, 3),
+       st.integers(1, 7), st.integers(2, 9), st.booleans(), st.sampled_from(ROTARY), st.sampled_from([-1, 1, 3]),
+       st.randoms(use_true_random=False))
+def test_fused_step_computes_the_standard_ops(heads_cfg, phase, batch, seq, past_len, packed, rotary, window, rnd):
+    """The fused step and the standard ops of the definition give the same values (the same
+    products and roundings, the attention on the same kernel) on the same feeds."""
+    heads, kv_heads, head_size = heads_cfg
+    if phase == "continued":
+        batch, seq = 1, max(seq, 2)
+    rng = np.random.default_rng(rnd.randrange(2**31))
+    seq, past_len, total, lengths = step_lengths(
+        lambda n, lo, hi: [rnd.randint(lo, hi) for _ in range(n)], phase, batch, seq, past_len)
+    rot = None if rotary is None else (head_size // 2 if rotary[0] == "half" else head_size, rotary[1])
+    m = gqa_model(heads, kv_heads, head_size, packed=packed, rotary=rot, local_window_size=window).SerializeToString()
+    feeds = gqa_feeds(rng, heads, kv_heads, head_size, seq, past_len, total, lengths, packed=packed)
+    outputs = {}
+    for fused in (True, False):
+        with form(fused):
+            outputs[fused] = normrt.InferenceSession(m).run(None, feeds)
+    for name, a, b in zip(("output", "present_key", "present_value"), outputs[True], outputs[False]):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
-def test_prompt_then_decode_steps(ort_cpu_run, packed):
+def test_prompt_then_decode_steps(ort_cpu_run, packed, fused):
     """A right-padded batch of two prompts (5 and 3 tokens), then three generated tokens, present
     fed back as past: both runtimes step by step, each from its own cache."""
     import onnxruntime as ort
     heads, kv_heads, head_size = 4, 2, 16
     m = gqa_model(heads, kv_heads, head_size, packed=packed, rotary=(head_size, False), local_window_size=4)
-    sess = normrt.InferenceSession(m.SerializeToString())
-    assert "Attention" in {n.op_type for n in sess.optimized_model.graph.node}
+    with form(fused):
+        sess = normrt.InferenceSession(m.SerializeToString())
+    ops = {n.op_type for n in sess.optimized_model.graph.node}
+    assert ops == {"GroupQueryAttention"} if fused else "Attention" in ops, ops
     reference = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     lengths = [5, 3]

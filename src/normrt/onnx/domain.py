@@ -46,6 +46,16 @@ Attention(Q, Kt, V [, bias]) -> Y                    scale, is_causal=0,
     k_layout "BHSD" (K untransposed) or "BSHD" (K (B, Skv, Hkv, D)). With the BSHD layouts the
     heads may also come merged: q_heads > 0: Q is (B, Sq, q_heads * D); kv_heads > 0: K and V
     are (B, Skv, kv_heads * D) and (B, Skv, kv_heads * Dv); merge_heads=1: Y is (B, Sq, H * Dv))
+GroupQueryAttention(query [, key, value, past_key, past_value], seqlens_k, total_sequence_length
+                    [, cos_cache, sin_cache]) -> output [, present_key, present_value]
+    num_heads, kv_num_heads, head_size, scale, do_rotary=0, rotary_interleaved=0,
+    local_window_size=-1, window_from_valid=0
+    (onnxruntime's GroupQueryAttention step (com.microsoft), but softcap: the KV cache update, the
+    rotary embedding and the mask from seqlens_k around one call of the attention kernel, the
+    query heads of each KV head reading it in place; scale already resolved (1/sqrt(H) when the
+    contrib node's is 0); window_from_valid: a local window counted from a row's valid length
+    (onnxruntime's non-flash kernel) rather than its position; group_query_attention,
+    grouped_query_call.py)
 Conv(X, W [, B, residual]) -> Y
     strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, activation="", pad_mode="constant",
     alpha=0.01
@@ -98,6 +108,7 @@ from onnx import helper
 
 from .. import _checks
 from . import kernel_calls as _calls
+from .grouped_query_call import group_query_attention as _group_query_attention
 from ._graph import NORMRT_DOMAIN
 
 # the `activation` attribute's values: the kernels' epilogues ("" for none)
@@ -156,6 +167,12 @@ NORM_OPS = {op.op_type: op for op in (
            {"scale": None, "is_causal": 0, "q_layout": "BHSD", "k_layout": "BHDS", "v_layout": "BHSD",
             "y_layout": "BHSD", "q_heads": 0, "kv_heads": 0, "merge_heads": 0, "nan_rows": 0},
            call=_calls.attention, compute_bound=True, half_native=False),
+    NormOp("GroupQueryAttention", "attention",
+           ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length",
+            "cos_cache", "sin_cache"), ("output", "present_key", "present_value"),
+           {"num_heads": None, "kv_num_heads": None, "head_size": None, "scale": None, "do_rotary": 0,
+            "rotary_interleaved": 0, "local_window_size": -1, "window_from_valid": 0},
+           call=_group_query_attention, compute_bound=True, half_native=False, norm=False),
     NormOp("Conv", "conv2d", ("X", "W", "B", "residual"), ("Y",),
            {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "activation": "",
             "pad_mode": "constant", "alpha": 0.01},

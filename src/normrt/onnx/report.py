@@ -19,6 +19,15 @@ from dataclasses import dataclass, field
 from .domain import COMPUTE_OPS  # noqa: F401 - re-exported: normrt ops that are not a norm
 
 
+# normrt ops that run the fused attention kernel (an attention subgraph, onnxruntime's GQA step)
+ATTENTION_OPS = frozenset(("Attention", "GroupQueryAttention"))
+
+
+def is_attention(entry):
+    """Whether a `fused` entry put an attention on the fused attention kernel."""
+    return entry.get("normrt_op") in ATTENTION_OPS
+
+
 def is_epilogue(entry):
     """Whether a `fused` entry is a Conv/MatMul epilogue fusion (or a fused attention) rather than a normalization."""
     return entry.get("normrt_op") in COMPUTE_OPS
@@ -55,7 +64,7 @@ def format_report(report):
     fused, refused = report.get("fused", []), report.get("refused", [])
     folded = sum(1 for e in fused if e.get("normrt_op") is None)
     epilogues = sum(1 for e in fused if is_epilogue(e))
-    attention = sum(1 for e in fused if e.get("normrt_op") == "Attention")
+    attention = sum(1 for e in fused if is_attention(e))
     lines = [f"normalizations: {len(fused) - folded - epilogues} on normrt kernels, "
              + (f"{folded} folded into weights, " if folded else "")
              + f"{len(refused)} left to onnx.reference"]

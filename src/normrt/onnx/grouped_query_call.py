@@ -1,0 +1,170 @@
+"""normrt::GroupQueryAttention's call: onnxruntime's GroupQueryAttention step (the KV cache
+update, the rotary embedding, the mask from seqlens_k) in a few numpy operations around one
+call of the fused attention kernel.
+
+passes/group_query_attention.py writes this node for every form it can (the rest, softcap's
+Tanh inside the scores, become the standard ops of _gqa_graph, which define the semantics this
+call follows step for step). A decode step of onnxruntime-genai's LLMs was ~100 small nodes per
+layer in that form, each a numpy call of a few microseconds: the model ran dispatch-bound.
+
+    query (B, S, N·H) | packed (B, S, (N + 2 KV)·H)    key, value (B, S, KV·H)
+    past_key, past_value (B, KV, P, H)    seqlens_k (B,)    total_sequence_length (1)
+    cos_cache, sin_cache (positions, R / 2)
+    ──► output (B, S, N·H), present_key, present_value (B, KV, L, H), L = max(P, total)
+
+Row b's tokens after the step are seqlens_k[b] + 1 (`total`); its new rows sit right after its
+own past (past_b = total_b - S), or at 0 on the first prompt (S == total_sequence_length) and
+whenever there is no past (_gqa_graph.positions). The common cases take short cuts that give
+the same values: a cache whose every row is full is one Concat (no gather), a decode step sees
+every key (no mask), a first prompt filling the cache is the kernel's causal loop.
+"""
+import numpy as np
+
+from .._kernels import attention as _ka
+from .._thread_policy import compute_bound
+from ..api.attention import _NO_BIAS, attention_kt
+
+
+def _positions(seqlens_k, total_length, batch, seq, has_past):
+    """(past_rows, rotary_start, total: one int per batch row, total_sequence_length), as
+    _gqa_graph.positions computes them. Python ints: a decode step's handful of rows costs less
+    so than as numpy arrays (this call runs once per layer and token)."""
+    lens = np.asarray(seqlens_k).reshape(-1).tolist()
+    if len(lens) not in (1, batch):
+        raise ValueError(f"GroupQueryAttention: seqlens_k has {len(lens)} values for a batch of {batch}")
+    total = [int(n) + 1 for n in lens] * (batch if len(lens) == 1 else 1)
+    t = np.asarray(total_length).reshape(-1)
+    if t.size != 1:
+        raise ValueError(f"GroupQueryAttention: total_sequence_length must hold one value, got shape "
+                         f"{np.shape(total_length)}")
+    t_len = int(t[0])
+    rotary_start = [0] * batch if seq == t_len else [n - seq for n in total]
+    past_rows = rotary_start if has_past else [0] * batch
+    return past_rows, rotary_start, total, t_len
+
+
+def _rotate(x, cos, sin, half, interleaved):
+    """onnxruntime's rotary embedding of x (B, S, heads, H) by cos, sin (B, S, 1, half) on its first
+    2·half channels (the pairs (x[i], x[half + i]), or interleaved (x[2i], x[2i + 1])), as a new
+    array: the products rounded, then their difference / sum, as the Mul and Sub / Add nodes."""
+    rot = 2 * half
+    out = np.empty(x.shape, x.dtype)
+    cut = (slice(0, rot, 2), slice(1, rot, 2)) if interleaved else (slice(0, half), slice(half, rot))
+    even, odd = x[..., cut[0]], x[..., cut[1]]
+    new_even, new_odd = out[..., cut[0]], out[..., cut[1]]
+    np.multiply(even, cos, out=new_even)
+    new_even -= odd * sin
+    np.multiply(odd, cos, out=new_odd)
+    new_odd += even * sin
+    if rot < x.shape[-1]:
+        out[..., rot:] = x[..., rot:]
+    return out
+
+
+def _rotary_rows(cache, starts, seq):
+    """cache rows starts[b] + s as (B, S, 1, R / 2): Gather's rows (a negative position counts from
+    the end, one past the end raises), a slice when one row starts inside the cache."""
+    if len(starts) == 1 and 0 <= starts[0] and starts[0] + seq <= cache.shape[0]:
+        return cache[starts[0]:starts[0] + seq][None, :, None, :]
+    pos = np.asarray(starts, np.int64)[:, None] + np.arange(seq)[None, :]
+    return cache[pos][:, :, None, :]
+
+
+def _present(past, new, past_rows, length):
+    """The present cache (B, KV, L, H) from past (B, KV, P, H) or None and the new rows
+    new (B, KV, S, H): row b holds past[b, :, :past_b], then new[b], then zeros
+    (_gqa_graph.cache_indices: the same rows, gathered from Concat(past, new, a zero row))."""
+    B, KV, S, H = new.shape
+    P = 0 if past is None else past.shape[2]
+    if length == P + S and all(r == P for r in past_rows):
+        return np.ascontiguousarray(new) if past is None else np.concatenate([past, new], axis=2)
+    j = np.arange(length)[None, :]
+    start = np.asarray(past_rows, np.int64)[:, None]
+    index = np.where(j < start, j, np.where(j < start + S, j - start + P, P + S))       # (B, L)
+    if index.size and (index.min() < -(P + S + 1) or index.max() > P + S):
+        raise ValueError(f"GroupQueryAttention: seqlens_k place the new tokens of rows starting at {past_rows} "
+                         f"beyond the cache (past {P} + new {S} rows)")
+    joined = np.concatenate(([past] if past is not None else []) + [new, np.zeros((B, KV, 1, H), new.dtype)],
+                            axis=2)
+    return np.take_along_axis(joined, index[:, None, :, None], axis=2)
+
+
+def _mask(past_rows, total, seq, length, window, window_from_valid):
+    """The additive mask (B, 1, S, L) of _gqa_graph.mask: row s of batch row b sees key j when
+    j < min(past_b + s + 1, total_b) (and, with a local window, j within its `window` last)."""
+    causal = np.asarray(past_rows, np.int64)[:, None] + np.arange(seq)[None, :] + 1      # (B, S)
+    limit = np.minimum(causal, np.asarray(total, np.int64)[:, None])
+    j = np.arange(length)[None, None, :]
+    seen = j < limit[:, :, None]
+    if window > 0:
+        seen &= j >= (limit if window_from_valid else causal)[:, :, None] - window
+    return np.where(seen, np.float32(0.0), np.float32(-np.inf))[:, None]
+
+
+def group_query_attention(attrs, n_out, query, key=None, value=None, past_key=None, past_value=None,
+                          seqlens_k=None, total_length=None, cos_cache=None, sin_cache=None):
+    heads, kv_heads, size = attrs["num_heads"], attrs["kv_num_heads"], attrs["head_size"]
+    if query.ndim != 3:
+        raise ValueError(f"GroupQueryAttention: query must be (batch, sequence, hidden), got shape {query.shape}")
+    B, S = query.shape[:2]
+    if key is None:
+        qkv = query.reshape(B, S, heads + 2 * kv_heads, size)
+        q, k, v = qkv[:, :, :heads], qkv[:, :, heads:heads + kv_heads], qkv[:, :, heads + kv_heads:]
+    else:
+        qkv = None
+        q = query.reshape(B, S, heads, size)
+        k, v = key.reshape(B, S, kv_heads, size), value.reshape(B, S, kv_heads, size)
+    for name, past in (("past_key", past_key), ("past_value", past_value)):
+        if past is not None and (past.ndim != 4 or past.shape[:2] != (B, kv_heads) or past.shape[3] != size):
+            raise ValueError(f"GroupQueryAttention: {name} must be ({B}, {kv_heads}, past, {size}), "
+                             f"got shape {past.shape}")
+    past_rows, rotary_start, total, t_len = _positions(seqlens_k, total_length, B, S, past_key is not None)
+    P = 0 if past_key is None else past_key.shape[2]
+    length = max(P, t_len)
+
+    if attrs["do_rotary"]:
+        cos, sin = _rotary_rows(cos_cache, rotary_start, S), _rotary_rows(sin_cache, rotary_start, S)
+        rotate = (cos_cache.shape[1], bool(attrs["rotary_interleaved"]))
+        if qkv is not None:         # Q and K side by side: one rotation over both
+            qk = _rotate(qkv[:, :, :heads + kv_heads], cos, sin, *rotate)
+            q, k = qk[:, :, :heads], qk[:, :, heads:]
+        else:
+            q, k = _rotate(q, cos, sin, *rotate), _rotate(k, cos, sin, *rotate)
+
+    present_k = _present(past_key, k.transpose(0, 2, 1, 3), past_rows, length)
+    present_v = _present(past_value, v.transpose(0, 2, 1, 3), past_rows, length)
+
+    # the mask, or the kernel's causal loop / no mask where that is what it holds: every row
+    # full (its past fills the cache, its tokens end it) and no window
+    window = attrs["local_window_size"]
+    full = window <= 0 and all(r == length - S for r in past_rows) and all(n == length for n in total)
+    bias, causal = None, False
+    if full and S == length:
+        causal = S > 1
+    elif not (full and S == 1):
+        bias = _mask(past_rows, total, S, length, window, bool(attrs["window_from_valid"]))
+    if query.dtype != np.float32 or 0 in (B, S, heads, size):
+        y = np.empty((B, S, heads, size), query.dtype)
+        attention_kt(q.transpose(0, 2, 1, 3), present_k.transpose(0, 1, 3, 2), present_v, scale=attrs["scale"],
+                     bias=bias, is_causal=causal, out=y.transpose(0, 2, 1, 3))
+        return y.reshape(B, S, heads * size), present_k, present_v
+    # the arrays are made here, of known shapes and float32: the kernel itself, its threads from
+    # the flops (api.attention's checks would double this call's time on a decode step)
+    threads = compute_bound(4 * B * heads * S * length * size)
+    rep = heads // kv_heads
+    if rep == 1 or causal:
+        y = np.empty((B, S, heads, size), np.float32)
+        _ka.attention_fwd(q.transpose(0, 2, 1, 3), present_k, present_v, _NO_BIAS if bias is None else bias,
+                          y.transpose(0, 2, 1, 3), attrs["scale"], causal, threads)
+        return y.reshape(B, S, heads * size), present_k, present_v
+    # each KV head's query heads as the rows of one query (B, KV, rep·S, H), the rows (r, s): the
+    # kernel holds a work item's rows in vector lanes, and a decode step's one row per head
+    # would fill one lane of 16; each lane computes alone, so the values are the same
+    rows = q.reshape(B, S, kv_heads, rep, size).transpose(0, 2, 3, 1, 4).reshape(B, kv_heads, rep * S, size)
+    if bias is not None:
+        bias = np.tile(bias, (1, 1, rep, 1))
+    y = np.empty((B, kv_heads, rep * S, size), np.float32)
+    _ka.attention_fwd(rows, present_k, present_v, _NO_BIAS if bias is None else bias, y, attrs["scale"], False,
+                      threads)
+    y = y.reshape(B, kv_heads, rep, S, size).transpose(0, 3, 1, 2, 4)
+    return y.reshape(B, S, heads * size), present_k, present_v
