@@ -51,6 +51,22 @@ def test_checker_failure():
         normrt.InferenceSession(bad)
 
 
+def test_checker_leniencies_combine():
+    """onnxruntime's SimplifiedLayerNormalization in the standard domain and an extra graph output
+    of unknown rank (as a user adds one to read an intermediate value) in one model: each is
+    accepted, whichever the checker reports first."""
+    w = numpy_helper.from_array(np.linspace(0.5, 1.5, 8).astype(np.float32), "w")
+    sln = helper.make_node("SimplifiedLayerNormalization", ["x", "w"], ["h"], name="sln", epsilon=1e-6, axis=-1)
+    relu = helper.make_node("Relu", ["h"], ["y"], name="relu")
+    model = make([sln, relu], [vi("x", [2, 8])],
+                 [vi("y", [2, 8]), helper.make_tensor_value_info("h", TensorProto.FLOAT, None)], [w])
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    y, h = normrt.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * np.linspace(0.5, 1.5, 8)
+    np.testing.assert_allclose(h, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y, np.maximum(h, 0))
+
+
 def test_cycle():
     model = make([helper.make_node("Add", ["x", "c"], ["b"], name="add_b"),
                   helper.make_node("Relu", ["b"], ["c"], name="relu_c"),

@@ -228,16 +228,21 @@ def check(proto, what="model"):
         return
     except onnx.checker.ValidationError as e:
         error = e
-    for says, mask in _MASKS:
-        if says(str(error)):
-            masked = mask(proto)
-            if masked is not None:
-                proto = masked       # (the next mask applies on top of this one)
-                try:
-                    onnx.checker.check_model(proto)
-                    return
-                except onnx.checker.ValidationError as e:
-                    error = e
+    # each mask once, in whatever order the checker reports what they cover (it stops at the
+    # first problem: an unranked output found before a SimplifiedLayerNormalization node)
+    unused = list(_MASKS)
+    while True:
+        hit = next((m for m in unused if m[0](str(error))), None)
+        masked = None if hit is None else hit[1](proto)
+        if masked is None:
+            break
+        unused.remove(hit)
+        proto = masked               # (the next mask applies on top of this one)
+        try:
+            onnx.checker.check_model(proto)
+            return
+        except onnx.checker.ValidationError as e:
+            error = e
     first = str(error).strip().splitlines()
     raise ModelError(f"{what} fails onnx.checker: {' '.join(first[:6])}")
 
