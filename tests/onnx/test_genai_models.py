@@ -29,7 +29,11 @@ INT8_PRODUCTS = _knbits.int8_dot() == "avx512_vnni"
 def _as_normrt_computes(path):
     """The model's bytes for the reference: as shipped, or with every MatMulNBits at
     accuracy_level 0 where normrt's products are float (external data inlined)."""
-    m = onnx.load(str(path))
+    return _as_normrt_computes_bytes(onnx.load(str(path)))
+
+
+def _as_normrt_computes_bytes(m):
+    """_as_normrt_computes of a loaded ModelProto (changed in place)."""
     if not INT8_PRODUCTS:
         for node in m.graph.node:
             if node.op_type == "MatMulNBits":
@@ -106,3 +110,28 @@ def test_int4_models_match_onnxruntime_as_shipped(name):
     scale = float(np.abs(want).max())
     assert np.abs(got - want).max() <= 0.05 * scale
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("name", [m for m in MODELS if not m.endswith("fp16")])
+def test_extra_outputs_reading_intermediate_values(name):
+    """A user's extra graph outputs, declared without a type's shape, on intermediate values (the
+    attention's packed QKV product, a layer's output): the file's value_info and inference still
+    type those values (the GQA rewrite needs the QKV product's shape), and the extra outputs
+    come out as onnxruntime computes them."""
+    ort = pytest.importorskip("onnxruntime")
+    m = onnx.load(str(GENAI / name / "model.onnx"))
+    wanted = [n.output[0] for n in m.graph.node if n.op_type in ("MatMulNBits", "MatMul")
+              and "qkv_proj" in n.name][:1]
+    wanted += [n.output[0] for n in m.graph.node if n.op_type == "GroupQueryAttention"][-1:]
+    assert len(wanted) == 2
+    for w in wanted:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(w, onnx.TensorProto.FLOAT, None))
+    data = m.SerializeToString()
+    ours = normrt.InferenceSession(data)
+    assert not any(n.domain == MS for n in ours.optimized_model.graph.node)
+    theirs = ort.InferenceSession(_as_normrt_computes_bytes(m), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.arange(3, 9, dtype=np.int64)[None], "attention_mask": np.ones((1, 6), np.int64)}
+    feeds.update({i.name: np.zeros((1, 2, 0, 16), np.float32) for i in theirs.get_inputs()
+                  if i.name.startswith("past_key_values.")})
+    for got, want in zip(ours.run(wanted, feeds), theirs.run(wanted, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))

@@ -78,7 +78,12 @@ class PassContext:
         # outputs), but not authoritative where it can. Tools write stale or vaguer shapes there
         # (onnxruntime's quantization tools: 'unk__1' for a static batch of 1), which would hide
         # the static shapes the fusions need; inference runs without the others, then they fill gaps.
-        declared = {vi.name: _value_type(vi.type) for vi in self.graph.value_info if vi.name not in types}
+        declared = {vi.name: _value_type(vi.type) for vi in self.graph.value_info
+                    if vi.name not in types or types[vi.name].shape is None}
+        for name in [n for n in declared if n in types]:
+            # a graph output declared without a shape, which value_info gives (a user's extra
+            # output reading an intermediate value)
+            types[name] = _more_specific(declared.pop(name), types[name])
         for name, value in self.constants.items():
             try:
                 elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
@@ -123,6 +128,10 @@ class PassContext:
                 t = _value_type(vi.type)
                 if types.get(vi.name) is None or types[vi.name].elem_type == 0:
                     types[vi.name] = t
+                elif types[vi.name].shape is None and t.shape is not None:
+                    # an output declared without a shape (a user's extra output reading an
+                    # intermediate value): what inference knows of it, as for any value
+                    types[vi.name] = _more_specific(t, types[vi.name])
         except Exception:  # noqa: BLE001 - inference is best effort; unknown types make passes refuse
             pass
         finally:
