@@ -105,6 +105,21 @@ def test_thread_policy_gives_small_work_one_thread():
         assert tp.memory_bound(1 << 30) == 1 and tp.compute_bound(1e12) == 1
 
 
+def test_products_of_few_rows_split_by_their_weight():
+    """A decode step's product (one row) has few flops but streams its whole weight: it splits
+    from PRODUCT_SPLIT_WEIGHTS weights whatever its flops; smaller ones by their flops."""
+    from normrt import _thread_policy as tp
+    k = 1024
+    n = tp.PRODUCT_SPLIT_WEIGHTS // k
+    assert 2 * k * n < tp.COMPUTE_BOUND_MIN_FLOPS           # one row: under the flops rule
+    with normrt.threads(2):
+        assert tp.product(1, k, n) == 2
+        assert tp.product(1, k, n - 1) == 1
+        assert tp.product(tp.COMPUTE_BOUND_MIN_FLOPS // (2 * 64 * 64) + 1, 64, 64) == 2
+    with normrt.threads(1):
+        assert tp.product(1, k, 4 * n) == 1
+
+
 def test_softmax_splits_by_its_estimated_time(monkeypatch):
     """Softmax splits by its one-thread time (an exp per element), below the memory-bound count
     (which the suite's fixture lowers: restored to its real size here)."""

@@ -277,6 +277,31 @@ def compute_bound(flops):
     return 1 if flops < COMPUTE_BOUND_MIN_FLOPS else allowed_threads()
 
 
+# A float32 product of few rows (an LLM decode step's projections: one row per token) streams its
+# weight once and does 2 flops a weight: its time is the weight's bytes, not its flops, and it
+# falls under COMPUTE_BOUND_MIN_FLOPS long before it is short. One row by a packed (K, N) weight,
+# min of 5 passes (this 2-core EPYC Zen 4; "cold": 200 MB of distinct weights in turn, as a
+# model's layers stream them from DRAM; "warm": one weight again and again), us, 1 / 2 threads:
+#
+#   K x N         cold          warm
+#   256 x 256     16.4 / 16.3   6.0 / 5.8
+#   512 x 512     63.0 / 42.4   17.8 / 10.6
+#   1024 x 512    95.3 / 77.1   27.0 / 17.3
+#   1024 x 1024   209 / 152     51.9 / 31.1
+#   2048 x 1024   422 / 301     118 / 61
+#
+# So a product whose weight has 2^18 elements (1 MB) or more splits whatever its flops: the mid
+# genai Llama's 1024 x 1024 output projections ran on one thread.
+PRODUCT_SPLIT_WEIGHTS = 1 << 18
+
+
+def product(rows, k, n):
+    """Threads for a float32 product of (rows, k) by a (k, n) weight (pyx/gemm)."""
+    if k * n >= PRODUCT_SPLIT_WEIGHTS:
+        return allowed_threads()
+    return compute_bound(2 * rows * k * n)
+
+
 # The 4-bit product (pyx/nbits_gemm, MatMulNBits' codes) of a decode step's few rows (its direct
 # path) is bound by unpacking the codes, not by its flops: one thread reads ~21,000 weights/us
 # for one row, each further row adding ~40% (this 2-core EPYC Zen 4, AVX-512; min

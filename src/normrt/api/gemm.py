@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _checks as chk
 from .._kernels import gemm as _k
-from .._thread_policy import compute_bound
+from .._thread_policy import product
 from .activations import activate
 
 _F32 = np.dtype(np.float32)
@@ -173,7 +173,7 @@ def matmul(a, b, *, bias=None, activation=None, residual=None, out=None, alpha=0
         bdata = b.data
     else:
         bdata = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    nt = compute_bound(2 * m * n * k)
+    nt = product(m, k, n)
     _k.gemm(a.reshape(-1), False, bdata, packed, m, n, k, y.reshape(-1),
             _EMPTY if bias is None else bias, 1,
             _EMPTY if residual is None else residual.reshape(-1), act, workspace(nt), nt, alpha)

@@ -43,31 +43,47 @@ def _positions(seqlens_k, total_length, batch, seq, has_past):
     return past_rows, rotary_start, total, t_len
 
 
-def _rotate(x, cos, sin, half, interleaved):
-    """onnxruntime's rotary embedding of x (B, S, heads, H) by cos, sin (B, S, 1, half) on its first
-    2·half channels (the pairs (x[i], x[half + i]), or interleaved (x[2i], x[2i + 1])), as a new
-    array: the products rounded, then their difference / sum, as the Mul and Sub / Add nodes."""
-    rot = 2 * half
+def _rotary_tables(attrs, cos_cache, sin_cache):
+    """(cos2, sin2): the caches widened to the 2·half rotated channels, (positions, 2, half) for
+    halves, (positions, half, 2) interleaved: cos twice, sin as (-sin, sin), so a rotation is
+    x * cos2 + swapped(x) * sin2 (`_rotate`). Made once per node and cache (kept on the node's
+    attribute dict while the same cache arrays come back)."""
+    kept = attrs.get("_rotary_tables")
+    if kept is not None and kept[0] is cos_cache and kept[1] is sin_cache:
+        return kept[2], kept[3]
+    axis = -1 if attrs["rotary_interleaved"] else -2
+    cos2 = np.stack([cos_cache, cos_cache], axis=axis)
+    sin2 = np.stack([-sin_cache, sin_cache], axis=axis)
+    attrs["_rotary_tables"] = (cos_cache, sin_cache, cos2, sin2)
+    return cos2, sin2
+
+
+def _rotate(x, cos2, sin2):
+    """onnxruntime's rotary embedding of x (B, S, heads, H) on its first R channels by the rows
+    cos2, sin2 (B, S, 1, 2, R / 2) or interleaved (B, S, 1, R / 2, 2) of _rotary_tables, as a new
+    array: x1 cos - x2 sin and x2 cos + x1 sin for the pairs (x1, x2) = (x[i], x[R/2 + i]) or
+    (x[2i], x[2i + 1]). Each product rounded, then the sum, as the Mul and Sub / Add nodes give
+    them (x2 * -sin is -(x2 * sin) exactly, and a + -b is a - b)."""
+    B, S, heads, H = x.shape
+    rot = sin2.shape[-1] * sin2.shape[-2]
     out = np.empty(x.shape, x.dtype)
-    cut = (slice(0, rot, 2), slice(1, rot, 2)) if interleaved else (slice(0, half), slice(half, rot))
-    even, odd = x[..., cut[0]], x[..., cut[1]]
-    new_even, new_odd = out[..., cut[0]], out[..., cut[1]]
-    np.multiply(even, cos, out=new_even)
-    new_even -= odd * sin
-    np.multiply(odd, cos, out=new_odd)
-    new_odd += even * sin
-    if rot < x.shape[-1]:
+    pairs = x[..., :rot].reshape(B, S, heads, *sin2.shape[-2:])
+    swapped = pairs[..., ::-1, :] if sin2.shape[-2] == 2 else pairs[..., ::-1]
+    lead = out[..., :rot].reshape(pairs.shape)
+    np.multiply(pairs, cos2, out=lead)
+    lead += swapped * sin2
+    if rot < H:
         out[..., rot:] = x[..., rot:]
     return out
 
 
 def _rotary_rows(cache, starts, seq):
-    """cache rows starts[b] + s as (B, S, 1, R / 2): Gather's rows (a negative position counts from
+    """cache rows starts[b] + s as (B, S, 1, ...): Gather's rows (a negative position counts from
     the end, one past the end raises), a slice when one row starts inside the cache."""
     if len(starts) == 1 and 0 <= starts[0] and starts[0] + seq <= cache.shape[0]:
-        return cache[starts[0]:starts[0] + seq][None, :, None, :]
+        return cache[starts[0]:starts[0] + seq][None, :, None]
     pos = np.asarray(starts, np.int64)[:, None] + np.arange(seq)[None, :]
-    return cache[pos][:, :, None, :]
+    return cache[pos][:, :, None]
 
 
 def _present(past, new, past_rows, length):
@@ -123,13 +139,13 @@ def group_query_attention(attrs, n_out, query, key=None, value=None, past_key=No
     length = max(P, t_len)
 
     if attrs["do_rotary"]:
-        cos, sin = _rotary_rows(cos_cache, rotary_start, S), _rotary_rows(sin_cache, rotary_start, S)
-        rotate = (cos_cache.shape[1], bool(attrs["rotary_interleaved"]))
+        cos2, sin2 = _rotary_tables(attrs, cos_cache, sin_cache)
+        cos2, sin2 = _rotary_rows(cos2, rotary_start, S), _rotary_rows(sin2, rotary_start, S)
         if qkv is not None:         # Q and K side by side: one rotation over both
-            qk = _rotate(qkv[:, :, :heads + kv_heads], cos, sin, *rotate)
+            qk = _rotate(qkv[:, :, :heads + kv_heads], cos2, sin2)
             q, k = qk[:, :, :heads], qk[:, :, heads:]
         else:
-            q, k = _rotate(q, cos, sin, *rotate), _rotate(k, cos, sin, *rotate)
+            q, k = _rotate(q, cos2, sin2), _rotate(k, cos2, sin2)
 
     present_k = _present(past_key, k.transpose(0, 2, 1, 3), past_rows, length)
     present_v = _present(past_value, v.transpose(0, 2, 1, 3), past_rows, length)

@@ -9,7 +9,7 @@ import numpy as np
 from ..._kernels import gemm as _kgemm
 from ..._kernels import small_gemm as _ksmall_gemm
 from ..._kernels.prepared_gemm import PreparedGemm as _PreparedGemm
-from ..._thread_policy import compute_bound
+from ..._thread_policy import compute_bound, product
 from ..._kernels.gemm import workspace_size as _workspace_size
 from ...api.gemm import matmul as _kernel_matmul
 from ...api.gemm import workspace as _gemm_workspace
@@ -191,7 +191,7 @@ def fast_gemm(src, a, packed, out_meta, buffer, bias=None, residual=None, activa
         res = f", {er}"
     # threads from the work (normrt._thread_policy; decided once, at specialization);
     # the GEMM kernel's results do not depend on the thread count
-    nt = min(n_threads, compute_bound(2 * m * n * k))
+    nt = min(n_threads, product(m, k, n))
     ws = src.workspace(_workspace_size(nt))     # the plan's own (shared by its steps; runs hold its lock)
     y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
     # the kernel call bound once (pyx/prepared_gemm.pyx): the same product as gemm.gemm, without
