@@ -66,6 +66,11 @@ def implicit_inputs(node):
     return sorted(found)
 
 
+def free_names(graph):
+    """The outer-scope names subgraph `graph` reads (a set)."""
+    return _graph_free_names(graph)
+
+
 def _graph_free_names(graph):
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     defined |= {t.values.name for t in graph.sparse_initializer}

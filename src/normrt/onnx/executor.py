@@ -141,6 +141,9 @@ def bind_node(node, opsets, functions=()):
                 f"op {node.op_type!r} (domain 'normrt', opset version {version}) of node {node_label(node)}: "
                 f"this normrt implements normrt opset {NORMRT_OPSET} only")
         return kernels.KernelNode(node, decode_attributes(node))
+    if domain == "" and node.op_type == "If":
+        from .control_flow import IfNode
+        return IfNode(node, opsets, functions)
     load_numpy_ops()
     version = opsets.get(domain)
     if version is not None:
@@ -244,13 +247,17 @@ class Trace:
 class Executor:
     """Runs a checked model's graph. `steps` is the load-time plan with each node's binding."""
 
-    def __init__(self, model, constants=None, *, specialize=True):
+    def __init__(self, model, constants=None, *, specialize=True, functions=None):
         """`constants` {name: ndarray}: the initializers' values where `model` holds data-less stubs
-        (normrt.onnx.initializers; the session's one copy of its weights)."""
+        (normrt.onnx.initializers; the session's one copy of its weights). `functions`: the local
+        functions' evaluators of the model around a subgraph's (control_flow.IfNode)."""
         self.model = model
         graph = model.graph
         self.opsets = {canonical_domain(o.domain): o.version for o in model.opset_import}
-        self.functions = function_evaluators(model.functions) if len(model.functions) else []
+        if functions is not None:
+            self.functions = functions
+        else:
+            self.functions = function_evaluators(model.functions) if len(model.functions) else []
         self.plan = build_plan(graph)
         given = constants or {}
         self.constants = {t.name: given[t.name] if t.name in given else numpy_helper.to_array(t)
@@ -347,7 +354,11 @@ class Executor:
         """How many nodes each implementation kind runs: {'kernel': k, 'numpy': n, 'reference': r}."""
         out = {"kernel": 0, "numpy": 0, "reference": 0}
         for s in self.steps:
-            out[s.kind] += 1
+            if s.kind == "subgraph":      # an If: its branches' nodes
+                for kind, n in s.run.counts().items():
+                    out[kind] += n
+            else:
+                out[s.kind] += 1
         return out
 
     # ------------------------------------------------------------ running

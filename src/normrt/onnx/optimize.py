@@ -35,6 +35,7 @@ import onnx
 from ..errors import ModelError
 from ._graph import NORMRT_DOMAIN, NORMRT_OPSET, name_unnamed_nodes, node_reads
 from .initializers import attach
+from .optimize_branches import optimize_branches
 from .loader import check, check_structure, load_detached
 from .passes import PassContext
 from .report import Report
@@ -181,6 +182,7 @@ def optimize_detached(proto, passes=None, constants=None, half_compute=DEFAULT_M
     InferenceSession hands them to the executor as they are.
     """
     check_mode(half_compute)
+    given_passes = passes
     again = after_half_regions() if passes is None else []
     passes = default_passes() if passes is None else list(passes)
     if half_compute == "float32":
@@ -197,11 +199,13 @@ def optimize_detached(proto, passes=None, constants=None, half_compute=DEFAULT_M
         names = {p.name for p in again}
         report.refused = [e for e in report.refused if e["pass"] not in names]
         _run_passes(ctx, again)
+    # If nodes' branches (Optimum's merged decoders hold the model there): the same passes
+    branch_kernels = optimize_branches(ctx, optimize_detached, given_passes, half_compute)
     removed += _remove_dead_nodes(ctx)
     ctx.commit()
     report.passes["dead_nodes"] = removed
     model = ctx.model
-    if report.fused or any(node.domain == NORMRT_DOMAIN for node in model.graph.node):
+    if report.fused or branch_kernels or any(node.domain == NORMRT_DOMAIN for node in model.graph.node):
         if not any(o.domain == NORMRT_DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(NORMRT_DOMAIN, NORMRT_OPSET))
     if model.ir_version < 4:

@@ -1,0 +1,150 @@
+"""If nodes on normrt's executor (control_flow.py) with their branches rewritten by the passes
+(optimize_branches.py): exported models wrapped as the branches of an If, their weights in the
+outer scope, as Optimum's merged decoders hold a whole model twice; nested Ifs, branches reading
+outer activations and handing them back; against the plain model's outputs and onnx.reference."""
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings, strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import normrt
+
+DATA = Path(__file__).parent.parent / "data"
+FIXTURES = {e["file"]: e for e in json.loads((DATA / "fixtures.json").read_text())["fixtures"]}
+WRAPPED = ["hf_llama__legacy17.onnx", "hf_bert__legacy17.onnx", "preln_block__dynamo18.onnx"]
+
+
+def _renamed(graph, suffix, keep):
+    """graph's nodes with every value and node name but `keep` suffixed (a sibling branch's copy)."""
+    nodes = []
+    for n in graph.node:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.name = n.name + suffix
+        c.input[:] = [i if not i or i in keep else i + suffix for i in n.input]
+        c.output[:] = [o if not o or o in keep else o + suffix for o in n.output]
+        nodes.append(c)
+    return nodes
+
+
+def wrap_in_if(model):
+    """model's graph as both branches of an If on a new bool input `use_first`: the weights and
+    the inputs in the outer scope, the else branch a renamed copy; the If writes the outputs."""
+    g = model.graph
+    outer = {t.name for t in g.initializer} | {i.name for i in g.input}
+    outs = [o.name for o in g.output]
+    then_g = helper.make_graph(_renamed(g, "__then", outer), "then", [],
+                               [helper.make_tensor_value_info(o + "__then", o_.type.tensor_type.elem_type, None)
+                                for o, o_ in zip(outs, g.output)])
+    else_g = helper.make_graph(_renamed(g, "__else", outer), "else", [],
+                               [helper.make_tensor_value_info(o + "__else", o_.type.tensor_type.elem_type, None)
+                                for o, o_ in zip(outs, g.output)])
+    node = helper.make_node("If", ["use_first"], outs, name="merged", then_branch=then_g, else_branch=else_g)
+    graph = helper.make_graph([node], "merged", [helper.make_tensor_value_info("use_first", TensorProto.BOOL, [])]
+                              + list(g.input), list(g.output), list(g.initializer))
+    m = helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    return m
+
+
+@pytest.mark.parametrize("file", WRAPPED)
+def test_an_exported_model_as_both_branches_fuses_and_matches(file):
+    model = onnx.load(str(DATA / file))
+    data = np.load(DATA / file.replace(".onnx", ".npz"))
+    feeds = {k.removeprefix("input:"): v for k, v in data.items() if k.startswith("input:")}
+    want = [data[f"output:{o.name}"] for o in model.graph.output]
+    plain = normrt.InferenceSession(str(DATA / file))
+    plain_ops = collections.Counter(n.op_type for n in plain.optimized_model.graph.node if n.domain == "normrt")
+    merged = wrap_in_if(model)
+    onnx.checker.check_model(merged)
+    sess = normrt.InferenceSession(merged.SerializeToString())
+    opt = sess.optimized_model
+    onnx.checker.check_model(opt)
+    for attr in opt.graph.node[0].attribute:
+        # each branch fused as the plain model is
+        ops = collections.Counter(n.op_type for n in attr.g.node if n.domain == "normrt")
+        assert ops == plain_ops, (attr.name, ops, plain_ops)
+    assert sess.executor.counts()["reference"] == 0
+    _, report = normrt.optimize(merged, report=True)
+    assert {e.get("branch") for e in report["fused"]} == {"merged/then_branch", "merged/else_branch"}
+    for flag in (True, False):
+        got = sess.run(None, dict(feeds, use_first=np.array(flag)))
+        for g_, w in zip(got, want):
+            np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)
+
+
+def _ln(prefix, x, out, w, b):
+    """A written-out LayerNorm: ReduceMean, Sub, Mul, ReduceMean, Add eps, Sqrt, Div, Mul, Add."""
+    p = prefix
+    return [helper.make_node("ReduceMean", [x], [p + "m"], axes=[-1]), helper.make_node("Sub", [x, p + "m"], [p + "d"]),
+            helper.make_node("Mul", [p + "d", p + "d"], [p + "d2"]),
+            helper.make_node("ReduceMean", [p + "d2"], [p + "v"], axes=[-1]),
+            helper.make_node("Add", [p + "v", "eps"], [p + "ve"]), helper.make_node("Sqrt", [p + "ve"], [p + "s"]),
+            helper.make_node("Div", [p + "d", p + "s"], [p + "n"]), helper.make_node("Mul", [p + "n", w], [p + "nw"]),
+            helper.make_node("Add", [p + "nw", b], [out])]
+
+
+def nested_model(width, passthrough):
+    """y = If(c1): then (If(c2): then LN(x @ W), else LN(relu(h))) where h = x + 1 computed outside;
+    else Identity(h) (an outer activation handed back as it is, `passthrough`) or LN(h). z = Relu(y)."""
+    f = TensorProto.FLOAT
+    inner_then = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["a_h"])] + _ln("a_", "a_h", "a_y", "g", "b"),
+                                   "inner_then", [], [helper.make_tensor_value_info("a_y", f, None)])
+    inner_else = helper.make_graph([helper.make_node("Relu", ["h"], ["b_h"])] + _ln("b_", "b_h", "b_y", "g", "b"),
+                                   "inner_else", [], [helper.make_tensor_value_info("b_y", f, None)])
+    then_g = helper.make_graph([helper.make_node("If", ["c2"], ["t_y"], then_branch=inner_then,
+                                                 else_branch=inner_else)],
+                               "then", [], [helper.make_tensor_value_info("t_y", f, None)])
+    else_nodes = [helper.make_node("Identity", ["h"], ["e_y"])] if passthrough else _ln("e_", "h", "e_y", "g", "b")
+    else_g = helper.make_graph(else_nodes, "else", [], [helper.make_tensor_value_info("e_y", f, None)])
+    rng = np.random.default_rng(width)
+    inits = [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, width).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    nodes = [helper.make_node("Add", ["x", "one"], ["h"]),
+             helper.make_node("If", ["c1"], ["y"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("c1", TensorProto.BOOL, []),
+                                           helper.make_tensor_value_info("c2", TensorProto.BOOL, []),
+                                           helper.make_tensor_value_info("x", f, ["n", width])],
+                              [helper.make_tensor_value_info("z", f, ["n", width]),
+                               helper.make_tensor_value_info("h", f, ["n", width])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from([8, 33, 64]), st.booleans(), st.integers(1, 5), st.integers(0, 2 ** 16))
+def test_nested_ifs_and_outer_activations(width, passthrough, rows, seed):
+    m = nested_model(width, passthrough)
+    sess = normrt.InferenceSession(m.SerializeToString())
+    assert sess.executor.counts()["reference"] == 0
+    assert sess.executor.counts()["kernel"] == 2 + (0 if passthrough else 1)       # each LN on the kernel
+    ref = ReferenceEvaluator(m)
+    x = np.random.default_rng(seed).standard_normal((rows, width)).astype(np.float32)
+    for c1 in (True, False):
+        for c2 in (True, False):
+            feeds = {"c1": np.array(c1), "c2": np.array(c2), "x": x}
+            got, want = sess.run(None, feeds), ref.run(None, feeds)
+            for g_, w in zip(got, want):
+                np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)
+            # h, handed back through the else branch, is still x + 1 after the Relu read y
+            np.testing.assert_array_equal(got[1], x + np.float32(1))
+
+
+def test_a_condition_of_more_than_one_value_is_refused():
+    m = nested_model(8, True)
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("c1", TensorProto.BOOL, ["k"]))
+    sess = normrt.InferenceSession(m.SerializeToString())
+    with pytest.raises(ValueError, match="condition must hold one value"):
+        sess.run(None, {"c1": np.array([True, False]), "c2": np.array(True),
+                        "x": np.zeros((2, 8), np.float32)})
