@@ -61,6 +61,10 @@ cdef extern from "attention_kernel.h":
     void pv_block "nrt_pv_block"(const float* p, Py_ssize_t nr, Py_ssize_t nk, const float* v,
                                  Py_ssize_t ldv, Py_ssize_t Dv, float* o) noexcept nogil
 
+# the most query rows a call may have for the keys-in-lanes items (0 where they are not built):
+# callers that choose how to lay out their rows read it
+FEW_QUERY_ROWS = FEW_ROWS
+
 cdef enum:
     SUM_LANES = 16      # one vector of independent partial sums (KB is a multiple)
 

@@ -168,14 +168,17 @@ def group_query_attention(attrs, n_out, query, key=None, value=None, past_key=No
     # the flops (api.attention's checks would double this call's time on a decode step)
     threads = compute_bound(4 * B * heads * S * length * size)
     rep = heads // kv_heads
-    if rep == 1 or causal:
+    # each KV head's query heads as the rows of one query (below) where that makes few rows;
+    # else per head: a decode step's single row per head takes the kernel's keys-in-lanes items,
+    # which more rows (7 query heads a KV head) would leave for the rows-in-lanes ones
+    few = _ka.FEW_QUERY_ROWS
+    if rep == 1 or causal or (rep * S > few and S <= few):
         y = np.empty((B, S, heads, size), np.float32)
         _ka.attention_fwd(q.transpose(0, 2, 1, 3), present_k, present_v, _NO_BIAS if bias is None else bias,
                           y.transpose(0, 2, 1, 3), attrs["scale"], causal, threads)
         return y.reshape(B, S, heads * size), present_k, present_v
-    # each KV head's query heads as the rows of one query (B, KV, rep·S, H), the rows (r, s): the
-    # kernel holds a work item's rows in vector lanes, and a decode step's one row per head
-    # would fill one lane of 16; each lane computes alone, so the values are the same
+    # each KV head's query heads as the rows of one query (B, KV, rep·S, H), the rows (r, s): one
+    # work item reads the KV head's keys and values once for all of them
     rows = q.reshape(B, S, kv_heads, rep, size).transpose(0, 2, 3, 1, 4).reshape(B, kv_heads, rep * S, size)
     if bias is not None:
         bias = np.tile(bias, (1, 1, rep, 1))
