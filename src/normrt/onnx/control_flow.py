@@ -6,7 +6,7 @@ and Whisper repositories on the hub ship) hold the whole model twice, in the two
 one If on `use_cache_branch`. onnx.reference ran the If, with every node of the branch taken in
 its pure-Python implementations. A branch is a graph like any other, so it runs as one: an
 Executor of the branch, whose inputs are the outer-scope names it reads, fed from the values of
-the graph around it (constants included, never copied); its kernel, numpy and reference nodes
+the graph around it (the graph's constants as its own, never copied); its kernel, numpy and reference nodes
 bound at load, as the main graph's are. The optimizer's passes rewrite the branches too
 (optimize_branches.py), so their norms and attention are on the fused kernels.
 
@@ -16,14 +16,18 @@ import numpy as np
 from onnx import helper
 
 from ._graph import free_names
+from .initializers import stub
 
 
-def branch_model(graph, outer_names, opsets):
-    """A ModelProto of subgraph `graph` whose graph inputs are the outer-scope names it reads
-    (`opsets` {domain: version}: the model's)."""
+def branch_model(graph, outer_names, outer_constants, opsets):
+    """A ModelProto of subgraph `graph` whose graph inputs are the outer-scope names it reads,
+    but `outer_constants` {name: array}, initializers of it (data-less stubs: the executor is
+    handed the arrays); `opsets` {domain: version}: the model's."""
     g = helper.make_graph(list(graph.node), graph.name or "branch",
-                          [helper.make_empty_tensor_value_info(n) for n in outer_names],
-                          list(graph.output), list(graph.initializer), value_info=list(graph.value_info))
+                          [helper.make_empty_tensor_value_info(n) for n in outer_names if n not in outer_constants],
+                          list(graph.output),
+                          list(graph.initializer) + [stub(n, v) for n, v in outer_constants.items()],
+                          value_info=list(graph.value_info))
     g.sparse_initializer.extend(graph.sparse_initializer)
     return helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
 
@@ -33,7 +37,7 @@ class IfNode:
 
     kind = "subgraph"
 
-    def __init__(self, node, opsets, functions=()):
+    def __init__(self, node, opsets, functions=(), constants=None):
         from .executor import Executor         # (executor binds this class: imported when bound)
         self.node = node
         self.outputs = [o for o in node.output if o]
@@ -41,8 +45,12 @@ class IfNode:
         self.branches = {}
         for attr in node.attribute:
             if attr.name in ("then_branch", "else_branch"):
-                outer = sorted(free_names(attr.g))
-                ex = Executor(branch_model(attr.g, outer, opsets), functions=list(functions))
+                names = sorted(free_names(attr.g))
+                # the graph's constants the branch reads are its constants too (the same arrays):
+                # its weights packed once, its plans specialized on its inputs' shapes alone
+                given = {n: constants[n] for n in names if constants and n in constants}
+                outer = [n for n in names if n not in given]
+                ex = Executor(branch_model(attr.g, names, given, opsets), given, functions=list(functions))
                 if len(ex.output_names) != len(node.output):
                     from ..errors import ModelError
                     raise ModelError(f"If node {node.name!r}: its {attr.name} has {len(ex.output_names)} outputs, "

@@ -131,8 +131,9 @@ class NumpyNode:
         return [res[i] if i < len(res) else None for i in self.out_positions]
 
 
-def bind_node(node, opsets, functions=()):
-    """The callable that runs `node`: (args, values) -> list of its non-empty outputs."""
+def bind_node(node, opsets, functions=(), constants=None):
+    """The callable that runs `node`: (args, values) -> list of its non-empty outputs
+    (`constants`: the graph's, which an If's branches read as constants of their own)."""
     domain = canonical_domain(node.domain)
     if domain == NORMRT_DOMAIN:
         version = opsets.get(NORMRT_DOMAIN, NORMRT_OPSET)
@@ -143,7 +144,7 @@ def bind_node(node, opsets, functions=()):
         return kernels.KernelNode(node, decode_attributes(node))
     if domain == "" and node.op_type == "If":
         from .control_flow import IfNode
-        return IfNode(node, opsets, functions)
+        return IfNode(node, opsets, functions, constants or {})
     load_numpy_ops()
     version = opsets.get(domain)
     if version is not None:
@@ -264,7 +265,7 @@ class Executor:
                           for t in graph.initializer}
         for value in self.constants.values():
             value.flags.writeable = False     # shared by every run: an op writing into one is a bug
-        self.steps = [Step(node, bind_node(node, self.opsets, self.functions), release)
+        self.steps = [Step(node, bind_node(node, self.opsets, self.functions, self.constants), release)
                       for node, release in zip(self.plan.nodes, self.plan.release_after)]
         for step in self.steps:
             if step.kind == "kernel" and step.run.packer is not None:
