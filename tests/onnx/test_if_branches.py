@@ -4,6 +4,7 @@ outer scope, as Optimum's merged decoders hold a whole model twice; nested Ifs, 
 outer activations and handing them back; against the plain model's outputs and onnx.reference."""
 import collections
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,42 +16,15 @@ from onnx.reference import ReferenceEvaluator
 
 import normrt
 
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # bench/ is a package at the repo root, not installed
+    sys.path.insert(0, str(REPO))
+
+from bench.if_branches import wrap_in_if  # noqa: E402
+
 DATA = Path(__file__).parent.parent / "data"
 FIXTURES = {e["file"]: e for e in json.loads((DATA / "fixtures.json").read_text())["fixtures"]}
 WRAPPED = ["hf_llama__legacy17.onnx", "hf_bert__legacy17.onnx", "preln_block__dynamo18.onnx"]
-
-
-def _renamed(graph, suffix, keep):
-    """graph's nodes with every value and node name but `keep` suffixed (a sibling branch's copy)."""
-    nodes = []
-    for n in graph.node:
-        c = onnx.NodeProto()
-        c.CopyFrom(n)
-        c.name = n.name + suffix
-        c.input[:] = [i if not i or i in keep else i + suffix for i in n.input]
-        c.output[:] = [o if not o or o in keep else o + suffix for o in n.output]
-        nodes.append(c)
-    return nodes
-
-
-def wrap_in_if(model):
-    """model's graph as both branches of an If on a new bool input `use_first`: the weights and
-    the inputs in the outer scope, the else branch a renamed copy; the If writes the outputs."""
-    g = model.graph
-    outer = {t.name for t in g.initializer} | {i.name for i in g.input}
-    outs = [o.name for o in g.output]
-    then_g = helper.make_graph(_renamed(g, "__then", outer), "then", [],
-                               [helper.make_tensor_value_info(o + "__then", o_.type.tensor_type.elem_type, None)
-                                for o, o_ in zip(outs, g.output)])
-    else_g = helper.make_graph(_renamed(g, "__else", outer), "else", [],
-                               [helper.make_tensor_value_info(o + "__else", o_.type.tensor_type.elem_type, None)
-                                for o, o_ in zip(outs, g.output)])
-    node = helper.make_node("If", ["use_first"], outs, name="merged", then_branch=then_g, else_branch=else_g)
-    graph = helper.make_graph([node], "merged", [helper.make_tensor_value_info("use_first", TensorProto.BOOL, [])]
-                              + list(g.input), list(g.output), list(g.initializer))
-    m = helper.make_model(graph, opset_imports=list(model.opset_import))
-    m.ir_version = model.ir_version
-    return m
 
 
 @pytest.mark.parametrize("file", WRAPPED)

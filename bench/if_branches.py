@@ -1,0 +1,92 @@
+"""A model as Optimum's merged decoders hold it: the graph as both branches of an If, the weights
+in the outer scope (control_flow.py, optimize_branches.py). Times the plain export and its
+If-wrapped form in normrt, and the wrapped form in onnxruntime, each runtime in its own blocks
+after a pause.
+
+    python -m bench.if_branches                   # tests/data's LLaMA, BERT and pre-LN block exports
+    python -m bench.if_branches FILE.onnx ... --runs 50 --blocks 3 --threads 2
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DEFAULT = ["hf_llama__legacy17.onnx", "hf_bert__legacy17.onnx", "preln_block__dynamo18.onnx"]
+
+
+def _renamed(graph, suffix, keep):
+    """graph's nodes with every value and node name but `keep` suffixed (a sibling branch's copy)."""
+    nodes = []
+    for n in graph.node:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.name = n.name + suffix
+        c.input[:] = [i if not i or i in keep else i + suffix for i in n.input]
+        c.output[:] = [o if not o or o in keep else o + suffix for o in n.output]
+        nodes.append(c)
+    return nodes
+
+
+def wrap_in_if(model):
+    """model's graph as both branches of an If on a new bool input `use_first`: the weights and
+    the inputs in the outer scope, the else branch a renamed copy; the If writes the outputs."""
+    g = model.graph
+    outer = {t.name for t in g.initializer} | {i.name for i in g.input}
+    outs = [o.name for o in g.output]
+    then_g = helper.make_graph(_renamed(g, "__then", outer), "then", [],
+                               [helper.make_tensor_value_info(o + "__then", o_.type.tensor_type.elem_type, None)
+                                for o, o_ in zip(outs, g.output)])
+    else_g = helper.make_graph(_renamed(g, "__else", outer), "else", [],
+                               [helper.make_tensor_value_info(o + "__else", o_.type.tensor_type.elem_type, None)
+                                for o, o_ in zip(outs, g.output)])
+    node = helper.make_node("If", ["use_first"], outs, name="merged", then_branch=then_g, else_branch=else_g)
+    graph = helper.make_graph([node], "merged", [helper.make_tensor_value_info("use_first", TensorProto.BOOL, [])]
+                              + list(g.input), list(g.output), list(g.initializer))
+    m = helper.make_model(graph, opset_imports=list(model.opset_import))
+    m.ir_version = model.ir_version
+    return m
+
+
+def feeds_of(path):
+    """The inputs stored beside a tests/data export (its .npz)."""
+    data = np.load(str(path).replace(".onnx", ".npz"))
+    return {k.removeprefix("input:"): v for k, v in data.items() if k.startswith("input:")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", help=f"exports with an .npz of inputs beside them (default: {DEFAULT})")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--blocks", type=int, default=3)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import normrt
+    from normrt.timing import time_blocks
+
+    print(f"{args.threads} threads; min over {args.blocks} blocks of the block median of {args.runs} runs")
+    print("| model | normrt plain ms | normrt in an If ms | onnxruntime in an If ms |")
+    print("|---|---:|---:|---:|")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.threads
+    for name in args.models or DEFAULT:
+        path = Path(name) if Path(name).exists() else DATA / name
+        feeds = feeds_of(path)
+        merged = wrap_in_if(onnx.load(str(path))).SerializeToString()
+        wrapped = dict(feeds, use_first=np.array(True))
+        plain = normrt.InferenceSession(str(path), num_threads=args.threads)
+        ours = normrt.InferenceSession(merged, num_threads=args.threads)
+        theirs = ort.InferenceSession(merged, so, providers=["CPUExecutionProvider"])
+        for got, want in zip(ours.run(None, wrapped), theirs.run(None, wrapped)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        t = time_blocks({"plain": lambda: plain.run(None, feeds), "if": lambda: ours.run(None, wrapped),
+                         "ort": lambda: theirs.run(None, wrapped)}, repeat=args.runs, blocks=args.blocks)
+        print(f"| {path.stem} | {t['plain'].best * 1e3:.3f} | {t['if'].best * 1e3:.3f} | {t['ort'].best * 1e3:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
