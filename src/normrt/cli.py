@@ -390,6 +390,7 @@ def _node_dtypes(node, types):
 
 def cmd_inspect(args, out):
     import normrt
+    from .onnx._graph import all_nodes
     from .onnx.executor import Executor
     from .onnx.loader import load_model
     from .onnx.report import dtype_name, is_attention, is_epilogue, value_elem_types
@@ -405,7 +406,7 @@ def cmd_inspect(args, out):
                                                               f"after normrt.optimize"]), file=out)
 
         types = value_elem_types(model)
-        nodes = {n.name: n for n in model.graph.node}
+        nodes = {n.name: n for n in all_nodes(model.graph)}      # If branches' fused nodes too
         feeds = {i.name for i in original.graph.input} - {t.name for t in original.graph.initializer}
         print("inputs: " + ", ".join(f"{vi.name} {dtype_name(vi.type.tensor_type.elem_type)} "
                                      f"{_fmt_shape(vi.type)}" for vi in original.graph.input if vi.name in feeds),

@@ -122,3 +122,14 @@ def test_a_condition_of_more_than_one_value_is_refused():
     with pytest.raises(ValueError, match="condition must hold one value"):
         sess.run(None, {"c1": np.array([True, False]), "c2": np.array(True),
                         "x": np.zeros((2, 8), np.float32)})
+
+
+def test_inspect_lists_the_branch_fusions_with_their_dtypes(tmp_path, capsys):
+    from normrt import cli
+    path = tmp_path / "merged.onnx"
+    onnx.save(wrap_in_if(onnx.load(str(DATA / "hf_llama__legacy17.onnx"))), str(path))
+    assert cli.main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "normalizations on normrt kernels: 10" in out and "attention subgraphs on the fused kernel: 4" in out
+    rows = [line for line in out.splitlines() if "__then" in line or "__else" in line]
+    assert len(rows) == 26 and all(line.rstrip().endswith("float32 -> float32") for line in rows)

@@ -66,6 +66,14 @@ def implicit_inputs(node):
     return sorted(found)
 
 
+def all_nodes(graph):
+    """graph's nodes and its subgraphs' (If branches, Loop / Scan bodies), depth first."""
+    for node in graph.node:
+        yield node
+        for g in subgraphs(node):
+            yield from all_nodes(g)
+
+
 def free_names(graph):
     """The outer-scope names subgraph `graph` reads (a set)."""
     return _graph_free_names(graph)

@@ -20,7 +20,7 @@ The report gets the branch's fusions (their node names as the branch has them).
 import numpy as np
 from onnx import helper, numpy_helper
 
-from ._graph import NameGen, canonical_domain, free_names, subgraphs
+from ._graph import NameGen, all_nodes, canonical_domain, free_names, subgraphs
 from .initializers import is_stub, stub
 
 
@@ -37,7 +37,7 @@ def optimize_branches(ctx, optimize_detached, passes, half_compute):
             if attr.name in ("then_branch", "else_branch"):
                 graph, report = _optimize_branch(ctx, attr.g, optimize_detached, passes, half_compute, names)
                 attr.g.CopyFrom(graph)
-                normrt_nodes |= any(canonical_domain(n.domain) == "normrt" for n in _all_nodes(graph))
+                normrt_nodes |= any(canonical_domain(n.domain) == "normrt" for n in all_nodes(graph))
                 for entry in report.fused:
                     ctx.report.fused.append(dict(entry, branch=f"{node.name}/{attr.name}"))
                 for entry in report.refused:
@@ -46,13 +46,6 @@ def optimize_branches(ctx, optimize_detached, passes, half_compute):
                     ctx.report.passes[name] = ctx.report.passes.get(name, 0) + count
     ctx.nodes = ctx.nodes          # the If nodes' implicit reads changed: index them again
     return normrt_nodes
-
-
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for g in subgraphs(node):
-            yield from _all_nodes(g)
 
 
 def _optimize_branch(ctx, g, optimize_detached, passes, half_compute, names):

@@ -103,21 +103,38 @@ def value_elem_types(model):
     """{value name: TensorProto element type} of a (rewritten) model, known statically: declared
     inputs, initializers and value_info, then node by node in graph order, normrt nodes typing their
     outputs like X (LayerNorm's Mean / InvStdDev: stash_type) and standard ones by onnx's per-node
-    inference. A value it cannot type is absent (custom domains, functions, subgraph outputs)."""
-    from onnx import defs, helper, shape_inference
-
-    from ._graph import NORMRT_DOMAIN, canonical_domain, opset_versions
+    inference, an If's branches too. A value it cannot type is absent (custom domains, functions,
+    Loop / Scan bodies)."""
+    from ._graph import opset_versions
 
     g = model.graph
     types = {}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
             types[vi.name] = vi.type
+    _type_graph(g, types, opset_versions(model), model)
+    return {name: tp.tensor_type.elem_type for name, tp in types.items()}
+
+
+def _type_graph(g, types, opsets, model):
+    """value_elem_types' node-by-node typing of graph `g` into `types`; an If's branches in turn
+    (control_flow.py runs them, optimize_branches.py fuses in them), its outputs typed as theirs."""
+    from onnx import defs, helper, shape_inference
+
+    from ._graph import NORMRT_DOMAIN, canonical_domain
+
     for t in g.initializer:
         types[t.name] = helper.make_tensor_type_proto(t.data_type, list(t.dims))
-    opsets = opset_versions(model)
     for node in g.node:
         domain = canonical_domain(node.domain)
+        if not domain and node.op_type == "If":
+            for attr in node.attribute:
+                if attr.name in ("then_branch", "else_branch"):
+                    _type_graph(attr.g, types, opsets, model)
+                    for o, bo in zip(node.output, attr.g.output):
+                        if o and bo.name in types:
+                            types.setdefault(o, types[bo.name])
+            continue
         if domain == NORMRT_DOMAIN:
             x = types.get(node.input[0]) if node.input else None
             if x is None:
@@ -150,7 +167,6 @@ def value_elem_types(model):
         for name, tp in out.items():
             if tp.HasField("tensor_type") and tp.tensor_type.elem_type:
                 types[name] = tp
-    return {name: tp.tensor_type.elem_type for name, tp in types.items()}
 
 
 def dtype_name(elem_type):
