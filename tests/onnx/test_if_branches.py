@@ -133,3 +133,21 @@ def test_inspect_lists_the_branch_fusions_with_their_dtypes(tmp_path, capsys):
     assert "normalizations on normrt kernels: 10" in out and "attention subgraphs on the fused kernel: 4" in out
     rows = [line for line in out.splitlines() if "__then" in line or "__else" in line]
     assert len(rows) == 26 and all(line.rstrip().endswith("float32 -> float32") for line in rows)
+
+
+def test_a_branch_the_passes_cannot_take_runs_as_written(monkeypatch):
+    """A failure optimizing a branch leaves that branch as written (reported), never the model unloaded."""
+    from normrt.onnx import optimize_branches
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(optimize_branches, "_optimize_branch", broken)
+    m = nested_model(8, False)
+    _, report = normrt.optimize(m, report=True)
+    refused = [r for r in report["refused"] if r["pass"] == "optimize_branches"]
+    assert len(refused) == 2 and "boom" in refused[0]["reason"]
+    sess = normrt.InferenceSession(m.SerializeToString())
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    feeds = {"c1": np.array(False), "c2": np.array(True), "x": x}
+    for g_, w in zip(sess.run(None, feeds), ReferenceEvaluator(m).run(None, feeds)):
+        np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)

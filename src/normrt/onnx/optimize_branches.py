@@ -35,7 +35,13 @@ def optimize_branches(ctx, optimize_detached, passes, half_compute):
     for node in ifs:
         for attr in node.attribute:
             if attr.name in ("then_branch", "else_branch"):
-                graph, report = _optimize_branch(ctx, attr.g, optimize_detached, passes, half_compute, names)
+                try:
+                    graph, report = _optimize_branch(ctx, attr.g, optimize_detached, passes, half_compute, names)
+                except Exception as e:  # noqa: BLE001 - the branch then runs as written, as before
+                    ctx.report.refused.append({"pass": "optimize_branches", "op": "If", "nodes": [node.name],
+                                               "reason": f"{attr.name} left as written: {type(e).__name__}: "
+                                                         f"{str(e).splitlines()[0] if str(e) else ''}"})
+                    continue
                 attr.g.CopyFrom(graph)
                 normrt_nodes |= any(canonical_domain(n.domain) == "normrt" for n in all_nodes(graph))
                 for entry in report.fused:
