@@ -10,7 +10,9 @@ the graph around it (the graph's constants as its own, never copied); its kernel
 bound at load, as the main graph's are. The optimizer's passes rewrite the branches too
 (optimize_branches.py), so their norms and attention are on the fused kernels.
 
-Loop and Scan stay on onnx.reference (fallback.py).
+A Loop runs its body the same way, once per iteration: the body's own inputs (the iteration
+number, the condition, the loop-carried values) fed each time, the outer values as for a branch.
+Scan stays on onnx.reference (fallback.py).
 """
 import numpy as np
 from onnx import helper
@@ -20,16 +22,38 @@ from .initializers import stub
 
 
 def branch_model(graph, outer_names, outer_constants, opsets):
-    """A ModelProto of subgraph `graph` whose graph inputs are the outer-scope names it reads,
-    but `outer_constants` {name: array}, initializers of it (data-less stubs: the executor is
-    handed the arrays); `opsets` {domain: version}: the model's."""
+    """A ModelProto of subgraph `graph` whose graph inputs are its own (a Loop body's) then the
+    outer-scope names it reads, but `outer_constants` {name: array}, initializers of it (data-less
+    stubs: the executor is handed the arrays); `opsets` {domain: version}: the model's."""
     g = helper.make_graph(list(graph.node), graph.name or "branch",
-                          [helper.make_empty_tensor_value_info(n) for n in outer_names if n not in outer_constants],
+                          list(graph.input) + [helper.make_empty_tensor_value_info(n) for n in outer_names
+                                               if n not in outer_constants],
                           list(graph.output),
                           list(graph.initializer) + [stub(n, v) for n, v in outer_constants.items()],
                           value_info=list(graph.value_info))
     g.sparse_initializer.extend(graph.sparse_initializer)
     return helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+
+
+def _subgraph_executor(graph, opsets, functions, constants):
+    """(Executor of `graph` as branch_model makes it, the outer names fed to it on each run)."""
+    from .executor import Executor         # (executor binds these classes: imported when bound)
+    names = sorted(free_names(graph))
+    # the graph's constants the subgraph reads are its constants too (the same arrays): its
+    # weights packed once, its plans specialized on its inputs' shapes alone
+    given = {n: constants[n] for n in names if constants and n in constants}
+    outer = [n for n in names if n not in given]
+    return Executor(branch_model(graph, names, given, opsets), given, functions=list(functions)), outer
+
+
+def _fresh(outs, env):
+    """outs, an output copied where it may share memory with a writeable outer value (a subgraph
+    may hand one back as it is: nothing after the node may write into it)."""
+    live = [v for v in env.values() if isinstance(v, np.ndarray) and v.flags.writeable]
+    if not live:
+        return outs
+    return [o.copy() if isinstance(o, np.ndarray) and any(np.may_share_memory(o, v) for v in live) else o
+            for o in outs]
 
 
 class IfNode:
@@ -38,19 +62,13 @@ class IfNode:
     kind = "subgraph"
 
     def __init__(self, node, opsets, functions=(), constants=None):
-        from .executor import Executor         # (executor binds this class: imported when bound)
         self.node = node
         self.outputs = [o for o in node.output if o]
         self.out_positions = [i for i, o in enumerate(node.output) if o]
         self.branches = {}
         for attr in node.attribute:
             if attr.name in ("then_branch", "else_branch"):
-                names = sorted(free_names(attr.g))
-                # the graph's constants the branch reads are its constants too (the same arrays):
-                # its weights packed once, its plans specialized on its inputs' shapes alone
-                given = {n: constants[n] for n in names if constants and n in constants}
-                outer = [n for n in names if n not in given]
-                ex = Executor(branch_model(attr.g, names, given, opsets), given, functions=list(functions))
+                ex, outer = _subgraph_executor(attr.g, opsets, functions, constants)
                 if len(ex.output_names) != len(node.output):
                     from ..errors import ModelError
                     raise ModelError(f"If node {node.name!r}: its {attr.name} has {len(ex.output_names)} outputs, "
@@ -75,11 +93,87 @@ class IfNode:
                              f"{np.shape(cond)}")
         ex, outer = self.branches[bool(np.asarray(cond).reshape(-1)[0])]
         env = values or {}
-        outs = ex.run({n: env[n] for n in outer})
-        # a branch may hand back an outer value (or a view of one) as it is: copied when writeable,
-        # so an op after the If that writes into its input cannot write into the outer value
-        live = [v for v in env.values() if isinstance(v, np.ndarray) and v.flags.writeable]
-        if live:
-            outs = [o.copy() if isinstance(o, np.ndarray) and any(np.may_share_memory(o, v) for v in live) else o
-                    for o in outs]
+        outs = _fresh(ex.run({n: env[n] for n in outer}), env)
+        return [outs[i] for i in self.out_positions]
+
+
+class LoopNode:
+    """A Loop whose body runs on a nested Executor (`kind` "subgraph"), once per iteration.
+
+    Loop(M, cond, v_initial...) with body(iteration, cond_in, v_in...) -> (cond_out, v_out...,
+    scan outputs...): it runs while the iteration is below M (when given) and the condition holds
+    (when given); its outputs are the final loop-carried values, then each scan output's values of
+    every iteration stacked on a new first axis. Neither M nor cond given is an endless loop: it
+    is refused. A loop of no iteration gives scan outputs of no row, shaped as one run of the body
+    on the initial values would give them (empty float32 if that run fails). Carried values that
+    are not tensors (sequences, optionals) go to onnx.reference (`fallback()` builds that node).
+    """
+
+    kind = "subgraph"
+
+    def __init__(self, node, opsets, functions=(), constants=None, fallback=None):
+        self.node = node
+        self.out_positions = [i for i, o in enumerate(node.output) if o]
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if body is None:
+            from ..errors import ModelError
+            raise ModelError(f"Loop node {node.name!r} needs a body")
+        self.body, self.outer = _subgraph_executor(body, opsets, functions, constants)
+        self.inputs = [i.name for i in body.input]
+        self.n_carried = len(node.input) - 2
+        if len(self.inputs) != self.n_carried + 2 or len(body.output) < self.n_carried + 1 \
+                or len(node.output) != len(body.output) - 1:
+            from ..errors import ModelError
+            raise ModelError(f"Loop node {node.name!r}: its body takes {len(self.inputs)} inputs and gives "
+                             f"{len(body.output)} outputs for {len(node.input)} inputs and {len(node.output)} "
+                             f"outputs (iteration, condition and {self.n_carried} carried values)")
+        self.fallback = fallback
+        self._reference = None
+
+    def counts(self):
+        return self.body.counts()
+
+    def _no_rows(self, feeds, carried, n_scan):
+        """The scan outputs of a loop of no iteration: no row, each row shaped as a run of the body
+        on the initial values gives it."""
+        feeds[self.inputs[0]] = np.array(0, np.int64)
+        feeds[self.inputs[1]] = np.array(True)
+        for name, v in zip(self.inputs[2:], carried):
+            feeds[name] = v
+        try:
+            rows = self.body.run(feeds)[1 + self.n_carried:]
+        except Exception:  # noqa: BLE001 - the body may not run on values it was never meant to get
+            return [np.empty((0,), np.float32) for _ in range(n_scan)]
+        return [np.empty((0,) + np.shape(r), np.asarray(r).dtype) for r in rows]
+
+    def __call__(self, args, values):
+        trips, cond = args[0], args[1]
+        carried = list(args[2:])
+        if trips is None and cond is None:
+            raise ValueError(f"Loop node {self.node.name!r} has neither a trip count nor a condition: it never ends")
+        if not all(isinstance(v, np.ndarray) for v in carried):
+            if self._reference is None:
+                self._reference = self.fallback()
+            return self._reference(args, values)
+        limit = None if trips is None else int(np.asarray(trips).reshape(-1)[0])
+        go = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
+        env = values or {}
+        feeds = {n: env[n] for n in self.outer}
+        scans, i = [], 0
+        while go and (limit is None or i < limit):
+            feeds[self.inputs[0]] = np.array(i, np.int64)
+            feeds[self.inputs[1]] = np.array(go)
+            for name, v in zip(self.inputs[2:], carried):
+                feeds[name] = v
+            outs = self.body.run(feeds)
+            go = bool(np.asarray(outs[0]).reshape(-1)[0])
+            carried = outs[1:1 + self.n_carried]
+            scans.append(outs[1 + self.n_carried:])
+            i += 1
+        n_scan = len(self.node.output) - self.n_carried
+        if n_scan and not scans:
+            outs = carried + self._no_rows(feeds, carried, n_scan)
+        else:
+            outs = carried + [np.stack([s[k] for s in scans]) for k in range(n_scan)]
+        outs = _fresh(outs, dict(env, **{n: a for n, a in zip(self.node.input, args) if n}))
         return [outs[i] for i in self.out_positions]

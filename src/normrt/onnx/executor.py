@@ -145,6 +145,9 @@ def bind_node(node, opsets, functions=(), constants=None):
     if domain == "" and node.op_type == "If":
         from .control_flow import IfNode
         return IfNode(node, opsets, functions, constants or {})
+    if domain == "" and node.op_type == "Loop":
+        from .control_flow import LoopNode
+        return LoopNode(node, opsets, functions, constants or {}, lambda: ReferenceNode(node, opsets, functions))
     load_numpy_ops()
     version = opsets.get(domain)
     if version is not None:

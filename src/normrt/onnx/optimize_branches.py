@@ -1,4 +1,4 @@
-"""The rewrite passes on the branches of If nodes: each branch optimized as a model of its own.
+"""The rewrite passes on the branches of If nodes (and Loop bodies): each optimized as a model of its own.
 
 Optimum's merged decoders hold the whole model in the two branches of one If (control_flow.py
 runs them on nested executors); the passes only walked the main graph, so the branches' norms,
@@ -25,20 +25,21 @@ from .initializers import is_stub, stub
 
 
 def optimize_branches(ctx, optimize_detached, passes, half_compute):
-    """Rewrite the branches of ctx's If nodes in place (ctx: the main graph's PassContext, its
-    passes done); True when a branch holds normrt nodes now."""
-    ifs = [n for n in ctx.nodes if n.op_type == "If" and not canonical_domain(n.domain)]
+    """Rewrite the branches of ctx's If nodes and the bodies of its Loops in place (ctx: the main
+    graph's PassContext, its passes done); True when one holds normrt nodes now. A body's own
+    inputs (iteration, condition, carried values) stay its inputs."""
+    ifs = [n for n in ctx.nodes if n.op_type in ("If", "Loop") and not canonical_domain(n.domain)]
     if not ifs:
         return False
     names = NameGen(ctx.graph)
     normrt_nodes = False
     for node in ifs:
         for attr in node.attribute:
-            if attr.name in ("then_branch", "else_branch"):
+            if attr.name in ("then_branch", "else_branch", "body"):
                 try:
                     graph, report = _optimize_branch(ctx, attr.g, optimize_detached, passes, half_compute, names)
                 except Exception as e:  # noqa: BLE001 - the branch then runs as written, as before
-                    ctx.report.refused.append({"pass": "optimize_branches", "op": "If", "nodes": [node.name],
+                    ctx.report.refused.append({"pass": "optimize_branches", "op": node.op_type, "nodes": [node.name],
                                                "reason": f"{attr.name} left as written: {type(e).__name__}: "
                                                          f"{str(e).splitlines()[0] if str(e) else ''}"})
                     continue
@@ -65,10 +66,10 @@ def _optimize_branch(ctx, g, optimize_detached, passes, half_compute, names):
         shape = None if t is None or t.shape is None else [d if isinstance(d, (int, str)) else None for d in t.shape]
         inputs.append(helper.make_tensor_value_info(n, t.elem_type, shape) if t is not None and t.elem_type
                       else helper.make_empty_tensor_value_info(n))
-    own = {t.name for t in g.initializer}
+    own = {t.name for t in g.initializer} | {i.name for i in g.input}
     inits = list(g.initializer) + [stub(n, v) for n, v in constants.items()]
     model = helper.make_model(
-        helper.make_graph(list(g.node), g.name or "branch", inputs, list(g.output), inits,
+        helper.make_graph(list(g.node), g.name or "branch", list(g.input) + inputs, list(g.output), inits,
                           value_info=list(g.value_info)),
         opset_imports=list(ctx.model.opset_import), functions=list(ctx.model.functions))
     model.ir_version = ctx.model.ir_version
@@ -88,7 +89,9 @@ def _optimize_branch(ctx, g, optimize_detached, passes, half_compute, names):
         fresh = names(n)
         if fresh != n:
             rename[n] = fresh
-    graph = helper.make_graph(list(og.node), og.name, [], list(og.output), kept)
+    body_inputs = {i.name for i in g.input}        # a Loop body's own (an If branch has none)
+    graph = helper.make_graph(list(og.node), og.name, [i for i in og.input if i.name in body_inputs],
+                              list(og.output), kept)
     if rename:
         _rename(graph, rename)
     return graph, report

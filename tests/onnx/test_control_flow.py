@@ -1,7 +1,9 @@
-"""If nodes on normrt's executor (control_flow.py) with their branches rewritten by the passes
+"""If and Loop nodes on normrt's executor (control_flow.py), their subgraphs rewritten by the passes
 (optimize_branches.py): exported models wrapped as the branches of an If, their weights in the
 outer scope, as Optimum's merged decoders hold a whole model twice; nested Ifs, branches reading
-outer activations and handing them back; against the plain model's outputs and onnx.reference."""
+outer activations and handing them back; loops of M steps or stopped by their condition, with
+carried values and scan outputs; against the plain model's outputs, onnx.reference and
+onnxruntime."""
 import collections
 import json
 import sys
@@ -151,3 +153,83 @@ def test_a_branch_the_passes_cannot_take_runs_as_written(monkeypatch):
     feeds = {"c1": np.array(False), "c2": np.array(True), "x": x}
     for g_, w in zip(sess.run(None, feeds), ReferenceEvaluator(m).run(None, feeds)):
         np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)
+
+
+def loop_model(width, trips, with_cond, n_scan):
+    """h_{i+1} = LN(h_i @ W + x) (a written-out LayerNorm), carried; `with_cond`: the loop also
+    stops once the step count reaches `limit` (an input); `n_scan` scan outputs: h_{i+1} and
+    its row sums. Outputs: the final h, then the scans."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("MatMul", ["h_in", "W"], ["p"]), helper.make_node("Add", ["p", "x"], ["q"])]
+    nodes += _ln("l_", "q", "h_out", "g", "b")
+    nodes += [helper.make_node("Add", ["i", "one_i"], ["next_i"]),
+              helper.make_node("Less", ["next_i", "limit"], ["cond_out"]) if with_cond
+              else helper.make_node("Identity", ["cond_in"], ["cond_out"])]
+    scan_outs = []
+    if n_scan >= 1:
+        nodes.append(helper.make_node("Identity", ["h_out"], ["scan_h"]))
+        scan_outs.append(helper.make_tensor_value_info("scan_h", f, None))
+    if n_scan >= 2:
+        nodes.append(helper.make_node("ReduceSum", ["h_out", "axes"], ["scan_s"], keepdims=0))
+        scan_outs.append(helper.make_tensor_value_info("scan_s", f, None))
+    body = helper.make_graph(nodes, "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                                             helper.make_tensor_value_info("h_in", f, ["n", width])],
+                             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("h_out", f, ["n", width])] + scan_outs)
+    rng = np.random.default_rng(width)
+    inits = [numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, width).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array(1, np.int64), "one_i"),
+             numpy_helper.from_array(np.array([1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "go")]
+    outs = ["h"] + [f"scan{k}" for k in range(n_scan)]
+    loop = helper.make_node("Loop", ["trips", "go" if with_cond else "", "x"], outs, name="loop", body=body)
+    graph = helper.make_graph([loop], "g", [helper.make_tensor_value_info("x", f, ["n", width]),
+                                            helper.make_tensor_value_info("limit", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info(o, f, None) for o in outs], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.sampled_from([8, 32]), st.integers(1, 6), st.booleans(), st.integers(0, 2), st.integers(0, 7),
+       st.integers(1, 4), st.integers(0, 2 ** 16))
+def test_loops_match_onnxruntime(ort_cpu_run, width, trips, with_cond, n_scan, limit, rows, seed):
+    """Loops of M steps, or fewer when the body's condition stops them first, carried values and
+    stacked scan outputs, the body's LayerNorm on the kernel; against onnxruntime (onnx.reference
+    runs no iteration when the condition input is omitted, which the specification and
+    onnxruntime read as a for loop of M steps)."""
+    m = loop_model(width, trips, with_cond, n_scan)
+    sess = normrt.InferenceSession(m.SerializeToString())
+    assert sess.executor.counts()["kernel"] >= 1          # the body's LayerNorm
+    feeds = {"x": np.random.default_rng(seed).standard_normal((rows, width)).astype(np.float32),
+             "limit": np.array(limit, np.int64)}
+    stops = min(trips, max(limit, 1)) if with_cond else trips
+    got, want = sess.run(None, feeds), ort_cpu_run(m.SerializeToString(), feeds)
+    for g_, w in zip(got, want):
+        assert g_.shape == w.shape
+        np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)
+    if n_scan:
+        assert got[1].shape[0] == stops
+
+
+def test_a_loop_of_no_step_falls_back_for_its_scan_shapes(ort_cpu_run):
+    m = loop_model(8, 0, False, 1)
+    sess = normrt.InferenceSession(m.SerializeToString())
+    feeds = {"x": np.ones((2, 8), np.float32), "limit": np.array(3, np.int64)}
+    got, want = sess.run(None, feeds), ort_cpu_run(m.SerializeToString(), feeds)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[1].size == 0
+
+
+def test_a_loop_without_trip_count_or_condition_is_refused_not_run_forever():
+    m = loop_model(8, 3, False, 0)
+    m.graph.node[0].input[0] = ""            # no M, no cond: the specification's endless loop
+    sess = normrt.InferenceSession(m.SerializeToString())
+    with pytest.raises(ValueError, match="neither a trip count nor a condition"):
+        sess.run(None, {"x": np.ones((2, 8), np.float32), "limit": np.array(3, np.int64)})
