@@ -254,3 +254,13 @@ def test_heads_not_grouping_evenly_are_refused():
     assert any("multiple of kv_num_heads" in r["reason"] for r in report["refused"])
     with pytest.raises(NOT_LOADED, match="'gqa'"):
         normrt.InferenceSession(m.SerializeToString())
+
+
+def test_positions_beyond_the_rotary_caches_name_them():
+    """A past longer than the cos/sin caches' positions (a model built for 64 positions, fed 70):
+    a clear error naming the caches, from the fused step (onnxruntime reads past its table)."""
+    m = gqa_model(4, 2, 16, rotary=(16, False), max_positions=64)
+    feeds = gqa_feeds(np.random.default_rng(3), 4, 2, 16, 1, 70, 71, [71])
+    sess = normrt.InferenceSession(m.SerializeToString())
+    with pytest.raises(ValueError, match="beyond the cos/sin caches' 64 positions"):
+        sess.run(None, feeds)

@@ -83,6 +83,9 @@ def _rotary_rows(cache, starts, seq):
     if len(starts) == 1 and 0 <= starts[0] and starts[0] + seq <= cache.shape[0]:
         return cache[starts[0]:starts[0] + seq][None, :, None]
     pos = np.asarray(starts, np.int64)[:, None] + np.arange(seq)[None, :]
+    if pos.size and (pos.max() >= cache.shape[0] or pos.min() < -cache.shape[0]):
+        raise ValueError(f"GroupQueryAttention: rotary positions up to {int(pos.max())} (from seqlens_k) beyond "
+                         f"the cos/sin caches' {cache.shape[0]} positions")
     return cache[pos][:, :, None]
 
 
