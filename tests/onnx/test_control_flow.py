@@ -233,3 +233,33 @@ def test_a_loop_without_trip_count_or_condition_is_refused_not_run_forever():
     sess = normrt.InferenceSession(m.SerializeToString())
     with pytest.raises(ValueError, match="neither a trip count nor a condition"):
         sess.run(None, {"x": np.ones((2, 8), np.float32), "limit": np.array(3, np.int64)})
+
+
+MERGED = DATA / "merged_decoder" / "decoder_model_merged.onnx"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_optimum_merged_decoder_generates_as_onnxruntime(ort_cpu_run, batch):
+    """Optimum's merge_decoders output (scripts/make_merged_decoder.py): a prompt on the no-cache
+    branch, then decode steps on the cache branch, each runtime feeding its own present K/V back;
+    both branches fused as their plain exports are, nothing on onnx.reference."""
+    import onnxruntime as ort
+    sess = normrt.InferenceSession(str(MERGED))
+    assert sess.executor.counts()["reference"] == 0
+    for attr in sess.optimized_model.graph.node[0].attribute:
+        ops = collections.Counter(n.op_type for n in attr.g.node if n.domain == "normrt")
+        assert ops["LayerNorm"] == 5, (attr.name, ops)          # 2 blocks x 2 + the final one
+    reference = ort.InferenceSession(str(MERGED), providers=["CPUExecutionProvider"])
+    names = [i.name for i in reference.get_inputs() if i.name.startswith("past_key_values.")]
+    rng = np.random.default_rng(batch)
+    ids, length = rng.integers(0, 64, (batch, 6)).astype(np.int64), 6
+    pasts = [{n: np.zeros((batch, 4, 0, 8), np.float32) for n in names} for _ in range(2)]
+    for step in range(5):
+        feeds = [dict(p, input_ids=ids, attention_mask=np.ones((batch, length), np.int64),
+                      use_cache_branch=np.array([step > 0])) for p in pasts]
+        got, want = sess.run(None, feeds[0]), reference.run(None, feeds[1])
+        for g_, w in zip(got, want):
+            np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-5, err_msg=f"step {step}")
+        pasts = [dict(zip(names, got[1:])), dict(zip(names, want[1:]))]
+        ids = want[0][:, -1:].argmax(-1).astype(np.int64)
+        length += 1
