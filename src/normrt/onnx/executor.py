@@ -236,6 +236,11 @@ _SHAPE_INPUTS = {
 FOLD_MAX_BYTES = 1 << 20
 # How many input-shape specializations a session keeps
 MAX_SPECIALIZED = 8
+# ... and how many it builds before one of them is run again: a generation loop's every step has
+# a new cache length, so its shapes never come back, and tracing and compiling a plan for each
+# cost 2-10 ms a step (the tiny genai decoders: 5-11 ms for each of their first 7 tokens, 0.3
+# ms after); past this many plans none of which was reused, new shapes run the generic plan
+MAX_UNUSED_SPECIALIZED = 3
 
 
 class Trace:
@@ -300,6 +305,7 @@ class Executor:
         self._specializable = specialize and self._shapes_follow_inputs()
         self._escaping = self._may_alias_outputs() if self._specializable else set()
         self.specialized = {}         # (input shapes, dtypes, threads) -> CompiledPlan
+        self._reused = False          # a specialized plan ran again after its first run
         self._lock = threading.Lock()  # a specialized plan's buffers serve one run at a time
 
     def rebind(self):
@@ -399,9 +405,10 @@ class Executor:
             if key is not None:
                 plan = self.specialized.get(key)
                 if plan is None:
-                    if len(self.specialized) < MAX_SPECIALIZED:
+                    if len(self.specialized) < (MAX_SPECIALIZED if self._reused else MAX_UNUSED_SPECIALIZED):
                         return self._trace_and_specialize(key, feeds, names)
                 elif self._lock.acquire(False):
+                    self._reused = True
                     try:
                         with np.errstate(all="ignore"):
                             outs = self._call(plan, feeds)
