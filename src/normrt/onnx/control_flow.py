@@ -1,13 +1,13 @@
-"""If on normrt's own executor: each branch a nested Executor, its nodes on the kernels and numpy
-ops like the main graph's.
+"""If and Loop on normrt's own executor: each branch (and Loop body) a nested Executor, its nodes
+on the kernels and numpy ops like the main graph's.
 
 Optimum's merged decoders (`decoder_model_merged.onnx`, what transformers.js and most ONNX LLM
 and Whisper repositories on the hub ship) hold the whole model twice, in the two branches of
 one If on `use_cache_branch`. onnx.reference ran the If, with every node of the branch taken in
 its pure-Python implementations. A branch is a graph like any other, so it runs as one: an
 Executor of the branch, whose inputs are the outer-scope names it reads, fed from the values of
-the graph around it (the graph's constants as its own, never copied); its kernel, numpy and reference nodes
-bound at load, as the main graph's are. The optimizer's passes rewrite the branches too
+the graph around it (the graph's constants as its own, never copied); its kernel, numpy and
+reference nodes bound at load, as the main graph's are. The optimizer's passes rewrite the branches too
 (optimize_branches.py), so their norms and attention are on the fused kernels.
 
 A Loop runs its body the same way, once per iteration: the body's own inputs (the iteration
@@ -17,6 +17,7 @@ Scan stays on onnx.reference (fallback.py).
 import numpy as np
 from onnx import helper
 
+from ..errors import ModelError
 from ._graph import free_names
 from .initializers import stub
 
@@ -70,12 +71,10 @@ class IfNode:
             if attr.name in ("then_branch", "else_branch"):
                 ex, outer = _subgraph_executor(attr.g, opsets, functions, constants)
                 if len(ex.output_names) != len(node.output):
-                    from ..errors import ModelError
                     raise ModelError(f"If node {node.name!r}: its {attr.name} has {len(ex.output_names)} outputs, "
                                      f"the node {len(node.output)}")
                 self.branches[attr.name == "then_branch"] = (ex, outer)
         if len(self.branches) != 2:
-            from ..errors import ModelError
             raise ModelError(f"If node {node.name!r} needs then_branch and else_branch")
 
     def counts(self):
@@ -116,14 +115,12 @@ class LoopNode:
         self.out_positions = [i for i, o in enumerate(node.output) if o]
         body = next((a.g for a in node.attribute if a.name == "body"), None)
         if body is None:
-            from ..errors import ModelError
             raise ModelError(f"Loop node {node.name!r} needs a body")
         self.body, self.outer = _subgraph_executor(body, opsets, functions, constants)
         self.inputs = [i.name for i in body.input]
         self.n_carried = len(node.input) - 2
         if len(self.inputs) != self.n_carried + 2 or len(body.output) < self.n_carried + 1 \
                 or len(node.output) != len(body.output) - 1:
-            from ..errors import ModelError
             raise ModelError(f"Loop node {node.name!r}: its body takes {len(self.inputs)} inputs and gives "
                              f"{len(body.output)} outputs for {len(node.input)} inputs and {len(node.output)} "
                              f"outputs (iteration, condition and {self.n_carried} carried values)")
