@@ -239,7 +239,8 @@ MAX_SPECIALIZED = 8
 # ... and how many it builds before one of them is run again: a generation loop's every step has
 # a new cache length, so its shapes never come back, and tracing and compiling a plan for each
 # cost 2-10 ms a step (the tiny genai decoders: 5-11 ms for each of their first 7 tokens, 0.3
-# ms after); past this many plans none of which was reused, new shapes run the generic plan
+# ms after); past this many plans none of which was reused, a new shape runs the generic plan,
+# and gets its plan when it comes back
 MAX_UNUSED_SPECIALIZED = 3
 
 
@@ -306,6 +307,7 @@ class Executor:
         self._escaping = self._may_alias_outputs() if self._specializable else set()
         self.specialized = {}         # (input shapes, dtypes, threads) -> CompiledPlan
         self._reused = False          # a specialized plan ran again after its first run
+        self._unplanned = set()       # shapes run without a plan (MAX_UNUSED_SPECIALIZED reached)
         self._lock = threading.Lock()  # a specialized plan's buffers serve one run at a time
 
     def rebind(self):
@@ -405,8 +407,14 @@ class Executor:
             if key is not None:
                 plan = self.specialized.get(key)
                 if plan is None:
-                    if len(self.specialized) < (MAX_SPECIALIZED if self._reused else MAX_UNUSED_SPECIALIZED):
+                    # a shape seen before without a plan (past the limit) comes back: a reuse too
+                    again = key in self._unplanned
+                    if len(self.specialized) < (MAX_SPECIALIZED if self._reused or again else MAX_UNUSED_SPECIALIZED):
+                        self._reused |= again
                         return self._trace_and_specialize(key, feeds, names)
+                    if len(self._unplanned) >= 4 * MAX_SPECIALIZED:
+                        self._unplanned.clear()
+                    self._unplanned.add(key)
                 elif self._lock.acquire(False):
                     self._reused = True
                     try:
