@@ -380,10 +380,10 @@ def _node_dtypes(node, types):
     if node is None or not node.input:
         return "-"
     x = dtype_name(types.get(node.input[0], 0))
+    from .onnx.passes._queries import KERNEL_DTYPES
     # float inputs only: GroupQueryAttention's sequence lengths are int32, not weights
-    floats = (1, 10, 11, 16)        # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
     weights = "/".join(sorted({dtype_name(types.get(i, 0)) for i in node.input[1:]
-                               if i and types.get(i, 0) in floats} - {x}))
+                               if i and types.get(i, 0) in KERNEL_DTYPES} - {x}))
     y = dtype_name(types.get(node.output[0], 0))
     return f"{x} (weights {weights}) -> {y}" if weights else f"{x} -> {y}"
 

@@ -47,10 +47,11 @@ def _subgraph_executor(graph, opsets, functions, constants):
     return Executor(branch_model(graph, names, given, opsets), given, functions=list(functions)), outer
 
 
-def _fresh(outs, env):
-    """outs, an output copied where it may share memory with a writeable outer value (a subgraph
-    may hand one back as it is: nothing after the node may write into it)."""
-    live = [v for v in env.values() if isinstance(v, np.ndarray) and v.flags.writeable]
+def _fresh(outs, values):
+    """outs, an output copied where it may share memory with a writeable one of `values` (the outer
+    values fed to the subgraph, not the graph's constants, which are read-only: a subgraph may hand
+    one back as it is, and nothing after the node may write into it)."""
+    live = [v for v in values if isinstance(v, np.ndarray) and v.flags.writeable]
     if not live:
         return outs
     return [o.copy() if isinstance(o, np.ndarray) and any(np.may_share_memory(o, v) for v in live) else o
@@ -92,7 +93,8 @@ class IfNode:
                              f"{np.shape(cond)}")
         ex, outer = self.branches[bool(np.asarray(cond).reshape(-1)[0])]
         env = values or {}
-        outs = _fresh(ex.run({n: env[n] for n in outer}), env)
+        feeds = {n: env[n] for n in outer}
+        outs = _fresh(ex.run(feeds), feeds.values())
         return [outs[i] for i in self.out_positions]
 
 
@@ -172,5 +174,5 @@ class LoopNode:
             outs = carried + self._no_rows(feeds, carried, n_scan)
         else:
             outs = carried + [np.stack([s[k] for s in scans]) for k in range(n_scan)]
-        outs = _fresh(outs, dict(env, **{n: a for n, a in zip(self.node.input, args) if n}))
+        outs = _fresh(outs, [feeds[n] for n in self.outer] + list(args))
         return [outs[i] for i in self.out_positions]

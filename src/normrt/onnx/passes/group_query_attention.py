@@ -186,9 +186,11 @@ class GroupQueryAttention(GraphPass):
         dtype = self._dtype(ctx, node)
         # onnxruntime runs float32 without softcap on its flash kernel, the rest on another, which
         # count a padding row's window differently (_gqa_graph.mask)
-        flash = dtype == np.float32 and float(attrs.get("softcap", 0.0)) <= 0
-        if self.fused and float(attrs.get("softcap", 0.0)) <= 0:
-            self._fuse(ctx, node, attrs, heads, kv_heads, head_size, dtype, flash)
+        softcap = float(attrs.get("softcap", 0.0))
+        scale = float(attrs.get("scale", 0.0)) or 1.0 / math.sqrt(head_size)
+        flash = dtype == np.float32 and softcap <= 0
+        if self.fused and softcap <= 0:
+            self._fuse(ctx, node, attrs, heads, kv_heads, head_size, scale, dtype, flash)
             return
         e = Emitter(ctx, node.name or "gqa", dtype)
         query = node.input[QUERY]
@@ -229,10 +231,8 @@ class GroupQueryAttention(GraphPass):
 
         if rep > 1:
             q = e.op("Reshape", [q, e.ints([0, kv_heads, -1, head_size])])
-        scale = float(attrs.get("scale", 0.0)) or 1.0 / math.sqrt(head_size)
         key_t = e.op("Transpose", [key_cache], perm=[0, 1, 3, 2])
         scores = e.op("Mul", [e.op("MatMul", [q, key_t]), e.floats(scale)])
-        softcap = float(attrs.get("softcap", 0.0))
         if softcap > 0:
             scores = e.op("Mul", [e.op("Tanh", [e.op("Div", [scores, e.floats(softcap)])]), e.floats(softcap)])
         bias = mask(e, past_rows, total, s_len, present_len, int(attrs.get("local_window_size", -1)), not flash)
@@ -255,10 +255,9 @@ class GroupQueryAttention(GraphPass):
         ctx.replace_nodes([node], e.nodes)
         ctx.mark_types_stale()      # inference stopped at the contrib op: it goes on past it now
 
-    def _fuse(self, ctx, node, attrs, heads, kv_heads, head_size, dtype, flash):
+    def _fuse(self, ctx, node, attrs, heads, kv_heads, head_size, scale, dtype, flash):
         """The node as normrt::GroupQueryAttention (grouped_query_call.py), typed: onnx's inference
         cannot type normrt nodes, and the fusions after this pass read the output's shape."""
-        scale = float(attrs.get("scale", 0.0)) or 1.0 / math.sqrt(head_size)
         new = make_node("GroupQueryAttention", list(node.input[:COS + 2]), list(node.output[:3]),
                         fused_name(ctx, [node], "GroupQueryAttention"), num_heads=heads, kv_num_heads=kv_heads,
                         head_size=head_size, scale=float(np.float32(scale)),
