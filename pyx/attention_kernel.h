@@ -217,6 +217,17 @@ static inline int nrt_bias_block_hidden(const float* bias, ptrdiff_t brs, ptrdif
     return 1;
 }
 
+/* bias * log2(e), the bias in the scores' log2 units, saturated: a finite bias whose product
+   overflows (torch's finfo.min masks, -3.4e38 * 1.44) gives -FLT_MAX, not -inf, so a row every
+   key of which such a mask hides keeps equal weights on its keys, as softmax(S + finfo.min) does
+   (S is absorbed: S + min == min) and as the portable path (natural units) does; -inf stays
+   -inf (a hidden key), NaN stays NaN. */
+static inline __m512 nrt_bias_log2(__m512 b) {
+    const __m512 p = _mm512_mul_ps(b, _mm512_set1_ps(1.4426950408889634f));
+    return _mm512_mask_max_ps(p, _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ), p,
+                              _mm512_set1_ps(-3.4028234663852886e38f));
+}
+
 /* sT[c][r] += bias[r * brs + c] * log2(e) for keys c < nk, rows r < nr (lanes past nr keep
    their scores: they are never written out). Each element rounds the product, then the sum
    (no contraction), as the scalar loop this replaced, whichever branch runs. brs == 0 (one
@@ -226,12 +237,11 @@ static inline int nrt_bias_block_hidden(const float* bias, ptrdiff_t brs, ptrdif
    BERT-sized attention, 50% at head dim 32). */
 static inline __attribute__((always_inline)) void
 nrt_add_bias_t(float* sT, const float* bias, ptrdiff_t brs, ptrdiff_t nr, ptrdiff_t nk, const int RV) {
-    const __m512 log2e = _mm512_set1_ps(1.4426950408889634f);
     ptrdiff_t c, c0;
     int rv, kk, r;
     if (brs == 0) {
         for (c = 0; c < nk; c++) {
-            __m512 b = _mm512_mul_ps(_mm512_set1_ps(bias[c]), log2e);
+            __m512 b = nrt_bias_log2(_mm512_set1_ps(bias[c]));
             for (rv = 0; rv < RV; rv++) {
                 float* sp = sT + c * NRT_QB + 16 * rv;
                 _mm512_storeu_ps(sp, _mm512_add_ps(_mm512_loadu_ps(sp), b));
@@ -253,7 +263,7 @@ nrt_add_bias_t(float* sT, const float* bias, ptrdiff_t brs, ptrdiff_t nr, ptrdif
             for (kk = 0; kk < n; kk++) {
                 float* sp = sT + (c0 + kk) * NRT_QB + 16 * rv;
                 __m512 s = _mm512_loadu_ps(sp);
-                _mm512_storeu_ps(sp, _mm512_mask_add_ps(s, live, s, _mm512_mul_ps(t[kk], log2e)));
+                _mm512_storeu_ps(sp, _mm512_mask_add_ps(s, live, s, nrt_bias_log2(t[kk])));
             }
         }
     }
@@ -416,7 +426,7 @@ nrt_attention_few_rows_nr(const float* q, ptrdiff_t qs, const float* k, ptrdiff_
     float* pw = ow + NR * V16;          /* (NR, 16) this block's probabilities */
     float* kw = pw + NR * 16;           /* (16, D16) a block of K^T's keys as rows */
     float mrow[NRT_FEW_ROWS], lrow[NRT_FEW_ROWS], alpha[NRT_FEW_ROWS];
-    const __m512 ninf = _mm512_set1_ps(-INFINITY), log2e = _mm512_set1_ps(1.4426950408889634f);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
     const float scale2 = scale * 1.4426950408889634f;    /* scores in log2 units, as above */
     ptrdiff_t d, e, j0, jend, nk;
     int r, c;
@@ -457,8 +467,8 @@ nrt_attention_few_rows_nr(const float* q, ptrdiff_t qs, const float* k, ptrdiff_
             }
             __m512 sc = nrt_hsum16(acc);
             if (bias)
-                sc = _mm512_add_ps(sc, _mm512_mul_ps(_mm512_maskz_loadu_ps(
-                    keys, bias + (bias_row_stride ? r * bias_row_stride : 0) + j0), log2e));
+                sc = _mm512_add_ps(sc, nrt_bias_log2(_mm512_maskz_loadu_ps(
+                    keys, bias + (bias_row_stride ? r * bias_row_stride : 0) + j0)));
             __mmask16 seen = keys;
             if (causal && j0 + nk - 1 > i0 + r)     /* key j0 + c is seen by row i0 + r iff j0 + c <= i0 + r */
                 seen &= nrt_tail_mask(i0 + r - j0 + 1);

@@ -119,6 +119,34 @@ def test_minus_inf_masks_and_fully_masked_rows_give_zeros():
     np.testing.assert_allclose(y, ref(q, k, v, bias=bias2, causal=True), rtol=2e-5, atol=2e-6)
 
 
+MIN32 = float(np.finfo(np.float32).min)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 70, 150, 16, 16), (2, 4, 2, 3, 90, 8, 24), (1, 1, 1, 1, 20, 32, 8)])
+@pytest.mark.parametrize("per_row", [True, False])
+def test_finfo_min_masks_fully_masked_rows_average_the_values(shape, per_row):
+    # torch's masks fill with finfo(float32).min, not -inf: a row every key of which is masked has
+    # scores S + min == min for every key in float32, so softmax gives equal weights: the mean of V
+    # (the float64 reference would not absorb S). The AVX-512 path's log2 units overflowed
+    # min * log2(e) to -inf and gave zeros there.
+    B, Hq, Hkv, Sq, Skv, D, Dv = shape
+    q, k, v = qkv(*shape)
+    rows = Sq if per_row else 1
+    bias = np.where(rng.random((rows, Skv)) > 0.5, 0.0, MIN32).astype(np.float32)
+    bias[0] = MIN32                          # row 0 (every row when shared) sees nothing
+    if per_row and Sq > 5:
+        bias[5, : Skv - 3] = MIN32           # row 5 sees only its last keys
+    y = normrt.attention(q, k, v, bias=bias)
+    dead = (bias == MIN32).all(axis=-1)
+    mean_v = np.repeat(v.astype(np.float64).mean(axis=2), Hq // Hkv, axis=1)      # (B, Hq, Dv)
+    expected = ref(q, k, v, bias=np.where(bias == MIN32, -np.inf, bias).astype(np.float32))
+    expected[:, :, np.broadcast_to(dead, (Sq,))] = mean_v[:, :, None, :]
+    np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-6)
+    for n_threads in (1, 2):
+        with normrt.threads(n_threads):
+            assert np.array_equal(y, normrt.attention(q, k, v, bias=bias))
+
+
 def test_causal_with_more_queries_than_keys():
     # top-left alignment: queries past the last key see every key
     q, k, v = qkv(1, 1, 1, 100, 40, 8, 8)

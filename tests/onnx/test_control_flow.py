@@ -238,24 +238,29 @@ def test_a_loop_without_trip_count_or_condition_is_refused_not_run_forever():
 MERGED = DATA / "merged_decoder" / "decoder_model_merged.onnx"
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_an_optimum_merged_decoder_generates_as_onnxruntime(ort_cpu_run, batch):
+@pytest.mark.parametrize("batch,padded", [(1, False), (2, False), (2, True)])
+def test_an_optimum_merged_decoder_generates_as_onnxruntime(ort_cpu_run, batch, padded):
     """Optimum's merge_decoders output (scripts/make_merged_decoder.py): a prompt on the no-cache
     branch, then decode steps on the cache branch, each runtime feeding its own present K/V back;
-    both branches fused as their plain exports are, nothing on onnx.reference."""
+    both branches fused as their plain exports are (the attention's masked_fill with finfo.min
+    included), nothing on onnx.reference. padded: the first row's prompt left-padded by 2 tokens,
+    whose query rows see no key (softmax of finfo.min throughout: the mean of V, not zeros)."""
     import onnxruntime as ort
     sess = normrt.InferenceSession(str(MERGED))
     assert sess.executor.counts()["reference"] == 0
     for attr in sess.optimized_model.graph.node[0].attribute:
         ops = collections.Counter(n.op_type for n in attr.g.node if n.domain == "normrt")
         assert ops["LayerNorm"] == 5, (attr.name, ops)          # 2 blocks x 2 + the final one
+        assert ops["Attention"] == 2, (attr.name, ops)
     reference = ort.InferenceSession(str(MERGED), providers=["CPUExecutionProvider"])
     names = [i.name for i in reference.get_inputs() if i.name.startswith("past_key_values.")]
     rng = np.random.default_rng(batch)
     ids, length = rng.integers(0, 64, (batch, 6)).astype(np.int64), 6
     pasts = [{n: np.zeros((batch, 4, 0, 8), np.float32) for n in names} for _ in range(2)]
+    pad = np.zeros((batch, 0), np.int64) if not padded else np.array([[0, 0], [1, 1]], np.int64)
     for step in range(5):
-        feeds = [dict(p, input_ids=ids, attention_mask=np.ones((batch, length), np.int64),
+        mask = np.concatenate([pad, np.ones((batch, length - pad.shape[1]), np.int64)], axis=1)
+        feeds = [dict(p, input_ids=ids, attention_mask=mask,
                       use_cache_branch=np.array([step > 0])) for p in pasts]
         got, want = sess.run(None, feeds[0]), reference.run(None, feeds[1])
         for g_, w in zip(got, want):
