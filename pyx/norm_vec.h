@@ -108,10 +108,14 @@ NRT_AI double nrt_lane_total(const __m512d* acc) {
     return (e[0] + e[2]) + (e[1] + e[3]);
 }
 
-/* one 32-element step of sums_dev: deviations f0 (lanes 0-15), f1 (16-31) into b */
+/* one 32-element step of sums_dev: deviations f0 (lanes 0-15), f1 (16-31) into b. The sums are
+   fma(f, 1, b): the same bits as b + f (f * 1 is exact, one rounding), on the FMA pipes instead of
+   the adders, which the subtraction of the shift and (half storage) the conversions already load:
+   sums_dev of a (768,) row in L1 on Zen 4, float16 70 -> 62 ns, float32 51 -> 42 ns. */
 NRT_AI void nrt_sums_step(__m512* b, __m512 f0, __m512 f1) {
-    b[0] = _mm512_add_ps(b[0], f0);
-    b[1] = _mm512_add_ps(b[1], f1);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    b[0] = _mm512_fmadd_ps(f0, one, b[0]);
+    b[1] = _mm512_fmadd_ps(f1, one, b[1]);
     b[2] = _mm512_fmadd_ps(f0, f0, b[2]);
     b[3] = _mm512_fmadd_ps(f1, f1, b[3]);
 }
