@@ -1,9 +1,9 @@
-"""If and Loop nodes on normrt's executor (control_flow.py), their subgraphs rewritten by the passes
+"""If, Loop and Scan nodes on normrt's executor (control_flow.py), their subgraphs rewritten by the passes
 (optimize_branches.py): exported models wrapped as the branches of an If, their weights in the
 outer scope, as Optimum's merged decoders hold a whole model twice; nested Ifs, branches reading
 outer activations and handing them back; loops of M steps or stopped by their condition, with
-carried values and scan outputs; against the plain model's outputs, onnx.reference and
-onnxruntime."""
+carried values and scan outputs; scans over generated axes and directions; against the plain
+model's outputs, onnx.reference and onnxruntime."""
 import collections
 import json
 import sys
@@ -233,6 +233,109 @@ def test_a_loop_without_trip_count_or_condition_is_refused_not_run_forever():
     sess = normrt.InferenceSession(m.SerializeToString())
     with pytest.raises(ValueError, match="neither a trip count nor a condition"):
         sess.run(None, {"x": np.ones((2, 8), np.float32), "limit": np.array(3, np.int64)})
+
+
+def scan_model(width, n_state, n_in, n_out, in_axes, in_dirs, out_axes, out_dirs):
+    """A Scan (opset 17) over n_in inputs x0.. whose slices are (n, width), their scan axis at
+    in_axes (directions in_dirs), n_state states s0.. (n, width), n_out scan outputs (out_axes,
+    out_dirs). Body: h = LN(x0 [+ x1]) (a written-out LayerNorm, weights outer constants),
+    s_k' = s_k * 0.5 + h + bias (bias: an outer graph input), outputs y0 = tanh(h + s0'
+    or h), y1 = h * h."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Add", ["x0_t", "x1_t"], ["xs"]) if n_in == 2
+             else helper.make_node("Identity", ["x0_t"], ["xs"])]
+    nodes += _ln("l_", "xs", "h", "g", "b")
+    for k in range(n_state):
+        nodes += [helper.make_node("Mul", [f"s{k}_in", "half"], [f"s{k}_h"]),
+                  helper.make_node("Add", [f"s{k}_h", "h"], [f"s{k}_a"]),
+                  helper.make_node("Add", [f"s{k}_a", "bias"], [f"s{k}_out"])]
+    if n_out >= 1:
+        nodes += [helper.make_node("Add", ["h", "s0_out"], ["y0_p"]) if n_state
+                  else helper.make_node("Identity", ["h"], ["y0_p"]), helper.make_node("Tanh", ["y0_p"], ["y0_t"])]
+    if n_out >= 2:
+        nodes.append(helper.make_node("Mul", ["h", "h"], ["y1_t"]))
+    row = helper.make_tensor_value_info
+    body = helper.make_graph(
+        nodes, "scan_body",
+        [row(f"s{k}_in", f, ["n", width]) for k in range(n_state)] + [row(f"x{j}_t", f, ["n", width]) for j in range(n_in)],
+        [row(f"s{k}_out", f, ["n", width]) for k in range(n_state)] + [row(f"y{j}_t", f, ["n", width]) for j in range(n_out)])
+    rng = np.random.default_rng(width)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, width).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    attrs = dict(num_scan_inputs=n_in, scan_input_axes=in_axes, scan_input_directions=in_dirs)
+    if n_out:
+        attrs.update(scan_output_axes=out_axes, scan_output_directions=out_dirs)
+    outs = [f"s{k}" for k in range(n_state)] + [f"y{j}" for j in range(n_out)]
+    scan = helper.make_node("Scan", [f"s{k}_0" for k in range(n_state)] + [f"x{j}" for j in range(n_in)], outs,
+                            name="scan", body=body, **attrs)
+    graph = helper.make_graph([scan], "g",
+                              [row(f"s{k}_0", f, None) for k in range(n_state)]
+                              + [row(f"x{j}", f, None) for j in range(n_in)] + [row("bias", f, [width])],
+                              [row(o, f, None) for o in outs], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _scan_feeds(rng, rows, width, steps, n_state, in_axes):
+    feeds = {f"s{k}_0": rng.standard_normal((rows, width)).astype(np.float32) for k in range(n_state)}
+    for j, a in enumerate(in_axes):
+        shape = [rows, width]
+        shape.insert(a % 3, steps)
+        feeds[f"x{j}"] = rng.standard_normal(shape).astype(np.float32)
+    feeds["bias"] = rng.standard_normal(width).astype(np.float32)
+    return feeds
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([8, 32]), st.integers(0, 2), st.integers(1, 2), st.integers(0, 2), st.integers(1, 5),
+       st.integers(1, 3), st.data())
+def test_scans_match_onnxruntime(ort_cpu_run, width, n_state, n_in, n_out, steps, rows, data):
+    """Scans of 0-2 states, 1-2 scan inputs and 0-2 scan outputs on generated axes (negative ones
+    included) and directions, the body's LayerNorm on the kernel and nothing on onnx.reference;
+    against onnxruntime, and onnx.reference where it runs them (it refuses other axes than 0 and
+    reverse directions: normrt's fallback to it could not run such a Scan at all)."""
+    if n_state + n_out == 0:
+        n_out = 1
+    in_axes = data.draw(st.lists(st.integers(-3, 2), min_size=n_in, max_size=n_in))
+    in_dirs = data.draw(st.lists(st.integers(0, 1), min_size=n_in, max_size=n_in))
+    out_axes = data.draw(st.lists(st.integers(-3, 2), min_size=n_out, max_size=n_out))
+    out_dirs = data.draw(st.lists(st.integers(0, 1), min_size=n_out, max_size=n_out))
+    m = scan_model(width, n_state, n_in, n_out, in_axes, in_dirs, out_axes, out_dirs)
+    sess = normrt.InferenceSession(m.SerializeToString())
+    assert sess.executor.counts()["reference"] == 0
+    assert sess.executor.counts()["kernel"] >= 1          # the body's LayerNorm
+    feeds = _scan_feeds(np.random.default_rng(data.draw(st.integers(0, 2 ** 16))), rows, width, steps, n_state,
+                        in_axes)
+    got = sess.run(None, feeds)
+    wants = [ort_cpu_run(m.SerializeToString(), feeds)]
+    if not any(in_axes + in_dirs + out_axes + out_dirs):
+        wants.append(ReferenceEvaluator(m).run(None, feeds))    # (onnx.reference: axes 0, forward only)
+    for want in wants:
+        for g_, w in zip(got, want):
+            assert g_.shape == w.shape
+            np.testing.assert_allclose(g_, w, rtol=1e-4, atol=1e-4)
+    assert all(np.array_equal(a, b) for a, b in zip(got, sess.run(None, feeds)))
+
+
+def test_a_scan_of_no_element_and_bad_axes():
+    m = scan_model(8, 1, 1, 1, [0], [0], [0], [0])
+    sess = normrt.InferenceSession(m.SerializeToString())
+    feeds = _scan_feeds(np.random.default_rng(0), 2, 8, 0, 1, [0])
+    got = sess.run(None, feeds)       # (onnxruntime 1.x fails on a scan axis of 0)
+    np.testing.assert_array_equal(got[0], feeds["s0_0"])                  # the initial state
+    assert got[1].shape == (0, 2, 8) and got[1].dtype == np.float32       # no element of (2, 8)
+    feeds["x0"] = np.ones((3, 2, 8), np.float32)
+    bad = scan_model(8, 1, 1, 1, [3], [0], [0], [0])
+    with pytest.raises(ValueError, match="Scan node 'scan': scan_input_axes: axis 3 is out of range for rank 3"):
+        normrt.InferenceSession(bad.SerializeToString()).run(None, feeds)
+    two = scan_model(8, 0, 2, 1, [0, 0], [0, 0], [0], [0])
+    feeds2 = {"x0": np.ones((3, 2, 8), np.float32), "x1": np.ones((4, 2, 8), np.float32),
+              "bias": np.zeros(8, np.float32)}
+    with pytest.raises(ValueError, match="scan axes differ in length"):
+        normrt.InferenceSession(two.SerializeToString()).run(None, feeds2)
 
 
 MERGED = DATA / "merged_decoder" / "decoder_model_merged.onnx"

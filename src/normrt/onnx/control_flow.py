@@ -12,7 +12,9 @@ reference nodes bound at load, as the main graph's are. The optimizer's passes r
 
 A Loop runs its body the same way, once per iteration: the body's own inputs (the iteration
 number, the condition, the loop-carried values) fed each time, the outer values as for a branch.
-Scan stays on onnx.reference (fallback.py).
+A Scan (opset 9 on) likewise: its body once per element of the scan axis, the scan inputs'
+slices read as views (no copy), the scan outputs written into their stacked result as each step
+gives them. (Scan-8, with its batch axis and sequence lengths, stays on onnx.reference.)
 """
 import numpy as np
 from onnx import helper
@@ -175,4 +177,132 @@ class LoopNode:
         else:
             outs = carried + [np.stack([s[k] for s in scans]) for k in range(n_scan)]
         outs = _fresh(outs, [feeds[n] for n in self.outer] + list(args))
+        return [outs[i] for i in self.out_positions]
+
+
+def _axes(attrs, name, count, ranks):
+    """The `name` attribute (scan axes or directions) of `count` values, default 0; axes made
+    non-negative for values of `ranks` (None: directions)."""
+    values = list(attrs.get(name, [0] * count))
+    if len(values) != count:
+        raise ModelError(f"{name} holds {len(values)} values for {count}")
+    if ranks is None:
+        if any(v not in (0, 1) for v in values):
+            raise ModelError(f"{name} must hold 0 (forward) or 1 (reverse), got {values}")
+        return values
+    out = []
+    for v, r in zip(values, ranks):
+        if not -r <= v < r:
+            raise ModelError(f"{name}: axis {v} is out of range for rank {r}")
+        out.append(v % r)
+    return out
+
+
+class ScanNode:
+    """A Scan (opset 9 on) whose body runs on a nested Executor (`kind` "subgraph"), once per element.
+
+    Scan(state..., scan inputs...) with body(state..., one slice of each scan input...) ->
+    (state..., scan output elements...): the scan inputs are sliced along scan_input_axes
+    (scan_input_directions 1: from the last slice), every one the same length; the outputs are
+    the final states, then each scan output's elements stacked along scan_output_axes (direction
+    1: in reverse order). A scan of no element gives the initial states and scan outputs of no
+    element, each element shaped as a run of the body on zeros gives it (empty float32 if that
+    run fails). Values that are not tensors go to onnx.reference (`fallback()` builds that node).
+    """
+
+    kind = "subgraph"
+
+    def __init__(self, node, opsets, functions=(), constants=None, fallback=None):
+        from ._graph import decode_attributes
+        self.node = node
+        self.out_positions = [i for i, o in enumerate(node.output) if o]
+        attrs = decode_attributes(node)
+        body = attrs.get("body")
+        if body is None:
+            raise ModelError(f"Scan node {node.name!r} needs a body")
+        self.n_scan = attrs.get("num_scan_inputs")
+        if not isinstance(self.n_scan, int) or not 0 < self.n_scan <= len(node.input):
+            raise ModelError(f"Scan node {node.name!r}: num_scan_inputs must be 1..{len(node.input)}, "
+                             f"got {self.n_scan!r}")
+        self.n_state = len(node.input) - self.n_scan
+        self.body, self.outer = _subgraph_executor(body, opsets, functions, constants)
+        self.inputs = [i.name for i in body.input]
+        self.n_out_scan = len(body.output) - self.n_state
+        if len(self.inputs) != len(node.input) or self.n_out_scan < 0 or len(node.output) != len(body.output):
+            raise ModelError(f"Scan node {node.name!r}: its body takes {len(self.inputs)} inputs and gives "
+                             f"{len(body.output)} outputs for {len(node.input)} inputs ({self.n_state} states) "
+                             f"and {len(node.output)} outputs")
+        try:
+            self.in_dirs = _axes(attrs, "scan_input_directions", self.n_scan, None)
+            self.out_dirs = _axes(attrs, "scan_output_directions", self.n_out_scan, None)
+        except ModelError as e:
+            raise ModelError(f"Scan node {node.name!r}: {e}") from None
+        self.attrs = attrs
+        self.fallback = fallback
+        self._reference = None
+
+    def counts(self):
+        return self.body.counts()
+
+    def _refer(self, args, values):
+        if self._reference is None:
+            self._reference = self.fallback()
+        return self._reference(args, values)
+
+    def _no_elements(self, feeds, states, xs, in_axes):
+        """The scan outputs of a scan of no element: each of no element along its axis, the
+        element shaped as a run of the body on the states and slices of zeros gives it."""
+        for k, v in enumerate(states):
+            feeds[self.inputs[k]] = v
+        for k, (x, a) in enumerate(zip(xs, in_axes)):
+            feeds[self.inputs[self.n_state + k]] = np.zeros(x.shape[:a] + x.shape[a + 1:], x.dtype)
+        try:
+            elems = [np.asarray(e) for e in self.body.run(feeds)[self.n_state:]]
+            axes = _axes(self.attrs, "scan_output_axes", self.n_out_scan, [e.ndim + 1 for e in elems])
+        except Exception:  # noqa: BLE001 - the body may not run on values it was never meant to get
+            return [np.empty((0,), np.float32) for _ in range(self.n_out_scan)]
+        return [np.empty(e.shape[:a] + (0,) + e.shape[a:], e.dtype) for e, a in zip(elems, axes)]
+
+    def __call__(self, args, values):
+        states, xs = list(args[:self.n_state]), args[self.n_state:]
+        if not all(isinstance(v, np.ndarray) for v in states + list(xs)):
+            return self._refer(args, values)
+        name = self.node.name
+        try:
+            in_axes = _axes(self.attrs, "scan_input_axes", self.n_scan, [x.ndim for x in xs])
+        except ModelError as e:
+            raise ValueError(f"Scan node {name!r}: {e}") from None
+        lengths = {x.shape[a] for x, a in zip(xs, in_axes)}
+        if len(lengths) != 1:
+            raise ValueError(f"Scan node {name!r}: the scan inputs' scan axes differ in length: "
+                             f"{[x.shape[a] for x, a in zip(xs, in_axes)]}")
+        steps = lengths.pop()
+        env = values or {}
+        feeds = {n: env[n] for n in self.outer}
+        if steps == 0:
+            outs = _fresh(states + self._no_elements(feeds, states, xs, in_axes), list(args))
+            return [outs[i] for i in self.out_positions]
+        stacked, out_axes = None, None
+        for t in range(steps):
+            for k, v in enumerate(states):
+                feeds[self.inputs[k]] = v
+            for k, (x, a, d) in enumerate(zip(xs, in_axes, self.in_dirs)):
+                feeds[self.inputs[self.n_state + k]] = x[(slice(None),) * a + (steps - 1 - t if d else t,)]
+            outs = self.body.run(feeds)
+            states = outs[:self.n_state]
+            elems = [np.asarray(e) for e in outs[self.n_state:]]
+            if stacked is None:
+                try:
+                    out_axes = _axes(self.attrs, "scan_output_axes", self.n_out_scan, [e.ndim + 1 for e in elems])
+                except ModelError as e:
+                    raise ValueError(f"Scan node {name!r}: {e}") from None
+                stacked = [np.empty(e.shape[:a] + (steps,) + e.shape[a:], e.dtype) for e, a in zip(elems, out_axes)]
+            for k, (e, a, d) in enumerate(zip(elems, out_axes, self.out_dirs)):
+                row = steps - 1 - t if d else t
+                target = np.moveaxis(stacked[k], a, 0)[row]
+                if target.shape != e.shape:
+                    raise ValueError(f"Scan node {name!r}: scan output {k} has shape {e.shape} at step {t}, "
+                                     f"{target.shape} before")
+                target[...] = e
+        outs = _fresh(states + stacked, [feeds[n] for n in self.outer] + list(args))
         return [outs[i] for i in self.out_positions]

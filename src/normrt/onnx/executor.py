@@ -148,6 +148,9 @@ def bind_node(node, opsets, functions=(), constants=None):
     if domain == "" and node.op_type == "Loop":
         from .control_flow import LoopNode
         return LoopNode(node, opsets, functions, constants or {}, lambda: ReferenceNode(node, opsets, functions))
+    if domain == "" and node.op_type == "Scan" and opsets.get("", 1) >= 9:
+        from .control_flow import ScanNode
+        return ScanNode(node, opsets, functions, constants or {}, lambda: ReferenceNode(node, opsets, functions))
     load_numpy_ops()
     version = opsets.get(domain)
     if version is not None:

@@ -1,4 +1,4 @@
-"""The rewrite passes on the branches of If nodes (and Loop bodies): each optimized as a model of its own.
+"""The rewrite passes on the branches of If nodes (and Loop and Scan bodies): each optimized as a model of its own.
 
 Optimum's merged decoders hold the whole model in the two branches of one If (control_flow.py
 runs them on nested executors); the passes only walked the main graph, so the branches' norms,
@@ -25,10 +25,10 @@ from .initializers import is_stub, stub
 
 
 def optimize_branches(ctx, optimize_detached, passes, half_compute):
-    """Rewrite the branches of ctx's If nodes and the bodies of its Loops in place (ctx: the main
+    """Rewrite the branches of ctx's If nodes and the bodies of its Loops and Scans in place (ctx: the main
     graph's PassContext, its passes done); True when one holds normrt nodes now. A body's own
     inputs (iteration, condition, carried values) stay its inputs."""
-    ifs = [n for n in ctx.nodes if n.op_type in ("If", "Loop") and not canonical_domain(n.domain)]
+    ifs = [n for n in ctx.nodes if n.op_type in ("If", "Loop", "Scan") and not canonical_domain(n.domain)]
     if not ifs:
         return False
     names = NameGen(ctx.graph)
@@ -89,7 +89,7 @@ def _optimize_branch(ctx, g, optimize_detached, passes, half_compute, names):
         fresh = names(n)
         if fresh != n:
             rename[n] = fresh
-    body_inputs = {i.name for i in g.input}        # a Loop body's own (an If branch has none)
+    body_inputs = {i.name for i in g.input}        # a Loop / Scan body's own (an If branch has none)
     graph = helper.make_graph(list(og.node), og.name, [i for i in og.input if i.name in body_inputs],
                               list(og.output), kept)
     if rename:
