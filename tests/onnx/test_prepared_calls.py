@@ -45,6 +45,31 @@ def test_prepared_attention_bitwise_generic(form, b, sq, skv, h, grouped, d, cau
     np.testing.assert_allclose(got[0], ReferenceEvaluator(model).run(None, feeds)[0], rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's -inf rows
+@settings(max_examples=20, deadline=None)
+@given(mask_shape=st.sampled_from([(40, 50), (2, 1, 40, 50), (1, 3, 1, 50), (50,), (3, 40, 50), (2, 3, 40, 1)]),
+       hidden_rows=st.booleans(), where=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_prepared_attention_with_a_run_time_mask_bitwise_generic(mask_shape, hidden_rows, where, seed):
+    """A mask fed at run time (a padding mask): the prepared call takes it, its broadcast decided
+    once, and writes NaN in the rows it hides from every key (nan_rows) or zeros after the
+    Where(IsNaN) - bitwise the generic call, and onnx.reference's values."""
+    from test_pass_attention_decomposed import attention_model
+    model = attention_model(q_shape=(2, 3, 40, 16), kv_shape=(2, 3, 50, 16), mask=mask_shape, where=where)
+    rng = np.random.default_rng(seed)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input}
+    feeds["M"] = np.where(rng.random(mask_shape) < 0.3, -np.inf, feeds["M"]).astype(np.float32)
+    if hidden_rows and mask_shape[-1] > 1:
+        # a query seeing no key (a mask shared by the rows: every query of its batch / head)
+        rows = (Ellipsis, 3, slice(None)) if len(mask_shape) > 1 and mask_shape[-2] > 3 \
+            else (0,) * (len(mask_shape) - 1) + (slice(None),)
+        feeds["M"][rows] = -np.inf
+    sess = normrt.InferenceSession(model)
+    got = _specialized_and_generic(sess, feeds)
+    assert _prepared(sess, "_attention"), "the fused attention runs its prepared call"
+    np.testing.assert_allclose(got[0], ReferenceEvaluator(model).run(None, feeds)[0], rtol=2e-5, atol=2e-6)
+
+
 def _pre_ln_block(width, rms, rng):
     """x -> (x + r) -> LayerNorm/RMSNorm, the sum also used: the residual-norm fusion's form."""
     nodes = [helper.make_node("Add", ["x", "r"], ["s"])]

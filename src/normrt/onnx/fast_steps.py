@@ -429,13 +429,16 @@ def _kernel_step(src, step, ins, out_meta, buffer):
                 f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(np.dtype(dtype))})"
             return f"{src.bind(prepared, _snake(op))}({args[0]}, {y})"
     if op == "Attention" and 3 <= len(ins) <= 4 and all(a is not None for a in ins[:3]) \
-            and all(_plain(a[1]) and a[1][1] == np.float32 for a in ins[:3]) \
-            and (len(ins) < 4 or ins[3] is None or ins[3][2] is not None):
-        prepared = _calls.prepared_attention(attrs, ins[0][1][0], ins[1][1][0], ins[2][1][0],
-                                             ins[3][2] if len(ins) > 3 and ins[3] is not None else None,
-                                             src.n_threads)
-        if prepared is not None:
-            return f"{src.bind(prepared, '_attention')}({args[0]}, {args[1]}, {args[2]})"
+            and all(_plain(a[1]) and a[1][1] == np.float32 for a in ins[:3]):
+        bias = ins[3] if len(ins) > 3 else None
+        # a bias computed at run time (a padding mask): its shape is the plan's, its values each run's
+        runtime_bias = bias is not None and bias[2] is None
+        if not runtime_bias or (_plain(bias[1]) and bias[1][1] == np.float32):
+            prepared = _calls.prepared_attention(attrs, ins[0][1][0], ins[1][1][0], ins[2][1][0],
+                                                 None if bias is None else bias[2], src.n_threads,
+                                                 bias_shape=tuple(bias[1][0]) if runtime_bias else None)
+            if prepared is not None:
+                return f"{src.bind(prepared, '_attention')}({', '.join(args[:4 if runtime_bias else 3])})"
     # any other kernel: its call, with a constant weight packed now rather than looked up per run
     call = src.bind(run.call, "_call")
     at = src.bind(attrs)
