@@ -10,7 +10,10 @@ and dynamo, and the eager `q @ k.transpose(-2, -1) * scale` of hand-written bloc
          ┌──────────── [Where(IsNaN(P), 0, P)]  (torch's "fully masked row -> 0") ◄───────────────────┘
          └─► MatMul(P, V) ─► Y
 
-    ==>  Q, Kt, V [, mask] ─► normrt::Attention(scale = sq * sk * c (or / c)) ─► Y
+    with the Add, or around it, a masked_fill: [Where(cond, fill, ·) | Where(cond, ·, fill)]
+
+    ==>  Q, Kt, V [, bias] ─► normrt::Attention(scale = sq * sk * c (or / c)) ─► Y
+         bias: the mask, or Where(cond, fill, 0) [+ mask] (a constant when cond and mask are)
 
 [Cast]: identity Casts (float32 to float32: diffusers' upcast_softmax in a float32
 model). A constant mask of zeros (the opset-13 export of diffusers' older
