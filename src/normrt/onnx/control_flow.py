@@ -264,6 +264,8 @@ class ScanNode:
         return [np.empty(e.shape[:a] + (0,) + e.shape[a:], e.dtype) for e, a in zip(elems, axes)]
 
     def __call__(self, args, values):
+        # (a numpy scalar, as some numpy ops give a 0-d result, is a tensor too)
+        args = [np.asarray(a) if isinstance(a, np.generic) else a for a in args]
         states, xs = list(args[:self.n_state]), args[self.n_state:]
         if not all(isinstance(v, np.ndarray) for v in states + list(xs)):
             return self._refer(args, values)
