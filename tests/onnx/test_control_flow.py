@@ -338,6 +338,20 @@ def test_a_scan_of_no_element_and_bad_axes():
         normrt.InferenceSession(two.SerializeToString()).run(None, feeds2)
 
 
+@pytest.mark.parametrize("break_it,match", [
+    (lambda n: setattr(next(a for a in n.attribute if a.name == "num_scan_inputs"), "i", 5),
+     "num_scan_inputs must be 1..2"),
+    (lambda n: n.input.append("x0"), "its body takes 2 inputs"),
+    (lambda n: next(a for a in n.attribute if a.name == "scan_input_directions").ints.__setitem__(0, 2),
+     "scan_input_directions must hold 0"),
+])
+def test_a_malformed_scan_is_a_model_error_naming_it(break_it, match):
+    m = scan_model(8, 1, 1, 1, [0], [0], [0], [0])
+    break_it(m.graph.node[0])
+    with pytest.raises(normrt.ModelError, match=f"Scan node 'scan'.*{match}"):
+        normrt.InferenceSession(m.SerializeToString())
+
+
 MERGED = DATA / "merged_decoder" / "decoder_model_merged.onnx"
 
 
