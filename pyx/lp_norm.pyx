@@ -286,3 +286,78 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
                           min(<Py_ssize_t>COLS, K2 - j0), pres + item * COLS, dens + item * COLS)
     finally:
         free(parts)
+
+
+cdef inline void grn_write(const float* x, float* y, Py_ssize_t K2, Py_ssize_t nrows, Py_ssize_t ncols,
+                           const double* a, const float* beta) noexcept nogil:
+    """y = x * a + beta (+ x folded into a: a = gamma * Nx + 1), in float64, rounded once."""
+    cdef Py_ssize_t l, j
+    cdef const float* r
+    cdef float* w
+    for l in range(nrows):
+        r = x + l * K2
+        w = y + l * K2
+        for j in range(ncols):
+            w[j] = <float>(<double>r[j] * a[j] + <double>beta[j])
+
+
+def grn(const float[:, :, ::1] x,       # IN  (N, L, C): channels last, L the spatial positions
+        const float[::1] gamma,         # IN  (C,)
+        const float[::1] beta,          # IN  (C,)
+        double eps,
+        float[:, :, ::1] out,           # OUT (N, L, C); may alias x
+        int n_threads):
+    """Global response normalization (ConvNeXt V2): G[n, c] = ||x[n, :, c]||_2 over the positions,
+    Nx = G / (mean_c G[n, c] + eps), y = gamma * (x * Nx) + beta + x.
+
+    The column sums of squares are lp_cols' (float64, LCHUNK rows a part, merged in order), the
+    mean over C a float64 sum in channel order, so the result does not depend on the threads.
+    A NaN spreads to its whole sample (through the mean over C), as the formula does."""
+    cdef Py_ssize_t N = x.shape[0], L = x.shape[1], C = x.shape[2]
+    cdef Py_ssize_t nb = (C + COLS - 1) // COLS
+    cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK
+    cdef Py_ssize_t items = N * nb, t, item, k, j0, r0, nc, lc, j, n
+    cdef double s
+    cdef double* parts
+    cdef double* a
+    if gamma.shape[0] != C or beta.shape[0] != C or out.shape[0] != N or out.shape[1] != L or out.shape[2] != C:
+        raise ValueError("gamma, beta must be (C,) and out (N, L, C)")
+    if N == 0 or L == 0 or C == 0:
+        return
+    parts = <double*>malloc((items * nlc * COLS + N * C) * sizeof(double))
+    if parts == NULL:
+        raise MemoryError()
+    a = parts + items * nlc * COLS          # (N, C): the norms, then gamma * Nx + 1
+    try:
+        with nogil:
+            for t in prange(items * nlc, schedule="static", num_threads=n_threads):
+                item = t // nlc
+                k = item // nb
+                j0 = (item % nb) * COLS
+                r0 = (t % nlc) * LCHUNK
+                col_chunk_sum(&x[k, r0, j0], C, min(<Py_ssize_t>LCHUNK, L - r0),
+                              min(<Py_ssize_t>COLS, C - j0), 2, parts + t * COLS)
+            for n in prange(N, schedule="static", num_threads=n_threads):
+                for item in range(n * nb, (n + 1) * nb):
+                    j0 = (item % nb) * COLS
+                    nc = min(<Py_ssize_t>COLS, C - j0)
+                    for j in range(nc):
+                        s = 0.0
+                        for lc in range(nlc):
+                            s = s + parts[(item * nlc + lc) * COLS + j]
+                        a[n * C + j0 + j] = sqrt(s)
+                s = 0.0
+                for j in range(C):
+                    s = s + a[n * C + j]
+                s = s / C + eps
+                for j in range(C):
+                    a[n * C + j] = <double>gamma[j] * (a[n * C + j] / s) + 1.0
+            for t in prange(items * nlc, schedule="static", num_threads=n_threads):
+                item = t // nlc
+                k = item // nb
+                j0 = (item % nb) * COLS
+                r0 = (t % nlc) * LCHUNK
+                grn_write(&x[k, r0, j0], &out[k, r0, j0], C, min(<Py_ssize_t>LCHUNK, L - r0),
+                          min(<Py_ssize_t>COLS, C - j0), a + k * C + j0, &beta[j0])
+    finally:
+        free(parts)

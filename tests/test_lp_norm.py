@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import normrt
-from dtype_checks import assert_concurrent_calls_match, same_bits
+from dtype_checks import (ALL_FLOAT_DTYPES, HALF_DTYPES, assert_close_in_dtype, assert_concurrent_calls_match,
+                          assert_same_bits_for_threads, same_bits)
 
 
 def ref_lp_norm(x, p, axis):
@@ -443,3 +444,68 @@ def test_nan_on_zero_with_eps_keeps_the_clamp():
 def test_bad_nan_on_zero(bad):
     with pytest.raises(TypeError, match="nan_on_zero"):
         normrt.lp_norm(np.ones((2, 3), np.float32), nan_on_zero=bad)
+
+
+# ---------------------------------------------------------------- grn (ConvNeXt V2)
+
+def ref_grn(x, gamma, beta, eps=1e-6):
+    """ConvNeXt V2's GRN in float64 on channels-last x (N, *spatial, C)."""
+    x64 = np.asarray(x, np.float64)
+    axes = tuple(range(1, x.ndim - 1))
+    g = np.sqrt(np.sum(x64 * x64, axis=axes, keepdims=True))
+    nx = g / (g.mean(axis=-1, keepdims=True) + eps)
+    return np.asarray(gamma, np.float64) * (x64 * nx) + np.asarray(beta, np.float64) + x64
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), spatial=st.lists(st.integers(1, 24), min_size=1, max_size=2),
+       c=st.sampled_from([1, 3, 16, 130, 257]), dtype=st.sampled_from(ALL_FLOAT_DTYPES[:1] + HALF_DTYPES),
+       offset=st.sampled_from([0.0, 3.0, 1e4]), seed=st.integers(0, 2 ** 16))
+def test_grn_matches_float64_reference(n, spatial, c, dtype, offset, seed):
+    """Shapes across the kernel's column blocks (128 channels) and row chunks (256 positions),
+    float32 and half storage, inputs with an offset; the same bits for 1-3 threads."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, *spatial, c)) + offset).astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    y = normrt.grn(x, gamma, beta)
+    ref = ref_grn(x, gamma, beta)
+    # float32 results are rounded once from float64 arithmetic; half ones from float32 inputs of x
+    assert_close_in_dtype(y, ref, dtype, scale=np.abs(ref).max(), ulps=1.0, f32_rel=2.0 ** -21)
+    assert_same_bits_for_threads(lambda: normrt.grn(x, gamma, beta))
+
+
+def test_grn_long_columns_and_in_place():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 40, 40, 70)).astype(np.float32)          # 1600 positions: 7 row chunks
+    gamma, beta = rng.standard_normal((1, 1, 1, 70)), rng.standard_normal(70)
+    want = ref_grn(x, gamma.reshape(-1), beta)
+    y = normrt.grn(x.copy(), gamma, beta)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    z = x.copy()
+    assert normrt.grn(z, gamma, beta, out=z) is z and same_bits(z, y)
+    assert_same_bits_for_threads(lambda: normrt.grn(x, gamma, beta))
+
+
+def test_grn_zeros_nan_and_large_values():
+    x = np.zeros((2, 3, 3, 4), np.float32)
+    beta = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(normrt.grn(x, np.ones(4, np.float32), beta), np.broadcast_to(beta, x.shape))
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32)
+    x[1, 0, 0, 2] = np.nan
+    y = normrt.grn(x, np.ones(4, np.float32), beta)
+    assert np.isnan(y[1]).all() and not np.isnan(y[0]).any()      # the sample's mean over C
+    big = np.full((1, 2, 2, 3), 3e38, np.float32)                   # squares beyond float32: float64 sums
+    np.testing.assert_allclose(normrt.grn(big, np.full(3, -0.5, np.float32), np.zeros(3, np.float32)),
+                               ref_grn(big, np.full(3, -0.5), np.zeros(3)), rtol=1e-6)
+
+
+def test_grn_bad_arguments():
+    x = np.ones((1, 2, 2, 3), np.float32)
+    with pytest.raises(TypeError, match="x must be a float32, float16 or bfloat16 array"):
+        normrt.grn(x.astype(np.float64), np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        normrt.grn(x, np.ones(4), np.zeros(3))
+    with pytest.raises(TypeError, match="gamma and beta"):
+        normrt.grn(x, None, np.zeros(3))
+    with pytest.raises(ValueError, match="rank >= 2"):
+        normrt.grn(np.ones(3, np.float32), np.ones(3), np.zeros(3))

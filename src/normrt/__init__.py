@@ -12,7 +12,7 @@ from .api.channel_norm import layer_norm_2d, rms_norm_2d
 from .api.group_norm import group_norm, instance_norm, adain
 from .api.batch_norm import batch_norm, batch_norm_stats, spade
 from .api.moments import moments, mean_variance_norm
-from .api.lp_norm import lp_norm
+from .api.lp_norm import grn, lp_norm
 from .api.lrn import lrn
 from .api.weights import fold_batch_norm, weight_norm, weight_standardize
 from .api.activations import activate, erf

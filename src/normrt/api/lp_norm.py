@@ -1,6 +1,8 @@
 """Lp normalization (ONNX LpNormalization): y = x / ||x||_p along one axis."""
 import math
 
+import numpy as np
+
 from .. import _checks as chk
 from .._kernels import lp_norm as _k
 from .._thread_policy import memory_bound
@@ -43,3 +45,46 @@ def _lp(x, p, a, eps, nan_on_zero, y):
     else:
         _k.lp_cols(x.reshape(K1, L, K2), y.reshape(K1, L, K2), p, eps, memory_bound(x.size), nan_on_zero)
     return y
+
+
+def grn(x, gamma, beta, *, eps=1e-6, out=None):
+    """Global response normalization (ConvNeXt V2) of a channels-last x (N, *spatial, C):
+
+        G = ||x||_2 over the spatial axes, per (n, c);  Nx = G / (mean over c of G + eps)
+        y = gamma * (x * Nx) + beta + x
+
+    gamma, beta: (C,) (or any shape that broadcasts to it, the (1, 1, 1, C) of the modules).
+    The sums of squares and the mean are float64; y is computed in float64 and rounded once.
+    float32, float16 or bfloat16 x (half through float32, gamma and beta in float32 or x's
+    dtype). A NaN spreads over its sample, as the formula's mean over the channels does.
+    Results are bitwise identical for any thread count. `out` may be x.
+    """
+    x = chk.tensor(x, "x", min_rank=2, half=True)
+    if x.dtype == np.float64:
+        raise TypeError("x must be a float32, float16 or bfloat16 array, got dtype float64")
+    C = x.shape[-1]
+    gamma = chk.param(_channel_vector(gamma), "gamma", (C,), np.float32, broadcast=True)
+    beta = chk.param(_channel_vector(beta), "beta", (C,), np.float32, broadcast=True)
+    if gamma is None or beta is None:
+        raise TypeError("gamma and beta must be arrays of shape (C,), got None")
+    eps = chk.eps_value(eps)
+    y = chk.output(out, x.shape, x.dtype, x)
+    if x.size == 0:
+        return y
+    N, L = x.shape[0], math.prod(x.shape[1:-1])
+
+    def run(x32, y32):
+        _k.grn(x32.reshape(N, L, C), gamma, beta, eps, y32.reshape(N, L, C), memory_bound(x.size))
+        return y32
+    if chk.half_kind(x.dtype) >= 0:
+        return half.via_float32(x, y, lambda x32: run(x32, x32))
+    return run(x, y)
+
+
+def _channel_vector(p):
+    """The modules' (1, 1, 1, C) parameters as (C,) (leading axes of 1 dropped); others as given."""
+    if p is not None and not isinstance(p, np.ndarray):
+        p = np.asarray(p)
+    if p is not None and p.ndim > 1 and all(d == 1 for d in p.shape[:-1]):
+        return p.reshape(p.shape[-1])
+    return p

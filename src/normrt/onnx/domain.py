@@ -30,6 +30,10 @@ MeanVarianceNorm(X) -> Y                             axes=[0, 2, 3], epsilon=1e-
 LpNorm(X) -> Y                                       p=2, axis=-1, epsilon=0.0, nan_on_zero=0
     (epsilon > 0: divide by max(norm, epsilon), torch's F.normalize; a zero vector gives
     zeros (ONNX LpNormalization), or with nan_on_zero=1 NaN, as the division x / norm does)
+GRN(X, gamma, beta) -> Y                             epsilon=1e-6
+    (ConvNeXt V2's global response normalization of channels-last X (N, *spatial, C): G = the
+    L2 norm over the spatial axes per (n, c), Y = gamma * (X * G / (mean over c of G +
+    epsilon)) + beta + X; gamma, beta (C,); grn_decomposed)
 LRN(X) -> Y                                          size, alpha=1e-4, beta=0.75, bias=1.0
 AdaIN(content, style) -> Y                           epsilon=1e-5, unbiased=0
     (unbiased=1: variances m2 / (n - 1), torch's default .var())
@@ -161,6 +165,7 @@ NORM_OPS = {op.op_type: op for op in (
            {"axes": [0, 2, 3], "epsilon": 1e-9}, call=_calls.mean_variance_norm),
     NormOp("LpNorm", "lp_norm", ("X",), ("Y",), {"p": 2, "axis": -1, "epsilon": 0.0, "nan_on_zero": 0},
            call=_calls.lp_norm),
+    NormOp("GRN", "grn", ("X", "gamma", "beta"), ("Y",), {"epsilon": 1e-6}, call=_calls.grn),
     NormOp("LRN", "lrn", ("X",), ("Y",), {"size": None, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}, call=_calls.lrn),
     NormOp("AdaIN", "adain", ("content", "style"), ("Y",), {"epsilon": 1e-5, "unbiased": 0}, call=_calls.adain),
     NormOp("Attention", "attention", ("Q", "Kt", "V", "bias"), ("Y",),

@@ -125,6 +125,10 @@ def lp_norm(attrs, n_out, x):
                               eps=attrs.get("epsilon", 0.0), nan_on_zero=bool(nan_on_zero)),)
 
 
+def grn(attrs, n_out, x, gamma, beta):
+    return (_normrt().grn(x, gamma, beta, eps=attrs.get("epsilon", 1e-6)),)
+
+
 def lrn(attrs, n_out, x):
     return (_normrt().lrn(x, attrs["size"], alpha=attrs.get("alpha", 1e-4), beta=attrs.get("beta", 0.75),
                           bias=attrs.get("bias", 1.0)),)

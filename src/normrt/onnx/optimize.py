@@ -42,6 +42,7 @@ from .report import Report
 from .passes.constant_folding import ConstantFolding
 from .passes.common_subexpressions import CommonSubexpressions
 from .passes.lp_normalize import LpNormalize
+from .passes.grn_decomposed import GrnDecomposed
 from .passes.lrn_decomposed import LrnDecomposed
 from .passes.adain import AdaIN
 from .passes.mvn_decomposed import MvnDecomposed
@@ -96,7 +97,7 @@ def default_passes():
             # einsum as the MatMul it computes, before the fusions that take MatMuls; no-op views
             # out of the way of the first fusions (EnCodec's reflect Pad -> full Slice -> Conv; a
             # static QDQ model's Pad -> FakeQuant -> Conv whose FakeQuant repeats the Pad's grid)
-            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")), PadIntoConv(), AdaIN(), LpNormalize(), LrnDecomposed(), MvnDecomposed(),
+            EinsumProducts(), NoOpViews(only=("Slice", "FakeQuant")), PadIntoConv(), AdaIN(), LpNormalize(), GrnDecomposed(), LrnDecomposed(), MvnDecomposed(),
             GroupNormInstance(), ConditionalInstanceNorm(), FoldBatchNorm(), FoldChannelAffine(), AffineBeforeConv(),
             PoolBeforePointwiseConv(), RecognizedNorms(), StandardNorms(),
             # ConvNeXt's channels-last blocks as Convs, then their layer scales fold into them
