@@ -52,10 +52,7 @@ _ATTENTION = {"Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryE
 _NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
           "SkipSimplifiedLayerNormalization", "RMSNormalization", "BatchNormalization",
           "InstanceNormalization", "GroupNormalization", "GroupNorm", "SkipGroupNorm",
-          "MeanVarianceNormalization", "LpNormalization", "LRN", "EmbedLayerNormalization",
-          # normrt's norm ops (normrt.onnx.domain.NORM_OPS with norm=True)
-          "LayerNorm", "RMSNorm", "BatchNorm", "InstanceNorm", "ChannelNorm", "MeanVarianceNorm",
-          "LpNorm", "AdaIN"}
+          "MeanVarianceNormalization", "LpNormalization", "LRN", "EmbedLayerNormalization"}
 _SOFTMAX = {"Softmax", "LogSoftmax"}
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh",
                 "Sigmoid", "Relu", "LeakyRelu", "Elu", "Gelu", "FastGelu", "BiasGelu", "QuickGelu",
@@ -69,6 +66,11 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", 
 def op_kind(key):
     """The KINDS entry of an op key: 'MatMul', 'normrt::LayerNorm', 'com.microsoft::FastGelu'."""
     op = key.rsplit("::", 1)[-1]
+    if key.startswith("normrt::"):
+        from normrt.onnx.domain import NORM_OPS
+        spec = NORM_OPS.get(op)
+        if spec is not None and spec.norm and not spec.compute_bound:
+            return "norms"          # normrt's norm ops, as domain.py lists them
     for kind, ops in (("MatMul/Gemm", _PRODUCTS), ("attention", _ATTENTION), ("norms", _NORMS),
                       ("Softmax", _SOFTMAX), ("elementwise", _ELEMENTWISE)):
         if op in ops:
