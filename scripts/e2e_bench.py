@@ -130,56 +130,6 @@ def _style_net(width=16):
     return TransformerNet(width)
 
 
-def _mingpt(width=384, layers=6, heads=6, block=256, vocab=512):
-    """A minGPT / nanoGPT decoder as its users write it: attention by hand, the causal mask a
-    masked_fill of the scores with -inf by a registered tril buffer (nanoGPT's path without
-    flash attention), pre-LN blocks, a GELU MLP, the final LayerNorm."""
-    import math
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class CausalSelfAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c_attn, self.c_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-            self.register_buffer("bias", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
-
-        def forward(self, x):
-            B, T, C = x.size()
-            q, k, v = self.c_attn(x).split(width, dim=2)
-            q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-            y = F.softmax(att, dim=-1) @ v
-            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(width), CausalSelfAttention(), nn.LayerNorm(width)
-            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(vocab, width), nn.Embedding(block, width)
-            self.h = nn.ModuleList(Block() for _ in range(layers))
-            self.ln_f = nn.LayerNorm(width)
-
-        def forward(self, ids):
-            x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1], device=ids.device))
-            for b in self.h:
-                x = b(x)
-            return self.ln_f(x)
-
-    return GPT()
-
-
 def _build(name, eager_attention=False):
     """(module, {input name: tensor}, [output names]) of the torch model `name`, seeded.
 
@@ -204,7 +154,8 @@ def _build(name, eager_attention=False):
     if name == "style256":
         return _style_net().eval(), {"image": torch.randn(1, 3, 256, 256, generator=g)}, ["stylized"]
     if name == "mingpt256":
-        return _mingpt().eval(), {"ids": torch.randint(0, 512, (1, 256), generator=g)}, ["y"]
+        return _fixtures().MinGPT(width=384, layers=6, heads=6, block=256, vocab=512).eval(), \
+            {"ids": torch.randint(0, 512, (1, 256), generator=g)}, ["y"]
     from diffusers import AutoencoderKL, UNet2DModel
     from diffusers.models.attention_processor import AttnProcessor
     mf = _fixtures()

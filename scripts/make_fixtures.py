@@ -101,7 +101,7 @@ def randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
         is_norm = isinstance(
             mod,
             (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm),
-        ) or cls.endswith(("Norm", "LayerNorm", "RMSNorm", "Normalization"))
+        ) or cls.endswith(("Norm", "LayerNorm", "RMSNorm", "Normalization", "GRN"))
         if not is_norm:
             continue
         with torch.no_grad():
@@ -381,6 +381,54 @@ class ResidualLN(nn.Module):
         return self.ln(residual + self.fc(x))
 
 
+class MinGPT(nn.Module):
+    """A minGPT / nanoGPT decoder as its users write it: attention by hand, the causal mask a
+    masked_fill of the scores with -inf by a registered tril buffer (nanoGPT's path without flash
+    attention), pre-LN blocks, a GELU MLP, the final LayerNorm. `vocab` 0: the input is the
+    embedded sequence (N, T, width) itself."""
+
+    class Attention(nn.Module):
+        def __init__(self, width, heads, block):
+            super().__init__()
+            self.heads = heads
+            self.c_attn, self.c_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+            self.register_buffer("bias", torch.tril(torch.ones(block, block)).view(1, 1, block, block))
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
+            y = F.softmax(att, dim=-1) @ v
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class Block(nn.Module):
+        def __init__(self, width, heads, block):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.attn = MinGPT.Attention(width, heads, block)
+            self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    def __init__(self, width=32, layers=2, heads=4, block=16, vocab=0):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width) if vocab else None
+        self.wpe = nn.Embedding(block, width) if vocab else None
+        self.h = nn.ModuleList(MinGPT.Block(width, heads, block) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(width)
+
+    def forward(self, x):
+        if self.wte is not None:
+            x = self.wte(x) + self.wpe(torch.arange(x.shape[1], device=x.device))
+        for b in self.h:
+            x = b(x)
+        return self.ln_f(x)
+
+
 class OutputsOf(nn.Module):
     """Call a transformers/diffusers model with keyword inputs and return chosen output fields."""
 
@@ -507,6 +555,21 @@ def build_convnext(gen):
     )
 
 
+def build_convnextv2(gen):
+    from transformers import ConvNextV2Config, ConvNextV2Model
+
+    cfg = ConvNextV2Config(
+        num_channels=3, patch_size=4, num_stages=2, hidden_sizes=[16, 32], depths=[1, 1],
+        image_size=32, drop_path_rate=0.0,
+    )
+    model = ConvNextV2Model(cfg)
+    return Built(
+        OutputsOf(model, ["pixel_values"], ["last_hidden_state", "pooler_output"]),
+        {"pixel_values": rn(gen, 1, 3, 32, 32)},
+        ["last_hidden_state", "pooler_output"],
+    )
+
+
 def build_unet(gen):
     from diffusers import UNet2DModel
 
@@ -603,6 +666,12 @@ CASES: list[Case] = [
          build_vit, ["transformers"]),
     Case("hf_convnext", "transformers ConvNextModel, 32x32 image, hidden_sizes (16, 32), depths (1, 1)",
          build_convnext, ["transformers"]),
+    Case("mingpt", "minGPT decoder on an embedded sequence: 2 blocks of width 32, 4 heads, attention a "
+         "masked_fill(-inf) of the scores by a tril buffer",
+         _simple(lambda: MinGPT(width=32, layers=2, heads=4, block=16), lambda g: {"x": rn(g, 2, 8, 32)})),
+    Case("hf_convnextv2", "transformers ConvNextV2Model (global response normalization), 32x32 image, "
+         "hidden_sizes (16, 32), depths (1, 1)",
+         build_convnextv2, ["transformers"]),
     Case("diffusers_unet2d", "diffusers UNet2DModel, 16x16, block_out_channels (8, 16), 4 groups, attention",
          build_unet, ["diffusers"]),
     Case("diffusers_vae", "diffusers AutoencoderKL encode+decode, 16x16, block_out_channels (8, 16), 4 groups",

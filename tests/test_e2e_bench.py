@@ -63,22 +63,3 @@ def test_style_net_is_johnsons_shape():
         y = net(torch.randn(1, 3, 32, 32))
     assert y.shape == (1, 3, 32, 32) and np.isfinite(y.numpy()).all()
 
-
-def test_mingpt_attention_is_a_masked_fill_and_fuses(tmp_path):
-    """The mingpt256 row's model as its users write it: its attention a masked_fill of the scores
-    (Where in the export), which attention_decomposed puts on the fused kernel (the tril buffer
-    becoming the kernel's causal loop); a 2-layer, 64-wide copy, against torch."""
-    torch = pytest.importorskip("torch")
-    import normrt
-    model = e2e_bench._mingpt(width=64, layers=2, heads=4, block=32, vocab=50).eval()
-    ids = torch.randint(0, 50, (2, 32), generator=torch.Generator().manual_seed(0))
-    path = tmp_path / "mingpt.onnx"
-    torch.onnx.export(model, (ids,), str(path), dynamo=False, opset_version=17, input_names=["ids"])
-    assert any(n.op_type == "Where" for n in __import__("onnx").load(str(path)).graph.node)
-    sess = normrt.InferenceSession(str(path))
-    attention = [n for n in sess.optimized_model.graph.node if n.op_type == "Attention" and n.domain == "normrt"]
-    assert len(attention) == 2
-    assert all(any(a.name == "is_causal" and a.i == 1 for a in n.attribute) for n in attention)
-    with torch.no_grad():
-        want = model(ids).numpy()
-    np.testing.assert_allclose(sess.run(None, {"ids": ids.numpy()})[0], want, rtol=1e-4, atol=1e-4)

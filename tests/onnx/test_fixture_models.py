@@ -7,7 +7,7 @@ real torch.onnx.export output, legacy and dynamo exporters):
     max abs err <= 1e-4 * max(1, max|out|) (the fixtures' own tolerance);
 (b) normrt.optimize(model, report=True) leaves no normalization behind: no standard
     ONNX normalization op, no ReduceMean/ReduceL2 node (in these fixtures every one
-    belongs to a norm, except the ConvNeXt pooler's global average -- see
+    belongs to a norm, except the ConvNeXt (V1, V2) poolers' global average -- see
     NON_NORM_REDUCTIONS), each norm a `normrt` node of the expected op, with the
     activation fused where the module applies one to the norm's output and the
     residual Add fused where the module adds one right before a LayerNorm.
@@ -36,7 +36,7 @@ REDUCTIONS = {"ReduceMean", "ReduceL2"}
 
 # ReduceMean nodes that are not part of a normalization: ConvNextModel's pooler averages the
 # last stage over (H, W) (`last_hidden_state.mean([-2, -1])`) before its final LayerNorm.
-NON_NORM_REDUCTIONS = {"hf_convnext": 1}
+NON_NORM_REDUCTIONS = {"hf_convnext": 1, "hf_convnextv2": 1}
 
 # case name -> {normrt op: count}; a (lo, hi) pair where another rewrite may legitimately
 # remove the norm altogether (an eval BatchNorm after a Linear folds into the Gemm).
@@ -69,6 +69,9 @@ EXPECTED_OPS = {
     "hf_llama": {"RMSNorm": 5},
     "hf_vit": {"LayerNorm": 5},
     "hf_convnext": {"LayerNorm": 1, "ChannelNorm": 4},   # the blocks' channels-last LayerNorms run channels-first
+    # (V2: a block with its GRN stays channels-last; the GRNs on their kernel: grn_decomposed)
+    "hf_convnextv2": {"LayerNorm": 3, "ChannelNorm": 2, "GRN": 2},
+    "mingpt": {"LayerNorm": 5},
     "diffusers_unet2d": {"GroupNorm": 21},
     "diffusers_vae": {"GroupNorm": 24},
 }
@@ -87,6 +90,7 @@ EXPECTED_RESIDUALS = {
     "residual_layernorm": 1,    # LayerNorm(residual + Linear(x))
     "preln_block": 1,           # ln2(x + proj(attention))
     "preln_block_eager": 1,
+    "mingpt": 2,                # ln_2(x + attention) in each block
 }
 
 

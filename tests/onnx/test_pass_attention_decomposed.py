@@ -342,7 +342,7 @@ def test_bundled_transformer_block_fuses():
 
 
 FIXTURE_ATTENTION = {"diffusers_unet2d": 4, "diffusers_vae": 2, "hf_bert": 2, "hf_llama": 2, "hf_vit": 2,
-                     "preln_block": 1, "preln_block_eager": 1}
+                     "preln_block": 1, "preln_block_eager": 1, "mingpt": 2}
 
 
 def _fixture_files():

@@ -2,8 +2,9 @@
 ReduceMean over the channels, Div, Mul, Add) -> normrt::GRN.
 
 Generated graphs in every operand order, at opsets 13 (axes attributes) and 18 (axes inputs), in
-float32 and float16, against onnx.reference on the original model; the refusals; and transformers'
-ConvNextV2Model exported by torch, against torch.
+float32 and float16, against onnx.reference on the original model; the refusals. transformers'
+ConvNextV2Model exported by torch (its GRNs fused, against torch): the hf_convnextv2 fixture,
+test_fixture_models.py.
 """
 import numpy as np
 import pytest
@@ -100,31 +101,3 @@ def test_refused_variants_stay_as_written(kwargs, reason):
     for g_, w in zip(sess.run(None, feeds), ReferenceEvaluator(model).run(None, feeds)):
         np.testing.assert_allclose(g_, w, rtol=1e-5, atol=1e-5)
 
-
-def test_transformers_convnextv2_grns_fuse_and_match_torch(tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    model = transformers.ConvNextV2Model(transformers.ConvNextV2Config(
-        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], image_size=64)).eval()
-    with torch.no_grad():     # GRN's gamma and beta start at zero: give them values
-        for name, p in model.named_parameters():
-            if ".grn." in name:
-                p.normal_()
-    x = torch.randn(1, 3, 64, 64)
-
-    class Hidden(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, pixels):
-            return self.m(pixel_values=pixels).last_hidden_state
-    path = tmp_path / "convnextv2.onnx"
-    torch.onnx.export(Hidden().eval(), (x,), str(path), dynamo=False, opset_version=17)
-    sess = normrt.InferenceSession(str(path))
-    assert len(_fused(sess)) == 5
-    with torch.no_grad():
-        want = Hidden()(x).numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
