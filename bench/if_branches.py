@@ -5,6 +5,9 @@ after a pause.
 
     python -m bench.if_branches                   # tests/data's LLaMA, BERT and pre-LN block exports
     python -m bench.if_branches FILE.onnx ... --runs 50 --blocks 3 --threads 2
+
+A last row times Optimum's own merged decoder (tests/data/merged_decoder, made by
+scripts/make_merged_decoder.py): one token after 32 cached on its cache branch (no plain form).
 """
 import argparse
 from pathlib import Path
@@ -56,6 +59,20 @@ def feeds_of(path):
     return {k.removeprefix("input:"): v for k, v in data.items() if k.startswith("input:")}
 
 
+MERGED = DATA / "merged_decoder" / "decoder_model_merged.onnx"
+
+
+def merged_decoder_step(past=32, seed=0):
+    """Feeds of one decode step of the merged decoder fixture: one token after `past` cached."""
+    model = onnx.load(str(MERGED), load_external_data=False)
+    names = [i.name for i in model.graph.input if i.name.startswith("past_key_values.")]
+    rng = np.random.default_rng(seed)
+    feeds = {n: rng.standard_normal((1, 4, past, 8)).astype(np.float32) for n in names}
+    feeds.update(input_ids=np.array([[5]], np.int64), attention_mask=np.ones((1, past + 1), np.int64),
+                 use_cache_branch=np.array([True]))
+    return feeds
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help=f"exports with an .npz of inputs beside them (default: {DEFAULT})")
@@ -86,6 +103,15 @@ def main():
         t = time_blocks({"plain": lambda: plain.run(None, feeds), "if": lambda: ours.run(None, wrapped),
                          "ort": lambda: theirs.run(None, wrapped)}, repeat=args.runs, blocks=args.blocks)
         print(f"| {path.stem} | {t['plain'].best * 1e3:.3f} | {t['if'].best * 1e3:.3f} | {t['ort'].best * 1e3:.3f} |")
+    if not args.models:
+        feeds = merged_decoder_step()
+        ours = normrt.InferenceSession(str(MERGED), num_threads=args.threads)
+        theirs = ort.InferenceSession(str(MERGED), so, providers=["CPUExecutionProvider"])
+        for got, want in zip(ours.run(None, feeds), theirs.run(None, feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        t = time_blocks({"if": lambda: ours.run(None, feeds), "ort": lambda: theirs.run(None, feeds)},
+                        repeat=args.runs, blocks=args.blocks)
+        print(f"| merged decoder, a token after 32 cached | - | {t['if'].best * 1e3:.3f} | {t['ort'].best * 1e3:.3f} |")
 
 
 if __name__ == "__main__":
