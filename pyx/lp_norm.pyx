@@ -31,6 +31,25 @@ cdef enum:
     # rows of L per partial column sum (fixed: it decides the summation order)
     LCHUNK = 256
 
+
+
+cdef struct Chunk:
+    # one work item of the (K1, L, K2) split: slab k, rows [r0, r0 + rows), columns [j0, j0 + cols)
+    Py_ssize_t k, j0, r0, rows, cols
+
+
+cdef inline Chunk chunk_of(Py_ssize_t t, Py_ssize_t nlc, Py_ssize_t nb, Py_ssize_t L, Py_ssize_t K2) noexcept nogil:
+    """Work item t: column block t // nlc (of nb per slab), row chunk t % nlc (of nlc per column)."""
+    cdef Chunk c
+    cdef Py_ssize_t item = t // nlc
+    c.k = item // nb
+    c.j0 = (item % nb) * COLS
+    c.r0 = (t % nlc) * LCHUNK
+    c.rows = min(<Py_ssize_t>LCHUNK, L - c.r0)
+    c.cols = min(<Py_ssize_t>COLS, K2 - c.j0)
+    return c
+
+
 # below this a float64 sum of squares may have lost digits to underflow
 cdef double TINY_SUMSQ = 1e-280
 
@@ -235,7 +254,8 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
     cdef Py_ssize_t K1 = x.shape[0], L = x.shape[1], K2 = x.shape[2]
     cdef Py_ssize_t nb = (K2 + COLS - 1) // COLS          # column blocks per slab
     cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK      # row chunks per column
-    cdef Py_ssize_t items = K1 * nb, item, t, k, j0, nc, r0, lc, j
+    cdef Py_ssize_t items = K1 * nb, item, t, k, j0, nc, lc, j
+    cdef Chunk ch
     cdef double* parts
     cdef double* acc
     if K1 == 0 or L == 0 or K2 == 0:
@@ -260,12 +280,8 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
     try:
         with nogil:
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
-                item = t // nlc
-                k = item // nb
-                j0 = (item % nb) * COLS
-                r0 = (t % nlc) * LCHUNK
-                col_chunk_sum(&x[k, r0, j0], K2, min(<Py_ssize_t>LCHUNK, L - r0),
-                              min(<Py_ssize_t>COLS, K2 - j0), p, parts + t * COLS)
+                ch = chunk_of(t, nlc, nb, L, K2)
+                col_chunk_sum(&x[ch.k, ch.r0, ch.j0], K2, ch.rows, ch.cols, p, parts + t * COLS)
             for item in prange(items, schedule="static", num_threads=n_threads):
                 k = item // nb
                 j0 = (item % nb) * COLS
@@ -278,12 +294,9 @@ def lp_cols(const real[:, :, ::1] x,   # IN  (K1, L, K2): norms over L for each 
                         acc[j] = acc[j] + parts[(item * nlc + lc) * COLS + j]
                 col_denominators(&x[k, 0, j0], L, K2, nc, p, eps, nan_on_zero, acc, pres + item * COLS)
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
-                item = t // nlc
-                k = item // nb
-                j0 = (item % nb) * COLS
-                r0 = (t % nlc) * LCHUNK
-                col_write(&x[k, r0, j0], &out[k, r0, j0], K2, min(<Py_ssize_t>LCHUNK, L - r0),
-                          min(<Py_ssize_t>COLS, K2 - j0), pres + item * COLS, dens + item * COLS)
+                ch = chunk_of(t, nlc, nb, L, K2)
+                col_write(&x[ch.k, ch.r0, ch.j0], &out[ch.k, ch.r0, ch.j0], K2, ch.rows, ch.cols,
+                          pres + (t // nlc) * COLS, dens + (t // nlc) * COLS)
     finally:
         free(parts)
 
@@ -316,7 +329,8 @@ def grn(const float[:, :, ::1] x,       # IN  (N, L, C): channels last, L the sp
     cdef Py_ssize_t N = x.shape[0], L = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t nb = (C + COLS - 1) // COLS
     cdef Py_ssize_t nlc = (L + LCHUNK - 1) // LCHUNK
-    cdef Py_ssize_t items = N * nb, t, item, k, j0, r0, nc, lc, j, n
+    cdef Py_ssize_t items = N * nb, t, item, j0, nc, lc, j, n
+    cdef Chunk ch
     cdef double s
     cdef double* parts
     cdef double* a
@@ -331,12 +345,8 @@ def grn(const float[:, :, ::1] x,       # IN  (N, L, C): channels last, L the sp
     try:
         with nogil:
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
-                item = t // nlc
-                k = item // nb
-                j0 = (item % nb) * COLS
-                r0 = (t % nlc) * LCHUNK
-                col_chunk_sum(&x[k, r0, j0], C, min(<Py_ssize_t>LCHUNK, L - r0),
-                              min(<Py_ssize_t>COLS, C - j0), 2, parts + t * COLS)
+                ch = chunk_of(t, nlc, nb, L, C)
+                col_chunk_sum(&x[ch.k, ch.r0, ch.j0], C, ch.rows, ch.cols, 2, parts + t * COLS)
             for n in prange(N, schedule="static", num_threads=n_threads):
                 for item in range(n * nb, (n + 1) * nb):
                     j0 = (item % nb) * COLS
@@ -353,11 +363,8 @@ def grn(const float[:, :, ::1] x,       # IN  (N, L, C): channels last, L the sp
                 for j in range(C):
                     a[n * C + j] = <double>gamma[j] * (a[n * C + j] / s) + 1.0
             for t in prange(items * nlc, schedule="static", num_threads=n_threads):
-                item = t // nlc
-                k = item // nb
-                j0 = (item % nb) * COLS
-                r0 = (t % nlc) * LCHUNK
-                grn_write(&x[k, r0, j0], &out[k, r0, j0], C, min(<Py_ssize_t>LCHUNK, L - r0),
-                          min(<Py_ssize_t>COLS, C - j0), a + k * C + j0, &beta[j0])
+                ch = chunk_of(t, nlc, nb, L, C)
+                grn_write(&x[ch.k, ch.r0, ch.j0], &out[ch.k, ch.r0, ch.j0], C, ch.rows, ch.cols,
+                          a + ch.k * C + ch.j0, &beta[ch.j0])
     finally:
         free(parts)

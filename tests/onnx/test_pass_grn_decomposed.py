@@ -85,8 +85,8 @@ def test_generated_grn_fuses_and_matches_reference(shape, elem, opset, swap, mod
 
 
 @pytest.mark.parametrize("kwargs,reason", [
-    (dict(l2_axes=[1]), "ReduceL2 over axes [1]"),
-    (dict(mean_axis=1), "ReduceMean over axes [1]"),
+    (dict(l2_axes=[1]), "ReduceL2 over axes [1], keepdims=1 (GRN: every spatial axis"),
+    (dict(mean_axis=1), "ReduceMean over axes [1], keepdims=1 (GRN: the channels"),
     (dict(gamma_input=True), "gamma or beta is not a constant"),
     (dict(gamma_shape=(1, 5, 1, 16)), "gamma or beta is not a constant"),
     (dict(extra_output="Nx"), "graph output"),

@@ -30,9 +30,9 @@ from onnx import TensorProto
 
 from ..domain import NORM_OPS, make_node
 from . import GraphPass
-from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op, node_attrs
+from ._queries import Graph, chain_nodes_reason, dtype_reason, fused_name, is_op
 from ._queries import other_input, scalar_constant
-from ._stats import float_attr_reason
+from ._stats import float_attr_reason, mean_axes
 
 PATTERN = "GRN(ReduceL2/ReduceMean/Div/Mul/Add)"
 GRN_DTYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -59,21 +59,6 @@ def _only_reader(g, name, op):
     """The one `op` node reading `name` (other readers are chain_nodes_reason's to refuse), or None."""
     readers = [r for r in g.consumers.get(name, []) if is_op(r, op)]
     return readers[0] if len(readers) == 1 else None
-
-
-def _axes(ctx, node):
-    """(the constant axes of a Reduce node (attribute or input), keepdims) or (None, reason)."""
-    attrs, reason = node_attrs(node)
-    if reason:
-        return None, reason
-    if len(node.input) > 1 and node.input[1]:
-        v = ctx.constants.get(node.input[1])
-        if v is None:
-            return None, f"{node.name!r}: axes are not a constant"
-        axes = [int(a) for a in np.asarray(v).reshape(-1)]
-    else:
-        axes = attrs.get("axes")
-    return (axes, attrs.get("keepdims", 1)), None
 
 
 def _channel_constant(ctx, name, C):
@@ -127,16 +112,14 @@ class GrnDecomposed(GraphPass):
         rank, C = len(shape), shape[-1]
         if not isinstance(C, int):
             return f"the channel count of {x!r} is not known"
-        (axes, keepdims), reason = _axes(ctx, m.l2)
-        if reason:
-            return reason
-        if keepdims != 1 or axes is None or sorted(a % rank for a in axes) != list(range(1, rank - 1)):
-            return f"{m.l2.name!r}: ReduceL2 over axes {axes}, keepdims={keepdims} (GRN: every spatial axis, kept)"
-        (axes, keepdims), reason = _axes(ctx, m.mean)
-        if reason:
-            return reason
-        if keepdims != 1 or axes is None or [a % rank for a in axes] != [rank - 1]:
-            return f"{m.mean.name!r}: ReduceMean over axes {axes} (GRN: the channels, the last axis, kept)"
+        for node, want, what in ((m.l2, list(range(1, rank - 1)), "every spatial axis"),
+                                 (m.mean, [rank - 1], "the channels, the last axis")):
+            found = mean_axes(ctx, node)         # (sorted axes, keepdims) of any Reduce node, or why not
+            if isinstance(found, str):
+                return found
+            if found != (want, 1):
+                return (f"{node.name!r}: {node.op_type} over axes {found[0]}, keepdims={found[1]} "
+                        f"(GRN: {what}, kept)")
         eps = scalar_constant(ctx, other_input(m.eps_add, m.mean.output[0]) or "")
         if eps is None or not 0.0 <= eps < np.inf:
             return f"{m.eps_add.name!r}: eps is not a constant scalar >= 0"
