@@ -6,8 +6,9 @@ after a pause.
     python -m bench.if_branches                   # tests/data's LLaMA, BERT and pre-LN block exports
     python -m bench.if_branches FILE.onnx ... --runs 50 --blocks 3 --threads 2
 
-A last row times Optimum's own merged decoder (tests/data/merged_decoder, made by
-scripts/make_merged_decoder.py): one token after 32 cached on its cache branch (no plain form).
+Two last rows time Optimum's own merged decoder (tests/data/merged_decoder, made by
+scripts/make_merged_decoder.py), one token after 32 cached on its cache branch, and a Scan of 16
+steps whose body normalizes a (8, 64) slice and adds it to the state (neither has a plain form).
 """
 import argparse
 from pathlib import Path
@@ -73,6 +74,32 @@ def merged_decoder_step(past=32, seed=0):
     return feeds
 
 
+def scan_model(steps=16, rows=8, width=64, seed=0):
+    """(a Scan model, its feeds): state s (rows, width), a scan input x (steps, rows, width); per step
+    h = LayerNormalization(x_t) * 0.5 + s, s' = h, scan output h: a recurrence over a sequence."""
+    f = TensorProto.FLOAT
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [helper.make_node("LayerNormalization", ["x_t", "g", "b"], ["n"], axis=-1),
+         helper.make_node("Mul", ["n", "half"], ["nh"]), helper.make_node("Add", ["nh", "s_in"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["y_t"])], "body",
+        [helper.make_tensor_value_info("s_in", f, [rows, width]), helper.make_tensor_value_info("x_t", f, [rows, width])],
+        [helper.make_tensor_value_info("s_out", f, [rows, width]), helper.make_tensor_value_info("y_t", f, [rows, width])])
+    inits = [onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, width).astype(np.float32), "g"),
+             onnx.numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b"),
+             onnx.numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    graph = helper.make_graph(
+        [helper.make_node("Scan", ["s0", "x"], ["s", "y"], name="scan", body=body, num_scan_inputs=1)], "scan",
+        [helper.make_tensor_value_info("s0", f, [rows, width]), helper.make_tensor_value_info("x", f, [steps, rows, width])],
+        [helper.make_tensor_value_info("s", f, [rows, width]), helper.make_tensor_value_info("y", f, [steps, rows, width])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"s0": rng.standard_normal((rows, width)).astype(np.float32),
+             "x": rng.standard_normal((steps, rows, width)).astype(np.float32)}
+    return model, feeds
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", help=f"exports with an .npz of inputs beside them (default: {DEFAULT})")
@@ -112,6 +139,16 @@ def main():
         t = time_blocks({"if": lambda: ours.run(None, feeds), "ort": lambda: theirs.run(None, feeds)},
                         repeat=args.runs, blocks=args.blocks)
         print(f"| merged decoder, a token after 32 cached | - | {t['if'].best * 1e3:.3f} | {t['ort'].best * 1e3:.3f} |")
+        model, feeds = scan_model()
+        data = model.SerializeToString()
+        ours = normrt.InferenceSession(data, num_threads=args.threads)
+        theirs = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        for got, want in zip(ours.run(None, feeds), theirs.run(None, feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        t = time_blocks({"scan": lambda: ours.run(None, feeds), "ort": lambda: theirs.run(None, feeds)},
+                        repeat=args.runs, blocks=args.blocks)
+        print(f"| Scan, 16 steps of LayerNorm + state on (8, 64) | - | {t['scan'].best * 1e3:.3f} | "
+              f"{t['ort'].best * 1e3:.3f} |")
 
 
 if __name__ == "__main__":
