@@ -34,3 +34,22 @@ def test_if_wrapped_model(benchmark, name, impl, threads):
     benchmark.group = f"if_wrapped-{name.removesuffix('.onnx')}"
     benchmark.extra_info.update(threads=threads)
     benchmark(sess.run, None, feeds)
+
+
+@pytest.mark.parametrize("impl", ["normrt", "ort"])
+def test_scan_steps(benchmark, impl, threads):
+    """bench/if_branches.py's Scan (16 steps of a LayerNorm body): normrt's nested executor per
+    step against onnxruntime's, the outputs checked against onnxruntime's first."""
+    ort = pytest.importorskip("onnxruntime")
+    import normrt
+    model, feeds = if_branches.scan_model()
+    data = model.SerializeToString()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    reference = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    sess = reference if impl == "ort" else normrt.InferenceSession(data, num_threads=threads)
+    for got, want in zip(sess.run(None, feeds), reference.run(None, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    benchmark.group = "scan-16-steps"
+    benchmark.extra_info.update(threads=threads)
+    benchmark(sess.run, None, feeds)
