@@ -575,36 +575,26 @@ def prepared_attention(attrs, q_shape, kt_shape, v_shape, bias, n_threads, bias_
     merged = (B, Sq, Hq * Dv) if merge else y_shape
     k_to_bhsd = tuple(kv[a] for a in (0, 1, 3, 2))     # (B, Hkv, Skv, D): the kernel's K view
 
-    def run(q, kt, v):
+    def run(q, kt, v, bias=None):
+        """(bias: the run-time bias, when the plan was prepared with bias_shape)"""
         if q_heads:
             q = q.reshape(q4)
         if kv_heads:
             kt, v = kt.reshape(kt4), v.reshape(v4)
-        y = np.empty(y_shape, np.float32)
-        kernel(q.transpose(qv), kt.transpose(k_to_bhsd), v.transpose(vv), b4, y.transpose(yv), scale, causal, nt)
-        if nan_rows:
-            y.transpose(yv)[dead] = np.nan
-        return y.reshape(merged) if merge else y
-
-    if bias_shape is None:
-        return run
-
-    def run_with_bias(q, kt, v, bias):
-        if q_heads:
-            q = q.reshape(q4)
-        if kv_heads:
-            kt, v = kt.reshape(kt4), v.reshape(v4)
-        b = bias.reshape(shape4)
-        b = np.ascontiguousarray(np.broadcast_to(b, shape4[:3] + (Skv,)) if keys_broadcast else b)
+        b = b4
+        if bias is not None:
+            b = bias.reshape(shape4)
+            b = np.ascontiguousarray(np.broadcast_to(b, shape4[:3] + (Skv,)) if keys_broadcast else b)
         y = np.empty(y_shape, np.float32)
         kernel(q.transpose(qv), kt.transpose(k_to_bhsd), v.transpose(vv), b, y.transpose(yv), scale, causal, nt)
         if nan_rows:
-            rows = np.isneginf(b).all(axis=-1)
-            if rows.any():
-                y.transpose(yv)[np.broadcast_to(rows, (B, Hq, Sq))] = np.nan
+            if bias is None:
+                y.transpose(yv)[dead] = np.nan
+            else:
+                _nan_rows(y.transpose(yv), b)
         return y.reshape(merged) if merge else y
 
-    return run_with_bias
+    return run
 
 
 def prepared_channel_norm(attrs, x_shape, dtype, scale, bias, n_threads):
