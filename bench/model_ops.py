@@ -25,7 +25,7 @@ def _model(nodes, x_shape, inits, opset, y_shape=None):
     return model
 
 
-def recurrent(kind, directions, seq, inputs, hidden, rng):
+def recurrent(kind, directions, seq, inputs, hidden, rng, batch=1):
     gates = {"LSTM": 4, "GRU": 3}[kind]
     s = 1 / np.sqrt(hidden)
     inits = {"w": (rng.standard_normal((directions, gates * hidden, inputs)) * s).astype(np.float32),
@@ -34,7 +34,7 @@ def recurrent(kind, directions, seq, inputs, hidden, rng):
     extra = {"linear_before_reset": 1} if kind == "GRU" else {}
     node = helper.make_node(kind, ["x", "w", "r", "b"], ["y"], hidden_size=hidden,
                             direction="bidirectional" if directions == 2 else "forward", **extra)
-    return _model([node], (seq, 1, inputs), inits, 14), rng.standard_normal((seq, 1, inputs)).astype(np.float32)
+    return _model([node], (seq, batch, inputs), inits, 14), rng.standard_normal((seq, batch, inputs)).astype(np.float32)
 
 
 def grid_sample(mode, shape, out_hw, rng):
@@ -155,6 +155,8 @@ CASES = {   # name -> builder(rng) -> (model, x)
     "dynamic_fake_quant-128x768": lambda rng: dynamic_fake_quant((1, 128, 768), rng),
     "qdq_pair-1x64x56x56": lambda rng: qdq_pair((1, 64, 56, 56), rng),
     "lstm_forward-s100-i32-h32": lambda rng: recurrent("LSTM", 1, 100, 32, 32, rng),
+    "lstm_forward-b8-s50-i64-h128": lambda rng: recurrent("LSTM", 1, 50, 64, 128, rng, batch=8),
+    "gru_forward-b8-s50-i64-h128": lambda rng: recurrent("GRU", 1, 50, 64, 128, rng, batch=8),
     "einsum_ibh_hnd-64x1x256-256x4x64": lambda rng: einsum("ibh,hnd->ibnd", (64, 1, 256), (256, 4, 64), rng),
     "batched_matmul-4x159x16x317": lambda rng: batched_matmul((1, 4, 159, 16), (1, 4, 16, 317), rng),
     "dft_onesided-8x1024": lambda rng: dft((8, 1024, 1), rng),

@@ -41,6 +41,12 @@ cdef extern from "recurrent_kernel.h":
     void gemm_rows_d "nrt_gemm_rows_d"(const double* r, Py_ssize_t rows, Py_ssize_t n, Py_ssize_t nb,
                                        const double* const* h, const double* const* add, Py_ssize_t add_off,
                                        double* const* out, Py_ssize_t out_off) noexcept nogil
+    const int RPANEL "NRT_RPANEL"
+    void panel_rows_f "nrt_panel_rows_f"(const float* p, Py_ssize_t G, Py_ssize_t n, Py_ssize_t g0,
+                                         Py_ssize_t g1, Py_ssize_t units, Py_ssize_t H, Py_ssize_t nb,
+                                         const float* const* h, const float* const* add, Py_ssize_t add_off,
+                                         float* const* out, Py_ssize_t out_off) noexcept nogil
+    void pack_r_f "nrt_pack_r_f"(const float* r, Py_ssize_t G, Py_ssize_t H, Py_ssize_t n, float* p) noexcept nogil
 
 ctypedef fused real:
     float
@@ -105,6 +111,28 @@ cdef inline void gemm_rows(const real* r, Py_ssize_t rows, Py_ssize_t n, Py_ssiz
         gemm_rows_d(r, rows, n, nb, <const double* const*>h, <const double* const*>add, add_off, out, out_off)
 
 
+cdef inline void gate_rows(const real* r, const float* rp, Py_ssize_t G, Py_ssize_t g0, Py_ssize_t g1,
+                           Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, Py_ssize_t nb, real** h,
+                           const real** add, Py_ssize_t add_off, real** out, Py_ssize_t out_off) noexcept nogil:
+    """Gates [g0, g1) of units [k0, k1): out[q][out_off + (g - g0)*H + k] = add[q][add_off + (g - g0)*H + k]
+    + R_{g*H + k} . h[q] (add NULL: 0). float32 from the packed R rp when there is one (outer
+    products, recurrent_kernel.h; k0 a multiple of its 32-unit chunks), else each gate's rows in
+    the dot-product form."""
+    cdef Py_ssize_t g, c0
+    if real is float:
+        if rp != NULL:
+            c0 = k0
+            while c0 < k1:
+                panel_rows_f(rp + (c0 // RPANEL) * H * G * RPANEL, G, H, g0, g1, min(<Py_ssize_t>RPANEL, k1 - c0),
+                             H, nb, <const float* const*>h, <const float* const*>add, add_off + c0, out,
+                             out_off + c0)
+                c0 += RPANEL
+            return
+    for g in range(g0, g1):
+        gemm_rows(r + (g * H + k0) * H, k1 - k0, H, nb, h, add, add_off + (g - g0) * H + k0, out,
+                  out_off + (g - g0) * H + k0)
+
+
 cdef inline Py_ssize_t step_time(Py_ssize_t step, Py_ssize_t length, bint reverse) noexcept nogil:
     """The time index a batch row processes at `step`, or -1 once past its length."""
     if step >= length:
@@ -116,7 +144,7 @@ cdef enum:
     KCHUNK = 32         # hidden units per work item of a step (all gates' rows for those units)
 
 
-cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, const real* p,
+cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, const float* rp, const real* p,
                        const real* rbh, real** hp, real** hnp, real** cp, real** yp, real** gp,
                        real** up, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga,
                        int ha, bint input_forget, bint linear_before_reset) noexcept nogil:
@@ -136,8 +164,7 @@ cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, 
     cdef const real* x
     cdef const real* hb
     if cell == CELL_LSTM:
-        for gi in range(4):             # gates i, o, f, c of these units
-            gemm_rows(r + (gi * H + k0) * H, n, H, na, hp, xp, gi * H + k0, gp, gi * H + k0)
+        gate_rows(r, rp, 4, 0, 4, k0, k1, H, na, hp, xp, 0, gp, 0)     # gates i, o, f, c
         for q in range(na):
             g = gp[q]
             u = up[q]
@@ -171,11 +198,10 @@ cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, 
                 hn[k] = g[H + k] * u[k]
                 yt[k] = hn[k]
     elif cell == CELL_GRU:
-        for gi in range(2):             # z, r
-            gemm_rows(r + (gi * H + k0) * H, n, H, na, hp, xp, gi * H + k0, gp, gi * H + k0)
+        gate_rows(r, rp, 3, 0, 2, k0, k1, H, na, hp, xp, 0, gp, 0)     # z, r
         if linear_before_reset:
             # the candidate's R h alone (no x: it goes outside r * (R h + Rbh))
-            gemm_rows(r + (2 * H + k0) * H, n, H, na, hp, NULL, 0, gp, 2 * H + k0)
+            gate_rows(r, rp, 3, 2, 3, k0, k1, H, na, hp, NULL, 0, gp, 2 * H)
         for q in range(na):
             g = gp[q]
             u = up[q]
@@ -193,7 +219,7 @@ cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, 
                 for k in range(k0, k1):
                     u[k] = g[H + k] * hb[k]          # r * h, read whole by gru_candidate
     else:
-        gemm_rows(r + k0 * H, n, H, na, hp, xp, k0, gp, k0)
+        gate_rows(r, rp, 1, 0, 1, k0, k1, H, na, hp, xp, 0, gp, 0)
         for q in range(na):
             g = gp[q]
             hn = hnp[q]
@@ -216,7 +242,7 @@ cdef inline void gru_finish(real* u, const real* g, const real* hb, real* hn, re
         yt[k] = hn[k]
 
 
-cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const real** rbp, real** hp,
+cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const float* rp, const real** rbp, real** hp,
                         real** hnp, real** yp, real** gp, real** up, real** vp, Py_ssize_t k0,
                         Py_ssize_t k1, Py_ssize_t H, real clip, int ga) noexcept nogil:
     """GRU, linear_before_reset=0, units k0..k1-1 of the na active rows: x + R (r * h) + Rbh (up[q]
@@ -224,7 +250,7 @@ cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const rea
     cdef Py_ssize_t k, q
     cdef real* v
     cdef const real* x
-    gemm_rows(r + (2 * H + k0) * H, k1 - k0, H, na, up, rbp, k0, vp, k0)
+    gate_rows(r, rp, 3, 2, 3, k0, k1, H, na, up, rbp, 0, vp, 0)
     for q in range(na):
         v = vp[q]
         x = xp[q]
@@ -233,7 +259,7 @@ cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const rea
         gru_finish(v, gp[q], hp[q], hnp[q], yp[q], k0, k1, clip, ga)
 
 
-cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r, const real* p,
+cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r, const float* rp, const real* p,
                        const real* rbh, real* h, real* c, real* y, const int* lens,
                        Py_ssize_t S, Py_ssize_t B, Py_ssize_t H, Py_ssize_t G, bint reverse,
                        real clip, int fa, int ga, int ha, bint input_forget,
@@ -299,20 +325,20 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
             continue
         if split:
             for ch in prange(nch, schedule="static", num_threads=n_threads):
-                update_chunk(cell, na, xp, r, p, rbh, hp, hnp, cp, yp, gp, up, ch * KCHUNK,
+                update_chunk(cell, na, xp, r, rp, p, rbh, hp, hnp, cp, yp, gp, up, ch * KCHUNK,
                              min(ch * KCHUNK + KCHUNK, H), H, clip, fa, ga, ha, input_forget,
                              linear_before_reset)
             if two_phase:
                 for ch in prange(nch, schedule="static", num_threads=n_threads):
-                    gru_candidate(na, xp, r, rbp, hp, hnp, yp, gp, up, vp, ch * KCHUNK,
+                    gru_candidate(na, xp, r, rp, rbp, hp, hnp, yp, gp, up, vp, ch * KCHUNK,
                                   min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
         else:
             # one thread (or inside the two directions' region, or one chunk): the whole step as
             # one chunk, no region per step - the same units' rows and arithmetic, so the same bits
-            update_chunk(cell, na, xp, r, p, rbh, hp, hnp, cp, yp, gp, up, 0, H, H, clip, fa, ga, ha,
+            update_chunk(cell, na, xp, r, rp, p, rbh, hp, hnp, cp, yp, gp, up, 0, H, H, clip, fa, ga, ha,
                          input_forget, linear_before_reset)
             if two_phase:
-                gru_candidate(na, xp, r, rbp, hp, hnp, yp, gp, up, vp, 0, H, H, clip, ga)
+                gru_candidate(na, xp, r, rp, rbp, hp, hnp, yp, gp, up, vp, 0, H, H, clip, ga)
         for q in range(na):
             memcpy(hp[q], hnp[q], H * sizeof(real))
     free(scratch)
@@ -320,9 +346,30 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
     return 0
 
 
+def packed_r_size(Py_ssize_t G, Py_ssize_t H):
+    """Floats of one direction's packed R (pack_r): ceil(H / 32) chunks of H rows of G*32."""
+    return (H + RPANEL - 1) // RPANEL * H * G * RPANEL
+
+
+def pack_r(const float[:, :, ::1] r,        # IN  (D, G*H, H) recurrent weights
+           float[:, ::1] out):              # OUT (D, packed_r_size(G, H))
+    """R of every direction in the packed form of run's float32 products (recurrent_kernel.h)."""
+    cdef Py_ssize_t D = r.shape[0], H = r.shape[2], d, G
+    if H == 0 or r.shape[1] % H:
+        raise ValueError("r must be (D, G*H, H) with H > 0")
+    G = r.shape[1] // H
+    if out.shape[0] != D or out.shape[1] != packed_r_size(G, H):
+        raise ValueError("out must be (D, packed_r_size(G, H))")
+    with nogil:
+        for d in range(D):
+            pack_r_f(&r[d, 0, 0], G, H, H, &out[d, 0])
+
+
 def run(int cell,
         const real[:, :, :, ::1] xw,        # IN  (S, B, D, G*H) input projections + biases
         const real[:, :, ::1] r,            # IN  (D, G*H, H) recurrent weights
+        const float[:, ::1] rp,             # IN  float32: (D, packed_r_size(G, H)), pack_r(r) (the
+                                            #     outer-product form), or (0, 0): the dot-product form
         const real[:, ::1] p,               # IN  (D, 3H) LSTM peepholes, or (D, 0): none
         const real[:, ::1] rbh,             # IN  (D, H) GRU's recurrent candidate bias, or (D, 0)
         real[:, :, ::1] h,                  # IN/OUT (D, B, H) initial -> final hidden state
@@ -354,12 +401,15 @@ def run(int cell,
         raise ValueError("p must be (D, 3H)")
     if cell == CELL_GRU and (rbh.shape[0] != D or rbh.shape[1] != H):
         raise ValueError("rbh must be (D, H)")
+    if rp.shape[0] != 0 and (real is double or rp.shape[0] != D or rp.shape[1] != packed_r_size(G, H)):
+        raise ValueError("rp must be pack_r(r) (float32) or (0, 0)")
     if D == 0 or S == 0 or B == 0 or H == 0:
         return
     if D == 1:
         # one direction: its steps' hidden units over the threads
         with nogil:
-            failed = run_direction(cell, &xw[0, 0, 0, 0], D * G * H, &r[0, 0, 0], &p[0, 0] if has_p else NULL,
+            failed = run_direction(cell, &xw[0, 0, 0, 0], D * G * H, &r[0, 0, 0], &rp[0, 0] if rp.shape[0] else NULL,
+                                   &p[0, 0] if has_p else NULL,
                                    &rbh[0, 0] if cell == CELL_GRU else NULL, &h[0, 0, 0],
                                    &c[0, 0, 0] if cell == CELL_LSTM else NULL, &y[0, 0, 0, 0], &lens[0],
                                    S, B, H, G, reverse_first, clip, fa, ga, ha, input_forget,
@@ -367,7 +417,8 @@ def run(int cell,
     else:
         # two directions: one per thread (each then runs its steps alone)
         for d in prange(D, nogil=True, schedule="static", num_threads=max(1, min(n_threads, D))):
-            rc = run_direction(cell, &xw[0, 0, d, 0], D * G * H, &r[d, 0, 0], &p[d, 0] if has_p else NULL,
+            rc = run_direction(cell, &xw[0, 0, d, 0], D * G * H, &r[d, 0, 0], &rp[d, 0] if rp.shape[0] else NULL,
+                               &p[d, 0] if has_p else NULL,
                                &rbh[d, 0] if cell == CELL_GRU else NULL, &h[d, 0, 0],
                                &c[d, 0, 0] if cell == CELL_LSTM else NULL, &y[d, 0, 0, 0], &lens[0],
                                S, B, H, G, (d == 0) == reverse_first, clip, fa, ga, ha, input_forget,

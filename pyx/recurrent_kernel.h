@@ -274,6 +274,154 @@ static __attribute__((noinline)) void nrt_gemm_rows_f(const float* r, ptrdiff_t 
         for (q = 0; q < nb; q++)
             nrt_gemm_block1x1_f(r, j, n, h + q, add ? add + q : NULL, add_off, out + q, out_off);
 }
+/* ---- float32 from the packed R: outer products, no reduction trees ----
+
+   The dot-product form above ends every (R row, batch row) sum with a tree of shuffles: at hidden
+   size 128 a 4 x 4 block runs 8 iterations of its loop, then folds 16 sums, as much work as the
+   loop (one thread, batch 8, a 512 x 128 product: 16 us, twice the multiply-add bound). Packed,
+   R's rows come NRT_RPANEL hidden units at a time, transposed, a panel per gate:
+
+     p[((ch * G + g) * n + i) * 32 + u] = R[g*H + ch*32 + u][i]   (zeros past H),
+
+   so a product's lanes are its outputs: for every i, broadcast h[q][i], multiply the panels' row
+   i and add, one running sum per output lane, i = 0..n-1 in order (a multiply, then an add: the
+   build never contracts them), then out = add + sum. Each output's arithmetic is the same
+   whatever the block, the batch, the thread or the ISA level, so a batch row's bits are those of
+   the row run alone. (Not the dot-product form's bits, which float64 keeps.) */
+#define NRT_RPANEL 32
+
+#if NRT_VW == 16
+#include <immintrin.h>
+#define NRT_PMADD(s, w, b) ((s) = (nrt_vwf)_mm512_fmadd_ps((__m512)(w), _mm512_set1_ps(b), (__m512)(s)))
+#elif NRT_VW == 8 && defined(__FMA__)
+#include <immintrin.h>
+#define NRT_PMADD(s, w, b) ((s) = (nrt_vwf)_mm256_fmadd_ps((__m256)(w), _mm256_set1_ps(b), (__m256)(s)))
+#else
+#define NRT_PMADD(s, w, b) ((s) += (w) * (b))
+#endif
+
+/* NB batch rows x NV vectors: columns [c, c + NV*NRT_VW) of the call's gates (column c: gate
+   c / 32 of them, unit c % 32; base points at the first gate's panel, each n rows of 32), stored
+   to out[q][out_off + gate*H + unit] (+ add[q][add_off + ...]) for units < units. */
+#define NRT_PANEL_BLOCK_DEFINE(NAME, NB, NV)                                                  \
+static inline __attribute__((always_inline)) void NAME(const float* base, ptrdiff_t n,       \
+        ptrdiff_t c, ptrdiff_t units, ptrdiff_t H, const float* const* h, const float* const* add, \
+        ptrdiff_t add_off, float* const* out, ptrdiff_t out_off) {                            \
+    nrt_vwf s[NB][NV];                                                                        \
+    const float* pv[NV];                                                                      \
+    _Pragma("GCC unroll 16")                                                                  \
+    for (int v = 0; v < NV; v++) {                                                            \
+        ptrdiff_t col = c + v * NRT_VW;                                                       \
+        pv[v] = base + col / NRT_RPANEL * n * NRT_RPANEL + col % NRT_RPANEL;                  \
+    }                                                                                         \
+    _Pragma("GCC unroll 64")                                                                  \
+    for (int t = 0; t < NB * NV; t++)                                                         \
+        s[t / NV][t % NV] = (nrt_vwf){0};                                                     \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                       \
+        nrt_vwf w[NV];                                                                        \
+        _Pragma("GCC unroll 16")                                                              \
+        for (int v = 0; v < NV; v++) {                                                        \
+            w[v] = nrt_loadw(pv[v] + i * NRT_RPANEL);                                         \
+            if (NB > 1) NRT_KEEP(w[v]);                                                       \
+        }                                                                                     \
+        _Pragma("GCC unroll 16")                                                              \
+        for (int q = 0; q < NB; q++) {                                                        \
+            const float b = h[q][i];                                                          \
+            _Pragma("GCC unroll 16")                                                          \
+            for (int v = 0; v < NV; v++)                                                      \
+                NRT_PMADD(s[q][v], w[v], b);                                                  \
+        }                                                                                     \
+    }                                                                                         \
+    _Pragma("GCC unroll 16")                                                                  \
+    for (int q = 0; q < NB; q++) {                                                            \
+        _Pragma("GCC unroll 16")                                                              \
+        for (int v = 0; v < NV; v++) {                                                        \
+            ptrdiff_t col = c + v * NRT_VW, u = col % NRT_RPANEL;                             \
+            ptrdiff_t at = col / NRT_RPANEL * H + u;                                          \
+            float* o = out[q] + out_off + at;                                                 \
+            const float* a = add ? add[q] + add_off + at : NULL;                              \
+            if (u + NRT_VW <= units) {                                                        \
+                nrt_vwf r = (a ? nrt_loadw(a) : (nrt_vwf){0}) + s[q][v];                      \
+                __builtin_memcpy(o, &r, sizeof r);                                            \
+            } else {                                                                          \
+                float l[NRT_VW];                                                              \
+                __builtin_memcpy(l, &s[q][v], sizeof l);                                      \
+                for (ptrdiff_t e = 0; e < NRT_VW && u + e < units; e++)                       \
+                    o[e] = (a ? a[e] : 0) + l[e];                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }                                                                                         \
+}
+
+/* Blocks of 8 (AVX, SSE) to 16 (AVX-512) accumulator registers. Batch rows go four at a time
+   over two gates (the multiply-adds bound them); the last one to three rows take every gate at
+   once, so that each panel row is read from memory once per step (one batch row is bound by R's
+   bytes: four gates in two passes had read an LSTM's 1 MB R twice at hidden size 256). */
+#if NRT_VW == 16
+NRT_PANEL_BLOCK_DEFINE(nrt_panel4x4_f, 4, 4)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel8x2_f, 8, 2)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel4x2_f, 4, 2)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel2x8_f, 2, 8)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel2x4_f, 2, 4)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel2x2_f, 2, 2)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x8_f, 1, 8)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x4_f, 1, 4)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x2_f, 1, 2)
+#elif NRT_VW == 8
+NRT_PANEL_BLOCK_DEFINE(nrt_panel2x4_f, 2, 4)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x8_f, 1, 8)
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x4_f, 1, 4)
+#else
+NRT_PANEL_BLOCK_DEFINE(nrt_panel1x8_f, 1, 8)
+#endif
+
+/* Gates [g0, g1) of units [0, units) of one chunk from its packed panels p (G gates of n rows):
+   out[q][out_off + (g - g0)*H + u] = add[q][add_off + (g - g0)*H + u] + sum_i h[q][i] R[g*H + u][i]
+   for the nb batch rows (add may be NULL: 0). */
+static __attribute__((noinline)) void nrt_panel_rows_f(const float* p, ptrdiff_t G, ptrdiff_t n,
+        ptrdiff_t g0, ptrdiff_t g1, ptrdiff_t units, ptrdiff_t H, ptrdiff_t nb, const float* const* h,
+        const float* const* add, ptrdiff_t add_off, float* const* out, ptrdiff_t out_off) {
+    const ptrdiff_t c1 = (g1 - g0) * NRT_RPANEL;
+    const float* base = p + g0 * n * NRT_RPANEL;
+    ptrdiff_t c, q = 0;
+    (void)G;
+#define NRT_PANEL_CALL(NAME, NB, W)                                                           \
+    NAME(base, n, c, units, H, h + q, add ? add + q : NULL, add_off, out + q, out_off);         \
+    c += W
+#if NRT_VW == 16
+    for (; nb - q >= 4; q += 4)
+        for (c = 0; c < c1;) {
+            if (c1 - c >= 64) { NRT_PANEL_CALL(nrt_panel4x4_f, 4, 64); }
+            else if (nb - q >= 8) { NRT_PANEL_CALL(nrt_panel8x2_f, 8, 32); }
+            else { NRT_PANEL_CALL(nrt_panel4x2_f, 4, 32); }
+        }
+    /* (a single gate, 8 rows at a time: the 4-row pass above left it to them) */
+    for (; nb - q >= 2; q += 2)
+        for (c = 0; c < c1;) {
+            if (c1 - c >= 128) { NRT_PANEL_CALL(nrt_panel2x8_f, 2, 128); }
+            else if (c1 - c >= 64) { NRT_PANEL_CALL(nrt_panel2x4_f, 2, 64); }
+            else { NRT_PANEL_CALL(nrt_panel2x2_f, 2, 32); }
+        }
+    for (; q < nb; q++)
+        for (c = 0; c < c1;) {
+            if (c1 - c >= 128) { NRT_PANEL_CALL(nrt_panel1x8_f, 1, 128); }
+            else if (c1 - c >= 64) { NRT_PANEL_CALL(nrt_panel1x4_f, 1, 64); }
+            else { NRT_PANEL_CALL(nrt_panel1x2_f, 1, 32); }
+        }
+#elif NRT_VW == 8
+    for (; nb - q >= 2; q += 2)
+        for (c = 0; c < c1;) { NRT_PANEL_CALL(nrt_panel2x4_f, 2, 32); }
+    for (; q < nb; q++)
+        for (c = 0; c < c1;) {
+            if (c1 - c >= 64) { NRT_PANEL_CALL(nrt_panel1x8_f, 1, 64); }
+            else { NRT_PANEL_CALL(nrt_panel1x4_f, 1, 32); }
+        }
+#else
+    for (; q < nb; q++)
+        for (c = 0; c < c1;) { NRT_PANEL_CALL(nrt_panel1x8_f, 1, 32); }
+#endif
+#undef NRT_PANEL_CALL
+}
 #endif
 
 /* The batch rows one after another (float64; float32 without GCC vector types), each row's
@@ -289,7 +437,41 @@ static inline void NAME(const T* r, ptrdiff_t rows, ptrdiff_t n, ptrdiff_t nb, \
 #if !defined(__GNUC__)
 NRT_GEMV_DEFINE(nrt_gemv_f, nrt_dot_f, float)
 NRT_GEMM_ROWS_DEFINE(nrt_gemm_rows_f, nrt_gemv_f, float)
+#define NRT_RPANEL 32
+
+/* nrt_panel_rows_f without GCC vector types: the same sums, lane by lane */
+static void nrt_panel_rows_f(const float* p, ptrdiff_t G, ptrdiff_t n, ptrdiff_t g0, ptrdiff_t g1,
+        ptrdiff_t units, ptrdiff_t H, ptrdiff_t nb, const float* const* h, const float* const* add,
+        ptrdiff_t add_off, float* const* out, ptrdiff_t out_off) {
+    (void)G;
+    for (ptrdiff_t q = 0; q < nb; q++)
+        for (ptrdiff_t g = g0; g < g1; g++)
+            for (ptrdiff_t u = 0; u < units; u++) {
+                const float* col = p + g * n * NRT_RPANEL + u;
+                float s = 0;
+                for (ptrdiff_t i = 0; i < n; i++)
+                    s += col[i * NRT_RPANEL] * h[q][i];
+                ptrdiff_t at = (g - g0) * H + u;
+                out[q][out_off + at] = (add ? add[q][add_off + at] : 0) + s;
+            }
+}
 #endif
+
+/* R (G*H, n) of one direction into the packed panels above (nch = ceil(H / 32) chunks of G
+   panels, each n rows of 32 floats) */
+static void nrt_pack_r_f(const float* r, ptrdiff_t G, ptrdiff_t H, ptrdiff_t n, float* p) {
+    const ptrdiff_t nch = (H + NRT_RPANEL - 1) / NRT_RPANEL;
+    for (ptrdiff_t ch = 0; ch < nch; ch++)
+        for (ptrdiff_t g = 0; g < G; g++)
+            for (ptrdiff_t i = 0; i < n; i++) {
+                float* row = p + ((ch * G + g) * n + i) * NRT_RPANEL;
+                for (ptrdiff_t u = 0; u < NRT_RPANEL; u++) {
+                    ptrdiff_t k = ch * NRT_RPANEL + u;
+                    row[u] = k < H ? r[(g * H + k) * n + i] : 0.0f;
+                }
+            }
+}
+
 NRT_GEMV_DEFINE(nrt_gemv_d, nrt_dot_d, double)
 NRT_GEMM_ROWS_DEFINE(nrt_gemm_rows_d, nrt_gemv_d, double)
 

@@ -467,3 +467,64 @@ def test_shape_arithmetic_on_kernels_and_reference_ops_is_computed_once_per_shap
     for plan in plans:
         ran = {sess.executor.steps[i].node.op_type for i in plan.line_steps.values()}
         assert ran <= {"Add"}, ran
+
+
+# ------------------------------------------------------------ recurrent layers prepared once
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["LSTM", "GRU", "RNN"]), direction=st.sampled_from(["forward", "reverse", "bidirectional"]),
+       seq=st.integers(1, 4), batch=st.integers(1, 5), hidden=st.sampled_from([3, 32, 40]),
+       layout=st.integers(0, 1), runtime=st.sets(st.sampled_from(["lens", "h0", "c0"])),
+       outputs=st.sampled_from([(1, 0, 0), (1, 1, 1), (0, 1, 1), (1, 0, 1)]), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_recurrent_prepared_step_bitwise_generic(kind, direction, seq, batch, hidden, layout, runtime, outputs, dtype,
+                                                 seed):
+    """An LSTM / GRU / RNN with constant weights runs a prepared step (ops.recurrent.Recurrent: the
+    weights packed and the biases folded once, the input projection's GEMM bound): the generic op's
+    values bit for bit, with run-time sequence lengths and initial states, any subset of outputs,
+    both layouts, float32 and float64 - and onnx.reference's."""
+    rng = np.random.default_rng(seed)
+    gates, dirs = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind], 2 if direction == "bidirectional" else 1
+    tdt = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inputs = 6
+    consts = {"w": rng.standard_normal((dirs, gates * hidden, inputs)) * 0.3,
+              "r": rng.standard_normal((dirs, gates * hidden, hidden)) * 0.3,
+              "b": rng.standard_normal((dirs, 2 * gates * hidden)) * 0.3}
+    feeds = {"x": rng.standard_normal((batch, seq, inputs) if layout else (seq, batch, inputs)).astype(dtype)}
+    state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+    if "lens" in runtime:
+        feeds["lens"] = rng.integers(0, seq + 1, batch).astype(np.int32)
+    for name in ("h0", "c0") if kind == "LSTM" else ("h0",):
+        if name in runtime:
+            feeds[name] = rng.standard_normal(state).astype(dtype)
+    node_in = ["x", "w", "r", "b", "lens" if "lens" in feeds else "", "h0" if "h0" in feeds else "",
+               "c0" if "c0" in feeds else ""][:7 if kind == "LSTM" else 6]
+    while node_in[-1] == "":
+        node_in.pop()
+    names = ["y", "yh", "yc"][:3 if kind == "LSTM" else 2]
+    wanted = [n if keep else "" for n, keep in zip(names, outputs)]
+    if not any(wanted):
+        wanted[0] = "y"
+    while wanted[-1] == "":
+        wanted.pop()
+    attrs = dict(hidden_size=hidden, direction=direction, layout=layout)
+    if kind == "GRU":
+        attrs["linear_before_reset"] = seed % 2
+    graph = helper.make_graph(
+        [helper.make_node(kind, node_in, wanted, **attrs)], "g",
+        [helper.make_tensor_value_info(k, TensorProto.INT32 if k == "lens" else tdt, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(n, tdt, None) for n in wanted if n],
+        [numpy_helper.from_array(v.astype(dtype), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, feeds)
+    source = next(iter(sess.executor.specialized.values())).source
+    assert f"_{kind.lower()}" in source, "the recurrent node is a prepared step, not the generic call"
+    for g, a, b in zip(generic, first, second):
+        assert g.dtype == b.dtype == dtype and g.shape == b.shape
+        assert np.array_equal(g, a) and np.array_equal(g, b)
+    if layout == 0 and "lens" not in feeds:      # (onnx.reference: layout 0, no sequence_lens)
+        want = ReferenceEvaluator(model).run(None, feeds)
+        for g, w in zip(second, want):
+            np.testing.assert_allclose(g, w, rtol=2e-5 if dtype == np.float32 else 1e-10, atol=2e-6)

@@ -231,3 +231,58 @@ def test_lstm_layer_norm_model_runs_without_fallback():
     from onnx.reference import ReferenceEvaluator
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ReferenceEvaluator(model).run(None, {"x": x})[0],
                                rtol=2e-5, atol=2e-5)
+
+
+def test_pack_r_layout():
+    """pack_r's panels: p[((ch * G + g) * H + i) * 32 + u] = R[g*H + ch*32 + u][i], zeros past H."""
+    from normrt._kernels import recurrent as krec
+    rng = np.random.default_rng(7)
+    for gates, hidden in ((4, 37), (3, 32), (1, 5), (4, 64)):
+        r = rng.standard_normal((2, gates * hidden, hidden)).astype(np.float32)
+        out = np.empty((2, krec.packed_r_size(gates, hidden)), np.float32)
+        krec.pack_r(r, out)
+        nch = -(-hidden // 32)
+        padded = np.zeros((2, gates, nch * 32, hidden), np.float32)
+        padded[:, :, :hidden] = r.reshape(2, gates, hidden, hidden)
+        # (D, G, ch, u, i) -> (D, ch, G, i, u)
+        want = padded.reshape(2, gates, nch, 32, hidden).transpose(0, 2, 1, 4, 3).reshape(2, -1)
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="packed_r_size"):
+        krec.pack_r(r, np.empty((2, 3), np.float32))
+
+
+@st.composite
+def batch_cases(draw):
+    kind = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
+    direction = draw(st.sampled_from(list(DIRS)))
+    sizes = dict(seq=draw(st.integers(1, 4)), batch=draw(st.integers(1, 12)), inputs=draw(st.integers(1, 6)),
+                 hidden=draw(st.sampled_from([1, 5, 31, 32, 33, 64, 70])))
+    lbr = draw(st.integers(0, 1)) if kind == "GRU" else 0
+    return kind, direction, sizes, lbr, draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch_cases())
+def test_packed_products_any_batch(case):
+    """float32 steps run on R packed as panels (recurrent_kernel.h's outer products: 8 x 2, 4 x 4,
+    2 x 8 ... blocks by batch size and gate count): against onnx.reference, each batch row bit for
+    bit the row run alone, and a constant R (packed once, cached) the same bits as R fed each run."""
+    kind, direction, sizes, lbr, seed = case
+    args = make_inputs(np.random.default_rng(seed), kind, direction, **sizes)
+    attrs = dict(hidden_size=sizes["hidden"], direction=direction,
+                 **({"linear_before_reset": lbr} if kind == "GRU" else {}))
+    n_out = 3 if kind == "LSTM" else 2
+    got = check(kind, args, attrs, opset=14, n_out=n_out, rtol=2e-5, atol=2e-6)
+    const = list(args)
+    const[2] = args[2].copy()
+    const[2].flags.writeable = False
+    for a, b in zip(run_ours(kind, const, attrs, 14, n_out), got):
+        np.testing.assert_array_equal(a, b)
+    b = sizes["batch"] - 1
+    one = list(args)
+    one[0] = np.ascontiguousarray(args[0][:, b:b + 1])
+    one[5] = np.ascontiguousarray(args[5][:, b:b + 1])
+    if kind == "LSTM":
+        one[6] = np.ascontiguousarray(args[6][:, b:b + 1])
+    alone = run_ours(kind, one, attrs, 14, n_out)
+    np.testing.assert_array_equal(got[0][:, :, b], alone[0][:, :, 0])

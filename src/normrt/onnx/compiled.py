@@ -211,8 +211,10 @@ def compile_specialized(steps, plan, constants, trace, fast_step, n_threads, esc
                 total += nbytes
             if expr is not None:
                 line = f"{src.new_var(out)} = {expr}"
-        elif len(step.outputs) > 1 and not implicit and all(o in trace.metas for o in step.outputs):
-            # several outputs (a norm and its residual sum): fresh arrays from the expression's tuple
+        elif (len(step.outputs) > 1 or len(step.node.output) > 1) and not implicit \
+                and all(o in trace.metas for o in step.outputs):
+            # several outputs (a norm and its residual sum; an LSTM's Y_h alone of Y, Y_h, Y_c):
+            # fresh arrays from the expression's tuple
             ins = [None if not n else (src.ref(n), trace.metas.get(n), consts.get(n)) for n in step.inputs]
             expr = fast_step(src, step, ins, [trace.metas[o] for o in step.outputs], None)
             if expr is not None:

@@ -475,6 +475,39 @@ def _kernel_multi_step(src, step, ins, out_metas):
     return f"{src.bind(prepared, '_norm_sum')}({ex}, {er})"
 
 
+_RECURRENT = frozenset(("LSTM", "GRU", "RNN"))
+
+
+def _recurrent_step(src, step, ins, as_tuple):
+    """LSTM / GRU / RNN with constant W and R (and B, P): ops.recurrent.Recurrent, which packs the
+    weights and folds the biases, built once and called each run with X and the run-time
+    sequence lengths and states; its outputs picked as the step's. A streaming model's one-step
+    LSTM (a voice detector's 64 units) spent ~30 us a call around its kernel in the generic op."""
+    from operator import itemgetter
+    from .ops.recurrent import Recurrent
+    opnode = getattr(step.run, "opnode", None)
+    if opnode is None or canonical_domain(step.node.domain) or len(ins) < 3 or ins[0] is None \
+            or ins[1] is None or ins[2] is None or not _plain(ins[0][1]) or _widened(step, ins, ins[0][1][1]):
+        return None
+    ins = list(ins) + [None] * (8 - len(ins))
+    consts = [None if ins[i] is None else ins[i][2] for i in (1, 2, 3, 7)]
+    if consts[0] is None or consts[1] is None or any(ins[i] is not None and c is None
+                                                     for i, c in zip((3, 7), consts[2:])):
+        return None
+    dx = ins[0][1][1]
+    if dx.kind != "f":
+        return None
+    try:
+        prepared = Recurrent(opnode, *consts, dx).prepare(tuple(int(d) for d in ins[0][1][0]), src.n_threads)
+    except ValueError:
+        return None                     # (the generic call raises it, each run)
+    keep = [i for i, name in enumerate(step.node.output) if name]
+    args = ", ".join(ins[0][0] if i == 0 else ("None" if ins[i] is None else ins[i][0]) for i in (0, 4, 5, 6))
+    expr = f"{src.bind(itemgetter(*keep), '_outputs')}({src.bind(prepared, '_' + step.node.op_type.lower())}({args}))"
+    # (as_tuple: the step's non-empty outputs, which compiled.py unpacks; one of them too)
+    return f"({expr},)" if as_tuple and len(keep) == 1 else expr
+
+
 def _split_step(src, step, ins):
     """A Split by constant sizes (or none: equal parts): the generic op's views of its input, their
     indexes decided once (a LeViT's Q/K/V split cost ~4.5 us through the generic call)."""
@@ -510,7 +543,11 @@ def _computes_in_float32(step, ins, dtype):
 def fast_step(src, step, ins, out_meta, buffer):
     """The expression for one step of a specialized plan, or None (generic call): a single
     output's, or for several outputs (`out_meta` their list of metas) the tuple of them."""
+    if step.kind == "numpy" and step.node.op_type in _RECURRENT:
+        return _recurrent_step(src, step, ins, isinstance(out_meta, list))
     if isinstance(out_meta, list):
+        if len(step.outputs) < 2:
+            return None
         if step.kind == "kernel":
             return _kernel_multi_step(src, step, ins, out_meta)
         return _split_step(src, step, ins) if step.kind == "numpy" and step.node.op_type == "Split" else None

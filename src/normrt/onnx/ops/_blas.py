@@ -353,6 +353,18 @@ def packed_recurrent_weight(w):
     return _cached(w, ("recurrent",), lambda: pack_matmul_weight(w.reshape(-1, w.shape[-1]).T))
 
 
+def packed_recurrent_r(r):
+    """An LSTM/GRU/RNN's float32 R (D, G*H, H) in the recurrent kernel's packed form (pack_r),
+    once per read-only r."""
+    from ..._kernels import recurrent
+
+    def pack():
+        out = np.empty((r.shape[0], recurrent.packed_r_size(r.shape[1] // r.shape[2], r.shape[2])), np.float32)
+        recurrent.pack_r(r, out)
+        return out
+    return _cached(r, ("recurrent_r",), pack)
+
+
 # float32 holds every integer up to 2^24 exactly: a product of integers whose partial sums
 # stay below it is exact whatever the summation order
 EXACT_FLOAT32_INT = 1 << 24
