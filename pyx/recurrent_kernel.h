@@ -284,10 +284,13 @@ static __attribute__((noinline)) void nrt_gemm_rows_f(const float* r, ptrdiff_t 
      p[((ch * G + g) * n + i) * 32 + u] = R[g*H + ch*32 + u][i]   (zeros past H),
 
    so a product's lanes are its outputs: for every i, broadcast h[q][i], multiply the panels' row
-   i and add, one running sum per output lane, i = 0..n-1 in order (a multiply, then an add: the
-   build never contracts them), then out = add + sum. Each output's arithmetic is the same
-   whatever the block, the batch, the thread or the ISA level, so a batch row's bits are those of
-   the row run alone. (Not the dot-product form's bits, which float64 keeps.) */
+   i and add, one running sum per output lane, i = 0..n-1 in order, then out = add + sum. The
+   multiply-add is fused where the level has FMA (AVX2, AVX-512: one batch of 8, hidden 128,
+   1 thread, 1.09 -> 0.98 ms a 50-step LSTM; Zen 4 runs a separate multiply and add at the same
+   rate, but they are twice the instructions), a multiply then an add below that (the build
+   never contracts them itself). Each output's arithmetic is the same whatever the block, the
+   batch or the thread, so a batch row's bits are those of the row run alone; another ISA level
+   may round differently (not the dot-product form's bits either, which float64 keeps). */
 #define NRT_RPANEL 32
 
 #if NRT_VW == 16
