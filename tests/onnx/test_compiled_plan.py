@@ -528,3 +528,55 @@ def test_recurrent_prepared_step_bitwise_generic(kind, direction, seq, batch, hi
         want = ReferenceEvaluator(model).run(None, feeds)
         for g, w in zip(second, want):
             np.testing.assert_allclose(g, w, rtol=2e-5 if dtype == np.float32 else 1e-10, atol=2e-6)
+
+
+# ------------------------------------------------------------ fused convs: 1-D, mirrored pads
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(one_d=st.booleans(), cin=st.sampled_from([1, 3, 8]), depthwise=st.booleans(),
+       mode=st.sampled_from(["constant", "reflect", "edge"]), act=st.sampled_from([None, "Relu", "Elu", "LeakyRelu"]),
+       residual=st.booleans(), k=st.sampled_from([1, 3, 4]), seed=st.integers(0, 2**31 - 1))
+def test_fused_conv_prepared_step_bitwise_generic(one_d, cin, depthwise, mode, act, residual, k, seed):
+    """Pad(mode) -> Conv [-> Add(x)] [-> activation], 1-D (an audio encoder's) or 2-D, few input
+    channels (small_conv) or more (the GEMM): conv_epilogue fuses it into normrt::Conv, whose
+    specialized step calls the kernel directly (mirrored pads around small_conv copied first, as
+    the generic call does): the generic plan's values bit for bit, and onnx.reference's."""
+    rng = np.random.default_rng(seed)
+    group = cin if depthwise and cin > 1 else 1
+    cout = cin if residual or group > 1 else 5
+    length = 9
+    sp = [length] if one_d else [6, length]
+    xshape = [1, cin] + sp
+    pads_sp = [int(v) for v in rng.integers(0, 3, 2 * len(sp))]
+    pads = [0, 0] + pads_sp[:len(sp)] + [0, 0] + pads_sp[len(sp):]
+    kernel = [k] * len(sp)
+    out_sp = [n + pads_sp[i] + pads_sp[len(sp) + i] - k + 1 for i, n in enumerate(sp)]
+    if residual and out_sp != sp:
+        pads = [0, 0] + [(k - 1) // 2] * len(sp) + [0, 0] + [k // 2] * len(sp)
+    inits = [numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+             numpy_helper.from_array(rng.standard_normal([cout, cin // group] + kernel).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")]
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["xp"], mode=mode),
+             helper.make_node("Conv", ["xp", "w", "b"], ["c"], group=group)]
+    last = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", ["c", "x"], ["s"]))
+        last = "s"
+    if act:
+        nodes.append(helper.make_node(act, [last], ["y"], **({"alpha": 0.2} if act == "LeakyRelu" else {})))
+    else:
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, xshape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = rng.standard_normal(xshape).astype(np.float32)
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    source = next(iter(sess.executor.specialized.values())).source
+    from normrt.onnx.ops.conv import on_small_conv
+    if not (act == "LeakyRelu" and on_small_conv(cin // group, group)):   # (that one stays generic)
+        assert "_call" not in source, f"every step a prepared call:\n{source}"
+    assert np.array_equal(generic[0], first[0]) and np.array_equal(generic[0], second[0])
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(second[0], want, rtol=1e-5, atol=1e-5)

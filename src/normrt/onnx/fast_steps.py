@@ -408,13 +408,8 @@ def _kernel_step(src, step, ins, out_meta, buffer):
     if op == "Conv" and run.weight_is_constant and len(ins) >= 2 and ins[0] is not None \
             and _plain(ins[0][1]) and (len(ins) < 3 or ins[2] is None or ins[2][2] is not None):
         from .ops import conv as _conv_ops
-        expr = _conv_ops.fast_conv(src, ins[0], run.packer(ins[1][2], attrs), out_meta, buffer,
-                                   tuple(attrs["strides"]), tuple(attrs["pads"]), tuple(attrs["dilations"]),
-                                   attrs["group"], bias=ins[2][2] if len(ins) > 2 and ins[2] is not None else None,
-                                   residual=ins[3] if len(ins) > 3 else None,
-                                   activation=attrs.get("activation") or None, n_threads=src.n_threads,
-                                   into_residual=3 in run.dead, weight=ins[1][2],
-                                   pad_mode=attrs.get("pad_mode", "constant"), alpha=attrs.get("alpha", 0.01))
+        expr = _conv_ops.fast_conv_kernel_step(src, ins, attrs, run.packer(ins[1][2], attrs), out_meta, buffer,
+                                               src.n_threads, into_residual=3 in run.dead)
         if expr is not None:
             return expr
     if run.spec.prepare is not None and ins[0] is not None and _plain(ins[0][1]) \

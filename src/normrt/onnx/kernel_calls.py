@@ -22,6 +22,7 @@ from .ops import _blas
 from .ops.activations import leaky_relu_float32
 from .ops.conv import on_small_conv, small_conv_epilogue
 from .ops.quantize import dynamic_range
+from .ops.shape_ops import mirror_pad
 
 
 def _normrt():
@@ -262,7 +263,7 @@ def conv(attrs, n_out, x, w, bias=None, residual=None, *, packed=None):
         xs = x
         if pad_mode != "constant" and isinstance(x, np.ndarray) and x.ndim == 4 and getattr(w, "ndim", 0) == 4 \
                 and on_small_conv(w.shape[1], attrs["group"]):
-            xs = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), mode=pad_mode)
+            xs = mirror_pad(x, (0, 0, pads[0], pads[1]), (0, 0, pads[2], pads[3]), pad_mode)
             pads = (0, 0, 0, 0)
         if xs is not x or pad_mode == "constant":
             y = small_conv_epilogue(xs, w, bias, tuple(attrs["strides"]), pads, tuple(attrs["dilations"]),

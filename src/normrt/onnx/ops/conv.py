@@ -398,8 +398,20 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
         return None
     mode = _PAD_MODES.get(pad_mode)
-    if mode is None or ((mode or activation == "leaky_relu") and on_small_conv(packed.shape[1], group)):
-        return None         # (mirrored pads, LeakyRelu around small_conv: the generic call)
+    if mode is None or (activation == "leaky_relu" and on_small_conv(packed.shape[1], group)):
+        return None         # (LeakyRelu around small_conv: the generic call)
+    if mode and on_small_conv(packed.shape[1], group):
+        # mirrored pads around small_conv: the copy the generic call makes (kernel_calls.conv), then
+        # small_conv on it without pads
+        n, c, h, w = (int(d) for d in xshape)
+        pt, pl, pb, pr = pads
+        if residual is not None or weight is None or min(pads) < 0 or max(pt, pb) >= h or max(pl, pr) >= w:
+            return None
+        from .shape_ops import mirror_pad
+        padded = (f"{src.bind(mirror_pad, '_mirror_pad')}({ex}, (0, 0, {pt}, {pl}), (0, 0, {pb}, {pr}), "
+                  f"{pad_mode!r})", ((n, c, h + pt + pb, w + pl + pr), dx), None)
+        return fast_conv(src, padded, packed, out_meta, buffer, strides, (0, 0, 0, 0), dilations, group, bias=bias,
+                         activation=activation, n_threads=n_threads, weight=weight)
     try:
         act, alpha = gemm_activation(activation, alpha)
     except (TypeError, ValueError):
@@ -444,6 +456,39 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
             f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
             f"{act}, {ws}, {nt}" + (f", {mode}, {pb}, {pr}, {alpha!r})" if mode or alpha else ")"))
+
+
+def fast_conv_kernel_step(src, ins, attrs, packed, out_meta, buffer, n_threads, into_residual=False):
+    """normrt::Conv (conv_epilogue's fused op) in a specialized plan: fast_conv, a 1-D conv (X (N, C, L))
+    as the 2-D conv of one row (views in and out, as kernel_calls.conv runs it). An audio encoder's
+    ten 1-D convs with mirrored pads each went through the generic call (~12 us a conv around a
+    kernel of a few)."""
+    x, residual = ins[0], (ins[3] if len(ins) > 3 else None)
+    bias = ins[2][2] if len(ins) > 2 and ins[2] is not None else None
+    strides, pads, dil = (tuple(attrs[k]) for k in ("strides", "pads", "dilations"))
+    weight, shape = ins[1][2], out_meta[0]
+    one_row = len(x[1][0]) == 3
+    if one_row:
+        if len(strides) != 1 or len(pads) != 2 or len(dil) != 1 or len(shape) != 3 or weight.ndim != 3 \
+                or (residual is not None and tuple(residual[1][0]) != tuple(shape)):
+            return None         # (the generic call raises)
+        ex, (xshape, dx), _ = x
+        x4 = tuple(int(d) for d in xshape[:2]) + (1, int(xshape[2]))
+        x = (f"{ex}.reshape({x4!r})", (x4, dx), None)
+        y4 = tuple(int(d) for d in shape[:2]) + (1, int(shape[2]))
+        out_meta = (y4, out_meta[1])
+        buffer = None if buffer is None else _Reshaped(buffer, y4)
+        if residual is not None:
+            residual = (f"{residual[0]}.reshape({y4!r})", (y4, residual[1][1]), residual[2])
+        strides, pads, dil = (1,) + strides, (0, pads[0], 0, pads[1]), (1,) + dil
+        weight = weight.reshape(weight.shape[:2] + (1, weight.shape[2]))
+    expr = fast_conv(src, x, packed, out_meta, buffer, strides, pads, dil, attrs["group"], bias=bias,
+                     residual=residual, activation=attrs.get("activation") or None, n_threads=n_threads,
+                     into_residual=into_residual, weight=weight, pad_mode=attrs.get("pad_mode", "constant"),
+                     alpha=attrs.get("alpha", 0.01))
+    if expr is None or not one_row:
+        return expr
+    return f"{expr}.reshape({tuple(int(d) for d in shape)!r})"
 
 
 def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):

@@ -325,6 +325,31 @@ def pad_amounts(shape, pads, axes=None):
     return crop, before, after
 
 
+def mirror_pad(x, before, after, mode):
+    """np.pad(x, zip(before, after), mode) for "reflect" (every pad smaller than its axis) and
+    "edge" (non-empty axes): the same copy by slices of the output, axis after axis as numpy pads
+    (corners from the axes padded before). np.pad's generic path took ~20 us for an audio
+    model's (1, 1, 800) input, against 8 us for the conv after it. Other cases: np.pad itself."""
+    shape = x.shape
+    if mode not in ("reflect", "edge") or any(
+            (b or e) and (n == 0 or (mode == "reflect" and max(b, e) >= n)) for n, b, e in zip(shape, before, after)):
+        return np.pad(x, list(zip(before, after)), mode=mode)
+    out = np.empty(tuple(n + b + e for n, b, e in zip(shape, before, after)), x.dtype)
+    out[tuple(slice(b, b + n) for b, n in zip(before, shape))] = x
+    lead = ()
+    for n, b, e in zip(shape, before, after):
+        if b:
+            src = slice(2 * b, b, -1) if mode == "reflect" else slice(b, b + 1)
+            out[lead + (slice(0, b),)] = out[lead + (src,)]
+        if e:
+            end = b + n
+            src = slice(end - 2, (end - 2 - e) if end - 2 - e >= 0 else None, -1) if mode == "reflect" \
+                else slice(end - 1, end)
+            out[lead + (slice(end, end + e),)] = out[lead + (src,)]
+        lead += (slice(None),)
+    return out
+
+
 def _pad(x, pads, mode, value, axes=None):
     crop, before, after = pad_amounts(x.shape, pads, axes)
     if crop is not None:        # negative pads crop first
@@ -336,7 +361,7 @@ def _pad(x, pads, mode, value, axes=None):
                       np.asarray(value).astype(x.dtype) if value is not None else 0, dtype=x.dtype)
         out[tuple(slice(b, b + s) for b, s in zip(before, x.shape))] = x
         return out
-    return np.pad(x, list(zip(before, after)), mode=mode)
+    return mirror_pad(x, before, after, mode)
 
 
 @op("Pad", since=2, until=10, supports=_pad_supported, half_native=True)
