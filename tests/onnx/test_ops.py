@@ -712,6 +712,21 @@ def test_pad(mode, opset):
         check("Pad", inputs, {"mode": mode}, opset=opset)
 
 
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), mode=st.sampled_from(["reflect", "edge"]),
+       shape=st.lists(st.integers(0, 5), min_size=1, max_size=4))
+def test_mirror_pad_is_numpys(data, mode, shape):
+    """shape_ops.mirror_pad (the Pad op's and normrt::Conv's mirrored pads, by slices): np.pad's
+    array bit for bit for any rank, pads up to past the axis (np.pad's repeated reflections)."""
+    from normrt.onnx.ops.shape_ops import mirror_pad
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    amounts = [data.draw(st.integers(0, 0 if n == 0 else 7)) for n in shape * 2]
+    before, after = amounts[:len(shape)], amounts[len(shape):]
+    got = mirror_pad(x, before, after, mode)
+    want = np.pad(x, list(zip(before, after)), mode=mode)
+    assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want)
+
+
 def test_pad_wrap_and_int():
     check("Pad", [f32(3, 4), i64(1, 2, 1, 2)], {"mode": "wrap"}, opset=19)
     check("Pad", [np.arange(6).reshape(2, 3), i64(1, 1, 0, 0)], opset=13)
