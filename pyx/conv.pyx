@@ -13,7 +13,12 @@ Results never depend on the thread count (see gemm_core.pxd).
 Python (normrt.api.conv) checks every argument; these kernels trust them
 (sizes are re-checked here, cheaply).
 """
+cimport numpy as cnp
+from kernel_args cimport is_f32_c
+
 from gemm_core cimport *
+
+cnp.import_array()
 
 def pack_at(const float[:, ::1] a,    # IN  (M, K)
             float[::1] out):          # OUT packed_b_size(K, M)
@@ -61,22 +66,28 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
            float alpha=0.01):               # act == LEAKY_RELU: its slope
     """y = act(conv(x, w) + bias + residual), one GEMM per image and group, on x padded by
     (ph, pw, pb, pr) with zeros or, with pad_mode, its mirrored or repeated border."""
+    cdef ConvPlan p
     cdef Py_ssize_t nimg = x.shape[0], c = x.shape[1], h = x.shape[2], wd = x.shape[3]
     cdef Py_ssize_t m = y.shape[1], oh = y.shape[2], ow = y.shape[3]
-    cdef Py_ssize_t cg, mg, kg, wsize, reps, jobs
-    cdef Problem proto
-    cdef Split s
-    cdef int nt
-    cdef ConvJobs cj
-    cdef PadJobs pj
-    cdef bint direct, wide, padded
-    cdef Py_ssize_t hp
-    cdef const float* xp
-    cdef float* xpad = NULL
-    cdef Py_ssize_t pi
-    cdef const float* bias_p = &bias[0] if bias.shape[0] else NULL
-    cdef const float* res_p = &residual[0] if residual.shape[0] else NULL
-    if group < 1 or c % group or m % group or y.shape[0] != nimg:
+    check_conv(nimg, c, h, wd, m, oh, ow, kh, kw, sh, sw, ph, pw, pb, pr, dh, dw, group, transposed, pad_mode,
+               w.shape[0], bias.shape[0], residual.shape[0], y.shape[0], work.shape[0], n_threads)
+    if nimg == 0 or m == 0 or oh * ow == 0:
+        return
+    plan_conv(&p, nimg, c, h, wd, m, oh, ow, kh, kw, sh, sw, ph, pw, pb, pr, dh, dw, group, transposed, act, alpha,
+              pad_mode, n_threads)
+    with nogil:
+        run_conv(&p, &x[0, 0, 0, 0], &w[0], &y[0, 0, 0, 0], &bias[0] if bias.shape[0] else NULL,
+                 &residual[0] if residual.shape[0] else NULL, &work[0])
+
+
+cdef int check_conv(Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t h, Py_ssize_t wd, Py_ssize_t m, Py_ssize_t oh,
+                    Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                    Py_ssize_t pw, Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t group,
+                    bint transposed, int pad_mode, Py_ssize_t w_size, Py_ssize_t bias_size, Py_ssize_t res_size,
+                    Py_ssize_t y_images, Py_ssize_t work_size, int n_threads) except -1:
+    """conv2d's (and PreparedConv's) re-check of the sizes Python checked."""
+    cdef Py_ssize_t cg, mg, kg, wsize
+    if group < 1 or c % group or m % group or y_images != nimg:
         raise ValueError("inconsistent group / channel counts")
     if pad_mode < 0 or pad_mode > 2 or min(ph, pw, pb, pr) < 0 or (
             pad_mode == 1 and (max(ph, pb) >= h or max(pw, pr) >= wd)):
@@ -85,18 +96,66 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     mg = m // group
     kg = cg * kh * kw
     wsize = panels_b_size(kg, mg) if transposed else panels_a_size(mg, kg)
-    if w.shape[0] != group * wsize:
+    if w_size != group * wsize:
         raise ValueError("w has the wrong packed size")
-    if bias.shape[0] != 0 and bias.shape[0] != m:
+    if bias_size != 0 and bias_size != m:
         raise ValueError("bias must have M elements")
-    if residual.shape[0] != 0 and residual.shape[0] != nimg * m * oh * ow:
+    if res_size != 0 and res_size != nimg * m * oh * ow:
         raise ValueError("residual must have y's size")
-    if nimg == 0 or m == 0 or oh * ow == 0:
-        return
-    reps = nimg * group
-    nt = max(1, min(n_threads, 64))
-    if work.shape[0] < conv_workspace_size(nimg, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg, n_threads):
+    if work_size < conv_workspace_size(nimg, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg, n_threads):
         raise ValueError("work is smaller than conv_workspace_size(...)")
+    return 0
+
+
+cdef struct ConvJobs:
+    const Problem* proto
+    Split s
+    const float* x
+    const float* w
+    float* y
+    const float* bias
+    const float* res
+    Py_ssize_t nimg, group, cg, m, total
+    float* work
+
+
+cdef enum:
+    PAD_PLANES = 16     # input planes per padding job
+    PAD_SPLIT_FLOATS = 1 << 17  # a padded copy this large (512 KiB) is split in row bands
+
+
+cdef struct PadJobs:
+    const float* x
+    float* xp
+    Py_ssize_t planes, h, w, hp, wp, pt, pl, pb, pr, sh, sw
+    int mode                # pad_mode: zeros (0) or nrt_pad_mirror's modes
+    Py_ssize_t bands        # > 1: a job is one band of rows of one plane
+    Py_ssize_t per_job      # else planes per job
+
+
+cdef struct ConvPlan:
+    Problem proto           # one image and group's GEMM (its pointers set per job)
+    Split s
+    PadJobs pj              # the padded copy (pointers set per run)
+    bint padded
+    long pad_jobs
+    Py_ssize_t nimg, c, m, group, cg
+    int nt
+
+
+cdef void plan_conv(ConvPlan* p, Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t h, Py_ssize_t wd, Py_ssize_t m,
+                    Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t pb, Py_ssize_t pr, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t group, bint transposed, int act, float alpha, int pad_mode,
+                    int n_threads) noexcept nogil:
+    """Everything of a conv but its arrays: the GEMM problem, the job grid, the padded copy's jobs
+    (conv2d plans per call, PreparedConv once). Sizes checked (check_conv), not empty."""
+    cdef Problem* proto = &p.proto
+    cdef PadJobs* pj = &p.pj
+    cdef Py_ssize_t mg = m // group, hp
+    cdef bint direct, wide
+    p.nimg, p.c, p.m, p.group, p.cg = nimg, c, m, group, c // group
+    p.nt = max(1, min(n_threads, 64))
     # 1x1, stride 1, no padding: x[n] is B as it is
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0 and oh == h and ow == wd
     wide = use_wide(oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mg) and not transposed
@@ -111,22 +170,18 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.wp = padded_cols(ow, kw, sw, dw, wide)
     hp = padded_rows(oh, kh, sh, dh, wide, proto.wp)
     proto.pq = hp * proto.wp
-    padded = not direct
+    p.padded = not direct
     if not wide and ph == 0 and pw == 0 and hp <= h and proto.wp <= wd:
-        padded = False
+        p.padded = False
         proto.wp = wd
         hp = h
     proto.plane = hp * proto.wp * (sh * sw if wide else 1)
-    xp = &x[0, 0, 0, 0]
-    if padded:
-        xpad = thread_work(&work[0], nt)   # after the threads' slices
-        xp = xpad
     if wide:
         # a whole number of NR panels (no edge tiles): the spare columns read
         # the padded input's extra rows and are thrown away like the spill
         proto.n = (oh * proto.wp + NR - 1) // NR * NR
-    proto.k = kg
-    proto.lda = kg
+    proto.k = p.cg * kh * kw
+    proto.lda = proto.k
     proto.a_src = SRC_PACKED
     proto.ldb = h * wd
     proto.b_src = SRC_MATRIX if direct else (SRC_WIDE if wide else SRC_IMAGE)
@@ -153,78 +208,130 @@ def conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
     proto.bias_axis = 1 if transposed else 0
     proto.act = act
     proto.alpha = alpha
-    with nogil:
-        if padded:
-            pj.x = &x[0, 0, 0, 0]
-            pj.xp = xpad
-            pj.planes = nimg * c
-            pj.h = h
-            pj.w = wd
-            pj.hp = hp
-            pj.wp = proto.wp
-            pj.pt = ph
-            pj.pl = pw
-            pj.pb = pb
-            pj.pr = pr
-            pj.mode = pad_mode
-            pj.sh = sh if wide else 1
-            pj.sw = sw if wide else 1
-            pj.bands = pad_bands(nimg * c, hp, proto.wp, pj.sh * pj.sw, nt)
-            pj.per_job = pad_job_planes(nimg * c, hp, proto.wp, pj.sh * pj.sw, nt)
-            run_parallel(pad_job, &pj, nimg * c * pj.bands if pj.bands > 1
-                         else (nimg * c + pj.per_job - 1) // pj.per_job, nt)
-        s = choose_split(&proto, reps, nt)
-        cj.proto = &proto
-        cj.s = s
-        cj.x = xp
-        cj.w = &w[0]
-        cj.y = &y[0, 0, 0, 0]
-        cj.bias = bias_p
-        cj.res = res_p
-        cj.nimg = nimg
-        cj.group = group
-        cj.cg = cg
-        cj.m = m
-        cj.total = s.mb * s.nb * reps
-        cj.work = &work[0]
-        run_parallel(conv_job, &cj, cj.total, nt)
+    p.pad_jobs = 0
+    if p.padded:
+        pj.planes = nimg * c
+        pj.h = h
+        pj.w = wd
+        pj.hp = hp
+        pj.wp = proto.wp
+        pj.pt = ph
+        pj.pl = pw
+        pj.pb = pb
+        pj.pr = pr
+        pj.mode = pad_mode
+        pj.sh = sh if wide else 1
+        pj.sw = sw if wide else 1
+        pj.bands = pad_bands(nimg * c, hp, proto.wp, pj.sh * pj.sw, p.nt)
+        pj.per_job = pad_job_planes(nimg * c, hp, proto.wp, pj.sh * pj.sw, p.nt)
+        p.pad_jobs = nimg * c * pj.bands if pj.bands > 1 else (nimg * c + pj.per_job - 1) // pj.per_job
+    p.s = choose_split(proto, nimg * group, p.nt)
 
+
+cdef void run_conv(ConvPlan* p, const float* x, const float* w, float* y, const float* bias, const float* res,
+                   float* work) noexcept nogil:
+    """The planned conv on these arrays: the padded copy (into work, after the threads' slices),
+    then the (image, group, job) round robin."""
+    cdef ConvJobs cj
+    cdef const float* xp = x
+    if p.padded:
+        p.pj.x = x
+        p.pj.xp = thread_work(work, p.nt)
+        xp = p.pj.xp
+        run_parallel(pad_job, &p.pj, p.pad_jobs, p.nt)
+    cj.proto = &p.proto
+    cj.s = p.s
+    cj.x = xp
+    cj.w = w
+    cj.y = y
+    cj.bias = bias
+    cj.res = res
+    cj.nimg = p.nimg
+    cj.group = p.group
+    cj.cg = p.cg
+    cj.m = p.m
+    cj.total = p.s.mb * p.s.nb * p.nimg * p.group
+    cj.work = work
+    run_parallel(conv_job, &cj, cj.total, p.nt)
+
+
+cdef class PreparedConv:
+    """PreparedConv(w, x_shape, y_shape, kh, kw, sh, sw, ph, pw, dh, dw, group, transposed, bias,
+    act, n_threads, pad_mode=0, pb=0, pr=0, alpha=0.01): conv2d with everything but its arrays
+    bound once - w (the packed weight conv2d takes) and bias (float32 (M,) or None) kept - so
+    that `prepared(x, y, work, residual=None)` only reads the arrays' data pointers (numpy's C
+    API: no typed memoryviews, whose acquisition and conv2d's 20 arguments cost ~2 us, as much as
+    a 96 -> 24 1x1 conv on a 4 x 4 map). The same plan_conv / run_conv as conv2d: the same bits.
+    x: (N*C*H*W) float32 C-contiguous (copied if not); y and residual: y's size."""
+    cdef ConvPlan p
+    cdef object w, bias
+    cdef Py_ssize_t x_size, y_size, work_size
+    cdef bint empty
+
+    def __init__(self, cnp.ndarray w, x_shape, y_shape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                 Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t group,
+                 bint transposed, bias, int act, int n_threads, int pad_mode=0, Py_ssize_t pb=0,
+                 Py_ssize_t pr=0, float alpha=0.01):
+        cdef Py_ssize_t nimg, c, h, wd, m, oh, ow
+        nimg, c, h, wd = x_shape
+        _, m, oh, ow = y_shape
+        if cnp.PyArray_TYPE(w) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(w):
+            raise ValueError("PreparedConv: w must be a contiguous float32 array")
+        if bias is not None and not is_f32_c(bias, m):
+            raise ValueError(f"PreparedConv: bias must be a contiguous float32 array of {m} elements or None")
+        self.work_size = conv_workspace_size(nimg, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw,
+                                             m // max(1, group), n_threads)
+        check_conv(nimg, c, h, wd, m, oh, ow, kh, kw, sh, sw, ph, pw, pb, pr, dh, dw, group, transposed, pad_mode,
+                   cnp.PyArray_SIZE(w), 0 if bias is None else m, 0, y_shape[0], self.work_size, n_threads)
+        self.w, self.bias = w, bias
+        self.x_size, self.y_size = nimg * c * h * wd, nimg * m * oh * ow
+        self.empty = nimg == 0 or m == 0 or oh * ow == 0
+        if not self.empty:
+            plan_conv(&self.p, nimg, c, h, wd, m, oh, ow, kh, kw, sh, sw, ph, pw, pb, pr, dh, dw, group,
+                      transposed, act, alpha, pad_mode, n_threads)
+
+    @property
+    def workspace_size(self):
+        """Floats of the `work` array a call needs."""
+        return self.work_size
+
+    def __call__(self, x, y, work, residual=None):
+        cdef const float* res = NULL
+        if not is_f32_c(x, self.x_size):
+            import numpy as np
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if cnp.PyArray_SIZE(<cnp.ndarray>x) != self.x_size:
+                raise ValueError(f"PreparedConv: x must have {self.x_size} elements")
+        if not is_f32_c(y, self.y_size) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>y):
+            raise ValueError(f"PreparedConv: y must be a writeable C-contiguous float32 array of {self.y_size} "
+                             f"elements")
+        if type(work) is not cnp.ndarray or not is_f32_c(work, cnp.PyArray_SIZE(<cnp.ndarray>work)) \
+                or cnp.PyArray_SIZE(<cnp.ndarray>work) < self.work_size \
+                or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>work):
+            raise ValueError(f"PreparedConv: work must be a writeable float32 array of >= {self.work_size} floats")
+        if residual is not None:
+            if not is_f32_c(residual, self.y_size):
+                raise ValueError(f"PreparedConv: residual must be a C-contiguous float32 array of {self.y_size} "
+                                 f"elements")
+            res = <const float*>cnp.PyArray_DATA(<cnp.ndarray>residual)
+        if self.empty:
+            return y
+        with nogil:
+            run_conv(&self.p, <const float*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>self.w), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                     NULL if self.bias is None else <const float*>cnp.PyArray_DATA(<cnp.ndarray>self.bias), res,
+                     <float*>cnp.PyArray_DATA(<cnp.ndarray>work))
+        return y
 
 
 # the conv / GEMM epilogues' LeakyRelu code (gemm_core.pxd), for normrt.conv2d
 LEAKY_RELU = ACT_LEAKY_RELU
 
 
-cdef struct ConvJobs:
-    const Problem* proto
-    Split s
-    const float* x
-    const float* w
-    float* y
-    const float* bias
-    const float* res
-    Py_ssize_t nimg, group, cg, m, total
-    float* work
-
-
 cdef void conv_job(void* ctx, long j, int slot) noexcept nogil:
     cdef ConvJobs* c = <ConvJobs*>ctx
     conv_jobs(c.proto, c.s, c.x, c.w, c.y, c.bias, c.res, c.nimg, c.group, c.cg, c.m,
               j, c.total, c.work, slot)
-
-
-cdef enum:
-    PAD_PLANES = 16     # input planes per padding job
-    PAD_SPLIT_FLOATS = 1 << 17  # a padded copy this large (512 KiB) is split in row bands
-
-
-cdef struct PadJobs:
-    const float* x
-    float* xp
-    Py_ssize_t planes, h, w, hp, wp, pt, pl, pb, pr, sh, sw
-    int mode                # pad_mode: zeros (0) or nrt_pad_mirror's modes
-    Py_ssize_t bands        # > 1: a job is one band of rows of one plane
-    Py_ssize_t per_job      # else planes per job
 
 
 cdef inline Py_ssize_t pad_bands(Py_ssize_t planes, Py_ssize_t hp, Py_ssize_t wp, Py_ssize_t phases,

@@ -290,6 +290,52 @@ def test_generated_shapes_same_bits_for_any_product_and_thread_count(problem):
             assert same_bits(got, want), (transposed, n_threads)
 
 
+@settings(max_examples=80, deadline=None)
+@given(conv_problems(), st.sampled_from([0, 1, 2]))
+def test_prepared_conv_same_bits_as_conv2d(problem, pad_mode):
+    """PreparedConv (a specialized plan's conv: conv2d planned once) on each product and thread
+    count: conv2d's bits, with zero, mirrored or repeated pads, bias, residual and activation."""
+    x, w, b, res, act, kw = problem
+    (sh, sw), (pt, pl, pb, pr), (dh, dw), group = kw["strides"], kw["pads"], kw["dilations"], kw["group"]
+    n, c, h, wd = x.shape
+    if pad_mode == 1 and (max(pt, pb) >= h or max(pl, pr) >= wd):
+        pad_mode = 2
+    mode = ("constant", "reflect", "edge")[pad_mode]
+    want = normrt.conv2d(x, w, b, residual=res, activation=act, pad_mode=mode, **kw)
+    m, cg, kh, kwd = w.shape
+    packed = normrt.pack_conv_weight(w, group)
+    for transposed in (False, True):
+        for n_threads in (1, 2):
+            call = _kconv.PreparedConv(packed.transposed_data() if transposed else packed.data, x.shape, want.shape,
+                                       kh, kwd, sh, sw, pt, pl, dh, dw, group, transposed, b, _act_code(act),
+                                       n_threads, pad_mode, pb, pr)
+            y = np.empty_like(want)
+            work = np.empty(call.workspace_size, np.float32)
+            assert call(x, y, work, None if res is None else res.reshape(-1)) is y
+            assert same_bits(y, want), (transposed, n_threads)
+
+
+def test_prepared_conv_refuses_bad_arrays():
+    x, w = rand(1, 4, 6, 6), rand(8, 4, 3, 3)
+    packed = normrt.pack_conv_weight(w)
+    call = _kconv.PreparedConv(packed.data, x.shape, (1, 8, 4, 4), 3, 3, 1, 1, 0, 0, 1, 1, 1, False, None, 0, 1)
+    work = np.empty(call.workspace_size, np.float32)
+    with pytest.raises(ValueError, match="y must be"):
+        call(x, np.empty((1, 8, 4, 5), np.float32), work)
+    with pytest.raises(ValueError, match="work must be"):
+        call(x, np.empty((1, 8, 4, 4), np.float32), np.empty(3, np.float32))
+    with pytest.raises(ValueError, match="x must have"):
+        call(rand(1, 4, 6, 5), np.empty((1, 8, 4, 4), np.float32), work)
+    with pytest.raises(ValueError, match="residual"):
+        call(x, np.empty((1, 8, 4, 4), np.float32), work, rand(3))
+    with pytest.raises(ValueError, match="packed size"):
+        _kconv.PreparedConv(packed.data[:-1].copy(), x.shape, (1, 8, 4, 4), 3, 3, 1, 1, 0, 0, 1, 1, 1, False, None,
+                            0, 1)
+    y = np.empty((1, 8, 4, 4), np.float32)
+    call(x[:, :, :, ::-1], y, work)         # a strided x is copied first
+    assert same_bits(y, normrt.conv2d(np.ascontiguousarray(x[:, :, :, ::-1]), w))
+
+
 def _may_alias(x, w, kw, transposed):
     (sh, sw), (pt, pl, pb, pr), (dh, dw), group = kw["strides"], kw["pads"], kw["dilations"], kw["group"]
     n, c, h, wd = x.shape

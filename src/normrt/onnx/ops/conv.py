@@ -363,13 +363,6 @@ def conv_transpose(node, x, w, b=None):
     return y if y.dtype == out_dtype else y.astype(out_dtype)
 
 
-def _conv_into(x, wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual, act, ws, nt, mode=0, pb=0,
-               pr=0, alpha=0.01):
-    _kconv.conv2d(np.ascontiguousarray(x), wdata, kh, kw, sh, sw, pt, pl, dh, dw, group, tr, y, bias, residual,
-                  act, ws, nt, mode, pb, pr, alpha)
-    return y
-
-
 def _residual_or_new(r, shape):
     """Y's array when Y may be written into the residual r (nothing reads r later): r itself when it
     is a C-contiguous writeable float32 array of Y's shape (its reshape(-1) then is a view), else a
@@ -392,7 +385,6 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
     mirrored pads of a fused reflection Pad: the GEMM, whose padded copy writes them); `alpha`:
     the slope of a "leaky_relu" activation (the GEMM's epilogue too)."""
     from ..._checks import activation as _act_code
-    from ...api.gemm import _EMPTY
     ex, (xshape, dx), _ = x
     shape, dtype = out_meta
     if dx != np.float32 or dtype != np.float32 or len(xshape) != 4 or packed.group != group:
@@ -437,25 +429,23 @@ def fast_conv(src, x, packed, out_meta, buffer, strides, pads, dilations, group,
         bias = np.ascontiguousarray(bias)
         if bias.dtype != np.float32 or bias.shape != (m,):
             return None
-    res = "_EMPTY"
+    res = ""
     if residual is not None:
         er, (rshape, rd), _ = residual
         if rd != np.float32 or tuple(rshape) != tuple(shape):
             return None
-        res = f"{er}.reshape(-1)"
+        res = f", {er}.reshape(-1)"
     nt = min(n_threads, conv_threads(n, c, m, oh, ow, kh, kw, group))    # the policy, decided once
-    size = _kconv.conv_workspace_size(n, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, nt)
     tr = _kconv.conv_transposed(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg)
-    wdata = src.bind(packed.transposed_data() if tr else packed.data, "w")
-    ws = src.workspace(size)     # the plan's own (shared by its steps; runs hold its lock)
-    src.ns["_EMPTY"] = _EMPTY
+    # the kernel call bound once (pyx/conv.pyx's PreparedConv: conv2d's plan, made now)
+    call = _kconv.PreparedConv(packed.transposed_data() if tr else packed.data, (n, c, h, w), (n, m, oh, ow),
+                               kh, kw, sh, sw, pt, pl, dh, dw, group, tr, bias, act, nt, mode, pb, pr, alpha)
+    ws = src.workspace(call.workspace_size)     # the plan's own (shared by its steps; runs hold its lock)
     y = str(buffer) if buffer is not None else f"np.empty({(n, m, oh, ow)!r}, np.float32)"
     if into_residual and residual is not None and residual[2] is None \
             and _kconv.residual_may_be_y(oh, ow, kh, kw, sh, sw, pt, pl, dh, dw, m // group, cg, tr):
         y = f"{src.bind(_residual_or_new, '_residual_or_new')}({residual[0]}, {(n, m, oh, ow)!r})"
-    return (f"{src.bind(_conv_into, '_conv_into')}({ex}, {wdata}, {kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {dh}, {dw}, "
-            f"{group}, {bool(tr)}, {y}, {src.bind(bias) if bias is not None else '_EMPTY'}, {res}, "
-            f"{act}, {ws}, {nt}" + (f", {mode}, {pb}, {pr}, {alpha!r})" if mode or alpha else ")"))
+    return f"{src.bind(call, '_conv')}({ex}, {y}, {ws}{res})"
 
 
 def fast_conv_kernel_step(src, ins, attrs, packed, out_meta, buffer, n_threads, into_residual=False):
