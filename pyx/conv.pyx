@@ -228,17 +228,19 @@ cdef void plan_conv(ConvPlan* p, Py_ssize_t nimg, Py_ssize_t c, Py_ssize_t h, Py
     p.s = choose_split(proto, nimg * group, p.nt)
 
 
-cdef void run_conv(ConvPlan* p, const float* x, const float* w, float* y, const float* bias, const float* res,
+cdef void run_conv(const ConvPlan* p, const float* x, const float* w, float* y, const float* bias, const float* res,
                    float* work) noexcept nogil:
     """The planned conv on these arrays: the padded copy (into work, after the threads' slices),
     then the (image, group, job) round robin."""
     cdef ConvJobs cj
+    cdef PadJobs pj
     cdef const float* xp = x
     if p.padded:
-        p.pj.x = x
-        p.pj.xp = thread_work(work, p.nt)
-        xp = p.pj.xp
-        run_parallel(pad_job, &p.pj, p.pad_jobs, p.nt)
+        pj = p.pj           # (a copy: the plan stays read-only, a PreparedConv callable from any thread)
+        pj.x = x
+        pj.xp = thread_work(work, p.nt)
+        xp = pj.xp
+        run_parallel(pad_job, &pj, p.pad_jobs, p.nt)
     cj.proto = &p.proto
     cj.s = p.s
     cj.x = xp
