@@ -475,7 +475,10 @@ def residual_may_be_y(Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t kh, Py_ssize_t kw
 cdef inline Py_ssize_t t_panel_rows(Py_ssize_t pix) noexcept nogil:
     """Pixels per A panel of the transposed conv: MR, or MR - 1 when that pads
     the pixel count by 5% less (49 = 7 x 7: 49 rows, not 56). Measured (1x1,
-    256 -> 1024 channels): 7 rows of 196 pixels are 3% slower than 200 in 8."""
+    256 -> 1024 channels): 7 rows of 196 pixels are 3% slower than 200 in 8. At
+    most 4 pixels: 1, 2 or 4 rows (nrt_kernel_t_few), not a tile of repeats."""
+    if pix <= 4 and MR > 4:
+        return 1 if pix == 1 else (2 if pix == 2 else 4)
     if (pix + MR - 2) // (MR - 1) * (MR - 1) * 20 < (pix + MR - 1) // MR * MR * 19:
         return MR - 1
     return MR

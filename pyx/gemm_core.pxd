@@ -47,6 +47,8 @@ cdef extern from "gemm_microkernel.h":
                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_tc1(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
                         const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
+    void nrt_kernel_t_few(int rows, long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
+                          const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_t1(long kc, const float* x, const Py_ssize_t* koff, const Py_ssize_t* off,
                        const float* b, float* c, long ldc, int flags, const float* bias_col) noexcept nogil
     void nrt_kernel_off(long kc, const float* a, const float* b, const Py_ssize_t* boff, float* c,
@@ -436,7 +438,10 @@ cdef inline void run_block_t(const Problem* g, Py_ssize_t mp0, Py_ssize_t mp1, P
                     for pf in range((ip - mp0) * pf_share, min((ip - mp0 + 1) * pf_share, NR * kc), 16):
                         nrt_prefetch_l2(pf_next + pf, 0, 1)
                 contiguous = g.a_src == SRC_MATRIX_T and (ip + 1) * g.mr <= g.m
-                if g.mr == MR and contiguous:
+                if g.mr < MR - 1:
+                    nrt_kernel_t_few(<int>g.mr, kc, g.a, koff, &off[(ip - mp0) * g.mr], bp, cptr(g, ip * g.mr, c0),
+                                     g.ldc, flags, bcol)
+                elif g.mr == MR and contiguous:
                     nrt_kernel_tc(kc, g.a, koff, &off[(ip - mp0) * MR], bp, cptr(g, ip * MR, c0), g.ldc,
                                   flags, bcol)
                 elif contiguous:

@@ -529,6 +529,22 @@ nrt_kernel_t1(long kc, const float* restrict x, const Py_ssize_t* restrict koff,
     nrt_kernel_t_body(NRT_MR - 1, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
 }
 
+/* 1, 2 or 4 pixel rows: a map of at most 4 pixels (a late stage's 2 x 2, a squeeze-excite's
+   1 x 1), whose MR-row tile would compute its last pixel again 4-7 times (MobileNetV2's last
+   1x1 conv, 112 -> 1280 on a 2 x 2 map: 26 us, most of them for repeated rows) */
+__attribute__((noinline)) static void
+nrt_kernel_t_few(int rows, long kc, const float* restrict x, const Py_ssize_t* restrict koff,
+                 const Py_ssize_t* restrict off, const float* restrict b, float* restrict c,
+                 long ldc, int flags, const float* restrict bias_col)
+{
+    if (rows == 1)
+        nrt_kernel_t_body(1, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+    else if (rows == 2)
+        nrt_kernel_t_body(2, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+    else
+        nrt_kernel_t_body(4, 0, kc, x, koff, off, b, c, ldc, flags, bias_col);
+}
+
 /* pixels off[0] + i (a 1x1 conv's whole panel): fixed displacements, no
    offset registers */
 __attribute__((noinline)) static void
