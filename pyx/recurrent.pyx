@@ -150,13 +150,12 @@ cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, 
                        real** up, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga,
                        int ha, bint input_forget, bint linear_before_reset) noexcept nogil:
     """Hidden units k0..k1-1 of one step for the na active batch rows: first every gate's product
-    (x + R h) for those units and all the rows at once (each block of R rows loaded once for the
-    rows, recurrent_kernel.h), then each row's gate arithmetic, writing hnp[q] (its new hidden
+    (x + R h) for those units and all the rows at once (each block of the packed R loaded once
+    for the rows, recurrent_kernel.h), then each row's gate arithmetic, writing hnp[q] (its new hidden
     state), cp[q] (LSTM cell state) and yp[q]; gp[q] and up[q] are the row's gate and scratch rows
     (each unit's own columns). GRU with linear_before_reset=0 does its z / r part here and the
     candidate in `gru_candidate`, once every r * h of the row is known."""
     cdef Py_ssize_t n = k1 - k0, k, q
-    cdef Py_ssize_t gi
     cdef real* g
     cdef real* u
     cdef real* cb
@@ -287,12 +286,13 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
     rbh (H) GRU's recurrent candidate bias, h / c (B, H) in and out, y (S, B, H) out.
     A step computes all its active batch rows together (rows are at their own time index, or
     past their length and skipped: their state stays), so R is read once per step, not once per
-    row (float32; float64 still reads it per row, recurrent_kernel.h), and a step is one parallel
-    region, not one per row. Its hidden units split in chunks of KCHUNK over n_threads, each
+    row (float32; float64 still reads it per row, recurrent_kernel.h); rp: float32's packed R, or
+    NULL (the dot-product form). Split over threads, the sequence is one parallel region. Its
+    hidden units split in chunks of KCHUNK over n_threads, each
     chunk every active row's units (each unit's rows and arithmetic the same whoever computes
     them, and whatever rows are active); the new states go to second buffers until every unit
     has read the old ones. Returns -1 when its scratch cannot be allocated."""
-    cdef Py_ssize_t GH = G * H, step, b, t, ch, q, na
+    cdef Py_ssize_t GH = G * H, step, ch, q, na
     cdef Py_ssize_t nch = (H + KCHUNK - 1) // KCHUNK
     cdef Py_ssize_t ws = GH + 3 * H         # a batch row's scratch: gates g, then u, v, hn
     cdef bint two_phase = cell == CELL_GRU and not linear_before_reset
