@@ -144,18 +144,40 @@ cdef inline Py_ssize_t step_time(Py_ssize_t step, Py_ssize_t length, bint revers
 cdef enum:
     KCHUNK = 32         # hidden units per work item of a step (all gates' rows for those units)
 
+cdef enum:
+    # a step's pointer block: ROWS arrays of B pointers, entry q of each for the q-th active
+    # batch row: its x, Rbh (the same for every row), h, c, y, then its scratch rows: gates g,
+    # u, v and the new h
+    ROW_X = 0
+    ROW_RBH = 1
+    ROW_H = 2
+    ROW_C = 3
+    ROW_Y = 4
+    ROW_G = 5
+    ROW_U = 6
+    ROW_V = 7
+    ROW_HN = 8
+    ROWS = 9
 
-cdef void update_chunk(int cell, Py_ssize_t na, const real** xp, const real* r, const float* rp, const real* p,
-                       const real* rbh, real** hp, real** hnp, real** cp, real** yp, real** gp,
-                       real** up, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip, int fa, int ga,
-                       int ha, bint input_forget, bint linear_before_reset) noexcept nogil:
+
+cdef void update_chunk(int cell, Py_ssize_t na, void** blk, Py_ssize_t B, const real* r, const float* rp,
+                       const real* p, const real* rbh, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t H, real clip,
+                       int fa, int ga, int ha, bint input_forget, bint linear_before_reset) noexcept nogil:
     """Hidden units k0..k1-1 of one step for the na active batch rows: first every gate's product
     (x + R h) for those units and all the rows at once (each block of the packed R loaded once
     for the rows, recurrent_kernel.h), then each row's gate arithmetic, writing hnp[q] (its new hidden
     state), cp[q] (LSTM cell state) and yp[q]; gp[q] and up[q] are the row's gate and scratch rows
     (each unit's own columns). GRU with linear_before_reset=0 does its z / r part here and the
-    candidate in `gru_candidate`, once every r * h of the row is known."""
+    candidate in `gru_candidate`, once every r * h of the row is known. The rows' pointers are
+    blk's (ROW_*, B entries each)."""
     cdef Py_ssize_t n = k1 - k0, k, q
+    cdef const real** xp = <const real**>(blk + ROW_X * B)
+    cdef real** hp = <real**>(blk + ROW_H * B)
+    cdef real** cp = <real**>(blk + ROW_C * B)
+    cdef real** yp = <real**>(blk + ROW_Y * B)
+    cdef real** gp = <real**>(blk + ROW_G * B)
+    cdef real** up = <real**>(blk + ROW_U * B)
+    cdef real** hnp = <real**>(blk + ROW_HN * B)
     cdef real* g
     cdef real* u
     cdef real* cb
@@ -242,12 +264,19 @@ cdef inline void gru_finish(real* u, const real* g, const real* hb, real* hn, re
         yt[k] = hn[k]
 
 
-cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const float* rp, const real** rbp, real** hp,
-                        real** hnp, real** yp, real** gp, real** up, real** vp, Py_ssize_t k0,
+cdef void gru_candidate(Py_ssize_t na, void** blk, Py_ssize_t B, const real* r, const float* rp, Py_ssize_t k0,
                         Py_ssize_t k1, Py_ssize_t H, real clip, int ga) noexcept nogil:
-    """GRU, linear_before_reset=0, units k0..k1-1 of the na active rows: x + R (r * h) + Rbh (up[q]
-    holds all of row q's r * h), then the update; vp[q] is row q's candidate row and rbp[q] Rbh."""
+    """GRU, linear_before_reset=0, units k0..k1-1 of the na active rows of blk: x + R (r * h) + Rbh
+    (the ROW_U row holds all of row q's r * h), then the update into the ROW_V row (the candidate)."""
     cdef Py_ssize_t k, q
+    cdef const real** xp = <const real**>(blk + ROW_X * B)
+    cdef const real** rbp = <const real**>(blk + ROW_RBH * B)
+    cdef real** hp = <real**>(blk + ROW_H * B)
+    cdef real** yp = <real**>(blk + ROW_Y * B)
+    cdef real** gp = <real**>(blk + ROW_G * B)
+    cdef real** up = <real**>(blk + ROW_U * B)
+    cdef real** vp = <real**>(blk + ROW_V * B)
+    cdef real** hnp = <real**>(blk + ROW_HN * B)
     cdef real* v
     cdef const real* x
     gate_rows(r, rp, 3, 2, 3, k0, k1, H, na, up, rbp, 0, vp, 0)
@@ -262,17 +291,16 @@ cdef void gru_candidate(Py_ssize_t na, const real** xp, const real* r, const flo
 cdef Py_ssize_t step_rows(Py_ssize_t step, const real* xw, Py_ssize_t xrow, real* h, real* c, real* y,
                           const int* lens, Py_ssize_t B, Py_ssize_t H, bint reverse, void** blk) noexcept nogil:
     """The rows active at `step` (each at its own time index; past its length: skipped, its state
-    stays) into a pointer block: x, (Rbh), h, c, y at entries 0, 2, 3, 4 times B plus the row's
-    position among them. Returns their count."""
+    stays) into blk's ROW_X, ROW_H, ROW_C and ROW_Y arrays, in batch order. Returns their count."""
     cdef Py_ssize_t na = 0, b, t
     for b in range(B):
         t = step_time(step, lens[b], reverse)
         if t < 0:
             continue
-        blk[na] = <void*>(xw + (t * B + b) * xrow)
-        blk[2 * B + na] = <void*>(h + b * H)
-        blk[3 * B + na] = <void*>(c + b * H) if c != NULL else NULL
-        blk[4 * B + na] = <void*>(y + (t * B + b) * H)
+        blk[ROW_X * B + na] = <void*>(xw + (t * B + b) * xrow)
+        blk[ROW_H * B + na] = <void*>(h + b * H)
+        blk[ROW_C * B + na] = <void*>(c + b * H) if c != NULL else NULL
+        blk[ROW_Y * B + na] = <void*>(y + (t * B + b) * H)
         na += 1
     return na
 
@@ -297,12 +325,11 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
     cdef Py_ssize_t ws = GH + 3 * H         # a batch row's scratch: gates g, then u, v, hn
     cdef bint two_phase = cell == CELL_GRU and not linear_before_reset
     cdef bint split = n_threads > 1 and nch > 1
-    # one row of scratch per batch row, and the active rows' pointers (entry q: the q-th active
-    # row of the step): x, Rbh (every entry the same), then h, c, y and the scratch rows; a block
-    # of them per thread (split: every thread finds the step's rows itself, the same ones)
+    # one row of scratch per batch row, and a pointer block (ROW_*) per thread (split: every
+    # thread finds the step's rows itself, the same ones)
     cdef int nt = n_threads if split else 1
     cdef real* scratch = <real*>malloc(B * ws * sizeof(real))
-    cdef void** ptrs = <void**>malloc(nt * 9 * B * sizeof(void*))
+    cdef void** ptrs = <void**>malloc(nt * ROWS * B * sizeof(void*))
     cdef void** blk
     cdef Py_ssize_t tb
     if scratch == NULL or ptrs == NULL:
@@ -310,38 +337,32 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
         free(ptrs)
         return -1
     for tb in range(nt):
-        blk = ptrs + tb * 9 * B
+        blk = ptrs + tb * ROWS * B
         for q in range(B):
-            blk[B + q] = <void*>rbh
-            blk[5 * B + q] = <void*>(scratch + q * ws)                 # g
-            blk[6 * B + q] = <void*>(scratch + q * ws + GH)            # u
-            blk[7 * B + q] = <void*>(scratch + q * ws + GH + H)        # v
-            blk[8 * B + q] = <void*>(scratch + q * ws + GH + 2 * H)    # hn
+            blk[ROW_RBH * B + q] = <void*>rbh
+            blk[ROW_G * B + q] = <void*>(scratch + q * ws)
+            blk[ROW_U * B + q] = <void*>(scratch + q * ws + GH)
+            blk[ROW_V * B + q] = <void*>(scratch + q * ws + GH + H)
+            blk[ROW_HN * B + q] = <void*>(scratch + q * ws + GH + 2 * H)
     if split:
         # one parallel region for the whole sequence, not one per step (its fork and join were ~4
         # us a step: an LSTM of 128 units, batch 8, 2 threads, 692 us over 50 steps, 991 on one):
         # each step's chunks, then the new states' copies, are worksharing loops whose barriers
         # order the steps
         with parallel(num_threads=n_threads):
-            blk = ptrs + omp_get_thread_num() * 9 * B
+            blk = ptrs + omp_get_thread_num() * ROWS * B
             for step in range(S):
                 na = step_rows(step, xw, xrow, h, c, y, lens, B, H, reverse, blk)
                 if na == 0:
                     continue
                 for ch in prange(nch, schedule="static"):
-                    update_chunk(cell, na, <const real**>blk, r, rp, p, rbh, <real**>(blk + 2 * B),
-                                 <real**>(blk + 8 * B), <real**>(blk + 3 * B), <real**>(blk + 4 * B),
-                                 <real**>(blk + 5 * B), <real**>(blk + 6 * B), ch * KCHUNK,
-                                 min(ch * KCHUNK + KCHUNK, H), H, clip, fa, ga, ha, input_forget,
-                                 linear_before_reset)
+                    update_chunk(cell, na, blk, B, r, rp, p, rbh, ch * KCHUNK, min(ch * KCHUNK + KCHUNK, H), H,
+                                 clip, fa, ga, ha, input_forget, linear_before_reset)
                 if two_phase:
                     for ch in prange(nch, schedule="static"):
-                        gru_candidate(na, <const real**>blk, r, rp, <const real**>(blk + B), <real**>(blk + 2 * B),
-                                      <real**>(blk + 8 * B), <real**>(blk + 4 * B), <real**>(blk + 5 * B),
-                                      <real**>(blk + 6 * B), <real**>(blk + 7 * B), ch * KCHUNK,
-                                      min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
+                        gru_candidate(na, blk, B, r, rp, ch * KCHUNK, min(ch * KCHUNK + KCHUNK, H), H, clip, ga)
                 for q in prange(na, schedule="static"):
-                    memcpy(blk[2 * B + q], blk[8 * B + q], H * sizeof(real))
+                    memcpy(blk[ROW_H * B + q], blk[ROW_HN * B + q], H * sizeof(real))
     else:
         # one thread (or inside the two directions' region, or one chunk): the whole step as one
         # chunk - the same units' rows and arithmetic, so the same bits
@@ -350,15 +371,12 @@ cdef int run_direction(int cell, const real* xw, Py_ssize_t xrow, const real* r,
             na = step_rows(step, xw, xrow, h, c, y, lens, B, H, reverse, blk)
             if na == 0:
                 continue
-            update_chunk(cell, na, <const real**>blk, r, rp, p, rbh, <real**>(blk + 2 * B), <real**>(blk + 8 * B),
-                         <real**>(blk + 3 * B), <real**>(blk + 4 * B), <real**>(blk + 5 * B), <real**>(blk + 6 * B),
-                         0, H, H, clip, fa, ga, ha, input_forget, linear_before_reset)
+            update_chunk(cell, na, blk, B, r, rp, p, rbh, 0, H, H, clip, fa, ga, ha, input_forget,
+                         linear_before_reset)
             if two_phase:
-                gru_candidate(na, <const real**>blk, r, rp, <const real**>(blk + B), <real**>(blk + 2 * B),
-                              <real**>(blk + 8 * B), <real**>(blk + 4 * B), <real**>(blk + 5 * B),
-                              <real**>(blk + 6 * B), <real**>(blk + 7 * B), 0, H, H, clip, ga)
+                gru_candidate(na, blk, B, r, rp, 0, H, H, clip, ga)
             for q in range(na):
-                memcpy(blk[2 * B + q], blk[8 * B + q], H * sizeof(real))
+                memcpy(blk[ROW_H * B + q], blk[ROW_HN * B + q], H * sizeof(real))
     free(scratch)
     free(ptrs)
     return 0

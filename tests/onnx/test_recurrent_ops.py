@@ -286,3 +286,16 @@ def test_packed_products_any_batch(case):
         one[6] = np.ascontiguousarray(args[6][:, b:b + 1])
     alone = run_ours(kind, one, attrs, 14, n_out)
     np.testing.assert_array_equal(got[0][:, :, b], alone[0][:, :, 0])
+
+
+@pytest.mark.parametrize("kind, acts", [("LSTM", ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Relu"]),
+                                        ("GRU", ["Sigmoid", "Tanh", "Sigmoid", "Relu"]), ("RNN", ["Tanh", "Relu"])])
+@pytest.mark.parametrize("hidden", [5, 40])
+def test_bidirectional_with_activations_of_its_own_per_direction(kind, acts, hidden):
+    """Directions with different activations run one kernel call each (each on its row of the packed
+    R): onnxruntime's values."""
+    args = make_inputs(np.random.default_rng(hidden), kind, "bidirectional", 4, 3, 6, hidden)
+    attrs = dict(hidden_size=hidden, direction="bidirectional", activations=acts)
+    n_out = 3 if kind == "LSTM" else 2
+    for g, w in zip(run_ours(kind, args, attrs, 14, n_out), ort_run(kind, args, attrs, n_out)):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)

@@ -120,21 +120,19 @@ class Recurrent:
         self.clip = float(node.attrs.get("clip", 0.0) or 0.0)
         self.input_forget = bool(node.attrs.get("input_forget", 0))
         self.lbr = bool(node.attrs.get("linear_before_reset", 0))
-        if dirs == 2 and self.acts[0] != self.acts[1]:
-            # directions with their own activations run one call each
-            self.parts = [(np.ascontiguousarray(self.r[d:d + 1]), np.ascontiguousarray(self.peep[d:d + 1]),
-                           np.ascontiguousarray(self.rbh[d:d + 1])) for d in range(2)]
-            self.parts = [(rd, _packed_r(rd), pd, bd) for rd, pd, bd in self.parts]
-        else:
-            self.parts = None
-            self.rp = _packed_r(self.r)
+        self.rp = _packed_r(self.r)
+        # directions with their own activations run one call each (R packed per direction: a row
+        # of the whole R's packed form)
+        self.parts = None if dirs == 1 or self.acts[0] == self.acts[1] else [
+            (self.r[d:d + 1], self.rp[d:d + 1] if self.rp.size else self.rp, self.peep[d:d + 1], self.rbh[d:d + 1])
+            for d in range(2)]
         self.projection = None
 
     def prepare(self, x_shape, n_threads):
         """Bind the input projection's GEMM for X of this shape (a specialized plan's prepared step):
         pyx/prepared_gemm's call, the same product as the API's matmul without its per-call checks."""
         seq, batch, inputs = x_shape if self.layout == 0 else (x_shape[1], x_shape[0], x_shape[2])
-        m, n = seq * batch, self.dirs * len(self.r[0])
+        m, n = seq * batch, self.dirs * self.r.shape[1]
         if not isinstance(self.packed_w, PackedMatmulWeight) or m == 0 or inputs != self.inputs:
             return self
         nt = min(n_threads, product(m, inputs, n))
@@ -186,7 +184,7 @@ class Recurrent:
             a = self.acts[0]
             _krec.run(_CELLS[kind], xw, self.r, self.rp, self.peep, self.rbh, h, c, y, lens,
                       self.direction == "reverse", self.clip, a[0], a[1], a[2], self.input_forget, self.lbr,
-                      allowed_threads() if dirs == 2 else recurrent_step(2 * len(self.r[0]) * hidden * batch))
+                      allowed_threads() if dirs == 2 else recurrent_step(2 * self.r.shape[1] * hidden * batch))
         else:
             self._per_direction(xw, h, c, y, lens)
         return _outputs(self.node, kind, y, h, c, layout, dtype)
