@@ -462,13 +462,9 @@ def fast_conv_kernel_step(src, ins, attrs, packed, out_meta, buffer, n_threads, 
         if len(strides) != 1 or len(pads) != 2 or len(dil) != 1 or len(shape) != 3 or weight.ndim != 3 \
                 or (residual is not None and tuple(residual[1][0]) != tuple(shape)):
             return None         # (the generic call raises)
-        ex, (xshape, dx), _ = x
-        x4 = tuple(int(d) for d in xshape[:2]) + (1, int(xshape[2]))
-        x = (f"{ex}.reshape({x4!r})", (x4, dx), None)
-        y4 = tuple(int(d) for d in shape[:2]) + (1, int(shape[2]))
-        out_meta = (y4, out_meta[1])
-        buffer = None if buffer is None else _Reshaped(buffer, y4)
+        x, out_meta, buffer = _one_row(x, out_meta, buffer)
         if residual is not None:
+            y4 = out_meta[0]
             residual = (f"{residual[0]}.reshape({y4!r})", (y4, residual[1][1]), residual[2])
         strides, pads, dil = (1,) + strides, (0, pads[0], 0, pads[1]), (1,) + dil
         weight = weight.reshape(weight.shape[:2] + (1, weight.shape[2]))
@@ -487,7 +483,7 @@ def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
     (1-D as 2-D with one row, the input and output reshaped, which are views)."""
     if len(args) < 2 or args[1] is None or args[1][2] is None or args[0] is None:
         return None
-    (ex, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    (_, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
     b = args[2][2] if len(args) > 2 and args[2] is not None else None
     if len(args) > 2 and args[2] is not None and b is None:
         return None
@@ -504,14 +500,12 @@ def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
     out_sp = [out_size(xshape[2 + i], pb[i], pe[i], kernel[i], strides[i], dil[i]) for i in range(nsp)]
     if not (min(out_sp) > 0 and min(pb) >= 0 and min(pe) >= 0 and wconst.size and c == cg * group):
         return None
-    shape, dtype = out_meta
+    shape = out_meta[0]
     if nsp == 1:             # as `conv`: one row
-        x4 = (tuple(xshape[:2]) + (1, xshape[2]))
-        args = [(f"{ex}.reshape({x4!r})", (x4, dx), None)] + list(args[1:])
+        x4, out_meta, buffer = _one_row(args[0], out_meta, buffer)
+        args = [x4] + list(args[1:])
         wconst = wconst.reshape(wshape[:2] + (1, wshape[2]))
         strides, dil, pb, pe, out_sp = [1] + strides, [1] + dil, [0] + pb, [0] + pe, [1] + out_sp
-        out_meta = (tuple(shape[:2]) + (1, shape[2]), dtype)
-        buffer = None if buffer is None else _Reshaped(buffer, out_meta[0])
     if on_small_conv(cg, group):
         expr = _fast_small_group_conv(src, args[0], wconst, b, out_meta, buffer, strides, pb, dil, group,
                                       n_threads)
@@ -521,6 +515,16 @@ def fast_conv_node(src, node, args, out_meta, buffer, n_threads=1):
     if expr is None or nsp == 2:
         return expr
     return f"{expr}.reshape({tuple(int(d) for d in shape)!r})"
+
+
+def _one_row(x, out_meta, buffer):
+    """A 1-D conv's X argument ((expression, (shape, dtype), constant)), output meta and buffer as
+    those of its 2-D conv of one row: (N, C, L) -> (N, C, 1, L), views."""
+    ex, (xshape, dx), _ = x
+    x4 = (int(xshape[0]), int(xshape[1]), 1, int(xshape[2]))
+    shape, dtype = out_meta
+    y4 = (int(shape[0]), int(shape[1]), 1, int(shape[2]))
+    return (f"{ex}.reshape({x4!r})", (x4, dx), None), (y4, dtype), None if buffer is None else _Reshaped(buffer, y4)
 
 
 class _Reshaped:
