@@ -9,12 +9,19 @@ copy runs as 2-D transposes of TILE x TILE blocks between the input's innermost 
 output's, so both sides touch whole cache lines. Every element is copied exactly once, bits
 unchanged, so the result is the same for any thread count (the outer index and the row tiles
 split statically). Elements of 1, 2, 4 or 8 bytes (float32, float16 / bfloat16 words, int64...).
+The 8 x 8 blocks of 4- and 2-byte tiles move through vector registers (transpose_tile.h: loads,
+shuffles, stores; the same bits), the tiles' ragged edges and other sizes element by element.
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cnp.import_array()
+
+cdef extern from "transpose_tile.h" nogil:
+    int nrt_tr8_available(int word_size)
+    void nrt_tr8_u32(const uint32_t* src, Py_ssize_t ss, uint32_t* dst, Py_ssize_t ds)
+    void nrt_tr8_u16(const uint16_t* src, Py_ssize_t ss, uint16_t* dst, Py_ssize_t ds)
 
 cdef enum:
     TILE = 16
@@ -47,9 +54,34 @@ cdef inline void tile_body(const word* src, word* dst, Py_ssize_t rows, Py_ssize
             d[c] = tile[r][c]
 
 
+cdef inline void edge_copy(const word* src, word* dst, Py_ssize_t r0, Py_ssize_t rows, Py_ssize_t c0,
+                           Py_ssize_t cols, Py_ssize_t src_col_stride, Py_ssize_t dst_row_stride) noexcept nogil:
+    """tile_body's copy of rows [r0, rows) x cols [c0, cols), element by element (a tile's ragged
+    edge: at most 7 rows or columns)."""
+    cdef Py_ssize_t r, c
+    for c in range(c0, cols):
+        for r in range(r0, rows):
+            dst[r * dst_row_stride + c] = src[c * src_col_stride + r]
+
+
 cdef inline void tile_copy(const word* src, word* dst, Py_ssize_t rows, Py_ssize_t cols,
                            Py_ssize_t src_col_stride, Py_ssize_t dst_row_stride) noexcept nogil:
-    """tile_body; a whole tile with constant bounds, which the compiler unrolls."""
+    """tile_body; 4- and 2-byte words in 8 x 8 vector blocks where the ISA has them (the
+    edges element by element), a whole tile of other words with constant bounds, which the
+    compiler unrolls."""
+    cdef Py_ssize_t r, c, r8 = rows & ~(<Py_ssize_t>7), c8 = cols & ~(<Py_ssize_t>7)
+    if (word is uint32_t or word is uint16_t) and nrt_tr8_available(sizeof(word)):
+        for r in range(0, r8, 8):
+            for c in range(0, c8, 8):
+                if word is uint32_t:
+                    nrt_tr8_u32(src + c * src_col_stride + r, src_col_stride, dst + r * dst_row_stride + c,
+                                dst_row_stride)
+                else:
+                    nrt_tr8_u16(src + c * src_col_stride + r, src_col_stride, dst + r * dst_row_stride + c,
+                                dst_row_stride)
+        edge_copy(src, dst, r8, rows, 0, cols, src_col_stride, dst_row_stride)
+        edge_copy(src, dst, 0, r8, c8, cols, src_col_stride, dst_row_stride)
+        return
     if rows == TILE and cols == TILE:
         tile_body(src, dst, TILE, TILE, src_col_stride, dst_row_stride)
     else:
@@ -168,3 +200,9 @@ cdef void run(const word* src, word* dst, Py_ssize_t n_outer, const Py_ssize_t* 
     for item in prange(n_outer * n_it, schedule="static", num_threads=n_threads):
         run_item(src, dst, item, n_it, outer_dims, outer_src_strides, outer_dst_strides, n_outer_dims,
                  I, J, src_j_stride, dst_i_stride)
+
+
+def vector_blocks(int itemsize):
+    """Whether tiles of `itemsize`-byte elements move in 8 x 8 vector blocks here
+    (transpose_tile.h: 4- and 2-byte words on x86 builds); the others go element by element."""
+    return bool(nrt_tr8_available(itemsize))

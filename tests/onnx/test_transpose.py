@@ -40,6 +40,36 @@ def test_kernel_on_simplified_permutations(case, dtype, threads, seed):
     assert np.array_equal(out.view(np.uint8), np.ascontiguousarray(x.transpose(perm)).view(np.uint8))
 
 
+@settings(max_examples=150, deadline=None)
+@given(outer=st.integers(1, 3), rows=st.integers(2, 70), cols=st.integers(2, 70),
+       dtype=st.sampled_from([np.float32, np.float16, ml_dtypes.bfloat16, np.int32, np.uint16]),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_vector_blocks_and_ragged_edges(outer, rows, cols, dtype, threads, seed):
+    """Tiles of 4- and 2-byte words move in 8 x 8 vector blocks (transpose_tile.h), their
+    ragged edges element by element: every bit is numpy's, NaN payloads and signed zeros
+    included, whatever the rows, columns and threads."""
+    rng = np.random.default_rng(seed)
+    bits = np.uint32 if np.dtype(dtype).itemsize == 4 else np.uint16
+    x = rng.integers(0, np.iinfo(bits).max, (outer, rows, cols), dtype=bits, endpoint=True).view(dtype)
+    out = np.empty((outer, cols, rows), dtype)
+    dims, p = simplified_permutation(x.shape, [0, 2, 1])
+    _ktranspose.transpose_into(x, out, dims, p, threads)
+    assert np.array_equal(out.view(bits), np.ascontiguousarray(x.transpose(0, 2, 1)).view(bits))
+
+
+def test_vector_blocks_where_the_isa_has_them():
+    """x86 builds move 4- and 2-byte words in vector blocks; the tiled kernel is then taken for
+    any transpose whose input and output rows hold at least 8 elements."""
+    import platform
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert _ktranspose.vector_blocks(4) and _ktranspose.vector_blocks(2)
+    assert not _ktranspose.vector_blocks(8) and not _ktranspose.vector_blocks(1)
+    if _ktranspose.vector_blocks(4):
+        assert tiled_transpose((1, 16, 256), [0, 2, 1], 4) is not None
+        assert tiled_transpose((1, 8, 8), [0, 2, 1], 4) is not None
+    assert tiled_transpose((1, 512, 4), [0, 2, 1], 4) is None
+
+
 @pytest.mark.parametrize("shape,perm", [((1, 64, 256), [0, 2, 1]), ((3, 40, 300), [2, 0, 1]), ((2, 1024, 20), [0, 2, 1]),
                                         ((1, 7, 9, 512), [0, 3, 1, 2]), ((1, 512, 16, 16), [0, 2, 3, 1])])
 @pytest.mark.parametrize("dtype", DTYPES)
