@@ -357,6 +357,9 @@ def _numpy_step(src, step, ins, out_meta, buffer):
     if op == "Conv":
         from .ops import conv as _conv_ops
         return _conv_ops.fast_conv_node(src, opnode, args, out_meta, buffer, src.n_threads)
+    if op == "ConvTranspose":
+        from .ops import conv as _conv_ops
+        return _conv_ops.fast_conv_transpose_node(src, opnode, args, out_meta, buffer, src.n_threads)
     if op == "Gemm":
         from .ops import matmul as _mm_ops
         return _mm_ops.fast_gemm_node(src, opnode, args, out_meta, buffer, src.n_threads)

@@ -318,6 +318,20 @@ def packed_conv_weight(w, group, one_row=False):
     return _cached(w, ("conv", group, one_row), lambda: pack_conv_weight(w[:, :, None] if one_row else w, group))
 
 
+def packed_conv_transpose_weight(w, group):
+    """A ConvTranspose weight w (C, M / group, *kernel) packed, once per read-only w, as the
+    weight of the 1x1 conv giving its columns: (M * K, C / group, 1, 1), row m * K + k the
+    output channel m's tap k (onnx/ops/conv.py's _conv_transpose_float32)."""
+    from ...api.conv import pack_conv_weight
+
+    def pack():
+        c, mg = w.shape[:2]
+        k = int(np.prod(w.shape[2:]))
+        wt = np.ascontiguousarray(w.reshape(group, c // group, mg * k).transpose(0, 2, 1), dtype=np.float32)
+        return pack_conv_weight(wt.reshape(group * mg * k, c // group, 1, 1), group)
+    return _cached(w, ("conv_transpose", group), pack)
+
+
 def packed_matmul_weight(b, transposed=False):
     """normrt.pack_matmul_weight(b, or b.T if transposed), once per read-only b."""
     from ...api.gemm import pack_matmul_weight

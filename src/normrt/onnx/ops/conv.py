@@ -6,7 +6,8 @@ convs on the small_conv kernel (pyx/small_conv.pyx). The rest is numpy + BLAS:
 Conv lowers to im2col (a strided view copied once) and one batched BLAS GEMM
 over all groups; 1x1 unpadded convs skip im2col; depthwise convs (one input
 channel per group) accumulate shifted slices instead of a GEMM.
-ConvTranspose is the adjoint: one GEMM then col2im by shifted-slice adds.
+ConvTranspose is the adjoint: one GEMM then col2im (float32 1-D/2-D: a 1x1 conv on the GEMM
+kernel, then pyx/conv_transpose.pyx; the rest numpy's GEMM and shifted-slice adds).
 """
 import threading
 
@@ -14,12 +15,13 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..._kernels import conv as _kconv
+from ..._kernels import conv_transpose as _kconvt
 from ..._kernels import small_conv as _ksmall
-from ..._thread_policy import compute_bound
+from ..._thread_policy import compute_bound, memory_bound
 from ...api.conv import PAD_MODES as _PAD_MODES, conv2d as _conv2d, conv_threads
 from ...api.gemm import gemm_activation
 from ...api.gemm import _EMPTY
-from ._blas import gemm, packed_conv_weight
+from ._blas import gemm, packed_conv_transpose_weight, packed_conv_weight
 from ._spatial import auto_pad_ok, forward_pads, out_size, pad_to, tap_slices
 from ._util import attr_ints, attr_str, low_precision, op
 
@@ -294,6 +296,32 @@ def _convT_supported(node):
     return auto_pad_ok(node)
 
 
+def _transpose_geometry(node, in_sp, kernel):
+    """(strides, dilations, begin pads, output size, the full transposed conv's size) of a
+    ConvTranspose on spatial input size `in_sp`: explicit pads, or output_shape / auto_pad SAME
+    (ONNX's total padding split, its begin pad negative when the output is larger)."""
+    nsp = len(in_sp)
+    strides = attr_ints(node, "strides") or [1] * nsp
+    dil = attr_ints(node, "dilations") or [1] * nsp
+    opad = attr_ints(node, "output_padding") or [0] * nsp
+    auto_pad = attr_str(node, "auto_pad", "NOTSET")
+    out_shape = attr_ints(node, "output_shape")
+    natural = [strides[i] * (in_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(nsp)]
+    if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if out_shape is None:
+            out_shape = [in_sp[i] * strides[i] for i in range(nsp)]
+        out_sp = list(out_shape[-nsp:])
+        total = [natural[i] - out_sp[i] for i in range(nsp)]
+        pb = [t // 2 for t in total] if auto_pad == "SAME_UPPER" else [t - t // 2 for t in total]
+    else:
+        pads = attr_ints(node, "pads") or [0] * (2 * nsp)
+        if auto_pad == "VALID":
+            pads = [0] * (2 * nsp)
+        pb = pads[:nsp]
+        out_sp = [natural[i] - pads[i] - pads[nsp + i] for i in range(nsp)]
+    return strides, dil, pb, out_sp, natural
+
+
 @op("ConvTranspose", gemm=True, since=1, supports=_convT_supported)
 def conv_transpose(node, x, w, b=None):
     _check_operands(node, x, w, b, transposed=True)
@@ -308,29 +336,11 @@ def conv_transpose(node, x, w, b=None):
     group = int(node.attrs.get("group", 1))
     cg, mg = w.shape[0] // group, w.shape[1]
     m = mg * group
-    strides = attr_ints(node, "strides") or [1] * nsp
-    dil = attr_ints(node, "dilations") or [1] * nsp
-    opad = attr_ints(node, "output_padding") or [0] * nsp
-    auto_pad = attr_str(node, "auto_pad", "NOTSET")
-    out_shape = attr_ints(node, "output_shape")
-    natural = [strides[i] * (in_sp[i] - 1) + opad[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(nsp)]
-    if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if out_shape is None:
-            out_shape = [in_sp[i] * strides[i] for i in range(nsp)]
-        out_shape = list(out_shape[-nsp:])
-        total = [natural[i] - out_shape[i] for i in range(nsp)]
-        if auto_pad == "SAME_UPPER":
-            pb = [t // 2 for t in total]
-        else:
-            pb = [t - t // 2 for t in total]
-        out_sp = out_shape
-    else:
-        pads = attr_ints(node, "pads") or [0] * (2 * nsp)
-        if auto_pad == "VALID":
-            pads = [0] * (2 * nsp)
-        pb = pads[:nsp]
-        out_sp = [natural[i] - pads[i] - pads[nsp + i] for i in range(nsp)]
+    strides, dil, pb, out_sp, natural = _transpose_geometry(node, in_sp, kernel)
 
+    if x.dtype == np.float32 and nsp in (1, 2) and w.size and min(out_sp) > 0 and min(in_sp) > 0:
+        y = _conv_transpose_float32(x, w, b, group, strides, dil, pb, out_sp)
+        return y if y.dtype == out_dtype else y.astype(out_dtype)
     ksz = int(np.prod(kernel))
     row = int(np.prod(in_sp[1:]))                        # input pixels per first-axis row
     wt = w.reshape(group, cg, mg * ksz).transpose(0, 2, 1)
@@ -361,6 +371,84 @@ def conv_transpose(node, x, w, b=None):
     elif any(s.start != 0 or s.stop != h for s, h in zip(crop, buf.shape[2:])):
         y = np.ascontiguousarray(y)
     return y if y.dtype == out_dtype else y.astype(out_dtype)
+
+
+def _conv_transpose_float32(x, w, b, group, strides, dil, pb, out_sp):
+    """A float32 1-D or 2-D ConvTranspose on normrt's kernels: the columns cols = W^T x as a 1x1
+    conv on the GEMM (the weight (C, M / group, *kernel) packed once as the (M * K, C / group, 1,
+    1) weight of that conv, K the taps), then col2im (pyx/conv_transpose.pyx) adding each tap's
+    row where it lands, the bias first. pb: the begin pads (negative: the output starts before
+    the full transposed conv's, SAME with a larger output_shape)."""
+    n = x.shape[0]
+    m = w.shape[1] * group
+    g = _col2im_geometry(x.shape, w.shape, strides, dil, pb, out_sp)
+    cols = _conv2d(x.reshape(g.x4), packed_conv_transpose_weight(w, group), None, group=group)
+    y = np.empty((n, m) + tuple(out_sp), np.float32)
+    bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
+    return _col2im_into(cols, bias, y, g, memory_bound(cols.size + y.size))
+
+
+class _Col2im:
+    """A ConvTranspose's shapes as col2im takes them: 1-D as 2-D with one row."""
+    def __init__(self, x_shape, w_shape, strides, dil, pb, out_sp):
+        one_row = len(x_shape) == 3
+        n, c = x_shape[:2]
+        self.x4 = (n, c, 1, x_shape[2]) if one_row else tuple(x_shape)
+        self.ih, self.iw = self.x4[2:]
+        self.kh, self.kw = (1, w_shape[2]) if one_row else tuple(w_shape[2:])
+        self.args = (self.ih, self.iw) + ((1, out_sp[0]) if one_row else tuple(out_sp)) + (self.kh, self.kw) + \
+            ((1, strides[0]) if one_row else tuple(strides)) + ((1, dil[0]) if one_row else tuple(dil)) + \
+            ((0, pb[0]) if one_row else tuple(pb))
+        self.oh, self.ow = self.args[2:4]
+
+
+def _col2im_geometry(x_shape, w_shape, strides, dil, pb, out_sp):
+    return _Col2im(tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape), [int(v) for v in strides],
+                   [int(v) for v in dil], [int(v) for v in pb], [int(v) for v in out_sp])
+
+
+def _col2im_into(cols, bias, y, g, n_threads):
+    n, m = y.shape[:2]
+    _kconvt.col2im(cols.reshape(n, m * g.kh * g.kw, g.ih * g.iw), bias, y.reshape(n, m, g.oh * g.ow), *g.args,
+                   n_threads)
+    return y
+
+
+def fast_conv_transpose_node(src, node, args, out_meta, buffer, n_threads=1):
+    """A specialized plan's float32 1-D/2-D ConvTranspose with a constant weight, as the generic op
+    runs it (_conv_transpose_float32): the columns' 1x1 conv as a prepared conv (fast_conv), then
+    col2im into the step's buffer. A vocoder's small upsampling layers paid ~40 us of Python
+    around ~10 of kernels in the generic call."""
+    if len(args) < 2 or args[0] is None or args[1] is None or args[1][2] is None:
+        return None
+    (ex, (xshape, dx), _), (_, (wshape, dw_), wconst) = args[0], args[1]
+    b = args[2][2] if len(args) > 2 and args[2] is not None else None
+    if len(args) > 2 and args[2] is not None and (b is None or b.dtype != np.float32):
+        return None
+    nsp = len(xshape) - 2
+    shape, dtype = out_meta
+    if dx != np.float32 or dw_ != np.float32 or dtype != np.float32 or nsp not in (1, 2) \
+            or len(wshape) != nsp + 2 or wconst.flags.writeable or not wconst.size:
+        return None
+    group = int(node.attrs.get("group", 1))
+    n, c = (int(d) for d in xshape[:2])
+    if group < 1 or c != wshape[0] or c % group or min(int(d) for d in xshape[2:]) < 1:
+        return None         # (the generic call raises)
+    strides, dil, pb, out_sp, _ = _transpose_geometry(node, list(xshape[2:]), list(wshape[2:]))
+    m = int(wshape[1]) * group
+    if tuple(int(d) for d in shape) != (n, m) + tuple(int(d) for d in out_sp) or min(out_sp) < 1:
+        return None
+    g = _col2im_geometry(xshape, wshape, strides, dil, pb, out_sp)
+    mk = m * g.kh * g.kw
+    x4 = (f"{ex}.reshape({g.x4!r})", (g.x4, dx), None)
+    cols = fast_conv(src, x4, packed_conv_transpose_weight(wconst, group), ((n, mk, g.ih, g.iw), np.float32),
+                     None, (1, 1), (0, 0, 0, 0), (1, 1), group, n_threads=n_threads)
+    if cols is None:
+        return None
+    bias = src.bind(_EMPTY if b is None else np.ascontiguousarray(b.reshape(-1)))
+    y = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, np.float32)"
+    nt = min(n_threads, memory_bound(n * mk * g.ih * g.iw + int(np.prod(shape))))
+    return f"{src.bind(_col2im_into, '_col2im')}({cols}, {bias}, {y}, {src.bind(g)}, {nt})"
 
 
 def _residual_or_new(r, shape):
