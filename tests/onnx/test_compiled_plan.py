@@ -345,6 +345,29 @@ def test_two_input_max_min_specialized(op, dtype):
         assert got.dtype == dtype and np.array_equal(got, fn(a, b), equal_nan=True)
 
 
+@pytest.mark.parametrize("alpha", [0.1, 0.2, 2.0])
+def test_leaky_relu_specialized(alpha):
+    """A lone float32 LeakyRelu (a vocoder's, before each conv) as one elementwise-kernel call into
+    the plan's buffer: the values of np.where(x > 0, x, alpha x), +-0, +-inf and NaN included."""
+    # (between Transposes: no elementwise chain takes it)
+    nodes = [helper.make_node("Transpose", ["x"], ["n"], perm=[1, 0]),
+             helper.make_node("LeakyRelu", ["n"], ["l"], alpha=alpha),
+             helper.make_node("Transpose", ["l"], ["y"], perm=[1, 0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 40])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 40])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    model.ir_version = 8
+    x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32) * 5
+    x[0, :6] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-42]
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    assert "_leaky_relu" in next(iter(sess.executor.specialized.values())).source
+    want = np.where(x > 0, x, x * np.float32(alpha))
+    for got in (generic[0], first[0], second[0]):
+        assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True)
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
 def test_elementwise_program_prepared():
     """A normrt::Elementwise program (x * sigmoid(x) + b, b broadcast, x a transposed view) as a
     prepared kernel call into the plan's buffer: the generic call's bits."""

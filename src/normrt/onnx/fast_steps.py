@@ -205,6 +205,17 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
         nt = min(src.n_threads, memory_bound(size))
         return f"{src.bind(_activation_into, '_activation_into')}({ex}, {_ACT_CODES[act]}, {out}, {nt})"
+    if op == "LeakyRelu" and len(args) == 1:
+        # the generic op's float32 path (activations.leaky_relu_float32: one pass of the
+        # elementwise kernel) into the buffer: a vocoder's LeakyRelu before each conv paid the
+        # generic call's ~4 us around a kernel of 1
+        (ex, (_, dx), _), = args
+        alpha = float(opnode.attrs.get("alpha", 0.01))
+        if dx != np.float32 or dtype != np.float32 or not shape or not size or not alpha > 0.0:
+            return None
+        from .ops.activations import leaky_relu_float32
+        out = str(buffer) if buffer is not None else "None"
+        return f"{src.bind(leaky_relu_float32, '_leaky_relu')}({ex}, {alpha!r}, {out})"
     if op == "Sigmoid" and len(args) == 1:
         (ex, (_, dx), _), = args
         if dx.kind != "f" or buffer is None:

@@ -36,13 +36,14 @@ def leaky_relu(node, x):
     return np.where(x > 0, x, x * a)
 
 
-def leaky_relu_float32(x, alpha):
+def leaky_relu_float32(x, alpha, out=None):
     """LeakyRelu of a float32 array, alpha > 0, in one pass of the elementwise kernel: max(x,
     alpha x) (min for alpha > 1) is x where x > 0 and alpha x elsewhere, the same values as
     np.where(x > 0, x, alpha x) for any x (+-0, +-inf, NaN), which took three passes and two
-    temporaries (YOLO's, GANs' and vocoders' Conv -> LeakyRelu on 3 MB maps). A new array."""
+    temporaries (YOLO's, GANs' and vocoders' Conv -> LeakyRelu on 3 MB maps). Into `out` (a
+    float32 array of x's shape; may be x) or a new array."""
     program = _leaky_program(np.float32(alpha).item())
-    out = np.empty(x.shape, np.float32)
+    out = np.empty(x.shape, np.float32) if out is None else out
     _kelementwise.run_program(program.code, program.constants, program.n_registers, (x,), out,
                               memory_bound(out.size), program.grids)
     return out

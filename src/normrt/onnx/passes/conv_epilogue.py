@@ -1,4 +1,4 @@
-"""Conv epilogue: a float32 2-D Conv and the elementwise ops after it -> one normrt::Conv.
+"""Conv epilogue: a float32 1-D or 2-D Conv and the elementwise ops after it -> one normrt::Conv.
 
     x ──► Conv(W [, b]) ── y ──► Add | Sum (y, r) ── s ──► activation ──► z
                                   (optional residual)       (optional)
@@ -17,9 +17,12 @@ ResNet's `Conv -> Sum(y, shortcut) -> Relu` and the `Conv -> Relu` everywhere
 fold_batch_norm and fold_channel_affine, which run before) become one node:
 the kernel adds the bias and residual and applies the activation as it writes
 its output, instead of three more passes over memory. A Conv with nothing to
-fuse stays a standard Conv (it runs on the same kernel).
+fuse stays a standard Conv (it runs on the same kernel). 1-D convs (audio: HiFi-GAN's
+and MelGAN's residual blocks, `LeakyRelu -> Conv1d -> LeakyRelu -> Conv1d -> Add`;
+EnCodec's and DAC's encoders) fuse the same way, normrt::Conv running them as 2-D convs
+of one row.
 
-Candidates: a Conv on rank-4 float32 values whose output y has one reader, an
+Candidates: a Conv on rank-3 or rank-4 float32 values whose output y has one reader, an
 Add/Sum or an activation (anything else leaves y alone; grouped convs with
 fewer than 8 input channels per group -- depthwise convs, on the small_conv
 kernel -- take an activation only: EfficientNet's and MobileViT's depthwise
@@ -40,7 +43,7 @@ normalizations left to onnx.reference -- matmul_epilogue does the same):
 - a middle value (y, the sum) read elsewhere or a graph output;
 - auto_pad SAME_* with x's spatial shape not static, an unknown auto_pad,
   negative pads, kernel_shape other than W's, attributes of the wrong length;
-- W of unknown shape or not 4-D, a bias not of shape (M,), group not dividing
+- W of unknown shape or not of x's rank, a bias not of shape (M,), group not dividing
   M or not matching x's channels, an input not float32.
 """
 from dataclasses import dataclass, field
@@ -103,11 +106,11 @@ class ConvEpilogue(GraphPass):
             if not is_op(node, "Conv") or len(node.input) < 2 or not node.output or not node.output[0]:
                 continue
             x_shape, w_shape = ctx.shape(node.input[0]), ctx.shape(node.input[1])
-            if x_shape is None or len(x_shape) != 4 or ctx.elem_type(node.input[0]) != FLOAT:
+            if x_shape is None or len(x_shape) not in (3, 4) or ctx.elem_type(node.input[0]) != FLOAT:
                 continue
             # grouped convs of few channels per group (depthwise) run on small_conv, whose
             # epilogue is the activation alone
-            few = w_shape is not None and len(w_shape) == 4 and isinstance(w_shape[1], int) and \
+            few = w_shape is not None and len(w_shape) == len(x_shape) and isinstance(w_shape[1], int) and \
                 self._group(node) > 1 and w_shape[1] < MIN_GROUP_CHANNELS
             m = self._epilogue(ctx, consumers, node, residual=not few)
             if (m.residual_node is not None or m.activation) and not claimed & {id(n) for n in m.nodes}:
@@ -181,16 +184,16 @@ class ConvEpilogue(GraphPass):
             return "Conv has more than one output"
         x, w = conv.input[0], conv.input[1]
         b = conv.input[2] if len(conv.input) > 2 and conv.input[2] else ""
-        w_shape = ctx.shape(w)
-        if w_shape is None or len(w_shape) != 4 or not all(isinstance(d, int) for d in w_shape):
-            return f"shape of the weight {w!r} is {w_shape} (4-D static needed)"
-        M, cg, kh, kw = w_shape
+        w_shape, rank = ctx.shape(w), len(ctx.shape(x))
+        if w_shape is None or len(w_shape) != rank or not all(isinstance(d, int) for d in w_shape):
+            return f"shape of the weight {w!r} is {w_shape} ({rank}-D static needed, as x)"
+        M = w_shape[0]
         if b and tuple(ctx.shape(b) or ()) != (M,):
             return f"bias {b!r} of shape {ctx.shape(b)}, expected ({M},)"
         attrs, reason = node_attrs(conv)
         if reason:
             return reason
-        spec = self.conv_attrs(ctx, conv, attrs, (M, cg, kh, kw))
+        spec = self.conv_attrs(ctx, conv, attrs, tuple(w_shape))
         if isinstance(spec, str):
             return spec
         for name in [x, w, b, m.residual, conv.output[0]]:
@@ -201,8 +204,10 @@ class ConvEpilogue(GraphPass):
 
     @staticmethod
     def conv_attrs(ctx, conv, attrs, w_shape):
-        """normrt::Conv attributes (explicit pads) of the Conv, or a refusal reason."""
-        M, cg, kh, kw = w_shape
+        """normrt::Conv attributes (explicit pads) of a 1-D or 2-D Conv (w_shape (M, C / group,
+        *kernel)), or a refusal reason."""
+        M, cg, kernel_w = w_shape[0], w_shape[1], list(w_shape[2:])
+        n = len(kernel_w)
         group = int(attrs.get("group", 1))
         if group < 1 or M % group:
             return f"group={group} does not divide the weight's {M} output channels"
@@ -210,24 +215,24 @@ class ConvEpilogue(GraphPass):
         if isinstance(x_shape[1], int) and x_shape[1] != cg * group:
             return f"x has {x_shape[1]} channels; the weight with group={group} needs {cg * group}"
         kernel = attrs.get("kernel_shape")
-        if kernel is not None and list(kernel) != [kh, kw]:
-            return f"kernel_shape {list(kernel)} is not the weight's {[kh, kw]}"
-        strides = list(attrs.get("strides") or [1, 1])
-        dilations = list(attrs.get("dilations") or [1, 1])
-        if len(strides) != 2 or len(dilations) != 2 or min(strides + dilations) < 1:
-            return f"strides {strides} / dilations {dilations} (two values >= 1 needed)"
+        if kernel is not None and list(kernel) != kernel_w:
+            return f"kernel_shape {list(kernel)} is not the weight's {kernel_w}"
+        strides = list(attrs.get("strides") or [1] * n)
+        dilations = list(attrs.get("dilations") or [1] * n)
+        if len(strides) != n or len(dilations) != n or min(strides + dilations) < 1:
+            return f"strides {strides} / dilations {dilations} ({n} values >= 1 needed)"
         auto_pad = attrs.get("auto_pad", "NOTSET")
         if auto_pad == "NOTSET":
-            pads = list(attrs.get("pads") or [0, 0, 0, 0])
-            if len(pads) != 4 or min(pads) < 0:
-                return f"pads {pads} (four values >= 0 needed)"
+            pads = list(attrs.get("pads") or [0] * 2 * n)
+            if len(pads) != 2 * n or min(pads) < 0:
+                return f"pads {pads} ({2 * n} values >= 0 needed)"
         elif auto_pad == "VALID":
-            pads = [0, 0, 0, 0]
+            pads = [0] * 2 * n
         elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             spatial = x_shape[2:]
             if not all(isinstance(d, int) for d in spatial):
                 return f"auto_pad={auto_pad} with x's spatial shape {list(spatial)} not static"
-            pads = list(same_pads(auto_pad, spatial, (kh, kw), strides, dilations))
+            pads = list(same_pads(auto_pad, spatial, kernel_w, strides, dilations))
         else:
             return f"auto_pad={auto_pad!r}"
         return {"strides": strides, "pads": pads, "dilations": dilations, "group": group}

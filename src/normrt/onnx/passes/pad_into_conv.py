@@ -165,8 +165,7 @@ class PadIntoConv(GraphPass):
                 w_shape = ctx.shape(conv.input[1]) if len(conv.input) > 1 else None
                 if w_shape is None or len(w_shape) != rank or not all(isinstance(d, int) for d in w_shape):
                     return f"{conv.name!r}: weight of shape {w_shape} ({rank}-D static needed)"
-                conv_attrs = ConvEpilogue.conv_attrs(ctx, conv, attrs, tuple(w_shape)) if rank == 4 \
-                    else _conv1d_attrs(conv, attrs, tuple(w_shape), x_shape)
+                conv_attrs = ConvEpilogue.conv_attrs(ctx, conv, attrs, tuple(w_shape))
                 if isinstance(conv_attrs, str):
                     return f"{conv.name!r}: {conv_attrs}"
                 m.conv_attrs.append(conv_attrs)
@@ -210,20 +209,3 @@ class PadIntoConv(GraphPass):
         ctx.replace_nodes(replaced + m.convs, widen + new_convs)
         if len(new_convs) > 1 or widen:
             ctx.mark_unordered()        # all placed where the last Conv was: readers may now precede them
-
-
-def _conv1d_attrs(conv, attrs, w_shape, x_shape):
-    """normrt::Conv attributes of a 1-D Conv (one stride and dilation; pads set by the rewrite), or a
-    refusal reason."""
-    m, cg, k = w_shape
-    group = int(attrs.get("group", 1))
-    if group < 1 or m % group or (isinstance(x_shape[1], int) and x_shape[1] != cg * group):
-        return f"group={group} does not fit the weight {list(w_shape)} and x's {x_shape[1]} channels"
-    kernel = attrs.get("kernel_shape")
-    if kernel is not None and list(kernel) != [k]:
-        return f"kernel_shape {list(kernel)} is not the weight's {[k]}"
-    strides = list(attrs.get("strides") or [1])
-    dilations = list(attrs.get("dilations") or [1])
-    if len(strides) != 1 or len(dilations) != 1 or min(strides + dilations) < 1:
-        return f"strides {strides} / dilations {dilations} (one value >= 1 needed)"
-    return {"strides": strides, "pads": [0, 0], "dilations": dilations, "group": group}
