@@ -89,13 +89,22 @@ def test_float32_mode_matches_onnxruntime(spec, half_dag, ort_cpu_run):
     _, sess = _sessions(model)
     ys = sess.run(None, dag.feeds())
     theirs = ort_cpu_run(model.SerializeToString(), dag.feeds())
-    for y, yo in zip(ys, theirs):
+    for y, yo, want in zip(ys, theirs, dag.expected):
         assert y.dtype == yo.dtype == np.float16
         scale = float(np.abs(yo.astype(np.float64)).max())
         # one float16 unit of the output's scale (twice across a model Cast: a flip there moves on)
         units = 1.0 if not dag.uses_model_casts() else 2.0
+        tol = units * dtype_eps(np.float16) * max(scale, 2.0 ** -14)
         diff = np.abs(y.astype(np.float64) - yo.astype(np.float64))
-        assert diff.max() <= units * dtype_eps(np.float16) * max(scale, 2.0 ** -14), (diff.max(), scale)
+        if diff.max() > tol and dag.uses_model_casts():
+            # a value rounded at one of the model's Casts and then magnified (x 3 per Cast, a conv's
+            # cancellation) can move the output by more; then normrt must be at least as close
+            # to the float64 reference as onnxruntime (seen: normrt exact, onnxruntime 3.5 units off)
+            want = want.astype(np.float64)
+            err, err_ort = np.abs(y - want).max(), np.abs(yo - want).max()
+            assert err <= max(err_ort, tol), (err, err_ort, diff.max(), scale)
+            continue
+        assert diff.max() <= tol, (diff.max(), scale)
 
 
 def test_float32_mode_is_more_accurate_on_a_deep_chain(half_dag):
