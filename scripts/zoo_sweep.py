@@ -10,7 +10,13 @@ UniSpeech) - none of them among bench.small_models' suite or the fixtures; and a
 PVTv2, GLPN, DPT, AST, wav2vec2 (group norm), wav2vec2-conformer (relative positions),
 data2vec-audio, SEW, EnCodec's encoder (reflect pads, ELU, LSTM), GPT-2, BART, FNet (DFT),
 Funnel and XLNet (einsum), Gemma, Qwen2, Cohere, StableLM, OLMo, GPT-J, Mamba, RWKV (their
-recurrences unrolled), CANINE and Perceiver. Each is built
+recurrences unrolled), CANINE and Perceiver; and a third (`--set third`) of norms written still
+otherwise and blocks neither has: MobileBERT (NoNorm), Nemotron (LayerNorm1P), Persimmon, Qwen3
+and OLMo2 (q/k norms), MPT, Gemma2 (sandwich norms), StarCoder2, Phi-3, CodeGen, XGLM,
+GPTBigCode (multi-query), ModernBERT, ConvBERT, RoFormer, ESM, SwiftFormer, PVT, SigLIP,
+Data2Vec-vision, ViTDet, VideoMAE and TimeSformer (video), EfficientNet, HGNetV2, WavLM, SEW-D,
+DAC's encoder (Snake, weight norm), a HiFi-GAN vocoder (ConvTranspose1d, LeakyRelu),
+PatchTST and PatchTSMixer (time series). Each is built
 from a small config with random weights (fixed seed), exported with the TorchScript exporter
 at opset 17 (the dynamo exporter at 18 where that fails), optionally after `.half()`, and run
 by both runtimes on the same inputs, 2 threads, each runtime's runs in their own block after
@@ -21,7 +27,7 @@ quantized: also both against torch's float32 model), normalizations on kernels, 
 the optimized graph, ops on onnx.reference, both latencies and their ratio.
 
     python scripts/zoo_sweep.py                       # the first set, float32
-    python scripts/zoo_sweep.py --set second          # the second set (or --set all)
+    python scripts/zoo_sweep.py --set second          # the second set (--set third, or --set all)
     python scripts/zoo_sweep.py --half --only deit,t5  # also .half() exports of these
     python scripts/zoo_sweep.py --threads 1 --runs 100
     python scripts/zoo_sweep.py --quantize dynamic     # as onnxruntime.quantization.quantize_dynamic leaves them
@@ -188,6 +194,88 @@ def second_models():
                                                                  num_self_attention_heads=4,
                                                                  num_cross_attention_heads=1)),
                               {"inputs": torch.randn(1, 24, 32)}),
+    }
+
+
+def third_models():
+    """The third set: norms and blocks neither set has (see the module docstring)."""
+    import torch
+    import transformers as t
+
+    lm, vit, speech = _lm, _VIT, _SPEECH
+    video = dict(image_size=32, patch_size=8, num_frames=2, hidden_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, intermediate_size=128)
+    series = dict(context_length=32, patch_length=8, num_input_channels=3)
+    return {
+        # norms written differently: NoNorm (an elementwise affine), LayerNorm1P (weight + 1), LayerNorm
+        # without bias, per-head q/k LayerNorm / RMSNorm, RMSNorm over all heads, sandwich norms
+        "mobilebert": lm(t.MobileBertConfig, t.MobileBertModel, intermediate_size=64, embedding_size=32,
+                         intra_bottleneck_size=32, true_hidden_size=32, num_feedforward_networks=2,
+                         normalization_type="no_norm"),
+        "nemotron": lm(t.NemotronConfig, t.NemotronModel, num_key_value_heads=2),
+        "persimmon": lm(t.PersimmonConfig, t.PersimmonModel, qk_layernorm=True),
+        "mpt": lambda: (t.MptModel(t.MptConfig(vocab_size=256, d_model=64, n_heads=4, n_layers=2)), _tokens()),
+        "qwen3": lm(t.Qwen3Config, t.Qwen3Model, num_key_value_heads=2, head_dim=16),
+        "olmo2": lm(t.Olmo2Config, t.Olmo2Model),
+        "gemma2": lm(t.Gemma2Config, t.Gemma2Model, num_key_value_heads=2, head_dim=16),
+        "starcoder2": lm(t.Starcoder2Config, t.Starcoder2Model, num_key_value_heads=2),
+        "phi3": lm(t.Phi3Config, t.Phi3Model, num_key_value_heads=2, pad_token_id=0),
+        "codegen": lambda: (t.CodeGenModel(t.CodeGenConfig(vocab_size=256, n_embd=64, n_layer=2, n_head=4,
+                                                           rotary_dim=8)), _tokens()),
+        "xglm": lambda: (t.XGLMModel(t.XGLMConfig(vocab_size=256, d_model=64, num_layers=2, attention_heads=4,
+                                                  ffn_dim=128)), _tokens()),
+        "gpt_bigcode": lambda: (t.GPTBigCodeModel(t.GPTBigCodeConfig(vocab_size=256, n_embd=64, n_layer=2,
+                                                                     n_head=4)), _tokens()),
+        "modernbert": lm(t.ModernBertConfig, t.ModernBertModel, global_attn_every_n_layers=2, local_attention=8,
+                         pad_token_id=0),
+        "convbert": lm(t.ConvBertConfig, t.ConvBertModel, embedding_size=64),
+        "roformer": lm(t.RoFormerConfig, t.RoFormerModel, embedding_size=64),
+        "esm": lambda: (t.EsmModel(t.EsmConfig(vocab_size=33, hidden_size=64, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=128, pad_token_id=1,
+                                               position_embedding_type="rotary")),
+                        {"input_ids": torch.randint(4, 30, (1, 24))}),
+        # vision: additive attention (SwiftFormer), spatial-reduction attention, window
+        # attention with relative positions, Conv3d tubelets
+        "swiftformer": lambda: (t.SwiftFormerModel(t.SwiftFormerConfig(depths=[1, 1, 1, 1],
+                                                                       embed_dims=[16, 32, 64, 128])), _image()),
+        "pvt": lambda: (t.PvtModel(t.PvtConfig(image_size=64, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                               num_attention_heads=[1, 2, 2, 4])), _image()),
+        "siglip_vision": lambda: (t.SiglipVisionModel(t.SiglipVisionConfig(**vit)), _image(32)),
+        "data2vec_vision": lambda: (t.Data2VecVisionModel(t.Data2VecVisionConfig(**vit), add_pooling_layer=False),
+                                    _image(32)),
+        "vitdet": lambda: (t.VitDetModel(t.VitDetConfig(**{**vit, "pretrain_image_size": 32},
+                                                        use_relative_position_embeddings=True,
+                                                        window_size=4, window_block_indices=[0])), _image(32)),
+        "videomae": lambda: (t.VideoMAEModel(t.VideoMAEConfig(**video, tubelet_size=2)),
+                             {"pixel_values": torch.randn(1, 2, 3, 32, 32)}),
+        "timesformer": lambda: (t.TimesformerModel(t.TimesformerConfig(**video)),
+                                {"pixel_values": torch.randn(1, 2, 3, 32, 32)}),
+        "efficientnet": lambda: (t.EfficientNetModel(t.EfficientNetConfig(image_size=64, width_coefficient=0.25,
+                                                                          depth_coefficient=0.25, hidden_dim=320)),
+                                 _image()),
+        "hgnet_v2": lambda: (t.HGNetV2ForImageClassification(t.HGNetV2Config(num_labels=10)), _image()),
+        # speech and audio: gated relative positions, DeBERTa-style attention, weight-normed convs with
+        # Snake activations, a HiFi-GAN vocoder's transposed convs
+        "wavlm": lambda: (t.WavLMModel(t.WavLMConfig(**speech)), _audio()),
+        "sew_d": lambda: (t.SEWDModel(t.SEWDConfig(**speech, squeeze_factor=2)), _audio()),
+        "dac_encoder": lambda: (t.DacModel(t.DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4],
+                                                       decoder_hidden_size=32, upsampling_ratios=[4, 2],
+                                                       hidden_size=32, codebook_size=64, n_codebooks=2)).encoder,
+                                {"input_values": torch.randn(1, 1, 800)}),
+        "hifigan": lambda: (t.SpeechT5HifiGan(t.SpeechT5HifiGanConfig(model_in_dim=16, upsample_initial_channel=32,
+                                                                      upsample_rates=[4, 4],
+                                                                      upsample_kernel_sizes=[8, 8],
+                                                                      resblock_kernel_sizes=[3, 5],
+                                                                      resblock_dilation_sizes=[[1, 3], [1, 3]])),
+                            {"spectrogram": torch.randn(20, 16)}),
+        # time series: BatchNorm over patches, MLP-Mixer blocks
+        "patchtst": lambda: (t.PatchTSTModel(t.PatchTSTConfig(**series, stride=8, d_model=32,
+                                                               num_attention_heads=4, num_hidden_layers=2,
+                                                               ffn_dim=64, norm_type="batchnorm")),
+                             {"past_values": torch.randn(1, 32, 3)}),
+        "patchtsmixer": lambda: (t.PatchTSMixerModel(t.PatchTSMixerConfig(**series, patch_stride=8, d_model=16,
+                                                                          num_layers=2)),
+                                 {"past_values": torch.randn(1, 32, 3)}),
     }
 
 
@@ -375,7 +463,7 @@ def check(name, make, folder, half, threads, runs, quantize=None, dynamic=False)
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma separated model names")
-    ap.add_argument("--set", choices=["first", "second", "all"], default="first",
+    ap.add_argument("--set", choices=["first", "second", "third", "all"], default="first",
                     help="which set of architectures (default: the first; see the module docstring)")
     ap.add_argument("--half", action="store_true", help="also the .half() exports")
     ap.add_argument("--quantize", choices=["dynamic", "static"], default=None,
@@ -400,6 +488,8 @@ def main(argv=None):
         chosen.update(models())
     if args.set in ("second", "all"):
         chosen.update(second_models())
+    if args.set in ("third", "all"):
+        chosen.update(third_models())
     for name, make in chosen.items():
         if only and name not in only:
             continue
