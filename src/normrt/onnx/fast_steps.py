@@ -205,6 +205,19 @@ def _numpy_step(src, step, ins, out_meta, buffer):
         out = str(buffer) if buffer is not None else f"np.empty({tuple(int(d) for d in shape)!r}, {src.bind(dx)})"
         nt = min(src.n_threads, memory_bound(size))
         return f"{src.bind(_activation_into, '_activation_into')}({ex}, {_ACT_CODES[act]}, {out}, {nt})"
+    if op == "GatherElements" and len(args) == 2 and None not in args and opnode.version >= 11:
+        # the generic op's kernel call (shape_ops.gather_elements_into) into the buffer
+        (ex, (xshape, dx), _), (ei, (ishape, di), _) = args
+        if dx != dtype or di.kind != "i" or len(xshape) != len(ishape) or not shape:
+            return None
+        from .ops._util import norm_axis
+        from .ops.shape_ops import gather_elements_into
+        try:
+            axis = norm_axis(opnode.attrs.get("axis", 0), len(xshape))
+        except ValueError:
+            return None             # (the generic call raises)
+        out = str(buffer) if buffer is not None else "None"
+        return f"{src.bind(gather_elements_into, '_gather_elements')}({ex}, {ei}, {axis}, {out})"
     if op == "LeakyRelu" and len(args) == 1:
         # the generic op's float32 path (activations.leaky_relu_float32: one pass of the
         # elementwise kernel) into the buffer: a vocoder's LeakyRelu before each conv paid the

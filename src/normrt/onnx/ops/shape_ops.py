@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..._kernels import gather as _kgather
 from ..._kernels import transpose as _ktranspose
 from ..._thread_policy import memory_bound
 
@@ -268,10 +269,35 @@ def gather(node, x, indices):
 
 @op("GatherElements", since=11, half_native=True)
 def gather_elements(node, x, indices):
-    axis = norm_axis(node.attrs.get("axis", 0), x.ndim)
-    idx = indices.astype(np.intp, copy=True)
-    idx[idx < 0] += x.shape[axis]
-    return np.take_along_axis(x, idx, axis=axis)
+    return gather_elements_into(x, indices, norm_axis(node.attrs.get("axis", 0), x.ndim), None)
+
+
+def gather_elements_into(x, indices, axis, out):
+    """GatherElements along `axis` (normalized) into `out` (a C-contiguous array of the indices'
+    shape and x's dtype) or a new array: pyx/gather.pyx's one pass over the (outer, axis, inner)
+    view, numpy's take_along_axis for elements of other sizes. The indices may be shorter than x
+    on the other axes (torch.gather's rule): x's leading part is read."""
+    if indices.ndim != x.ndim:
+        raise ValueError(f"GatherElements: indices of rank {indices.ndim} for data of rank {x.ndim} "
+                         f"(the same rank expected)")
+    if any(i > d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
+        raise ValueError(f"GatherElements: indices {indices.shape} larger than data {x.shape} on an axis "
+                         f"other than {axis}")
+    if any(i != d for a, (i, d) in enumerate(zip(indices.shape, x.shape)) if a != axis):
+        x = x[tuple(slice(None) if a == axis else slice(0, i) for a, i in enumerate(indices.shape))]
+    if out is None:
+        out = np.empty(indices.shape, x.dtype)
+    if x.dtype.hasobject or x.itemsize not in (1, 2, 4, 8):
+        idx = indices.astype(np.intp, copy=True)
+        idx[idx < 0] += x.shape[axis]
+        np.copyto(out, np.take_along_axis(x, idx, axis=axis))
+        return out
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1:])
+    x3 = np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner)
+    idx3 = np.ascontiguousarray(indices, dtype=np.int64).reshape(outer, indices.shape[axis], inner)
+    _kgather.gather_elements(x3, idx3, out.reshape(idx3.shape), memory_bound(out.size))
+    return out
 
 
 # --------------------------------------------------------------- Expand/Tile
