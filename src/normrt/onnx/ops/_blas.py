@@ -294,27 +294,33 @@ _packed = {}
 
 
 def _cached(arr, key, pack):
+    """pack() once per read-only `arr` and `key` (an array may have several packed forms: a
+    3-D conv's weight one per depth tap, a weight read both ways)."""
     if arr.flags.writeable:
         return pack()
-    ent = _packed.get(id(arr))
-    if ent is not None and ent[0]() is arr and ent[1] == key:
-        return ent[2]
+    slot = (id(arr), key)
+    ent = _packed.get(slot)
+    if ent is not None and ent[0]() is arr:
+        return ent[1]
     packed = pack()
-    ident = id(arr)
 
-    def drop(ref, ident=ident, table=_packed):     # bound now: module globals are gone at exit
-        cur = table.get(ident)
+    def drop(ref, slot=slot, table=_packed):     # bound now: module globals are gone at exit
+        cur = table.get(slot)
         if cur is not None and cur[0] is ref:
-            del table[ident]
+            del table[slot]
 
-    _packed[ident] = (weakref.ref(arr, drop), key, packed)
+    _packed[slot] = (weakref.ref(arr, drop), packed)
     return packed
 
 
-def packed_conv_weight(w, group, one_row=False):
+def packed_conv_weight(w, group, one_row=False, depth_tap=None):
     """normrt.pack_conv_weight(w, group), once per read-only w (one_row: a 1-D conv's (M, C/group, k)
-    w packed as the (M, C/group, 1, k) weight of its one-row 2-D conv)."""
+    w packed as the (M, C/group, 1, k) weight of its one-row 2-D conv; depth_tap: a 3-D conv's
+    (M, C/group, kd, kh, kw) w's 2-D weight w[:, :, depth_tap])."""
     from ...api.conv import pack_conv_weight
+    if depth_tap is not None:
+        return _cached(w, ("conv3d", group, depth_tap),
+                       lambda: pack_conv_weight(np.ascontiguousarray(w[:, :, depth_tap]), group))
     return _cached(w, ("conv", group, one_row), lambda: pack_conv_weight(w[:, :, None] if one_row else w, group))
 
 

@@ -88,7 +88,7 @@ def simplified_permutation(shape, perm):
         else:
             runs.append([a])
     by_input = sorted(range(len(runs)), key=lambda r: runs[r][0])
-    merged = [int(np.prod([dims[a] for a in runs[r]], dtype=np.int64)) for r in by_input]
+    merged = [math.prod(int(dims[a]) for a in runs[r]) for r in by_input]     # (np.prod: ~2 us a call)
     position = {r: i for i, r in enumerate(by_input)}
     return merged, [position[r] for r in range(len(runs))]
 
