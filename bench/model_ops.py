@@ -1,6 +1,7 @@
 """The non-norm ops of the models users bring: recurrent layers, samplers, folds, quantization
 (fake-quantization pairs and the 8-bit products of static and dynamic quantization), einsum
-products, batched head products, spectral transforms, scatters and ELU.
+products, batched head products, spectral transforms, scatters, ELU, transposed and 3-D convs
+and relative-position gathers.
 
     python -m bench.model_ops [--runs 100] [--blocks 3] [--threads 2]
 
@@ -145,6 +146,29 @@ def qdq_scores(heads, seq, dim, rng):
     return _model(nodes, shape, inits, 13), rng.standard_normal(shape).astype(np.float32)
 
 
+def conv_transpose(x_shape, w_shape, strides, pads, rng):
+    inits = {"w": (rng.standard_normal(w_shape) * 0.1).astype(np.float32),
+             "b": rng.standard_normal(w_shape[1]).astype(np.float32)}
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=strides, pads=pads)
+    return _model([node], x_shape, inits, 17), rng.standard_normal(x_shape).astype(np.float32)
+
+
+def conv3d(x_shape, w_shape, strides, pads, rng):
+    inits = {"w": (rng.standard_normal(w_shape) * 0.1).astype(np.float32),
+             "b": rng.standard_normal(w_shape[0]).astype(np.float32)}
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=strides, pads=pads)
+    return _model([node], x_shape, inits, 17), rng.standard_normal(x_shape).astype(np.float32)
+
+
+def gather_elements_relative(heads, seq, span, rng):
+    """DeBERTa's c2p gather: each query's scores at its keys' relative positions."""
+    idx = np.clip(np.arange(seq)[:, None] - np.arange(seq)[None, :] + span // 2, 0, span - 1)
+    inits = {"i": np.ascontiguousarray(np.broadcast_to(idx, (heads, seq, seq))).astype(np.int64)}
+    node = helper.make_node("GatherElements", ["x", "i"], ["y"], axis=-1)
+    shape = (heads, seq, span)
+    return _model([node], shape, inits, 13), rng.standard_normal(shape).astype(np.float32)
+
+
 CASES = {   # name -> builder(rng) -> (model, x)
     "lstm_bidirectional-s100-i64-h128": lambda rng: recurrent("LSTM", 2, 100, 64, 128, rng),
     "lstm_forward-s64-i128-h256": lambda rng: recurrent("LSTM", 1, 64, 128, 256, rng),
@@ -166,6 +190,14 @@ CASES = {   # name -> builder(rng) -> (model, x)
     "qdq_linear-128x768x768": lambda rng: qdq_linear(128, 768, 768, rng),
     "dynamic_linear-128x768x3072": lambda rng: dynamic_linear(128, 768, 3072, rng),
     "qdq_scores-12x128x64": lambda rng: qdq_scores(12, 128, 64, rng),
+    # a vocoder's upsampling (HiFi-GAN), a UNet's, a DCGAN-style 4x4 stride 2
+    "conv_transpose1d-1x512x100-k16s8": lambda rng: conv_transpose((1, 512, 100), (512, 256, 16), [8], [4, 4], rng),
+    "conv_transpose-1x128x64x64-k2s2": lambda rng: conv_transpose((1, 128, 64, 64), (128, 64, 2, 2), [2, 2],
+                                                                  [0, 0, 0, 0], rng),
+    "conv_transpose-1x64x32x32-k4s2": lambda rng: conv_transpose((1, 64, 32, 32), (64, 32, 4, 4), [2, 2],
+                                                                 [1, 1, 1, 1], rng),
+    "conv3d-1x32x16x32x32-k3": lambda rng: conv3d((1, 32, 16, 32, 32), (32, 32, 3, 3, 3), [1, 1, 1], [1] * 6, rng),
+    "gather_elements-12x128x512": lambda rng: gather_elements_relative(12, 128, 512, rng),
 }
 
 
@@ -182,7 +214,7 @@ def tolerance(name, want):
         # onnxruntime's float32 STFT is the less accurate one: 1.3e-3 from the float64 transform
         # on outputs up to 39, normrt's 2e-6 (numpy's FFT)
         return 1e-4 * scale
-    if name.startswith(("dft", "batched_matmul")):      # sums of 16-1024 terms in another order
+    if name.startswith(("dft", "batched_matmul", "conv")):      # sums of 16-1024 terms in another order
         return 1e-5 * scale
     return 1e-5
 

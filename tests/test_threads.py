@@ -120,17 +120,21 @@ def test_products_of_few_rows_split_by_their_weight():
         assert tp.product(1, k, 4 * n) == 1
 
 
-def test_softmax_splits_by_its_estimated_time(monkeypatch):
-    """Softmax splits by its one-thread time (an exp per element), below the memory-bound count
-    (which the suite's fixture lowers: restored to its real size here)."""
+@pytest.mark.parametrize("name", ["softmax_rows", "gather"])
+def test_softmax_and_gather_split_by_their_estimated_time(monkeypatch, name):
+    """Softmax (an exp per element) and GatherElements (a scattered read per output) split by their
+    one-thread time, below the memory-bound count (which the suite's fixture lowers: restored to
+    its real size here)."""
     from normrt import _thread_policy as tp
     monkeypatch.setattr(tp, "MEMORY_BOUND_MIN_ELEMENTS", tp.SPLIT_MIN_US * tp.MEMORY_BOUND_ELEMENTS_PER_US)
-    at = int(tp.PROGRAM_SPLIT_MIN_US * 1000 / tp.SOFTMAX_NS_PER_ELEMENT) + 1
+    ns = {"softmax_rows": tp.SOFTMAX_NS_PER_ELEMENT, "gather": tp.GATHER_NS_PER_ELEMENT}[name]
+    threads_for = getattr(tp, name)
+    at = int(tp.PROGRAM_SPLIT_MIN_US * 1000 / ns) + 1
     assert at < tp.MEMORY_BOUND_MIN_ELEMENTS
     with normrt.threads(2):
-        assert tp.softmax_rows(at - 2) == 1 and tp.softmax_rows(at) == 2
+        assert threads_for(at - 2) == 1 and threads_for(at) == 2
     with normrt.threads(1):
-        assert tp.softmax_rows(1 << 30) == 1
+        assert threads_for(1 << 30) == 1
 
 
 def test_configure_openmp_keeps_a_users_wait_policy():

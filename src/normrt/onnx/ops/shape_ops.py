@@ -12,7 +12,7 @@ import numpy as np
 
 from ..._kernels import gather as _kgather
 from ..._kernels import transpose as _ktranspose
-from ..._thread_policy import memory_bound
+from ..._thread_policy import gather as gather_threads, memory_bound
 
 from ._util import attr_ints, attr_str, ints_of, norm_axis, op
 
@@ -296,7 +296,7 @@ def gather_elements_into(x, indices, axis, out):
     inner = math.prod(x.shape[axis + 1:])
     x3 = np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner)
     idx3 = np.ascontiguousarray(indices, dtype=np.int64).reshape(outer, indices.shape[axis], inner)
-    _kgather.gather_elements(x3, idx3, out.reshape(idx3.shape), memory_bound(out.size))
+    _kgather.gather_elements(x3, idx3, out.reshape(idx3.shape), gather_threads(out.size))
     return out
 
 
