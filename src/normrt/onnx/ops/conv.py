@@ -72,13 +72,17 @@ def _check_operands(node, x, w, b, transposed):
         raise ValueError(f"{op_type}: pads must have {2 * nsp} entries, got {pads}")
 
 
-@op("Conv", gemm=True, since=1, supports=_conv_supported)
-def conv(node, x, w, b=None):
-    _check_operands(node, x, w, b, transposed=False)
+def _operands(node, x, w, b, transposed):
+    """(x, w, the output's dtype): checked, half precision widened to float32, w in x's dtype."""
+    _check_operands(node, x, w, b, transposed)
     out_dtype = x.dtype
     x, w = _to_compute(x), _to_compute(w)
-    if w.dtype != x.dtype:
-        w = w.astype(x.dtype)
+    return x, (w if w.dtype == x.dtype else w.astype(x.dtype)), out_dtype
+
+
+@op("Conv", gemm=True, since=1, supports=_conv_supported)
+def conv(node, x, w, b=None):
+    x, w, out_dtype = _operands(node, x, w, b, transposed=False)
     nsp = x.ndim - 2
     kernel = list(w.shape[2:])
     strides = attr_ints(node, "strides") or [1] * nsp
@@ -377,11 +381,7 @@ def _transpose_geometry(node, in_sp, kernel):
 
 @op("ConvTranspose", gemm=True, since=1, supports=_convT_supported)
 def conv_transpose(node, x, w, b=None):
-    _check_operands(node, x, w, b, transposed=True)
-    out_dtype = x.dtype
-    x, w = _to_compute(x), _to_compute(w)
-    if w.dtype != x.dtype:
-        w = w.astype(x.dtype)
+    x, w, out_dtype = _operands(node, x, w, b, transposed=True)
     nsp = x.ndim - 2
     n, c = x.shape[:2]
     in_sp = list(x.shape[2:])
