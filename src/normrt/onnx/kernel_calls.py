@@ -179,7 +179,13 @@ def _broadcast_attention(q, kt, v, bias):
 def _nan_rows(y, bias):
     """y (..., Sq, Dv) with NaN in the rows whose bias is -inf for every key: what Softmax gives
     a row of -inf scores (the kernel writes zeros there, torch's masked rows)."""
-    rows = np.isneginf(np.asarray(bias)).all(axis=-1)
+    bias = np.asarray(bias)
+    if bias.size and np.min(bias) > -np.inf:
+        # no -inf at all (the usual run-time bias: WavLM's gated positions): one vectorized pass
+        # instead of isneginf's two, a boolean array and a reduction per row (~40 us a call for
+        # 4 x 159 x 159)
+        return y
+    rows = np.isneginf(bias).all(axis=-1)
     if rows.any():
         y[np.broadcast_to(rows, y.shape[:-1])] = np.nan
     return y
