@@ -130,4 +130,10 @@ def cast(x, dtype):
     if src in HALF_DTYPES:
         f = widen(x)
         return f if dtype == np.float32 else f.astype(dtype)
+    if src.kind == "f" and dtype.kind in "iub":
+        # NaN and +-inf have no integer: ONNX leaves the value undefined, as C does, and models
+        # mask it later (WavLM's and T5's relative-position buckets take log(0) = -inf, cast it,
+        # and pick the exact bucket there with Where): numpy's warning would only be noise
+        with np.errstate(invalid="ignore"):
+            return x.astype(dtype)
     return x.astype(dtype)
