@@ -15,6 +15,10 @@ same whatever the thread count.
 from cython.parallel cimport prange
 
 
+cdef extern from "col2im_row.h" nogil:
+    void nrt_col2im_row(float* y, const float* r, Py_ssize_t n, Py_ssize_t stride)
+
+
 def col2im(const float[:, :, ::1] cols,     # IN  (N, M * KH * KW, IH * IW): the GEMM's columns
            const float[::1] bias,           # IN  (M,) or empty: no bias
            float[:, :, ::1] y,              # OUT (N, M, OH * OW); must not overlap cols
@@ -53,9 +57,10 @@ cdef void _plane(const float* c,            # IN  the plane's KH * KW column row
                  Py_ssize_t IH, Py_ssize_t IW, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pt,
                  Py_ssize_t pl) noexcept nogil:
-    cdef Py_ssize_t i, kh, kw, ih, iw, ih0, ih1, iw0, iw1, oh0, ow0
+    cdef Py_ssize_t i, kh, kw, ih, ih0, ih1, iw0, iw1, oh0, ow0
     cdef const float* row
     cdef float* yr
+    b = b + 0.0                             # (0 + bias, as the convs start: a bias of -0.0 gives +0.0)
     for i in range(OH * OW):
         y[i] = b
     for kh in range(KH):
@@ -71,9 +76,4 @@ cdef void _plane(const float* c,            # IN  the plane's KH * KW column row
             for ih in range(ih0, ih1):
                 row = c + (kh * KW + kw) * IH * IW + ih * IW
                 yr = y + (ih * sh + oh0) * OW       # (ih >= ih0: a row of the plane)
-                if sw == 1:
-                    for iw in range(iw0, iw1):
-                        yr[iw + ow0] += row[iw]
-                else:
-                    for iw in range(iw0, iw1):
-                        yr[iw * sw + ow0] += row[iw]
+                nrt_col2im_row(yr + iw0 * sw + ow0, row + iw0, iw1 - iw0, sw)

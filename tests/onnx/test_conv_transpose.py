@@ -132,3 +132,41 @@ def test_col2im_refuses_what_does_not_fit():
         _kconvt.col2im(cols, np.zeros(3, np.float32), y, *args)
     with pytest.raises(ValueError, match="strides"):
         _kconvt.col2im(cols, np.zeros(0, np.float32), y, *(args[:6] + (0,) + args[7:]))
+
+
+def _col2im_numpy(cols, bias, n, m, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl):
+    """col2im written with numpy slices: the bias, then each tap's rows added where they land,
+    the taps in row-major order (the kernel's order, so the same bits)."""
+    y = np.zeros((n, m, oh, ow), np.float32) + (bias.reshape(1, m, 1, 1) if bias.size else np.float32(0))
+    c = cols.reshape(n, m, kh, kw, ih, iw)
+    for a in range(kh):
+        for b in range(kw):
+            for i in range(ih):
+                r = i * sh + a * dh - pt
+                if not 0 <= r < oh:
+                    continue
+                for j in range(iw):
+                    q = j * sw + b * dw - pl
+                    if 0 <= q < ow:
+                        y[:, :, r, q] += c[:, :, a, b, i, j]
+    return y
+
+
+@settings(max_examples=40, deadline=None)
+@given(iw=st.integers(1, 70), kw=st.integers(1, 4), sw=st.integers(1, 3), dw=st.integers(1, 2),
+       pl=st.integers(0, 3), extra=st.integers(-2, 3), threads=st.integers(1, 2), seed=st.integers(0, 2**31 - 1))
+def test_col2im_wide_rows_bitwise(iw, kw, sw, dw, pl, extra, threads, seed):
+    """Rows wide enough for the vector path of stride 2 (col2im_row.h: 16 inputs over the even
+    lanes of two output vectors, a masked add): the bits of the scalar order, -0.0 kept where
+    a tap adds nothing, nothing written past the plane (the next plane's values stay)."""
+    rng = np.random.default_rng(seed)
+    n, m, ih, kh = 1, 3, 2, 2
+    ow = max(1, (iw - 1) * sw + (kw - 1) * dw + 1 - 2 * pl + extra)
+    oh = ih + kh - 1
+    cols = rng.standard_normal((n, m * kh * kw, ih * iw)).astype(np.float32)
+    cols[0, 0, :5] = -0.0
+    bias = np.array([-0.0, 1.5, -2.0], np.float32)
+    y = np.full((n, m, oh * ow), np.nan, np.float32)
+    _kconvt.col2im(cols, bias, y, ih, iw, oh, ow, kh, kw, 1, sw, 1, dw, 0, pl, threads)
+    want = _col2im_numpy(cols, bias, n, m, ih, iw, oh, ow, kh, kw, 1, sw, 1, dw, 0, pl)
+    assert np.array_equal(y.reshape(want.shape).view(np.uint32), want.view(np.uint32))
