@@ -368,6 +368,37 @@ def test_leaky_relu_specialized(alpha):
         assert np.array_equal(np.signbit(got), np.signbit(want))
 
 
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data(), seed=st.integers(0, 2**31 - 1))
+def test_constant_scalar_gather_is_a_view(shape, data, seed):
+    """Gather of one constant index (an unrolled scan's step, a CLS token) as basic indexing in the
+    specialized plan: the generic op's values, the index negative or not, and the value read again
+    after a later step that may write in place (Relu) still the gathered one."""
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    k = data.draw(st.integers(-shape[axis], shape[axis] - 1))
+    rank = len(shape)
+    out_shape = shape[:axis % rank] + shape[axis % rank + 1:]
+    nodes = [helper.make_node("Neg", ["x"], ["n"]),
+             helper.make_node("Gather", ["n", "k"], ["g"], axis=axis),
+             helper.make_node("Relu", ["n"], ["r"]),             # n's last reader: may overwrite it
+             helper.make_node("ReduceSum", ["r"], ["s"], keepdims=0),
+             helper.make_node("Add", ["g", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape),
+                               helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(np.array(k, np.int64), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    sess = normrt.InferenceSession(model)
+    generic, first, second = _generic_and_specialized(sess, {"x": x})
+    want = 2 * np.take(-x, k, axis=axis)
+    for got in (generic, first, second):
+        assert np.array_equal(got[0], want)
+        np.testing.assert_allclose(got[1], np.maximum(-x, 0).sum(), rtol=1e-5, atol=1e-5)
+    assert "np.take" not in next(iter(sess.executor.specialized.values())).source
+
+
 def test_elementwise_program_prepared():
     """A normrt::Elementwise program (x * sigmoid(x) + b, b broadcast, x a transposed view) as a
     prepared kernel call into the plan's buffer: the generic call's bits."""

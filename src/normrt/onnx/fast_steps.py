@@ -308,7 +308,14 @@ def _numpy_step(src, step, ins, out_meta, buffer):
     if op == "Gather" and len(args) == 2 and args[1][2] is not None:
         ex, (xshape, _), _ = args[0]
         axis = int(opnode.attrs.get("axis", 0)) % max(len(xshape), 1)
-        idx = src.bind(np.asarray(args[1][2]).astype(np.intp, copy=False))
+        k = np.asarray(args[1][2])
+        if k.ndim == 0 and k.dtype.kind in "iu" and xshape and -int(xshape[axis]) <= int(k) < int(xshape[axis]):
+            # one constant index (an unrolled scan's step t, a CLS token): basic indexing, a view
+            # (Gather's outputs may be views of its input: executor.aliasing) where np.take copied,
+            # ~1 us a step of Mamba's 96 per run
+            index = (slice(None),) * axis + (int(k) % int(xshape[axis]),)
+            return f"{ex}[{src.bind(index)}]"
+        idx = src.bind(k.astype(np.intp, copy=False))
         return f"np.take({ex}, {idx}, axis={axis})"
     if op == "Gather" and len(args) == 2 and args[0] is not None and args[1] is not None:
         # an embedding lookup (run-time token ids): the generic op's np.take, its axis read once
