@@ -280,17 +280,21 @@ def _conv3d_float32(x, w, b, strides, pb, pe, dil, group, out_sp):
         if covers:
             yt = part
             continue
-        if yt is None:
-            yt = np.zeros((n, od_n, m, oh, ow), np.float32)
-            if b is not None:
-                yt += b.reshape(1, 1, m, 1, 1)
+        if yt is None:                      # the depths no tap has reached yet hold the bias alone
+            yt = _bias_planes(b, (n, od_n, m, oh, ow))
         yt[:, lo:hi] += part
-    if yt is None:                                       # no tap reaches any output depth
-        yt = np.zeros((n, od_n, m, oh, ow), np.float32)
-        if b is not None:
-            yt += b.reshape(1, 1, m, 1, 1)
+    if yt is None:                          # no tap reaches any output depth
+        yt = _bias_planes(b, (n, od_n, m, oh, ow))
     y = np.empty((n, m, od_n, oh, ow), np.float32)
     np.copyto(y, yt.transpose(0, 2, 1, 3, 4))
+    return y
+
+
+def _bias_planes(b, shape):
+    """(N, D, M, H, W) float32 planes holding 0 + bias[m] (zeros without a bias)."""
+    y = np.zeros(shape, np.float32)
+    if b is not None:
+        y += b.reshape(1, 1, -1, 1, 1)
     return y
 
 
@@ -437,7 +441,7 @@ def _conv_transpose_float32(x, w, b, group, strides, dil, pb, out_sp):
     the full transposed conv's, SAME with a larger output_shape)."""
     n = x.shape[0]
     m = w.shape[1] * group
-    g = _col2im_geometry(x.shape, w.shape, strides, dil, pb, out_sp)
+    g = _Col2im(x.shape, w.shape, strides, dil, pb, out_sp)
     cols = _conv2d(x.reshape(g.x4), packed_conv_transpose_weight(w, group), None, group=group)
     y = np.empty((n, m) + tuple(out_sp), np.float32)
     bias = _EMPTY if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
@@ -445,22 +449,18 @@ def _conv_transpose_float32(x, w, b, group, strides, dil, pb, out_sp):
 
 
 class _Col2im:
-    """A ConvTranspose's shapes as col2im takes them: 1-D as 2-D with one row."""
+    """A ConvTranspose's geometry as col2im takes it, a 1-D one as 2-D with one row: x4 (x's 2-D
+    shape), ih, iw, oh, ow, kh, kw, and args (col2im's geometry arguments)."""
     def __init__(self, x_shape, w_shape, strides, dil, pb, out_sp):
-        one_row = len(x_shape) == 3
-        n, c = x_shape[:2]
-        self.x4 = (n, c, 1, x_shape[2]) if one_row else tuple(x_shape)
-        self.ih, self.iw = self.x4[2:]
-        self.kh, self.kw = (1, w_shape[2]) if one_row else tuple(w_shape[2:])
-        self.args = (self.ih, self.iw) + ((1, out_sp[0]) if one_row else tuple(out_sp)) + (self.kh, self.kw) + \
-            ((1, strides[0]) if one_row else tuple(strides)) + ((1, dil[0]) if one_row else tuple(dil)) + \
-            ((0, pb[0]) if one_row else tuple(pb))
-        self.oh, self.ow = self.args[2:4]
-
-
-def _col2im_geometry(x_shape, w_shape, strides, dil, pb, out_sp):
-    return _Col2im(tuple(int(d) for d in x_shape), tuple(int(d) for d in w_shape), [int(v) for v in strides],
-                   [int(v) for v in dil], [int(v) for v in pb], [int(v) for v in out_sp])
+        def two(v, row):            # (h, w) of a 2-D value, (row, v) of a 1-D one
+            v = [int(d) for d in v]
+            return [row] + v if len(v) == 1 else v
+        self.ih, self.iw = two(x_shape[2:], 1)
+        self.x4 = (int(x_shape[0]), int(x_shape[1]), self.ih, self.iw)
+        self.kh, self.kw = two(w_shape[2:], 1)
+        self.oh, self.ow = two(out_sp, 1)
+        self.args = (self.ih, self.iw, self.oh, self.ow, self.kh, self.kw, *two(strides, 1), *two(dil, 1),
+                     *two(pb, 0))
 
 
 def _col2im_into(cols, bias, y, g, n_threads):
@@ -494,7 +494,7 @@ def fast_conv_transpose_node(src, node, args, out_meta, buffer, n_threads=1):
     m = int(wshape[1]) * group
     if tuple(int(d) for d in shape) != (n, m) + tuple(int(d) for d in out_sp) or min(out_sp) < 1:
         return None
-    g = _col2im_geometry(xshape, wshape, strides, dil, pb, out_sp)
+    g = _Col2im(xshape, wshape, strides, dil, pb, out_sp)
     mk = m * g.kh * g.kw
     x4 = (f"{ex}.reshape({g.x4!r})", (g.x4, dx), None)
     cols = fast_conv(src, x4, packed_conv_transpose_weight(wconst, group), ((n, mk, g.ih, g.iw), np.float32),
