@@ -115,7 +115,9 @@ def test_spellings_fuse_and_look_alikes_stay(ort_cpu_run, host, spelling, opset,
     sess = normrt.InferenceSession(model)
     got = sess.run(None, feeds)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+        # (a host's sums cancel near 0 in another order than onnxruntime's: the tolerance from the
+        # outputs' scale, up to 6 after ReLU6, not from the small value at hand)
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(w).max())))
     opt = sess.optimized_model
     ops = [n.op_type for n in opt.graph.node if n.op_type != "Constant"]
     acts = [a.s.decode() for n in opt.graph.node if n.domain == "normrt"
